@@ -1,0 +1,22 @@
+//! pgfanout's PostgreSQL source.
+//!
+//! - [`conn`]: connection options (URL, TLS) and plain SQL connections with
+//!   fixed session settings.
+//! - [`replication`]: our own replication-protocol client on
+//!   `postgres-protocol` (tokio-postgres cannot open `replication=database`
+//!   connections): startup, auth, TLS, CopyBoth, keepalives, status updates.
+//! - [`pgoutput`]: the pgoutput (protocol v1) message decoder.
+//! - [`types`] and [`catalog`]: column text to `to_jsonb()`-equal values.
+//! - [`relation`]: the relation cache and tuple -> [`Change`](pgfanout_sdk::Change).
+//! - [`slot`]: slot and publication management and start-up checks.
+
+pub mod catalog;
+pub mod conn;
+pub mod error;
+pub mod pgoutput;
+pub mod relation;
+pub mod replication;
+pub mod slot;
+pub mod types;
+
+pub use error::SourceError;

@@ -1,0 +1,1 @@
+//! Redis sink (to be written).

@@ -1,0 +1,19 @@
+//! The contract shared by everything in pgfanout.
+//!
+//! The source (PostgreSQL) produces [`Change`]s; pipelines reshape them; every
+//! sink implements [`Sink`] and reports through its return value when a batch
+//! is durable. Nothing here does I/O: the crate is small so each connector can
+//! depend on it without pulling in another connector's client library.
+
+pub mod change;
+pub mod json;
+pub mod lsn;
+pub mod sink;
+pub mod template;
+pub mod value;
+
+pub use change::{Change, Op, Position};
+pub use lsn::Lsn;
+pub use sink::{BatchOutcome, Rejected, Sink, SinkError, SinkRecord};
+pub use template::{Template, TemplateError};
+pub use value::{Row, Value};

@@ -1,0 +1,189 @@
+//! An ephemeral PostgreSQL 15 cluster with `wal_level=logical`.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::{free_port, is_root, run, scratch_dir};
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// A running throwaway cluster. Trust auth for `postgres` over TCP and the
+/// socket; stopped (immediately) and deleted on drop.
+pub struct PgCluster {
+    dir: tempfile::TempDir,
+    pub port: u16,
+    extra: Vec<(String, String)>,
+}
+
+impl PgCluster {
+    /// initdb + start with wal_level=logical.
+    pub fn start() -> PgCluster {
+        PgCluster::start_with(&[])
+    }
+
+    /// Like [`start`](Self::start), with extra `-c name=value` settings
+    /// (they override the defaults, e.g. `("wal_level", "replica")`).
+    pub fn start_with(settings: &[(&str, &str)]) -> PgCluster {
+        let dir = scratch_dir("pgfanout-pg-");
+        let port = free_port();
+        let cluster = PgCluster {
+            dir,
+            port,
+            extra: settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
+        let data = cluster.data_dir();
+        cluster.as_pg_user(Command::new(format!("{PG_BIN}/initdb")).args([
+            "-D",
+            data.to_str().unwrap(),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        ]));
+        // Allow replication connections from loopback (trust) and md5/scram
+        // users created by tests.
+        let hba = "local all all trust\nhost all all 127.0.0.1/32 trust\nlocal replication all trust\nhost replication all 127.0.0.1/32 trust\n";
+        std::fs::write(data.join("pg_hba.conf"), hba).expect("write pg_hba.conf");
+        cluster.start_server();
+        cluster
+    }
+
+    fn as_pg_user(&self, cmd: &mut Command) -> String {
+        if is_root() {
+            let prog = cmd.get_program().to_owned();
+            let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
+            let mut c = Command::new("runuser");
+            c.arg("-u").arg("postgres").arg("--").arg(prog).args(args);
+            run(&mut c)
+        } else {
+            run(cmd)
+        }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn socket_dir(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
+    fn log_file(&self) -> PathBuf {
+        self.dir.path().join("server.log")
+    }
+
+    /// The server log so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_file()).unwrap_or_default()
+    }
+
+    fn options(&self) -> String {
+        let mut settings: Vec<(String, String)> = vec![
+            ("listen_addresses".into(), "127.0.0.1".into()),
+            ("port".into(), self.port.to_string()),
+            ("unix_socket_directories".into(), self.socket_dir().display().to_string()),
+            ("wal_level".into(), "logical".into()),
+            ("max_replication_slots".into(), "20".into()),
+            ("max_wal_senders".into(), "20".into()),
+            ("fsync".into(), "off".into()),
+            ("synchronous_commit".into(), "off".into()),
+            ("full_page_writes".into(), "off".into()),
+            ("wal_sender_timeout".into(), "60s".into()),
+        ];
+        for (k, v) in &self.extra {
+            settings.retain(|(sk, _)| sk != k);
+            settings.push((k.clone(), v.clone()));
+        }
+        settings.iter().map(|(k, v)| format!("-c {k}={v}")).collect::<Vec<_>>().join(" ")
+    }
+
+    /// Starts the server (after [`stop`](Self::stop)).
+    pub fn start_server(&self) {
+        let data = self.data_dir();
+        self.as_pg_user(Command::new(format!("{PG_BIN}/pg_ctl")).args([
+            "-D",
+            data.to_str().unwrap(),
+            "-l",
+            self.log_file().to_str().unwrap(),
+            "-w",
+            "-t",
+            "60",
+            "start",
+            "-o",
+            &self.options(),
+        ]));
+    }
+
+    /// Stops the server: `mode` is smart, fast or immediate.
+    pub fn stop(&self, mode: &str) {
+        let data = self.data_dir();
+        self.as_pg_user(Command::new(format!("{PG_BIN}/pg_ctl")).args(["-D", data.to_str().unwrap(), "-m", mode, "-w", "stop"]));
+    }
+
+    /// Restarts the server (fast shutdown).
+    pub fn restart(&self) {
+        self.stop("fast");
+        self.start_server();
+    }
+
+    /// `postgres://postgres@127.0.0.1:PORT/DB`.
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// A tokio-postgres client on `db` (the connection task is spawned).
+    pub async fn client(&self, db: &str) -> tokio_postgres::Client {
+        let mut last = None;
+        for _ in 0..50 {
+            match tokio_postgres::connect(&self.url(db), tokio_postgres::NoTls).await {
+                Ok((client, conn)) => {
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    });
+                    return client;
+                }
+                Err(e) => {
+                    last = Some(e);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        panic!("connect to {}: {last:?}\n{}", self.url(db), self.log());
+    }
+
+    /// Creates a database and returns its name.
+    pub async fn create_database(&self, name: &str) -> String {
+        let c = self.client("postgres").await;
+        c.batch_execute(&format!("CREATE DATABASE \"{name}\"")).await.expect("create database");
+        name.to_string()
+    }
+
+    /// Runs `psql -c sql` against `db` (for tests that want psql semantics).
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        run(Command::new(format!("{PG_BIN}/psql"))
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres", "-p"])
+            .arg(self.port.to_string())
+            .arg("-d")
+            .arg(db)
+            .arg("-c")
+            .arg(sql))
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        let data = self.data_dir();
+        let mut cmd = Command::new(format!("{PG_BIN}/pg_ctl"));
+        cmd.args(["-D", data.to_str().unwrap_or_default(), "-m", "immediate", "-w", "stop"]);
+        let result = if is_root() {
+            Command::new("runuser").args(["-u", "postgres", "--"]).arg(cmd.get_program()).args(cmd.get_args()).output()
+        } else {
+            cmd.output()
+        };
+        let _ = result;
+    }
+}
