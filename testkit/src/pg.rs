@@ -27,11 +27,7 @@ impl PgCluster {
     pub fn start_with(settings: &[(&str, &str)]) -> PgCluster {
         let dir = scratch_dir("pgfanout-pg-");
         let port = free_port();
-        let cluster = PgCluster {
-            dir,
-            port,
-            extra: settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-        };
+        let cluster = PgCluster { dir, port, extra: settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() };
         let data = cluster.data_dir();
         cluster.as_pg_user(Command::new(format!("{PG_BIN}/initdb")).args([
             "-D",
@@ -46,7 +42,8 @@ impl PgCluster {
         ]));
         // Allow replication connections from loopback (trust) and md5/scram
         // users created by tests.
-        let hba = "local all all trust\nhost all all 127.0.0.1/32 trust\nlocal replication all trust\nhost replication all 127.0.0.1/32 trust\n";
+        let hba =
+            "local all all trust\nhost all all 127.0.0.1/32 trust\nlocal replication all trust\nhost replication all 127.0.0.1/32 trust\n";
         std::fs::write(data.join("pg_hba.conf"), hba).expect("write pg_hba.conf");
         cluster.start_server();
         cluster

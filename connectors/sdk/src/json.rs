@@ -44,12 +44,7 @@ pub fn write_timestamp_micros(out: &mut Vec<u8>, micros: i64) {
     let days = secs.div_euclid(86_400);
     let sod = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
-    let s = format!(
-        "\"{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{frac:06}Z\"",
-        sod / 3600,
-        (sod / 60) % 60,
-        sod % 60
-    );
+    let s = format!("\"{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{frac:06}Z\"", sod / 3600, (sod / 60) % 60, sod % 60);
     out.extend_from_slice(s.as_bytes());
 }
 
