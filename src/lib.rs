@@ -1,1 +1,3 @@
 //! pgfanout daemon.
+pub mod config;
+pub mod pipeline;
