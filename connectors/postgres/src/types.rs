@@ -1,1 +1,496 @@
-//! (being written)
+//! Column text to [`Value`]s equal to PostgreSQL's `to_jsonb()`.
+//!
+//! pgoutput (protocol v1) sends every column in its text output form, written
+//! under the session settings the connection fixes (DateStyle ISO, TimeZone
+//! UTC, IntervalStyle postgres, extra_float_digits 3, bytea_output hex).
+//! `to_jsonb()` (`jsonb.c`, `jsonb_categorize_type` + `datum_to_jsonb`)
+//! differs from that text only for a few type categories, which is what a
+//! [`TypeDecoder`] captures: numbers (JSON numbers, except NaN and the
+//! infinities), booleans, json/jsonb (nested), date/timestamp/timestamptz (XSD
+//! form: `T` separator, negative BC years, `+00:00` offsets), arrays (nested
+//! JSON arrays of typed elements) and composites (objects). Every other type is
+//! the string of its text. Domains use their base type's decoder; enums,
+//! ranges and multiranges are text ([`crate::catalog`] resolves OIDs).
+//!
+//! This is the hot path: scalars cost one allocation (the value's own box),
+//! arrays and composites parse in one pass with one scratch buffer for quoted
+//! elements, and nothing here uses regexes or `format!`.
+
+use std::sync::Arc;
+
+use pgfanout_sdk::Value;
+
+use crate::pgoutput::DecodeError;
+
+/// How to turn one column's text into its `to_jsonb()`-equal [`Value`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum TypeDecoder {
+    /// The text as a JSON string (text, varchar, uuid, interval, time,
+    /// timetz, bytea, enums, ranges and everything else).
+    Text,
+    /// int2/int4/int8/float4/float8/numeric: a JSON number with the server's
+    /// digits; `NaN`, `Infinity` and `-Infinity` become strings.
+    Number,
+    /// `t`/`f` to true/false.
+    Bool,
+    /// json/jsonb: the text is the JSON.
+    Json,
+    /// `YYYY-MM-DD`, BC years negative, `infinity` kept.
+    Date,
+    /// `YYYY-MM-DDTHH:MM:SS[.ffffff]`.
+    Timestamp,
+    /// `YYYY-MM-DDTHH:MM:SS[.ffffff]+HH:MM`.
+    Timestamptz,
+    /// An array literal (any dimensions, optional bounds) to nested arrays.
+    Array { elem: Arc<TypeDecoder>, delim: u8 },
+    /// A row literal to an object with the attribute names, in order.
+    Composite { fields: Vec<(Arc<str>, Arc<TypeDecoder>)> },
+}
+
+impl TypeDecoder {
+    /// Decodes one non-NULL value's text. Fails only on text that does not
+    /// parse as this type (a malformed array/row literal, a non-number for a
+    /// number type), which the server does not produce for a matching type.
+    pub fn decode(&self, text: &[u8]) -> Result<Value, DecodeError> {
+        match self {
+            TypeDecoder::Text => Ok(Value::String(boxed_str(text))),
+            TypeDecoder::Number => decode_number(text),
+            TypeDecoder::Bool => match text {
+                b"t" => Ok(Value::Bool(true)),
+                b"f" => Ok(Value::Bool(false)),
+                _ => Err(DecodeError::value("bool", text, "expected t or f")),
+            },
+            TypeDecoder::Json => Ok(Value::Json(boxed_str(text))),
+            TypeDecoder::Date => Ok(Value::String(boxed_str(&iso_to_xsd(text, "date", false)?))),
+            TypeDecoder::Timestamp => Ok(Value::String(boxed_str(&iso_to_xsd(text, "timestamp", false)?))),
+            TypeDecoder::Timestamptz => Ok(Value::String(boxed_str(&iso_to_xsd(text, "timestamptz", true)?))),
+            TypeDecoder::Array { elem, delim } => decode_array(text, elem, *delim),
+            TypeDecoder::Composite { fields } => decode_record(text, fields),
+        }
+    }
+}
+
+fn boxed_str(b: &[u8]) -> Box<str> {
+    match std::str::from_utf8(b) {
+        Ok(s) => Box::from(s),
+        Err(_) => String::from_utf8_lossy(b).into_owned().into_boxed_str(),
+    }
+}
+
+fn decode_number(text: &[u8]) -> Result<Value, DecodeError> {
+    match text {
+        b"NaN" | b"Infinity" | b"-Infinity" => return Ok(Value::String(boxed_str(text))),
+        _ => {}
+    }
+    if !is_json_number(text) {
+        return Err(DecodeError::value("number", text, "not a JSON number"));
+    }
+    // Validated ASCII: from_utf8 cannot fail here.
+    Ok(Value::Number(boxed_str(text)))
+}
+
+/// True when `b` matches JSON's number grammar (leading zeros in the
+/// exponent allowed, as PostgreSQL writes `1e-07`).
+fn is_json_number(b: &[u8]) -> bool {
+    let mut i = 0;
+    if b.first() == Some(&b'-') {
+        i = 1;
+    }
+    let int_start = i;
+    while i < b.len() && b[i].is_ascii_digit() {
+        i += 1;
+    }
+    let int_len = i - int_start;
+    if int_len == 0 || (int_len > 1 && b[int_start] == b'0') {
+        return false;
+    }
+    if i < b.len() && b[i] == b'.' {
+        i += 1;
+        let s = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        if i == s {
+            return false;
+        }
+    }
+    if i < b.len() && (b[i] == b'e' || b[i] == b'E') {
+        i += 1;
+        if i < b.len() && (b[i] == b'+' || b[i] == b'-') {
+            i += 1;
+        }
+        let s = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        if i == s {
+            return false;
+        }
+    }
+    i == b.len()
+}
+
+/// Rewrites ISO date/timestamp text into the XSD form `to_jsonb` uses:
+/// `2020-01-02 03:04:05.5+00` -> `2020-01-02T03:04:05.5+00:00`,
+/// `0044-03-15 BC` -> `-0044-03-15`; `infinity`/`-infinity` unchanged.
+fn iso_to_xsd(text: &[u8], type_name: &'static str, with_tz: bool) -> Result<Vec<u8>, DecodeError> {
+    let mut out = Vec::with_capacity(text.len() + 4);
+    if text == b"infinity" || text == b"-infinity" {
+        out.extend_from_slice(text);
+        return Ok(out);
+    }
+    let (body, bc) = match text.strip_suffix(b" BC") {
+        Some(b) => (b, true),
+        None => (text, false),
+    };
+    if bc {
+        out.push(b'-');
+    }
+    let Some(first_digit) = body.first() else {
+        return Err(DecodeError::value(type_name, text, "empty"));
+    };
+    if !first_digit.is_ascii_digit() {
+        return Err(DecodeError::value(type_name, text, "expected an ISO date"));
+    }
+    let space = body.iter().position(|&b| b == b' ');
+    match space {
+        None => out.extend_from_slice(body),
+        Some(sp) => {
+            out.extend_from_slice(&body[..sp]);
+            out.push(b'T');
+            let time = &body[sp + 1..];
+            if with_tz {
+                let Some(sign) = time.iter().position(|&b| b == b'+' || b == b'-') else {
+                    return Err(DecodeError::value(type_name, text, "missing UTC offset"));
+                };
+                out.extend_from_slice(&time[..sign]);
+                let offset = &time[sign..];
+                out.extend_from_slice(offset);
+                // ISO prints +HH when the minutes are zero, XSD always +HH:MM.
+                if !offset.contains(&b':') {
+                    out.extend_from_slice(b":00");
+                }
+            } else {
+                out.extend_from_slice(time);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A small cursor over an array or row literal.
+struct Literal<'a> {
+    text: &'a [u8],
+    pos: usize,
+    type_name: &'static str,
+}
+
+impl<'a> Literal<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.text.get(self.pos).copied()
+    }
+
+    fn err(&self, detail: &'static str) -> DecodeError {
+        DecodeError::value(self.type_name, self.text, detail)
+    }
+
+    fn skip_ws(&mut self) {
+        while matches!(self.peek(), Some(b) if b.is_ascii_whitespace()) {
+            self.pos += 1;
+        }
+    }
+
+    /// Reads a double-quoted string (the cursor is on the opening quote) into
+    /// `scratch`, undoing backslash escapes (and `""` inside row literals).
+    fn quoted(&mut self, scratch: &mut Vec<u8>, doubled_quotes: bool) -> Result<(), DecodeError> {
+        self.pos += 1;
+        loop {
+            let rest = &self.text[self.pos..];
+            let stop = rest.iter().position(|&b| b == b'"' || b == b'\\').ok_or_else(|| self.err("unterminated quoted element"))?;
+            scratch.extend_from_slice(&rest[..stop]);
+            self.pos += stop;
+            if self.text[self.pos] == b'\\' {
+                let escaped = *self.text.get(self.pos + 1).ok_or_else(|| self.err("dangling backslash"))?;
+                scratch.push(escaped);
+                self.pos += 2;
+            } else if doubled_quotes && self.text.get(self.pos + 1) == Some(&b'"') {
+                scratch.push(b'"');
+                self.pos += 2;
+            } else {
+                self.pos += 1;
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Parses an array literal (`array_out` form): optional `[lo:hi]...=` bounds,
+/// nested braces, elements separated by `delim`, quoted elements with
+/// backslash escapes, unquoted `NULL` for null elements.
+fn decode_array(text: &[u8], elem: &TypeDecoder, delim: u8) -> Result<Value, DecodeError> {
+    let mut lit = Literal { text, pos: 0, type_name: "array" };
+    if text.first() == Some(&b'[') {
+        let eq = text.iter().position(|&b| b == b'=').ok_or_else(|| lit.err("dimensions without '='"))?;
+        lit.pos = eq + 1;
+    }
+    lit.skip_ws();
+    let mut scratch = Vec::new();
+    let value = array_level(&mut lit, elem, delim, &mut scratch, 0)?;
+    lit.skip_ws();
+    if lit.pos != text.len() {
+        return Err(lit.err("unexpected text after the closing brace"));
+    }
+    Ok(value)
+}
+
+fn array_level(lit: &mut Literal<'_>, elem: &TypeDecoder, delim: u8, scratch: &mut Vec<u8>, depth: usize) -> Result<Value, DecodeError> {
+    if depth > 6 {
+        return Err(lit.err("more than 6 dimensions"));
+    }
+    if lit.peek() != Some(b'{') {
+        return Err(lit.err("expected '{'"));
+    }
+    lit.pos += 1;
+    let mut items = Vec::new();
+    lit.skip_ws();
+    if lit.peek() == Some(b'}') {
+        lit.pos += 1;
+        return Ok(Value::Array(items));
+    }
+    loop {
+        lit.skip_ws();
+        match lit.peek() {
+            Some(b'{') => items.push(array_level(lit, elem, delim, scratch, depth + 1)?),
+            Some(b'"') => {
+                scratch.clear();
+                lit.quoted(scratch, false)?;
+                items.push(elem.decode(scratch)?);
+            }
+            Some(_) => items.push(unquoted_element(lit, elem, delim, scratch)?),
+            None => return Err(lit.err("unterminated array")),
+        }
+        lit.skip_ws();
+        match lit.peek() {
+            Some(b'}') => {
+                lit.pos += 1;
+                return Ok(Value::Array(items));
+            }
+            Some(b) if b == delim => lit.pos += 1,
+            _ => return Err(lit.err("expected a delimiter or '}'")),
+        }
+    }
+}
+
+fn unquoted_element(lit: &mut Literal<'_>, elem: &TypeDecoder, delim: u8, scratch: &mut Vec<u8>) -> Result<Value, DecodeError> {
+    let start = lit.pos;
+    let mut escaped = false;
+    while let Some(b) = lit.peek() {
+        if b == delim || b == b'}' {
+            break;
+        }
+        if b == b'"' || b == b'{' {
+            return Err(lit.err("unexpected character in an unquoted element"));
+        }
+        if b == b'\\' {
+            escaped = true;
+            lit.pos += 1;
+        }
+        lit.pos += 1;
+    }
+    let end = lit.pos.min(lit.text.len());
+    if !escaped {
+        let raw = lit.text[start..end].trim_ascii_end();
+        if raw.eq_ignore_ascii_case(b"NULL") {
+            return Ok(Value::Null);
+        }
+        return elem.decode(raw);
+    }
+    scratch.clear();
+    let mut i = start;
+    let mut keep = 0; // length of scratch up to the last escaped byte (never trimmed)
+    while i < end {
+        if lit.text[i] == b'\\' && i + 1 < end {
+            scratch.push(lit.text[i + 1]);
+            keep = scratch.len();
+            i += 2;
+        } else {
+            scratch.push(lit.text[i]);
+            i += 1;
+        }
+    }
+    while scratch.len() > keep && scratch.last().is_some_and(|b| b.is_ascii_whitespace()) {
+        scratch.pop();
+    }
+    elem.decode(scratch)
+}
+
+/// Parses a row literal (`record_out` form): `(a,"b c",)`; an empty unquoted
+/// field is NULL, `""` is the empty string.
+fn decode_record(text: &[u8], fields: &[(Arc<str>, Arc<TypeDecoder>)]) -> Result<Value, DecodeError> {
+    let mut lit = Literal { text, pos: 0, type_name: "composite" };
+    lit.skip_ws();
+    if lit.peek() != Some(b'(') {
+        return Err(lit.err("expected '('"));
+    }
+    lit.pos += 1;
+    let mut out = Vec::with_capacity(fields.len());
+    let mut scratch = Vec::new();
+    for (i, (name, decoder)) in fields.iter().enumerate() {
+        let start = lit.pos;
+        let mut simple = true;
+        scratch.clear();
+        loop {
+            match lit.peek() {
+                None => return Err(lit.err("unterminated row literal")),
+                Some(b',' | b')') => break,
+                Some(b'"') => {
+                    if simple {
+                        scratch.extend_from_slice(&lit.text[start..lit.pos]);
+                        simple = false;
+                    }
+                    lit.quoted(&mut scratch, true)?;
+                }
+                Some(b'\\') => {
+                    if simple {
+                        scratch.extend_from_slice(&lit.text[start..lit.pos]);
+                        simple = false;
+                    }
+                    let escaped = *lit.text.get(lit.pos + 1).ok_or_else(|| lit.err("dangling backslash"))?;
+                    scratch.push(escaped);
+                    lit.pos += 2;
+                }
+                Some(b) => {
+                    if !simple {
+                        scratch.push(b);
+                    }
+                    lit.pos += 1;
+                }
+            }
+        }
+        let value = if lit.pos == start {
+            Value::Null
+        } else if simple {
+            decoder.decode(&lit.text[start..lit.pos])?
+        } else {
+            decoder.decode(&scratch)?
+        };
+        out.push((name.clone(), value));
+        let last = i + 1 == fields.len();
+        match (lit.peek(), last) {
+            (Some(b','), false) => lit.pos += 1,
+            (Some(b')'), true) => lit.pos += 1,
+            (Some(b')'), false) => return Err(lit.err("fewer fields than the type has attributes")),
+            _ => return Err(lit.err("more fields than the type has attributes")),
+        }
+    }
+    if fields.is_empty() {
+        if lit.peek() != Some(b')') {
+            return Err(lit.err("expected ')'"));
+        }
+        lit.pos += 1;
+    }
+    lit.skip_ws();
+    if lit.pos != text.len() {
+        return Err(lit.err("unexpected text after ')'"));
+    }
+    Ok(Value::Object(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arr(elem: TypeDecoder) -> TypeDecoder {
+        TypeDecoder::Array { elem: Arc::new(elem), delim: b',' }
+    }
+
+    fn json(d: &TypeDecoder, text: &str) -> String {
+        d.decode(text.as_bytes()).unwrap_or_else(|e| panic!("{text}: {e}")).to_json_string()
+    }
+
+    #[test]
+    fn numbers_keep_their_text_and_specials_become_strings() {
+        let n = TypeDecoder::Number;
+        assert_eq!(json(&n, "12.500"), "12.500");
+        assert_eq!(json(&n, "-1.5e-07"), "-1.5e-07");
+        assert_eq!(json(&n, "1e+20"), "1e+20");
+        assert_eq!(json(&n, "NaN"), "\"NaN\"");
+        assert_eq!(json(&n, "-Infinity"), "\"-Infinity\"");
+        for bad in ["", "-", "01", "1.", "1e", "abc", "1 "] {
+            assert!(n.decode(bad.as_bytes()).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn dates_and_timestamps_use_the_xsd_form() {
+        assert_eq!(json(&TypeDecoder::Date, "2024-02-29"), "\"2024-02-29\"");
+        assert_eq!(json(&TypeDecoder::Date, "0044-03-15 BC"), "\"-0044-03-15\"");
+        assert_eq!(json(&TypeDecoder::Date, "-infinity"), "\"-infinity\"");
+        assert_eq!(json(&TypeDecoder::Timestamp, "2024-02-29 01:02:03.5"), "\"2024-02-29T01:02:03.5\"");
+        assert_eq!(json(&TypeDecoder::Timestamp, "0001-01-01 00:00:00 BC"), "\"-0001-01-01T00:00:00\"");
+        assert_eq!(json(&TypeDecoder::Timestamptz, "2024-02-29 01:02:03.123456+00"), "\"2024-02-29T01:02:03.123456+00:00\"");
+        assert_eq!(json(&TypeDecoder::Timestamptz, "2024-02-29 01:02:03-05:30"), "\"2024-02-29T01:02:03-05:30\"");
+        assert_eq!(json(&TypeDecoder::Timestamptz, "infinity"), "\"infinity\"");
+    }
+
+    #[test]
+    fn arrays_nest_quote_and_null() {
+        let ints = arr(TypeDecoder::Number);
+        assert_eq!(json(&ints, "{}"), "[]");
+        assert_eq!(json(&ints, "{1,NULL,3}"), "[1,null,3]");
+        assert_eq!(json(&ints, "{{1,2},{3,4}}"), "[[1,2],[3,4]]");
+        assert_eq!(json(&ints, "[0:1]={1,2}"), "[1,2]");
+        assert_eq!(json(&ints, "[0:1][1:1]={{1},{2}}"), "[[1],[2]]");
+        let texts = arr(TypeDecoder::Text);
+        assert_eq!(json(&texts, r#"{"a b","NULL",null,"q\"x","b\\s",""}"#), r#"["a b","NULL",null,"q\"x","b\\s",""]"#);
+        assert_eq!(json(&texts, r#"{ a , b\,c ,d\ }"#), r#"["a","b,c","d "]"#);
+        let boxes = TypeDecoder::Array { elem: Arc::new(TypeDecoder::Text), delim: b';' };
+        assert_eq!(json(&boxes, "{(1,1),(0,0);(2,2),(1,1)}"), r#"["(1,1),(0,0)","(2,2),(1,1)"]"#);
+        for bad in ["", "{", "{1,2", "{1,2}x", "{1 2}", "[1:2]{1,2}", r#"{"a}"#] {
+            assert!(ints.decode(bad.as_bytes()).is_err() || texts.decode(bad.as_bytes()).is_err(), "{bad:?}");
+        }
+    }
+
+    fn pair() -> TypeDecoder {
+        TypeDecoder::Composite { fields: vec![("n".into(), Arc::new(TypeDecoder::Number)), ("s".into(), Arc::new(TypeDecoder::Text))] }
+    }
+
+    #[test]
+    fn composites_quote_double_quotes_and_null() {
+        let p = pair();
+        assert_eq!(json(&p, "(1,\"a b\")"), r#"{"n":1,"s":"a b"}"#);
+        assert_eq!(json(&p, "(,)"), r#"{"n":null,"s":null}"#);
+        assert_eq!(json(&p, "(2,\"\")"), r#"{"n":2,"s":""}"#);
+        assert_eq!(json(&p, r#"(3,"say ""hi"" \\ ok")"#), r#"{"n":3,"s":"say \"hi\" \\ ok"}"#);
+        assert_eq!(json(&p, r#"(4,a"b,c"d)"#), r#"{"n":4,"s":"ab,cd"}"#);
+        assert!(p.decode(b"(1)").is_err());
+        assert!(p.decode(b"(1,2,3)").is_err());
+        assert!(p.decode(b"1,2").is_err());
+        assert!(p.decode(b"(1,\"x)").is_err());
+    }
+
+    #[test]
+    fn composites_nest_with_arrays() {
+        let outer = TypeDecoder::Composite {
+            fields: vec![
+                ("inner".into(), Arc::new(pair())),
+                ("tags".into(), Arc::new(arr(TypeDecoder::Text))),
+                ("pairs".into(), Arc::new(arr(pair()))),
+            ],
+        };
+        let text = r#"("(1,""x y"")","{a,""b c""}","{""(2,z)"",NULL,""(,)""}")"#;
+        assert_eq!(
+            json(&outer, text),
+            r#"{"inner":{"n":1,"s":"x y"},"tags":["a","b c"],"pairs":[{"n":2,"s":"z"},null,{"n":null,"s":null}]}"#
+        );
+        let arr_of_pairs = arr(pair());
+        assert_eq!(json(&arr_of_pairs, r#"{"(1,\"a \"\"q\"\"\")"}"#), r#"[{"n":1,"s":"a \"q\""}]"#);
+    }
+
+    #[test]
+    fn bools_and_json() {
+        assert_eq!(json(&TypeDecoder::Bool, "t"), "true");
+        assert!(TypeDecoder::Bool.decode(b"true").is_err());
+        assert_eq!(json(&arr(TypeDecoder::Json), r#"{"{\"a\": 1}",null}"#), r#"[{"a": 1},null]"#);
+    }
+}
