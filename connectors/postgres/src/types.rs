@@ -7,7 +7,7 @@
 //! differs from that text only for a few type categories, which is what a
 //! [`TypeDecoder`] captures: numbers (JSON numbers, except NaN and the
 //! infinities), booleans, json/jsonb (nested), date/timestamp/timestamptz (XSD
-//! form: `T` separator, negative BC years, `+00:00` offsets), arrays (nested
+//! form: `T` separator, `+00:00` offsets), arrays (nested
 //! JSON arrays of typed elements) and composites (objects). Every other type is
 //! the string of its text. Domains use their base type's decoder; enums,
 //! ranges and multiranges are text ([`crate::catalog`] resolves OIDs).
@@ -35,7 +35,7 @@ pub enum TypeDecoder {
     Bool,
     /// json/jsonb: the text is the JSON.
     Json,
-    /// `YYYY-MM-DD`, BC years negative, `infinity` kept.
+    /// `YYYY-MM-DD[ BC]`, `infinity` kept.
     Date,
     /// `YYYY-MM-DDTHH:MM:SS[.ffffff]`.
     Timestamp,
@@ -61,7 +61,8 @@ impl TypeDecoder {
                 _ => Err(DecodeError::value("bool", text, "expected t or f")),
             },
             TypeDecoder::Json => Ok(Value::Json(boxed_str(text))),
-            TypeDecoder::Date => Ok(Value::String(boxed_str(&iso_to_xsd(text, "date", false)?))),
+            // ISO date text is already what to_jsonb writes (BC suffix included).
+            TypeDecoder::Date => Ok(Value::String(boxed_str(text))),
             TypeDecoder::Timestamp => Ok(Value::String(boxed_str(&iso_to_xsd(text, "timestamp", false)?))),
             TypeDecoder::Timestamptz => Ok(Value::String(boxed_str(&iso_to_xsd(text, "timestamptz", true)?))),
             TypeDecoder::Array { elem, delim } => decode_array(text, elem, *delim),
@@ -131,8 +132,9 @@ fn is_json_number(b: &[u8]) -> bool {
 }
 
 /// Rewrites ISO date/timestamp text into the XSD form `to_jsonb` uses:
-/// `2020-01-02 03:04:05.5+00` -> `2020-01-02T03:04:05.5+00:00`,
-/// `0044-03-15 BC` -> `-0044-03-15`; `infinity`/`-infinity` unchanged.
+/// `2020-01-02 03:04:05.5+00` -> `2020-01-02T03:04:05.5+00:00`. PostgreSQL
+/// 15 keeps the ` BC` suffix (`0001-01-01T00:00:00 BC`); `infinity` and
+/// `-infinity` are unchanged.
 fn iso_to_xsd(text: &[u8], type_name: &'static str, with_tz: bool) -> Result<Vec<u8>, DecodeError> {
     let mut out = Vec::with_capacity(text.len() + 4);
     if text == b"infinity" || text == b"-infinity" {
@@ -143,9 +145,6 @@ fn iso_to_xsd(text: &[u8], type_name: &'static str, with_tz: bool) -> Result<Vec
         Some(b) => (b, true),
         None => (text, false),
     };
-    if bc {
-        out.push(b'-');
-    }
     let Some(first_digit) = body.first() else {
         return Err(DecodeError::value(type_name, text, "empty"));
     };
@@ -174,6 +173,9 @@ fn iso_to_xsd(text: &[u8], type_name: &'static str, with_tz: bool) -> Result<Vec
                 out.extend_from_slice(time);
             }
         }
+    }
+    if bc {
+        out.extend_from_slice(b" BC");
     }
     Ok(out)
 }
@@ -424,10 +426,10 @@ mod tests {
     #[test]
     fn dates_and_timestamps_use_the_xsd_form() {
         assert_eq!(json(&TypeDecoder::Date, "2024-02-29"), "\"2024-02-29\"");
-        assert_eq!(json(&TypeDecoder::Date, "0044-03-15 BC"), "\"-0044-03-15\"");
+        assert_eq!(json(&TypeDecoder::Date, "0044-03-15 BC"), "\"0044-03-15 BC\"");
         assert_eq!(json(&TypeDecoder::Date, "-infinity"), "\"-infinity\"");
         assert_eq!(json(&TypeDecoder::Timestamp, "2024-02-29 01:02:03.5"), "\"2024-02-29T01:02:03.5\"");
-        assert_eq!(json(&TypeDecoder::Timestamp, "0001-01-01 00:00:00 BC"), "\"-0001-01-01T00:00:00\"");
+        assert_eq!(json(&TypeDecoder::Timestamp, "0001-01-01 00:00:00 BC"), "\"0001-01-01T00:00:00 BC\"");
         assert_eq!(json(&TypeDecoder::Timestamptz, "2024-02-29 01:02:03.123456+00"), "\"2024-02-29T01:02:03.123456+00:00\"");
         assert_eq!(json(&TypeDecoder::Timestamptz, "2024-02-29 01:02:03-05:30"), "\"2024-02-29T01:02:03-05:30\"");
         assert_eq!(json(&TypeDecoder::Timestamptz, "infinity"), "\"infinity\"");
