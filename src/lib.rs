@@ -1,3 +1,15 @@
-//! pgfanout daemon.
+//! pgfanout: a PostgreSQL change-data-capture daemon.
+//!
+//! It reads a logical replication slot (pgoutput), passes every change
+//! through the pipelines declared in YAML and writes it to the configured
+//! sinks, confirming to PostgreSQL only what every sink has made durable.
+
+pub mod cli;
 pub mod config;
+pub mod dead_letter;
+pub mod http;
+pub mod metrics;
+pub mod ops;
 pub mod pipeline;
+pub mod runtime;
+pub mod sinks;

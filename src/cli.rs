@@ -1,0 +1,110 @@
+//! The command line: `run`, `check`, `doctor`, `status`.
+//!
+//! Exit codes: 0 ok, 1 runtime failure, 2 bad configuration or usage.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config;
+
+#[derive(Debug, Parser)]
+#[command(name = "pgfanout", version, about = "PostgreSQL change-data-capture: one replication slot, many sinks")]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Stream changes until SIGTERM/SIGINT.
+    Run {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Validate a configuration file offline.
+    Check {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Check the live system: server settings, privileges, publication, replica identity, slot, sinks.
+    Doctor {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Print slot lag, confirmed LSN and per-sink positions.
+    Status {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+}
+
+/// Parses arguments, runs the command, returns the exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    init_logging(cli.log_format);
+    let path = match &cli.command {
+        Command::Run { config } | Command::Check { config } | Command::Doctor { config } | Command::Status { config } => config.clone(),
+    };
+    let cfg = match config::load(&path) {
+        Ok(cfg) => cfg,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return 2;
+        }
+    };
+    if let Command::Check { .. } = cli.command {
+        println!("{}: ok", path.display());
+        return 0;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return 1;
+        }
+    };
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Run { .. } => match crate::runtime::run(cfg).await {
+                Ok(()) => 0,
+                Err(crate::runtime::RunError::Config(m)) => {
+                    eprintln!("{}: {m}", path.display());
+                    2
+                }
+                Err(crate::runtime::RunError::Fatal(m)) => {
+                    eprintln!("pgfanout: {m}");
+                    1
+                }
+            },
+            Command::Doctor { .. } => crate::ops::doctor(&cfg).await,
+            Command::Status { .. } => crate::ops::status(&cfg).await,
+            Command::Check { .. } => 0,
+        }
+    })
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PGFANOUT_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,95 @@
+//! The dead-letter file: records that cannot be delivered, with their error.
+//!
+//! A record lands here when a sink rejects it permanently or when its
+//! pipeline's filter or a transform fails. The entry is appended and
+//! `fsync`ed before the record counts as done, so nothing vanishes: either
+//! the record is in its sink or it is here, with the reason.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use pgfanout_sdk::{json, Change};
+use tracing::error;
+
+use crate::runtime::backoff::Backoff;
+
+/// One undeliverable record.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub pipeline: Arc<str>,
+    pub sink: Arc<str>,
+    pub error: String,
+    pub change: Arc<Change>,
+}
+
+impl DeadLetter {
+    /// `{"pipeline","sink","error","commit_lsn","ordinal","change":{...}}`
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"pipeline\":");
+        json::write_str(out, &self.pipeline);
+        out.extend_from_slice(b",\"sink\":");
+        json::write_str(out, &self.sink);
+        out.extend_from_slice(b",\"error\":");
+        json::write_str(out, &self.error);
+        out.extend_from_slice(b",\"commit_lsn\":");
+        json::write_str(out, &self.change.commit_lsn.to_string());
+        out.extend_from_slice(format!(",\"ordinal\":{},\"change\":", self.change.ordinal).as_bytes());
+        self.change.write_json(out);
+        out.push(b'}');
+    }
+}
+
+/// Appends dead letters durably. Cheap to clone.
+#[derive(Clone)]
+pub struct DeadLetters {
+    path: Arc<PathBuf>,
+    lock: Arc<Mutex<()>>,
+}
+
+impl DeadLetters {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        DeadLetters { path: Arc::new(path.into()), lock: Arc::new(Mutex::new(())) }
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Appends and syncs `letters`, retrying until it succeeds: a dead
+    /// letter is never dropped.
+    pub async fn write(&self, letters: Vec<DeadLetter>) {
+        if letters.is_empty() {
+            return;
+        }
+        let mut buf = Vec::new();
+        for l in &letters {
+            l.write_json(&mut buf);
+            buf.push(b'\n');
+        }
+        let buf = Arc::new(buf);
+        let mut backoff = Backoff::default();
+        loop {
+            let path = self.path.clone();
+            let lock = self.lock.clone();
+            let data = buf.clone();
+            let result = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(parent)?;
+                }
+                let mut f = OpenOptions::new().create(true).append(true).open(&*path)?;
+                f.write_all(&data)?;
+                f.sync_data()
+            })
+            .await;
+            match result {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) => error!(path = %self.path.display(), error = %e, "cannot write dead letters; retrying"),
+                Err(e) => error!(path = %self.path.display(), error = %e, "dead-letter writer failed; retrying"),
+            }
+            tokio::time::sleep(backoff.next_delay()).await;
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! Metric names and label keys: the only place they are spelled. The
+//! dashboards in `dashboards/` use only these names.
+
+pub const LABEL_SINK: &str = "sink";
+pub const LABEL_TABLE: &str = "table";
+pub const LABEL_OP: &str = "op";
+pub const LABEL_PIPELINE: &str = "pipeline";
+
+/// Changes decoded from the stream, by `table` and `op`.
+pub const CHANGES_READ_TOTAL: &str = "pgfanout_changes_read_total";
+/// pgoutput bytes received.
+pub const BYTES_READ_TOTAL: &str = "pgfanout_bytes_read_total";
+/// Committed transactions received.
+pub const TRANSACTIONS_TOTAL: &str = "pgfanout_transactions_total";
+/// Server WAL end minus confirmed flush LSN.
+pub const SOURCE_LAG_BYTES: &str = "pgfanout_source_lag_bytes";
+/// WAL the slot retains (pg_current_wal_lsn - restart_lsn), sampled.
+pub const SLOT_RETAINED_WAL_BYTES: &str = "pgfanout_slot_retained_wal_bytes";
+/// The flush LSN last confirmed to PostgreSQL (as a number).
+pub const CONFIRMED_FLUSH_LSN: &str = "pgfanout_confirmed_flush_lsn";
+/// Reconnections of the replication stream.
+pub const SOURCE_RECONNECTS_TOTAL: &str = "pgfanout_source_reconnects_total";
+/// 1 while streaming, 0 otherwise.
+pub const SOURCE_STREAMING: &str = "pgfanout_source_streaming";
+
+/// Records written durably, by `sink`.
+pub const SINK_WRITTEN_TOTAL: &str = "pgfanout_sink_written_total";
+/// Records in failed (retried) write attempts, by `sink`.
+pub const SINK_FAILED_TOTAL: &str = "pgfanout_sink_failed_total";
+/// Records sent to the dead-letter file by a sink, by `sink`.
+pub const SINK_DEAD_LETTERED_TOTAL: &str = "pgfanout_sink_dead_lettered_total";
+/// End LSN up to which a sink is durable, by `sink`.
+pub const SINK_DURABLE_LSN: &str = "pgfanout_sink_durable_lsn";
+/// Duration of one sink write, by `sink`.
+pub const SINK_BATCH_DURATION_SECONDS: &str = "pgfanout_sink_batch_duration_seconds";
+/// Commit time to durable in the sink, by `sink`.
+pub const END_TO_END_LATENCY_SECONDS: &str = "pgfanout_end_to_end_latency_seconds";
+
+/// Records a pipeline's filter or transforms failed on, by `pipeline`.
+pub const PIPELINE_DEAD_LETTERED_TOTAL: &str = "pgfanout_pipeline_dead_lettered_total";
+
+/// Rows copied by the initial snapshot, by `table`.
+pub const SNAPSHOT_ROWS_TOTAL: &str = "pgfanout_snapshot_rows_total";
+/// Snapshot progress (0..1), by `table`.
+pub const SNAPSHOT_PROGRESS_RATIO: &str = "pgfanout_snapshot_progress_ratio";
+
+/// Every metric name, for tests and dashboard checks.
+pub const ALL: &[&str] = &[
+    CHANGES_READ_TOTAL,
+    BYTES_READ_TOTAL,
+    TRANSACTIONS_TOTAL,
+    SOURCE_LAG_BYTES,
+    SLOT_RETAINED_WAL_BYTES,
+    CONFIRMED_FLUSH_LSN,
+    SOURCE_RECONNECTS_TOTAL,
+    SOURCE_STREAMING,
+    SINK_WRITTEN_TOTAL,
+    SINK_FAILED_TOTAL,
+    SINK_DEAD_LETTERED_TOTAL,
+    SINK_DURABLE_LSN,
+    SINK_BATCH_DURATION_SECONDS,
+    END_TO_END_LATENCY_SECONDS,
+    PIPELINE_DEAD_LETTERED_TOTAL,
+    SNAPSHOT_ROWS_TOTAL,
+    SNAPSHOT_PROGRESS_RATIO,
+];
+
+/// Declares help texts with the recorder.
+pub fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(CHANGES_READ_TOTAL, "Changes decoded from the replication stream");
+    describe_counter!(BYTES_READ_TOTAL, Unit::Bytes, "pgoutput bytes received");
+    describe_counter!(TRANSACTIONS_TOTAL, "Committed transactions received");
+    describe_gauge!(SOURCE_LAG_BYTES, Unit::Bytes, "Server WAL end minus the confirmed flush LSN");
+    describe_gauge!(SLOT_RETAINED_WAL_BYTES, Unit::Bytes, "WAL retained by the replication slot");
+    describe_gauge!(CONFIRMED_FLUSH_LSN, "Flush LSN last confirmed to PostgreSQL");
+    describe_counter!(SOURCE_RECONNECTS_TOTAL, "Reconnections of the replication stream");
+    describe_gauge!(SOURCE_STREAMING, "1 while the replication stream is up");
+    describe_counter!(SINK_WRITTEN_TOTAL, "Records written durably");
+    describe_counter!(SINK_FAILED_TOTAL, "Records in failed write attempts (retried)");
+    describe_counter!(SINK_DEAD_LETTERED_TOTAL, "Records a sink rejected, sent to the dead-letter file");
+    describe_gauge!(SINK_DURABLE_LSN, "End LSN up to which the sink is durable");
+    describe_histogram!(SINK_BATCH_DURATION_SECONDS, Unit::Seconds, "Duration of one sink write");
+    describe_histogram!(END_TO_END_LATENCY_SECONDS, Unit::Seconds, "Commit time to durable in the sink");
+    describe_counter!(PIPELINE_DEAD_LETTERED_TOTAL, "Records whose filter or transform failed");
+    describe_counter!(SNAPSHOT_ROWS_TOTAL, "Rows copied by the initial snapshot");
+    describe_gauge!(SNAPSHOT_PROGRESS_RATIO, "Snapshot progress of a table, 0 to 1");
+}

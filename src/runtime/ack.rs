@@ -1,0 +1,182 @@
+//! The ack rule: which LSN may be confirmed to PostgreSQL.
+//!
+//! Every committed transaction gets a sequence number, in commit order, and
+//! its Commit message's end LSN is remembered here. Each sink worker publishes
+//! the highest sequence number up to which everything it was sent is durable
+//! (changes filtered out for it and dead-lettered ones count as done: the
+//! commit markers still flow through its queue). The confirmed flush LSN is
+//! the end LSN of the newest transaction that every sink has made durable,
+//! and it only moves forward.
+//!
+//! When nothing is in flight — no transaction is open and every committed one
+//! is durable everywhere — the latest keepalive `wal_end` may be confirmed,
+//! so an idle or fully filtered slot does not hold WAL back. That is safe
+//! because the server sends a transaction only once it has committed, and
+//! sends it before any keepalive whose position is past its commit.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use pgfanout_sdk::Lsn;
+
+/// A sink's published progress: the highest transaction sequence number up
+/// to which all its records are durable. Shared between a worker and the
+/// tracker.
+#[derive(Debug, Default, Clone)]
+pub struct DurableSeq(Arc<AtomicU64>);
+
+impl DurableSeq {
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Publishes progress; never moves backwards.
+    pub fn advance(&self, seq: u64) {
+        self.0.fetch_max(seq, Ordering::AcqRel);
+    }
+}
+
+/// Tracks committed transactions until every sink has them durable.
+#[derive(Debug)]
+pub struct AckTracker {
+    sinks: Vec<DurableSeq>,
+    /// (sequence, end LSN) of committed transactions not yet durable everywhere.
+    pending: VecDeque<(u64, Lsn)>,
+    next_seq: u64,
+    /// End LSN of the newest transaction durable everywhere (or the last
+    /// idle keepalive position).
+    confirmed: Lsn,
+    /// Per sink: the last (seq, end LSN) known durable in that sink.
+    sink_lsn: Vec<(u64, Lsn)>,
+}
+
+impl AckTracker {
+    /// `start` is the slot's confirmed position (nothing below it is resent).
+    pub fn new(sinks: Vec<DurableSeq>, start: Lsn) -> Self {
+        let n = sinks.len();
+        AckTracker { sinks, pending: VecDeque::new(), next_seq: 1, confirmed: start, sink_lsn: vec![(0, start); n] }
+    }
+
+    /// Registers a committed transaction and returns the sequence number to
+    /// send to every sink as its commit marker.
+    pub fn commit(&mut self, end_lsn: Lsn) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.pending.push_back((seq, end_lsn));
+        seq
+    }
+
+    /// Number of committed transactions not yet durable everywhere.
+    pub fn in_flight(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Pops what every sink made durable and returns the confirmed LSN.
+    pub fn poll(&mut self) -> Lsn {
+        let durable: Vec<u64> = self.sinks.iter().map(DurableSeq::get).collect();
+        for (i, &d) in durable.iter().enumerate() {
+            if let Some(&(seq, lsn)) = self.pending.iter().take_while(|(s, _)| *s <= d).last() {
+                if seq > self.sink_lsn[i].0 {
+                    self.sink_lsn[i] = (seq, lsn);
+                }
+            }
+        }
+        let min = durable.iter().copied().min().unwrap_or(u64::MAX);
+        while let Some(&(seq, lsn)) = self.pending.front() {
+            if seq > min {
+                break;
+            }
+            self.pending.pop_front();
+            self.confirmed = self.confirmed.max(lsn);
+        }
+        self.confirmed
+    }
+
+    /// Called on a keepalive (or any point between transactions): when no
+    /// transaction is open and nothing is in flight, `wal_end` is confirmed.
+    pub fn idle_position(&mut self, wal_end: Lsn, in_transaction: bool) -> Lsn {
+        self.poll();
+        if !in_transaction && self.pending.is_empty() {
+            self.confirmed = self.confirmed.max(wal_end);
+            for s in &mut self.sink_lsn {
+                s.1 = s.1.max(wal_end);
+            }
+        }
+        self.confirmed
+    }
+
+    pub fn confirmed(&self) -> Lsn {
+        self.confirmed
+    }
+
+    /// Per sink: the end LSN up to which it is durable.
+    pub fn sink_positions(&self) -> Vec<Lsn> {
+        self.sink_lsn.iter().map(|(_, l)| *l).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn confirms_only_what_every_sink_has() {
+        let a = DurableSeq::default();
+        let b = DurableSeq::default();
+        let mut t = AckTracker::new(vec![a.clone(), b.clone()], Lsn(10));
+        let s1 = t.commit(Lsn(100));
+        let s2 = t.commit(Lsn(200));
+        assert_eq!(t.poll(), Lsn(10));
+        a.advance(s2);
+        assert_eq!(t.poll(), Lsn(10), "sink b has nothing yet");
+        b.advance(s1);
+        assert_eq!(t.poll(), Lsn(100));
+        b.advance(s2);
+        assert_eq!(t.poll(), Lsn(200));
+        assert_eq!(t.in_flight(), 0);
+        assert_eq!(t.sink_positions(), vec![Lsn(200), Lsn(200)]);
+    }
+
+    #[test]
+    fn idle_keepalive_confirms_only_when_nothing_in_flight() {
+        let a = DurableSeq::default();
+        let mut t = AckTracker::new(vec![a.clone()], Lsn(10));
+        assert_eq!(t.idle_position(Lsn(50), false), Lsn(50));
+        assert_eq!(t.idle_position(Lsn(60), true), Lsn(50), "open transaction");
+        let s = t.commit(Lsn(70));
+        assert_eq!(t.idle_position(Lsn(80), false), Lsn(50), "transaction in flight");
+        a.advance(s);
+        assert_eq!(t.idle_position(Lsn(80), false), Lsn(80));
+        assert_eq!(t.idle_position(Lsn(40), false), Lsn(80), "never backwards");
+    }
+
+    #[test]
+    fn random_interleavings_never_confirm_undurable_work() {
+        // A small deterministic pseudo-random walk over commits and sink progress.
+        let sinks: Vec<DurableSeq> = (0..3).map(|_| DurableSeq::default()).collect();
+        let mut t = AckTracker::new(sinks.clone(), Lsn(0));
+        let mut commits: Vec<(u64, Lsn)> = Vec::new();
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut last = Lsn(0);
+        for step in 0..10_000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            if x % 3 == 0 {
+                let lsn = Lsn(step * 10 + 5);
+                commits.push((t.commit(lsn), lsn));
+            } else if !commits.is_empty() {
+                let s = &sinks[(x % 3) as usize];
+                let target = commits[(x as usize / 3) % commits.len()].0;
+                s.advance(target);
+            }
+            let c = t.poll();
+            assert!(c >= last, "moved backwards");
+            last = c;
+            let min = sinks.iter().map(DurableSeq::get).min().unwrap();
+            let allowed = commits.iter().filter(|(s, _)| *s <= min).map(|(_, l)| *l).max().unwrap_or(Lsn(0));
+            assert_eq!(c, allowed);
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! The runtime: wires the source, the pipelines and the sink workers
+//! together, and handles start-up checks and shutdown.
+
+pub mod ack;
+pub mod backoff;
+pub mod setup;
+pub mod source;
+pub mod worker;
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tracing::{error, info};
+
+use crate::config::Config;
+use crate::dead_letter::DeadLetters;
+use crate::http::Health;
+use crate::pipeline::Router;
+use crate::runtime::ack::AckTracker;
+use crate::runtime::source::{SourceLoop, SourceSettings};
+
+/// How `run` ended, mapped to the process exit code by the CLI.
+#[derive(Debug)]
+pub enum RunError {
+    /// Bad configuration (exit 2).
+    Config(String),
+    /// Runtime failure the operator must fix (exit 1).
+    Fatal(String),
+}
+
+impl std::fmt::Display for RunError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RunError::Config(m) | RunError::Fatal(m) => f.write_str(m),
+        }
+    }
+}
+
+/// Runs the daemon until SIGTERM/SIGINT (Ok) or a permanent error.
+pub async fn run(cfg: Config) -> Result<(), RunError> {
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        info!("shutdown requested");
+        let _ = shutdown_tx.send(true);
+    });
+
+    let health = Arc::new(Health::default());
+    health.max_lag_bytes.store(cfg.http.ready_max_lag_bytes(), std::sync::atomic::Ordering::Release);
+    if cfg.http.enabled {
+        let handle = crate::http::install_recorder().map_err(|e| RunError::Fatal(format!("metrics: {e}")))?;
+        let mut rx = shutdown_rx.clone();
+        crate::http::serve(&cfg.http.listen, handle, health.clone(), async move {
+            let _ = rx.wait_for(|v| *v).await;
+        })
+        .await
+        .map_err(|e| RunError::Fatal(e.to_string()))?;
+        info!(listen = %cfg.http.listen, "metrics and health endpoints up");
+    }
+
+    let router = Router::new(&cfg).map_err(|e| RunError::Config(e.to_string()))?;
+    let pg = &cfg.source.postgres;
+    let opts = setup::connect_options(pg).map_err(|e| RunError::Config(e.to_string()))?;
+    let start = match setup::prepare_source(&opts, pg, &router, shutdown_rx.clone()).await {
+        Ok(Some(lsn)) => lsn,
+        Ok(None) => return Ok(()),
+        Err(e) => return Err(RunError::Fatal(e.to_string())),
+    };
+
+    let dead_letters = DeadLetters::new(&cfg.dead_letter.path);
+    let sinks = crate::sinks::spawn_all(&cfg, &router, &dead_letters).await.map_err(RunError::Fatal)?;
+    let tracker = AckTracker::new(sinks.durable, start);
+    let settings = SourceSettings {
+        opts,
+        slot: pg.slot.clone(),
+        publication: pg.publication.clone(),
+        status_interval: pg.status_interval,
+        batch_size: cfg.runtime.batch_size,
+        shutdown_timeout: cfg.runtime.shutdown_timeout,
+    };
+    let mut source =
+        SourceLoop::new(settings, router, sinks.senders, tracker, dead_letters, health, shutdown_rx, sinks.names, sinks.workers);
+    match source.run().await {
+        Ok(()) => {
+            info!("stopped");
+            Ok(())
+        }
+        Err(e) => {
+            error!(error = %e, "stopping");
+            Err(RunError::Fatal(e.to_string()))
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,387 @@
+//! The replication reader: one task that reads the slot, decodes pgoutput,
+//! routes each change through the pipelines into the sinks' bounded queues,
+//! and confirms durable positions back to PostgreSQL.
+//!
+//! Why this is safe to acknowledge: positions confirmed to the server come
+//! only from [`AckTracker`], which confirms a transaction's end LSN once every
+//! sink has made everything up to its commit marker durable, or a keepalive's
+//! `wal_end` when nothing at all is in flight. Changes stream through without
+//! being collected per transaction; when a queue is full the reader waits
+//! (backpressure) but keeps sending status updates so the walsender does not
+//! time out.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pgfanout_postgres::catalog::TypeRegistry;
+use pgfanout_postgres::conn::{connect_sql, PgConnectOptions};
+use pgfanout_postgres::pgoutput::{self, LogicalMessage};
+use pgfanout_postgres::relation::{build_change, build_truncates, RelationCache, TxMeta};
+use pgfanout_postgres::replication::{ReplicationClient, ReplicationMessage, ReplicationStream};
+use pgfanout_postgres::slot;
+use pgfanout_postgres::SourceError;
+use pgfanout_sdk::{Change, Lsn, Op};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use crate::dead_letter::{DeadLetter, DeadLetters};
+use crate::http::Health;
+use crate::metrics as m;
+use crate::pipeline::{Routed, Router};
+use crate::runtime::ack::AckTracker;
+use crate::runtime::backoff::Backoff;
+use crate::runtime::worker::{Chunk, Item};
+
+/// Settings of the reader.
+pub struct SourceSettings {
+    pub opts: PgConnectOptions,
+    pub slot: String,
+    pub publication: String,
+    pub status_interval: Duration,
+    pub batch_size: usize,
+    pub shutdown_timeout: Duration,
+}
+
+/// Why a streaming session ended without an error.
+enum Ended {
+    Shutdown,
+    ServerClosed,
+}
+
+/// The reader and everything it owns.
+pub struct SourceLoop {
+    pub settings: SourceSettings,
+    pub router: Router,
+    pub senders: Vec<mpsc::Sender<Chunk>>,
+    pub tracker: AckTracker,
+    pub dead_letters: DeadLetters,
+    pub health: Arc<Health>,
+    pub shutdown: watch::Receiver<bool>,
+    pub sink_names: Vec<String>,
+    /// The sink workers, awaited at shutdown.
+    pub workers: Vec<tokio::task::JoinHandle<()>>,
+    local: Vec<Chunk>,
+    relations: RelationCache,
+    types: TypeRegistry,
+    tx: Option<TxMeta>,
+    ordinal: u32,
+    routed: Vec<Routed>,
+    /// Highest WAL position received (status update `write`).
+    received: Lsn,
+    /// Last flush position sent.
+    sent_flush: Lsn,
+    last_status: Instant,
+    stats: Stats,
+}
+
+#[derive(Default)]
+struct Stats {
+    bytes: u64,
+    transactions: u64,
+    changes: HashMap<(Arc<str>, Arc<str>, Op), u64>,
+}
+
+impl SourceLoop {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        settings: SourceSettings,
+        router: Router,
+        senders: Vec<mpsc::Sender<Chunk>>,
+        tracker: AckTracker,
+        dead_letters: DeadLetters,
+        health: Arc<Health>,
+        shutdown: watch::Receiver<bool>,
+        sink_names: Vec<String>,
+        workers: Vec<tokio::task::JoinHandle<()>>,
+    ) -> Self {
+        let n = senders.len();
+        let start = tracker.confirmed();
+        SourceLoop {
+            settings,
+            router,
+            senders,
+            tracker,
+            dead_letters,
+            health,
+            shutdown,
+            sink_names,
+            workers,
+            local: (0..n).map(|_| Vec::new()).collect(),
+            relations: RelationCache::new(),
+            types: TypeRegistry::new(),
+            tx: None,
+            ordinal: 0,
+            routed: Vec::new(),
+            received: start,
+            sent_flush: start,
+            last_status: Instant::now(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// Streams until shutdown (Ok) or a permanent error (Err). Transient
+    /// errors reconnect with capped exponential backoff and resume from the
+    /// slot's confirmed position.
+    pub async fn run(&mut self) -> Result<(), SourceError> {
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+        loop {
+            let started = Instant::now();
+            let result = self.stream_once().await;
+            self.health.streaming.store(false, Ordering::Release);
+            metrics::gauge!(m::SOURCE_STREAMING).set(0.0);
+            match result {
+                Ok(Ended::Shutdown) => return Ok(()),
+                Err(e) if !e.is_retriable() => {
+                    self.drain_workers().await;
+                    return Err(e);
+                }
+                Ok(Ended::ServerClosed) => warn!("replication stream ended by the server; reconnecting"),
+                Err(e) if e.is_retriable() => warn!(error = %e, "replication stream failed; reconnecting"),
+                Err(e) => return Err(e),
+            }
+            // A transaction cut off mid-way is sent again in full.
+            self.tx = None;
+            if started.elapsed() > Duration::from_secs(60) {
+                backoff.reset(Duration::from_millis(200));
+            }
+            let delay = backoff.next_delay();
+            metrics::counter!(m::SOURCE_RECONNECTS_TOTAL).increment(1);
+            info!(retry_in = ?delay, "reconnecting to PostgreSQL");
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.shutdown.changed() => {}
+            }
+            if *self.shutdown.borrow() {
+                self.drain_workers().await;
+                return Ok(());
+            }
+        }
+    }
+
+    async fn stream_once(&mut self) -> Result<Ended, SourceError> {
+        let sql = connect_sql(&self.settings.opts).await?;
+        let info = slot::slot_info(&sql, &self.settings.slot)
+            .await?
+            .ok_or_else(|| SourceError::permanent(format!("replication slot {:?} does not exist any more; it was dropped while pgfanout was running. Restart pgfanout to create it again (changes made since are lost to it)", self.settings.slot)))?;
+        slot::check_slot(&self.settings.slot, &info, &self.settings.opts.dbname)?;
+        let client = ReplicationClient::connect(&self.settings.opts).await?;
+        let mut stream = client.start_logical_replication(&self.settings.slot, Lsn::ZERO, &self.settings.publication).await?;
+        info!(slot = %self.settings.slot, confirmed = %info.confirmed_flush_lsn.unwrap_or_default(), "streaming started");
+        self.health.streaming.store(true, Ordering::Release);
+        metrics::gauge!(m::SOURCE_STREAMING).set(1.0);
+        let mut tick = tokio::time::interval(self.settings.status_interval.min(Duration::from_secs(1)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let msg = match stream.try_recv_buffered()? {
+                Some(msg) => msg,
+                None => {
+                    self.flush_local(&mut stream).await?;
+                    self.maybe_send_status(&mut stream, false).await?;
+                    tokio::select! {
+                        msg = stream.recv() => match msg? {
+                            Some(msg) => msg,
+                            None => return Ok(Ended::ServerClosed),
+                        },
+                        _ = tick.tick() => {
+                            self.publish_stats();
+                            continue;
+                        }
+                        _ = self.shutdown.changed() => {
+                            self.graceful_stop(stream).await;
+                            return Ok(Ended::Shutdown);
+                        }
+                    }
+                }
+            };
+            match msg {
+                ReplicationMessage::XLogData { wal_start, wal_end, data, .. } => {
+                    self.stats.bytes += data.len() as u64;
+                    self.received = self.received.max(wal_end).max(wal_start);
+                    self.handle(data, wal_start, &sql).await?;
+                }
+                ReplicationMessage::Keepalive { wal_end, reply_requested, .. } => {
+                    self.received = self.received.max(wal_end);
+                    // Everything before this keepalive is queued; push it out
+                    // before judging whether anything is in flight.
+                    self.flush_local(&mut stream).await?;
+                    self.tracker.idle_position(wal_end, self.tx.is_some());
+                    let lag = wal_end.0.saturating_sub(self.tracker.confirmed().0);
+                    self.health.lag_bytes.store(lag, Ordering::Release);
+                    metrics::gauge!(m::SOURCE_LAG_BYTES).set(lag as f64);
+                    self.maybe_send_status(&mut stream, reply_requested).await?;
+                }
+            }
+        }
+    }
+
+    /// Decodes one pgoutput message and routes what it carries.
+    async fn handle(&mut self, data: bytes::Bytes, lsn: Lsn, sql: &tokio_postgres::Client) -> Result<(), SourceError> {
+        let msg = pgoutput::decode(data).map_err(|e| SourceError::permanent(format!("cannot decode pgoutput message at {lsn}: {e}")))?;
+        match msg {
+            LogicalMessage::Begin { final_lsn, commit_ts, xid } => {
+                self.tx = Some(TxMeta { commit_lsn: final_lsn, xid, commit_ts });
+                self.ordinal = 0;
+            }
+            LogicalMessage::Commit { end_lsn, .. } => {
+                self.tx = None;
+                self.stats.transactions += 1;
+                let seq = self.tracker.commit(end_lsn);
+                for chunk in self.local.iter_mut() {
+                    chunk.push(Item::Commit(seq));
+                }
+            }
+            LogicalMessage::Relation(rel) => {
+                let info = self.relations.on_relation(rel, &mut self.types, sql).await?;
+                debug!(table = %format!("{}.{}", info.schema, info.table), columns = info.columns.len(), "relation");
+            }
+            LogicalMessage::Type { .. } | LogicalMessage::Origin { .. } | LogicalMessage::Message { .. } => {}
+            LogicalMessage::Truncate { options, relation_ids } => {
+                let tx = self.current_tx(lsn)?;
+                let rels: Vec<_> = relation_ids.iter().filter_map(|id| self.relations.get(*id).cloned()).collect();
+                let changes = build_truncates(&rels, options, lsn, &tx, self.ordinal);
+                self.ordinal += changes.len() as u32;
+                for change in changes {
+                    self.route(change).await;
+                }
+            }
+            msg @ (LogicalMessage::Insert { .. } | LogicalMessage::Update { .. } | LogicalMessage::Delete { .. }) => {
+                let tx = self.current_tx(lsn)?;
+                let rel_id = match &msg {
+                    LogicalMessage::Insert { relation_id, .. }
+                    | LogicalMessage::Update { relation_id, .. }
+                    | LogicalMessage::Delete { relation_id, .. } => *relation_id,
+                    _ => unreachable!(),
+                };
+                let rel = self.relations.get(rel_id).cloned().ok_or_else(|| {
+                    SourceError::transient(format!("change for unknown relation {rel_id} at {lsn} (no Relation message)"))
+                })?;
+                let change = build_change(&rel, msg, lsn, &tx, self.ordinal)
+                    .map_err(|e| SourceError::permanent(format!("cannot decode a row of {}.{} at {lsn}: {e}", rel.schema, rel.table)))?;
+                self.ordinal += 1;
+                self.route(change).await;
+            }
+        }
+        Ok(())
+    }
+
+    fn current_tx(&self, lsn: Lsn) -> Result<TxMeta, SourceError> {
+        self.tx.ok_or_else(|| SourceError::transient(format!("change outside a transaction at {lsn}")))
+    }
+
+    async fn route(&mut self, change: Change) {
+        *self.stats.changes.entry((change.schema.clone(), change.table.clone(), change.op)).or_default() += 1;
+        let change = Arc::new(change);
+        self.routed.clear();
+        self.router.route(&change, &mut self.routed);
+        let mut letters = Vec::new();
+        for r in self.routed.drain(..) {
+            match r {
+                Routed::Deliver { sink, record } => self.local[sink].push(Item::Record(record)),
+                Routed::DeadLetter { pipeline, sink, error, change } => {
+                    metrics::counter!(m::PIPELINE_DEAD_LETTERED_TOTAL, m::LABEL_PIPELINE => pipeline.to_string()).increment(1);
+                    warn!(pipeline = %pipeline, position = %change.position(), error = %error, "record dead-lettered by its pipeline");
+                    let sink = self.sink_names.get(sink).map(|s| Arc::from(s.as_str())).unwrap_or_else(|| Arc::from("?"));
+                    letters.push(DeadLetter { pipeline, sink, error, change });
+                }
+            }
+        }
+        if !letters.is_empty() {
+            self.dead_letters.write(letters).await;
+        }
+    }
+
+    /// Sends every non-empty local chunk to its sink, waiting for queue
+    /// space (backpressure) while keeping the walsender alive.
+    async fn flush_local(&mut self, stream: &mut ReplicationStream) -> Result<(), SourceError> {
+        for i in 0..self.local.len() {
+            if self.local[i].is_empty() {
+                continue;
+            }
+            let chunk = std::mem::take(&mut self.local[i]);
+            let permit = loop {
+                tokio::select! {
+                    permit = self.senders[i].reserve() => break permit,
+                    _ = tokio::time::sleep(self.settings.status_interval.min(Duration::from_secs(5))) => {
+                        self.send_status(stream, false).await?;
+                        if *self.shutdown.borrow() {
+                            warn!(sink = %self.sink_names[i], "shutdown while the sink's queue is full; its unqueued changes are not confirmed and will be sent again on the next start");
+                            return Ok(());
+                        }
+                    }
+                }
+            };
+            match permit {
+                Ok(p) => p.send(chunk),
+                Err(_) => return Err(SourceError::permanent(format!("sink {} stopped unexpectedly", self.sink_names[i]))),
+            }
+        }
+        Ok(())
+    }
+
+    async fn maybe_send_status(&mut self, stream: &mut ReplicationStream, reply: bool) -> Result<(), SourceError> {
+        let confirmed = self.tracker.poll();
+        let due = self.last_status.elapsed() >= self.settings.status_interval;
+        let advanced = confirmed > self.sent_flush && self.last_status.elapsed() >= Duration::from_millis(200);
+        if reply || due || advanced {
+            self.send_status(stream, reply).await?;
+        }
+        Ok(())
+    }
+
+    async fn send_status(&mut self, stream: &mut ReplicationStream, _reply: bool) -> Result<(), SourceError> {
+        let flush = self.tracker.poll();
+        let write = self.received.max(flush);
+        stream.send_status_update(write, flush, flush, false).await?;
+        self.sent_flush = self.sent_flush.max(flush);
+        self.last_status = Instant::now();
+        metrics::gauge!(m::CONFIRMED_FLUSH_LSN).set(flush.0 as f64);
+        for (name, lsn) in self.sink_names.iter().zip(self.tracker.sink_positions()) {
+            metrics::gauge!(m::SINK_DURABLE_LSN, m::LABEL_SINK => name.clone()).set(lsn.0 as f64);
+        }
+        Ok(())
+    }
+
+    fn publish_stats(&mut self) {
+        metrics::counter!(m::BYTES_READ_TOTAL).increment(std::mem::take(&mut self.stats.bytes));
+        metrics::counter!(m::TRANSACTIONS_TOTAL).increment(std::mem::take(&mut self.stats.transactions));
+        for ((schema, table, op), n) in self.stats.changes.iter_mut() {
+            if *n > 0 {
+                metrics::counter!(m::CHANGES_READ_TOTAL, m::LABEL_TABLE => format!("{schema}.{table}"), m::LABEL_OP => op.as_str())
+                    .increment(std::mem::take(n));
+            }
+        }
+    }
+
+    /// Shutdown: hand what was read to the sinks, close the queues, wait for
+    /// the workers to drain, then confirm what is durable.
+    async fn graceful_stop(&mut self, mut stream: ReplicationStream) {
+        info!("shutting down: draining sinks");
+        if let Err(e) = self.flush_local(&mut stream).await {
+            warn!(error = %e, "could not hand the last changes to the sinks");
+        }
+        self.publish_stats();
+        self.drain_workers().await;
+        let flush = self.tracker.poll();
+        match self.send_status(&mut stream, false).await {
+            Ok(()) => info!(flush = %flush, "final status update sent"),
+            Err(e) => warn!(error = %e, "final status update failed"),
+        }
+        let _ = stream.finish().await;
+    }
+
+    /// Closes the sink queues and waits (up to the shutdown timeout) for the
+    /// workers to write what they hold.
+    pub async fn drain_workers(&mut self) {
+        self.senders.clear();
+        let workers = std::mem::take(&mut self.workers);
+        if workers.is_empty() {
+            return;
+        }
+        let all = futures_util::future::join_all(workers);
+        if tokio::time::timeout(self.settings.shutdown_timeout, all).await.is_err() {
+            warn!(timeout = ?self.settings.shutdown_timeout, "sinks did not drain in time; unconfirmed changes will be sent again on the next start");
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! A sink worker: drains one sink's bounded queue in order, writes batches,
+//! retries, dead-letters rejected records, and publishes durable progress.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pgfanout_sdk::{Sink, SinkError, SinkRecord};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use crate::dead_letter::{DeadLetter, DeadLetters};
+use crate::metrics as m;
+use crate::runtime::ack::DurableSeq;
+use crate::runtime::backoff::Backoff;
+
+/// What flows through a sink's queue, in commit order.
+#[derive(Debug)]
+pub enum Item {
+    /// A record for this sink.
+    Record(SinkRecord),
+    /// The transaction with this sequence number has committed: once every
+    /// record before this marker is durable, so is the transaction.
+    Commit(u64),
+}
+
+/// A chunk of items; queues carry chunks to keep per-item overhead low.
+pub type Chunk = Vec<Item>;
+
+/// Everything a worker needs besides its sink.
+pub struct Worker {
+    pub name: Arc<str>,
+    pub rx: mpsc::Receiver<Chunk>,
+    pub durable: DurableSeq,
+    pub dead_letters: DeadLetters,
+    /// Pipeline names of the sink's routes (for dead letters).
+    pub routes: Vec<Arc<str>>,
+    pub batch_size: usize,
+}
+
+impl Worker {
+    /// Runs until the queue is closed and drained, then closes the sink.
+    pub async fn run<S: Sink>(mut self, mut sink: S) {
+        let mut records: Vec<SinkRecord> = Vec::with_capacity(self.batch_size);
+        let mut commit: Option<u64> = None;
+        while let Some(chunk) = self.rx.recv().await {
+            absorb(chunk, &mut records, &mut commit);
+            while records.len() < self.batch_size {
+                match self.rx.try_recv() {
+                    Ok(chunk) => absorb(chunk, &mut records, &mut commit),
+                    Err(_) => break,
+                }
+            }
+            for batch in records.chunks(self.batch_size.max(1)) {
+                self.write(&mut sink, batch).await;
+            }
+            records.clear();
+            if let Some(seq) = commit.take() {
+                self.durable.advance(seq);
+            }
+        }
+        if let Err(e) = sink.close().await {
+            warn!(sink = %self.name, error = %e, "closing sink failed");
+        }
+        debug!(sink = %self.name, "sink worker stopped");
+    }
+
+    /// Writes one batch until it is durable, retrying retriable errors
+    /// forever with capped backoff and isolating permanently failing records.
+    async fn write<S: Sink>(&self, sink: &mut S, batch: &[SinkRecord]) {
+        let mut backoff = Backoff::default();
+        loop {
+            let started = Instant::now();
+            match sink.write(batch).await {
+                Ok(rejected) => {
+                    let elapsed = started.elapsed();
+                    self.record_success(batch, rejected.len(), elapsed);
+                    if !rejected.is_empty() {
+                        let letters = rejected
+                            .into_iter()
+                            .filter_map(|r| batch.get(r.index).map(|rec| self.letter(rec, r.error)))
+                            .collect::<Vec<_>>();
+                        self.dead_letter(letters).await;
+                    }
+                    return;
+                }
+                Err(SinkError::Retriable(e)) => {
+                    metrics::counter!(m::SINK_FAILED_TOTAL, m::LABEL_SINK => self.name.to_string()).increment(batch.len() as u64);
+                    let delay = backoff.next_delay();
+                    warn!(sink = %self.name, error = %e, records = batch.len(), retry_in = ?delay, "sink write failed; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(SinkError::Permanent(e)) if batch.len() > 1 => {
+                    warn!(sink = %self.name, error = %e, records = batch.len(), "batch rejected; retrying records one by one");
+                    for one in batch.chunks(1) {
+                        Box::pin(self.write(sink, one)).await;
+                    }
+                    return;
+                }
+                Err(SinkError::Permanent(e)) => {
+                    let letters = batch.iter().map(|r| self.letter(r, e.clone())).collect();
+                    self.dead_letter(letters).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn letter(&self, record: &SinkRecord, error: String) -> DeadLetter {
+        DeadLetter {
+            pipeline: self.routes.get(record.route).cloned().unwrap_or_else(|| Arc::from("?")),
+            sink: self.name.clone(),
+            error,
+            change: record.change.clone(),
+        }
+    }
+
+    async fn dead_letter(&self, letters: Vec<DeadLetter>) {
+        metrics::counter!(m::SINK_DEAD_LETTERED_TOTAL, m::LABEL_SINK => self.name.to_string()).increment(letters.len() as u64);
+        for l in &letters {
+            warn!(sink = %self.name, pipeline = %l.pipeline, position = %l.change.position(), error = %l.error, "record dead-lettered");
+        }
+        self.dead_letters.write(letters).await;
+    }
+
+    fn record_success(&self, batch: &[SinkRecord], rejected: usize, elapsed: Duration) {
+        let sink = self.name.to_string();
+        metrics::counter!(m::SINK_WRITTEN_TOTAL, m::LABEL_SINK => sink.clone()).increment((batch.len() - rejected) as u64);
+        metrics::histogram!(m::SINK_BATCH_DURATION_SECONDS, m::LABEL_SINK => sink.clone()).record(elapsed.as_secs_f64());
+        if let Some(ts) = batch.last().and_then(|r| r.change.commit_ts) {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0);
+            let latency = (now - ts).max(0) as f64 / 1e6;
+            metrics::histogram!(m::END_TO_END_LATENCY_SECONDS, m::LABEL_SINK => sink).record(latency);
+        }
+    }
+}
+
+fn absorb(chunk: Chunk, records: &mut Vec<SinkRecord>, commit: &mut Option<u64>) {
+    for item in chunk {
+        match item {
+            Item::Record(r) => records.push(r),
+            Item::Commit(seq) => *commit = Some(seq),
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! The sink registry: builds each configured sink and spawns its worker.
+//!
+//! Heavy client libraries live in their connector crates behind cargo
+//! features; a binary built without one answers a config that names it with
+//! a clear error instead of failing to compile elsewhere.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use crate::config::{Config, SinkConfig};
+use crate::dead_letter::DeadLetters;
+use crate::pipeline::Router;
+use crate::runtime::ack::DurableSeq;
+use crate::runtime::worker::{Chunk, Worker};
+
+/// The running sinks, in config order.
+pub struct Sinks {
+    pub names: Vec<String>,
+    pub senders: Vec<mpsc::Sender<Chunk>>,
+    pub durable: Vec<DurableSeq>,
+    pub workers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Builds every sink (connecting where needed) and spawns its worker.
+pub async fn spawn_all(cfg: &Config, router: &Router, dead_letters: &DeadLetters) -> Result<Sinks, String> {
+    let mut sinks = Sinks { names: Vec::new(), senders: Vec::new(), durable: Vec::new(), workers: Vec::new() };
+    for (index, (name, sink_cfg)) in cfg.sinks.iter().enumerate() {
+        let routes = router.routes_for_sink(index);
+        let (tx, rx) = mpsc::channel::<Chunk>(cfg.runtime.queue_batches.max(1));
+        let durable = DurableSeq::default();
+        let worker = Worker {
+            name: Arc::from(name.as_str()),
+            rx,
+            durable: durable.clone(),
+            dead_letters: dead_letters.clone(),
+            routes: routes.iter().map(|(n, _)| n.clone()).collect(),
+            batch_size: cfg.runtime.batch_size,
+        };
+        let handle = spawn_sink(name, sink_cfg, routes, worker).await?;
+        sinks.names.push(name.clone());
+        sinks.senders.push(tx);
+        sinks.durable.push(durable);
+        sinks.workers.push(handle);
+    }
+    Ok(sinks)
+}
+
+type Routes = Vec<(Arc<str>, Option<serde_json::Value>)>;
+
+async fn spawn_sink(name: &str, cfg: &SinkConfig, routes: Routes, worker: Worker) -> Result<tokio::task::JoinHandle<()>, String> {
+    match cfg {
+        SinkConfig::File(file) => {
+            let sink = pgfanout_file::FileSink::open(&file.path).map_err(|e| format!("sinks.{name}: {e}"))?;
+            Ok(tokio::spawn(worker.run(sink)))
+        }
+        SinkConfig::Redis(value) => spawn_redis(name, value, routes, worker).await,
+        other => Err(format!(
+            "sinks.{name}: sink type {:?} is not available in this build of pgfanout (supported here: {})",
+            other.kind(),
+            available_kinds().join(", ")
+        )),
+    }
+}
+
+/// Sink types compiled into this binary.
+pub fn available_kinds() -> Vec<&'static str> {
+    let mut kinds = vec!["file"];
+    if cfg!(feature = "redis") {
+        kinds.push("redis");
+    }
+    kinds
+}
+
+#[cfg(feature = "redis")]
+async fn spawn_redis(name: &str, value: &serde_json::Value, routes: Routes, worker: Worker) -> Result<tokio::task::JoinHandle<()>, String> {
+    let sink_cfg: pgfanout_redis::RedisSinkConfig = serde_json::from_value(strip_type(value)).map_err(|e| format!("sinks.{name}: {e}"))?;
+    let mut mappings = Vec::new();
+    for (pipeline, mapping) in routes {
+        let mapping = mapping.ok_or_else(|| format!("pipeline {pipeline:?} targets redis sink {name:?} but has no `redis:` mapping"))?;
+        let mapping: pgfanout_redis::RedisMapping =
+            serde_json::from_value(mapping).map_err(|e| format!("pipeline {pipeline:?}: redis mapping: {e}"))?;
+        mappings.push(mapping);
+    }
+    let sink = pgfanout_redis::RedisSink::connect(&sink_cfg, mappings).await.map_err(|e| format!("sinks.{name}: {e}"))?;
+    Ok(tokio::spawn(worker.run(sink)))
+}
+
+#[cfg(not(feature = "redis"))]
+async fn spawn_redis(name: &str, _: &serde_json::Value, _: Routes, _: Worker) -> Result<tokio::task::JoinHandle<()>, String> {
+    Err(format!("sinks.{name}: this pgfanout was built without the `redis` feature; rebuild with --features redis"))
+}
+
+/// Removes the `type` tag if the payload still carries it.
+#[allow(dead_code)]
+fn strip_type(value: &serde_json::Value) -> serde_json::Value {
+    let mut v = value.clone();
+    if let Some(obj) = v.as_object_mut() {
+        obj.remove("type");
+    }
+    v
+}
