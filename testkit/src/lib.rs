@@ -9,9 +9,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod daemon;
 pub mod pg;
 pub mod redis;
 
+pub use daemon::Daemon;
 pub use pg::PgCluster;
 pub use redis::RedisServer;
 
