@@ -200,6 +200,9 @@ impl SourceLoop {
                     self.stats.bytes += data.len() as u64;
                     self.received = self.received.max(wal_end).max(wal_start);
                     self.handle(data, wal_start, &sql).await?;
+                    if self.local.iter().any(|c| c.len() >= self.settings.batch_size) {
+                        self.flush_local(&mut stream).await?;
+                    }
                 }
                 ReplicationMessage::Keepalive { wal_end, reply_requested, .. } => {
                     self.received = self.received.max(wal_end);
