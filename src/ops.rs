@@ -1,15 +1,270 @@
 //! Operator commands that talk to live systems: `doctor` and `status`.
+//!
+//! `doctor` prints one line per check (`ok` / `FAIL` / `warn`) and, for each
+//! failure, the fix. `status` prints the slot's position and lag and, when
+//! the daemon's HTTP listener answers, each sink's durable position.
+
+use pgfanout_postgres::conn::connect_sql;
+use pgfanout_postgres::slot::{self, TableName};
+use pgfanout_sdk::Lsn;
 
 use crate::config::Config;
+use crate::pipeline::Router;
+use crate::runtime::setup::connect_options;
 
-/// `pgfanout doctor`: one line per check, with the fix for each failure.
-pub async fn doctor(_cfg: &Config) -> i32 {
-    eprintln!("doctor: not implemented yet");
-    1
+struct Report {
+    failures: usize,
 }
 
-/// `pgfanout status`: slot lag, confirmed LSN, per-sink positions.
-pub async fn status(_cfg: &Config) -> i32 {
-    eprintln!("status: not implemented yet");
-    1
+impl Report {
+    fn ok(&self, what: &str) {
+        println!("ok    {what}");
+    }
+
+    fn warn(&self, what: &str, fix: &str) {
+        println!("warn  {what}\n      fix: {fix}");
+    }
+
+    fn fail(&mut self, what: &str, fix: &str) {
+        self.failures += 1;
+        println!("FAIL  {what}\n      fix: {fix}");
+    }
+}
+
+/// `pgfanout doctor`: exit 0 when every check passes, 1 otherwise.
+pub async fn doctor(cfg: &Config) -> i32 {
+    let mut r = Report { failures: 0 };
+    let pg = &cfg.source.postgres;
+    let opts = match connect_options(pg) {
+        Ok(o) => o,
+        Err(e) => {
+            r.fail(&format!("source.postgres.url: {e}"), "write a URL like postgres://user:password@host:5432/db");
+            return 1;
+        }
+    };
+    let client = match connect_sql(&opts).await {
+        Ok(c) => {
+            r.ok(&format!("connected to {}", opts.redacted()));
+            c
+        }
+        Err(e) => {
+            r.fail(&format!("cannot connect to {}: {e}", opts.redacted()), "check the host, port, database, user and password in source.postgres.url, and pg_hba.conf");
+            return 1;
+        }
+    };
+    match slot::server_info(&client).await {
+        Ok(info) => {
+            if info.version_num >= 140000 {
+                r.ok(&format!("server version {}", info.version_num));
+            } else {
+                r.fail(&format!("server version {} is older than 14", info.version_num), "upgrade PostgreSQL to 14 or newer");
+            }
+            if info.wal_level == "logical" {
+                r.ok("wal_level = logical");
+            } else {
+                r.fail(
+                    &format!("wal_level = {}", info.wal_level),
+                    "set wal_level = logical in postgresql.conf (or ALTER SYSTEM SET wal_level = logical) and restart PostgreSQL",
+                );
+            }
+            let used: i64 = client
+                .query_one("SELECT count(*) FROM pg_replication_slots", &[])
+                .await
+                .map(|row| row.get(0))
+                .unwrap_or(0);
+            if i64::from(info.max_replication_slots) > used {
+                r.ok(&format!("max_replication_slots = {} ({used} in use)", info.max_replication_slots));
+            } else {
+                r.fail(
+                    &format!("max_replication_slots = {} and {used} are in use", info.max_replication_slots),
+                    "raise max_replication_slots in postgresql.conf and restart, or drop unused slots",
+                );
+            }
+            if info.max_wal_senders > 0 {
+                r.ok(&format!("max_wal_senders = {}", info.max_wal_senders));
+            } else {
+                r.fail("max_wal_senders = 0", "set max_wal_senders to at least 1 (10 is the default) and restart");
+            }
+        }
+        Err(e) => r.fail(&format!("cannot read server settings: {e}"), "grant the role access to pg_settings"),
+    }
+    let role = client
+        .query_one("SELECT rolname, rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user", &[])
+        .await
+        .map(|row| (row.get::<_, String>(0), row.get::<_, bool>(1)));
+    match role {
+        Ok((name, true)) => r.ok(&format!("role {name} has REPLICATION")),
+        Ok((name, false)) => r.fail(&format!("role {name} lacks the REPLICATION attribute"), &format!("ALTER ROLE {name} REPLICATION;")),
+        Err(e) => r.fail(&format!("cannot read the role: {e}"), "check the connection user"),
+    }
+    let router = match Router::new(cfg) {
+        Ok(router) => router,
+        Err(e) => {
+            r.fail(&format!("pipelines: {e}"), "fix the configuration (pgfanout check -c FILE)");
+            return 1;
+        }
+    };
+    let tables: Vec<TableName> = match slot::resolve_tables(&client, &router.table_patterns()).await {
+        Ok(t) => {
+            r.ok(&format!("{} table(s) matched by the pipelines", t.len()));
+            t
+        }
+        Err(e) => {
+            r.fail(&format!("pipeline tables: {e}"), "create the tables or fix the `from` patterns");
+            Vec::new()
+        }
+    };
+    for t in &tables {
+        let q = t.quoted();
+        let can = client
+            .query_one("SELECT has_table_privilege($1, 'SELECT')", &[&q])
+            .await
+            .map(|row| row.get::<_, bool>(0))
+            .unwrap_or(false);
+        if !can {
+            r.fail(&format!("no SELECT privilege on {t}"), &format!("GRANT SELECT ON {q} TO <the pgfanout role>;"));
+        }
+    }
+    match slot::replica_identity_problems(&client, &tables).await {
+        Ok(problems) if problems.is_empty() => r.ok("every table has a replica identity for updates and deletes"),
+        Ok(problems) => {
+            for p in problems {
+                r.fail(&p, "ALTER TABLE <table> REPLICA IDENTITY FULL, or add a primary key");
+            }
+        }
+        Err(e) => r.fail(&format!("cannot check replica identity: {e}"), "grant access to pg_class / pg_index"),
+    }
+    let publication = client
+        .query(
+            "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = $1",
+            &[&pg.publication],
+        )
+        .await;
+    let pub_exists = client
+        .query_one("SELECT count(*) FROM pg_publication WHERE pubname = $1", &[&pg.publication])
+        .await
+        .map(|row| row.get::<_, i64>(0) > 0)
+        .unwrap_or(false);
+    match publication {
+        Ok(rows) if pub_exists => {
+            let covered: Vec<(String, String)> = rows.iter().map(|row| (row.get(0), row.get(1))).collect();
+            let missing: Vec<String> =
+                tables.iter().filter(|t| !covered.iter().any(|(s, n)| *s == t.schema && *n == t.name)).map(|t| t.to_string()).collect();
+            if missing.is_empty() {
+                r.ok(&format!("publication {} covers the tables", pg.publication));
+            } else {
+                r.fail(
+                    &format!("publication {} does not cover {}", pg.publication, missing.join(", ")),
+                    &format!("ALTER PUBLICATION {} ADD TABLE {};", pg.publication, missing.join(", ")),
+                );
+            }
+        }
+        Ok(_) => r.warn(
+            &format!("publication {} does not exist yet", pg.publication),
+            "nothing to do if the role may CREATE in the database: `pgfanout run` creates it for the configured tables",
+        ),
+        Err(e) => r.fail(&format!("cannot read publications: {e}"), "check privileges"),
+    }
+    match slot::slot_info(&client, &pg.slot).await {
+        Ok(Some(info)) => match slot::check_slot(&pg.slot, &info, &opts.dbname) {
+            Ok(()) => r.ok(&format!(
+                "slot {} confirmed at {}, retaining {} bytes of WAL{}",
+                pg.slot,
+                info.confirmed_flush_lsn.unwrap_or_default(),
+                info.retained_bytes.unwrap_or(0),
+                if info.active { " (active)" } else { "" }
+            )),
+            Err(e) => r.fail(&format!("slot {}: {e}", pg.slot), "see the message"),
+        },
+        Ok(None) => r.warn(&format!("slot {} does not exist yet", pg.slot), "nothing to do: `pgfanout run` creates it"),
+        Err(e) => r.fail(&format!("cannot read slot {}: {e}", pg.slot), "check privileges"),
+    }
+    for (name, problem) in crate::sinks::check_all(cfg, &router).await {
+        match problem {
+            None => r.ok(&format!("sink {name} reachable")),
+            Some(e) => r.fail(&format!("sink {name}: {e}"), "check the sink's address, credentials and that it is running"),
+        }
+    }
+    if r.failures == 0 {
+        println!("all checks passed");
+        0
+    } else {
+        println!("{} check(s) failed", r.failures);
+        1
+    }
+}
+
+/// `pgfanout status`: exit 0 when the slot exists.
+pub async fn status(cfg: &Config) -> i32 {
+    let pg = &cfg.source.postgres;
+    let client = match connect_options(pg) {
+        Ok(opts) => match connect_sql(&opts).await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("cannot connect to {}: {e}", opts.redacted());
+                return 1;
+            }
+        },
+        Err(e) => {
+            eprintln!("source.postgres.url: {e}");
+            return 2;
+        }
+    };
+    let row = client
+        .query_opt(
+            "SELECT active, confirmed_flush_lsn::text, restart_lsn::text,
+                    pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint,
+                    pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, wal_status
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&pg.slot],
+        )
+        .await;
+    match row {
+        Ok(Some(row)) => {
+            let active: bool = row.get(0);
+            println!("slot              {}", pg.slot);
+            println!("active            {active}");
+            println!("confirmed_flush   {}", row.get::<_, Option<String>>(1).unwrap_or_default());
+            println!("restart_lsn       {}", row.get::<_, Option<String>>(2).unwrap_or_default());
+            println!("lag_bytes         {}", row.get::<_, Option<i64>>(3).unwrap_or(0));
+            println!("retained_wal      {}", row.get::<_, Option<i64>>(4).unwrap_or(0));
+            println!("wal_status        {}", row.get::<_, Option<String>>(5).unwrap_or_default());
+        }
+        Ok(None) => {
+            println!("slot {} does not exist (pgfanout has not run yet, or it was dropped)", pg.slot);
+            return 1;
+        }
+        Err(e) => {
+            eprintln!("cannot read pg_replication_slots: {e}");
+            return 1;
+        }
+    }
+    match sink_positions(&cfg.http.listen).await {
+        Some(positions) if !positions.is_empty() => {
+            for (sink, lsn) in positions {
+                println!("sink {sink:<12} durable {lsn}");
+            }
+        }
+        _ => println!("sinks             (daemon metrics at http://{}/metrics not reachable)", cfg.http.listen),
+    }
+    0
+}
+
+/// Reads `pgfanout_sink_durable_lsn{sink=..}` from the daemon's /metrics.
+async fn sink_positions(listen: &str) -> Option<Vec<(String, Lsn)>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::time::timeout(std::time::Duration::from_secs(2), tokio::net::TcpStream::connect(listen)).await.ok()?.ok()?;
+    s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {listen}\r\n\r\n").as_bytes()).await.ok()?;
+    let mut body = String::new();
+    tokio::time::timeout(std::time::Duration::from_secs(2), s.read_to_string(&mut body)).await.ok()?.ok()?;
+    let prefix = format!("{}{{{}=\"", crate::metrics::SINK_DURABLE_LSN, crate::metrics::LABEL_SINK);
+    Some(
+        body.lines()
+            .filter_map(|l| l.strip_prefix(&prefix))
+            .filter_map(|rest| {
+                let (sink, value) = rest.split_once("\"} ")?;
+                Some((sink.to_string(), Lsn(value.trim().parse::<f64>().ok()? as u64)))
+            })
+            .collect(),
+    )
 }

@@ -100,3 +100,39 @@ fn strip_type(value: &serde_json::Value) -> serde_json::Value {
     }
     v
 }
+
+/// For `doctor`: each sink's name and `None` when reachable, or the problem.
+pub async fn check_all(cfg: &Config, router: &Router) -> Vec<(String, Option<String>)> {
+    let mut out = Vec::new();
+    for (index, (name, sink_cfg)) in cfg.sinks.iter().enumerate() {
+        let problem = match sink_cfg {
+            SinkConfig::File(file) if file.path == "-" => None,
+            SinkConfig::File(file) => std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&file.path)
+                .err()
+                .map(|e| format!("cannot open {} for appending: {e}", file.path)),
+            #[cfg(feature = "redis")]
+            SinkConfig::Redis(value) => check_redis(name, value, router.routes_for_sink(index)).await.err(),
+            other => Some(format!("sink type {:?} is not available in this build", other.kind())),
+        };
+        let _ = (index, router);
+        out.push((name.clone(), problem));
+    }
+    out
+}
+
+#[cfg(feature = "redis")]
+async fn check_redis(name: &str, value: &serde_json::Value, routes: Routes) -> Result<(), String> {
+    use pgfanout_sdk::Sink;
+    let sink_cfg: pgfanout_redis::RedisSinkConfig = serde_json::from_value(strip_type(value)).map_err(|e| format!("sinks.{name}: {e}"))?;
+    let mut mappings = Vec::new();
+    for (_, mapping) in routes {
+        if let Some(m) = mapping {
+            mappings.push(serde_json::from_value(m).map_err(|e| e.to_string())?);
+        }
+    }
+    let mut sink = pgfanout_redis::RedisSink::connect(&sink_cfg, mappings).await.map_err(|e| e.to_string())?;
+    sink.check().await.map_err(|e| e.to_string())
+}
