@@ -1,1 +1,26 @@
-//! Redis sink (to be written).
+//! Redis sink: keeps hashes, strings, RedisJSON documents, sets, sorted sets
+//! and streams in step with PostgreSQL tables.
+//!
+//! Each pipeline's [`RedisMapping`] turns a change into operations on a key
+//! built from a `{column}` template (see README.md for every option and the
+//! keys the e-commerce example produces).
+//!
+//! Why a script: delivery is at-least-once, so after a crash Redis receives
+//! changes it already has. Every written target (a whole key, or one field or
+//! member of a key) records the position of the last change applied to it in
+//! a companion hash `pgfanout:v:<key>` (field `_key`, or the field/member), and
+//! `apply.lua` compares that version before writing, atomically, skipping a
+//! write whose stored version is strictly newer. Deletes leave the version as
+//! a tombstone (expiring after `tombstone_ttl` once the key is gone) so an
+//! older insert replayed later cannot bring the row back. The companion hash,
+//! rather than a hidden field inside the data, keeps user-visible values
+//! exactly what the mapping says and works for every data type; it costs one
+//! extra key per data key.
+
+mod config;
+mod encode;
+mod error;
+mod sink;
+
+pub use config::{MappingKind, RedisMapping, RedisSinkConfig, RedisTlsConfig};
+pub use sink::RedisSink;

@@ -1,0 +1,279 @@
+//! The Redis sink: connections, lanes, one pipelined round trip per lane per
+//! batch, and the reading of per-record outcomes.
+//!
+//! A batch is split into lanes by a hash of each record's key, so two
+//! changes of one key always travel on the same connection, in order. Each
+//! lane sends one pipeline of `EVALSHA` calls (each applying up to
+//! `records_per_call` records through `apply.lua`) and waits for every reply,
+//! so `write` returns `Ok` only once Redis has acknowledged every operation.
+//! A record whose old target sits in another lane (an update that moved a
+//! member between keys) is still safe: every target is version-guarded, so
+//! whichever lane runs first, the older write is skipped.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use pgfanout_sdk::{BatchOutcome, Rejected, Sink, SinkError, SinkRecord};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, IntoConnectionInfo, Pipeline, Script, Value};
+use tracing::{debug, info, warn};
+
+use crate::config::{parse_duration, redact, MappingKind, RedisMapping, RedisSinkConfig};
+use crate::encode::{encode, CompiledMapping, Encoded};
+use crate::error::{is_transient_reply, request_failed};
+
+const APPLY_LUA: &str = include_str!("apply.lua");
+
+/// A connected Redis sink; see the crate docs for the mappings.
+pub struct RedisSink {
+    lanes: Vec<ConnectionManager>,
+    routes: Vec<CompiledMapping>,
+    script: Script,
+    prefix: String,
+    tombstone_secs: String,
+    records_per_call: usize,
+}
+
+/// The script calls of one lane: the pipeline, and for each call the batch
+/// index of each of its operations.
+struct LaneWork {
+    lane: usize,
+    pipe: Pipeline,
+    op_records: Vec<Vec<usize>>,
+}
+
+impl RedisSink {
+    /// Connects every lane (ConnectionManager, reconnecting on its own),
+    /// loads the apply script, and checks that RedisJSON is present when a
+    /// route uses `type: json`. `routes[i]` is the mapping of route `i`
+    /// ([`SinkRecord::route`]). An invalid config or mapping, or a missing
+    /// module, is [`SinkError::Permanent`]; an unreachable server is
+    /// [`SinkError::Retriable`].
+    pub async fn connect(cfg: &RedisSinkConfig, routes: Vec<RedisMapping>) -> Result<RedisSink, SinkError> {
+        if let Some((path, msg)) = cfg.validate().into_iter().next() {
+            return Err(SinkError::Permanent(format!("redis sink: {path}: {msg}")));
+        }
+        let routes = routes
+            .iter()
+            .enumerate()
+            .map(|(i, m)| CompiledMapping::compile(m).map_err(|e| SinkError::Permanent(format!("redis mapping of route {i}: {e}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let client = build_client(cfg)?;
+        let duration = |s: &str| parse_duration(s).map_err(SinkError::Permanent);
+        let manager_cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(duration(&cfg.connect_timeout)?))
+            .set_response_timeout(Some(duration(&cfg.response_timeout)?))
+            .set_max_delay(duration(&cfg.reconnect_max_delay)?)
+            .set_min_delay(Duration::from_millis(50));
+        let mut lanes = Vec::with_capacity(cfg.connections);
+        for _ in 0..cfg.connections {
+            let conn = ConnectionManager::new_with_config(client.clone(), manager_cfg.clone())
+                .await
+                .map_err(|e| SinkError::Retriable(format!("redis {}: cannot connect: {e}", redact(&cfg.url))))?;
+            lanes.push(conn);
+        }
+        let tombstone = duration(&cfg.tombstone_ttl)?.as_secs().max(1);
+        let sink = RedisSink {
+            lanes,
+            routes,
+            script: Script::new(APPLY_LUA),
+            prefix: cfg.version_prefix.clone(),
+            tombstone_secs: tombstone.to_string(),
+            records_per_call: cfg.records_per_call,
+        };
+        sink.load_script(0).await?;
+        if sink.routes.iter().any(|r| r.kind() == MappingKind::Json) {
+            sink.check_json_module().await?;
+        }
+        info!(url = %redact(&cfg.url), connections = sink.lanes.len(), routes = sink.routes.len(), "redis sink connected");
+        Ok(sink)
+    }
+
+    async fn load_script(&self, lane: usize) -> Result<(), SinkError> {
+        let mut conn = self.lanes[lane].clone();
+        let _: String =
+            redis::cmd("SCRIPT").arg("LOAD").arg(APPLY_LUA).query_async(&mut conn).await.map_err(|e| request_failed(&e))?;
+        Ok(())
+    }
+
+    async fn check_json_module(&self) -> Result<(), SinkError> {
+        let mut conn = self.lanes[0].clone();
+        let info: Value = redis::cmd("COMMAND").arg("INFO").arg("JSON.SET").query_async(&mut conn).await.map_err(|e| request_failed(&e))?;
+        let present = matches!(&info, Value::Array(items) if items.iter().any(|v| !matches!(v, Value::Nil)));
+        if present {
+            Ok(())
+        } else {
+            Err(SinkError::Permanent(
+                "redis: a pipeline maps rows with `type: json`, but this server has no RedisJSON module (JSON.SET is an unknown \
+                 command). Load it (loadmodule /path/to/librejson.so, or use Redis Stack / Redis 8), or use `type: string` to store \
+                 rows as JSON text"
+                    .into(),
+            ))
+        }
+    }
+
+    /// Splits the encoded records into lanes and builds each lane's pipeline.
+    fn plan(&self, encoded: &[(usize, Encoded)]) -> Vec<LaneWork> {
+        let n = self.lanes.len();
+        let mut per_lane: Vec<Vec<&(usize, Encoded)>> = vec![Vec::new(); n];
+        for item in encoded {
+            let lane = if n == 1 {
+                0
+            } else {
+                let mut h = DefaultHasher::new();
+                item.1.lane_key.hash(&mut h);
+                (h.finish() % n as u64) as usize
+            };
+            per_lane[lane].push(item);
+        }
+        let mut work = Vec::new();
+        for (lane, items) in per_lane.into_iter().enumerate() {
+            if items.is_empty() {
+                continue;
+            }
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            let mut op_records = Vec::new();
+            for call in items.chunks(self.records_per_call) {
+                let cmd = pipe.cmd("EVALSHA").arg(self.script.get_hash()).arg(0).arg(&self.prefix).arg(&self.tombstone_secs);
+                let mut records = Vec::new();
+                for (index, enc) in call {
+                    for op in &enc.ops {
+                        cmd.arg(op.code).arg(&op.key).arg(&op.sub).arg(&op.version).arg(op.ttl_secs).arg(op.args.len());
+                        for a in &op.args {
+                            cmd.arg(a.as_slice());
+                        }
+                        records.push(*index);
+                    }
+                }
+                op_records.push(records);
+            }
+            work.push(LaneWork { lane, pipe, op_records });
+        }
+        work
+    }
+
+    /// Runs one lane's pipeline; reloads the script once if the server lost
+    /// it (restart, SCRIPT FLUSH). Returns one reply per call.
+    async fn run_lane(&self, work: &LaneWork) -> Result<Vec<Value>, SinkError> {
+        let mut conn = self.lanes[work.lane].clone();
+        for attempt in 0..2 {
+            let reply: Value = work.pipe.query_async(&mut conn).await.map_err(|e| request_failed(&e))?;
+            let Value::Array(calls) = reply else {
+                return Err(SinkError::Retriable(format!("redis: unexpected pipeline reply {reply:?}")));
+            };
+            let lost_script = calls.iter().any(|c| matches!(c, Value::ServerError(e) if e.code() == "NOSCRIPT"));
+            if lost_script && attempt == 0 {
+                info!(lane = work.lane, "redis lost the apply script (restart or flush); loading it again");
+                self.load_script(work.lane).await?;
+                continue;
+            }
+            return Ok(calls);
+        }
+        Err(SinkError::Retriable("redis: the apply script keeps disappearing (NOSCRIPT)".into()))
+    }
+}
+
+/// Builds the client: URL, ACL credentials, database, TLS.
+fn build_client(cfg: &RedisSinkConfig) -> Result<Client, SinkError> {
+    let mut url = cfg.url.clone();
+    if cfg.is_tls() && cfg.tls.insecure && !url.contains('#') {
+        url.push_str("#insecure");
+    }
+    let bad_url = |e: redis::RedisError| SinkError::Permanent(format!("redis sink url {:?}: {e}", redact(&cfg.url)));
+    let mut info = url.as_str().into_connection_info().map_err(bad_url)?;
+    let mut settings = info.redis_settings().clone();
+    if let Some(user) = &cfg.username {
+        settings = settings.set_username(user);
+    }
+    if let Some(password) = &cfg.password {
+        settings = settings.set_password(password);
+    }
+    info = info.set_redis_settings(settings);
+    let tls = &cfg.tls;
+    if cfg.is_tls() && (tls.ca_file.is_some() || tls.cert_file.is_some()) {
+        let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| SinkError::Permanent(format!("redis sink tls: {}: {e}", p.display())));
+        let root_cert = tls.ca_file.as_deref().map(read).transpose()?;
+        let client_tls = match (&tls.cert_file, &tls.key_file) {
+            (Some(c), Some(k)) => Some(redis::ClientTlsConfig { client_cert: read(c)?, client_key: read(k)? }),
+            _ => None,
+        };
+        Client::build_with_tls(info, redis::TlsCertificates { client_tls, root_cert }).map_err(bad_url)
+    } else {
+        Client::open(info).map_err(bad_url)
+    }
+}
+
+impl Sink for RedisSink {
+    /// Applies the batch. `Ok(rejected)`: every other record is acknowledged
+    /// by Redis (applied, or skipped because Redis holds a newer version).
+    /// `Err(Retriable)`: some records may be applied; retrying converges.
+    async fn write(&mut self, batch: &[SinkRecord]) -> BatchOutcome {
+        let mut rejected = Vec::new();
+        let mut encoded = Vec::with_capacity(batch.len());
+        let mut truncates = 0usize;
+        for (index, record) in batch.iter().enumerate() {
+            let Some(mapping) = self.routes.get(record.route) else {
+                rejected.push(Rejected { index, error: format!("redis sink has no mapping for route {}", record.route) });
+                continue;
+            };
+            match encode(mapping, &record.change) {
+                Ok(enc) if enc.ops.is_empty() => truncates += 1,
+                Ok(enc) => encoded.push((index, enc)),
+                Err(error) => rejected.push(Rejected { index, error: format!("redis {} mapping: {error}", mapping.kind().as_str()) }),
+            }
+        }
+        if truncates > 0 {
+            warn!(count = truncates, "TRUNCATE is not applied to redis keys (only stream mappings record it); delete the keys yourself");
+        }
+        let work = self.plan(&encoded);
+        let replies = join_all(work.iter().map(|w| self.run_lane(w))).await;
+        let (mut applied, mut stale) = (0usize, 0usize);
+        for (w, reply) in work.iter().zip(replies) {
+            let calls = reply?;
+            for (call, records) in calls.into_iter().zip(&w.op_records) {
+                let statuses = match call {
+                    Value::Array(s) => s,
+                    Value::ServerError(e) if is_transient_reply(e.code()) => {
+                        return Err(SinkError::Retriable(format!("redis: {}", e.details().unwrap_or(e.code()))))
+                    }
+                    Value::ServerError(e) => {
+                        return Err(SinkError::Permanent(format!("redis apply script failed: {} {}", e.code(), e.details().unwrap_or(""))))
+                    }
+                    other => return Err(SinkError::Retriable(format!("redis: unexpected script reply {other:?}"))),
+                };
+                if statuses.len() != records.len() {
+                    return Err(SinkError::Retriable(format!("redis: {} results for {} operations", statuses.len(), records.len())));
+                }
+                for (status, &index) in statuses.into_iter().zip(records) {
+                    match status {
+                        Value::Int(1) => applied += 1,
+                        Value::Int(_) => stale += 1,
+                        Value::BulkString(text) => {
+                            let text = String::from_utf8_lossy(&text).into_owned();
+                            if is_transient_reply(&text) {
+                                return Err(SinkError::Retriable(format!("redis: {text}")));
+                            }
+                            if rejected.last().is_none_or(|r: &Rejected| r.index != index) {
+                                rejected.push(Rejected { index, error: format!("redis: {text}") });
+                            }
+                        }
+                        other => return Err(SinkError::Retriable(format!("redis: unexpected operation result {other:?}"))),
+                    }
+                }
+            }
+        }
+        rejected.sort_by_key(|r| r.index);
+        rejected.dedup_by_key(|r| r.index);
+        debug!(records = batch.len(), applied, stale, rejected = rejected.len(), "redis batch written");
+        Ok(rejected)
+    }
+
+    async fn check(&mut self) -> Result<(), SinkError> {
+        let mut conn = self.lanes[0].clone();
+        let _: String = redis::cmd("PING").query_async(&mut conn).await.map_err(|e| request_failed(&e))?;
+        Ok(())
+    }
+}
