@@ -1,0 +1,326 @@
+//! Our own client for PostgreSQL's logical replication protocol.
+//!
+//! tokio-postgres cannot open `replication=database` connections nor speak
+//! CopyBoth, so this module does the little that is needed on top of
+//! `postgres-protocol` (message encoding, SCRAM math):
+//!
+//! - [`socket`]: TCP / Unix / TLS transport and the buffered frame reader;
+//! - [`tls`]: rustls configs with libpq's sslmode semantics;
+//! - [`auth`]: startup and authentication (trust, password, MD5, SCRAM);
+//! - [`frame`]: backend framing and the zero-copy XLogData parser;
+//! - [`stream`]: the CopyBoth stream with keepalives and status updates.
+//!
+//! [`ReplicationClient`] runs replication commands through the simple query
+//! protocol (IDENTIFY_SYSTEM, CREATE_REPLICATION_SLOT, plain SQL), then
+//! [`ReplicationClient::start_logical_replication`] turns it into a
+//! [`ReplicationStream`].
+
+pub(crate) mod auth;
+pub(crate) mod frame;
+pub(crate) mod socket;
+mod stream;
+pub(crate) mod tls;
+
+use pgfanout_sdk::Lsn;
+use postgres_protocol::message::frontend;
+
+pub use frame::ReplicationMessage;
+pub use stream::ReplicationStream;
+
+use crate::conn::PgConnectOptions;
+use crate::error::SourceError;
+use frame::{Body, DbError};
+use socket::Wire;
+
+/// Result of IDENTIFY_SYSTEM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SystemIdentity {
+    pub system_id: String,
+    pub timeline: u32,
+    /// The current WAL flush position.
+    pub xlogpos: Lsn,
+    /// The database of this connection (None for physical replication).
+    pub dbname: Option<String>,
+}
+
+/// What CREATE_REPLICATION_SLOT does with the slot's snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotAction {
+    /// Export it (usable with `SET TRANSACTION SNAPSHOT` on other connections
+    /// until the next command on this connection).
+    Export,
+    /// No snapshot.
+    NoExport,
+    /// Use it in the current transaction of this connection (must be inside
+    /// `BEGIN ISOLATION LEVEL REPEATABLE READ`).
+    Use,
+}
+
+/// Result of CREATE_REPLICATION_SLOT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatedSlot {
+    pub slot_name: String,
+    /// The position from which the slot streams; a snapshot taken with it
+    /// contains exactly the transactions committed before this point.
+    pub consistent_point: Lsn,
+    /// The exported snapshot name ([`SnapshotAction::Export`] only).
+    pub snapshot_name: Option<String>,
+}
+
+/// One row of a simple-query result, all values in text form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimpleQueryRow {
+    pub columns: Vec<String>,
+    pub values: Vec<Option<String>>,
+}
+
+impl SimpleQueryRow {
+    /// The value of column `name`; None if the column is absent or NULL.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        let i = self.columns.iter().position(|c| c == name)?;
+        self.values.get(i)?.as_deref()
+    }
+}
+
+/// A replication connection (`replication=database`), before streaming.
+pub struct ReplicationClient {
+    wire: Wire,
+    backend_pid: Option<i32>,
+    server_version: Option<String>,
+}
+
+impl ReplicationClient {
+    /// Connects (TCP or Unix socket), negotiates TLS per `opts.sslmode`,
+    /// authenticates and waits for ReadyForQuery, all bounded by
+    /// `opts.connect_timeout`.
+    ///
+    /// Errors: bad credentials (28P01), rejected by pg_hba (28000), unknown
+    /// database (3D000), missing REPLICATION attribute (42501), TLS refused
+    /// or certificate rejected -> Permanent, with what to fix. Refused
+    /// connection, timeout, server starting up -> Transient.
+    pub async fn connect(opts: &PgConnectOptions) -> Result<Self, SourceError> {
+        let fut = async {
+            let socket = socket::connect_socket(opts).await?;
+            let mut wire = Wire::new(socket);
+            let params = auth::startup(&mut wire, opts, true).await?;
+            Ok::<_, SourceError>(ReplicationClient { wire, backend_pid: params.backend_pid, server_version: params.server_version })
+        };
+        match tokio::time::timeout(opts.connect_timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(SourceError::transient(format!(
+                "timed out after {:?} connecting to PostgreSQL at {}",
+                opts.connect_timeout,
+                opts.endpoint()
+            ))),
+        }
+    }
+
+    /// The walsender's process id (for `pg_terminate_backend`, diagnostics).
+    pub fn backend_pid(&self) -> Option<i32> {
+        self.backend_pid
+    }
+
+    /// The `server_version` the server reported at startup.
+    pub fn server_version(&self) -> Option<&str> {
+        self.server_version.as_deref()
+    }
+
+    /// True when the connection is encrypted.
+    pub fn is_tls(&self) -> bool {
+        self.wire.socket.is_tls()
+    }
+
+    /// Runs `sql` with the simple query protocol and returns every row of
+    /// every result set. An ErrorResponse becomes a SourceError (Permanent
+    /// for the SQLSTATEs of [`crate::error::is_permanent_sqlstate`]) after the
+    /// connection is ready again, so the client stays usable.
+    pub async fn simple_query(&mut self, sql: &str) -> Result<Vec<SimpleQueryRow>, SourceError> {
+        frontend::query(sql, &mut self.wire.wbuf).map_err(|e| SourceError::permanent(format!("invalid query: {e}")))?;
+        self.wire.send().await?;
+        let mut rows = Vec::new();
+        let mut columns: Vec<String> = Vec::new();
+        let mut error: Option<DbError> = None;
+        loop {
+            let f = self.wire.read_frame().await?;
+            match f.tag {
+                frame::ROW_DESCRIPTION => {
+                    let mut b = Body::new(&f.body);
+                    let n = b.i16()?.max(0) as usize;
+                    columns = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        columns.push(b.cstr()?);
+                        b.bytes(18)?; // table oid, attnum, type oid, typlen, typmod, format
+                    }
+                }
+                frame::DATA_ROW => {
+                    let mut b = Body::new(&f.body);
+                    let n = b.i16()?.max(0) as usize;
+                    let mut values = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        let len = b.i32()?;
+                        values.push(if len < 0 {
+                            None
+                        } else {
+                            let raw = b.bytes(len as usize)?;
+                            Some(String::from_utf8_lossy(raw).into_owned())
+                        });
+                    }
+                    rows.push(SimpleQueryRow { columns: columns.clone(), values });
+                }
+                frame::COMMAND_COMPLETE | frame::EMPTY_QUERY | frame::NOTICE_RESPONSE | frame::PARAMETER_STATUS => {}
+                frame::ERROR_RESPONSE => error = Some(DbError::parse(&f.body)),
+                frame::READY_FOR_QUERY => {
+                    return match error {
+                        Some(e) => Err(e.into_source_error()),
+                        None => Ok(rows),
+                    }
+                }
+                frame::COPY_BOTH_RESPONSE | frame::COPY_IN_RESPONSE | frame::COPY_OUT_RESPONSE => {
+                    return Err(SourceError::permanent("simple_query cannot run COPY or START_REPLICATION"));
+                }
+                other => return Err(SourceError::transient(format!("unexpected message {:?} in query result", other as char))),
+            }
+        }
+    }
+
+    /// IDENTIFY_SYSTEM.
+    pub async fn identify_system(&mut self) -> Result<SystemIdentity, SourceError> {
+        let rows = self.simple_query("IDENTIFY_SYSTEM").await?;
+        let row = rows.first().ok_or_else(|| SourceError::transient("IDENTIFY_SYSTEM returned no row"))?;
+        let field = |name: &str| row.get(name).ok_or_else(|| SourceError::transient(format!("IDENTIFY_SYSTEM returned no {name}")));
+        Ok(SystemIdentity {
+            system_id: field("systemid")?.to_string(),
+            timeline: field("timeline")?.parse().map_err(|_| SourceError::transient("IDENTIFY_SYSTEM: bad timeline"))?,
+            xlogpos: parse_lsn(field("xlogpos")?)?,
+            dbname: row.get("dbname").map(str::to_string),
+        })
+    }
+
+    /// `CREATE_REPLICATION_SLOT "slot" LOGICAL pgoutput <snapshot action>`.
+    /// An existing slot of that name -> Permanent error (42710 is not
+    /// retried: the caller should look the slot up instead). With
+    /// [`SnapshotAction::Export`] the snapshot lives until the next command on
+    /// this connection.
+    pub async fn create_logical_slot(&mut self, slot: &str, snapshot: SnapshotAction) -> Result<CreatedSlot, SourceError> {
+        validate_slot_name(slot)?;
+        let action = match snapshot {
+            SnapshotAction::Export => "EXPORT_SNAPSHOT",
+            SnapshotAction::NoExport => "NOEXPORT_SNAPSHOT",
+            SnapshotAction::Use => "USE_SNAPSHOT",
+        };
+        let rows = match self.simple_query(&format!("CREATE_REPLICATION_SLOT \"{slot}\" LOGICAL pgoutput {action}")).await {
+            Err(SourceError::Transient(m)) if m.contains("42710") => {
+                return Err(SourceError::Permanent(format!("{m}: the slot already exists; reuse it or drop it")))
+            }
+            other => other?,
+        };
+        let row = rows.first().ok_or_else(|| SourceError::transient("CREATE_REPLICATION_SLOT returned no row"))?;
+        Ok(CreatedSlot {
+            slot_name: row.get("slot_name").unwrap_or(slot).to_string(),
+            consistent_point: parse_lsn(
+                row.get("consistent_point").ok_or_else(|| SourceError::transient("CREATE_REPLICATION_SLOT: no consistent_point"))?,
+            )?,
+            snapshot_name: row.get("snapshot_name").map(str::to_string),
+        })
+    }
+
+    /// `START_REPLICATION SLOT "slot" LOGICAL start (proto_version '1',
+    /// publication_names '"publication"', messages 'true')` and waits for
+    /// CopyBothResponse. A missing slot (42704) or a slot in use by another
+    /// connection (55006) is returned as the server reports it: 42704 is
+    /// Permanent, 55006 Transient (the other walsender may be going away).
+    pub async fn start_logical_replication(mut self, slot: &str, start: Lsn, publication: &str) -> Result<ReplicationStream, SourceError> {
+        validate_slot_name(slot)?;
+        let pub_ident = format!("\"{}\"", publication.replace('"', "\"\""));
+        let sql = format!(
+            "START_REPLICATION SLOT \"{slot}\" LOGICAL {start} (proto_version '1', publication_names '{}', messages 'true')",
+            pub_ident.replace('\'', "''")
+        );
+        frontend::query(&sql, &mut self.wire.wbuf).map_err(|e| SourceError::permanent(format!("invalid command: {e}")))?;
+        self.wire.send().await?;
+        loop {
+            let f = self.wire.read_frame().await?;
+            match f.tag {
+                frame::COPY_BOTH_RESPONSE => return Ok(ReplicationStream::new(self.wire, slot.to_string())),
+                frame::NOTICE_RESPONSE | frame::PARAMETER_STATUS => {}
+                frame::ERROR_RESPONSE => return Err(DbError::parse(&f.body).into_source_error()),
+                other => return Err(SourceError::transient(format!("unexpected message {:?} after START_REPLICATION", other as char))),
+            }
+        }
+    }
+
+    /// Sends Terminate and closes the connection.
+    pub async fn close(mut self) -> Result<(), SourceError> {
+        frontend::terminate(&mut self.wire.wbuf);
+        self.wire.send().await
+    }
+}
+
+impl std::fmt::Debug for ReplicationClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicationClient").field("backend_pid", &self.backend_pid).field("tls", &self.is_tls()).finish()
+    }
+}
+
+fn parse_lsn(s: &str) -> Result<Lsn, SourceError> {
+    s.parse().map_err(|_| SourceError::transient(format!("invalid LSN {s:?} from the server")))
+}
+
+/// Slot names are what PostgreSQL accepts: 1-63 of `[a-z0-9_]`. Checking
+/// here keeps them safe to splice into replication commands.
+pub fn validate_slot_name(slot: &str) -> Result<(), SourceError> {
+    let ok = !slot.is_empty() && slot.len() <= 63 && slot.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(SourceError::permanent(format!("invalid replication slot name {slot:?}: use 1-63 lower-case letters, digits and underscores")))
+    }
+}
+
+/// Classifies a tokio-postgres connect error like the replication client's
+/// (with the same "what to fix" messages).
+pub(crate) fn classify_connect_error(opts: &PgConnectOptions, e: tokio_postgres::Error) -> SourceError {
+    match e.as_db_error() {
+        Some(db) => auth::explain_startup_error(
+            opts,
+            DbError {
+                severity: db.severity().to_string(),
+                code: db.code().code().to_string(),
+                message: db.message().to_string(),
+                detail: db.detail().map(str::to_string),
+                hint: db.hint().map(str::to_string),
+            },
+        ),
+        None => {
+            let msg = format!("cannot connect to PostgreSQL at {}: {e}", opts.endpoint());
+            let tls_problem = std::error::Error::source(&e).is_some_and(|s| s.to_string().contains("certificate"))
+                || msg.contains("does not support TLS");
+            if tls_problem {
+                SourceError::Permanent(format!("{msg}; check the CA file and sslmode"))
+            } else {
+                SourceError::Transient(msg)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_names() {
+        assert!(validate_slot_name("pgfanout_1").is_ok());
+        for bad in ["", "Upper", "a-b", "x\"; DROP", &"a".repeat(64)] {
+            assert!(validate_slot_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn simple_query_row_get() {
+        let r = SimpleQueryRow { columns: vec!["a".into(), "b".into()], values: vec![Some("1".into()), None] };
+        assert_eq!(r.get("a"), Some("1"));
+        assert_eq!(r.get("b"), None);
+        assert_eq!(r.get("c"), None);
+    }
+}

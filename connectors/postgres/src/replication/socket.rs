@@ -1,0 +1,178 @@
+//! The transport under the replication connection: TCP, Unix socket or TLS
+//! over TCP, with the SSLRequest negotiation, plus the buffered frame reader
+//! ([`Wire`]) that every later phase (auth, queries, streaming) reads from.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
+use tokio_rustls::client::TlsStream;
+
+use super::frame::{self, Frame};
+use super::tls;
+use crate::conn::{unix_socket_path, Host, PgConnectOptions, SslMode};
+use crate::error::SourceError;
+
+/// Bytes reserved per read. Large reads keep syscalls few at high message
+/// rates; frames split from the buffer keep their part of it alive.
+const READ_CHUNK: usize = 256 * 1024;
+/// Reserve a new chunk when less than this is free.
+const MIN_FREE: usize = 32 * 1024;
+
+/// A connected byte stream.
+pub(crate) enum Socket {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Socket {
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Socket::Tls(_))
+    }
+}
+
+impl AsyncRead for Socket {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Socket::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Socket::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            Socket::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Socket {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Socket::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Socket::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            Socket::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Socket::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Socket::Unix(s) => Pin::new(s).poll_flush(cx),
+            Socket::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Socket::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Socket::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            Socket::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Opens the socket and negotiates TLS per `opts.sslmode` (Unix sockets
+/// never use TLS, as in libpq). No timeout here: the caller bounds the
+/// whole connect.
+pub(crate) async fn connect_socket(opts: &PgConnectOptions) -> Result<Socket, SourceError> {
+    let endpoint = opts.endpoint();
+    let unreachable = |e: io::Error| SourceError::transient(format!("cannot connect to PostgreSQL at {endpoint}: {e}"));
+    match &opts.host {
+        Host::Unix(dir) => Ok(Socket::Unix(UnixStream::connect(unix_socket_path(dir, opts.port)).await.map_err(unreachable)?)),
+        Host::Tcp(host) => {
+            let tcp = TcpStream::connect((host.as_str(), opts.port)).await.map_err(unreachable)?;
+            tcp.set_nodelay(true).map_err(unreachable)?;
+            negotiate_tls(tcp, host, opts).await
+        }
+    }
+}
+
+async fn negotiate_tls(mut tcp: TcpStream, host: &str, opts: &PgConnectOptions) -> Result<Socket, SourceError> {
+    if opts.sslmode == SslMode::Disable {
+        return Ok(Socket::Tcp(tcp));
+    }
+    // Build the config first so bad CA/cert files fail before any I/O.
+    let config = tls::client_config(opts.sslmode, &opts.tls)?;
+    let name = tls::server_name(opts.sslmode, host)?;
+    let mut req = BytesMut::with_capacity(8);
+    postgres_protocol::message::frontend::ssl_request(&mut req);
+    tcp.write_all(&req).await?;
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await?;
+    match answer[0] {
+        b'S' => {}
+        b'N' if opts.sslmode == SslMode::Prefer => return Ok(Socket::Tcp(tcp)),
+        b'N' => {
+            return Err(SourceError::permanent(format!(
+                "PostgreSQL at {} does not accept TLS but sslmode={}: set ssl = on on the server, or use sslmode=prefer/disable",
+                opts.endpoint(),
+                opts.sslmode.as_str()
+            )))
+        }
+        other => return Err(SourceError::transient(format!("unexpected answer {other:#x} to the TLS request from {}", opts.endpoint()))),
+    }
+    let connector = tokio_rustls::TlsConnector::from(config);
+    match connector.connect(name, tcp).await {
+        Ok(s) => Ok(Socket::Tls(Box::new(s))),
+        Err(e) => {
+            // A rustls error (certificate rejected, no common protocol) is a
+            // configuration problem; anything else is the network.
+            let is_tls = e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>());
+            let msg = format!("TLS handshake with PostgreSQL at {} failed (sslmode={}): {e}", opts.endpoint(), opts.sslmode.as_str());
+            if is_tls {
+                Err(SourceError::Permanent(format!("{msg}; check the CA file and sslmode")))
+            } else {
+                Err(SourceError::Transient(msg))
+            }
+        }
+    }
+}
+
+/// A socket with a read buffer that yields whole frames and a write buffer.
+pub(crate) struct Wire {
+    pub socket: Socket,
+    pub rbuf: BytesMut,
+    pub wbuf: BytesMut,
+}
+
+impl Wire {
+    pub fn new(socket: Socket) -> Self {
+        Wire { socket, rbuf: BytesMut::with_capacity(READ_CHUNK), wbuf: BytesMut::with_capacity(1024) }
+    }
+
+    /// Reads once into the buffer (cancel-safe: a cancelled read consumed
+    /// nothing). EOF is a Transient error.
+    pub async fn fill(&mut self) -> Result<(), SourceError> {
+        let want = frame::missing_bytes(&self.rbuf).max(MIN_FREE);
+        if self.rbuf.capacity() - self.rbuf.len() < want {
+            self.rbuf.reserve(want.max(READ_CHUNK));
+        }
+        match self.socket.read_buf(&mut self.rbuf).await {
+            Ok(0) => Err(SourceError::transient("PostgreSQL closed the connection")),
+            Ok(_) => Ok(()),
+            Err(e) => Err(SourceError::transient(format!("reading from PostgreSQL: {e}"))),
+        }
+    }
+
+    /// The next complete frame, reading as needed.
+    pub async fn read_frame(&mut self) -> Result<Frame, SourceError> {
+        loop {
+            if let Some(f) = frame::split_frame(&mut self.rbuf)? {
+                return Ok(f);
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// Writes and flushes `wbuf`, then clears it. Not cancel-safe (a
+    /// cancelled write may leave half a message on the wire).
+    pub async fn send(&mut self) -> Result<(), SourceError> {
+        let res = async {
+            self.socket.write_all(&self.wbuf).await?;
+            self.socket.flush().await
+        }
+        .await;
+        self.wbuf.clear();
+        res.map_err(|e| SourceError::transient(format!("writing to PostgreSQL: {e}")))
+    }
+}

@@ -1,0 +1,195 @@
+//! The CopyBoth stream of a logical replication connection.
+//!
+//! Reading is the hot path: one large buffer, `read_buf` into it, frames
+//! parsed in place and payloads handed out as `Bytes` that share the buffer.
+//! [`ReplicationStream::recv`] consumes bytes only once a complete frame is
+//! buffered, so it can sit in a `tokio::select!` next to a timer and be
+//! cancelled at any await point without losing data.
+//!
+//! Feedback: the standby status update carries write/flush/apply LSNs. The
+//! server treats flush as "everything before this may be recycled", so the
+//! values sent only ever move forward here, whatever the caller passes; a
+//! caller that confirms an older position after a reconnect cannot make the
+//! server go back (it would ignore it anyway) nor make our own reporting go
+//! backwards.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::BufMut;
+use pgfanout_sdk::Lsn;
+use postgres_protocol::message::frontend;
+
+use super::frame::{self, ReplicationMessage, Step};
+use super::socket::Wire;
+use crate::error::SourceError;
+
+/// Seconds between 1970-01-01 and PostgreSQL's epoch 2000-01-01.
+const PG_EPOCH_OFFSET_SECS: u64 = 946_684_800;
+/// How long [`ReplicationStream::finish`] waits for the server to end the COPY.
+const FINISH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Microseconds since 2000-01-01 (PostgreSQL's timestamp epoch), now.
+pub fn pg_now_micros() -> i64 {
+    let unix = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    unix.as_micros() as i64 - (PG_EPOCH_OFFSET_SECS as i64) * 1_000_000
+}
+
+/// A running logical replication stream (after START_REPLICATION).
+pub struct ReplicationStream {
+    wire: Wire,
+    slot: String,
+    /// The server ended the COPY; no more messages.
+    ended: bool,
+    sent_write: Lsn,
+    sent_flush: Lsn,
+    sent_apply: Lsn,
+}
+
+impl ReplicationStream {
+    pub(crate) fn new(wire: Wire, slot: String) -> Self {
+        ReplicationStream { wire, slot, ended: false, sent_write: Lsn::ZERO, sent_flush: Lsn::ZERO, sent_apply: Lsn::ZERO }
+    }
+
+    /// The next message, reading from the server as needed. Cancel-safe.
+    ///
+    /// `Ok(None)` once the server ended the COPY (CopyDone /
+    /// CommandComplete). Errors: an ErrorResponse is Permanent for the
+    /// SQLSTATEs retrying cannot fix (e.g. 55000 "can no longer get changes
+    /// from replication slot" = slot invalidated, 42704 publication missing)
+    /// and Transient otherwise (57P01 walsender terminated); EOF and I/O
+    /// errors are Transient.
+    pub async fn recv(&mut self) -> Result<Option<ReplicationMessage>, SourceError> {
+        loop {
+            if let Some(m) = self.try_recv_buffered()? {
+                return Ok(Some(m));
+            }
+            if self.ended {
+                return Ok(None);
+            }
+            self.wire.fill().await?;
+        }
+    }
+
+    /// A message only if a complete frame is already buffered; never does
+    /// I/O. `Ok(None)` means "nothing buffered" (or the COPY ended; `recv`
+    /// tells the two apart).
+    #[inline]
+    pub fn try_recv_buffered(&mut self) -> Result<Option<ReplicationMessage>, SourceError> {
+        if self.ended {
+            return Ok(None);
+        }
+        loop {
+            match frame::parse_copy_both(&mut self.wire.rbuf) {
+                Ok(Step::Message(m)) => return Ok(Some(m)),
+                Ok(Step::Skipped) => continue,
+                Ok(Step::Ended) => {
+                    self.ended = true;
+                    return Ok(None);
+                }
+                Ok(Step::NeedMore) => return Ok(None),
+                Err(e) => return Err(self.explain(e)),
+            }
+        }
+    }
+
+    fn explain(&self, e: SourceError) -> SourceError {
+        match e {
+            SourceError::Permanent(m) if m.contains("55000") && m.contains("replication slot") => SourceError::Permanent(format!(
+                "{m}: replication slot {slot:?} was invalidated (it fell behind max_slot_wal_keep_size); drop it with \
+                 SELECT pg_drop_replication_slot('{slot}') and start again; data changed since is lost to this slot",
+                slot = self.slot
+            )),
+            other => other,
+        }
+    }
+
+    /// Sends a standby status update (`r`) and flushes the socket. Each LSN
+    /// is clamped to the highest value sent before, so what the server sees
+    /// never moves backwards. `reply_requested` asks the server for an
+    /// immediate keepalive. Not cancel-safe (do not race it in a select).
+    pub async fn send_status_update(&mut self, write: Lsn, flush: Lsn, apply: Lsn, reply_requested: bool) -> Result<(), SourceError> {
+        let write = write.max(self.sent_write);
+        let flush = flush.max(self.sent_flush);
+        let apply = apply.max(self.sent_apply);
+        let buf = &mut self.wire.wbuf;
+        buf.put_u8(frame::COPY_DATA);
+        buf.put_i32(4 + 1 + 8 * 4 + 1);
+        buf.put_u8(b'r');
+        buf.put_u64(write.0);
+        buf.put_u64(flush.0);
+        buf.put_u64(apply.0);
+        buf.put_i64(pg_now_micros());
+        buf.put_u8(u8::from(reply_requested));
+        self.wire.send().await?;
+        self.sent_write = write;
+        self.sent_flush = flush;
+        self.sent_apply = apply;
+        Ok(())
+    }
+
+    /// The last flush LSN actually sent (ZERO before the first update).
+    pub fn last_flush_sent(&self) -> Lsn {
+        self.sent_flush
+    }
+
+    /// The slot this stream reads.
+    pub fn slot(&self) -> &str {
+        &self.slot
+    }
+
+    /// Clean shutdown: CopyDone, then read (and drop) whatever the server
+    /// still sends until it is ready again or closes, within 5 s; then
+    /// Terminate. Call [`send_status_update`](Self::send_status_update)
+    /// first to confirm the final position. An ErrorResponse during the
+    /// drain is returned; a timeout is Transient.
+    pub async fn finish(mut self) -> Result<(), SourceError> {
+        let drain = async {
+            frontend::copy_done(&mut self.wire.wbuf);
+            self.wire.send().await?;
+            loop {
+                let f = match self.wire.read_frame().await {
+                    Ok(f) => f,
+                    // The server may close right after CommandComplete.
+                    Err(SourceError::Transient(m)) if m.contains("closed the connection") => return Ok(()),
+                    Err(e) => return Err(e),
+                };
+                match f.tag {
+                    frame::READY_FOR_QUERY => break,
+                    frame::ERROR_RESPONSE => return Err(frame::DbError::parse(&f.body).into_source_error()),
+                    _ => {}
+                }
+            }
+            frontend::terminate(&mut self.wire.wbuf);
+            // The server may already be gone; nothing is lost if this fails.
+            let _ = self.wire.send().await;
+            Ok(())
+        };
+        match tokio::time::timeout(FINISH_TIMEOUT, drain).await {
+            Ok(r) => r,
+            Err(_) => Err(SourceError::transient(format!("the server did not end replication within {FINISH_TIMEOUT:?}"))),
+        }
+    }
+}
+
+impl std::fmt::Debug for ReplicationStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicationStream")
+            .field("slot", &self.slot)
+            .field("ended", &self.ended)
+            .field("last_flush_sent", &self.sent_flush)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pg_epoch() {
+        let now = pg_now_micros();
+        // After 2024-01-01 (in PG micros) and not absurdly large.
+        assert!(now > 757_382_400_000_000, "{now}");
+        assert!(now < 4_000_000_000_000_000);
+    }
+}
