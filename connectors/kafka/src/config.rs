@@ -1,0 +1,394 @@
+//! Configuration of the Kafka sink (`sinks.<name>` with `type: kafka`) and of
+//! one pipeline's Kafka mapping (`pipelines[i].kafka`).
+//!
+//! Both are plain serde structs with unknown fields rejected; `validate()` is
+//! pure (no I/O) so `pgfanout check` can report every mistake with its dotted
+//! path before anything connects. The delivery guarantees (idempotent
+//! producer, `acks=all`) are not negotiable: `properties` may tune librdkafka
+//! but may not switch them off.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use pgfanout_sdk::Template;
+use serde::Deserialize;
+
+/// The sink: where the brokers are, how to authenticate, how topics appear.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSinkConfig {
+    /// Bootstrap servers, `host:port[,host:port...]`.
+    pub brokers: String,
+    /// librdkafka `client.id` (default `pgfanout`).
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// SASL authentication; without it the connection is unauthenticated.
+    #[serde(default)]
+    pub sasl: Option<SaslConfig>,
+    /// TLS; present (even empty, `tls: {}`) means the connection uses TLS.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Whether topics are created when first needed or must already exist.
+    #[serde(default)]
+    pub topics: TopicCreation,
+    /// How long librdkafka keeps trying to deliver one message before the
+    /// batch fails as retriable (`message.timeout.ms`; default `30s`).
+    #[serde(default = "default_delivery_timeout")]
+    pub delivery_timeout: String,
+    /// Names written into the `debezium` envelope's `source` block.
+    #[serde(default)]
+    pub debezium: DebeziumConfig,
+    /// Extra librdkafka properties, passed through as is (e.g.
+    /// `compression.type: zstd`, `linger.ms: "20"`).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+fn default_delivery_timeout() -> String {
+    "30s".into()
+}
+
+/// SASL mechanism, as librdkafka spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum SaslMechanism {
+    #[serde(rename = "PLAIN")]
+    Plain,
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SaslMechanism::Plain => "PLAIN",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
+}
+
+/// SASL credentials (use `${VAR}` interpolation for the password).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaslConfig {
+    pub mechanism: SaslMechanism,
+    pub username: String,
+    pub password: String,
+}
+
+/// TLS files (PEM). Without `ca_file` the system trust store is used.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate for mutual TLS (with `key_file`).
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// Client private key for mutual TLS (with `cert_file`).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// Password of an encrypted `key_file`.
+    #[serde(default)]
+    pub key_password: Option<String>,
+}
+
+/// Topic handling. With `create: true` (the default) a topic is created with
+/// `partitions` and `replication_factor` the first time a record needs it
+/// (and at connect time for topic templates without placeholders); an
+/// existing topic is used as is. With `create: false` every topic must exist:
+/// connecting fails naming a missing constant topic, and a record whose
+/// rendered topic is missing is rejected (dead-lettered) with its name.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicCreation {
+    #[serde(default = "default_true")]
+    pub create: bool,
+    /// Partitions of created topics (default 1). Records are partitioned by
+    /// key, so per-key order holds whatever the count.
+    #[serde(default = "default_one")]
+    pub partitions: i32,
+    /// Replication factor of created topics (default 1; use 3 in production).
+    #[serde(default = "default_one")]
+    pub replication_factor: i32,
+    /// Extra topic configs for created topics (e.g. `cleanup.policy: compact`).
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_one() -> i32 {
+    1
+}
+
+impl Default for TopicCreation {
+    fn default() -> Self {
+        TopicCreation { create: true, partitions: 1, replication_factor: 1, config: BTreeMap::new() }
+    }
+}
+
+/// The names Debezium takes from its connector config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DebeziumConfig {
+    /// `source.name`: Debezium's logical server name / `topic.prefix`
+    /// (default `pgfanout`).
+    #[serde(default = "default_server_name")]
+    pub server_name: String,
+    /// `source.db`: the captured database's name (default `postgres`).
+    #[serde(default = "default_database")]
+    pub database: String,
+    /// `source.version` (default `pgfanout-<version>`).
+    #[serde(default = "default_version")]
+    pub version: String,
+}
+
+fn default_server_name() -> String {
+    "pgfanout".into()
+}
+fn default_database() -> String {
+    "postgres".into()
+}
+fn default_version() -> String {
+    concat!("pgfanout-", env!("CARGO_PKG_VERSION")).into()
+}
+
+impl Default for DebeziumConfig {
+    fn default() -> Self {
+        DebeziumConfig { server_name: default_server_name(), database: default_database(), version: default_version() }
+    }
+}
+
+/// The value written for each change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    /// The change record of DESIGN.md section 3.
+    #[default]
+    Native,
+    /// The Debezium PostgreSQL connector's JSON envelope (schemas disabled).
+    Debezium,
+}
+
+/// One pipeline's mapping from a change to a Kafka record.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaMapping {
+    /// Topic template, e.g. `shop.{schema}.{table}`.
+    pub topic: String,
+    /// Key template, e.g. `{id}`. Default: the record's key columns as a
+    /// JSON object (`{"id":42}`, what Debezium writes as its key).
+    #[serde(default)]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub format: Format,
+    /// Write a null-value record with the same key after each delete, so a
+    /// compacted topic forgets the row.
+    #[serde(default)]
+    pub tombstones: bool,
+}
+
+/// librdkafka properties that would weaken delivery or conflict with a
+/// dedicated option; `properties` may not set them.
+const RESERVED_PROPERTIES: [(&str, &str); 8] = [
+    ("bootstrap.servers", "use `brokers`"),
+    ("metadata.broker.list", "use `brokers`"),
+    ("enable.idempotence", "the sink always uses the idempotent producer"),
+    ("acks", "the sink always uses acks=all"),
+    ("request.required.acks", "the sink always uses acks=all"),
+    ("transactional.id", "transactions are not used"),
+    ("message.timeout.ms", "use `delivery_timeout`"),
+    ("delivery.timeout.ms", "use `delivery_timeout`"),
+];
+
+/// Parses a humantime duration (`30s`, `2m`).
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| format!("{s:?} is not a duration like 30s or 2m: {e}"))
+}
+
+impl KafkaSinkConfig {
+    /// Every problem found, as (dotted sub-path, message). Empty when valid.
+    pub fn validate(&self) -> Vec<(String, String)> {
+        let mut errors = Vec::new();
+        let mut err = |path: &str, msg: String| errors.push((path.to_string(), msg));
+        let brokers: Vec<&str> = self.brokers.split(',').map(str::trim).collect();
+        if self.brokers.trim().is_empty() {
+            err("brokers", "must list at least one broker as host:port".into());
+        } else {
+            for b in &brokers {
+                let b = b.split_once("://").map_or(*b, |(_, rest)| rest);
+                match b.rsplit_once(':') {
+                    Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {}
+                    _ => err("brokers", format!("{b:?} is not host:port")),
+                }
+            }
+        }
+        if let Some(id) = &self.client_id {
+            if id.trim().is_empty() {
+                err("client_id", "must not be empty when given".into());
+            }
+        }
+        if let Some(sasl) = &self.sasl {
+            if sasl.username.is_empty() {
+                err("sasl.username", "must not be empty".into());
+            }
+            if sasl.password.is_empty() {
+                err("sasl.password", "must not be empty".into());
+            }
+        }
+        if let Some(tls) = &self.tls {
+            if tls.cert_file.is_some() != tls.key_file.is_some() {
+                err("tls", "cert_file and key_file go together".into());
+            }
+            if tls.key_password.is_some() && tls.key_file.is_none() {
+                err("tls.key_password", "only applies with key_file".into());
+            }
+        }
+        if self.topics.create {
+            if self.topics.partitions < 1 {
+                err("topics.partitions", "must be at least 1".into());
+            }
+            if self.topics.replication_factor < 1 {
+                err("topics.replication_factor", "must be at least 1".into());
+            }
+        }
+        match parse_duration(&self.delivery_timeout) {
+            Ok(d) if d < Duration::from_millis(100) => err("delivery_timeout", "must be at least 100ms".into()),
+            Ok(d) if d > Duration::from_secs(3600) => err("delivery_timeout", "must be at most 1h".into()),
+            Ok(_) => {}
+            Err(e) => err("delivery_timeout", e),
+        }
+        if self.debezium.server_name.trim().is_empty() {
+            err("debezium.server_name", "must not be empty".into());
+        }
+        if self.debezium.database.trim().is_empty() {
+            err("debezium.database", "must not be empty".into());
+        }
+        for key in self.properties.keys() {
+            if let Some((_, why)) = RESERVED_PROPERTIES.iter().find(|(k, _)| k == key) {
+                err(&format!("properties.{key}"), format!("cannot be set here: {why}"));
+            }
+        }
+        errors
+    }
+}
+
+impl KafkaMapping {
+    /// Every problem found, as (dotted sub-path, message). Empty when valid.
+    pub fn validate(&self) -> Vec<(String, String)> {
+        let mut errors = Vec::new();
+        match Template::parse(&self.topic) {
+            Ok(t) if t.is_constant() => {
+                if let Err(e) = check_topic_name(&self.topic) {
+                    errors.push(("topic".into(), e));
+                }
+            }
+            Ok(_) => {}
+            Err(e) => errors.push(("topic".into(), e.to_string())),
+        }
+        if let Some(key) = &self.key {
+            if let Err(e) = Template::parse(key) {
+                errors.push(("key".into(), e.to_string()));
+            }
+        }
+        errors
+    }
+}
+
+/// Checks Kafka's rules for a topic name: 1 to 249 characters from
+/// `[a-zA-Z0-9._-]`, and not `.` or `..`.
+pub fn check_topic_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("topic name is empty".into());
+    }
+    if name.len() > 249 {
+        return Err(format!("topic name {name:?} is longer than 249 characters"));
+    }
+    if name == "." || name == ".." {
+        return Err(format!("{name:?} is not a valid topic name"));
+    }
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+        return Err(format!("topic name {name:?} contains {c:?}; Kafka allows only letters, digits, '.', '_' and '-'"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sink(yaml: serde_json::Value) -> Result<KafkaSinkConfig, serde_json::Error> {
+        serde_json::from_value(yaml)
+    }
+
+    #[test]
+    fn minimal_config_is_valid_with_defaults() {
+        let cfg = sink(serde_json::json!({"brokers": "127.0.0.1:9092"})).unwrap();
+        assert!(cfg.validate().is_empty(), "{:?}", cfg.validate());
+        assert!(cfg.topics.create);
+        assert_eq!(cfg.topics.partitions, 1);
+        assert_eq!(cfg.debezium.server_name, "pgfanout");
+        assert_eq!(cfg.delivery_timeout, "30s");
+    }
+
+    #[test]
+    fn unknown_fields_and_mechanisms_are_rejected() {
+        assert!(sink(serde_json::json!({"brokers": "a:1", "borkers": "x"})).is_err());
+        assert!(sink(serde_json::json!({"brokers": "a:1", "sasl": {"mechanism": "GSSAPI", "username": "u", "password": "p"}})).is_err());
+        let ok = sink(serde_json::json!({"brokers": "a:1", "sasl": {"mechanism": "SCRAM-SHA-512", "username": "u", "password": "p"}}));
+        assert_eq!(ok.unwrap().sasl.unwrap().mechanism, SaslMechanism::ScramSha512);
+        assert!(serde_json::from_value::<KafkaMapping>(serde_json::json!({"topic": "t", "fromat": "native"})).is_err());
+        assert!(serde_json::from_value::<KafkaMapping>(serde_json::json!({"topic": "t", "format": "avro"})).is_err());
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_path() {
+        let cfg = sink(serde_json::json!({
+            "brokers": "localhost,b:0",
+            "sasl": {"mechanism": "PLAIN", "username": "", "password": ""},
+            "tls": {"cert_file": "/c.pem"},
+            "topics": {"partitions": 0, "replication_factor": 0},
+            "delivery_timeout": "soon",
+            "properties": {"enable.idempotence": "false", "acks": "1", "linger.ms": "10"},
+        }))
+        .unwrap();
+        let paths: Vec<String> = cfg.validate().into_iter().map(|(p, _)| p).collect();
+        for expected in [
+            "brokers",
+            "sasl.username",
+            "sasl.password",
+            "tls",
+            "topics.partitions",
+            "topics.replication_factor",
+            "delivery_timeout",
+            "properties.enable.idempotence",
+            "properties.acks",
+        ] {
+            assert!(paths.iter().any(|p| p == expected), "missing {expected} in {paths:?}");
+        }
+        assert_eq!(paths.iter().filter(|p| *p == "brokers").count(), 2, "{paths:?}");
+        assert!(!paths.iter().any(|p| p == "properties.linger.ms"));
+    }
+
+    #[test]
+    fn mappings_check_templates_and_constant_topic_names() {
+        let m = |v: serde_json::Value| serde_json::from_value::<KafkaMapping>(v).unwrap().validate();
+        assert!(m(serde_json::json!({"topic": "shop.{schema}.{table}", "key": "{id}"})).is_empty());
+        assert_eq!(m(serde_json::json!({"topic": "shop.{schema"}))[0].0, "topic");
+        assert_eq!(m(serde_json::json!({"topic": "bad topic"}))[0].0, "topic");
+        assert_eq!(m(serde_json::json!({"topic": "t", "key": "{}"}))[0].0, "key");
+    }
+
+    #[test]
+    fn topic_names_follow_kafka_rules() {
+        assert!(check_topic_name("shop.public.orders_v-2").is_ok());
+        for bad in ["", ".", "..", "a/b", "a b", "é", &"x".repeat(250)] {
+            assert!(check_topic_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! Turning one change into the Kafka record(s) that carry it: topic, key,
+//! value and headers.
+//!
+//! Everything here is pure, so the mapping rules are unit-tested without a
+//! broker. A record that cannot be encoded (a template column missing or
+//! NULL, a rendered topic name Kafka would refuse) is an error for that
+//! record only; the sink rejects it to the dead-letter destination.
+
+use pgfanout_sdk::{Change, Op, Template};
+use rdkafka::message::{Header, OwnedHeaders};
+
+use crate::config::{check_topic_name, DebeziumConfig, Format, KafkaMapping};
+use crate::debezium;
+
+/// Header names carried by every record. Consumers use `pgfanout.commit_lsn`
+/// plus `pgfanout.ordinal` as the change's version to drop replays.
+pub mod header {
+    pub const LSN: &str = "pgfanout.lsn";
+    pub const COMMIT_LSN: &str = "pgfanout.commit_lsn";
+    pub const ORDINAL: &str = "pgfanout.ordinal";
+    pub const XID: &str = "pgfanout.xid";
+    pub const OP: &str = "pgfanout.op";
+    pub const SCHEMA: &str = "pgfanout.schema";
+    pub const TABLE: &str = "pgfanout.table";
+}
+
+/// A mapping with its templates parsed once.
+#[derive(Debug, Clone)]
+pub struct CompiledMapping {
+    topic: Template,
+    /// The topic when the template has no placeholder.
+    constant_topic: Option<String>,
+    key: Option<Template>,
+    format: Format,
+    tombstones: bool,
+}
+
+/// One change, ready to produce. The tombstone that may follow it is not a
+/// separate `Encoded`: the sink derives it from `tombstone`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Encoded {
+    pub topic: String,
+    /// `None` for a record without key (truncate).
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+    /// Whether a null-value record with the same key follows this one.
+    pub tombstone: bool,
+}
+
+impl CompiledMapping {
+    /// Parses the mapping's templates; the error names the bad field.
+    pub fn compile(m: &KafkaMapping) -> Result<CompiledMapping, String> {
+        if let Some((path, msg)) = m.validate().into_iter().next() {
+            return Err(format!("{path}: {msg}"));
+        }
+        let topic = Template::parse(&m.topic).map_err(|e| format!("topic: {e}"))?;
+        let constant_topic = topic.is_constant().then(|| m.topic.replace("{{", "{").replace("}}", "}"));
+        let key = m.key.as_deref().map(Template::parse).transpose().map_err(|e| format!("key: {e}"))?;
+        Ok(CompiledMapping { topic, constant_topic, key, format: m.format, tombstones: m.tombstones })
+    }
+
+    /// The topic when it does not depend on the record.
+    pub fn constant_topic(&self) -> Option<&str> {
+        self.constant_topic.as_deref()
+    }
+
+    /// The record for `change`. `now_us` is the processing time (Debezium's
+    /// top-level `ts_ms`).
+    pub fn encode(&self, change: &Change, dbz: &DebeziumConfig, now_us: i64) -> Result<Encoded, String> {
+        let topic = match &self.constant_topic {
+            Some(t) => t.clone(),
+            None => {
+                let t = self.topic.render(change).map_err(|e| e.to_string())?;
+                check_topic_name(&t).map_err(|e| format!("topic template {:?}: {e}", self.topic.source()))?;
+                t
+            }
+        };
+        let key = if change.op == Op::Truncate {
+            None
+        } else {
+            match &self.key {
+                Some(t) => Some(t.render(change).map_err(|e| e.to_string())?.into_bytes()),
+                None => change.key.as_ref().map(|k| {
+                    let mut out = Vec::with_capacity(32);
+                    k.write_json(&mut out);
+                    out
+                }),
+            }
+        };
+        let mut value = Vec::with_capacity(256);
+        match self.format {
+            Format::Native => change.write_json(&mut value),
+            Format::Debezium => debezium::write_envelope(&mut value, change, dbz, now_us),
+        }
+        let tombstone = self.tombstones && change.op == Op::Delete && key.is_some();
+        Ok(Encoded { topic, key, value, tombstone })
+    }
+}
+
+/// The position and provenance headers of `change` (see [`header`]). A
+/// snapshot row has no transaction: its `pgfanout.xid` header is null.
+pub fn headers(change: &Change) -> OwnedHeaders {
+    let lsn = change.lsn.to_string();
+    let commit_lsn = change.commit_lsn.to_string();
+    let ordinal = change.ordinal.to_string();
+    let xid = change.xid.map(|x| x.to_string());
+    OwnedHeaders::new_with_capacity(7)
+        .insert(Header { key: header::LSN, value: Some(&lsn) })
+        .insert(Header { key: header::COMMIT_LSN, value: Some(&commit_lsn) })
+        .insert(Header { key: header::ORDINAL, value: Some(&ordinal) })
+        .insert(Header { key: header::XID, value: xid.as_ref() })
+        .insert(Header { key: header::OP, value: Some(change.op.as_str()) })
+        .insert(Header { key: header::SCHEMA, value: Some(&*change.schema) })
+        .insert(Header { key: header::TABLE, value: Some(&*change.table) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgfanout_sdk::{Lsn, Row, Value};
+    use rdkafka::message::Headers;
+
+    fn delete() -> Change {
+        Change {
+            op: Op::Delete,
+            schema: "public".into(),
+            table: "orders".into(),
+            key: Some(Row(vec![("id".into(), Value::Number("7".into()))])),
+            before: Some(Row(vec![("id".into(), Value::Number("7".into())), ("note".into(), Value::Null)])),
+            after: None,
+            unchanged_toast: vec![],
+            lsn: Lsn(0x100),
+            commit_lsn: Lsn(0x1_0000_0200),
+            ordinal: 3,
+            xid: Some(42),
+            commit_ts: Some(0),
+        }
+    }
+
+    fn mapping(v: serde_json::Value) -> CompiledMapping {
+        CompiledMapping::compile(&serde_json::from_value(v).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn topic_key_and_native_value() {
+        let m = mapping(serde_json::json!({"topic": "shop.{schema}.{table}", "tombstones": true}));
+        let e = m.encode(&delete(), &DebeziumConfig::default(), 0).unwrap();
+        assert_eq!(e.topic, "shop.public.orders");
+        assert_eq!(e.key.as_deref(), Some(&b"{\"id\":7}"[..]));
+        assert_eq!(e.value, delete().to_json_string().into_bytes());
+        assert!(e.tombstone);
+
+        let m = mapping(serde_json::json!({"topic": "orders", "key": "order-{id}"}));
+        let e = m.encode(&delete(), &DebeziumConfig::default(), 0).unwrap();
+        assert_eq!((e.topic.as_str(), e.key.as_deref()), ("orders", Some(&b"order-7"[..])));
+        assert!(!e.tombstone, "tombstones are off by default");
+    }
+
+    #[test]
+    fn per_record_errors() {
+        let m = mapping(serde_json::json!({"topic": "t.{note}"}));
+        let err = m.encode(&delete(), &DebeziumConfig::default(), 0).unwrap_err();
+        assert!(err.contains("NULL"), "{err}");
+        let m = mapping(serde_json::json!({"topic": "t", "key": "{missing}"}));
+        assert!(m.encode(&delete(), &DebeziumConfig::default(), 0).unwrap_err().contains("missing"));
+        let mut c = delete();
+        c.schema = "has space".into();
+        let m = mapping(serde_json::json!({"topic": "{schema}.{table}"}));
+        assert!(m.encode(&c, &DebeziumConfig::default(), 0).unwrap_err().contains("Kafka allows only"));
+    }
+
+    #[test]
+    fn truncates_have_no_key_and_no_tombstone() {
+        let mut c = delete();
+        c.op = Op::Truncate;
+        c.key = None;
+        c.before = None;
+        let m = mapping(serde_json::json!({"topic": "{table}", "key": "{id}", "tombstones": true}));
+        let e = m.encode(&c, &DebeziumConfig::default(), 0).unwrap();
+        assert_eq!((e.key, e.tombstone), (None, false));
+    }
+
+    #[test]
+    fn headers_carry_the_position() {
+        let h = headers(&delete());
+        let got: Vec<(String, Option<String>)> =
+            h.iter().map(|h| (h.key.to_string(), h.value.map(|v| String::from_utf8_lossy(v).into_owned()))).collect();
+        let want = [
+            ("pgfanout.lsn", Some("0/100")),
+            ("pgfanout.commit_lsn", Some("1/200")),
+            ("pgfanout.ordinal", Some("3")),
+            ("pgfanout.xid", Some("42")),
+            ("pgfanout.op", Some("delete")),
+            ("pgfanout.schema", Some("public")),
+            ("pgfanout.table", Some("orders")),
+        ];
+        let want: Vec<(String, Option<String>)> = want.iter().map(|(k, v)| (k.to_string(), v.map(str::to_string))).collect();
+        assert_eq!(got, want);
+        let mut c = delete();
+        c.xid = None;
+        assert_eq!(headers(&c).get(3).value, None);
+    }
+}

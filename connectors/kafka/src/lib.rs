@@ -1,0 +1,29 @@
+//! Kafka sink: every change as an event, in the format Kafka consumers of
+//! CDC streams already read.
+//!
+//! Each pipeline's [`KafkaMapping`] names a topic and a key (`{column}`,
+//! `{schema}`, `{table}` templates) and a value format: `native` (pgfanout's
+//! change record, DESIGN.md section 3) or `debezium` (the Debezium
+//! PostgreSQL connector's JSON envelope, so existing Debezium consumers
+//! switch without changes). Every record carries its position in headers
+//! (`pgfanout.commit_lsn`, `pgfanout.ordinal`, ...), which is how consumers
+//! drop the duplicates that at-least-once delivery allows.
+//!
+//! Why Kafka needs no version guard of its own, unlike the other sinks: the
+//! log is append-only and read in order, so a replay after a crash appends
+//! copies of changes the topic already has, never an older state over a
+//! newer one; the idempotent producer keeps one session free of
+//! duplicates, and the headers identify the ones across sessions.
+
+mod config;
+mod debezium;
+mod encode;
+mod sink;
+mod topics;
+
+pub use config::{
+    check_topic_name, DebeziumConfig, Format, KafkaMapping, KafkaSinkConfig, SaslConfig, SaslMechanism, TlsConfig, TopicCreation,
+};
+pub use debezium::{op_code, write_envelope};
+pub use encode::header;
+pub use sink::{client_config, KafkaSink};

@@ -1,0 +1,312 @@
+//! The Kafka sink: one idempotent producer, a batch enqueued at once, and
+//! `Ok` only once every delivery report is in.
+//!
+//! Why this is enough for the ack rule: with `enable.idempotence=true` and
+//! `acks=all`, a delivery report without error means the record is in every
+//! in-sync replica, and librdkafka keeps per-partition order within the
+//! producer session (it retries internally without reordering or
+//! duplicating). Records are partitioned by a hash of their key, so all
+//! changes of one key land in one partition, in commit order.
+//!
+//! When a delivery fails with something transient (broker down, timeout,
+//! queue full for too long) the whole batch is reported retriable; the
+//! runtime sends it again, so a consumer may see a change twice (the
+//! `pgfanout.commit_lsn` / `pgfanout.ordinal` headers let it drop the
+//! repeat) but never loses one, and for each key the last copy it sees of
+//! every change is in order. A record that cannot ever be written (too
+//! large, bad rendered topic, template column missing) is rejected on its
+//! own. After a fatal idempotence error the producer is rebuilt, since
+//! librdkafka refuses to produce with it again.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use pgfanout_sdk::{BatchOutcome, Rejected, Sink, SinkError, SinkRecord};
+use rdkafka::admin::AdminClient;
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::future_producer::OwnedDeliveryResult;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use tracing::{debug, warn};
+
+use crate::config::{parse_duration, DebeziumConfig, KafkaMapping, KafkaSinkConfig};
+use crate::debezium::now_micros;
+use crate::encode::{headers, CompiledMapping};
+use crate::topics::{TopicStatus, Topics};
+
+/// A connected Kafka sink; see the crate docs for the mapping rules.
+pub struct KafkaSink {
+    producer: FutureProducer,
+    client_config: ClientConfig,
+    topics: Topics,
+    routes: Vec<CompiledMapping>,
+    debezium: DebeziumConfig,
+    delivery_timeout: Duration,
+    brokers: String,
+}
+
+/// The librdkafka settings for `cfg`: the pass-through properties first,
+/// then the ones the sink's guarantees depend on.
+pub fn client_config(cfg: &KafkaSinkConfig) -> ClientConfig {
+    let mut props: BTreeMap<&str, String> = BTreeMap::new();
+    props.insert("allow.auto.create.topics", "false".into());
+    for (k, v) in &cfg.properties {
+        props.insert(k, v.clone());
+    }
+    props.insert("bootstrap.servers", cfg.brokers.clone());
+    props.insert("client.id", cfg.client_id.clone().unwrap_or_else(|| "pgfanout".into()));
+    props.insert("enable.idempotence", "true".into());
+    props.insert("acks", "all".into());
+    if let Ok(d) = parse_duration(&cfg.delivery_timeout) {
+        props.insert("message.timeout.ms", d.as_millis().to_string());
+    }
+    let protocol = match (cfg.sasl.is_some(), cfg.tls.is_some()) {
+        (false, false) => "plaintext",
+        (false, true) => "ssl",
+        (true, false) => "sasl_plaintext",
+        (true, true) => "sasl_ssl",
+    };
+    props.insert("security.protocol", protocol.into());
+    if let Some(sasl) = &cfg.sasl {
+        props.insert("sasl.mechanisms", sasl.mechanism.as_str().into());
+        props.insert("sasl.username", sasl.username.clone());
+        props.insert("sasl.password", sasl.password.clone());
+    }
+    if let Some(tls) = &cfg.tls {
+        for (key, path) in
+            [("ssl.ca.location", &tls.ca_file), ("ssl.certificate.location", &tls.cert_file), ("ssl.key.location", &tls.key_file)]
+        {
+            if let Some(p) = path {
+                props.insert(key, p.display().to_string());
+            }
+        }
+        if let Some(pw) = &tls.key_password {
+            props.insert("ssl.key.password", pw.clone());
+        }
+    }
+    let mut cc = ClientConfig::new();
+    for (k, v) in props {
+        cc.set(k, v);
+    }
+    cc
+}
+
+fn permanent(msg: String) -> SinkError {
+    SinkError::Permanent(msg)
+}
+
+impl KafkaSink {
+    /// Builds the producer, then checks (or creates) every topic whose
+    /// template has no placeholder. `routes[i]` is the mapping of route `i`
+    /// ([`SinkRecord::route`]). An invalid config or mapping, or a constant
+    /// topic that is missing while `topics.create` is false, is
+    /// [`SinkError::Permanent`]; unreachable brokers are
+    /// [`SinkError::Retriable`].
+    pub async fn connect(cfg: &KafkaSinkConfig, routes: Vec<KafkaMapping>) -> Result<KafkaSink, SinkError> {
+        if let Some((path, msg)) = cfg.validate().into_iter().next() {
+            return Err(permanent(format!("kafka sink: {path}: {msg}")));
+        }
+        let routes = routes
+            .iter()
+            .enumerate()
+            .map(|(i, m)| CompiledMapping::compile(m).map_err(|e| permanent(format!("kafka mapping of route {i}: {e}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let delivery_timeout = parse_duration(&cfg.delivery_timeout).map_err(permanent)?;
+        let client_config = client_config(cfg);
+        let producer: FutureProducer =
+            client_config.create().map_err(|e| permanent(format!("kafka sink: invalid librdkafka configuration: {e}")))?;
+        let admin: AdminClient<DefaultClientContext> =
+            client_config.create().map_err(|e| permanent(format!("kafka sink: invalid librdkafka configuration: {e}")))?;
+        let mut sink = KafkaSink {
+            producer,
+            client_config,
+            topics: Topics::new(admin, cfg.topics.clone(), delivery_timeout.min(Duration::from_secs(30))),
+            routes,
+            debezium: cfg.debezium.clone(),
+            delivery_timeout,
+            brokers: cfg.brokers.clone(),
+        };
+        let constant: Vec<String> = sink.routes.iter().filter_map(|r| r.constant_topic().map(str::to_string)).collect();
+        for topic in constant {
+            if let TopicStatus::Unusable(why) = sink.topics.ensure(&sink.producer, &topic).await? {
+                return Err(permanent(why));
+            }
+        }
+        Ok(sink)
+    }
+
+    /// Replaces the producer after a fatal (idempotence) error.
+    fn rebuild_producer_if_fatal(&mut self) {
+        if let Some((code, reason)) = self.producer.client().fatal_error() {
+            warn!(brokers = %self.brokers, %code, %reason, "kafka producer hit a fatal error; rebuilding it");
+            match self.client_config.create::<FutureProducer>() {
+                Ok(p) => self.producer = p,
+                Err(e) => warn!(error = %e, "kafka producer could not be rebuilt; will try again"),
+            }
+        }
+    }
+
+    async fn write_batch(&mut self, batch: &[SinkRecord]) -> BatchOutcome {
+        let now_us = now_micros();
+        let mut rejected: Vec<Rejected> = Vec::new();
+        let mut encoded = Vec::with_capacity(batch.len());
+        for (index, record) in batch.iter().enumerate() {
+            let Some(route) = self.routes.get(record.route) else {
+                rejected.push(Rejected { index, error: format!("kafka sink has no mapping for route {}", record.route) });
+                continue;
+            };
+            match route.encode(&record.change, &self.debezium, now_us) {
+                Ok(e) => encoded.push((index, e)),
+                Err(error) => rejected.push(Rejected { index, error }),
+            }
+        }
+        let mut unusable: BTreeMap<String, String> = BTreeMap::new();
+        for (_, e) in &encoded {
+            if !unusable.contains_key(&e.topic) {
+                if let TopicStatus::Unusable(why) = self.topics.ensure(&self.producer, &e.topic).await? {
+                    unusable.insert(e.topic.clone(), why);
+                }
+            }
+        }
+
+        // Enqueue everything, in order; on a full queue, wait for the oldest
+        // outstanding delivery and try the same record again.
+        let mut pending: Vec<(usize, DeliveryFuture)> = Vec::with_capacity(encoded.len());
+        let mut results: Vec<(usize, Result<(), KafkaError>)> = Vec::with_capacity(encoded.len());
+        let mut next_to_await = 0;
+        for (index, e) in &encoded {
+            if let Some(why) = unusable.get(&e.topic) {
+                rejected.push(Rejected { index: *index, error: why.clone() });
+                continue;
+            }
+            let change = &batch[*index].change;
+            let tombstone = e.tombstone.then_some(());
+            for payload in std::iter::once(Some(e.value.as_slice())).chain(tombstone.map(|_| None)) {
+                let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&e.topic).headers(headers(change));
+                if let Some(k) = &e.key {
+                    record = record.key(k.as_slice());
+                }
+                if let Some(p) = payload {
+                    record = record.payload(p);
+                }
+                loop {
+                    match self.producer.send_result(record) {
+                        Ok(fut) => {
+                            pending.push((*index, fut));
+                            break;
+                        }
+                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                            record = back;
+                            if next_to_await < pending.len() {
+                                let (i, fut) = &mut pending[next_to_await];
+                                results.push((*i, delivery_result(fut.await)));
+                                next_to_await += 1;
+                            } else {
+                                tokio::time::sleep(Duration::from_millis(5)).await;
+                            }
+                        }
+                        Err((err, _)) => {
+                            results.push((*index, Err(err)));
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        let guard = self.delivery_timeout + Duration::from_secs(30);
+        for (i, fut) in pending.iter_mut().skip(next_to_await) {
+            let result = match tokio::time::timeout(guard, fut).await {
+                Ok(r) => delivery_result(r),
+                Err(_) => Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut)),
+            };
+            results.push((*i, result));
+        }
+
+        let mut retriable: Option<(usize, KafkaError)> = None;
+        let mut failures = 0;
+        for (index, result) in results {
+            let Err(err) = result else { continue };
+            if is_permanent(&err) {
+                rejected.push(Rejected { index, error: format!("kafka refused the record: {err}") });
+            } else {
+                failures += 1;
+                if retriable.is_none() {
+                    retriable = Some((index, err));
+                }
+            }
+        }
+        if let Some((index, err)) = retriable {
+            self.topics.forget();
+            self.rebuild_producer_if_fatal();
+            return Err(SinkError::Retriable(format!(
+                "kafka {}: {failures} of {} deliveries failed, first at batch index {index}: {err}",
+                self.brokers,
+                batch.len()
+            )));
+        }
+        rejected.sort_by_key(|r| r.index);
+        rejected.dedup_by_key(|r| r.index);
+        debug!(records = batch.len(), rejected = rejected.len(), "kafka batch acknowledged");
+        Ok(rejected)
+    }
+}
+
+/// A delivery report as a plain result; a dropped report (the producer went
+/// away) counts as a failure, never as delivered.
+fn delivery_result<E>(r: Result<OwnedDeliveryResult, E>) -> Result<(), KafkaError> {
+    match r {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((err, _))) => Err(err),
+        Err(_) => Err(KafkaError::Canceled),
+    }
+}
+
+/// Errors that will recur for this record however often it is sent.
+/// Everything else (timeouts, broker down, leadership changes, unknown
+/// topic after a broker lost its data, authorization) is retried: a record
+/// must never be dead-lettered because of the cluster's state.
+fn is_permanent(err: &KafkaError) -> bool {
+    matches!(
+        err.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::InvalidMessage
+                | RDKafkaErrorCode::InvalidTopic
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::UnsupportedForMessageFormat
+        )
+    )
+}
+
+impl Sink for KafkaSink {
+    fn write(&mut self, batch: &[SinkRecord]) -> impl std::future::Future<Output = BatchOutcome> + Send {
+        self.write_batch(batch)
+    }
+
+    /// Fetches cluster metadata: Ok when a broker answered.
+    fn check(&mut self) -> impl std::future::Future<Output = Result<(), SinkError>> + Send {
+        let producer = self.producer.clone();
+        let brokers = self.brokers.clone();
+        async move {
+            tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, Duration::from_secs(10)))
+                .await
+                .map_err(|e| SinkError::Retriable(format!("kafka {brokers}: metadata task failed: {e}")))?
+                .map(|_| ())
+                .map_err(|e| SinkError::Retriable(format!("kafka {brokers}: cannot fetch cluster metadata: {e}")))
+        }
+    }
+
+    /// Waits (up to the delivery timeout) for anything still queued.
+    fn close(&mut self) -> impl std::future::Future<Output = Result<(), SinkError>> + Send {
+        let producer = self.producer.clone();
+        let timeout = self.delivery_timeout;
+        async move {
+            tokio::task::spawn_blocking(move || producer.flush(timeout))
+                .await
+                .map_err(|e| SinkError::Retriable(format!("kafka: flush task failed: {e}")))?
+                .map_err(|e| SinkError::Retriable(format!("kafka: flush at shutdown: {e}")))
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! Making sure a topic exists before records are produced to it.
+//!
+//! Topic templates can depend on the record (`{schema}.{table}`), so the full
+//! set of topics is only known as records arrive: each topic is checked (or
+//! created) the first time a batch needs it, and remembered. The memory is
+//! dropped after any retriable failure, because a broker that lost its data
+//! (or an operator who deleted a topic) must not make the sink produce into
+//! a topic that no longer exists.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use pgfanout_sdk::SinkError;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{FutureProducer, Producer};
+use tracing::info;
+
+use crate::config::TopicCreation;
+
+/// What happened when a topic was needed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicStatus {
+    Ready,
+    /// The topic cannot be used and retrying will not help (missing while
+    /// `topics.create` is false, or the broker refused to create it).
+    Unusable(String),
+}
+
+/// The topics known to exist, and the policy for the others.
+pub struct Topics {
+    admin: AdminClient<DefaultClientContext>,
+    policy: TopicCreation,
+    known: HashSet<String>,
+    timeout: Duration,
+}
+
+impl Topics {
+    pub fn new(admin: AdminClient<DefaultClientContext>, policy: TopicCreation, timeout: Duration) -> Topics {
+        Topics { admin, policy, known: HashSet::new(), timeout }
+    }
+
+    /// Forgets which topics exist (after a retriable failure).
+    pub fn forget(&mut self) {
+        self.known.clear();
+    }
+
+    /// Ensures `topic` exists, creating it when the policy says so.
+    /// `Err` is retriable (the broker could not be asked).
+    pub async fn ensure(&mut self, producer: &FutureProducer, topic: &str) -> Result<TopicStatus, SinkError> {
+        if self.known.contains(topic) {
+            return Ok(TopicStatus::Ready);
+        }
+        let status = if self.policy.create { self.create(topic).await? } else { self.check(producer, topic).await? };
+        if status == TopicStatus::Ready {
+            self.known.insert(topic.to_string());
+        }
+        Ok(status)
+    }
+
+    async fn create(&self, topic: &str) -> Result<TopicStatus, SinkError> {
+        let mut new = NewTopic::new(topic, self.policy.partitions, TopicReplication::Fixed(self.policy.replication_factor));
+        for (k, v) in &self.policy.config {
+            new = new.set(k, v);
+        }
+        let opts = AdminOptions::new().operation_timeout(Some(self.timeout)).request_timeout(Some(self.timeout));
+        let results = self
+            .admin
+            .create_topics([&new], &opts)
+            .await
+            .map_err(|e| SinkError::Retriable(format!("kafka: cannot create topic {topic:?}: {e}")))?;
+        for result in results {
+            match result {
+                Ok(_) => info!(topic, partitions = self.policy.partitions, "kafka topic created"),
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((
+                    _,
+                    code @ (RDKafkaErrorCode::InvalidTopic
+                    | RDKafkaErrorCode::InvalidPartitions
+                    | RDKafkaErrorCode::InvalidReplicationFactor
+                    | RDKafkaErrorCode::InvalidConfig
+                    | RDKafkaErrorCode::PolicyViolation),
+                )) => {
+                    return Ok(TopicStatus::Unusable(format!("kafka refused to create topic {topic:?}: {code}")));
+                }
+                Err((_, code)) => return Err(SinkError::Retriable(format!("kafka: cannot create topic {topic:?}: {code}"))),
+            }
+        }
+        Ok(TopicStatus::Ready)
+    }
+
+    async fn check(&self, producer: &FutureProducer, topic: &str) -> Result<TopicStatus, SinkError> {
+        let producer = producer.clone();
+        let name = topic.to_string();
+        let timeout = self.timeout;
+        let metadata = tokio::task::spawn_blocking(move || producer.client().fetch_metadata(Some(&name), timeout))
+            .await
+            .map_err(|e| SinkError::Retriable(format!("kafka: metadata task failed: {e}")))?;
+        let missing = || {
+            TopicStatus::Unusable(format!(
+                "kafka topic {topic:?} does not exist and `topics.create` is false: create it, or set topics.create: true"
+            ))
+        };
+        match metadata {
+            Ok(md) => match md.topics().iter().find(|t| t.name() == topic) {
+                Some(t) => match t.error() {
+                    None if !t.partitions().is_empty() => Ok(TopicStatus::Ready),
+                    None => Ok(missing()),
+                    Some(code) => match RDKafkaErrorCode::from(code) {
+                        RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic => Ok(missing()),
+                        other => Err(SinkError::Retriable(format!("kafka: metadata of topic {topic:?}: {other}"))),
+                    },
+                },
+                None => Ok(missing()),
+            },
+            Err(KafkaError::MetadataFetch(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic)) => Ok(missing()),
+            Err(e) => Err(SinkError::Retriable(format!("kafka: cannot read metadata of topic {topic:?}: {e}"))),
+        }
+    }
+}
