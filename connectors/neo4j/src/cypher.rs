@@ -1,0 +1,155 @@
+//! The Cypher the sink generates for declarative mappings.
+//!
+//! Why these shapes: every statement takes a whole batch as `$rows` and
+//! `UNWIND`s it, so one round trip writes up to `max_batch` rows. Each row
+//! carries the change's version (`row.v`, the packed position) and every
+//! write is guarded by the version stored on the node or relationship
+//! (`_pgfanout_lsn`): older writes are skipped, equal ones apply, so a replay
+//! after a crash converges instead of rolling the graph back.
+//!
+//! Relationships are identified by their row (`_pgfanout_key`, the JSON of
+//! the row's key columns), not by their endpoints: two purchases of the same
+//! product by the same user stay two relationships, and an update that moves
+//! an endpoint (a changed `user_id`) replaces the old relationship instead of
+//! adding a second one. Properties are set with `+=` from the columns present
+//! in the change, so an unchanged TOAST column (absent from `after`) keeps its
+//! stored value.
+//!
+//! Only Cypher that both Neo4j 4.4+/5 and ArcadeDB's openCypher accept is
+//! generated (checked against ArcadeDB in tests/neo4j.rs).
+
+use crate::config::{EndpointMapping, NodeMapping, RelMapping, ROW_KEY_PROPERTY, VERSION_PROPERTY};
+
+/// Quotes a label, type or property name for Cypher (backticks, doubled inside).
+pub fn ident(name: &str) -> String {
+    format!("`{}`", name.replace('`', "``"))
+}
+
+/// `{`a`: row.k.`a`, …}` for the properties of a key map.
+fn key_pattern<'a>(props: impl Iterator<Item = &'a String>, source: &str) -> String {
+    let parts: Vec<String> = props.map(|p| format!("{}: {source}.{}", ident(p), ident(p))).collect();
+    format!("{{{}}}", parts.join(", "))
+}
+
+fn guard(var: &str) -> String {
+    let v = ident(VERSION_PROPERTY);
+    format!("{var}.{v} IS NULL OR {var}.{v} <= row.v")
+}
+
+/// Row shape: `{k: {prop: value…}, p: {prop: value…}, v: version}`.
+pub fn node_upsert(m: &NodeMapping) -> String {
+    format!(
+        "UNWIND $rows AS row MERGE (n:{label} {key}) WITH n, row WHERE {guard} SET n += row.p, n.{v} = row.v",
+        label = ident(&m.label),
+        key = key_pattern(m.key.keys(), "row.k"),
+        guard = guard("n"),
+        v = ident(VERSION_PROPERTY),
+    )
+}
+
+/// Row shape: `{k: {prop: value…}, v: version}`. Detaches the node's
+/// relationships; a node written by a newer change is left alone.
+pub fn node_delete(m: &NodeMapping) -> String {
+    format!(
+        "UNWIND $rows AS row MATCH (n:{label} {key}) WHERE {guard} DETACH DELETE n",
+        label = ident(&m.label),
+        key = key_pattern(m.key.keys(), "row.k"),
+        guard = guard("n"),
+    )
+}
+
+/// Parameter `$v`: removes the nodes pgfanout wrote before the truncate.
+pub fn node_truncate(m: &NodeMapping) -> String {
+    format!("MATCH (n:{}) WHERE n.{v} <= $v DETACH DELETE n", ident(&m.label), v = ident(VERSION_PROPERTY))
+}
+
+fn endpoint(var: &str, ep: &EndpointMapping, source: &str) -> String {
+    format!("MERGE ({var}:{} {})", ident(&ep.label), key_pattern(ep.key.keys(), source))
+}
+
+/// Row shape: `{id: row key string, f: {prop…}, t: {prop…}, p: {prop…}, v}`.
+///
+/// Looks the relationship up by row key first: when a newer version exists
+/// the row is skipped; when it exists between other endpoints it is
+/// replaced (its properties carried over, then overwritten by the change's).
+pub fn rel_upsert(m: &RelMapping) -> String {
+    let t = ident(&m.rel_type);
+    let k = ident(ROW_KEY_PROPERTY);
+    let v = ident(VERSION_PROPERTY);
+    format!(
+        "UNWIND $rows AS row \
+         OPTIONAL MATCH ()-[old:{t} {{{k}: row.id}}]->() \
+         WITH row, old WHERE old IS NULL OR old.{v} IS NULL OR old.{v} <= row.v \
+         {from} {to} \
+         MERGE (a)-[r:{t} {{{k}: row.id}}]->(b) \
+         FOREACH (_ IN CASE WHEN old IS NOT NULL AND old <> r THEN [1] ELSE [] END | SET r += properties(old)) \
+         SET r += row.p, r.{v} = row.v \
+         WITH old, r WHERE old IS NOT NULL AND old <> r DELETE old",
+        from = endpoint("a", &m.from, "row.f"),
+        to = endpoint("b", &m.to, "row.t"),
+    )
+}
+
+/// Row shape: `{id: row key string, v: version}`.
+pub fn rel_delete(m: &RelMapping) -> String {
+    format!(
+        "UNWIND $rows AS row MATCH ()-[r:{t} {{{k}: row.id}}]->() WHERE {guard} DELETE r",
+        t = ident(&m.rel_type),
+        k = ident(ROW_KEY_PROPERTY),
+        guard = guard("r"),
+    )
+}
+
+/// Parameter `$v`: removes the relationships pgfanout wrote before the truncate.
+pub fn rel_truncate(m: &RelMapping) -> String {
+    format!("MATCH ()-[r:{}]->() WHERE r.{v} <= $v DELETE r", ident(&m.rel_type), v = ident(VERSION_PROPERTY))
+}
+
+/// Index statements for a node key (`IF NOT EXISTS`, so restarts are no-ops).
+pub fn node_index(label: &str, props: &[&String]) -> String {
+    let list: Vec<String> = props.iter().map(|p| format!("n.{}", ident(p))).collect();
+    format!("CREATE INDEX {} IF NOT EXISTS FOR (n:{}) ON ({})", ident(&index_name(label, props)), ident(label), list.join(", "))
+}
+
+/// Index on a relationship type's row key.
+pub fn rel_index(rel_type: &str) -> String {
+    let k = ident(ROW_KEY_PROPERTY);
+    format!(
+        "CREATE INDEX {} IF NOT EXISTS FOR ()-[r:{}]-() ON (r.{k})",
+        ident(&index_name(rel_type, &[&ROW_KEY_PROPERTY.to_string()])),
+        ident(rel_type)
+    )
+}
+
+fn index_name(label: &str, props: &[&String]) -> String {
+    let mut name = format!("pgfanout_{label}");
+    for p in props {
+        name.push('_');
+        name.push_str(p);
+    }
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use indexmap::IndexMap;
+
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(ident("User"), "`User`");
+        assert_eq!(ident("we`ird"), "`we``ird`");
+    }
+
+    #[test]
+    fn node_statements_guard_on_version() {
+        let m = NodeMapping { label: "User".into(), key: IndexMap::from([("id".into(), "id".into())]), properties: None };
+        assert_eq!(
+            node_upsert(&m),
+            "UNWIND $rows AS row MERGE (n:`User` {`id`: row.k.`id`}) WITH n, row \
+             WHERE n.`_pgfanout_lsn` IS NULL OR n.`_pgfanout_lsn` <= row.v SET n += row.p, n.`_pgfanout_lsn` = row.v"
+        );
+        assert!(node_delete(&m).ends_with("<= row.v DETACH DELETE n"));
+        assert_eq!(node_index("User", &[&"id".to_string()]), "CREATE INDEX `pgfanout_User_id` IF NOT EXISTS FOR (n:`User`) ON (n.`id`)");
+    }
+}

@@ -1,0 +1,34 @@
+//! Neo4j sink: relational rows become nodes and relationships, for graph
+//! queries such as "customers who bought this also bought".
+//!
+//! A pipeline maps its table with one of (see [`Neo4jMapping`]):
+//! - `node`: each row is a node, MERGEd on its key properties;
+//! - `relationship`: each row is a relationship between two MERGEd nodes
+//!   (`order_items` -> `(:User)-[:BOUGHT]->(:Product)`);
+//! - `cypher`: user statements per operation with `$after`, `$before`,
+//!   `$key`, `$lsn`, `$op` (or `$rows` for batched statements).
+//!
+//! Why versions on the graph: delivery is at-least-once, so after a crash the
+//! server sees changes it already applied. Generated writes store the
+//! change's position (packed into an integer) as `_pgfanout_lsn` on every node
+//! and relationship and skip a write whose stored version is newer; equal
+//! versions apply. Deletes of something newer are skipped as well.
+//!
+//! Tradeoff, no tombstones: a delete removes the node or relationship and its
+//! version with it, so while a replay is in progress an older insert can bring
+//! a deleted entity back for a moment. Replays always resend a contiguous
+//! suffix of the stream in order, so the delete that follows is replayed too
+//! and the graph converges; keeping tombstones would cost a lookup per write
+//! and grow without bound.
+
+mod config;
+mod cypher;
+mod encode;
+mod error;
+mod sink;
+
+pub use config::{
+    CypherMapping, EndpointMapping, Neo4jMapping, Neo4jSinkConfig, Neo4jTlsConfig, NodeMapping, RelMapping, ROW_KEY_PROPERTY,
+    VERSION_PROPERTY,
+};
+pub use sink::Neo4jSink;

@@ -1,0 +1,363 @@
+//! The Neo4j sink: writes batches as `UNWIND $rows` statements inside one
+//! explicit transaction per `write`.
+//!
+//! Why one transaction per batch: the batch is durable exactly when COMMIT
+//! succeeds, which is what lets the runtime move the flush position; a
+//! failure anywhere rolls everything back so a retry never sees half a batch.
+//! Consecutive records of the same route and kind of write (upsert, delete)
+//! share one statement; statements run in record order, so per-key order
+//! holds within and across batches. A statement error that is not transient
+//! (a record the server refuses) rolls back and the batch is replayed record
+//! by record, each in its own transaction, so only the failing records are
+//! rejected (and dead-lettered by the runtime).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use neo4rs::{query, BoltList, BoltType, ConfigBuilder, Graph, Query};
+use pgfanout_sdk::{BatchOutcome, Change, Op, Rejected, Sink, SinkError, SinkRecord};
+use tracing::{debug, info, warn};
+
+use crate::config::{CypherMapping, Neo4jMapping, Neo4jSinkConfig, NodeMapping, RelMapping};
+use crate::cypher;
+use crate::encode;
+use crate::error::classify;
+
+/// A route's mapping with its statements prepared once.
+enum Route {
+    Node { mapping: NodeMapping, upsert: Arc<str>, delete: Arc<str>, truncate: Arc<str> },
+    Rel { mapping: RelMapping, upsert: Arc<str>, delete: Arc<str>, truncate: Arc<str> },
+    Cypher(CypherMapping),
+}
+
+/// What one record asks of the graph.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Upsert,
+    Delete,
+    Truncate,
+}
+
+fn kind(op: Op) -> Kind {
+    match op {
+        Op::Insert | Op::Update | Op::Read => Kind::Upsert,
+        Op::Delete => Kind::Delete,
+        Op::Truncate => Kind::Truncate,
+    }
+}
+
+/// One statement of a batch and the batch indices it writes.
+struct Statement {
+    text: Arc<str>,
+    /// `Some` for `UNWIND $rows` statements.
+    rows: Option<Vec<BoltType>>,
+    /// Named parameters for single-record statements.
+    params: Vec<(&'static str, BoltType)>,
+    records: Vec<usize>,
+    /// Identities of the rows in `rows` (a repeated identity starts a new
+    /// statement, so no statement MERGEs the same relationship twice).
+    seen: HashSet<String>,
+    route: usize,
+    kind: Kind,
+}
+
+impl Statement {
+    fn query(&self) -> Query {
+        let mut q = query(&self.text);
+        if let Some(rows) = &self.rows {
+            q = q.param("rows", BoltType::List(BoltList::from(rows.clone())));
+        }
+        for (k, v) in &self.params {
+            q = q.param(k, v.clone());
+        }
+        q
+    }
+}
+
+/// Writes changes to a Bolt server (Neo4j 4.4+/5, ArcadeDB, Memgraph).
+pub struct Neo4jSink {
+    graph: Graph,
+    routes: Vec<Route>,
+    max_batch: usize,
+}
+
+impl Neo4jSink {
+    /// Connects, checks the server answers, and creates an index on every
+    /// node key and relationship row key the mappings use (`IF NOT EXISTS`).
+    /// `routes[i]` is the mapping of route `i` of the records passed to
+    /// `write`. Fails with `Retriable` when the server cannot be reached and
+    /// `Permanent` for an invalid configuration or mapping.
+    pub async fn connect(cfg: &Neo4jSinkConfig, routes: Vec<Neo4jMapping>) -> Result<Neo4jSink, SinkError> {
+        if let Some((path, msg)) = cfg.validate().into_iter().next() {
+            return Err(SinkError::Permanent(format!("neo4j sink: {path}: {msg}")));
+        }
+        let mut prepared = Vec::with_capacity(routes.len());
+        for (i, m) in routes.into_iter().enumerate() {
+            if let Some((path, msg)) = m.validate().into_iter().next() {
+                return Err(SinkError::Permanent(format!("neo4j mapping of route {i}: {path}: {msg}")));
+            }
+            prepared.push(prepare(m));
+        }
+        let mut builder = ConfigBuilder::new()
+            .uri(cfg.uri.as_str())
+            .user(cfg.user.as_str())
+            .password(cfg.password.clone().unwrap_or_default())
+            .fetch_size(cfg.fetch_size)
+            .max_connections(cfg.max_connections);
+        if let Some(db) = &cfg.database {
+            builder = builder.db(db.as_str());
+        }
+        if let (true, Some(ca)) = (cfg.is_tls(), &cfg.tls.ca_file) {
+            builder = builder.with_client_certificate(ca);
+        }
+        let config = builder.build().map_err(|e| SinkError::Permanent(format!("neo4j config: {e}")))?;
+        let graph = Graph::connect(config).await.map_err(|e| classify("connect", &e))?;
+        let sink = Neo4jSink { graph, routes: prepared, max_batch: cfg.max_batch };
+        sink.ping().await?;
+        if cfg.create_indexes {
+            sink.create_indexes().await?;
+        }
+        info!(uri = %cfg.uri, routes = sink.routes.len(), "neo4j sink connected");
+        Ok(sink)
+    }
+
+    async fn ping(&self) -> Result<(), SinkError> {
+        let mut rows = self.graph.execute(query("RETURN 1 AS one")).await.map_err(|e| classify("ping", &e))?;
+        while rows.next().await.map_err(|e| classify("ping", &e))?.is_some() {}
+        Ok(())
+    }
+
+    async fn create_indexes(&self) -> Result<(), SinkError> {
+        let mut statements = Vec::new();
+        for route in &self.routes {
+            match route {
+                Route::Node { mapping, .. } => statements.push(cypher::node_index(&mapping.label, &mapping.key.keys().collect::<Vec<_>>())),
+                Route::Rel { mapping, .. } => {
+                    for ep in [&mapping.from, &mapping.to] {
+                        statements.push(cypher::node_index(&ep.label, &ep.key.keys().collect::<Vec<_>>()));
+                    }
+                    statements.push(cypher::rel_index(&mapping.rel_type));
+                }
+                Route::Cypher(_) => {}
+            }
+        }
+        statements.dedup();
+        for s in statements {
+            debug!(statement = %s, "creating index");
+            self.graph.run(query(&s)).await.map_err(|e| classify(&format!("creating index ({s})"), &e))?;
+        }
+        Ok(())
+    }
+
+    /// Groups the batch into statements. Records that cannot be encoded
+    /// (missing key column) are rejected here and never sent.
+    fn plan(&self, batch: &[SinkRecord], rejected: &mut Vec<Rejected>) -> Vec<Statement> {
+        let mut out: Vec<Statement> = Vec::new();
+        for (index, record) in batch.iter().enumerate() {
+            let change: &Change = &record.change;
+            let Some(route) = self.routes.get(record.route) else {
+                rejected.push(Rejected { index, error: format!("no neo4j mapping for route {}", record.route) });
+                continue;
+            };
+            let k = kind(change.op);
+            match self.encode(route, k, change) {
+                Ok(None) => {}
+                Ok(Some(Encoded::Single(text, params))) => out.push(Statement {
+                    text,
+                    rows: None,
+                    params,
+                    records: vec![index],
+                    seen: HashSet::new(),
+                    route: record.route,
+                    kind: k,
+                }),
+                Ok(Some(Encoded::Row(text, row, identity))) => {
+                    let fits = out.last().is_some_and(|s| {
+                        s.rows.as_ref().is_some_and(|r| r.len() < self.max_batch)
+                            && s.route == record.route
+                            && s.kind == k
+                            && !identity.as_ref().is_some_and(|id| s.seen.contains(id))
+                    });
+                    if !fits {
+                        out.push(Statement {
+                            text,
+                            rows: Some(Vec::new()),
+                            params: Vec::new(),
+                            records: Vec::new(),
+                            seen: HashSet::new(),
+                            route: record.route,
+                            kind: k,
+                        });
+                    }
+                    if let Some(s) = out.last_mut() {
+                        if let Some(rows) = s.rows.as_mut() {
+                            rows.push(row);
+                        }
+                        s.records.push(index);
+                        if let Some(id) = identity {
+                            s.seen.insert(id);
+                        }
+                    }
+                }
+                Err(error) => rejected.push(Rejected { index, error }),
+            }
+        }
+        out
+    }
+
+    fn encode(&self, route: &Route, k: Kind, change: &Change) -> Result<Option<Encoded>, String> {
+        let v = || vec![("v", encode::version(change))];
+        Ok(Some(match (route, k) {
+            (Route::Node { truncate, .. }, Kind::Truncate) | (Route::Rel { truncate, .. }, Kind::Truncate) => {
+                Encoded::Single(truncate.clone(), v())
+            }
+            (Route::Node { mapping, upsert, delete, .. }, _) => {
+                let text = if k == Kind::Upsert { upsert } else { delete };
+                Encoded::Row(text.clone(), encode::node_row(mapping, change)?, None)
+            }
+            (Route::Rel { mapping, upsert, delete, .. }, _) => {
+                let text = if k == Kind::Upsert { upsert } else { delete };
+                let id = encode::row_key(mapping, change)?;
+                Encoded::Row(text.clone(), encode::rel_row(mapping, change)?, Some(id))
+            }
+            (Route::Cypher(c), _) => {
+                let stmt = match k {
+                    Kind::Upsert => &c.on_upsert,
+                    Kind::Delete => &c.on_delete,
+                    Kind::Truncate => &c.on_truncate,
+                };
+                let Some(stmt) = stmt else { return Ok(None) };
+                let text: Arc<str> = Arc::from(stmt.as_str());
+                if k != Kind::Truncate && uses_rows(stmt) {
+                    Encoded::Row(text, encode::cypher_row(change), None)
+                } else {
+                    Encoded::Single(text, encode::cypher_params(change))
+                }
+            }
+        }))
+    }
+
+    /// Runs statements in one transaction and commits it.
+    async fn run_in_txn(&self, statements: &[&Statement]) -> Result<(), SinkError> {
+        let mut txn = self.graph.start_txn().await.map_err(|e| classify("begin", &e))?;
+        for s in statements {
+            if let Err(e) = txn.run(s.query()).await {
+                // The pooled connection is RESET when it is recycled, which
+                // discards the failed transaction.
+                drop(txn);
+                return Err(classify(&format!("statement for {} record(s)", s.records.len()), &e));
+            }
+        }
+        txn.commit().await.map_err(|e| classify("commit", &e))
+    }
+
+    /// Replays every record alone (in order) after a permanent batch error,
+    /// rejecting those the server refuses.
+    async fn write_one_by_one(&self, statements: &[Statement], rejected: &mut Vec<Rejected>) -> Result<(), SinkError> {
+        for s in statements {
+            match &s.rows {
+                None => {
+                    if let Err(e) = self.run_in_txn(&[s]).await {
+                        record_failure(e, &s.records, rejected)?;
+                    }
+                }
+                Some(rows) => {
+                    for (row, index) in rows.iter().zip(&s.records) {
+                        let single = Statement {
+                            text: s.text.clone(),
+                            rows: Some(vec![row.clone()]),
+                            params: Vec::new(),
+                            records: vec![*index],
+                            seen: HashSet::new(),
+                            route: s.route,
+                            kind: s.kind,
+                        };
+                        if let Err(e) = self.run_in_txn(&[&single]).await {
+                            record_failure(e, &single.records, rejected)?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn record_failure(e: SinkError, records: &[usize], rejected: &mut Vec<Rejected>) -> Result<(), SinkError> {
+    match e {
+        SinkError::Retriable(_) => Err(e),
+        SinkError::Permanent(msg) => {
+            warn!(error = %msg, "neo4j rejected a record");
+            rejected.extend(records.iter().map(|&index| Rejected { index, error: msg.clone() }));
+            Ok(())
+        }
+    }
+}
+
+enum Encoded {
+    /// A statement of its own with named parameters.
+    Single(Arc<str>, Vec<(&'static str, BoltType)>),
+    /// One element of an `UNWIND $rows` statement, with its identity.
+    Row(Arc<str>, BoltType, Option<String>),
+}
+
+fn uses_rows(stmt: &str) -> bool {
+    stmt.match_indices("$rows").any(|(i, _)| !stmt[i + 5..].starts_with(|c: char| c.is_alphanumeric() || c == '_'))
+}
+
+fn prepare(m: Neo4jMapping) -> Route {
+    if let Some(n) = m.node {
+        return Route::Node {
+            upsert: cypher::node_upsert(&n).into(),
+            delete: cypher::node_delete(&n).into(),
+            truncate: cypher::node_truncate(&n).into(),
+            mapping: n,
+        };
+    }
+    if let Some(r) = m.relationship {
+        return Route::Rel {
+            upsert: cypher::rel_upsert(&r).into(),
+            delete: cypher::rel_delete(&r).into(),
+            truncate: cypher::rel_truncate(&r).into(),
+            mapping: r,
+        };
+    }
+    Route::Cypher(m.cypher.unwrap_or(CypherMapping { on_upsert: None, on_delete: None, on_truncate: None }))
+}
+
+impl Sink for Neo4jSink {
+    async fn write(&mut self, batch: &[SinkRecord]) -> BatchOutcome {
+        let mut rejected = Vec::new();
+        let statements = self.plan(batch, &mut rejected);
+        if statements.is_empty() {
+            return Ok(rejected);
+        }
+        let all: Vec<&Statement> = statements.iter().collect();
+        match self.run_in_txn(&all).await {
+            Ok(()) => {}
+            Err(SinkError::Permanent(msg)) => {
+                warn!(error = %msg, records = batch.len(), "neo4j batch failed; retrying records one by one");
+                self.write_one_by_one(&statements, &mut rejected).await?;
+            }
+            Err(e) => return Err(e),
+        }
+        rejected.sort_by_key(|r| r.index);
+        Ok(rejected)
+    }
+
+    async fn check(&mut self) -> Result<(), SinkError> {
+        self.ping().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::uses_rows;
+
+    #[test]
+    fn rows_parameter_is_detected_as_a_whole_word() {
+        assert!(uses_rows("UNWIND $rows AS row MERGE (n {id: row.after.id})"));
+        assert!(!uses_rows("MERGE (n {id: $rowset})"));
+        assert!(!uses_rows("MERGE (n:U {id: $after.id})"));
+    }
+}
