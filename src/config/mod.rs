@@ -1,18 +1,41 @@
-//! Configuration: YAML file + `PGFANOUT__…` environment overrides + `${VAR}`
-//! interpolation, deserialized into typed structs that reject unknown fields,
-//! then validated before any I/O.
+//! Configuration: YAML file + `PGFANOUT__SECTION__KEY` environment overrides
+//! + `${VAR}` interpolation, deserialized into typed structs that reject
+//! unknown fields, then validated before any I/O (DESIGN.md section 6).
+//!
+//! Loading never stops at the first problem: each section, sink and pipeline
+//! is deserialized on its own and then validated, so one run of
+//! `pgfanout check` lists every error, each naming the file, the dotted path
+//! (`pipelines[2].redis.key`) and what is expected. Secrets (URL passwords,
+//! values of `${…PASSWORD…}`-style variables) are scrubbed from all of them.
 
+mod interpolate;
+mod loader;
+pub mod pipeline;
+pub mod redact;
+pub mod units;
+mod validate;
+
+use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use indexmap::IndexMap;
 use serde::Deserialize;
 
+pub use loader::{load, load_with_env};
+pub use pipeline::{MaskConfig, OneOrMany, PipelineConfig, TablePattern, TransformConfig, SINK_KINDS};
+pub use units::ByteSize;
+pub use validate::validate;
+
+/// Kept for callers of the draft API: the serde adapter for durations.
+pub use units::duration as humantime_serde_compat;
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub source: SourceConfig,
+    /// Named sinks, in file order (sink index = position here).
     pub sinks: IndexMap<String, SinkConfig>,
     pub pipelines: Vec<PipelineConfig>,
     #[serde(default)]
@@ -29,8 +52,8 @@ pub struct SourceConfig {
     pub postgres: PostgresSourceConfig,
 }
 
-/// `source.postgres`.
-#[derive(Debug, Clone, Deserialize)]
+/// `source.postgres`. Its `Debug` output hides the URL's password.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresSourceConfig {
     /// `postgres://user:password@host:port/db?sslmode=...`
@@ -45,8 +68,26 @@ pub struct PostgresSourceConfig {
     #[serde(default)]
     pub tls: TlsConfig,
     /// How often a standby status update is sent at least.
-    #[serde(default = "default_status_interval", with = "humantime_serde_compat")]
+    #[serde(default = "default_status_interval", with = "units::duration")]
     pub status_interval: Duration,
+    /// When set, a `pg_logical_emit_message` heartbeat is written this often
+    /// so that a server sending no keepalives still lets the slot advance.
+    #[serde(default, with = "units::option_duration")]
+    pub heartbeat_interval: Option<Duration>,
+}
+
+impl fmt::Debug for PostgresSourceConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresSourceConfig")
+            .field("url", &redact::redact_url(&self.url))
+            .field("slot", &self.slot)
+            .field("publication", &self.publication)
+            .field("snapshot", &self.snapshot)
+            .field("tls", &self.tls)
+            .field("status_interval", &self.status_interval)
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .finish()
+    }
 }
 
 fn default_slot() -> String {
@@ -75,8 +116,10 @@ pub struct TlsConfig {
     pub key_file: Option<PathBuf>,
 }
 
-/// A named sink. The `type` field picks the kind.
-#[derive(Debug, Clone, Deserialize)]
+/// A named sink. The `type` field picks the kind. Sinks other than `file`
+/// keep their settings as JSON until their connector crate parses them.
+/// `Debug` hides passwords and secret-looking fields.
+#[derive(Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum SinkConfig {
     File(FileSinkConfig),
@@ -88,6 +131,8 @@ pub enum SinkConfig {
 }
 
 impl SinkConfig {
+    /// The `type` as written: `file`, `redis`, `kafka`, `elasticsearch`,
+    /// `neo4j` or `scylla` (the same strings as [`SINK_KINDS`]).
     pub fn kind(&self) -> &'static str {
         match self {
             SinkConfig::File(_) => "file",
@@ -96,6 +141,28 @@ impl SinkConfig {
             SinkConfig::Elasticsearch(_) => "elasticsearch",
             SinkConfig::Neo4j(_) => "neo4j",
             SinkConfig::Scylla(_) => "scylla",
+        }
+    }
+
+    /// The untyped settings of a non-file sink (without `type`).
+    pub fn settings(&self) -> Option<&serde_json::Value> {
+        match self {
+            SinkConfig::File(_) => None,
+            SinkConfig::Redis(v) | SinkConfig::Kafka(v) | SinkConfig::Elasticsearch(v) | SinkConfig::Neo4j(v) | SinkConfig::Scylla(v) => {
+                Some(v)
+            }
+        }
+    }
+}
+
+impl fmt::Debug for SinkConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SinkConfig::File(c) => f.debug_tuple("File").field(c).finish(),
+            other => {
+                let settings = other.settings().map(redact::redact_json).unwrap_or_default();
+                write!(f, "{}({settings})", other.kind())
+            }
         }
     }
 }
@@ -107,36 +174,11 @@ pub struct FileSinkConfig {
     pub path: String,
 }
 
-/// One pipeline: tables -> (filter, transforms) -> one sink.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PipelineConfig {
-    pub name: String,
-    pub from: OneOrMany,
-    pub to: String,
-}
-
-/// A single string or a list of strings.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum OneOrMany {
-    One(String),
-    Many(Vec<String>),
-}
-
-impl OneOrMany {
-    pub fn items(&self) -> Vec<&str> {
-        match self {
-            OneOrMany::One(s) => vec![s.as_str()],
-            OneOrMany::Many(v) => v.iter().map(String::as_str).collect(),
-        }
-    }
-}
-
 /// Where records that cannot be delivered go.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeadLetterConfig {
+    /// A JSON-lines file (`-` for stdout).
     #[serde(default = "default_dead_letter_path")]
     pub path: String,
 }
@@ -155,15 +197,19 @@ fn default_dead_letter_path() -> String {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
+    /// `host:port` (a socket address).
     #[serde(default = "default_listen")]
     pub listen: String,
     #[serde(default = "default_true")]
     pub enabled: bool,
+    /// `/readyz` fails while the source lag is above this.
+    #[serde(default = "default_ready_max_lag")]
+    pub ready_max_lag: ByteSize,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: default_listen(), enabled: true }
+        HttpConfig { listen: default_listen(), enabled: true, ready_max_lag: default_ready_max_lag() }
     }
 }
 
@@ -173,6 +219,11 @@ fn default_listen() -> String {
 
 fn default_true() -> bool {
     true
+}
+
+/// 1 GiB of WAL behind is "not ready".
+fn default_ready_max_lag() -> ByteSize {
+    ByteSize(1 << 30)
 }
 
 /// Internal queue sizes and timings.
@@ -186,7 +237,7 @@ pub struct RuntimeConfig {
     #[serde(default = "default_queue_batches")]
     pub queue_batches: usize,
     /// How long shutdown waits for in-flight writes.
-    #[serde(default = "default_shutdown_timeout", with = "humantime_serde_compat")]
+    #[serde(default = "default_shutdown_timeout", with = "units::duration")]
     pub shutdown_timeout: Duration,
 }
 
@@ -212,31 +263,8 @@ fn default_shutdown_timeout() -> Duration {
     Duration::from_secs(30)
 }
 
-/// `humantime` durations ("10s", "7d", "500ms") in serde.
-pub mod humantime_serde_compat {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s)
-            .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?} ({e}); expected a number with a unit, like 10s, 500ms or 7d")))
-    }
-}
-
-/// Errors from loading a configuration.
+/// Errors from loading a configuration: one line each, already prefixed with
+/// the file path, secrets scrubbed.
 #[derive(Debug, thiserror::Error)]
 #[error("{}", .0.join("\n"))]
 pub struct ConfigErrors(pub Vec<String>);
-
-/// Loads and validates `path`.
-pub fn load(path: &std::path::Path) -> Result<Config, ConfigErrors> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors(vec![format!("{}: cannot read: {e}", path.display())]))?;
-    let cfg = config::Config::builder()
-        .add_source(config::File::from_str(&text, config::FileFormat::Yaml))
-        .add_source(config::Environment::with_prefix("PGFANOUT").separator("__"))
-        .build()
-        .map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?;
-    cfg.try_deserialize::<Config>().map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))
-}

@@ -1,0 +1,332 @@
+//! The checks made on a deserialized configuration before any I/O.
+//!
+//! Pure functions of the configuration: no network, no file access. Each
+//! error is `dotted.path: what is wrong; what is expected`. The loader also
+//! runs them on the parts that did deserialize when others did not, so a
+//! single `pgfanout check` lists everything.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use indexmap::IndexMap;
+use pgfanout_sdk::Template;
+
+use super::pipeline::{TablePattern, TransformConfig};
+use super::{units, Config, DeadLetterConfig, HttpConfig, PipelineConfig, PostgresSourceConfig, RuntimeConfig, SinkConfig, SINK_KINDS};
+use crate::pipeline::expr::{self, Expr};
+
+/// Keys of mapping sections whose string values are `{column}` templates.
+/// (Until each sink crate validates its own mapping.)
+pub const TEMPLATE_KEYS: [&str; 14] = [
+    "key",
+    "field",
+    "value",
+    "topic",
+    "index",
+    "id",
+    "member",
+    "score",
+    "stream",
+    "routing",
+    "partition_key",
+    "message_key",
+    "document_id",
+    "path",
+];
+
+/// Keys of mapping sections whose string values are durations.
+pub const DURATION_KEYS: [&str; 3] = ["ttl", "timeout", "flush_interval"];
+
+/// The longest identifier PostgreSQL keeps (NAMEDATALEN - 1).
+const MAX_IDENT: usize = 63;
+
+/// Validates a whole configuration; empty when it is good.
+pub fn validate(cfg: &Config) -> Vec<String> {
+    validate_parts(&Parts {
+        source: Some(&cfg.source.postgres),
+        sinks: &cfg.sinks,
+        broken_sinks: &[],
+        pipelines: cfg.pipelines.iter().enumerate().collect(),
+        pipeline_count: cfg.pipelines.len(),
+        dead_letter: Some(&cfg.dead_letter),
+        http: Some(&cfg.http),
+        runtime: Some(&cfg.runtime),
+    })
+}
+
+/// The parts of a configuration that deserialized (see the module docs).
+pub(crate) struct Parts<'a> {
+    pub source: Option<&'a PostgresSourceConfig>,
+    pub sinks: &'a IndexMap<String, SinkConfig>,
+    /// Sinks that exist but did not deserialize: pipelines may name them.
+    pub broken_sinks: &'a [String],
+    /// (index in the file, pipeline)
+    pub pipelines: Vec<(usize, &'a PipelineConfig)>,
+    /// How many pipelines the file has, including broken ones.
+    pub pipeline_count: usize,
+    pub dead_letter: Option<&'a DeadLetterConfig>,
+    pub http: Option<&'a HttpConfig>,
+    pub runtime: Option<&'a RuntimeConfig>,
+}
+
+pub(crate) fn validate_parts(p: &Parts<'_>) -> Vec<String> {
+    let mut errors = Vec::new();
+    if let Some(source) = p.source {
+        check_source(source, &mut errors);
+    }
+    if p.sinks.is_empty() && p.broken_sinks.is_empty() {
+        errors.push("sinks: expected at least one sink".into());
+    }
+    for (name, sink) in p.sinks {
+        check_sink(name, sink, &mut errors);
+    }
+    if p.pipeline_count == 0 {
+        errors.push("pipelines: expected at least one pipeline".into());
+    }
+    let env = expr::new_env();
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    for &(i, pipeline) in &p.pipelines {
+        let path = format!("pipelines[{i}]");
+        if let Some(first) = names.insert(pipeline.name.as_str(), i) {
+            errors
+                .push(format!("{path}.name: duplicate pipeline name {:?} (also pipelines[{first}]); names must be unique", pipeline.name));
+            names.insert(pipeline.name.as_str(), first);
+        }
+        check_pipeline(&path, pipeline, p.sinks, p.broken_sinks, &env, &mut errors);
+    }
+    if let Some(d) = p.dead_letter {
+        if d.path.trim().is_empty() {
+            errors.push("dead_letter.path: expected a file path (or - for stdout)".into());
+        }
+    }
+    if let Some(h) = p.http {
+        if h.listen.parse::<SocketAddr>().is_err() {
+            errors.push(format!("http.listen: {:?} is not a socket address; expected host:port like 127.0.0.1:9187", h.listen));
+        }
+    }
+    if let Some(r) = p.runtime {
+        if r.batch_size == 0 || r.batch_size > 1_000_000 {
+            errors.push(format!("runtime.batch_size: {} is out of range; expected 1 to 1000000", r.batch_size));
+        }
+        if r.queue_batches == 0 || r.queue_batches > 10_000 {
+            errors.push(format!("runtime.queue_batches: {} is out of range; expected 1 to 10000", r.queue_batches));
+        }
+    }
+    errors
+}
+
+fn check_source(s: &PostgresSourceConfig, errors: &mut Vec<String>) {
+    match url::Url::parse(&s.url) {
+        Ok(u) if u.scheme() == "postgres" || u.scheme() == "postgresql" => {}
+        Ok(u) => errors.push(format!(
+            "source.postgres.url: scheme {:?} is not supported; expected postgres://user:password@host:port/database",
+            u.scheme()
+        )),
+        Err(e) => errors.push(format!("source.postgres.url: not a URL ({e}); expected postgres://user:password@host:port/database")),
+    }
+    let ident =
+        |v: &str| !v.is_empty() && v.len() <= MAX_IDENT && v.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !ident(&s.slot) {
+        errors
+            .push(format!("source.postgres.slot: {:?} is not a valid slot name; expected 1 to 63 lowercase letters, digits and _", s.slot));
+    }
+    if !ident(&s.publication) {
+        errors.push(format!(
+            "source.postgres.publication: {:?} is not a valid publication name; expected 1 to 63 lowercase letters, digits and _",
+            s.publication
+        ));
+    }
+    if s.status_interval.is_zero() {
+        errors.push("source.postgres.status_interval: must be more than zero, like 10s".into());
+    }
+    if s.heartbeat_interval.is_some_and(|d| d.is_zero()) {
+        errors.push("source.postgres.heartbeat_interval: must be more than zero, like 1m (or leave it out)".into());
+    }
+    if s.tls.cert_file.is_some() != s.tls.key_file.is_some() {
+        errors.push("source.postgres.tls: cert_file and key_file go together; set both or neither".into());
+    }
+}
+
+fn check_sink(name: &str, sink: &SinkConfig, errors: &mut Vec<String>) {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        errors.push(format!("sinks.{name}: {name:?} is not a valid sink name; expected letters, digits, _ and -"));
+    }
+    if let SinkConfig::File(f) = sink {
+        if f.path.trim().is_empty() {
+            errors.push(format!("sinks.{name}.path: expected a file path (or - for stdout)"));
+        }
+    }
+}
+
+fn check_pipeline(
+    path: &str,
+    p: &PipelineConfig,
+    sinks: &IndexMap<String, SinkConfig>,
+    broken_sinks: &[String],
+    env: &Arc<cel::Env>,
+    errors: &mut Vec<String>,
+) {
+    if p.name.is_empty() || !p.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.') {
+        errors.push(format!("{path}.name: {:?} is not a valid pipeline name; expected letters, digits, _, - and .", p.name));
+    }
+
+    // from
+    let items = p.from.items();
+    if items.is_empty() {
+        errors.push(format!("{path}.from: expected at least one table (schema.table, table or schema.*)"));
+    }
+    let many = matches!(p.from, super::OneOrMany::Many(_));
+    let mut first_pattern = None;
+    for (j, item) in items.iter().enumerate() {
+        let at = if many { format!("{path}.from[{j}]") } else { format!("{path}.from") };
+        match TablePattern::parse(item) {
+            Ok(pat) => {
+                first_pattern.get_or_insert(pat);
+            }
+            Err(e) => errors.push(format!("{at}: {e}")),
+        }
+    }
+    let (schema, table) = match &first_pattern {
+        Some(TablePattern::Table { schema, table }) => (schema.as_str(), table.as_str()),
+        Some(TablePattern::Schema { schema }) => (schema.as_str(), "t"),
+        None => ("public", "t"),
+    };
+
+    // to + mapping sections
+    let sink_kind = match sinks.get(&p.to) {
+        Some(s) => Some(s.kind()),
+        None if broken_sinks.contains(&p.to) => None,
+        None => {
+            let defined: Vec<&str> = sinks.keys().map(String::as_str).chain(broken_sinks.iter().map(String::as_str)).collect();
+            errors.push(format!(
+                "{path}.to: unknown sink {:?}; defined sinks: {}",
+                p.to,
+                if defined.is_empty() { "(none)".into() } else { defined.join(", ") }
+            ));
+            None
+        }
+    };
+    if let Some(kind) = sink_kind {
+        for (section, _) in p.mapping_sections() {
+            if section != kind {
+                errors.push(format!(
+                    "{path}.{section}: this pipeline's sink {:?} is a {kind} sink; a {section} mapping applies only to {section} sinks (write the mapping under `{kind}:`)",
+                    p.to
+                ));
+            }
+        }
+    }
+    for (section, mapping) in p.mapping_sections() {
+        debug_assert!(SINK_KINDS.contains(&section));
+        check_mapping(&format!("{path}.{section}"), mapping, errors);
+    }
+
+    // ops
+    if p.ops.as_ref().is_some_and(Vec::is_empty) {
+        errors.push(format!("{path}.ops: expected at least one of insert, update, delete, truncate, read (or leave ops out for all)"));
+    }
+
+    // filter
+    if let Some(f) = &p.filter {
+        match Expr::compile(f) {
+            Ok(e) => {
+                if let Err(msg) = e.check_offline(env, schema, table, true) {
+                    errors.push(format!("{path}.filter: {msg}"));
+                }
+            }
+            Err(msg) => errors.push(format!("{path}.filter: {msg}")),
+        }
+    }
+
+    // transforms
+    for (k, t) in p.transforms.iter().enumerate() {
+        let at = format!("{path}.transforms[{k}].{}", t.kind());
+        match t {
+            TransformConfig::Keep(cols) | TransformConfig::Drop(cols) | TransformConfig::Hash(cols) => {
+                check_columns(&at, cols.iter(), errors)
+            }
+            TransformConfig::Mask(m) => check_columns(&format!("{at}.columns"), m.columns.iter(), errors),
+            TransformConfig::Rename(map) => {
+                if map.is_empty() {
+                    errors.push(format!("{at}: expected at least one `old: new` pair"));
+                }
+                check_columns(&at, map.keys(), errors);
+                for (old, new) in map {
+                    check_column(&format!("{at}.{old}"), new, errors);
+                }
+                let mut seen: HashMap<&str, &str> = HashMap::new();
+                for (old, new) in map {
+                    if let Some(prev) = seen.insert(new.as_str(), old.as_str()) {
+                        errors.push(format!("{at}.{old}: {prev:?} and {old:?} are both renamed to {new:?}"));
+                    }
+                }
+            }
+            TransformConfig::Set(map) => {
+                if map.is_empty() {
+                    errors.push(format!("{at}: expected at least one `column: expression` pair"));
+                }
+                for (col, src) in map {
+                    check_column(&format!("{at}.{col}"), col, errors);
+                    match Expr::compile(src) {
+                        Ok(e) => {
+                            if let Err(msg) = e.check_offline(env, schema, table, false) {
+                                errors.push(format!("{at}.{col}: {msg}"));
+                            }
+                        }
+                        Err(msg) => errors.push(format!("{at}.{col}: {msg}")),
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn check_columns<'a>(at: &str, cols: impl ExactSizeIterator<Item = &'a String>, errors: &mut Vec<String>) {
+    if cols.len() == 0 {
+        errors.push(format!("{at}: expected at least one column"));
+    }
+    for (i, c) in cols.enumerate() {
+        check_column(&format!("{at}[{i}]"), c, errors);
+    }
+}
+
+fn check_column(at: &str, c: &str, errors: &mut Vec<String>) {
+    if c.trim().is_empty() {
+        errors.push(format!("{at}: expected a column name, got an empty string"));
+    } else if c.len() > MAX_IDENT {
+        errors.push(format!("{at}: {c:?} is longer than 63 bytes, so it cannot be a PostgreSQL column"));
+    } else if c != c.trim() || c.chars().any(char::is_control) {
+        errors.push(format!("{at}: {c:?} has leading/trailing spaces or control characters; expected a column name"));
+    }
+}
+
+/// Checks templates and durations found by key in a mapping section.
+fn check_mapping(path: &str, v: &serde_json::Value, errors: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, child) in map {
+                let at = format!("{path}.{k}");
+                if let serde_json::Value::String(s) = child {
+                    if TEMPLATE_KEYS.contains(&k.as_str()) {
+                        if let Err(e) = Template::parse(s) {
+                            errors.push(format!("{at}: {e}; expected text with {{column}} placeholders"));
+                        }
+                    }
+                    if DURATION_KEYS.contains(&k.as_str()) {
+                        if let Err(e) = units::parse_duration(s) {
+                            errors.push(format!("{at}: {e}"));
+                        }
+                    }
+                }
+                check_mapping(&at, child, errors);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for (i, child) in items.iter().enumerate() {
+                check_mapping(&format!("{path}[{i}]"), child, errors);
+            }
+        }
+        _ => {}
+    }
+}
