@@ -1,0 +1,376 @@
+//! The Redis sink against a real redis-server (testkit, free loopback port).
+//!
+//! Each test feeds hand-built changes to `RedisSink::write` and reads the
+//! resulting state back with a plain client.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pgfanout_redis::{RedisMapping, RedisSink, RedisSinkConfig};
+use pgfanout_sdk::{Change, Lsn, Op, Row, Sink, SinkError, SinkRecord, Value};
+use redis::AsyncCommands;
+use testkit::RedisServer;
+
+fn sink_config(url: &str, extra: &str) -> RedisSinkConfig {
+    serde_json::from_str(&format!(r#"{{"url":"{url}"{extra}}}"#)).expect("sink config")
+}
+
+fn mapping(json: &str) -> RedisMapping {
+    serde_json::from_str(json).expect("mapping")
+}
+
+async fn connect(server: &RedisServer, routes: &[&str]) -> RedisSink {
+    RedisSink::connect(&sink_config(&server.url(), ""), routes.iter().map(|m| mapping(m)).collect()).await.expect("connect")
+}
+
+async fn client(server: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(server.url()).unwrap().get_multiplexed_async_connection().await.unwrap()
+}
+
+fn row(cols: &[(&str, &str)]) -> Row {
+    // Values written as JSON text: `1` is a number, `"a"` a string, `null` NULL.
+    Row(cols.iter().map(|(c, v)| (Arc::from(*c), Value::from_serde(&serde_json::from_str(v).unwrap()))).collect())
+}
+
+struct At(u64, u32);
+
+fn change(op: Op, at: At, key: Row, before: Option<Row>, after: Option<Row>, toast: &[&str]) -> Change {
+    Change {
+        op,
+        schema: "public".into(),
+        table: "t".into(),
+        key: Some(key),
+        before,
+        after,
+        unchanged_toast: toast.iter().map(|c| Arc::from(*c)).collect(),
+        lsn: Lsn(at.0),
+        commit_lsn: Lsn(at.0),
+        ordinal: at.1,
+        xid: Some(1),
+        commit_ts: Some(1_700_000_000_000_000),
+    }
+}
+
+fn ins(at: At, after: &[(&str, &str)]) -> Change {
+    change(Op::Insert, at, row(&after[..1]), None, Some(row(after)), &[])
+}
+
+fn upd(at: At, after: &[(&str, &str)], toast: &[&str]) -> Change {
+    change(Op::Update, at, row(&after[..1]), None, Some(row(after)), toast)
+}
+
+fn del(at: At, before: &[(&str, &str)]) -> Change {
+    change(Op::Delete, at, row(&before[..1]), Some(row(before)), None, &[])
+}
+
+fn recs(changes: Vec<Change>, route: usize) -> Vec<SinkRecord> {
+    changes.into_iter().map(|c| SinkRecord { change: Arc::new(c), route }).collect()
+}
+
+async fn write_ok(sink: &mut RedisSink, changes: Vec<Change>, route: usize) {
+    let rejected = sink.write(&recs(changes, route)).await.expect("write");
+    assert!(rejected.is_empty(), "unexpected rejections: {rejected:?}");
+}
+
+async fn hgetall(c: &mut redis::aio::MultiplexedConnection, key: &str) -> HashMap<String, String> {
+    c.hgetall(key).await.unwrap()
+}
+
+async fn xlen(c: &mut redis::aio::MultiplexedConnection, key: &str) -> usize {
+    redis::cmd("XLEN").arg(key).query_async(c).await.unwrap()
+}
+
+fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+#[tokio::test]
+async fn hash_row_versions_toast_and_tombstones() {
+    let server = RedisServer::start();
+    let mut sink = connect(&server, &[r#"{"type":"hash","key":"user:{id}"}"#]).await;
+    let mut c = client(&server).await;
+
+    write_ok(&mut sink, vec![ins(At(100, 0), &[("id", "1"), ("name", r#""a""#), ("bio", r#""long""#), ("note", "null")])], 0).await;
+    assert_eq!(hgetall(&mut c, "user:1").await, map(&[("id", "1"), ("name", "a"), ("bio", "long")]));
+
+    // Update without the unchanged TOAST column: the stored bio stays.
+    write_ok(&mut sink, vec![upd(At(200, 1), &[("id", "1"), ("name", r#""b""#), ("note", r#""n""#)], &["bio"])], 0).await;
+    assert_eq!(hgetall(&mut c, "user:1").await, map(&[("id", "1"), ("name", "b"), ("bio", "long"), ("note", "n")]));
+
+    // An older replay is skipped; an equal position applies.
+    write_ok(&mut sink, vec![ins(At(100, 0), &[("id", "1"), ("name", r#""a""#), ("bio", r#""old""#)])], 0).await;
+    assert_eq!(hgetall(&mut c, "user:1").await["name"], "b");
+    write_ok(&mut sink, vec![upd(At(200, 1), &[("id", "1"), ("name", r#""c""#)], &[])], 0).await;
+    assert_eq!(hgetall(&mut c, "user:1").await["name"], "c");
+    // A NULL column is removed from the hash.
+    write_ok(&mut sink, vec![upd(At(200, 2), &[("id", "1"), ("note", "null")], &[])], 0).await;
+    assert!(!hgetall(&mut c, "user:1").await.contains_key("note"));
+
+    // Delete leaves a tombstone that blocks an older insert replay.
+    write_ok(&mut sink, vec![del(At(300, 0), &[("id", "1")])], 0).await;
+    assert!(!c.exists::<_, bool>("user:1").await.unwrap());
+    let ttl: i64 = c.ttl("pgfanout:v:user:1").await.unwrap();
+    assert!(ttl > 0 && ttl <= 86_400, "tombstone ttl {ttl}");
+    write_ok(&mut sink, vec![ins(At(250, 0), &[("id", "1"), ("name", r#""zombie""#)])], 0).await;
+    assert!(!c.exists::<_, bool>("user:1").await.unwrap(), "an older insert resurrected a deleted row");
+
+    // A newer insert brings it back and the version key no longer expires.
+    write_ok(&mut sink, vec![ins(At(400, 0), &[("id", "1"), ("name", r#""d""#)])], 0).await;
+    assert_eq!(hgetall(&mut c, "user:1").await, map(&[("id", "1"), ("name", "d")]));
+    assert_eq!(c.ttl::<_, i64>("pgfanout:v:user:1").await.unwrap(), -1);
+    let v: String = c.hget("pgfanout:v:user:1", "_key").await.unwrap();
+    assert_eq!(v, format!("{:020}{:010}", 400, 0));
+}
+
+#[tokio::test]
+async fn cart_hash_fields_with_ttl() {
+    let server = RedisServer::start();
+    let cart = r#"{"type":"hash","key":"cart:{user_id}","field":"{product_id}","value":"{quantity}","ttl":"7d"}"#;
+    let mut sink = connect(&server, &[cart]).await;
+    let mut c = client(&server).await;
+    let item = |at: At, op: Op, user: &str, product: &str, qty: &str| {
+        let r = row(&[("user_id", user), ("product_id", product), ("quantity", qty)]);
+        let key = row(&[("user_id", user), ("product_id", product)]);
+        match op {
+            Op::Delete => change(op, at, key, Some(r), None, &[]),
+            _ => change(op, at, key, None, Some(r), &[]),
+        }
+    };
+    write_ok(
+        &mut sink,
+        vec![
+            item(At(10, 0), Op::Insert, "7", r#""p-1""#, "2"),
+            item(At(10, 1), Op::Insert, "7", r#""p-2""#, "1"),
+            item(At(10, 2), Op::Insert, "8", r#""p-1""#, "5"),
+            item(At(20, 0), Op::Update, "7", r#""p-1""#, "3"),
+            item(At(20, 1), Op::Delete, "7", r#""p-2""#, "1"),
+        ],
+        0,
+    )
+    .await;
+    assert_eq!(hgetall(&mut c, "cart:7").await, map(&[("p-1", "3")]));
+    assert_eq!(hgetall(&mut c, "cart:8").await, map(&[("p-1", "5")]));
+    let ttl: i64 = c.ttl("cart:7").await.unwrap();
+    assert!(ttl > 6 * 86_400 && ttl <= 7 * 86_400, "cart ttl {ttl}");
+    // The deleted field's tombstone blocks a replay of its insert.
+    write_ok(&mut sink, vec![item(At(10, 1), Op::Insert, "7", r#""p-2""#, "1")], 0).await;
+    assert_eq!(hgetall(&mut c, "cart:7").await, map(&[("p-1", "3")]));
+    // Emptying the cart removes the key; its versions expire as tombstones.
+    write_ok(&mut sink, vec![item(At(30, 0), Op::Delete, "7", r#""p-1""#, "3")], 0).await;
+    assert!(!c.exists::<_, bool>("cart:7").await.unwrap());
+    let ttl: i64 = c.ttl("pgfanout:v:cart:7").await.unwrap();
+    assert!(ttl > 0 && ttl <= 86_400, "tombstone ttl {ttl}");
+}
+
+#[tokio::test]
+async fn string_row_and_column() {
+    let server = RedisServer::start();
+    let mut sink = connect(&server, &[r#"{"type":"string","key":"doc:{id}"}"#, r#"{"type":"string","key":"prefs:{id}","column":"prefs"}"#]).await;
+    let mut c = client(&server).await;
+    let full = || ins(At(1, 0), &[("id", "1"), ("title", r#""x""#), ("body", r#""big text""#), ("prefs", r#"{"theme":"dark"}"#)]);
+    write_ok(&mut sink, vec![full()], 0).await;
+    write_ok(&mut sink, vec![full()], 1).await;
+    let doc: String = c.get("doc:1").await.unwrap();
+    assert_eq!(doc, r#"{"id":1,"title":"x","body":"big text","prefs":{"theme":"dark"}}"#);
+    let prefs: String = c.get("prefs:1").await.unwrap();
+    assert_eq!(prefs, r#"{"theme":"dark"}"#);
+
+    // Update with body and prefs unchanged TOAST: the row keeps the stored body.
+    write_ok(&mut sink, vec![upd(At(2, 0), &[("id", "1"), ("title", r#""y""#)], &["body", "prefs"])], 0).await;
+    write_ok(&mut sink, vec![upd(At(2, 0), &[("id", "1"), ("title", r#""y""#)], &["body", "prefs"])], 1).await;
+    let doc: serde_json::Value = serde_json::from_str(&c.get::<_, String>("doc:1").await.unwrap()).unwrap();
+    assert_eq!(doc, serde_json::json!({"id":1,"title":"y","body":"big text","prefs":{"theme":"dark"}}));
+    assert_eq!(c.get::<_, String>("prefs:1").await.unwrap(), r#"{"theme":"dark"}"#);
+
+    write_ok(&mut sink, vec![del(At(3, 0), &[("id", "1")])], 0).await;
+    assert!(!c.exists::<_, bool>("doc:1").await.unwrap());
+    write_ok(&mut sink, vec![full()], 0).await;
+    assert!(!c.exists::<_, bool>("doc:1").await.unwrap(), "stale insert after delete");
+}
+
+#[tokio::test]
+async fn sets_and_sorted_sets_move_members() {
+    let server = RedisServer::start();
+    let mut sink = connect(
+        &server,
+        &[
+            r#"{"type":"set","key":"category:{category_id}:products","member":"{id}"}"#,
+            r#"{"type":"sorted_set","key":"category:{category_id}:by_price","member":"{id}","score":"price"}"#,
+        ],
+    )
+    .await;
+    let mut c = client(&server).await;
+    fn p<'a>(id: &'a str, cat: &'a str, price: &'a str) -> Vec<(&'a str, &'a str)> {
+        vec![("id", id), ("category_id", cat), ("price", price)]
+    }
+    for route in [0, 1] {
+        write_ok(&mut sink, vec![ins(At(1, 0), &p("1", "10", "9.5")), ins(At(1, 1), &p("2", "10", "20")), ins(At(1, 2), &p("3", "11", "1"))], route)
+            .await;
+        // Product 1 moves to category 11 (before known: REPLICA IDENTITY FULL).
+        let moved = change(Op::Update, At(2, 0), row(&[("id", "1")]), Some(row(&p("1", "10", "9.5"))), Some(row(&p("1", "11", "7"))), &[]);
+        write_ok(&mut sink, vec![moved, del(At(3, 0), &p("2", "10", "20"))], route).await;
+        // Replays of older changes do not bring members back.
+        write_ok(&mut sink, vec![ins(At(1, 0), &p("1", "10", "9.5")), ins(At(1, 1), &p("2", "10", "20"))], route).await;
+    }
+    let mut members: Vec<String> = c.smembers("category:11:products").await.unwrap();
+    members.sort();
+    assert_eq!(members, ["1", "3"]);
+    assert!(!c.exists::<_, bool>("category:10:products").await.unwrap());
+    let ranked: Vec<(String, f64)> = c.zrange_withscores("category:11:by_price", 0, -1).await.unwrap();
+    assert_eq!(ranked, [("3".to_string(), 1.0), ("1".to_string(), 7.0)]);
+    assert!(!c.exists::<_, bool>("category:10:by_price").await.unwrap());
+}
+
+#[tokio::test]
+async fn stream_appends_once_and_trims() {
+    let server = RedisServer::start();
+    let mut sink =
+        connect(&server, &[r#"{"type":"stream","key":"changes:{table}"}"#, r#"{"type":"stream","key":"trimmed","maxlen":10}"#]).await;
+    let mut c = client(&server).await;
+    let batch = || vec![ins(At(5, 0), &[("id", "1")]), upd(At(5, 1), &[("id", "1"), ("a", "2")], &[]), del(At(6, 0), &[("id", "1")])];
+    write_ok(&mut sink, batch(), 0).await;
+    write_ok(&mut sink, batch(), 0).await; // replay: nothing appended twice
+    assert_eq!(xlen(&mut c, "changes:t").await, 3);
+    let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE").arg(&["changes:t", "-", "+"][..]).query_async(&mut c).await.unwrap();
+    let last: HashMap<&str, &str> = entries[2].1.chunks(2).map(|kv| (kv[0].as_str(), kv[1].as_str())).collect();
+    assert_eq!(last["op"], "delete");
+    assert_eq!(last["table"], "public.t");
+    let record: serde_json::Value = serde_json::from_str(last["change"]).unwrap();
+    assert_eq!(record["before"], serde_json::json!({"id":1}));
+    assert_eq!(record["commit_lsn"], "0/6");
+
+    let many: Vec<Change> = (0..1000).map(|i| ins(At(100 + i, 0), &[("id", "1")])).collect();
+    write_ok(&mut sink, many, 1).await;
+    let len = xlen(&mut c, "trimmed").await;
+    assert!((10..1000).contains(&len), "MAXLEN ~ 10 left {len} entries");
+}
+
+#[tokio::test]
+async fn wrongtype_and_template_errors_reject_only_their_record() {
+    let server = RedisServer::start();
+    let mut sink = connect(&server, &[r#"{"type":"hash","key":"user:{id}"}"#, r#"{"type":"hash","key":"org:{org_id}"}"#]).await;
+    let mut c = client(&server).await;
+    let _: () = c.set("user:2", "not a hash").await.unwrap();
+    let mut batch = recs(vec![ins(At(1, 0), &[("id", "1")]), ins(At(1, 1), &[("id", "2")]), ins(At(1, 2), &[("id", "3")])], 0);
+    batch.extend(recs(vec![ins(At(1, 3), &[("id", "4")])], 1)); // no org_id column
+    let rejected = sink.write(&batch).await.expect("write");
+    let indexes: Vec<usize> = rejected.iter().map(|r| r.index).collect();
+    assert_eq!(indexes, [1, 3], "{rejected:?}");
+    assert!(rejected[0].error.contains("WRONGTYPE"), "{}", rejected[0].error);
+    assert!(rejected[1].error.contains("org_id"), "{}", rejected[1].error);
+    assert!(c.exists::<_, bool>("user:1").await.unwrap());
+    assert!(c.exists::<_, bool>("user:3").await.unwrap());
+    assert_eq!(c.get::<_, String>("user:2").await.unwrap(), "not a hash");
+    // The rejected record left no version behind: fixing the key lets it apply.
+    let _: () = c.del("user:2").await.unwrap();
+    write_ok(&mut sink, vec![ins(At(1, 1), &[("id", "2")])], 0).await;
+    assert!(c.exists::<_, bool>("user:2").await.unwrap());
+}
+
+#[tokio::test]
+async fn json_mapping_needs_redisjson() {
+    let server = RedisServer::start();
+    let err = RedisSink::connect(&sink_config(&server.url(), ""), vec![mapping(r#"{"type":"json","key":"p:{id}"}"#)])
+        .await
+        .err()
+        .expect("connect must fail without RedisJSON");
+    assert!(matches!(&err, SinkError::Permanent(m) if m.contains("RedisJSON")), "{err}");
+}
+
+#[tokio::test]
+async fn invalid_mapping_is_a_permanent_connect_error() {
+    let server = RedisServer::start();
+    let err = RedisSink::connect(&sink_config(&server.url(), ""), vec![mapping(r#"{"type":"set","key":"k"}"#)]).await.err().expect("invalid");
+    assert!(matches!(&err, SinkError::Permanent(m) if m.contains("member")), "{err}");
+}
+
+#[tokio::test]
+async fn acl_user_and_database_number() {
+    let server = RedisServer::start();
+    let mut c = client(&server).await;
+    let _: () = redis::cmd("ACL").arg(&["SETUSER", "app", "on", ">s3cret", "~*", "+@all"][..]).query_async(&mut c).await.unwrap();
+    let url = format!("redis://127.0.0.1:{}/3", server.port);
+    let bad = RedisSink::connect(&sink_config(&url, r#","username":"app","password":"wrong""#), vec![]).await;
+    assert!(bad.is_err(), "a wrong password must not connect");
+    let mut sink = RedisSink::connect(
+        &sink_config(&url, r#","username":"app","password":"s3cret""#),
+        vec![mapping(r#"{"type":"hash","key":"user:{id}"}"#)],
+    )
+    .await
+    .expect("connect as app");
+    write_ok(&mut sink, vec![ins(At(1, 0), &[("id", "1")])], 0).await;
+    let _: () = redis::cmd("SELECT").arg(3).query_async(&mut c).await.unwrap();
+    assert!(c.exists::<_, bool>("user:1").await.unwrap());
+    let _: () = redis::cmd("SELECT").arg(0).query_async(&mut c).await.unwrap();
+    assert!(!c.exists::<_, bool>("user:1").await.unwrap());
+}
+
+#[tokio::test]
+async fn server_restart_gives_retriable_errors_then_success() {
+    let server = RedisServer::start();
+    let mut sink = RedisSink::connect(
+        &sink_config(&server.url(), r#","connect_timeout":"1s","response_timeout":"2s","reconnect_max_delay":"200ms""#),
+        vec![mapping(r#"{"type":"hash","key":"user:{id}"}"#)],
+    )
+    .await
+    .expect("connect");
+    write_ok(&mut sink, vec![ins(At(1, 0), &[("id", "1")])], 0).await;
+    server.stop();
+    let batch = recs((0..50).map(|i| ins(At(10 + i, 0), &[("id", &i.to_string()), ("n", "1")])).collect(), 0);
+    for _ in 0..3 {
+        let err = sink.write(&batch).await.expect_err("redis is down");
+        assert!(err.is_retriable(), "{err}");
+    }
+    // Restarted empty (no persistence) and without the script: retry until it lands.
+    server.start_server();
+    let start = Instant::now();
+    loop {
+        match sink.write(&batch).await {
+            Ok(rejected) => {
+                assert!(rejected.is_empty(), "{rejected:?}");
+                break;
+            }
+            Err(e) => {
+                assert!(e.is_retriable(), "{e}");
+                assert!(start.elapsed() < Duration::from_secs(30), "still failing: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    let mut c = client(&server).await;
+    for i in 0..50 {
+        assert_eq!(hgetall(&mut c, &format!("user:{i}")).await, map(&[("id", &i.to_string()), ("n", "1")]));
+    }
+}
+
+/// Throughput of the hash mapping into a local redis-server:
+/// `cargo test -p pgfanout-redis --release --test redis -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn throughput_hash_100k() {
+    let server = RedisServer::start();
+    let mut sink = connect(&server, &[r#"{"type":"hash","key":"order:{id}"}"#]).await;
+    let n = 100_000u64;
+    let records = recs(
+        (0..n)
+            .map(|i| {
+                let id = i.to_string();
+                ins(At(1000 + i, 0), &[("id", &id), ("user_id", "42"), ("status", r#""paid""#), ("total", "19.99"), ("note", "null")])
+            })
+            .collect(),
+        0,
+    );
+    for batch_size in [1000usize, 5000] {
+        let _: () = redis::cmd("FLUSHALL").query_async(&mut client(&server).await).await.unwrap();
+        let start = Instant::now();
+        for chunk in records.chunks(batch_size) {
+            let rejected = sink.write(chunk).await.expect("write");
+            assert!(rejected.is_empty());
+        }
+        let secs = start.elapsed().as_secs_f64();
+        println!("hash mapping, batches of {batch_size}: {n} records in {secs:.2}s = {:.0} rows/s", n as f64 / secs);
+    }
+    let keys: usize = redis::cmd("DBSIZE").query_async(&mut client(&server).await).await.unwrap();
+    assert_eq!(keys as u64, 2 * n);
+}
