@@ -139,8 +139,15 @@ enum Part {
 }
 
 /// Decodes a tuple into a row. UnchangedToast columns are left out (and
-/// named in `toast` when given).
-fn decode_row(rel: &RelationInfo, tuple: &TupleData, part: Part, mut toast: Option<&mut Vec<Arc<str>>>) -> Result<Row, DecodeError> {
+/// named in `toast` when given); key columns are also copied into `key` when
+/// given.
+fn decode_row(
+    rel: &RelationInfo,
+    tuple: &TupleData,
+    part: Part,
+    mut toast: Option<&mut Vec<Arc<str>>>,
+    mut key: Option<&mut Row>,
+) -> Result<Row, DecodeError> {
     if tuple.0.len() != rel.columns.len() {
         return Err(DecodeError::ColumnCount { relation: rel.qualified_name(), expected: rel.columns.len(), got: tuple.0.len() });
     }
@@ -159,21 +166,14 @@ fn decode_row(rel: &RelationInfo, tuple: &TupleData, part: Part, mut toast: Opti
                 continue;
             }
         };
+        if col.is_key {
+            if let Some(k) = key.as_deref_mut() {
+                k.push(col.name.clone(), v.clone());
+            }
+        }
         row.push(col.name.clone(), v);
     }
     Ok(row)
-}
-
-/// The key columns of `row` (names are the relation's shared `Arc`s, so the
-/// lookup is a pointer comparison).
-fn project_key(rel: &RelationInfo, row: &Row) -> Row {
-    let mut key = Row::with_capacity(1);
-    for (name, value) in &row.0 {
-        if rel.columns.iter().any(|c| c.is_key && Arc::ptr_eq(&c.name, name)) {
-            key.push(name.clone(), value.clone());
-        }
-    }
-    key
 }
 
 /// Builds the [`Change`] for an Insert, Update or Delete message of `rel`.
@@ -195,16 +195,22 @@ pub fn build_change(rel: &RelationInfo, msg: LogicalMessage, lsn: Lsn, tx: &TxMe
     };
     let has_key = rel.has_key();
     let mut unchanged_toast = Vec::new();
+    let mut key = has_key.then(|| Row::with_capacity(1));
     let after = match &new {
-        Some(t) => Some(decode_row(rel, t, Part::All, Some(&mut unchanged_toast))?),
+        Some(t) => Some(decode_row(rel, t, Part::All, Some(&mut unchanged_toast), key.as_mut())?),
         None => None,
     };
     let before = match &old {
-        Some(t) => Some(decode_row(rel, t, if old_is_key && has_key { Part::KeyOnly } else { Part::All }, None)?),
+        Some(t) => {
+            let part = if old_is_key && has_key { Part::KeyOnly } else { Part::All };
+            let key_from_old = if after.is_none() { key.as_mut() } else { None };
+            Some(decode_row(rel, t, part, None, key_from_old)?)
+        }
         None => None,
     };
-    let source = after.as_ref().or(before.as_ref());
-    let key = source.map(|row| if has_key { project_key(rel, row) } else { row.clone() });
+    if !has_key {
+        key = after.as_ref().or(before.as_ref()).cloned();
+    }
     Ok(Change {
         op,
         schema: rel.schema.clone(),

@@ -60,7 +60,9 @@ impl TypeDecoder {
                 b"f" => Ok(Value::Bool(false)),
                 _ => Err(DecodeError::value("bool", text, "expected t or f")),
             },
-            TypeDecoder::Json => Ok(Value::Json(boxed_str(text))),
+            // json keeps its input's spacing; the ends are trimmed so the
+            // record stays compact (jsonb text is already canonical).
+            TypeDecoder::Json => Ok(Value::Json(boxed_str(text.trim_ascii()))),
             // ISO date text is already what to_jsonb writes (BC suffix included).
             TypeDecoder::Date => Ok(Value::String(boxed_str(text))),
             TypeDecoder::Timestamp => Ok(Value::String(boxed_str(&iso_to_xsd(text, "timestamp", false)?))),

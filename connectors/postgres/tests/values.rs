@@ -21,6 +21,7 @@ CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
 CREATE DOMAIN posint AS int4 CHECK (VALUE > 0);
 CREATE DOMAIN shorttext AS text;
 CREATE DOMAIN money_num AS numeric(12, 3);
+CREATE DOMAIN int_list AS int4[];
 CREATE TYPE inner_t AS (n numeric, label text);
 CREATE TYPE outer_t AS (id int, inner_v inner_t, tags text[], at timestamptz, ok bool, d date);
 CREATE TABLE every_type (
@@ -49,7 +50,7 @@ CREATE TABLE every_type (
     c_int4range int4range, c_int8range int8range, c_numrange numrange, c_tsrange tsrange, c_tstzrange tstzrange,
     c_daterange daterange, c_int4multirange int4multirange, c_range_arr int4range[],
     c_enum mood, c_enum_arr mood[],
-    c_posint posint, c_shorttext shorttext, c_money_num money_num, c_posint_arr posint[],
+    c_posint posint, c_shorttext shorttext, c_money_num money_num, c_posint_arr posint[], c_int_list int_list,
     c_inner inner_t, c_comp outer_t, c_comp_arr outer_t[],
     c_pg_lsn pg_lsn
 );
@@ -83,7 +84,7 @@ INSERT INTO every_type VALUES (
     '[1,10)', '[1,9223372036854775807)', '(1.5,2.50]', '["2024-01-01 00:00:00","2024-01-02 00:00:00")',
     '[2024-01-01 00:00:00+00,2024-02-01 00:00:00+00)', '[2024-01-01,2024-02-01)', '{[1,3),[5,7)}', '{"[1,2)",empty}',
     'happy', '{sad,happy,NULL}',
-    42, 'dom text', 12.5, '{1,2}',
+    42, 'dom text', 12.5, '{1,2}', '{{5,6},{7,NULL}}',
     ROW(1.50, 'in ner'),
     ROW(1, ROW(2.0, 'x,y'), '{a,"b c"}', '2024-01-01 00:00:00+00', true, '2020-02-02'),
     ARRAY[ROW(1, ROW(NULL, 'q"t\'), '{}', NULL, false, '0001-01-01 BC')::outer_t, NULL],
