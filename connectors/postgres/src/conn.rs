@@ -325,9 +325,25 @@ pub async fn connect_sql(opts: &PgConnectOptions) -> Result<tokio_postgres::Clie
             cfg.ssl_mode(TpSslMode::Disable);
         }
     }
-    let tls = crate::replication::tls::client_config(opts.sslmode, &opts.tls)?;
-    let connector = tokio_postgres_rustls::MakeRustlsConnect::new((*tls).clone());
-    let (client, connection) = match tokio::time::timeout(opts.connect_timeout, cfg.connect(connector)).await {
+    match opts.host {
+        // tokio-postgres asks the TLS connector for a server name even when it
+        // will not use TLS, and a socket path is not one.
+        Host::Unix(_) => spawn_connection(opts, &cfg, tokio_postgres::NoTls).await,
+        Host::Tcp(_) => {
+            let tls = crate::replication::tls::client_config(opts.sslmode, &opts.tls)?;
+            spawn_connection(opts, &cfg, tokio_postgres_rustls::MakeRustlsConnect::new((*tls).clone())).await
+        }
+    }
+}
+
+async fn spawn_connection<T>(opts: &PgConnectOptions, cfg: &tokio_postgres::Config, tls: T) -> Result<tokio_postgres::Client, SourceError>
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket> + Send + 'static,
+    T::Stream: Send + 'static,
+    T::TlsConnect: Send,
+    <T::TlsConnect as tokio_postgres::tls::TlsConnect<tokio_postgres::Socket>>::Future: Send,
+{
+    let (client, connection) = match tokio::time::timeout(opts.connect_timeout, cfg.connect(tls)).await {
         Ok(Ok(pair)) => pair,
         Ok(Err(e)) => return Err(crate::replication::classify_connect_error(opts, e)),
         Err(_) => {

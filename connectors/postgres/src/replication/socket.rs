@@ -80,20 +80,27 @@ pub(crate) async fn connect_socket(opts: &PgConnectOptions) -> Result<Socket, So
     match &opts.host {
         Host::Unix(dir) => Ok(Socket::Unix(UnixStream::connect(unix_socket_path(dir, opts.port)).await.map_err(unreachable)?)),
         Host::Tcp(host) => {
+            // Build the TLS config first so bad CA/cert files fail before any I/O.
+            let tls = match opts.sslmode {
+                SslMode::Disable => None,
+                mode => Some((tls::client_config(mode, &opts.tls)?, tls::server_name(mode, host)?)),
+            };
             let tcp = TcpStream::connect((host.as_str(), opts.port)).await.map_err(unreachable)?;
             tcp.set_nodelay(true).map_err(unreachable)?;
-            negotiate_tls(tcp, host, opts).await
+            match tls {
+                None => Ok(Socket::Tcp(tcp)),
+                Some((config, name)) => negotiate_tls(tcp, config, name, opts).await,
+            }
         }
     }
 }
 
-async fn negotiate_tls(mut tcp: TcpStream, host: &str, opts: &PgConnectOptions) -> Result<Socket, SourceError> {
-    if opts.sslmode == SslMode::Disable {
-        return Ok(Socket::Tcp(tcp));
-    }
-    // Build the config first so bad CA/cert files fail before any I/O.
-    let config = tls::client_config(opts.sslmode, &opts.tls)?;
-    let name = tls::server_name(opts.sslmode, host)?;
+async fn negotiate_tls(
+    mut tcp: TcpStream,
+    config: std::sync::Arc<rustls::ClientConfig>,
+    name: rustls::pki_types::ServerName<'static>,
+    opts: &PgConnectOptions,
+) -> Result<Socket, SourceError> {
     let mut req = BytesMut::with_capacity(8);
     postgres_protocol::message::frontend::ssl_request(&mut req);
     tcp.write_all(&req).await?;
