@@ -17,6 +17,7 @@ pub mod pgoutput;
 pub mod relation;
 pub mod replication;
 pub mod slot;
+pub mod snapshot;
 pub mod types;
 
 pub use error::SourceError;

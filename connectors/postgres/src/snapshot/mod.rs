@@ -1,0 +1,368 @@
+//! The initial snapshot: every existing row of the configured tables, read
+//! under one MVCC snapshot and emitted as `op: "read"` changes.
+//!
+//! Why it is built this way:
+//! - One snapshot for everything. Each connection runs `BEGIN ISOLATION
+//!   LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '<name>'` on
+//!   the snapshot the slot exported (or one exported here), so all tables and
+//!   all pieces show the database at the slot's consistent point and the
+//!   stream continues exactly where the copy stops.
+//! - Parallel and gentle. Large tables are cut into ctid block ranges
+//!   ([`plan`]) that PostgreSQL 14+ reads as TID Range Scans; up to
+//!   `parallelism` connections take pieces from one queue (largest tables
+//!   first), so several tables and ranges are read at once.
+//! - `COPY (SELECT ...) TO STDOUT` in text format: the server's fastest
+//!   output path, and its values, once unescaped ([`copy_text`]), are the
+//!   same text pgoutput sends, decoded by the same
+//!   [`TypeDecoder`](crate::types::TypeDecoder)s, so a snapshot row equals
+//!   the streamed row and `to_jsonb()`.
+//! - Bounded memory. Each row is sent to a bounded channel as soon as it is
+//!   decoded; a full channel stops the reader, which stops reading the
+//!   socket, which makes the server wait. Nothing is buffered per table.
+//!
+//! [`state`] keeps which tables of a slot were copied, in the source database.
+
+mod copy_text;
+mod plan;
+mod state;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use futures_util::StreamExt;
+use pgfanout_sdk::{Change, Lsn, Op, Row, Value};
+use tokio::sync::mpsc::Sender;
+use tokio_postgres::Client;
+
+use crate::catalog::TypeRegistry;
+use crate::conn::{connect_sql, PgConnectOptions};
+use crate::error::SourceError;
+use crate::slot::TableName;
+use copy_text::{for_each_field, LineSplitter};
+use plan::{BlockRange, RelationPlan};
+
+pub use state::{clear_state, ensure_state_table, mark_tables, snapshot_state};
+
+/// Rows a worker reads between two progress reports of a table.
+const PROGRESS_EVERY: u64 = 4096;
+
+/// How to copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotOptions {
+    /// Connections reading at once (each one a server backend). Default 4.
+    pub parallelism: usize,
+    /// Target rows per ctid range of a large table. Default 250,000.
+    pub chunk_rows: u64,
+}
+
+impl Default for SnapshotOptions {
+    fn default() -> Self {
+        SnapshotOptions { parallelism: 4, chunk_rows: 250_000 }
+    }
+}
+
+/// Progress of one of the tables given to [`copy_tables`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableProgress {
+    pub table: TableName,
+    /// Rows handed to the output so far.
+    pub rows: u64,
+    /// Rows expected: the planner statistics, or a count of sampled blocks
+    /// when the table was never analyzed. Only a guess; `rows` may exceed it.
+    pub estimate: u64,
+    /// True once, in the last report of the table.
+    pub done: bool,
+}
+
+struct TableState {
+    name: TableName,
+    rows: AtomicU64,
+    remaining: AtomicUsize,
+    estimate: u64,
+}
+
+struct Piece {
+    rel: usize,
+    range: BlockRange,
+}
+
+struct Shared {
+    queue: Mutex<VecDeque<Piece>>,
+    relations: Vec<Arc<RelationPlan>>,
+    tables: Vec<TableState>,
+    version: Lsn,
+    out: Sender<Change>,
+    progress: Box<dyn Fn(TableProgress) + Send + Sync>,
+}
+
+impl Shared {
+    fn next_piece(&self) -> Option<Piece> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front()
+    }
+
+    fn report(&self, given: usize, rows: u64, done: bool) {
+        let t = &self.tables[given];
+        (self.progress)(TableProgress { table: t.name.clone(), rows, estimate: t.estimate, done });
+    }
+
+    /// Adds `n` rows to the table's count; returns the new count.
+    fn add_rows(&self, given: usize, n: u64) -> u64 {
+        self.tables[given].rows.fetch_add(n, Ordering::AcqRel) + n
+    }
+
+    /// A piece of the table is finished (its rows already added).
+    fn finish_piece(&self, given: usize) {
+        let t = &self.tables[given];
+        if t.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.report(given, t.rows.load(Ordering::Acquire), true);
+        }
+    }
+}
+
+/// Copies every row of `tables` under one snapshot and sends each, as an
+/// `op: read` [`Change`], to `out`; returns the number of rows sent.
+///
+/// - `snapshot_name`: an exported snapshot (from `CREATE_REPLICATION_SLOT
+///   ... EXPORT_SNAPSHOT` or `pg_export_snapshot()`); its exporter must keep
+///   it alive (stay idle, transaction open) until this returns. `None`: a
+///   fresh REPEATABLE READ snapshot is exported by the first connection and
+///   imported by the others.
+/// - Each row: `key` = the replica identity columns as pgoutput marks them
+///   (primary key by default, the identity index under REPLICA IDENTITY
+///   INDEX, the primary key under FULL; the whole row when there are none),
+///   `after` = the row (generated columns excluded, as in the stream),
+///   `before` = None, `lsn` = `commit_lsn` = `version`, ordinal 0, no xid or
+///   commit time. Partitioned tables are read leaf by leaf and each row
+///   carries its leaf partition's name, as pgoutput streams them.
+/// - Rows of one ctid range arrive in physical order; ranges and tables
+///   interleave. Each row is sent exactly once.
+/// - `out` is never outrun: readers wait while it is full.
+/// - `progress` is called every few thousand rows of a table and once with
+///   `done: true` when the table is complete (also for empty tables).
+/// - Errors: Transient for connection problems and a closed `out`,
+///   Permanent for a missing table, a snapshot that cannot be imported
+///   (expired or unknown), or data that does not decode. Other workers stop
+///   at the first error; rows already sent stay sent.
+pub async fn copy_tables(
+    opts: &PgConnectOptions,
+    tables: &[TableName],
+    snapshot_name: Option<&str>,
+    version: Lsn,
+    options: &SnapshotOptions,
+    out: Sender<Change>,
+    progress: impl Fn(TableProgress) + Send + Sync + 'static,
+) -> Result<u64, SourceError> {
+    let started = Instant::now();
+    let first = connect_sql(opts).await?;
+    let name = match snapshot_name {
+        Some(name) => {
+            import_snapshot(&first, name).await?;
+            name.to_string()
+        }
+        None => {
+            first.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
+            first.query_one("SELECT pg_export_snapshot()", &[]).await?.try_get(0)?
+        }
+    };
+    let mut types = TypeRegistry::new();
+    let planned = plan::plan_tables(&first, &mut types, tables, options.chunk_rows.max(1)).await?;
+
+    let mut table_states: Vec<TableState> = tables
+        .iter()
+        .map(|t| TableState { name: t.clone(), rows: AtomicU64::new(0), remaining: AtomicUsize::new(0), estimate: 0 })
+        .collect();
+    // Largest relations first: their ranges spread over every worker, and the
+    // small tables fill in at the end.
+    let mut order: Vec<usize> = (0..planned.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(planned[i].0.blocks));
+    let mut queue = VecDeque::new();
+    for &i in &order {
+        for range in &planned[i].1 {
+            queue.push_back(Piece { rel: i, range: *range });
+        }
+    }
+    let mut relations = Vec::with_capacity(planned.len());
+    for (plan, ranges) in planned {
+        let t = &mut table_states[plan.given];
+        t.estimate += plan.estimate;
+        *t.remaining.get_mut() += ranges.len();
+        relations.push(Arc::new(plan));
+    }
+    let pieces = queue.len();
+    let workers = options.parallelism.max(1).min(pieces.max(1));
+    tracing::info!(
+        tables = tables.len(),
+        relations = relations.len(),
+        pieces,
+        workers,
+        snapshot = %name,
+        version = %version,
+        "snapshot: copying tables"
+    );
+    let shared = Arc::new(Shared { queue: Mutex::new(queue), relations, tables: table_states, version, out, progress: Box::new(progress) });
+    // Partitioned tables without partitions have nothing to read.
+    for (i, t) in shared.tables.iter().enumerate() {
+        if t.remaining.load(Ordering::Acquire) == 0 {
+            shared.report(i, 0, true);
+        }
+    }
+
+    // Every other connection imports the snapshot before any work starts, so
+    // the first connection's transaction (the exporter, when we exported)
+    // is still open while they do.
+    let others = futures_util::future::try_join_all((1..workers).map(|_| async {
+        let c = connect_sql(opts).await?;
+        import_snapshot(&c, &name).await?;
+        Ok::<_, SourceError>(c)
+    }))
+    .await?;
+    let mut set = tokio::task::JoinSet::new();
+    for client in std::iter::once(first).chain(others) {
+        set.spawn(worker(client, shared.clone()));
+    }
+    let mut total = 0u64;
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok(Ok(n)) => total += n,
+            Ok(Err(e)) => {
+                set.abort_all();
+                return Err(e);
+            }
+            Err(e) => {
+                set.abort_all();
+                return Err(SourceError::permanent(format!("snapshot worker failed: {e}")));
+            }
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    tracing::info!(rows = total, seconds = secs, rows_per_second = (total as f64 / secs.max(1e-9)) as u64, "snapshot: tables copied");
+    Ok(total)
+}
+
+/// Starts a read-only REPEATABLE READ transaction on snapshot `name`.
+async fn import_snapshot(c: &Client, name: &str) -> Result<(), SourceError> {
+    let sql = format!("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'", name.replace('\'', "''"));
+    c.batch_execute(&sql).await.map_err(|e| {
+        let err = SourceError::from(e);
+        match err {
+            // 22023 invalid_parameter_value: the exporter is gone or the name is wrong.
+            SourceError::Transient(m) if m.contains("snapshot") => SourceError::Permanent(format!(
+                "cannot import snapshot {name:?}: {m} (its exporting transaction must stay open during the copy)"
+            )),
+            other => other,
+        }
+    })
+}
+
+/// Takes pieces until the queue is empty; returns the rows it sent.
+async fn worker(client: Client, shared: Arc<Shared>) -> Result<u64, SourceError> {
+    let mut total = 0;
+    let mut scratch = Vec::new();
+    let mut batch = Vec::new();
+    while let Some(piece) = shared.next_piece() {
+        let rel = shared.relations[piece.rel].clone();
+        total += copy_piece(&client, &shared, &rel, piece.range, &mut scratch, &mut batch).await?;
+        shared.finish_piece(rel.given);
+    }
+    client.batch_execute("COMMIT").await?;
+    Ok(total)
+}
+
+/// Copies one range of one relation to the output.
+async fn copy_piece(
+    client: &Client,
+    shared: &Shared,
+    rel: &RelationPlan,
+    range: BlockRange,
+    scratch: &mut Vec<u8>,
+    batch: &mut Vec<Change>,
+) -> Result<u64, SourceError> {
+    let sql = format!("COPY ({}{}) TO STDOUT", rel.select, range.condition());
+    let stream = client.copy_out(sql.as_str()).await?;
+    let mut stream = std::pin::pin!(stream);
+    let mut lines = LineSplitter::default();
+    let has_key = rel.has_key();
+    let mut rows = 0u64;
+    let mut unreported = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        // A chunk is one CopyData message: normally one row, so `batch`
+        // holds about one row at a time.
+        lines.push(&chunk, |line| {
+            batch.push(decode_line(rel, line, scratch, shared.version, has_key)?);
+            Ok::<_, SourceError>(())
+        })?;
+        for change in batch.drain(..) {
+            shared.out.send(change).await.map_err(|_| SourceError::transient("snapshot output closed: its consumer stopped"))?;
+            rows += 1;
+            unreported += 1;
+        }
+        if unreported >= PROGRESS_EVERY {
+            let now = shared.add_rows(rel.given, unreported);
+            unreported = 0;
+            shared.report(rel.given, now, false);
+        }
+    }
+    if !lines.is_empty() {
+        return Err(SourceError::transient(format!("COPY of {}.{} ended in the middle of a row", rel.schema, rel.table)));
+    }
+    shared.add_rows(rel.given, unreported);
+    Ok(rows)
+}
+
+/// One COPY text line to a read change.
+fn decode_line(rel: &RelationPlan, line: &[u8], scratch: &mut Vec<u8>, version: Lsn, has_key: bool) -> Result<Change, SourceError> {
+    let mut row = Row::with_capacity(rel.columns.len());
+    let mut key = has_key.then(|| Row::with_capacity(1));
+    if !rel.columns.is_empty() || !line.is_empty() {
+        let mut columns = rel.columns.iter();
+        for_each_field(line, scratch, |field| {
+            let col = columns.next().ok_or_else(|| column_count_error(rel))?;
+            let value = match field {
+                None => Value::Null,
+                Some(text) => col
+                    .decoder
+                    .decode(text)
+                    .map_err(|e| SourceError::permanent(format!("snapshot of {}.{}, column {}: {e}", rel.schema, rel.table, col.name)))?,
+            };
+            if col.is_key {
+                if let Some(k) = key.as_mut() {
+                    k.push(col.name.clone(), value.clone());
+                }
+            }
+            row.push(col.name.clone(), value);
+            Ok::<_, SourceError>(())
+        })?;
+        if row.len() != rel.columns.len() {
+            return Err(column_count_error(rel));
+        }
+    }
+    if !has_key {
+        key = Some(row.clone());
+    }
+    Ok(Change {
+        op: Op::Read,
+        schema: rel.schema.clone(),
+        table: rel.table.clone(),
+        key,
+        before: None,
+        after: Some(row),
+        unchanged_toast: Vec::new(),
+        lsn: version,
+        commit_lsn: version,
+        ordinal: 0,
+        xid: None,
+        commit_ts: None,
+    })
+}
+
+fn column_count_error(rel: &RelationPlan) -> SourceError {
+    SourceError::permanent(format!(
+        "snapshot of {}.{}: a COPY row does not have the table's {} columns",
+        rel.schema,
+        rel.table,
+        rel.columns.len()
+    ))
+}
