@@ -15,8 +15,8 @@
 //! repeat) but never loses one, and for each key the last copy it sees of
 //! every change is in order. A record that cannot ever be written (too
 //! large, bad rendered topic, template column missing) is rejected on its
-//! own. After a fatal idempotence error the producer is rebuilt, since
-//! librdkafka refuses to produce with it again.
+//! own. After a failed batch the producer is rebuilt (a new idempotence
+//! session), see `KafkaSink::rebuild_producer`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -136,14 +136,25 @@ impl KafkaSink {
         Ok(sink)
     }
 
-    /// Replaces the producer after a fatal (idempotence) error.
-    fn rebuild_producer_if_fatal(&mut self) {
-        if let Some((code, reason)) = self.producer.client().fatal_error() {
-            warn!(brokers = %self.brokers, %code, %reason, "kafka producer hit a fatal error; rebuilding it");
-            match self.client_config.create::<FutureProducer>() {
-                Ok(p) => self.producer = p,
-                Err(e) => warn!(error = %e, "kafka producer could not be rebuilt; will try again"),
+    /// Replaces the producer with a fresh one (a new idempotence session)
+    /// after a failed batch. The old producer's queue is purged as it is
+    /// dropped, so none of its leftovers can be appended after the retried
+    /// batch; its teardown blocks, so it runs off the async threads.
+    ///
+    /// Why always, not only after librdkafka's fatal errors: a broker that
+    /// lost its state (a restart of a single in-memory broker, an expired
+    /// producer id) answers `UnknownProducerId`, which librdkafka retries
+    /// with the old session until every message times out.
+    fn rebuild_producer(&mut self) {
+        match self.client_config.create::<FutureProducer>() {
+            Ok(fresh) => {
+                let old = std::mem::replace(&mut self.producer, fresh);
+                if let Some((code, reason)) = old.client().fatal_error() {
+                    warn!(brokers = %self.brokers, %code, %reason, "kafka producer had a fatal error");
+                }
+                tokio::task::spawn_blocking(move || drop(old));
             }
+            Err(e) => warn!(brokers = %self.brokers, error = %e, "kafka producer could not be rebuilt; keeping the old one"),
         }
     }
 
@@ -238,7 +249,7 @@ impl KafkaSink {
         }
         if let Some((index, err)) = retriable {
             self.topics.forget();
-            self.rebuild_producer_if_fatal();
+            self.rebuild_producer();
             return Err(SinkError::Retriable(format!(
                 "kafka {}: {failures} of {} deliveries failed, first at batch index {index}: {err}",
                 self.brokers,
