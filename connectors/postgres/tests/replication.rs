@@ -567,3 +567,76 @@ fn tls_files_errors_are_permanent() {
     assert!(matches!(e, SourceError::Permanent(_)), "{e}");
     assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
 }
+
+/// Reading rate of the raw stream (no decoding): run with
+/// `cargo test -p pgfanout-postgres --release --test replication -- --ignored throughput`.
+#[tokio::test]
+#[ignore = "benchmark"]
+async fn throughput_of_the_raw_stream() {
+    let cluster = PgCluster::start();
+    let o = opts(&cluster, "postgres");
+    let sql = connect_sql(&o).await.expect("sql");
+    sql.batch_execute("CREATE TABLE bench (id int PRIMARY KEY, payload text); CREATE PUBLICATION pub_bench FOR TABLE bench")
+        .await
+        .expect("setup");
+    let mut client = ReplicationClient::connect(&o).await.expect("connect");
+    let created = client.create_logical_slot("slot_bench", SnapshotAction::NoExport).await.expect("slot");
+    // Write the workload first, then time draining the slot.
+    sql.batch_execute(
+        "DO $$ BEGIN FOR t IN 0..9999 LOOP \
+           INSERT INTO bench SELECT t * 100 + g, repeat('x', 80) FROM generate_series(1, 100) g; COMMIT; END LOOP; END $$",
+    )
+    .await
+    .expect("workload");
+    let end: String = sql.query_one("SELECT pg_current_wal_insert_lsn()::text", &[]).await.expect("lsn").get(0);
+    let end: Lsn = end.parse().expect("lsn");
+    let mut stream = client.start_logical_replication("slot_bench", created.consistent_point, "pub_bench").await.expect("start");
+    let started = Instant::now();
+    let cpu_before = own_cpu_seconds();
+    let (mut inserts, mut messages, mut bytes) = (0u64, 0u64, 0u64);
+    loop {
+        let first = stream.recv().await.expect("recv").expect("open");
+        let mut next = Some(first);
+        let mut reached = false;
+        while let Some(m) = next {
+            messages += 1;
+            match m {
+                ReplicationMessage::XLogData { data, wal_end, .. } => {
+                    bytes += data.len() as u64;
+                    inserts += u64::from(data[0] == b'I');
+                    reached |= wal_end >= end && inserts == 1_000_000;
+                }
+                ReplicationMessage::Keepalive { wal_end, reply_requested, .. } => {
+                    if reply_requested {
+                        stream.send_status_update(wal_end, Lsn::ZERO, Lsn::ZERO, false).await.expect("reply");
+                    }
+                }
+            }
+            next = stream.try_recv_buffered().expect("buffered");
+        }
+        if reached || inserts >= 1_000_000 {
+            break;
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let (user, sys) = own_cpu_seconds();
+    eprintln!(
+        "{inserts} inserts, {messages} messages, {} MiB in {secs:.2} s: {:.0} messages/s, {:.0} inserts/s; client CPU user {:.2} s sys {:.2} s",
+        bytes >> 20,
+        messages as f64 / secs,
+        inserts as f64 / secs,
+        user - cpu_before.0,
+        sys - cpu_before.1
+    );
+    assert_eq!(inserts, 1_000_000);
+}
+
+/// (user, system) CPU seconds of this process so far, from /proc/self/stat.
+fn own_cpu_seconds() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after_comm = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after "(comm)".
+    let tick = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / 100.0;
+    (tick(11), tick(12))
+}
