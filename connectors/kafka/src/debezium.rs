@@ -29,7 +29,11 @@
 //! - Column values are PostgreSQL's `to_jsonb()` JSON (exact numerics as
 //!   numbers, timestamps as ISO text), not Debezium's Connect encodings
 //!   (base64 decimals, epoch integers).
-//! - Truncate events carry `source`, `op: "t"` and the timestamps only.
+//! - Truncate events carry `source`, `op: "t"` and the timestamps only
+//!   (and, like Debezium's, no key).
+//! - Unchanged TOASTed columns are absent from `after` (Debezium writes the
+//!   placeholder `__debezium_unavailable_value`); pgfanout never invents a
+//!   value for them.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

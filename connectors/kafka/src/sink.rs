@@ -193,7 +193,8 @@ impl KafkaSink {
             }
             let change = &batch[*index].change;
             let tombstone = e.tombstone.then_some(());
-            for payload in std::iter::once(Some(e.value.as_slice())).chain(tombstone.map(|_| None)) {
+            // The tombstone goes only after its delete was enqueued.
+            'payloads: for payload in std::iter::once(Some(e.value.as_slice())).chain(tombstone.map(|_| None)) {
                 let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&e.topic).headers(headers(change));
                 if let Some(k) = &e.key {
                     record = record.key(k.as_slice());
@@ -219,7 +220,7 @@ impl KafkaSink {
                         }
                         Err((err, _)) => {
                             results.push((*index, Err(err)));
-                            break;
+                            break 'payloads;
                         }
                     }
                 }
@@ -319,5 +320,64 @@ impl Sink for KafkaSink {
                 .map_err(|e| SinkError::Retriable(format!("kafka: flush task failed: {e}")))?
                 .map_err(|e| SinkError::Retriable(format!("kafka: flush at shutdown: {e}")))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(v: serde_json::Value) -> KafkaSinkConfig {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn guarantees_win_over_pass_through_properties() {
+        let c = client_config(&cfg(serde_json::json!({
+            "brokers": "a:9092,b:9092",
+            "delivery_timeout": "2m",
+            "properties": {"linger.ms": "20", "compression.type": "zstd", "allow.auto.create.topics": "true"}
+        })));
+        assert_eq!(c.get("bootstrap.servers"), Some("a:9092,b:9092"));
+        assert_eq!(c.get("enable.idempotence"), Some("true"));
+        assert_eq!(c.get("acks"), Some("all"));
+        assert_eq!(c.get("message.timeout.ms"), Some("120000"));
+        assert_eq!(c.get("client.id"), Some("pgfanout"));
+        assert_eq!(c.get("security.protocol"), Some("plaintext"));
+        assert_eq!(c.get("linger.ms"), Some("20"));
+        assert_eq!(c.get("compression.type"), Some("zstd"));
+        assert_eq!(c.get("allow.auto.create.topics"), Some("true"), "operators may opt back in");
+    }
+
+    #[test]
+    fn sasl_and_tls_map_to_librdkafka_settings() {
+        let c = client_config(&cfg(serde_json::json!({
+            "brokers": "a:9093", "client_id": "shop-cdc",
+            "sasl": {"mechanism": "SCRAM-SHA-256", "username": "u", "password": "p"},
+            "tls": {"ca_file": "/etc/ca.pem", "cert_file": "/etc/c.pem", "key_file": "/etc/k.pem", "key_password": "kp"}
+        })));
+        for (k, v) in [
+            ("client.id", "shop-cdc"),
+            ("security.protocol", "sasl_ssl"),
+            ("sasl.mechanisms", "SCRAM-SHA-256"),
+            ("sasl.username", "u"),
+            ("sasl.password", "p"),
+            ("ssl.ca.location", "/etc/ca.pem"),
+            ("ssl.certificate.location", "/etc/c.pem"),
+            ("ssl.key.location", "/etc/k.pem"),
+            ("ssl.key.password", "kp"),
+        ] {
+            assert_eq!(c.get(k), Some(v), "{k}");
+        }
+        let plain = |v| client_config(&cfg(v)).get("security.protocol").map(str::to_string);
+        assert_eq!(plain(serde_json::json!({"brokers": "a:1", "tls": {}})).as_deref(), Some("ssl"));
+        let sasl = serde_json::json!({"brokers": "a:1", "sasl": {"mechanism": "PLAIN", "username": "u", "password": "p"}});
+        assert_eq!(plain(sasl).as_deref(), Some("sasl_plaintext"));
+        // librdkafka accepts the result (it has SSL and SCRAM compiled in).
+        let producer: Result<FutureProducer, _> = client_config(&cfg(serde_json::json!({
+            "brokers": "127.0.0.1:1", "sasl": {"mechanism": "SCRAM-SHA-512", "username": "u", "password": "p"}, "tls": {}
+        })))
+        .create();
+        assert!(producer.is_ok(), "{:?}", producer.err());
     }
 }
