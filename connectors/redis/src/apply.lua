@@ -45,7 +45,8 @@ local function apply(code, key, sub, ver, ttl, a, last)
   if code == 'H' then
     local nset = tonumber(ARGV[a])
     if nset > 0 then redis.call('HSET', key, unpack(ARGV, a + 1, a + nset)) end
-    if a + nset < last then redis.call('HDEL', key, unpack(ARGV, a + nset + 1, last)) end
+    -- NULL columns are removed; a row never written before has none to remove.
+    if cur and a + nset < last then redis.call('HDEL', key, unpack(ARGV, a + nset + 1, last)) end
   elseif code == 'HF' then
     redis.call('HSET', key, sub, ARGV[a])
   elseif code == 'HM' then
@@ -93,7 +94,9 @@ local function apply(code, key, sub, ver, ttl, a, last)
   elseif ttl > 0 then
     redis.call('EXPIRE', key, ttl)
     redis.call('EXPIRE', vkey, ttl)
-  else
+  elseif cur or sub ~= '_key' then
+    -- Clear a tombstone's expiry. A whole-key target with no stored version
+    -- has no version hash yet, so there is nothing to clear.
     redis.call('PERSIST', vkey)
   end
   return 1

@@ -320,7 +320,8 @@ mod tests {
         assert_eq!(c.validate(), vec![]);
         assert_eq!(c.connections, 2);
         let c: RedisSinkConfig =
-            serde_json::from_str(r#"{"url":"http://u:secret@h","connections":0,"tombstone_ttl":"0s","tls":{"cert_file":"c.pem"}}"#).unwrap();
+            serde_json::from_str(r#"{"url":"http://u:secret@h","connections":0,"tombstone_ttl":"0s","tls":{"cert_file":"c.pem"}}"#)
+                .unwrap();
         let errors = c.validate();
         assert_eq!(paths(errors.clone()), vec!["url", "tombstone_ttl", "connections", "tls"]);
         assert!(!errors[0].1.contains("secret"), "{:?}", errors[0]);

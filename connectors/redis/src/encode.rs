@@ -155,7 +155,8 @@ pub(crate) fn encode(m: &CompiledMapping, change: &Change) -> Result<Encoded, St
             if delete {
                 ops.push(op("D", &key, WHOLE_KEY, vec![]));
             } else {
-                ops.push(json_op(after(change)?, change, &op, &key));
+                let (code, args) = json_op(after(change)?, change);
+                ops.push(op(code, &key, WHOLE_KEY, args));
             }
         }
         MappingKind::Set | MappingKind::SortedSet => {
@@ -255,18 +256,18 @@ fn row_json_with_toast(row: &Row, change: &Change) -> Vec<Vec<u8>> {
 /// with unchanged TOAST columns sets only the columns present
 /// (`JSON.SET key $.col value` each), or the row as sent when the document
 /// does not exist yet.
-fn json_op(row: &Row, change: &Change, op: &dyn Fn(&'static str, &str, &str, Vec<Vec<u8>>) -> ScriptOp, key: &str) -> ScriptOp {
+fn json_op(row: &Row, change: &Change) -> (&'static str, Vec<Vec<u8>>) {
     let mut doc = Vec::with_capacity(128);
     row.write_json(&mut doc);
     if change.unchanged_toast.is_empty() {
-        return op("J", key, WHOLE_KEY, vec![doc]);
+        return ("J", vec![doc]);
     }
     let mut args = vec![doc];
     for (col, v) in row.iter() {
         args.push(json_path(col).into_bytes());
         args.push(json(v));
     }
-    op("JP", key, WHOLE_KEY, args)
+    ("JP", args)
 }
 
 /// The JSONPath of a top-level member: `$.name`, or `$["odd name"]`.
@@ -457,7 +458,10 @@ mod tests {
         t.key = None;
         let e = encode(&m, &t).unwrap();
         let args = text(&e.ops[0].args);
-        assert_eq!((e.ops[0].code, e.lane_key.as_str(), &args[..6]), ("X", "changes:items", &["1000", "1", "op", "truncate", "table", "public.items"].map(String::from)[..]));
+        assert_eq!(
+            (e.ops[0].code, e.lane_key.as_str(), &args[..6]),
+            ("X", "changes:items", &["1000", "1", "op", "truncate", "table", "public.items"].map(String::from)[..])
+        );
         assert!(args[7].starts_with(r#"{"op":"truncate""#));
         let h = mapping(r#"{"type":"hash","key":"item:{id}"}"#);
         assert!(encode(&h, &t).unwrap().ops.is_empty());

@@ -93,8 +93,7 @@ impl RedisSink {
 
     async fn load_script(&self, lane: usize) -> Result<(), SinkError> {
         let mut conn = self.lanes[lane].clone();
-        let _: String =
-            redis::cmd("SCRIPT").arg("LOAD").arg(APPLY_LUA).query_async(&mut conn).await.map_err(|e| request_failed(&e))?;
+        let _: String = redis::cmd("SCRIPT").arg("LOAD").arg(APPLY_LUA).query_async(&mut conn).await.map_err(|e| request_failed(&e))?;
         Ok(())
     }
 
@@ -194,7 +193,8 @@ fn build_client(cfg: &RedisSinkConfig) -> Result<Client, SinkError> {
     info = info.set_redis_settings(settings);
     let tls = &cfg.tls;
     if cfg.is_tls() && (tls.ca_file.is_some() || tls.cert_file.is_some()) {
-        let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| SinkError::Permanent(format!("redis sink tls: {}: {e}", p.display())));
+        let read =
+            |p: &std::path::Path| std::fs::read(p).map_err(|e| SinkError::Permanent(format!("redis sink tls: {}: {e}", p.display())));
         let root_cert = tls.ca_file.as_deref().map(read).transpose()?;
         let client_tls = match (&tls.cert_file, &tls.key_file) {
             (Some(c), Some(k)) => Some(redis::ClientTlsConfig { client_cert: read(c)?, client_key: read(k)? }),

@@ -166,7 +166,8 @@ async fn cart_hash_fields_with_ttl() {
 #[tokio::test]
 async fn string_row_and_column() {
     let server = RedisServer::start();
-    let mut sink = connect(&server, &[r#"{"type":"string","key":"doc:{id}"}"#, r#"{"type":"string","key":"prefs:{id}","column":"prefs"}"#]).await;
+    let mut sink =
+        connect(&server, &[r#"{"type":"string","key":"doc:{id}"}"#, r#"{"type":"string","key":"prefs:{id}","column":"prefs"}"#]).await;
     let mut c = client(&server).await;
     let full = || ins(At(1, 0), &[("id", "1"), ("title", r#""x""#), ("body", r#""big text""#), ("prefs", r#"{"theme":"dark"}"#)]);
     write_ok(&mut sink, vec![full()], 0).await;
@@ -205,8 +206,12 @@ async fn sets_and_sorted_sets_move_members() {
         vec![("id", id), ("category_id", cat), ("price", price)]
     }
     for route in [0, 1] {
-        write_ok(&mut sink, vec![ins(At(1, 0), &p("1", "10", "9.5")), ins(At(1, 1), &p("2", "10", "20")), ins(At(1, 2), &p("3", "11", "1"))], route)
-            .await;
+        write_ok(
+            &mut sink,
+            vec![ins(At(1, 0), &p("1", "10", "9.5")), ins(At(1, 1), &p("2", "10", "20")), ins(At(1, 2), &p("3", "11", "1"))],
+            route,
+        )
+        .await;
         // Product 1 moves to category 11 (before known: REPLICA IDENTITY FULL).
         let moved = change(Op::Update, At(2, 0), row(&[("id", "1")]), Some(row(&p("1", "10", "9.5"))), Some(row(&p("1", "11", "7"))), &[]);
         write_ok(&mut sink, vec![moved, del(At(3, 0), &p("2", "10", "20"))], route).await;
@@ -281,7 +286,8 @@ async fn json_mapping_needs_redisjson() {
 #[tokio::test]
 async fn invalid_mapping_is_a_permanent_connect_error() {
     let server = RedisServer::start();
-    let err = RedisSink::connect(&sink_config(&server.url(), ""), vec![mapping(r#"{"type":"set","key":"k"}"#)]).await.err().expect("invalid");
+    let err =
+        RedisSink::connect(&sink_config(&server.url(), ""), vec![mapping(r#"{"type":"set","key":"k"}"#)]).await.err().expect("invalid");
     assert!(matches!(&err, SinkError::Permanent(m) if m.contains("member")), "{err}");
 }
 
@@ -350,7 +356,6 @@ async fn server_restart_gives_retriable_errors_then_success() {
 #[ignore]
 async fn throughput_hash_100k() {
     let server = RedisServer::start();
-    let mut sink = connect(&server, &[r#"{"type":"hash","key":"order:{id}"}"#]).await;
     let n = 100_000u64;
     let records = recs(
         (0..n)
@@ -361,7 +366,9 @@ async fn throughput_hash_100k() {
             .collect(),
         0,
     );
-    for batch_size in [1000usize, 5000] {
+    for (connections, batch_size) in [(1, 5000), (2, 1000), (2, 5000), (4, 5000)] {
+        let cfg = sink_config(&server.url(), &format!(r#","connections":{connections}"#));
+        let mut sink = RedisSink::connect(&cfg, vec![mapping(r#"{"type":"hash","key":"order:{id}"}"#)]).await.expect("connect");
         let _: () = redis::cmd("FLUSHALL").query_async(&mut client(&server).await).await.unwrap();
         let start = Instant::now();
         for chunk in records.chunks(batch_size) {
@@ -369,8 +376,14 @@ async fn throughput_hash_100k() {
             assert!(rejected.is_empty());
         }
         let secs = start.elapsed().as_secs_f64();
-        println!("hash mapping, batches of {batch_size}: {n} records in {secs:.2}s = {:.0} rows/s", n as f64 / secs);
+        println!(
+            "hash mapping, {connections} connections, batches of {batch_size}: {n} records in {secs:.2}s = {:.0} rows/s",
+            n as f64 / secs
+        );
+        let stats: String = redis::cmd("INFO").arg("commandstats").query_async(&mut client(&server).await).await.unwrap();
+        let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut client(&server).await).await.unwrap();
+        println!("  server: {}", stats.lines().find(|l| l.starts_with("cmdstat_evalsha")).unwrap_or("no evalsha stats"));
+        let keys: usize = redis::cmd("DBSIZE").query_async(&mut client(&server).await).await.unwrap();
+        assert_eq!(keys as u64, 2 * n);
     }
-    let keys: usize = redis::cmd("DBSIZE").query_async(&mut client(&server).await).await.unwrap();
-    assert_eq!(keys as u64, 2 * n);
 }
