@@ -416,3 +416,18 @@ async fn throughput_100k() {
     let distinct: std::collections::HashSet<&str> = read.iter().filter_map(|r| r.header("pgfanout.lsn")).collect();
     assert_eq!(distinct.len(), 100_000, "every acknowledged record is in the topic");
 }
+
+/// A batch larger than librdkafka's local queue: `write` waits for
+/// deliveries to make room instead of failing, and keeps the order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_larger_than_the_producer_queue_are_delivered_in_order() {
+    let broker = KafkaBroker::start();
+    let cfg = sink_config(&broker, serde_json::json!({"properties": {"queue.buffering.max.messages": "500"}}));
+    let mut sink = KafkaSink::connect(&cfg, vec![mapping(serde_json::json!({"topic": "small-queue", "key": "k"}))]).await.expect("connect");
+    let changes: Vec<Change> = (0..5_000u64).map(|i| change(Op::Update, "orders", 1, i, "x")).collect();
+    assert!(sink.write(&records(&changes, 0)).await.expect("write").is_empty());
+    let read = read_topic(&broker, "small-queue", changes.len());
+    let got: Vec<&str> = read.iter().filter_map(|r| r.header("pgfanout.lsn")).collect();
+    let want: Vec<String> = changes.iter().map(|c| c.lsn.to_string()).collect();
+    assert_eq!(got, want.iter().map(String::as_str).collect::<Vec<_>>());
+}
