@@ -14,6 +14,7 @@ use indexmap::IndexMap;
 use serde::de::DeserializeOwned;
 
 use super::validate::{validate_parts, Parts};
+use super::SINK_KINDS;
 use super::{
     interpolate, redact, Config, ConfigErrors, DeadLetterConfig, HttpConfig, PipelineConfig, RuntimeConfig, SinkConfig, SourceConfig,
 };
@@ -87,7 +88,7 @@ pub fn load_with_env(path: &Path, env: &HashMap<String, String>) -> Result<Confi
         None => errors.push("sinks: missing; expected a map of sink names to settings with a type".into()),
         Some(ValueKind::Table(map)) => {
             for (name, v) in map {
-                match section::<SinkConfig>(v, &format!("sinks.{name}"), &mut errors) {
+                match sink_section(v, &format!("sinks.{name}"), &mut errors) {
                     Some(s) => {
                         sinks.insert(name, s);
                     }
@@ -158,6 +159,43 @@ fn section<T: DeserializeOwned>(v: Value, path: &str, errors: &mut Vec<String>) 
     }
 }
 
+/// Deserializes one sink: `type` first (an unknown one lists the valid
+/// kinds), then the rest of the settings, so errors keep their full path
+/// (`sinks.audit.path`), which an internally tagged enum would lose.
+fn sink_section(v: Value, path: &str, errors: &mut Vec<String>) -> Option<SinkConfig> {
+    let mut map = match v.kind {
+        ValueKind::Table(map) => map,
+        other => {
+            errors.push(format!("{path}: expected sink settings (a map with a type), got {}", kind_name(&other)));
+            return None;
+        }
+    };
+    let kind = match map.shift_remove("type").map(|t| t.kind) {
+        Some(ValueKind::String(t)) => t,
+        Some(other) => {
+            errors.push(format!("{path}.type: expected one of {}, got {}", SINK_KINDS.join(", "), kind_name(&other)));
+            return None;
+        }
+        None => {
+            errors.push(format!("{path}.type: missing; expected one of {}", SINK_KINDS.join(", ")));
+            return None;
+        }
+    };
+    let rest = Value::new(None, ValueKind::Table(map));
+    match kind.as_str() {
+        "file" => section(rest, path, errors).map(SinkConfig::File),
+        "redis" => section(rest, path, errors).map(SinkConfig::Redis),
+        "kafka" => section(rest, path, errors).map(SinkConfig::Kafka),
+        "elasticsearch" => section(rest, path, errors).map(SinkConfig::Elasticsearch),
+        "neo4j" => section(rest, path, errors).map(SinkConfig::Neo4j),
+        "scylla" => section(rest, path, errors).map(SinkConfig::Scylla),
+        other => {
+            errors.push(format!("{path}.type: unknown sink type {other:?}; expected one of {}", SINK_KINDS.join(", ")));
+            None
+        }
+    }
+}
+
 /// An optional section: absent or empty means defaults.
 fn optional_section<T: DeserializeOwned + Default>(v: Option<Value>, path: &str, errors: &mut Vec<String>) -> Option<T> {
     match v {
@@ -174,8 +212,21 @@ fn tidy_message(msg: &str) -> String {
     let msg = msg.replace("internally tagged enum SinkConfig", "sink settings (a map with a type)");
     // Messages from the config crate's own value conversions carry a
     // redundant " for key `…`" tail; the dotted path says it already.
-    match msg.find(" for key `") {
+    let msg = match msg.find(" for key `") {
         Some(i) => msg[..i].to_string(),
+        None => msg,
+    };
+    // The config crate words an unknown enum variant without the valid ones.
+    match msg.split_once(" does not have variant constructor ") {
+        Some((head, variant)) => {
+            let valid = match head.trim_start_matches("enum ") {
+                "TransformConfig" => "a transform: keep, drop, rename, set, mask or hash",
+                "Op" => "an op: insert, update, delete, truncate or read",
+                "SnapshotMode" => "initial or never",
+                _ => "one of the documented values",
+            };
+            format!("unknown value {variant:?}; expected {valid}")
+        }
         None => msg,
     }
 }
