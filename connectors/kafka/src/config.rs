@@ -70,8 +70,9 @@ impl SaslMechanism {
     }
 }
 
-/// SASL credentials (use `${VAR}` interpolation for the password).
-#[derive(Debug, Clone, Deserialize)]
+/// SASL credentials (use `${VAR}` interpolation for the password). Its
+/// `Debug` form hides the password.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SaslConfig {
     pub mechanism: SaslMechanism,
@@ -79,8 +80,19 @@ pub struct SaslConfig {
     pub password: String,
 }
 
-/// TLS files (PEM). Without `ca_file` the system trust store is used.
-#[derive(Debug, Clone, Default, Deserialize)]
+impl std::fmt::Debug for SaslConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SaslConfig")
+            .field("mechanism", &self.mechanism)
+            .field("username", &self.username)
+            .field("password", &"***")
+            .finish()
+    }
+}
+
+/// TLS files (PEM). Without `ca_file` the system trust store is used. Its
+/// `Debug` form hides the key password.
+#[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     #[serde(default)]
@@ -94,6 +106,17 @@ pub struct TlsConfig {
     /// Password of an encrypted `key_file`.
     #[serde(default)]
     pub key_password: Option<String>,
+}
+
+impl std::fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsConfig")
+            .field("ca_file", &self.ca_file)
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
+            .field("key_password", &self.key_password.as_ref().map(|_| "***"))
+            .finish()
+    }
 }
 
 /// Topic handling. With `create: true` (the default) a topic is created with
@@ -382,6 +405,19 @@ mod tests {
         assert_eq!(m(serde_json::json!({"topic": "shop.{schema"}))[0].0, "topic");
         assert_eq!(m(serde_json::json!({"topic": "bad topic"}))[0].0, "topic");
         assert_eq!(m(serde_json::json!({"topic": "t", "key": "{}"}))[0].0, "key");
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let cfg = sink(serde_json::json!({
+            "brokers": "a:1",
+            "sasl": {"mechanism": "PLAIN", "username": "u", "password": "hunter2"},
+            "tls": {"key_file": "/k", "cert_file": "/c", "key_password": "s3cret"},
+        }))
+        .unwrap();
+        let shown = format!("{cfg:?}");
+        assert!(!shown.contains("hunter2") && !shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("\"u\""), "{shown}");
     }
 
     #[test]

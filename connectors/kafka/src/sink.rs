@@ -379,5 +379,11 @@ mod tests {
         })))
         .create();
         assert!(producer.is_ok(), "{:?}", producer.err());
+        // Every codec a Kafka operator may pick is compiled in.
+        for codec in ["gzip", "snappy", "lz4", "zstd"] {
+            let p: Result<FutureProducer, _> =
+                client_config(&cfg(serde_json::json!({"brokers": "127.0.0.1:1", "properties": {"compression.type": codec}}))).create();
+            assert!(p.is_ok(), "compression {codec}: {:?}", p.err());
+        }
     }
 }
