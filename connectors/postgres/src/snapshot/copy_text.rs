@@ -176,9 +176,9 @@ mod tests {
 
     #[test]
     fn splits_and_unescapes() {
-        let got = fields(b"1\t\\N\ta\\tb\\nc\\\\d\t\t\\b\\f\\r\\v\\101\\x41\\x4g\\q\\0");
+        let got = fields(b"1\t\\N\ta\\tb\\nc\\\\d\t\t\\b\\f\\r\\v\\101\\x41\\x4g\\xg\\q\\0");
         let want: Vec<Option<Vec<u8>>> =
-            vec![Some(b"1".to_vec()), None, Some(b"a\tb\nc\\d".to_vec()), Some(Vec::new()), Some(b"\x08\x0c\r\x0bAAx4gq\0".to_vec())];
+            vec![Some(b"1".to_vec()), None, Some(b"a\tb\nc\\d".to_vec()), Some(Vec::new()), Some(b"\x08\x0c\r\x0bAA\x04gxgq\0".to_vec())];
         assert_eq!(got, want);
         assert_eq!(fields(b""), vec![Some(Vec::new())]);
         // "\\N" (an escaped backslash then N) is the two-character string \N.
