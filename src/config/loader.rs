@@ -153,7 +153,19 @@ fn section<T: DeserializeOwned>(v: Value, path: &str, errors: &mut Vec<String>) 
             } else {
                 format!("{path}.{inner}")
             };
-            errors.push(format!("{full}: {}", tidy_message(&e.inner().to_string())));
+            let msg = e.inner().to_string();
+            // "missing field `to`" reads better as `pipelines[0].to: missing`.
+            // The config crate names the field relative to the section root,
+            // serde relative to the innermost map.
+            let missing = msg
+                .strip_prefix("missing configuration field \"")
+                .and_then(|r| r.split('"').next())
+                .map(|f| format!("{path}.{f}"))
+                .or_else(|| msg.strip_prefix("missing field `").and_then(|r| r.split('`').next()).map(|f| format!("{full}.{f}")));
+            match missing {
+                Some(field) => errors.push(format!("{field}: missing; this setting is required")),
+                None => errors.push(format!("{full}: {}", tidy_message(&msg))),
+            }
             None
         }
     }

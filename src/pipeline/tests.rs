@@ -156,7 +156,8 @@ fn filters_pass_drop_and_short_circuit() {
 
 #[test]
 fn filter_errors_become_dead_letters() {
-    let mut r = router("  - { name: strict, from: users, to: a, filter: \"after.quantity > 0\" }\n  - { name: other, from: users, to: b }\n");
+    let mut r =
+        router("  - { name: strict, from: users, to: a, filter: \"after.quantity > 0\" }\n  - { name: other, from: users, to: b }\n");
     let mut out = Vec::new();
     r.route(&user(Op::Delete), &mut out);
     match out.as_slice() {
