@@ -34,9 +34,9 @@ pub fn expand(s: &str, lookup: &dyn Fn(&str) -> Option<String>, secrets: &mut Ve
     while let Some(i) = rest.find('$') {
         out.push_str(&rest[..i]);
         let after = &rest[i..];
-        if after.starts_with("$${") {
+        if let Some(tail) = after.strip_prefix("$${") {
             out.push_str("${");
-            rest = &after[3..];
+            rest = tail;
             changed = true;
             continue;
         }

@@ -1,6 +1,6 @@
-//! Configuration: YAML file + `PGFANOUT__SECTION__KEY` environment overrides
-//! + `${VAR}` interpolation, deserialized into typed structs that reject
-//! unknown fields, then validated before any I/O (DESIGN.md section 6).
+//! Configuration: a YAML file, `PGFANOUT__SECTION__KEY` environment
+//! overrides and `${VAR}` interpolation, deserialized into typed structs that
+//! reject unknown fields, then validated before any I/O (DESIGN.md section 6).
 //!
 //! Loading never stops at the first problem: each section, sink and pipeline
 //! is deserialized on its own and then validated, so one run of

@@ -62,12 +62,15 @@ fn op_bit(op: Op) -> u8 {
     }
 }
 
+/// table -> indices into `Router::routes` of the pipelines reading it.
+type TableRoutes = HashMap<Arc<str>, Box<[u32]>>;
+
 /// Routes changes through the configured pipelines. See the module docs.
 pub struct Router {
     routes: Vec<Route>,
     sinks: Vec<String>,
     /// schema -> table -> indices into `routes` (in pipeline order).
-    by_table: HashMap<Arc<str>, HashMap<Arc<str>, Box<[u32]>>>,
+    by_table: HashMap<Arc<str>, TableRoutes>,
     env: Arc<cel::Env>,
 }
 
