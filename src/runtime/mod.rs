@@ -46,7 +46,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     });
 
     let health = Arc::new(Health::default());
-    health.max_lag_bytes.store(cfg.http.ready_max_lag_bytes(), std::sync::atomic::Ordering::Release);
+    health.max_lag_bytes.store(cfg.http.ready_max_lag.0, std::sync::atomic::Ordering::Release);
     if cfg.http.enabled {
         let handle = crate::http::install_recorder().map_err(|e| RunError::Fatal(format!("metrics: {e}")))?;
         let mut rx = shutdown_rx.clone();

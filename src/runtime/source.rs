@@ -239,11 +239,12 @@ impl SourceLoop {
                 let info = self.relations.on_relation(rel, &mut self.types, sql).await?;
                 debug!(table = %format!("{}.{}", info.schema, info.table), columns = info.columns.len(), "relation");
             }
-            LogicalMessage::Type { .. } | LogicalMessage::Origin { .. } | LogicalMessage::Message { .. } => {}
-            LogicalMessage::Truncate { options, relation_ids } => {
+            LogicalMessage::Type { id, .. } => self.types.invalidate(id),
+            LogicalMessage::Origin { .. } | LogicalMessage::Message { .. } => {}
+            LogicalMessage::Truncate { relation_ids, .. } => {
                 let tx = self.current_tx(lsn)?;
-                let rels: Vec<_> = relation_ids.iter().filter_map(|id| self.relations.get(*id).cloned()).collect();
-                let changes = build_truncates(&rels, options, lsn, &tx, self.ordinal);
+                let changes = build_truncates(&self.relations, &relation_ids, lsn, &tx, self.ordinal)
+                    .map_err(|e| SourceError::permanent(format!("cannot decode a truncate at {lsn}: {e}")))?;
                 self.ordinal += changes.len() as u32;
                 for change in changes {
                     self.route(change).await;
@@ -303,9 +304,10 @@ impl SourceLoop {
                 continue;
             }
             let chunk = std::mem::take(&mut self.local[i]);
+            let sender = self.senders[i].clone();
             let permit = loop {
                 tokio::select! {
-                    permit = self.senders[i].reserve() => break permit,
+                    permit = sender.reserve() => break permit,
                     _ = tokio::time::sleep(self.settings.status_interval.min(Duration::from_secs(5))) => {
                         self.send_status(stream, false).await?;
                         if *self.shutdown.borrow() {
