@@ -6,7 +6,9 @@
 //! NULL, a rendered topic name Kafka would refuse) is an error for that
 //! record only; the sink rejects it to the dead-letter destination.
 
-use pgfanout_sdk::{Change, Op, Template};
+use std::sync::Arc;
+
+use pgfanout_sdk::{Change, Op, Row, Template};
 use rdkafka::message::{Header, OwnedHeaders};
 
 use crate::config::{check_topic_name, DebeziumConfig, Format, KafkaMapping};
@@ -45,6 +47,10 @@ pub struct Encoded {
     pub value: Vec<u8>,
     /// Whether a null-value record with the same key follows this one.
     pub tombstone: bool,
+    /// For an update that changed the row's key, with tombstones on: the old
+    /// key, whose tombstone follows this record so a compacted topic forgets
+    /// the row under its old key.
+    pub moved_from: Option<Vec<u8>>,
 }
 
 impl CompiledMapping {
@@ -93,7 +99,29 @@ impl CompiledMapping {
             Format::Debezium => debezium::write_envelope(&mut value, change, dbz, now_us),
         }
         let tombstone = self.tombstones && change.op == Op::Delete && key.is_some();
-        Ok(Encoded { topic, key, value, tombstone })
+        let moved_from = if self.tombstones { self.old_key(change)?.filter(|old| Some(old) != key.as_ref()) } else { None };
+        Ok(Encoded { topic, key, value, tombstone, moved_from })
+    }
+
+    /// The key the row had before an update, when the server sent the old
+    /// key columns (the key changed, or REPLICA IDENTITY FULL).
+    fn old_key(&self, change: &Change) -> Result<Option<Vec<u8>>, String> {
+        let (Op::Update, Some(before), Some(key)) = (change.op, &change.before, &change.key) else { return Ok(None) };
+        if !key.iter().all(|(col, _)| before.contains(col)) {
+            return Ok(None);
+        }
+        match &self.key {
+            None => {
+                let old = Row(key.iter().filter_map(|(col, _)| before.get(col).map(|v| (Arc::from(col), v.clone()))).collect());
+                let mut out = Vec::with_capacity(32);
+                old.write_json(&mut out);
+                Ok(Some(out))
+            }
+            Some(t) => {
+                let old = Change { after: None, key: None, ..change.clone() };
+                Ok(Some(t.render(&old).map_err(|e| format!("old key: {e}"))?.into_bytes()))
+            }
+        }
     }
 }
 
@@ -167,6 +195,28 @@ mod tests {
         c.schema = "has space".into();
         let m = mapping(serde_json::json!({"topic": "{schema}.{table}"}));
         assert!(m.encode(&c, &DebeziumConfig::default(), 0).unwrap_err().contains("Kafka allows only"));
+    }
+
+    #[test]
+    fn a_key_change_tombstones_the_old_key() {
+        let mut c = delete();
+        c.op = Op::Update;
+        c.before = Some(Row(vec![("id".into(), int(6))]));
+        c.after = Some(Row(vec![("id".into(), int(7)), ("note".into(), Value::Null)]));
+        let dbz = DebeziumConfig::default();
+        let e = mapping(serde_json::json!({"topic": "t", "tombstones": true})).encode(&c, &dbz, 0).unwrap();
+        assert_eq!(e.moved_from.as_deref(), Some(&b"{\"id\":6}"[..]));
+        assert_eq!(e.key.as_deref(), Some(&b"{\"id\":7}"[..]));
+        let e = mapping(serde_json::json!({"topic": "t", "key": "o-{id}", "tombstones": true})).encode(&c, &dbz, 0).unwrap();
+        assert_eq!(e.moved_from.as_deref(), Some(&b"o-6"[..]));
+        assert_eq!(mapping(serde_json::json!({"topic": "t"})).encode(&c, &dbz, 0).unwrap().moved_from, None, "only with tombstones");
+        // REPLICA IDENTITY FULL sends the old row on every update: same key, nothing moved.
+        c.before = Some(Row(vec![("id".into(), int(7)), ("note".into(), Value::Null)]));
+        assert_eq!(mapping(serde_json::json!({"topic": "t", "tombstones": true})).encode(&c, &dbz, 0).unwrap().moved_from, None);
+    }
+
+    fn int(n: i64) -> Value {
+        Value::Number(n.to_string().into())
     }
 
     #[test]

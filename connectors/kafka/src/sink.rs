@@ -192,12 +192,18 @@ impl KafkaSink {
                 continue;
             }
             let change = &batch[*index].change;
-            let tombstone = e.tombstone.then_some(());
-            // The tombstone goes only after its delete was enqueued.
-            'payloads: for payload in std::iter::once(Some(e.value.as_slice())).chain(tombstone.map(|_| None)) {
+            // The record, then its tombstones (the old key's after a key
+            // change, its own after a delete), only once the record itself
+            // was enqueued. Different keys have no order between them.
+            let parts = [
+                Some((e.key.as_deref(), Some(e.value.as_slice()))),
+                e.moved_from.as_deref().map(|k| (Some(k), None)),
+                e.tombstone.then_some((e.key.as_deref(), None)),
+            ];
+            'payloads: for (key, payload) in parts.into_iter().flatten() {
                 let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&e.topic).headers(headers(change));
-                if let Some(k) = &e.key {
-                    record = record.key(k.as_slice());
+                if let Some(k) = key {
+                    record = record.key(k);
                 }
                 if let Some(p) = payload {
                     record = record.payload(p);

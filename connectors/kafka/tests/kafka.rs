@@ -431,3 +431,29 @@ async fn batches_larger_than_the_producer_queue_are_delivered_in_order() {
     let want: Vec<String> = changes.iter().map(|c| c.lsn.to_string()).collect();
     assert_eq!(got, want.iter().map(String::as_str).collect::<Vec<_>>());
 }
+
+/// An update that changes the primary key leaves a tombstone for the old key
+/// (with `tombstones: true`), so a compacted topic does not keep the row
+/// under both keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_change_tombstones_the_old_key() {
+    let broker = KafkaBroker::start();
+    let cfg = sink_config(&broker, serde_json::json!({}));
+    let mut sink =
+        KafkaSink::connect(&cfg, vec![mapping(serde_json::json!({"topic": "moves", "tombstones": true}))]).await.expect("connect");
+    let insert = change(Op::Insert, "orders", 1, 1, "a");
+    let mut moved = change(Op::Update, "orders", 2, 2, "a");
+    moved.before = Some(Row(vec![("id".into(), int(1))]));
+    assert!(sink.write(&records(&[insert, moved], 0)).await.expect("write").is_empty());
+    let read = read_topic(&broker, "moves", 3);
+    let mut seen: Vec<(String, bool)> =
+        read.iter().map(|r| (String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()).into_owned(), r.value.is_some())).collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![("{\"id\":1}".to_string(), false), ("{\"id\":1}".to_string(), true), ("{\"id\":2}".to_string(), true)],
+        "insert under 1, the update under 2, a tombstone for 1"
+    );
+    let tomb = read.iter().find(|r| r.value.is_none()).expect("tombstone");
+    assert_eq!(tomb.header("pgfanout.op"), Some("update"));
+}
