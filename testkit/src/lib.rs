@@ -9,11 +9,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod bolt;
 pub mod daemon;
 pub mod kafka;
 pub mod pg;
 pub mod redis;
 
+pub use bolt::BoltServer;
 pub use daemon::Daemon;
 pub use kafka::KafkaBroker;
 pub use pg::PgCluster;
