@@ -339,10 +339,11 @@ async fn bench_snapshot_vs_psql_copy() {
          INSERT INTO bench SELECT i, 'customer name ' || i, (i % 100000) / 100.0, \
                 timestamptz '2024-01-01' + i * interval '1 second', i % 1000, i % 2 = 0, \
                 ARRAY['a', 'b' || (i % 10)], jsonb_build_object('k', i % 7, 's', 'x') \
-         FROM generate_series(1, 1000000) i; VACUUM ANALYZE bench;",
+         FROM generate_series(1, 1000000) i;",
     )
     .await
     .unwrap();
+    c.batch_execute("VACUUM ANALYZE bench").await.unwrap();
     let psql = || {
         let start = Instant::now();
         pg.psql("bench", "\\copy (SELECT * FROM bench) TO '/dev/null'");
@@ -373,4 +374,7 @@ async fn bench_snapshot_vs_psql_copy() {
         let rate = 1e6 / best.as_secs_f64();
         println!("snapshot parallelism {parallelism}: {best:?} = {rate:.0} rows/s, ratio to psql {:.2}", rate / psql_rate);
     }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let peak = status.lines().find(|l| l.starts_with("VmHWM")).unwrap_or("VmHWM: ?");
+    println!("peak RSS of the test process (channel of 1024 rows): {}", peak.trim_start_matches("VmHWM:").trim());
 }

@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use pgfanout_sdk::{Change, Lsn, Op, Row, Value};
 use tokio::sync::mpsc::Sender;
 use tokio_postgres::Client;
@@ -47,6 +47,9 @@ pub use state::{clear_state, ensure_state_table, mark_tables, snapshot_state};
 
 /// Rows a worker reads between two progress reports of a table.
 const PROGRESS_EVERY: u64 = 4096;
+
+/// Most decoded rows a worker holds before handing them to the output.
+const MAX_BATCH: usize = 256;
 
 /// How to copy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -271,6 +274,12 @@ async fn worker(client: Client, shared: Arc<Shared>) -> Result<u64, SourceError>
 }
 
 /// Copies one range of one relation to the output.
+///
+/// Decoded rows are handed over in small batches: one channel reservation
+/// and at most one wake-up of the consumer per batch instead of per row
+/// (per-row cross-thread wake-ups cost more than decoding). A batch is sent
+/// as soon as it is full or the COPY stream has nothing more ready, so rows
+/// never wait for the network, and it never exceeds [`MAX_BATCH`] rows.
 async fn copy_piece(
     client: &Client,
     shared: &Shared,
@@ -284,38 +293,68 @@ async fn copy_piece(
     let mut stream = std::pin::pin!(stream);
     let mut lines = LineSplitter::default();
     let has_key = rel.has_key();
-    let mut rows = 0u64;
-    let mut unreported = 0u64;
-    while let Some(chunk) = stream.next().await {
+    // A quarter of the channel, so the consumer can drain one batch while
+    // the next is decoded.
+    let batch_rows = (shared.out.max_capacity() / 4).clamp(1, MAX_BATCH);
+    let mut rows = 0u64; // sent
+    let mut added = 0u64; // of which added to the table's count
+    loop {
+        let next = match stream.next().now_or_never() {
+            Some(next) => next,
+            None => {
+                rows += send_batch(shared, batch).await?;
+                stream.next().await
+            }
+        };
+        let Some(chunk) = next else { break };
         let chunk = chunk?;
-        // A chunk is one CopyData message: normally one row, so `batch`
-        // holds about one row at a time.
         lines.push(&chunk, |line| {
             batch.push(decode_line(rel, line, scratch, shared.version, has_key)?);
             Ok::<_, SourceError>(())
         })?;
-        for change in batch.drain(..) {
-            shared.out.send(change).await.map_err(|_| SourceError::transient("snapshot output closed: its consumer stopped"))?;
-            rows += 1;
-            unreported += 1;
+        if batch.len() >= batch_rows {
+            rows += send_batch(shared, batch).await?;
         }
-        if unreported >= PROGRESS_EVERY {
-            let now = shared.add_rows(rel.given, unreported);
-            unreported = 0;
+        if rows - added >= PROGRESS_EVERY {
+            let now = shared.add_rows(rel.given, rows - added);
+            added = rows;
             shared.report(rel.given, now, false);
         }
     }
     if !lines.is_empty() {
         return Err(SourceError::transient(format!("COPY of {}.{} ended in the middle of a row", rel.schema, rel.table)));
     }
-    shared.add_rows(rel.given, unreported);
+    rows += send_batch(shared, batch).await?;
+    shared.add_rows(rel.given, rows - added);
     Ok(rows)
+}
+
+/// Sends and empties `batch` (reserving room for all of it first, at most
+/// the channel's capacity at a time); returns how many rows it sent.
+async fn send_batch(shared: &Shared, batch: &mut Vec<Change>) -> Result<u64, SourceError> {
+    let total = batch.len();
+    let step = shared.out.max_capacity().max(1);
+    let mut rows = batch.drain(..);
+    let mut left = total;
+    while left > 0 {
+        let n = left.min(step);
+        let permits = shared.out.reserve_many(n).await.map_err(|_| closed())?;
+        for (permit, change) in permits.zip(rows.by_ref()) {
+            permit.send(change);
+        }
+        left -= n;
+    }
+    Ok(total as u64)
+}
+
+fn closed() -> SourceError {
+    SourceError::transient("snapshot output closed: its consumer stopped")
 }
 
 /// One COPY text line to a read change.
 fn decode_line(rel: &RelationPlan, line: &[u8], scratch: &mut Vec<u8>, version: Lsn, has_key: bool) -> Result<Change, SourceError> {
-    let mut row = Row::with_capacity(rel.columns.len());
-    let mut key = has_key.then(|| Row::with_capacity(1));
+    let mut row = Vec::with_capacity(rel.columns.len());
+    let mut key = has_key.then(|| Vec::with_capacity(1));
     if !rel.columns.is_empty() || !line.is_empty() {
         let mut columns = rel.columns.iter();
         for_each_field(line, scratch, |field| {
@@ -329,19 +368,21 @@ fn decode_line(rel: &RelationPlan, line: &[u8], scratch: &mut Vec<u8>, version: 
             };
             if col.is_key {
                 if let Some(k) = key.as_mut() {
-                    k.push(col.name.clone(), value.clone());
+                    k.push((col.name.clone(), value.clone()));
                 }
             }
-            row.push(col.name.clone(), value);
+            row.push((col.name.clone(), value));
             Ok::<_, SourceError>(())
         })?;
         if row.len() != rel.columns.len() {
             return Err(column_count_error(rel));
         }
     }
-    if !has_key {
-        key = Some(row.clone());
-    }
+    let row = Row(row);
+    let key = match key {
+        Some(k) => Some(Row(k)),
+        None => Some(row.clone()),
+    };
     Ok(Change {
         op: Op::Read,
         schema: rel.schema.clone(),
