@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pgfanout_postgres::conn::{PgConnectOptions, TlsFiles};
+use pgfanout_postgres::replication::{ReplicationClient, SnapshotAction};
 use pgfanout_postgres::slot::{resolve_tables, TableName};
 use pgfanout_postgres::snapshot::{
     clear_state, copy_tables, ensure_state_table, mark_tables, snapshot_state, SnapshotOptions, TableProgress,
@@ -255,6 +256,65 @@ async fn reads_the_state_at_the_exported_snapshot() {
     let (tx, _rx) = mpsc::channel(10);
     let err = copy_tables(&opts, &[t("nope")], None, Lsn(1), &options, tx, |_| {}).await.unwrap_err();
     assert!(!err.is_retriable() && err.to_string().contains("public.nope"), "{err}");
+}
+
+/// The daemon's path: the slot exports its snapshot, writes keep running,
+/// and the copy shows exactly the slot's consistent point.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_under_the_snapshot_a_new_slot_exports() {
+    let (pg, opts, c) = setup("slotsnap").await;
+    c.batch_execute("CREATE TABLE w (id int PRIMARY KEY, v int); INSERT INTO w SELECT i, 0 FROM generate_series(1, 30000) i;")
+        .await
+        .unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, w) = (stop.clone(), pg.client("slotsnap").await);
+        tokio::spawn(async move {
+            let mut next = 30_001;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                w.batch_execute(&format!(
+                    "UPDATE w SET v = v + 1 WHERE id = {}; INSERT INTO w VALUES ({next}, -1); DELETE FROM w WHERE id = {};",
+                    next % 30_000 + 1,
+                    next - 29_000
+                ))
+                .await
+                .unwrap();
+                next += 1;
+            }
+            next
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut rep = ReplicationClient::connect(&opts).await.expect("replication connection");
+    let slot = rep.create_logical_slot("snapshot_test_slot", SnapshotAction::Export).await.expect("slot");
+    let name = slot.snapshot_name.clone().expect("exported snapshot");
+    // The oracle: PostgreSQL's own view of the table under that snapshot.
+    let oracle = pg.client("slotsnap").await;
+    oracle.batch_execute(&format!("BEGIN ISOLATION LEVEL REPEATABLE READ; SET TRANSACTION SNAPSHOT '{name}'")).await.unwrap();
+    let expected: Vec<serde_json::Value> = oracle
+        .query("SELECT to_jsonb(w)::text FROM w ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| serde_json::from_str(r.get::<_, &str>(0)).unwrap())
+        .collect();
+    let (changes, _, _) = copy_all(&opts, &[t("w")], Some(&name), SnapshotOptions { parallelism: 4, chunk_rows: 3000 }).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let writes = writer.await.unwrap() - 30_001;
+    assert!(writes > 10, "writes ran during the test ({writes})");
+    rep.close().await.unwrap();
+    let mut got: Vec<serde_json::Value> = changes.iter().map(|c| c.after.as_ref().unwrap().to_serde()).collect();
+    got.sort_by_key(|v| v["id"].as_i64());
+    assert_eq!(got.len(), expected.len());
+    assert!(got == expected, "the copy differs from the slot's snapshot");
+    let current: Vec<serde_json::Value> = c
+        .query("SELECT to_jsonb(w)::text FROM w ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| serde_json::from_str(r.get::<_, &str>(0)).unwrap())
+        .collect();
+    assert!(current != expected, "the table moved on after the snapshot, the copy did not follow");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
