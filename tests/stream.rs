@@ -20,6 +20,7 @@ async fn streams_every_op_type() {
     let (pg, c) = start_cluster("ops").await;
     c.batch_execute(
         "CREATE TABLE items (id int PRIMARY KEY, name text, qty int, big text);
+         ALTER TABLE items ALTER COLUMN big SET STORAGE EXTERNAL;
          CREATE TABLE full_rows (id int PRIMARY KEY, v text);
          ALTER TABLE full_rows REPLICA IDENTITY FULL;
          CREATE TABLE other (id int PRIMARY KEY);",
