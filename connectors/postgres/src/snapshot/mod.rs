@@ -16,9 +16,10 @@
 //!   same text pgoutput sends, decoded by the same
 //!   [`TypeDecoder`](crate::types::TypeDecoder)s, so a snapshot row equals
 //!   the streamed row and `to_jsonb()`.
-//! - Bounded memory. Each row is sent to a bounded channel as soon as it is
-//!   decoded; a full channel stops the reader, which stops reading the
-//!   socket, which makes the server wait. Nothing is buffered per table.
+//! - Bounded memory. Rows go to a bounded channel in small batches (at most
+//!   a quarter of its capacity, 256 rows, per connection); a full channel
+//!   stops the reader, which stops reading the socket, which makes the
+//!   server wait. Nothing is buffered per table.
 //!
 //! [`state`] keeps which tables of a slot were copied, in the source database.
 
@@ -141,7 +142,8 @@ impl Shared {
 ///   carries its leaf partition's name, as pgoutput streams them.
 /// - Rows of one ctid range arrive in physical order; ranges and tables
 ///   interleave. Each row is sent exactly once.
-/// - `out` is never outrun: readers wait while it is full.
+/// - `out` is never outrun: readers wait while it is full, holding at most
+///   one batch of decoded rows each (a quarter of `out`'s capacity, <= 256).
 /// - `progress` is called every few thousand rows of a table and once with
 ///   `done: true` when the table is complete (also for empty tables).
 /// - Errors: Transient for connection problems and a closed `out`,
