@@ -67,36 +67,52 @@ fn endpoint(var: &str, ep: &EndpointMapping, source: &str) -> String {
     format!("MERGE ({var}:{} {})", ident(&ep.label), key_pattern(ep.key.keys(), source))
 }
 
-/// Row shape: `{id: row key string, f: {prop…}, t: {prop…}, p: {prop…}, v}`.
+/// Row shape: `{id: row key string, f: {prop…}, t: {prop…}, bf: {prop…} or
+/// null, p: {prop…}, v}` (`bf`: the from-node key in `before`, when sent).
 ///
-/// Looks the relationship up by row key first: when a newer version exists
-/// the row is skipped; when it exists between other endpoints it is
+/// Looks the relationship up by row key first, anchored on its endpoint
+/// nodes (new from-node, new to-node, old from-node): ArcadeDB's planner
+/// uses the node key index there but not a relationship property index
+/// inside `UNWIND`, so an unanchored `()-[r {key}]->()` would scan every
+/// relationship of the type per row. When a stored version is newer the row
+/// is skipped; when the relationship exists between other endpoints it is
 /// replaced (its properties carried over, then overwritten by the change's).
+/// Without `before`, a row whose two endpoint columns change at once leaves
+/// the old relationship behind (give the table REPLICA IDENTITY FULL).
 pub fn rel_upsert(m: &RelMapping) -> String {
     let t = ident(&m.rel_type);
     let k = ident(ROW_KEY_PROPERTY);
     let v = ident(VERSION_PROPERTY);
+    let (fl, tl) = (ident(&m.from.label), ident(&m.to.label));
+    let (fk, tk) = (key_pattern(m.from.key.keys(), "row.f"), key_pattern(m.to.key.keys(), "row.t"));
+    let bk = key_pattern(m.from.key.keys(), "row.bf");
     format!(
         "UNWIND $rows AS row \
-         OPTIONAL MATCH ()-[old:{t} {{{k}: row.id}}]->() \
-         WITH row, old WHERE old IS NULL OR old.{v} IS NULL OR old.{v} <= row.v \
+         OPTIONAL MATCH (fa:{fl} {fk}) OPTIONAL MATCH (fa)-[o1:{t} {{{k}: row.id}}]->() \
+         OPTIONAL MATCH (tb:{tl} {tk}) OPTIONAL MATCH (tb)<-[o2:{t} {{{k}: row.id}}]-() \
+         OPTIONAL MATCH (ba:{fl} {bk}) OPTIONAL MATCH (ba)-[o3:{t} {{{k}: row.id}}]->() \
+         WITH row, reduce(acc = [], o IN [o1, o2, o3] | CASE WHEN o IS NULL OR o IN acc THEN acc ELSE acc + o END) AS olds \
+         WHERE all(o IN olds WHERE o.{v} IS NULL OR o.{v} <= row.v) \
          {from} {to} \
          MERGE (a)-[r:{t} {{{k}: row.id}}]->(b) \
-         FOREACH (_ IN CASE WHEN old IS NOT NULL AND old <> r THEN [1] ELSE [] END | SET r += properties(old)) \
+         WITH row, r, [o IN olds WHERE o <> r] AS moved \
+         FOREACH (o IN moved | SET r += properties(o)) \
          SET r += row.p, r.{v} = row.v \
-         WITH old, r WHERE old IS NOT NULL AND old <> r DELETE old",
+         FOREACH (o IN moved | DELETE o)",
         from = endpoint("a", &m.from, "row.f"),
         to = endpoint("b", &m.to, "row.t"),
     )
 }
 
-/// Row shape: `{id: row key string, v: version}`.
+/// Parameters `$id` (row key string) and `$v`. One record per statement: a
+/// relationship property lookup uses its index only with a parameter, and a
+/// delete usually carries only the row key, not the endpoints.
 pub fn rel_delete(m: &RelMapping) -> String {
     format!(
-        "UNWIND $rows AS row MATCH ()-[r:{t} {{{k}: row.id}}]->() WHERE {guard} DELETE r",
+        "MATCH ()-[r:{t} {{{k}: $id}}]->() WHERE r.{v} IS NULL OR r.{v} <= $v DELETE r",
         t = ident(&m.rel_type),
         k = ident(ROW_KEY_PROPERTY),
-        guard = guard("r"),
+        v = ident(VERSION_PROPERTY),
     )
 }
 

@@ -140,18 +140,26 @@ fn endpoint(change: &Change, ep: &EndpointMapping, what: &str) -> Result<BoltTyp
     key_values(change, ep.key.iter(), what)
 }
 
-/// A relationship mapping's row: `{id, f, t, p, v}` for upserts, `{id, v}`
-/// for deletes.
+/// A relationship mapping's row: `{id, f, t, bf, p, v}` for upserts.
 pub fn rel_row(m: &RelMapping, change: &Change) -> Result<BoltType, String> {
     let id = BoltType::from(row_key(m, change)?);
-    if change.op == Op::Delete {
-        return Ok(map([("id".into(), id), ("v".into(), version(change))]));
-    }
     let f = endpoint(change, &m.from, "from")?;
     let t = endpoint(change, &m.to, "to")?;
+    // The old from-node, when `before` carries its key (REPLICA IDENTITY FULL).
+    let bf = match &change.before {
+        Some(before) if m.from.key.values().all(|c| before.get(c).is_some_and(|v| !v.is_null())) => {
+            map(m.from.key.iter().filter_map(|(p, c)| before.get(c).map(|v| (p.clone(), property(v)))))
+        }
+        _ => BoltType::Null(BoltNull),
+    };
     let skip: Vec<&String> = m.from.key.values().chain(m.to.key.values()).collect();
     let p = properties(change.after.as_ref(), m.properties.as_ref(), &skip);
-    Ok(map([("id".into(), id), ("f".into(), f), ("t".into(), t), ("p".into(), p), ("v".into(), version(change))]))
+    Ok(map([("id".into(), id), ("f".into(), f), ("t".into(), t), ("bf".into(), bf), ("p".into(), p), ("v".into(), version(change))]))
+}
+
+/// A relationship delete's parameters: `$id`, `$v`.
+pub fn rel_delete_params(m: &RelMapping, change: &Change) -> Result<Vec<(&'static str, BoltType)>, String> {
+    Ok(vec![("id", BoltType::from(row_key(m, change)?)), ("v", version(change))])
 }
 
 fn row_map(row: Option<&Row>) -> BoltType {

@@ -215,10 +215,12 @@ impl Neo4jSink {
                 let text = if k == Kind::Upsert { upsert } else { delete };
                 Encoded::Row(text.clone(), encode::node_row(mapping, change)?, None)
             }
-            (Route::Rel { mapping, upsert, delete, .. }, _) => {
-                let text = if k == Kind::Upsert { upsert } else { delete };
+            (Route::Rel { mapping, delete, .. }, Kind::Delete) => {
+                Encoded::Single(delete.clone(), encode::rel_delete_params(mapping, change)?)
+            }
+            (Route::Rel { mapping, upsert, .. }, _) => {
                 let id = encode::row_key(mapping, change)?;
-                Encoded::Row(text.clone(), encode::rel_row(mapping, change)?, Some(id))
+                Encoded::Row(upsert.clone(), encode::rel_row(mapping, change)?, Some(id))
             }
             (Route::Cypher(c), _) => {
                 let stmt = match k {

@@ -236,6 +236,8 @@ async fn mixed_workload_gives_the_graph_the_tables_imply() {
         m.item(&mut s, Op::Delete, 8, 0, 0, 0),
         m.item(&mut s, Op::Insert, 9, 5, 1, 1),
         m.item(&mut s, Op::Update, 9, 5, 3, 2),
+        // The buyer changes (same product): found from the product's side.
+        m.item(&mut s, Op::Update, 6, 4, 2, 3),
     ];
     write_ok(&mut sink, &batch).await;
     s.commit();
@@ -327,6 +329,27 @@ async fn unchanged_toast_columns_keep_their_value() {
     write_ok(&mut sink, &[rec(Arc::new(c), USERS)]).await;
     let got = ints(&g, "MATCH (u:User {id: 1}) WHERE u.email = 'u1@shop.test' RETURN u.visits AS a").await;
     assert_eq!(got, vec![vec![3]]);
+}
+
+#[tokio::test]
+async fn both_endpoints_move_with_a_full_before_image() {
+    let server = BoltServer::start();
+    let mut sink = Neo4jSink::connect(&config(&server), mappings()).await.expect("connect");
+    let g = client(&server).await;
+    let (mut s, mut m) = (Stream::new(), Model::default());
+    let first = m.item(&mut s, Op::Insert, 1, 1, 1, 2);
+    let before = first.change.after.clone();
+    write_ok(&mut sink, &[first]).await;
+    s.commit();
+    // REPLICA IDENTITY FULL: the old row comes with the update.
+    let moved = m.item(&mut s, Op::Update, 1, 2, 2, 2);
+    let mut c = (*moved.change).clone();
+    c.before = before;
+    write_ok(&mut sink, &[rec(Arc::new(c), ORDER_ITEMS)]).await;
+    // One relationship, between the new endpoints, none left between the old
+    // ones. (The old endpoint nodes stay, as key-only stubs.)
+    let got = ints(&g, "MATCH (u:User)-[r:BOUGHT]->(p:Product) RETURN r.id AS a, u.id AS b, p.id AS c, r.order_id AS d").await;
+    assert_eq!(got, vec![vec![1, 2, 2, 1001]]);
 }
 
 #[tokio::test]
