@@ -152,6 +152,7 @@ fn check_sink(name: &str, sink: &SinkConfig, errors: &mut Vec<String>) {
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
         errors.push(format!("sinks.{name}: {name:?} is not a valid sink name; expected letters, digits, _ and -"));
     }
+    errors.extend(crate::sinks::validate::sink_errors(name, sink));
     if let SinkConfig::File(f) = sink {
         if f.path.trim().is_empty() {
             errors.push(format!("sinks.{name}.path: expected a file path (or - for stdout)"));
@@ -220,6 +221,9 @@ fn check_pipeline(
     for (section, mapping) in p.mapping_sections() {
         debug_assert!(SINK_KINDS.contains(&section));
         check_mapping(&format!("{path}.{section}"), mapping, errors);
+        if sink_kind == Some(section) {
+            errors.extend(crate::sinks::validate::mapping_errors(section, &format!("{path}.{section}"), mapping));
+        }
     }
 
     // ops

@@ -4,6 +4,8 @@
 //! features; a binary built without one answers a config that names it with
 //! a clear error instead of failing to compile elsewhere.
 
+pub mod validate;
+
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -55,6 +57,7 @@ async fn spawn_sink(name: &str, cfg: &SinkConfig, routes: Routes, worker: Worker
             Ok(tokio::spawn(worker.run(sink)))
         }
         SinkConfig::Redis(value) => spawn_redis(name, value, routes, worker).await,
+        SinkConfig::Kafka(value) => spawn_kafka(name, value, routes, worker).await,
         other => Err(format!(
             "sinks.{name}: sink type {:?} is not available in this build of pgfanout (supported here: {})",
             other.kind(),
@@ -68,6 +71,9 @@ pub fn available_kinds() -> Vec<&'static str> {
     let mut kinds = vec!["file"];
     if cfg!(feature = "redis") {
         kinds.push("redis");
+    }
+    if cfg!(feature = "kafka") {
+        kinds.push("kafka");
     }
     kinds
 }
@@ -89,6 +95,31 @@ async fn spawn_redis(name: &str, value: &serde_json::Value, routes: Routes, work
 #[cfg(not(feature = "redis"))]
 async fn spawn_redis(name: &str, _: &serde_json::Value, _: Routes, _: Worker) -> Result<tokio::task::JoinHandle<()>, String> {
     Err(format!("sinks.{name}: this pgfanout was built without the `redis` feature; rebuild with --features redis"))
+}
+
+#[cfg(feature = "kafka")]
+async fn spawn_kafka(name: &str, value: &serde_json::Value, routes: Routes, worker: Worker) -> Result<tokio::task::JoinHandle<()>, String> {
+    let sink = connect_kafka(name, value, routes).await?;
+    Ok(tokio::spawn(worker.run(sink)))
+}
+
+#[cfg(feature = "kafka")]
+async fn connect_kafka(name: &str, value: &serde_json::Value, routes: Routes) -> Result<pgfanout_kafka::KafkaSink, String> {
+    let sink_cfg: pgfanout_kafka::KafkaSinkConfig =
+        serde_json::from_value(strip_type(value)).map_err(|e| format!("sinks.{name}: {e}"))?;
+    let mut mappings = Vec::new();
+    for (pipeline, mapping) in routes {
+        let mapping = mapping.ok_or_else(|| format!("pipeline {pipeline:?} targets kafka sink {name:?} but has no `kafka:` mapping"))?;
+        mappings.push(
+            serde_json::from_value::<pgfanout_kafka::KafkaMapping>(mapping).map_err(|e| format!("pipeline {pipeline:?}: kafka mapping: {e}"))?,
+        );
+    }
+    pgfanout_kafka::KafkaSink::connect(&sink_cfg, mappings).await.map_err(|e| format!("sinks.{name}: {e}"))
+}
+
+#[cfg(not(feature = "kafka"))]
+async fn spawn_kafka(name: &str, _: &serde_json::Value, _: Routes, _: Worker) -> Result<tokio::task::JoinHandle<()>, String> {
+    Err(format!("sinks.{name}: this pgfanout was built without the `kafka` feature; rebuild with --features kafka"))
 }
 
 /// Removes the `type` tag if the payload still carries it.
@@ -115,6 +146,14 @@ pub async fn check_all(cfg: &Config, router: &Router) -> Vec<(String, Option<Str
                 .map(|e| format!("cannot open {} for appending: {e}", file.path)),
             #[cfg(feature = "redis")]
             SinkConfig::Redis(value) => check_redis(name, value, router.routes_for_sink(index)).await.err(),
+            #[cfg(feature = "kafka")]
+            SinkConfig::Kafka(value) => match connect_kafka(name, value, router.routes_for_sink(index)).await {
+                Ok(mut sink) => {
+                    use pgfanout_sdk::Sink;
+                    sink.check().await.err().map(|e| e.to_string())
+                }
+                Err(e) => Some(e),
+            },
             other => Some(format!("sink type {:?} is not available in this build", other.kind())),
         };
         let _ = (index, router);
