@@ -58,6 +58,7 @@ async fn spawn_sink(name: &str, cfg: &SinkConfig, routes: Routes, worker: Worker
         }
         SinkConfig::Redis(value) => spawn_redis(name, value, routes, worker).await,
         SinkConfig::Kafka(value) => spawn_kafka(name, value, routes, worker).await,
+        SinkConfig::Neo4j(value) => spawn_neo4j(name, value, routes, worker).await,
         other => Err(format!(
             "sinks.{name}: sink type {:?} is not available in this build of pgfanout (supported here: {})",
             other.kind(),
@@ -74,6 +75,9 @@ pub fn available_kinds() -> Vec<&'static str> {
     }
     if cfg!(feature = "kafka") {
         kinds.push("kafka");
+    }
+    if cfg!(feature = "neo4j") {
+        kinds.push("neo4j");
     }
     kinds
 }
@@ -122,6 +126,31 @@ async fn spawn_kafka(name: &str, _: &serde_json::Value, _: Routes, _: Worker) ->
     Err(format!("sinks.{name}: this pgfanout was built without the `kafka` feature; rebuild with --features kafka"))
 }
 
+#[cfg(feature = "neo4j")]
+async fn spawn_neo4j(name: &str, value: &serde_json::Value, routes: Routes, worker: Worker) -> Result<tokio::task::JoinHandle<()>, String> {
+    let sink = connect_neo4j(name, value, routes).await?;
+    Ok(tokio::spawn(worker.run(sink)))
+}
+
+#[cfg(feature = "neo4j")]
+async fn connect_neo4j(name: &str, value: &serde_json::Value, routes: Routes) -> Result<pgfanout_neo4j::Neo4jSink, String> {
+    let sink_cfg: pgfanout_neo4j::Neo4jSinkConfig =
+        serde_json::from_value(strip_type(value)).map_err(|e| format!("sinks.{name}: {e}"))?;
+    let mut mappings = Vec::new();
+    for (pipeline, mapping) in routes {
+        let mapping = mapping.ok_or_else(|| format!("pipeline {pipeline:?} targets neo4j sink {name:?} but has no `neo4j:` mapping"))?;
+        mappings.push(
+            serde_json::from_value::<pgfanout_neo4j::Neo4jMapping>(mapping).map_err(|e| format!("pipeline {pipeline:?}: neo4j mapping: {e}"))?,
+        );
+    }
+    pgfanout_neo4j::Neo4jSink::connect(&sink_cfg, mappings).await.map_err(|e| format!("sinks.{name}: {e}"))
+}
+
+#[cfg(not(feature = "neo4j"))]
+async fn spawn_neo4j(name: &str, _: &serde_json::Value, _: Routes, _: Worker) -> Result<tokio::task::JoinHandle<()>, String> {
+    Err(format!("sinks.{name}: this pgfanout was built without the `neo4j` feature; rebuild with --features neo4j"))
+}
+
 /// Removes the `type` tag if the payload still carries it.
 #[allow(dead_code)]
 fn strip_type(value: &serde_json::Value) -> serde_json::Value {
@@ -148,6 +177,14 @@ pub async fn check_all(cfg: &Config, router: &Router) -> Vec<(String, Option<Str
             SinkConfig::Redis(value) => check_redis(name, value, router.routes_for_sink(index)).await.err(),
             #[cfg(feature = "kafka")]
             SinkConfig::Kafka(value) => match connect_kafka(name, value, router.routes_for_sink(index)).await {
+                Ok(mut sink) => {
+                    use pgfanout_sdk::Sink;
+                    sink.check().await.err().map(|e| e.to_string())
+                }
+                Err(e) => Some(e),
+            },
+            #[cfg(feature = "neo4j")]
+            SinkConfig::Neo4j(value) => match connect_neo4j(name, value, router.routes_for_sink(index)).await {
                 Ok(mut sink) => {
                     use pgfanout_sdk::Sink;
                     sink.check().await.err().map(|e| e.to_string())

@@ -14,6 +14,8 @@ pub fn sink_errors(name: &str, sink: &SinkConfig) -> Vec<String> {
         SinkConfig::Redis(v) => typed::<pgfanout_redis::RedisSinkConfig>(&path, v, true, |c| c.validate()),
         #[cfg(feature = "kafka")]
         SinkConfig::Kafka(v) => typed::<pgfanout_kafka::KafkaSinkConfig>(&path, v, true, |c| c.validate()),
+        #[cfg(feature = "neo4j")]
+        SinkConfig::Neo4j(v) => typed::<pgfanout_neo4j::Neo4jSinkConfig>(&path, v, true, |c| c.validate()),
         _ => Vec::new(),
     }
 }
@@ -25,6 +27,8 @@ pub fn mapping_errors(kind: &str, path: &str, mapping: &serde_json::Value) -> Ve
         "redis" => typed::<pgfanout_redis::RedisMapping>(path, mapping, false, |m| m.validate()),
         #[cfg(feature = "kafka")]
         "kafka" => typed::<pgfanout_kafka::KafkaMapping>(path, mapping, false, |m| m.validate()),
+        #[cfg(feature = "neo4j")]
+        "neo4j" => typed::<pgfanout_neo4j::Neo4jMapping>(path, mapping, false, |m| m.validate()),
         _ => Vec::new(),
     }
 }
