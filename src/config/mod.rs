@@ -74,6 +74,13 @@ pub struct PostgresSourceConfig {
     /// so that a server sending no keepalives still lets the slot advance.
     #[serde(default, with = "units::option_duration")]
     pub heartbeat_interval: Option<Duration>,
+    /// Connections the initial snapshot reads with (tables and ctid ranges in parallel).
+    #[serde(default = "default_snapshot_parallelism")]
+    pub snapshot_parallelism: usize,
+}
+
+fn default_snapshot_parallelism() -> usize {
+    4
 }
 
 impl fmt::Debug for PostgresSourceConfig {
@@ -86,6 +93,7 @@ impl fmt::Debug for PostgresSourceConfig {
             .field("tls", &self.tls)
             .field("status_interval", &self.status_interval)
             .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("snapshot_parallelism", &self.snapshot_parallelism)
             .finish()
     }
 }

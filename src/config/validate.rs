@@ -137,6 +137,9 @@ fn check_source(s: &PostgresSourceConfig, errors: &mut Vec<String>) {
             s.publication
         ));
     }
+    if s.snapshot_parallelism == 0 || s.snapshot_parallelism > 64 {
+        errors.push("source.postgres.snapshot_parallelism: expected a number of connections from 1 to 64 (default 4)".into());
+    }
     if s.status_interval.is_zero() {
         errors.push("source.postgres.status_interval: must be more than zero, like 10s".into());
     }

@@ -4,6 +4,7 @@
 pub mod ack;
 pub mod backoff;
 pub mod setup;
+pub mod snapshot;
 pub mod source;
 pub mod worker;
 
@@ -61,11 +62,12 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     let router = Router::new(&cfg).map_err(|e| RunError::Config(e.to_string()))?;
     let pg = &cfg.source.postgres;
     let opts = setup::connect_options(pg).map_err(|e| RunError::Config(e.to_string()))?;
-    let start = match setup::prepare_source(&opts, pg, &router, shutdown_rx.clone()).await {
-        Ok(Some(lsn)) => lsn,
+    let prepared = match setup::prepare_source(&opts, pg, &router, shutdown_rx.clone()).await {
+        Ok(Some(p)) => p,
         Ok(None) => return Ok(()),
         Err(e) => return Err(RunError::Fatal(e.to_string())),
     };
+    let start = prepared.start;
 
     let dead_letters = DeadLetters::new(&cfg.dead_letter.path);
     let sinks = crate::sinks::spawn_all(&cfg, &router, &dead_letters).await.map_err(RunError::Fatal)?;
@@ -80,6 +82,21 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     };
     let mut source =
         SourceLoop::new(settings, router, sinks.senders, tracker, dead_letters, health, shutdown_rx, sinks.names, sinks.workers);
+    if let Some(plan) = prepared.snapshot {
+        match source.run_snapshot(plan, &pg.slot, pg.snapshot_parallelism).await {
+            Ok(true) => {}
+            Ok(false) => {
+                info!("shutdown during the snapshot; it starts again on the next run");
+                source.drain_workers().await;
+                return Ok(());
+            }
+            Err(e) => {
+                error!(error = %e, "snapshot failed; it starts again on the next run");
+                source.drain_workers().await;
+                return Err(RunError::Fatal(e.to_string()));
+            }
+        }
+    }
     match source.run().await {
         Ok(()) => {
             info!("stopped");

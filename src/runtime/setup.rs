@@ -1,18 +1,32 @@
-//! Start-up: server checks, publication and slot, with retries for
-//! transient failures and one clear message for permanent ones.
+//! Start-up: server checks, publication, slot and snapshot planning, with
+//! retries for transient failures and one clear message for permanent ones.
+//!
+//! Snapshot state lives in `pgfanout.snapshot_state` in the source database,
+//! one row per (slot, table): `initial-running` while the first snapshot of
+//! a new slot is copied, `added-running` while a table added to the config
+//! later is copied, `done` afterwards. A crash during the initial snapshot
+//! leaves `initial-running` rows: the next start drops the half-made slot and
+//! begins again (streaming from it would leave a gap). A crash while copying
+//! added tables just copies those tables again.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use pgfanout_postgres::conn::{connect_sql, PgConnectOptions, TlsFiles};
 use pgfanout_postgres::replication::{ReplicationClient, SnapshotAction};
-use pgfanout_postgres::{slot, SourceError};
+use pgfanout_postgres::slot::{quote_ident, TableName};
+use pgfanout_postgres::{slot, snapshot, SourceError};
 use pgfanout_sdk::Lsn;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::config::PostgresSourceConfig;
+use crate::config::{PostgresSourceConfig, SnapshotMode};
 use crate::pipeline::Router;
 use crate::runtime::backoff::Backoff;
+
+pub const STATE_INITIAL_RUNNING: &str = "initial-running";
+pub const STATE_ADDED_RUNNING: &str = "added-running";
+pub const STATE_DONE: &str = "done";
 
 /// Connection options from `source.postgres`.
 pub fn connect_options(pg: &PostgresSourceConfig) -> Result<PgConnectOptions, SourceError> {
@@ -20,19 +34,41 @@ pub fn connect_options(pg: &PostgresSourceConfig) -> Result<PgConnectOptions, So
     PgConnectOptions::from_url(&pg.url, tls)
 }
 
-/// Checks the server, creates the publication and the slot when missing and
-/// returns the slot's confirmed position. Retries transient errors until
-/// shutdown (then `Ok(None)`).
+/// Tables to copy before streaming.
+pub struct SnapshotPlan {
+    pub tables: Vec<TableName>,
+    /// Version (position) of every copied row.
+    pub version: Lsn,
+    /// The exported snapshot to read under (initial snapshot of a new slot);
+    /// `None` reads under a fresh snapshot taken after `version`.
+    pub snapshot_name: Option<String>,
+    /// The replication connection that exported the snapshot: it must stay
+    /// open and idle until the copy is done.
+    pub exporter: Option<ReplicationClient>,
+    /// State value written while copying.
+    pub running_state: &'static str,
+}
+
+/// What start-up decided.
+pub struct Prepared {
+    /// The slot's confirmed position.
+    pub start: Lsn,
+    pub snapshot: Option<SnapshotPlan>,
+}
+
+/// Checks the server, creates the publication and the slot when missing,
+/// plans the snapshot. Retries transient errors until shutdown (then
+/// `Ok(None)`).
 pub async fn prepare_source(
     opts: &PgConnectOptions,
     pg: &PostgresSourceConfig,
     router: &Router,
     mut shutdown: watch::Receiver<bool>,
-) -> Result<Option<Lsn>, SourceError> {
+) -> Result<Option<Prepared>, SourceError> {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
     loop {
         match prepare_once(opts, pg, router).await {
-            Ok(lsn) => return Ok(Some(lsn)),
+            Ok(p) => return Ok(Some(p)),
             Err(e) if e.is_retriable() => {
                 let delay = backoff.next_delay();
                 warn!(server = %opts.redacted(), error = %e, retry_in = ?delay, "cannot prepare the source; retrying");
@@ -40,13 +76,16 @@ pub async fn prepare_source(
                     _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.changed() => return Ok(None),
                 }
+                if *shutdown.borrow() {
+                    return Ok(None);
+                }
             }
             Err(e) => return Err(e),
         }
     }
 }
 
-async fn prepare_once(opts: &PgConnectOptions, pg: &PostgresSourceConfig, router: &Router) -> Result<Lsn, SourceError> {
+async fn prepare_once(opts: &PgConnectOptions, pg: &PostgresSourceConfig, router: &Router) -> Result<Prepared, SourceError> {
     let sql = connect_sql(opts).await?;
     slot::check_server(&sql).await?;
     let tables = slot::resolve_tables(&sql, &router.table_patterns()).await?;
@@ -56,18 +95,99 @@ async fn prepare_once(opts: &PgConnectOptions, pg: &PostgresSourceConfig, router
     }
     let published = slot::ensure_publication(&sql, &pg.publication, &tables).await?;
     info!(publication = %pg.publication, tables = published.len(), "publication ready");
-    match slot::slot_info(&sql, &pg.slot).await? {
+    let snapshots = pg.snapshot == SnapshotMode::Initial;
+    if snapshots {
+        snapshot::ensure_state_table(&sql).await?;
+    }
+    let mut info = slot::slot_info(&sql, &pg.slot).await?;
+    if let (true, Some(_)) = (snapshots, &info) {
+        let state = snapshot::snapshot_state(&sql, &pg.slot).await?;
+        if state.iter().any(|(_, s, _)| s == STATE_INITIAL_RUNNING) {
+            warn!(slot = %pg.slot, "the initial snapshot was interrupted; dropping the half-made slot and starting the snapshot again");
+            sql.execute("SELECT pg_drop_replication_slot($1)", &[&pg.slot]).await?;
+            snapshot::clear_state(&sql, &pg.slot).await?;
+            info = None;
+        }
+    }
+    match info {
         Some(info) => {
             slot::check_slot(&pg.slot, &info, &opts.dbname)?;
-            let lsn = info.confirmed_flush_lsn.unwrap_or_default();
-            info!(slot = %pg.slot, confirmed_flush_lsn = %lsn, "resuming from existing slot");
-            Ok(lsn)
+            let start = info.confirmed_flush_lsn.unwrap_or_default();
+            info!(slot = %pg.slot, confirmed_flush_lsn = %start, "resuming from existing slot");
+            if !snapshots {
+                return Ok(Prepared { start, snapshot: None });
+            }
+            let state = snapshot::snapshot_state(&sql, &pg.slot).await?;
+            let done: HashSet<&TableName> = state.iter().filter(|(_, s, _)| s == STATE_DONE).map(|(t, _, _)| t).collect();
+            let added: Vec<TableName> = tables.iter().filter(|t| !done.contains(t)).cloned().collect();
+            if added.is_empty() {
+                return Ok(Prepared { start, snapshot: None });
+            }
+            // Version first, then publish, then copy under a later snapshot:
+            // rows changed after `version` are in the copy or streamed with
+            // a newer position, and nothing falls between.
+            let version = current_lsn(&sql).await?;
+            add_to_publication(&sql, &pg.publication, &added).await?;
+            snapshot::mark_tables(&sql, &pg.slot, &added, STATE_ADDED_RUNNING, version).await?;
+            let names = added.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ");
+            info!(tables = %names, version = %version, "tables new to this slot will be snapshotted before streaming resumes");
+            Ok(Prepared {
+                start,
+                snapshot: Some(SnapshotPlan { tables: added, version, snapshot_name: None, exporter: None, running_state: STATE_ADDED_RUNNING }),
+            })
         }
         None => {
             let mut repl = ReplicationClient::connect(opts).await?;
-            let created = repl.create_logical_slot(&pg.slot, SnapshotAction::NoExport).await?;
+            let action = if snapshots { SnapshotAction::Export } else { SnapshotAction::NoExport };
+            if snapshots {
+                // Recorded before the slot exists: a crash from here on is
+                // seen as an interrupted initial snapshot.
+                snapshot::mark_tables(&sql, &pg.slot, &tables, STATE_INITIAL_RUNNING, Lsn::ZERO).await?;
+            }
+            let created = repl.create_logical_slot(&pg.slot, action).await?;
             info!(slot = %pg.slot, consistent_point = %created.consistent_point, "replication slot created");
-            Ok(created.consistent_point)
+            if !snapshots {
+                return Ok(Prepared { start: created.consistent_point, snapshot: None });
+            }
+            snapshot::mark_tables(&sql, &pg.slot, &tables, STATE_INITIAL_RUNNING, created.consistent_point).await?;
+            Ok(Prepared {
+                start: created.consistent_point,
+                snapshot: Some(SnapshotPlan {
+                    tables,
+                    version: created.consistent_point,
+                    snapshot_name: created.snapshot_name,
+                    exporter: Some(repl),
+                    running_state: STATE_INITIAL_RUNNING,
+                }),
+            })
         }
     }
+}
+
+async fn current_lsn(sql: &tokio_postgres::Client) -> Result<Lsn, SourceError> {
+    let text: String = sql.query_one("SELECT pg_current_wal_insert_lsn()::text", &[]).await?.get(0);
+    text.parse().map_err(|e| SourceError::permanent(format!("unexpected LSN from the server: {e}")))
+}
+
+/// Adds tables the publication lacks (unless it publishes all tables).
+async fn add_to_publication(sql: &tokio_postgres::Client, publication: &str, tables: &[TableName]) -> Result<(), SourceError> {
+    let all: bool = sql.query_one("SELECT puballtables FROM pg_publication WHERE pubname = $1", &[&publication]).await?.get(0);
+    if all {
+        return Ok(());
+    }
+    let rows = sql.query("SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1", &[&publication]).await?;
+    let have: HashSet<TableName> = rows.iter().map(|r| TableName::new(r.get::<_, String>(0), r.get::<_, String>(1))).collect();
+    let missing: Vec<&TableName> = tables.iter().filter(|t| !have.contains(*t)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let list = missing.iter().map(|t| t.quoted()).collect::<Vec<_>>().join(", ");
+    sql.batch_execute(&format!("ALTER PUBLICATION {} ADD TABLE {list}", quote_ident(publication))).await.map_err(|e| {
+        SourceError::permanent(format!(
+            "cannot add {list} to publication {publication}: {}; run ALTER PUBLICATION {publication} ADD TABLE {list} as the tables' owner",
+            SourceError::from(e)
+        ))
+    })?;
+    info!(publication = %publication, tables = %list, "tables added to the publication");
+    Ok(())
 }

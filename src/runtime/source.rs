@@ -62,7 +62,7 @@ pub struct SourceLoop {
     pub sink_names: Vec<String>,
     /// The sink workers, awaited at shutdown.
     pub workers: Vec<tokio::task::JoinHandle<()>>,
-    local: Vec<Chunk>,
+    pub(super) local: Vec<Chunk>,
     relations: RelationCache,
     types: TypeRegistry,
     tx: Option<TxMeta>,
@@ -177,7 +177,7 @@ impl SourceLoop {
             let msg = match stream.try_recv_buffered()? {
                 Some(msg) => msg,
                 None => {
-                    self.flush_local(&mut stream).await?;
+                    self.flush_local(Some(&mut stream)).await?;
                     self.maybe_send_status(&mut stream, false).await?;
                     tokio::select! {
                         msg = stream.recv() => match msg? {
@@ -201,14 +201,14 @@ impl SourceLoop {
                     self.received = self.received.max(wal_end).max(wal_start);
                     self.handle(data, wal_start, &sql).await?;
                     if self.local.iter().any(|c| c.len() >= self.settings.batch_size) {
-                        self.flush_local(&mut stream).await?;
+                        self.flush_local(Some(&mut stream)).await?;
                     }
                 }
                 ReplicationMessage::Keepalive { wal_end, reply_requested, .. } => {
                     self.received = self.received.max(wal_end);
                     // Everything before this keepalive is queued; push it out
                     // before judging whether anything is in flight.
-                    self.flush_local(&mut stream).await?;
+                    self.flush_local(Some(&mut stream)).await?;
                     self.tracker.idle_position(wal_end, self.tx.is_some());
                     let lag = wal_end.0.saturating_sub(self.tracker.confirmed().0);
                     self.health.lag_bytes.store(lag, Ordering::Release);
@@ -274,7 +274,7 @@ impl SourceLoop {
         self.tx.ok_or_else(|| SourceError::transient(format!("change outside a transaction at {lsn}")))
     }
 
-    async fn route(&mut self, change: Change) {
+    pub(super) async fn route(&mut self, change: Change) {
         *self.stats.changes.entry((change.schema.clone(), change.table.clone(), change.op)).or_default() += 1;
         let change = Arc::new(change);
         self.routed.clear();
@@ -298,7 +298,7 @@ impl SourceLoop {
 
     /// Sends every non-empty local chunk to its sink, waiting for queue
     /// space (backpressure) while keeping the walsender alive.
-    async fn flush_local(&mut self, stream: &mut ReplicationStream) -> Result<(), SourceError> {
+    pub(super) async fn flush_local(&mut self, mut stream: Option<&mut ReplicationStream>) -> Result<(), SourceError> {
         for i in 0..self.local.len() {
             if self.local[i].is_empty() {
                 continue;
@@ -309,7 +309,9 @@ impl SourceLoop {
                 tokio::select! {
                     permit = sender.reserve() => break permit,
                     _ = tokio::time::sleep(self.settings.status_interval.min(Duration::from_secs(5))) => {
-                        self.send_status(stream, false).await?;
+                        if let Some(stream) = stream.as_deref_mut() {
+                            self.send_status(stream, false).await?;
+                        }
                         if *self.shutdown.borrow() {
                             warn!(sink = %self.sink_names[i], "shutdown while the sink's queue is full; its unqueued changes are not confirmed and will be sent again on the next start");
                             return Ok(());
@@ -348,7 +350,7 @@ impl SourceLoop {
         Ok(())
     }
 
-    fn publish_stats(&mut self) {
+    pub(super) fn publish_stats(&mut self) {
         metrics::counter!(m::BYTES_READ_TOTAL).increment(std::mem::take(&mut self.stats.bytes));
         metrics::counter!(m::TRANSACTIONS_TOTAL).increment(std::mem::take(&mut self.stats.transactions));
         for ((schema, table, op), n) in self.stats.changes.iter_mut() {
@@ -363,7 +365,7 @@ impl SourceLoop {
     /// the workers to drain, then confirm what is durable.
     async fn graceful_stop(&mut self, mut stream: ReplicationStream) {
         info!("shutting down: draining sinks");
-        if let Err(e) = self.flush_local(&mut stream).await {
+        if let Err(e) = self.flush_local(Some(&mut stream)).await {
             warn!(error = %e, "could not hand the last changes to the sinks");
         }
         self.publish_stats();

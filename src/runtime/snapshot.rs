@@ -1,0 +1,112 @@
+//! Runs a snapshot plan: copies the tables (parallel COPY under one
+//! snapshot), routes every row through the pipelines into the sinks with the
+//! same backpressure as the stream, waits until every sink has made it
+//! durable, then records the tables as done.
+//!
+//! The copied rows form one pseudo-transaction whose end position is the
+//! snapshot's version, so the ack rule covers them like any transaction.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pgfanout_postgres::conn::connect_sql;
+use pgfanout_postgres::snapshot::{self, SnapshotOptions, TableProgress};
+use pgfanout_postgres::SourceError;
+use tokio::sync::mpsc;
+use tracing::info;
+
+use crate::metrics as m;
+use crate::runtime::setup::{SnapshotPlan, STATE_DONE};
+use crate::runtime::source::SourceLoop;
+use crate::runtime::worker::Item;
+
+/// How often a progress line is logged.
+const PROGRESS_LOG_EVERY: Duration = Duration::from_secs(5);
+
+impl SourceLoop {
+    /// Copies `plan`'s tables into the sinks and waits until they are
+    /// durable. Returns `Ok(false)` when shutdown interrupted it (the state
+    /// stays "running", so the next start copies again).
+    pub async fn run_snapshot(&mut self, mut plan: SnapshotPlan, slot: &str, parallelism: usize) -> Result<bool, SourceError> {
+        let started = Instant::now();
+        let names = plan.tables.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ");
+        info!(tables = %names, version = %plan.version, "snapshot started");
+        let (tx, mut rx) = mpsc::channel(self.settings.batch_size.max(64));
+        let options = SnapshotOptions { parallelism, ..SnapshotOptions::default() };
+        let opts = self.settings.opts.clone();
+        let tables = plan.tables.clone();
+        let name = plan.snapshot_name.clone();
+        let version = plan.version;
+        let last_log: Arc<Mutex<(Instant, HashMap<String, (u64, u64)>)>> = Arc::new(Mutex::new((Instant::now(), HashMap::new())));
+        let progress = move |p: TableProgress| {
+            let table = p.table.to_string();
+            metrics::gauge!(m::SNAPSHOT_PROGRESS_RATIO, m::LABEL_TABLE => table.clone())
+                .set(if p.done { 1.0 } else if p.estimate > 0 { (p.rows as f64 / p.estimate as f64).min(0.99) } else { 0.0 });
+            let mut guard = last_log.lock().unwrap_or_else(|e| e.into_inner());
+            let prev = guard.1.get(&table).map(|(rows, _)| *rows).unwrap_or(0);
+            metrics::counter!(m::SNAPSHOT_ROWS_TOTAL, m::LABEL_TABLE => table.clone()).increment(p.rows.saturating_sub(prev));
+            guard.1.insert(table.clone(), (p.rows, p.estimate));
+            if p.done {
+                info!(table = %table, rows = p.rows, "snapshot of table done");
+            } else if guard.0.elapsed() >= PROGRESS_LOG_EVERY {
+                guard.0 = Instant::now();
+                for (t, (rows, estimate)) in &guard.1 {
+                    info!(table = %t, rows = *rows, estimate = *estimate, "snapshot progress");
+                }
+            }
+        };
+        let copy = tokio::spawn(async move {
+            let tables = tables;
+            snapshot::copy_tables(&opts, &tables, name.as_deref(), version, &options, tx, progress).await
+        });
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            tokio::select! {
+                change = rx.recv() => match change {
+                    Some(change) => {
+                        self.route(change).await;
+                        if self.local.iter().any(|c| c.len() >= self.settings.batch_size) {
+                            self.flush_local(None).await?;
+                        }
+                    }
+                    None => break,
+                },
+                _ = shutdown.changed() => {
+                    copy.abort();
+                    return Ok(false);
+                }
+            }
+        }
+        let rows = match copy.await {
+            Ok(result) => result?,
+            Err(e) => return Err(SourceError::transient(format!("snapshot task failed: {e}"))),
+        };
+        // The snapshot is read: the exporting connection may go.
+        if let Some(exporter) = plan.exporter.take() {
+            drop(exporter);
+        }
+        let seq = self.tracker.commit(plan.version);
+        for chunk in self.local.iter_mut() {
+            chunk.push(Item::Commit(seq));
+        }
+        self.flush_local(None).await?;
+        self.publish_stats();
+        // Wait until every sink has the copied rows durable.
+        loop {
+            self.tracker.poll();
+            if self.tracker.in_flight() == 0 {
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                _ = shutdown.changed() => return Ok(false),
+            }
+        }
+        let sql = connect_sql(&self.settings.opts).await?;
+        snapshot::mark_tables(&sql, slot, &plan.tables, STATE_DONE, plan.version).await?;
+        let secs = started.elapsed().as_secs_f64();
+        info!(rows, seconds = secs, rows_per_second = (rows as f64 / secs.max(1e-9)) as u64, running_state = plan.running_state, "snapshot complete; streaming starts");
+        Ok(true)
+    }
+}

@@ -1,0 +1,155 @@
+//! End-to-end initial snapshot: existing rows first, then the stream, with
+//! nothing missed; crash during the snapshot; tables added later.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+async fn cluster(db: &str) -> (PgCluster, tokio_postgres::Client) {
+    let pg = tokio::task::spawn_blocking(|| PgCluster::start_with(&[("wal_sender_timeout", "10s")])).await.unwrap();
+    pg.create_database(db).await;
+    let c = pg.client(db).await;
+    (pg, c)
+}
+
+fn snapshot_config(pg: &PgCluster, db: &str, slot: &str, tables: &[&str], out: &std::path::Path) -> String {
+    file_config(pg, db, slot, tables, out).replace("snapshot: never", "snapshot: initial")
+}
+
+/// Writes while the snapshot runs: updates, inserts and deletes on `t1`.
+async fn churn(c: &tokio_postgres::Client, rounds: usize) {
+    for i in 0..rounds {
+        let id = (i * 7919 % 100_000 + 1) as i32;
+        c.batch_execute(&format!(
+            "UPDATE t1 SET v = v + 1, note = 'churn {i}' WHERE id = {id};
+             INSERT INTO t1 (id, v, note) VALUES ({}, 0, 'new') ON CONFLICT (id) DO NOTHING;
+             DELETE FROM t2 WHERE id = {};",
+            2_000_000 + i,
+            id
+        ))
+        .await
+        .unwrap();
+    }
+}
+
+async fn assert_tables_equal(c: &tokio_postgres::Client, out: &std::path::Path, tables: &[&str]) {
+    let recs = records(out);
+    for t in tables {
+        let ours = live(final_state(&recs, t));
+        let theirs = live(table_state(c, t).await);
+        assert_eq!(ours.len(), theirs.len(), "{t}: row count");
+        for (k, v) in &theirs {
+            assert_eq!(ours.get(k), Some(v), "{t}: row {k}");
+        }
+    }
+}
+
+async fn create_tables(c: &tokio_postgres::Client) {
+    c.batch_execute(
+        "CREATE TABLE t1 (id int PRIMARY KEY, v int NOT NULL, note text, at timestamptz DEFAULT '2026-01-01');
+         CREATE TABLE t2 (id int PRIMARY KEY, payload jsonb, tags text[]);
+         CREATE TABLE t3 (id int PRIMARY KEY, amount numeric(20,6));
+         INSERT INTO t1 SELECT g, g % 100, 'row ' || g FROM generate_series(1, 600000) g;
+         INSERT INTO t2 SELECT g, jsonb_build_object('g', g, 's', 'x\"y'), ARRAY['a', g::text] FROM generate_series(1, 300000) g;
+         INSERT INTO t3 SELECT g, g / 7.0 FROM generate_series(1, 100000) g;
+         ANALYZE;",
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_then_stream_ends_equal_to_the_tables() {
+    let (pg, c) = cluster("snap").await;
+    create_tables(&c).await;
+    let dir = scratch();
+    let out = out_path(dir.path(), "snap");
+    let d = Daemon::start(bin(), dir.path(), "snap", &snapshot_config(&pg, "snap", "snap", &["public.*"], &out));
+    // Writes during the snapshot.
+    testkit::wait_for(Duration::from_secs(60), "snapshot to start", || {
+        let n = line_count(&out);
+        async move { n > 1000 }
+    })
+    .await;
+    churn(&c, 300).await;
+    let n: i64 = c.query_one("SELECT (SELECT count(*) FROM t1) + (SELECT count(*) FROM t2) + (SELECT count(*) FROM t3)", &[]).await.unwrap().get(0);
+    wait_lines(&out, n as usize, Duration::from_secs(240), &d);
+    testkit::wait_until(Duration::from_secs(60), "the churn to be streamed", || {
+        records(&out).iter().rev().take(2000).any(|r| r["after"]["note"] == "new" && r["after"]["id"] == 2_000_299)
+    });
+    let recs = records(&out);
+    let reads = recs.iter().filter(|r| r["op"] == "read").count();
+    assert!(reads >= 1_000_000 - 300, "snapshot rows: {reads}");
+    let read = recs.iter().find(|r| r["op"] == "read").unwrap();
+    assert_eq!(read["xid"], serde_json::Value::Null);
+    assert_eq!(read["lsn"], read["commit_lsn"], "snapshot rows carry the consistent point");
+    assert_tables_equal(&c, &out, &["t1", "t2", "t3"]).await;
+    assert!(d.log().contains("snapshot complete"), "{}", d.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_during_snapshot_restarts_it_cleanly() {
+    let (pg, c) = cluster("crash").await;
+    create_tables(&c).await;
+    let dir = scratch();
+    let out = out_path(dir.path(), "crash");
+    let mut d = Daemon::start(bin(), dir.path(), "crash", &snapshot_config(&pg, "crash", "crash", &["public.*"], &out));
+    testkit::wait_for(Duration::from_secs(60), "snapshot under way", || {
+        let n = line_count(&out);
+        async move { n > 50_000 }
+    })
+    .await;
+    d.kill9();
+    churn(&c, 100).await;
+    d.spawn(bin());
+    testkit::wait_until(Duration::from_secs(240), "second snapshot to complete", || d.log().contains("snapshot complete"));
+    assert!(d.log().contains("dropping the half-made slot"), "{}", d.log());
+    churn(&c, 50).await;
+    testkit::wait_until(Duration::from_secs(60), "the last churn to be streamed", || {
+        records(&out).iter().rev().take(500).any(|r| r["after"]["id"] == 2_000_049)
+    });
+    assert_tables_equal(&c, &out, &["t1", "t2", "t3"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_added_later_is_snapshotted_alone() {
+    let (pg, c) = cluster("added").await;
+    c.batch_execute(
+        "CREATE TABLE a (id int PRIMARY KEY, v int);
+         CREATE TABLE b (id int PRIMARY KEY, v int);
+         INSERT INTO a SELECT g, g FROM generate_series(1, 1000) g;
+         INSERT INTO b SELECT g, g FROM generate_series(1, 500) g;",
+    )
+    .await
+    .unwrap();
+    let dir = scratch();
+    let out = out_path(dir.path(), "added");
+    let mut d = Daemon::start(bin(), dir.path(), "added", &snapshot_config(&pg, "added", "added", &["public.a"], &out));
+    wait_lines(&out, 1000, Duration::from_secs(60), &d);
+    testkit::wait_until(Duration::from_secs(30), "snapshot complete", || d.log().contains("snapshot complete"));
+    c.batch_execute("UPDATE a SET v = -1 WHERE id = 1; UPDATE b SET v = -1 WHERE id = 1;").await.unwrap();
+    wait_lines(&out, 1001, Duration::from_secs(30), &d);
+    d.signal("TERM");
+    assert!(d.wait(Duration::from_secs(30)).expect("exit").success());
+    let before = records(&out).len();
+    // b joins the config; more writes while pgfanout is down.
+    c.batch_execute("UPDATE a SET v = -2 WHERE id = 2; UPDATE b SET v = -2 WHERE id = 2;").await.unwrap();
+    let mut d = Daemon::start(bin(), dir.path(), "added", &snapshot_config(&pg, "added", "added", &["public.a", "public.b"], &out));
+    testkit::wait_until(Duration::from_secs(60), "b to be snapshotted", || records(&out).iter().filter(|r| r["table"] == "b").count() >= 500);
+    c.batch_execute("UPDATE b SET v = -3 WHERE id = 3; UPDATE a SET v = -3 WHERE id = 3;").await.unwrap();
+    testkit::wait_until(Duration::from_secs(30), "later changes of b", || {
+        records(&out).iter().any(|r| r["table"] == "b" && r["op"] == "update" && r["after"]["id"] == 3)
+    });
+    let recs = records(&out);
+    let second = &recs[before..];
+    assert_eq!(second.iter().filter(|r| r["table"] == "a" && r["op"] == "read").count(), 0, "a is not copied again");
+    assert_eq!(second.iter().filter(|r| r["table"] == "b" && r["op"] == "read").count(), 500, "b is copied once");
+    assert!(second.iter().any(|r| r["table"] == "a" && r["after"]["v"] == -2), "a streamed on from the slot");
+    // Wait for a's last change too, then compare both tables.
+    testkit::wait_until(Duration::from_secs(30), "a's last change", || records(&out).iter().any(|r| r["table"] == "a" && r["after"]["v"] == -3));
+    assert_tables_equal(&c, &out, &["a", "b"]).await;
+    d.signal("TERM");
+    assert!(d.wait(Duration::from_secs(30)).expect("exit").success());
+}
