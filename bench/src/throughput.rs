@@ -1,0 +1,193 @@
+//! Throughput workloads: the same changes drained by pgfanout (into a sink)
+//! and by pg_recvlogical (to /dev/null), run after run.
+//!
+//! Each run: empty the table, create one fresh slot per tool, run the load,
+//! take the end LSN, then drain each slot in turn (the order alternates
+//! between runs so neither tool always gets the warmer cache), each drain
+//! preceded by `CHECKPOINT` and advancing any other slot.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::db::{Db, PUBLICATION};
+use crate::load::Shape;
+use crate::report::{Better, Figure, Goal};
+use crate::resp::{self, Reply};
+use crate::tools::{self, Drain, FanoutConfig};
+
+/// What every workload needs to know.
+pub struct Ctx {
+    pub bin: PathBuf,
+    pub dir: PathBuf,
+    pub rows: u64,
+    pub runs: usize,
+    pub latency_seconds: u64,
+    pub redis: Option<testkit::RedisServer>,
+    pub kafka: Option<testkit::KafkaBroker>,
+}
+
+/// Where pgfanout writes in a throughput workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkKind {
+    File,
+    Redis,
+    Kafka,
+}
+
+/// A throughput workload.
+pub struct Spec {
+    pub name: &'static str,
+    pub shape: Shape,
+    pub sink: SinkKind,
+}
+
+/// Goals from the issue: stream ≥ 1.0× pg_recvlogical with ≤ 2 µs CPU per
+/// row, sinks ≥ 0.5×, peak RSS ≤ 32 MB.
+fn goals(spec: &Spec) -> (Option<Goal>, Option<Goal>) {
+    match (spec.sink, spec.shape) {
+        (SinkKind::File, Shape::Big | Shape::Small) => (Some(Goal::RatioAtLeast(1.0)), Some(Goal::AtMost(2.0))),
+        (SinkKind::File, Shape::Mixed) => (None, None),
+        _ => (Some(Goal::RatioAtLeast(0.5)), None),
+    }
+}
+
+/// Runs one throughput workload `ctx.runs` times and returns its figures:
+/// rows/s, CPU µs per row and peak RSS, each for pgfanout and pg_recvlogical.
+pub async fn run(ctx: &Ctx, spec: &Spec) -> Result<Vec<Figure>> {
+    let (rate_goal, cpu_goal) = goals(spec);
+    let mut rate = Figure::new(spec.name, "throughput", "rows/s", Better::Higher).with_baseline("pg_recvlogical");
+    let mut cpu = Figure::new(spec.name, "CPU per row", "µs", Better::Lower).with_baseline("pg_recvlogical");
+    let mut rss = Figure::new(spec.name, "peak RSS", "MB", Better::Lower).with_baseline("pg_recvlogical").with_goal(Goal::AtMost(32.0));
+    if let Some(g) = rate_goal {
+        rate = rate.with_goal(g);
+    }
+    if let Some(g) = cpu_goal {
+        cpu = cpu.with_goal(g);
+    }
+
+    let db = Db::start(&[]).await?;
+    let table = spec.shape.table();
+    db.exec(&spec.shape.ddl()).await?;
+    db.exec(&format!("CREATE PUBLICATION {PUBLICATION} FOR TABLE {table}")).await?;
+    let changes = spec.shape.changes(ctx.rows);
+    let timeout = Duration::from_secs(300.max(changes / 2_000));
+
+    for run in 0..ctx.runs {
+        db.exec(&spec.shape.reset_sql(ctx.rows)).await?;
+        reset_sink(ctx, spec.sink)?;
+        db.prepare_drain(&[]).await?;
+        let (pgf_slot, rl_slot) = (format!("pgf_{run}"), format!("rl_{run}"));
+        db.create_slot(&pgf_slot).await?;
+        db.create_slot(&rl_slot).await?;
+        let started = Instant::now();
+        db.exec(&spec.shape.load_sql(ctx.rows)).await?;
+        let end = db.end_lsn().await?;
+        eprintln!(
+            "  {} run {}/{}: loaded {changes} changes in {:.1} s, end LSN {}",
+            spec.name,
+            run + 1,
+            ctx.runs,
+            started.elapsed().as_secs_f64(),
+            crate::db::fmt_lsn(end)
+        );
+
+        let keep = [pgf_slot.as_str(), rl_slot.as_str()];
+        let mut fanout: Option<Drain> = None;
+        let mut recv: Option<Drain> = None;
+        for turn in 0..2 {
+            db.prepare_drain(&keep).await?;
+            if (turn + run) % 2 == 0 {
+                let cfg = fanout_config(ctx, spec, &pgf_slot, run)?;
+                let d = tools::drain_pgfanout(&ctx.bin, &ctx.dir, &db, &cfg, end, timeout).await?;
+                check_sink(ctx, spec.sink, &ctx.dir, &pgf_slot, changes)?;
+                fanout = Some(d);
+            } else {
+                recv = Some(tools::drain_recvlogical(&db, &ctx.dir, &rl_slot, end, timeout).await?);
+            }
+        }
+        let (Some(f), Some(r)) = (fanout, recv) else { bail!("a drain did not run") };
+        eprintln!(
+            "    pgfanout {:.2} s ({:.0} rows/s, {:.2} µs CPU/row, {} MB), pg_recvlogical {:.2} s ({:.0} rows/s, {:.2} µs CPU/row, {} MB)",
+            f.seconds,
+            changes as f64 / f.seconds,
+            f.usage.cpu_seconds * 1e6 / changes as f64,
+            f.usage.peak_rss_kib / 1024,
+            r.seconds,
+            changes as f64 / r.seconds,
+            r.usage.cpu_seconds * 1e6 / changes as f64,
+            r.usage.peak_rss_kib / 1024,
+        );
+        for (fig_vals, d) in [(&mut rate.pgfanout, f), (&mut rate.baseline, r)] {
+            fig_vals.push(changes as f64 / d.seconds);
+        }
+        cpu.pgfanout.push(f.usage.cpu_seconds * 1e6 / changes as f64);
+        cpu.baseline.push(r.usage.cpu_seconds * 1e6 / changes as f64);
+        rss.pgfanout.push(f.usage.peak_rss_kib as f64 / 1024.0);
+        rss.baseline.push(r.usage.peak_rss_kib as f64 / 1024.0);
+        db.drop_slot(&pgf_slot).await?;
+        db.drop_slot(&rl_slot).await?;
+    }
+    Ok(vec![rate, cpu, rss])
+}
+
+fn fanout_config<'a>(ctx: &Ctx, spec: &Spec, slot: &'a str, run: usize) -> Result<FanoutConfig<'a>> {
+    let table = spec.shape.table();
+    let (sink, mapping) = match spec.sink {
+        SinkKind::File => ("{ type: file, path: /dev/null }".to_string(), String::new()),
+        SinkKind::Redis => {
+            let r = ctx.redis.as_ref().context("redis-server is not running")?;
+            (format!("{{ type: redis, url: \"{}\" }}", r.url()), "    redis: { type: hash, key: \"bench:{id}\" }\n".to_string())
+        }
+        SinkKind::Kafka => {
+            let k = ctx.kafka.as_ref().context("the Kafka broker is not running")?;
+            (
+                format!("{{ type: kafka, brokers: \"{}\" }}", k.bootstrap()),
+                format!("    kafka: {{ topic: \"bench-run{run}\", format: native }}\n"),
+            )
+        }
+    };
+    Ok(FanoutConfig { slot, table, sink, mapping, http_listen: None })
+}
+
+/// Gives each run an empty sink: FLUSHALL for Redis, a fresh in-memory
+/// broker for Kafka (Tansu keeps every message in memory).
+fn reset_sink(ctx: &Ctx, sink: SinkKind) -> Result<()> {
+    match sink {
+        SinkKind::File => {}
+        SinkKind::Redis => {
+            let r = ctx.redis.as_ref().context("redis-server is not running")?;
+            resp::Conn::connect(r.port)?.cmd(&["FLUSHALL"])?;
+        }
+        SinkKind::Kafka => {
+            let k = ctx.kafka.as_ref().context("the Kafka broker is not running")?;
+            k.stop();
+            k.start_server();
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a run whose records did not all arrive: a dead-lettered record
+/// or (for Redis) fewer keys than rows means the number is meaningless.
+fn check_sink(ctx: &Ctx, sink: SinkKind, dir: &Path, slot: &str, changes: u64) -> Result<()> {
+    let dlq = dir.join(format!("{slot}.dead.jsonl"));
+    if std::fs::metadata(&dlq).map(|m| m.len() > 0).unwrap_or(false) {
+        bail!("pgfanout dead-lettered records (see {}): {}", dlq.display(), tools::tail(&dlq));
+    }
+    if sink == SinkKind::Redis {
+        let r = ctx.redis.as_ref().context("redis-server is not running")?;
+        let mut c = resp::Conn::connect(r.port)?;
+        let keys = match c.cmd(&["DBSIZE"])? {
+            Reply::Int(n) => n as u64,
+            other => bail!("unexpected reply to DBSIZE: {other:?}"),
+        };
+        let last = format!("bench:{changes}");
+        let present = c.cmd(&["EXISTS", "bench:1", &last])?;
+        if keys < changes || present != Reply::Int(2) {
+            bail!("redis holds {keys} keys (bench:1 and {last} present: {present:?}), expected {changes} rows");
+        }
+    }
+    Ok(())
+}

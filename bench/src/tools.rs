@@ -1,0 +1,211 @@
+//! The two consumers being compared, each draining one slot up to an end LSN:
+//!
+//! - pgfanout: `pgfanout run -c FILE` on a generated config; the drain ends
+//!   when the slot's `confirmed_flush_lsn` reaches the end LSN. pgfanout only
+//!   confirms what every sink has made durable, so this is "everything is in
+//!   the sink". Its CPU time and peak RSS are read from /proc just then,
+//!   before it is stopped with SIGTERM.
+//! - pg_recvlogical (pgoutput, proto 1, to /dev/null) with `--endpos`: the
+//!   drain ends when it exits on reaching the end LSN. CPU and peak RSS come
+//!   from `/usr/bin/time`.
+//!
+//! Both timings start when the process is spawned, so both include
+//! connecting and starting replication.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::db::{fmt_lsn, Db, PUBLICATION};
+use crate::procstat::{self, Usage};
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// How pgfanout's config is written: status updates every 20 ms so the
+/// slot position (what the drain waits on) trails the durable position by
+/// at most a few tens of milliseconds. This only adds work for pgfanout.
+pub const STATUS_INTERVAL: &str = "20ms";
+
+/// The outcome of one timed drain.
+#[derive(Debug, Clone, Copy)]
+pub struct Drain {
+    pub seconds: f64,
+    pub usage: Usage,
+}
+
+/// A pgfanout config: one pipeline from `table` to one sink.
+pub struct FanoutConfig<'a> {
+    pub slot: &'a str,
+    pub table: &'a str,
+    /// The sink's YAML flow mapping, e.g. `{ type: file, path: /dev/null }`.
+    pub sink: String,
+    /// Extra pipeline lines (already indented by 4), e.g. a redis mapping.
+    pub mapping: String,
+    /// `Some(addr)` enables the HTTP listener on it.
+    pub http_listen: Option<String>,
+}
+
+impl FanoutConfig<'_> {
+    pub fn yaml(&self, db: &Db, dir: &Path) -> String {
+        let http = match &self.http_listen {
+            Some(addr) => format!("http:\n  listen: \"{addr}\"\n"),
+            None => "http:\n  enabled: false\n".to_string(),
+        };
+        format!(
+            "source:\n  postgres:\n    url: {url}\n    slot: {slot}\n    publication: {PUBLICATION}\n    snapshot: never\n    status_interval: {STATUS_INTERVAL}\nsinks:\n  out: {sink}\npipelines:\n  - name: bench\n    from: [\"public.{table}\"]\n    to: out\n{mapping}dead_letter:\n  path: \"{dlq}\"\n{http}runtime:\n  shutdown_timeout: 30s\n",
+            url = db.url(),
+            slot = self.slot,
+            sink = self.sink,
+            table = self.table,
+            mapping = self.mapping,
+            dlq = dir.join(format!("{}.dead.jsonl", self.slot)).display(),
+        )
+    }
+}
+
+/// A running pgfanout daemon (killed on drop if still running).
+pub struct Fanout {
+    child: Option<Child>,
+    pub log_path: PathBuf,
+    started: Instant,
+}
+
+impl Fanout {
+    /// Writes the config to `dir/<slot>.yaml` and starts `pgfanout run -c` on it.
+    pub fn spawn(bin: &Path, dir: &Path, db: &Db, cfg: &FanoutConfig) -> Result<Fanout> {
+        let config_path = dir.join(format!("{}.yaml", cfg.slot));
+        std::fs::write(&config_path, cfg.yaml(db, dir)).context("write pgfanout config")?;
+        let log_path = dir.join(format!("{}.log", cfg.slot));
+        let log = std::fs::File::create(&log_path).context("create pgfanout log")?;
+        let started = Instant::now();
+        let child = Command::new(bin)
+            .args(["run", "-c"])
+            .arg(&config_path)
+            .env("PGFANOUT_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("spawn {}", bin.display()))?;
+        Ok(Fanout { child: Some(child), log_path, started })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Fails with the log's tail if the process has exited.
+    pub fn check_running(&mut self) -> Result<()> {
+        if let Some(c) = self.child.as_mut() {
+            if let Some(status) = c.try_wait()? {
+                self.child = None;
+                bail!("pgfanout exited early with {status}; log:\n{}", tail(&self.log_path));
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until the slot's confirmed_flush_lsn reaches `end`, polling every
+    /// 5 ms; returns the time since spawn.
+    pub async fn wait_confirmed(&mut self, db: &Db, slot: &str, end: u64, timeout: Duration) -> Result<Duration> {
+        loop {
+            if db.confirmed_flush(slot).await? >= end {
+                return Ok(self.elapsed());
+            }
+            self.check_running()?;
+            if self.elapsed() > timeout {
+                bail!("pgfanout did not confirm {} within {timeout:?}; log:\n{}", fmt_lsn(end), tail(&self.log_path));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// CPU time and peak RSS so far.
+    pub fn usage(&self) -> Result<Usage> {
+        procstat::usage(self.pid()).context("read pgfanout's /proc entry")
+    }
+
+    /// SIGTERM, then wait (up to 30 s, then SIGKILL).
+    pub fn stop(&mut self) {
+        let Some(mut c) = self.child.take() else { return };
+        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            if let Ok(Some(_)) = c.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+impl Drop for Fanout {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Last lines of a log file, for error messages.
+pub fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// pgfanout drains `slot` (created beforehand) into `cfg`'s sink up to `end`.
+pub async fn drain_pgfanout(bin: &Path, dir: &Path, db: &Db, cfg: &FanoutConfig<'_>, end: u64, timeout: Duration) -> Result<Drain> {
+    let mut f = Fanout::spawn(bin, dir, db, cfg)?;
+    let took = f.wait_confirmed(db, cfg.slot, end, timeout).await?;
+    let usage = f.usage()?;
+    f.stop();
+    Ok(Drain { seconds: took.as_secs_f64(), usage })
+}
+
+/// pg_recvlogical drains `slot` to /dev/null up to `end` (`--endpos`).
+pub async fn drain_recvlogical(db: &Db, dir: &Path, slot: &str, end: u64, timeout: Duration) -> Result<Drain> {
+    let time_out = dir.join(format!("{slot}.time"));
+    let err_path = dir.join(format!("{slot}.recvlogical.log"));
+    let err = std::fs::File::create(&err_path)?;
+    let started = Instant::now();
+    let mut child = Command::new("/usr/bin/time")
+        .args(["-f", procstat::TIME_FORMAT, "-o"])
+        .arg(&time_out)
+        .arg(format!("{PG_BIN}/pg_recvlogical"))
+        .args(["-h", "127.0.0.1", "-p", &db.pg.port.to_string(), "-U", "postgres", "-d", &db.name])
+        .args(["--slot", slot, "--start", "--endpos", &fmt_lsn(end), "--no-loop"])
+        .args(["-o", "proto_version=1", "-o", &format!("publication_names={PUBLICATION}"), "--plugin=pgoutput"])
+        .args(["-f", "/dev/null"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(err)
+        .spawn()
+        .context("spawn /usr/bin/time pg_recvlogical (apt-get install -y time postgresql-client-15)")?;
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        if started.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("pg_recvlogical did not reach {} within {timeout:?}: {}", fmt_lsn(end), tail(&err_path));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    if !status.success() {
+        bail!("pg_recvlogical failed with {status}: {}", tail(&err_path));
+    }
+    let usage = procstat::parse_time_output(&time_out).context("read /usr/bin/time output")?;
+    Ok(Drain { seconds, usage })
+}
