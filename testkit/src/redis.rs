@@ -1,5 +1,11 @@
-//! An ephemeral redis-server.
+//! An ephemeral redis-server, and a minimal RESP client for reading it back.
+//!
+//! The client is a few lines of blocking RESP2 over `TcpStream` so tests of
+//! crates without the `redis` dependency (the daemon's end-to-end tests) can
+//! inspect keys without shelling out to `redis-cli`.
 
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
@@ -9,12 +15,25 @@ use crate::{find_bin, free_port, run, scratch_dir, wait_until};
 pub struct RedisServer {
     dir: tempfile::TempDir,
     pub port: u16,
+    /// Append-only file with `appendfsync always`: every acknowledged write
+    /// survives [`stop`](Self::stop) and [`start_server`](Self::start_server).
+    persistent: bool,
 }
 
 impl RedisServer {
+    /// A server without persistence (a stop loses everything).
     pub fn start() -> RedisServer {
         let dir = scratch_dir("pgfanout-redis-");
-        let server = RedisServer { dir, port: free_port() };
+        let server = RedisServer { dir, port: free_port(), persistent: false };
+        server.start_server();
+        server
+    }
+
+    /// A server with `--appendonly yes --appendfsync always`: a write Redis
+    /// acknowledged is on disk, so a stop/start on the same port keeps it.
+    pub fn start_persistent() -> RedisServer {
+        let dir = scratch_dir("pgfanout-redis-");
+        let server = RedisServer { dir, port: free_port(), persistent: true };
         server.start_server();
         server
     }
@@ -37,7 +56,9 @@ impl RedisServer {
             "--save",
             "",
             "--appendonly",
-            "no",
+            if self.persistent { "yes" } else { "no" },
+            "--appendfsync",
+            "always",
             "--daemonize",
             "yes",
             "--pidfile",
@@ -52,7 +73,8 @@ impl RedisServer {
         });
     }
 
-    /// Stops the server (data is lost: no persistence).
+    /// Stops the server; without persistence its data is lost, with
+    /// [`start_persistent`](Self::start_persistent) the append-only file keeps it.
     pub fn stop(&self) {
         let _ = Command::new(Self::bin("redis-cli")).args(["-p", &self.port.to_string(), "shutdown", "nosave"]).output();
         wait_until(Duration::from_secs(10), "redis to stop", || std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err());
@@ -60,6 +82,110 @@ impl RedisServer {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Runs one command on a fresh connection and returns the reply; panics
+    /// when the server cannot be reached (a test bug, not a test outcome).
+    pub fn cmd(&self, args: &[&str]) -> Resp {
+        let stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap_or_else(|e| panic!("connect to redis :{}: {e}", self.port));
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+        let mut out = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            out.extend_from_slice(a.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        (&stream).write_all(&out).expect("send to redis");
+        read_resp(&mut BufReader::new(&stream))
+    }
+
+    /// Every key name (`KEYS *`; test data sets are small).
+    pub fn keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self.cmd(&["KEYS", "*"]).array().iter().map(Resp::text).collect();
+        keys.sort();
+        keys
+    }
+
+    /// The `redis-cli` output of a command (for documentation examples).
+    pub fn cli(&self, args: &[&str]) -> String {
+        run(Command::new(Self::bin("redis-cli")).arg("-p").arg(self.port.to_string()).args(args))
+    }
+}
+
+/// A RESP2 reply.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resp {
+    Nil,
+    Int(i64),
+    /// A simple or bulk string (bulk strings lossily as UTF-8).
+    Text(String),
+    Error(String),
+    Array(Vec<Resp>),
+}
+
+impl Resp {
+    /// The string value; panics on any other reply.
+    pub fn text(&self) -> String {
+        match self {
+            Resp::Text(s) => s.clone(),
+            other => panic!("expected a string reply, got {other:?}"),
+        }
+    }
+
+    /// The string value, or `None` for nil; panics on any other reply.
+    pub fn opt_text(&self) -> Option<String> {
+        match self {
+            Resp::Nil => None,
+            other => Some(other.text()),
+        }
+    }
+
+    /// The integer value; panics on any other reply.
+    pub fn int(&self) -> i64 {
+        match self {
+            Resp::Int(i) => *i,
+            other => panic!("expected an integer reply, got {other:?}"),
+        }
+    }
+
+    /// The elements of an array (nil = empty); panics on any other reply.
+    pub fn array(&self) -> Vec<Resp> {
+        match self {
+            Resp::Array(a) => a.clone(),
+            Resp::Nil => Vec::new(),
+            other => panic!("expected an array reply, got {other:?}"),
+        }
+    }
+
+    /// An array of strings taken as (name, value) pairs (HGETALL, ZRANGE … WITHSCORES).
+    pub fn pairs(&self) -> Vec<(String, String)> {
+        self.array().chunks(2).map(|p| (p[0].text(), p[1].text())).collect()
+    }
+}
+
+fn read_resp(r: &mut impl BufRead) -> Resp {
+    let mut line = String::new();
+    r.read_line(&mut line).expect("read from redis");
+    let line = line.trim_end_matches(['\r', '\n']);
+    if line.is_empty() {
+        panic!("redis closed the connection without a reply");
+    }
+    let (tag, rest) = line.split_at(1);
+    let num = || rest.parse::<i64>().unwrap_or_else(|e| panic!("bad RESP line {line:?}: {e}"));
+    match tag {
+        "+" => Resp::Text(rest.to_string()),
+        "-" => Resp::Error(rest.to_string()),
+        ":" => Resp::Int(num()),
+        "$" if num() < 0 => Resp::Nil,
+        "$" => {
+            let mut buf = vec![0u8; num() as usize + 2];
+            r.read_exact(&mut buf).expect("read bulk string");
+            buf.truncate(buf.len() - 2);
+            Resp::Text(String::from_utf8_lossy(&buf).into_owned())
+        }
+        "*" if num() < 0 => Resp::Nil,
+        "*" => Resp::Array((0..num()).map(|_| read_resp(r)).collect()),
+        _ => panic!("bad RESP line {line:?}"),
     }
 }
 

@@ -81,10 +81,8 @@ pub fn wait_lines(path: &Path, n: usize, timeout: Duration, daemon: &Daemon) {
 
 /// The slot's confirmed_flush_lsn as a number.
 pub async fn confirmed_flush(c: &tokio_postgres::Client, slot: &str) -> u64 {
-    let row = c
-        .query_opt("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
-        .await
-        .expect("query slot");
+    let row =
+        c.query_opt("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", &[&slot]).await.expect("query slot");
     row.and_then(|r| r.get::<_, Option<String>>(0)).map(|s| lsn(&s)).unwrap_or(0)
 }
 
@@ -114,10 +112,8 @@ pub fn final_state(recs: &[Json], table: &str) -> HashMap<String, Option<Json>> 
 
 /// `{key json text -> to_jsonb(row)}` from PostgreSQL for a table keyed by `id`.
 pub async fn table_state(c: &tokio_postgres::Client, table: &str) -> HashMap<String, Option<Json>> {
-    let rows = c
-        .query(&format!("SELECT jsonb_build_object('id', id)::text, to_jsonb(t)::text FROM {table} t"), &[])
-        .await
-        .expect("read table");
+    let rows =
+        c.query(&format!("SELECT jsonb_build_object('id', id)::text, to_jsonb(t)::text FROM {table} t"), &[]).await.expect("read table");
     rows.iter()
         .map(|r| {
             let k: Json = serde_json::from_str(&r.get::<_, String>(0)).expect("key json");
@@ -134,4 +130,138 @@ pub fn live(state: HashMap<String, Option<Json>>) -> HashMap<String, Json> {
 
 pub fn out_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{name}.jsonl"))
+}
+
+/// A config streaming `db` into one Redis sink named `cache` at `redis_url`.
+/// `pipelines` is the YAML list under `pipelines:` (items with `to: cache`).
+/// Reconnects are capped at 1 s so an outage test sees recovery quickly;
+/// the dead-letter file is `dir/<slot>.dead.jsonl`.
+pub fn redis_config(pg: &PgCluster, db: &str, slot: &str, redis_url: &str, pipelines: &str, dir: &Path) -> String {
+    format!(
+        r#"
+source:
+  postgres:
+    url: {url}
+    slot: {slot}
+    publication: {slot}
+    snapshot: never
+    status_interval: 1s
+sinks:
+  cache: {{ type: redis, url: "{redis_url}", reconnect_max_delay: 1s, connect_timeout: 2s, response_timeout: 10s }}
+pipelines:
+{pipelines}
+dead_letter:
+  path: "{dlq}"
+http:
+  enabled: false
+runtime:
+  shutdown_timeout: 10s
+"#,
+        url = pg.url(db),
+        dlq = dir.join(format!("{slot}.dead.jsonl")).display(),
+    )
+}
+
+/// `pg_current_wal_insert_lsn()` as a number: the end of everything written
+/// so far (with synchronous_commit off, `pg_current_wal_lsn()` lags).
+pub async fn insert_lsn(c: &tokio_postgres::Client) -> u64 {
+    let s: String = c.query_one("SELECT pg_current_wal_insert_lsn()::text", &[]).await.expect("insert lsn").get(0);
+    lsn(&s)
+}
+
+/// The `source:` section shared by the Kafka and Neo4j end-to-end configs:
+/// no snapshot, status every second so confirmed positions move quickly.
+fn source_section(pg: &PgCluster, db: &str, slot: &str) -> String {
+    format!(
+        "source:\n  postgres:\n    url: {url}\n    slot: {slot}\n    publication: {slot}\n    snapshot: never\n    status_interval: 1s\n",
+        url = pg.url(db)
+    )
+}
+
+/// A config streaming `db` into one Kafka sink named `events` at
+/// `bootstrap`. `sink_extra` is YAML flow-map entries appended to the sink
+/// (e.g. `"topics: { partitions: 3 }"`, may be empty); `pipelines` is the
+/// YAML list under `pipelines:` (items with `to: events`). Deliveries time
+/// out after 5 s so a broker outage turns into retries quickly; the
+/// dead-letter file is `dir/<slot>.dead.jsonl`.
+pub fn kafka_config(pg: &PgCluster, db: &str, slot: &str, bootstrap: &str, sink_extra: &str, pipelines: &str, dir: &Path) -> String {
+    let extra = if sink_extra.is_empty() { String::new() } else { format!(", {sink_extra}") };
+    format!(
+        r#"{source}sinks:
+  events: {{ type: kafka, brokers: "{bootstrap}", delivery_timeout: 5s{extra} }}
+pipelines:
+{pipelines}
+dead_letter:
+  path: "{dlq}"
+http:
+  enabled: false
+runtime:
+  shutdown_timeout: 10s
+"#,
+        source = source_section(pg, db, slot),
+        dlq = dir.join(format!("{slot}.dead.jsonl")).display(),
+    )
+}
+
+/// A config streaming `db` into one Neo4j sink named `graph` on the Bolt
+/// server at `uri`. `pipelines` is the YAML list under `pipelines:` (items
+/// with `to: graph`); the dead-letter file is `dir/<slot>.dead.jsonl`.
+#[allow(clippy::too_many_arguments)]
+pub fn neo4j_config(
+    pg: &PgCluster,
+    db: &str,
+    slot: &str,
+    uri: &str,
+    user: &str,
+    password: &str,
+    database: &str,
+    pipelines: &str,
+    dir: &Path,
+) -> String {
+    format!(
+        r#"{source}sinks:
+  graph: {{ type: neo4j, uri: "{uri}", user: "{user}", password: "{password}", database: "{database}" }}
+pipelines:
+{pipelines}
+dead_letter:
+  path: "{dlq}"
+http:
+  enabled: false
+runtime:
+  shutdown_timeout: 10s
+"#,
+        source = source_section(pg, db, slot),
+        dlq = dir.join(format!("{slot}.dead.jsonl")).display(),
+    )
+}
+
+/// Samples the slot's confirmed_flush_lsn every `every` on client `c` (its
+/// own connection) until the returned flag is set; the task's result is
+/// every sample with the time it was taken.
+pub fn sample_confirmed_flush(
+    c: tokio_postgres::Client,
+    slot: &str,
+    every: Duration,
+) -> (std::sync::Arc<std::sync::atomic::AtomicBool>, tokio::task::JoinHandle<Vec<(std::time::Instant, u64)>>) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let slot = slot.to_string();
+    let handle = tokio::spawn(async move {
+        let mut out = Vec::new();
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            out.push((std::time::Instant::now(), confirmed_flush(&c, &slot).await));
+            tokio::time::sleep(every).await;
+        }
+        out
+    });
+    (stop, handle)
+}
+
+/// The last `n` records of a JSON-lines file (cheap on big files).
+pub fn tail_records(path: &Path, n: usize) -> Vec<Json> {
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes);
+    let complete = if text.ends_with('\n') { &text[..] } else { text.rsplit_once('\n').map(|(a, _)| a).unwrap_or("") };
+    let lines: Vec<&str> = complete.lines().collect();
+    lines[lines.len().saturating_sub(n)..].iter().filter_map(|l| serde_json::from_str(l).ok()).collect()
 }

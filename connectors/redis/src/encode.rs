@@ -85,6 +85,9 @@ pub(crate) fn encode(m: &CompiledMapping, change: &Change) -> Result<Encoded, St
     if change.op == Op::Truncate && m.kind != MappingKind::Stream {
         return Ok(Encoded { lane_key: String::new(), ops: Vec::new() });
     }
+    // A stream records the change as PostgreSQL sent it.
+    let completed = if m.kind == MappingKind::Stream { None } else { toast_from_before(change) };
+    let change = completed.as_ref().unwrap_or(change);
     let ver = version(change.position());
     let key = m.key.render(change).map_err(|e| format!("key: {e}"))?;
     let op = |code: &'static str, key: &str, sub: &str, args: Vec<Vec<u8>>| ScriptOp {
@@ -204,6 +207,33 @@ pub(crate) fn encode(m: &CompiledMapping, change: &Change) -> Result<Encoded, St
         }
     }
     Ok(Encoded { lane_key: key, ops })
+}
+
+/// An update whose unchanged TOAST columns the old row carries (with
+/// `REPLICA IDENTITY FULL` PostgreSQL sends the old row detoasted), with
+/// those columns copied into `after` and no longer listed as unchanged.
+/// `None` when there is nothing to complete. Without this a row that moved
+/// to a new key (primary key or key-template column changed) would be
+/// written there without its large columns: the stored copy is under the
+/// old key, which the same change removes.
+fn toast_from_before(change: &Change) -> Option<Change> {
+    if change.op != Op::Update || change.unchanged_toast.is_empty() {
+        return None;
+    }
+    let before = change.before.as_ref()?;
+    if !change.unchanged_toast.iter().any(|c| before.contains(c)) {
+        return None;
+    }
+    let mut filled = change.clone();
+    let after = filled.after.as_mut()?;
+    filled.unchanged_toast.retain(|col| match before.get(col) {
+        Some(v) if !after.contains(col) => {
+            after.push(Arc::clone(col), v.clone());
+            false
+        }
+        _ => true,
+    });
+    Some(filled)
 }
 
 fn after(change: &Change) -> Result<&Row, String> {
@@ -449,6 +479,29 @@ mod tests {
         c.unchanged_toast = vec!["bio".into()];
         let e = encode(&m, &c).unwrap();
         assert_eq!((e.ops[0].code, text(&e.ops[0].args)), ("S", vec![r#"{"id":1}"#.to_string(), "bio".to_string()]));
+    }
+
+    #[test]
+    fn unchanged_toast_comes_from_a_full_old_row() {
+        let m = mapping(r#"{"type":"hash","key":"item:{id}"}"#);
+        let big = Value::String("x".repeat(3000).into());
+        let mut c = change(
+            Op::Update,
+            Some(row(&[("id", num("2")), ("name", Value::String("b".into()))])),
+            Some(row(&[("id", num("1")), ("name", Value::String("a".into())), ("big", big.clone())])),
+        );
+        c.unchanged_toast = vec!["big".into()];
+        let e = encode(&m, &c).unwrap();
+        let ops: Vec<_> = e.ops.iter().map(|o| (o.code, o.key.as_str())).collect();
+        assert_eq!(ops, [("D", "item:1"), ("H", "item:2")]);
+        assert_eq!(
+            text(&e.ops[1].args),
+            ["6".to_string(), "id".into(), "2".into(), "name".into(), "b".into(), "big".into(), "x".repeat(3000)]
+        );
+        // Without the old row the column stays unchanged (left as stored).
+        c.before = Some(row(&[("id", num("1"))]));
+        let e = encode(&m, &c).unwrap();
+        assert_eq!(text(&e.ops[1].args), ["4", "id", "2", "name", "b"]);
     }
 
     #[test]

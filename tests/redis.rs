@@ -1,0 +1,522 @@
+//! End-to-end: PostgreSQL -> `pgfanout run` -> Redis, against a real
+//! PostgreSQL 15 cluster and a real redis-server started for each test.
+//!
+//! The oracle is always PostgreSQL: after a workload, what every mapping
+//! implies is computed from the final table contents and compared with the
+//! keys in Redis, exactly (no missing key, no extra key besides the sink's
+//! own `pgfanout:v:*` version hashes). Faults (a Redis outage, SIGKILL of
+//! the daemon) must not change that outcome, and the slot's
+//! confirmed_flush_lsn must never pass a change Redis did not have.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value as Json;
+use testkit::RedisServer;
+
+const SCHEMA: &str = "
+    CREATE TABLE products (id int PRIMARY KEY, category_id int NOT NULL, price numeric(10,2) NOT NULL,
+                           name text NOT NULL, big text);
+    ALTER TABLE products ALTER COLUMN big SET STORAGE EXTERNAL;
+    -- Set and sorted-set members are keyed by category_id: deletes and
+    -- category moves need the old row.
+    ALTER TABLE products REPLICA IDENTITY FULL;
+    CREATE TABLE cart_items (user_id int NOT NULL, product_id int NOT NULL, quantity int NOT NULL,
+                             PRIMARY KEY (user_id, product_id));";
+
+/// Maximum length of the change stream (approximate trimming).
+const STREAM_MAXLEN: usize = 50;
+
+/// Every mapping type that runs without modules, on the two tables.
+fn pipelines() -> String {
+    format!(
+        r#"
+  - name: product-hash
+    from: public.products
+    to: cache
+    redis: {{ type: hash, key: "product:{{id}}" }}
+  - name: product-json
+    from: public.products
+    to: cache
+    redis: {{ type: string, key: "product:{{id}}:json" }}
+  - name: product-price
+    from: public.products
+    to: cache
+    redis: {{ type: string, key: "product:{{id}}:price", column: price }}
+  - name: product-big
+    from: public.products
+    to: cache
+    redis: {{ type: string, key: "product:{{id}}:big", column: big }}
+  - name: category-set
+    from: public.products
+    to: cache
+    redis: {{ type: set, key: "category:{{category_id}}:products", member: "{{id}}" }}
+  - name: category-by-price
+    from: public.products
+    to: cache
+    redis: {{ type: sorted_set, key: "category:{{category_id}}:by_price", member: "{{id}}", score: price }}
+  - name: product-changes
+    from: public.products
+    to: cache
+    redis: {{ type: stream, key: "products:changes", maxlen: {STREAM_MAXLEN} }}
+  - name: carts
+    from: public.cart_items
+    to: cache
+    redis: {{ type: hash, key: "cart:{{user_id}}", field: "{{product_id}}", value: "{{quantity}}", ttl: 7d }}"#
+    )
+}
+
+async fn cluster(db: &str) -> (PgCluster, tokio_postgres::Client) {
+    let pg = tokio::task::spawn_blocking(|| PgCluster::start_with(&[("wal_sender_timeout", "4s")])).await.unwrap();
+    pg.create_database(db).await;
+    let c = pg.client(db).await;
+    (pg, c)
+}
+
+/// A small deterministic generator (xorshift64*): the same seed gives the
+/// same workload, so a failure can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) % n
+    }
+}
+
+/// The mixed workload: inserts, updates that leave the TOASTed `big` column
+/// unchanged, updates of `big`, category moves, primary-key changes, deletes,
+/// and cart lines added, changed, moved to another product and removed.
+/// It tracks which product ids exist so most statements hit a row.
+struct Workload {
+    rng: Rng,
+    live: Vec<i32>,
+    next_id: i32,
+    seq: u64,
+}
+
+impl Workload {
+    fn new(seed: u64) -> Workload {
+        Workload { rng: Rng(seed | 1), live: Vec::new(), next_id: 1, seq: 0 }
+    }
+
+    /// A value stored out of line: STORAGE EXTERNAL and over 2 kB.
+    fn big(&mut self) -> String {
+        self.seq += 1;
+        format!("'big-{}-{}'", self.seq, "abcdefghijklmnopqrstuvwxyz0123456789".repeat(80))
+    }
+
+    fn price(&mut self) -> String {
+        format!("{}.{:02}", 1 + self.rng.below(500), self.rng.below(100))
+    }
+
+    fn pick(&mut self) -> Option<i32> {
+        (!self.live.is_empty()).then(|| self.live[self.rng.below(self.live.len() as u64) as usize])
+    }
+
+    fn statement(&mut self) -> String {
+        let live = self.pick();
+        match (self.rng.below(12), live) {
+            (0..=2, _) | (_, None) => {
+                let id = self.next_id;
+                self.next_id += 1;
+                self.live.push(id);
+                let big = if self.rng.below(3) == 0 { "NULL".to_string() } else { self.big() };
+                let (cat, price) = (1 + self.rng.below(5), self.price());
+                format!("INSERT INTO products VALUES ({id}, {cat}, {price}, 'product {id}', {big})")
+            }
+            // Leaves `big` unchanged: sent as an unchanged TOAST column.
+            (3 | 4, Some(id)) => format!("UPDATE products SET price = {}, name = name || '+' WHERE id = {id}", self.price()),
+            (5, Some(id)) => {
+                let big = if self.rng.below(4) == 0 { "NULL".to_string() } else { self.big() };
+                format!("UPDATE products SET big = {big} WHERE id = {id}")
+            }
+            (6, Some(id)) => format!("UPDATE products SET category_id = {} WHERE id = {id}", 1 + self.rng.below(5)),
+            (7, Some(id)) => {
+                let new = self.next_id;
+                self.next_id += 1;
+                self.live.retain(|&x| x != id);
+                self.live.push(new);
+                format!("UPDATE products SET id = {new} WHERE id = {id}")
+            }
+            (8, Some(id)) => {
+                self.live.retain(|&x| x != id);
+                format!("DELETE FROM products WHERE id = {id}")
+            }
+            (9, _) => {
+                let (u, p, q) = (1 + self.rng.below(8), 1 + self.rng.below(30), 1 + self.rng.below(5));
+                format!(
+                    "INSERT INTO cart_items VALUES ({u}, {p}, {q}) ON CONFLICT (user_id, product_id) DO UPDATE SET quantity = excluded.quantity"
+                )
+            }
+            (10, _) => {
+                let (u, p, new) = (1 + self.rng.below(8), 1 + self.rng.below(30), 1 + self.rng.below(30));
+                if self.rng.below(2) == 0 {
+                    format!("DELETE FROM cart_items WHERE user_id = {u} AND product_id = {p}")
+                } else {
+                    // A primary-key change: the old field must go.
+                    format!(
+                        "UPDATE cart_items SET product_id = {new} WHERE user_id = {u} AND product_id = {p}
+                         AND NOT EXISTS (SELECT 1 FROM cart_items WHERE user_id = {u} AND product_id = {new})"
+                    )
+                }
+            }
+            _ => format!("UPDATE cart_items SET quantity = quantity + 1 WHERE user_id = {}", 1 + self.rng.below(8)),
+        }
+    }
+
+    /// One transaction of one to three statements.
+    fn transaction(&mut self) -> String {
+        let n = 1 + self.rng.below(3);
+        let body: Vec<String> = (0..n).map(|_| self.statement()).collect();
+        format!("BEGIN; {}; COMMIT;", body.join("; "))
+    }
+
+    async fn run(&mut self, c: &tokio_postgres::Client, txns: usize) {
+        for _ in 0..txns {
+            let sql = self.transaction();
+            c.batch_execute(&sql).await.unwrap_or_else(|e| panic!("workload: {e}\n{sql}"));
+        }
+    }
+}
+
+/// Waits until the slot confirmed everything written so far: every change
+/// is then durable in Redis (the ack rule), so Redis can be compared.
+async fn wait_confirmed(c: &tokio_postgres::Client, slot: &str, d: &Daemon, timeout: Duration) {
+    let end = insert_lsn(c).await;
+    let start = Instant::now();
+    while confirmed_flush(c, slot).await < end {
+        if start.elapsed() > timeout {
+            panic!("confirmed_flush_lsn did not reach {end:X} in {timeout:?}\n--- daemon log ---\n{}", d.log());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// What Redis holds for one key, in a comparable form.
+#[derive(Debug, PartialEq)]
+enum Stored {
+    Hash(BTreeMap<String, String>),
+    /// A string holding JSON, parsed.
+    Json(Json),
+    Set(BTreeSet<String>),
+    /// member -> score.
+    Zset(BTreeMap<String, f64>),
+}
+
+/// Reads one key of a type known from its name.
+fn read_key(redis: &RedisServer, key: &str) -> Stored {
+    let kind = redis.cmd(&["TYPE", key]).text();
+    match kind.as_str() {
+        "hash" => Stored::Hash(redis.cmd(&["HGETALL", key]).pairs().into_iter().collect()),
+        "string" => {
+            let text = redis.cmd(&["GET", key]).text();
+            Stored::Json(serde_json::from_str(&text).unwrap_or_else(|e| panic!("{key} holds no JSON ({e}): {text}")))
+        }
+        "set" => Stored::Set(redis.cmd(&["SMEMBERS", key]).array().iter().map(|m| m.text()).collect()),
+        "zset" => Stored::Zset(
+            redis.cmd(&["ZRANGE", key, "0", "-1", "WITHSCORES"]).pairs().into_iter().map(|(m, s)| (m, s.parse().expect("score"))).collect(),
+        ),
+        other => panic!("{key} has unexpected type {other}"),
+    }
+}
+
+/// What the mappings of [`pipelines`] imply for the final table contents,
+/// for every key but the stream.
+async fn expected_keys(c: &tokio_postgres::Client) -> BTreeMap<String, Stored> {
+    let mut want = BTreeMap::new();
+    let rows = c.query("SELECT id, category_id, price::float8, to_jsonb(p)::text FROM products p", &[]).await.unwrap();
+    for r in &rows {
+        let (id, cat, price): (i32, i32, f64) = (r.get(0), r.get(1), r.get(2));
+        let doc: Json = serde_json::from_str(r.get(3)).unwrap();
+        want.insert(format!("product:{id}:json"), Stored::Json(doc.clone()));
+        want.insert(format!("product:{id}:price"), Stored::Json(doc["price"].clone()));
+        want.insert(format!("product:{id}:big"), Stored::Json(doc["big"].clone()));
+        match want.entry(format!("category:{cat}:products")).or_insert_with(|| Stored::Set(BTreeSet::new())) {
+            Stored::Set(s) => s.insert(id.to_string()),
+            _ => unreachable!(),
+        };
+        match want.entry(format!("category:{cat}:by_price")).or_insert_with(|| Stored::Zset(BTreeMap::new())) {
+            Stored::Zset(z) => z.insert(id.to_string(), price),
+            _ => unreachable!(),
+        };
+    }
+    // Hash of the whole row: one field per non-NULL column, scalars as text.
+    let fields = c
+        .query("SELECT p.id, e.key, e.value #>> '{}' FROM products p, jsonb_each(to_jsonb(p)) e WHERE e.value <> 'null'::jsonb", &[])
+        .await
+        .unwrap();
+    for r in &fields {
+        let id: i32 = r.get(0);
+        match want.entry(format!("product:{id}")).or_insert_with(|| Stored::Hash(BTreeMap::new())) {
+            Stored::Hash(h) => h.insert(r.get(1), r.get(2)),
+            _ => unreachable!(),
+        };
+    }
+    for r in &c.query("SELECT user_id, product_id, quantity FROM cart_items", &[]).await.unwrap() {
+        let (u, p, q): (i32, i32, i32) = (r.get(0), r.get(1), r.get(2));
+        match want.entry(format!("cart:{u}")).or_insert_with(|| Stored::Hash(BTreeMap::new())) {
+            Stored::Hash(h) => h.insert(p.to_string(), q.to_string()),
+            _ => unreachable!(),
+        };
+    }
+    want
+}
+
+/// Asserts that Redis holds exactly what the mappings imply for the final
+/// tables: the same keys (besides version hashes and the stream), the same
+/// contents, and a change stream consistent with the tables.
+async fn assert_redis_matches_tables(c: &tokio_postgres::Client, redis: &RedisServer, d: &Daemon) {
+    let want = expected_keys(c).await;
+    let keys: BTreeSet<String> = redis.keys().into_iter().filter(|k| !k.starts_with("pgfanout:v:") && k != "products:changes").collect();
+    let want_keys: BTreeSet<String> = want.keys().cloned().collect();
+    let missing: Vec<_> = want_keys.difference(&keys).collect();
+    let extra: Vec<_> = keys.difference(&want_keys).collect();
+    let dead = std::fs::read_to_string(d.config_path.with_file_name("redis.dead.jsonl")).unwrap_or_default();
+    assert!(missing.is_empty() && extra.is_empty(), "missing keys {missing:?}, extra keys {extra:?}\ndead letters: {dead}\n{}", d.log());
+    let mut wrong = Vec::new();
+    for (key, expected) in &want {
+        let got = read_key(redis, key);
+        if &got != expected {
+            wrong.push(format!("{key}:\n  redis:    {got:?}\n  postgres: {expected:?}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{} keys differ from the tables:\n{}\ndead letters: {dead}", wrong.len(), wrong.join("\n"));
+    assert!(dead.is_empty(), "nothing is dead-lettered:\n{dead}");
+    // The cart mapping has a TTL, refreshed on every write.
+    for key in want.keys().filter(|k| k.starts_with("cart:")) {
+        let ttl = redis.cmd(&["TTL", key]).int();
+        assert!(ttl > 6 * 86_400 && ttl <= 7 * 86_400, "{key}: TTL {ttl}");
+    }
+    assert_stream(c, redis).await;
+}
+
+/// The stream is a suffix of the change sequence: its entries are in
+/// commit order without duplicates, it is trimmed near MAXLEN, and for every
+/// product id it mentions, the last entry is the row's final state.
+async fn assert_stream(c: &tokio_postgres::Client, redis: &RedisServer) {
+    let entries = redis.cmd(&["XRANGE", "products:changes", "-", "+"]).array();
+    assert!(entries.len() >= STREAM_MAXLEN && entries.len() <= STREAM_MAXLEN + 100, "stream length {}", entries.len());
+    let mut last_pos = (0u64, 0u64);
+    let mut seen = BTreeSet::new();
+    let mut state: BTreeMap<i64, Option<Json>> = BTreeMap::new();
+    for e in &entries {
+        let fields: BTreeMap<String, String> = e.array()[1].pairs().into_iter().collect();
+        let rec: Json = serde_json::from_str(&fields["change"]).expect("change JSON");
+        assert_eq!(fields["op"], rec["op"].as_str().unwrap());
+        assert_eq!(fields["table"], "public.products");
+        let pos = (lsn(rec["commit_lsn"].as_str().unwrap()), lsn(rec["lsn"].as_str().unwrap()));
+        assert!(pos.0 >= last_pos.0, "stream entries out of commit order: {rec}");
+        assert!(seen.insert(pos), "duplicate stream entry: {rec}");
+        last_pos = pos;
+        match rec["op"].as_str().unwrap() {
+            "delete" => {
+                state.insert(rec["key"]["id"].as_i64().unwrap(), None);
+            }
+            _ => {
+                let old = rec["before"]["id"].as_i64();
+                let new = rec["after"]["id"].as_i64().unwrap();
+                if let Some(old) = old.filter(|&o| o != new) {
+                    state.insert(old, None);
+                }
+                state.insert(new, Some(rec.clone()));
+            }
+        }
+    }
+    let rows: BTreeMap<i64, Json> = c
+        .query("SELECT id::int8, to_jsonb(p)::text FROM products p", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), serde_json::from_str(r.get::<_, &str>(1)).unwrap()))
+        .collect();
+    for (id, last) in state {
+        match (last, rows.get(&id)) {
+            (None, None) => {}
+            (Some(rec), Some(row)) => {
+                // Columns not sent (unchanged TOAST) are absent from `after`.
+                let after = rec["after"].as_object().unwrap();
+                for (col, v) in row.as_object().unwrap() {
+                    let toast = rec["unchanged_toast"].as_array().is_some_and(|a| a.iter().any(|c| c == col));
+                    if !toast {
+                        assert_eq!(after.get(col), Some(v), "stream: product {id} column {col}: {rec}");
+                    }
+                }
+            }
+            (last, row) => panic!("stream: product {id} last entry {last:?} but table row {row:?}"),
+        }
+    }
+}
+
+async fn start(db: &str, persistent: bool) -> (PgCluster, tokio_postgres::Client, RedisServer, tempfile::TempDir) {
+    let (pg, c) = cluster(db).await;
+    c.batch_execute(SCHEMA).await.unwrap();
+    let redis = if persistent { RedisServer::start_persistent() } else { RedisServer::start() };
+    (pg, c, redis, scratch())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_workload_every_mapping_equals_tables() {
+    let (pg, c, redis, dir) = start("mixed", false).await;
+    let cfg = redis_config(&pg, "mixed", "redis", &redis.url(), &pipelines(), dir.path());
+    let mut d = Daemon::start(bin(), dir.path(), "mixed", &cfg);
+    testkit::wait_for(Duration::from_secs(30), "slot", || async { confirmed_flush(&c, "redis").await > 0 }).await;
+    let mut w = Workload::new(42);
+    w.run(&c, 400).await;
+    wait_confirmed(&c, "redis", &d, Duration::from_secs(40)).await;
+    assert_redis_matches_tables(&c, &redis, &d).await;
+    let n: i64 = c.query_one("SELECT count(*) FROM products WHERE big IS NOT NULL", &[]).await.unwrap().get(0);
+    assert!(n > 10, "the workload kept TOASTed values ({n})");
+    assert!(d.is_running());
+    d.signal("TERM");
+    assert_eq!(d.wait(Duration::from_secs(20)).and_then(|s| s.code()), Some(0), "{}", d.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_mapping_without_redisjson_exits_1() {
+    let (pg, c, redis, dir) = start("json", false).await;
+    let pipelines = r#"
+  - name: docs
+    from: public.products
+    to: cache
+    redis: { type: json, key: "product:{id}" }"#;
+    let mut d = Daemon::start(bin(), dir.path(), "json", &redis_config(&pg, "json", "json", &redis.url(), pipelines, dir.path()));
+    let status = d.wait(Duration::from_secs(30)).expect("pgfanout exits");
+    let log = d.log();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("RedisJSON"), "the error names the missing module:\n{log}");
+    drop(c);
+}
+
+/// Runs the workload in a task that can be paused between transactions.
+struct Writer {
+    paused: Arc<AtomicBool>,
+    idle: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<usize>,
+}
+
+impl Writer {
+    async fn spawn(pg: &PgCluster, db: &str, seed: u64, txns: usize, pause: Duration) -> Writer {
+        let c = pg.client(db).await;
+        let paused = Arc::new(AtomicBool::new(false));
+        let idle = Arc::new(AtomicBool::new(false));
+        let (p, i) = (paused.clone(), idle.clone());
+        let task = tokio::spawn(async move {
+            let mut w = Workload::new(seed);
+            let mut done = 0;
+            while done < txns {
+                if p.load(Ordering::SeqCst) {
+                    i.store(true, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                }
+                i.store(false, Ordering::SeqCst);
+                w.run(&c, 1).await;
+                done += 1;
+                tokio::time::sleep(pause).await;
+            }
+            done
+        });
+        Writer { paused, idle, task }
+    }
+
+    /// Stops between transactions; returns once no transaction is open.
+    async fn pause(&self) {
+        self.paused.store(true, Ordering::SeqCst);
+        testkit::wait_for(Duration::from_secs(10), "the writer to pause", || {
+            let idle = self.idle.load(Ordering::SeqCst);
+            async move { idle }
+        })
+        .await;
+    }
+
+    fn resume(&self) {
+        self.paused.store(false, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_loses_nothing_and_holds_the_slot() {
+    let (pg, c, redis, dir) = start("outage", true).await;
+    let cfg = redis_config(&pg, "outage", "redis", &redis.url(), &pipelines(), dir.path());
+    let d = Daemon::start(bin(), dir.path(), "outage", &cfg);
+    testkit::wait_for(Duration::from_secs(30), "slot", || async { confirmed_flush(&c, "redis").await > 0 }).await;
+
+    // confirmed_flush_lsn sampled every 100 ms, with the time the query started.
+    let samples: Arc<Mutex<Vec<(Instant, u64)>>> = Arc::default();
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let (c2, samples, sampling) = (pg.client("outage").await, samples.clone(), sampling.clone());
+        tokio::spawn(async move {
+            while sampling.load(Ordering::SeqCst) {
+                let at = Instant::now();
+                let flush = confirmed_flush(&c2, "redis").await;
+                samples.lock().unwrap().push((at, flush));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+
+    let writer = Writer::spawn(&pg, "outage", 7, 700, Duration::from_millis(10)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Everything up to `before_stop` may reach Redis before it goes down;
+    // nothing written after it can.
+    writer.pause().await;
+    let before_stop = insert_lsn(&c).await;
+    tokio::task::block_in_place(|| redis.stop());
+    let down_at = Instant::now();
+    writer.resume();
+    let written_before = c.query_one("SELECT count(*) FROM products", &[]).await.unwrap().get::<_, i64>(0);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let during = insert_lsn(&c).await;
+    let up_at = Instant::now();
+    tokio::task::block_in_place(|| redis.start_server());
+    assert!(during > before_stop, "the workload went on during the outage");
+    let done = writer.task.await.unwrap();
+    assert_eq!(done, 700);
+    wait_confirmed(&c, "redis", &d, Duration::from_secs(40)).await;
+    sampling.store(false, Ordering::SeqCst);
+    sampler.await.unwrap();
+
+    let samples = samples.lock().unwrap().clone();
+    let down: Vec<u64> = samples.iter().filter(|(t, _)| *t >= down_at && *t < up_at).map(|s| s.1).collect();
+    assert!(down.len() >= 30, "sampled during the outage: {}", down.len());
+    let max_down = down.iter().copied().max().unwrap_or(0);
+    assert!(max_down <= before_stop, "confirmed_flush_lsn {max_down:X} passed {before_stop:X} while Redis was down\n{}", d.log());
+    let after_up = samples.iter().filter(|(t, _)| *t >= up_at).map(|s| s.1).max().unwrap_or(0);
+    assert!(after_up > before_stop, "confirmed_flush_lsn advanced after the restart ({after_up:X})");
+    let flush_never_decreased = samples.windows(2).all(|w| w[0].1 <= w[1].1);
+    assert!(flush_never_decreased, "confirmed_flush_lsn moved backwards");
+    assert!(written_before > 0);
+    assert_redis_matches_tables(&c, &redis, &d).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_twice_mid_workload_converges() {
+    let (pg, c, redis, dir) = start("kill", false).await;
+    let cfg = redis_config(&pg, "kill", "redis", &redis.url(), &pipelines(), dir.path());
+    let mut d = Daemon::start(bin(), dir.path(), "kill", &cfg);
+    testkit::wait_for(Duration::from_secs(30), "slot", || async { confirmed_flush(&c, "redis").await > 0 }).await;
+    let writer = Writer::spawn(&pg, "kill", 99, 900, Duration::from_millis(5)).await;
+    for round in 0..2 {
+        // Let some changes reach Redis (and some confirmations happen), then kill.
+        let base = confirmed_flush(&c, "redis").await;
+        testkit::wait_for(Duration::from_secs(30), "progress before the kill", || async { confirmed_flush(&c, "redis").await > base })
+            .await;
+        tokio::time::sleep(Duration::from_millis(700 + 300 * round)).await;
+        d.kill9();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        d.spawn(bin());
+    }
+    assert_eq!(writer.task.await.unwrap(), 900);
+    wait_confirmed(&c, "redis", &d, Duration::from_secs(40)).await;
+    assert_redis_matches_tables(&c, &redis, &d).await;
+    assert!(d.is_running());
+}
