@@ -5,9 +5,13 @@
 //! one row per (slot, table): `initial-running` while the first snapshot of
 //! a new slot is copied, `added-running` while a table added to the config
 //! later is copied, `done` afterwards. A crash during the initial snapshot
-//! leaves `initial-running` rows: the next start drops the half-made slot and
-//! begins again (streaming from it would leave a gap). A crash while copying
-//! added tables just copies those tables again.
+//! leaves `initial-running` rows and a slot that has confirmed nothing past
+//! its consistent point: the next start copies every table again under a
+//! fresh snapshot (versioned at an LSN taken before it) and then streams from
+//! the slot, so changes made meanwhile — deletes of rows the interrupted copy
+//! already delivered included — still arrive. (Dropping the slot and
+//! starting over would lose those deletes.) A crash while copying added
+//! tables copies those tables again.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -99,16 +103,7 @@ async fn prepare_once(opts: &PgConnectOptions, pg: &PostgresSourceConfig, router
     if snapshots {
         snapshot::ensure_state_table(&sql).await?;
     }
-    let mut info = slot::slot_info(&sql, &pg.slot).await?;
-    if let (true, Some(_)) = (snapshots, &info) {
-        let state = snapshot::snapshot_state(&sql, &pg.slot).await?;
-        if state.iter().any(|(_, s, _)| s == STATE_INITIAL_RUNNING) {
-            warn!(slot = %pg.slot, "the initial snapshot was interrupted; dropping the half-made slot and starting the snapshot again");
-            sql.execute("SELECT pg_drop_replication_slot($1)", &[&pg.slot]).await?;
-            snapshot::clear_state(&sql, &pg.slot).await?;
-            info = None;
-        }
-    }
+    let info = slot::slot_info(&sql, &pg.slot).await?;
     match info {
         Some(info) => {
             slot::check_slot(&pg.slot, &info, &opts.dbname)?;
@@ -118,22 +113,34 @@ async fn prepare_once(opts: &PgConnectOptions, pg: &PostgresSourceConfig, router
                 return Ok(Prepared { start, snapshot: None });
             }
             let state = snapshot::snapshot_state(&sql, &pg.slot).await?;
+            let interrupted = state.iter().any(|(_, s, _)| s == STATE_INITIAL_RUNNING);
             let done: HashSet<&TableName> = state.iter().filter(|(_, s, _)| s == STATE_DONE).map(|(t, _, _)| t).collect();
-            let added: Vec<TableName> = tables.iter().filter(|t| !done.contains(t)).cloned().collect();
+            let added: Vec<TableName> =
+                tables.iter().filter(|t| interrupted || !done.contains(t)).cloned().collect();
             if added.is_empty() {
                 return Ok(Prepared { start, snapshot: None });
             }
+            let running_state = if interrupted {
+                // The slot has confirmed nothing past its consistent point,
+                // so streaming from it after a new copy leaves no gap, and
+                // rows deleted meanwhile (copied by the interrupted run)
+                // are deleted by the stream.
+                warn!(slot = %pg.slot, confirmed_flush_lsn = %start, "the initial snapshot was interrupted; copying every table again under a new snapshot, then streaming from the slot's consistent point");
+                STATE_INITIAL_RUNNING
+            } else {
+                STATE_ADDED_RUNNING
+            };
             // Version first, then publish, then copy under a later snapshot:
             // rows changed after `version` are in the copy or streamed with
             // a newer position, and nothing falls between.
             let version = current_lsn(&sql).await?;
             add_to_publication(&sql, &pg.publication, &added).await?;
-            snapshot::mark_tables(&sql, &pg.slot, &added, STATE_ADDED_RUNNING, version).await?;
+            snapshot::mark_tables(&sql, &pg.slot, &added, running_state, version).await?;
             let names = added.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ");
             info!(tables = %names, version = %version, "tables new to this slot will be snapshotted before streaming resumes");
             Ok(Prepared {
                 start,
-                snapshot: Some(SnapshotPlan { tables: added, version, snapshot_name: None, exporter: None, running_state: STATE_ADDED_RUNNING }),
+                snapshot: Some(SnapshotPlan { tables: added, version, snapshot_name: None, exporter: None, running_state }),
             })
         }
         None => {

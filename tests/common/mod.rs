@@ -81,10 +81,8 @@ pub fn wait_lines(path: &Path, n: usize, timeout: Duration, daemon: &Daemon) {
 
 /// The slot's confirmed_flush_lsn as a number.
 pub async fn confirmed_flush(c: &tokio_postgres::Client, slot: &str) -> u64 {
-    let row = c
-        .query_opt("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
-        .await
-        .expect("query slot");
+    let row =
+        c.query_opt("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", &[&slot]).await.expect("query slot");
     row.and_then(|r| r.get::<_, Option<String>>(0)).map(|s| lsn(&s)).unwrap_or(0)
 }
 
@@ -114,10 +112,8 @@ pub fn final_state(recs: &[Json], table: &str) -> HashMap<String, Option<Json>> 
 
 /// `{key json text -> to_jsonb(row)}` from PostgreSQL for a table keyed by `id`.
 pub async fn table_state(c: &tokio_postgres::Client, table: &str) -> HashMap<String, Option<Json>> {
-    let rows = c
-        .query(&format!("SELECT jsonb_build_object('id', id)::text, to_jsonb(t)::text FROM {table} t"), &[])
-        .await
-        .expect("read table");
+    let rows =
+        c.query(&format!("SELECT jsonb_build_object('id', id)::text, to_jsonb(t)::text FROM {table} t"), &[]).await.expect("read table");
     rows.iter()
         .map(|r| {
             let k: Json = serde_json::from_str(&r.get::<_, String>(0)).expect("key json");
