@@ -27,3 +27,8 @@ pub use config::{
 pub use debezium::{op_code, write_envelope};
 pub use encode::header;
 pub use sink::{client_config, KafkaSink};
+
+/// The rdkafka this sink is built on, so code that reads topics back (the
+/// daemon's end-to-end tests, tools) uses the same librdkafka build without
+/// a second copy of the dependency.
+pub use rdkafka;

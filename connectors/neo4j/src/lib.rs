@@ -32,3 +32,7 @@ pub use config::{
     VERSION_PROPERTY,
 };
 pub use sink::Neo4jSink;
+
+/// The neo4rs this sink is built on, so code that reads the graph back (the
+/// daemon's end-to-end tests, tools) uses the same client version.
+pub use neo4rs;

@@ -1,0 +1,433 @@
+//! End-to-end: PostgreSQL -> `pgfanout run` -> a Bolt graph database
+//! (ArcadeDB from testkit), read back with neo4rs.
+//!
+//! The e-commerce purchase graph: `users` and `products` rows become `User`
+//! and `Product` nodes, `order_items` rows become `BOUGHT` relationships. The
+//! truth is the tables themselves: once the slot has confirmed the whole
+//! workload (the daemon's claim that every change is durable in the graph),
+//! the graph must hold exactly the nodes and relationships the final tables
+//! imply, and "users who bought X also bought" must answer what SQL answers.
+#![cfg(feature = "neo4j")]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use pgfanout_neo4j::neo4rs::{query, ConfigBuilder, Graph};
+use serde_json::{json, Value as Json};
+use testkit::BoltServer;
+
+const SCHEMA: &str = "
+CREATE TABLE users (id int PRIMARY KEY, email text NOT NULL, name text);
+CREATE TABLE products (id int PRIMARY KEY, name text NOT NULL, price numeric(10,2) NOT NULL, cost_price numeric(10,2));
+CREATE TABLE order_items (id int PRIMARY KEY, order_id int NOT NULL,
+    user_id int NOT NULL REFERENCES users ON DELETE CASCADE,
+    product_id int NOT NULL REFERENCES products ON DELETE CASCADE,
+    quantity int NOT NULL);
+";
+
+/// The three pipelines of the purchase graph (products without their cost).
+const PIPELINES: &str = r#"  - name: users
+    from: public.users
+    to: graph
+    neo4j: { node: { label: User, key: { id: id } } }
+  - name: products
+    from: public.products
+    to: graph
+    neo4j: { node: { label: Product, key: { id: id }, properties: { name: name, price: price } } }
+  - name: purchases
+    from: public.order_items
+    to: graph
+    neo4j:
+      relationship:
+        type: BOUGHT
+        from: { label: User, key: { id: user_id } }
+        to: { label: Product, key: { id: product_id } }"#;
+
+/// PostgreSQL with [`SCHEMA`] in `db`, ArcadeDB, and a daemon streaming
+/// into it (started once the slot exists).
+async fn setup(db: &str) -> (PgCluster, tokio_postgres::Client, BoltServer, tempfile::TempDir, Daemon) {
+    let pg = tokio::task::spawn_blocking(|| PgCluster::start_with(&[("wal_sender_timeout", "4s")])).await.unwrap();
+    pg.create_database(db).await;
+    let c = pg.client(db).await;
+    c.batch_execute(SCHEMA).await.unwrap();
+    let server = tokio::task::spawn_blocking(BoltServer::start).await.unwrap();
+    let dir = scratch();
+    let cfg = neo4j_config(&pg, db, db, &server.uri(), &server.user, &server.password, &server.database, PIPELINES, dir.path());
+    let d = Daemon::start(bin(), dir.path(), db, &cfg);
+    let slot = db.to_string();
+    testkit::wait_for(Duration::from_secs(60), "slot", || async { confirmed_flush(&c, &slot).await > 0 }).await;
+    (pg, c, server, dir, d)
+}
+
+async fn graph(server: &BoltServer) -> Graph {
+    let cfg = ConfigBuilder::new()
+        .uri(server.uri())
+        .user(server.user.as_str())
+        .password(server.password.as_str())
+        .db(server.database.as_str())
+        .build()
+        .expect("client config");
+    Graph::connect(cfg).await.expect("client connects")
+}
+
+/// A small deterministic generator (xorshift).
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
+    }
+}
+
+/// The shop's activity: purchases mostly, quantity changes, purchases
+/// moved to another product or buyer, cancelled purchases, renamed and
+/// repriced products, renamed users (sometimes to NULL), new users and
+/// products, and a few deleted users and products (their purchases go with
+/// them, by cascade).
+struct Shop {
+    rng: Rng,
+    users: Vec<i32>,
+    products: Vec<i32>,
+    /// order item id -> (user, product)
+    items: BTreeMap<i32, (i32, i32)>,
+    next_user: i32,
+    next_product: i32,
+    next_item: i32,
+}
+
+impl Shop {
+    fn new(seed: u64) -> Shop {
+        Shop { rng: Rng(seed | 1), users: Vec::new(), products: Vec::new(), items: BTreeMap::new(), next_user: 1, next_product: 1, next_item: 1 }
+    }
+
+    fn pick(&mut self, list: &[i32]) -> i32 {
+        list[self.rng.below(list.len() as u64) as usize]
+    }
+
+    fn pick_item(&mut self) -> Option<i32> {
+        let n = self.items.len() as u64;
+        (n > 0).then(|| *self.items.keys().nth(self.rng.below(n) as usize).unwrap_or(&0))
+    }
+
+    fn new_user(&mut self) -> String {
+        let id = self.next_user;
+        self.next_user += 1;
+        self.users.push(id);
+        format!("INSERT INTO users VALUES ({id}, 'user{id}@shop.test', 'User {id}');")
+    }
+
+    fn new_product(&mut self) -> String {
+        let id = self.next_product;
+        self.next_product += 1;
+        self.products.push(id);
+        let r = self.rng.below(10_000);
+        format!("INSERT INTO products VALUES ({id}, 'Product {id}', {}.{:02}, {}.50);", r % 200 + 1, r % 100, r % 100)
+    }
+
+    fn purchase(&mut self) -> String {
+        let (user, product) = (self.pick(&self.users.clone()), self.pick(&self.products.clone()));
+        let id = self.next_item;
+        self.next_item += 1;
+        self.items.insert(id, (user, product));
+        format!("INSERT INTO order_items VALUES ({id}, {}, {user}, {product}, {});", 1000 + id / 3, 1 + self.rng.below(4))
+    }
+
+    /// The initial catalog and customers.
+    fn seed(&mut self, users: usize, products: usize) -> String {
+        let mut sql = String::from("BEGIN;");
+        for _ in 0..users {
+            sql += &self.new_user();
+        }
+        for _ in 0..products {
+            sql += &self.new_product();
+        }
+        sql + "COMMIT;"
+    }
+
+    fn statement(&mut self) -> String {
+        let r = self.rng.below(1000);
+        match self.rng.below(40) {
+            0..=17 => self.purchase(),
+            18..=21 => match self.pick_item() {
+                Some(id) => format!("UPDATE order_items SET quantity = quantity + 1 WHERE id = {id};"),
+                None => self.purchase(),
+            },
+            22 | 23 => match self.pick_item() {
+                Some(id) => {
+                    let p = self.pick(&self.products.clone());
+                    if let Some(item) = self.items.get_mut(&id) {
+                        item.1 = p;
+                    }
+                    format!("UPDATE order_items SET product_id = {p} WHERE id = {id};")
+                }
+                None => self.purchase(),
+            },
+            24 => match self.pick_item() {
+                Some(id) => {
+                    let u = self.pick(&self.users.clone());
+                    if let Some(item) = self.items.get_mut(&id) {
+                        item.0 = u;
+                    }
+                    format!("UPDATE order_items SET user_id = {u}, quantity = 7 WHERE id = {id};")
+                }
+                None => self.purchase(),
+            },
+            25..=27 => match self.pick_item() {
+                Some(id) => {
+                    self.items.remove(&id);
+                    format!("DELETE FROM order_items WHERE id = {id};")
+                }
+                None => self.purchase(),
+            },
+            28 | 29 => {
+                let p = self.pick(&self.products.clone());
+                format!("UPDATE products SET name = 'Product {p} v{r}', price = price + 0.25, cost_price = {r} WHERE id = {p};")
+            }
+            30 | 31 => {
+                let u = self.pick(&self.users.clone());
+                if r % 3 == 0 {
+                    format!("UPDATE users SET name = NULL WHERE id = {u};")
+                } else {
+                    format!("UPDATE users SET name = 'User {u} r{r}', email = 'u{u}-{r}@shop.test' WHERE id = {u};")
+                }
+            }
+            32 => self.new_user(),
+            33 => self.new_product(),
+            34 if self.users.len() > 10 => {
+                let u = self.pick(&self.users.clone());
+                self.users.retain(|&x| x != u);
+                self.items.retain(|_, (iu, _)| *iu != u);
+                format!("DELETE FROM users WHERE id = {u};")
+            }
+            35 if self.products.len() > 8 => {
+                let p = self.pick(&self.products.clone());
+                self.products.retain(|&x| x != p);
+                self.items.retain(|_, (_, ip)| *ip != p);
+                format!("DELETE FROM products WHERE id = {p};")
+            }
+            _ => self.purchase(),
+        }
+    }
+
+    fn txn(&mut self) -> String {
+        let n = 1 + self.rng.below(3);
+        let mut sql = String::from("BEGIN;");
+        for _ in 0..n {
+            sql += &self.statement();
+        }
+        sql + "COMMIT;"
+    }
+}
+
+/// Runs `txns` transactions of `shop`, 5 ms apart every `pause_every`
+/// (0 = never); `done` counts the committed ones.
+async fn run_shop(c: &tokio_postgres::Client, shop: &mut Shop, txns: usize, pause_every: usize, done: &AtomicUsize) {
+    for i in 0..txns {
+        c.batch_execute(&shop.txn()).await.unwrap();
+        done.fetch_add(1, Ordering::Relaxed);
+        if pause_every > 0 && i % pause_every == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// How to read one returned column.
+#[derive(Clone, Copy)]
+enum Col {
+    Int(&'static str),
+    Text(&'static str),
+    Float(&'static str),
+}
+
+/// Runs `q` and returns its rows as JSON values (null for a missing
+/// property), sorted.
+async fn cypher(g: &Graph, q: &str, cols: &[Col]) -> Vec<Vec<Json>> {
+    let mut out = Vec::new();
+    let mut rows = g.execute(query(q)).await.unwrap_or_else(|e| panic!("{q}: {e}"));
+    while let Some(r) = rows.next().await.unwrap_or_else(|e| panic!("{q}: {e}")) {
+        let row = cols
+            .iter()
+            .map(|col| match *col {
+                Col::Int(k) => r.get::<Option<i64>>(k).unwrap_or_else(|e| panic!("{q}: {k}: {e}")).map_or(Json::Null, |v| json!(v)),
+                Col::Text(k) => r.get::<Option<String>>(k).unwrap_or_else(|e| panic!("{q}: {k}: {e}")).map_or(Json::Null, |v| json!(v)),
+                Col::Float(k) => r.get::<Option<f64>>(k).unwrap_or_else(|e| panic!("{q}: {k}: {e}")).map_or(Json::Null, |v| json!(v)),
+            })
+            .collect();
+        out.push(row);
+    }
+    out.sort_by_key(|r: &Vec<Json>| r.iter().map(Json::to_string).collect::<Vec<_>>());
+    out
+}
+
+/// Runs `q` (whose columns are in `cols`' order and types) and returns the
+/// rows the same way as [`cypher`].
+async fn sql(c: &tokio_postgres::Client, q: &str, cols: &[Col]) -> Vec<Vec<Json>> {
+    let mut out: Vec<Vec<Json>> = c
+        .query(q, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{q}: {e}"))
+        .iter()
+        .map(|r| {
+            cols.iter()
+                .enumerate()
+                .map(|(i, col)| match col {
+                    Col::Int(_) => r.get::<_, Option<i64>>(i).map_or(Json::Null, |v| json!(v)),
+                    Col::Text(_) => r.get::<_, Option<String>>(i).map_or(Json::Null, |v| json!(v)),
+                    Col::Float(_) => r.get::<_, Option<f64>>(i).map_or(Json::Null, |v| json!(v)),
+                })
+                .collect()
+        })
+        .collect();
+    out.sort_by_key(|r: &Vec<Json>| r.iter().map(Json::to_string).collect::<Vec<_>>());
+    out
+}
+
+/// The graph holds exactly what the tables imply, compared per key: one
+/// User per user row with its columns, one Product per product row with
+/// name and price (and no cost_price), one BOUGHT per order item between
+/// its user and product with its columns, and no other node or
+/// relationship. Returns the number of order items compared.
+async fn assert_graph_equals_tables(g: &Graph, c: &tokio_postgres::Client) -> usize {
+    let (id, email, name, price) = (Col::Int("id"), Col::Text("email"), Col::Text("name"), Col::Float("price"));
+    let users = sql(c, "SELECT id::int8, email, name FROM users", &[id, email, name]).await;
+    let got = cypher(g, "MATCH (u:User) RETURN u.id AS id, u.email AS email, u.name AS name", &[id, email, name]).await;
+    assert_eq!(got, users, "User nodes (id, email, name)");
+
+    let products = sql(c, "SELECT id::int8, name, price::float8 FROM products", &[id, name, price]).await;
+    let got = cypher(g, "MATCH (p:Product) RETURN p.id AS id, p.name AS name, p.price AS price", &[id, name, price]).await;
+    assert_eq!(got, products, "Product nodes (id, name, price)");
+    let leaked = cypher(g, "MATCH (p:Product) WHERE p.cost_price IS NOT NULL RETURN p.id AS id", &[id]).await;
+    assert!(leaked.is_empty(), "cost_price is not mapped: {leaked:?}");
+
+    let cols = [Col::Int("id"), Col::Int("u"), Col::Int("p"), Col::Int("q"), Col::Int("o")];
+    let items = sql(c, "SELECT id::int8, user_id::int8, product_id::int8, quantity::int8, order_id::int8 FROM order_items", &cols).await;
+    let got = cypher(
+        g,
+        "MATCH (u:User)-[r:BOUGHT]->(p:Product) RETURN r.id AS id, u.id AS u, p.id AS p, r.quantity AS q, r.order_id AS o",
+        &cols,
+    )
+    .await;
+    if got != items {
+        let by_id = |rows: &[Vec<Json>]| rows.iter().map(|r| (r[0].to_string(), r.clone())).collect::<BTreeMap<_, _>>();
+        let (want, have) = (by_id(&items), by_id(&got));
+        let diff: Vec<String> = want
+            .keys()
+            .chain(have.keys())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .filter(|k| want.get(*k) != have.get(*k))
+            .map(|k| format!("item {k}: table {:?}, graph {:?}", want.get(k), have.get(k)))
+            .collect();
+        panic!("BOUGHT relationships differ from order_items ({} rows, {} relationships):\n{}", items.len(), got.len(), diff.join("\n"));
+    }
+    let n = Col::Int("n");
+    let dups = cypher(g, "MATCH ()-[r:BOUGHT]->() WITH r.id AS id, count(r) AS n WHERE n > 1 RETURN id, n", &[id, n]).await;
+    assert!(dups.is_empty(), "duplicate relationships: {dups:?}");
+    let all_rels = cypher(g, "MATCH ()-[r]->() RETURN count(r) AS n", &[n]).await;
+    assert_eq!(all_rels, vec![vec![json!(items.len())]], "no relationship beyond the order items");
+    let all_nodes = cypher(g, "MATCH (x) RETURN count(x) AS n", &[n]).await;
+    assert_eq!(all_nodes, vec![vec![json!(users.len() + products.len())]], "no node beyond users and products");
+    items.len()
+}
+
+/// "Users who bought X also bought": for every product, the other products
+/// its buyers bought and how many of them did, from the graph and from SQL.
+async fn assert_recommendations(g: &Graph, c: &tokio_postgres::Client) {
+    let products: Vec<i32> = c.query("SELECT id FROM products", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    let cols = [Col::Int("id"), Col::Int("buyers")];
+    let mut non_empty = 0;
+    for x in products {
+        let want = sql(
+            c,
+            &format!(
+                "SELECT b.product_id::int8, count(DISTINCT b.user_id)::int8 FROM order_items a JOIN order_items b ON a.user_id = b.user_id \
+                 WHERE a.product_id = {x} AND b.product_id <> {x} GROUP BY b.product_id"
+            ),
+            &cols,
+        )
+        .await;
+        let got = cypher(
+            g,
+            &format!(
+                "MATCH (:Product {{id: {x}}})<-[:BOUGHT]-(u:User)-[:BOUGHT]->(other:Product) WHERE other.id <> {x} \
+                 RETURN other.id AS id, count(DISTINCT u) AS buyers"
+            ),
+            &cols,
+        )
+        .await;
+        assert_eq!(got, want, "users who bought product {x} also bought");
+        non_empty += usize::from(!want.is_empty());
+    }
+    assert!(non_empty > 5, "the workload gives recommendations to check ({non_empty} products have some)");
+}
+
+/// Waits until the slot confirmed everything written so far, i.e. the
+/// daemon says every change is durable in the graph.
+async fn wait_confirmed_all(c: &tokio_postgres::Client, slot: &str, d: &Daemon, timeout: Duration) {
+    let end = insert_lsn(c).await;
+    let start = Instant::now();
+    while confirmed_flush(c, slot).await < end {
+        assert!(start.elapsed() < timeout, "confirmed_flush_lsn never reached {end:X}\n--- daemon log ---\n{}", d.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A mixed workload on users, products and order_items: the graph equals
+/// the tables per key, and the recommendation query answers what SQL does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purchase_graph_equals_the_tables() {
+    let (_pg, c, server, dir, d) = setup("gmix").await;
+    let mut shop = Shop::new(0x9a9a_0001);
+    c.batch_execute(&shop.seed(30, 20)).await.unwrap();
+    run_shop(&c, &mut shop, 200, 10, &AtomicUsize::new(0)).await;
+    wait_confirmed_all(&c, "gmix", &d, Duration::from_secs(60)).await;
+    let g = graph(&server).await;
+    let items = assert_graph_equals_tables(&g, &c).await;
+    assert!(items > 100, "a real purchase graph: {items} order items");
+    assert_recommendations(&g, &c).await;
+    assert_eq!(line_count(&dir.path().join("gmix.dead.jsonl")), 0, "nothing dead-lettered");
+}
+
+/// SIGKILL twice while the shop runs, restart each time: replays converge
+/// to the graph the tables imply, with no duplicate relationship.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_workload_converges_without_duplicates() {
+    let (pg, c, server, dir, mut d) = setup("gkill").await;
+    let mut shop = Shop::new(0x9a9a_0002);
+    c.batch_execute(&shop.seed(30, 20)).await.unwrap();
+    let done = Arc::new(AtomicUsize::new(0));
+    let writer = {
+        let c2 = pg.client("gkill").await;
+        let done = done.clone();
+        tokio::spawn(async move { run_shop(&c2, &mut shop, 300, 2, &done).await })
+    };
+    let mut confirmed = Vec::new();
+    for at in [80, 180] {
+        testkit::wait_for(Duration::from_secs(60), "workload progress", || {
+            let n = done.load(Ordering::Relaxed);
+            async move { n >= at }
+        })
+        .await;
+        confirmed.push(confirmed_flush(&c, "gkill").await);
+        d.kill9();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        d.spawn(bin());
+    }
+    writer.await.unwrap();
+    wait_confirmed_all(&c, "gkill", &d, Duration::from_secs(90)).await;
+    let g = graph(&server).await;
+    let items = assert_graph_equals_tables(&g, &c).await;
+    assert!(items > 150, "{items} order items");
+    assert_recommendations(&g, &c).await;
+    assert_eq!(line_count(&dir.path().join("gkill.dead.jsonl")), 0, "nothing dead-lettered");
+    assert!(d.is_running());
+    eprintln!("confirmed at the kills: {confirmed:X?}");
+}
