@@ -132,11 +132,27 @@ async fn survives_walsender_termination_and_server_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_slot_confirms_while_other_tables_take_writes() {
+    idle_slot_confirms(false).await;
+}
+
+/// Same, with the heartbeat on: the confirmed position also follows the
+/// heartbeat messages, and the daemon stays healthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_keeps_an_idle_slot_moving() {
+    idle_slot_confirms(true).await;
+}
+
+async fn idle_slot_confirms(heartbeat: bool) {
     let (pg, c) = cluster("idle").await;
     c.batch_execute("CREATE TABLE watched (id int PRIMARY KEY); CREATE TABLE busy (id serial PRIMARY KEY, v int);").await.unwrap();
     let dir = scratch();
     let out = out_path(dir.path(), "idle");
-    let d = Daemon::start(bin(), dir.path(), "idle", &file_config(&pg, "idle", "idle", &["public.watched"], &out));
+    let mut cfg = file_config(&pg, "idle", "idle", &["public.watched"], &out);
+    if heartbeat {
+        cfg = cfg.replace("    status_interval: 1s\n", "    status_interval: 1s\n    heartbeat_interval: 500ms\n");
+        assert!(cfg.contains("heartbeat_interval"));
+    }
+    let d = Daemon::start(bin(), dir.path(), "idle", &cfg);
     testkit::wait_for(Duration::from_secs(30), "slot", || async { confirmed_flush(&c, "idle").await > 0 }).await;
     let before = confirmed_flush(&c, "idle").await;
     for _ in 0..50 {
@@ -150,6 +166,9 @@ async fn idle_slot_confirms_while_other_tables_take_writes() {
     })
     .await;
     assert_eq!(line_count(&out), 0, "nothing from the unwatched table");
+    if heartbeat {
+        assert!(!d.log().contains("heartbeat failed"), "{}", d.log());
+    }
     drop(d);
 }
 

@@ -79,6 +79,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         status_interval: pg.status_interval,
         batch_size: cfg.runtime.batch_size,
         shutdown_timeout: cfg.runtime.shutdown_timeout,
+        heartbeat_interval: pg.heartbeat_interval,
     };
     let mut source =
         SourceLoop::new(settings, router, sinks.senders, tracker, dead_letters, health, shutdown_rx, sinks.names, sinks.workers);

@@ -42,6 +42,9 @@ pub struct SourceSettings {
     pub status_interval: Duration,
     pub batch_size: usize,
     pub shutdown_timeout: Duration,
+    /// When set, a non-transactional logical message is emitted this often
+    /// so the stream has something to confirm even without keepalives.
+    pub heartbeat_interval: Option<Duration>,
 }
 
 /// Why a streaming session ended without an error.
@@ -171,6 +174,8 @@ impl SourceLoop {
         info!(slot = %self.settings.slot, confirmed = %info.confirmed_flush_lsn.unwrap_or_default(), "streaming started");
         self.health.streaming.store(true, Ordering::Release);
         metrics::gauge!(m::SOURCE_STREAMING).set(1.0);
+        let heartbeat = self.settings.heartbeat_interval.map(|every| spawn_heartbeat(self.settings.opts.clone(), every));
+        let _heartbeat = HeartbeatGuard(heartbeat);
         let mut tick = tokio::time::interval(self.settings.status_interval.min(Duration::from_secs(1)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -240,6 +245,12 @@ impl SourceLoop {
                 debug!(table = %format!("{}.{}", info.schema, info.table), columns = info.columns.len(), "relation");
             }
             LogicalMessage::Type { id, .. } => self.types.invalidate(id),
+            LogicalMessage::Message { transactional: false, .. } if self.tx.is_none() => {
+                // Between transactions (a heartbeat): every transaction
+                // committed before it has been received, so when none is
+                // still in flight its position may be confirmed.
+                self.tracker.idle_position(lsn, false);
+            }
             LogicalMessage::Origin { .. } | LogicalMessage::Message { .. } => {}
             LogicalMessage::Truncate { relation_ids, .. } => {
                 let tx = self.current_tx(lsn)?;
@@ -391,4 +402,36 @@ impl SourceLoop {
             warn!(timeout = ?self.settings.shutdown_timeout, "sinks did not drain in time; unconfirmed changes will be sent again on the next start");
         }
     }
+}
+
+/// Aborts the heartbeat task when the streaming session ends.
+struct HeartbeatGuard(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for HeartbeatGuard {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            h.abort();
+        }
+    }
+}
+
+/// Emits `pg_logical_emit_message(false, 'pgfanout_heartbeat', '')` every
+/// `every`, reconnecting as needed. The message reaches this slot between
+/// transactions, so its position can be confirmed when nothing is in flight.
+fn spawn_heartbeat(opts: PgConnectOptions, every: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut client = None;
+        loop {
+            tokio::time::sleep(every).await;
+            if client.is_none() {
+                client = connect_sql(&opts).await.ok();
+            }
+            if let Some(c) = &client {
+                if let Err(e) = c.batch_execute("SELECT pg_logical_emit_message(false, 'pgfanout_heartbeat', '')").await {
+                    debug!(error = %e, "heartbeat failed");
+                    client = None;
+                }
+            }
+        }
+    })
 }
