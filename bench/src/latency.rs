@@ -13,6 +13,10 @@
 //!   commit time is `pg_xact_commit_timestamp(xmin)` of the row
 //!   (`track_commit_timestamp=on` in this cluster).
 //!
+//! This cluster runs with `synchronous_commit=on` (fsync still off): with it
+//! off, committed WAL waits up to `wal_writer_delay` (200 ms) before a
+//! walsender may send it, a delay of the server, not of any consumer.
+//!
 //! Both clocks are this machine's wall clock. pgfanout's own histogram
 //! (`pgfanout_end_to_end_latency_seconds`) is not used: it holds one sample
 //! per batch (its youngest record) in coarse buckets.
@@ -50,7 +54,11 @@ fn now_us() -> i64 {
 /// Runs the latency workload for the file sink and (when Redis runs) the
 /// Redis sink; figures: p50/p99/max latency, offered rate, CPU per row, RSS.
 pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
-    let db = Db::start(&[("track_commit_timestamp", "on")]).await?;
+    // synchronous_commit=on: with it off (as in the throughput clusters) a
+    // commit waits for the WAL writer (wal_writer_delay, 200 ms) before any
+    // walsender may send it, which would dominate every latency figure.
+    // fsync stays off, so commits remain cheap.
+    let db = Db::start(&[("track_commit_timestamp", "on"), ("synchronous_commit", "on")]).await?;
     db.exec("CREATE TABLE bench_lat (id bigint PRIMARY KEY, v int NOT NULL, note text NOT NULL)").await?;
     db.exec(&format!("CREATE PUBLICATION {PUBLICATION} FOR TABLE bench_lat")).await?;
     let mut sinks = vec![LatSink::File];
@@ -206,14 +214,19 @@ async fn one_run(ctx: &Ctx, db: &Db, sink: LatSink, run: usize) -> Result<RunRes
     })
 }
 
+/// Row id -> µs since the epoch when Redis applied it.
+type Arrivals = std::thread::JoinHandle<Result<HashMap<i64, i64>>>;
+/// (commit_ts, durable-seen time) in µs per line of the file.
+type FileSeen = std::thread::JoinHandle<Result<Vec<(i64, i64)>>>;
+
 enum Collector {
-    File(std::thread::JoinHandle<Result<Vec<(i64, i64)>>>),
-    Redis(std::thread::JoinHandle<Result<HashMap<i64, i64>>>, resp::Conn),
+    File(FileSeen),
+    Redis(Arrivals, resp::Conn),
 }
 
 /// Tails `path` until `stop` is set and no more data comes; returns
 /// (commit_ts, durable-seen time) in µs for every complete line.
-fn spawn_tailer(path: PathBuf, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Result<Vec<(i64, i64)>>> {
+fn spawn_tailer(path: PathBuf, stop: Arc<AtomicBool>) -> FileSeen {
     std::thread::spawn(move || {
         let mut f = std::fs::File::open(&path).with_context(|| format!("open {}", path.display()))?;
         let mut pending: Vec<u8> = Vec::new();
@@ -253,7 +266,7 @@ fn commit_ts_us(line: &[u8]) -> Result<i64> {
 /// Subscribes to `hset` keyevents and records when each `lat:<id>` key was
 /// written (first time only). Returns the thread and a second connection
 /// handle on the same socket to send UNSUBSCRIBE, which ends the thread.
-fn spawn_subscriber(port: u16) -> Result<(std::thread::JoinHandle<Result<HashMap<i64, i64>>>, resp::Conn)> {
+fn spawn_subscriber(port: u16) -> Result<(Arrivals, resp::Conn)> {
     let mut conn = resp::Conn::connect(port)?;
     conn.send(&["SUBSCRIBE", "__keyevent@0__:hset"])?;
     let _ = conn.read()?; // subscribe confirmation

@@ -59,8 +59,7 @@ impl Shape {
                 "TRUNCATE bench_mixed;
                  INSERT INTO bench_mixed SELECT g, g % 50, g % 2 = 0, g / 100.0, g * 0.5, 'item-' || g, now(), gen_random_uuid(),
                    jsonb_build_object('color', 'c' || (g % 7), 'tags', jsonb_build_array(g % 3, g % 5)), repeat(md5(g::text), 70)
-                 FROM generate_series(1, {p}) g;
-                 VACUUM ANALYZE bench_mixed"
+                 FROM generate_series(1, {p}) g"
             ),
         }
     }

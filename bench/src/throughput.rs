@@ -76,6 +76,7 @@ pub async fn run(ctx: &Ctx, spec: &Spec) -> Result<Vec<Figure>> {
 
     for run in 0..ctx.runs {
         db.exec(&spec.shape.reset_sql(ctx.rows)).await?;
+        db.exec(&format!("VACUUM ANALYZE {table}")).await?;
         reset_sink(ctx, spec.sink)?;
         db.prepare_drain(&[]).await?;
         let (pgf_slot, rl_slot) = (format!("pgf_{run}"), format!("rl_{run}"));
