@@ -21,6 +21,9 @@ use crate::runtime::setup::{SnapshotPlan, STATE_DONE};
 use crate::runtime::source::SourceLoop;
 use crate::runtime::worker::Item;
 
+/// When progress was last logged, and per table (rows, estimate).
+type ProgressLog = (Instant, HashMap<String, (u64, u64)>);
+
 /// How often a progress line is logged.
 const PROGRESS_LOG_EVERY: Duration = Duration::from_secs(5);
 
@@ -38,7 +41,7 @@ impl SourceLoop {
         let tables = plan.tables.clone();
         let name = plan.snapshot_name.clone();
         let version = plan.version;
-        let last_log: Arc<Mutex<(Instant, HashMap<String, (u64, u64)>)>> = Arc::new(Mutex::new((Instant::now(), HashMap::new())));
+        let last_log: Arc<Mutex<ProgressLog>> = Arc::new(Mutex::new((Instant::now(), HashMap::new())));
         let progress = move |p: TableProgress| {
             let table = p.table.to_string();
             metrics::gauge!(m::SNAPSHOT_PROGRESS_RATIO, m::LABEL_TABLE => table.clone())
