@@ -58,6 +58,11 @@ struct Args {
     /// Use this pgfanout binary instead of building the release one.
     #[arg(long)]
     pgfanout: Option<PathBuf>,
+    /// Run pgfanout under this command, split on spaces (for profiling, e.g.
+    /// "valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.%p"); its
+    /// CPU and memory figures are then the wrapper's.
+    #[arg(long)]
+    wrap: Option<String>,
 }
 
 fn main() -> Result<()> {
@@ -96,7 +101,10 @@ async fn run(args: Args, workloads: Vec<String>, bin: PathBuf) -> Result<()> {
     let tansu = tansu_bin();
     let kafka = if wants("kafka") && tansu.is_some() { Some(testkit::KafkaBroker::start()) } else { None };
     let ctx = Ctx {
-        bin: bin.clone(),
+        bin: tools::Program {
+            bin: bin.clone(),
+            wrapper: args.wrap.as_deref().map(|w| w.split_whitespace().map(String::from).collect()).unwrap_or_default(),
+        },
         dir: scratch.path().to_path_buf(),
         rows: args.rows,
         runs: args.runs,

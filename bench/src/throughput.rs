@@ -7,6 +7,7 @@
 //! preceded by `CHECKPOINT` and advancing any other slot.
 
 use std::path::{Path, PathBuf};
+
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -19,7 +20,7 @@ use crate::tools::{self, Drain, FanoutConfig};
 
 /// What every workload needs to know.
 pub struct Ctx {
-    pub bin: PathBuf,
+    pub bin: crate::tools::Program,
     pub dir: PathBuf,
     pub rows: u64,
     pub runs: usize,

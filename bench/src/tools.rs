@@ -65,6 +65,26 @@ impl FanoutConfig<'_> {
     }
 }
 
+/// The pgfanout binary, optionally run under a wrapper command (e.g.
+/// `valgrind --tool=callgrind` for a profile).
+pub struct Program {
+    pub bin: PathBuf,
+    pub wrapper: Vec<String>,
+}
+
+impl Program {
+    fn command(&self) -> Command {
+        match self.wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(&self.bin);
+                c
+            }
+            None => Command::new(&self.bin),
+        }
+    }
+}
+
 /// A running pgfanout daemon (killed on drop if still running).
 pub struct Fanout {
     child: Option<Child>,
@@ -74,13 +94,14 @@ pub struct Fanout {
 
 impl Fanout {
     /// Writes the config to `dir/<slot>.yaml` and starts `pgfanout run -c` on it.
-    pub fn spawn(bin: &Path, dir: &Path, db: &Db, cfg: &FanoutConfig) -> Result<Fanout> {
+    pub fn spawn(prog: &Program, dir: &Path, db: &Db, cfg: &FanoutConfig) -> Result<Fanout> {
         let config_path = dir.join(format!("{}.yaml", cfg.slot));
         std::fs::write(&config_path, cfg.yaml(db, dir)).context("write pgfanout config")?;
         let log_path = dir.join(format!("{}.log", cfg.slot));
         let log = std::fs::File::create(&log_path).context("create pgfanout log")?;
         let started = Instant::now();
-        let child = Command::new(bin)
+        let child = prog
+            .command()
             .args(["run", "-c"])
             .arg(&config_path)
             .env("PGFANOUT_LOG", "warn")
@@ -88,7 +109,7 @@ impl Fanout {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .with_context(|| format!("spawn {}", bin.display()))?;
+            .with_context(|| format!("spawn {}", prog.bin.display()))?;
         Ok(Fanout { child: Some(child), log_path, started })
     }
 
@@ -131,12 +152,12 @@ impl Fanout {
         procstat::usage(self.pid()).context("read pgfanout's /proc entry")
     }
 
-    /// SIGTERM, then wait (up to 30 s, then SIGKILL).
+    /// SIGTERM, then wait (up to 120 s, then SIGKILL).
     pub fn stop(&mut self) {
         let Some(mut c) = self.child.take() else { return };
         let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
         let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(30) {
+        while start.elapsed() < Duration::from_secs(120) {
             if let Ok(Some(_)) = c.try_wait() {
                 return;
             }
@@ -164,8 +185,8 @@ pub fn tail(path: &Path) -> String {
 }
 
 /// pgfanout drains `slot` (created beforehand) into `cfg`'s sink up to `end`.
-pub async fn drain_pgfanout(bin: &Path, dir: &Path, db: &Db, cfg: &FanoutConfig<'_>, end: u64, timeout: Duration) -> Result<Drain> {
-    let mut f = Fanout::spawn(bin, dir, db, cfg)?;
+pub async fn drain_pgfanout(prog: &Program, dir: &Path, db: &Db, cfg: &FanoutConfig<'_>, end: u64, timeout: Duration) -> Result<Drain> {
+    let mut f = Fanout::spawn(prog, dir, db, cfg)?;
     let took = f.wait_confirmed(db, cfg.slot, end, timeout).await?;
     let usage = f.usage()?;
     f.stop();
