@@ -157,3 +157,44 @@ async fn values_match_to_jsonb_end_to_end() {
     }
     drop(d);
 }
+
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = match std::net::TcpStream::connect(("127.0.0.1", port)) {
+        Ok(s) => s,
+        Err(_) => return (0, String::new()),
+    };
+    let _ = s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes());
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    let code = body.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_health_endpoints() {
+    let (pg, c) = start_cluster("metrics").await;
+    c.batch_execute("CREATE TABLE m (id int PRIMARY KEY, v text)").await.unwrap();
+    let dir = scratch();
+    let out = out_path(dir.path(), "m");
+    let port = testkit::free_port();
+    let cfg = file_config(&pg, "metrics", "metrics", &["public.m"], &out)
+        .replace("http:\n  enabled: false", &format!("http:\n  listen: 127.0.0.1:{port}"));
+    let d = Daemon::start(bin(), dir.path(), "m", &cfg);
+    testkit::wait_until(Duration::from_secs(30), "readyz", || http_get(port, "/readyz").0 == 200);
+    assert_eq!(http_get(port, "/healthz").0, 200);
+    // One simple-query string: one (implicit) transaction.
+    c.batch_execute("INSERT INTO m SELECT g, 'x' FROM generate_series(1, 100) g; DELETE FROM m WHERE id <= 10;").await.unwrap();
+    wait_lines(&out, 110, Duration::from_secs(30), &d);
+    testkit::wait_until(Duration::from_secs(30), "metrics to show the changes", || {
+        let (_, body) = http_get(port, "/metrics");
+        body.contains("pgfanout_changes_read_total{table=\"public.m\",op=\"insert\"} 100")
+            && body.contains("pgfanout_changes_read_total{table=\"public.m\",op=\"delete\"} 10")
+    });
+    let (_, body) = http_get(port, "/metrics");
+    for name in ["pgfanout_sink_written_total{sink=\"out\"} 110", "pgfanout_transactions_total 1", "pgfanout_confirmed_flush_lsn", "pgfanout_sink_durable_lsn{sink=\"out\"}", "pgfanout_end_to_end_latency_seconds_bucket", "pgfanout_source_streaming 1"] {
+        assert!(body.contains(name), "{name} missing from\n{body}");
+    }
+    drop(d);
+    testkit::wait_until(Duration::from_secs(10), "listener closed", || http_get(port, "/healthz").0 == 0);
+}
