@@ -176,6 +176,7 @@ impl SourceLoop {
         metrics::gauge!(m::SOURCE_STREAMING).set(1.0);
         let heartbeat = self.settings.heartbeat_interval.map(|every| spawn_heartbeat(self.settings.opts.clone(), every));
         let _heartbeat = HeartbeatGuard(heartbeat);
+        let mut last_slot_sample = Instant::now() - SLOT_SAMPLE_EVERY;
         let mut tick = tokio::time::interval(self.settings.status_interval.min(Duration::from_secs(1)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -191,6 +192,10 @@ impl SourceLoop {
                         },
                         _ = tick.tick() => {
                             self.publish_stats();
+                            if last_slot_sample.elapsed() >= SLOT_SAMPLE_EVERY {
+                                last_slot_sample = Instant::now();
+                                sample_retained_wal(&sql, &self.settings.slot).await;
+                            }
                             continue;
                         }
                         _ = self.shutdown.changed() => {
@@ -400,6 +405,23 @@ impl SourceLoop {
         let all = futures_util::future::join_all(workers);
         if tokio::time::timeout(self.settings.shutdown_timeout, all).await.is_err() {
             warn!(timeout = ?self.settings.shutdown_timeout, "sinks did not drain in time; unconfirmed changes will be sent again on the next start");
+        }
+    }
+}
+
+/// How often the slot's retained WAL is sampled.
+const SLOT_SAMPLE_EVERY: Duration = Duration::from_secs(10);
+
+/// Sets the retained-WAL gauge from `pg_replication_slots` (best effort).
+async fn sample_retained_wal(sql: &tokio_postgres::Client, slot: &str) {
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&slot];
+    let query = sql.query_opt(
+        "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::float8 FROM pg_replication_slots WHERE slot_name = $1",
+        &params,
+    );
+    if let Ok(Ok(Some(row))) = tokio::time::timeout(Duration::from_secs(2), query).await {
+        if let Ok(Some(bytes)) = row.try_get::<_, Option<f64>>(0) {
+            metrics::gauge!(m::SLOT_RETAINED_WAL_BYTES).set(bytes);
         }
     }
 }
