@@ -453,3 +453,35 @@ async fn sigkill_mid_workload_converges_without_duplicates() {
     assert!(d.is_running());
     eprintln!("{} transactions, {items} order items; confirmed at start and at the kills: {confirmed:X?}", done.load(Ordering::Relaxed));
 }
+
+/// `config/ecommerce.yaml` (its graph sink and pipelines only) on the
+/// example schema and changes (`examples/ecommerce-changes.sql`): the
+/// purchase graph the README's recommendation query reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ecommerce_example_writes_the_purchase_graph() {
+    let pg = tokio::task::spawn_blocking(PgCluster::start).await.unwrap();
+    let c = ecommerce_database(&pg, "shop").await;
+    let server = tokio::task::spawn_blocking(BoltServer::start).await.unwrap();
+    let dir = scratch();
+    let graph_sink = json!({"uri": server.uri(), "user": server.user, "password": server.password, "database": server.database});
+    let d = Daemon::start(bin(), dir.path(), "ecommerce", &ecommerce_subset(&pg, &[("graph", graph_sink)], dir.path()));
+    testkit::wait_for(Duration::from_secs(60), "slot", || async { confirmed_flush(&c, "pgfanout").await > 0 }).await;
+    let changes = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/ecommerce-changes.sql")).unwrap();
+    c.batch_execute(&changes).await.unwrap();
+    wait_confirmed_all(&c, "pgfanout", &d, Duration::from_secs(60)).await;
+
+    let g = graph(&server).await;
+    let (id, title, price) = (Col::Int("id"), Col::Text("title"), Col::Float("price"));
+    let products = cypher(&g, "MATCH (p:Product) RETURN p.id AS id, p.title AS title, p.price AS price", &[id, title, price]).await;
+    assert_eq!(products, vec![vec![json!(10), json!("Keyboard"), json!(84.9)], vec![json!(11), json!("Mouse"), json!(19.99)]]);
+    let cols = [Col::Int("u"), Col::Int("p"), Col::Int("o"), Col::Int("q")];
+    let bought =
+        cypher(&g, "MATCH (u:User)-[r:BOUGHT]->(p:Product) RETURN u.id AS u, p.id AS p, r.order_id AS o, r.quantity AS q", &cols).await;
+    assert_eq!(bought, vec![vec![json!(1), json!(10), json!(100), json!(1)], vec![json!(1), json!(11), json!(100), json!(3)]]);
+    // The README's recommendation query.
+    let q = "MATCH (:Product {id: 10})<-[:BOUGHT]-(u:User)-[:BOUGHT]->(other:Product) WHERE other.id <> 10 \
+             RETURN other.id AS id, other.title AS title, count(DISTINCT u) AS buyers ORDER BY buyers DESC LIMIT 10";
+    let recs = cypher(&g, q, &[id, title, Col::Int("buyers")]).await;
+    assert_eq!(recs, vec![vec![json!(11), json!("Mouse"), json!(1)]]);
+    assert_eq!(line_count(&dir.path().join("ecommerce.dead.jsonl")), 0, "{}", d.log());
+}

@@ -265,3 +265,48 @@ pub fn tail_records(path: &Path, n: usize) -> Vec<Json> {
     let lines: Vec<&str> = complete.lines().collect();
     lines[lines.len().saturating_sub(n)..].iter().filter_map(|l| serde_json::from_str(l).ok()).collect()
 }
+
+/// `config/ecommerce.yaml` reduced to the sinks named in `keep`, each with
+/// the JSON fields given merged in (the test server's address), and the
+/// pipelines that write to them. The PostgreSQL URL keeps its
+/// `${PGPASSWORD:-…}@${PGHOST:-…}` interpolation, only its port changes;
+/// status every second; files go to `dir`. Returned as JSON (a YAML flow
+/// document).
+pub fn ecommerce_subset(pg: &PgCluster, keep: &[(&str, Json)], dir: &Path) -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/ecommerce.yaml");
+    let text = std::fs::read_to_string(path).expect("read config/ecommerce.yaml");
+    let mut cfg: Json = config::Config::builder()
+        .add_source(config::File::from_str(&text, config::FileFormat::Yaml))
+        .build()
+        .and_then(|c| c.try_deserialize())
+        .expect("parse config/ecommerce.yaml");
+    let url = cfg["source"]["postgres"]["url"].as_str().expect("source url").to_string();
+    assert!(url.contains(":5432/"), "{url}");
+    cfg["source"]["postgres"]["url"] = Json::from(url.replace(":5432/", &format!(":{}/", pg.port)));
+    cfg["source"]["postgres"]["status_interval"] = Json::from("1s");
+    let sinks = cfg["sinks"].as_object_mut().expect("sinks");
+    sinks.retain(|name, _| keep.iter().any(|(k, _)| k == name));
+    for (name, fields) in keep {
+        let sink = sinks.get_mut(*name).and_then(Json::as_object_mut).unwrap_or_else(|| panic!("no sink {name} in the example"));
+        for (k, v) in fields.as_object().expect("sink fields") {
+            sink.insert(k.clone(), v.clone());
+        }
+    }
+    cfg["pipelines"].as_array_mut().expect("pipelines").retain(|p| keep.iter().any(|(k, _)| p["to"] == *k));
+    cfg["dead_letter"]["path"] = Json::from(dir.join("ecommerce.dead.jsonl").display().to_string());
+    cfg["http"] = serde_json::json!({ "enabled": false });
+    serde_json::to_string_pretty(&cfg).expect("config JSON")
+}
+
+/// A database `db` with the e-commerce example schema
+/// (`examples/ecommerce.sql`) and the `replicator` role the example
+/// connects as (superuser here, so it may create the publication).
+pub async fn ecommerce_database(pg: &PgCluster, db: &str) -> tokio_postgres::Client {
+    let admin = pg.client("postgres").await;
+    admin.batch_execute("CREATE ROLE replicator LOGIN SUPERUSER PASSWORD 'replicator'").await.expect("create role");
+    pg.create_database(db).await;
+    let c = pg.client(db).await;
+    let schema = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/ecommerce.sql")).expect("read schema");
+    c.batch_execute(&schema).await.expect("load examples/ecommerce.sql");
+    c
+}
