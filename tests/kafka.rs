@@ -412,6 +412,7 @@ fn check_record(m: &Msg, h: &Hist, format: Format, db: &str, window_ms: (i64, i6
 /// deduplicated when `dedup_replays`, are exactly the history of the key
 /// in commit order, each one right field by field. Returns the records
 /// dropped as duplicates.
+#[allow(clippy::too_many_arguments)]
 fn check_topic_against_history(
     msgs: &[Msg],
     topic: &str,
@@ -766,7 +767,7 @@ async fn ecommerce_example_writes_events() {
         assert!(!email.is_empty() && !email.contains('@'), "hashed e-mail: {email}");
         assert!(name != "Ada" && name != "Linus", "masked name: {name}");
     }
-    let last = msgs.iter().filter(|m| m.topic == "shop.public.products").last().and_then(|m| m.value.clone()).unwrap_or_default();
+    let last = msgs.iter().rfind(|m| m.topic == "shop.public.products").and_then(|m| m.value.clone()).unwrap_or_default();
     let last = String::from_utf8_lossy(&last);
     assert!(last.contains(r#""price":84.90"#), "numeric digits kept: {last}");
     assert_eq!(line_count(&dir.path().join("ecommerce.dead.jsonl")), 0, "{}", d.log());
