@@ -48,7 +48,10 @@ pub async fn doctor(cfg: &Config) -> i32 {
             c
         }
         Err(e) => {
-            r.fail(&format!("cannot connect to {}: {e}", opts.redacted()), "check the host, port, database, user and password in source.postgres.url, and pg_hba.conf");
+            r.fail(
+                &format!("cannot connect to {}: {e}", opts.redacted()),
+                "check the host, port, database, user and password in source.postgres.url, and pg_hba.conf",
+            );
             return 1;
         }
     };
@@ -67,11 +70,7 @@ pub async fn doctor(cfg: &Config) -> i32 {
                     "set wal_level = logical in postgresql.conf (or ALTER SYSTEM SET wal_level = logical) and restart PostgreSQL",
                 );
             }
-            let used: i64 = client
-                .query_one("SELECT count(*) FROM pg_replication_slots", &[])
-                .await
-                .map(|row| row.get(0))
-                .unwrap_or(0);
+            let used: i64 = client.query_one("SELECT count(*) FROM pg_replication_slots", &[]).await.map(|row| row.get(0)).unwrap_or(0);
             if i64::from(info.max_replication_slots) > used {
                 r.ok(&format!("max_replication_slots = {} ({used} in use)", info.max_replication_slots));
             } else {
@@ -116,11 +115,8 @@ pub async fn doctor(cfg: &Config) -> i32 {
     };
     for t in &tables {
         let q = t.quoted();
-        let can = client
-            .query_one("SELECT has_table_privilege($1, 'SELECT')", &[&q])
-            .await
-            .map(|row| row.get::<_, bool>(0))
-            .unwrap_or(false);
+        let can =
+            client.query_one("SELECT has_table_privilege($1, 'SELECT')", &[&q]).await.map(|row| row.get::<_, bool>(0)).unwrap_or(false);
         if !can {
             r.fail(&format!("no SELECT privilege on {t}"), &format!("GRANT SELECT ON {q} TO <the pgfanout role>;"));
         }
@@ -134,12 +130,7 @@ pub async fn doctor(cfg: &Config) -> i32 {
         }
         Err(e) => r.fail(&format!("cannot check replica identity: {e}"), "grant access to pg_class / pg_index"),
     }
-    let publication = client
-        .query(
-            "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = $1",
-            &[&pg.publication],
-        )
-        .await;
+    let publication = client.query("SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = $1", &[&pg.publication]).await;
     let pub_exists = client
         .query_one("SELECT count(*) FROM pg_publication WHERE pubname = $1", &[&pg.publication])
         .await

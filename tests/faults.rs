@@ -60,8 +60,7 @@ async fn assert_complete(c: &tokio_postgres::Client, out: &std::path::Path, d: &
             list.push(v);
         }
     }
-    let truth: HashMap<i32, i32> =
-        c.query("SELECT id, v FROM counters", &[]).await.unwrap().iter().map(|r| (r.get(0), r.get(1))).collect();
+    let truth: HashMap<i32, i32> = c.query("SELECT id, v FROM counters", &[]).await.unwrap().iter().map(|r| (r.get(0), r.get(1))).collect();
     for (k, v) in truth {
         let got = seen.get(&i64::from(k)).cloned().unwrap_or_default();
         let want: Vec<i64> = (1..=i64::from(v)).collect();
@@ -110,7 +109,8 @@ async fn survives_walsender_termination_and_server_restart() {
     let out = out_path(dir.path(), "term");
     let d = Daemon::start(bin(), dir.path(), "term", &file_config(&pg, "term", "term", &["public.events", "public.counters"], &out));
     testkit::wait_for(Duration::from_secs(30), "slot active", || async {
-        c.query_one("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'term' AND active", &[]).await.unwrap().get::<_, i64>(0) == 1
+        c.query_one("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'term' AND active", &[]).await.unwrap().get::<_, i64>(0)
+            == 1
     })
     .await;
     workload(&c, 200, 0).await;
@@ -199,10 +199,10 @@ async fn permanent_errors_stop_with_exit_1_and_a_fix() {
     c.batch_execute("SET password_encryption = 'scram-sha-256'; CREATE ROLE app LOGIN REPLICATION PASSWORD 'right';").await.unwrap();
     let hba = pg.data_dir().join("pg_hba.conf");
     let old = std::fs::read_to_string(&hba).unwrap();
-    std::fs::write(&hba, format!("host all app 127.0.0.1/32 scram-sha-256\nhost replication app 127.0.0.1/32 scram-sha-256\n{old}")).unwrap();
+    std::fs::write(&hba, format!("host all app 127.0.0.1/32 scram-sha-256\nhost replication app 127.0.0.1/32 scram-sha-256\n{old}"))
+        .unwrap();
     c.batch_execute("SELECT pg_reload_conf()").await.unwrap();
-    let cfg = file_config(&pg, "perm2", "perm3", &["public.nokey"], &out)
-        .replace("postgres://postgres@", "postgres://app:wrong@");
+    let cfg = file_config(&pg, "perm2", "perm3", &["public.nokey"], &out).replace("postgres://postgres@", "postgres://app:wrong@");
     let mut d = Daemon::start(bin(), dir.path(), "badpw", &cfg);
     let status = d.wait(Duration::from_secs(30)).expect("exits");
     assert_eq!(status.code(), Some(1), "{}", d.log());
@@ -227,6 +227,7 @@ async fn million_row_transaction_streams_with_bounded_memory() {
     assert!(rss < 64 * 1024, "peak RSS {rss} KiB");
     let end: String = c.query_one("SELECT pg_current_wal_insert_lsn()::text", &[]).await.unwrap().get(0);
     let end = lsn(&end);
-    testkit::wait_for(Duration::from_secs(60), "the big transaction to be confirmed", || async { confirmed_flush(&c, "big").await >= end }).await;
+    testkit::wait_for(Duration::from_secs(60), "the big transaction to be confirmed", || async { confirmed_flush(&c, "big").await >= end })
+        .await;
     assert_eq!(line_count(&out), 1_000_000);
 }

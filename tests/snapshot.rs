@@ -74,7 +74,8 @@ async fn snapshot_then_stream_ends_equal_to_the_tables() {
     })
     .await;
     churn(&c, 300).await;
-    let n: i64 = c.query_one("SELECT (SELECT count(*) FROM t1) + (SELECT count(*) FROM t2) + (SELECT count(*) FROM t3)", &[]).await.unwrap().get(0);
+    let n: i64 =
+        c.query_one("SELECT (SELECT count(*) FROM t1) + (SELECT count(*) FROM t2) + (SELECT count(*) FROM t3)", &[]).await.unwrap().get(0);
     wait_lines(&out, n as usize, Duration::from_secs(240), &d);
     testkit::wait_until(Duration::from_secs(60), "the churn to be streamed", || {
         tail_records(&out, 2000).iter().any(|r| r["after"]["note"] == "new" && r["after"]["id"] == 2_000_299)
@@ -138,7 +139,9 @@ async fn a_table_added_later_is_snapshotted_alone() {
     // b joins the config; more writes while pgfanout is down.
     c.batch_execute("UPDATE a SET v = -2 WHERE id = 2; UPDATE b SET v = -2 WHERE id = 2;").await.unwrap();
     let mut d = Daemon::start(bin(), dir.path(), "added", &snapshot_config(&pg, "added", "added", &["public.a", "public.b"], &out));
-    testkit::wait_until(Duration::from_secs(60), "b to be snapshotted", || records(&out).iter().filter(|r| r["table"] == "b").count() >= 500);
+    testkit::wait_until(Duration::from_secs(60), "b to be snapshotted", || {
+        records(&out).iter().filter(|r| r["table"] == "b").count() >= 500
+    });
     c.batch_execute("UPDATE b SET v = -3 WHERE id = 3; UPDATE a SET v = -3 WHERE id = 3;").await.unwrap();
     testkit::wait_until(Duration::from_secs(30), "later changes of b", || {
         records(&out).iter().any(|r| r["table"] == "b" && r["op"] == "update" && r["after"]["id"] == 3)
@@ -149,7 +152,9 @@ async fn a_table_added_later_is_snapshotted_alone() {
     assert_eq!(second.iter().filter(|r| r["table"] == "b" && r["op"] == "read").count(), 500, "b is copied once");
     assert!(second.iter().any(|r| r["table"] == "a" && r["after"]["v"] == -2), "a streamed on from the slot");
     // Wait for a's last change too, then compare both tables.
-    testkit::wait_until(Duration::from_secs(30), "a's last change", || records(&out).iter().any(|r| r["table"] == "a" && r["after"]["v"] == -3));
+    testkit::wait_until(Duration::from_secs(30), "a's last change", || {
+        records(&out).iter().any(|r| r["table"] == "a" && r["after"]["v"] == -3)
+    });
     assert_tables_equal(&c, &out, &["a", "b"]).await;
     d.signal("TERM");
     assert!(d.wait(Duration::from_secs(30)).expect("exit").success());

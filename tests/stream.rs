@@ -192,7 +192,15 @@ async fn metrics_and_health_endpoints() {
             && body.contains("pgfanout_changes_read_total{table=\"public.m\",op=\"delete\"} 10")
     });
     let (_, body) = http_get(port, "/metrics");
-    for name in ["pgfanout_sink_written_total{sink=\"out\"} 110", "pgfanout_transactions_total 1", "pgfanout_confirmed_flush_lsn", "pgfanout_sink_durable_lsn{sink=\"out\"}", "pgfanout_end_to_end_latency_seconds_bucket", "pgfanout_source_streaming 1", "pgfanout_slot_retained_wal_bytes"] {
+    for name in [
+        "pgfanout_sink_written_total{sink=\"out\"} 110",
+        "pgfanout_transactions_total 1",
+        "pgfanout_confirmed_flush_lsn",
+        "pgfanout_sink_durable_lsn{sink=\"out\"}",
+        "pgfanout_end_to_end_latency_seconds_bucket",
+        "pgfanout_source_streaming 1",
+        "pgfanout_slot_retained_wal_bytes",
+    ] {
         assert!(body.contains(name), "{name} missing from\n{body}");
     }
     drop(d);

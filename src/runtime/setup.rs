@@ -115,8 +115,7 @@ async fn prepare_once(opts: &PgConnectOptions, pg: &PostgresSourceConfig, router
             let state = snapshot::snapshot_state(&sql, &pg.slot).await?;
             let interrupted = state.iter().any(|(_, s, _)| s == STATE_INITIAL_RUNNING);
             let done: HashSet<&TableName> = state.iter().filter(|(_, s, _)| s == STATE_DONE).map(|(t, _, _)| t).collect();
-            let added: Vec<TableName> =
-                tables.iter().filter(|t| interrupted || !done.contains(t)).cloned().collect();
+            let added: Vec<TableName> = tables.iter().filter(|t| interrupted || !done.contains(t)).cloned().collect();
             if added.is_empty() {
                 return Ok(Prepared { start, snapshot: None });
             }

@@ -44,8 +44,13 @@ impl SourceLoop {
         let last_log: Arc<Mutex<ProgressLog>> = Arc::new(Mutex::new((Instant::now(), HashMap::new())));
         let progress = move |p: TableProgress| {
             let table = p.table.to_string();
-            metrics::gauge!(m::SNAPSHOT_PROGRESS_RATIO, m::LABEL_TABLE => table.clone())
-                .set(if p.done { 1.0 } else if p.estimate > 0 { (p.rows as f64 / p.estimate as f64).min(0.99) } else { 0.0 });
+            metrics::gauge!(m::SNAPSHOT_PROGRESS_RATIO, m::LABEL_TABLE => table.clone()).set(if p.done {
+                1.0
+            } else if p.estimate > 0 {
+                (p.rows as f64 / p.estimate as f64).min(0.99)
+            } else {
+                0.0
+            });
             let mut guard = last_log.lock().unwrap_or_else(|e| e.into_inner());
             let prev = guard.1.get(&table).map(|(rows, _)| *rows).unwrap_or(0);
             metrics::counter!(m::SNAPSHOT_ROWS_TOTAL, m::LABEL_TABLE => table.clone()).increment(p.rows.saturating_sub(prev));
@@ -109,7 +114,13 @@ impl SourceLoop {
         let sql = connect_sql(&self.settings.opts).await?;
         snapshot::mark_tables(&sql, slot, &plan.tables, STATE_DONE, plan.version).await?;
         let secs = started.elapsed().as_secs_f64();
-        info!(rows, seconds = secs, rows_per_second = (rows as f64 / secs.max(1e-9)) as u64, running_state = plan.running_state, "snapshot complete; streaming starts");
+        info!(
+            rows,
+            seconds = secs,
+            rows_per_second = (rows as f64 / secs.max(1e-9)) as u64,
+            running_state = plan.running_state,
+            "snapshot complete; streaming starts"
+        );
         Ok(true)
     }
 }

@@ -8,6 +8,7 @@ pub mod validate;
 
 use std::sync::Arc;
 
+use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
 use crate::config::{Config, SinkConfig};
@@ -51,19 +52,19 @@ pub async fn spawn_all(cfg: &Config, router: &Router, dead_letters: &DeadLetters
 type Routes = Vec<(Arc<str>, Option<serde_json::Value>)>;
 
 async fn spawn_sink(name: &str, cfg: &SinkConfig, routes: Routes, worker: Worker) -> Result<tokio::task::JoinHandle<()>, String> {
+    let _ = &routes;
     match cfg {
         SinkConfig::File(file) => {
             let sink = pgfanout_file::FileSink::open(&file.path).map_err(|e| format!("sinks.{name}: {e}"))?;
             Ok(tokio::spawn(worker.run(sink)))
         }
-        SinkConfig::Redis(value) => spawn_redis(name, value, routes, worker).await,
-        SinkConfig::Kafka(value) => spawn_kafka(name, value, routes, worker).await,
-        SinkConfig::Neo4j(value) => spawn_neo4j(name, value, routes, worker).await,
-        other => Err(format!(
-            "sinks.{name}: sink type {:?} is not available in this build of pgfanout (supported here: {})",
-            other.kind(),
-            available_kinds().join(", ")
-        )),
+        #[cfg(feature = "redis")]
+        SinkConfig::Redis(value) => Ok(tokio::spawn(worker.run(connect_redis(name, value, routes).await?))),
+        #[cfg(feature = "kafka")]
+        SinkConfig::Kafka(value) => Ok(tokio::spawn(worker.run(connect_kafka(name, value, routes).await?))),
+        #[cfg(feature = "neo4j")]
+        SinkConfig::Neo4j(value) => Ok(tokio::spawn(worker.run(connect_neo4j(name, value, routes).await?))),
+        other => Err(unavailable(name, other.kind())),
     }
 }
 
@@ -82,89 +83,76 @@ pub fn available_kinds() -> Vec<&'static str> {
     kinds
 }
 
-#[cfg(feature = "redis")]
-async fn spawn_redis(name: &str, value: &serde_json::Value, routes: Routes, worker: Worker) -> Result<tokio::task::JoinHandle<()>, String> {
-    let sink_cfg: pgfanout_redis::RedisSinkConfig = serde_json::from_value(strip_type(value)).map_err(|e| format!("sinks.{name}: {e}"))?;
-    let mut mappings = Vec::new();
-    for (pipeline, mapping) in routes {
-        let mapping = mapping.ok_or_else(|| format!("pipeline {pipeline:?} targets redis sink {name:?} but has no `redis:` mapping"))?;
-        let mapping: pgfanout_redis::RedisMapping =
-            serde_json::from_value(mapping).map_err(|e| format!("pipeline {pipeline:?}: redis mapping: {e}"))?;
-        mappings.push(mapping);
+/// The error for a sink type this binary cannot run.
+fn unavailable(name: &str, kind: &str) -> String {
+    if ["redis", "kafka", "neo4j"].contains(&kind) {
+        format!("sinks.{name}: this pgfanout was built without the `{kind}` feature; rebuild with --features {kind}")
+    } else {
+        format!(
+            "sinks.{name}: sink type {kind:?} is not implemented in this version of pgfanout (available: {})",
+            available_kinds().join(", ")
+        )
     }
-    let sink = pgfanout_redis::RedisSink::connect(&sink_cfg, mappings).await.map_err(|e| format!("sinks.{name}: {e}"))?;
-    Ok(tokio::spawn(worker.run(sink)))
 }
 
-#[cfg(not(feature = "redis"))]
-async fn spawn_redis(name: &str, _: &serde_json::Value, _: Routes, _: Worker) -> Result<tokio::task::JoinHandle<()>, String> {
-    Err(format!("sinks.{name}: this pgfanout was built without the `redis` feature; rebuild with --features redis"))
+/// Parses a sink's settings (`sinks.<name>`) and, for each of its routes,
+/// the pipeline's `<kind>:` mapping.
+#[allow(dead_code)]
+fn parse<C: DeserializeOwned, M: DeserializeOwned>(
+    kind: &str,
+    name: &str,
+    value: &serde_json::Value,
+    routes: Routes,
+) -> Result<(C, Vec<M>), String> {
+    let mut settings = value.clone();
+    if let Some(obj) = settings.as_object_mut() {
+        obj.remove("type");
+    }
+    let settings = serde_json::from_value(settings).map_err(|e| format!("sinks.{name}: {e}"))?;
+    let mappings = routes
+        .into_iter()
+        .map(|(pipeline, mapping)| {
+            let mapping =
+                mapping.ok_or_else(|| format!("pipeline {pipeline:?} targets {kind} sink {name:?} but has no `{kind}:` mapping"))?;
+            serde_json::from_value(mapping).map_err(|e| format!("pipeline {pipeline:?}: {kind} mapping: {e}"))
+        })
+        .collect::<Result<_, String>>()?;
+    Ok((settings, mappings))
 }
 
-#[cfg(feature = "kafka")]
-async fn spawn_kafka(name: &str, value: &serde_json::Value, routes: Routes, worker: Worker) -> Result<tokio::task::JoinHandle<()>, String> {
-    let sink = connect_kafka(name, value, routes).await?;
-    Ok(tokio::spawn(worker.run(sink)))
+#[cfg(feature = "redis")]
+async fn connect_redis(name: &str, value: &serde_json::Value, routes: Routes) -> Result<pgfanout_redis::RedisSink, String> {
+    let (settings, mappings) = parse("redis", name, value, routes)?;
+    pgfanout_redis::RedisSink::connect(&settings, mappings).await.map_err(|e| format!("sinks.{name}: {e}"))
 }
 
 #[cfg(feature = "kafka")]
 async fn connect_kafka(name: &str, value: &serde_json::Value, routes: Routes) -> Result<pgfanout_kafka::KafkaSink, String> {
-    let sink_cfg: pgfanout_kafka::KafkaSinkConfig =
-        serde_json::from_value(strip_type(value)).map_err(|e| format!("sinks.{name}: {e}"))?;
-    let mut mappings = Vec::new();
-    for (pipeline, mapping) in routes {
-        let mapping = mapping.ok_or_else(|| format!("pipeline {pipeline:?} targets kafka sink {name:?} but has no `kafka:` mapping"))?;
-        mappings.push(
-            serde_json::from_value::<pgfanout_kafka::KafkaMapping>(mapping).map_err(|e| format!("pipeline {pipeline:?}: kafka mapping: {e}"))?,
-        );
-    }
-    pgfanout_kafka::KafkaSink::connect(&sink_cfg, mappings).await.map_err(|e| format!("sinks.{name}: {e}"))
-}
-
-#[cfg(not(feature = "kafka"))]
-async fn spawn_kafka(name: &str, _: &serde_json::Value, _: Routes, _: Worker) -> Result<tokio::task::JoinHandle<()>, String> {
-    Err(format!("sinks.{name}: this pgfanout was built without the `kafka` feature; rebuild with --features kafka"))
-}
-
-#[cfg(feature = "neo4j")]
-async fn spawn_neo4j(name: &str, value: &serde_json::Value, routes: Routes, worker: Worker) -> Result<tokio::task::JoinHandle<()>, String> {
-    let sink = connect_neo4j(name, value, routes).await?;
-    Ok(tokio::spawn(worker.run(sink)))
+    let (settings, mappings) = parse("kafka", name, value, routes)?;
+    pgfanout_kafka::KafkaSink::connect(&settings, mappings).await.map_err(|e| format!("sinks.{name}: {e}"))
 }
 
 #[cfg(feature = "neo4j")]
 async fn connect_neo4j(name: &str, value: &serde_json::Value, routes: Routes) -> Result<pgfanout_neo4j::Neo4jSink, String> {
-    let sink_cfg: pgfanout_neo4j::Neo4jSinkConfig =
-        serde_json::from_value(strip_type(value)).map_err(|e| format!("sinks.{name}: {e}"))?;
-    let mut mappings = Vec::new();
-    for (pipeline, mapping) in routes {
-        let mapping = mapping.ok_or_else(|| format!("pipeline {pipeline:?} targets neo4j sink {name:?} but has no `neo4j:` mapping"))?;
-        mappings.push(
-            serde_json::from_value::<pgfanout_neo4j::Neo4jMapping>(mapping).map_err(|e| format!("pipeline {pipeline:?}: neo4j mapping: {e}"))?,
-        );
-    }
-    pgfanout_neo4j::Neo4jSink::connect(&sink_cfg, mappings).await.map_err(|e| format!("sinks.{name}: {e}"))
+    let (settings, mappings) = parse("neo4j", name, value, routes)?;
+    pgfanout_neo4j::Neo4jSink::connect(&settings, mappings).await.map_err(|e| format!("sinks.{name}: {e}"))
 }
 
-#[cfg(not(feature = "neo4j"))]
-async fn spawn_neo4j(name: &str, _: &serde_json::Value, _: Routes, _: Worker) -> Result<tokio::task::JoinHandle<()>, String> {
-    Err(format!("sinks.{name}: this pgfanout was built without the `neo4j` feature; rebuild with --features neo4j"))
-}
-
-/// Removes the `type` tag if the payload still carries it.
+/// Connects (when `sink` did) and runs the sink's own check.
 #[allow(dead_code)]
-fn strip_type(value: &serde_json::Value) -> serde_json::Value {
-    let mut v = value.clone();
-    if let Some(obj) = v.as_object_mut() {
-        obj.remove("type");
+async fn check<S: pgfanout_sdk::Sink>(sink: Result<S, String>) -> Option<String> {
+    match sink {
+        Ok(mut s) => s.check().await.err().map(|e| e.to_string()),
+        Err(e) => Some(e),
     }
-    v
 }
 
 /// For `doctor`: each sink's name and `None` when reachable, or the problem.
 pub async fn check_all(cfg: &Config, router: &Router) -> Vec<(String, Option<String>)> {
     let mut out = Vec::new();
     for (index, (name, sink_cfg)) in cfg.sinks.iter().enumerate() {
+        let routes = router.routes_for_sink(index);
+        let _ = &routes;
         let problem = match sink_cfg {
             SinkConfig::File(file) if file.path == "-" => None,
             SinkConfig::File(file) => std::fs::OpenOptions::new()
@@ -174,41 +162,14 @@ pub async fn check_all(cfg: &Config, router: &Router) -> Vec<(String, Option<Str
                 .err()
                 .map(|e| format!("cannot open {} for appending: {e}", file.path)),
             #[cfg(feature = "redis")]
-            SinkConfig::Redis(value) => check_redis(name, value, router.routes_for_sink(index)).await.err(),
+            SinkConfig::Redis(value) => check(connect_redis(name, value, routes).await).await,
             #[cfg(feature = "kafka")]
-            SinkConfig::Kafka(value) => match connect_kafka(name, value, router.routes_for_sink(index)).await {
-                Ok(mut sink) => {
-                    use pgfanout_sdk::Sink;
-                    sink.check().await.err().map(|e| e.to_string())
-                }
-                Err(e) => Some(e),
-            },
+            SinkConfig::Kafka(value) => check(connect_kafka(name, value, routes).await).await,
             #[cfg(feature = "neo4j")]
-            SinkConfig::Neo4j(value) => match connect_neo4j(name, value, router.routes_for_sink(index)).await {
-                Ok(mut sink) => {
-                    use pgfanout_sdk::Sink;
-                    sink.check().await.err().map(|e| e.to_string())
-                }
-                Err(e) => Some(e),
-            },
-            other => Some(format!("sink type {:?} is not available in this build", other.kind())),
+            SinkConfig::Neo4j(value) => check(connect_neo4j(name, value, routes).await).await,
+            other => Some(unavailable(name, other.kind())),
         };
-        let _ = (index, router);
         out.push((name.clone(), problem));
     }
     out
-}
-
-#[cfg(feature = "redis")]
-async fn check_redis(name: &str, value: &serde_json::Value, routes: Routes) -> Result<(), String> {
-    use pgfanout_sdk::Sink;
-    let sink_cfg: pgfanout_redis::RedisSinkConfig = serde_json::from_value(strip_type(value)).map_err(|e| format!("sinks.{name}: {e}"))?;
-    let mut mappings = Vec::new();
-    for (_, mapping) in routes {
-        if let Some(m) = mapping {
-            mappings.push(serde_json::from_value(m).map_err(|e| e.to_string())?);
-        }
-    }
-    let mut sink = pgfanout_redis::RedisSink::connect(&sink_cfg, mappings).await.map_err(|e| e.to_string())?;
-    sink.check().await.map_err(|e| e.to_string())
 }

@@ -37,7 +37,12 @@ pub fn mapping_errors(kind: &str, path: &str, mapping: &serde_json::Value) -> Ve
 /// runs the connector's own checks. Sink settings carry the `type` tag,
 /// which is removed first; mappings keep theirs (e.g. the redis mapping kind).
 #[allow(dead_code)]
-fn typed<T: DeserializeOwned>(path: &str, value: &serde_json::Value, strip_type: bool, check: impl Fn(&T) -> Vec<(String, String)>) -> Vec<String> {
+fn typed<T: DeserializeOwned>(
+    path: &str,
+    value: &serde_json::Value,
+    strip_type: bool,
+    check: impl Fn(&T) -> Vec<(String, String)>,
+) -> Vec<String> {
     let mut v = value.clone();
     if let (true, Some(obj)) = (strip_type, v.as_object_mut()) {
         obj.remove("type");
