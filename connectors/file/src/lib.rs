@@ -130,10 +130,8 @@ mod tests {
         let mut sink = FileSink::open(p).unwrap();
         sink.write(&[record(3)]).await.unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
-        let ids: Vec<i64> = text
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["after"]["id"].as_i64().unwrap())
-            .collect();
+        let ids: Vec<i64> =
+            text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["after"]["id"].as_i64().unwrap()).collect();
         assert_eq!(ids, vec![1, 2, 3]);
     }
 
