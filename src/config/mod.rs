@@ -247,6 +247,10 @@ pub struct RuntimeConfig {
     /// How long shutdown waits for in-flight writes.
     #[serde(default = "default_shutdown_timeout", with = "units::duration")]
     pub shutdown_timeout: Duration,
+    /// How long changes read may wait for more before they are handed to
+    /// the sinks (batches small transactions; adds at most this latency).
+    #[serde(default = "default_linger", with = "units::duration")]
+    pub linger: Duration,
 }
 
 impl Default for RuntimeConfig {
@@ -255,8 +259,13 @@ impl Default for RuntimeConfig {
             batch_size: default_batch_size(),
             queue_batches: default_queue_batches(),
             shutdown_timeout: default_shutdown_timeout(),
+            linger: default_linger(),
         }
     }
+}
+
+fn default_linger() -> Duration {
+    Duration::from_millis(5)
 }
 
 fn default_batch_size() -> usize {

@@ -80,6 +80,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         batch_size: cfg.runtime.batch_size,
         shutdown_timeout: cfg.runtime.shutdown_timeout,
         heartbeat_interval: pg.heartbeat_interval,
+        linger: cfg.runtime.linger,
     };
     let mut source =
         SourceLoop::new(settings, router, sinks.senders, tracker, dead_letters, health, shutdown_rx, sinks.names, sinks.workers);

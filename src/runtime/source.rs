@@ -42,6 +42,9 @@ pub struct SourceSettings {
     pub status_interval: Duration,
     pub batch_size: usize,
     pub shutdown_timeout: Duration,
+    /// How long read changes may wait locally for more before they are
+    /// handed to the sinks when the socket has nothing more buffered.
+    pub linger: Duration,
     /// When set, a non-transactional logical message is emitted this often
     /// so the stream has something to confirm even without keepalives.
     pub heartbeat_interval: Option<Duration>,
@@ -77,13 +80,16 @@ pub struct SourceLoop {
     sent_flush: Lsn,
     last_status: Instant,
     stats: Stats,
+    /// When the oldest item not yet handed to a sink was queued locally.
+    unflushed_since: Option<Instant>,
 }
 
 #[derive(Default)]
 struct Stats {
     bytes: u64,
     transactions: u64,
-    changes: HashMap<(Arc<str>, Arc<str>, Op), u64>,
+    /// (schema ptr, table ptr, op) -> (schema, table, count since last publish)
+    changes: HashMap<(usize, usize, Op), (Arc<str>, Arc<str>, u64)>,
 }
 
 impl SourceLoop {
@@ -121,6 +127,7 @@ impl SourceLoop {
             sent_flush: start,
             last_status: Instant::now(),
             stats: Stats::default(),
+            unflushed_since: None,
         }
     }
 
@@ -183,13 +190,24 @@ impl SourceLoop {
             let msg = match stream.try_recv_buffered()? {
                 Some(msg) => msg,
                 None => {
-                    self.flush_local(Some(&mut stream)).await?;
+                    // Nothing buffered: hand what was read to the sinks once
+                    // it has waited `linger` (small transactions then travel
+                    // together instead of waking a sink each).
+                    let linger_at = self.unflushed_since.map(|t| t + self.settings.linger);
+                    if linger_at.is_some_and(|at| at <= Instant::now()) {
+                        self.flush_local(Some(&mut stream)).await?;
+                    }
                     self.maybe_send_status(&mut stream, false).await?;
+                    let linger_at = self.unflushed_since.map(|t| t + self.settings.linger);
                     tokio::select! {
                         msg = stream.recv() => match msg? {
                             Some(msg) => msg,
                             None => return Ok(Ended::ServerClosed),
                         },
+                        _ = tokio::time::sleep_until(linger_at.unwrap_or_else(Instant::now).into()), if linger_at.is_some() => {
+                            self.flush_local(Some(&mut stream)).await?;
+                            continue;
+                        }
                         _ = tick.tick() => {
                             self.publish_stats();
                             if last_slot_sample.elapsed() >= SLOT_SAMPLE_EVERY {
@@ -241,6 +259,7 @@ impl SourceLoop {
                 self.tx = None;
                 self.stats.transactions += 1;
                 let seq = self.tracker.commit(end_lsn);
+                self.unflushed_since.get_or_insert_with(Instant::now);
                 for chunk in self.local.iter_mut() {
                     chunk.push(Item::Commit(seq));
                 }
@@ -291,14 +310,24 @@ impl SourceLoop {
     }
 
     pub(super) async fn route(&mut self, change: Change) {
-        *self.stats.changes.entry((change.schema.clone(), change.table.clone(), change.op)).or_default() += 1;
+        // Keyed by the relation's shared name pointers: no string hashing per change.
+        let key = (Arc::as_ptr(&change.schema) as *const u8 as usize, Arc::as_ptr(&change.table) as *const u8 as usize, change.op);
+        match self.stats.changes.get_mut(&key) {
+            Some(entry) => entry.2 += 1,
+            None => {
+                self.stats.changes.insert(key, (change.schema.clone(), change.table.clone(), 1));
+            }
+        }
         let change = Arc::new(change);
         self.routed.clear();
         self.router.route(&change, &mut self.routed);
         let mut letters = Vec::new();
         for r in self.routed.drain(..) {
             match r {
-                Routed::Deliver { sink, record } => self.local[sink].push(Item::Record(record)),
+                Routed::Deliver { sink, record } => {
+                    self.unflushed_since.get_or_insert_with(Instant::now);
+                    self.local[sink].push(Item::Record(record));
+                }
                 Routed::DeadLetter { pipeline, sink, error, change } => {
                     metrics::counter!(m::PIPELINE_DEAD_LETTERED_TOTAL, m::LABEL_PIPELINE => pipeline.to_string()).increment(1);
                     warn!(pipeline = %pipeline, position = %change.position(), error = %error, "record dead-lettered by its pipeline");
@@ -315,6 +344,7 @@ impl SourceLoop {
     /// Sends every non-empty local chunk to its sink, waiting for queue
     /// space (backpressure) while keeping the walsender alive.
     pub(super) async fn flush_local(&mut self, mut stream: Option<&mut ReplicationStream>) -> Result<(), SourceError> {
+        self.unflushed_since = None;
         for i in 0..self.local.len() {
             if self.local[i].is_empty() {
                 continue;
@@ -369,11 +399,14 @@ impl SourceLoop {
     pub(super) fn publish_stats(&mut self) {
         metrics::counter!(m::BYTES_READ_TOTAL).increment(std::mem::take(&mut self.stats.bytes));
         metrics::counter!(m::TRANSACTIONS_TOTAL).increment(std::mem::take(&mut self.stats.transactions));
-        for ((schema, table, op), n) in self.stats.changes.iter_mut() {
+        let mut totals: HashMap<(String, Op), u64> = HashMap::new();
+        for ((_, _, op), (schema, table, n)) in self.stats.changes.iter_mut() {
             if *n > 0 {
-                metrics::counter!(m::CHANGES_READ_TOTAL, m::LABEL_TABLE => format!("{schema}.{table}"), m::LABEL_OP => op.as_str())
-                    .increment(std::mem::take(n));
+                *totals.entry((format!("{schema}.{table}"), *op)).or_default() += std::mem::take(n);
             }
+        }
+        for ((table, op), n) in totals {
+            metrics::counter!(m::CHANGES_READ_TOTAL, m::LABEL_TABLE => table, m::LABEL_OP => op.as_str()).increment(n);
         }
     }
 

@@ -144,12 +144,12 @@ impl Change {
             out.push(b']');
         }
         out.extend_from_slice(b",\"lsn\":\"");
-        out.extend_from_slice(self.lsn.to_string().as_bytes());
+        json::write_lsn(out, self.lsn.0);
         out.extend_from_slice(b"\",\"commit_lsn\":\"");
-        out.extend_from_slice(self.commit_lsn.to_string().as_bytes());
+        json::write_lsn(out, self.commit_lsn.0);
         out.extend_from_slice(b"\",\"xid\":");
         match self.xid {
-            Some(x) => out.extend_from_slice(x.to_string().as_bytes()),
+            Some(x) => json::write_u64(out, u64::from(x)),
             None => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(b",\"commit_ts\":");

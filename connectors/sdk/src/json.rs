@@ -37,15 +37,85 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
-/// Formats microseconds since the Unix epoch as `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
+/// Formats microseconds since the Unix epoch as `YYYY-MM-DDTHH:MM:SS.ffffffZ`
+/// (quoted), without allocating.
 pub fn write_timestamp_micros(out: &mut Vec<u8>, micros: i64) {
     let secs = micros.div_euclid(1_000_000);
-    let frac = micros.rem_euclid(1_000_000);
+    let frac = micros.rem_euclid(1_000_000) as u64;
     let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
+    let sod = secs.rem_euclid(86_400) as u64;
     let (y, m, d) = civil_from_days(days);
-    let s = format!("\"{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{frac:06}Z\"", sod / 3600, (sod / 60) % 60, sod % 60);
-    out.extend_from_slice(s.as_bytes());
+    out.push(b'"');
+    if (0..=9999).contains(&y) {
+        push_digits(out, y as u64, 4);
+    } else {
+        // Outside four-digit years (not produced by PostgreSQL commit times).
+        out.extend_from_slice(y.to_string().as_bytes());
+    }
+    out.push(b'-');
+    push_digits(out, u64::from(m), 2);
+    out.push(b'-');
+    push_digits(out, u64::from(d), 2);
+    out.push(b'T');
+    push_digits(out, sod / 3600, 2);
+    out.push(b':');
+    push_digits(out, (sod / 60) % 60, 2);
+    out.push(b':');
+    push_digits(out, sod % 60, 2);
+    out.push(b'.');
+    push_digits(out, frac, 6);
+    out.extend_from_slice(b"Z\"");
+}
+
+/// Appends `v` in decimal, zero-padded to `width` digits.
+fn push_digits(out: &mut Vec<u8>, mut v: u64, width: usize) {
+    let start = out.len();
+    out.resize(start + width, b'0');
+    let mut i = start + width;
+    while v > 0 && i > start {
+        i -= 1;
+        out[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+}
+
+/// Appends an unsigned integer in decimal.
+pub fn write_u64(out: &mut Vec<u8>, v: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    let mut v = v;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
+/// Appends an LSN as PostgreSQL writes it (`X/Y`, upper-case hex).
+pub fn write_lsn(out: &mut Vec<u8>, lsn: u64) {
+    write_hex(out, lsn >> 32);
+    out.push(b'/');
+    write_hex(out, lsn & 0xFFFF_FFFF);
+}
+
+fn write_hex(out: &mut Vec<u8>, v: u64) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut buf = [0u8; 16];
+    let mut i = buf.len();
+    let mut v = v;
+    loop {
+        i -= 1;
+        buf[i] = HEX[(v & 0xf) as usize];
+        v >>= 4;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
 }
 
 /// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar.
@@ -88,5 +158,19 @@ mod tests {
         out.clear();
         write_timestamp_micros(&mut out, -1);
         assert_eq!(out, b"\"1969-12-31T23:59:59.999999Z\"");
+    }
+
+    #[test]
+    fn formats_numbers_and_lsns_like_display() {
+        for v in [0u64, 7, 10, 751, u64::from(u32::MAX), u64::MAX] {
+            let mut out = Vec::new();
+            write_u64(&mut out, v);
+            assert_eq!(out, v.to_string().into_bytes());
+        }
+        for v in [0u64, 0x16B3748, 1 << 32, u64::MAX, 0xABCDEF0123] {
+            let mut out = Vec::new();
+            write_lsn(&mut out, v);
+            assert_eq!(String::from_utf8(out).unwrap(), crate::Lsn(v).to_string());
+        }
     }
 }
