@@ -17,6 +17,7 @@ mod load;
 mod procstat;
 mod report;
 mod resp;
+mod snapshot;
 mod throughput;
 mod tools;
 
@@ -127,7 +128,7 @@ async fn run(args: Args, workloads: Vec<String>, bin: PathBuf) -> Result<()> {
             "kafka" if ctx.kafka.is_some() => throughput::run(&ctx, &spec("kafka (native)", Shape::Big, SinkKind::Kafka)).await,
             "kafka" => Ok(vec![not_available("kafka (native)", "n/a: tansu not installed (scripts/install-tansu.sh)")]),
             "latency" => latency::run(&ctx).await,
-            "snapshot" => Ok(vec![not_available("snapshot", "n/a: `snapshot: initial` is not wired into `pgfanout run` yet")]),
+            "snapshot" => snapshot::run(&ctx).await,
             _ => unreachable!("checked above"),
         };
         match result {

@@ -21,7 +21,7 @@ use anyhow::{bail, Context, Result};
 use crate::db::{fmt_lsn, Db, PUBLICATION};
 use crate::procstat::{self, Usage};
 
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
 /// How pgfanout's config is written: status updates every 20 ms so the
 /// slot position (what the drain waits on) trails the durable position by
@@ -95,16 +95,22 @@ pub struct Fanout {
 impl Fanout {
     /// Writes the config to `dir/<slot>.yaml` and starts `pgfanout run -c` on it.
     pub fn spawn(prog: &Program, dir: &Path, db: &Db, cfg: &FanoutConfig) -> Result<Fanout> {
-        let config_path = dir.join(format!("{}.yaml", cfg.slot));
-        std::fs::write(&config_path, cfg.yaml(db, dir)).context("write pgfanout config")?;
-        let log_path = dir.join(format!("{}.log", cfg.slot));
+        Fanout::spawn_yaml(prog, dir, cfg.slot, &cfg.yaml(db, dir), "warn")
+    }
+
+    /// Writes `yaml` to `dir/<name>.yaml` and starts `pgfanout run -c` on it
+    /// with `PGFANOUT_LOG=<log_level>`; stderr goes to `dir/<name>.log`.
+    pub fn spawn_yaml(prog: &Program, dir: &Path, name: &str, yaml: &str, log_level: &str) -> Result<Fanout> {
+        let config_path = dir.join(format!("{name}.yaml"));
+        std::fs::write(&config_path, yaml).context("write pgfanout config")?;
+        let log_path = dir.join(format!("{name}.log"));
         let log = std::fs::File::create(&log_path).context("create pgfanout log")?;
         let started = Instant::now();
         let child = prog
             .command()
             .args(["run", "-c"])
             .arg(&config_path)
-            .env("PGFANOUT_LOG", "warn")
+            .env("PGFANOUT_LOG", log_level)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
