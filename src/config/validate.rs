@@ -113,7 +113,10 @@ pub(crate) fn validate_parts(p: &Parts<'_>) -> Vec<String> {
             errors.push(format!("runtime.queue_batches: {} is out of range; expected 1 to 10000", r.queue_batches));
         }
         if r.linger > std::time::Duration::from_secs(1) {
-            errors.push(format!("runtime.linger: {:?} is too long; expected at most 1s (it adds to every change's latency), like 5ms", r.linger));
+            errors.push(format!(
+                "runtime.linger: {:?} is too long; expected at most 1s (it adds to every change's latency), like 5ms",
+                r.linger
+            ));
         }
     }
     errors

@@ -84,12 +84,16 @@ pub struct SourceLoop {
     unflushed_since: Option<Instant>,
 }
 
+/// (schema name pointer, table name pointer, op): cheap to hash per change.
+type ChangeKey = (usize, usize, Op);
+/// (schema, table, changes since the last publish).
+type ChangeCount = (Arc<str>, Arc<str>, u64);
+
 #[derive(Default)]
 struct Stats {
     bytes: u64,
     transactions: u64,
-    /// (schema ptr, table ptr, op) -> (schema, table, count since last publish)
-    changes: HashMap<(usize, usize, Op), (Arc<str>, Arc<str>, u64)>,
+    changes: HashMap<ChangeKey, ChangeCount>,
 }
 
 impl SourceLoop {
