@@ -17,32 +17,10 @@ async fn cluster(db: &str) -> (PgCluster, tokio_postgres::Client) {
     (pg, c)
 }
 
+/// The shared e2e config with small batches and queues, so a blocked sink
+/// stalls the reader quickly.
 fn config(pg: &PgCluster, db: &str, slot: &str, sinks: &str, pipelines: &str, dlq: &std::path::Path) -> String {
-    format!(
-        r#"
-source:
-  postgres:
-    url: {url}
-    slot: {slot}
-    publication: {slot}
-    snapshot: never
-    status_interval: 1s
-sinks:
-{sinks}
-pipelines:
-{pipelines}
-dead_letter:
-  path: "{dlq}"
-http:
-  enabled: false
-runtime:
-  batch_size: 256
-  queue_batches: 4
-  shutdown_timeout: 5s
-"#,
-        url = pg.url(db),
-        dlq = dlq.display()
-    )
+    daemon_config(pg, db, slot, sinks, pipelines, dlq).replace("runtime:\n", "runtime:\n  batch_size: 256\n  queue_batches: 4\n")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

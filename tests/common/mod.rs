@@ -20,34 +20,30 @@ pub fn scratch() -> tempfile::TempDir {
     testkit::scratch_dir("pgfanout-e2e-")
 }
 
+/// A daemon config for `db` (no snapshot, status every second, no HTTP
+/// listener): `sinks` is the YAML under `sinks:`, `pipelines` the list under
+/// `pipelines:`, dead letters go to `dlq`. Every end-to-end config is built
+/// here so they differ only where a test needs them to.
+pub fn daemon_config(pg: &PgCluster, db: &str, slot: &str, sinks: &str, pipelines: &str, dlq: &Path) -> String {
+    format!(
+        "{source}sinks:\n{sinks}\npipelines:\n{pipelines}\ndead_letter:\n  path: \"{dlq}\"\nhttp:\n  enabled: false\nruntime:\n  shutdown_timeout: 10s\n",
+        source = source_section(pg, db, slot),
+        sinks = sinks.trim_end(),
+        pipelines = pipelines.trim_end(),
+        dlq = dlq.display(),
+    )
+}
+
 /// A config streaming `tables` (patterns) of `db` into a file sink at `out`.
 pub fn file_config(pg: &PgCluster, db: &str, slot: &str, tables: &[&str], out: &Path) -> String {
     let from = tables.iter().map(|t| format!("\"{t}\"")).collect::<Vec<_>>().join(", ");
-    format!(
-        r#"
-source:
-  postgres:
-    url: {url}
-    slot: {slot}
-    publication: {slot}
-    snapshot: never
-    status_interval: 1s
-sinks:
-  out: {{ type: file, path: "{out}" }}
-pipelines:
-  - name: all
-    from: [{from}]
-    to: out
-dead_letter:
-  path: "{dlq}"
-http:
-  enabled: false
-runtime:
-  shutdown_timeout: 10s
-"#,
-        url = pg.url(db),
-        out = out.display(),
-        dlq = out.with_extension("dead.jsonl").display(),
+    daemon_config(
+        pg,
+        db,
+        slot,
+        &format!("  out: {{ type: file, path: \"{}\" }}", out.display()),
+        &format!("  - name: all\n    from: [{from}]\n    to: out"),
+        &out.with_extension("dead.jsonl"),
     )
 }
 
@@ -137,29 +133,9 @@ pub fn out_path(dir: &Path, name: &str) -> PathBuf {
 /// Reconnects are capped at 1 s so an outage test sees recovery quickly;
 /// the dead-letter file is `dir/<slot>.dead.jsonl`.
 pub fn redis_config(pg: &PgCluster, db: &str, slot: &str, redis_url: &str, pipelines: &str, dir: &Path) -> String {
-    format!(
-        r#"
-source:
-  postgres:
-    url: {url}
-    slot: {slot}
-    publication: {slot}
-    snapshot: never
-    status_interval: 1s
-sinks:
-  cache: {{ type: redis, url: "{redis_url}", reconnect_max_delay: 1s, connect_timeout: 2s, response_timeout: 10s }}
-pipelines:
-{pipelines}
-dead_letter:
-  path: "{dlq}"
-http:
-  enabled: false
-runtime:
-  shutdown_timeout: 10s
-"#,
-        url = pg.url(db),
-        dlq = dir.join(format!("{slot}.dead.jsonl")).display(),
-    )
+    let sink =
+        format!("  cache: {{ type: redis, url: \"{redis_url}\", reconnect_max_delay: 1s, connect_timeout: 2s, response_timeout: 10s }}");
+    daemon_config(pg, db, slot, &sink, pipelines, &dir.join(format!("{slot}.dead.jsonl")))
 }
 
 /// `pg_current_wal_insert_lsn()` as a number: the end of everything written
@@ -169,8 +145,8 @@ pub async fn insert_lsn(c: &tokio_postgres::Client) -> u64 {
     lsn(&s)
 }
 
-/// The `source:` section shared by the Kafka and Neo4j end-to-end configs:
-/// no snapshot, status every second so confirmed positions move quickly.
+/// The `source:` section of every end-to-end config: no snapshot, status
+/// every second so confirmed positions move quickly.
 fn source_section(pg: &PgCluster, db: &str, slot: &str) -> String {
     format!(
         "source:\n  postgres:\n    url: {url}\n    slot: {slot}\n    publication: {slot}\n    snapshot: never\n    status_interval: 1s\n",
@@ -186,21 +162,8 @@ fn source_section(pg: &PgCluster, db: &str, slot: &str) -> String {
 /// dead-letter file is `dir/<slot>.dead.jsonl`.
 pub fn kafka_config(pg: &PgCluster, db: &str, slot: &str, bootstrap: &str, sink_extra: &str, pipelines: &str, dir: &Path) -> String {
     let extra = if sink_extra.is_empty() { String::new() } else { format!(", {sink_extra}") };
-    format!(
-        r#"{source}sinks:
-  events: {{ type: kafka, brokers: "{bootstrap}", delivery_timeout: 5s{extra} }}
-pipelines:
-{pipelines}
-dead_letter:
-  path: "{dlq}"
-http:
-  enabled: false
-runtime:
-  shutdown_timeout: 10s
-"#,
-        source = source_section(pg, db, slot),
-        dlq = dir.join(format!("{slot}.dead.jsonl")).display(),
-    )
+    let sink = format!("  events: {{ type: kafka, brokers: \"{bootstrap}\", delivery_timeout: 5s{extra} }}");
+    daemon_config(pg, db, slot, &sink, pipelines, &dir.join(format!("{slot}.dead.jsonl")))
 }
 
 /// A config streaming `db` into one Neo4j sink named `graph` on the Bolt
@@ -218,21 +181,8 @@ pub fn neo4j_config(
     pipelines: &str,
     dir: &Path,
 ) -> String {
-    format!(
-        r#"{source}sinks:
-  graph: {{ type: neo4j, uri: "{uri}", user: "{user}", password: "{password}", database: "{database}" }}
-pipelines:
-{pipelines}
-dead_letter:
-  path: "{dlq}"
-http:
-  enabled: false
-runtime:
-  shutdown_timeout: 10s
-"#,
-        source = source_section(pg, db, slot),
-        dlq = dir.join(format!("{slot}.dead.jsonl")).display(),
-    )
+    let sink = format!("  graph: {{ type: neo4j, uri: \"{uri}\", user: \"{user}\", password: \"{password}\", database: \"{database}\" }}");
+    daemon_config(pg, db, slot, &sink, pipelines, &dir.join(format!("{slot}.dead.jsonl")))
 }
 
 /// Samples the slot's confirmed_flush_lsn every `every` on client `c` (its
