@@ -159,3 +159,37 @@ async fn a_table_added_later_is_snapshotted_alone() {
     d.signal("TERM");
     assert!(d.wait(Duration::from_secs(30)).expect("exit").success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_connection_lost_mid_copy_is_retried() {
+    let (pg, c) = cluster("lost").await;
+    create_tables(&c).await;
+    let dir = scratch();
+    let out = out_path(dir.path(), "lost");
+    let mut d = Daemon::start(bin(), dir.path(), "lost", &snapshot_config(&pg, "lost", "lost", &["public.*"], &out));
+    testkit::wait_for(Duration::from_secs(60), "snapshot under way", || {
+        let n = line_count(&out);
+        async move { n > 20_000 }
+    })
+    .await;
+    let killed: i64 = c
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE query ILIKE 'COPY %' AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(killed >= 1, "a COPY was running");
+    churn(&c, 50).await;
+    testkit::wait_until(Duration::from_secs(240), "the snapshot to complete after a retry", || d.log().contains("snapshot complete"));
+    assert!(d.log().contains("snapshot interrupted; copying again"), "{}", d.log());
+    assert!(d.is_running(), "a lost connection is not fatal");
+    c.batch_execute("INSERT INTO t3 VALUES (9999999, 1)").await.unwrap();
+    testkit::wait_until(Duration::from_secs(60), "the last change to be streamed", || {
+        tail_records(&out, 500).iter().any(|r| r["table"] == "t3" && r["after"]["id"] == 9_999_999)
+    });
+    assert_tables_equal(&c, &out, &["t1", "t2", "t3"]).await;
+    d.signal("TERM");
+    assert!(d.wait(Duration::from_secs(30)).expect("exit").success());
+}

@@ -11,7 +11,7 @@ pub mod worker;
 use std::sync::Arc;
 
 use tokio::sync::watch;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::dead_letter::DeadLetters;
@@ -84,13 +84,38 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     };
     let mut source =
         SourceLoop::new(settings, router, sinks.senders, tracker, dead_letters, health, shutdown_rx, sinks.names, sinks.workers);
-    if let Some(plan) = prepared.snapshot {
-        match source.run_snapshot(plan, &pg.slot, pg.snapshot_parallelism).await {
+    let mut plan = prepared.snapshot;
+    let mut backoff = backoff::Backoff::new(std::time::Duration::from_millis(500), std::time::Duration::from_secs(30));
+    while let Some(p) = plan.take() {
+        match source.run_snapshot(p, &pg.slot, pg.snapshot_parallelism).await {
             Ok(true) => {}
             Ok(false) => {
                 info!("shutdown during the snapshot; it starts again on the next run");
                 source.drain_workers().await;
                 return Ok(());
+            }
+            Err(e) if e.is_retriable() => {
+                // The state still says "running": planning again copies the
+                // unfinished tables under a fresh snapshot (rows already
+                // delivered are delivered again; sinks are idempotent).
+                let delay = backoff.next_delay();
+                warn!(error = %e, retry_in = ?delay, "snapshot interrupted; copying again");
+                let mut shutdown = source.shutdown.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed() => {}
+                }
+                match setup::prepare_source(&source.settings.opts, pg, &source.router, source.shutdown.clone()).await {
+                    Ok(Some(again)) => plan = again.snapshot,
+                    Ok(None) => {
+                        source.drain_workers().await;
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        source.drain_workers().await;
+                        return Err(RunError::Fatal(e.to_string()));
+                    }
+                }
             }
             Err(e) => {
                 error!(error = %e, "snapshot failed; it starts again on the next run");
