@@ -180,14 +180,14 @@ fn tansu_bin() -> Option<PathBuf> {
 fn build_pgfanout() -> Result<PathBuf> {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("workspace root")?.to_path_buf();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    eprintln!("building the release pgfanout binary (cargo build --release --bin pgfanout)…");
+    eprintln!("building the release pgfanout binary (cargo build --release --bin pgfanout -p pgfanout)…");
     let status = Command::new(&cargo)
-        .args(["build", "--release", "--bin", "pgfanout"])
+        .args(["build", "--release", "--bin", "pgfanout", "-p", "pgfanout"])
         .current_dir(&workspace)
         .status()
-        .context("run cargo build --release --bin pgfanout")?;
+        .context("run cargo build --release --bin pgfanout -p pgfanout")?;
     if !status.success() {
-        bail!("cargo build --release --bin pgfanout failed ({status}); build it yourself or pass --pgfanout PATH");
+        bail!("cargo build --release --bin pgfanout -p pgfanout failed ({status}); build it yourself or pass --pgfanout PATH");
     }
     let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace.join("target"));
     let target = if target.is_absolute() { target } else { workspace.join(target) };
