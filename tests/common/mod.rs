@@ -231,7 +231,7 @@ pub fn ecommerce_subset(pg: &PgCluster, keep: &[(&str, Json)], dir: &Path) -> St
         .and_then(|c| c.try_deserialize())
         .expect("parse config/ecommerce.yaml");
     let url = cfg["source"]["postgres"]["url"].as_str().expect("source url").to_string();
-    assert!(url.contains(":5432/"), "{url}");
+    assert!(url.contains("${PGPASSWORD:-replicator}@${PGHOST:-127.0.0.1}:5432/"), "{url}");
     cfg["source"]["postgres"]["url"] = Json::from(url.replace(":5432/", &format!(":{}/", pg.port)));
     cfg["source"]["postgres"]["status_interval"] = Json::from("1s");
     let sinks = cfg["sinks"].as_object_mut().expect("sinks");
