@@ -52,18 +52,6 @@ async fn cluster(db: &str) -> (PgCluster, tokio_postgres::Client) {
     (pg, c)
 }
 
-/// A small deterministic generator (xorshift), so a failing run replays.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 /// A mixed workload on users and orders: inserts (including ids deleted
 /// earlier), single-row updates (some to NULL), deletes and multi-row
 /// updates, one to three statements per transaction.

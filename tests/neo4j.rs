@@ -75,18 +75,6 @@ async fn graph(server: &BoltServer) -> Graph {
     Graph::connect(cfg).await.expect("client connects")
 }
 
-/// A small deterministic generator (xorshift).
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n.max(1)
-    }
-}
-
 /// The shop's activity: purchases mostly, quantity changes, purchases
 /// moved to another product or buyer, cancelled purchases, renamed and
 /// repriced products, renamed users (sometimes to NULL), new users and

@@ -260,3 +260,16 @@ pub async fn ecommerce_database(pg: &PgCluster, db: &str) -> tokio_postgres::Cli
     c.batch_execute(&schema).await.expect("load examples/ecommerce.sql");
     c
 }
+
+/// A small deterministic generator (xorshift), so a failing workload replays.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// A number below `n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
+    }
+}
