@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 pub mod bolt;
 pub mod daemon;
+pub mod jvm;
 pub mod kafka;
 pub mod pg;
 pub mod redis;

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Installs the JVM servers the integration tests run (Apache Kafka, Neo4j,
+# OpenSearch, Cassandra) from Maven Central into a cache, one classpath per
+# server so their dependencies never mix:
+#   ${PGFANOUT_JVM_CACHE:-$HOME/.cache/pgfanout/jvm}/<server>/{lib,classes,conf,java,.installed}
+# lib: the jars (testkit/jvm/<server>/pom.xml pins every version), classes:
+# the small launchers from testkit/jvm (compiled here), conf: logging config,
+# java: the java binary to run it with (Java 17).
+# Idempotent: a server whose .installed marker matches the hash of its pom,
+# launchers and config is skipped, so a warm run takes well under a second.
+# Usage: scripts/install-jvm-servers.sh [kafka|neo4j|opensearch|cassandra ...]  (default: all)
+set -euo pipefail
+self="$(readlink -f "$0")"
+cd "$(dirname "$self")/.."
+src="$PWD/testkit/jvm"
+root="${PGFANOUT_JVM_CACHE:-$HOME/.cache/pgfanout/jvm}"
+servers=("$@")
+[ ${#servers[@]} -gt 0 ] || servers=(kafka neo4j opensearch cassandra)
+
+# Java 17: every server pinned here runs on it (Cassandra 5.0 supports 11 and 17 only).
+java_home=""
+for h in "${PGFANOUT_JAVA17_HOME:-}" /usr/lib/jvm/java-17-openjdk-amd64 /usr/lib/jvm/java-17-openjdk-arm64 "${JAVA_HOME:-}"; do
+  if [ -n "$h" ] && [ -x "$h/bin/javac" ] && "$h/bin/java" -version 2>&1 | grep -q '"17\.'; then java_home="$h"; break; fi
+done
+if [ -z "$java_home" ]; then
+  javac_path="$(command -v javac || true)"
+  [ -n "$javac_path" ] || { echo "install-jvm-servers: no JDK 17 found (set PGFANOUT_JAVA17_HOME)" >&2; exit 1; }
+  java_home="$(dirname "$(dirname "$(readlink -f "$javac_path")")")"
+fi
+
+stamp() { # the hash of everything that decides what lands in the cache
+  (cd "$src" && find common "$1" -type f | LC_ALL=C sort | xargs sha256sum; echo "$java_home"; sha256sum "$self") | sha256sum | cut -c1-64
+}
+
+for s in "${servers[@]}"; do
+  [ -f "$src/$s/pom.xml" ] || { echo "install-jvm-servers: unknown server $s" >&2; exit 1; }
+  want="$(stamp "$s")"
+  if [ "$(cat "$root/$s/.installed" 2>/dev/null || true)" = "$want" ]; then continue; fi
+  echo "install-jvm-servers: installing $s into $root/$s" >&2
+  tmp="$root/$s.tmp.$$"
+  rm -rf "$tmp"
+  mkdir -p "$tmp/classes" "$tmp/conf"
+  JAVA_HOME="$java_home" mvn -q -B -f "$src/$s/pom.xml" dependency:copy-dependencies \
+    -DoutputDirectory="$tmp/lib" -DincludeScope=runtime
+  mapfile -t sources < <(find "$src/common" "$src/$s" -name '*.java' | LC_ALL=C sort)
+  "$java_home/bin/javac" -nowarn --release 17 -cp "$tmp/lib/*" -d "$tmp/classes" "${sources[@]}"
+  if [ -d "$src/$s/conf" ]; then cp -r "$src/$s/conf/." "$tmp/conf/"; fi
+  echo "$java_home/bin/java" > "$tmp/java"
+  echo "$want" > "$tmp/.installed"
+  rm -rf "$root/$s"
+  mv "$tmp" "$root/$s"
+done
