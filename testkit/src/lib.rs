@@ -13,12 +13,14 @@ pub mod bolt;
 pub mod daemon;
 pub mod jvm;
 pub mod kafka;
+pub mod neo4j;
 pub mod pg;
 pub mod redis;
 
 pub use bolt::BoltServer;
 pub use daemon::Daemon;
 pub use kafka::KafkaBroker;
+pub use neo4j::Neo4jServer;
 pub use pg::PgCluster;
 pub use redis::RedisServer;
 
