@@ -204,3 +204,23 @@ impl Drop for JvmProcess {
 pub fn wait_port_closed(port: u16, timeout: Duration) {
     crate::wait_until(timeout, "the port to close", || TcpStream::connect(("127.0.0.1", port)).is_err());
 }
+
+/// The status code of `GET http://127.0.0.1:<port><path>` (plain HTTP/1.0
+/// over a socket: no client library needed), or None if it cannot be had.
+pub fn http_status(port: u16, path: &str) -> Option<u16> {
+    use std::io::Write;
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n").ok()?;
+    let mut head = [0u8; 32];
+    let mut n = 0;
+    while n < 12 {
+        let k = s.read(&mut head[n..]).ok()?;
+        if k == 0 {
+            break;
+        }
+        n += k;
+    }
+    let line = std::str::from_utf8(&head[..n]).ok()?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}

@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod jvm;
 pub mod kafka;
 pub mod neo4j;
+pub mod opensearch;
 pub mod pg;
 pub mod redis;
 
@@ -21,6 +22,7 @@ pub use bolt::BoltServer;
 pub use daemon::Daemon;
 pub use kafka::KafkaBroker;
 pub use neo4j::Neo4jServer;
+pub use opensearch::OpenSearchNode;
 pub use pg::PgCluster;
 pub use redis::RedisServer;
 
