@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod bolt;
+pub mod cassandra;
 pub mod daemon;
 pub mod jvm;
 pub mod kafka;
@@ -19,6 +20,7 @@ pub mod pg;
 pub mod redis;
 
 pub use bolt::BoltServer;
+pub use cassandra::CassandraNode;
 pub use daemon::Daemon;
 pub use kafka::KafkaBroker;
 pub use neo4j::Neo4jServer;

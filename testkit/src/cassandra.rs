@@ -1,0 +1,172 @@
+//! An ephemeral Apache Cassandra node on a free loopback port.
+//!
+//! Cassandra 5.0 (`org.apache.cassandra:cassandra-all`, installed by
+//! `scripts/install-jvm-servers.sh`) runs as `CassandraDaemon` in the
+//! foreground with a `cassandra.yaml` written here: one node, one token,
+//! CQL (native protocol) and storage on 127.0.0.1, no auth
+//! (`AllowAllAuthenticator`), no JMX, small caches, no wait for gossip.
+//! It stands in for ScyllaDB too (which cannot be had here): both speak CQL.
+//!
+//! Start: ~8-9 s, RSS ~500 MB (`-Xmx512m`).
+
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use crate::jvm::{wait_port_closed, JvmInstall, JvmProcess};
+use crate::{free_port, scratch_dir};
+
+/// A running Cassandra node; killed on drop and its directory removed.
+pub struct CassandraNode {
+    dir: tempfile::TempDir,
+    install: JvmInstall,
+    child: Mutex<Option<JvmProcess>>,
+    /// The CQL (native transport) port.
+    pub port: u16,
+    /// The internode (storage) port.
+    pub storage_port: u16,
+}
+
+impl CassandraNode {
+    /// Starts a node and waits (up to 180 s) until it listens for CQL clients.
+    pub fn start() -> CassandraNode {
+        let node = CassandraNode {
+            dir: scratch_dir("pgfanout-cassandra-"),
+            install: JvmInstall::find("cassandra"),
+            child: Mutex::new(None),
+            port: free_port(),
+            storage_port: free_port(),
+        };
+        node.write_config();
+        node.start_server();
+        node
+    }
+
+    /// One node for the whole test binary, started on first use and gone
+    /// with the process. Tests share it: use distinct keyspaces.
+    pub fn shared() -> &'static CassandraNode {
+        static SHARED: OnceLock<CassandraNode> = OnceLock::new();
+        SHARED.get_or_init(CassandraNode::start)
+    }
+
+    /// `127.0.0.1:<port>`, the contact point for CQL drivers.
+    pub fn contact_point(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn write_config(&self) {
+        let d = self.dir.path().display();
+        let (p, sp) = (self.port, self.storage_port);
+        let yaml = format!(
+            "cluster_name: pgfanout-test
+num_tokens: 1
+initial_token: 0
+partitioner: org.apache.cassandra.dht.Murmur3Partitioner
+endpoint_snitch: SimpleSnitch
+seed_provider:
+  - class_name: org.apache.cassandra.locator.SimpleSeedProvider
+    parameters:
+      - seeds: \"127.0.0.1:{sp}\"
+listen_address: 127.0.0.1
+rpc_address: 127.0.0.1
+storage_port: {sp}
+ssl_storage_port: {sp}
+native_transport_port: {p}
+start_native_transport: true
+data_file_directories: [{d}/data]
+commitlog_directory: {d}/commitlog
+saved_caches_directory: {d}/saved_caches
+hints_directory: {d}/hints
+cdc_raw_directory: {d}/cdc_raw
+commitlog_sync: periodic
+commitlog_sync_period: 10000ms
+authenticator: AllowAllAuthenticator
+authorizer: AllowAllAuthorizer
+auto_snapshot: false
+concurrent_compactors: 1
+memtable_allocation_type: heap_buffers
+file_cache_size: 32MiB
+networking_cache_size: 16MiB
+key_cache_size: 0MiB
+counter_cache_size: 0MiB
+memtable_heap_space: 64MiB
+memtable_offheap_space: 64MiB
+concurrent_reads: 4
+concurrent_writes: 4
+concurrent_counter_writes: 4
+native_transport_max_threads: 16
+"
+        );
+        std::fs::write(self.dir.path().join("cassandra.yaml"), yaml).expect("write cassandra.yaml");
+    }
+
+    /// Starts (or restarts after [`stop`](Self::stop)) the node on the same
+    /// ports and data.
+    pub fn start_server(&self) {
+        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        if child.is_some() {
+            return;
+        }
+        let d = self.dir.path();
+        let opens = std::fs::read_to_string(self.install.conf("jvm17.options")).unwrap_or_else(|e| panic!("read jvm17.options: {e}"));
+        let mut jvm_args: Vec<String> = [
+            "-Xms128m",
+            "-Xmx512m",
+            "-XX:+UseSerialGC",
+            "-Xss512k",
+            "-XX:MaxDirectMemorySize=256m",
+            "-XX:ReservedCodeCacheSize=96m",
+            "-Dcassandra-foreground=yes",
+            "-Dcassandra.skip_wait_for_gossip_to_settle=0",
+            "-Dcassandra.ring_delay_ms=100",
+            "-Dcassandra.superuser_setup_delay_ms=0",
+            "-Djava.net.preferIPv4Stack=true",
+            "-Djava.awt.headless=true",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        jvm_args.extend(opens.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from));
+        jvm_args.push(format!("-Dcassandra.config=file://{}", d.join("cassandra.yaml").display()));
+        jvm_args.push(format!("-Dcassandra.storagedir={}", d.display()));
+        jvm_args.push(format!("-Dcassandra.logdir={}", d.join("logs").display()));
+        jvm_args.push(format!("-Dlogback.configurationFile={}", self.install.conf("logback.xml").display()));
+        let mut p = JvmProcess::spawn(
+            "cassandra",
+            &self.install,
+            &jvm_args,
+            "org.apache.cassandra.service.CassandraDaemon",
+            &[],
+            &d.join("cassandra.log"),
+            Some(d),
+        );
+        p.wait_ready(Duration::from_secs(180), self.port, "Starting listening for CQL clients");
+        *child = Some(p);
+    }
+
+    /// Stops the node gracefully (SIGTERM: drains and flushes, ~6 s; SIGKILL
+    /// after 60 s) and waits until the port is closed.
+    pub fn stop(&self) {
+        if let Some(mut c) = self.child.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            c.terminate(Duration::from_secs(60));
+        }
+        wait_port_closed(self.port, Duration::from_secs(10));
+    }
+
+    /// The JVM's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(JvmProcess::pid)
+    }
+
+    /// The node's log so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("cassandra.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for CassandraNode {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            c.kill();
+        }
+    }
+}
