@@ -5,11 +5,10 @@
 //! `fsync`ed before the record counts as done, so nothing vanishes: either
 //! the record is in its sink or it is here, with the reason.
 
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use pgfanout_file::LinesFile;
 use pgfanout_sdk::{json, Change};
 use tracing::error;
 
@@ -42,15 +41,20 @@ impl DeadLetter {
 }
 
 /// Appends dead letters durably. Cheap to clone.
+///
+/// Each append lands whole or not at all ([`LinesFile`]): a failed write is
+/// cut back before it is retried, and a torn line left by a crash is cut
+/// when the file is first opened (its letters were not counted as done, so
+/// they are written again).
 #[derive(Clone)]
 pub struct DeadLetters {
     path: Arc<PathBuf>,
-    lock: Arc<Mutex<()>>,
+    file: Arc<Mutex<Option<LinesFile>>>,
 }
 
 impl DeadLetters {
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        DeadLetters { path: Arc::new(path.into()), lock: Arc::new(Mutex::new(())) }
+        DeadLetters { path: Arc::new(path.into()), file: Arc::new(Mutex::new(None)) }
     }
 
     pub fn path(&self) -> &std::path::Path {
@@ -72,16 +76,19 @@ impl DeadLetters {
         let mut backoff = Backoff::default();
         loop {
             let path = self.path.clone();
-            let lock = self.lock.clone();
+            let file = self.file.clone();
             let data = buf.clone();
             let result = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-                let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(parent)?;
+                let mut guard = file.lock().unwrap_or_else(|p| p.into_inner());
+                if guard.is_none() {
+                    *guard = Some(LinesFile::open(&path)?);
                 }
-                let mut f = OpenOptions::new().create(true).append(true).open(&*path)?;
-                f.write_all(&data)?;
-                f.sync_data()
+                let result = guard.as_ref().map(|f| f.append(&data)).unwrap_or(Ok(()));
+                if result.is_err() {
+                    // Open it again next time (the file may have been replaced).
+                    *guard = None;
+                }
+                result
             })
             .await;
             match result {

@@ -39,6 +39,10 @@ pub const END_TO_END_LATENCY_SECONDS: &str = "pgfanout_end_to_end_latency_second
 /// Records a pipeline's filter or transforms failed on, by `pipeline`.
 pub const PIPELINE_DEAD_LETTERED_TOTAL: &str = "pgfanout_pipeline_dead_lettered_total";
 
+/// Rows of the stream that could not be decoded and went to the dead-letter
+/// file (`source.postgres.on_decode_error: dead_letter`), by `table`.
+pub const DECODE_ERRORS_TOTAL: &str = "pgfanout_decode_errors_total";
+
 /// Rows copied by the initial snapshot, by `table`.
 pub const SNAPSHOT_ROWS_TOTAL: &str = "pgfanout_snapshot_rows_total";
 /// Snapshot progress (0..1), by `table`.
@@ -61,6 +65,7 @@ pub const ALL: &[&str] = &[
     SINK_BATCH_DURATION_SECONDS,
     END_TO_END_LATENCY_SECONDS,
     PIPELINE_DEAD_LETTERED_TOTAL,
+    DECODE_ERRORS_TOTAL,
     SNAPSHOT_ROWS_TOTAL,
     SNAPSHOT_PROGRESS_RATIO,
 ];
@@ -83,6 +88,7 @@ pub fn describe() {
     describe_histogram!(SINK_BATCH_DURATION_SECONDS, Unit::Seconds, "Duration of one sink write");
     describe_histogram!(END_TO_END_LATENCY_SECONDS, Unit::Seconds, "Commit time to durable in the sink");
     describe_counter!(PIPELINE_DEAD_LETTERED_TOTAL, "Records whose filter or transform failed");
+    describe_counter!(DECODE_ERRORS_TOTAL, "Stream rows that could not be decoded (dead-lettered)");
     describe_counter!(SNAPSHOT_ROWS_TOTAL, "Rows copied by the initial snapshot");
     describe_gauge!(SNAPSHOT_PROGRESS_RATIO, "Snapshot progress of a table, 0 to 1");
 }

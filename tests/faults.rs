@@ -81,11 +81,14 @@ async fn sigkill_and_restart_loses_nothing() {
         let c2 = pg.client("kill").await;
         tokio::spawn(async move { workload(&c2, 1500, 10).await })
     };
-    // Kill it twice while the workload runs.
+    // Kill it twice while the workload runs, each time once it has written
+    // more since the previous start (the second kill is not gated on output
+    // the first run already produced).
     for _ in 0..2 {
-        testkit::wait_for(Duration::from_secs(60), "some output", || {
+        let base = line_count(&out);
+        testkit::wait_for(Duration::from_secs(60), "new output since the last start", || {
             let n = line_count(&out);
-            async move { n > 200 }
+            async move { n > base + 200 }
         })
         .await;
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -221,7 +224,7 @@ async fn million_row_transaction_streams_with_bounded_memory() {
     testkit::wait_for(Duration::from_secs(30), "slot", || async { confirmed_flush(&c, "big").await > 0 }).await;
     c.batch_execute("INSERT INTO big SELECT g, md5(g::text), g % 1000, now() FROM generate_series(1, 1000000) g").await.unwrap();
     wait_lines(&out, 1_000_000, Duration::from_secs(300), &d);
-    let rss = d.peak_rss_kib().unwrap_or(0);
+    let rss = d.peak_rss_kib().expect("the daemon's peak RSS must be readable from /proc");
     // The output alone is > 150 MB: a process that buffered the transaction
     // could not stay under this.
     assert!(rss < 64 * 1024, "peak RSS {rss} KiB");

@@ -177,8 +177,23 @@ async fn a_blocked_sink_holds_the_flush_lsn_with_bounded_memory() {
         }
     }
     let end = insert_lsn(&c).await;
-    // Give the daemon time to fill its queues and stall.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Wait until the daemon has demonstrably read past the first
+    // transaction (the healthy sink has all of it) and then stalled (the
+    // healthy sink stops growing because the blocked one holds the reader
+    // back), so the assertions below are about a stalled daemon, not one
+    // that has not started yet.
+    wait_lines(&ok, 10_000, Duration::from_secs(60), &d);
+    let mut last = line_count(&ok);
+    testkit::wait_for(Duration::from_secs(60), "the reader to stall behind the blocked sink", || {
+        let now = line_count(&ok);
+        let stalled = now == last;
+        last = now;
+        async move {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            stalled
+        }
+    })
+    .await;
     let held = confirmed_flush(&c, "block").await;
     // The first 10,000-row transaction cannot fit in the pipe, so it is not
     // durable in the blocked sink and its end must not be confirmed. (A
@@ -186,7 +201,7 @@ async fn a_blocked_sink_holds_the_flush_lsn_with_bounded_memory() {
     // is safe, the whole transaction is sent again after a restart.)
     assert!(before_lsn >= before && after_first > before_lsn);
     assert!(held < after_first, "flush LSN must not pass what the blocked sink has: {held:X} >= {after_first:X}\n{}", d.log());
-    let rss = d.peak_rss_kib().unwrap_or(0);
+    let rss = d.peak_rss_kib().expect("the daemon's peak RSS must be readable from /proc");
     assert!(rss < 64 * 1024, "memory stays bounded while a sink blocks: {rss} KiB");
     assert!(line_count(&ok) < 200_000, "the reader is slowed down too (backpressure)");
     // Recovery: the reader drains the pipe; everything flows and is confirmed.

@@ -77,6 +77,21 @@ pub struct PostgresSourceConfig {
     /// Connections the initial snapshot reads with (tables and ctid ranges in parallel).
     #[serde(default = "default_snapshot_parallelism")]
     pub snapshot_parallelism: usize,
+    /// What a row that cannot be decoded does: `dead_letter` (default: the
+    /// row goes to the dead-letter file with its raw text values and the
+    /// error, and streaming goes on) or `stop` (exit 1 and leave the slot
+    /// where it is).
+    #[serde(default)]
+    pub on_decode_error: OnDecodeError,
+}
+
+/// `source.postgres.on_decode_error`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnDecodeError {
+    #[default]
+    DeadLetter,
+    Stop,
 }
 
 fn default_snapshot_parallelism() -> usize {
@@ -94,6 +109,7 @@ impl fmt::Debug for PostgresSourceConfig {
             .field("status_interval", &self.status_interval)
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("snapshot_parallelism", &self.snapshot_parallelism)
+            .field("on_decode_error", &self.on_decode_error)
             .finish()
     }
 }

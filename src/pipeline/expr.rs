@@ -70,8 +70,22 @@ impl Expr {
     }
 
     /// Evaluates a filter: the result must be a bool.
+    ///
+    /// Unchanged TOAST columns are absent from `after` (`has(after.col)` is
+    /// false). A filter that reads one without `has()` cannot be decided from
+    /// the record: PostgreSQL did not send the value because it did not
+    /// change. Such a record passes the filter (it is delivered, and sinks
+    /// keep the stored value of the column) instead of failing; guard with
+    /// `has(after.col) && ...` to decide otherwise.
     pub fn evaluate_bool(&self, env: &Arc<Env>, vars: &ChangeVars<'_>) -> Result<bool, String> {
-        match self.evaluate(env, vars)? {
+        let mut ctx = Context::with_env(Arc::clone(env));
+        ctx.set_variable_resolver(vars);
+        let value = match self.program.execute(&ctx) {
+            Ok(v) => v,
+            Err(ExecutionError::NoSuchKey(k)) if vars.change.unchanged_toast.iter().any(|c| **c == *k) => return Ok(true),
+            Err(e) => return Err(format!("expression {:?} failed: {}", self.source, describe(&e))),
+        };
+        match value {
             cel::Value::Bool(b) => Ok(b),
             other => Err(format!("filter {:?} returned {} {}, expected a bool", self.source, other.type_of(), short(&other))),
         }
@@ -326,6 +340,15 @@ mod tests {
         t("commit_ts == '2026-11-24T10:00:00.123456Z'");
         t("has(after.email) && !has(after.bio)");
         t("after.prefs.n.exists(x, x == 2)");
+    }
+
+    #[test]
+    fn a_filter_reading_an_unchanged_toast_column_passes_the_record() {
+        let c = change(Op::Update);
+        let f = |src: &str| Expr::compile(src).unwrap().evaluate_bool(&new_env(), &ChangeVars::new(&c));
+        assert_eq!(f("after.bio.size() > 1000"), Ok(true), "undecidable: delivered");
+        assert_eq!(f("has(after.bio) && after.bio.size() > 1000"), Ok(false), "guarded: decided");
+        assert!(f("after.nope > 1").unwrap_err().contains("nope"), "a column that does not exist is still an error");
     }
 
     #[test]

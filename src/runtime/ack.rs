@@ -13,6 +13,22 @@
 //! so an idle or fully filtered slot does not hold WAL back. That is safe
 //! because the server sends a transaction only once it has committed, and
 //! sends it before any keepalive whose position is past its commit.
+//!
+//! # The invariant, enforced here and only here
+//!
+//! **The flush position sent to PostgreSQL never exceeds the end of the last
+//! transaction received from the replication stream (or the last stream
+//! keepalive/heartbeat position received between transactions) that is
+//! durable in every sink.** Rows written by a snapshot or a backfill carry a
+//! version (a WAL position taken from `pg_current_wal_insert_lsn()`), but that
+//! version is not a stream position: the stream may still hold a backlog far
+//! below it. Such work is registered with [`AckTracker::barrier`]: the
+//! tracker waits for it like a transaction (nothing after it is confirmed
+//! before it is durable) but it never moves the confirmed position. Every
+//! position that can be confirmed enters through [`AckTracker::commit`] or
+//! [`AckTracker::idle_position`], which only the stream reader calls with
+//! positions read from the stream; [`AckTracker::poll`] additionally clamps
+//! the result to the highest such position, so no other path can raise it.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,8 +57,14 @@ impl DurableSeq {
 #[derive(Debug)]
 pub struct AckTracker {
     sinks: Vec<DurableSeq>,
-    /// (sequence, end LSN) of committed transactions not yet durable everywhere.
-    pending: VecDeque<(u64, Lsn)>,
+    /// (sequence, end LSN) of committed transactions not yet durable
+    /// everywhere; `None` for barriers (snapshot or backfill work), which
+    /// must be durable before anything after them is confirmed but confirm
+    /// nothing themselves.
+    pending: VecDeque<(u64, Option<Lsn>)>,
+    /// The highest stream position registered (commit end LSNs, idle
+    /// keepalives) or the slot's start: the ceiling of `confirmed`.
+    stream_high: Lsn,
     next_seq: u64,
     /// End LSN of the newest transaction durable everywhere (or the last
     /// idle keepalive position).
@@ -55,12 +77,33 @@ impl AckTracker {
     /// `start` is the slot's confirmed position (nothing below it is resent).
     pub fn new(sinks: Vec<DurableSeq>, start: Lsn) -> Self {
         let n = sinks.len();
-        AckTracker { sinks, pending: VecDeque::new(), next_seq: 1, confirmed: start, sink_lsn: vec![(0, start); n] }
+        AckTracker {
+            sinks,
+            pending: VecDeque::new(),
+            stream_high: start,
+            next_seq: 1,
+            confirmed: start,
+            sink_lsn: vec![(0, start); n],
+        }
     }
 
-    /// Registers a committed transaction and returns the sequence number to
-    /// send to every sink as its commit marker.
+    /// Registers a transaction committed in the replication stream (its
+    /// Commit message's end LSN) and returns the sequence number to send to
+    /// every sink as its commit marker.
     pub fn commit(&mut self, end_lsn: Lsn) -> u64 {
+        self.stream_high = self.stream_high.max(end_lsn);
+        self.push(Some(end_lsn))
+    }
+
+    /// Registers work that is not a stream transaction (snapshot or backfill
+    /// rows): its marker must be durable in every sink before anything
+    /// registered after it is confirmed, but it confirms no position of its
+    /// own, whatever version its rows carry.
+    pub fn barrier(&mut self) -> u64 {
+        self.push(None)
+    }
+
+    fn push(&mut self, end_lsn: Option<Lsn>) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.pending.push_back((seq, end_lsn));
@@ -76,7 +119,9 @@ impl AckTracker {
     pub fn poll(&mut self) -> Lsn {
         let durable: Vec<u64> = self.sinks.iter().map(DurableSeq::get).collect();
         for (i, &d) in durable.iter().enumerate() {
-            if let Some(&(seq, lsn)) = self.pending.iter().take_while(|(s, _)| *s <= d).last() {
+            if let Some((seq, lsn)) =
+                self.pending.iter().take_while(|(s, _)| *s <= d).filter_map(|&(s, l)| l.map(|l| (s, l))).last()
+            {
                 if seq > self.sink_lsn[i].0 {
                     self.sink_lsn[i] = (seq, lsn);
                 }
@@ -88,8 +133,13 @@ impl AckTracker {
                 break;
             }
             self.pending.pop_front();
-            self.confirmed = self.confirmed.max(lsn);
+            if let Some(lsn) = lsn {
+                self.confirmed = self.confirmed.max(lsn);
+            }
         }
+        // The invariant (module docs): never past what the stream delivered.
+        debug_assert!(self.confirmed <= self.stream_high);
+        self.confirmed = self.confirmed.min(self.stream_high);
         self.confirmed
     }
 
@@ -98,6 +148,7 @@ impl AckTracker {
     pub fn idle_position(&mut self, wal_end: Lsn, in_transaction: bool) -> Lsn {
         self.poll();
         if !in_transaction && self.pending.is_empty() {
+            self.stream_high = self.stream_high.max(wal_end);
             self.confirmed = self.confirmed.max(wal_end);
             for s in &mut self.sink_lsn {
                 s.1 = s.1.max(wal_end);
@@ -149,6 +200,28 @@ mod tests {
         a.advance(s);
         assert_eq!(t.idle_position(Lsn(80), false), Lsn(80));
         assert_eq!(t.idle_position(Lsn(40), false), Lsn(80), "never backwards");
+    }
+
+    #[test]
+    fn a_barrier_waits_like_a_transaction_but_confirms_nothing() {
+        // A snapshot versioned at 1000 while the slot starts at 10 with a
+        // backlog below 1000: confirming 1000 would skip the backlog.
+        let a = DurableSeq::default();
+        let mut t = AckTracker::new(vec![a.clone()], Lsn(10));
+        let snap = t.barrier();
+        a.advance(snap);
+        assert_eq!(t.poll(), Lsn(10), "a snapshot's version is not a stream position");
+        assert_eq!(t.sink_positions(), vec![Lsn(10)]);
+        let s1 = t.commit(Lsn(100));
+        let b = t.barrier();
+        let s2 = t.commit(Lsn(200));
+        assert_eq!(t.idle_position(Lsn(150), false), Lsn(10), "work in flight");
+        a.advance(s1);
+        assert_eq!(t.poll(), Lsn(100));
+        a.advance(b);
+        assert_eq!(t.poll(), Lsn(100), "the barrier adds nothing");
+        a.advance(s2);
+        assert_eq!(t.poll(), Lsn(200));
     }
 
     #[test]

@@ -81,6 +81,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         shutdown_timeout: cfg.runtime.shutdown_timeout,
         heartbeat_interval: pg.heartbeat_interval,
         linger: cfg.runtime.linger,
+        on_decode_error: pg.on_decode_error,
     };
     let mut source =
         SourceLoop::new(settings, router, sinks.senders, tracker, dead_letters, health, shutdown_rx, sinks.names, sinks.workers);

@@ -3,8 +3,10 @@
 //! same backpressure as the stream, waits until every sink has made it
 //! durable, then records the tables as done.
 //!
-//! The copied rows form one pseudo-transaction whose end position is the
-//! snapshot's version, so the ack rule covers them like any transaction.
+//! The copied rows end with a barrier in the ack tracker: they must be
+//! durable before anything streamed after them is confirmed, but the
+//! snapshot's version never becomes the confirmed flush position (it is not
+//! a stream position; see `runtime::ack`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -94,7 +96,7 @@ impl SourceLoop {
         if let Some(exporter) = plan.exporter.take() {
             drop(exporter);
         }
-        let seq = self.tracker.commit(plan.version);
+        let seq = self.tracker.barrier();
         for chunk in self.local.iter_mut() {
             chunk.push(Item::Commit(seq));
         }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use pgfanout_postgres::catalog::TypeRegistry;
 use pgfanout_postgres::conn::{connect_sql, PgConnectOptions};
 use pgfanout_postgres::pgoutput::{self, LogicalMessage};
-use pgfanout_postgres::relation::{build_change, build_truncates, RelationCache, TxMeta};
+use pgfanout_postgres::relation::{build_change, build_truncates, raw_change, RelationCache, RelationInfo, TxMeta};
 use pgfanout_postgres::replication::{ReplicationClient, ReplicationMessage, ReplicationStream};
 use pgfanout_postgres::slot;
 use pgfanout_postgres::SourceError;
@@ -26,6 +26,7 @@ use pgfanout_sdk::{Change, Lsn, Op};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
+use crate::config::OnDecodeError;
 use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::http::Health;
 use crate::metrics as m;
@@ -48,6 +49,8 @@ pub struct SourceSettings {
     /// When set, a non-transactional logical message is emitted this often
     /// so the stream has something to confirm even without keepalives.
     pub heartbeat_interval: Option<Duration>,
+    /// What a row that cannot be decoded does.
+    pub on_decode_error: OnDecodeError,
 }
 
 /// Why a streaming session ended without an error.
@@ -72,6 +75,10 @@ pub struct SourceLoop {
     relations: RelationCache,
     types: TypeRegistry,
     tx: Option<TxMeta>,
+    /// Per sink: how many items of `local` precede the open transaction
+    /// (0 once part of it was handed to the sink). A reconnect cuts `local`
+    /// back to these marks, since the server sends the transaction again.
+    tx_marks: Vec<usize>,
     ordinal: u32,
     routed: Vec<Routed>,
     /// Highest WAL position received (status update `write`).
@@ -125,6 +132,7 @@ impl SourceLoop {
             relations: RelationCache::new(),
             types: TypeRegistry::new(),
             tx: None,
+            tx_marks: vec![0; n],
             ordinal: 0,
             routed: Vec::new(),
             received: start,
@@ -155,8 +163,16 @@ impl SourceLoop {
                 Err(e) if e.is_retriable() => warn!(error = %e, "replication stream failed; reconnecting"),
                 Err(e) => return Err(e),
             }
-            // A transaction cut off mid-way is sent again in full.
-            self.tx = None;
+            // A transaction cut off mid-way is sent again in full: drop what
+            // of it is still queued here. (Records of it already handed to a
+            // sink are written twice; sinks are idempotent.)
+            if self.tx.take().is_some() {
+                let dropped: usize =
+                    self.local.iter_mut().zip(&self.tx_marks).map(|(chunk, &mark)| chunk.drain(mark.min(chunk.len())..).count()).sum();
+                if dropped > 0 {
+                    debug!(records = dropped, "dropped the queued records of a transaction cut off by the reconnect");
+                }
+            }
             if started.elapsed() > Duration::from_secs(60) {
                 backoff.reset(Duration::from_millis(200));
             }
@@ -258,6 +274,9 @@ impl SourceLoop {
             LogicalMessage::Begin { final_lsn, commit_ts, xid } => {
                 self.tx = Some(TxMeta { commit_lsn: final_lsn, xid, commit_ts });
                 self.ordinal = 0;
+                for (mark, chunk) in self.tx_marks.iter_mut().zip(&self.local) {
+                    *mark = chunk.len();
+                }
             }
             LogicalMessage::Commit { end_lsn, .. } => {
                 self.tx = None;
@@ -300,12 +319,45 @@ impl SourceLoop {
                 let rel = self.relations.get(rel_id).cloned().ok_or_else(|| {
                     SourceError::transient(format!("change for unknown relation {rel_id} at {lsn} (no Relation message)"))
                 })?;
-                let change = build_change(&rel, msg, lsn, &tx, self.ordinal)
-                    .map_err(|e| SourceError::permanent(format!("cannot decode a row of {}.{} at {lsn}: {e}", rel.schema, rel.table)))?;
-                self.ordinal += 1;
-                self.route(change).await;
+                let ordinal = self.ordinal;
+                self.ordinal = self.ordinal.saturating_add(1);
+                match build_change(&rel, &msg, lsn, &tx, ordinal) {
+                    Ok(change) => self.route(change).await,
+                    Err(e) => self.undecodable_row(&rel, &msg, lsn, &tx, ordinal, e).await?,
+                }
             }
         }
+        Ok(())
+    }
+
+    /// A row that cannot be decoded: with `on_decode_error: dead_letter` it
+    /// goes to the dead-letter file with its table, position, raw text values
+    /// and the error, is counted, and the stream goes on (it counts as done
+    /// for the ack rule: it is durable in the dead-letter file before its
+    /// transaction's commit marker can be confirmed). With `stop`, pgfanout
+    /// exits 1 and the slot stays before the row.
+    async fn undecodable_row(
+        &mut self,
+        rel: &RelationInfo,
+        msg: &LogicalMessage,
+        lsn: Lsn,
+        tx: &TxMeta,
+        ordinal: u32,
+        error: pgoutput::DecodeError,
+    ) -> Result<(), SourceError> {
+        let table = format!("{}.{}", rel.schema, rel.table);
+        let message = format!("cannot decode a row of {table} at {lsn} (commit {}, ordinal {ordinal}): {error}", tx.commit_lsn);
+        if self.settings.on_decode_error == OnDecodeError::Stop {
+            return Err(SourceError::permanent(format!(
+                "{message}; set source.postgres.on_decode_error: dead_letter to send such rows to the dead-letter file and go on"
+            )));
+        }
+        metrics::counter!(m::DECODE_ERRORS_TOTAL, m::LABEL_TABLE => table.clone()).increment(1);
+        warn!(table = %table, position = %format!("{}#{ordinal}", tx.commit_lsn), error = %error, "row cannot be decoded; dead-lettered");
+        let change = Arc::new(raw_change(rel, msg, lsn, tx, ordinal));
+        self.dead_letters
+            .write(vec![DeadLetter { pipeline: Arc::from("(source)"), sink: Arc::from("(decode)"), error: message, change }])
+            .await;
         Ok(())
     }
 
@@ -354,6 +406,7 @@ impl SourceLoop {
                 continue;
             }
             let chunk = std::mem::take(&mut self.local[i]);
+            self.tx_marks[i] = 0;
             let sender = self.senders[i].clone();
             let permit = loop {
                 tokio::select! {
@@ -412,6 +465,10 @@ impl SourceLoop {
         for ((table, op), n) in totals {
             metrics::counter!(m::CHANGES_READ_TOTAL, m::LABEL_TABLE => table, m::LABEL_OP => op.as_str()).increment(n);
         }
+        // Keyed by name pointers, which every Relation message (reconnect,
+        // DDL) renews: start afresh each time so the map stays as small as
+        // the set of tables written since the last publish.
+        self.stats.changes.clear();
     }
 
     /// Shutdown: hand what was read to the sinks, close the queues, wait for

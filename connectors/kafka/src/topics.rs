@@ -73,18 +73,11 @@ impl Topics {
         for result in results {
             match result {
                 Ok(_) => info!(topic, partitions = self.policy.partitions, "kafka topic created"),
-                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((
-                    _,
-                    code @ (RDKafkaErrorCode::InvalidTopic
-                    | RDKafkaErrorCode::InvalidPartitions
-                    | RDKafkaErrorCode::InvalidReplicationFactor
-                    | RDKafkaErrorCode::InvalidConfig
-                    | RDKafkaErrorCode::PolicyViolation),
-                )) => {
-                    return Ok(TopicStatus::Unusable(format!("kafka refused to create topic {topic:?}: {code}")));
+                Err((_, code)) => {
+                    if let Some(status) = create_refused(topic, self.policy.replication_factor, code)? {
+                        return Ok(status);
+                    }
                 }
-                Err((_, code)) => return Err(SinkError::Retriable(format!("kafka: cannot create topic {topic:?}: {code}"))),
             }
         }
         Ok(TopicStatus::Ready)
@@ -117,5 +110,40 @@ impl Topics {
             Err(KafkaError::MetadataFetch(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic)) => Ok(missing()),
             Err(e) => Err(SinkError::Retriable(format!("kafka: cannot read metadata of topic {topic:?}: {e}"))),
         }
+    }
+}
+
+/// What a refused topic creation means: `Ok(None)` the topic is there
+/// anyway, `Ok(Some(Unusable))` the topic can never be created as
+/// configured (its records are dead-lettered), `Err(Retriable)` the cluster
+/// is not ready (retried, records wait).
+fn create_refused(topic: &str, replication_factor: i32, code: RDKafkaErrorCode) -> Result<Option<TopicStatus>, SinkError> {
+    match code {
+        RDKafkaErrorCode::TopicAlreadyExists => Ok(None),
+        // Fewer brokers alive than the replication factor: a rolling restart
+        // or an outage, not a bad topic. Retried until the brokers are back.
+        RDKafkaErrorCode::InvalidReplicationFactor => Err(SinkError::Retriable(format!(
+            "kafka: cannot create topic {topic:?} with replication factor {replication_factor}: {code} (fewer brokers available; retrying)"
+        ))),
+        RDKafkaErrorCode::InvalidTopic
+        | RDKafkaErrorCode::InvalidPartitions
+        | RDKafkaErrorCode::InvalidConfig
+        | RDKafkaErrorCode::PolicyViolation => {
+            Ok(Some(TopicStatus::Unusable(format!("kafka refused to create topic {topic:?}: {code}"))))
+        }
+        code => Err(SinkError::Retriable(format!("kafka: cannot create topic {topic:?}: {code}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn too_few_brokers_is_retried_and_a_bad_topic_is_not() {
+        assert!(create_refused("t", 3, RDKafkaErrorCode::InvalidReplicationFactor).unwrap_err().is_retriable());
+        assert!(matches!(create_refused("t", 1, RDKafkaErrorCode::InvalidTopic), Ok(Some(TopicStatus::Unusable(_)))));
+        assert!(matches!(create_refused("t", 1, RDKafkaErrorCode::TopicAlreadyExists), Ok(None)));
+        assert!(create_refused("t", 1, RDKafkaErrorCode::RequestTimedOut).unwrap_err().is_retriable());
     }
 }

@@ -11,9 +11,12 @@ use std::path::PathBuf;
 use indexmap::IndexMap;
 use serde::Deserialize;
 
-/// Property holding the version (packed position) of the last change
-/// applied to a generated node or relationship.
-pub const VERSION_PROPERTY: &str = "_pgfanout_lsn";
+/// Property holding the version of the last change applied to a generated
+/// node or relationship: the position as fixed-width text that sorts like
+/// positions (`Position::sortable_text`). (Releases before 0.2 stored a
+/// packed integer in `_pgfanout_lsn`, which could wrap and collide; it is
+/// ignored now and nodes written with it are simply overwritten.)
+pub const VERSION_PROPERTY: &str = "_pgfanout_version";
 /// Relationship property holding the identity of the row it came from (the
 /// JSON of its key columns), so two rows between the same pair of nodes stay
 /// two relationships and a replay finds the one it wrote.
@@ -127,9 +130,11 @@ pub struct RelMapping {
 }
 
 /// User-written statements. Each runs once per record with parameters
-/// `$after`, `$before`, `$key` (maps or null), `$lsn` (the packed position, an
-/// integer), `$op` (string); or, when the statement mentions `$rows`, once
-/// per batch with `$rows` a list of maps with those five entries.
+/// `$after`, `$before`, `$key` (maps or null), `$lsn` (the commit LSN, an
+/// integer), `$ordinal` (the change's ordinal in its transaction),
+/// `$version` (the position as text that sorts like positions: compare it to
+/// guard writes), `$op` (string); or, when the statement mentions `$rows`,
+/// once per batch with `$rows` a list of maps with those entries.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CypherMapping {
@@ -292,8 +297,8 @@ mod tests {
         assert!(paths.contains(&"node.label".to_string()), "{paths:?}");
         assert!(paths.contains(&"node.key".to_string()), "{paths:?}");
         assert!(paths.contains(&"cypher".to_string()), "{paths:?}");
-        let m = mapping(r#"{"node": {"label": "U", "key": {"id": "id"}, "properties": {"_pgfanout_lsn": "x"}}}"#);
-        assert_eq!(m.validate()[0].0, "node.properties._pgfanout_lsn");
+        let m = mapping(r#"{"node": {"label": "U", "key": {"id": "id"}, "properties": {"_pgfanout_version": "x"}}}"#);
+        assert_eq!(m.validate()[0].0, "node.properties._pgfanout_version");
         assert!(serde_json::from_str::<Neo4jMapping>(r#"{"node": {"label": "U", "key": {"id": "id"}, "labels": []}}"#).is_err());
     }
 

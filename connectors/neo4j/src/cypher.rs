@@ -2,9 +2,9 @@
 //!
 //! Why these shapes: every statement takes a whole batch as `$rows` and
 //! `UNWIND`s it, so one round trip writes up to `max_batch` rows. Each row
-//! carries the change's version (`row.v`, the packed position) and every
+//! carries the change's version (`row.v`, the position as sortable text) and every
 //! write is guarded by the version stored on the node or relationship
-//! (`_pgfanout_lsn`): older writes are skipped, equal ones apply, so a replay
+//! (`_pgfanout_version`): older writes are skipped, equal ones apply, so a replay
 //! after a crash converges instead of rolling the graph back.
 //!
 //! Relationships are identified by their row (`_pgfanout_key`, the JSON of
@@ -163,7 +163,7 @@ mod tests {
         assert_eq!(
             node_upsert(&m),
             "UNWIND $rows AS row MERGE (n:`User` {`id`: row.k.`id`}) WITH n, row \
-             WHERE n.`_pgfanout_lsn` IS NULL OR n.`_pgfanout_lsn` <= row.v SET n += row.p, n.`_pgfanout_lsn` = row.v"
+             WHERE n.`_pgfanout_version` IS NULL OR n.`_pgfanout_version` <= row.v SET n += row.p, n.`_pgfanout_version` = row.v"
         );
         assert!(node_delete(&m).ends_with("<= row.v DETACH DELETE n"));
         assert_eq!(node_index("User", &[&"id".to_string()]), "CREATE INDEX `pgfanout_User_id` IF NOT EXISTS FOR (n:`User`) ON (n.`id`)");

@@ -66,9 +66,11 @@ fn map(entries: impl IntoIterator<Item = (String, BoltType)>) -> BoltType {
     BoltType::Map(m)
 }
 
-/// The change's version as a Cypher integer.
+/// The change's version: its position as fixed-width text that sorts like
+/// positions ([`pgfanout_sdk::Position::sortable_text`]); Cypher compares
+/// strings, so the guard needs no packing that could wrap or collide.
 pub fn version(change: &Change) -> BoltType {
-    BoltType::from(change.position().packed_i64())
+    BoltType::from(change.position().sortable_text())
 }
 
 /// `{prop: value}` for a key map, reading columns from `after`, `before`
@@ -169,13 +171,16 @@ fn row_map(row: Option<&Row>) -> BoltType {
     }
 }
 
-/// The parameters of a user statement: `after`, `before`, `key`, `lsn`, `op`.
+/// The parameters of a user statement: `after`, `before`, `key`, `lsn`,
+/// `ordinal`, `version`, `op`.
 pub fn cypher_params(change: &Change) -> Vec<(&'static str, BoltType)> {
     vec![
         ("after", row_map(change.after.as_ref())),
         ("before", row_map(change.before.as_ref())),
         ("key", row_map(change.key.as_ref())),
-        ("lsn", version(change)),
+        ("lsn", BoltType::from(change.position().commit_version())),
+        ("ordinal", BoltType::from(i64::from(change.ordinal))),
+        ("version", version(change)),
         ("op", BoltType::from(change.op.as_str())),
     ]
 }

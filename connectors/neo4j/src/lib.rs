@@ -6,12 +6,14 @@
 //! - `relationship`: each row is a relationship between two MERGEd nodes
 //!   (`order_items` -> `(:User)-[:BOUGHT]->(:Product)`);
 //! - `cypher`: user statements per operation with `$after`, `$before`,
-//!   `$key`, `$lsn`, `$op` (or `$rows` for batched statements).
+//!   `$key`, `$lsn`, `$ordinal`, `$version`, `$op` (or `$rows` for batched
+//!   statements).
 //!
 //! Why versions on the graph: delivery is at-least-once, so after a crash the
 //! server sees changes it already applied. Generated writes store the
-//! change's position (packed into an integer) as `_pgfanout_lsn` on every node
-//! and relationship and skip a write whose stored version is newer; equal
+//! change's version (its position as text that sorts like positions, see
+//! `pgfanout_sdk::Position`) as `_pgfanout_version` on every node and
+//! relationship and skip a write whose stored version is newer; equal
 //! versions apply. Deletes of something newer are skipped as well.
 //!
 //! Tradeoff, no tombstones: a delete removes the node or relationship and its

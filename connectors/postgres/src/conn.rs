@@ -124,7 +124,7 @@ impl PgConnectOptions {
     /// `application_name`, `connect_timeout` (seconds), and `sslrootcert`,
     /// `sslcert`, `sslkey` (override the matching [`TlsFiles`] entry).
     ///
-    /// Errors are [`SourceError::Permanent`] and never contain the password.
+    /// Errors are definite ([`SourceError::is_permanent`]) and never contain the password.
     pub fn from_url(url: &str, tls: TlsFiles) -> Result<Self, SourceError> {
         let bad = |what: &str| SourceError::permanent(format!("invalid PostgreSQL URL: {what}"));
         let parsed = url::Url::parse(&with_placeholder_host(url)).map_err(|e| bad(&e.to_string()))?;

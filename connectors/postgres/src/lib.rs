@@ -20,4 +20,4 @@ pub mod slot;
 pub mod snapshot;
 pub mod types;
 
-pub use error::SourceError;
+pub use error::{ErrorKind, SourceError};

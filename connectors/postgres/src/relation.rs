@@ -186,21 +186,16 @@ fn decode_row(
 ///   IDENTITY FULL), only the key columns for 'K'.
 /// - `key`: the key columns of `after` (insert, update) or of the old tuple
 ///   (delete); the whole row when the relation has no key columns.
-pub fn build_change(rel: &RelationInfo, msg: LogicalMessage, lsn: Lsn, tx: &TxMeta, ordinal: u32) -> Result<Change, DecodeError> {
-    let (op, old, old_is_key, new) = match msg {
-        LogicalMessage::Insert { new, .. } => (Op::Insert, None, false, Some(new)),
-        LogicalMessage::Update { old, old_is_key, new, .. } => (Op::Update, old, old_is_key, Some(new)),
-        LogicalMessage::Delete { old, old_is_key, .. } => (Op::Delete, Some(old), old_is_key, None),
-        other => return Err(DecodeError::NotARowChange(other.kind())),
-    };
+pub fn build_change(rel: &RelationInfo, msg: &LogicalMessage, lsn: Lsn, tx: &TxMeta, ordinal: u32) -> Result<Change, DecodeError> {
+    let (op, old, old_is_key, new) = row_parts(msg)?;
     let has_key = rel.has_key();
     let mut unchanged_toast = Vec::new();
     let mut key = has_key.then(|| Row::with_capacity(1));
-    let after = match &new {
+    let after = match new {
         Some(t) => Some(decode_row(rel, t, Part::All, Some(&mut unchanged_toast), key.as_mut())?),
         None => None,
     };
-    let before = match &old {
+    let before = match old {
         Some(t) => {
             let part = if old_is_key && has_key { Part::KeyOnly } else { Part::All };
             let key_from_old = if after.is_none() { key.as_mut() } else { None };
@@ -225,6 +220,59 @@ pub fn build_change(rel: &RelationInfo, msg: LogicalMessage, lsn: Lsn, tx: &TxMe
         xid: Some(tx.xid),
         commit_ts: Some(tx.commit_ts),
     })
+}
+
+type RowParts<'a> = (Op, Option<&'a TupleData>, bool, Option<&'a TupleData>);
+
+/// (op, old tuple, old is key only, new tuple) of a row message.
+fn row_parts(msg: &LogicalMessage) -> Result<RowParts<'_>, DecodeError> {
+    Ok(match msg {
+        LogicalMessage::Insert { new, .. } => (Op::Insert, None, false, Some(new)),
+        LogicalMessage::Update { old, old_is_key, new, .. } => (Op::Update, old.as_ref(), *old_is_key, Some(new)),
+        LogicalMessage::Delete { old, old_is_key, .. } => (Op::Delete, Some(old), *old_is_key, None),
+        other => return Err(DecodeError::NotARowChange(other.kind())),
+    })
+}
+
+/// The change as PostgreSQL sent it, undecoded: every value is its text
+/// output as a string (NULL stays null; unchanged TOAST columns are listed),
+/// for the dead-letter entry of a row [`build_change`] could not decode.
+/// Columns beyond the relation's are named `$1`, `$2`, ... by position.
+pub fn raw_change(rel: &RelationInfo, msg: &LogicalMessage, lsn: Lsn, tx: &TxMeta, ordinal: u32) -> Change {
+    let mut unchanged_toast = Vec::new();
+    let mut raw = |t: &TupleData, toast: bool| {
+        let mut row = Row::with_capacity(t.0.len());
+        for (i, v) in t.0.iter().enumerate() {
+            let name = rel.columns.get(i).map(|c| c.name.clone()).unwrap_or_else(|| Arc::from(format!("${}", i + 1)));
+            match v {
+                TupleValue::Null => row.push(name, Value::Null),
+                TupleValue::Text(b) => row.push(name, Value::String(String::from_utf8_lossy(b).into())),
+                TupleValue::UnchangedToast if toast => unchanged_toast.push(name),
+                TupleValue::UnchangedToast => {}
+            }
+        }
+        row
+    };
+    let (op, old, new) = match row_parts(msg) {
+        Ok((op, old, _, new)) => (op, old, new),
+        Err(_) => (Op::Insert, None, None),
+    };
+    let before = old.map(|t| raw(t, false));
+    let after = new.map(|t| raw(t, true));
+    Change {
+        op,
+        schema: rel.schema.clone(),
+        table: rel.table.clone(),
+        key: None,
+        before,
+        after,
+        unchanged_toast,
+        lsn,
+        commit_lsn: tx.commit_lsn,
+        ordinal,
+        xid: Some(tx.xid),
+        commit_ts: Some(tx.commit_ts),
+    }
 }
 
 /// One truncate [`Change`] per relation of a Truncate message, in order, with
@@ -298,7 +346,7 @@ mod tests {
             old_is_key: true,
             new: TupleData(vec![t("2"), t("x"), UnchangedToast]),
         };
-        let c = build_change(&r, msg, Lsn(50), &TX, 3).unwrap();
+        let c = build_change(&r, &msg, Lsn(50), &TX, 3).unwrap();
         assert_eq!(
             c.to_json_string(),
             r#"{"op":"update","schema":"public","table":"t","key":{"id":2},"before":{"id":1},"after":{"id":2,"name":"x"},"unchanged_toast":["bio"],"lsn":"0/32","commit_lsn":"0/64","xid":7,"commit_ts":"1970-01-01T00:00:00.000001Z"}"#
@@ -309,7 +357,7 @@ mod tests {
     fn delete_without_key_columns_keys_on_the_whole_row() {
         let r = rel(b'f', &[false, false, false]);
         let msg = LogicalMessage::Delete { relation_id: 1, old: TupleData(vec![t("1"), t("a"), Null]), old_is_key: false };
-        let c = build_change(&r, msg, Lsn(50), &TX, 0).unwrap();
+        let c = build_change(&r, &msg, Lsn(50), &TX, 0).unwrap();
         assert_eq!(c.key, c.before);
         assert_eq!(c.before.as_ref().unwrap().len(), 3);
         assert!(c.after.is_none());
@@ -319,6 +367,6 @@ mod tests {
     fn wrong_column_count_is_an_error() {
         let r = rel(b'd', &[true, false, false]);
         let msg = LogicalMessage::Insert { relation_id: 1, new: TupleData(vec![t("1")]) };
-        assert!(matches!(build_change(&r, msg, Lsn(1), &TX, 0), Err(DecodeError::ColumnCount { expected: 3, got: 1, .. })));
+        assert!(matches!(build_change(&r, &msg, Lsn(1), &TX, 0), Err(DecodeError::ColumnCount { expected: 3, got: 1, .. })));
     }
 }

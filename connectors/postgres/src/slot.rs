@@ -398,15 +398,14 @@ pub async fn ensure_publication(c: &Client, name: &str, tables: &[TableName]) ->
             Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) => {}
             Err(e) => {
                 let err = SourceError::from(e);
-                return Err(match err {
-                    SourceError::Permanent(m) if m.contains("must be owner") || m.contains("permission denied") => {
-                        SourceError::Permanent(format!(
-                            "{m}: create the publication as the tables' owner (CREATE PUBLICATION {} FOR TABLE {list}) \
-                             or grant ownership/CREATE on the database to the pgfanout user",
-                            quote_ident(name)
-                        ))
-                    }
-                    other => other,
+                // 42501 insufficient_privilege: not the owner, or no CREATE.
+                return Err(match err.sqlstate() {
+                    Some("42501") => err.definite_with_fix(format!(
+                        "create the publication as the tables' owner (CREATE PUBLICATION {} FOR TABLE {list}) \
+                         or grant ownership/CREATE on the database to the pgfanout user",
+                        quote_ident(name)
+                    )),
+                    _ => err,
                 });
             }
         }

@@ -329,7 +329,9 @@ fn unquoted_element(lit: &mut Literal<'_>, elem: &TypeDecoder, delim: u8, scratc
 }
 
 /// Parses a row literal (`record_out` form): `(a,"b c",)`; an empty unquoted
-/// field is NULL, `""` is the empty string.
+/// field is NULL, `""` is the empty string. A literal with fewer fields than
+/// the type's current attributes (written before an attribute was added)
+/// gets NULL for the missing ones; one with more fields is an error.
 fn decode_record(text: &[u8], fields: &[(Arc<str>, Arc<TypeDecoder>)]) -> Result<Value, DecodeError> {
     let mut lit = Literal { text, pos: 0, type_name: "composite" };
     lit.skip_ws();
@@ -383,7 +385,14 @@ fn decode_record(text: &[u8], fields: &[(Arc<str>, Arc<TypeDecoder>)]) -> Result
         match (lit.peek(), last) {
             (Some(b','), false) => lit.pos += 1,
             (Some(b')'), true) => lit.pos += 1,
-            (Some(b')'), false) => return Err(lit.err("fewer fields than the type has attributes")),
+            (Some(b')'), false) => {
+                // A value written before `ALTER TYPE ... ADD ATTRIBUTE` (still
+                // in the slot): the attributes it lacks read as NULL, as they
+                // do in PostgreSQL for rows stored with the old shape.
+                lit.pos += 1;
+                out.extend(fields[i + 1..].iter().map(|(name, _)| (name.clone(), Value::Null)));
+                break;
+            }
             _ => return Err(lit.err("more fields than the type has attributes")),
         }
     }
@@ -467,7 +476,9 @@ mod tests {
         assert_eq!(json(&p, "(2,\"\")"), r#"{"n":2,"s":""}"#);
         assert_eq!(json(&p, r#"(3,"say ""hi"" \\ ok")"#), r#"{"n":3,"s":"say \"hi\" \\ ok"}"#);
         assert_eq!(json(&p, r#"(4,a"b,c"d)"#), r#"{"n":4,"s":"ab,cd"}"#);
-        assert!(p.decode(b"(1)").is_err());
+        // Written before the attribute `s` was added: it reads as NULL.
+        assert_eq!(json(&p, "(1)"), r#"{"n":1,"s":null}"#);
+        assert_eq!(json(&p, "()"), r#"{"n":null,"s":null}"#);
         assert!(p.decode(b"(1,2,3)").is_err());
         assert!(p.decode(b"1,2").is_err());
         assert!(p.decode(b"(1,\"x)").is_err());

@@ -204,7 +204,7 @@ async fn build_all(client: &tokio_postgres::Client, msgs: Vec<(Lsn, LogicalMessa
             | LogicalMessage::Update { relation_id, .. }
             | LogicalMessage::Delete { relation_id, .. } => {
                 let rel = relations.get(relation_id).unwrap().clone();
-                out.push(build_change(&rel, msg, lsn, &tx.unwrap(), ordinal).unwrap());
+                out.push(build_change(&rel, &msg, lsn, &tx.unwrap(), ordinal).unwrap());
                 ordinal += 1;
             }
             _ => {}

@@ -10,7 +10,6 @@ use bytes::Bytes;
 use pgfanout_postgres::conn::{connect_sql, Host, PgConnectOptions, SslMode, TlsFiles};
 use pgfanout_postgres::replication::{ReplicationClient, ReplicationMessage, ReplicationStream, SnapshotAction};
 use pgfanout_postgres::slot::{self, TableName};
-use pgfanout_postgres::SourceError;
 use pgfanout_sdk::Lsn;
 use testkit::PgCluster;
 
@@ -240,11 +239,11 @@ async fn md5_and_scram_passwords() {
 
         let wrong = PgConnectOptions::from_url(&url(user, "wrong"), TlsFiles::default()).expect("url");
         let e = ReplicationClient::connect(&wrong).await.unwrap_err();
-        assert!(matches!(e, SourceError::Permanent(_)), "{user}: {e}");
+        assert!(e.is_permanent(), "{user}: {e}");
         assert!(e.to_string().contains("28P01"), "{e}");
         assert!(!e.to_string().contains("wrong"), "error must not show the password: {e}");
         let e = connect_sql(&wrong).await.unwrap_err();
-        assert!(matches!(e, SourceError::Permanent(_)), "sql {user}: {e}");
+        assert!(e.is_permanent(), "sql {user}: {e}");
 
         let nopw = PgConnectOptions::from_url(
             &format!("postgres://{user}@127.0.0.1:{}/postgres?sslmode=disable", cluster.port),
@@ -252,7 +251,7 @@ async fn md5_and_scram_passwords() {
         )
         .expect("url");
         let e = ReplicationClient::connect(&nopw).await.unwrap_err();
-        assert!(matches!(e, SourceError::Permanent(_)), "{e}");
+        assert!(e.is_permanent(), "{e}");
         assert!(e.to_string().contains("requires a password"), "{e}");
     }
 }
@@ -261,10 +260,10 @@ async fn md5_and_scram_passwords() {
 async fn connection_errors_are_classified() {
     let cluster = PgCluster::start();
     let e = ReplicationClient::connect(&opts(&cluster, "no_such_db")).await.unwrap_err();
-    assert!(matches!(e, SourceError::Permanent(_)), "{e}");
+    assert!(e.is_permanent(), "{e}");
     assert!(e.to_string().contains("3D000") && e.to_string().contains("no_such_db"), "{e}");
     let e = connect_sql(&opts(&cluster, "no_such_db")).await.unwrap_err();
-    assert!(matches!(e, SourceError::Permanent(_)), "{e}");
+    assert!(e.is_permanent(), "{e}");
 
     // Nothing listens on this port.
     let closed = testkit::free_port();
@@ -284,17 +283,17 @@ async fn connection_errors_are_classified() {
     )
     .expect("url");
     let e = ReplicationClient::connect(&o).await.unwrap_err();
-    assert!(matches!(e, SourceError::Permanent(_)), "{e}");
+    assert!(e.is_permanent(), "{e}");
     assert!(e.to_string().contains("REPLICATION"), "{e}");
 
     // START_REPLICATION on a missing slot.
     let client = ReplicationClient::connect(&opts(&cluster, "postgres")).await.expect("connect");
     let e = client.start_logical_replication("missing_slot", Lsn::ZERO, "p").await.unwrap_err();
-    assert!(matches!(e, SourceError::Permanent(_)), "{e}");
+    assert!(e.is_permanent(), "{e}");
 
     // sslmode=require against a server without TLS.
     let e = ReplicationClient::connect(&opts_with(&cluster, "postgres", "sslmode=require", TlsFiles::default())).await.unwrap_err();
-    assert!(matches!(e, SourceError::Permanent(_)), "{e}");
+    assert!(e.is_permanent(), "{e}");
     assert!(e.to_string().contains("does not accept TLS"), "{e}");
     // prefer falls back to plain.
     let c = ReplicationClient::connect(&opts_with(&cluster, "postgres", "sslmode=prefer", TlsFiles::default())).await.expect("prefer");
@@ -468,13 +467,13 @@ async fn tls_in_every_sslmode() {
     let c = ReplicationClient::connect(&with("127.0.0.1", "verify-ca", &ca)).await.expect("verify-ca");
     assert!(c.is_tls());
     let e = ReplicationClient::connect(&with("127.0.0.1", "verify-ca", &other_ca)).await.unwrap_err();
-    assert!(matches!(e, SourceError::Permanent(_)), "wrong CA: {e}");
+    assert!(e.is_permanent(), "wrong CA: {e}");
     // require with a CA file verifies the chain, like libpq.
     let e = ReplicationClient::connect(&with("127.0.0.1", "require", &other_ca)).await.unwrap_err();
-    assert!(matches!(e, SourceError::Permanent(_)), "require + wrong CA: {e}");
+    assert!(e.is_permanent(), "require + wrong CA: {e}");
     // verify-full checks the name too.
     let e = ReplicationClient::connect(&with("127.0.0.1", "verify-full", &ca)).await.unwrap_err();
-    assert!(matches!(e, SourceError::Permanent(_)), "name mismatch: {e}");
+    assert!(e.is_permanent(), "name mismatch: {e}");
     let full = with("localhost", "verify-full", &ca);
     let mut client = ReplicationClient::connect(&full).await.expect("verify-full");
     assert!(client.is_tls());
@@ -484,7 +483,7 @@ async fn tls_in_every_sslmode() {
     let ssl: bool = s.query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]).await.expect("query").get(0);
     assert!(ssl);
     let e = connect_sql(&with("127.0.0.1", "verify-ca", &other_ca)).await.unwrap_err();
-    assert!(matches!(e, SourceError::Permanent(_)), "sql wrong CA: {e}");
+    assert!(e.is_permanent(), "sql wrong CA: {e}");
     let s = connect_sql(&with("127.0.0.1", "verify-ca", &ca)).await.expect("sql verify-ca");
     let ssl: bool = s.query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]).await.expect("query").get(0);
     assert!(ssl);
@@ -564,7 +563,7 @@ fn tls_files_errors_are_permanent() {
     let o = PgConnectOptions::from_url("postgres://u@127.0.0.1:1/d?sslmode=verify-full", missing).expect("url");
     let e = rt.block_on(ReplicationClient::connect(&o)).unwrap_err();
     // The CA file is read before connecting: a config error, not a retry.
-    assert!(matches!(e, SourceError::Permanent(_)), "{e}");
+    assert!(e.is_permanent(), "{e}");
     assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
 }
 

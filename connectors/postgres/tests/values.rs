@@ -148,7 +148,7 @@ async fn changes(client: &tokio_postgres::Client, messages: Vec<(Lsn, LogicalMes
             }
             LogicalMessage::Insert { relation_id, .. } | LogicalMessage::Update { relation_id, .. } => {
                 let rel = relations.get(relation_id).expect("relation before rows").clone();
-                out.push(build_change(&rel, msg, lsn, &tx.expect("begin before rows"), ordinal).expect("build change"));
+                out.push(build_change(&rel, &msg, lsn, &tx.expect("begin before rows"), ordinal).expect("build change"));
                 ordinal += 1;
             }
             _ => {}

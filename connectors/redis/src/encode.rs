@@ -76,7 +76,7 @@ pub(crate) struct Encoded {
 /// The version string of a position: fixed-width decimal, so comparing the
 /// strings compares the positions.
 pub(crate) fn version(p: Position) -> String {
-    format!("{:020}{:010}", p.commit_lsn.0, p.ordinal)
+    p.sortable_text()
 }
 
 /// Builds the operations for one change. `Ok` with no operations means there

@@ -13,9 +13,25 @@ use pgfanout_sdk::SinkError;
 use redis::RedisError;
 
 /// Error codes (first word of a Redis error reply) that mean "the server
-/// cannot take writes right now", not "this record is wrong".
-const TRANSIENT_CODES: &[&str] =
-    &["LOADING", "BUSY", "TRYAGAIN", "MOVED", "ASK", "CLUSTERDOWN", "MASTERDOWN", "READONLY", "OOM", "NOREPLICAS", "NOSCRIPT"];
+/// cannot take writes right now", not "this record is wrong". MISCONF is
+/// Redis refusing writes because persistence (an RDB save) is failing;
+/// NOAUTH/WRONGPASS a password an operator is about to fix.
+const TRANSIENT_CODES: &[&str] = &[
+    "LOADING",
+    "BUSY",
+    "TRYAGAIN",
+    "MOVED",
+    "ASK",
+    "CLUSTERDOWN",
+    "MASTERDOWN",
+    "READONLY",
+    "OOM",
+    "NOREPLICAS",
+    "NOSCRIPT",
+    "MISCONF",
+    "NOAUTH",
+    "WRONGPASS",
+];
 
 /// True when a server error text (e.g. one returned by the script for one
 /// operation) is a transient condition of the server.
@@ -46,6 +62,10 @@ mod tests {
     #[test]
     fn classifies_reply_codes() {
         assert!(is_transient_reply("LOADING Redis is loading the dataset in memory"));
+        assert!(is_transient_reply(
+            "MISCONF Redis is configured to save RDB snapshots, but it's currently unable to persist to disk. \
+             Commands that may modify the data set are disabled"
+        ));
         assert!(is_transient_reply("OOM command not allowed when used memory > 'maxmemory'."));
         assert!(is_transient_reply("MOVED 3999 127.0.0.1:6381"));
         assert!(!is_transient_reply("WRONGTYPE Operation against a key holding the wrong kind of value"));

@@ -53,13 +53,36 @@ pub struct Position {
     pub ordinal: u32,
 }
 
+/// # The version every sink compares
+///
+/// A sink's version is the position, compared as the pair
+/// (`commit_lsn`, `ordinal`): commit LSN first, ordinal second. It is never
+/// packed into one 64-bit integer (`commit_lsn << 16 | ordinal` wraps once
+/// WAL passes 128 TiB and gives every change past ordinal 65,535 of a
+/// transaction the same version). What each store receives:
+///
+/// - [`Position::sortable_text`]: 30 decimal digits (20 for the commit LSN,
+///   10 for the ordinal), so comparing two strings compares the positions.
+///   Redis version hashes and Neo4j's `_pgfanout_version` property.
+/// - [`Position::commit_version`]: the commit LSN alone, as a non-negative
+///   i64, for stores that take one integer (Elasticsearch's external
+///   version, CQL's `USING TIMESTAMP`). Such sinks must keep per-key order
+///   inside a transaction themselves (the runtime hands them changes in
+///   order and they write them in order, so the last change of a key within
+///   one transaction wins), because equal versions apply.
 impl Position {
-    /// Packs the position in one u64-compatible i64 usable as a monotonic
-    /// version: commit_lsn shifted left 16 bits plus the ordinal (saturated).
-    /// Used where a store takes a single integer (CQL timestamps).
-    pub fn packed_i64(self) -> i64 {
-        let ord = self.ordinal.min(0xFFFF) as u64;
-        ((self.commit_lsn.0 << 16) | ord) as i64
+    /// Fixed-width decimal text that sorts exactly like positions:
+    /// `{commit_lsn:020}{ordinal:010}`. Cannot overflow (u64 has at most 20
+    /// decimal digits, u32 at most 10) and never collides.
+    pub fn sortable_text(self) -> String {
+        format!("{:020}{:010}", self.commit_lsn.0, self.ordinal)
+    }
+
+    /// The commit LSN as a store version that fits a signed 64-bit field.
+    /// PostgreSQL's WAL positions stay below 2^63 in practice (8 EiB of WAL);
+    /// larger values saturate rather than wrap, so the order never inverts.
+    pub fn commit_version(self) -> i64 {
+        i64::try_from(self.commit_lsn.0).unwrap_or(i64::MAX)
     }
 }
 
@@ -214,10 +237,28 @@ mod tests {
     }
 
     #[test]
-    fn packed_version_orders_like_positions() {
-        let a = Position { commit_lsn: Lsn(100), ordinal: 5 };
-        let b = Position { commit_lsn: Lsn(101), ordinal: 0 };
-        assert!(a < b);
-        assert!(a.packed_i64() < b.packed_i64());
+    fn versions_order_like_positions_past_2_47_and_65536_changes() {
+        let big = Lsn((1u64 << 47) + 5);
+        let cases = [
+            Position { commit_lsn: Lsn(9), ordinal: 99 },
+            Position { commit_lsn: Lsn(10), ordinal: 0 },
+            Position { commit_lsn: Lsn(10), ordinal: 65_535 },
+            Position { commit_lsn: Lsn(10), ordinal: 65_536 },
+            Position { commit_lsn: Lsn(10), ordinal: 200_000 },
+            Position { commit_lsn: big, ordinal: 0 },
+            Position { commit_lsn: big, ordinal: 70_000 },
+            Position { commit_lsn: Lsn(1u64 << 48), ordinal: 1 },
+            Position { commit_lsn: Lsn(u64::MAX), ordinal: u32::MAX },
+        ];
+        for w in cases.windows(2) {
+            assert!(w[0] < w[1]);
+            assert!(w[0].sortable_text() < w[1].sortable_text(), "{} vs {}", w[0], w[1]);
+            assert!(w[0].commit_version() <= w[1].commit_version(), "{} vs {}", w[0], w[1]);
+            assert_eq!(w[0].sortable_text().len(), 30);
+        }
+        // The old packing collided here and wrapped past 2^47.
+        assert_ne!(cases[3].sortable_text(), cases[4].sortable_text());
+        assert!(cases[5].commit_version() > cases[4].commit_version());
+        assert_eq!(cases[8].commit_version(), i64::MAX);
     }
 }

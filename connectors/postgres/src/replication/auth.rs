@@ -149,8 +149,10 @@ pub(crate) fn explain_startup_error(opts: &PgConnectOptions, e: DbError) -> Sour
         "42501" => format!("grant the role the replication attribute: ALTER ROLE \"{}\" REPLICATION", opts.user.replace('"', "\"\"")),
         _ => String::new(),
     };
-    match e.into_source_error() {
-        SourceError::Permanent(m) if !fix.is_empty() => SourceError::Permanent(format!("{m}: {fix}")),
-        other => other,
+    let e = e.into_source_error();
+    if e.is_permanent() && !fix.is_empty() {
+        e.definite_with_fix(fix)
+    } else {
+        e
     }
 }

@@ -14,7 +14,7 @@
 use bytes::{Buf, Bytes, BytesMut};
 use pgfanout_sdk::Lsn;
 
-use crate::error::{is_permanent_sqlstate, SourceError};
+use crate::error::SourceError;
 
 pub(crate) const AUTHENTICATION: u8 = b'R';
 pub(crate) const PARAMETER_STATUS: u8 = b'S';
@@ -265,15 +265,10 @@ impl DbError {
     }
 
     /// Permanent for the SQLSTATEs retrying cannot fix
-    /// ([`is_permanent_sqlstate`]), Transient otherwise (e.g. 57P01
+    /// ([`crate::error::is_permanent_sqlstate`]), Transient otherwise (e.g. 57P01
     /// walsender terminated, 53300 too many connections).
     pub fn into_source_error(self) -> SourceError {
-        let msg = self.describe();
-        if is_permanent_sqlstate(&self.code) {
-            SourceError::Permanent(msg)
-        } else {
-            SourceError::Transient(msg)
-        }
+        SourceError::from_sqlstate(&self.code, self.describe())
     }
 }
 

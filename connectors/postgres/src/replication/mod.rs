@@ -209,9 +209,7 @@ impl ReplicationClient {
             SnapshotAction::Use => "USE_SNAPSHOT",
         };
         let rows = match self.simple_query(&format!("CREATE_REPLICATION_SLOT \"{slot}\" LOGICAL pgoutput {action}")).await {
-            Err(SourceError::Transient(m)) if m.contains("42710") => {
-                return Err(SourceError::Permanent(format!("{m}: the slot already exists; reuse it or drop it")))
-            }
+            Err(e) if e.sqlstate() == Some("42710") => return Err(e.definite_with_fix("the slot already exists; reuse it or drop it")),
             other => other?,
         };
         let row = rows.first().ok_or_else(|| SourceError::transient("CREATE_REPLICATION_SLOT returned no row"))?;
@@ -296,9 +294,9 @@ pub(crate) fn classify_connect_error(opts: &PgConnectOptions, e: tokio_postgres:
             let tls_problem = std::error::Error::source(&e).is_some_and(|s| s.to_string().contains("certificate"))
                 || msg.contains("does not support TLS");
             if tls_problem {
-                SourceError::Permanent(format!("{msg}; check the CA file and sslmode"))
+                SourceError::permanent(format!("{msg}; check the CA file and sslmode"))
             } else {
-                SourceError::Transient(msg)
+                SourceError::transient(msg)
             }
         }
     }

@@ -127,9 +127,9 @@ async fn negotiate_tls(
             let is_tls = e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>());
             let msg = format!("TLS handshake with PostgreSQL at {} failed (sslmode={}): {e}", opts.endpoint(), opts.sslmode.as_str());
             if is_tls {
-                Err(SourceError::Permanent(format!("{msg}; check the CA file and sslmode")))
+                Err(SourceError::permanent(format!("{msg}; check the CA file and sslmode")))
             } else {
-                Err(SourceError::Transient(msg))
+                Err(SourceError::transient(msg))
             }
         }
     }
@@ -155,7 +155,7 @@ impl Wire {
             self.rbuf.reserve(want.max(READ_CHUNK));
         }
         match self.socket.read_buf(&mut self.rbuf).await {
-            Ok(0) => Err(SourceError::transient("PostgreSQL closed the connection")),
+            Ok(0) => Err(SourceError::connection_closed()),
             Ok(_) => Ok(()),
             Err(e) => Err(SourceError::transient(format!("reading from PostgreSQL: {e}"))),
         }

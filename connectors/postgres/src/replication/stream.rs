@@ -93,13 +93,15 @@ impl ReplicationStream {
     }
 
     fn explain(&self, e: SourceError) -> SourceError {
-        match e {
-            SourceError::Permanent(m) if m.contains("55000") && m.contains("replication slot") => SourceError::Permanent(format!(
-                "{m}: replication slot {slot:?} was invalidated (it fell behind max_slot_wal_keep_size); drop it with \
+        // 55000 object_not_in_prerequisite_state on a started stream: the
+        // slot can no longer be read (invalidated).
+        match e.sqlstate() {
+            Some("55000") => e.definite_with_fix(format!(
+                "replication slot {slot:?} was invalidated (it fell behind max_slot_wal_keep_size); drop it with \
                  SELECT pg_drop_replication_slot('{slot}') and start again; data changed since is lost to this slot",
                 slot = self.slot
             )),
-            other => other,
+            _ => e,
         }
     }
 
@@ -150,7 +152,7 @@ impl ReplicationStream {
                 let f = match self.wire.read_frame().await {
                     Ok(f) => f,
                     // The server may close right after CommandComplete.
-                    Err(SourceError::Transient(m)) if m.contains("closed the connection") => return Ok(()),
+                    Err(e) if e.is_connection_closed() => return Ok(()),
                     Err(e) => return Err(e),
                 };
                 match f.tag {

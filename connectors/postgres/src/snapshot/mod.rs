@@ -251,12 +251,12 @@ async fn import_snapshot(c: &Client, name: &str) -> Result<(), SourceError> {
     let sql = format!("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'", name.replace('\'', "''"));
     c.batch_execute(&sql).await.map_err(|e| {
         let err = SourceError::from(e);
-        match err {
+        match err.sqlstate() {
             // 22023 invalid_parameter_value: the exporter is gone or the name is wrong.
-            SourceError::Transient(m) if m.contains("snapshot") => SourceError::Permanent(format!(
-                "cannot import snapshot {name:?}: {m} (its exporting transaction must stay open during the copy)"
-            )),
-            other => other,
+            Some("22023") => err
+                .context(format!("cannot import snapshot {name:?}"))
+                .definite_with_fix("its exporting transaction must stay open during the copy"),
+            _ => err,
         }
     })
 }
