@@ -1,21 +1,22 @@
 #!/usr/bin/env bash
 # Installs the JVM servers the integration tests run (Apache Kafka, Neo4j,
-# OpenSearch, Cassandra) from Maven Central into a cache, one classpath per
+# OpenSearch, Cassandra, Elasticsearch) from Maven Central into a cache, one classpath per
 # server so their dependencies never mix:
 #   ${PGFANOUT_JVM_CACHE:-$HOME/.cache/pgfanout/jvm}/<server>/{lib,classes,conf,java,.installed}
 # lib: the jars (testkit/jvm/<server>/pom.xml pins every version), classes:
 # the small launchers from testkit/jvm (compiled here), conf: logging config,
-# java: the java binary to run it with (Java 17).
+# java: the java binary to run it with (Java 17); testkit/jvm/<server>/layout.sh,
+# where present, then arranges the new directory (Elasticsearch's modules/).
 # Idempotent: a server whose .installed marker matches the hash of its pom,
 # launchers and config is skipped, so a warm run takes well under a second.
-# Usage: scripts/install-jvm-servers.sh [kafka|neo4j|opensearch|cassandra ...]  (default: all)
+# Usage: scripts/install-jvm-servers.sh [kafka|neo4j|opensearch|cassandra|elasticsearch ...]  (default: all)
 set -euo pipefail
 self="$(readlink -f "$0")"
 cd "$(dirname "$self")/.."
 src="$PWD/testkit/jvm"
 root="${PGFANOUT_JVM_CACHE:-$HOME/.cache/pgfanout/jvm}"
 servers=("$@")
-[ ${#servers[@]} -gt 0 ] || servers=(kafka neo4j opensearch cassandra)
+[ ${#servers[@]} -gt 0 ] || servers=(kafka neo4j opensearch cassandra elasticsearch)
 
 # Java 17: every server pinned here runs on it (Cassandra 5.0 supports 11 and 17 only).
 java_home=""
@@ -43,7 +44,10 @@ for s in "${servers[@]}"; do
   JAVA_HOME="$java_home" mvn -q -B -f "$src/$s/pom.xml" dependency:copy-dependencies \
     -DoutputDirectory="$tmp/lib" -DincludeScope=runtime
   mapfile -t sources < <(find "$src/common" "$src/$s" -name '*.java' | LC_ALL=C sort)
-  "$java_home/bin/javac" -nowarn --release 17 -cp "$tmp/lib/*" -d "$tmp/classes" "${sources[@]}"
+  if [ -x "$src/$s/layout.sh" ]; then "$src/$s/layout.sh" "$tmp"; fi
+  cp_extra=""
+  if [ -d "$tmp/modules" ]; then cp_extra="$(find "$tmp/modules" -mindepth 1 -maxdepth 1 -type d -printf ':%p/*')"; fi
+  "$java_home/bin/javac" -nowarn --release 17 -cp "$tmp/lib/*$cp_extra" -d "$tmp/classes" "${sources[@]}"
   if [ -d "$src/$s/conf" ]; then cp -r "$src/$s/conf/." "$tmp/conf/"; fi
   echo "$java_home/bin/java" > "$tmp/java"
   echo "$want" > "$tmp/.installed"

@@ -98,6 +98,21 @@ impl JvmProcess {
     /// With `delete_on_eof`, the JVM deletes that directory when the test
     /// process goes away without stopping it.
     pub fn spawn(name: &str, install: &JvmInstall, jvm_args: &[String], main: &str, args: &[String], log: &Path, delete_on_eof: Option<&Path>) -> JvmProcess {
+        Self::spawn_with_classpath(name, install, &install.classpath(), jvm_args, main, args, log, delete_on_eof)
+    }
+
+    /// [`spawn`](Self::spawn) with another classpath than `classes:lib/*`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn spawn_with_classpath(
+        name: &str,
+        install: &JvmInstall,
+        classpath: &str,
+        jvm_args: &[String],
+        main: &str,
+        args: &[String],
+        log: &Path,
+        delete_on_eof: Option<&Path>,
+    ) -> JvmProcess {
         let file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap_or_else(|e| panic!("open {}: {e}", log.display()));
         let log_start = file.metadata().map(|m| m.len()).unwrap_or(0);
         let file2 = file.try_clone().expect("clone log handle");
@@ -106,7 +121,7 @@ impl JvmProcess {
         if let Some(d) = delete_on_eof {
             cmd.arg(format!("-Dpgfanout.deleteOnEof={}", d.display()));
         }
-        cmd.arg("-cp").arg(install.classpath()).arg("pgfanout.testkit.Launch").arg(main).args(args);
+        cmd.arg("-cp").arg(classpath).arg("pgfanout.testkit.Launch").arg(main).args(args);
         cmd.stdin(Stdio::piped()).stdout(file).stderr(file2);
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {} for {name}: {e}", install.java.display()));
         let stdin = child.stdin.take();
