@@ -6,7 +6,8 @@
 # lib: the jars (testkit/jvm/<server>/pom.xml pins every version), classes:
 # the small launchers from testkit/jvm (compiled here), conf: logging config,
 # java: the java binary to run it with (Java 17); testkit/jvm/<server>/layout.sh,
-# where present, then arranges the new directory (Elasticsearch's modules/).
+# where present, then arranges the new directory (Elasticsearch's modules/), and
+# testkit/jvm/<server>/post-install.sh runs last (Neo4j's template store).
 # Idempotent: a server whose .installed marker matches the hash of its pom,
 # launchers and config is skipped, so a warm run takes well under a second.
 # Usage: scripts/install-jvm-servers.sh [kafka|neo4j|opensearch|cassandra|elasticsearch ...]  (default: all)
@@ -50,6 +51,7 @@ for s in "${servers[@]}"; do
   "$java_home/bin/javac" -nowarn --release 17 -cp "$tmp/lib/*$cp_extra" -d "$tmp/classes" "${sources[@]}"
   if [ -d "$src/$s/conf" ]; then cp -r "$src/$s/conf/." "$tmp/conf/"; fi
   echo "$java_home/bin/java" > "$tmp/java"
+  if [ -x "$src/$s/post-install.sh" ]; then "$src/$s/post-install.sh" "$tmp"; fi
   echo "$want" > "$tmp/.installed"
   rm -rf "$root/$s"
   mv "$tmp" "$root/$s"

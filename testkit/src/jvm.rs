@@ -94,7 +94,7 @@ pub struct JvmProcess {
 }
 
 impl JvmProcess {
-    /// Starts `java <jvm_args> -cp <classpath> pgfanout.testkit.Launch <main> <args>`.
+    /// Starts `java <jvm_args> $PGFANOUT_JVM_OPTS -cp <classpath> pgfanout.testkit.Launch <main> <args>`.
     /// With `delete_on_eof`, the JVM deletes that directory when the test
     /// process goes away without stopping it.
     pub fn spawn(name: &str, install: &JvmInstall, jvm_args: &[String], main: &str, args: &[String], log: &Path, delete_on_eof: Option<&Path>) -> JvmProcess {
@@ -118,6 +118,10 @@ impl JvmProcess {
         let file2 = file.try_clone().expect("clone log handle");
         let mut cmd = Command::new(&install.java);
         cmd.args(jvm_args);
+        // extra options for every JVM server (they come last, so they win)
+        if let Ok(extra) = std::env::var("PGFANOUT_JVM_OPTS") {
+            cmd.args(extra.split_whitespace());
+        }
         if let Some(d) = delete_on_eof {
             cmd.arg(format!("-Dpgfanout.deleteOnEof={}", d.display()));
         }
@@ -238,4 +242,19 @@ pub fn http_status(port: u16, path: &str) -> Option<u16> {
     }
     let line = std::str::from_utf8(&head[..n]).ok()?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Copies a directory tree (files and directories only).
+pub fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
 }
