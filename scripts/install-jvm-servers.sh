@@ -44,7 +44,7 @@ for s in "${servers[@]}"; do
   mkdir -p "$tmp/classes" "$tmp/conf"
   JAVA_HOME="$java_home" mvn -q -B -f "$src/$s/pom.xml" dependency:copy-dependencies \
     -DoutputDirectory="$tmp/lib" -DincludeScope=runtime
-  mapfile -t sources < <(find "$src/common" "$src/$s" -name '*.java' | LC_ALL=C sort)
+  mapfile -t sources < <(find "$src/common" "$src/$s" -name '*.java' -not -path '*/plugin/*' | LC_ALL=C sort)
   if [ -x "$src/$s/layout.sh" ]; then "$src/$s/layout.sh" "$tmp"; fi
   cp_extra=""
   if [ -d "$tmp/modules" ]; then cp_extra="$(find "$tmp/modules" -mindepth 1 -maxdepth 1 -type d -printf ':%p/*')"; fi
