@@ -42,8 +42,8 @@ for s in "${servers[@]}"; do
   tmp="$root/$s.tmp.$$"
   rm -rf "$tmp"
   mkdir -p "$tmp/classes" "$tmp/conf"
-  JAVA_HOME="$java_home" mvn -q -B -f "$src/$s/pom.xml" dependency:copy-dependencies \
-    -DoutputDirectory="$tmp/lib" -DincludeScope=runtime
+  JAVA_HOME="$java_home" mvn -q -B -Dstyle.color=never -f "$src/$s/pom.xml" dependency:copy-dependencies \
+    -DoutputDirectory="$tmp/lib" -DincludeScope=runtime 2>&1 | sed 's/\x1b\[[0-9;]*m//g' >&2
   mapfile -t sources < <(find "$src/common" "$src/$s" -name '*.java' -not -path '*/plugin/*' | LC_ALL=C sort)
   if [ -x "$src/$s/layout.sh" ]; then "$src/$s/layout.sh" "$tmp"; fi
   cp_extra=""

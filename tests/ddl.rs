@@ -173,20 +173,28 @@ async fn composite_types_changed_while_down_never_stop_the_stream() {
     assert!(letter["commit_lsn"].as_str().is_some() && letter["ordinal"].is_u64(), "{letter}");
     assert!(d.is_running(), "{}", d.log());
 
-    // The same row with `on_decode_error: stop`: exit 1 naming the setting,
-    // and the slot stays before the row.
+    // The same kind of row with `on_decode_error: stop`: exit 1 naming the
+    // setting, and the slot stays before the row: the next start (back to
+    // dead_letter) receives it again.
     d.signal("TERM");
     assert!(d.wait(Duration::from_secs(30)).expect("exit").success());
     c.batch_execute("INSERT INTO u VALUES (3, ROW(7, 8)); ALTER TYPE pair ADD ATTRIBUTE w int; ALTER TYPE pair DROP ATTRIBUTE x;")
         .await
         .unwrap();
     c.batch_execute("ALTER TYPE pair DROP ATTRIBUTE w").await.unwrap();
-    let before = confirmed_flush(&c, db).await;
     let stop_cfg = cfg.replace("    status_interval: 1s\n", "    status_interval: 1s\n    on_decode_error: stop\n");
     assert_ne!(stop_cfg, cfg);
     let mut d2 = Daemon::start(bin(), dir.path(), "poison-stop", &stop_cfg);
     let status = d2.wait(Duration::from_secs(60)).expect("pgfanout must stop on the undecodable row");
     assert_eq!(status.code(), Some(1), "{}", d2.log());
     assert!(d2.log().contains("on_decode_error: dead_letter"), "{}", d2.log());
-    assert_eq!(confirmed_flush(&c, db).await, before, "the slot stays before the row");
+    d.spawn(bin());
+    let dead_path = dir.path().join(format!("{db}.dead.jsonl"));
+    testkit::wait_until(Duration::from_secs(30), "the row again, now dead-lettered", || {
+        testkit::daemon::read_json_lines(&dead_path).len() >= 2
+    });
+    let dead = testkit::daemon::read_json_lines(&dead_path);
+    let letter: Json = serde_json::from_str(&dead[1]).unwrap();
+    assert_eq!(letter["change"]["after"]["p"], "(7,8)", "{letter}");
+    assert_eq!(dead.len(), 2, "{dead:?}");
 }
