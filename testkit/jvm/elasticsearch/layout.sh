@@ -7,5 +7,12 @@ dir="$1"
 m="$dir/modules/transport-netty4"
 mkdir -p "$m"
 mv "$dir"/lib/transport-netty4-*.jar "$dir"/lib/netty-*.jar "$m/"
-(cd "$m" && unzip -p transport-netty4-*.jar META-INF/es-plugins/transport-netty4/plugin-descriptor.properties > plugin-descriptor.properties)
+# the descriptor ships inside the module's jar (python3's zipfile: unzip may not be installed)
+python3 - "$m" <<'PY'
+import glob, sys, zipfile
+m = sys.argv[1]
+jar = glob.glob(m + "/transport-netty4-*.jar")[0]
+with zipfile.ZipFile(jar) as z, open(m + "/plugin-descriptor.properties", "wb") as out:
+    out.write(z.read("META-INF/es-plugins/transport-netty4/plugin-descriptor.properties"))
+PY
 test -s "$m/plugin-descriptor.properties"
