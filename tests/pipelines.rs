@@ -177,12 +177,12 @@ async fn a_blocked_sink_holds_the_flush_lsn_with_bounded_memory() {
         }
     }
     let end = insert_lsn(&c).await;
-    // Wait until the daemon has demonstrably read past the first
-    // transaction (the healthy sink has all of it) and then stalled (the
-    // healthy sink stops growing because the blocked one holds the reader
-    // back), so the assertions below are about a stalled daemon, not one
-    // that has not started yet.
-    wait_lines(&ok, 10_000, Duration::from_secs(60), &d);
+    // Wait until the daemon has demonstrably read the first transaction
+    // (the healthy sink has some of it) and then stalled (the healthy sink
+    // stops growing because the blocked one holds the reader back), so the
+    // assertions below are about a stalled daemon, not one that has not
+    // started yet.
+    wait_lines(&ok, 1, Duration::from_secs(60), &d);
     let mut last = line_count(&ok);
     testkit::wait_for(Duration::from_secs(60), "the reader to stall behind the blocked sink", || {
         let now = line_count(&ok);
