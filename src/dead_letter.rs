@@ -12,7 +12,7 @@ use pgfanout_file::LinesFile;
 use pgfanout_sdk::{json, Change};
 use tracing::error;
 
-use crate::runtime::backoff::Backoff;
+use pgfanout_sdk::settings::Backoff;
 
 /// One undeliverable record.
 #[derive(Debug, Clone)]

@@ -1,4 +1,6 @@
-//! The operator HTTP listener: `/metrics` (Prometheus), `/healthz`, `/readyz`.
+//! The operator HTTP listener: `/metrics` (Prometheus), `/healthz`,
+//! `/readyz`, and `/status` (the daemon's own positions as JSON, read by
+//! `pgfanout status`).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -6,11 +8,13 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
-use axum::Router;
+use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
+use pgfanout_sdk::Lsn;
+use tokio::sync::watch;
 
 /// Liveness/readiness facts published by the runtime.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Health {
     /// True while the replication stream is up.
     pub streaming: AtomicBool,
@@ -18,6 +22,42 @@ pub struct Health {
     pub lag_bytes: AtomicU64,
     /// `/readyz` fails above this lag.
     pub max_lag_bytes: AtomicU64,
+    /// The positions last confirmed, published with every status update.
+    pub progress: watch::Sender<Progress>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            streaming: AtomicBool::new(false),
+            lag_bytes: AtomicU64::new(0),
+            max_lag_bytes: AtomicU64::new(0),
+            progress: watch::channel(Progress::default()).0,
+        }
+    }
+}
+
+/// Where the daemon stands: the flush position confirmed to PostgreSQL and,
+/// per sink, the end LSN up to which everything routed to it is durable.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Progress {
+    pub confirmed_flush_lsn: Lsn,
+    pub sinks: Vec<SinkProgress>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SinkProgress {
+    pub name: String,
+    pub durable_lsn: Lsn,
+}
+
+/// `GET /status`.
+#[derive(Debug, serde::Serialize)]
+struct StatusBody {
+    streaming: bool,
+    lag_bytes: u64,
+    #[serde(flatten)]
+    progress: Progress,
 }
 
 #[derive(Clone)]
@@ -48,6 +88,7 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
+        .route("/status", get(status))
         .with_state(AppState { prometheus: prometheus.clone(), health });
     let upkeep = prometheus.clone();
     tokio::spawn(async move {
@@ -66,6 +107,14 @@ pub async fn serve(
 
 async fn metrics(State(s): State<AppState>) -> String {
     s.prometheus.render()
+}
+
+async fn status(State(s): State<AppState>) -> Json<StatusBody> {
+    Json(StatusBody {
+        streaming: s.health.streaming.load(Ordering::Acquire),
+        lag_bytes: s.health.lag_bytes.load(Ordering::Acquire),
+        progress: s.health.progress.borrow().clone(),
+    })
 }
 
 async fn ready(State(s): State<AppState>) -> (StatusCode, String) {

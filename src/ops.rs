@@ -170,10 +170,14 @@ pub async fn doctor(cfg: &Config) -> i32 {
         Ok(None) => r.warn(&format!("slot {} does not exist yet", pg.slot), "nothing to do: `pgfanout run` creates it"),
         Err(e) => r.fail(&format!("cannot read slot {}: {e}", pg.slot), "check privileges"),
     }
-    for (name, problem) in crate::sinks::check_all(cfg, &router).await {
-        match problem {
-            None => r.ok(&format!("sink {name} reachable")),
-            Some(e) => r.fail(&format!("sink {name}: {e}"), "check the sink's address, credentials and that it is running"),
+    for (name, checks) in crate::sinks::check_all(cfg).await {
+        for check in checks {
+            match check.problem {
+                None => r.ok(&format!("sink {name}: {}", check.what)),
+                Some(e) => {
+                    r.fail(&format!("sink {name}: {}: {e}", check.what), "check the sink's address, credentials and that it is running")
+                }
+            }
         }
     }
     if r.failures == 0 {
@@ -236,26 +240,19 @@ pub async fn status(cfg: &Config) -> i32 {
                 println!("sink {sink:<12} durable {lsn}");
             }
         }
-        _ => println!("sinks             (daemon metrics at http://{}/metrics not reachable)", cfg.http.listen),
+        _ => println!("sinks             (daemon status at http://{}/status not reachable)", cfg.http.listen),
     }
     0
 }
 
-/// Reads `pgfanout_sink_durable_lsn{sink=..}` from the daemon's /metrics.
+/// Reads the per-sink durable positions from the daemon's `/status`.
 async fn sink_positions(listen: &str) -> Option<Vec<(String, Lsn)>> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::time::timeout(std::time::Duration::from_secs(2), tokio::net::TcpStream::connect(listen)).await.ok()?.ok()?;
-    s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {listen}\r\n\r\n").as_bytes()).await.ok()?;
-    let mut body = String::new();
-    tokio::time::timeout(std::time::Duration::from_secs(2), s.read_to_string(&mut body)).await.ok()?.ok()?;
-    let prefix = format!("{}{{{}=\"", crate::metrics::SINK_DURABLE_LSN, crate::metrics::LABEL_SINK);
-    Some(
-        body.lines()
-            .filter_map(|l| l.strip_prefix(&prefix))
-            .filter_map(|rest| {
-                let (sink, value) = rest.split_once("\"} ")?;
-                Some((sink.to_string(), Lsn(value.trim().parse::<f64>().ok()? as u64)))
-            })
-            .collect(),
-    )
+    s.write_all(format!("GET /status HTTP/1.0\r\nHost: {listen}\r\n\r\n").as_bytes()).await.ok()?;
+    let mut response = String::new();
+    tokio::time::timeout(std::time::Duration::from_secs(2), s.read_to_string(&mut response)).await.ok()?.ok()?;
+    let (_, body) = response.split_once("\r\n\r\n")?;
+    let status: serde_json::Value = serde_json::from_str(body).ok()?;
+    status["sinks"].as_array()?.iter().map(|s| Some((s["name"].as_str()?.to_string(), s["durable_lsn"].as_str()?.parse().ok()?))).collect()
 }

@@ -118,19 +118,21 @@ fn cases() -> Vec<Case> {
         // templates
         case(
             "template with unclosed brace",
-            with_pipelines("  - { name: p, from: users, to: cache, redis: { key: \"user:{id\" } }\n"),
+            with_pipelines("  - { name: p, from: users, to: cache, redis: { type: hash, key: \"user:{id\" } }\n"),
             "pipelines[0].redis.key",
             "unclosed",
         ),
         case(
             "template with bad column name",
-            with_pipelines("  - { name: p, from: users, to: cache, redis: { key: \"u\", field: \"{a;b}\" } }\n"),
+            with_pipelines(
+                "  - { name: p, from: users, to: cache, redis: { type: hash, key: \"u\", field: \"{a;b}\", value: \"{v}\" } }\n",
+            ),
             "pipelines[0].redis.field",
             "not a column name",
         ),
         case(
             "empty template placeholder",
-            with_pipelines("  - { name: p, from: users, to: cache, redis: { key: \"u:{}\" } }\n"),
+            with_pipelines("  - { name: p, from: users, to: cache, redis: { type: hash, key: \"u:{}\" } }\n"),
             "pipelines[0].redis.key",
             "empty placeholder",
         ),
@@ -374,10 +376,8 @@ fn env_overrides_and_defaults() {
     assert_eq!(cfg.source.postgres.slot, "from_env");
     assert_eq!(cfg.runtime.batch_size, 77);
     assert_eq!(cfg.source.postgres.url, "postgres://rep@db.internal:5432/shop");
-    match &cfg.sinks["audit"] {
-        pgfanout::config::SinkConfig::File(f) => assert_eq!(f.path, "/data/a.jsonl"),
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(cfg.sinks["audit"].kind, "file");
+    assert_eq!(cfg.sinks["audit"].settings["path"], "/data/a.jsonl");
     // Defaults of optional settings.
     assert_eq!(cfg.dead_letter.path, "pgfanout-dead-letters.jsonl");
     assert_eq!(cfg.http.ready_max_lag.bytes(), 1 << 30);

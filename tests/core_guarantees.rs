@@ -37,7 +37,9 @@ async fn cluster(db: &str) -> (PgCluster, tokio_postgres::Client) {
 /// A file-sink config with the initial snapshot on and a short status
 /// interval (so a wrong confirmation reaches the server at once).
 fn config(pg: &PgCluster, db: &str, tables: &[&str], out: &Path) -> String {
-    file_config(pg, db, db, tables, out).replace("snapshot: never", "snapshot: initial").replace("status_interval: 1s", "status_interval: 200ms")
+    file_config(pg, db, db, tables, out)
+        .replace("snapshot: never", "snapshot: initial")
+        .replace("status_interval: 1s", "status_interval: 200ms")
 }
 
 /// Samples (confirmed_flush_lsn, output length in bytes) until stopped.
@@ -145,7 +147,12 @@ async fn assert_complete(c: &tokio_postgres::Client, out: &Path, values: i64, bu
     let seen: HashSet<i64> =
         recs.iter().filter(|r| r["table"] == "acct" && r["op"] == "update").filter_map(|r| r["after"]["v"].as_i64()).collect();
     let missing: Vec<i64> = (0..values).filter(|v| !seen.contains(v)).collect();
-    assert!(missing.is_empty(), "{} acct updates never reached the sink, e.g. {:?}\n{log}", missing.len(), &missing[..missing.len().min(10)]);
+    assert!(
+        missing.is_empty(),
+        "{} acct updates never reached the sink, e.g. {:?}\n{log}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
     let mut bulk: HashMap<i64, HashSet<i64>> = HashMap::new();
     for r in recs.iter().filter(|r| r["table"] == "bulk") {
         bulk.entry(r["after"]["id"].as_i64().unwrap()).or_default().insert(r["after"]["v"].as_i64().unwrap());

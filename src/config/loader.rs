@@ -13,8 +13,8 @@ use config::{Source, Value, ValueKind};
 use indexmap::IndexMap;
 use serde::de::DeserializeOwned;
 
+use super::pipeline::PIPELINE_FIELDS;
 use super::validate::{validate_parts, Parts};
-use super::SINK_KINDS;
 use super::{
     interpolate, redact, Config, ConfigErrors, DeadLetterConfig, HttpConfig, PipelineConfig, RuntimeConfig, SinkConfig, SourceConfig,
 };
@@ -107,7 +107,7 @@ pub fn load_with_env(path: &Path, env: &HashMap<String, String>) -> Result<Confi
         Some(ValueKind::Array(items)) => {
             pipeline_count = items.len();
             for (i, v) in items.into_iter().enumerate() {
-                if let Some(p) = section::<PipelineConfig>(v, &format!("pipelines[{i}]"), &mut errors) {
+                if let Some(p) = pipeline_section(v, &format!("pipelines[{i}]"), &mut errors) {
                     pipelines.push((i, p));
                 }
             }
@@ -120,16 +120,25 @@ pub fn load_with_env(path: &Path, env: &HashMap<String, String>) -> Result<Confi
     let http: Option<HttpConfig> = optional_section(http_v, "http", &mut errors);
     let runtime: Option<RuntimeConfig> = optional_section(runtime_v, "runtime", &mut errors);
 
+    let pipeline_refs: Vec<(usize, &PipelineConfig)> = pipelines.iter().map(|(i, p)| (*i, p)).collect();
     errors.extend(validate_parts(&Parts {
         source: source.as_ref().map(|s| &s.postgres),
         sinks: &sinks,
         broken_sinks: &broken_sinks,
-        pipelines: pipelines.iter().map(|(i, p)| (*i, p)).collect(),
+        pipelines: pipeline_refs.clone(),
         pipeline_count,
         dead_letter: dead_letter.as_ref(),
         http: http.as_ref(),
         runtime: runtime.as_ref(),
     }));
+    // Each sink's connector parses its settings and mappings, once.
+    let (configured, sink_errors) = crate::sinks::configure_sinks(&sinks, &pipeline_refs);
+    errors.extend(sink_errors);
+    for (name, c) in configured {
+        if let Some(s) = sinks.get_mut(&name) {
+            s.configured = Some(c);
+        }
+    }
 
     match (errors.is_empty(), source, dead_letter, http, runtime) {
         (true, Some(source), Some(dead_letter), Some(http), Some(runtime)) => {
@@ -171,9 +180,9 @@ fn section<T: DeserializeOwned>(v: Value, path: &str, errors: &mut Vec<String>) 
     }
 }
 
-/// Deserializes one sink: `type` first (an unknown one lists the valid
-/// kinds), then the rest of the settings, so errors keep their full path
-/// (`sinks.audit.path`), which an internally tagged enum would lose.
+/// Reads one sink: its `type` (which must name a connector of this build)
+/// and the rest of its settings, which only that connector parses (see
+/// `crate::sinks::configure_sinks`).
 fn sink_section(v: Value, path: &str, errors: &mut Vec<String>) -> Option<SinkConfig> {
     let mut map = match v.kind {
         ValueKind::Table(map) => map,
@@ -182,30 +191,59 @@ fn sink_section(v: Value, path: &str, errors: &mut Vec<String>) -> Option<SinkCo
             return None;
         }
     };
+    let kinds = crate::sinks::known_kinds().join(", ");
     let kind = match map.shift_remove("type").map(|t| t.kind) {
         Some(ValueKind::String(t)) => t,
         Some(other) => {
-            errors.push(format!("{path}.type: expected one of {}, got {}", SINK_KINDS.join(", "), kind_name(&other)));
+            errors.push(format!("{path}.type: expected one of {kinds}, got {}", kind_name(&other)));
             return None;
         }
         None => {
-            errors.push(format!("{path}.type: missing; expected one of {}", SINK_KINDS.join(", ")));
+            errors.push(format!("{path}.type: missing; expected one of {kinds}"));
             return None;
         }
     };
-    let rest = Value::new(None, ValueKind::Table(map));
-    match kind.as_str() {
-        "file" => section(rest, path, errors).map(SinkConfig::File),
-        "redis" => section(rest, path, errors).map(SinkConfig::Redis),
-        "kafka" => section(rest, path, errors).map(SinkConfig::Kafka),
-        "elasticsearch" => section(rest, path, errors).map(SinkConfig::Elasticsearch),
-        "neo4j" => section(rest, path, errors).map(SinkConfig::Neo4j),
-        "scylla" => section(rest, path, errors).map(SinkConfig::Scylla),
+    if let Err(e) = crate::sinks::find(&kind) {
+        errors.push(format!("{path}.type: {e}"));
+        return None;
+    }
+    let settings: serde_json::Value = section(Value::new(None, ValueKind::Table(map)), path, errors)?;
+    Some(SinkConfig { kind, settings, configured: None })
+}
+
+/// Reads one pipeline: its mapping section (the one key that is not a
+/// pipeline field) is set aside for the sink's connector, the rest is
+/// deserialized strictly.
+fn pipeline_section(v: Value, path: &str, errors: &mut Vec<String>) -> Option<PipelineConfig> {
+    let mut map = match v.kind {
+        ValueKind::Table(map) => map,
         other => {
-            errors.push(format!("{path}.type: unknown sink type {other:?}; expected one of {}", SINK_KINDS.join(", ")));
-            None
+            errors.push(format!("{path}: expected a pipeline (a map with name, from and to), got {}", kind_name(&other)));
+            return None;
+        }
+    };
+    let extra: Vec<String> = map.keys().filter(|k| !PIPELINE_FIELDS.contains(&k.as_str())).cloned().collect();
+    let mut mappings = Vec::new();
+    let mut ok = true;
+    for key in extra {
+        let value = map.shift_remove(&key).expect("key listed above");
+        if !crate::sinks::is_mapping_key(&key) {
+            errors.push(format!(
+                "{path}.{key}: unknown field; expected one of {} or the mapping for the pipeline's sink type ({})",
+                PIPELINE_FIELDS.join(", "),
+                crate::sinks::known_kinds().join(", ")
+            ));
+            ok = false;
+            continue;
+        }
+        match section::<serde_json::Value>(value, &format!("{path}.{key}"), errors) {
+            Some(v) => mappings.push((key, v)),
+            None => ok = false,
         }
     }
+    let mut p: PipelineConfig = section(Value::new(None, ValueKind::Table(map)), path, errors)?;
+    p.mappings = mappings;
+    ok.then_some(p)
 }
 
 /// An optional section: absent or empty means defaults.
@@ -221,7 +259,6 @@ fn optional_section<T: DeserializeOwned + Default>(v: Option<Value>, path: &str,
 /// them readable for operators.
 fn tidy_message(msg: &str) -> String {
     let msg = msg.replace("data did not match any variant of untagged enum OneOrMany", "expected a table name or a list of table names");
-    let msg = msg.replace("internally tagged enum SinkConfig", "sink settings (a map with a type)");
     // Messages from the config crate's own value conversions carry a
     // redundant " for key `…`" tail; the dotted path says it already.
     let msg = match msg.find(" for key `") {
@@ -235,6 +272,7 @@ fn tidy_message(msg: &str) -> String {
                 "TransformConfig" => "a transform: keep, drop, rename, set, mask or hash",
                 "Op" => "an op: insert, update, delete, truncate or read",
                 "SnapshotMode" => "initial or never",
+                "OnDecodeError" => "dead_letter or stop",
                 _ => "one of the documented values",
             };
             format!("unknown value {variant:?}; expected {valid}")

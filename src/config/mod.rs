@@ -12,7 +12,6 @@ mod interpolate;
 mod loader;
 pub mod pipeline;
 pub mod redact;
-pub mod units;
 mod validate;
 
 use std::fmt;
@@ -23,26 +22,23 @@ use indexmap::IndexMap;
 use serde::Deserialize;
 
 pub use loader::{load, load_with_env};
-pub use pipeline::{MaskConfig, OneOrMany, PipelineConfig, TablePattern, TransformConfig, SINK_KINDS};
-pub use units::ByteSize;
+pub use pgfanout_sdk::settings::ByteSize;
+pub use pipeline::{MaskConfig, OneOrMany, PipelineConfig, TablePattern, TransformConfig};
 pub use validate::validate;
 
-/// Kept for callers of the draft API: the serde adapter for durations.
-pub use units::duration as humantime_serde_compat;
+/// The shared settings types (durations, sizes), as the config uses them.
+pub use pgfanout_sdk::settings as units;
 
-/// The whole configuration file.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The whole configuration file, as [`load`] builds it: every section
+/// deserialized and validated, every sink configured by its connector.
+#[derive(Debug, Clone)]
 pub struct Config {
     pub source: SourceConfig,
     /// Named sinks, in file order (sink index = position here).
     pub sinks: IndexMap<String, SinkConfig>,
     pub pipelines: Vec<PipelineConfig>,
-    #[serde(default)]
     pub dead_letter: DeadLetterConfig,
-    #[serde(default)]
     pub http: HttpConfig,
-    #[serde(default)]
     pub runtime: RuntimeConfig,
 }
 
@@ -140,62 +136,32 @@ pub struct TlsConfig {
     pub key_file: Option<PathBuf>,
 }
 
-/// A named sink. The `type` field picks the kind. Sinks other than `file`
-/// keep their settings as JSON until their connector crate parses them.
-/// `Debug` hides passwords and secret-looking fields.
-#[derive(Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
-pub enum SinkConfig {
-    File(FileSinkConfig),
-    Redis(serde_json::Value),
-    Kafka(serde_json::Value),
-    Elasticsearch(serde_json::Value),
-    Neo4j(serde_json::Value),
-    Scylla(serde_json::Value),
+/// A named sink: its `type` and its settings, which only the connector of
+/// that type parses (`crate::sinks`). `Debug` hides passwords and
+/// secret-looking fields.
+#[derive(Clone)]
+pub struct SinkConfig {
+    /// The `type` as written (`file`, `redis`, ...).
+    pub kind: String,
+    /// Everything but `type`.
+    pub settings: serde_json::Value,
+    /// The connector's typed, validated form of the settings and of the
+    /// mappings of the pipelines writing to this sink; set by the loader
+    /// once the whole file is valid.
+    pub configured: Option<std::sync::Arc<dyn pgfanout_sdk::ConfiguredSink>>,
 }
 
 impl SinkConfig {
-    /// The `type` as written: `file`, `redis`, `kafka`, `elasticsearch`,
-    /// `neo4j` or `scylla` (the same strings as [`SINK_KINDS`]).
-    pub fn kind(&self) -> &'static str {
-        match self {
-            SinkConfig::File(_) => "file",
-            SinkConfig::Redis(_) => "redis",
-            SinkConfig::Kafka(_) => "kafka",
-            SinkConfig::Elasticsearch(_) => "elasticsearch",
-            SinkConfig::Neo4j(_) => "neo4j",
-            SinkConfig::Scylla(_) => "scylla",
-        }
-    }
-
-    /// The untyped settings of a non-file sink (without `type`).
-    pub fn settings(&self) -> Option<&serde_json::Value> {
-        match self {
-            SinkConfig::File(_) => None,
-            SinkConfig::Redis(v) | SinkConfig::Kafka(v) | SinkConfig::Elasticsearch(v) | SinkConfig::Neo4j(v) | SinkConfig::Scylla(v) => {
-                Some(v)
-            }
-        }
+    /// The `type` as written.
+    pub fn kind(&self) -> &str {
+        &self.kind
     }
 }
 
 impl fmt::Debug for SinkConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SinkConfig::File(c) => f.debug_tuple("File").field(c).finish(),
-            other => {
-                let settings = other.settings().map(redact::redact_json).unwrap_or_default();
-                write!(f, "{}({settings})", other.kind())
-            }
-        }
+        write!(f, "{}({})", self.kind, redact::redact_json(&self.settings))
     }
-}
-
-/// `type: file`: JSON lines to `path` (`-` for stdout).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileSinkConfig {
-    pub path: String,
 }
 
 /// Where records that cannot be delivered go.

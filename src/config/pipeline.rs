@@ -12,9 +12,8 @@ use pgfanout_sdk::Op;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
-/// Sink kinds a pipeline may carry a mapping section for, in the order the
-/// sections are declared in [`PipelineConfig`].
-pub const SINK_KINDS: [&str; 6] = ["file", "redis", "kafka", "elasticsearch", "neo4j", "scylla"];
+/// The fields of a pipeline other than its mapping section.
+pub const PIPELINE_FIELDS: [&str; 6] = ["name", "from", "to", "ops", "filter", "transforms"];
 
 /// One pipeline: tables -> (ops, filter, transforms) -> one sink.
 #[derive(Debug, Clone, Deserialize)]
@@ -35,31 +34,19 @@ pub struct PipelineConfig {
     /// Applied in order after the filter.
     #[serde(default)]
     pub transforms: Vec<TransformConfig>,
-    /// Mapping sections; at most one, and it must match the sink's `type`.
-    #[serde(default)]
-    pub file: Option<serde_json::Value>,
-    #[serde(default)]
-    pub redis: Option<serde_json::Value>,
-    #[serde(default)]
-    pub kafka: Option<serde_json::Value>,
-    #[serde(default)]
-    pub elasticsearch: Option<serde_json::Value>,
-    #[serde(default)]
-    pub neo4j: Option<serde_json::Value>,
-    #[serde(default)]
-    pub scylla: Option<serde_json::Value>,
+    /// The mapping section for the sink, under the key its connector owns
+    /// (`redis: {...}`), as (key, section). Set aside by the loader (every
+    /// other key is a field above); its content is parsed by the sink's
+    /// connector. More than one, or one under another sink type's key, is
+    /// reported by validation.
+    #[serde(skip)]
+    pub mappings: Vec<(String, serde_json::Value)>,
 }
 
 impl PipelineConfig {
-    /// The mapping sections that are present, with their sink kind.
-    pub fn mapping_sections(&self) -> impl Iterator<Item = (&'static str, &serde_json::Value)> {
-        let all = [&self.file, &self.redis, &self.kafka, &self.elasticsearch, &self.neo4j, &self.scylla];
-        SINK_KINDS.into_iter().zip(all).filter_map(|(k, v)| v.as_ref().map(|v| (k, v)))
-    }
-
-    /// The mapping section for sink kind `kind` (`"redis"`, ...), if present.
-    pub fn mapping_for(&self, kind: &str) -> Option<&serde_json::Value> {
-        self.mapping_sections().find(|(k, _)| *k == kind).map(|(_, v)| v)
+    /// The (first) mapping section, whatever its key.
+    pub fn mapping_section(&self) -> Option<&serde_json::Value> {
+        self.mappings.first().map(|(_, v)| v)
     }
 
     /// Whether `op` passes the `ops` list.

@@ -9,50 +9,30 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use indexmap::IndexMap;
-use pgfanout_sdk::Template;
-
 use super::pipeline::{TablePattern, TransformConfig};
-use super::{units, Config, DeadLetterConfig, HttpConfig, PipelineConfig, PostgresSourceConfig, RuntimeConfig, SinkConfig, SINK_KINDS};
+use super::{Config, DeadLetterConfig, HttpConfig, PipelineConfig, PostgresSourceConfig, RuntimeConfig, SinkConfig};
 use crate::pipeline::expr::{self, Expr};
-
-/// Keys of mapping sections whose string values are `{column}` templates.
-/// (Until each sink crate validates its own mapping.)
-pub const TEMPLATE_KEYS: [&str; 14] = [
-    "key",
-    "field",
-    "value",
-    "topic",
-    "index",
-    "id",
-    "member",
-    "score",
-    "stream",
-    "routing",
-    "partition_key",
-    "message_key",
-    "document_id",
-    "path",
-];
-
-/// Keys of mapping sections whose string values are durations.
-pub const DURATION_KEYS: [&str; 3] = ["ttl", "timeout", "flush_interval"];
+use indexmap::IndexMap;
 
 /// The longest identifier PostgreSQL keeps (NAMEDATALEN - 1).
 const MAX_IDENT: usize = 63;
 
-/// Validates a whole configuration; empty when it is good.
+/// Validates a whole configuration, sinks configured by their connectors;
+/// empty when it is good.
 pub fn validate(cfg: &Config) -> Vec<String> {
-    validate_parts(&Parts {
+    let pipelines: Vec<(usize, &PipelineConfig)> = cfg.pipelines.iter().enumerate().collect();
+    let mut errors = validate_parts(&Parts {
         source: Some(&cfg.source.postgres),
         sinks: &cfg.sinks,
         broken_sinks: &[],
-        pipelines: cfg.pipelines.iter().enumerate().collect(),
+        pipelines: pipelines.clone(),
         pipeline_count: cfg.pipelines.len(),
         dead_letter: Some(&cfg.dead_letter),
         http: Some(&cfg.http),
         runtime: Some(&cfg.runtime),
-    })
+    });
+    errors.extend(crate::sinks::configure_sinks(&cfg.sinks, &pipelines).1);
+    errors
 }
 
 /// The parts of a configuration that deserialized (see the module docs).
@@ -157,15 +137,9 @@ fn check_source(s: &PostgresSourceConfig, errors: &mut Vec<String>) {
     }
 }
 
-fn check_sink(name: &str, sink: &SinkConfig, errors: &mut Vec<String>) {
+fn check_sink(name: &str, _sink: &SinkConfig, errors: &mut Vec<String>) {
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
         errors.push(format!("sinks.{name}: {name:?} is not a valid sink name; expected letters, digits, _ and -"));
-    }
-    errors.extend(crate::sinks::validate::sink_errors(name, sink));
-    if let SinkConfig::File(f) = sink {
-        if f.path.trim().is_empty() {
-            errors.push(format!("sinks.{name}.path: expected a file path (or - for stdout)"));
-        }
     }
 }
 
@@ -218,20 +192,19 @@ fn check_pipeline(
         }
     };
     if let Some(kind) = sink_kind {
-        for (section, _) in p.mapping_sections() {
-            if section != kind {
-                errors.push(format!(
-                    "{path}.{section}: this pipeline's sink {:?} is a {kind} sink; a {section} mapping applies only to {section} sinks (write the mapping under `{kind}:`)",
+        let connector = crate::sinks::find(kind).ok();
+        for (key, _) in &p.mappings {
+            match connector {
+                Some(c) if !c.takes_mapping() => errors.push(format!(
+                    "{path}.{key}: this pipeline's sink {:?} is a {kind} sink, which takes no mapping; remove `{key}:`",
                     p.to
-                ));
+                )),
+                Some(c) if !crate::sinks::key_matches(c, key) => errors.push(format!(
+                    "{path}.{key}: this pipeline's sink {:?} is a {kind} sink; a {key} mapping applies only to {key} sinks (write the mapping under `{kind}:`)",
+                    p.to
+                )),
+                _ => {}
             }
-        }
-    }
-    for (section, mapping) in p.mapping_sections() {
-        debug_assert!(SINK_KINDS.contains(&section));
-        check_mapping(&format!("{path}.{section}"), mapping, errors);
-        if sink_kind == Some(section) {
-            errors.extend(crate::sinks::validate::mapping_errors(section, &format!("{path}.{section}"), mapping));
         }
     }
 
@@ -311,35 +284,5 @@ fn check_column(at: &str, c: &str, errors: &mut Vec<String>) {
         errors.push(format!("{at}: {c:?} is longer than 63 bytes, so it cannot be a PostgreSQL column"));
     } else if c != c.trim() || c.chars().any(char::is_control) {
         errors.push(format!("{at}: {c:?} has leading/trailing spaces or control characters; expected a column name"));
-    }
-}
-
-/// Checks templates and durations found by key in a mapping section.
-fn check_mapping(path: &str, v: &serde_json::Value, errors: &mut Vec<String>) {
-    match v {
-        serde_json::Value::Object(map) => {
-            for (k, child) in map {
-                let at = format!("{path}.{k}");
-                if let serde_json::Value::String(s) = child {
-                    if TEMPLATE_KEYS.contains(&k.as_str()) {
-                        if let Err(e) = Template::parse(s) {
-                            errors.push(format!("{at}: {e}; expected text with {{column}} placeholders"));
-                        }
-                    }
-                    if DURATION_KEYS.contains(&k.as_str()) {
-                        if let Err(e) = units::parse_duration(s) {
-                            errors.push(format!("{at}: {e}"));
-                        }
-                    }
-                }
-                check_mapping(&at, child, errors);
-            }
-        }
-        serde_json::Value::Array(items) => {
-            for (i, child) in items.iter().enumerate() {
-                check_mapping(&format!("{path}[{i}]"), child, errors);
-            }
-        }
-        _ => {}
     }
 }

@@ -120,7 +120,6 @@ impl Router {
                 None => 0xff,
                 Some(ops) => ops.iter().fold(0, |acc, op| acc | op_bit(*op)),
             };
-            let kind = cfg.sinks[sink].kind();
             routes.push(Route {
                 name: p.name.as_str().into(),
                 sink,
@@ -129,7 +128,7 @@ impl Router {
                 ops,
                 filter,
                 transforms,
-                mapping: p.mapping_for(kind).cloned(),
+                mapping: p.mapping_section().cloned(),
             });
             per_sink[sink] += 1;
         }

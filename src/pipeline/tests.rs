@@ -101,7 +101,7 @@ fn routes_by_table_pattern_and_op() {
         "  - { name: p1, from: public.users, to: a }\n\
          \x20 - { name: p2, from: [public.orders, shop.*], to: b, ops: [insert] }\n\
          \x20 - { name: p3, from: users, to: b }\n\
-         \x20 - { name: p4, from: public.*, to: cache, ops: [delete, truncate] }\n",
+         \x20 - { name: p4, from: public.*, to: cache, ops: [delete, truncate], redis: { type: string, key: \"k:{id}\" } }\n",
     );
     assert_eq!(r.sink_names(), vec!["a", "b", "cache"]);
     assert_eq!(r.table_patterns(), vec!["public.users", "public.orders", "shop.*", "public.*"]);
@@ -133,12 +133,14 @@ fn pipelines_without_transforms_share_the_change() {
 
 #[test]
 fn mapping_sections_follow_the_sink() {
-    let r = router("  - { name: carts, from: users, to: cache, redis: { type: hash, key: \"user:{id}\" } }\n  - { name: plain, from: users, to: cache }\n");
+    let r = router(
+        "  - { name: carts, from: users, to: cache, redis: { type: hash, key: \"user:{id}\" } }\n  - { name: plain, from: users, to: a }\n",
+    );
     let routes = r.routes_for_sink(2);
     assert_eq!(routes[0].0.as_ref(), "carts");
     assert_eq!(routes[0].1.as_ref().and_then(|m| m.get("key")).and_then(|k| k.as_str()), Some("user:{id}"));
-    assert_eq!(routes[1].1, None);
-    assert!(r.routes_for_sink(0).is_empty());
+    assert_eq!(r.routes_for_sink(0)[0].1, None);
+    assert!(r.routes_for_sink(1).is_empty());
 }
 
 #[test]

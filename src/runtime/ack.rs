@@ -77,14 +77,7 @@ impl AckTracker {
     /// `start` is the slot's confirmed position (nothing below it is resent).
     pub fn new(sinks: Vec<DurableSeq>, start: Lsn) -> Self {
         let n = sinks.len();
-        AckTracker {
-            sinks,
-            pending: VecDeque::new(),
-            stream_high: start,
-            next_seq: 1,
-            confirmed: start,
-            sink_lsn: vec![(0, start); n],
-        }
+        AckTracker { sinks, pending: VecDeque::new(), stream_high: start, next_seq: 1, confirmed: start, sink_lsn: vec![(0, start); n] }
     }
 
     /// Registers a transaction committed in the replication stream (its
@@ -119,9 +112,7 @@ impl AckTracker {
     pub fn poll(&mut self) -> Lsn {
         let durable: Vec<u64> = self.sinks.iter().map(DurableSeq::get).collect();
         for (i, &d) in durable.iter().enumerate() {
-            if let Some((seq, lsn)) =
-                self.pending.iter().take_while(|(s, _)| *s <= d).filter_map(|&(s, l)| l.map(|l| (s, l))).last()
-            {
+            if let Some((seq, lsn)) = self.pending.iter().take_while(|(s, _)| *s <= d).filter_map(|&(s, l)| l.map(|l| (s, l))).last() {
                 if seq > self.sink_lsn[i].0 {
                     self.sink_lsn[i] = (seq, lsn);
                 }

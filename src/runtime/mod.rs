@@ -2,7 +2,6 @@
 //! together, and handles start-up checks and shutdown.
 
 pub mod ack;
-pub mod backoff;
 pub mod setup;
 pub mod snapshot;
 pub mod source;
@@ -86,7 +85,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     let mut source =
         SourceLoop::new(settings, router, sinks.senders, tracker, dead_letters, health, shutdown_rx, sinks.names, sinks.workers);
     let mut plan = prepared.snapshot;
-    let mut backoff = backoff::Backoff::new(std::time::Duration::from_millis(500), std::time::Duration::from_secs(30));
+    let mut backoff = pgfanout_sdk::settings::Backoff::new(std::time::Duration::from_millis(500), std::time::Duration::from_secs(30));
     while let Some(p) = plan.take() {
         match source.run_snapshot(p, &pg.slot, pg.snapshot_parallelism).await {
             Ok(true) => {}

@@ -26,7 +26,7 @@ use tracing::{info, warn};
 
 use crate::config::{PostgresSourceConfig, SnapshotMode};
 use crate::pipeline::Router;
-use crate::runtime::backoff::Backoff;
+use pgfanout_sdk::settings::Backoff;
 
 pub const STATE_INITIAL_RUNNING: &str = "initial-running";
 pub const STATE_ADDED_RUNNING: &str = "added-running";

@@ -28,12 +28,12 @@ use tracing::{debug, info, warn};
 
 use crate::config::OnDecodeError;
 use crate::dead_letter::{DeadLetter, DeadLetters};
-use crate::http::Health;
+use crate::http::{Health, Progress, SinkProgress};
 use crate::metrics as m;
 use crate::pipeline::{Routed, Router};
 use crate::runtime::ack::AckTracker;
-use crate::runtime::backoff::Backoff;
 use crate::runtime::worker::{Chunk, Item};
+use pgfanout_sdk::settings::Backoff;
 
 /// Settings of the reader.
 pub struct SourceSettings {
@@ -447,9 +447,12 @@ impl SourceLoop {
         self.sent_flush = self.sent_flush.max(flush);
         self.last_status = Instant::now();
         metrics::gauge!(m::CONFIRMED_FLUSH_LSN).set(flush.0 as f64);
+        let mut sinks = Vec::with_capacity(self.sink_names.len());
         for (name, lsn) in self.sink_names.iter().zip(self.tracker.sink_positions()) {
             metrics::gauge!(m::SINK_DURABLE_LSN, m::LABEL_SINK => name.clone()).set(lsn.0 as f64);
+            sinks.push(SinkProgress { name: name.clone(), durable_lsn: lsn });
         }
+        self.health.progress.send_replace(Progress { confirmed_flush_lsn: flush, sinks });
         Ok(())
     }
 

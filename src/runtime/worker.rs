@@ -4,14 +4,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pgfanout_sdk::{Sink, SinkError, SinkRecord};
+use pgfanout_sdk::{DynSink, SinkError, SinkRecord};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::metrics as m;
 use crate::runtime::ack::DurableSeq;
-use crate::runtime::backoff::Backoff;
+use pgfanout_sdk::settings::Backoff;
 
 /// What flows through a sink's queue, in commit order.
 #[derive(Debug)]
@@ -39,7 +39,7 @@ pub struct Worker {
 
 impl Worker {
     /// Runs until the queue is closed and drained, then closes the sink.
-    pub async fn run<S: Sink>(mut self, mut sink: S) {
+    pub async fn run(mut self, mut sink: Box<dyn DynSink>) {
         let mut records: Vec<SinkRecord> = Vec::with_capacity(self.batch_size);
         let mut commit: Option<u64> = None;
         while let Some(chunk) = self.rx.recv().await {
@@ -51,14 +51,14 @@ impl Worker {
                 }
             }
             for batch in records.chunks(self.batch_size.max(1)) {
-                self.write(&mut sink, batch).await;
+                self.write(sink.as_mut(), batch).await;
             }
             records.clear();
             if let Some(seq) = commit.take() {
                 self.durable.advance(seq);
             }
         }
-        if let Err(e) = sink.close().await {
+        if let Err(e) = sink.close_boxed().await {
             warn!(sink = %self.name, error = %e, "closing sink failed");
         }
         debug!(sink = %self.name, "sink worker stopped");
@@ -66,11 +66,11 @@ impl Worker {
 
     /// Writes one batch until it is durable, retrying retriable errors
     /// forever with capped backoff and isolating permanently failing records.
-    async fn write<S: Sink>(&self, sink: &mut S, batch: &[SinkRecord]) {
+    async fn write(&self, sink: &mut dyn DynSink, batch: &[SinkRecord]) {
         let mut backoff = Backoff::default();
         loop {
             let started = Instant::now();
-            match sink.write(batch).await {
+            match sink.write_boxed(batch).await {
                 Ok(rejected) => {
                     let elapsed = started.elapsed();
                     self.record_success(batch, rejected.len(), elapsed);

@@ -1,21 +1,205 @@
-//! The sink registry: builds each configured sink and spawns its worker.
+//! The connector list, and the one place the daemon meets a connector.
+//!
+//! Every store is a connector crate exporting a value that implements
+//! [`pgfanout_sdk::Connector`] (see `connectors/README.md`). The daemon
+//! knows the list below and nothing else about any store: the `type:` of a
+//! sink picks its connector, which parses the sink's settings and its
+//! pipelines' mappings once ([`configure_sinks`], at load time), builds the
+//! running sink ([`spawn_all`]) and runs the online checks ([`check_all`]).
 //!
 //! Heavy client libraries live in their connector crates behind cargo
 //! features; a binary built without one answers a config that names it with
-//! a clear error instead of failing to compile elsewhere.
-
-pub mod validate;
+//! the feature to rebuild with.
 
 use std::sync::Arc;
 
-use serde::de::DeserializeOwned;
+use pgfanout_sdk::{ConfigError, ConfiguredSink, Connector, SinkInput};
 use tokio::sync::mpsc;
 
-use crate::config::{Config, SinkConfig};
+use crate::config::{Config, PipelineConfig, SinkConfig};
 use crate::dead_letter::DeadLetters;
 use crate::pipeline::Router;
 use crate::runtime::ack::DurableSeq;
 use crate::runtime::worker::{Chunk, Worker};
+
+/// One entry of the connector list.
+#[derive(Clone, Copy)]
+pub enum Entry {
+    /// Compiled into this binary.
+    Built(&'static dyn Connector),
+    /// Known, but its cargo feature is off in this build.
+    Missing(&'static str),
+}
+
+/// Every connector, in the order `check` lists them. Adding a store adds
+/// one line here (and its `cfg(not)` twin naming the feature).
+pub fn connectors() -> Vec<Entry> {
+    vec![
+        Entry::Built(&pgfanout_file::CONNECTOR),
+        #[cfg(feature = "redis")]
+        Entry::Built(&pgfanout_redis::CONNECTOR),
+        #[cfg(not(feature = "redis"))]
+        Entry::Missing("redis"),
+        #[cfg(feature = "kafka")]
+        Entry::Built(&pgfanout_kafka::CONNECTOR),
+        #[cfg(not(feature = "kafka"))]
+        Entry::Missing("kafka"),
+        #[cfg(feature = "neo4j")]
+        Entry::Built(&pgfanout_neo4j::CONNECTOR),
+        #[cfg(not(feature = "neo4j"))]
+        Entry::Missing("neo4j"),
+        Entry::Built(&planned::ELASTICSEARCH),
+        Entry::Built(&planned::SCYLLA),
+    ]
+}
+
+/// Store types the example configuration already names but whose connector
+/// is not written yet: a config naming them passes `check` (their settings
+/// are not validated) and `run` stops with "not implemented". Each goes when
+/// its connector crate lands.
+mod planned {
+    use pgfanout_sdk::connector::BoxFuture;
+    use pgfanout_sdk::{ConfigError, ConfiguredSink, Connector, DynSink, SinkError, SinkInput};
+
+    pub struct Planned(&'static str);
+
+    pub static ELASTICSEARCH: Planned = Planned("elasticsearch");
+    pub static SCYLLA: Planned = Planned("scylla");
+
+    impl Connector for Planned {
+        fn kind(&self) -> &'static str {
+            self.0
+        }
+
+        fn configure(&self, _input: &SinkInput<'_>) -> Result<Box<dyn ConfiguredSink>, Vec<ConfigError>> {
+            Ok(Box::new(NotYet(self.0)))
+        }
+    }
+
+    struct NotYet(&'static str);
+
+    impl ConfiguredSink for NotYet {
+        fn build(&self) -> BoxFuture<'_, Result<Box<dyn DynSink>, SinkError>> {
+            let kind = self.0;
+            Box::pin(async move {
+                Err(SinkError::Permanent(format!(
+                    "sink type {kind:?} is not implemented in this version of pgfanout (available: {})",
+                    super::available_kinds().into_iter().filter(|k| *k != "elasticsearch" && *k != "scylla").collect::<Vec<_>>().join(", ")
+                )))
+            })
+        }
+    }
+}
+
+/// The `type:` values (and aliases) compiled into this binary.
+pub fn available_kinds() -> Vec<&'static str> {
+    let mut kinds = Vec::new();
+    for e in connectors() {
+        if let Entry::Built(c) = e {
+            kinds.push(c.kind());
+            kinds.extend(c.aliases());
+        }
+    }
+    kinds
+}
+
+/// Every `type:` value this binary knows (built or not), for messages.
+pub fn known_kinds() -> Vec<&'static str> {
+    let mut kinds = Vec::new();
+    for e in connectors() {
+        match e {
+            Entry::Built(c) => {
+                kinds.push(c.kind());
+                kinds.extend(c.aliases());
+            }
+            Entry::Missing(k) => kinds.push(k),
+        }
+    }
+    kinds
+}
+
+/// The connector for a `type:` value, or the error to report at
+/// `sinks.<name>.type`.
+pub fn find(kind: &str) -> Result<&'static dyn Connector, String> {
+    for e in connectors() {
+        match e {
+            Entry::Built(c) if c.kind() == kind || c.aliases().contains(&kind) => return Ok(c),
+            Entry::Missing(k) if k == kind => {
+                return Err(format!("this pgfanout was built without the `{k}` feature; rebuild with --features {k}"))
+            }
+            _ => {}
+        }
+    }
+    Err(format!("unknown sink type {kind:?}; expected one of {}", known_kinds().join(", ")))
+}
+
+/// Whether `key` in a pipeline is a mapping section (some connector's type).
+pub fn is_mapping_key(key: &str) -> bool {
+    known_kinds().contains(&key)
+}
+
+/// Whether a pipeline's mapping key belongs to the sink's connector.
+pub fn key_matches(connector: &dyn Connector, key: &str) -> bool {
+    connector.kind() == key || connector.aliases().contains(&key)
+}
+
+/// A sink's name and its configured form.
+pub type Configured = (String, Arc<dyn ConfiguredSink>);
+
+/// Configures every sink with its connector (settings and the mappings of
+/// the pipelines writing to it), once. Returns the configured sinks by sink
+/// name and every error with its dotted path. Pipelines are (index in the
+/// file, pipeline); mapping sections under the wrong key are left to the
+/// pipeline checks.
+pub fn configure_sinks(
+    sinks: &indexmap::IndexMap<String, SinkConfig>,
+    pipelines: &[(usize, &PipelineConfig)],
+) -> (Vec<Configured>, Vec<String>) {
+    let mut configured = Vec::new();
+    let mut errors = Vec::new();
+    for (name, sink) in sinks {
+        let Ok(connector) = find(&sink.kind) else { continue };
+        let routes: Vec<&(usize, &PipelineConfig)> = pipelines.iter().filter(|(_, p)| p.to == *name).collect();
+        // A route whose only sections are under another type's key is
+        // reported by the pipeline checks, not again as "no mapping".
+        let skip: Vec<bool> =
+            routes.iter().map(|(_, p)| !p.mappings.is_empty() && !p.mappings.iter().any(|(k, _)| key_matches(connector, k))).collect();
+        let mappings: Vec<Option<&serde_json::Value>> =
+            routes.iter().map(|(_, p)| p.mappings.iter().find(|(k, _)| key_matches(connector, k)).map(|(_, v)| v)).collect();
+        let skip: Vec<bool> = if connector.takes_mapping() { skip } else { vec![true; routes.len()] };
+        let input = SinkInput { name, settings: &sink.settings, mappings: &mappings };
+        match connector.configure(&input) {
+            Ok(c) => configured.push((name.clone(), Arc::from(c))),
+            Err(errs) => {
+                for e in errs {
+                    match e {
+                        ConfigError::Settings(f) => errors.push(join(&format!("sinks.{name}"), &f.path, &f.message)),
+                        ConfigError::Mapping { route, error } => {
+                            if skip.get(route).copied().unwrap_or(true) {
+                                continue;
+                            }
+                            let (i, p) = routes[route];
+                            let at = match p.mappings.iter().find(|(k, _)| key_matches(connector, k)) {
+                                Some((key, _)) => format!("pipelines[{i}].{key}"),
+                                None => format!("pipelines[{i}]"),
+                            };
+                            errors.push(join(&at, &error.path, &error.message));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    (configured, errors)
+}
+
+fn join(prefix: &str, path: &str, message: &str) -> String {
+    if path.is_empty() {
+        format!("{prefix}: {message}")
+    } else {
+        format!("{prefix}.{path}: {message}")
+    }
+}
 
 /// The running sinks, in config order.
 pub struct Sinks {
@@ -25,7 +209,7 @@ pub struct Sinks {
     pub workers: Vec<tokio::task::JoinHandle<()>>,
 }
 
-/// Builds every sink (connecting where needed) and spawns its worker.
+/// Builds every sink (connecting) and spawns its worker.
 pub async fn spawn_all(cfg: &Config, router: &Router, dead_letters: &DeadLetters) -> Result<Sinks, String> {
     let mut sinks = Sinks { names: Vec::new(), senders: Vec::new(), durable: Vec::new(), workers: Vec::new() };
     for (index, (name, sink_cfg)) in cfg.sinks.iter().enumerate() {
@@ -40,136 +224,25 @@ pub async fn spawn_all(cfg: &Config, router: &Router, dead_letters: &DeadLetters
             routes: routes.iter().map(|(n, _)| n.clone()).collect(),
             batch_size: cfg.runtime.batch_size,
         };
-        let handle = spawn_sink(name, sink_cfg, routes, worker).await?;
+        let configured = sink_cfg.configured.as_ref().ok_or_else(|| format!("sinks.{name}: not configured (internal error)"))?;
+        let sink = configured.build().await.map_err(|e| format!("sinks.{name}: {e}"))?;
         sinks.names.push(name.clone());
         sinks.senders.push(tx);
         sinks.durable.push(durable);
-        sinks.workers.push(handle);
+        sinks.workers.push(tokio::spawn(worker.run(sink)));
     }
     Ok(sinks)
 }
 
-type Routes = Vec<(Arc<str>, Option<serde_json::Value>)>;
-
-async fn spawn_sink(name: &str, cfg: &SinkConfig, routes: Routes, worker: Worker) -> Result<tokio::task::JoinHandle<()>, String> {
-    let _ = &routes;
-    match cfg {
-        SinkConfig::File(file) => {
-            let sink = pgfanout_file::FileSink::open(&file.path).map_err(|e| format!("sinks.{name}: {e}"))?;
-            Ok(tokio::spawn(worker.run(sink)))
-        }
-        #[cfg(feature = "redis")]
-        SinkConfig::Redis(value) => Ok(tokio::spawn(worker.run(connect_redis(name, value, routes).await?))),
-        #[cfg(feature = "kafka")]
-        SinkConfig::Kafka(value) => Ok(tokio::spawn(worker.run(connect_kafka(name, value, routes).await?))),
-        #[cfg(feature = "neo4j")]
-        SinkConfig::Neo4j(value) => Ok(tokio::spawn(worker.run(connect_neo4j(name, value, routes).await?))),
-        other => Err(unavailable(name, other.kind())),
-    }
-}
-
-/// Sink types compiled into this binary.
-pub fn available_kinds() -> Vec<&'static str> {
-    let mut kinds = vec!["file"];
-    if cfg!(feature = "redis") {
-        kinds.push("redis");
-    }
-    if cfg!(feature = "kafka") {
-        kinds.push("kafka");
-    }
-    if cfg!(feature = "neo4j") {
-        kinds.push("neo4j");
-    }
-    kinds
-}
-
-/// The error for a sink type this binary cannot run.
-fn unavailable(name: &str, kind: &str) -> String {
-    if ["redis", "kafka", "neo4j"].contains(&kind) {
-        format!("sinks.{name}: this pgfanout was built without the `{kind}` feature; rebuild with --features {kind}")
-    } else {
-        format!(
-            "sinks.{name}: sink type {kind:?} is not implemented in this version of pgfanout (available: {})",
-            available_kinds().join(", ")
-        )
-    }
-}
-
-/// Parses a sink's settings (`sinks.<name>`) and, for each of its routes,
-/// the pipeline's `<kind>:` mapping.
-#[allow(dead_code)]
-fn parse<C: DeserializeOwned, M: DeserializeOwned>(
-    kind: &str,
-    name: &str,
-    value: &serde_json::Value,
-    routes: Routes,
-) -> Result<(C, Vec<M>), String> {
-    let mut settings = value.clone();
-    if let Some(obj) = settings.as_object_mut() {
-        obj.remove("type");
-    }
-    let settings = serde_json::from_value(settings).map_err(|e| format!("sinks.{name}: {e}"))?;
-    let mappings = routes
-        .into_iter()
-        .map(|(pipeline, mapping)| {
-            let mapping =
-                mapping.ok_or_else(|| format!("pipeline {pipeline:?} targets {kind} sink {name:?} but has no `{kind}:` mapping"))?;
-            serde_json::from_value(mapping).map_err(|e| format!("pipeline {pipeline:?}: {kind} mapping: {e}"))
-        })
-        .collect::<Result<_, String>>()?;
-    Ok((settings, mappings))
-}
-
-#[cfg(feature = "redis")]
-async fn connect_redis(name: &str, value: &serde_json::Value, routes: Routes) -> Result<pgfanout_redis::RedisSink, String> {
-    let (settings, mappings) = parse("redis", name, value, routes)?;
-    pgfanout_redis::RedisSink::connect(&settings, mappings).await.map_err(|e| format!("sinks.{name}: {e}"))
-}
-
-#[cfg(feature = "kafka")]
-async fn connect_kafka(name: &str, value: &serde_json::Value, routes: Routes) -> Result<pgfanout_kafka::KafkaSink, String> {
-    let (settings, mappings) = parse("kafka", name, value, routes)?;
-    pgfanout_kafka::KafkaSink::connect(&settings, mappings).await.map_err(|e| format!("sinks.{name}: {e}"))
-}
-
-#[cfg(feature = "neo4j")]
-async fn connect_neo4j(name: &str, value: &serde_json::Value, routes: Routes) -> Result<pgfanout_neo4j::Neo4jSink, String> {
-    let (settings, mappings) = parse("neo4j", name, value, routes)?;
-    pgfanout_neo4j::Neo4jSink::connect(&settings, mappings).await.map_err(|e| format!("sinks.{name}: {e}"))
-}
-
-/// Connects (when `sink` did) and runs the sink's own check.
-#[allow(dead_code)]
-async fn check<S: pgfanout_sdk::Sink>(sink: Result<S, String>) -> Option<String> {
-    match sink {
-        Ok(mut s) => s.check().await.err().map(|e| e.to_string()),
-        Err(e) => Some(e),
-    }
-}
-
-/// For `doctor`: each sink's name and `None` when reachable, or the problem.
-pub async fn check_all(cfg: &Config, router: &Router) -> Vec<(String, Option<String>)> {
+/// For `doctor`: per sink, its checks as (what, problem or None).
+pub async fn check_all(cfg: &Config) -> Vec<(String, Vec<pgfanout_sdk::Check>)> {
     let mut out = Vec::new();
-    for (index, (name, sink_cfg)) in cfg.sinks.iter().enumerate() {
-        let routes = router.routes_for_sink(index);
-        let _ = &routes;
-        let problem = match sink_cfg {
-            SinkConfig::File(file) if file.path == "-" => None,
-            SinkConfig::File(file) => std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&file.path)
-                .err()
-                .map(|e| format!("cannot open {} for appending: {e}", file.path)),
-            #[cfg(feature = "redis")]
-            SinkConfig::Redis(value) => check(connect_redis(name, value, routes).await).await,
-            #[cfg(feature = "kafka")]
-            SinkConfig::Kafka(value) => check(connect_kafka(name, value, routes).await).await,
-            #[cfg(feature = "neo4j")]
-            SinkConfig::Neo4j(value) => check(connect_neo4j(name, value, routes).await).await,
-            other => Some(unavailable(name, other.kind())),
+    for (name, sink_cfg) in &cfg.sinks {
+        let checks = match &sink_cfg.configured {
+            Some(c) => c.doctor().await,
+            None => vec![pgfanout_sdk::Check::failed("configure", "not configured (internal error)")],
         };
-        out.push((name.clone(), problem));
+        out.push((name.clone(), checks));
     }
     out
 }

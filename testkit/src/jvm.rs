@@ -97,7 +97,15 @@ impl JvmProcess {
     /// Starts `java <jvm_args> $PGFANOUT_JVM_OPTS -cp <classpath> pgfanout.testkit.Launch <main> <args>`.
     /// With `delete_on_eof`, the JVM deletes that directory when the test
     /// process goes away without stopping it.
-    pub fn spawn(name: &str, install: &JvmInstall, jvm_args: &[String], main: &str, args: &[String], log: &Path, delete_on_eof: Option<&Path>) -> JvmProcess {
+    pub fn spawn(
+        name: &str,
+        install: &JvmInstall,
+        jvm_args: &[String],
+        main: &str,
+        args: &[String],
+        log: &Path,
+        delete_on_eof: Option<&Path>,
+    ) -> JvmProcess {
         Self::spawn_with_classpath(name, install, &install.classpath(), jvm_args, main, args, log, delete_on_eof)
     }
 
@@ -113,7 +121,8 @@ impl JvmProcess {
         log: &Path,
         delete_on_eof: Option<&Path>,
     ) -> JvmProcess {
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap_or_else(|e| panic!("open {}: {e}", log.display()));
+        let file =
+            std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap_or_else(|e| panic!("open {}: {e}", log.display()));
         let log_start = file.metadata().map(|m| m.len()).unwrap_or(0);
         let file2 = file.try_clone().expect("clone log handle");
         let mut cmd = Command::new(&install.java);

@@ -96,17 +96,12 @@ log.retention.check.interval.ms=3600000
         if child.is_some() {
             return;
         }
-        let jvm_args: Vec<String> = [
-            "-Xms64m",
-            "-Xmx384m",
-            "-XX:+UseSerialGC",
-            "-Djava.awt.headless=true",
-            "-Djava.net.preferIPv4Stack=true",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([format!("-Dlog4j2.configurationFile={}", self.install.conf("log4j2.properties").display())])
-        .collect();
+        let jvm_args: Vec<String> =
+            ["-Xms64m", "-Xmx384m", "-XX:+UseSerialGC", "-Djava.awt.headless=true", "-Djava.net.preferIPv4Stack=true"]
+                .iter()
+                .map(|s| s.to_string())
+                .chain([format!("-Dlog4j2.configurationFile={}", self.install.conf("log4j2.properties").display())])
+                .collect();
         let props = self.dir.path().join("server.properties").display().to_string();
         let mut p = JvmProcess::spawn(
             "kafka",

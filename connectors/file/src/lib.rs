@@ -13,7 +13,66 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use pgfanout_sdk::{BatchOutcome, Sink, SinkError, SinkRecord};
+use pgfanout_sdk::connector::{parse, BoxFuture};
+use pgfanout_sdk::{BatchOutcome, ConfigError, ConfiguredSink, Connector, DynSink, Sink, SinkError, SinkInput, SinkRecord};
+use serde::Deserialize;
+
+/// The connector: `type: file`, settings `{ path }`, no pipeline mapping.
+pub static CONNECTOR: FileConnector = FileConnector;
+
+/// See [`CONNECTOR`].
+pub struct FileConnector;
+
+/// `sinks.<name>` with `type: file`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSettings {
+    /// The file to append to (created with its directory if missing), or
+    /// `-` for stdout.
+    pub path: String,
+}
+
+impl FileSettings {
+    fn validate(&self) -> Vec<(String, String)> {
+        if self.path.trim().is_empty() {
+            vec![("path".into(), "expected a file path (or - for stdout)".into())]
+        } else {
+            Vec::new()
+        }
+    }
+}
+
+impl Connector for FileConnector {
+    fn kind(&self) -> &'static str {
+        "file"
+    }
+
+    fn takes_mapping(&self) -> bool {
+        false
+    }
+
+    fn configure(&self, input: &SinkInput<'_>) -> Result<Box<dyn ConfiguredSink>, Vec<ConfigError>> {
+        let settings =
+            parse(input.settings, FileSettings::validate).map_err(|e| e.into_iter().map(ConfigError::Settings).collect::<Vec<_>>())?;
+        Ok(Box::new(settings))
+    }
+}
+
+impl ConfiguredSink for FileSettings {
+    fn build(&self) -> BoxFuture<'_, Result<Box<dyn DynSink>, SinkError>> {
+        Box::pin(async move { FileSink::open(&self.path).map(|s| Box::new(s) as Box<dyn DynSink>) })
+    }
+
+    fn doctor(&self) -> BoxFuture<'_, Vec<pgfanout_sdk::Check>> {
+        Box::pin(async move {
+            let what = format!("{} writable", self.path);
+            match FileSink::open(&self.path) {
+                Ok(_) => vec![pgfanout_sdk::Check::ok(what)],
+                Err(e) => vec![pgfanout_sdk::Check::failed(what, e.to_string())],
+            }
+        })
+    }
+}
 
 /// A JSON-lines file that only ever holds whole lines.
 ///
@@ -125,8 +184,8 @@ impl FileSink {
             Target::Stdout
         } else {
             let path = PathBuf::from(path);
-            let file = LinesFile::open(&path)
-                .map_err(|e| SinkError::Permanent(format!("cannot open {} for appending: {e}", path.display())))?;
+            let file =
+                LinesFile::open(&path).map_err(|e| SinkError::Permanent(format!("cannot open {} for appending: {e}", path.display())))?;
             Target::File(Arc::new(file))
         };
         Ok(FileSink { target, buf: Vec::with_capacity(1 << 20) })

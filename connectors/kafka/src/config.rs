@@ -8,9 +8,9 @@
 //! but may not switch them off.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
+use pgfanout_sdk::settings::{duration, Secret, TlsFiles};
 use pgfanout_sdk::Template;
 use serde::Deserialize;
 
@@ -27,15 +27,16 @@ pub struct KafkaSinkConfig {
     #[serde(default)]
     pub sasl: Option<SaslConfig>,
     /// TLS; present (even empty, `tls: {}`) means the connection uses TLS.
+    /// Without `ca_file` the system trust store is used.
     #[serde(default)]
-    pub tls: Option<TlsConfig>,
+    pub tls: Option<TlsFiles>,
     /// Whether topics are created when first needed or must already exist.
     #[serde(default)]
     pub topics: TopicCreation,
     /// How long librdkafka keeps trying to deliver one message before the
     /// batch fails as retriable (`message.timeout.ms`; default `30s`).
-    #[serde(default = "default_delivery_timeout")]
-    pub delivery_timeout: String,
+    #[serde(default = "default_delivery_timeout", with = "duration")]
+    pub delivery_timeout: Duration,
     /// Names written into the `debezium` envelope's `source` block.
     #[serde(default)]
     pub debezium: DebeziumConfig,
@@ -45,8 +46,8 @@ pub struct KafkaSinkConfig {
     pub properties: BTreeMap<String, String>,
 }
 
-fn default_delivery_timeout() -> String {
-    "30s".into()
+fn default_delivery_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// SASL mechanism, as librdkafka spells it.
@@ -70,53 +71,13 @@ impl SaslMechanism {
     }
 }
 
-/// SASL credentials (use `${VAR}` interpolation for the password). Its
-/// `Debug` form hides the password.
-#[derive(Clone, Deserialize)]
+/// SASL credentials (use `${VAR}` interpolation for the password).
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SaslConfig {
     pub mechanism: SaslMechanism,
     pub username: String,
-    pub password: String,
-}
-
-impl std::fmt::Debug for SaslConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SaslConfig")
-            .field("mechanism", &self.mechanism)
-            .field("username", &self.username)
-            .field("password", &"***")
-            .finish()
-    }
-}
-
-/// TLS files (PEM). Without `ca_file` the system trust store is used. Its
-/// `Debug` form hides the key password.
-#[derive(Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsConfig {
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-    /// Client certificate for mutual TLS (with `key_file`).
-    #[serde(default)]
-    pub cert_file: Option<PathBuf>,
-    /// Client private key for mutual TLS (with `cert_file`).
-    #[serde(default)]
-    pub key_file: Option<PathBuf>,
-    /// Password of an encrypted `key_file`.
-    #[serde(default)]
-    pub key_password: Option<String>,
-}
-
-impl std::fmt::Debug for TlsConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TlsConfig")
-            .field("ca_file", &self.ca_file)
-            .field("cert_file", &self.cert_file)
-            .field("key_file", &self.key_file)
-            .field("key_password", &self.key_password.as_ref().map(|_| "***"))
-            .finish()
-    }
+    pub password: Secret,
 }
 
 /// Topic handling. With `create: true` (the default) a topic is created with
@@ -229,11 +190,6 @@ const RESERVED_PROPERTIES: [(&str, &str); 8] = [
     ("delivery.timeout.ms", "use `delivery_timeout`"),
 ];
 
-/// Parses a humantime duration (`30s`, `2m`).
-pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim()).map_err(|e| format!("{s:?} is not a duration like 30s or 2m: {e}"))
-}
-
 impl KafkaSinkConfig {
     /// Every problem found, as (dotted sub-path, message). Empty when valid.
     pub fn validate(&self) -> Vec<(String, String)> {
@@ -265,11 +221,8 @@ impl KafkaSinkConfig {
             }
         }
         if let Some(tls) = &self.tls {
-            if tls.cert_file.is_some() != tls.key_file.is_some() {
-                err("tls", "cert_file and key_file go together".into());
-            }
-            if tls.key_password.is_some() && tls.key_file.is_none() {
-                err("tls.key_password", "only applies with key_file".into());
+            for (sub, msg) in tls.validate() {
+                err(&format!("tls.{sub}"), msg);
             }
         }
         if self.topics.create {
@@ -280,11 +233,10 @@ impl KafkaSinkConfig {
                 err("topics.replication_factor", "must be at least 1".into());
             }
         }
-        match parse_duration(&self.delivery_timeout) {
-            Ok(d) if d < Duration::from_millis(100) => err("delivery_timeout", "must be at least 100ms".into()),
-            Ok(d) if d > Duration::from_secs(3600) => err("delivery_timeout", "must be at most 1h".into()),
-            Ok(_) => {}
-            Err(e) => err("delivery_timeout", e),
+        if self.delivery_timeout < Duration::from_millis(100) {
+            err("delivery_timeout", "must be at least 100ms".into());
+        } else if self.delivery_timeout > Duration::from_secs(3600) {
+            err("delivery_timeout", "must be at most 1h".into());
         }
         if self.debezium.server_name.trim().is_empty() {
             err("debezium.server_name", "must not be empty".into());
@@ -356,7 +308,7 @@ mod tests {
         assert!(cfg.topics.create);
         assert_eq!(cfg.topics.partitions, 1);
         assert_eq!(cfg.debezium.server_name, "pgfanout");
-        assert_eq!(cfg.delivery_timeout, "30s");
+        assert_eq!(cfg.delivery_timeout, Duration::from_secs(30));
     }
 
     #[test]
@@ -376,7 +328,7 @@ mod tests {
             "sasl": {"mechanism": "PLAIN", "username": "", "password": ""},
             "tls": {"cert_file": "/c.pem"},
             "topics": {"partitions": 0, "replication_factor": 0},
-            "delivery_timeout": "soon",
+            "delivery_timeout": "10ms",
             "properties": {"enable.idempotence": "false", "acks": "1", "linger.ms": "10"},
         }))
         .unwrap();
@@ -385,7 +337,7 @@ mod tests {
             "brokers",
             "sasl.username",
             "sasl.password",
-            "tls",
+            "tls.cert_file",
             "topics.partitions",
             "topics.replication_factor",
             "delivery_timeout",
@@ -396,6 +348,8 @@ mod tests {
         }
         assert_eq!(paths.iter().filter(|p| *p == "brokers").count(), 2, "{paths:?}");
         assert!(!paths.iter().any(|p| p == "properties.linger.ms"));
+        let bad = sink(serde_json::json!({"brokers": "b:1", "delivery_timeout": "soon"})).unwrap_err().to_string();
+        assert!(bad.contains("invalid duration"), "{bad}");
     }
 
     #[test]

@@ -21,9 +21,7 @@ mod encode;
 mod sink;
 mod topics;
 
-pub use config::{
-    check_topic_name, DebeziumConfig, Format, KafkaMapping, KafkaSinkConfig, SaslConfig, SaslMechanism, TlsConfig, TopicCreation,
-};
+pub use config::{check_topic_name, DebeziumConfig, Format, KafkaMapping, KafkaSinkConfig, SaslConfig, SaslMechanism, TopicCreation};
 pub use debezium::{op_code, write_envelope};
 pub use encode::header;
 pub use sink::{client_config, KafkaSink};
@@ -32,3 +30,13 @@ pub use sink::{client_config, KafkaSink};
 /// daemon's end-to-end tests, tools) uses the same librdkafka build without
 /// a second copy of the dependency.
 pub use rdkafka;
+
+/// The connector: `type: kafka`, settings [`KafkaSinkConfig`], a `kafka:` mapping
+/// ([`KafkaMapping`]) per pipeline.
+pub static CONNECTOR: pgfanout_sdk::connector::TypedConnector<KafkaSinkConfig, KafkaMapping> = pgfanout_sdk::connector::TypedConnector {
+    kind: "kafka",
+    aliases: &[],
+    validate_settings: KafkaSinkConfig::validate,
+    validate_mapping: KafkaMapping::validate,
+    connect: |settings, mappings| Box::pin(async move { Ok(Box::new(KafkaSink::connect(settings, mappings.to_vec()).await?) as _) }),
+};

@@ -30,7 +30,7 @@ use rdkafka::producer::future_producer::OwnedDeliveryResult;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use tracing::{debug, warn};
 
-use crate::config::{parse_duration, DebeziumConfig, KafkaMapping, KafkaSinkConfig};
+use crate::config::{DebeziumConfig, KafkaMapping, KafkaSinkConfig};
 use crate::debezium::now_micros;
 use crate::encode::{headers, CompiledMapping};
 use crate::topics::{TopicStatus, Topics};
@@ -58,9 +58,7 @@ pub fn client_config(cfg: &KafkaSinkConfig) -> ClientConfig {
     props.insert("client.id", cfg.client_id.clone().unwrap_or_else(|| "pgfanout".into()));
     props.insert("enable.idempotence", "true".into());
     props.insert("acks", "all".into());
-    if let Ok(d) = parse_duration(&cfg.delivery_timeout) {
-        props.insert("message.timeout.ms", d.as_millis().to_string());
-    }
+    props.insert("message.timeout.ms", cfg.delivery_timeout.as_millis().to_string());
     let protocol = match (cfg.sasl.is_some(), cfg.tls.is_some()) {
         (false, false) => "plaintext",
         (false, true) => "ssl",
@@ -71,7 +69,7 @@ pub fn client_config(cfg: &KafkaSinkConfig) -> ClientConfig {
     if let Some(sasl) = &cfg.sasl {
         props.insert("sasl.mechanisms", sasl.mechanism.as_str().into());
         props.insert("sasl.username", sasl.username.clone());
-        props.insert("sasl.password", sasl.password.clone());
+        props.insert("sasl.password", sasl.password.expose().to_string());
     }
     if let Some(tls) = &cfg.tls {
         for (key, path) in
@@ -82,7 +80,10 @@ pub fn client_config(cfg: &KafkaSinkConfig) -> ClientConfig {
             }
         }
         if let Some(pw) = &tls.key_password {
-            props.insert("ssl.key.password", pw.clone());
+            props.insert("ssl.key.password", pw.expose().to_string());
+        }
+        if tls.insecure {
+            props.insert("enable.ssl.certificate.verification", "false".into());
         }
     }
     let mut cc = ClientConfig::new();
@@ -112,7 +113,7 @@ impl KafkaSink {
             .enumerate()
             .map(|(i, m)| CompiledMapping::compile(m).map_err(|e| permanent(format!("kafka mapping of route {i}: {e}"))))
             .collect::<Result<Vec<_>, _>>()?;
-        let delivery_timeout = parse_duration(&cfg.delivery_timeout).map_err(permanent)?;
+        let delivery_timeout = cfg.delivery_timeout;
         let client_config = client_config(cfg);
         let producer: FutureProducer =
             client_config.create().map_err(|e| permanent(format!("kafka sink: invalid librdkafka configuration: {e}")))?;

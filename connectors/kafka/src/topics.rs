@@ -128,9 +128,7 @@ fn create_refused(topic: &str, replication_factor: i32, code: RDKafkaErrorCode) 
         RDKafkaErrorCode::InvalidTopic
         | RDKafkaErrorCode::InvalidPartitions
         | RDKafkaErrorCode::InvalidConfig
-        | RDKafkaErrorCode::PolicyViolation => {
-            Ok(Some(TopicStatus::Unusable(format!("kafka refused to create topic {topic:?}: {code}"))))
-        }
+        | RDKafkaErrorCode::PolicyViolation => Ok(Some(TopicStatus::Unusable(format!("kafka refused to create topic {topic:?}: {code}")))),
         code => Err(SinkError::Retriable(format!("kafka: cannot create topic {topic:?}: {code}"))),
     }
 }

@@ -6,7 +6,7 @@
 //! path before anything connects. Property and column maps keep their order
 //! (`IndexMap`) so generated Cypher is stable across runs.
 
-use std::path::PathBuf;
+use pgfanout_sdk::settings::{Secret, TlsFiles};
 
 use indexmap::IndexMap;
 use serde::Deserialize;
@@ -32,12 +32,13 @@ pub struct Neo4jSinkConfig {
     pub user: String,
     /// Password (use `${VAR}` interpolation). Empty when absent.
     #[serde(default)]
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// Database name (default `neo4j`).
     #[serde(default)]
     pub database: Option<String>,
+    /// TLS files for `+s` URIs (neo4rs takes a CA file only).
     #[serde(default)]
-    pub tls: Neo4jTlsConfig,
+    pub tls: TlsFiles,
     /// Rows sent in one `UNWIND $rows` statement (default 1000).
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
@@ -52,15 +53,6 @@ pub struct Neo4jSinkConfig {
     /// (default true). Without them every MERGE scans its label.
     #[serde(default = "default_true")]
     pub create_indexes: bool,
-}
-
-/// TLS options for `+s` / `+ssc` URIs.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Neo4jTlsConfig {
-    /// PEM file with the CA certificate to trust instead of the system roots.
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
 }
 
 fn default_max_batch() -> usize {
@@ -173,6 +165,19 @@ impl Neo4jSinkConfig {
         }
         if self.tls.ca_file.is_some() && !self.uri.contains("+s") {
             err("tls.ca_file", "only applies to bolt+s:// or neo4j+s:// URIs".into());
+        }
+        for (field, set) in [
+            ("cert_file", self.tls.cert_file.is_some()),
+            ("key_file", self.tls.key_file.is_some()),
+            ("key_password", self.tls.key_password.is_some()),
+            ("insecure", self.tls.insecure),
+        ] {
+            if set {
+                err(
+                    &format!("tls.{field}"),
+                    "is not supported by the Neo4j client; use ca_file, or a +ssc URI to accept a self-signed certificate".into(),
+                );
+            }
         }
         if self.max_batch == 0 || self.max_batch > 100_000 {
             err("max_batch", "must be between 1 and 100000".into());

@@ -30,11 +30,20 @@ mod error;
 mod sink;
 
 pub use config::{
-    CypherMapping, EndpointMapping, Neo4jMapping, Neo4jSinkConfig, Neo4jTlsConfig, NodeMapping, RelMapping, ROW_KEY_PROPERTY,
-    VERSION_PROPERTY,
+    CypherMapping, EndpointMapping, Neo4jMapping, Neo4jSinkConfig, NodeMapping, RelMapping, ROW_KEY_PROPERTY, VERSION_PROPERTY,
 };
 pub use sink::Neo4jSink;
 
 /// The neo4rs this sink is built on, so code that reads the graph back (the
 /// daemon's end-to-end tests, tools) uses the same client version.
 pub use neo4rs;
+
+/// The connector: `type: neo4j`, settings [`Neo4jSinkConfig`], a `neo4j:` mapping
+/// ([`Neo4jMapping`]) per pipeline.
+pub static CONNECTOR: pgfanout_sdk::connector::TypedConnector<Neo4jSinkConfig, Neo4jMapping> = pgfanout_sdk::connector::TypedConnector {
+    kind: "neo4j",
+    aliases: &[],
+    validate_settings: Neo4jSinkConfig::validate,
+    validate_mapping: Neo4jMapping::validate,
+    connect: |settings, mappings| Box::pin(async move { Ok(Box::new(Neo4jSink::connect(settings, mappings.to_vec()).await?) as _) }),
+};

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use neo4rs::{query, BoltList, BoltType, ConfigBuilder, Graph, Query};
 use pgfanout_sdk::{BatchOutcome, Change, Op, Rejected, Sink, SinkError, SinkRecord};
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::config::{CypherMapping, Neo4jMapping, Neo4jSinkConfig, NodeMapping, RelMapping};
 use crate::cypher;
@@ -101,7 +101,7 @@ impl Neo4jSink {
         let mut builder = ConfigBuilder::new()
             .uri(cfg.uri.as_str())
             .user(cfg.user.as_str())
-            .password(cfg.password.clone().unwrap_or_default())
+            .password(cfg.password.as_ref().map(|p| p.expose().to_string()).unwrap_or_default())
             .fetch_size(cfg.fetch_size)
             .max_connections(cfg.max_connections);
         if let Some(db) = &cfg.database {
@@ -252,48 +252,6 @@ impl Neo4jSink {
         }
         txn.commit().await.map_err(|e| classify("commit", &e))
     }
-
-    /// Replays every record alone (in order) after a permanent batch error,
-    /// rejecting those the server refuses.
-    async fn write_one_by_one(&self, statements: &[Statement], rejected: &mut Vec<Rejected>) -> Result<(), SinkError> {
-        for s in statements {
-            match &s.rows {
-                None => {
-                    if let Err(e) = self.run_in_txn(&[s]).await {
-                        record_failure(e, &s.records, rejected)?;
-                    }
-                }
-                Some(rows) => {
-                    for (row, index) in rows.iter().zip(&s.records) {
-                        let single = Statement {
-                            text: s.text.clone(),
-                            rows: Some(vec![row.clone()]),
-                            params: Vec::new(),
-                            records: vec![*index],
-                            seen: HashSet::new(),
-                            route: s.route,
-                            kind: s.kind,
-                        };
-                        if let Err(e) = self.run_in_txn(&[&single]).await {
-                            record_failure(e, &single.records, rejected)?;
-                        }
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-fn record_failure(e: SinkError, records: &[usize], rejected: &mut Vec<Rejected>) -> Result<(), SinkError> {
-    match e {
-        SinkError::Retriable(_) => Err(e),
-        SinkError::Permanent(msg) => {
-            warn!(error = %msg, "neo4j rejected a record");
-            rejected.extend(records.iter().map(|&index| Rejected { index, error: msg.clone() }));
-            Ok(())
-        }
-    }
 }
 
 enum Encoded {
@@ -335,14 +293,10 @@ impl Sink for Neo4jSink {
             return Ok(rejected);
         }
         let all: Vec<&Statement> = statements.iter().collect();
-        match self.run_in_txn(&all).await {
-            Ok(()) => {}
-            Err(SinkError::Permanent(msg)) => {
-                warn!(error = %msg, records = batch.len(), "neo4j batch failed; retrying records one by one");
-                self.write_one_by_one(&statements, &mut rejected).await?;
-            }
-            Err(e) => return Err(e),
-        }
+        // A permanent failure of the transaction fails the batch: the
+        // runtime then writes its records one by one and dead-letters the
+        // ones the server refuses alone (record isolation lives there).
+        self.run_in_txn(&all).await?;
         rejected.sort_by_key(|r| r.index);
         Ok(rejected)
     }

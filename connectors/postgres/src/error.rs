@@ -123,12 +123,7 @@ impl From<tokio_postgres::Error> for SourceError {
         match e.as_db_error() {
             Some(db) if is_permanent_sqlstate(db.code().code()) => SourceError::from_sqlstate(
                 db.code().code(),
-                format!(
-                    "{}: {}{}",
-                    db.severity(),
-                    db.message(),
-                    db.hint().map(|h| format!(" (hint: {h})")).unwrap_or_default()
-                ),
+                format!("{}: {}{}", db.severity(), db.message(), db.hint().map(|h| format!(" (hint: {h})")).unwrap_or_default()),
             ),
             Some(db) => SourceError::from_sqlstate(db.code().code(), format!("{}: {}", db.severity(), db.message())),
             None => SourceError::transient(e.to_string()),

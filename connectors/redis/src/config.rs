@@ -3,12 +3,12 @@
 //!
 //! Both are plain serde structs with unknown fields rejected; `validate()` is
 //! pure (no I/O) so `pgfanout check` can report every mistake with its dotted
-//! path before anything connects. Durations are humantime strings (`7d`,
-//! `30s`, `1h 30m`).
+//! path before anything connects. Durations, TLS files and secrets are the
+//! SDK's shared settings types (`pgfanout_sdk::settings`).
 
-use std::path::PathBuf;
 use std::time::Duration;
 
+use pgfanout_sdk::settings::{duration, option_duration, Secret, TlsFiles};
 use pgfanout_sdk::Template;
 use serde::Deserialize;
 
@@ -23,19 +23,19 @@ pub struct RedisSinkConfig {
     pub username: Option<String>,
     /// Password (use `${VAR}` interpolation); overrides one in the URL.
     #[serde(default)]
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// TLS settings for `rediss://` URLs.
     #[serde(default)]
-    pub tls: RedisTlsConfig,
+    pub tls: TlsFiles,
     /// Time allowed to open a connection (default `5s`).
-    #[serde(default = "default_connect_timeout")]
-    pub connect_timeout: String,
+    #[serde(default = "default_connect_timeout", with = "duration")]
+    pub connect_timeout: Duration,
     /// Time allowed for one batch's reply (default `30s`).
-    #[serde(default = "default_response_timeout")]
-    pub response_timeout: String,
+    #[serde(default = "default_response_timeout", with = "duration")]
+    pub response_timeout: Duration,
     /// Upper bound of the reconnect backoff (default `5s`).
-    #[serde(default = "default_reconnect_max_delay")]
-    pub reconnect_max_delay: String,
+    #[serde(default = "default_reconnect_max_delay", with = "duration")]
+    pub reconnect_max_delay: Duration,
     /// Connections, and key-hash lanes written in parallel (default 2).
     #[serde(default = "default_connections")]
     pub connections: usize,
@@ -49,36 +49,18 @@ pub struct RedisSinkConfig {
     /// How long a delete's version tombstone is kept (default `1d`). It must
     /// outlive the longest replay: an older insert replayed after the
     /// tombstone expired would bring the row back.
-    #[serde(default = "default_tombstone_ttl")]
-    pub tombstone_ttl: String,
+    #[serde(default = "default_tombstone_ttl", with = "duration")]
+    pub tombstone_ttl: Duration,
 }
 
-/// TLS options; only used with `rediss://`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RedisTlsConfig {
-    /// PEM file with the CA certificate(s) to trust instead of the web PKI roots.
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-    /// PEM client certificate for mutual TLS (with `key_file`).
-    #[serde(default)]
-    pub cert_file: Option<PathBuf>,
-    /// PEM client private key for mutual TLS (with `cert_file`).
-    #[serde(default)]
-    pub key_file: Option<PathBuf>,
-    /// Skip certificate verification (testing only).
-    #[serde(default)]
-    pub insecure: bool,
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
 }
-
-fn default_connect_timeout() -> String {
-    "5s".into()
+fn default_response_timeout() -> Duration {
+    Duration::from_secs(30)
 }
-fn default_response_timeout() -> String {
-    "30s".into()
-}
-fn default_reconnect_max_delay() -> String {
-    "5s".into()
+fn default_reconnect_max_delay() -> Duration {
+    Duration::from_secs(5)
 }
 fn default_connections() -> usize {
     2
@@ -89,8 +71,8 @@ fn default_records_per_call() -> usize {
 fn default_version_prefix() -> String {
     "pgfanout:v:".into()
 }
-fn default_tombstone_ttl() -> String {
-    "1d".into()
+fn default_tombstone_ttl() -> Duration {
+    Duration::from_secs(86_400)
 }
 
 /// Which Redis data type a mapping writes.
@@ -147,13 +129,8 @@ pub struct RedisMapping {
     #[serde(default)]
     pub maxlen: Option<u64>,
     /// Expiry refreshed on every write, e.g. `7d`.
-    #[serde(default)]
-    pub ttl: Option<String>,
-}
-
-/// Parses a humantime duration (`7d`, `30s`).
-pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim()).map_err(|e| format!("{s:?} is not a duration like 30s, 5m or 7d: {e}"))
+    #[serde(default, with = "option_duration")]
+    pub ttl: Option<Duration>,
 }
 
 impl RedisSinkConfig {
@@ -170,15 +147,13 @@ impl RedisSinkConfig {
             _ => err("url", format!("{:?} must start with redis:// or rediss://", redact(&self.url))),
         }
         for (path, value) in [
-            ("connect_timeout", &self.connect_timeout),
-            ("response_timeout", &self.response_timeout),
-            ("reconnect_max_delay", &self.reconnect_max_delay),
-            ("tombstone_ttl", &self.tombstone_ttl),
+            ("connect_timeout", self.connect_timeout),
+            ("response_timeout", self.response_timeout),
+            ("reconnect_max_delay", self.reconnect_max_delay),
+            ("tombstone_ttl", self.tombstone_ttl),
         ] {
-            match parse_duration(value) {
-                Ok(d) if d.is_zero() => err(path, "must be greater than zero".into()),
-                Ok(_) => {}
-                Err(e) => err(path, e),
+            if value.is_zero() {
+                err(path, "must be greater than zero".into());
             }
         }
         if self.connections == 0 || self.connections > 64 {
@@ -190,8 +165,8 @@ impl RedisSinkConfig {
         if self.version_prefix.is_empty() {
             err("version_prefix", "must not be empty (version hashes would collide with data keys)".into());
         }
-        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
-            err("tls", "cert_file and key_file go together".into());
+        for (sub, msg) in self.tls.validate() {
+            err(&format!("tls.{sub}"), msg);
         }
         errors
     }
@@ -268,12 +243,8 @@ impl RedisMapping {
         if self.maxlen == Some(0) {
             err("maxlen", "must be at least 1".into());
         }
-        if let Some(ttl) = &self.ttl {
-            match parse_duration(ttl) {
-                Ok(d) if d.as_secs() == 0 => err("ttl", "must be at least 1s".into()),
-                Ok(_) => {}
-                Err(e) => err("ttl", e),
-            }
+        if self.ttl.is_some_and(|d| d.as_secs() == 0) {
+            err("ttl", "must be at least 1s".into());
         }
         errors
     }
@@ -301,8 +272,12 @@ mod tests {
     fn required_and_foreign_options_are_reported() {
         let m = mapping(r#"{"type":"sorted_set","key":"k:{a}","maxlen":3}"#);
         assert_eq!(paths(m.validate()), vec!["maxlen", "member", "score"]);
-        let m = mapping(r#"{"type":"hash","key":"k:{a","value":"{b}","ttl":"soon"}"#);
+        let m = mapping(r#"{"type":"hash","key":"k:{a","value":"{b}","ttl":"0s"}"#);
         assert_eq!(paths(m.validate()), vec!["key", "value", "ttl"]);
+        assert!(serde_json::from_str::<RedisMapping>(r#"{"type":"hash","key":"k","ttl":"soon"}"#)
+            .unwrap_err()
+            .to_string()
+            .contains("invalid duration"));
         let m = mapping(r#"{"type":"string","key":"k","column":"{c}"}"#);
         assert_eq!(paths(m.validate()), vec!["column"]);
     }
@@ -323,7 +298,7 @@ mod tests {
             serde_json::from_str(r#"{"url":"http://u:secret@h","connections":0,"tombstone_ttl":"0s","tls":{"cert_file":"c.pem"}}"#)
                 .unwrap();
         let errors = c.validate();
-        assert_eq!(paths(errors.clone()), vec!["url", "tombstone_ttl", "connections", "tls"]);
+        assert_eq!(paths(errors.clone()), vec!["url", "tombstone_ttl", "connections", "tls.cert_file"]);
         assert!(!errors[0].1.contains("secret"), "{:?}", errors[0]);
     }
 }

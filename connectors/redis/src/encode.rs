@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use pgfanout_sdk::{Change, Op, Position, Row, Template, TemplateError, Value};
 
-use crate::config::{parse_duration, MappingKind, RedisMapping};
+use crate::config::{MappingKind, RedisMapping};
 
 /// The version-hash field used for targets that are a whole key.
 pub(crate) const WHOLE_KEY: &str = "_key";
@@ -45,7 +45,7 @@ impl CompiledMapping {
             member: parse(&m.member)?,
             score: m.score.as_ref().map(|c| c.trim().to_string()),
             maxlen: m.maxlen,
-            ttl_secs: m.ttl.as_deref().map(parse_duration).transpose()?.map_or(0, |d| d.as_secs()),
+            ttl_secs: m.ttl.map_or(0, |d| d.as_secs()),
         })
     }
 

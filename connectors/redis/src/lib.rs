@@ -22,5 +22,15 @@ mod encode;
 mod error;
 mod sink;
 
-pub use config::{MappingKind, RedisMapping, RedisSinkConfig, RedisTlsConfig};
+pub use config::{MappingKind, RedisMapping, RedisSinkConfig};
 pub use sink::RedisSink;
+
+/// The connector: `type: redis`, settings [`RedisSinkConfig`], a `redis:` mapping
+/// ([`RedisMapping`]) per pipeline.
+pub static CONNECTOR: pgfanout_sdk::connector::TypedConnector<RedisSinkConfig, RedisMapping> = pgfanout_sdk::connector::TypedConnector {
+    kind: "redis",
+    aliases: &[],
+    validate_settings: RedisSinkConfig::validate,
+    validate_mapping: RedisMapping::validate,
+    connect: |settings, mappings| Box::pin(async move { Ok(Box::new(RedisSink::connect(settings, mappings.to_vec()).await?) as _) }),
+};

@@ -20,7 +20,9 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, IntoConnectionInfo, Pipeline, Script, Value};
 use tracing::{debug, info, warn};
 
-use crate::config::{parse_duration, redact, MappingKind, RedisMapping, RedisSinkConfig};
+use pgfanout_sdk::settings::TlsFiles;
+
+use crate::config::{redact, MappingKind, RedisMapping, RedisSinkConfig};
 use crate::encode::{encode, CompiledMapping, Encoded};
 use crate::error::{is_transient_reply, request_failed};
 
@@ -61,11 +63,10 @@ impl RedisSink {
             .map(|(i, m)| CompiledMapping::compile(m).map_err(|e| SinkError::Permanent(format!("redis mapping of route {i}: {e}"))))
             .collect::<Result<Vec<_>, _>>()?;
         let client = build_client(cfg)?;
-        let duration = |s: &str| parse_duration(s).map_err(SinkError::Permanent);
         let manager_cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(duration(&cfg.connect_timeout)?))
-            .set_response_timeout(Some(duration(&cfg.response_timeout)?))
-            .set_max_delay(duration(&cfg.reconnect_max_delay)?)
+            .set_connection_timeout(Some(cfg.connect_timeout))
+            .set_response_timeout(Some(cfg.response_timeout))
+            .set_max_delay(cfg.reconnect_max_delay)
             .set_min_delay(Duration::from_millis(50));
         let mut lanes = Vec::with_capacity(cfg.connections);
         for _ in 0..cfg.connections {
@@ -74,7 +75,7 @@ impl RedisSink {
                 .map_err(|e| SinkError::Retriable(format!("redis {}: cannot connect: {e}", redact(&cfg.url))))?;
             lanes.push(conn);
         }
-        let tombstone = duration(&cfg.tombstone_ttl)?.as_secs().max(1);
+        let tombstone = cfg.tombstone_ttl.as_secs().max(1);
         let sink = RedisSink {
             lanes,
             routes,
@@ -188,13 +189,12 @@ fn build_client(cfg: &RedisSinkConfig) -> Result<Client, SinkError> {
         settings = settings.set_username(user);
     }
     if let Some(password) = &cfg.password {
-        settings = settings.set_password(password);
+        settings = settings.set_password(password.expose());
     }
     info = info.set_redis_settings(settings);
     let tls = &cfg.tls;
     if cfg.is_tls() && (tls.ca_file.is_some() || tls.cert_file.is_some()) {
-        let read =
-            |p: &std::path::Path| std::fs::read(p).map_err(|e| SinkError::Permanent(format!("redis sink tls: {}: {e}", p.display())));
+        let read = |p: &std::path::Path| TlsFiles::read(p).map_err(|e| SinkError::Permanent(format!("redis sink tls: {e}")));
         let root_cert = tls.ca_file.as_deref().map(read).transpose()?;
         let client_tls = match (&tls.cert_file, &tls.key_file) {
             (Some(c), Some(k)) => Some(redis::ClientTlsConfig { client_cert: read(c)?, client_key: read(k)? }),

@@ -6,13 +6,16 @@
 //! depend on it without pulling in another connector's client library.
 
 pub mod change;
+pub mod connector;
 pub mod json;
 pub mod lsn;
+pub mod settings;
 pub mod sink;
 pub mod template;
 pub mod value;
 
 pub use change::{Change, Op, Position};
+pub use connector::{Check, ConfigError, ConfiguredSink, Connector, DynSink, FieldError, SinkInput, TypedSink};
 pub use lsn::Lsn;
 pub use sink::{BatchOutcome, Rejected, Sink, SinkError, SinkRecord};
 pub use template::{Template, TemplateError};

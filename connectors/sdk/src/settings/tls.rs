@@ -1,0 +1,55 @@
+//! TLS files for a connection to a store.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::Secret;
+
+/// `tls: { ca_file, cert_file, key_file, insecure }`. Whether TLS is used at
+/// all is the connector's business (a `rediss://` or `https://` URL, an
+/// `enabled` flag); these say what to trust and who we are.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// PEM file with the CA certificate(s) to trust instead of the system roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS (with `key_file`).
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// PEM client private key for mutual TLS (with `cert_file`).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// Password of an encrypted `key_file`, where the store's client
+    /// supports one (Kafka).
+    #[serde(default)]
+    pub key_password: Option<Secret>,
+    /// Skip certificate verification (testing only).
+    #[serde(default)]
+    pub insecure: bool,
+}
+
+impl TlsFiles {
+    /// Errors as (field, message); pure (files are read at connect time).
+    pub fn validate(&self) -> Vec<(String, String)> {
+        let mut errors = Vec::new();
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            errors.push(("cert_file".into(), "cert_file and key_file go together; set both or neither".into()));
+        }
+        if self.key_password.is_some() && self.key_file.is_none() {
+            errors.push(("key_password".into(), "only applies with key_file".into()));
+        }
+        for (field, path) in [("ca_file", &self.ca_file), ("cert_file", &self.cert_file), ("key_file", &self.key_file)] {
+            if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                errors.push((field.into(), "expected a path to a PEM file".into()));
+            }
+        }
+        errors
+    }
+
+    /// Reads a PEM file named by one of the fields, with its path in the error.
+    pub fn read(path: &std::path::Path) -> Result<Vec<u8>, String> {
+        std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    }
+}
