@@ -48,7 +48,10 @@ pub fn connectors() -> Vec<Entry> {
         Entry::Built(&pgfanout_neo4j::CONNECTOR),
         #[cfg(not(feature = "neo4j"))]
         Entry::Missing("neo4j"),
-        Entry::Built(&planned::ELASTICSEARCH),
+        #[cfg(feature = "elasticsearch")]
+        Entry::Built(&pgfanout_elasticsearch::CONNECTOR),
+        #[cfg(not(feature = "elasticsearch"))]
+        Entry::Missing("elasticsearch"),
         Entry::Built(&planned::SCYLLA),
     ]
 }
@@ -63,7 +66,6 @@ mod planned {
 
     pub struct Planned(&'static str);
 
-    pub static ELASTICSEARCH: Planned = Planned("elasticsearch");
     pub static SCYLLA: Planned = Planned("scylla");
 
     impl Connector for Planned {
@@ -84,7 +86,7 @@ mod planned {
             Box::pin(async move {
                 Err(SinkError::Permanent(format!(
                     "sink type {kind:?} is not implemented in this version of pgfanout (available: {})",
-                    super::available_kinds().into_iter().filter(|k| *k != "elasticsearch" && *k != "scylla").collect::<Vec<_>>().join(", ")
+                    super::available_kinds().into_iter().filter(|k| *k != "scylla").collect::<Vec<_>>().join(", ")
                 )))
             })
         }

@@ -1,0 +1,111 @@
+//! Search sink: Elasticsearch and OpenSearch indexes kept in step with
+//! PostgreSQL tables (`type: elasticsearch`, alias `opensearch`).
+//!
+//! Each pipeline's [`SearchMapping`] names the index (a template such as
+//! `products` or `{schema}.{table}`), the document id (default: the key
+//! columns) and optional routing, ingest pipeline, index settings and
+//! mappings (applied when the sink creates the index), delete behaviour
+//! (`delete`, or `soft`: set a field) and truncate behaviour (`ignore`, or
+//! `delete_by_query`).
+//!
+//! # Versions: replays never bring back an older document
+//!
+//! Every `_bulk` action carries `version_type=external_gte` and
+//! `version` = the transaction's commit LSN
+//! (`pgfanout_sdk::Position::commit_version`). The engine refuses a write
+//! whose version is below the stored one (a 409, counted as "already
+//! applied") and applies equal ones, so the changes of one transaction apply
+//! in order and a replay after a crash converges. Deletes are versioned the
+//! same way; the engine remembers a deleted document's version for
+//! `index.gc_deletes` (60 s by default), which bounds how late a replayed
+//! older insert can still be refused (set it higher, or use `delete: soft`,
+//! if pgfanout may be down longer than that while a document is deleted and
+//! re-created).
+//!
+//! # Unchanged TOAST columns
+//!
+//! A change that lacks unchanged TOAST columns is completed from `before`
+//! when the table has REPLICA IDENTITY FULL; otherwise the stored document
+//! is read (`_mget`, or the batch's own earlier write of it), the present
+//! columns are merged in and the whole document is indexed with the
+//! change's version (read-merge-write; safe because one document's changes
+//! are written by one lane, in order). A partial change whose document is
+//! missing is never written half: it goes to the dead-letter file.
+//!
+//! # Errors
+//!
+//! Per `_bulk` item: 409 = already applied; 429 / 5xx = retried (only the
+//! failed items, with backoff; versions keep them from undoing newer
+//! writes); any other refusal (mapping or parse errors) rejects that record
+//! with the engine's error (dead-lettered). Whole-request failures
+//! (connection, timeout, 429/5xx, bad credentials) are retriable; a request
+//! over the node's size limit (413) is split.
+//!
+//! Why plain HTTP and not the `elasticsearch` crate: see [`client`].
+
+mod client;
+mod config;
+mod sink;
+
+use pgfanout_sdk::connector::{parse_sink, BoxFuture};
+use pgfanout_sdk::{Check, ConfigError, ConfiguredSink, Connector, DynSink, SinkError, SinkInput};
+
+pub use config::{check_index_name, DeleteMode, SearchMapping, SearchSinkConfig, TruncateMode};
+pub use sink::SearchSink;
+
+/// The connector: `type: elasticsearch` (alias `opensearch`), settings
+/// [`SearchSinkConfig`], an `elasticsearch:` (or `opensearch:`) mapping
+/// ([`SearchMapping`]) per pipeline.
+pub static CONNECTOR: SearchConnector = SearchConnector;
+
+/// See [`CONNECTOR`].
+pub struct SearchConnector;
+
+impl Connector for SearchConnector {
+    fn kind(&self) -> &'static str {
+        "elasticsearch"
+    }
+
+    fn aliases(&self) -> &'static [&'static str] {
+        &["opensearch"]
+    }
+
+    fn configure(&self, input: &SinkInput<'_>) -> Result<Box<dyn ConfiguredSink>, Vec<ConfigError>> {
+        let (settings, mappings) = parse_sink(self.kind(), input, SearchSinkConfig::validate, SearchMapping::validate)?;
+        Ok(Box::new(Configured { settings, mappings }))
+    }
+}
+
+struct Configured {
+    settings: SearchSinkConfig,
+    mappings: Vec<SearchMapping>,
+}
+
+impl ConfiguredSink for Configured {
+    fn build(&self) -> BoxFuture<'_, Result<Box<dyn DynSink>, SinkError>> {
+        Box::pin(async move { Ok(Box::new(SearchSink::connect(&self.settings, self.mappings.clone()).await?) as Box<dyn DynSink>) })
+    }
+
+    /// The cluster answers with these credentials; each constant index
+    /// exists (or will be created at the first write).
+    fn doctor(&self) -> BoxFuture<'_, Vec<Check>> {
+        Box::pin(async move {
+            let sink = match SearchSink::connect(&self.settings, self.mappings.clone()).await {
+                Ok(s) => s,
+                Err(e) => return vec![Check::failed("cluster reachable with these credentials", e.to_string())],
+            };
+            let mut checks = vec![Check::ok(format!("cluster {} reachable", sink.ping().await.unwrap_or_default()))];
+            for m in &self.mappings {
+                if !m.index.contains('{') {
+                    let what = format!("index {}", m.index);
+                    checks.push(match sink.index_exists(&m.index).await {
+                        Ok(true) => Check::ok(format!("{what} exists")),
+                        Ok(false) => Check::ok(format!("{what} does not exist yet; the sink creates it at the first write")),
+                        Err(e) => Check::failed(what, e.to_string()),
+                    });
+                }
+            }
+            checks
+        })
+    }
+}

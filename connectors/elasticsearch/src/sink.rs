@@ -1,0 +1,685 @@
+//! The search sink: plans each batch into `_bulk` actions, completes
+//! partial changes, writes by document-id lanes and sorts out the per-item
+//! results.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::sync::Mutex;
+
+use pgfanout_sdk::settings::{BatchLimits, RetrySettings};
+use pgfanout_sdk::{BatchOutcome, Change, Op, Rejected, Sink, SinkError, SinkRecord, Template};
+use reqwest::Method;
+use serde_json::{Map, Value as Json};
+use tracing::{debug, info, warn};
+
+use crate::client::Client;
+use crate::config::{DeleteMode, SearchMapping, SearchSinkConfig, TruncateMode};
+
+/// How many times one `_bulk` item is retried inside a write (429, 5xx)
+/// before the batch fails as retriable (and the runtime retries it whole).
+const ITEM_ATTEMPTS: usize = 8;
+
+/// A compiled mapping.
+struct Route {
+    index: Template,
+    id: Option<Template>,
+    routing: Option<Template>,
+    /// `{"settings":..,"mappings":..}` for indexes the sink creates.
+    create_body: Json,
+    pipeline: Option<String>,
+    delete: DeleteMode,
+    soft_field: String,
+    truncate: TruncateMode,
+}
+
+/// Where a document lives.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct DocRef {
+    index: String,
+    id: String,
+    routing: Option<String>,
+}
+
+/// One `_bulk` action of a record.
+#[derive(Debug, Clone)]
+enum Action {
+    /// Index the whole document (JSON object bytes).
+    Index {
+        doc: DocRef,
+        version: i64,
+        source: Vec<u8>,
+        pipeline: Option<String>,
+    },
+    Delete {
+        doc: DocRef,
+        version: i64,
+    },
+    /// Merge `fields` into the stored document (unchanged TOAST columns, a
+    /// soft delete); resolved into an `Index` before sending.
+    /// `moved_from`: the document's old place when the key changed (its
+    /// stored content is the base when the new place is empty).
+    Partial {
+        doc: DocRef,
+        version: i64,
+        fields: Map<String, Json>,
+        pipeline: Option<String>,
+        missing_ok: bool,
+        moved_from: Option<DocRef>,
+    },
+}
+
+impl Action {
+    fn doc(&self) -> &DocRef {
+        match self {
+            Action::Index { doc, .. } | Action::Delete { doc, .. } | Action::Partial { doc, .. } => doc,
+        }
+    }
+}
+
+/// A planned record: its actions, or a truncate of an index.
+enum Planned {
+    Actions(usize, Vec<Action>),
+    Truncate(usize, String),
+}
+
+/// The search sink. See the crate docs.
+pub struct SearchSink {
+    client: Client,
+    routes: Vec<Route>,
+    lanes: usize,
+    limits: BatchLimits,
+    retry: RetrySettings,
+    /// Indexes known to exist.
+    ready: Mutex<HashSet<String>>,
+}
+
+impl SearchSink {
+    /// Compiles the mappings and checks that the cluster answers.
+    pub async fn connect(cfg: &SearchSinkConfig, mappings: Vec<SearchMapping>) -> Result<SearchSink, SinkError> {
+        let routes = mappings
+            .iter()
+            .enumerate()
+            .map(|(i, m)| compile(m).map_err(|e| SinkError::Permanent(format!("search mapping of route {i}: {e}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let client = Client::new(cfg)?;
+        let sink =
+            SearchSink { client, routes, lanes: cfg.concurrency, limits: cfg.bulk, retry: cfg.retry, ready: Mutex::new(HashSet::new()) };
+        let info = sink.ping().await?;
+        info!(urls = ?cfg.urls, cluster = %info, routes = sink.routes.len(), "search sink connected");
+        Ok(sink)
+    }
+
+    /// `GET /`: the engine and version, or why it does not answer.
+    pub async fn ping(&self) -> Result<String, SinkError> {
+        let resp = self.client.call(Method::GET, "/", None).await?;
+        if !resp.status.is_success() {
+            return Err(SinkError::Retriable(format!("search cluster answered {}: {}", resp.status, resp.text(300))));
+        }
+        let j = resp.json()?;
+        let dist = j["version"]["distribution"].as_str().unwrap_or("elasticsearch");
+        Ok(format!("{dist} {}", j["version"]["number"].as_str().unwrap_or("?")))
+    }
+
+    /// Whether `index` exists (for doctor).
+    pub async fn index_exists(&self, index: &str) -> Result<bool, SinkError> {
+        let resp = self.client.call(Method::HEAD, &format!("/{index}"), None).await?;
+        Ok(resp.status.is_success())
+    }
+
+    /// Creates `index` with the route's settings and mappings unless it
+    /// exists. A refusal (bad settings) is permanent for the records.
+    async fn ensure_index(&self, index: &str, route: usize) -> Result<(), SinkError> {
+        if self.ready.lock().unwrap_or_else(|e| e.into_inner()).contains(index) {
+            return Ok(());
+        }
+        if !self.index_exists(index).await? {
+            let body = serde_json::to_vec(&self.routes[route].create_body).unwrap_or_default();
+            let resp = self.client.call(Method::PUT, &format!("/{index}"), Some((body, "application/json"))).await?;
+            let exists = resp.text(2000).contains("resource_already_exists_exception");
+            if !resp.status.is_success() && !exists {
+                return Err(SinkError::Permanent(format!("cannot create index {index:?}: {} {}", resp.status, resp.text(500))));
+            }
+            if resp.status.is_success() {
+                info!(index, "search index created");
+            }
+        }
+        self.ready.lock().unwrap_or_else(|e| e.into_inner()).insert(index.to_string());
+        Ok(())
+    }
+
+    /// Turns each record into actions (or a rejection).
+    fn plan(&self, batch: &[SinkRecord], rejected: &mut Vec<Rejected>) -> Vec<(Planned, usize)> {
+        let mut out = Vec::with_capacity(batch.len());
+        for (i, record) in batch.iter().enumerate() {
+            let Some(route) = self.routes.get(record.route) else {
+                rejected.push(Rejected { index: i, error: format!("no search mapping for route {}", record.route) });
+                continue;
+            };
+            match plan_change(route, &record.change) {
+                Ok(Some(Planned::Actions(_, a))) if a.is_empty() => {}
+                Ok(Some(Planned::Actions(_, a))) => out.push((Planned::Actions(i, a), record.route)),
+                Ok(Some(Planned::Truncate(_, index))) => out.push((Planned::Truncate(i, index), record.route)),
+                Ok(None) => {}
+                Err(e) => rejected.push(Rejected { index: i, error: e }),
+            }
+        }
+        out
+    }
+
+    /// Reads the stored documents that partial actions merge into.
+    async fn fetch(&self, docs: &[DocRef]) -> Result<HashMap<DocRef, Map<String, Json>>, SinkError> {
+        let mut found = HashMap::new();
+        for chunk in docs.chunks(500) {
+            let body = serde_json::json!({
+                "docs": chunk.iter().map(|d| {
+                    let mut m = serde_json::json!({"_index": d.index, "_id": d.id});
+                    if let Some(r) = &d.routing { m["routing"] = Json::from(r.clone()); }
+                    m
+                }).collect::<Vec<_>>()
+            });
+            let resp =
+                self.client.call(Method::POST, "/_mget", Some((serde_json::to_vec(&body).unwrap_or_default(), "application/json"))).await?;
+            if !resp.status.is_success() {
+                return Err(SinkError::Retriable(format!("_mget answered {}: {}", resp.status, resp.text(300))));
+            }
+            let j = resp.json()?;
+            for (d, got) in chunk.iter().zip(j["docs"].as_array().into_iter().flatten()) {
+                if got["found"] == true {
+                    if let Some(src) = got["_source"].as_object() {
+                        found.insert(d.clone(), src.clone());
+                    }
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Resolves partial actions into whole documents: the state left by the
+    /// batch's earlier actions on the document, else the stored document.
+    async fn resolve(&self, planned: &mut [(Planned, usize)], rejected: &mut Vec<Rejected>) -> Result<(), SinkError> {
+        let mut seen_full: HashSet<DocRef> = HashSet::new();
+        let mut need: Vec<DocRef> = Vec::new();
+        for (p, _) in planned.iter() {
+            if let Planned::Actions(_, actions) = p {
+                for a in actions {
+                    match a {
+                        // Content written earlier in the batch needs no read.
+                        Action::Index { doc, .. } => {
+                            seen_full.insert(doc.clone());
+                        }
+                        Action::Delete { .. } => {}
+                        Action::Partial { doc, moved_from, .. } => {
+                            for d in std::iter::once(doc).chain(moved_from.as_ref()) {
+                                if !seen_full.contains(d) && !need.contains(d) {
+                                    need.push(d.clone());
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let stored = if need.is_empty() { HashMap::new() } else { self.fetch(&need).await? };
+        // Per document: its state after the batch's actions so far (None:
+        // deleted), and the last content it had (kept across a delete, for
+        // a document that moves).
+        let mut last_live: HashMap<DocRef, Map<String, Json>> = stored.clone();
+        let mut state: HashMap<DocRef, Option<Map<String, Json>>> = stored.into_iter().map(|(k, v)| (k, Some(v))).collect();
+        for (p, _) in planned.iter_mut() {
+            let Planned::Actions(record, actions) = p else { continue };
+            let mut failed = None;
+            for a in actions.iter_mut() {
+                match a {
+                    Action::Index { doc, source, .. } => {
+                        let m = serde_json::from_slice::<Map<String, Json>>(source).unwrap_or_default();
+                        last_live.insert(doc.clone(), m.clone());
+                        state.insert(doc.clone(), Some(m));
+                    }
+                    Action::Delete { doc, .. } => {
+                        state.insert(doc.clone(), None);
+                    }
+                    Action::Partial { doc, version, fields, pipeline, missing_ok, moved_from } => {
+                        let base =
+                            state.get(doc).cloned().flatten().or_else(|| moved_from.as_ref().and_then(|old| last_live.get(old).cloned()));
+                        let merged = match base {
+                            Some(mut m) => {
+                                for (k, v) in std::mem::take(fields) {
+                                    m.insert(k, v);
+                                }
+                                m
+                            }
+                            None if *missing_ok => std::mem::take(fields),
+                            None => {
+                                failed = Some(format!(
+                                    "document {:?} of index {:?} is missing, and this change does not carry its unchanged TOAST columns \
+                                     (REPLICA IDENTITY FULL would); it is not written half: re-copy the row (e.g. touch it in PostgreSQL)",
+                                    doc.id, doc.index
+                                ));
+                                break;
+                            }
+                        };
+                        state.insert(doc.clone(), Some(merged.clone()));
+                        last_live.insert(doc.clone(), merged.clone());
+                        *a = Action::Index {
+                            doc: doc.clone(),
+                            version: *version,
+                            source: serde_json::to_vec(&merged).unwrap_or_default(),
+                            pipeline: pipeline.clone(),
+                        };
+                    }
+                }
+            }
+            if let Some(error) = failed {
+                rejected.push(Rejected { index: *record, error });
+                actions.clear();
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends actions (each tagged with its record) by document lanes, in
+    /// parallel across lanes and in order within one; returns rejections.
+    async fn send_actions(&self, actions: Vec<(usize, Action)>) -> Result<Vec<Rejected>, SinkError> {
+        let mut lanes: Vec<Vec<(usize, Action)>> = (0..self.lanes).map(|_| Vec::new()).collect();
+        for (record, a) in actions {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            a.doc().hash(&mut h);
+            lanes[(h.finish() % self.lanes as u64) as usize].push((record, a));
+        }
+        let results = futures_util::future::join_all(lanes.into_iter().filter(|l| !l.is_empty()).map(|l| self.send_lane(l))).await;
+        let mut rejected = Vec::new();
+        for r in results {
+            rejected.extend(r?);
+        }
+        Ok(rejected)
+    }
+
+    /// One lane: `_bulk` requests within the limits; per-item results.
+    async fn send_lane(&self, mut pending: Vec<(usize, Action)>) -> Result<Vec<Rejected>, SinkError> {
+        let mut rejected = Vec::new();
+        let mut backoff = self.retry.backoff();
+        for attempt in 1..=ITEM_ATTEMPTS {
+            let mut retry: Vec<(usize, Action)> = Vec::new();
+            let mut last_error = String::new();
+            let mut start = 0;
+            while start < pending.len() {
+                let (body, n) = bulk_body(&pending[start..], &self.limits);
+                let chunk = &pending[start..start + n];
+                start += n;
+                let resp = self.client.call(Method::POST, "/_bulk", Some((body, "application/x-ndjson"))).await;
+                let resp = match resp {
+                    Ok(r) if r.status.as_u16() == 413 && chunk.len() > 1 => {
+                        // Over the node's http.max_content_length: send the
+                        // halves on the next round.
+                        retry.extend(chunk.iter().cloned());
+                        last_error = "request too large".into();
+                        continue;
+                    }
+                    Ok(r) if !r.status.is_success() => {
+                        return Err(SinkError::Retriable(format!("_bulk answered {}: {}", r.status, r.text(300))));
+                    }
+                    Ok(r) => r,
+                    Err(e) => return Err(e),
+                };
+                let j = resp.json()?;
+                let items = j["items"].as_array().cloned().unwrap_or_default();
+                if items.len() != chunk.len() {
+                    return Err(SinkError::Retriable(format!("_bulk returned {} results for {} actions", items.len(), chunk.len())));
+                }
+                for ((record, action), item) in chunk.iter().zip(items) {
+                    let result = item.as_object().and_then(|o| o.values().next()).cloned().unwrap_or(Json::Null);
+                    let status = result["status"].as_u64().unwrap_or(0);
+                    match status {
+                        200..=299 => {}
+                        // A newer version is stored: this write is already applied.
+                        409 => debug!(id = %action.doc().id, "stale write skipped (version conflict)"),
+                        // Deleting a document that is not there.
+                        404 if matches!(action, Action::Delete { .. }) => {}
+                        429 | 500..=599 | 0 => {
+                            last_error = item_error(&result);
+                            retry.push((*record, action.clone()));
+                        }
+                        _ => rejected.push(Rejected {
+                            index: *record,
+                            error: format!("search engine refused the document: {}", item_error(&result)),
+                        }),
+                    }
+                }
+            }
+            if retry.is_empty() {
+                return Ok(rejected);
+            }
+            let delay = backoff.next_delay();
+            warn!(items = retry.len(), attempt, error = %last_error, retry_in = ?delay, "bulk items failed; retrying them");
+            tokio::time::sleep(delay).await;
+            pending = retry;
+        }
+        Err(SinkError::Retriable(format!("bulk items still failing after {ITEM_ATTEMPTS} attempts")))
+    }
+
+    async fn truncate(&self, index: &str) -> Result<(), SinkError> {
+        let body = br#"{"query":{"match_all":{}}}"#.to_vec();
+        let resp = self
+            .client
+            .call(Method::POST, &format!("/{index}/_delete_by_query?conflicts=proceed&refresh=true"), Some((body, "application/json")))
+            .await?;
+        if resp.status.as_u16() == 404 || resp.status.is_success() {
+            info!(index, "index emptied for a TRUNCATE");
+            Ok(())
+        } else {
+            Err(SinkError::Permanent(format!("_delete_by_query on {index:?} answered {}: {}", resp.status, resp.text(300))))
+        }
+    }
+}
+
+impl Sink for SearchSink {
+    async fn write(&mut self, batch: &[SinkRecord]) -> BatchOutcome {
+        let mut rejected = Vec::new();
+        let mut planned = self.plan(batch, &mut rejected);
+        // Indexes first (created with the mapping's settings when missing).
+        let mut indexes: Vec<(String, usize)> = Vec::new();
+        for (p, route) in &planned {
+            if let Planned::Actions(_, actions) = p {
+                for a in actions {
+                    if !indexes.iter().any(|(i, _)| *i == a.doc().index) {
+                        indexes.push((a.doc().index.clone(), *route));
+                    }
+                }
+            }
+        }
+        for (index, route) in &indexes {
+            if let Err(e) = self.ensure_index(index, *route).await {
+                if e.is_retriable() {
+                    return Err(e);
+                }
+                // Records of that index are refused with the reason.
+                for (p, _) in planned.iter_mut() {
+                    if let Planned::Actions(record, actions) = p {
+                        if actions.iter().any(|a| a.doc().index == *index) {
+                            rejected.push(Rejected { index: *record, error: e.to_string() });
+                            actions.clear();
+                        }
+                    }
+                }
+            }
+        }
+        // Segments between truncates keep their order around them.
+        let mut segment: Vec<(Planned, usize)> = Vec::new();
+        for (p, route) in planned {
+            match p {
+                Planned::Truncate(record, index) => {
+                    self.flush_segment(std::mem::take(&mut segment), &mut rejected).await?;
+                    if self.routes[route].truncate == TruncateMode::DeleteByQuery {
+                        match self.truncate(&index).await {
+                            Ok(()) => {}
+                            Err(SinkError::Permanent(error)) => rejected.push(Rejected { index: record, error }),
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+                other => segment.push((other, route)),
+            }
+        }
+        self.flush_segment(segment, &mut rejected).await?;
+        rejected.sort_by_key(|r| r.index);
+        rejected.dedup_by_key(|r| r.index);
+        Ok(rejected)
+    }
+
+    async fn check(&mut self) -> Result<(), SinkError> {
+        self.ping().await.map(|_| ())
+    }
+}
+
+impl SearchSink {
+    async fn flush_segment(&self, mut segment: Vec<(Planned, usize)>, rejected: &mut Vec<Rejected>) -> Result<(), SinkError> {
+        if segment.is_empty() {
+            return Ok(());
+        }
+        self.resolve(&mut segment, rejected).await?;
+        let mut actions = Vec::new();
+        for (p, _) in segment {
+            if let Planned::Actions(record, a) = p {
+                actions.extend(a.into_iter().map(|a| (record, a)));
+            }
+        }
+        rejected.extend(self.send_actions(actions).await?);
+        Ok(())
+    }
+}
+
+fn compile(m: &SearchMapping) -> Result<Route, String> {
+    let t = |s: &str| Template::parse(s).map_err(|e| e.to_string());
+    let mut create_body = serde_json::json!({});
+    if let Some(file) = &m.index_file {
+        let text = std::fs::read_to_string(file).map_err(|e| format!("index_file {}: {e}", file.display()))?;
+        create_body = serde_json::from_str(&text).map_err(|e| format!("index_file {}: not JSON: {e}", file.display()))?;
+    }
+    if let Some(s) = &m.settings {
+        create_body["settings"] = s.clone();
+    }
+    if let Some(s) = &m.mappings {
+        create_body["mappings"] = s.clone();
+    }
+    Ok(Route {
+        index: t(&m.index)?,
+        id: m.id.as_deref().map(t).transpose()?,
+        routing: m.routing.as_deref().map(t).transpose()?,
+        create_body,
+        pipeline: m.pipeline.clone(),
+        delete: m.delete,
+        soft_field: m.soft_delete_field.clone(),
+        truncate: m.truncate,
+    })
+}
+
+/// The document a change addresses, rendered from `change` (its `after`
+/// first) or from its old row only (`old = true`).
+fn doc_ref(route: &Route, change: &Change, old: bool) -> Result<DocRef, String> {
+    let view;
+    let c = if old {
+        view = Change { after: None, ..change.clone() };
+        &view
+    } else {
+        change
+    };
+    let index = route.index.render(c).map_err(|e| format!("index: {e}"))?.to_lowercase();
+    let id = match &route.id {
+        Some(t) => t.render(c).map_err(|e| format!("id: {e}"))?,
+        None => {
+            let key = if old { c.before.as_ref().or(c.key.as_ref()) } else { c.key.as_ref() };
+            let key = key.ok_or("id: the change has no key columns; set `id:` in the mapping")?;
+            key.iter().map(|(_, v)| v.to_template_text()).collect::<Vec<_>>().join(":")
+        }
+    };
+    let routing = route.routing.as_ref().map(|t| t.render(c)).transpose().map_err(|e| format!("routing: {e}"))?;
+    Ok(DocRef { index, id, routing })
+}
+
+/// The JSON object of a row.
+fn row_object(row: &pgfanout_sdk::Row) -> Map<String, Json> {
+    let mut out = Vec::new();
+    row.write_json(&mut out);
+    serde_json::from_slice(&out).unwrap_or_default()
+}
+
+fn plan_change(route: &Route, change: &Change) -> Result<Option<Planned>, String> {
+    let version = change.position().commit_version();
+    match change.op {
+        Op::Truncate => Ok((route.truncate == TruncateMode::DeleteByQuery)
+            .then(|| route.index.render(change).map(|i| Planned::Truncate(0, i.to_lowercase())))
+            .transpose()
+            .map_err(|e| format!("index: {e}"))?),
+        Op::Delete => {
+            let doc = doc_ref(route, change, false)?;
+            let action = match route.delete {
+                DeleteMode::Delete => Action::Delete { doc, version },
+                DeleteMode::Soft => {
+                    let mut fields = change.row().map(row_object).unwrap_or_default();
+                    fields.insert(route.soft_field.clone(), Json::Bool(true));
+                    Action::Partial { doc, version, fields, pipeline: route.pipeline.clone(), missing_ok: true, moved_from: None }
+                }
+            };
+            Ok(Some(Planned::Actions(0, vec![action])))
+        }
+        Op::Insert | Op::Update | Op::Read => {
+            let Some(after) = &change.after else { return Ok(None) };
+            let doc = doc_ref(route, change, false)?;
+            let mut actions = Vec::with_capacity(2);
+            // A key change moves the document: the old one goes.
+            let mut moved_from = None;
+            if change.op == Op::Update && change.before.is_some() {
+                let old = doc_ref(route, change, true)?;
+                if old != doc {
+                    actions.push(Action::Delete { doc: old.clone(), version });
+                    moved_from = Some(old);
+                }
+            }
+            let mut fields = row_object(after);
+            let mut missing: Vec<&str> = Vec::new();
+            for col in &change.unchanged_toast {
+                match change.before.as_ref().and_then(|b| b.get(col)) {
+                    // REPLICA IDENTITY FULL: the old row has the value.
+                    Some(v) => {
+                        fields.insert(col.to_string(), serde_json::from_str(&v.to_json_string()).unwrap_or(Json::Null));
+                    }
+                    None => missing.push(col),
+                }
+            }
+            if route.delete == DeleteMode::Soft {
+                fields.insert(route.soft_field.clone(), Json::Bool(false));
+            }
+            if missing.is_empty() {
+                let source = serde_json::to_vec(&fields).unwrap_or_default();
+                actions.push(Action::Index { doc, version, source, pipeline: route.pipeline.clone() });
+            } else {
+                actions.push(Action::Partial { doc, version, fields, pipeline: route.pipeline.clone(), missing_ok: false, moved_from });
+            }
+            Ok(Some(Planned::Actions(0, actions)))
+        }
+    }
+}
+
+/// NDJSON for as many leading actions as fit the limits (at least one).
+fn bulk_body(actions: &[(usize, Action)], limits: &BatchLimits) -> (Vec<u8>, usize) {
+    let mut body = Vec::new();
+    let mut n = 0;
+    for (_, a) in actions {
+        let before = body.len();
+        let (meta_kind, doc, version, source, pipeline) = match a {
+            Action::Index { doc, version, source, pipeline } => ("index", doc, version, Some(source), pipeline.as_ref()),
+            Action::Delete { doc, version } => ("delete", doc, version, None, None),
+            Action::Partial { .. } => unreachable!("partial actions are resolved before sending"),
+        };
+        let mut meta = serde_json::json!({"_index": doc.index, "_id": doc.id, "version": version, "version_type": "external_gte"});
+        if let Some(r) = &doc.routing {
+            meta["routing"] = Json::from(r.clone());
+        }
+        if let Some(p) = pipeline {
+            meta["pipeline"] = Json::from(p.clone());
+        }
+        body.extend_from_slice(format!("{{\"{meta_kind}\":").as_bytes());
+        body.extend_from_slice(&serde_json::to_vec(&meta).unwrap_or_default());
+        body.extend_from_slice(b"}\n");
+        if let Some(s) = source {
+            body.extend_from_slice(s);
+            body.push(b'\n');
+        }
+        n += 1;
+        if n > 1 && (n > limits.max_records || body.len() as u64 > limits.max_bytes.0) {
+            body.truncate(before);
+            n -= 1;
+            break;
+        }
+    }
+    (body, n)
+}
+
+fn item_error(result: &Json) -> String {
+    let e = &result["error"];
+    match (e["type"].as_str(), e["reason"].as_str()) {
+        (Some(t), Some(r)) => {
+            let cause = e["caused_by"]["reason"].as_str().map(|c| format!(" ({c})")).unwrap_or_default();
+            format!("{} {t}: {r}{cause}", result["status"])
+        }
+        _ => format!("{} {}", result["status"], e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use pgfanout_sdk::{Lsn, Row, Value};
+
+    use super::*;
+
+    fn route(m: serde_json::Value) -> Route {
+        compile(&serde_json::from_value(m).unwrap()).unwrap()
+    }
+
+    fn change(op: Op, after: Option<Row>, before: Option<Row>, toast: &[&str]) -> Change {
+        Change {
+            op,
+            schema: "public".into(),
+            table: "products".into(),
+            key: Some(Row(vec![("id".into(), Value::Number("7".into()))])),
+            before,
+            after,
+            unchanged_toast: toast.iter().map(|s| Arc::from(*s)).collect(),
+            lsn: Lsn(10),
+            commit_lsn: Lsn(1 << 48),
+            ordinal: 3,
+            xid: Some(1),
+            commit_ts: Some(0),
+        }
+    }
+
+    fn row(cols: &[(&str, &str)]) -> Row {
+        Row(cols.iter().map(|(k, v)| (Arc::from(*k), Value::String((*v).into()))).collect())
+    }
+
+    #[test]
+    fn full_rows_index_with_the_commit_lsn_as_external_version() {
+        let r = route(serde_json::json!({"index": "{table}", "pipeline": "p"}));
+        let c = change(Op::Update, Some(row(&[("id", "7"), ("name", "x")])), None, &[]);
+        let Some(Planned::Actions(_, a)) = plan_change(&r, &c).unwrap() else { panic!() };
+        let (body, n) = bulk_body(&[(0, a[0].clone())], &BatchLimits::default());
+        assert_eq!(n, 1);
+        let text = String::from_utf8(body).unwrap();
+        assert!(text.contains(r#""_id":"7""#) && text.contains(r#""version":281474976710656"#) && text.contains("external_gte"), "{text}");
+        assert!(text.contains(r#""pipeline":"p""#) && text.contains(r#""_index":"products""#), "{text}");
+    }
+
+    #[test]
+    fn unchanged_toast_is_completed_from_before_or_merged() {
+        let r = route(serde_json::json!({"index": "products"}));
+        let full_before = change(Op::Update, Some(row(&[("id", "7")])), Some(row(&[("id", "7"), ("bio", "long")])), &["bio"]);
+        let Some(Planned::Actions(_, a)) = plan_change(&r, &full_before).unwrap() else { panic!() };
+        assert!(matches!(&a[0], Action::Index { source, .. } if String::from_utf8_lossy(source).contains("long")));
+        let partial = change(Op::Update, Some(row(&[("id", "7")])), None, &["bio"]);
+        let Some(Planned::Actions(_, a)) = plan_change(&r, &partial).unwrap() else { panic!() };
+        assert!(matches!(&a[0], Action::Partial { missing_ok: false, .. }));
+    }
+
+    #[test]
+    fn a_key_change_deletes_the_old_document() {
+        let r = route(serde_json::json!({"index": "products", "id": "{id}"}));
+        let c = change(Op::Update, Some(row(&[("id", "8")])), Some(row(&[("id", "7")])), &[]);
+        let Some(Planned::Actions(_, a)) = plan_change(&r, &c).unwrap() else { panic!() };
+        assert!(matches!(&a[0], Action::Delete { doc, .. } if doc.id == "7"));
+        assert!(matches!(&a[1], Action::Index { doc, .. } if doc.id == "8"));
+    }
+
+    #[test]
+    fn bulk_bodies_respect_the_limits() {
+        let r = route(serde_json::json!({"index": "products"}));
+        let c = change(Op::Insert, Some(row(&[("id", "7"), ("pad", &"x".repeat(600))])), None, &[]);
+        let Some(Planned::Actions(_, a)) = plan_change(&r, &c).unwrap() else { panic!() };
+        let many: Vec<(usize, Action)> = (0..10).map(|i| (i, a[0].clone())).collect();
+        let limits = BatchLimits { max_records: 4, max_bytes: pgfanout_sdk::settings::ByteSize(1 << 20) };
+        assert_eq!(bulk_body(&many, &limits).1, 4);
+        let limits = BatchLimits { max_records: 100, max_bytes: pgfanout_sdk::settings::ByteSize(2000) };
+        assert_eq!(bulk_body(&many, &limits).1, 2);
+    }
+}

@@ -1,0 +1,300 @@
+//! End-to-end search sink tests against a real OpenSearch 2.19 node
+//! (`testkit::OpenSearchNode`). OpenSearch stands in for Elasticsearch: the
+//! `_bulk`, `_mget`, document and search APIs the sink uses are the same
+//! (Elasticsearch 8 runs here too, without the modules Elastic does not
+//! publish; see testkit/README.md).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value as Json;
+use testkit::OpenSearchNode;
+
+async fn cluster(db: &str) -> (PgCluster, tokio_postgres::Client) {
+    let pg = tokio::task::spawn_blocking(|| PgCluster::start_with(&[("wal_sender_timeout", "10s")])).await.unwrap();
+    pg.create_database(db).await;
+    let c = pg.client(db).await;
+    c.batch_execute(
+        "CREATE TABLE products (id int PRIMARY KEY, name text NOT NULL, price numeric(10,2), code text,
+                                tags text[], meta jsonb, description text);
+         ALTER TABLE products ALTER COLUMN description SET STORAGE EXTERNAL;",
+    )
+    .await
+    .unwrap();
+    (pg, c)
+}
+
+fn node() -> &'static OpenSearchNode {
+    OpenSearchNode::shared()
+}
+
+fn config(pg: &PgCluster, db: &str, url: &str, index: &str, extra: &str, dir: &std::path::Path) -> String {
+    let sink = format!("  search: {{ type: opensearch, urls: [\"{url}\"], request_timeout: 5s, retry: {{ max_backoff: 1s }} }}");
+    let pipelines = format!(
+        "  - name: catalog\n    from: public.products\n    to: search\n    opensearch: {{ index: {index}, id: \"{{id}}\"{extra} }}"
+    );
+    daemon_config(pg, db, db, &sink, &pipelines, &dir.join(format!("{db}.dead.jsonl")))
+}
+
+/// A random mixed workload on `products`: inserts (some with a TOASTed
+/// description), updates that leave the description unchanged, updates of
+/// it, key changes, deletes.
+struct Workload {
+    rng: Rng,
+    live: Vec<i32>,
+    next_id: i32,
+    seq: u64,
+}
+
+impl Workload {
+    fn new(seed: u64) -> Workload {
+        Workload { rng: Rng(seed | 1), live: Vec::new(), next_id: 1, seq: 0 }
+    }
+
+    fn big(&mut self) -> String {
+        self.seq += 1;
+        format!("'long description {} {}'", self.seq, "lorem ipsum dolor sit amet ".repeat(120))
+    }
+
+    fn statement(&mut self) -> String {
+        let pick = (!self.live.is_empty()).then(|| self.live[self.rng.below(self.live.len() as u64) as usize]);
+        match (self.rng.below(10), pick) {
+            (0..=2, _) | (_, None) => {
+                let id = self.next_id;
+                self.next_id += 1;
+                self.live.push(id);
+                let d = if self.rng.below(3) == 0 { "'short'".to_string() } else { self.big() };
+                format!(
+                    "INSERT INTO products VALUES ({id}, 'product {id}', {}.{:02}, '{}', ARRAY['a','b{id}'], '{{\"n\": {id}}}', {d})",
+                    self.rng.below(900),
+                    self.rng.below(100),
+                    self.rng.below(1000)
+                )
+            }
+            // The description is TOASTed and unchanged: a partial change.
+            (3..=5, Some(id)) => format!("UPDATE products SET price = price + 1, name = name || '+' WHERE id = {id}"),
+            (6, Some(id)) => format!("UPDATE products SET description = {} WHERE id = {id}", self.big()),
+            (7, Some(id)) => {
+                let new = self.next_id;
+                self.next_id += 1;
+                self.live.retain(|&x| x != id);
+                self.live.push(new);
+                format!("UPDATE products SET id = {new} WHERE id = {id}")
+            }
+            (_, Some(id)) => {
+                self.live.retain(|&x| x != id);
+                format!("DELETE FROM products WHERE id = {id}")
+            }
+        }
+    }
+
+    async fn run(&mut self, c: &tokio_postgres::Client, txns: usize) {
+        for _ in 0..txns {
+            let n = 1 + self.rng.below(3);
+            let body: Vec<String> = (0..n).map(|_| self.statement()).collect();
+            let sql = format!("BEGIN; {}; COMMIT;", body.join("; "));
+            c.batch_execute(&sql).await.unwrap_or_else(|e| panic!("workload: {e}\n{sql}"));
+        }
+    }
+}
+
+/// Waits until the daemon created its slot (it connected to every sink).
+async fn wait_slot(c: &tokio_postgres::Client, slot: &str, d: &Daemon) {
+    let start = Instant::now();
+    while confirmed_flush(c, slot).await == 0 {
+        assert!(start.elapsed() < Duration::from_secs(60), "no slot after 60 s\n--- daemon log ---\n{}", d.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+/// Every document of `index`: id -> source.
+async fn documents(url: &str, index: &str) -> BTreeMap<String, Json> {
+    let h = http();
+    h.post(format!("{url}/{index}/_refresh")).send().await.unwrap();
+    let body: Json = h
+        .post(format!("{url}/{index}/_search"))
+        .json(&serde_json::json!({"size": 10000, "query": {"match_all": {}}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["hits"]["hits"]
+        .as_array()
+        .unwrap_or_else(|| panic!("search of {index} failed: {body}"))
+        .iter()
+        .map(|h| (h["_id"].as_str().unwrap().to_string(), h["_source"].clone()))
+        .collect()
+}
+
+/// id -> to_jsonb(row) for every row of `products`.
+async fn rows(c: &tokio_postgres::Client) -> BTreeMap<String, Json> {
+    c.query("SELECT id::text, to_jsonb(p)::text FROM products p", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get::<_, String>(0), serde_json::from_str(&r.get::<_, String>(1)).unwrap()))
+        .collect()
+}
+
+/// Waits until the slot confirmed everything written so far (then the index
+/// has it, by the ack rule) and compares the index with the table, document
+/// by document and field by field.
+async fn assert_index_equals_table(c: &tokio_postgres::Client, slot: &str, url: &str, index: &str, d: &Daemon) {
+    let end = insert_lsn(c).await;
+    let start = Instant::now();
+    while confirmed_flush(c, slot).await < end {
+        assert!(start.elapsed() < Duration::from_secs(120), "confirmed_flush_lsn did not reach {end:X}\n{}", d.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let docs = documents(url, index).await;
+    let want = rows(c).await;
+    let missing: Vec<&String> = want.keys().filter(|k| !docs.contains_key(*k)).collect();
+    let extra: Vec<&String> = docs.keys().filter(|k| !want.contains_key(*k)).collect();
+    assert!(missing.is_empty() && extra.is_empty(), "missing {missing:?}, extra {extra:?}\n{}", d.log());
+    for (id, row) in &want {
+        assert_eq!(&docs[id], row, "document {id} differs from its row");
+    }
+    assert!(!want.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_workload_with_key_changes_and_toast_equals_the_table() {
+    let db = "mixed";
+    let (pg, c) = cluster(db).await;
+    let url = node().url();
+    let dir = scratch();
+    let d = Daemon::start(bin(), dir.path(), db, &config(&pg, db, &url, "mixed-products", "", dir.path()));
+    wait_slot(&c, db, &d).await;
+    let mut w = Workload::new(0x5eed_0001);
+    w.run(&c, 400).await;
+    assert_index_equals_table(&c, db, &url, "mixed-products", &d).await;
+    let toasted: i64 = c.query_one("SELECT count(*) FROM products WHERE length(description) > 2000", &[]).await.unwrap().get(0);
+    assert!(toasted > 10, "the workload must exercise TOASTed rows: {toasted}");
+    assert_eq!(line_count(&dir.path().join(format!("{db}.dead.jsonl"))), 0, "nothing dead-lettered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_and_a_node_outage_lose_nothing() {
+    let db = "faults";
+    let (pg, c) = cluster(db).await;
+    // A node of this test's own, so stopping it does not disturb others.
+    let node = tokio::task::spawn_blocking(OpenSearchNode::start).await.unwrap();
+    let url = node.url();
+    let dir = scratch();
+    let mut d = Daemon::start(bin(), dir.path(), db, &config(&pg, db, &url, "faults-products", "", dir.path()));
+    wait_slot(&c, db, &d).await;
+    let (stop, sampler) = sample_confirmed_flush(pg.client(db).await, db, Duration::from_millis(50));
+    let mut w = Workload::new(0x5eed_0002);
+    w.run(&c, 150).await;
+    d.kill9();
+    w.run(&c, 50).await;
+    d.spawn(bin());
+    w.run(&c, 50).await;
+    // The node goes away mid-workload; writes go on in PostgreSQL.
+    let before_stop = insert_lsn(&c).await;
+    tokio::task::block_in_place(|| node.stop());
+    let down_at = Instant::now();
+    c.batch_execute("UPDATE products SET name = name || '!' WHERE id = (SELECT min(id) FROM products)").await.unwrap();
+    let first_lost = insert_lsn(&c).await;
+    w.run(&c, 100).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let up_at = Instant::now();
+    tokio::task::block_in_place(|| node.start_server());
+    w.run(&c, 50).await;
+    assert_index_equals_table(&c, db, &url, "faults-products", &d).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let samples = sampler.await.unwrap();
+    let down: Vec<u64> = samples.iter().filter(|(t, _)| *t > down_at + Duration::from_millis(200) && *t < up_at).map(|s| s.1).collect();
+    assert!(down.len() > 20, "sampled during the outage: {}", down.len());
+    let max_down = down.iter().copied().max().unwrap_or_default();
+    assert!(max_down < first_lost, "confirmed {max_down:X} reached {first_lost:X} while the node was down\n{}", d.log());
+    assert!(before_stop < first_lost);
+    assert!(samples.windows(2).all(|w| w[0].1 <= w[1].1), "confirmed_flush_lsn moved backwards");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_the_mapping_rejects_is_dead_lettered_and_later_changes_arrive() {
+    let db = "reject";
+    let (pg, c) = cluster(db).await;
+    let url = node().url();
+    let dir = scratch();
+    let extra = ", mappings: { properties: { code: { type: integer } } }";
+    let d = Daemon::start(bin(), dir.path(), db, &config(&pg, db, &url, "reject-products", extra, dir.path()));
+    wait_slot(&c, db, &d).await;
+    c.batch_execute(
+        "INSERT INTO products (id, name, code) VALUES (1, 'good', '12');
+         INSERT INTO products (id, name, code) VALUES (2, 'bad', 'not a number');
+         INSERT INTO products (id, name, code) VALUES (3, 'later', '13');",
+    )
+    .await
+    .unwrap();
+    let dead = dir.path().join(format!("{db}.dead.jsonl"));
+    testkit::wait_until(Duration::from_secs(60), "the rejected document in the dead-letter file", || line_count(&dead) >= 1);
+    let end = insert_lsn(&c).await;
+    testkit::wait_for(Duration::from_secs(60), "confirmed", || {
+        let c = &c;
+        async move { confirmed_flush(c, db).await >= end }
+    })
+    .await;
+    let docs = documents(&url, "reject-products").await;
+    assert!(docs.contains_key("1") && docs.contains_key("3") && !docs.contains_key("2"), "{docs:?}");
+    let letters = testkit::daemon::read_json_lines(&dead);
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let letter: Json = serde_json::from_str(&letters[0]).unwrap();
+    assert_eq!(letter["change"]["after"]["id"], 2);
+    let error = letter["error"].as_str().unwrap();
+    assert!(error.contains("mapper_parsing_exception") || error.contains("number_format"), "the engine's error: {error}");
+    drop(d);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ecommerce_example_indexes_the_catalog() {
+    let pg = tokio::task::spawn_blocking(PgCluster::start).await.unwrap();
+    let c = ecommerce_database(&pg, "shop").await;
+    let url = node().url();
+    let dir = scratch();
+    let cfg = ecommerce_subset(&pg, &[("search", serde_json::json!({"urls": [url]}))], dir.path());
+    let d = Daemon::start(bin(), dir.path(), "shop", &cfg);
+    let changes = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/ecommerce-changes.sql")).unwrap();
+    testkit::wait_for(Duration::from_secs(60), "streaming", || {
+        let log = d.log();
+        async move { log.contains("streaming started") }
+    })
+    .await;
+    c.batch_execute(&changes).await.unwrap();
+    let end = insert_lsn(&c).await;
+    let parsed: Json = serde_json::from_str(&cfg).unwrap();
+    let slot = parsed["source"]["postgres"]["slot"].as_str().unwrap().to_string();
+    testkit::wait_for(Duration::from_secs(120), "confirmed", || {
+        let (c, slot) = (&c, slot.clone());
+        async move { confirmed_flush(c, &slot).await >= end }
+    })
+    .await;
+    // The catalog: every product, without its purchase price.
+    let docs = documents(&url, "products").await;
+    let n: i64 = c.query_one("SELECT count(*) FROM products", &[]).await.unwrap().get(0);
+    assert_eq!(docs.len() as i64, n, "{}", d.log());
+    assert!(docs.values().all(|p| p.get("cost_price").is_none()), "cost_price is dropped");
+    // The README's catalog search.
+    let hits: Json = http()
+        .post(format!("{url}/products/_search"))
+        .json(&serde_json::json!({"query": {"match": {"description": "mechanical"}}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let titles: Vec<&str> = hits["hits"]["hits"].as_array().unwrap().iter().filter_map(|h| h["_source"]["title"].as_str()).collect();
+    assert_eq!(titles, vec!["Keyboard"], "the README's catalog search: {hits}");
+    assert_eq!(docs["10"]["price"], serde_json::json!(84.90), "the last price change arrived");
+}
