@@ -24,17 +24,26 @@ pub struct OpenSearchNode {
     /// The HTTP port.
     pub port: u16,
     pub transport_port: u16,
+    /// Extra node settings (`key=value`), e.g. a tiny write queue.
+    settings: Vec<String>,
 }
 
 impl OpenSearchNode {
     /// Starts a node and waits (up to 180 s) until `GET /` answers 200.
     pub fn start() -> OpenSearchNode {
+        OpenSearchNode::start_with(&[])
+    }
+
+    /// Starts a node with extra node settings, e.g.
+    /// `[("thread_pool.write.queue_size", "1")]` for real back-pressure.
+    pub fn start_with(settings: &[(&str, &str)]) -> OpenSearchNode {
         let node = OpenSearchNode {
             dir: scratch_dir("pgfanout-opensearch-"),
             install: JvmInstall::find("opensearch"),
             child: Mutex::new(None),
             port: free_port(),
             transport_port: free_port(),
+            settings: settings.iter().map(|(k, v)| format!("{k}={v}")).collect(),
         };
         node.start_server();
         node
@@ -82,7 +91,10 @@ impl OpenSearchNode {
             &self.install,
             &jvm_args,
             "pgfanout.testkit.OpenSearchMain",
-            &[home.display().to_string(), self.port.to_string(), self.transport_port.to_string()],
+            &[home.display().to_string(), self.port.to_string(), self.transport_port.to_string()]
+                .into_iter()
+                .chain(self.settings.iter().cloned())
+                .collect::<Vec<_>>(),
             &self.dir.path().join("opensearch.log"),
             Some(self.dir.path()),
         );

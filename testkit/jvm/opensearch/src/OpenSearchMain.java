@@ -42,7 +42,14 @@ public final class OpenSearchMain {
         Files.createDirectories(home.resolve("config"));
         Files.createDirectories(home.resolve("data"));
         Files.createDirectories(home.resolve("logs"));
+        // Extra node settings from the command line: key=value after the ports.
+        Settings.Builder extra = Settings.builder();
+        for (int i = 3; i < args.length; i++) {
+            int eq = args[i].indexOf('=');
+            if (eq > 0) extra.put(args[i].substring(0, eq), args[i].substring(eq + 1));
+        }
         Settings settings = Settings.builder()
+            .put(extra.build())
             .put("path.home", home.toString())
             .put("path.data", home.resolve("data").toString())
             .put("path.logs", home.resolve("logs").toString())
