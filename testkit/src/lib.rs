@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub mod bolt;
 pub mod cassandra;
 pub mod daemon;
 pub mod elasticsearch;
@@ -20,7 +19,6 @@ pub mod opensearch;
 pub mod pg;
 pub mod redis;
 
-pub use bolt::BoltServer;
 pub use cassandra::CassandraNode;
 pub use daemon::Daemon;
 pub use elasticsearch::ElasticsearchNode;
