@@ -670,7 +670,8 @@ async fn broker_restart_never_confirms_undelivered_changes() {
     let msgs = tokio::task::block_in_place(|| read_topics(&broker.bootstrap(), &topics, Duration::from_secs(60), hist.len()));
     let mut dropped = 0;
     for table in ["users", "orders"] {
-        dropped += check_topic_against_history(&msgs, &format!("brk.{table}"), table, &hist, Format::Native, true, "kbrk", (0, i64::MAX / 2));
+        dropped +=
+            check_topic_against_history(&msgs, &format!("brk.{table}"), table, &hist, Format::Native, true, "kbrk", (0, i64::MAX / 2));
     }
     assert_eq!(msgs.len(), hist.len() + dropped);
     assert_eq!(line_count(&dir.path().join("kbrk.dead.jsonl")), 0, "{}", d.log());

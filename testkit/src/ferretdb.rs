@@ -54,12 +54,8 @@ impl FerretDb {
         if exists.trim().is_empty() {
             pg.psql("postgres", &format!("CREATE DATABASE \"{db}\""));
         }
-        let server = FerretDb {
-            dir: scratch_dir("pgfanout-ferretdb-"),
-            child: Mutex::new(None),
-            port: free_port(),
-            postgresql_url: pg.url(db),
-        };
+        let server =
+            FerretDb { dir: scratch_dir("pgfanout-ferretdb-"), child: Mutex::new(None), port: free_port(), postgresql_url: pg.url(db) };
         server.start_server();
         server
     }
@@ -76,11 +72,8 @@ impl FerretDb {
         if child.is_some() {
             return;
         }
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("ferretdb.log"))
-            .expect("open ferretdb.log");
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("ferretdb.log")).expect("open ferretdb.log");
         let state = self.dir.path().join("state");
         let _ = std::fs::create_dir_all(&state);
         // FerretDB in the background (its stdin is /dev/null); `cat` returns

@@ -141,16 +141,10 @@ async fn cassandra_insert_and_select_with_the_scylla_driver() {
     use scylla::client::session_builder::SessionBuilder;
 
     let node = tokio::task::spawn_blocking(|| timed("cassandra", CassandraNode::start)).await.unwrap();
-    let session: Session = SessionBuilder::new()
-        .known_node(node.contact_point())
-        .build()
-        .await
-        .unwrap_or_else(|e| panic!("connect: {e}\n{}", node.log()));
+    let session: Session =
+        SessionBuilder::new().known_node(node.contact_point()).build().await.unwrap_or_else(|e| panic!("connect: {e}\n{}", node.log()));
     session
-        .query_unpaged(
-            "CREATE KEYSPACE roundtrip WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}",
-            &[],
-        )
+        .query_unpaged("CREATE KEYSPACE roundtrip WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}", &[])
         .await
         .expect("create keyspace");
     session
