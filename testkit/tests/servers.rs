@@ -151,9 +151,9 @@ async fn cassandra_insert_and_select_with_the_scylla_driver() {
         .query_unpaged("CREATE TABLE roundtrip.feed (user_id int, seq int, action text, PRIMARY KEY (user_id, seq))", &[])
         .await
         .expect("create table");
-    for (seq, action) in [(1, "view"), (2, "cart"), (3, "order")] {
+    for (seq, action) in [(1_i32, "view"), (2, "cart"), (3, "order")] {
         session
-            .query_unpaged("INSERT INTO roundtrip.feed (user_id, seq, action) VALUES (?, ?, ?)", (7_i32, seq as i32, action))
+            .query_unpaged("INSERT INTO roundtrip.feed (user_id, seq, action) VALUES (?, ?, ?)", (7_i32, seq, action))
             .await
             .expect("insert");
     }
