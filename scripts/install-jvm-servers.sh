@@ -31,7 +31,7 @@ if [ -z "$java_home" ]; then
 fi
 
 stamp() { # the hash of everything that decides what lands in the cache
-  (cd "$src" && find common "$1" -type f | LC_ALL=C sort | xargs sha256sum; echo "$java_home"; sha256sum "$self") | sha256sum | cut -c1-64
+  (cd "$src" && find common "$1" -type f | LC_ALL=C sort | xargs sha256sum; echo "$java_home"; sha256sum < "$self") | sha256sum | cut -c1-64
 }
 
 for s in "${servers[@]}"; do

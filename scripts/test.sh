@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Runs every test, installing what is missing first:
-#   PostgreSQL 15 and redis-server (Debian packages), cargo-nextest,
-#   the Tansu Kafka-protocol broker and the ArcadeDB Bolt server (cached
-#   under ~/.cache/pgfanout, built/installed once).
+#   PostgreSQL 15 and redis-server (Debian packages), a JDK 17 and Maven
+#   (Debian packages, for the JVM servers), cargo-nextest, the JVM servers
+#   (Apache Kafka, Neo4j, OpenSearch, Elasticsearch, Cassandra: jars from
+#   Maven Central, scripts/install-jvm-servers.sh) and FerretDB
+#   (scripts/install-ferretdb.sh), all cached under ~/.cache/pgfanout and
+#   installed once.
 # Usage: scripts/test.sh [extra cargo-nextest arguments]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,18 +13,26 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/pgfanout-target}"
 
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+has_jdk17() {
+  local h
+  for h in "${PGFANOUT_JAVA17_HOME:-}" /usr/lib/jvm/java-17-openjdk-amd64 /usr/lib/jvm/java-17-openjdk-arm64; do
+    if [ -n "$h" ] && [ -x "$h/bin/javac" ]; then return 0; fi
+  done
+  return 1
+}
 missing=()
 [ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql-15)
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v runuser >/dev/null || missing+=(util-linux)
+has_jdk17 || missing+=(openjdk-17-jdk-headless)
+command -v mvn >/dev/null || missing+=(maven)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]}" >&2
   $SUDO apt-get update -qq
   $SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
 command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
-for installer in scripts/install-tansu.sh scripts/install-arcadedb.sh; do
-  if [ -x "$installer" ]; then "$installer"; fi
-done
+scripts/install-jvm-servers.sh
+scripts/install-ferretdb.sh >/dev/null
 
 cargo nextest run --workspace --no-fail-fast "$@"

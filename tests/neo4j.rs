@@ -1,5 +1,5 @@
 //! End-to-end: PostgreSQL -> `pgfanout run` -> a Bolt graph database
-//! (ArcadeDB from testkit), read back with neo4rs.
+//! (Neo4j 5 Community from testkit), read back with neo4rs.
 //!
 //! The e-commerce purchase graph: `users` and `products` rows become `User`
 //! and `Product` nodes, `order_items` rows become `BOUGHT` relationships. The
@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use pgfanout_neo4j::neo4rs::{query, ConfigBuilder, Graph};
 use serde_json::{json, Value as Json};
-use testkit::BoltServer;
+use testkit::Neo4jServer;
 
 const SCHEMA: &str = "
 CREATE TABLE users (id int PRIMARY KEY, email text NOT NULL, name text);
@@ -48,14 +48,14 @@ const PIPELINES: &str = r#"  - name: users
         from: { label: User, key: { id: user_id } }
         to: { label: Product, key: { id: product_id } }"#;
 
-/// PostgreSQL with [`SCHEMA`] in `db`, ArcadeDB, and a daemon streaming
+/// PostgreSQL with [`SCHEMA`] in `db`, Neo4j, and a daemon streaming
 /// into it (started once the slot exists).
-async fn setup(db: &str) -> (PgCluster, tokio_postgres::Client, BoltServer, tempfile::TempDir, Daemon) {
+async fn setup(db: &str) -> (PgCluster, tokio_postgres::Client, Neo4jServer, tempfile::TempDir, Daemon) {
     let pg = tokio::task::spawn_blocking(|| PgCluster::start_with(&[("wal_sender_timeout", "4s")])).await.unwrap();
     pg.create_database(db).await;
     let c = pg.client(db).await;
     c.batch_execute(SCHEMA).await.unwrap();
-    let server = tokio::task::spawn_blocking(BoltServer::start).await.unwrap();
+    let server = tokio::task::spawn_blocking(Neo4jServer::start).await.unwrap();
     let dir = scratch();
     let cfg = neo4j_config(&pg, db, db, &server.uri(), &server.user, &server.password, &server.database, PIPELINES, dir.path());
     let d = Daemon::start(bin(), dir.path(), db, &cfg);
@@ -64,7 +64,7 @@ async fn setup(db: &str) -> (PgCluster, tokio_postgres::Client, BoltServer, temp
     (pg, c, server, dir, d)
 }
 
-async fn graph(server: &BoltServer) -> Graph {
+async fn graph(server: &Neo4jServer) -> Graph {
     let cfg = ConfigBuilder::new()
         .uri(server.uri())
         .user(server.user.as_str())
@@ -449,7 +449,7 @@ async fn sigkill_mid_workload_converges_without_duplicates() {
 async fn ecommerce_example_writes_the_purchase_graph() {
     let pg = tokio::task::spawn_blocking(PgCluster::start).await.unwrap();
     let c = ecommerce_database(&pg, "shop").await;
-    let server = tokio::task::spawn_blocking(BoltServer::start).await.unwrap();
+    let server = tokio::task::spawn_blocking(Neo4jServer::start).await.unwrap();
     let dir = scratch();
     let graph_sink = json!({"uri": server.uri(), "user": server.user, "password": server.password, "database": server.database});
     let d = Daemon::start(bin(), dir.path(), "ecommerce", &ecommerce_subset(&pg, &[("graph", graph_sink)], dir.path()));
@@ -472,4 +472,92 @@ async fn ecommerce_example_writes_the_purchase_graph() {
     let recs = cypher(&g, q, &[id, title, Col::Int("buyers")]).await;
     assert_eq!(recs, vec![vec![json!(11), json!("Mouse"), json!(1)]]);
     assert_eq!(line_count(&dir.path().join("ecommerce.dead.jsonl")), 0, "{}", d.log());
+}
+
+/// Deadlocks while the daemon writes: two other clients lock the same
+/// Product and User nodes in opposite orders (each in one transaction,
+/// holding each lock a few ms), so Neo4j's deadlock detection fails some of
+/// their transactions and, whenever the daemon's transaction closes a cycle,
+/// the daemon's with `Neo.TransientError.Transaction.DeadlockDetected`. That
+/// error is retriable: the batch is retried, nothing is dead-lettered, and
+/// the graph ends equal to the tables. The workload runs in rounds until the
+/// daemon has hit at least one deadlock (its log says so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadlocks_with_other_writers_are_retried_not_dead_lettered() {
+    let (_pg, c, server, dir, mut d) = setup("gdead").await;
+    let mut shop = Shop::new(0x9a9a_0003);
+    c.batch_execute(&shop.seed(8, 6)).await.unwrap();
+    wait_confirmed_all(&c, "gdead", &d, Duration::from_secs(60)).await;
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let lockers: Vec<_> = [false, true]
+        .into_iter()
+        .map(|reverse| {
+            let (stop, uri, user, password, db) =
+                (stop.clone(), server.uri(), server.user.clone(), server.password.clone(), server.database.clone());
+            tokio::spawn(async move {
+                let cfg = ConfigBuilder::new().uri(uri).user(user).password(password).db(db).build().expect("client config");
+                let g = Graph::connect(cfg).await.expect("locker connects");
+                // (label, id) in a fixed order; the other locker takes them backwards
+                let mut order: Vec<(&str, i64)> = (1..=6).map(|i| ("Product", i)).chain((1..=8).map(|i| ("User", i))).collect();
+                if reverse {
+                    order.reverse();
+                }
+                let (mut committed, mut deadlocks) = (0usize, 0usize);
+                while !stop.load(Ordering::Relaxed) {
+                    let mut txn = g.start_txn().await.expect("begin");
+                    let mut failed = None;
+                    for (label, id) in &order {
+                        // takes the node's write lock and leaves the node as it was
+                        let q = format!("MATCH (n:{label} {{id: $id}}) SET n._lock_probe = 1 REMOVE n._lock_probe");
+                        if let Err(e) = txn.run(query(&q).param("id", *id)).await {
+                            failed = Some(e);
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(3)).await;
+                    }
+                    match failed {
+                        None => {
+                            txn.commit().await.expect("commit");
+                            committed += 1;
+                        }
+                        Some(e) => {
+                            let _ = txn.rollback().await;
+                            let text = e.to_string();
+                            assert!(text.contains("DeadlockDetected") || text.contains("Transient"), "locker: {text}");
+                            deadlocks += 1;
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                (committed, deadlocks)
+            })
+        })
+        .collect();
+
+    let start = Instant::now();
+    let mut rounds = 0;
+    while !d.log().contains("DeadlockDetected") {
+        assert!(start.elapsed() < Duration::from_secs(120), "the daemon never ran into a deadlock in {rounds} rounds\n{}", d.log());
+        run_shop(&c, &mut shop, 40, 0, &AtomicUsize::new(0)).await;
+        rounds += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // a few more rounds while the lockers still run
+    run_shop(&c, &mut shop, 40, 0, &AtomicUsize::new(0)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut locker_stats = Vec::new();
+    for l in lockers {
+        locker_stats.push(l.await.unwrap());
+    }
+    wait_confirmed_all(&c, "gdead", &d, Duration::from_secs(120)).await;
+    let g = graph(&server).await;
+    let items = assert_graph_equals_tables(&g, &c).await;
+    assert_eq!(line_count(&dir.path().join("gdead.dead.jsonl")), 0, "nothing dead-lettered\n{}", d.log());
+    assert!(d.is_running());
+    let daemon_deadlocks = d.log().matches("DeadlockDetected").count();
+    eprintln!(
+        "{rounds} rounds, {items} order items; daemon log lines with DeadlockDetected: {daemon_deadlocks}; \
+         lockers (committed, deadlocked): {locker_stats:?}"
+    );
 }

@@ -2,8 +2,8 @@
 //! PostgreSQL itself can stream (pg_recvlogical), so that claims about speed
 //! are checked where they are made.
 //!
-//! It starts its own servers (PostgreSQL per workload, Redis and the Tansu
-//! Kafka broker when installed), builds the release `pgfanout` binary,
+//! It starts its own servers (PostgreSQL per workload, Redis and Apache
+//! Kafka when installed), builds the release `pgfanout` binary,
 //! runs each workload `--runs` times and prints one table: median and
 //! min–max of each figure, the baseline from the same runs, the per-run
 //! ratio's median, and whether the goal is met. `--json FILE` writes the same
@@ -99,8 +99,7 @@ async fn run(args: Args, workloads: Vec<String>, bin: PathBuf) -> Result<()> {
     } else {
         None
     };
-    let tansu = tansu_bin();
-    let kafka = if wants("kafka") && tansu.is_some() { Some(testkit::KafkaBroker::start()) } else { None };
+    let kafka = if wants("kafka") && kafka_installed() { Some(testkit::KafkaBroker::start()) } else { None };
     let ctx = Ctx {
         bin: tools::Program {
             bin: bin.clone(),
@@ -126,7 +125,7 @@ async fn run(args: Args, workloads: Vec<String>, bin: PathBuf) -> Result<()> {
             "redis" if ctx.redis.is_some() => throughput::run(&ctx, &spec("redis (hash)", Shape::Big, SinkKind::Redis)).await,
             "redis" => Ok(vec![not_available("redis (hash)", "n/a: redis-server not installed")]),
             "kafka" if ctx.kafka.is_some() => throughput::run(&ctx, &spec("kafka (native)", Shape::Big, SinkKind::Kafka)).await,
-            "kafka" => Ok(vec![not_available("kafka (native)", "n/a: tansu not installed (scripts/install-tansu.sh)")]),
+            "kafka" => Ok(vec![not_available("kafka (native)", "n/a: Kafka not installed (scripts/install-jvm-servers.sh kafka)")]),
             "latency" => latency::run(&ctx).await,
             "snapshot" => snapshot::run(&ctx).await,
             _ => unreachable!("checked above"),
@@ -167,12 +166,9 @@ fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or_default().chars().take(100).collect()
 }
 
-fn tansu_bin() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("PGFANOUT_TANSU") {
-        return Some(PathBuf::from(p)).filter(|p| p.exists());
-    }
-    let home = std::env::var_os("HOME").map(PathBuf::from)?;
-    Some(home.join(".cache/pgfanout/tansu/bin/tansu")).filter(|p| p.exists())
+/// Whether `scripts/install-jvm-servers.sh` installed Apache Kafka.
+fn kafka_installed() -> bool {
+    testkit::jvm::cache_root().join("kafka/.installed").exists()
 }
 
 /// Builds `pgfanout` in release mode (a no-op when up to date) and returns

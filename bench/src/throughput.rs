@@ -153,8 +153,9 @@ fn fanout_config<'a>(ctx: &Ctx, spec: &Spec, slot: &'a str, run: usize) -> Resul
     Ok(FanoutConfig { slot, table, sink, mapping, http_listen: None })
 }
 
-/// Gives each run an empty sink: FLUSHALL for Redis, a fresh in-memory
-/// broker for Kafka (Tansu keeps every message in memory).
+/// Gives each run an empty sink: FLUSHALL for Redis. Kafka keeps its log
+/// on disk, so each run appends to the topic; the broker is restarted
+/// (stop, start on the same log) so that every run starts from an idle one.
 fn reset_sink(ctx: &Ctx, sink: SinkKind) -> Result<()> {
     match sink {
         SinkKind::File => {}

@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub mod bolt;
 pub mod cassandra;
 pub mod daemon;
 pub mod elasticsearch;
+pub mod ferretdb;
 pub mod jvm;
 pub mod kafka;
 pub mod neo4j;
@@ -20,10 +20,10 @@ pub mod opensearch;
 pub mod pg;
 pub mod redis;
 
-pub use bolt::BoltServer;
 pub use cassandra::CassandraNode;
 pub use daemon::Daemon;
 pub use elasticsearch::ElasticsearchNode;
+pub use ferretdb::FerretDb;
 pub use kafka::KafkaBroker;
 pub use neo4j::Neo4jServer;
 pub use opensearch::OpenSearchNode;

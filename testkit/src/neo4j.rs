@@ -7,8 +7,7 @@
 //! `neo4j` and `system`. The store is on disk: [`Neo4jServer::stop`] then
 //! [`Neo4jServer::start_server`] brings back the same data on the same port.
 //!
-//! The public fields and [`Neo4jServer::uri`] mirror `BoltServer`'s, so a
-//! test switches over by renaming the type. Each server starts from a copy
+//! Each server starts from a copy
 //! of a store made at install time (`template/`), which saves creating the
 //! system database. Start: ~6 s on a busy 2-core machine (~11 s without the
 //! template), RSS ~310 MB (`-Xmx512m`, 64 MB page cache).

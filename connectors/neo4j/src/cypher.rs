@@ -15,8 +15,8 @@
 //! in the change, so an unchanged TOAST column (absent from `after`) keeps its
 //! stored value.
 //!
-//! Only Cypher that both Neo4j 4.4+/5 and ArcadeDB's openCypher accept is
-//! generated (checked against ArcadeDB in tests/neo4j.rs).
+//! Only plain Cypher that Neo4j 4.4+/5 (and other Bolt servers' openCypher)
+//! accept is generated (checked against Neo4j 5 in tests/neo4j.rs).
 
 use crate::config::{EndpointMapping, NodeMapping, RelMapping, ROW_KEY_PROPERTY, VERSION_PROPERTY};
 

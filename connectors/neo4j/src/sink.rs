@@ -74,7 +74,7 @@ impl Statement {
     }
 }
 
-/// Writes changes to a Bolt server (Neo4j 4.4+/5, ArcadeDB, Memgraph).
+/// Writes changes to a Bolt server (Neo4j 4.4+/5; other Bolt servers that speak openCypher).
 pub struct Neo4jSink {
     graph: Graph,
     routes: Vec<Route>,

@@ -1,5 +1,5 @@
-//! The Neo4j sink against a real Bolt server (ArcadeDB, started by
-//! `testkit::BoltServer` on free loopback ports).
+//! The Neo4j sink against a real Neo4j 5 server (Community, started by
+//! `testkit::Neo4jServer` on a free loopback port).
 //!
 //! Each test feeds hand-built changes for the e-commerce tables (users,
 //! products, order_items) to `Neo4jSink::write`, keeps a model of what the
@@ -14,13 +14,13 @@ use std::time::Instant;
 use neo4rs::{query, ConfigBuilder, Graph};
 use pgfanout_neo4j::{Neo4jMapping, Neo4jSink, Neo4jSinkConfig};
 use pgfanout_sdk::{Change, Lsn, Op, Row, Sink, SinkRecord, Value};
-use testkit::BoltServer;
+use testkit::Neo4jServer;
 
 const USERS: usize = 0;
 const PRODUCTS: usize = 1;
 const ORDER_ITEMS: usize = 2;
 
-fn config(server: &BoltServer) -> Neo4jSinkConfig {
+fn config(server: &Neo4jServer) -> Neo4jSinkConfig {
     serde_json::from_value(serde_json::json!({
         "uri": server.uri(), "user": server.user, "password": server.password, "database": server.database,
     }))
@@ -40,7 +40,7 @@ fn mappings() -> Vec<Neo4jMapping> {
     .collect()
 }
 
-async fn client(server: &BoltServer) -> Graph {
+async fn client(server: &Neo4jServer) -> Graph {
     let cfg = ConfigBuilder::new()
         .uri(server.uri())
         .user(server.user.as_str())
@@ -205,7 +205,7 @@ async fn write_ok(sink: &mut Neo4jSink, batch: &[SinkRecord]) {
 
 #[tokio::test]
 async fn mixed_workload_gives_the_graph_the_tables_imply() {
-    let server = BoltServer::start();
+    let server = Neo4jServer::start();
     let mut sink = Neo4jSink::connect(&config(&server), mappings()).await.expect("connect");
     let g = client(&server).await;
     let (mut s, mut m) = (Stream::new(), Model::default());
@@ -255,7 +255,7 @@ async fn mixed_workload_gives_the_graph_the_tables_imply() {
 
 #[tokio::test]
 async fn replays_converge_and_stale_writes_are_skipped() {
-    let server = BoltServer::start();
+    let server = Neo4jServer::start();
     let mut sink = Neo4jSink::connect(&config(&server), mappings()).await.expect("connect");
     let g = client(&server).await;
     let (mut s, mut m) = (Stream::new(), Model::default());
@@ -317,7 +317,7 @@ async fn replays_converge_and_stale_writes_are_skipped() {
 
 #[tokio::test]
 async fn unchanged_toast_columns_keep_their_value() {
-    let server = BoltServer::start();
+    let server = Neo4jServer::start();
     let mut sink = Neo4jSink::connect(&config(&server), mappings()).await.expect("connect");
     let g = client(&server).await;
     let (mut s, mut m) = (Stream::new(), Model::default());
@@ -333,7 +333,7 @@ async fn unchanged_toast_columns_keep_their_value() {
 
 #[tokio::test]
 async fn both_endpoints_move_with_a_full_before_image() {
-    let server = BoltServer::start();
+    let server = Neo4jServer::start();
     let mut sink = Neo4jSink::connect(&config(&server), mappings()).await.expect("connect");
     let g = client(&server).await;
     let (mut s, mut m) = (Stream::new(), Model::default());
@@ -354,7 +354,7 @@ async fn both_endpoints_move_with_a_full_before_image() {
 
 #[tokio::test]
 async fn a_bad_record_is_rejected_alone() {
-    let server = BoltServer::start();
+    let server = Neo4jServer::start();
     let mut sink = Neo4jSink::connect(&config(&server), mappings()).await.expect("connect");
     let g = client(&server).await;
     let (mut s, mut m) = (Stream::new(), Model::default());
@@ -371,7 +371,7 @@ async fn a_bad_record_is_rejected_alone() {
 
 #[tokio::test]
 async fn a_statement_the_server_refuses_is_isolated() {
-    let server = BoltServer::start();
+    let server = Neo4jServer::start();
     let mut routes = mappings();
     routes.push(
         serde_json::from_value(serde_json::json!({"cypher": {
@@ -387,8 +387,8 @@ async fn a_statement_the_server_refuses_is_isolated() {
     };
     let batch = [tag(&mut s, "a", 1), tag(&mut s, "b", 0), tag(&mut s, "c", 2)];
     let rejected = sink.write(&batch).await.expect("batch written");
-    // Integer division by zero is a ClientError (ArithmeticError) in Neo4j
-    // and ArcadeDB: that record alone is rejected, the others commit.
+    // Integer division by zero is a ClientError (ArithmeticError) in Neo4j:
+    // that record alone is rejected, the others commit.
     assert_eq!(rejected.iter().map(|r| r.index).collect::<Vec<_>>(), vec![1], "{rejected:?}");
     assert!(rejected[0].error.contains("zero"), "{}", rejected[0].error);
     let tags = ints(&g, "MATCH (t:Tag) RETURN count(t) AS a").await;
@@ -397,7 +397,7 @@ async fn a_statement_the_server_refuses_is_isolated() {
 
 #[tokio::test]
 async fn cypher_mapping_batches_with_rows() {
-    let server = BoltServer::start();
+    let server = Neo4jServer::start();
     let routes: Vec<Neo4jMapping> = vec![serde_json::from_value(serde_json::json!({"cypher": {
         "on_upsert": "UNWIND $rows AS row MERGE (c:Category {id: row.after.id}) SET c.name = row.after.name, c.v = row.lsn",
         "on_delete": "MATCH (c:Category {id: $key.id}) DETACH DELETE c"}}))
@@ -421,7 +421,7 @@ async fn cypher_mapping_batches_with_rows() {
 #[tokio::test]
 #[ignore]
 async fn throughput_100k_order_items() {
-    let server = BoltServer::start();
+    let server = Neo4jServer::start();
     let mut sink = Neo4jSink::connect(&config(&server), mappings()).await.expect("connect");
     let g = client(&server).await;
     let (mut s, mut m) = (Stream::new(), Model::default());
@@ -439,7 +439,7 @@ async fn throughput_100k_order_items() {
         write_ok(&mut sink, b).await;
     }
     let secs = start.elapsed().as_secs_f64();
-    println!("neo4j sink (ArcadeDB): {total} order_items in {secs:.1} s = {:.0} rows/s", total as f64 / secs);
+    println!("neo4j sink (Neo4j 5.26): {total} order_items in {secs:.1} s = {:.0} rows/s", total as f64 / secs);
     let count = ints(&g, "MATCH ()-[r:BOUGHT]->() RETURN count(r) AS a").await;
     assert_eq!(count, vec![vec![total]]);
 }
