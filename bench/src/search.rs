@@ -1,0 +1,126 @@
+//! The search workload: pgfanout streaming `bench_rows` inserts into an
+//! OpenSearch index, against the engine's own ceiling on this machine: the
+//! same documents, pre-built as NDJSON, sent with `_bulk` at the same batch
+//! size and concurrency (1000 actions, 2 requests in flight, external
+//! versions) by a plain loader.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::db::{Db, PUBLICATION};
+use crate::load::Shape;
+use crate::report::{Better, Figure, Goal};
+use crate::throughput::Ctx;
+use crate::tools::{self, FanoutConfig};
+
+const BULK: usize = 1000;
+const LANES: usize = 2;
+
+pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
+    let node = tokio::task::spawn_blocking(testkit::OpenSearchNode::start).await?;
+    let url = node.url();
+    let http = reqwest::Client::new();
+    let mut rate = Figure::new("search (opensearch)", "throughput", "rows/s", Better::Higher)
+        .with_baseline("plain _bulk loader")
+        .with_goal(Goal::RatioAtLeast(0.8));
+    let mut cpu = Figure::new("search (opensearch)", "CPU per row", "µs", Better::Lower).with_baseline("plain _bulk loader");
+    let mut rss = Figure::new("search (opensearch)", "peak RSS", "MB", Better::Lower).with_goal(Goal::AtMost(32.0));
+    let db = Db::start(&[]).await?;
+    let shape = Shape::Big;
+    db.exec(&shape.ddl()).await?;
+    db.exec(&format!("CREATE PUBLICATION {PUBLICATION} FOR TABLE {}", shape.table())).await?;
+    let changes = shape.changes(ctx.rows);
+    let timeout = Duration::from_secs(600.max(changes / 1_000));
+    for run in 0..ctx.runs {
+        db.exec(&shape.reset_sql(ctx.rows)).await?;
+        db.prepare_drain(&[]).await?;
+        let slot = format!("pgf_search_{run}");
+        db.create_slot(&slot).await?;
+        db.exec(&shape.load_sql(ctx.rows)).await?;
+        let end = db.end_lsn().await?;
+        let index = format!("bench-pgfanout-{run}");
+        let cfg = FanoutConfig {
+            slot: &slot,
+            table: shape.table(),
+            sink: format!("{{ type: opensearch, urls: [\"{url}\"], concurrency: {LANES}, bulk: {{ max_records: {BULK} }} }}"),
+            mapping: format!("    opensearch: {{ index: {index}, id: \"{{id}}\" }}\n"),
+            http_listen: None,
+        };
+        let f = tools::drain_pgfanout(&ctx.bin, &ctx.dir, &db, &cfg, end, timeout).await?;
+        let n = count(&http, &url, &index).await?;
+        if n != changes {
+            bail!("index {index} holds {n} documents, expected {changes}");
+        }
+        // The ceiling: the same documents as NDJSON, built before the clock starts.
+        let rows = db.client.query(&format!("SELECT id, to_jsonb(t)::text FROM {} t ORDER BY id", shape.table()), &[]).await?;
+        let base_index = format!("bench-plain-{run}");
+        let bodies: Vec<Vec<u8>> = rows
+            .chunks(BULK)
+            .map(|chunk| {
+                let mut b = Vec::new();
+                for r in chunk {
+                    let id: i64 = r.get(0);
+                    let doc: String = r.get(1);
+                    b.extend_from_slice(
+                        format!("{{\"index\":{{\"_index\":\"{base_index}\",\"_id\":\"{id}\",\"version\":1,\"version_type\":\"external_gte\"}}}}\n")
+                            .as_bytes(),
+                    );
+                    b.extend_from_slice(doc.as_bytes());
+                    b.push(b'\n');
+                }
+                b
+            })
+            .collect();
+        let cpu_before = crate::procstat::cpu_seconds(std::process::id()).unwrap_or(0.0);
+        let started = Instant::now();
+        let mut lanes: Vec<Vec<Vec<u8>>> = (0..LANES).map(|_| Vec::new()).collect();
+        for (i, b) in bodies.into_iter().enumerate() {
+            lanes[i % LANES].push(b);
+        }
+        let sends = lanes.into_iter().map(|lane| {
+            let (http, url) = (http.clone(), url.clone());
+            async move {
+                for body in lane {
+                    let resp = http.post(format!("{url}/_bulk")).header("content-type", "application/x-ndjson").body(body).send().await?;
+                    let j: serde_json::Value = resp.json().await?;
+                    if j["errors"] == true {
+                        bail!("plain loader: bulk errors: {}", j.to_string().chars().take(300).collect::<String>());
+                    }
+                }
+                Ok::<(), anyhow::Error>(())
+            }
+        });
+        for r in futures_util::future::join_all(sends).await {
+            r?;
+        }
+        let plain = started.elapsed().as_secs_f64();
+        let plain_cpu = crate::procstat::cpu_seconds(std::process::id()).unwrap_or(0.0) - cpu_before;
+        eprintln!(
+            "    pgfanout {:.2} s ({:.0} rows/s, {:.2} µs CPU/row, {} MB); plain _bulk loader {:.2} s ({:.0} rows/s)",
+            f.seconds,
+            changes as f64 / f.seconds,
+            f.usage.cpu_seconds * 1e6 / changes as f64,
+            f.usage.peak_rss_kib / 1024,
+            plain,
+            changes as f64 / plain
+        );
+        rate.pgfanout.push(changes as f64 / f.seconds);
+        rate.baseline.push(changes as f64 / plain);
+        cpu.pgfanout.push(f.usage.cpu_seconds * 1e6 / changes as f64);
+        cpu.baseline.push(plain_cpu * 1e6 / changes as f64);
+        rss.pgfanout.push(f.usage.peak_rss_kib as f64 / 1024.0);
+        db.drop_slot(&slot).await?;
+        for i in [&index, &base_index] {
+            let _ = http.delete(format!("{url}/{i}")).send().await;
+        }
+    }
+    drop(node);
+    Ok(vec![rate, cpu, rss])
+}
+
+async fn count(http: &reqwest::Client, url: &str, index: &str) -> Result<u64> {
+    http.post(format!("{url}/{index}/_refresh")).send().await?;
+    let j: serde_json::Value = http.get(format!("{url}/{index}/_count")).send().await?.json().await?;
+    j["count"].as_u64().context("no count")
+}
