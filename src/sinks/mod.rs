@@ -49,7 +49,10 @@ pub fn connectors() -> Vec<Entry> {
         #[cfg(not(feature = "neo4j"))]
         Entry::Missing("neo4j"),
         Entry::Built(&planned::ELASTICSEARCH),
-        Entry::Built(&planned::SCYLLA),
+        #[cfg(feature = "scylla")]
+        Entry::Built(&pgfanout_scylla::CONNECTOR),
+        #[cfg(not(feature = "scylla"))]
+        Entry::Missing("scylla"),
     ]
 }
 
@@ -64,7 +67,6 @@ mod planned {
     pub struct Planned(&'static str);
 
     pub static ELASTICSEARCH: Planned = Planned("elasticsearch");
-    pub static SCYLLA: Planned = Planned("scylla");
 
     impl Connector for Planned {
         fn kind(&self) -> &'static str {
@@ -84,7 +86,7 @@ mod planned {
             Box::pin(async move {
                 Err(SinkError::Permanent(format!(
                     "sink type {kind:?} is not implemented in this version of pgfanout (available: {})",
-                    super::available_kinds().into_iter().filter(|k| *k != "elasticsearch" && *k != "scylla").collect::<Vec<_>>().join(", ")
+                    super::available_kinds().into_iter().filter(|k| *k != "elasticsearch").collect::<Vec<_>>().join(", ")
                 )))
             })
         }

@@ -325,15 +325,10 @@ impl ScyllaSink {
     fn eval(col: &Col, change: &Change, row: Option<&Row>) -> Result<Option<Option<CqlValue>>, String> {
         let typed = |v: &Value| to_cql(v, &col.typ).map(Some).map_err(|e| format!("column {}: {e}", col.name));
         match &col.source {
+            // Absent (unchanged TOAST, or dropped by a transform): not written.
             Source::Column(c) => match row.and_then(|r| r.get(c)) {
                 Some(v) => typed(v),
-                None if change.unchanged_toast.iter().any(|t| &**t == c) => Ok(None),
-                None => match row {
-                    Some(_) if change.after.is_some() && row == change.after.as_ref() => {
-                        Err(format!("column {}: source column {c:?} is not in the change", col.name))
-                    }
-                    _ => Ok(None),
-                },
+                None => Ok(None),
             },
             Source::Template(t) => {
                 let got = match t.single_column() {
@@ -343,11 +338,7 @@ impl ScyllaSink {
                 match got {
                     Ok(v) => typed(&v),
                     Err(pgfanout_sdk::TemplateError::NullColumn { .. }) => Ok(Some(None)),
-                    Err(pgfanout_sdk::TemplateError::MissingColumn { column, .. })
-                        if change.unchanged_toast.iter().any(|t| **t == *column) =>
-                    {
-                        Ok(None)
-                    }
+                    Err(pgfanout_sdk::TemplateError::MissingColumn { .. }) => Ok(None),
                     Err(e) => Err(format!("column {}: {e}", col.name)),
                 }
             }
