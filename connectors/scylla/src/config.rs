@@ -342,7 +342,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(m.validate(), vec![]);
-        let m: ScyllaMapping = serde_json::from_str(r#"{"table":"A-b","ops":["insert"],"columns":{"x":"$bad"},"partition_key":["y"]}"#).unwrap();
+        let m: ScyllaMapping =
+            serde_json::from_str(r#"{"table":"A-b","ops":["insert"],"columns":{"x":"$bad"},"partition_key":["y"]}"#).unwrap();
         let paths: Vec<String> = m.validate().into_iter().map(|e| e.0).collect();
         assert_eq!(paths, vec!["table", "columns.x", "ops", "partition_key"]);
         let s: ScyllaSettings = serde_json::from_str(r#"{"nodes":["127.0.0.1:9042"],"keyspace":"shop"}"#).unwrap();

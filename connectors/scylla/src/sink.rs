@@ -123,10 +123,8 @@ pub(crate) async fn open_session(s: &ScyllaSettings) -> Result<Session, SinkErro
         .load_balancing_policy(policy.build())
         .build()
         .into_handle();
-    let mut builder = SessionBuilder::new()
-        .known_nodes(&s.nodes)
-        .connection_timeout(s.connect_timeout)
-        .default_execution_profile_handle(profile);
+    let mut builder =
+        SessionBuilder::new().known_nodes(&s.nodes).connection_timeout(s.connect_timeout).default_execution_profile_handle(profile);
     if let Some(user) = &s.username {
         builder = builder.user(user, s.password.as_ref().map(|p| p.expose().to_string()).unwrap_or_default());
     }
@@ -161,8 +159,7 @@ pub(crate) fn create_statements(s: &ScyllaSettings, maps: &[ScyllaMapping]) -> V
         if m.partition_key.is_empty() {
             continue;
         }
-        let cols: Vec<String> =
-            m.columns.keys().map(|c| format!("{c} {}", m.types.get(c).map(String::as_str).unwrap_or("text"))).collect();
+        let cols: Vec<String> = m.columns.keys().map(|c| format!("{c} {}", m.types.get(c).map(String::as_str).unwrap_or("text"))).collect();
         let mut cql = format!(
             "CREATE TABLE IF NOT EXISTS {ks}.{table} ({}, PRIMARY KEY (({}){}{}))",
             cols.join(", "),
@@ -332,7 +329,7 @@ impl ScyllaSink {
             },
             Source::Template(t) => {
                 let got = match t.single_column() {
-                    Some(_) => t.lookup(change).map(Clone::clone),
+                    Some(_) => t.lookup(change).cloned(),
                     None => t.render(change).map(|s| Value::String(s.into())),
                 };
                 match got {

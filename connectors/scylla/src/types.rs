@@ -78,7 +78,8 @@ pub fn to_cql(v: &Value, typ: &ColumnType<'_>) -> Result<Option<CqlValue>, Strin
             },
             _ => return Err(format!("CQL type {typ:?} is not supported by the scylla sink")),
         },
-        ColumnType::Collection { typ: CollectionType::List(inner), .. } | ColumnType::Collection { typ: CollectionType::Set(inner), .. } => {
+        ColumnType::Collection { typ: CollectionType::List(inner), .. }
+        | ColumnType::Collection { typ: CollectionType::Set(inner), .. } => {
             let items = match v {
                 Value::Array(items) => items.iter().map(|i| to_cql(i, inner)).collect::<Result<Vec<_>, _>>()?,
                 _ => return Err(bad()),

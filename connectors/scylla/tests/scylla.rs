@@ -69,8 +69,10 @@ fn records(changes: Vec<Change>) -> Vec<SinkRecord> {
 const ITEMS: &str = r#"{"table":"items","columns":{"id":"id","name":"name","bio":"bio","qty":"qty","price":"price","tags":"tags"},
     "partition_key":["id"],"types":{"id":"int","qty":"bigint","price":"decimal","tags":"list<text>"}}"#;
 
-async fn items(session: &Session, ks: &str) -> Vec<(i32, Option<String>, Option<String>, Option<i64>)> {
-    let mut rows: Vec<(i32, Option<String>, Option<String>, Option<i64>)> = session
+type Item = (i32, Option<String>, Option<String>, Option<i64>);
+
+async fn items(session: &Session, ks: &str) -> Vec<Item> {
+    let mut rows: Vec<Item> = session
         .query_unpaged(format!("SELECT id, name, bio, qty FROM {ks}.items"), ())
         .await
         .unwrap()
@@ -94,7 +96,14 @@ async fn upsert_mirrors_rows_with_toast_key_changes_deletes_and_replays() {
         // Unchanged TOAST: bio absent, must stay "long".
         upd(At(2000, 0), &[("id", "1"), ("name", "\"a2\""), ("qty", "null")], &["bio"]),
         // Key change 2 -> 3: the old row goes.
-        change(Op::Update, At(2000, 1), row(&[("id", "3")]), Some(row(&[("id", "2")])), Some(row(&[("id", "3"), ("name", "\"c\""), ("bio", "\"big\""), ("qty", "3")])), &[]),
+        change(
+            Op::Update,
+            At(2000, 1),
+            row(&[("id", "3")]),
+            Some(row(&[("id", "2")])),
+            Some(row(&[("id", "3"), ("name", "\"c\""), ("bio", "\"big\""), ("qty", "3")])),
+            &[],
+        ),
         // Within one transaction: insert, delete, insert again, update.
         ins(At(3000, 0), &[("id", "4"), ("name", "\"d\""), ("bio", "\"x\""), ("qty", "4")]),
         del(At(3000, 1), &[("id", "4")]),
@@ -194,12 +203,15 @@ async fn append_writes_one_row_per_change_and_replays_do_not_duplicate() {
 #[tokio::test]
 async fn missing_tables_and_columns_are_permanent_with_the_fix() {
     let ks = "missing_ks";
-    let s: ScyllaSettings = serde_json::from_str(&format!(r#"{{"nodes":["{}"],"keyspace":"{ks}"}}"#, CassandraNode::shared().contact_point())).unwrap();
+    let s: ScyllaSettings =
+        serde_json::from_str(&format!(r#"{{"nodes":["{}"],"keyspace":"{ks}"}}"#, CassandraNode::shared().contact_point())).unwrap();
     let m = mapping(r#"{"table":"nope","columns":{"id":"id"}}"#);
-    let err = ScyllaSink::connect(&s, &[m.clone()]).await.err().expect("no keyspace");
+    let err = ScyllaSink::connect(&s, std::slice::from_ref(&m)).await.err().expect("no keyspace");
     assert!(matches!(&err, SinkError::Permanent(e) if e.contains("keyspace missing_ks does not exist")), "{err}");
     // Create the keyspace and a table without one mapped column.
-    let _ = ScyllaSink::connect(&settings(ks, ""), &[mapping(r#"{"table":"t","columns":{"id":"id","a":"a"},"partition_key":["id"]}"#)]).await.unwrap();
+    let _ = ScyllaSink::connect(&settings(ks, ""), &[mapping(r#"{"table":"t","columns":{"id":"id","a":"a"},"partition_key":["id"]}"#)])
+        .await
+        .unwrap();
     let err = ScyllaSink::connect(&s, &[mapping(r#"{"table":"t","columns":{"id":"id","a":"a","b":"b"}}"#)]).await.err().unwrap();
     assert!(matches!(&err, SinkError::Permanent(e) if e.contains("column b does not exist")), "{err}");
     let err = ScyllaSink::connect(&s, &[m]).await.err().unwrap();
