@@ -90,3 +90,6 @@ impl ConfiguredSink for Configured {
         Box::pin(sink::doctor(&self.settings, &self.mappings))
     }
 }
+
+/// The CQL driver this sink uses (for tests and tools reading the tables).
+pub use scylla as driver;
