@@ -440,6 +440,14 @@ impl ScyllaSink {
                     }
                     if let Some(v) = Self::eval(col, change, after)? {
                         cols.push((i, v));
+                    } else if let (Source::Column(c), Some(before)) = (&col.source, change.before.as_ref()) {
+                        // An unchanged TOAST value that the old row carries
+                        // (REPLICA IDENTITY FULL): completes a moved row.
+                        if change.unchanged_toast.iter().any(|t| **t == **c) {
+                            if let Some(v) = before.get(c) {
+                                cols.push((i, to_cql(v, &col.typ).map_err(|e| format!("column {}: {e}", col.name))?));
+                            }
+                        }
                     }
                 }
                 actions.push(Action::Write { pk, cols });
