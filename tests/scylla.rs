@@ -38,10 +38,9 @@ const SCHEMA: &str = "
     CREATE TRIGGER items_history AFTER INSERT OR UPDATE OR DELETE ON items
       FOR EACH ROW EXECUTE FUNCTION record_history();";
 
-fn config(pg: &PgCluster, db: &str, ks: &str, dir: &std::path::Path) -> String {
-    let node = CassandraNode::shared();
+fn config(pg: &PgCluster, db: &str, ks: &str, dir: &std::path::Path, node: &CassandraNode) -> String {
     let sinks = format!(
-        "  feed: {{ type: scylla, nodes: [\"{}\"], keyspace: {ks}, create: true, consistency: one, concurrency: 4 }}",
+        "  feed: {{ type: scylla, nodes: [\"{}\"], keyspace: {ks}, create: true, consistency: one, concurrency: 4, request_timeout: 3s }}",
         node.contact_point()
     );
     let pipelines = r#"
@@ -140,8 +139,8 @@ async fn wait_confirmed(c: &tokio_postgres::Client, d: &Daemon, timeout: Duratio
 
 type ItemRow = (i32, String, Option<i32>, Option<String>);
 
-async fn assert_matches(c: &tokio_postgres::Client, ks: &str, d: &Daemon) {
-    let session: Session = SessionBuilder::new().known_node(CassandraNode::shared().contact_point()).build().await.unwrap();
+async fn assert_matches(c: &tokio_postgres::Client, ks: &str, d: &Daemon, node: &CassandraNode) {
+    let session: Session = SessionBuilder::new().known_node(node.contact_point()).build().await.unwrap();
     // Upsert table == source table.
     let mut want: Vec<ItemRow> = c
         .query("SELECT id, name, qty, big FROM items ORDER BY id", &[])
@@ -204,14 +203,30 @@ async fn start(db: &str) -> (PgCluster, tokio_postgres::Client, tempfile::TempDi
     pg.create_database(db).await;
     let c = pg.client(db).await;
     c.batch_execute(SCHEMA).await.unwrap();
-    tokio::task::spawn_blocking(CassandraNode::shared).await.unwrap();
     (pg, c, scratch())
+}
+
+async fn shared() -> &'static CassandraNode {
+    tokio::task::spawn_blocking(CassandraNode::shared).await.unwrap()
+}
+
+/// Runs `txns` workload transactions from a task, 5 ms apart.
+async fn spawn_writer(pg: &PgCluster, db: &str, seed: u64, txns: usize) -> tokio::task::JoinHandle<()> {
+    let writer_client = pg.client(db).await;
+    tokio::spawn(async move {
+        let mut w = Workload::new(seed);
+        for _ in 0..txns {
+            let sql = w.transaction();
+            writer_client.batch_execute(&sql).await.unwrap_or_else(|e| panic!("{e}\n{sql}"));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_workload_tables_equal_source_and_history() {
     let (pg, c, dir) = start("mixed").await;
-    let mut d = Daemon::start(bin(), dir.path(), "mixed", &config(&pg, "mixed", "e2e_mixed", dir.path()));
+    let mut d = Daemon::start(bin(), dir.path(), "mixed", &config(&pg, "mixed", "e2e_mixed", dir.path(), shared().await));
     testkit::wait_for(Duration::from_secs(60), "slot", || async { confirmed_flush(&c, "scylla").await > 0 }).await;
     let mut w = Workload::new(42);
     for _ in 0..300 {
@@ -219,7 +234,7 @@ async fn mixed_workload_tables_equal_source_and_history() {
         c.batch_execute(&sql).await.unwrap_or_else(|e| panic!("{e}\n{sql}"));
     }
     wait_confirmed(&c, &d, Duration::from_secs(60)).await;
-    assert_matches(&c, "e2e_mixed", &d).await;
+    assert_matches(&c, "e2e_mixed", &d, shared().await).await;
     assert!(d.is_running());
     d.signal("TERM");
     assert_eq!(d.wait(Duration::from_secs(20)).and_then(|s| s.code()), Some(0), "{}", d.log());
@@ -228,17 +243,9 @@ async fn mixed_workload_tables_equal_source_and_history() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_workload_converges_without_duplicates() {
     let (pg, c, dir) = start("kill").await;
-    let mut d = Daemon::start(bin(), dir.path(), "kill", &config(&pg, "kill", "e2e_kill", dir.path()));
+    let mut d = Daemon::start(bin(), dir.path(), "kill", &config(&pg, "kill", "e2e_kill", dir.path(), shared().await));
     testkit::wait_for(Duration::from_secs(60), "slot", || async { confirmed_flush(&c, "scylla").await > 0 }).await;
-    let writer_client = pg.client("kill").await;
-    let writer = tokio::spawn(async move {
-        let mut w = Workload::new(7);
-        for _ in 0..500 {
-            let sql = w.transaction();
-            writer_client.batch_execute(&sql).await.unwrap_or_else(|e| panic!("{e}\n{sql}"));
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    });
+    let writer = spawn_writer(&pg, "kill", 7, 500).await;
     for round in 0..2 {
         let base = confirmed_flush(&c, "scylla").await;
         testkit::wait_for(Duration::from_secs(60), "progress before the kill", || async { confirmed_flush(&c, "scylla").await > base })
@@ -250,6 +257,29 @@ async fn sigkill_mid_workload_converges_without_duplicates() {
     }
     writer.await.unwrap();
     wait_confirmed(&c, &d, Duration::from_secs(90)).await;
-    assert_matches(&c, "e2e_kill", &d).await;
+    assert_matches(&c, "e2e_kill", &d, shared().await).await;
     assert!(d.is_running());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cassandra_restart_mid_workload_loses_nothing() {
+    let (pg, c, dir) = start("restart").await;
+    let node: &'static CassandraNode = Box::leak(Box::new(tokio::task::spawn_blocking(CassandraNode::start).await.unwrap()));
+    let mut d = Daemon::start(bin(), dir.path(), "restart", &config(&pg, "restart", "e2e_restart", dir.path(), node));
+    testkit::wait_for(Duration::from_secs(60), "slot", || async { confirmed_flush(&c, "scylla").await > 0 }).await;
+    let writer = spawn_writer(&pg, "restart", 11, 400).await;
+    let base = confirmed_flush(&c, "scylla").await;
+    testkit::wait_for(Duration::from_secs(60), "progress before the restart", || async { confirmed_flush(&c, "scylla").await > base })
+        .await;
+    tokio::task::spawn_blocking(move || node.stop()).await.unwrap();
+    // While the node is down nothing more is confirmed.
+    let held = confirmed_flush(&c, "scylla").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(confirmed_flush(&c, "scylla").await, held, "confirmed past a write Cassandra could not take");
+    tokio::task::spawn_blocking(move || node.start_server()).await.unwrap();
+    writer.await.unwrap();
+    wait_confirmed(&c, &d, Duration::from_secs(120)).await;
+    assert_matches(&c, "e2e_restart", &d, node).await;
+    assert!(d.is_running());
+    node.stop();
 }
