@@ -283,3 +283,49 @@ async fn cassandra_restart_mid_workload_loses_nothing() {
     assert!(d.is_running());
     node.stop();
 }
+
+/// `config/ecommerce.yaml`'s `feed` pipeline as shipped, on the example
+/// schema and changes: a user's latest events, newest first (the README query).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ecommerce_example_feed() {
+    let pg = tokio::task::spawn_blocking(PgCluster::start).await.unwrap();
+    let c = ecommerce_database(&pg, "shop").await;
+    let node = shared().await;
+    let session: Session = SessionBuilder::new().known_node(node.contact_point()).build().await.unwrap();
+    for cql in [
+        "CREATE KEYSPACE IF NOT EXISTS shop_example WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}",
+        "CREATE TABLE IF NOT EXISTS shop_example.activity_feed (user_id bigint, event_time timestamp, position text, action text, \
+         details text, PRIMARY KEY ((user_id), event_time, position)) WITH CLUSTERING ORDER BY (event_time DESC, position DESC)",
+    ] {
+        session.query_unpaged(cql, ()).await.unwrap();
+    }
+    session.await_schema_agreement().await.unwrap();
+    let dir = scratch();
+    let keep = serde_json::json!({ "nodes": [node.contact_point()], "keyspace": "shop_example", "consistency": "one" });
+    let cfg = ecommerce_subset(&pg, &[("feed", keep)], dir.path());
+    let d = Daemon::start(bin(), dir.path(), "ecommerce", &cfg);
+    testkit::wait_for(Duration::from_secs(60), "slot", || async { confirmed_flush(&c, "pgfanout").await > 0 }).await;
+    let root = env!("CARGO_MANIFEST_DIR");
+    c.batch_execute(&std::fs::read_to_string(format!("{root}/examples/ecommerce-changes.sql")).unwrap()).await.unwrap();
+    let end = insert_lsn(&c).await;
+    testkit::wait_for(Duration::from_secs(60), "confirmed", || async { confirmed_flush(&c, "pgfanout").await >= end }).await;
+    let rows: Vec<(String, String)> = session
+        .query_unpaged("SELECT action, position FROM shop_example.activity_feed WHERE user_id = 1 LIMIT 10", ())
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap()
+        .rows::<(String, String)>()
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    let actions: Vec<&str> = rows.iter().map(|(a, _)| a.as_str()).collect();
+    assert!(actions.contains(&"public.cart_items.insert") || actions.contains(&"cart_items.insert"), "{actions:?}\n{}", d.log());
+    assert!(actions.iter().any(|a| a.contains("orders.")), "{actions:?}");
+    let positions: Vec<&str> = rows.iter().map(|(_, p)| p.as_str()).collect();
+    let mut newest_first = positions.clone();
+    newest_first.sort_by(|a, b| b.cmp(a));
+    assert_eq!(positions, newest_first, "newest first");
+    let dead = std::fs::read_to_string(dir.path().join("ecommerce.dead.jsonl")).unwrap_or_default();
+    assert!(dead.is_empty(), "dead letters: {dead}");
+}
