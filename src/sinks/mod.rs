@@ -52,45 +52,11 @@ pub fn connectors() -> Vec<Entry> {
         Entry::Built(&pgfanout_elasticsearch::CONNECTOR),
         #[cfg(not(feature = "elasticsearch"))]
         Entry::Missing("elasticsearch"),
-        Entry::Built(&planned::SCYLLA),
+        #[cfg(feature = "scylla")]
+        Entry::Built(&pgfanout_scylla::CONNECTOR),
+        #[cfg(not(feature = "scylla"))]
+        Entry::Missing("scylla"),
     ]
-}
-
-/// Store types the example configuration already names but whose connector
-/// is not written yet: a config naming them passes `check` (their settings
-/// are not validated) and `run` stops with "not implemented". Each goes when
-/// its connector crate lands.
-mod planned {
-    use pgfanout_sdk::connector::BoxFuture;
-    use pgfanout_sdk::{ConfigError, ConfiguredSink, Connector, DynSink, SinkError, SinkInput};
-
-    pub struct Planned(&'static str);
-
-    pub static SCYLLA: Planned = Planned("scylla");
-
-    impl Connector for Planned {
-        fn kind(&self) -> &'static str {
-            self.0
-        }
-
-        fn configure(&self, _input: &SinkInput<'_>) -> Result<Box<dyn ConfiguredSink>, Vec<ConfigError>> {
-            Ok(Box::new(NotYet(self.0)))
-        }
-    }
-
-    struct NotYet(&'static str);
-
-    impl ConfiguredSink for NotYet {
-        fn build(&self) -> BoxFuture<'_, Result<Box<dyn DynSink>, SinkError>> {
-            let kind = self.0;
-            Box::pin(async move {
-                Err(SinkError::Permanent(format!(
-                    "sink type {kind:?} is not implemented in this version of pgfanout (available: {})",
-                    super::available_kinds().into_iter().filter(|k| *k != "scylla").collect::<Vec<_>>().join(", ")
-                )))
-            })
-        }
-    }
 }
 
 /// The `type:` values (and aliases) compiled into this binary.

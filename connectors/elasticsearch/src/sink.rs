@@ -487,9 +487,17 @@ fn doc_ref(route: &Route, change: &Change, old: bool) -> Result<DocRef, String> 
     let id = match &route.id {
         Some(t) => t.render(c).map_err(|e| format!("id: {e}"))?,
         None => {
-            let key = if old { c.before.as_ref().or(c.key.as_ref()) } else { c.key.as_ref() };
-            let key = key.ok_or("id: the change has no key columns; set `id:` in the mapping")?;
-            key.iter().map(|(_, v)| v.to_template_text()).collect::<Vec<_>>().join(":")
+            // The key columns' values: the new ones from `key`, the old ones
+            // from `before` (which under REPLICA IDENTITY FULL holds more
+            // than the key: only the key columns count).
+            let key = c.key.as_ref().ok_or("id: the change has no key columns; set `id:` in the mapping")?;
+            key.iter()
+                .map(|(name, v)| match (old, c.before.as_ref().and_then(|b| b.get(name))) {
+                    (true, Some(o)) => o.to_template_text(),
+                    _ => v.to_template_text(),
+                })
+                .collect::<Vec<_>>()
+                .join(":")
         }
     };
     let routing = route.routing.as_ref().map(|t| t.render(c)).transpose().map_err(|e| format!("routing: {e}"))?;

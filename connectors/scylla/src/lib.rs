@@ -1,0 +1,95 @@
+//! ScyllaDB / Cassandra sink: keeps CQL tables in step with PostgreSQL
+//! tables (`mode: upsert`) or appends one row per change (`mode: append`,
+//! feeds and histories). See README.md for the settings and mappings.
+//!
+//! # Versions: `USING TIMESTAMP`
+//!
+//! Delivery is at-least-once and CQL has no compare-and-set that is cheap,
+//! so every write carries `USING TIMESTAMP` derived from the change's
+//! position, and Cassandra/ScyllaDB's last-write-wins by timestamp does the
+//! rest: a replayed or reordered write loses against a newer one by commit
+//! order, and an equal replay is a no-op.
+//!
+//! The timestamp is the transaction's commit LSN ([`Position::commit_version`],
+//! an i64 that cannot overflow for 8 EiB of WAL), never a packed
+//! `commit_lsn << k | ordinal` (which overflows or collides, DESIGN.md
+//! section 5). Two changes of one row inside one transaction share that
+//! commit LSN, and equal timestamps are resolved by Cassandra by value
+//! (a tombstone wins a tie), not by order. So:
+//!
+//! - **upsert**: within one batch, the changes of one row in one
+//!   transaction are collapsed (last wins; partial TOAST updates merge their
+//!   columns; a delete followed by an insert becomes a delete then a write).
+//!   Each statement a row gets within a transaction takes the next of
+//!   [`SLOTS`] + 1 timestamps `commit_lsn - 16 ..= commit_lsn` (a counter per
+//!   row, carried across the batches of a transaction and replayed
+//!   identically, since replays restart at a transaction boundary). These
+//!   never reach the previous transaction: two commit records are at least
+//!   24 bytes of WAL apart. A row written more than 17 times in one
+//!   transaction *across batches* shares the last timestamp (Cassandra then
+//!   breaks the tie by value); within a batch it is collapsed.
+//! - **append**: each change writes its own row (its clustering key comes
+//!   from the mapping, e.g. `$position` or `$commit_ts` plus `$ordinal`),
+//!   with the commit LSN as timestamp; a replay rewrites the same row with
+//!   the same values.
+//!
+//! Other writers of these tables must not write with wall-clock (driver
+//! default, microseconds since 1970, ~1.7e15) timestamps: those are far
+//! larger than WAL positions and would win forever. Give them
+//! `USING TIMESTAMP` below the current WAL position, or keep the tables to
+//! pgfanout.
+//!
+//! [`Position::commit_version`]: pgfanout_sdk::Position::commit_version
+//!
+//! Apache Cassandra 5 speaks the same CQL protocol as ScyllaDB; the tests
+//! run against Cassandra (ScyllaDB cannot run on the test machines).
+
+mod config;
+mod sink;
+mod types;
+
+pub use config::{ConsistencyName, Meta, Mode, ScyllaMapping, ScyllaSettings, Source};
+pub use sink::{ScyllaSink, SLOTS};
+
+use pgfanout_sdk::connector::{parse_sink, BoxFuture};
+use pgfanout_sdk::{Check, ConfigError, ConfiguredSink, Connector, DynSink, SinkError, SinkInput};
+
+/// The connector: `type: scylla` (alias `cassandra`), settings
+/// [`ScyllaSettings`], a `scylla:` mapping ([`ScyllaMapping`]) per pipeline.
+pub struct ScyllaConnector;
+
+pub static CONNECTOR: ScyllaConnector = ScyllaConnector;
+
+impl Connector for ScyllaConnector {
+    fn kind(&self) -> &'static str {
+        "scylla"
+    }
+
+    fn aliases(&self) -> &'static [&'static str] {
+        &["cassandra"]
+    }
+
+    fn configure(&self, input: &SinkInput<'_>) -> Result<Box<dyn ConfiguredSink>, Vec<ConfigError>> {
+        let (settings, mappings) = parse_sink(self.kind(), input, ScyllaSettings::validate, ScyllaMapping::validate)?;
+        Ok(Box::new(Configured { settings, mappings }))
+    }
+}
+
+struct Configured {
+    settings: ScyllaSettings,
+    mappings: Vec<ScyllaMapping>,
+}
+
+impl ConfiguredSink for Configured {
+    fn build(&self) -> BoxFuture<'_, Result<Box<dyn DynSink>, SinkError>> {
+        Box::pin(async move { Ok(Box::new(ScyllaSink::connect(&self.settings, &self.mappings).await?) as Box<dyn DynSink>) })
+    }
+
+    /// Connects and checks that every mapped table and column exists.
+    fn doctor(&self) -> BoxFuture<'_, Vec<Check>> {
+        Box::pin(sink::doctor(&self.settings, &self.mappings))
+    }
+}
+
+/// The CQL driver this sink uses (for tests and tools reading the tables).
+pub use scylla as driver;

@@ -1,0 +1,731 @@
+//! The running sink: session, schema lookup, planning a batch into CQL
+//! statements with their `USING TIMESTAMP`, and writing them in
+//! partition-key lanes.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use futures_util::future::join_all;
+use indexmap::IndexMap;
+use pgfanout_sdk::{BatchOutcome, Change, Check, Lsn, Op, Rejected, Row, Sink, SinkError, SinkRecord, Value};
+use scylla::client::execution_profile::ExecutionProfile;
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::errors::{DbError, ExecutionError, PrepareError, RequestAttemptError};
+use scylla::frame::response::result::{ColumnType, NativeType};
+use scylla::policies::load_balancing::DefaultPolicy;
+use scylla::statement::batch::{Batch, BatchType};
+use scylla::statement::prepared::PreparedStatement;
+use scylla::value::{CqlTimestamp, CqlValue};
+use tracing::{debug, info, warn};
+
+use crate::config::{Meta, Mode, Order, ScyllaMapping, ScyllaSettings, Source};
+use crate::types::to_cql;
+
+/// Timestamps below a transaction's commit LSN that one row may use for
+/// the writes of that transaction (see the crate docs).
+pub const SLOTS: i64 = 16;
+
+struct Col {
+    name: String,
+    source: Source,
+    typ: ColumnType<'static>,
+}
+
+struct Route {
+    mode: Mode,
+    ops: Vec<Op>,
+    ttl: Option<u64>,
+    qualified: String,
+    cols: Vec<Col>,
+    /// Indexes into `cols` of the primary key (partition key first).
+    pk: Vec<usize>,
+    /// How many of `pk` are the partition key.
+    partition_len: usize,
+}
+
+/// A connected ScyllaDB / Cassandra sink.
+pub struct ScyllaSink {
+    session: Arc<Session>,
+    routes: Vec<Route>,
+    prepared: HashMap<String, PreparedStatement>,
+    consistency: scylla::statement::Consistency,
+    lanes: usize,
+    batch_statements: usize,
+    /// The transaction whose row slots `slots` counts, carried across
+    /// batches (a transaction may span several).
+    carry: (Lsn, HashMap<(usize, String), i64>),
+}
+
+/// One statement to run: CQL text, bound values, the records it serves,
+/// its partition's hash.
+struct Stmt {
+    records: Vec<usize>,
+    cql: String,
+    values: Vec<Option<CqlValue>>,
+    partition: u64,
+}
+
+enum Failure {
+    Retry(String),
+    Record(String),
+}
+
+fn classify_attempt(e: &RequestAttemptError) -> Failure {
+    match e {
+        RequestAttemptError::DbError(db, msg) => match db {
+            DbError::Invalid | DbError::SyntaxError | DbError::FunctionFailure { .. } | DbError::AlreadyExists { .. } => {
+                Failure::Record(format!("{db:?}: {msg}"))
+            }
+            _ => Failure::Retry(format!("{db:?}: {msg}")),
+        },
+        RequestAttemptError::SerializationError(e) => Failure::Record(e.to_string()),
+        RequestAttemptError::CqlRequestSerialization(e) => Failure::Record(e.to_string()),
+        other => Failure::Retry(other.to_string()),
+    }
+}
+
+fn classify(e: &ExecutionError) -> Failure {
+    match e {
+        ExecutionError::BadQuery(b) => Failure::Record(b.to_string()),
+        ExecutionError::LastAttemptError(a) => classify_attempt(a),
+        ExecutionError::PrepareError(p) => classify_prepare(p),
+        other => Failure::Retry(other.to_string()),
+    }
+}
+
+fn classify_prepare(e: &PrepareError) -> Failure {
+    match e {
+        PrepareError::AllAttemptsFailed { first_attempt } => classify_attempt(first_attempt),
+        other => Failure::Retry(other.to_string()),
+    }
+}
+
+/// The session for these settings. Bad credentials are permanent (with
+/// the fix), an unreachable cluster retriable.
+pub(crate) async fn open_session(s: &ScyllaSettings) -> Result<Session, SinkError> {
+    if s.tls_enabled() {
+        return Err(SinkError::Permanent(
+            "scylla sink: `tls` is set, but TLS to ScyllaDB/Cassandra is not built into this version of pgfanout; \
+             remove `tls` (use a private network or a TLS tunnel)"
+                .into(),
+        ));
+    }
+    let mut policy = DefaultPolicy::builder().token_aware(true);
+    if let Some(dc) = &s.local_datacenter {
+        policy = policy.prefer_datacenter(dc.clone()).permit_dc_failover(false);
+    }
+    let profile = ExecutionProfile::builder()
+        .consistency(s.consistency.to_driver())
+        .request_timeout(Some(s.request_timeout))
+        .load_balancing_policy(policy.build())
+        .build()
+        .into_handle();
+    let mut builder =
+        SessionBuilder::new().known_nodes(&s.nodes).connection_timeout(s.connect_timeout).default_execution_profile_handle(profile);
+    if let Some(user) = &s.username {
+        builder = builder.user(user, s.password.as_ref().map(|p| p.expose().to_string()).unwrap_or_default());
+    }
+    builder.build().await.map_err(|e| {
+        let text = format!("{e} {e:?}");
+        if text.contains("Authentication") || text.contains("authenticat") {
+            SinkError::Permanent(format!(
+                "scylla {:?}: authentication failed ({e}); check `username` and `password` (and that the cluster uses \
+                 PasswordAuthenticator)",
+                s.nodes
+            ))
+        } else {
+            SinkError::Retriable(format!("scylla {:?}: cannot connect: {e}", s.nodes))
+        }
+    })
+}
+
+/// CREATE statements for `create: true`.
+pub(crate) fn create_statements(s: &ScyllaSettings, maps: &[ScyllaMapping]) -> Vec<String> {
+    let mut out = vec![format!(
+        "CREATE KEYSPACE IF NOT EXISTS {} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': {}}}",
+        s.keyspace, s.replication_factor
+    )];
+    for m in maps {
+        let (ks, table) = m.qualified(&s.keyspace);
+        if ks != s.keyspace {
+            out.push(format!(
+                "CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': {}}}",
+                s.replication_factor
+            ));
+        }
+        if m.partition_key.is_empty() {
+            continue;
+        }
+        let cols: Vec<String> = m.columns.keys().map(|c| format!("{c} {}", m.types.get(c).map(String::as_str).unwrap_or("text"))).collect();
+        let mut cql = format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.{table} ({}, PRIMARY KEY (({}){}{}))",
+            cols.join(", "),
+            m.partition_key.join(", "),
+            if m.clustering_key.is_empty() { "" } else { ", " },
+            m.clustering_key.join(", ")
+        );
+        if !m.clustering_key.is_empty() && m.clustering_order == Order::Desc {
+            let order: Vec<String> = m.clustering_key.iter().map(|c| format!("{c} DESC")).collect();
+            cql.push_str(&format!(" WITH CLUSTERING ORDER BY ({})", order.join(", ")));
+        }
+        out.push(cql);
+    }
+    out
+}
+
+/// Looks every mapped table and column up in the cluster's schema. Returns
+/// the compiled routes, or every problem found (each with its fix).
+fn compile_routes(session: &Session, s: &ScyllaSettings, maps: &[ScyllaMapping]) -> (Vec<Route>, Vec<(String, String)>) {
+    let state = session.get_cluster_state();
+    let mut routes = Vec::new();
+    let mut problems = Vec::new();
+    for (i, m) in maps.iter().enumerate() {
+        let (ks, table) = m.qualified(&s.keyspace);
+        let what = format!("route {i}: table {ks}.{table}");
+        let Some(keyspace) = state.get_keyspace(&ks) else {
+            problems.push((
+                what,
+                format!(
+                    "keyspace {ks} does not exist; create it (CREATE KEYSPACE {ks} WITH replication = {{...}}) or set `create: true` \
+                     on the sink for a demo"
+                ),
+            ));
+            continue;
+        };
+        let Some(t) = keyspace.tables.get(&table) else {
+            problems.push((what, format!("table {ks}.{table} does not exist; create it (see the scylla connector README)")));
+            continue;
+        };
+        let mut cols = Vec::new();
+        let mut bad = false;
+        for (name, src) in &m.columns {
+            match (t.columns.get(name), Source::parse(src)) {
+                (Some(c), Ok(source)) => cols.push(Col { name: name.clone(), source, typ: c.typ.clone() }),
+                (None, _) => {
+                    bad = true;
+                    let mut have: Vec<&String> = t.columns.keys().collect();
+                    have.sort();
+                    problems.push((what.clone(), format!("column {name} does not exist (the table has: {have:?})")));
+                }
+                (_, Err(e)) => {
+                    bad = true;
+                    problems.push((what.clone(), format!("column {name}: {e}")));
+                }
+            }
+        }
+        let mut pk = Vec::new();
+        for key in t.partition_key.iter().chain(&t.clustering_key) {
+            match cols.iter().position(|c| &c.name == key) {
+                Some(p) => pk.push(p),
+                None => {
+                    bad = true;
+                    problems.push((what.clone(), format!("primary key column {key} is not mapped; add it to `columns`")));
+                }
+            }
+        }
+        if !bad {
+            routes.push(Route {
+                mode: m.mode,
+                ops: m.ops.clone(),
+                ttl: m.ttl.map(|d| d.as_secs()),
+                qualified: format!("{ks}.{table}"),
+                cols,
+                pk,
+                partition_len: t.partition_key.len(),
+            });
+        }
+    }
+    (routes, problems)
+}
+
+/// `doctor`: every mapped table and column exists.
+pub(crate) async fn doctor(s: &ScyllaSettings, maps: &[ScyllaMapping]) -> Vec<Check> {
+    let session = match open_session(s).await {
+        Ok(session) => session,
+        Err(e) => return vec![Check::failed("connect", e.to_string())],
+    };
+    let mut checks = vec![Check::ok("connect")];
+    let (_, problems) = compile_routes(&session, s, maps);
+    for (i, m) in maps.iter().enumerate() {
+        let (ks, table) = m.qualified(&s.keyspace);
+        let what = format!("route {i}: table {ks}.{table}");
+        let mine: Vec<&String> = problems.iter().filter(|(w, _)| *w == what).map(|(_, p)| p).collect();
+        if mine.is_empty() {
+            checks.push(Check::ok(format!("{what} and its {} mapped columns exist", m.columns.len())));
+        } else {
+            for p in mine {
+                checks.push(Check::failed(what.clone(), p.clone()));
+            }
+        }
+    }
+    checks
+}
+
+/// What one change does to one row of one route.
+enum Action {
+    Delete { pk: Vec<Option<CqlValue>> },
+    Write { pk: Vec<Option<CqlValue>>, cols: Vec<(usize, Option<CqlValue>)> },
+}
+
+/// The collapsed writes of one row within one transaction of one batch.
+struct Group {
+    route: usize,
+    lsn: Lsn,
+    key: String,
+    pk: Vec<Option<CqlValue>>,
+    records: Vec<usize>,
+    delete: bool,
+    delete_first: bool,
+    cols: IndexMap<usize, Option<CqlValue>>,
+}
+
+impl ScyllaSink {
+    /// Connects, creates the schema when `create: true`, and checks every
+    /// mapped table and column (a missing one is permanent, with the fix).
+    pub async fn connect(s: &ScyllaSettings, maps: &[ScyllaMapping]) -> Result<ScyllaSink, SinkError> {
+        if let Some((p, m)) = s.validate().into_iter().next() {
+            return Err(SinkError::Permanent(format!("scylla sink: {p}: {m}")));
+        }
+        let session = open_session(s).await?;
+        if s.create {
+            for cql in create_statements(s, maps) {
+                session.query_unpaged(cql.as_str(), ()).await.map_err(|e| match classify(&e) {
+                    Failure::Record(m) => SinkError::Permanent(format!("scylla create: {cql}: {m}")),
+                    Failure::Retry(m) => SinkError::Retriable(format!("scylla create: {m}")),
+                })?;
+            }
+            session.await_schema_agreement().await.map_err(|e| SinkError::Retriable(format!("scylla schema agreement: {e}")))?;
+            session.refresh_metadata().await.map_err(|e| SinkError::Retriable(format!("scylla metadata: {e}")))?;
+        }
+        let (routes, problems) = compile_routes(&session, s, maps);
+        if !problems.is_empty() {
+            let text: Vec<String> = problems.into_iter().map(|(w, p)| format!("{w}: {p}")).collect();
+            return Err(SinkError::Permanent(format!("scylla sink: {}", text.join("; "))));
+        }
+        info!(nodes = ?s.nodes, keyspace = %s.keyspace, routes = routes.len(), "scylla sink connected");
+        Ok(ScyllaSink {
+            session: Arc::new(session),
+            routes,
+            prepared: HashMap::new(),
+            consistency: s.consistency.to_driver(),
+            lanes: s.concurrency,
+            batch_statements: s.batch_statements,
+            carry: (Lsn(u64::MAX), HashMap::new()),
+        })
+    }
+
+    /// The value of one mapped column for a change, reading columns from
+    /// `row`. `Ok(None)`: the column is absent (unchanged TOAST): not written.
+    fn eval(col: &Col, change: &Change, row: Option<&Row>) -> Result<Option<Option<CqlValue>>, String> {
+        let typed = |v: &Value| to_cql(v, &col.typ).map(Some).map_err(|e| format!("column {}: {e}", col.name));
+        match &col.source {
+            // Absent (unchanged TOAST, or dropped by a transform): not written.
+            Source::Column(c) => match row.and_then(|r| r.get(c)) {
+                Some(v) => typed(v),
+                None => Ok(None),
+            },
+            Source::Template(t) => {
+                let got = match t.single_column() {
+                    Some(_) => t.lookup(change).cloned(),
+                    None => t.render(change).map(|s| Value::String(s.into())),
+                };
+                match got {
+                    Ok(v) => typed(&v),
+                    Err(pgfanout_sdk::TemplateError::NullColumn { .. }) => Ok(Some(None)),
+                    Err(pgfanout_sdk::TemplateError::MissingColumn { .. }) => Ok(None),
+                    Err(e) => Err(format!("column {}: {e}", col.name)),
+                }
+            }
+            Source::Literal(s) => typed(&Value::String(s.as_str().into())),
+            Source::Meta(m) => {
+                let numeric = !matches!(col.typ, ColumnType::Native(NativeType::Text | NativeType::Ascii));
+                let v = match m {
+                    Meta::CommitTs => {
+                        return match change.commit_ts {
+                            None => Ok(Some(None)),
+                            Some(us) => match col.typ {
+                                ColumnType::Native(NativeType::Timestamp) => {
+                                    Ok(Some(Some(CqlValue::Timestamp(CqlTimestamp(us.div_euclid(1000))))))
+                                }
+                                ColumnType::Native(NativeType::BigInt) => Ok(Some(Some(CqlValue::BigInt(us)))),
+                                _ => {
+                                    let mut out = Vec::new();
+                                    pgfanout_sdk::json::write_timestamp_micros(&mut out, us);
+                                    let text = String::from_utf8_lossy(&out).trim_matches('"').to_string();
+                                    typed(&Value::String(text.into()))
+                                }
+                            },
+                        }
+                    }
+                    Meta::Op => Value::String(change.op.as_str().into()),
+                    Meta::Table => Value::String((*change.table).into()),
+                    Meta::Schema => Value::String((*change.schema).into()),
+                    Meta::Position => Value::String(change.position().sortable_text().into()),
+                    Meta::CommitLsn if numeric => Value::Number(change.commit_lsn.0.to_string().into()),
+                    Meta::CommitLsn => Value::String(change.commit_lsn.to_string().into()),
+                    Meta::Lsn if numeric => Value::Number(change.lsn.0.to_string().into()),
+                    Meta::Lsn => Value::String(change.lsn.to_string().into()),
+                    Meta::Ordinal => Value::Number(change.ordinal.to_string().into()),
+                    Meta::Xid => change.xid.map_or(Value::Null, |x| Value::Number(x.to_string().into())),
+                    Meta::Row => match change.row() {
+                        Some(r) => {
+                            let mut out = Vec::new();
+                            r.write_json(&mut out);
+                            Value::String(String::from_utf8_lossy(&out).into())
+                        }
+                        None => Value::Null,
+                    },
+                };
+                typed(&v)
+            }
+        }
+    }
+
+    /// The primary key read from `row` (for deletes: the change's own
+    /// lookup order, after, before, key). `None` when a key column is
+    /// missing from that row.
+    fn key_from(route: &Route, change: &Change, row: Option<&Row>) -> Result<Option<Vec<Option<CqlValue>>>, String> {
+        let mut pk = Vec::with_capacity(route.pk.len());
+        for &i in &route.pk {
+            let col = &route.cols[i];
+            let v = match (&col.source, row) {
+                (Source::Column(c), Some(r)) => match r.get(c) {
+                    Some(v) => to_cql(v, &col.typ).map_err(|e| format!("key column {}: {e}", col.name))?,
+                    None => return Ok(None),
+                },
+                (Source::Template(t), Some(r)) if t.single_column().is_some() => match r.get(t.single_column().unwrap_or_default()) {
+                    Some(v) => to_cql(v, &col.typ).map_err(|e| format!("key column {}: {e}", col.name))?,
+                    None => return Ok(None),
+                },
+                _ => match Self::eval(col, change, row)? {
+                    Some(v) => v,
+                    None => return Ok(None),
+                },
+            };
+            if v.is_none() {
+                return Err(format!("primary key column {} is null", col.name));
+            }
+            pk.push(v);
+        }
+        Ok(Some(pk))
+    }
+
+    /// The actions of one upsert change.
+    fn upsert_actions(route: &Route, change: &Change) -> Result<Vec<Action>, String> {
+        match change.op {
+            Op::Truncate => Ok(Vec::new()),
+            Op::Delete => {
+                let row = change.before.as_ref().or(change.key.as_ref());
+                let pk = Self::key_from(route, change, row)?.ok_or("the delete lacks a primary key column")?;
+                Ok(vec![Action::Delete { pk }])
+            }
+            Op::Insert | Op::Update | Op::Read => {
+                let after = change.after.as_ref();
+                let pk = Self::key_from(route, change, after)?.ok_or("the row lacks a primary key column")?;
+                let mut actions = Vec::new();
+                if change.op == Op::Update {
+                    if let Some(old) = Self::key_from(route, change, change.before.as_ref()).ok().flatten() {
+                        if old != pk {
+                            actions.push(Action::Delete { pk: old });
+                        }
+                    }
+                }
+                let mut cols = Vec::new();
+                for (i, col) in route.cols.iter().enumerate() {
+                    if route.pk.contains(&i) {
+                        continue;
+                    }
+                    if let Some(v) = Self::eval(col, change, after)? {
+                        cols.push((i, v));
+                    } else if let (Source::Column(c), Some(before)) = (&col.source, change.before.as_ref()) {
+                        // An unchanged TOAST value that the old row carries
+                        // (REPLICA IDENTITY FULL): completes a moved row.
+                        if change.unchanged_toast.iter().any(|t| **t == **c) {
+                            if let Some(v) = before.get(c) {
+                                cols.push((i, to_cql(v, &col.typ).map_err(|e| format!("column {}: {e}", col.name))?));
+                            }
+                        }
+                    }
+                }
+                actions.push(Action::Write { pk, cols });
+                Ok(actions)
+            }
+        }
+    }
+
+    fn partition_hash(route_index: usize, pk: &[Option<CqlValue>], partition_len: usize) -> u64 {
+        let mut h = DefaultHasher::new();
+        route_index.hash(&mut h);
+        format!("{:?}", &pk[..partition_len.min(pk.len())]).hash(&mut h);
+        h.finish()
+    }
+
+    fn insert_cql(route: &Route, cols: &[usize]) -> String {
+        let names: Vec<&str> = cols.iter().map(|&i| route.cols[i].name.as_str()).collect();
+        let marks = vec!["?"; names.len()].join(", ");
+        let ttl = route.ttl.map(|t| format!("TTL {t} AND ")).unwrap_or_default();
+        format!("INSERT INTO {} ({}) VALUES ({marks}) USING {ttl}TIMESTAMP ?", route.qualified, names.join(", "))
+    }
+
+    fn delete_cql(route: &Route) -> String {
+        let wh: Vec<String> = route.pk.iter().map(|&i| format!("{} = ?", route.cols[i].name)).collect();
+        format!("DELETE FROM {} USING TIMESTAMP ? WHERE {}", route.qualified, wh.join(" AND "))
+    }
+
+    /// Plans the batch: statements, rejected records, and the slot
+    /// counters to keep if it succeeds.
+    #[allow(clippy::type_complexity)]
+    fn plan(&self, batch: &[SinkRecord]) -> (Vec<Stmt>, Vec<Rejected>, (Lsn, HashMap<(usize, String), i64>)) {
+        let mut rejected = Vec::new();
+        let mut stmts = Vec::new();
+        let mut groups: IndexMap<(u64, usize, String), Group> = IndexMap::new();
+        let mut truncates = 0usize;
+        for (index, record) in batch.iter().enumerate() {
+            let Some(route) = self.routes.get(record.route) else {
+                rejected.push(Rejected { index, error: format!("scylla sink has no mapping for route {}", record.route) });
+                continue;
+            };
+            let change = &record.change;
+            if change.op == Op::Truncate {
+                truncates += 1;
+                continue;
+            }
+            match route.mode {
+                Mode::Append => {
+                    if !route.ops.contains(&change.op) {
+                        continue;
+                    }
+                    let row = change.row();
+                    let mut names = Vec::new();
+                    let mut values = Vec::new();
+                    let mut failed = None;
+                    for (i, col) in route.cols.iter().enumerate() {
+                        match Self::eval(col, change, row) {
+                            Ok(Some(v)) => {
+                                names.push(i);
+                                values.push(v);
+                            }
+                            Ok(None) => {}
+                            Err(e) => {
+                                failed = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                    let pk_ok = route.pk.iter().all(|i| names.iter().position(|n| n == i).is_some_and(|p| values[p].is_some()));
+                    if failed.is_none() && !pk_ok {
+                        failed = Some("a primary key column is null or missing".into());
+                    }
+                    if let Some(e) = failed {
+                        rejected.push(Rejected { index, error: format!("scylla {}: {e}", route.qualified) });
+                        continue;
+                    }
+                    let pk: Vec<Option<CqlValue>> =
+                        route.pk.iter().map(|i| values[names.iter().position(|n| n == i).unwrap_or_default()].clone()).collect();
+                    values.push(Some(CqlValue::BigInt(change.position().commit_version())));
+                    stmts.push(Stmt {
+                        records: vec![index],
+                        cql: Self::insert_cql(route, &names),
+                        values,
+                        partition: Self::partition_hash(record.route, &pk, route.partition_len),
+                    });
+                }
+                Mode::Upsert => match Self::upsert_actions(route, change) {
+                    Err(e) => rejected.push(Rejected { index, error: format!("scylla {}: {e}", route.qualified) }),
+                    Ok(actions) => {
+                        for action in actions {
+                            let pk = match &action {
+                                Action::Delete { pk } | Action::Write { pk, .. } => pk.clone(),
+                            };
+                            let key = format!("{pk:?}");
+                            let g = groups.entry((change.commit_lsn.0, record.route, key.clone())).or_insert_with(|| Group {
+                                route: record.route,
+                                lsn: change.commit_lsn,
+                                key,
+                                pk,
+                                records: Vec::new(),
+                                delete: false,
+                                delete_first: false,
+                                cols: IndexMap::new(),
+                            });
+                            if g.records.last() != Some(&index) {
+                                g.records.push(index);
+                            }
+                            match action {
+                                Action::Delete { .. } => {
+                                    g.delete = true;
+                                    g.delete_first = false;
+                                    g.cols.clear();
+                                }
+                                Action::Write { cols, .. } => {
+                                    if g.delete {
+                                        g.delete = false;
+                                        g.delete_first = true;
+                                    }
+                                    for (i, v) in cols {
+                                        g.cols.insert(i, v);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                },
+            }
+        }
+        if truncates > 0 {
+            warn!(count = truncates, "TRUNCATE is not applied to ScyllaDB/Cassandra tables; truncate them yourself");
+        }
+        // Timestamps: the rows of one transaction use slots below its commit LSN.
+        let mut carry = self.carry.clone();
+        for g in groups.into_values() {
+            if carry.0 != g.lsn {
+                carry = (g.lsn, HashMap::new());
+            }
+            let route = &self.routes[g.route];
+            let slot = carry.1.entry((g.route, g.key.clone())).or_insert(0);
+            let base = i64::try_from(g.lsn.0).unwrap_or(i64::MAX);
+            let mut next_ts = || {
+                let ts = base.saturating_sub(SLOTS) + (*slot).min(SLOTS);
+                *slot += 1;
+                ts
+            };
+            let partition = Self::partition_hash(g.route, &g.pk, route.partition_len);
+            if g.delete || g.delete_first {
+                let mut values = vec![Some(CqlValue::BigInt(next_ts()))];
+                values.extend(g.pk.iter().cloned());
+                stmts.push(Stmt { records: g.records.clone(), cql: Self::delete_cql(route), values, partition });
+            }
+            if !g.delete {
+                let mut names: Vec<usize> = route.pk.clone();
+                let mut values: Vec<Option<CqlValue>> = g.pk.clone();
+                for (i, v) in g.cols {
+                    names.push(i);
+                    values.push(v);
+                }
+                values.push(Some(CqlValue::BigInt(next_ts())));
+                stmts.push(Stmt { records: g.records, cql: Self::insert_cql(route, &names), values, partition });
+            }
+        }
+        (stmts, rejected, carry)
+    }
+
+    async fn prepare(&mut self, cql: &str) -> Result<(), Failure> {
+        if self.prepared.contains_key(cql) {
+            return Ok(());
+        }
+        let mut p = self.session.prepare(cql).await.map_err(|e| classify_prepare(&e))?;
+        p.set_consistency(self.consistency);
+        p.set_is_idempotent(true);
+        self.prepared.insert(cql.to_string(), p);
+        Ok(())
+    }
+
+    async fn run_one(&self, s: &Stmt) -> Result<(), Failure> {
+        let p = &self.prepared[&s.cql];
+        self.session.execute_unpaged(p, &s.values).await.map(|_| ()).map_err(|e| classify(&e))
+    }
+
+    /// Runs one lane: consecutive statements of one partition go as one
+    /// unlogged batch. Returns the rejected records, or a retriable error.
+    async fn run_lane(&self, stmts: Vec<&Stmt>) -> Result<Vec<Rejected>, SinkError> {
+        let mut rejected = Vec::new();
+        let mut i = 0;
+        while i < stmts.len() {
+            let mut j = i + 1;
+            while j < stmts.len() && j - i < self.batch_statements && stmts[j].partition == stmts[i].partition {
+                j += 1;
+            }
+            let chunk = &stmts[i..j];
+            let outcome = if chunk.len() == 1 {
+                self.run_one(chunk[0]).await
+            } else {
+                let mut batch = Batch::new(BatchType::Unlogged);
+                batch.set_consistency(self.consistency);
+                batch.set_is_idempotent(true);
+                for s in chunk {
+                    batch.append_statement(self.prepared[&s.cql].clone());
+                }
+                let values: Vec<&Vec<Option<CqlValue>>> = chunk.iter().map(|s| &s.values).collect();
+                self.session.batch(&batch, values).await.map(|_| ()).map_err(|e| classify(&e))
+            };
+            match outcome {
+                Ok(()) => {}
+                Err(Failure::Retry(m)) => return Err(SinkError::Retriable(format!("scylla: {m}"))),
+                Err(Failure::Record(m)) if chunk.len() == 1 => {
+                    for &index in &chunk[0].records {
+                        rejected.push(Rejected { index, error: format!("scylla: {m}") });
+                    }
+                }
+                Err(Failure::Record(_)) => {
+                    // Find the statements at fault one by one.
+                    for s in chunk {
+                        match self.run_one(s).await {
+                            Ok(()) => {}
+                            Err(Failure::Retry(m)) => return Err(SinkError::Retriable(format!("scylla: {m}"))),
+                            Err(Failure::Record(m)) => {
+                                for &index in &s.records {
+                                    rejected.push(Rejected { index, error: format!("scylla: {m}") });
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            i = j;
+        }
+        Ok(rejected)
+    }
+}
+
+impl Sink for ScyllaSink {
+    /// Applies the batch; see the crate docs for the timestamps.
+    async fn write(&mut self, batch: &[SinkRecord]) -> BatchOutcome {
+        let (stmts, mut rejected, carry) = self.plan(batch);
+        let mut unprepared: Vec<String> = Vec::new();
+        let mut bad_cql: HashMap<String, String> = HashMap::new();
+        for s in &stmts {
+            if !self.prepared.contains_key(&s.cql) && !unprepared.contains(&s.cql) {
+                unprepared.push(s.cql.clone());
+            }
+        }
+        for cql in unprepared {
+            match self.prepare(&cql).await {
+                Ok(()) => {}
+                Err(Failure::Retry(m)) => return Err(SinkError::Retriable(format!("scylla prepare: {m}"))),
+                Err(Failure::Record(m)) => {
+                    bad_cql.insert(cql, m);
+                }
+            }
+        }
+        let mut lanes: Vec<Vec<&Stmt>> = vec![Vec::new(); self.lanes];
+        for s in &stmts {
+            if let Some(m) = bad_cql.get(&s.cql) {
+                for &index in &s.records {
+                    rejected.push(Rejected { index, error: format!("scylla: {}: {m}", s.cql) });
+                }
+                continue;
+            }
+            lanes[(s.partition % self.lanes as u64) as usize].push(s);
+        }
+        let results = join_all(lanes.into_iter().filter(|l| !l.is_empty()).map(|l| self.run_lane(l))).await;
+        for r in results {
+            rejected.extend(r?);
+        }
+        self.carry = carry;
+        rejected.sort_by_key(|r| r.index);
+        rejected.dedup_by_key(|r| r.index);
+        debug!(records = batch.len(), statements = stmts.len(), rejected = rejected.len(), "scylla batch written");
+        Ok(rejected)
+    }
+
+    async fn check(&mut self) -> Result<(), SinkError> {
+        self.session
+            .query_unpaged("SELECT release_version FROM system.local", ())
+            .await
+            .map(|_| ())
+            .map_err(|e| SinkError::Retriable(format!("scylla: {e}")))
+    }
+}

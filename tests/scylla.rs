@@ -1,0 +1,331 @@
+//! End-to-end: PostgreSQL -> `pgfanout run` -> ScyllaDB sink, against a real
+//! PostgreSQL cluster and a real Apache Cassandra 5.0 node (testkit).
+//! ScyllaDB itself cannot run here; Cassandra speaks the same CQL.
+//!
+//! Oracles: the upsert table must equal the source table (with unchanged
+//! TOAST values and key changes), and the append table must equal, per
+//! partition and in commit order, the history a PostgreSQL trigger wrote.
+//! SIGKILL of the daemon mid-workload must converge to the same, with no
+//! duplicate feed row.
+#![cfg(feature = "scylla")]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::*;
+use pgfanout_scylla::driver::client::session::Session;
+use pgfanout_scylla::driver::client::session_builder::SessionBuilder;
+use testkit::CassandraNode;
+
+const SCHEMA: &str = "
+    CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL, qty int, big text);
+    ALTER TABLE items ALTER COLUMN big SET STORAGE EXTERNAL;
+    -- A key change of a row whose TOASTed value did not change needs the
+    -- old row to complete the moved one.
+    ALTER TABLE items REPLICA IDENTITY FULL;
+    CREATE TABLE history (seq bigserial PRIMARY KEY, item_id int NOT NULL, op text NOT NULL, qty int);
+    CREATE FUNCTION record_history() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+      IF TG_OP = 'DELETE' THEN
+        INSERT INTO history (item_id, op, qty) VALUES (OLD.id, 'delete', OLD.qty);
+      ELSE
+        INSERT INTO history (item_id, op, qty) VALUES (NEW.id, lower(TG_OP), NEW.qty);
+      END IF;
+      RETURN NULL;
+    END $$;
+    CREATE TRIGGER items_history AFTER INSERT OR UPDATE OR DELETE ON items
+      FOR EACH ROW EXECUTE FUNCTION record_history();";
+
+fn config(pg: &PgCluster, db: &str, ks: &str, dir: &std::path::Path, node: &CassandraNode) -> String {
+    let sinks = format!(
+        "  feed: {{ type: scylla, nodes: [\"{}\"], keyspace: {ks}, create: true, consistency: one, concurrency: 4, request_timeout: 3s }}",
+        node.contact_point()
+    );
+    let pipelines = r#"
+  - name: mirror
+    from: public.items
+    to: feed
+    scylla:
+      table: items
+      columns: { id: id, name: name, qty: qty, big: big }
+      partition_key: [id]
+      types: { id: int, qty: int }
+  - name: feed
+    from: public.items
+    to: feed
+    scylla:
+      table: item_feed
+      mode: append
+      columns: { item_id: id, position: $position, op: $op, qty: qty }
+      partition_key: [item_id]
+      clustering_key: [position]
+      types: { item_id: int, qty: int }"#;
+    daemon_config(pg, db, "scylla", &sinks, pipelines, &dir.join("dead.jsonl"))
+}
+
+struct Workload {
+    rng: Rng,
+    live: Vec<i32>,
+    next_id: i32,
+    seq: u64,
+}
+
+impl Workload {
+    fn new(seed: u64) -> Workload {
+        Workload { rng: Rng(seed | 1), live: Vec::new(), next_id: 1, seq: 0 }
+    }
+
+    fn big(&mut self) -> String {
+        self.seq += 1;
+        format!("'big-{}-{}'", self.seq, "abcdefghijklmnopqrstuvwxyz0123456789".repeat(80))
+    }
+
+    fn pick(&mut self) -> Option<i32> {
+        (!self.live.is_empty()).then(|| self.live[self.rng.below(self.live.len() as u64) as usize])
+    }
+
+    fn statement(&mut self) -> String {
+        let choice = if self.live.len() < 5 { 0 } else { self.rng.below(10) };
+        let live = self.pick();
+        match (choice, live) {
+            (0..=2, _) | (_, None) => {
+                let id = self.next_id;
+                self.next_id += 1;
+                self.live.push(id);
+                let big = if self.rng.below(2) == 0 { self.big() } else { "NULL".into() };
+                format!("INSERT INTO items VALUES ({id}, 'n{id}', {}, {big});", self.rng.below(100))
+            }
+            // Leaves `big` alone: its TOASTed value is not sent.
+            (3..=5, Some(id)) => format!("UPDATE items SET qty = {}, name = name || '+' WHERE id = {id};", self.rng.below(100)),
+            (6, Some(id)) => format!("UPDATE items SET big = {} WHERE id = {id};", self.big()),
+            (7, Some(id)) => {
+                let new = self.next_id;
+                self.next_id += 1;
+                self.live.retain(|x| *x != id);
+                self.live.push(new);
+                format!("UPDATE items SET id = {new} WHERE id = {id};")
+            }
+            (8, Some(id)) => {
+                // Delete and insert again in one transaction.
+                let big = self.big();
+                format!("DELETE FROM items WHERE id = {id}; INSERT INTO items VALUES ({id}, 'again{id}', 1, {big});")
+            }
+            (_, Some(id)) => {
+                self.live.retain(|x| *x != id);
+                format!("DELETE FROM items WHERE id = {id};")
+            }
+        }
+    }
+
+    fn transaction(&mut self) -> String {
+        let n = 1 + self.rng.below(4);
+        let body: String = (0..n).map(|_| self.statement()).collect::<Vec<_>>().join(" ");
+        format!("BEGIN; {body} COMMIT;")
+    }
+}
+
+async fn wait_confirmed(c: &tokio_postgres::Client, d: &Daemon, timeout: Duration) {
+    let end = insert_lsn(c).await;
+    let start = std::time::Instant::now();
+    while confirmed_flush(c, "scylla").await < end {
+        if start.elapsed() > timeout {
+            panic!("confirmed_flush_lsn did not reach {end:X} in {timeout:?}\n--- daemon log ---\n{}", d.log());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+type ItemRow = (i32, String, Option<i32>, Option<String>);
+
+async fn assert_matches(c: &tokio_postgres::Client, ks: &str, d: &Daemon, node: &CassandraNode) {
+    let session: Session = SessionBuilder::new().known_node(node.contact_point()).build().await.unwrap();
+    // Upsert table == source table.
+    let mut want: Vec<ItemRow> = c
+        .query("SELECT id, name, qty, big FROM items ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    want.sort();
+    let mut got: Vec<ItemRow> = session
+        .query_unpaged(format!("SELECT id, name, qty, big FROM {ks}.items"), ())
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap()
+        .rows::<ItemRow>()
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    got.sort();
+    assert_eq!(got.len(), want.len(), "row count\n--- daemon log ---\n{}", d.log());
+    assert!(got == want, "items differ: first difference {:?}", got.iter().zip(&want).find(|(a, b)| a != b));
+    assert!(want.iter().filter(|r| r.3.is_some()).count() > 5, "the workload kept TOASTed values");
+    // Append table == history, per partition, in commit order.
+    let mut history: BTreeMap<i32, Vec<(String, Option<i32>)>> = BTreeMap::new();
+    for r in c.query("SELECT item_id, op, qty FROM history ORDER BY seq", &[]).await.unwrap() {
+        history.entry(r.get(0)).or_default().push((r.get(1), r.get(2)));
+    }
+    let mut feed: BTreeMap<i32, Vec<(String, String, Option<i32>)>> = BTreeMap::new();
+    let rows = session
+        .query_unpaged(format!("SELECT item_id, position, op, qty FROM {ks}.item_feed"), ())
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap()
+        .rows::<(i32, String, String, Option<i32>)>()
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect::<Vec<_>>();
+    for (id, pos, op, qty) in rows {
+        feed.entry(id).or_default().push((pos, op, qty));
+    }
+    let feed: BTreeMap<i32, Vec<(String, Option<i32>)>> = feed
+        .into_iter()
+        .map(|(k, mut v)| {
+            (k, {
+                v.sort();
+                v.into_iter().map(|(_, op, q)| (op, q)).collect()
+            })
+        })
+        .collect();
+    assert_eq!(feed.len(), history.len(), "feed partitions");
+    for (id, h) in &history {
+        assert_eq!(feed.get(id), Some(h), "feed of item {id}");
+    }
+}
+
+async fn start(db: &str) -> (PgCluster, tokio_postgres::Client, tempfile::TempDir) {
+    let pg = tokio::task::spawn_blocking(|| PgCluster::start_with(&[("wal_sender_timeout", "4s")])).await.unwrap();
+    pg.create_database(db).await;
+    let c = pg.client(db).await;
+    c.batch_execute(SCHEMA).await.unwrap();
+    (pg, c, scratch())
+}
+
+async fn shared() -> &'static CassandraNode {
+    tokio::task::spawn_blocking(CassandraNode::shared).await.unwrap()
+}
+
+/// Runs `txns` workload transactions from a task, 5 ms apart.
+async fn spawn_writer(pg: &PgCluster, db: &str, seed: u64, txns: usize) -> tokio::task::JoinHandle<()> {
+    let writer_client = pg.client(db).await;
+    tokio::spawn(async move {
+        let mut w = Workload::new(seed);
+        for _ in 0..txns {
+            let sql = w.transaction();
+            writer_client.batch_execute(&sql).await.unwrap_or_else(|e| panic!("{e}\n{sql}"));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_workload_tables_equal_source_and_history() {
+    let (pg, c, dir) = start("mixed").await;
+    let mut d = Daemon::start(bin(), dir.path(), "mixed", &config(&pg, "mixed", "e2e_mixed", dir.path(), shared().await));
+    testkit::wait_for(Duration::from_secs(60), "slot", || async { confirmed_flush(&c, "scylla").await > 0 }).await;
+    let mut w = Workload::new(42);
+    for _ in 0..300 {
+        let sql = w.transaction();
+        c.batch_execute(&sql).await.unwrap_or_else(|e| panic!("{e}\n{sql}"));
+    }
+    wait_confirmed(&c, &d, Duration::from_secs(60)).await;
+    assert_matches(&c, "e2e_mixed", &d, shared().await).await;
+    assert!(d.is_running());
+    d.signal("TERM");
+    assert_eq!(d.wait(Duration::from_secs(20)).and_then(|s| s.code()), Some(0), "{}", d.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_workload_converges_without_duplicates() {
+    let (pg, c, dir) = start("kill").await;
+    let mut d = Daemon::start(bin(), dir.path(), "kill", &config(&pg, "kill", "e2e_kill", dir.path(), shared().await));
+    testkit::wait_for(Duration::from_secs(60), "slot", || async { confirmed_flush(&c, "scylla").await > 0 }).await;
+    let writer = spawn_writer(&pg, "kill", 7, 500).await;
+    for round in 0..2 {
+        let base = confirmed_flush(&c, "scylla").await;
+        testkit::wait_for(Duration::from_secs(60), "progress before the kill", || async { confirmed_flush(&c, "scylla").await > base })
+            .await;
+        tokio::time::sleep(Duration::from_millis(500 + 300 * round)).await;
+        d.kill9();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        d.spawn(bin());
+    }
+    writer.await.unwrap();
+    wait_confirmed(&c, &d, Duration::from_secs(90)).await;
+    assert_matches(&c, "e2e_kill", &d, shared().await).await;
+    assert!(d.is_running());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cassandra_restart_mid_workload_loses_nothing() {
+    let (pg, c, dir) = start("restart").await;
+    let node: &'static CassandraNode = Box::leak(Box::new(tokio::task::spawn_blocking(CassandraNode::start).await.unwrap()));
+    let mut d = Daemon::start(bin(), dir.path(), "restart", &config(&pg, "restart", "e2e_restart", dir.path(), node));
+    testkit::wait_for(Duration::from_secs(60), "slot", || async { confirmed_flush(&c, "scylla").await > 0 }).await;
+    let writer = spawn_writer(&pg, "restart", 11, 400).await;
+    let base = confirmed_flush(&c, "scylla").await;
+    testkit::wait_for(Duration::from_secs(60), "progress before the restart", || async { confirmed_flush(&c, "scylla").await > base })
+        .await;
+    tokio::task::spawn_blocking(move || node.stop()).await.unwrap();
+    // While the node is down nothing more is confirmed.
+    let held = confirmed_flush(&c, "scylla").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(confirmed_flush(&c, "scylla").await, held, "confirmed past a write Cassandra could not take");
+    tokio::task::spawn_blocking(move || node.start_server()).await.unwrap();
+    writer.await.unwrap();
+    wait_confirmed(&c, &d, Duration::from_secs(120)).await;
+    assert_matches(&c, "e2e_restart", &d, node).await;
+    assert!(d.is_running());
+    node.stop();
+}
+
+/// `config/ecommerce.yaml`'s `feed` pipeline as shipped, on the example
+/// schema and changes: a user's latest events, newest first (the README query).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ecommerce_example_feed() {
+    let pg = tokio::task::spawn_blocking(PgCluster::start).await.unwrap();
+    let c = ecommerce_database(&pg, "shop").await;
+    let node = shared().await;
+    let session: Session = SessionBuilder::new().known_node(node.contact_point()).build().await.unwrap();
+    for cql in [
+        "CREATE KEYSPACE IF NOT EXISTS shop_example WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}",
+        "CREATE TABLE IF NOT EXISTS shop_example.activity_feed (user_id bigint, event_time timestamp, position text, action text, \
+         details text, PRIMARY KEY ((user_id), event_time, position)) WITH CLUSTERING ORDER BY (event_time DESC, position DESC)",
+    ] {
+        session.query_unpaged(cql, ()).await.unwrap();
+    }
+    session.await_schema_agreement().await.unwrap();
+    let dir = scratch();
+    let keep = serde_json::json!({ "nodes": [node.contact_point()], "keyspace": "shop_example", "consistency": "one" });
+    let cfg = ecommerce_subset(&pg, &[("feed", keep)], dir.path());
+    let d = Daemon::start(bin(), dir.path(), "ecommerce", &cfg);
+    testkit::wait_for(Duration::from_secs(60), "slot", || async { confirmed_flush(&c, "pgfanout").await > 0 }).await;
+    let root = env!("CARGO_MANIFEST_DIR");
+    c.batch_execute(&std::fs::read_to_string(format!("{root}/examples/ecommerce-changes.sql")).unwrap()).await.unwrap();
+    let end = insert_lsn(&c).await;
+    testkit::wait_for(Duration::from_secs(60), "confirmed", || async { confirmed_flush(&c, "pgfanout").await >= end }).await;
+    let rows: Vec<(String, String)> = session
+        .query_unpaged("SELECT action, position FROM shop_example.activity_feed WHERE user_id = 1 LIMIT 10", ())
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap()
+        .rows::<(String, String)>()
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    let actions: Vec<&str> = rows.iter().map(|(a, _)| a.as_str()).collect();
+    assert!(actions.contains(&"public.cart_items.insert") || actions.contains(&"cart_items.insert"), "{actions:?}\n{}", d.log());
+    assert!(actions.iter().any(|a| a.contains("orders.")), "{actions:?}");
+    let positions: Vec<&str> = rows.iter().map(|(_, p)| p.as_str()).collect();
+    let mut newest_first = positions.clone();
+    newest_first.sort_by(|a, b| b.cmp(a));
+    assert_eq!(positions, newest_first, "newest first");
+    let dead = std::fs::read_to_string(dir.path().join("ecommerce.dead.jsonl")).unwrap_or_default();
+    assert!(dead.is_empty(), "dead letters: {dead}");
+}
