@@ -92,7 +92,7 @@ impl Workload {
              '2026-01-02 03:04:05.123456+00'::timestamptz + interval '{r} seconds');",
             r % 1000,
             r % 100,
-            r % 2 == 0
+            r.is_multiple_of(2)
         )
     }
 
@@ -101,7 +101,7 @@ impl Workload {
         match self.rng.below(10) {
             0 | 1 => self.insert_user(),
             2 | 3 => match self.pick(false) {
-                Some(id) if r % 4 == 0 => format!("UPDATE users SET score = NULL, prefs = NULL WHERE id = {id};"),
+                Some(id) if r.is_multiple_of(4) => format!("UPDATE users SET score = NULL, prefs = NULL WHERE id = {id};"),
                 Some(id) => format!(
                     "UPDATE users SET score = COALESCE(score, 0) + 1.25, prefs = COALESCE(prefs, '{{}}') || '{{\"n\": {r}}}', \
                      active = NOT COALESCE(active, false), seen_at = seen_at + interval '1.5 seconds' WHERE id = {id};"

@@ -189,7 +189,7 @@ impl Shop {
             }
             30 | 31 => {
                 let u = self.pick(&self.users.clone());
-                if r % 3 == 0 {
+                if r.is_multiple_of(3) {
                     format!("UPDATE users SET name = NULL WHERE id = {u};")
                 } else {
                     format!("UPDATE users SET name = 'User {u} r{r}', email = 'u{u}-{r}@shop.test' WHERE id = {u};")

@@ -227,7 +227,7 @@ mod tests {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            if x % 3 == 0 {
+            if x.is_multiple_of(3) {
                 let lsn = Lsn(step * 10 + 5);
                 commits.push((t.commit(lsn), lsn));
             } else if !commits.is_empty() {
