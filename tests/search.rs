@@ -152,7 +152,7 @@ async fn assert_index_equals_table(c: &tokio_postgres::Client, slot: &str, url: 
     let end = insert_lsn(c).await;
     let start = Instant::now();
     while confirmed_flush(c, slot).await < end {
-        assert!(start.elapsed() < Duration::from_secs(120), "confirmed_flush_lsn did not reach {end:X}\n{}", d.log());
+        assert!(start.elapsed() < Duration::from_secs(300), "confirmed_flush_lsn did not reach {end:X}\n{}", d.log());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let docs = documents(url, index).await;
