@@ -295,23 +295,56 @@ impl SearchSink {
     }
 
     /// One lane: `_bulk` requests within the limits; per-item results.
-    async fn send_lane(&self, mut pending: Vec<(usize, Action)>) -> Result<Vec<Rejected>, SinkError> {
+    ///
+    /// Per-document order survives retries: once an item of a document
+    /// fails (429, 5xx), its later items are not sent in this round, and
+    /// later items of it that the same request already applied are sent
+    /// again after it. Versions alone would not do: the changes of one
+    /// transaction share a version, and equal versions apply (an insert
+    /// retried after its own transaction's delete would bring the row back).
+    async fn send_lane(&self, pending: Vec<(usize, Action)>) -> Result<Vec<Rejected>, SinkError> {
         let mut rejected = Vec::new();
         let mut backoff = self.retry.backoff();
+        // (position in the lane, record, action), in lane order.
+        let mut pending: Vec<(usize, usize, Action)> = pending.into_iter().enumerate().map(|(i, (r, a))| (i, r, a)).collect();
         for attempt in 1..=ITEM_ATTEMPTS {
-            let mut retry: Vec<(usize, Action)> = Vec::new();
+            let mut retry: Vec<(usize, usize, Action)> = Vec::new();
+            let mut blocked: HashSet<DocRef> = HashSet::new();
             let mut last_error = String::new();
-            let mut start = 0;
+            let start = 0;
             while start < pending.len() {
-                let (body, n) = bulk_body(&pending[start..], &self.limits);
-                let chunk = &pending[start..start + n];
-                start += n;
+                // Items of a blocked document wait for the next round.
+                let (mut sendable, mut held) = (Vec::new(), Vec::new());
+                for item in &pending[start..] {
+                    if blocked.contains(item.2.doc()) {
+                        held.push(item.clone());
+                    } else {
+                        sendable.push((item.1, item.2.clone()));
+                    }
+                }
+                retry.extend(held);
+                if sendable.is_empty() {
+                    break;
+                }
+                let positions: Vec<usize> = pending[start..].iter().filter(|i| !blocked.contains(i.2.doc())).map(|i| i.0).collect();
+                let (body, n) = bulk_body(&sendable, &self.limits);
+                let chunk: Vec<(usize, (usize, Action))> = positions.into_iter().zip(sendable).take(n).collect();
+                // Continue after the last item sent.
+                let last_pos = chunk.last().map(|c| c.0).unwrap_or(0);
+                let sent: HashSet<usize> = chunk.iter().map(|c| c.0).collect();
+                let rest: Vec<(usize, usize, Action)> = pending[start..].iter().filter(|i| i.0 > last_pos).cloned().collect();
+                let skipped: Vec<(usize, usize, Action)> =
+                    pending[start..].iter().filter(|i| i.0 <= last_pos && !sent.contains(&i.0)).cloned().collect();
+                retry.retain(|r| !skipped.iter().any(|s| s.0 == r.0));
+                retry.extend(skipped);
+                pending.truncate(start);
+                pending.extend(rest);
                 let resp = self.client.call(Method::POST, "/_bulk", Some((body, "application/x-ndjson"))).await;
                 let resp = match resp {
                     Ok(r) if r.status.as_u16() == 413 && chunk.len() > 1 => {
-                        // Over the node's http.max_content_length: send the
-                        // halves on the next round.
-                        retry.extend(chunk.iter().cloned());
+                        // Over the node's http.max_content_length: the next
+                        // round sends them again.
+                        retry.extend(chunk.iter().map(|(pos, (r, a))| (*pos, *r, a.clone())));
                         last_error = "request too large".into();
                         continue;
                     }
@@ -326,9 +359,15 @@ impl SearchSink {
                 if items.len() != chunk.len() {
                     return Err(SinkError::Retriable(format!("_bulk returned {} results for {} actions", items.len(), chunk.len())));
                 }
-                for ((record, action), item) in chunk.iter().zip(items) {
+                for ((pos, (record, action)), item) in chunk.iter().zip(items) {
                     let result = item.as_object().and_then(|o| o.values().next()).cloned().unwrap_or(Json::Null);
                     let status = result["status"].as_u64().unwrap_or(0);
+                    // A later item of a document whose earlier item failed
+                    // was applied out of order: apply it again after it.
+                    if blocked.contains(action.doc()) && (200..300).contains(&status) {
+                        retry.push((*pos, *record, action.clone()));
+                        continue;
+                    }
                     match status {
                         200..=299 => {}
                         // A newer version is stored: this write is already applied.
@@ -337,7 +376,8 @@ impl SearchSink {
                         404 if matches!(action, Action::Delete { .. }) => {}
                         429 | 500..=599 | 0 => {
                             last_error = item_error(&result);
-                            retry.push((*record, action.clone()));
+                            blocked.insert(action.doc().clone());
+                            retry.push((*pos, *record, action.clone()));
                         }
                         _ => rejected.push(Rejected {
                             index: *record,
@@ -349,6 +389,8 @@ impl SearchSink {
             if retry.is_empty() {
                 return Ok(rejected);
             }
+            retry.sort_by_key(|r| r.0);
+            retry.dedup_by_key(|r| r.0);
             let delay = backoff.next_delay();
             warn!(items = retry.len(), attempt, error = %last_error, retry_in = ?delay, "bulk items failed; retrying them");
             tokio::time::sleep(delay).await;
