@@ -69,7 +69,10 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     let start = prepared.start;
 
     let dead_letters = DeadLetters::new(&cfg.dead_letter.path);
-    let sinks = crate::sinks::spawn_all(&cfg, &router, &dead_letters).await.map_err(RunError::Fatal)?;
+    let sinks = match crate::sinks::spawn_all(&cfg, &router, &dead_letters, shutdown_rx.clone()).await.map_err(RunError::Fatal)? {
+        Some(sinks) => sinks,
+        None => return Ok(()),
+    };
     let tracker = AckTracker::new(sinks.durable, start);
     let settings = SourceSettings {
         opts,

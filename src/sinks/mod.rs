@@ -177,8 +177,16 @@ pub struct Sinks {
     pub workers: Vec<tokio::task::JoinHandle<()>>,
 }
 
-/// Builds every sink (connecting) and spawns its worker.
-pub async fn spawn_all(cfg: &Config, router: &Router, dead_letters: &DeadLetters) -> Result<Sinks, String> {
+/// Builds every sink (connecting) and spawns its worker. A store that is
+/// unreachable at start (a retriable error) is retried with capped backoff
+/// until it answers or shutdown is requested (then `Ok(None)`); settings the
+/// store refuses for good stop with the error.
+pub async fn spawn_all(
+    cfg: &Config,
+    router: &Router,
+    dead_letters: &DeadLetters,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<Option<Sinks>, String> {
     let mut sinks = Sinks { names: Vec::new(), senders: Vec::new(), durable: Vec::new(), workers: Vec::new() };
     for (index, (name, sink_cfg)) in cfg.sinks.iter().enumerate() {
         let routes = router.routes_for_sink(index);
@@ -193,13 +201,30 @@ pub async fn spawn_all(cfg: &Config, router: &Router, dead_letters: &DeadLetters
             batch_size: cfg.runtime.batch_size,
         };
         let configured = sink_cfg.configured.as_ref().ok_or_else(|| format!("sinks.{name}: not configured (internal error)"))?;
-        let sink = configured.build().await.map_err(|e| format!("sinks.{name}: {e}"))?;
+        let mut backoff = pgfanout_sdk::settings::Backoff::new(std::time::Duration::from_millis(500), std::time::Duration::from_secs(30));
+        let sink = loop {
+            match configured.build().await {
+                Ok(sink) => break sink,
+                Err(e) if e.is_retriable() => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(sink = %name, error = %e, retry_in = ?delay, "sink not reachable at start; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    if *shutdown.borrow() {
+                        return Ok(None);
+                    }
+                }
+                Err(e) => return Err(format!("sinks.{name}: {e}")),
+            }
+        };
         sinks.names.push(name.clone());
         sinks.senders.push(tx);
         sinks.durable.push(durable);
         sinks.workers.push(tokio::spawn(worker.run(sink)));
     }
-    Ok(sinks)
+    Ok(Some(sinks))
 }
 
 /// For `doctor`: per sink, its checks as (what, problem or None).
