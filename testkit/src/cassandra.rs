@@ -29,16 +29,18 @@ pub struct CassandraNode {
 impl CassandraNode {
     /// Starts a node and waits (up to 180 s) until it listens for CQL clients.
     pub fn start() -> CassandraNode {
-        let node = CassandraNode {
-            dir: scratch_dir("pgfanout-cassandra-"),
-            install: JvmInstall::find("cassandra"),
-            child: Mutex::new(None),
-            port: free_port(),
-            storage_port: free_port(),
-        };
-        node.write_config();
-        node.start_server();
-        node
+        crate::retry_on_port_clash(|| {
+            let node = CassandraNode {
+                dir: scratch_dir("pgfanout-cassandra-"),
+                install: JvmInstall::find("cassandra"),
+                child: Mutex::new(None),
+                port: free_port(),
+                storage_port: free_port(),
+            };
+            node.write_config();
+            node.start_server();
+            node
+        })
     }
 
     /// One node for the whole test binary, started on first use and gone

@@ -36,15 +36,17 @@ pub struct ElasticsearchNode {
 impl ElasticsearchNode {
     /// Starts a node and waits (up to 180 s) until `GET /` answers 200.
     pub fn start() -> ElasticsearchNode {
-        let node = ElasticsearchNode {
-            dir: scratch_dir("pgfanout-elasticsearch-"),
-            install: JvmInstall::find("elasticsearch"),
-            child: Mutex::new(None),
-            port: free_port(),
-            transport_port: free_port(),
-        };
-        node.start_server();
-        node
+        crate::retry_on_port_clash(|| {
+            let node = ElasticsearchNode {
+                dir: scratch_dir("pgfanout-elasticsearch-"),
+                install: JvmInstall::find("elasticsearch"),
+                child: Mutex::new(None),
+                port: free_port(),
+                transport_port: free_port(),
+            };
+            node.start_server();
+            node
+        })
     }
 
     /// One node for the whole test binary, started on first use and gone

@@ -30,16 +30,18 @@ pub struct KafkaBroker {
 impl KafkaBroker {
     /// Starts a broker and waits (up to 120 s) until it serves clients.
     pub fn start() -> KafkaBroker {
-        let broker = KafkaBroker {
-            dir: scratch_dir("pgfanout-kafka-"),
-            port: free_port(),
-            controller_port: free_port(),
-            install: JvmInstall::find("kafka"),
-            child: Mutex::new(None),
-        };
-        broker.write_config();
-        broker.start_server();
-        broker
+        crate::retry_on_port_clash(|| {
+            let broker = KafkaBroker {
+                dir: scratch_dir("pgfanout-kafka-"),
+                port: free_port(),
+                controller_port: free_port(),
+                install: JvmInstall::find("kafka"),
+                child: Mutex::new(None),
+            };
+            broker.write_config();
+            broker.start_server();
+            broker
+        })
     }
 
     /// One broker for the whole test binary, started on first use and gone

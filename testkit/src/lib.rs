@@ -30,6 +30,28 @@ pub use opensearch::OpenSearchNode;
 pub use pg::PgCluster;
 pub use redis::RedisServer;
 
+/// Runs `start` (which picks free ports and starts a server) again, up to
+/// three times, when it fails because another process took a port between
+/// [`free_port`] releasing it and the server binding it (many servers start
+/// at once under nextest).
+pub fn retry_on_port_clash<T>(mut start: impl FnMut() -> T) -> T {
+    for attempt in 1.. {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(&mut start)) {
+            Ok(v) => return v,
+            Err(e) => {
+                let text =
+                    e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+                let clash = text.contains("Address already in use") || text.contains("BindException");
+                if !clash || attempt >= 3 {
+                    std::panic::resume_unwind(e);
+                }
+                eprintln!("testkit: a port was taken before the server bound it; starting again on new ports");
+            }
+        }
+    }
+    unreachable!()
+}
+
 /// A free TCP port on 127.0.0.1 (bound, then released).
 pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");

@@ -33,18 +33,20 @@ pub struct Neo4jServer {
 impl Neo4jServer {
     /// Starts a server and waits (up to 180 s) until Bolt accepts logins.
     pub fn start() -> Neo4jServer {
-        let server = Neo4jServer {
-            dir: scratch_dir("pgfanout-neo4j-"),
-            install: JvmInstall::find("neo4j"),
-            child: Mutex::new(None),
-            bolt_port: free_port(),
-            user: "neo4j".into(),
-            // the install script's template store has this password too
-            password: "pgfanout-test".into(),
-            database: "neo4j".into(),
-        };
-        server.start_server();
-        server
+        crate::retry_on_port_clash(|| {
+            let server = Neo4jServer {
+                dir: scratch_dir("pgfanout-neo4j-"),
+                install: JvmInstall::find("neo4j"),
+                child: Mutex::new(None),
+                bolt_port: free_port(),
+                user: "neo4j".into(),
+                // the install script's template store has this password too
+                password: "pgfanout-test".into(),
+                database: "neo4j".into(),
+            };
+            server.start_server();
+            server
+        })
     }
 
     /// One server for the whole test binary, started on first use and gone

@@ -37,16 +37,18 @@ impl OpenSearchNode {
     /// Starts a node with extra node settings, e.g.
     /// `[("thread_pool.write.queue_size", "1")]` for real back-pressure.
     pub fn start_with(settings: &[(&str, &str)]) -> OpenSearchNode {
-        let node = OpenSearchNode {
-            dir: scratch_dir("pgfanout-opensearch-"),
-            install: JvmInstall::find("opensearch"),
-            child: Mutex::new(None),
-            port: free_port(),
-            transport_port: free_port(),
-            settings: settings.iter().map(|(k, v)| format!("{k}={v}")).collect(),
-        };
-        node.start_server();
-        node
+        crate::retry_on_port_clash(|| {
+            let node = OpenSearchNode {
+                dir: scratch_dir("pgfanout-opensearch-"),
+                install: JvmInstall::find("opensearch"),
+                child: Mutex::new(None),
+                port: free_port(),
+                transport_port: free_port(),
+                settings: settings.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            };
+            node.start_server();
+            node
+        })
     }
 
     /// One node for the whole test binary, started on first use and gone
