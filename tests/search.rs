@@ -240,7 +240,7 @@ async fn a_document_the_mapping_rejects_is_dead_lettered_and_later_changes_arriv
     let dead = dir.path().join(format!("{db}.dead.jsonl"));
     testkit::wait_until(Duration::from_secs(60), "the rejected document in the dead-letter file", || line_count(&dead) >= 1);
     let end = insert_lsn(&c).await;
-    testkit::wait_for(Duration::from_secs(60), "confirmed", || {
+    testkit::wait_for(Duration::from_secs(180), "confirmed", || {
         let c = &c;
         async move { confirmed_flush(c, db).await >= end }
     })
@@ -274,7 +274,7 @@ async fn ecommerce_example_indexes_the_catalog() {
     let end = insert_lsn(&c).await;
     let parsed: Json = serde_json::from_str(&cfg).unwrap();
     let slot = parsed["source"]["postgres"]["slot"].as_str().unwrap().to_string();
-    testkit::wait_for(Duration::from_secs(120), "confirmed", || {
+    testkit::wait_for(Duration::from_secs(180), "confirmed", || {
         let (c, slot) = (&c, slot.clone());
         async move { confirmed_flush(c, &slot).await >= end }
     })
