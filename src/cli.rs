@@ -1,4 +1,4 @@
-//! The command line: `run`, `check`, `doctor`, `status`.
+//! The command line: `run`, `check`, `doctor`, `status`, `verify`, `wait`.
 //!
 //! Exit codes: 0 ok, 1 runtime failure, 2 bad configuration or usage.
 
@@ -46,6 +46,51 @@ pub enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Compare every store with the source rows (missing, different and
+    /// extra entries); exit 0 when equal, 1 when divergent.
+    Verify {
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Only this pipeline (repeat or comma-separate for several).
+        #[arg(long, value_delimiter = ',')]
+        pipeline: Vec<String>,
+        /// Check this fraction of the rows, e.g. 0.05 (extras are then not checked).
+        #[arg(long)]
+        sample: Option<f64>,
+        /// Write divergent rows again through the sink and remove extra entries.
+        #[arg(long)]
+        repair: bool,
+        /// Also write the full report as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Read at most this many source rows per second (default: no limit).
+        #[arg(long)]
+        max_rows_per_second: Option<u64>,
+        /// Source rows per keyset chunk.
+        #[arg(long, default_value_t = 1000)]
+        chunk_rows: usize,
+        /// How long a recheck waits for the stream to pass the verify's snapshot.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        settle: std::time::Duration,
+        /// Divergent entries printed per pipeline.
+        #[arg(long, default_value_t = 20)]
+        show: usize,
+    },
+    /// Wait until every change committed at or before an LSN is durable in
+    /// a sink (every sink by default): read-your-writes from the shell.
+    Wait {
+        #[arg(short, long)]
+        config: PathBuf,
+        /// The position, e.g. 0/16B3748: pg_current_wal_lsn() taken after the commit.
+        #[arg(long)]
+        lsn: String,
+        /// Only this sink.
+        #[arg(long)]
+        sink: Option<String>,
+        /// Give up after this long (exit 1).
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
 }
 
 /// Parses arguments, runs the command, returns the exit code.
@@ -60,7 +105,12 @@ pub fn main() -> i32 {
     };
     init_logging(cli.log_format);
     let path = match &cli.command {
-        Command::Run { config } | Command::Check { config } | Command::Doctor { config } | Command::Status { config } => config.clone(),
+        Command::Run { config }
+        | Command::Check { config }
+        | Command::Doctor { config }
+        | Command::Status { config }
+        | Command::Verify { config, .. }
+        | Command::Wait { config, .. } => config.clone(),
     };
     let cfg = match config::load(&path) {
         Ok(cfg) => cfg,
@@ -95,6 +145,20 @@ pub fn main() -> i32 {
             },
             Command::Doctor { .. } => crate::ops::doctor(&cfg).await,
             Command::Status { .. } => crate::ops::status(&cfg).await,
+            Command::Verify { pipeline, sample, repair, json, max_rows_per_second, chunk_rows, settle, show, .. } => {
+                let opts = crate::verify::VerifyOptions {
+                    pipelines: pipeline,
+                    sample,
+                    repair,
+                    json,
+                    max_rows_per_second,
+                    chunk_rows: chunk_rows.max(1),
+                    settle,
+                    show,
+                };
+                crate::verify::verify(&cfg, &opts).await
+            }
+            Command::Wait { lsn, sink, timeout, .. } => crate::ops::wait(&cfg, &lsn, sink.as_deref(), timeout).await,
             Command::Check { .. } => 0,
         }
     })

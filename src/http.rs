@@ -1,11 +1,12 @@
 //! The operator HTTP listener: `/metrics` (Prometheus), `/healthz`,
-//! `/readyz`, and `/status` (the daemon's own positions as JSON, read by
-//! `pgfanout status`).
+//! `/readyz`, `/status` (the daemon's own positions as JSON, read by
+//! `pgfanout status`) and `/wait` (read-your-writes: answers once a
+//! position is durable in a sink, read by `pgfanout wait`).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -49,7 +50,29 @@ pub struct Progress {
 pub struct SinkProgress {
     pub name: String,
     pub durable_lsn: Lsn,
+    /// Commit LSN of the oldest transaction received but not yet durable
+    /// in this sink.
+    pub pending_commit_lsn: Option<Lsn>,
 }
+
+impl SinkProgress {
+    /// Whether every transaction committed at or before `lsn` is durable
+    /// here (see `AckTracker::sink_oldest_pending`).
+    pub fn has(&self, lsn: Lsn) -> bool {
+        self.durable_lsn >= lsn && self.pending_commit_lsn.is_none_or(|p| p > lsn)
+    }
+}
+
+impl Progress {
+    /// Whether `lsn` is durable in sink `sink` (every sink when `None`).
+    /// Nothing is durable before the first positions are published.
+    pub fn has(&self, lsn: Lsn, sink: Option<&str>) -> bool {
+        !self.sinks.is_empty() && self.sinks.iter().filter(|s| sink.is_none_or(|n| n == s.name)).all(|s| s.has(lsn))
+    }
+}
+
+/// Longest `/wait` allowed (`timeout=` above it is cut to it).
+pub const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// `GET /status`.
 #[derive(Debug, serde::Serialize)]
@@ -64,6 +87,7 @@ struct StatusBody {
 struct AppState {
     prometheus: PrometheusHandle,
     health: Arc<Health>,
+    sink_names: Arc<Vec<String>>,
 }
 
 /// Installs the Prometheus recorder (once per process) and returns its handle.
@@ -80,6 +104,7 @@ pub async fn serve(
     listen: &str,
     prometheus: PrometheusHandle,
     health: Arc<Health>,
+    sink_names: Vec<String>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let listener =
@@ -89,7 +114,8 @@ pub async fn serve(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/status", get(status))
-        .with_state(AppState { prometheus: prometheus.clone(), health });
+        .route("/wait", get(wait))
+        .with_state(AppState { prometheus: prometheus.clone(), health, sink_names: Arc::new(sink_names) });
     let upkeep = prometheus.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
@@ -127,5 +153,86 @@ async fn ready(State(s): State<AppState>) -> (StatusCode, String) {
         (StatusCode::SERVICE_UNAVAILABLE, format!("lag {lag} bytes exceeds {max}\n"))
     } else {
         (StatusCode::OK, format!("ready, lag {lag} bytes\n"))
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct WaitQuery {
+    lsn: Option<String>,
+    sink: Option<String>,
+    timeout: Option<String>,
+}
+
+/// `GET /wait?lsn=0/16B3748[&sink=NAME][&timeout=5s]`: 200 once every
+/// change committed at or before `lsn` is durable in `sink` (in every sink
+/// when none is named; changes a sink's pipelines filter out count as
+/// done), 504 when `timeout` (default 30s, at most 10m) passes first, 400
+/// for a bad request. The body is JSON: the outcome, the position asked
+/// and each sink's durable position.
+async fn wait(State(s): State<AppState>, Query(q): Query<WaitQuery>) -> (StatusCode, Json<serde_json::Value>) {
+    let started = std::time::Instant::now();
+    let bad = |msg: String| {
+        metrics::counter!(crate::metrics::WAIT_REQUESTS_TOTAL, crate::metrics::LABEL_OUTCOME => "bad_request").increment(1);
+        (StatusCode::BAD_REQUEST, Json(serde_json::json!({ "outcome": "bad_request", "error": msg })))
+    };
+    let lsn: Lsn = match q.lsn.as_deref().map(str::parse) {
+        Some(Ok(l)) => l,
+        Some(Err(_)) => return bad(format!("lsn={:?} is not an LSN like 0/16B3748", q.lsn.unwrap_or_default())),
+        None => return bad("lsn is required, e.g. /wait?lsn=0/16B3748 (from pg_current_wal_lsn() after the commit)".into()),
+    };
+    if let Some(name) = &q.sink {
+        if !s.sink_names.contains(name) {
+            return bad(format!("unknown sink {name:?}; the sinks are: {}", s.sink_names.join(", ")));
+        }
+    }
+    let timeout = match q.timeout.as_deref().map(humantime::parse_duration) {
+        None => std::time::Duration::from_secs(30),
+        Some(Ok(d)) => d.min(MAX_WAIT),
+        Some(Err(e)) => return bad(format!("timeout={:?}: {e} (e.g. 5s, 500ms)", q.timeout.unwrap_or_default())),
+    };
+    let mut rx = s.health.progress.subscribe();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let done = loop {
+        if rx.borrow_and_update().has(lsn, q.sink.as_deref()) {
+            break true;
+        }
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { break false },
+            _ = tokio::time::sleep_until(deadline) => break false,
+        }
+    };
+    let progress = rx.borrow().clone();
+    let outcome = if done { "done" } else { "timeout" };
+    metrics::counter!(crate::metrics::WAIT_REQUESTS_TOTAL, crate::metrics::LABEL_OUTCOME => outcome).increment(1);
+    metrics::histogram!(crate::metrics::WAIT_SECONDS, crate::metrics::LABEL_OUTCOME => outcome).record(started.elapsed().as_secs_f64());
+    let body = serde_json::json!({
+        "outcome": outcome,
+        "lsn": lsn,
+        "sink": q.sink,
+        "waited_ms": started.elapsed().as_millis() as u64,
+        "sinks": progress.sinks,
+    });
+    (if done { StatusCode::OK } else { StatusCode::GATEWAY_TIMEOUT }, Json(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_position_is_durable_only_when_nothing_at_or_before_it_is_pending() {
+        let sink = |durable: u64, pending: Option<u64>| SinkProgress {
+            name: "s".into(),
+            durable_lsn: Lsn(durable),
+            pending_commit_lsn: pending.map(Lsn),
+        };
+        assert!(sink(100, None).has(Lsn(100)));
+        assert!(!sink(99, None).has(Lsn(100)));
+        assert!(!sink(100, Some(100)).has(Lsn(100)), "a transaction committed at 100 is still pending");
+        assert!(sink(100, Some(101)).has(Lsn(100)));
+        let p = Progress { confirmed_flush_lsn: Lsn(0), sinks: vec![sink(100, None), SinkProgress { name: "t".into(), ..sink(50, None) }] };
+        assert!(p.has(Lsn(100), Some("s")));
+        assert!(!p.has(Lsn(100), None));
+        assert!(!Progress::default().has(Lsn(1), None), "nothing published yet");
     }
 }

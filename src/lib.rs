@@ -13,3 +13,4 @@ pub mod ops;
 pub mod pipeline;
 pub mod runtime;
 pub mod sinks;
+pub mod verify;

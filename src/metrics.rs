@@ -5,6 +5,7 @@ pub const LABEL_SINK: &str = "sink";
 pub const LABEL_TABLE: &str = "table";
 pub const LABEL_OP: &str = "op";
 pub const LABEL_PIPELINE: &str = "pipeline";
+pub const LABEL_OUTCOME: &str = "outcome";
 
 /// Changes decoded from the stream, by `table` and `op`.
 pub const CHANGES_READ_TOTAL: &str = "pgfanout_changes_read_total";
@@ -48,6 +49,17 @@ pub const SNAPSHOT_ROWS_TOTAL: &str = "pgfanout_snapshot_rows_total";
 /// Snapshot progress (0..1), by `table`.
 pub const SNAPSHOT_PROGRESS_RATIO: &str = "pgfanout_snapshot_progress_ratio";
 
+/// `/wait` requests, by `outcome` (done, timeout, bad_request).
+pub const WAIT_REQUESTS_TOTAL: &str = "pgfanout_wait_requests_total";
+/// How long `/wait` requests waited, by `outcome`.
+pub const WAIT_SECONDS: &str = "pgfanout_wait_seconds";
+/// Divergent entries (missing, different, extra) the last `pgfanout
+/// verify` of a pipeline found, by `pipeline` (read from
+/// `pgfanout.verify_results` in the source database).
+pub const VERIFY_DIVERGENT_KEYS: &str = "pgfanout_verify_divergent_keys";
+/// When the last `pgfanout verify` of a pipeline finished (Unix seconds), by `pipeline`.
+pub const VERIFY_LAST_RUN_TIMESTAMP_SECONDS: &str = "pgfanout_verify_last_run_timestamp_seconds";
+
 /// Every metric name, for tests and dashboard checks.
 pub const ALL: &[&str] = &[
     CHANGES_READ_TOTAL,
@@ -68,6 +80,10 @@ pub const ALL: &[&str] = &[
     DECODE_ERRORS_TOTAL,
     SNAPSHOT_ROWS_TOTAL,
     SNAPSHOT_PROGRESS_RATIO,
+    WAIT_REQUESTS_TOTAL,
+    WAIT_SECONDS,
+    VERIFY_DIVERGENT_KEYS,
+    VERIFY_LAST_RUN_TIMESTAMP_SECONDS,
 ];
 
 /// Declares help texts with the recorder.
@@ -91,4 +107,8 @@ pub fn describe() {
     describe_counter!(DECODE_ERRORS_TOTAL, "Stream rows that could not be decoded (dead-lettered)");
     describe_counter!(SNAPSHOT_ROWS_TOTAL, "Rows copied by the initial snapshot");
     describe_gauge!(SNAPSHOT_PROGRESS_RATIO, "Snapshot progress of a table, 0 to 1");
+    describe_counter!(WAIT_REQUESTS_TOTAL, "Read-your-writes /wait requests, by outcome");
+    describe_histogram!(WAIT_SECONDS, Unit::Seconds, "How long /wait requests waited");
+    describe_gauge!(VERIFY_DIVERGENT_KEYS, "Divergent entries found by the last pgfanout verify of the pipeline");
+    describe_gauge!(VERIFY_LAST_RUN_TIMESTAMP_SECONDS, Unit::Seconds, "When the last pgfanout verify of the pipeline finished");
 }

@@ -1,4 +1,4 @@
-//! Operator commands that talk to live systems: `doctor` and `status`.
+//! Operator commands that talk to live systems: `doctor`, `status` and `wait`.
 //!
 //! `doctor` prints one line per check (`ok` / `FAIL` / `warn`) and, for each
 //! failure, the fix. `status` prints the slot's position and lag and, when
@@ -255,4 +255,64 @@ async fn sink_positions(listen: &str) -> Option<Vec<(String, Lsn)>> {
     let (_, body) = response.split_once("\r\n\r\n")?;
     let status: serde_json::Value = serde_json::from_str(body).ok()?;
     status["sinks"].as_array()?.iter().map(|s| Some((s["name"].as_str()?.to_string(), s["durable_lsn"].as_str()?.parse().ok()?))).collect()
+}
+
+/// `pgfanout wait`: asks the daemon's `/wait` and exits 0 once the position
+/// is durable, 1 on timeout or when the daemon cannot be reached, 2 for a
+/// bad LSN or sink.
+pub async fn wait(cfg: &Config, lsn: &str, sink: Option<&str>, timeout: std::time::Duration) -> i32 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if lsn.parse::<Lsn>().is_err() {
+        eprintln!("--lsn {lsn:?}: not an LSN like 0/16B3748 (take pg_current_wal_lsn() after the commit)");
+        return 2;
+    }
+    if let Some(s) = sink {
+        if !cfg.sinks.contains_key(s) {
+            let names: Vec<&str> = cfg.sinks.keys().map(String::as_str).collect();
+            eprintln!("--sink {s:?}: no such sink; the sinks are: {}", names.join(", "));
+            return 2;
+        }
+    }
+    if !cfg.http.enabled {
+        eprintln!("wait asks the daemon's HTTP listener, which this config disables (http.enabled: false)");
+        return 2;
+    }
+    let listen = &cfg.http.listen;
+    let mut path = format!("/wait?lsn={lsn}&timeout={}ms", timeout.as_millis());
+    if let Some(s) = sink {
+        path.push_str(&format!("&sink={}", url_escape(s)));
+    }
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(listen.as_str()).await?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {listen}\r\n\r\n").as_bytes()).await?;
+        let mut response = String::new();
+        s.read_to_string(&mut response).await?;
+        Ok::<_, std::io::Error>(response)
+    };
+    let response = match tokio::time::timeout(timeout + std::time::Duration::from_secs(5), exchange).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            eprintln!("cannot reach the daemon at http://{listen}/wait: {e} (is pgfanout running with this config?)");
+            return 1;
+        }
+        Err(_) => {
+            eprintln!("the daemon at http://{listen} did not answer within {timeout:?}");
+            return 1;
+        }
+    };
+    let status = response.split_whitespace().nth(1).unwrap_or_default().to_string();
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+    println!("{}", body.trim());
+    match status.as_str() {
+        "200" => 0,
+        "400" => 2,
+        _ => 1,
+    }
+}
+
+/// Percent-encodes what a query parameter cannot hold as is.
+fn url_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
 }

@@ -141,7 +141,7 @@ async fn one_run(ctx: &Ctx, db: &Db, sink: LatSink, run: usize) -> Result<RunRes
             )
         }
     };
-    let cfg = FanoutConfig { slot: &slot, table: "bench_lat", sink: sink_yaml, mapping, http_listen: None };
+    let cfg = FanoutConfig { slot: &slot, table: "bench_lat", sink: sink_yaml, mapping, http_listen: None, batch_size: None };
     let mut fanout = Fanout::spawn(&ctx.bin, &ctx.dir, db, &cfg)?;
 
     // Warm up: one row, wait until pgfanout has confirmed it (it is streaming).

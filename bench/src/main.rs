@@ -12,6 +12,7 @@
 //! Run: `cargo run --release -p pgfanout-bench -- [--quick] [--workloads ...]`.
 
 mod db;
+mod feed;
 mod latency;
 mod load;
 mod procstat;
@@ -32,14 +33,14 @@ use crate::load::Shape;
 use crate::report::{Better, Figure};
 use crate::throughput::{Ctx, SinkKind, Spec};
 
-const ALL_WORKLOADS: &[&str] = &["stream-big", "stream-small", "mixed", "redis", "kafka", "search", "latency", "snapshot"];
+const ALL_WORKLOADS: &[&str] = &["stream-big", "stream-small", "mixed", "redis", "kafka", "search", "feed", "latency", "snapshot"];
 
 /// Benchmark pgfanout against pg_recvlogical on this machine.
 #[derive(Parser, Debug)]
 #[command(name = "pgfanout-bench", version)]
 struct Args {
     /// Comma-separated workloads: stream-big, stream-small, mixed, redis,
-    /// kafka, search, latency, snapshot (default: all).
+    /// kafka, search, feed, latency, snapshot (default: all).
     #[arg(long, value_delimiter = ',')]
     workloads: Vec<String>,
     /// Row changes per throughput workload.
@@ -128,6 +129,7 @@ async fn run(args: Args, workloads: Vec<String>, bin: PathBuf) -> Result<()> {
             "kafka" if ctx.kafka.is_some() => throughput::run(&ctx, &spec("kafka (native)", Shape::Big, SinkKind::Kafka)).await,
             "kafka" => Ok(vec![not_available("kafka (native)", "n/a: Kafka not installed (scripts/install-jvm-servers.sh kafka)")]),
             "search" => search::run(&ctx).await,
+            "feed" => feed::run(&ctx).await,
             "latency" => latency::run(&ctx).await,
             "snapshot" => snapshot::run(&ctx).await,
             _ => unreachable!("checked above"),

@@ -150,7 +150,7 @@ fn fanout_config<'a>(ctx: &Ctx, spec: &Spec, slot: &'a str, run: usize) -> Resul
             )
         }
     };
-    Ok(FanoutConfig { slot, table, sink, mapping, http_listen: None })
+    Ok(FanoutConfig { slot, table, sink, mapping, http_listen: None, batch_size: None })
 }
 
 /// Gives each run an empty sink: FLUSHALL for Redis. Kafka keeps its log

@@ -45,6 +45,8 @@ pub struct FanoutConfig<'a> {
     pub mapping: String,
     /// `Some(addr)` enables the HTTP listener on it.
     pub http_listen: Option<String>,
+    /// `runtime.batch_size` (default: pgfanout's).
+    pub batch_size: Option<usize>,
 }
 
 impl FanoutConfig<'_> {
@@ -54,13 +56,14 @@ impl FanoutConfig<'_> {
             None => "http:\n  enabled: false\n".to_string(),
         };
         format!(
-            "source:\n  postgres:\n    url: {url}\n    slot: {slot}\n    publication: {PUBLICATION}\n    snapshot: never\n    status_interval: {STATUS_INTERVAL}\nsinks:\n  out: {sink}\npipelines:\n  - name: bench\n    from: [\"public.{table}\"]\n    to: out\n{mapping}dead_letter:\n  path: \"{dlq}\"\n{http}runtime:\n  shutdown_timeout: 30s\n",
+            "source:\n  postgres:\n    url: {url}\n    slot: {slot}\n    publication: {PUBLICATION}\n    snapshot: never\n    status_interval: {STATUS_INTERVAL}\nsinks:\n  out: {sink}\npipelines:\n  - name: bench\n    from: [\"public.{table}\"]\n    to: out\n{mapping}dead_letter:\n  path: \"{dlq}\"\n{http}runtime:\n  shutdown_timeout: 30s\n{batch}",
             url = db.url(),
             slot = self.slot,
             sink = self.sink,
             table = self.table,
             mapping = self.mapping,
             dlq = dir.join(format!("{}.dead.jsonl", self.slot)).display(),
+            batch = self.batch_size.map(|n| format!("  batch_size: {n}\n")).unwrap_or_default(),
         )
     }
 }

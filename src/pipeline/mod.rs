@@ -179,29 +179,45 @@ impl Router {
             if r.ops & bit == 0 {
                 continue;
             }
-            if let Some(filter) = &r.filter {
-                let vars = vars.get_or_insert_with(|| ChangeVars::new(change));
-                match filter.evaluate_bool(&self.env, vars) {
-                    Ok(true) => {}
-                    Ok(false) => continue,
-                    Err(error) => {
-                        out.push(Routed::DeadLetter { pipeline: Arc::clone(&r.name), sink: r.sink, error, change: Arc::clone(change) });
-                        continue;
-                    }
-                }
+            if let Some(routed) = self.apply(r, change, &mut vars) {
+                out.push(routed);
             }
-            if r.transforms.is_empty() {
-                out.push(Routed::Deliver { sink: r.sink, record: SinkRecord { change: Arc::clone(change), route: r.route } });
-                continue;
-            }
-            let mut changed = Change::clone(change);
-            match r.transforms.iter().try_for_each(|t| t.apply(&mut changed, &self.env)) {
-                Ok(()) => out.push(Routed::Deliver { sink: r.sink, record: SinkRecord { change: Arc::new(changed), route: r.route } }),
+        }
+    }
+
+    /// Routes `change` through pipeline number `pipeline` alone (for
+    /// `verify` and repairs): its tables, filter and transforms, but not its
+    /// `ops` (a row read back is what its inserts and updates left).
+    /// `None` when the pipeline does not read the table or its filter is
+    /// false.
+    pub fn route_pipeline(&self, pipeline: usize, change: &Arc<Change>) -> Option<Routed> {
+        let r = self.routes.get(pipeline)?;
+        if !r.patterns.iter().any(|p| p.matches(&change.schema, &change.table)) {
+            return None;
+        }
+        self.apply(r, change, &mut None)
+    }
+
+    /// Filter, then transforms, of one pipeline.
+    fn apply<'c>(&self, r: &Route, change: &'c Arc<Change>, vars: &mut Option<ChangeVars<'c>>) -> Option<Routed> {
+        if let Some(filter) = &r.filter {
+            let vars = vars.get_or_insert_with(|| ChangeVars::new(change));
+            match filter.evaluate_bool(&self.env, vars) {
+                Ok(true) => {}
+                Ok(false) => return None,
                 Err(error) => {
-                    out.push(Routed::DeadLetter { pipeline: Arc::clone(&r.name), sink: r.sink, error, change: Arc::clone(change) })
+                    return Some(Routed::DeadLetter { pipeline: Arc::clone(&r.name), sink: r.sink, error, change: Arc::clone(change) })
                 }
             }
         }
+        if r.transforms.is_empty() {
+            return Some(Routed::Deliver { sink: r.sink, record: SinkRecord { change: Arc::clone(change), route: r.route } });
+        }
+        let mut changed = Change::clone(change);
+        Some(match r.transforms.iter().try_for_each(|t| t.apply(&mut changed, &self.env)) {
+            Ok(()) => Routed::Deliver { sink: r.sink, record: SinkRecord { change: Arc::new(changed), route: r.route } },
+            Err(error) => Routed::DeadLetter { pipeline: Arc::clone(&r.name), sink: r.sink, error, change: Arc::clone(change) },
+        })
     }
 
     /// For sink index `sink`, the pipelines targeting it in route order:

@@ -34,22 +34,42 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use tokio::sync::Notify;
+
 use pgfanout_sdk::Lsn;
 
 /// A sink's published progress: the highest transaction sequence number up
 /// to which all its records are durable. Shared between a worker and the
 /// tracker.
+/// Every sink's `DurableSeq` may share one [`Notify`] (see
+/// [`DurableSeq::waking`]) that is signalled on each advance, so the stream
+/// reader publishes new positions (for `/wait`) without polling.
 #[derive(Debug, Default, Clone)]
-pub struct DurableSeq(Arc<AtomicU64>);
+pub struct DurableSeq {
+    seq: Arc<AtomicU64>,
+    wake: Arc<Notify>,
+}
 
 impl DurableSeq {
+    /// A sequence whose advances signal `wake`.
+    pub fn waking(wake: Arc<Notify>) -> Self {
+        DurableSeq { seq: Arc::default(), wake }
+    }
+
     pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Acquire)
+        self.seq.load(Ordering::Acquire)
+    }
+
+    /// What [`advance`](Self::advance) signals.
+    pub fn wake(&self) -> Arc<Notify> {
+        self.wake.clone()
     }
 
     /// Publishes progress; never moves backwards.
     pub fn advance(&self, seq: u64) {
-        self.0.fetch_max(seq, Ordering::AcqRel);
+        if self.seq.fetch_max(seq, Ordering::AcqRel) < seq {
+            self.wake.notify_one();
+        }
     }
 }
 
@@ -57,11 +77,11 @@ impl DurableSeq {
 #[derive(Debug)]
 pub struct AckTracker {
     sinks: Vec<DurableSeq>,
-    /// (sequence, end LSN) of committed transactions not yet durable
-    /// everywhere; `None` for barriers (snapshot or backfill work), which
-    /// must be durable before anything after them is confirmed but confirm
-    /// nothing themselves.
-    pending: VecDeque<(u64, Option<Lsn>)>,
+    /// (sequence, (commit LSN, end LSN)) of committed transactions not yet
+    /// durable everywhere; `None` for barriers (snapshot or backfill work),
+    /// which must be durable before anything after them is confirmed but
+    /// confirm nothing themselves.
+    pending: VecDeque<(u64, Option<(Lsn, Lsn)>)>,
     /// The highest stream position registered (commit end LSNs, idle
     /// keepalives) or the slot's start: the ceiling of `confirmed`.
     stream_high: Lsn,
@@ -71,21 +91,37 @@ pub struct AckTracker {
     confirmed: Lsn,
     /// Per sink: the last (seq, end LSN) known durable in that sink.
     sink_lsn: Vec<(u64, Lsn)>,
+    /// Per sink: its durable sequence as of the last `poll`.
+    seen: Vec<u64>,
 }
 
 impl AckTracker {
     /// `start` is the slot's confirmed position (nothing below it is resent).
     pub fn new(sinks: Vec<DurableSeq>, start: Lsn) -> Self {
         let n = sinks.len();
-        AckTracker { sinks, pending: VecDeque::new(), stream_high: start, next_seq: 1, confirmed: start, sink_lsn: vec![(0, start); n] }
+        AckTracker {
+            sinks,
+            pending: VecDeque::new(),
+            stream_high: start,
+            next_seq: 1,
+            confirmed: start,
+            sink_lsn: vec![(0, start); n],
+            seen: vec![0; n],
+        }
+    }
+
+    /// Signalled when a sink's durable sequence advances (the sinks share
+    /// one, see [`DurableSeq::waking`]).
+    pub fn wake(&self) -> Arc<Notify> {
+        self.sinks.first().map(DurableSeq::wake).unwrap_or_default()
     }
 
     /// Registers a transaction committed in the replication stream (its
-    /// Commit message's end LSN) and returns the sequence number to send to
-    /// every sink as its commit marker.
-    pub fn commit(&mut self, end_lsn: Lsn) -> u64 {
+    /// Commit message's commit and end LSNs) and returns the sequence number
+    /// to send to every sink as its commit marker.
+    pub fn commit(&mut self, commit_lsn: Lsn, end_lsn: Lsn) -> u64 {
         self.stream_high = self.stream_high.max(end_lsn);
-        self.push(Some(end_lsn))
+        self.push(Some((commit_lsn, end_lsn)))
     }
 
     /// Registers work that is not a stream transaction (snapshot or backfill
@@ -96,7 +132,7 @@ impl AckTracker {
         self.push(None)
     }
 
-    fn push(&mut self, end_lsn: Option<Lsn>) -> u64 {
+    fn push(&mut self, end_lsn: Option<(Lsn, Lsn)>) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.pending.push_back((seq, end_lsn));
@@ -112,7 +148,7 @@ impl AckTracker {
     pub fn poll(&mut self) -> Lsn {
         let durable: Vec<u64> = self.sinks.iter().map(DurableSeq::get).collect();
         for (i, &d) in durable.iter().enumerate() {
-            if let Some((seq, lsn)) = self.pending.iter().take_while(|(s, _)| *s <= d).filter_map(|&(s, l)| l.map(|l| (s, l))).last() {
+            if let Some((seq, lsn)) = self.pending.iter().take_while(|(s, _)| *s <= d).filter_map(|&(s, l)| l.map(|l| (s, l.1))).last() {
                 if seq > self.sink_lsn[i].0 {
                     self.sink_lsn[i] = (seq, lsn);
                 }
@@ -124,10 +160,11 @@ impl AckTracker {
                 break;
             }
             self.pending.pop_front();
-            if let Some(lsn) = lsn {
+            if let Some((_, lsn)) = lsn {
                 self.confirmed = self.confirmed.max(lsn);
             }
         }
+        self.seen = durable;
         // The invariant (module docs): never past what the stream delivered.
         debug_assert!(self.confirmed <= self.stream_high);
         self.confirmed = self.confirmed.min(self.stream_high);
@@ -156,6 +193,20 @@ impl AckTracker {
     pub fn sink_positions(&self) -> Vec<Lsn> {
         self.sink_lsn.iter().map(|(_, l)| *l).collect()
     }
+
+    /// Per sink, as of the last [`poll`](Self::poll): the commit LSN of the
+    /// oldest transaction received but not yet durable in it. With
+    /// [`sink_positions`](Self::sink_positions) this answers "is every
+    /// transaction committed at or before X durable in this sink?": yes when
+    /// its position is at least X and no transaction committed at or before X
+    /// is still pending in it (a commit LSN given as X is the start of the
+    /// commit record, so the position alone cannot tell).
+    pub fn sink_oldest_pending(&self) -> Vec<Option<Lsn>> {
+        self.seen
+            .iter()
+            .map(|&d| self.pending.iter().filter(|(s, _)| *s > d).find_map(|(_, l)| l.map(|(commit, _)| commit)))
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -167,8 +218,8 @@ mod tests {
         let a = DurableSeq::default();
         let b = DurableSeq::default();
         let mut t = AckTracker::new(vec![a.clone(), b.clone()], Lsn(10));
-        let s1 = t.commit(Lsn(100));
-        let s2 = t.commit(Lsn(200));
+        let s1 = t.commit(Lsn(99), Lsn(100));
+        let s2 = t.commit(Lsn(199), Lsn(200));
         assert_eq!(t.poll(), Lsn(10));
         a.advance(s2);
         assert_eq!(t.poll(), Lsn(10), "sink b has nothing yet");
@@ -181,12 +232,31 @@ mod tests {
     }
 
     #[test]
+    fn oldest_pending_commit_per_sink() {
+        let a = DurableSeq::default();
+        let b = DurableSeq::default();
+        let mut t = AckTracker::new(vec![a.clone(), b.clone()], Lsn(10));
+        let s1 = t.commit(Lsn(90), Lsn(100));
+        // The next commit record starts exactly where the first one ends: a
+        // wait for LSN 100 must still wait for it.
+        let s2 = t.commit(Lsn(100), Lsn(110));
+        a.advance(s1);
+        t.poll();
+        assert_eq!(t.sink_positions(), vec![Lsn(100), Lsn(10)]);
+        assert_eq!(t.sink_oldest_pending(), vec![Some(Lsn(100)), Some(Lsn(90))]);
+        a.advance(s2);
+        b.advance(s2);
+        t.poll();
+        assert_eq!(t.sink_oldest_pending(), vec![None, None]);
+    }
+
+    #[test]
     fn idle_keepalive_confirms_only_when_nothing_in_flight() {
         let a = DurableSeq::default();
         let mut t = AckTracker::new(vec![a.clone()], Lsn(10));
         assert_eq!(t.idle_position(Lsn(50), false), Lsn(50));
         assert_eq!(t.idle_position(Lsn(60), true), Lsn(50), "open transaction");
-        let s = t.commit(Lsn(70));
+        let s = t.commit(Lsn(69), Lsn(70));
         assert_eq!(t.idle_position(Lsn(80), false), Lsn(50), "transaction in flight");
         a.advance(s);
         assert_eq!(t.idle_position(Lsn(80), false), Lsn(80));
@@ -203,9 +273,9 @@ mod tests {
         a.advance(snap);
         assert_eq!(t.poll(), Lsn(10), "a snapshot's version is not a stream position");
         assert_eq!(t.sink_positions(), vec![Lsn(10)]);
-        let s1 = t.commit(Lsn(100));
+        let s1 = t.commit(Lsn(99), Lsn(100));
         let b = t.barrier();
-        let s2 = t.commit(Lsn(200));
+        let s2 = t.commit(Lsn(199), Lsn(200));
         assert_eq!(t.idle_position(Lsn(150), false), Lsn(10), "work in flight");
         a.advance(s1);
         assert_eq!(t.poll(), Lsn(100));
@@ -229,7 +299,7 @@ mod tests {
             x ^= x << 17;
             if x.is_multiple_of(3) {
                 let lsn = Lsn(step * 10 + 5);
-                commits.push((t.commit(lsn), lsn));
+                commits.push((t.commit(Lsn(lsn.0 - 1), lsn), lsn));
             } else if !commits.is_empty() {
                 let s = &sinks[(x % 3) as usize];
                 let target = commits[(x as usize / 3) % commits.len()].0;

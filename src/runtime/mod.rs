@@ -50,7 +50,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     if cfg.http.enabled {
         let handle = crate::http::install_recorder().map_err(|e| RunError::Fatal(format!("metrics: {e}")))?;
         let mut rx = shutdown_rx.clone();
-        crate::http::serve(&cfg.http.listen, handle, health.clone(), async move {
+        crate::http::serve(&cfg.http.listen, handle, health.clone(), cfg.sinks.keys().cloned().collect(), async move {
             let _ = rx.wait_for(|v| *v).await;
         })
         .await

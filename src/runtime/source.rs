@@ -89,6 +89,8 @@ pub struct SourceLoop {
     stats: Stats,
     /// When the oldest item not yet handed to a sink was queued locally.
     unflushed_since: Option<Instant>,
+    /// Signalled when a sink made something durable.
+    durable_changed: Arc<tokio::sync::Notify>,
 }
 
 /// (schema name pointer, table name pointer, op): cheap to hash per change.
@@ -118,7 +120,9 @@ impl SourceLoop {
     ) -> Self {
         let n = senders.len();
         let start = tracker.confirmed();
+        let durable_changed = tracker.wake();
         SourceLoop {
+            durable_changed,
             settings,
             router,
             senders,
@@ -228,11 +232,14 @@ impl SourceLoop {
                             self.flush_local(Some(&mut stream)).await?;
                             continue;
                         }
+                        // A sink made something durable: publish it.
+                        _ = self.durable_changed.notified() => continue,
                         _ = tick.tick() => {
                             self.publish_stats();
                             if last_slot_sample.elapsed() >= SLOT_SAMPLE_EVERY {
                                 last_slot_sample = Instant::now();
                                 sample_retained_wal(&sql, &self.settings.slot).await;
+                                sample_verify_results(&sql).await;
                             }
                             continue;
                         }
@@ -278,10 +285,10 @@ impl SourceLoop {
                     *mark = chunk.len();
                 }
             }
-            LogicalMessage::Commit { end_lsn, .. } => {
+            LogicalMessage::Commit { commit_lsn, end_lsn, .. } => {
                 self.tx = None;
                 self.stats.transactions += 1;
-                let seq = self.tracker.commit(end_lsn);
+                let seq = self.tracker.commit(commit_lsn, end_lsn);
                 self.unflushed_since.get_or_insert_with(Instant::now);
                 for chunk in self.local.iter_mut() {
                     chunk.push(Item::Commit(seq));
@@ -432,6 +439,7 @@ impl SourceLoop {
 
     async fn maybe_send_status(&mut self, stream: &mut ReplicationStream, reply: bool) -> Result<(), SourceError> {
         let confirmed = self.tracker.poll();
+        self.publish_progress(self.sent_flush);
         let due = self.last_status.elapsed() >= self.settings.status_interval;
         let advanced = confirmed > self.sent_flush && self.last_status.elapsed() >= Duration::from_millis(200);
         if reply || due || advanced {
@@ -447,13 +455,33 @@ impl SourceLoop {
         self.sent_flush = self.sent_flush.max(flush);
         self.last_status = Instant::now();
         metrics::gauge!(m::CONFIRMED_FLUSH_LSN).set(flush.0 as f64);
-        let mut sinks = Vec::with_capacity(self.sink_names.len());
         for (name, lsn) in self.sink_names.iter().zip(self.tracker.sink_positions()) {
             metrics::gauge!(m::SINK_DURABLE_LSN, m::LABEL_SINK => name.clone()).set(lsn.0 as f64);
-            sinks.push(SinkProgress { name: name.clone(), durable_lsn: lsn });
         }
-        self.health.progress.send_replace(Progress { confirmed_flush_lsn: flush, sinks });
+        self.publish_progress(flush);
         Ok(())
+    }
+
+    /// Publishes the positions of the last `poll` (for `/status` and
+    /// `/wait`) when they changed: every time a sink makes something
+    /// durable, not only with status updates.
+    fn publish_progress(&mut self, flush: Lsn) {
+        let sinks: Vec<SinkProgress> = self
+            .sink_names
+            .iter()
+            .zip(self.tracker.sink_positions())
+            .zip(self.tracker.sink_oldest_pending())
+            .map(|((name, lsn), pending)| SinkProgress { name: name.clone(), durable_lsn: lsn, pending_commit_lsn: pending })
+            .collect();
+        let next = Progress { confirmed_flush_lsn: flush, sinks };
+        self.health.progress.send_if_modified(|p| {
+            if *p == next {
+                false
+            } else {
+                *p = next;
+                true
+            }
+        });
     }
 
     pub(super) fn publish_stats(&mut self) {
@@ -519,6 +547,25 @@ async fn sample_retained_wal(sql: &tokio_postgres::Client, slot: &str) {
     if let Ok(Ok(Some(row))) = tokio::time::timeout(Duration::from_secs(2), query).await {
         if let Ok(Some(bytes)) = row.try_get::<_, Option<f64>>(0) {
             metrics::gauge!(m::SLOT_RETAINED_WAL_BYTES).set(bytes);
+        }
+    }
+}
+
+/// Exports what the last `pgfanout verify` of each pipeline found (it
+/// records that in `pgfanout.verify_results`, see `crate::verify`).
+async fn sample_verify_results(sql: &tokio_postgres::Client) {
+    let exists = sql.query_one("SELECT to_regclass('pgfanout.verify_results') IS NOT NULL", &[]);
+    if !matches!(tokio::time::timeout(Duration::from_secs(2), exists).await, Ok(Ok(row)) if row.try_get::<_, bool>(0).unwrap_or(false)) {
+        return;
+    }
+    let query = sql.query("SELECT pipeline, divergent::float8, extract(epoch FROM finished_at)::float8 FROM pgfanout.verify_results", &[]);
+    if let Ok(Ok(rows)) = tokio::time::timeout(Duration::from_secs(2), query).await {
+        for row in rows {
+            let (Ok(pipeline), Ok(divergent), Ok(at)) = (row.try_get::<_, String>(0), row.try_get::<_, f64>(1), row.try_get::<_, f64>(2)) else {
+                continue;
+            };
+            metrics::gauge!(m::VERIFY_DIVERGENT_KEYS, m::LABEL_PIPELINE => pipeline.clone()).set(divergent);
+            metrics::gauge!(m::VERIFY_LAST_RUN_TIMESTAMP_SECONDS, m::LABEL_PIPELINE => pipeline).set(at);
         }
     }
 }

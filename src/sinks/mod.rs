@@ -188,10 +188,11 @@ pub async fn spawn_all(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Option<Sinks>, String> {
     let mut sinks = Sinks { names: Vec::new(), senders: Vec::new(), durable: Vec::new(), workers: Vec::new() };
+    let wake = Arc::new(tokio::sync::Notify::new());
     for (index, (name, sink_cfg)) in cfg.sinks.iter().enumerate() {
         let routes = router.routes_for_sink(index);
         let (tx, rx) = mpsc::channel::<Chunk>(cfg.runtime.queue_batches.max(1));
-        let durable = DurableSeq::default();
+        let durable = DurableSeq::waking(wake.clone());
         let worker = Worker {
             name: Arc::from(name.as_str()),
             rx,

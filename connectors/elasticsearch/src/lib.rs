@@ -46,9 +46,10 @@
 mod client;
 mod config;
 mod sink;
+mod verify;
 
 use pgfanout_sdk::connector::{parse_sink, BoxFuture};
-use pgfanout_sdk::{Check, ConfigError, ConfiguredSink, Connector, DynSink, SinkError, SinkInput};
+use pgfanout_sdk::{Check, ConfigError, ConfiguredSink, Connector, DynSink, SinkError, SinkInput, Verifier};
 
 pub use config::{check_index_name, DeleteMode, SearchMapping, SearchSinkConfig, TruncateMode};
 pub use sink::SearchSink;
@@ -84,6 +85,17 @@ struct Configured {
 impl ConfiguredSink for Configured {
     fn build(&self) -> BoxFuture<'_, Result<Box<dyn DynSink>, SinkError>> {
         Box::pin(async move { Ok(Box::new(SearchSink::connect(&self.settings, self.mappings.clone()).await?) as Box<dyn DynSink>) })
+    }
+
+    fn verifiable(&self, route: usize) -> Result<(), String> {
+        self.mappings.get(route).map_or_else(|| Err("no such route".into()), verify::verifiable)
+    }
+
+    fn verifier(&self, route: usize) -> BoxFuture<'_, Result<Box<dyn Verifier>, SinkError>> {
+        Box::pin(async move {
+            let m = self.mappings.get(route).ok_or_else(|| SinkError::Permanent(format!("no route {route}")))?;
+            verify::connect(&self.settings, m)
+        })
     }
 
     /// The cluster answers with these credentials; each constant index

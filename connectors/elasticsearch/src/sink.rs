@@ -20,29 +20,29 @@ use crate::config::{DeleteMode, SearchMapping, SearchSinkConfig, TruncateMode};
 const ITEM_ATTEMPTS: usize = 8;
 
 /// A compiled mapping.
-struct Route {
-    index: Template,
+pub(crate) struct Route {
+    pub(crate) index: Template,
     id: Option<Template>,
     routing: Option<Template>,
     /// `{"settings":..,"mappings":..}` for indexes the sink creates.
     create_body: Json,
     pipeline: Option<String>,
-    delete: DeleteMode,
-    soft_field: String,
+    pub(crate) delete: DeleteMode,
+    pub(crate) soft_field: String,
     truncate: TruncateMode,
 }
 
 /// Where a document lives.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct DocRef {
-    index: String,
-    id: String,
-    routing: Option<String>,
+pub(crate) struct DocRef {
+    pub(crate) index: String,
+    pub(crate) id: String,
+    pub(crate) routing: Option<String>,
 }
 
 /// One `_bulk` action of a record.
 #[derive(Debug, Clone)]
-enum Action {
+pub(crate) enum Action {
     /// Index the whole document (JSON object bytes).
     Index {
         doc: DocRef,
@@ -77,7 +77,7 @@ impl Action {
 }
 
 /// A planned record: its actions, or a truncate of an index.
-enum Planned {
+pub(crate) enum Planned {
     Actions(usize, Vec<Action>),
     Truncate(usize, String),
 }
@@ -490,7 +490,7 @@ impl SearchSink {
     }
 }
 
-fn compile(m: &SearchMapping) -> Result<Route, String> {
+pub(crate) fn compile(m: &SearchMapping) -> Result<Route, String> {
     let t = |s: &str| Template::parse(s).map_err(|e| e.to_string());
     let mut create_body = serde_json::json!({});
     if let Some(file) = &m.index_file {
@@ -553,7 +553,7 @@ fn row_object(row: &pgfanout_sdk::Row) -> Map<String, Json> {
     serde_json::from_slice(&out).unwrap_or_default()
 }
 
-fn plan_change(route: &Route, change: &Change) -> Result<Option<Planned>, String> {
+pub(crate) fn plan_change(route: &Route, change: &Change) -> Result<Option<Planned>, String> {
     let version = change.position().commit_version();
     match change.op {
         Op::Truncate => Ok((route.truncate == TruncateMode::DeleteByQuery)

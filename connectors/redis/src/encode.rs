@@ -18,10 +18,10 @@ pub(crate) const WHOLE_KEY: &str = "_key";
 /// A mapping with its templates parsed.
 #[derive(Debug, Clone)]
 pub(crate) struct CompiledMapping {
-    kind: MappingKind,
-    key: Template,
-    field: Option<Template>,
-    value: Option<Template>,
+    pub(crate) kind: MappingKind,
+    pub(crate) key: Template,
+    pub(crate) field: Option<Template>,
+    pub(crate) value: Option<Template>,
     column: Option<String>,
     member: Option<Template>,
     score: Option<String>,

@@ -21,16 +21,50 @@ mod config;
 mod encode;
 mod error;
 mod sink;
+mod verify;
+
+use pgfanout_sdk::connector::{parse_sink, BoxFuture};
+use pgfanout_sdk::{ConfigError, ConfiguredSink, Connector, DynSink, SinkError, SinkInput, Verifier};
 
 pub use config::{MappingKind, RedisMapping, RedisSinkConfig};
 pub use sink::RedisSink;
 
 /// The connector: `type: redis`, settings [`RedisSinkConfig`], a `redis:` mapping
 /// ([`RedisMapping`]) per pipeline.
-pub static CONNECTOR: pgfanout_sdk::connector::TypedConnector<RedisSinkConfig, RedisMapping> = pgfanout_sdk::connector::TypedConnector {
-    kind: "redis",
-    aliases: &[],
-    validate_settings: RedisSinkConfig::validate,
-    validate_mapping: RedisMapping::validate,
-    connect: |settings, mappings| Box::pin(async move { Ok(Box::new(RedisSink::connect(settings, mappings.to_vec()).await?) as _) }),
-};
+pub static CONNECTOR: RedisConnector = RedisConnector;
+
+/// See [`CONNECTOR`].
+pub struct RedisConnector;
+
+impl Connector for RedisConnector {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    fn configure(&self, input: &SinkInput<'_>) -> Result<Box<dyn ConfiguredSink>, Vec<ConfigError>> {
+        let (settings, mappings) = parse_sink(self.kind(), input, RedisSinkConfig::validate, RedisMapping::validate)?;
+        Ok(Box::new(Configured { settings, mappings }))
+    }
+}
+
+struct Configured {
+    settings: RedisSinkConfig,
+    mappings: Vec<RedisMapping>,
+}
+
+impl ConfiguredSink for Configured {
+    fn build(&self) -> BoxFuture<'_, Result<Box<dyn DynSink>, SinkError>> {
+        Box::pin(async move { Ok(Box::new(RedisSink::connect(&self.settings, self.mappings.clone()).await?) as Box<dyn DynSink>) })
+    }
+
+    fn verifiable(&self, route: usize) -> Result<(), String> {
+        self.mappings.get(route).map_or_else(|| Err("no such route".into()), verify::verifiable)
+    }
+
+    fn verifier(&self, route: usize) -> BoxFuture<'_, Result<Box<dyn Verifier>, SinkError>> {
+        Box::pin(async move {
+            let m = self.mappings.get(route).ok_or_else(|| SinkError::Permanent(format!("no route {route}")))?;
+            verify::connect(&self.settings, m).await
+        })
+    }
+}

@@ -177,7 +177,7 @@ impl RedisSink {
 }
 
 /// Builds the client: URL, ACL credentials, database, TLS.
-fn build_client(cfg: &RedisSinkConfig) -> Result<Client, SinkError> {
+pub(crate) fn build_client(cfg: &RedisSinkConfig) -> Result<Client, SinkError> {
     let mut url = cfg.url.clone();
     if cfg.is_tls() && cfg.tls.insecure && !url.contains('#') {
         url.push_str("#insecure");

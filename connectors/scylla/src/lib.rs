@@ -47,12 +47,13 @@
 mod config;
 mod sink;
 mod types;
+mod verify;
 
 pub use config::{ConsistencyName, Meta, Mode, ScyllaMapping, ScyllaSettings, Source};
 pub use sink::{ScyllaSink, SLOTS};
 
 use pgfanout_sdk::connector::{parse_sink, BoxFuture};
-use pgfanout_sdk::{Check, ConfigError, ConfiguredSink, Connector, DynSink, SinkError, SinkInput};
+use pgfanout_sdk::{Check, ConfigError, ConfiguredSink, Connector, DynSink, SinkError, SinkInput, Verifier};
 
 /// The connector: `type: scylla` (alias `cassandra`), settings
 /// [`ScyllaSettings`], a `scylla:` mapping ([`ScyllaMapping`]) per pipeline.
@@ -88,6 +89,17 @@ impl ConfiguredSink for Configured {
     /// Connects and checks that every mapped table and column exists.
     fn doctor(&self) -> BoxFuture<'_, Vec<Check>> {
         Box::pin(sink::doctor(&self.settings, &self.mappings))
+    }
+
+    fn verifiable(&self, route: usize) -> Result<(), String> {
+        self.mappings.get(route).map_or_else(|| Err("no such route".into()), verify::verifiable)
+    }
+
+    fn verifier(&self, route: usize) -> BoxFuture<'_, Result<Box<dyn Verifier>, SinkError>> {
+        Box::pin(async move {
+            let m = self.mappings.get(route).ok_or_else(|| SinkError::Permanent(format!("no route {route}")))?;
+            verify::connect(&self.settings, m).await
+        })
     }
 }
 

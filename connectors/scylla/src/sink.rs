@@ -28,20 +28,20 @@ use crate::types::to_cql;
 /// the writes of that transaction (see the crate docs).
 pub const SLOTS: i64 = 16;
 
-struct Col {
-    name: String,
+pub(crate) struct Col {
+    pub(crate) name: String,
     source: Source,
     typ: ColumnType<'static>,
 }
 
-struct Route {
-    mode: Mode,
+pub(crate) struct Route {
+    pub(crate) mode: Mode,
     ops: Vec<Op>,
     ttl: Option<u64>,
-    qualified: String,
-    cols: Vec<Col>,
+    pub(crate) qualified: String,
+    pub(crate) cols: Vec<Col>,
     /// Indexes into `cols` of the primary key (partition key first).
-    pk: Vec<usize>,
+    pub(crate) pk: Vec<usize>,
     /// How many of `pk` are the partition key.
     partition_len: usize,
 }
@@ -178,7 +178,7 @@ pub(crate) fn create_statements(s: &ScyllaSettings, maps: &[ScyllaMapping]) -> V
 
 /// Looks every mapped table and column up in the cluster's schema. Returns
 /// the compiled routes, or every problem found (each with its fix).
-fn compile_routes(session: &Session, s: &ScyllaSettings, maps: &[ScyllaMapping]) -> (Vec<Route>, Vec<(String, String)>) {
+pub(crate) fn compile_routes(session: &Session, s: &ScyllaSettings, maps: &[ScyllaMapping]) -> (Vec<Route>, Vec<(String, String)>) {
     let state = session.get_cluster_state();
     let mut routes = Vec::new();
     let mut problems = Vec::new();
@@ -265,7 +265,7 @@ pub(crate) async fn doctor(s: &ScyllaSettings, maps: &[ScyllaMapping]) -> Vec<Ch
 }
 
 /// What one change does to one row of one route.
-enum Action {
+pub(crate) enum Action {
     Delete { pk: Vec<Option<CqlValue>> },
     Write { pk: Vec<Option<CqlValue>>, cols: Vec<(usize, Option<CqlValue>)> },
 }
@@ -414,7 +414,7 @@ impl ScyllaSink {
     }
 
     /// The actions of one upsert change.
-    fn upsert_actions(route: &Route, change: &Change) -> Result<Vec<Action>, String> {
+    pub(crate) fn upsert_actions(route: &Route, change: &Change) -> Result<Vec<Action>, String> {
         match change.op {
             Op::Truncate => Ok(Vec::new()),
             Op::Delete => {

@@ -26,6 +26,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::sink::{BatchOutcome, Sink, SinkError, SinkRecord};
+use crate::verify::Verifier;
 
 /// A boxed future, for the object-safe parts of the contract.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -129,6 +130,20 @@ pub trait ConfiguredSink: Send + Sync {
                 Err(e) => vec![Check::failed("connect", e.to_string())],
             }
         })
+    }
+
+    /// Whether `verify` can read back route `route`'s state: `Err` says why
+    /// not (the store holds no state, e.g. a stream or a file).
+    fn verifiable(&self, route: usize) -> Result<(), String> {
+        let _ = route;
+        Err("this sink type holds no state pgfanout can read back".into())
+    }
+
+    /// Connects a [`Verifier`] for route `route` (only called when
+    /// [`verifiable`](Self::verifiable) said yes).
+    fn verifier(&self, route: usize) -> BoxFuture<'_, Result<Box<dyn Verifier>, SinkError>> {
+        let why = self.verifiable(route).err().unwrap_or_default();
+        Box::pin(async move { Err(SinkError::Permanent(why)) })
     }
 }
 

@@ -13,6 +13,7 @@ pub mod settings;
 pub mod sink;
 pub mod template;
 pub mod value;
+pub mod verify;
 
 pub use change::{Change, Op, Position};
 pub use connector::{Check, ConfigError, ConfiguredSink, Connector, DynSink, FieldError, SinkInput, TypedSink};
@@ -20,3 +21,4 @@ pub use lsn::Lsn;
 pub use sink::{BatchOutcome, Rejected, Sink, SinkError, SinkRecord};
 pub use template::{Template, TemplateError};
 pub use value::{Row, Value};
+pub use verify::{Expected, Verifier};

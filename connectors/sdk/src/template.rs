@@ -132,6 +132,20 @@ impl Template {
         }
     }
 
+    /// A match pattern for every text the template can render: literal
+    /// parts through `literal` (to escape them), each placeholder as
+    /// `wildcard`. E.g. `cart:{user_id}` with a glob escape and `*`:
+    /// `cart:*` (for Redis `SCAN MATCH`).
+    pub fn pattern(&self, literal: impl Fn(&str) -> String, wildcard: &str) -> String {
+        self.parts
+            .iter()
+            .map(|p| match p {
+                Part::Literal(l) => literal(l),
+                _ => wildcard.to_string(),
+            })
+            .collect()
+    }
+
     /// True when the template has no placeholder.
     pub fn is_constant(&self) -> bool {
         self.parts.iter().all(|p| matches!(p, Part::Literal(_)))

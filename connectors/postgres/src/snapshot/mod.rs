@@ -24,6 +24,7 @@
 //! [`state`] keeps which tables of a slot were copied, in the source database.
 
 mod copy_text;
+pub mod keyed;
 mod plan;
 mod state;
 
@@ -311,7 +312,7 @@ async fn copy_piece(
         let Some(chunk) = next else { break };
         let chunk = chunk?;
         lines.push(&chunk, |line| {
-            batch.push(decode_line(rel, line, scratch, shared.version, has_key)?);
+            batch.push(decode_line(rel, line, scratch, shared.version, has_key, None)?);
             Ok::<_, SourceError>(())
         })?;
         if batch.len() >= batch_rows {
@@ -354,7 +355,16 @@ fn closed() -> SourceError {
 }
 
 /// One COPY text line to a read change.
-fn decode_line(rel: &RelationPlan, line: &[u8], scratch: &mut Vec<u8>, version: Lsn, has_key: bool) -> Result<Change, SourceError> {
+/// With `key_text`, the key columns' text (as PostgreSQL prints them) is
+/// pushed there too.
+fn decode_line(
+    rel: &RelationPlan,
+    line: &[u8],
+    scratch: &mut Vec<u8>,
+    version: Lsn,
+    has_key: bool,
+    mut key_text: Option<&mut Vec<String>>,
+) -> Result<Change, SourceError> {
     let mut row = Vec::with_capacity(rel.columns.len());
     let mut key = has_key.then(|| Vec::with_capacity(1));
     if !rel.columns.is_empty() || !line.is_empty() {
@@ -371,6 +381,9 @@ fn decode_line(rel: &RelationPlan, line: &[u8], scratch: &mut Vec<u8>, version: 
             if col.is_key {
                 if let Some(k) = key.as_mut() {
                     k.push((col.name.clone(), value.clone()));
+                }
+                if let (Some(out), Some(text)) = (key_text.as_deref_mut(), field) {
+                    out.push(String::from_utf8_lossy(text).into_owned());
                 }
             }
             row.push((col.name.clone(), value));

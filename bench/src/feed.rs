@@ -1,0 +1,160 @@
+//! The feed workload: pgfanout streaming `bench_rows` inserts into a
+//! Cassandra table (`type: scylla`, `mode: upsert`, default concurrency and
+//! batching), against the store's own ceiling on this machine: a plain loader
+//! with the same `scylla` driver sending the same rows as prepared
+//! `INSERT ... USING TIMESTAMP` statements, 64 in flight, values decoded
+//! before the clock starts. ScyllaDB cannot run here; Apache Cassandra 5.0
+//! (testkit::CassandraNode, 1 GB heap) is the store.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use futures_util::stream::{self, StreamExt, TryStreamExt};
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+
+use crate::db::{Db, PUBLICATION};
+use crate::load::Shape;
+use crate::report::{Better, Figure, Goal};
+use crate::throughput::Ctx;
+use crate::tools::{self, FanoutConfig};
+
+const IN_FLIGHT: usize = 64;
+const KEYSPACE: &str = "bench";
+
+pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
+    let node = tokio::task::spawn_blocking(testkit::CassandraNode::start).await?;
+    let contact = node.contact_point();
+    let session: Session = SessionBuilder::new().known_node(&contact).build().await.context("connect to Cassandra")?;
+    session
+        .query_unpaged(
+            format!("CREATE KEYSPACE IF NOT EXISTS {KEYSPACE} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': 1}}"),
+            (),
+        )
+        .await?;
+    let mut rate = Figure::new("feed (cassandra)", "throughput", "rows/s", Better::Higher)
+        .with_baseline("plain prepared-insert loader")
+        .with_goal(Goal::RatioAtLeast(0.8));
+    let mut cpu = Figure::new("feed (cassandra)", "CPU per row", "µs", Better::Lower).with_baseline("plain prepared-insert loader");
+    let mut rss = Figure::new("feed (cassandra)", "peak RSS", "MB", Better::Lower).with_goal(Goal::AtMost(32.0));
+    let db = Db::start(&[]).await?;
+    let shape = Shape::Big;
+    db.exec(&shape.ddl()).await?;
+    db.exec(&format!("CREATE PUBLICATION {PUBLICATION} FOR TABLE {}", shape.table())).await?;
+    let changes = shape.changes(ctx.rows);
+    let timeout = Duration::from_secs(900.max(changes / 500));
+    for run in 0..ctx.runs {
+        let (fan_table, plain_table) = (format!("rows_pgfanout_{run}"), format!("rows_plain_{run}"));
+        for t in [&fan_table, &plain_table] {
+            session
+                .query_unpaged(
+                    format!(
+                        "CREATE TABLE IF NOT EXISTS {KEYSPACE}.{t} (id bigint PRIMARY KEY, account int, name text, amount decimal, \
+                         created_at timestamp, note text)"
+                    ),
+                    (),
+                )
+                .await?;
+        }
+        db.exec(&shape.reset_sql(ctx.rows)).await?;
+        db.prepare_drain(&[]).await?;
+        let slot = format!("pgf_feed_{run}");
+        db.create_slot(&slot).await?;
+        db.exec(&shape.load_sql(ctx.rows)).await?;
+        let end = db.end_lsn().await?;
+        let cfg = FanoutConfig {
+            slot: &slot,
+            table: shape.table(),
+            sink: format!("{{ type: scylla, nodes: [\"{contact}\"], keyspace: {KEYSPACE}, consistency: one }}"),
+            mapping: format!(
+                "    scylla: {{ table: {fan_table}, columns: {{ id: id, account: account, name: name, amount: amount, created_at: created_at, note: note }} }}\n"
+            ),
+            http_listen: None,
+            batch_size: None,
+        };
+        let f = tools::drain_pgfanout(&ctx.bin, &ctx.dir, &db, &cfg, end, timeout).await?;
+        let n = count(&session, &fan_table).await?;
+        if n != changes {
+            bail!("table {fan_table} holds {n} rows, expected {changes}");
+        }
+
+        // The ceiling: the same rows, already typed, before the clock starts.
+        let rows = db
+            .client
+            .query(
+                &format!(
+                    "SELECT id, account, name, amount::text, (extract(epoch from created_at) * 1000)::bigint, note FROM {} ORDER BY id",
+                    shape.table()
+                ),
+                &[],
+            )
+            .await?;
+        type Row = (i64, i32, String, scylla::value::CqlDecimal, scylla::value::CqlTimestamp, String);
+        let values: Vec<Row> = rows
+            .iter()
+            .map(|r| {
+                let amount: String = r.get(3);
+                (r.get(0), r.get(1), r.get(2), decimal(&amount), scylla::value::CqlTimestamp(r.get(4)), r.get(5))
+            })
+            .collect();
+        drop(rows);
+        let insert = Arc::new(
+            session
+                .prepare(format!(
+                    "INSERT INTO {KEYSPACE}.{plain_table} (id, account, name, amount, created_at, note) VALUES (?, ?, ?, ?, ?, ?) USING TIMESTAMP 1"
+                ))
+                .await?,
+        );
+        let cpu_before = crate::procstat::cpu_seconds(std::process::id()).unwrap_or(0.0);
+        let started = Instant::now();
+        stream::iter(values.iter())
+            .map(|v| {
+                let (session, insert) = (&session, insert.clone());
+                async move { session.execute_unpaged(&insert, v).await.map(|_| ()) }
+            })
+            .buffer_unordered(IN_FLIGHT)
+            .try_collect::<()>()
+            .await
+            .context("plain loader insert")?;
+        let plain = started.elapsed().as_secs_f64();
+        let plain_cpu = crate::procstat::cpu_seconds(std::process::id()).unwrap_or(0.0) - cpu_before;
+        eprintln!(
+            "    pgfanout {:.2} s ({:.0} rows/s, {:.2} µs CPU/row, {} MB); plain loader {:.2} s ({:.0} rows/s, {:.2} µs CPU/row)",
+            f.seconds,
+            changes as f64 / f.seconds,
+            f.usage.cpu_seconds * 1e6 / changes as f64,
+            f.usage.peak_rss_kib / 1024,
+            plain,
+            changes as f64 / plain,
+            plain_cpu * 1e6 / changes as f64,
+        );
+        rate.pgfanout.push(changes as f64 / f.seconds);
+        rate.baseline.push(changes as f64 / plain);
+        cpu.pgfanout.push(f.usage.cpu_seconds * 1e6 / changes as f64);
+        cpu.baseline.push(plain_cpu * 1e6 / changes as f64);
+        rss.pgfanout.push(f.usage.peak_rss_kib as f64 / 1024.0);
+        db.drop_slot(&slot).await?;
+        for t in [&fan_table, &plain_table] {
+            let _ = session.query_unpaged(format!("DROP TABLE IF EXISTS {KEYSPACE}.{t}"), ()).await;
+        }
+    }
+    drop(session);
+    drop(node);
+    Ok(vec![rate, cpu, rss])
+}
+
+async fn count(session: &Session, table: &str) -> Result<u64> {
+    let mut q = scylla::statement::unprepared::Statement::new(format!("SELECT count(*) FROM {KEYSPACE}.{table}"));
+    q.set_request_timeout(Some(Duration::from_secs(300)));
+    let r = session.query_unpaged(q, ()).await?.into_rows_result()?;
+    let (n,): (i64,) = r.single_row()?;
+    Ok(n as u64)
+}
+
+/// `123.45` → CQL decimal (unscaled big-endian two's complement, scale).
+fn decimal(s: &str) -> scylla::value::CqlDecimal {
+    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
+    let unscaled: i64 = format!("{int}{frac}").parse().expect("numeric(12,2) fits i64");
+    scylla::value::CqlDecimal::from_signed_be_bytes_and_exponent(unscaled.to_be_bytes().to_vec(), frac.len() as i32)
+}

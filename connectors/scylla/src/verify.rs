@@ -1,0 +1,185 @@
+//! Reading a `mode: upsert` table back for `pgfanout verify`.
+//!
+//! A source row must be the CQL row the sink writes for it as a snapshot
+//! row: its mapped columns, read by primary key (`SELECT ... WHERE pk = ?`)
+//! and compared value by value. Extras: every primary key of the table
+//! (a paged full scan; a table shared with another pipeline shows that
+//! pipeline's rows as extra). `mode: append` tables are logs of changes,
+//! not state: not verified.
+//!
+//! Removing an extra row deletes it `USING TIMESTAMP` = the newest write
+//! time of its columns, so a later write from the stream (a larger
+//! position) still lands. Divergence written with wall-clock timestamps
+//! (the driver's default, far above WAL positions) cannot be repaired by
+//! pgfanout's writes: such rows are reported again.
+
+use std::collections::HashMap;
+
+use futures_util::future::join_all;
+use futures_util::TryStreamExt;
+use pgfanout_sdk::connector::BoxFuture;
+use pgfanout_sdk::verify::{Expected, Verifier};
+use pgfanout_sdk::{SinkError, SinkRecord};
+use scylla::client::session::Session;
+use scylla::statement::prepared::PreparedStatement;
+use scylla::value::{CqlValue, Row};
+use serde_json::{Map, Value as Json};
+
+use crate::config::{Mode, ScyllaMapping, ScyllaSettings};
+use crate::sink::{compile_routes, open_session, Action, Route, ScyllaSink};
+
+pub(crate) struct ScyllaVerifier {
+    session: Session,
+    route: Route,
+    select: PreparedStatement,
+    rows: HashMap<String, Vec<Option<CqlValue>>>,
+}
+
+pub(crate) fn verifiable(m: &ScyllaMapping) -> Result<(), String> {
+    match m.mode {
+        Mode::Append => Err("mode: append adds a row per change: the table is a log, not state to compare".into()),
+        Mode::Upsert => Ok(()),
+    }
+}
+
+fn failed(what: &str, e: impl std::fmt::Display) -> SinkError {
+    SinkError::Retriable(format!("scylla verify: {what}: {e}"))
+}
+
+pub(crate) async fn connect(s: &ScyllaSettings, m: &ScyllaMapping) -> Result<Box<dyn Verifier>, SinkError> {
+    verifiable(m).map_err(SinkError::Permanent)?;
+    let session = open_session(s).await?;
+    let (mut routes, problems) = compile_routes(&session, s, std::slice::from_ref(m));
+    if let Some((what, p)) = problems.into_iter().next() {
+        return Err(SinkError::Permanent(format!("scylla verify: {what}: {p}")));
+    }
+    let route = routes.pop().ok_or_else(|| SinkError::Permanent("scylla verify: no route".into()))?;
+    let cols: Vec<&str> = route.cols.iter().map(|c| c.name.as_str()).collect();
+    let cond: Vec<String> = route.pk.iter().map(|&i| format!("{} = ?", route.cols[i].name)).collect();
+    let cql = format!("SELECT {} FROM {} WHERE {}", cols.join(", "), route.qualified, cond.join(" AND "));
+    let select = session.prepare(cql).await.map_err(|e| failed("prepare", e))?;
+    Ok(Box::new(ScyllaVerifier { session, route, select, rows: HashMap::new() }))
+}
+
+/// How a CQL value is compared and shown: the driver's own rendering.
+fn text(v: &Option<CqlValue>) -> Json {
+    match v {
+        None => Json::Null,
+        Some(CqlValue::Text(s)) | Some(CqlValue::Ascii(s)) => Json::String(s.clone()),
+        Some(v) => Json::String(format!("{v:?}")),
+    }
+}
+
+impl ScyllaVerifier {
+    fn id_of(&self, pk: &[Option<CqlValue>]) -> String {
+        let parts: Vec<String> = self
+            .route
+            .pk
+            .iter()
+            .zip(pk)
+            .map(|(&i, v)| format!("{}={}", self.route.cols[i].name, text(v).as_str().map(str::to_string).unwrap_or_else(|| text(v).to_string())))
+            .collect();
+        format!("{} ({})", self.route.qualified, parts.join(", "))
+    }
+
+    fn remember(&mut self, pk: Vec<Option<CqlValue>>) -> String {
+        let id = self.id_of(&pk);
+        self.rows.entry(id.clone()).or_insert(pk);
+        id
+    }
+
+    fn object(&self, values: &[Option<CqlValue>]) -> Json {
+        Json::Object(self.route.cols.iter().zip(values).map(|(c, v)| (c.name.clone(), text(v))).collect::<Map<_, _>>())
+    }
+}
+
+impl Verifier for ScyllaVerifier {
+    fn expect(&mut self, record: &SinkRecord) -> Result<Vec<Expected>, String> {
+        let mut out = Vec::new();
+        for action in ScyllaSink::upsert_actions(&self.route, &record.change)? {
+            if let Action::Write { pk, cols } = action {
+                let mut values: Vec<Option<CqlValue>> = vec![None; self.route.cols.len()];
+                for (&i, v) in self.route.pk.iter().zip(&pk) {
+                    values[i] = v.clone();
+                }
+                for (i, v) in cols {
+                    values[i] = v;
+                }
+                let value = self.object(&values);
+                out.push(Expected { id: self.remember(pk), value });
+            }
+        }
+        Ok(out)
+    }
+
+    fn read<'a>(&'a mut self, ids: &'a [String]) -> BoxFuture<'a, Result<Vec<Option<Json>>, SinkError>> {
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(ids.len());
+            for part in ids.chunks(64) {
+                let mut keys = Vec::with_capacity(part.len());
+                for id in part {
+                    keys.push(self.rows.get(id).cloned().ok_or_else(|| SinkError::Permanent(format!("unknown row {id}")))?);
+                }
+                let results = join_all(keys.iter().map(|pk| self.session.execute_unpaged(&self.select, pk))).await;
+                for r in results {
+                    let rows = r.map_err(|e| failed("read", e))?.into_rows_result().map_err(|e| failed("read", e))?;
+                    let row = rows.rows::<Row>().map_err(|e| failed("read", e))?.next().transpose().map_err(|e| failed("read", e))?;
+                    out.push(row.map(|r| self.object(&r.columns)));
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn list(&mut self) -> BoxFuture<'_, Result<Option<Vec<String>>, SinkError>> {
+        Box::pin(async move {
+            let names: Vec<&str> = self.route.pk.iter().map(|&i| self.route.cols[i].name.as_str()).collect();
+            let cql = format!("SELECT {} FROM {}", names.join(", "), self.route.qualified);
+            let mut pager = self.session.query_iter(cql, ()).await.map_err(|e| failed("list", e))?.rows_stream::<Row>().map_err(|e| failed("list", e))?;
+            let mut keys = Vec::new();
+            while let Some(row) = pager.try_next().await.map_err(|e| failed("list", e))? {
+                keys.push(row.columns);
+            }
+            Ok(Some(keys.into_iter().map(|pk| self.remember(pk)).collect()))
+        })
+    }
+
+    fn remove<'a>(&'a mut self, ids: &'a [String]) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(async move {
+            let cond: Vec<String> = self.route.pk.iter().map(|&i| format!("{} = ?", self.route.cols[i].name)).collect();
+            let regular: Vec<String> = (0..self.route.cols.len())
+                .filter(|i| !self.route.pk.contains(i))
+                .map(|i| format!("WRITETIME({})", self.route.cols[i].name))
+                .collect();
+            let delete = self
+                .session
+                .prepare(format!("DELETE FROM {} USING TIMESTAMP ? WHERE {}", self.route.qualified, cond.join(" AND ")))
+                .await
+                .map_err(|e| failed("prepare", e))?;
+            let times = if regular.is_empty() {
+                None
+            } else {
+                let cql = format!("SELECT {} FROM {} WHERE {}", regular.join(", "), self.route.qualified, cond.join(" AND "));
+                Some(self.session.prepare(cql).await.map_err(|e| failed("prepare", e))?)
+            };
+            for id in ids {
+                let Some(pk) = self.rows.get(id).cloned() else { continue };
+                let mut at: i64 = 0;
+                if let Some(times) = &times {
+                    let r = self.session.execute_unpaged(times, &pk).await.map_err(|e| failed("writetime", e))?;
+                    let rows = r.into_rows_result().map_err(|e| failed("writetime", e))?;
+                    if let Some(row) = rows.rows::<Row>().map_err(|e| failed("writetime", e))?.next().transpose().map_err(|e| failed("writetime", e))? {
+                        at = row.columns.iter().filter_map(|c| match c {
+                            Some(CqlValue::BigInt(t)) => Some(*t),
+                            _ => None,
+                        }).max().unwrap_or(0);
+                    }
+                }
+                let mut values: Vec<Option<CqlValue>> = vec![Some(CqlValue::BigInt(at))];
+                values.extend(pk);
+                self.session.execute_unpaged(&delete, values).await.map_err(|e| failed("delete", e))?;
+            }
+            Ok(())
+        })
+    }
+}

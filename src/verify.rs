@@ -1,0 +1,683 @@
+//! `pgfanout verify`: does every store still hold what its pipelines say
+//! it must, for the rows PostgreSQL has now?
+//!
+//! Per pipeline whose sink can be read back (the connector's
+//! [`Verifier`](pgfanout_sdk::Verifier)):
+//!
+//! 1. **Extras first**: where the store can list the route's key space, the
+//!    entry ids are listed *before* the source is read, so every listed
+//!    entry was written for a row that existed at or before the read.
+//! 2. **Source pass**: in one REPEATABLE READ transaction (position `S` =
+//!    `pg_current_wal_lsn()` in it), each table is read in key order in
+//!    chunks ([`KeyedTable`]), sampled with `random() < f` when asked and
+//!    throttled to a row rate; each row goes through the pipeline as an
+//!    `op: read` record, the verifier says which entries it must produce,
+//!    the store is read for them in batches of 500 and compared field by
+//!    field. Listed ids no row produced are extra candidates.
+//! 3. **Recheck** (only when something differs): a live write load makes
+//!    the store and a snapshot disagree on rows written since `S`. The
+//!    replication slot's `confirmed_flush_lsn` passing `S` means every sink
+//!    has everything committed before `S`; then the candidate rows are read
+//!    again by key under a new snapshot `S2`, the store is read again once
+//!    the stream passed `S2`, and so on up to three rounds. Extra
+//!    candidates are rechecked by reading them again (gone = a delete in
+//!    flight) and against a fresh pass over the source's keys. What still
+//!    differs is reported. When the stream does not pass a position within
+//!    `--settle` (pgfanout stopped or far behind), what differs is
+//!    reported as it stands, with a warning.
+//! 4. **Repair** (`--repair`): divergent rows are written again through the
+//!    sink itself, as `op: read` records versioned at the position they
+//!    were read at (so a newer streamed change still wins); extra entries
+//!    are removed.
+//!
+//! Results go to stdout (and `--json FILE`) and to
+//! `pgfanout.verify_results` in the source database, which the daemon
+//! exports as `pgfanout_verify_divergent_keys{pipeline}`.
+//!
+//! Exit: 0 every verified pipeline equal (after repair, when asked), 1
+//! divergent or failed, 2 bad usage.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pgfanout_postgres::catalog::TypeRegistry;
+use pgfanout_postgres::conn::connect_sql;
+use pgfanout_postgres::slot::TableName;
+use pgfanout_postgres::snapshot::keyed::{KeyText, KeyedTable};
+use pgfanout_sdk::verify::diff_fields;
+use pgfanout_sdk::{Change, Expected, Lsn, Op, SinkRecord, Verifier};
+use serde_json::{json, Value as Json};
+use tokio_postgres::Client;
+
+use crate::config::{Config, TablePattern};
+use crate::pipeline::{Routed, Router};
+use crate::runtime::setup::connect_options;
+
+/// Options of `pgfanout verify`.
+#[derive(Debug, Clone)]
+pub struct VerifyOptions {
+    /// Only these pipelines (all when empty).
+    pub pipelines: Vec<String>,
+    /// Check this fraction of the rows (0 < f <= 1); extras are not
+    /// checked when sampling.
+    pub sample: Option<f64>,
+    pub repair: bool,
+    pub json: Option<PathBuf>,
+    /// Source rows read per second at most.
+    pub max_rows_per_second: Option<u64>,
+    /// Rows per keyset chunk.
+    pub chunk_rows: usize,
+    /// How long to wait for the stream to pass a snapshot before a recheck.
+    pub settle: Duration,
+    /// Divergent entries printed per pipeline.
+    pub show: usize,
+}
+
+/// One divergent entry.
+#[derive(Debug, Clone)]
+struct Divergence {
+    id: String,
+    kind: Kind,
+    /// The source row it belongs to (table index, key), none for extras.
+    source: Option<(usize, KeyText)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Kind {
+    Missing,
+    Different(Vec<String>),
+    Extra,
+}
+
+impl Kind {
+    fn label(&self) -> &'static str {
+        match self {
+            Kind::Missing => "missing",
+            Kind::Different(_) => "different",
+            Kind::Extra => "extra",
+        }
+    }
+}
+
+/// What one pipeline's verification found.
+#[derive(Debug, Default)]
+struct Outcome {
+    rows: u64,
+    entries: u64,
+    /// Rows the pipeline's filter or transforms or the mapping refuse (the
+    /// daemon dead-letters them): not expected in the store.
+    unmappable: u64,
+    divergent: Vec<Divergence>,
+    extras_checked: bool,
+    /// The stream did not pass the snapshot in time: not rechecked.
+    unsettled: bool,
+    repaired: u64,
+    skipped: Option<String>,
+    error: Option<String>,
+}
+
+/// Runs `verify`; returns the exit code.
+pub async fn verify(cfg: &Config, opts: &VerifyOptions) -> i32 {
+    if let Some(f) = opts.sample {
+        if !(f > 0.0 && f <= 1.0) {
+            eprintln!("--sample {f}: must be a fraction above 0 and at most 1 (e.g. 0.05)");
+            return 2;
+        }
+    }
+    for name in &opts.pipelines {
+        if !cfg.pipelines.iter().any(|p| &p.name == name) {
+            let names: Vec<&str> = cfg.pipelines.iter().map(|p| p.name.as_str()).collect();
+            eprintln!("--pipeline {name:?}: no such pipeline; the pipelines are: {}", names.join(", "));
+            return 2;
+        }
+    }
+    let router = match Router::new(cfg) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{e}");
+            return 2;
+        }
+    };
+    let pg = &cfg.source.postgres;
+    let conn = match connect_options(pg) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("source.postgres.url: {e}");
+            return 2;
+        }
+    };
+    let client = match connect_sql(&conn).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cannot connect to {}: {e}", conn.redacted());
+            return 1;
+        }
+    };
+    let ctx = Ctx { cfg, opts, router: &router, client: &client };
+    let mut report = Vec::new();
+    let mut divergent_total = 0usize;
+    let mut failed = false;
+    for (index, p) in cfg.pipelines.iter().enumerate() {
+        if !opts.pipelines.is_empty() && !opts.pipelines.contains(&p.name) {
+            continue;
+        }
+        let started = Instant::now();
+        let outcome = ctx.pipeline(index).await;
+        let kind = cfg.sinks.get(&p.to).map(|s| s.kind.clone()).unwrap_or_default();
+        print_outcome(&p.name, &p.to, &kind, &outcome, opts.show, started.elapsed());
+        if outcome.error.is_some() {
+            failed = true;
+        }
+        if outcome.skipped.is_none() && outcome.error.is_none() {
+            divergent_total += outcome.divergent.len();
+            record_result(&client, &p.name, &outcome).await;
+        }
+        report.push(outcome_json(&p.name, &p.to, &kind, &outcome));
+    }
+    if let Some(path) = &opts.json {
+        let body = json!({ "pipelines": report, "divergent": divergent_total, "repair": opts.repair });
+        if let Err(e) = std::fs::write(path, serde_json::to_string_pretty(&body).unwrap_or_default()) {
+            eprintln!("cannot write {}: {e}", path.display());
+            failed = true;
+        }
+    }
+    if failed || divergent_total > 0 {
+        1
+    } else {
+        0
+    }
+}
+
+struct Ctx<'a> {
+    cfg: &'a Config,
+    opts: &'a VerifyOptions,
+    router: &'a Router,
+    client: &'a Client,
+}
+
+/// The source tables of one pipeline, planned.
+struct Tables {
+    tables: Vec<KeyedTable>,
+}
+
+impl Ctx<'_> {
+    async fn pipeline(&self, index: usize) -> Outcome {
+        let mut out = Outcome::default();
+        if let Err(e) = self.pipeline_inner(index, &mut out).await {
+            out.error = Some(e);
+        }
+        out
+    }
+
+    async fn pipeline_inner(&self, index: usize, out: &mut Outcome) -> Result<(), String> {
+        let p = &self.cfg.pipelines[index];
+        if let Some(ops) = &p.ops {
+            if !(ops.contains(&Op::Insert) && ops.contains(&Op::Update)) {
+                out.skipped = Some("its `ops` leave out inserts or updates, so the store need not hold the rows' current state".into());
+                return Ok(());
+            }
+        }
+        let sink = self.cfg.sinks.get(&p.to).ok_or_else(|| format!("unknown sink {:?}", p.to))?;
+        let configured = sink.configured.as_ref().ok_or("sink not configured (internal error)")?;
+        let route = self.cfg.pipelines[..index].iter().filter(|q| q.to == p.to).count();
+        if let Err(why) = configured.verifiable(route) {
+            out.skipped = Some(why);
+            return Ok(());
+        }
+        let mut verifier = configured.verifier(route).await.map_err(|e| format!("sink {}: {e}", p.to))?;
+        let tables = self.tables_of(index).await?;
+        let sampled = self.opts.sample.is_some_and(|f| f < 1.0);
+        let extras_possible = !sampled && p.filter.is_none();
+
+        // 1. The store's key space, listed before the source is read.
+        let listed = if extras_possible { verifier.list().await.map_err(|e| format!("listing the store: {e}"))? } else { None };
+
+        // 2. The source pass.
+        let filter = self.opts.sample.filter(|f| *f < 1.0).map(|f| format!("random() < {f}"));
+        self.client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await.map_err(|e| e.to_string())?;
+        let pass = self.source_pass(index, &tables, verifier.as_mut(), filter.as_deref(), out).await;
+        let _ = self.client.batch_execute("COMMIT").await;
+        let seen = pass?;
+        // The store listed before the read may miss entries of rows inserted
+        // since; list again now for the key spaces templates revealed (new
+        // indexes), keeping only the ids of the first listing.
+        if let Some(listed) = listed {
+            out.extras_checked = true;
+            for id in listed {
+                if !seen.contains(&id) {
+                    out.divergent.push(Divergence { id, kind: Kind::Extra, source: None });
+                }
+            }
+        } else if extras_possible {
+            // Templated key spaces are only known after the pass.
+            if let Some(listed) = verifier.list().await.map_err(|e| format!("listing the store: {e}"))? {
+                out.extras_checked = true;
+                for id in listed {
+                    if !seen.contains(&id) {
+                        out.divergent.push(Divergence { id, kind: Kind::Extra, source: None });
+                    }
+                }
+            }
+        }
+
+        // 3. Rechecks while the stream catches up.
+        for _round in 0..3 {
+            if out.divergent.is_empty() || out.unsettled {
+                break;
+            }
+            self.recheck(index, &tables, verifier.as_mut(), out).await?;
+        }
+
+        // 4. Repair.
+        if self.opts.repair && !out.divergent.is_empty() {
+            self.repair(index, route, &tables, verifier.as_mut(), out).await?;
+        }
+        Ok(())
+    }
+
+    /// The tables of pipeline `index` (ordinary tables and partitions that
+    /// its `from` patterns match), planned for keyset reads.
+    async fn tables_of(&self, index: usize) -> Result<Tables, String> {
+        let p = &self.cfg.pipelines[index];
+        let patterns: Vec<TablePattern> = p.from.items().into_iter().filter_map(|s| TablePattern::parse(s).ok()).collect();
+        let rows = self
+            .client
+            .query(
+                "SELECT n.nspname::text, c.relname::text FROM pg_catalog.pg_class c \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pgfanout') \
+                 ORDER BY 1, 2",
+                &[],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut types = TypeRegistry::new();
+        let mut tables = Vec::new();
+        for r in rows {
+            let (schema, table): (String, String) = (r.get(0), r.get(1));
+            if patterns.iter().any(|pat| pat.matches(&schema, &table)) {
+                let t = TableName::new(schema, table);
+                tables.extend(KeyedTable::plan(self.client, &mut types, &t).await.map_err(|e| e.to_string())?);
+            }
+        }
+        Ok(Tables { tables })
+    }
+
+    /// Reads every table of the pipeline in key order and compares the
+    /// store; returns every id a row produced.
+    async fn source_pass(
+        &self,
+        index: usize,
+        tables: &Tables,
+        verifier: &mut dyn Verifier,
+        filter: Option<&str>,
+        out: &mut Outcome,
+    ) -> Result<HashSet<String>, String> {
+        let snapshot = self.position().await?;
+        let mut seen = HashSet::new();
+        let started = Instant::now();
+        let mut pending: Vec<(Expected, (usize, KeyText))> = Vec::new();
+        for (t, table) in tables.tables.iter().enumerate() {
+            let mut after: Option<KeyText> = None;
+            loop {
+                let rows = table
+                    .chunk(self.client, after.as_ref(), self.opts.chunk_rows, filter, snapshot)
+                    .await
+                    .map_err(|e| format!("reading {}: {e}", table.name()))?;
+                let Some((_, last)) = rows.last() else { break };
+                after = Some(last.clone());
+                let n = rows.len();
+                for (change, key) in rows {
+                    out.rows += 1;
+                    for e in self.expect(index, verifier, change, out) {
+                        seen.insert(e.id.clone());
+                        pending.push((e, (t, key.clone())));
+                    }
+                }
+                if pending.len() >= 500 {
+                    self.compare(verifier, std::mem::take(&mut pending), out).await?;
+                }
+                self.throttle(started, out.rows).await;
+                if n < self.opts.chunk_rows {
+                    break;
+                }
+            }
+        }
+        self.compare(verifier, pending, out).await?;
+        Ok(seen)
+    }
+
+    /// The entries pipeline `index` must produce for one source row.
+    fn expect(&self, index: usize, verifier: &mut dyn Verifier, change: Change, out: &mut Outcome) -> Vec<Expected> {
+        match self.router.route_pipeline(index, &Arc::new(change)) {
+            Some(Routed::Deliver { record, .. }) => match verifier.expect(&record) {
+                Ok(entries) => {
+                    out.entries += entries.len() as u64;
+                    entries
+                }
+                Err(_) => {
+                    out.unmappable += 1;
+                    Vec::new()
+                }
+            },
+            Some(Routed::DeadLetter { .. }) => {
+                out.unmappable += 1;
+                Vec::new()
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// Reads the store for `pending` and records what differs.
+    async fn compare(&self, verifier: &mut dyn Verifier, pending: Vec<(Expected, (usize, KeyText))>, out: &mut Outcome) -> Result<(), String> {
+        for part in pending.chunks(500) {
+            let ids: Vec<String> = part.iter().map(|(e, _)| e.id.clone()).collect();
+            let stored = verifier.read(&ids).await.map_err(|e| format!("reading the store: {e}"))?;
+            for ((expected, source), actual) in part.iter().zip(stored) {
+                let kind = match actual {
+                    None => Kind::Missing,
+                    Some(actual) => {
+                        let fields = diff_fields(&expected.value, &actual);
+                        if fields.is_empty() {
+                            continue;
+                        }
+                        Kind::Different(fields)
+                    }
+                };
+                out.divergent.push(Divergence { id: expected.id.clone(), kind, source: Some(source.clone()) });
+            }
+        }
+        Ok(())
+    }
+
+    async fn throttle(&self, started: Instant, rows: u64) {
+        if let Some(rate) = self.opts.max_rows_per_second.filter(|r| *r > 0) {
+            let due = Duration::from_secs_f64(rows as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+
+    /// Waits until the slot's confirmed position (every sink durable) is at
+    /// least `position`; false when `--settle` passed first.
+    async fn settled(&self, position: Lsn) -> Result<bool, String> {
+        let slot = &self.cfg.source.postgres.slot;
+        let deadline = Instant::now() + self.opts.settle;
+        loop {
+            let row = self
+                .client
+                .query_opt("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", &[slot])
+                .await
+                .map_err(|e| e.to_string())?;
+            let confirmed: Option<Lsn> = row.and_then(|r| r.get::<_, Option<String>>(0)).and_then(|s| s.parse().ok());
+            if confirmed.is_some_and(|c| c >= position) {
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Checks the divergent entries again: their rows are read again under
+    /// a new snapshot, and the store once the stream has passed it (so the
+    /// store holds at least what the snapshot shows).
+    async fn recheck(&self, index: usize, tables: &Tables, verifier: &mut dyn Verifier, out: &mut Outcome) -> Result<(), String> {
+        let previous = std::mem::take(&mut out.divergent);
+        let mut by_table: HashMap<usize, Vec<KeyText>> = HashMap::new();
+        let mut extras = Vec::new();
+        let mut ids_of_rows: HashSet<String> = HashSet::new();
+        for d in &previous {
+            match &d.source {
+                Some((t, key)) => {
+                    ids_of_rows.insert(d.id.clone());
+                    let keys = by_table.entry(*t).or_default();
+                    if !keys.contains(key) {
+                        keys.push(key.clone());
+                    }
+                }
+                None => extras.push(d.id.clone()),
+            }
+        }
+        self.client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await.map_err(|e| e.to_string())?;
+        let read = async {
+            let position = self.position().await?;
+            let mut rows = Vec::new();
+            for (t, keys) in &by_table {
+                for (change, key) in tables.tables[*t].rows_by_key(self.client, keys, position).await.map_err(|e| e.to_string())? {
+                    rows.push((*t, change, key));
+                }
+            }
+            Ok::<_, String>((position, rows))
+        }
+        .await;
+        let _ = self.client.batch_execute("COMMIT").await;
+        let (position, rows) = read?;
+        if !self.settled(position).await? {
+            out.unsettled = true;
+            out.divergent = previous;
+            return Ok(());
+        }
+        let mut pending = Vec::new();
+        let mut produced: HashSet<String> = HashSet::new();
+        let mut scratch = Outcome::default();
+        for (t, change, key) in rows {
+            for e in self.expect(index, verifier, change, &mut scratch) {
+                produced.insert(e.id.clone());
+                pending.push((e, (t, key.clone())));
+            }
+        }
+        self.compare(verifier, pending, out).await?;
+        // Entries of rows deleted (or moved) since: they must be gone now.
+        extras.extend(ids_of_rows.into_iter().filter(|id| !produced.contains(id)));
+        if !extras.is_empty() {
+            // An extra is an entry still stored that no current row maps
+            // to: read it again, then look for a row producing it.
+            let stored = verifier.read(&extras).await.map_err(|e| format!("reading the store: {e}"))?;
+            let mut still: Vec<String> = extras.into_iter().zip(stored).filter(|(_, v)| v.is_some()).map(|(id, _)| id).collect();
+            if !still.is_empty() {
+                let wanted: HashSet<String> = still.iter().cloned().collect();
+                self.client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await.map_err(|e| e.to_string())?;
+                let found = self.ids_produced(index, tables, verifier, &wanted).await;
+                let _ = self.client.batch_execute("COMMIT").await;
+                let found = found?;
+                still.retain(|id| !found.contains(id));
+            }
+            out.divergent.extend(still.into_iter().map(|id| Divergence { id, kind: Kind::Extra, source: None }));
+        }
+        Ok(())
+    }
+
+    /// `pg_current_wal_lsn()`.
+    async fn position(&self) -> Result<Lsn, String> {
+        let text: String = self.client.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.map_err(|e| e.to_string())?.get(0);
+        text.parse().map_err(|_| format!("bad LSN {text}"))
+    }
+
+    /// Which of `wanted` some current source row of the pipeline produces
+    /// (a full pass over the source, without reading the store).
+    async fn ids_produced(&self, index: usize, tables: &Tables, verifier: &mut dyn Verifier, wanted: &HashSet<String>) -> Result<HashSet<String>, String> {
+        let position = self.position().await?;
+        let mut found = HashSet::new();
+        let mut scratch = Outcome::default();
+        for table in &tables.tables {
+            let mut after: Option<KeyText> = None;
+            loop {
+                let rows = table.chunk(self.client, after.as_ref(), self.opts.chunk_rows, None, position).await.map_err(|e| e.to_string())?;
+                let Some((_, last)) = rows.last() else { break };
+                after = Some(last.clone());
+                let n = rows.len();
+                for (change, _) in rows {
+                    for e in self.expect(index, verifier, change, &mut scratch) {
+                        if wanted.contains(&e.id) {
+                            found.insert(e.id);
+                        }
+                    }
+                }
+                if n < self.opts.chunk_rows {
+                    break;
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Writes the divergent rows again through the sink and removes extras.
+    async fn repair(&self, index: usize, route: usize, tables: &Tables, verifier: &mut dyn Verifier, out: &mut Outcome) -> Result<(), String> {
+        let p = &self.cfg.pipelines[index];
+        let configured = self.cfg.sinks.get(&p.to).and_then(|s| s.configured.clone()).ok_or("sink not configured")?;
+        let mut sink = configured.build().await.map_err(|e| format!("sink {}: {e}", p.to))?;
+        let mut by_table: HashMap<usize, Vec<KeyText>> = HashMap::new();
+        let mut extras = Vec::new();
+        for d in &out.divergent {
+            match &d.source {
+                Some((t, key)) => {
+                    let keys = by_table.entry(*t).or_default();
+                    if !keys.contains(key) {
+                        keys.push(key.clone());
+                    }
+                }
+                None => extras.push(d.id.clone()),
+            }
+        }
+        self.client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await.map_err(|e| e.to_string())?;
+        let read = async {
+            let position = self.position().await?;
+            let mut records: Vec<SinkRecord> = Vec::new();
+            for (t, keys) in &by_table {
+                for (change, _) in tables.tables[*t].rows_by_key(self.client, keys, position).await.map_err(|e| e.to_string())? {
+                    if let Some(Routed::Deliver { record, .. }) = self.router.route_pipeline(index, &Arc::new(change)) {
+                        records.push(SinkRecord { change: record.change, route });
+                    }
+                }
+            }
+            Ok::<_, String>(records)
+        }
+        .await;
+        let _ = self.client.batch_execute("COMMIT").await;
+        let records = read?;
+        let mut repaired = 0u64;
+        for batch in records.chunks(500) {
+            let mut backoff = pgfanout_sdk::settings::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+            let mut attempts = 0;
+            loop {
+                match sink.write_boxed(batch).await {
+                    Ok(rejected) => {
+                        for r in &rejected {
+                            eprintln!("  repair of a row of pipeline {} refused by the store: {}", p.name, r.error);
+                        }
+                        repaired += (batch.len() - rejected.len()) as u64;
+                        break;
+                    }
+                    Err(e) if e.is_retriable() && attempts < 10 => {
+                        attempts += 1;
+                        tokio::time::sleep(backoff.next_delay()).await;
+                    }
+                    Err(e) => return Err(format!("repair write: {e}")),
+                }
+            }
+        }
+        let _ = sink.close_boxed().await;
+        if !extras.is_empty() {
+            verifier.remove(&extras).await.map_err(|e| format!("removing extra entries: {e}"))?;
+            repaired += extras.len() as u64;
+        }
+        out.repaired = repaired;
+        Ok(())
+    }
+}
+
+fn print_outcome(name: &str, sink: &str, kind: &str, o: &Outcome, show: usize, took: Duration) {
+    let head = format!("pipeline {name} -> {sink} ({kind})");
+    if let Some(why) = &o.skipped {
+        println!("{head}: not verified: {why}");
+        return;
+    }
+    if let Some(e) = &o.error {
+        println!("{head}: FAILED: {e}");
+        return;
+    }
+    let count = |k: &str| o.divergent.iter().filter(|d| d.kind.label() == k).count();
+    let extras = if o.extras_checked { format!("{} extra", count("extra")) } else { "extras not checked".into() };
+    let status = if o.divergent.is_empty() { "equal" } else { "DIVERGENT" };
+    println!(
+        "{head}: {status}: {} rows, {} entries checked in {:.1}s: {} missing, {} different, {extras}{}",
+        o.rows,
+        o.entries,
+        took.as_secs_f64(),
+        count("missing"),
+        count("different"),
+        if o.unmappable > 0 { format!(", {} rows not mappable (dead-lettered by the daemon)", o.unmappable) } else { String::new() }
+    );
+    for d in o.divergent.iter().take(show) {
+        match &d.kind {
+            Kind::Different(fields) => println!("  different  {}  fields: {}", d.id, fields.join(", ")),
+            k => println!("  {:<9}  {}", k.label(), d.id),
+        }
+    }
+    if o.divergent.len() > show {
+        println!("  ... and {} more (--json FILE lists them all)", o.divergent.len() - show);
+    }
+    if o.unsettled {
+        println!("  warning: the stream did not pass the verify's snapshot within --settle (is pgfanout running?): not rechecked");
+    }
+    if o.repaired > 0 {
+        println!("  repaired {} entries (run verify again to confirm)", o.repaired);
+    }
+}
+
+fn outcome_json(name: &str, sink: &str, kind: &str, o: &Outcome) -> Json {
+    let status = if o.skipped.is_some() {
+        "skipped"
+    } else if o.error.is_some() {
+        "failed"
+    } else if o.divergent.is_empty() {
+        "equal"
+    } else {
+        "divergent"
+    };
+    let list = |k: &str| o.divergent.iter().filter(|d| d.kind.label() == k).map(|d| Json::from(d.id.clone())).collect::<Vec<_>>();
+    let different: Vec<Json> = o
+        .divergent
+        .iter()
+        .filter_map(|d| match &d.kind {
+            Kind::Different(f) => Some(json!({ "id": d.id, "fields": f })),
+            _ => None,
+        })
+        .collect();
+    json!({
+        "pipeline": name, "sink": sink, "type": kind, "status": status,
+        "reason": o.skipped, "error": o.error,
+        "rows": o.rows, "entries": o.entries, "unmappable": o.unmappable,
+        "missing": list("missing"), "different": different,
+        "extra": if o.extras_checked { Json::from(list("extra")) } else { Json::Null },
+        "rechecked": !o.unsettled, "repaired": o.repaired,
+    })
+}
+
+/// Records the outcome for the daemon's metrics (best effort).
+async fn record_result(client: &Client, pipeline: &str, o: &Outcome) {
+    let sql = "CREATE SCHEMA IF NOT EXISTS pgfanout;
+               CREATE TABLE IF NOT EXISTS pgfanout.verify_results (
+                 pipeline text PRIMARY KEY, divergent bigint NOT NULL, rows_checked bigint NOT NULL,
+                 repaired bigint NOT NULL, finished_at timestamptz NOT NULL)";
+    let result = async {
+        client.batch_execute(sql).await?;
+        client
+            .execute(
+                "INSERT INTO pgfanout.verify_results VALUES ($1, $2, $3, $4, now()) ON CONFLICT (pipeline) DO UPDATE \
+                 SET divergent = EXCLUDED.divergent, rows_checked = EXCLUDED.rows_checked, repaired = EXCLUDED.repaired, \
+                 finished_at = EXCLUDED.finished_at",
+                &[&pipeline, &(o.divergent.len() as i64), &(o.rows as i64), &(o.repaired as i64)],
+            )
+            .await
+    }
+    .await;
+    if let Err(e) = result {
+        eprintln!("  note: cannot record the result in pgfanout.verify_results (for the daemon's metrics): {e}");
+    }
+}
