@@ -113,6 +113,8 @@ struct Outcome {
     extras_checked: bool,
     /// The stream did not pass the snapshot in time: not rechecked.
     unsettled: bool,
+    /// Entries that differed in the first pass (before rechecks).
+    candidates: u64,
     repaired: u64,
     skipped: Option<String>,
     error: Option<String>,
@@ -263,6 +265,7 @@ impl Ctx<'_> {
         }
 
         // 3. Rechecks while the stream catches up.
+        out.candidates = out.divergent.len() as u64;
         for _round in 0..3 {
             if out.divergent.is_empty() || out.unsettled {
                 break;
@@ -371,7 +374,12 @@ impl Ctx<'_> {
     }
 
     /// Reads the store for `pending` and records what differs.
-    async fn compare(&self, verifier: &mut dyn Verifier, pending: Vec<(Expected, (usize, KeyText))>, out: &mut Outcome) -> Result<(), String> {
+    async fn compare(
+        &self,
+        verifier: &mut dyn Verifier,
+        pending: Vec<(Expected, (usize, KeyText))>,
+        out: &mut Outcome,
+    ) -> Result<(), String> {
         for part in pending.chunks(500) {
             let ids: Vec<String> = part.iter().map(|(e, _)| e.id.clone()).collect();
             let stored = verifier.read(&ids).await.map_err(|e| format!("reading the store: {e}"))?;
@@ -500,14 +508,21 @@ impl Ctx<'_> {
 
     /// Which of `wanted` some current source row of the pipeline produces
     /// (a full pass over the source, without reading the store).
-    async fn ids_produced(&self, index: usize, tables: &Tables, verifier: &mut dyn Verifier, wanted: &HashSet<String>) -> Result<HashSet<String>, String> {
+    async fn ids_produced(
+        &self,
+        index: usize,
+        tables: &Tables,
+        verifier: &mut dyn Verifier,
+        wanted: &HashSet<String>,
+    ) -> Result<HashSet<String>, String> {
         let position = self.position().await?;
         let mut found = HashSet::new();
         let mut scratch = Outcome::default();
         for table in &tables.tables {
             let mut after: Option<KeyText> = None;
             loop {
-                let rows = table.chunk(self.client, after.as_ref(), self.opts.chunk_rows, None, position).await.map_err(|e| e.to_string())?;
+                let rows =
+                    table.chunk(self.client, after.as_ref(), self.opts.chunk_rows, None, position).await.map_err(|e| e.to_string())?;
                 let Some((_, last)) = rows.last() else { break };
                 after = Some(last.clone());
                 let n = rows.len();
@@ -527,7 +542,14 @@ impl Ctx<'_> {
     }
 
     /// Writes the divergent rows again through the sink and removes extras.
-    async fn repair(&self, index: usize, route: usize, tables: &Tables, verifier: &mut dyn Verifier, out: &mut Outcome) -> Result<(), String> {
+    async fn repair(
+        &self,
+        index: usize,
+        route: usize,
+        tables: &Tables,
+        verifier: &mut dyn Verifier,
+        out: &mut Outcome,
+    ) -> Result<(), String> {
         let p = &self.cfg.pipelines[index];
         let configured = self.cfg.sinks.get(&p.to).and_then(|s| s.configured.clone()).ok_or("sink not configured")?;
         let mut sink = configured.build().await.map_err(|e| format!("sink {}: {e}", p.to))?;
@@ -655,7 +677,7 @@ fn outcome_json(name: &str, sink: &str, kind: &str, o: &Outcome) -> Json {
         "rows": o.rows, "entries": o.entries, "unmappable": o.unmappable,
         "missing": list("missing"), "different": different,
         "extra": if o.extras_checked { Json::from(list("extra")) } else { Json::Null },
-        "rechecked": !o.unsettled, "repaired": o.repaired,
+        "first_pass_candidates": o.candidates, "rechecked": !o.unsettled, "repaired": o.repaired,
     })
 }
 

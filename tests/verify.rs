@@ -271,6 +271,10 @@ async fn verify_under_a_concurrent_write_load_reports_no_divergence() {
     for round in 0..2 {
         let (code, report, out) = tokio::task::block_in_place(|| s.verify(&["--chunk-rows", "50"]));
         assert_eq!(code, 0, "round {round}: verify under load must not report divergence:\n{out}\n{report}");
+        for p in report["pipelines"].as_array().unwrap() {
+            assert!(p["entries"].as_u64().unwrap() > 100, "{p}");
+            eprintln!("round {round}: {} entries, {} first-pass candidates rechecked away", p["entries"], p["first_pass_candidates"]);
+        }
     }
     stop.store(true, Ordering::Relaxed);
     let writes = writer.await.unwrap();

@@ -80,7 +80,14 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
 /// [`DONE`] in its log; returns the seconds since spawn and its usage then.
 async fn snapshot_pgfanout(ctx: &Ctx, db: &Db, slot: &str, table: &str, timeout: Duration) -> Result<(f64, crate::procstat::Usage)> {
     db.drop_slot(slot).await?;
-    let cfg = FanoutConfig { slot, table, sink: "{ type: file, path: /dev/null }".to_string(), mapping: String::new(), http_listen: None, batch_size: None };
+    let cfg = FanoutConfig {
+        slot,
+        table,
+        sink: "{ type: file, path: /dev/null }".to_string(),
+        mapping: String::new(),
+        http_listen: None,
+        batch_size: None,
+    };
     let yaml = cfg.yaml(db, &ctx.dir);
     let yaml = yaml.replace("snapshot: never", "snapshot: initial");
     if !yaml.contains("snapshot: initial") {

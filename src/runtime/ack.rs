@@ -202,10 +202,7 @@ impl AckTracker {
     /// is still pending in it (a commit LSN given as X is the start of the
     /// commit record, so the position alone cannot tell).
     pub fn sink_oldest_pending(&self) -> Vec<Option<Lsn>> {
-        self.seen
-            .iter()
-            .map(|&d| self.pending.iter().filter(|(s, _)| *s > d).find_map(|(_, l)| l.map(|(commit, _)| commit)))
-            .collect()
+        self.seen.iter().map(|&d| self.pending.iter().filter(|(s, _)| *s > d).find_map(|(_, l)| l.map(|(commit, _)| commit))).collect()
     }
 }
 

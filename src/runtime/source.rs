@@ -561,7 +561,8 @@ async fn sample_verify_results(sql: &tokio_postgres::Client) {
     let query = sql.query("SELECT pipeline, divergent::float8, extract(epoch FROM finished_at)::float8 FROM pgfanout.verify_results", &[]);
     if let Ok(Ok(rows)) = tokio::time::timeout(Duration::from_secs(2), query).await {
         for row in rows {
-            let (Ok(pipeline), Ok(divergent), Ok(at)) = (row.try_get::<_, String>(0), row.try_get::<_, f64>(1), row.try_get::<_, f64>(2)) else {
+            let (Ok(pipeline), Ok(divergent), Ok(at)) = (row.try_get::<_, String>(0), row.try_get::<_, f64>(1), row.try_get::<_, f64>(2))
+            else {
                 continue;
             };
             metrics::gauge!(m::VERIFY_DIVERGENT_KEYS, m::LABEL_PIPELINE => pipeline.clone()).set(divergent);

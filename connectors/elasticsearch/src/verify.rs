@@ -31,7 +31,9 @@ pub(crate) struct SearchVerifier {
 
 pub(crate) fn verifiable(m: &SearchMapping) -> Result<(), String> {
     match &m.pipeline {
-        Some(p) => Err(format!("documents go through ingest pipeline {p:?}, which rewrites them: what the index must hold cannot be told from the row")),
+        Some(p) => Err(format!(
+            "documents go through ingest pipeline {p:?}, which rewrites them: what the index must hold cannot be told from the row"
+        )),
         None => Ok(()),
     }
 }

@@ -114,7 +114,10 @@ impl Verifier for RedisVerifier {
                     let n: usize = text(0).parse().unwrap_or(0);
                     let mut fields = serde_json::Map::new();
                     for pair in op.args[1..=n].chunks(2) {
-                        fields.insert(String::from_utf8_lossy(&pair[0]).into_owned(), Json::String(String::from_utf8_lossy(&pair[1]).into_owned()));
+                        fields.insert(
+                            String::from_utf8_lossy(&pair[0]).into_owned(),
+                            Json::String(String::from_utf8_lossy(&pair[1]).into_owned()),
+                        );
                     }
                     Json::Object(fields)
                 }

@@ -38,7 +38,8 @@ pub struct ScyllaSettings {
     /// Time allowed for one request (default `12s`).
     #[serde(default = "default_request_timeout", with = "duration")]
     pub request_timeout: Duration,
-    /// Partition-key hash lanes written in parallel (default 8).
+    /// Requests in flight at once (default 32); each statement carries its own
+    /// `USING TIMESTAMP`, so the order they complete in does not matter.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
     /// Statements of one partition sent as one unlogged batch (default 32).
@@ -62,7 +63,7 @@ fn default_request_timeout() -> Duration {
     Duration::from_secs(12)
 }
 fn default_concurrency() -> usize {
-    8
+    32
 }
 fn default_batch_statements() -> usize {
     32

@@ -1,13 +1,13 @@
 //! The running sink: session, schema lookup, planning a batch into CQL
-//! statements with their `USING TIMESTAMP`, and writing them in
-//! partition-key lanes.
+//! statements with their `USING TIMESTAMP`, and writing them `concurrency`
+//! requests at a time (one partition's statements as one unlogged batch).
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use futures_util::future::join_all;
+use futures_util::StreamExt;
 use indexmap::IndexMap;
 use pgfanout_sdk::{BatchOutcome, Change, Check, Lsn, Op, Rejected, Row, Sink, SinkError, SinkRecord, Value};
 use scylla::client::execution_profile::ExecutionProfile;
@@ -50,20 +50,135 @@ pub(crate) struct Route {
 pub struct ScyllaSink {
     session: Arc<Session>,
     routes: Vec<Route>,
-    prepared: HashMap<String, PreparedStatement>,
+    prepared: HashMap<Arc<str>, PreparedStatement>,
     consistency: scylla::statement::Consistency,
     lanes: usize,
     batch_statements: usize,
-    /// The transaction whose row slots `slots` counts, carried across
+    /// Per-row write counters of the current transaction, carried across
     /// batches (a transaction may span several).
-    carry: (Lsn, HashMap<(usize, String), i64>),
+    slots: SlotTable,
+    /// CQL text per statement shape (route, written columns; `None` =
+    /// delete), so a statement's text is built once.
+    cql: HashMap<(usize, Option<Vec<usize>>), Arc<str>>,
+}
+
+/// Buckets of [`SlotTable`]: 1 MiB of counters.
+const SLOT_BUCKETS: usize = 1 << 20;
+
+/// How many times each row was written in the current transaction, for the
+/// `USING TIMESTAMP` slots (crate docs), in bounded memory: a counter per
+/// bucket of a hash of (route, primary key). Rows that share a bucket share
+/// a counter, which only makes their slots climb faster: each row's
+/// successive writes still get strictly increasing slots until the counter
+/// reaches [`SLOTS`] (the documented limit, reached sooner by a transaction
+/// that writes millions of rows several times each).
+struct SlotTable {
+    lsn: Lsn,
+    counters: Vec<u8>,
+    /// Buckets set in this transaction (cleared when the next begins),
+    /// until there are too many to list: then the whole table is cleared.
+    touched: Vec<u32>,
+    overflow: bool,
+}
+
+impl SlotTable {
+    fn new() -> Self {
+        SlotTable { lsn: Lsn(u64::MAX), counters: Vec::new(), touched: Vec::new(), overflow: false }
+    }
+
+    fn bucket(hash: u64) -> u32 {
+        (hash % SLOT_BUCKETS as u64) as u32
+    }
+
+    /// The counter of `bucket` in transaction `lsn` (0 in a new transaction).
+    fn get(&self, lsn: Lsn, bucket: u32) -> u8 {
+        if lsn != self.lsn || self.counters.is_empty() {
+            0
+        } else {
+            self.counters[bucket as usize]
+        }
+    }
+
+    /// Keeps the counters a successful batch ended with (`lsn` = its last
+    /// transaction).
+    fn commit(&mut self, lsn: Lsn, updates: HashMap<u32, u8>) {
+        if lsn != self.lsn {
+            if self.overflow {
+                self.counters.iter_mut().for_each(|c| *c = 0);
+            } else {
+                for &b in &self.touched {
+                    self.counters[b as usize] = 0;
+                }
+            }
+            self.touched.clear();
+            self.overflow = false;
+            self.lsn = lsn;
+        }
+        if updates.is_empty() {
+            return;
+        }
+        if self.counters.is_empty() {
+            self.counters = vec![0; SLOT_BUCKETS];
+        }
+        for (b, v) in updates {
+            if self.counters[b as usize] == 0 && !self.overflow {
+                if self.touched.len() >= SLOT_BUCKETS / 8 {
+                    self.overflow = true;
+                    self.touched = Vec::new();
+                } else {
+                    self.touched.push(b);
+                }
+            }
+            self.counters[b as usize] = v;
+        }
+    }
+}
+
+/// A primary key as a map key: compared by value, hashed once.
+#[derive(Debug, Clone)]
+struct PkKey {
+    hash: u64,
+    pk: Vec<Option<CqlValue>>,
+}
+
+impl PartialEq for PkKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash && self.pk == other.pk
+    }
+}
+
+impl Eq for PkKey {}
+
+impl Hash for PkKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.hash.hash(state);
+    }
+}
+
+/// Hashes one key value without formatting it (the common key types);
+/// others through their debug text.
+fn hash_cql(v: &Option<CqlValue>, h: &mut impl Hasher) {
+    match v {
+        None => 0u8.hash(h),
+        Some(CqlValue::Int(i)) => i.hash(h),
+        Some(CqlValue::BigInt(i)) => i.hash(h),
+        Some(CqlValue::SmallInt(i)) => i.hash(h),
+        Some(CqlValue::TinyInt(i)) => i.hash(h),
+        Some(CqlValue::Text(t)) | Some(CqlValue::Ascii(t)) => t.hash(h),
+        Some(CqlValue::Boolean(b)) => b.hash(h),
+        Some(CqlValue::Uuid(u)) => u.hash(h),
+        Some(CqlValue::Blob(b)) => b.hash(h),
+        Some(CqlValue::Timestamp(t)) => t.0.hash(h),
+        Some(CqlValue::Date(d)) => d.0.hash(h),
+        Some(other) => format!("{other:?}").hash(h),
+    }
 }
 
 /// One statement to run: CQL text, bound values, the records it serves,
 /// its partition's hash.
 struct Stmt {
     records: Vec<usize>,
-    cql: String,
+    cql: Arc<str>,
     values: Vec<Option<CqlValue>>,
     partition: u64,
 }
@@ -274,8 +389,7 @@ pub(crate) enum Action {
 struct Group {
     route: usize,
     lsn: Lsn,
-    key: String,
-    pk: Vec<Option<CqlValue>>,
+    key: PkKey,
     records: Vec<usize>,
     delete: bool,
     delete_first: bool,
@@ -313,7 +427,8 @@ impl ScyllaSink {
             consistency: s.consistency.to_driver(),
             lanes: s.concurrency,
             batch_statements: s.batch_statements,
-            carry: (Lsn(u64::MAX), HashMap::new()),
+            slots: SlotTable::new(),
+            cql: HashMap::new(),
         })
     }
 
@@ -457,10 +572,32 @@ impl ScyllaSink {
     }
 
     fn partition_hash(route_index: usize, pk: &[Option<CqlValue>], partition_len: usize) -> u64 {
+        Self::pk_hash(route_index, &pk[..partition_len.min(pk.len())])
+    }
+
+    fn pk_hash(route_index: usize, pk: &[Option<CqlValue>]) -> u64 {
         let mut h = DefaultHasher::new();
         route_index.hash(&mut h);
-        format!("{:?}", &pk[..partition_len.min(pk.len())]).hash(&mut h);
+        for v in pk {
+            hash_cql(v, &mut h);
+        }
         h.finish()
+    }
+
+    /// The CQL text of an insert of `cols` (`Some`) or of the delete
+    /// (`None`) of route `route`, built once per shape.
+    fn cql_for(&mut self, route: usize, cols: Option<&[usize]>) -> Arc<str> {
+        let key = (route, cols.map(<[usize]>::to_vec));
+        if let Some(c) = self.cql.get(&key) {
+            return c.clone();
+        }
+        let r = &self.routes[route];
+        let text: Arc<str> = match cols {
+            Some(cols) => Self::insert_cql(r, cols).into(),
+            None => Self::delete_cql(r).into(),
+        };
+        self.cql.insert(key, text.clone());
+        text
     }
 
     fn insert_cql(route: &Route, cols: &[usize]) -> String {
@@ -478,10 +615,10 @@ impl ScyllaSink {
     /// Plans the batch: statements, rejected records, and the slot
     /// counters to keep if it succeeds.
     #[allow(clippy::type_complexity)]
-    fn plan(&self, batch: &[SinkRecord]) -> (Vec<Stmt>, Vec<Rejected>, (Lsn, HashMap<(usize, String), i64>)) {
+    fn plan(&mut self, batch: &[SinkRecord]) -> (Vec<Stmt>, Vec<Rejected>, (Lsn, HashMap<u32, u8>)) {
         let mut rejected = Vec::new();
         let mut stmts = Vec::new();
-        let mut groups: IndexMap<(u64, usize, String), Group> = IndexMap::new();
+        let mut groups: IndexMap<(u64, usize, PkKey), Group> = IndexMap::new();
         let mut truncates = 0usize;
         for (index, record) in batch.iter().enumerate() {
             let Some(route) = self.routes.get(record.route) else {
@@ -526,12 +663,9 @@ impl ScyllaSink {
                     let pk: Vec<Option<CqlValue>> =
                         route.pk.iter().map(|i| values[names.iter().position(|n| n == i).unwrap_or_default()].clone()).collect();
                     values.push(Some(CqlValue::BigInt(change.position().commit_version())));
-                    stmts.push(Stmt {
-                        records: vec![index],
-                        cql: Self::insert_cql(route, &names),
-                        values,
-                        partition: Self::partition_hash(record.route, &pk, route.partition_len),
-                    });
+                    let partition = Self::partition_hash(record.route, &pk, route.partition_len);
+                    let cql = self.cql_for(record.route, Some(&names));
+                    stmts.push(Stmt { records: vec![index], cql, values, partition });
                 }
                 Mode::Upsert => match Self::upsert_actions(route, change) {
                     Err(e) => rejected.push(Rejected { index, error: format!("scylla {}: {e}", route.qualified) }),
@@ -540,12 +674,11 @@ impl ScyllaSink {
                             let pk = match &action {
                                 Action::Delete { pk } | Action::Write { pk, .. } => pk.clone(),
                             };
-                            let key = format!("{pk:?}");
+                            let key = PkKey { hash: Self::pk_hash(record.route, &pk), pk };
                             let g = groups.entry((change.commit_lsn.0, record.route, key.clone())).or_insert_with(|| Group {
                                 route: record.route,
                                 lsn: change.commit_lsn,
                                 key,
-                                pk,
                                 records: Vec::new(),
                                 delete: false,
                                 delete_first: false,
@@ -578,48 +711,52 @@ impl ScyllaSink {
         if truncates > 0 {
             warn!(count = truncates, "TRUNCATE is not applied to ScyllaDB/Cassandra tables; truncate them yourself");
         }
-        // Timestamps: the rows of one transaction use slots below its commit LSN.
-        let mut carry = self.carry.clone();
+        // Timestamps: the rows of one transaction use slots below its commit
+        // LSN; the counters this batch moves are kept aside until it succeeds.
+        let mut overlay: (Lsn, HashMap<u32, u8>) = (self.slots.lsn, HashMap::new());
         for g in groups.into_values() {
-            if carry.0 != g.lsn {
-                carry = (g.lsn, HashMap::new());
+            if overlay.0 != g.lsn {
+                overlay = (g.lsn, HashMap::new());
             }
-            let route = &self.routes[g.route];
-            let slot = carry.1.entry((g.route, g.key.clone())).or_insert(0);
+            let bucket = SlotTable::bucket(g.key.hash);
+            let base_count = self.slots.get(g.lsn, bucket);
+            let slot = overlay.1.entry(bucket).or_insert(base_count);
             let base = i64::try_from(g.lsn.0).unwrap_or(i64::MAX);
             let mut next_ts = || {
-                let ts = base.saturating_sub(SLOTS) + (*slot).min(SLOTS);
-                *slot += 1;
+                let ts = base.saturating_sub(SLOTS) + i64::from(*slot).min(SLOTS);
+                *slot = slot.saturating_add(1).min(SLOTS as u8 + 1);
                 ts
             };
-            let partition = Self::partition_hash(g.route, &g.pk, route.partition_len);
+            let partition = Self::partition_hash(g.route, &g.key.pk, self.routes[g.route].partition_len);
             if g.delete || g.delete_first {
                 let mut values = vec![Some(CqlValue::BigInt(next_ts()))];
-                values.extend(g.pk.iter().cloned());
-                stmts.push(Stmt { records: g.records.clone(), cql: Self::delete_cql(route), values, partition });
+                values.extend(g.key.pk.iter().cloned());
+                let cql = self.cql_for(g.route, None);
+                stmts.push(Stmt { records: g.records.clone(), cql, values, partition });
             }
             if !g.delete {
-                let mut names: Vec<usize> = route.pk.clone();
-                let mut values: Vec<Option<CqlValue>> = g.pk.clone();
+                let mut names: Vec<usize> = self.routes[g.route].pk.clone();
+                let mut values: Vec<Option<CqlValue>> = g.key.pk.clone();
                 for (i, v) in g.cols {
                     names.push(i);
                     values.push(v);
                 }
                 values.push(Some(CqlValue::BigInt(next_ts())));
-                stmts.push(Stmt { records: g.records, cql: Self::insert_cql(route, &names), values, partition });
+                let cql = self.cql_for(g.route, Some(&names));
+                stmts.push(Stmt { records: g.records, cql, values, partition });
             }
         }
-        (stmts, rejected, carry)
+        (stmts, rejected, overlay)
     }
 
-    async fn prepare(&mut self, cql: &str) -> Result<(), Failure> {
+    async fn prepare(&mut self, cql: &Arc<str>) -> Result<(), Failure> {
         if self.prepared.contains_key(cql) {
             return Ok(());
         }
-        let mut p = self.session.prepare(cql).await.map_err(|e| classify_prepare(&e))?;
+        let mut p = self.session.prepare(&**cql).await.map_err(|e| classify_prepare(&e))?;
         p.set_consistency(self.consistency);
         p.set_is_idempotent(true);
-        self.prepared.insert(cql.to_string(), p);
+        self.prepared.insert(cql.clone(), p);
         Ok(())
     }
 
@@ -628,53 +765,44 @@ impl ScyllaSink {
         self.session.execute_unpaged(p, &s.values).await.map(|_| ()).map_err(|e| classify(&e))
     }
 
-    /// Runs one lane: consecutive statements of one partition go as one
-    /// unlogged batch. Returns the rejected records, or a retriable error.
-    async fn run_lane(&self, stmts: Vec<&Stmt>) -> Result<Vec<Rejected>, SinkError> {
+    /// Runs statements of one partition (one statement, or an unlogged
+    /// batch). Returns the rejected records, or a retriable error.
+    async fn run_chunk(&self, chunk: &[&Stmt]) -> Result<Vec<Rejected>, SinkError> {
         let mut rejected = Vec::new();
-        let mut i = 0;
-        while i < stmts.len() {
-            let mut j = i + 1;
-            while j < stmts.len() && j - i < self.batch_statements && stmts[j].partition == stmts[i].partition {
-                j += 1;
+        let outcome = if chunk.len() == 1 {
+            self.run_one(chunk[0]).await
+        } else {
+            let mut batch = Batch::new(BatchType::Unlogged);
+            batch.set_consistency(self.consistency);
+            batch.set_is_idempotent(true);
+            for s in chunk {
+                batch.append_statement(self.prepared[&s.cql].clone());
             }
-            let chunk = &stmts[i..j];
-            let outcome = if chunk.len() == 1 {
-                self.run_one(chunk[0]).await
-            } else {
-                let mut batch = Batch::new(BatchType::Unlogged);
-                batch.set_consistency(self.consistency);
-                batch.set_is_idempotent(true);
+            let values: Vec<&Vec<Option<CqlValue>>> = chunk.iter().map(|s| &s.values).collect();
+            self.session.batch(&batch, values).await.map(|_| ()).map_err(|e| classify(&e))
+        };
+        match outcome {
+            Ok(()) => {}
+            Err(Failure::Retry(m)) => return Err(SinkError::Retriable(format!("scylla: {m}"))),
+            Err(Failure::Record(m)) if chunk.len() == 1 => {
+                for &index in &chunk[0].records {
+                    rejected.push(Rejected { index, error: format!("scylla: {m}") });
+                }
+            }
+            Err(Failure::Record(_)) => {
+                // Find the statements at fault one by one.
                 for s in chunk {
-                    batch.append_statement(self.prepared[&s.cql].clone());
-                }
-                let values: Vec<&Vec<Option<CqlValue>>> = chunk.iter().map(|s| &s.values).collect();
-                self.session.batch(&batch, values).await.map(|_| ()).map_err(|e| classify(&e))
-            };
-            match outcome {
-                Ok(()) => {}
-                Err(Failure::Retry(m)) => return Err(SinkError::Retriable(format!("scylla: {m}"))),
-                Err(Failure::Record(m)) if chunk.len() == 1 => {
-                    for &index in &chunk[0].records {
-                        rejected.push(Rejected { index, error: format!("scylla: {m}") });
-                    }
-                }
-                Err(Failure::Record(_)) => {
-                    // Find the statements at fault one by one.
-                    for s in chunk {
-                        match self.run_one(s).await {
-                            Ok(()) => {}
-                            Err(Failure::Retry(m)) => return Err(SinkError::Retriable(format!("scylla: {m}"))),
-                            Err(Failure::Record(m)) => {
-                                for &index in &s.records {
-                                    rejected.push(Rejected { index, error: format!("scylla: {m}") });
-                                }
+                    match self.run_one(s).await {
+                        Ok(()) => {}
+                        Err(Failure::Retry(m)) => return Err(SinkError::Retriable(format!("scylla: {m}"))),
+                        Err(Failure::Record(m)) => {
+                            for &index in &s.records {
+                                rejected.push(Rejected { index, error: format!("scylla: {m}") });
                             }
                         }
                     }
                 }
             }
-            i = j;
         }
         Ok(rejected)
     }
@@ -683,9 +811,9 @@ impl ScyllaSink {
 impl Sink for ScyllaSink {
     /// Applies the batch; see the crate docs for the timestamps.
     async fn write(&mut self, batch: &[SinkRecord]) -> BatchOutcome {
-        let (stmts, mut rejected, carry) = self.plan(batch);
-        let mut unprepared: Vec<String> = Vec::new();
-        let mut bad_cql: HashMap<String, String> = HashMap::new();
+        let (stmts, mut rejected, overlay) = self.plan(batch);
+        let mut unprepared: Vec<Arc<str>> = Vec::new();
+        let mut bad_cql: HashMap<Arc<str>, String> = HashMap::new();
         for s in &stmts {
             if !self.prepared.contains_key(&s.cql) && !unprepared.contains(&s.cql) {
                 unprepared.push(s.cql.clone());
@@ -700,21 +828,47 @@ impl Sink for ScyllaSink {
                 }
             }
         }
-        let mut lanes: Vec<Vec<&Stmt>> = vec![Vec::new(); self.lanes];
+        // Every statement carries its own timestamp, so the store's result
+        // does not depend on the order they run in: they run `concurrency`
+        // at a time, the statements of one partition together as one
+        // unlogged batch (up to `batch_statements`).
+        let mut runnable: Vec<&Stmt> = Vec::with_capacity(stmts.len());
         for s in &stmts {
-            if let Some(m) = bad_cql.get(&s.cql) {
+            if let Some(m) = bad_cql.get(&*s.cql) {
                 for &index in &s.records {
                     rejected.push(Rejected { index, error: format!("scylla: {}: {m}", s.cql) });
                 }
                 continue;
             }
-            lanes[(s.partition % self.lanes as u64) as usize].push(s);
+            runnable.push(s);
         }
-        let results = join_all(lanes.into_iter().filter(|l| !l.is_empty()).map(|l| self.run_lane(l))).await;
-        for r in results {
-            rejected.extend(r?);
+        runnable.sort_by_key(|s| s.partition);
+        let mut chunks: Vec<&[&Stmt]> = Vec::new();
+        let mut i = 0;
+        while i < runnable.len() {
+            let mut j = i + 1;
+            while j < runnable.len() && j - i < self.batch_statements && runnable[j].partition == runnable[i].partition {
+                j += 1;
+            }
+            chunks.push(&runnable[i..j]);
+            i = j;
         }
-        self.carry = carry;
+        // (The futures are made first: a closure inside the stream trips the
+        // compiler's Send check of this trait method's future.)
+        let futures: Vec<_> = chunks.into_iter().map(|c| self.run_chunk(c)).collect();
+        let mut results = futures_util::stream::iter(futures).buffer_unordered(self.lanes);
+        let mut failure = None;
+        while let Some(r) = results.next().await {
+            match r {
+                Ok(r) => rejected.extend(r),
+                Err(e) => failure = Some(e),
+            }
+        }
+        drop(results);
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        self.slots.commit(overlay.0, overlay.1);
         rejected.sort_by_key(|r| r.index);
         rejected.dedup_by_key(|r| r.index);
         debug!(records = batch.len(), statements = stmts.len(), rejected = rejected.len(), "scylla batch written");

@@ -66,6 +66,13 @@ fn text(v: &Option<CqlValue>) -> Json {
     match v {
         None => Json::Null,
         Some(CqlValue::Text(s)) | Some(CqlValue::Ascii(s)) => Json::String(s.clone()),
+        Some(CqlValue::Int(i)) => Json::from(*i),
+        Some(CqlValue::BigInt(i)) => Json::from(*i),
+        Some(CqlValue::SmallInt(i)) => Json::from(*i),
+        Some(CqlValue::TinyInt(i)) => Json::from(*i),
+        Some(CqlValue::Boolean(b)) => Json::from(*b),
+        Some(CqlValue::Double(f)) => Json::from(*f),
+        Some(CqlValue::Float(f)) => Json::from(*f),
         Some(v) => Json::String(format!("{v:?}")),
     }
 }
@@ -77,7 +84,10 @@ impl ScyllaVerifier {
             .pk
             .iter()
             .zip(pk)
-            .map(|(&i, v)| format!("{}={}", self.route.cols[i].name, text(v).as_str().map(str::to_string).unwrap_or_else(|| text(v).to_string())))
+            .map(|(&i, v)| {
+                let t = text(v);
+                format!("{}={}", self.route.cols[i].name, t.as_str().map(str::to_string).unwrap_or_else(|| t.to_string()))
+            })
             .collect();
         format!("{} ({})", self.route.qualified, parts.join(", "))
     }
@@ -135,7 +145,13 @@ impl Verifier for ScyllaVerifier {
         Box::pin(async move {
             let names: Vec<&str> = self.route.pk.iter().map(|&i| self.route.cols[i].name.as_str()).collect();
             let cql = format!("SELECT {} FROM {}", names.join(", "), self.route.qualified);
-            let mut pager = self.session.query_iter(cql, ()).await.map_err(|e| failed("list", e))?.rows_stream::<Row>().map_err(|e| failed("list", e))?;
+            let mut pager = self
+                .session
+                .query_iter(cql, ())
+                .await
+                .map_err(|e| failed("list", e))?
+                .rows_stream::<Row>()
+                .map_err(|e| failed("list", e))?;
             let mut keys = Vec::new();
             while let Some(row) = pager.try_next().await.map_err(|e| failed("list", e))? {
                 keys.push(row.columns);
@@ -168,11 +184,18 @@ impl Verifier for ScyllaVerifier {
                 if let Some(times) = &times {
                     let r = self.session.execute_unpaged(times, &pk).await.map_err(|e| failed("writetime", e))?;
                     let rows = r.into_rows_result().map_err(|e| failed("writetime", e))?;
-                    if let Some(row) = rows.rows::<Row>().map_err(|e| failed("writetime", e))?.next().transpose().map_err(|e| failed("writetime", e))? {
-                        at = row.columns.iter().filter_map(|c| match c {
-                            Some(CqlValue::BigInt(t)) => Some(*t),
-                            _ => None,
-                        }).max().unwrap_or(0);
+                    if let Some(row) =
+                        rows.rows::<Row>().map_err(|e| failed("writetime", e))?.next().transpose().map_err(|e| failed("writetime", e))?
+                    {
+                        at = row
+                            .columns
+                            .iter()
+                            .filter_map(|c| match c {
+                                Some(CqlValue::BigInt(t)) => Some(*t),
+                                _ => None,
+                            })
+                            .max()
+                            .unwrap_or(0);
                     }
                 }
                 let mut values: Vec<Option<CqlValue>> = vec![Some(CqlValue::BigInt(at))];

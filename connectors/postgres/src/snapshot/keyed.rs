@@ -17,8 +17,8 @@ use pgfanout_sdk::{Change, Lsn};
 use tokio_postgres::Client;
 
 use super::copy_text::LineSplitter;
-use super::plan::{self, RelationPlan};
 use super::decode_line;
+use super::plan::{self, RelationPlan};
 use crate::catalog::TypeRegistry;
 use crate::error::SourceError;
 use crate::slot::{quote_ident, TableName};
@@ -74,8 +74,7 @@ impl KeyedTable {
     }
 
     fn literal(&self, key: &KeyText) -> String {
-        let parts: Vec<String> =
-            self.key.iter().zip(key).map(|((_, ty), v)| format!("'{}'::{}", v.replace('\'', "''"), ty)).collect();
+        let parts: Vec<String> = self.key.iter().zip(key).map(|((_, ty), v)| format!("'{}'::{}", v.replace('\'', "''"), ty)).collect();
         format!("({})", parts.join(", "))
     }
 
