@@ -19,12 +19,12 @@ use regex::Regex;
 use serde_json::Value;
 
 /// Histograms: Prometheus exposes them as `_bucket`, `_sum` and `_count`.
-const HISTOGRAMS: &[&str] = &[m::SINK_BATCH_DURATION_SECONDS, m::END_TO_END_LATENCY_SECONDS];
+const HISTOGRAMS: &[&str] = &[m::SINK_BATCH_DURATION_SECONDS, m::END_TO_END_LATENCY_SECONDS, m::WAIT_SECONDS];
 
 /// Labels a query may group or match on: the metrics' own labels, the
 /// histogram bucket label and the two labels Prometheus adds to each target.
 fn known_labels() -> BTreeSet<&'static str> {
-    [m::LABEL_SINK, m::LABEL_TABLE, m::LABEL_OP, m::LABEL_PIPELINE, "le", "instance", "job"].into_iter().collect()
+    [m::LABEL_SINK, m::LABEL_TABLE, m::LABEL_OP, m::LABEL_PIPELINE, m::LABEL_OUTCOME, "le", "instance", "job"].into_iter().collect()
 }
 
 fn root() -> PathBuf {

@@ -380,7 +380,7 @@ async fn wait_confirmed_all(c: &tokio_postgres::Client, slot: &str, d: &Daemon, 
 /// the tables per key, and the recommendation query answers what SQL does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn purchase_graph_equals_the_tables() {
-    let (_pg, c, server, dir, d) = setup("gmix").await;
+    let (pg, c, server, dir, d) = setup("gmix").await;
     let mut shop = Shop::new(0x9a9a_0001);
     c.batch_execute(&shop.seed(30, 20)).await.unwrap();
     run_shop(&c, &mut shop, 200, 10, &AtomicUsize::new(0)).await;
@@ -390,6 +390,49 @@ async fn purchase_graph_equals_the_tables() {
     assert!(items > 100, "a real purchase graph: {items} order items");
     assert_recommendations(&g, &c).await;
     assert_eq!(line_count(&dir.path().join("gmix.dead.jsonl")), 0, "nothing dead-lettered");
+    let cfg = neo4j_config(&pg, "gmix", "gmix", &server.uri(), &server.user, &server.password, &server.database, PIPELINES, dir.path());
+    verify_finds_and_repairs(&g, &c, dir.path(), &cfg).await;
+}
+
+/// `pgfanout verify` on the graph: clean after the workload; a changed
+/// property, a lost relationship and a stray node are reported exactly, and
+/// `--repair` fixes them.
+async fn verify_finds_and_repairs(g: &Graph, c: &tokio_postgres::Client, dir: &std::path::Path, cfg: &str) {
+    let path = dir.join("verify.yaml");
+    std::fs::write(&path, cfg).unwrap();
+    let run = |args: &[&str]| {
+        let report = dir.join("verify.json");
+        let out = std::process::Command::new(bin())
+            .args(["verify", "-c"])
+            .arg(&path)
+            .arg("--json")
+            .arg(&report)
+            .args(["--settle", "30s"])
+            .args(args)
+            .output()
+            .unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let json: Json = serde_json::from_str(&std::fs::read_to_string(&report).unwrap_or_default()).unwrap_or_default();
+        (out.status.code(), json, text)
+    };
+    let (code, _, text) = tokio::task::block_in_place(|| run(&[]));
+    assert_eq!(code, Some(0), "{text}");
+    let user: i32 = c.query_one("SELECT min(id) FROM users", &[]).await.unwrap().get(0);
+    let item: i32 = c.query_one("SELECT min(id) FROM order_items", &[]).await.unwrap().get(0);
+    g.run(query(&format!("MATCH (u:User {{id: {user}}}) SET u.email = 'tampered'"))).await.unwrap();
+    g.run(query(&format!("MATCH ()-[r:BOUGHT]->() WHERE r._pgfanout_key = '{{\"id\":{item}}}' DELETE r"))).await.unwrap();
+    g.run(query("CREATE (:Product {id: 999999, name: 'stray', price: 1.0})")).await.unwrap();
+    let (code, report, text) = tokio::task::block_in_place(|| run(&[]));
+    assert_eq!(code, Some(1), "{text}");
+    let p = |name: &str| report["pipelines"].as_array().unwrap().iter().find(|p| p["pipeline"] == name).unwrap().clone();
+    assert_eq!(p("users")["different"], json!([{"id": format!("(:User {{\"id\":{user}}})"), "fields": ["email"]}]), "{text}");
+    assert_eq!(p("users")["missing"], json!([]), "{text}");
+    assert_eq!(p("purchases")["missing"], json!([format!("[:BOUGHT {{\"id\":{item}}}]")]), "{text}");
+    assert_eq!(p("products")["extra"], json!(["(:Product {\"id\":999999})"]), "{text}");
+    let (code, _, text) = tokio::task::block_in_place(|| run(&["--repair"]));
+    assert_eq!(code, Some(1), "{text}");
+    let (code, _, text) = tokio::task::block_in_place(|| run(&[]));
+    assert_eq!(code, Some(0), "repaired: {text}");
 }
 
 /// SIGKILL twice while the shop runs, restart each time: replays converge

@@ -28,6 +28,7 @@ mod cypher;
 mod encode;
 mod error;
 mod sink;
+mod verify;
 
 pub use config::{
     CypherMapping, EndpointMapping, Neo4jMapping, Neo4jSinkConfig, NodeMapping, RelMapping, ROW_KEY_PROPERTY, VERSION_PROPERTY,
@@ -38,12 +39,45 @@ pub use sink::Neo4jSink;
 /// daemon's end-to-end tests, tools) uses the same client version.
 pub use neo4rs;
 
+use pgfanout_sdk::connector::{parse_sink, BoxFuture};
+use pgfanout_sdk::{ConfigError, ConfiguredSink, Connector, DynSink, SinkError, SinkInput, Verifier};
+
 /// The connector: `type: neo4j`, settings [`Neo4jSinkConfig`], a `neo4j:` mapping
 /// ([`Neo4jMapping`]) per pipeline.
-pub static CONNECTOR: pgfanout_sdk::connector::TypedConnector<Neo4jSinkConfig, Neo4jMapping> = pgfanout_sdk::connector::TypedConnector {
-    kind: "neo4j",
-    aliases: &[],
-    validate_settings: Neo4jSinkConfig::validate,
-    validate_mapping: Neo4jMapping::validate,
-    connect: |settings, mappings| Box::pin(async move { Ok(Box::new(Neo4jSink::connect(settings, mappings.to_vec()).await?) as _) }),
-};
+pub static CONNECTOR: Neo4jConnector = Neo4jConnector;
+
+/// See [`CONNECTOR`].
+pub struct Neo4jConnector;
+
+impl Connector for Neo4jConnector {
+    fn kind(&self) -> &'static str {
+        "neo4j"
+    }
+
+    fn configure(&self, input: &SinkInput<'_>) -> Result<Box<dyn ConfiguredSink>, Vec<ConfigError>> {
+        let (settings, mappings) = parse_sink(self.kind(), input, Neo4jSinkConfig::validate, Neo4jMapping::validate)?;
+        Ok(Box::new(Configured { settings, mappings }))
+    }
+}
+
+struct Configured {
+    settings: Neo4jSinkConfig,
+    mappings: Vec<Neo4jMapping>,
+}
+
+impl ConfiguredSink for Configured {
+    fn build(&self) -> BoxFuture<'_, Result<Box<dyn DynSink>, SinkError>> {
+        Box::pin(async move { Ok(Box::new(Neo4jSink::connect(&self.settings, self.mappings.clone()).await?) as Box<dyn DynSink>) })
+    }
+
+    fn verifiable(&self, route: usize) -> Result<(), String> {
+        self.mappings.get(route).map_or_else(|| Err("no such route".into()), verify::verifiable)
+    }
+
+    fn verifier(&self, route: usize) -> BoxFuture<'_, Result<Box<dyn Verifier>, SinkError>> {
+        Box::pin(async move {
+            let m = self.mappings.get(route).ok_or_else(|| SinkError::Permanent(format!("no route {route}")))?;
+            verify::connect(&self.settings, m).await
+        })
+    }
+}

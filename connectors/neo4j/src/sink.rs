@@ -23,6 +23,24 @@ use crate::cypher;
 use crate::encode;
 use crate::error::classify;
 
+/// Connects to the configured server (no query run yet).
+pub(crate) async fn open_graph(cfg: &Neo4jSinkConfig) -> Result<Graph, SinkError> {
+    let mut builder = ConfigBuilder::new()
+        .uri(cfg.uri.as_str())
+        .user(cfg.user.as_str())
+        .password(cfg.password.as_ref().map(|p| p.expose().to_string()).unwrap_or_default())
+        .fetch_size(cfg.fetch_size)
+        .max_connections(cfg.max_connections);
+    if let Some(db) = &cfg.database {
+        builder = builder.db(db.as_str());
+    }
+    if let (true, Some(ca)) = (cfg.is_tls(), &cfg.tls.ca_file) {
+        builder = builder.with_client_certificate(ca);
+    }
+    let config = builder.build().map_err(|e| SinkError::Permanent(format!("neo4j config: {e}")))?;
+    Graph::connect(config).await.map_err(|e| classify("connect", &e))
+}
+
 /// A route's mapping with its statements prepared once.
 enum Route {
     Node { mapping: NodeMapping, upsert: Arc<str>, delete: Arc<str>, truncate: Arc<str> },
@@ -98,20 +116,7 @@ impl Neo4jSink {
             }
             prepared.push(prepare(m));
         }
-        let mut builder = ConfigBuilder::new()
-            .uri(cfg.uri.as_str())
-            .user(cfg.user.as_str())
-            .password(cfg.password.as_ref().map(|p| p.expose().to_string()).unwrap_or_default())
-            .fetch_size(cfg.fetch_size)
-            .max_connections(cfg.max_connections);
-        if let Some(db) = &cfg.database {
-            builder = builder.db(db.as_str());
-        }
-        if let (true, Some(ca)) = (cfg.is_tls(), &cfg.tls.ca_file) {
-            builder = builder.with_client_certificate(ca);
-        }
-        let config = builder.build().map_err(|e| SinkError::Permanent(format!("neo4j config: {e}")))?;
-        let graph = Graph::connect(config).await.map_err(|e| classify("connect", &e))?;
+        let graph = open_graph(cfg).await?;
         let sink = Neo4jSink { graph, routes: prepared, max_batch: cfg.max_batch };
         sink.ping().await?;
         if cfg.create_indexes {
