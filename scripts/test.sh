@@ -32,6 +32,17 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
 command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
+
+# The shared target directory only grows (incremental caches, old test
+# binaries); a full disk breaks linking. Below 20 GB free, drop what is
+# cheap to rebuild: incremental caches and test executables unused for a day.
+mkdir -p "$CARGO_TARGET_DIR"
+free_kb=$(df -Pk "$CARGO_TARGET_DIR" | awk 'NR==2 {print $4}')
+if [ "${free_kb:-0}" -lt $((20 * 1024 * 1024)) ]; then
+  echo "pruning $CARGO_TARGET_DIR ($((free_kb / 1024 / 1024)) GB free)" >&2
+  rm -rf "$CARGO_TARGET_DIR"/debug/incremental "$CARGO_TARGET_DIR"/release/incremental
+  find "$CARGO_TARGET_DIR"/debug/deps -maxdepth 1 -type f ! -name '*.*' -mtime +0 -delete 2>/dev/null || true
+fi
 scripts/install-jvm-servers.sh
 scripts/install-ferretdb.sh >/dev/null
 
