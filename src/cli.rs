@@ -1,4 +1,5 @@
-//! The command line: `run`, `check`, `doctor`, `status`, `verify`, `wait`.
+//! The command line: `run`, `check`, `doctor`, `status`, `verify`, `wait`,
+//! `backfill`.
 //!
 //! Exit codes: 0 ok, 1 runtime failure, 2 bad configuration or usage.
 
@@ -76,6 +77,37 @@ pub enum Command {
         #[arg(long, default_value_t = 20)]
         show: usize,
     },
+    /// Re-copy a table into the sinks while streaming (or list, pause,
+    /// resume, cancel backfills). The running daemon picks requests up
+    /// from `pgfanout.signals` within a second.
+    Backfill {
+        #[arg(short, long)]
+        config: PathBuf,
+        /// The table to backfill (schema.table).
+        #[arg(long, required_unless_present_any = ["list", "pause", "resume", "cancel"])]
+        table: Option<String>,
+        /// Only rows matching this SQL condition.
+        #[arg(long = "where")]
+        filter: Option<String>,
+        /// Rows per chunk (default 1000).
+        #[arg(long)]
+        chunk_size: Option<i64>,
+        /// Throttle: rows per second at most.
+        #[arg(long)]
+        max_rows_per_second: Option<i64>,
+        /// Wait until the backfill is done (exit 1 if it fails or is cancelled).
+        #[arg(long)]
+        wait: bool,
+        /// List the backfills of this config's slot.
+        #[arg(long, conflicts_with_all = ["table", "pause", "resume", "cancel"])]
+        list: bool,
+        #[arg(long, value_name = "ID", conflicts_with_all = ["table", "resume", "cancel"])]
+        pause: Option<i64>,
+        #[arg(long, value_name = "ID", conflicts_with_all = ["table", "pause", "cancel"])]
+        resume: Option<i64>,
+        #[arg(long, value_name = "ID", conflicts_with_all = ["table", "pause", "resume"])]
+        cancel: Option<i64>,
+    },
     /// Wait until every change committed at or before an LSN is durable in
     /// a sink (every sink by default): read-your-writes from the shell.
     Wait {
@@ -110,7 +142,8 @@ pub fn main() -> i32 {
         | Command::Doctor { config }
         | Command::Status { config }
         | Command::Verify { config, .. }
-        | Command::Wait { config, .. } => config.clone(),
+        | Command::Wait { config, .. }
+        | Command::Backfill { config, .. } => config.clone(),
     };
     let cfg = match config::load(&path) {
         Ok(cfg) => cfg,
@@ -157,6 +190,11 @@ pub fn main() -> i32 {
                     show,
                 };
                 crate::verify::verify(&cfg, &opts).await
+            }
+            Command::Backfill { table, filter, chunk_size, max_rows_per_second, wait, list, pause, resume, cancel, .. } => {
+                let request =
+                    crate::ops::BackfillRequest { table, filter, chunk_size, max_rows_per_second, wait, list, pause, resume, cancel };
+                crate::ops::backfill(&cfg, request).await
             }
             Command::Wait { lsn, sink, timeout, .. } => crate::ops::wait(&cfg, &lsn, sink.as_deref(), timeout).await,
             Command::Check { .. } => 0,

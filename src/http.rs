@@ -1,14 +1,16 @@
 //! The operator HTTP listener: `/metrics` (Prometheus), `/healthz`,
 //! `/readyz`, `/status` (the daemon's own positions as JSON, read by
-//! `pgfanout status`) and `/wait` (read-your-writes: answers once a
-//! position is durable in a sink, read by `pgfanout wait`).
+//! `pgfanout status`), `/wait` (read-your-writes: answers once a
+//! position is durable in a sink, read by `pgfanout wait`) and
+//! `/backfills` (start, list, pause, resume, cancel backfills).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use axum::extract::Path;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use pgfanout_sdk::Lsn;
@@ -88,6 +90,13 @@ struct AppState {
     prometheus: PrometheusHandle,
     health: Arc<Health>,
     sink_names: Arc<Vec<String>>,
+    admin: Option<Arc<Admin>>,
+}
+
+/// What the backfill endpoints need: the source database and the slot.
+pub struct Admin {
+    pub opts: pgfanout_postgres::conn::PgConnectOptions,
+    pub slot: String,
 }
 
 /// Installs the Prometheus recorder (once per process) and returns its handle.
@@ -105,6 +114,7 @@ pub async fn serve(
     prometheus: PrometheusHandle,
     health: Arc<Health>,
     sink_names: Vec<String>,
+    admin: Option<Admin>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let listener =
@@ -115,7 +125,9 @@ pub async fn serve(
         .route("/readyz", get(ready))
         .route("/status", get(status))
         .route("/wait", get(wait))
-        .with_state(AppState { prometheus: prometheus.clone(), health, sink_names: Arc::new(sink_names) });
+        .route("/backfills", get(list_backfills).post(start_backfill))
+        .route("/backfills/{id}/{action}", post(control_backfill))
+        .with_state(AppState { prometheus: prometheus.clone(), health, sink_names: Arc::new(sink_names), admin: admin.map(Arc::new) });
     let upkeep = prometheus.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
@@ -234,5 +246,78 @@ mod tests {
         assert!(p.has(Lsn(100), Some("s")));
         assert!(!p.has(Lsn(100), None));
         assert!(!Progress::default().has(Lsn(1), None), "nothing published yet");
+    }
+}
+
+type JsonReply = (StatusCode, Json<serde_json::Value>);
+
+fn reply(status: StatusCode, body: serde_json::Value) -> JsonReply {
+    (status, Json(body))
+}
+
+async fn admin_client(s: &AppState) -> Result<(Arc<Admin>, tokio_postgres::Client), JsonReply> {
+    let admin = s.admin.clone().ok_or_else(|| reply(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"error": "not ready"})))?;
+    match pgfanout_postgres::conn::connect_sql(&admin.opts).await {
+        Ok(c) => Ok((admin, c)),
+        Err(e) => Err(reply(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"error": format!("source database: {e}")}))),
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct BackfillQuery {
+    table: Option<String>,
+    #[serde(rename = "where")]
+    filter: Option<String>,
+    chunk_size: Option<i64>,
+    max_rows_per_second: Option<i64>,
+}
+
+/// `POST /backfills?table=public.orders[&where=...][&chunk_size=N][&max_rows_per_second=N]`:
+/// 202 with the signal's id; the daemon starts the backfill within a second.
+async fn start_backfill(State(s): State<AppState>, Query(q): Query<BackfillQuery>) -> JsonReply {
+    let Some(table) = q.table else {
+        return reply(StatusCode::BAD_REQUEST, serde_json::json!({"error": "table is required, e.g. POST /backfills?table=public.orders"}));
+    };
+    if let Err(e) = crate::backfill::parse_table(&table) {
+        return reply(StatusCode::BAD_REQUEST, serde_json::json!({ "error": e }));
+    }
+    let (admin, c) = match admin_client(&s).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let data = serde_json::json!({
+        "table": table, "where": q.filter, "chunk_size": q.chunk_size, "max_rows_per_second": q.max_rows_per_second,
+        "slot": admin.slot, "reason": "http",
+    });
+    match crate::backfill::state::signal(&c, "backfill", &data).await {
+        Ok(id) => reply(StatusCode::ACCEPTED, serde_json::json!({ "signal": id, "table": table })),
+        Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, serde_json::json!({ "error": e.to_string() })),
+    }
+}
+
+/// `GET /backfills`: every backfill of this daemon's slot, newest first.
+async fn list_backfills(State(s): State<AppState>) -> JsonReply {
+    let (admin, c) = match admin_client(&s).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    match crate::backfill::state::list(&c, &admin.slot).await {
+        Ok(list) => reply(StatusCode::OK, serde_json::Value::Array(list.iter().map(|b| b.to_json()).collect())),
+        Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, serde_json::json!({ "error": e.to_string() })),
+    }
+}
+
+/// `POST /backfills/{id}/pause|resume|cancel`.
+async fn control_backfill(State(s): State<AppState>, Path((id, action)): Path<(i64, String)>) -> JsonReply {
+    if !matches!(action.as_str(), "pause" | "resume" | "cancel") {
+        return reply(StatusCode::NOT_FOUND, serde_json::json!({"error": "actions: pause, resume, cancel"}));
+    }
+    let (admin, c) = match admin_client(&s).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    match crate::backfill::state::signal(&c, &format!("{action}-backfill"), &serde_json::json!({ "id": id, "slot": admin.slot })).await {
+        Ok(signal) => reply(StatusCode::ACCEPTED, serde_json::json!({ "signal": signal, "backfill": id, "action": action })),
+        Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, serde_json::json!({ "error": e.to_string() })),
     }
 }

@@ -60,6 +60,16 @@ pub const VERIFY_DIVERGENT_KEYS: &str = "pgfanout_verify_divergent_keys";
 /// When the last `pgfanout verify` of a pipeline finished (Unix seconds), by `pipeline`.
 pub const VERIFY_LAST_RUN_TIMESTAMP_SECONDS: &str = "pgfanout_verify_last_run_timestamp_seconds";
 
+/// Rows a backfill routed to the pipelines, by `table`.
+pub const BACKFILL_ROWS_TOTAL: &str = "pgfanout_backfill_rows_total";
+/// Backfill chunks durable in every sink, by `table`.
+pub const BACKFILL_CHUNKS_TOTAL: &str = "pgfanout_backfill_chunks_total";
+/// Backfill rows dropped because the stream changed them while their chunk
+/// was read (the stream carries the newer state).
+pub const BACKFILL_SUPERSEDED_ROWS_TOTAL: &str = "pgfanout_backfill_superseded_rows_total";
+/// 1 while a backfill of `table` runs.
+pub const BACKFILL_RUNNING: &str = "pgfanout_backfill_running";
+
 /// Every metric name, for tests and dashboard checks.
 pub const ALL: &[&str] = &[
     CHANGES_READ_TOTAL,
@@ -84,6 +94,10 @@ pub const ALL: &[&str] = &[
     WAIT_SECONDS,
     VERIFY_DIVERGENT_KEYS,
     VERIFY_LAST_RUN_TIMESTAMP_SECONDS,
+    BACKFILL_ROWS_TOTAL,
+    BACKFILL_CHUNKS_TOTAL,
+    BACKFILL_SUPERSEDED_ROWS_TOTAL,
+    BACKFILL_RUNNING,
 ];
 
 /// Declares help texts with the recorder.
@@ -110,5 +124,9 @@ pub fn describe() {
     describe_counter!(WAIT_REQUESTS_TOTAL, "Read-your-writes /wait requests, by outcome");
     describe_histogram!(WAIT_SECONDS, Unit::Seconds, "How long /wait requests waited");
     describe_gauge!(VERIFY_DIVERGENT_KEYS, "Divergent entries found by the last pgfanout verify of the pipeline");
+    describe_counter!(BACKFILL_ROWS_TOTAL, "Rows backfills routed to the pipelines");
+    describe_counter!(BACKFILL_CHUNKS_TOTAL, "Backfill chunks durable in every sink");
+    describe_counter!(BACKFILL_SUPERSEDED_ROWS_TOTAL, "Backfill rows dropped because the stream changed them meanwhile");
+    describe_gauge!(BACKFILL_RUNNING, "1 while a backfill of the table runs");
     describe_gauge!(VERIFY_LAST_RUN_TIMESTAMP_SECONDS, Unit::Seconds, "When the last pgfanout verify of the pipeline finished");
 }

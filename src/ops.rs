@@ -316,3 +316,150 @@ fn url_escape(s: &str) -> String {
         .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
         .collect()
 }
+
+/// `pgfanout backfill`'s arguments.
+#[derive(Debug)]
+pub struct BackfillRequest {
+    pub table: Option<String>,
+    pub filter: Option<String>,
+    pub chunk_size: Option<i64>,
+    pub max_rows_per_second: Option<i64>,
+    pub wait: bool,
+    pub list: bool,
+    pub pause: Option<i64>,
+    pub resume: Option<i64>,
+    pub cancel: Option<i64>,
+}
+
+/// `pgfanout backfill`: writes the request to `pgfanout.signals` (the
+/// daemon applies it), lists backfills, or waits for one to finish.
+pub async fn backfill(cfg: &Config, r: BackfillRequest) -> i32 {
+    use crate::backfill::state;
+    let pg = &cfg.source.postgres;
+    let client = match connect_options(pg) {
+        Ok(opts) => match connect_sql(&opts).await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("cannot connect to {}: {e}", opts.redacted());
+                return 1;
+            }
+        },
+        Err(e) => {
+            eprintln!("source.postgres.url: {e}");
+            return 2;
+        }
+    };
+    if r.list {
+        return match state::list(&client, &pg.slot).await {
+            Ok(list) => {
+                println!("{:>5}  {:<10} {:<32} {:>12} {:>8}  where", "id", "status", "table", "rows", "chunks");
+                for b in list {
+                    println!(
+                        "{:>5}  {:<10} {:<32} {:>12} {:>8}  {}",
+                        b.id,
+                        b.status,
+                        b.table,
+                        b.rows,
+                        b.chunks,
+                        b.filter.unwrap_or_default()
+                    );
+                }
+                0
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                1
+            }
+        };
+    }
+    let (kind, data) = match (&r.table, r.pause, r.resume, r.cancel) {
+        (Some(t), ..) => {
+            let table = match crate::backfill::parse_table(t) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("--table: {e}");
+                    return 2;
+                }
+            };
+            let router = match Router::new(cfg) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return 2;
+                }
+            };
+            let read = router
+                .table_patterns()
+                .iter()
+                .filter_map(|p| crate::config::TablePattern::parse(p).ok())
+                .any(|p| p.matches(&table.schema, &table.name));
+            if !read {
+                eprintln!("--table {table}: no pipeline of this config reads it (its rows would go nowhere)");
+                return 2;
+            }
+            (
+                "backfill",
+                serde_json::json!({"table": table.to_string(), "where": r.filter, "chunk_size": r.chunk_size,
+                                   "max_rows_per_second": r.max_rows_per_second, "slot": pg.slot, "reason": "cli"}),
+            )
+        }
+        (None, Some(id), _, _) => ("pause-backfill", serde_json::json!({"id": id, "slot": pg.slot})),
+        (None, _, Some(id), _) => ("resume-backfill", serde_json::json!({"id": id, "slot": pg.slot})),
+        (None, _, _, Some(id)) => ("cancel-backfill", serde_json::json!({"id": id, "slot": pg.slot})),
+        _ => {
+            eprintln!("give --table, --list, --pause ID, --resume ID or --cancel ID");
+            return 2;
+        }
+    };
+    let signal = match state::signal(&client, kind, &data).await {
+        Ok(id) => id,
+        Err(e) => {
+            eprintln!("{e}");
+            return 1;
+        }
+    };
+    println!("signal {signal}: {kind} {data}");
+    if !r.wait {
+        println!("the running daemon applies it within a second (pgfanout backfill -c FILE --list shows progress)");
+        return 0;
+    }
+    // Wait for the daemon to take the signal, then for the backfill to end.
+    let mut backfill_id: Option<i64> = None;
+    loop {
+        if backfill_id.is_none() {
+            let result: Option<String> = client
+                .query_opt("SELECT result FROM pgfanout.signals WHERE id = $1 AND processed_at IS NOT NULL", &[&signal])
+                .await
+                .ok()
+                .flatten()
+                .and_then(|row| row.get(0));
+            if let Some(result) = result {
+                match result.strip_prefix("backfill ").and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok()) {
+                    Some(id) if kind == "backfill" => backfill_id = Some(id),
+                    _ => {
+                        println!("{result}");
+                        return if result.starts_with("refused") { 1 } else { 0 };
+                    }
+                }
+            }
+        }
+        if let Some(id) = backfill_id {
+            match state::status(&client, id).await {
+                Ok(Some(s)) if s == "done" => {
+                    println!("backfill {id} done");
+                    return 0;
+                }
+                Ok(Some(s)) if s == "failed" || s == "cancelled" => {
+                    println!("backfill {id} {s}");
+                    return 1;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    eprintln!("{e}");
+                    return 1;
+                }
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}

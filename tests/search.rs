@@ -182,6 +182,30 @@ async fn mixed_workload_with_key_changes_and_toast_equals_the_table() {
     assert_eq!(line_count(&dir.path().join(format!("{db}.dead.jsonl"))), 0, "nothing dead-lettered");
 }
 
+/// The same workload against a real Elasticsearch 8 node (`type:
+/// elasticsearch`; the node runs without the modules Elastic does not
+/// publish, which the sink does not need), then `pgfanout verify` of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_workload_into_elasticsearch_equals_the_table() {
+    let db = "elastic";
+    let (pg, c) = cluster(db).await;
+    let url = tokio::task::spawn_blocking(|| testkit::ElasticsearchNode::shared().url()).await.unwrap();
+    let dir = scratch();
+    let yaml = config(&pg, db, &url, "elastic-products", "", dir.path())
+        .replace("type: opensearch", "type: elasticsearch")
+        .replace("    opensearch: {", "    elasticsearch: {");
+    let d = Daemon::start(bin(), dir.path(), db, &yaml);
+    wait_slot(&c, db, &d).await;
+    let mut w = Workload::new(0x5eed_0e1a);
+    w.run(&c, 300).await;
+    assert_index_equals_table(&c, db, &url, "elastic-products", &d).await;
+    assert_eq!(line_count(&dir.path().join(format!("{db}.dead.jsonl"))), 0, "nothing dead-lettered");
+    let path = dir.path().join("verify.yaml");
+    std::fs::write(&path, &yaml).unwrap();
+    let out = tokio::task::block_in_place(|| std::process::Command::new(bin()).args(["verify", "-c"]).arg(&path).output().unwrap());
+    assert_eq!(out.status.code(), Some(0), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_and_a_node_outage_lose_nothing() {
     let db = "faults";

@@ -1,9 +1,10 @@
 //! The feed workload: pgfanout streaming `bench_rows` inserts into a
-//! Cassandra table (`type: scylla`, `mode: upsert`, default concurrency and
-//! batching), against the store's own ceiling on this machine: a plain loader
-//! with the same `scylla` driver sending the same rows as prepared
-//! `INSERT ... USING TIMESTAMP` statements, 64 in flight, values decoded
-//! before the clock starts. ScyllaDB cannot run here; Apache Cassandra 5.0
+//! Cassandra table (`type: scylla`, `mode: upsert`, `concurrency: 64`),
+//! against the store's own ceiling on this machine: a plain loader with the
+//! same `scylla` driver sending the same rows as the same prepared
+//! `INSERT ... USING TIMESTAMP` statements (one per row: every row is its
+//! own partition, so no batches), 64 in flight, values decoded before the
+//! clock starts. ScyllaDB cannot run here; Apache Cassandra 5.0
 //! (testkit::CassandraNode, 1 GB heap) is the store.
 
 use std::sync::Arc;
@@ -66,7 +67,7 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
         let cfg = FanoutConfig {
             slot: &slot,
             table: shape.table(),
-            sink: format!("{{ type: scylla, nodes: [\"{contact}\"], keyspace: {KEYSPACE}, consistency: one }}"),
+            sink: format!("{{ type: scylla, nodes: [\"{contact}\"], keyspace: {KEYSPACE}, consistency: one, concurrency: {IN_FLIGHT} }}"),
             mapping: format!(
                 "    scylla: {{ table: {fan_table}, columns: {{ id: id, account: account, name: name, amount: amount, created_at: created_at, note: note }} }}\n"
             ),

@@ -139,6 +139,11 @@ impl AckTracker {
         seq
     }
 
+    /// Whether the work registered as `seq` is durable in every sink.
+    pub fn durable_everywhere(&self, seq: u64) -> bool {
+        self.sinks.iter().all(|s| s.get() >= seq)
+    }
+
     /// Number of committed transactions not yet durable everywhere.
     pub fn in_flight(&self) -> usize {
         self.pending.len()

@@ -50,7 +50,10 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     if cfg.http.enabled {
         let handle = crate::http::install_recorder().map_err(|e| RunError::Fatal(format!("metrics: {e}")))?;
         let mut rx = shutdown_rx.clone();
-        crate::http::serve(&cfg.http.listen, handle, health.clone(), cfg.sinks.keys().cloned().collect(), async move {
+        let admin = setup::connect_options(&cfg.source.postgres)
+            .ok()
+            .map(|opts| crate::http::Admin { opts, slot: cfg.source.postgres.slot.clone() });
+        crate::http::serve(&cfg.http.listen, handle, health.clone(), cfg.sinks.keys().cloned().collect(), admin, async move {
             let _ = rx.wait_for(|v| *v).await;
         })
         .await
@@ -75,7 +78,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     };
     let tracker = AckTracker::new(sinks.durable, start);
     let settings = SourceSettings {
-        opts,
+        opts: opts.clone(),
         slot: pg.slot.clone(),
         publication: pg.publication.clone(),
         status_interval: pg.status_interval,
@@ -85,8 +88,20 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         linger: cfg.runtime.linger,
         on_decode_error: pg.on_decode_error,
     };
+    let patterns: Vec<crate::config::TablePattern> =
+        router.table_patterns().iter().filter_map(|p| crate::config::TablePattern::parse(p).ok()).collect();
+    let (backfill_tx, backfill_rx) = tokio::sync::mpsc::channel(16);
+    let driver = crate::backfill::Driver {
+        opts: opts.clone(),
+        slot: pg.slot.clone(),
+        to_source: backfill_tx,
+        shutdown: shutdown_rx.clone(),
+        routed: Arc::new(move |schema: &str, table: &str| patterns.iter().any(|p| p.matches(schema, table))),
+        run: format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0)),
+    };
     let mut source =
         SourceLoop::new(settings, router, sinks.senders, tracker, dead_letters, health, shutdown_rx, sinks.names, sinks.workers);
+    source.with_backfills(backfill_rx);
     let mut plan = prepared.snapshot;
     let mut backoff = pgfanout_sdk::settings::Backoff::new(std::time::Duration::from_millis(500), std::time::Duration::from_secs(30));
     while let Some(p) = plan.take() {
@@ -127,6 +142,8 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
             }
         }
     }
+    // Backfills start once the initial snapshot (if any) is done.
+    tokio::spawn(driver.run());
     match source.run().await {
         Ok(()) => {
             info!("stopped");

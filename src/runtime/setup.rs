@@ -4,7 +4,8 @@
 //! Snapshot state lives in `pgfanout.snapshot_state` in the source database,
 //! one row per (slot, table): `initial-running` while the first snapshot of
 //! a new slot is copied, `added-running` while a table added to the config
-//! later is copied, `done` afterwards. A crash during the initial snapshot
+//! later is copied (older versions; tables added now are backfilled while
+//! streaming, see `crate::backfill`), `done` afterwards. A crash during the initial snapshot
 //! leaves `initial-running` rows and a slot that has confirmed nothing past
 //! its consistent point: the next start copies every table again under a
 //! fresh snapshot (versioned at an LSN taken before it) and then streams from
@@ -117,6 +118,34 @@ async fn prepare_once(opts: &PgConnectOptions, pg: &PostgresSourceConfig, router
             let done: HashSet<&TableName> = state.iter().filter(|(_, s, _)| s == STATE_DONE).map(|(t, _, _)| t).collect();
             let added: Vec<TableName> = tables.iter().filter(|t| interrupted || !done.contains(t)).cloned().collect();
             if added.is_empty() {
+                return Ok(Prepared { start, snapshot: None });
+            }
+            if !interrupted {
+                // Tables added to the config: published now, then backfilled
+                // while the other tables stream (crate::backfill), instead of
+                // holding the stream back while they are copied.
+                add_to_publication(&sql, &pg.publication, &added).await?;
+                crate::backfill::state::ensure(&sql).await?;
+                let existing = crate::backfill::state::list(&sql, &pg.slot).await?;
+                for t in &added {
+                    let name = t.to_string();
+                    let active = existing.iter().any(|b| b.table == name && matches!(b.status.as_str(), "pending" | "running" | "paused"));
+                    if !active {
+                        let id = crate::backfill::state::create(
+                            &sql,
+                            &pg.slot,
+                            &name,
+                            None,
+                            crate::backfill::DEFAULT_CHUNK_SIZE,
+                            None,
+                            "added to the config",
+                        )
+                        .await?;
+                        info!(table = %name, backfill = id, "table new to this slot: backfilled while streaming");
+                    }
+                }
+                let version = current_lsn(&sql).await?;
+                snapshot::mark_tables(&sql, &pg.slot, &added, STATE_DONE, version).await?;
                 return Ok(Prepared { start, snapshot: None });
             }
             let running_state = if interrupted {

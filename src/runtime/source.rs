@@ -23,9 +23,10 @@ use pgfanout_postgres::replication::{ReplicationClient, ReplicationMessage, Repl
 use pgfanout_postgres::slot;
 use pgfanout_postgres::SourceError;
 use pgfanout_sdk::{Change, Lsn, Op};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
+use crate::backfill::{Ready, ToSource, Windows, WATERMARK_PREFIX};
 use crate::config::OnDecodeError;
 use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::http::{Health, Progress, SinkProgress};
@@ -91,6 +92,13 @@ pub struct SourceLoop {
     unflushed_since: Option<Instant>,
     /// Signalled when a sink made something durable.
     durable_changed: Arc<tokio::sync::Notify>,
+    /// Backfill chunks from the driver, their windows in the stream, rows
+    /// ready to route once no transaction is open, and chunks routed but
+    /// not yet durable everywhere (barrier seq, reply, rows).
+    backfill_rx: Option<mpsc::Receiver<ToSource>>,
+    windows: Windows,
+    backfill_ready: Vec<Ready>,
+    backfill_acks: Vec<(u64, oneshot::Sender<usize>, usize)>,
 }
 
 /// (schema name pointer, table name pointer, op): cheap to hash per change.
@@ -123,6 +131,10 @@ impl SourceLoop {
         let durable_changed = tracker.wake();
         SourceLoop {
             durable_changed,
+            backfill_rx: None,
+            windows: Windows::default(),
+            backfill_ready: Vec::new(),
+            backfill_acks: Vec::new(),
             settings,
             router,
             senders,
@@ -144,6 +156,50 @@ impl SourceLoop {
             last_status: Instant::now(),
             stats: Stats::default(),
             unflushed_since: None,
+        }
+    }
+
+    /// Takes backfill chunks from `rx` (see `crate::backfill`).
+    pub fn with_backfills(&mut self, rx: mpsc::Receiver<ToSource>) {
+        self.backfill_rx = Some(rx);
+    }
+
+    /// Routes the backfill rows whose windows closed, once no transaction
+    /// is open (a reconnect cuts a half-received transaction's records out
+    /// of the local queues; these must not be cut with them). Each chunk
+    /// ends with a barrier.
+    async fn emit_backfill_rows(&mut self) {
+        if self.tx.is_some() || self.backfill_ready.is_empty() {
+            return;
+        }
+        for ready in std::mem::take(&mut self.backfill_ready) {
+            let n = ready.rows.len();
+            if ready.dropped > 0 {
+                metrics::counter!(m::BACKFILL_SUPERSEDED_ROWS_TOTAL).increment(ready.dropped as u64);
+            }
+            for row in ready.rows {
+                self.route(row).await;
+            }
+            let seq = self.tracker.barrier();
+            for chunk in self.local.iter_mut() {
+                chunk.push(Item::Commit(seq));
+            }
+            self.unflushed_since.get_or_insert_with(Instant::now);
+            self.backfill_acks.push((seq, ready.durable, n));
+        }
+    }
+
+    /// Tells the driver which chunks are durable in every sink.
+    fn answer_backfill_acks(&mut self) {
+        if self.backfill_acks.is_empty() {
+            return;
+        }
+        let tracker = &self.tracker;
+        let (done, waiting): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.backfill_acks).into_iter().partition(|(seq, _, _)| tracker.durable_everywhere(*seq));
+        self.backfill_acks = waiting;
+        for (_, reply, n) in done {
+            let _ = reply.send(n);
         }
     }
 
@@ -234,6 +290,13 @@ impl SourceLoop {
                         }
                         // A sink made something durable: publish it.
                         _ = self.durable_changed.notified() => continue,
+                        msg = next_backfill(&mut self.backfill_rx) => {
+                            if let Some(ready) = self.windows.on_message(msg) {
+                                self.backfill_ready.push(ready);
+                            }
+                            self.emit_backfill_rows().await;
+                            continue;
+                        }
                         _ = tick.tick() => {
                             self.publish_stats();
                             if last_slot_sample.elapsed() >= SLOT_SAMPLE_EVERY {
@@ -293,12 +356,28 @@ impl SourceLoop {
                 for chunk in self.local.iter_mut() {
                     chunk.push(Item::Commit(seq));
                 }
+                self.emit_backfill_rows().await;
             }
             LogicalMessage::Relation(rel) => {
                 let info = self.relations.on_relation(rel, &mut self.types, sql).await?;
                 debug!(table = %format!("{}.{}", info.schema, info.table), columns = info.columns.len(), "relation");
             }
             LogicalMessage::Type { id, .. } => self.types.invalidate(id),
+            LogicalMessage::Message { transactional, prefix, content, .. } if prefix == WATERMARK_PREFIX => {
+                // A backfill watermark: transactional ones stand at their
+                // transaction's commit position.
+                let at = match (transactional, &self.tx) {
+                    (true, Some(tx)) => tx.commit_lsn,
+                    _ => lsn,
+                };
+                if let Some(ready) = self.windows.on_watermark(&content, at) {
+                    self.backfill_ready.push(ready);
+                }
+                if !transactional && self.tx.is_none() {
+                    self.tracker.idle_position(lsn, false);
+                }
+                self.emit_backfill_rows().await;
+            }
             LogicalMessage::Message { transactional: false, .. } if self.tx.is_none() => {
                 // Between transactions (a heartbeat): every transaction
                 // committed before it has been received, so when none is
@@ -312,6 +391,9 @@ impl SourceLoop {
                     .map_err(|e| SourceError::permanent(format!("cannot decode a truncate at {lsn}: {e}")))?;
                 self.ordinal += changes.len() as u32;
                 for change in changes {
+                    if !self.windows.is_empty() {
+                        self.windows.on_change(&change);
+                    }
                     self.route(change).await;
                 }
             }
@@ -329,7 +411,12 @@ impl SourceLoop {
                 let ordinal = self.ordinal;
                 self.ordinal = self.ordinal.saturating_add(1);
                 match build_change(&rel, &msg, lsn, &tx, ordinal) {
-                    Ok(change) => self.route(change).await,
+                    Ok(change) => {
+                        if !self.windows.is_empty() {
+                            self.windows.on_change(&change);
+                        }
+                        self.route(change).await
+                    }
                     Err(e) => self.undecodable_row(&rel, &msg, lsn, &tx, ordinal, e).await?,
                 }
             }
@@ -439,6 +526,7 @@ impl SourceLoop {
 
     async fn maybe_send_status(&mut self, stream: &mut ReplicationStream, reply: bool) -> Result<(), SourceError> {
         let confirmed = self.tracker.poll();
+        self.answer_backfill_acks();
         self.publish_progress(self.sent_flush);
         let due = self.last_status.elapsed() >= self.settings.status_interval;
         let advanced = confirmed > self.sent_flush && self.last_status.elapsed() >= Duration::from_millis(200);
@@ -548,6 +636,20 @@ async fn sample_retained_wal(sql: &tokio_postgres::Client, slot: &str) {
         if let Ok(Some(bytes)) = row.try_get::<_, Option<f64>>(0) {
             metrics::gauge!(m::SLOT_RETAINED_WAL_BYTES).set(bytes);
         }
+    }
+}
+
+/// The next message of the backfill driver; never, without one.
+async fn next_backfill(rx: &mut Option<mpsc::Receiver<ToSource>>) -> ToSource {
+    match rx {
+        Some(r) => match r.recv().await {
+            Some(m) => m,
+            None => {
+                *rx = None;
+                std::future::pending().await
+            }
+        },
+        None => std::future::pending().await,
     }
 }
 

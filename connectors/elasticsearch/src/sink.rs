@@ -546,6 +546,20 @@ fn doc_ref(route: &Route, change: &Change, old: bool) -> Result<DocRef, String> 
     Ok(DocRef { index, id, routing })
 }
 
+/// Appends `"name": value` (value: JSON text) to the JSON object in `doc`.
+fn add_field(doc: &mut Vec<u8>, name: &str, value: &str) {
+    if doc.last() == Some(&b'}') {
+        doc.pop();
+        if doc.len() > 1 {
+            doc.push(b',');
+        }
+        pgfanout_sdk::json::write_str(doc, name);
+        doc.push(b':');
+        doc.extend_from_slice(value.as_bytes());
+        doc.push(b'}');
+    }
+}
+
 /// The JSON object of a row.
 fn row_object(row: &pgfanout_sdk::Row) -> Map<String, Json> {
     let mut out = Vec::new();
@@ -584,6 +598,17 @@ pub(crate) fn plan_change(route: &Route, change: &Change) -> Result<Option<Plann
                     actions.push(Action::Delete { doc: old.clone(), version });
                     moved_from = Some(old);
                 }
+            }
+            // The common case, a whole row: its JSON is the document, written
+            // once (no map in between).
+            if change.unchanged_toast.is_empty() {
+                let mut source = Vec::with_capacity(256);
+                after.write_json(&mut source);
+                if route.delete == DeleteMode::Soft {
+                    add_field(&mut source, &route.soft_field, "false");
+                }
+                actions.push(Action::Index { doc, version, source, pipeline: route.pipeline.clone() });
+                return Ok(Some(Planned::Actions(0, actions)));
             }
             let mut fields = row_object(after);
             let mut missing: Vec<&str> = Vec::new();
@@ -699,6 +724,23 @@ mod tests {
         let text = String::from_utf8(body).unwrap();
         assert!(text.contains(r#""_id":"7""#) && text.contains(r#""version":281474976710656"#) && text.contains("external_gte"), "{text}");
         assert!(text.contains(r#""pipeline":"p""#) && text.contains(r#""_index":"products""#), "{text}");
+    }
+
+    #[test]
+    fn whole_rows_are_written_as_their_json_and_soft_deletes_add_the_flag() {
+        let mut doc = br#"{"id":7}"#.to_vec();
+        add_field(&mut doc, "_deleted", "false");
+        assert_eq!(doc, br#"{"id":7,"_deleted":false}"#);
+        let mut empty = b"{}".to_vec();
+        add_field(&mut empty, "d", "true");
+        assert_eq!(empty, br#"{"d":true}"#);
+        let r = route(serde_json::json!({"index": "p", "delete": "soft"}));
+        let c = change(Op::Insert, Some(row(&[("id", "7"), ("name", "x")])), None, &[]);
+        let Some(Planned::Actions(_, a)) = plan_change(&r, &c).unwrap() else { panic!() };
+        let Action::Index { source, .. } = &a[0] else { panic!() };
+        let doc: Json = serde_json::from_slice(source).unwrap();
+        assert_eq!(doc["_deleted"], false);
+        assert_eq!(doc["name"], "x");
     }
 
     #[test]
