@@ -70,6 +70,10 @@ pub const BACKFILL_SUPERSEDED_ROWS_TOTAL: &str = "pgfanout_backfill_superseded_r
 /// 1 while a backfill of `table` runs.
 pub const BACKFILL_RUNNING: &str = "pgfanout_backfill_running";
 
+/// Replication slots created again after they were lost
+/// (`source.postgres.on_slot_lost: recreate`).
+pub const SLOT_RECREATED_TOTAL: &str = "pgfanout_slot_recreated_total";
+
 /// Every metric name, for tests and dashboard checks.
 pub const ALL: &[&str] = &[
     CHANGES_READ_TOTAL,
@@ -98,6 +102,7 @@ pub const ALL: &[&str] = &[
     BACKFILL_CHUNKS_TOTAL,
     BACKFILL_SUPERSEDED_ROWS_TOTAL,
     BACKFILL_RUNNING,
+    SLOT_RECREATED_TOTAL,
 ];
 
 /// Declares help texts with the recorder.
@@ -128,5 +133,6 @@ pub fn describe() {
     describe_counter!(BACKFILL_CHUNKS_TOTAL, "Backfill chunks durable in every sink");
     describe_counter!(BACKFILL_SUPERSEDED_ROWS_TOTAL, "Backfill rows dropped because the stream changed them meanwhile");
     describe_gauge!(BACKFILL_RUNNING, "1 while a backfill of the table runs");
+    describe_counter!(SLOT_RECREATED_TOTAL, "Replication slots created again after they were lost");
     describe_gauge!(VERIFY_LAST_RUN_TIMESTAMP_SECONDS, Unit::Seconds, "When the last pgfanout verify of the pipeline finished");
 }

@@ -280,8 +280,9 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    /// The tables of pipeline `index` (ordinary tables and partitions that
-    /// its `from` patterns match), planned for keyset reads.
+    /// The tables of pipeline `index` (ordinary and partitioned tables that
+    /// its `from` patterns match; partitions are read under their root's
+    /// name, as the stream names them), planned for keyset reads.
     async fn tables_of(&self, index: usize) -> Result<Tables, String> {
         let p = &self.cfg.pipelines[index];
         let patterns: Vec<TablePattern> = p.from.items().into_iter().filter_map(|s| TablePattern::parse(s).ok()).collect();
@@ -290,7 +291,7 @@ impl Ctx<'_> {
             .query(
                 "SELECT n.nspname::text, c.relname::text FROM pg_catalog.pg_class c \
                  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pgfanout') \
+                 WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pgfanout') \
                  ORDER BY 1, 2",
                 &[],
             )

@@ -90,7 +90,7 @@ async fn a_million_row_backfill_under_writes_survives_sigkill_and_ends_equal() {
             let mut n = 0u64;
             let mut cursor = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                if n % 20 == 0 {
+                if n.is_multiple_of(20) {
                     // Where the backfill reads now: half the writes go to the
                     // chunk being read, racing its watermarks.
                     if let Ok(Some(row)) = w
@@ -103,8 +103,11 @@ async fn a_million_row_backfill_under_writes_survives_sigkill_and_ends_equal() {
                         cursor = row.get::<_, Option<i64>>(0).unwrap_or(0) as u64;
                     }
                 }
-                let id =
-                    if n % 2 == 0 && cursor > 0 { (cursor + 1 + rng.below(5000)).min(ROWS as u64) } else { 1 + rng.below(ROWS as u64) };
+                let id = if n.is_multiple_of(2) && cursor > 0 {
+                    (cursor + 1 + rng.below(5000)).min(ROWS as u64)
+                } else {
+                    1 + rng.below(ROWS as u64)
+                };
                 let sql = match rng.below(10) {
                     0..=5 => format!("UPDATE big SET v = v + 1, note = 'upd {n}' WHERE id = {id}"),
                     6 | 7 => format!("DELETE FROM big WHERE id = {id}"),
@@ -235,4 +238,256 @@ async fn a_million_row_backfill_under_writes_survives_sigkill_and_ends_equal() {
     assert_eq!(got.len(), want.len(), "file sink rows");
     let differ = want.iter().filter(|(k, v)| got.get(*k) != Some(v)).count();
     assert_eq!(differ, 0, "file sink rows that differ from the table");
+}
+
+/// A config for `db` with snapshots on (added tables are tracked), a file
+/// sink `out` and Redis `cache`; `pipelines` under `pipelines:`.
+fn config_with(pg: &PgCluster, db: &str, pipelines: &str, redis: &RedisServer, dir: &std::path::Path, listen: &str, extra: &str) -> String {
+    let sinks = format!(
+        "  cache: {{ type: redis, url: \"{}\", reconnect_max_delay: 1s }}\n  out: {{ type: file, path: \"{}\" }}",
+        redis.url(),
+        dir.join("out.jsonl").display()
+    );
+    daemon_config(pg, db, db, &sinks, pipelines, &dir.join("dead.jsonl"))
+        .replace("    snapshot: never\n", &format!("    snapshot: initial\n{extra}"))
+        .replace("http:\n  enabled: false\n", &format!("http:\n  listen: \"{listen}\"\n"))
+}
+
+async fn wait_status(c: &tokio_postgres::Client, table: &str, status: &str, d: &Daemon) {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let got: Option<String> = c
+            .query_opt("SELECT status FROM pgfanout.backfills WHERE table_name = $1 ORDER BY id DESC LIMIT 1", &[&table])
+            .await
+            .ok()
+            .flatten()
+            .map(|r| r.get(0));
+        if got.as_deref() == Some(status) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "backfill of {table} not {status} (is {got:?}):\n{}", d.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn verify_ok(path: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(bin()).args(["verify", "-c"]).arg(path).args(args).output().unwrap();
+    (out.status.code() == Some(0), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// A table added to the config is backfilled while another table streams:
+/// the other table's changes keep their latency (commit to durable,
+/// measured with `/wait`) while the backfill runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_added_to_the_config_is_backfilled_while_the_others_stream() {
+    let pg = tokio::task::spawn_blocking(PgCluster::start).await.unwrap();
+    let db = "added";
+    pg.create_database(db).await;
+    let c = pg.client(db).await;
+    c.batch_execute(
+        "CREATE TABLE hot (id serial PRIMARY KEY, v int NOT NULL);
+         CREATE TABLE big2 (id int PRIMARY KEY, v text NOT NULL);
+         INSERT INTO big2 SELECT g, repeat('x', 200) FROM generate_series(1, 300000) g;",
+    )
+    .await
+    .unwrap();
+    let redis = tokio::task::spawn_blocking(RedisServer::start).await.unwrap();
+    let dir = scratch();
+    let listen = format!("127.0.0.1:{}", testkit::free_port());
+    let hot = "  - name: hot\n    from: public.hot\n    to: cache\n    redis: { type: hash, key: \"hot:{id}\" }";
+    let both = format!("{hot}\n  - name: big\n    from: public.big2\n    to: cache\n    redis: {{ type: hash, key: \"big2:{{id}}\" }}");
+    let yaml = config_with(&pg, db, hot, &redis, dir.path(), &listen, "");
+    let mut d = Daemon::start(bin(), dir.path(), "pgfanout", &yaml);
+    tokio::task::block_in_place(|| wait_streaming(&d));
+    d.signal("TERM");
+    d.wait(Duration::from_secs(30));
+    // Restart with big2 added.
+    let yaml = config_with(&pg, db, &both, &redis, dir.path(), &listen, "");
+    let path = dir.path().join("added.yaml");
+    std::fs::write(&path, &yaml).unwrap();
+    std::env::set_var("PGFANOUT_BACKFILL_READ_DELAY_MS", "5");
+    let d = Daemon::start(bin(), dir.path(), "pgfanout", &yaml);
+    tokio::task::block_in_place(|| wait_streaming(&d));
+    let http = reqwest::Client::new();
+    let mut during = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let status: Option<String> = c
+            .query_opt("SELECT status FROM pgfanout.backfills WHERE table_name = 'public.big2' ORDER BY id DESC LIMIT 1", &[])
+            .await
+            .unwrap()
+            .map(|r| r.get(0));
+        if status.as_deref() == Some("done") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "backfill did not finish:\n{}", d.log());
+        c.batch_execute("INSERT INTO hot (v) VALUES (1)").await.unwrap();
+        let lsn: String = c.query_one("SELECT pg_current_wal_insert_lsn()::text", &[]).await.unwrap().get(0);
+        let t = Instant::now();
+        let r = http.get(format!("http://{listen}/wait?lsn={lsn}&sink=cache&timeout=30s")).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        if status.as_deref() == Some("running") {
+            during.push(t.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    during.sort();
+    assert!(during.len() >= 10, "the hot table was written while the backfill ran: {} samples", during.len());
+    let p50 = during[during.len() / 2];
+    let p99 = during[(during.len() * 99 / 100).min(during.len() - 1)];
+    eprintln!("hot-table commit-to-durable while big2 (300,000 rows) was backfilled: p50 {p50:?}, p99 {p99:?}, {} samples", during.len());
+    assert!(p50 < Duration::from_millis(500), "p50 {p50:?}: the stream waited for the backfill");
+    let (ok, out) = tokio::task::block_in_place(|| verify_ok(&path, &["--chunk-rows", "20000"]));
+    assert!(ok, "{out}");
+}
+
+/// A slot invalidated by max_slot_wal_keep_size while pgfanout is stopped:
+/// `fail` exits 1 naming the setting and the recovery; `recreate` comes
+/// back by itself and the stores end equal to the tables (deleted rows
+/// removed too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_slot_fails_clearly_or_is_recreated_and_backfilled() {
+    let pg =
+        tokio::task::spawn_blocking(|| PgCluster::start_with(&[("max_slot_wal_keep_size", "1MB"), ("wal_keep_size", "0")])).await.unwrap();
+    let db = "lost";
+    pg.create_database(db).await;
+    let c = pg.client(db).await;
+    c.batch_execute(
+        "CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, pad text);
+         INSERT INTO t SELECT g, 0, 'p' FROM generate_series(1, 5000) g;",
+    )
+    .await
+    .unwrap();
+    let redis = tokio::task::spawn_blocking(RedisServer::start).await.unwrap();
+    let dir = scratch();
+    let listen = format!("127.0.0.1:{}", testkit::free_port());
+    let pipeline = "  - name: t\n    from: public.t\n    to: cache\n    redis: { type: hash, key: \"t:{id}\" }";
+    let yaml = config_with(&pg, db, pipeline, &redis, dir.path(), &listen, "");
+    let mut d = Daemon::start(bin(), dir.path(), "pgfanout", &yaml);
+    tokio::task::block_in_place(|| wait_streaming(&d));
+    c.batch_execute("UPDATE t SET v = 1 WHERE id <= 100").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    d.signal("TERM");
+    d.wait(Duration::from_secs(30));
+    // While it is stopped: changes, deletes included, and enough WAL to
+    // invalidate the slot.
+    c.batch_execute("UPDATE t SET v = 2 WHERE id % 3 = 0; DELETE FROM t WHERE id % 7 = 0; INSERT INTO t VALUES (9001, 5, 'new')")
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let status: Option<String> =
+            c.query_one("SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1", &[&db]).await.unwrap().get(0);
+        if status.as_deref() == Some("lost") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the slot was not invalidated (wal_status {status:?})");
+        c.batch_execute("UPDATE t SET pad = repeat(md5(random()::text), 20); SELECT pg_switch_wal(); CHECKPOINT;").await.unwrap();
+    }
+    // fail (the default): exit 1 with the setting and the recovery.
+    let mut d = Daemon::start(bin(), dir.path(), "pgfanout-fail", &yaml);
+    let status = tokio::task::block_in_place(|| d.wait(Duration::from_secs(60)));
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{}", d.log());
+    let log = d.log();
+    assert!(log.contains("on_slot_lost: recreate") && log.contains("pg_drop_replication_slot"), "{log}");
+    // recreate: comes back by itself.
+    let yaml = config_with(&pg, db, pipeline, &redis, dir.path(), &listen, "    on_slot_lost: recreate\n");
+    let path = dir.path().join("lost.yaml");
+    std::fs::write(&path, &yaml).unwrap();
+    let d = Daemon::start(bin(), dir.path(), "pgfanout-recreate", &yaml);
+    tokio::task::block_in_place(|| wait_streaming(&d));
+    wait_status(&c, "public.t", "done", &d).await;
+    c.batch_execute("UPDATE t SET v = 3 WHERE id = 1").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !d.log().contains("reconciliation after the recreated slot finished") {
+        assert!(Instant::now() < deadline, "{}", d.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(d.log().contains("replication slot recreated"));
+    let (ok, out) = tokio::task::block_in_place(|| verify_ok(&path, &[]));
+    assert!(ok, "Redis equals the table after the recreated slot: {out}");
+    assert_eq!(redis.cmd(&["EXISTS", "t:7"]).int(), 0, "a row deleted while the slot was lost is gone");
+    for line in
+        d.log().lines().filter(|l| l.contains("recreate") || l.contains("reconcil") || l.contains("repaired") || l.contains("DIVERGENT"))
+    {
+        eprintln!("{line}");
+    }
+}
+
+/// Partitioned tables stream under the root's name (partitions created
+/// later included), an attached partition's existing rows come with a
+/// backfill of the root, and `ALTER COLUMN ... TYPE ... USING` (which
+/// streams no rows) ends with the sinks equal to the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_stream_under_the_root_and_type_changes_are_backfilled() {
+    let pg = tokio::task::spawn_blocking(PgCluster::start).await.unwrap();
+    let db = "parts";
+    pg.create_database(db).await;
+    let c = pg.client(db).await;
+    c.batch_execute(
+        "CREATE TABLE events (id int NOT NULL, region text NOT NULL, v int, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
+         CREATE TABLE events_eu PARTITION OF events FOR VALUES IN ('eu');
+         CREATE TABLE prices (id int PRIMARY KEY, price int NOT NULL);
+         INSERT INTO prices SELECT g, g * 100 FROM generate_series(1, 2000) g;",
+    )
+    .await
+    .unwrap();
+    let redis = tokio::task::spawn_blocking(RedisServer::start).await.unwrap();
+    let dir = scratch();
+    let listen = format!("127.0.0.1:{}", testkit::free_port());
+    let pipelines = "  - name: events\n    from: public.events\n    to: out\n  - name: ev\n    from: public.events\n    to: cache\n    redis: { type: hash, key: \"ev:{region}:{id}\" }\n  - name: prices\n    from: public.prices\n    to: cache\n    redis: { type: hash, key: \"price:{id}\" }";
+    let yaml = config_with(&pg, db, pipelines, &redis, dir.path(), &listen, "");
+    let path = dir.path().join("parts.yaml");
+    std::fs::write(&path, &yaml).unwrap();
+    let d = Daemon::start(bin(), dir.path(), "pgfanout", &yaml);
+    tokio::task::block_in_place(|| wait_streaming(&d));
+    c.batch_execute(
+        "INSERT INTO events SELECT g, 'eu', g FROM generate_series(1, 100) g;
+         CREATE TABLE events_us PARTITION OF events FOR VALUES IN ('us');
+         INSERT INTO events SELECT g, 'us', g FROM generate_series(1, 100) g;
+         UPDATE events SET v = -v WHERE id % 10 = 0;
+         CREATE TABLE events_ap (id int NOT NULL, region text NOT NULL, v int, PRIMARY KEY (id, region));
+         INSERT INTO events_ap SELECT g, 'ap', g FROM generate_series(1, 50) g;
+         ALTER TABLE events ATTACH PARTITION events_ap FOR VALUES IN ('ap');",
+    )
+    .await
+    .unwrap();
+    // The attached partition's rows existed before: backfill the root.
+    let cli = tokio::task::block_in_place(|| {
+        Command::new(bin()).args(["backfill", "-c"]).arg(&path).args(["--table", "public.events", "--wait"]).output().unwrap()
+    });
+    assert_eq!(cli.status.code(), Some(0), "{}{}", String::from_utf8_lossy(&cli.stdout), String::from_utf8_lossy(&cli.stderr));
+    // A type change that rewrites every row, then any change of the table.
+    c.batch_execute(
+        "ALTER TABLE prices ALTER COLUMN price TYPE numeric(10,2) USING price / 100.0; UPDATE prices SET price = 0.5 WHERE id = 1",
+    )
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !d.log().contains("column type changed; the table is backfilled") {
+        assert!(Instant::now() < deadline, "{}", d.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_status(&c, "public.prices", "done", &d).await;
+    let lsn: String = c.query_one("SELECT pg_current_wal_insert_lsn()::text", &[]).await.unwrap().get(0);
+    let r = reqwest::get(format!("http://{listen}/wait?lsn={lsn}&timeout=60s")).await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    // Every record under the root's name; the file's final state is the table.
+    let recs = records(&dir.path().join("out.jsonl"));
+    assert!(recs.iter().all(|r| r["table"] == "events"), "records under a partition's name");
+    let want: HashMap<String, serde_json::Value> = c
+        .query("SELECT jsonb_build_object('id', id, 'region', region)::text, to_jsonb(e)::text FROM events e", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let k: serde_json::Value = serde_json::from_str(&r.get::<_, String>(0)).unwrap();
+            (k.to_string(), serde_json::from_str(&r.get::<_, String>(1)).unwrap())
+        })
+        .collect();
+    assert_eq!(want.len(), 250);
+    assert_eq!(live(final_state(&recs, "events")), want);
+    let (ok, out) = tokio::task::block_in_place(|| verify_ok(&path, &[]));
+    assert!(ok, "{out}");
+    assert_eq!(redis.cmd(&["HGET", "price:2", "price"]).text(), "2.00");
 }

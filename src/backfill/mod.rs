@@ -30,6 +30,7 @@
 //! Watermarks left in the WAL by a run that crashed carry another token and
 //! are ignored.
 
+pub mod shapes;
 pub mod state;
 
 use std::collections::{HashMap, HashSet};

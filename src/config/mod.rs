@@ -79,6 +79,36 @@ pub struct PostgresSourceConfig {
     /// where it is).
     #[serde(default)]
     pub on_decode_error: OnDecodeError,
+    /// What an invalidated slot (`wal_status = lost`, the WAL it needed
+    /// removed) or a slot dropped by someone does at start: `fail` (default:
+    /// exit 1 with the fix) or `recreate` (a new slot, every table
+    /// backfilled, then entries of rows deleted meanwhile removed from the
+    /// stores that can be verified).
+    #[serde(default)]
+    pub on_slot_lost: OnSlotLost,
+    /// What a column type change seen in the stream (`ALTER COLUMN ... TYPE
+    /// ... USING` rewrites rows without streaming them) does: `backfill`
+    /// (default: the table is backfilled) or `ignore`.
+    #[serde(default)]
+    pub on_type_change: OnTypeChange,
+}
+
+/// `source.postgres.on_slot_lost`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnSlotLost {
+    #[default]
+    Fail,
+    Recreate,
+}
+
+/// `source.postgres.on_type_change`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnTypeChange {
+    #[default]
+    Backfill,
+    Ignore,
 }
 
 /// `source.postgres.on_decode_error`.
@@ -106,6 +136,8 @@ impl fmt::Debug for PostgresSourceConfig {
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("snapshot_parallelism", &self.snapshot_parallelism)
             .field("on_decode_error", &self.on_decode_error)
+            .field("on_slot_lost", &self.on_slot_lost)
+            .field("on_type_change", &self.on_type_change)
             .finish()
     }
 }

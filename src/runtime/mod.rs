@@ -87,6 +87,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         heartbeat_interval: pg.heartbeat_interval,
         linger: cfg.runtime.linger,
         on_decode_error: pg.on_decode_error,
+        on_type_change: pg.on_type_change,
     };
     let patterns: Vec<crate::config::TablePattern> =
         router.table_patterns().iter().filter_map(|p| crate::config::TablePattern::parse(p).ok()).collect();
@@ -102,6 +103,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     let mut source =
         SourceLoop::new(settings, router, sinks.senders, tracker, dead_letters, health, shutdown_rx, sinks.names, sinks.workers);
     source.with_backfills(backfill_rx);
+    let prepared_recreated = prepared.recreated;
     let mut plan = prepared.snapshot;
     let mut backoff = pgfanout_sdk::settings::Backoff::new(std::time::Duration::from_millis(500), std::time::Duration::from_secs(30));
     while let Some(p) = plan.take() {
@@ -144,6 +146,9 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     }
     // Backfills start once the initial snapshot (if any) is done.
     tokio::spawn(driver.run());
+    if prepared_recreated {
+        tokio::spawn(reconcile_after_recreate(cfg.clone(), source.shutdown.clone()));
+    }
     match source.run().await {
         Ok(()) => {
             info!("stopped");
@@ -154,6 +159,52 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
             Err(RunError::Fatal(e.to_string()))
         }
     }
+}
+
+/// After a lost slot was created again: once every table's backfill is done
+/// the stores hold every row, but rows deleted while the slot was lost are
+/// still in them. `verify --repair` over every pipeline removes those
+/// entries (for the stores that can be read back; log sinks such as files
+/// and Kafka keep what they received).
+async fn reconcile_after_recreate(cfg: Config, mut shutdown: watch::Receiver<bool>) {
+    let pg = &cfg.source.postgres;
+    let Ok(opts) = setup::connect_options(pg) else { return };
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let pending = async {
+            let c = pgfanout_postgres::conn::connect_sql(&opts).await?;
+            let row = c
+                .query_one(
+                    "SELECT count(*) FROM pgfanout.backfills WHERE slot = $1 AND reason = $2 AND status IN ('pending', 'running', 'paused')",
+                    &[&pg.slot, &setup::RECREATED],
+                )
+                .await?;
+            Ok::<i64, pgfanout_postgres::SourceError>(row.get(0))
+        }
+        .await;
+        if let Ok(0) = pending {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+    info!("backfills after the slot was recreated are done; removing entries of rows deleted meanwhile (verify --repair)");
+    let opts = crate::verify::VerifyOptions {
+        pipelines: Vec::new(),
+        sample: None,
+        repair: true,
+        json: None,
+        max_rows_per_second: None,
+        chunk_rows: 1000,
+        settle: std::time::Duration::from_secs(60),
+        show: 5,
+    };
+    let code = crate::verify::verify(&cfg, &opts).await;
+    info!(divergent = code != 0, "reconciliation after the recreated slot finished");
 }
 
 async fn wait_for_signal() {

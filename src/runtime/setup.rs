@@ -25,7 +25,7 @@ use pgfanout_sdk::Lsn;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::config::{PostgresSourceConfig, SnapshotMode};
+use crate::config::{OnSlotLost, PostgresSourceConfig, SnapshotMode};
 use crate::pipeline::Router;
 use pgfanout_sdk::settings::Backoff;
 
@@ -59,6 +59,10 @@ pub struct Prepared {
     /// The slot's confirmed position.
     pub start: Lsn,
     pub snapshot: Option<SnapshotPlan>,
+    /// The slot was lost and created again (`on_slot_lost: recreate`):
+    /// every table is being backfilled; entries of rows deleted meanwhile
+    /// are removed once those backfills are done.
+    pub recreated: bool,
 }
 
 /// Checks the server, creates the publication and the slot when missing,
@@ -99,26 +103,40 @@ async fn prepare_once(opts: &PgConnectOptions, pg: &PostgresSourceConfig, router
         return Err(SourceError::permanent(problems.join("; ")));
     }
     let published = slot::ensure_publication(&sql, &pg.publication, &tables).await?;
+    if pg.on_type_change == crate::config::OnTypeChange::Backfill {
+        if let Err(e) = crate::backfill::shapes::record_current(&sql, &pg.slot, &tables).await {
+            warn!(error = %e, "cannot record the tables' column types in pgfanout.relation_shapes: type changes (on_type_change) are not detected; grant the pgfanout role CREATE on the database");
+        }
+    }
     info!(publication = %pg.publication, tables = published.len(), "publication ready");
     let snapshots = pg.snapshot == SnapshotMode::Initial;
     if snapshots {
         snapshot::ensure_state_table(&sql).await?;
     }
     let info = slot::slot_info(&sql, &pg.slot).await?;
+    // A slot that streamed before and is gone or invalidated: the changes
+    // since are lost to it.
+    let lost = match &info {
+        Some(i) => i.wal_status.as_deref() == Some("lost"),
+        None => streamed_before(&sql, &pg.slot).await?,
+    };
+    if lost {
+        return recover_lost_slot(opts, &sql, pg, &tables, info.is_some()).await;
+    }
     match info {
         Some(info) => {
             slot::check_slot(&pg.slot, &info, &opts.dbname)?;
             let start = info.confirmed_flush_lsn.unwrap_or_default();
             info!(slot = %pg.slot, confirmed_flush_lsn = %start, "resuming from existing slot");
             if !snapshots {
-                return Ok(Prepared { start, snapshot: None });
+                return Ok(Prepared { start, snapshot: None, recreated: false });
             }
             let state = snapshot::snapshot_state(&sql, &pg.slot).await?;
             let interrupted = state.iter().any(|(_, s, _)| s == STATE_INITIAL_RUNNING);
             let done: HashSet<&TableName> = state.iter().filter(|(_, s, _)| s == STATE_DONE).map(|(t, _, _)| t).collect();
             let added: Vec<TableName> = tables.iter().filter(|t| interrupted || !done.contains(t)).cloned().collect();
             if added.is_empty() {
-                return Ok(Prepared { start, snapshot: None });
+                return Ok(Prepared { start, snapshot: None, recreated: false });
             }
             if !interrupted {
                 // Tables added to the config: published now, then backfilled
@@ -146,7 +164,7 @@ async fn prepare_once(opts: &PgConnectOptions, pg: &PostgresSourceConfig, router
                 }
                 let version = current_lsn(&sql).await?;
                 snapshot::mark_tables(&sql, &pg.slot, &added, STATE_DONE, version).await?;
-                return Ok(Prepared { start, snapshot: None });
+                return Ok(Prepared { start, snapshot: None, recreated: false });
             }
             let running_state = if interrupted {
                 // The slot has confirmed nothing past its consistent point,
@@ -169,6 +187,7 @@ async fn prepare_once(opts: &PgConnectOptions, pg: &PostgresSourceConfig, router
             Ok(Prepared {
                 start,
                 snapshot: Some(SnapshotPlan { tables: added, version, snapshot_name: None, exporter: None, running_state }),
+                recreated: false,
             })
         }
         None => {
@@ -182,7 +201,7 @@ async fn prepare_once(opts: &PgConnectOptions, pg: &PostgresSourceConfig, router
             let created = repl.create_logical_slot(&pg.slot, action).await?;
             info!(slot = %pg.slot, consistent_point = %created.consistent_point, "replication slot created");
             if !snapshots {
-                return Ok(Prepared { start: created.consistent_point, snapshot: None });
+                return Ok(Prepared { start: created.consistent_point, snapshot: None, recreated: false });
             }
             snapshot::mark_tables(&sql, &pg.slot, &tables, STATE_INITIAL_RUNNING, created.consistent_point).await?;
             Ok(Prepared {
@@ -194,10 +213,83 @@ async fn prepare_once(opts: &PgConnectOptions, pg: &PostgresSourceConfig, router
                     exporter: Some(repl),
                     running_state: STATE_INITIAL_RUNNING,
                 }),
+                recreated: false,
             })
         }
     }
 }
+
+/// Whether pgfanout recorded work for `slot` before (snapshot state or
+/// backfills): then a missing slot was dropped, not never created.
+async fn streamed_before(sql: &tokio_postgres::Client, slot: &str) -> Result<bool, SourceError> {
+    let row = sql
+        .query_one(
+            "SELECT (to_regclass('pgfanout.snapshot_state') IS NOT NULL AND EXISTS (SELECT 1 FROM pgfanout.snapshot_state s WHERE s.slot = $1 AND s.status = 'done')) \
+             OR (to_regclass('pgfanout.backfills') IS NOT NULL AND EXISTS (SELECT 1 FROM pgfanout.backfills b WHERE b.slot = $1))",
+            &[&slot],
+        )
+        .await;
+    match row {
+        Ok(r) => Ok(r.try_get(0).unwrap_or(false)),
+        // The tables do not exist yet (first start): nothing streamed.
+        Err(_) => Ok(false),
+    }
+}
+
+/// `on_slot_lost`: `fail` says what happened and how to recover;
+/// `recreate` makes a new slot and backfills every table.
+async fn recover_lost_slot(
+    opts: &PgConnectOptions,
+    sql: &tokio_postgres::Client,
+    pg: &PostgresSourceConfig,
+    tables: &[TableName],
+    exists: bool,
+) -> Result<Prepared, SourceError> {
+    let slot_name = &pg.slot;
+    let what = if exists {
+        format!(
+            "replication slot {slot_name:?} was invalidated (wal_status lost: the WAL it needed was removed, see max_slot_wal_keep_size)"
+        )
+    } else {
+        format!("replication slot {slot_name:?} was dropped while pgfanout was stopped (pgfanout streamed from it before)")
+    };
+    if pg.on_slot_lost == OnSlotLost::Fail {
+        let drop = if exists { format!("SELECT pg_drop_replication_slot('{slot_name}'); ") } else { String::new() };
+        return Err(SourceError::permanent(format!(
+            "{what}: the changes made since are lost to it. Set source.postgres.on_slot_lost: recreate to let pgfanout create a new slot \
+             and backfill every table, or recover by hand: {drop}SELECT pg_create_logical_replication_slot('{slot_name}', 'pgoutput'); \
+             then start pgfanout and run pgfanout backfill -c FILE --table T for each table"
+        )));
+    }
+    warn!("{what}; on_slot_lost: recreate: creating a new slot and backfilling every table");
+    if exists {
+        sql.execute("SELECT pg_drop_replication_slot($1)", &[slot_name]).await?;
+    }
+    let mut repl = ReplicationClient::connect(opts).await?;
+    let created = repl.create_logical_slot(slot_name, SnapshotAction::NoExport).await?;
+    drop(repl);
+    crate::backfill::state::ensure(sql).await?;
+    // Backfills of the lost slot's run are moot: the new ones cover every table.
+    sql.execute(
+        "UPDATE pgfanout.backfills SET status = 'cancelled', error = 'slot recreated', updated_at = now() \
+         WHERE slot = $1 AND status IN ('pending', 'running', 'paused')",
+        &[slot_name],
+    )
+    .await?;
+    for t in tables {
+        crate::backfill::state::create(sql, slot_name, &t.to_string(), None, crate::backfill::DEFAULT_CHUNK_SIZE, None, RECREATED).await?;
+    }
+    if pg.snapshot == SnapshotMode::Initial {
+        snapshot::ensure_state_table(sql).await?;
+        snapshot::mark_tables(sql, slot_name, tables, STATE_DONE, created.consistent_point).await?;
+    }
+    metrics::counter!(crate::metrics::SLOT_RECREATED_TOTAL).increment(1);
+    info!(slot = %slot_name, consistent_point = %created.consistent_point, tables = tables.len(), "replication slot recreated; every table is backfilled while streaming");
+    Ok(Prepared { start: created.consistent_point, snapshot: None, recreated: true })
+}
+
+/// The `reason` of the backfills a recreated slot starts.
+pub const RECREATED: &str = "slot recreated";
 
 async fn current_lsn(sql: &tokio_postgres::Client) -> Result<Lsn, SourceError> {
     let text: String = sql.query_one("SELECT pg_current_wal_insert_lsn()::text", &[]).await?.get(0);

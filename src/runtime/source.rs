@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use crate::backfill::{Ready, ToSource, Windows, WATERMARK_PREFIX};
-use crate::config::OnDecodeError;
+use crate::config::{OnDecodeError, OnTypeChange};
 use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::http::{Health, Progress, SinkProgress};
 use crate::metrics as m;
@@ -52,6 +52,7 @@ pub struct SourceSettings {
     pub heartbeat_interval: Option<Duration>,
     /// What a row that cannot be decoded does.
     pub on_decode_error: OnDecodeError,
+    pub on_type_change: OnTypeChange,
 }
 
 /// Why a streaming session ended without an error.
@@ -99,6 +100,8 @@ pub struct SourceLoop {
     windows: Windows,
     backfill_ready: Vec<Ready>,
     backfill_acks: Vec<(u64, oneshot::Sender<usize>, usize)>,
+    /// Column types last recorded per table (loaded on first use).
+    shapes: Option<crate::backfill::shapes::Shapes>,
 }
 
 /// (schema name pointer, table name pointer, op): cheap to hash per change.
@@ -135,6 +138,7 @@ impl SourceLoop {
             windows: Windows::default(),
             backfill_ready: Vec::new(),
             backfill_acks: Vec::new(),
+            shapes: None,
             settings,
             router,
             senders,
@@ -360,6 +364,7 @@ impl SourceLoop {
             }
             LogicalMessage::Relation(rel) => {
                 let info = self.relations.on_relation(rel, &mut self.types, sql).await?;
+                self.on_relation(&info, sql).await;
                 debug!(table = %format!("{}.{}", info.schema, info.table), columns = info.columns.len(), "relation");
             }
             LogicalMessage::Type { id, .. } => self.types.invalidate(id),
@@ -422,6 +427,52 @@ impl SourceLoop {
             }
         }
         Ok(())
+    }
+
+    /// Compares a table's description with the shape last recorded for it
+    /// (`crate::backfill::shapes`): a column whose type changed (`ALTER
+    /// COLUMN ... TYPE ... USING` rewrites every row without streaming them)
+    /// gets the table backfilled with `on_type_change: backfill`, so the
+    /// sinks get the rewritten values. Seen at the table's next change.
+    async fn on_relation(&mut self, info: &RelationInfo, sql: &tokio_postgres::Client) {
+        use crate::backfill::shapes;
+        if self.settings.on_type_change == OnTypeChange::Ignore {
+            return;
+        }
+        if self.shapes.is_none() {
+            match shapes::load(sql, &self.settings.slot).await {
+                Ok(s) => self.shapes = Some(s),
+                Err(e) => {
+                    warn!(error = %e, "cannot read pgfanout.relation_shapes: column type changes are not detected");
+                    return;
+                }
+            }
+        }
+        let Some(known) = self.shapes.as_mut() else { return };
+        let shape: shapes::Shape = info.columns.iter().map(|c| (c.name.to_string(), c.type_oid)).collect();
+        let key = (info.schema.to_string(), info.table.to_string());
+        if known.get(&key) == Some(&shape) {
+            return;
+        }
+        let changed = known.get(&key).map(|old| shapes::type_changes(old, &shape)).unwrap_or_default();
+        if let Err(e) = shapes::save(sql, &self.settings.slot, &key.0, &key.1, &shape).await {
+            warn!(error = %e, "cannot record a table's shape in pgfanout.relation_shapes");
+        }
+        known.insert(key, shape);
+        if changed.is_empty() {
+            return;
+        }
+        let table = info.qualified_name();
+        let data = serde_json::json!({
+            "table": table, "slot": self.settings.slot,
+            "reason": format!("type of {} changed", changed.join(", ")),
+        });
+        match crate::backfill::state::signal(sql, "backfill", &data).await {
+            Ok(id) => info!(table = %table, columns = %changed.join(", "), signal = id, "column type changed; the table is backfilled"),
+            Err(e) => {
+                warn!(table = %table, error = %e, "column type changed but a backfill could not be requested; run pgfanout backfill --table {table}")
+            }
+        }
     }
 
     /// A row that cannot be decoded: with `on_decode_error: dead_letter` it

@@ -391,7 +391,9 @@ pub async fn ensure_publication(c: &Client, name: &str, tables: &[TableName]) ->
             )));
         }
         let list = tables.iter().map(TableName::quoted).collect::<Vec<_>>().join(", ");
-        let sql = format!("CREATE PUBLICATION {} FOR TABLE {list}", quote_ident(name));
+        // Partitioned tables publish their changes under the root's name, so
+        // partitions created or attached later need no config change.
+        let sql = format!("CREATE PUBLICATION {} FOR TABLE {list} WITH (publish_via_partition_root = true)", quote_ident(name));
         match c.batch_execute(&sql).await {
             Ok(()) => tracing::info!(publication = %name, tables = %list, "publication created"),
             // Created concurrently by another instance: use it.
@@ -407,6 +409,20 @@ pub async fn ensure_publication(c: &Client, name: &str, tables: &[TableName]) ->
                     )),
                     _ => err,
                 });
+            }
+        }
+    }
+    if exists {
+        let via_root: bool = c.query_one("SELECT pubviaroot FROM pg_publication WHERE pubname = $1", &[&name]).await?.try_get(0)?;
+        if !via_root {
+            let alter = format!("ALTER PUBLICATION {} SET (publish_via_partition_root = true)", quote_ident(name));
+            match c.batch_execute(&alter).await {
+                Ok(()) => tracing::info!(publication = %name, "publication now publishes partitions under their root table"),
+                Err(e) => tracing::warn!(
+                    publication = %name,
+                    error = %SourceError::from(e),
+                    "cannot set publish_via_partition_root: changes of partitioned tables arrive under their partitions' names; run {alter} as the publication's owner"
+                ),
             }
         }
     }

@@ -140,7 +140,8 @@ impl Shared {
 ///   `after` = the row (generated columns excluded, as in the stream),
 ///   `before` = None, `lsn` = `commit_lsn` = `version`, ordinal 0, no xid or
 ///   commit time. Partitioned tables are read leaf by leaf and each row
-///   carries its leaf partition's name, as pgoutput streams them.
+///   carries the partitioned (root) table's name, as pgoutput streams them
+///   with `publish_via_partition_root`.
 /// - Rows of one ctid range arrive in physical order; ranges and tables
 ///   interleave. Each row is sent exactly once.
 /// - `out` is never outrun: readers wait while it is full, holding at most

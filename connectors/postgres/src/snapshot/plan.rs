@@ -6,8 +6,8 @@
 //! block ranges (`ctid >= '(a,0)' AND ctid < '(b,0)'`, a TID Range Scan on
 //! PostgreSQL 14+, so each piece reads only its own blocks), the last range
 //! left open so blocks added after planning are still covered. Partitioned
-//! tables are read leaf by leaf, each leaf under its own name, as pgoutput
-//! (without `publish_via_partition_root`) streams their changes.
+//! tables are read leaf by leaf, every row under the root table's name, as
+//! pgoutput streams their changes with `publish_via_partition_root`.
 
 use std::sync::Arc;
 
@@ -127,6 +127,10 @@ pub async fn plan_tables(
         };
         for oid in oids {
             let mut plan = plan_relation(c, types, given, oid, block_size).await?;
+            // Leaves of a partitioned table carry the root's name, as the
+            // stream does (publish_via_partition_root).
+            plan.schema = Arc::from(table.schema.as_str());
+            plan.table = Arc::from(table.name.as_str());
             let rows_per_block = rows_per_block(c, &plan).await?;
             plan.estimate = estimate_rows(&plan, rows_per_block);
             let ranges = block_ranges(plan.blocks, rows_per_block, chunk_rows);
