@@ -448,7 +448,9 @@ async fn partitions_stream_under_the_root_and_type_changes_are_backfilled() {
          UPDATE events SET v = -v WHERE id % 10 = 0;
          CREATE TABLE events_ap (id int NOT NULL, region text NOT NULL, v int, PRIMARY KEY (id, region));
          INSERT INTO events_ap SELECT g, 'ap', g FROM generate_series(1, 50) g;
-         ALTER TABLE events ATTACH PARTITION events_ap FOR VALUES IN ('ap');",
+         ALTER TABLE events ATTACH PARTITION events_ap FOR VALUES IN ('ap');
+         INSERT INTO events SELECT g, 'ap', g FROM generate_series(51, 60) g;
+         UPDATE events_ap SET v = 0 WHERE id = 55;",
     )
     .await
     .unwrap();
@@ -475,6 +477,9 @@ async fn partitions_stream_under_the_root_and_type_changes_are_backfilled() {
     // Every record under the root's name; the file's final state is the table.
     let recs = records(&dir.path().join("out.jsonl"));
     assert!(recs.iter().all(|r| r["table"] == "events"), "records under a partition's name");
+    // Rows written through the attached partition stream (not only backfilled).
+    let streamed_ap = recs.iter().filter(|r| r["after"]["region"] == "ap" && (r["op"] == "insert" || r["op"] == "update")).count();
+    assert_eq!(streamed_ap, 11, "inserts and the update of the attached partition streamed under the root");
     let want: HashMap<String, serde_json::Value> = c
         .query("SELECT jsonb_build_object('id', id, 'region', region)::text, to_jsonb(e)::text FROM events e", &[])
         .await
@@ -485,7 +490,7 @@ async fn partitions_stream_under_the_root_and_type_changes_are_backfilled() {
             (k.to_string(), serde_json::from_str(&r.get::<_, String>(1)).unwrap())
         })
         .collect();
-    assert_eq!(want.len(), 250);
+    assert_eq!(want.len(), 260);
     assert_eq!(live(final_state(&recs, "events")), want);
     let (ok, out) = tokio::task::block_in_place(|| verify_ok(&path, &[]));
     assert!(ok, "{out}");
