@@ -47,8 +47,14 @@ async fn backfill_row(c: &tokio_postgres::Client) -> Option<(i64, String, i64, O
 }
 
 fn wait_streaming(d: &Daemon) {
+    wait_streaming_after(d, 0);
+}
+
+/// Waits for the log's `before + 1`-th "streaming started" (a restarted
+/// daemon appends to the same log).
+fn wait_streaming_after(d: &Daemon, before: usize) {
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !d.log().contains("streaming started") {
+    while d.log().matches("streaming started").count() <= before {
         assert!(Instant::now() < deadline, "not streaming:\n{}", d.log());
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -197,8 +203,9 @@ async fn a_million_row_backfill_under_writes_survives_sigkill_and_ends_equal() {
     assert_eq!(status, "running");
     assert!(at_kill >= before_kill && key_at_kill.is_some());
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = d.log().matches("streaming started").count();
     d.spawn(bin());
-    tokio::task::block_in_place(|| wait_streaming(&d));
+    tokio::task::block_in_place(|| wait_streaming_after(&d, before));
     let done_by = Instant::now() + Duration::from_secs(600);
     loop {
         let (_, status, _, _) = backfill_row(&c).await.unwrap();
@@ -306,7 +313,7 @@ async fn a_table_added_to_the_config_is_backfilled_while_the_others_stream() {
     let path = dir.path().join("added.yaml");
     std::fs::write(&path, &yaml).unwrap();
     std::env::set_var("PGFANOUT_BACKFILL_READ_DELAY_MS", "5");
-    let d = Daemon::start(bin(), dir.path(), "pgfanout", &yaml);
+    let d = Daemon::start(bin(), dir.path(), "pgfanout-2", &yaml);
     tokio::task::block_in_place(|| wait_streaming(&d));
     let http = reqwest::Client::new();
     let mut during = Vec::new();
