@@ -19,7 +19,10 @@
 //!    replication slot's `confirmed_flush_lsn` passing `S` means every sink
 //!    has everything committed before `S`; then the candidate rows are read
 //!    again by key under a new snapshot `S2`, the store is read again once
-//!    the stream passed `S2`, and so on up to three rounds. Extra
+//!    the stream passed `S2` (what it holds is then at least `S2`'s state,
+//!    maybe newer); an entry that still differs is compared once more with
+//!    its row under a snapshot `S3` taken after that read, and counts as
+//!    equal when it holds `S3`'s state. Up to three such rounds. Extra
 //!    candidates are rechecked by reading them again (gone = a delete in
 //!    flight) and against a fresh pass over the source's keys. What still
 //!    differs is reported. When the stream does not pass a position within
@@ -82,6 +85,8 @@ struct Divergence {
     kind: Kind,
     /// The source row it belongs to (table index, key), none for extras.
     source: Option<(usize, KeyText)>,
+    /// What the store held when it was read (none: absent).
+    stored: Option<Json>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -249,7 +254,7 @@ impl Ctx<'_> {
             out.extras_checked = true;
             for id in listed {
                 if !seen.contains(&id) {
-                    out.divergent.push(Divergence { id, kind: Kind::Extra, source: None });
+                    out.divergent.push(Divergence { id, kind: Kind::Extra, source: None, stored: None });
                 }
             }
         } else if extras_possible {
@@ -258,7 +263,7 @@ impl Ctx<'_> {
                 out.extras_checked = true;
                 for id in listed {
                     if !seen.contains(&id) {
-                        out.divergent.push(Divergence { id, kind: Kind::Extra, source: None });
+                        out.divergent.push(Divergence { id, kind: Kind::Extra, source: None, stored: None });
                     }
                 }
             }
@@ -385,17 +390,17 @@ impl Ctx<'_> {
             let ids: Vec<String> = part.iter().map(|(e, _)| e.id.clone()).collect();
             let stored = verifier.read(&ids).await.map_err(|e| format!("reading the store: {e}"))?;
             for ((expected, source), actual) in part.iter().zip(stored) {
-                let kind = match actual {
+                let kind = match &actual {
                     None => Kind::Missing,
                     Some(actual) => {
-                        let fields = diff_fields(&expected.value, &actual);
+                        let fields = diff_fields(&expected.value, actual);
                         if fields.is_empty() {
                             continue;
                         }
                         Kind::Different(fields)
                     }
                 };
-                out.divergent.push(Divergence { id: expected.id.clone(), kind, source: Some(source.clone()) });
+                out.divergent.push(Divergence { id: expected.id.clone(), kind, source: Some(source.clone()), stored: actual });
             }
         }
         Ok(())
@@ -428,7 +433,7 @@ impl Ctx<'_> {
             if Instant::now() >= deadline {
                 return Ok(false);
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -480,7 +485,18 @@ impl Ctx<'_> {
                 pending.push((e, (t, key.clone())));
             }
         }
+        let before = out.divergent.len();
         self.compare(verifier, pending, out).await?;
+        // The store was read after the stream passed `position`, so it may
+        // already hold later changes: what still differs is compared with
+        // the rows as of a snapshot taken after that read too. An entry
+        // equal to it (or absent, its row gone) held a state the source
+        // had: not divergent.
+        if out.divergent.len() > before {
+            let fresh = out.divergent.split_off(before);
+            let kept = self.sandwich(index, tables, verifier, fresh).await?;
+            out.divergent.extend(kept);
+        }
         // Entries of rows deleted (or moved) since: they must be gone now.
         extras.extend(ids_of_rows.into_iter().filter(|id| !produced.contains(id)));
         if !extras.is_empty() {
@@ -496,9 +512,55 @@ impl Ctx<'_> {
                 let found = found?;
                 still.retain(|id| !found.contains(id));
             }
-            out.divergent.extend(still.into_iter().map(|id| Divergence { id, kind: Kind::Extra, source: None }));
+            out.divergent.extend(still.into_iter().map(|id| Divergence { id, kind: Kind::Extra, source: None, stored: None }));
         }
         Ok(())
+    }
+
+    /// Of `fresh` (divergences with their stored values, read just now),
+    /// those the source's rows as of a new snapshot still disagree with.
+    async fn sandwich(
+        &self,
+        index: usize,
+        tables: &Tables,
+        verifier: &mut dyn Verifier,
+        fresh: Vec<Divergence>,
+    ) -> Result<Vec<Divergence>, String> {
+        let mut by_table: HashMap<usize, Vec<KeyText>> = HashMap::new();
+        for d in &fresh {
+            if let Some((t, key)) = &d.source {
+                let keys = by_table.entry(*t).or_default();
+                if !keys.contains(key) {
+                    keys.push(key.clone());
+                }
+            }
+        }
+        self.client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await.map_err(|e| e.to_string())?;
+        let read = async {
+            let position = self.position().await?;
+            let mut rows = Vec::new();
+            for (t, keys) in &by_table {
+                rows.extend(tables.tables[*t].rows_by_key(self.client, keys, position).await.map_err(|e| e.to_string())?);
+            }
+            Ok::<_, String>(rows)
+        }
+        .await;
+        let _ = self.client.batch_execute("COMMIT").await;
+        let mut now: HashMap<String, Json> = HashMap::new();
+        let mut scratch = Outcome::default();
+        for (change, _) in read? {
+            for e in self.expect(index, verifier, change, &mut scratch) {
+                now.insert(e.id, e.value);
+            }
+        }
+        Ok(fresh
+            .into_iter()
+            .filter(|d| match (now.get(&d.id), &d.stored) {
+                (Some(want), Some(have)) => !diff_fields(want, have).is_empty(),
+                (None, None) => false,
+                _ => true,
+            })
+            .collect())
     }
 
     /// `pg_current_wal_lsn()`.
