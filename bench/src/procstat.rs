@@ -90,3 +90,39 @@ mod tests {
         d
     }
 }
+
+/// Busy and total jiffies of the whole machine (`/proc/stat`'s `cpu` line).
+fn machine_jiffies() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal ...
+    let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
+    let total: u64 = v.iter().take(8).sum();
+    Some((total - idle, total))
+}
+
+/// Waits until the machine is quiet: below `max_busy_cores` busy (all
+/// processes: a store's flushes, merges and compactions after the previous
+/// phase, PostgreSQL's autovacuum) for three consecutive seconds, or
+/// `timeout`. Returns the seconds waited and whether it got quiet, so that
+/// each measured phase starts on an idle store rather than inheriting the
+/// background work of the one before it.
+pub async fn wait_machine_quiet(max_busy_cores: f64, timeout: std::time::Duration) -> (f64, bool) {
+    let started = std::time::Instant::now();
+    let cores = std::thread::available_parallelism().map(|n| n.get() as f64).unwrap_or(1.0);
+    let mut quiet = 0;
+    let Some(mut last) = machine_jiffies() else { return (0.0, false) };
+    while started.elapsed() < timeout {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let Some(now) = machine_jiffies() else { return (started.elapsed().as_secs_f64(), false) };
+        let (busy, total) = (now.0 - last.0, now.1 - last.1);
+        last = now;
+        let busy_cores = if total == 0 { 0.0 } else { busy as f64 / total as f64 * cores };
+        quiet = if busy_cores < max_busy_cores { quiet + 1 } else { 0 };
+        if quiet >= 3 {
+            return (started.elapsed().as_secs_f64(), true);
+        }
+    }
+    (started.elapsed().as_secs_f64(), false)
+}

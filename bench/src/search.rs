@@ -39,6 +39,9 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
         db.prepare_drain(&[]).await?;
         let slot = format!("pgf_search_{run}");
         db.create_slot(&slot).await?;
+        if run == 0 {
+            db.create_slot("pgf_search_warmup").await?;
+        }
         db.exec(&shape.load_sql(ctx.rows)).await?;
         let end = db.end_lsn().await?;
         let index = format!("bench-pgfanout-{run}");
@@ -55,16 +58,30 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
             batch_size: Some(BULK * LANES * 95 / 100),
         };
         // Order alternates between runs (the engine's JIT warms up as it
-        // goes), after an unmeasured warm-up pass in the first run.
+        // goes), after an unmeasured warm-up pass of each tool in the first
+        // run.
         if run == 0 {
             plain_load(&db, &http, &url, shape, "bench-warmup").await?;
+            let warm = FanoutConfig {
+                slot: "pgf_search_warmup",
+                mapping: cfg.mapping.replace(&index, "bench-warmup-fan"),
+                sink: cfg.sink.clone(),
+                http_listen: None,
+                ..cfg
+            };
+            tools::drain_pgfanout(&ctx.bin, &ctx.dir, &db, &warm, end, timeout).await?;
+            db.drop_slot("pgf_search_warmup").await?;
         }
         let base_index = format!("bench-plain-{run}");
         let (f, (plain, plain_cpu)) = if run % 2 == 0 {
+            tools::quiet_before("pgfanout").await;
             let f = tools::drain_pgfanout(&ctx.bin, &ctx.dir, &db, &cfg, end, timeout).await?;
+            tools::quiet_before("the plain loader").await;
             (f, plain_load(&db, &http, &url, shape, &base_index).await?)
         } else {
+            tools::quiet_before("the plain loader").await;
             let p = plain_load(&db, &http, &url, shape, &base_index).await?;
+            tools::quiet_before("pgfanout").await;
             (tools::drain_pgfanout(&ctx.bin, &ctx.dir, &db, &cfg, end, timeout).await?, p)
         };
         let n = count(&http, &url, &index).await?;
@@ -86,7 +103,7 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
         cpu.baseline.push(plain_cpu * 1e6 / changes as f64);
         rss.pgfanout.push(f.usage.peak_rss_kib as f64 / 1024.0);
         db.drop_slot(&slot).await?;
-        for i in [index.as_str(), base_index.as_str(), "bench-warmup"] {
+        for i in [index.as_str(), base_index.as_str(), "bench-warmup", "bench-warmup-fan"] {
             let _ = http.delete(format!("{url}/{i}")).send().await;
         }
     }

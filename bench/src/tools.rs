@@ -239,3 +239,17 @@ pub async fn drain_recvlogical(db: &Db, dir: &Path, slot: &str, end: u64, timeou
     let usage = procstat::parse_time_output(&time_out).context("read /usr/bin/time output")?;
     Ok(Drain { seconds, usage })
 }
+
+/// Waits (up to 3 minutes) until the machine is idle before a measured
+/// phase of a store workload: after a bulk load, Cassandra flushes and
+/// compacts and OpenSearch merges segments for many seconds, and whichever
+/// phase ran next used to pay for it (the same tool measured 0.5× right
+/// after the warm-up and 0.96× in the next run).
+pub async fn quiet_before(phase: &str) {
+    let (waited, quiet) = crate::procstat::wait_machine_quiet(0.25, Duration::from_secs(180)).await;
+    if !quiet {
+        eprintln!("    (the machine did not get quiet before {phase} within {waited:.0} s; measuring anyway)");
+    } else if waited > 4.0 {
+        eprintln!("    (waited {waited:.0} s for the machine to get quiet before {phase})");
+    }
+}

@@ -853,18 +853,25 @@ impl Sink for ScyllaSink {
             chunks.push(&runnable[i..j]);
             i = j;
         }
-        // (The futures are made first: a closure inside the stream trips the
-        // compiler's Send check of this trait method's future.)
-        let futures: Vec<_> = chunks.into_iter().map(|c| self.run_chunk(c)).collect();
-        let mut results = futures_util::stream::iter(futures).buffer_unordered(self.lanes);
+        // At most `lanes` requests in flight, each future made when its turn
+        // comes (the driver's request futures are kilobytes each: making
+        // them all up front cost a large allocation and two copies apiece).
+        let mut pending = chunks.into_iter();
+        let mut running = futures_util::stream::FuturesUnordered::new();
+        for c in pending.by_ref().take(self.lanes.max(1)) {
+            running.push(self.run_chunk(c));
+        }
         let mut failure = None;
-        while let Some(r) = results.next().await {
+        while let Some(r) = running.next().await {
             match r {
                 Ok(r) => rejected.extend(r),
                 Err(e) => failure = Some(e),
             }
+            if let Some(c) = pending.next() {
+                running.push(self.run_chunk(c));
+            }
         }
-        drop(results);
+        drop(running);
         if let Some(e) = failure {
             return Err(e);
         }
