@@ -62,35 +62,6 @@ pub fn parse_time_output(path: &Path) -> Option<Usage> {
     Some(Usage { cpu_seconds: user + sys, peak_rss_kib: rss })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_own_process() {
-        let u = usage(std::process::id()).expect("own /proc entry");
-        assert!(u.peak_rss_kib > 0);
-        assert!(u.cpu_seconds >= 0.0);
-    }
-
-    #[test]
-    fn parses_time_output() {
-        let dir = tempfile_dir();
-        let p = dir.join("t");
-        std::fs::write(&p, "Command exited with non-zero status 1\n1.25 0.50 20480\n").unwrap();
-        let u = parse_time_output(&p).unwrap();
-        assert!((u.cpu_seconds - 1.75).abs() < 1e-9);
-        assert_eq!(u.peak_rss_kib, 20480);
-        let _ = std::fs::remove_dir_all(dir);
-    }
-
-    fn tempfile_dir() -> std::path::PathBuf {
-        let d = std::env::temp_dir().join(format!("pgfanout-bench-test-{}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    }
-}
-
 /// Busy and total jiffies of the whole machine (`/proc/stat`'s `cpu` line).
 fn machine_jiffies() -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
@@ -125,4 +96,33 @@ pub async fn wait_machine_quiet(max_busy_cores: f64, timeout: std::time::Duratio
         }
     }
     (started.elapsed().as_secs_f64(), false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_own_process() {
+        let u = usage(std::process::id()).expect("own /proc entry");
+        assert!(u.peak_rss_kib > 0);
+        assert!(u.cpu_seconds >= 0.0);
+    }
+
+    #[test]
+    fn parses_time_output() {
+        let dir = tempfile_dir();
+        let p = dir.join("t");
+        std::fs::write(&p, "Command exited with non-zero status 1\n1.25 0.50 20480\n").unwrap();
+        let u = parse_time_output(&p).unwrap();
+        assert!((u.cpu_seconds - 1.75).abs() < 1e-9);
+        assert_eq!(u.peak_rss_kib, 20480);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    fn tempfile_dir() -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("pgfanout-bench-test-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
 }
