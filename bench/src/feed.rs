@@ -39,6 +39,9 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
         .with_goal(Goal::RatioAtLeast(0.8));
     let mut cpu = Figure::new("feed (cassandra)", "CPU per row", "µs", Better::Lower).with_baseline("plain prepared-insert loader");
     let mut rss = Figure::new("feed (cassandra)", "peak RSS", "MB", Better::Lower).with_goal(Goal::AtMost(32.0));
+    // The source's share of the machine, which the plain loader does not
+    // pay: PostgreSQL's walsender decoding the changes for pgfanout.
+    let mut walsender = Figure::new("feed (cassandra)", "walsender CPU per row", "µs", Better::Lower);
     let db = Db::start(&[]).await?;
     let shape = Shape::Big;
     db.exec(&shape.ddl()).await?;
@@ -135,6 +138,9 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
         cpu.pgfanout.push(f.usage.cpu_seconds * 1e6 / changes as f64);
         cpu.baseline.push(plain_cpu * 1e6 / changes as f64);
         rss.pgfanout.push(f.usage.peak_rss_kib as f64 / 1024.0);
+        if let Some(w) = f.walsender_cpu_seconds {
+            walsender.pgfanout.push(w * 1e6 / changes as f64);
+        }
         db.drop_slot(&slot).await?;
         for t in [fan_table.as_str(), plain_table.as_str(), "warmup", "warmup_fan"] {
             let _ = session.query_unpaged(format!("DROP TABLE IF EXISTS {KEYSPACE}.{t}"), ()).await;
@@ -142,7 +148,7 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
     }
     drop(session);
     drop(node);
-    Ok(vec![rate, cpu, rss])
+    Ok(vec![rate, cpu, walsender, rss])
 }
 
 /// The plain loader: the table's rows, typed before the clock starts, as

@@ -28,6 +28,9 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
         .with_goal(Goal::RatioAtLeast(0.8));
     let mut cpu = Figure::new("search (opensearch)", "CPU per row", "µs", Better::Lower).with_baseline("plain _bulk loader");
     let mut rss = Figure::new("search (opensearch)", "peak RSS", "MB", Better::Lower).with_goal(Goal::AtMost(32.0));
+    // The source's share of the machine, which the plain loader does not
+    // pay: PostgreSQL's walsender decoding the changes for pgfanout.
+    let mut walsender = Figure::new("search (opensearch)", "walsender CPU per row", "µs", Better::Lower);
     let db = Db::start(&[]).await?;
     let shape = Shape::Big;
     db.exec(&shape.ddl()).await?;
@@ -102,13 +105,16 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
         cpu.pgfanout.push(f.usage.cpu_seconds * 1e6 / changes as f64);
         cpu.baseline.push(plain_cpu * 1e6 / changes as f64);
         rss.pgfanout.push(f.usage.peak_rss_kib as f64 / 1024.0);
+        if let Some(w) = f.walsender_cpu_seconds {
+            walsender.pgfanout.push(w * 1e6 / changes as f64);
+        }
         db.drop_slot(&slot).await?;
         for i in [index.as_str(), base_index.as_str(), "bench-warmup", "bench-warmup-fan"] {
             let _ = http.delete(format!("{url}/{i}")).send().await;
         }
     }
     drop(node);
-    Ok(vec![rate, cpu, rss])
+    Ok(vec![rate, cpu, walsender, rss])
 }
 
 /// The plain loader: the table's rows as pre-built NDJSON (built before the

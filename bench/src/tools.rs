@@ -33,6 +33,9 @@ pub const STATUS_INTERVAL: &str = "20ms";
 pub struct Drain {
     pub seconds: f64,
     pub usage: Usage,
+    /// CPU seconds of the PostgreSQL walsender that decoded the stream for
+    /// pgfanout (read just before pgfanout stops; None when unknown).
+    pub walsender_cpu_seconds: Option<f64>,
 }
 
 /// A pgfanout config: one pipeline from `table` to one sink.
@@ -198,8 +201,16 @@ pub async fn drain_pgfanout(prog: &Program, dir: &Path, db: &Db, cfg: &FanoutCon
     let mut f = Fanout::spawn(prog, dir, db, cfg)?;
     let took = f.wait_confirmed(db, cfg.slot, end, timeout).await?;
     let usage = f.usage()?;
+    let walsender = db
+        .client
+        .query_opt("SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1", &[&cfg.slot])
+        .await
+        .ok()
+        .flatten()
+        .and_then(|r| r.get::<_, Option<i32>>(0))
+        .and_then(|pid| procstat::cpu_seconds(pid as u32));
     f.stop();
-    Ok(Drain { seconds: took.as_secs_f64(), usage })
+    Ok(Drain { seconds: took.as_secs_f64(), usage, walsender_cpu_seconds: walsender })
 }
 
 /// pg_recvlogical drains `slot` to /dev/null up to `end` (`--endpos`).
@@ -237,7 +248,7 @@ pub async fn drain_recvlogical(db: &Db, dir: &Path, slot: &str, end: u64, timeou
         bail!("pg_recvlogical failed with {status}: {}", tail(&err_path));
     }
     let usage = procstat::parse_time_output(&time_out).context("read /usr/bin/time output")?;
-    Ok(Drain { seconds, usage })
+    Ok(Drain { seconds, usage, walsender_cpu_seconds: None })
 }
 
 /// Waits (up to 3 minutes) until the machine is idle before a measured
