@@ -442,35 +442,9 @@ impl Ctx<'_> {
     /// store holds at least what the snapshot shows).
     async fn recheck(&self, index: usize, tables: &Tables, verifier: &mut dyn Verifier, out: &mut Outcome) -> Result<(), String> {
         let previous = std::mem::take(&mut out.divergent);
-        let mut by_table: HashMap<usize, Vec<KeyText>> = HashMap::new();
-        let mut extras = Vec::new();
-        let mut ids_of_rows: HashSet<String> = HashSet::new();
-        for d in &previous {
-            match &d.source {
-                Some((t, key)) => {
-                    ids_of_rows.insert(d.id.clone());
-                    let keys = by_table.entry(*t).or_default();
-                    if !keys.contains(key) {
-                        keys.push(key.clone());
-                    }
-                }
-                None => extras.push(d.id.clone()),
-            }
-        }
-        self.client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await.map_err(|e| e.to_string())?;
-        let read = async {
-            let position = self.position().await?;
-            let mut rows = Vec::new();
-            for (t, keys) in &by_table {
-                for (change, key) in tables.tables[*t].rows_by_key(self.client, keys, position).await.map_err(|e| e.to_string())? {
-                    rows.push((*t, change, key));
-                }
-            }
-            Ok::<_, String>((position, rows))
-        }
-        .await;
-        let _ = self.client.batch_execute("COMMIT").await;
-        let (position, rows) = read?;
+        let (by_table, mut extras) = keys_by_table(&previous);
+        let ids_of_rows: HashSet<String> = previous.iter().filter(|d| d.source.is_some()).map(|d| d.id.clone()).collect();
+        let (position, rows) = self.rows_at_new_snapshot(tables, &by_table).await?;
         if !self.settled(position).await? {
             out.unsettled = true;
             out.divergent = previous;
@@ -526,29 +500,11 @@ impl Ctx<'_> {
         verifier: &mut dyn Verifier,
         fresh: Vec<Divergence>,
     ) -> Result<Vec<Divergence>, String> {
-        let mut by_table: HashMap<usize, Vec<KeyText>> = HashMap::new();
-        for d in &fresh {
-            if let Some((t, key)) = &d.source {
-                let keys = by_table.entry(*t).or_default();
-                if !keys.contains(key) {
-                    keys.push(key.clone());
-                }
-            }
-        }
-        self.client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await.map_err(|e| e.to_string())?;
-        let read = async {
-            let position = self.position().await?;
-            let mut rows = Vec::new();
-            for (t, keys) in &by_table {
-                rows.extend(tables.tables[*t].rows_by_key(self.client, keys, position).await.map_err(|e| e.to_string())?);
-            }
-            Ok::<_, String>(rows)
-        }
-        .await;
-        let _ = self.client.batch_execute("COMMIT").await;
+        let (by_table, _) = keys_by_table(&fresh);
+        let (_, rows) = self.rows_at_new_snapshot(tables, &by_table).await?;
         let mut now: HashMap<String, Json> = HashMap::new();
         let mut scratch = Outcome::default();
-        for (change, _) in read? {
+        for (_, change, _) in rows {
             for e in self.expect(index, verifier, change, &mut scratch) {
                 now.insert(e.id, e.value);
             }
@@ -561,6 +517,29 @@ impl Ctx<'_> {
                 _ => true,
             })
             .collect())
+    }
+
+    /// The rows of `by_table`'s keys under one new snapshot: its position
+    /// and each row with its table.
+    async fn rows_at_new_snapshot(
+        &self,
+        tables: &Tables,
+        by_table: &HashMap<usize, Vec<KeyText>>,
+    ) -> Result<(Lsn, Vec<(usize, Change, KeyText)>), String> {
+        self.client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await.map_err(|e| e.to_string())?;
+        let read = async {
+            let position = self.position().await?;
+            let mut rows = Vec::new();
+            for (t, keys) in by_table {
+                for (change, key) in tables.tables[*t].rows_by_key(self.client, keys, position).await.map_err(|e| e.to_string())? {
+                    rows.push((*t, change, key));
+                }
+            }
+            Ok::<_, String>((position, rows))
+        }
+        .await;
+        let _ = self.client.batch_execute("COMMIT").await;
+        read
     }
 
     /// `pg_current_wal_lsn()`.
@@ -616,35 +595,14 @@ impl Ctx<'_> {
         let p = &self.cfg.pipelines[index];
         let configured = self.cfg.sinks.get(&p.to).and_then(|s| s.configured.clone()).ok_or("sink not configured")?;
         let mut sink = configured.build().await.map_err(|e| format!("sink {}: {e}", p.to))?;
-        let mut by_table: HashMap<usize, Vec<KeyText>> = HashMap::new();
-        let mut extras = Vec::new();
-        for d in &out.divergent {
-            match &d.source {
-                Some((t, key)) => {
-                    let keys = by_table.entry(*t).or_default();
-                    if !keys.contains(key) {
-                        keys.push(key.clone());
-                    }
-                }
-                None => extras.push(d.id.clone()),
+        let (by_table, extras) = keys_by_table(&out.divergent);
+        let (_, rows) = self.rows_at_new_snapshot(tables, &by_table).await?;
+        let mut records: Vec<SinkRecord> = Vec::new();
+        for (_, change, _) in rows {
+            if let Some(Routed::Deliver { record, .. }) = self.router.route_pipeline(index, &Arc::new(change)) {
+                records.push(SinkRecord { change: record.change, route });
             }
         }
-        self.client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await.map_err(|e| e.to_string())?;
-        let read = async {
-            let position = self.position().await?;
-            let mut records: Vec<SinkRecord> = Vec::new();
-            for (t, keys) in &by_table {
-                for (change, _) in tables.tables[*t].rows_by_key(self.client, keys, position).await.map_err(|e| e.to_string())? {
-                    if let Some(Routed::Deliver { record, .. }) = self.router.route_pipeline(index, &Arc::new(change)) {
-                        records.push(SinkRecord { change: record.change, route });
-                    }
-                }
-            }
-            Ok::<_, String>(records)
-        }
-        .await;
-        let _ = self.client.batch_execute("COMMIT").await;
-        let records = read?;
         let mut repaired = 0u64;
         for batch in records.chunks(500) {
             let mut backoff = pgfanout_sdk::settings::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
@@ -674,6 +632,25 @@ impl Ctx<'_> {
         out.repaired = repaired;
         Ok(())
     }
+}
+
+/// The source keys of `divergent` per table (each once), and the ids of
+/// the extras (entries without a source row).
+fn keys_by_table(divergent: &[Divergence]) -> (HashMap<usize, Vec<KeyText>>, Vec<String>) {
+    let mut by_table: HashMap<usize, Vec<KeyText>> = HashMap::new();
+    let mut extras = Vec::new();
+    for d in divergent {
+        match &d.source {
+            Some((t, key)) => {
+                let keys = by_table.entry(*t).or_default();
+                if !keys.contains(key) {
+                    keys.push(key.clone());
+                }
+            }
+            None => extras.push(d.id.clone()),
+        }
+    }
+    (by_table, extras)
 }
 
 fn print_outcome(name: &str, sink: &str, kind: &str, o: &Outcome, show: usize, took: Duration) {

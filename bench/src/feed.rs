@@ -51,15 +51,7 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
     for run in 0..ctx.runs {
         let (fan_table, plain_table) = (format!("rows_pgfanout_{run}"), format!("rows_plain_{run}"));
         for t in [&fan_table, &plain_table] {
-            session
-                .query_unpaged(
-                    format!(
-                        "CREATE TABLE IF NOT EXISTS {KEYSPACE}.{t} (id bigint PRIMARY KEY, account int, name text, amount decimal, \
-                         created_at timestamp, note text)"
-                    ),
-                    (),
-                )
-                .await?;
+            create_rows_table(&session, t).await?;
         }
         db.exec(&shape.reset_sql(ctx.rows)).await?;
         db.prepare_drain(&[]).await?;
@@ -87,15 +79,7 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
         // requests while it ran).
         if run == 0 {
             for t in ["warmup", "warmup_fan"] {
-                session
-                    .query_unpaged(
-                        format!(
-                            "CREATE TABLE IF NOT EXISTS {KEYSPACE}.{t} (id bigint PRIMARY KEY, account int, name text, amount decimal, \
-                             created_at timestamp, note text)"
-                        ),
-                        (),
-                    )
-                    .await?;
+                create_rows_table(&session, t).await?;
             }
             plain_load(&db, &session, shape, "warmup").await?;
             let warm = FanoutConfig {
@@ -200,6 +184,20 @@ async fn plain_load(db: &Db, session: &Session, shape: Shape, table: &str) -> Re
     let plain = started.elapsed().as_secs_f64();
     let plain_cpu = crate::procstat::cpu_seconds(std::process::id()).unwrap_or(0.0) - cpu_before;
     Ok((plain, plain_cpu))
+}
+
+/// A table for the bench rows (stream-big's shape) in the keyspace.
+async fn create_rows_table(session: &Session, table: &str) -> Result<()> {
+    session
+        .query_unpaged(
+            format!(
+                "CREATE TABLE IF NOT EXISTS {KEYSPACE}.{table} (id bigint PRIMARY KEY, account int, name text, amount decimal, \
+                 created_at timestamp, note text)"
+            ),
+            (),
+        )
+        .await?;
+    Ok(())
 }
 
 async fn count(session: &Session, table: &str) -> Result<u64> {
