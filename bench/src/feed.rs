@@ -92,17 +92,12 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
             tools::drain_pgfanout(&ctx.bin, &ctx.dir, &db, &warm, end, timeout).await?;
             db.drop_slot("pgf_feed_warmup").await?;
         }
-        let (f, (plain, plain_cpu)) = if run % 2 == 0 {
-            tools::quiet_before("pgfanout").await;
-            let f = tools::drain_pgfanout(&ctx.bin, &ctx.dir, &db, &cfg, end, timeout).await?;
-            tools::quiet_before("the plain loader").await;
-            (f, plain_load(&db, &session, shape, &plain_table).await?)
-        } else {
-            tools::quiet_before("the plain loader").await;
-            let p = plain_load(&db, &session, shape, &plain_table).await?;
-            tools::quiet_before("pgfanout").await;
-            (tools::drain_pgfanout(&ctx.bin, &ctx.dir, &db, &cfg, end, timeout).await?, p)
-        };
+        let (f, (plain, plain_cpu)) = tools::measure_both(
+            run,
+            tools::drain_pgfanout(&ctx.bin, &ctx.dir, &db, &cfg, end, timeout),
+            plain_load(&db, &session, shape, &plain_table),
+        )
+        .await?;
         let n = count(&session, &fan_table).await?;
         if n != changes {
             bail!("table {fan_table} holds {n} rows, expected {changes}");

@@ -76,17 +76,12 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
             db.drop_slot("pgf_search_warmup").await?;
         }
         let base_index = format!("bench-plain-{run}");
-        let (f, (plain, plain_cpu)) = if run % 2 == 0 {
-            tools::quiet_before("pgfanout").await;
-            let f = tools::drain_pgfanout(&ctx.bin, &ctx.dir, &db, &cfg, end, timeout).await?;
-            tools::quiet_before("the plain loader").await;
-            (f, plain_load(&db, &http, &url, shape, &base_index).await?)
-        } else {
-            tools::quiet_before("the plain loader").await;
-            let p = plain_load(&db, &http, &url, shape, &base_index).await?;
-            tools::quiet_before("pgfanout").await;
-            (tools::drain_pgfanout(&ctx.bin, &ctx.dir, &db, &cfg, end, timeout).await?, p)
-        };
+        let (f, (plain, plain_cpu)) = tools::measure_both(
+            run,
+            tools::drain_pgfanout(&ctx.bin, &ctx.dir, &db, &cfg, end, timeout),
+            plain_load(&db, &http, &url, shape, &base_index),
+        )
+        .await?;
         let n = count(&http, &url, &index).await?;
         if n != changes {
             bail!("index {index} holds {n} documents, expected {changes}");

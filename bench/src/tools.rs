@@ -264,3 +264,25 @@ pub async fn quiet_before(phase: &str) {
         eprintln!("    (waited {waited:.0} s for the machine to get quiet before {phase})");
     }
 }
+
+/// Runs a store workload's two measured phases, pgfanout's and the plain
+/// loader's, each on a quiet machine ([`quiet_before`]); pgfanout first in
+/// even runs, the loader first in odd ones (the store's JIT warms up as it
+/// goes).
+pub async fn measure_both<F, L, P>(run: usize, pgfanout: F, loader: L) -> Result<(Drain, P)>
+where
+    F: std::future::Future<Output = Result<Drain>>,
+    L: std::future::Future<Output = Result<P>>,
+{
+    if run.is_multiple_of(2) {
+        quiet_before("pgfanout").await;
+        let f = pgfanout.await?;
+        quiet_before("the plain loader").await;
+        Ok((f, loader.await?))
+    } else {
+        quiet_before("the plain loader").await;
+        let p = loader.await?;
+        quiet_before("pgfanout").await;
+        Ok((pgfanout.await?, p))
+    }
+}
