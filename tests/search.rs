@@ -340,8 +340,14 @@ async fn a_tiny_write_queue_gives_429s_and_every_document_still_arrives() {
     // Several shards so one bulk request fans out to several queued tasks.
     let extra = ", settings: { number_of_shards: 4, number_of_replicas: 0 }";
     let dir = scratch();
+    // Small batches, several in flight: one transaction's changes to a
+    // document span batches queued on the lanes at once, while items fail
+    // with 429 and are retried (the order of one document's changes must
+    // survive both).
     let cfg = config(&pg, db, &url, "pressure-products", extra, dir.path())
-        .replace("request_timeout: 5s,", "request_timeout: 5s, concurrency: 4, bulk: { max_records: 50 },");
+        .replace("request_timeout: 5s,", "request_timeout: 5s, concurrency: 4, in_flight_batches: 8, bulk: { max_records: 50 },")
+        .replace("shutdown_timeout: 10s\n", "shutdown_timeout: 10s\n  batch_size: 16\n");
+    assert!(cfg.contains("batch_size: 16"), "{cfg}");
     let d = Daemon::start(bin(), dir.path(), db, &cfg);
     wait_slot(&c, db, &d).await;
     let mut w = Workload::new(0x5eed_0004);

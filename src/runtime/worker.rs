@@ -1,10 +1,11 @@
 //! A sink worker: drains one sink's bounded queue in order, writes batches,
 //! retries, dead-letters rejected records, and publishes durable progress.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pgfanout_sdk::{DynSink, SinkError, SinkRecord};
+use pgfanout_sdk::{BatchOutcome, DynSink, InFlight, SinkError, SinkRecord};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
@@ -39,7 +40,15 @@ pub struct Worker {
 
 impl Worker {
     /// Runs until the queue is closed and drained, then closes the sink.
-    pub async fn run(mut self, mut sink: Box<dyn DynSink>) {
+    pub async fn run(self, sink: Box<dyn DynSink>) {
+        match sink.pipeline_depth() {
+            0 | 1 => self.run_serial(sink).await,
+            depth => self.run_pipelined(sink, depth).await,
+        }
+    }
+
+    /// One batch at a time: `write`, await, next.
+    async fn run_serial(mut self, mut sink: Box<dyn DynSink>) {
         let mut records: Vec<SinkRecord> = Vec::with_capacity(self.batch_size);
         let mut commit: Option<u64> = None;
         while let Some(chunk) = self.rx.recv().await {
@@ -62,6 +71,106 @@ impl Worker {
             warn!(sink = %self.name, error = %e, "closing sink failed");
         }
         debug!(sink = %self.name, "sink worker stopped");
+    }
+
+    /// Up to `depth` batches in flight (`submit`), completed in order: a
+    /// commit marker is applied once the last batch before it is durable.
+    async fn run_pipelined(mut self, mut sink: Box<dyn DynSink>, depth: usize) {
+        let mut records: Vec<SinkRecord> = Vec::with_capacity(self.batch_size);
+        let mut flight: VecDeque<Pending> = VecDeque::with_capacity(depth + 1);
+        let mut open = true;
+        while open || !flight.is_empty() {
+            tokio::select! {
+                biased;
+                outcome = async { (&mut flight.front_mut().expect("guarded").done).await }, if !flight.is_empty() => {
+                    let done = flight.pop_front().expect("guarded");
+                    self.finish(sink.as_mut(), done, outcome).await;
+                }
+                chunk = self.rx.recv(), if open && flight.len() < depth => {
+                    let Some(chunk) = chunk else {
+                        open = false;
+                        continue;
+                    };
+                    let mut commit = None;
+                    absorb(chunk, &mut records, &mut commit);
+                    while records.len() < self.batch_size {
+                        match self.rx.try_recv() {
+                            Ok(chunk) => absorb(chunk, &mut records, &mut commit),
+                            Err(_) => break,
+                        }
+                    }
+                    while !records.is_empty() {
+                        let n = records.len().min(self.batch_size.max(1));
+                        let batch: Arc<[SinkRecord]> = records.drain(..n).collect();
+                        self.submit(sink.as_mut(), batch, &mut flight).await;
+                    }
+                    if let Some(seq) = commit {
+                        match flight.back_mut() {
+                            Some(last) => last.commit = Some(seq),
+                            None => self.durable.advance(seq),
+                        }
+                    }
+                }
+            }
+        }
+        if let Err(e) = sink.close_boxed().await {
+            warn!(sink = %self.name, error = %e, "closing sink failed");
+        }
+        debug!(sink = %self.name, "sink worker stopped");
+    }
+
+    /// Submits a batch, retrying a retriable refusal; a permanent one lets
+    /// the batches in flight complete, then writes the batch alone (records
+    /// one by one if need be) before anything after it is submitted.
+    async fn submit(&self, sink: &mut dyn DynSink, batch: Arc<[SinkRecord]>, flight: &mut VecDeque<Pending>) {
+        let mut backoff = Backoff::default();
+        loop {
+            let started = Instant::now();
+            match sink.submit_boxed(batch.clone()).await {
+                Ok(done) => {
+                    flight.push_back(Pending { batch, done, commit: None, started });
+                    return;
+                }
+                Err(SinkError::Retriable(e)) => {
+                    metrics::counter!(m::SINK_FAILED_TOTAL, m::LABEL_SINK => self.name.to_string()).increment(batch.len() as u64);
+                    let delay = backoff.next_delay();
+                    warn!(sink = %self.name, error = %e, records = batch.len(), retry_in = ?delay, "sink refused a batch; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(SinkError::Permanent(e)) => {
+                    warn!(sink = %self.name, error = %e, records = batch.len(), "batch refused; writing it alone");
+                    while let Some(mut earlier) = flight.pop_front() {
+                        let outcome = (&mut earlier.done).await;
+                        self.finish(sink, earlier, outcome).await;
+                    }
+                    self.write(sink, &batch).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A batch in flight is done: metrics, dead letters, then its commit.
+    async fn finish(&self, sink: &mut dyn DynSink, done: Pending, outcome: BatchOutcome) {
+        match outcome {
+            Ok(rejected) => {
+                self.record_success(&done.batch, rejected.len(), done.started.elapsed());
+                if !rejected.is_empty() {
+                    let letters = rejected
+                        .into_iter()
+                        .filter_map(|r| done.batch.get(r.index).map(|rec| self.letter(rec, r.error)))
+                        .collect::<Vec<_>>();
+                    self.dead_letter(letters).await;
+                }
+            }
+            Err(e) => {
+                warn!(sink = %self.name, error = %e, records = done.batch.len(), "batch in flight failed; writing it again alone");
+                self.write(sink, &done.batch).await;
+            }
+        }
+        if let Some(seq) = done.commit {
+            self.durable.advance(seq);
+        }
     }
 
     /// Writes one batch until it is durable, retrying retriable errors
@@ -132,6 +241,14 @@ impl Worker {
             metrics::histogram!(m::END_TO_END_LATENCY_SECONDS, m::LABEL_SINK => sink).record(latency);
         }
     }
+}
+
+/// A submitted batch, its completion, and the commit it ends (if any).
+struct Pending {
+    batch: Arc<[SinkRecord]>,
+    done: InFlight,
+    commit: Option<u64>,
+    started: Instant,
 }
 
 fn absorb(chunk: Chunk, records: &mut Vec<SinkRecord>, commit: &mut Option<u64>) {

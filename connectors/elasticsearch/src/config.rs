@@ -38,6 +38,12 @@ pub struct SearchSinkConfig {
     /// one document are never in flight at once (default 2).
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
+    /// Batches the sink works on at once (default 4): the next batch is
+    /// planned and queued on the lanes while earlier ones are still being
+    /// sent, so no lane waits for the slowest. Each lane still has one
+    /// `_bulk` request in flight, in order.
+    #[serde(default = "default_in_flight_batches")]
+    pub in_flight_batches: usize,
     /// Backoff of the per-item retries (429, 5xx, timeouts).
     #[serde(default)]
     pub retry: RetrySettings,
@@ -49,6 +55,10 @@ fn default_request_timeout() -> Duration {
 
 fn default_concurrency() -> usize {
     2
+}
+
+fn default_in_flight_batches() -> usize {
+    4
 }
 
 /// What a delete does to the document.
@@ -152,6 +162,9 @@ impl SearchSinkConfig {
         }
         if self.concurrency == 0 || self.concurrency > 64 {
             err("concurrency", "must be between 1 and 64".into());
+        }
+        if self.in_flight_batches == 0 || self.in_flight_batches > 64 {
+            err("in_flight_batches", "must be between 1 and 64 (1: one batch at a time)".into());
         }
         errors
     }

@@ -21,11 +21,12 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::sink::{BatchOutcome, Sink, SinkError, SinkRecord};
+use crate::sink::{BatchOutcome, InFlight, Sink, SinkError, SinkRecord};
 use crate::verify::Verifier;
 
 /// A boxed future, for the object-safe parts of the contract.
@@ -150,6 +151,9 @@ pub trait ConfiguredSink: Send + Sync {
 /// The object-safe face of a [`Sink`], driven by the runtime.
 pub trait DynSink: Send {
     fn write_boxed<'a>(&'a mut self, batch: &'a [SinkRecord]) -> BoxFuture<'a, BatchOutcome>;
+    /// [`Sink::max_in_flight`].
+    fn pipeline_depth(&self) -> usize;
+    fn submit_boxed(&mut self, batch: Arc<[SinkRecord]>) -> BoxFuture<'_, Result<InFlight, SinkError>>;
     fn check_boxed(&mut self) -> BoxFuture<'_, Result<(), SinkError>>;
     fn close_boxed(&mut self) -> BoxFuture<'_, Result<(), SinkError>>;
 }
@@ -157,6 +161,14 @@ pub trait DynSink: Send {
 impl<S: Sink> DynSink for S {
     fn write_boxed<'a>(&'a mut self, batch: &'a [SinkRecord]) -> BoxFuture<'a, BatchOutcome> {
         Box::pin(self.write(batch))
+    }
+
+    fn pipeline_depth(&self) -> usize {
+        self.max_in_flight().max(1)
+    }
+
+    fn submit_boxed(&mut self, batch: Arc<[SinkRecord]>) -> BoxFuture<'_, Result<InFlight, SinkError>> {
+        Box::pin(self.submit(batch))
     }
 
     fn check_boxed(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {

@@ -21,8 +21,13 @@
 //!   exponential backoff, forever, keeping order. [`SinkError::Permanent`]
 //!   for the whole batch makes the runtime retry the records one by one, so a
 //!   single bad record is isolated and dead-lettered.
+//! - Pipelining (optional): a sink whose [`Sink::max_in_flight`] is above 1
+//!   gets batches through [`Sink::submit`] instead, several in flight at
+//!   once; it then owns ordering and retries across them (see `submit`).
+//!   The runtime still completes batches, and confirms positions, in order.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::change::Change;
@@ -65,10 +70,42 @@ impl SinkError {
     }
 }
 
+/// A batch a pipelining sink has started (see [`Sink::submit`]): resolves
+/// like [`Sink::write`] once the batch is durable.
+pub type InFlight = Pin<Box<dyn Future<Output = BatchOutcome> + Send + 'static>>;
+
 /// A destination store. See the module docs for the guarantees.
 pub trait Sink: Send + 'static {
     /// Writes a batch; see the module docs for what `Ok` promises.
     fn write(&mut self, batch: &[SinkRecord]) -> impl Future<Output = BatchOutcome> + Send;
+
+    /// How many batches the runtime may have in flight through
+    /// [`submit`](Self::submit) at once. 1 (the default): the sink does not
+    /// pipeline and only [`write`](Self::write) is called.
+    fn max_in_flight(&self) -> usize {
+        1
+    }
+
+    /// Pipelined writing, for sinks whose [`max_in_flight`](Self::max_in_flight)
+    /// is above 1. The returned future finishes dispatching the batch (after
+    /// everything submitted before it, in order); the [`InFlight`] it gives
+    /// resolves once the batch is durable. The runtime submits the next batch
+    /// without waiting for that, and completes batches strictly in order.
+    ///
+    /// The sink keeps the order guarantees across batches in flight: two
+    /// records of one key are applied in submission order (e.g. per-key FIFO
+    /// lanes), and a failure inside the store is retried *by the sink*, in
+    /// order, until it clears; an [`InFlight`] resolving to `Err` makes the
+    /// runtime write the batch again alone, which is only safe if no later
+    /// batch can have been applied (e.g. the sink's lanes have stopped).
+    /// `Err` from `submit` itself: `Retriable`, the runtime submits the same
+    /// batch again later (parts of it may already be dispatched: replaying a
+    /// batch in order must be harmless); `Permanent`, the runtime lets the
+    /// batches before it complete and then writes this one record by record.
+    fn submit(&mut self, batch: Arc<[SinkRecord]>) -> impl Future<Output = Result<InFlight, SinkError>> + Send {
+        let _ = batch;
+        async { Err(SinkError::Permanent("this sink does not pipeline batches".into())) }
+    }
 
     /// Checks that the store is reachable and usable (for `doctor`).
     fn check(&mut self) -> impl Future<Output = Result<(), SinkError>> + Send {
