@@ -75,6 +75,8 @@ impl Client {
     /// Sends a request to the current node, failing over to the next on a
     /// connection error. Transport failures are retriable errors.
     pub async fn send(&self, method: Method, path: &str, body: Option<(Vec<u8>, &str)>) -> Result<Response, SinkError> {
+        // Shared, not copied, for each node tried.
+        let body = body.map(|(bytes, content_type)| (bytes::Bytes::from(bytes), content_type));
         let n = self.urls.len();
         let start = self.current.load(Ordering::Relaxed);
         let mut last = String::new();

@@ -45,6 +45,10 @@ pub struct ScyllaSettings {
     /// Statements of one partition sent as one unlogged batch (default 32).
     #[serde(default = "default_batch_statements")]
     pub batch_statements: usize,
+    /// Batches in flight at once (default 4): the next batch is planned and
+    /// started while earlier ones finish; all share `concurrency`.
+    #[serde(default = "default_in_flight_batches")]
+    pub in_flight_batches: usize,
     /// Demo convenience: create the keyspace (SimpleStrategy,
     /// `replication_factor`) and each mapped table from its mapping.
     #[serde(default)]
@@ -65,6 +69,10 @@ fn default_request_timeout() -> Duration {
 fn default_concurrency() -> usize {
     32
 }
+fn default_in_flight_batches() -> usize {
+    4
+}
+
 fn default_batch_statements() -> usize {
     32
 }
@@ -246,6 +254,9 @@ impl ScyllaSettings {
         }
         if self.batch_statements == 0 || self.batch_statements > 1000 {
             err("batch_statements", "must be between 1 and 1000".into());
+        }
+        if self.in_flight_batches == 0 || self.in_flight_batches > 64 {
+            err("in_flight_batches", "must be between 1 and 64 (1: one batch at a time)".into());
         }
         if self.replication_factor == 0 {
             err("replication_factor", "must be at least 1".into());

@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use futures_util::StreamExt;
 use indexmap::IndexMap;
-use pgfanout_sdk::{BatchOutcome, Change, Check, Lsn, Op, Rejected, Row, Sink, SinkError, SinkRecord, Value};
+use pgfanout_sdk::settings::Backoff;
+use pgfanout_sdk::{BatchOutcome, Change, Check, InFlight, Lsn, Op, Rejected, Row, Sink, SinkError, SinkRecord, Value};
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
@@ -19,6 +20,7 @@ use scylla::policies::load_balancing::DefaultPolicy;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlTimestamp, CqlValue};
+use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use crate::config::{Meta, Mode, Order, ScyllaMapping, ScyllaSettings, Source};
@@ -47,19 +49,31 @@ pub(crate) struct Route {
 }
 
 /// A connected ScyllaDB / Cassandra sink.
+///
+/// Batches are pipelined ([`Sink::submit`]): a batch is planned (its
+/// timestamps fixed) and its statements start while earlier batches still
+/// run. Order does not matter to the store (every statement carries its own
+/// timestamp), a failed request is retried with the same timestamps until it
+/// goes through, and all batches share `concurrency` request permits.
 pub struct ScyllaSink {
     session: Arc<Session>,
     routes: Vec<Route>,
-    prepared: HashMap<Arc<str>, PreparedStatement>,
+    /// Copied on write (a new statement shape, rare) so batches in flight
+    /// keep reading theirs.
+    prepared: Arc<HashMap<Arc<str>, PreparedStatement>>,
     consistency: scylla::statement::Consistency,
     lanes: usize,
+    permits: Arc<Semaphore>,
+    in_flight: usize,
     batch_statements: usize,
     /// Per-row write counters of the current transaction, carried across
     /// batches (a transaction may span several).
     slots: SlotTable,
-    /// CQL text per statement shape (route, written columns; `None` =
-    /// delete), so a statement's text is built once.
-    cql: HashMap<(usize, Option<Vec<usize>>), Arc<str>>,
+    /// CQL text per statement shape (`[route, 0]` for its delete, `[route,
+    /// 1, written columns...]` for an insert), so a statement's text is built
+    /// once; looked up through `shape` without allocating.
+    cql: HashMap<Vec<usize>, Arc<str>>,
+    shape: Vec<usize>,
 }
 
 /// Buckets of [`SlotTable`]: 1 MiB of counters.
@@ -385,15 +399,16 @@ pub(crate) enum Action {
     Write { pk: Vec<Option<CqlValue>>, cols: Vec<(usize, Option<CqlValue>)> },
 }
 
-/// The collapsed writes of one row within one transaction of one batch.
+/// The collapsed writes of one row within one transaction of one batch
+/// (its key is the map key it is filed under).
 struct Group {
     route: usize,
     lsn: Lsn,
-    key: PkKey,
     records: Vec<usize>,
     delete: bool,
     delete_first: bool,
-    cols: IndexMap<usize, Option<CqlValue>>,
+    /// Written columns in first-written order, the last value of each.
+    cols: Vec<(usize, Option<CqlValue>)>,
 }
 
 impl ScyllaSink {
@@ -423,12 +438,15 @@ impl ScyllaSink {
         Ok(ScyllaSink {
             session: Arc::new(session),
             routes,
-            prepared: HashMap::new(),
+            prepared: Arc::new(HashMap::new()),
             consistency: s.consistency.to_driver(),
-            lanes: s.concurrency,
+            lanes: s.concurrency.max(1),
+            permits: Arc::new(Semaphore::new(s.concurrency.max(1))),
+            in_flight: s.in_flight_batches.max(1),
             batch_statements: s.batch_statements,
             slots: SlotTable::new(),
             cql: HashMap::new(),
+            shape: Vec::new(),
         })
     }
 
@@ -584,19 +602,29 @@ impl ScyllaSink {
         h.finish()
     }
 
-    /// The CQL text of an insert of `cols` (`Some`) or of the delete
-    /// (`None`) of route `route`, built once per shape.
-    fn cql_for(&mut self, route: usize, cols: Option<&[usize]>) -> Arc<str> {
-        let key = (route, cols.map(<[usize]>::to_vec));
-        if let Some(c) = self.cql.get(&key) {
+    /// The CQL text of an insert of the columns `cols` (`Some`: the
+    /// primary key's first, then these) or of the delete (`None`) of route
+    /// `route`, built once per shape.
+    fn cql_for<'a>(&mut self, route: usize, cols: Option<impl Iterator<Item = &'a usize>>) -> Arc<str> {
+        self.shape.clear();
+        self.shape.push(route);
+        match cols {
+            Some(cols) => {
+                self.shape.push(1);
+                self.shape.extend(self.routes[route].pk.iter().copied());
+                self.shape.extend(cols.copied());
+            }
+            None => self.shape.push(0),
+        }
+        if let Some(c) = self.cql.get(self.shape.as_slice()) {
             return c.clone();
         }
         let r = &self.routes[route];
-        let text: Arc<str> = match cols {
-            Some(cols) => Self::insert_cql(r, cols).into(),
-            None => Self::delete_cql(r).into(),
+        let text: Arc<str> = match self.shape[1] {
+            1 => Self::insert_cql(r, &self.shape[2..]).into(),
+            _ => Self::delete_cql(r).into(),
         };
-        self.cql.insert(key, text.clone());
+        self.cql.insert(self.shape.clone(), text.clone());
         text
     }
 
@@ -660,46 +688,60 @@ impl ScyllaSink {
                         rejected.push(Rejected { index, error: format!("scylla {}: {e}", route.qualified) });
                         continue;
                     }
-                    let pk: Vec<Option<CqlValue>> =
-                        route.pk.iter().map(|i| values[names.iter().position(|n| n == i).unwrap_or_default()].clone()).collect();
-                    values.push(Some(CqlValue::BigInt(change.position().commit_version())));
-                    let partition = Self::partition_hash(record.route, &pk, route.partition_len);
-                    let cql = self.cql_for(record.route, Some(&names));
-                    stmts.push(Stmt { records: vec![index], cql, values, partition });
+                    // The primary key's values first, then the others (the
+                    // statement shape's order).
+                    let mut ordered: Vec<Option<CqlValue>> = Vec::with_capacity(values.len() + 1);
+                    for i in &route.pk {
+                        let p = names.iter().position(|n| n == i).unwrap_or_default();
+                        ordered.push(values[p].take());
+                    }
+                    let partition = Self::partition_hash(record.route, &ordered, route.partition_len);
+                    let others: Vec<usize> = names.iter().copied().filter(|n| !route.pk.contains(n)).collect();
+                    ordered.extend(names.iter().zip(values).filter(|(n, _)| !route.pk.contains(n)).map(|(_, v)| v));
+                    ordered.push(Some(CqlValue::BigInt(change.position().commit_version())));
+                    let cql = self.cql_for(record.route, Some(others.iter()));
+                    stmts.push(Stmt { records: vec![index], cql, values: ordered, partition });
                 }
                 Mode::Upsert => match Self::upsert_actions(route, change) {
                     Err(e) => rejected.push(Rejected { index, error: format!("scylla {}: {e}", route.qualified) }),
                     Ok(actions) => {
                         for action in actions {
-                            let pk = match &action {
-                                Action::Delete { pk } | Action::Write { pk, .. } => pk.clone(),
+                            let (pk, write) = match action {
+                                Action::Delete { pk } => (pk, None),
+                                Action::Write { pk, cols } => (pk, Some(cols)),
                             };
                             let key = PkKey { hash: Self::pk_hash(record.route, &pk), pk };
-                            let g = groups.entry((change.commit_lsn.0, record.route, key.clone())).or_insert_with(|| Group {
+                            let g = groups.entry((change.commit_lsn.0, record.route, key)).or_insert_with(|| Group {
                                 route: record.route,
                                 lsn: change.commit_lsn,
-                                key,
                                 records: Vec::new(),
                                 delete: false,
                                 delete_first: false,
-                                cols: IndexMap::new(),
+                                cols: Vec::new(),
                             });
                             if g.records.last() != Some(&index) {
                                 g.records.push(index);
                             }
-                            match action {
-                                Action::Delete { .. } => {
+                            match write {
+                                None => {
                                     g.delete = true;
                                     g.delete_first = false;
                                     g.cols.clear();
                                 }
-                                Action::Write { cols, .. } => {
+                                Some(cols) => {
                                     if g.delete {
                                         g.delete = false;
                                         g.delete_first = true;
                                     }
-                                    for (i, v) in cols {
-                                        g.cols.insert(i, v);
+                                    if g.cols.is_empty() {
+                                        g.cols = cols;
+                                    } else {
+                                        for (i, v) in cols {
+                                            match g.cols.iter_mut().find(|c| c.0 == i) {
+                                                Some(c) => c.1 = v,
+                                                None => g.cols.push((i, v)),
+                                            }
+                                        }
                                     }
                                 }
                             }
@@ -714,11 +756,11 @@ impl ScyllaSink {
         // Timestamps: the rows of one transaction use slots below its commit
         // LSN; the counters this batch moves are kept aside until it succeeds.
         let mut overlay: (Lsn, HashMap<u32, u8>) = (self.slots.lsn, HashMap::new());
-        for g in groups.into_values() {
+        for ((_, _, key), g) in groups {
             if overlay.0 != g.lsn {
                 overlay = (g.lsn, HashMap::new());
             }
-            let bucket = SlotTable::bucket(g.key.hash);
+            let bucket = SlotTable::bucket(key.hash);
             let base_count = self.slots.get(g.lsn, bucket);
             let slot = overlay.1.entry(bucket).or_insert(base_count);
             let base = i64::try_from(g.lsn.0).unwrap_or(i64::MAX);
@@ -727,22 +769,20 @@ impl ScyllaSink {
                 *slot = slot.saturating_add(1).min(SLOTS as u8 + 1);
                 ts
             };
-            let partition = Self::partition_hash(g.route, &g.key.pk, self.routes[g.route].partition_len);
+            let partition = Self::partition_hash(g.route, &key.pk, self.routes[g.route].partition_len);
             if g.delete || g.delete_first {
-                let mut values = vec![Some(CqlValue::BigInt(next_ts()))];
-                values.extend(g.key.pk.iter().cloned());
-                let cql = self.cql_for(g.route, None);
+                let mut values = Vec::with_capacity(key.pk.len() + 1);
+                values.push(Some(CqlValue::BigInt(next_ts())));
+                values.extend(key.pk.iter().cloned());
+                let cql = self.cql_for(g.route, None::<std::slice::Iter<usize>>);
                 stmts.push(Stmt { records: g.records.clone(), cql, values, partition });
             }
             if !g.delete {
-                let mut names: Vec<usize> = self.routes[g.route].pk.clone();
-                let mut values: Vec<Option<CqlValue>> = g.key.pk.clone();
-                for (i, v) in g.cols {
-                    names.push(i);
-                    values.push(v);
-                }
+                let cql = self.cql_for(g.route, Some(g.cols.iter().map(|c| &c.0)));
+                let mut values: Vec<Option<CqlValue>> = key.pk;
+                values.reserve(g.cols.len() + 1);
+                values.extend(g.cols.into_iter().map(|c| c.1));
                 values.push(Some(CqlValue::BigInt(next_ts())));
-                let cql = self.cql_for(g.route, Some(&names));
                 stmts.push(Stmt { records: g.records, cql, values, partition });
             }
         }
@@ -756,8 +796,61 @@ impl ScyllaSink {
         let mut p = self.session.prepare(&**cql).await.map_err(|e| classify_prepare(&e))?;
         p.set_consistency(self.consistency);
         p.set_is_idempotent(true);
-        self.prepared.insert(cql.clone(), p);
+        Arc::make_mut(&mut self.prepared).insert(cql.clone(), p);
         Ok(())
+    }
+}
+
+/// What the statements of a batch in flight need: the session, the
+/// prepared statements, the shared request permits.
+struct Exec {
+    session: Arc<Session>,
+    prepared: Arc<HashMap<Arc<str>, PreparedStatement>>,
+    consistency: scylla::statement::Consistency,
+    permits: Arc<Semaphore>,
+}
+
+impl Exec {
+    /// Runs a batch's partition chunks (`stmts` sorted by partition, cut
+    /// into `chunks`), at most `lanes` of its own at once and within the
+    /// shared permits, each until it goes through; returns the rejections.
+    async fn run_all(&self, stmts: &[Stmt], chunks: Vec<std::ops::Range<usize>>, lanes: usize) -> Vec<Rejected> {
+        let mut rejected = Vec::new();
+        // Each request future made when its turn comes (the driver's
+        // request futures are kilobytes each: making them all up front
+        // cost a large allocation and two copies apiece).
+        let mut pending = chunks.into_iter();
+        let mut running = futures_util::stream::FuturesUnordered::new();
+        for c in pending.by_ref().take(lanes) {
+            running.push(self.run_until_done(&stmts[c]));
+        }
+        while let Some(r) = running.next().await {
+            rejected.extend(r);
+            if let Some(c) = pending.next() {
+                running.push(self.run_until_done(&stmts[c]));
+            }
+        }
+        rejected
+    }
+
+    /// One partition's chunk, retried (same statements, same timestamps:
+    /// idempotent) until the cluster takes it.
+    async fn run_until_done(&self, chunk: &[Stmt]) -> Vec<Rejected> {
+        let mut backoff = Backoff::new(std::time::Duration::from_millis(100), std::time::Duration::from_secs(10));
+        loop {
+            let outcome = {
+                let _permit = self.permits.acquire().await.expect("the semaphore is never closed");
+                self.run_chunk(chunk).await
+            };
+            match outcome {
+                Ok(rejected) => return rejected,
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    warn!(error = %e, statements = chunk.len(), retry_in = ?delay, "scylla write failed; retrying it");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
     }
 
     async fn run_one(&self, s: &Stmt) -> Result<(), Failure> {
@@ -767,10 +860,10 @@ impl ScyllaSink {
 
     /// Runs statements of one partition (one statement, or an unlogged
     /// batch). Returns the rejected records, or a retriable error.
-    async fn run_chunk(&self, chunk: &[&Stmt]) -> Result<Vec<Rejected>, SinkError> {
+    async fn run_chunk(&self, chunk: &[Stmt]) -> Result<Vec<Rejected>, SinkError> {
         let mut rejected = Vec::new();
         let outcome = if chunk.len() == 1 {
-            self.run_one(chunk[0]).await
+            self.run_one(&chunk[0]).await
         } else {
             let mut batch = Batch::new(BatchType::Unlogged);
             batch.set_consistency(self.consistency);
@@ -811,7 +904,15 @@ impl ScyllaSink {
 impl Sink for ScyllaSink {
     /// Applies the batch; see the crate docs for the timestamps.
     async fn write(&mut self, batch: &[SinkRecord]) -> BatchOutcome {
-        let (stmts, mut rejected, overlay) = self.plan(batch);
+        self.submit(batch.into()).await?.await
+    }
+
+    fn max_in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    async fn submit(&mut self, batch: Arc<[SinkRecord]>) -> Result<InFlight, SinkError> {
+        let (stmts, mut rejected, overlay) = self.plan(&batch);
         let mut unprepared: Vec<Arc<str>> = Vec::new();
         let mut bad_cql: HashMap<Arc<str>, String> = HashMap::new();
         for s in &stmts {
@@ -822,18 +923,23 @@ impl Sink for ScyllaSink {
         for cql in unprepared {
             match self.prepare(&cql).await {
                 Ok(()) => {}
+                // Nothing started and no counter kept: the batch is planned
+                // again, to the same timestamps.
                 Err(Failure::Retry(m)) => return Err(SinkError::Retriable(format!("scylla prepare: {m}"))),
                 Err(Failure::Record(m)) => {
                     bad_cql.insert(cql, m);
                 }
             }
         }
+        // From here on the batch's statements are retried until they go
+        // through, with these timestamps: the next batch counts on them.
+        self.slots.commit(overlay.0, overlay.1);
         // Every statement carries its own timestamp, so the store's result
         // does not depend on the order they run in: they run `concurrency`
         // at a time, the statements of one partition together as one
         // unlogged batch (up to `batch_statements`).
-        let mut runnable: Vec<&Stmt> = Vec::with_capacity(stmts.len());
-        for s in &stmts {
+        let mut runnable: Vec<Stmt> = Vec::with_capacity(stmts.len());
+        for s in stmts {
             if let Some(m) = bad_cql.get(&*s.cql) {
                 for &index in &s.records {
                     rejected.push(Rejected { index, error: format!("scylla: {}: {m}", s.cql) });
@@ -843,43 +949,31 @@ impl Sink for ScyllaSink {
             runnable.push(s);
         }
         runnable.sort_by_key(|s| s.partition);
-        let mut chunks: Vec<&[&Stmt]> = Vec::new();
+        let mut chunks = Vec::new();
         let mut i = 0;
         while i < runnable.len() {
             let mut j = i + 1;
             while j < runnable.len() && j - i < self.batch_statements && runnable[j].partition == runnable[i].partition {
                 j += 1;
             }
-            chunks.push(&runnable[i..j]);
+            chunks.push(i..j);
             i = j;
         }
-        // At most `lanes` requests in flight, each future made when its turn
-        // comes (the driver's request futures are kilobytes each: making
-        // them all up front cost a large allocation and two copies apiece).
-        let mut pending = chunks.into_iter();
-        let mut running = futures_util::stream::FuturesUnordered::new();
-        for c in pending.by_ref().take(self.lanes.max(1)) {
-            running.push(self.run_chunk(c));
-        }
-        let mut failure = None;
-        while let Some(r) = running.next().await {
-            match r {
-                Ok(r) => rejected.extend(r),
-                Err(e) => failure = Some(e),
-            }
-            if let Some(c) = pending.next() {
-                running.push(self.run_chunk(c));
-            }
-        }
-        drop(running);
-        if let Some(e) = failure {
-            return Err(e);
-        }
-        self.slots.commit(overlay.0, overlay.1);
-        rejected.sort_by_key(|r| r.index);
-        rejected.dedup_by_key(|r| r.index);
-        debug!(records = batch.len(), statements = stmts.len(), rejected = rejected.len(), "scylla batch written");
-        Ok(rejected)
+        let exec = Exec {
+            session: self.session.clone(),
+            prepared: self.prepared.clone(),
+            consistency: self.consistency,
+            permits: self.permits.clone(),
+        };
+        let lanes = self.lanes;
+        let records = batch.len();
+        Ok(Box::pin(async move {
+            rejected.extend(exec.run_all(&runnable, chunks, lanes).await);
+            rejected.sort_by_key(|r| r.index);
+            rejected.dedup_by_key(|r| r.index);
+            debug!(records, statements = runnable.len(), rejected = rejected.len(), "scylla batch written");
+            Ok(rejected)
+        }))
     }
 
     async fn check(&mut self) -> Result<(), SinkError> {
