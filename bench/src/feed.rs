@@ -21,6 +21,7 @@ use crate::report::{Better, Figure, Goal};
 use crate::throughput::Ctx;
 use crate::tools::{self, FanoutConfig};
 
+const LABEL: &str = "feed (cassandra)";
 const IN_FLIGHT: usize = 64;
 const KEYSPACE: &str = "bench";
 
@@ -34,35 +35,38 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
             (),
         )
         .await?;
-    let mut rate = Figure::new("feed (cassandra)", "throughput", "rows/s", Better::Higher)
-        .with_baseline("plain prepared-insert loader")
-        .with_goal(Goal::RatioAtLeast(0.8));
-    let mut cpu = Figure::new("feed (cassandra)", "CPU per row", "µs", Better::Lower).with_baseline("plain prepared-insert loader");
-    let mut rss = Figure::new("feed (cassandra)", "peak RSS", "MB", Better::Lower).with_goal(Goal::AtMost(32.0));
-    // The source's share of the machine, which the plain loader does not
-    // pay: PostgreSQL's walsender decoding the changes for pgfanout.
-    let mut walsender = Figure::new("feed (cassandra)", "walsender CPU per row", "µs", Better::Lower);
     let db = Db::start(&[]).await?;
-    let shape = Shape::Big;
-    db.exec(&shape.ddl()).await?;
-    db.exec(&format!("CREATE PUBLICATION {PUBLICATION} FOR TABLE {}", shape.table())).await?;
-    let changes = shape.changes(ctx.rows);
-    let timeout = Duration::from_secs(900.max(changes / 500));
-    for run in 0..ctx.runs {
-        let (fan_table, plain_table) = (format!("rows_pgfanout_{run}"), format!("rows_plain_{run}"));
-        for t in [&fan_table, &plain_table] {
-            create_rows_table(&session, t).await?;
-        }
-        db.exec(&shape.reset_sql(ctx.rows)).await?;
-        db.prepare_drain(&[]).await?;
-        let slot = format!("pgf_feed_{run}");
-        db.create_slot(&slot).await?;
-        if run == 0 {
-            db.create_slot("pgf_feed_warmup").await?;
-        }
-        db.exec(&shape.load_sql(ctx.rows)).await?;
-        let end = db.end_lsn().await?;
-        let cfg = FanoutConfig {
+    db.exec(&Shape::Big.ddl()).await?;
+    db.exec(&format!("CREATE PUBLICATION {PUBLICATION} FOR TABLE {}", Shape::Big.table())).await?;
+    let mut figures = Vec::new();
+    // Both transaction shapes (see `shapes`).
+    for (shape_no, (label, shape)) in crate::search::shapes(LABEL).into_iter().enumerate() {
+        eprintln!("  {label}:");
+        let mut rate = Figure::new(&label, "throughput", "rows/s", Better::Higher)
+            .with_baseline("plain prepared-insert loader")
+            .with_goal(Goal::RatioAtLeast(0.8));
+        let mut cpu = Figure::new(&label, "CPU per row", "µs", Better::Lower).with_baseline("plain prepared-insert loader");
+        let mut rss = Figure::new(&label, "peak RSS", "MB", Better::Lower).with_goal(Goal::AtMost(32.0));
+        // The source's share of the machine, which the plain loader does not
+        // pay: PostgreSQL's walsender decoding the changes for pgfanout.
+        let mut walsender = Figure::new(&label, "walsender CPU per row", "µs", Better::Lower);
+        let changes = shape.changes(ctx.rows);
+        let timeout = Duration::from_secs(900.max(changes / 500));
+        for run in 0..ctx.runs {
+            let (fan_table, plain_table) = (format!("rows_pgfanout_{run}"), format!("rows_plain_{run}"));
+            for t in [&fan_table, &plain_table] {
+                create_rows_table(&session, t).await?;
+            }
+            db.exec(&shape.reset_sql(ctx.rows)).await?;
+            db.prepare_drain(&[]).await?;
+            let slot = format!("pgf_feed_{run}");
+            db.create_slot(&slot).await?;
+            if run == 0 && shape_no == 0 {
+                db.create_slot("pgf_feed_warmup").await?;
+            }
+            db.exec(&shape.load_sql(ctx.rows)).await?;
+            let end = db.end_lsn().await?;
+            let cfg = FanoutConfig {
             slot: &slot,
             table: shape.table(),
             sink: format!("{{ type: scylla, nodes: [\"{contact}\"], keyspace: {KEYSPACE}, consistency: one, concurrency: {IN_FLIGHT} }}"),
@@ -72,62 +76,64 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
             http_listen: None,
             batch_size: None,
         };
-        // Order alternates between runs (Cassandra's JIT warms up as it
-        // goes), after an unmeasured warm-up pass of each tool in the first
-        // run (without pgfanout's own, its first measured pass ran at half
-        // the rate of the next ones: Cassandra compiling the paths of its
-        // requests while it ran).
-        if run == 0 {
-            for t in ["warmup", "warmup_fan"] {
-                create_rows_table(&session, t).await?;
+            // Order alternates between runs (Cassandra's JIT warms up as it
+            // goes), after an unmeasured warm-up pass of each tool in the first
+            // run (without pgfanout's own, its first measured pass ran at half
+            // the rate of the next ones: Cassandra compiling the paths of its
+            // requests while it ran).
+            if run == 0 && shape_no == 0 {
+                for t in ["warmup", "warmup_fan"] {
+                    create_rows_table(&session, t).await?;
+                }
+                plain_load(&db, &session, shape, "warmup").await?;
+                let warm = FanoutConfig {
+                    slot: "pgf_feed_warmup",
+                    mapping: cfg.mapping.replace(&fan_table, "warmup_fan"),
+                    sink: cfg.sink.clone(),
+                    http_listen: None,
+                    ..cfg
+                };
+                tools::drain_pgfanout(&ctx.bin, &ctx.dir, &db, &warm, end, timeout).await?;
+                db.drop_slot("pgf_feed_warmup").await?;
             }
-            plain_load(&db, &session, shape, "warmup").await?;
-            let warm = FanoutConfig {
-                slot: "pgf_feed_warmup",
-                mapping: cfg.mapping.replace(&fan_table, "warmup_fan"),
-                sink: cfg.sink.clone(),
-                http_listen: None,
-                ..cfg
-            };
-            tools::drain_pgfanout(&ctx.bin, &ctx.dir, &db, &warm, end, timeout).await?;
-            db.drop_slot("pgf_feed_warmup").await?;
+            let (f, (plain, plain_cpu)) = tools::measure_both(
+                run,
+                tools::drain_pgfanout(&ctx.bin, &ctx.dir, &db, &cfg, end, timeout),
+                plain_load(&db, &session, shape, &plain_table),
+            )
+            .await?;
+            let n = count(&session, &fan_table).await?;
+            if n != changes {
+                bail!("table {fan_table} holds {n} rows, expected {changes}");
+            }
+            eprintln!(
+                "    pgfanout {:.2} s ({:.0} rows/s, {:.2} µs CPU/row, {} MB); plain loader {:.2} s ({:.0} rows/s, {:.2} µs CPU/row)",
+                f.seconds,
+                changes as f64 / f.seconds,
+                f.usage.cpu_seconds * 1e6 / changes as f64,
+                f.usage.peak_rss_kib / 1024,
+                plain,
+                changes as f64 / plain,
+                plain_cpu * 1e6 / changes as f64,
+            );
+            rate.pgfanout.push(changes as f64 / f.seconds);
+            rate.baseline.push(changes as f64 / plain);
+            cpu.pgfanout.push(f.usage.cpu_seconds * 1e6 / changes as f64);
+            cpu.baseline.push(plain_cpu * 1e6 / changes as f64);
+            rss.pgfanout.push(f.usage.peak_rss_kib as f64 / 1024.0);
+            if let Some(w) = f.walsender_cpu_seconds {
+                walsender.pgfanout.push(w * 1e6 / changes as f64);
+            }
+            db.drop_slot(&slot).await?;
+            for t in [fan_table.as_str(), plain_table.as_str(), "warmup", "warmup_fan"] {
+                let _ = session.query_unpaged(format!("DROP TABLE IF EXISTS {KEYSPACE}.{t}"), ()).await;
+            }
         }
-        let (f, (plain, plain_cpu)) = tools::measure_both(
-            run,
-            tools::drain_pgfanout(&ctx.bin, &ctx.dir, &db, &cfg, end, timeout),
-            plain_load(&db, &session, shape, &plain_table),
-        )
-        .await?;
-        let n = count(&session, &fan_table).await?;
-        if n != changes {
-            bail!("table {fan_table} holds {n} rows, expected {changes}");
-        }
-        eprintln!(
-            "    pgfanout {:.2} s ({:.0} rows/s, {:.2} µs CPU/row, {} MB); plain loader {:.2} s ({:.0} rows/s, {:.2} µs CPU/row)",
-            f.seconds,
-            changes as f64 / f.seconds,
-            f.usage.cpu_seconds * 1e6 / changes as f64,
-            f.usage.peak_rss_kib / 1024,
-            plain,
-            changes as f64 / plain,
-            plain_cpu * 1e6 / changes as f64,
-        );
-        rate.pgfanout.push(changes as f64 / f.seconds);
-        rate.baseline.push(changes as f64 / plain);
-        cpu.pgfanout.push(f.usage.cpu_seconds * 1e6 / changes as f64);
-        cpu.baseline.push(plain_cpu * 1e6 / changes as f64);
-        rss.pgfanout.push(f.usage.peak_rss_kib as f64 / 1024.0);
-        if let Some(w) = f.walsender_cpu_seconds {
-            walsender.pgfanout.push(w * 1e6 / changes as f64);
-        }
-        db.drop_slot(&slot).await?;
-        for t in [fan_table.as_str(), plain_table.as_str(), "warmup", "warmup_fan"] {
-            let _ = session.query_unpaged(format!("DROP TABLE IF EXISTS {KEYSPACE}.{t}"), ()).await;
-        }
+        figures.extend([rate, cpu, walsender, rss]);
     }
     drop(session);
     drop(node);
-    Ok(vec![rate, cpu, walsender, rss])
+    Ok(figures)
 }
 
 /// The plain loader: the table's rows, typed before the clock starts, as

@@ -16,6 +16,7 @@ use crate::report::{Better, Figure, Goal};
 use crate::throughput::Ctx;
 use crate::tools::{self, FanoutConfig};
 
+const LABEL: &str = "search (opensearch)";
 const BULK: usize = 1000;
 const LANES: usize = 2;
 
@@ -23,93 +24,106 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
     let node = tokio::task::spawn_blocking(testkit::OpenSearchNode::start).await?;
     let url = node.url();
     let http = reqwest::Client::new();
-    let mut rate = Figure::new("search (opensearch)", "throughput", "rows/s", Better::Higher)
-        .with_baseline("plain _bulk loader")
-        .with_goal(Goal::RatioAtLeast(0.8));
-    let mut cpu = Figure::new("search (opensearch)", "CPU per row", "µs", Better::Lower).with_baseline("plain _bulk loader");
-    let mut rss = Figure::new("search (opensearch)", "peak RSS", "MB", Better::Lower).with_goal(Goal::AtMost(32.0));
-    // The source's share of the machine, which the plain loader does not
-    // pay: PostgreSQL's walsender decoding the changes for pgfanout.
-    let mut walsender = Figure::new("search (opensearch)", "walsender CPU per row", "µs", Better::Lower);
     let db = Db::start(&[]).await?;
-    let shape = Shape::Big;
-    db.exec(&shape.ddl()).await?;
-    db.exec(&format!("CREATE PUBLICATION {PUBLICATION} FOR TABLE {}", shape.table())).await?;
-    let changes = shape.changes(ctx.rows);
-    let timeout = Duration::from_secs(600.max(changes / 1_000));
-    for run in 0..ctx.runs {
-        db.exec(&shape.reset_sql(ctx.rows)).await?;
-        db.prepare_drain(&[]).await?;
-        let slot = format!("pgf_search_{run}");
-        db.create_slot(&slot).await?;
-        if run == 0 {
-            db.create_slot("pgf_search_warmup").await?;
-        }
-        db.exec(&shape.load_sql(ctx.rows)).await?;
-        let end = db.end_lsn().await?;
-        let index = format!("bench-pgfanout-{run}");
-        let cfg = FanoutConfig {
-            slot: &slot,
-            table: shape.table(),
-            sink: format!("{{ type: opensearch, urls: [\"{url}\"], concurrency: {LANES}, bulk: {{ max_records: {BULK} }} }}"),
-            mapping: format!("    opensearch: {{ index: {index}, id: \"{{id}}\" }}\n"),
-            http_listen: None,
-            // Requests of nearly the plain loader's shape: each write gives
-            // every lane one `_bulk` request of ~950 actions (hash lanes are
-            // not exactly even, so a full 2,000 would often add a small
-            // second request to one lane).
-            batch_size: Some(BULK * LANES * 95 / 100),
-        };
-        // Order alternates between runs (the engine's JIT warms up as it
-        // goes), after an unmeasured warm-up pass of each tool in the first
-        // run.
-        if run == 0 {
-            plain_load(&db, &http, &url, shape, "bench-warmup").await?;
-            let warm = FanoutConfig {
-                slot: "pgf_search_warmup",
-                mapping: cfg.mapping.replace(&index, "bench-warmup-fan"),
-                sink: cfg.sink.clone(),
+    db.exec(&Shape::Big.ddl()).await?;
+    db.exec(&format!("CREATE PUBLICATION {PUBLICATION} FOR TABLE {}", Shape::Big.table())).await?;
+    let mut figures = Vec::new();
+    // Both transaction shapes: one transaction of all the rows (PostgreSQL
+    // spills it to disk while decoding, and its walsender costs more per
+    // row), and transactions of 100 rows.
+    for (shape_no, (label, shape)) in shapes(LABEL).into_iter().enumerate() {
+        eprintln!("  {label}:");
+        let mut rate = Figure::new(&label, "throughput", "rows/s", Better::Higher)
+            .with_baseline("plain _bulk loader")
+            .with_goal(Goal::RatioAtLeast(0.8));
+        let mut cpu = Figure::new(&label, "CPU per row", "µs", Better::Lower).with_baseline("plain _bulk loader");
+        let mut rss = Figure::new(&label, "peak RSS", "MB", Better::Lower).with_goal(Goal::AtMost(32.0));
+        // The source's share of the machine, which the plain loader does not
+        // pay: PostgreSQL's walsender decoding the changes for pgfanout.
+        let mut walsender = Figure::new(&label, "walsender CPU per row", "µs", Better::Lower);
+        let changes = shape.changes(ctx.rows);
+        let timeout = Duration::from_secs(600.max(changes / 1_000));
+        for run in 0..ctx.runs {
+            db.exec(&shape.reset_sql(ctx.rows)).await?;
+            db.prepare_drain(&[]).await?;
+            let slot = format!("pgf_search_{run}");
+            db.create_slot(&slot).await?;
+            if run == 0 && shape_no == 0 {
+                db.create_slot("pgf_search_warmup").await?;
+            }
+            db.exec(&shape.load_sql(ctx.rows)).await?;
+            let end = db.end_lsn().await?;
+            let index = format!("bench-pgfanout-{run}");
+            let cfg = FanoutConfig {
+                slot: &slot,
+                table: shape.table(),
+                sink: format!("{{ type: opensearch, urls: [\"{url}\"], concurrency: {LANES}, bulk: {{ max_records: {BULK} }} }}"),
+                mapping: format!("    opensearch: {{ index: {index}, id: \"{{id}}\" }}\n"),
                 http_listen: None,
-                ..cfg
+                // Requests of nearly the plain loader's shape: each write gives
+                // every lane one `_bulk` request of ~950 actions (hash lanes are
+                // not exactly even, so a full 2,000 would often add a small
+                // second request to one lane).
+                batch_size: Some(BULK * LANES * 95 / 100),
             };
-            tools::drain_pgfanout(&ctx.bin, &ctx.dir, &db, &warm, end, timeout).await?;
-            db.drop_slot("pgf_search_warmup").await?;
+            // Order alternates between runs (the engine's JIT warms up as it
+            // goes), after an unmeasured warm-up pass of each tool in the first
+            // run.
+            if run == 0 && shape_no == 0 {
+                plain_load(&db, &http, &url, shape, "bench-warmup").await?;
+                let warm = FanoutConfig {
+                    slot: "pgf_search_warmup",
+                    mapping: cfg.mapping.replace(&index, "bench-warmup-fan"),
+                    sink: cfg.sink.clone(),
+                    http_listen: None,
+                    ..cfg
+                };
+                tools::drain_pgfanout(&ctx.bin, &ctx.dir, &db, &warm, end, timeout).await?;
+                db.drop_slot("pgf_search_warmup").await?;
+            }
+            let base_index = format!("bench-plain-{run}");
+            let (f, (plain, plain_cpu)) = tools::measure_both(
+                run,
+                tools::drain_pgfanout(&ctx.bin, &ctx.dir, &db, &cfg, end, timeout),
+                plain_load(&db, &http, &url, shape, &base_index),
+            )
+            .await?;
+            let n = count(&http, &url, &index).await?;
+            if n != changes {
+                bail!("index {index} holds {n} documents, expected {changes}");
+            }
+            eprintln!(
+                "    pgfanout {:.2} s ({:.0} rows/s, {:.2} µs CPU/row, {} MB); plain _bulk loader {:.2} s ({:.0} rows/s)",
+                f.seconds,
+                changes as f64 / f.seconds,
+                f.usage.cpu_seconds * 1e6 / changes as f64,
+                f.usage.peak_rss_kib / 1024,
+                plain,
+                changes as f64 / plain
+            );
+            rate.pgfanout.push(changes as f64 / f.seconds);
+            rate.baseline.push(changes as f64 / plain);
+            cpu.pgfanout.push(f.usage.cpu_seconds * 1e6 / changes as f64);
+            cpu.baseline.push(plain_cpu * 1e6 / changes as f64);
+            rss.pgfanout.push(f.usage.peak_rss_kib as f64 / 1024.0);
+            if let Some(w) = f.walsender_cpu_seconds {
+                walsender.pgfanout.push(w * 1e6 / changes as f64);
+            }
+            db.drop_slot(&slot).await?;
+            for i in [index.as_str(), base_index.as_str(), "bench-warmup", "bench-warmup-fan"] {
+                let _ = http.delete(format!("{url}/{i}")).send().await;
+            }
         }
-        let base_index = format!("bench-plain-{run}");
-        let (f, (plain, plain_cpu)) = tools::measure_both(
-            run,
-            tools::drain_pgfanout(&ctx.bin, &ctx.dir, &db, &cfg, end, timeout),
-            plain_load(&db, &http, &url, shape, &base_index),
-        )
-        .await?;
-        let n = count(&http, &url, &index).await?;
-        if n != changes {
-            bail!("index {index} holds {n} documents, expected {changes}");
-        }
-        eprintln!(
-            "    pgfanout {:.2} s ({:.0} rows/s, {:.2} µs CPU/row, {} MB); plain _bulk loader {:.2} s ({:.0} rows/s)",
-            f.seconds,
-            changes as f64 / f.seconds,
-            f.usage.cpu_seconds * 1e6 / changes as f64,
-            f.usage.peak_rss_kib / 1024,
-            plain,
-            changes as f64 / plain
-        );
-        rate.pgfanout.push(changes as f64 / f.seconds);
-        rate.baseline.push(changes as f64 / plain);
-        cpu.pgfanout.push(f.usage.cpu_seconds * 1e6 / changes as f64);
-        cpu.baseline.push(plain_cpu * 1e6 / changes as f64);
-        rss.pgfanout.push(f.usage.peak_rss_kib as f64 / 1024.0);
-        if let Some(w) = f.walsender_cpu_seconds {
-            walsender.pgfanout.push(w * 1e6 / changes as f64);
-        }
-        db.drop_slot(&slot).await?;
-        for i in [index.as_str(), base_index.as_str(), "bench-warmup", "bench-warmup-fan"] {
-            let _ = http.delete(format!("{url}/{i}")).send().await;
-        }
+        figures.extend([rate, cpu, walsender, rss]);
     }
     drop(node);
-    Ok(vec![rate, cpu, walsender, rss])
+    Ok(figures)
+}
+
+/// The transaction shapes the store workloads run: 100-row transactions,
+/// and one transaction of all the rows.
+pub fn shapes(label: &str) -> [(String, Shape); 2] {
+    [(format!("{label}, 100-row txns"), Shape::Small), (format!("{label}, one txn"), Shape::Big)]
 }
 
 /// The plain loader: the table's rows as pre-built NDJSON (built before the

@@ -19,7 +19,7 @@ use crate::config::SearchSinkConfig;
 #[derive(Debug)]
 pub struct Response {
     pub status: StatusCode,
-    pub body: Vec<u8>,
+    pub body: bytes::Bytes,
 }
 
 impl Response {
@@ -99,7 +99,7 @@ impl Client {
                         .bytes()
                         .await
                         .map_err(|e| SinkError::Retriable(format!("search node {}: reading the response: {e}", self.urls[i])))?;
-                    return Ok(Response { status, body: body.to_vec() });
+                    return Ok(Response { status, body });
                 }
                 Err(e) => last = format!("search node {}: {e}", self.urls[i]),
             }

@@ -23,6 +23,9 @@ const ITEM_ATTEMPTS: usize = 8;
 /// A compiled mapping.
 pub(crate) struct Route {
     pub(crate) index: Template,
+    /// The index name when the template has no placeholder (shared by
+    /// every document instead of rendered per row).
+    constant_index: Option<Arc<str>>,
     id: Option<Template>,
     routing: Option<Template>,
     /// `{"settings":..,"mappings":..}` for indexes the sink creates.
@@ -36,7 +39,7 @@ pub(crate) struct Route {
 /// Where a document lives.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct DocRef {
-    pub(crate) index: String,
+    pub(crate) index: Arc<str>,
     pub(crate) id: String,
     pub(crate) routing: Option<String>,
 }
@@ -192,7 +195,7 @@ impl SearchSink {
         for chunk in docs.chunks(500) {
             let body = serde_json::json!({
                 "docs": chunk.iter().map(|d| {
-                    let mut m = serde_json::json!({"_index": d.index, "_id": d.id});
+                    let mut m = serde_json::json!({"_index": &*d.index, "_id": d.id});
                     if let Some(r) = &d.routing { m["routing"] = Json::from(r.clone()); }
                     m
                 }).collect::<Vec<_>>()
@@ -375,8 +378,8 @@ impl Sink for SearchSink {
         for (p, route) in &planned {
             if let Planned::Actions(_, actions) = p {
                 for a in actions {
-                    if !indexes.iter().any(|(i, _)| *i == a.doc().index) {
-                        indexes.push((a.doc().index.clone(), *route));
+                    if !indexes.iter().any(|(i, _)| **i == *a.doc().index) {
+                        indexes.push((a.doc().index.to_string(), *route));
                     }
                 }
             }
@@ -389,7 +392,7 @@ impl Sink for SearchSink {
                 // Records of that index are refused with the reason.
                 for (p, _) in planned.iter_mut() {
                     if let Planned::Actions(record, actions) = p {
-                        if actions.iter().any(|a| a.doc().index == *index) {
+                        if actions.iter().any(|a| *a.doc().index == **index) {
                             rejected.push(Rejected { index: *record, error: e.to_string() });
                             actions.clear();
                         }
@@ -631,6 +634,10 @@ pub(crate) fn compile(m: &SearchMapping) -> Result<Route, String> {
     }
     Ok(Route {
         index: t(&m.index)?,
+        constant_index: Template::parse(&m.index)
+            .ok()
+            .filter(|t| t.is_constant() && !t.source().contains(['{', '}']))
+            .map(|t| Arc::from(t.source().to_lowercase())),
         id: m.id.as_deref().map(t).transpose()?,
         routing: m.routing.as_deref().map(t).transpose()?,
         create_body,
@@ -651,7 +658,10 @@ fn doc_ref(route: &Route, change: &Change, old: bool) -> Result<DocRef, String> 
     } else {
         change
     };
-    let index = route.index.render(c).map_err(|e| format!("index: {e}"))?.to_lowercase();
+    let index = match &route.constant_index {
+        Some(name) => name.clone(),
+        None => route.index.render(c).map_err(|e| format!("index: {e}"))?.to_lowercase().into(),
+    };
     let id = match &route.id {
         Some(t) => t.render(c).map_err(|e| format!("id: {e}"))?,
         None => {
@@ -763,7 +773,11 @@ pub(crate) fn plan_change(route: &Route, change: &Change) -> Result<Option<Plann
 
 /// NDJSON for as many leading actions as fit the limits (at least one).
 fn bulk_body<'a>(actions: impl IntoIterator<Item = &'a Action>, limits: &BatchLimits) -> (Vec<u8>, usize) {
-    let mut body = Vec::new();
+    let actions = actions.into_iter();
+    // Sized up front: growing a body of hundreds of kB by doubling copied
+    // it about twice over.
+    let estimate = actions.size_hint().0.min(limits.max_records).saturating_mul(512);
+    let mut body = Vec::with_capacity(estimate.min(usize::try_from(limits.max_bytes.0).unwrap_or(usize::MAX)));
     let mut n = 0;
     for a in actions {
         let before = body.len();

@@ -78,7 +78,7 @@ impl Verifier for SearchVerifier {
             for a in actions {
                 if let Action::Index { doc, source, .. } = a {
                     let value: Json = serde_json::from_slice(&source).map_err(|e| e.to_string())?;
-                    self.indexes.insert(doc.index.clone());
+                    self.indexes.insert(doc.index.to_string());
                     out.push(Expected { id: self.remember(doc), value });
                 }
             }
@@ -93,7 +93,7 @@ impl Verifier for SearchVerifier {
                 let mut docs = Vec::with_capacity(chunk.len());
                 for id in chunk {
                     let d = self.docs.get(id).ok_or_else(|| SinkError::Permanent(format!("unknown document {id}")))?;
-                    let mut m = json!({"_index": d.index, "_id": d.id});
+                    let mut m = json!({"_index": &*d.index, "_id": d.id});
                     if let Some(r) = &d.routing {
                         m["routing"] = Json::from(r.clone());
                     }
@@ -133,7 +133,7 @@ impl Verifier for SearchVerifier {
                     }
                     for h in hits {
                         let d = DocRef {
-                            index: h["_index"].as_str().unwrap_or(&index).to_string(),
+                            index: h["_index"].as_str().unwrap_or(&index).into(),
                             id: h["_id"].as_str().unwrap_or_default().to_string(),
                             routing: h["_routing"].as_str().map(str::to_string),
                         };
@@ -156,7 +156,7 @@ impl Verifier for SearchVerifier {
             let mut body = Vec::new();
             for id in ids {
                 let Some(d) = self.docs.get(id) else { continue };
-                let mut meta = json!({"_index": d.index, "_id": d.id});
+                let mut meta = json!({"_index": &*d.index, "_id": d.id});
                 if let Some(r) = &d.routing {
                     meta["routing"] = Json::from(r.clone());
                 }
