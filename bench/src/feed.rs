@@ -35,7 +35,7 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
             (),
         )
         .await?;
-    let db = Db::start(&[]).await?;
+    let db = Db::start(&ctx.pg(&[])).await?;
     db.exec(&Shape::Big.ddl()).await?;
     db.exec(&format!("CREATE PUBLICATION {PUBLICATION} FOR TABLE {}", Shape::Big.table())).await?;
     let mut figures = Vec::new();

@@ -58,7 +58,7 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
     // commit waits for the WAL writer (wal_writer_delay, 200 ms) before any
     // walsender may send it, which would dominate every latency figure.
     // fsync stays off, so commits remain cheap.
-    let db = Db::start(&[("track_commit_timestamp", "on"), ("synchronous_commit", "on")]).await?;
+    let db = Db::start(&ctx.pg(&[("track_commit_timestamp", "on"), ("synchronous_commit", "on")])).await?;
     db.exec("CREATE TABLE bench_lat (id bigint PRIMARY KEY, v int NOT NULL, note text NOT NULL)").await?;
     db.exec(&format!("CREATE PUBLICATION {PUBLICATION} FOR TABLE bench_lat")).await?;
     let mut sinks = vec![LatSink::File];

@@ -66,6 +66,10 @@ struct Args {
     /// CPU and memory figures are then the wrapper's.
     #[arg(long)]
     wrap: Option<String>,
+    /// A PostgreSQL setting for every workload's server, NAME=VALUE
+    /// (repeatable), e.g. `--pg-set logical_decoding_work_mem=2GB`.
+    #[arg(long = "pg-set", value_name = "NAME=VALUE")]
+    pg_set: Vec<String>,
 }
 
 fn main() -> Result<()> {
@@ -77,6 +81,9 @@ fn main() -> Result<()> {
     }
     if args.runs == 0 || args.rows == 0 || args.latency_seconds == 0 {
         bail!("--runs, --rows and --latency-seconds must be positive");
+    }
+    if let Some(bad) = args.pg_set.iter().find(|s| !s.contains('=')) {
+        bail!("--pg-set {bad:?}: expected NAME=VALUE, e.g. logical_decoding_work_mem=2GB");
     }
     let workloads: Vec<String> =
         if args.workloads.is_empty() { ALL_WORKLOADS.iter().map(|s| s.to_string()).collect() } else { args.workloads.clone() };
@@ -111,10 +118,14 @@ async fn run(args: Args, workloads: Vec<String>, bin: PathBuf) -> Result<()> {
         rows: args.rows,
         runs: args.runs,
         latency_seconds: args.latency_seconds,
+        pg_settings: args.pg_set.iter().filter_map(|s| s.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         redis,
         kafka,
     };
     eprintln!("pgfanout-bench: {} rows, {} runs, binary {}", args.rows, args.runs, bin.display());
+    if !args.pg_set.is_empty() {
+        eprintln!("PostgreSQL settings added: {}", args.pg_set.join(", "));
+    }
 
     let mut figures: Vec<Figure> = Vec::new();
     for w in ALL_WORKLOADS.iter().filter(|w| wants(w)) {

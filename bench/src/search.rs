@@ -24,7 +24,7 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
     let node = tokio::task::spawn_blocking(testkit::OpenSearchNode::start).await?;
     let url = node.url();
     let http = reqwest::Client::new();
-    let db = Db::start(&[]).await?;
+    let db = Db::start(&ctx.pg(&[])).await?;
     db.exec(&Shape::Big.ddl()).await?;
     db.exec(&format!("CREATE PUBLICATION {PUBLICATION} FOR TABLE {}", Shape::Big.table())).await?;
     let mut figures = Vec::new();

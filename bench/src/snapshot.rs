@@ -33,7 +33,7 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
     let mut cpu = Figure::new(name, "CPU per row", "µs", Better::Lower);
     let mut rss = Figure::new(name, "peak RSS", "MB", Better::Lower).with_goal(Goal::AtMost(32.0));
 
-    let db = Db::start(&[]).await?;
+    let db = Db::start(&ctx.pg(&[])).await?;
     let shape = Shape::Big;
     let table = shape.table();
     db.exec(&shape.ddl()).await?;

@@ -25,8 +25,17 @@ pub struct Ctx {
     pub rows: u64,
     pub runs: usize,
     pub latency_seconds: u64,
+    /// `--pg-set` settings, for every workload's PostgreSQL.
+    pub pg_settings: Vec<(String, String)>,
     pub redis: Option<testkit::RedisServer>,
     pub kafka: Option<testkit::KafkaBroker>,
+}
+
+impl Ctx {
+    /// A workload's own PostgreSQL settings, then the `--pg-set` ones.
+    pub fn pg<'a>(&'a self, own: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+        own.iter().copied().chain(self.pg_settings.iter().map(|(k, v)| (k.as_str(), v.as_str()))).collect()
+    }
 }
 
 /// Where pgfanout writes in a throughput workload.
@@ -68,7 +77,7 @@ pub async fn run(ctx: &Ctx, spec: &Spec) -> Result<Vec<Figure>> {
         cpu = cpu.with_goal(g);
     }
 
-    let db = Db::start(&[]).await?;
+    let db = Db::start(&ctx.pg(&[])).await?;
     let table = spec.shape.table();
     db.exec(&spec.shape.ddl()).await?;
     db.exec(&format!("CREATE PUBLICATION {PUBLICATION} FOR TABLE {table}")).await?;

@@ -32,14 +32,28 @@
 //! are written by one lane, in order). A partial change whose document is
 //! missing is never written half: it goes to the dead-letter file.
 //!
+//! # Pipelined lanes
+//!
+//! Batches are pipelined (`in_flight_batches`, default 4): a batch is
+//! planned and its actions queued on `concurrency` document-id lanes while
+//! earlier batches are still being sent. Each lane is a task that sends its
+//! queue one `_bulk` request at a time, in order, so one document's changes
+//! apply in order across every batch in flight, and no lane waits for the
+//! slowest one of a batch. Reads of stored documents (read-merge-write) and
+//! truncates first wait until the lanes have sent everything before them.
+//! The runtime still confirms positions batch by batch, in order.
+//!
 //! # Errors
 //!
 //! Per `_bulk` item: 409 = already applied; 429 / 5xx = retried (only the
 //! failed items, with backoff; versions keep them from undoing newer
-//! writes); any other refusal (mapping or parse errors) rejects that record
-//! with the engine's error (dead-lettered). Whole-request failures
-//! (connection, timeout, 429/5xx, bad credentials) are retriable; a request
-//! over the node's size limit (413) is split.
+//! writes, and a document's later items wait for its failed one); any other
+//! refusal (mapping or parse errors) rejects that record with the engine's
+//! error (dead-lettered). A whole request that fails (connection, timeout,
+//! 429/5xx, bad credentials) or items still refused after 8 tries: the lane
+//! sends its job again from the start after a backoff, until it goes
+//! through, before anything queued behind it. A request over the node's
+//! size limit (413) is sent again as smaller requests.
 //!
 //! Why plain HTTP and not the `elasticsearch` crate: see [`client`].
 

@@ -39,6 +39,17 @@
 //! `USING TIMESTAMP` below the current WAL position, or keep the tables to
 //! pgfanout.
 //!
+//! # Pipelining
+//!
+//! Because every statement carries its own timestamp, the order statements
+//! reach the store in does not matter: batches are pipelined
+//! (`in_flight_batches`, default 4). A batch is planned (its timestamps and
+//! the per-row slot counters fixed) and its requests start while earlier
+//! batches finish; all batches share `concurrency` request permits. A
+//! failed request (unavailable, timeout, overloaded, connection lost) is
+//! retried with the same statements and timestamps until it goes through;
+//! the runtime confirms positions batch by batch, in order.
+//!
 //! [`Position::commit_version`]: pgfanout_sdk::Position::commit_version
 //!
 //! Apache Cassandra 5 speaks the same CQL protocol as ScyllaDB; the tests
