@@ -255,7 +255,9 @@ pub struct RuntimeConfig {
     /// Most records in one sink batch.
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
-    /// Batches queued per sink before the reader waits (backpressure).
+    /// Batches queued per sink before the reader waits (backpressure),
+    /// counting the batches a pipelining sink has in flight (at least one
+    /// is always queued).
     #[serde(default = "default_queue_batches")]
     pub queue_batches: usize,
     /// How long shutdown waits for in-flight writes.

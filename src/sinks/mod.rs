@@ -191,16 +191,6 @@ pub async fn spawn_all(
     let wake = Arc::new(tokio::sync::Notify::new());
     for (index, (name, sink_cfg)) in cfg.sinks.iter().enumerate() {
         let routes = router.routes_for_sink(index);
-        let (tx, rx) = mpsc::channel::<Chunk>(cfg.runtime.queue_batches.max(1));
-        let durable = DurableSeq::waking(wake.clone());
-        let worker = Worker {
-            name: Arc::from(name.as_str()),
-            rx,
-            durable: durable.clone(),
-            dead_letters: dead_letters.clone(),
-            routes: routes.iter().map(|(n, _)| n.clone()).collect(),
-            batch_size: cfg.runtime.batch_size,
-        };
         let configured = sink_cfg.configured.as_ref().ok_or_else(|| format!("sinks.{name}: not configured (internal error)"))?;
         let mut backoff = pgfanout_sdk::settings::Backoff::new(std::time::Duration::from_millis(500), std::time::Duration::from_secs(30));
         let sink = loop {
@@ -219,6 +209,19 @@ pub async fn spawn_all(
                 }
                 Err(e) => return Err(format!("sinks.{name}: {e}")),
             }
+        };
+        // `queue_batches` bounds the batches a sink holds, queued or in
+        // flight: a pipelining sink's in-flight batches come out of it.
+        let queue = cfg.runtime.queue_batches.saturating_sub(sink.pipeline_depth().saturating_sub(1)).max(1);
+        let (tx, rx) = mpsc::channel::<Chunk>(queue);
+        let durable = DurableSeq::waking(wake.clone());
+        let worker = Worker {
+            name: Arc::from(name.as_str()),
+            rx,
+            durable: durable.clone(),
+            dead_letters: dead_letters.clone(),
+            routes: routes.iter().map(|(n, _)| n.clone()).collect(),
+            batch_size: cfg.runtime.batch_size,
         };
         sinks.names.push(name.clone());
         sinks.senders.push(tx);
