@@ -165,14 +165,7 @@ pub fn main() -> i32 {
     };
     runtime.block_on(async move {
         match cli.command {
-            // On a worker thread, not block_on's: the source then shares a
-            // worker with the replication connection's task instead of
-            // waking a worker for every message it is handed (a third of a
-            // stream-big profile was the kernel switching threads).
-            Command::Run { .. } => match tokio::spawn(crate::runtime::run(cfg))
-                .await
-                .unwrap_or_else(|e| Err(crate::runtime::RunError::Fatal(format!("the runtime task failed: {e}"))))
-            {
+            Command::Run { .. } => match crate::runtime::run(cfg).await {
                 Ok(()) => 0,
                 Err(crate::runtime::RunError::Config(m)) => {
                     eprintln!("{}: {m}", path.display());
