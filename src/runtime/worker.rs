@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pgfanout_sdk::{BatchOutcome, DynSink, InFlight, SinkError, SinkRecord};
+use pgfanout_sdk::{BatchOutcome, DynSink, InFlight, Rejected, SinkError, SinkRecord};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
@@ -40,32 +40,10 @@ pub struct Worker {
 
 impl Worker {
     /// Runs until the queue is closed and drained, then closes the sink.
-    pub async fn run(self, sink: Box<dyn DynSink>) {
+    pub async fn run(mut self, mut sink: Box<dyn DynSink>) {
         match sink.pipeline_depth() {
-            0 | 1 => self.run_serial(sink).await,
-            depth => self.run_pipelined(sink, depth).await,
-        }
-    }
-
-    /// One batch at a time: `write`, await, next.
-    async fn run_serial(mut self, mut sink: Box<dyn DynSink>) {
-        let mut records: Vec<SinkRecord> = Vec::with_capacity(self.batch_size);
-        let mut commit: Option<u64> = None;
-        while let Some(chunk) = self.rx.recv().await {
-            absorb(chunk, &mut records, &mut commit);
-            while records.len() < self.batch_size {
-                match self.rx.try_recv() {
-                    Ok(chunk) => absorb(chunk, &mut records, &mut commit),
-                    Err(_) => break,
-                }
-            }
-            for batch in records.chunks(self.batch_size.max(1)) {
-                self.write(sink.as_mut(), batch).await;
-            }
-            records.clear();
-            if let Some(seq) = commit.take() {
-                self.durable.advance(seq);
-            }
+            depth @ 2.. => self.run_pipelined(sink.as_mut(), depth).await,
+            _ => self.run_serial(sink.as_mut()).await,
         }
         if let Err(e) = sink.close_boxed().await {
             warn!(sink = %self.name, error = %e, "closing sink failed");
@@ -73,9 +51,36 @@ impl Worker {
         debug!(sink = %self.name, "sink worker stopped");
     }
 
+    /// One batch at a time: `write`, await, next.
+    async fn run_serial(&mut self, sink: &mut dyn DynSink) {
+        let mut records: Vec<SinkRecord> = Vec::with_capacity(self.batch_size);
+        let mut commit: Option<u64> = None;
+        while let Some(chunk) = self.rx.recv().await {
+            absorb(chunk, &mut records, &mut commit);
+            self.top_up(&mut records, &mut commit);
+            for batch in records.chunks(self.batch_size.max(1)) {
+                self.write(sink, batch).await;
+            }
+            records.clear();
+            if let Some(seq) = commit.take() {
+                self.durable.advance(seq);
+            }
+        }
+    }
+
+    /// Adds what is already queued (without waiting) until a batch is full.
+    fn top_up(&mut self, records: &mut Vec<SinkRecord>, commit: &mut Option<u64>) {
+        while records.len() < self.batch_size {
+            match self.rx.try_recv() {
+                Ok(chunk) => absorb(chunk, records, commit),
+                Err(_) => break,
+            }
+        }
+    }
+
     /// Up to `depth` batches in flight (`submit`), completed in order: a
     /// commit marker is applied once the last batch before it is durable.
-    async fn run_pipelined(mut self, mut sink: Box<dyn DynSink>, depth: usize) {
+    async fn run_pipelined(&mut self, sink: &mut dyn DynSink, depth: usize) {
         let mut records: Vec<SinkRecord> = Vec::with_capacity(self.batch_size);
         let mut flight: VecDeque<Pending> = VecDeque::with_capacity(depth + 1);
         let mut open = true;
@@ -84,7 +89,7 @@ impl Worker {
                 biased;
                 outcome = async { (&mut flight.front_mut().expect("guarded").done).await }, if !flight.is_empty() => {
                     let done = flight.pop_front().expect("guarded");
-                    self.finish(sink.as_mut(), done, outcome).await;
+                    self.finish(sink, done, outcome).await;
                 }
                 chunk = self.rx.recv(), if open && flight.len() < depth => {
                     let Some(chunk) = chunk else {
@@ -93,16 +98,11 @@ impl Worker {
                     };
                     let mut commit = None;
                     absorb(chunk, &mut records, &mut commit);
-                    while records.len() < self.batch_size {
-                        match self.rx.try_recv() {
-                            Ok(chunk) => absorb(chunk, &mut records, &mut commit),
-                            Err(_) => break,
-                        }
-                    }
+                    self.top_up(&mut records, &mut commit);
                     while !records.is_empty() {
                         let n = records.len().min(self.batch_size.max(1));
                         let batch: Arc<[SinkRecord]> = records.drain(..n).collect();
-                        self.submit(sink.as_mut(), batch, &mut flight).await;
+                        self.submit(sink, batch, &mut flight).await;
                     }
                     if let Some(seq) = commit {
                         match flight.back_mut() {
@@ -113,10 +113,6 @@ impl Worker {
                 }
             }
         }
-        if let Err(e) = sink.close_boxed().await {
-            warn!(sink = %self.name, error = %e, "closing sink failed");
-        }
-        debug!(sink = %self.name, "sink worker stopped");
     }
 
     /// Submits a batch, retrying a retriable refusal; a permanent one lets
@@ -153,16 +149,7 @@ impl Worker {
     /// A batch in flight is done: metrics, dead letters, then its commit.
     async fn finish(&self, sink: &mut dyn DynSink, done: Pending, outcome: BatchOutcome) {
         match outcome {
-            Ok(rejected) => {
-                self.record_success(&done.batch, rejected.len(), done.started.elapsed());
-                if !rejected.is_empty() {
-                    let letters = rejected
-                        .into_iter()
-                        .filter_map(|r| done.batch.get(r.index).map(|rec| self.letter(rec, r.error)))
-                        .collect::<Vec<_>>();
-                    self.dead_letter(letters).await;
-                }
-            }
+            Ok(rejected) => self.settle(&done.batch, rejected, done.started.elapsed()).await,
             Err(e) => {
                 warn!(sink = %self.name, error = %e, records = done.batch.len(), "batch in flight failed; writing it again alone");
                 self.write(sink, &done.batch).await;
@@ -181,15 +168,7 @@ impl Worker {
             let started = Instant::now();
             match sink.write_boxed(batch).await {
                 Ok(rejected) => {
-                    let elapsed = started.elapsed();
-                    self.record_success(batch, rejected.len(), elapsed);
-                    if !rejected.is_empty() {
-                        let letters = rejected
-                            .into_iter()
-                            .filter_map(|r| batch.get(r.index).map(|rec| self.letter(rec, r.error)))
-                            .collect::<Vec<_>>();
-                        self.dead_letter(letters).await;
-                    }
+                    self.settle(batch, rejected, started.elapsed()).await;
                     return;
                 }
                 Err(SinkError::Retriable(e)) => {
@@ -211,6 +190,16 @@ impl Worker {
                     return;
                 }
             }
+        }
+    }
+
+    /// A write returned: success metrics, then the records the store
+    /// refused go to the dead letters.
+    async fn settle(&self, batch: &[SinkRecord], rejected: Vec<Rejected>, elapsed: Duration) {
+        self.record_success(batch, rejected.len(), elapsed);
+        if !rejected.is_empty() {
+            let letters = rejected.into_iter().filter_map(|r| batch.get(r.index).map(|rec| self.letter(rec, r.error))).collect::<Vec<_>>();
+            self.dead_letter(letters).await;
         }
     }
 
