@@ -219,12 +219,8 @@ impl SearchSink {
 
     /// Resolves partial actions into whole documents: the state left by the
     /// batch's earlier actions on the document, else the stored document.
+    /// Called only for segments with a partial action.
     async fn resolve(&self, planned: &mut [(Planned, usize)], rejected: &mut Vec<Rejected>) -> Result<(), SinkError> {
-        // Nothing to resolve (the common case) costs one scan: parsing every
-        // indexed document back was a third of the sink's CPU.
-        if !planned.iter().any(|(p, _)| p.has_partial()) {
-            return Ok(());
-        }
         let mut seen_full: HashSet<DocRef> = HashSet::new();
         let mut need: Vec<DocRef> = Vec::new();
         // The documents partial actions read: only their content is tracked
@@ -341,7 +337,7 @@ impl SearchSink {
             done.push(rx);
         }
         for rx in done {
-            rx.await.map_err(|_| SinkError::Retriable("a search sink lane stopped".into()))?;
+            lane_answer(rx).await?;
         }
         Ok(())
     }
@@ -423,7 +419,7 @@ impl Sink for SearchSink {
         self.dispatch_segment(segment, &mut rejected, &mut done).await?;
         Ok(Box::pin(async move {
             for rx in done {
-                rejected.extend(rx.await.map_err(|_| SinkError::Retriable("a search sink lane stopped".into()))?);
+                rejected.extend(lane_answer(rx).await?);
             }
             rejected.sort_by_key(|r| r.index);
             rejected.dedup_by_key(|r| r.index);
@@ -448,6 +444,8 @@ impl SearchSink {
         if segment.is_empty() {
             return Ok(());
         }
+        // Nothing to resolve (the common case) costs one scan: parsing every
+        // indexed document back was a third of the sink's CPU.
         if segment.iter().any(|(p, _)| p.has_partial()) {
             self.drain().await?;
             self.resolve(&mut segment, rejected).await?;
@@ -468,6 +466,12 @@ impl SearchSink {
 struct LaneJob {
     actions: Vec<(usize, Action)>,
     done: oneshot::Sender<Vec<Rejected>>,
+}
+
+/// A lane's answer to a job: its rejections (a lane that stopped never
+/// answers: retriable).
+async fn lane_answer(rx: oneshot::Receiver<Vec<Rejected>>) -> Result<Vec<Rejected>, SinkError> {
+    rx.await.map_err(|_| SinkError::Retriable("a search sink lane stopped".into()))
 }
 
 /// What every lane task shares.
@@ -632,12 +636,10 @@ pub(crate) fn compile(m: &SearchMapping) -> Result<Route, String> {
     if let Some(s) = &m.mappings {
         create_body["mappings"] = s.clone();
     }
+    let index = t(&m.index)?;
     Ok(Route {
-        index: t(&m.index)?,
-        constant_index: Template::parse(&m.index)
-            .ok()
-            .filter(|t| t.is_constant() && !t.source().contains(['{', '}']))
-            .map(|t| Arc::from(t.source().to_lowercase())),
+        constant_index: (index.is_constant() && !index.source().contains(['{', '}'])).then(|| Arc::from(index.source().to_lowercase())),
+        index,
         id: m.id.as_deref().map(t).transpose()?,
         routing: m.routing.as_deref().map(t).transpose()?,
         create_body,
@@ -794,7 +796,8 @@ fn bulk_body<'a>(actions: impl IntoIterator<Item = &'a Action>, limits: &BatchLi
         body.extend_from_slice(b",\"_id\":");
         pgfanout_sdk::json::write_str(&mut body, &doc.id);
         body.extend_from_slice(b",\"version\":");
-        body.extend_from_slice(version.to_string().as_bytes());
+        // Into the body directly (a Vec never fails a write).
+        let _ = std::io::Write::write_fmt(&mut body, format_args!("{version}"));
         body.extend_from_slice(b",\"version_type\":\"external_gte\"");
         if let Some(r) = &doc.routing {
             body.extend_from_slice(b",\"routing\":");
