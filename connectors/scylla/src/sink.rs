@@ -56,14 +56,11 @@ pub(crate) struct Route {
 /// timestamp), a failed request is retried with the same timestamps until it
 /// goes through, and all batches share `concurrency` request permits.
 pub struct ScyllaSink {
-    session: Arc<Session>,
+    /// Session, prepared statements, consistency and request permits; each
+    /// batch in flight runs on a clone.
+    exec: Exec,
     routes: Vec<Route>,
-    /// Copied on write (a new statement shape, rare) so batches in flight
-    /// keep reading theirs.
-    prepared: Arc<HashMap<Arc<str>, PreparedStatement>>,
-    consistency: scylla::statement::Consistency,
     lanes: usize,
-    permits: Arc<Semaphore>,
     in_flight: usize,
     batch_statements: usize,
     /// Per-row write counters of the current transaction, carried across
@@ -436,12 +433,14 @@ impl ScyllaSink {
         }
         info!(nodes = ?s.nodes, keyspace = %s.keyspace, routes = routes.len(), "scylla sink connected");
         Ok(ScyllaSink {
-            session: Arc::new(session),
+            exec: Exec {
+                session: Arc::new(session),
+                prepared: Arc::new(HashMap::new()),
+                consistency: s.consistency.to_driver(),
+                permits: Arc::new(Semaphore::new(s.concurrency.max(1))),
+            },
             routes,
-            prepared: Arc::new(HashMap::new()),
-            consistency: s.consistency.to_driver(),
             lanes: s.concurrency.max(1),
-            permits: Arc::new(Semaphore::new(s.concurrency.max(1))),
             in_flight: s.in_flight_batches.max(1),
             batch_statements: s.batch_statements,
             slots: SlotTable::new(),
@@ -790,21 +789,25 @@ impl ScyllaSink {
     }
 
     async fn prepare(&mut self, cql: &Arc<str>) -> Result<(), Failure> {
-        if self.prepared.contains_key(cql) {
+        let exec = &mut self.exec;
+        if exec.prepared.contains_key(cql) {
             return Ok(());
         }
-        let mut p = self.session.prepare(&**cql).await.map_err(|e| classify_prepare(&e))?;
-        p.set_consistency(self.consistency);
+        let mut p = exec.session.prepare(&**cql).await.map_err(|e| classify_prepare(&e))?;
+        p.set_consistency(exec.consistency);
         p.set_is_idempotent(true);
-        Arc::make_mut(&mut self.prepared).insert(cql.clone(), p);
+        Arc::make_mut(&mut exec.prepared).insert(cql.clone(), p);
         Ok(())
     }
 }
 
 /// What the statements of a batch in flight need: the session, the
 /// prepared statements, the shared request permits.
+#[derive(Clone)]
 struct Exec {
     session: Arc<Session>,
+    /// Copied on write (a new statement shape, rare) so batches in flight
+    /// keep reading theirs.
     prepared: Arc<HashMap<Arc<str>, PreparedStatement>>,
     consistency: scylla::statement::Consistency,
     permits: Arc<Semaphore>,
@@ -916,7 +919,7 @@ impl Sink for ScyllaSink {
         let mut unprepared: Vec<Arc<str>> = Vec::new();
         let mut bad_cql: HashMap<Arc<str>, String> = HashMap::new();
         for s in &stmts {
-            if !self.prepared.contains_key(&s.cql) && !unprepared.contains(&s.cql) {
+            if !self.exec.prepared.contains_key(&s.cql) && !unprepared.contains(&s.cql) {
                 unprepared.push(s.cql.clone());
             }
         }
@@ -959,12 +962,7 @@ impl Sink for ScyllaSink {
             chunks.push(i..j);
             i = j;
         }
-        let exec = Exec {
-            session: self.session.clone(),
-            prepared: self.prepared.clone(),
-            consistency: self.consistency,
-            permits: self.permits.clone(),
-        };
+        let exec = self.exec.clone();
         let lanes = self.lanes;
         let records = batch.len();
         Ok(Box::pin(async move {
@@ -977,7 +975,8 @@ impl Sink for ScyllaSink {
     }
 
     async fn check(&mut self) -> Result<(), SinkError> {
-        self.session
+        self.exec
+            .session
             .query_unpaged("SELECT release_version FROM system.local", ())
             .await
             .map(|_| ())
