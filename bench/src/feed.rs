@@ -17,7 +17,7 @@ use scylla::client::session_builder::SessionBuilder;
 
 use crate::db::{Db, PUBLICATION};
 use crate::load::Shape;
-use crate::report::{Better, Figure, Goal};
+use crate::report::Figure;
 use crate::throughput::Ctx;
 use crate::tools::{self, FanoutConfig};
 
@@ -39,17 +39,10 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
     db.exec(&Shape::Big.ddl()).await?;
     db.exec(&format!("CREATE PUBLICATION {PUBLICATION} FOR TABLE {}", Shape::Big.table())).await?;
     let mut figures = Vec::new();
-    // Both transaction shapes (see `shapes`).
-    for (shape_no, (label, shape)) in crate::search::shapes(LABEL).into_iter().enumerate() {
+    // Both transaction shapes (see `tools::store_shapes`).
+    for (shape_no, (label, shape)) in tools::store_shapes(LABEL).into_iter().enumerate() {
         eprintln!("  {label}:");
-        let mut rate = Figure::new(&label, "throughput", "rows/s", Better::Higher)
-            .with_baseline("plain prepared-insert loader")
-            .with_goal(Goal::RatioAtLeast(0.8));
-        let mut cpu = Figure::new(&label, "CPU per row", "µs", Better::Lower).with_baseline("plain prepared-insert loader");
-        let mut rss = Figure::new(&label, "peak RSS", "MB", Better::Lower).with_goal(Goal::AtMost(32.0));
-        // The source's share of the machine, which the plain loader does not
-        // pay: PostgreSQL's walsender decoding the changes for pgfanout.
-        let mut walsender = Figure::new(&label, "walsender CPU per row", "µs", Better::Lower);
+        let mut figs = tools::StoreFigures::new(&label, "plain prepared-insert loader");
         let changes = shape.changes(ctx.rows);
         let timeout = Duration::from_secs(900.max(changes / 500));
         for run in 0..ctx.runs {
@@ -106,30 +99,13 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
             if n != changes {
                 bail!("table {fan_table} holds {n} rows, expected {changes}");
             }
-            eprintln!(
-                "    pgfanout {:.2} s ({:.0} rows/s, {:.2} µs CPU/row, {} MB); plain loader {:.2} s ({:.0} rows/s, {:.2} µs CPU/row)",
-                f.seconds,
-                changes as f64 / f.seconds,
-                f.usage.cpu_seconds * 1e6 / changes as f64,
-                f.usage.peak_rss_kib / 1024,
-                plain,
-                changes as f64 / plain,
-                plain_cpu * 1e6 / changes as f64,
-            );
-            rate.pgfanout.push(changes as f64 / f.seconds);
-            rate.baseline.push(changes as f64 / plain);
-            cpu.pgfanout.push(f.usage.cpu_seconds * 1e6 / changes as f64);
-            cpu.baseline.push(plain_cpu * 1e6 / changes as f64);
-            rss.pgfanout.push(f.usage.peak_rss_kib as f64 / 1024.0);
-            if let Some(w) = f.walsender_cpu_seconds {
-                walsender.pgfanout.push(w * 1e6 / changes as f64);
-            }
+            figs.record(changes, &f, plain, plain_cpu);
             db.drop_slot(&slot).await?;
             for t in [fan_table.as_str(), plain_table.as_str(), "warmup", "warmup_fan"] {
                 let _ = session.query_unpaged(format!("DROP TABLE IF EXISTS {KEYSPACE}.{t}"), ()).await;
             }
         }
-        figures.extend([rate, cpu, walsender, rss]);
+        figures.extend(figs.into_figures());
     }
     drop(session);
     drop(node);

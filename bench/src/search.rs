@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::db::{Db, PUBLICATION};
 use crate::load::Shape;
-use crate::report::{Better, Figure, Goal};
+use crate::report::Figure;
 use crate::throughput::Ctx;
 use crate::tools::{self, FanoutConfig};
 
@@ -31,16 +31,9 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
     // Both transaction shapes: one transaction of all the rows (PostgreSQL
     // spills it to disk while decoding, and its walsender costs more per
     // row), and transactions of 100 rows.
-    for (shape_no, (label, shape)) in shapes(LABEL).into_iter().enumerate() {
+    for (shape_no, (label, shape)) in tools::store_shapes(LABEL).into_iter().enumerate() {
         eprintln!("  {label}:");
-        let mut rate = Figure::new(&label, "throughput", "rows/s", Better::Higher)
-            .with_baseline("plain _bulk loader")
-            .with_goal(Goal::RatioAtLeast(0.8));
-        let mut cpu = Figure::new(&label, "CPU per row", "µs", Better::Lower).with_baseline("plain _bulk loader");
-        let mut rss = Figure::new(&label, "peak RSS", "MB", Better::Lower).with_goal(Goal::AtMost(32.0));
-        // The source's share of the machine, which the plain loader does not
-        // pay: PostgreSQL's walsender decoding the changes for pgfanout.
-        let mut walsender = Figure::new(&label, "walsender CPU per row", "µs", Better::Lower);
+        let mut figs = tools::StoreFigures::new(&label, "plain _bulk loader");
         let changes = shape.changes(ctx.rows);
         let timeout = Duration::from_secs(600.max(changes / 1_000));
         for run in 0..ctx.runs {
@@ -92,38 +85,16 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
             if n != changes {
                 bail!("index {index} holds {n} documents, expected {changes}");
             }
-            eprintln!(
-                "    pgfanout {:.2} s ({:.0} rows/s, {:.2} µs CPU/row, {} MB); plain _bulk loader {:.2} s ({:.0} rows/s)",
-                f.seconds,
-                changes as f64 / f.seconds,
-                f.usage.cpu_seconds * 1e6 / changes as f64,
-                f.usage.peak_rss_kib / 1024,
-                plain,
-                changes as f64 / plain
-            );
-            rate.pgfanout.push(changes as f64 / f.seconds);
-            rate.baseline.push(changes as f64 / plain);
-            cpu.pgfanout.push(f.usage.cpu_seconds * 1e6 / changes as f64);
-            cpu.baseline.push(plain_cpu * 1e6 / changes as f64);
-            rss.pgfanout.push(f.usage.peak_rss_kib as f64 / 1024.0);
-            if let Some(w) = f.walsender_cpu_seconds {
-                walsender.pgfanout.push(w * 1e6 / changes as f64);
-            }
+            figs.record(changes, &f, plain, plain_cpu);
             db.drop_slot(&slot).await?;
             for i in [index.as_str(), base_index.as_str(), "bench-warmup", "bench-warmup-fan"] {
                 let _ = http.delete(format!("{url}/{i}")).send().await;
             }
         }
-        figures.extend([rate, cpu, walsender, rss]);
+        figures.extend(figs.into_figures());
     }
     drop(node);
     Ok(figures)
-}
-
-/// The transaction shapes the store workloads run: 100-row transactions,
-/// and one transaction of all the rows.
-pub fn shapes(label: &str) -> [(String, Shape); 2] {
-    [(format!("{label}, 100-row txns"), Shape::Small), (format!("{label}, one txn"), Shape::Big)]
 }
 
 /// The plain loader: the table's rows as pre-built NDJSON (built before the

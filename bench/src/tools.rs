@@ -20,6 +20,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::db::{fmt_lsn, Db, PUBLICATION};
 use crate::procstat::{self, Usage};
+use crate::report::{Better, Figure, Goal};
 
 pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
@@ -284,5 +285,65 @@ where
         let p = loader.await?;
         quiet_before("pgfanout").await;
         Ok((pgfanout.await?, p))
+    }
+}
+
+/// The transaction shapes the store workloads (search, feed) run: 100-row
+/// transactions, and one transaction of all the rows (which PostgreSQL
+/// spills to disk while decoding).
+pub fn store_shapes(label: &str) -> [(String, crate::load::Shape); 2] {
+    use crate::load::Shape;
+    [(format!("{label}, 100-row txns"), Shape::Small), (format!("{label}, one txn"), Shape::Big)]
+}
+
+/// A store workload's figures for one transaction shape: throughput and CPU
+/// per row against the plain loader, the walsender's CPU per row (work the
+/// loader does not pay), pgfanout's peak RSS.
+pub struct StoreFigures {
+    loader: String,
+    rate: Figure,
+    cpu: Figure,
+    walsender: Figure,
+    rss: Figure,
+}
+
+impl StoreFigures {
+    pub fn new(label: &str, loader: &str) -> StoreFigures {
+        StoreFigures {
+            loader: loader.to_string(),
+            rate: Figure::new(label, "throughput", "rows/s", Better::Higher).with_baseline(loader).with_goal(Goal::RatioAtLeast(0.8)),
+            cpu: Figure::new(label, "CPU per row", "µs", Better::Lower).with_baseline(loader),
+            walsender: Figure::new(label, "walsender CPU per row", "µs", Better::Lower),
+            rss: Figure::new(label, "peak RSS", "MB", Better::Lower).with_goal(Goal::AtMost(32.0)),
+        }
+    }
+
+    /// Prints and records one run: pgfanout's drain of `changes` rows, and
+    /// the loader's seconds and CPU seconds.
+    pub fn record(&mut self, changes: u64, f: &Drain, loader_seconds: f64, loader_cpu: f64) {
+        let per_row = |seconds: f64| seconds * 1e6 / changes as f64;
+        eprintln!(
+            "    pgfanout {:.2} s ({:.0} rows/s, {:.2} µs CPU/row, {} MB); {} {:.2} s ({:.0} rows/s, {:.2} µs CPU/row)",
+            f.seconds,
+            changes as f64 / f.seconds,
+            per_row(f.usage.cpu_seconds),
+            f.usage.peak_rss_kib / 1024,
+            self.loader,
+            loader_seconds,
+            changes as f64 / loader_seconds,
+            per_row(loader_cpu),
+        );
+        self.rate.pgfanout.push(changes as f64 / f.seconds);
+        self.rate.baseline.push(changes as f64 / loader_seconds);
+        self.cpu.pgfanout.push(per_row(f.usage.cpu_seconds));
+        self.cpu.baseline.push(per_row(loader_cpu));
+        self.rss.pgfanout.push(f.usage.peak_rss_kib as f64 / 1024.0);
+        if let Some(w) = f.walsender_cpu_seconds {
+            self.walsender.pgfanout.push(per_row(w));
+        }
+    }
+
+    pub fn into_figures(self) -> [Figure; 4] {
+        [self.rate, self.cpu, self.walsender, self.rss]
     }
 }
