@@ -12,7 +12,15 @@
 //! is durable everywhere — the latest keepalive `wal_end` may be confirmed,
 //! so an idle or fully filtered slot does not hold WAL back. That is safe
 //! because the server sends a transaction only once it has committed, and
-//! sends it before any keepalive whose position is past its commit.
+//! sends it before any keepalive whose position is past its commit. A
+//! keepalive that arrives between transactions while some are still in
+//! flight is kept with the last sequence number registered before it, and
+//! applied once everything up to that number is durable (per sink for the
+//! sink's position, everywhere for the confirmed one): exactly what the same
+//! keepalive would have done had it arrived then. Without that, the stream's
+//! last keepalive could arrive while its last transaction was still being
+//! written, and the slot (and `/wait` for the server's current position)
+//! would stay behind until the server happened to send another.
 //!
 //! # The invariant, enforced here and only here
 //!
@@ -93,6 +101,10 @@ pub struct AckTracker {
     sink_lsn: Vec<(u64, Lsn)>,
     /// Per sink: its durable sequence as of the last `poll`.
     seen: Vec<u64>,
+    /// A keepalive position received between transactions while some were
+    /// in flight, with the last sequence number registered before it: it
+    /// applies once everything up to that number is durable.
+    deferred_idle: Option<(u64, Lsn)>,
 }
 
 impl AckTracker {
@@ -107,6 +119,7 @@ impl AckTracker {
             confirmed: start,
             sink_lsn: vec![(0, start); n],
             seen: vec![0; n],
+            deferred_idle: None,
         }
     }
 
@@ -169,6 +182,18 @@ impl AckTracker {
                 self.confirmed = self.confirmed.max(lsn);
             }
         }
+        if let Some((upto, wal_end)) = self.deferred_idle {
+            for (s, &d) in self.sink_lsn.iter_mut().zip(&durable) {
+                if d >= upto {
+                    s.1 = s.1.max(wal_end);
+                }
+            }
+            if min >= upto {
+                self.stream_high = self.stream_high.max(wal_end);
+                self.confirmed = self.confirmed.max(wal_end);
+                self.deferred_idle = None;
+            }
+        }
         self.seen = durable;
         // The invariant (module docs): never past what the stream delivered.
         debug_assert!(self.confirmed <= self.stream_high);
@@ -177,15 +202,24 @@ impl AckTracker {
     }
 
     /// Called on a keepalive (or any point between transactions): when no
-    /// transaction is open and nothing is in flight, `wal_end` is confirmed.
+    /// transaction is open and nothing is in flight, `wal_end` is confirmed;
+    /// when transactions are still in flight, it is confirmed once they are
+    /// durable (see the module docs).
     pub fn idle_position(&mut self, wal_end: Lsn, in_transaction: bool) -> Lsn {
         self.poll();
-        if !in_transaction && self.pending.is_empty() {
+        if in_transaction {
+            return self.confirmed;
+        }
+        if self.pending.is_empty() {
             self.stream_high = self.stream_high.max(wal_end);
             self.confirmed = self.confirmed.max(wal_end);
             for s in &mut self.sink_lsn {
                 s.1 = s.1.max(wal_end);
             }
+        } else {
+            let upto = self.next_seq - 1;
+            let wal_end = self.deferred_idle.map_or(wal_end, |(_, w)| w.max(wal_end));
+            self.deferred_idle = Some((upto, wal_end));
         }
         self.confirmed
     }
@@ -266,6 +300,27 @@ mod tests {
     }
 
     #[test]
+    fn a_keepalive_during_the_last_write_applies_once_it_is_durable() {
+        let (a, b) = (DurableSeq::default(), DurableSeq::default());
+        let mut t = AckTracker::new(vec![a.clone(), b.clone()], Lsn(10));
+        let s1 = t.commit(Lsn(69), Lsn(70));
+        // the stream's last keepalive comes while s1 is still being written
+        assert_eq!(t.idle_position(Lsn(90), false), Lsn(10));
+        a.advance(s1);
+        assert_eq!(t.poll(), Lsn(10), "b does not have s1 yet");
+        assert_eq!(t.sink_positions(), vec![Lsn(90), Lsn(10)], "a has everything up to the keepalive");
+        // a transaction after the keepalive is not covered by it
+        let s2 = t.commit(Lsn(99), Lsn(100));
+        b.advance(s1);
+        assert_eq!(t.poll(), Lsn(90), "no further keepalive needed");
+        assert_eq!(t.sink_positions(), vec![Lsn(90), Lsn(90)]);
+        assert_eq!(t.sink_oldest_pending(), vec![Some(Lsn(99)), Some(Lsn(99))]);
+        a.advance(s2);
+        b.advance(s2);
+        assert_eq!(t.poll(), Lsn(100));
+    }
+
+    #[test]
     fn a_barrier_waits_like_a_transaction_but_confirms_nothing() {
         // A snapshot versioned at 1000 while the slot starts at 10 with a
         // backlog below 1000: confirming 1000 would skip the backlog.
@@ -289,10 +344,13 @@ mod tests {
 
     #[test]
     fn random_interleavings_never_confirm_undurable_work() {
-        // A small deterministic pseudo-random walk over commits and sink progress.
+        // A small deterministic pseudo-random walk over commits, keepalives
+        // between transactions and sink progress.
         let sinks: Vec<DurableSeq> = (0..3).map(|_| DurableSeq::default()).collect();
         let mut t = AckTracker::new(sinks.clone(), Lsn(0));
         let mut commits: Vec<(u64, Lsn)> = Vec::new();
+        // (last sequence registered before it, position)
+        let mut keepalives: Vec<(u64, Lsn)> = Vec::new();
         let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
         let mut last = Lsn(0);
         for step in 0..10_000u64 {
@@ -302,6 +360,10 @@ mod tests {
             if x.is_multiple_of(3) {
                 let lsn = Lsn(step * 10 + 5);
                 commits.push((t.commit(Lsn(lsn.0 - 1), lsn), lsn));
+            } else if x % 7 == 1 {
+                let lsn = Lsn(step * 10 + 7);
+                keepalives.push((commits.last().map_or(0, |c| c.0), lsn));
+                t.idle_position(lsn, false);
             } else if !commits.is_empty() {
                 let s = &sinks[(x % 3) as usize];
                 let target = commits[(x as usize / 3) % commits.len()].0;
@@ -311,8 +373,13 @@ mod tests {
             assert!(c >= last, "moved backwards");
             last = c;
             let min = sinks.iter().map(DurableSeq::get).min().unwrap();
-            let allowed = commits.iter().filter(|(s, _)| *s <= min).map(|(_, l)| *l).max().unwrap_or(Lsn(0));
-            assert_eq!(c, allowed);
+            let durable = |list: &[(u64, Lsn)]| list.iter().filter(|(s, _)| *s <= min).map(|(_, l)| *l).max().unwrap_or(Lsn(0));
+            // never past what is durable everywhere; keepalives may lag by
+            // one (a newer one replaces a deferred one), commits never
+            let (by_commit, by_keepalive) = (durable(&commits), durable(&keepalives));
+            assert!(c <= by_commit.max(by_keepalive), "step {step}: {c} past what is durable");
+            assert!(c >= by_commit, "step {step}: {c} behind a durable commit {by_commit}");
         }
+        assert!(keepalives.len() > 100);
     }
 }
