@@ -294,21 +294,24 @@ fn per_key<'a>(msgs: &'a [Msg], topic: &str) -> BTreeMap<String, Vec<&'a Msg>> {
     out
 }
 
-/// Drops every record whose (key, pgfanout.lsn) came earlier, checking
-/// that the copy carries the same bytes as the first: what a deduplicating
-/// consumer does. Returns the kept records and the number dropped.
+/// Keeps the last copy of every (key, pgfanout.lsn), checking that each
+/// copy carries the same bytes: what a deduplicating consumer does, and
+/// what the sink promises (for each key, the last copy of every change is
+/// in commit order; an earlier copy may precede a change that was resent
+/// after it). Returns the kept records and the number dropped.
 fn dedup<'a>(list: &[&'a Msg]) -> (Vec<&'a Msg>, usize) {
     let mut seen: HashMap<u64, &Msg> = HashMap::new();
     let mut kept = Vec::new();
-    for m in list {
+    for m in list.iter().rev() {
         match seen.get(&m.lsn()) {
-            Some(first) => assert_eq!(first.value, m.value, "a replayed record equals the first copy"),
+            Some(last) => assert_eq!(last.value, m.value, "a replayed record equals the other copy"),
             None => {
                 seen.insert(m.lsn(), m);
                 kept.push(*m);
             }
         }
     }
+    kept.reverse();
     let dropped = list.len() - kept.len();
     (kept, dropped)
 }

@@ -70,6 +70,29 @@ struct Args {
     /// (repeatable), e.g. `--pg-set logical_decoding_work_mem=2GB`.
     #[arg(long = "pg-set", value_name = "NAME=VALUE")]
     pg_set: Vec<String>,
+    /// Run a competing CPU load for the whole bench: a process spinning on
+    /// one core (`sh -c 'while :; do :; done'`), like a busy neighbour on
+    /// the machine. The waits for a quiet machine then allow one busy core.
+    #[arg(long)]
+    cpu_hog: bool,
+}
+
+/// The `--cpu-hog` process, killed when dropped.
+struct CpuHog(std::process::Child);
+
+impl CpuHog {
+    fn start() -> Result<CpuHog> {
+        let child = std::process::Command::new("sh").args(["-c", "while :; do :; done"]).spawn().context("start the CPU hog")?;
+        tools::HOG_CORES.store(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(CpuHog(child))
+    }
+}
+
+impl Drop for CpuHog {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 fn main() -> Result<()> {
@@ -122,7 +145,14 @@ async fn run(args: Args, workloads: Vec<String>, bin: PathBuf) -> Result<()> {
         redis,
         kafka,
     };
-    eprintln!("pgfanout-bench: {} rows, {} runs, binary {}", args.rows, args.runs, bin.display());
+    let _hog = if args.cpu_hog { Some(CpuHog::start()?) } else { None };
+    eprintln!(
+        "pgfanout-bench: {} rows, {} runs, binary {}{}",
+        args.rows,
+        args.runs,
+        bin.display(),
+        if args.cpu_hog { ", with a CPU hog spinning on one core" } else { "" }
+    );
     if !args.pg_set.is_empty() {
         eprintln!("PostgreSQL settings added: {}", args.pg_set.join(", "));
     }
@@ -156,13 +186,16 @@ async fn run(args: Args, workloads: Vec<String>, bin: PathBuf) -> Result<()> {
 
     println!("\n{}", report::table(&figures, args.runs));
     println!(
-        "rows per throughput workload: {}; runs: {}; latency: 5,000 rows/s for {} s per run",
-        args.rows, args.runs, args.latency_seconds
+        "rows per throughput workload: {}; runs: {}; latency: 5,000 rows/s for {} s per run{}",
+        args.rows,
+        args.runs,
+        args.latency_seconds,
+        if args.cpu_hog { "; a CPU hog spun on one core throughout" } else { "" }
     );
     if let Some(path) = &args.json {
         let settings = serde_json::json!({
             "rows": args.rows, "runs": args.runs, "latency_seconds": args.latency_seconds,
-            "workloads": workloads, "pgfanout": bin, "status_interval": tools::STATUS_INTERVAL,
+            "workloads": workloads, "pgfanout": bin, "status_interval": tools::STATUS_INTERVAL, "cpu_hog": args.cpu_hog,
         });
         let text = serde_json::to_string_pretty(&report::json(&figures, settings))?;
         std::fs::write(path, text).with_context(|| format!("write {}", path.display()))?;

@@ -76,6 +76,12 @@ pub async fn run(ctx: &Ctx, spec: &Spec) -> Result<Vec<Figure>> {
     if let Some(g) = cpu_goal {
         cpu = cpu.with_goal(g);
     }
+    // Kafka: the broker's own ceiling for the same records (issue 16)
+    let mut ceiling = (spec.sink == SinkKind::Kafka).then(|| {
+        Figure::new(&format!("{} vs the broker's ceiling", spec.name), "throughput", "rows/s", Better::Higher)
+            .with_baseline("kafka-producer-perf-test")
+            .with_goal(Goal::RatioAtLeast(0.8))
+    });
 
     let db = Db::start(&ctx.pg(&[])).await?;
     let table = spec.shape.table();
@@ -119,6 +125,17 @@ pub async fn run(ctx: &Ctx, spec: &Spec) -> Result<Vec<Figure>> {
             }
         }
         let (Some(f), Some(r)) = (fanout, recv) else { bail!("a drain did not run") };
+        if let Some(fig) = ceiling.as_mut() {
+            let k = ctx.kafka.as_ref().context("the Kafka broker is not running")?;
+            tools::quiet_before("kafka-producer-perf-test").await;
+            let rate = kafka_ceiling(k, &ctx.dir, &format!("bench-run{run}"), &format!("ceiling-run{run}"), changes)?;
+            eprintln!(
+                "    kafka-producer-perf-test: {rate:.0} rows/s with the same values (acks=all, idempotence on); pgfanout {:.3}x",
+                changes as f64 / f.seconds / rate
+            );
+            fig.pgfanout.push(changes as f64 / f.seconds);
+            fig.baseline.push(rate);
+        }
         eprintln!(
             "    pgfanout {:.2} s ({:.0} rows/s, {:.2} µs CPU/row, {} MB), pg_recvlogical {:.2} s ({:.0} rows/s, {:.2} µs CPU/row, {} MB)",
             f.seconds,
@@ -140,7 +157,68 @@ pub async fn run(ctx: &Ctx, spec: &Spec) -> Result<Vec<Figure>> {
         db.drop_slot(&pgf_slot).await?;
         db.drop_slot(&rl_slot).await?;
     }
-    Ok(vec![rate, cpu, rss])
+    Ok([rate, cpu, rss].into_iter().chain(ceiling).collect())
+}
+
+/// The broker's own ceiling for pgfanout's records: Kafka's
+/// `kafka-producer-perf-test` (`ProducerPerformance`, Java client) sends
+/// `records` values taken from what pgfanout wrote to `from` (a sample of
+/// 1,000, cycled) into the new topic `to` (one partition, like pgfanout's),
+/// acks=all, idempotence on, as fast as it can. Returns its records/s. It
+/// sends no keys or headers (pgfanout's records carry both), so the ceiling
+/// is, if anything, generous.
+fn kafka_ceiling(broker: &testkit::KafkaBroker, dir: &Path, from: &str, to: &str, records: u64) -> Result<f64> {
+    let install = testkit::jvm::JvmInstall::find("kafka");
+    let java = |class: &str, args: &[&str]| -> Result<String> {
+        let out = std::process::Command::new(&install.java)
+            .args(["-Xmx512m", "-cp", &install.classpath(), class])
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .output()
+            .with_context(|| format!("run {class}"))?;
+        if !out.status.success() {
+            bail!("{class} failed with {}: {}", out.status, String::from_utf8_lossy(&out.stdout));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let bootstrap = broker.bootstrap();
+    let sample = java(
+        "org.apache.kafka.tools.consumer.ConsoleConsumer",
+        &["--bootstrap-server", &bootstrap, "--topic", from, "--from-beginning", "--max-messages", "1000", "--timeout-ms", "30000"],
+    )?;
+    let payloads = dir.join("kafka-payloads.txt");
+    let lines: Vec<&str> = sample.lines().filter(|l| !l.is_empty()).collect();
+    if lines.len() < 100 {
+        bail!("read only {} records back from {from}", lines.len());
+    }
+    std::fs::write(&payloads, lines.join("\n"))?;
+    let n = records.to_string();
+    let out = java(
+        "org.apache.kafka.tools.ProducerPerformance",
+        &[
+            "--topic",
+            to,
+            "--num-records",
+            &n,
+            "--payload-file",
+            &payloads.to_string_lossy(),
+            "--throughput",
+            "-1",
+            "--producer-props",
+            &format!("bootstrap.servers={bootstrap}"),
+            "acks=all",
+            "enable.idempotence=true",
+        ],
+    )?;
+    // "1000000 records sent, 123456.7 records/sec (12.34 MB/sec), ..."
+    let last = out.lines().rev().find(|l| l.contains("records sent")).with_context(|| format!("no summary in: {out}"))?;
+    let rate = last
+        .split(", ")
+        .nth(1)
+        .and_then(|p| p.strip_suffix(" records/sec").or_else(|| p.split(" records/sec").next()))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .with_context(|| format!("cannot read the rate in {last:?}"))?;
+    Ok(rate)
 }
 
 fn fanout_config<'a>(ctx: &Ctx, spec: &Spec, slot: &'a str, run: usize) -> Result<FanoutConfig<'a>> {

@@ -197,6 +197,10 @@ pub fn tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
+/// Cores kept busy on purpose (`--cpu-hog`): a quiet machine may have
+/// that many busy.
+pub static HOG_CORES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 /// pgfanout drains `slot` (created beforehand) into `cfg`'s sink up to `end`.
 pub async fn drain_pgfanout(prog: &Program, dir: &Path, db: &Db, cfg: &FanoutConfig<'_>, end: u64, timeout: Duration) -> Result<Drain> {
     let mut f = Fanout::spawn(prog, dir, db, cfg)?;
@@ -258,7 +262,8 @@ pub async fn drain_recvlogical(db: &Db, dir: &Path, slot: &str, end: u64, timeou
 /// phase ran next used to pay for it (the same tool measured 0.5× right
 /// after the warm-up and 0.96× in the next run).
 pub async fn quiet_before(phase: &str) {
-    let (waited, quiet) = crate::procstat::wait_machine_quiet(0.25, Duration::from_secs(180)).await;
+    let hog = HOG_CORES.load(std::sync::atomic::Ordering::Relaxed) as f64;
+    let (waited, quiet) = crate::procstat::wait_machine_quiet(0.25 + hog, Duration::from_secs(180)).await;
     if !quiet {
         eprintln!("    (the machine did not get quiet before {phase} within {waited:.0} s; measuring anyway)");
     } else if waited > 4.0 {

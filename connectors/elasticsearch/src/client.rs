@@ -75,6 +75,18 @@ impl Client {
     /// Sends a request to the current node, failing over to the next on a
     /// connection error. Transport failures are retriable errors.
     pub async fn send(&self, method: Method, path: &str, body: Option<(Vec<u8>, &str)>) -> Result<Response, SinkError> {
+        self.send_tagged(method, path, body, None).await
+    }
+
+    /// [`send`](Self::send) with an `X-Opaque-Id` header, which the node
+    /// shows on the request's tasks (`GET _tasks`).
+    pub async fn send_tagged(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(Vec<u8>, &str)>,
+        opaque_id: Option<&str>,
+    ) -> Result<Response, SinkError> {
         // Shared, not copied, for each node tried.
         let body = body.map(|(bytes, content_type)| (bytes::Bytes::from(bytes), content_type));
         let n = self.urls.len();
@@ -88,6 +100,9 @@ impl Client {
                 Auth::Basic(user, password) => req.basic_auth(user, Some(password)),
                 Auth::ApiKey(header) => req.header(reqwest::header::AUTHORIZATION, header),
             };
+            if let Some(id) = opaque_id {
+                req = req.header("X-Opaque-Id", id);
+            }
             if let Some((bytes, content_type)) = &body {
                 req = req.header(reqwest::header::CONTENT_TYPE, *content_type).body(bytes.clone());
             }
@@ -110,7 +125,12 @@ impl Client {
     /// Like [`send`](Self::send), turning statuses that concern the whole
     /// cluster (429, 5xx, auth) into retriable errors.
     pub async fn call(&self, method: Method, path: &str, body: Option<(Vec<u8>, &str)>) -> Result<Response, SinkError> {
-        let resp = self.send(method, path, body).await?;
+        Self::cluster_status(self.send(method, path, body).await?)
+    }
+
+    /// Statuses that concern the whole cluster (429, 5xx, auth) as
+    /// retriable errors; any other response as it is.
+    pub fn cluster_status(resp: Response) -> Result<Response, SinkError> {
         match resp.status.as_u16() {
             401 | 403 => Err(SinkError::Retriable(format!(
                 "search cluster refused the credentials ({}): check username/password or api_key: {}",

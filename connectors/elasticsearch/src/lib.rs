@@ -55,6 +55,14 @@
 //! through, before anything queued behind it. A request over the node's
 //! size limit (413) is sent again as smaller requests.
 //!
+//! A `_bulk` request that got no answer (client timeout, connection lost)
+//! may still be queued on a slow node. Before the lane sends anything
+//! again it waits until the request's `X-Opaque-Id` is gone from
+//! `GET _tasks` (up to ten minutes; at once if the credentials may not
+//! list tasks, with a warning): replayed later, such a request would apply
+//! after newer writes of the same transaction (equal versions apply) and
+//! could bring a deleted document back or delete a re-inserted one.
+//!
 //! Why plain HTTP and not the `elasticsearch` crate: see [`client`].
 
 mod client;

@@ -4,7 +4,9 @@
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use pgfanout_sdk::settings::{BatchLimits, RetrySettings};
 use pgfanout_sdk::{BatchOutcome, Change, InFlight, Op, Rejected, Sink, SinkError, SinkRecord, Template};
@@ -19,6 +21,9 @@ use crate::config::{DeleteMode, SearchMapping, SearchSinkConfig, TruncateMode};
 /// How many times one `_bulk` item is retried (429, 5xx) before its lane
 /// job fails and the lane sends the job again from its start.
 const ITEM_ATTEMPTS: usize = 8;
+
+/// Numbers the `_bulk` requests' `X-Opaque-Id`s.
+static BULK_IDS: AtomicU64 = AtomicU64::new(0);
 
 /// A compiled mapping.
 pub(crate) struct Route {
@@ -506,6 +511,53 @@ impl Lane {
         }
     }
 
+    /// After a `_bulk` request got no answer: waits until the cluster no
+    /// longer runs it (its `X-Opaque-Id` is gone from `GET _tasks`), so a
+    /// request still queued on a slow node cannot apply after the retry and
+    /// what follows it. Equal versions apply (one transaction's changes
+    /// share one), so such a late request could bring a deleted document
+    /// back or delete one inserted again in the same transaction. Gives up
+    /// after ten minutes, or at once when the cluster does not let the sink
+    /// list tasks (then says so).
+    async fn wait_until_gone(&self, id: &str) {
+        let started = Instant::now();
+        let quoted = format!("\"{id}\"");
+        let mut warned = false;
+        loop {
+            match self.client.send(Method::GET, "/_tasks?actions=indices:data/write/bulk*&detailed=true", None).await {
+                Ok(r) if r.status.is_success() => {
+                    if !r.body.windows(quoted.len()).any(|w| w == quoted.as_bytes()) {
+                        return;
+                    }
+                    if !warned && started.elapsed() > Duration::from_secs(5) {
+                        warn!(
+                            request = id,
+                            "a _bulk request without an answer is still running on the cluster; waiting for it before sending again"
+                        );
+                        warned = true;
+                    }
+                }
+                Ok(r) if matches!(r.status.as_u16(), 400 | 401 | 403 | 404) => {
+                    warn!(
+                        request = id,
+                        status = %r.status,
+                        "cannot list the cluster's tasks to see whether a _bulk request without an answer still runs (grant the \
+                         monitor privilege); sending it again at once"
+                    );
+                    return;
+                }
+                // Unreachable: a request on a node that is down died with it;
+                // one on a node cut off will be looked for again.
+                _ => {}
+            }
+            if started.elapsed() > Duration::from_secs(600) {
+                warn!(request = id, "gave up waiting for a _bulk request without an answer after 10 minutes; sending it again");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     /// One job: `_bulk` requests within the limits; per-item results.
     ///
     /// Per-document order survives retries: once an item of a document
@@ -551,7 +603,18 @@ impl Lane {
                     retry.retain(|&i| i < last_sent);
                     chunk.truncate(n);
                 }
-                let resp = match self.client.call(Method::POST, "/_bulk", Some((body, "application/x-ndjson"))).await {
+                let id = format!("pgfanout-bulk-{}-{}", std::process::id(), BULK_IDS.fetch_add(1, Ordering::Relaxed));
+                let sent = match self.client.send_tagged(Method::POST, "/_bulk", Some((body, "application/x-ndjson")), Some(&id)).await {
+                    Ok(r) => Client::cluster_status(r),
+                    Err(e) => {
+                        // No answer (timeout, connection lost): the node may
+                        // still be applying the request. Sent again while it
+                        // runs, it could apply after what follows it here.
+                        self.wait_until_gone(&id).await;
+                        return Err(e);
+                    }
+                };
+                let resp = match sent {
                     Ok(r) if r.status.as_u16() == 413 && chunk.len() > 1 => {
                         // Over the node's http.max_content_length: smaller
                         // requests from the same place.

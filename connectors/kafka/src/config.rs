@@ -44,10 +44,20 @@ pub struct KafkaSinkConfig {
     /// `compression.type: zstd`, `linger.ms: "20"`).
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+    /// Batches enqueued in the producer before the oldest one's delivery
+    /// reports are in (default 4; 1: one batch at a time). The next batch
+    /// is encoded while earlier ones are on their way; they complete in
+    /// order, and a failed one makes every later one be sent again after it.
+    #[serde(default = "default_in_flight_batches")]
+    pub in_flight_batches: usize,
 }
 
 fn default_delivery_timeout() -> Duration {
     Duration::from_secs(30)
+}
+
+fn default_in_flight_batches() -> usize {
+    4
 }
 
 /// SASL mechanism, as librdkafka spells it.
@@ -206,6 +216,9 @@ impl KafkaSinkConfig {
                     _ => err("brokers", format!("{b:?} is not host:port")),
                 }
             }
+        }
+        if self.in_flight_batches == 0 || self.in_flight_batches > 64 {
+            err("in_flight_batches", "must be between 1 and 64 (1: one batch at a time)".into());
         }
         if let Some(id) = &self.client_id {
             if id.trim().is_empty() {

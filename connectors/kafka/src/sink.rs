@@ -17,11 +17,22 @@
 //! large, bad rendered topic, template column missing) is rejected on its
 //! own. After a failed batch the producer is rebuilt (a new idempotence
 //! session), see `KafkaSink::rebuild_producer`.
+//!
+//! Pipelining (`in_flight_batches`, default 4): the next batch is encoded and
+//! enqueued in the same producer while earlier ones wait for their delivery
+//! reports; the runtime completes them in order. When a batch in flight
+//! fails, every batch submitted before the failure and completing after it
+//! reports itself retriable too, even if delivered, so the runtime writes
+//! them again, in order, after the failed one (the producer is rebuilt
+//! first). Without that, a delivered later change of a key could be
+//! followed by a resent earlier one.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use pgfanout_sdk::{BatchOutcome, Rejected, Sink, SinkError, SinkRecord};
+use pgfanout_sdk::{BatchOutcome, InFlight, Rejected, Sink, SinkError, SinkRecord};
 use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -44,6 +55,14 @@ pub struct KafkaSink {
     debezium: DebeziumConfig,
     delivery_timeout: Duration,
     brokers: String,
+    /// `in_flight_batches`.
+    in_flight: usize,
+    /// Failed batches so far (in flight or written alone): a batch in
+    /// flight that completes after a failure newer than its submission is
+    /// sent again.
+    failures: Arc<AtomicU64>,
+    /// Set by a failed batch: rebuild the producer before the next one.
+    failed: Arc<AtomicBool>,
 }
 
 /// The librdkafka settings for `cfg`: the pass-through properties first,
@@ -127,6 +146,9 @@ impl KafkaSink {
             debezium: cfg.debezium.clone(),
             delivery_timeout,
             brokers: cfg.brokers.clone(),
+            in_flight: cfg.in_flight_batches,
+            failures: Arc::default(),
+            failed: Arc::default(),
         };
         let constant: Vec<String> = sink.routes.iter().filter_map(|r| r.constant_topic().map(str::to_string)).collect();
         for topic in constant {
@@ -159,7 +181,29 @@ impl KafkaSink {
         }
     }
 
+    /// After a failed batch (here or in flight): forget the topics' state and
+    /// start a new producer before anything else is enqueued.
+    fn recover_if_failed(&mut self) {
+        if self.failed.swap(false, Ordering::AcqRel) {
+            self.topics.forget();
+            self.rebuild_producer();
+        }
+    }
+
     async fn write_batch(&mut self, batch: &[SinkRecord]) -> BatchOutcome {
+        self.recover_if_failed();
+        let sent = self.dispatch(batch).await?;
+        let outcome = sent.settle().await;
+        if outcome.is_err() {
+            self.failures.fetch_add(1, Ordering::AcqRel);
+            self.failed.store(true, Ordering::Release);
+        }
+        outcome
+    }
+
+    /// Encodes the batch and enqueues every record in the producer, in
+    /// order; what it returns awaits the delivery reports.
+    async fn dispatch(&mut self, batch: &[SinkRecord]) -> Result<Dispatched, SinkError> {
         let now_us = now_micros();
         let mut rejected: Vec<Rejected> = Vec::new();
         let mut encoded = Vec::with_capacity(batch.len());
@@ -185,7 +229,7 @@ impl KafkaSink {
         // Enqueue everything, in order; on a full queue, wait for the oldest
         // outstanding delivery and try the same record again.
         let mut pending: Vec<(usize, DeliveryFuture)> = Vec::with_capacity(encoded.len());
-        let mut results: Vec<(usize, Result<(), KafkaError>)> = Vec::with_capacity(encoded.len());
+        let mut results: Vec<(usize, Result<(), KafkaError>)> = Vec::new();
         let mut next_to_await = 0;
         for (index, e) in &encoded {
             if let Some(why) = unusable.get(&e.topic) {
@@ -233,15 +277,42 @@ impl KafkaSink {
                 }
             }
         }
-        let guard = self.delivery_timeout + Duration::from_secs(30);
-        for (i, fut) in pending.iter_mut().skip(next_to_await) {
+        pending.drain(..next_to_await);
+        Ok(Dispatched {
+            pending,
+            results,
+            rejected,
+            guard: self.delivery_timeout + Duration::from_secs(30),
+            brokers: self.brokers.clone(),
+            records: batch.len(),
+        })
+    }
+}
+
+/// A batch enqueued in the producer: its delivery reports still to come,
+/// and what is already known.
+struct Dispatched {
+    pending: Vec<(usize, DeliveryFuture)>,
+    results: Vec<(usize, Result<(), KafkaError>)>,
+    rejected: Vec<Rejected>,
+    /// How long to wait for one report beyond librdkafka's own timeout.
+    guard: Duration,
+    brokers: String,
+    records: usize,
+}
+
+impl Dispatched {
+    /// Awaits every delivery report: `Ok` with the records refused for good,
+    /// or retriable when any delivery failed for another reason.
+    async fn settle(self) -> BatchOutcome {
+        let Dispatched { pending, mut results, mut rejected, guard, brokers, records } = self;
+        for (i, fut) in pending {
             let result = match tokio::time::timeout(guard, fut).await {
                 Ok(r) => delivery_result(r),
                 Err(_) => Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut)),
             };
-            results.push((*i, result));
+            results.push((i, result));
         }
-
         let mut retriable: Option<(usize, KafkaError)> = None;
         let mut failures = 0;
         for (index, result) in results {
@@ -256,17 +327,13 @@ impl KafkaSink {
             }
         }
         if let Some((index, err)) = retriable {
-            self.topics.forget();
-            self.rebuild_producer();
             return Err(SinkError::Retriable(format!(
-                "kafka {}: {failures} of {} deliveries failed, first at batch index {index}: {err}",
-                self.brokers,
-                batch.len()
+                "kafka {brokers}: {failures} of {records} deliveries failed, first at batch index {index}: {err}"
             )));
         }
         rejected.sort_by_key(|r| r.index);
         rejected.dedup_by_key(|r| r.index);
-        debug!(records = batch.len(), rejected = rejected.len(), "kafka batch acknowledged");
+        debug!(records, rejected = rejected.len(), "kafka batch acknowledged");
         Ok(rejected)
     }
 }
@@ -302,6 +369,39 @@ fn is_permanent(err: &KafkaError) -> bool {
 impl Sink for KafkaSink {
     fn write(&mut self, batch: &[SinkRecord]) -> impl std::future::Future<Output = BatchOutcome> + Send {
         self.write_batch(batch)
+    }
+
+    fn max_in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Enqueues the batch behind the ones in flight (one producer keeps
+    /// their per-partition order). A batch whose deliveries fail marks the
+    /// sink failed; every batch submitted before that mark and completing
+    /// after it reports itself retriable even if it was delivered, so the
+    /// runtime writes them all again, in order, after the failed one: for
+    /// every key the last copy a consumer sees of each change is in order.
+    async fn submit(&mut self, batch: Arc<[SinkRecord]>) -> Result<InFlight, SinkError> {
+        self.recover_if_failed();
+        let generation = self.failures.load(Ordering::Acquire);
+        let sent = self.dispatch(&batch).await?;
+        let (failures, failed) = (self.failures.clone(), self.failed.clone());
+        Ok(Box::pin(async move {
+            let outcome = sent.settle().await;
+            if failures.load(Ordering::Acquire) != generation {
+                // An earlier batch failed (this one's deliveries may have
+                // been purged with its producer): the rewrite of that batch
+                // has already rebuilt the producer.
+                return Err(SinkError::Retriable(
+                    "kafka: a batch before this one failed after it was enqueued; sending it again after that one".into(),
+                ));
+            }
+            if outcome.is_err() {
+                failures.fetch_add(1, Ordering::AcqRel);
+                failed.store(true, Ordering::Release);
+            }
+            outcome
+        }))
     }
 
     /// Fetches cluster metadata: Ok when a broker answered.
