@@ -228,6 +228,15 @@ impl AckTracker {
         self.confirmed
     }
 
+    /// Where a reconnect resumes the stream: the highest stream position
+    /// registered (the end of the last committed transaction received, or
+    /// the last idle keepalive), or the slot's start. Everything before it
+    /// was received and handed to the sinks (their queues outlive a
+    /// reconnect), so PostgreSQL need not send it again.
+    pub fn resume_position(&self) -> Lsn {
+        self.stream_high
+    }
+
     /// Per sink: the end LSN up to which it is durable.
     pub fn sink_positions(&self) -> Vec<Lsn> {
         self.sink_lsn.iter().map(|(_, l)| *l).collect()

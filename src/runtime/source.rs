@@ -227,9 +227,10 @@ impl SourceLoop {
                 Err(e) if e.is_retriable() => warn!(error = %e, "replication stream failed; reconnecting"),
                 Err(e) => return Err(e),
             }
-            // A transaction cut off mid-way is sent again in full: drop what
-            // of it is still queued here. (Records of it already handed to a
-            // sink are written twice; sinks are idempotent.)
+            // A transaction cut off mid-way is sent again in full (the stream
+            // resumes after the last committed one): drop what of it is still
+            // queued here. (Records of it already handed to a sink are
+            // written twice; sinks are idempotent.)
             if self.tx.take().is_some() {
                 let dropped: usize =
                     self.local.iter_mut().zip(&self.tx_marks).map(|(chunk, &mark)| chunk.drain(mark.min(chunk.len())..).count()).sum();
@@ -261,8 +262,17 @@ impl SourceLoop {
             .ok_or_else(|| SourceError::permanent(format!("replication slot {:?} does not exist any more; it was dropped while pgfanout was running. Restart pgfanout to create it again (changes made since are lost to it)", self.settings.slot)))?;
         slot::check_slot(&self.settings.slot, &info, &self.settings.opts.dbname)?;
         let client = ReplicationClient::connect(&self.settings.opts).await?;
-        let mut stream = client.start_logical_replication(&self.settings.slot, Lsn::ZERO, &self.settings.publication).await?;
-        info!(slot = %self.settings.slot, confirmed = %info.confirmed_flush_lsn.unwrap_or_default(), "streaming started");
+        // After a reconnect, resume after the last transaction already
+        // received: it and everything before it are queued for the sinks or
+        // written. Starting at the slot's confirmed position instead would
+        // send them again, and a sink would see a transaction twice while
+        // its first copy may have been applied after it was read: a partial
+        // change (unchanged TOAST) of a document that the first copy then
+        // moved or deleted cannot be completed the second time. PostgreSQL
+        // skips transactions that commit before the start position.
+        let resume = self.tracker.resume_position();
+        let mut stream = client.start_logical_replication(&self.settings.slot, resume, &self.settings.publication).await?;
+        info!(slot = %self.settings.slot, confirmed = %info.confirmed_flush_lsn.unwrap_or_default(), resume = %resume, "streaming started");
         self.health.streaming.store(true, Ordering::Release);
         metrics::gauge!(m::SOURCE_STREAMING).set(1.0);
         let heartbeat = self.settings.heartbeat_interval.map(|every| spawn_heartbeat(self.settings.opts.clone(), every));

@@ -211,7 +211,17 @@ impl SearchSink {
                 return Err(SinkError::Retriable(format!("_mget answered {}: {}", resp.status, resp.text(300))));
             }
             let j = resp.json()?;
-            for (d, got) in chunk.iter().zip(j["docs"].as_array().into_iter().flatten()) {
+            let docs = j["docs"].as_array().map(Vec::as_slice).unwrap_or_default();
+            if docs.len() != chunk.len() {
+                return Err(SinkError::Retriable(format!("_mget returned {} documents for {} asked", docs.len(), chunk.len())));
+            }
+            for (d, got) in chunk.iter().zip(docs) {
+                // A document the node could not read is not a missing one:
+                // taking it for missing would dead-letter its partial change
+                // (or write it half).
+                if let Some(error) = got.get("error") {
+                    return Err(SinkError::Retriable(format!("_mget could not read document {:?} of {:?}: {error}", d.id, d.index)));
+                }
                 if got["found"] == true {
                     if let Some(src) = got["_source"].as_object() {
                         found.insert(d.clone(), src.clone());
