@@ -32,6 +32,15 @@
 //! are written by one lane, in order). A partial change whose document is
 //! missing is never written half: it goes to the dead-letter file.
 //!
+//! Known limit: after a crash, PostgreSQL sends again what the slot had not
+//! confirmed. A replayed partial change whose document a *later* change had
+//! already moved or deleted before the crash finds it missing and is
+//! dead-lettered, although the index already holds its effect (the replayed
+//! later changes bring the document to its final state). Such a dead letter
+//! right after a restart needs no action when the row's current document is
+//! in the index (`pgfanout verify` says so). Reconnects do not replay (the
+//! stream resumes after the last transaction received).
+//!
 //! # Pipelined lanes
 //!
 //! Batches are pipelined (`in_flight_batches`, default 4): a batch is
