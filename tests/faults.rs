@@ -298,3 +298,58 @@ async fn a_reconnect_resumes_after_what_was_received() {
     assert!(d.log().contains("reconnecting"), "the daemon never reconnected: the test proves nothing\n{}", d.log());
     eprintln!("slot lagged {lag} bytes of WAL behind the server when its walsender was terminated; {} records, none twice", recs.len());
 }
+
+/// A transaction cut off by a reconnect after part of it reached the sink
+/// is sent again in full by PostgreSQL; the part the sink already has is
+/// skipped, so every change arrives exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_cut_off_by_a_reconnect_arrives_once() {
+    let (pg, c) = cluster("cutoff").await;
+    c.batch_execute(SCHEMA).await.unwrap();
+    let dir = scratch();
+    let out = out_path(dir.path(), "cutoff");
+    let d = Daemon::start(bin(), dir.path(), "cutoff", &file_config(&pg, "cutoff", "cutoff", &["public.events", "public.counters"], &out));
+    testkit::wait_for(Duration::from_secs(30), "slot", || async { confirmed_flush(&c, "cutoff").await > 0 }).await;
+    const ROWS: usize = 300_000;
+    c.batch_execute(&format!("INSERT INTO events(k) SELECT g % 20 FROM generate_series(1, {ROWS}) g")).await.unwrap();
+    // Part of the transaction is in the file: cut the stream.
+    let start = std::time::Instant::now();
+    while line_count(&out) < 20_000 {
+        assert!(start.elapsed() < Duration::from_secs(60), "the transaction never started to arrive\n{}", d.log());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    loop {
+        let killed: i64 = c
+            .query_one(
+                "SELECT count(pg_terminate_backend(active_pid)) FROM pg_replication_slots WHERE slot_name = 'cutoff' AND active",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if killed == 1 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "no walsender to terminate");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let lines_at_cut = line_count(&out);
+    wait_lines(&out, ROWS, Duration::from_secs(120), &d);
+    let end = insert_lsn(&c).await;
+    testkit::wait_for(Duration::from_secs(60), "confirmed", || async { confirmed_flush(&c, "cutoff").await >= end }).await;
+    let recs = records(&out);
+    let mut seen = std::collections::HashSet::new();
+    let twice = recs.iter().filter(|r| !seen.insert(format!("{}#{}", r["commit_lsn"], r["lsn"]))).count();
+    assert_eq!(twice, 0, "changes written twice\n{}", d.log());
+    assert_eq!(recs.len(), ROWS, "every change exactly once");
+    let ids: std::collections::BTreeSet<i64> = recs.iter().filter_map(|r| r["after"]["id"].as_i64()).collect();
+    assert_eq!(ids.len(), ROWS);
+    if lines_at_cut < ROWS {
+        assert!(
+            d.log().contains("skipping the changes of a resent transaction"),
+            "cut at {lines_at_cut} of {ROWS} lines, but no resent transaction was skipped\n{}",
+            d.log()
+        );
+    }
+    eprintln!("cut at {lines_at_cut} of {ROWS} lines; every change arrived once");
+}

@@ -82,6 +82,15 @@ pub struct SourceLoop {
     /// back to these marks, since the server sends the transaction again.
     tx_marks: Vec<usize>,
     ordinal: u32,
+    /// Changes (by ordinal) of the open transaction already handed to the
+    /// sinks.
+    tx_flushed: u32,
+    /// A transaction cut off by a reconnect after part of it was handed to
+    /// the sinks: (its commit LSN, how many of its changes they have).
+    cut_off: Option<(Lsn, u32)>,
+    /// Changes of the open transaction below this ordinal are skipped: the
+    /// sinks have them from before a reconnect.
+    skip_below: u32,
     routed: Vec<Routed>,
     /// Highest WAL position received (status update `write`).
     received: Lsn,
@@ -154,6 +163,9 @@ impl SourceLoop {
             tx: None,
             tx_marks: vec![0; n],
             ordinal: 0,
+            tx_flushed: 0,
+            cut_off: None,
+            skip_below: 0,
             routed: Vec::new(),
             received: start,
             sent_flush: start,
@@ -229,9 +241,10 @@ impl SourceLoop {
             }
             // A transaction cut off mid-way is sent again in full (the stream
             // resumes after the last committed one): drop what of it is still
-            // queued here. (Records of it already handed to a sink are
-            // written twice; sinks are idempotent.)
-            if self.tx.take().is_some() {
+            // queued here, and remember how many of its changes the sinks
+            // already have, so they are skipped when it comes again.
+            if let Some(tx) = self.tx.take() {
+                self.cut_off = (self.tx_flushed > 0).then_some((tx.commit_lsn, self.tx_flushed));
                 let dropped: usize =
                     self.local.iter_mut().zip(&self.tx_marks).map(|(chunk, &mark)| chunk.drain(mark.min(chunk.len())..).count()).sum();
                 if dropped > 0 {
@@ -358,6 +371,16 @@ impl SourceLoop {
             LogicalMessage::Begin { final_lsn, commit_ts, xid } => {
                 self.tx = Some(TxMeta { commit_lsn: final_lsn, xid, commit_ts });
                 self.ordinal = 0;
+                self.tx_flushed = 0;
+                // The same transaction again after a reconnect: decoding the
+                // same WAL gives the same changes in the same order.
+                self.skip_below = match self.cut_off.take() {
+                    Some((commit_lsn, n)) if commit_lsn == final_lsn => {
+                        info!(commit_lsn = %final_lsn, changes = n, "skipping the changes of a resent transaction the sinks already have");
+                        n
+                    }
+                    _ => 0,
+                };
                 for (mark, chunk) in self.tx_marks.iter_mut().zip(&self.local) {
                     *mark = chunk.len();
                 }
@@ -404,8 +427,12 @@ impl SourceLoop {
                 let tx = self.current_tx(lsn)?;
                 let changes = build_truncates(&self.relations, &relation_ids, lsn, &tx, self.ordinal)
                     .map_err(|e| SourceError::permanent(format!("cannot decode a truncate at {lsn}: {e}")))?;
+                let first = self.ordinal;
                 self.ordinal += changes.len() as u32;
-                for change in changes {
+                for (i, change) in changes.into_iter().enumerate() {
+                    if first + (i as u32) < self.skip_below {
+                        continue;
+                    }
                     if !self.windows.is_empty() {
                         self.windows.on_change(&change);
                     }
@@ -425,6 +452,9 @@ impl SourceLoop {
                 })?;
                 let ordinal = self.ordinal;
                 self.ordinal = self.ordinal.saturating_add(1);
+                if ordinal < self.skip_below {
+                    return Ok(());
+                }
                 match build_change(&rel, &msg, lsn, &tx, ordinal) {
                     Ok(change) => {
                         if !self.windows.is_empty() {
@@ -560,8 +590,10 @@ impl SourceLoop {
             if self.local[i].is_empty() {
                 continue;
             }
-            let chunk = std::mem::take(&mut self.local[i]);
-            self.tx_marks[i] = 0;
+            // The chunk leaves `local` only once its queue has room: if the
+            // wait ends in an error (a status update failing: reconnect), the
+            // records stay here to be flushed after it (the stream resumes
+            // after them, so nothing else would bring them back).
             let sender = self.senders[i].clone();
             let permit = loop {
                 tokio::select! {
@@ -578,9 +610,16 @@ impl SourceLoop {
                 }
             };
             match permit {
-                Ok(p) => p.send(chunk),
+                Ok(p) => {
+                    self.tx_marks[i] = 0;
+                    p.send(std::mem::take(&mut self.local[i]));
+                }
                 Err(_) => return Err(SourceError::permanent(format!("sink {} stopped unexpectedly", self.sink_names[i]))),
             }
+        }
+        // Every sink has what was routed of the open transaction so far.
+        if self.tx.is_some() {
+            self.tx_flushed = self.ordinal;
         }
         Ok(())
     }
