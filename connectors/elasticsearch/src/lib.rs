@@ -39,7 +39,8 @@
 //! later changes bring the document to its final state). Such a dead letter
 //! right after a restart needs no action when the row's current document is
 //! in the index (`pgfanout verify` says so). Reconnects do not replay (the
-//! stream resumes after the last transaction received).
+//! stream resumes after the last transaction received, and skips what the
+//! sinks have of a transaction it cut off).
 //!
 //! # Pipelined lanes
 //!
