@@ -35,6 +35,42 @@ async fn workload(c: &tokio_postgres::Client, txns: usize, pause_every: usize) {
 const SCHEMA: &str = "CREATE TABLE events (id serial PRIMARY KEY, k int NOT NULL);
                       CREATE TABLE counters (id int PRIMARY KEY, v int NOT NULL);";
 
+/// Terminates the walsender streaming `slot`, retrying (every 20 ms, up to
+/// 30 s) while there is none: the slot is also active while the daemon
+/// creates it, on a connection it then closes, and between reconnects.
+/// Returns how many bytes of WAL the slot's confirmed position was behind
+/// the server's at that moment.
+async fn terminate_walsender(c: &tokio_postgres::Client, slot: &str) -> i64 {
+    let started = std::time::Instant::now();
+    loop {
+        let row = c
+            .query_one(
+                "SELECT count(pg_terminate_backend(active_pid)), \
+                 max(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn))::int8 \
+                 FROM pg_replication_slots WHERE slot_name = $1 AND active",
+                &[&slot],
+            )
+            .await
+            .unwrap();
+        if row.get::<_, i64>(0) == 1 {
+            return row.get::<_, Option<i64>>(1).unwrap_or(0);
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no walsender of slot {slot} to terminate");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The changes (commit LSN # LSN) that occur more than once in `recs`.
+fn changes_seen_twice(recs: &[serde_json::Value]) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    recs.iter()
+        .filter_map(|r| {
+            let pos = format!("{}#{}", r["commit_lsn"], r["lsn"]);
+            (!seen.insert(pos.clone())).then_some(pos)
+        })
+        .collect()
+}
+
 /// Every committed change arrived at least once, and per key the values
 /// first appear in commit order (1, 2, 3, ...), whatever was replayed.
 async fn assert_complete(c: &tokio_postgres::Client, out: &std::path::Path, d: &Daemon) {
@@ -117,17 +153,7 @@ async fn survives_walsender_termination_and_server_restart() {
     })
     .await;
     workload(&c, 200, 0).await;
-    // The slot is also active while the daemon creates it, on a connection
-    // it then closes: until the streaming one holds it, there may be no
-    // walsender to terminate for a moment.
-    testkit::wait_for(Duration::from_secs(30), "a walsender terminated", || async {
-        c.query_one("SELECT count(pg_terminate_backend(active_pid)) FROM pg_replication_slots WHERE slot_name = 'term' AND active", &[])
-            .await
-            .unwrap()
-            .get::<_, i64>(0)
-            == 1
-    })
-    .await;
+    terminate_walsender(&c, "term").await;
     workload(&c, 200, 0).await;
     drop(c);
     pg.restart();
@@ -260,34 +286,11 @@ async fn a_reconnect_resumes_after_what_was_received() {
         tokio::spawn(async move { workload(&c2, 3000, 0).await })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let started = std::time::Instant::now();
-    let lag = loop {
-        let row = c
-            .query_one(
-                "SELECT count(pg_terminate_backend(active_pid)), \
-                 max(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn))::int8 \
-                 FROM pg_replication_slots WHERE slot_name = 'resume' AND active",
-                &[],
-            )
-            .await
-            .unwrap();
-        if row.get::<_, i64>(0) == 1 {
-            break row.get::<_, Option<i64>>(1).unwrap_or(0);
-        }
-        assert!(started.elapsed() < Duration::from_secs(30), "no walsender to terminate");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let lag = terminate_walsender(&c, "resume").await;
     writer.await.unwrap();
     assert_complete(&c, &out, &d).await;
     let recs = records(&out);
-    let mut seen = std::collections::HashSet::new();
-    let twice: Vec<String> = recs
-        .iter()
-        .filter_map(|r| {
-            let pos = format!("{}#{}", r["commit_lsn"], r["lsn"]);
-            (!seen.insert(pos.clone())).then_some(pos)
-        })
-        .collect();
+    let twice = changes_seen_twice(&recs);
     assert!(
         twice.is_empty(),
         "{} changes arrived twice after the reconnect, e.g. {:?}\n{}",
@@ -318,29 +321,13 @@ async fn a_transaction_cut_off_by_a_reconnect_arrives_once() {
         assert!(start.elapsed() < Duration::from_secs(60), "the transaction never started to arrive\n{}", d.log());
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    loop {
-        let killed: i64 = c
-            .query_one(
-                "SELECT count(pg_terminate_backend(active_pid)) FROM pg_replication_slots WHERE slot_name = 'cutoff' AND active",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if killed == 1 {
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(60), "no walsender to terminate");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    terminate_walsender(&c, "cutoff").await;
     let lines_at_cut = line_count(&out);
     wait_lines(&out, ROWS, Duration::from_secs(120), &d);
     let end = insert_lsn(&c).await;
     testkit::wait_for(Duration::from_secs(60), "confirmed", || async { confirmed_flush(&c, "cutoff").await >= end }).await;
     let recs = records(&out);
-    let mut seen = std::collections::HashSet::new();
-    let twice = recs.iter().filter(|r| !seen.insert(format!("{}#{}", r["commit_lsn"], r["lsn"]))).count();
-    assert_eq!(twice, 0, "changes written twice\n{}", d.log());
+    assert_eq!(changes_seen_twice(&recs).len(), 0, "changes written twice\n{}", d.log());
     assert_eq!(recs.len(), ROWS, "every change exactly once");
     let ids: std::collections::BTreeSet<i64> = recs.iter().filter_map(|r| r["after"]["id"].as_i64()).collect();
     assert_eq!(ids.len(), ROWS);

@@ -101,6 +101,19 @@ impl Workload {
     }
 }
 
+/// The dead-letter file `<db>.dead.jsonl` in `dir` is empty; otherwise
+/// fails with its first letter and the daemon log.
+fn assert_nothing_dead_lettered(dir: &std::path::Path, db: &str, d: &Daemon) {
+    let dead = dir.join(format!("{db}.dead.jsonl"));
+    assert_eq!(
+        line_count(&dead),
+        0,
+        "nothing dead-lettered; first: {}\n{}",
+        std::fs::read_to_string(&dead).unwrap_or_default().lines().next().unwrap_or_default(),
+        d.log()
+    );
+}
+
 /// Waits until the daemon created its slot (it connected to every sink).
 async fn wait_slot(c: &tokio_postgres::Client, slot: &str, d: &Daemon) {
     let start = Instant::now();
@@ -179,14 +192,7 @@ async fn mixed_workload_with_key_changes_and_toast_equals_the_table() {
     assert_index_equals_table(&c, db, &url, "mixed-products", &d).await;
     let toasted: i64 = c.query_one("SELECT count(*) FROM products WHERE length(description) > 2000", &[]).await.unwrap().get(0);
     assert!(toasted > 10, "the workload must exercise TOASTed rows: {toasted}");
-    let dead = dir.path().join(format!("{db}.dead.jsonl"));
-    assert_eq!(
-        line_count(&dead),
-        0,
-        "nothing dead-lettered; first: {}\n{}",
-        std::fs::read_to_string(&dead).unwrap_or_default().lines().next().unwrap_or_default(),
-        d.log()
-    );
+    assert_nothing_dead_lettered(dir.path(), db, &d);
 }
 
 /// The same workload against a real Elasticsearch 8 node (`type:
@@ -206,7 +212,7 @@ async fn mixed_workload_into_elasticsearch_equals_the_table() {
     let mut w = Workload::new(0x5eed_0e1a);
     w.run(&c, 300).await;
     assert_index_equals_table(&c, db, &url, "elastic-products", &d).await;
-    assert_eq!(line_count(&dir.path().join(format!("{db}.dead.jsonl"))), 0, "nothing dead-lettered");
+    assert_nothing_dead_lettered(dir.path(), db, &d);
     let path = dir.path().join("verify.yaml");
     std::fs::write(&path, &yaml).unwrap();
     let out = tokio::task::block_in_place(|| std::process::Command::new(bin()).args(["verify", "-c"]).arg(&path).output().unwrap());
@@ -371,12 +377,5 @@ async fn a_tiny_write_queue_gives_429s_and_every_document_still_arrives() {
         log.matches("bulk request failed").count(),
         log.matches("still running on the cluster").count()
     );
-    let dead = dir.path().join(format!("{db}.dead.jsonl"));
-    assert_eq!(
-        line_count(&dead),
-        0,
-        "nothing dead-lettered; first: {}\n{}",
-        std::fs::read_to_string(&dead).unwrap_or_default().lines().next().unwrap_or_default(),
-        d.log()
-    );
+    assert_nothing_dead_lettered(dir.path(), db, &d);
 }
