@@ -57,12 +57,29 @@ pub struct KafkaSink {
     brokers: String,
     /// `in_flight_batches`.
     in_flight: usize,
-    /// Failed batches so far (in flight or written alone): a batch in
-    /// flight that completes after a failure newer than its submission is
-    /// sent again.
-    failures: Arc<AtomicU64>,
+    /// Shared with the batches in flight.
+    failures: Arc<Failures>,
+}
+
+/// Failed batches, shared by the sink and its batches in flight.
+#[derive(Default)]
+struct Failures {
+    /// How many so far (in flight or written alone): a batch in flight that
+    /// completes after a failure newer than its submission is sent again.
+    count: AtomicU64,
     /// Set by a failed batch: rebuild the producer before the next one.
-    failed: Arc<AtomicBool>,
+    rebuild: AtomicBool,
+}
+
+impl Failures {
+    fn note(&self) {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        self.rebuild.store(true, Ordering::Release);
+    }
+
+    fn generation(&self) -> u64 {
+        self.count.load(Ordering::Acquire)
+    }
 }
 
 /// The librdkafka settings for `cfg`: the pass-through properties first,
@@ -148,7 +165,6 @@ impl KafkaSink {
             brokers: cfg.brokers.clone(),
             in_flight: cfg.in_flight_batches,
             failures: Arc::default(),
-            failed: Arc::default(),
         };
         let constant: Vec<String> = sink.routes.iter().filter_map(|r| r.constant_topic().map(str::to_string)).collect();
         for topic in constant {
@@ -184,7 +200,7 @@ impl KafkaSink {
     /// After a failed batch (here or in flight): forget the topics' state and
     /// start a new producer before anything else is enqueued.
     fn recover_if_failed(&mut self) {
-        if self.failed.swap(false, Ordering::AcqRel) {
+        if self.failures.rebuild.swap(false, Ordering::AcqRel) {
             self.topics.forget();
             self.rebuild_producer();
         }
@@ -195,8 +211,7 @@ impl KafkaSink {
         let sent = self.dispatch(batch).await?;
         let outcome = sent.settle().await;
         if outcome.is_err() {
-            self.failures.fetch_add(1, Ordering::AcqRel);
-            self.failed.store(true, Ordering::Release);
+            self.failures.note();
         }
         outcome
     }
@@ -383,12 +398,12 @@ impl Sink for KafkaSink {
     /// every key the last copy a consumer sees of each change is in order.
     async fn submit(&mut self, batch: Arc<[SinkRecord]>) -> Result<InFlight, SinkError> {
         self.recover_if_failed();
-        let generation = self.failures.load(Ordering::Acquire);
+        let generation = self.failures.generation();
         let sent = self.dispatch(&batch).await?;
-        let (failures, failed) = (self.failures.clone(), self.failed.clone());
+        let failures = self.failures.clone();
         Ok(Box::pin(async move {
             let outcome = sent.settle().await;
-            if failures.load(Ordering::Acquire) != generation {
+            if failures.generation() != generation {
                 // An earlier batch failed (this one's deliveries may have
                 // been purged with its producer): the rewrite of that batch
                 // has already rebuilt the producer.
@@ -397,8 +412,7 @@ impl Sink for KafkaSink {
                 ));
             }
             if outcome.is_err() {
-                failures.fetch_add(1, Ordering::AcqRel);
-                failed.store(true, Ordering::Release);
+                failures.note();
             }
             outcome
         }))
