@@ -13,7 +13,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use crate::jvm::{wait_port_closed, JvmInstall, JvmProcess};
-use crate::{free_port, scratch_dir};
+use crate::{free_ports, scratch_dir};
 
 /// A running Cassandra node; killed on drop and its directory removed.
 pub struct CassandraNode {
@@ -30,12 +30,13 @@ impl CassandraNode {
     /// Starts a node and waits (up to 180 s) until it listens for CQL clients.
     pub fn start() -> CassandraNode {
         crate::retry_on_port_clash(|| {
+            let [port, storage_port] = free_ports();
             let node = CassandraNode {
                 dir: scratch_dir("pgfanout-cassandra-"),
                 install: JvmInstall::find("cassandra"),
                 child: Mutex::new(None),
-                port: free_port(),
-                storage_port: free_port(),
+                port,
+                storage_port,
             };
             node.write_config();
             node.start_server();

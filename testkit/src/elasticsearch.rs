@@ -21,7 +21,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use crate::jvm::{http_status, wait_port_closed, JvmInstall, JvmProcess};
-use crate::{free_port, scratch_dir};
+use crate::{free_ports, scratch_dir};
 
 /// A running Elasticsearch node; killed on drop and its directory removed.
 pub struct ElasticsearchNode {
@@ -37,12 +37,13 @@ impl ElasticsearchNode {
     /// Starts a node and waits (up to 180 s) until `GET /` answers 200.
     pub fn start() -> ElasticsearchNode {
         crate::retry_on_port_clash(|| {
+            let [port, transport_port] = free_ports();
             let node = ElasticsearchNode {
                 dir: scratch_dir("pgfanout-elasticsearch-"),
                 install: JvmInstall::find("elasticsearch"),
                 child: Mutex::new(None),
-                port: free_port(),
-                transport_port: free_port(),
+                port,
+                transport_port,
             };
             node.start_server();
             node

@@ -15,7 +15,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use crate::jvm::{wait_port_closed, JvmInstall, JvmProcess};
-use crate::{free_port, scratch_dir};
+use crate::{free_ports, scratch_dir};
 
 /// A running Kafka broker on a free loopback port; killed on drop, its
 /// directory removed.
@@ -31,10 +31,11 @@ impl KafkaBroker {
     /// Starts a broker and waits (up to 120 s) until it serves clients.
     pub fn start() -> KafkaBroker {
         crate::retry_on_port_clash(|| {
+            let [port, controller_port] = free_ports();
             let broker = KafkaBroker {
                 dir: scratch_dir("pgfanout-kafka-"),
-                port: free_port(),
-                controller_port: free_port(),
+                port,
+                controller_port,
                 install: JvmInstall::find("kafka"),
                 child: Mutex::new(None),
             };

@@ -58,6 +58,14 @@ pub fn free_port() -> u16 {
     l.local_addr().expect("local addr").port()
 }
 
+/// `N` distinct free loopback ports (for a server that listens on several):
+/// the listeners are held until all are chosen, so two separate
+/// [`free_port`] calls cannot hand out the same port twice.
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: Vec<TcpListener> = (0..N).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0")).collect();
+    std::array::from_fn(|i| listeners[i].local_addr().expect("local addr").port())
+}
+
 /// True when this process runs as root (initdb then runs as `postgres`).
 pub fn is_root() -> bool {
     Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)

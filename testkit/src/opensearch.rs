@@ -14,7 +14,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use crate::jvm::{http_status, wait_port_closed, JvmInstall, JvmProcess};
-use crate::{free_port, scratch_dir};
+use crate::{free_ports, scratch_dir};
 
 /// A running OpenSearch node; killed on drop and its directory removed.
 pub struct OpenSearchNode {
@@ -38,12 +38,13 @@ impl OpenSearchNode {
     /// `[("thread_pool.write.queue_size", "1")]` for real back-pressure.
     pub fn start_with(settings: &[(&str, &str)]) -> OpenSearchNode {
         crate::retry_on_port_clash(|| {
+            let [port, transport_port] = free_ports();
             let node = OpenSearchNode {
                 dir: scratch_dir("pgfanout-opensearch-"),
                 install: JvmInstall::find("opensearch"),
                 child: Mutex::new(None),
-                port: free_port(),
-                transport_port: free_port(),
+                port,
+                transport_port,
                 settings: settings.iter().map(|(k, v)| format!("{k}={v}")).collect(),
             };
             node.start_server();
