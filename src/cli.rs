@@ -165,7 +165,13 @@ pub fn main() -> i32 {
     };
     runtime.block_on(async move {
         match cli.command {
-            Command::Run { .. } => match crate::runtime::run(cfg).await {
+            // On a worker thread, not the main one: the worker that polls
+            // the socket then runs the source loop itself instead of waking
+            // the main thread for every read (two context switches each).
+            Command::Run { .. } => match tokio::spawn(crate::runtime::run(cfg))
+                .await
+                .unwrap_or_else(|e| Err(crate::runtime::RunError::Fatal(format!("the runtime task failed: {e}"))))
+            {
                 Ok(()) => 0,
                 Err(crate::runtime::RunError::Config(m)) => {
                     eprintln!("{}: {m}", path.display());

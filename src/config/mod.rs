@@ -70,6 +70,12 @@ pub struct PostgresSourceConfig {
     /// so that a server sending no keepalives still lets the slot advance.
     #[serde(default, with = "units::option_duration")]
     pub heartbeat_interval: Option<Duration>,
+    /// After a small read from the replication connection, wait this long
+    /// before reading again so that one read takes many changes (fewer
+    /// wake-ups per change; adds at most this latency). `0ms` reads as soon
+    /// as anything arrives.
+    #[serde(default = "default_read_coalesce", with = "units::duration")]
+    pub read_coalesce: Duration,
     /// Connections the initial snapshot reads with (tables and ctid ranges in parallel).
     #[serde(default = "default_snapshot_parallelism")]
     pub snapshot_parallelism: usize,
@@ -134,6 +140,7 @@ impl fmt::Debug for PostgresSourceConfig {
             .field("tls", &self.tls)
             .field("status_interval", &self.status_interval)
             .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("read_coalesce", &self.read_coalesce)
             .field("snapshot_parallelism", &self.snapshot_parallelism)
             .field("on_decode_error", &self.on_decode_error)
             .field("on_slot_lost", &self.on_slot_lost)
@@ -144,6 +151,10 @@ impl fmt::Debug for PostgresSourceConfig {
 
 fn default_slot() -> String {
     "pgfanout".into()
+}
+
+fn default_read_coalesce() -> Duration {
+    Duration::from_millis(1)
 }
 
 fn default_status_interval() -> Duration {

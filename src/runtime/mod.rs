@@ -85,6 +85,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         batch_size: cfg.runtime.batch_size,
         shutdown_timeout: cfg.runtime.shutdown_timeout,
         heartbeat_interval: pg.heartbeat_interval,
+        read_coalesce: pg.read_coalesce,
         linger: cfg.runtime.linger,
         on_decode_error: pg.on_decode_error,
         on_type_change: pg.on_type_change,

@@ -50,6 +50,8 @@ pub struct SourceSettings {
     /// When set, a non-transactional logical message is emitted this often
     /// so the stream has something to confirm even without keepalives.
     pub heartbeat_interval: Option<Duration>,
+    /// See `ReplicationStream::set_read_coalesce`.
+    pub read_coalesce: Duration,
     /// What a row that cannot be decoded does.
     pub on_decode_error: OnDecodeError,
     pub on_type_change: OnTypeChange,
@@ -285,6 +287,7 @@ impl SourceLoop {
         // skips transactions that commit before the start position.
         let resume = self.tracker.resume_position();
         let mut stream = client.start_logical_replication(&self.settings.slot, resume, &self.settings.publication).await?;
+        stream.set_read_coalesce(self.settings.read_coalesce);
         info!(slot = %self.settings.slot, confirmed = %info.confirmed_flush_lsn.unwrap_or_default(), resume = %resume, "streaming started");
         self.health.streaming.store(true, Ordering::Release);
         metrics::gauge!(m::SOURCE_STREAMING).set(1.0);

@@ -204,6 +204,62 @@ async fn answers_keepalives_with_a_short_sender_timeout() {
     assert!(msgs.iter().any(|m| m[0] == b'I'));
 }
 
+/// With coalescing on, a busy stream is read in few large reads, and the
+/// raised wake threshold never holds back a quiet stream's next change nor
+/// the end of the stream.
+#[tokio::test]
+async fn coalesced_reads_take_many_changes_and_never_hold_a_quiet_stream() {
+    let cluster = PgCluster::start();
+    let o = opts(&cluster, "postgres");
+    let sql = connect_sql(&o).await.expect("sql");
+    sql.batch_execute("CREATE TABLE c (id int PRIMARY KEY, pad text); CREATE PUBLICATION pub_c FOR TABLE c").await.expect("setup");
+    let mut client = ReplicationClient::connect(&o).await.expect("connect");
+    let created = client.create_logical_slot("slot_c", SnapshotAction::NoExport).await.expect("slot");
+    let mut stream = client.start_logical_replication("slot_c", created.consistent_point, "pub_c").await.expect("start");
+    stream.set_read_coalesce(Duration::from_millis(5));
+
+    async fn count_inserts(stream: &mut ReplicationStream, want: usize) {
+        let mut inserts = 0;
+        while inserts < want {
+            let m = tokio::time::timeout(Duration::from_secs(20), stream.recv())
+                .await
+                .unwrap_or_else(|_| panic!("only {inserts} of {want} inserts within 20 s of the last message"))
+                .expect("recv")
+                .expect("open");
+            match m {
+                ReplicationMessage::XLogData { data, .. } if data[0] == b'I' => inserts += 1,
+                ReplicationMessage::Keepalive { reply_requested: true, wal_end, .. } => {
+                    stream.send_status_update(wal_end, Lsn::ZERO, Lsn::ZERO, false).await.expect("status");
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(inserts, want);
+    }
+
+    // 20,000 changes (about 3 MB of pgoutput) in 5,000 small transactions.
+    let reads_before = stream.reads();
+    sql.batch_execute("INSERT INTO c SELECT g, repeat('x', 100) FROM generate_series(1, 20000) g").await.expect("bulk");
+    count_inserts(&mut stream, 20_000).await;
+    let reads = stream.reads() - reads_before;
+    // One read per change or per few changes without coalescing (about
+    // 2,500 here); with it, one per 5 ms of sending or per 64 kB.
+    assert!(reads < 1_000, "{reads} socket reads for 20,000 changes: reads are not coalesced");
+
+    // Quiet now: the wake threshold is back to one byte once a read finds
+    // nothing, so a lone small change (far below 64 kB) still arrives.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t = Instant::now();
+    sql.batch_execute("INSERT INTO c VALUES (0, 'lone')").await.expect("one row");
+    count_inserts(&mut stream, 1).await;
+    assert!(t.elapsed() < Duration::from_secs(5), "a lone change took {:?}", t.elapsed());
+
+    // The end of the stream is small too.
+    let t = Instant::now();
+    stream.finish().await.expect("clean finish");
+    assert!(t.elapsed() < Duration::from_secs(4), "finish took {:?} (waited for its timeout)", t.elapsed());
+}
+
 fn rewrite_hba(cluster: &PgCluster, first_lines: &str) {
     let path = cluster.data_dir().join("pg_hba.conf");
     let old = std::fs::read_to_string(&path).expect("read pg_hba.conf");

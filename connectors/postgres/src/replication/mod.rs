@@ -17,6 +17,7 @@
 
 pub(crate) mod auth;
 pub(crate) mod frame;
+mod rawsock;
 pub(crate) mod socket;
 mod stream;
 pub(crate) mod tls;

@@ -148,15 +148,49 @@ impl Wire {
     }
 
     /// Reads once into the buffer (cancel-safe: a cancelled read consumed
-    /// nothing). EOF is a Transient error.
-    pub async fn fill(&mut self) -> Result<(), SourceError> {
+    /// nothing) and returns how many bytes came. EOF is a Transient error.
+    pub async fn fill(&mut self) -> Result<usize, SourceError> {
+        self.make_room();
+        match self.socket.read_buf(&mut self.rbuf).await {
+            Ok(0) => Err(SourceError::connection_closed()),
+            Ok(n) => Ok(n),
+            Err(e) => Err(SourceError::transient(format!("reading from PostgreSQL: {e}"))),
+        }
+    }
+
+    fn make_room(&mut self) {
         let want = frame::missing_bytes(&self.rbuf).max(MIN_FREE);
         if self.rbuf.capacity() - self.rbuf.len() < want {
             self.rbuf.reserve(want.max(READ_CHUNK));
         }
-        match self.socket.read_buf(&mut self.rbuf).await {
-            Ok(0) => Err(SourceError::connection_closed()),
-            Ok(_) => Ok(()),
+    }
+
+    /// Whether [`Wire::read_now`] and [`Wire::set_wake_threshold`] work:
+    /// plain TCP only (TLS must read through its session, and Unix sockets
+    /// do not honour `SO_RCVLOWAT` in poll).
+    pub fn can_coalesce(&self) -> bool {
+        matches!(self.socket, Socket::Tcp(_))
+    }
+
+    /// How many queued bytes wake a reader waiting in [`Wire::fill`]
+    /// (`SO_RCVLOWAT`; 1 is the kernel's default). Plain TCP only.
+    pub fn set_wake_threshold(&mut self, bytes: usize) -> Result<(), SourceError> {
+        match &self.socket {
+            Socket::Tcp(tcp) => super::rawsock::set_rcvlowat(tcp, bytes)
+                .map_err(|e| SourceError::transient(format!("setting SO_RCVLOWAT on the PostgreSQL connection: {e}"))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Reads what the kernel has queued now, without waiting and whether or
+    /// not anything woke us: `Ok(None)` when nothing is queued (or the
+    /// socket is not plain TCP). EOF is a Transient error.
+    pub fn read_now(&mut self) -> Result<Option<usize>, SourceError> {
+        self.make_room();
+        let Socket::Tcp(tcp) = &self.socket else { return Ok(None) };
+        match super::rawsock::recv_now(tcp, &mut self.rbuf) {
+            Ok(Some(0)) => Err(SourceError::connection_closed()),
+            Ok(n) => Ok(n),
             Err(e) => Err(SourceError::transient(format!("reading from PostgreSQL: {e}"))),
         }
     }

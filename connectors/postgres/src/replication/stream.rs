@@ -13,7 +13,7 @@
 //! server go back (it would ignore it anyway) nor make our own reporting go
 //! backwards.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::BufMut;
 use pgfanout_sdk::Lsn;
@@ -27,6 +27,9 @@ use crate::error::SourceError;
 const PG_EPOCH_OFFSET_SECS: u64 = 946_684_800;
 /// How long [`ReplicationStream::finish`] waits for the server to end the COPY.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(5);
+/// A read at least this large says the data arrives faster than it is read:
+/// read again at once instead of coalescing.
+const BIG_READ: usize = 64 * 1024;
 
 /// Microseconds since 2000-01-01 (PostgreSQL's timestamp epoch), now.
 pub fn pg_now_micros() -> i64 {
@@ -43,11 +46,87 @@ pub struct ReplicationStream {
     sent_write: Lsn,
     sent_flush: Lsn,
     sent_apply: Lsn,
+    /// See [`ReplicationStream::set_read_coalesce`].
+    coalesce: Duration,
+    /// While coalescing: when to read the socket next, whatever woke us.
+    read_again_at: Option<Instant>,
+    /// The socket's `SO_RCVLOWAT` as last set.
+    wake_threshold: usize,
+    /// Socket reads that brought data.
+    reads: u64,
 }
 
 impl ReplicationStream {
     pub(crate) fn new(wire: Wire, slot: String) -> Self {
-        ReplicationStream { wire, slot, ended: false, sent_write: Lsn::ZERO, sent_flush: Lsn::ZERO, sent_apply: Lsn::ZERO }
+        ReplicationStream {
+            wire,
+            slot,
+            ended: false,
+            sent_write: Lsn::ZERO,
+            sent_flush: Lsn::ZERO,
+            sent_apply: Lsn::ZERO,
+            coalesce: Duration::ZERO,
+            read_again_at: None,
+            wake_threshold: 1,
+            reads: 0,
+        }
+    }
+
+    /// Reads the socket at most once per `every` while changes stream in
+    /// (zero, the default: as soon as anything arrives). Plain TCP only;
+    /// TLS and Unix-socket connections read as soon as anything arrives.
+    ///
+    /// The walsender sends every change on its own, and a reader that keeps
+    /// up wakes for a few of them at a time (about 8 rows of 150 bytes per
+    /// read at 120,000 rows/s here): each wake-up (an epoll return, a thread
+    /// switch) costs more CPU than the rows it brings. While coalescing, the
+    /// socket's `SO_RCVLOWAT` is raised to 64 kB, so arriving data wakes no
+    /// one until that much is queued, and the stream reads whatever is
+    /// queued `every` after the previous read (at once after a read of
+    /// 64 kB or more, i.e. when data arrives faster than it is read). A
+    /// read that finds nothing means the stream went quiet: the threshold
+    /// goes back to one byte and the next byte wakes the reader at once. So
+    /// a busy stream costs one wake-up per `every`, an idle one none, and
+    /// the latency added is at most `every` (what arrives in the meantime
+    /// waits in the kernel's socket buffer: 20 kB per millisecond at
+    /// 20 MB/s, far below its size).
+    pub fn set_read_coalesce(&mut self, every: Duration) {
+        self.coalesce = every;
+    }
+
+    fn set_wake_threshold(&mut self, bytes: usize) -> Result<(), SourceError> {
+        if self.wake_threshold != bytes {
+            self.wire.set_wake_threshold(bytes)?;
+            self.wake_threshold = bytes;
+        }
+        Ok(())
+    }
+
+    /// Reads once: on the coalescing schedule if one is running, else as
+    /// soon as anything arrives. Cancel-safe (the schedule is state, and a
+    /// cancelled read consumed nothing).
+    async fn read_more(&mut self) -> Result<(), SourceError> {
+        let n = loop {
+            let Some(at) = self.read_again_at else { break self.wire.fill().await? };
+            if at > Instant::now() {
+                tokio::time::sleep_until(at.into()).await;
+            }
+            match self.wire.read_now()? {
+                Some(n) => break n,
+                None => {
+                    // Quiet: wait for the next byte as usual.
+                    self.read_again_at = None;
+                    self.set_wake_threshold(1)?;
+                }
+            }
+        };
+        self.reads += 1;
+        if !self.coalesce.is_zero() && self.wire.can_coalesce() {
+            let pause = if n < BIG_READ { self.coalesce } else { Duration::ZERO };
+            self.read_again_at = Some(Instant::now() + pause);
+            self.set_wake_threshold(BIG_READ)?;
+        }
+        Ok(())
     }
 
     /// The next message, reading from the server as needed. Cancel-safe.
@@ -66,7 +145,7 @@ impl ReplicationStream {
             if self.ended {
                 return Ok(None);
             }
-            self.wire.fill().await?;
+            self.read_more().await?;
         }
     }
 
@@ -129,6 +208,11 @@ impl ReplicationStream {
         Ok(())
     }
 
+    /// How many socket reads brought data so far.
+    pub fn reads(&self) -> u64 {
+        self.reads
+    }
+
     /// The last flush LSN actually sent (ZERO before the first update).
     pub fn last_flush_sent(&self) -> Lsn {
         self.sent_flush
@@ -145,6 +229,9 @@ impl ReplicationStream {
     /// first to confirm the final position. An ErrorResponse during the
     /// drain is returned; a timeout is Transient.
     pub async fn finish(mut self) -> Result<(), SourceError> {
+        // The answers are small: a raised wake threshold would hide them.
+        self.read_again_at = None;
+        self.set_wake_threshold(1)?;
         let drain = async {
             frontend::copy_done(&mut self.wire.wbuf);
             self.wire.send().await?;
