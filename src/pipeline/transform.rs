@@ -44,7 +44,7 @@ pub enum Transform {
     Drop(Vec<Arc<str>>),
     Rename(Vec<(Arc<str>, Arc<str>)>),
     Set(Vec<(Arc<str>, Expr)>),
-    Mask { columns: Vec<Arc<str>>, with: Box<str> },
+    Mask { columns: Vec<Arc<str>>, with: pgfanout_sdk::Text },
     Hash(Vec<Arc<str>>),
 }
 

@@ -158,7 +158,7 @@ fn decode_row(
         }
         let v = match value {
             TupleValue::Null => Value::Null,
-            TupleValue::Text(text) => col.decoder.decode(text)?,
+            TupleValue::Text(text) => col.decoder.decode_shared(text)?,
             TupleValue::UnchangedToast => {
                 if let Some(t) = toast.as_deref_mut() {
                     t.push(col.name.clone());
@@ -246,7 +246,7 @@ pub fn raw_change(rel: &RelationInfo, msg: &LogicalMessage, lsn: Lsn, tx: &TxMet
             let name = rel.columns.get(i).map(|c| c.name.clone()).unwrap_or_else(|| Arc::from(format!("${}", i + 1)));
             match v {
                 TupleValue::Null => row.push(name, Value::Null),
-                TupleValue::Text(b) => row.push(name, Value::String(String::from_utf8_lossy(b).into())),
+                TupleValue::Text(b) => row.push(name, Value::String(String::from_utf8_lossy(b).into_owned().into())),
                 TupleValue::UnchangedToast if toast => unchanged_toast.push(name),
                 TupleValue::UnchangedToast => {}
             }

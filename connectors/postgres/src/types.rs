@@ -12,13 +12,16 @@
 //! the string of its text. Domains use their base type's decoder; enums,
 //! ranges and multiranges are text ([`crate::catalog`] resolves OIDs).
 //!
-//! This is the hot path: scalars cost one allocation (the value's own box),
-//! arrays and composites parse in one pass with one scratch buffer for quoted
-//! elements, and nothing here uses regexes or `format!`.
+//! This is the hot path: [`TypeDecoder::decode_shared`] turns text, number,
+//! json and date columns into slices of the received message (no copy, no
+//! allocation), timestamps cost one allocation, arrays and composites parse
+//! in one pass with one scratch buffer for quoted elements, and nothing here
+//! uses regexes or `format!`.
 
 use std::sync::Arc;
 
-use pgfanout_sdk::Value;
+use bytes::Bytes;
+use pgfanout_sdk::{Text, Value};
 
 use crate::pgoutput::DecodeError;
 
@@ -53,43 +56,82 @@ impl TypeDecoder {
     /// number type), which the server does not produce for a matching type.
     pub fn decode(&self, text: &[u8]) -> Result<Value, DecodeError> {
         match self {
-            TypeDecoder::Text => Ok(Value::String(boxed_str(text))),
-            TypeDecoder::Number => decode_number(text),
-            TypeDecoder::Bool => match text {
-                b"t" => Ok(Value::Bool(true)),
-                b"f" => Ok(Value::Bool(false)),
-                _ => Err(DecodeError::value("bool", text, "expected t or f")),
-            },
+            TypeDecoder::Text => Ok(Value::String(owned_text(text))),
+            TypeDecoder::Number => decode_number(text).map(|kind| kind.wrap(owned_text(text))),
+            TypeDecoder::Bool => decode_bool(text),
             // json keeps its input's spacing; the ends are trimmed so the
             // record stays compact (jsonb text is already canonical).
-            TypeDecoder::Json => Ok(Value::Json(boxed_str(text.trim_ascii()))),
+            TypeDecoder::Json => Ok(Value::Json(owned_text(text.trim_ascii()))),
             // ISO date text is already what to_jsonb writes (BC suffix included).
-            TypeDecoder::Date => Ok(Value::String(boxed_str(text))),
-            TypeDecoder::Timestamp => Ok(Value::String(boxed_str(&iso_to_xsd(text, "timestamp", false)?))),
-            TypeDecoder::Timestamptz => Ok(Value::String(boxed_str(&iso_to_xsd(text, "timestamptz", true)?))),
+            TypeDecoder::Date => Ok(Value::String(owned_text(text))),
+            TypeDecoder::Timestamp => Ok(Value::String(ascii_text(iso_to_xsd(text, "timestamp", false)?))),
+            TypeDecoder::Timestamptz => Ok(Value::String(ascii_text(iso_to_xsd(text, "timestamptz", true)?))),
             TypeDecoder::Array { elem, delim } => decode_array(text, elem, *delim),
             TypeDecoder::Composite { fields } => decode_record(text, fields),
         }
     }
-}
 
-fn boxed_str(b: &[u8]) -> Box<str> {
-    match std::str::from_utf8(b) {
-        Ok(s) => Box::from(s),
-        Err(_) => String::from_utf8_lossy(b).into_owned().into_boxed_str(),
+    /// [`decode`](Self::decode) for text that lives in a shared buffer (a
+    /// received message): values whose JSON is their text (text, numbers,
+    /// json, dates) become slices of it instead of copies.
+    pub fn decode_shared(&self, text: &Bytes) -> Result<Value, DecodeError> {
+        match self {
+            TypeDecoder::Text | TypeDecoder::Date => Ok(Value::String(shared_text(text))),
+            TypeDecoder::Number => decode_number(text).map(|kind| kind.wrap(shared_text(text))),
+            TypeDecoder::Json => Ok(Value::Json(shared_text(&text.slice_ref(text.trim_ascii())))),
+            _ => self.decode(text),
+        }
     }
 }
 
-fn decode_number(text: &[u8]) -> Result<Value, DecodeError> {
+fn decode_bool(text: &[u8]) -> Result<Value, DecodeError> {
     match text {
-        b"NaN" | b"Infinity" | b"-Infinity" => return Ok(Value::String(boxed_str(text))),
-        _ => {}
+        b"t" => Ok(Value::Bool(true)),
+        b"f" => Ok(Value::Bool(false)),
+        _ => Err(DecodeError::value("bool", text, "expected t or f")),
     }
-    if !is_json_number(text) {
-        return Err(DecodeError::value("number", text, "not a JSON number"));
+}
+
+fn owned_text(b: &[u8]) -> Text {
+    match std::str::from_utf8(b) {
+        Ok(s) => Text::from(s),
+        Err(_) => Text::from(String::from_utf8_lossy(b).into_owned()),
     }
-    // Validated ASCII: from_utf8 cannot fail here.
-    Ok(Value::Number(boxed_str(text)))
+}
+
+/// Text this module built (ASCII), without copying it.
+fn ascii_text(b: Vec<u8>) -> Text {
+    Text::from(String::from_utf8(b).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
+}
+
+/// The bytes as text without copying them (a copy with U+FFFD replacements
+/// if they are not UTF-8, which a UTF-8 server encoding never sends).
+fn shared_text(b: &Bytes) -> Text {
+    Text::try_from(b.clone()).unwrap_or_else(|_| Text::from(String::from_utf8_lossy(b).into_owned()))
+}
+
+/// What a number column's text becomes.
+enum NumberKind {
+    Number,
+    /// NaN and the infinities: strings in JSON.
+    NotFinite,
+}
+
+impl NumberKind {
+    fn wrap(self, text: Text) -> Value {
+        match self {
+            NumberKind::Number => Value::Number(text),
+            NumberKind::NotFinite => Value::String(text),
+        }
+    }
+}
+
+fn decode_number(text: &[u8]) -> Result<NumberKind, DecodeError> {
+    match text {
+        b"NaN" | b"Infinity" | b"-Infinity" => Ok(NumberKind::NotFinite),
+        _ if is_json_number(text) => Ok(NumberKind::Number),
+        _ => Err(DecodeError::value("number", text, "not a JSON number")),
+    }
 }
 
 /// True when `b` matches JSON's number grammar (leading zeros in the

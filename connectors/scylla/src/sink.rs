@@ -506,7 +506,7 @@ impl ScyllaSink {
                         Some(r) => {
                             let mut out = Vec::new();
                             r.write_json(&mut out);
-                            Value::String(String::from_utf8_lossy(&out).into())
+                            Value::String(String::from_utf8_lossy(&out).into_owned().into())
                         }
                         None => Value::Null,
                     },

@@ -20,5 +20,5 @@ pub use connector::{Check, ConfigError, ConfiguredSink, Connector, DynSink, Fiel
 pub use lsn::Lsn;
 pub use sink::{BatchOutcome, InFlight, Rejected, Sink, SinkError, SinkRecord};
 pub use template::{Template, TemplateError};
-pub use value::{Row, Value};
+pub use value::{Row, Text, Value};
 pub use verify::{Expected, Verifier};

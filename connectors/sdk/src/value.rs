@@ -10,6 +10,11 @@ use std::sync::Arc;
 
 use crate::json;
 
+/// Immutable UTF-8 text that clones without copying. Values decoded from the
+/// replication stream share its receive buffer (a slice of the message, no
+/// allocation per column); values computed elsewhere own theirs.
+pub type Text = bytestring::ByteString;
+
 /// One column value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
@@ -17,10 +22,10 @@ pub enum Value {
     Bool(bool),
     /// A JSON number exactly as PostgreSQL printed it (integers, finite
     /// floats, numerics of any precision). Always valid JSON number text.
-    Number(Box<str>),
-    String(Box<str>),
+    Number(Text),
+    String(Text),
     /// JSON text from a json or jsonb column; always valid JSON.
-    Json(Box<str>),
+    Json(Text),
     Array(Vec<Value>),
     /// A composite (row) value: attribute names and values, in order.
     Object(Vec<(Arc<str>, Value)>),
