@@ -2,6 +2,7 @@
 //! together, and handles start-up checks and shutdown.
 
 pub mod ack;
+pub mod pins;
 pub mod setup;
 pub mod snapshot;
 pub mod source;

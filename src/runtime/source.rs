@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use pgfanout_postgres::catalog::TypeRegistry;
 use pgfanout_postgres::conn::{connect_sql, PgConnectOptions};
 use pgfanout_postgres::pgoutput::{self, LogicalMessage};
-use pgfanout_postgres::relation::{build_change, build_truncates, raw_change, RelationCache, RelationInfo, TxMeta};
+use pgfanout_postgres::relation::{build_change_with, build_truncates, raw_change, RelationCache, RelationInfo, TxMeta};
 use pgfanout_postgres::replication::{ReplicationClient, ReplicationMessage, ReplicationStream};
 use pgfanout_postgres::slot;
 use pgfanout_postgres::SourceError;
@@ -113,6 +113,10 @@ pub struct SourceLoop {
     backfill_acks: Vec<(u64, oneshot::Sender<usize>, usize)>,
     /// Column types last recorded per table (loaded on first use).
     shapes: Option<crate::backfill::shapes::Shapes>,
+    /// Stream bytes received since start (the offset of the next message).
+    offset: u64,
+    /// What queued records keep of the receive buffers.
+    pins: crate::runtime::pins::Pins,
 }
 
 /// (schema name pointer, table name pointer, op): cheap to hash per change.
@@ -160,6 +164,8 @@ impl SourceLoop {
             sink_names,
             workers,
             local: (0..n).map(|_| Vec::new()).collect(),
+            offset: 0,
+            pins: crate::runtime::pins::Pins::new(n),
             relations: RelationCache::new(),
             types: TypeRegistry::new(),
             tx: None,
@@ -346,6 +352,7 @@ impl SourceLoop {
             match msg {
                 ReplicationMessage::XLogData { wal_start, wal_end, data, .. } => {
                     self.stats.bytes += data.len() as u64;
+                    self.offset += data.len() as u64;
                     self.received = self.received.max(wal_end).max(wal_start);
                     self.handle(data, wal_start, &sql).await?;
                     if self.local.iter().any(|c| c.len() >= self.settings.batch_size) {
@@ -458,7 +465,7 @@ impl SourceLoop {
                 if ordinal < self.skip_below {
                     return Ok(());
                 }
-                match build_change(&rel, &msg, lsn, &tx, ordinal) {
+                match build_change_with(&rel, &msg, lsn, &tx, ordinal, self.pins.mode()) {
                     Ok(change) => {
                         if !self.windows.is_empty() {
                             self.windows.on_change(&change);
@@ -570,6 +577,7 @@ impl SourceLoop {
             match r {
                 Routed::Deliver { sink, record } => {
                     self.unflushed_since.get_or_insert_with(Instant::now);
+                    self.pins.on_record(sink, self.offset);
                     self.local[sink].push(Item::Record(record));
                 }
                 Routed::DeadLetter { pipeline, sink, error, change } => {
@@ -615,6 +623,7 @@ impl SourceLoop {
             match permit {
                 Ok(p) => {
                     self.tx_marks[i] = 0;
+                    self.pins.on_flush(i, &self.local[i]);
                     p.send(std::mem::take(&mut self.local[i]));
                 }
                 Err(_) => return Err(SourceError::permanent(format!("sink {} stopped unexpectedly", self.sink_names[i]))),
@@ -624,6 +633,7 @@ impl SourceLoop {
         if self.tx.is_some() {
             self.tx_flushed = self.ordinal;
         }
+        self.pins.update(self.offset);
         Ok(())
     }
 

@@ -138,6 +138,16 @@ enum Part {
     KeyOnly,
 }
 
+/// Whether decoded values may share the received message's buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Values {
+    /// Text, number, json and date values are slices of the message: no
+    /// copy, but the value keeps the whole receive buffer it came in alive.
+    Shared,
+    /// Every value owns its bytes.
+    Owned,
+}
+
 /// Decodes a tuple into a row. UnchangedToast columns are left out (and
 /// named in `toast` when given); key columns are also copied into `key` when
 /// given.
@@ -147,6 +157,7 @@ fn decode_row(
     part: Part,
     mut toast: Option<&mut Vec<Arc<str>>>,
     mut key: Option<&mut Row>,
+    values: Values,
 ) -> Result<Row, DecodeError> {
     if tuple.0.len() != rel.columns.len() {
         return Err(DecodeError::ColumnCount { relation: rel.qualified_name(), expected: rel.columns.len(), got: tuple.0.len() });
@@ -158,7 +169,8 @@ fn decode_row(
         }
         let v = match value {
             TupleValue::Null => Value::Null,
-            TupleValue::Text(text) => col.decoder.decode_shared(text)?,
+            TupleValue::Text(text) if values == Values::Shared => col.decoder.decode_shared(text)?,
+            TupleValue::Text(text) => col.decoder.decode(text)?,
             TupleValue::UnchangedToast => {
                 if let Some(t) = toast.as_deref_mut() {
                     t.push(col.name.clone());
@@ -187,19 +199,31 @@ fn decode_row(
 /// - `key`: the key columns of `after` (insert, update) or of the old tuple
 ///   (delete); the whole row when the relation has no key columns.
 pub fn build_change(rel: &RelationInfo, msg: &LogicalMessage, lsn: Lsn, tx: &TxMeta, ordinal: u32) -> Result<Change, DecodeError> {
+    build_change_with(rel, msg, lsn, tx, ordinal, Values::Shared)
+}
+
+/// [`build_change`], choosing whether values share the message's buffer.
+pub fn build_change_with(
+    rel: &RelationInfo,
+    msg: &LogicalMessage,
+    lsn: Lsn,
+    tx: &TxMeta,
+    ordinal: u32,
+    values: Values,
+) -> Result<Change, DecodeError> {
     let (op, old, old_is_key, new) = row_parts(msg)?;
     let has_key = rel.has_key();
     let mut unchanged_toast = Vec::new();
     let mut key = has_key.then(|| Row::with_capacity(1));
     let after = match new {
-        Some(t) => Some(decode_row(rel, t, Part::All, Some(&mut unchanged_toast), key.as_mut())?),
+        Some(t) => Some(decode_row(rel, t, Part::All, Some(&mut unchanged_toast), key.as_mut(), values)?),
         None => None,
     };
     let before = match old {
         Some(t) => {
             let part = if old_is_key && has_key { Part::KeyOnly } else { Part::All };
             let key_from_old = if after.is_none() { key.as_mut() } else { None };
-            Some(decode_row(rel, t, part, None, key_from_old)?)
+            Some(decode_row(rel, t, part, None, key_from_old, values)?)
         }
         None => None,
     };
