@@ -15,7 +15,7 @@
 pub mod expr;
 pub mod transform;
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
 use pgfanout_sdk::{Change, Op, SinkRecord};
@@ -63,14 +63,16 @@ fn op_bit(op: Op) -> u8 {
 }
 
 /// table -> indices into `Router::routes` of the pipelines reading it.
-type TableRoutes = HashMap<Arc<str>, Box<[u32]>>;
+type TableRoutes = FxHashMap<Arc<str>, Box<[u32]>>;
 
 /// Routes changes through the configured pipelines. See the module docs.
 pub struct Router {
     routes: Vec<Route>,
     sinks: Vec<String>,
     /// schema -> table -> indices into `routes` (in pipeline order).
-    by_table: HashMap<Arc<str>, TableRoutes>,
+    /// Per schema and table, the routes reading it (Fx hashing: looked up
+    /// for every change).
+    by_table: FxHashMap<Arc<str>, TableRoutes>,
     env: Arc<cel::Env>,
 }
 
@@ -135,7 +137,7 @@ impl Router {
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
-        Ok(Router { routes, sinks, by_table: HashMap::new(), env: expr::new_env() })
+        Ok(Router { routes, sinks, by_table: FxHashMap::default(), env: expr::new_env() })
     }
 
     /// Table patterns of all pipelines (for the publication), deduplicated,

@@ -128,7 +128,7 @@ type ChangeCount = (Arc<str>, Arc<str>, u64);
 struct Stats {
     bytes: u64,
     transactions: u64,
-    changes: HashMap<ChangeKey, ChangeCount>,
+    changes: rustc_hash::FxHashMap<ChangeKey, ChangeCount>,
 }
 
 impl SourceLoop {

@@ -10,7 +10,7 @@
 //! absent from `after` and listed, `before` is only what the server sent, and
 //! `key` is the replica identity.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
 use pgfanout_sdk::{Change, Lsn, Op, Row, Value};
@@ -57,7 +57,7 @@ pub struct ColumnInfo {
 /// Relation OID -> latest shape.
 #[derive(Debug, Default)]
 pub struct RelationCache {
-    relations: HashMap<u32, Arc<RelationInfo>>,
+    relations: FxHashMap<u32, Arc<RelationInfo>>,
 }
 
 impl RelationCache {
