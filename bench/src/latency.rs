@@ -1,5 +1,5 @@
-//! Latency at a steady rate: 5,000 changes/s (50-row transactions every
-//! 10 ms) for `--latency-seconds`, measured per change from its commit in
+//! Latency at steady rates: 5,000 and 20,000 changes/s (50- and 200-row
+//! transactions every 10 ms) for `--latency-seconds` each, measured per change from its commit in
 //! PostgreSQL to the moment it is durable in the sink, observed from outside
 //! pgfanout:
 //!
@@ -36,9 +36,9 @@ use crate::resp;
 use crate::throughput::Ctx;
 use crate::tools::{Fanout, FanoutConfig};
 
-const RATE: u64 = 5_000;
+/// Changes per second offered, one run set per rate.
+const RATES: [u64; 2] = [5_000, 20_000];
 const TICK_MS: u64 = 10;
-const ROWS_PER_TICK: u64 = RATE * TICK_MS / 1000;
 
 /// The sinks latency is measured for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,11 +66,16 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
         sinks.push(LatSink::Redis);
     }
     let mut figures = Vec::new();
-    for sink in sinks {
-        let name = match sink {
-            LatSink::File => "latency, file",
-            LatSink::Redis => "latency, redis",
-        };
+    for (rate_offered, sink) in RATES.into_iter().flat_map(|r| sinks.iter().map(move |&s| (r, s))) {
+        let name = format!(
+            "latency {}k/s, {}",
+            rate_offered / 1000,
+            match sink {
+                LatSink::File => "file",
+                LatSink::Redis => "redis",
+            }
+        );
+        let name = name.as_str();
         let mut p50 = Figure::new(name, "commit→durable p50", "ms", Better::Lower);
         let mut p99 = Figure::new(name, "commit→durable p99", "ms", Better::Lower).with_goal(Goal::AtMost(50.0));
         let mut max = Figure::new(name, "commit→durable max", "ms", Better::Lower);
@@ -78,7 +83,7 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
         let mut cpu = Figure::new(name, "CPU per row", "µs", Better::Lower);
         let mut rss = Figure::new(name, "peak RSS", "MB", Better::Lower).with_goal(Goal::AtMost(32.0));
         for run in 0..ctx.runs {
-            let r = one_run(ctx, &db, sink, run).await?;
+            let r = one_run(ctx, &db, sink, rate_offered, run).await?;
             eprintln!(
                 "  {name} run {}/{}: {} samples at {:.0} rows/s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, {:.2} µs CPU/row, {} MB",
                 run + 1,
@@ -113,9 +118,10 @@ struct RunResult {
     rss_mb: f64,
 }
 
-async fn one_run(ctx: &Ctx, db: &Db, sink: LatSink, run: usize) -> Result<RunResult> {
+async fn one_run(ctx: &Ctx, db: &Db, sink: LatSink, rate: u64, run: usize) -> Result<RunResult> {
     db.exec("TRUNCATE bench_lat").await?;
-    let slot = format!("lat_{}_{run}", if sink == LatSink::File { "file" } else { "redis" });
+    let rows_per_tick = rate * TICK_MS / 1000;
+    let slot = format!("lat_{}_{rate}_{run}", if sink == LatSink::File { "file" } else { "redis" });
     db.prepare_drain(&[]).await?;
     db.create_slot(&slot).await?;
     let out = ctx.dir.join(format!("{slot}.jsonl"));
@@ -150,7 +156,7 @@ async fn one_run(ctx: &Ctx, db: &Db, sink: LatSink, run: usize) -> Result<RunRes
     fanout.wait_confirmed(db, &slot, end, Duration::from_secs(60)).await?;
     let before = fanout.usage()?;
 
-    // Steady load: ROWS_PER_TICK rows in one transaction every TICK_MS.
+    // Steady load: rows_per_tick rows in one transaction every TICK_MS.
     let insert = db
         .client
         .prepare("INSERT INTO bench_lat SELECT g, (g % 1000)::int, 'note ' || g FROM generate_series($1::bigint, $2::bigint) g")
@@ -162,12 +168,12 @@ async fn one_run(ctx: &Ctx, db: &Db, sink: LatSink, run: usize) -> Result<RunRes
     let gen_start_us = now_us();
     for t in 0..ticks {
         interval.tick().await;
-        let first = (t * ROWS_PER_TICK + 1) as i64;
-        let last = first + ROWS_PER_TICK as i64 - 1;
+        let first = (t * rows_per_tick + 1) as i64;
+        let last = first + rows_per_tick as i64 - 1;
         db.client.execute(&insert, &[&first, &last]).await?;
     }
     let load_secs = load_start.elapsed().as_secs_f64();
-    let rows = ticks * ROWS_PER_TICK;
+    let rows = ticks * rows_per_tick;
     let end = db.end_lsn().await?;
     fanout.wait_confirmed(db, &slot, end, Duration::from_secs(120)).await?;
     let after = fanout.usage()?;

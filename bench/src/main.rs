@@ -49,7 +49,7 @@ struct Args {
     /// Runs of each workload (medians and spreads are over these).
     #[arg(long, default_value_t = 3)]
     runs: usize,
-    /// Seconds of steady 5,000 changes/s load per latency run.
+    /// Seconds of steady load (5,000 and 20,000 changes/s) per latency run.
     #[arg(long, default_value_t = 60)]
     latency_seconds: u64,
     /// Also write the results as JSON to this file.
@@ -186,7 +186,7 @@ async fn run(args: Args, workloads: Vec<String>, bin: PathBuf) -> Result<()> {
 
     println!("\n{}", report::table(&figures, args.runs));
     println!(
-        "rows per throughput workload: {}; runs: {}; latency: 5,000 rows/s for {} s per run{}",
+        "rows per throughput workload: {}; runs: {}; latency: 5,000 and 20,000 rows/s for {} s per run{}",
         args.rows,
         args.runs,
         args.latency_seconds,
