@@ -1,7 +1,8 @@
 //! Just enough of the Redis protocol (RESP2) for the benchmark: send a
 //! command, read a reply, and read pub/sub messages. The benchmark only needs
-//! FLUSHALL, CONFIG SET, DBSIZE and SUBSCRIBE, so a full client is not worth
-//! a dependency.
+//! a few commands (FLUSHALL, CONFIG SET, SUBSCRIBE, and the Redis ceiling's
+//! reads and pipelined EVALSHA calls), so a full client is not worth a
+//! dependency.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -49,13 +50,12 @@ impl Conn {
 
     /// Sends a command without reading the reply.
     pub fn send(&mut self, args: &[&str]) -> Result<()> {
-        let mut buf = format!("*{}\r\n", args.len()).into_bytes();
-        for a in args {
-            buf.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-            buf.extend_from_slice(a.as_bytes());
-            buf.extend_from_slice(b"\r\n");
-        }
-        self.writer.write_all(&buf).context("write to redis")
+        self.send_raw(&encode(args))
+    }
+
+    /// Sends a command already encoded with [`encode`].
+    pub fn send_raw(&mut self, command: &[u8]) -> Result<()> {
+        self.writer.write_all(command).context("write to redis")
     }
 
     /// Reads one reply (blocking).
@@ -92,6 +92,17 @@ impl Conn {
             _ => bail!("unexpected redis reply {line:?}"),
         })
     }
+}
+
+/// A command as RESP bytes.
+pub fn encode(args: &[&str]) -> Vec<u8> {
+    let mut buf = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        buf.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        buf.extend_from_slice(a.as_bytes());
+        buf.extend_from_slice(b"\r\n");
+    }
+    buf
 }
 
 /// The payload of a pub/sub `message` push (`[message, channel, payload]`).

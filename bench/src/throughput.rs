@@ -76,12 +76,20 @@ pub async fn run(ctx: &Ctx, spec: &Spec) -> Result<Vec<Figure>> {
     if let Some(g) = cpu_goal {
         cpu = cpu.with_goal(g);
     }
-    // Kafka: the broker's own ceiling for the same records (issue 16)
-    let mut ceiling = (spec.sink == SinkKind::Kafka).then(|| {
-        Figure::new(&format!("{} vs the broker's ceiling", spec.name), "throughput", "rows/s", Better::Higher)
-            .with_baseline("kafka-producer-perf-test")
-            .with_goal(Goal::RatioAtLeast(0.8))
-    });
+    // Kafka and Redis: the store's own ceiling for the same records (issue 16)
+    let mut ceiling = match spec.sink {
+        SinkKind::Kafka => Some(
+            Figure::new(&format!("{} vs the broker's ceiling", spec.name), "throughput", "rows/s", Better::Higher)
+                .with_baseline("kafka-producer-perf-test")
+                .with_goal(Goal::RatioAtLeast(0.8)),
+        ),
+        SinkKind::Redis => Some(
+            Figure::new(&format!("{} vs the server's ceiling", spec.name), "throughput", "rows/s", Better::Higher)
+                .with_baseline("pipelined EVALSHA loader")
+                .with_goal(Goal::RatioAtLeast(0.8)),
+        ),
+        SinkKind::File => None,
+    };
 
     let db = Db::start(&ctx.pg(&[])).await?;
     let table = spec.shape.table();
@@ -126,13 +134,21 @@ pub async fn run(ctx: &Ctx, spec: &Spec) -> Result<Vec<Figure>> {
         }
         let (Some(f), Some(r)) = (fanout, recv) else { bail!("a drain did not run") };
         if let Some(fig) = ceiling.as_mut() {
-            let k = ctx.kafka.as_ref().context("the Kafka broker is not running")?;
-            tools::quiet_before("kafka-producer-perf-test").await;
-            let rate = kafka_ceiling(k, &ctx.dir, &format!("bench-run{run}"), &format!("ceiling-run{run}"), changes)?;
-            eprintln!(
-                "    kafka-producer-perf-test: {rate:.0} rows/s with the same values (acks=all, idempotence on); pgfanout {:.3}x",
-                changes as f64 / f.seconds / rate
-            );
+            let rate = if spec.sink == SinkKind::Kafka {
+                let k = ctx.kafka.as_ref().context("the Kafka broker is not running")?;
+                tools::quiet_before("kafka-producer-perf-test").await;
+                let rate = kafka_ceiling(k, &ctx.dir, &format!("bench-run{run}"), &format!("ceiling-run{run}"), changes)?;
+                eprintln!("    kafka-producer-perf-test: {rate:.0} rows/s with the same values (acks=all, idempotence on)");
+                rate
+            } else {
+                let r = ctx.redis.as_ref().context("redis-server is not running")?;
+                let calls = redis_ceiling_calls(r.port, changes)?;
+                tools::quiet_before("the plain Redis loader").await;
+                let rate = redis_ceiling(r.port, calls, changes)?;
+                eprintln!("    plain Redis loader: {rate:.0} rows/s with the same EVALSHA calls");
+                rate
+            };
+            eprintln!("    pgfanout {:.3}x the store's ceiling", changes as f64 / f.seconds / rate);
             fig.pgfanout.push(changes as f64 / f.seconds);
             fig.baseline.push(rate);
         }
@@ -224,6 +240,109 @@ fn kafka_ceiling(broker: &testkit::KafkaBroker, dir: &Path, from: &str, to: &str
         .and_then(|v| v.trim().parse::<f64>().ok())
         .with_context(|| format!("cannot read the rate in {last:?}"))?;
     Ok(rate)
+}
+
+/// The script pgfanout's Redis sink applies every record with.
+const REDIS_APPLY_LUA: &str = include_str!("../../connectors/redis/src/apply.lua");
+/// Records per `EVALSHA` call and connections: the Redis sink's defaults.
+const REDIS_RECORDS_PER_CALL: usize = 500;
+const REDIS_CONNECTIONS: usize = 2;
+/// Calls each loader connection keeps in flight.
+const REDIS_WINDOW: usize = 4;
+
+/// The Redis sink's commands for the records pgfanout just wrote, pre-encoded
+/// as RESP, per connection: each `bench:{id}` hash read back (fields and
+/// values as pgfanout wrote them) with its version, written again as the
+/// same `EVALSHA apply.lua` operation ("H", whole key, same version, same
+/// arguments) to `ceiling:{id}`, 500 records per call. Built before the
+/// clock starts.
+fn redis_ceiling_calls(port: u16, records: u64) -> Result<Vec<Vec<Vec<u8>>>> {
+    let mut c = resp::Conn::connect(port)?;
+    let sha = match c.cmd(&["SCRIPT", "LOAD", REDIS_APPLY_LUA])? {
+        resp::Reply::Bulk(Some(b)) => String::from_utf8(b)?,
+        other => bail!("SCRIPT LOAD answered {other:?}"),
+    };
+    let mut ops: Vec<Vec<String>> = Vec::with_capacity(records as usize);
+    const READ_AHEAD: u64 = 1_000;
+    let mut id = 1;
+    while id <= records {
+        let last = (id + READ_AHEAD - 1).min(records);
+        for i in id..=last {
+            c.send(&["HGETALL", &format!("bench:{i}")])?;
+            c.send(&["HGET", &format!("pgfanout:v:bench:{i}"), "_key"])?;
+        }
+        for i in id..=last {
+            let fields = match c.read()? {
+                resp::Reply::Array(items) => items,
+                other => bail!("HGETALL bench:{i} answered {other:?}"),
+            };
+            let version = match c.read()? {
+                resp::Reply::Bulk(Some(v)) => String::from_utf8(v)?,
+                other => bail!("no version for bench:{i}: {other:?}"),
+            };
+            // code, key, sub, version, ttl, nargs, then the arguments: the
+            // number of field/value items, the items (no NULL columns to drop).
+            let n = fields.len();
+            let mut op =
+                vec!["H".to_string(), format!("ceiling:{i}"), "_key".into(), version, "0".into(), (n + 1).to_string(), n.to_string()];
+            for f in fields {
+                match f {
+                    resp::Reply::Bulk(Some(b)) => op.push(String::from_utf8(b)?),
+                    other => bail!("HGETALL bench:{i} item {other:?}"),
+                }
+            }
+            ops.push(op);
+        }
+        id = last + 1;
+    }
+    let mut lanes: Vec<Vec<Vec<u8>>> = vec![Vec::new(); REDIS_CONNECTIONS];
+    for (n, call) in ops.chunks(REDIS_RECORDS_PER_CALL).enumerate() {
+        let mut args: Vec<&str> = vec!["EVALSHA", &sha, "0", "pgfanout:v:", "86400"];
+        for op in call {
+            args.extend(op.iter().map(String::as_str));
+        }
+        lanes[n % REDIS_CONNECTIONS].push(resp::encode(&args));
+    }
+    Ok(lanes)
+}
+
+/// Sends the pre-encoded calls, one thread per connection with
+/// `REDIS_WINDOW` calls in flight each; rows per second until every reply is
+/// in (each must report every operation applied).
+fn redis_ceiling(port: u16, lanes: Vec<Vec<Vec<u8>>>, records: u64) -> Result<f64> {
+    let started = Instant::now();
+    let handles: Vec<_> = lanes
+        .into_iter()
+        .map(|calls| {
+            std::thread::spawn(move || -> Result<u64> {
+                let mut c = resp::Conn::connect(port)?;
+                let mut applied = 0u64;
+                let mut sent = 0;
+                let mut read = 0;
+                while read < calls.len() {
+                    while sent < calls.len() && sent - read < REDIS_WINDOW {
+                        c.send_raw(&calls[sent])?;
+                        sent += 1;
+                    }
+                    match c.read()? {
+                        resp::Reply::Array(items) => applied += items.iter().filter(|r| **r == resp::Reply::Int(1)).count() as u64,
+                        other => bail!("EVALSHA answered {other:?}"),
+                    }
+                    read += 1;
+                }
+                Ok(applied)
+            })
+        })
+        .collect();
+    let mut applied = 0;
+    for h in handles {
+        applied += h.join().map_err(|_| anyhow::anyhow!("a Redis loader thread panicked"))??;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    if applied != records {
+        bail!("the plain Redis loader applied {applied} of {records} records");
+    }
+    Ok(records as f64 / seconds)
 }
 
 fn fanout_config<'a>(ctx: &Ctx, spec: &Spec, slot: &'a str, run: usize) -> Result<FanoutConfig<'a>> {
