@@ -54,6 +54,10 @@ pub struct ReplicationStream {
     wake_threshold: usize,
     /// Socket reads that brought data.
     reads: u64,
+    /// When the last read that brought data returned, and when the run of
+    /// reads it belongs to began (reads less than four intervals apart).
+    last_read: Option<Instant>,
+    burst_start: Option<Instant>,
 }
 
 impl ReplicationStream {
@@ -69,12 +73,18 @@ impl ReplicationStream {
             read_again_at: None,
             wake_threshold: 1,
             reads: 0,
+            last_read: None,
+            burst_start: None,
         }
     }
 
     /// Reads the socket at most once per `every` while changes stream in
     /// (zero, the default: as soon as anything arrives). Plain TCP only;
     /// TLS and Unix-socket connections read as soon as anything arrives.
+    /// Only a sustained stream is coalesced: reads keep coming for four
+    /// intervals with no gap of four intervals (or one read brings 64 kB);
+    /// a short burst, such as one transaction now and then, is read as it
+    /// arrives and waits for no timer.
     ///
     /// The walsender sends every change on its own, and a reader that keeps
     /// up wakes for a few of them at a time (about 8 rows of 150 bytes per
@@ -121,9 +131,22 @@ impl ReplicationStream {
             }
         };
         self.reads += 1;
-        if !self.coalesce.is_zero() && self.wire.can_coalesce() {
+        if self.coalesce.is_zero() || !self.wire.can_coalesce() {
+            return Ok(());
+        }
+        // Coalesce only a sustained stream: reads for four intervals with no
+        // gap of four intervals. A burst shorter than that (a transaction
+        // now and then) is read as it arrives, so it waits for no timer.
+        let now = Instant::now();
+        let span = self.coalesce * 4;
+        if self.last_read.is_none_or(|t| now.duration_since(t) > span) {
+            self.burst_start = Some(now);
+        }
+        self.last_read = Some(now);
+        let sustained = self.burst_start.is_some_and(|t| now.duration_since(t) >= span);
+        if sustained || n >= BIG_READ || self.read_again_at.is_some() {
             let pause = if n < BIG_READ { self.coalesce } else { Duration::ZERO };
-            self.read_again_at = Some(Instant::now() + pause);
+            self.read_again_at = Some(now + pause);
             self.set_wake_threshold(BIG_READ)?;
         }
         Ok(())
