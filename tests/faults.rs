@@ -15,6 +15,17 @@ async fn cluster(db: &str) -> (PgCluster, tokio_postgres::Client) {
     (pg, c)
 }
 
+/// The events/counters schema in database `name`, streamed by a daemon
+/// (slot `name`) into a file sink; the daemon may not be streaming yet.
+async fn stream_events_to_file(name: &str) -> (PgCluster, tokio_postgres::Client, tempfile::TempDir, std::path::PathBuf, Daemon) {
+    let (pg, c) = cluster(name).await;
+    c.batch_execute(SCHEMA).await.unwrap();
+    let dir = scratch();
+    let out = out_path(dir.path(), name);
+    let d = Daemon::start(bin(), dir.path(), name, &file_config(&pg, name, name, &["public.events", "public.counters"], &out));
+    (pg, c, dir, out, d)
+}
+
 /// Workload: `txns` transactions, each appending one event and bumping a
 /// counter on one of 20 keys. Returns nothing; the tables are the truth.
 async fn workload(c: &tokio_postgres::Client, txns: usize, pause_every: usize) {
@@ -142,11 +153,7 @@ async fn sigkill_and_restart_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn survives_walsender_termination_and_server_restart() {
-    let (pg, c) = cluster("term").await;
-    c.batch_execute(SCHEMA).await.unwrap();
-    let dir = scratch();
-    let out = out_path(dir.path(), "term");
-    let d = Daemon::start(bin(), dir.path(), "term", &file_config(&pg, "term", "term", &["public.events", "public.counters"], &out));
+    let (pg, c, _dir, out, d) = stream_events_to_file("term").await;
     testkit::wait_for(Duration::from_secs(30), "slot active", || async {
         c.query_one("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'term' AND active", &[]).await.unwrap().get::<_, i64>(0)
             == 1
@@ -275,11 +282,7 @@ async fn million_row_transaction_streams_with_bounded_memory() {
 /// completed again).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconnect_resumes_after_what_was_received() {
-    let (pg, c) = cluster("resume").await;
-    c.batch_execute(SCHEMA).await.unwrap();
-    let dir = scratch();
-    let out = out_path(dir.path(), "resume");
-    let d = Daemon::start(bin(), dir.path(), "resume", &file_config(&pg, "resume", "resume", &["public.events", "public.counters"], &out));
+    let (pg, c, _dir, out, d) = stream_events_to_file("resume").await;
     testkit::wait_for(Duration::from_secs(30), "slot", || async { confirmed_flush(&c, "resume").await > 0 }).await;
     let writer = {
         let c2 = pg.client("resume").await;
@@ -307,11 +310,7 @@ async fn a_reconnect_resumes_after_what_was_received() {
 /// skipped, so every change arrives exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_cut_off_by_a_reconnect_arrives_once() {
-    let (pg, c) = cluster("cutoff").await;
-    c.batch_execute(SCHEMA).await.unwrap();
-    let dir = scratch();
-    let out = out_path(dir.path(), "cutoff");
-    let d = Daemon::start(bin(), dir.path(), "cutoff", &file_config(&pg, "cutoff", "cutoff", &["public.events", "public.counters"], &out));
+    let (_pg, c, _dir, out, d) = stream_events_to_file("cutoff").await;
     testkit::wait_for(Duration::from_secs(30), "slot", || async { confirmed_flush(&c, "cutoff").await > 0 }).await;
     const ROWS: usize = 300_000;
     c.batch_execute(&format!("INSERT INTO events(k) SELECT g % 20 FROM generate_series(1, {ROWS}) g")).await.unwrap();

@@ -70,10 +70,11 @@ pub struct PostgresSourceConfig {
     /// so that a server sending no keepalives still lets the slot advance.
     #[serde(default, with = "units::option_duration")]
     pub heartbeat_interval: Option<Duration>,
-    /// After a small read from the replication connection, wait this long
-    /// before reading again so that one read takes many changes (fewer
-    /// wake-ups per change; adds at most this latency). `0ms` reads as soon
-    /// as anything arrives.
+    /// While changes stream in without pause (reads for 4 such intervals),
+    /// read the replication connection at most once per this interval so
+    /// that one read takes many changes (fewer wake-ups per change; a
+    /// sustained stream waits at most about two intervals, a transaction now
+    /// and then none). `0ms` reads as soon as anything arrives.
     #[serde(default = "default_read_coalesce", with = "units::duration")]
     pub read_coalesce: Duration,
     /// Connections the initial snapshot reads with (tables and ctid ranges in parallel).
