@@ -13,6 +13,7 @@
 
 mod db;
 mod feed;
+mod graph;
 mod latency;
 mod load;
 mod procstat;
@@ -33,14 +34,14 @@ use crate::load::Shape;
 use crate::report::{Better, Figure};
 use crate::throughput::{Ctx, SinkKind, Spec};
 
-const ALL_WORKLOADS: &[&str] = &["stream-big", "stream-small", "mixed", "redis", "kafka", "search", "feed", "latency", "snapshot"];
+const ALL_WORKLOADS: &[&str] = &["stream-big", "stream-small", "mixed", "redis", "kafka", "search", "feed", "graph", "latency", "snapshot"];
 
 /// Benchmark pgfanout against pg_recvlogical on this machine.
 #[derive(Parser, Debug)]
 #[command(name = "pgfanout-bench", version)]
 struct Args {
     /// Comma-separated workloads: stream-big, stream-small, mixed, redis,
-    /// kafka, search, feed, latency, snapshot (default: all).
+    /// kafka, search, feed, graph, latency, snapshot (default: all).
     #[arg(long, value_delimiter = ',')]
     workloads: Vec<String>,
     /// Row changes per throughput workload.
@@ -171,6 +172,8 @@ async fn run(args: Args, workloads: Vec<String>, bin: PathBuf) -> Result<()> {
             "kafka" => Ok(vec![not_available("kafka (native)", "n/a: Kafka not installed (scripts/install-jvm-servers.sh kafka)")]),
             "search" => search::run(&ctx).await,
             "feed" => feed::run(&ctx).await,
+            "graph" if jvm_installed("neo4j") => graph::run(&ctx).await,
+            "graph" => Ok(vec![not_available("graph (neo4j)", "n/a: Neo4j not installed (scripts/install-jvm-servers.sh neo4j)")]),
             "latency" => latency::run(&ctx).await,
             "snapshot" => snapshot::run(&ctx).await,
             _ => unreachable!("checked above"),
@@ -216,7 +219,12 @@ fn first_line(s: &str) -> String {
 
 /// Whether `scripts/install-jvm-servers.sh` installed Apache Kafka.
 fn kafka_installed() -> bool {
-    testkit::jvm::cache_root().join("kafka/.installed").exists()
+    jvm_installed("kafka")
+}
+
+/// Whether `scripts/install-jvm-servers.sh` installed the server `name`.
+fn jvm_installed(name: &str) -> bool {
+    testkit::jvm::cache_root().join(name).join(".installed").exists()
 }
 
 /// Builds `pgfanout` in release mode (a no-op when up to date) and returns

@@ -1,0 +1,166 @@
+//! The graph workload: pgfanout streaming `bench_rows` inserts into Neo4j as
+//! nodes (`type: neo4j`, `node: { label, key: { id: id } }`, every column a
+//! property), against the store's own ceiling on this machine: a plain
+//! `neo4rs` client sending the same rows as the same
+//! `UNWIND $rows AS row MERGE (n:Label {id: row.k.id}) WITH n, row WHERE
+//! <version guard> SET n += row.p, ...` statement, with the same batch size
+//! (1,000 rows per statement, one statement per transaction, one
+//! transaction at a time, as the sink writes), the rows built before the
+//! clock starts. Both labels have the same key index (the sink creates its own at start). The store is
+//! Neo4j 5.26 Community (testkit::Neo4jServer, 512 MB heap).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use neo4rs::{query, BoltList, BoltMap, BoltString, BoltType, ConfigBuilder, Graph};
+
+use crate::db::{Db, PUBLICATION};
+use crate::load::Shape;
+use crate::report::Figure;
+use crate::throughput::Ctx;
+use crate::tools::{self, FanoutConfig};
+
+const LABEL: &str = "graph (neo4j)";
+/// Rows per `UNWIND` statement and per transaction, for both tools.
+const BATCH: usize = 1000;
+
+pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
+    let server = tokio::task::spawn_blocking(testkit::Neo4jServer::start).await?;
+    let config = ConfigBuilder::new()
+        .uri(server.uri())
+        .user(server.user.as_str())
+        .password(server.password.as_str())
+        .db(server.database.as_str())
+        .max_connections(2)
+        .build()?;
+    let graph = Graph::connect(config).await.context("connect to Neo4j")?;
+    let db = Db::start(&ctx.pg(&[])).await?;
+    db.exec(&Shape::Big.ddl()).await?;
+    db.exec(&format!("CREATE PUBLICATION {PUBLICATION} FOR TABLE {}", Shape::Big.table())).await?;
+    let mut figures = Vec::new();
+    // Both transaction shapes (see `tools::store_shapes`).
+    for (shape_no, (label, shape)) in tools::store_shapes(LABEL).into_iter().enumerate() {
+        eprintln!("  {label}:");
+        let mut figs = tools::StoreFigures::new(&label, "plain UNWIND ... MERGE client");
+        let changes = shape.changes(ctx.rows);
+        let timeout = Duration::from_secs(900.max(changes / 200));
+        for run in 0..ctx.runs {
+            let (fan_label, plain_label) = (format!("RowFanout{shape_no}_{run}"), format!("RowPlain{shape_no}_{run}"));
+            // The sink creates its label's index at start (create_indexes).
+            graph.run(query(&format!("CREATE INDEX IF NOT EXISTS FOR (n:{plain_label}) ON (n.id)"))).await?;
+            db.exec(&shape.reset_sql(ctx.rows)).await?;
+            db.prepare_drain(&[]).await?;
+            let slot = format!("pgf_graph_{run}");
+            db.create_slot(&slot).await?;
+            db.exec(&shape.load_sql(ctx.rows)).await?;
+            let end = db.end_lsn().await?;
+            let cfg = FanoutConfig {
+                slot: &slot,
+                table: shape.table(),
+                sink: format!(
+                    "{{ type: neo4j, uri: \"{}\", user: {}, password: {}, database: {}, max_batch: {BATCH} }}",
+                    server.uri(),
+                    server.user,
+                    server.password,
+                    server.database
+                ),
+                mapping: format!("    neo4j: {{ node: {{ label: {fan_label}, key: {{ id: id }} }} }}\n"),
+                http_listen: None,
+                batch_size: Some(BATCH),
+            };
+            let (f, (plain, plain_cpu)) = tools::measure_both(
+                run,
+                tools::drain_pgfanout(&ctx.bin, &ctx.dir, &db, &cfg, end, timeout),
+                plain_load(&db, &graph, shape, &plain_label),
+            )
+            .await?;
+            for l in [&fan_label, &plain_label] {
+                let n = count(&graph, l).await?;
+                if n != changes {
+                    bail!("label {l} has {n} nodes, expected {changes}");
+                }
+            }
+            figs.record(changes, &f, plain, plain_cpu);
+            db.drop_slot(&slot).await?;
+            for l in [&fan_label, &plain_label] {
+                delete_label(&graph, l).await?;
+            }
+        }
+        figures.extend(figs.into_figures());
+    }
+    drop(graph);
+    drop(server);
+    Ok(figures)
+}
+
+/// The plain loader: the table's rows as the sink's parameter rows
+/// (`{k: {id}, p: {every column}, v: version}`, numbers as integers and
+/// floats, timestamps as to_jsonb text), built before the clock starts, sent
+/// `BATCH` per statement and transaction. Returns (seconds, CPU seconds of
+/// this process).
+async fn plain_load(db: &Db, graph: &Graph, shape: Shape, label: &str) -> Result<(f64, f64)> {
+    let rows = db
+        .client
+        .query(
+            &format!("SELECT id, account, name, amount::float8, to_jsonb(created_at) #>> '{{}}', note FROM {} ORDER BY id", shape.table()),
+            &[],
+        )
+        .await?;
+    let batches: Vec<BoltType> = rows
+        .chunks(BATCH)
+        .enumerate()
+        .map(|(b, chunk)| {
+            let list: Vec<BoltType> = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    let id: i64 = r.get(0);
+                    let mut p = BoltMap::new();
+                    p.put(BoltString::from("id"), BoltType::from(id));
+                    p.put(BoltString::from("account"), BoltType::from(r.get::<_, i32>(1) as i64));
+                    p.put(BoltString::from("name"), BoltType::from(r.get::<_, String>(2)));
+                    p.put(BoltString::from("amount"), BoltType::from(r.get::<_, f64>(3)));
+                    p.put(BoltString::from("created_at"), BoltType::from(r.get::<_, String>(4)));
+                    p.put(BoltString::from("note"), BoltType::from(r.get::<_, String>(5)));
+                    let mut k = BoltMap::new();
+                    k.put(BoltString::from("id"), BoltType::from(id));
+                    let mut row = BoltMap::new();
+                    row.put(BoltString::from("k"), BoltType::Map(k));
+                    row.put(BoltString::from("p"), BoltType::Map(p));
+                    row.put(BoltString::from("v"), BoltType::from(format!("{:020}{:010}", 1_000_000 + b, i)));
+                    BoltType::Map(row)
+                })
+                .collect();
+            BoltType::List(BoltList::from(list))
+        })
+        .collect();
+    drop(rows);
+    let statement = format!(
+        "UNWIND $rows AS row MERGE (n:{label} {{id: row.k.id}}) WITH n, row \
+         WHERE n._pgfanout_version IS NULL OR n._pgfanout_version <= row.v \
+         SET n += row.p, n._pgfanout_version = row.v"
+    );
+    let cpu_before = crate::procstat::cpu_seconds(std::process::id()).unwrap_or(0.0);
+    let started = Instant::now();
+    for rows in batches {
+        let mut txn = graph.start_txn().await?;
+        txn.run(query(&statement).param("rows", rows)).await.context("plain loader statement")?;
+        txn.commit().await?;
+    }
+    let plain = started.elapsed().as_secs_f64();
+    let plain_cpu = crate::procstat::cpu_seconds(std::process::id()).unwrap_or(0.0) - cpu_before;
+    Ok((plain, plain_cpu))
+}
+
+async fn count(graph: &Graph, label: &str) -> Result<u64> {
+    let mut result = graph.execute(query(&format!("MATCH (n:{label}) RETURN count(n) AS n"))).await?;
+    let row = result.next().await?.context("count returned no row")?;
+    Ok(row.get::<i64>("n")? as u64)
+}
+
+/// Deletes a label's nodes in transactions of 10,000 (one delete of a
+/// million nodes would need more heap than the test server has).
+async fn delete_label(graph: &Graph, label: &str) -> Result<()> {
+    graph.run(query(&format!("MATCH (n:{label}) CALL {{ WITH n DETACH DELETE n }} IN TRANSACTIONS OF 10000 ROWS"))).await?;
+    Ok(())
+}
