@@ -53,6 +53,11 @@ pub struct Neo4jSinkConfig {
     /// (default true). Without them every MERGE scans its label.
     #[serde(default = "default_true")]
     pub create_indexes: bool,
+    /// Batches in flight at once (default 2; 1: one batch at a time). The
+    /// next batch is encoded while the one before it is being written; their
+    /// transactions still run one after the other, in order.
+    #[serde(default = "default_in_flight_batches")]
+    pub in_flight_batches: usize,
 }
 
 fn default_max_batch() -> usize {
@@ -62,6 +67,9 @@ fn default_fetch_size() -> usize {
     200
 }
 fn default_max_connections() -> usize {
+    2
+}
+fn default_in_flight_batches() -> usize {
     2
 }
 fn default_true() -> bool {
@@ -184,6 +192,9 @@ impl Neo4jSinkConfig {
         }
         if self.fetch_size == 0 {
             err("fetch_size", "must be at least 1".into());
+        }
+        if self.in_flight_batches == 0 || self.in_flight_batches > 64 {
+            err("in_flight_batches", "must be between 1 and 64".into());
         }
         if self.max_connections == 0 || self.max_connections > 64 {
             err("max_connections", "must be between 1 and 64".into());

@@ -10,12 +10,26 @@
 //! (a record the server refuses) rolls back and the batch is replayed record
 //! by record, each in its own transaction, so only the failing records are
 //! rejected (and dead-lettered by the runtime).
+//!
+//! Pipelining (`in_flight_batches`, default 2): `submit` encodes a batch on
+//! the worker while the batch before it is being written; each batch's
+//! transaction runs in a task of its own that starts only once the one
+//! before it has committed, so transactions still run one at a time, in
+//! order. A batch that fails stops the chain: every batch behind it reports
+//! itself failed without running, and the next `submit` is refused, which
+//! makes the runtime finish the batches in flight (writing the failed ones
+//! again, in order) before it writes anything newer. No transaction of a
+//! later batch can run before an earlier one is durable, so a delete never
+//! overtakes the upsert it follows (the version guard alone would let a
+//! replayed older upsert bring a deleted node back).
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use neo4rs::{query, BoltList, BoltType, ConfigBuilder, Graph, Query};
-use pgfanout_sdk::{BatchOutcome, Change, Op, Rejected, Sink, SinkError, SinkRecord};
+use pgfanout_sdk::{BatchOutcome, Change, InFlight, Op, Rejected, Sink, SinkError, SinkRecord};
+use tokio::sync::oneshot;
 use tracing::{debug, info};
 
 use crate::config::{CypherMapping, Neo4jMapping, Neo4jSinkConfig, NodeMapping, RelMapping};
@@ -80,13 +94,14 @@ struct Statement {
 }
 
 impl Statement {
-    fn query(&self) -> Query {
+    /// The statement as a query, its parameters moved (not copied) into it.
+    fn into_query(self) -> Query {
         let mut q = query(&self.text);
-        if let Some(rows) = &self.rows {
-            q = q.param("rows", BoltType::List(BoltList::from(rows.clone())));
+        if let Some(rows) = self.rows {
+            q = q.param("rows", BoltType::List(BoltList::from(rows)));
         }
-        for (k, v) in &self.params {
-            q = q.param(k, v.clone());
+        for (k, v) in self.params {
+            q = q.param(k, v);
         }
         q
     }
@@ -97,6 +112,12 @@ pub struct Neo4jSink {
     graph: Graph,
     routes: Vec<Route>,
     max_batch: usize,
+    in_flight: usize,
+    /// Resolves when the last submitted batch is done: `true` once it
+    /// committed. `None`: nothing in flight to wait for.
+    last: Option<oneshot::Receiver<bool>>,
+    /// Set by a batch in flight that failed (see the module docs).
+    stopped: Arc<AtomicBool>,
 }
 
 impl Neo4jSink {
@@ -117,7 +138,14 @@ impl Neo4jSink {
             prepared.push(prepare(m));
         }
         let graph = open_graph(cfg).await?;
-        let sink = Neo4jSink { graph, routes: prepared, max_batch: cfg.max_batch };
+        let sink = Neo4jSink {
+            graph,
+            routes: prepared,
+            max_batch: cfg.max_batch,
+            in_flight: cfg.in_flight_batches.max(1),
+            last: None,
+            stopped: Arc::new(AtomicBool::new(false)),
+        };
         sink.ping().await?;
         if cfg.create_indexes {
             sink.create_indexes().await?;
@@ -243,20 +271,24 @@ impl Neo4jSink {
             }
         }))
     }
+}
 
-    /// Runs statements in one transaction and commits it.
-    async fn run_in_txn(&self, statements: &[&Statement]) -> Result<(), SinkError> {
-        let mut txn = self.graph.start_txn().await.map_err(|e| classify("begin", &e))?;
-        for s in statements {
-            if let Err(e) = txn.run(s.query()).await {
-                // The pooled connection is RESET when it is recycled, which
-                // discards the failed transaction.
-                drop(txn);
-                return Err(classify(&format!("statement for {} record(s)", s.records.len()), &e));
-            }
-        }
-        txn.commit().await.map_err(|e| classify("commit", &e))
+/// Runs statements in one transaction and commits it.
+async fn run_in_txn(graph: &Graph, statements: Vec<Statement>) -> Result<(), SinkError> {
+    if statements.is_empty() {
+        return Ok(());
     }
+    let mut txn = graph.start_txn().await.map_err(|e| classify("begin", &e))?;
+    for s in statements {
+        let records = s.records.len();
+        if let Err(e) = txn.run(s.into_query()).await {
+            // The pooled connection is RESET when it is recycled, which
+            // discards the failed transaction.
+            drop(txn);
+            return Err(classify(&format!("statement for {records} record(s)"), &e));
+        }
+    }
+    txn.commit().await.map_err(|e| classify("commit", &e))
 }
 
 enum Encoded {
@@ -294,16 +326,54 @@ impl Sink for Neo4jSink {
     async fn write(&mut self, batch: &[SinkRecord]) -> BatchOutcome {
         let mut rejected = Vec::new();
         let statements = self.plan(batch, &mut rejected);
-        if statements.is_empty() {
-            return Ok(rejected);
-        }
-        let all: Vec<&Statement> = statements.iter().collect();
         // A permanent failure of the transaction fails the batch: the
         // runtime then writes its records one by one and dead-letters the
         // ones the server refuses alone (record isolation lives there).
-        self.run_in_txn(&all).await?;
+        run_in_txn(&self.graph, statements).await?;
         rejected.sort_by_key(|r| r.index);
         Ok(rejected)
+    }
+
+    fn max_in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Encodes the batch now; its transaction runs in a task once the batch
+    /// before it has committed (see the module docs for failures).
+    async fn submit(&mut self, batch: Arc<[SinkRecord]>) -> Result<InFlight, SinkError> {
+        if self.stopped.swap(false, Ordering::AcqRel) {
+            // Everything submitted before is finished (and written again if
+            // it failed) before the runtime writes this batch alone; the
+            // chain starts afresh after it.
+            self.last = None;
+            return Err(SinkError::Permanent(
+                "neo4j: a batch in flight failed; the batches after it are written one at a time, in order".into(),
+            ));
+        }
+        let mut rejected = Vec::new();
+        let statements = self.plan(&batch, &mut rejected);
+        let before = self.last.take();
+        let (done, next) = oneshot::channel();
+        self.last = Some(next);
+        let (graph, stopped) = (self.graph.clone(), self.stopped.clone());
+        let task = tokio::spawn(async move {
+            let ready = match before {
+                Some(before) => before.await.unwrap_or(false),
+                None => true,
+            };
+            let outcome = if ready {
+                run_in_txn(&graph, statements).await
+            } else {
+                Err(SinkError::Retriable("neo4j: a batch before this one failed; writing this one again after it".into()))
+            };
+            if outcome.is_err() {
+                stopped.store(true, Ordering::Release);
+            }
+            let _ = done.send(outcome.is_ok());
+            rejected.sort_by_key(|r| r.index);
+            outcome.map(|()| rejected)
+        });
+        Ok(Box::pin(async move { task.await.unwrap_or_else(|e| Err(SinkError::Retriable(format!("neo4j: write task failed: {e}")))) }))
     }
 
     async fn check(&mut self) -> Result<(), SinkError> {
