@@ -435,6 +435,30 @@ async fn verify_finds_and_repairs(g: &Graph, c: &tokio_postgres::Client, dir: &s
     assert_eq!(code, Some(0), "repaired: {text}");
 }
 
+/// Runs the shop on its own connection to `db`, 10 transactions at a time
+/// with `pause` between them, until the returned flag is set; the counter
+/// holds the transactions done.
+async fn shop_in_background(
+    pg: &PgCluster,
+    db: &str,
+    mut shop: Shop,
+    pause: Duration,
+) -> (Arc<AtomicUsize>, Arc<std::sync::atomic::AtomicBool>, tokio::task::JoinHandle<()>) {
+    let done = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let c = pg.client(db).await;
+    let writer = tokio::spawn({
+        let (done, stop) = (done.clone(), stop.clone());
+        async move {
+            while !stop.load(Ordering::Relaxed) {
+                run_shop(&c, &mut shop, 10, 1, &done).await;
+                tokio::time::sleep(pause).await;
+            }
+        }
+    });
+    (done, stop, writer)
+}
+
 /// SIGKILL twice while the shop runs, restart each time: replays converge
 /// to the graph the tables imply, with no duplicate relationship.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -444,18 +468,7 @@ async fn sigkill_mid_workload_converges_without_duplicates() {
     c.batch_execute(&shop.seed(30, 20)).await.unwrap();
     // The shop runs until the kills are over (a restarted daemon takes a
     // while to reconnect to the graph), then a little longer.
-    let done = Arc::new(AtomicUsize::new(0));
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = {
-        let c2 = pg.client("gkill").await;
-        let (done, stop) = (done.clone(), stop.clone());
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                run_shop(&c2, &mut shop, 10, 1, &done).await;
-                tokio::time::sleep(Duration::from_millis(40)).await;
-            }
-        })
-    };
+    let (done, stop, writer) = shop_in_background(&pg, "gkill", shop, Duration::from_millis(40)).await;
     let mut confirmed = vec![confirmed_flush(&c, "gkill").await];
     for at in [80, 180] {
         // Kill once the shop is that far and the daemon (restarted) has
@@ -495,18 +508,7 @@ async fn a_neo4j_outage_mid_workload_is_retried_in_order() {
     let (pg, c, server, dir, mut d) = setup("gdown").await;
     let mut shop = Shop::new(0x9a9a_0004);
     c.batch_execute(&shop.seed(30, 20)).await.unwrap();
-    let done = Arc::new(AtomicUsize::new(0));
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = {
-        let c2 = pg.client("gdown").await;
-        let (done, stop) = (done.clone(), stop.clone());
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                run_shop(&c2, &mut shop, 10, 1, &done).await;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-    };
+    let (done, stop, writer) = shop_in_background(&pg, "gdown", shop, Duration::from_millis(20)).await;
     let before = confirmed_flush(&c, "gdown").await;
     testkit::wait_for(Duration::from_secs(60), "workload progress and deliveries", || {
         let n = done.load(Ordering::Relaxed);
