@@ -528,7 +528,7 @@ async fn a_neo4j_outage_mid_workload_is_retried_in_order() {
     .await;
     stop.store(true, Ordering::Relaxed);
     writer.await.unwrap();
-    wait_confirmed_all(&c, "gdown", &d, Duration::from_secs(120)).await;
+    wait_confirmed_all(&c, "gdown", &d, Duration::from_secs(240)).await;
     let g = graph(&server).await;
     let items = assert_graph_equals_tables(&g, &c).await;
     assert!(items > 100, "{items} order items");
