@@ -459,6 +459,28 @@ async fn shop_in_background(
     (done, stop, writer)
 }
 
+/// Once the slot `db` confirmed everything written: the graph equals the
+/// tables (more than 100 order items), recommendations answer what SQL
+/// does, nothing was dead-lettered, the daemon still runs. Returns the
+/// order items.
+async fn assert_converged(
+    c: &tokio_postgres::Client,
+    server: &Neo4jServer,
+    dir: &std::path::Path,
+    d: &mut Daemon,
+    db: &str,
+    timeout: Duration,
+) -> usize {
+    wait_confirmed_all(c, db, d, timeout).await;
+    let g = graph(server).await;
+    let items = assert_graph_equals_tables(&g, c).await;
+    assert!(items > 100, "{items} order items");
+    assert_recommendations(&g, c).await;
+    assert_eq!(line_count(&dir.join(format!("{db}.dead.jsonl"))), 0, "nothing dead-lettered");
+    assert!(d.is_running());
+    items
+}
+
 /// SIGKILL twice while the shop runs, restart each time: replays converge
 /// to the graph the tables imply, with no duplicate relationship.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -488,13 +510,7 @@ async fn sigkill_mid_workload_converges_without_duplicates() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);
     writer.await.unwrap();
-    wait_confirmed_all(&c, "gkill", &d, Duration::from_secs(90)).await;
-    let g = graph(&server).await;
-    let items = assert_graph_equals_tables(&g, &c).await;
-    assert!(items > 100, "{items} order items");
-    assert_recommendations(&g, &c).await;
-    assert_eq!(line_count(&dir.path().join("gkill.dead.jsonl")), 0, "nothing dead-lettered");
-    assert!(d.is_running());
+    let items = assert_converged(&c, &server, dir.path(), &mut d, "gkill", Duration::from_secs(90)).await;
     eprintln!("{} transactions, {items} order items; confirmed at start and at the kills: {confirmed:X?}", done.load(Ordering::Relaxed));
 }
 
@@ -528,13 +544,7 @@ async fn a_neo4j_outage_mid_workload_is_retried_in_order() {
     .await;
     stop.store(true, Ordering::Relaxed);
     writer.await.unwrap();
-    wait_confirmed_all(&c, "gdown", &d, Duration::from_secs(240)).await;
-    let g = graph(&server).await;
-    let items = assert_graph_equals_tables(&g, &c).await;
-    assert!(items > 100, "{items} order items");
-    assert_recommendations(&g, &c).await;
-    assert_eq!(line_count(&dir.path().join("gdown.dead.jsonl")), 0, "nothing dead-lettered");
-    assert!(d.is_running());
+    let items = assert_converged(&c, &server, dir.path(), &mut d, "gdown", Duration::from_secs(240)).await;
     let log = d.log();
     assert!(log.contains("retrying") || log.contains("writing it again"), "the outage was seen and retried:\n{log}");
     let count = |needle: &str| log.lines().filter(|l| l.contains(needle)).count();
