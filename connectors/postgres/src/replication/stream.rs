@@ -134,9 +134,7 @@ impl ReplicationStream {
         if self.coalesce.is_zero() || !self.wire.can_coalesce() {
             return Ok(());
         }
-        // Coalesce only a sustained stream: reads for four intervals with no
-        // gap of four intervals. A burst shorter than that (a transaction
-        // now and then) is read as it arrives, so it waits for no timer.
+        // The sustained-stream rule of the doc comment above.
         let now = Instant::now();
         let span = self.coalesce * 4;
         if self.last_read.is_none_or(|t| now.duration_since(t) > span) {
