@@ -101,7 +101,9 @@ pub trait Sink: Send + 'static {
     /// `Err` from `submit` itself: `Retriable`, the runtime submits the same
     /// batch again later (parts of it may already be dispatched: replaying a
     /// batch in order must be harmless); `Permanent`, the runtime lets the
-    /// batches before it complete and then writes this one record by record.
+    /// batches before it complete and then writes this one alone with
+    /// [`write`](Self::write) (record by record only if that fails
+    /// permanently) before it submits anything newer.
     fn submit(&mut self, batch: Arc<[SinkRecord]>) -> impl Future<Output = Result<InFlight, SinkError>> + Send {
         let _ = batch;
         async { Err(SinkError::Permanent("this sink does not pipeline batches".into())) }
