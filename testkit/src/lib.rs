@@ -28,7 +28,7 @@ pub use kafka::KafkaBroker;
 pub use neo4j::Neo4jServer;
 pub use opensearch::OpenSearchNode;
 pub use pg::PgCluster;
-pub use redis::RedisServer;
+pub use redis::{RedisServer, Resp};
 
 /// Runs `start` (which picks free ports and starts a server) again, up to
 /// three times, when it fails because another process took a port between

@@ -80,6 +80,16 @@ impl RedisServer {
         wait_until(Duration::from_secs(10), "redis to stop", || std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err());
     }
 
+    /// Kills the server at once (SIGKILL). With
+    /// [`start_persistent`](Self::start_persistent) every write it
+    /// acknowledged is in the append-only file and is back after
+    /// [`start_server`](Self::start_server).
+    pub fn kill(&self) {
+        let pid = std::fs::read_to_string(self.dir.path().join("redis.pid")).expect("redis.pid");
+        let _ = Command::new("kill").args(["-9", pid.trim()]).output();
+        wait_until(Duration::from_secs(10), "redis to die", || std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err());
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
     }

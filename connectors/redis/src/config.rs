@@ -43,6 +43,11 @@ pub struct RedisSinkConfig {
     /// calls cost fewer round trips but block Redis longer per call.
     #[serde(default = "default_records_per_call")]
     pub records_per_call: usize,
+    /// Batches in flight at once (default 3; 1: one batch at a time). Each
+    /// lane keeps sending the next batch's calls on its connection without
+    /// waiting for the replies to the one before; Redis runs them in order.
+    #[serde(default = "default_in_flight_batches")]
+    pub in_flight_batches: usize,
     /// Prefix of the companion version hashes (default `pgfanout:v:`).
     #[serde(default = "default_version_prefix")]
     pub version_prefix: String,
@@ -67,6 +72,9 @@ fn default_connections() -> usize {
 }
 fn default_records_per_call() -> usize {
     500
+}
+fn default_in_flight_batches() -> usize {
+    3
 }
 fn default_version_prefix() -> String {
     "pgfanout:v:".into()
@@ -161,6 +169,9 @@ impl RedisSinkConfig {
         }
         if self.records_per_call == 0 || self.records_per_call > 100_000 {
             err("records_per_call", "must be between 1 and 100000".into());
+        }
+        if self.in_flight_batches == 0 || self.in_flight_batches > 64 {
+            err("in_flight_batches", "must be between 1 and 64".into());
         }
         if self.version_prefix.is_empty() {
             err("version_prefix", "must not be empty (version hashes would collide with data keys)".into());
@@ -293,12 +304,13 @@ mod tests {
     fn sink_defaults_and_checks() {
         let c: RedisSinkConfig = serde_json::from_str(r#"{"url":"redis://127.0.0.1:6379/2"}"#).unwrap();
         assert_eq!(c.validate(), vec![]);
-        assert_eq!(c.connections, 2);
-        let c: RedisSinkConfig =
-            serde_json::from_str(r#"{"url":"http://u:secret@h","connections":0,"tombstone_ttl":"0s","tls":{"cert_file":"c.pem"}}"#)
-                .unwrap();
+        assert_eq!((c.connections, c.in_flight_batches), (2, 3));
+        let c: RedisSinkConfig = serde_json::from_str(
+            r#"{"url":"http://u:secret@h","connections":0,"in_flight_batches":0,"tombstone_ttl":"0s","tls":{"cert_file":"c.pem"}}"#,
+        )
+        .unwrap();
         let errors = c.validate();
-        assert_eq!(paths(errors.clone()), vec!["url", "tombstone_ttl", "connections", "tls.cert_file"]);
+        assert_eq!(paths(errors.clone()), vec!["url", "tombstone_ttl", "connections", "in_flight_batches", "tls.cert_file"]);
         assert!(!errors[0].1.contains("secret"), "{:?}", errors[0]);
     }
 }

@@ -1,23 +1,43 @@
-//! The Redis sink: connections, lanes, one pipelined round trip per lane per
-//! batch, and the reading of per-record outcomes.
+//! The Redis sink: connections, lanes, pipelined round trips per lane, and
+//! the reading of per-record outcomes.
 //!
 //! A batch is split into lanes by a hash of each record's key, so two
 //! changes of one key always travel on the same connection, in order. Each
 //! lane sends one pipeline of `EVALSHA` calls (each applying up to
-//! `records_per_call` records through `apply.lua`) and waits for every reply,
-//! so `write` returns `Ok` only once Redis has acknowledged every operation.
+//! `records_per_call` records through `apply.lua`) per batch, and a batch is
+//! done (`Ok`) only once Redis has acknowledged every operation of it.
 //! A record whose old target sits in another lane (an update that moved a
 //! member between keys) is still safe: every target is version-guarded, so
 //! whichever lane runs first, the older write is skipped.
+//!
+//! Pipelining (`in_flight_batches`, default 3): [`Sink::submit`] sends a
+//! batch's lane pipelines and returns without waiting for the replies, so
+//! the next batch is encoded and sent while Redis works on the one before.
+//! Each lane has its own connection for this, which never reconnects by
+//! itself: Redis runs the commands of one connection in the order they
+//! arrive, and once it drops, every later command sent on it fails too, so
+//! the batches that reached Redis are always a prefix of those submitted on
+//! that lane. A failed batch sets `stopped`; the next `submit` is refused
+//! (`Permanent`), which makes the runtime finish everything in flight
+//! (writing each failed batch again, in order, with [`Sink::write`] over the
+//! reconnecting lanes) before it writes anything newer; then the pipelining
+//! connections are opened anew. Each pipeline starts with `SCRIPT LOAD` of
+//! the apply script (a cache hit in Redis), so a restarted or flushed server
+//! cannot answer `NOSCRIPT` to calls queued behind a failed batch.
 
 use std::collections::hash_map::DefaultHasher;
+use std::future::Future;
 use std::hash::{Hash, Hasher};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use pgfanout_sdk::{BatchOutcome, Rejected, Sink, SinkError, SinkRecord};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, IntoConnectionInfo, Pipeline, Script, Value};
+use pgfanout_sdk::{BatchOutcome, InFlight, Rejected, Sink, SinkError, SinkRecord};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo, Pipeline, RedisResult, Script, Value};
 use tracing::{debug, info, warn};
 
 use pgfanout_sdk::settings::TlsFiles;
@@ -30,7 +50,17 @@ const APPLY_LUA: &str = include_str!("apply.lua");
 
 /// A connected Redis sink; see the crate docs for the mappings.
 pub struct RedisSink {
+    /// One reconnecting connection per lane, for [`Sink::write`].
     lanes: Vec<ConnectionManager>,
+    client: Client,
+    url: String,
+    pipelining_config: AsyncConnectionConfig,
+    /// One connection per lane for [`Sink::submit`]; `None` until the first
+    /// submit and after a failure (see the module docs).
+    pipelining: Option<Vec<MultiplexedConnection>>,
+    /// A pipelined batch failed since the last refused submit.
+    stopped: Arc<AtomicBool>,
+    in_flight: usize,
     routes: Vec<CompiledMapping>,
     script: Script,
     prefix: String,
@@ -45,6 +75,13 @@ struct LaneWork {
     pipe: Pipeline,
     op_records: Vec<Vec<usize>>,
 }
+
+/// A lane's replies: for each script call the batch index of each of its
+/// operations, and the calls' replies (or why there are none).
+type LaneReplies = (Vec<Vec<usize>>, Result<Vec<Value>, SinkError>);
+
+/// A lane pipeline sent on a pipelining connection, awaiting its reply.
+type Sent = Pin<Box<dyn Future<Output = RedisResult<Value>> + Send>>;
 
 impl RedisSink {
     /// Connects every lane (ConnectionManager, reconnecting on its own),
@@ -68,6 +105,8 @@ impl RedisSink {
             .set_response_timeout(Some(cfg.response_timeout))
             .set_max_delay(cfg.reconnect_max_delay)
             .set_min_delay(Duration::from_millis(50));
+        let pipelining_config =
+            AsyncConnectionConfig::new().set_connection_timeout(Some(cfg.connect_timeout)).set_response_timeout(Some(cfg.response_timeout));
         let mut lanes = Vec::with_capacity(cfg.connections);
         for _ in 0..cfg.connections {
             let conn = ConnectionManager::new_with_config(client.clone(), manager_cfg.clone())
@@ -78,6 +117,12 @@ impl RedisSink {
         let tombstone = cfg.tombstone_ttl.as_secs().max(1);
         let sink = RedisSink {
             lanes,
+            client,
+            url: redact(&cfg.url),
+            pipelining_config,
+            pipelining: None,
+            stopped: Arc::default(),
+            in_flight: cfg.in_flight_batches.max(1),
             routes,
             script: Script::new(APPLY_LUA),
             prefix: cfg.version_prefix.clone(),
@@ -114,8 +159,33 @@ impl RedisSink {
         }
     }
 
-    /// Splits the encoded records into lanes and builds each lane's pipeline.
-    fn plan(&self, encoded: &[(usize, Encoded)]) -> Vec<LaneWork> {
+    /// Encodes a batch: the records to write, with their batch index, and
+    /// those refused already (no mapping, a template that cannot render).
+    fn encode_batch(&self, batch: &[SinkRecord]) -> (Vec<(usize, Encoded)>, Vec<Rejected>) {
+        let mut rejected = Vec::new();
+        let mut encoded = Vec::with_capacity(batch.len());
+        let mut truncates = 0usize;
+        for (index, record) in batch.iter().enumerate() {
+            let Some(mapping) = self.routes.get(record.route) else {
+                rejected.push(Rejected { index, error: format!("redis sink has no mapping for route {}", record.route) });
+                continue;
+            };
+            match encode(mapping, &record.change) {
+                Ok(enc) if enc.ops.is_empty() => truncates += 1,
+                Ok(enc) => encoded.push((index, enc)),
+                Err(error) => rejected.push(Rejected { index, error: format!("redis {} mapping: {error}", mapping.kind().as_str()) }),
+            }
+        }
+        if truncates > 0 {
+            warn!(count = truncates, "TRUNCATE is not applied to redis keys (only stream mappings record it); delete the keys yourself");
+        }
+        (encoded, rejected)
+    }
+
+    /// Splits the encoded records into lanes and builds each lane's
+    /// pipeline; with `load_script` it starts with `SCRIPT LOAD` (reply
+    /// ignored), so its calls cannot meet a server without the script.
+    fn plan(&self, encoded: &[(usize, Encoded)], load_script: bool) -> Vec<LaneWork> {
         let n = self.lanes.len();
         let mut per_lane: Vec<Vec<&(usize, Encoded)>> = vec![Vec::new(); n];
         for item in encoded {
@@ -135,6 +205,9 @@ impl RedisSink {
             }
             let mut pipe = redis::pipe();
             pipe.ignore_errors();
+            if load_script {
+                pipe.cmd("SCRIPT").arg("LOAD").arg(APPLY_LUA).ignore();
+            }
             let mut op_records = Vec::new();
             for call in items.chunks(self.records_per_call) {
                 let cmd = pipe.cmd("EVALSHA").arg(self.script.get_hash()).arg(0).arg(&self.prefix).arg(&self.tombstone_secs);
@@ -160,10 +233,7 @@ impl RedisSink {
     async fn run_lane(&self, work: &LaneWork) -> Result<Vec<Value>, SinkError> {
         let mut conn = self.lanes[work.lane].clone();
         for attempt in 0..2 {
-            let reply: Value = work.pipe.query_async(&mut conn).await.map_err(|e| request_failed(&e))?;
-            let Value::Array(calls) = reply else {
-                return Err(SinkError::Retriable(format!("redis: unexpected pipeline reply {reply:?}")));
-            };
+            let calls = script_calls(work.pipe.query_async(&mut conn).await)?;
             let lost_script = calls.iter().any(|c| matches!(c, Value::ServerError(e) if e.code() == "NOSCRIPT"));
             if lost_script && attempt == 0 {
                 info!(lane = work.lane, "redis lost the apply script (restart or flush); loading it again");
@@ -174,6 +244,92 @@ impl RedisSink {
         }
         Err(SinkError::Retriable("redis: the apply script keeps disappearing (NOSCRIPT)".into()))
     }
+
+    /// The pipelining connections, opened if need be (all of them before
+    /// anything is sent on one).
+    async fn pipelining(&mut self) -> Result<&[MultiplexedConnection], SinkError> {
+        if self.pipelining.is_none() {
+            let mut conns = Vec::with_capacity(self.lanes.len());
+            for _ in 0..self.lanes.len() {
+                let conn = self
+                    .client
+                    .get_multiplexed_async_connection_with_config(&self.pipelining_config)
+                    .await
+                    .map_err(|e| SinkError::Retriable(format!("redis {}: cannot connect: {e}", self.url)))?;
+                conns.push(conn);
+            }
+            self.pipelining = Some(conns);
+        }
+        Ok(self.pipelining.as_deref().unwrap_or_default())
+    }
+}
+
+/// The replies of a lane pipeline's script calls, one per call.
+fn script_calls(reply: RedisResult<Value>) -> Result<Vec<Value>, SinkError> {
+    match reply.map_err(|e| request_failed(&e))? {
+        Value::Array(calls) => Ok(calls),
+        other => Err(SinkError::Retriable(format!("redis: unexpected pipeline reply {other:?}"))),
+    }
+}
+
+/// Sends a pipeline on a pipelining connection: the first poll hands it to
+/// the connection's writer (in call order, which is the order Redis runs
+/// them in); the returned future resolves with the reply.
+async fn send(conn: &MultiplexedConnection, pipe: Pipeline) -> Sent {
+    let mut conn = conn.clone();
+    let mut sent: Sent = Box::pin(async move { pipe.query_async::<Value>(&mut conn).await });
+    match std::future::poll_fn(|cx| Poll::Ready(sent.as_mut().poll(cx))).await {
+        Poll::Ready(reply) => Box::pin(std::future::ready(reply)),
+        Poll::Pending => sent,
+    }
+}
+
+/// Reads a batch's replies, lane by lane: `Ok(rejected)` once every
+/// operation is acknowledged (applied, stale, or refused for this record
+/// alone); the first failure of a lane or a call is the batch's error.
+fn read_outcome(lanes: Vec<LaneReplies>, mut rejected: Vec<Rejected>, records: usize) -> BatchOutcome {
+    let (mut applied, mut stale) = (0usize, 0usize);
+    for (op_records, reply) in lanes {
+        let calls = reply?;
+        if calls.len() != op_records.len() {
+            return Err(SinkError::Retriable(format!("redis: {} replies for {} script calls", calls.len(), op_records.len())));
+        }
+        for (call, records) in calls.into_iter().zip(&op_records) {
+            let statuses = match call {
+                Value::Array(s) => s,
+                Value::ServerError(e) if is_transient_reply(e.code()) => {
+                    return Err(SinkError::Retriable(format!("redis: {}", e.details().unwrap_or(e.code()))))
+                }
+                Value::ServerError(e) => {
+                    return Err(SinkError::Permanent(format!("redis apply script failed: {} {}", e.code(), e.details().unwrap_or(""))))
+                }
+                other => return Err(SinkError::Retriable(format!("redis: unexpected script reply {other:?}"))),
+            };
+            if statuses.len() != records.len() {
+                return Err(SinkError::Retriable(format!("redis: {} results for {} operations", statuses.len(), records.len())));
+            }
+            for (status, &index) in statuses.into_iter().zip(records) {
+                match status {
+                    Value::Int(1) => applied += 1,
+                    Value::Int(_) => stale += 1,
+                    Value::BulkString(text) => {
+                        let text = String::from_utf8_lossy(&text).into_owned();
+                        if is_transient_reply(&text) {
+                            return Err(SinkError::Retriable(format!("redis: {text}")));
+                        }
+                        if rejected.last().is_none_or(|r: &Rejected| r.index != index) {
+                            rejected.push(Rejected { index, error: format!("redis: {text}") });
+                        }
+                    }
+                    other => return Err(SinkError::Retriable(format!("redis: unexpected operation result {other:?}"))),
+                }
+            }
+        }
+    }
+    rejected.sort_by_key(|r| r.index);
+    rejected.dedup_by_key(|r| r.index);
+    debug!(records, applied, stale, rejected = rejected.len(), "redis batch written");
+    Ok(rejected)
 }
 
 /// Builds the client: URL, ACL credentials, database, TLS.
@@ -211,64 +367,47 @@ impl Sink for RedisSink {
     /// by Redis (applied, or skipped because Redis holds a newer version).
     /// `Err(Retriable)`: some records may be applied; retrying converges.
     async fn write(&mut self, batch: &[SinkRecord]) -> BatchOutcome {
-        let mut rejected = Vec::new();
-        let mut encoded = Vec::with_capacity(batch.len());
-        let mut truncates = 0usize;
-        for (index, record) in batch.iter().enumerate() {
-            let Some(mapping) = self.routes.get(record.route) else {
-                rejected.push(Rejected { index, error: format!("redis sink has no mapping for route {}", record.route) });
-                continue;
-            };
-            match encode(mapping, &record.change) {
-                Ok(enc) if enc.ops.is_empty() => truncates += 1,
-                Ok(enc) => encoded.push((index, enc)),
-                Err(error) => rejected.push(Rejected { index, error: format!("redis {} mapping: {error}", mapping.kind().as_str()) }),
-            }
-        }
-        if truncates > 0 {
-            warn!(count = truncates, "TRUNCATE is not applied to redis keys (only stream mappings record it); delete the keys yourself");
-        }
-        let work = self.plan(&encoded);
+        let (encoded, rejected) = self.encode_batch(batch);
+        let work = self.plan(&encoded, false);
         let replies = join_all(work.iter().map(|w| self.run_lane(w))).await;
-        let (mut applied, mut stale) = (0usize, 0usize);
-        for (w, reply) in work.iter().zip(replies) {
-            let calls = reply?;
-            for (call, records) in calls.into_iter().zip(&w.op_records) {
-                let statuses = match call {
-                    Value::Array(s) => s,
-                    Value::ServerError(e) if is_transient_reply(e.code()) => {
-                        return Err(SinkError::Retriable(format!("redis: {}", e.details().unwrap_or(e.code()))))
-                    }
-                    Value::ServerError(e) => {
-                        return Err(SinkError::Permanent(format!("redis apply script failed: {} {}", e.code(), e.details().unwrap_or(""))))
-                    }
-                    other => return Err(SinkError::Retriable(format!("redis: unexpected script reply {other:?}"))),
-                };
-                if statuses.len() != records.len() {
-                    return Err(SinkError::Retriable(format!("redis: {} results for {} operations", statuses.len(), records.len())));
-                }
-                for (status, &index) in statuses.into_iter().zip(records) {
-                    match status {
-                        Value::Int(1) => applied += 1,
-                        Value::Int(_) => stale += 1,
-                        Value::BulkString(text) => {
-                            let text = String::from_utf8_lossy(&text).into_owned();
-                            if is_transient_reply(&text) {
-                                return Err(SinkError::Retriable(format!("redis: {text}")));
-                            }
-                            if rejected.last().is_none_or(|r: &Rejected| r.index != index) {
-                                rejected.push(Rejected { index, error: format!("redis: {text}") });
-                            }
-                        }
-                        other => return Err(SinkError::Retriable(format!("redis: unexpected operation result {other:?}"))),
-                    }
-                }
-            }
+        let lanes = work.into_iter().zip(replies).map(|(w, reply)| (w.op_records, reply)).collect();
+        read_outcome(lanes, rejected, batch.len())
+    }
+
+    fn max_in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Sends the batch's lane pipelines; see the module docs for the order
+    /// and failure rules.
+    async fn submit(&mut self, batch: Arc<[SinkRecord]>) -> Result<InFlight, SinkError> {
+        if self.stopped.swap(false, Ordering::AcqRel) {
+            // The runtime lets everything in flight finish (and writes the
+            // failed batches again, in order) and writes this batch alone
+            // before it submits again, on connections opened afresh.
+            self.pipelining = None;
+            return Err(SinkError::Permanent(
+                "redis: a batch in flight failed; the batches after it are written again one at a time, in order".into(),
+            ));
         }
-        rejected.sort_by_key(|r| r.index);
-        rejected.dedup_by_key(|r| r.index);
-        debug!(records = batch.len(), applied, stale, rejected = rejected.len(), "redis batch written");
-        Ok(rejected)
+        let (encoded, rejected) = self.encode_batch(&batch);
+        let work = self.plan(&encoded, true);
+        let conns = self.pipelining().await?;
+        let mut sent = Vec::with_capacity(work.len());
+        for w in work {
+            sent.push((w.op_records, send(&conns[w.lane], w.pipe).await));
+        }
+        let (stopped, records) = (self.stopped.clone(), batch.len());
+        Ok(Box::pin(async move {
+            let (op_records, replies): (Vec<_>, Vec<_>) = sent.into_iter().unzip();
+            let replies = join_all(replies).await;
+            let lanes = op_records.into_iter().zip(replies.into_iter().map(script_calls)).collect();
+            let outcome = read_outcome(lanes, rejected, records);
+            if outcome.is_err() {
+                stopped.store(true, Ordering::Release);
+            }
+            outcome
+        }))
     }
 
     async fn check(&mut self) -> Result<(), SinkError> {
