@@ -15,8 +15,8 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 // strong definition replaces it with a pointer to a NUL-terminated static
 // string (`Option<&u8>` has the layout of a nullable pointer).
 #[allow(unsafe_code, non_upper_case_globals)]
-#[export_name = "_rjem_malloc_conf"]
-pub static malloc_conf: Option<&'static u8> = Some(&b"narenas:1\0"[0]);
+#[export_name = "malloc_conf"]
+pub static malloc_conf: Option<&'static u8> = Some(&b"narenas:1,dirty_decay_ms:1000,muzzy_decay_ms:0\0"[0]);
 
 fn main() {
     std::process::exit(pgfanout::cli::main());
