@@ -37,7 +37,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use pgfanout_sdk::{BatchOutcome, InFlight, Rejected, Sink, SinkError, SinkRecord};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo, Pipeline, RedisResult, Script, Value};
+use redis::{AsyncConnectionConfig, Client, Cmd, IntoConnectionInfo, Pipeline, RedisResult, Script, Value};
 use tracing::{debug, info, warn};
 
 use pgfanout_sdk::settings::TlsFiles;
@@ -210,7 +210,18 @@ impl RedisSink {
             }
             let mut op_records = Vec::new();
             for call in items.chunks(self.records_per_call) {
-                let cmd = pipe.cmd("EVALSHA").arg(self.script.get_hash()).arg(0).arg(&self.prefix).arg(&self.tombstone_secs);
+                // Sized up front: growing a call of hundreds of records by
+                // doubling copied it several times (memmove was 11% of a
+                // profile of the sink).
+                let (mut args, mut bytes) = (5, 64 + self.prefix.len());
+                for (_, enc) in call {
+                    for op in &enc.ops {
+                        args += 6 + op.args.len();
+                        bytes += 48 + op.key.len() + op.sub.len() + op.version.len() + op.args.iter().map(Vec::len).sum::<usize>();
+                    }
+                }
+                let mut cmd = Cmd::with_capacity(args, bytes);
+                cmd.arg("EVALSHA").arg(self.script.get_hash()).arg(0).arg(&self.prefix).arg(&self.tombstone_secs);
                 let mut records = Vec::new();
                 for (index, enc) in call {
                     for op in &enc.ops {
@@ -221,6 +232,7 @@ impl RedisSink {
                         records.push(*index);
                     }
                 }
+                pipe.add_command(cmd);
                 op_records.push(records);
             }
             work.push(LaneWork { lane, pipe, op_records });
