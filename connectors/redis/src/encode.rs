@@ -6,6 +6,7 @@
 //! here are per record (a missing or NULL column in a template, a score that
 //! is not a number): the record is rejected and the rest of the batch goes on.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use pgfanout_sdk::{Change, Op, Position, Row, Template, TemplateError, Value};
@@ -54,23 +55,39 @@ impl CompiledMapping {
     }
 }
 
+/// One argument of an operation: borrowed from the change where it is a
+/// column name or a value's text as received, built where it is not.
+pub(crate) type Arg<'a> = Cow<'a, [u8]>;
+
 /// One operation of the script: `code key sub version ttl nargs args...`.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct ScriptOp {
+pub(crate) struct ScriptOp<'a> {
     pub code: &'static str,
     pub key: String,
     /// Field or member, or [`WHOLE_KEY`].
     pub sub: String,
     pub version: String,
     pub ttl_secs: u64,
-    pub args: Vec<Vec<u8>>,
+    pub args: Vec<Arg<'a>>,
 }
 
 /// The operations of one record, and the key that picks its lane.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Encoded {
+pub(crate) struct Encoded<'a> {
     pub lane_key: String,
-    pub ops: Vec<ScriptOp>,
+    pub ops: Vec<ScriptOp<'a>>,
+}
+
+impl Encoded<'_> {
+    /// The same operations, owning their arguments.
+    fn into_owned(self) -> Encoded<'static> {
+        let ops = self
+            .ops
+            .into_iter()
+            .map(|op| ScriptOp { args: op.args.into_iter().map(|a| Cow::Owned(a.into_owned())).collect(), ..op })
+            .collect();
+        Encoded { lane_key: self.lane_key, ops }
+    }
 }
 
 /// The version string of a position: fixed-width decimal, so comparing the
@@ -81,16 +98,22 @@ pub(crate) fn version(p: Position) -> String {
 
 /// Builds the operations for one change. `Ok` with no operations means there
 /// is nothing to write (a truncate on a non-stream mapping).
-pub(crate) fn encode(m: &CompiledMapping, change: &Change) -> Result<Encoded, String> {
+pub(crate) fn encode<'a>(m: &CompiledMapping, change: &'a Change) -> Result<Encoded<'a>, String> {
     if change.op == Op::Truncate && m.kind != MappingKind::Stream {
         return Ok(Encoded { lane_key: String::new(), ops: Vec::new() });
     }
     // A stream records the change as PostgreSQL sent it.
-    let completed = if m.kind == MappingKind::Stream { None } else { toast_from_before(change) };
-    let change = completed.as_ref().unwrap_or(change);
+    match if m.kind == MappingKind::Stream { None } else { toast_from_before(change) } {
+        Some(completed) => encode_complete(m, &completed).map(Encoded::into_owned),
+        None => encode_complete(m, change),
+    }
+}
+
+/// [`encode`] of a change whose TOAST columns are as complete as they get.
+fn encode_complete<'a>(m: &CompiledMapping, change: &'a Change) -> Result<Encoded<'a>, String> {
     let ver = version(change.position());
     let key = m.key.render(change).map_err(|e| format!("key: {e}"))?;
-    let op = |code: &'static str, key: &str, sub: &str, args: Vec<Vec<u8>>| ScriptOp {
+    let op = |code: &'static str, key: &str, sub: &str, args: Vec<Arg<'a>>| ScriptOp {
         code,
         key: key.to_string(),
         sub: sub.to_string(),
@@ -124,7 +147,7 @@ pub(crate) fn encode(m: &CompiledMapping, change: &Change) -> Result<Encoded, St
                     ops.push(op("HFD", &key, &field, vec![]));
                 } else if let Some(value_t) = &m.value {
                     match value_t.render(change) {
-                        Ok(v) => ops.push(op("HF", &key, &field, vec![v.into_bytes()])),
+                        Ok(v) => ops.push(op("HF", &key, &field, vec![Cow::Owned(v.into_bytes())])),
                         Err(e) if is_unchanged_toast(&e, change) => ops.push(op("V", &key, &field, vec![])),
                         Err(e) => return Err(format!("value: {e}")),
                     }
@@ -143,7 +166,7 @@ pub(crate) fn encode(m: &CompiledMapping, change: &Change) -> Result<Encoded, St
             } else if let Some(col) = &m.column {
                 let row = after(change)?;
                 match row.get(col) {
-                    Some(v) => ops.push(op("S", &key, WHOLE_KEY, vec![json(v)])),
+                    Some(v) => ops.push(op("S", &key, WHOLE_KEY, vec![Cow::Owned(json(v))])),
                     None if change.unchanged_toast.iter().any(|c| &**c == col) => ops.push(op("V", &key, WHOLE_KEY, vec![])),
                     None => return Err(format!("column: the record has no column {col:?}")),
                 }
@@ -182,7 +205,7 @@ pub(crate) fn encode(m: &CompiledMapping, change: &Change) -> Result<Encoded, St
                     Some(other) => return Err(format!("score: column {col:?} is not a number: {}", other.to_json_string())),
                     None => return Err(format!("score: the record has no column {col:?}")),
                 };
-                ops.push(op(add, &key, &member, vec![score.into_bytes()]));
+                ops.push(op(add, &key, &member, vec![Cow::Owned(score.into_bytes())]));
             }
         }
         MappingKind::Stream => {
@@ -194,14 +217,14 @@ pub(crate) fn encode(m: &CompiledMapping, change: &Change) -> Result<Encoded, St
             // cannot be told apart and are appended again on a replay.
             let skip_equal = if change.op == Op::Read { "0" } else { "1" };
             let args = vec![
-                maxlen.into_bytes(),
-                skip_equal.as_bytes().to_vec(),
-                b"op".to_vec(),
-                change.op.as_str().as_bytes().to_vec(),
-                b"table".to_vec(),
-                change.qualified_table().into_bytes(),
-                b"change".to_vec(),
-                record,
+                Cow::Owned(maxlen.into_bytes()),
+                Cow::Borrowed(skip_equal.as_bytes()),
+                Cow::Borrowed(&b"op"[..]),
+                Cow::Borrowed(change.op.as_str().as_bytes()),
+                Cow::Borrowed(&b"table"[..]),
+                Cow::Owned(change.qualified_table().into_bytes()),
+                Cow::Borrowed(&b"change"[..]),
+                Cow::Owned(record),
             ];
             ops.push(op("X", &key, WHOLE_KEY, args));
         }
@@ -254,31 +277,33 @@ fn is_unchanged_toast(e: &TemplateError, change: &Change) -> bool {
 
 /// `H` arguments: the count of set arguments, field/value pairs for non-NULL
 /// columns, then the NULL columns (removed: a missing field reads as NULL).
-fn hash_row_args(row: &Row) -> Vec<Vec<u8>> {
-    let mut set = Vec::with_capacity(row.len() * 2);
+fn hash_row_args(row: &Row) -> Vec<Arg<'_>> {
+    let mut args = Vec::with_capacity(1 + row.len() * 2);
+    args.push(Cow::Borrowed(&b""[..]));
     let mut del = Vec::new();
     for (col, v) in row.iter() {
         if v.is_null() {
-            del.push(col.as_bytes().to_vec());
+            del.push(Cow::Borrowed(col.as_bytes()));
         } else {
-            set.push(col.as_bytes().to_vec());
-            set.push(v.to_template_text().as_bytes().to_vec());
+            args.push(Cow::Borrowed(col.as_bytes()));
+            args.push(match v.to_template_text() {
+                Cow::Borrowed(text) => Cow::Borrowed(text.as_bytes()),
+                Cow::Owned(text) => Cow::Owned(text.into_bytes()),
+            });
         }
     }
-    let mut args = Vec::with_capacity(1 + set.len() + del.len());
-    args.push(set.len().to_string().into_bytes());
-    args.extend(set);
+    args[0] = Cow::Owned((args.len() - 1).to_string().into_bytes());
     args.extend(del);
     args
 }
 
 /// The row's JSON, followed by the unchanged TOAST columns whose stored
 /// values the script copies in.
-fn row_json_with_toast(row: &Row, change: &Change) -> Vec<Vec<u8>> {
+fn row_json_with_toast<'a>(row: &Row, change: &'a Change) -> Vec<Arg<'a>> {
     let mut out = Vec::with_capacity(128);
     row.write_json(&mut out);
-    let mut args = vec![out];
-    args.extend(change.unchanged_toast.iter().map(|c| c.as_bytes().to_vec()));
+    let mut args = vec![Cow::Owned(out)];
+    args.extend(change.unchanged_toast.iter().map(|c| Cow::Borrowed(c.as_bytes())));
     args
 }
 
@@ -286,16 +311,16 @@ fn row_json_with_toast(row: &Row, change: &Change) -> Vec<Vec<u8>> {
 /// with unchanged TOAST columns sets only the columns present
 /// (`JSON.SET key $.col value` each), or the row as sent when the document
 /// does not exist yet.
-fn json_op(row: &Row, change: &Change) -> (&'static str, Vec<Vec<u8>>) {
+fn json_op(row: &Row, change: &Change) -> (&'static str, Vec<Arg<'static>>) {
     let mut doc = Vec::with_capacity(128);
     row.write_json(&mut doc);
     if change.unchanged_toast.is_empty() {
-        return ("J", vec![doc]);
+        return ("J", vec![Cow::Owned(doc)]);
     }
-    let mut args = vec![doc];
+    let mut args = vec![Cow::Owned(doc)];
     for (col, v) in row.iter() {
-        args.push(json_path(col).into_bytes());
-        args.push(json(v));
+        args.push(Cow::Owned(json_path(col).into_bytes()));
+        args.push(Cow::Owned(json(v)));
     }
     ("JP", args)
 }
@@ -400,7 +425,7 @@ mod tests {
         }
     }
 
-    fn text(args: &[Vec<u8>]) -> Vec<String> {
+    fn text(args: &[Arg<'_>]) -> Vec<String> {
         args.iter().map(|a| String::from_utf8_lossy(a).into_owned()).collect()
     }
 

@@ -161,7 +161,7 @@ impl RedisSink {
 
     /// Encodes a batch: the records to write, with their batch index, and
     /// those refused already (no mapping, a template that cannot render).
-    fn encode_batch(&self, batch: &[SinkRecord]) -> (Vec<(usize, Encoded)>, Vec<Rejected>) {
+    fn encode_batch<'b>(&self, batch: &'b [SinkRecord]) -> (Vec<(usize, Encoded<'b>)>, Vec<Rejected>) {
         let mut rejected = Vec::new();
         let mut encoded = Vec::with_capacity(batch.len());
         let mut truncates = 0usize;
@@ -185,9 +185,9 @@ impl RedisSink {
     /// Splits the encoded records into lanes and builds each lane's
     /// pipeline; with `load_script` it starts with `SCRIPT LOAD` (reply
     /// ignored), so its calls cannot meet a server without the script.
-    fn plan(&self, encoded: &[(usize, Encoded)], load_script: bool) -> Vec<LaneWork> {
+    fn plan(&self, encoded: &[(usize, Encoded<'_>)], load_script: bool) -> Vec<LaneWork> {
         let n = self.lanes.len();
-        let mut per_lane: Vec<Vec<&(usize, Encoded)>> = vec![Vec::new(); n];
+        let mut per_lane: Vec<Vec<&(usize, Encoded<'_>)>> = vec![Vec::new(); n];
         for item in encoded {
             let lane = if n == 1 {
                 0
@@ -217,7 +217,7 @@ impl RedisSink {
                 for (_, enc) in call {
                     for op in &enc.ops {
                         args += 6 + op.args.len();
-                        bytes += 48 + op.key.len() + op.sub.len() + op.version.len() + op.args.iter().map(Vec::len).sum::<usize>();
+                        bytes += 48 + op.key.len() + op.sub.len() + op.version.len() + op.args.iter().map(|a| a.len()).sum::<usize>();
                     }
                 }
                 let mut cmd = Cmd::with_capacity(args, bytes);
@@ -227,7 +227,7 @@ impl RedisSink {
                     for op in &enc.ops {
                         cmd.arg(op.code).arg(&op.key).arg(&op.sub).arg(&op.version).arg(op.ttl_secs).arg(op.args.len());
                         for a in &op.args {
-                            cmd.arg(a.as_slice());
+                            cmd.arg(&**a);
                         }
                         records.push(*index);
                     }
