@@ -428,3 +428,55 @@ impl Sink for RedisSink {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(resp: &str) -> Value {
+        redis::parse_redis_value(resp.as_bytes()).expect("RESP")
+    }
+
+    /// Two calls of two operations each: records 0 and 1, then 1 and 2.
+    fn lanes(calls: Vec<Value>) -> Vec<LaneReplies> {
+        vec![(vec![vec![0, 1], vec![1, 2]], Ok(calls))]
+    }
+
+    #[test]
+    fn every_operation_acknowledged_is_ok_and_a_refused_record_is_rejected_once() {
+        let ok = reply("*2\r\n:1\r\n:0\r\n");
+        let refused = reply("*2\r\n$9\r\nWRONGTYPE\r\n:1\r\n");
+        assert_eq!(read_outcome(lanes(vec![ok.clone(), ok.clone()]), vec![], 3), Ok(vec![]));
+        let rejected = read_outcome(lanes(vec![ok, refused]), vec![Rejected { index: 2, error: "template".into() }], 3).unwrap();
+        let indexes: Vec<usize> = rejected.iter().map(|r| r.index).collect();
+        assert_eq!(indexes, [1, 2]);
+        assert_eq!(rejected[0].error, "redis: WRONGTYPE");
+    }
+
+    #[test]
+    fn a_transient_reply_or_a_lost_script_fails_the_batch_as_retriable() {
+        let ok = reply("*2\r\n:1\r\n:1\r\n");
+        for bad in [reply("-NOSCRIPT No matching script\r\n"), reply("-OOM command not allowed\r\n"), reply("*2\r\n:1\r\n$3\r\nOOM\r\n")] {
+            let outcome = read_outcome(lanes(vec![ok.clone(), bad.clone()]), vec![], 3);
+            assert!(matches!(outcome, Err(SinkError::Retriable(_))), "{bad:?}: {outcome:?}");
+        }
+        let outcome = read_outcome(vec![(vec![vec![0]], Err(SinkError::Retriable("connection lost".into())))], vec![], 1);
+        assert_eq!(outcome, Err(SinkError::Retriable("connection lost".into())));
+    }
+
+    #[test]
+    fn missing_replies_are_retried_and_a_broken_script_is_permanent() {
+        let ok = reply("*2\r\n:1\r\n:1\r\n");
+        assert!(matches!(read_outcome(lanes(vec![ok.clone()]), vec![], 3), Err(SinkError::Retriable(_))));
+        let short = reply("*1\r\n:1\r\n");
+        assert!(matches!(read_outcome(lanes(vec![ok.clone(), short]), vec![], 3), Err(SinkError::Retriable(_))));
+        let broken = reply("-ERR user_script:1: Script attempted to access nonexistent global variable\r\n");
+        assert!(matches!(read_outcome(lanes(vec![ok, broken]), vec![], 3), Err(SinkError::Permanent(_))));
+    }
+
+    #[test]
+    fn a_pipeline_reply_that_is_not_an_array_is_retriable() {
+        assert!(matches!(script_calls(Ok(Value::Okay)), Err(SinkError::Retriable(_))));
+        assert_eq!(script_calls(Ok(reply("*1\r\n:1\r\n"))), Ok(vec![Value::Int(1)]));
+    }
+}
