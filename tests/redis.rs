@@ -536,7 +536,8 @@ const ALL_CHANGES: &str = "products:all";
 /// Redis is SIGKILLed while the sink has batches in flight (pipelined lanes,
 /// several pipelines sent and unanswered) and restarted from its append-only
 /// file; later, the sink's connections are dropped twice while Redis runs
-/// on (`CLIENT KILL`), so reconnected lanes race the failed batches' retry.
+/// on (`CLIENT KILL`), so reconnected lanes race the failed batches' retry,
+/// and Redis pauses writes past the sink's response timeout (`CLIENT PAUSE`).
 /// Every change must be in Redis exactly once afterwards: a stream
 /// skips an entry whose version is older than the stream's, so a batch
 /// written again after a newer one reached Redis would lose its entries.
@@ -553,7 +554,9 @@ async fn a_redis_kill_with_batches_in_flight_loses_no_stream_entry() {
         "{}\n  - name: all-changes\n    from: public.products\n    to: cache\n    redis: {{ type: stream, key: \"{ALL_CHANGES}\" }}",
         pipelines()
     );
-    let cfg = redis_config(&pg, "inflight", "redis", &redis.url(), &pipelines, dir.path());
+    let cfg = redis_config(&pg, "inflight", "redis", &redis.url(), &pipelines, dir.path())
+        .replace("response_timeout: 10s", "response_timeout: 1s");
+    assert!(cfg.contains("response_timeout: 1s"));
     let d = Daemon::start(bin(), dir.path(), "inflight", &cfg);
     testkit::wait_for(Duration::from_secs(30), "slot", || async { confirmed_flush(&c, "redis").await > 0 }).await;
     let writer = {
@@ -590,15 +593,22 @@ async fn a_redis_kill_with_batches_in_flight_loses_no_stream_entry() {
     tokio::task::block_in_place(|| redis.start_server());
     // Then connections dropped under a running server (a proxy or a
     // `timeout` closing them): the sink's connections die, Redis does not.
-    for fifths in [3, 4] {
-        testkit::wait_for(Duration::from_secs(120), "more changes in redis", || {
+    let reach = |fifths: usize| {
+        testkit::wait_for(Duration::from_secs(120), "more changes in redis", move || {
             let n = len();
             async move { n >= total * fifths / 5 }
         })
-        .await;
+    };
+    for fifths in [2, 3] {
+        reach(fifths).await;
         let killed = redis.cmd(&["CLIENT", "KILL", "TYPE", "normal"]).int();
         assert!(killed > 0, "the sink's connections were dropped");
     }
+    // And a Redis that stops answering writes for longer than the sink's
+    // response timeout (1 s here), then runs everything queued: the batches
+    // in flight fail on the sink's side although Redis applies them later.
+    reach(4).await;
+    assert_eq!(redis.cmd(&["CLIENT", "PAUSE", "2500", "WRITE"]).text(), "OK");
     writer.await.unwrap();
     wait_confirmed(&c, "redis", &d, Duration::from_secs(120)).await;
     assert_redis_matches_tables(&c, &redis, &d).await;
@@ -622,10 +632,11 @@ async fn a_redis_kill_with_batches_in_flight_loses_no_stream_entry() {
     assert!(log.contains("retrying") || log.contains("writing it again"), "the outage was seen and retried:\n{log}");
     let count = |needle: &str| log.lines().filter(|l| l.contains(needle)).count();
     eprintln!(
-        "log: {} batches in flight failed, {} submits refused, {} write retries",
+        "log: {} batches in flight failed, {} submits refused, {} write retries, {} timeouts",
         count("batch in flight failed"),
         count("batch refused"),
         count("sink write failed; retrying"),
+        count("timed out"),
     );
 }
 
