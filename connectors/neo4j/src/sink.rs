@@ -24,11 +24,10 @@
 //! replayed older upsert bring a deleted node back).
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use neo4rs::{query, BoltList, BoltType, ConfigBuilder, Graph, Query};
-use pgfanout_sdk::{BatchOutcome, Change, InFlight, Op, Rejected, Sink, SinkError, SinkRecord};
+use pgfanout_sdk::{BatchOutcome, Change, InFlight, Op, PipelineStop, Rejected, Sink, SinkError, SinkRecord};
 use tokio::sync::oneshot;
 use tracing::{debug, info};
 
@@ -117,7 +116,7 @@ pub struct Neo4jSink {
     /// committed. `None`: nothing in flight to wait for.
     last: Option<oneshot::Receiver<bool>>,
     /// Set by a batch in flight that failed (see the module docs).
-    stopped: Arc<AtomicBool>,
+    stopped: PipelineStop,
 }
 
 impl Neo4jSink {
@@ -144,7 +143,7 @@ impl Neo4jSink {
             max_batch: cfg.max_batch,
             in_flight: cfg.in_flight_batches.max(1),
             last: None,
-            stopped: Arc::new(AtomicBool::new(false)),
+            stopped: PipelineStop::default(),
         };
         sink.ping().await?;
         if cfg.create_indexes {
@@ -341,14 +340,10 @@ impl Sink for Neo4jSink {
     /// Encodes the batch now; its transaction runs in a task once the batch
     /// before it has committed (see the module docs for failures).
     async fn submit(&mut self, batch: Arc<[SinkRecord]>) -> Result<InFlight, SinkError> {
-        if self.stopped.swap(false, Ordering::AcqRel) {
-            // Everything submitted before is finished (and written again if
-            // it failed) before the runtime writes this batch alone; the
-            // chain starts afresh after it.
+        if let Some(refused) = self.stopped.refusal("neo4j") {
+            // The chain starts afresh at the next submit.
             self.last = None;
-            return Err(SinkError::Permanent(
-                "neo4j: a batch in flight failed; the batches after it are written one at a time, in order".into(),
-            ));
+            return Err(refused);
         }
         let mut rejected = Vec::new();
         let statements = self.plan(&batch, &mut rejected);
@@ -367,7 +362,7 @@ impl Sink for Neo4jSink {
                 Err(SinkError::Retriable("neo4j: a batch before this one failed; writing this one again after it".into()))
             };
             if outcome.is_err() {
-                stopped.store(true, Ordering::Release);
+                stopped.set();
             }
             let _ = done.send(outcome.is_ok());
             rejected.sort_by_key(|r| r.index);

@@ -29,13 +29,12 @@ use std::collections::hash_map::DefaultHasher;
 use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use pgfanout_sdk::{BatchOutcome, InFlight, Rejected, Sink, SinkError, SinkRecord};
+use pgfanout_sdk::{BatchOutcome, InFlight, PipelineStop, Rejected, Sink, SinkError, SinkRecord};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Client, Cmd, IntoConnectionInfo, Pipeline, RedisResult, Script, Value};
 use tracing::{debug, info, warn};
@@ -59,7 +58,7 @@ pub struct RedisSink {
     /// submit and after a failure (see the module docs).
     pipelining: Option<Vec<MultiplexedConnection>>,
     /// A pipelined batch failed since the last refused submit.
-    stopped: Arc<AtomicBool>,
+    stopped: PipelineStop,
     in_flight: usize,
     routes: Vec<CompiledMapping>,
     script: Script,
@@ -121,7 +120,7 @@ impl RedisSink {
             url: redact(&cfg.url),
             pipelining_config,
             pipelining: None,
-            stopped: Arc::default(),
+            stopped: PipelineStop::default(),
             in_flight: cfg.in_flight_batches.max(1),
             routes,
             script: Script::new(APPLY_LUA),
@@ -393,14 +392,10 @@ impl Sink for RedisSink {
     /// Sends the batch's lane pipelines; see the module docs for the order
     /// and failure rules.
     async fn submit(&mut self, batch: Arc<[SinkRecord]>) -> Result<InFlight, SinkError> {
-        if self.stopped.swap(false, Ordering::AcqRel) {
-            // The runtime lets everything in flight finish (and writes the
-            // failed batches again, in order) and writes this batch alone
-            // before it submits again, on connections opened afresh.
+        if let Some(refused) = self.stopped.refusal("redis") {
+            // The next submit opens the pipelining connections afresh.
             self.pipelining = None;
-            return Err(SinkError::Permanent(
-                "redis: a batch in flight failed; the batches after it are written again one at a time, in order".into(),
-            ));
+            return Err(refused);
         }
         let (encoded, rejected) = self.encode_batch(&batch);
         let work = self.plan(&encoded, true);
@@ -416,7 +411,7 @@ impl Sink for RedisSink {
             let lanes = op_records.into_iter().zip(replies.into_iter().map(script_calls)).collect();
             let outcome = read_outcome(lanes, rejected, records);
             if outcome.is_err() {
-                stopped.store(true, Ordering::Release);
+                stopped.set();
             }
             outcome
         }))

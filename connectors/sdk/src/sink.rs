@@ -28,6 +28,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::change::Change;
@@ -74,6 +75,34 @@ impl SinkError {
 /// like [`Sink::write`] once the batch is durable.
 pub type InFlight = Pin<Box<dyn Future<Output = BatchOutcome> + Send + 'static>>;
 
+/// The stop of a pipelining sink (see [`Sink::submit`]): a batch in flight
+/// that fails [`set`](Self::set)s it, and the next `submit` is refused
+/// [`Permanent`](SinkError::Permanent) once ([`refusal`](Self::refusal)), so
+/// the runtime finishes everything in flight, writing each failed batch
+/// again in order, and writes the refused batch alone before it submits
+/// anything newer; the sink then starts its pipelining afresh. Clones share
+/// the flag (the in-flight futures hold one).
+#[derive(Debug, Clone, Default)]
+pub struct PipelineStop(Arc<AtomicBool>);
+
+impl PipelineStop {
+    /// A batch in flight failed.
+    pub fn set(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    /// If a batch in flight failed since the last refusal: the error that
+    /// refuses this submit (`store` names the sink), and the flag is
+    /// cleared. The caller resets its pipelining state before returning it.
+    pub fn refusal(&self, store: &str) -> Option<SinkError> {
+        self.0.swap(false, Ordering::AcqRel).then(|| {
+            SinkError::Permanent(format!(
+                "{store}: a batch in flight failed; the batches after it are written again one at a time, in order"
+            ))
+        })
+    }
+}
+
 /// A destination store. See the module docs for the guarantees.
 pub trait Sink: Send + 'static {
     /// Writes a batch; see the module docs for what `Ok` promises.
@@ -103,7 +132,8 @@ pub trait Sink: Send + 'static {
     /// batch in order must be harmless); `Permanent`, the runtime lets the
     /// batches before it complete and then writes this one alone with
     /// [`write`](Self::write) (record by record only if that fails
-    /// permanently) before it submits anything newer.
+    /// permanently) before it submits anything newer ([`PipelineStop`]
+    /// refuses the submit after a failure this way).
     fn submit(&mut self, batch: Arc<[SinkRecord]>) -> impl Future<Output = Result<InFlight, SinkError>> + Send {
         let _ = batch;
         async { Err(SinkError::Permanent("this sink does not pipeline batches".into())) }
