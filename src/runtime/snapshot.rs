@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use pgfanout_postgres::conn::connect_sql;
 use pgfanout_postgres::snapshot::{self, SnapshotOptions, TableProgress};
 use pgfanout_postgres::SourceError;
+use pgfanout_sdk::Change;
 use tokio::sync::mpsc;
 use tracing::info;
 
@@ -37,8 +38,11 @@ impl SourceLoop {
         let started = Instant::now();
         let names = plan.tables.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ");
         info!(tables = %names, version = %plan.version, "snapshot started");
-        let (tx, mut rx) = mpsc::channel(self.settings.batch_size.max(64));
-        let options = SnapshotOptions { parallelism, ..SnapshotOptions::default() };
+        // Four batches of a quarter of `batch_size` rows (at most 256 each):
+        // the consumer routes one while the readers fill the next.
+        let batch_rows = (self.settings.batch_size / 4).clamp(1, 256);
+        let (tx, mut rx) = mpsc::channel::<Vec<Change>>(4);
+        let options = SnapshotOptions { parallelism, batch_rows, ..SnapshotOptions::default() };
         let opts = self.settings.opts.clone();
         let tables = plan.tables.clone();
         let name = plan.snapshot_name.clone();
@@ -73,11 +77,13 @@ impl SourceLoop {
         let mut shutdown = self.shutdown.clone();
         loop {
             tokio::select! {
-                change = rx.recv() => match change {
-                    Some(change) => {
-                        self.route(change).await;
-                        if self.local.iter().any(|c| c.len() >= self.settings.batch_size) {
-                            self.flush_local(None).await?;
+                batch = rx.recv() => match batch {
+                    Some(batch) => {
+                        for change in batch {
+                            self.route(change).await;
+                            if self.local.iter().any(|c| c.len() >= self.settings.batch_size) {
+                                self.flush_local(None).await?;
+                            }
                         }
                     }
                     None => break,

@@ -82,6 +82,18 @@ impl TypeDecoder {
             _ => self.decode(text),
         }
     }
+
+    /// [`decode`](Self::decode) for text already checked to be UTF-8 and
+    /// held in a shared buffer: the same values, slices of `text` where
+    /// [`decode_shared`](Self::decode_shared) would slice.
+    pub fn decode_text(&self, text: Text) -> Result<Value, DecodeError> {
+        match self {
+            TypeDecoder::Text | TypeDecoder::Date => Ok(Value::String(text)),
+            TypeDecoder::Number => decode_number(text.as_bytes()).map(|kind| kind.wrap(text)),
+            TypeDecoder::Json => Ok(Value::Json(text.slice_ref(text.trim_ascii()))),
+            _ => self.decode(text.as_bytes()),
+        }
+    }
 }
 
 fn decode_bool(text: &[u8]) -> Result<Value, DecodeError> {

@@ -10,7 +10,7 @@ use pgfanout_postgres::conn::{PgConnectOptions, TlsFiles};
 use pgfanout_postgres::replication::{ReplicationClient, SnapshotAction};
 use pgfanout_postgres::slot::{resolve_tables, TableName};
 use pgfanout_postgres::snapshot::{
-    clear_state, copy_tables, ensure_state_table, mark_tables, snapshot_state, SnapshotOptions, TableProgress,
+    clear_state, copy_tables, ensure_state_table, mark_tables, snapshot_state, Pinned, SnapshotOptions, TableProgress,
 };
 use pgfanout_sdk::{Change, Lsn, Op, Value};
 use testkit::PgCluster;
@@ -37,11 +37,11 @@ async fn copy_all(
     snapshot: Option<&str>,
     options: SnapshotOptions,
 ) -> (Vec<Change>, Vec<TableProgress>, u64) {
-    let (tx, mut rx) = mpsc::channel(1024);
+    let (tx, mut rx) = mpsc::channel(8);
     let collector = tokio::spawn(async move {
         let mut out = Vec::new();
-        while let Some(c) = rx.recv().await {
-            out.push(c);
+        while let Some(batch) = rx.recv().await {
+            out.extend(batch);
         }
         out
     });
@@ -137,7 +137,7 @@ async fn every_row_once_and_equal_to_to_jsonb() {
     let (_pg, opts, c) = setup("snap").await;
     c.batch_execute(TYPES_SCHEMA).await.expect("schema");
     let tables = [t("big"), t("nokey"), t("empty_t"), t("ri"), t("parted")];
-    let options = SnapshotOptions { parallelism: 4, chunk_rows: 20_000 };
+    let options = SnapshotOptions { parallelism: 4, chunk_rows: 20_000, ..SnapshotOptions::default() };
     let started = Instant::now();
     let (changes, progress, n) = copy_all(&opts, &tables, None, options).await;
     eprintln!("copied {n} rows in {:?}", started.elapsed());
@@ -233,7 +233,7 @@ async fn reads_the_state_at_the_exported_snapshot() {
     .await
     .unwrap();
 
-    let options = SnapshotOptions { parallelism: 3, chunk_rows: 2000 };
+    let options = SnapshotOptions { parallelism: 3, chunk_rows: 2000, ..SnapshotOptions::default() };
     let (changes, _, _) = copy_all(&opts, &[t("iso")], Some(&name), options.clone()).await;
     let mut got: Vec<serde_json::Value> = changes.iter().map(|c| c.after.as_ref().unwrap().to_serde()).collect();
     got.sort_by_key(|v| v["id"].as_i64());
@@ -298,7 +298,8 @@ async fn copies_under_the_snapshot_a_new_slot_exports() {
         .iter()
         .map(|r| serde_json::from_str(r.get::<_, &str>(0)).unwrap())
         .collect();
-    let (changes, _, _) = copy_all(&opts, &[t("w")], Some(&name), SnapshotOptions { parallelism: 4, chunk_rows: 3000 }).await;
+    let (changes, _, _) =
+        copy_all(&opts, &[t("w")], Some(&name), SnapshotOptions { parallelism: 4, chunk_rows: 3000, ..SnapshotOptions::default() }).await;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let writes = writer.await.unwrap() - 30_001;
     assert!(writes > 10, "writes ran during the test ({writes})");
@@ -326,10 +327,11 @@ async fn a_slow_consumer_holds_the_readers_back() {
     )
     .await
     .unwrap();
-    let (tx, mut rx) = mpsc::channel(10);
+    // Two batches of 8 rows in the channel.
+    let (tx, mut rx) = mpsc::channel(2);
     let reported = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let r = reported.clone();
-    let options = SnapshotOptions { parallelism: 2, chunk_rows: 50_000 };
+    let options = SnapshotOptions { parallelism: 2, chunk_rows: 50_000, batch_rows: 8, ..SnapshotOptions::default() };
     let copy = tokio::spawn(async move {
         copy_tables(&opts, &[t("bp")], None, Lsn(1), &options, tx, move |p| {
             r.fetch_max(p.rows, std::sync::atomic::Ordering::SeqCst);
@@ -338,14 +340,13 @@ async fn a_slow_consumer_holds_the_readers_back() {
     });
     let mut consumed = 0u64;
     while consumed < 20_000 {
-        rx.recv().await.expect("row");
-        consumed += 1;
+        consumed += rx.recv().await.expect("batch").len() as u64;
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // Rows counted as sent can exceed the consumed ones by the channel's
-    // capacity and one in-flight row per reader, no more.
+    // capacity (a reader counts a batch once the channel took it), no more.
     let sent = reported.load(std::sync::atomic::Ordering::SeqCst);
-    assert!(sent <= consumed + 10 + 2, "reported {sent} rows sent with only {consumed} consumed");
+    assert!(sent <= consumed + 2 * 8, "reported {sent} rows sent with only {consumed} consumed");
     assert!(sent >= 4096, "progress was reported along the way ({sent})");
     assert!(!copy.is_finished(), "the copy must wait for the consumer");
     // The server itself is waiting to write: backpressure reaches PostgreSQL.
@@ -355,11 +356,68 @@ async fn a_slow_consumer_holds_the_readers_back() {
         .unwrap()
         .get(0);
     assert!(waiting >= 1, "no COPY backend is blocked writing to the client");
-    while rx.recv().await.is_some() {
-        consumed += 1;
+    while let Some(batch) = rx.recv().await {
+        consumed += batch.len() as u64;
     }
     assert_eq!(copy.await.unwrap().expect("copy"), 200_000);
     assert_eq!(consumed, 200_000);
+}
+
+/// Copies `pin` keeping one row in 50 (as a filter in front of a slow sink
+/// would) until the copy ends; returns the kept rows as (id, JSON) and the
+/// most arena bytes alive seen while they were kept.
+async fn copy_keeping_few(opts: &PgConnectOptions, pinned: Arc<Pinned>) -> (Vec<(i32, String)>, usize) {
+    let options = SnapshotOptions { parallelism: 2, chunk_rows: 20_000, pinned: pinned.clone(), ..SnapshotOptions::default() };
+    let (tx, mut rx) = mpsc::channel::<Vec<Change>>(4);
+    let p = pinned.clone();
+    let keeper = tokio::spawn(async move {
+        let mut kept = Vec::new();
+        let mut most = 0;
+        while let Some(batch) = rx.recv().await {
+            for ch in batch {
+                let id = match ch.key.as_ref().and_then(|k| k.get("id")) {
+                    Some(Value::Number(n)) => n.parse::<i32>().unwrap(),
+                    other => panic!("key id {other:?}"),
+                };
+                if id % 50 == 0 {
+                    kept.push((id, ch));
+                }
+            }
+            most = most.max(p.live());
+        }
+        (kept, most)
+    });
+    assert_eq!(copy_tables(opts, &[t("pin")], None, Lsn(1), &options, tx, |_| {}).await.expect("copy"), 100_000);
+    let (kept, most) = keeper.await.unwrap();
+    assert_eq!(kept.len(), 2000);
+    let kept = kept.into_iter().map(|(id, ch)| (id, json(&ch.after))).collect();
+    assert_eq!(pinned.live(), 0, "every buffer is given back once the rows holding it are gone");
+    (kept, most)
+}
+
+/// Values of snapshot rows are slices of shared buffers; rows kept sparsely
+/// (every buffer holding a few kept rows among many dropped ones) may keep
+/// at most the budget of buffers alive, the rows past it carry copies, and
+/// both kinds equal `to_jsonb()`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sparsely_kept_rows_pin_at_most_the_budget() {
+    let (_pg, opts, c) = setup("pin").await;
+    // ~22 MB of field bytes.
+    c.batch_execute(
+        "CREATE TABLE pin (id int PRIMARY KEY, pad text, n numeric, at timestamptz); \
+         INSERT INTO pin SELECT i, repeat(md5(i::text), 6) || E'\\t\\\\', i * 1.5, '2024-01-01'::timestamptz + i * interval '1 s' \
+         FROM generate_series(1, 100000) i;",
+    )
+    .await
+    .unwrap();
+    // The control: without a budget the kept rows hold nearly the whole copy.
+    let (_, unbounded) = copy_keeping_few(&opts, Pinned::new(usize::MAX)).await;
+    assert!(unbounded > 8 << 20, "the workload pins far more than the budget when unbounded ({unbounded} bytes)");
+    let budget = 1 << 20;
+    let (kept, most) = copy_keeping_few(&opts, Pinned::new(budget)).await;
+    assert!(most <= budget, "{most} bytes of buffers alive, budget {budget}");
+    assert!(most > budget / 2, "rows shared buffers up to the budget ({most} bytes)");
+    assert_eq!(count_equal_to_jsonb(&c, "pin", &kept).await, 2000);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -416,16 +474,16 @@ async fn bench_snapshot_vs_psql_copy() {
     for parallelism in [1, 2, 4] {
         let mut best = Duration::MAX;
         for _ in 0..2 {
-            let (tx, mut rx) = mpsc::channel::<Change>(1024);
+            let (tx, mut rx) = mpsc::channel::<Vec<Change>>(4);
             let drain = tokio::spawn(async move {
                 let mut n = 0u64;
-                while let Some(ch) = rx.recv().await {
-                    n += ch.after.map_or(0, |r| r.len() as u64).min(1);
+                while let Some(batch) = rx.recv().await {
+                    n += batch.iter().map(|ch| ch.after.as_ref().map_or(0, |r| r.len() as u64).min(1)).sum::<u64>();
                 }
                 n
             });
             let start = Instant::now();
-            let options = SnapshotOptions { parallelism, chunk_rows: 250_000 };
+            let options = SnapshotOptions { parallelism, chunk_rows: 250_000, ..SnapshotOptions::default() };
             let n = copy_tables(&opts, &[t("bench")], None, Lsn(1), &options, tx, |_| {}).await.unwrap();
             assert_eq!(drain.await.unwrap(), 1_000_000);
             assert_eq!(n, 1_000_000);
@@ -436,5 +494,5 @@ async fn bench_snapshot_vs_psql_copy() {
     }
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let peak = status.lines().find(|l| l.starts_with("VmHWM")).unwrap_or("VmHWM: ?");
-    println!("peak RSS of the test process (channel of 1024 rows): {}", peak.trim_start_matches("VmHWM:").trim());
+    println!("peak RSS of the test process (channel of 4 batches): {}", peak.trim_start_matches("VmHWM:").trim());
 }

@@ -16,13 +16,16 @@
 //!   same text pgoutput sends, decoded by the same
 //!   [`TypeDecoder`](crate::types::TypeDecoder)s, so a snapshot row equals
 //!   the streamed row and `to_jsonb()`.
-//! - Bounded memory. Rows go to a bounded channel in small batches (at most
-//!   a quarter of its capacity, 256 rows, per connection); a full channel
-//!   stops the reader, which stops reading the socket, which makes the
-//!   server wait. Nothing is buffered per table.
+//! - Bounded memory. Rows go to a bounded channel in batches
+//!   ([`SnapshotOptions::batch_rows`], fewer when rows are large); a full
+//!   channel stops the reader, which stops reading the socket, which makes
+//!   the server wait. Nothing is buffered per table.
+//! - Few allocations. The values of a batch are slices of one buffer
+//!   ([`arena`]), within a budget of buffers kept alive ([`Pinned`]).
 //!
 //! [`state`] keeps which tables of a slot were copied, in the source database.
 
+mod arena;
 mod copy_text;
 pub mod keyed;
 mod plan;
@@ -42,6 +45,8 @@ use crate::catalog::TypeRegistry;
 use crate::conn::{connect_sql, PgConnectOptions};
 use crate::error::SourceError;
 use crate::slot::TableName;
+use arena::{column_count_error, Names, Staged};
+pub use arena::{Pinned, DEFAULT_BUDGET as DEFAULT_PINNED_BUDGET};
 use copy_text::{for_each_field, LineSplitter};
 use plan::{BlockRange, RelationPlan};
 
@@ -50,21 +55,24 @@ pub use state::{clear_state, ensure_state_table, mark_tables, snapshot_state};
 /// Rows a worker reads between two progress reports of a table.
 const PROGRESS_EVERY: u64 = 4096;
 
-/// Most decoded rows a worker holds before handing them to the output.
-const MAX_BATCH: usize = 256;
-
 /// How to copy.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct SnapshotOptions {
     /// Connections reading at once (each one a server backend). Default 4.
     pub parallelism: usize,
     /// Target rows per ctid range of a large table. Default 250,000.
     pub chunk_rows: u64,
+    /// Most rows in one batch sent to the output (fewer when a batch's
+    /// field bytes nearly fill a 32 KiB buffer first). Default 256.
+    pub batch_rows: usize,
+    /// The budget of buffers that sent rows' values may keep alive; shared
+    /// by every copy given the same one. Default: a fresh 8 MiB budget.
+    pub pinned: Arc<Pinned>,
 }
 
 impl Default for SnapshotOptions {
     fn default() -> Self {
-        SnapshotOptions { parallelism: 4, chunk_rows: 250_000 }
+        SnapshotOptions { parallelism: 4, chunk_rows: 250_000, batch_rows: 256, pinned: Pinned::new(DEFAULT_PINNED_BUDGET) }
     }
 }
 
@@ -98,7 +106,9 @@ struct Shared {
     relations: Vec<Arc<RelationPlan>>,
     tables: Vec<TableState>,
     version: Lsn,
-    out: Sender<Change>,
+    out: Sender<Vec<Change>>,
+    batch_rows: usize,
+    pinned: Arc<Pinned>,
     progress: Box<dyn Fn(TableProgress) + Send + Sync>,
 }
 
@@ -127,7 +137,8 @@ impl Shared {
 }
 
 /// Copies every row of `tables` under one snapshot and sends each, as an
-/// `op: read` [`Change`], to `out`; returns the number of rows sent.
+/// `op: read` [`Change`], to `out` (in batches of one piece's rows, in
+/// order); returns the number of rows sent.
 ///
 /// - `snapshot_name`: an exported snapshot (from `CREATE_REPLICATION_SLOT
 ///   ... EXPORT_SNAPSHOT` or `pg_export_snapshot()`); its exporter must keep
@@ -145,7 +156,11 @@ impl Shared {
 /// - Rows of one ctid range arrive in physical order; ranges and tables
 ///   interleave. Each row is sent exactly once.
 /// - `out` is never outrun: readers wait while it is full, holding at most
-///   one batch of decoded rows each (a quarter of `out`'s capacity, <= 256).
+///   one batch of decoded rows each (`options.batch_rows` rows or about
+///   32 KiB of field bytes, whichever comes first, plus the row that
+///   crossed it).
+/// - Values of sent rows keep at most `options.pinned`'s budget of read
+///   buffers alive; past it they are copies.
 /// - `progress` is called every few thousand rows of a table and once with
 ///   `done: true` when the table is complete (also for empty tables).
 /// - Errors: Transient for connection problems and a closed `out`,
@@ -158,7 +173,7 @@ pub async fn copy_tables(
     snapshot_name: Option<&str>,
     version: Lsn,
     options: &SnapshotOptions,
-    out: Sender<Change>,
+    out: Sender<Vec<Change>>,
     progress: impl Fn(TableProgress) + Send + Sync + 'static,
 ) -> Result<u64, SourceError> {
     let started = Instant::now();
@@ -208,7 +223,16 @@ pub async fn copy_tables(
         version = %version,
         "snapshot: copying tables"
     );
-    let shared = Arc::new(Shared { queue: Mutex::new(queue), relations, tables: table_states, version, out, progress: Box::new(progress) });
+    let shared = Arc::new(Shared {
+        queue: Mutex::new(queue),
+        relations,
+        tables: table_states,
+        version,
+        out,
+        batch_rows: options.batch_rows.max(1),
+        pinned: options.pinned.clone(),
+        progress: Box::new(progress),
+    });
     // Partitioned tables without partitions have nothing to read.
     for (i, t) in shared.tables.iter().enumerate() {
         if t.remaining.load(Ordering::Acquire) == 0 {
@@ -267,10 +291,10 @@ async fn import_snapshot(c: &Client, name: &str) -> Result<(), SourceError> {
 async fn worker(client: Client, shared: Arc<Shared>) -> Result<u64, SourceError> {
     let mut total = 0;
     let mut scratch = Vec::new();
-    let mut batch = Vec::new();
+    let mut staged = Staged::default();
     while let Some(piece) = shared.next_piece() {
         let rel = shared.relations[piece.rel].clone();
-        total += copy_piece(&client, &shared, &rel, piece.range, &mut scratch, &mut batch).await?;
+        total += copy_piece(&client, &shared, &rel, piece.range, &mut scratch, &mut staged).await?;
         shared.finish_piece(rel.given);
     }
     client.batch_execute("COMMIT").await?;
@@ -279,45 +303,39 @@ async fn worker(client: Client, shared: Arc<Shared>) -> Result<u64, SourceError>
 
 /// Copies one range of one relation to the output.
 ///
-/// Decoded rows are handed over in small batches: one channel reservation
-/// and at most one wake-up of the consumer per batch instead of per row
-/// (per-row cross-thread wake-ups cost more than decoding). A batch is sent
-/// as soon as it is full or the COPY stream has nothing more ready, so rows
-/// never wait for the network, and it never exceeds [`MAX_BATCH`] rows.
+/// Rows are handed over in batches: one channel send and at most one
+/// wake-up of the consumer per batch instead of per row (per-row
+/// cross-thread wake-ups cost more than decoding). A batch is sent as soon
+/// as it is full or the COPY stream has nothing more ready, so rows never
+/// wait for the network.
 async fn copy_piece(
     client: &Client,
     shared: &Shared,
     rel: &RelationPlan,
     range: BlockRange,
     scratch: &mut Vec<u8>,
-    batch: &mut Vec<Change>,
+    staged: &mut Staged,
 ) -> Result<u64, SourceError> {
     let sql = format!("COPY ({}{}) TO STDOUT", rel.select, range.condition());
     let stream = client.copy_out(sql.as_str()).await?;
     let mut stream = std::pin::pin!(stream);
     let mut lines = LineSplitter::default();
-    let has_key = rel.has_key();
-    // A quarter of the channel, so the consumer can drain one batch while
-    // the next is decoded.
-    let batch_rows = (shared.out.max_capacity() / 4).clamp(1, MAX_BATCH);
+    let names = Names::new(rel);
     let mut rows = 0u64; // sent
     let mut added = 0u64; // of which added to the table's count
     loop {
         let next = match stream.next().now_or_never() {
             Some(next) => next,
             None => {
-                rows += send_batch(shared, batch).await?;
+                rows += send_staged(shared, rel, &names, staged).await?;
                 stream.next().await
             }
         };
         let Some(chunk) = next else { break };
         let chunk = chunk?;
-        lines.push(&chunk, |line| {
-            batch.push(decode_line(rel, line, scratch, shared.version, has_key, None)?);
-            Ok::<_, SourceError>(())
-        })?;
-        if batch.len() >= batch_rows {
-            rows += send_batch(shared, batch).await?;
+        lines.push(&chunk, |line| staged.push_line(rel, line, scratch))?;
+        if staged.rows() >= shared.batch_rows || staged.is_full() {
+            rows += send_staged(shared, rel, &names, staged).await?;
         }
         if rows - added >= PROGRESS_EVERY {
             let now = shared.add_rows(rel.given, rows - added);
@@ -328,27 +346,22 @@ async fn copy_piece(
     if !lines.is_empty() {
         return Err(SourceError::transient(format!("COPY of {}.{} ended in the middle of a row", rel.schema, rel.table)));
     }
-    rows += send_batch(shared, batch).await?;
+    rows += send_staged(shared, rel, &names, staged).await?;
     shared.add_rows(rel.given, rows - added);
     Ok(rows)
 }
 
-/// Sends and empties `batch` (reserving room for all of it first, at most
-/// the channel's capacity at a time); returns how many rows it sent.
-async fn send_batch(shared: &Shared, batch: &mut Vec<Change>) -> Result<u64, SourceError> {
-    let total = batch.len();
-    let step = shared.out.max_capacity().max(1);
-    let mut rows = batch.drain(..);
-    let mut left = total;
-    while left > 0 {
-        let n = left.min(step);
-        let permits = shared.out.reserve_many(n).await.map_err(|_| closed())?;
-        for (permit, change) in permits.zip(rows.by_ref()) {
-            permit.send(change);
-        }
-        left -= n;
+/// Decodes the staged rows and sends them as one batch; returns how many
+/// rows it sent.
+async fn send_staged(shared: &Shared, rel: &RelationPlan, names: &Names, staged: &mut Staged) -> Result<u64, SourceError> {
+    if staged.rows() == 0 {
+        return Ok(0);
     }
-    Ok(total as u64)
+    let mut batch = Vec::new();
+    staged.finish(rel, names, shared.version, &shared.pinned, &mut batch)?;
+    let n = batch.len() as u64;
+    shared.out.send(batch).await.map_err(|_| closed())?;
+    Ok(n)
 }
 
 fn closed() -> SourceError {
@@ -413,13 +426,4 @@ fn decode_line(
         xid: None,
         commit_ts: None,
     })
-}
-
-fn column_count_error(rel: &RelationPlan) -> SourceError {
-    SourceError::permanent(format!(
-        "snapshot of {}.{}: a COPY row does not have the table's {} columns",
-        rel.schema,
-        rel.table,
-        rel.columns.len()
-    ))
 }
