@@ -31,6 +31,17 @@ type ProgressLog = (Instant, HashMap<String, (u64, u64)>);
 const PROGRESS_LOG_EVERY: Duration = Duration::from_secs(5);
 
 impl SourceLoop {
+    /// Waits until every sink's queue is at most half full.
+    async fn queues_half_free(&self) {
+        for sender in &self.senders {
+            let half = (sender.max_capacity() / 2).max(1);
+            if sender.capacity() < half {
+                // Closed: the worker is gone; flushing reports it.
+                let _ = sender.reserve_many(half).await;
+            }
+        }
+    }
+
     /// Copies `plan`'s tables into the sinks and waits until they are
     /// durable. Returns `Ok(false)` when shutdown interrupted it (the state
     /// stays "running", so the next start copies again).
@@ -76,6 +87,16 @@ impl SourceLoop {
         });
         let mut shutdown = self.shutdown.clone();
         loop {
+            // The copy outruns the sinks, so their queues would always be
+            // full: half of each is enough to keep its worker busy, and the
+            // other half would only hold rows in memory.
+            tokio::select! {
+                _ = self.queues_half_free() => {}
+                _ = shutdown.changed() => {
+                    copy.abort();
+                    return Ok(false);
+                }
+            }
             tokio::select! {
                 batch = rx.recv() => match batch {
                     Some(batch) => {

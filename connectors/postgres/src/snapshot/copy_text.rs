@@ -33,12 +33,12 @@ where
     let mut start = 0;
     loop {
         // A raw tab is always a delimiter: COPY escapes tabs inside values.
-        let mut end = start;
-        let mut escaped = false;
-        while end < line.len() && line[end] != b'\t' {
-            escaped |= line[end] == b'\\';
-            end += 1;
-        }
+        let rest = &line[start..];
+        let (end, escaped) = match memchr::memchr2(b'\t', b'\\', rest) {
+            None => (line.len(), false),
+            Some(i) if rest[i] == b'\t' => (start + i, false),
+            Some(i) => (memchr::memchr(b'\t', &rest[i..]).map_or(line.len(), |j| start + i + j), true),
+        };
         let raw = &line[start..end];
         if !escaped {
             f(Some(raw))?;
@@ -132,7 +132,7 @@ impl LineSplitter {
     pub fn push<E>(&mut self, chunk: &[u8], mut f: impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
         let mut rest = chunk;
         if !self.carry.is_empty() {
-            match rest.iter().position(|&b| b == b'\n') {
+            match memchr::memchr(b'\n', rest) {
                 Some(nl) => {
                     self.carry.extend_from_slice(&rest[..nl]);
                     f(&self.carry)?;
@@ -145,7 +145,7 @@ impl LineSplitter {
                 }
             }
         }
-        while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
+        while let Some(nl) = memchr::memchr(b'\n', rest) {
             f(&rest[..nl])?;
             rest = &rest[nl + 1..];
         }
