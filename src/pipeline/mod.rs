@@ -65,6 +65,9 @@ fn op_bit(op: Op) -> u8 {
 /// table -> indices into `Router::routes` of the pipelines reading it.
 type TableRoutes = FxHashMap<Arc<str>, Box<[u32]>>;
 
+/// A schema name, a table name and the routes reading that table.
+type LastTable = (Arc<str>, Arc<str>, Box<[u32]>);
+
 /// Routes changes through the configured pipelines. See the module docs.
 pub struct Router {
     routes: Vec<Route>,
@@ -73,6 +76,10 @@ pub struct Router {
     /// Per schema and table, the routes reading it (Fx hashing: looked up
     /// for every change).
     by_table: FxHashMap<Arc<str>, TableRoutes>,
+    /// The last change's schema and table names and their routes: changes
+    /// come in runs of one table sharing the same name pointers, so most
+    /// need no lookup.
+    last: Option<LastTable>,
     env: Arc<cel::Env>,
 }
 
@@ -137,7 +144,7 @@ impl Router {
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
-        Ok(Router { routes, sinks, by_table: FxHashMap::default(), env: expr::new_env() })
+        Ok(Router { routes, sinks, by_table: FxHashMap::default(), last: None, env: expr::new_env() })
     }
 
     /// Table patterns of all pipelines (for the publication), deduplicated,
@@ -161,17 +168,12 @@ impl Router {
     /// forwards the same `Arc<Change>`. Nothing is pushed for a pipeline that
     /// does not match or whose filter is false: the change is done for it.
     pub fn route(&mut self, change: &Arc<Change>, out: &mut Vec<Routed>) {
-        if !self.by_table.get(&*change.schema).is_some_and(|t| t.contains_key(&*change.table)) {
-            let matching: Box<[u32]> = self
-                .routes
-                .iter()
-                .enumerate()
-                .filter(|(_, r)| r.patterns.iter().any(|p| p.matches(&change.schema, &change.table)))
-                .map(|(i, _)| i as u32)
-                .collect();
-            self.by_table.entry(Arc::clone(&change.schema)).or_default().insert(Arc::clone(&change.table), matching);
+        let same = matches!(&self.last, Some((s, t, _)) if Arc::ptr_eq(s, &change.schema) && Arc::ptr_eq(t, &change.table));
+        if !same {
+            let indices = self.routes_of(change);
+            self.last = Some((Arc::clone(&change.schema), Arc::clone(&change.table), indices));
         }
-        let Some(indices) = self.by_table.get(&*change.schema).and_then(|t| t.get(&*change.table)) else {
+        let Some((_, _, indices)) = &self.last else {
             return;
         };
         let bit = op_bit(change.op);
@@ -185,6 +187,21 @@ impl Router {
                 out.push(routed);
             }
         }
+    }
+
+    /// The routes reading `change`'s table, in pipeline order.
+    fn routes_of(&mut self, change: &Change) -> Box<[u32]> {
+        if !self.by_table.get(&*change.schema).is_some_and(|t| t.contains_key(&*change.table)) {
+            let matching: Box<[u32]> = self
+                .routes
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.patterns.iter().any(|p| p.matches(&change.schema, &change.table)))
+                .map(|(i, _)| i as u32)
+                .collect();
+            self.by_table.entry(Arc::clone(&change.schema)).or_default().insert(Arc::clone(&change.table), matching);
+        }
+        self.by_table.get(&*change.schema).and_then(|t| t.get(&*change.table)).cloned().unwrap_or_default()
     }
 
     /// Routes `change` through pipeline number `pipeline` alone (for

@@ -83,6 +83,27 @@ impl TypeDecoder {
         }
     }
 
+    /// True for the types whose value is a string that differs from their
+    /// text (timestamps): [`render_into`](Self::render_into) writes it.
+    pub fn renders(&self) -> bool {
+        matches!(self, TypeDecoder::Timestamp | TypeDecoder::Timestamptz)
+    }
+
+    /// For a type that [`renders`](Self::renders): appends to `out` the
+    /// string [`decode`](Self::decode) would make of `text` (so a buffer of
+    /// many values needs no allocation per value). Other types: appends
+    /// `text` unchanged.
+    pub fn render_into(&self, text: &[u8], out: &mut Vec<u8>) -> Result<(), DecodeError> {
+        match self {
+            TypeDecoder::Timestamp => iso_to_xsd_into(text, "timestamp", false, out),
+            TypeDecoder::Timestamptz => iso_to_xsd_into(text, "timestamptz", true, out),
+            _ => {
+                out.extend_from_slice(text);
+                Ok(())
+            }
+        }
+    }
+
     /// [`decode`](Self::decode) for text already checked to be UTF-8 and
     /// held in a shared buffer: the same values, slices of `text` where
     /// [`decode_shared`](Self::decode_shared) would slice.
@@ -193,9 +214,16 @@ fn is_json_number(b: &[u8]) -> bool {
 /// `-infinity` are unchanged.
 fn iso_to_xsd(text: &[u8], type_name: &'static str, with_tz: bool) -> Result<Vec<u8>, DecodeError> {
     let mut out = Vec::with_capacity(text.len() + 4);
+    iso_to_xsd_into(text, type_name, with_tz, &mut out)?;
+    Ok(out)
+}
+
+/// [`iso_to_xsd`] appending to `out` (which keeps what it had, and may hold
+/// part of the value when this fails).
+fn iso_to_xsd_into(text: &[u8], type_name: &'static str, with_tz: bool, out: &mut Vec<u8>) -> Result<(), DecodeError> {
     if text == b"infinity" || text == b"-infinity" {
         out.extend_from_slice(text);
-        return Ok(out);
+        return Ok(());
     }
     let (body, bc) = match text.strip_suffix(b" BC") {
         Some(b) => (b, true),
@@ -233,7 +261,7 @@ fn iso_to_xsd(text: &[u8], type_name: &'static str, with_tz: bool) -> Result<Vec
     if bc {
         out.extend_from_slice(b" BC");
     }
-    Ok(out)
+    Ok(())
 }
 
 /// A small cursor over an array or row literal.

@@ -142,12 +142,18 @@ impl Staged {
         // is one empty field.
         if !rel.columns.is_empty() || !line.is_empty() {
             let (buf, fields) = (&mut self.buf, &mut self.fields);
+            let mut columns = rel.columns.iter();
             for_each_field(line, scratch, |field| {
-                fields.push(field.map(|text| {
-                    let start = buf.len();
-                    buf.extend_from_slice(text);
-                    start..buf.len()
-                }));
+                let col = columns.next().ok_or_else(|| column_count_error(rel))?;
+                let Some(text) = field else {
+                    fields.push(None);
+                    return Ok(());
+                };
+                let start = buf.len();
+                // Timestamps are staged in their JSON form, so that they
+                // too are slices of the arena.
+                col.decoder.render_into(text, buf).map_err(|e| decode_error(rel, &col.name, e))?;
+                fields.push(Some(start..buf.len()));
                 Ok::<_, SourceError>(())
             })?;
         }
@@ -215,11 +221,11 @@ impl Staged {
             let mut row = Vec::with_capacity(width);
             let mut key = has_key.then(|| Vec::with_capacity(1));
             for ((col, name), field) in rel.columns.iter().zip(&names.columns).zip(fields) {
+                // What `render_into` staged is the value's string already.
+                let decoder = if col.decoder.renders() { &RENDERED } else { &*col.decoder };
                 let value = match field {
                     None => Value::Null,
-                    Some(range) => decode(&col.decoder, range.clone()).map_err(|e| {
-                        SourceError::permanent(format!("snapshot of {}.{}, column {}: {e}", rel.schema, rel.table, col.name))
-                    })?,
+                    Some(range) => decode(decoder, range.clone()).map_err(|e| decode_error(rel, &col.name, e))?,
                 };
                 if col.is_key {
                     if let Some(k) = key.as_mut() {
@@ -250,6 +256,13 @@ impl Staged {
         }
         Ok(())
     }
+}
+
+/// How a staged value that [`TypeDecoder::render_into`] wrote is read back.
+static RENDERED: TypeDecoder = TypeDecoder::Text;
+
+fn decode_error(rel: &RelationPlan, column: &str, e: DecodeError) -> SourceError {
+    SourceError::permanent(format!("snapshot of {}.{}, column {column}: {e}", rel.schema, rel.table))
 }
 
 pub fn column_count_error(rel: &RelationPlan) -> SourceError {
