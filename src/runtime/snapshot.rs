@@ -135,7 +135,11 @@ impl SourceLoop {
             if self.tracker.in_flight() == 0 {
                 break;
             }
+            // Woken as soon as a sink's durable position moves (the poll
+            // interval is only a fallback): this wait is part of every
+            // snapshot's duration.
             tokio::select! {
+                _ = self.durable_changed.notified() => {}
                 _ = tokio::time::sleep(Duration::from_millis(50)) => {}
                 _ = shutdown.changed() => return Ok(false),
             }

@@ -103,7 +103,7 @@ pub struct SourceLoop {
     /// When the oldest item not yet handed to a sink was queued locally.
     unflushed_since: Option<Instant>,
     /// Signalled when a sink made something durable.
-    durable_changed: Arc<tokio::sync::Notify>,
+    pub(super) durable_changed: Arc<tokio::sync::Notify>,
     /// Backfill chunks from the driver, their windows in the stream, rows
     /// ready to route once no transaction is open, and chunks routed but
     /// not yet durable everywhere (barrier seq, reply, rows).
