@@ -273,3 +273,97 @@ pub fn column_count_error(rel: &RelationPlan) -> SourceError {
         rel.columns.len()
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::relation::ColumnInfo;
+
+    fn rel() -> RelationPlan {
+        let col = |name: &str, is_key: bool, decoder: TypeDecoder| ColumnInfo {
+            name: Arc::from(name),
+            type_oid: 0,
+            is_key,
+            decoder: Arc::new(decoder),
+        };
+        RelationPlan {
+            given: 0,
+            schema: Arc::from("public"),
+            table: Arc::from("t"),
+            columns: vec![
+                col("id", true, TypeDecoder::Number),
+                col("a", false, TypeDecoder::Text),
+                col("b", false, TypeDecoder::Text),
+                col("at", false, TypeDecoder::Timestamptz),
+                col("j", false, TypeDecoder::Json),
+            ],
+            select: String::new(),
+            blocks: 0,
+            estimate: 0,
+        }
+    }
+
+    const LINES: [&[u8]; 3] = [
+        b"1\t\xc3\xa9 tab\\there\t\\N\t2024-01-02 03:04:05.5+00\t {\"k\": [1, 2]} ",
+        // Each field alone is not UTF-8, the two together are: the batch's
+        // single check passes, and each value is replaced as on its own.
+        b"2\t\xc3\t\xa9\t-infinity\tnull",
+        b"3\t\t\\\\N\t\\N\t\\N",
+    ];
+
+    /// Stages `lines` and hands them over with `pinned`.
+    fn changes(lines: &[&[u8]], pinned: &Arc<Pinned>) -> Vec<Change> {
+        let rel = rel();
+        let mut staged = Staged::default();
+        let mut scratch = Vec::new();
+        for line in lines {
+            staged.push_line(&rel, line, &mut scratch).unwrap();
+        }
+        let mut out = Vec::new();
+        staged.finish(&rel, &Names::new(&rel), Lsn(7), pinned, &mut out).unwrap();
+        assert_eq!(staged.rows(), 0);
+        out
+    }
+
+    fn json(c: &Change) -> String {
+        let mut out = Vec::new();
+        c.after.as_ref().unwrap().write_json(&mut out);
+        out.push(b'|');
+        c.key.as_ref().unwrap().write_json(&mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn shared_and_copied_values_are_the_same_and_right() {
+        let shared = Pinned::new(usize::MAX);
+        let got = changes(&LINES, &shared);
+        assert!(shared.live() > 0, "the values hold the arena");
+        let copied_budget = Pinned::new(0);
+        let copied = changes(&LINES, &copied_budget);
+        assert_eq!(copied_budget.live(), 0);
+        assert_eq!(got, copied);
+        let rows: Vec<String> = got.iter().map(json).collect();
+        assert_eq!(
+            rows,
+            [
+                r#"{"id":1,"a":"é tab\there","b":null,"at":"2024-01-02T03:04:05.5+00:00","j":{"k": [1, 2]}}|{"id":1}"#,
+                r#"{"id":2,"a":"�","b":"�","at":"-infinity","j":null}|{"id":2}"#,
+                r#"{"id":3,"a":"","b":"\\N","at":null,"j":null}|{"id":3}"#,
+            ]
+        );
+        assert!(got.iter().all(|c| c.op == Op::Read && c.lsn == Lsn(7) && c.commit_lsn == Lsn(7)));
+        drop(got);
+        assert_eq!(shared.live(), 0, "dropping the rows gives the arena back");
+    }
+
+    #[test]
+    fn a_row_with_the_wrong_number_of_fields_is_an_error() {
+        let rel = rel();
+        let mut staged = Staged::default();
+        let mut scratch = Vec::new();
+        for line in [&b"1\ta\tb\t\\N"[..], b"1\ta\tb\t\\N\t1\textra"] {
+            let err = staged.push_line(&rel, line, &mut scratch).unwrap_err();
+            assert!(err.to_string().contains("does not have the table's 5 columns"), "{err}");
+        }
+    }
+}
