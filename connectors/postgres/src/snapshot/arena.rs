@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use pgfanout_sdk::{Change, Lsn, Op, Row, Text, Value};
+use pgfanout_sdk::{Change, Lsn, Row, Text, Value};
 
 use super::copy_text::for_each_field;
 use super::plan::RelationPlan;
@@ -234,25 +234,7 @@ impl Staged {
                 }
                 row.push((name.clone(), value));
             }
-            let row = Row(row);
-            let key = match key {
-                Some(k) => Row(k),
-                None => row.clone(),
-            };
-            out.push(Change {
-                op: Op::Read,
-                schema: names.schema.clone(),
-                table: names.table.clone(),
-                key: Some(key),
-                before: None,
-                after: Some(row),
-                unchanged_toast: Vec::new(),
-                lsn: version,
-                commit_lsn: version,
-                ordinal: 0,
-                xid: None,
-                commit_ts: None,
-            });
+            out.push(super::read_change(names.schema.clone(), names.table.clone(), key.map(Row), Row(row), version));
         }
         Ok(())
     }
@@ -278,6 +260,7 @@ pub fn column_count_error(rel: &RelationPlan) -> SourceError {
 mod tests {
     use super::*;
     use crate::relation::ColumnInfo;
+    use pgfanout_sdk::Op;
 
     fn rel() -> RelationPlan {
         let col = |name: &str, is_key: bool, decoder: TypeDecoder| ColumnInfo {

@@ -407,16 +407,18 @@ fn decode_line(
             return Err(column_count_error(rel));
         }
     }
-    let row = Row(row);
-    let key = match key {
-        Some(k) => Some(Row(k)),
-        None => Some(row.clone()),
-    };
-    Ok(Change {
+    Ok(read_change(rel.schema.clone(), rel.table.clone(), key.map(Row), Row(row), version))
+}
+
+/// A copied row as an `op: read` change; without `key` columns the whole
+/// row is the key.
+fn read_change(schema: Arc<str>, table: Arc<str>, key: Option<Row>, row: Row, version: Lsn) -> Change {
+    let key = key.unwrap_or_else(|| row.clone());
+    Change {
         op: Op::Read,
-        schema: rel.schema.clone(),
-        table: rel.table.clone(),
-        key,
+        schema,
+        table,
+        key: Some(key),
         before: None,
         after: Some(row),
         unchanged_toast: Vec::new(),
@@ -425,5 +427,5 @@ fn decode_line(
         ordinal: 0,
         xid: None,
         commit_ts: None,
-    })
+    }
 }
