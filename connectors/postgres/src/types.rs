@@ -76,9 +76,12 @@ impl TypeDecoder {
     /// json, dates) become slices of it instead of copies.
     pub fn decode_shared(&self, text: &Bytes) -> Result<Value, DecodeError> {
         match self {
-            TypeDecoder::Text | TypeDecoder::Date => Ok(Value::String(shared_text(text))),
-            TypeDecoder::Number => decode_number(text).map(|kind| kind.wrap(shared_text(text))),
-            TypeDecoder::Json => Ok(Value::Json(shared_text(&text.slice_ref(text.trim_ascii())))),
+            TypeDecoder::Text | TypeDecoder::Date | TypeDecoder::Number | TypeDecoder::Json => match Text::try_from(text.clone()) {
+                Ok(text) => self.decode_text(text),
+                // Not UTF-8 (a UTF-8 server encoding never sends it): a
+                // copy with U+FFFD replacements.
+                Err(_) => self.decode(text),
+            },
             _ => self.decode(text),
         }
     }
@@ -135,12 +138,6 @@ fn owned_text(b: &[u8]) -> Text {
 /// Text this module built (ASCII), without copying it.
 fn ascii_text(b: Vec<u8>) -> Text {
     Text::from(String::from_utf8(b).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
-}
-
-/// The bytes as text without copying them (a copy with U+FFFD replacements
-/// if they are not UTF-8, which a UTF-8 server encoding never sends).
-fn shared_text(b: &Bytes) -> Text {
-    Text::try_from(b.clone()).unwrap_or_else(|_| Text::from(String::from_utf8_lossy(b).into_owned()))
 }
 
 /// What a number column's text becomes.

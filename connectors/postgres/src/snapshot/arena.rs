@@ -243,7 +243,7 @@ impl Staged {
 /// How a staged value that [`TypeDecoder::render_into`] wrote is read back.
 static RENDERED: TypeDecoder = TypeDecoder::Text;
 
-fn decode_error(rel: &RelationPlan, column: &str, e: DecodeError) -> SourceError {
+pub(super) fn decode_error(rel: &RelationPlan, column: &str, e: DecodeError) -> SourceError {
     SourceError::permanent(format!("snapshot of {}.{}, column {column}: {e}", rel.schema, rel.table))
 }
 

@@ -123,7 +123,7 @@ impl KeyedTable {
             let chunk = chunk?;
             lines.push(&chunk, |line| {
                 let mut key = Vec::with_capacity(self.key.len());
-                let change = decode_line(&self.plan, line, &mut scratch, version, true, Some(&mut key))?;
+                let change = decode_line(&self.plan, line, &mut scratch, version, &mut key)?;
                 out.push((change, key));
                 Ok::<_, SourceError>(())
             })?;

@@ -45,7 +45,7 @@ use crate::catalog::TypeRegistry;
 use crate::conn::{connect_sql, PgConnectOptions};
 use crate::error::SourceError;
 use crate::slot::TableName;
-use arena::{column_count_error, Names, Staged};
+use arena::{column_count_error, decode_error, Names, Staged};
 pub use arena::{Pinned, DEFAULT_BUDGET as DEFAULT_PINNED_BUDGET};
 use copy_text::{for_each_field, LineSplitter};
 use plan::{BlockRange, RelationPlan};
@@ -368,36 +368,31 @@ fn closed() -> SourceError {
     SourceError::transient("snapshot output closed: its consumer stopped")
 }
 
-/// One COPY text line to a read change.
-/// With `key_text`, the key columns' text (as PostgreSQL prints them) is
-/// pushed there too.
+/// One COPY text line of a keyed table to a read change (values copied:
+/// the keyed reads of backfills and `verify`, not the bulk copy, which
+/// goes through [`arena`]); the key columns' text, as PostgreSQL prints
+/// them, is pushed to `key_text`.
 fn decode_line(
     rel: &RelationPlan,
     line: &[u8],
     scratch: &mut Vec<u8>,
     version: Lsn,
-    has_key: bool,
-    mut key_text: Option<&mut Vec<String>>,
+    key_text: &mut Vec<String>,
 ) -> Result<Change, SourceError> {
     let mut row = Vec::with_capacity(rel.columns.len());
-    let mut key = has_key.then(|| Vec::with_capacity(1));
+    let mut key = Vec::with_capacity(1);
     if !rel.columns.is_empty() || !line.is_empty() {
         let mut columns = rel.columns.iter();
         for_each_field(line, scratch, |field| {
             let col = columns.next().ok_or_else(|| column_count_error(rel))?;
             let value = match field {
                 None => Value::Null,
-                Some(text) => col
-                    .decoder
-                    .decode(text)
-                    .map_err(|e| SourceError::permanent(format!("snapshot of {}.{}, column {}: {e}", rel.schema, rel.table, col.name)))?,
+                Some(text) => col.decoder.decode(text).map_err(|e| decode_error(rel, &col.name, e))?,
             };
             if col.is_key {
-                if let Some(k) = key.as_mut() {
-                    k.push((col.name.clone(), value.clone()));
-                }
-                if let (Some(out), Some(text)) = (key_text.as_deref_mut(), field) {
-                    out.push(String::from_utf8_lossy(text).into_owned());
+                key.push((col.name.clone(), value.clone()));
+                if let Some(text) = field {
+                    key_text.push(String::from_utf8_lossy(text).into_owned());
                 }
             }
             row.push((col.name.clone(), value));
@@ -407,7 +402,7 @@ fn decode_line(
             return Err(column_count_error(rel));
         }
     }
-    Ok(read_change(rel.schema.clone(), rel.table.clone(), key.map(Row), Row(row), version))
+    Ok(read_change(rel.schema.clone(), rel.table.clone(), Some(Row(key)), Row(row), version))
 }
 
 /// A copied row as an `op: read` change; without `key` columns the whole
