@@ -363,6 +363,36 @@ async fn a_slow_consumer_holds_the_readers_back() {
     assert_eq!(consumed, 200_000);
 }
 
+/// An error the server raises in the middle of a COPY (here its statement
+/// timeout, which fires while the readers wait for a slow consumer) fails
+/// the snapshot with the server's own reason and SQLSTATE, retriable, and
+/// no row of the failed piece is reported as more than was sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_in_the_middle_of_a_copy_fails_the_snapshot_with_the_servers_reason() {
+    let (_pg, opts, c) = setup("mid").await;
+    c.batch_execute(
+        "CREATE TABLE mid (id int PRIMARY KEY, pad text); INSERT INTO mid SELECT i, repeat('x', 200) FROM generate_series(1, 200000) i;
+         ALTER DATABASE mid SET statement_timeout = '1s';",
+    )
+    .await
+    .unwrap();
+    let (tx, mut rx) = mpsc::channel(2);
+    let options = SnapshotOptions { parallelism: 2, chunk_rows: 50_000, batch_rows: 8, ..SnapshotOptions::default() };
+    let copy = tokio::spawn(async move { copy_tables(&opts, &[t("mid")], None, Lsn(1), &options, tx, |_| {}).await });
+    let mut consumed = rx.recv().await.expect("a first batch").len();
+    // Stalled past the statement timeout: the backends are blocked writing
+    // and raise the timeout once they can go on.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    while let Some(batch) = rx.recv().await {
+        consumed += batch.len();
+    }
+    let err = copy.await.unwrap().expect_err("the copy must fail");
+    assert!(consumed < 200_000, "every row arrived ({consumed}) although the COPY was cancelled");
+    assert_eq!(err.sqlstate(), Some("57014"), "{err}");
+    assert!(err.to_string().contains("statement timeout"), "{err}");
+    assert_eq!(err.kind(), pgfanout_postgres::error::ErrorKind::Transient, "{err}");
+}
+
 /// Copies `pin` keeping one row in 50 (as a filter in front of a slow sink
 /// would) until the copy ends; returns the kept rows as (id, JSON) and the
 /// most arena bytes alive seen while they were kept.

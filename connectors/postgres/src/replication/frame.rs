@@ -39,7 +39,7 @@ const XLOG_HEADER: usize = 1 + 8 + 8 + 8;
 const KEEPALIVE: u8 = b'k';
 const KEEPALIVE_LEN: usize = 1 + 8 + 8 + 1;
 /// Frame header: tag + i32 length (which counts itself).
-const HEADER: usize = 5;
+pub(crate) const HEADER: usize = 5;
 /// The server never sends a message near this size (its limit is 1 GB);
 /// anything larger is a corrupt stream, not a reason to allocate.
 const MAX_FRAME: usize = (1 << 30) + (1 << 20);
@@ -80,7 +80,7 @@ fn protocol_error(what: &str) -> SourceError {
 /// Length of the complete frame at the start of `buf`, or None if it is
 /// not fully buffered yet.
 #[inline]
-fn complete_len(buf: &BytesMut) -> Result<Option<usize>, SourceError> {
+pub(crate) fn complete_len(buf: &BytesMut) -> Result<Option<usize>, SourceError> {
     if buf.len() < HEADER {
         return Ok(None);
     }

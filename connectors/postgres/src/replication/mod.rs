@@ -16,6 +16,7 @@
 //! [`ReplicationStream`].
 
 pub(crate) mod auth;
+pub(crate) mod copy_out;
 pub(crate) mod frame;
 mod rawsock;
 pub(crate) mod socket;
@@ -136,52 +137,7 @@ impl ReplicationClient {
     /// for the SQLSTATEs of [`crate::error::is_permanent_sqlstate`]) after the
     /// connection is ready again, so the client stays usable.
     pub async fn simple_query(&mut self, sql: &str) -> Result<Vec<SimpleQueryRow>, SourceError> {
-        frontend::query(sql, &mut self.wire.wbuf).map_err(|e| SourceError::permanent(format!("invalid query: {e}")))?;
-        self.wire.send().await?;
-        let mut rows = Vec::new();
-        let mut columns: Vec<String> = Vec::new();
-        let mut error: Option<DbError> = None;
-        loop {
-            let f = self.wire.read_frame().await?;
-            match f.tag {
-                frame::ROW_DESCRIPTION => {
-                    let mut b = Body::new(&f.body);
-                    let n = b.i16()?.max(0) as usize;
-                    columns = Vec::with_capacity(n);
-                    for _ in 0..n {
-                        columns.push(b.cstr()?);
-                        b.bytes(18)?; // table oid, attnum, type oid, typlen, typmod, format
-                    }
-                }
-                frame::DATA_ROW => {
-                    let mut b = Body::new(&f.body);
-                    let n = b.i16()?.max(0) as usize;
-                    let mut values = Vec::with_capacity(n);
-                    for _ in 0..n {
-                        let len = b.i32()?;
-                        values.push(if len < 0 {
-                            None
-                        } else {
-                            let raw = b.bytes(len as usize)?;
-                            Some(String::from_utf8_lossy(raw).into_owned())
-                        });
-                    }
-                    rows.push(SimpleQueryRow { columns: columns.clone(), values });
-                }
-                frame::COMMAND_COMPLETE | frame::EMPTY_QUERY | frame::NOTICE_RESPONSE | frame::PARAMETER_STATUS => {}
-                frame::ERROR_RESPONSE => error = Some(DbError::parse(&f.body)),
-                frame::READY_FOR_QUERY => {
-                    return match error {
-                        Some(e) => Err(e.into_source_error()),
-                        None => Ok(rows),
-                    }
-                }
-                frame::COPY_BOTH_RESPONSE | frame::COPY_IN_RESPONSE | frame::COPY_OUT_RESPONSE => {
-                    return Err(SourceError::permanent("simple_query cannot run COPY or START_REPLICATION"));
-                }
-                other => return Err(SourceError::transient(format!("unexpected message {:?} in query result", other as char))),
-            }
-        }
+        simple_query(&mut self.wire, sql).await
     }
 
     /// IDENTIFY_SYSTEM.
@@ -263,6 +219,57 @@ impl std::fmt::Debug for ReplicationClient {
 
 fn parse_lsn(s: &str) -> Result<Lsn, SourceError> {
     s.parse().map_err(|_| SourceError::transient(format!("invalid LSN {s:?} from the server")))
+}
+
+/// Runs `sql` with the simple query protocol on `wire` (see
+/// [`ReplicationClient::simple_query`]).
+pub(crate) async fn simple_query(wire: &mut Wire, sql: &str) -> Result<Vec<SimpleQueryRow>, SourceError> {
+    frontend::query(sql, &mut wire.wbuf).map_err(|e| SourceError::permanent(format!("invalid query: {e}")))?;
+    wire.send().await?;
+    let mut rows = Vec::new();
+    let mut columns: Vec<String> = Vec::new();
+    let mut error: Option<DbError> = None;
+    loop {
+        let f = wire.read_frame().await?;
+        match f.tag {
+            frame::ROW_DESCRIPTION => {
+                let mut b = Body::new(&f.body);
+                let n = b.i16()?.max(0) as usize;
+                columns = Vec::with_capacity(n);
+                for _ in 0..n {
+                    columns.push(b.cstr()?);
+                    b.bytes(18)?; // table oid, attnum, type oid, typlen, typmod, format
+                }
+            }
+            frame::DATA_ROW => {
+                let mut b = Body::new(&f.body);
+                let n = b.i16()?.max(0) as usize;
+                let mut values = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let len = b.i32()?;
+                    values.push(if len < 0 {
+                        None
+                    } else {
+                        let raw = b.bytes(len as usize)?;
+                        Some(String::from_utf8_lossy(raw).into_owned())
+                    });
+                }
+                rows.push(SimpleQueryRow { columns: columns.clone(), values });
+            }
+            frame::COMMAND_COMPLETE | frame::EMPTY_QUERY | frame::NOTICE_RESPONSE | frame::PARAMETER_STATUS => {}
+            frame::ERROR_RESPONSE => error = Some(DbError::parse(&f.body)),
+            frame::READY_FOR_QUERY => {
+                return match error {
+                    Some(e) => Err(e.into_source_error()),
+                    None => Ok(rows),
+                }
+            }
+            frame::COPY_BOTH_RESPONSE | frame::COPY_IN_RESPONSE | frame::COPY_OUT_RESPONSE => {
+                return Err(SourceError::permanent("simple_query cannot run COPY or START_REPLICATION"));
+            }
+            other => return Err(SourceError::transient(format!("unexpected message {:?} in query result", other as char))),
+        }
+    }
 }
 
 /// Slot names are what PostgreSQL accepts: 1-63 of `[a-z0-9_]`. Checking

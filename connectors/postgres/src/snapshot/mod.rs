@@ -10,7 +10,8 @@
 //! - Parallel and gentle. Large tables are cut into ctid block ranges
 //!   ([`plan`]) that PostgreSQL 14+ reads as TID Range Scans; up to
 //!   `parallelism` connections take pieces from one queue (largest tables
-//!   first), so several tables and ranges are read at once.
+//!   first), so several tables and ranges are read at once. One more
+//!   connection plans the pieces and holds the snapshot.
 //! - `COPY (SELECT ...) TO STDOUT` in text format: the server's fastest
 //!   output path, and its values, once unescaped ([`copy_text`]), are the
 //!   same text pgoutput sends, decoded by the same
@@ -36,14 +37,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use futures_util::{FutureExt, StreamExt};
 use pgfanout_sdk::{Change, Lsn, Op, Row, Value};
 use tokio::sync::mpsc::Sender;
-use tokio_postgres::Client;
 
 use crate::catalog::TypeRegistry;
 use crate::conn::{connect_sql, PgConnectOptions};
 use crate::error::SourceError;
+use crate::replication::copy_out::{CopyOutClient, Drained};
 use crate::slot::TableName;
 use arena::{column_count_error, decode_error, Names, Staged};
 pub use arena::{Pinned, DEFAULT_BUDGET as DEFAULT_PINNED_BUDGET};
@@ -180,7 +180,7 @@ pub async fn copy_tables(
     let first = connect_sql(opts).await?;
     let name = match snapshot_name {
         Some(name) => {
-            import_snapshot(&first, name).await?;
+            first.batch_execute(&import_sql(name)).await.map_err(|e| import_error(e.into(), name))?;
             name.to_string()
         }
         None => {
@@ -240,18 +240,20 @@ pub async fn copy_tables(
         }
     }
 
-    // Every other connection imports the snapshot before any work starts, so
-    // the first connection's transaction (the exporter, when we exported)
-    // is still open while they do.
-    let others = futures_util::future::try_join_all((1..workers).map(|_| async {
-        let c = connect_sql(opts).await?;
-        import_snapshot(&c, &name).await?;
+    // The readers are plain connections of our own (COPY rows are decoded
+    // where they are read: [`CopyOutClient`]). Each imports the snapshot
+    // before any work starts, so the first connection's transaction (the
+    // exporter, when we exported) is still open while they do; it stays
+    // open, idle, until they are done.
+    let readers = futures_util::future::try_join_all((0..workers).map(|_| async {
+        let mut c = CopyOutClient::connect(opts).await?;
+        import_snapshot(&mut c, &name).await?;
         Ok::<_, SourceError>(c)
     }))
     .await?;
     let mut set = tokio::task::JoinSet::new();
-    for client in std::iter::once(first).chain(others) {
-        set.spawn(worker(client, shared.clone()));
+    for reader in readers {
+        set.spawn(worker(reader, shared.clone()));
     }
     let mut total = 0u64;
     while let Some(joined) = set.join_next().await {
@@ -267,37 +269,43 @@ pub async fn copy_tables(
             }
         }
     }
+    first.batch_execute("COMMIT").await?;
     let secs = started.elapsed().as_secs_f64();
     tracing::info!(rows = total, seconds = secs, rows_per_second = (total as f64 / secs.max(1e-9)) as u64, "snapshot: tables copied");
     Ok(total)
 }
 
 /// Starts a read-only REPEATABLE READ transaction on snapshot `name`.
-async fn import_snapshot(c: &Client, name: &str) -> Result<(), SourceError> {
-    let sql = format!("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'", name.replace('\'', "''"));
-    c.batch_execute(&sql).await.map_err(|e| {
-        let err = SourceError::from(e);
-        match err.sqlstate() {
-            // 22023 invalid_parameter_value: the exporter is gone or the name is wrong.
-            Some("22023") => err
-                .context(format!("cannot import snapshot {name:?}"))
-                .definite_with_fix("its exporting transaction must stay open during the copy"),
-            _ => err,
-        }
-    })
+fn import_sql(name: &str) -> String {
+    format!("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'", name.replace('\'', "''"))
+}
+
+/// What a failed [`import_sql`] means.
+fn import_error(err: SourceError, name: &str) -> SourceError {
+    match err.sqlstate() {
+        // 22023 invalid_parameter_value: the exporter is gone or the name is wrong.
+        Some("22023") => err
+            .context(format!("cannot import snapshot {name:?}"))
+            .definite_with_fix("its exporting transaction must stay open during the copy"),
+        _ => err,
+    }
+}
+
+async fn import_snapshot(c: &mut CopyOutClient, name: &str) -> Result<(), SourceError> {
+    c.execute(&import_sql(name)).await.map_err(|e| import_error(e, name))
 }
 
 /// Takes pieces until the queue is empty; returns the rows it sent.
-async fn worker(client: Client, shared: Arc<Shared>) -> Result<u64, SourceError> {
+async fn worker(mut conn: CopyOutClient, shared: Arc<Shared>) -> Result<u64, SourceError> {
     let mut total = 0;
     let mut scratch = Vec::new();
     let mut staged = Staged::default();
     while let Some(piece) = shared.next_piece() {
         let rel = shared.relations[piece.rel].clone();
-        total += copy_piece(&client, &shared, &rel, piece.range, &mut scratch, &mut staged).await?;
+        total += copy_piece(&mut conn, &shared, &rel, piece.range, &mut scratch, &mut staged).await?;
         shared.finish_piece(rel.given);
     }
-    client.batch_execute("COMMIT").await?;
+    conn.execute("COMMIT").await?;
     Ok(total)
 }
 
@@ -306,10 +314,10 @@ async fn worker(client: Client, shared: Arc<Shared>) -> Result<u64, SourceError>
 /// Rows are handed over in batches: one channel send and at most one
 /// wake-up of the consumer per batch instead of per row (per-row
 /// cross-thread wake-ups cost more than decoding). A batch is sent as soon
-/// as it is full or the COPY stream has nothing more ready, so rows never
+/// as it is full or nothing more has arrived from the server, so rows never
 /// wait for the network.
 async fn copy_piece(
-    client: &Client,
+    conn: &mut CopyOutClient,
     shared: &Shared,
     rel: &RelationPlan,
     range: BlockRange,
@@ -317,25 +325,25 @@ async fn copy_piece(
     staged: &mut Staged,
 ) -> Result<u64, SourceError> {
     let sql = format!("COPY ({}{}) TO STDOUT", rel.select, range.condition());
-    let stream = client.copy_out(sql.as_str()).await?;
-    let mut stream = std::pin::pin!(stream);
+    conn.start_copy(&sql).await?;
     let mut lines = LineSplitter::default();
     let names = Names::new(rel);
     let mut rows = 0u64; // sent
     let mut added = 0u64; // of which added to the table's count
     loop {
-        let next = match stream.next().now_or_never() {
-            Some(next) => next,
-            None => {
-                rows += send_staged(shared, rel, &names, staged).await?;
-                stream.next().await
+        let drained = conn.drain(|data| {
+            lines.push(data, |line| staged.push_line(rel, line, scratch))?;
+            Ok(staged.rows() < shared.batch_rows && !staged.is_full())
+        })?;
+        match drained {
+            Drained::Done => break,
+            Drained::Paused => rows += send_staged(shared, rel, &names, staged).await?,
+            Drained::NeedMore => {
+                if !conn.fill_now()? {
+                    rows += send_staged(shared, rel, &names, staged).await?;
+                    conn.fill().await?;
+                }
             }
-        };
-        let Some(chunk) = next else { break };
-        let chunk = chunk?;
-        lines.push(&chunk, |line| staged.push_line(rel, line, scratch))?;
-        if staged.rows() >= shared.batch_rows || staged.is_full() {
-            rows += send_staged(shared, rel, &names, staged).await?;
         }
         if rows - added >= PROGRESS_EVERY {
             let now = shared.add_rows(rel.given, rows - added);
