@@ -41,7 +41,10 @@ pub struct KafkaSinkConfig {
     #[serde(default)]
     pub debezium: DebeziumConfig,
     /// Extra librdkafka properties, passed through as is (e.g.
-    /// `compression.type: zstd`, `linger.ms: "20"`).
+    /// `compression.type: zstd`, `linger.ms: "20"`). pgfanout's own
+    /// defaults, which these override: `batch.size: "262144"` and
+    /// `message.copy.max.bytes: "0"` (sized for the sink's window; see
+    /// `client_config`).
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
     /// Batches enqueued in the producer before the oldest one's delivery
