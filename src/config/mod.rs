@@ -77,7 +77,8 @@ pub struct PostgresSourceConfig {
     /// and then none). `0ms` reads as soon as anything arrives.
     #[serde(default = "default_read_coalesce", with = "units::duration")]
     pub read_coalesce: Duration,
-    /// Connections the initial snapshot reads with (tables and ctid ranges in parallel).
+    /// Connections the initial snapshot reads with (tables and ctid ranges in
+    /// parallel); one more plans the copy and holds the snapshot open.
     #[serde(default = "default_snapshot_parallelism")]
     pub snapshot_parallelism: usize,
     /// What a row that cannot be decoded does: `dead_letter` (default: the
