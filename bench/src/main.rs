@@ -145,6 +145,7 @@ async fn run(args: Args, workloads: Vec<String>, bin: PathBuf) -> Result<()> {
         pg_settings: args.pg_set.iter().filter_map(|s| s.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         redis,
         kafka,
+        cpu_hog: args.cpu_hog,
     };
     let _hog = if args.cpu_hog { Some(CpuHog::start()?) } else { None };
     eprintln!(

@@ -25,6 +25,8 @@ pub enum Goal {
     AtMost(f64),
     /// The median ratio to the baseline must be at least this.
     RatioAtLeast(f64),
+    /// The median ratio to the baseline must be at most this.
+    RatioAtMost(f64),
 }
 
 /// One measured quantity of one workload, with every run's values.
@@ -78,6 +80,7 @@ impl Figure {
         match self.goal? {
             Goal::AtMost(max) => Some(Summary::of(&self.pgfanout)?.median <= max),
             Goal::RatioAtLeast(min) => Some(Summary::of(&self.ratios())?.median >= min),
+            Goal::RatioAtMost(max) => Some(Summary::of(&self.ratios())?.median <= max),
         }
     }
 }
@@ -146,6 +149,7 @@ fn goal_text(f: &Figure) -> String {
     let text = match goal {
         Goal::AtMost(v) => format!("≤ {} {}", num(v), f.unit),
         Goal::RatioAtLeast(r) => format!("ratio ≥ {r:.1}"),
+        Goal::RatioAtMost(r) => format!("ratio ≤ {r:.1}"),
     };
     match f.meets_goal() {
         Some(true) => format!("{text} ok"),
