@@ -6,6 +6,7 @@
 //! NULL, a rendered topic name Kafka would refuse) is an error for that
 //! record only; the sink rejects it to the dead-letter destination.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use pgfanout_sdk::{Change, Op, Row, Template};
@@ -37,8 +38,10 @@ pub struct CompiledMapping {
     tombstones: bool,
 }
 
-/// One change, ready to produce. The tombstone that may follow it is not a
-/// separate `Encoded`: the sink derives it from `tombstone`.
+/// One change, ready to produce, owned (the tests' form of [`EncodedRef`]).
+/// The tombstone that may follow it is not a separate record: the sink
+/// derives it from `tombstone`.
+#[cfg(test)]
 #[derive(Debug, Clone, PartialEq)]
 pub struct Encoded {
     pub topic: String,
@@ -51,6 +54,25 @@ pub struct Encoded {
     /// key, whose tombstone follows this record so a compacted topic forgets
     /// the row under its old key.
     pub moved_from: Option<Vec<u8>>,
+}
+
+/// Reusable buffers for [`CompiledMapping::encode_into`].
+#[derive(Debug, Default)]
+pub struct EncodeBuf {
+    topic: String,
+    key: Vec<u8>,
+    value: Vec<u8>,
+    moved_from: Vec<u8>,
+}
+
+/// [`Encoded`], borrowing the mapping and an [`EncodeBuf`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EncodedRef<'a> {
+    pub topic: &'a str,
+    pub key: Option<&'a [u8]>,
+    pub value: &'a [u8],
+    pub tombstone: bool,
+    pub moved_from: Option<&'a [u8]>,
 }
 
 impl CompiledMapping {
@@ -70,37 +92,95 @@ impl CompiledMapping {
         self.constant_topic.as_deref()
     }
 
-    /// The record for `change`. `now_us` is the processing time (Debezium's
-    /// top-level `ts_ms`).
-    pub fn encode(&self, change: &Change, dbz: &DebeziumConfig, now_us: i64) -> Result<Encoded, String> {
-        let topic = match &self.constant_topic {
-            Some(t) => t.clone(),
+    /// The topic of `change`'s record, borrowed when it is constant.
+    pub fn topic<'a>(&'a self, change: &Change) -> Result<Cow<'a, str>, String> {
+        match &self.constant_topic {
+            Some(t) => Ok(Cow::Borrowed(t)),
             None => {
                 let t = self.topic.render(change).map_err(|e| e.to_string())?;
                 check_topic_name(&t).map_err(|e| format!("topic template {:?}: {e}", self.topic.source()))?;
-                t
+                Ok(Cow::Owned(t))
+            }
+        }
+    }
+
+    /// The record for `change`, owned. `now_us` is the processing time
+    /// (Debezium's top-level `ts_ms`).
+    #[cfg(test)]
+    pub fn encode(&self, change: &Change, dbz: &DebeziumConfig, now_us: i64) -> Result<Encoded, String> {
+        let mut buf = EncodeBuf::default();
+        let e = self.encode_into(change, dbz, now_us, &mut buf)?;
+        Ok(Encoded {
+            topic: e.topic.to_string(),
+            key: e.key.map(<[u8]>::to_vec),
+            value: e.value.to_vec(),
+            tombstone: e.tombstone,
+            moved_from: e.moved_from.map(<[u8]>::to_vec),
+        })
+    }
+
+    /// The record for `change`, in `buf`'s buffers, reused from record to
+    /// record: no allocation per record once they have grown. `now_us` is
+    /// the processing time (Debezium's top-level `ts_ms`).
+    pub fn encode_into<'a>(
+        &'a self,
+        change: &Change,
+        dbz: &DebeziumConfig,
+        now_us: i64,
+        buf: &'a mut EncodeBuf,
+    ) -> Result<EncodedRef<'a>, String> {
+        let EncodeBuf { topic: topic_buf, key: key_buf, value, moved_from: moved_buf } = buf;
+        let topic: &str = match &self.constant_topic {
+            Some(t) => t,
+            None => {
+                topic_buf.clear();
+                self.topic.render_into(change, topic_buf).map_err(|e| e.to_string())?;
+                check_topic_name(topic_buf).map_err(|e| format!("topic template {:?}: {e}", self.topic.source()))?;
+                topic_buf
             }
         };
-        let key = if change.op == Op::Truncate {
-            None
+        key_buf.clear();
+        let has_key = if change.op == Op::Truncate {
+            false
         } else {
             match &self.key {
-                Some(t) => Some(t.render(change).map_err(|e| e.to_string())?.into_bytes()),
-                None => change.key.as_ref().map(|k| {
-                    let mut out = Vec::with_capacity(32);
-                    k.write_json(&mut out);
-                    out
-                }),
+                Some(t) => {
+                    let mut rendered = String::from_utf8(std::mem::take(key_buf)).unwrap_or_default();
+                    let r = t.render_into(change, &mut rendered);
+                    *key_buf = rendered.into_bytes();
+                    r.map_err(|e| e.to_string())?;
+                    true
+                }
+                None => match &change.key {
+                    Some(k) => {
+                        k.write_json(key_buf);
+                        true
+                    }
+                    None => false,
+                },
             }
         };
-        let mut value = Vec::with_capacity(256);
+        value.clear();
         match self.format {
-            Format::Native => change.write_json(&mut value),
-            Format::Debezium => debezium::write_envelope(&mut value, change, dbz, now_us),
+            Format::Native => change.write_json(value),
+            Format::Debezium => debezium::write_envelope(value, change, dbz, now_us),
         }
-        let tombstone = self.tombstones && change.op == Op::Delete && key.is_some();
-        let moved_from = if self.tombstones { self.old_key(change)?.filter(|old| Some(old) != key.as_ref()) } else { None };
-        Ok(Encoded { topic, key, value, tombstone, moved_from })
+        let key: Option<&[u8]> = has_key.then_some(key_buf.as_slice());
+        let tombstone = self.tombstones && change.op == Op::Delete && has_key;
+        moved_buf.clear();
+        let moved = if self.tombstones {
+            match self.old_key(change)? {
+                Some(old) if Some(old.as_slice()) != key => {
+                    moved_buf.extend_from_slice(&old);
+                    true
+                }
+                _ => false,
+            }
+        } else {
+            false
+        };
+        let moved_from = moved.then_some(moved_buf.as_slice());
+        Ok(EncodedRef { topic, key, value, tombstone, moved_from })
     }
 
     /// The key the row had before an update, when the server sent the old
@@ -127,16 +207,30 @@ impl CompiledMapping {
 
 /// The position and provenance headers of `change` (see [`header`]). A
 /// snapshot row has no transaction: its `pgfanout.xid` header is null.
-pub fn headers(change: &Change) -> OwnedHeaders {
-    let lsn = change.lsn.to_string();
-    let commit_lsn = change.commit_lsn.to_string();
-    let ordinal = change.ordinal.to_string();
-    let xid = change.xid.map(|x| x.to_string());
+/// The numbers are formatted into `scratch` (reused across records);
+/// librdkafka copies header values.
+pub fn headers(change: &Change, scratch: &mut Vec<u8>) -> OwnedHeaders {
+    use std::io::Write;
+    scratch.clear();
+    // Writing into a Vec cannot fail.
+    let _ = write!(scratch, "{}", change.lsn);
+    let lsn_end = scratch.len();
+    let _ = write!(scratch, "{}", change.commit_lsn);
+    let commit_end = scratch.len();
+    let _ = write!(scratch, "{}", change.ordinal);
+    let ordinal_end = scratch.len();
+    if let Some(x) = change.xid {
+        let _ = write!(scratch, "{x}");
+    }
+    let (lsn, rest) = scratch.split_at(lsn_end);
+    let (commit_lsn, rest) = rest.split_at(commit_end - lsn_end);
+    let (ordinal, xid) = rest.split_at(ordinal_end - commit_end);
+    let xid = change.xid.map(|_| xid);
     OwnedHeaders::new_with_capacity(7)
-        .insert(Header { key: header::LSN, value: Some(&lsn) })
-        .insert(Header { key: header::COMMIT_LSN, value: Some(&commit_lsn) })
-        .insert(Header { key: header::ORDINAL, value: Some(&ordinal) })
-        .insert(Header { key: header::XID, value: xid.as_ref() })
+        .insert(Header { key: header::LSN, value: Some(lsn) })
+        .insert(Header { key: header::COMMIT_LSN, value: Some(commit_lsn) })
+        .insert(Header { key: header::ORDINAL, value: Some(ordinal) })
+        .insert(Header { key: header::XID, value: xid })
         .insert(Header { key: header::OP, value: Some(change.op.as_str()) })
         .insert(Header { key: header::SCHEMA, value: Some(&*change.schema) })
         .insert(Header { key: header::TABLE, value: Some(&*change.table) })
@@ -232,7 +326,7 @@ mod tests {
 
     #[test]
     fn headers_carry_the_position() {
-        let h = headers(&delete());
+        let h = headers(&delete(), &mut Vec::new());
         let got: Vec<(String, Option<String>)> =
             h.iter().map(|h| (h.key.to_string(), h.value.map(|v| String::from_utf8_lossy(v).into_owned()))).collect();
         let want = [
@@ -248,6 +342,6 @@ mod tests {
         assert_eq!(got, want);
         let mut c = delete();
         c.xid = None;
-        assert_eq!(headers(&c).get(3).value, None);
+        assert_eq!(headers(&c, &mut Vec::new()).get(3).value, None);
     }
 }

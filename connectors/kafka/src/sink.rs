@@ -27,6 +27,7 @@
 //! first). Without that, a delivered later change of a key could be
 //! followed by a resent earlier one.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -41,7 +42,7 @@ use tracing::{debug, warn};
 
 use crate::config::{DebeziumConfig, KafkaMapping, KafkaSinkConfig};
 use crate::debezium::now_micros;
-use crate::encode::{headers, CompiledMapping};
+use crate::encode::{headers, CompiledMapping, EncodeBuf};
 use crate::topics::{TopicStatus, Topics};
 
 /// A connected Kafka sink; see the crate docs for the mapping rules.
@@ -57,6 +58,9 @@ pub struct KafkaSink {
     in_flight: usize,
     /// Shared with the batches in flight.
     failures: Arc<Failures>,
+    /// Reused by every record's encoding and headers.
+    encode_buf: EncodeBuf,
+    header_buf: Vec<u8>,
 }
 
 /// Failed batches, shared by the sink and its batches in flight.
@@ -171,6 +175,8 @@ impl KafkaSink {
             brokers: cfg.brokers.clone(),
             in_flight: cfg.in_flight_batches,
             failures: Arc::default(),
+            encode_buf: EncodeBuf::default(),
+            header_buf: Vec::new(),
         };
         let constant: Vec<String> = sink.routes.iter().filter_map(|r| r.constant_topic().map(str::to_string)).collect();
         for topic in constant {
@@ -226,48 +232,55 @@ impl KafkaSink {
     /// order; what it returns awaits the delivery reports.
     async fn dispatch(&mut self, batch: &[SinkRecord]) -> Result<Dispatched, SinkError> {
         let now_us = now_micros();
-        let mut rejected: Vec<Rejected> = Vec::new();
-        let mut encoded = Vec::with_capacity(batch.len());
-        for (index, record) in batch.iter().enumerate() {
-            let Some(route) = self.routes.get(record.route) else {
-                rejected.push(Rejected { index, error: format!("kafka sink has no mapping for route {}", record.route) });
-                continue;
-            };
-            match route.encode(&record.change, &self.debezium, now_us) {
-                Ok(e) => encoded.push((index, e)),
-                Err(error) => rejected.push(Rejected { index, error }),
-            }
-        }
+        // Every topic the batch needs first, each once (changes come in runs
+        // of one table), so that nothing is enqueued before they all exist
+        // or are known to be unusable.
         let mut unusable: BTreeMap<String, String> = BTreeMap::new();
-        for (_, e) in &encoded {
-            if !unusable.contains_key(&e.topic) {
-                if let TopicStatus::Unusable(why) = self.topics.ensure(&self.producer, &e.topic).await? {
-                    unusable.insert(e.topic.clone(), why);
-                }
+        let mut last: Option<Cow<'_, str>> = None;
+        for record in batch {
+            // A record without a route or topic is rejected below.
+            let Some(Ok(topic)) = self.routes.get(record.route).map(|r| r.topic(&record.change)) else { continue };
+            if last.as_deref() == Some(&*topic) || unusable.contains_key(&*topic) {
+                continue;
             }
+            if let TopicStatus::Unusable(why) = self.topics.ensure(&self.producer, &topic).await? {
+                unusable.insert(topic.to_string(), why);
+            }
+            last = Some(topic);
         }
 
-        // Enqueue everything, in order; on a full queue, wait for the oldest
-        // outstanding delivery and try the same record again.
-        let mut pending: Vec<(usize, DeliveryFuture)> = Vec::with_capacity(encoded.len());
+        // Encode and enqueue each record in order, through buffers reused
+        // from record to record (librdkafka copies what it keeps); on a full
+        // queue, wait for the oldest outstanding delivery and try the same
+        // record again.
+        let mut buf = std::mem::take(&mut self.encode_buf);
+        let mut scratch = std::mem::take(&mut self.header_buf);
+        let mut rejected: Vec<Rejected> = Vec::new();
+        let mut pending: Vec<(usize, DeliveryFuture)> = Vec::with_capacity(batch.len());
         let mut results: Vec<(usize, Result<(), KafkaError>)> = Vec::new();
         let mut next_to_await = 0;
-        for (index, e) in &encoded {
-            if let Some(why) = unusable.get(&e.topic) {
-                rejected.push(Rejected { index: *index, error: why.clone() });
+        for (index, SinkRecord { route, change, .. }) in batch.iter().enumerate() {
+            let Some(route) = self.routes.get(*route) else {
+                rejected.push(Rejected { index, error: format!("kafka sink has no mapping for route {route}") });
+                continue;
+            };
+            let e = match route.encode_into(change, &self.debezium, now_us, &mut buf) {
+                Ok(e) => e,
+                Err(error) => {
+                    rejected.push(Rejected { index, error });
+                    continue;
+                }
+            };
+            if let Some(why) = unusable.get(e.topic) {
+                rejected.push(Rejected { index, error: why.clone() });
                 continue;
             }
-            let change = &batch[*index].change;
             // The record, then its tombstones (the old key's after a key
             // change, its own after a delete), only once the record itself
             // was enqueued. Different keys have no order between them.
-            let parts = [
-                Some((e.key.as_deref(), Some(e.value.as_slice()))),
-                e.moved_from.as_deref().map(|k| (Some(k), None)),
-                e.tombstone.then_some((e.key.as_deref(), None)),
-            ];
+            let parts = [Some((e.key, Some(e.value))), e.moved_from.map(|k| (Some(k), None)), e.tombstone.then_some((e.key, None))];
             'payloads: for (key, payload) in parts.into_iter().flatten() {
-                let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&e.topic).headers(headers(change));
+                let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(e.topic).headers(headers(change, &mut scratch));
                 if let Some(k) = key {
                     record = record.key(k);
                 }
@@ -277,7 +290,7 @@ impl KafkaSink {
                 loop {
                     match self.producer.send_result(record) {
                         Ok(fut) => {
-                            pending.push((*index, fut));
+                            pending.push((index, fut));
                             break;
                         }
                         Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
@@ -291,13 +304,15 @@ impl KafkaSink {
                             }
                         }
                         Err((err, _)) => {
-                            results.push((*index, Err(err)));
+                            results.push((index, Err(err)));
                             break 'payloads;
                         }
                     }
                 }
             }
         }
+        self.encode_buf = buf;
+        self.header_buf = scratch;
         pending.drain(..next_to_await);
         Ok(Dispatched {
             pending,

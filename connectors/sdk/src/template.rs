@@ -182,6 +182,13 @@ impl Template {
     /// Renders the template for one record.
     pub fn render(&self, change: &Change) -> Result<String, TemplateError> {
         let mut out = String::new();
+        self.render_into(change, &mut out)?;
+        Ok(out)
+    }
+
+    /// Renders the template for one record, appending to `out` (a buffer
+    /// reused across records); on error `out` may hold part of it.
+    pub fn render_into(&self, change: &Change, out: &mut String) -> Result<(), TemplateError> {
         for p in &self.parts {
             match p {
                 Part::Literal(s) => out.push_str(s),
@@ -193,7 +200,7 @@ impl Template {
                 p => out.push_str(&self.value(p, change)?.to_template_text()),
             }
         }
-        Ok(out)
+        Ok(())
     }
 }
 
