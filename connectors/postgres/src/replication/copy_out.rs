@@ -14,7 +14,7 @@ use futures_util::FutureExt;
 use postgres_protocol::message::frontend;
 
 use super::frame::{self, DbError};
-use super::socket::{self, Wire};
+use super::socket::Wire;
 use crate::conn::PgConnectOptions;
 use crate::error::SourceError;
 
@@ -41,19 +41,8 @@ impl CopyOutClient {
     /// bounded by `opts.connect_timeout`; errors as
     /// [`super::ReplicationClient::connect`].
     pub async fn connect(opts: &PgConnectOptions) -> Result<Self, SourceError> {
-        let fut = async {
-            let mut wire = Wire::new(socket::connect_socket(opts).await?);
-            super::auth::startup(&mut wire, opts, false).await?;
-            Ok::<_, SourceError>(CopyOutClient { wire, error: None })
-        };
-        match tokio::time::timeout(opts.connect_timeout, fut).await {
-            Ok(r) => r,
-            Err(_) => Err(SourceError::transient(format!(
-                "timed out after {:?} connecting to PostgreSQL at {}",
-                opts.connect_timeout,
-                opts.endpoint()
-            ))),
-        }
+        let (wire, _) = super::connect_wire(opts, false).await?;
+        Ok(CopyOutClient { wire, error: None })
     }
 
     /// Runs `sql` (one or more statements) with the simple query protocol,

@@ -101,20 +101,8 @@ impl ReplicationClient {
     /// or certificate rejected -> Permanent, with what to fix. Refused
     /// connection, timeout, server starting up -> Transient.
     pub async fn connect(opts: &PgConnectOptions) -> Result<Self, SourceError> {
-        let fut = async {
-            let socket = socket::connect_socket(opts).await?;
-            let mut wire = Wire::new(socket);
-            let params = auth::startup(&mut wire, opts, true).await?;
-            Ok::<_, SourceError>(ReplicationClient { wire, backend_pid: params.backend_pid, server_version: params.server_version })
-        };
-        match tokio::time::timeout(opts.connect_timeout, fut).await {
-            Ok(r) => r,
-            Err(_) => Err(SourceError::transient(format!(
-                "timed out after {:?} connecting to PostgreSQL at {}",
-                opts.connect_timeout,
-                opts.endpoint()
-            ))),
-        }
+        let (wire, params) = connect_wire(opts, true).await?;
+        Ok(ReplicationClient { wire, backend_pid: params.backend_pid, server_version: params.server_version })
     }
 
     /// The walsender's process id (for `pg_terminate_backend`, diagnostics).
@@ -219,6 +207,25 @@ impl std::fmt::Debug for ReplicationClient {
 
 fn parse_lsn(s: &str) -> Result<Lsn, SourceError> {
     s.parse().map_err(|_| SourceError::transient(format!("invalid LSN {s:?} from the server")))
+}
+
+/// Opens a connection (a replication one when `replication`), negotiates
+/// TLS and authenticates, all bounded by `opts.connect_timeout`; errors as
+/// [`ReplicationClient::connect`].
+pub(crate) async fn connect_wire(opts: &PgConnectOptions, replication: bool) -> Result<(Wire, auth::ServerParams), SourceError> {
+    let fut = async {
+        let mut wire = Wire::new(socket::connect_socket(opts).await?);
+        let params = auth::startup(&mut wire, opts, replication).await?;
+        Ok::<_, SourceError>((wire, params))
+    };
+    match tokio::time::timeout(opts.connect_timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(SourceError::transient(format!(
+            "timed out after {:?} connecting to PostgreSQL at {}",
+            opts.connect_timeout,
+            opts.endpoint()
+        ))),
+    }
 }
 
 /// Runs `sql` with the simple query protocol on `wire` (see
