@@ -97,11 +97,19 @@ impl CompiledMapping {
         match &self.constant_topic {
             Some(t) => Ok(Cow::Borrowed(t)),
             None => {
-                let t = self.topic.render(change).map_err(|e| e.to_string())?;
-                check_topic_name(&t).map_err(|e| format!("topic template {:?}: {e}", self.topic.source()))?;
+                let mut t = String::new();
+                self.render_topic(change, &mut t)?;
                 Ok(Cow::Owned(t))
             }
         }
+    }
+
+    /// Renders the (templated) topic into `out` and checks it is a name
+    /// Kafka accepts.
+    fn render_topic(&self, change: &Change, out: &mut String) -> Result<(), String> {
+        out.clear();
+        self.topic.render_into(change, out).map_err(|e| e.to_string())?;
+        check_topic_name(out).map_err(|e| format!("topic template {:?}: {e}", self.topic.source()))
     }
 
     /// The record for `change`, owned. `now_us` is the processing time
@@ -133,9 +141,7 @@ impl CompiledMapping {
         let topic: &str = match &self.constant_topic {
             Some(t) => t,
             None => {
-                topic_buf.clear();
-                self.topic.render_into(change, topic_buf).map_err(|e| e.to_string())?;
-                check_topic_name(topic_buf).map_err(|e| format!("topic template {:?}: {e}", self.topic.source()))?;
+                self.render_topic(change, topic_buf)?;
                 topic_buf
             }
         };

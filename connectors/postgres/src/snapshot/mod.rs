@@ -275,7 +275,8 @@ pub async fn copy_tables(
     Ok(total)
 }
 
-/// Starts a read-only REPEATABLE READ transaction on snapshot `name`.
+/// The statements that start a read-only REPEATABLE READ transaction on
+/// snapshot `name`.
 fn import_sql(name: &str) -> String {
     format!("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'", name.replace('\'', "''"))
 }
@@ -291,6 +292,7 @@ fn import_error(err: SourceError, name: &str) -> SourceError {
     }
 }
 
+/// Starts a read-only REPEATABLE READ transaction on snapshot `name`.
 async fn import_snapshot(c: &mut CopyOutClient, name: &str) -> Result<(), SourceError> {
     c.execute(&import_sql(name)).await.map_err(|e| import_error(e, name))
 }
