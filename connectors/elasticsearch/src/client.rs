@@ -75,7 +75,7 @@ impl Client {
     /// Sends a request to the current node, failing over to the next on a
     /// connection error. Transport failures are retriable errors.
     pub async fn send(&self, method: Method, path: &str, body: Option<(Vec<u8>, &str)>) -> Result<Response, SinkError> {
-        self.send_tagged(method, path, body, None).await
+        self.send_tagged(method, path, body.map(|(bytes, content_type)| (bytes::Bytes::from(bytes), content_type)), None).await
     }
 
     /// [`send`](Self::send) with an `X-Opaque-Id` header, which the node
@@ -84,11 +84,9 @@ impl Client {
         &self,
         method: Method,
         path: &str,
-        body: Option<(Vec<u8>, &str)>,
+        body: Option<(bytes::Bytes, &str)>,
         opaque_id: Option<&str>,
     ) -> Result<Response, SinkError> {
-        // Shared, not copied, for each node tried.
-        let body = body.map(|(bytes, content_type)| (bytes::Bytes::from(bytes), content_type));
         let n = self.urls.len();
         let start = self.current.load(Ordering::Relaxed);
         let mut last = String::new();
@@ -103,6 +101,7 @@ impl Client {
             if let Some(id) = opaque_id {
                 req = req.header("X-Opaque-Id", id);
             }
+            // Shared, not copied, for each node tried.
             if let Some((bytes, content_type)) = &body {
                 req = req.header(reqwest::header::CONTENT_TYPE, *content_type).body(bytes.clone());
             }

@@ -323,21 +323,39 @@ impl SearchSink {
     }
 
     /// Hands actions (each tagged with its record) to their document
-    /// lanes; the receivers answer with the lanes' rejections.
+    /// lanes, encoded; the receivers answer with the lanes' rejections.
     fn dispatch(&self, actions: Vec<(usize, Action)>, done: &mut Vec<oneshot::Receiver<Vec<Rejected>>>) {
         let n = self.lanes.len();
-        let mut jobs: Vec<Vec<(usize, Action)>> = (0..n).map(|_| Vec::new()).collect();
-        for (record, a) in actions {
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            a.doc().hash(&mut h);
-            jobs[(h.finish() % n as u64) as usize].push((record, a));
+        let lanes: Vec<usize> = actions
+            .iter()
+            .map(|(_, a)| {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                a.doc().hash(&mut h);
+                (h.finish() % n as u64) as usize
+            })
+            .collect();
+        // Each lane's body allocated once, at its size.
+        let mut sizes = vec![0usize; n];
+        for ((_, a), &lane) in actions.iter().zip(&lanes) {
+            sizes[lane] += encoded_len(a);
         }
-        for (lane, actions) in self.lanes.iter().zip(jobs) {
-            if !actions.is_empty() {
+        let mut jobs: Vec<(Vec<u8>, Vec<Item>)> = sizes.into_iter().map(|size| (Vec::with_capacity(size), Vec::new())).collect();
+        for ((record, a), lane) in actions.into_iter().zip(lanes) {
+            let (body, items) = &mut jobs[lane];
+            let start = body.len();
+            encode_action(body, &a);
+            let delete = matches!(a, Action::Delete { .. });
+            let doc = match a {
+                Action::Index { doc, .. } | Action::Delete { doc, .. } | Action::Partial { doc, .. } => doc,
+            };
+            items.push(Item { record, doc, delete, start, end: body.len() });
+        }
+        for (lane, (body, items)) in self.lanes.iter().zip(jobs) {
+            if !items.is_empty() {
                 let (tx, rx) = oneshot::channel();
                 // A closed lane leaves the receiver without an answer: the
                 // batch fails as retriable.
-                let _ = lane.send(LaneJob { actions, done: tx });
+                let _ = lane.send(LaneJob { job: Encoded { body: body.into(), items }, done: tx });
                 done.push(rx);
             }
         }
@@ -348,7 +366,7 @@ impl SearchSink {
         let mut done = Vec::new();
         for lane in &self.lanes {
             let (tx, rx) = oneshot::channel();
-            let _ = lane.send(LaneJob { actions: Vec::new(), done: tx });
+            let _ = lane.send(LaneJob { job: Encoded::default(), done: tx });
             done.push(rx);
         }
         for rx in done {
@@ -479,8 +497,52 @@ impl SearchSink {
 /// A lane's work: actions in order, and where to answer with rejections
 /// once all are applied (an empty job is a barrier).
 struct LaneJob {
-    actions: Vec<(usize, Action)>,
+    job: Encoded,
     done: oneshot::Sender<Vec<Rejected>>,
+}
+
+/// A lane job's actions, encoded once as `_bulk` NDJSON in order (each
+/// action's metadata line and, for an index, its document line). The
+/// documents' JSON lives only here while the job is queued or in flight,
+/// not in a buffer per action and again in each request's body: a request
+/// is a slice of `body` (a copy only for the items a retry picks out).
+#[derive(Default)]
+struct Encoded {
+    body: bytes::Bytes,
+    items: Vec<Item>,
+}
+
+/// One action of an [`Encoded`] job.
+struct Item {
+    /// The batch record it came from (for its rejection).
+    record: usize,
+    doc: DocRef,
+    delete: bool,
+    /// Its lines: `body[start..end]`.
+    start: usize,
+    end: usize,
+}
+
+impl Item {
+    fn len(&self) -> usize {
+        self.end - self.start
+    }
+}
+
+impl Encoded {
+    /// The `_bulk` body of these items (indexes into `items`, in order): a
+    /// slice of the job's body when they lie side by side in it.
+    fn request_body(&self, chunk: &[usize]) -> bytes::Bytes {
+        let (Some(&first), Some(&last)) = (chunk.first(), chunk.last()) else { return bytes::Bytes::new() };
+        if chunk.windows(2).all(|w| self.items[w[1]].start == self.items[w[0]].end) {
+            return self.body.slice(self.items[first].start..self.items[last].end);
+        }
+        let mut body = Vec::with_capacity(chunk.iter().map(|&i| self.items[i].len()).sum());
+        for &i in chunk {
+            body.extend_from_slice(&self.body[self.items[i].start..self.items[i].end]);
+        }
+        body.into()
+    }
 }
 
 /// A lane's answer to a job: its rejections (a lane that stopped never
@@ -505,14 +567,14 @@ impl Lane {
         while let Some(job) = jobs.recv().await {
             let mut backoff = self.retry.backoff();
             let rejected = loop {
-                if job.actions.is_empty() {
+                if job.job.items.is_empty() {
                     break Vec::new();
                 }
-                match self.send(&job.actions).await {
+                match self.send(&job.job).await {
                     Ok(rejected) => break rejected,
                     Err(e) => {
                         let delay = backoff.next_delay();
-                        warn!(error = %e, actions = job.actions.len(), retry_in = ?delay, "bulk request failed; sending it again");
+                        warn!(error = %e, actions = job.job.items.len(), retry_in = ?delay, "bulk request failed; sending it again");
                         tokio::time::sleep(delay).await;
                     }
                 }
@@ -576,12 +638,14 @@ impl Lane {
     /// again after it. Versions alone would not do: the changes of one
     /// transaction share a version, and equal versions apply (an insert
     /// retried after its own transaction's delete would bring the row back).
-    async fn send(&self, actions: &[(usize, Action)]) -> Result<Vec<Rejected>, SinkError> {
+    async fn send(&self, job: &Encoded) -> Result<Vec<Rejected>, SinkError> {
+        let items = &job.items;
         let mut rejected = Vec::new();
         let mut backoff = self.retry.backoff();
         let mut max_records = self.limits.max_records.max(1);
-        // Positions into `actions`, in lane order.
-        let mut pending: Vec<usize> = (0..actions.len()).collect();
+        let max_bytes = usize::try_from(self.limits.max_bytes.0).unwrap_or(usize::MAX);
+        // Positions into `items`, in lane order.
+        let mut pending: Vec<usize> = (0..items.len()).collect();
         for attempt in 1..=ITEM_ATTEMPTS {
             let mut retry: Vec<usize> = Vec::new();
             let mut blocked: HashSet<&DocRef> = HashSet::new();
@@ -591,28 +655,11 @@ impl Lane {
                 // Items of a blocked document wait for the next round; the
                 // others go out in one request within the limits.
                 let (start, held_before) = (next, retry.len());
-                let mut chunk: Vec<usize> = Vec::new();
-                while next < pending.len() && chunk.len() < max_records {
-                    let i = pending[next];
-                    if blocked.contains(actions[i].1.doc()) {
-                        retry.push(i);
-                    } else {
-                        chunk.push(i);
-                    }
-                    next += 1;
-                }
+                let chunk = next_chunk(items, &pending, &mut next, &blocked, &mut retry, max_records, max_bytes);
                 if chunk.is_empty() {
                     continue;
                 }
-                let limits = BatchLimits { max_records, max_bytes: self.limits.max_bytes };
-                let (body, n) = bulk_body(chunk.iter().map(|&i| &actions[i].1), &limits);
-                if n < chunk.len() {
-                    // Over the byte limit: continue after the last one sent.
-                    let last_sent = chunk[n - 1];
-                    next = start + pending[start..].iter().position(|&i| i == last_sent).map_or(0, |p| p + 1);
-                    retry.retain(|&i| i < last_sent);
-                    chunk.truncate(n);
-                }
+                let body = job.request_body(&chunk);
                 let id = format!("pgfanout-bulk-{}-{}", std::process::id(), BULK_IDS.fetch_add(1, Ordering::Relaxed));
                 let sent = match self.client.send_tagged(Method::POST, BULK_PATH, Some((body, "application/x-ndjson")), Some(&id)).await {
                     Ok(r) => Client::cluster_status(r),
@@ -650,33 +697,33 @@ impl Lane {
                 }
                 let j = resp.json()?;
                 let no_items = Vec::new();
-                let items = j["items"].as_array().unwrap_or(&no_items);
-                if items.len() != chunk.len() {
-                    return Err(SinkError::Retriable(format!("_bulk returned {} results for {} actions", items.len(), chunk.len())));
+                let answers = j["items"].as_array().unwrap_or(&no_items);
+                if answers.len() != chunk.len() {
+                    return Err(SinkError::Retriable(format!("_bulk returned {} results for {} actions", answers.len(), chunk.len())));
                 }
-                for (&i, item) in chunk.iter().zip(items) {
-                    let (record, action) = (&actions[i].0, &actions[i].1);
-                    let result = item.as_object().and_then(|o| o.values().next()).unwrap_or(&Json::Null);
+                for (&i, answer) in chunk.iter().zip(answers) {
+                    let item = &items[i];
+                    let result = answer.as_object().and_then(|o| o.values().next()).unwrap_or(&Json::Null);
                     let status = result["status"].as_u64().unwrap_or(0);
                     // A later item of a document whose earlier item failed
                     // was applied out of order: apply it again after it.
-                    if blocked.contains(action.doc()) && (200..300).contains(&status) {
+                    if blocked.contains(&item.doc) && (200..300).contains(&status) {
                         retry.push(i);
                         continue;
                     }
                     match status {
                         200..=299 => {}
                         // A newer version is stored: this write is already applied.
-                        409 => debug!(id = %action.doc().id, "stale write skipped (version conflict)"),
+                        409 => debug!(id = %item.doc.id, "stale write skipped (version conflict)"),
                         // Deleting a document that is not there.
-                        404 if matches!(action, Action::Delete { .. }) => {}
+                        404 if item.delete => {}
                         429 | 500..=599 | 0 => {
                             last_error = item_error(result);
-                            blocked.insert(action.doc());
+                            blocked.insert(&item.doc);
                             retry.push(i);
                         }
                         _ => rejected.push(Rejected {
-                            index: *record,
+                            index: item.record,
                             error: format!("search engine refused the document: {}", item_error(result)),
                         }),
                     }
@@ -846,53 +893,81 @@ pub(crate) fn plan_change(route: &Route, change: &Change) -> Result<Option<Plann
     }
 }
 
-/// NDJSON for as many leading actions as fit the limits (at least one).
-fn bulk_body<'a>(actions: impl IntoIterator<Item = &'a Action>, limits: &BatchLimits) -> (Vec<u8>, usize) {
-    let actions = actions.into_iter();
-    // Sized up front: growing a body of hundreds of kB by doubling copied
-    // it about twice over.
-    let estimate = actions.size_hint().0.min(limits.max_records).saturating_mul(512);
-    let mut body = Vec::with_capacity(estimate.min(usize::try_from(limits.max_bytes.0).unwrap_or(usize::MAX)));
-    let mut n = 0;
-    for a in actions {
-        let before = body.len();
-        let (meta_kind, doc, version, source, pipeline) = match a {
-            Action::Index { doc, version, source, pipeline } => ("index", doc, version, Some(source), pipeline.as_ref()),
-            Action::Delete { doc, version } => ("delete", doc, version, None, None),
-            Action::Partial { .. } => unreachable!("partial actions are resolved before sending"),
-        };
-        // {"index":{"_index":…,"_id":…,"version":N,"version_type":"external_gte"[,"routing":…][,"pipeline":…]}}
-        body.extend_from_slice(b"{\"");
-        body.extend_from_slice(meta_kind.as_bytes());
-        body.extend_from_slice(b"\":{\"_index\":");
-        pgfanout_sdk::json::write_str(&mut body, &doc.index);
-        body.extend_from_slice(b",\"_id\":");
-        pgfanout_sdk::json::write_str(&mut body, &doc.id);
-        body.extend_from_slice(b",\"version\":");
-        // Into the body directly (a Vec never fails a write).
-        let _ = std::io::Write::write_fmt(&mut body, format_args!("{version}"));
-        body.extend_from_slice(b",\"version_type\":\"external_gte\"");
-        if let Some(r) = &doc.routing {
-            body.extend_from_slice(b",\"routing\":");
-            pgfanout_sdk::json::write_str(&mut body, r);
-        }
-        if let Some(p) = pipeline {
-            body.extend_from_slice(b",\"pipeline\":");
-            pgfanout_sdk::json::write_str(&mut body, p);
-        }
-        body.extend_from_slice(b"}}\n");
-        if let Some(s) = source {
-            body.extend_from_slice(s);
-            body.push(b'\n');
-        }
-        n += 1;
-        if n > 1 && (n > limits.max_records || body.len() as u64 > limits.max_bytes.0) {
-            body.truncate(before);
-            n -= 1;
-            break;
-        }
+/// An action's `_bulk` lines: its metadata line and, for an index, its
+/// document line.
+fn encode_action(body: &mut Vec<u8>, a: &Action) {
+    let (meta_kind, doc, version, source, pipeline) = match a {
+        Action::Index { doc, version, source, pipeline } => ("index", doc, version, Some(source), pipeline.as_ref()),
+        Action::Delete { doc, version } => ("delete", doc, version, None, None),
+        Action::Partial { .. } => unreachable!("partial actions are resolved before sending"),
+    };
+    // {"index":{"_index":…,"_id":…,"version":N,"version_type":"external_gte"[,"routing":…][,"pipeline":…]}}
+    body.extend_from_slice(b"{\"");
+    body.extend_from_slice(meta_kind.as_bytes());
+    body.extend_from_slice(b"\":{\"_index\":");
+    pgfanout_sdk::json::write_str(body, &doc.index);
+    body.extend_from_slice(b",\"_id\":");
+    pgfanout_sdk::json::write_str(body, &doc.id);
+    body.extend_from_slice(b",\"version\":");
+    // Into the body directly (a Vec never fails a write).
+    let _ = std::io::Write::write_fmt(body, format_args!("{version}"));
+    body.extend_from_slice(b",\"version_type\":\"external_gte\"");
+    if let Some(r) = &doc.routing {
+        body.extend_from_slice(b",\"routing\":");
+        pgfanout_sdk::json::write_str(body, r);
     }
-    (body, n)
+    if let Some(p) = pipeline {
+        body.extend_from_slice(b",\"pipeline\":");
+        pgfanout_sdk::json::write_str(body, p);
+    }
+    body.extend_from_slice(b"}}\n");
+    if let Some(s) = source {
+        body.extend_from_slice(s);
+        body.push(b'\n');
+    }
+}
+
+/// About the length of [`encode_action`]'s lines (exact unless a name
+/// needs escaping), to size a body once.
+fn encoded_len(a: &Action) -> usize {
+    let (doc, source, pipeline) = match a {
+        Action::Index { doc, source, pipeline, .. } => (doc, source.len() + 1, pipeline.as_ref().map_or(0, |p| p.len() + 14)),
+        Action::Delete { doc, .. } | Action::Partial { doc, .. } => (doc, 0, 0),
+    };
+    // `{"delete":{"_index":"","_id":"","version":,"version_type":"external_gte"}}\n` and a 20-digit version.
+    let meta = 76 + 20 + doc.index.len() + doc.id.len() + doc.routing.as_ref().map_or(0, |r| r.len() + 13);
+    meta + source + pipeline
+}
+
+/// The next `_bulk` request of a round: from `pending[*next..]` (indexes
+/// into `items`), the items of documents not `blocked`, at most
+/// `max_records` and `max_bytes` (at least one item). Items of blocked
+/// documents passed over go to `retry`.
+fn next_chunk(
+    items: &[Item],
+    pending: &[usize],
+    next: &mut usize,
+    blocked: &HashSet<&DocRef>,
+    retry: &mut Vec<usize>,
+    max_records: usize,
+    max_bytes: usize,
+) -> Vec<usize> {
+    let mut chunk = Vec::new();
+    let mut bytes = 0;
+    while *next < pending.len() && chunk.len() < max_records {
+        let i = pending[*next];
+        if blocked.contains(&items[i].doc) {
+            retry.push(i);
+        } else {
+            if !chunk.is_empty() && bytes + items[i].len() > max_bytes {
+                break;
+            }
+            bytes += items[i].len();
+            chunk.push(i);
+        }
+        *next += 1;
+    }
+    chunk
 }
 
 /// `_bulk`, answering only what is read of each item: its status and, when
@@ -964,8 +1039,9 @@ mod tests {
         let r = route(serde_json::json!({"index": "{table}", "pipeline": "p"}));
         let c = change(Op::Update, Some(row(&[("id", "7"), ("name", "x")])), None, &[]);
         let Some(Planned::Actions(_, a)) = plan_change(&r, &c).unwrap() else { panic!() };
-        let (body, n) = bulk_body([&a[0]], &BatchLimits::default());
-        assert_eq!(n, 1);
+        let mut body = Vec::new();
+        encode_action(&mut body, &a[0]);
+        assert!(body.len() <= encoded_len(&a[0]), "{} > {}", body.len(), encoded_len(&a[0]));
         let text = String::from_utf8(body).unwrap();
         assert!(text.contains(r#""_id":"7""#) && text.contains(r#""version":281474976710656"#) && text.contains("external_gte"), "{text}");
         assert!(text.contains(r#""pipeline":"p""#) && text.contains(r#""_index":"products""#), "{text}");
@@ -1009,14 +1085,37 @@ mod tests {
     }
 
     #[test]
-    fn bulk_bodies_respect_the_limits() {
-        let r = route(serde_json::json!({"index": "products"}));
-        let c = change(Op::Insert, Some(row(&[("id", "7"), ("pad", &"x".repeat(600))])), None, &[]);
-        let Some(Planned::Actions(_, a)) = plan_change(&r, &c).unwrap() else { panic!() };
-        let many: Vec<&Action> = (0..10).map(|_| &a[0]).collect();
-        let limits = BatchLimits { max_records: 4, max_bytes: pgfanout_sdk::settings::ByteSize(1 << 20) };
-        assert_eq!(bulk_body(many.iter().copied(), &limits).1, 4);
-        let limits = BatchLimits { max_records: 100, max_bytes: pgfanout_sdk::settings::ByteSize(2000) };
-        assert_eq!(bulk_body(many.iter().copied(), &limits).1, 2);
+    fn bulk_requests_respect_the_limits_and_slice_the_jobs_body() {
+        let r = route(serde_json::json!({"index": "products", "id": "{id}"}));
+        let mut body = Vec::new();
+        let mut items = Vec::new();
+        for id in 0..10 {
+            let c = change(Op::Insert, Some(row(&[("id", &id.to_string()), ("pad", &"x".repeat(600))])), None, &[]);
+            let Some(Planned::Actions(_, a)) = plan_change(&r, &c).unwrap() else { panic!() };
+            let start = body.len();
+            encode_action(&mut body, &a[0]);
+            let Action::Index { doc, .. } = a.into_iter().next().unwrap() else { panic!() };
+            items.push(Item { record: id, doc, delete: false, start, end: body.len() });
+        }
+        let job = Encoded { body: body.into(), items };
+        let pending: Vec<usize> = (0..10).collect();
+        let (mut next, mut retry) = (0, Vec::new());
+        let none = HashSet::new();
+        assert_eq!(next_chunk(&job.items, &pending, &mut next, &none, &mut retry, 4, 1 << 20), vec![0, 1, 2, 3]);
+        assert_eq!(next_chunk(&job.items, &pending, &mut next, &none, &mut retry, 100, 2000), vec![4, 5]);
+        // One item larger than the limit still goes, alone.
+        assert_eq!(next_chunk(&job.items, &pending, &mut next, &none, &mut retry, 100, 10), vec![6]);
+        // A blocked document's items wait for the next round.
+        let blocked: HashSet<&DocRef> = [&job.items[8].doc].into_iter().collect();
+        assert_eq!(next_chunk(&job.items, &pending, &mut next, &blocked, &mut retry, 100, 1 << 20), vec![7, 9]);
+        assert_eq!(retry, vec![8]);
+        // Side by side: a slice of the job's body; apart: a copy of the two.
+        let both = job.request_body(&[4, 5]);
+        assert_eq!(both.as_ptr(), job.body[job.items[4].start..].as_ptr());
+        let apart = job.request_body(&[7, 9]);
+        let text = String::from_utf8(apart.to_vec()).unwrap();
+        assert_eq!(text.lines().count(), 4, "{text}");
+        assert!(text.contains(r#""_id":"7""#) && text.contains(r#""_id":"9""#) && !text.contains(r#""_id":"8""#), "{text}");
+        assert!(text.lines().all(|l| serde_json::from_str::<Json>(l).is_ok()), "{text}");
     }
 }
