@@ -392,6 +392,29 @@ fn env_overrides_and_defaults() {
 }
 
 #[test]
+fn env_overrides_of_a_sinks_numbers_and_booleans_are_read_as_such() {
+    // An environment variable is a string; a sink's settings reach its
+    // connector as JSON, where "3" used to be refused as a number.
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = "source:\n  postgres:\n    url: postgres://rep@db:5432/shop\n\
+                sinks:\n  events: { type: kafka, brokers: \"k:9092\" }\n\
+                pipelines:\n  - { name: p, from: users, to: events, kafka: { topic: t } }\n";
+    let file = write(dir.path(), 0, yaml);
+    let env = env_of(&[("PGFANOUT__SINKS__EVENTS__IN_FLIGHT_BATCHES", "3")]);
+    let cfg = load_with_env(&file, &env).unwrap_or_else(|e| panic!("{e}"));
+    assert!(cfg.sinks["events"].configured.is_some());
+    let (code, stdout, stderr) = check_cli(&file, &[("PGFANOUT__SINKS__EVENTS__IN_FLIGHT_BATCHES", "3")]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    // What is not a number is still refused, naming the field.
+    let (code, _, stderr) = check_cli(&file, &[("PGFANOUT__SINKS__EVENTS__IN_FLIGHT_BATCHES", "three")]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("sinks.events.in_flight_batches") && stderr.contains("\"three\""), "{stderr}");
+    let (code, _, stderr) = check_cli(&file, &[("PGFANOUT__SINKS__EVENTS__IN_FLIGHT_BATCHES", "0")]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("in_flight_batches") && stderr.contains("between 1 and 64"), "{stderr}");
+}
+
+#[test]
 fn sinks_keep_their_file_order() {
     let dir = tempfile::tempdir().unwrap();
     let yaml = format!("{SOURCE}sinks:\n  zeta: {{ type: file, path: z }}\n  alpha: {{ type: file, path: a }}\n  Mid: {{ type: redis, url: redis://h }}\n{PIPELINE}");

@@ -26,6 +26,7 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::settings::lenient::Lenient;
 use crate::sink::{BatchOutcome, InFlight, Sink, SinkError, SinkRecord};
 use crate::verify::Verifier;
 
@@ -229,9 +230,10 @@ where
 }
 
 /// Deserializes `value` as `T`, naming the failing field's dotted path, then
-/// runs `validate` (errors as (path, message)).
+/// runs `validate` (errors as (path, message)). Numbers and booleans may be
+/// strings (environment overrides are): see [`Lenient`].
 pub fn parse<T: DeserializeOwned>(value: &Value, validate: impl Fn(&T) -> Vec<(String, String)>) -> Result<T, Vec<FieldError>> {
-    match serde_path_to_error::deserialize::<_, T>(value) {
+    match serde_path_to_error::deserialize::<_, T>(Lenient(value)) {
         Ok(t) => {
             let errors: Vec<FieldError> = validate(&t).into_iter().map(|(p, m)| FieldError::new(p, m)).collect();
             if errors.is_empty() {

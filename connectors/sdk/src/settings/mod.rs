@@ -7,6 +7,7 @@
 //! expected; the caller prefixes it with the dotted path of the field.
 
 mod backoff;
+pub mod lenient;
 mod secret;
 mod tls;
 mod units;
