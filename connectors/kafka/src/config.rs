@@ -48,9 +48,13 @@ pub struct KafkaSinkConfig {
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
     /// Batches enqueued in the producer before the oldest one's delivery
-    /// reports are in (default 4; 1: one batch at a time). The next batch
+    /// reports are in (default 2; 1: one batch at a time). The next batch
     /// is encoded while earlier ones are on their way; they complete in
     /// order, and a failed one makes every later one be sent again after it.
+    /// Each batch costs one produce round trip (plus librdkafka's 5 ms
+    /// linger): raise it for a broker far away. Measured on a local broker:
+    /// 2 in flight 29.0 MB peak RSS, 4.8 µs CPU per row; 4 in flight 32.0 MB,
+    /// 6.0 µs, at the same throughput (the source is the bound there).
     #[serde(default = "default_in_flight_batches")]
     pub in_flight_batches: usize,
 }
@@ -60,7 +64,7 @@ fn default_delivery_timeout() -> Duration {
 }
 
 fn default_in_flight_batches() -> usize {
-    4
+    2
 }
 
 /// SASL mechanism, as librdkafka spells it.

@@ -18,7 +18,7 @@
 //! own. After a failed batch the producer is rebuilt (a new idempotence
 //! session), see `KafkaSink::rebuild_producer`.
 //!
-//! Pipelining (`in_flight_batches`, default 4): the next batch is encoded and
+//! Pipelining (`in_flight_batches`, default 2): the next batch is encoded and
 //! enqueued in the same producer while earlier ones wait for their delivery
 //! reports; the runtime completes them in order. When a batch in flight
 //! fails, every batch submitted before the failure and completing after it
