@@ -2,8 +2,9 @@
 //!
 //! Each XLogData payload of a logical replication stream that uses the
 //! `pgoutput` plugin is exactly one of these messages. Decoding is pure (no
-//! I/O) and zero-copy for column values: a [`TupleValue::Text`] is a slice of
-//! the payload's [`Bytes`], so a row costs no allocation until its values are
+//! I/O) and zero-copy for column values: a [`TupleValue::TextAt`] is a range
+//! of the payload's [`Bytes`], which the tuple holds once, so a row costs no
+//! allocation (and one reference on the receive buffer) until its values are
 //! turned into [`Value`](pgfanout_sdk::Value)s by [`crate::types`].
 //!
 //! The layout follows PostgreSQL's "Logical Replication Message Formats"
@@ -126,17 +127,39 @@ pub struct RelationColumn {
     pub type_modifier: i32,
 }
 
-/// The columns of one row, in relation order.
+/// The columns of one row, in relation order, and the message they were
+/// read from (their text is ranges of it: one reference on the receive
+/// buffer per tuple instead of one per value).
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct TupleData(pub Vec<TupleValue>);
+pub struct TupleData(pub Vec<TupleValue>, pub Bytes);
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum TupleValue {
     Null,
     /// A TOASTed value that did not change and was not sent.
     UnchangedToast,
-    /// The value's text output (a zero-copy slice of the message).
+    /// The value's text output, owned (tuples built by hand).
     Text(Bytes),
+    /// The value's text output: bytes `start..end` of the tuple's message
+    /// (what the decoder produces; see [`TupleData::text`]).
+    TextAt(u32, u32),
+}
+
+impl TupleData {
+    /// The text of value `v` of this tuple (`None` for null and unchanged
+    /// TOAST).
+    pub fn text<'a>(&'a self, v: &'a TupleValue) -> Option<&'a [u8]> {
+        match v {
+            TupleValue::Text(b) => Some(b),
+            TupleValue::TextAt(start, end) => self.1.get(*start as usize..*end as usize),
+            TupleValue::Null | TupleValue::UnchangedToast => None,
+        }
+    }
+
+    /// The text of column `i`.
+    pub fn text_at(&self, i: usize) -> Option<&[u8]> {
+        self.0.get(i).and_then(|v| self.text(v))
+    }
 }
 
 /// A malformed message, or a value that does not parse as its type.
@@ -363,13 +386,19 @@ impl Reader {
                 b'u' => TupleValue::UnchangedToast,
                 b't' => {
                     let len = self.u32("column length")? as usize;
-                    TupleValue::Text(self.bytes(len, "column value")?)
+                    if len > self.remaining() {
+                        return Err(self.truncated("column value"));
+                    }
+                    let start = self.pos;
+                    self.pos += len;
+                    // A message is at most 1 GB: offsets fit in u32.
+                    TupleValue::TextAt(start as u32, (start + len) as u32)
                 }
                 b'b' => return Err(self.invalid("column kind", "binary column values are not supported (use the text format)".into())),
                 other => return Err(self.invalid("column kind", format!("expected 'n', 'u' or 't', got {:?}", other as char))),
             });
         }
-        Ok(TupleData(values))
+        Ok(TupleData(values, self.data.clone()))
     }
 }
 
@@ -407,13 +436,9 @@ mod tests {
         match decode(data).unwrap() {
             LogicalMessage::Insert { relation_id: 7, new } => {
                 assert_eq!(new.0.len(), 3);
-                match &new.0[0] {
-                    TupleValue::Text(t) => {
-                        assert_eq!(&t[..], b"42");
-                        assert_eq!(t.as_ptr() as usize, base + 13);
-                    }
-                    other => panic!("{other:?}"),
-                }
+                let t = new.text_at(0).unwrap();
+                assert_eq!(t, b"42");
+                assert_eq!(t.as_ptr() as usize, base + 13);
                 assert_eq!(new.0[1], TupleValue::Null);
                 assert_eq!(new.0[2], TupleValue::UnchangedToast);
             }

@@ -171,6 +171,17 @@ fn decode_row(
             TupleValue::Null => Value::Null,
             TupleValue::Text(text) if values == Values::Shared => col.decoder.decode_shared(text)?,
             TupleValue::Text(text) => col.decoder.decode(text)?,
+            TupleValue::TextAt(start, end) => {
+                let text = tuple.1.get(*start as usize..*end as usize).ok_or_else(|| DecodeError::ColumnCount {
+                    relation: rel.qualified_name(),
+                    expected: rel.columns.len(),
+                    got: tuple.0.len(),
+                })?;
+                match values {
+                    Values::Shared => col.decoder.decode_in(text, &tuple.1)?,
+                    Values::Owned => col.decoder.decode(text)?,
+                }
+            }
             TupleValue::UnchangedToast => {
                 if let Some(t) = toast.as_deref_mut() {
                     t.push(col.name.clone());
@@ -270,7 +281,10 @@ pub fn raw_change(rel: &RelationInfo, msg: &LogicalMessage, lsn: Lsn, tx: &TxMet
             let name = rel.columns.get(i).map(|c| c.name.clone()).unwrap_or_else(|| Arc::from(format!("${}", i + 1)));
             match v {
                 TupleValue::Null => row.push(name, Value::Null),
-                TupleValue::Text(b) => row.push(name, Value::String(String::from_utf8_lossy(b).into_owned().into())),
+                TupleValue::Text(_) | TupleValue::TextAt(..) => {
+                    let b = t.text(v).unwrap_or_default();
+                    row.push(name, Value::String(String::from_utf8_lossy(b).into_owned().into()))
+                }
                 TupleValue::UnchangedToast if toast => unchanged_toast.push(name),
                 TupleValue::UnchangedToast => {}
             }
@@ -366,9 +380,9 @@ mod tests {
         let r = rel(b'd', &[true, false, false]);
         let msg = LogicalMessage::Update {
             relation_id: 1,
-            old: Some(TupleData(vec![t("1"), Null, Null])),
+            old: Some(TupleData(vec![t("1"), Null, Null], Bytes::new())),
             old_is_key: true,
-            new: TupleData(vec![t("2"), t("x"), UnchangedToast]),
+            new: TupleData(vec![t("2"), t("x"), UnchangedToast], Bytes::new()),
         };
         let c = build_change(&r, &msg, Lsn(50), &TX, 3).unwrap();
         assert_eq!(
@@ -380,7 +394,7 @@ mod tests {
     #[test]
     fn delete_without_key_columns_keys_on_the_whole_row() {
         let r = rel(b'f', &[false, false, false]);
-        let msg = LogicalMessage::Delete { relation_id: 1, old: TupleData(vec![t("1"), t("a"), Null]), old_is_key: false };
+        let msg = LogicalMessage::Delete { relation_id: 1, old: TupleData(vec![t("1"), t("a"), Null], Bytes::new()), old_is_key: false };
         let c = build_change(&r, &msg, Lsn(50), &TX, 0).unwrap();
         assert_eq!(c.key, c.before);
         assert_eq!(c.before.as_ref().unwrap().len(), 3);
@@ -390,7 +404,7 @@ mod tests {
     #[test]
     fn wrong_column_count_is_an_error() {
         let r = rel(b'd', &[true, false, false]);
-        let msg = LogicalMessage::Insert { relation_id: 1, new: TupleData(vec![t("1")]) };
+        let msg = LogicalMessage::Insert { relation_id: 1, new: TupleData(vec![t("1")], Bytes::new()) };
         assert!(matches!(build_change(&r, &msg, Lsn(1), &TX, 0), Err(DecodeError::ColumnCount { expected: 3, got: 1, .. })));
     }
 }

@@ -86,6 +86,21 @@ impl TypeDecoder {
         }
     }
 
+    /// [`decode_shared`](Self::decode_shared) for `text` lying within `buf`
+    /// (a received message): short values are copied inline, long ones
+    /// slice `buf`; no reference is taken on `buf` for a short value.
+    pub fn decode_in(&self, text: &[u8], buf: &Bytes) -> Result<Value, DecodeError> {
+        match self {
+            TypeDecoder::Text | TypeDecoder::Date | TypeDecoder::Number | TypeDecoder::Json => match Text::from_utf8_in(text, buf) {
+                Ok(text) => self.decode_text(text),
+                // Not UTF-8 (a UTF-8 server encoding never sends it): a
+                // copy with U+FFFD replacements.
+                Err(_) => self.decode(text),
+            },
+            _ => self.decode(text),
+        }
+    }
+
     /// True for the types whose value is a string that differs from their
     /// text (timestamps): [`render_into`](Self::render_into) writes it.
     pub fn renders(&self) -> bool {

@@ -12,6 +12,7 @@ pub mod lsn;
 pub mod settings;
 pub mod sink;
 pub mod template;
+pub mod text;
 pub mod value;
 pub mod verify;
 

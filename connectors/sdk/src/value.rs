@@ -10,10 +10,7 @@ use std::sync::Arc;
 
 use crate::json;
 
-/// Immutable UTF-8 text that clones without copying. Values decoded from the
-/// replication stream share its receive buffer (a slice of the message, no
-/// allocation per column); values computed elsewhere own theirs.
-pub type Text = bytestring::ByteString;
+pub use crate::text::Text;
 
 /// One column value.
 #[derive(Debug, Clone, PartialEq)]

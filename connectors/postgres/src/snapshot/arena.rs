@@ -286,12 +286,14 @@ mod tests {
         }
     }
 
-    const LINES: [&[u8]; 3] = [
+    const LINES: [&[u8]; 4] = [
         b"1\t\xc3\xa9 tab\\there\t\\N\t2024-01-02 03:04:05.5+00\t {\"k\": [1, 2]} ",
         // Each field alone is not UTF-8, the two together are: the batch's
         // single check passes, and each value is replaced as on its own.
         b"2\t\xc3\t\xa9\t-infinity\tnull",
         b"3\t\t\\\\N\t\\N\t\\N",
+        // Longer than `Text` keeps inline: slices of the arena.
+        b"4\tthis value is longer than thirty-eight bytes\t\\N\t\\N\t  {\"long\": \"enough to be shared, not copied\"}  ",
     ];
 
     /// Stages `lines` and hands them over with `pinned`.
@@ -332,6 +334,7 @@ mod tests {
                 r#"{"id":1,"a":"é tab\there","b":null,"at":"2024-01-02T03:04:05.5+00:00","j":{"k": [1, 2]}}|{"id":1}"#,
                 r#"{"id":2,"a":"�","b":"�","at":"-infinity","j":null}|{"id":2}"#,
                 r#"{"id":3,"a":"","b":"\\N","at":null,"j":null}|{"id":3}"#,
+                r#"{"id":4,"a":"this value is longer than thirty-eight bytes","b":null,"at":null,"j":{"long": "enough to be shared, not copied"}}|{"id":4}"#,
             ]
         );
         assert!(got.iter().all(|c| c.op == Op::Read && c.lsn == Lsn(7) && c.commit_lsn == Lsn(7)));
