@@ -64,8 +64,8 @@ impl TypeDecoder {
             TypeDecoder::Json => Ok(Value::Json(owned_text(text.trim_ascii()))),
             // ISO date text is already what to_jsonb writes (BC suffix included).
             TypeDecoder::Date => Ok(Value::String(owned_text(text))),
-            TypeDecoder::Timestamp => Ok(Value::String(ascii_text(iso_to_xsd(text, "timestamp", false)?))),
-            TypeDecoder::Timestamptz => Ok(Value::String(ascii_text(iso_to_xsd(text, "timestamptz", true)?))),
+            TypeDecoder::Timestamp => Ok(Value::String(timestamp_text(text, "timestamp", false)?)),
+            TypeDecoder::Timestamptz => Ok(Value::String(timestamp_text(text, "timestamptz", true)?)),
             TypeDecoder::Array { elem, delim } => decode_array(text, elem, *delim),
             TypeDecoder::Composite { fields } => decode_record(text, fields),
         }
@@ -143,16 +143,22 @@ fn decode_bool(text: &[u8]) -> Result<Value, DecodeError> {
     }
 }
 
-fn owned_text(b: &[u8]) -> Text {
-    match std::str::from_utf8(b) {
-        Ok(s) => Text::from(s),
-        Err(_) => Text::from(String::from_utf8_lossy(b).into_owned()),
+/// A timestamp's XSD text, rendered in a buffer each thread reuses: a value
+/// that fits `Text` inline (every one but the longest) allocates nothing.
+fn timestamp_text(text: &[u8], type_name: &'static str, with_tz: bool) -> Result<Text, DecodeError> {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
+    SCRATCH.with(|scratch| {
+        let mut out = scratch.borrow_mut();
+        out.clear();
+        iso_to_xsd_into(text, type_name, with_tz, &mut out)?;
+        Ok(owned_text(&out))
+    })
 }
 
-/// Text this module built (ASCII), without copying it.
-fn ascii_text(b: Vec<u8>) -> Text {
-    Text::from(String::from_utf8(b).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
+fn owned_text(b: &[u8]) -> Text {
+    Text::from_utf8(b).unwrap_or_else(|_| Text::from(String::from_utf8_lossy(b).into_owned()))
 }
 
 /// What a number column's text becomes.
@@ -220,18 +226,11 @@ fn is_json_number(b: &[u8]) -> bool {
     i == b.len()
 }
 
-/// Rewrites ISO date/timestamp text into the XSD form `to_jsonb` uses:
-/// `2020-01-02 03:04:05.5+00` -> `2020-01-02T03:04:05.5+00:00`. PostgreSQL
-/// 15 keeps the ` BC` suffix (`0001-01-01T00:00:00 BC`); `infinity` and
-/// `-infinity` are unchanged.
-fn iso_to_xsd(text: &[u8], type_name: &'static str, with_tz: bool) -> Result<Vec<u8>, DecodeError> {
-    let mut out = Vec::with_capacity(text.len() + 4);
-    iso_to_xsd_into(text, type_name, with_tz, &mut out)?;
-    Ok(out)
-}
-
-/// [`iso_to_xsd`] appending to `out` (which keeps what it had, and may hold
-/// part of the value when this fails).
+/// Rewrites ISO date/timestamp text into the XSD form `to_jsonb` uses,
+/// appending to `out` (which keeps what it had, and may hold part of the
+/// value when this fails): `2020-01-02 03:04:05.5+00` ->
+/// `2020-01-02T03:04:05.5+00:00`. PostgreSQL 15 keeps the ` BC` suffix
+/// (`0001-01-01T00:00:00 BC`); `infinity` and `-infinity` are unchanged.
 fn iso_to_xsd_into(text: &[u8], type_name: &'static str, with_tz: bool, out: &mut Vec<u8>) -> Result<(), DecodeError> {
     if text == b"infinity" || text == b"-infinity" {
         out.extend_from_slice(text);

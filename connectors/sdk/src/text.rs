@@ -79,6 +79,21 @@ impl Text {
         }
     }
 
+    /// A copy of `bytes`, if they are UTF-8 (inline when short). ASCII is
+    /// checked first, a word at a time.
+    #[inline]
+    pub fn from_utf8(bytes: &[u8]) -> Result<Text, std::str::Utf8Error> {
+        if !bytes.is_ascii() {
+            std::str::from_utf8(bytes)?;
+        }
+        if bytes.len() <= INLINE {
+            let mut inline = [0u8; INLINE];
+            inline[..bytes.len()].copy_from_slice(bytes);
+            return Ok(Text(Repr::Inline { len: bytes.len() as u8, buf: inline }));
+        }
+        Ok(Text(Repr::Shared(Bytes::copy_from_slice(bytes))))
+    }
+
     /// Text of `text`, which lies within `buf`, if it is UTF-8: copied
     /// inline when short, else a slice of `buf` (one reference on it).
     ///
@@ -305,6 +320,9 @@ mod tests {
         assert!(matches!(short.0, Repr::Inline { len: 2, .. }));
         assert_eq!(&*Text::from_utf8_in(&buf[54..], &buf).unwrap(), "é");
         assert!(Text::from_utf8_in(&buf[54..55], &buf).is_err());
+        assert_eq!(&*Text::from_utf8(&buf[..]).unwrap(), &*String::from_utf8(buf.to_vec()).unwrap());
+        assert_eq!(&*Text::from_utf8(b"2024").unwrap(), "2024");
+        assert!(Text::from_utf8(b"\xc3").is_err());
     }
 
     #[test]
