@@ -83,15 +83,7 @@ impl Text {
     /// checked first, a word at a time.
     #[inline]
     pub fn from_utf8(bytes: &[u8]) -> Result<Text, std::str::Utf8Error> {
-        if !bytes.is_ascii() {
-            std::str::from_utf8(bytes)?;
-        }
-        if bytes.len() <= INLINE {
-            let mut inline = [0u8; INLINE];
-            inline[..bytes.len()].copy_from_slice(bytes);
-            return Ok(Text(Repr::Inline { len: bytes.len() as u8, buf: inline }));
-        }
-        Ok(Text(Repr::Shared(Bytes::copy_from_slice(bytes))))
+        Text::checked(bytes, || Bytes::copy_from_slice(bytes))
     }
 
     /// Text of `text`, which lies within `buf`, if it is UTF-8: copied
@@ -101,23 +93,34 @@ impl Text {
     /// When `text` is long and not part of `buf` (as `Bytes::slice_ref`).
     #[inline]
     pub fn from_utf8_in(text: &[u8], buf: &Bytes) -> Result<Text, std::str::Utf8Error> {
-        if !text.is_ascii() {
-            std::str::from_utf8(text)?;
+        Text::checked(text, || buf.slice_ref(text))
+    }
+
+    /// `bytes` if UTF-8 (ASCII checked first): inline when short, else the
+    /// buffer `shared` gives.
+    #[inline]
+    fn checked(bytes: &[u8], shared: impl FnOnce() -> Bytes) -> Result<Text, std::str::Utf8Error> {
+        if !bytes.is_ascii() {
+            std::str::from_utf8(bytes)?;
         }
-        if text.len() <= INLINE {
-            let mut inline = [0u8; INLINE];
-            inline[..text.len()].copy_from_slice(text);
-            return Ok(Text(Repr::Inline { len: text.len() as u8, buf: inline }));
+        if bytes.len() <= INLINE {
+            return Ok(Text::inline_bytes(bytes));
         }
-        Ok(Text(Repr::Shared(buf.slice_ref(text))))
+        Ok(Text(Repr::Shared(shared())))
     }
 
     #[inline]
     fn inline(s: &str) -> Text {
-        debug_assert!(s.len() <= INLINE);
+        Text::inline_bytes(s.as_bytes())
+    }
+
+    /// `bytes` (UTF-8, at most `INLINE` long) copied inline.
+    #[inline]
+    fn inline_bytes(bytes: &[u8]) -> Text {
+        debug_assert!(bytes.len() <= INLINE);
         let mut buf = [0u8; INLINE];
-        buf[..s.len()].copy_from_slice(s.as_bytes());
-        Text(Repr::Inline { len: s.len() as u8, buf })
+        buf[..bytes.len()].copy_from_slice(bytes);
+        Text(Repr::Inline { len: bytes.len() as u8, buf })
     }
 }
 
@@ -206,9 +209,7 @@ impl TryFrom<Bytes> for Text {
             std::str::from_utf8(&bytes)?;
         }
         if bytes.len() <= INLINE {
-            let mut buf = [0u8; INLINE];
-            buf[..bytes.len()].copy_from_slice(&bytes);
-            return Ok(Text(Repr::Inline { len: bytes.len() as u8, buf }));
+            return Ok(Text::inline_bytes(&bytes));
         }
         Ok(Text(Repr::Shared(bytes)))
     }
