@@ -169,16 +169,22 @@ fn decode_row(
         }
         let v = match value {
             TupleValue::Null => Value::Null,
-            TupleValue::Text(text) if values == Values::Shared => col.decoder.decode_shared(text)?,
-            TupleValue::Text(text) => col.decoder.decode(text)?,
-            TupleValue::TextAt(start, end) => {
-                let text = tuple.1.get(*start as usize..*end as usize).ok_or_else(|| DecodeError::ColumnCount {
-                    relation: rel.qualified_name(),
-                    expected: rel.columns.len(),
-                    got: tuple.0.len(),
-                })?;
+            TupleValue::Text(_) | TupleValue::TextAt(..) => {
+                // The buffer a long value may slice: the hand-built value's
+                // own, or the message's.
+                let (text, buf) = match value {
+                    TupleValue::Text(own) => (&own[..], own),
+                    _ => (
+                        tuple.text(value).ok_or_else(|| DecodeError::ColumnCount {
+                            relation: rel.qualified_name(),
+                            expected: rel.columns.len(),
+                            got: tuple.0.len(),
+                        })?,
+                        &tuple.1,
+                    ),
+                };
                 match values {
-                    Values::Shared => col.decoder.decode_in(text, &tuple.1)?,
+                    Values::Shared => col.decoder.decode_in(text, buf)?,
                     Values::Owned => col.decoder.decode(text)?,
                 }
             }

@@ -12,9 +12,10 @@
 //! the string of its text. Domains use their base type's decoder; enums,
 //! ranges and multiranges are text ([`crate::catalog`] resolves OIDs).
 //!
-//! This is the hot path: [`TypeDecoder::decode_shared`] turns text, number,
-//! json and date columns into slices of the received message (no copy, no
-//! allocation), timestamps cost one allocation, arrays and composites parse
+//! This is the hot path: [`TypeDecoder::decode_in`] turns text, number,
+//! json and date columns into inline copies (short) or slices (long) of the
+//! received message (no allocation), timestamps render through a reused
+//! buffer (none either when they fit inline), arrays and composites parse
 //! in one pass with one scratch buffer for quoted elements, and nothing here
 //! uses regexes or `format!`.
 
@@ -71,24 +72,10 @@ impl TypeDecoder {
         }
     }
 
-    /// [`decode`](Self::decode) for text that lives in a shared buffer (a
-    /// received message): values whose JSON is their text (text, numbers,
-    /// json, dates) become slices of it instead of copies.
-    pub fn decode_shared(&self, text: &Bytes) -> Result<Value, DecodeError> {
-        match self {
-            TypeDecoder::Text | TypeDecoder::Date | TypeDecoder::Number | TypeDecoder::Json => match Text::try_from(text.clone()) {
-                Ok(text) => self.decode_text(text),
-                // Not UTF-8 (a UTF-8 server encoding never sends it): a
-                // copy with U+FFFD replacements.
-                Err(_) => self.decode(text),
-            },
-            _ => self.decode(text),
-        }
-    }
-
-    /// [`decode_shared`](Self::decode_shared) for `text` lying within `buf`
-    /// (a received message): short values are copied inline, long ones
-    /// slice `buf`; no reference is taken on `buf` for a short value.
+    /// [`decode`](Self::decode) for `text` lying within `buf` (a received
+    /// message, a snapshot's read buffer): values whose JSON is their text
+    /// (text, numbers, json, dates) are copied inline when short and slice
+    /// `buf` when long; no reference is taken on `buf` for a short value.
     pub fn decode_in(&self, text: &[u8], buf: &Bytes) -> Result<Value, DecodeError> {
         match self {
             TypeDecoder::Text | TypeDecoder::Date | TypeDecoder::Number | TypeDecoder::Json => match Text::from_utf8_in(text, buf) {
@@ -124,7 +111,7 @@ impl TypeDecoder {
 
     /// [`decode`](Self::decode) for text already checked to be UTF-8 and
     /// held in a shared buffer: the same values, slices of `text` where
-    /// [`decode_shared`](Self::decode_shared) would slice.
+    /// [`decode_in`](Self::decode_in) would slice.
     pub fn decode_text(&self, text: Text) -> Result<Value, DecodeError> {
         match self {
             TypeDecoder::Text | TypeDecoder::Date => Ok(Value::String(text)),

@@ -188,9 +188,9 @@ impl Staged {
                 // goes through the per-value path (which replaces it).
                 Ok(text) => self.build(rel, names, version, out, |decoder, range| match text.get(range.clone()) {
                     Some(sub) => decoder.decode_text(text.slice_ref(sub)),
-                    None => decoder.decode_shared(&arena.slice(range)),
+                    None => decoder.decode_in(&arena[range], &arena),
                 }),
-                Err(_) => self.build(rel, names, version, out, |decoder, range| decoder.decode_shared(&arena.slice(range))),
+                Err(_) => self.build(rel, names, version, out, |decoder, range| decoder.decode_in(&arena[range], &arena)),
             }?;
         } else {
             let buf = std::mem::take(&mut self.buf);
