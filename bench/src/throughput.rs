@@ -74,6 +74,9 @@ pub async fn run(ctx: &Ctx, spec: &Spec) -> Result<Vec<Figure>> {
     let mut rate = Figure::new(spec.name, "throughput", "rows/s", Better::Higher).with_baseline("pg_recvlogical");
     let mut cpu = Figure::new(spec.name, "CPU per row", "µs", Better::Lower).with_baseline("pg_recvlogical");
     let mut rss = Figure::new(spec.name, "peak RSS", "MB", Better::Lower).with_baseline("pg_recvlogical").with_goal(Goal::AtMost(32.0));
+    // The database server's share: what the walsender spent per row while
+    // each consumer read (pg_recvlogical's sampled every 50 ms).
+    let mut walsender = Figure::new(spec.name, "walsender CPU per row", "µs", Better::Lower).with_baseline("pg_recvlogical");
     if let Some(g) = rate_goal {
         rate = rate.with_goal(g);
     }
@@ -174,10 +177,20 @@ pub async fn run(ctx: &Ctx, spec: &Spec) -> Result<Vec<Figure>> {
         cpu.baseline.push(r.usage.cpu_seconds * 1e6 / changes as f64);
         rss.pgfanout.push(f.usage.peak_rss_kib as f64 / 1024.0);
         rss.baseline.push(r.usage.peak_rss_kib as f64 / 1024.0);
+        if let (Some(fw), Some(rw)) = (f.walsender_cpu_seconds, r.walsender_cpu_seconds) {
+            eprintln!(
+                "    walsender CPU per row: {:.2} µs while pgfanout read, {:.2} µs while pg_recvlogical read",
+                fw * 1e6 / changes as f64,
+                rw * 1e6 / changes as f64
+            );
+            walsender.pgfanout.push(fw * 1e6 / changes as f64);
+            walsender.baseline.push(rw * 1e6 / changes as f64);
+        }
         db.drop_slot(&pgf_slot).await?;
         db.drop_slot(&rl_slot).await?;
     }
-    Ok([rate, cpu, rss].into_iter().chain(ceiling).collect())
+    let walsender = (!walsender.pgfanout.is_empty()).then_some(walsender);
+    Ok([rate, cpu, rss].into_iter().chain(walsender).chain(ceiling).collect())
 }
 
 /// The broker's own ceiling for pgfanout's records: Kafka's

@@ -206,16 +206,15 @@ pub async fn drain_pgfanout(prog: &Program, dir: &Path, db: &Db, cfg: &FanoutCon
     let mut f = Fanout::spawn(prog, dir, db, cfg)?;
     let took = f.wait_confirmed(db, cfg.slot, end, timeout).await?;
     let usage = f.usage()?;
-    let walsender = db
-        .client
-        .query_opt("SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1", &[&cfg.slot])
-        .await
-        .ok()
-        .flatten()
-        .and_then(|r| r.get::<_, Option<i32>>(0))
-        .and_then(|pid| procstat::cpu_seconds(pid as u32));
+    let walsender = active_pid(db, cfg.slot).await.and_then(procstat::cpu_seconds);
     f.stop();
     Ok(Drain { seconds: took.as_secs_f64(), usage, walsender_cpu_seconds: walsender })
+}
+
+/// The pid of the walsender reading `slot`, if one does.
+async fn active_pid(db: &Db, slot: &str) -> Option<u32> {
+    let row = db.client.query_opt("SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1", &[&slot]).await.ok()??;
+    row.get::<_, Option<i32>>(0).map(|pid| pid as u32)
 }
 
 /// pg_recvlogical drains `slot` to /dev/null up to `end` (`--endpos`).
@@ -237,6 +236,10 @@ pub async fn drain_recvlogical(db: &Db, dir: &Path, slot: &str, end: u64, timeou
         .stderr(err)
         .spawn()
         .context("spawn /usr/bin/time pg_recvlogical (apt-get install -y time postgresql-client-15)")?;
+    // The walsender exits with pg_recvlogical (`--endpos`): its CPU time is
+    // sampled while it runs, so up to one interval (50 ms) of it is missed.
+    let mut walsender: Option<(u32, f64)> = None;
+    let mut sampled = Instant::now();
     let status = loop {
         if let Some(s) = child.try_wait()? {
             break s;
@@ -246,6 +249,13 @@ pub async fn drain_recvlogical(db: &Db, dir: &Path, slot: &str, end: u64, timeou
             let _ = child.wait();
             bail!("pg_recvlogical did not reach {} within {timeout:?}: {}", fmt_lsn(end), tail(&err_path));
         }
+        if sampled.elapsed() >= Duration::from_millis(50) {
+            sampled = Instant::now();
+            walsender = match walsender {
+                Some((pid, _)) => procstat::cpu_seconds(pid).map(|cpu| (pid, cpu)).or(walsender),
+                None => active_pid(db, slot).await.and_then(|pid| procstat::cpu_seconds(pid).map(|cpu| (pid, cpu))),
+            };
+        }
         tokio::time::sleep(Duration::from_millis(2)).await;
     };
     let seconds = started.elapsed().as_secs_f64();
@@ -253,7 +263,7 @@ pub async fn drain_recvlogical(db: &Db, dir: &Path, slot: &str, end: u64, timeou
         bail!("pg_recvlogical failed with {status}: {}", tail(&err_path));
     }
     let usage = procstat::parse_time_output(&time_out).context("read /usr/bin/time output")?;
-    Ok(Drain { seconds, usage, walsender_cpu_seconds: None })
+    Ok(Drain { seconds, usage, walsender_cpu_seconds: walsender.map(|(_, cpu)| cpu) })
 }
 
 /// Waits (up to 3 minutes) until the machine is idle before a measured
