@@ -48,6 +48,8 @@ fn cases() -> Vec<Case> {
         case("unknown section", with_section("extras: 1\n"), "extras", "unknown section"),
         case("unknown source field", with_source("    slott: x\n"), "source.postgres.slott", "unknown field"),
         case("unknown tls field", with_source("    tls: { ca: x }\n"), "source.postgres.tls.ca", "unknown field"),
+        case("receive buffer too small", with_source("    receive_buffer: 1KiB\n"), "source.postgres.receive_buffer", "at least 4KiB"),
+        case("receive buffer not a size", with_source("    receive_buffer: small\n"), "source.postgres.receive_buffer", "auto, kernel"),
         case(
             "unknown file sink field",
             format!("{SOURCE}sinks:\n  audit: {{ type: file, path: a, mode: x }}\n{PIPELINE}"),
@@ -412,6 +414,22 @@ fn env_overrides_of_a_sinks_numbers_and_booleans_are_read_as_such() {
     let (code, _, stderr) = check_cli(&file, &[("PGFANOUT__SINKS__EVENTS__IN_FLIGHT_BATCHES", "0")]);
     assert_eq!(code, 2);
     assert!(stderr.contains("in_flight_batches") && stderr.contains("between 1 and 64"), "{stderr}");
+}
+
+#[test]
+fn receive_buffer_takes_auto_kernel_or_a_size() {
+    use pgfanout::config::ReceiveBufferConfig;
+    use pgfanout_postgres::replication::ReceiveBuffer;
+    let dir = tempfile::tempdir().unwrap();
+    let load = |i: usize, fields: &str, env: &[(&str, &str)]| {
+        let file = write(dir.path(), i, &with_source(fields));
+        load_with_env(&file, &env_of(env)).unwrap_or_else(|e| panic!("{fields}: {e}")).source.postgres.receive_buffer
+    };
+    assert_eq!(load(0, "", &[]), ReceiveBufferConfig(ReceiveBuffer::Auto));
+    assert_eq!(load(1, "    receive_buffer: kernel\n", &[]), ReceiveBufferConfig(ReceiveBuffer::Kernel));
+    assert_eq!(load(2, "    receive_buffer: 64KiB\n", &[]), ReceiveBufferConfig(ReceiveBuffer::Bytes(65536)));
+    assert_eq!(load(3, "    receive_buffer: 8192\n", &[]), ReceiveBufferConfig(ReceiveBuffer::Bytes(8192)));
+    assert_eq!(load(4, "", &[("PGFANOUT__SOURCE__POSTGRES__RECEIVE_BUFFER", "32768")]), ReceiveBufferConfig(ReceiveBuffer::Bytes(32768)));
 }
 
 #[test]

@@ -77,6 +77,12 @@ pub struct PostgresSourceConfig {
     /// and then none). `0ms` reads as soon as anything arrives.
     #[serde(default = "default_read_coalesce", with = "units::duration")]
     pub read_coalesce: Duration,
+    /// The replication socket's kernel receive buffer: `auto` (default:
+    /// 16KiB when the server is on this host and reads are coalesced, which
+    /// keeps the walsender's sends cheap; the kernel's autotuning across a
+    /// network), `kernel` (always the kernel's) or a size (any connection).
+    #[serde(default)]
+    pub receive_buffer: ReceiveBufferConfig,
     /// Connections the initial snapshot reads with (tables and ctid ranges in
     /// parallel); one more plans the copy and holds the snapshot open.
     #[serde(default = "default_snapshot_parallelism")]
@@ -119,6 +125,36 @@ pub enum OnTypeChange {
     Ignore,
 }
 
+/// `source.postgres.receive_buffer`: `auto`, `kernel` or a size (see
+/// `pgfanout_postgres::replication::ReceiveBuffer`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReceiveBufferConfig(pub pgfanout_postgres::replication::ReceiveBuffer);
+
+/// Smaller receive buffers starve the stream (the kernel's floor is about
+/// 2 kB); below this, `receive_buffer` is refused.
+const MIN_RECEIVE_BUFFER: u64 = 4096;
+
+impl<'de> Deserialize<'de> for ReceiveBufferConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use pgfanout_postgres::replication::ReceiveBuffer;
+        use serde::de::Error;
+        let expected = "expected auto, kernel or a size of at least 4KiB, like 16KiB";
+        let size = match serde_json::Value::deserialize(d)? {
+            serde_json::Value::String(s) if s.trim() == "auto" => return Ok(ReceiveBufferConfig(ReceiveBuffer::Auto)),
+            serde_json::Value::String(s) if s.trim() == "kernel" => return Ok(ReceiveBufferConfig(ReceiveBuffer::Kernel)),
+            serde_json::Value::String(s) => units::parse_size(&s).map_err(|e| D::Error::custom(format!("{e}; {expected}")))?,
+            serde_json::Value::Number(n) => n.as_u64().ok_or_else(|| D::Error::custom(format!("invalid size {n}; {expected}")))?,
+            other => return Err(D::Error::custom(format!("invalid receive buffer {other}; {expected}"))),
+        };
+        if size < MIN_RECEIVE_BUFFER {
+            return Err(D::Error::custom(format!("receive buffer of {size} bytes is too small; {expected}")));
+        }
+        let size =
+            usize::try_from(size).map_err(|_| D::Error::custom(format!("receive buffer of {size} bytes is too large; {expected}")))?;
+        Ok(ReceiveBufferConfig(ReceiveBuffer::Bytes(size)))
+    }
+}
+
 /// `source.postgres.on_decode_error`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -143,6 +179,7 @@ impl fmt::Debug for PostgresSourceConfig {
             .field("status_interval", &self.status_interval)
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("read_coalesce", &self.read_coalesce)
+            .field("receive_buffer", &self.receive_buffer)
             .field("snapshot_parallelism", &self.snapshot_parallelism)
             .field("on_decode_error", &self.on_decode_error)
             .field("on_slot_lost", &self.on_slot_lost)
@@ -156,7 +193,7 @@ fn default_slot() -> String {
 }
 
 fn default_read_coalesce() -> Duration {
-    Duration::from_millis(1)
+    Duration::from_millis(2)
 }
 
 fn default_status_interval() -> Duration {

@@ -10,6 +10,7 @@ pub mod worker;
 
 use std::sync::Arc;
 
+use pgfanout_postgres::replication::ReceiveBuffer;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
@@ -87,6 +88,11 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         shutdown_timeout: cfg.runtime.shutdown_timeout,
         heartbeat_interval: pg.heartbeat_interval,
         read_coalesce: pg.read_coalesce,
+        // The small same-host buffer pays only with coalesced reads.
+        receive_buffer: match pg.receive_buffer.0 {
+            ReceiveBuffer::Auto if pg.read_coalesce.is_zero() => ReceiveBuffer::Kernel,
+            other => other,
+        },
         linger: cfg.runtime.linger,
         on_decode_error: pg.on_decode_error,
         on_type_change: pg.on_type_change,

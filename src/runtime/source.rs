@@ -19,7 +19,7 @@ use pgfanout_postgres::catalog::TypeRegistry;
 use pgfanout_postgres::conn::{connect_sql, PgConnectOptions};
 use pgfanout_postgres::pgoutput::{self, LogicalMessage};
 use pgfanout_postgres::relation::{build_change_with, build_truncates, raw_change, RelationCache, RelationInfo, TxMeta};
-use pgfanout_postgres::replication::{ReplicationClient, ReplicationMessage, ReplicationStream};
+use pgfanout_postgres::replication::{ReceiveBuffer, ReplicationClient, ReplicationMessage, ReplicationStream};
 use pgfanout_postgres::slot;
 use pgfanout_postgres::SourceError;
 use pgfanout_sdk::{Change, Lsn, Op};
@@ -52,6 +52,8 @@ pub struct SourceSettings {
     pub heartbeat_interval: Option<Duration>,
     /// See `ReplicationStream::set_read_coalesce`.
     pub read_coalesce: Duration,
+    /// See `ReplicationStream::set_receive_buffer`.
+    pub receive_buffer: ReceiveBuffer,
     /// What a row that cannot be decoded does.
     pub on_decode_error: OnDecodeError,
     pub on_type_change: OnTypeChange,
@@ -282,7 +284,7 @@ impl SourceLoop {
             .await?
             .ok_or_else(|| SourceError::permanent(format!("replication slot {:?} does not exist any more; it was dropped while pgfanout was running. Restart pgfanout to create it again (changes made since are lost to it)", self.settings.slot)))?;
         slot::check_slot(&self.settings.slot, &info, &self.settings.opts.dbname)?;
-        let client = ReplicationClient::connect(&self.settings.opts).await?;
+        let client = ReplicationClient::connect_with(&self.settings.opts, self.settings.receive_buffer).await?;
         // After a reconnect, resume after the last transaction already
         // received: it and everything before it are queued for the sinks or
         // written. Starting at the slot's confirmed position instead would
@@ -294,7 +296,8 @@ impl SourceLoop {
         let resume = self.tracker.resume_position();
         let mut stream = client.start_logical_replication(&self.settings.slot, resume, &self.settings.publication).await?;
         stream.set_read_coalesce(self.settings.read_coalesce);
-        info!(slot = %self.settings.slot, confirmed = %info.confirmed_flush_lsn.unwrap_or_default(), resume = %resume, "streaming started");
+        let receive_buffer = stream.receive_buffer();
+        info!(slot = %self.settings.slot, confirmed = %info.confirmed_flush_lsn.unwrap_or_default(), resume = %resume, ?receive_buffer, "streaming started");
         self.health.streaming.store(true, Ordering::Release);
         metrics::gauge!(m::SOURCE_STREAMING).set(1.0);
         let heartbeat = self.settings.heartbeat_interval.map(|every| spawn_heartbeat(self.settings.opts.clone(), every));

@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use pgfanout_postgres::conn::{connect_sql, Host, PgConnectOptions, SslMode, TlsFiles};
-use pgfanout_postgres::replication::{ReplicationClient, ReplicationMessage, ReplicationStream, SnapshotAction};
+use pgfanout_postgres::pgoutput::{self, LogicalMessage};
+use pgfanout_postgres::replication::{
+    ReceiveBuffer, ReplicationClient, ReplicationMessage, ReplicationStream, SnapshotAction, SAME_HOST_RECEIVE_BUFFER,
+};
 use pgfanout_postgres::slot::{self, TableName};
 use pgfanout_sdk::Lsn;
 use testkit::PgCluster;
@@ -260,6 +263,71 @@ async fn coalesced_reads_take_many_changes_and_never_hold_a_quiet_stream() {
     let t = Instant::now();
     stream.finish().await.expect("clean finish");
     assert!(t.elapsed() < Duration::from_secs(4), "finish took {:?} (waited for its timeout)", t.elapsed());
+}
+
+/// A loopback connection made for streaming gets a small receive buffer
+/// (`ReceiveBuffer::Auto`: with coalesced reads the walsender's sends then
+/// mostly append to a full window), and nothing is lost through it: 20,000
+/// changes in order, and values of 1 and 3 MB (a hundred times the window)
+/// byte for byte, as the table has them. `Kernel` (and plain `connect`)
+/// leave the buffer to the kernel; an explicit size applies as asked.
+#[tokio::test]
+async fn a_small_receive_buffer_on_the_same_host_passes_every_change_intact() {
+    let cluster = PgCluster::start();
+    let o = opts(&cluster, "postgres");
+    let sql = connect_sql(&o).await.expect("sql");
+    sql.batch_execute("CREATE TABLE w (id int PRIMARY KEY, body text); CREATE PUBLICATION pub_w FOR TABLE w").await.expect("setup");
+    let mut client = ReplicationClient::connect(&o).await.expect("connect");
+    assert_eq!(client.receive_buffer(), None, "connect: the kernel's buffer");
+    let created = client.create_logical_slot("slot_w", SnapshotAction::NoExport).await.expect("slot");
+    // (64 KiB is below every kernel's default cap, net.core.rmem_max.)
+    for (policy, want) in [(ReceiveBuffer::Kernel, None), (ReceiveBuffer::Bytes(64 * 1024), Some(2 * 64 * 1024))] {
+        let c = ReplicationClient::connect_with(&o, policy).await.expect("connect");
+        assert_eq!(c.receive_buffer(), want, "{policy:?}");
+    }
+
+    let client = ReplicationClient::connect_with(&o, ReceiveBuffer::Auto).await.expect("connect");
+    let mut stream = client.start_logical_replication("slot_w", created.consistent_point, "pub_w").await.expect("start");
+    stream.set_read_coalesce(Duration::from_millis(2));
+    let size = stream.receive_buffer().expect("127.0.0.1 is this host: a buffer is set");
+    assert!((SAME_HOST_RECEIVE_BUFFER..=4 * SAME_HOST_RECEIVE_BUFFER).contains(&size), "kernel reports {size}");
+
+    // Values that are not repetitive (a chain of md5s), so that a chunk
+    // misplaced or repeated on the way would show.
+    sql.batch_execute("INSERT INTO w SELECT g, md5(g::text) FROM generate_series(1, 20000) g").await.expect("small rows");
+    sql.batch_execute(
+        "INSERT INTO w SELECT 100000 + n, (SELECT string_agg(md5((n * 1000000 + i)::text), '') FROM generate_series(1, n * 32768) i)
+           FROM (VALUES (1), (3)) v(n)",
+    )
+    .await
+    .expect("large values");
+    let mut streamed: Vec<(String, String)> = Vec::new();
+    for _ in 0..2 {
+        for data in read_transaction(&mut stream).await {
+            if data[0] != b'I' {
+                continue;
+            }
+            let LogicalMessage::Insert { new, .. } = pgoutput::decode(data).expect("decode") else { panic!("an insert") };
+            let text = |i: usize| String::from_utf8(new.text_at(i).expect("a value").to_vec()).expect("utf-8");
+            streamed.push((text(0), text(1)));
+        }
+    }
+    let rows = sql.query("SELECT id::text, body FROM w ORDER BY w.id", &[]).await.expect("rows");
+    assert_eq!(streamed.len(), rows.len());
+    assert_eq!(streamed.len(), 20_002);
+    for (got, row) in streamed.iter().zip(&rows) {
+        let (id, body): (String, String) = (row.get(0), row.get(1));
+        assert!(
+            got.0 == id && got.1 == body,
+            "row {id}: streamed id {} with {} bytes, the table has {} bytes",
+            got.0,
+            got.1.len(),
+            body.len()
+        );
+    }
+    assert_eq!(streamed.last().map(|r| r.1.len()), Some(3 * 32768 * 32));
+
+    stream.finish().await.expect("clean finish");
 }
 
 fn rewrite_hba(cluster: &PgCluster, first_lines: &str) {

@@ -41,7 +41,7 @@ impl CopyOutClient {
     /// bounded by `opts.connect_timeout`; errors as
     /// [`super::ReplicationClient::connect`].
     pub async fn connect(opts: &PgConnectOptions) -> Result<Self, SourceError> {
-        let (wire, _) = super::connect_wire(opts, false).await?;
+        let (wire, _) = super::connect_wire(opts, false, super::ReceiveBuffer::Kernel).await?;
         Ok(CopyOutClient { wire, error: None })
     }
 

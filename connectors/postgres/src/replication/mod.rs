@@ -27,7 +27,7 @@ use pgfanout_sdk::Lsn;
 use postgres_protocol::message::frontend;
 
 pub use frame::ReplicationMessage;
-pub use stream::ReplicationStream;
+pub use stream::{ReceiveBuffer, ReplicationStream, SAME_HOST_RECEIVE_BUFFER};
 
 use crate::conn::PgConnectOptions;
 use crate::error::SourceError;
@@ -101,7 +101,14 @@ impl ReplicationClient {
     /// or certificate rejected -> Permanent, with what to fix. Refused
     /// connection, timeout, server starting up -> Transient.
     pub async fn connect(opts: &PgConnectOptions) -> Result<Self, SourceError> {
-        let (wire, params) = connect_wire(opts, true).await?;
+        Self::connect_with(opts, ReceiveBuffer::Kernel).await
+    }
+
+    /// [`connect`](Self::connect) for a connection that will stream: its
+    /// socket's receive buffer is set as `receive_buffer` says (see
+    /// [`ReceiveBuffer`]; it has to be set before the socket connects).
+    pub async fn connect_with(opts: &PgConnectOptions, receive_buffer: ReceiveBuffer) -> Result<Self, SourceError> {
+        let (wire, params) = connect_wire(opts, true, receive_buffer).await?;
         Ok(ReplicationClient { wire, backend_pid: params.backend_pid, server_version: params.server_version })
     }
 
@@ -113,6 +120,12 @@ impl ReplicationClient {
     /// The `server_version` the server reported at startup.
     pub fn server_version(&self) -> Option<&str> {
         self.server_version.as_deref()
+    }
+
+    /// `SO_RCVBUF` as the kernel reports it when [`connect_with`](Self::connect_with)
+    /// set it; `None` while the kernel sizes the buffer.
+    pub fn receive_buffer(&self) -> Option<usize> {
+        self.wire.receive_buffer()
     }
 
     /// True when the connection is encrypted.
@@ -212,9 +225,15 @@ fn parse_lsn(s: &str) -> Result<Lsn, SourceError> {
 /// Opens a connection (a replication one when `replication`), negotiates
 /// TLS and authenticates, all bounded by `opts.connect_timeout`; errors as
 /// [`ReplicationClient::connect`].
-pub(crate) async fn connect_wire(opts: &PgConnectOptions, replication: bool) -> Result<(Wire, auth::ServerParams), SourceError> {
+pub(crate) async fn connect_wire(
+    opts: &PgConnectOptions,
+    replication: bool,
+    receive_buffer: ReceiveBuffer,
+) -> Result<(Wire, auth::ServerParams), SourceError> {
     let fut = async {
-        let mut wire = Wire::new(socket::connect_socket(opts).await?);
+        let (socket, sized) = socket::connect_socket(opts, receive_buffer).await?;
+        let mut wire = Wire::new(socket);
+        wire.receive_buffer_set = sized;
         let params = auth::startup(&mut wire, opts, replication).await?;
         Ok::<_, SourceError>((wire, params))
     };

@@ -8,10 +8,11 @@ use std::task::{Context, Poll};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::{TcpStream, UnixStream};
+use tokio::net::{TcpSocket, TcpStream, UnixStream};
 use tokio_rustls::client::TlsStream;
 
 use super::frame::{self, Frame};
+use super::stream::{ReceiveBuffer, SAME_HOST_RECEIVE_BUFFER};
 use super::tls;
 use crate::conn::{unix_socket_path, Host, PgConnectOptions, SslMode};
 use crate::error::SourceError;
@@ -74,25 +75,58 @@ impl AsyncWrite for Socket {
 /// Opens the socket and negotiates TLS per `opts.sslmode` (Unix sockets
 /// never use TLS, as in libpq). No timeout here: the caller bounds the
 /// whole connect.
-pub(crate) async fn connect_socket(opts: &PgConnectOptions) -> Result<Socket, SourceError> {
+///
+/// `receive_buffer`: `SO_RCVBUF` for a TCP socket, set before it connects
+/// (the window scale is agreed on in the handshake: a buffer shrunk later
+/// can no longer hold the window already advertised, and the kernel drops
+/// what does not fit). [`ReceiveBuffer::Auto`] sets
+/// [`SAME_HOST_RECEIVE_BUFFER`] for a loopback address only.
+/// Returns the socket and whether `SO_RCVBUF` was set.
+pub(crate) async fn connect_socket(opts: &PgConnectOptions, receive_buffer: ReceiveBuffer) -> Result<(Socket, bool), SourceError> {
     let endpoint = opts.endpoint();
     let unreachable = |e: io::Error| SourceError::transient(format!("cannot connect to PostgreSQL at {endpoint}: {e}"));
     match &opts.host {
-        Host::Unix(dir) => Ok(Socket::Unix(UnixStream::connect(unix_socket_path(dir, opts.port)).await.map_err(unreachable)?)),
+        Host::Unix(dir) => Ok((Socket::Unix(UnixStream::connect(unix_socket_path(dir, opts.port)).await.map_err(unreachable)?), false)),
         Host::Tcp(host) => {
             // Build the TLS config first so bad CA/cert files fail before any I/O.
             let tls = match opts.sslmode {
                 SslMode::Disable => None,
                 mode => Some((tls::client_config(mode, &opts.tls)?, tls::server_name(mode, host)?)),
             };
-            let tcp = TcpStream::connect((host.as_str(), opts.port)).await.map_err(unreachable)?;
+            let (tcp, sized) = connect_tcp(host, opts.port, receive_buffer).await.map_err(unreachable)?;
             tcp.set_nodelay(true).map_err(unreachable)?;
             match tls {
-                None => Ok(Socket::Tcp(tcp)),
-                Some((config, name)) => negotiate_tls(tcp, config, name, opts).await,
+                None => Ok((Socket::Tcp(tcp), sized)),
+                Some((config, name)) => Ok((negotiate_tls(tcp, config, name, opts).await?, sized)),
             }
         }
     }
+}
+
+/// Connects to the addresses `host` resolves to, in turn (as
+/// `TcpStream::connect` does), with `SO_RCVBUF` set first where
+/// `receive_buffer` asks for it (and says whether it did).
+async fn connect_tcp(host: &str, port: u16, receive_buffer: ReceiveBuffer) -> io::Result<(TcpStream, bool)> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host((host, port)).await? {
+        let size = match receive_buffer {
+            ReceiveBuffer::Kernel => None,
+            ReceiveBuffer::Bytes(n) => Some(n),
+            ReceiveBuffer::Auto => addr.ip().is_loopback().then_some(SAME_HOST_RECEIVE_BUFFER),
+        };
+        let attempt = async {
+            let sock = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+            if let Some(n) = size {
+                sock.set_recv_buffer_size(u32::try_from(n).unwrap_or(u32::MAX))?;
+            }
+            sock.connect(addr).await
+        };
+        match attempt.await {
+            Ok(tcp) => return Ok((tcp, size.is_some())),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{host} resolves to no address"))))
 }
 
 async fn negotiate_tls(
@@ -140,11 +174,13 @@ pub(crate) struct Wire {
     pub socket: Socket,
     pub rbuf: BytesMut,
     pub wbuf: BytesMut,
+    /// `SO_RCVBUF` was set at connect ([`connect_socket`]).
+    pub receive_buffer_set: bool,
 }
 
 impl Wire {
     pub fn new(socket: Socket) -> Self {
-        Wire { socket, rbuf: BytesMut::with_capacity(READ_CHUNK), wbuf: BytesMut::with_capacity(1024) }
+        Wire { socket, rbuf: BytesMut::with_capacity(READ_CHUNK), wbuf: BytesMut::with_capacity(1024), receive_buffer_set: false }
     }
 
     /// Reads once into the buffer (cancel-safe: a cancelled read consumed
@@ -170,6 +206,18 @@ impl Wire {
     /// do not honour `SO_RCVLOWAT` in poll).
     pub fn can_coalesce(&self) -> bool {
         matches!(self.socket, Socket::Tcp(_))
+    }
+
+    /// `SO_RCVBUF` as the kernel reports it (twice what was asked: half is
+    /// its bookkeeping) when it was set at connect, i.e. not autotuned;
+    /// `None` when the kernel sizes the buffer (or not TCP).
+    pub fn receive_buffer(&self) -> Option<usize> {
+        let tcp = match &self.socket {
+            Socket::Tcp(tcp) => tcp,
+            Socket::Tls(tls) => tls.get_ref().0,
+            Socket::Unix(_) => return None,
+        };
+        self.receive_buffer_set.then(|| socket2::SockRef::from(tcp).recv_buffer_size().ok()).flatten()
     }
 
     /// How many queued bytes wake a reader waiting in [`Wire::fill`]
