@@ -601,8 +601,11 @@ async fn tls_in_every_sslmode() {
     let e = ReplicationClient::connect(&with("127.0.0.1", "verify-full", &ca)).await.unwrap_err();
     assert!(e.is_permanent(), "name mismatch: {e}");
     let full = with("localhost", "verify-full", &ca);
-    let mut client = ReplicationClient::connect(&full).await.expect("verify-full");
+    // The streaming connection as the daemon makes it: on loopback, with
+    // the small receive buffer under TLS too.
+    let mut client = ReplicationClient::connect_with(&full, ReceiveBuffer::Auto).await.expect("verify-full");
     assert!(client.is_tls());
+    assert!(client.receive_buffer().is_some(), "localhost is loopback");
 
     // The SQL connection uses the same TLS settings.
     let s = connect_sql(&full).await.expect("sql verify-full");
@@ -617,9 +620,9 @@ async fn tls_in_every_sslmode() {
     // Replication streams over TLS.
     let created = client.create_logical_slot("slot_tls", SnapshotAction::NoExport).await.expect("slot");
     let mut stream = client.start_logical_replication("slot_tls", created.consistent_point, "pub_tls").await.expect("start");
-    sql.batch_execute("INSERT INTO secure SELECT generate_series(1, 500)").await.expect("insert");
+    sql.batch_execute("INSERT INTO secure SELECT generate_series(1, 20000)").await.expect("insert");
     let msgs = read_transaction(&mut stream).await;
-    assert_eq!(msgs.iter().filter(|m| m[0] == b'I').count(), 500);
+    assert_eq!(msgs.iter().filter(|m| m[0] == b'I').count(), 20_000);
     let end = commit_end_lsn(msgs.last().expect("commit"));
     stream.send_status_update(end, end, end, false).await.expect("status over TLS");
     testkit::wait_for(Duration::from_secs(10), "flush over TLS", || async { confirmed_flush(&sql, "slot_tls").await >= end }).await;
