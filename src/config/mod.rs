@@ -78,9 +78,10 @@ pub struct PostgresSourceConfig {
     #[serde(default = "default_read_coalesce", with = "units::duration")]
     pub read_coalesce: Duration,
     /// The replication socket's kernel receive buffer: `auto` (default:
-    /// 16KiB when the server is on this host and reads are coalesced, which
-    /// keeps the walsender's sends cheap; the kernel's autotuning across a
-    /// network), `kernel` (always the kernel's) or a size (any connection).
+    /// 16KiB on a connection to a loopback address whose reads are
+    /// coalesced, which keeps the walsender's sends cheap; the kernel's
+    /// autotuning otherwise), `kernel` (always the kernel's) or a size (any
+    /// connection).
     #[serde(default)]
     pub receive_buffer: ReceiveBufferConfig,
     /// Connections the initial snapshot reads with (tables and ctid ranges in

@@ -52,7 +52,7 @@ pub struct SourceSettings {
     pub heartbeat_interval: Option<Duration>,
     /// See `ReplicationStream::set_read_coalesce`.
     pub read_coalesce: Duration,
-    /// See `ReplicationStream::set_receive_buffer`.
+    /// The streaming connection's receive buffer (see `ReceiveBuffer`).
     pub receive_buffer: ReceiveBuffer,
     /// What a row that cannot be decoded does.
     pub on_decode_error: OnDecodeError,

@@ -232,8 +232,7 @@ pub(crate) async fn connect_wire(
 ) -> Result<(Wire, auth::ServerParams), SourceError> {
     let fut = async {
         let (socket, sized) = socket::connect_socket(opts, receive_buffer).await?;
-        let mut wire = Wire::new(socket);
-        wire.receive_buffer_set = sized;
+        let mut wire = Wire::new(socket, sized);
         let params = auth::startup(&mut wire, opts, replication).await?;
         Ok::<_, SourceError>((wire, params))
     };

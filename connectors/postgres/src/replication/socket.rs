@@ -175,12 +175,13 @@ pub(crate) struct Wire {
     pub rbuf: BytesMut,
     pub wbuf: BytesMut,
     /// `SO_RCVBUF` was set at connect ([`connect_socket`]).
-    pub receive_buffer_set: bool,
+    receive_buffer_set: bool,
 }
 
 impl Wire {
-    pub fn new(socket: Socket) -> Self {
-        Wire { socket, rbuf: BytesMut::with_capacity(READ_CHUNK), wbuf: BytesMut::with_capacity(1024), receive_buffer_set: false }
+    /// `receive_buffer_set`: [`connect_socket`] set `SO_RCVBUF` on it.
+    pub fn new(socket: Socket, receive_buffer_set: bool) -> Self {
+        Wire { socket, rbuf: BytesMut::with_capacity(READ_CHUNK), wbuf: BytesMut::with_capacity(1024), receive_buffer_set }
     }
 
     /// Reads once into the buffer (cancel-safe: a cancelled read consumed
