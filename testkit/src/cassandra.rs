@@ -142,7 +142,14 @@ native_transport_max_threads: 16
             &d.join("cassandra.log"),
             Some(d),
         );
-        p.wait_ready(Duration::from_secs(180), self.port, "Starting listening for CQL clients");
+        // The log line comes before the bind, and an open port is not yet a
+        // served protocol: a driver that connected at that moment once had
+        // its OPTIONS request answered by a closed connection. Ready means a
+        // CQL OPTIONS request gets its SUPPORTED answer.
+        let port = self.port;
+        p.wait_until(Duration::from_secs(180), "a CQL OPTIONS request to be answered", |out| {
+            out.contains("Starting listening for CQL clients") && answers_cql_options(port)
+        });
         *child = Some(p);
     }
 
@@ -164,6 +171,24 @@ native_transport_max_threads: 16
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("cassandra.log")).unwrap_or_default()
     }
+}
+
+/// Sends a native-protocol v4 OPTIONS frame to `127.0.0.1:port` and reports
+/// whether a SUPPORTED frame came back.
+fn answers_cql_options(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    // version 4 request, no flags, stream 0, opcode OPTIONS (0x05), empty body
+    if s.write_all(&[0x04, 0, 0, 0, 0x05, 0, 0, 0, 0]).is_err() {
+        return false;
+    }
+    let mut header = [0u8; 9];
+    // response version 0x84, opcode SUPPORTED (0x06)
+    s.read_exact(&mut header).is_ok() && header[0] == 0x84 && header[4] == 0x06
 }
 
 impl Drop for CassandraNode {
