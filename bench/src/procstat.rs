@@ -62,6 +62,13 @@ pub fn parse_time_output(path: &Path) -> Option<Usage> {
     Some(Usage { cpu_seconds: user + sys, peak_rss_kib: rss })
 }
 
+/// CPU seconds every process of the machine has used so far (busy time
+/// of all cores, kernel included): the delta over a phase is what the whole
+/// pipeline cost, whichever processes ran it.
+pub fn machine_cpu_seconds() -> Option<f64> {
+    machine_jiffies().map(|(busy, _)| busy as f64 / clock_ticks())
+}
+
 /// Busy and total jiffies of the whole machine (`/proc/stat`'s `cpu` line).
 fn machine_jiffies() -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;

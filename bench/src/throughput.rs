@@ -97,6 +97,15 @@ pub async fn run(ctx: &Ctx, spec: &Spec) -> Result<Vec<Figure>> {
         ),
         SinkKind::File => None,
     };
+    // Kafka: where the CPU goes in each pipeline, per row: the broker's
+    // share, and the whole machine's (walsender + pgfanout + broker against
+    // perf-test's producer + broker). On a saturated machine the rate is
+    // cores ÷ machine CPU per row, so these bound what any producer could do.
+    let kafka_cpu = spec.sink == SinkKind::Kafka;
+    let mut broker_cpu =
+        Figure::new(&format!("{} broker", spec.name), "CPU per row", "µs", Better::Lower).with_baseline("kafka-producer-perf-test");
+    let mut machine_cpu =
+        Figure::new(&format!("{} whole machine", spec.name), "CPU per row", "µs", Better::Lower).with_baseline("kafka-producer-perf-test");
 
     let db = Db::start(&ctx.pg(&[])).await?;
     let table = spec.shape.table();
@@ -132,7 +141,17 @@ pub async fn run(ctx: &Ctx, spec: &Spec) -> Result<Vec<Figure>> {
             db.prepare_drain(&keep).await?;
             if (turn + run) % 2 == 0 {
                 let cfg = fanout_config(ctx, spec, &pgf_slot, run)?;
+                let before = kafka_cpu.then(|| cpu_now(ctx));
                 let d = tools::drain_pgfanout(&ctx.bin, &ctx.dir, &db, &cfg, end, timeout).await?;
+                if let Some(spent) = before.and_then(|b| cpu_now(ctx).since(b)) {
+                    eprintln!(
+                        "    while pgfanout wrote: broker {:.2} µs CPU/row, whole machine {:.2} µs CPU/row",
+                        spent.broker * 1e6 / changes as f64,
+                        spent.machine * 1e6 / changes as f64
+                    );
+                    broker_cpu.pgfanout.push(spent.broker * 1e6 / changes as f64);
+                    machine_cpu.pgfanout.push(spent.machine * 1e6 / changes as f64);
+                }
                 check_sink(ctx, spec.sink, &ctx.dir, &pgf_slot, changes)?;
                 fanout = Some(d);
             } else {
@@ -144,8 +163,17 @@ pub async fn run(ctx: &Ctx, spec: &Spec) -> Result<Vec<Figure>> {
             let rate = if spec.sink == SinkKind::Kafka {
                 let k = ctx.kafka.as_ref().context("the Kafka broker is not running")?;
                 tools::quiet_before("kafka-producer-perf-test").await;
-                let rate = kafka_ceiling(k, &ctx.dir, &format!("bench-run{run}"), &format!("ceiling-run{run}"), changes)?;
+                let (rate, spent) = kafka_ceiling(ctx, k, &format!("bench-run{run}"), &format!("ceiling-run{run}"), changes)?;
                 eprintln!("    kafka-producer-perf-test: {rate:.0} rows/s with the same values (acks=all, idempotence on)");
+                if let Some(spent) = spent {
+                    eprintln!(
+                        "    while perf-test wrote: broker {:.2} µs CPU/row, whole machine {:.2} µs CPU/row",
+                        spent.broker * 1e6 / changes as f64,
+                        spent.machine * 1e6 / changes as f64
+                    );
+                    broker_cpu.baseline.push(spent.broker * 1e6 / changes as f64);
+                    machine_cpu.baseline.push(spent.machine * 1e6 / changes as f64);
+                }
                 rate
             } else {
                 let r = ctx.redis.as_ref().context("redis-server is not running")?;
@@ -190,7 +218,32 @@ pub async fn run(ctx: &Ctx, spec: &Spec) -> Result<Vec<Figure>> {
         db.drop_slot(&rl_slot).await?;
     }
     let walsender = (!walsender.pgfanout.is_empty()).then_some(walsender);
-    Ok([rate, cpu, rss].into_iter().chain(walsender).chain(ceiling).collect())
+    let kafka_cpu = [broker_cpu, machine_cpu].into_iter().filter(|f| !f.pgfanout.is_empty() && f.pgfanout.len() == f.baseline.len());
+    Ok([rate, cpu, rss].into_iter().chain(walsender).chain(ceiling).chain(kafka_cpu).collect())
+}
+
+/// CPU seconds used so far by the Kafka broker and by the whole machine.
+#[derive(Clone, Copy)]
+struct CpuNow {
+    broker: Option<f64>,
+    machine: Option<f64>,
+}
+
+/// What a phase cost, from two [`CpuNow`] readings.
+struct CpuSpent {
+    broker: f64,
+    machine: f64,
+}
+
+fn cpu_now(ctx: &Ctx) -> CpuNow {
+    let broker = ctx.kafka.as_ref().and_then(|k| k.pid()).and_then(crate::procstat::cpu_seconds);
+    CpuNow { broker, machine: crate::procstat::machine_cpu_seconds() }
+}
+
+impl CpuNow {
+    fn since(self, before: CpuNow) -> Option<CpuSpent> {
+        Some(CpuSpent { broker: self.broker? - before.broker?, machine: self.machine? - before.machine? })
+    }
 }
 
 /// The broker's own ceiling for pgfanout's records: Kafka's
@@ -201,7 +254,9 @@ pub async fn run(ctx: &Ctx, spec: &Spec) -> Result<Vec<Figure>> {
 /// linger), as fast as it can. Returns its records/s. It
 /// sends no keys or headers (pgfanout's records carry both), so the ceiling
 /// is, if anything, generous.
-fn kafka_ceiling(broker: &testkit::KafkaBroker, dir: &Path, from: &str, to: &str, records: u64) -> Result<f64> {
+/// Also returns the CPU the broker and the whole machine spent while it ran.
+fn kafka_ceiling(ctx: &Ctx, broker: &testkit::KafkaBroker, from: &str, to: &str, records: u64) -> Result<(f64, Option<CpuSpent>)> {
+    let dir = ctx.dir.as_path();
     let install = testkit::jvm::JvmInstall::find("kafka");
     let java = |class: &str, args: &[&str]| -> Result<String> {
         let out = std::process::Command::new(&install.java)
@@ -227,6 +282,7 @@ fn kafka_ceiling(broker: &testkit::KafkaBroker, dir: &Path, from: &str, to: &str
     }
     std::fs::write(&payloads, lines.join("\n"))?;
     let n = records.to_string();
+    let before = cpu_now(ctx);
     let out = java(
         "org.apache.kafka.tools.ProducerPerformance",
         &[
@@ -256,7 +312,7 @@ fn kafka_ceiling(broker: &testkit::KafkaBroker, dir: &Path, from: &str, to: &str
         .and_then(|p| p.strip_suffix(" records/sec").or_else(|| p.split(" records/sec").next()))
         .and_then(|v| v.trim().parse::<f64>().ok())
         .with_context(|| format!("cannot read the rate in {last:?}"))?;
-    Ok(rate)
+    Ok((rate, cpu_now(ctx).since(before)))
 }
 
 /// The script pgfanout's Redis sink applies every record with.
