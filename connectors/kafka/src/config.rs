@@ -57,6 +57,27 @@ pub struct KafkaSinkConfig {
     /// 6.0 µs, at the same throughput (the source is the bound there).
     #[serde(default = "default_in_flight_batches")]
     pub in_flight_batches: usize,
+    /// Which `pgfanout.*` headers every record carries (default `all`).
+    #[serde(default)]
+    pub headers: HeaderSet,
+}
+
+/// The `pgfanout.*` headers a record carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HeaderSet {
+    /// `pgfanout.lsn`, `.commit_lsn`, `.ordinal`, `.xid`, `.op`, `.schema`
+    /// and `.table`: consumers can route and de-duplicate without parsing
+    /// the value.
+    #[default]
+    All,
+    /// `pgfanout.lsn`, `.commit_lsn` and `.ordinal`: what a consumer needs to
+    /// drop repeats. Smaller records: measured 3-4 µs less CPU per record
+    /// with no headers at all (README, Performance, eighth pass).
+    Position,
+    /// No headers: consumers read the position from the value (`lsn`,
+    /// `commit_lsn` in `native`, `source.lsn` in `debezium`).
+    None,
 }
 
 fn default_delivery_timeout() -> Duration {
@@ -329,6 +350,7 @@ mod tests {
         assert_eq!(cfg.topics.partitions, 1);
         assert_eq!(cfg.debezium.server_name, "pgfanout");
         assert_eq!(cfg.delivery_timeout, Duration::from_secs(30));
+        assert_eq!(cfg.headers, HeaderSet::All);
     }
 
     #[test]
@@ -339,6 +361,10 @@ mod tests {
         assert_eq!(ok.unwrap().sasl.unwrap().mechanism, SaslMechanism::ScramSha512);
         assert!(serde_json::from_value::<KafkaMapping>(serde_json::json!({"topic": "t", "fromat": "native"})).is_err());
         assert!(serde_json::from_value::<KafkaMapping>(serde_json::json!({"topic": "t", "format": "avro"})).is_err());
+        assert_eq!(sink(serde_json::json!({"brokers": "a:1", "headers": "position"})).unwrap().headers, HeaderSet::Position);
+        assert_eq!(sink(serde_json::json!({"brokers": "a:1", "headers": "none"})).unwrap().headers, HeaderSet::None);
+        let bad = sink(serde_json::json!({"brokers": "a:1", "headers": "some"})).unwrap_err().to_string();
+        assert!(bad.contains("all") && bad.contains("position") && bad.contains("none"), "{bad}");
     }
 
     #[test]

@@ -12,10 +12,11 @@ use std::sync::Arc;
 use pgfanout_sdk::{Change, Op, Row, Template};
 use rdkafka::message::{Header, OwnedHeaders};
 
-use crate::config::{check_topic_name, DebeziumConfig, Format, KafkaMapping};
+use crate::config::{check_topic_name, DebeziumConfig, Format, HeaderSet, KafkaMapping};
 use crate::debezium;
 
-/// Header names carried by every record. Consumers use `pgfanout.commit_lsn`
+/// Header names carried by every record (those `headers` asks for, all by
+/// default). Consumers use `pgfanout.commit_lsn`
 /// plus `pgfanout.ordinal` as the change's version to drop replays.
 pub mod header {
     pub const LSN: &str = "pgfanout.lsn";
@@ -211,12 +212,16 @@ impl CompiledMapping {
     }
 }
 
-/// The position and provenance headers of `change` (see [`header`]). A
-/// snapshot row has no transaction: its `pgfanout.xid` header is null.
-/// The numbers are formatted into `scratch` (reused across records);
-/// librdkafka copies header values.
-pub fn headers(change: &Change, scratch: &mut Vec<u8>) -> OwnedHeaders {
+/// The position and provenance headers of `change` (see [`header`]) that
+/// `set` asks for; `None` for [`HeaderSet::None`]. A snapshot row has no
+/// transaction: its `pgfanout.xid` header is null. The numbers are
+/// formatted into `scratch` (reused across records); librdkafka copies
+/// header values.
+pub fn headers(change: &Change, set: HeaderSet, scratch: &mut Vec<u8>) -> Option<OwnedHeaders> {
     use std::io::Write;
+    if set == HeaderSet::None {
+        return None;
+    }
     scratch.clear();
     // Writing into a Vec cannot fail.
     let _ = write!(scratch, "{}", change.lsn);
@@ -231,15 +236,21 @@ pub fn headers(change: &Change, scratch: &mut Vec<u8>) -> OwnedHeaders {
     let (lsn, rest) = scratch.split_at(lsn_end);
     let (commit_lsn, rest) = rest.split_at(commit_end - lsn_end);
     let (ordinal, xid) = rest.split_at(ordinal_end - commit_end);
-    let xid = change.xid.map(|_| xid);
-    OwnedHeaders::new_with_capacity(7)
+    let position = OwnedHeaders::new_with_capacity(if set == HeaderSet::All { 7 } else { 3 })
         .insert(Header { key: header::LSN, value: Some(lsn) })
         .insert(Header { key: header::COMMIT_LSN, value: Some(commit_lsn) })
-        .insert(Header { key: header::ORDINAL, value: Some(ordinal) })
-        .insert(Header { key: header::XID, value: xid })
-        .insert(Header { key: header::OP, value: Some(change.op.as_str()) })
-        .insert(Header { key: header::SCHEMA, value: Some(&*change.schema) })
-        .insert(Header { key: header::TABLE, value: Some(&*change.table) })
+        .insert(Header { key: header::ORDINAL, value: Some(ordinal) });
+    if set == HeaderSet::Position {
+        return Some(position);
+    }
+    let xid = change.xid.map(|_| xid);
+    Some(
+        position
+            .insert(Header { key: header::XID, value: xid })
+            .insert(Header { key: header::OP, value: Some(change.op.as_str()) })
+            .insert(Header { key: header::SCHEMA, value: Some(&*change.schema) })
+            .insert(Header { key: header::TABLE, value: Some(&*change.table) }),
+    )
 }
 
 #[cfg(test)]
@@ -332,7 +343,12 @@ mod tests {
 
     #[test]
     fn headers_carry_the_position() {
-        let h = headers(&delete(), &mut Vec::new());
+        let names = |set| -> Vec<String> {
+            headers(&delete(), set, &mut Vec::new()).map(|h| h.iter().map(|h| h.key.to_string()).collect()).unwrap_or_default()
+        };
+        assert_eq!(names(HeaderSet::Position), ["pgfanout.lsn", "pgfanout.commit_lsn", "pgfanout.ordinal"]);
+        assert!(names(HeaderSet::None).is_empty());
+        let h = headers(&delete(), HeaderSet::All, &mut Vec::new()).unwrap();
         let got: Vec<(String, Option<String>)> =
             h.iter().map(|h| (h.key.to_string(), h.value.map(|v| String::from_utf8_lossy(v).into_owned()))).collect();
         let want = [
@@ -348,6 +364,6 @@ mod tests {
         assert_eq!(got, want);
         let mut c = delete();
         c.xid = None;
-        assert_eq!(headers(&c, &mut Vec::new()).get(3).value, None);
+        assert_eq!(headers(&c, HeaderSet::All, &mut Vec::new()).unwrap().get(3).value, None);
     }
 }

@@ -21,7 +21,9 @@ mod encode;
 mod sink;
 mod topics;
 
-pub use config::{check_topic_name, DebeziumConfig, Format, KafkaMapping, KafkaSinkConfig, SaslConfig, SaslMechanism, TopicCreation};
+pub use config::{
+    check_topic_name, DebeziumConfig, Format, HeaderSet, KafkaMapping, KafkaSinkConfig, SaslConfig, SaslMechanism, TopicCreation,
+};
 pub use debezium::{op_code, write_envelope};
 pub use encode::header;
 pub use sink::{client_config, KafkaSink};

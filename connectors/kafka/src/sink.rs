@@ -40,7 +40,7 @@ use rdkafka::producer::future_producer::OwnedDeliveryResult;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use tracing::{debug, warn};
 
-use crate::config::{DebeziumConfig, KafkaMapping, KafkaSinkConfig};
+use crate::config::{DebeziumConfig, HeaderSet, KafkaMapping, KafkaSinkConfig};
 use crate::debezium::now_micros;
 use crate::encode::{headers, CompiledMapping, EncodeBuf};
 use crate::topics::{TopicStatus, Topics};
@@ -58,6 +58,8 @@ pub struct KafkaSink {
     in_flight: usize,
     /// Shared with the batches in flight.
     failures: Arc<Failures>,
+    /// `headers`: which `pgfanout.*` headers records carry.
+    header_set: HeaderSet,
     /// Reused by every record's encoding and headers.
     encode_buf: EncodeBuf,
     header_buf: Vec<u8>,
@@ -176,6 +178,7 @@ impl KafkaSink {
             brokers: cfg.brokers.clone(),
             in_flight: cfg.in_flight_batches,
             failures: Arc::default(),
+            header_set: cfg.headers,
             encode_buf: EncodeBuf::default(),
             header_buf: Vec::new(),
         };
@@ -281,7 +284,10 @@ impl KafkaSink {
             // was enqueued. Different keys have no order between them.
             let parts = [Some((e.key, Some(e.value))), e.moved_from.map(|k| (Some(k), None)), e.tombstone.then_some((e.key, None))];
             'payloads: for (key, payload) in parts.into_iter().flatten() {
-                let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(e.topic).headers(headers(change, &mut scratch));
+                let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(e.topic);
+                if let Some(h) = headers(change, self.header_set, &mut scratch) {
+                    record = record.headers(h);
+                }
                 if let Some(k) = key {
                     record = record.key(k);
                 }

@@ -209,6 +209,48 @@ async fn native_records_have_topic_key_headers_and_order() {
     sink.close().await.expect("close");
 }
 
+/// `headers: position` sends only the three position headers, `none`
+/// none at all; the records are otherwise the same (tombstones included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_sets_position_and_none() {
+    let broker = KafkaBroker::start();
+    let changes = workload();
+    for set in ["position", "none"] {
+        let cfg = sink_config(&broker, serde_json::json!({"headers": set}));
+        let topic = format!("headers-{set}.{{table}}");
+        let mut sink =
+            KafkaSink::connect(&cfg, vec![mapping(serde_json::json!({"topic": topic, "tombstones": true}))]).await.expect("connect");
+        let rejected = sink.write(&records(&changes, 0)).await.expect("write");
+        assert!(rejected.is_empty(), "{rejected:?}");
+        sink.close().await.expect("close");
+        for table in ["orders", "users"] {
+            let read = read_topic(&broker, &format!("headers-{set}.{table}"), 24);
+            assert_eq!(read.len(), 24, "{set}: every change of {table} and its tombstones");
+            let sent: Vec<&Change> = changes.iter().filter(|c| &*c.table == table).collect();
+            let mut names: Vec<&str> = read.iter().flat_map(|r| r.headers.keys().map(String::as_str)).collect();
+            names.sort_unstable();
+            names.dedup();
+            if set == "none" {
+                assert!(names.is_empty(), "no headers: {names:?}");
+                continue;
+            }
+            assert_eq!(names, ["pgfanout.commit_lsn", "pgfanout.lsn", "pgfanout.ordinal"]);
+            // Every record's position is one of the sent changes', and each
+            // sent change's position arrived.
+            let got: std::collections::HashSet<(String, String, String)> = read
+                .iter()
+                .map(|r| {
+                    let h = |n| r.header(n).unwrap_or_else(|| panic!("{n} on {r:?}")).to_string();
+                    (h("pgfanout.lsn"), h("pgfanout.commit_lsn"), h("pgfanout.ordinal"))
+                })
+                .collect();
+            let want: std::collections::HashSet<(String, String, String)> =
+                sent.iter().map(|c| (c.lsn.to_string(), c.commit_lsn.to_string(), c.ordinal.to_string())).collect();
+            assert_eq!(got, want, "{set}: positions of {table}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn debezium_envelopes_round_trip() {
     let broker = KafkaBroker::start();
