@@ -51,8 +51,9 @@ pub struct KafkaSinkConfig {
     /// reports are in (default 2; 1: one batch at a time). The next batch
     /// is encoded while earlier ones are on their way; they complete in
     /// order, and a failed one makes every later one be sent again after it.
-    /// Each batch costs one produce round trip (plus librdkafka's 5 ms
-    /// linger): raise it for a broker far away. Measured on a local broker:
+    /// librdkafka's idempotent producer sends one produce request per
+    /// partition at a time whatever this is, so more batches in flight help
+    /// topics with several partitions only. Measured on a local broker:
     /// 2 in flight 29.0 MB peak RSS, 4.8 µs CPU per row; 4 in flight 32.0 MB,
     /// 6.0 µs, at the same throughput (the source is the bound there).
     #[serde(default = "default_in_flight_batches")]
