@@ -144,13 +144,7 @@ pub async fn run(ctx: &Ctx, spec: &Spec) -> Result<Vec<Figure>> {
                 let before = kafka_cpu.then(|| cpu_now(ctx));
                 let d = tools::drain_pgfanout(&ctx.bin, &ctx.dir, &db, &cfg, end, timeout).await?;
                 if let Some(spent) = before.and_then(|b| cpu_now(ctx).since(b)) {
-                    eprintln!(
-                        "    while pgfanout wrote: broker {:.2} µs CPU/row, whole machine {:.2} µs CPU/row",
-                        spent.broker * 1e6 / changes as f64,
-                        spent.machine * 1e6 / changes as f64
-                    );
-                    broker_cpu.pgfanout.push(spent.broker * 1e6 / changes as f64);
-                    machine_cpu.pgfanout.push(spent.machine * 1e6 / changes as f64);
+                    spent.report("pgfanout", changes, &mut broker_cpu.pgfanout, &mut machine_cpu.pgfanout);
                 }
                 check_sink(ctx, spec.sink, &ctx.dir, &pgf_slot, changes)?;
                 fanout = Some(d);
@@ -166,13 +160,7 @@ pub async fn run(ctx: &Ctx, spec: &Spec) -> Result<Vec<Figure>> {
                 let (rate, spent) = kafka_ceiling(ctx, k, &format!("bench-run{run}"), &format!("ceiling-run{run}"), changes)?;
                 eprintln!("    kafka-producer-perf-test: {rate:.0} rows/s with the same values (acks=all, idempotence on)");
                 if let Some(spent) = spent {
-                    eprintln!(
-                        "    while perf-test wrote: broker {:.2} µs CPU/row, whole machine {:.2} µs CPU/row",
-                        spent.broker * 1e6 / changes as f64,
-                        spent.machine * 1e6 / changes as f64
-                    );
-                    broker_cpu.baseline.push(spent.broker * 1e6 / changes as f64);
-                    machine_cpu.baseline.push(spent.machine * 1e6 / changes as f64);
+                    spent.report("perf-test", changes, &mut broker_cpu.baseline, &mut machine_cpu.baseline);
                 }
                 rate
             } else {
@@ -243,6 +231,17 @@ fn cpu_now(ctx: &Ctx) -> CpuNow {
 impl CpuNow {
     fn since(self, before: CpuNow) -> Option<CpuSpent> {
         Some(CpuSpent { broker: self.broker? - before.broker?, machine: self.machine? - before.machine? })
+    }
+}
+
+impl CpuSpent {
+    /// Prints the phase's CPU per row (`who` wrote `rows`) and adds it to
+    /// the broker's and the machine's figures.
+    fn report(&self, who: &str, rows: u64, broker: &mut Vec<f64>, machine: &mut Vec<f64>) {
+        let (b, m) = (self.broker * 1e6 / rows as f64, self.machine * 1e6 / rows as f64);
+        eprintln!("    while {who} wrote: broker {b:.2} µs CPU/row, whole machine {m:.2} µs CPU/row");
+        broker.push(b);
+        machine.push(m);
     }
 }
 
