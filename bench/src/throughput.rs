@@ -101,7 +101,7 @@ pub async fn run(ctx: &Ctx, spec: &Spec) -> Result<Vec<Figure>> {
     // share, and the whole machine's (walsender + pgfanout + broker against
     // perf-test's producer + broker). On a saturated machine the rate is
     // cores ÷ machine CPU per row, so these bound what any producer could do.
-    let kafka_cpu = spec.sink == SinkKind::Kafka;
+    let measure_kafka_cpu = spec.sink == SinkKind::Kafka;
     let mut broker_cpu =
         Figure::new(&format!("{} broker", spec.name), "CPU per row", "µs", Better::Lower).with_baseline("kafka-producer-perf-test");
     let mut machine_cpu =
@@ -141,7 +141,7 @@ pub async fn run(ctx: &Ctx, spec: &Spec) -> Result<Vec<Figure>> {
             db.prepare_drain(&keep).await?;
             if (turn + run) % 2 == 0 {
                 let cfg = fanout_config(ctx, spec, &pgf_slot, run)?;
-                let before = kafka_cpu.then(|| cpu_now(ctx));
+                let before = measure_kafka_cpu.then(|| cpu_now(ctx));
                 let d = tools::drain_pgfanout(&ctx.bin, &ctx.dir, &db, &cfg, end, timeout).await?;
                 if let Some(spent) = before.and_then(|b| cpu_now(ctx).since(b)) {
                     spent.report("pgfanout", changes, &mut broker_cpu.pgfanout, &mut machine_cpu.pgfanout);
@@ -155,9 +155,8 @@ pub async fn run(ctx: &Ctx, spec: &Spec) -> Result<Vec<Figure>> {
         let (Some(f), Some(r)) = (fanout, recv) else { bail!("a drain did not run") };
         if let Some(fig) = ceiling.as_mut() {
             let rate = if spec.sink == SinkKind::Kafka {
-                let k = ctx.kafka.as_ref().context("the Kafka broker is not running")?;
                 tools::quiet_before("kafka-producer-perf-test").await;
-                let (rate, spent) = kafka_ceiling(ctx, k, &format!("bench-run{run}"), &format!("ceiling-run{run}"), changes)?;
+                let (rate, spent) = kafka_ceiling(ctx, &format!("bench-run{run}"), &format!("ceiling-run{run}"), changes)?;
                 eprintln!("    kafka-producer-perf-test: {rate:.0} rows/s with the same values (acks=all, idempotence on)");
                 if let Some(spent) = spent {
                     spent.report("perf-test", changes, &mut broker_cpu.baseline, &mut machine_cpu.baseline);
@@ -254,7 +253,8 @@ impl CpuSpent {
 /// sends no keys or headers (pgfanout's records carry both), so the ceiling
 /// is, if anything, generous.
 /// Also returns the CPU the broker and the whole machine spent while it ran.
-fn kafka_ceiling(ctx: &Ctx, broker: &testkit::KafkaBroker, from: &str, to: &str, records: u64) -> Result<(f64, Option<CpuSpent>)> {
+fn kafka_ceiling(ctx: &Ctx, from: &str, to: &str, records: u64) -> Result<(f64, Option<CpuSpent>)> {
+    let broker = ctx.kafka.as_ref().context("the Kafka broker is not running")?;
     let dir = ctx.dir.as_path();
     let install = testkit::jvm::JvmInstall::find("kafka");
     let java = |class: &str, args: &[&str]| -> Result<String> {

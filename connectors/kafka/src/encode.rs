@@ -230,7 +230,7 @@ pub fn headers(change: &Change, set: HeaderSet, scratch: &mut Vec<u8>) -> Option
     let commit_end = scratch.len();
     let _ = write!(scratch, "{}", change.ordinal);
     let ordinal_end = scratch.len();
-    if let Some(x) = change.xid {
+    if let (HeaderSet::All, Some(x)) = (set, change.xid) {
         let _ = write!(scratch, "{x}");
     }
     let (lsn, rest) = scratch.split_at(lsn_end);
