@@ -56,6 +56,7 @@
 //! run against Cassandra (ScyllaDB cannot run on the test machines).
 
 mod config;
+mod datetime;
 mod sink;
 mod types;
 mod verify;

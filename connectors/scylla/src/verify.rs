@@ -26,7 +26,9 @@ use scylla::value::{CqlValue, Row};
 use serde_json::{Map, Value as Json};
 
 use crate::config::{Mode, ScyllaMapping, ScyllaSettings};
+use crate::datetime::{format_date, format_time_nanos, format_timestamp_ms};
 use crate::sink::{compile_routes, open_session, Action, Route, ScyllaSink};
+use crate::types::{decimal_text, signed_digits};
 
 pub(crate) struct ScyllaVerifier {
     session: Session,
@@ -61,19 +63,53 @@ pub(crate) async fn connect(s: &ScyllaSettings, m: &ScyllaMapping) -> Result<Box
     Ok(Box::new(ScyllaVerifier { session, route, select, rows: HashMap::new() }))
 }
 
-/// How a CQL value is compared and shown: the driver's own rendering.
+/// How a CQL value is compared and shown: exactly, never through a float.
+/// Both sides of a comparison are CQL values rendered here (the expected
+/// one is the sink's own mapping of the source row, [`to_cql`]), so this
+/// only has to be injective: text as text; int, smallint and tinyint as
+/// JSON numbers (exact in any reader); bigint, varint, decimal, float and
+/// double as their digits in a string (`"12.50"`, `"NaN"`, `"-0.0"`: a
+/// JSON number would be compared as an f64 and lose digits); dates and
+/// timestamps as PostgreSQL writes them (`0044-03-15 BC`); sets in a
+/// canonical order (the store sorts them).
+///
+/// [`to_cql`]: crate::types::to_cql
 fn text(v: &Option<CqlValue>) -> Json {
     match v {
         None => Json::Null,
-        Some(CqlValue::Text(s)) | Some(CqlValue::Ascii(s)) => Json::String(s.clone()),
-        Some(CqlValue::Int(i)) => Json::from(*i),
-        Some(CqlValue::BigInt(i)) => Json::from(*i),
-        Some(CqlValue::SmallInt(i)) => Json::from(*i),
-        Some(CqlValue::TinyInt(i)) => Json::from(*i),
-        Some(CqlValue::Boolean(b)) => Json::from(*b),
-        Some(CqlValue::Double(f)) => Json::from(*f),
-        Some(CqlValue::Float(f)) => Json::from(*f),
-        Some(v) => Json::String(format!("{v:?}")),
+        Some(v) => render(v),
+    }
+}
+
+fn render(v: &CqlValue) -> Json {
+    match v {
+        CqlValue::Text(s) | CqlValue::Ascii(s) => Json::String(s.clone()),
+        CqlValue::Int(i) => Json::from(*i),
+        CqlValue::SmallInt(i) => Json::from(*i),
+        CqlValue::TinyInt(i) => Json::from(*i),
+        CqlValue::BigInt(i) => Json::String(i.to_string()),
+        CqlValue::Boolean(b) => Json::from(*b),
+        CqlValue::Double(f) => Json::String(format!("{f:?}")),
+        CqlValue::Float(f) => Json::String(format!("{f:?}")),
+        CqlValue::Varint(v) => Json::String(signed_digits(v.as_signed_bytes_be_slice())),
+        CqlValue::Decimal(d) => {
+            let (bytes, scale) = d.as_signed_be_bytes_slice_and_exponent();
+            Json::String(decimal_text(bytes, scale))
+        }
+        CqlValue::Date(d) => Json::String(format_date(i64::from(d.0) - (1 << 31))),
+        CqlValue::Timestamp(t) => Json::String(format_timestamp_ms(t.0)),
+        CqlValue::Time(t) => Json::String(format_time_nanos(t.0)),
+        CqlValue::Inet(ip) => Json::String(ip.to_string()),
+        CqlValue::Uuid(u) => Json::String(u.to_string()),
+        CqlValue::Timeuuid(u) => Json::String(u.to_string()),
+        CqlValue::Blob(b) => Json::String(format!("\\x{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>())),
+        CqlValue::List(items) => Json::Array(items.iter().map(render).collect()),
+        CqlValue::Set(items) => {
+            let mut items: Vec<Json> = items.iter().map(render).collect();
+            items.sort_by_cached_key(|j| j.to_string());
+            Json::Array(items)
+        }
+        other => Json::String(format!("{other:?}")),
     }
 }
 
