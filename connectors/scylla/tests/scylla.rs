@@ -234,3 +234,128 @@ async fn an_unreachable_cluster_is_retriable() {
     let err = ScyllaSink::connect(&s, &[]).await.err().unwrap();
     assert!(err.is_retriable(), "{err}");
 }
+
+const ZOO: &str = r#"{"table":"zoo","columns":{"id":"id","d":"d","ts":"ts","t":"t","addr":"addr","ints":"ints","fz":"ints","tags":"tags",
+    "n":"n","big":"big","f":"f","fl":"fl","body":"body"},
+    "partition_key":["id"],"types":{"id":"int","d":"date","ts":"timestamp","t":"time","addr":"inet","ints":"list<int>",
+    "fz":"frozen<list<int>>","tags":"set<text>","n":"decimal","big":"varint","f":"double","fl":"float"}}"#;
+
+/// Values at PostgreSQL's edges go through Cassandra and back exactly as
+/// the type mapping says, the verifier (the same mapping) sees no
+/// difference, and each value a column cannot hold rejects its record alone.
+#[tokio::test]
+async fn edge_values_round_trip_and_the_verifier_agrees() {
+    let ks = "zoo_ks";
+    let mut sink = ScyllaSink::connect(&settings(ks, ""), &[mapping(ZOO)]).await.expect("connect");
+    let n400 = format!("\"{}\"", "9".repeat(400));
+    let frac = format!("-0.{}1", "0".repeat(398));
+    let good = vec![
+        ins(At(1000, 0), &[("id", "1"), ("d", "\"0044-03-15 BC\""), ("ts", "\"0001-01-01T00:00:00 BC\""), ("t", "\"23:59:59.999999\"")]),
+        ins(
+            At(1000, 1),
+            &[("id", "2"), ("d", "\"4714-11-24 BC\""), ("ts", "\"294276-12-31T23:59:59.999999\""), ("addr", "\"10.0.0.1/32\"")],
+        ),
+        ins(
+            At(1000, 2),
+            &[("id", "3"), ("d", "\"5874897-12-31\""), ("ts", "\"2024-02-29T01:02:03.123456+00:00\""), ("addr", "\"2001:db8::1\"")],
+        ),
+        ins(
+            At(1000, 3),
+            &[("id", "4"), ("ints", "[]"), ("tags", "[]"), ("n", &n400.replace('"', "")), ("big", &format!("-{}", n400.replace('"', "")))],
+        ),
+        ins(
+            At(1000, 4),
+            &[("id", "5"), ("ints", "[1,2,3]"), ("tags", "[\"b\",\"a\",\"b\"]"), ("n", &frac), ("f", "\"NaN\""), ("fl", "\"-Infinity\"")],
+        ),
+        ins(At(1000, 5), &[("id", "6"), ("n", "12.50"), ("big", "0"), ("f", "0.1"), ("fl", "0.1"), ("body", "\"x\"")]),
+    ];
+    let bad = vec![
+        ins(At(1000, 6), &[("id", "101"), ("d", "\"infinity\"")]),
+        ins(At(1000, 7), &[("id", "102"), ("ts", "\"-infinity\"")]),
+        ins(At(1000, 8), &[("id", "103"), ("addr", "\"2001:db8::1/64\"")]),
+        ins(At(1000, 9), &[("id", "104"), ("ints", "[1,null]")]),
+        ins(At(1000, 10), &[("id", "105"), ("n", "\"NaN\"")]),
+        ins(At(1000, 11), &[("id", "106"), ("t", "\"24:00:00\"")]),
+        ins(At(1000, 12), &[("id", "107"), ("fl", "1e39")]),
+        ins(At(1000, 13), &[("id", "108"), ("big", "1.5")]),
+    ];
+    let batch = records(good.iter().chain(&bad).cloned().collect());
+    let rejected = sink.write(&batch).await.unwrap();
+    assert_eq!(rejected.iter().map(|r| r.index).collect::<Vec<_>>(), (6..14).collect::<Vec<_>>(), "{rejected:?}");
+    assert!(rejected[0].error.contains("infinity has no CQL value"), "{rejected:?}");
+    assert!(rejected[2].error.contains("network prefix (/64)"), "{rejected:?}");
+
+    let session = client().await;
+    let read = |cql: String| {
+        let session = &session;
+        async move {
+            session.query_unpaged(cql, ()).await.unwrap().into_rows_result().unwrap().single_row::<scylla::value::Row>().unwrap().columns
+        }
+    };
+    use scylla::value::{CqlDate, CqlTimestamp, CqlValue};
+    let r1 = read(format!("SELECT d, ts FROM {ks}.zoo WHERE id = 1")).await;
+    assert_eq!(
+        r1,
+        vec![Some(CqlValue::Date(CqlDate((1 << 31) - 735_160))), Some(CqlValue::Timestamp(CqlTimestamp(-719_528 * 86_400_000)))]
+    );
+    let r2 = read(format!("SELECT d, ts, addr FROM {ks}.zoo WHERE id = 2")).await;
+    assert_eq!(r2[0], Some(CqlValue::Date(CqlDate((1 << 31) - 2_440_588))));
+    assert_eq!(r2[1], Some(CqlValue::Timestamp(CqlTimestamp(9_224_318_015_999_999))));
+    assert_eq!(r2[2], Some(CqlValue::Inet("10.0.0.1".parse().unwrap())));
+    let r4 = read(format!("SELECT ints, fz, tags, n, big FROM {ks}.zoo WHERE id = 4")).await;
+    assert_eq!(&r4[..3], &[None, Some(CqlValue::List(vec![])), None], "empty: null, frozen: []");
+    let Some(CqlValue::Decimal(d)) = &r4[3] else { panic!("{r4:?}") };
+    assert_eq!(d.as_signed_be_bytes_slice_and_exponent().1, 0);
+    let r5 = read(format!("SELECT tags FROM {ks}.zoo WHERE id = 5")).await;
+    assert_eq!(r5[0], Some(CqlValue::Set(vec![CqlValue::Text("a".into()), CqlValue::Text("b".into())])));
+
+    // The verifier expects, through the same mapping, exactly what is stored.
+    let settings_json = serde_json::json!({"nodes":[CassandraNode::shared().contact_point()],"keyspace":ks});
+    let mapping_json: serde_json::Value = serde_json::from_str(ZOO).unwrap();
+    let mappings = [Some(&mapping_json)];
+    let input = pgfanout_sdk::SinkInput { name: "zoo", settings: &settings_json, mappings: &mappings };
+    let configured = pgfanout_sdk::Connector::configure(&pgfanout_scylla::CONNECTOR, &input).map_err(|_| "configure").unwrap();
+    let mut verifier = configured.verifier(0).await.unwrap();
+    let mut expected = Vec::new();
+    for r in records(good.clone()) {
+        expected.extend(verifier.expect(&r).unwrap());
+    }
+    let ids: Vec<String> = expected.iter().map(|e| e.id.clone()).collect();
+    let stored = verifier.read(&ids).await.unwrap();
+    for (e, s) in expected.iter().zip(&stored) {
+        assert_eq!(Some(&e.value), s.as_ref(), "{}", e.id);
+    }
+    let n = &stored[3].as_ref().unwrap()["n"];
+    assert_eq!(n, &serde_json::json!("9".repeat(400)), "decimals compared as their digits");
+    assert_eq!(stored[4].as_ref().unwrap()["n"], serde_json::json!(frac));
+    assert_eq!(stored[0].as_ref().unwrap()["d"], serde_json::json!("0044-03-15 BC"));
+    for r in records(bad) {
+        assert!(verifier.expect(&r).is_err(), "a dead-lettered row is not mappable");
+    }
+    // A different stored value is seen, however small the difference.
+    session.query_unpaged(format!("UPDATE {ks}.zoo USING TIMESTAMP 1000 SET n = 12.500 WHERE id = 6"), ()).await.unwrap();
+    let again = verifier.read(&ids[5..6]).await.unwrap();
+    assert_eq!(again[0].as_ref().unwrap()["n"], serde_json::json!("12.500"));
+    assert_ne!(again[0], stored[5]);
+}
+
+/// A value too large for the store (Cassandra refuses mutations above half
+/// a commit log segment, 16 MiB by default) rejects its record alone and
+/// does not stop the sink.
+#[tokio::test]
+async fn an_oversized_value_is_rejected_alone() {
+    let ks = "oversize_ks";
+    let mut sink = ScyllaSink::connect(&settings(ks, ""), &[mapping(ZOO)]).await.expect("connect");
+    let huge = format!("\"{}\"", "x".repeat(40 << 20));
+    let batch = records(vec![
+        ins(At(1000, 0), &[("id", "1"), ("body", "\"small\"")]),
+        ins(At(1000, 1), &[("id", "2"), ("body", &huge)]),
+        ins(At(1000, 2), &[("id", "3"), ("body", "\"small\"")]),
+    ]);
+    let rejected = tokio::time::timeout(std::time::Duration::from_secs(120), sink.write(&batch)).await.expect("not stuck").unwrap();
+    assert_eq!(rejected.iter().map(|r| r.index).collect::<Vec<_>>(), vec![1], "{rejected:?}");
+    let rows = client().await.query_unpaged(format!("SELECT id FROM {ks}.zoo"), ()).await.unwrap().into_rows_result().unwrap();
+    let mut ids: Vec<i32> = rows.rows::<(i32,)>().unwrap().map(|r| r.unwrap().0).collect();
+    ids.sort();
+    assert_eq!(ids, vec![1, 3]);
+}
