@@ -113,7 +113,8 @@ pub enum Command {
     Wait {
         #[arg(short, long)]
         config: PathBuf,
-        /// The position, e.g. 0/16B3748: pg_current_wal_lsn() taken after the commit.
+        /// The position, e.g. 0/16B3748: pg_current_wal_insert_lsn() taken after the commit
+        /// (at or after the commit record even under synchronous_commit=off).
         #[arg(long)]
         lsn: String,
         /// Only this sink.
@@ -210,7 +211,9 @@ pub fn main() -> i32 {
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PGFANOUT_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only on a terminal: ANSI codes in a log file or a pipe are noise.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),

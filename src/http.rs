@@ -97,6 +97,9 @@ struct AppState {
 pub struct Admin {
     pub opts: pgfanout_postgres::conn::PgConnectOptions,
     pub slot: String,
+    /// Whether some pipeline reads a table: a backfill of another table is
+    /// refused at once (400), as `pgfanout backfill` refuses it.
+    pub routed: crate::backfill::TableFilter,
 }
 
 /// Installs the Prometheus recorder (once per process) and returns its handle.
@@ -190,7 +193,7 @@ async fn wait(State(s): State<AppState>, Query(q): Query<WaitQuery>) -> (StatusC
     let lsn: Lsn = match q.lsn.as_deref().map(str::parse) {
         Some(Ok(l)) => l,
         Some(Err(_)) => return bad(format!("lsn={:?} is not an LSN like 0/16B3748", q.lsn.unwrap_or_default())),
-        None => return bad("lsn is required, e.g. /wait?lsn=0/16B3748 (from pg_current_wal_lsn() after the commit)".into()),
+        None => return bad("lsn is required, e.g. /wait?lsn=0/16B3748 (from pg_current_wal_insert_lsn() after the commit)".into()),
     };
     if let Some(name) = &q.sink {
         if !s.sink_names.contains(name) {
@@ -278,8 +281,17 @@ async fn start_backfill(State(s): State<AppState>, Query(q): Query<BackfillQuery
     let Some(table) = q.table else {
         return reply(StatusCode::BAD_REQUEST, serde_json::json!({"error": "table is required, e.g. POST /backfills?table=public.orders"}));
     };
-    if let Err(e) = crate::backfill::parse_table(&table) {
-        return reply(StatusCode::BAD_REQUEST, serde_json::json!({ "error": e }));
+    let name = match crate::backfill::parse_table(&table) {
+        Ok(t) => t,
+        Err(e) => return reply(StatusCode::BAD_REQUEST, serde_json::json!({ "error": e })),
+    };
+    if let Some(admin) = &s.admin {
+        if !(admin.routed)(&name.schema, &name.name) {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({ "error": format!("table {name}: no pipeline of this config reads it (its rows would go nowhere)") }),
+            );
+        }
     }
     let (admin, c) = match admin_client(&s).await {
         Ok(x) => x,

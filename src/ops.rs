@@ -263,7 +263,7 @@ async fn sink_positions(listen: &str) -> Option<Vec<(String, Lsn)>> {
 pub async fn wait(cfg: &Config, lsn: &str, sink: Option<&str>, timeout: std::time::Duration) -> i32 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     if lsn.parse::<Lsn>().is_err() {
-        eprintln!("--lsn {lsn:?}: not an LSN like 0/16B3748 (take pg_current_wal_lsn() after the commit)");
+        eprintln!("--lsn {lsn:?}: not an LSN like 0/16B3748 (take pg_current_wal_insert_lsn() after the commit)");
         return 2;
     }
     if let Some(s) = sink {

@@ -8,7 +8,7 @@
 //!    entry ids are listed *before* the source is read, so every listed
 //!    entry was written for a row that existed at or before the read.
 //! 2. **Source pass**: in one REPEATABLE READ transaction (position `S` =
-//!    `pg_current_wal_lsn()` in it), each table is read in key order in
+//!    `pg_current_wal_insert_lsn()` in it), each table is read in key order in
 //!    chunks ([`KeyedTable`]), sampled with `random() < f` when asked and
 //!    throttled to a row rate; each row goes through the pipeline as an
 //!    `op: read` record, the verifier says which entries it must produce,
@@ -542,9 +542,11 @@ impl Ctx<'_> {
         read
     }
 
-    /// `pg_current_wal_lsn()`.
+    /// `pg_current_wal_insert_lsn()`: at or after the commit of every
+    /// transaction the snapshot sees, also under `synchronous_commit = off`
+    /// (where the write position `pg_current_wal_lsn()` can lag a commit).
     async fn position(&self) -> Result<Lsn, String> {
-        let text: String = self.client.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.map_err(|e| e.to_string())?.get(0);
+        let text: String = self.client.query_one("SELECT pg_current_wal_insert_lsn()::text", &[]).await.map_err(|e| e.to_string())?.get(0);
         text.parse().map_err(|_| format!("bad LSN {text}"))
     }
 

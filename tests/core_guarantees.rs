@@ -289,7 +289,8 @@ async fn an_interrupted_initial_snapshot_never_confirms_the_backlog() {
     c.batch_execute("UPDATE bulk SET v = v + 1").await.unwrap();
     small_transactions(&c, 3000, 4000).await;
     d.spawn(bin());
-    testkit::wait_until(Duration::from_secs(180), "the copy again", || snapshots_completed(&d) == 1);
+    // Copied again by backfills (one per table) while the backlog streams.
+    testkit::wait_until(Duration::from_secs(180), "the copy again", || snapshots_completed(&d) >= 1);
     assert!(d.log().contains("the initial snapshot was interrupted"), "{}", d.log());
     tokio::time::sleep(Duration::from_millis(800)).await;
     d.kill9();

@@ -333,7 +333,8 @@ async fn ecommerce_example_indexes_the_catalog() {
         .unwrap();
     let titles: Vec<&str> = hits["hits"]["hits"].as_array().unwrap().iter().filter_map(|h| h["_source"]["title"].as_str()).collect();
     assert_eq!(titles, vec!["Keyboard"], "the README's catalog search: {hits}");
-    assert_eq!(docs["10"]["price"], serde_json::json!(84.90), "the last price change arrived");
+    // numeric(10,2) keeps its scale: 84.90, not 84.9.
+    assert_eq!(docs["10"]["price"].to_string(), "84.90", "the last price change arrived");
 }
 
 /// Real back-pressure: a node whose write thread pool has one thread and a
@@ -378,4 +379,86 @@ async fn a_tiny_write_queue_gives_429s_and_every_document_still_arrives() {
         log.matches("still running on the cluster").count()
     );
     assert_nothing_dead_lettered(dir.path(), db, &d);
+}
+
+/// Columns whose values every merge path used to round: a numeric of ~28
+/// significant digits, a TOASTed jsonb with long numbers (unchanged by most
+/// updates, so it is merged from the stored document), and a `json` with
+/// duplicate keys and a number `jsonb` rewrites (`to_jsonb` keeps the last
+/// key, prints `1.0e2` as `100`; OpenSearch refuses duplicate keys).
+async fn add_exact_columns(c: &tokio_postgres::Client) {
+    c.batch_execute(
+        r#"CREATE FUNCTION long_numeric() RETURNS numeric LANGUAGE sql AS
+             $$ SELECT (floor(random() * 1e9)::text || '.' || lpad(floor(random() * 1e9)::text, 9, '0')
+                        || lpad(floor(random() * 1e9)::text, 9, '0') || '7')::numeric $$;
+           CREATE FUNCTION big_specs() RETURNS jsonb LANGUAGE sql AS
+             $$ SELECT jsonb_build_object('pad', repeat(md5(random()::text), 90),
+                                          'n', 648199.3821223196731458777 + long_numeric(),
+                                          'm', 2.50, 'e', 1.2345678901234567890123456789e+29, 'z', -0.000000000000000000000001) $$;
+           ALTER TABLE products ADD COLUMN exact numeric DEFAULT long_numeric(),
+                                ADD COLUMN specs jsonb DEFAULT big_specs(),
+                                ADD COLUMN raw json DEFAULT '{"k": 1, "k": 2.50, "n": 1.0e2, "a": [1E-3]}';
+           ALTER TABLE products ALTER COLUMN specs SET STORAGE EXTERNAL;"#,
+    )
+    .await
+    .unwrap();
+}
+
+/// The issue's workload: 25-digit numerics, unchanged TOAST, key changes,
+/// deletes and two SIGKILLs, into an index that stores every value as sent
+/// (`dynamic: false`): every document ends equal to `to_jsonb` of its row,
+/// field by field and digit by digit, with no dead letter (a replayed
+/// partial change whose document a later change moved or deleted is
+/// superseded, not dead-lettered). A second pipeline with the default
+/// dynamic mapping gets a row the engine cannot hold (numeric 10^400): that
+/// row alone is dead-lettered, and the sink and the slot keep moving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_numerics_toast_key_changes_and_two_sigkills_end_exact() {
+    let db = "exact";
+    let (pg, c) = cluster(db).await;
+    add_exact_columns(&c).await;
+    let url = node().url();
+    let dir = scratch();
+    let extra = ", mappings: { dynamic: false, properties: { id: { type: integer } } }";
+    let mut yaml = config(&pg, db, &url, "exact-products", extra, dir.path());
+    yaml = yaml.replace(
+        "\ndead_letter:",
+        "\n  - name: dynamic\n    from: public.products\n    to: search\n    opensearch: { index: exact-dynamic, id: \"{id}\" }\ndead_letter:",
+    );
+    let mut d = Daemon::start(bin(), dir.path(), db, &yaml);
+    wait_slot(&c, db, &d).await;
+    let mut w = Workload::new(0x5eed_0030);
+    w.run(&c, 120).await;
+    // A value the dynamic index cannot hold, then more changes.
+    c.batch_execute("INSERT INTO products (id, name, exact) VALUES (900000, 'huge', 1e400)").await.unwrap();
+    w.run(&c, 60).await;
+    d.kill9();
+    w.run(&c, 60).await;
+    d.spawn(bin());
+    w.run(&c, 60).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    d.kill9();
+    // A partial change of the huge row: merged from a stored 401-digit number.
+    c.batch_execute("UPDATE products SET name = 'huge+' WHERE id = 900000").await.unwrap();
+    w.run(&c, 60).await;
+    d.spawn(bin());
+    w.run(&c, 60).await;
+    assert_index_equals_table(&c, db, &url, "exact-products", &d).await;
+    let toasted: i64 = c.query_one("SELECT count(*) FROM products WHERE pg_column_size(specs) > 2000", &[]).await.unwrap().get(0);
+    assert!(toasted > 10, "the workload must exercise TOASTed rows: {toasted}");
+    let docs = documents(&url, "exact-products").await;
+    assert_eq!(docs["900000"]["exact"].to_string(), format!("1{}", "0".repeat(400)));
+    assert_eq!(docs["900000"]["name"], "huge+");
+    let some = docs.values().find(|d| d["raw"].is_object()).expect("a document");
+    assert_eq!(some["raw"].to_string(), r#"{"a":[0.001],"k":2.50,"n":100}"#, "json as to_jsonb: last key, numeric text");
+    // Only the dynamic index's 10^400 rows are dead letters.
+    let dead = dir.path().join(format!("{db}.dead.jsonl"));
+    let letters: Vec<Json> = testkit::daemon::read_json_lines(&dead).iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(!letters.is_empty(), "the 10^400 row must be refused by the dynamic index\n{}", d.log());
+    for l in &letters {
+        assert_eq!(l["pipeline"], "dynamic", "only the dynamic index refuses a value: {l}");
+        assert_eq!(l["change"]["after"]["id"], 900000, "{l}");
+    }
+    let dynamic = documents(&url, "exact-dynamic").await;
+    assert!(dynamic.len() > 10 && !dynamic.contains_key("900000"), "later rows reach the dynamic index");
 }

@@ -46,6 +46,32 @@ async fn assert_tables_equal(c: &tokio_postgres::Client, out: &std::path::Path, 
     }
 }
 
+/// Every key's records in `out` follow commit order: a key's `commit_lsn`
+/// never goes down from one of its records to the next (a copied row newer
+/// than a change streamed after it would).
+fn assert_per_key_order(out: &std::path::Path) {
+    let mut last: std::collections::HashMap<String, (u64, usize)> = std::collections::HashMap::new();
+    let mut backwards = Vec::new();
+    for (i, r) in records(out).iter().enumerate() {
+        if r["op"] == "truncate" {
+            continue;
+        }
+        let key = format!("{}:{}", r["table"], r["key"]);
+        let at = lsn(r["commit_lsn"].as_str().expect("commit_lsn"));
+        if let Some((prev, line)) = last.get(&key) {
+            if at < *prev {
+                backwards.push(format!("{key}: line {line} at {prev:X}, then line {i} at {at:X} ({})", r["op"]));
+            }
+        }
+        last.insert(key, (at, i));
+    }
+    assert!(backwards.is_empty(), "{} keys went backwards, e.g. {:?}", backwards.len(), &backwards[..backwards.len().min(5)]);
+}
+
+fn backfills_done(d: &Daemon) -> usize {
+    d.log().matches("backfill done").count()
+}
+
 async fn create_tables(c: &tokio_postgres::Client) {
     c.batch_execute(
         "CREATE TABLE t1 (id int PRIMARY KEY, v int NOT NULL, note text, at timestamptz DEFAULT '2026-01-01');
@@ -103,9 +129,12 @@ async fn crash_during_snapshot_restarts_it_cleanly() {
     })
     .await;
     d.kill9();
+    assert!(!d.log().contains("snapshot complete"), "the kill must land inside the copy");
     churn(&c, 100).await;
     d.spawn(bin());
-    testkit::wait_until(Duration::from_secs(240), "second snapshot to complete", || d.log().contains("snapshot complete"));
+    // The tables are copied again by backfills while the stream replays
+    // what changed since the slot's consistent point.
+    testkit::wait_until(Duration::from_secs(240), "the tables to be backfilled", || backfills_done(&d) >= 3);
     assert!(d.log().contains("the initial snapshot was interrupted"), "{}", d.log());
     churn(&c, 50).await;
     c.batch_execute("INSERT INTO t3 VALUES (9999999, 1)").await.unwrap();
@@ -113,6 +142,7 @@ async fn crash_during_snapshot_restarts_it_cleanly() {
         tail_records(&out, 500).iter().any(|r| r["table"] == "t3" && r["after"]["id"] == 9_999_999)
     });
     assert_tables_equal(&c, &out, &["t1", "t2", "t3"]).await;
+    assert_per_key_order(&out);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -182,7 +212,7 @@ async fn a_snapshot_connection_lost_mid_copy_is_retried() {
         .get(0);
     assert!(killed >= 1, "a COPY was running");
     churn(&c, 50).await;
-    testkit::wait_until(Duration::from_secs(240), "the snapshot to complete after a retry", || d.log().contains("snapshot complete"));
+    testkit::wait_until(Duration::from_secs(240), "the tables to be backfilled after the copy failed", || backfills_done(&d) >= 3);
     assert!(d.log().contains("snapshot interrupted; copying again"), "{}", d.log());
     assert!(d.is_running(), "a lost connection is not fatal");
     c.batch_execute("INSERT INTO t3 VALUES (9999999, 1)").await.unwrap();
@@ -190,6 +220,7 @@ async fn a_snapshot_connection_lost_mid_copy_is_retried() {
         tail_records(&out, 500).iter().any(|r| r["table"] == "t3" && r["after"]["id"] == 9_999_999)
     });
     assert_tables_equal(&c, &out, &["t1", "t2", "t3"]).await;
+    assert_per_key_order(&out);
     d.signal("TERM");
     assert!(d.wait(Duration::from_secs(30)).expect("exit").success());
 }

@@ -52,9 +52,15 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     if cfg.http.enabled {
         let handle = crate::http::install_recorder().map_err(|e| RunError::Fatal(format!("metrics: {e}")))?;
         let mut rx = shutdown_rx.clone();
-        let admin = setup::connect_options(&cfg.source.postgres)
-            .ok()
-            .map(|opts| crate::http::Admin { opts, slot: cfg.source.postgres.slot.clone() });
+        let patterns: Vec<crate::config::TablePattern> =
+            cfg.pipelines.iter().flat_map(|p| p.from.items()).filter_map(|t| crate::config::TablePattern::parse(t).ok()).collect();
+        let routed: crate::backfill::TableFilter =
+            Arc::new(move |schema: &str, table: &str| patterns.iter().any(|p| p.matches(schema, table)));
+        let admin = setup::connect_options(&cfg.source.postgres).ok().map(|opts| crate::http::Admin {
+            opts,
+            slot: cfg.source.postgres.slot.clone(),
+            routed,
+        });
         crate::http::serve(&cfg.http.listen, handle, health.clone(), cfg.sinks.keys().cloned().collect(), admin, async move {
             let _ = rx.wait_for(|v| *v).await;
         })

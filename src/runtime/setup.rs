@@ -138,57 +138,35 @@ async fn prepare_once(opts: &PgConnectOptions, pg: &PostgresSourceConfig, router
             if added.is_empty() {
                 return Ok(Prepared { start, snapshot: None, recreated: false });
             }
-            if !interrupted {
-                // Tables added to the config: published now, then backfilled
-                // while the other tables stream (crate::backfill), instead of
-                // holding the stream back while they are copied.
-                add_to_publication(&sql, &pg.publication, &added).await?;
-                crate::backfill::state::ensure(&sql).await?;
-                let existing = crate::backfill::state::list(&sql, &pg.slot).await?;
-                for t in &added {
-                    let name = t.to_string();
-                    let active = existing.iter().any(|b| b.table == name && matches!(b.status.as_str(), "pending" | "running" | "paused"));
-                    if !active {
-                        let id = crate::backfill::state::create(
-                            &sql,
-                            &pg.slot,
-                            &name,
-                            None,
-                            crate::backfill::DEFAULT_CHUNK_SIZE,
-                            None,
-                            "added to the config",
-                        )
-                        .await?;
-                        info!(table = %name, backfill = id, "table new to this slot: backfilled while streaming");
-                    }
-                }
-                let version = current_lsn(&sql).await?;
-                snapshot::mark_tables(&sql, &pg.slot, &added, STATE_DONE, version).await?;
-                return Ok(Prepared { start, snapshot: None, recreated: false });
+            // Tables added to the config, or every table after an
+            // interrupted initial snapshot: published now, then backfilled
+            // while the stream goes on from the slot's position
+            // (crate::backfill: DBLog watermarks), instead of holding the
+            // stream back while they are copied. A re-copy under a fresh
+            // snapshot, streamed from the older slot position afterwards,
+            // would hand a log sink a key's newer copied row before its
+            // older streamed changes; the watermarks keep every key's
+            // records in commit order, and the stream still carries the
+            // deletes of rows the interrupted copy delivered.
+            let reason = if interrupted { INTERRUPTED } else { "added to the config" };
+            if interrupted {
+                warn!(slot = %pg.slot, confirmed_flush_lsn = %start, "the initial snapshot was interrupted; streaming from the slot's consistent point and backfilling every table while streaming");
             }
-            let running_state = if interrupted {
-                // The slot has confirmed nothing past its consistent point,
-                // so streaming from it after a new copy leaves no gap, and
-                // rows deleted meanwhile (copied by the interrupted run)
-                // are deleted by the stream.
-                warn!(slot = %pg.slot, confirmed_flush_lsn = %start, "the initial snapshot was interrupted; copying every table again under a new snapshot, then streaming from the slot's consistent point");
-                STATE_INITIAL_RUNNING
-            } else {
-                STATE_ADDED_RUNNING
-            };
-            // Version first, then publish, then copy under a later snapshot:
-            // rows changed after `version` are in the copy or streamed with
-            // a newer position, and nothing falls between.
-            let version = current_lsn(&sql).await?;
             add_to_publication(&sql, &pg.publication, &added).await?;
-            snapshot::mark_tables(&sql, &pg.slot, &added, running_state, version).await?;
-            let names = added.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ");
-            info!(tables = %names, version = %version, "tables new to this slot will be snapshotted before streaming resumes");
-            Ok(Prepared {
-                start,
-                snapshot: Some(SnapshotPlan { tables: added, version, snapshot_name: None, exporter: None, running_state }),
-                recreated: false,
-            })
+            crate::backfill::state::ensure(&sql).await?;
+            let existing = crate::backfill::state::list(&sql, &pg.slot).await?;
+            for t in &added {
+                let name = t.to_string();
+                let active = existing.iter().any(|b| b.table == name && matches!(b.status.as_str(), "pending" | "running" | "paused"));
+                if !active {
+                    let id = crate::backfill::state::create(&sql, &pg.slot, &name, None, crate::backfill::DEFAULT_CHUNK_SIZE, None, reason)
+                        .await?;
+                    info!(table = %name, backfill = id, reason, "table backfilled while streaming");
+                }
+            }
+            let version = current_lsn(&sql).await?;
+            snapshot::mark_tables(&sql, &pg.slot, &added, STATE_DONE, version).await?;
+            Ok(Prepared { start, snapshot: None, recreated: false })
         }
         None => {
             let mut repl = ReplicationClient::connect(opts).await?;
@@ -287,6 +265,9 @@ async fn recover_lost_slot(
     info!(slot = %slot_name, consistent_point = %created.consistent_point, tables = tables.len(), "replication slot recreated; every table is backfilled while streaming");
     Ok(Prepared { start: created.consistent_point, snapshot: None, recreated: true })
 }
+
+/// The `reason` of the backfills that replace an interrupted initial snapshot.
+pub const INTERRUPTED: &str = "initial snapshot interrupted";
 
 /// The `reason` of the backfills a recreated slot starts.
 pub const RECREATED: &str = "slot recreated";

@@ -268,6 +268,8 @@ impl SearchSink {
         // a document that moves).
         let mut last_live: HashMap<DocRef, Map<String, Json>> = stored.clone();
         let mut state: HashMap<DocRef, Option<Map<String, Json>>> = stored.into_iter().map(|(k, v)| (k, Some(v))).collect();
+        // Partials whose document is gone: (record, document, version, why).
+        let mut unresolved: Vec<(usize, DocRef, i64, String)> = Vec::new();
         for (p, _) in planned.iter_mut() {
             let Planned::Actions(record, actions) = p else { continue };
             let mut failed = None;
@@ -295,10 +297,15 @@ impl SearchSink {
                             }
                             None if *missing_ok => std::mem::take(fields),
                             None => {
-                                failed = Some(format!(
-                                    "document {:?} of index {:?} is missing, and this change does not carry its unchanged TOAST columns \
-                                     (REPLICA IDENTITY FULL would); it is not written half: re-copy the row (e.g. touch it in PostgreSQL)",
-                                    doc.id, doc.index
+                                failed = Some((
+                                    doc.clone(),
+                                    *version,
+                                    format!(
+                                        "document {:?} of index {:?} is missing, and this change does not carry its unchanged TOAST \
+                                         columns (REPLICA IDENTITY FULL would); it is not written half: re-copy the row (e.g. touch it \
+                                         in PostgreSQL, or `pgfanout backfill`)",
+                                        doc.id, doc.index
+                                    ),
                                 ));
                                 break;
                             }
@@ -314,12 +321,63 @@ impl SearchSink {
                     }
                 }
             }
-            if let Some(error) = failed {
-                rejected.push(Rejected { index: *record, error });
+            if let Some((doc, version, error)) = failed {
+                // Nothing of the record is written until the store says
+                // whether a newer change removed the document.
                 actions.clear();
+                unresolved.push((*record, doc, version, error));
+            }
+        }
+        if !unresolved.is_empty() {
+            let newer = self.removed_by_newer(&unresolved).await?;
+            for ((record, doc, _, error), newer) in unresolved.into_iter().zip(newer) {
+                if newer {
+                    // Replayed after a crash: a later change already moved or
+                    // deleted the document, so this one is superseded.
+                    debug!(id = %doc.id, index = %doc.index, "partial change skipped: a newer change removed its document");
+                } else {
+                    rejected.push(Rejected { index: record, error });
+                }
             }
         }
         Ok(())
+    }
+
+    /// For each (document, version): whether the index remembers a newer
+    /// version of it than `version`, although it is gone (a delete or move
+    /// by a later change). Asked with a versioned delete of the missing
+    /// document (`version_type=external_gte`): a conflict means a newer
+    /// delete tombstone; "not found" means none (the delete then leaves a
+    /// tombstone at `version`, which changes nothing: the document is not
+    /// there and newer writes pass it). Tombstones live for the index's
+    /// `index.gc_deletes` (60 s by default); an older delete is not seen
+    /// and the change is dead-lettered as before. The lanes are drained, so
+    /// nothing of this sink is in flight meanwhile.
+    async fn removed_by_newer(&self, docs: &[(usize, DocRef, i64, String)]) -> Result<Vec<bool>, SinkError> {
+        let mut body = Vec::new();
+        for (_, doc, version, _) in docs {
+            encode_action(&mut body, &Action::Delete { doc: doc.clone(), version: *version });
+        }
+        let resp = Client::cluster_status(self.client.send(Method::POST, BULK_PATH, Some((body, "application/x-ndjson"))).await?)?;
+        if !resp.status.is_success() {
+            return Err(SinkError::Retriable(format!("_bulk (tombstone check) answered {}: {}", resp.status, resp.text(300))));
+        }
+        let j = resp.json()?;
+        let answers = j["items"].as_array().map(Vec::as_slice).unwrap_or_default();
+        if answers.len() != docs.len() {
+            return Err(SinkError::Retriable(format!("_bulk returned {} results for {} tombstone checks", answers.len(), docs.len())));
+        }
+        answers
+            .iter()
+            .map(|a| {
+                let status = a["delete"]["status"].as_u64().unwrap_or(0);
+                match status {
+                    409 => Ok(true),
+                    200..=299 | 404 => Ok(false),
+                    _ => Err(SinkError::Retriable(format!("tombstone check answered {status}: {}", item_error(&a["delete"])))),
+                }
+            })
+            .collect()
     }
 
     /// Hands actions (each tagged with its record) to their document
@@ -818,11 +876,14 @@ fn add_field(doc: &mut Vec<u8>, name: &str, value: &str) {
     }
 }
 
-/// The JSON object of a row.
-fn row_object(row: &pgfanout_sdk::Row) -> Map<String, Json> {
+/// The JSON object of a row. Numbers keep their digits (serde_json's
+/// `arbitrary_precision`: no `f64` on the merge path). Err only for a
+/// value that is not JSON (never made by the source): the record is
+/// refused with the reason, never written as an empty document.
+fn row_object(row: &pgfanout_sdk::Row) -> Result<Map<String, Json>, String> {
     let mut out = Vec::new();
     row.write_json(&mut out);
-    serde_json::from_slice(&out).unwrap_or_default()
+    serde_json::from_slice(&out).map_err(|e| format!("the row is not a JSON object ({e})"))
 }
 
 pub(crate) fn plan_change(route: &Route, change: &Change) -> Result<Option<Planned>, String> {
@@ -837,7 +898,7 @@ pub(crate) fn plan_change(route: &Route, change: &Change) -> Result<Option<Plann
             let action = match route.delete {
                 DeleteMode::Delete => Action::Delete { doc, version },
                 DeleteMode::Soft => {
-                    let mut fields = change.row().map(row_object).unwrap_or_default();
+                    let mut fields = change.row().map(row_object).transpose()?.unwrap_or_default();
                     fields.insert(route.soft_field.clone(), Json::Bool(true));
                     Action::Partial { doc, version, fields, pipeline: route.pipeline.clone(), missing_ok: true, moved_from: None }
                 }
@@ -868,13 +929,14 @@ pub(crate) fn plan_change(route: &Route, change: &Change) -> Result<Option<Plann
                 actions.push(Action::Index { doc, version, source, pipeline: route.pipeline.clone() });
                 return Ok(Some(Planned::Actions(0, actions)));
             }
-            let mut fields = row_object(after);
+            let mut fields = row_object(after)?;
             let mut missing: Vec<&str> = Vec::new();
             for col in &change.unchanged_toast {
                 match change.before.as_ref().and_then(|b| b.get(col)) {
                     // REPLICA IDENTITY FULL: the old row has the value.
                     Some(v) => {
-                        fields.insert(col.to_string(), serde_json::from_str(&v.to_json_string()).unwrap_or(Json::Null));
+                        let value = serde_json::from_str(&v.to_json_string()).map_err(|e| format!("column {col}: not JSON ({e})"))?;
+                        fields.insert(col.to_string(), value);
                     }
                     None => missing.push(col),
                 }

@@ -112,7 +112,8 @@ fn builtin_special(oid: u32) -> Option<TypeDecoder> {
     Some(match oid {
         16 => TypeDecoder::Bool,
         20 | 21 | 23 | 700 | 701 | 1700 => TypeDecoder::Number,
-        114 | 3802 => TypeDecoder::Json,
+        114 => TypeDecoder::JsonText,
+        3802 => TypeDecoder::Json,
         1082 => TypeDecoder::Date,
         1114 => TypeDecoder::Timestamp,
         1184 => TypeDecoder::Timestamptz,

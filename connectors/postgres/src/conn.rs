@@ -355,8 +355,24 @@ where
         }
     };
     tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "SQL connection closed");
+        // Notices are read here rather than left to tokio-postgres, which
+        // logs every one at INFO: most are pgfanout's own idempotent DDL
+        // (`schema "pgfanout" already exists, skipping`). WARNING and above
+        // stay visible; NOTICE, INFO, LOG and DEBUG go to debug.
+        let mut connection = connection;
+        loop {
+            match futures_util::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(tokio_postgres::AsyncMessage::Notice(n))) => match n.severity() {
+                    "WARNING" => tracing::warn!(code = n.code().code(), "PostgreSQL: {}", n.message()),
+                    _ => tracing::debug!(severity = n.severity(), code = n.code().code(), "PostgreSQL: {}", n.message()),
+                },
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "SQL connection closed");
+                    break;
+                }
+                None => break,
+            }
         }
     });
     Ok(client)

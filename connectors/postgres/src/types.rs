@@ -37,8 +37,11 @@ pub enum TypeDecoder {
     Number,
     /// `t`/`f` to true/false.
     Bool,
-    /// json/jsonb: the text is the JSON.
+    /// jsonb: the text is the JSON (PostgreSQL prints it canonical).
     Json,
+    /// json: the text normalised as `to_jsonb` does (last of duplicate keys,
+    /// jsonb's key order, numbers as `numeric`; `pgfanout_sdk::exact`).
+    JsonText,
     /// `YYYY-MM-DD[ BC]`, `infinity` kept.
     Date,
     /// `YYYY-MM-DDTHH:MM:SS[.ffffff]`.
@@ -63,6 +66,7 @@ impl TypeDecoder {
             // json keeps its input's spacing; the ends are trimmed so the
             // record stays compact (jsonb text is already canonical).
             TypeDecoder::Json => Ok(Value::Json(owned_text(text.trim_ascii()))),
+            TypeDecoder::JsonText => Ok(json_as_jsonb(text)),
             // ISO date text is already what to_jsonb writes (BC suffix included).
             TypeDecoder::Date => Ok(Value::String(owned_text(text))),
             TypeDecoder::Timestamp => Ok(Value::String(timestamp_text(text, "timestamp", false)?)),
@@ -117,8 +121,18 @@ impl TypeDecoder {
             TypeDecoder::Text | TypeDecoder::Date => Ok(Value::String(text)),
             TypeDecoder::Number => decode_number(text.as_bytes()).map(|kind| kind.wrap(text)),
             TypeDecoder::Json => Ok(Value::Json(text.slice_ref(text.trim_ascii()))),
+            TypeDecoder::JsonText => Ok(json_as_jsonb(text.as_bytes())),
             _ => self.decode(text.as_bytes()),
         }
+    }
+}
+
+/// A `json` value as `to_jsonb` gives it. Text `jsonb` input would refuse
+/// (`\u0000`; PostgreSQL's `to_jsonb` fails on it too) is kept as sent.
+fn json_as_jsonb(text: &[u8]) -> Value {
+    match pgfanout_sdk::exact::jsonb_text(text) {
+        Ok(canonical) => Value::Json(Text::from(canonical)),
+        Err(_) => Value::Json(owned_text(text.trim_ascii())),
     }
 }
 
@@ -587,5 +601,7 @@ mod tests {
         assert_eq!(json(&TypeDecoder::Bool, "t"), "true");
         assert!(TypeDecoder::Bool.decode(b"true").is_err());
         assert_eq!(json(&arr(TypeDecoder::Json), r#"{"{\"a\": 1}",null}"#), r#"[{"a": 1},null]"#);
+        assert_eq!(json(&arr(TypeDecoder::JsonText), r#"{"{\"a\":1,\"a\":2.50}",null}"#), r#"[{"a": 2.50},null]"#);
+        assert_eq!(json(&TypeDecoder::JsonText, r#" {"b":1e2, "a":[1,2], "b":0.5} "#), r#"{"a": [1, 2], "b": 0.5}"#);
     }
 }

@@ -201,7 +201,13 @@ async fn every_type_matches_to_jsonb() {
                  coalesce(to_jsonb({col})::text, 'null'), $1::text::jsonb::text FROM every_type WHERE id = $2"
             );
             let row = client.query_one(&sql, &[&ours, &id]).await.unwrap_or_else(|e| panic!("row {id} {col}: {ours}: {e}"));
-            let equal: bool = row.get(0);
+            let mut equal: bool = row.get(0);
+            // json and jsonb byte for byte: the comparison through jsonb
+            // above would forgive a duplicate key (jsonb keeps the last),
+            // which a store would see (and OpenSearch refuses).
+            if col == "c_json" || col == "c_jsonb" {
+                equal &= ours == row.get::<_, String>(1);
+            }
             if !equal {
                 let theirs: String = row.get(1);
                 failures.push(format!("row {id} column {col}:\n  ours:   {ours}\n  theirs: {theirs}"));

@@ -7,6 +7,7 @@
 
 pub mod change;
 pub mod connector;
+pub mod exact;
 pub mod json;
 pub mod lsn;
 pub mod settings;

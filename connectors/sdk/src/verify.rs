@@ -56,7 +56,9 @@ pub trait Verifier: Send {
 
 /// The fields in which `actual` differs from `expected`: for two JSON
 /// objects, each field missing, extra or unequal (sorted); for anything
-/// else, `["value"]` when unequal. Numbers compare by value (`1` = `1.0`).
+/// else, `["value"]` when unequal. Numbers compare by exact decimal value
+/// (`1` = `1.0`, `1e+20` = `100000000000000000000`), never through `f64`:
+/// a lost digit of a 25-digit numeric is a difference.
 pub fn diff_fields(expected: &Value, actual: &Value) -> Vec<String> {
     match (expected, actual) {
         (Value::Object(e), Value::Object(a)) => {
@@ -76,7 +78,7 @@ pub fn diff_fields(expected: &Value, actual: &Value) -> Vec<String> {
 
 fn same(a: &Value, b: &Value) -> bool {
     match (a, b) {
-        (Value::Number(x), Value::Number(y)) => x == y || x.as_f64().zip(y.as_f64()).is_some_and(|(x, y)| x == y),
+        (Value::Number(x), Value::Number(y)) => crate::exact::same_number(&x.to_string(), &y.to_string()),
         (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same(x, y)),
         (Value::Object(x), Value::Object(y)) => x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w))),
         _ => a == b,
@@ -94,6 +96,11 @@ mod tests {
         assert_eq!(diff_fields(&e, &json!({"a": 1.0, "b": "x", "c": [1, 2]})), Vec::<String>::new());
         assert_eq!(diff_fields(&e, &json!({"a": 2, "c": [1], "d": null})), vec!["a", "b", "c", "d"]);
         assert_eq!(diff_fields(&json!("x"), &json!("y")), vec!["value"]);
+        // Exact: digits beyond f64 count, the scale does not.
+        let long: Value = serde_json::from_str(r#"{"n": 648199.3821223196731458777, "m": 2.50, "big": 1e400}"#).unwrap();
+        let rounded: Value = serde_json::from_str(r#"{"n": 648199.3821223197, "m": 2.5, "big": 1e400}"#).unwrap();
+        assert_eq!(diff_fields(&long, &rounded), vec!["n"]);
+        assert!(diff_fields(&long, &long.clone()).is_empty());
         assert!(diff_fields(&json!("x"), &json!("x")).is_empty());
     }
 }

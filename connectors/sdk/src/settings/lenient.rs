@@ -40,6 +40,11 @@ impl<'de> de::Deserializer<'de> for Lenient<'de> {
         match self.0 {
             Value::Object(map) => visitor.visit_map(Entries { iter: map.iter(), value: None }),
             Value::Array(items) => visitor.visit_seq(Items(items.iter())),
+            // Integers as integers: with serde_json's arbitrary_precision a
+            // number is otherwise visited as an opaque map, and a mismatch
+            // would read "invalid type: number" without the value.
+            Value::Number(n) if n.as_u64().is_some() => visitor.visit_u64(n.as_u64().unwrap_or_default()),
+            Value::Number(n) if n.as_i64().is_some() => visitor.visit_i64(n.as_i64().unwrap_or_default()),
             other => de::Deserializer::deserialize_any(other, visitor),
         }
     }
@@ -81,11 +86,17 @@ impl<'de> de::Deserializer<'de> for Lenient<'de> {
     }
 
     fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        de::Deserializer::deserialize_str(self.0, visitor)
+        match self.0 {
+            Value::Number(_) => self.deserialize_any(visitor),
+            other => de::Deserializer::deserialize_str(other, visitor),
+        }
     }
 
     fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        de::Deserializer::deserialize_string(self.0, visitor)
+        match self.0 {
+            Value::Number(_) => self.deserialize_any(visitor),
+            other => de::Deserializer::deserialize_string(other, visitor),
+        }
     }
 
     fn deserialize_ignored_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
