@@ -11,27 +11,128 @@
 -- versions too unless the record is a snapshot row). Removals leave the
 -- version behind as a tombstone that expires once the key is gone.
 --
--- Returns one entry per operation: 1 applied, 0 skipped as stale, or the
--- error text of the Redis command that failed (WRONGTYPE...); an operation
--- that failed leaves its version untouched.
+-- Values are never decoded: a partial change (unchanged TOAST columns not
+-- sent) is completed by copying the stored members' JSON text as it is, so
+-- numbers keep every digit (cjson would keep 14 significant digits).
+--
+-- Returns one entry per operation: 1 applied, 0 skipped (stale, or a partial
+-- change of an expired entry), or the error text of the Redis command that
+-- failed (WRONGTYPE...) or of a partial change that cannot be completed
+-- (INCOMPLETE...); an operation that failed leaves its version untouched.
 local prefix = ARGV[1]
 local tomb_ttl = tonumber(ARGV[2])
 
--- Copies columns ARGV[first..last] from the stored JSON object `old` into the
--- JSON object text `new` (unchanged TOAST columns keep their stored value).
+-- The position of the closing quote of the JSON string opening at `i`.
+local function string_end(s, i)
+  local j = i + 1
+  while true do
+    local k = string.find(s, '["\\]', j)
+    if not k then return nil end
+    if string.byte(s, k) == 34 then return k end
+    j = k + 2
+  end
+end
+
+-- The position of the last character of the JSON value starting at `i`.
+local function value_end(s, i)
+  local c = string.byte(s, i)
+  if c == 34 then return string_end(s, i) end
+  if c == 123 or c == 91 then
+    local depth, j = 0, i
+    while true do
+      local k = string.find(s, '[%[%]{}"]', j)
+      if not k then return nil end
+      c = string.byte(s, k)
+      if c == 34 then
+        k = string_end(s, k)
+        if not k then return nil end
+      elseif c == 123 or c == 91 then
+        depth = depth + 1
+      else
+        depth = depth - 1
+        if depth == 0 then return k end
+      end
+      j = k + 1
+    end
+  end
+  local k = string.find(s, '[%s,}%]]', i)
+  if not k then return nil end
+  return k - 1
+end
+
+-- The members of the JSON object text `s`: name -> the member's raw text
+-- (`"name":value`, exactly as stored; the last of duplicate names wins), or
+-- nil when `s` is not a JSON object. No value is decoded.
+local function members(s)
+  local out = {}
+  local pos = string.find(s, '%S')
+  if not pos or string.byte(s, pos) ~= 123 then return nil end
+  pos = string.find(s, '%S', pos + 1)
+  if pos and string.byte(s, pos) == 125 then return out end
+  while pos do
+    if string.byte(s, pos) ~= 34 then return nil end
+    local kend = string_end(s, pos)
+    if not kend then return nil end
+    local name = string.sub(s, pos + 1, kend - 1)
+    if string.find(name, '\\', 1, true) then
+      local ok, decoded = pcall(cjson.decode, string.sub(s, pos, kend))
+      if not ok or type(decoded) ~= 'string' then return nil end
+      name = decoded
+    end
+    local colon = string.find(s, '%S', kend + 1)
+    if not colon or string.byte(s, colon) ~= 58 then return nil end
+    local vstart = string.find(s, '%S', colon + 1)
+    if not vstart then return nil end
+    local vend = value_end(s, vstart)
+    if not vend then return nil end
+    out[name] = string.sub(s, pos, kend) .. ':' .. string.sub(s, vstart, vend)
+    pos = string.find(s, '%S', vend + 1)
+    if not pos then return nil end
+    local c = string.byte(s, pos)
+    if c == 125 then return out end
+    if c ~= 44 then return nil end
+    pos = string.find(s, '%S', pos + 1)
+  end
+  return nil
+end
+
+-- The row JSON `new` completed with the columns ARGV[first..last]
+-- (unchanged TOAST, absent from `new`) copied from the stored JSON object
+-- `old` as raw text. Returns nil and the first column that cannot be copied
+-- when `old` is absent, not an object, or lacks it.
 local function merge(old, new, first, last)
-  if type(old) ~= 'string' then return new end
-  local ok, doc = pcall(cjson.decode, old)
-  if not ok or type(doc) ~= 'table' then return new end
+  local stored = type(old) == 'string' and members(old) or nil
+  if not stored then return nil, ARGV[first] end
   local extra = {}
   for j = first, last do
-    local v = doc[ARGV[j]]
-    if v ~= nil then extra[#extra + 1] = cjson.encode(ARGV[j]) .. ':' .. cjson.encode(v) end
+    local m = stored[ARGV[j]]
+    if m == nil then return nil, ARGV[j] end
+    extra[#extra + 1] = m
   end
-  if #extra == 0 then return new end
   local body = string.sub(new, 2, -2)
   if body ~= '' then body = body .. ',' end
   return '{' .. body .. table.concat(extra, ',') .. '}'
+end
+
+-- A partial change that cannot be completed: the stored entry (or its copy
+-- of column `col`) is gone and no newer version says why. With a TTL the
+-- entry expired (a cache miss, as after any expiry): skipped. Without one,
+-- writing the change would store a row lacking `col` as if complete:
+-- refused, so the record is dead-lettered with the reason.
+local function incomplete(key, sub, col, ttl)
+  if ttl > 0 then return 0 end
+  local where = key
+  if sub ~= '_key' then where = key .. ' [' .. sub .. ']' end
+  return 'INCOMPLETE pgfanout: ' .. where .. ': the change leaves column ' .. tostring(col)
+    .. ' unchanged (TOAST, not sent) and Redis holds no stored value of it to keep; not written'
+    .. ' (REPLICA IDENTITY FULL sends it; pgfanout backfill or verify --repair restores the row)'
+end
+
+-- HDEL of many fields, in slices (unpack has a stack limit).
+local function hdel_all(key, fields)
+  for i = 1, #fields, 1000 do
+    redis.call('HDEL', key, unpack(fields, i, math.min(i + 999, #fields)))
+  end
 end
 
 local function apply(code, key, sub, ver, ttl, a, last)
@@ -43,14 +144,39 @@ local function apply(code, key, sub, ver, ttl, a, last)
   end
   local removed = false
   if code == 'H' then
+    -- A whole row: the hash becomes exactly its non-NULL columns; fields no
+    -- column maps to (NULL now, dropped, or written by someone else) go.
+    local n = (last - a + 1) / 2
+    if n > 0 then
+      redis.call('HSET', key, unpack(ARGV, a, last))
+      if redis.call('HLEN', key) > n then
+        local keep = {}
+        for j = a, last, 2 do keep[ARGV[j]] = true end
+        local stray = {}
+        for _, f in ipairs(redis.call('HKEYS', key)) do
+          if not keep[f] then stray[#stray + 1] = f end
+        end
+        hdel_all(key, stray)
+      end
+    else
+      redis.call('DEL', key)
+    end
+  elseif code == 'HP' then
+    -- A row without its unchanged TOAST columns: those fields stay as
+    -- stored, and must be there. Args: nset, pairs, nnull, nulls, toast.
     local nset = tonumber(ARGV[a])
+    local nnull = tonumber(ARGV[a + nset + 1])
+    for j = a + nset + nnull + 2, last do
+      if redis.call('HEXISTS', key, ARGV[j]) == 0 then return incomplete(key, sub, ARGV[j], ttl) end
+    end
     if nset > 0 then redis.call('HSET', key, unpack(ARGV, a + 1, a + nset)) end
-    -- NULL columns are removed; a row never written before has none to remove.
-    if cur and a + nset < last then redis.call('HDEL', key, unpack(ARGV, a + nset + 1, last)) end
+    if nnull > 0 then redis.call('HDEL', key, unpack(ARGV, a + nset + 2, a + nset + 1 + nnull)) end
   elseif code == 'HF' then
     redis.call('HSET', key, sub, ARGV[a])
   elseif code == 'HM' then
-    redis.call('HSET', key, sub, merge(redis.call('HGET', key, sub), ARGV[a], a + 1, last))
+    local v, col = merge(redis.call('HGET', key, sub), ARGV[a], a + 1, last)
+    if not v then return incomplete(key, sub, col, ttl) end
+    redis.call('HSET', key, sub, v)
   elseif code == 'HFD' then
     redis.call('HDEL', key, sub)
     removed = true
@@ -59,16 +185,28 @@ local function apply(code, key, sub, ver, ttl, a, last)
     removed = true
   elseif code == 'S' then
     local v = ARGV[a]
-    if last > a then v = merge(redis.call('GET', key), v, a + 1, last) end
+    if last > a then
+      local col
+      v, col = merge(redis.call('GET', key), v, a + 1, last)
+      if not v then return incomplete(key, sub, col, ttl) end
+    end
     redis.call('SET', key, v)
   elseif code == 'J' then
     redis.call('JSON.SET', key, '$', ARGV[a])
   elseif code == 'JP' then
-    if redis.call('EXISTS', key) == 0 then
-      redis.call('JSON.SET', key, '$', ARGV[a])
-    else
-      for j = a + 1, last, 2 do redis.call('JSON.SET', key, ARGV[j], ARGV[j + 1]) end
+    -- Args: ntoast, the unchanged columns' paths, then path/value pairs.
+    local ntoast = tonumber(ARGV[a])
+    for j = a + 1, a + ntoast do
+      local t = redis.call('JSON.TYPE', key, ARGV[j])
+      if type(t) ~= 'table' or #t == 0 then return incomplete(key, sub, ARGV[j], ttl) end
     end
+    for j = a + ntoast + 1, last, 2 do redis.call('JSON.SET', key, ARGV[j], ARGV[j + 1]) end
+  elseif code == 'V' then
+    -- The value reads only unchanged TOAST columns: it stays as stored, and
+    -- must be there. Args: the column.
+    local present
+    if sub == '_key' then present = redis.call('EXISTS', key) else present = redis.call('HEXISTS', key, sub) end
+    if present == 0 then return incomplete(key, sub, ARGV[a], ttl) end
   elseif code == 'SA' then
     redis.call('SADD', key, sub)
   elseif code == 'SR' then
@@ -85,7 +223,7 @@ local function apply(code, key, sub, ver, ttl, a, last)
     else
       redis.call('XADD', key, 'MAXLEN', '~', ARGV[a], '*', unpack(ARGV, a + 2, last))
     end
-  elseif code ~= 'V' then
+  else
     return 'ERR pgfanout: unknown operation ' .. code
   end
   redis.call('HSET', vkey, sub, ver)

@@ -134,8 +134,10 @@ fn encode_complete<'a>(m: &CompiledMapping, change: &'a Change) -> Result<Encode
                 }
                 if delete {
                     ops.push(op("D", &key, WHOLE_KEY, vec![]));
-                } else {
+                } else if change.unchanged_toast.is_empty() {
                     ops.push(op("H", &key, WHOLE_KEY, hash_row_args(after(change)?)));
+                } else {
+                    ops.push(op("HP", &key, WHOLE_KEY, hash_partial_args(after(change)?, change)));
                 }
             }
             Some(field_t) => {
@@ -148,8 +150,10 @@ fn encode_complete<'a>(m: &CompiledMapping, change: &'a Change) -> Result<Encode
                 } else if let Some(value_t) = &m.value {
                     match value_t.render(change) {
                         Ok(v) => ops.push(op("HF", &key, &field, vec![Cow::Owned(v.into_bytes())])),
-                        Err(e) if is_unchanged_toast(&e, change) => ops.push(op("V", &key, &field, vec![])),
-                        Err(e) => return Err(format!("value: {e}")),
+                        Err(e) => match unchanged_value(value_t, &e, change)? {
+                            Some(col) => ops.push(op("V", &key, &field, vec![Cow::Owned(col.as_bytes().to_vec())])),
+                            None => return Err(format!("value: {e}")),
+                        },
                     }
                 } else {
                     let code = if change.unchanged_toast.is_empty() { "HF" } else { "HM" };
@@ -167,7 +171,9 @@ fn encode_complete<'a>(m: &CompiledMapping, change: &'a Change) -> Result<Encode
                 let row = after(change)?;
                 match row.get(col) {
                     Some(v) => ops.push(op("S", &key, WHOLE_KEY, vec![Cow::Owned(json(v))])),
-                    None if change.unchanged_toast.iter().any(|c| &**c == col) => ops.push(op("V", &key, WHOLE_KEY, vec![])),
+                    None if change.unchanged_toast.iter().any(|c| &**c == col) => {
+                        ops.push(op("V", &key, WHOLE_KEY, vec![Cow::Owned(col.as_bytes().to_vec())]))
+                    }
                     None => return Err(format!("column: the record has no column {col:?}")),
                 }
             } else {
@@ -269,31 +275,68 @@ fn json(v: &Value) -> Vec<u8> {
     out
 }
 
-/// A template failed only because it reads a column whose unchanged TOAST
-/// value was not sent: the stored value is still right.
-fn is_unchanged_toast(e: &TemplateError, change: &Change) -> bool {
-    matches!(e, TemplateError::MissingColumn { column, .. } if change.unchanged_toast.iter().any(|c| **c == **column))
+/// Why a value template cannot be rendered for `change`, when the reason
+/// is unchanged TOAST: `Ok(Some(column))` when every column it reads is
+/// unchanged (the stored value is still right), `Err` when it also reads
+/// columns that were sent (the new value needs the old text of the unchanged
+/// one, which only `REPLICA IDENTITY FULL` sends), `Ok(None)` for any other
+/// failure.
+fn unchanged_value<'t>(t: &'t Template, e: &TemplateError, change: &Change) -> Result<Option<&'t str>, String> {
+    let unchanged = |c: &str| change.unchanged_toast.iter().any(|u| &**u == c);
+    match e {
+        TemplateError::MissingColumn { column, .. } if unchanged(column) => {
+            if let Some(sent) = t.columns().find(|c| !unchanged(c)) {
+                return Err(format!(
+                    "value: {:?} reads column {column:?}, unchanged (TOAST, not sent), together with column {sent:?}: the new \
+                     value cannot be built (REPLICA IDENTITY FULL sends the old row detoasted)",
+                    t.source()
+                ));
+            }
+            Ok(t.columns().next())
+        }
+        _ => Ok(None),
+    }
 }
 
-/// `H` arguments: the count of set arguments, field/value pairs for non-NULL
-/// columns, then the NULL columns (removed: a missing field reads as NULL).
+/// `H` arguments of a whole row: field/value pairs for its non-NULL columns
+/// (the script removes every other field: a missing field reads as NULL).
 fn hash_row_args(row: &Row) -> Vec<Arg<'_>> {
-    let mut args = Vec::with_capacity(1 + row.len() * 2);
-    args.push(Cow::Borrowed(&b""[..]));
-    let mut del = Vec::new();
+    let mut args = Vec::with_capacity(row.len() * 2);
+    for (col, v) in row.iter() {
+        if !v.is_null() {
+            args.push(Cow::Borrowed(col.as_bytes()));
+            args.push(template_text(v));
+        }
+    }
+    args
+}
+
+fn template_text(v: &Value) -> Arg<'_> {
+    match v.to_template_text() {
+        Cow::Borrowed(text) => Cow::Borrowed(text.as_bytes()),
+        Cow::Owned(text) => Cow::Owned(text.into_bytes()),
+    }
+}
+
+/// `HP` arguments of a row without its unchanged TOAST columns: the count
+/// of set arguments and the field/value pairs of non-NULL columns, the count
+/// of NULL columns and their names (removed), then the unchanged columns
+/// (kept as stored; the script refuses the change when one is missing).
+fn hash_partial_args<'a>(row: &'a Row, change: &'a Change) -> Vec<Arg<'a>> {
+    let mut args = vec![Cow::Borrowed(&b""[..])];
+    let mut nulls = Vec::new();
     for (col, v) in row.iter() {
         if v.is_null() {
-            del.push(Cow::Borrowed(col.as_bytes()));
+            nulls.push(Cow::Borrowed(col.as_bytes()));
         } else {
             args.push(Cow::Borrowed(col.as_bytes()));
-            args.push(match v.to_template_text() {
-                Cow::Borrowed(text) => Cow::Borrowed(text.as_bytes()),
-                Cow::Owned(text) => Cow::Owned(text.into_bytes()),
-            });
+            args.push(template_text(v));
         }
     }
     args[0] = Cow::Owned((args.len() - 1).to_string().into_bytes());
-    args.extend(del);
+    args.push(Cow::Owned(nulls.len().to_string().into_bytes()));
+    args.extend(nulls);
+    args.extend(change.unchanged_toast.iter().map(|c| Cow::Borrowed(c.as_bytes())));
     args
 }
 
@@ -309,15 +352,17 @@ fn row_json_with_toast<'a>(row: &Row, change: &'a Change) -> Vec<Arg<'a>> {
 
 /// RedisJSON: a full row replaces the document (`JSON.SET key $ row`); a row
 /// with unchanged TOAST columns sets only the columns present
-/// (`JSON.SET key $.col value` each), or the row as sent when the document
-/// does not exist yet.
+/// (`JSON.SET key $.col value` each) in the stored document, which must hold
+/// the unchanged ones (`JP` arguments: their count, their paths, then
+/// path/value pairs).
 fn json_op(row: &Row, change: &Change) -> (&'static str, Vec<Arg<'static>>) {
-    let mut doc = Vec::with_capacity(128);
-    row.write_json(&mut doc);
     if change.unchanged_toast.is_empty() {
+        let mut doc = Vec::with_capacity(128);
+        row.write_json(&mut doc);
         return ("J", vec![Cow::Owned(doc)]);
     }
-    let mut args = vec![Cow::Owned(doc)];
+    let mut args = vec![Cow::Owned(change.unchanged_toast.len().to_string().into_bytes())];
+    args.extend(change.unchanged_toast.iter().map(|c| Cow::Owned(json_path(c).into_bytes())));
     for (col, v) in row.iter() {
         args.push(Cow::Owned(json_path(col).into_bytes()));
         args.push(Cow::Owned(json(v)));
@@ -446,7 +491,12 @@ mod tests {
         assert_eq!(e.lane_key, "item:1");
         assert_eq!(e.ops.len(), 1);
         assert_eq!(e.ops[0].code, "H");
-        assert_eq!(text(&e.ops[0].args), ["4", "id", "1", "name", "a", "note"]);
+        assert_eq!(text(&e.ops[0].args), ["id", "1", "name", "a"]);
+        // Without its unchanged TOAST columns: set, removed, kept.
+        let mut c = change(Op::Update, Some(row(&[("id", num("1")), ("note", Value::Null)])), None);
+        c.unchanged_toast = vec!["bio".into()];
+        let e = encode(&m, &c).unwrap();
+        assert_eq!((e.ops[0].code, text(&e.ops[0].args)), ("HP", ["2", "id", "1", "1", "note", "bio"].map(String::from).to_vec()));
         assert_eq!(e.ops[0].version, "000000000000000000320000000003");
     }
 
@@ -457,6 +507,13 @@ mod tests {
         c.unchanged_toast = vec!["quantity".into()];
         let e = encode(&m, &c).unwrap();
         assert_eq!((e.ops[0].code, e.ops[0].key.as_str(), e.ops[0].sub.as_str(), e.ops[0].ttl_secs), ("V", "cart:7", "3", 7 * 86400));
+        assert_eq!(text(&e.ops[0].args), ["quantity"]);
+        // A value that also reads a column that was sent cannot be built.
+        let m = mapping(r#"{"type":"hash","key":"cart:{user_id}","field":"{product_id}","value":"{note}:{quantity}"}"#);
+        let mut c = change(Op::Update, Some(row(&[("user_id", num("7")), ("product_id", num("3")), ("note", num("1"))])), None);
+        c.unchanged_toast = vec!["quantity".into()];
+        let err = encode(&m, &c).unwrap_err();
+        assert!(err.contains("\"quantity\"") && err.contains("\"note\"") && err.contains("REPLICA IDENTITY FULL"), "{err}");
         let c = change(Op::Delete, None, Some(row(&[("user_id", num("7")), ("product_id", num("3"))])));
         assert_eq!(encode(&m, &c).unwrap().ops[0].code, "HFD");
         let c = change(Op::Insert, Some(row(&[("user_id", num("7"))])), None);
@@ -489,7 +546,7 @@ mod tests {
         partial.unchanged_toast = vec!["body".into()];
         let e = encode(&m, &partial).unwrap();
         assert_eq!(e.ops[0].code, "JP");
-        assert_eq!(text(&e.ops[0].args), [r#"{"id":1,"odd col":null}"#, "$.id", "1", r#"$["odd col"]"#, "null"]);
+        assert_eq!(text(&e.ops[0].args), ["1", "$.body", "$.id", "1", r#"$["odd col"]"#, "null"]);
         let del = change(Op::Delete, None, Some(row(&[("id", num("1"))])));
         assert_eq!(encode(&m, &del).unwrap().ops[0].code, "D");
     }
@@ -519,14 +576,13 @@ mod tests {
         let e = encode(&m, &c).unwrap();
         let ops: Vec<_> = e.ops.iter().map(|o| (o.code, o.key.as_str())).collect();
         assert_eq!(ops, [("D", "item:1"), ("H", "item:2")]);
-        assert_eq!(
-            text(&e.ops[1].args),
-            ["6".to_string(), "id".into(), "2".into(), "name".into(), "b".into(), "big".into(), "x".repeat(3000)]
-        );
-        // Without the old row the column stays unchanged (left as stored).
+        assert_eq!(e.ops[1].code, "H");
+        assert_eq!(text(&e.ops[1].args), ["id".to_string(), "2".into(), "name".into(), "b".into(), "big".into(), "x".repeat(3000)]);
+        // Without the old row the column stays unchanged: kept from the
+        // stored hash (the script refuses the change where there is none).
         c.before = Some(row(&[("id", num("1"))]));
         let e = encode(&m, &c).unwrap();
-        assert_eq!(text(&e.ops[1].args), ["4", "id", "2", "name", "b"]);
+        assert_eq!((e.ops[1].code, text(&e.ops[1].args)), ("HP", ["4", "id", "2", "name", "b", "0", "big"].map(String::from).to_vec()));
     }
 
     #[test]

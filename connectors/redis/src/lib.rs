@@ -20,6 +20,7 @@
 mod config;
 mod encode;
 mod error;
+mod exact_json;
 mod sink;
 mod verify;
 

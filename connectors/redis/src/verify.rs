@@ -1,10 +1,23 @@
 //! Reading a route's Redis state back for `pgfanout verify`.
 //!
 //! What a source row must look like in Redis is what [`encode`] writes for
-//! it as a snapshot row: a whole hash (`HGETALL`), one hash field, a string
-//! or RedisJSON document (compared as JSON when it holds a row), a set
+//! it as a snapshot row: a whole hash (`HGETALL`, every field compared as
+//! text, a field no column maps to is a difference), one hash field, a
+//! string or RedisJSON document (compared as JSON when it holds a row), a set
 //! member, or a sorted-set member with its score. Streams are append-only
 //! logs of changes, not state: they cannot be verified.
+//!
+//! Comparisons are exact: JSON is read with [`exact_json`], which keeps
+//! every number's digits (`2.50` differs from `2.5`). Two stores hold only
+//! 64-bit numbers, and there both sides are compared as the store keeps
+//! them: RedisJSON documents (numbers as i64/u64/f64) and sorted-set scores
+//! (doubles).
+//!
+//! Repairs write the row again through the sink; for the mappings whose
+//! entry is the whole row (a hash per row, a string, a RedisJSON document,
+//! a hash field holding the row) that write replaces the entry, stray
+//! fields included. Extra entries (keys, hash fields of a field mapping,
+//! set and sorted-set members) are removed.
 //!
 //! Extras: the route's key space is the key template with every placeholder
 //! as `*` (`cart:{user_id}` → `SCAN MATCH cart:*`, of the mapping's Redis
@@ -23,6 +36,7 @@ use serde_json::Value as Json;
 use crate::config::{MappingKind, RedisMapping, RedisSinkConfig};
 use crate::encode::{encode, CompiledMapping, WHOLE_KEY};
 use crate::error::request_failed;
+use crate::exact_json;
 use crate::sink::build_client;
 
 /// Where one entry lives.
@@ -63,13 +77,18 @@ fn id_of(key: &str, sub: Option<&str>) -> String {
     }
 }
 
-/// Text that may hold a row as JSON: parsed, so that key order and number
-/// spelling do not count as differences.
+/// Text that may hold a row as JSON: parsed (exactly, see [`exact_json`]),
+/// so that key order and whitespace do not count as differences.
 fn json_or_text(s: &str) -> Json {
-    match serde_json::from_str::<Json>(s) {
-        Ok(v @ (Json::Object(_) | Json::Array(_))) => v,
+    match exact_json::parse(s) {
+        Some(v @ (Json::Object(_) | Json::Array(_))) => v,
         _ => Json::String(s.to_string()),
     }
+}
+
+/// A sorted-set score as Redis keeps it: the nearest double.
+fn score(text: &str) -> Json {
+    text.trim().parse::<f64>().ok().and_then(serde_json::Number::from_f64).map(Json::Number).unwrap_or(Json::Null)
 }
 
 fn glob_escape(s: &str) -> String {
@@ -111,9 +130,8 @@ impl Verifier for RedisVerifier {
             let text = |i: usize| op.args.get(i).map(|a| String::from_utf8_lossy(a).into_owned()).unwrap_or_default();
             let value = match op.code {
                 "H" => {
-                    let n: usize = text(0).parse().unwrap_or(0);
                     let mut fields = serde_json::Map::new();
-                    for pair in op.args[1..=n].chunks(2) {
+                    for pair in op.args.chunks(2) {
                         fields.insert(
                             String::from_utf8_lossy(&pair[0]).into_owned(),
                             Json::String(String::from_utf8_lossy(&pair[1]).into_owned()),
@@ -121,9 +139,10 @@ impl Verifier for RedisVerifier {
                     }
                     Json::Object(fields)
                 }
-                "HF" | "HM" | "S" | "J" | "JP" => json_or_text(&text(0)),
+                "HF" | "HM" | "S" => json_or_text(&text(0)),
+                "J" => exact_json::as_f64_store(json_or_text(&text(0))),
                 "SA" => Json::Bool(true),
-                "ZA" => text(0).parse::<f64>().ok().and_then(serde_json::Number::from_f64).map(Json::Number).unwrap_or(Json::Null),
+                "ZA" => score(&text(0)),
                 // Removals (of a moved row's old target) and version-only ops
                 // describe no state of a snapshot row.
                 _ => continue,
@@ -177,11 +196,9 @@ impl Verifier for RedisVerifier {
                     )),
                     (MappingKind::Set, redis::Value::Int(1)) => Some(Json::Bool(true)),
                     (MappingKind::Set, _) => None,
-                    (MappingKind::SortedSet, v) => {
-                        text(v).and_then(|s| s.parse::<f64>().ok()).and_then(serde_json::Number::from_f64).map(Json::Number)
-                    }
+                    (MappingKind::SortedSet, v) => text(v).map(|s| score(&s)),
                     // JSON.GET key $ answers a one-element array.
-                    (MappingKind::Json, v) => text(v).map(|s| match json_or_text(&s) {
+                    (MappingKind::Json, v) => text(v).map(|s| match exact_json::as_f64_store(json_or_text(&s)) {
                         Json::Array(mut a) if a.len() == 1 => a.remove(0),
                         other => other,
                     }),

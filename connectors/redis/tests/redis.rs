@@ -190,6 +190,168 @@ async fn string_row_and_column() {
     assert!(!c.exists::<_, bool>("doc:1").await.unwrap(), "stale insert after delete");
 }
 
+/// A row of values given as they leave PostgreSQL (numbers and JSON as
+/// their exact text).
+fn raw_row(cols: &[(&str, Value)]) -> Row {
+    Row(cols.iter().map(|(c, v)| (Arc::from(*c), v.clone())).collect())
+}
+
+fn raw_upd(at: At, after: Row, toast: &[&str]) -> Change {
+    change(Op::Update, at, Row(after.0[..1].to_vec()), None, Some(after), toast)
+}
+
+fn raw_ins(at: At, after: Row) -> Change {
+    change(Op::Insert, at, Row(after.0[..1].to_vec()), None, Some(after), &[])
+}
+
+fn json_text(v: &Value) -> String {
+    v.to_json_string()
+}
+
+/// The merge of a partial change (unchanged TOAST columns not sent) with
+/// the stored JSON copies the stored members' text: numerics of any length,
+/// `2.50` and jsonb numbers keep every digit (cjson kept 14).
+#[tokio::test]
+async fn partial_updates_keep_stored_numbers_digit_for_digit() {
+    let server = RedisServer::start();
+    let mut sink = connect(&server, &[r#"{"type":"string","key":"doc:{id}"}"#, r#"{"type":"hash","key":"docs","field":"{id}"}"#]).await;
+    let mut c = client(&server).await;
+    let n25 = Value::Number("1234567890123456789012345".into());
+    let n60 = Value::Number(format!("-{}.{}", "9".repeat(30), "0123456789".repeat(3)).into());
+    let n400 = Value::Number(format!("1{}", "0".repeat(399)).into());
+    let j =
+        Value::Json(r#"{"big": 123456789012345678901234567890.50, "list": [2.50, 1e-20, {"deep": 100000000000000000000000001}]}"#.into());
+    // Escapes, braces and brackets inside a string must not confuse the scan.
+    let big = Value::String(format!("{}\"}}{{[]\\\",{}", "md5-".repeat(700), "é".repeat(10)).into());
+    let first = raw_row(&[
+        ("id", Value::Number("1".into())),
+        ("half", Value::Number("2.50".into())),
+        ("n25", n25.clone()),
+        ("n60", n60.clone()),
+        ("n400", n400.clone()),
+        ("j", j.clone()),
+        ("big", big.clone()),
+    ]);
+    let second = raw_row(&[("id", Value::Number("1".into())), ("half", Value::Number("3.10".into())), ("n25", n25.clone())]);
+    let unchanged = ["n60", "n400", "j", "big"];
+    for route in [0, 1] {
+        write_ok(&mut sink, vec![raw_ins(At(1, 0), first.clone())], route).await;
+        write_ok(&mut sink, vec![raw_upd(At(2, 0), second.clone(), &unchanged)], route).await;
+        // A replay of the same partial change converges to the same text.
+        write_ok(&mut sink, vec![raw_upd(At(2, 0), second.clone(), &unchanged)], route).await;
+    }
+    let want = format!(
+        r#"{{"id":1,"half":3.10,"n25":1234567890123456789012345,"n60":{},"n400":{},"j":{},"big":{}}}"#,
+        json_text(&n60),
+        json_text(&n400),
+        json_text(&j),
+        json_text(&big)
+    );
+    assert_eq!(c.get::<_, String>("doc:1").await.unwrap(), want);
+    assert_eq!(c.hget::<_, _, String>("docs", "1").await.unwrap(), want);
+}
+
+/// A partial change whose stored entry is gone: skipped when a newer
+/// version (a tombstone) says why, skipped when the mapping's TTL may have
+/// expired it, refused (dead letter, nothing written) otherwise — never
+/// written as if complete.
+#[tokio::test]
+async fn a_partial_change_without_its_stored_entry_is_never_written_as_complete() {
+    let server = RedisServer::start();
+    let routes = [
+        r#"{"type":"string","key":"doc:{id}"}"#,
+        r#"{"type":"hash","key":"row:{id}"}"#,
+        r#"{"type":"hash","key":"docs","field":"{id}"}"#,
+        r#"{"type":"string","key":"big:{id}","column":"big"}"#,
+        r#"{"type":"hash","key":"bigs","field":"{id}","value":"{big}"}"#,
+        r#"{"type":"string","key":"cached:{id}","ttl":"1h"}"#,
+    ];
+    let mut sink = connect(&server, &routes).await;
+    let mut c = client(&server).await;
+    let partial = |at: At, id: &str| upd(at, &[("id", id), ("name", r#""n""#)], &["big"]);
+    let with_ttl = routes.len() - 1;
+    for route in 0..with_ttl {
+        // Never written, no version: refused with the reason.
+        let rejected = sink.write(&recs(vec![partial(At(5, 0), "1")], route)).await.expect("write");
+        assert_eq!(rejected.len(), 1, "route {route}: {rejected:?}");
+        let error = &rejected[0].error;
+        assert!(error.contains("INCOMPLETE") && error.contains("big") && error.contains("REPLICA IDENTITY FULL"), "{error}");
+    }
+    // The TTL mapping: the entry may have expired; skipped.
+    write_ok(&mut sink, vec![partial(At(5, 0), "1")], with_ttl).await;
+    let keys: Vec<String> = c.keys("*").await.unwrap();
+    assert!(keys.is_empty(), "nothing written, not even a version: {keys:?}");
+
+    // Written, then deleted by a later change: a replayed partial change is
+    // skipped (the tombstone is newer), without a dead letter.
+    for route in 0..routes.len() {
+        write_ok(&mut sink, vec![ins(At(10, 0), &[("id", "2"), ("name", r#""a""#), ("big", r#""long""#)])], route).await;
+        write_ok(&mut sink, vec![del(At(30, 0), &[("id", "2")])], route).await;
+        write_ok(&mut sink, vec![partial(At(20, 0), "2")], route).await;
+    }
+    for key in ["doc:2", "row:2", "big:2", "cached:2"] {
+        assert!(!c.exists::<_, bool>(key).await.unwrap(), "{key}");
+    }
+    assert!(!c.hexists::<_, _, bool>("docs", "2").await.unwrap());
+    assert!(!c.hexists::<_, _, bool>("bigs", "2").await.unwrap());
+
+    // A stored document lacking the column (written by hand): refused.
+    let _: () = c.set("doc:3", r#"{"id":3,"name":"a"}"#).await.unwrap();
+    let rejected = sink.write(&recs(vec![partial(At(40, 0), "3")], 0)).await.expect("write");
+    assert!(rejected.len() == 1 && rejected[0].error.contains("INCOMPLETE"), "{rejected:?}");
+    assert_eq!(c.get::<_, String>("doc:3").await.unwrap(), r#"{"id":3,"name":"a"}"#);
+
+    // A key change under the default replica identity (old key columns
+    // only): the old entry goes, the new one cannot be completed.
+    write_ok(&mut sink, vec![ins(At(50, 0), &[("id", "4"), ("name", r#""a""#), ("big", r#""long""#)])], 1).await;
+    let moved = change(
+        Op::Update,
+        At(60, 0),
+        row(&[("id", "5")]),
+        Some(row(&[("id", "4")])),
+        Some(row(&[("id", "5"), ("name", r#""b""#)])),
+        &["big"],
+    );
+    let rejected = sink.write(&recs(vec![moved], 1)).await.expect("write");
+    assert!(rejected.len() == 1 && rejected[0].error.contains("row:5"), "{rejected:?}");
+    assert!(!c.exists::<_, bool>("row:4").await.unwrap());
+    assert!(!c.exists::<_, bool>("row:5").await.unwrap());
+}
+
+/// A whole row makes the hash exactly its non-NULL columns: a field no
+/// column maps to (written behind pgfanout's back, or a column now NULL)
+/// goes; a partial change keeps the stored unchanged field.
+#[tokio::test]
+async fn a_whole_row_replaces_the_hash_and_a_partial_one_keeps_unchanged_fields() {
+    let server = RedisServer::start();
+    let mut sink = connect(&server, &[r#"{"type":"hash","key":"item:{id}","ttl":"1h"}"#]).await;
+    let mut c = client(&server).await;
+    write_ok(&mut sink, vec![ins(At(1, 0), &[("id", "5"), ("name", r#""a""#), ("big", r#""long""#), ("note", r#""x""#)])], 0).await;
+    let _: () = c.hset("item:5", "junk", "1").await.unwrap();
+    let _: () = c.hset("item:5", "other", "2").await.unwrap();
+    // Partial: junk stays (nothing says it is not ours to keep), note removed.
+    write_ok(&mut sink, vec![upd(At(2, 0), &[("id", "5"), ("name", r#""b""#), ("note", "null")], &["big"])], 0).await;
+    assert_eq!(hgetall(&mut c, "item:5").await, map(&[("id", "5"), ("name", "b"), ("big", "long"), ("junk", "1"), ("other", "2")]));
+    // Whole row (a repair or backfill writes `op: read` rows): exactly the row.
+    let read = change(
+        Op::Read,
+        At(3, 0),
+        row(&[("id", "5")]),
+        None,
+        Some(row(&[("id", "5"), ("name", r#""b""#), ("big", r#""long""#), ("note", "null")])),
+        &[],
+    );
+    write_ok(&mut sink, vec![read], 0).await;
+    assert_eq!(hgetall(&mut c, "item:5").await, map(&[("id", "5"), ("name", "b"), ("big", "long")]));
+    let ttl: i64 = c.ttl("item:5").await.unwrap();
+    assert!(ttl > 3000, "ttl {ttl}");
+    // Many stray fields at once.
+    let stray: Vec<(String, String)> = (0..2500).map(|i| (format!("f{i}"), "v".to_string())).collect();
+    let _: () = c.hset_multiple("item:5", &stray).await.unwrap();
+    write_ok(&mut sink, vec![upd(At(4, 0), &[("id", "5"), ("name", r#""c""#), ("big", r#""long""#)], &[])], 0).await;
+    assert_eq!(hgetall(&mut c, "item:5").await, map(&[("id", "5"), ("name", "c"), ("big", "long")]));
+}
+
 #[tokio::test]
 async fn sets_and_sorted_sets_move_members() {
     let server = RedisServer::start();
