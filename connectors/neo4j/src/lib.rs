@@ -27,6 +27,7 @@ mod config;
 mod cypher;
 mod encode;
 mod error;
+mod ownership;
 mod sink;
 mod verify;
 
@@ -76,8 +77,10 @@ impl ConfiguredSink for Configured {
 
     fn verifier(&self, route: usize) -> BoxFuture<'_, Result<Box<dyn Verifier>, SinkError>> {
         Box::pin(async move {
-            let m = self.mappings.get(route).ok_or_else(|| SinkError::Permanent(format!("no route {route}")))?;
-            verify::connect(&self.settings, m).await
+            if route >= self.mappings.len() {
+                return Err(SinkError::Permanent(format!("no route {route}")));
+            }
+            verify::connect(&self.settings, &self.mappings, route).await
         })
     }
 }

@@ -35,6 +35,7 @@ use crate::config::{CypherMapping, Neo4jMapping, Neo4jSinkConfig, NodeMapping, R
 use crate::cypher;
 use crate::encode;
 use crate::error::classify;
+use crate::ownership;
 
 /// Connects to the configured server (no query run yet).
 pub(crate) async fn open_graph(cfg: &Neo4jSinkConfig) -> Result<Graph, SinkError> {
@@ -86,7 +87,10 @@ struct Statement {
     params: Vec<(&'static str, BoltType)>,
     records: Vec<usize>,
     /// Identities of the rows in `rows` (a repeated identity starts a new
-    /// statement, so no statement MERGEs the same relationship twice).
+    /// statement, so no statement touches the same node or relationship
+    /// twice: its clauses run over every row before the next clause, so a
+    /// second row would not see the first one's write, e.g. a key change
+    /// right after the insert it moves).
     seen: HashSet<String>,
     route: usize,
     kind: Kind,
@@ -130,11 +134,11 @@ impl Neo4jSink {
             return Err(SinkError::Permanent(format!("neo4j sink: {path}: {msg}")));
         }
         let mut prepared = Vec::with_capacity(routes.len());
-        for (i, m) in routes.into_iter().enumerate() {
+        for (i, m) in routes.iter().enumerate() {
             if let Some((path, msg)) = m.validate().into_iter().next() {
                 return Err(SinkError::Permanent(format!("neo4j mapping of route {i}: {path}: {msg}")));
             }
-            prepared.push(prepare(m));
+            prepared.push(prepare(&routes, i));
         }
         let graph = open_graph(cfg).await?;
         let sink = Neo4jSink {
@@ -208,7 +212,7 @@ impl Neo4jSink {
                         s.rows.as_ref().is_some_and(|r| r.len() < self.max_batch)
                             && s.route == record.route
                             && s.kind == k
-                            && !identity.as_ref().is_some_and(|id| s.seen.contains(id))
+                            && !identity.iter().any(|id| s.seen.contains(id))
                     });
                     if !fits {
                         out.push(Statement {
@@ -226,9 +230,7 @@ impl Neo4jSink {
                             rows.push(row);
                         }
                         s.records.push(index);
-                        if let Some(id) = identity {
-                            s.seen.insert(id);
-                        }
+                        s.seen.extend(identity);
                     }
                 }
                 Err(error) => rejected.push(Rejected { index, error }),
@@ -245,14 +247,15 @@ impl Neo4jSink {
             }
             (Route::Node { mapping, upsert, delete, .. }, _) => {
                 let text = if k == Kind::Upsert { upsert } else { delete };
-                Encoded::Row(text.clone(), encode::node_row(mapping, change)?, None)
+                let (row, ids) = encode::node_row(mapping, change)?;
+                Encoded::Row(text.clone(), row, ids)
             }
             (Route::Rel { mapping, delete, .. }, Kind::Delete) => {
                 Encoded::Single(delete.clone(), encode::rel_delete_params(mapping, change)?)
             }
             (Route::Rel { mapping, upsert, .. }, _) => {
-                let id = encode::row_key(mapping, change)?;
-                Encoded::Row(upsert.clone(), encode::rel_row(mapping, change)?, Some(id))
+                let (row, ids) = encode::rel_row(mapping, change)?;
+                Encoded::Row(upsert.clone(), row, ids)
             }
             (Route::Cypher(c), _) => {
                 let stmt = match k {
@@ -263,7 +266,7 @@ impl Neo4jSink {
                 let Some(stmt) = stmt else { return Ok(None) };
                 let text: Arc<str> = Arc::from(stmt.as_str());
                 if k != Kind::Truncate && uses_rows(stmt) {
-                    Encoded::Row(text, encode::cypher_row(change), None)
+                    Encoded::Row(text, encode::cypher_row(change), Vec::new())
                 } else {
                     Encoded::Single(text, encode::cypher_params(change))
                 }
@@ -293,18 +296,22 @@ async fn run_in_txn(graph: &Graph, statements: Vec<Statement>) -> Result<(), Sin
 enum Encoded {
     /// A statement of its own with named parameters.
     Single(Arc<str>, Vec<(&'static str, BoltType)>),
-    /// One element of an `UNWIND $rows` statement, with its identity.
-    Row(Arc<str>, BoltType, Option<String>),
+    /// One element of an `UNWIND $rows` statement, with the identities of
+    /// the nodes or relationships it touches.
+    Row(Arc<str>, BoltType, Vec<String>),
 }
 
 fn uses_rows(stmt: &str) -> bool {
     stmt.match_indices("$rows").any(|(i, _)| !stmt[i + 5..].starts_with(|c: char| c.is_alphanumeric() || c == '_'))
 }
 
-fn prepare(m: Neo4jMapping) -> Route {
+/// Route `i` of `routes` with its statements (which depend on what the
+/// sink's other routes write, see `ownership`).
+fn prepare(routes: &[Neo4jMapping], i: usize) -> Route {
+    let m = routes[i].clone();
     if let Some(n) = m.node {
         return Route::Node {
-            upsert: cypher::node_upsert(&n).into(),
+            upsert: cypher::node_upsert(&n, &ownership::node_others(routes, i)).into(),
             delete: cypher::node_delete(&n).into(),
             truncate: cypher::node_truncate(&n).into(),
             mapping: n,
@@ -312,7 +319,7 @@ fn prepare(m: Neo4jMapping) -> Route {
     }
     if let Some(r) = m.relationship {
         return Route::Rel {
-            upsert: cypher::rel_upsert(&r).into(),
+            upsert: cypher::rel_upsert(&r, ownership::rel_others(routes, i).as_deref()).into(),
             delete: cypher::rel_delete(&r).into(),
             truncate: cypher::rel_truncate(&r).into(),
             mapping: r,

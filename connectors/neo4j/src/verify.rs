@@ -2,15 +2,27 @@
 //!
 //! - `node`: a source row must be the node `(:Label {key})` with the mapped
 //!   properties (key properties included), read with one `UNWIND ... MATCH`
-//!   per batch. Properties the mapping does not write (another pipeline's,
-//!   pgfanout's `_pgfanout_version`) are not compared. Extras: every node of
-//!   the label whose key no row has (nodes another route MERGEs as
-//!   relationship endpoints count too when their label is this one).
+//!   per batch. Every other property of the node is compared too (as
+//!   "expected absent"), except pgfanout's `_pgfanout_version` and the
+//!   properties the sink's other routes write on the label (see
+//!   `ownership`): a property set behind pgfanout's back is reported, and
+//!   `--repair` (a full write, which replaces the properties) removes it.
+//!   When another route writes every column of its table on the label, only
+//!   the route's own properties are compared. Extras: every node of the label
+//!   whose key no row has (nodes another route MERGEs as relationship
+//!   endpoints count too when their label is this one).
 //! - `relationship`: a source row must be the relationship with its row key
 //!   (`_pgfanout_key`), between the endpoints its columns name, with the
-//!   mapped properties. Extras: every relationship of the type.
+//!   mapped properties and no other (as for nodes). Extras: every
+//!   relationship of the type.
 //! - `cypher` routes run the user's statements: what they write cannot be
 //!   told, so they are not verified.
+//!
+//! Values are compared exactly, by type and value, never through a float
+//! that could merge two values: integers beyond 2^53 and floats with an
+//! integral value are compared as tagged text (`{"integer": "…"}`,
+//! `{"float": "2.0"}`), so `1` never equals `1.0` and no two distinct
+//! integers compare equal.
 
 use std::collections::HashMap;
 
@@ -18,12 +30,13 @@ use neo4rs::{query, BoltList, BoltMap, BoltNull, BoltString, BoltType, Graph};
 use pgfanout_sdk::connector::BoxFuture;
 use pgfanout_sdk::verify::{Expected, Verifier};
 use pgfanout_sdk::{SinkError, SinkRecord};
-use serde_json::{Map, Value as Json};
+use serde_json::{json, Map, Value as Json};
 
 use crate::config::{Neo4jMapping, Neo4jSinkConfig, ROW_KEY_PROPERTY, VERSION_PROPERTY};
 use crate::cypher::ident;
-use crate::encode;
+use crate::encode::{self, MAX_EXACT_INT};
 use crate::error::classify;
+use crate::ownership;
 use crate::sink::open_graph;
 
 pub(crate) fn verifiable(m: &Neo4jMapping) -> Result<(), String> {
@@ -33,52 +46,47 @@ pub(crate) fn verifiable(m: &Neo4jMapping) -> Result<(), String> {
     Ok(())
 }
 
-pub(crate) async fn connect(cfg: &Neo4jSinkConfig, m: &Neo4jMapping) -> Result<Box<dyn Verifier>, SinkError> {
+/// A verifier for route `route` of a sink whose routes are `routes`.
+pub(crate) async fn connect(cfg: &Neo4jSinkConfig, routes: &[Neo4jMapping], route: usize) -> Result<Box<dyn Verifier>, SinkError> {
+    let m = routes.get(route).ok_or_else(|| SinkError::Permanent(format!("no route {route}")))?;
     verifiable(m).map_err(SinkError::Permanent)?;
+    let others = if m.node.is_some() { ownership::node_others(routes, route).keep } else { ownership::rel_others(routes, route) };
     let graph = open_graph(cfg).await?;
-    Ok(Box::new(Neo4jVerifier { graph, mapping: m.clone(), keys: HashMap::new(), compared: HashMap::new() }))
+    Ok(Box::new(Neo4jVerifier { graph, mapping: m.clone(), others, keys: HashMap::new(), compared: HashMap::new() }))
 }
 
 pub(crate) struct Neo4jVerifier {
     graph: Graph,
     mapping: Neo4jMapping,
+    /// The properties the sink's other routes write on the label or type
+    /// (not compared); `None`: unknown, so only the route's own are compared.
+    others: Option<Vec<String>>,
     /// id -> the node's key map, or the relationship's row key.
     keys: HashMap<String, BoltType>,
-    /// id -> the properties the mapping writes (compared; others ignored).
+    /// id -> the properties the mapping writes there.
     compared: HashMap<String, Vec<String>>,
 }
 
-/// A Bolt value as JSON, for comparing and reporting.
+/// A Bolt value as JSON, exactly (see the module docs): no two distinct
+/// values of the graph give equal JSON, whatever JSON numbers compare as.
 fn to_json(v: &BoltType) -> Json {
     match v {
         BoltType::Null(_) => Json::Null,
         BoltType::Boolean(b) => Json::Bool(b.value),
-        BoltType::Integer(i) => Json::from(i.value),
-        BoltType::Float(f) => serde_json::Number::from_f64(f.value).map(Json::Number).unwrap_or(Json::Null),
+        BoltType::Integer(i) if i.value.unsigned_abs() <= MAX_EXACT_INT => Json::from(i.value),
+        BoltType::Integer(i) => json!({"integer": i.value.to_string()}),
+        BoltType::Float(f) => match serde_json::Number::from_f64(f.value) {
+            Some(n) if f.value.fract() != 0.0 => Json::Number(n),
+            _ => json!({"float": format!("{:?}", f.value)}),
+        },
         BoltType::String(s) => Json::String(s.value.clone()),
         BoltType::List(l) => Json::Array(l.value.iter().map(to_json).collect()),
-        BoltType::Map(m) => Json::Object(m.value.iter().map(|(k, v)| (k.value.clone(), to_json(v))).collect()),
-        other => Json::String(format!("{other:?}")),
-    }
-}
-
-fn from_json(v: &Json) -> BoltType {
-    match v {
-        Json::Null => BoltType::Null(BoltNull),
-        Json::Bool(b) => BoltType::from(*b),
-        Json::Number(n) => match n.as_i64() {
-            Some(i) => BoltType::from(i),
-            None => BoltType::from(n.as_f64().unwrap_or_default()),
-        },
-        Json::String(s) => BoltType::from(s.as_str()),
-        Json::Array(a) => BoltType::List(BoltList::from(a.iter().map(from_json).collect::<Vec<_>>())),
-        Json::Object(o) => {
-            let mut m = BoltMap::new();
-            for (k, v) in o {
-                m.put(BoltString::from(k.as_str()), from_json(v));
-            }
-            BoltType::Map(m)
+        BoltType::Map(m) => {
+            let mut entries: Vec<(&String, &BoltType)> = m.value.iter().map(|(k, v)| (&k.value, v)).collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            Json::Object(entries.into_iter().map(|(k, v)| (k.clone(), to_json(v))).collect())
         }
+        other => Json::String(format!("{other:?}")),
     }
 }
 
@@ -98,14 +106,26 @@ fn failed(e: &neo4rs::Error) -> SinkError {
     classify("verify", e)
 }
 
+fn column<T: serde::de::DeserializeOwned>(r: &neo4rs::Row, name: &str) -> Result<T, SinkError> {
+    r.get::<T>(name).map_err(|e| SinkError::Permanent(format!("neo4j verify: {name}: {e}")))
+}
+
 impl Neo4jVerifier {
     fn node_id(label: &str, key: &Json) -> String {
         format!("(:{label} {key})")
     }
 
-    fn without_bookkeeping(mut props: Map<String, Json>) -> Map<String, Json> {
+    /// The stored properties as compared: without bookkeeping, and without
+    /// what other routes write (or, when that is unknown, only `own`).
+    fn comparable(&self, props: &BoltType, own: Option<&Vec<String>>) -> Map<String, Json> {
+        let Json::Object(mut props) = to_json(props) else { return Map::new() };
         props.remove(VERSION_PROPERTY);
         props.remove(ROW_KEY_PROPERTY);
+        let mine = |k: &String| own.is_some_and(|o| o.contains(k));
+        match &self.others {
+            Some(others) => props.retain(|k, _| mine(k) || !others.contains(k)),
+            None => props.retain(|k, _| mine(k)),
+        }
         props
     }
 
@@ -127,34 +147,36 @@ impl Verifier for Neo4jVerifier {
     fn expect(&mut self, record: &SinkRecord) -> Result<Vec<Expected>, String> {
         let change = &record.change;
         if let Some(m) = &self.mapping.node {
-            let row = encode::node_row(m, change)?;
+            let (row, _) = encode::node_row(m, change)?;
             let key = field(&row, "k").cloned().unwrap_or(BoltType::Null(BoltNull));
             let key_json = to_json(&key);
             let mut value = key_json.as_object().cloned().unwrap_or_default();
             if let Some(Json::Object(p)) = field(&row, "p").map(to_json) {
                 value.extend(p);
             }
+            let mut compared: Vec<String> = value.keys().cloned().collect();
+            compared.extend(m.properties.as_ref().map_or_else(Vec::new, |p| p.keys().cloned().collect()));
             // A graph cannot hold a null property: NULL columns are absent.
             value.retain(|_, v| !v.is_null());
             let id = Self::node_id(&m.label, &key_json);
-            let mut compared: Vec<String> = value.keys().cloned().collect();
-            compared.extend(m.properties.as_ref().map_or_else(Vec::new, |p| p.keys().cloned().collect()));
             self.compared.insert(id.clone(), compared);
             self.keys.insert(id.clone(), key);
             return Ok(vec![Expected { id, value: Json::Object(value) }]);
         }
         if let Some(m) = &self.mapping.relationship {
-            let row = encode::rel_row(m, change)?;
+            let (row, _) = encode::rel_row(m, change)?;
             let row_key = encode::row_key(m, change)?;
             let mut value = match field(&row, "p").map(to_json) {
                 Some(Json::Object(p)) => p,
                 _ => Map::new(),
             };
+            let mut compared: Vec<String> = value.keys().cloned().collect();
+            compared.extend(m.properties.as_ref().map_or_else(Vec::new, |p| p.keys().cloned().collect()));
             value.retain(|_, v| !v.is_null());
             value.insert("_from".into(), field(&row, "f").map(to_json).unwrap_or(Json::Null));
             value.insert("_to".into(), field(&row, "t").map(to_json).unwrap_or(Json::Null));
             let id = format!("[:{} {row_key}]", m.rel_type);
-            self.compared.insert(id.clone(), value.keys().cloned().collect());
+            self.compared.insert(id.clone(), compared);
             self.keys.insert(id.clone(), BoltType::from(row_key));
             return Ok(vec![Expected { id, value: Json::Object(value) }]);
         }
@@ -181,9 +203,10 @@ impl Verifier for Neo4jVerifier {
                     key_pattern(&props, "row.k")
                 );
                 for r in self.rows(cypher, vec![("rows", rows)]).await? {
-                    let i: i64 = r.get("i").map_err(|e| SinkError::Permanent(format!("neo4j verify: {e}")))?;
-                    let p: Json = r.get("p").map_err(|e| SinkError::Permanent(format!("neo4j verify: {e}")))?;
-                    out[i as usize] = Some(Json::Object(Self::without_bookkeeping(p.as_object().cloned().unwrap_or_default())));
+                    let i: i64 = column(&r, "i")?;
+                    let Some(slot) = usize::try_from(i).ok().and_then(|i| out.get_mut(i)) else { continue };
+                    let p: BoltType = column(&r, "p")?;
+                    *slot = Some(Json::Object(self.comparable(&p, self.compared.get(&ids[i as usize]))));
                 }
             } else if let Some(m) = &self.mapping.relationship {
                 let cypher = format!(
@@ -191,22 +214,16 @@ impl Verifier for Neo4jVerifier {
                     ident(&m.rel_type),
                     ident(ROW_KEY_PROPERTY)
                 );
-                let pick = |props: &Json, keys: Vec<&String>| -> Json {
-                    Json::Object(keys.into_iter().map(|k| (k.clone(), props.get(k).cloned().unwrap_or(Json::Null))).collect())
+                let pick = |props: &BoltType, keys: Vec<&String>| -> Json {
+                    Json::Object(keys.into_iter().map(|k| (k.clone(), field(props, k).map(to_json).unwrap_or(Json::Null))).collect())
                 };
                 for r in self.rows(cypher, vec![("rows", rows)]).await? {
-                    let get = |name: &str| r.get::<Json>(name).map_err(|e| SinkError::Permanent(format!("neo4j verify: {e}")));
-                    let i: i64 = r.get("i").map_err(|e| SinkError::Permanent(format!("neo4j verify: {e}")))?;
-                    let mut p = Self::without_bookkeeping(get("p")?.as_object().cloned().unwrap_or_default());
-                    p.insert("_from".into(), pick(&get("a")?, m.from.key.keys().collect()));
-                    p.insert("_to".into(), pick(&get("b")?, m.to.key.keys().collect()));
+                    let i: i64 = column(&r, "i")?;
+                    let Some(id) = usize::try_from(i).ok().and_then(|i| ids.get(i)) else { continue };
+                    let mut p = self.comparable(&column::<BoltType>(&r, "p")?, self.compared.get(id));
+                    p.insert("_from".into(), pick(&column::<BoltType>(&r, "a")?, m.from.key.keys().collect()));
+                    p.insert("_to".into(), pick(&column::<BoltType>(&r, "b")?, m.to.key.keys().collect()));
                     out[i as usize] = Some(Json::Object(p));
-                }
-            }
-            // Only what the mapping writes is compared.
-            for (id, v) in ids.iter().zip(out.iter_mut()) {
-                if let (Some(Json::Object(props)), Some(keep)) = (v.as_mut(), self.compared.get(id)) {
-                    props.retain(|k, _| keep.contains(k));
                 }
             }
             Ok(out)
@@ -220,9 +237,9 @@ impl Verifier for Neo4jVerifier {
                 let parts: Vec<String> = m.key.keys().map(|p| format!("{}: n.{}", ident(p), ident(p))).collect();
                 let cypher = format!("MATCH (n:{}) RETURN {{{}}} AS k", ident(&m.label), parts.join(", "));
                 for r in self.rows(cypher, Vec::new()).await? {
-                    let k: Json = r.get("k").map_err(|e| SinkError::Permanent(format!("neo4j verify: {e}")))?;
-                    let id = Self::node_id(&m.label, &k);
-                    self.keys.entry(id.clone()).or_insert_with(|| from_json(&k));
+                    let k: BoltType = column(&r, "k")?;
+                    let id = Self::node_id(&m.label, &to_json(&k));
+                    self.keys.entry(id.clone()).or_insert(k);
                     ids.push(id);
                 }
             } else if let Some(m) = self.mapping.relationship.clone() {
@@ -252,5 +269,25 @@ impl Verifier for Neo4jVerifier {
             };
             self.graph.run(query(&cypher).param("keys", list)).await.map_err(|e| failed(&e))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use neo4rs::{BoltFloat, BoltInteger};
+
+    #[test]
+    fn values_compare_exactly() {
+        let diff = |a: BoltType, b: BoltType| pgfanout_sdk::verify::diff_fields(&to_json(&a), &to_json(&b));
+        let int = |i: i64| BoltType::Integer(BoltInteger::new(i));
+        let float = |f: f64| BoltType::Float(BoltFloat::new(f));
+        assert!(diff(int(42), int(42)).is_empty());
+        assert!(diff(float(2.5), float(2.5)).is_empty());
+        assert!(!diff(int(1), float(1.0)).is_empty(), "an integer is not a float");
+        assert!(!diff(int(9_007_199_254_740_993), int(9_007_199_254_740_992)).is_empty());
+        assert!(!diff(float(1e300), int(i64::MAX)).is_empty());
+        assert!(!diff(BoltType::from("42"), int(42)).is_empty(), "text is not a number");
+        assert_eq!(to_json(&float(2.0)), json!({"float": "2.0"}));
     }
 }
