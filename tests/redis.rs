@@ -719,3 +719,186 @@ async fn ecommerce_example_writes_carts() {
     assert_eq!(line_count(&dir.path().join("audit.jsonl")), 3, "{}", d.log());
     assert_eq!(line_count(&dir.path().join("ecommerce.dead.jsonl")), 0);
 }
+
+/// Exact values through the JSON-document mappings (a string per row, a
+/// hash field per row) and a hash per row: numerics of 25, 60 and 400
+/// digits, `2.50`, jsonb with big numbers, and a TOASTed jsonb (> 2 kB,
+/// STORAGE EXTERNAL) that later updates leave unchanged, so the sink
+/// completes them from the stored document. After every step each document
+/// equals `to_jsonb(row)` of PostgreSQL: both texts go through
+/// `::jsonb::text`, which keeps every digit of a number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_updates_keep_every_digit_in_json_documents() {
+    let (pg, c) = cluster("zoo").await;
+    c.batch_execute(
+        "CREATE TABLE zoo (id int PRIMARY KEY, n25 numeric, n60 numeric, n400 numeric, half numeric, j jsonb, doc jsonb, note text);
+         ALTER TABLE zoo ALTER COLUMN doc SET STORAGE EXTERNAL;",
+    )
+    .await
+    .unwrap();
+    let redis = RedisServer::start();
+    let dir = scratch();
+    let pipelines = r#"
+  - name: zoo-json
+    from: public.zoo
+    to: cache
+    redis: { type: string, key: "zoo:{id}" }
+  - name: zoo-fields
+    from: public.zoo
+    to: cache
+    redis: { type: hash, key: "zoo-docs", field: "{id}" }
+  - name: zoo-hash
+    from: public.zoo
+    to: cache
+    redis: { type: hash, key: "zoo-row:{id}" }"#;
+    let cfg = redis_config(&pg, "zoo", "zoo", &redis.url(), pipelines, dir.path());
+    let d = Daemon::start(bin(), dir.path(), "zoo", &cfg);
+    testkit::wait_for(Duration::from_secs(30), "slot", || async { confirmed_flush(&c, "zoo").await > 0 }).await;
+
+    // 3,200 characters of md5s: incompressible, stored out of line.
+    let pad = "(SELECT string_agg(md5(i::text), '') FROM generate_series(1, 100) i)";
+    let doc = format!(
+        "jsonb_build_object('big', 1234567890123456789012345678901234567890.50::numeric, 'half', 2.50::numeric,
+                            'long', ('-' || repeat('9', 60) || '.' || repeat('1', 15))::numeric,
+                            'list', jsonb_build_array(1e-30::numeric, 100000000000000000000000000001::numeric), 'pad', {pad})"
+    );
+    let steps = [
+        format!(
+            "INSERT INTO zoo VALUES (1, 1234567890123456789012345.5, ('9' || repeat('0', 59))::numeric,
+                                    ('1' || repeat('7', 399))::numeric, 2.50,
+                                    '{{\"x\": 12345678901234567890.123456789, \"y\": [2.50, 1e+40]}}', {doc}, 'a'),
+                                   (2, 1, 2, 3, 4.000, '[]', {doc}, NULL)"
+        ),
+        // `doc` unchanged: sent as unchanged TOAST, completed from Redis.
+        "UPDATE zoo SET half = 3.10, note = 'b', n25 = n25 + 1 WHERE id = 1".to_string(),
+        "UPDATE zoo SET note = NULL, n400 = n400 * 10 WHERE id IN (1, 2)".to_string(),
+        // Delete and insert again, then one more partial update.
+        format!("DELETE FROM zoo WHERE id = 2; INSERT INTO zoo VALUES (2, 0.10, 0, 0, 2.50, 'null', {doc}, 'c')"),
+        "UPDATE zoo SET n60 = -n60, half = 0.0000000000000000000000000001 WHERE id IN (1, 2)".to_string(),
+    ];
+    for (i, sql) in steps.iter().enumerate() {
+        c.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        wait_confirmed(&c, "zoo", &d, Duration::from_secs(30)).await;
+        let toast = c.query_one("SELECT pg_column_size(doc) > 2000 FROM zoo WHERE id = 1", &[]).await.unwrap();
+        assert!(toast.get::<_, bool>(0), "doc is stored out of line");
+        for row in c.query("SELECT id, to_jsonb(z)::text FROM zoo z ORDER BY id", &[]).await.unwrap() {
+            let (id, want): (i32, String) = (row.get(0), row.get(1));
+            let stored = [
+                (format!("zoo:{id}"), redis.cmd(&["GET", &format!("zoo:{id}")]).text()),
+                (format!("zoo-docs [{id}]"), redis.cmd(&["HGET", "zoo-docs", &id.to_string()]).text()),
+            ];
+            for (key, text) in stored {
+                let got: String = c
+                    .query_one("SELECT $1::text::jsonb::text", &[&text])
+                    .await
+                    .unwrap_or_else(|e| panic!("step {i}: {key} holds no JSON ({e}): {text}"))
+                    .get(0);
+                assert_eq!(got, want, "step {i}: {key} differs from to_jsonb\nredis: {text}\n{}", d.log());
+            }
+            // The hash: one field per non-NULL column, as its text (a jsonb
+            // `null` is not SQL NULL: its field holds `null`).
+            let fields: BTreeMap<String, String> = redis.cmd(&["HGETALL", &format!("zoo-row:{id}")]).pairs().into_iter().collect();
+            let want_fields: BTreeMap<String, String> = c
+                .query(
+                    "SELECT e.key, coalesce(e.value #>> '{}', 'null') FROM zoo z, jsonb_each(to_jsonb(z)) e
+                  WHERE z.id = $1 AND (e.value <> 'null' OR (e.key = 'j' AND z.j IS NOT NULL))",
+                    &[&id],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect();
+            assert_eq!(fields.len(), want_fields.len(), "step {i}: zoo-row:{id} fields");
+            for (col, want) in &want_fields {
+                // Numbers compare as their text; jsonb columns as jsonb text.
+                let got = &fields[col];
+                let same: bool = c
+                    .query_one(
+                        "SELECT $1::text = $2::text OR (left($1::text, 1) IN ('{', '[') AND $1::text::jsonb::text = $2::text::jsonb::text)",
+                        &[got, want],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0);
+                assert!(same, "step {i}: zoo-row:{id} field {col}\nredis: {got}\npostgres: {want}");
+            }
+        }
+    }
+    let dead = std::fs::read_to_string(dir.path().join("zoo.dead.jsonl")).unwrap_or_default();
+    assert!(dead.is_empty(), "nothing is dead-lettered:\n{dead}");
+    drop(d);
+}
+
+/// `verify` compares exactly and `--repair` makes each entry equal to its
+/// row: a field no column maps to, written into a hash per row behind
+/// pgfanout's back, is reported and removed; a number whose digits changed
+/// in a string document (`2.50` -> `2.5`) is reported and rewritten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_reports_and_repair_removes_a_stray_hash_field() {
+    let (pg, c) = cluster("stray").await;
+    c.batch_execute("CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL, price numeric, note text)").await.unwrap();
+    let redis = RedisServer::start();
+    let dir = scratch();
+    let pipelines = r#"
+  - name: items
+    from: public.items
+    to: cache
+    redis: { type: hash, key: "item:{id}" }
+  - name: item-docs
+    from: public.items
+    to: cache
+    redis: { type: string, key: "item-doc:{id}" }"#;
+    let cfg = redis_config(&pg, "stray", "stray", &redis.url(), pipelines, dir.path());
+    let config = dir.path().join("verify.yaml");
+    std::fs::write(&config, &cfg).unwrap();
+    let d = Daemon::start(bin(), dir.path(), "stray", &cfg);
+    testkit::wait_for(Duration::from_secs(30), "slot", || async { confirmed_flush(&c, "stray").await > 0 }).await;
+    c.batch_execute("INSERT INTO items SELECT g, 'item ' || g, 2.50 * g, CASE WHEN g % 2 = 0 THEN 'n' END FROM generate_series(1, 20) g")
+        .await
+        .unwrap();
+    wait_confirmed(&c, "stray", &d, Duration::from_secs(30)).await;
+    let verify = |args: &[&str]| -> (i32, Json, String) {
+        static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let report = dir.path().join(format!("report-{}.json", RUNS.fetch_add(1, Ordering::Relaxed)));
+        let out = std::process::Command::new(bin())
+            .arg("verify")
+            .arg("-c")
+            .arg(&config)
+            .arg("--json")
+            .arg(&report)
+            .args(["--settle", "60s"])
+            .args(args)
+            .output()
+            .expect("run pgfanout verify");
+        let text = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let json = std::fs::read_to_string(&report).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Json::Null);
+        (out.status.code().unwrap_or(-1), json, text)
+    };
+    let pipeline = |report: &Json, name: &str| -> Json {
+        report["pipelines"].as_array().and_then(|a| a.iter().find(|p| p["pipeline"] == name).cloned()).unwrap_or(Json::Null)
+    };
+    let (code, _, out) = tokio::task::block_in_place(|| verify(&[]));
+    assert_eq!(code, 0, "a correct deployment verifies clean:\n{out}");
+
+    assert_eq!(redis.cmd(&["HSET", "item:5", "junk", "1"]).int(), 1);
+    let doc = redis.cmd(&["GET", "item-doc:1"]).text();
+    assert!(doc.contains("\"price\":2.50"), "{doc}");
+    redis.cmd(&["SET", "item-doc:1", &doc.replace("2.50", "2.5")]);
+    let (code, report, out) = tokio::task::block_in_place(|| verify(&[]));
+    assert_eq!(code, 1, "divergence is exit 1:\n{out}");
+    assert_eq!(pipeline(&report, "items")["different"], serde_json::json!([{"id": "item:5", "fields": ["junk"]}]), "{out}");
+    assert_eq!(pipeline(&report, "item-docs")["different"], serde_json::json!([{"id": "item-doc:1", "fields": ["price"]}]), "{out}");
+
+    let (_, report, out) = tokio::task::block_in_place(|| verify(&["--repair"]));
+    assert_eq!(pipeline(&report, "items")["repaired"], 1, "{out}");
+    let fields: BTreeMap<String, String> = redis.cmd(&["HGETALL", "item:5"]).pairs().into_iter().collect();
+    let want: BTreeMap<String, String> =
+        [("id", "5"), ("name", "item 5"), ("price", "12.50")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    assert_eq!(fields, want);
+    assert_eq!(redis.cmd(&["GET", "item-doc:1"]).text(), doc);
+    let (code, report, out) = tokio::task::block_in_place(|| verify(&[]));
+    assert_eq!(code, 0, "repaired: verify finds nothing\n{out}");
+    assert_eq!(report["divergent"], 0, "{out}");
+    drop(d);
+}
