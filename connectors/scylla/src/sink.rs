@@ -19,7 +19,7 @@ use scylla::frame::response::result::{ColumnType, NativeType};
 use scylla::policies::load_balancing::DefaultPolicy;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
-use scylla::value::{CqlTimestamp, CqlValue};
+use scylla::value::{CqlDate, CqlTimestamp, CqlValue};
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
@@ -483,6 +483,11 @@ impl ScyllaSink {
                                     Ok(Some(Some(CqlValue::Timestamp(CqlTimestamp(us.div_euclid(1000))))))
                                 }
                                 ColumnType::Native(NativeType::BigInt) => Ok(Some(Some(CqlValue::BigInt(us)))),
+                                // The commit's UTC day (a time bucket, asked for by the
+                                // mapping); any i64 of microseconds is within a CQL date.
+                                ColumnType::Native(NativeType::Date) => {
+                                    Ok(Some(Some(CqlValue::Date(CqlDate((us.div_euclid(86_400_000_000) + (1 << 31)) as u32)))))
+                                }
                                 _ => {
                                     let mut out = Vec::new();
                                     pgfanout_sdk::json::write_timestamp_micros(&mut out, us);
@@ -490,7 +495,7 @@ impl ScyllaSink {
                                     typed(&Value::String(text.into()))
                                 }
                             },
-                        }
+                        };
                     }
                     Meta::Op => Value::String(change.op.as_str().into()),
                     Meta::Table => Value::String((*change.table).into()),

@@ -156,9 +156,9 @@ async fn a_value_that_does_not_fit_is_rejected_alone() {
 async fn append_writes_one_row_per_change_and_replays_do_not_duplicate() {
     let ks = "feed_ks";
     let feed = r#"{"table":"activity_feed","mode":"append","ops":["insert","update"],
-        "columns":{"user_id":"user_id","event_time":"$commit_ts","position":"$position","action":"{table}.{op}","details":"$row"},
+        "columns":{"user_id":"user_id","event_time":"$commit_ts","day":"$commit_ts","position":"$position","action":"{table}.{op}","details":"$row"},
         "partition_key":["user_id"],"clustering_key":["event_time","position"],"clustering_order":"desc",
-        "types":{"user_id":"bigint","event_time":"timestamp"},"ttl":"30d"}"#;
+        "types":{"user_id":"bigint","event_time":"timestamp","day":"date"},"ttl":"30d"}"#;
     let mut sink = ScyllaSink::connect(&settings(ks, ""), &[mapping(feed)]).await.expect("connect");
     let mk = |op: Op, at: At, user: &str, status: &str| {
         let r = row(&[("id", "1"), ("user_id", user), ("status", status)]);
@@ -198,6 +198,16 @@ async fn append_writes_one_row_per_change_and_replays_do_not_duplicate() {
         .single_row()
         .unwrap();
     assert!(ttl.is_some_and(|t| t > 29 * 86_400), "{ttl:?}");
+    // `$commit_ts` in a date column: the commit's UTC day (1_700_000_000 s is in day 19_675).
+    let (day,): (scylla::value::CqlDate,) = session
+        .query_unpaged(format!("SELECT day FROM {ks}.activity_feed WHERE user_id = 8"), ())
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap()
+        .single_row()
+        .unwrap();
+    assert_eq!(day.0, (1 << 31) + 19_675);
 }
 
 #[tokio::test]
