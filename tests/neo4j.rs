@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use pgfanout_neo4j::neo4rs::{query, ConfigBuilder, Graph};
+use pgfanout_neo4j::neo4rs::{query, BoltType, ConfigBuilder, Graph};
 use serde_json::{json, Value as Json};
 use testkit::Neo4jServer;
 
@@ -671,4 +671,347 @@ async fn deadlocks_with_other_writers_are_retried_not_dead_lettered() {
     assert_eq!(line_count(&dir.path().join("gdead.dead.jsonl")), 0, "nothing dead-lettered\n{}", d.log());
     assert!(d.is_running());
     eprintln!("{items} order items; daemon log lines with DeadlockDetected: {}", d.log().matches("DeadlockDetected").count());
+}
+
+/// A daemon streaming `schema`'s tables of `db` through `pipelines` into a
+/// fresh Neo4j (once the slot exists), with the config it runs.
+async fn setup_with(
+    db: &str,
+    schema: &str,
+    pipelines: &str,
+) -> (PgCluster, tokio_postgres::Client, Neo4jServer, tempfile::TempDir, Daemon, String) {
+    let pg = tokio::task::spawn_blocking(|| PgCluster::start_with(&[("wal_sender_timeout", "4s")])).await.unwrap();
+    pg.create_database(db).await;
+    let c = pg.client(db).await;
+    c.batch_execute(schema).await.unwrap();
+    let server = tokio::task::spawn_blocking(Neo4jServer::start).await.unwrap();
+    let dir = scratch();
+    let cfg = neo4j_config(&pg, db, db, &server.uri(), &server.user, &server.password, &server.database, pipelines, dir.path());
+    let d = Daemon::start(bin(), dir.path(), db, &cfg);
+    let slot = db.to_string();
+    testkit::wait_for(Duration::from_secs(60), "slot", || async { confirmed_flush(&c, &slot).await > 0 }).await;
+    (pg, c, server, dir, d, cfg)
+}
+
+/// Runs `pgfanout verify` (with `args`) on `cfg`: exit code, JSON report, output.
+fn run_verify(dir: &std::path::Path, cfg: &str, args: &[&str]) -> (Option<i32>, Json, String) {
+    let path = dir.join("verify.yaml");
+    std::fs::write(&path, cfg).unwrap();
+    let report = dir.join("verify.json");
+    let _ = std::fs::remove_file(&report);
+    let out = std::process::Command::new(bin())
+        .args(["verify", "-c"])
+        .arg(&path)
+        .arg("--json")
+        .arg(&report)
+        .args(["--settle", "30s"])
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let json: Json = serde_json::from_str(&std::fs::read_to_string(&report).unwrap_or_default()).unwrap_or_default();
+    (out.status.code(), json, text)
+}
+
+/// A property as the README's type mapping says it is stored.
+#[derive(Debug, Clone, PartialEq)]
+enum Prop {
+    Int(i64),
+    Float(f64),
+    Text(String),
+    Bool(bool),
+    List(Vec<Prop>),
+    /// JSON text equal (as jsonb) to PostgreSQL's `to_jsonb` of the value;
+    /// the exact text when given.
+    JsonText {
+        jsonb: String,
+        exact: bool,
+    },
+}
+
+impl Prop {
+    /// A stored Bolt value in the same terms (JSON text is left to compare).
+    fn of(v: &BoltType) -> Prop {
+        match v {
+            BoltType::Integer(i) => Prop::Int(i.value),
+            BoltType::Float(f) => Prop::Float(f.value),
+            BoltType::String(s) => Prop::Text(s.value.clone()),
+            BoltType::Boolean(b) => Prop::Bool(b.value),
+            BoltType::List(l) => Prop::List(l.value.iter().map(Prop::of).collect()),
+            other => panic!("a property of unexpected type: {other:?}"),
+        }
+    }
+}
+
+/// The property for a `to_jsonb` scalar of type `typ` ("number", "string",
+/// "boolean") and text `text` (`value #>> '{}'`), by the README's table,
+/// written independently of the sink: integers within i64 are integers;
+/// other numbers floats when the float's full decimal expansion is the
+/// number (trailing zeros of the scale aside), else their text.
+fn scalar_prop(typ: &str, text: &str) -> Prop {
+    match typ {
+        "string" => Prop::Text(text.to_string()),
+        "boolean" => Prop::Bool(text == "true"),
+        "number" => {
+            if let Ok(i) = text.parse::<i64>() {
+                return Prop::Int(i);
+            }
+            let trimmed = if text.contains('.') { text.trim_end_matches('0').trim_end_matches('.') } else { text };
+            match text.parse::<f64>() {
+                Ok(f) if f.is_finite() && format!("{f}") == trimmed => Prop::Float(f),
+                _ => Prop::Text(text.to_string()),
+            }
+        }
+        other => panic!("not a scalar: {other}"),
+    }
+}
+
+/// Every node of `label` keyed by its `id`, its properties without
+/// pgfanout's version.
+async fn nodes(g: &Graph, label: &str) -> BTreeMap<i64, BTreeMap<String, BoltType>> {
+    let q = format!("MATCH (n:{label}) RETURN n.id AS id, properties(n) AS p");
+    let mut rows = g.execute(query(&q)).await.unwrap_or_else(|e| panic!("{q}: {e}"));
+    let mut out = BTreeMap::new();
+    while let Some(r) = rows.next().await.unwrap() {
+        let id: i64 = r.get("id").unwrap();
+        let BoltType::Map(p) = r.get::<BoltType>("p").unwrap() else { panic!("properties are a map") };
+        let props: BTreeMap<String, BoltType> =
+            p.value.into_iter().map(|(k, v)| (k.value, v)).filter(|(k, _)| k != "_pgfanout_version").collect();
+        assert!(out.insert(id, props).is_none(), "two {label} nodes with id {id}");
+    }
+    out
+}
+
+/// Each row of `table` against its node of `label` (keyed by `id`): the node's
+/// properties are exactly the row's non-null columns, each as the type
+/// mapping stores its `to_jsonb` value, and there is no other node.
+async fn assert_nodes_are_the_rows(g: &Graph, c: &tokio_postgres::Client, table: &str, label: &str) -> usize {
+    let got = nodes(g, label).await;
+    let rows = c
+        .query(
+            &format!(
+                "SELECT row_.id::int8, e.key, jsonb_typeof(e.value), e.value #>> '{{}}', e.value::text, \
+                 (SELECT array_agg(jsonb_typeof(x) || ':' || (x #>> '{{}}')) FROM jsonb_array_elements(CASE WHEN jsonb_typeof(e.value) = 'array' THEN e.value ELSE '[]' END) x) \
+                 , a.atttypid::regtype::text \
+                 FROM {table} row_, jsonb_each(to_jsonb(row_)) e JOIN pg_attribute a ON a.attrelid = '{table}'::regclass AND a.attname = e.key \
+                 ORDER BY 1, 2"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut want: BTreeMap<i64, BTreeMap<String, Prop>> = BTreeMap::new();
+    for r in &rows {
+        let (id, col, typ, text, json): (i64, String, String, Option<String>, String) = (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+        let elems: Option<Vec<Option<String>>> = r.get(5);
+        let coltype: String = r.get(6);
+        let prop = match typ.as_str() {
+            "null" => None,
+            // json and jsonb columns: their JSON text, whatever it holds
+            _ if coltype == "json" || coltype == "jsonb" => Some(Prop::JsonText { jsonb: json, exact: true }),
+            "object" => Some(Prop::JsonText { jsonb: json, exact: true }),
+            "array" => {
+                let elems: Vec<String> = elems.unwrap_or_default().into_iter().map(|e| e.unwrap_or_else(|| "null:".into())).collect();
+                let items: Option<Vec<Prop>> = elems
+                    .iter()
+                    .map(|e| {
+                        let (t, v) = e.split_once(':').unwrap();
+                        matches!(t, "number" | "string" | "boolean").then(|| scalar_prop(t, v))
+                    })
+                    .collect();
+                let list = items.and_then(|items| {
+                    let all = |f: fn(&Prop) -> bool| items.iter().all(f);
+                    if all(|p| matches!(p, Prop::Int(_)))
+                        || all(|p| matches!(p, Prop::Float(_)))
+                        || all(|p| matches!(p, Prop::Text(_)))
+                        || all(|p| matches!(p, Prop::Bool(_)))
+                    {
+                        return Some(Prop::List(items));
+                    }
+                    let floats: Option<Vec<Prop>> = items
+                        .iter()
+                        .map(|p| match p {
+                            Prop::Float(f) => Some(Prop::Float(*f)),
+                            Prop::Int(i) if i.unsigned_abs() <= 1 << 53 => Some(Prop::Float(*i as f64)),
+                            _ => None,
+                        })
+                        .collect();
+                    floats.map(Prop::List)
+                });
+                Some(list.unwrap_or(Prop::JsonText { jsonb: json, exact: false }))
+            }
+            t => Some(scalar_prop(t, &text.unwrap())),
+        };
+        if let Some(p) = prop {
+            want.entry(id).or_default().insert(col, p);
+        }
+    }
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "one {label} node per {table} row ({} column values)",
+        rows.len()
+    );
+    for (id, props) in &want {
+        let node = &got[id];
+        assert_eq!(node.keys().collect::<Vec<_>>(), props.keys().collect::<Vec<_>>(), "{label} {id}: the row's non-null columns");
+        for (col, p) in props {
+            let stored = &node[col];
+            match p {
+                Prop::JsonText { jsonb, exact } => {
+                    let BoltType::String(s) = stored else { panic!("{label} {id}.{col}: JSON text expected, got {stored:?}") };
+                    let same: bool = c.query_one("SELECT $1::text::jsonb = $2::text::jsonb", &[&s.value, jsonb]).await.unwrap().get(0);
+                    assert!(same, "{label} {id}.{col}: stored {:?}, to_jsonb {jsonb}", s.value);
+                    if *exact {
+                        assert_eq!(&s.value, jsonb, "{label} {id}.{col}: the jsonb text as PostgreSQL prints it");
+                    }
+                }
+                Prop::Float(f) => assert_eq!(Prop::of(stored), Prop::Float(*f), "{label} {id}.{col}"),
+                _ => assert_eq!(&Prop::of(stored), p, "{label} {id}.{col}"),
+            }
+        }
+    }
+    want.len()
+}
+
+const ZOO: &str = "
+CREATE TABLE zoo (id int PRIMARY KEY,
+    a_null int[], a_some_null int[], a_text text[], a_num numeric[], a_wide numeric[], a_empty int[], a_nested int[],
+    n25 numeric, n60 numeric, n400 numeric, n_scale numeric, n_frac numeric, n_nan numeric, n_inf numeric,
+    f8 float8, f_big float8, f_nan float8, f_inf float8, i8 int8,
+    j jsonb, js json, d_bc date, d_inf date, d_far date, ts timestamp, ts_bc timestamp, tstz timestamptz,
+    b bool, t text, by bytea);
+";
+
+const ZOO_PIPELINE: &str = r#"  - name: zoo
+    from: public.zoo
+    to: graph
+    neo4j: { node: { label: Zoo, key: { id: id } } }"#;
+
+/// Edge values through every path of a node mapping (insert, update,
+/// partial update, key change, delete + re-insert): each node's properties
+/// are the README's type mapping of its row's `to_jsonb`. No array loses a
+/// NULL element, no numeric a digit. Then a property set behind pgfanout's
+/// back: verify reports it, `--repair` removes it (keeping the version), and
+/// verify reports zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_values_are_stored_as_the_type_mapping_says() {
+    let (_pg, c, server, dir, d, cfg) = setup_with("gzoo", ZOO, ZOO_PIPELINE).await;
+    c.batch_execute(
+        "INSERT INTO zoo VALUES (1, ARRAY[NULL]::int[], ARRAY[1, NULL], ARRAY['a', 'b'], ARRAY[1, 2.5], ARRAY[1.5, 12345678901234567890.5], '{}', '{{1,2},{3,4}}',
+            1234567890123456789012345, 123456789012345678901234567890.123456789012345678901234567890, 10::numeric ^ 399 + 1, 2.50, 0.1, 'NaN', 'Infinity',
+            0.1, 1e300, 'NaN', '-Infinity', 9223372036854775807,
+            '{\"big\": 123456789012345678901234567890, \"f\": 1.10, \"a\": [1, null], \"tiny\": 1e-30}', '{\"x\": 12345678901234567890123}',
+            '0044-03-15 BC', 'infinity', '5874897-12-31', '294276-12-31 23:59:59.999999', '4713-01-01 00:00:00 BC', '2026-01-01 12:00:00.123456+02',
+            true, 'text', '\\xdeadbeef');
+         INSERT INTO zoo (id) VALUES (2);
+         INSERT INTO zoo (id, n25, a_null, f8) VALUES (3, -0.0000000000000000000000001, ARRAY[NULL, NULL]::int[], 1.7976931348623157e308);",
+    )
+    .await
+    .unwrap();
+    // updates: a column to NULL, a numeric to 60 digits, arrays gaining a NULL
+    c.batch_execute(
+        "UPDATE zoo SET n60 = -999999999999999999999999999999.999999999999999999999999999999, a_text = ARRAY['x', NULL], t = NULL WHERE id = 1;
+         UPDATE zoo SET a_num = ARRAY[NULL, 1.0], j = '[1.000000000000000000001]' WHERE id = 2;
+         DELETE FROM zoo WHERE id = 3;
+         INSERT INTO zoo (id, n400, a_null) VALUES (3, -(10::numeric ^ 399) - 0.5, ARRAY[NULL]::int[]);
+         UPDATE zoo SET id = 4 WHERE id = 3;",
+    )
+    .await
+    .unwrap();
+    wait_confirmed_all(&c, "gzoo", &d, Duration::from_secs(60)).await;
+    let g = graph(&server).await;
+    assert_eq!(assert_nodes_are_the_rows(&g, &c, "zoo", "Zoo").await, 3);
+    assert_eq!(line_count(&dir.path().join("gzoo.dead.jsonl")), 0, "nothing dead-lettered\n{}", d.log());
+
+    // verify is clean; a stray property is found and removed by --repair
+    let (code, _, text) = tokio::task::block_in_place(|| run_verify(dir.path(), &cfg, &[]));
+    assert_eq!(code, Some(0), "{text}");
+    g.run(query("MATCH (n:Zoo {id: 1}) SET n.junk = 1")).await.unwrap();
+    // one less than i64::MAX: the same number as a float, not as an integer
+    g.run(query("MATCH (n:Zoo {id: 1}) SET n.i8 = 9223372036854775806")).await.unwrap();
+    let (code, report, text) = tokio::task::block_in_place(|| run_verify(dir.path(), &cfg, &[]));
+    assert_eq!(code, Some(1), "{text}");
+    let different = &report["pipelines"][0]["different"];
+    assert_eq!(different, &json!([{"id": "(:Zoo {\"id\":1})", "fields": ["i8", "junk"]}]), "{text}");
+    let (code, _, text) = tokio::task::block_in_place(|| run_verify(dir.path(), &cfg, &["--repair"]));
+    assert_eq!(code, Some(1), "{text}");
+    let (code, _, text) = tokio::task::block_in_place(|| run_verify(dir.path(), &cfg, &[]));
+    assert_eq!(code, Some(0), "repaired: {text}");
+    assert_nodes_are_the_rows(&g, &c, "zoo", "Zoo").await;
+    let versions = cypher(&g, "MATCH (n:Zoo) WHERE n._pgfanout_version IS NULL RETURN n.id AS id", &[Col::Int("id")]).await;
+    assert!(versions.is_empty(), "repair keeps pgfanout's version: {versions:?}");
+}
+
+const DOCS: &str = "
+CREATE TABLE docs (id int PRIMARY KEY, title text, body text, n int);
+ALTER TABLE docs ALTER body SET STORAGE EXTERNAL;
+CREATE TABLE links (id int PRIMARY KEY, doc_id int NOT NULL REFERENCES docs ON UPDATE CASCADE ON DELETE CASCADE, tag text NOT NULL);
+";
+
+const DOCS_PIPELINES: &str = r#"  - name: docs
+    from: public.docs
+    to: graph
+    neo4j: { node: { label: Doc, key: { id: id } } }
+  - name: links
+    from: public.links
+    to: graph
+    neo4j:
+      relationship:
+        type: TAGGED
+        from: { label: Doc, key: { id: doc_id } }
+        to: { label: Tag, key: { name: tag } }"#;
+
+/// A change of primary key moves the node: exactly one node, at the new key,
+/// with its unchanged TOASTed property (PostgreSQL does not send it), its
+/// relationships (moved by the cascaded updates) and nothing left at the
+/// old key; also when the key changes back, again in one transaction with
+/// other updates, and after a delete and re-insert. Verify then reports zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_change_moves_the_node_with_its_toasted_property() {
+    let (_pg, c, server, dir, d, cfg) = setup_with("gkey", DOCS, DOCS_PIPELINES).await;
+    // > 2 kB of md5 hex: not compressible enough to stay inline
+    let body = "(SELECT string_agg(md5(i::text), '') FROM generate_series(1, 250) i)";
+    c.batch_execute(&format!(
+        "INSERT INTO docs VALUES (1, 'one', {body}, 1), (2, 'two', {body} || 'x', 1);
+         INSERT INTO links VALUES (1, 1, 'red'), (2, 1, 'blue'), (3, 2, 'red');"
+    ))
+    .await
+    .unwrap();
+    c.batch_execute(
+        "UPDATE docs SET id = 100, n = 2 WHERE id = 1;
+         BEGIN; UPDATE docs SET id = 200 WHERE id = 100; UPDATE docs SET title = 'moved twice' WHERE id = 200; COMMIT;
+         UPDATE docs SET id = 1 WHERE id = 2;
+         DELETE FROM docs WHERE id = 1;
+         INSERT INTO docs VALUES (1, 'again', 'short', 3);
+         UPDATE docs SET id = 300, n = 4 WHERE id = 1;",
+    )
+    .await
+    .unwrap();
+    wait_confirmed_all(&c, "gkey", &d, Duration::from_secs(60)).await;
+    let g = graph(&server).await;
+    let got = nodes(&g, "Doc").await;
+    assert_eq!(got.keys().copied().collect::<Vec<_>>(), vec![200, 300], "one node per row, none left at an old key: {:?}", got.keys());
+    assert_nodes_are_the_rows(&g, &c, "docs", "Doc").await;
+    let body_len = |id: i64| match got[&id].get("body") {
+        Some(BoltType::String(s)) => s.value.len(),
+        other => panic!("Doc {id} body: {other:?}"),
+    };
+    assert_eq!(body_len(200), 8000, "the unchanged TOASTed body moved with the node");
+    let rels = cypher(
+        &g,
+        "MATCH (d:Doc)-[r:TAGGED]->(t:Tag) RETURN d.id AS d, t.name AS t, r.id AS id",
+        &[Col::Int("d"), Col::Text("t"), Col::Int("id")],
+    )
+    .await;
+    assert_eq!(
+        rels,
+        vec![vec![json!(200), json!("blue"), json!(2)], vec![json!(200), json!("red"), json!(1)]],
+        "the relationships followed the key"
+    );
+    let all = cypher(&g, "MATCH (n) RETURN count(n) AS n", &[Col::Int("n")]).await;
+    assert_eq!(all, vec![vec![json!(4)]], "two docs and two tags, nothing else");
+    assert_eq!(line_count(&dir.path().join("gkey.dead.jsonl")), 0, "nothing dead-lettered\n{}", d.log());
+    let (code, _, text) = tokio::task::block_in_place(|| run_verify(dir.path(), &cfg, &[]));
+    assert_eq!(code, Some(0), "{text}");
 }
