@@ -167,6 +167,10 @@ enum NumberKind {
     Number,
     /// NaN and the infinities: strings in JSON.
     NotFinite,
+    /// A float PostgreSQL printed with an exponent (`1e+20`, `5e-324`) or as
+    /// `-0`: `to_jsonb` stores it as a `numeric`, which prints it in decimal
+    /// (`100000000000000000000`, `0`). The same value, in `to_jsonb`'s text.
+    Rewritten(String),
 }
 
 impl NumberKind {
@@ -174,6 +178,7 @@ impl NumberKind {
         match self {
             NumberKind::Number => Value::Number(text),
             NumberKind::NotFinite => Value::String(text),
+            NumberKind::Rewritten(s) => Value::Number(Text::from(s)),
         }
     }
 }
@@ -181,6 +186,11 @@ impl NumberKind {
 fn decode_number(text: &[u8]) -> Result<NumberKind, DecodeError> {
     match text {
         b"NaN" | b"Infinity" | b"-Infinity" => Ok(NumberKind::NotFinite),
+        // Integers and numerics never have an exponent; floats rarely do.
+        _ if is_json_number(text) && (memchr::memchr2(b'e', b'E', text).is_some() || text == b"-0") => {
+            let s = std::str::from_utf8(text).unwrap_or_default();
+            Ok(pgfanout_sdk::exact::numeric_text(s).map_or(NumberKind::Number, NumberKind::Rewritten))
+        }
         _ if is_json_number(text) => Ok(NumberKind::Number),
         _ => Err(DecodeError::value("number", text, "not a JSON number")),
     }
@@ -519,8 +529,11 @@ mod tests {
     fn numbers_keep_their_text_and_specials_become_strings() {
         let n = TypeDecoder::Number;
         assert_eq!(json(&n, "12.500"), "12.500");
-        assert_eq!(json(&n, "-1.5e-07"), "-1.5e-07");
-        assert_eq!(json(&n, "1e+20"), "1e+20");
+        // Exponents and -0 as to_jsonb prints them (through numeric).
+        assert_eq!(json(&n, "-1.5e-07"), "-0.00000015");
+        assert_eq!(json(&n, "1e+20"), "100000000000000000000");
+        assert_eq!(json(&n, "3.4028235e+38"), "340282350000000000000000000000000000000");
+        assert_eq!(json(&n, "-0"), "0");
         assert_eq!(json(&n, "NaN"), "\"NaN\"");
         assert_eq!(json(&n, "-Infinity"), "\"-Infinity\"");
         for bad in ["", "-", "01", "1.", "1e", "abc", "1 "] {
