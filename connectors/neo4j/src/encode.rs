@@ -310,9 +310,24 @@ pub fn rel_delete_params(m: &RelMapping, change: &Change) -> Result<Vec<(&'stati
     Ok(vec![("id", BoltType::from(row_key(m, change)?)), ("v", version(change))])
 }
 
+/// A value as a parameter of a user statement: as [`property`], except that
+/// an array of scalars with NULL elements is a list with its nulls (a
+/// parameter may hold them; what to store is the statement's choice).
+fn parameter(value: &Value) -> BoltType {
+    match value {
+        Value::Array(items)
+            if items.iter().any(Value::is_null)
+                && items.iter().all(|v| matches!(v, Value::Null | Value::Bool(_) | Value::Number(_) | Value::String(_))) =>
+        {
+            BoltType::List(BoltList::from(items.iter().map(property).collect::<Vec<_>>()))
+        }
+        other => property(other),
+    }
+}
+
 fn row_map(row: Option<&Row>) -> BoltType {
     match row {
-        Some(r) => map(r.0.iter().map(|(c, v)| (c.to_string(), property(v)))),
+        Some(r) => map(r.0.iter().map(|(c, v)| (c.to_string(), parameter(v)))),
         None => BoltType::Null(BoltNull),
     }
 }
@@ -393,6 +408,13 @@ mod tests {
         assert_eq!(property(&Value::Array(vec![])), BoltType::List(BoltList::from(Vec::<BoltType>::new())));
         let nested = Value::Array(vec![Value::Array(vec![])]);
         assert_eq!(property(&nested), BoltType::from("[[]]"));
+    }
+
+    #[test]
+    fn statement_parameters_keep_null_elements() {
+        let arr = Value::Array(vec![num("1"), Value::Null]);
+        assert_eq!(parameter(&arr), BoltType::List(BoltList::from(vec![BoltType::from(1i64), BoltType::Null(BoltNull)])));
+        assert_eq!(parameter(&num("2.50")), BoltType::from(2.5f64));
     }
 
     #[test]
