@@ -15,6 +15,17 @@
 -- sent) is completed by copying the stored members' JSON text as it is, so
 -- numbers keep every digit (cjson would keep 14 significant digits).
 --
+-- A row that moved to a new target (key or field changed) in an update that
+-- left TOASTed columns unchanged is written by a move operation (HPM, SM,
+-- HMM, VM, JPM: args start with the old key and its sub): the unchanged
+-- values are copied from the OLD target's stored entry in the same call,
+-- before the operation that follows removes it (tombstone at the same
+-- version). A move is skipped when the new target already holds this
+-- version or a newer one (a replay, or a later change of the new key that
+-- ran first), and when the old target's version is this one or newer (the
+-- old entry is already removed by this change, or holds a later row under
+-- the old key): never copied from a newer row, never dead-lettered for it.
+--
 -- Returns one entry per operation: 1 applied, 0 skipped (stale, or a partial
 -- change of an expired entry), or the error text of the Redis command that
 -- failed (WRONGTYPE...) or of a partial change that cannot be completed
@@ -119,12 +130,18 @@ end
 -- entry expired (a cache miss, as after any expiry): skipped. Without one,
 -- writing the change would store a row lacking `col` as if complete:
 -- refused, so the record is dead-lettered with the reason.
-local function incomplete(key, sub, col, ttl)
+local function target(key, sub)
+  if sub ~= '_key' then return key .. ' [' .. sub .. ']' end
+  return key
+end
+
+-- `src`/`src_sub`: for a move, the old target the value was to be copied from.
+local function incomplete(key, sub, col, ttl, src, src_sub)
   if ttl > 0 then return 0 end
-  local where = key
-  if sub ~= '_key' then where = key .. ' [' .. sub .. ']' end
-  return 'INCOMPLETE pgfanout: ' .. where .. ': the change leaves column ' .. tostring(col)
-    .. ' unchanged (TOAST, not sent) and Redis holds no stored value of it to keep; not written'
+  local held = 'Redis holds no stored value of it to keep'
+  if src then held = 'the old entry ' .. target(src, src_sub) .. ' holds no stored value of it to copy' end
+  return 'INCOMPLETE pgfanout: ' .. target(key, sub) .. ': the change leaves column ' .. tostring(col)
+    .. ' unchanged (TOAST, not sent) and ' .. held .. '; not written'
     .. ' (REPLICA IDENTITY FULL sends it; pgfanout backfill or verify --repair restores the row)'
 end
 
@@ -135,32 +152,89 @@ local function hdel_all(key, fields)
   end
 end
 
+-- A whole row: the hash `key` becomes exactly the field/value pairs
+-- t[first..last]; fields no column maps to (NULL now, dropped, or written by
+-- someone else) go.
+local function hash_replace(key, t, first, last)
+  local n = (last - first + 1) / 2
+  if n > 0 then
+    for i = first, last, 2000 do
+      redis.call('HSET', key, unpack(t, i, math.min(i + 1999, last)))
+    end
+    if redis.call('HLEN', key) > n then
+      local keep = {}
+      for j = first, last, 2 do keep[t[j]] = true end
+      local stray = {}
+      for _, f in ipairs(redis.call('HKEYS', key)) do
+        if not keep[f] then stray[#stray + 1] = f end
+      end
+      hdel_all(key, stray)
+    end
+  else
+    redis.call('DEL', key)
+  end
+end
+
+-- Operations that copy unchanged values from a moved row's old target.
+local MOVES = { HPM = true, SM = true, HMM = true, VM = true, JPM = true }
+
 local function apply(code, key, sub, ver, ttl, a, last)
   local vkey = prefix .. key
   local cur = redis.call('HGET', vkey, sub)
+  local move = MOVES[code]
   if cur then
     if cur > ver then return 0 end
-    if cur == ver and code == 'X' and ARGV[a + 1] == '1' then return 0 end
+    if cur == ver and (move or (code == 'X' and ARGV[a + 1] == '1')) then return 0 end
+  end
+  local src, src_sub
+  if move then
+    src, src_sub = ARGV[a], ARGV[a + 1]
+    local src_ver = redis.call('HGET', prefix .. src, src_sub)
+    if src_ver and src_ver >= ver then return 0 end
+    a = a + 2
   end
   local removed = false
   if code == 'H' then
-    -- A whole row: the hash becomes exactly its non-NULL columns; fields no
-    -- column maps to (NULL now, dropped, or written by someone else) go.
-    local n = (last - a + 1) / 2
-    if n > 0 then
-      redis.call('HSET', key, unpack(ARGV, a, last))
-      if redis.call('HLEN', key) > n then
-        local keep = {}
-        for j = a, last, 2 do keep[ARGV[j]] = true end
-        local stray = {}
-        for _, f in ipairs(redis.call('HKEYS', key)) do
-          if not keep[f] then stray[#stray + 1] = f end
-        end
-        hdel_all(key, stray)
-      end
-    else
-      redis.call('DEL', key)
+    hash_replace(key, ARGV, a, last)
+  elseif code == 'HPM' then
+    -- HP args; the unchanged fields come from the old hash, and the new
+    -- hash is the whole row.
+    local nset = tonumber(ARGV[a])
+    local nnull = tonumber(ARGV[a + nset + 1])
+    local t = {}
+    for j = a + 1, a + nset do t[#t + 1] = ARGV[j] end
+    for j = a + nset + nnull + 2, last do
+      local v = redis.call('HGET', src, ARGV[j])
+      if not v then return incomplete(key, sub, ARGV[j], ttl, src, src_sub) end
+      t[#t + 1] = ARGV[j]
+      t[#t + 1] = v
     end
+    hash_replace(key, t, 1, #t)
+  elseif code == 'SM' then
+    local v, col = merge(redis.call('GET', src), ARGV[a], a + 1, last)
+    if not v then return incomplete(key, sub, col, ttl, src, src_sub) end
+    redis.call('SET', key, v)
+  elseif code == 'HMM' then
+    local v, col = merge(redis.call('HGET', src, src_sub), ARGV[a], a + 1, last)
+    if not v then return incomplete(key, sub, col, ttl, src, src_sub) end
+    redis.call('HSET', key, sub, v)
+  elseif code == 'VM' then
+    -- The value reads only unchanged columns: the old target's value is
+    -- the new one. Args: the column.
+    local v
+    if src_sub == '_key' then v = redis.call('GET', src) else v = redis.call('HGET', src, src_sub) end
+    if not v then return incomplete(key, sub, ARGV[a], ttl, src, src_sub) end
+    if sub == '_key' then redis.call('SET', key, v) else redis.call('HSET', key, sub, v) end
+  elseif code == 'JPM' then
+    -- JP args: the old document (which must hold the unchanged columns)
+    -- becomes the new one, then the columns sent are set.
+    local ntoast = tonumber(ARGV[a])
+    for j = a + 1, a + ntoast do
+      local t = redis.call('JSON.TYPE', src, ARGV[j])
+      if type(t) ~= 'table' or #t == 0 then return incomplete(key, sub, ARGV[j], ttl, src, src_sub) end
+    end
+    redis.call('JSON.SET', key, '$', redis.call('JSON.GET', src))
+    for j = a + ntoast + 1, last, 2 do redis.call('JSON.SET', key, ARGV[j], ARGV[j + 1]) end
   elseif code == 'HP' then
     -- A row without its unchanged TOAST columns: those fields stay as
     -- stored, and must be there. Args: nset, pairs, nnull, nulls, toast.

@@ -75,6 +75,10 @@ pub(crate) struct ScriptOp<'a> {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Encoded<'a> {
     pub lane_key: String,
+    /// A row that moved and is completed from its old entry: the old key,
+    /// whose lane the record must travel in (after every earlier change of
+    /// the old key); see the sink's lane rules.
+    pub lane_from: Option<String>,
     pub ops: Vec<ScriptOp<'a>>,
 }
 
@@ -86,7 +90,7 @@ impl Encoded<'_> {
             .into_iter()
             .map(|op| ScriptOp { args: op.args.into_iter().map(|a| Cow::Owned(a.into_owned())).collect(), ..op })
             .collect();
-        Encoded { lane_key: self.lane_key, ops }
+        Encoded { lane_key: self.lane_key, lane_from: self.lane_from, ops }
     }
 }
 
@@ -100,7 +104,7 @@ pub(crate) fn version(p: Position) -> String {
 /// is nothing to write (a truncate on a non-stream mapping).
 pub(crate) fn encode<'a>(m: &CompiledMapping, change: &'a Change) -> Result<Encoded<'a>, String> {
     if change.op == Op::Truncate && m.kind != MappingKind::Stream {
-        return Ok(Encoded { lane_key: String::new(), ops: Vec::new() });
+        return Ok(Encoded { lane_key: String::new(), lane_from: None, ops: Vec::new() });
     }
     // A stream records the change as PostgreSQL sent it.
     match if m.kind == MappingKind::Stream { None } else { toast_from_before(change) } {
@@ -124,13 +128,16 @@ fn encode_complete<'a>(m: &CompiledMapping, change: &'a Change) -> Result<Encode
     let delete = change.op == Op::Delete;
     let mut ops = Vec::with_capacity(1);
     // Where an update moved the row (key or member changed), the old target
-    // is removed at the same version before the new one is written.
+    // is removed at the same version before the new one is written (after
+    // it, when the new one is completed from it: see `into_move`).
     let old = if change.op == Op::Update && change.before.is_some() { Some(old_view(change)) } else { None };
+    let mut moved_from: Option<(String, String)> = None;
     match m.kind {
         MappingKind::Hash => match &m.field {
             None => {
                 if let Some(old_key) = old_target(&m.key, None, old.as_ref(), &key, None)? {
                     ops.push(op("D", &old_key.0, WHOLE_KEY, vec![]));
+                    moved_from = Some((old_key.0, WHOLE_KEY.to_string()));
                 }
                 if delete {
                     ops.push(op("D", &key, WHOLE_KEY, vec![]));
@@ -143,7 +150,9 @@ fn encode_complete<'a>(m: &CompiledMapping, change: &'a Change) -> Result<Encode
             Some(field_t) => {
                 let field = field_t.render(change).map_err(|e| format!("field: {e}"))?;
                 if let Some((k, f)) = old_target(&m.key, Some(field_t), old.as_ref(), &key, Some(&field))? {
-                    ops.push(op("HFD", &k, &f.unwrap_or_default(), vec![]));
+                    let f = f.unwrap_or_default();
+                    ops.push(op("HFD", &k, &f, vec![]));
+                    moved_from = Some((k, f));
                 }
                 if delete {
                     ops.push(op("HFD", &key, &field, vec![]));
@@ -164,6 +173,7 @@ fn encode_complete<'a>(m: &CompiledMapping, change: &'a Change) -> Result<Encode
         MappingKind::String => {
             if let Some(old_key) = old_target(&m.key, None, old.as_ref(), &key, None)? {
                 ops.push(op("D", &old_key.0, WHOLE_KEY, vec![]));
+                moved_from = Some((old_key.0, WHOLE_KEY.to_string()));
             }
             if delete {
                 ops.push(op("D", &key, WHOLE_KEY, vec![]));
@@ -183,6 +193,7 @@ fn encode_complete<'a>(m: &CompiledMapping, change: &'a Change) -> Result<Encode
         MappingKind::Json => {
             if let Some(old_key) = old_target(&m.key, None, old.as_ref(), &key, None)? {
                 ops.push(op("D", &old_key.0, WHOLE_KEY, vec![]));
+                moved_from = Some((old_key.0, WHOLE_KEY.to_string()));
             }
             if delete {
                 ops.push(op("D", &key, WHOLE_KEY, vec![]));
@@ -235,7 +246,34 @@ fn encode_complete<'a>(m: &CompiledMapping, change: &'a Change) -> Result<Encode
             ops.push(op("X", &key, WHOLE_KEY, args));
         }
     }
-    Ok(Encoded { lane_key: key, ops })
+    let lane_from = match moved_from {
+        Some(from) if ops.len() == 2 => into_move(&mut ops, from),
+        _ => None,
+    };
+    Ok(Encoded { lane_key: key, lane_from, ops })
+}
+
+/// A moved row (`ops` = removal of the old target, then the write of the
+/// new one) whose write keeps unchanged TOAST columns as stored: the write
+/// becomes its move variant, which copies them from the old target (named
+/// by its first two arguments), and goes first, so the removal that follows
+/// (same version, a tombstone) runs after the copy, in the same script call.
+/// Returns the old key, whose lane the record takes. Whole rows, sets and
+/// streams need nothing stored and keep their order.
+fn into_move(ops: &mut Vec<ScriptOp<'_>>, (old_key, old_sub): (String, String)) -> Option<String> {
+    let code = match (ops[1].code, ops[1].args.len()) {
+        ("HP", _) => "HPM",
+        ("S", n) if n > 1 => "SM",
+        ("HM", _) => "HMM",
+        ("V", _) => "VM",
+        ("JP", _) => "JPM",
+        _ => return None,
+    };
+    let mut write = ops.pop()?;
+    write.code = code;
+    write.args.splice(0..0, [Cow::Owned(old_key.clone().into_bytes()), Cow::Owned(old_sub.into_bytes())]);
+    ops.insert(0, write);
+    Some(old_key)
 }
 
 /// An update whose unchanged TOAST columns the old row carries (with
@@ -578,11 +616,69 @@ mod tests {
         assert_eq!(ops, [("D", "item:1"), ("H", "item:2")]);
         assert_eq!(e.ops[1].code, "H");
         assert_eq!(text(&e.ops[1].args), ["id".to_string(), "2".into(), "name".into(), "b".into(), "big".into(), "x".repeat(3000)]);
-        // Without the old row the column stays unchanged: kept from the
-        // stored hash (the script refuses the change where there is none).
+        assert_eq!(e.lane_from, None);
+        // Without the old row (the default replica identity sends the old
+        // key columns only) the column is copied from the old hash: the move
+        // goes first, in the old key's lane, then the old key is removed.
         c.before = Some(row(&[("id", num("1"))]));
         let e = encode(&m, &c).unwrap();
-        assert_eq!((e.ops[1].code, text(&e.ops[1].args)), ("HP", ["4", "id", "2", "name", "b", "0", "big"].map(String::from).to_vec()));
+        let ops: Vec<_> = e.ops.iter().map(|o| (o.code, o.key.as_str(), o.sub.as_str())).collect();
+        assert_eq!(ops, [("HPM", "item:2", "_key"), ("D", "item:1", "_key")]);
+        assert_eq!(text(&e.ops[0].args), ["item:1", "_key", "4", "id", "2", "name", "b", "0", "big"].map(String::from).to_vec());
+        assert_eq!((e.lane_key.as_str(), e.lane_from.as_deref()), ("item:2", Some("item:1")));
+        assert_eq!(e.ops[0].version, e.ops[1].version);
+    }
+
+    #[test]
+    fn a_moved_row_with_unchanged_toast_is_copied_from_its_old_target() {
+        let mut c = change(Op::Update, Some(row(&[("id", num("2")), ("name", Value::String("b".into()))])), Some(row(&[("id", num("1"))])));
+        c.unchanged_toast = vec!["big".into()];
+        let cases = [
+            (
+                r#"{"type":"string","key":"doc:{id}"}"#,
+                [("SM", "doc:2", "_key"), ("D", "doc:1", "_key")],
+                vec!["doc:1", "_key", r#"{"id":2,"name":"b"}"#, "big"],
+            ),
+            (
+                r#"{"type":"hash","key":"docs","field":"{id}"}"#,
+                [("HMM", "docs", "2"), ("HFD", "docs", "1")],
+                vec!["docs", "1", r#"{"id":2,"name":"b"}"#, "big"],
+            ),
+            (
+                r#"{"type":"string","key":"big:{id}","column":"big"}"#,
+                [("VM", "big:2", "_key"), ("D", "big:1", "_key")],
+                vec!["big:1", "_key", "big"],
+            ),
+            (
+                r#"{"type":"hash","key":"bigs:{id}","field":"f","value":"{big}"}"#,
+                [("VM", "bigs:2", "f"), ("HFD", "bigs:1", "f")],
+                vec!["bigs:1", "f", "big"],
+            ),
+            (
+                r#"{"type":"json","key":"j:{id}"}"#,
+                [("JPM", "j:2", "_key"), ("D", "j:1", "_key")],
+                vec!["j:1", "_key", "1", "$.big", "$.id", "2", "$.name", "\"b\""],
+            ),
+        ];
+        for (json, want, args) in cases {
+            let e = encode(&mapping(json), &c).unwrap();
+            let ops: Vec<_> = e.ops.iter().map(|o| (o.code, o.key.as_str(), o.sub.as_str())).collect();
+            assert_eq!(ops, want, "{json}");
+            assert_eq!(text(&e.ops[0].args), args, "{json}");
+            assert_eq!(e.lane_from.as_deref(), Some(want[1].1), "{json}");
+        }
+        // Nothing stored is needed: whole rows and members keep the old
+        // order (removal first) and their own lane.
+        let whole = change(Op::Update, Some(row(&[("id", num("2")), ("big", num("1"))])), Some(row(&[("id", num("1"))])));
+        let e = encode(&mapping(r#"{"type":"string","key":"doc:{id}"}"#), &whole).unwrap();
+        assert_eq!((e.ops[0].code, e.ops[1].code, e.lane_from), ("D", "S", None));
+        let e = encode(&mapping(r#"{"type":"set","key":"s","member":"{id}"}"#), &c).unwrap();
+        assert_eq!((e.ops[0].code, e.ops[1].code, e.lane_from), ("SR", "SA", None));
+        // Not moved: a plain partial write.
+        let mut same = c.clone();
+        same.before = Some(row(&[("id", num("2"))]));
+        let e = encode(&mapping(r#"{"type":"string","key":"doc:{id}"}"#), &same).unwrap();
+        assert_eq!((e.ops.len(), e.ops[0].code, e.lane_from), (1, "S", None));
     }
 
     #[test]
