@@ -1,11 +1,11 @@
 //! JSON text read back by `verify`, in a form that compares exactly.
 //!
-//! serde_json (built without `arbitrary_precision`) turns every number into
-//! an i64, u64 or f64: `2.50` reads as `2.5`, a 60-digit numeric loses its
-//! digits and `1e400` does not parse at all; and the verify driver compares
-//! numbers by value. Verify must tell `2.50` from `2.5` (the store holds
-//! what PostgreSQL wrote, digit for digit), so this parser keeps every
-//! number's text: a plain integer of at most 15 digits (exact as an f64, so
+//! The verify driver (`pgfanout_sdk::verify::diff_fields`) compares numbers
+//! by exact decimal value, so `2.50` equals `2.5` there (serde_json keeps
+//! the digits: the workspace builds it with `arbitrary_precision`). Redis
+//! keeps what PostgreSQL wrote as text, so its verify must tell `2.50` from
+//! `2.5` too (the store holds what PostgreSQL wrote, digit for digit): this
+//! parser keeps every number's text: a plain integer of at most 15 digits (exact as an f64, so
 //! any comparison of two of them is exact) stays a JSON number, and any
 //! other number becomes `{"$number": "<its text>"}`, compared as text.
 //! Strings are decoded (escapes do not count as differences), objects keep
