@@ -296,6 +296,16 @@ async fn an_interrupted_initial_snapshot_never_confirms_the_backlog() {
     d.kill9();
     d.spawn(bin());
     wait_delivered(&out, 3999).await;
+    // The tables are copied by backfills while the stream goes on (the one
+    // the kill interrupted resumes from its last chunk): wait for all.
+    testkit::wait_for(Duration::from_secs(240), "every table backfilled", || {
+        let c = &c;
+        async move {
+            let row = c.query_one("SELECT count(*), count(*) FILTER (WHERE status <> 'done') FROM pgfanout.backfills", &[]).await.unwrap();
+            row.get::<_, i64>(0) >= 3 && row.get::<_, i64>(1) == 0
+        }
+    })
+    .await;
     let end = insert_lsn(&c).await;
     testkit::wait_for(Duration::from_secs(60), "the slot to confirm the end", || {
         let c = &c;

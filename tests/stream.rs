@@ -159,12 +159,16 @@ async fn values_match_to_jsonb_end_to_end() {
 }
 
 fn http_get(port: u16, path: &str) -> (u16, String) {
+    http_request(port, "GET", path)
+}
+
+fn http_request(port: u16, method: &str, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let mut s = match std::net::TcpStream::connect(("127.0.0.1", port)) {
         Ok(s) => s,
         Err(_) => return (0, String::new()),
     };
-    let _ = s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes());
+    let _ = s.write_all(format!("{method} {path} HTTP/1.0\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n").as_bytes());
     let mut body = String::new();
     let _ = s.read_to_string(&mut body);
     let code = body.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
@@ -203,6 +207,16 @@ async fn metrics_and_health_endpoints() {
     ] {
         assert!(body.contains(name), "{name} missing from\n{body}");
     }
+    // A backfill of a table no pipeline reads is refused at once, as the
+    // CLI refuses it (it used to be accepted and fail later).
+    let (code, body) = http_request(port, "POST", "/backfills?table=public.nobody_reads_this");
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("no pipeline of this config reads it"), "{body}");
+    // pgfanout's own idempotent DDL notices are not logged at INFO, and a
+    // log that is not a terminal has no colour codes.
+    let log = d.log();
+    assert!(!log.lines().any(|l| l.contains(" INFO ") && l.contains("already exists, skipping")), "{log}");
+    assert!(!log.contains('\u{1b}'), "ANSI codes in a piped log:\n{log}");
     drop(d);
     testkit::wait_until(Duration::from_secs(10), "listener closed", || http_get(port, "/healthz").0 == 0);
 }
