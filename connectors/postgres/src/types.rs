@@ -186,13 +186,13 @@ impl NumberKind {
 fn decode_number(text: &[u8]) -> Result<NumberKind, DecodeError> {
     match text {
         b"NaN" | b"Infinity" | b"-Infinity" => Ok(NumberKind::NotFinite),
+        _ if !is_json_number(text) => Err(DecodeError::value("number", text, "not a JSON number")),
         // Integers and numerics never have an exponent; floats rarely do.
-        _ if is_json_number(text) && (memchr::memchr2(b'e', b'E', text).is_some() || text == b"-0") => {
+        _ if memchr::memchr2(b'e', b'E', text).is_some() || text == b"-0" => {
             let s = std::str::from_utf8(text).unwrap_or_default();
             Ok(pgfanout_sdk::exact::numeric_text(s).map_or(NumberKind::Number, NumberKind::Rewritten))
         }
-        _ if is_json_number(text) => Ok(NumberKind::Number),
-        _ => Err(DecodeError::value("number", text, "not a JSON number")),
+        _ => Ok(NumberKind::Number),
     }
 }
 
