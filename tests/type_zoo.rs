@@ -3,7 +3,7 @@
 //! NaN and infinities, json with duplicate keys, jsonb with long numbers,
 //! dates and timestamps BC, at year 294276 and infinite, control characters,
 //! NULL array elements, a TOASTed column) is streamed by one daemon into a
-//! file, Redis (string mapping), OpenSearch and Kafka (native and debezium)
+//! file, Redis (string and hash mappings), OpenSearch and Kafka (native and debezium)
 //! on every path a value takes: the initial snapshot, inserts, partial
 //! updates (unchanged TOAST), key changes, delete + re-insert, a SIGKILL and
 //! its replay, a backfill, and `verify --repair` after stray fields were
@@ -75,6 +75,7 @@ fn config(pg: &PgCluster, db: &str, redis: &str, search: &str, kafka: &str, out:
     );
     let pipelines = "  - { name: audit, from: public.zoo, to: audit }\n\
         \x20 - { name: cache, from: public.zoo, to: cache, redis: { type: string, key: \"zoo:{id}\" } }\n\
+        \x20 - { name: hashes, from: public.zoo, to: cache, redis: { type: hash, key: \"zooh:{id}\" } }\n\
         \x20 - { name: search, from: public.zoo, to: search, opensearch: { index: zoo, id: \"{id}\", mappings: { dynamic: false } } }\n\
         \x20 - { name: native, from: public.zoo, to: events, kafka: { topic: zoo-native, format: native } }\n\
         \x20 - { name: debezium, from: public.zoo, to: events, kafka: { topic: zoo-debezium, key: \"{id}\", format: debezium } }";
@@ -299,6 +300,32 @@ async fn the_type_zoo_reaches_every_store_exactly_on_every_path() {
         cached.insert(key.trim().trim_start_matches("zoo:").to_string(), doc);
     }
     assert_same_rows("redis string", &cached, &want);
+
+    // Redis, hash per row: a field per non-NULL column, strings bare,
+    // numbers and booleans as their JSON text, JSON values as JSON.
+    let hash_keys: Vec<String> = redis.keys().into_iter().filter(|k| k.starts_with("zooh:")).collect();
+    assert_eq!(hash_keys.len(), want.len(), "one hash per row: {hash_keys:?}");
+    let mut hash_diffs = Vec::new();
+    for (id, row) in &want {
+        let fields: HashMap<String, String> = redis.cmd(&["HGETALL", &format!("zooh:{id}")]).pairs().into_iter().collect();
+        let row = row.as_object().expect("row");
+        for (col, v) in row {
+            let have = fields.get(col);
+            let same = match v {
+                Json::Null => have.is_none(),
+                Json::String(s) => have == Some(s),
+                Json::Number(_) | Json::Bool(_) => have.map(String::as_str) == Some(v.to_string().as_str()),
+                _ => have.and_then(|h| serde_json::from_str::<Json>(h).ok()).as_ref() == Some(v),
+            };
+            if !same {
+                hash_diffs.push(format!("zooh:{id} {col}: want {v}, have {have:?}"));
+            }
+        }
+        for f in fields.keys().filter(|f| !row.contains_key(*f)) {
+            hash_diffs.push(format!("zooh:{id}: stray field {f}"));
+        }
+    }
+    assert!(hash_diffs.is_empty(), "redis hash: {} differ, e.g.\n{}", hash_diffs.len(), hash_diffs[..hash_diffs.len().min(8)].join("\n"));
 
     // The file: replayed as a consumer would.
     let mut file = Replay::default();
