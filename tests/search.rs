@@ -478,7 +478,9 @@ async fn a_replayed_history_dead_letters_nothing() {
     let (pg, c) = cluster(db).await;
     let url = node().url();
     let dir = scratch();
-    let yaml = config(&pg, db, &url, "replay-products", "", dir.path());
+    // Delete tombstones kept for 10 minutes (60 s by default): a slow
+    // machine must not let the early deletes expire before the replay.
+    let yaml = config(&pg, db, &url, "replay-products", ", settings: { index.gc_deletes: 10m }", dir.path());
     // The second slot exists before any change.
     c.batch_execute("CREATE PUBLICATION again FOR TABLE products").await.unwrap();
     c.batch_execute("SELECT pg_create_logical_replication_slot('again', 'pgoutput')").await.unwrap();
@@ -487,6 +489,8 @@ async fn a_replayed_history_dead_letters_nothing() {
     let mut w = Workload::new(0x5eed_0031);
     w.run(&c, 300).await;
     assert_index_equals_table(&c, db, &url, "replay-products", &d).await;
+    let settings = http().get(format!("{url}/replay-products/_settings")).send().await.unwrap().text().await.unwrap();
+    assert!(settings.contains(r#""gc_deletes":"10m""#), "{settings}");
     drop(d);
     let moves: i64 = c.query_one("SELECT count(*) FROM products WHERE id > 1", &[]).await.unwrap().get(0);
     assert!(moves > 0);
