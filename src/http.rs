@@ -16,6 +16,8 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use pgfanout_sdk::Lsn;
 use tokio::sync::watch;
 
+use crate::backfill::state::SignalKind;
+
 /// Liveness/readiness facts published by the runtime.
 #[derive(Debug)]
 pub struct Health {
@@ -301,7 +303,7 @@ async fn start_backfill(State(s): State<AppState>, Query(q): Query<BackfillQuery
         "table": table, "where": q.filter, "chunk_size": q.chunk_size, "max_rows_per_second": q.max_rows_per_second,
         "slot": admin.slot, "reason": "http",
     });
-    match crate::backfill::state::signal(&c, "backfill", &data).await {
+    match crate::backfill::state::signal(&c, SignalKind::Backfill, &data).await {
         Ok(id) => reply(StatusCode::ACCEPTED, serde_json::json!({ "signal": id, "table": table })),
         Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, serde_json::json!({ "error": e.to_string() })),
     }
@@ -321,14 +323,17 @@ async fn list_backfills(State(s): State<AppState>) -> JsonReply {
 
 /// `POST /backfills/{id}/pause|resume|cancel`.
 async fn control_backfill(State(s): State<AppState>, Path((id, action)): Path<(i64, String)>) -> JsonReply {
-    if !matches!(action.as_str(), "pause" | "resume" | "cancel") {
-        return reply(StatusCode::NOT_FOUND, serde_json::json!({"error": "actions: pause, resume, cancel"}));
-    }
+    let kind = match action.as_str() {
+        "pause" => SignalKind::Pause,
+        "resume" => SignalKind::Resume,
+        "cancel" => SignalKind::Cancel,
+        _ => return reply(StatusCode::NOT_FOUND, serde_json::json!({"error": "actions: pause, resume, cancel"})),
+    };
     let (admin, c) = match admin_client(&s).await {
         Ok(x) => x,
         Err(r) => return r,
     };
-    match crate::backfill::state::signal(&c, &format!("{action}-backfill"), &serde_json::json!({ "id": id, "slot": admin.slot })).await {
+    match crate::backfill::state::signal(&c, kind, &serde_json::json!({ "id": id, "slot": admin.slot })).await {
         Ok(signal) => reply(StatusCode::ACCEPTED, serde_json::json!({ "signal": signal, "backfill": id, "action": action })),
         Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, serde_json::json!({ "error": e.to_string() })),
     }

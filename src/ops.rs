@@ -10,7 +10,6 @@ use pgfanout_sdk::Lsn;
 
 use crate::config::Config;
 use crate::pipeline::Router;
-use crate::runtime::setup::connect_options;
 
 struct Report {
     failures: usize,
@@ -35,7 +34,7 @@ impl Report {
 pub async fn doctor(cfg: &Config) -> i32 {
     let mut r = Report { failures: 0 };
     let pg = &cfg.source.postgres;
-    let opts = match connect_options(pg) {
+    let opts = match pg.connect_options() {
         Ok(o) => o,
         Err(e) => {
             r.fail(&format!("source.postgres.url: {e}"), "write a URL like postgres://user:password@host:5432/db");
@@ -170,7 +169,7 @@ pub async fn doctor(cfg: &Config) -> i32 {
         Ok(None) => r.warn(&format!("slot {} does not exist yet", pg.slot), "nothing to do: `pgfanout run` creates it"),
         Err(e) => r.fail(&format!("cannot read slot {}: {e}", pg.slot), "check privileges"),
     }
-    for (name, checks) in crate::sinks::check_all(cfg).await {
+    for (name, checks) in check_all(cfg).await {
         for check in checks {
             match check.problem {
                 None => r.ok(&format!("sink {name}: {}", check.what)),
@@ -192,7 +191,7 @@ pub async fn doctor(cfg: &Config) -> i32 {
 /// `pgfanout status`: exit 0 when the slot exists.
 pub async fn status(cfg: &Config) -> i32 {
     let pg = &cfg.source.postgres;
-    let client = match connect_options(pg) {
+    let client = match pg.connect_options() {
         Ok(opts) => match connect_sql(&opts).await {
             Ok(c) => c,
             Err(e) => {
@@ -334,9 +333,9 @@ pub struct BackfillRequest {
 /// `pgfanout backfill`: writes the request to `pgfanout.signals` (the
 /// daemon applies it), lists backfills, or waits for one to finish.
 pub async fn backfill(cfg: &Config, r: BackfillRequest) -> i32 {
-    use crate::backfill::state;
+    use crate::backfill::state::{self, BackfillStatus, SignalKind};
     let pg = &cfg.source.postgres;
-    let client = match connect_options(pg) {
+    let client = match pg.connect_options() {
         Ok(opts) => match connect_sql(&opts).await {
             Ok(c) => c,
             Err(e) => {
@@ -398,14 +397,14 @@ pub async fn backfill(cfg: &Config, r: BackfillRequest) -> i32 {
                 return 2;
             }
             (
-                "backfill",
+                SignalKind::Backfill,
                 serde_json::json!({"table": table.to_string(), "where": r.filter, "chunk_size": r.chunk_size,
                                    "max_rows_per_second": r.max_rows_per_second, "slot": pg.slot, "reason": "cli"}),
             )
         }
-        (None, Some(id), _, _) => ("pause-backfill", serde_json::json!({"id": id, "slot": pg.slot})),
-        (None, _, Some(id), _) => ("resume-backfill", serde_json::json!({"id": id, "slot": pg.slot})),
-        (None, _, _, Some(id)) => ("cancel-backfill", serde_json::json!({"id": id, "slot": pg.slot})),
+        (None, Some(id), _, _) => (SignalKind::Pause, serde_json::json!({"id": id, "slot": pg.slot})),
+        (None, _, Some(id), _) => (SignalKind::Resume, serde_json::json!({"id": id, "slot": pg.slot})),
+        (None, _, _, Some(id)) => (SignalKind::Cancel, serde_json::json!({"id": id, "slot": pg.slot})),
         _ => {
             eprintln!("give --table, --list, --pause ID, --resume ID or --cancel ID");
             return 2;
@@ -435,7 +434,7 @@ pub async fn backfill(cfg: &Config, r: BackfillRequest) -> i32 {
                 .and_then(|row| row.get(0));
             if let Some(result) = result {
                 match result.strip_prefix("backfill ").and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok()) {
-                    Some(id) if kind == "backfill" => backfill_id = Some(id),
+                    Some(id) if kind == SignalKind::Backfill => backfill_id = Some(id),
                     _ => {
                         println!("{result}");
                         return if result.starts_with("refused") { 1 } else { 0 };
@@ -445,11 +444,11 @@ pub async fn backfill(cfg: &Config, r: BackfillRequest) -> i32 {
         }
         if let Some(id) = backfill_id {
             match state::status(&client, id).await {
-                Ok(Some(s)) if s == "done" => {
+                Ok(Some(BackfillStatus::Done)) => {
                     println!("backfill {id} done");
                     return 0;
                 }
-                Ok(Some(s)) if s == "failed" || s == "cancelled" => {
+                Ok(Some(s @ (BackfillStatus::Failed | BackfillStatus::Cancelled))) => {
                     println!("backfill {id} {s}");
                     return 1;
                 }
@@ -462,4 +461,17 @@ pub async fn backfill(cfg: &Config, r: BackfillRequest) -> i32 {
         }
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
+}
+
+/// For `doctor`: per sink, its checks as (what, problem or None).
+async fn check_all(cfg: &Config) -> Vec<(String, Vec<pgfanout_sdk::Check>)> {
+    let mut out = Vec::new();
+    for (name, sink_cfg) in &cfg.sinks {
+        let checks = match &sink_cfg.configured {
+            Some(c) => c.doctor().await,
+            None => vec![pgfanout_sdk::Check::failed("configure", "not configured (internal error)")],
+        };
+        out.push((name.clone(), checks));
+    }
+    out
 }

@@ -56,7 +56,6 @@ use tokio_postgres::Client;
 
 use crate::config::{Config, TablePattern};
 use crate::pipeline::{Routed, Router};
-use crate::runtime::setup::connect_options;
 
 /// Options of `pgfanout verify`.
 #[derive(Debug, Clone)]
@@ -148,7 +147,7 @@ pub async fn verify(cfg: &Config, opts: &VerifyOptions) -> i32 {
         }
     };
     let pg = &cfg.source.postgres;
-    let conn = match connect_options(pg) {
+    let conn = match pg.connect_options() {
         Ok(o) => o,
         Err(e) => {
             eprintln!("source.postgres.url: {e}");
@@ -725,12 +724,8 @@ fn outcome_json(name: &str, sink: &str, kind: &str, o: &Outcome) -> Json {
 
 /// Records the outcome for the daemon's metrics (best effort).
 async fn record_result(client: &Client, pipeline: &str, o: &Outcome) {
-    let sql = "CREATE SCHEMA IF NOT EXISTS pgfanout;
-               CREATE TABLE IF NOT EXISTS pgfanout.verify_results (
-                 pipeline text PRIMARY KEY, divergent bigint NOT NULL, rows_checked bigint NOT NULL,
-                 repaired bigint NOT NULL, finished_at timestamptz NOT NULL)";
     let result = async {
-        client.batch_execute(sql).await?;
+        pgfanout_postgres::schema::migrate(client).await?;
         client
             .execute(
                 "INSERT INTO pgfanout.verify_results VALUES ($1, $2, $3, $4, now()) ON CONFLICT (pipeline) DO UPDATE \
@@ -739,6 +734,7 @@ async fn record_result(client: &Client, pipeline: &str, o: &Outcome) {
                 &[&pipeline, &(o.divergent.len() as i64), &(o.rows as i64), &(o.repaired as i64)],
             )
             .await
+            .map_err(pgfanout_postgres::SourceError::from)
     }
     .await;
     if let Err(e) = result {

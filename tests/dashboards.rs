@@ -314,7 +314,7 @@ fn docker_setup_is_consistent() {
     let cfg = load_with_env(&config_path, &HashMap::new()).unwrap_or_else(|e| panic!("{e}"));
     let router = Router::new(&cfg).unwrap_or_else(|e| panic!("{}: {e}", config_path.display()));
     assert!(!router.table_patterns().is_empty());
-    let available = pgfanout::sinks::available_kinds();
+    let available = pgfanout::connectors::available_kinds();
     for (name, sink) in &cfg.sinks {
         assert!(available.contains(&sink.kind()), "sinks.{name}: {} is not built into pgfanout", sink.kind());
     }

@@ -47,7 +47,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
 use crate::metrics as m;
-use state::Backfill;
+use state::{Backfill, BackfillStatus, SignalKind};
 
 /// The prefix of the watermark messages.
 pub const WATERMARK_PREFIX: &str = "pgfanout_backfill";
@@ -248,8 +248,8 @@ impl Driver {
             if data["slot"].as_str().is_some_and(|s| s != self.slot) {
                 continue;
             }
-            let result = match kind.as_str() {
-                "backfill" => match data["table"].as_str().map(parse_table) {
+            let result = match kind.parse::<SignalKind>() {
+                Ok(SignalKind::Backfill) => match data["table"].as_str().map(parse_table) {
                     Some(Ok(t)) if (self.routed)(&t.schema, &t.name) => {
                         let chunk = data["chunk_size"].as_i64().map_or(DEFAULT_CHUNK_SIZE, |n| n.clamp(1, 1_000_000) as i32);
                         let rate = data["max_rows_per_second"].as_i64().map(|n| n.clamp(1, i32::MAX as i64) as i32);
@@ -262,28 +262,28 @@ impl Driver {
                     Some(Err(e)) => format!("refused: {e}"),
                     None => "refused: data.table is missing (e.g. {\"table\": \"public.orders\"})".into(),
                 },
-                "pause-backfill" | "resume-backfill" | "cancel-backfill" => match data["id"].as_i64() {
+                Ok(signal @ (SignalKind::Pause | SignalKind::Resume | SignalKind::Cancel)) => match data["id"].as_i64() {
                     Some(bf) => {
                         let current = state::status(c, bf).await?;
-                        let next = match (kind.as_str(), current.as_deref()) {
+                        let next = match (signal, current) {
                             (_, None) => None,
-                            ("pause-backfill", Some("pending" | "running")) => Some("paused"),
-                            ("resume-backfill", Some("paused")) => Some("running"),
-                            ("cancel-backfill", Some("pending" | "running" | "paused")) => Some("cancelled"),
+                            (SignalKind::Pause, Some(BackfillStatus::Pending | BackfillStatus::Running)) => Some(BackfillStatus::Paused),
+                            (SignalKind::Resume, Some(BackfillStatus::Paused)) => Some(BackfillStatus::Running),
+                            (SignalKind::Cancel, Some(s)) if s.is_active() => Some(BackfillStatus::Cancelled),
                             _ => None,
                         };
                         match next {
                             Some(status) => {
                                 state::set_status(c, bf, status, None).await?;
-                                info!(backfill = bf, status, "backfill {status}");
+                                info!(backfill = bf, status = %status, "backfill {status}");
                                 format!("backfill {bf} {status}")
                             }
-                            None => format!("ignored: backfill {bf} is {}", current.unwrap_or_else(|| "unknown".into())),
+                            None => format!("ignored: backfill {bf} is {}", current.map_or("unknown", BackfillStatus::as_str)),
                         }
                     }
                     None => "refused: data.id is missing".into(),
                 },
-                other => format!("ignored: unknown signal type {other:?}"),
+                Err(_) => format!("ignored: unknown signal type {kind:?}"),
             };
             state::signal_processed(c, id, &result).await?;
         }
@@ -297,14 +297,14 @@ impl Driver {
         let parts = match KeyedTable::plan(c, &mut types, &table).await {
             Ok(p) => p,
             Err(e) if !e.is_retriable() => {
-                state::set_status(c, bf.id, "failed", Some(&e.to_string())).await?;
+                state::set_status(c, bf.id, BackfillStatus::Failed, Some(&e.to_string())).await?;
                 warn!(backfill = bf.id, table = %table, error = %e, "backfill failed");
                 return Ok(());
             }
             Err(e) => return Err(e),
         };
-        if bf.status == "pending" {
-            state::set_status(c, bf.id, "running", None).await?;
+        if bf.status == BackfillStatus::Pending {
+            state::set_status(c, bf.id, BackfillStatus::Running, None).await?;
         }
         let resumed = bf.last_key.is_some() || bf.part > 0;
         info!(backfill = bf.id, table = %table, rows_done = bf.rows, resume_key = ?bf.last_key, part = bf.part, "backfill {}", if resumed { "resuming from its last chunk" } else { "started" });
@@ -317,18 +317,18 @@ impl Driver {
         let mut after: Option<KeyText> = bf.last_key.clone();
         let outcome = loop {
             if *self.shutdown.borrow() {
-                break "shutdown";
+                break Stop::Shutdown;
             }
             // Signals (pause, cancel) apply between chunks.
             self.apply_signals(c).await?;
-            match state::status(c, bf.id).await?.as_deref() {
-                Some("running") => {}
-                Some(other) => break if other == "paused" { "paused" } else { "stopped" },
-                None => break "stopped",
+            match state::status(c, bf.id).await? {
+                Some(BackfillStatus::Running) => {}
+                Some(BackfillStatus::Paused) => break Stop::Paused,
+                Some(_) | None => break Stop::Stopped,
             }
             let Some(keyed) = parts.get(part) else {
-                state::set_status(c, bf.id, "done", None).await?;
-                break "done";
+                state::set_status(c, bf.id, BackfillStatus::Done, None).await?;
+                break Stop::Done;
             };
             *chunk_no += 1;
             let token = format!("{}-{}-{}", self.run, bf.id, chunk_no);
@@ -342,7 +342,7 @@ impl Driver {
                 ready: ready_tx,
             };
             if self.to_source.send(open).await.is_err() || ready_rx.await.is_err() {
-                break "shutdown";
+                break Stop::Shutdown;
             }
             let chunk = async {
                 watermark(c, "L", &token).await?;
@@ -361,9 +361,9 @@ impl Driver {
                 Err(e) => {
                     let _ = self.to_source.send(ToSource::Abort { token }).await;
                     if !e.is_retriable() {
-                        state::set_status(c, bf.id, "failed", Some(&e.to_string())).await?;
+                        state::set_status(c, bf.id, BackfillStatus::Failed, Some(&e.to_string())).await?;
                         warn!(backfill = bf.id, table = %table, error = %e, "backfill failed");
-                        break "failed";
+                        break Stop::Failed;
                     }
                     return Err(e);
                 }
@@ -373,11 +373,11 @@ impl Driver {
             let (durable_tx, durable_rx) = oneshot::channel();
             let changes: Vec<Change> = rows.into_iter().map(|(c, _)| c).collect();
             if self.to_source.send(ToSource::Rows { token, rows: changes, durable: durable_tx }).await.is_err() {
-                break "shutdown";
+                break Stop::Shutdown;
             }
             let emitted = tokio::select! {
-                r = durable_rx => match r { Ok(n) => n, Err(_) => break "shutdown" },
-                _ = self.shutdown.changed() => break "shutdown",
+                r = durable_rx => match r { Ok(n) => n, Err(_) => break Stop::Shutdown },
+                _ = self.shutdown.changed() => break Stop::Shutdown,
             };
             metrics::counter!(m::BACKFILL_ROWS_TOTAL, m::LABEL_TABLE => label.clone()).increment(emitted as u64);
             metrics::counter!(m::BACKFILL_CHUNKS_TOTAL, m::LABEL_TABLE => label.clone()).increment(1);
@@ -408,8 +408,8 @@ impl Driver {
             }
         };
         metrics::gauge!(m::BACKFILL_RUNNING, m::LABEL_TABLE => label).set(0.0);
-        info!(backfill = bf.id, table = %table, rows = rows_here, seconds = started.elapsed().as_secs_f64(), outcome, "backfill {outcome}");
-        if outcome == "paused" {
+        info!(backfill = bf.id, table = %table, rows = rows_here, seconds = started.elapsed().as_secs_f64(), outcome = outcome.as_str(), "backfill {}", outcome.as_str());
+        if outcome == Stop::Paused {
             // Wait for a resume (or another backfill) without spinning.
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -534,5 +534,28 @@ mod tests {
         assert_eq!(parse_table("orders").unwrap().to_string(), "public.orders");
         assert_eq!(parse_table("shop.orders").unwrap().name, "orders");
         assert!(parse_table("a.b.c").is_err());
+    }
+}
+
+/// Why [`Driver::backfill`] stopped working on a backfill (logged).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Done,
+    Failed,
+    Paused,
+    /// Cancelled, or gone from the table.
+    Stopped,
+    Shutdown,
+}
+
+impl Stop {
+    fn as_str(self) -> &'static str {
+        match self {
+            Stop::Done => "done",
+            Stop::Failed => "failed",
+            Stop::Paused => "paused",
+            Stop::Stopped => "stopped",
+            Stop::Shutdown => "shutdown",
+        }
     }
 }

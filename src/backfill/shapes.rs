@@ -18,15 +18,9 @@ pub type Shape = Vec<(String, u32)>;
 /// (schema, table) -> shape.
 pub type Shapes = HashMap<(String, String), Shape>;
 
-const CREATE: &str = "CREATE SCHEMA IF NOT EXISTS pgfanout;
-    CREATE TABLE IF NOT EXISTS pgfanout.relation_shapes (
-      slot text NOT NULL, schema_name text NOT NULL, table_name text NOT NULL, columns jsonb NOT NULL,
-      updated_at timestamptz NOT NULL DEFAULT now(),
-      PRIMARY KEY (slot, schema_name, table_name))";
-
 /// Records the catalog's shape of each table not recorded yet.
 pub async fn record_current(c: &Client, slot: &str, tables: &[TableName]) -> Result<(), SourceError> {
-    c.batch_execute(CREATE).await?;
+    pgfanout_postgres::schema::migrate(c).await?;
     for t in tables {
         c.execute(
             "INSERT INTO pgfanout.relation_shapes (slot, schema_name, table_name, columns)
@@ -44,7 +38,7 @@ pub async fn record_current(c: &Client, slot: &str, tables: &[TableName]) -> Res
 }
 
 pub async fn load(c: &Client, slot: &str) -> Result<Shapes, SourceError> {
-    c.batch_execute(CREATE).await?;
+    pgfanout_postgres::schema::migrate(c).await?;
     let rows = c.query("SELECT schema_name, table_name, columns::text FROM pgfanout.relation_shapes WHERE slot = $1", &[&slot]).await?;
     let mut out = Shapes::new();
     for r in rows {

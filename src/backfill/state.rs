@@ -17,42 +17,51 @@ use pgfanout_postgres::SourceError;
 use serde_json::Value as Json;
 use tokio_postgres::Client;
 
-const CREATE: &str = "CREATE SCHEMA IF NOT EXISTS pgfanout;
-    CREATE TABLE IF NOT EXISTS pgfanout.signals (
-      id bigserial PRIMARY KEY,
-      type text NOT NULL,
-      data jsonb NOT NULL DEFAULT '{}',
-      created_at timestamptz NOT NULL DEFAULT now(),
-      processed_at timestamptz,
-      result text);
-    CREATE TABLE IF NOT EXISTS pgfanout.backfills (
-      id bigserial PRIMARY KEY,
-      slot text NOT NULL,
-      table_name text NOT NULL,
-      filter text,
-      status text NOT NULL DEFAULT 'pending',
-      part int NOT NULL DEFAULT 0,
-      last_key text[],
-      rows_done bigint NOT NULL DEFAULT 0,
-      chunks_done bigint NOT NULL DEFAULT 0,
-      chunk_size int NOT NULL DEFAULT 1000,
-      max_rows_per_second int,
-      reason text,
-      error text,
-      created_at timestamptz NOT NULL DEFAULT now(),
-      updated_at timestamptz NOT NULL DEFAULT now())";
+pgfanout_postgres::sql_text_enum! {
+    /// Where a backfill stands (`pgfanout.backfills.status`).
+    pub enum BackfillStatus in "pgfanout.backfills.status" {
+        /// Requested, not started.
+        Pending = "pending",
+        /// Copying (resumes from `last_key` after a restart).
+        Running = "running",
+        /// Paused by a signal; resumes where it stopped.
+        Paused = "paused",
+        Done = "done",
+        Cancelled = "cancelled",
+        /// Stopped by an error (in `error`).
+        Failed = "failed",
+    }
+}
 
-/// Creates the schema and both tables when missing.
+impl BackfillStatus {
+    /// The states of a backfill that is not over.
+    pub const ACTIVE: [BackfillStatus; 3] = [BackfillStatus::Pending, BackfillStatus::Running, BackfillStatus::Paused];
+
+    pub fn is_active(self) -> bool {
+        Self::ACTIVE.contains(&self)
+    }
+}
+
+pgfanout_postgres::sql_text_enum! {
+    /// What a row of `pgfanout.signals` asks for (`type`).
+    pub enum SignalKind in "pgfanout.signals.type" {
+        /// Start a backfill (`data`: table, where, chunk_size, max_rows_per_second).
+        Backfill = "backfill",
+        /// Pause, resume or cancel backfill `data.id`.
+        Pause = "pause-backfill",
+        Resume = "resume-backfill",
+        Cancel = "cancel-backfill",
+    }
+}
+
+/// Creates schema `pgfanout` and its tables when missing, or upgrades them
+/// (see [`pgfanout_postgres::schema`]).
 pub async fn ensure(c: &Client) -> Result<(), SourceError> {
-    c.batch_execute(CREATE).await.map_err(|e| {
-        SourceError::from(e)
-            .context("cannot create pgfanout.signals / pgfanout.backfills")
-            .definite_with_fix("grant the pgfanout role CREATE on the database (or create schema pgfanout owned by it)")
-    })
+    pgfanout_postgres::schema::migrate(c).await.map(|_| ())
 }
 
 /// Inserts a signal; returns its id.
-pub async fn signal(c: &Client, kind: &str, data: &Json) -> Result<i64, SourceError> {
+pub async fn signal(c: &Client, kind: SignalKind, data: &Json) -> Result<i64, SourceError> {
     ensure(c).await?;
     let row = c
         .query_one("INSERT INTO pgfanout.signals (type, data) VALUES ($1, $2::text::jsonb) RETURNING id", &[&kind, &data.to_string()])
@@ -66,7 +75,7 @@ pub struct Backfill {
     pub id: i64,
     pub table: String,
     pub filter: Option<String>,
-    pub status: String,
+    pub status: BackfillStatus,
     pub part: i32,
     pub last_key: Option<Vec<String>>,
     pub rows: i64,
@@ -80,7 +89,7 @@ pub struct Backfill {
 impl Backfill {
     pub fn to_json(&self) -> Json {
         serde_json::json!({
-            "id": self.id, "table": self.table, "where": self.filter, "status": self.status,
+            "id": self.id, "table": self.table, "where": self.filter, "status": self.status.as_str(),
             "rows": self.rows, "chunks": self.chunks, "chunk_size": self.chunk_size,
             "max_rows_per_second": self.max_rows_per_second, "reason": self.reason, "error": self.error,
             "last_key": self.last_key,
@@ -120,25 +129,28 @@ pub async fn next_active(c: &Client, slot: &str) -> Result<Option<Backfill>, Sou
     let row = c
         .query_opt(
             &format!(
-                "SELECT {COLUMNS} FROM pgfanout.backfills WHERE slot = $1 AND status IN ('running', 'pending') \
-                 ORDER BY (status = 'running') DESC, id LIMIT 1"
+                "SELECT {COLUMNS} FROM pgfanout.backfills WHERE slot = $1 AND status IN ($2, $3) \
+                 ORDER BY (status = $2) DESC, id LIMIT 1"
             ),
-            &[&slot],
+            &[&slot, &BackfillStatus::Running, &BackfillStatus::Pending],
         )
         .await?;
     Ok(row.as_ref().map(from_row).transpose()?)
 }
 
-pub async fn status(c: &Client, id: i64) -> Result<Option<String>, SourceError> {
-    Ok(c.query_opt("SELECT status FROM pgfanout.backfills WHERE id = $1", &[&id]).await?.map(|r| r.get(0)))
+pub async fn status(c: &Client, id: i64) -> Result<Option<BackfillStatus>, SourceError> {
+    match c.query_opt("SELECT status FROM pgfanout.backfills WHERE id = $1", &[&id]).await? {
+        Some(r) => Ok(Some(r.try_get(0)?)),
+        None => Ok(None),
+    }
 }
 
 /// Records a chunk durable in every sink.
 pub async fn chunk_done(c: &Client, id: i64, part: i32, last_key: &[String], rows: i64) -> Result<(), SourceError> {
     c.execute(
         "UPDATE pgfanout.backfills SET part = $2, last_key = $3, rows_done = rows_done + $4, chunks_done = chunks_done + 1, \
-         status = CASE WHEN status = 'pending' THEN 'running' ELSE status END, updated_at = now() WHERE id = $1",
-        &[&id, &part, &last_key, &rows],
+         status = CASE WHEN status = $5 THEN $6 ELSE status END, updated_at = now() WHERE id = $1",
+        &[&id, &part, &last_key, &rows, &BackfillStatus::Pending, &BackfillStatus::Running],
     )
     .await?;
     Ok(())
@@ -150,7 +162,7 @@ pub async fn next_part(c: &Client, id: i64, part: i32) -> Result<(), SourceError
     Ok(())
 }
 
-pub async fn set_status(c: &Client, id: i64, status: &str, error: Option<&str>) -> Result<(), SourceError> {
+pub async fn set_status(c: &Client, id: i64, status: BackfillStatus, error: Option<&str>) -> Result<(), SourceError> {
     c.execute("UPDATE pgfanout.backfills SET status = $2, error = $3, updated_at = now() WHERE id = $1", &[&id, &status, &error]).await?;
     Ok(())
 }
@@ -176,7 +188,8 @@ pub async fn create(
     Ok(row.try_get(0)?)
 }
 
-/// Unprocessed signals, oldest first: (id, type, data).
+/// Unprocessed signals, oldest first: (id, type, data). The type is text:
+/// a signal of a type this release does not know is answered, not fatal.
 pub async fn pending_signals(c: &Client) -> Result<Vec<(i64, String, Json)>, SourceError> {
     let rows = c.query("SELECT id, type, data::text FROM pgfanout.signals WHERE processed_at IS NULL ORDER BY id", &[]).await?;
     let mut out = Vec::with_capacity(rows.len());

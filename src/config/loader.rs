@@ -13,11 +13,11 @@ use config::{Source, Value, ValueKind};
 use indexmap::IndexMap;
 use serde::de::DeserializeOwned;
 
+use super::pipeline::PipelineConfig;
 use super::pipeline::PIPELINE_FIELDS;
+use super::sections::{Config, ConfigErrors, DeadLetterConfig, HttpConfig, RuntimeConfig, SinkConfig, SourceConfig};
 use super::validate::{validate_parts, Parts};
-use super::{
-    interpolate, redact, Config, ConfigErrors, DeadLetterConfig, HttpConfig, PipelineConfig, RuntimeConfig, SinkConfig, SourceConfig,
-};
+use super::{interpolate, redact};
 
 /// The top-level sections, in the order the file is expected to have them.
 const SECTIONS: [&str; 6] = ["source", "sinks", "pipelines", "dead_letter", "http", "runtime"];
@@ -132,7 +132,7 @@ pub fn load_with_env(path: &Path, env: &HashMap<String, String>) -> Result<Confi
         runtime: runtime.as_ref(),
     }));
     // Each sink's connector parses its settings and mappings, once.
-    let (configured, sink_errors) = crate::sinks::configure_sinks(&sinks, &pipeline_refs);
+    let (configured, sink_errors) = super::sinks::configure_sinks(&sinks, &pipeline_refs);
     errors.extend(sink_errors);
     for (name, c) in configured {
         if let Some(s) = sinks.get_mut(&name) {
@@ -182,7 +182,7 @@ fn section<T: DeserializeOwned>(v: Value, path: &str, errors: &mut Vec<String>) 
 
 /// Reads one sink: its `type` (which must name a connector of this build)
 /// and the rest of its settings, which only that connector parses (see
-/// `crate::sinks::configure_sinks`).
+/// `super::sinks::configure_sinks`).
 fn sink_section(v: Value, path: &str, errors: &mut Vec<String>) -> Option<SinkConfig> {
     let mut map = match v.kind {
         ValueKind::Table(map) => map,
@@ -191,7 +191,7 @@ fn sink_section(v: Value, path: &str, errors: &mut Vec<String>) -> Option<SinkCo
             return None;
         }
     };
-    let kinds = crate::sinks::known_kinds().join(", ");
+    let kinds = crate::connectors::known_kinds().join(", ");
     let kind = match map.shift_remove("type").map(|t| t.kind) {
         Some(ValueKind::String(t)) => t,
         Some(other) => {
@@ -203,7 +203,7 @@ fn sink_section(v: Value, path: &str, errors: &mut Vec<String>) -> Option<SinkCo
             return None;
         }
     };
-    if let Err(e) = crate::sinks::find(&kind) {
+    if let Err(e) = crate::connectors::find(&kind) {
         errors.push(format!("{path}.type: {e}"));
         return None;
     }
@@ -227,11 +227,11 @@ fn pipeline_section(v: Value, path: &str, errors: &mut Vec<String>) -> Option<Pi
     let mut ok = true;
     for key in extra {
         let value = map.shift_remove(&key).expect("key listed above");
-        if !crate::sinks::is_mapping_key(&key) {
+        if !crate::connectors::is_mapping_key(&key) {
             errors.push(format!(
                 "{path}.{key}: unknown field; expected one of {} or the mapping for the pipeline's sink type ({})",
                 PIPELINE_FIELDS.join(", "),
-                crate::sinks::known_kinds().join(", ")
+                crate::connectors::known_kinds().join(", ")
             ));
             ok = false;
             continue;

@@ -9,9 +9,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use super::pipeline::{TablePattern, TransformConfig};
-use super::{Config, DeadLetterConfig, HttpConfig, PipelineConfig, PostgresSourceConfig, RuntimeConfig, SinkConfig};
-use crate::pipeline::expr::{self, Expr};
+use super::pipeline::{OneOrMany, PipelineConfig, TablePattern, TransformConfig};
+use super::sections::{Config, DeadLetterConfig, HttpConfig, PostgresSourceConfig, RuntimeConfig, SinkConfig};
+use crate::expr::{self, Expr};
 use indexmap::IndexMap;
 
 /// The longest identifier PostgreSQL keeps (NAMEDATALEN - 1).
@@ -31,7 +31,7 @@ pub fn validate(cfg: &Config) -> Vec<String> {
         http: Some(&cfg.http),
         runtime: Some(&cfg.runtime),
     });
-    errors.extend(crate::sinks::configure_sinks(&cfg.sinks, &pipelines).1);
+    errors.extend(super::sinks::configure_sinks(&cfg.sinks, &pipelines).1);
     errors
 }
 
@@ -160,7 +160,7 @@ fn check_pipeline(
     if items.is_empty() {
         errors.push(format!("{path}.from: expected at least one table (schema.table, table or schema.*)"));
     }
-    let many = matches!(p.from, super::OneOrMany::Many(_));
+    let many = matches!(p.from, OneOrMany::Many(_));
     let mut first_pattern = None;
     for (j, item) in items.iter().enumerate() {
         let at = if many { format!("{path}.from[{j}]") } else { format!("{path}.from") };
@@ -192,14 +192,14 @@ fn check_pipeline(
         }
     };
     if let Some(kind) = sink_kind {
-        let connector = crate::sinks::find(kind).ok();
+        let connector = crate::connectors::find(kind).ok();
         for (key, _) in &p.mappings {
             match connector {
                 Some(c) if !c.takes_mapping() => errors.push(format!(
                     "{path}.{key}: this pipeline's sink {:?} is a {kind} sink, which takes no mapping; remove `{key}:`",
                     p.to
                 )),
-                Some(c) if !crate::sinks::key_matches(c, key) => errors.push(format!(
+                Some(c) if !crate::connectors::key_matches(c, key) => errors.push(format!(
                     "{path}.{key}: this pipeline's sink {:?} is a {kind} sink; a {key} mapping applies only to {key} sinks (write the mapping under `{kind}:`)",
                     p.to
                 )),

@@ -10,9 +10,8 @@
 //! time a table is seen, so a change on a table no pipeline reads costs one
 //! hash lookup; a pipeline without transforms forwards the same
 //! `Arc<Change>` (no copy); CEL runs only for pipelines with a filter, and
-//! reads only the variables the expression touches (see [`expr`]).
+//! reads only the variables the expression touches (see [`crate::expr`]).
 
-pub mod expr;
 pub mod transform;
 
 use rustc_hash::FxHashMap;
@@ -21,7 +20,7 @@ use std::sync::Arc;
 use pgfanout_sdk::{Change, Op, SinkRecord};
 
 use crate::config::{Config, ConfigErrors, TablePattern};
-use expr::{ChangeVars, Expr};
+use crate::expr::{self, ChangeVars, Expr};
 use transform::Transform;
 
 /// What the router decided for one change in one pipeline.

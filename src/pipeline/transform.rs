@@ -34,8 +34,8 @@ use cel::Env;
 use pgfanout_sdk::{Change, Row, Value};
 use sha2::{Digest, Sha256};
 
-use super::expr::{to_column_value, ChangeVars, Expr};
 use crate::config::TransformConfig;
+use crate::expr::{to_column_value, ChangeVars, Expr};
 
 /// A compiled transform.
 #[derive(Debug)]

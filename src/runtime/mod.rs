@@ -4,6 +4,7 @@
 pub mod ack;
 pub mod pins;
 pub mod setup;
+pub mod sinks;
 pub mod snapshot;
 pub mod source;
 pub mod worker;
@@ -56,7 +57,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
             cfg.pipelines.iter().flat_map(|p| p.from.items()).filter_map(|t| crate::config::TablePattern::parse(t).ok()).collect();
         let routed: crate::backfill::TableFilter =
             Arc::new(move |schema: &str, table: &str| patterns.iter().any(|p| p.matches(schema, table)));
-        let admin = setup::connect_options(&cfg.source.postgres).ok().map(|opts| crate::http::Admin {
+        let admin = cfg.source.postgres.connect_options().ok().map(|opts| crate::http::Admin {
             opts,
             slot: cfg.source.postgres.slot.clone(),
             routed,
@@ -71,7 +72,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
 
     let router = Router::new(&cfg).map_err(|e| RunError::Config(e.to_string()))?;
     let pg = &cfg.source.postgres;
-    let opts = setup::connect_options(pg).map_err(|e| RunError::Config(e.to_string()))?;
+    let opts = pg.connect_options().map_err(|e| RunError::Config(e.to_string()))?;
     let prepared = match setup::prepare_source(&opts, pg, &router, shutdown_rx.clone()).await {
         Ok(Some(p)) => p,
         Ok(None) => return Ok(()),
@@ -80,7 +81,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     let start = prepared.start;
 
     let dead_letters = DeadLetters::new(&cfg.dead_letter.path);
-    let sinks = match crate::sinks::spawn_all(&cfg, &router, &dead_letters, shutdown_rx.clone()).await.map_err(RunError::Fatal)? {
+    let sinks = match sinks::spawn_all(&cfg, &router, &dead_letters, shutdown_rx.clone()).await.map_err(RunError::Fatal)? {
         Some(sinks) => sinks,
         None => return Ok(()),
     };
@@ -182,17 +183,19 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
 /// and Kafka keep what they received).
 async fn reconcile_after_recreate(cfg: Config, mut shutdown: watch::Receiver<bool>) {
     let pg = &cfg.source.postgres;
-    let Ok(opts) = setup::connect_options(pg) else { return };
+    let Ok(opts) = pg.connect_options() else { return };
     loop {
         if *shutdown.borrow() {
             return;
         }
         let pending = async {
+            use crate::backfill::state::BackfillStatus;
+            const ACTIVE: [BackfillStatus; 3] = BackfillStatus::ACTIVE;
             let c = pgfanout_postgres::conn::connect_sql(&opts).await?;
             let row = c
                 .query_one(
-                    "SELECT count(*) FROM pgfanout.backfills WHERE slot = $1 AND reason = $2 AND status IN ('pending', 'running', 'paused')",
-                    &[&pg.slot, &setup::RECREATED],
+                    "SELECT count(*) FROM pgfanout.backfills WHERE slot = $1 AND reason = $2 AND status IN ($3, $4, $5)",
+                    &[&pg.slot, &setup::RECREATED, &ACTIVE[0], &ACTIVE[1], &ACTIVE[2]],
                 )
                 .await?;
             Ok::<i64, pgfanout_postgres::SourceError>(row.get(0))

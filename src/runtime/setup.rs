@@ -17,27 +17,19 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use pgfanout_postgres::conn::{connect_sql, PgConnectOptions, TlsFiles};
+use pgfanout_postgres::conn::{connect_sql, PgConnectOptions};
 use pgfanout_postgres::replication::{ReplicationClient, SnapshotAction};
 use pgfanout_postgres::slot::{quote_ident, TableName};
+use pgfanout_postgres::snapshot::SnapshotStatus;
 use pgfanout_postgres::{slot, snapshot, SourceError};
 use pgfanout_sdk::Lsn;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::backfill::state::BackfillStatus;
 use crate::config::{OnSlotLost, PostgresSourceConfig, SnapshotMode};
 use crate::pipeline::Router;
 use pgfanout_sdk::settings::Backoff;
-
-pub const STATE_INITIAL_RUNNING: &str = "initial-running";
-pub const STATE_ADDED_RUNNING: &str = "added-running";
-pub const STATE_DONE: &str = "done";
-
-/// Connection options from `source.postgres`.
-pub fn connect_options(pg: &PostgresSourceConfig) -> Result<PgConnectOptions, SourceError> {
-    let tls = TlsFiles { ca_file: pg.tls.ca_file.clone(), cert_file: pg.tls.cert_file.clone(), key_file: pg.tls.key_file.clone() };
-    PgConnectOptions::from_url(&pg.url, tls)
-}
 
 /// Tables to copy before streaming.
 pub struct SnapshotPlan {
@@ -51,7 +43,7 @@ pub struct SnapshotPlan {
     /// open and idle until the copy is done.
     pub exporter: Option<ReplicationClient>,
     /// State value written while copying.
-    pub running_state: &'static str,
+    pub running_state: SnapshotStatus,
 }
 
 /// What start-up decided.
@@ -132,8 +124,8 @@ async fn prepare_once(opts: &PgConnectOptions, pg: &PostgresSourceConfig, router
                 return Ok(Prepared { start, snapshot: None, recreated: false });
             }
             let state = snapshot::snapshot_state(&sql, &pg.slot).await?;
-            let interrupted = state.iter().any(|(_, s, _)| s == STATE_INITIAL_RUNNING);
-            let done: HashSet<&TableName> = state.iter().filter(|(_, s, _)| s == STATE_DONE).map(|(t, _, _)| t).collect();
+            let interrupted = state.iter().any(|(_, s, _)| *s == SnapshotStatus::InitialRunning);
+            let done: HashSet<&TableName> = state.iter().filter(|(_, s, _)| *s == SnapshotStatus::Done).map(|(t, _, _)| t).collect();
             let added: Vec<TableName> = tables.iter().filter(|t| interrupted || !done.contains(t)).cloned().collect();
             if added.is_empty() {
                 return Ok(Prepared { start, snapshot: None, recreated: false });
@@ -157,7 +149,7 @@ async fn prepare_once(opts: &PgConnectOptions, pg: &PostgresSourceConfig, router
             let existing = crate::backfill::state::list(&sql, &pg.slot).await?;
             for t in &added {
                 let name = t.to_string();
-                let active = existing.iter().any(|b| b.table == name && matches!(b.status.as_str(), "pending" | "running" | "paused"));
+                let active = existing.iter().any(|b| b.table == name && b.status.is_active());
                 if !active {
                     let id = crate::backfill::state::create(&sql, &pg.slot, &name, None, crate::backfill::DEFAULT_CHUNK_SIZE, None, reason)
                         .await?;
@@ -165,7 +157,7 @@ async fn prepare_once(opts: &PgConnectOptions, pg: &PostgresSourceConfig, router
                 }
             }
             let version = current_lsn(&sql).await?;
-            snapshot::mark_tables(&sql, &pg.slot, &added, STATE_DONE, version).await?;
+            snapshot::mark_tables(&sql, &pg.slot, &added, SnapshotStatus::Done, version).await?;
             Ok(Prepared { start, snapshot: None, recreated: false })
         }
         None => {
@@ -174,14 +166,14 @@ async fn prepare_once(opts: &PgConnectOptions, pg: &PostgresSourceConfig, router
             if snapshots {
                 // Recorded before the slot exists: a crash from here on is
                 // seen as an interrupted initial snapshot.
-                snapshot::mark_tables(&sql, &pg.slot, &tables, STATE_INITIAL_RUNNING, Lsn::ZERO).await?;
+                snapshot::mark_tables(&sql, &pg.slot, &tables, SnapshotStatus::InitialRunning, Lsn::ZERO).await?;
             }
             let created = repl.create_logical_slot(&pg.slot, action).await?;
             info!(slot = %pg.slot, consistent_point = %created.consistent_point, "replication slot created");
             if !snapshots {
                 return Ok(Prepared { start: created.consistent_point, snapshot: None, recreated: false });
             }
-            snapshot::mark_tables(&sql, &pg.slot, &tables, STATE_INITIAL_RUNNING, created.consistent_point).await?;
+            snapshot::mark_tables(&sql, &pg.slot, &tables, SnapshotStatus::InitialRunning, created.consistent_point).await?;
             Ok(Prepared {
                 start: created.consistent_point,
                 snapshot: Some(SnapshotPlan {
@@ -189,7 +181,7 @@ async fn prepare_once(opts: &PgConnectOptions, pg: &PostgresSourceConfig, router
                     version: created.consistent_point,
                     snapshot_name: created.snapshot_name,
                     exporter: Some(repl),
-                    running_state: STATE_INITIAL_RUNNING,
+                    running_state: SnapshotStatus::InitialRunning,
                 }),
                 recreated: false,
             })
@@ -202,9 +194,9 @@ async fn prepare_once(opts: &PgConnectOptions, pg: &PostgresSourceConfig, router
 async fn streamed_before(sql: &tokio_postgres::Client, slot: &str) -> Result<bool, SourceError> {
     let row = sql
         .query_one(
-            "SELECT (to_regclass('pgfanout.snapshot_state') IS NOT NULL AND EXISTS (SELECT 1 FROM pgfanout.snapshot_state s WHERE s.slot = $1 AND s.status = 'done')) \
+            "SELECT (to_regclass('pgfanout.snapshot_state') IS NOT NULL AND EXISTS (SELECT 1 FROM pgfanout.snapshot_state s WHERE s.slot = $1 AND s.status = $2)) \
              OR (to_regclass('pgfanout.backfills') IS NOT NULL AND EXISTS (SELECT 1 FROM pgfanout.backfills b WHERE b.slot = $1))",
-            &[&slot],
+            &[&slot, &SnapshotStatus::Done],
         )
         .await;
     match row {
@@ -249,9 +241,9 @@ async fn recover_lost_slot(
     crate::backfill::state::ensure(sql).await?;
     // Backfills of the lost slot's run are moot: the new ones cover every table.
     sql.execute(
-        "UPDATE pgfanout.backfills SET status = 'cancelled', error = 'slot recreated', updated_at = now() \
-         WHERE slot = $1 AND status IN ('pending', 'running', 'paused')",
-        &[slot_name],
+        "UPDATE pgfanout.backfills SET status = $2, error = 'slot recreated', updated_at = now() \
+         WHERE slot = $1 AND status IN ($3, $4, $5)",
+        &[&slot_name, &BackfillStatus::Cancelled, &BackfillStatus::ACTIVE[0], &BackfillStatus::ACTIVE[1], &BackfillStatus::ACTIVE[2]],
     )
     .await?;
     for t in tables {
@@ -259,7 +251,7 @@ async fn recover_lost_slot(
     }
     if pg.snapshot == SnapshotMode::Initial {
         snapshot::ensure_state_table(sql).await?;
-        snapshot::mark_tables(sql, slot_name, tables, STATE_DONE, created.consistent_point).await?;
+        snapshot::mark_tables(sql, slot_name, tables, SnapshotStatus::Done, created.consistent_point).await?;
     }
     metrics::counter!(crate::metrics::SLOT_RECREATED_TOTAL).increment(1);
     info!(slot = %slot_name, consistent_point = %created.consistent_point, tables = tables.len(), "replication slot recreated; every table is backfilled while streaming");

@@ -20,9 +20,10 @@ use tokio::sync::mpsc;
 use tracing::info;
 
 use crate::metrics as m;
-use crate::runtime::setup::{SnapshotPlan, STATE_DONE};
+use crate::runtime::setup::SnapshotPlan;
 use crate::runtime::source::SourceLoop;
 use crate::runtime::worker::Item;
+use pgfanout_postgres::snapshot::SnapshotStatus;
 
 /// When progress was last logged, and per table (rows, estimate).
 type ProgressLog = (Instant, HashMap<String, (u64, u64)>);
@@ -145,13 +146,13 @@ impl SourceLoop {
             }
         }
         let sql = connect_sql(&self.settings.opts).await?;
-        snapshot::mark_tables(&sql, slot, &plan.tables, STATE_DONE, plan.version).await?;
+        snapshot::mark_tables(&sql, slot, &plan.tables, SnapshotStatus::Done, plan.version).await?;
         let secs = started.elapsed().as_secs_f64();
         info!(
             rows,
             seconds = secs,
             rows_per_second = (rows as f64 / secs.max(1e-9)) as u64,
-            running_state = plan.running_state,
+            running_state = %plan.running_state,
             "snapshot complete; streaming starts"
         );
         Ok(true)

@@ -520,7 +520,7 @@ impl SourceLoop {
             "table": table, "slot": self.settings.slot,
             "reason": format!("type of {} changed", changed.join(", ")),
         });
-        match crate::backfill::state::signal(sql, "backfill", &data).await {
+        match crate::backfill::state::signal(sql, crate::backfill::state::SignalKind::Backfill, &data).await {
             Ok(id) => info!(table = %table, columns = %changed.join(", "), signal = id, "column type changed; the table is backfilled"),
             Err(e) => {
                 warn!(table = %table, error = %e, "column type changed but a backfill could not be requested; run pgfanout backfill --table {table}")

@@ -16,6 +16,7 @@ pub mod error;
 pub mod pgoutput;
 pub mod relation;
 pub mod replication;
+pub mod schema;
 pub mod slot;
 pub mod snapshot;
 pub mod types;

@@ -10,7 +10,7 @@ use pgfanout_postgres::conn::{PgConnectOptions, TlsFiles};
 use pgfanout_postgres::replication::{ReplicationClient, SnapshotAction};
 use pgfanout_postgres::slot::{resolve_tables, TableName};
 use pgfanout_postgres::snapshot::{
-    clear_state, copy_tables, ensure_state_table, mark_tables, snapshot_state, Pinned, SnapshotOptions, TableProgress,
+    clear_state, copy_tables, ensure_state_table, mark_tables, snapshot_state, Pinned, SnapshotOptions, SnapshotStatus, TableProgress,
 };
 use pgfanout_sdk::{Change, Lsn, Op, Value};
 use testkit::PgCluster;
@@ -459,15 +459,22 @@ async fn state_table_round_trip() {
     ensure_state_table(&c).await.expect("idempotent");
     let (a, b) = (TableName::new("public", "a"), TableName::new("Sales", "Order Items"));
     let (l1, l2): (Lsn, Lsn) = ("0/16B3748".parse().unwrap(), "1/A0".parse().unwrap());
-    mark_tables(&c, "s1", &[a.clone(), b.clone()], "running", l1).await.unwrap();
-    mark_tables(&c, "s2", std::slice::from_ref(&a), "done", l2).await.unwrap();
-    mark_tables(&c, "s1", std::slice::from_ref(&a), "done", l2).await.unwrap();
-    mark_tables(&c, "s1", &[], "done", l2).await.unwrap();
+    let (running, done) = (SnapshotStatus::InitialRunning, SnapshotStatus::Done);
+    mark_tables(&c, "s1", &[a.clone(), b.clone()], running, l1).await.unwrap();
+    mark_tables(&c, "s2", std::slice::from_ref(&a), done, l2).await.unwrap();
+    mark_tables(&c, "s1", std::slice::from_ref(&a), done, l2).await.unwrap();
+    mark_tables(&c, "s1", &[], done, l2).await.unwrap();
     let s1 = snapshot_state(&c, "s1").await.unwrap();
-    assert_eq!(s1, vec![(b.clone(), "running".to_string(), l1), (a.clone(), "done".to_string(), l2)]);
+    assert_eq!(s1, vec![(b.clone(), running, l1), (a.clone(), done, l2)]);
     clear_state(&c, "s1").await.unwrap();
     assert!(snapshot_state(&c, "s1").await.unwrap().is_empty());
-    assert_eq!(snapshot_state(&c, "s2").await.unwrap(), vec![(a, "done".to_string(), l2)]);
+    assert_eq!(snapshot_state(&c, "s2").await.unwrap(), vec![(a, done, l2)]);
+    // A status this release does not know is an error naming the column,
+    // not a table silently taken as copied or not.
+    c.execute("ALTER TABLE pgfanout.snapshot_state DROP CONSTRAINT snapshot_state_status_known", &[]).await.unwrap();
+    c.execute("UPDATE pgfanout.snapshot_state SET status = 'copied' WHERE slot = 's2'", &[]).await.unwrap();
+    let e = snapshot_state(&c, "s2").await.unwrap_err().to_string();
+    assert!(e.contains("pgfanout.snapshot_state.status") && e.contains("\"copied\""), "{e}");
 
     // Wildcards never pick up pgfanout's own table.
     c.batch_execute("CREATE TABLE public.x (id int PRIMARY KEY)").await.unwrap();

@@ -50,7 +50,7 @@ pub use arena::{Pinned, DEFAULT_BUDGET as DEFAULT_PINNED_BUDGET};
 use copy_text::{for_each_field, LineSplitter};
 use plan::{BlockRange, RelationPlan};
 
-pub use state::{clear_state, ensure_state_table, mark_tables, snapshot_state};
+pub use state::{clear_state, ensure_state_table, mark_tables, snapshot_state, SnapshotStatus};
 
 /// Rows a worker reads between two progress reports of a table.
 const PROGRESS_EVERY: u64 = 4096;

@@ -13,39 +13,33 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
 use crate::error::SourceError;
-use crate::slot::{TableName, INTERNAL_SCHEMA};
+use crate::slot::TableName;
 
-const CREATE: &str = "CREATE SCHEMA IF NOT EXISTS pgfanout; \
-    CREATE TABLE IF NOT EXISTS pgfanout.snapshot_state (\
-        slot text NOT NULL, schema_name text NOT NULL, table_name text NOT NULL, \
-        status text NOT NULL, version pg_lsn NOT NULL, updated_at timestamptz NOT NULL DEFAULT now(), \
-        PRIMARY KEY (slot, schema_name, table_name))";
-
-/// Creates schema `pgfanout` and table `pgfanout.snapshot_state` if missing.
-/// Safe to call concurrently from several processes. Needs CREATE on the
-/// database (Permanent error otherwise).
-pub async fn ensure_state_table(c: &Client) -> Result<(), SourceError> {
-    debug_assert_eq!(INTERNAL_SCHEMA, "pgfanout");
-    match c.batch_execute(CREATE).await {
-        Ok(()) => Ok(()),
-        // Two CREATE ... IF NOT EXISTS racing: the loser sees a duplicate; the
-        // object exists now, so run it again to create what may still miss.
-        Err(e) if is_duplicate(&e) => Ok(c.batch_execute(CREATE).await?),
-        Err(e) => Err(e.into()),
+crate::sql_text_enum! {
+    /// A table's snapshot status in `pgfanout.snapshot_state.status`.
+    pub enum SnapshotStatus in "pgfanout.snapshot_state.status" {
+        /// Being copied by the initial snapshot (a crash leaves it so: the
+        /// next start re-copies every table by backfills).
+        InitialRunning = "initial-running",
+        /// Written by releases before December 2026 for a table added to
+        /// the config; read as "not copied".
+        AddedRunning = "added-running",
+        /// Copied at the recorded version.
+        Done = "done",
     }
 }
 
-fn is_duplicate(e: &tokio_postgres::Error) -> bool {
-    matches!(
-        e.code(),
-        Some(c) if *c == SqlState::UNIQUE_VIOLATION || *c == SqlState::DUPLICATE_SCHEMA || *c == SqlState::DUPLICATE_TABLE
-    )
+/// Creates schema `pgfanout` and its tables if missing (all of them: see
+/// [`crate::schema`]). Safe to call concurrently from several processes.
+/// Needs CREATE on the database (Permanent error otherwise).
+pub async fn ensure_state_table(c: &Client) -> Result<(), SourceError> {
+    crate::schema::migrate(c).await.map(|_| ())
 }
 
 /// Every table recorded for `slot`, ordered by schema and name, with its
-/// status (`running` or `done`, as written by [`mark_tables`]) and version.
+/// status (as written by [`mark_tables`]) and version.
 /// Empty when the state table does not exist yet.
-pub async fn snapshot_state(c: &Client, slot: &str) -> Result<Vec<(TableName, String, Lsn)>, SourceError> {
+pub async fn snapshot_state(c: &Client, slot: &str) -> Result<Vec<(TableName, SnapshotStatus, Lsn)>, SourceError> {
     let rows = match c
         .query(
             "SELECT schema_name, table_name, status, version::text FROM pgfanout.snapshot_state \
@@ -62,14 +56,16 @@ pub async fn snapshot_state(c: &Client, slot: &str) -> Result<Vec<(TableName, St
     for r in rows {
         let version: String = r.try_get(3)?;
         let lsn: Lsn = version.parse().map_err(|e| SourceError::permanent(format!("pgfanout.snapshot_state: {e}")))?;
-        out.push((TableName::new(r.try_get::<_, String>(0)?, r.try_get::<_, String>(1)?), r.try_get(2)?, lsn));
+        let status: String = r.try_get(2)?;
+        let status: SnapshotStatus = status.parse().map_err(SourceError::permanent)?;
+        out.push((TableName::new(r.try_get::<_, String>(0)?, r.try_get::<_, String>(1)?), status, lsn));
     }
     Ok(out)
 }
 
 /// Records `tables` of `slot` with `status` and `version` (insert or
 /// overwrite), in one statement: either all rows change or none.
-pub async fn mark_tables(c: &Client, slot: &str, tables: &[TableName], status: &str, version: Lsn) -> Result<(), SourceError> {
+pub async fn mark_tables(c: &Client, slot: &str, tables: &[TableName], status: SnapshotStatus, version: Lsn) -> Result<(), SourceError> {
     if tables.is_empty() {
         return Ok(());
     }
@@ -80,7 +76,7 @@ pub async fn mark_tables(c: &Client, slot: &str, tables: &[TableName], status: &
          SELECT $1, s, t, $4, $5::text::pg_lsn, now() FROM unnest($2::text[], $3::text[]) AS u(s, t) \
          ON CONFLICT (slot, schema_name, table_name) \
          DO UPDATE SET status = EXCLUDED.status, version = EXCLUDED.version, updated_at = EXCLUDED.updated_at",
-        &[&slot, &schemas, &names, &status, &version.to_string()],
+        &[&slot, &schemas, &names, &status.as_str(), &version.to_string()],
     )
     .await?;
     Ok(())

@@ -1,0 +1,74 @@
+//! Starting the sinks: each configured sink is built (connecting, retried
+//! while the store is unreachable) and handed to its own [`Worker`] task.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::ack::DurableSeq;
+use super::worker::{Chunk, Worker};
+use crate::config::Config;
+use crate::dead_letter::DeadLetters;
+use crate::pipeline::Router;
+
+/// The running sinks, in config order.
+pub struct Sinks {
+    pub names: Vec<String>,
+    pub senders: Vec<mpsc::Sender<Chunk>>,
+    pub durable: Vec<DurableSeq>,
+    pub workers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Builds every sink (connecting) and spawns its worker. A store that is
+/// unreachable at start (a retriable error) is retried with capped backoff
+/// until it answers or shutdown is requested (then `Ok(None)`); settings the
+/// store refuses for good stop with the error.
+pub async fn spawn_all(
+    cfg: &Config,
+    router: &Router,
+    dead_letters: &DeadLetters,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<Option<Sinks>, String> {
+    let mut sinks = Sinks { names: Vec::new(), senders: Vec::new(), durable: Vec::new(), workers: Vec::new() };
+    let wake = Arc::new(tokio::sync::Notify::new());
+    for (index, (name, sink_cfg)) in cfg.sinks.iter().enumerate() {
+        let routes = router.routes_for_sink(index);
+        let configured = sink_cfg.configured.as_ref().ok_or_else(|| format!("sinks.{name}: not configured (internal error)"))?;
+        let mut backoff = pgfanout_sdk::settings::Backoff::new(std::time::Duration::from_millis(500), std::time::Duration::from_secs(30));
+        let sink = loop {
+            match configured.build().await {
+                Ok(sink) => break sink,
+                Err(e) if e.is_retriable() => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(sink = %name, error = %e, retry_in = ?delay, "sink not reachable at start; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    if *shutdown.borrow() {
+                        return Ok(None);
+                    }
+                }
+                Err(e) => return Err(format!("sinks.{name}: {e}")),
+            }
+        };
+        // `queue_batches` bounds the batches a sink holds, queued or in
+        // flight: a pipelining sink's in-flight batches come out of it.
+        let queue = cfg.runtime.queue_batches.saturating_sub(sink.pipeline_depth().saturating_sub(1)).max(1);
+        let (tx, rx) = mpsc::channel::<Chunk>(queue);
+        let durable = DurableSeq::waking(wake.clone());
+        let worker = Worker {
+            name: Arc::from(name.as_str()),
+            rx,
+            durable: durable.clone(),
+            dead_letters: dead_letters.clone(),
+            routes: routes.iter().map(|(n, _)| n.clone()).collect(),
+            batch_size: cfg.runtime.batch_size,
+        };
+        sinks.names.push(name.clone());
+        sinks.senders.push(tx);
+        sinks.durable.push(durable);
+        sinks.workers.push(tokio::spawn(worker.run(sink)));
+    }
+    Ok(Some(sinks))
+}
