@@ -2,11 +2,18 @@
 //! together, and handles start-up checks and shutdown.
 
 pub mod ack;
+mod bridge;
+mod heartbeat;
+mod outbox;
 pub mod pins;
+mod samplers;
 pub mod setup;
 pub mod sinks;
 pub mod snapshot;
 pub mod source;
+mod stats;
+mod txn;
+mod type_changes;
 pub mod worker;
 
 use std::sync::Arc;
@@ -81,11 +88,11 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     let start = prepared.start;
 
     let dead_letters = DeadLetters::new(&cfg.dead_letter.path);
-    let sinks = match sinks::spawn_all(&cfg, &router, &dead_letters, shutdown_rx.clone()).await.map_err(RunError::Fatal)? {
+    let mut sinks = match sinks::spawn_all(&cfg, &router, &dead_letters, shutdown_rx.clone()).await.map_err(RunError::Fatal)? {
         Some(sinks) => sinks,
         None => return Ok(()),
     };
-    let tracker = AckTracker::new(sinks.durable, start);
+    let tracker = AckTracker::new(std::mem::take(&mut sinks.durable), start);
     let settings = SourceSettings {
         opts: opts.clone(),
         slot: pg.slot.clone(),
@@ -115,14 +122,13 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         routed: Arc::new(move |schema: &str, table: &str| patterns.iter().any(|p| p.matches(schema, table))),
         run: format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0)),
     };
-    let mut source =
-        SourceLoop::new(settings, router, sinks.senders, tracker, dead_letters, health, shutdown_rx, sinks.names, sinks.workers);
+    let mut source = SourceLoop::new(settings, router, sinks, tracker, dead_letters, health, shutdown_rx.clone());
     source.with_backfills(backfill_rx);
     let prepared_recreated = prepared.recreated;
     let mut plan = prepared.snapshot;
     let mut backoff = pgfanout_sdk::settings::Backoff::new(std::time::Duration::from_millis(500), std::time::Duration::from_secs(30));
     while let Some(p) = plan.take() {
-        match source.run_snapshot(p, &pg.slot, pg.snapshot_parallelism).await {
+        match snapshot::run(&mut source, p, &pg.slot, pg.snapshot_parallelism).await {
             Ok(true) => {}
             Ok(false) => {
                 info!("shutdown during the snapshot; it starts again on the next run");
@@ -135,12 +141,12 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
                 // delivered are delivered again; sinks are idempotent).
                 let delay = backoff.next_delay();
                 warn!(error = %e, retry_in = ?delay, "snapshot interrupted; copying again");
-                let mut shutdown = source.shutdown.clone();
+                let mut shutdown = shutdown_rx.clone();
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.changed() => {}
                 }
-                match setup::prepare_source(&source.settings.opts, pg, &source.router, source.shutdown.clone()).await {
+                match setup::prepare_source(&opts, pg, source.router(), shutdown_rx.clone()).await {
                     Ok(Some(again)) => plan = again.snapshot,
                     Ok(None) => {
                         source.drain_workers().await;
@@ -161,8 +167,9 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     }
     // Backfills start once the initial snapshot (if any) is done.
     tokio::spawn(driver.run());
+    samplers::spawn(opts.clone(), pg.slot.clone(), shutdown_rx.clone());
     if prepared_recreated {
-        tokio::spawn(reconcile_after_recreate(cfg.clone(), source.shutdown.clone()));
+        tokio::spawn(reconcile_after_recreate(cfg.clone(), shutdown_rx.clone()));
     }
     match source.run().await {
         Ok(()) => {

@@ -22,7 +22,6 @@ use tracing::info;
 use crate::metrics as m;
 use crate::runtime::setup::SnapshotPlan;
 use crate::runtime::source::SourceLoop;
-use crate::runtime::worker::Item;
 use pgfanout_postgres::snapshot::SnapshotStatus;
 
 /// When progress was last logged, and per table (rows, estimate).
@@ -31,130 +30,99 @@ type ProgressLog = (Instant, HashMap<String, (u64, u64)>);
 /// How often a progress line is logged.
 const PROGRESS_LOG_EVERY: Duration = Duration::from_secs(5);
 
-impl SourceLoop {
-    /// Waits until every sink's queue is at most half full.
-    async fn queues_half_free(&self) {
-        for sender in &self.senders {
-            let half = (sender.max_capacity() / 2).max(1);
-            if sender.capacity() < half {
-                // Closed: the worker is gone; flushing reports it.
-                let _ = sender.reserve_many(half).await;
-            }
-        }
-    }
-
-    /// Copies `plan`'s tables into the sinks and waits until they are
-    /// durable. Returns `Ok(false)` when shutdown interrupted it (the state
-    /// stays "running", so the next start copies again).
-    pub async fn run_snapshot(&mut self, mut plan: SnapshotPlan, slot: &str, parallelism: usize) -> Result<bool, SourceError> {
-        let started = Instant::now();
-        let names = plan.tables.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ");
-        info!(tables = %names, version = %plan.version, "snapshot started");
-        // Four batches of a quarter of `batch_size` rows (at most 256 each):
-        // the consumer routes one while the readers fill the next.
-        let batch_rows = (self.settings.batch_size / 4).clamp(1, 256);
-        let (tx, mut rx) = mpsc::channel::<Vec<Change>>(4);
-        let options = SnapshotOptions { parallelism, batch_rows, ..SnapshotOptions::default() };
-        let opts = self.settings.opts.clone();
-        let tables = plan.tables.clone();
-        let name = plan.snapshot_name.clone();
-        let version = plan.version;
-        let last_log: Arc<Mutex<ProgressLog>> = Arc::new(Mutex::new((Instant::now(), HashMap::new())));
-        let progress = move |p: TableProgress| {
-            let table = p.table.to_string();
-            metrics::gauge!(m::SNAPSHOT_PROGRESS_RATIO, m::LABEL_TABLE => table.clone()).set(if p.done {
-                1.0
-            } else if p.estimate > 0 {
-                (p.rows as f64 / p.estimate as f64).min(0.99)
-            } else {
-                0.0
-            });
-            let mut guard = last_log.lock().unwrap_or_else(|e| e.into_inner());
-            let prev = guard.1.get(&table).map(|(rows, _)| *rows).unwrap_or(0);
-            metrics::counter!(m::SNAPSHOT_ROWS_TOTAL, m::LABEL_TABLE => table.clone()).increment(p.rows.saturating_sub(prev));
-            guard.1.insert(table.clone(), (p.rows, p.estimate));
-            if p.done {
-                info!(table = %table, rows = p.rows, "snapshot of table done");
-            } else if guard.0.elapsed() >= PROGRESS_LOG_EVERY {
-                guard.0 = Instant::now();
-                for (t, (rows, estimate)) in &guard.1 {
-                    info!(table = %t, rows = *rows, estimate = *estimate, "snapshot progress");
-                }
-            }
-        };
-        let copy = tokio::spawn(async move {
-            let tables = tables;
-            snapshot::copy_tables(&opts, &tables, name.as_deref(), version, &options, tx, progress).await
+/// Copies `plan`'s tables into the sinks and waits until they are
+/// durable. Returns `Ok(false)` when shutdown interrupted it (the state
+/// stays "running", so the next start copies again).
+pub async fn run(source: &mut SourceLoop, mut plan: SnapshotPlan, slot: &str, parallelism: usize) -> Result<bool, SourceError> {
+    let started = Instant::now();
+    let names = plan.tables.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ");
+    info!(tables = %names, version = %plan.version, "snapshot started");
+    // Four batches of a quarter of `batch_size` rows (at most 256 each):
+    // the consumer routes one while the readers fill the next.
+    let batch_rows = (source.settings().batch_size / 4).clamp(1, 256);
+    let (tx, mut rx) = mpsc::channel::<Vec<Change>>(4);
+    let options = SnapshotOptions { parallelism, batch_rows, ..SnapshotOptions::default() };
+    let opts = source.settings().opts.clone();
+    let tables = plan.tables.clone();
+    let name = plan.snapshot_name.clone();
+    let version = plan.version;
+    let last_log: Arc<Mutex<ProgressLog>> = Arc::new(Mutex::new((Instant::now(), HashMap::new())));
+    let progress = move |p: TableProgress| {
+        let table = p.table.to_string();
+        metrics::gauge!(m::SNAPSHOT_PROGRESS_RATIO, m::LABEL_TABLE => table.clone()).set(if p.done {
+            1.0
+        } else if p.estimate > 0 {
+            (p.rows as f64 / p.estimate as f64).min(0.99)
+        } else {
+            0.0
         });
-        let mut shutdown = self.shutdown.clone();
-        loop {
-            // The copy outruns the sinks, so their queues would always be
-            // full: half of each is enough to keep its worker busy, and the
-            // other half would only hold rows in memory.
-            tokio::select! {
-                _ = self.queues_half_free() => {}
-                _ = shutdown.changed() => {
-                    copy.abort();
-                    return Ok(false);
-                }
+        let mut guard = last_log.lock().unwrap_or_else(|e| e.into_inner());
+        let prev = guard.1.get(&table).map(|(rows, _)| *rows).unwrap_or(0);
+        metrics::counter!(m::SNAPSHOT_ROWS_TOTAL, m::LABEL_TABLE => table.clone()).increment(p.rows.saturating_sub(prev));
+        guard.1.insert(table.clone(), (p.rows, p.estimate));
+        if p.done {
+            info!(table = %table, rows = p.rows, "snapshot of table done");
+        } else if guard.0.elapsed() >= PROGRESS_LOG_EVERY {
+            guard.0 = Instant::now();
+            for (t, (rows, estimate)) in &guard.1 {
+                info!(table = %t, rows = *rows, estimate = *estimate, "snapshot progress");
             }
-            tokio::select! {
-                batch = rx.recv() => match batch {
-                    Some(batch) => {
-                        for change in batch {
-                            self.route(change).await;
-                            if self.local.iter().any(|c| c.len() >= self.settings.batch_size) {
-                                self.flush_local(None).await?;
-                            }
-                        }
+        }
+    };
+    let copy = tokio::spawn(async move {
+        let tables = tables;
+        snapshot::copy_tables(&opts, &tables, name.as_deref(), version, &options, tx, progress).await
+    });
+    let mut shutdown = source.shutdown();
+    loop {
+        // The copy outruns the sinks, so their queues would always be
+        // full: half of each is enough to keep its worker busy, and the
+        // other half would only hold rows in memory.
+        tokio::select! {
+            _ = source.queues_half_free() => {}
+            _ = shutdown.changed() => {
+                copy.abort();
+                return Ok(false);
+            }
+        }
+        tokio::select! {
+            batch = rx.recv() => match batch {
+                Some(batch) => {
+                    for change in batch {
+                        source.route_copied(change).await?;
                     }
-                    None => break,
-                },
-                _ = shutdown.changed() => {
-                    copy.abort();
-                    return Ok(false);
                 }
+                None => break,
+            },
+            _ = shutdown.changed() => {
+                copy.abort();
+                return Ok(false);
             }
         }
-        let rows = match copy.await {
-            Ok(result) => result?,
-            Err(e) => return Err(SourceError::transient(format!("snapshot task failed: {e}"))),
-        };
-        // The snapshot is read: the exporting connection may go.
-        if let Some(exporter) = plan.exporter.take() {
-            drop(exporter);
-        }
-        let seq = self.tracker.barrier();
-        for chunk in self.local.iter_mut() {
-            chunk.push(Item::Commit(seq));
-        }
-        self.flush_local(None).await?;
-        self.publish_stats();
-        // Wait until every sink has the copied rows durable.
-        loop {
-            self.tracker.poll();
-            if self.tracker.in_flight() == 0 {
-                break;
-            }
-            // Woken as soon as a sink's durable position moves (the poll
-            // interval is only a fallback): this wait is part of every
-            // snapshot's duration.
-            tokio::select! {
-                _ = self.durable_changed.notified() => {}
-                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-                _ = shutdown.changed() => return Ok(false),
-            }
-        }
-        let sql = connect_sql(&self.settings.opts).await?;
-        snapshot::mark_tables(&sql, slot, &plan.tables, SnapshotStatus::Done, plan.version).await?;
-        let secs = started.elapsed().as_secs_f64();
-        info!(
-            rows,
-            seconds = secs,
-            rows_per_second = (rows as f64 / secs.max(1e-9)) as u64,
-            running_state = %plan.running_state,
-            "snapshot complete; streaming starts"
-        );
-        Ok(true)
     }
+    let rows = match copy.await {
+        Ok(result) => result?,
+        Err(e) => return Err(SourceError::transient(format!("snapshot task failed: {e}"))),
+    };
+    // The snapshot is read: the exporting connection may go.
+    if let Some(exporter) = plan.exporter.take() {
+        drop(exporter);
+    }
+    source.barrier().await?;
+    // Wait until every sink has the copied rows durable: part of every
+    // snapshot's duration.
+    if !source.all_durable(&mut shutdown).await {
+        return Ok(false);
+    }
+    let sql = connect_sql(&source.settings().opts).await?;
+    snapshot::mark_tables(&sql, slot, &plan.tables, SnapshotStatus::Done, plan.version).await?;
+    let secs = started.elapsed().as_secs_f64();
+    info!(
+        rows,
+        seconds = secs,
+        rows_per_second = (rows as f64 / secs.max(1e-9)) as u64,
+        running_state = %plan.running_state,
+        "snapshot complete; streaming starts"
+    );
+    Ok(true)
 }

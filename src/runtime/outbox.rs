@@ -1,0 +1,98 @@
+//! The outbox: records routed to each sink and not yet handed to its queue.
+//!
+//! Routing one change at a time into each sink's bounded channel would wake
+//! a sink per change. Records gather here per sink instead, with commit
+//! markers between transactions, and leave as one chunk when a sink's chunk
+//! reaches `batch_size`, when the socket has nothing more buffered and the
+//! oldest record has waited `linger`, at a keepalive, or at shutdown. The
+//! outbox also tracks how much of the stream its records keep alive
+//! ([`Pins`]) and so how the next changes are decoded.
+
+use std::time::{Duration, Instant};
+
+use pgfanout_postgres::relation::Values;
+use pgfanout_sdk::SinkRecord;
+
+use crate::runtime::pins::Pins;
+use crate::runtime::worker::{Chunk, Item};
+
+pub struct Outbox {
+    /// Per sink, in config order.
+    local: Vec<Chunk>,
+    pins: Pins,
+    /// Stream bytes received since start (the offset of the next message).
+    offset: u64,
+    /// When the oldest item not yet handed to a sink was queued here.
+    unflushed_since: Option<Instant>,
+}
+
+impl Outbox {
+    pub fn new(sinks: usize) -> Self {
+        Outbox { local: (0..sinks).map(|_| Vec::new()).collect(), pins: Pins::new(sinks), offset: 0, unflushed_since: None }
+    }
+
+    /// A message of `bytes` bytes was received.
+    #[inline]
+    pub fn received(&mut self, bytes: usize) {
+        self.offset += bytes as u64;
+    }
+
+    /// How the next changes' values are decoded (shared with the receive
+    /// buffer, or copied once the records here keep too much of it alive).
+    pub fn mode(&self) -> Values {
+        self.pins.mode()
+    }
+
+    /// Queues a record for `sink`.
+    #[inline]
+    pub fn push(&mut self, sink: usize, record: SinkRecord) {
+        self.unflushed_since.get_or_insert_with(Instant::now);
+        self.pins.on_record(sink, self.offset);
+        self.local[sink].push(Item::Record(record));
+    }
+
+    /// Queues commit marker `seq` for every sink.
+    pub fn commit(&mut self, seq: u64) {
+        self.unflushed_since.get_or_insert_with(Instant::now);
+        for chunk in self.local.iter_mut() {
+            chunk.push(Item::Commit(seq));
+        }
+    }
+
+    /// Whether some sink's chunk reached `batch` items.
+    #[inline]
+    pub fn any_full(&self, batch: usize) -> bool {
+        self.local.iter().any(|c| c.len() >= batch)
+    }
+
+    /// When what is queued has waited `linger` (none: nothing queued).
+    pub fn due_at(&self, linger: Duration) -> Option<Instant> {
+        self.unflushed_since.map(|t| t + linger)
+    }
+
+    /// The queued chunks, per sink.
+    pub fn chunks(&self) -> &[Chunk] {
+        &self.local
+    }
+
+    pub fn chunks_mut(&mut self) -> &mut [Chunk] {
+        &mut self.local
+    }
+
+    /// A flush starts: whatever stays queued after it is re-dated by the
+    /// next record.
+    pub fn flushing(&mut self) {
+        self.unflushed_since = None;
+    }
+
+    /// Takes `sink`'s chunk to hand it to the sink's queue.
+    pub fn take(&mut self, sink: usize) -> Chunk {
+        self.pins.on_flush(sink, &self.local[sink]);
+        std::mem::take(&mut self.local[sink])
+    }
+
+    /// A flush ended: re-measures what the records keep alive.
+    pub fn flushed(&mut self) {
+        self.pins.update(self.offset);
+    }
+}
