@@ -1,5 +1,6 @@
-//! The command line: `run`, `check`, `doctor`, `status`, `verify`, `wait`,
-//! `backfill`.
+//! The command line: parses the arguments, loads the config, runs the
+//! command (`crate::commands`), prints its report and returns its exit
+//! code. The one place that prints.
 //!
 //! Exit codes: 0 ok, 1 runtime failure, 2 bad configuration or usage.
 
@@ -7,7 +8,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::config;
+use crate::{commands, config};
 
 #[derive(Debug, Parser)]
 #[command(name = "pgfanout", version, about = "PostgreSQL change-data-capture: one replication slot, many sinks")]
@@ -164,27 +165,11 @@ pub fn main() -> i32 {
             return 1;
         }
     };
-    runtime.block_on(async move {
+    let report = runtime.block_on(async move {
         match cli.command {
-            // On a worker thread, not the main one: the worker that polls
-            // the socket then runs the source loop itself instead of waking
-            // the main thread for every read (two context switches each).
-            Command::Run { .. } => match tokio::spawn(crate::runtime::run(cfg))
-                .await
-                .unwrap_or_else(|e| Err(crate::runtime::RunError::Fatal(format!("the runtime task failed: {e}"))))
-            {
-                Ok(()) => 0,
-                Err(crate::runtime::RunError::Config(m)) => {
-                    eprintln!("{}: {m}", path.display());
-                    2
-                }
-                Err(crate::runtime::RunError::Fatal(m)) => {
-                    eprintln!("pgfanout: {m}");
-                    1
-                }
-            },
-            Command::Doctor { .. } => crate::ops::doctor(&cfg).await,
-            Command::Status { .. } => crate::ops::status(&cfg).await,
+            Command::Run { .. } => commands::run::run(cfg, &path).await,
+            Command::Doctor { .. } => commands::doctor::doctor(&cfg).await,
+            Command::Status { .. } => commands::status::status(&cfg).await,
             Command::Verify { pipeline, sample, repair, json, max_rows_per_second, chunk_rows, settle, show, .. } => {
                 let opts = crate::verify::VerifyOptions {
                     pipelines: pipeline,
@@ -196,17 +181,29 @@ pub fn main() -> i32 {
                     settle,
                     show,
                 };
-                crate::verify::verify(&cfg, &opts).await
+                commands::verify::verify(&cfg, &opts).await
             }
             Command::Backfill { table, filter, chunk_size, max_rows_per_second, wait, list, pause, resume, cancel, .. } => {
-                let request =
-                    crate::ops::BackfillRequest { table, filter, chunk_size, max_rows_per_second, wait, list, pause, resume, cancel };
-                crate::ops::backfill(&cfg, request).await
+                let request = commands::backfill::BackfillRequest {
+                    table,
+                    filter,
+                    chunk_size,
+                    max_rows_per_second,
+                    wait,
+                    list,
+                    pause,
+                    resume,
+                    cancel,
+                };
+                commands::backfill::backfill(&cfg, request).await
             }
-            Command::Wait { lsn, sink, timeout, .. } => crate::ops::wait(&cfg, &lsn, sink.as_deref(), timeout).await,
-            Command::Check { .. } => 0,
+            Command::Wait { lsn, sink, timeout, .. } => commands::wait::wait(&cfg, &lsn, sink.as_deref(), timeout).await,
+            Command::Check { .. } => commands::Report::default(),
         }
-    })
+    });
+    print!("{}", report.out);
+    eprint!("{}", report.err);
+    report.exit as i32
 }
 
 fn init_logging(format: LogFormat) {

@@ -6,13 +6,13 @@
 
 pub mod backfill;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod connectors;
 pub mod dead_letter;
 pub mod expr;
 pub mod http;
 pub mod metrics;
-pub mod ops;
 pub mod pipeline;
 pub mod runtime;
 pub mod verify;

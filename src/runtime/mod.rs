@@ -14,6 +14,7 @@ pub mod source;
 mod stats;
 mod txn;
 mod type_changes;
+mod undecodable;
 pub mod worker;
 
 use std::sync::Arc;
@@ -227,8 +228,13 @@ async fn reconcile_after_recreate(cfg: Config, mut shutdown: watch::Receiver<boo
         settle: std::time::Duration::from_secs(60),
         show: 5,
     };
-    let code = crate::verify::verify(&cfg, &opts).await;
-    info!(divergent = code != 0, "reconciliation after the recreated slot finished");
+    match crate::verify::run(&cfg, &opts, |_| {}).await {
+        Ok(done) => {
+            let divergent = done.iter().filter(|p| p.outcome.error.is_some() || !p.outcome.divergent.is_empty()).count();
+            info!(divergent, "reconciliation after the recreated slot finished");
+        }
+        Err(e) => warn!(error = ?e, "reconciliation after the recreated slot could not run"),
+    }
 }
 
 async fn wait_for_signal() {

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use pgfanout_postgres::catalog::TypeRegistry;
 use pgfanout_postgres::conn::{connect_sql, PgConnectOptions};
 use pgfanout_postgres::pgoutput::{self, LogicalMessage};
-use pgfanout_postgres::relation::{build_change_with, build_truncates, raw_change, RelationCache, RelationInfo, TxMeta};
+use pgfanout_postgres::relation::{build_change_with, build_truncates, RelationCache, TxMeta};
 use pgfanout_postgres::replication::{ReceiveBuffer, ReplicationClient, ReplicationMessage, ReplicationStream};
 use pgfanout_postgres::slot;
 use pgfanout_postgres::SourceError;
@@ -52,6 +52,7 @@ use crate::runtime::sinks::Sinks;
 use crate::runtime::stats::ReadStats;
 use crate::runtime::txn::TxCursor;
 use crate::runtime::type_changes::TypeChangeWatch;
+use crate::runtime::undecodable;
 
 /// Settings of the reader.
 pub struct SourceSettings {
@@ -394,42 +395,13 @@ impl SourceLoop {
                         self.backfills.on_change(&change);
                         self.route(change).await
                     }
-                    Err(e) => self.undecodable_row(&rel, &msg, lsn, &tx, ordinal, e).await?,
+                    Err(e) => {
+                        undecodable::dead_letter(self.settings.on_decode_error, &self.dead_letters, &rel, &msg, lsn, &tx, ordinal, e)
+                            .await?
+                    }
                 }
             }
         }
-        Ok(())
-    }
-
-    /// A row that cannot be decoded: with `on_decode_error: dead_letter` it
-    /// goes to the dead-letter file with its table, position, raw text values
-    /// and the error, is counted, and the stream goes on (it counts as done
-    /// for the ack rule: it is durable in the dead-letter file before its
-    /// transaction's commit marker can be confirmed). With `stop`, pgfanout
-    /// exits 1 and the slot stays before the row.
-    #[allow(clippy::too_many_arguments)]
-    async fn undecodable_row(
-        &mut self,
-        rel: &RelationInfo,
-        msg: &LogicalMessage,
-        lsn: Lsn,
-        tx: &TxMeta,
-        ordinal: u32,
-        error: pgoutput::DecodeError,
-    ) -> Result<(), SourceError> {
-        let table = format!("{}.{}", rel.schema, rel.table);
-        let message = format!("cannot decode a row of {table} at {lsn} (commit {}, ordinal {ordinal}): {error}", tx.commit_lsn);
-        if self.settings.on_decode_error == OnDecodeError::Stop {
-            return Err(SourceError::permanent(format!(
-                "{message}; set source.postgres.on_decode_error: dead_letter to send such rows to the dead-letter file and go on"
-            )));
-        }
-        metrics::counter!(m::DECODE_ERRORS_TOTAL, m::LABEL_TABLE => table.clone()).increment(1);
-        warn!(table = %table, position = %format!("{}#{ordinal}", tx.commit_lsn), error = %error, "row cannot be decoded; dead-lettered");
-        let change = Arc::new(raw_change(rel, msg, lsn, tx, ordinal));
-        self.dead_letters
-            .write(vec![DeadLetter { pipeline: Arc::from("(source)"), sink: Arc::from("(decode)"), error: message, change }])
-            .await;
         Ok(())
     }
 

@@ -1,206 +1,30 @@
-//! `pgfanout verify`: does every store still hold what its pipelines say
-//! it must, for the rows PostgreSQL has now?
-//!
-//! Per pipeline whose sink can be read back (the connector's
-//! [`Verifier`](pgfanout_sdk::Verifier)):
-//!
-//! 1. **Extras first**: where the store can list the route's key space, the
-//!    entry ids are listed *before* the source is read, so every listed
-//!    entry was written for a row that existed at or before the read.
-//! 2. **Source pass**: in one REPEATABLE READ transaction (position `S` =
-//!    `pg_current_wal_insert_lsn()` in it), each table is read in key order in
-//!    chunks ([`KeyedTable`]), sampled with `random() < f` when asked and
-//!    throttled to a row rate; each row goes through the pipeline as an
-//!    `op: read` record, the verifier says which entries it must produce,
-//!    the store is read for them in batches of 500 and compared field by
-//!    field. Listed ids no row produced are extra candidates.
-//! 3. **Recheck** (only when something differs): a live write load makes
-//!    the store and a snapshot disagree on rows written since `S`. The
-//!    replication slot's `confirmed_flush_lsn` passing `S` means every sink
-//!    has everything committed before `S`; then the candidate rows are read
-//!    again by key under a new snapshot `S2`, the store is read again once
-//!    the stream passed `S2` (what it holds is then at least `S2`'s state,
-//!    maybe newer); an entry that still differs is compared once more with
-//!    its row under a snapshot `S3` taken after that read, and counts as
-//!    equal when it holds `S3`'s state. Up to three such rounds. Extra
-//!    candidates are rechecked by reading them again (gone = a delete in
-//!    flight) and against a fresh pass over the source's keys. What still
-//!    differs is reported. When the stream does not pass a position within
-//!    `--settle` (pgfanout stopped or far behind), what differs is
-//!    reported as it stands, with a warning.
-//! 4. **Repair** (`--repair`): divergent rows are written again through the
-//!    sink itself, as `op: read` records versioned at the position they
-//!    were read at (so a newer streamed change still wins); extra entries
-//!    are removed.
-//!
-//! Results go to stdout (and `--json FILE`) and to
-//! `pgfanout.verify_results` in the source database, which the daemon
-//! exports as `pgfanout_verify_divergent_keys{pipeline}`.
-//!
-//! Exit: 0 every verified pipeline equal (after repair, when asked), 1
-//! divergent or failed, 2 bad usage.
+//! Verifying one pipeline: the store's key space listed first, the source
+//! read in key order under one snapshot and compared entry by entry, the
+//! differences rechecked against newer snapshots once the stream passed
+//! them, then repaired when asked (see the module doc of `crate::verify`).
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pgfanout_postgres::catalog::TypeRegistry;
-use pgfanout_postgres::conn::connect_sql;
 use pgfanout_postgres::slot::TableName;
 use pgfanout_postgres::snapshot::keyed::{KeyText, KeyedTable};
 use pgfanout_sdk::verify::diff_fields;
 use pgfanout_sdk::{Change, Expected, Lsn, Op, SinkRecord, Verifier};
-use serde_json::{json, Value as Json};
+use serde_json::Value as Json;
 use tokio_postgres::Client;
 
+use super::outcome::{Divergence, Kind, Outcome};
+use super::VerifyOptions;
 use crate::config::{Config, TablePattern};
 use crate::pipeline::{Routed, Router};
 
-/// Options of `pgfanout verify`.
-#[derive(Debug, Clone)]
-pub struct VerifyOptions {
-    /// Only these pipelines (all when empty).
-    pub pipelines: Vec<String>,
-    /// Check this fraction of the rows (0 < f <= 1); extras are not
-    /// checked when sampling.
-    pub sample: Option<f64>,
-    pub repair: bool,
-    pub json: Option<PathBuf>,
-    /// Source rows read per second at most.
-    pub max_rows_per_second: Option<u64>,
-    /// Rows per keyset chunk.
-    pub chunk_rows: usize,
-    /// How long to wait for the stream to pass a snapshot before a recheck.
-    pub settle: Duration,
-    /// Divergent entries printed per pipeline.
-    pub show: usize,
-}
-
-/// One divergent entry.
-#[derive(Debug, Clone)]
-struct Divergence {
-    id: String,
-    kind: Kind,
-    /// The source row it belongs to (table index, key), none for extras.
-    source: Option<(usize, KeyText)>,
-    /// What the store held when it was read (none: absent).
-    stored: Option<Json>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-enum Kind {
-    Missing,
-    Different(Vec<String>),
-    Extra,
-}
-
-impl Kind {
-    fn label(&self) -> &'static str {
-        match self {
-            Kind::Missing => "missing",
-            Kind::Different(_) => "different",
-            Kind::Extra => "extra",
-        }
-    }
-}
-
-/// What one pipeline's verification found.
-#[derive(Debug, Default)]
-struct Outcome {
-    rows: u64,
-    entries: u64,
-    /// Rows the pipeline's filter or transforms or the mapping refuse (the
-    /// daemon dead-letters them): not expected in the store.
-    unmappable: u64,
-    divergent: Vec<Divergence>,
-    extras_checked: bool,
-    /// The stream did not pass the snapshot in time: not rechecked.
-    unsettled: bool,
-    /// Entries that differed in the first pass (before rechecks).
-    candidates: u64,
-    repaired: u64,
-    skipped: Option<String>,
-    error: Option<String>,
-}
-
-/// Runs `verify`; returns the exit code.
-pub async fn verify(cfg: &Config, opts: &VerifyOptions) -> i32 {
-    if let Some(f) = opts.sample {
-        if !(f > 0.0 && f <= 1.0) {
-            eprintln!("--sample {f}: must be a fraction above 0 and at most 1 (e.g. 0.05)");
-            return 2;
-        }
-    }
-    for name in &opts.pipelines {
-        if !cfg.pipelines.iter().any(|p| &p.name == name) {
-            let names: Vec<&str> = cfg.pipelines.iter().map(|p| p.name.as_str()).collect();
-            eprintln!("--pipeline {name:?}: no such pipeline; the pipelines are: {}", names.join(", "));
-            return 2;
-        }
-    }
-    let router = match Router::new(cfg) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("{e}");
-            return 2;
-        }
-    };
-    let pg = &cfg.source.postgres;
-    let conn = match pg.connect_options() {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("source.postgres.url: {e}");
-            return 2;
-        }
-    };
-    let client = match connect_sql(&conn).await {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("cannot connect to {}: {e}", conn.redacted());
-            return 1;
-        }
-    };
-    let ctx = Ctx { cfg, opts, router: &router, client: &client };
-    let mut report = Vec::new();
-    let mut divergent_total = 0usize;
-    let mut failed = false;
-    for (index, p) in cfg.pipelines.iter().enumerate() {
-        if !opts.pipelines.is_empty() && !opts.pipelines.contains(&p.name) {
-            continue;
-        }
-        let started = Instant::now();
-        let outcome = ctx.pipeline(index).await;
-        let kind = cfg.sinks.get(&p.to).map(|s| s.kind.clone()).unwrap_or_default();
-        print_outcome(&p.name, &p.to, &kind, &outcome, opts.show, started.elapsed());
-        if outcome.error.is_some() {
-            failed = true;
-        }
-        if outcome.skipped.is_none() && outcome.error.is_none() {
-            divergent_total += outcome.divergent.len();
-            record_result(&client, &p.name, &outcome).await;
-        }
-        report.push(outcome_json(&p.name, &p.to, &kind, &outcome));
-    }
-    if let Some(path) = &opts.json {
-        let body = json!({ "pipelines": report, "divergent": divergent_total, "repair": opts.repair });
-        if let Err(e) = std::fs::write(path, serde_json::to_string_pretty(&body).unwrap_or_default()) {
-            eprintln!("cannot write {}: {e}", path.display());
-            failed = true;
-        }
-    }
-    if failed || divergent_total > 0 {
-        1
-    } else {
-        0
-    }
-}
-
-struct Ctx<'a> {
-    cfg: &'a Config,
-    opts: &'a VerifyOptions,
-    router: &'a Router,
-    client: &'a Client,
+pub(super) struct Ctx<'a> {
+    pub cfg: &'a Config,
+    pub opts: &'a VerifyOptions,
+    pub router: &'a Router,
+    pub client: &'a Client,
 }
 
 /// The source tables of one pipeline, planned.
@@ -209,7 +33,7 @@ struct Tables {
 }
 
 impl Ctx<'_> {
-    async fn pipeline(&self, index: usize) -> Outcome {
+    pub async fn pipeline(&self, index: usize) -> Outcome {
         let mut out = Outcome::default();
         if let Err(e) = self.pipeline_inner(index, &mut out).await {
             out.error = Some(e);
@@ -612,7 +436,7 @@ impl Ctx<'_> {
                 match sink.write_boxed(batch).await {
                     Ok(rejected) => {
                         for r in &rejected {
-                            eprintln!("  repair of a row of pipeline {} refused by the store: {}", p.name, r.error);
+                            tracing::warn!(pipeline = %p.name, error = %r.error, "repair of a row refused by the store");
                         }
                         repaired += (batch.len() - rejected.len()) as u64;
                         break;
@@ -652,92 +476,4 @@ fn keys_by_table(divergent: &[Divergence]) -> (HashMap<usize, Vec<KeyText>>, Vec
         }
     }
     (by_table, extras)
-}
-
-fn print_outcome(name: &str, sink: &str, kind: &str, o: &Outcome, show: usize, took: Duration) {
-    let head = format!("pipeline {name} -> {sink} ({kind})");
-    if let Some(why) = &o.skipped {
-        println!("{head}: not verified: {why}");
-        return;
-    }
-    if let Some(e) = &o.error {
-        println!("{head}: FAILED: {e}");
-        return;
-    }
-    let count = |k: &str| o.divergent.iter().filter(|d| d.kind.label() == k).count();
-    let extras = if o.extras_checked { format!("{} extra", count("extra")) } else { "extras not checked".into() };
-    let status = if o.divergent.is_empty() { "equal" } else { "DIVERGENT" };
-    println!(
-        "{head}: {status}: {} rows, {} entries checked in {:.1}s: {} missing, {} different, {extras}{}",
-        o.rows,
-        o.entries,
-        took.as_secs_f64(),
-        count("missing"),
-        count("different"),
-        if o.unmappable > 0 { format!(", {} rows not mappable (dead-lettered by the daemon)", o.unmappable) } else { String::new() }
-    );
-    for d in o.divergent.iter().take(show) {
-        match &d.kind {
-            Kind::Different(fields) => println!("  different  {}  fields: {}", d.id, fields.join(", ")),
-            k => println!("  {:<9}  {}", k.label(), d.id),
-        }
-    }
-    if o.divergent.len() > show {
-        println!("  ... and {} more (--json FILE lists them all)", o.divergent.len() - show);
-    }
-    if o.unsettled {
-        println!("  warning: the stream did not pass the verify's snapshot within --settle (is pgfanout running?): not rechecked");
-    }
-    if o.repaired > 0 {
-        println!("  repaired {} entries (run verify again to confirm)", o.repaired);
-    }
-}
-
-fn outcome_json(name: &str, sink: &str, kind: &str, o: &Outcome) -> Json {
-    let status = if o.skipped.is_some() {
-        "skipped"
-    } else if o.error.is_some() {
-        "failed"
-    } else if o.divergent.is_empty() {
-        "equal"
-    } else {
-        "divergent"
-    };
-    let list = |k: &str| o.divergent.iter().filter(|d| d.kind.label() == k).map(|d| Json::from(d.id.clone())).collect::<Vec<_>>();
-    let different: Vec<Json> = o
-        .divergent
-        .iter()
-        .filter_map(|d| match &d.kind {
-            Kind::Different(f) => Some(json!({ "id": d.id, "fields": f })),
-            _ => None,
-        })
-        .collect();
-    json!({
-        "pipeline": name, "sink": sink, "type": kind, "status": status,
-        "reason": o.skipped, "error": o.error,
-        "rows": o.rows, "entries": o.entries, "unmappable": o.unmappable,
-        "missing": list("missing"), "different": different,
-        "extra": if o.extras_checked { Json::from(list("extra")) } else { Json::Null },
-        "first_pass_candidates": o.candidates, "rechecked": !o.unsettled, "repaired": o.repaired,
-    })
-}
-
-/// Records the outcome for the daemon's metrics (best effort).
-async fn record_result(client: &Client, pipeline: &str, o: &Outcome) {
-    let result = async {
-        pgfanout_postgres::schema::migrate(client).await?;
-        client
-            .execute(
-                "INSERT INTO pgfanout.verify_results VALUES ($1, $2, $3, $4, now()) ON CONFLICT (pipeline) DO UPDATE \
-                 SET divergent = EXCLUDED.divergent, rows_checked = EXCLUDED.rows_checked, repaired = EXCLUDED.repaired, \
-                 finished_at = EXCLUDED.finished_at",
-                &[&pipeline, &(o.divergent.len() as i64), &(o.rows as i64), &(o.repaired as i64)],
-            )
-            .await
-            .map_err(pgfanout_postgres::SourceError::from)
-    }
-    .await;
-    if let Err(e) = result {
-        eprintln!("  note: cannot record the result in pgfanout.verify_results (for the daemon's metrics): {e}");
-    }
 }

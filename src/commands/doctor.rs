@@ -1,0 +1,203 @@
+//! `pgfanout doctor`: checks the live system (server settings, privileges,
+//! publication, replica identity, slot, every sink's own checks), one line
+//! per check (`ok` / `FAIL` / `warn`) and, for each failure, the fix.
+
+use pgfanout_postgres::conn::connect_sql;
+use pgfanout_postgres::slot::{self, TableName};
+
+use super::{Exit, Report};
+use crate::config::Config;
+use crate::pipeline::Router;
+
+/// The checks' lines, and how many failed.
+struct Checks {
+    report: Report,
+    failures: usize,
+}
+
+impl Checks {
+    fn ok(&mut self, what: &str) {
+        self.report.say(format_args!("ok    {what}"));
+    }
+
+    fn warn(&mut self, what: &str, fix: &str) {
+        self.report.say(format_args!("warn  {what}\n      fix: {fix}"));
+    }
+
+    fn fail(&mut self, what: &str, fix: &str) {
+        self.failures += 1;
+        self.report.say(format_args!("FAIL  {what}\n      fix: {fix}"));
+    }
+}
+
+/// `pgfanout doctor`: exit 0 when every check passes, 1 otherwise.
+pub async fn doctor(cfg: &Config) -> Report {
+    let mut r = Checks { report: Report::default(), failures: 0 };
+    let pg = &cfg.source.postgres;
+    let opts = match pg.connect_options() {
+        Ok(o) => o,
+        Err(e) => {
+            r.fail(&format!("source.postgres.url: {e}"), "write a URL like postgres://user:password@host:5432/db");
+            return r.report.ends(Exit::Failed);
+        }
+    };
+    let client = match connect_sql(&opts).await {
+        Ok(c) => {
+            r.ok(&format!("connected to {}", opts.redacted()));
+            c
+        }
+        Err(e) => {
+            r.fail(
+                &format!("cannot connect to {}: {e}", opts.redacted()),
+                "check the host, port, database, user and password in source.postgres.url, and pg_hba.conf",
+            );
+            return r.report.ends(Exit::Failed);
+        }
+    };
+    match slot::server_info(&client).await {
+        Ok(info) => {
+            if info.version_num >= 140000 {
+                r.ok(&format!("server version {}", info.version_num));
+            } else {
+                r.fail(&format!("server version {} is older than 14", info.version_num), "upgrade PostgreSQL to 14 or newer");
+            }
+            if info.wal_level == "logical" {
+                r.ok("wal_level = logical");
+            } else {
+                r.fail(
+                    &format!("wal_level = {}", info.wal_level),
+                    "set wal_level = logical in postgresql.conf (or ALTER SYSTEM SET wal_level = logical) and restart PostgreSQL",
+                );
+            }
+            let used: i64 = client.query_one("SELECT count(*) FROM pg_replication_slots", &[]).await.map(|row| row.get(0)).unwrap_or(0);
+            if i64::from(info.max_replication_slots) > used {
+                r.ok(&format!("max_replication_slots = {} ({used} in use)", info.max_replication_slots));
+            } else {
+                r.fail(
+                    &format!("max_replication_slots = {} and {used} are in use", info.max_replication_slots),
+                    "raise max_replication_slots in postgresql.conf and restart, or drop unused slots",
+                );
+            }
+            if info.max_wal_senders > 0 {
+                r.ok(&format!("max_wal_senders = {}", info.max_wal_senders));
+            } else {
+                r.fail("max_wal_senders = 0", "set max_wal_senders to at least 1 (10 is the default) and restart");
+            }
+        }
+        Err(e) => r.fail(&format!("cannot read server settings: {e}"), "grant the role access to pg_settings"),
+    }
+    let role = client
+        .query_one("SELECT rolname, rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user", &[])
+        .await
+        .map(|row| (row.get::<_, String>(0), row.get::<_, bool>(1)));
+    match role {
+        Ok((name, true)) => r.ok(&format!("role {name} has REPLICATION")),
+        Ok((name, false)) => r.fail(&format!("role {name} lacks the REPLICATION attribute"), &format!("ALTER ROLE {name} REPLICATION;")),
+        Err(e) => r.fail(&format!("cannot read the role: {e}"), "check the connection user"),
+    }
+    let router = match Router::new(cfg) {
+        Ok(router) => router,
+        Err(e) => {
+            r.fail(&format!("pipelines: {e}"), "fix the configuration (pgfanout check -c FILE)");
+            return r.report.ends(Exit::Failed);
+        }
+    };
+    let tables: Vec<TableName> = match slot::resolve_tables(&client, &router.table_patterns()).await {
+        Ok(t) => {
+            r.ok(&format!("{} table(s) matched by the pipelines", t.len()));
+            t
+        }
+        Err(e) => {
+            r.fail(&format!("pipeline tables: {e}"), "create the tables or fix the `from` patterns");
+            Vec::new()
+        }
+    };
+    for t in &tables {
+        let q = t.quoted();
+        let can =
+            client.query_one("SELECT has_table_privilege($1, 'SELECT')", &[&q]).await.map(|row| row.get::<_, bool>(0)).unwrap_or(false);
+        if !can {
+            r.fail(&format!("no SELECT privilege on {t}"), &format!("GRANT SELECT ON {q} TO <the pgfanout role>;"));
+        }
+    }
+    match slot::replica_identity_problems(&client, &tables).await {
+        Ok(problems) if problems.is_empty() => r.ok("every table has a replica identity for updates and deletes"),
+        Ok(problems) => {
+            for p in problems {
+                r.fail(&p, "ALTER TABLE <table> REPLICA IDENTITY FULL, or add a primary key");
+            }
+        }
+        Err(e) => r.fail(&format!("cannot check replica identity: {e}"), "grant access to pg_class / pg_index"),
+    }
+    let publication = client.query("SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = $1", &[&pg.publication]).await;
+    let pub_exists = client
+        .query_one("SELECT count(*) FROM pg_publication WHERE pubname = $1", &[&pg.publication])
+        .await
+        .map(|row| row.get::<_, i64>(0) > 0)
+        .unwrap_or(false);
+    match publication {
+        Ok(rows) if pub_exists => {
+            let covered: Vec<(String, String)> = rows.iter().map(|row| (row.get(0), row.get(1))).collect();
+            let missing: Vec<String> =
+                tables.iter().filter(|t| !covered.iter().any(|(s, n)| *s == t.schema && *n == t.name)).map(|t| t.to_string()).collect();
+            if missing.is_empty() {
+                r.ok(&format!("publication {} covers the tables", pg.publication));
+            } else {
+                r.fail(
+                    &format!("publication {} does not cover {}", pg.publication, missing.join(", ")),
+                    &format!("ALTER PUBLICATION {} ADD TABLE {};", pg.publication, missing.join(", ")),
+                );
+            }
+        }
+        Ok(_) => r.warn(
+            &format!("publication {} does not exist yet", pg.publication),
+            "nothing to do if the role may CREATE in the database: `pgfanout run` creates it for the configured tables",
+        ),
+        Err(e) => r.fail(&format!("cannot read publications: {e}"), "check privileges"),
+    }
+    match slot::slot_info(&client, &pg.slot).await {
+        Ok(Some(info)) => match slot::check_slot(&pg.slot, &info, &opts.dbname) {
+            Ok(()) => r.ok(&format!(
+                "slot {} confirmed at {}, retaining {} bytes of WAL{}",
+                pg.slot,
+                info.confirmed_flush_lsn.unwrap_or_default(),
+                info.retained_bytes.unwrap_or(0),
+                if info.active { " (active)" } else { "" }
+            )),
+            Err(e) => r.fail(&format!("slot {}: {e}", pg.slot), "see the message"),
+        },
+        Ok(None) => r.warn(&format!("slot {} does not exist yet", pg.slot), "nothing to do: `pgfanout run` creates it"),
+        Err(e) => r.fail(&format!("cannot read slot {}: {e}", pg.slot), "check privileges"),
+    }
+    for (name, checks) in check_all(cfg).await {
+        for check in checks {
+            match check.problem {
+                None => r.ok(&format!("sink {name}: {}", check.what)),
+                Some(e) => {
+                    r.fail(&format!("sink {name}: {}: {e}", check.what), "check the sink's address, credentials and that it is running")
+                }
+            }
+        }
+    }
+    if r.failures == 0 {
+        r.report.say("all checks passed");
+        r.report
+    } else {
+        let failures = r.failures;
+        r.report.say(format_args!("{failures} check(s) failed"));
+        r.report.ends(Exit::Failed)
+    }
+}
+
+/// For `doctor`: per sink, its checks as (what, problem or None).
+async fn check_all(cfg: &Config) -> Vec<(String, Vec<pgfanout_sdk::Check>)> {
+    let mut out = Vec::new();
+    for (name, sink_cfg) in &cfg.sinks {
+        let checks = match &sink_cfg.configured {
+            Some(c) => c.doctor().await,
+            None => vec![pgfanout_sdk::Check::failed("configure", "not configured (internal error)")],
+        };
+        out.push((name.clone(), checks));
+    }
+    out
+}

@@ -1,0 +1,62 @@
+//! The commands of the command line, one module each: `run`, `doctor`,
+//! `status`, `verify`, `wait`, `backfill` (`check` is loading the config,
+//! in `crate::cli`). Each returns a [`Report`]: what to print and how the
+//! process ends. Only `crate::cli` prints it and exits; the commands, like
+//! the rest of the library, print nothing, so they can be called and
+//! checked without a terminal.
+//!
+//! Exit codes: 0 ok, 1 a failure at run time (or a divergent verify, a
+//! failed check), 2 bad configuration or usage.
+
+pub mod backfill;
+pub mod doctor;
+pub mod run;
+pub mod status;
+pub mod verify;
+pub mod wait;
+
+use std::fmt::{self, Write as _};
+
+/// How a command ends: the process exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Exit {
+    #[default]
+    Ok = 0,
+    /// A failure at run time, a divergent store, a failed check.
+    Failed = 1,
+    /// Bad configuration, options or usage.
+    Usage = 2,
+}
+
+/// What a command says (stdout, stderr) and how it ends.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub out: String,
+    pub err: String,
+    pub exit: Exit,
+}
+
+impl Report {
+    /// A line for stdout.
+    pub fn say(&mut self, line: impl fmt::Display) {
+        let _ = writeln!(self.out, "{line}");
+    }
+
+    /// A line for stderr.
+    pub fn complain(&mut self, line: impl fmt::Display) {
+        let _ = writeln!(self.err, "{line}");
+    }
+
+    /// Ends with `exit`.
+    pub fn ends(mut self, exit: Exit) -> Report {
+        self.exit = exit;
+        self
+    }
+
+    /// A report of one error line and its exit.
+    pub fn error(exit: Exit, line: impl fmt::Display) -> Report {
+        let mut r = Report::default();
+        r.complain(line);
+        r.ends(exit)
+    }
+}

@@ -1,0 +1,77 @@
+//! `pgfanout status`: the slot's position and lag and, when the daemon's
+//! HTTP listener answers, each sink's durable position.
+
+use pgfanout_postgres::conn::connect_sql;
+use pgfanout_sdk::Lsn;
+
+use super::{Exit, Report};
+use crate::config::Config;
+
+/// `pgfanout status`: exit 0 when the slot exists.
+pub async fn status(cfg: &Config) -> Report {
+    let mut r = Report::default();
+    let pg = &cfg.source.postgres;
+    let client = match pg.connect_options() {
+        Ok(opts) => match connect_sql(&opts).await {
+            Ok(c) => c,
+            Err(e) => {
+                r.complain(format_args!("cannot connect to {}: {e}", opts.redacted()));
+                return r.ends(Exit::Failed);
+            }
+        },
+        Err(e) => {
+            r.complain(format_args!("source.postgres.url: {e}"));
+            return r.ends(Exit::Usage);
+        }
+    };
+    let row = client
+        .query_opt(
+            "SELECT active, confirmed_flush_lsn::text, restart_lsn::text,
+                    pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint,
+                    pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, wal_status
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&pg.slot],
+        )
+        .await;
+    match row {
+        Ok(Some(row)) => {
+            let active: bool = row.get(0);
+            r.say(format_args!("slot              {}", pg.slot));
+            r.say(format_args!("active            {active}"));
+            r.say(format_args!("confirmed_flush   {}", row.get::<_, Option<String>>(1).unwrap_or_default()));
+            r.say(format_args!("restart_lsn       {}", row.get::<_, Option<String>>(2).unwrap_or_default()));
+            r.say(format_args!("lag_bytes         {}", row.get::<_, Option<i64>>(3).unwrap_or(0)));
+            r.say(format_args!("retained_wal      {}", row.get::<_, Option<i64>>(4).unwrap_or(0)));
+            r.say(format_args!("wal_status        {}", row.get::<_, Option<String>>(5).unwrap_or_default()));
+        }
+        Ok(None) => {
+            r.say(format_args!("slot {} does not exist (pgfanout has not run yet, or it was dropped)", pg.slot));
+            return r.ends(Exit::Failed);
+        }
+        Err(e) => {
+            r.complain(format_args!("cannot read pg_replication_slots: {e}"));
+            return r.ends(Exit::Failed);
+        }
+    }
+    match sink_positions(&cfg.http.listen).await {
+        Some(positions) if !positions.is_empty() => {
+            for (sink, lsn) in positions {
+                r.say(format_args!("sink {sink:<12} durable {lsn}"));
+            }
+        }
+        _ => r.say(format_args!("sinks             (daemon status at http://{}/status not reachable)", cfg.http.listen)),
+    }
+    r
+}
+
+/// Reads the per-sink durable positions from the daemon's `/status`.
+async fn sink_positions(listen: &str) -> Option<Vec<(String, Lsn)>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::time::timeout(std::time::Duration::from_secs(2), tokio::net::TcpStream::connect(listen)).await.ok()?.ok()?;
+    s.write_all(format!("GET /status HTTP/1.0\r\nHost: {listen}\r\n\r\n").as_bytes()).await.ok()?;
+    let mut response = String::new();
+    tokio::time::timeout(std::time::Duration::from_secs(2), s.read_to_string(&mut response)).await.ok()?.ok()?;
+    let (_, body) = response.split_once("\r\n\r\n")?;
+    let status: serde_json::Value = serde_json::from_str(body).ok()?;
+    status["sinks"].as_array()?.iter().map(|s| Some((s["name"].as_str()?.to_string(), s["durable_lsn"].as_str()?.parse().ok()?))).collect()
+}
