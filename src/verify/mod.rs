@@ -41,37 +41,18 @@
 //! when every verified pipeline is equal (after repair, when asked), 1 when
 //! divergent or failed, 2 for bad usage.
 
+mod options;
 mod outcome;
 mod pass;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use pgfanout_postgres::conn::connect_sql;
 
 use crate::config::Config;
 use crate::pipeline::Router;
+pub use options::VerifyOptions;
 pub use outcome::{render, to_json, Divergence, Kind, Outcome};
-
-/// Options of `pgfanout verify`.
-#[derive(Debug, Clone)]
-pub struct VerifyOptions {
-    /// Only these pipelines (all when empty).
-    pub pipelines: Vec<String>,
-    /// Check this fraction of the rows (0 < f <= 1); extras are not
-    /// checked when sampling.
-    pub sample: Option<f64>,
-    pub repair: bool,
-    pub json: Option<PathBuf>,
-    /// Source rows read per second at most.
-    pub max_rows_per_second: Option<u64>,
-    /// Rows per keyset chunk.
-    pub chunk_rows: usize,
-    /// How long to wait for the stream to pass a snapshot before a recheck.
-    pub settle: Duration,
-    /// Divergent entries printed per pipeline.
-    pub show: usize,
-}
 
 /// One pipeline's verification.
 pub struct PipelineOutcome {

@@ -15,8 +15,8 @@ use pgfanout_sdk::{Change, Expected, Lsn, Op, SinkRecord, Verifier};
 use serde_json::Value as Json;
 use tokio_postgres::Client;
 
+use super::options::VerifyOptions;
 use super::outcome::{Divergence, Kind, Outcome};
-use super::VerifyOptions;
 use crate::config::{Config, TablePattern};
 use crate::pipeline::{Routed, Router};
 
