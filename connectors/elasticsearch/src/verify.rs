@@ -20,7 +20,9 @@ use serde_json::{json, Value as Json};
 
 use crate::client::Client;
 use crate::config::{DeleteMode, SearchMapping, SearchSinkConfig};
-use crate::sink::{compile, plan_change, Action, DocRef, Planned, Route};
+use crate::error::EsError;
+use crate::plan::{plan_change, Action, Planned};
+use crate::route::{compile, DocRef, Route};
 
 pub(crate) struct SearchVerifier {
     client: Client,
@@ -29,18 +31,22 @@ pub(crate) struct SearchVerifier {
     indexes: BTreeSet<String>,
 }
 
+/// Whether the route's documents can be verified (the SDK's answer: the
+/// reason as text).
 pub(crate) fn verifiable(m: &SearchMapping) -> Result<(), String> {
+    check_verifiable(m).map_err(|e| e.to_string())
+}
+
+fn check_verifiable(m: &SearchMapping) -> Result<(), EsError> {
     match &m.pipeline {
-        Some(p) => Err(format!(
-            "documents go through ingest pipeline {p:?}, which rewrites them: what the index must hold cannot be told from the row"
-        )),
+        Some(p) => Err(EsError::Unverifiable(p.clone())),
         None => Ok(()),
     }
 }
 
 pub(crate) fn connect(cfg: &SearchSinkConfig, m: &SearchMapping) -> Result<Box<dyn Verifier>, SinkError> {
-    verifiable(m).map_err(SinkError::Permanent)?;
-    let route = compile(m).map_err(SinkError::Permanent)?;
+    check_verifiable(m)?;
+    let route = compile(m)?;
     let client = Client::new(cfg)?;
     Ok(Box::new(SearchVerifier { client, route, docs: HashMap::new(), indexes: BTreeSet::new() }))
 }
@@ -59,22 +65,20 @@ impl SearchVerifier {
         id
     }
 
-    async fn post(&self, path: &str, body: &Json) -> Result<Json, SinkError> {
+    /// POSTs `body` to `path`: the answer, `null` for a missing index.
+    async fn post(&self, path: &str, body: &Json) -> Result<Json, EsError> {
         let resp = self.client.call(Method::POST, path, Some((serde_json::to_vec(body).unwrap_or_default(), "application/json"))).await?;
         if resp.status.as_u16() == 404 {
             return Ok(Json::Null);
         }
-        if !resp.status.is_success() {
-            return Err(SinkError::Retriable(format!("{path} answered {}: {}", resp.status, resp.text(300))));
-        }
-        resp.json()
+        resp.success(path)?.json()
     }
 }
 
 impl Verifier for SearchVerifier {
     fn expect(&mut self, record: &SinkRecord) -> Result<Vec<Expected>, String> {
         let mut out = Vec::new();
-        if let Some(Planned::Actions(_, actions)) = plan_change(&self.route, &record.change)? {
+        if let Some(Planned::Actions(_, actions)) = plan_change(&self.route, &record.change).map_err(|e| e.to_string())? {
             for a in actions {
                 if let Action::Index { doc, source, .. } = a {
                     let value: Json = serde_json::from_slice(&source).map_err(|e| e.to_string())?;
@@ -92,12 +96,8 @@ impl Verifier for SearchVerifier {
             for chunk in ids.chunks(500) {
                 let mut docs = Vec::with_capacity(chunk.len());
                 for id in chunk {
-                    let d = self.docs.get(id).ok_or_else(|| SinkError::Permanent(format!("unknown document {id}")))?;
-                    let mut m = json!({"_index": &*d.index, "_id": d.id});
-                    if let Some(r) = &d.routing {
-                        m["routing"] = Json::from(r.clone());
-                    }
-                    docs.push(m);
+                    let d = self.docs.get(id).ok_or_else(|| EsError::UnknownDocument(id.clone()))?;
+                    docs.push(d.to_json());
                 }
                 let j = self.post("/_mget", &json!({ "docs": docs })).await?;
                 let got = j["docs"].as_array().cloned().unwrap_or_default();
@@ -156,20 +156,14 @@ impl Verifier for SearchVerifier {
             let mut body = Vec::new();
             for id in ids {
                 let Some(d) = self.docs.get(id) else { continue };
-                let mut meta = json!({"_index": &*d.index, "_id": d.id});
-                if let Some(r) = &d.routing {
-                    meta["routing"] = Json::from(r.clone());
-                }
-                body.extend(serde_json::to_vec(&json!({ "delete": meta })).unwrap_or_default());
+                body.extend(serde_json::to_vec(&json!({ "delete": d.to_json() })).unwrap_or_default());
                 body.push(b'\n');
             }
             if body.is_empty() {
                 return Ok(());
             }
             let resp = self.client.call(Method::POST, "/_bulk?refresh=true", Some((body, "application/x-ndjson"))).await?;
-            if !resp.status.is_success() {
-                return Err(SinkError::Retriable(format!("_bulk delete answered {}: {}", resp.status, resp.text(300))));
-            }
+            resp.success("_bulk delete")?;
             Ok(())
         })
     }
