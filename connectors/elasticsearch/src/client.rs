@@ -6,14 +6,17 @@
 //! `compatible-with=8` media types that OpenSearch refuses, and it brings a
 //! large generated API for five endpoints; `opensearch` would be the mirror
 //! problem. Plain JSON over `reqwest` serves both engines the same way.
+//!
+//! Transport failures and statuses that concern the whole cluster are
+//! classified here, once ([`Client::cluster_status`], [`Response::success`]).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use pgfanout_sdk::SinkError;
 use reqwest::{Method, StatusCode};
 
 use crate::config::SearchSinkConfig;
+use crate::error::{ErrorReply, EsError};
 
 /// A response: status and body.
 #[derive(Debug)]
@@ -23,9 +26,24 @@ pub struct Response {
 }
 
 impl Response {
-    pub fn json(&self) -> Result<serde_json::Value, SinkError> {
-        serde_json::from_slice(&self.body)
-            .map_err(|e| SinkError::Retriable(format!("search node sent a non-JSON body ({e}): {}", self.text(200))))
+    pub fn json(&self) -> Result<serde_json::Value, EsError> {
+        serde_json::from_slice(&self.body).map_err(|source| EsError::NotJson { source, text: self.text(200) })
+    }
+
+    /// The response when its status is a success, else `request`'s error
+    /// (retriable: the sink sends it again later).
+    pub fn success(self, request: impl Into<String>) -> Result<Response, EsError> {
+        if self.status.is_success() {
+            Ok(self)
+        } else {
+            Err(EsError::Request { request: request.into(), reply: self.error_reply(300) })
+        }
+    }
+
+    /// The response as an error: its status, the engine's error type and
+    /// `max` characters of its body.
+    pub fn error_reply(&self, max: usize) -> ErrorReply {
+        ErrorReply::new(self.status, &self.body, max)
     }
 
     pub fn text(&self, max: usize) -> String {
@@ -49,18 +67,17 @@ enum Auth {
 }
 
 impl Client {
-    pub fn new(cfg: &SearchSinkConfig) -> Result<Client, SinkError> {
+    pub fn new(cfg: &SearchSinkConfig) -> Result<Client, EsError> {
         let mut builder = reqwest::Client::builder().timeout(cfg.request_timeout).connect_timeout(Duration::from_secs(5)).use_rustls_tls();
         if let Some(ca) = &cfg.tls.ca_file {
-            let pem = pgfanout_sdk::settings::TlsFiles::read(ca).map_err(|e| SinkError::Permanent(format!("search sink tls: {e}")))?;
-            let cert = reqwest::Certificate::from_pem(&pem)
-                .map_err(|e| SinkError::Permanent(format!("search sink tls: {}: {e}", ca.display())))?;
+            let pem = pgfanout_sdk::settings::TlsFiles::read(ca).map_err(|e| EsError::Tls(e.to_string()))?;
+            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| EsError::Tls(format!("{}: {e}", ca.display())))?;
             builder = builder.add_root_certificate(cert);
         }
         if cfg.tls.insecure {
             builder = builder.danger_accept_invalid_certs(true);
         }
-        let http = builder.build().map_err(|e| SinkError::Permanent(format!("search sink: cannot build the HTTP client: {e}")))?;
+        let http = builder.build().map_err(EsError::HttpClient)?;
         let auth = match (&cfg.username, &cfg.password, &cfg.api_key) {
             (_, _, Some(key)) => Auth::ApiKey(format!("ApiKey {}", key.expose())),
             (Some(user), password, None) => {
@@ -74,7 +91,7 @@ impl Client {
 
     /// Sends a request to the current node, failing over to the next on a
     /// connection error. Transport failures are retriable errors.
-    pub async fn send(&self, method: Method, path: &str, body: Option<(Vec<u8>, &str)>) -> Result<Response, SinkError> {
+    pub async fn send(&self, method: Method, path: &str, body: Option<(Vec<u8>, &str)>) -> Result<Response, EsError> {
         self.send_tagged(method, path, body.map(|(bytes, content_type)| (bytes::Bytes::from(bytes), content_type)), None).await
     }
 
@@ -86,10 +103,10 @@ impl Client {
         path: &str,
         body: Option<(bytes::Bytes, &str)>,
         opaque_id: Option<&str>,
-    ) -> Result<Response, SinkError> {
+    ) -> Result<Response, EsError> {
         let n = self.urls.len();
         let start = self.current.load(Ordering::Relaxed);
-        let mut last = String::new();
+        let mut last = EsError::NoNode;
         for k in 0..n {
             let i = (start + k) % n;
             let mut req = self.http.request(method.clone(), format!("{}{path}", self.urls[i]));
@@ -109,35 +126,40 @@ impl Client {
                 Ok(resp) => {
                     self.current.store(i, Ordering::Relaxed);
                     let status = resp.status();
-                    let body = resp
-                        .bytes()
-                        .await
-                        .map_err(|e| SinkError::Retriable(format!("search node {}: reading the response: {e}", self.urls[i])))?;
+                    let body = resp.bytes().await.map_err(|source| EsError::BodyLost { node: self.urls[i].clone(), source })?;
                     return Ok(Response { status, body });
                 }
-                Err(e) => last = format!("search node {}: {e}", self.urls[i]),
+                Err(source) => last = EsError::Unreachable { node: self.urls[i].clone(), source },
             }
         }
-        Err(SinkError::Retriable(last))
+        Err(last)
     }
 
     /// Like [`send`](Self::send), turning statuses that concern the whole
     /// cluster (429, 5xx, auth) into retriable errors.
-    pub async fn call(&self, method: Method, path: &str, body: Option<(Vec<u8>, &str)>) -> Result<Response, SinkError> {
+    pub async fn call(&self, method: Method, path: &str, body: Option<(Vec<u8>, &str)>) -> Result<Response, EsError> {
         Self::cluster_status(self.send(method, path, body).await?)
     }
 
     /// Statuses that concern the whole cluster (429, 5xx, auth) as
     /// retriable errors; any other response as it is.
-    pub fn cluster_status(resp: Response) -> Result<Response, SinkError> {
+    pub fn cluster_status(resp: Response) -> Result<Response, EsError> {
         match resp.status.as_u16() {
-            401 | 403 => Err(SinkError::Retriable(format!(
-                "search cluster refused the credentials ({}): check username/password or api_key: {}",
-                resp.status,
-                resp.text(300)
-            ))),
-            429 | 500..=599 => Err(SinkError::Retriable(format!("search cluster answered {}: {}", resp.status, resp.text(300)))),
+            401 | 403 => Err(EsError::Credentials(resp.error_reply(300))),
+            429 | 500..=599 => Err(EsError::Cluster(resp.error_reply(300))),
             _ => Ok(resp),
         }
+    }
+
+    /// `GET /`: the engine and version (`opensearch 2.19.0`), or why it
+    /// does not answer.
+    pub async fn info(&self) -> Result<String, EsError> {
+        let resp = self.call(Method::GET, "/", None).await?;
+        if !resp.status.is_success() {
+            return Err(EsError::Cluster(resp.error_reply(300)));
+        }
+        let j = resp.json()?;
+        let dist = j["version"]["distribution"].as_str().unwrap_or("elasticsearch");
+        Ok(format!("{dist} {}", j["version"]["number"].as_str().unwrap_or("?")))
     }
 }

@@ -77,6 +77,15 @@
 
 mod client;
 mod config;
+mod encode;
+mod error;
+mod index;
+mod lane;
+mod merge;
+mod plan;
+mod reply;
+mod retry;
+mod route;
 mod sink;
 mod verify;
 
@@ -84,6 +93,7 @@ use pgfanout_sdk::connector::{parse_sink, BoxFuture};
 use pgfanout_sdk::{Check, ConfigError, ConfiguredSink, Connector, DynSink, SinkError, SinkInput, Verifier};
 
 pub use config::{check_index_name, DeleteMode, SearchMapping, SearchSinkConfig, TruncateMode};
+pub use error::{ErrorReply, EsError, ItemError};
 pub use sink::SearchSink;
 
 /// The connector: `type: elasticsearch` (alias `opensearch`), settings
