@@ -36,7 +36,7 @@ pub(crate) enum Action {
 
 /// The CQL value of `v` for column `col`.
 fn convert(col: &Col, v: &Value) -> Result<Cql, RecordError> {
-    to_cql(v, &col.typ).map_err(|source| RecordError::Value { column: col.name.clone(), source })
+    to_cql(v, &col.typ).map_err(|source| RecordError::Value { column: col.name.clone(), key: false, source })
 }
 
 /// [`convert`], as a column that is written.
@@ -125,7 +125,8 @@ fn key_from(route: &Route, change: &Change, row: Option<&Row>) -> Result<Option<
     let mut pk = Vec::with_capacity(route.pk.len());
     for &i in &route.pk {
         let col = &route.cols[i];
-        let key_value = |v: &Value| to_cql(v, &col.typ).map_err(|source| RecordError::KeyValue { column: col.name.clone(), source });
+        let key_value =
+            |v: &Value| to_cql(v, &col.typ).map_err(|source| RecordError::Value { column: col.name.clone(), key: true, source });
         let v = match (&col.source, row) {
             (Source::Column(c), Some(r)) => match r.get(c) {
                 Some(v) => key_value(v)?,

@@ -230,12 +230,10 @@ impl fmt::Display for Problems<'_> {
 /// is rejected (a dead letter), the batch goes on.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RecordError {
-    /// A mapped column's value does not fit the column's CQL type.
-    #[error("column {column}: {source}")]
-    Value { column: String, source: ValueError },
-    /// A primary-key column's value does not fit its CQL type.
-    #[error("key column {column}: {source}")]
-    KeyValue { column: String, source: ValueError },
+    /// A mapped column's value does not fit the column's CQL type (`key`:
+    /// the column is part of the primary key).
+    #[error("{}column {column}: {source}", if *key { "key " } else { "" })]
+    Value { column: String, key: bool, source: ValueError },
     /// A template column could not be rendered.
     #[error("column {column}: {source}")]
     Template { column: String, source: TemplateError },
@@ -292,6 +290,15 @@ mod tests {
         assert!(matches!(SinkError::from(e), SinkError::Permanent(_)));
         let e = ScyllaError::NoAnswer("connection lost".into()).during("prepare");
         assert_eq!(SinkError::from(e), SinkError::Retriable("scylla prepare: connection lost".into()));
+    }
+
+    #[test]
+    fn a_record_error_names_the_column_and_keeps_the_reason() {
+        let source = ValueError { value: "\"infinity\"".into(), cql_type: "date".into(), reason: "infinity has no CQL value".into() };
+        let e = RecordError::Value { column: "d".into(), key: true, source: source.clone() };
+        assert_eq!(e.to_string(), "key column d: \"infinity\" does not fit CQL date: infinity has no CQL value");
+        let e = RecordError::Value { column: "d".into(), key: false, source };
+        assert!(e.to_string().starts_with("column d: "));
     }
 
     #[test]

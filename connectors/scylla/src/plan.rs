@@ -261,3 +261,106 @@ fn hash_cql(v: &Cql, h: &mut impl Hasher) {
         Some(other) => format!("{other:?}").hash(h),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use pgfanout_sdk::{Change, Row, Value};
+    use scylla::frame::response::result::{ColumnType, NativeType};
+
+    use super::*;
+    use crate::config::Source;
+    use crate::route::Col;
+
+    fn planner() -> Planner {
+        let col = |name: &str, t| Col { name: name.into(), source: Source::Column(name.into()), typ: ColumnType::Native(t) };
+        let cols = vec![col("id", NativeType::Int), col("name", NativeType::Text), col("qty", NativeType::BigInt)];
+        Planner::new(vec![Route {
+            mode: Mode::Upsert,
+            ops: Vec::new(),
+            ttl: None,
+            qualified: "k.items".into(),
+            cols,
+            pk: vec![0],
+            partition_len: 1,
+        }])
+    }
+
+    fn row(cols: &[(&str, &str)]) -> Row {
+        Row(cols.iter().map(|(c, v)| (Arc::from(*c), Value::from_serde(&serde_json::from_str(v).unwrap()))).collect())
+    }
+
+    fn record(op: Op, commit_lsn: u64, cols: &[(&str, &str)]) -> SinkRecord {
+        let (before, after) = if op == Op::Delete { (Some(row(cols)), None) } else { (None, Some(row(cols))) };
+        let change = Change {
+            op,
+            schema: "public".into(),
+            table: "items".into(),
+            key: Some(row(&cols[..1])),
+            before,
+            after,
+            unchanged_toast: Vec::new(),
+            lsn: Lsn(commit_lsn),
+            commit_lsn: Lsn(commit_lsn),
+            ordinal: 0,
+            xid: Some(1),
+            commit_ts: None,
+        };
+        SinkRecord { change: Arc::new(change), route: 0 }
+    }
+
+    fn ts(s: &Stmt, at: usize) -> &Cql {
+        &s.values[at]
+    }
+
+    #[test]
+    fn a_rows_changes_in_one_transaction_collapse_and_take_successive_slots() {
+        let mut p = planner();
+        let batch = [
+            record(Op::Insert, 1000, &[("id", "1"), ("name", "\"a\""), ("qty", "1")]),
+            record(Op::Update, 1000, &[("id", "1"), ("name", "\"b\"")]),
+            record(Op::Delete, 1000, &[("id", "2")]),
+            record(Op::Insert, 1000, &[("id", "2"), ("qty", "\"x\"")]),
+            record(Op::Insert, 1000, &[("id", "3"), ("name", "\"c\"")]),
+            record(Op::Delete, 1000, &[("id", "2")]),
+            record(Op::Insert, 1000, &[("id", "2"), ("qty", "7")]),
+        ];
+        let plan = p.plan(&batch);
+        assert_eq!(plan.rejected.len(), 1, "the value that does not fit is rejected alone");
+        assert_eq!(plan.rejected[0].index, 3);
+        assert!(plan.rejected[0].error.starts_with("scylla k.items: column qty: \"x\" does not fit CQL bigint"), "{:?}", plan.rejected);
+        let by_text: Vec<(&str, &[usize])> = plan.stmts.iter().map(|s| (&*s.cql, s.records.as_slice())).collect();
+        assert_eq!(
+            by_text,
+            vec![
+                ("INSERT INTO k.items (id, name, qty) VALUES (?, ?, ?) USING TIMESTAMP ?", &[0, 1][..]),
+                ("DELETE FROM k.items USING TIMESTAMP ? WHERE id = ?", &[2, 5, 6][..]),
+                ("INSERT INTO k.items (id, qty) VALUES (?, ?) USING TIMESTAMP ?", &[2, 5, 6][..]),
+                ("INSERT INTO k.items (id, name) VALUES (?, ?) USING TIMESTAMP ?", &[4][..]),
+            ]
+        );
+        let insert_1 = &plan.stmts[0];
+        assert_eq!(insert_1.values[1], Some(CqlValue::Text("b".into())), "last value wins");
+        assert_eq!(insert_1.values[2], Some(CqlValue::BigInt(1)), "columns merge");
+        assert_eq!(ts(insert_1, 3), &Some(CqlValue::BigInt(1000 - 16)));
+        assert_eq!(ts(&plan.stmts[1], 0), &Some(CqlValue::BigInt(984)), "the delete first");
+        assert_eq!(ts(&plan.stmts[2], 2), &Some(CqlValue::BigInt(985)), "then the write");
+        // The next batch of the transaction continues the row's slots once
+        // this one started; planned again before that, it does not.
+        let again = p.plan(&batch[1..2]);
+        assert_eq!(ts(&again.stmts[0], 2), &Some(CqlValue::BigInt(984)));
+        p.commit(plan.slots);
+        let next = p.plan(&batch[1..2]);
+        assert_eq!(ts(&next.stmts[0], 2), &Some(CqlValue::BigInt(985)));
+    }
+
+    #[test]
+    fn runs_hold_one_partition_and_at_most_max_statements() {
+        let stmt = |partition| Stmt { records: Vec::new(), cql: Arc::from("x"), values: Vec::new(), partition };
+        let mut stmts: Vec<Stmt> = [3, 1, 3, 3, 2, 3].into_iter().map(stmt).collect();
+        let runs = partition_runs(&mut stmts, 2);
+        let parts: Vec<Vec<u64>> = runs.into_iter().map(|r| stmts[r].iter().map(|s| s.partition).collect()).collect();
+        assert_eq!(parts, vec![vec![1], vec![2], vec![3, 3], vec![3, 3]]);
+    }
+}
