@@ -57,12 +57,22 @@
 
 mod config;
 mod datetime;
+mod encode;
+mod error;
+mod execute;
+mod plan;
+mod route;
+mod session;
 mod sink;
+mod slots;
+mod statements;
 mod types;
 mod verify;
 
 pub use config::{ConsistencyName, Meta, Mode, ScyllaMapping, ScyllaSettings, Source};
-pub use sink::{ScyllaSink, SLOTS};
+pub use error::{RecordError, SchemaProblem, ScyllaError, ValueError};
+pub use sink::ScyllaSink;
+pub use slots::SLOTS;
 
 use pgfanout_sdk::connector::{parse_sink, BoxFuture};
 use pgfanout_sdk::{Check, ConfigError, ConfiguredSink, Connector, DynSink, SinkError, SinkInput, Verifier};

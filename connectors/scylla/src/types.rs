@@ -16,11 +16,12 @@ use scylla::frame::response::result::{CollectionType, ColumnType, NativeType};
 use scylla::value::{CqlDate, CqlDecimal, CqlTime, CqlTimestamp, CqlValue, CqlVarint};
 
 use crate::datetime::{cql_date, cql_timestamp, parse_date, parse_time_nanos, parse_timestamp_micros};
+use crate::error::ValueError;
 
 /// The CQL value of `v` for a column of type `typ`. `None` is CQL null:
 /// a NULL, and an empty array in a non-frozen list or set (Cassandra
 /// stores an empty collection as no value at all).
-pub fn to_cql(v: &Value, typ: &ColumnType<'_>) -> Result<Option<CqlValue>, String> {
+pub fn to_cql(v: &Value, typ: &ColumnType<'_>) -> Result<Option<CqlValue>, ValueError> {
     match (v, typ) {
         (Value::Null, _) => Ok(None),
         (Value::Array(items), ColumnType::Collection { frozen: false, typ: CollectionType::List(_) | CollectionType::Set(_) })
@@ -28,11 +29,12 @@ pub fn to_cql(v: &Value, typ: &ColumnType<'_>) -> Result<Option<CqlValue>, Strin
         {
             Ok(None)
         }
-        _ => value(v, typ).map(Some).map_err(|why| format!("{} does not fit CQL {}: {why}", short(v), type_name(typ))),
+        _ => value(v, typ).map(Some).map_err(|reason| ValueError { value: short(v), cql_type: type_name(typ), reason }),
     }
 }
 
-/// A non-null value; the error says why it does not fit.
+/// A non-null value; the error is the reason it does not fit (the
+/// [`ValueError`]'s `reason`).
 fn value(v: &Value, typ: &ColumnType<'_>) -> Result<CqlValue, String> {
     let n = match typ {
         ColumnType::Native(n) => n,
@@ -373,7 +375,7 @@ mod tests {
     }
 
     fn cql(v: &Value, t: NativeType) -> Result<Option<CqlValue>, String> {
-        to_cql(v, &native(t))
+        to_cql(v, &native(t)).map_err(|e| e.to_string())
     }
 
     #[test]
@@ -494,8 +496,9 @@ mod tests {
             Some(CqlValue::Set(vec![CqlValue::Int(2), CqlValue::Int(1)]))
         );
         let e = to_cql(&Value::Array(vec![n("1"), Value::Null]), &list).unwrap_err();
-        assert!(e.contains("NULL element"), "{e}");
-        assert!(to_cql(&Value::Array(vec![n("1.5")]), &list).unwrap_err().contains("element 1.5"));
+        assert!(e.reason.contains("NULL element"), "{e}");
+        assert_eq!(e.cql_type, "list<int>");
+        assert!(to_cql(&Value::Array(vec![n("1.5")]), &list).unwrap_err().reason.contains("element 1.5"));
         assert_eq!(
             to_cql(&Value::Array(vec![n("1"), Value::Null]), &native(NativeType::Text)).unwrap(),
             Some(CqlValue::Text("[1,null]".into()))

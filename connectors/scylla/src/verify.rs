@@ -27,14 +27,17 @@ use serde_json::{Map, Value as Json};
 
 use crate::config::{Mode, ScyllaMapping, ScyllaSettings};
 use crate::datetime::{format_date, format_time_nanos, format_timestamp_ms};
-use crate::sink::{compile_routes, open_session, Action, Route, ScyllaSink};
+use crate::encode::{upsert_actions, Action, Cql};
+use crate::error::ScyllaError;
+use crate::route::{compile_routes, Route};
+use crate::session::open_session;
 use crate::types::{decimal_text, signed_digits};
 
 pub(crate) struct ScyllaVerifier {
     session: Session,
     route: Route,
     select: PreparedStatement,
-    rows: HashMap<String, Vec<Option<CqlValue>>>,
+    rows: HashMap<String, Vec<Cql>>,
 }
 
 pub(crate) fn verifiable(m: &ScyllaMapping) -> Result<(), String> {
@@ -44,23 +47,17 @@ pub(crate) fn verifiable(m: &ScyllaMapping) -> Result<(), String> {
     }
 }
 
-fn failed(what: &str, e: impl std::fmt::Display) -> SinkError {
-    SinkError::Retriable(format!("scylla verify: {what}: {e}"))
+/// A reply that could not be read as rows, or a scan that broke off:
+/// retriable, as a lost request is.
+fn unreadable<E: std::fmt::Display>(step: &'static str) -> impl Fn(E) -> ScyllaError {
+    move |e| ScyllaError::NoAnswer(e.to_string()).during(step)
 }
 
+/// The verifier of mapping `m` (the sink boundary: errors become
+/// [`SinkError`]s here).
 pub(crate) async fn connect(s: &ScyllaSettings, m: &ScyllaMapping) -> Result<Box<dyn Verifier>, SinkError> {
     verifiable(m).map_err(SinkError::Permanent)?;
-    let session = open_session(s).await?;
-    let (mut routes, problems) = compile_routes(&session, s, std::slice::from_ref(m));
-    if let Some((what, p)) = problems.into_iter().next() {
-        return Err(SinkError::Permanent(format!("scylla verify: {what}: {p}")));
-    }
-    let route = routes.pop().ok_or_else(|| SinkError::Permanent("scylla verify: no route".into()))?;
-    let cols: Vec<&str> = route.cols.iter().map(|c| c.name.as_str()).collect();
-    let cond: Vec<String> = route.pk.iter().map(|&i| format!("{} = ?", route.cols[i].name)).collect();
-    let cql = format!("SELECT {} FROM {} WHERE {}", cols.join(", "), route.qualified, cond.join(" AND "));
-    let select = session.prepare(cql).await.map_err(|e| failed("prepare", e))?;
-    Ok(Box::new(ScyllaVerifier { session, route, select, rows: HashMap::new() }))
+    Ok(Box::new(ScyllaVerifier::connect(s, m).await?))
 }
 
 /// How a CQL value is compared and shown: exactly, never through a float.
@@ -74,7 +71,7 @@ pub(crate) async fn connect(s: &ScyllaSettings, m: &ScyllaMapping) -> Result<Box
 /// canonical order (the store sorts them).
 ///
 /// [`to_cql`]: crate::types::to_cql
-fn text(v: &Option<CqlValue>) -> Json {
+fn text(v: &Cql) -> Json {
     match v {
         None => Json::Null,
         Some(v) => render(v),
@@ -114,7 +111,23 @@ fn render(v: &CqlValue) -> Json {
 }
 
 impl ScyllaVerifier {
-    fn id_of(&self, pk: &[Option<CqlValue>]) -> String {
+    async fn connect(s: &ScyllaSettings, m: &ScyllaMapping) -> Result<ScyllaVerifier, ScyllaError> {
+        let session = open_session(s).await?;
+        let (mut routes, mut problems) = compile_routes(&session, s, std::slice::from_ref(m));
+        let route = match routes.pop() {
+            Some(route) if problems.is_empty() => route,
+            _ => {
+                problems.truncate(1);
+                return Err(ScyllaError::Schema(problems).during("verify"));
+            }
+        };
+        let cols: Vec<&str> = route.cols.iter().map(|c| c.name.as_str()).collect();
+        let cql = format!("SELECT {} FROM {} WHERE {}", cols.join(", "), route.qualified, pk_condition(&route));
+        let select = session.prepare(cql).await.map_err(|e| ScyllaError::from(e).during("verify: prepare"))?;
+        Ok(ScyllaVerifier { session, route, select, rows: HashMap::new() })
+    }
+
+    fn id_of(&self, pk: &[Cql]) -> String {
         let parts: Vec<String> = self
             .route
             .pk
@@ -128,23 +141,118 @@ impl ScyllaVerifier {
         format!("{} ({})", self.route.qualified, parts.join(", "))
     }
 
-    fn remember(&mut self, pk: Vec<Option<CqlValue>>) -> String {
+    fn remember(&mut self, pk: Vec<Cql>) -> String {
         let id = self.id_of(&pk);
         self.rows.entry(id.clone()).or_insert(pk);
         id
     }
 
-    fn object(&self, values: &[Option<CqlValue>]) -> Json {
+    fn key(&self, id: &str) -> Result<&Vec<Cql>, ScyllaError> {
+        self.rows.get(id).ok_or_else(|| ScyllaError::UnknownRow(id.to_string()))
+    }
+
+    fn object(&self, values: &[Cql]) -> Json {
         Json::Object(self.route.cols.iter().zip(values).map(|(c, v)| (c.name.clone(), text(v))).collect::<Map<_, _>>())
+    }
+
+    /// The stored rows of `ids` (64 reads in flight at a time), `None` for
+    /// a missing one.
+    async fn read_rows(&self, ids: &[String]) -> Result<Vec<Option<Json>>, ScyllaError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for part in ids.chunks(64) {
+            let keys = part.iter().map(|id| self.key(id)).collect::<Result<Vec<_>, _>>()?;
+            let results = join_all(keys.into_iter().map(|pk| self.session.execute_unpaged(&self.select, pk))).await;
+            for r in results {
+                let r = r.map_err(|e| ScyllaError::from(e).during("verify: read"))?;
+                let rows = r.into_rows_result().map_err(unreadable("verify: read"))?;
+                let row = rows.rows::<Row>().map_err(unreadable("verify: read"))?.next().transpose().map_err(unreadable("verify: read"))?;
+                out.push(row.map(|r| self.object(&r.columns)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every primary key in the table (a paged full scan).
+    async fn list_keys(&mut self) -> Result<Vec<String>, ScyllaError> {
+        let names: Vec<&str> = self.route.pk.iter().map(|&i| self.route.cols[i].name.as_str()).collect();
+        let cql = format!("SELECT {} FROM {}", names.join(", "), self.route.qualified);
+        let mut pager = self
+            .session
+            .query_iter(cql, ())
+            .await
+            .map_err(unreadable("verify: list"))?
+            .rows_stream::<Row>()
+            .map_err(unreadable("verify: list"))?;
+        let mut keys = Vec::new();
+        while let Some(row) = pager.try_next().await.map_err(unreadable("verify: list"))? {
+            keys.push(row.columns);
+        }
+        Ok(keys.into_iter().map(|pk| self.remember(pk)).collect())
+    }
+
+    /// Deletes the rows of `ids`, each `USING TIMESTAMP` its newest write
+    /// time (module docs).
+    async fn remove_rows(&self, ids: &[String]) -> Result<(), ScyllaError> {
+        let cond = pk_condition(&self.route);
+        let regular: Vec<String> = (0..self.route.cols.len())
+            .filter(|i| !self.route.pk.contains(i))
+            .map(|i| format!("WRITETIME({})", self.route.cols[i].name))
+            .collect();
+        let prepare = |e| ScyllaError::from(e).during("verify: prepare");
+        let delete =
+            self.session.prepare(format!("DELETE FROM {} USING TIMESTAMP ? WHERE {cond}", self.route.qualified)).await.map_err(prepare)?;
+        let times = if regular.is_empty() {
+            None
+        } else {
+            let cql = format!("SELECT {} FROM {} WHERE {cond}", regular.join(", "), self.route.qualified);
+            Some(self.session.prepare(cql).await.map_err(prepare)?)
+        };
+        for id in ids {
+            let Some(pk) = self.rows.get(id) else { continue };
+            let at = match &times {
+                Some(times) => self.newest_write(times, pk).await?,
+                None => 0,
+            };
+            let mut values: Vec<Cql> = vec![Some(CqlValue::BigInt(at))];
+            values.extend(pk.iter().cloned());
+            self.session.execute_unpaged(&delete, values).await.map_err(|e| ScyllaError::from(e).during("verify: delete"))?;
+        }
+        Ok(())
+    }
+
+    /// The newest write time of the row `pk`'s regular columns (0 if none).
+    async fn newest_write(&self, times: &PreparedStatement, pk: &[Cql]) -> Result<i64, ScyllaError> {
+        let r = self.session.execute_unpaged(times, pk).await.map_err(|e| ScyllaError::from(e).during("verify: writetime"))?;
+        let rows = r.into_rows_result().map_err(unreadable("verify: writetime"))?;
+        let row =
+            rows.rows::<Row>().map_err(unreadable("verify: writetime"))?.next().transpose().map_err(unreadable("verify: writetime"))?;
+        let newest = row.and_then(|row| {
+            row.columns
+                .iter()
+                .filter_map(|c| match c {
+                    Some(CqlValue::BigInt(t)) => Some(*t),
+                    _ => None,
+                })
+                .max()
+        });
+        Ok(newest.unwrap_or(0))
     }
 }
 
+/// `a = ? AND b = ?` over the route's primary key.
+fn pk_condition(route: &Route) -> String {
+    let cond: Vec<String> = route.pk.iter().map(|&i| format!("{} = ?", route.cols[i].name)).collect();
+    cond.join(" AND ")
+}
+
+/// The sink boundary for `verify`: each call's [`ScyllaError`] becomes a
+/// [`SinkError`].
 impl Verifier for ScyllaVerifier {
     fn expect(&mut self, record: &SinkRecord) -> Result<Vec<Expected>, String> {
         let mut out = Vec::new();
-        for action in ScyllaSink::upsert_actions(&self.route, &record.change)? {
+        for action in upsert_actions(&self.route, &record.change).map_err(|e| e.to_string())? {
             if let Action::Write { pk, cols } = action {
-                let mut values: Vec<Option<CqlValue>> = vec![None; self.route.cols.len()];
+                let mut values: Vec<Cql> = vec![None; self.route.cols.len()];
                 for (&i, v) in self.route.pk.iter().zip(&pk) {
                     values[i] = v.clone();
                 }
@@ -159,86 +267,14 @@ impl Verifier for ScyllaVerifier {
     }
 
     fn read<'a>(&'a mut self, ids: &'a [String]) -> BoxFuture<'a, Result<Vec<Option<Json>>, SinkError>> {
-        Box::pin(async move {
-            let mut out = Vec::with_capacity(ids.len());
-            for part in ids.chunks(64) {
-                let mut keys = Vec::with_capacity(part.len());
-                for id in part {
-                    keys.push(self.rows.get(id).cloned().ok_or_else(|| SinkError::Permanent(format!("unknown row {id}")))?);
-                }
-                let results = join_all(keys.iter().map(|pk| self.session.execute_unpaged(&self.select, pk))).await;
-                for r in results {
-                    let rows = r.map_err(|e| failed("read", e))?.into_rows_result().map_err(|e| failed("read", e))?;
-                    let row = rows.rows::<Row>().map_err(|e| failed("read", e))?.next().transpose().map_err(|e| failed("read", e))?;
-                    out.push(row.map(|r| self.object(&r.columns)));
-                }
-            }
-            Ok(out)
-        })
+        Box::pin(async move { Ok(self.read_rows(ids).await?) })
     }
 
     fn list(&mut self) -> BoxFuture<'_, Result<Option<Vec<String>>, SinkError>> {
-        Box::pin(async move {
-            let names: Vec<&str> = self.route.pk.iter().map(|&i| self.route.cols[i].name.as_str()).collect();
-            let cql = format!("SELECT {} FROM {}", names.join(", "), self.route.qualified);
-            let mut pager = self
-                .session
-                .query_iter(cql, ())
-                .await
-                .map_err(|e| failed("list", e))?
-                .rows_stream::<Row>()
-                .map_err(|e| failed("list", e))?;
-            let mut keys = Vec::new();
-            while let Some(row) = pager.try_next().await.map_err(|e| failed("list", e))? {
-                keys.push(row.columns);
-            }
-            Ok(Some(keys.into_iter().map(|pk| self.remember(pk)).collect()))
-        })
+        Box::pin(async move { Ok(Some(self.list_keys().await?)) })
     }
 
     fn remove<'a>(&'a mut self, ids: &'a [String]) -> BoxFuture<'a, Result<(), SinkError>> {
-        Box::pin(async move {
-            let cond: Vec<String> = self.route.pk.iter().map(|&i| format!("{} = ?", self.route.cols[i].name)).collect();
-            let regular: Vec<String> = (0..self.route.cols.len())
-                .filter(|i| !self.route.pk.contains(i))
-                .map(|i| format!("WRITETIME({})", self.route.cols[i].name))
-                .collect();
-            let delete = self
-                .session
-                .prepare(format!("DELETE FROM {} USING TIMESTAMP ? WHERE {}", self.route.qualified, cond.join(" AND ")))
-                .await
-                .map_err(|e| failed("prepare", e))?;
-            let times = if regular.is_empty() {
-                None
-            } else {
-                let cql = format!("SELECT {} FROM {} WHERE {}", regular.join(", "), self.route.qualified, cond.join(" AND "));
-                Some(self.session.prepare(cql).await.map_err(|e| failed("prepare", e))?)
-            };
-            for id in ids {
-                let Some(pk) = self.rows.get(id).cloned() else { continue };
-                let mut at: i64 = 0;
-                if let Some(times) = &times {
-                    let r = self.session.execute_unpaged(times, &pk).await.map_err(|e| failed("writetime", e))?;
-                    let rows = r.into_rows_result().map_err(|e| failed("writetime", e))?;
-                    if let Some(row) =
-                        rows.rows::<Row>().map_err(|e| failed("writetime", e))?.next().transpose().map_err(|e| failed("writetime", e))?
-                    {
-                        at = row
-                            .columns
-                            .iter()
-                            .filter_map(|c| match c {
-                                Some(CqlValue::BigInt(t)) => Some(*t),
-                                _ => None,
-                            })
-                            .max()
-                            .unwrap_or(0);
-                    }
-                }
-                let mut values: Vec<Option<CqlValue>> = vec![Some(CqlValue::BigInt(at))];
-                values.extend(pk);
-                self.session.execute_unpaged(&delete, values).await.map_err(|e| failed("delete", e))?;
-            }
-            Ok(())
-        })
+        Box::pin(async move { Ok(self.remove_rows(ids).await?) })
     }
 }

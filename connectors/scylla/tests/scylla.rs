@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use pgfanout_scylla::{ScyllaMapping, ScyllaSettings, ScyllaSink};
+use pgfanout_scylla::{ScyllaError, ScyllaMapping, ScyllaSettings, ScyllaSink};
 use pgfanout_sdk::{Change, Lsn, Op, Row, Sink, SinkError, SinkRecord, Value};
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
@@ -216,17 +216,18 @@ async fn missing_tables_and_columns_are_permanent_with_the_fix() {
     let s: ScyllaSettings =
         serde_json::from_str(&format!(r#"{{"nodes":["{}"],"keyspace":"{ks}"}}"#, CassandraNode::shared().contact_point())).unwrap();
     let m = mapping(r#"{"table":"nope","columns":{"id":"id"}}"#);
-    let err = ScyllaSink::connect(&s, std::slice::from_ref(&m)).await.err().expect("no keyspace");
+    let err = SinkError::from(ScyllaSink::connect(&s, std::slice::from_ref(&m)).await.err().expect("no keyspace"));
     assert!(matches!(&err, SinkError::Permanent(e) if e.contains("keyspace missing_ks does not exist")), "{err}");
     // Create the keyspace and a table without one mapped column.
     let _ = ScyllaSink::connect(&settings(ks, ""), &[mapping(r#"{"table":"t","columns":{"id":"id","a":"a"},"partition_key":["id"]}"#)])
         .await
         .unwrap();
-    let err = ScyllaSink::connect(&s, &[mapping(r#"{"table":"t","columns":{"id":"id","a":"a","b":"b"}}"#)]).await.err().unwrap();
+    let err =
+        SinkError::from(ScyllaSink::connect(&s, &[mapping(r#"{"table":"t","columns":{"id":"id","a":"a","b":"b"}}"#)]).await.err().unwrap());
     assert!(matches!(&err, SinkError::Permanent(e) if e.contains("column b does not exist")), "{err}");
-    let err = ScyllaSink::connect(&s, &[m]).await.err().unwrap();
+    let err = SinkError::from(ScyllaSink::connect(&s, &[m]).await.err().unwrap());
     assert!(matches!(&err, SinkError::Permanent(e) if e.contains("table missing_ks.nope does not exist")), "{err}");
-    let err = ScyllaSink::connect(&s, &[mapping(r#"{"table":"t","columns":{"a":"a"}}"#)]).await.err().unwrap();
+    let err = SinkError::from(ScyllaSink::connect(&s, &[mapping(r#"{"table":"t","columns":{"a":"a"}}"#)]).await.err().unwrap());
     assert!(matches!(&err, SinkError::Permanent(e) if e.contains("primary key column id is not mapped")), "{err}");
     // doctor, through the connector.
     let settings_json = serde_json::to_value(serde_json::json!({"nodes":[CassandraNode::shared().contact_point()],"keyspace":ks})).unwrap();
@@ -242,7 +243,8 @@ async fn missing_tables_and_columns_are_permanent_with_the_fix() {
 async fn an_unreachable_cluster_is_retriable() {
     let s: ScyllaSettings = serde_json::from_str(r#"{"nodes":["127.0.0.1:1"],"keyspace":"x","connect_timeout":"1s"}"#).unwrap();
     let err = ScyllaSink::connect(&s, &[]).await.err().unwrap();
-    assert!(err.is_retriable(), "{err}");
+    assert!(err.is_retriable() && matches!(err, ScyllaError::Connect { .. }), "{err:?}");
+    assert!(SinkError::from(err).is_retriable());
 }
 
 const ZOO: &str = r#"{"table":"zoo","columns":{"id":"id","d":"d","ts":"ts","t":"t","addr":"addr","ints":"ints","fz":"ints","tags":"tags",
