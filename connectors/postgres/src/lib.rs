@@ -14,10 +14,12 @@ pub mod catalog;
 pub mod conn;
 pub mod error;
 pub mod pgoutput;
+pub mod publication;
 pub mod relation;
 pub mod replication;
 pub mod slot;
 pub mod snapshot;
+pub mod table_name;
 pub mod types;
 
 pub use error::{ErrorKind, SourceError};
