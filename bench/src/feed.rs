@@ -39,9 +39,7 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
     let db = store::source_db(ctx).await?;
     let mut figures = Vec::new();
     // Both transaction shapes (see `store::store_shapes`).
-    for (shape_no, (label, shape)) in store::store_shapes(LABEL).into_iter().enumerate() {
-        eprintln!("  {label}:");
-        let mut figs = store::StoreFigures::new(&label, "plain prepared-insert loader");
+    for (shape_no, shape, mut figs) in store::store_shapes(LABEL, "plain prepared-insert loader") {
         let changes = shape.changes(ctx.rows);
         let timeout = Duration::from_secs(900.max(changes / 500));
         for run in 0..ctx.runs {

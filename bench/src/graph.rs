@@ -45,9 +45,7 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
     delete_label(&graph, "RowWarmup").await?;
     let mut figures = Vec::new();
     // Both transaction shapes (see `store::store_shapes`).
-    for (shape_no, (label, shape)) in store::store_shapes(LABEL).into_iter().enumerate() {
-        eprintln!("  {label}:");
-        let mut figs = store::StoreFigures::new(&label, "plain UNWIND ... MERGE client");
+    for (shape_no, shape, mut figs) in store::store_shapes(LABEL, "plain UNWIND ... MERGE client") {
         let changes = shape.changes(ctx.rows);
         let timeout = Duration::from_secs(900.max(changes / 200));
         for run in 0..ctx.runs {

@@ -30,9 +30,7 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
     // Both transaction shapes: one transaction of all the rows (PostgreSQL
     // spills it to disk while decoding, and its walsender costs more per
     // row), and transactions of 100 rows.
-    for (shape_no, (label, shape)) in store::store_shapes(LABEL).into_iter().enumerate() {
-        eprintln!("  {label}:");
-        let mut figs = store::StoreFigures::new(&label, "plain _bulk loader");
+    for (shape_no, shape, mut figs) in store::store_shapes(LABEL, "plain _bulk loader") {
         let changes = shape.changes(ctx.rows);
         let timeout = Duration::from_secs(600.max(changes / 1_000));
         for run in 0..ctx.runs {

@@ -113,11 +113,17 @@ where
     }
 }
 
-/// The transaction shapes the store workloads (search, feed) run: 100-row
-/// transactions, and one transaction of all the rows (which PostgreSQL
-/// spills to disk while decoding).
-pub fn store_shapes(label: &str) -> [(String, Shape); 2] {
-    [(format!("{label}, 100-row txns"), Shape::Small), (format!("{label}, one txn"), Shape::Big)]
+/// The transaction shapes the store workloads run: 100-row transactions,
+/// and one transaction of all the rows (which PostgreSQL spills to disk
+/// while decoding). Each comes numbered, with its empty figures (the
+/// workload `label` against `loader`), its label printed as it starts.
+pub fn store_shapes(label: &str, loader: &str) -> impl Iterator<Item = (usize, Shape, StoreFigures)> {
+    let shapes = [(format!("{label}, 100-row txns"), Shape::Small), (format!("{label}, one txn"), Shape::Big)];
+    let loader = loader.to_string();
+    shapes.into_iter().enumerate().map(move |(shape_no, (label, shape))| {
+        eprintln!("  {label}:");
+        (shape_no, shape, StoreFigures::new(&label, &loader))
+    })
 }
 
 /// A store workload's figures for one transaction shape: throughput and CPU
