@@ -8,18 +8,19 @@
 //! (testkit::CassandraNode, 512 MB heap) is the store.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 
-use crate::db::{Db, PUBLICATION};
+use crate::db::Db;
 use crate::load::Shape;
 use crate::report::Figure;
+use crate::store;
 use crate::throughput::Ctx;
-use crate::tools::{self, FanoutConfig};
+use crate::tools::FanoutConfig;
 
 const LABEL: &str = "feed (cassandra)";
 const IN_FLIGHT: usize = 64;
@@ -35,14 +36,10 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
             (),
         )
         .await?;
-    let db = Db::start(&ctx.pg(&[])).await?;
-    db.exec(&Shape::Big.ddl()).await?;
-    db.exec(&format!("CREATE PUBLICATION {PUBLICATION} FOR TABLE {}", Shape::Big.table())).await?;
+    let db = store::source_db(ctx).await?;
     let mut figures = Vec::new();
-    // Both transaction shapes (see `tools::store_shapes`).
-    for (shape_no, (label, shape)) in tools::store_shapes(LABEL).into_iter().enumerate() {
-        eprintln!("  {label}:");
-        let mut figs = tools::StoreFigures::new(&label, "plain prepared-insert loader");
+    // Both transaction shapes (see `store::store_shapes`).
+    for (shape_no, shape, mut figs) in store::store_shapes(LABEL, "plain prepared-insert loader") {
         let changes = shape.changes(ctx.rows);
         let timeout = Duration::from_secs(900.max(changes / 500));
         for run in 0..ctx.runs {
@@ -50,15 +47,10 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
             for t in [&fan_table, &plain_table] {
                 create_rows_table(&session, t).await?;
             }
-            db.exec(&shape.reset_sql(ctx.rows)).await?;
-            db.prepare_drain(&[]).await?;
             let slot = format!("pgf_feed_{run}");
-            db.create_slot(&slot).await?;
-            if run == 0 && shape_no == 0 {
-                db.create_slot("pgf_feed_warmup").await?;
-            }
-            db.exec(&shape.load_sql(ctx.rows)).await?;
-            let end = db.end_lsn().await?;
+            let warm_up = run == 0 && shape_no == 0;
+            let slots = if warm_up { vec![slot.as_str(), "pgf_feed_warmup"] } else { vec![slot.as_str()] };
+            let end = store::load_run(&db, shape, ctx.rows, &slots).await?;
             let cfg = FanoutConfig {
             slot: &slot,
             table: shape.table(),
@@ -74,27 +66,15 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
             // run (without pgfanout's own, its first measured pass ran at half
             // the rate of the next ones: Cassandra compiling the paths of its
             // requests while it ran).
-            if run == 0 && shape_no == 0 {
+            if warm_up {
                 for t in ["warmup", "warmup_fan"] {
                     create_rows_table(&session, t).await?;
                 }
                 plain_load(&db, &session, shape, "warmup").await?;
-                let warm = FanoutConfig {
-                    slot: "pgf_feed_warmup",
-                    mapping: cfg.mapping.replace(&fan_table, "warmup_fan"),
-                    sink: cfg.sink.clone(),
-                    http_listen: None,
-                    ..cfg
-                };
-                tools::drain_pgfanout(&ctx.bin, &ctx.dir, &db, &warm, end, timeout).await?;
-                db.drop_slot("pgf_feed_warmup").await?;
+                store::warm_up(ctx, &db, &cfg, "pgf_feed_warmup", (&fan_table, "warmup_fan"), end, timeout).await?;
             }
-            let (f, (plain, plain_cpu)) = tools::measure_both(
-                run,
-                tools::drain_pgfanout(&ctx.bin, &ctx.dir, &db, &cfg, end, timeout),
-                plain_load(&db, &session, shape, &plain_table),
-            )
-            .await?;
+            let loader = plain_load(&db, &session, shape, &plain_table);
+            let (f, (plain, plain_cpu)) = store::measure_run(ctx, &db, &cfg, run, end, timeout, loader).await?;
             let n = count(&session, &fan_table).await?;
             if n != changes {
                 bail!("table {fan_table} holds {n} rows, expected {changes}");
@@ -147,20 +127,18 @@ async fn plain_load(db: &Db, session: &Session, shape: Shape, table: &str) -> Re
             ))
             .await?,
     );
-    let cpu_before = crate::procstat::cpu_seconds(std::process::id()).unwrap_or(0.0);
-    let started = Instant::now();
-    stream::iter(values.iter())
-        .map(|v| {
-            let (session, insert) = (&session, insert.clone());
-            async move { session.execute_unpaged(&insert, v).await.map(|_| ()) }
-        })
-        .buffer_unordered(IN_FLIGHT)
-        .try_collect::<()>()
-        .await
-        .context("plain loader insert")?;
-    let plain = started.elapsed().as_secs_f64();
-    let plain_cpu = crate::procstat::cpu_seconds(std::process::id()).unwrap_or(0.0) - cpu_before;
-    Ok((plain, plain_cpu))
+    store::timed_load(async {
+        stream::iter(values.iter())
+            .map(|v| {
+                let (session, insert) = (&session, insert.clone());
+                async move { session.execute_unpaged(&insert, v).await.map(|_| ()) }
+            })
+            .buffer_unordered(IN_FLIGHT)
+            .try_collect::<()>()
+            .await
+            .context("plain loader insert")
+    })
+    .await
 }
 
 /// A table for the bench rows (stream-big's shape) in the keyspace.

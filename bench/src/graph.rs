@@ -9,16 +9,17 @@
 //! clock starts. Both labels have the same key index (the sink creates its own at start). The store is
 //! Neo4j 5.26 Community (testkit::Neo4jServer, 512 MB heap).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use neo4rs::{query, BoltList, BoltMap, BoltString, BoltType, ConfigBuilder, Graph};
 
-use crate::db::{Db, PUBLICATION};
+use crate::db::Db;
 use crate::load::Shape;
 use crate::report::Figure;
+use crate::store;
 use crate::throughput::Ctx;
-use crate::tools::{self, FanoutConfig};
+use crate::tools::FanoutConfig;
 
 const LABEL: &str = "graph (neo4j)";
 /// Rows per `UNWIND` statement and per transaction, for both tools.
@@ -34,9 +35,7 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
         .max_connections(2)
         .build()?;
     let graph = Graph::connect(config).await.context("connect to Neo4j")?;
-    let db = Db::start(&ctx.pg(&[])).await?;
-    db.exec(&Shape::Big.ddl()).await?;
-    db.exec(&format!("CREATE PUBLICATION {PUBLICATION} FOR TABLE {}", Shape::Big.table())).await?;
+    let db = store::source_db(ctx).await?;
     // An unmeasured pass of the plain client first: the first measured pass
     // otherwise pays for Neo4j compiling its paths (pgfanout ran at 0.6x of
     // the loader in the first shape's first run and at 0.9x in the second).
@@ -45,22 +44,16 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
     plain_load(&db, &graph, Shape::Big, "RowWarmup").await?;
     delete_label(&graph, "RowWarmup").await?;
     let mut figures = Vec::new();
-    // Both transaction shapes (see `tools::store_shapes`).
-    for (shape_no, (label, shape)) in tools::store_shapes(LABEL).into_iter().enumerate() {
-        eprintln!("  {label}:");
-        let mut figs = tools::StoreFigures::new(&label, "plain UNWIND ... MERGE client");
+    // Both transaction shapes (see `store::store_shapes`).
+    for (shape_no, shape, mut figs) in store::store_shapes(LABEL, "plain UNWIND ... MERGE client") {
         let changes = shape.changes(ctx.rows);
         let timeout = Duration::from_secs(900.max(changes / 200));
         for run in 0..ctx.runs {
             let (fan_label, plain_label) = (format!("RowFanout{shape_no}_{run}"), format!("RowPlain{shape_no}_{run}"));
             // The sink creates its label's index at start (create_indexes).
             graph.run(query(&format!("CREATE INDEX IF NOT EXISTS FOR (n:{plain_label}) ON (n.id)"))).await?;
-            db.exec(&shape.reset_sql(ctx.rows)).await?;
-            db.prepare_drain(&[]).await?;
             let slot = format!("pgf_graph_{run}");
-            db.create_slot(&slot).await?;
-            db.exec(&shape.load_sql(ctx.rows)).await?;
-            let end = db.end_lsn().await?;
+            let end = store::load_run(&db, shape, ctx.rows, &[&slot]).await?;
             let cfg = FanoutConfig {
                 slot: &slot,
                 table: shape.table(),
@@ -75,12 +68,8 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
                 http_listen: None,
                 batch_size: Some(BATCH),
             };
-            let (f, (plain, plain_cpu)) = tools::measure_both(
-                run,
-                tools::drain_pgfanout(&ctx.bin, &ctx.dir, &db, &cfg, end, timeout),
-                plain_load(&db, &graph, shape, &plain_label),
-            )
-            .await?;
+            let loader = plain_load(&db, &graph, shape, &plain_label);
+            let (f, (plain, plain_cpu)) = store::measure_run(ctx, &db, &cfg, run, end, timeout, loader).await?;
             for l in [&fan_label, &plain_label] {
                 let n = count(&graph, l).await?;
                 if n != changes {
@@ -147,16 +136,15 @@ async fn plain_load(db: &Db, graph: &Graph, shape: Shape, label: &str) -> Result
          WHERE n._pgfanout_version IS NULL OR n._pgfanout_version <= row.v \
          SET n += row.p, n._pgfanout_version = row.v"
     );
-    let cpu_before = crate::procstat::cpu_seconds(std::process::id()).unwrap_or(0.0);
-    let started = Instant::now();
-    for rows in batches {
-        let mut txn = graph.start_txn().await?;
-        txn.run(query(&statement).param("rows", rows)).await.context("plain loader statement")?;
-        txn.commit().await?;
-    }
-    let plain = started.elapsed().as_secs_f64();
-    let plain_cpu = crate::procstat::cpu_seconds(std::process::id()).unwrap_or(0.0) - cpu_before;
-    Ok((plain, plain_cpu))
+    store::timed_load(async {
+        for rows in batches {
+            let mut txn = graph.start_txn().await?;
+            txn.run(query(&statement).param("rows", rows)).await.context("plain loader statement")?;
+            txn.commit().await?;
+        }
+        Ok(())
+    })
+    .await
 }
 
 async fn count(graph: &Graph, label: &str) -> Result<u64> {

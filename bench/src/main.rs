@@ -21,6 +21,7 @@ mod report;
 mod resp;
 mod search;
 mod snapshot;
+mod store;
 mod throughput;
 mod tools;
 

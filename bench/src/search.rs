@@ -6,15 +6,16 @@
 //! = 95% of lanes × bulk size, so its requests have nearly the loader's
 //! shape.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::db::{Db, PUBLICATION};
+use crate::db::Db;
 use crate::load::Shape;
 use crate::report::Figure;
+use crate::store;
 use crate::throughput::Ctx;
-use crate::tools::{self, FanoutConfig};
+use crate::tools::FanoutConfig;
 
 const LABEL: &str = "search (opensearch)";
 const BULK: usize = 1000;
@@ -24,28 +25,19 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
     let node = tokio::task::spawn_blocking(testkit::OpenSearchNode::start).await?;
     let url = node.url();
     let http = reqwest::Client::new();
-    let db = Db::start(&ctx.pg(&[])).await?;
-    db.exec(&Shape::Big.ddl()).await?;
-    db.exec(&format!("CREATE PUBLICATION {PUBLICATION} FOR TABLE {}", Shape::Big.table())).await?;
+    let db = store::source_db(ctx).await?;
     let mut figures = Vec::new();
     // Both transaction shapes: one transaction of all the rows (PostgreSQL
     // spills it to disk while decoding, and its walsender costs more per
     // row), and transactions of 100 rows.
-    for (shape_no, (label, shape)) in tools::store_shapes(LABEL).into_iter().enumerate() {
-        eprintln!("  {label}:");
-        let mut figs = tools::StoreFigures::new(&label, "plain _bulk loader");
+    for (shape_no, shape, mut figs) in store::store_shapes(LABEL, "plain _bulk loader") {
         let changes = shape.changes(ctx.rows);
         let timeout = Duration::from_secs(600.max(changes / 1_000));
         for run in 0..ctx.runs {
-            db.exec(&shape.reset_sql(ctx.rows)).await?;
-            db.prepare_drain(&[]).await?;
             let slot = format!("pgf_search_{run}");
-            db.create_slot(&slot).await?;
-            if run == 0 && shape_no == 0 {
-                db.create_slot("pgf_search_warmup").await?;
-            }
-            db.exec(&shape.load_sql(ctx.rows)).await?;
-            let end = db.end_lsn().await?;
+            let warm_up = run == 0 && shape_no == 0;
+            let slots = if warm_up { vec![slot.as_str(), "pgf_search_warmup"] } else { vec![slot.as_str()] };
+            let end = store::load_run(&db, shape, ctx.rows, &slots).await?;
             let index = format!("bench-pgfanout-{run}");
             let cfg = FanoutConfig {
                 slot: &slot,
@@ -62,25 +54,13 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
             // Order alternates between runs (the engine's JIT warms up as it
             // goes), after an unmeasured warm-up pass of each tool in the first
             // run.
-            if run == 0 && shape_no == 0 {
+            if warm_up {
                 plain_load(&db, &http, &url, shape, "bench-warmup").await?;
-                let warm = FanoutConfig {
-                    slot: "pgf_search_warmup",
-                    mapping: cfg.mapping.replace(&index, "bench-warmup-fan"),
-                    sink: cfg.sink.clone(),
-                    http_listen: None,
-                    ..cfg
-                };
-                tools::drain_pgfanout(&ctx.bin, &ctx.dir, &db, &warm, end, timeout).await?;
-                db.drop_slot("pgf_search_warmup").await?;
+                store::warm_up(ctx, &db, &cfg, "pgf_search_warmup", (&index, "bench-warmup-fan"), end, timeout).await?;
             }
             let base_index = format!("bench-plain-{run}");
-            let (f, (plain, plain_cpu)) = tools::measure_both(
-                run,
-                tools::drain_pgfanout(&ctx.bin, &ctx.dir, &db, &cfg, end, timeout),
-                plain_load(&db, &http, &url, shape, &base_index),
-            )
-            .await?;
+            let loader = plain_load(&db, &http, &url, shape, &base_index);
+            let (f, (plain, plain_cpu)) = store::measure_run(ctx, &db, &cfg, run, end, timeout, loader).await?;
             let n = count(&http, &url, &index).await?;
             if n != changes {
                 bail!("index {index} holds {n} documents, expected {changes}");
@@ -122,31 +102,30 @@ async fn plain_load(db: &Db, http: &reqwest::Client, url: &str, shape: Shape, in
             b
         })
         .collect();
-    let cpu_before = crate::procstat::cpu_seconds(std::process::id()).unwrap_or(0.0);
-    let started = Instant::now();
-    let mut lanes: Vec<Vec<Vec<u8>>> = (0..LANES).map(|_| Vec::new()).collect();
-    for (i, b) in bodies.into_iter().enumerate() {
-        lanes[i % LANES].push(b);
-    }
-    let sends = lanes.into_iter().map(|lane| {
-        let (http, url) = (http.clone(), url.to_string());
-        async move {
-            for body in lane {
-                let resp = http.post(format!("{url}/_bulk")).header("content-type", "application/x-ndjson").body(body).send().await?;
-                let j: serde_json::Value = resp.json().await?;
-                if j["errors"] == true {
-                    bail!("plain loader: bulk errors: {}", j.to_string().chars().take(300).collect::<String>());
-                }
-            }
-            Ok::<(), anyhow::Error>(())
+    store::timed_load(async {
+        let mut lanes: Vec<Vec<Vec<u8>>> = (0..LANES).map(|_| Vec::new()).collect();
+        for (i, b) in bodies.into_iter().enumerate() {
+            lanes[i % LANES].push(b);
         }
-    });
-    for r in futures_util::future::join_all(sends).await {
-        r?;
-    }
-    let plain = started.elapsed().as_secs_f64();
-    let plain_cpu = crate::procstat::cpu_seconds(std::process::id()).unwrap_or(0.0) - cpu_before;
-    Ok((plain, plain_cpu))
+        let sends = lanes.into_iter().map(|lane| {
+            let (http, url) = (http.clone(), url.to_string());
+            async move {
+                for body in lane {
+                    let resp = http.post(format!("{url}/_bulk")).header("content-type", "application/x-ndjson").body(body).send().await?;
+                    let j: serde_json::Value = resp.json().await?;
+                    if j["errors"] == true {
+                        bail!("plain loader: bulk errors: {}", j.to_string().chars().take(300).collect::<String>());
+                    }
+                }
+                Ok::<(), anyhow::Error>(())
+            }
+        });
+        for r in futures_util::future::join_all(sends).await {
+            r?;
+        }
+        Ok(())
+    })
+    .await
 }
 
 async fn count(http: &reqwest::Client, url: &str, index: &str) -> Result<u64> {

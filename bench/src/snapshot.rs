@@ -136,16 +136,8 @@ async fn copy_psql(db: &Db, table: &str, timeout: Duration) -> Result<f64> {
         .stderr(Stdio::piped())
         .spawn()
         .context("spawn psql")?;
-    let status = loop {
-        if let Some(s) = child.try_wait()? {
-            break s;
-        }
-        if started.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("psql \\copy did not finish within {timeout:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
+    let Some(status) = tools::wait_child(&mut child, started, timeout, async || {}).await? else {
+        bail!("psql \\copy did not finish within {timeout:?}");
     };
     let seconds = started.elapsed().as_secs_f64();
     if !status.success() {

@@ -13,14 +13,13 @@
 //! connecting and starting replication.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
 use crate::db::{fmt_lsn, Db, PUBLICATION};
 use crate::procstat::{self, Usage};
-use crate::report::{Better, Figure, Goal};
 
 pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
@@ -240,15 +239,7 @@ pub async fn drain_recvlogical(db: &Db, dir: &Path, slot: &str, end: u64, timeou
     // sampled while it runs, so up to one interval (50 ms) of it is missed.
     let mut walsender: Option<(u32, f64)> = None;
     let mut sampled = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait()? {
-            break s;
-        }
-        if started.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("pg_recvlogical did not reach {} within {timeout:?}: {}", fmt_lsn(end), tail(&err_path));
-        }
+    let sample_walsender = async || {
         if sampled.elapsed() >= Duration::from_millis(50) {
             sampled = Instant::now();
             walsender = match walsender {
@@ -256,7 +247,9 @@ pub async fn drain_recvlogical(db: &Db, dir: &Path, slot: &str, end: u64, timeou
                 None => active_pid(db, slot).await.and_then(|pid| procstat::cpu_seconds(pid).map(|cpu| (pid, cpu))),
             };
         }
-        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    let Some(status) = wait_child(&mut child, started, timeout, sample_walsender).await? else {
+        bail!("pg_recvlogical did not reach {} within {timeout:?}: {}", fmt_lsn(end), tail(&err_path));
     };
     let seconds = started.elapsed().as_secs_f64();
     if !status.success() {
@@ -264,6 +257,29 @@ pub async fn drain_recvlogical(db: &Db, dir: &Path, slot: &str, end: u64, timeou
     }
     let usage = procstat::parse_time_output(&time_out).context("read /usr/bin/time output")?;
     Ok(Drain { seconds, usage, walsender_cpu_seconds: walsender.map(|(_, cpu)| cpu) })
+}
+
+/// Waits for `child` (spawned at `started`) to exit, polling every 2 ms and
+/// running `between` after each poll; once `timeout` has passed since
+/// `started`, kills and reaps it and returns None.
+pub async fn wait_child(
+    child: &mut Child,
+    started: Instant,
+    timeout: Duration,
+    mut between: impl AsyncFnMut(),
+) -> Result<Option<ExitStatus>> {
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if started.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(None);
+        }
+        between().await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }
 
 /// Waits (up to 3 minutes) until the machine is idle before a measured
@@ -278,87 +294,5 @@ pub async fn quiet_before(phase: &str) {
         eprintln!("    (the machine did not get quiet before {phase} within {waited:.0} s; measuring anyway)");
     } else if waited > 4.0 {
         eprintln!("    (waited {waited:.0} s for the machine to get quiet before {phase})");
-    }
-}
-
-/// Runs a store workload's two measured phases, pgfanout's and the plain
-/// loader's, each on a quiet machine ([`quiet_before`]); pgfanout first in
-/// even runs, the loader first in odd ones (the store's JIT warms up as it
-/// goes).
-pub async fn measure_both<F, L, P>(run: usize, pgfanout: F, loader: L) -> Result<(Drain, P)>
-where
-    F: std::future::Future<Output = Result<Drain>>,
-    L: std::future::Future<Output = Result<P>>,
-{
-    if run.is_multiple_of(2) {
-        quiet_before("pgfanout").await;
-        let f = pgfanout.await?;
-        quiet_before("the plain loader").await;
-        Ok((f, loader.await?))
-    } else {
-        quiet_before("the plain loader").await;
-        let p = loader.await?;
-        quiet_before("pgfanout").await;
-        Ok((pgfanout.await?, p))
-    }
-}
-
-/// The transaction shapes the store workloads (search, feed) run: 100-row
-/// transactions, and one transaction of all the rows (which PostgreSQL
-/// spills to disk while decoding).
-pub fn store_shapes(label: &str) -> [(String, crate::load::Shape); 2] {
-    use crate::load::Shape;
-    [(format!("{label}, 100-row txns"), Shape::Small), (format!("{label}, one txn"), Shape::Big)]
-}
-
-/// A store workload's figures for one transaction shape: throughput and CPU
-/// per row against the plain loader, the walsender's CPU per row (work the
-/// loader does not pay), pgfanout's peak RSS.
-pub struct StoreFigures {
-    loader: String,
-    rate: Figure,
-    cpu: Figure,
-    walsender: Figure,
-    rss: Figure,
-}
-
-impl StoreFigures {
-    pub fn new(label: &str, loader: &str) -> StoreFigures {
-        StoreFigures {
-            loader: loader.to_string(),
-            rate: Figure::new(label, "throughput", "rows/s", Better::Higher).with_baseline(loader).with_goal(Goal::RatioAtLeast(0.8)),
-            cpu: Figure::new(label, "CPU per row", "µs", Better::Lower).with_baseline(loader),
-            walsender: Figure::new(label, "walsender CPU per row", "µs", Better::Lower),
-            rss: Figure::new(label, "peak RSS", "MB", Better::Lower).with_goal(Goal::AtMost(32.0)),
-        }
-    }
-
-    /// Prints and records one run: pgfanout's drain of `changes` rows, and
-    /// the loader's seconds and CPU seconds.
-    pub fn record(&mut self, changes: u64, f: &Drain, loader_seconds: f64, loader_cpu: f64) {
-        let per_row = |seconds: f64| seconds * 1e6 / changes as f64;
-        eprintln!(
-            "    pgfanout {:.2} s ({:.0} rows/s, {:.2} µs CPU/row, {} MB); {} {:.2} s ({:.0} rows/s, {:.2} µs CPU/row)",
-            f.seconds,
-            changes as f64 / f.seconds,
-            per_row(f.usage.cpu_seconds),
-            f.usage.peak_rss_kib / 1024,
-            self.loader,
-            loader_seconds,
-            changes as f64 / loader_seconds,
-            per_row(loader_cpu),
-        );
-        self.rate.pgfanout.push(changes as f64 / f.seconds);
-        self.rate.baseline.push(changes as f64 / loader_seconds);
-        self.cpu.pgfanout.push(per_row(f.usage.cpu_seconds));
-        self.cpu.baseline.push(per_row(loader_cpu));
-        self.rss.pgfanout.push(f.usage.peak_rss_kib as f64 / 1024.0);
-        if let Some(w) = f.walsender_cpu_seconds {
-            self.walsender.pgfanout.push(per_row(w));
-        }
-    }
-
-    pub fn into_figures(self) -> [Figure; 4] {
-        [self.rate, self.cpu, self.walsender, self.rss]
     }
 }

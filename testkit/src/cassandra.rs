@@ -9,17 +9,17 @@
 //!
 //! Start: ~8-9 s, RSS ~500 MB (`-Xmx512m`).
 
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::jvm::{wait_port_closed, JvmInstall, JvmProcess};
-use crate::{free_ports, scratch_dir};
+use crate::free_ports;
+use crate::jvm::JvmInstall;
+use crate::process::{ServerProcess, ServerSlot};
 
 /// A running Cassandra node; killed on drop and its directory removed.
 pub struct CassandraNode {
-    dir: tempfile::TempDir,
+    slot: ServerSlot,
     install: JvmInstall,
-    child: Mutex<Option<JvmProcess>>,
     /// The CQL (native transport) port.
     pub port: u16,
     /// The internode (storage) port.
@@ -31,13 +31,7 @@ impl CassandraNode {
     pub fn start() -> CassandraNode {
         crate::retry_on_port_clash(|| {
             let [port, storage_port] = free_ports();
-            let node = CassandraNode {
-                dir: scratch_dir("pgfanout-cassandra-"),
-                install: JvmInstall::find("cassandra"),
-                child: Mutex::new(None),
-                port,
-                storage_port,
-            };
+            let node = CassandraNode { slot: ServerSlot::new("cassandra"), install: JvmInstall::find("cassandra"), port, storage_port };
             node.write_config();
             node.start_server();
             node
@@ -57,7 +51,7 @@ impl CassandraNode {
     }
 
     fn write_config(&self) {
-        let d = self.dir.path().display();
+        let d = self.slot.dir().display();
         let (p, sp) = (self.port, self.storage_port);
         let yaml = format!(
             "cluster_name: pgfanout-test
@@ -99,17 +93,18 @@ concurrent_counter_writes: 4
 native_transport_max_threads: 16
 "
         );
-        std::fs::write(self.dir.path().join("cassandra.yaml"), yaml).expect("write cassandra.yaml");
+        std::fs::write(self.slot.dir().join("cassandra.yaml"), yaml).expect("write cassandra.yaml");
     }
 
     /// Starts (or restarts after [`stop`](Self::stop)) the node on the same
     /// ports and data.
     pub fn start_server(&self) {
-        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
-        if child.is_some() {
-            return;
-        }
-        let d = self.dir.path();
+        self.slot.start(|| self.launch());
+    }
+
+    /// Spawns the JVM and waits until it answers CQL.
+    fn launch(&self) -> ServerProcess {
+        let d = self.slot.dir();
         let opens = std::fs::read_to_string(self.install.conf("jvm17.options")).unwrap_or_else(|e| panic!("read jvm17.options: {e}"));
         let mut jvm_args: Vec<String> = [
             "-Xms128m",
@@ -133,15 +128,8 @@ native_transport_max_threads: 16
         jvm_args.push(format!("-Dcassandra.storagedir={}", d.display()));
         jvm_args.push(format!("-Dcassandra.logdir={}", d.join("logs").display()));
         jvm_args.push(format!("-Dlogback.configurationFile={}", self.install.conf("logback.xml").display()));
-        let mut p = JvmProcess::spawn(
-            "cassandra",
-            &self.install,
-            &jvm_args,
-            "org.apache.cassandra.service.CassandraDaemon",
-            &[],
-            &d.join("cassandra.log"),
-            Some(d),
-        );
+        let mut p =
+            self.install.spawn(&self.slot, &self.install.classpath(), &jvm_args, "org.apache.cassandra.service.CassandraDaemon", &[]);
         // The log line comes before the bind, and an open port is not yet a
         // served protocol: a driver that connected at that moment once had
         // its OPTIONS request answered by a closed connection. Ready means a
@@ -150,26 +138,23 @@ native_transport_max_threads: 16
         p.wait_until(Duration::from_secs(180), "a CQL OPTIONS request to be answered", |out| {
             out.contains("Starting listening for CQL clients") && answers_cql_options(port)
         });
-        *child = Some(p);
+        p
     }
 
     /// Stops the node gracefully (SIGTERM: drains and flushes, ~6 s; SIGKILL
     /// after 60 s) and waits until the port is closed.
     pub fn stop(&self) {
-        if let Some(mut c) = self.child.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            c.terminate(Duration::from_secs(60));
-        }
-        wait_port_closed(self.port, Duration::from_secs(10));
+        self.slot.stop(self.port);
     }
 
     /// The JVM's process id while it runs.
     pub fn pid(&self) -> Option<u32> {
-        self.child.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(JvmProcess::pid)
+        self.slot.pid()
     }
 
     /// The node's log so far (for failure messages).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("cassandra.log")).unwrap_or_default()
+        self.slot.log()
     }
 }
 
@@ -189,12 +174,4 @@ fn answers_cql_options(port: u16) -> bool {
     let mut header = [0u8; 9];
     // response version 0x84, opcode SUPPORTED (0x06)
     s.read_exact(&mut header).is_ok() && header[0] == 0x84 && header[4] == 0x06
-}
-
-impl Drop for CassandraNode {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            c.kill();
-        }
-    }
 }

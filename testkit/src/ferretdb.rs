@@ -13,11 +13,11 @@
 //! the wrapper sends FerretDB SIGTERM. Nothing outlives the test process.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
+use std::process::Command;
 use std::time::Duration;
 
-use crate::{free_port, scratch_dir, wait_until, PgCluster};
+use crate::process::{Ending, ServerSlot};
+use crate::{free_port, PgCluster};
 
 /// `$PGFANOUT_BIN/ferretdb` or `~/.cache/pgfanout/bin/ferretdb`.
 pub fn ferretdb_bin() -> PathBuf {
@@ -34,8 +34,7 @@ pub fn ferretdb_bin() -> PathBuf {
 
 /// A running FerretDB on a free loopback port; stopped on drop.
 pub struct FerretDb {
-    dir: tempfile::TempDir,
-    child: Mutex<Option<Child>>,
+    slot: ServerSlot,
     pub port: u16,
     /// The PostgreSQL URL FerretDB stores its documents under.
     pub postgresql_url: String,
@@ -54,8 +53,7 @@ impl FerretDb {
         if exists.trim().is_empty() {
             pg.psql("postgres", &format!("CREATE DATABASE \"{db}\""));
         }
-        let server =
-            FerretDb { dir: scratch_dir("pgfanout-ferretdb-"), child: Mutex::new(None), port: free_port(), postgresql_url: pg.url(db) };
+        let server = FerretDb { slot: ServerSlot::new("ferretdb"), port: free_port(), postgresql_url: pg.url(db) };
         server.start_server();
         server
     }
@@ -68,69 +66,46 @@ impl FerretDb {
     /// Starts (or restarts after [`stop`](Self::stop)) FerretDB on the same
     /// port and PostgreSQL database.
     pub fn start_server(&self) {
-        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
-        if child.is_some() {
-            return;
-        }
-        let log =
-            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("ferretdb.log")).expect("open ferretdb.log");
-        let state = self.dir.path().join("state");
-        let _ = std::fs::create_dir_all(&state);
-        // FerretDB in the background (its stdin is /dev/null); `cat` returns
-        // when the test process closes the pipe (or dies), then FerretDB
-        // gets SIGTERM.
-        let c = Command::new("sh")
-            .arg("-c")
-            .arg(r#""$@" & pid=$!; cat >/dev/null; kill $pid 2>/dev/null; wait $pid"#)
-            .arg("ferretdb-wrapper")
-            .arg(ferretdb_bin())
-            .arg("--handler=pg")
-            .arg(format!("--postgresql-url={}", self.postgresql_url))
-            .arg(format!("--listen-addr=127.0.0.1:{}", self.port))
-            .arg("--debug-addr=-")
-            .arg("--telemetry=disable")
-            .arg(format!("--state-dir={}", state.display()))
-            .arg("--log-level=warn")
-            .stdin(Stdio::piped())
-            .stdout(log.try_clone().expect("log handle"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn ferretdb: {e}"));
-        *child = Some(c);
-        drop(child);
-        let port = self.port;
-        wait_until(Duration::from_secs(30), "FerretDB to accept connections", || {
-            if let Some(c) = self.child.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
-                if let Ok(Some(status)) = c.try_wait() {
-                    panic!("FerretDB exited with {status}:\n{}", self.log());
-                }
-            }
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        self.slot.start(|| {
+            let state = self.slot.dir().join("state");
+            let _ = std::fs::create_dir_all(&state);
+            // FerretDB in the background (its stdin is /dev/null); `cat` returns
+            // when the test process closes the pipe (or dies), then FerretDB
+            // gets SIGTERM.
+            let mut cmd = Command::new("sh");
+            cmd.arg("-c")
+                .arg(r#""$@" & pid=$!; cat >/dev/null; kill $pid 2>/dev/null; wait $pid"#)
+                .arg("ferretdb-wrapper")
+                .arg(ferretdb_bin())
+                .arg("--handler=pg")
+                .arg(format!("--postgresql-url={}", self.postgresql_url))
+                .arg(format!("--listen-addr=127.0.0.1:{}", self.port))
+                .arg("--debug-addr=-")
+                .arg("--telemetry=disable")
+                .arg(format!("--state-dir={}", state.display()))
+                .arg("--log-level=warn");
+            let mut p = self.slot.spawn(cmd, Ending::StdinClosed);
+            let port = self.port;
+            p.wait_until(Duration::from_secs(30), "FerretDB to accept connections", |_| {
+                std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            });
+            p
         });
     }
 
-    /// Stops FerretDB (SIGTERM) and waits for it to exit.
+    /// Stops FerretDB (SIGTERM, by closing its wrapper's pipe) and waits for
+    /// it to exit.
     pub fn stop(&self) {
-        if let Some(mut c) = self.child.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            drop(c.stdin.take());
-            let _ = c.wait();
-        }
-        crate::jvm::wait_port_closed(self.port, Duration::from_secs(10));
+        self.slot.stop(self.port);
     }
 
     /// The wrapper's process id while FerretDB runs.
     pub fn pid(&self) -> Option<u32> {
-        self.child.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(Child::id)
+        self.slot.pid()
     }
 
     /// FerretDB's log so far (for failure messages).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("ferretdb.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for FerretDb {
-    fn drop(&mut self) {
-        self.stop();
+        self.slot.log()
     }
 }

@@ -1,4 +1,7 @@
-//! Plumbing shared by the JVM servers (Kafka, Neo4j, OpenSearch, Cassandra).
+//! Plumbing shared by the JVM servers (Kafka, Neo4j, OpenSearch,
+//! Elasticsearch, Cassandra): where each is installed and how its JVM is
+//! started. The process itself (log, readiness, stop, drop) is
+//! [`crate::process`]'s.
 //!
 //! `scripts/install-jvm-servers.sh` puts each server's jars, launchers and
 //! logging config under `$PGFANOUT_JVM_CACHE` (default
@@ -9,11 +12,13 @@
 //! No JVM outlives the test process, and servers in `static`s (the `shared()`
 //! helpers) are cleaned up too.
 
-use std::io::{Read, Seek, SeekFrom};
+use std::io::Read;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::process::{Ending, ServerProcess, ServerSlot};
 
 /// The cache root: `$PGFANOUT_JVM_CACHE` or `$HOME/.cache/pgfanout/jvm`.
 pub fn cache_root() -> PathBuf {
@@ -51,6 +56,22 @@ impl JvmInstall {
     pub fn conf(&self, file: &str) -> PathBuf {
         self.dir.join("conf").join(file)
     }
+
+    /// Starts `java <jvm_args> $PGFANOUT_JVM_OPTS -cp <classpath>
+    /// pgfanout.testkit.Launch <main> <args>` as `slot`'s server, its output
+    /// in the slot's log. When the test process goes away without stopping
+    /// it, the JVM deletes the slot's directory and halts.
+    pub fn spawn(&self, slot: &ServerSlot, classpath: &str, jvm_args: &[String], main: &str, args: &[String]) -> ServerProcess {
+        let mut cmd = Command::new(&self.java);
+        cmd.args(jvm_args);
+        // extra options for every JVM server (they come last, so they win)
+        if let Ok(extra) = std::env::var("PGFANOUT_JVM_OPTS") {
+            cmd.args(extra.split_whitespace());
+        }
+        cmd.arg(format!("-Dpgfanout.deleteOnEof={}", slot.dir().display()));
+        cmd.arg("-cp").arg(classpath).arg("pgfanout.testkit.Launch").arg(main).args(args);
+        slot.spawn(cmd, Ending::Signals)
+    }
 }
 
 /// `$PGFANOUT_JAVA`, else the JDK the install script chose (`<dir>/java`,
@@ -72,165 +93,6 @@ fn java_bin(dir: &Path) -> PathBuf {
         }
     }
     PathBuf::from("java")
-}
-
-/// The last `n` lines of a file (for failure messages).
-pub fn tail(path: &Path, n: usize) -> String {
-    let s = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// A JVM under the stdin watchdog, its stdout and stderr appended to a log
-/// file. Killed (SIGKILL) on drop.
-pub struct JvmProcess {
-    name: String,
-    child: Child,
-    /// Held open: the JVM exits when it is closed.
-    stdin: Option<ChildStdin>,
-    log: PathBuf,
-    /// Where this run's output starts in the log (the log is appended to).
-    log_start: u64,
-}
-
-impl JvmProcess {
-    /// Starts `java <jvm_args> $PGFANOUT_JVM_OPTS -cp <classpath> pgfanout.testkit.Launch <main> <args>`.
-    /// With `delete_on_eof`, the JVM deletes that directory when the test
-    /// process goes away without stopping it.
-    pub fn spawn(
-        name: &str,
-        install: &JvmInstall,
-        jvm_args: &[String],
-        main: &str,
-        args: &[String],
-        log: &Path,
-        delete_on_eof: Option<&Path>,
-    ) -> JvmProcess {
-        Self::spawn_with_classpath(name, install, &install.classpath(), jvm_args, main, args, log, delete_on_eof)
-    }
-
-    /// [`spawn`](Self::spawn) with another classpath than `classes:lib/*`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn spawn_with_classpath(
-        name: &str,
-        install: &JvmInstall,
-        classpath: &str,
-        jvm_args: &[String],
-        main: &str,
-        args: &[String],
-        log: &Path,
-        delete_on_eof: Option<&Path>,
-    ) -> JvmProcess {
-        let file =
-            std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap_or_else(|e| panic!("open {}: {e}", log.display()));
-        let log_start = file.metadata().map(|m| m.len()).unwrap_or(0);
-        let file2 = file.try_clone().expect("clone log handle");
-        let mut cmd = Command::new(&install.java);
-        cmd.args(jvm_args);
-        // extra options for every JVM server (they come last, so they win)
-        if let Ok(extra) = std::env::var("PGFANOUT_JVM_OPTS") {
-            cmd.args(extra.split_whitespace());
-        }
-        if let Some(d) = delete_on_eof {
-            cmd.arg(format!("-Dpgfanout.deleteOnEof={}", d.display()));
-        }
-        cmd.arg("-cp").arg(classpath).arg("pgfanout.testkit.Launch").arg(main).args(args);
-        cmd.stdin(Stdio::piped()).stdout(file).stderr(file2);
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {} for {name}: {e}", install.java.display()));
-        let stdin = child.stdin.take();
-        JvmProcess { name: name.to_string(), child, stdin, log: log.to_path_buf(), log_start }
-    }
-
-    /// The process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// This run's output so far.
-    pub fn output(&self) -> String {
-        let mut s = String::new();
-        if let Ok(mut f) = std::fs::File::open(&self.log) {
-            if f.seek(SeekFrom::Start(self.log_start)).is_ok() {
-                let _ = f.read_to_string(&mut s);
-            }
-        }
-        s
-    }
-
-    /// Waits until `127.0.0.1:<port>` accepts connections and this run's
-    /// output contains `needle`; panics with the log's tail if the JVM exits
-    /// or `timeout` passes.
-    pub fn wait_ready(&mut self, timeout: Duration, port: u16, needle: &str) {
-        let start = Instant::now();
-        loop {
-            if self.output().contains(needle) && TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("{} exited ({status}) before it was ready:\n{}", self.name, tail(&self.log, 60));
-            }
-            if start.elapsed() > timeout {
-                self.kill();
-                panic!("{} not ready after {timeout:?} (waiting for {needle:?} and port {port}):\n{}", self.name, tail(&self.log, 60));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Like [`wait_ready`](Self::wait_ready) with a readiness check of the caller's.
-    pub fn wait_until(&mut self, timeout: Duration, what: &str, mut ready: impl FnMut(&str) -> bool) {
-        let start = Instant::now();
-        loop {
-            if ready(&self.output()) {
-                return;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("{} exited ({status}) before {what}:\n{}", self.name, tail(&self.log, 60));
-            }
-            if start.elapsed() > timeout {
-                self.kill();
-                panic!("{}: timed out after {timeout:?} waiting for {what}:\n{}", self.name, tail(&self.log, 60));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Graceful stop: SIGTERM (the server's shutdown hooks run), then SIGKILL
-    /// if it has not exited within `grace`. Returns true if it exited by itself.
-    pub fn terminate(&mut self, grace: Duration) -> bool {
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return true;
-        }
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).stdin(Stdio::null()).status();
-        let start = Instant::now();
-        while start.elapsed() < grace {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                self.stdin = None;
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        self.kill();
-        false
-    }
-
-    /// SIGKILL, and wait for the process.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.stdin = None;
-    }
-}
-
-impl Drop for JvmProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Waits (up to `timeout`) until nothing accepts connections on the port.
-pub fn wait_port_closed(port: u16, timeout: Duration) {
-    crate::wait_until(timeout, "the port to close", || TcpStream::connect(("127.0.0.1", port)).is_err());
 }
 
 /// The status code of `GET http://127.0.0.1:<port><path>` (plain HTTP/1.0

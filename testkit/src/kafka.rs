@@ -11,20 +11,20 @@
 //!
 //! Start: ~4 s, RSS ~330 MB (`-Xmx384m`).
 
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::jvm::{wait_port_closed, JvmInstall, JvmProcess};
-use crate::{free_ports, scratch_dir};
+use crate::free_ports;
+use crate::jvm::JvmInstall;
+use crate::process::ServerSlot;
 
 /// A running Kafka broker on a free loopback port; killed on drop, its
 /// directory removed.
 pub struct KafkaBroker {
-    dir: tempfile::TempDir,
+    slot: ServerSlot,
     pub port: u16,
     controller_port: u16,
     install: JvmInstall,
-    child: Mutex<Option<JvmProcess>>,
 }
 
 impl KafkaBroker {
@@ -32,13 +32,7 @@ impl KafkaBroker {
     pub fn start() -> KafkaBroker {
         crate::retry_on_port_clash(|| {
             let [port, controller_port] = free_ports();
-            let broker = KafkaBroker {
-                dir: scratch_dir("pgfanout-kafka-"),
-                port,
-                controller_port,
-                install: JvmInstall::find("kafka"),
-                child: Mutex::new(None),
-            };
+            let broker = KafkaBroker { slot: ServerSlot::new("kafka"), port, controller_port, install: JvmInstall::find("kafka") };
             broker.write_config();
             broker.start_server();
             broker
@@ -60,7 +54,7 @@ impl KafkaBroker {
 
     fn write_config(&self) {
         let (p, c) = (self.port, self.controller_port);
-        let data = self.dir.path().join("data");
+        let data = self.slot.dir().join("data");
         let props = format!(
             "process.roles=broker,controller
 node.id=1
@@ -89,73 +83,47 @@ log.retention.check.interval.ms=3600000
 ",
             data = data.display()
         );
-        std::fs::write(self.dir.path().join("server.properties"), props).expect("write server.properties");
+        std::fs::write(self.slot.dir().join("server.properties"), props).expect("write server.properties");
     }
 
     /// Starts (or restarts after [`stop`](Self::stop)) the broker on the same
     /// ports and log directory, and waits until it serves clients.
     pub fn start_server(&self) {
-        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
-        if child.is_some() {
-            return;
-        }
-        let jvm_args: Vec<String> =
-            ["-Xms64m", "-Xmx384m", "-XX:+UseSerialGC", "-Djava.awt.headless=true", "-Djava.net.preferIPv4Stack=true"]
-                .iter()
-                .map(|s| s.to_string())
-                .chain([format!("-Dlog4j2.configurationFile={}", self.install.conf("log4j2.properties").display())])
-                .collect();
-        let props = self.dir.path().join("server.properties").display().to_string();
-        let mut p = JvmProcess::spawn(
-            "kafka",
-            &self.install,
-            &jvm_args,
-            "pgfanout.testkit.KafkaMain",
-            &[props],
-            &self.dir.path().join("kafka.log"),
-            Some(self.dir.path()),
-        );
-        p.wait_ready(Duration::from_secs(120), self.port, "Kafka Server started");
-        *child = Some(p);
+        self.slot.start(|| {
+            let jvm_args: Vec<String> =
+                ["-Xms64m", "-Xmx384m", "-XX:+UseSerialGC", "-Djava.awt.headless=true", "-Djava.net.preferIPv4Stack=true"]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .chain([format!("-Dlog4j2.configurationFile={}", self.install.conf("log4j2.properties").display())])
+                    .collect();
+            let props = self.slot.dir().join("server.properties").display().to_string();
+            let mut p = self.install.spawn(&self.slot, &self.install.classpath(), &jvm_args, "pgfanout.testkit.KafkaMain", &[props]);
+            p.wait_ready(Duration::from_secs(120), self.port, "Kafka Server started");
+            p
+        });
     }
 
     /// Stops the broker gracefully (SIGTERM: a controlled shutdown that
     /// flushes and closes the logs, ~3 s; SIGKILL after 60 s) and waits until
     /// the port is closed. The data stays for [`start_server`](Self::start_server).
     pub fn stop(&self) {
-        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(mut c) = child.take() {
-            c.terminate(Duration::from_secs(60));
-        }
-        drop(child);
-        wait_port_closed(self.port, Duration::from_secs(10));
+        self.slot.stop(self.port);
     }
 
     /// Kills the broker at once (SIGKILL, no shutdown). Acknowledged
     /// messages are in the OS page cache, so they survive a restart; the
     /// broker recovers its logs on the next start.
     pub fn kill(&self) {
-        if let Some(mut c) = self.child.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            c.kill();
-        }
-        wait_port_closed(self.port, Duration::from_secs(10));
+        self.slot.kill(self.port);
     }
 
     /// The JVM's process id while it runs.
     pub fn pid(&self) -> Option<u32> {
-        self.child.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(JvmProcess::pid)
+        self.slot.pid()
     }
 
     /// The broker's log so far, all runs (for failure messages).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("kafka.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for KafkaBroker {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            c.kill();
-        }
+        self.slot.log()
     }
 }

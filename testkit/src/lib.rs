@@ -18,7 +18,9 @@ pub mod kafka;
 pub mod neo4j;
 pub mod opensearch;
 pub mod pg;
+pub mod process;
 pub mod redis;
+pub mod search;
 
 pub use cassandra::CassandraNode;
 pub use daemon::Daemon;

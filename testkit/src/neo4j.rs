@@ -12,17 +12,17 @@
 //! system database. Start: ~6 s on a busy 2-core machine (~11 s without the
 //! template), RSS ~310 MB (`-Xmx512m`, 64 MB page cache).
 
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::jvm::{copy_dir, wait_port_closed, JvmInstall, JvmProcess};
-use crate::{free_port, scratch_dir};
+use crate::free_port;
+use crate::jvm::{copy_dir, JvmInstall};
+use crate::process::{tail, ServerSlot};
 
 /// A running Neo4j server; killed on drop and its directory removed.
 pub struct Neo4jServer {
-    dir: tempfile::TempDir,
+    slot: ServerSlot,
     install: JvmInstall,
-    child: Mutex<Option<JvmProcess>>,
     pub bolt_port: u16,
     pub user: String,
     pub password: String,
@@ -35,9 +35,8 @@ impl Neo4jServer {
     pub fn start() -> Neo4jServer {
         crate::retry_on_port_clash(|| {
             let server = Neo4jServer {
-                dir: scratch_dir("pgfanout-neo4j-"),
+                slot: ServerSlot::new("neo4j"),
                 install: JvmInstall::find("neo4j"),
-                child: Mutex::new(None),
                 bolt_port: free_port(),
                 user: "neo4j".into(),
                 // the install script's template store has this password too
@@ -65,84 +64,60 @@ impl Neo4jServer {
     /// Starts (or restarts after [`stop`](Self::stop)) the server on the same
     /// port and store.
     pub fn start_server(&self) {
-        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
-        if child.is_some() {
-            return;
-        }
-        let jvm_args: Vec<String> = [
-            "-Xms64m",
-            "-Xmx512m",
-            "-XX:+UseSerialGC",
-            "-XX:-OmitStackTraceInFastThrow",
-            "-XX:+UnlockExperimentalVMOptions",
-            "-XX:+TrustFinalNonStaticFields",
-            "-XX:+DisableExplicitGC",
-            "-Djdk.nio.maxCachedBufferSize=1024",
-            "-Dio.netty.tryReflectionSetAccessible=true",
-            "--add-opens=java.base/java.nio=ALL-UNNAMED",
-            "--add-opens=java.base/java.io=ALL-UNNAMED",
-            "--add-opens=java.base/sun.nio.ch=ALL-UNNAMED",
-            "--add-opens=java.base/java.lang=ALL-UNNAMED",
-            "-Djava.awt.headless=true",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let home = self.dir.path().join("home");
-        let _ = std::fs::create_dir_all(&home);
-        // a new store made at install time (system database and password set): half the start time
-        let template = self.install.dir.join("template/data");
-        if template.is_dir() && !home.join("data").exists() {
-            copy_dir(&template, &home.join("data")).unwrap_or_else(|e| panic!("copy the Neo4j template store: {e}"));
-        }
-        let mut p = JvmProcess::spawn(
-            "neo4j",
-            &self.install,
-            &jvm_args,
-            "pgfanout.testkit.Neo4jMain",
-            &[home.display().to_string(), self.bolt_port.to_string(), self.password.clone()],
-            &self.dir.path().join("neo4j.log"),
-            Some(self.dir.path()),
-        );
-        p.wait_ready(Duration::from_secs(180), self.bolt_port, "READY");
-        *child = Some(p);
+        self.slot.start(|| {
+            let jvm_args: Vec<String> = [
+                "-Xms64m",
+                "-Xmx512m",
+                "-XX:+UseSerialGC",
+                "-XX:-OmitStackTraceInFastThrow",
+                "-XX:+UnlockExperimentalVMOptions",
+                "-XX:+TrustFinalNonStaticFields",
+                "-XX:+DisableExplicitGC",
+                "-Djdk.nio.maxCachedBufferSize=1024",
+                "-Dio.netty.tryReflectionSetAccessible=true",
+                "--add-opens=java.base/java.nio=ALL-UNNAMED",
+                "--add-opens=java.base/java.io=ALL-UNNAMED",
+                "--add-opens=java.base/sun.nio.ch=ALL-UNNAMED",
+                "--add-opens=java.base/java.lang=ALL-UNNAMED",
+                "-Djava.awt.headless=true",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            let home = self.slot.dir().join("home");
+            let _ = std::fs::create_dir_all(&home);
+            // a new store made at install time (system database and password set): half the start time
+            let template = self.install.dir.join("template/data");
+            if template.is_dir() && !home.join("data").exists() {
+                copy_dir(&template, &home.join("data")).unwrap_or_else(|e| panic!("copy the Neo4j template store: {e}"));
+            }
+            let args = [home.display().to_string(), self.bolt_port.to_string(), self.password.clone()];
+            let mut p = self.install.spawn(&self.slot, &self.install.classpath(), &jvm_args, "pgfanout.testkit.Neo4jMain", &args);
+            p.wait_ready(Duration::from_secs(180), self.bolt_port, "READY");
+            p
+        });
     }
 
     /// Stops the server gracefully (SIGTERM: checkpoint and close, ~3 s;
     /// SIGKILL after 60 s) and waits until the port is closed.
     pub fn stop(&self) {
-        if let Some(mut c) = self.child.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            c.terminate(Duration::from_secs(60));
-        }
-        wait_port_closed(self.bolt_port, Duration::from_secs(10));
+        self.slot.stop(self.bolt_port);
     }
 
     /// Kills the server at once (SIGKILL); committed transactions are in its
     /// transaction log and are recovered on the next start.
     pub fn kill(&self) {
-        if let Some(mut c) = self.child.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            c.kill();
-        }
-        wait_port_closed(self.bolt_port, Duration::from_secs(10));
+        self.slot.kill(self.bolt_port);
     }
 
     /// The JVM's process id while it runs.
     pub fn pid(&self) -> Option<u32> {
-        self.child.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(JvmProcess::pid)
+        self.slot.pid()
     }
 
     /// The launcher's output and Neo4j's `debug.log` (for failure messages).
     pub fn log(&self) -> String {
-        let out = std::fs::read_to_string(self.dir.path().join("neo4j.log")).unwrap_or_default();
-        let debug = crate::jvm::tail(&self.dir.path().join("home/logs/debug.log"), 200);
-        format!("{out}\n--- debug.log (tail) ---\n{debug}")
-    }
-}
-
-impl Drop for Neo4jServer {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            c.kill();
-        }
+        let debug = tail(&self.slot.dir().join("home/logs/debug.log"), 200);
+        format!("{}\n--- debug.log (tail) ---\n{debug}", self.slot.log())
     }
 }

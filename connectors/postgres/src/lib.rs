@@ -14,11 +14,13 @@ pub mod catalog;
 pub mod conn;
 pub mod error;
 pub mod pgoutput;
+pub mod publication;
 pub mod relation;
 pub mod replication;
 pub mod schema;
 pub mod slot;
 pub mod snapshot;
+pub mod table_name;
 pub mod types;
 
 pub use error::{ErrorKind, SourceError};

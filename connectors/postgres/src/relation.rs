@@ -247,20 +247,26 @@ pub fn build_change_with(
     if !has_key {
         key = after.as_ref().or(before.as_ref()).cloned();
     }
-    Ok(Change {
+    Ok(Change { key, before, after, unchanged_toast, ..empty_change(op, rel, lsn, tx, ordinal) })
+}
+
+/// A change of `rel` in transaction `tx` with no key, rows or unchanged
+/// TOAST columns (no allocation): the base the builders fill in.
+fn empty_change(op: Op, rel: &RelationInfo, lsn: Lsn, tx: &TxMeta, ordinal: u32) -> Change {
+    Change {
         op,
         schema: rel.schema.clone(),
         table: rel.table.clone(),
-        key,
-        before,
-        after,
-        unchanged_toast,
+        key: None,
+        before: None,
+        after: None,
+        unchanged_toast: Vec::new(),
         lsn,
         commit_lsn: tx.commit_lsn,
         ordinal,
         xid: Some(tx.xid),
         commit_ts: Some(tx.commit_ts),
-    })
+    }
 }
 
 type RowParts<'a> = (Op, Option<&'a TupleData>, bool, Option<&'a TupleData>);
@@ -303,20 +309,7 @@ pub fn raw_change(rel: &RelationInfo, msg: &LogicalMessage, lsn: Lsn, tx: &TxMet
     };
     let before = old.map(|t| raw(t, false));
     let after = new.map(|t| raw(t, true));
-    Change {
-        op,
-        schema: rel.schema.clone(),
-        table: rel.table.clone(),
-        key: None,
-        before,
-        after,
-        unchanged_toast,
-        lsn,
-        commit_lsn: tx.commit_lsn,
-        ordinal,
-        xid: Some(tx.xid),
-        commit_ts: Some(tx.commit_ts),
-    }
+    Change { before, after, unchanged_toast, ..empty_change(op, rel, lsn, tx, ordinal) }
 }
 
 /// One truncate [`Change`] per relation of a Truncate message, in order, with
@@ -334,20 +327,7 @@ pub fn build_truncates(
         .zip(first_ordinal..)
         .map(|(&id, ordinal)| {
             let rel = cache.get(id).ok_or(DecodeError::UnknownRelation(id))?;
-            Ok(Change {
-                op: Op::Truncate,
-                schema: rel.schema.clone(),
-                table: rel.table.clone(),
-                key: None,
-                before: None,
-                after: None,
-                unchanged_toast: Vec::new(),
-                lsn,
-                commit_lsn: tx.commit_lsn,
-                ordinal,
-                xid: Some(tx.xid),
-                commit_ts: Some(tx.commit_ts),
-            })
+            Ok(empty_change(Op::Truncate, rel, lsn, tx, ordinal))
         })
         .collect()
 }

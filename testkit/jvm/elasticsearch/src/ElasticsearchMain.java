@@ -4,7 +4,6 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.Map;
 import java.util.Set;
-import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.TimeUnit;
 import org.elasticsearch.common.logging.LogConfigurator;
 import org.elasticsearch.common.settings.Settings;
@@ -35,11 +34,7 @@ public final class ElasticsearchMain {
         if (!Files.exists(home.resolve("modules"))) {
             Files.createSymbolicLink(home.resolve("modules"), modules);
         }
-        String log4j2 = System.getProperty("pgfanout.log4j2", "");
-        Path logConfig = home.resolve("config/log4j2.properties");
-        if (!log4j2.isEmpty() && !Files.exists(logConfig)) {
-            Files.copy(Path.of(log4j2), logConfig);
-        }
+        Path logConfig = NodeLifetime.logConfig(home);
         Settings settings = Settings.builder()
             .put("path.home", home.toString())
             .put("path.data", home.resolve("data").toString())
@@ -65,26 +60,11 @@ public final class ElasticsearchMain {
         }
         PluginsLoader plugins = PluginsLoader.createPluginsLoader(PluginsLoader.loadModulesBundles(env.modulesDir()), Set.of(), Map.of());
         Node node = new Node(env, plugins).start();
-        // Elasticsearch's threads are daemons: keep the JVM alive until shutdown (as its bootstrap does)
-        CountDownLatch stopped = new CountDownLatch(1);
-        Thread keepAlive = new Thread(() -> {
-            try {
-                stopped.await();
-            } catch (InterruptedException e) {
-                Thread.currentThread().interrupt();
-            }
-        }, "elasticsearch-keepalive");
-        keepAlive.setDaemon(false);
-        keepAlive.start();
-        Runtime.getRuntime().addShutdownHook(new Thread(() -> {
-            try {
-                node.close();
-                node.awaitClose(10, TimeUnit.SECONDS);
-            } catch (Exception e) {
-                e.printStackTrace();
-            }
-            stopped.countDown();
-        }, "elasticsearch-shutdown"));
+        // the node's threads are daemons: keep the JVM alive until shutdown, then close the node
+        NodeLifetime.holdUntilShutdown("elasticsearch", () -> {
+            node.close();
+            node.awaitClose(10, TimeUnit.SECONDS);
+        });
         node.client().admin().cluster().prepareHealth(TimeValue.timeValueSeconds(120)).setWaitForYellowStatus().get();
         // a single node: no replicas, so new indexes are green
         node.client().admin().indices().preparePutTemplate("pgfanout-no-replicas")

@@ -5,7 +5,6 @@ import java.nio.file.Path;
 import java.util.Collection;
 import java.util.List;
 import java.util.Map;
-import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.TimeUnit;
 import org.opensearch.analysis.common.CommonAnalysisPlugin;
 import org.opensearch.common.logging.LogConfigurator;
@@ -64,11 +63,7 @@ public final class OpenSearchMain {
             .put("node.processors", Math.min(2, Runtime.getRuntime().availableProcessors()))
             .build();
         // logging: the log4j2.properties named by -Dpgfanout.log4j2 (console), as the distribution's bootstrap does
-        String log4j2 = System.getProperty("pgfanout.log4j2", "");
-        Path logConfig = home.resolve("config/log4j2.properties");
-        if (!log4j2.isEmpty() && !Files.exists(logConfig)) {
-            Files.copy(Path.of(log4j2), logConfig);
-        }
+        Path logConfig = NodeLifetime.logConfig(home);
         Environment env = InternalSettingsPreparer.prepareEnvironment(settings, Map.of(), home.resolve("config"), () -> "node-1");
         LogConfigurator.registerErrorListener();
         LogConfigurator.setNodeName("node-1");
@@ -79,26 +74,11 @@ public final class OpenSearchMain {
         }
         List<Class<? extends Plugin>> plugins = List.of(Netty4Plugin.class, CommonAnalysisPlugin.class, PainlessPlugin.class);
         Node node = new PluginNode(env, plugins).start();
-        // OpenSearch's threads are daemons: keep the JVM alive until shutdown (as Bootstrap does)
-        CountDownLatch stopped = new CountDownLatch(1);
-        Thread keepAlive = new Thread(() -> {
-            try {
-                stopped.await();
-            } catch (InterruptedException e) {
-                Thread.currentThread().interrupt();
-            }
-        }, "opensearch-keepalive");
-        keepAlive.setDaemon(false);
-        keepAlive.start();
-        Runtime.getRuntime().addShutdownHook(new Thread(() -> {
-            try {
-                node.close();
-                node.awaitClose(10, TimeUnit.SECONDS);
-            } catch (Exception e) {
-                e.printStackTrace();
-            }
-            stopped.countDown();
-        }, "opensearch-shutdown"));
+        // the node's threads are daemons: keep the JVM alive until shutdown, then close the node
+        NodeLifetime.holdUntilShutdown("opensearch", () -> {
+            node.close();
+            node.awaitClose(10, TimeUnit.SECONDS);
+        });
         // a single node: indexes without replicas, so they are green (persistent: a node setting is not used)
         node.client().admin().cluster().prepareHealth().setWaitForYellowStatus().setTimeout(TimeValue.timeValueSeconds(120)).get();
         node.client().admin().cluster().prepareUpdateSettings()
