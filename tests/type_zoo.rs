@@ -20,10 +20,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::kafka::read_topics as read_records;
 use common::*;
-use pgfanout_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
-use pgfanout_kafka::rdkafka::message::Message;
-use pgfanout_kafka::rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::Value as Json;
 use testkit::{KafkaBroker, OpenSearchNode, RedisServer};
 
@@ -176,43 +174,17 @@ fn assert_same_rows(what: &str, got: &HashMap<String, Json>, want: &BTreeMap<Str
 /// Every value of a topic's partitions, in partition order (one partition
 /// per key keeps each key's order).
 fn read_topic(bootstrap: &str, topic: &str, min: usize, timeout: Duration) -> Vec<(Option<String>, Json)> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("zoo-{}-{topic}", std::process::id()))
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    let start = Instant::now();
-    let partitions = loop {
-        let n = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(5))
-            .ok()
-            .and_then(|md| md.topics().iter().find(|t| t.name() == topic && t.error().is_none()).map(|t| t.partitions().len()))
-            .unwrap_or(0);
-        if n > 0 {
-            break n;
-        }
-        assert!(start.elapsed() < timeout, "topic {topic} never appeared");
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions as i32 {
-        tpl.add_partition_offset(topic, p, Offset::Beginning).expect("partition");
-    }
-    consumer.assign(&tpl).expect("assign");
-    let mut by_partition: BTreeMap<i32, Vec<(Option<String>, Json)>> = BTreeMap::new();
     let mut n = 0;
-    let mut quiet = Instant::now();
-    while start.elapsed() < timeout && !(n >= min && quiet.elapsed() > Duration::from_secs(2)) {
-        let Some(msg) = consumer.poll(Duration::from_millis(100)) else { continue };
-        let msg = msg.expect("consume");
-        quiet = Instant::now();
+    let records = read_records(bootstrap, &[topic], timeout, Duration::from_secs(2), |_| {
         n += 1;
-        let key = msg.key().map(|k| String::from_utf8_lossy(k).into_owned());
-        let value = msg.payload().map(|p| serde_json::from_slice(p).expect("JSON value")).unwrap_or(Json::Null);
-        by_partition.entry(msg.partition()).or_default().push((key, value));
+        n >= min
+    });
+    assert!(records.len() >= min, "{topic}: {} records, expected at least {min}", records.len());
+    let mut by_partition: BTreeMap<i32, Vec<(Option<String>, Json)>> = BTreeMap::new();
+    for r in records {
+        let value = r.value.as_deref().map(|p| serde_json::from_slice(p).expect("JSON value")).unwrap_or(Json::Null);
+        by_partition.entry(r.partition).or_default().push((r.key_text(), value));
     }
-    assert!(n >= min, "{topic}: {n} records, expected at least {min}");
     by_partition.into_values().flatten().collect()
 }
 
@@ -224,9 +196,7 @@ fn run_cli(args: &[&str], config: &std::path::Path) -> (i32, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_type_zoo_reaches_every_store_exactly_on_every_path() {
     let db = "zoo";
-    let pg = tokio::task::spawn_blocking(|| PgCluster::start_with(&[("wal_sender_timeout", "10s"), ("timezone", "UTC")])).await.unwrap();
-    pg.create_database(db).await;
-    let c = pg.client(db).await;
+    let (pg, c) = cluster_with(db, &[("wal_sender_timeout", "10s"), ("timezone", "UTC")]).await;
     c.batch_execute(SCHEMA).await.unwrap();
     // Rows before the first start: the initial snapshot.
     c.batch_execute("INSERT INTO zoo SELECT * FROM zoo_rows(1, 40, 1)").await.unwrap();
@@ -274,22 +244,7 @@ async fn the_type_zoo_reaches_every_store_exactly_on_every_path() {
 
     // The search index.
     let h = reqwest::Client::new();
-    h.post(format!("{search}/zoo/_refresh")).send().await.unwrap();
-    let body: Json = h
-        .post(format!("{search}/zoo/_search"))
-        .json(&serde_json::json!({"size": 10000, "query": {"match_all": {}}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let docs: HashMap<String, Json> = body["hits"]["hits"]
-        .as_array()
-        .unwrap_or_else(|| panic!("search failed: {body}"))
-        .iter()
-        .map(|h| (h["_id"].as_str().unwrap().to_string(), h["_source"].clone()))
-        .collect();
+    let docs: HashMap<String, Json> = documents(&search, "zoo").await.into_iter().collect();
     assert_same_rows("opensearch", &docs, &want);
 
     // Redis, string mapping: one JSON document per row, no key left behind.
