@@ -90,23 +90,13 @@ fn http() -> reqwest::Client {
     reqwest::Client::new()
 }
 
-/// id -> to_jsonb(row) for every row of `products`.
-async fn rows(c: &tokio_postgres::Client) -> BTreeMap<String, Json> {
-    c.query("SELECT id::text, to_jsonb(p)::text FROM products p", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get::<_, String>(0), serde_json::from_str(&r.get::<_, String>(1)).unwrap()))
-        .collect()
-}
-
 /// Waits until the slot confirmed everything written so far (then the index
 /// has it, by the ack rule) and compares the index with the table, document
 /// by document and field by field.
 async fn assert_index_equals_table(c: &tokio_postgres::Client, slot: &str, url: &str, index: &str, d: &Daemon) {
     wait_confirmed(c, slot, d, Duration::from_secs(300)).await;
     let docs = documents(url, index).await;
-    let want = rows(c).await;
+    let want = rows_by_id(c, "products").await;
     let missing: Vec<&String> = want.keys().filter(|k| !docs.contains_key(*k)).collect();
     let extra: Vec<&String> = docs.keys().filter(|k| !want.contains_key(*k)).collect();
     assert!(missing.is_empty() && extra.is_empty(), "missing {missing:?}, extra {extra:?}\n{}", d.log());
@@ -258,15 +248,7 @@ async fn ecommerce_example_indexes_the_catalog() {
     assert_eq!(docs.len() as i64, n, "{}", d.log());
     assert!(docs.values().all(|p| p.get("cost_price").is_none()), "cost_price is dropped");
     // The README's catalog search.
-    let hits: Json = http()
-        .post(format!("{url}/products/_search"))
-        .json(&serde_json::json!({"query": {"match": {"description": "mechanical"}}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let hits = search(&url, "products", serde_json::json!({"query": {"match": {"description": "mechanical"}}})).await;
     let titles: Vec<&str> = hits["hits"]["hits"].as_array().unwrap().iter().filter_map(|h| h["_source"]["title"].as_str()).collect();
     assert_eq!(titles, vec!["Keyboard"], "the README's catalog search: {hits}");
     // numeric(10,2) keeps its scale: 84.90, not 84.9.

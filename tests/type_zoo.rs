@@ -80,16 +80,6 @@ fn config(pg: &PgCluster, db: &str, redis: &str, search: &str, kafka: &str, out:
     daemon_config(pg, db, db, &sinks, pipelines, &dir.join(format!("{db}.dead.jsonl"))).replace("snapshot: never", "snapshot: initial")
 }
 
-/// `id -> to_jsonb(row)` of every row.
-async fn rows(c: &tokio_postgres::Client) -> BTreeMap<String, Json> {
-    c.query("SELECT id::text, to_jsonb(z)::text FROM zoo z", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get::<_, String>(0), serde_json::from_str(&r.get::<_, String>(1)).unwrap()))
-        .collect()
-}
-
 /// Replays change records (pgfanout's record: `op`, `key`, `before`,
 /// `after`, `unchanged_toast`) into the rows they describe, the way a
 /// consumer keeping a table would: a partial change keeps the columns it
@@ -237,7 +227,7 @@ async fn the_type_zoo_reaches_every_store_exactly_on_every_path() {
         async move { confirmed_flush(c, db).await >= end }
     })
     .await;
-    let want = rows(&c).await;
+    let want = rows_by_id(&c, "zoo").await;
     assert!(want.len() > 70, "{}", want.len());
     let toasted: i64 = c.query_one("SELECT count(*) FROM zoo WHERE pg_column_size(big) > 2000", &[]).await.unwrap().get(0);
     assert!(toasted == want.len() as i64, "every row's big column must be TOASTed: {toasted}");

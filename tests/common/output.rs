@@ -1,7 +1,7 @@
 //! The file sink's output read back as a replaying consumer would: the
 //! records, the last state per key, and the comparison with the tables.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -98,4 +98,10 @@ pub async fn assert_replay_equals_tables(c: &tokio_postgres::Client, recs: &[Jso
             assert_eq!(ours.get(k), Some(v), "{t}: row {k}");
         }
     }
+}
+
+/// `{id as text -> to_jsonb(row)}` for every row of `table`.
+pub async fn rows_by_id(c: &tokio_postgres::Client, table: &str) -> BTreeMap<String, Json> {
+    let rows = c.query(&format!("SELECT id::text, to_jsonb(t)::text FROM {table} t"), &[]).await.unwrap();
+    rows.iter().map(|r| (r.get::<_, String>(0), serde_json::from_str(&r.get::<_, String>(1)).unwrap())).collect()
 }

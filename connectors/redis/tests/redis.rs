@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use pgfanout_redis::{RedisMapping, RedisSink, RedisSinkConfig};
 use pgfanout_sdk::testing::{records, row, row_of, At, Table};
-use pgfanout_sdk::{Change, Op, Row, Sink, SinkError, SinkRecord, Value};
+use pgfanout_sdk::{Change, Op, Sink, SinkError, Value};
 use redis::AsyncCommands;
 use testkit::RedisServer;
 
@@ -200,6 +200,19 @@ async fn partial_updates_keep_stored_numbers_digit_for_digit() {
     assert_eq!(c.hget::<_, _, String>("docs", "1").await.unwrap(), want);
 }
 
+/// Routes that hold the whole row or its `big` column (a string document,
+/// a hash per row, a hash field per row, a string of `big`), then `more`.
+fn whole_row_routes(more: &[&'static str]) -> Vec<&'static str> {
+    let mut routes = vec![
+        r#"{"type":"string","key":"doc:{id}"}"#,
+        r#"{"type":"hash","key":"row:{id}"}"#,
+        r#"{"type":"hash","key":"docs","field":"{id}"}"#,
+        r#"{"type":"string","key":"big:{id}","column":"big"}"#,
+    ];
+    routes.extend_from_slice(more);
+    routes
+}
+
 /// A partial change whose stored entry is gone: skipped when a newer
 /// version (a tombstone) says why, skipped when the mapping's TTL may have
 /// expired it, refused (dead letter, nothing written) otherwise — never
@@ -207,14 +220,10 @@ async fn partial_updates_keep_stored_numbers_digit_for_digit() {
 #[tokio::test]
 async fn a_partial_change_without_its_stored_entry_is_never_written_as_complete() {
     let server = RedisServer::start();
-    let routes = [
-        r#"{"type":"string","key":"doc:{id}"}"#,
-        r#"{"type":"hash","key":"row:{id}"}"#,
-        r#"{"type":"hash","key":"docs","field":"{id}"}"#,
-        r#"{"type":"string","key":"big:{id}","column":"big"}"#,
+    let routes = whole_row_routes(&[
         r#"{"type":"hash","key":"bigs","field":"{id}","value":"{big}"}"#,
         r#"{"type":"string","key":"cached:{id}","ttl":"1h"}"#,
-    ];
+    ]);
     let mut sink = connect(&server, &routes).await;
     let mut c = client(&server).await;
     let partial = |at: At, id: &str| T.update(at, &[("id", id), ("name", r#""n""#)], &["big"]);
@@ -279,13 +288,7 @@ async fn a_partial_change_without_its_stored_entry_is_never_written_as_complete(
 #[tokio::test]
 async fn a_key_change_with_unchanged_toast_copies_the_old_entry() {
     let server = RedisServer::start();
-    let routes = [
-        r#"{"type":"string","key":"doc:{id}"}"#,
-        r#"{"type":"hash","key":"row:{id}"}"#,
-        r#"{"type":"hash","key":"docs","field":"{id}"}"#,
-        r#"{"type":"string","key":"big:{id}","column":"big"}"#,
-        r#"{"type":"hash","key":"bigs:{id}","field":"f","value":"{big}"}"#,
-    ];
+    let routes = whole_row_routes(&[r#"{"type":"hash","key":"bigs:{id}","field":"f","value":"{big}"}"#]);
     let cfg = sink_config(&server.url(), r#","connections":4"#);
     let mut sink = RedisSink::connect(&cfg, routes.iter().map(|m| mapping(m)).collect()).await.expect("connect");
     let mut c = client(&server).await;
