@@ -18,7 +18,7 @@ mod common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::kafka::read_topics as read_records;
 use common::*;

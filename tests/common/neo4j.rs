@@ -1,6 +1,8 @@
 //! A Bolt client of the test's Neo4j server, to read the graph back.
 //! Shared by the end-to-end tests and the Neo4j connector's own tests
 //! (`connectors/neo4j/tests/neo4j.rs` includes this file).
+// Each includer uses a part of it.
+#![allow(dead_code)]
 
 use pgfanout_neo4j::neo4rs::{ConfigBuilder, Graph};
 use testkit::Neo4jServer;

@@ -1,6 +1,8 @@
 //! CQL reads of what the ScyllaDB sink wrote. Shared by the end-to-end
 //! tests and the ScyllaDB connector's own tests
 //! (`connectors/scylla/tests/scylla.rs` includes this file).
+// Each includer uses a part of it.
+#![allow(dead_code)]
 
 use pgfanout_scylla::driver::client::session::Session;
 use pgfanout_scylla::driver::deserialize::row::DeserializeRow;

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use bytes::Bytes;
 use pgfanout_postgres::pgoutput::{self, LogicalMessage, TupleValue};
-use pgfanout_sdk::{Change, Lsn, Value};
+use pgfanout_sdk::{Lsn, Value};
 use testkit::PgCluster;
 
 #[path = "support/replay.rs"]

@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 use pgfanout_postgres::pgoutput::{self, LogicalMessage};
-use pgfanout_sdk::{Change, Lsn, Op};
+use pgfanout_sdk::{Lsn, Op};
 use testkit::PgCluster;
 
 #[path = "support/replay.rs"]
