@@ -237,7 +237,7 @@ async fn edge_values_round_trip_and_the_verifier_agrees() {
         T.insert(At(1000, 12), &[("id", "107"), ("fl", "1e39")]),
         T.insert(At(1000, 13), &[("id", "108"), ("big", "1.5")]),
     ];
-    let batch = records(good.iter().chain(&bad).cloned().collect(), 0);
+    let batch = records(good.iter().chain(&bad).cloned(), 0);
     let rejected = sink.write(&batch).await.unwrap();
     assert_eq!(rejected.iter().map(|r| r.index).collect::<Vec<_>>(), (6..14).collect::<Vec<_>>(), "{rejected:?}");
     assert!(rejected[0].error.contains("infinity has no CQL value"), "{rejected:?}");
