@@ -284,7 +284,7 @@ async fn a_tiny_write_queue_gives_429s_and_every_document_still_arrives() {
     let mut w = Workload::new(PRODUCTS, 0x5eed_0004);
     // Big transactions so each batch carries many documents.
     for _ in 0..20 {
-        let sql: String = (0..40).map(|_| format!("{};", w.statement())).collect();
+        let sql: String = (0..40).map(|_| format!("{};", products_statement(&mut w))).collect();
         c.batch_execute(&format!("BEGIN; {sql} COMMIT;")).await.unwrap();
     }
     assert_index_equals_table(&c, db, &url, "pressure-products", &d).await;

@@ -111,7 +111,7 @@ async fn snapshot_then_stream_ends_equal_to_the_tables() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_during_snapshot_restarts_it_cleanly() {
-    let (_pg, c, dir, out, mut d) = snapshot_under_way("crash", 50_000).await;
+    let (_pg, c, _dir, out, mut d) = snapshot_under_way("crash", 50_000).await;
     d.kill9();
     assert!(!d.log().contains("snapshot complete"), "the kill must land inside the copy");
     churn(&c, 100).await;
@@ -176,7 +176,7 @@ async fn a_table_added_later_is_snapshotted_alone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_connection_lost_mid_copy_is_retried() {
-    let (_pg, c, dir, out, mut d) = snapshot_under_way("lost", 20_000).await;
+    let (_pg, c, _dir, out, mut d) = snapshot_under_way("lost", 20_000).await;
     let killed: i64 = c
         .query_one(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE query ILIKE 'COPY %' AND pid <> pg_backend_pid()",
