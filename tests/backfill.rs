@@ -62,10 +62,8 @@ fn wait_streaming_after(d: &Daemon, before: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_million_row_backfill_under_writes_survives_sigkill_and_ends_equal() {
-    let pg = tokio::task::spawn_blocking(PgCluster::start).await.unwrap();
     let db = "backfill";
-    pg.create_database(db).await;
-    let c = pg.client(db).await;
+    let (pg, c) = cluster_with(db, &[]).await;
     c.batch_execute(&format!(
         "CREATE TABLE big (id int PRIMARY KEY, v int NOT NULL, note text);
          INSERT INTO big SELECT g, 0, 'row ' || g FROM generate_series(1, {ROWS}) g;"
@@ -263,12 +261,10 @@ fn config_with(pg: &PgCluster, db: &str, pipelines: &str, redis: &RedisServer, d
 async fn wait_status(c: &tokio_postgres::Client, table: &str, status: &str, d: &Daemon) {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let got: Option<String> = c
-            .query_opt("SELECT status FROM pgfanout.backfills WHERE table_name = $1 ORDER BY id DESC LIMIT 1", &[&table])
-            .await
-            .ok()
-            .flatten()
-            .map(|r| r.get(0));
+        // The latest backfill's status; none while there is none (or no
+        // backfills table yet).
+        let latest = "SELECT (SELECT status FROM pgfanout.backfills WHERE table_name = $1 ORDER BY id DESC LIMIT 1)";
+        let got: Option<String> = c.query_one(latest, &[&table]).await.ok().and_then(|r| r.get(0));
         if got.as_deref() == Some(status) {
             return;
         }
@@ -287,10 +283,8 @@ fn verify_ok(path: &std::path::Path, args: &[&str]) -> (bool, String) {
 /// measured with `/wait`) while the backfill runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_added_to_the_config_is_backfilled_while_the_others_stream() {
-    let pg = tokio::task::spawn_blocking(PgCluster::start).await.unwrap();
     let db = "added";
-    pg.create_database(db).await;
-    let c = pg.client(db).await;
+    let (pg, c) = cluster_with(db, &[]).await;
     c.batch_execute(
         "CREATE TABLE hot (id serial PRIMARY KEY, v int NOT NULL);
          CREATE TABLE big2 (id int PRIMARY KEY, v text NOT NULL);
@@ -354,11 +348,8 @@ async fn a_table_added_to_the_config_is_backfilled_while_the_others_stream() {
 /// removed too).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_slot_fails_clearly_or_is_recreated_and_backfilled() {
-    let pg =
-        tokio::task::spawn_blocking(|| PgCluster::start_with(&[("max_slot_wal_keep_size", "1MB"), ("wal_keep_size", "0")])).await.unwrap();
     let db = "lost";
-    pg.create_database(db).await;
-    let c = pg.client(db).await;
+    let (pg, c) = cluster_with(db, &[("max_slot_wal_keep_size", "1MB"), ("wal_keep_size", "0")]).await;
     c.batch_execute(
         "CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, pad text);
          INSERT INTO t SELECT g, 0, 'p' FROM generate_series(1, 5000) g;",
@@ -427,10 +418,8 @@ async fn a_lost_slot_fails_clearly_or_is_recreated_and_backfilled() {
 /// streams no rows) ends with the sinks equal to the table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitions_stream_under_the_root_and_type_changes_are_backfilled() {
-    let pg = tokio::task::spawn_blocking(PgCluster::start).await.unwrap();
     let db = "parts";
-    pg.create_database(db).await;
-    let c = pg.client(db).await;
+    let (pg, c) = cluster_with(db, &[]).await;
     c.batch_execute(
         "CREATE TABLE events (id int NOT NULL, region text NOT NULL, v int, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
          CREATE TABLE events_eu PARTITION OF events FOR VALUES IN ('eu');

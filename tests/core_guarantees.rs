@@ -28,13 +28,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::Value as Json;
 
-async fn cluster(db: &str) -> (PgCluster, tokio_postgres::Client) {
-    let pg = tokio::task::spawn_blocking(|| PgCluster::start_with(&[("wal_sender_timeout", "10s")])).await.unwrap();
-    pg.create_database(db).await;
-    let c = pg.client(db).await;
-    (pg, c)
-}
-
 /// A file-sink config with the initial snapshot on and a short status
 /// interval (so a wrong confirmation reaches the server at once).
 fn config(pg: &PgCluster, db: &str, tables: &[&str], out: &Path) -> String {
@@ -143,6 +136,18 @@ fn snapshots_completed(d: &Daemon) -> usize {
     log.matches("snapshot complete").count() + log.matches("backfill done").count()
 }
 
+/// Waits until the slot confirmed everything written, stops the sampler,
+/// and asserts that no sample confirmed a change the output did not have;
+/// returns the daemon log.
+async fn confirm_the_end(c: &tokio_postgres::Client, db: &str, d: &Daemon, sampler: Sampler, out: &Path) -> String {
+    let end = insert_lsn(c).await;
+    testkit::wait_for(Duration::from_secs(60), "the slot to confirm the end", || async move { confirmed_flush(c, db).await >= end }).await;
+    let samples = sampler.finish().await;
+    let log = d.log();
+    assert_never_confirmed_undelivered(&samples, out, &log);
+    log
+}
+
 /// Every `acct` value written is in the output at least once; every table
 /// ends equal to PostgreSQL; every `bulk` row went through every value.
 async fn assert_complete(c: &tokio_postgres::Client, out: &Path, values: i64, bulk_rounds: i64, tables: &[&str], log: &str) {
@@ -167,14 +172,7 @@ async fn assert_complete(c: &tokio_postgres::Client, out: &Path, values: i64, bu
             assert!(vs.contains(&round), "bulk row {id}: the update of round {round} never reached the sink\n{log}");
         }
     }
-    for t in tables {
-        let ours = live(final_state(&recs, t));
-        let theirs = live(table_state(c, t).await);
-        assert_eq!(ours.len(), theirs.len(), "{t}: row count");
-        for (k, v) in &theirs {
-            assert_eq!(ours.get(k), Some(v), "{t}: row {k}");
-        }
-    }
+    assert_replay_equals_tables(c, &recs, tables).await;
 }
 
 /// Waits until the output has the last acct value (written last to acct;
@@ -244,15 +242,7 @@ async fn a_snapshot_of_an_added_table_never_confirms_the_backlog() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     wait_delivered(&out, value - 1).await;
-    let end = insert_lsn(&c).await;
-    testkit::wait_for(Duration::from_secs(60), "the slot to confirm the end", || {
-        let c = &c;
-        async move { confirmed_flush(c, db).await >= end }
-    })
-    .await;
-    let samples = sampler.finish().await;
-    let log = d.log();
-    assert_never_confirmed_undelivered(&samples, &out, &log);
+    let log = confirm_the_end(&c, db, &d, sampler, &out).await;
     let names: Vec<&str> = tables.iter().map(|t| t.trim_start_matches("public.")).collect();
     assert_complete(&c, &out, value, 3, &names, &log).await;
 }
@@ -306,14 +296,6 @@ async fn an_interrupted_initial_snapshot_never_confirms_the_backlog() {
         }
     })
     .await;
-    let end = insert_lsn(&c).await;
-    testkit::wait_for(Duration::from_secs(60), "the slot to confirm the end", || {
-        let c = &c;
-        async move { confirmed_flush(c, db).await >= end }
-    })
-    .await;
-    let samples = sampler.finish().await;
-    let log = d.log();
-    assert_never_confirmed_undelivered(&samples, &out, &log);
+    let log = confirm_the_end(&c, db, &d, sampler, &out).await;
     assert_complete(&c, &out, 4000, 1, &["acct", "bulk", "big"], &log).await;
 }

@@ -8,17 +8,10 @@ use std::time::Duration;
 
 use common::*;
 
-async fn cluster(db: &str) -> (PgCluster, tokio_postgres::Client) {
-    let pg = tokio::task::spawn_blocking(|| PgCluster::start_with(&[("wal_sender_timeout", "4s")])).await.unwrap();
-    pg.create_database(db).await;
-    let c = pg.client(db).await;
-    (pg, c)
-}
-
 /// The events/counters schema in database `name`, streamed by a daemon
 /// (slot `name`) into a file sink; the daemon may not be streaming yet.
 async fn stream_events_to_file(name: &str) -> (PgCluster, tokio_postgres::Client, tempfile::TempDir, std::path::PathBuf, Daemon) {
-    let (pg, c) = cluster(name).await;
+    let (pg, c) = cluster_with(name, SHORT_WAL_SENDER_TIMEOUT).await;
     c.batch_execute(SCHEMA).await.unwrap();
     let dir = scratch();
     let out = out_path(dir.path(), name);
@@ -117,7 +110,7 @@ async fn assert_complete(c: &tokio_postgres::Client, out: &std::path::Path, d: &
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_and_restart_loses_nothing() {
-    let (pg, c) = cluster("kill").await;
+    let (pg, c) = cluster_with("kill", SHORT_WAL_SENDER_TIMEOUT).await;
     c.batch_execute(SCHEMA).await.unwrap();
     let dir = scratch();
     let out = out_path(dir.path(), "kill");
@@ -184,7 +177,7 @@ async fn heartbeat_keeps_an_idle_slot_moving() {
 }
 
 async fn idle_slot_confirms(heartbeat: bool) {
-    let (pg, c) = cluster("idle").await;
+    let (pg, c) = cluster_with("idle", SHORT_WAL_SENDER_TIMEOUT).await;
     c.batch_execute("CREATE TABLE watched (id int PRIMARY KEY); CREATE TABLE busy (id serial PRIMARY KEY, v int);").await.unwrap();
     let dir = scratch();
     let out = out_path(dir.path(), "idle");
@@ -216,9 +209,7 @@ async fn idle_slot_confirms(heartbeat: bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permanent_errors_stop_with_exit_1_and_a_fix() {
     // wal_level = replica.
-    let pg = tokio::task::spawn_blocking(|| PgCluster::start_with(&[("wal_level", "replica")])).await.unwrap();
-    pg.create_database("perm").await;
-    let c = pg.client("perm").await;
+    let (pg, c) = cluster_with("perm", &[("wal_level", "replica")]).await;
     c.batch_execute("CREATE TABLE t (id int PRIMARY KEY); CREATE TABLE nokey (v int);").await.unwrap();
     let dir = scratch();
     let out = out_path(dir.path(), "perm");
@@ -229,7 +220,7 @@ async fn permanent_errors_stop_with_exit_1_and_a_fix() {
     drop(c);
     drop(pg);
 
-    let (pg, c) = cluster("perm2").await;
+    let (pg, c) = cluster_with("perm2", SHORT_WAL_SENDER_TIMEOUT).await;
     c.batch_execute("CREATE TABLE nokey (v int);").await.unwrap();
     let mut d = Daemon::start(bin(), dir.path(), "nokey", &file_config(&pg, "perm2", "perm2", &["public.nokey"], &out));
     let status = d.wait(Duration::from_secs(30)).expect("exits");
@@ -254,7 +245,7 @@ async fn permanent_errors_stop_with_exit_1_and_a_fix() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn million_row_transaction_streams_with_bounded_memory() {
-    let (pg, c) = cluster("big").await;
+    let (pg, c) = cluster_with("big", SHORT_WAL_SENDER_TIMEOUT).await;
     c.batch_execute("CREATE TABLE big (id int PRIMARY KEY, a text, b int, c timestamptz)").await.unwrap();
     let dir = scratch();
     let out = out_path(dir.path(), "big");

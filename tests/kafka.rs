@@ -15,10 +15,8 @@ mod common;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use common::kafka::read_topics as read_records;
 use common::*;
-use pgfanout_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
-use pgfanout_kafka::rdkafka::message::{Headers, Message};
-use pgfanout_kafka::rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::{json, Value as Json};
 use testkit::KafkaBroker;
 
@@ -44,10 +42,8 @@ CREATE TRIGGER orders_history AFTER INSERT OR UPDATE OR DELETE ON orders FOR EAC
 
 /// A cluster whose sessions use UTC (so `to_jsonb` of a timestamptz in the
 /// trigger reads like the daemon's), a database `db` with [`SCHEMA`].
-async fn cluster(db: &str) -> (PgCluster, tokio_postgres::Client) {
-    let pg = tokio::task::spawn_blocking(|| PgCluster::start_with(&[("wal_sender_timeout", "4s"), ("timezone", "UTC")])).await.unwrap();
-    pg.create_database(db).await;
-    let c = pg.client(db).await;
+async fn history_cluster(db: &str) -> (PgCluster, tokio_postgres::Client) {
+    let (pg, c) = cluster_with(db, &[("wal_sender_timeout", "4s"), ("timezone", "UTC")]).await;
     c.batch_execute(SCHEMA).await.unwrap();
     (pg, c)
 }
@@ -223,62 +219,23 @@ impl Msg {
 
 /// Reads every message of `topics` from the beginning (partition order
 /// kept) until `distinct` different (topic, key, pgfanout.lsn) have been
-/// read, then 500 ms more to catch extra records, or until `timeout`.
-/// Blocking (run inside `block_in_place`).
+/// read, then until none came for 500 ms to catch extra records, or until
+/// `timeout`. Blocking (run inside `block_in_place`).
 fn read_topics(bootstrap: &str, topics: &[String], timeout: Duration, distinct: usize) -> Vec<Msg> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("e2e-{}", std::process::id()))
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    let start = Instant::now();
-    let mut tpl = TopicPartitionList::new();
-    for topic in topics {
-        let partitions = loop {
-            let n = consumer
-                .fetch_metadata(Some(topic), Duration::from_secs(5))
-                .ok()
-                .and_then(|md| md.topics().iter().find(|t| t.name() == topic && t.error().is_none()).map(|t| t.partitions().len()))
-                .unwrap_or(0);
-            if n > 0 {
-                break n;
-            }
-            assert!(start.elapsed() < timeout, "topic {topic} never appeared");
-            std::thread::sleep(Duration::from_millis(200));
-        };
-        for p in 0..partitions as i32 {
-            tpl.add_partition_offset(topic, p, Offset::Beginning).expect("add partition");
-        }
-    }
-    consumer.assign(&tpl).expect("assign");
-    let mut out = Vec::new();
-    let mut seen: HashSet<(String, Option<String>, u64)> = HashSet::new();
-    let mut settle: Option<Instant> = None;
-    while start.elapsed() < timeout {
-        if settle.is_none() && seen.len() >= distinct {
-            settle = Some(Instant::now());
-        }
-        if settle.is_some_and(|s| s.elapsed() > Duration::from_millis(500)) {
-            break;
-        }
-        let Some(msg) = consumer.poll(Duration::from_millis(100)) else { continue };
-        let msg = msg.expect("consume");
-        let headers = msg
-            .headers()
-            .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.map(|v| String::from_utf8_lossy(v).into_owned()))).collect())
-            .unwrap_or_default();
-        let m = Msg {
-            topic: msg.topic().to_string(),
-            partition: msg.partition(),
-            key: msg.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-            value: msg.payload().map(<[u8]>::to_vec),
-            headers,
-        };
-        seen.insert((m.topic.clone(), m.key.clone(), m.lsn()));
-        out.push(m);
-    }
-    out
+    let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let mut seen: HashSet<(String, Option<Vec<u8>>, u64)> = HashSet::new();
+    let records = read_records(bootstrap, &topics, timeout, Duration::from_millis(500), |r| {
+        seen.insert((
+            r.topic.clone(),
+            r.key.clone(),
+            lsn(r.header("pgfanout.lsn").unwrap_or_else(|| panic!("header pgfanout.lsn missing on {r:?}"))),
+        ));
+        seen.len() >= distinct
+    });
+    records
+        .into_iter()
+        .map(|r| Msg { key: r.key_text(), topic: r.topic, partition: r.partition, value: r.value, headers: r.headers })
+        .collect()
 }
 
 /// The messages of `topic` per key, in partition order; asserts that each
@@ -449,17 +406,6 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
-/// Waits until the slot confirmed everything written so far: the daemon
-/// says every change is durable in Kafka.
-async fn wait_confirmed_all(c: &tokio_postgres::Client, slot: &str, d: &Daemon, timeout: Duration) {
-    let end = insert_lsn(c).await;
-    let start = Instant::now();
-    while confirmed_flush(c, slot).await < end {
-        assert!(start.elapsed() < timeout, "confirmed_flush_lsn never reached {end:X}\n--- daemon log ---\n{}", d.log());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 const BOTH_FORMATS: &str = r#"  - name: native
     from: [public.users, public.orders]
     to: events
@@ -476,7 +422,7 @@ const BOTH_FORMATS: &str = r#"  - name: native
 /// the row's history under each table's replica identity, source fields).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_workload_in_native_and_debezium_formats() {
-    let (pg, c) = cluster("kmix").await;
+    let (pg, c) = history_cluster("kmix").await;
     let broker = tokio::task::spawn_blocking(KafkaBroker::start).await.unwrap();
     let dir = scratch();
     let cfg = kafka_config(
@@ -494,7 +440,7 @@ async fn mixed_workload_in_native_and_debezium_formats() {
     let mut w = Workload::new(0x5eed_0001);
     run_workload(&c, &mut w, 300, 20, &Default::default()).await;
     let t1 = now_ms();
-    wait_confirmed_all(&c, "kmix", &d, Duration::from_secs(60)).await;
+    wait_confirmed(&c, "kmix", &d, Duration::from_secs(60)).await;
     let hist = history(&c).await;
     let count = |t: &str| hist.iter().filter(|h| h.tbl == t).count();
     let (n_users, n_orders) = (count("users"), count("orders"));
@@ -529,18 +475,25 @@ async fn mixed_workload_in_native_and_debezium_formats() {
 /// deduplicating on (key, pgfanout.lsn) every topic holds exactly its
 /// table's history; without deduplication every change is there at least
 /// once (the same count check, on the deduplicated records).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_mid_workload_then_dedup_gives_the_history() {
-    let (pg, c) = cluster("kkill").await;
+/// [`history_cluster`] `db`, a broker, and a daemon streaming users and
+/// orders to topics `<prefix>.<table>` of two partitions in the native
+/// format, once its slot exists.
+async fn native_stream(db: &str, prefix: &str) -> (PgCluster, tokio_postgres::Client, KafkaBroker, tempfile::TempDir, Daemon) {
+    let (pg, c) = history_cluster(db).await;
     let broker = tokio::task::spawn_blocking(KafkaBroker::start).await.unwrap();
     let dir = scratch();
-    let pipelines = r#"  - name: native
-    from: [public.users, public.orders]
-    to: events
-    kafka: { topic: "kill.{table}", format: native }"#;
-    let cfg = kafka_config(&pg, "kkill", "kkill", &broker.bootstrap(), "topics: { partitions: 2 }", pipelines, dir.path());
-    let mut d = Daemon::start(bin(), dir.path(), "kkill", &cfg);
-    testkit::wait_for(Duration::from_secs(30), "slot", || async { confirmed_flush(&c, "kkill").await > 0 }).await;
+    let pipelines = format!(
+        "  - name: native\n    from: [public.users, public.orders]\n    to: events\n    kafka: {{ topic: \"{prefix}.{{table}}\", format: native }}"
+    );
+    let cfg = kafka_config(&pg, db, db, &broker.bootstrap(), "topics: { partitions: 2 }", &pipelines, dir.path());
+    let d = Daemon::start(bin(), dir.path(), db, &cfg);
+    testkit::wait_for(Duration::from_secs(30), "slot", || async { confirmed_flush(&c, db).await > 0 }).await;
+    (pg, c, broker, dir, d)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_workload_then_dedup_gives_the_history() {
+    let (pg, c, broker, dir, mut d) = native_stream("kkill", "kill").await;
     let t0 = now_ms();
     let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let writer = {
@@ -567,7 +520,7 @@ async fn sigkill_mid_workload_then_dedup_gives_the_history() {
     }
     writer.await.unwrap();
     let t1 = now_ms();
-    wait_confirmed_all(&c, "kkill", &d, Duration::from_secs(60)).await;
+    wait_confirmed(&c, "kkill", &d, Duration::from_secs(60)).await;
     let hist = history(&c).await;
     let topics = vec!["kill.users".to_string(), "kill.orders".to_string()];
     let want_lsns = hist.len();
@@ -606,16 +559,7 @@ async fn sigkill_mid_workload_then_dedup_gives_the_history() {
 /// the whole workload.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_never_confirms_undelivered_changes() {
-    let (pg, c) = cluster("kbrk").await;
-    let broker = tokio::task::spawn_blocking(KafkaBroker::start).await.unwrap();
-    let dir = scratch();
-    let pipelines = r#"  - name: native
-    from: [public.users, public.orders]
-    to: events
-    kafka: { topic: "brk.{table}", format: native }"#;
-    let cfg = kafka_config(&pg, "kbrk", "kbrk", &broker.bootstrap(), "topics: { partitions: 2 }", pipelines, dir.path());
-    let d = Daemon::start(bin(), dir.path(), "kbrk", &cfg);
-    testkit::wait_for(Duration::from_secs(30), "slot", || async { confirmed_flush(&c, "kbrk").await > 0 }).await;
+    let (pg, c, broker, dir, d) = native_stream("kbrk", "brk").await;
     let (stop_sampler, sampler) = sample_confirmed_flush(pg.client("kbrk").await, "kbrk", Duration::from_millis(100));
     let stop_writer = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
@@ -647,7 +591,7 @@ async fn broker_restart_never_confirms_undelivered_changes() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop_writer.store(true, std::sync::atomic::Ordering::Relaxed);
     writer.await.unwrap();
-    wait_confirmed_all(&c, "kbrk", &d, Duration::from_secs(60)).await;
+    wait_confirmed(&c, "kbrk", &d, Duration::from_secs(60)).await;
     stop_sampler.store(true, std::sync::atomic::Ordering::Relaxed);
     let samples = sampler.await.unwrap();
 
@@ -691,8 +635,7 @@ async fn broker_restart_never_confirms_undelivered_changes() {
 /// per table, users' e-mail hashed and name masked before they leave.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ecommerce_example_writes_events() {
-    let pg = tokio::task::spawn_blocking(PgCluster::start).await.unwrap();
-    let c = ecommerce_database(&pg, "shop").await;
+    let (pg, c) = ecommerce_cluster("shop").await;
     let broker = tokio::task::spawn_blocking(KafkaBroker::start).await.unwrap();
     let dir = scratch();
     let cfg = ecommerce_subset(&pg, &[("events", json!({"brokers": broker.bootstrap()}))], dir.path());
@@ -700,7 +643,7 @@ async fn ecommerce_example_writes_events() {
     testkit::wait_for(Duration::from_secs(30), "slot", || async { confirmed_flush(&c, "pgfanout").await > 0 }).await;
     let changes = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/ecommerce-changes.sql")).unwrap();
     c.batch_execute(&changes).await.unwrap();
-    wait_confirmed_all(&c, "pgfanout", &d, Duration::from_secs(60)).await;
+    wait_confirmed(&c, "pgfanout", &d, Duration::from_secs(60)).await;
 
     let tables = ["users", "products", "orders", "order_items", "cart_items"];
     let topics: Vec<String> = tables.iter().map(|t| format!("shop.public.{t}")).collect();

@@ -14,10 +14,11 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::neo4j::graph;
 use common::*;
-use pgfanout_neo4j::neo4rs::{query, BoltType, ConfigBuilder, Graph};
+use pgfanout_neo4j::neo4rs::{query, BoltType, Graph};
 use serde_json::{json, Value as Json};
 use testkit::Neo4jServer;
 
@@ -51,28 +52,8 @@ const PIPELINES: &str = r#"  - name: users
 /// PostgreSQL with [`SCHEMA`] in `db`, Neo4j, and a daemon streaming
 /// into it (started once the slot exists).
 async fn setup(db: &str) -> (PgCluster, tokio_postgres::Client, Neo4jServer, tempfile::TempDir, Daemon) {
-    let pg = tokio::task::spawn_blocking(|| PgCluster::start_with(&[("wal_sender_timeout", "4s")])).await.unwrap();
-    pg.create_database(db).await;
-    let c = pg.client(db).await;
-    c.batch_execute(SCHEMA).await.unwrap();
-    let server = tokio::task::spawn_blocking(Neo4jServer::start).await.unwrap();
-    let dir = scratch();
-    let cfg = neo4j_config(&pg, db, db, &server.uri(), &server.user, &server.password, &server.database, PIPELINES, dir.path());
-    let d = Daemon::start(bin(), dir.path(), db, &cfg);
-    let slot = db.to_string();
-    testkit::wait_for(Duration::from_secs(60), "slot", || async { confirmed_flush(&c, &slot).await > 0 }).await;
+    let (pg, c, server, dir, d, _) = setup_with(db, SCHEMA, PIPELINES).await;
     (pg, c, server, dir, d)
-}
-
-async fn graph(server: &Neo4jServer) -> Graph {
-    let cfg = ConfigBuilder::new()
-        .uri(server.uri())
-        .user(server.user.as_str())
-        .password(server.password.as_str())
-        .db(server.database.as_str())
-        .build()
-        .expect("client config");
-    Graph::connect(cfg).await.expect("client connects")
 }
 
 /// The shop's activity: purchases mostly, quantity changes, purchases
@@ -365,17 +346,6 @@ async fn assert_recommendations(g: &Graph, c: &tokio_postgres::Client) {
     assert!(non_empty > 5, "the workload gives recommendations to check ({non_empty} products have some)");
 }
 
-/// Waits until the slot confirmed everything written so far, i.e. the
-/// daemon says every change is durable in the graph.
-async fn wait_confirmed_all(c: &tokio_postgres::Client, slot: &str, d: &Daemon, timeout: Duration) {
-    let end = insert_lsn(c).await;
-    let start = Instant::now();
-    while confirmed_flush(c, slot).await < end {
-        assert!(start.elapsed() < timeout, "confirmed_flush_lsn never reached {end:X}\n--- daemon log ---\n{}", d.log());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// A mixed workload on users, products and order_items: the graph equals
 /// the tables per key, and the recommendation query answers what SQL does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -384,7 +354,7 @@ async fn purchase_graph_equals_the_tables() {
     let mut shop = Shop::new(0x9a9a_0001);
     c.batch_execute(&shop.seed(30, 20)).await.unwrap();
     run_shop(&c, &mut shop, 200, 10, &AtomicUsize::new(0)).await;
-    wait_confirmed_all(&c, "gmix", &d, Duration::from_secs(60)).await;
+    wait_confirmed(&c, "gmix", &d, Duration::from_secs(60)).await;
     let g = graph(&server).await;
     let items = assert_graph_equals_tables(&g, &c).await;
     assert!(items > 100, "a real purchase graph: {items} order items");
@@ -398,41 +368,25 @@ async fn purchase_graph_equals_the_tables() {
 /// property, a lost relationship and a stray node are reported exactly, and
 /// `--repair` fixes them.
 async fn verify_finds_and_repairs(g: &Graph, c: &tokio_postgres::Client, dir: &std::path::Path, cfg: &str) {
-    let path = dir.join("verify.yaml");
-    std::fs::write(&path, cfg).unwrap();
-    let run = |args: &[&str]| {
-        let report = dir.join("verify.json");
-        let out = std::process::Command::new(bin())
-            .args(["verify", "-c"])
-            .arg(&path)
-            .arg("--json")
-            .arg(&report)
-            .args(["--settle", "30s"])
-            .args(args)
-            .output()
-            .unwrap();
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        let json: Json = serde_json::from_str(&std::fs::read_to_string(&report).unwrap_or_default()).unwrap_or_default();
-        (out.status.code(), json, text)
-    };
+    let run = |args: &[&str]| verify_config(dir, cfg, args);
     let (code, _, text) = tokio::task::block_in_place(|| run(&[]));
-    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(code, 0, "{text}");
     let user: i32 = c.query_one("SELECT min(id) FROM users", &[]).await.unwrap().get(0);
     let item: i32 = c.query_one("SELECT min(id) FROM order_items", &[]).await.unwrap().get(0);
     g.run(query(&format!("MATCH (u:User {{id: {user}}}) SET u.email = 'tampered'"))).await.unwrap();
     g.run(query(&format!("MATCH ()-[r:BOUGHT]->() WHERE r._pgfanout_key = '{{\"id\":{item}}}' DELETE r"))).await.unwrap();
     g.run(query("CREATE (:Product {id: 999999, name: 'stray', price: 1.0})")).await.unwrap();
     let (code, report, text) = tokio::task::block_in_place(|| run(&[]));
-    assert_eq!(code, Some(1), "{text}");
+    assert_eq!(code, 1, "{text}");
     let p = |name: &str| report["pipelines"].as_array().unwrap().iter().find(|p| p["pipeline"] == name).unwrap().clone();
     assert_eq!(p("users")["different"], json!([{"id": format!("(:User {{\"id\":{user}}})"), "fields": ["email"]}]), "{text}");
     assert_eq!(p("users")["missing"], json!([]), "{text}");
     assert_eq!(p("purchases")["missing"], json!([format!("[:BOUGHT {{\"id\":{item}}}]")]), "{text}");
     assert_eq!(p("products")["extra"], json!(["(:Product {\"id\":999999})"]), "{text}");
     let (code, _, text) = tokio::task::block_in_place(|| run(&["--repair"]));
-    assert_eq!(code, Some(1), "{text}");
+    assert_eq!(code, 1, "{text}");
     let (code, _, text) = tokio::task::block_in_place(|| run(&[]));
-    assert_eq!(code, Some(0), "repaired: {text}");
+    assert_eq!(code, 0, "repaired: {text}");
 }
 
 /// Runs the shop on its own connection to `db`, 10 transactions at a time
@@ -471,7 +425,7 @@ async fn assert_converged(
     db: &str,
     timeout: Duration,
 ) -> usize {
-    wait_confirmed_all(c, db, d, timeout).await;
+    wait_confirmed(c, db, d, timeout).await;
     let g = graph(server).await;
     let items = assert_graph_equals_tables(&g, c).await;
     assert!(items > 100, "{items} order items");
@@ -562,8 +516,7 @@ async fn a_neo4j_outage_mid_workload_is_retried_in_order() {
 /// purchase graph the README's recommendation query reads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ecommerce_example_writes_the_purchase_graph() {
-    let pg = tokio::task::spawn_blocking(PgCluster::start).await.unwrap();
-    let c = ecommerce_database(&pg, "shop").await;
+    let (pg, c) = ecommerce_cluster("shop").await;
     let server = tokio::task::spawn_blocking(Neo4jServer::start).await.unwrap();
     let dir = scratch();
     let graph_sink = json!({"uri": server.uri(), "user": server.user, "password": server.password, "database": server.database});
@@ -571,7 +524,7 @@ async fn ecommerce_example_writes_the_purchase_graph() {
     testkit::wait_for(Duration::from_secs(60), "slot", || async { confirmed_flush(&c, "pgfanout").await > 0 }).await;
     let changes = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/ecommerce-changes.sql")).unwrap();
     c.batch_execute(&changes).await.unwrap();
-    wait_confirmed_all(&c, "pgfanout", &d, Duration::from_secs(60)).await;
+    wait_confirmed(&c, "pgfanout", &d, Duration::from_secs(60)).await;
 
     let g = graph(&server).await;
     let (id, title, price) = (Col::Int("id"), Col::Text("title"), Col::Float("price"));
@@ -607,7 +560,7 @@ async fn deadlocks_with_other_writers_are_retried_not_dead_lettered() {
     let (_pg, c, server, dir, mut d) = setup("gdead").await;
     let mut shop = Shop::new(0x9a9a_0003);
     c.batch_execute(&shop.seed(8, 6)).await.unwrap();
-    wait_confirmed_all(&c, "gdead", &d, Duration::from_secs(60)).await;
+    wait_confirmed(&c, "gdead", &d, Duration::from_secs(60)).await;
 
     let probe = |label: &str| format!("MATCH (n:{label} {{id: $id}}) SET n._lock_probe = 1 REMOVE n._lock_probe");
     let locker = graph(&server).await;
@@ -647,7 +600,7 @@ async fn deadlocks_with_other_writers_are_retried_not_dead_lettered() {
     testkit::wait_for(Duration::from_secs(60), "the daemon's log reports the deadlock", || async { d.log().contains("DeadlockDetected") })
         .await;
 
-    wait_confirmed_all(&c, "gdead", &d, Duration::from_secs(120)).await;
+    wait_confirmed(&c, "gdead", &d, Duration::from_secs(120)).await;
     let g = graph(&server).await;
     let names: Vec<String> = {
         let q = "MATCH (p:Product) WHERE p.id IN [1, 2] RETURN p.name AS name ORDER BY p.id";
@@ -666,7 +619,7 @@ async fn deadlocks_with_other_writers_are_retried_not_dead_lettered() {
     for _ in 0..5 {
         run_shop(&c, &mut shop, 40, 0, &AtomicUsize::new(0)).await;
     }
-    wait_confirmed_all(&c, "gdead", &d, Duration::from_secs(120)).await;
+    wait_confirmed(&c, "gdead", &d, Duration::from_secs(120)).await;
     let items = assert_graph_equals_tables(&g, &c).await;
     assert_eq!(line_count(&dir.path().join("gdead.dead.jsonl")), 0, "nothing dead-lettered\n{}", d.log());
     assert!(d.is_running());
@@ -680,9 +633,7 @@ async fn setup_with(
     schema: &str,
     pipelines: &str,
 ) -> (PgCluster, tokio_postgres::Client, Neo4jServer, tempfile::TempDir, Daemon, String) {
-    let pg = tokio::task::spawn_blocking(|| PgCluster::start_with(&[("wal_sender_timeout", "4s")])).await.unwrap();
-    pg.create_database(db).await;
-    let c = pg.client(db).await;
+    let (pg, c) = cluster_with(db, SHORT_WAL_SENDER_TIMEOUT).await;
     c.batch_execute(schema).await.unwrap();
     let server = tokio::task::spawn_blocking(Neo4jServer::start).await.unwrap();
     let dir = scratch();
@@ -694,23 +645,10 @@ async fn setup_with(
 }
 
 /// Runs `pgfanout verify` (with `args`) on `cfg`: exit code, JSON report, output.
-fn run_verify(dir: &std::path::Path, cfg: &str, args: &[&str]) -> (Option<i32>, Json, String) {
+fn verify_config(dir: &std::path::Path, cfg: &str, args: &[&str]) -> (i32, Json, String) {
     let path = dir.join("verify.yaml");
     std::fs::write(&path, cfg).unwrap();
-    let report = dir.join("verify.json");
-    let _ = std::fs::remove_file(&report);
-    let out = std::process::Command::new(bin())
-        .args(["verify", "-c"])
-        .arg(&path)
-        .arg("--json")
-        .arg(&report)
-        .args(["--settle", "30s"])
-        .args(args)
-        .output()
-        .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    let json: Json = serde_json::from_str(&std::fs::read_to_string(&report).unwrap_or_default()).unwrap_or_default();
-    (out.status.code(), json, text)
+    run_verify(&path, "30s", args)
 }
 
 /// A property as the README's type mapping says it is stored.
@@ -919,25 +857,25 @@ async fn edge_values_are_stored_as_the_type_mapping_says() {
     )
     .await
     .unwrap();
-    wait_confirmed_all(&c, "gzoo", &d, Duration::from_secs(60)).await;
+    wait_confirmed(&c, "gzoo", &d, Duration::from_secs(60)).await;
     let g = graph(&server).await;
     assert_eq!(assert_nodes_are_the_rows(&g, &c, "zoo", "Zoo").await, 3);
     assert_eq!(line_count(&dir.path().join("gzoo.dead.jsonl")), 0, "nothing dead-lettered\n{}", d.log());
 
     // verify is clean; a stray property is found and removed by --repair
-    let (code, _, text) = tokio::task::block_in_place(|| run_verify(dir.path(), &cfg, &[]));
-    assert_eq!(code, Some(0), "{text}");
+    let (code, _, text) = tokio::task::block_in_place(|| verify_config(dir.path(), &cfg, &[]));
+    assert_eq!(code, 0, "{text}");
     g.run(query("MATCH (n:Zoo {id: 1}) SET n.junk = 1")).await.unwrap();
     // one less than i64::MAX: the same number as a float, not as an integer
     g.run(query("MATCH (n:Zoo {id: 1}) SET n.i8 = 9223372036854775806")).await.unwrap();
-    let (code, report, text) = tokio::task::block_in_place(|| run_verify(dir.path(), &cfg, &[]));
-    assert_eq!(code, Some(1), "{text}");
+    let (code, report, text) = tokio::task::block_in_place(|| verify_config(dir.path(), &cfg, &[]));
+    assert_eq!(code, 1, "{text}");
     let different = &report["pipelines"][0]["different"];
     assert_eq!(different, &json!([{"id": "(:Zoo {\"id\":1})", "fields": ["i8", "junk"]}]), "{text}");
-    let (code, _, text) = tokio::task::block_in_place(|| run_verify(dir.path(), &cfg, &["--repair"]));
-    assert_eq!(code, Some(1), "{text}");
-    let (code, _, text) = tokio::task::block_in_place(|| run_verify(dir.path(), &cfg, &[]));
-    assert_eq!(code, Some(0), "repaired: {text}");
+    let (code, _, text) = tokio::task::block_in_place(|| verify_config(dir.path(), &cfg, &["--repair"]));
+    assert_eq!(code, 1, "{text}");
+    let (code, _, text) = tokio::task::block_in_place(|| verify_config(dir.path(), &cfg, &[]));
+    assert_eq!(code, 0, "repaired: {text}");
     assert_nodes_are_the_rows(&g, &c, "zoo", "Zoo").await;
     let versions = cypher(&g, "MATCH (n:Zoo) WHERE n._pgfanout_version IS NULL RETURN n.id AS id", &[Col::Int("id")]).await;
     assert!(versions.is_empty(), "repair keeps pgfanout's version: {versions:?}");
@@ -988,7 +926,7 @@ async fn a_key_change_moves_the_node_with_its_toasted_property() {
     )
     .await
     .unwrap();
-    wait_confirmed_all(&c, "gkey", &d, Duration::from_secs(60)).await;
+    wait_confirmed(&c, "gkey", &d, Duration::from_secs(60)).await;
     let g = graph(&server).await;
     let got = nodes(&g, "Doc").await;
     assert_eq!(got.keys().copied().collect::<Vec<_>>(), vec![200, 300], "one node per row, none left at an old key: {:?}", got.keys());
@@ -1012,6 +950,6 @@ async fn a_key_change_moves_the_node_with_its_toasted_property() {
     let all = cypher(&g, "MATCH (n) RETURN count(n) AS n", &[Col::Int("n")]).await;
     assert_eq!(all, vec![vec![json!(4)]], "two docs and two tags, nothing else");
     assert_eq!(line_count(&dir.path().join("gkey.dead.jsonl")), 0, "nothing dead-lettered\n{}", d.log());
-    let (code, _, text) = tokio::task::block_in_place(|| run_verify(dir.path(), &cfg, &[]));
-    assert_eq!(code, Some(0), "{text}");
+    let (code, _, text) = tokio::task::block_in_place(|| verify_config(dir.path(), &cfg, &[]));
+    assert_eq!(code, 0, "{text}");
 }

@@ -10,13 +10,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::json;
 
-async fn cluster(db: &str) -> (PgCluster, tokio_postgres::Client) {
-    let pg = tokio::task::spawn_blocking(|| PgCluster::start_with(&[("wal_sender_timeout", "10s")])).await.unwrap();
-    pg.create_database(db).await;
-    let c = pg.client(db).await;
-    (pg, c)
-}
-
 /// The shared e2e config with small batches and queues, so a blocked sink
 /// stalls the reader quickly.
 fn config(pg: &PgCluster, db: &str, slot: &str, sinks: &str, pipelines: &str, dlq: &std::path::Path) -> String {
@@ -216,9 +209,7 @@ async fn a_blocked_sink_holds_the_flush_lsn_with_bounded_memory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doctor_names_wal_level_and_missing_replica_identity() {
-    let pg = tokio::task::spawn_blocking(|| PgCluster::start_with(&[("wal_level", "replica")])).await.unwrap();
-    pg.create_database("doc").await;
-    let c = pg.client("doc").await;
+    let (pg, c) = cluster_with("doc", &[("wal_level", "replica")]).await;
     c.batch_execute("CREATE TABLE good (id int PRIMARY KEY); CREATE TABLE nokey (v int);").await.unwrap();
     let dir = scratch();
     let out = out_path(dir.path(), "doc");

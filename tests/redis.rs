@@ -71,132 +71,62 @@ fn pipelines() -> String {
     )
 }
 
-async fn cluster(db: &str) -> (PgCluster, tokio_postgres::Client) {
-    let pg = tokio::task::spawn_blocking(|| PgCluster::start_with(&[("wal_sender_timeout", "4s")])).await.unwrap();
-    pg.create_database(db).await;
-    let c = pg.client(db).await;
-    (pg, c)
-}
-
-/// A small deterministic generator (xorshift64*): the same seed gives the
-/// same workload, so a failure can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) % n
-    }
-}
-
 /// The mixed workload: inserts, updates that leave the TOASTed `big` column
 /// unchanged, updates of `big`, category moves, primary-key changes, deletes,
 /// and cart lines added, changed, moved to another product and removed.
-/// It tracks which product ids exist so most statements hit a row.
-struct Workload {
-    rng: Rng,
-    live: Vec<i32>,
-    next_id: i32,
-    seq: u64,
+/// Most statements hit an existing product.
+const PRODUCTS: Mix = Mix { statement: products_statement, max_statements: 3 };
+
+/// A value stored out of line: STORAGE EXTERNAL and over 2 kB.
+fn big(w: &mut Workload) -> String {
+    w.big("big", "abcdefghijklmnopqrstuvwxyz0123456789", 80)
 }
 
-impl Workload {
-    fn new(seed: u64) -> Workload {
-        Workload { rng: Rng(seed | 1), live: Vec::new(), next_id: 1, seq: 0 }
-    }
+fn price(w: &mut Workload) -> String {
+    format!("{}.{:02}", 1 + w.rng.below(500), w.rng.below(100))
+}
 
-    /// A value stored out of line: STORAGE EXTERNAL and over 2 kB.
-    fn big(&mut self) -> String {
-        self.seq += 1;
-        format!("'big-{}-{}'", self.seq, "abcdefghijklmnopqrstuvwxyz0123456789".repeat(80))
-    }
-
-    fn price(&mut self) -> String {
-        format!("{}.{:02}", 1 + self.rng.below(500), self.rng.below(100))
-    }
-
-    fn pick(&mut self) -> Option<i32> {
-        (!self.live.is_empty()).then(|| self.live[self.rng.below(self.live.len() as u64) as usize])
-    }
-
-    fn statement(&mut self) -> String {
-        let live = self.pick();
-        match (self.rng.below(12), live) {
-            (0..=2, _) | (_, None) => {
-                let id = self.next_id;
-                self.next_id += 1;
-                self.live.push(id);
-                let big = if self.rng.below(3) == 0 { "NULL".to_string() } else { self.big() };
-                let (cat, price) = (1 + self.rng.below(5), self.price());
-                format!("INSERT INTO products VALUES ({id}, {cat}, {price}, 'product {id}', {big})")
-            }
-            // Leaves `big` unchanged: sent as an unchanged TOAST column.
-            (3 | 4, Some(id)) => format!("UPDATE products SET price = {}, name = name || '+' WHERE id = {id}", self.price()),
-            (5, Some(id)) => {
-                let big = if self.rng.below(4) == 0 { "NULL".to_string() } else { self.big() };
-                format!("UPDATE products SET big = {big} WHERE id = {id}")
-            }
-            (6, Some(id)) => format!("UPDATE products SET category_id = {} WHERE id = {id}", 1 + self.rng.below(5)),
-            (7, Some(id)) => {
-                let new = self.next_id;
-                self.next_id += 1;
-                self.live.retain(|&x| x != id);
-                self.live.push(new);
-                format!("UPDATE products SET id = {new} WHERE id = {id}")
-            }
-            (8, Some(id)) => {
-                self.live.retain(|&x| x != id);
-                format!("DELETE FROM products WHERE id = {id}")
-            }
-            (9, _) => {
-                let (u, p, q) = (1 + self.rng.below(8), 1 + self.rng.below(30), 1 + self.rng.below(5));
+fn products_statement(w: &mut Workload) -> String {
+    let live = w.pick();
+    match (w.rng.below(12), live) {
+        (0..=2, _) | (_, None) => {
+            let id = w.insert();
+            let big = if w.rng.below(3) == 0 { "NULL".to_string() } else { big(w) };
+            let (cat, price) = (1 + w.rng.below(5), price(w));
+            format!("INSERT INTO products VALUES ({id}, {cat}, {price}, 'product {id}', {big})")
+        }
+        // Leaves `big` unchanged: sent as an unchanged TOAST column.
+        (3 | 4, Some(id)) => format!("UPDATE products SET price = {}, name = name || '+' WHERE id = {id}", price(w)),
+        (5, Some(id)) => {
+            let big = if w.rng.below(4) == 0 { "NULL".to_string() } else { big(w) };
+            format!("UPDATE products SET big = {big} WHERE id = {id}")
+        }
+        (6, Some(id)) => format!("UPDATE products SET category_id = {} WHERE id = {id}", 1 + w.rng.below(5)),
+        (7, Some(id)) => {
+            let new = w.rekey(id);
+            format!("UPDATE products SET id = {new} WHERE id = {id}")
+        }
+        (8, Some(id)) => {
+            w.delete(id);
+            format!("DELETE FROM products WHERE id = {id}")
+        }
+        (9, _) => {
+            let (u, p, q) = (1 + w.rng.below(8), 1 + w.rng.below(30), 1 + w.rng.below(5));
+            format!("INSERT INTO cart_items VALUES ({u}, {p}, {q}) ON CONFLICT (user_id, product_id) DO UPDATE SET quantity = excluded.quantity")
+        }
+        (10, _) => {
+            let (u, p, new) = (1 + w.rng.below(8), 1 + w.rng.below(30), 1 + w.rng.below(30));
+            if w.rng.below(2) == 0 {
+                format!("DELETE FROM cart_items WHERE user_id = {u} AND product_id = {p}")
+            } else {
+                // A primary-key change: the old field must go.
                 format!(
-                    "INSERT INTO cart_items VALUES ({u}, {p}, {q}) ON CONFLICT (user_id, product_id) DO UPDATE SET quantity = excluded.quantity"
+                    "UPDATE cart_items SET product_id = {new} WHERE user_id = {u} AND product_id = {p}
+                     AND NOT EXISTS (SELECT 1 FROM cart_items WHERE user_id = {u} AND product_id = {new})"
                 )
             }
-            (10, _) => {
-                let (u, p, new) = (1 + self.rng.below(8), 1 + self.rng.below(30), 1 + self.rng.below(30));
-                if self.rng.below(2) == 0 {
-                    format!("DELETE FROM cart_items WHERE user_id = {u} AND product_id = {p}")
-                } else {
-                    // A primary-key change: the old field must go.
-                    format!(
-                        "UPDATE cart_items SET product_id = {new} WHERE user_id = {u} AND product_id = {p}
-                         AND NOT EXISTS (SELECT 1 FROM cart_items WHERE user_id = {u} AND product_id = {new})"
-                    )
-                }
-            }
-            _ => format!("UPDATE cart_items SET quantity = quantity + 1 WHERE user_id = {}", 1 + self.rng.below(8)),
         }
-    }
-
-    /// One transaction of one to three statements.
-    fn transaction(&mut self) -> String {
-        let n = 1 + self.rng.below(3);
-        let body: Vec<String> = (0..n).map(|_| self.statement()).collect();
-        format!("BEGIN; {}; COMMIT;", body.join("; "))
-    }
-
-    async fn run(&mut self, c: &tokio_postgres::Client, txns: usize) {
-        for _ in 0..txns {
-            let sql = self.transaction();
-            c.batch_execute(&sql).await.unwrap_or_else(|e| panic!("workload: {e}\n{sql}"));
-        }
-    }
-}
-
-/// Waits until the slot confirmed everything written so far: every change
-/// is then durable in Redis (the ack rule), so Redis can be compared.
-async fn wait_confirmed(c: &tokio_postgres::Client, slot: &str, d: &Daemon, timeout: Duration) {
-    let end = insert_lsn(c).await;
-    let start = Instant::now();
-    while confirmed_flush(c, slot).await < end {
-        if start.elapsed() > timeout {
-            panic!("confirmed_flush_lsn did not reach {end:X} in {timeout:?}\n--- daemon log ---\n{}", d.log());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        _ => format!("UPDATE cart_items SET quantity = quantity + 1 WHERE user_id = {}", 1 + w.rng.below(8)),
     }
 }
 
@@ -357,7 +287,7 @@ async fn assert_stream(c: &tokio_postgres::Client, redis: &RedisServer) {
 }
 
 async fn start(db: &str, persistent: bool) -> (PgCluster, tokio_postgres::Client, RedisServer, tempfile::TempDir) {
-    let (pg, c) = cluster(db).await;
+    let (pg, c) = cluster_with(db, SHORT_WAL_SENDER_TIMEOUT).await;
     c.batch_execute(SCHEMA).await.unwrap();
     let redis = if persistent { RedisServer::start_persistent() } else { RedisServer::start() };
     (pg, c, redis, scratch())
@@ -369,7 +299,7 @@ async fn mixed_workload_every_mapping_equals_tables() {
     let cfg = redis_config(&pg, "mixed", "redis", &redis.url(), &pipelines(), dir.path());
     let mut d = Daemon::start(bin(), dir.path(), "mixed", &cfg);
     testkit::wait_for(Duration::from_secs(30), "slot", || async { confirmed_flush(&c, "redis").await > 0 }).await;
-    let mut w = Workload::new(42);
+    let mut w = Workload::new(PRODUCTS, 42);
     w.run(&c, 400).await;
     wait_confirmed(&c, "redis", &d, Duration::from_secs(40)).await;
     assert_redis_matches_tables(&c, &redis, &d).await;
@@ -410,7 +340,7 @@ impl Writer {
         let idle = Arc::new(AtomicBool::new(false));
         let (p, i) = (paused.clone(), idle.clone());
         let task = tokio::spawn(async move {
-            let mut w = Workload::new(seed);
+            let mut w = Workload::new(PRODUCTS, seed);
             let mut done = 0;
             while done < txns {
                 if p.load(Ordering::SeqCst) {
@@ -672,7 +602,7 @@ fn transactions(sql: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ecommerce_example_writes_carts() {
-    let (pg, admin) = cluster("shop").await;
+    let (pg, admin) = cluster_with("shop", SHORT_WAL_SENDER_TIMEOUT).await;
     // The example connects as `replicator` (trust authentication here, so
     // the default password is accepted); superuser so that it may create
     // the publication on tables it does not own.
@@ -729,7 +659,7 @@ async fn ecommerce_example_writes_carts() {
 /// `::jsonb::text`, which keeps every digit of a number.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partial_updates_keep_every_digit_in_json_documents() {
-    let (pg, c) = cluster("zoo").await;
+    let (pg, c) = cluster_with("zoo", SHORT_WAL_SENDER_TIMEOUT).await;
     c.batch_execute(
         "CREATE TABLE zoo (id int PRIMARY KEY, n25 numeric, n60 numeric, n400 numeric, half numeric, j jsonb, doc jsonb, note text);
          ALTER TABLE zoo ALTER COLUMN doc SET STORAGE EXTERNAL;",
@@ -836,7 +766,7 @@ async fn partial_updates_keep_every_digit_in_json_documents() {
 /// in a string document (`2.50` -> `2.5`) is reported and rewritten.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_reports_and_repair_removes_a_stray_hash_field() {
-    let (pg, c) = cluster("stray").await;
+    let (pg, c) = cluster_with("stray", SHORT_WAL_SENDER_TIMEOUT).await;
     c.batch_execute("CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL, price numeric, note text)").await.unwrap();
     let redis = RedisServer::start();
     let dir = scratch();
@@ -858,26 +788,8 @@ async fn verify_reports_and_repair_removes_a_stray_hash_field() {
         .await
         .unwrap();
     wait_confirmed(&c, "stray", &d, Duration::from_secs(30)).await;
-    let verify = |args: &[&str]| -> (i32, Json, String) {
-        static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let report = dir.path().join(format!("report-{}.json", RUNS.fetch_add(1, Ordering::Relaxed)));
-        let out = std::process::Command::new(bin())
-            .arg("verify")
-            .arg("-c")
-            .arg(&config)
-            .arg("--json")
-            .arg(&report)
-            .args(["--settle", "60s"])
-            .args(args)
-            .output()
-            .expect("run pgfanout verify");
-        let text = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        let json = std::fs::read_to_string(&report).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Json::Null);
-        (out.status.code().unwrap_or(-1), json, text)
-    };
-    let pipeline = |report: &Json, name: &str| -> Json {
-        report["pipelines"].as_array().and_then(|a| a.iter().find(|p| p["pipeline"] == name).cloned()).unwrap_or(Json::Null)
-    };
+    let verify = |args: &[&str]| run_verify(&config, "60s", args);
+    let pipeline = pipeline_report;
     let (code, _, out) = tokio::task::block_in_place(|| verify(&[]));
     assert_eq!(code, 0, "a correct deployment verifies clean:\n{out}");
 
@@ -960,7 +872,7 @@ async fn assert_moves_match(c: &tokio_postgres::Client, redis: &RedisServer, ste
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_changes_with_unchanged_toast_keep_whole_rows_and_replay_cleanly() {
     let db = "moves";
-    let (pg, c) = cluster(db).await;
+    let (pg, c) = cluster_with(db, SHORT_WAL_SENDER_TIMEOUT).await;
     c.batch_execute(
         "CREATE TABLE moves (id int PRIMARY KEY, name text NOT NULL, n numeric, half numeric, big text);
          ALTER TABLE moves ALTER COLUMN big SET STORAGE EXTERNAL;

@@ -14,6 +14,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use common::scylla::{select, select_one};
 use common::*;
 use pgfanout_scylla::driver::client::session::Session;
 use pgfanout_scylla::driver::client::session_builder::SessionBuilder;
@@ -66,75 +67,40 @@ fn config(pg: &PgCluster, db: &str, ks: &str, dir: &std::path::Path, node: &Cass
     daemon_config(pg, db, "scylla", &sinks, pipelines, &dir.join("dead.jsonl"))
 }
 
-struct Workload {
-    rng: Rng,
-    live: Vec<i32>,
-    next_id: i32,
-    seq: u64,
+/// Inserts (half with a TOASTed `big`), updates that leave `big` alone,
+/// updates of it, key changes, a delete and insert again of one key, and
+/// deletes; at least five rows before anything but inserts.
+const ITEMS: Mix = Mix { statement: items_statement, max_statements: 4 };
+
+fn big(w: &mut Workload) -> String {
+    w.big("big", "abcdefghijklmnopqrstuvwxyz0123456789", 80)
 }
 
-impl Workload {
-    fn new(seed: u64) -> Workload {
-        Workload { rng: Rng(seed | 1), live: Vec::new(), next_id: 1, seq: 0 }
-    }
-
-    fn big(&mut self) -> String {
-        self.seq += 1;
-        format!("'big-{}-{}'", self.seq, "abcdefghijklmnopqrstuvwxyz0123456789".repeat(80))
-    }
-
-    fn pick(&mut self) -> Option<i32> {
-        (!self.live.is_empty()).then(|| self.live[self.rng.below(self.live.len() as u64) as usize])
-    }
-
-    fn statement(&mut self) -> String {
-        let choice = if self.live.len() < 5 { 0 } else { self.rng.below(10) };
-        let live = self.pick();
-        match (choice, live) {
-            (0..=2, _) | (_, None) => {
-                let id = self.next_id;
-                self.next_id += 1;
-                self.live.push(id);
-                let big = if self.rng.below(2) == 0 { self.big() } else { "NULL".into() };
-                format!("INSERT INTO items VALUES ({id}, 'n{id}', {}, {big});", self.rng.below(100))
-            }
-            // Leaves `big` alone: its TOASTed value is not sent.
-            (3..=5, Some(id)) => format!("UPDATE items SET qty = {}, name = name || '+' WHERE id = {id};", self.rng.below(100)),
-            (6, Some(id)) => format!("UPDATE items SET big = {} WHERE id = {id};", self.big()),
-            (7, Some(id)) => {
-                let new = self.next_id;
-                self.next_id += 1;
-                self.live.retain(|x| *x != id);
-                self.live.push(new);
-                format!("UPDATE items SET id = {new} WHERE id = {id};")
-            }
-            (8, Some(id)) => {
-                // Delete and insert again in one transaction.
-                let big = self.big();
-                format!("DELETE FROM items WHERE id = {id}; INSERT INTO items VALUES ({id}, 'again{id}', 1, {big});")
-            }
-            (_, Some(id)) => {
-                self.live.retain(|x| *x != id);
-                format!("DELETE FROM items WHERE id = {id};")
-            }
+fn items_statement(w: &mut Workload) -> String {
+    let choice = if w.live() < 5 { 0 } else { w.rng.below(10) };
+    let live = w.pick();
+    match (choice, live) {
+        (0..=2, _) | (_, None) => {
+            let id = w.insert();
+            let big = if w.rng.below(2) == 0 { big(w) } else { "NULL".into() };
+            format!("INSERT INTO items VALUES ({id}, 'n{id}', {}, {big})", w.rng.below(100))
         }
-    }
-
-    fn transaction(&mut self) -> String {
-        let n = 1 + self.rng.below(4);
-        let body: String = (0..n).map(|_| self.statement()).collect::<Vec<_>>().join(" ");
-        format!("BEGIN; {body} COMMIT;")
-    }
-}
-
-async fn wait_confirmed(c: &tokio_postgres::Client, d: &Daemon, timeout: Duration) {
-    let end = insert_lsn(c).await;
-    let start = std::time::Instant::now();
-    while confirmed_flush(c, "scylla").await < end {
-        if start.elapsed() > timeout {
-            panic!("confirmed_flush_lsn did not reach {end:X} in {timeout:?}\n--- daemon log ---\n{}", d.log());
+        // Leaves `big` alone: its TOASTed value is not sent.
+        (3..=5, Some(id)) => format!("UPDATE items SET qty = {}, name = name || '+' WHERE id = {id}", w.rng.below(100)),
+        (6, Some(id)) => format!("UPDATE items SET big = {} WHERE id = {id}", big(w)),
+        (7, Some(id)) => {
+            let new = w.rekey(id);
+            format!("UPDATE items SET id = {new} WHERE id = {id}")
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        (8, Some(id)) => {
+            // Delete and insert again in one transaction.
+            let big = big(w);
+            format!("DELETE FROM items WHERE id = {id}; INSERT INTO items VALUES ({id}, 'again{id}', 1, {big})")
+        }
+        (_, Some(id)) => {
+            w.delete(id);
+            format!("DELETE FROM items WHERE id = {id}")
+        }
     }
 }
 
@@ -151,16 +117,7 @@ async fn assert_matches(c: &tokio_postgres::Client, ks: &str, d: &Daemon, node: 
         .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
         .collect();
     want.sort();
-    let mut got: Vec<ItemRow> = session
-        .query_unpaged(format!("SELECT id, name, qty, big FROM {ks}.items"), ())
-        .await
-        .unwrap()
-        .into_rows_result()
-        .unwrap()
-        .rows::<ItemRow>()
-        .unwrap()
-        .map(|r| r.unwrap())
-        .collect();
+    let mut got: Vec<ItemRow> = select::<ItemRow>(&session, format!("SELECT id, name, qty, big FROM {ks}.items")).await;
     got.sort();
     assert_eq!(got.len(), want.len(), "row count\n--- daemon log ---\n{}", d.log());
     assert!(got == want, "items differ: first difference {:?}", got.iter().zip(&want).find(|(a, b)| a != b));
@@ -171,16 +128,8 @@ async fn assert_matches(c: &tokio_postgres::Client, ks: &str, d: &Daemon, node: 
         history.entry(r.get(0)).or_default().push((r.get(1), r.get(2)));
     }
     let mut feed: BTreeMap<i32, Vec<(String, String, Option<i32>)>> = BTreeMap::new();
-    let rows = session
-        .query_unpaged(format!("SELECT item_id, position, op, qty FROM {ks}.item_feed"), ())
-        .await
-        .unwrap()
-        .into_rows_result()
-        .unwrap()
-        .rows::<(i32, String, String, Option<i32>)>()
-        .unwrap()
-        .map(|r| r.unwrap())
-        .collect::<Vec<_>>();
+    let rows =
+        select::<(i32, String, String, Option<i32>)>(&session, format!("SELECT item_id, position, op, qty FROM {ks}.item_feed")).await;
     for (id, pos, op, qty) in rows {
         feed.entry(id).or_default().push((pos, op, qty));
     }
@@ -208,23 +157,9 @@ async fn assert_matches(c: &tokio_postgres::Client, ks: &str, d: &Daemon, node: 
 async fn verify_finds_and_repairs(c: &tokio_postgres::Client, d: &Daemon, dir: &tempfile::TempDir, yaml: &str) {
     let path = dir.path().join("verify.yaml");
     std::fs::write(&path, yaml).unwrap();
-    let run = |args: &[&str]| {
-        let report = dir.path().join("verify.json");
-        let out = std::process::Command::new(bin())
-            .args(["verify", "-c"])
-            .arg(&path)
-            .arg("--json")
-            .arg(&report)
-            .args(["--settle", "30s"])
-            .args(args)
-            .output()
-            .unwrap();
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap_or_default()).unwrap_or_default();
-        (out.status.code(), json, text)
-    };
+    let run = |args: &[&str]| run_verify(&path, "30s", args);
     let (code, report, text) = tokio::task::block_in_place(|| run(&[]));
-    assert_eq!(code, Some(0), "{text}\n{}", d.log());
+    assert_eq!(code, 0, "{text}\n{}", d.log());
     let mirror = &report["pipelines"][0];
     assert_eq!(mirror["status"], "equal", "{text}");
     assert_eq!(report["pipelines"][1]["status"], "skipped", "append tables are logs: {text}");
@@ -233,8 +168,7 @@ async fn verify_finds_and_repairs(c: &tokio_postgres::Client, d: &Daemon, dir: &
     let session: Session = SessionBuilder::new().known_node(shared().await.contact_point()).build().await.unwrap();
     let mut wt = Vec::new();
     for id in [a, b] {
-        let rows = session.query_unpaged(format!("SELECT WRITETIME(name) FROM e2e_mixed.items WHERE id = {id}"), ()).await.unwrap();
-        wt.push(rows.into_rows_result().unwrap().single_row::<(i64,)>().unwrap().0);
+        wt.push(select_one::<(i64,)>(&session, format!("SELECT WRITETIME(name) FROM e2e_mixed.items WHERE id = {id}")).await.0);
     }
     for cql in [
         format!("DELETE FROM e2e_mixed.items USING TIMESTAMP {} WHERE id = {a}", wt[0]),
@@ -244,21 +178,19 @@ async fn verify_finds_and_repairs(c: &tokio_postgres::Client, d: &Daemon, dir: &
         session.query_unpaged(cql, ()).await.unwrap();
     }
     let (code, report, text) = tokio::task::block_in_place(|| run(&[]));
-    assert_eq!(code, Some(1), "{text}");
+    assert_eq!(code, 1, "{text}");
     let mirror = &report["pipelines"][0];
     assert_eq!(mirror["missing"], serde_json::json!([format!("e2e_mixed.items (id={a})")]), "{text}");
     assert_eq!(mirror["different"], serde_json::json!([{"id": format!("e2e_mixed.items (id={b})"), "fields": ["name"]}]), "{text}");
     assert_eq!(mirror["extra"], serde_json::json!(["e2e_mixed.items (id=999999)"]), "{text}");
     let (code, _, text) = tokio::task::block_in_place(|| run(&["--repair"]));
-    assert_eq!(code, Some(1), "{text}");
+    assert_eq!(code, 1, "{text}");
     let (code, _, text) = tokio::task::block_in_place(|| run(&[]));
-    assert_eq!(code, Some(0), "repaired: {text}");
+    assert_eq!(code, 0, "repaired: {text}");
 }
 
 async fn start(db: &str) -> (PgCluster, tokio_postgres::Client, tempfile::TempDir) {
-    let pg = tokio::task::spawn_blocking(|| PgCluster::start_with(&[("wal_sender_timeout", "4s")])).await.unwrap();
-    pg.create_database(db).await;
-    let c = pg.client(db).await;
+    let (pg, c) = cluster_with(db, SHORT_WAL_SENDER_TIMEOUT).await;
     c.batch_execute(SCHEMA).await.unwrap();
     (pg, c, scratch())
 }
@@ -271,7 +203,7 @@ async fn shared() -> &'static CassandraNode {
 async fn spawn_writer(pg: &PgCluster, db: &str, seed: u64, txns: usize) -> tokio::task::JoinHandle<()> {
     let writer_client = pg.client(db).await;
     tokio::spawn(async move {
-        let mut w = Workload::new(seed);
+        let mut w = Workload::new(ITEMS, seed);
         for _ in 0..txns {
             let sql = w.transaction();
             writer_client.batch_execute(&sql).await.unwrap_or_else(|e| panic!("{e}\n{sql}"));
@@ -285,12 +217,12 @@ async fn mixed_workload_tables_equal_source_and_history() {
     let (pg, c, dir) = start("mixed").await;
     let mut d = Daemon::start(bin(), dir.path(), "mixed", &config(&pg, "mixed", "e2e_mixed", dir.path(), shared().await));
     testkit::wait_for(Duration::from_secs(60), "slot", || async { confirmed_flush(&c, "scylla").await > 0 }).await;
-    let mut w = Workload::new(42);
+    let mut w = Workload::new(ITEMS, 42);
     for _ in 0..300 {
         let sql = w.transaction();
         c.batch_execute(&sql).await.unwrap_or_else(|e| panic!("{e}\n{sql}"));
     }
-    wait_confirmed(&c, &d, Duration::from_secs(60)).await;
+    wait_confirmed(&c, "scylla", &d, Duration::from_secs(60)).await;
     assert_matches(&c, "e2e_mixed", &d, shared().await).await;
     assert!(d.is_running());
     verify_finds_and_repairs(&c, &d, &dir, &config(&pg, "mixed", "e2e_mixed", dir.path(), shared().await)).await;
@@ -314,7 +246,7 @@ async fn sigkill_mid_workload_converges_without_duplicates() {
         d.spawn(bin());
     }
     writer.await.unwrap();
-    wait_confirmed(&c, &d, Duration::from_secs(90)).await;
+    wait_confirmed(&c, "scylla", &d, Duration::from_secs(90)).await;
     assert_matches(&c, "e2e_kill", &d, shared().await).await;
     assert!(d.is_running());
 }
@@ -336,7 +268,7 @@ async fn cassandra_restart_mid_workload_loses_nothing() {
     assert_eq!(confirmed_flush(&c, "scylla").await, held, "confirmed past a write Cassandra could not take");
     tokio::task::spawn_blocking(move || node.start_server()).await.unwrap();
     writer.await.unwrap();
-    wait_confirmed(&c, &d, Duration::from_secs(120)).await;
+    wait_confirmed(&c, "scylla", &d, Duration::from_secs(120)).await;
     assert_matches(&c, "e2e_restart", &d, node).await;
     assert!(d.is_running());
     node.stop();
@@ -346,8 +278,7 @@ async fn cassandra_restart_mid_workload_loses_nothing() {
 /// schema and changes: a user's latest events, newest first (the README query).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ecommerce_example_feed() {
-    let pg = tokio::task::spawn_blocking(PgCluster::start).await.unwrap();
-    let c = ecommerce_database(&pg, "shop").await;
+    let (pg, c) = ecommerce_cluster("shop").await;
     let node = shared().await;
     let session: Session = SessionBuilder::new().known_node(node.contact_point()).build().await.unwrap();
     for cql in [
@@ -368,16 +299,11 @@ async fn ecommerce_example_feed() {
     let end = insert_lsn(&c).await;
     testkit::wait_for(Duration::from_secs(60), "confirmed", || async { confirmed_flush(&c, "pgfanout").await >= end }).await;
     // The README's query: user 1's latest 10 events, newest first.
-    let rows: Vec<(String, String, String)> = session
-        .query_unpaged("SELECT action, position, details FROM shop_example.activity_feed WHERE user_id = 1 LIMIT 10", ())
-        .await
-        .unwrap()
-        .into_rows_result()
-        .unwrap()
-        .rows::<(String, String, String)>()
-        .unwrap()
-        .map(|r| r.unwrap())
-        .collect();
+    let rows: Vec<(String, String, String)> = select::<(String, String, String)>(
+        &session,
+        "SELECT action, position, details FROM shop_example.activity_feed WHERE user_id = 1 LIMIT 10".to_string(),
+    )
+    .await;
     let got: Vec<(&str, serde_json::Value)> = rows
         .iter()
         .map(|(a, _, d)| {
@@ -561,18 +487,9 @@ async fn edge_values_are_exact_or_dead_lettered_alone() {
     wait_lines(&dead_path, 9, Duration::from_secs(60), &d);
     // The sink and the slot keep moving: a later row arrives and is confirmed.
     c.batch_execute("INSERT INTO zoo (id, d) VALUES (200, '2026-12-01')").await.unwrap();
-    wait_confirmed(&c, &d, Duration::from_secs(60)).await;
+    wait_confirmed(&c, "scylla", &d, Duration::from_secs(60)).await;
     let session: Session = SessionBuilder::new().known_node(node.contact_point()).build().await.unwrap();
-    let rows: Vec<CqlRow> = session
-        .query_unpaged(format!("SELECT {ZOO_COLUMNS} FROM e2e_zoo.zoo"), ())
-        .await
-        .unwrap()
-        .into_rows_result()
-        .unwrap()
-        .rows::<CqlRow>()
-        .unwrap()
-        .map(|r| r.unwrap())
-        .collect();
+    let rows: Vec<CqlRow> = select::<CqlRow>(&session, format!("SELECT {ZOO_COLUMNS} FROM e2e_zoo.zoo")).await;
     let mut stored: BTreeMap<i32, Vec<Option<CqlValue>>> = BTreeMap::new();
     for r in rows {
         let Some(CqlValue::Int(id)) = r.columns[0] else { panic!("{r:?}") };

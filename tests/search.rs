@@ -6,17 +6,14 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value as Json;
 use testkit::OpenSearchNode;
 
-async fn cluster(db: &str) -> (PgCluster, tokio_postgres::Client) {
-    let pg = tokio::task::spawn_blocking(|| PgCluster::start_with(&[("wal_sender_timeout", "10s")])).await.unwrap();
-    pg.create_database(db).await;
-    let c = pg.client(db).await;
+async fn products_cluster(db: &str) -> (PgCluster, tokio_postgres::Client) {
+    let (pg, c) = cluster(db).await;
     c.batch_execute(
         "CREATE TABLE products (id int PRIMARY KEY, name text NOT NULL, price numeric(10,2), code text,
                                 tags text[], meta jsonb, description text);
@@ -42,61 +39,35 @@ fn config(pg: &PgCluster, db: &str, url: &str, index: &str, extra: &str, dir: &s
 /// A random mixed workload on `products`: inserts (some with a TOASTed
 /// description), updates that leave the description unchanged, updates of
 /// it, key changes, deletes.
-struct Workload {
-    rng: Rng,
-    live: Vec<i32>,
-    next_id: i32,
-    seq: u64,
+const PRODUCTS: Mix = Mix { statement: products_statement, max_statements: 3 };
+
+fn description(w: &mut Workload) -> String {
+    w.big("long description", "lorem ipsum dolor sit amet ", 120)
 }
 
-impl Workload {
-    fn new(seed: u64) -> Workload {
-        Workload { rng: Rng(seed | 1), live: Vec::new(), next_id: 1, seq: 0 }
-    }
-
-    fn big(&mut self) -> String {
-        self.seq += 1;
-        format!("'long description {} {}'", self.seq, "lorem ipsum dolor sit amet ".repeat(120))
-    }
-
-    fn statement(&mut self) -> String {
-        let pick = (!self.live.is_empty()).then(|| self.live[self.rng.below(self.live.len() as u64) as usize]);
-        match (self.rng.below(10), pick) {
-            (0..=2, _) | (_, None) => {
-                let id = self.next_id;
-                self.next_id += 1;
-                self.live.push(id);
-                let d = if self.rng.below(3) == 0 { "'short'".to_string() } else { self.big() };
-                format!(
-                    "INSERT INTO products VALUES ({id}, 'product {id}', {}.{:02}, '{}', ARRAY['a','b{id}'], '{{\"n\": {id}}}', {d})",
-                    self.rng.below(900),
-                    self.rng.below(100),
-                    self.rng.below(1000)
-                )
-            }
-            // The description is TOASTed and unchanged: a partial change.
-            (3..=5, Some(id)) => format!("UPDATE products SET price = price + 1, name = name || '+' WHERE id = {id}"),
-            (6, Some(id)) => format!("UPDATE products SET description = {} WHERE id = {id}", self.big()),
-            (7, Some(id)) => {
-                let new = self.next_id;
-                self.next_id += 1;
-                self.live.retain(|&x| x != id);
-                self.live.push(new);
-                format!("UPDATE products SET id = {new} WHERE id = {id}")
-            }
-            (_, Some(id)) => {
-                self.live.retain(|&x| x != id);
-                format!("DELETE FROM products WHERE id = {id}")
-            }
+fn products_statement(w: &mut Workload) -> String {
+    let pick = w.pick();
+    match (w.rng.below(10), pick) {
+        (0..=2, _) | (_, None) => {
+            let id = w.insert();
+            let d = if w.rng.below(3) == 0 { "'short'".to_string() } else { description(w) };
+            format!(
+                "INSERT INTO products VALUES ({id}, 'product {id}', {}.{:02}, '{}', ARRAY['a','b{id}'], '{{\"n\": {id}}}', {d})",
+                w.rng.below(900),
+                w.rng.below(100),
+                w.rng.below(1000)
+            )
         }
-    }
-
-    async fn run(&mut self, c: &tokio_postgres::Client, txns: usize) {
-        for _ in 0..txns {
-            let n = 1 + self.rng.below(3);
-            let body: Vec<String> = (0..n).map(|_| self.statement()).collect();
-            let sql = format!("BEGIN; {}; COMMIT;", body.join("; "));
-            c.batch_execute(&sql).await.unwrap_or_else(|e| panic!("workload: {e}\n{sql}"));
+        // The description is TOASTed and unchanged: a partial change.
+        (3..=5, Some(id)) => format!("UPDATE products SET price = price + 1, name = name || '+' WHERE id = {id}"),
+        (6, Some(id)) => format!("UPDATE products SET description = {} WHERE id = {id}", description(w)),
+        (7, Some(id)) => {
+            let new = w.rekey(id);
+            format!("UPDATE products SET id = {new} WHERE id = {id}")
+        }
+        (_, Some(id)) => {
+            w.delete(id);
+            format!("DELETE FROM products WHERE id = {id}")
         }
     }
 }
@@ -114,62 +85,17 @@ fn assert_nothing_dead_lettered(dir: &std::path::Path, db: &str, d: &Daemon) {
     );
 }
 
-/// Waits until the daemon created its slot (it connected to every sink).
-async fn wait_slot(c: &tokio_postgres::Client, slot: &str, d: &Daemon) {
-    let start = Instant::now();
-    while confirmed_flush(c, slot).await == 0 {
-        assert!(start.elapsed() < Duration::from_secs(60), "no slot after 60 s\n--- daemon log ---\n{}", d.log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 fn http() -> reqwest::Client {
     reqwest::Client::new()
-}
-
-/// Every document of `index`: id -> source.
-async fn documents(url: &str, index: &str) -> BTreeMap<String, Json> {
-    let h = http();
-    h.post(format!("{url}/{index}/_refresh")).send().await.unwrap();
-    let body: Json = h
-        .post(format!("{url}/{index}/_search"))
-        .json(&serde_json::json!({"size": 10000, "query": {"match_all": {}}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    body["hits"]["hits"]
-        .as_array()
-        .unwrap_or_else(|| panic!("search of {index} failed: {body}"))
-        .iter()
-        .map(|h| (h["_id"].as_str().unwrap().to_string(), h["_source"].clone()))
-        .collect()
-}
-
-/// id -> to_jsonb(row) for every row of `products`.
-async fn rows(c: &tokio_postgres::Client) -> BTreeMap<String, Json> {
-    c.query("SELECT id::text, to_jsonb(p)::text FROM products p", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get::<_, String>(0), serde_json::from_str(&r.get::<_, String>(1)).unwrap()))
-        .collect()
 }
 
 /// Waits until the slot confirmed everything written so far (then the index
 /// has it, by the ack rule) and compares the index with the table, document
 /// by document and field by field.
 async fn assert_index_equals_table(c: &tokio_postgres::Client, slot: &str, url: &str, index: &str, d: &Daemon) {
-    let end = insert_lsn(c).await;
-    let start = Instant::now();
-    while confirmed_flush(c, slot).await < end {
-        assert!(start.elapsed() < Duration::from_secs(300), "confirmed_flush_lsn did not reach {end:X}\n{}", d.log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_confirmed(c, slot, d, Duration::from_secs(300)).await;
     let docs = documents(url, index).await;
-    let want = rows(c).await;
+    let want = rows_by_id(c, "products").await;
     let missing: Vec<&String> = want.keys().filter(|k| !docs.contains_key(*k)).collect();
     let extra: Vec<&String> = docs.keys().filter(|k| !want.contains_key(*k)).collect();
     assert!(missing.is_empty() && extra.is_empty(), "missing {missing:?}, extra {extra:?}\n{}", d.log());
@@ -182,12 +108,12 @@ async fn assert_index_equals_table(c: &tokio_postgres::Client, slot: &str, url: 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_workload_with_key_changes_and_toast_equals_the_table() {
     let db = "mixed";
-    let (pg, c) = cluster(db).await;
+    let (pg, c) = products_cluster(db).await;
     let url = node().url();
     let dir = scratch();
     let d = Daemon::start(bin(), dir.path(), db, &config(&pg, db, &url, "mixed-products", "", dir.path()));
     wait_slot(&c, db, &d).await;
-    let mut w = Workload::new(0x5eed_0001);
+    let mut w = Workload::new(PRODUCTS, 0x5eed_0001);
     w.run(&c, 400).await;
     assert_index_equals_table(&c, db, &url, "mixed-products", &d).await;
     let toasted: i64 = c.query_one("SELECT count(*) FROM products WHERE length(description) > 2000", &[]).await.unwrap().get(0);
@@ -201,7 +127,7 @@ async fn mixed_workload_with_key_changes_and_toast_equals_the_table() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_workload_into_elasticsearch_equals_the_table() {
     let db = "elastic";
-    let (pg, c) = cluster(db).await;
+    let (pg, c) = products_cluster(db).await;
     let url = tokio::task::spawn_blocking(|| testkit::ElasticsearchNode::shared().url()).await.unwrap();
     let dir = scratch();
     let yaml = config(&pg, db, &url, "elastic-products", "", dir.path())
@@ -209,7 +135,7 @@ async fn mixed_workload_into_elasticsearch_equals_the_table() {
         .replace("    opensearch: {", "    elasticsearch: {");
     let d = Daemon::start(bin(), dir.path(), db, &yaml);
     wait_slot(&c, db, &d).await;
-    let mut w = Workload::new(0x5eed_0e1a);
+    let mut w = Workload::new(PRODUCTS, 0x5eed_0e1a);
     w.run(&c, 300).await;
     assert_index_equals_table(&c, db, &url, "elastic-products", &d).await;
     assert_nothing_dead_lettered(dir.path(), db, &d);
@@ -222,7 +148,7 @@ async fn mixed_workload_into_elasticsearch_equals_the_table() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_and_a_node_outage_lose_nothing() {
     let db = "faults";
-    let (pg, c) = cluster(db).await;
+    let (pg, c) = products_cluster(db).await;
     // A node of this test's own, so stopping it does not disturb others.
     let node = tokio::task::spawn_blocking(OpenSearchNode::start).await.unwrap();
     let url = node.url();
@@ -230,7 +156,7 @@ async fn sigkill_and_a_node_outage_lose_nothing() {
     let mut d = Daemon::start(bin(), dir.path(), db, &config(&pg, db, &url, "faults-products", "", dir.path()));
     wait_slot(&c, db, &d).await;
     let (stop, sampler) = sample_confirmed_flush(pg.client(db).await, db, Duration::from_millis(50));
-    let mut w = Workload::new(0x5eed_0002);
+    let mut w = Workload::new(PRODUCTS, 0x5eed_0002);
     w.run(&c, 150).await;
     d.kill9();
     w.run(&c, 50).await;
@@ -261,7 +187,7 @@ async fn sigkill_and_a_node_outage_lose_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_document_the_mapping_rejects_is_dead_lettered_and_later_changes_arrive() {
     let db = "reject";
-    let (pg, c) = cluster(db).await;
+    let (pg, c) = products_cluster(db).await;
     let url = node().url();
     let dir = scratch();
     let extra = ", mappings: { properties: { code: { type: integer } } }";
@@ -295,8 +221,7 @@ async fn a_document_the_mapping_rejects_is_dead_lettered_and_later_changes_arriv
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ecommerce_example_indexes_the_catalog() {
-    let pg = tokio::task::spawn_blocking(PgCluster::start).await.unwrap();
-    let c = ecommerce_database(&pg, "shop").await;
+    let (pg, c) = ecommerce_cluster("shop").await;
     let url = node().url();
     let dir = scratch();
     let cfg = ecommerce_subset(&pg, &[("search", serde_json::json!({"urls": [url]}))], dir.path());
@@ -322,15 +247,7 @@ async fn ecommerce_example_indexes_the_catalog() {
     assert_eq!(docs.len() as i64, n, "{}", d.log());
     assert!(docs.values().all(|p| p.get("cost_price").is_none()), "cost_price is dropped");
     // The README's catalog search.
-    let hits: Json = http()
-        .post(format!("{url}/products/_search"))
-        .json(&serde_json::json!({"query": {"match": {"description": "mechanical"}}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let hits = search(&url, "products", serde_json::json!({"query": {"match": {"description": "mechanical"}}})).await;
     let titles: Vec<&str> = hits["hits"]["hits"].as_array().unwrap().iter().filter_map(|h| h["_source"]["title"].as_str()).collect();
     assert_eq!(titles, vec!["Keyboard"], "the README's catalog search: {hits}");
     // numeric(10,2) keeps its scale: 84.90, not 84.9.
@@ -344,7 +261,7 @@ async fn ecommerce_example_indexes_the_catalog() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tiny_write_queue_gives_429s_and_every_document_still_arrives() {
     let db = "pressure";
-    let (pg, c) = cluster(db).await;
+    let (pg, c) = products_cluster(db).await;
     let node = tokio::task::spawn_blocking(|| {
         OpenSearchNode::start_with(&[("thread_pool.write.size", "1"), ("thread_pool.write.queue_size", "1")])
     })
@@ -364,10 +281,10 @@ async fn a_tiny_write_queue_gives_429s_and_every_document_still_arrives() {
     assert!(cfg.contains("batch_size: 16"), "{cfg}");
     let d = Daemon::start(bin(), dir.path(), db, &cfg);
     wait_slot(&c, db, &d).await;
-    let mut w = Workload::new(0x5eed_0004);
+    let mut w = Workload::new(PRODUCTS, 0x5eed_0004);
     // Big transactions so each batch carries many documents.
     for _ in 0..20 {
-        let sql: String = (0..40).map(|_| format!("{};", w.statement())).collect();
+        let sql: String = (0..40).map(|_| format!("{};", products_statement(&mut w))).collect();
         c.batch_execute(&format!("BEGIN; {sql} COMMIT;")).await.unwrap();
     }
     assert_index_equals_table(&c, db, &url, "pressure-products", &d).await;
@@ -417,7 +334,7 @@ async fn add_exact_columns(c: &tokio_postgres::Client) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_numerics_toast_key_changes_and_two_sigkills_end_exact() {
     let db = "exact";
-    let (pg, c) = cluster(db).await;
+    let (pg, c) = products_cluster(db).await;
     add_exact_columns(&c).await;
     let url = node().url();
     let dir = scratch();
@@ -429,7 +346,7 @@ async fn long_numerics_toast_key_changes_and_two_sigkills_end_exact() {
     );
     let mut d = Daemon::start(bin(), dir.path(), db, &yaml);
     wait_slot(&c, db, &d).await;
-    let mut w = Workload::new(0x5eed_0030);
+    let mut w = Workload::new(PRODUCTS, 0x5eed_0030);
     w.run(&c, 120).await;
     // A value the dynamic index cannot hold, then more changes.
     c.batch_execute("INSERT INTO products (id, name, exact) VALUES (900000, 'huge', 1e400)").await.unwrap();
@@ -475,7 +392,7 @@ async fn long_numerics_toast_key_changes_and_two_sigkills_end_exact() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replayed_history_dead_letters_nothing() {
     let db = "replay";
-    let (pg, c) = cluster(db).await;
+    let (pg, c) = products_cluster(db).await;
     let url = node().url();
     let dir = scratch();
     // Delete tombstones kept for 10 minutes (60 s by default): a slow
@@ -486,7 +403,7 @@ async fn a_replayed_history_dead_letters_nothing() {
     c.batch_execute("SELECT pg_create_logical_replication_slot('again', 'pgoutput')").await.unwrap();
     let d = Daemon::start(bin(), dir.path(), db, &yaml);
     wait_slot(&c, db, &d).await;
-    let mut w = Workload::new(0x5eed_0031);
+    let mut w = Workload::new(PRODUCTS, 0x5eed_0031);
     w.run(&c, 300).await;
     assert_index_equals_table(&c, db, &url, "replay-products", &d).await;
     let settings = http().get(format!("{url}/replay-products/_settings")).send().await.unwrap().text().await.unwrap();

@@ -7,13 +7,6 @@ use std::time::Duration;
 
 use common::*;
 
-async fn cluster(db: &str) -> (PgCluster, tokio_postgres::Client) {
-    let pg = tokio::task::spawn_blocking(|| PgCluster::start_with(&[("wal_sender_timeout", "10s")])).await.unwrap();
-    pg.create_database(db).await;
-    let c = pg.client(db).await;
-    (pg, c)
-}
-
 fn snapshot_config(pg: &PgCluster, db: &str, slot: &str, tables: &[&str], out: &std::path::Path) -> String {
     file_config(pg, db, slot, tables, out).replace("snapshot: never", "snapshot: initial")
 }
@@ -35,15 +28,7 @@ async fn churn(c: &tokio_postgres::Client, rounds: usize) {
 }
 
 async fn assert_tables_equal(c: &tokio_postgres::Client, out: &std::path::Path, tables: &[&str]) {
-    let recs = records(out);
-    for t in tables {
-        let ours = live(final_state(&recs, t));
-        let theirs = live(table_state(c, t).await);
-        assert_eq!(ours.len(), theirs.len(), "{t}: row count");
-        for (k, v) in &theirs {
-            assert_eq!(ours.get(k), Some(v), "{t}: row {k}");
-        }
-    }
+    assert_replay_equals_tables(c, &records(out), tables).await;
 }
 
 /// Every key's records in `out` follow commit order: a key's `commit_lsn`
@@ -86,19 +71,27 @@ async fn create_tables(c: &tokio_postgres::Client) {
     .unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn snapshot_then_stream_ends_equal_to_the_tables() {
-    let (pg, c) = cluster("snap").await;
+/// A cluster with [`create_tables`] in `db` and a daemon taking the
+/// initial snapshot of them into `<db>.jsonl`, once the output has more
+/// than `lines` lines.
+async fn snapshot_under_way(db: &str, lines: usize) -> (PgCluster, tokio_postgres::Client, tempfile::TempDir, std::path::PathBuf, Daemon) {
+    let (pg, c) = cluster(db).await;
     create_tables(&c).await;
     let dir = scratch();
-    let out = out_path(dir.path(), "snap");
-    let d = Daemon::start(bin(), dir.path(), "snap", &snapshot_config(&pg, "snap", "snap", &["public.*"], &out));
-    // Writes during the snapshot.
-    testkit::wait_for(Duration::from_secs(60), "snapshot to start", || {
+    let out = out_path(dir.path(), db);
+    let d = Daemon::start(bin(), dir.path(), db, &snapshot_config(&pg, db, db, &["public.*"], &out));
+    testkit::wait_for(Duration::from_secs(60), "snapshot under way", || {
         let n = line_count(&out);
-        async move { n > 1000 }
+        async move { n > lines }
     })
     .await;
+    (pg, c, dir, out, d)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_then_stream_ends_equal_to_the_tables() {
+    // Writes during the snapshot.
+    let (_pg, c, dir, out, d) = snapshot_under_way("snap", 1000).await;
     churn(&c, 300).await;
     let n: i64 =
         c.query_one("SELECT (SELECT count(*) FROM t1) + (SELECT count(*) FROM t2) + (SELECT count(*) FROM t3)", &[]).await.unwrap().get(0);
@@ -118,16 +111,7 @@ async fn snapshot_then_stream_ends_equal_to_the_tables() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_during_snapshot_restarts_it_cleanly() {
-    let (pg, c) = cluster("crash").await;
-    create_tables(&c).await;
-    let dir = scratch();
-    let out = out_path(dir.path(), "crash");
-    let mut d = Daemon::start(bin(), dir.path(), "crash", &snapshot_config(&pg, "crash", "crash", &["public.*"], &out));
-    testkit::wait_for(Duration::from_secs(60), "snapshot under way", || {
-        let n = line_count(&out);
-        async move { n > 50_000 }
-    })
-    .await;
+    let (_pg, c, _dir, out, mut d) = snapshot_under_way("crash", 50_000).await;
     d.kill9();
     assert!(!d.log().contains("snapshot complete"), "the kill must land inside the copy");
     churn(&c, 100).await;
@@ -192,16 +176,7 @@ async fn a_table_added_later_is_snapshotted_alone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_connection_lost_mid_copy_is_retried() {
-    let (pg, c) = cluster("lost").await;
-    create_tables(&c).await;
-    let dir = scratch();
-    let out = out_path(dir.path(), "lost");
-    let mut d = Daemon::start(bin(), dir.path(), "lost", &snapshot_config(&pg, "lost", "lost", &["public.*"], &out));
-    testkit::wait_for(Duration::from_secs(60), "snapshot under way", || {
-        let n = line_count(&out);
-        async move { n > 20_000 }
-    })
-    .await;
+    let (_pg, c, _dir, out, mut d) = snapshot_under_way("lost", 20_000).await;
     let killed: i64 = c
         .query_one(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE query ILIKE 'COPY %' AND pid <> pg_backend_pid()",

@@ -8,16 +8,9 @@ use std::time::Duration;
 use common::*;
 use serde_json::json;
 
-async fn start_cluster(db: &str) -> (PgCluster, tokio_postgres::Client) {
-    let pg = tokio::task::spawn_blocking(|| PgCluster::start_with(&[("wal_sender_timeout", "4s")])).await.unwrap();
-    pg.create_database(db).await;
-    let c = pg.client(db).await;
-    (pg, c)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_every_op_type() {
-    let (pg, c) = start_cluster("ops").await;
+    let (pg, c) = cluster_with("ops", SHORT_WAL_SENDER_TIMEOUT).await;
     c.batch_execute(
         "CREATE TABLE items (id int PRIMARY KEY, name text, qty int, big text);
          ALTER TABLE items ALTER COLUMN big SET STORAGE EXTERNAL;
@@ -111,7 +104,7 @@ async fn streams_every_op_type() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn values_match_to_jsonb_end_to_end() {
-    let (pg, c) = start_cluster("vals").await;
+    let (pg, c) = cluster_with("vals", SHORT_WAL_SENDER_TIMEOUT).await;
     c.batch_execute(
         "CREATE TYPE mood AS ENUM ('sad', 'happy');
          CREATE TABLE vals (id int PRIMARY KEY, n numeric, f float8, r real, b bool, t timestamptz, ts timestamp, d date,
@@ -177,7 +170,7 @@ fn http_request(port: u16, method: &str, path: &str) -> (u16, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_health_endpoints() {
-    let (pg, c) = start_cluster("metrics").await;
+    let (pg, c) = cluster_with("metrics", SHORT_WAL_SENDER_TIMEOUT).await;
     c.batch_execute("CREATE TABLE m (id int PRIMARY KEY, v text)").await.unwrap();
     let dir = scratch();
     let out = out_path(dir.path(), "m");

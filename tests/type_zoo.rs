@@ -18,12 +18,10 @@ mod common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::kafka::read_topics as read_records;
 use common::*;
-use pgfanout_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
-use pgfanout_kafka::rdkafka::message::Message;
-use pgfanout_kafka::rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::Value as Json;
 use testkit::{KafkaBroker, OpenSearchNode, RedisServer};
 
@@ -80,16 +78,6 @@ fn config(pg: &PgCluster, db: &str, redis: &str, search: &str, kafka: &str, out:
         \x20 - { name: native, from: public.zoo, to: events, kafka: { topic: zoo-native, format: native } }\n\
         \x20 - { name: debezium, from: public.zoo, to: events, kafka: { topic: zoo-debezium, key: \"{id}\", format: debezium } }";
     daemon_config(pg, db, db, &sinks, pipelines, &dir.join(format!("{db}.dead.jsonl"))).replace("snapshot: never", "snapshot: initial")
-}
-
-/// `id -> to_jsonb(row)` of every row.
-async fn rows(c: &tokio_postgres::Client) -> BTreeMap<String, Json> {
-    c.query("SELECT id::text, to_jsonb(z)::text FROM zoo z", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get::<_, String>(0), serde_json::from_str(&r.get::<_, String>(1)).unwrap()))
-        .collect()
 }
 
 /// Replays change records (pgfanout's record: `op`, `key`, `before`,
@@ -176,43 +164,17 @@ fn assert_same_rows(what: &str, got: &HashMap<String, Json>, want: &BTreeMap<Str
 /// Every value of a topic's partitions, in partition order (one partition
 /// per key keeps each key's order).
 fn read_topic(bootstrap: &str, topic: &str, min: usize, timeout: Duration) -> Vec<(Option<String>, Json)> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("zoo-{}-{topic}", std::process::id()))
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    let start = Instant::now();
-    let partitions = loop {
-        let n = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(5))
-            .ok()
-            .and_then(|md| md.topics().iter().find(|t| t.name() == topic && t.error().is_none()).map(|t| t.partitions().len()))
-            .unwrap_or(0);
-        if n > 0 {
-            break n;
-        }
-        assert!(start.elapsed() < timeout, "topic {topic} never appeared");
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions as i32 {
-        tpl.add_partition_offset(topic, p, Offset::Beginning).expect("partition");
-    }
-    consumer.assign(&tpl).expect("assign");
-    let mut by_partition: BTreeMap<i32, Vec<(Option<String>, Json)>> = BTreeMap::new();
     let mut n = 0;
-    let mut quiet = Instant::now();
-    while start.elapsed() < timeout && !(n >= min && quiet.elapsed() > Duration::from_secs(2)) {
-        let Some(msg) = consumer.poll(Duration::from_millis(100)) else { continue };
-        let msg = msg.expect("consume");
-        quiet = Instant::now();
+    let records = read_records(bootstrap, &[topic], timeout, Duration::from_secs(2), |_| {
         n += 1;
-        let key = msg.key().map(|k| String::from_utf8_lossy(k).into_owned());
-        let value = msg.payload().map(|p| serde_json::from_slice(p).expect("JSON value")).unwrap_or(Json::Null);
-        by_partition.entry(msg.partition()).or_default().push((key, value));
+        n >= min
+    });
+    assert!(records.len() >= min, "{topic}: {} records, expected at least {min}", records.len());
+    let mut by_partition: BTreeMap<i32, Vec<(Option<String>, Json)>> = BTreeMap::new();
+    for r in records {
+        let value = r.value.as_deref().map(|p| serde_json::from_slice(p).expect("JSON value")).unwrap_or(Json::Null);
+        by_partition.entry(r.partition).or_default().push((r.key_text(), value));
     }
-    assert!(n >= min, "{topic}: {n} records, expected at least {min}");
     by_partition.into_values().flatten().collect()
 }
 
@@ -224,9 +186,7 @@ fn run_cli(args: &[&str], config: &std::path::Path) -> (i32, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_type_zoo_reaches_every_store_exactly_on_every_path() {
     let db = "zoo";
-    let pg = tokio::task::spawn_blocking(|| PgCluster::start_with(&[("wal_sender_timeout", "10s"), ("timezone", "UTC")])).await.unwrap();
-    pg.create_database(db).await;
-    let c = pg.client(db).await;
+    let (pg, c) = cluster_with(db, &[("wal_sender_timeout", "10s"), ("timezone", "UTC")]).await;
     c.batch_execute(SCHEMA).await.unwrap();
     // Rows before the first start: the initial snapshot.
     c.batch_execute("INSERT INTO zoo SELECT * FROM zoo_rows(1, 40, 1)").await.unwrap();
@@ -267,29 +227,14 @@ async fn the_type_zoo_reaches_every_store_exactly_on_every_path() {
         async move { confirmed_flush(c, db).await >= end }
     })
     .await;
-    let want = rows(&c).await;
+    let want = rows_by_id(&c, "zoo").await;
     assert!(want.len() > 70, "{}", want.len());
     let toasted: i64 = c.query_one("SELECT count(*) FROM zoo WHERE pg_column_size(big) > 2000", &[]).await.unwrap().get(0);
     assert!(toasted == want.len() as i64, "every row's big column must be TOASTed: {toasted}");
 
     // The search index.
     let h = reqwest::Client::new();
-    h.post(format!("{search}/zoo/_refresh")).send().await.unwrap();
-    let body: Json = h
-        .post(format!("{search}/zoo/_search"))
-        .json(&serde_json::json!({"size": 10000, "query": {"match_all": {}}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let docs: HashMap<String, Json> = body["hits"]["hits"]
-        .as_array()
-        .unwrap_or_else(|| panic!("search failed: {body}"))
-        .iter()
-        .map(|h| (h["_id"].as_str().unwrap().to_string(), h["_source"].clone()))
-        .collect();
+    let docs: HashMap<String, Json> = documents(&search, "zoo").await.into_iter().collect();
     assert_same_rows("opensearch", &docs, &want);
 
     // Redis, string mapping: one JSON document per row, no key left behind.

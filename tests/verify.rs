@@ -38,9 +38,7 @@ struct Setup {
 
 impl Setup {
     async fn start(db: &str) -> Setup {
-        let pg = tokio::task::spawn_blocking(PgCluster::start).await.unwrap();
-        pg.create_database(db).await;
-        let c = pg.client(db).await;
+        let (pg, c) = cluster_with(db, &[]).await;
         c.batch_execute(SCHEMA).await.unwrap();
         let redis = tokio::task::spawn_blocking(RedisServer::start).await.unwrap();
         let index = format!("verify-{db}");
@@ -108,22 +106,7 @@ impl Setup {
 
     /// Runs `pgfanout verify` with `args`; (exit code, JSON report, stdout).
     fn verify(&self, args: &[&str]) -> (i32, Json, String) {
-        static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let report = self.dir.path().join(format!("report-{}.json", RUNS.fetch_add(1, Ordering::Relaxed)));
-        let out = Command::new(bin())
-            .arg("verify")
-            .arg("-c")
-            .arg(&self.config)
-            .arg("--json")
-            .arg(&report)
-            .args(["--settle", "60s"])
-            .args(args)
-            .output()
-            .expect("run pgfanout verify");
-        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-        let json = std::fs::read_to_string(&report).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Json::Null);
-        (out.status.code().unwrap_or(-1), json, format!("{stdout}\n{stderr}"))
+        run_verify(&self.config, "60s", args)
     }
 
     async fn os(&self, method: reqwest::Method, path: &str, body: Option<Json>) -> Json {

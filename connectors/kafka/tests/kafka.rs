@@ -11,93 +11,36 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pgfanout_kafka::{KafkaMapping, KafkaSink, KafkaSinkConfig};
+use pgfanout_sdk::testing::{number as int, records, row_of, At, Table};
 use pgfanout_sdk::{Change, Lsn, Op, Row, Sink, SinkError, SinkRecord, Value};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use testkit::KafkaBroker;
 
-/// One message as read back.
-#[derive(Debug, Clone)]
-struct Read {
-    partition: i32,
-    key: Option<Vec<u8>>,
-    value: Option<Vec<u8>>,
-    headers: HashMap<String, Option<String>>,
-}
+#[path = "../../../tests/common/kafka.rs"]
+mod topic;
 
-impl Read {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.as_deref())
-    }
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(self.value.as_deref().expect("a value")).expect("value is JSON")
-    }
-}
+use topic::Record as Read;
 
 /// Reads every message of `topic` from the beginning until `expected` have
-/// arrived (then a little longer, to catch extra ones) or 30 s passed.
+/// arrived (then until none came for 500 ms, to catch extra ones) or 30 s
+/// passed.
 fn read_topic(broker: &KafkaBroker, topic: &str, expected: usize) -> Vec<Read> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .set("group.id", format!("test-{topic}"))
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
-    let partitions = md.topics().iter().find(|t| t.name() == topic).map(|t| t.partitions().len()).unwrap_or(0);
-    assert!(partitions > 0, "topic {topic} has no partitions");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions as i32 {
-        tpl.add_partition_offset(topic, p, Offset::Beginning).expect("add partition");
-    }
-    consumer.assign(&tpl).expect("assign");
-    let mut out = Vec::new();
-    let start = Instant::now();
-    let mut settle: Option<Instant> = None;
-    while start.elapsed() < Duration::from_secs(30) {
-        if out.len() >= expected {
-            let since = *settle.get_or_insert_with(Instant::now);
-            if since.elapsed() > Duration::from_millis(500) {
-                break;
-            }
-        }
-        let Some(msg) = consumer.poll(Duration::from_millis(100)) else { continue };
-        let msg = msg.expect("consume");
-        let headers = msg
-            .headers()
-            .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.map(|v| String::from_utf8_lossy(v).into_owned()))).collect())
-            .unwrap_or_default();
-        out.push(Read {
-            partition: msg.partition(),
-            key: msg.key().map(<[u8]>::to_vec),
-            value: msg.payload().map(<[u8]>::to_vec),
-            headers,
-        });
-    }
-    out
-}
-
-fn int(n: i64) -> Value {
-    Value::Number(n.to_string().into())
+    let mut n = 0;
+    topic::read_topics(&broker.bootstrap(), &[topic], Duration::from_secs(30), Duration::from_millis(500), |_| {
+        n += 1;
+        n >= expected
+    })
 }
 
 /// A change of `table` for row `id`; `seq` orders changes globally.
 fn change(op: Op, table: &str, id: i64, seq: u64, name: &str) -> Change {
-    let row = Row(vec![("id".into(), int(id)), ("name".into(), Value::String(name.into())), ("qty".into(), int(seq as i64))]);
+    let row = row_of(&[("id", int(id)), ("name", Value::String(name.into())), ("qty", int(seq as i64))]);
+    let after = if op == Op::Delete { None } else { Some(row) };
+    let at = At(0x1000 + seq * 0x40 + 0x20, (seq % 3) as u32);
     Change {
-        op,
-        schema: "public".into(),
-        table: table.into(),
-        key: Some(Row(vec![("id".into(), int(id))])),
-        before: None,
-        after: if op == Op::Delete { None } else { Some(row) },
-        unchanged_toast: vec![],
         lsn: Lsn(0x1000 + seq * 0x40),
-        commit_lsn: Lsn(0x1000 + seq * 0x40 + 0x20),
-        ordinal: (seq % 3) as u32,
         xid: Some(700 + seq as u32),
         commit_ts: Some(1_795_514_400_000_000 + seq as i64),
+        ..Table(table).change(op, at, row_of(&[("id", int(id))]), None, after, &[])
     }
 }
 
@@ -121,10 +64,6 @@ fn workload() -> Vec<Change> {
         }
     }
     out
-}
-
-fn records(changes: &[Change], route: usize) -> Vec<SinkRecord> {
-    changes.iter().map(|c| SinkRecord { change: Arc::new(c.clone()), route }).collect()
 }
 
 fn sink_config(broker: &KafkaBroker, extra: serde_json::Value) -> KafkaSinkConfig {
@@ -196,7 +135,7 @@ async fn native_records_have_topic_key_headers_and_order() {
     // Two batches, to cross a write() boundary.
     let (a, b) = changes.split_at(17);
     for part in [a, b] {
-        let rejected = sink.write(&records(part, 0)).await.expect("write");
+        let rejected = sink.write(&records(part.iter().cloned(), 0)).await.expect("write");
         assert!(rejected.is_empty(), "{rejected:?}");
     }
     for table in ["orders", "users"] {
@@ -220,7 +159,7 @@ async fn header_sets_position_and_none() {
         let topic = format!("headers-{set}.{{table}}");
         let mut sink =
             KafkaSink::connect(&cfg, vec![mapping(serde_json::json!({"topic": topic, "tombstones": true}))]).await.expect("connect");
-        let rejected = sink.write(&records(&changes, 0)).await.expect("write");
+        let rejected = sink.write(&records(changes.iter().cloned(), 0)).await.expect("write");
         assert!(rejected.is_empty(), "{rejected:?}");
         sink.close().await.expect("close");
         for table in ["orders", "users"] {
@@ -259,7 +198,7 @@ async fn debezium_envelopes_round_trip() {
         KafkaSink::connect(&cfg, vec![mapping(serde_json::json!({"topic": "dbz.{table}", "format": "debezium"}))]).await.expect("connect");
     let changes = workload();
     let before = pgfanout_kafka_now_ms();
-    assert!(sink.write(&records(&changes, 0)).await.expect("write").is_empty());
+    assert!(sink.write(&records(changes.iter().cloned(), 0)).await.expect("write").is_empty());
     let after = pgfanout_kafka_now_ms();
     let read = read_topic(&broker, "dbz.orders", 22);
     // Values carry a processing time, so compare them as JSON field by field.
@@ -315,9 +254,9 @@ async fn bad_records_are_rejected_alone() {
     ];
     let mut sink = KafkaSink::connect(&cfg, routes).await.expect("connect");
     let mut big = change(Op::Insert, "orders", 3, 3, "x");
-    big.after = Some(Row(vec![("id".into(), int(3)), ("blob".into(), Value::String("x".repeat(200_000).into()))]));
+    big.after = Some(row_of(&[("id", int(3)), ("blob", Value::String("x".repeat(200_000).into()))]));
     let mut null_name = change(Op::Insert, "orders", 4, 4, "x");
-    null_name.after = Some(Row(vec![("id".into(), int(4)), ("name".into(), Value::Null)]));
+    null_name.after = Some(row_of(&[("id", int(4)), ("name", Value::Null)]));
     let batch = vec![
         SinkRecord { change: Arc::new(change(Op::Insert, "orders", 1, 1, "a")), route: 0 },
         SinkRecord { change: Arc::new(change(Op::Insert, "orders", 2, 2, "has space")), route: 1 },
@@ -355,7 +294,7 @@ async fn topics_are_created_with_the_configured_partitions() {
         md.topics().iter().find(|t| t.name() == topic && t.error().is_none()).map(|t| t.partitions().len())
     };
     assert_eq!(partitions("fixed"), Some(4), "constant topics are created at connect");
-    assert!(sink.write(&records(&[change(Op::Insert, "orders", 1, 1, "a")], 1)).await.expect("write").is_empty());
+    assert!(sink.write(&records([change(Op::Insert, "orders", 1, 1, "a")], 1)).await.expect("write").is_empty());
     assert_eq!(partitions("t.orders"), Some(4), "template topics are created when first needed");
     sink.check().await.expect("check");
 }
@@ -371,7 +310,7 @@ async fn missing_topics_are_an_error_when_creation_is_off() {
     let creating = sink_config(&broker, serde_json::json!({}));
     KafkaSink::connect(&creating, vec![mapping(serde_json::json!({"topic": "t.orders"}))]).await.expect("create t.orders");
     let mut sink = KafkaSink::connect(&cfg, vec![mapping(serde_json::json!({"topic": "t.{table}"}))]).await.expect("connect");
-    let batch = records(&[change(Op::Insert, "orders", 1, 1, "a"), change(Op::Insert, "users", 1, 2, "b")], 0);
+    let batch = records([change(Op::Insert, "orders", 1, 1, "a"), change(Op::Insert, "users", 1, 2, "b")], 0);
     let rejected = sink.write(&batch).await.expect("write");
     assert_eq!(rejected.len(), 1, "{rejected:?}");
     assert_eq!(rejected[0].index, 1);
@@ -391,10 +330,10 @@ async fn broker_restart_gives_retriable_errors_then_delivers() {
     let mut sink = KafkaSink::connect(&cfg, vec![mapping(serde_json::json!({"topic": "restart.{table}"}))]).await.expect("connect");
     let changes = workload();
     let (first, rest) = changes.split_at(10);
-    assert!(sink.write(&records(first, 0)).await.expect("write before the restart").is_empty());
+    assert!(sink.write(&records(first.iter().cloned(), 0)).await.expect("write before the restart").is_empty());
 
     broker.stop();
-    let batch = records(rest, 0);
+    let batch = records(rest.iter().cloned(), 0);
     let err = sink.write(&batch).await.expect_err("no broker: the batch must not be acknowledged");
     assert!(err.is_retriable(), "{err:?}");
 
@@ -467,7 +406,7 @@ async fn batches_larger_than_the_producer_queue_are_delivered_in_order() {
     let cfg = sink_config(&broker, serde_json::json!({"properties": {"queue.buffering.max.messages": "500"}}));
     let mut sink = KafkaSink::connect(&cfg, vec![mapping(serde_json::json!({"topic": "small-queue", "key": "k"}))]).await.expect("connect");
     let changes: Vec<Change> = (0..5_000u64).map(|i| change(Op::Update, "orders", 1, i, "x")).collect();
-    assert!(sink.write(&records(&changes, 0)).await.expect("write").is_empty());
+    assert!(sink.write(&records(changes.iter().cloned(), 0)).await.expect("write").is_empty());
     let read = read_topic(&broker, "small-queue", changes.len());
     let got: Vec<&str> = read.iter().filter_map(|r| r.header("pgfanout.lsn")).collect();
     let want: Vec<String> = changes.iter().map(|c| c.lsn.to_string()).collect();
@@ -485,8 +424,8 @@ async fn a_key_change_tombstones_the_old_key() {
         KafkaSink::connect(&cfg, vec![mapping(serde_json::json!({"topic": "moves", "tombstones": true}))]).await.expect("connect");
     let insert = change(Op::Insert, "orders", 1, 1, "a");
     let mut moved = change(Op::Update, "orders", 2, 2, "a");
-    moved.before = Some(Row(vec![("id".into(), int(1))]));
-    assert!(sink.write(&records(&[insert, moved], 0)).await.expect("write").is_empty());
+    moved.before = Some(row_of(&[("id", int(1))]));
+    assert!(sink.write(&records([insert, moved], 0)).await.expect("write").is_empty());
     let read = read_topic(&broker, "moves", 3);
     let mut seen: Vec<(String, bool)> =
         read.iter().map(|r| (String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()).into_owned(), r.value.is_some())).collect();

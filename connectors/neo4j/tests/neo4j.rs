@@ -11,8 +11,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use neo4rs::{query, ConfigBuilder, Graph};
+use neo4rs::{query, Graph};
 use pgfanout_neo4j::{Neo4jMapping, Neo4jSink, Neo4jSinkConfig};
+use pgfanout_sdk::testing::{number as n, row_of as row, At, Table};
 use pgfanout_sdk::{Change, Lsn, Op, Row, Sink, SinkRecord, Value};
 use testkit::Neo4jServer;
 
@@ -40,23 +41,18 @@ fn mappings() -> Vec<Neo4jMapping> {
     .collect()
 }
 
-async fn client(server: &Neo4jServer) -> Graph {
-    let cfg = ConfigBuilder::new()
-        .uri(server.uri())
-        .user(server.user.as_str())
-        .password(server.password.as_str())
-        .db(server.database.as_str())
-        .build()
-        .expect("client config");
-    Graph::connect(cfg).await.expect("client connects")
-}
+#[path = "../../../tests/common/neo4j.rs"]
+mod bolt;
 
-fn n(v: i64) -> Value {
-    Value::Number(v.to_string().into())
-}
+use bolt::graph as client;
 
-fn row(cols: &[(&str, Value)]) -> Row {
-    Row(cols.iter().map(|(c, v)| (Arc::from(*c), v.clone())).collect())
+/// A fresh server, a sink on it with [`mappings`], a client, and an empty
+/// stream and model.
+async fn start() -> (Neo4jServer, Neo4jSink, Graph, Stream, Model) {
+    let server = Neo4jServer::start();
+    let sink = Neo4jSink::connect(&config(&server), mappings()).await.expect("connect");
+    let g = client(&server).await;
+    (server, sink, g, Stream::new(), Model::default())
 }
 
 /// Builds changes with increasing positions (one transaction per `commit`).
@@ -77,19 +73,11 @@ impl Stream {
 
     fn change(&mut self, op: Op, table: &str, id: i64, after: Option<Row>) -> Arc<Change> {
         self.ordinal += 1;
+        let at = At(self.commit, self.ordinal);
         Arc::new(Change {
-            op,
-            schema: "public".into(),
-            table: table.into(),
-            key: Some(row(&[("id", n(id))])),
-            before: None,
-            after,
-            unchanged_toast: Vec::new(),
             lsn: Lsn(self.commit - 8),
-            commit_lsn: Lsn(self.commit),
-            ordinal: self.ordinal,
-            xid: Some(1),
             commit_ts: None,
+            ..Table(table).change(op, at, row(&[("id", n(id))]), None, after, &[])
         })
     }
 }
@@ -205,10 +193,7 @@ async fn write_ok(sink: &mut Neo4jSink, batch: &[SinkRecord]) {
 
 #[tokio::test]
 async fn mixed_workload_gives_the_graph_the_tables_imply() {
-    let server = Neo4jServer::start();
-    let mut sink = Neo4jSink::connect(&config(&server), mappings()).await.expect("connect");
-    let g = client(&server).await;
-    let (mut s, mut m) = (Stream::new(), Model::default());
+    let (_server, mut sink, g, mut s, mut m) = start().await;
 
     let mut batch = Vec::new();
     for u in 1..=6 {
@@ -255,10 +240,7 @@ async fn mixed_workload_gives_the_graph_the_tables_imply() {
 
 #[tokio::test]
 async fn replays_converge_and_stale_writes_are_skipped() {
-    let server = Neo4jServer::start();
-    let mut sink = Neo4jSink::connect(&config(&server), mappings()).await.expect("connect");
-    let g = client(&server).await;
-    let (mut s, mut m) = (Stream::new(), Model::default());
+    let (_server, mut sink, g, mut s, mut m) = start().await;
 
     let first: Vec<SinkRecord> = vec![
         m.user(&mut s, Op::Insert, 1),
@@ -317,10 +299,7 @@ async fn replays_converge_and_stale_writes_are_skipped() {
 
 #[tokio::test]
 async fn unchanged_toast_columns_keep_their_value() {
-    let server = Neo4jServer::start();
-    let mut sink = Neo4jSink::connect(&config(&server), mappings()).await.expect("connect");
-    let g = client(&server).await;
-    let (mut s, mut m) = (Stream::new(), Model::default());
+    let (_server, mut sink, g, mut s, mut m) = start().await;
     write_ok(&mut sink, &[m.user(&mut s, Op::Insert, 1)]).await;
     s.commit();
     // An update whose `email` was not sent (unchanged TOAST).
@@ -333,10 +312,7 @@ async fn unchanged_toast_columns_keep_their_value() {
 
 #[tokio::test]
 async fn both_endpoints_move_with_a_full_before_image() {
-    let server = Neo4jServer::start();
-    let mut sink = Neo4jSink::connect(&config(&server), mappings()).await.expect("connect");
-    let g = client(&server).await;
-    let (mut s, mut m) = (Stream::new(), Model::default());
+    let (_server, mut sink, g, mut s, mut m) = start().await;
     let first = m.item(&mut s, Op::Insert, 1, 1, 1, 2);
     let before = first.change.after.clone();
     write_ok(&mut sink, &[first]).await;
@@ -354,10 +330,7 @@ async fn both_endpoints_move_with_a_full_before_image() {
 
 #[tokio::test]
 async fn a_bad_record_is_rejected_alone() {
-    let server = Neo4jServer::start();
-    let mut sink = Neo4jSink::connect(&config(&server), mappings()).await.expect("connect");
-    let g = client(&server).await;
-    let (mut s, mut m) = (Stream::new(), Model::default());
+    let (_server, mut sink, g, mut s, mut m) = start().await;
     let good = m.item(&mut s, Op::Insert, 1, 1, 1, 1);
     // No user_id: the endpoint key is missing.
     let bad = rec(s.change(Op::Insert, "order_items", 2, Some(row(&[("id", n(2)), ("product_id", n(1))]))), ORDER_ITEMS);
@@ -431,10 +404,7 @@ async fn cypher_mapping_batches_with_rows() {
 #[tokio::test]
 #[ignore]
 async fn throughput_100k_order_items() {
-    let server = Neo4jServer::start();
-    let mut sink = Neo4jSink::connect(&config(&server), mappings()).await.expect("connect");
-    let g = client(&server).await;
-    let (mut s, mut m) = (Stream::new(), Model::default());
+    let (_server, mut sink, g, mut s, mut m) = start().await;
     let total: i64 = std::env::var("PGFANOUT_BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
     let batches: Vec<Vec<SinkRecord>> = (0..total)
         .collect::<Vec<_>>()
@@ -476,10 +446,7 @@ fn user_change(s: &mut Stream, op: Op, id: i64, old: Option<i64>, email: &str, t
 /// and again as a replay of the whole batch: the same graph.
 #[tokio::test]
 async fn key_changes_move_nodes_and_replays_converge() {
-    let server = Neo4jServer::start();
-    let mut sink = Neo4jSink::connect(&config(&server), mappings()).await.expect("connect");
-    let g = client(&server).await;
-    let (mut s, mut m) = (Stream::new(), Model::default());
+    let (_server, mut sink, g, mut s, mut m) = start().await;
     let mut batch = vec![user_change(&mut s, Op::Insert, 1, None, "a", false)];
     batch.push(m.product(&mut s, Op::Insert, 1, "p"));
     batch.push(m.item(&mut s, Op::Insert, 1, 1, 1, 1));

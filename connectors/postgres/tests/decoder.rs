@@ -9,11 +9,12 @@
 use std::path::PathBuf;
 
 use bytes::Bytes;
-use pgfanout_postgres::catalog::TypeRegistry;
 use pgfanout_postgres::pgoutput::{self, LogicalMessage, TupleValue};
-use pgfanout_postgres::relation::{build_change, build_truncates, RelationCache, TxMeta};
-use pgfanout_sdk::{Change, Lsn, Value};
+use pgfanout_sdk::{Lsn, Value};
 use testkit::PgCluster;
+
+#[path = "support/replay.rs"]
+mod replay;
 
 const SESSION: &str = "SET DateStyle = ISO; SET TimeZone = 'UTC'; SET IntervalStyle = postgres; \
     SET extra_float_digits = 3; SET bytea_output = hex; SET synchronous_commit = on;";
@@ -178,41 +179,6 @@ fn check_messages(msgs: &[(Lsn, LogicalMessage)]) {
     assert_eq!(messages, [(true, "pgfanout", &b"hello"[..]), (false, "heartbeat", &b""[..])]);
 }
 
-/// Replays decoded messages like the source does and returns the changes.
-async fn build_all(client: &tokio_postgres::Client, msgs: Vec<(Lsn, LogicalMessage)>) -> Vec<Change> {
-    let mut types = TypeRegistry::new();
-    let mut relations = RelationCache::new();
-    let mut tx: Option<TxMeta> = None;
-    let mut ordinal = 0;
-    let mut out = Vec::new();
-    for (lsn, msg) in msgs {
-        match msg {
-            LogicalMessage::Begin { .. } => {
-                tx = TxMeta::from_begin(&msg);
-                ordinal = 0;
-            }
-            LogicalMessage::Type { id, .. } => types.invalidate(id),
-            LogicalMessage::Relation(r) => {
-                relations.on_relation(r, &mut types, client).await.unwrap();
-            }
-            LogicalMessage::Truncate { ref relation_ids, .. } => {
-                let t = build_truncates(&relations, relation_ids, lsn, &tx.unwrap(), ordinal).unwrap();
-                ordinal += t.len() as u32;
-                out.extend(t);
-            }
-            LogicalMessage::Insert { relation_id, .. }
-            | LogicalMessage::Update { relation_id, .. }
-            | LogicalMessage::Delete { relation_id, .. } => {
-                let rel = relations.get(relation_id).unwrap().clone();
-                out.push(build_change(&rel, &msg, lsn, &tx.unwrap(), ordinal).unwrap());
-                ordinal += 1;
-            }
-            _ => {}
-        }
-    }
-    out
-}
-
 fn json(v: Option<&pgfanout_sdk::Row>) -> String {
     match v {
         Some(r) => {
@@ -234,7 +200,7 @@ async fn live_stream_decodes_into_changes() {
     }
     let msgs = decode_all(&raw);
     check_messages(&msgs);
-    let changes = build_all(&client, msgs).await;
+    let changes = replay::build_all(&client, msgs).await;
     let summary: Vec<_> = changes.iter().map(|c| format!("{} {}", c.op, c.table)).collect();
     assert_eq!(
         summary,

@@ -67,6 +67,12 @@ fn done_rows(progress: &[TableProgress], table: &str) -> u64 {
     done[0].rows
 }
 
+/// `to_jsonb` of every row of `table`, in `id` order.
+async fn rows_by_id(c: &tokio_postgres::Client, table: &str) -> Vec<serde_json::Value> {
+    let rows = c.query(&format!("SELECT to_jsonb(t)::text FROM {table} t ORDER BY id"), &[]).await.unwrap();
+    rows.iter().map(|r| serde_json::from_str(r.get::<_, &str>(0)).unwrap()).collect()
+}
+
 /// Bulk oracle: loads (id, json) pairs into a table and counts the rows of
 /// `table` whose `to_jsonb` text equals ours (`jsonb::text` keeps numeric scale).
 async fn count_equal_to_jsonb(c: &tokio_postgres::Client, table: &str, got: &[(i32, String)]) -> i64 {
@@ -219,13 +225,7 @@ async fn reads_the_state_at_the_exported_snapshot() {
     let exporter = pg.client("iso").await;
     exporter.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ").await.unwrap();
     let name: String = exporter.query_one("SELECT pg_export_snapshot()", &[]).await.unwrap().get(0);
-    let expected: Vec<serde_json::Value> = exporter
-        .query("SELECT to_jsonb(t)::text FROM iso t ORDER BY id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| serde_json::from_str(r.get::<_, &str>(0)).unwrap())
-        .collect();
+    let expected = rows_by_id(&exporter, "iso").await;
     c.batch_execute(
         "INSERT INTO iso SELECT i, 'new' FROM generate_series(20001, 20100) i; \
          UPDATE iso SET v = 'changed' WHERE id <= 10; DELETE FROM iso WHERE id BETWEEN 500 AND 509;",
@@ -291,13 +291,7 @@ async fn copies_under_the_snapshot_a_new_slot_exports() {
     // The oracle: PostgreSQL's own view of the table under that snapshot.
     let oracle = pg.client("slotsnap").await;
     oracle.batch_execute(&format!("BEGIN ISOLATION LEVEL REPEATABLE READ; SET TRANSACTION SNAPSHOT '{name}'")).await.unwrap();
-    let expected: Vec<serde_json::Value> = oracle
-        .query("SELECT to_jsonb(w)::text FROM w ORDER BY id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| serde_json::from_str(r.get::<_, &str>(0)).unwrap())
-        .collect();
+    let expected = rows_by_id(&oracle, "w").await;
     let (changes, _, _) =
         copy_all(&opts, &[t("w")], Some(&name), SnapshotOptions { parallelism: 4, chunk_rows: 3000, ..SnapshotOptions::default() }).await;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);

@@ -4,11 +4,12 @@
 //! and key order but keeps numeric scale).
 
 use bytes::Bytes;
-use pgfanout_postgres::catalog::TypeRegistry;
 use pgfanout_postgres::pgoutput::{self, LogicalMessage};
-use pgfanout_postgres::relation::{build_change, RelationCache, TxMeta};
-use pgfanout_sdk::{Change, Lsn, Op};
+use pgfanout_sdk::{Lsn, Op};
 use testkit::PgCluster;
+
+#[path = "support/replay.rs"]
+mod replay;
 
 /// The settings the replication connection uses (pgoutput writes values
 /// with the decoding session's settings).
@@ -130,33 +131,6 @@ async fn peek(client: &tokio_postgres::Client, slot: &str, publication: &str) ->
         .collect()
 }
 
-/// Decodes every row change with a fresh relation cache and type registry.
-async fn changes(client: &tokio_postgres::Client, messages: Vec<(Lsn, LogicalMessage)>) -> Vec<Change> {
-    let mut types = TypeRegistry::new();
-    let mut relations = RelationCache::new();
-    let mut tx = None;
-    let mut ordinal = 0;
-    let mut out = Vec::new();
-    for (lsn, msg) in messages {
-        match msg {
-            LogicalMessage::Begin { .. } => {
-                tx = TxMeta::from_begin(&msg);
-                ordinal = 0;
-            }
-            LogicalMessage::Relation(r) => {
-                relations.on_relation(r, &mut types, client).await.expect("relation");
-            }
-            LogicalMessage::Insert { relation_id, .. } | LogicalMessage::Update { relation_id, .. } => {
-                let rel = relations.get(relation_id).expect("relation before rows").clone();
-                out.push(build_change(&rel, &msg, lsn, &tx.expect("begin before rows"), ordinal).expect("build change"));
-                ordinal += 1;
-            }
-            _ => {}
-        }
-    }
-    out
-}
-
 #[tokio::test]
 async fn every_type_matches_to_jsonb() {
     let pg = PgCluster::start();
@@ -169,7 +143,7 @@ async fn every_type_matches_to_jsonb() {
     client.batch_execute(ROWS).await.unwrap();
 
     let messages = peek(&client, "values_slot", "values_pub").await;
-    let changes = changes(&client, messages).await;
+    let changes = replay::build_all(&client, messages).await;
     assert_eq!(changes.len(), 4, "one insert per row");
 
     let columns: Vec<String> = client

@@ -4,11 +4,11 @@
 //! resulting state back with a plain client.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pgfanout_redis::{RedisMapping, RedisSink, RedisSinkConfig};
-use pgfanout_sdk::{Change, Lsn, Op, Row, Sink, SinkError, SinkRecord, Value};
+use pgfanout_sdk::testing::{records, row, row_of, At, Table};
+use pgfanout_sdk::{Change, Op, Sink, SinkError, Value};
 use redis::AsyncCommands;
 use testkit::RedisServer;
 
@@ -28,48 +28,11 @@ async fn client(server: &RedisServer) -> redis::aio::MultiplexedConnection {
     redis::Client::open(server.url()).unwrap().get_multiplexed_async_connection().await.unwrap()
 }
 
-fn row(cols: &[(&str, &str)]) -> Row {
-    // Values written as JSON text: `1` is a number, `"a"` a string, `null` NULL.
-    Row(cols.iter().map(|(c, v)| (Arc::from(*c), Value::from_serde(&serde_json::from_str(v).unwrap()))).collect())
-}
-
-struct At(u64, u32);
-
-fn change(op: Op, at: At, key: Row, before: Option<Row>, after: Option<Row>, toast: &[&str]) -> Change {
-    Change {
-        op,
-        schema: "public".into(),
-        table: "t".into(),
-        key: Some(key),
-        before,
-        after,
-        unchanged_toast: toast.iter().map(|c| Arc::from(*c)).collect(),
-        lsn: Lsn(at.0),
-        commit_lsn: Lsn(at.0),
-        ordinal: at.1,
-        xid: Some(1),
-        commit_ts: Some(1_700_000_000_000_000),
-    }
-}
-
-fn ins(at: At, after: &[(&str, &str)]) -> Change {
-    change(Op::Insert, at, row(&after[..1]), None, Some(row(after)), &[])
-}
-
-fn upd(at: At, after: &[(&str, &str)], toast: &[&str]) -> Change {
-    change(Op::Update, at, row(&after[..1]), None, Some(row(after)), toast)
-}
-
-fn del(at: At, before: &[(&str, &str)]) -> Change {
-    change(Op::Delete, at, row(&before[..1]), Some(row(before)), None, &[])
-}
-
-fn recs(changes: Vec<Change>, route: usize) -> Vec<SinkRecord> {
-    changes.into_iter().map(|c| SinkRecord { change: Arc::new(c), route }).collect()
-}
+/// Every change here is of `public.t`.
+const T: Table = Table("t");
 
 async fn write_ok(sink: &mut RedisSink, changes: Vec<Change>, route: usize) {
-    let rejected = sink.write(&recs(changes, route)).await.expect("write");
+    let rejected = sink.write(&records(changes, route)).await.expect("write");
     assert!(rejected.is_empty(), "unexpected rejections: {rejected:?}");
 }
 
@@ -91,32 +54,32 @@ async fn hash_row_versions_toast_and_tombstones() {
     let mut sink = connect(&server, &[r#"{"type":"hash","key":"user:{id}"}"#]).await;
     let mut c = client(&server).await;
 
-    write_ok(&mut sink, vec![ins(At(100, 0), &[("id", "1"), ("name", r#""a""#), ("bio", r#""long""#), ("note", "null")])], 0).await;
+    write_ok(&mut sink, vec![T.insert(At(100, 0), &[("id", "1"), ("name", r#""a""#), ("bio", r#""long""#), ("note", "null")])], 0).await;
     assert_eq!(hgetall(&mut c, "user:1").await, map(&[("id", "1"), ("name", "a"), ("bio", "long")]));
 
     // Update without the unchanged TOAST column: the stored bio stays.
-    write_ok(&mut sink, vec![upd(At(200, 1), &[("id", "1"), ("name", r#""b""#), ("note", r#""n""#)], &["bio"])], 0).await;
+    write_ok(&mut sink, vec![T.update(At(200, 1), &[("id", "1"), ("name", r#""b""#), ("note", r#""n""#)], &["bio"])], 0).await;
     assert_eq!(hgetall(&mut c, "user:1").await, map(&[("id", "1"), ("name", "b"), ("bio", "long"), ("note", "n")]));
 
     // An older replay is skipped; an equal position applies.
-    write_ok(&mut sink, vec![ins(At(100, 0), &[("id", "1"), ("name", r#""a""#), ("bio", r#""old""#)])], 0).await;
+    write_ok(&mut sink, vec![T.insert(At(100, 0), &[("id", "1"), ("name", r#""a""#), ("bio", r#""old""#)])], 0).await;
     assert_eq!(hgetall(&mut c, "user:1").await["name"], "b");
-    write_ok(&mut sink, vec![upd(At(200, 1), &[("id", "1"), ("name", r#""c""#)], &[])], 0).await;
+    write_ok(&mut sink, vec![T.update(At(200, 1), &[("id", "1"), ("name", r#""c""#)], &[])], 0).await;
     assert_eq!(hgetall(&mut c, "user:1").await["name"], "c");
     // A NULL column is removed from the hash.
-    write_ok(&mut sink, vec![upd(At(200, 2), &[("id", "1"), ("note", "null")], &[])], 0).await;
+    write_ok(&mut sink, vec![T.update(At(200, 2), &[("id", "1"), ("note", "null")], &[])], 0).await;
     assert!(!hgetall(&mut c, "user:1").await.contains_key("note"));
 
     // Delete leaves a tombstone that blocks an older insert replay.
-    write_ok(&mut sink, vec![del(At(300, 0), &[("id", "1")])], 0).await;
+    write_ok(&mut sink, vec![T.delete(At(300, 0), &[("id", "1")])], 0).await;
     assert!(!c.exists::<_, bool>("user:1").await.unwrap());
     let ttl: i64 = c.ttl("pgfanout:v:user:1").await.unwrap();
     assert!(ttl > 0 && ttl <= 86_400, "tombstone ttl {ttl}");
-    write_ok(&mut sink, vec![ins(At(250, 0), &[("id", "1"), ("name", r#""zombie""#)])], 0).await;
+    write_ok(&mut sink, vec![T.insert(At(250, 0), &[("id", "1"), ("name", r#""zombie""#)])], 0).await;
     assert!(!c.exists::<_, bool>("user:1").await.unwrap(), "an older insert resurrected a deleted row");
 
     // A newer insert brings it back and the version key no longer expires.
-    write_ok(&mut sink, vec![ins(At(400, 0), &[("id", "1"), ("name", r#""d""#)])], 0).await;
+    write_ok(&mut sink, vec![T.insert(At(400, 0), &[("id", "1"), ("name", r#""d""#)])], 0).await;
     assert_eq!(hgetall(&mut c, "user:1").await, map(&[("id", "1"), ("name", "d")]));
     assert_eq!(c.ttl::<_, i64>("pgfanout:v:user:1").await.unwrap(), -1);
     let v: String = c.hget("pgfanout:v:user:1", "_key").await.unwrap();
@@ -133,8 +96,8 @@ async fn cart_hash_fields_with_ttl() {
         let r = row(&[("user_id", user), ("product_id", product), ("quantity", qty)]);
         let key = row(&[("user_id", user), ("product_id", product)]);
         match op {
-            Op::Delete => change(op, at, key, Some(r), None, &[]),
-            _ => change(op, at, key, None, Some(r), &[]),
+            Op::Delete => T.change(op, at, key, Some(r), None, &[]),
+            _ => T.change(op, at, key, None, Some(r), &[]),
         }
     };
     write_ok(
@@ -169,7 +132,7 @@ async fn string_row_and_column() {
     let mut sink =
         connect(&server, &[r#"{"type":"string","key":"doc:{id}"}"#, r#"{"type":"string","key":"prefs:{id}","column":"prefs"}"#]).await;
     let mut c = client(&server).await;
-    let full = || ins(At(1, 0), &[("id", "1"), ("title", r#""x""#), ("body", r#""big text""#), ("prefs", r#"{"theme":"dark"}"#)]);
+    let full = || T.insert(At(1, 0), &[("id", "1"), ("title", r#""x""#), ("body", r#""big text""#), ("prefs", r#"{"theme":"dark"}"#)]);
     write_ok(&mut sink, vec![full()], 0).await;
     write_ok(&mut sink, vec![full()], 1).await;
     let doc: String = c.get("doc:1").await.unwrap();
@@ -178,30 +141,16 @@ async fn string_row_and_column() {
     assert_eq!(prefs, r#"{"theme":"dark"}"#);
 
     // Update with body and prefs unchanged TOAST: the row keeps the stored body.
-    write_ok(&mut sink, vec![upd(At(2, 0), &[("id", "1"), ("title", r#""y""#)], &["body", "prefs"])], 0).await;
-    write_ok(&mut sink, vec![upd(At(2, 0), &[("id", "1"), ("title", r#""y""#)], &["body", "prefs"])], 1).await;
+    write_ok(&mut sink, vec![T.update(At(2, 0), &[("id", "1"), ("title", r#""y""#)], &["body", "prefs"])], 0).await;
+    write_ok(&mut sink, vec![T.update(At(2, 0), &[("id", "1"), ("title", r#""y""#)], &["body", "prefs"])], 1).await;
     let doc: serde_json::Value = serde_json::from_str(&c.get::<_, String>("doc:1").await.unwrap()).unwrap();
     assert_eq!(doc, serde_json::json!({"id":1,"title":"y","body":"big text","prefs":{"theme":"dark"}}));
     assert_eq!(c.get::<_, String>("prefs:1").await.unwrap(), r#"{"theme":"dark"}"#);
 
-    write_ok(&mut sink, vec![del(At(3, 0), &[("id", "1")])], 0).await;
+    write_ok(&mut sink, vec![T.delete(At(3, 0), &[("id", "1")])], 0).await;
     assert!(!c.exists::<_, bool>("doc:1").await.unwrap());
     write_ok(&mut sink, vec![full()], 0).await;
     assert!(!c.exists::<_, bool>("doc:1").await.unwrap(), "stale insert after delete");
-}
-
-/// A row of values given as they leave PostgreSQL (numbers and JSON as
-/// their exact text).
-fn raw_row(cols: &[(&str, Value)]) -> Row {
-    Row(cols.iter().map(|(c, v)| (Arc::from(*c), v.clone())).collect())
-}
-
-fn raw_upd(at: At, after: Row, toast: &[&str]) -> Change {
-    change(Op::Update, at, Row(after.0[..1].to_vec()), None, Some(after), toast)
-}
-
-fn raw_ins(at: At, after: Row) -> Change {
-    change(Op::Insert, at, Row(after.0[..1].to_vec()), None, Some(after), &[])
 }
 
 fn json_text(v: &Value) -> String {
@@ -223,7 +172,7 @@ async fn partial_updates_keep_stored_numbers_digit_for_digit() {
         Value::Json(r#"{"big": 123456789012345678901234567890.50, "list": [2.50, 1e-20, {"deep": 100000000000000000000000001}]}"#.into());
     // Escapes, braces and brackets inside a string must not confuse the scan.
     let big = Value::String(format!("{}\"}}{{[]\\\",{}", "md5-".repeat(700), "é".repeat(10)).into());
-    let first = raw_row(&[
+    let first = row_of(&[
         ("id", Value::Number("1".into())),
         ("half", Value::Number("2.50".into())),
         ("n25", n25.clone()),
@@ -232,13 +181,13 @@ async fn partial_updates_keep_stored_numbers_digit_for_digit() {
         ("j", j.clone()),
         ("big", big.clone()),
     ]);
-    let second = raw_row(&[("id", Value::Number("1".into())), ("half", Value::Number("3.10".into())), ("n25", n25.clone())]);
+    let second = row_of(&[("id", Value::Number("1".into())), ("half", Value::Number("3.10".into())), ("n25", n25.clone())]);
     let unchanged = ["n60", "n400", "j", "big"];
     for route in [0, 1] {
-        write_ok(&mut sink, vec![raw_ins(At(1, 0), first.clone())], route).await;
-        write_ok(&mut sink, vec![raw_upd(At(2, 0), second.clone(), &unchanged)], route).await;
+        write_ok(&mut sink, vec![T.insert_row(At(1, 0), first.clone())], route).await;
+        write_ok(&mut sink, vec![T.update_row(At(2, 0), second.clone(), &unchanged)], route).await;
         // A replay of the same partial change converges to the same text.
-        write_ok(&mut sink, vec![raw_upd(At(2, 0), second.clone(), &unchanged)], route).await;
+        write_ok(&mut sink, vec![T.update_row(At(2, 0), second.clone(), &unchanged)], route).await;
     }
     let want = format!(
         r#"{{"id":1,"half":3.10,"n25":1234567890123456789012345,"n60":{},"n400":{},"j":{},"big":{}}}"#,
@@ -251,6 +200,19 @@ async fn partial_updates_keep_stored_numbers_digit_for_digit() {
     assert_eq!(c.hget::<_, _, String>("docs", "1").await.unwrap(), want);
 }
 
+/// Routes that hold the whole row or its `big` column (a string document,
+/// a hash per row, a hash field per row, a string of `big`), then `more`.
+fn whole_row_routes(more: &[&'static str]) -> Vec<&'static str> {
+    let mut routes = vec![
+        r#"{"type":"string","key":"doc:{id}"}"#,
+        r#"{"type":"hash","key":"row:{id}"}"#,
+        r#"{"type":"hash","key":"docs","field":"{id}"}"#,
+        r#"{"type":"string","key":"big:{id}","column":"big"}"#,
+    ];
+    routes.extend_from_slice(more);
+    routes
+}
+
 /// A partial change whose stored entry is gone: skipped when a newer
 /// version (a tombstone) says why, skipped when the mapping's TTL may have
 /// expired it, refused (dead letter, nothing written) otherwise — never
@@ -258,21 +220,17 @@ async fn partial_updates_keep_stored_numbers_digit_for_digit() {
 #[tokio::test]
 async fn a_partial_change_without_its_stored_entry_is_never_written_as_complete() {
     let server = RedisServer::start();
-    let routes = [
-        r#"{"type":"string","key":"doc:{id}"}"#,
-        r#"{"type":"hash","key":"row:{id}"}"#,
-        r#"{"type":"hash","key":"docs","field":"{id}"}"#,
-        r#"{"type":"string","key":"big:{id}","column":"big"}"#,
+    let routes = whole_row_routes(&[
         r#"{"type":"hash","key":"bigs","field":"{id}","value":"{big}"}"#,
         r#"{"type":"string","key":"cached:{id}","ttl":"1h"}"#,
-    ];
+    ]);
     let mut sink = connect(&server, &routes).await;
     let mut c = client(&server).await;
-    let partial = |at: At, id: &str| upd(at, &[("id", id), ("name", r#""n""#)], &["big"]);
+    let partial = |at: At, id: &str| T.update(at, &[("id", id), ("name", r#""n""#)], &["big"]);
     let with_ttl = routes.len() - 1;
     for route in 0..with_ttl {
         // Never written, no version: refused with the reason.
-        let rejected = sink.write(&recs(vec![partial(At(5, 0), "1")], route)).await.expect("write");
+        let rejected = sink.write(&records(vec![partial(At(5, 0), "1")], route)).await.expect("write");
         assert_eq!(rejected.len(), 1, "route {route}: {rejected:?}");
         let error = &rejected[0].error;
         assert!(error.contains("INCOMPLETE") && error.contains("big") && error.contains("REPLICA IDENTITY FULL"), "{error}");
@@ -285,8 +243,8 @@ async fn a_partial_change_without_its_stored_entry_is_never_written_as_complete(
     // Written, then deleted by a later change: a replayed partial change is
     // skipped (the tombstone is newer), without a dead letter.
     for route in 0..routes.len() {
-        write_ok(&mut sink, vec![ins(At(10, 0), &[("id", "2"), ("name", r#""a""#), ("big", r#""long""#)])], route).await;
-        write_ok(&mut sink, vec![del(At(30, 0), &[("id", "2")])], route).await;
+        write_ok(&mut sink, vec![T.insert(At(10, 0), &[("id", "2"), ("name", r#""a""#), ("big", r#""long""#)])], route).await;
+        write_ok(&mut sink, vec![T.delete(At(30, 0), &[("id", "2")])], route).await;
         write_ok(&mut sink, vec![partial(At(20, 0), "2")], route).await;
     }
     for key in ["doc:2", "row:2", "big:2", "cached:2"] {
@@ -297,14 +255,14 @@ async fn a_partial_change_without_its_stored_entry_is_never_written_as_complete(
 
     // A stored document lacking the column (written by hand): refused.
     let _: () = c.set("doc:3", r#"{"id":3,"name":"a"}"#).await.unwrap();
-    let rejected = sink.write(&recs(vec![partial(At(40, 0), "3")], 0)).await.expect("write");
+    let rejected = sink.write(&records(vec![partial(At(40, 0), "3")], 0)).await.expect("write");
     assert!(rejected.len() == 1 && rejected[0].error.contains("INCOMPLETE"), "{rejected:?}");
     assert_eq!(c.get::<_, String>("doc:3").await.unwrap(), r#"{"id":3,"name":"a"}"#);
 
     // A key change under the default replica identity (old key columns
     // only) from a key that was never written: nothing to copy, refused
     // with the old entry named.
-    let moved = change(
+    let moved = T.change(
         Op::Update,
         At(60, 0),
         row(&[("id", "5")]),
@@ -312,7 +270,7 @@ async fn a_partial_change_without_its_stored_entry_is_never_written_as_complete(
         Some(row(&[("id", "5"), ("name", r#""b""#)])),
         &["big"],
     );
-    let rejected = sink.write(&recs(vec![moved], 1)).await.expect("write");
+    let rejected = sink.write(&records(vec![moved], 1)).await.expect("write");
     assert!(rejected.len() == 1 && rejected[0].error.contains("row:5") && rejected[0].error.contains("old entry row:4"), "{rejected:?}");
     assert!(!c.exists::<_, bool>("row:4").await.unwrap());
     assert!(!c.exists::<_, bool>("row:5").await.unwrap());
@@ -330,13 +288,7 @@ async fn a_partial_change_without_its_stored_entry_is_never_written_as_complete(
 #[tokio::test]
 async fn a_key_change_with_unchanged_toast_copies_the_old_entry() {
     let server = RedisServer::start();
-    let routes = [
-        r#"{"type":"string","key":"doc:{id}"}"#,
-        r#"{"type":"hash","key":"row:{id}"}"#,
-        r#"{"type":"hash","key":"docs","field":"{id}"}"#,
-        r#"{"type":"string","key":"big:{id}","column":"big"}"#,
-        r#"{"type":"hash","key":"bigs:{id}","field":"f","value":"{big}"}"#,
-    ];
+    let routes = whole_row_routes(&[r#"{"type":"hash","key":"bigs:{id}","field":"f","value":"{big}"}"#]);
     let cfg = sink_config(&server.url(), r#","connections":4"#);
     let mut sink = RedisSink::connect(&cfg, routes.iter().map(|m| mapping(m)).collect()).await.expect("connect");
     let mut c = client(&server).await;
@@ -344,10 +296,10 @@ async fn a_key_change_with_unchanged_toast_copies_the_old_entry() {
     let big = |id: u64| Value::String(format!("{id}:{}\"}}{{[]\\\",{}", "md5-".repeat(700), "é".repeat(10)).into());
     let num = |id: u64| Value::Number(id.to_string().into());
     let name = |s: &str| Value::String(s.into());
-    let full = |id: u64, nm: &str| raw_row(&[("id", num(id)), ("name", name(nm)), ("n", n(id)), ("big", big(id))]);
-    let sent = |id: u64, nm: &str, src: u64| raw_row(&[("id", num(id)), ("name", name(nm)), ("n", n(src))]);
+    let full = |id: u64, nm: &str| row_of(&[("id", num(id)), ("name", name(nm)), ("n", n(id)), ("big", big(id))]);
+    let sent = |id: u64, nm: &str, src: u64| row_of(&[("id", num(id)), ("name", name(nm)), ("n", n(src))]);
     let mv = |t: u64, from: u64, to: u64, nm: &str, src: u64| {
-        change(Op::Update, At(t, 0), raw_row(&[("id", num(to))]), Some(raw_row(&[("id", num(from))])), Some(sent(to, nm, src)), &["big"])
+        T.change(Op::Update, At(t, 0), row_of(&[("id", num(to))]), Some(row_of(&[("id", num(from))])), Some(sent(to, nm, src)), &["big"])
     };
     let all: Vec<u64> = (1..=24).collect();
     let ids = &all[..];
@@ -355,14 +307,14 @@ async fn a_key_change_with_unchanged_toast_copies_the_old_entry() {
     // -> 2001), partial changes of the new keys at 30.
     let mut history = Vec::new();
     for &id in ids {
-        history.push(raw_ins(At(10, id as u32), full(id, "a")));
+        history.push(T.insert_row(At(10, id as u32), full(id, "a")));
     }
     for &id in ids {
         history.push(mv(20, id, id + 1000, "b", id));
-        history.push(raw_upd(At(30, id as u32), sent(id + 1000, "c", id), &["big"]));
+        history.push(T.update_row(At(30, id as u32), sent(id + 1000, "c", id), &["big"]));
     }
     history.push(mv(40, 1001, 2001, "d", 1));
-    history.push(raw_upd(At(50, 0), sent(2001, "e", 1), &["big"]));
+    history.push(T.update_row(At(50, 0), sent(2001, "e", 1), &["big"]));
     let (hist_len, final_id) = (history.len(), |id: u64| if id == 1 { 2001 } else { id + 1000 });
     let final_name = |id: u64| if id == 1 { "e" } else { "c" };
     let doc = |id: u64, src: u64, nm: &str| {
@@ -433,7 +385,7 @@ async fn a_key_change_with_unchanged_toast_copies_the_old_entry() {
     // the old key and skips, rather than copy the newer row.
     let _: () = redis::cmd("FLUSHALL").query_async(&mut c).await.unwrap();
     write_ok(&mut sink, history.clone(), 0).await;
-    write_ok(&mut sink, vec![raw_ins(At(60, 0), full(2, "z"))], 0).await;
+    write_ok(&mut sink, vec![T.insert_row(At(60, 0), full(2, "z"))], 0).await;
     let _: () = c.del(&["doc:1002", "pgfanout:v:doc:1002"]).await.unwrap();
     write_ok(&mut sink, vec![mv(20, 2, 1002, "b", 2)], 0).await;
     assert!(!c.exists::<_, bool>("doc:1002").await.unwrap());
@@ -448,14 +400,14 @@ async fn a_whole_row_replaces_the_hash_and_a_partial_one_keeps_unchanged_fields(
     let server = RedisServer::start();
     let mut sink = connect(&server, &[r#"{"type":"hash","key":"item:{id}","ttl":"1h"}"#]).await;
     let mut c = client(&server).await;
-    write_ok(&mut sink, vec![ins(At(1, 0), &[("id", "5"), ("name", r#""a""#), ("big", r#""long""#), ("note", r#""x""#)])], 0).await;
+    write_ok(&mut sink, vec![T.insert(At(1, 0), &[("id", "5"), ("name", r#""a""#), ("big", r#""long""#), ("note", r#""x""#)])], 0).await;
     let _: () = c.hset("item:5", "junk", "1").await.unwrap();
     let _: () = c.hset("item:5", "other", "2").await.unwrap();
     // Partial: junk stays (nothing says it is not ours to keep), note removed.
-    write_ok(&mut sink, vec![upd(At(2, 0), &[("id", "5"), ("name", r#""b""#), ("note", "null")], &["big"])], 0).await;
+    write_ok(&mut sink, vec![T.update(At(2, 0), &[("id", "5"), ("name", r#""b""#), ("note", "null")], &["big"])], 0).await;
     assert_eq!(hgetall(&mut c, "item:5").await, map(&[("id", "5"), ("name", "b"), ("big", "long"), ("junk", "1"), ("other", "2")]));
     // Whole row (a repair or backfill writes `op: read` rows): exactly the row.
-    let read = change(
+    let read = T.change(
         Op::Read,
         At(3, 0),
         row(&[("id", "5")]),
@@ -470,7 +422,7 @@ async fn a_whole_row_replaces_the_hash_and_a_partial_one_keeps_unchanged_fields(
     // Many stray fields at once.
     let stray: Vec<(String, String)> = (0..2500).map(|i| (format!("f{i}"), "v".to_string())).collect();
     let _: () = c.hset_multiple("item:5", &stray).await.unwrap();
-    write_ok(&mut sink, vec![upd(At(4, 0), &[("id", "5"), ("name", r#""c""#), ("big", r#""long""#)], &[])], 0).await;
+    write_ok(&mut sink, vec![T.update(At(4, 0), &[("id", "5"), ("name", r#""c""#), ("big", r#""long""#)], &[])], 0).await;
     assert_eq!(hgetall(&mut c, "item:5").await, map(&[("id", "5"), ("name", "c"), ("big", "long")]));
 }
 
@@ -492,15 +444,16 @@ async fn sets_and_sorted_sets_move_members() {
     for route in [0, 1] {
         write_ok(
             &mut sink,
-            vec![ins(At(1, 0), &p("1", "10", "9.5")), ins(At(1, 1), &p("2", "10", "20")), ins(At(1, 2), &p("3", "11", "1"))],
+            vec![T.insert(At(1, 0), &p("1", "10", "9.5")), T.insert(At(1, 1), &p("2", "10", "20")), T.insert(At(1, 2), &p("3", "11", "1"))],
             route,
         )
         .await;
         // Product 1 moves to category 11 (before known: REPLICA IDENTITY FULL).
-        let moved = change(Op::Update, At(2, 0), row(&[("id", "1")]), Some(row(&p("1", "10", "9.5"))), Some(row(&p("1", "11", "7"))), &[]);
-        write_ok(&mut sink, vec![moved, del(At(3, 0), &p("2", "10", "20"))], route).await;
+        let moved =
+            T.change(Op::Update, At(2, 0), row(&[("id", "1")]), Some(row(&p("1", "10", "9.5"))), Some(row(&p("1", "11", "7"))), &[]);
+        write_ok(&mut sink, vec![moved, T.delete(At(3, 0), &p("2", "10", "20"))], route).await;
         // Replays of older changes do not bring members back.
-        write_ok(&mut sink, vec![ins(At(1, 0), &p("1", "10", "9.5")), ins(At(1, 1), &p("2", "10", "20"))], route).await;
+        write_ok(&mut sink, vec![T.insert(At(1, 0), &p("1", "10", "9.5")), T.insert(At(1, 1), &p("2", "10", "20"))], route).await;
     }
     let mut members: Vec<String> = c.smembers("category:11:products").await.unwrap();
     members.sort();
@@ -517,7 +470,9 @@ async fn stream_appends_once_and_trims() {
     let mut sink =
         connect(&server, &[r#"{"type":"stream","key":"changes:{table}"}"#, r#"{"type":"stream","key":"trimmed","maxlen":10}"#]).await;
     let mut c = client(&server).await;
-    let batch = || vec![ins(At(5, 0), &[("id", "1")]), upd(At(5, 1), &[("id", "1"), ("a", "2")], &[]), del(At(6, 0), &[("id", "1")])];
+    let batch = || {
+        vec![T.insert(At(5, 0), &[("id", "1")]), T.update(At(5, 1), &[("id", "1"), ("a", "2")], &[]), T.delete(At(6, 0), &[("id", "1")])]
+    };
     write_ok(&mut sink, batch(), 0).await;
     write_ok(&mut sink, batch(), 0).await; // replay: nothing appended twice
     assert_eq!(xlen(&mut c, "changes:t").await, 3);
@@ -529,7 +484,7 @@ async fn stream_appends_once_and_trims() {
     assert_eq!(record["before"], serde_json::json!({"id":1}));
     assert_eq!(record["commit_lsn"], "0/6");
 
-    let many: Vec<Change> = (0..1000).map(|i| ins(At(100 + i, 0), &[("id", "1")])).collect();
+    let many: Vec<Change> = (0..1000).map(|i| T.insert(At(100 + i, 0), &[("id", "1")])).collect();
     write_ok(&mut sink, many, 1).await;
     let len = xlen(&mut c, "trimmed").await;
     assert!((10..1000).contains(&len), "MAXLEN ~ 10 left {len} entries");
@@ -541,8 +496,9 @@ async fn wrongtype_and_template_errors_reject_only_their_record() {
     let mut sink = connect(&server, &[r#"{"type":"hash","key":"user:{id}"}"#, r#"{"type":"hash","key":"org:{org_id}"}"#]).await;
     let mut c = client(&server).await;
     let _: () = c.set("user:2", "not a hash").await.unwrap();
-    let mut batch = recs(vec![ins(At(1, 0), &[("id", "1")]), ins(At(1, 1), &[("id", "2")]), ins(At(1, 2), &[("id", "3")])], 0);
-    batch.extend(recs(vec![ins(At(1, 3), &[("id", "4")])], 1)); // no org_id column
+    let mut batch =
+        records(vec![T.insert(At(1, 0), &[("id", "1")]), T.insert(At(1, 1), &[("id", "2")]), T.insert(At(1, 2), &[("id", "3")])], 0);
+    batch.extend(records(vec![T.insert(At(1, 3), &[("id", "4")])], 1)); // no org_id column
     let rejected = sink.write(&batch).await.expect("write");
     let indexes: Vec<usize> = rejected.iter().map(|r| r.index).collect();
     assert_eq!(indexes, [1, 3], "{rejected:?}");
@@ -553,7 +509,7 @@ async fn wrongtype_and_template_errors_reject_only_their_record() {
     assert_eq!(c.get::<_, String>("user:2").await.unwrap(), "not a hash");
     // The rejected record left no version behind: fixing the key lets it apply.
     let _: () = c.del("user:2").await.unwrap();
-    write_ok(&mut sink, vec![ins(At(1, 1), &[("id", "2")])], 0).await;
+    write_ok(&mut sink, vec![T.insert(At(1, 1), &[("id", "2")])], 0).await;
     assert!(c.exists::<_, bool>("user:2").await.unwrap());
 }
 
@@ -589,7 +545,7 @@ async fn acl_user_and_database_number() {
     )
     .await
     .expect("connect as app");
-    write_ok(&mut sink, vec![ins(At(1, 0), &[("id", "1")])], 0).await;
+    write_ok(&mut sink, vec![T.insert(At(1, 0), &[("id", "1")])], 0).await;
     let _: () = redis::cmd("SELECT").arg(3).query_async(&mut c).await.unwrap();
     assert!(c.exists::<_, bool>("user:1").await.unwrap());
     let _: () = redis::cmd("SELECT").arg(0).query_async(&mut c).await.unwrap();
@@ -605,9 +561,9 @@ async fn server_restart_gives_retriable_errors_then_success() {
     )
     .await
     .expect("connect");
-    write_ok(&mut sink, vec![ins(At(1, 0), &[("id", "1")])], 0).await;
+    write_ok(&mut sink, vec![T.insert(At(1, 0), &[("id", "1")])], 0).await;
     server.stop();
-    let batch = recs((0..50).map(|i| ins(At(10 + i, 0), &[("id", &i.to_string()), ("n", "1")])).collect(), 0);
+    let batch = records((0..50).map(|i| T.insert(At(10 + i, 0), &[("id", &i.to_string()), ("n", "1")])), 0);
     for _ in 0..3 {
         let err = sink.write(&batch).await.expect_err("redis is down");
         assert!(err.is_retriable(), "{err}");
@@ -641,13 +597,11 @@ async fn server_restart_gives_retriable_errors_then_success() {
 async fn throughput_hash_100k() {
     let server = RedisServer::start();
     let n = 100_000u64;
-    let records = recs(
-        (0..n)
-            .map(|i| {
-                let id = i.to_string();
-                ins(At(1000 + i, 0), &[("id", &id), ("user_id", "42"), ("status", r#""paid""#), ("total", "19.99"), ("note", "null")])
-            })
-            .collect(),
+    let records = records(
+        (0..n).map(|i| {
+            let id = i.to_string();
+            T.insert(At(1000 + i, 0), &[("id", &id), ("user_id", "42"), ("status", r#""paid""#), ("total", "19.99"), ("note", "null")])
+        }),
         0,
     );
     for (connections, batch_size) in [(1, 5000), (2, 1000), (2, 5000), (4, 5000)] {

@@ -5,10 +5,9 @@
 //! Each test feeds hand-built changes to `ScyllaSink::write` and reads the
 //! tables back with the driver.
 
-use std::sync::Arc;
-
 use pgfanout_scylla::{ScyllaError, ScyllaMapping, ScyllaSettings, ScyllaSink};
-use pgfanout_sdk::{Change, Lsn, Op, Row, Sink, SinkError, SinkRecord, Value};
+use pgfanout_sdk::testing::{records, row, At, Table};
+use pgfanout_sdk::{Op, Sink, SinkError};
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use testkit::CassandraNode;
@@ -26,45 +25,13 @@ async fn client() -> Session {
     SessionBuilder::new().known_node(CassandraNode::shared().contact_point()).build().await.unwrap()
 }
 
-fn row(cols: &[(&str, &str)]) -> Row {
-    Row(cols.iter().map(|(c, v)| (Arc::from(*c), Value::from_serde(&serde_json::from_str(v).unwrap()))).collect())
-}
+/// Every change here is of `public.items`.
+const T: Table = Table("items");
 
-/// (commit_lsn, ordinal)
-struct At(u64, u32);
+#[path = "../../../tests/common/scylla.rs"]
+mod cql;
 
-fn change(op: Op, at: At, key: Row, before: Option<Row>, after: Option<Row>, toast: &[&str]) -> Change {
-    Change {
-        op,
-        schema: "public".into(),
-        table: "items".into(),
-        key: Some(key),
-        before,
-        after,
-        unchanged_toast: toast.iter().map(|c| Arc::from(*c)).collect(),
-        lsn: Lsn(at.0),
-        commit_lsn: Lsn(at.0),
-        ordinal: at.1,
-        xid: Some(1),
-        commit_ts: Some(1_700_000_000_000_000 + at.0 as i64),
-    }
-}
-
-fn ins(at: At, after: &[(&str, &str)]) -> Change {
-    change(Op::Insert, at, row(&after[..1]), None, Some(row(after)), &[])
-}
-
-fn upd(at: At, after: &[(&str, &str)], toast: &[&str]) -> Change {
-    change(Op::Update, at, row(&after[..1]), None, Some(row(after)), toast)
-}
-
-fn del(at: At, key: &[(&str, &str)]) -> Change {
-    change(Op::Delete, at, row(key), Some(row(key)), None, &[])
-}
-
-fn records(changes: Vec<Change>) -> Vec<SinkRecord> {
-    changes.into_iter().map(|c| SinkRecord { change: Arc::new(c), route: 0 }).collect()
-}
+use cql::{select, select_one};
 
 const ITEMS: &str = r#"{"table":"items","columns":{"id":"id","name":"name","bio":"bio","qty":"qty","price":"price","tags":"tags"},
     "partition_key":["id"],"types":{"id":"int","qty":"bigint","price":"decimal","tags":"list<text>"}}"#;
@@ -72,16 +39,7 @@ const ITEMS: &str = r#"{"table":"items","columns":{"id":"id","name":"name","bio"
 type Item = (i32, Option<String>, Option<String>, Option<i64>);
 
 async fn items(session: &Session, ks: &str) -> Vec<Item> {
-    let mut rows: Vec<Item> = session
-        .query_unpaged(format!("SELECT id, name, bio, qty FROM {ks}.items"), ())
-        .await
-        .unwrap()
-        .into_rows_result()
-        .unwrap()
-        .rows()
-        .unwrap()
-        .map(|r| r.unwrap())
-        .collect();
+    let mut rows: Vec<Item> = select(session, format!("SELECT id, name, bio, qty FROM {ks}.items")).await;
     rows.sort();
     rows
 }
@@ -91,12 +49,15 @@ async fn upsert_mirrors_rows_with_toast_key_changes_deletes_and_replays() {
     let ks = "upsert_ks";
     let mut sink = ScyllaSink::connect(&settings(ks, ""), &[mapping(ITEMS)]).await.expect("connect");
     let history = vec![
-        ins(At(1000, 0), &[("id", "1"), ("name", "\"a\""), ("bio", "\"long\""), ("qty", "1"), ("price", "12.50"), ("tags", "[\"x\"]")]),
-        ins(At(1000, 1), &[("id", "2"), ("name", "\"b\""), ("bio", "\"big\""), ("qty", "2"), ("price", "1e2"), ("tags", "[]")]),
+        T.insert(
+            At(1000, 0),
+            &[("id", "1"), ("name", "\"a\""), ("bio", "\"long\""), ("qty", "1"), ("price", "12.50"), ("tags", "[\"x\"]")],
+        ),
+        T.insert(At(1000, 1), &[("id", "2"), ("name", "\"b\""), ("bio", "\"big\""), ("qty", "2"), ("price", "1e2"), ("tags", "[]")]),
         // Unchanged TOAST: bio absent, must stay "long".
-        upd(At(2000, 0), &[("id", "1"), ("name", "\"a2\""), ("qty", "null")], &["bio"]),
+        T.update(At(2000, 0), &[("id", "1"), ("name", "\"a2\""), ("qty", "null")], &["bio"]),
         // Key change 2 -> 3: the old row goes.
-        change(
+        T.change(
             Op::Update,
             At(2000, 1),
             row(&[("id", "3")]),
@@ -105,33 +66,33 @@ async fn upsert_mirrors_rows_with_toast_key_changes_deletes_and_replays() {
             &[],
         ),
         // Within one transaction: insert, delete, insert again, update.
-        ins(At(3000, 0), &[("id", "4"), ("name", "\"d\""), ("bio", "\"x\""), ("qty", "4")]),
-        del(At(3000, 1), &[("id", "4")]),
-        ins(At(3000, 2), &[("id", "4"), ("name", "\"d2\""), ("qty", "5")]),
-        upd(At(3000, 3), &[("id", "4"), ("name", "\"d3\"")], &["bio", "qty"]),
-        ins(At(4000, 0), &[("id", "5"), ("name", "\"e\"")]),
-        del(At(5000, 0), &[("id", "5")]),
+        T.insert(At(3000, 0), &[("id", "4"), ("name", "\"d\""), ("bio", "\"x\""), ("qty", "4")]),
+        T.delete(At(3000, 1), &[("id", "4")]),
+        T.insert(At(3000, 2), &[("id", "4"), ("name", "\"d2\""), ("qty", "5")]),
+        T.update(At(3000, 3), &[("id", "4"), ("name", "\"d3\"")], &["bio", "qty"]),
+        T.insert(At(4000, 0), &[("id", "5"), ("name", "\"e\"")]),
+        T.delete(At(5000, 0), &[("id", "5")]),
     ];
     let expected = vec![
         (1, Some("a2".to_string()), Some("long".to_string()), None),
         (3, Some("c".to_string()), Some("big".to_string()), Some(3)),
         (4, Some("d3".to_string()), None, Some(5)),
     ];
-    assert_eq!(sink.write(&records(history.clone())).await.unwrap(), vec![]);
+    assert_eq!(sink.write(&records(history.clone(), 0)).await.unwrap(), vec![]);
     let session = client().await;
     assert_eq!(items(&session, ks).await, expected);
     // A replay of everything (a crash before the flush was confirmed) and a
     // replay one change at a time (each transaction's batches split) change nothing.
     let mut replay = ScyllaSink::connect(&settings(ks, ""), &[mapping(ITEMS)]).await.unwrap();
-    assert_eq!(replay.write(&records(history.clone())).await.unwrap(), vec![]);
+    assert_eq!(replay.write(&records(history.clone(), 0)).await.unwrap(), vec![]);
     assert_eq!(items(&session, ks).await, expected);
     let mut one_by_one = ScyllaSink::connect(&settings(ks, ""), &[mapping(ITEMS)]).await.unwrap();
     for c in history {
-        assert_eq!(one_by_one.write(&records(vec![c])).await.unwrap(), vec![]);
+        assert_eq!(one_by_one.write(&records(vec![c], 0)).await.unwrap(), vec![]);
     }
     assert_eq!(items(&session, ks).await, expected);
     // An old change arriving late loses.
-    sink.write(&records(vec![ins(At(1000, 0), &[("id", "5"), ("name", "\"zombie\"")])])).await.unwrap();
+    sink.write(&records(vec![T.insert(At(1000, 0), &[("id", "5"), ("name", "\"zombie\"")])], 0)).await.unwrap();
     assert_eq!(items(&session, ks).await, expected);
 }
 
@@ -139,13 +100,16 @@ async fn upsert_mirrors_rows_with_toast_key_changes_deletes_and_replays() {
 async fn a_value_that_does_not_fit_is_rejected_alone() {
     let ks = "reject_ks";
     let mut sink = ScyllaSink::connect(&settings(ks, ""), &[mapping(ITEMS)]).await.expect("connect");
-    let batch = records(vec![
-        ins(At(1000, 0), &[("id", "1"), ("name", "\"ok\""), ("qty", "1")]),
-        ins(At(1000, 1), &[("id", "2"), ("name", "\"bad\""), ("qty", "\"many\"")]),
-        ins(At(1000, 2), &[("id", "3"), ("price", "\"NaN\"")]),
-        ins(At(1000, 3), &[("id", "99999999999"), ("name", "\"too big a key\"")]),
-        ins(At(1000, 4), &[("id", "4"), ("name", "\"ok too\"")]),
-    ]);
+    let batch = records(
+        vec![
+            T.insert(At(1000, 0), &[("id", "1"), ("name", "\"ok\""), ("qty", "1")]),
+            T.insert(At(1000, 1), &[("id", "2"), ("name", "\"bad\""), ("qty", "\"many\"")]),
+            T.insert(At(1000, 2), &[("id", "3"), ("price", "\"NaN\"")]),
+            T.insert(At(1000, 3), &[("id", "99999999999"), ("name", "\"too big a key\"")]),
+            T.insert(At(1000, 4), &[("id", "4"), ("name", "\"ok too\"")]),
+        ],
+        0,
+    );
     let rejected = sink.write(&batch).await.unwrap();
     assert_eq!(rejected.iter().map(|r| r.index).collect::<Vec<_>>(), vec![1, 2, 3], "{rejected:?}");
     let ids: Vec<i32> = items(&client().await, ks).await.into_iter().map(|r| r.0).collect();
@@ -162,51 +126,32 @@ async fn append_writes_one_row_per_change_and_replays_do_not_duplicate() {
     let mut sink = ScyllaSink::connect(&settings(ks, ""), &[mapping(feed)]).await.expect("connect");
     let mk = |op: Op, at: At, user: &str, status: &str| {
         let r = row(&[("id", "1"), ("user_id", user), ("status", status)]);
-        change(op, at, row(&[("id", "1")]), None, Some(r), &[])
+        T.change(op, at, row(&[("id", "1")]), None, Some(r), &[])
     };
     let history = vec![
         mk(Op::Insert, At(1000, 0), "7", "\"new\""),
         mk(Op::Update, At(1000, 1), "7", "\"paid\""),
         mk(Op::Insert, At(2000, 0), "8", "\"new\""),
         mk(Op::Update, At(3000, 0), "7", "\"shipped\""),
-        del(At(4000, 0), &[("id", "1"), ("user_id", "7")]),
+        {
+            let key = row(&[("id", "1"), ("user_id", "7")]);
+            T.change(Op::Delete, At(4000, 0), key.clone(), Some(key), None, &[])
+        },
     ];
-    sink.write(&records(history.clone())).await.unwrap();
-    sink.write(&records(history.clone())).await.unwrap();
+    sink.write(&records(history.clone(), 0)).await.unwrap();
+    sink.write(&records(history.clone(), 0)).await.unwrap();
     let mut again = ScyllaSink::connect(&settings(ks, ""), &[mapping(feed)]).await.unwrap();
-    again.write(&records(history[1..].to_vec())).await.unwrap();
+    again.write(&records(history[1..].to_vec(), 0)).await.unwrap();
     let session = client().await;
-    let rows: Vec<(String, String)> = session
-        .query_unpaged(format!("SELECT action, details FROM {ks}.activity_feed WHERE user_id = 7 LIMIT 10"), ())
-        .await
-        .unwrap()
-        .into_rows_result()
-        .unwrap()
-        .rows()
-        .unwrap()
-        .map(|r| r.unwrap())
-        .collect();
+    let rows: Vec<(String, String)> =
+        select(&session, format!("SELECT action, details FROM {ks}.activity_feed WHERE user_id = 7 LIMIT 10")).await;
     let statuses: Vec<&str> = rows.iter().map(|(_, d)| d.split("\"status\":\"").nth(1).unwrap().split('"').next().unwrap()).collect();
     assert_eq!(statuses, vec!["shipped", "paid", "new"], "{rows:?}");
     assert_eq!(rows[0].0, "items.update");
-    let (ttl,): (Option<i32>,) = session
-        .query_unpaged(format!("SELECT TTL(action) FROM {ks}.activity_feed WHERE user_id = 8"), ())
-        .await
-        .unwrap()
-        .into_rows_result()
-        .unwrap()
-        .single_row()
-        .unwrap();
+    let (ttl,): (Option<i32>,) = select_one(&session, format!("SELECT TTL(action) FROM {ks}.activity_feed WHERE user_id = 8")).await;
     assert!(ttl.is_some_and(|t| t > 29 * 86_400), "{ttl:?}");
     // `$commit_ts` in a date column: the commit's UTC day (1_700_000_000 s is in day 19_675).
-    let (day,): (scylla::value::CqlDate,) = session
-        .query_unpaged(format!("SELECT day FROM {ks}.activity_feed WHERE user_id = 8"), ())
-        .await
-        .unwrap()
-        .into_rows_result()
-        .unwrap()
-        .single_row()
-        .unwrap();
+    let (day,): (scylla::value::CqlDate,) = select_one(&session, format!("SELECT day FROM {ks}.activity_feed WHERE user_id = 8")).await;
     assert_eq!(day.0, (1 << 31) + 19_675);
 }
 
@@ -262,36 +207,39 @@ async fn edge_values_round_trip_and_the_verifier_agrees() {
     let n400 = format!("\"{}\"", "9".repeat(400));
     let frac = format!("-0.{}1", "0".repeat(398));
     let good = vec![
-        ins(At(1000, 0), &[("id", "1"), ("d", "\"0044-03-15 BC\""), ("ts", "\"0001-01-01T00:00:00 BC\""), ("t", "\"23:59:59.999999\"")]),
-        ins(
+        T.insert(
+            At(1000, 0),
+            &[("id", "1"), ("d", "\"0044-03-15 BC\""), ("ts", "\"0001-01-01T00:00:00 BC\""), ("t", "\"23:59:59.999999\"")],
+        ),
+        T.insert(
             At(1000, 1),
             &[("id", "2"), ("d", "\"4714-11-24 BC\""), ("ts", "\"294276-12-31T23:59:59.999999\""), ("addr", "\"10.0.0.1/32\"")],
         ),
-        ins(
+        T.insert(
             At(1000, 2),
             &[("id", "3"), ("d", "\"5874897-12-31\""), ("ts", "\"2024-02-29T01:02:03.123456+00:00\""), ("addr", "\"2001:db8::1\"")],
         ),
-        ins(
+        T.insert(
             At(1000, 3),
             &[("id", "4"), ("ints", "[]"), ("tags", "[]"), ("n", &n400.replace('"', "")), ("big", &format!("-{}", n400.replace('"', "")))],
         ),
-        ins(
+        T.insert(
             At(1000, 4),
             &[("id", "5"), ("ints", "[1,2,3]"), ("tags", "[\"b\",\"a\",\"b\"]"), ("n", &frac), ("f", "\"NaN\""), ("fl", "\"-Infinity\"")],
         ),
-        ins(At(1000, 5), &[("id", "6"), ("n", "12.50"), ("big", "0"), ("f", "0.1"), ("fl", "0.1"), ("body", "\"x\"")]),
+        T.insert(At(1000, 5), &[("id", "6"), ("n", "12.50"), ("big", "0"), ("f", "0.1"), ("fl", "0.1"), ("body", "\"x\"")]),
     ];
     let bad = vec![
-        ins(At(1000, 6), &[("id", "101"), ("d", "\"infinity\"")]),
-        ins(At(1000, 7), &[("id", "102"), ("ts", "\"-infinity\"")]),
-        ins(At(1000, 8), &[("id", "103"), ("addr", "\"2001:db8::1/64\"")]),
-        ins(At(1000, 9), &[("id", "104"), ("ints", "[1,null]")]),
-        ins(At(1000, 10), &[("id", "105"), ("n", "\"NaN\"")]),
-        ins(At(1000, 11), &[("id", "106"), ("t", "\"24:00:00\"")]),
-        ins(At(1000, 12), &[("id", "107"), ("fl", "1e39")]),
-        ins(At(1000, 13), &[("id", "108"), ("big", "1.5")]),
+        T.insert(At(1000, 6), &[("id", "101"), ("d", "\"infinity\"")]),
+        T.insert(At(1000, 7), &[("id", "102"), ("ts", "\"-infinity\"")]),
+        T.insert(At(1000, 8), &[("id", "103"), ("addr", "\"2001:db8::1/64\"")]),
+        T.insert(At(1000, 9), &[("id", "104"), ("ints", "[1,null]")]),
+        T.insert(At(1000, 10), &[("id", "105"), ("n", "\"NaN\"")]),
+        T.insert(At(1000, 11), &[("id", "106"), ("t", "\"24:00:00\"")]),
+        T.insert(At(1000, 12), &[("id", "107"), ("fl", "1e39")]),
+        T.insert(At(1000, 13), &[("id", "108"), ("big", "1.5")]),
     ];
-    let batch = records(good.iter().chain(&bad).cloned().collect());
+    let batch = records(good.iter().chain(&bad).cloned(), 0);
     let rejected = sink.write(&batch).await.unwrap();
     assert_eq!(rejected.iter().map(|r| r.index).collect::<Vec<_>>(), (6..14).collect::<Vec<_>>(), "{rejected:?}");
     assert!(rejected[0].error.contains("infinity has no CQL value"), "{rejected:?}");
@@ -300,9 +248,7 @@ async fn edge_values_round_trip_and_the_verifier_agrees() {
     let session = client().await;
     let read = |cql: String| {
         let session = &session;
-        async move {
-            session.query_unpaged(cql, ()).await.unwrap().into_rows_result().unwrap().single_row::<scylla::value::Row>().unwrap().columns
-        }
+        async move { select_one::<scylla::value::Row>(session, cql).await.columns }
     };
     use scylla::value::{CqlDate, CqlTimestamp, CqlValue};
     let r1 = read(format!("SELECT d, ts FROM {ks}.zoo WHERE id = 1")).await;
@@ -329,7 +275,7 @@ async fn edge_values_round_trip_and_the_verifier_agrees() {
     let configured = pgfanout_sdk::Connector::configure(&pgfanout_scylla::CONNECTOR, &input).map_err(|_| "configure").unwrap();
     let mut verifier = configured.verifier(0).await.unwrap();
     let mut expected = Vec::new();
-    for r in records(good.clone()) {
+    for r in records(good.clone(), 0) {
         expected.extend(verifier.expect(&r).unwrap());
     }
     let ids: Vec<String> = expected.iter().map(|e| e.id.clone()).collect();
@@ -341,7 +287,7 @@ async fn edge_values_round_trip_and_the_verifier_agrees() {
     assert_eq!(n, &serde_json::json!("9".repeat(400)), "decimals compared as their digits");
     assert_eq!(stored[4].as_ref().unwrap()["n"], serde_json::json!(frac));
     assert_eq!(stored[0].as_ref().unwrap()["d"], serde_json::json!("0044-03-15 BC"));
-    for r in records(bad) {
+    for r in records(bad, 0) {
         assert!(verifier.expect(&r).is_err(), "a dead-lettered row is not mappable");
     }
     // A different stored value is seen, however small the difference.
@@ -359,15 +305,18 @@ async fn an_oversized_value_is_rejected_alone() {
     let ks = "oversize_ks";
     let mut sink = ScyllaSink::connect(&settings(ks, ""), &[mapping(ZOO)]).await.expect("connect");
     let huge = format!("\"{}\"", "x".repeat(40 << 20));
-    let batch = records(vec![
-        ins(At(1000, 0), &[("id", "1"), ("body", "\"small\"")]),
-        ins(At(1000, 1), &[("id", "2"), ("body", &huge)]),
-        ins(At(1000, 2), &[("id", "3"), ("body", "\"small\"")]),
-    ]);
+    let batch = records(
+        vec![
+            T.insert(At(1000, 0), &[("id", "1"), ("body", "\"small\"")]),
+            T.insert(At(1000, 1), &[("id", "2"), ("body", &huge)]),
+            T.insert(At(1000, 2), &[("id", "3"), ("body", "\"small\"")]),
+        ],
+        0,
+    );
     let rejected = tokio::time::timeout(std::time::Duration::from_secs(120), sink.write(&batch)).await.expect("not stuck").unwrap();
     assert_eq!(rejected.iter().map(|r| r.index).collect::<Vec<_>>(), vec![1], "{rejected:?}");
-    let rows = client().await.query_unpaged(format!("SELECT id FROM {ks}.zoo"), ()).await.unwrap().into_rows_result().unwrap();
-    let mut ids: Vec<i32> = rows.rows::<(i32,)>().unwrap().map(|r| r.unwrap().0).collect();
+    let rows: Vec<(i32,)> = select(&client().await, format!("SELECT id FROM {ks}.zoo")).await;
+    let mut ids: Vec<i32> = rows.into_iter().map(|r| r.0).collect();
     ids.sort();
     assert_eq!(ids, vec![1, 3]);
 }

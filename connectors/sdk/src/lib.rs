@@ -13,6 +13,8 @@ pub mod lsn;
 pub mod settings;
 pub mod sink;
 pub mod template;
+#[cfg(feature = "test-util")]
+pub mod testing;
 pub mod text;
 pub mod value;
 pub mod verify;

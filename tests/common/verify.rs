@@ -1,0 +1,37 @@
+//! `pgfanout verify` as the tests run it: the command line, a fresh JSON
+//! report per run, and what it said.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde_json::Value as Json;
+
+use super::bin;
+
+/// Runs `pgfanout verify -c <config> --json <report> --settle <settle>
+/// <args>` and waits for it (blocking: call inside `block_in_place`). The
+/// report is a new file next to `config` each run. Returns the exit code
+/// (-1 when killed by a signal), the JSON report (`Null` when none was
+/// written) and stdout then stderr.
+pub fn run_verify(config: &Path, settle: &str, args: &[&str]) -> (i32, Json, String) {
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
+    let report = config.with_file_name(format!("verify-report-{}.json", RUNS.fetch_add(1, Ordering::Relaxed)));
+    let out = Command::new(bin())
+        .args(["verify", "-c"])
+        .arg(config)
+        .arg("--json")
+        .arg(&report)
+        .args(["--settle", settle])
+        .args(args)
+        .output()
+        .expect("run pgfanout verify");
+    let text = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let json = std::fs::read_to_string(&report).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Json::Null);
+    (out.status.code().unwrap_or(-1), json, text)
+}
+
+/// The report entry of pipeline `name` (`Null` when absent).
+pub fn pipeline_report(report: &Json, name: &str) -> Json {
+    report["pipelines"].as_array().and_then(|a| a.iter().find(|p| p["pipeline"] == name).cloned()).unwrap_or(Json::Null)
+}
