@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use pgfanout_sdk::settings::{duration, BatchLimits, RetrySettings, Secret, TlsFiles};
+use pgfanout_sdk::settings::{duration, BatchLimits, Problems, RetrySettings, Secret, TlsFiles};
 use pgfanout_sdk::Template;
 use serde::Deserialize;
 
@@ -124,49 +124,40 @@ fn default_soft_field() -> String {
 impl SearchSinkConfig {
     /// Every problem found, as (dotted sub-path, message).
     pub fn validate(&self) -> Vec<(String, String)> {
-        let mut errors = Vec::new();
-        let mut err = |path: &str, msg: String| errors.push((path.to_string(), msg));
+        let mut problems = Problems::default();
         if self.urls.is_empty() {
-            err("urls", "must list at least one node URL like http://127.0.0.1:9200".into());
+            problems.add("urls", "must list at least one node URL like http://127.0.0.1:9200");
         }
         for (i, u) in self.urls.iter().enumerate() {
             match reqwest::Url::parse(u) {
                 Ok(url) if url.scheme() == "http" || url.scheme() == "https" => {
                     if !url.username().is_empty() || url.password().is_some() {
-                        err(&format!("urls[{i}]"), "must not carry credentials; use username/password or api_key".into());
+                        problems.add(format!("urls[{i}]"), "must not carry credentials; use username/password or api_key");
                     }
                 }
-                _ => err(&format!("urls[{i}]"), format!("{u:?} is not an http:// or https:// URL")),
+                _ => problems.add(format!("urls[{i}]"), format!("{u:?} is not an http:// or https:// URL")),
             }
         }
         if self.password.is_some() && self.username.is_none() {
-            err("password", "needs username".into());
+            problems.add("password", "needs username");
         }
         if self.api_key.is_some() && self.username.is_some() {
-            err("api_key", "use either api_key or username/password, not both".into());
+            problems.add("api_key", "use either api_key or username/password, not both");
         }
-        for (sub, msg) in self.tls.validate() {
-            err(&format!("tls.{sub}"), msg);
-        }
+        problems.nested("tls", self.tls.validate());
         if self.tls.cert_file.is_some() || self.tls.key_password.is_some() {
-            err("tls.cert_file", "client certificates are not supported by the search sink; use ca_file".into());
+            problems.add("tls.cert_file", "client certificates are not supported by the search sink; use ca_file");
         }
         if self.request_timeout < Duration::from_millis(100) {
-            err("request_timeout", "must be at least 100ms".into());
+            problems.add("request_timeout", "must be at least 100ms");
         }
-        for (sub, msg) in self.bulk.validate() {
-            err(&format!("bulk.{sub}"), msg);
-        }
-        for (sub, msg) in self.retry.validate() {
-            err(&format!("retry.{sub}"), msg);
-        }
-        if self.concurrency == 0 || self.concurrency > 64 {
-            err("concurrency", "must be between 1 and 64".into());
-        }
+        problems.nested("bulk", self.bulk.validate());
+        problems.nested("retry", self.retry.validate());
+        problems.between("concurrency", self.concurrency, 1, 64);
         if self.in_flight_batches == 0 || self.in_flight_batches > 64 {
-            err("in_flight_batches", "must be between 1 and 64 (1: one batch at a time)".into());
+            problems.add("in_flight_batches", "must be between 1 and 64 (1: one batch at a time)");
         }
-        errors
+        problems.into()
     }
 }
 

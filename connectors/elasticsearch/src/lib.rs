@@ -89,8 +89,8 @@ mod route;
 mod sink;
 mod verify;
 
-use pgfanout_sdk::connector::{parse_sink, BoxFuture};
-use pgfanout_sdk::{Check, ConfigError, ConfiguredSink, Connector, DynSink, SinkError, SinkInput, Verifier};
+use pgfanout_sdk::connector::{boxed_sink, TypedConnector};
+use pgfanout_sdk::Check;
 
 pub use config::{check_index_name, DeleteMode, SearchMapping, SearchSinkConfig, TruncateMode};
 pub use error::{ErrorReply, EsError, ItemError};
@@ -98,68 +98,33 @@ pub use sink::SearchSink;
 
 /// The connector: `type: elasticsearch` (alias `opensearch`), settings
 /// [`SearchSinkConfig`], an `elasticsearch:` (or `opensearch:`) mapping
-/// ([`SearchMapping`]) per pipeline.
-pub static CONNECTOR: SearchConnector = SearchConnector;
+/// ([`SearchMapping`]) per pipeline; `verify` reads back every index not fed
+/// through an ingest pipeline.
+pub static CONNECTOR: TypedConnector<SearchSinkConfig, SearchMapping> =
+    TypedConnector::new("elasticsearch", SearchSinkConfig::validate, SearchMapping::validate, |settings, mappings| {
+        boxed_sink(SearchSink::connect(settings, mappings.to_vec()))
+    })
+    .with_aliases(&["opensearch"])
+    .with_doctor(|settings, mappings| Box::pin(doctor(settings, mappings)))
+    .with_verifier(verify::verifiable, |settings, mappings, route| Box::pin(async move { verify::connect(settings, &mappings[route]) }));
 
-/// See [`CONNECTOR`].
-pub struct SearchConnector;
-
-impl Connector for SearchConnector {
-    fn kind(&self) -> &'static str {
-        "elasticsearch"
+/// `doctor`: the cluster answers with these credentials; each constant index
+/// exists (or will be created at the first write).
+async fn doctor(settings: &SearchSinkConfig, mappings: &[SearchMapping]) -> Vec<Check> {
+    let sink = match SearchSink::connect(settings, mappings.to_vec()).await {
+        Ok(s) => s,
+        Err(e) => return vec![Check::failed("cluster reachable with these credentials", e.to_string())],
+    };
+    let mut checks = vec![Check::ok(format!("cluster {} reachable", sink.ping().await.unwrap_or_default()))];
+    for m in mappings {
+        if !m.index.contains('{') {
+            let what = format!("index {}", m.index);
+            checks.push(match sink.index_exists(&m.index).await {
+                Ok(true) => Check::ok(format!("{what} exists")),
+                Ok(false) => Check::ok(format!("{what} does not exist yet; the sink creates it at the first write")),
+                Err(e) => Check::failed(what, e.to_string()),
+            });
+        }
     }
-
-    fn aliases(&self) -> &'static [&'static str] {
-        &["opensearch"]
-    }
-
-    fn configure(&self, input: &SinkInput<'_>) -> Result<Box<dyn ConfiguredSink>, Vec<ConfigError>> {
-        let (settings, mappings) = parse_sink(self.kind(), input, SearchSinkConfig::validate, SearchMapping::validate)?;
-        Ok(Box::new(Configured { settings, mappings }))
-    }
-}
-
-struct Configured {
-    settings: SearchSinkConfig,
-    mappings: Vec<SearchMapping>,
-}
-
-impl ConfiguredSink for Configured {
-    fn build(&self) -> BoxFuture<'_, Result<Box<dyn DynSink>, SinkError>> {
-        Box::pin(async move { Ok(Box::new(SearchSink::connect(&self.settings, self.mappings.clone()).await?) as Box<dyn DynSink>) })
-    }
-
-    fn verifiable(&self, route: usize) -> Result<(), String> {
-        self.mappings.get(route).map_or_else(|| Err("no such route".into()), verify::verifiable)
-    }
-
-    fn verifier(&self, route: usize) -> BoxFuture<'_, Result<Box<dyn Verifier>, SinkError>> {
-        Box::pin(async move {
-            let m = self.mappings.get(route).ok_or_else(|| SinkError::Permanent(format!("no route {route}")))?;
-            verify::connect(&self.settings, m)
-        })
-    }
-
-    /// The cluster answers with these credentials; each constant index
-    /// exists (or will be created at the first write).
-    fn doctor(&self) -> BoxFuture<'_, Vec<Check>> {
-        Box::pin(async move {
-            let sink = match SearchSink::connect(&self.settings, self.mappings.clone()).await {
-                Ok(s) => s,
-                Err(e) => return vec![Check::failed("cluster reachable with these credentials", e.to_string())],
-            };
-            let mut checks = vec![Check::ok(format!("cluster {} reachable", sink.ping().await.unwrap_or_default()))];
-            for m in &self.mappings {
-                if !m.index.contains('{') {
-                    let what = format!("index {}", m.index);
-                    checks.push(match sink.index_exists(&m.index).await {
-                        Ok(true) => Check::ok(format!("{what} exists")),
-                        Ok(false) => Check::ok(format!("{what} does not exist yet; the sink creates it at the first write")),
-                        Err(e) => Check::failed(what, e.to_string()),
-                    });
-                }
-            }
-            checks
-        })
-    }
+    checks
 }

@@ -13,15 +13,16 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use pgfanout_sdk::connector::{parse, BoxFuture};
-use pgfanout_sdk::{BatchOutcome, ConfigError, ConfiguredSink, Connector, DynSink, Sink, SinkError, SinkInput, SinkRecord};
+use pgfanout_sdk::connector::{boxed_sink, TypedConnector};
+use pgfanout_sdk::{BatchOutcome, Check, Sink, SinkError, SinkRecord};
 use serde::Deserialize;
 
-/// The connector: `type: file`, settings `{ path }`, no pipeline mapping.
-pub static CONNECTOR: FileConnector = FileConnector;
-
-/// See [`CONNECTOR`].
-pub struct FileConnector;
+/// The connector: `type: file`, settings `{ path }`, no pipeline mapping;
+/// `doctor` opens the file for appending.
+pub static CONNECTOR: TypedConnector<FileSettings, ()> = TypedConnector::without_mapping("file", FileSettings::validate, |settings, _| {
+    boxed_sink(async move { FileSink::open(&settings.path) })
+})
+.with_doctor(|settings, _| Box::pin(async move { settings.doctor() }));
 
 /// `sinks.<name>` with `type: file`.
 #[derive(Debug, Clone, Deserialize)]
@@ -40,37 +41,13 @@ impl FileSettings {
             Vec::new()
         }
     }
-}
 
-impl Connector for FileConnector {
-    fn kind(&self) -> &'static str {
-        "file"
-    }
-
-    fn takes_mapping(&self) -> bool {
-        false
-    }
-
-    fn configure(&self, input: &SinkInput<'_>) -> Result<Box<dyn ConfiguredSink>, Vec<ConfigError>> {
-        let settings =
-            parse(input.settings, FileSettings::validate).map_err(|e| e.into_iter().map(ConfigError::Settings).collect::<Vec<_>>())?;
-        Ok(Box::new(settings))
-    }
-}
-
-impl ConfiguredSink for FileSettings {
-    fn build(&self) -> BoxFuture<'_, Result<Box<dyn DynSink>, SinkError>> {
-        Box::pin(async move { FileSink::open(&self.path).map(|s| Box::new(s) as Box<dyn DynSink>) })
-    }
-
-    fn doctor(&self) -> BoxFuture<'_, Vec<pgfanout_sdk::Check>> {
-        Box::pin(async move {
-            let what = format!("{} writable", self.path);
-            match FileSink::open(&self.path) {
-                Ok(_) => vec![pgfanout_sdk::Check::ok(what)],
-                Err(e) => vec![pgfanout_sdk::Check::failed(what, e.to_string())],
-            }
-        })
+    fn doctor(&self) -> Vec<Check> {
+        let what = format!("{} writable", self.path);
+        match FileSink::open(&self.path) {
+            Ok(_) => vec![Check::ok(what)],
+            Err(e) => vec![Check::failed(what, e.to_string())],
+        }
     }
 }
 

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use pgfanout_sdk::settings::{duration, Secret, TlsFiles};
+use pgfanout_sdk::settings::{duration, Problems, Secret, TlsFiles};
 use pgfanout_sdk::Template;
 use serde::Deserialize;
 
@@ -126,28 +126,18 @@ pub struct SaslConfig {
 /// existing topic is used as is. With `create: false` every topic must exist:
 /// connecting fails naming a missing constant topic, and a record whose
 /// rendered topic is missing is rejected (dead-lettered) with its name.
+/// A field left out takes its value from [`TopicCreation::default`].
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct TopicCreation {
-    #[serde(default = "default_true")]
     pub create: bool,
     /// Partitions of created topics (default 1). Records are partitioned by
     /// key, so per-key order holds whatever the count.
-    #[serde(default = "default_one")]
     pub partitions: i32,
     /// Replication factor of created topics (default 1; use 3 in production).
-    #[serde(default = "default_one")]
     pub replication_factor: i32,
     /// Extra topic configs for created topics (e.g. `cleanup.policy: compact`).
-    #[serde(default)]
     pub config: BTreeMap<String, String>,
-}
-
-fn default_true() -> bool {
-    true
-}
-fn default_one() -> i32 {
-    1
 }
 
 impl Default for TopicCreation {
@@ -156,35 +146,27 @@ impl Default for TopicCreation {
     }
 }
 
-/// The names Debezium takes from its connector config.
+/// The names Debezium takes from its connector config. A field left out
+/// takes its value from [`DebeziumConfig::default`].
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct DebeziumConfig {
     /// `source.name`: Debezium's logical server name / `topic.prefix`
     /// (default `pgfanout`).
-    #[serde(default = "default_server_name")]
     pub server_name: String,
     /// `source.db`: the captured database's name (default `postgres`).
-    #[serde(default = "default_database")]
     pub database: String,
     /// `source.version` (default `pgfanout-<version>`).
-    #[serde(default = "default_version")]
     pub version: String,
-}
-
-fn default_server_name() -> String {
-    "pgfanout".into()
-}
-fn default_database() -> String {
-    "postgres".into()
-}
-fn default_version() -> String {
-    concat!("pgfanout-", env!("CARGO_PKG_VERSION")).into()
 }
 
 impl Default for DebeziumConfig {
     fn default() -> Self {
-        DebeziumConfig { server_name: default_server_name(), database: default_database(), version: default_version() }
+        DebeziumConfig {
+            server_name: "pgfanout".into(),
+            database: "postgres".into(),
+            version: concat!("pgfanout-", env!("CARGO_PKG_VERSION")).into(),
+        }
     }
 }
 
@@ -233,66 +215,63 @@ const RESERVED_PROPERTIES: [(&str, &str); 8] = [
 impl KafkaSinkConfig {
     /// Every problem found, as (dotted sub-path, message). Empty when valid.
     pub fn validate(&self) -> Vec<(String, String)> {
-        let mut errors = Vec::new();
-        let mut err = |path: &str, msg: String| errors.push((path.to_string(), msg));
+        let mut problems = Problems::default();
         let brokers: Vec<&str> = self.brokers.split(',').map(str::trim).collect();
         if self.brokers.trim().is_empty() {
-            err("brokers", "must list at least one broker as host:port".into());
+            problems.add("brokers", "must list at least one broker as host:port");
         } else {
             for b in &brokers {
                 let b = b.split_once("://").map_or(*b, |(_, rest)| rest);
                 match b.rsplit_once(':') {
                     Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {}
-                    _ => err("brokers", format!("{b:?} is not host:port")),
+                    _ => problems.add("brokers", format!("{b:?} is not host:port")),
                 }
             }
         }
         if self.in_flight_batches == 0 || self.in_flight_batches > 64 {
-            err("in_flight_batches", "must be between 1 and 64 (1: one batch at a time)".into());
+            problems.add("in_flight_batches", "must be between 1 and 64 (1: one batch at a time)");
         }
         if let Some(id) = &self.client_id {
             if id.trim().is_empty() {
-                err("client_id", "must not be empty when given".into());
+                problems.add("client_id", "must not be empty when given");
             }
         }
         if let Some(sasl) = &self.sasl {
             if sasl.username.is_empty() {
-                err("sasl.username", "must not be empty".into());
+                problems.add("sasl.username", "must not be empty");
             }
             if sasl.password.is_empty() {
-                err("sasl.password", "must not be empty".into());
+                problems.add("sasl.password", "must not be empty");
             }
         }
         if let Some(tls) = &self.tls {
-            for (sub, msg) in tls.validate() {
-                err(&format!("tls.{sub}"), msg);
-            }
+            problems.nested("tls", tls.validate());
         }
         if self.topics.create {
             if self.topics.partitions < 1 {
-                err("topics.partitions", "must be at least 1".into());
+                problems.add("topics.partitions", "must be at least 1");
             }
             if self.topics.replication_factor < 1 {
-                err("topics.replication_factor", "must be at least 1".into());
+                problems.add("topics.replication_factor", "must be at least 1");
             }
         }
         if self.delivery_timeout < Duration::from_millis(100) {
-            err("delivery_timeout", "must be at least 100ms".into());
+            problems.add("delivery_timeout", "must be at least 100ms");
         } else if self.delivery_timeout > Duration::from_secs(3600) {
-            err("delivery_timeout", "must be at most 1h".into());
+            problems.add("delivery_timeout", "must be at most 1h");
         }
         if self.debezium.server_name.trim().is_empty() {
-            err("debezium.server_name", "must not be empty".into());
+            problems.add("debezium.server_name", "must not be empty");
         }
         if self.debezium.database.trim().is_empty() {
-            err("debezium.database", "must not be empty".into());
+            problems.add("debezium.database", "must not be empty");
         }
         for key in self.properties.keys() {
             if let Some((_, why)) = RESERVED_PROPERTIES.iter().find(|(k, _)| k == key) {
-                err(&format!("properties.{key}"), format!("cannot be set here: {why}"));
+                problems.add(format!("properties.{key}"), format!("cannot be set here: {why}"));
             }
         }
-        errors
+        problems.into()
     }
 }
 

@@ -28,6 +28,8 @@ pub use debezium::{op_code, write_envelope};
 pub use encode::header;
 pub use sink::{client_config, KafkaSink};
 
+use pgfanout_sdk::connector::{boxed_sink, TypedConnector};
+
 /// The rdkafka this sink is built on, so code that reads topics back (the
 /// daemon's end-to-end tests, tools) uses the same librdkafka build without
 /// a second copy of the dependency.
@@ -35,10 +37,7 @@ pub use rdkafka;
 
 /// The connector: `type: kafka`, settings [`KafkaSinkConfig`], a `kafka:` mapping
 /// ([`KafkaMapping`]) per pipeline.
-pub static CONNECTOR: pgfanout_sdk::connector::TypedConnector<KafkaSinkConfig, KafkaMapping> = pgfanout_sdk::connector::TypedConnector {
-    kind: "kafka",
-    aliases: &[],
-    validate_settings: KafkaSinkConfig::validate,
-    validate_mapping: KafkaMapping::validate,
-    connect: |settings, mappings| Box::pin(async move { Ok(Box::new(KafkaSink::connect(settings, mappings.to_vec()).await?) as _) }),
-};
+pub static CONNECTOR: TypedConnector<KafkaSinkConfig, KafkaMapping> =
+    TypedConnector::new("kafka", KafkaSinkConfig::validate, KafkaMapping::validate, |settings, mappings| {
+        boxed_sink(KafkaSink::connect(settings, mappings.to_vec()))
+    });

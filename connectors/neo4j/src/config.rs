@@ -6,7 +6,7 @@
 //! path before anything connects. Property and column maps keep their order
 //! (`IndexMap`) so generated Cypher is stable across runs.
 
-use pgfanout_sdk::settings::{Secret, TlsFiles};
+use pgfanout_sdk::settings::{Problems, Secret, TlsFiles};
 
 use indexmap::IndexMap;
 use serde::Deserialize;
@@ -77,14 +77,11 @@ fn default_true() -> bool {
 }
 
 /// One pipeline's mapping: exactly one of `node`, `relationship`, `cypher`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Neo4jMapping {
-    #[serde(default)]
     pub node: Option<NodeMapping>,
-    #[serde(default)]
     pub relationship: Option<RelMapping>,
-    #[serde(default)]
     pub cypher: Option<CypherMapping>,
 }
 
@@ -135,16 +132,13 @@ pub struct RelMapping {
 /// `$version` (the position as text that sorts like positions: compare it to
 /// guard writes), `$op` (string); or, when the statement mentions `$rows`,
 /// once per batch with `$rows` a list of maps with those entries.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct CypherMapping {
     /// For insert, update and snapshot rows.
-    #[serde(default)]
     pub on_upsert: Option<String>,
-    #[serde(default)]
     pub on_delete: Option<String>,
     /// For truncate (runs once, `$lsn` and `$op` only). Absent: ignored.
-    #[serde(default)]
     pub on_truncate: Option<String>,
 }
 
@@ -153,26 +147,25 @@ const SCHEMES: [&str; 6] = ["bolt", "bolt+s", "bolt+ssc", "neo4j", "neo4j+s", "n
 impl Neo4jSinkConfig {
     /// Every problem found, as (dotted sub-path, message). Empty when valid.
     pub fn validate(&self) -> Vec<(String, String)> {
-        let mut errors = Vec::new();
-        let mut err = |path: &str, msg: String| errors.push((path.to_string(), msg));
+        let mut problems = Problems::default();
         match self.uri.split_once("://") {
             Some((scheme, rest)) if SCHEMES.contains(&scheme) => {
                 if rest.is_empty() || rest.contains('@') {
-                    err("uri", "must be scheme://host:port, with user and password in their own fields".into());
+                    problems.add("uri", "must be scheme://host:port, with user and password in their own fields");
                 }
             }
-            _ => err("uri", format!("{:?} must start with one of {}", self.uri, SCHEMES.map(|s| format!("{s}://")).join(", "))),
+            _ => problems.add("uri", format!("{:?} must start with one of {}", self.uri, SCHEMES.map(|s| format!("{s}://")).join(", "))),
         }
         if self.user.trim().is_empty() {
-            err("user", "must not be empty".into());
+            problems.add("user", "must not be empty");
         }
         if let Some(db) = &self.database {
             if db.trim().is_empty() {
-                err("database", "must not be empty when given (omit it for the server's default)".into());
+                problems.add("database", "must not be empty when given (omit it for the server's default)");
             }
         }
         if self.tls.ca_file.is_some() && !self.uri.contains("+s") {
-            err("tls.ca_file", "only applies to bolt+s:// or neo4j+s:// URIs".into());
+            problems.add("tls.ca_file", "only applies to bolt+s:// or neo4j+s:// URIs");
         }
         for (field, set) in [
             ("cert_file", self.tls.cert_file.is_some()),
@@ -181,25 +174,19 @@ impl Neo4jSinkConfig {
             ("insecure", self.tls.insecure),
         ] {
             if set {
-                err(
-                    &format!("tls.{field}"),
-                    "is not supported by the Neo4j client; use ca_file, or a +ssc URI to accept a self-signed certificate".into(),
+                problems.add(
+                    format!("tls.{field}"),
+                    "is not supported by the Neo4j client; use ca_file, or a +ssc URI to accept a self-signed certificate",
                 );
             }
         }
-        if self.max_batch == 0 || self.max_batch > 100_000 {
-            err("max_batch", "must be between 1 and 100000".into());
-        }
+        problems.between("max_batch", self.max_batch, 1, 100_000);
         if self.fetch_size == 0 {
-            err("fetch_size", "must be at least 1".into());
+            problems.add("fetch_size", "must be at least 1");
         }
-        if self.in_flight_batches == 0 || self.in_flight_batches > 64 {
-            err("in_flight_batches", "must be between 1 and 64".into());
-        }
-        if self.max_connections == 0 || self.max_connections > 64 {
-            err("max_connections", "must be between 1 and 64".into());
-        }
-        errors
+        problems.between("in_flight_batches", self.in_flight_batches, 1, 64);
+        problems.between("max_connections", self.max_connections, 1, 64);
+        problems.into()
     }
 
     /// The `host:port` part neo4rs connects to, TLS decided by the scheme.

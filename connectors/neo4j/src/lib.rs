@@ -40,47 +40,14 @@ pub use sink::Neo4jSink;
 /// daemon's end-to-end tests, tools) uses the same client version.
 pub use neo4rs;
 
-use pgfanout_sdk::connector::{parse_sink, BoxFuture};
-use pgfanout_sdk::{ConfigError, ConfiguredSink, Connector, DynSink, SinkError, SinkInput, Verifier};
+use pgfanout_sdk::connector::{boxed_sink, TypedConnector};
 
 /// The connector: `type: neo4j`, settings [`Neo4jSinkConfig`], a `neo4j:` mapping
-/// ([`Neo4jMapping`]) per pipeline.
-pub static CONNECTOR: Neo4jConnector = Neo4jConnector;
-
-/// See [`CONNECTOR`].
-pub struct Neo4jConnector;
-
-impl Connector for Neo4jConnector {
-    fn kind(&self) -> &'static str {
-        "neo4j"
-    }
-
-    fn configure(&self, input: &SinkInput<'_>) -> Result<Box<dyn ConfiguredSink>, Vec<ConfigError>> {
-        let (settings, mappings) = parse_sink(self.kind(), input, Neo4jSinkConfig::validate, Neo4jMapping::validate)?;
-        Ok(Box::new(Configured { settings, mappings }))
-    }
-}
-
-struct Configured {
-    settings: Neo4jSinkConfig,
-    mappings: Vec<Neo4jMapping>,
-}
-
-impl ConfiguredSink for Configured {
-    fn build(&self) -> BoxFuture<'_, Result<Box<dyn DynSink>, SinkError>> {
-        Box::pin(async move { Ok(Box::new(Neo4jSink::connect(&self.settings, self.mappings.clone()).await?) as Box<dyn DynSink>) })
-    }
-
-    fn verifiable(&self, route: usize) -> Result<(), String> {
-        self.mappings.get(route).map_or_else(|| Err("no such route".into()), verify::verifiable)
-    }
-
-    fn verifier(&self, route: usize) -> BoxFuture<'_, Result<Box<dyn Verifier>, SinkError>> {
-        Box::pin(async move {
-            if route >= self.mappings.len() {
-                return Err(SinkError::Permanent(format!("no route {route}")));
-            }
-            verify::connect(&self.settings, &self.mappings, route).await
-        })
-    }
-}
+/// ([`Neo4jMapping`]) per pipeline; `verify` reads back node and
+/// relationship mappings (a route's verifier knows the other routes, which
+/// may own the same nodes).
+pub static CONNECTOR: TypedConnector<Neo4jSinkConfig, Neo4jMapping> =
+    TypedConnector::new("neo4j", Neo4jSinkConfig::validate, Neo4jMapping::validate, |settings, mappings| {
+        boxed_sink(Neo4jSink::connect(settings, mappings.to_vec()))
+    })
+    .with_verifier(verify::verifiable, |settings, mappings, route| Box::pin(verify::connect(settings, mappings, route)));

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use pgfanout_sdk::settings::{duration, option_duration, Secret, TlsFiles};
+use pgfanout_sdk::settings::{default_connect_timeout, duration, option_duration, Problems, Secret, TlsFiles};
 use pgfanout_sdk::Template;
 use serde::Deserialize;
 
@@ -58,9 +58,6 @@ pub struct RedisSinkConfig {
     pub tombstone_ttl: Duration,
 }
 
-fn default_connect_timeout() -> Duration {
-    Duration::from_secs(5)
-}
 fn default_response_timeout() -> Duration {
     Duration::from_secs(30)
 }
@@ -144,42 +141,29 @@ pub struct RedisMapping {
 impl RedisSinkConfig {
     /// Every problem found, as (dotted sub-path, message). Empty when valid.
     pub fn validate(&self) -> Vec<(String, String)> {
-        let mut errors = Vec::new();
-        let mut err = |path: &str, msg: String| errors.push((path.to_string(), msg));
+        let mut problems = Problems::default();
         match self.url.split_once("://") {
             Some(("redis" | "rediss", _)) => {
                 if redis::IntoConnectionInfo::into_connection_info(self.url.as_str()).is_err() {
-                    err("url", format!("{:?} is not a valid Redis URL", redact(&self.url)));
+                    problems.add("url", format!("{:?} is not a valid Redis URL", redact(&self.url)));
                 }
             }
-            _ => err("url", format!("{:?} must start with redis:// or rediss://", redact(&self.url))),
+            _ => problems.add("url", format!("{:?} must start with redis:// or rediss://", redact(&self.url))),
         }
-        for (path, value) in [
+        problems.nonzero(&[
             ("connect_timeout", self.connect_timeout),
             ("response_timeout", self.response_timeout),
             ("reconnect_max_delay", self.reconnect_max_delay),
             ("tombstone_ttl", self.tombstone_ttl),
-        ] {
-            if value.is_zero() {
-                err(path, "must be greater than zero".into());
-            }
-        }
-        if self.connections == 0 || self.connections > 64 {
-            err("connections", "must be between 1 and 64".into());
-        }
-        if self.records_per_call == 0 || self.records_per_call > 100_000 {
-            err("records_per_call", "must be between 1 and 100000".into());
-        }
-        if self.in_flight_batches == 0 || self.in_flight_batches > 64 {
-            err("in_flight_batches", "must be between 1 and 64".into());
-        }
+        ]);
+        problems.between("connections", self.connections, 1, 64);
+        problems.between("records_per_call", self.records_per_call, 1, 100_000);
+        problems.between("in_flight_batches", self.in_flight_batches, 1, 64);
         if self.version_prefix.is_empty() {
-            err("version_prefix", "must not be empty (version hashes would collide with data keys)".into());
+            problems.add("version_prefix", "must not be empty (version hashes would collide with data keys)");
         }
-        for (sub, msg) in self.tls.validate() {
-            err(&format!("tls.{sub}"), msg);
-        }
-        errors
+        problems.nested("tls", self.tls.validate());
+        problems.into()
     }
 
     pub(crate) fn is_tls(&self) -> bool {

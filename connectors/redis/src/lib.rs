@@ -24,48 +24,16 @@ mod exact_json;
 mod sink;
 mod verify;
 
-use pgfanout_sdk::connector::{parse_sink, BoxFuture};
-use pgfanout_sdk::{ConfigError, ConfiguredSink, Connector, DynSink, SinkError, SinkInput, Verifier};
+use pgfanout_sdk::connector::{boxed_sink, TypedConnector};
 
 pub use config::{MappingKind, RedisMapping, RedisSinkConfig};
 pub use sink::RedisSink;
 
 /// The connector: `type: redis`, settings [`RedisSinkConfig`], a `redis:` mapping
-/// ([`RedisMapping`]) per pipeline.
-pub static CONNECTOR: RedisConnector = RedisConnector;
-
-/// See [`CONNECTOR`].
-pub struct RedisConnector;
-
-impl Connector for RedisConnector {
-    fn kind(&self) -> &'static str {
-        "redis"
-    }
-
-    fn configure(&self, input: &SinkInput<'_>) -> Result<Box<dyn ConfiguredSink>, Vec<ConfigError>> {
-        let (settings, mappings) = parse_sink(self.kind(), input, RedisSinkConfig::validate, RedisMapping::validate)?;
-        Ok(Box::new(Configured { settings, mappings }))
-    }
-}
-
-struct Configured {
-    settings: RedisSinkConfig,
-    mappings: Vec<RedisMapping>,
-}
-
-impl ConfiguredSink for Configured {
-    fn build(&self) -> BoxFuture<'_, Result<Box<dyn DynSink>, SinkError>> {
-        Box::pin(async move { Ok(Box::new(RedisSink::connect(&self.settings, self.mappings.clone()).await?) as Box<dyn DynSink>) })
-    }
-
-    fn verifiable(&self, route: usize) -> Result<(), String> {
-        self.mappings.get(route).map_or_else(|| Err("no such route".into()), verify::verifiable)
-    }
-
-    fn verifier(&self, route: usize) -> BoxFuture<'_, Result<Box<dyn Verifier>, SinkError>> {
-        Box::pin(async move {
-            let m = self.mappings.get(route).ok_or_else(|| SinkError::Permanent(format!("no route {route}")))?;
-            verify::connect(&self.settings, m).await
-        })
-    }
-}
+/// ([`RedisMapping`]) per pipeline; `verify` reads back every mapping type
+/// but `stream`.
+pub static CONNECTOR: TypedConnector<RedisSinkConfig, RedisMapping> =
+    TypedConnector::new("redis", RedisSinkConfig::validate, RedisMapping::validate, |settings, mappings| {
+        boxed_sink(RedisSink::connect(settings, mappings.to_vec()))
+    })
+    .with_verifier(verify::verifiable, |settings, mappings, route| Box::pin(verify::connect(settings, &mappings[route])));

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use indexmap::IndexMap;
-use pgfanout_sdk::settings::{duration, option_duration, Secret, TlsFiles};
+use pgfanout_sdk::settings::{default_connect_timeout, duration, option_duration, Problems, Secret, TlsFiles};
 use pgfanout_sdk::{Op, Template};
 use serde::Deserialize;
 
@@ -59,9 +59,6 @@ pub struct ScyllaSettings {
 
 fn default_consistency() -> ConsistencyName {
     ConsistencyName::LocalQuorum
-}
-fn default_connect_timeout() -> Duration {
-    Duration::from_secs(5)
 }
 fn default_request_timeout() -> Duration {
     Duration::from_secs(12)
@@ -228,43 +225,32 @@ impl Source {
 
 impl ScyllaSettings {
     pub fn validate(&self) -> Vec<(String, String)> {
-        let mut errors = Vec::new();
-        let mut err = |p: &str, m: String| errors.push((p.to_string(), m));
+        let mut problems = Problems::default();
         if self.nodes.is_empty() {
-            err("nodes", "list at least one contact point (host:port)".into());
+            problems.add("nodes", "list at least one contact point (host:port)");
         }
         for (i, n) in self.nodes.iter().enumerate() {
             if n.trim().is_empty() || n.contains("://") {
-                err(&format!("nodes[{i}]"), format!("{n:?} must be host or host:port"));
+                problems.add(format!("nodes[{i}]"), format!("{n:?} must be host or host:port"));
             }
         }
         if !valid_ident(&self.keyspace) {
-            err("keyspace", format!("{:?} is not a CQL identifier (letters, digits, _)", self.keyspace));
+            problems.add("keyspace", format!("{:?} is not a CQL identifier (letters, digits, _)", self.keyspace));
         }
         if self.password.is_some() && self.username.is_none() {
-            err("username", "is required with password".into());
+            problems.add("username", "is required with password");
         }
-        for (p, d) in [("connect_timeout", self.connect_timeout), ("request_timeout", self.request_timeout)] {
-            if d.is_zero() {
-                err(p, "must be greater than zero".into());
-            }
-        }
-        if self.concurrency == 0 || self.concurrency > 1024 {
-            err("concurrency", "must be between 1 and 1024".into());
-        }
-        if self.batch_statements == 0 || self.batch_statements > 1000 {
-            err("batch_statements", "must be between 1 and 1000".into());
-        }
+        problems.nonzero(&[("connect_timeout", self.connect_timeout), ("request_timeout", self.request_timeout)]);
+        problems.between("concurrency", self.concurrency, 1, 1024);
+        problems.between("batch_statements", self.batch_statements, 1, 1000);
         if self.in_flight_batches == 0 || self.in_flight_batches > 64 {
-            err("in_flight_batches", "must be between 1 and 64 (1: one batch at a time)".into());
+            problems.add("in_flight_batches", "must be between 1 and 64 (1: one batch at a time)");
         }
         if self.replication_factor == 0 {
-            err("replication_factor", "must be at least 1".into());
+            problems.add("replication_factor", "must be at least 1");
         }
-        for (sub, msg) in self.tls.validate() {
-            err(&format!("tls.{sub}"), msg);
-        }
-        errors
+        problems.nested("tls", self.tls.validate());
+        problems.into()
     }
 
     pub fn tls_enabled(&self) -> bool {

@@ -74,56 +74,19 @@ pub use error::{RecordError, SchemaProblem, ScyllaError, ValueError};
 pub use sink::ScyllaSink;
 pub use slots::SLOTS;
 
-use pgfanout_sdk::connector::{parse_sink, BoxFuture};
-use pgfanout_sdk::{Check, ConfigError, ConfiguredSink, Connector, DynSink, SinkError, SinkInput, Verifier};
+use pgfanout_sdk::connector::{boxed_sink, TypedConnector};
 
 /// The connector: `type: scylla` (alias `cassandra`), settings
-/// [`ScyllaSettings`], a `scylla:` mapping ([`ScyllaMapping`]) per pipeline.
-pub struct ScyllaConnector;
-
-pub static CONNECTOR: ScyllaConnector = ScyllaConnector;
-
-impl Connector for ScyllaConnector {
-    fn kind(&self) -> &'static str {
-        "scylla"
-    }
-
-    fn aliases(&self) -> &'static [&'static str] {
-        &["cassandra"]
-    }
-
-    fn configure(&self, input: &SinkInput<'_>) -> Result<Box<dyn ConfiguredSink>, Vec<ConfigError>> {
-        let (settings, mappings) = parse_sink(self.kind(), input, ScyllaSettings::validate, ScyllaMapping::validate)?;
-        Ok(Box::new(Configured { settings, mappings }))
-    }
-}
-
-struct Configured {
-    settings: ScyllaSettings,
-    mappings: Vec<ScyllaMapping>,
-}
-
-impl ConfiguredSink for Configured {
-    fn build(&self) -> BoxFuture<'_, Result<Box<dyn DynSink>, SinkError>> {
-        Box::pin(async move { Ok(Box::new(ScyllaSink::connect(&self.settings, &self.mappings).await?) as Box<dyn DynSink>) })
-    }
-
-    /// Connects and checks that every mapped table and column exists.
-    fn doctor(&self) -> BoxFuture<'_, Vec<Check>> {
-        Box::pin(sink::doctor(&self.settings, &self.mappings))
-    }
-
-    fn verifiable(&self, route: usize) -> Result<(), String> {
-        self.mappings.get(route).map_or_else(|| Err("no such route".into()), verify::verifiable)
-    }
-
-    fn verifier(&self, route: usize) -> BoxFuture<'_, Result<Box<dyn Verifier>, SinkError>> {
-        Box::pin(async move {
-            let m = self.mappings.get(route).ok_or_else(|| SinkError::Permanent(format!("no route {route}")))?;
-            verify::connect(&self.settings, m).await
-        })
-    }
-}
+/// [`ScyllaSettings`], a `scylla:` mapping ([`ScyllaMapping`]) per pipeline;
+/// `doctor` checks that every mapped table and column exists, `verify`
+/// reads back `mode: upsert` tables.
+pub static CONNECTOR: TypedConnector<ScyllaSettings, ScyllaMapping> =
+    TypedConnector::new("scylla", ScyllaSettings::validate, ScyllaMapping::validate, |settings, mappings| {
+        boxed_sink(ScyllaSink::connect(settings, mappings))
+    })
+    .with_aliases(&["cassandra"])
+    .with_doctor(|settings, mappings| Box::pin(sink::doctor(settings, mappings)))
+    .with_verifier(verify::verifiable, |settings, mappings, route| Box::pin(verify::connect(settings, &mappings[route])));
 
 /// The CQL driver this sink uses (for tests and tools reading the tables).
 pub use scylla as driver;

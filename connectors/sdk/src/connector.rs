@@ -18,17 +18,25 @@
 //! The running sink is a [`Sink`]; the guarantees it must keep are in
 //! [`crate::sink`]'s docs. [`DynSink`] is the object-safe face the runtime
 //! drives (implemented for every `Sink`).
+//!
+//! These traits are what the daemon sees. A connector crate does not
+//! implement them by hand: it declares a [`TypedConnector`] (see [`typed`]),
+//! which does the parsing, validation, route bookkeeping and boxing, and
+//! names only what is the store's own (its settings and mapping types, how
+//! to connect, and, where it has them, its doctor checks and verifier).
+
+mod typed;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::settings::lenient::Lenient;
 use crate::sink::{BatchOutcome, InFlight, Sink, SinkError, SinkRecord};
 use crate::verify::Verifier;
+
+pub use typed::{boxed_sink, parse, parse_sink, ConnectFn, DoctorFn, TypedConnector, TypedSink, VerifiableFn, VerifierFn};
 
 /// A boxed future, for the object-safe parts of the contract.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -123,22 +131,14 @@ pub trait ConfiguredSink: Send + Sync {
     /// The online checks of `doctor`. The default connects and runs the
     /// sink's own [`Sink::check`].
     fn doctor(&self) -> BoxFuture<'_, Vec<Check>> {
-        Box::pin(async move {
-            match self.build().await {
-                Ok(mut sink) => match sink.check_boxed().await {
-                    Ok(()) => vec![Check::ok("reachable and usable")],
-                    Err(e) => vec![Check::failed("reachable and usable", e.to_string())],
-                },
-                Err(e) => vec![Check::failed("connect", e.to_string())],
-            }
-        })
+        connect_and_check(self.build())
     }
 
     /// Whether `verify` can read back route `route`'s state: `Err` says why
     /// not (the store holds no state, e.g. a stream or a file).
     fn verifiable(&self, route: usize) -> Result<(), String> {
         let _ = route;
-        Err("this sink type holds no state pgfanout can read back".into())
+        Err(NO_STATE.into())
     }
 
     /// Connects a [`Verifier`] for route `route` (only called when
@@ -147,6 +147,23 @@ pub trait ConfiguredSink: Send + Sync {
         let why = self.verifiable(route).err().unwrap_or_default();
         Box::pin(async move { Err(SinkError::Permanent(why)) })
     }
+}
+
+/// Why a sink without a verifier is skipped by `verify`.
+const NO_STATE: &str = "this sink type holds no state pgfanout can read back";
+
+/// The default `doctor`: connect (`build`), then the sink's own
+/// [`Sink::check`].
+fn connect_and_check(build: BoxFuture<'_, Result<Box<dyn DynSink>, SinkError>>) -> BoxFuture<'_, Vec<Check>> {
+    Box::pin(async move {
+        match build.await {
+            Ok(mut sink) => match sink.check_boxed().await {
+                Ok(()) => vec![Check::ok("reachable and usable")],
+                Err(e) => vec![Check::failed("reachable and usable", e.to_string())],
+            },
+            Err(e) => vec![Check::failed("connect", e.to_string())],
+        }
+    })
 }
 
 /// The object-safe face of a [`Sink`], driven by the runtime.
@@ -178,154 +195,5 @@ impl<S: Sink> DynSink for S {
 
     fn close_boxed(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
         Box::pin(self.close())
-    }
-}
-
-/// How a [`TypedSink`] connects: its typed settings and mappings in, the
-/// running sink out.
-pub type ConnectFn<C, M> = for<'a> fn(&'a C, &'a [M]) -> BoxFuture<'a, Result<Box<dyn DynSink>, SinkError>>;
-
-/// The usual [`ConfiguredSink`]: the typed settings and mappings that
-/// [`parse_sink`] returned, and the connector's connect function.
-pub struct TypedSink<C, M> {
-    pub settings: C,
-    pub mappings: Vec<M>,
-    pub connect: ConnectFn<C, M>,
-}
-
-impl<C: Send + Sync, M: Send + Sync> ConfiguredSink for TypedSink<C, M> {
-    fn build(&self) -> BoxFuture<'_, Result<Box<dyn DynSink>, SinkError>> {
-        (self.connect)(&self.settings, &self.mappings)
-    }
-}
-
-/// The usual [`Connector`]: typed settings `C` and mapping `M`, each with a
-/// `validate()` returning (path, message) pairs, and a connect function. A
-/// connector crate declares one as a `static`.
-pub struct TypedConnector<C, M> {
-    pub kind: &'static str,
-    pub aliases: &'static [&'static str],
-    pub validate_settings: fn(&C) -> Vec<(String, String)>,
-    pub validate_mapping: fn(&M) -> Vec<(String, String)>,
-    pub connect: ConnectFn<C, M>,
-}
-
-impl<C, M> Connector for TypedConnector<C, M>
-where
-    C: DeserializeOwned + Send + Sync + 'static,
-    M: DeserializeOwned + Send + Sync + 'static,
-{
-    fn kind(&self) -> &'static str {
-        self.kind
-    }
-
-    fn aliases(&self) -> &'static [&'static str] {
-        self.aliases
-    }
-
-    fn configure(&self, input: &SinkInput<'_>) -> Result<Box<dyn ConfiguredSink>, Vec<ConfigError>> {
-        let (settings, mappings) = parse_sink(self.kind, input, self.validate_settings, self.validate_mapping)?;
-        Ok(Box::new(TypedSink { settings, mappings, connect: self.connect }))
-    }
-}
-
-/// Deserializes `value` as `T`, naming the failing field's dotted path, then
-/// runs `validate` (errors as (path, message)). Numbers and booleans may be
-/// strings (environment overrides are): see [`Lenient`].
-pub fn parse<T: DeserializeOwned>(value: &Value, validate: impl Fn(&T) -> Vec<(String, String)>) -> Result<T, Vec<FieldError>> {
-    match serde_path_to_error::deserialize::<_, T>(Lenient(value)) {
-        Ok(t) => {
-            let errors: Vec<FieldError> = validate(&t).into_iter().map(|(p, m)| FieldError::new(p, m)).collect();
-            if errors.is_empty() {
-                Ok(t)
-            } else {
-                Err(errors)
-            }
-        }
-        Err(e) => {
-            let at = e.path().to_string();
-            let at = if at == "." { String::new() } else { at };
-            Err(vec![FieldError::new(at, e.into_inner().to_string())])
-        }
-    }
-}
-
-/// The usual `configure`: typed settings `C` and one typed mapping `M` per
-/// route, each validated, every error reported. A route without a mapping
-/// is an error that says where to write it.
-pub fn parse_sink<C: DeserializeOwned, M: DeserializeOwned>(
-    kind: &str,
-    input: &SinkInput<'_>,
-    validate_settings: impl Fn(&C) -> Vec<(String, String)>,
-    validate_mapping: impl Fn(&M) -> Vec<(String, String)>,
-) -> Result<(C, Vec<M>), Vec<ConfigError>> {
-    let mut errors = Vec::new();
-    let settings = parse(input.settings, validate_settings).map_err(|e| errors.extend(e.into_iter().map(ConfigError::Settings))).ok();
-    let mut mappings = Vec::with_capacity(input.mappings.len());
-    for (route, mapping) in input.mappings.iter().enumerate() {
-        match mapping {
-            Some(v) => match parse(v, &validate_mapping) {
-                Ok(m) => mappings.push(m),
-                Err(e) => errors.extend(e.into_iter().map(|error| ConfigError::Mapping { route, error })),
-            },
-            None => errors.push(ConfigError::Mapping {
-                route,
-                error: FieldError::new(
-                    "",
-                    format!("this pipeline writes to {kind} sink {:?} but has no `{kind}:` mapping; add one", input.name),
-                ),
-            }),
-        }
-    }
-    match settings {
-        Some(s) if errors.is_empty() => Ok((s, mappings)),
-        _ => Err(errors),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[derive(Debug, serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    #[allow(dead_code)]
-    struct S {
-        url: String,
-        #[serde(default)]
-        inner: Inner,
-    }
-
-    #[derive(Debug, Default, serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    #[allow(dead_code)]
-    struct Inner {
-        #[serde(default, with = "crate::settings::option_duration")]
-        timeout: Option<std::time::Duration>,
-    }
-
-    #[test]
-    fn errors_name_the_dotted_path_and_come_all_at_once() {
-        let settings = serde_json::json!({"url": "x", "inner": {"timeout": "ten"}});
-        let good = serde_json::json!({"url": "y"});
-        let mappings = [Some(&good), None];
-        let input = SinkInput { name: "cache", settings: &settings, mappings: &mappings };
-        let errors = parse_sink::<S, S>(
-            "demo",
-            &input,
-            |_| Vec::new(),
-            |s| {
-                if s.url == "y" {
-                    vec![("url".into(), "not y".into())]
-                } else {
-                    Vec::new()
-                }
-            },
-        )
-        .unwrap_err();
-        assert_eq!(errors.len(), 3, "{errors:?}");
-        assert!(matches!(&errors[0], ConfigError::Settings(e) if e.path == "inner.timeout" && e.message.contains("like 10s")));
-        assert!(matches!(&errors[1], ConfigError::Mapping { route: 0, error } if error.path == "url"));
-        assert!(matches!(&errors[2], ConfigError::Mapping { route: 1, error } if error.message.contains("`demo:` mapping")));
     }
 }

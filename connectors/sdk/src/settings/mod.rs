@@ -1,13 +1,21 @@
 //! Settings types shared by every connector and the daemon, deserialized
 //! once and the same way everywhere: durations (`10s`, `500ms`, `7d`), byte
 //! sizes (`64MiB`), secrets that never print, TLS files, batching limits and
-//! retry/backoff settings.
+//! retry/backoff settings; and [`Problems`], how a `validate()` reports.
 //!
 //! A bad value fails deserialization with a message that says what is
 //! expected; the caller prefixes it with the dotted path of the field.
+//!
+//! Why a connector's settings are one flat serde struct of its own, not
+//! shared sections flattened in (`#[serde(flatten)]`): flatten buffers the
+//! values, so [`lenient`] could no longer take `"3"` for a number, and an
+//! unknown field would no longer be answered with the list of known ones.
+//! What the stores share is the types of the fields (this module) and the
+//! rules their `validate()` applies ([`Problems`]).
 
 mod backoff;
 pub mod lenient;
+mod problems;
 mod secret;
 mod tls;
 mod units;
@@ -17,9 +25,15 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use backoff::Backoff;
+pub use problems::Problems;
 pub use secret::Secret;
 pub use tls::TlsFiles;
 pub use units::{duration, option_duration, parse_duration, parse_size, ByteSize};
+
+/// The usual time allowed to open a connection to a store: 5s.
+pub fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
 
 /// How many records and bytes one request to a store may carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

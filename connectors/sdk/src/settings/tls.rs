@@ -9,24 +9,20 @@ use super::Secret;
 /// `tls: { ca_file, cert_file, key_file, insecure }`. Whether TLS is used at
 /// all is the connector's business (a `rediss://` or `https://` URL, an
 /// `enabled` flag); these say what to trust and who we are.
+/// Every field is optional (absent: none, `insecure: false`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct TlsFiles {
     /// PEM file with the CA certificate(s) to trust instead of the system roots.
-    #[serde(default)]
     pub ca_file: Option<PathBuf>,
     /// PEM client certificate for mutual TLS (with `key_file`).
-    #[serde(default)]
     pub cert_file: Option<PathBuf>,
     /// PEM client private key for mutual TLS (with `cert_file`).
-    #[serde(default)]
     pub key_file: Option<PathBuf>,
     /// Password of an encrypted `key_file`, where the store's client
     /// supports one (Kafka).
-    #[serde(default)]
     pub key_password: Option<Secret>,
     /// Skip certificate verification (testing only).
-    #[serde(default)]
     pub insecure: bool,
 }
 
