@@ -17,6 +17,10 @@ use pgfanout_sdk::connector::{boxed_sink, TypedConnector};
 use pgfanout_sdk::{BatchOutcome, Check, Sink, SinkError, SinkRecord};
 use serde::Deserialize;
 
+mod error;
+
+pub use error::FileSinkError;
+
 /// The connector: `type: file`, settings `{ path }`, no pipeline mapping;
 /// `doctor` opens the file for appending.
 pub static CONNECTOR: TypedConnector<FileSettings, ()> = TypedConnector::without_mapping("file", FileSettings::validate, |settings, _| {
@@ -161,8 +165,7 @@ impl FileSink {
             Target::Stdout
         } else {
             let path = PathBuf::from(path);
-            let file =
-                LinesFile::open(&path).map_err(|e| SinkError::Permanent(format!("cannot open {} for appending: {e}", path.display())))?;
+            let file = LinesFile::open(&path).map_err(|source| FileSinkError::Open { path: path.display().to_string(), source })?;
             Target::File(Arc::new(file))
         };
         Ok(FileSink { target, buf: Vec::with_capacity(1 << 20) })
@@ -184,10 +187,10 @@ impl FileSink {
             (buf, result)
         })
         .await;
-        let (mut buf, result) = task.map_err(|e| SinkError::Retriable(format!("file writer task failed: {e}")))?;
+        let (mut buf, result) = task.map_err(FileSinkError::Task)?;
         buf.clear();
         self.buf = buf;
-        result.map_err(|e| SinkError::Retriable(format!("write to {} failed: {e}", self.target.name())))
+        Ok(result.map_err(|source| FileSinkError::Write { target: self.target.name(), source })?)
     }
 }
 

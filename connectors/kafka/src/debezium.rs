@@ -62,7 +62,6 @@ pub fn now_micros() -> i64 {
 /// time written as the top-level `ts_*` (and as `source.ts_*` for snapshot
 /// rows, which have no commit time).
 pub fn write_envelope(out: &mut Vec<u8>, change: &Change, cfg: &DebeziumConfig, now_us: i64) {
-    let num = |out: &mut Vec<u8>, n: i64| out.extend_from_slice(n.to_string().as_bytes());
     let truncate = change.op == Op::Truncate;
     out.push(b'{');
     if !truncate {
@@ -87,12 +86,7 @@ pub fn write_envelope(out: &mut Vec<u8>, change: &Change, cfg: &DebeziumConfig, 
     write_str(out, &cfg.version);
     out.extend_from_slice(b",\"connector\":\"postgresql\",\"name\":");
     write_str(out, &cfg.server_name);
-    out.extend_from_slice(b",\"ts_ms\":");
-    num(out, source_us.div_euclid(1000));
-    out.extend_from_slice(b",\"ts_us\":");
-    num(out, source_us);
-    out.extend_from_slice(b",\"ts_ns\":");
-    num(out, source_us.saturating_mul(1000));
+    timestamps(out, source_us);
     out.extend_from_slice(if change.op == Op::Read { b",\"snapshot\":\"true\"" } else { b",\"snapshot\":\"false\"" });
     out.extend_from_slice(b",\"db\":");
     write_str(out, &cfg.database);
@@ -111,13 +105,24 @@ pub fn write_envelope(out: &mut Vec<u8>, change: &Change, cfg: &DebeziumConfig, 
     out.extend_from_slice(change.lsn.0.to_string().as_bytes());
     out.extend_from_slice(b",\"xmin\":null},\"op\":\"");
     out.extend_from_slice(op_code(change.op).as_bytes());
-    out.extend_from_slice(b"\",\"ts_ms\":");
-    num(out, now_us.div_euclid(1000));
-    out.extend_from_slice(b",\"ts_us\":");
-    num(out, now_us);
-    out.extend_from_slice(b",\"ts_ns\":");
-    num(out, now_us.saturating_mul(1000));
+    out.push(b'"');
+    timestamps(out, now_us);
     out.extend_from_slice(b",\"transaction\":null}");
+}
+
+fn num(out: &mut Vec<u8>, n: i64) {
+    out.extend_from_slice(n.to_string().as_bytes());
+}
+
+/// `,"ts_ms":…,"ts_us":…,"ts_ns":…` of a time in microseconds since the
+/// Unix epoch (Debezium gives each time in the three units).
+fn timestamps(out: &mut Vec<u8>, us: i64) {
+    out.extend_from_slice(b",\"ts_ms\":");
+    num(out, us.div_euclid(1000));
+    out.extend_from_slice(b",\"ts_us\":");
+    num(out, us);
+    out.extend_from_slice(b",\"ts_ns\":");
+    num(out, us.saturating_mul(1000));
 }
 
 #[cfg(test)]

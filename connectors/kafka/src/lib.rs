@@ -18,6 +18,7 @@
 mod config;
 mod debezium;
 mod encode;
+mod error;
 mod sink;
 mod topics;
 
@@ -26,6 +27,7 @@ pub use config::{
 };
 pub use debezium::{op_code, write_envelope};
 pub use encode::header;
+pub use error::KafkaSinkError;
 pub use sink::{client_config, KafkaSink};
 
 use pgfanout_sdk::connector::{boxed_sink, TypedConnector};

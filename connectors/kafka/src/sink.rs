@@ -43,6 +43,7 @@ use tracing::{debug, warn};
 use crate::config::{DebeziumConfig, HeaderSet, KafkaMapping, KafkaSinkConfig};
 use crate::debezium::now_micros;
 use crate::encode::{headers, CompiledMapping, EncodeBuf};
+use crate::error::{delivery_is_permanent, KafkaSinkError};
 use crate::topics::{TopicStatus, Topics};
 
 /// A connected Kafka sink; see the crate docs for the mapping rules.
@@ -144,10 +145,6 @@ pub fn client_config(cfg: &KafkaSinkConfig) -> ClientConfig {
     cc
 }
 
-fn permanent(msg: String) -> SinkError {
-    SinkError::Permanent(msg)
-}
-
 impl KafkaSink {
     /// Builds the producer, then checks (or creates) every topic whose
     /// template has no placeholder. `routes[i]` is the mapping of route `i`
@@ -156,18 +153,21 @@ impl KafkaSink {
     /// [`SinkError::Permanent`]; unreachable brokers are
     /// [`SinkError::Retriable`].
     pub async fn connect(cfg: &KafkaSinkConfig, routes: Vec<KafkaMapping>) -> Result<KafkaSink, SinkError> {
+        Ok(KafkaSink::open(cfg, routes).await?)
+    }
+
+    async fn open(cfg: &KafkaSinkConfig, routes: Vec<KafkaMapping>) -> Result<KafkaSink, KafkaSinkError> {
         if let Some((path, msg)) = cfg.validate().into_iter().next() {
-            return Err(permanent(format!("kafka sink: {path}: {msg}")));
+            return Err(KafkaSinkError::Invalid(format!("kafka sink: {path}: {msg}")));
         }
         let routes = routes
             .iter()
             .enumerate()
-            .map(|(i, m)| CompiledMapping::compile(m).map_err(|e| permanent(format!("kafka mapping of route {i}: {e}"))))
+            .map(|(i, m)| CompiledMapping::compile(m).map_err(|e| KafkaSinkError::Invalid(format!("kafka mapping of route {i}: {e}"))))
             .collect::<Result<Vec<_>, _>>()?;
         let delivery_timeout = cfg.delivery_timeout;
         let client_config = client_config(cfg);
-        let producer: FutureProducer =
-            client_config.create().map_err(|e| permanent(format!("kafka sink: invalid librdkafka configuration: {e}")))?;
+        let producer: FutureProducer = client_config.create().map_err(KafkaSinkError::ClientConfig)?;
         let mut sink = KafkaSink {
             producer,
             topics: Topics::new(client_config.clone(), cfg.topics.clone(), delivery_timeout.min(Duration::from_secs(30))),
@@ -185,7 +185,7 @@ impl KafkaSink {
         let constant: Vec<String> = sink.routes.iter().filter_map(|r| r.constant_topic().map(str::to_string)).collect();
         for topic in constant {
             if let TopicStatus::Unusable(why) = sink.topics.ensure(&sink.producer, &topic).await? {
-                return Err(permanent(why));
+                return Err(KafkaSinkError::Invalid(why));
             }
         }
         Ok(sink)
@@ -225,7 +225,7 @@ impl KafkaSink {
     async fn write_batch(&mut self, batch: &[SinkRecord]) -> BatchOutcome {
         self.recover_if_failed();
         let sent = self.dispatch(batch).await?;
-        let outcome = sent.settle().await;
+        let outcome = sent.settle().await.map_err(SinkError::from);
         if outcome.is_err() {
             self.failures.note();
         }
@@ -234,7 +234,7 @@ impl KafkaSink {
 
     /// Encodes the batch and enqueues every record in the producer, in
     /// order; what it returns awaits the delivery reports.
-    async fn dispatch(&mut self, batch: &[SinkRecord]) -> Result<Dispatched, SinkError> {
+    async fn dispatch(&mut self, batch: &[SinkRecord]) -> Result<Dispatched, KafkaSinkError> {
         let now_us = now_micros();
         // Every topic the batch needs first, each once (changes come in runs
         // of one table), so that nothing is enqueued before they all exist
@@ -347,7 +347,7 @@ struct Dispatched {
 impl Dispatched {
     /// Awaits every delivery report: `Ok` with the records refused for good,
     /// or retriable when any delivery failed for another reason.
-    async fn settle(self) -> BatchOutcome {
+    async fn settle(self) -> Result<Vec<Rejected>, KafkaSinkError> {
         let Dispatched { pending, mut results, mut rejected, guard, brokers, records } = self;
         for (i, fut) in pending {
             let result = match tokio::time::timeout(guard, fut).await {
@@ -360,7 +360,7 @@ impl Dispatched {
         let mut failures = 0;
         for (index, result) in results {
             let Err(err) = result else { continue };
-            if is_permanent(&err) {
+            if delivery_is_permanent(&err) {
                 rejected.push(Rejected { index, error: format!("kafka refused the record: {err}") });
             } else {
                 failures += 1;
@@ -369,10 +369,8 @@ impl Dispatched {
                 }
             }
         }
-        if let Some((index, err)) = retriable {
-            return Err(SinkError::Retriable(format!(
-                "kafka {brokers}: {failures} of {records} deliveries failed, first at batch index {index}: {err}"
-            )));
+        if let Some((index, source)) = retriable {
+            return Err(KafkaSinkError::Deliveries { brokers, failures, records, index, source: Box::new(source) });
         }
         rejected.sort_by_key(|r| r.index);
         rejected.dedup_by_key(|r| r.index);
@@ -389,24 +387,6 @@ fn delivery_result<E>(r: Result<OwnedDeliveryResult, E>) -> Result<(), KafkaErro
         Ok(Err((err, _))) => Err(err),
         Err(_) => Err(KafkaError::Canceled),
     }
-}
-
-/// Errors that will recur for this record however often it is sent.
-/// Everything else (timeouts, broker down, leadership changes, unknown
-/// topic after a broker lost its data, authorization) is retried: a record
-/// must never be dead-lettered because of the cluster's state.
-fn is_permanent(err: &KafkaError) -> bool {
-    matches!(
-        err.rdkafka_error_code(),
-        Some(
-            RDKafkaErrorCode::MessageSizeTooLarge
-                | RDKafkaErrorCode::InvalidMessageSize
-                | RDKafkaErrorCode::InvalidMessage
-                | RDKafkaErrorCode::InvalidTopic
-                | RDKafkaErrorCode::InvalidRecord
-                | RDKafkaErrorCode::UnsupportedForMessageFormat
-        )
-    )
 }
 
 impl Sink for KafkaSink {
@@ -435,14 +415,12 @@ impl Sink for KafkaSink {
                 // An earlier batch failed (this one's deliveries may have
                 // been purged with its producer): the rewrite of that batch
                 // has already rebuilt the producer.
-                return Err(SinkError::Retriable(
-                    "kafka: a batch before this one failed after it was enqueued; sending it again after that one".into(),
-                ));
+                return Err(KafkaSinkError::EarlierBatchFailed.into());
             }
             if outcome.is_err() {
                 failures.note();
             }
-            outcome
+            Ok(outcome?)
         }))
     }
 
@@ -453,9 +431,9 @@ impl Sink for KafkaSink {
         async move {
             tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, Duration::from_secs(10)))
                 .await
-                .map_err(|e| SinkError::Retriable(format!("kafka {brokers}: metadata task failed: {e}")))?
+                .map_err(|source| KafkaSinkError::Task { context: format!("kafka {brokers}: metadata"), source })?
                 .map(|_| ())
-                .map_err(|e| SinkError::Retriable(format!("kafka {brokers}: cannot fetch cluster metadata: {e}")))
+                .map_err(|source| KafkaSinkError::Metadata { brokers, source }.into())
         }
     }
 
@@ -466,8 +444,8 @@ impl Sink for KafkaSink {
         async move {
             tokio::task::spawn_blocking(move || producer.flush(timeout))
                 .await
-                .map_err(|e| SinkError::Retriable(format!("kafka: flush task failed: {e}")))?
-                .map_err(|e| SinkError::Retriable(format!("kafka: flush at shutdown: {e}")))
+                .map_err(|source| KafkaSinkError::Task { context: "kafka: flush".into(), source })?
+                .map_err(|e| KafkaSinkError::Flush(e).into())
         }
     }
 }

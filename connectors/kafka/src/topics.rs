@@ -10,7 +10,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use pgfanout_sdk::SinkError;
+use crate::error::KafkaSinkError;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -54,7 +54,7 @@ impl Topics {
 
     /// Ensures `topic` exists, creating it when the policy says so.
     /// `Err` is retriable (the broker could not be asked).
-    pub async fn ensure(&mut self, producer: &FutureProducer, topic: &str) -> Result<TopicStatus, SinkError> {
+    pub async fn ensure(&mut self, producer: &FutureProducer, topic: &str) -> Result<TopicStatus, KafkaSinkError> {
         if self.known.contains(topic) {
             return Ok(TopicStatus::Ready);
         }
@@ -65,18 +65,17 @@ impl Topics {
         Ok(status)
     }
 
-    async fn create(&self, topic: &str) -> Result<TopicStatus, SinkError> {
+    async fn create(&self, topic: &str) -> Result<TopicStatus, KafkaSinkError> {
         let mut new = NewTopic::new(topic, self.policy.partitions, TopicReplication::Fixed(self.policy.replication_factor));
         for (k, v) in &self.policy.config {
             new = new.set(k, v);
         }
         let opts = AdminOptions::new().operation_timeout(Some(self.timeout)).request_timeout(Some(self.timeout));
-        let admin: AdminClient<DefaultClientContext> =
-            self.client_config.create().map_err(|e| SinkError::Permanent(format!("kafka sink: invalid librdkafka configuration: {e}")))?;
+        let admin: AdminClient<DefaultClientContext> = self.client_config.create().map_err(KafkaSinkError::ClientConfig)?;
         let results = admin.create_topics([&new], &opts).await;
         // Dropping a librdkafka instance joins its threads: off the async ones.
         tokio::task::spawn_blocking(move || drop(admin));
-        let results = results.map_err(|e| SinkError::Retriable(format!("kafka: cannot create topic {topic:?}: {e}")))?;
+        let results = results.map_err(|source| KafkaSinkError::CreateTopic { topic: topic.to_string(), source })?;
         for result in results {
             match result {
                 Ok(_) => info!(topic, partitions = self.policy.partitions, "kafka topic created"),
@@ -90,13 +89,13 @@ impl Topics {
         Ok(TopicStatus::Ready)
     }
 
-    async fn check(&self, producer: &FutureProducer, topic: &str) -> Result<TopicStatus, SinkError> {
+    async fn check(&self, producer: &FutureProducer, topic: &str) -> Result<TopicStatus, KafkaSinkError> {
         let producer = producer.clone();
         let name = topic.to_string();
         let timeout = self.timeout;
         let metadata = tokio::task::spawn_blocking(move || producer.client().fetch_metadata(Some(&name), timeout))
             .await
-            .map_err(|e| SinkError::Retriable(format!("kafka: metadata task failed: {e}")))?;
+            .map_err(|source| KafkaSinkError::Task { context: "kafka: metadata".into(), source })?;
         let missing = || {
             TopicStatus::Unusable(format!(
                 "kafka topic {topic:?} does not exist and `topics.create` is false: create it, or set topics.create: true"
@@ -109,13 +108,13 @@ impl Topics {
                     None => Ok(missing()),
                     Some(code) => match RDKafkaErrorCode::from(code) {
                         RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic => Ok(missing()),
-                        other => Err(SinkError::Retriable(format!("kafka: metadata of topic {topic:?}: {other}"))),
+                        code => Err(KafkaSinkError::TopicError { topic: topic.to_string(), code }),
                     },
                 },
                 None => Ok(missing()),
             },
             Err(KafkaError::MetadataFetch(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic)) => Ok(missing()),
-            Err(e) => Err(SinkError::Retriable(format!("kafka: cannot read metadata of topic {topic:?}: {e}"))),
+            Err(source) => Err(KafkaSinkError::TopicMetadata { topic: topic.to_string(), source }),
         }
     }
 }
@@ -124,19 +123,19 @@ impl Topics {
 /// anyway, `Ok(Some(Unusable))` the topic can never be created as
 /// configured (its records are dead-lettered), `Err(Retriable)` the cluster
 /// is not ready (retried, records wait).
-fn create_refused(topic: &str, replication_factor: i32, code: RDKafkaErrorCode) -> Result<Option<TopicStatus>, SinkError> {
+fn create_refused(topic: &str, replication_factor: i32, code: RDKafkaErrorCode) -> Result<Option<TopicStatus>, KafkaSinkError> {
     match code {
         RDKafkaErrorCode::TopicAlreadyExists => Ok(None),
         // Fewer brokers alive than the replication factor: a rolling restart
         // or an outage, not a bad topic. Retried until the brokers are back.
-        RDKafkaErrorCode::InvalidReplicationFactor => Err(SinkError::Retriable(format!(
-            "kafka: cannot create topic {topic:?} with replication factor {replication_factor}: {code} (fewer brokers available; retrying)"
-        ))),
+        RDKafkaErrorCode::InvalidReplicationFactor => {
+            Err(KafkaSinkError::CreateRefused { topic: topic.to_string(), replication_factor, code })
+        }
         RDKafkaErrorCode::InvalidTopic
         | RDKafkaErrorCode::InvalidPartitions
         | RDKafkaErrorCode::InvalidConfig
         | RDKafkaErrorCode::PolicyViolation => Ok(Some(TopicStatus::Unusable(format!("kafka refused to create topic {topic:?}: {code}")))),
-        code => Err(SinkError::Retriable(format!("kafka: cannot create topic {topic:?}: {code}"))),
+        code => Err(KafkaSinkError::CreateRefused { topic: topic.to_string(), replication_factor, code }),
     }
 }
 

@@ -1,4 +1,4 @@
-//! Which Bolt failures are worth retrying.
+//! Bolt failures, typed where they are born, and which are worth retrying.
 //!
 //! Why it matters: a retriable error makes the runtime retry the whole batch
 //! forever, a permanent one makes the sink isolate and dead-letter the
@@ -8,19 +8,83 @@
 //! way, so it is permanent. `DatabaseError` means the server itself failed:
 //! retried, because replaying later is safe and dead-lettering would drop
 //! data the server could accept once healthy.
+//!
+//! A [`Neo4jSinkError`] keeps the neo4rs error, and with it the server's
+//! status code (`Neo.TransientError.Transaction.DeadlockDetected`...,
+//! [`Neo4jSinkError::code`]); it becomes a [`SinkError`] only at the sink's
+//! boundary.
 
 use neo4rs::{Error, Neo4jClientErrorKind, Neo4jErrorKind};
 use pgfanout_sdk::SinkError;
 
-/// Classifies a neo4rs error; `what` says which step failed.
-pub fn classify(what: &str, e: &Error) -> SinkError {
-    let msg = format!("neo4j {what}: {e}");
+/// A failure of the Neo4j sink or of its verifier.
+#[derive(Debug, thiserror::Error)]
+pub enum Neo4jSinkError {
+    /// The sink's settings or a mapping are invalid (the message names the
+    /// option and the rule). Permanent.
+    #[error("{0}")]
+    Invalid(String),
+    /// The driver refused its configuration. Permanent.
+    #[error("neo4j config: {0}")]
+    Config(Error),
+    /// A step against the server (`what`: connect, begin, a statement,
+    /// commit...) failed; retriable or not by the server's status code or
+    /// the kind of connection failure ([`Neo4jSinkError::is_retriable`]).
+    #[error("neo4j {what}: {source}")]
+    Bolt { what: String, source: Error },
+    /// A batch submitted before this one failed, so this one did not run.
+    /// Retriable.
+    #[error("neo4j: a batch before this one failed; writing this one again after it")]
+    EarlierBatchFailed,
+    /// The task running a batch's transaction died. Retriable.
+    #[error("neo4j: write task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    /// A value read back by `verify` has an unexpected type. Permanent.
+    #[error("neo4j verify: {column}: {detail}")]
+    Column { column: String, detail: String },
+}
+
+impl Neo4jSinkError {
+    /// A failed step against the server (see [`Neo4jSinkError::Bolt`]).
+    pub(crate) fn bolt(what: impl Into<String>, source: Error) -> Self {
+        Neo4jSinkError::Bolt { what: what.into(), source }
+    }
+
+    /// Whether retrying the batch can help.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            Neo4jSinkError::Invalid(_) | Neo4jSinkError::Config(_) | Neo4jSinkError::Column { .. } => false,
+            Neo4jSinkError::Bolt { source, .. } => is_retriable(source),
+            Neo4jSinkError::EarlierBatchFailed | Neo4jSinkError::Task(_) => true,
+        }
+    }
+
+    /// The server's status code, when the server reported the failure.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Neo4jSinkError::Bolt { source: Error::Neo4j(n), .. } => Some(n.code()),
+            _ => None,
+        }
+    }
+}
+
+impl From<Neo4jSinkError> for SinkError {
+    fn from(e: Neo4jSinkError) -> SinkError {
+        if e.is_retriable() {
+            SinkError::Retriable(e.to_string())
+        } else {
+            SinkError::Permanent(e.to_string())
+        }
+    }
+}
+
+/// Whether a neo4rs error is worth retrying.
+fn is_retriable(e: &Error) -> bool {
     match e {
-        Error::IOError { .. } | Error::ConnectionError | Error::UnexpectedMessage(_) => SinkError::Retriable(msg),
-        Error::Neo4j(n) if server_error_is_retriable(n.code(), n.kind()) => SinkError::Retriable(msg),
-        Error::Neo4j(_) => SinkError::Permanent(msg),
-        Error::AuthenticationError(_) => SinkError::Retriable(msg),
-        _ => SinkError::Permanent(msg),
+        Error::IOError { .. } | Error::ConnectionError | Error::UnexpectedMessage(_) => true,
+        Error::Neo4j(n) => server_error_is_retriable(n.code(), n.kind()),
+        Error::AuthenticationError(_) => true,
+        _ => false,
     }
 }
 

@@ -34,6 +34,7 @@ mod verify;
 pub use config::{
     CypherMapping, EndpointMapping, Neo4jMapping, Neo4jSinkConfig, NodeMapping, RelMapping, ROW_KEY_PROPERTY, VERSION_PROPERTY,
 };
+pub use error::Neo4jSinkError;
 pub use sink::Neo4jSink;
 
 /// The neo4rs this sink is built on, so code that reads the graph back (the

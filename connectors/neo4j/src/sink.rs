@@ -34,11 +34,11 @@ use tracing::{debug, info};
 use crate::config::{CypherMapping, Neo4jMapping, Neo4jSinkConfig, NodeMapping, RelMapping};
 use crate::cypher;
 use crate::encode;
-use crate::error::classify;
+use crate::error::Neo4jSinkError;
 use crate::ownership;
 
 /// Connects to the configured server (no query run yet).
-pub(crate) async fn open_graph(cfg: &Neo4jSinkConfig) -> Result<Graph, SinkError> {
+pub(crate) async fn open_graph(cfg: &Neo4jSinkConfig) -> Result<Graph, Neo4jSinkError> {
     let mut builder = ConfigBuilder::new()
         .uri(cfg.uri.as_str())
         .user(cfg.user.as_str())
@@ -51,8 +51,8 @@ pub(crate) async fn open_graph(cfg: &Neo4jSinkConfig) -> Result<Graph, SinkError
     if let (true, Some(ca)) = (cfg.is_tls(), &cfg.tls.ca_file) {
         builder = builder.with_client_certificate(ca);
     }
-    let config = builder.build().map_err(|e| SinkError::Permanent(format!("neo4j config: {e}")))?;
-    Graph::connect(config).await.map_err(|e| classify("connect", &e))
+    let config = builder.build().map_err(Neo4jSinkError::Config)?;
+    Graph::connect(config).await.map_err(|e| Neo4jSinkError::bolt("connect", e))
 }
 
 /// A route's mapping with its statements prepared once.
@@ -130,13 +130,17 @@ impl Neo4jSink {
     /// `write`. Fails with `Retriable` when the server cannot be reached and
     /// `Permanent` for an invalid configuration or mapping.
     pub async fn connect(cfg: &Neo4jSinkConfig, routes: Vec<Neo4jMapping>) -> Result<Neo4jSink, SinkError> {
+        Ok(Neo4jSink::open(cfg, routes).await?)
+    }
+
+    async fn open(cfg: &Neo4jSinkConfig, routes: Vec<Neo4jMapping>) -> Result<Neo4jSink, Neo4jSinkError> {
         if let Some((path, msg)) = cfg.validate().into_iter().next() {
-            return Err(SinkError::Permanent(format!("neo4j sink: {path}: {msg}")));
+            return Err(Neo4jSinkError::Invalid(format!("neo4j sink: {path}: {msg}")));
         }
         let mut prepared = Vec::with_capacity(routes.len());
         for (i, m) in routes.iter().enumerate() {
             if let Some((path, msg)) = m.validate().into_iter().next() {
-                return Err(SinkError::Permanent(format!("neo4j mapping of route {i}: {path}: {msg}")));
+                return Err(Neo4jSinkError::Invalid(format!("neo4j mapping of route {i}: {path}: {msg}")));
             }
             prepared.push(prepare(&routes, i));
         }
@@ -157,13 +161,13 @@ impl Neo4jSink {
         Ok(sink)
     }
 
-    async fn ping(&self) -> Result<(), SinkError> {
-        let mut rows = self.graph.execute(query("RETURN 1 AS one")).await.map_err(|e| classify("ping", &e))?;
-        while rows.next().await.map_err(|e| classify("ping", &e))?.is_some() {}
+    async fn ping(&self) -> Result<(), Neo4jSinkError> {
+        let mut rows = self.graph.execute(query("RETURN 1 AS one")).await.map_err(|e| Neo4jSinkError::bolt("ping", e))?;
+        while rows.next().await.map_err(|e| Neo4jSinkError::bolt("ping", e))?.is_some() {}
         Ok(())
     }
 
-    async fn create_indexes(&self) -> Result<(), SinkError> {
+    async fn create_indexes(&self) -> Result<(), Neo4jSinkError> {
         let mut statements = Vec::new();
         for route in &self.routes {
             match route {
@@ -180,7 +184,7 @@ impl Neo4jSink {
         statements.dedup();
         for s in statements {
             debug!(statement = %s, "creating index");
-            self.graph.run(query(&s)).await.map_err(|e| classify(&format!("creating index ({s})"), &e))?;
+            self.graph.run(query(&s)).await.map_err(|e| Neo4jSinkError::bolt(format!("creating index ({s})"), e))?;
         }
         Ok(())
     }
@@ -276,21 +280,21 @@ impl Neo4jSink {
 }
 
 /// Runs statements in one transaction and commits it.
-async fn run_in_txn(graph: &Graph, statements: Vec<Statement>) -> Result<(), SinkError> {
+async fn run_in_txn(graph: &Graph, statements: Vec<Statement>) -> Result<(), Neo4jSinkError> {
     if statements.is_empty() {
         return Ok(());
     }
-    let mut txn = graph.start_txn().await.map_err(|e| classify("begin", &e))?;
+    let mut txn = graph.start_txn().await.map_err(|e| Neo4jSinkError::bolt("begin", e))?;
     for s in statements {
         let records = s.records.len();
         if let Err(e) = txn.run(s.into_query()).await {
             // The pooled connection is RESET when it is recycled, which
             // discards the failed transaction.
             drop(txn);
-            return Err(classify(&format!("statement for {records} record(s)"), &e));
+            return Err(Neo4jSinkError::bolt(format!("statement for {records} record(s)"), e));
         }
     }
-    txn.commit().await.map_err(|e| classify("commit", &e))
+    txn.commit().await.map_err(|e| Neo4jSinkError::bolt("commit", e))
 }
 
 enum Encoded {
@@ -363,23 +367,19 @@ impl Sink for Neo4jSink {
                 Some(before) => before.await.unwrap_or(false),
                 None => true,
             };
-            let outcome = if ready {
-                run_in_txn(&graph, statements).await
-            } else {
-                Err(SinkError::Retriable("neo4j: a batch before this one failed; writing this one again after it".into()))
-            };
+            let outcome = if ready { run_in_txn(&graph, statements).await } else { Err(Neo4jSinkError::EarlierBatchFailed) };
             if outcome.is_err() {
                 stopped.set();
             }
             let _ = done.send(outcome.is_ok());
             rejected.sort_by_key(|r| r.index);
-            outcome.map(|()| rejected)
+            outcome.map(|()| rejected).map_err(SinkError::from)
         });
-        Ok(Box::pin(async move { task.await.unwrap_or_else(|e| Err(SinkError::Retriable(format!("neo4j: write task failed: {e}")))) }))
+        Ok(Box::pin(async move { task.await.unwrap_or_else(|e| Err(Neo4jSinkError::Task(e).into())) }))
     }
 
     async fn check(&mut self) -> Result<(), SinkError> {
-        self.ping().await
+        Ok(self.ping().await?)
     }
 }
 

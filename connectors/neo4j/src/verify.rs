@@ -35,7 +35,7 @@ use serde_json::{json, Map, Value as Json};
 use crate::config::{Neo4jMapping, Neo4jSinkConfig, ROW_KEY_PROPERTY, VERSION_PROPERTY};
 use crate::cypher::ident;
 use crate::encode::{self, MAX_EXACT_INT};
-use crate::error::classify;
+use crate::error::Neo4jSinkError;
 use crate::ownership;
 use crate::sink::open_graph;
 
@@ -102,12 +102,12 @@ fn key_pattern(props: &[String], source: &str) -> String {
     format!("{{{}}}", parts.join(", "))
 }
 
-fn failed(e: &neo4rs::Error) -> SinkError {
-    classify("verify", e)
+fn failed(e: neo4rs::Error) -> SinkError {
+    Neo4jSinkError::bolt("verify", e).into()
 }
 
 fn column<T: serde::de::DeserializeOwned>(r: &neo4rs::Row, name: &str) -> Result<T, SinkError> {
-    r.get::<T>(name).map_err(|e| SinkError::Permanent(format!("neo4j verify: {name}: {e}")))
+    r.get::<T>(name).map_err(|e| Neo4jSinkError::Column { column: name.to_string(), detail: e.to_string() }.into())
 }
 
 impl Neo4jVerifier {
@@ -134,9 +134,9 @@ impl Neo4jVerifier {
         for (k, v) in params {
             q = q.param(k, v);
         }
-        let mut stream = self.graph.execute(q).await.map_err(|e| failed(&e))?;
+        let mut stream = self.graph.execute(q).await.map_err(failed)?;
         let mut out = Vec::new();
-        while let Some(row) = stream.next().await.map_err(|e| failed(&e))? {
+        while let Some(row) = stream.next().await.map_err(failed)? {
             out.push(row);
         }
         Ok(out)
@@ -267,7 +267,7 @@ impl Verifier for Neo4jVerifier {
             } else {
                 return Ok(());
             };
-            self.graph.run(query(&cypher).param("keys", list)).await.map_err(|e| failed(&e))
+            self.graph.run(query(&cypher).param("keys", list)).await.map_err(failed)
         })
     }
 }

@@ -7,11 +7,13 @@
 //! is not a number): the record is rejected and the rest of the batch goes on.
 
 use std::borrow::Cow;
-use std::sync::Arc;
 
-use pgfanout_sdk::{Change, Op, Position, Row, Template, TemplateError, Value};
+use pgfanout_sdk::{Change, Op, Position, Row, Template, Value};
 
+use crate::args::{hash_partial_args, hash_row_args, json, json_op, row_json_with_toast};
 use crate::config::{MappingKind, RedisMapping};
+use crate::moves::{into_move, old_target, old_view};
+use crate::toast::{toast_from_before, unchanged_value};
 
 /// The version-hash field used for targets that are a whole key.
 pub(crate) const WHOLE_KEY: &str = "_key";
@@ -132,13 +134,17 @@ fn encode_complete<'a>(m: &CompiledMapping, change: &'a Change) -> Result<Encode
     // it, when the new one is completed from it: see `into_move`).
     let old = if change.op == Op::Update && change.before.is_some() { Some(old_view(change)) } else { None };
     let mut moved_from: Option<(String, String)> = None;
+    // A whole key that moved: the old key is removed.
+    let remove_old_key = |ops: &mut Vec<ScriptOp<'a>>, moved_from: &mut Option<(String, String)>| {
+        if let Some((old_key, _)) = old_target(&m.key, None, old.as_ref(), &key, None) {
+            ops.push(op("D", &old_key, WHOLE_KEY, vec![]));
+            *moved_from = Some((old_key, WHOLE_KEY.to_string()));
+        }
+    };
     match m.kind {
         MappingKind::Hash => match &m.field {
             None => {
-                if let Some(old_key) = old_target(&m.key, None, old.as_ref(), &key, None)? {
-                    ops.push(op("D", &old_key.0, WHOLE_KEY, vec![]));
-                    moved_from = Some((old_key.0, WHOLE_KEY.to_string()));
-                }
+                remove_old_key(&mut ops, &mut moved_from);
                 if delete {
                     ops.push(op("D", &key, WHOLE_KEY, vec![]));
                 } else if change.unchanged_toast.is_empty() {
@@ -149,7 +155,7 @@ fn encode_complete<'a>(m: &CompiledMapping, change: &'a Change) -> Result<Encode
             }
             Some(field_t) => {
                 let field = field_t.render(change).map_err(|e| format!("field: {e}"))?;
-                if let Some((k, f)) = old_target(&m.key, Some(field_t), old.as_ref(), &key, Some(&field))? {
+                if let Some((k, f)) = old_target(&m.key, Some(field_t), old.as_ref(), &key, Some(&field)) {
                     let f = f.unwrap_or_default();
                     ops.push(op("HFD", &k, &f, vec![]));
                     moved_from = Some((k, f));
@@ -171,10 +177,7 @@ fn encode_complete<'a>(m: &CompiledMapping, change: &'a Change) -> Result<Encode
             }
         },
         MappingKind::String => {
-            if let Some(old_key) = old_target(&m.key, None, old.as_ref(), &key, None)? {
-                ops.push(op("D", &old_key.0, WHOLE_KEY, vec![]));
-                moved_from = Some((old_key.0, WHOLE_KEY.to_string()));
-            }
+            remove_old_key(&mut ops, &mut moved_from);
             if delete {
                 ops.push(op("D", &key, WHOLE_KEY, vec![]));
             } else if let Some(col) = &m.column {
@@ -191,10 +194,7 @@ fn encode_complete<'a>(m: &CompiledMapping, change: &'a Change) -> Result<Encode
             }
         }
         MappingKind::Json => {
-            if let Some(old_key) = old_target(&m.key, None, old.as_ref(), &key, None)? {
-                ops.push(op("D", &old_key.0, WHOLE_KEY, vec![]));
-                moved_from = Some((old_key.0, WHOLE_KEY.to_string()));
-            }
+            remove_old_key(&mut ops, &mut moved_from);
             if delete {
                 ops.push(op("D", &key, WHOLE_KEY, vec![]));
             } else {
@@ -206,7 +206,7 @@ fn encode_complete<'a>(m: &CompiledMapping, change: &'a Change) -> Result<Encode
             let (add, remove) = if m.kind == MappingKind::Set { ("SA", "SR") } else { ("ZA", "ZR") };
             let member_t = m.member.as_ref().ok_or("member: missing")?;
             let member = member_t.render(change).map_err(|e| format!("member: {e}"))?;
-            if let Some((k, mem)) = old_target(&m.key, Some(member_t), old.as_ref(), &key, Some(&member))? {
+            if let Some((k, mem)) = old_target(&m.key, Some(member_t), old.as_ref(), &key, Some(&member)) {
                 ops.push(op(remove, &k, &mem.unwrap_or_default(), vec![]));
             }
             if delete {
@@ -252,232 +252,15 @@ fn encode_complete<'a>(m: &CompiledMapping, change: &'a Change) -> Result<Encode
     };
     Ok(Encoded { lane_key: key, lane_from, ops })
 }
-
-/// A moved row (`ops` = removal of the old target, then the write of the
-/// new one) whose write keeps unchanged TOAST columns as stored: the write
-/// becomes its move variant, which copies them from the old target (named
-/// by its first two arguments), and goes first, so the removal that follows
-/// (same version, a tombstone) runs after the copy, in the same script call.
-/// Returns the old key, whose lane the record takes. Whole rows, sets and
-/// streams need nothing stored and keep their order.
-fn into_move(ops: &mut Vec<ScriptOp<'_>>, (old_key, old_sub): (String, String)) -> Option<String> {
-    let code = match (ops[1].code, ops[1].args.len()) {
-        ("HP", _) => "HPM",
-        ("S", n) if n > 1 => "SM",
-        ("HM", _) => "HMM",
-        ("V", _) => "VM",
-        ("JP", _) => "JPM",
-        _ => return None,
-    };
-    let mut write = ops.pop()?;
-    write.code = code;
-    write.args.splice(0..0, [Cow::Owned(old_key.clone().into_bytes()), Cow::Owned(old_sub.into_bytes())]);
-    ops.insert(0, write);
-    Some(old_key)
-}
-
-/// An update whose unchanged TOAST columns the old row carries (with
-/// `REPLICA IDENTITY FULL` PostgreSQL sends the old row detoasted), with
-/// those columns copied into `after` and no longer listed as unchanged.
-/// `None` when there is nothing to complete. Without this a row that moved
-/// to a new key (primary key or key-template column changed) would be
-/// written there without its large columns: the stored copy is under the
-/// old key, which the same change removes.
-fn toast_from_before(change: &Change) -> Option<Change> {
-    if change.op != Op::Update || change.unchanged_toast.is_empty() {
-        return None;
-    }
-    let before = change.before.as_ref()?;
-    if !change.unchanged_toast.iter().any(|c| before.contains(c)) {
-        return None;
-    }
-    let mut filled = change.clone();
-    let after = filled.after.as_mut()?;
-    filled.unchanged_toast.retain(|col| match before.get(col) {
-        Some(v) if !after.contains(col) => {
-            after.push(Arc::clone(col), v.clone());
-            false
-        }
-        _ => true,
-    });
-    Some(filled)
-}
-
 fn after(change: &Change) -> Result<&Row, String> {
     change.after.as_ref().ok_or_else(|| format!("a {} record has no row to write", change.op))
-}
-
-fn json(v: &Value) -> Vec<u8> {
-    let mut out = Vec::new();
-    v.write_json(&mut out);
-    out
-}
-
-/// Why a value template cannot be rendered for `change`, when the reason
-/// is unchanged TOAST: `Ok(Some(column))` when every column it reads is
-/// unchanged (the stored value is still right), `Err` when it also reads
-/// columns that were sent (the new value needs the old text of the unchanged
-/// one, which only `REPLICA IDENTITY FULL` sends), `Ok(None)` for any other
-/// failure.
-fn unchanged_value<'t>(t: &'t Template, e: &TemplateError, change: &Change) -> Result<Option<&'t str>, String> {
-    let unchanged = |c: &str| change.unchanged_toast.iter().any(|u| &**u == c);
-    match e {
-        TemplateError::MissingColumn { column, .. } if unchanged(column) => {
-            if let Some(sent) = t.columns().find(|c| !unchanged(c)) {
-                return Err(format!(
-                    "value: {:?} reads column {column:?}, unchanged (TOAST, not sent), together with column {sent:?}: the new \
-                     value cannot be built (REPLICA IDENTITY FULL sends the old row detoasted)",
-                    t.source()
-                ));
-            }
-            Ok(t.columns().next())
-        }
-        _ => Ok(None),
-    }
-}
-
-/// `H` arguments of a whole row: field/value pairs for its non-NULL columns
-/// (the script removes every other field: a missing field reads as NULL).
-fn hash_row_args(row: &Row) -> Vec<Arg<'_>> {
-    let mut args = Vec::with_capacity(row.len() * 2);
-    for (col, v) in row.iter() {
-        if !v.is_null() {
-            args.push(Cow::Borrowed(col.as_bytes()));
-            args.push(template_text(v));
-        }
-    }
-    args
-}
-
-fn template_text(v: &Value) -> Arg<'_> {
-    match v.to_template_text() {
-        Cow::Borrowed(text) => Cow::Borrowed(text.as_bytes()),
-        Cow::Owned(text) => Cow::Owned(text.into_bytes()),
-    }
-}
-
-/// `HP` arguments of a row without its unchanged TOAST columns: the count
-/// of set arguments and the field/value pairs of non-NULL columns, the count
-/// of NULL columns and their names (removed), then the unchanged columns
-/// (kept as stored; the script refuses the change when one is missing).
-fn hash_partial_args<'a>(row: &'a Row, change: &'a Change) -> Vec<Arg<'a>> {
-    let mut args = vec![Cow::Borrowed(&b""[..])];
-    let mut nulls = Vec::new();
-    for (col, v) in row.iter() {
-        if v.is_null() {
-            nulls.push(Cow::Borrowed(col.as_bytes()));
-        } else {
-            args.push(Cow::Borrowed(col.as_bytes()));
-            args.push(template_text(v));
-        }
-    }
-    args[0] = Cow::Owned((args.len() - 1).to_string().into_bytes());
-    args.push(Cow::Owned(nulls.len().to_string().into_bytes()));
-    args.extend(nulls);
-    args.extend(change.unchanged_toast.iter().map(|c| Cow::Borrowed(c.as_bytes())));
-    args
-}
-
-/// The row's JSON, followed by the unchanged TOAST columns whose stored
-/// values the script copies in.
-fn row_json_with_toast<'a>(row: &Row, change: &'a Change) -> Vec<Arg<'a>> {
-    let mut out = Vec::with_capacity(128);
-    row.write_json(&mut out);
-    let mut args = vec![Cow::Owned(out)];
-    args.extend(change.unchanged_toast.iter().map(|c| Cow::Borrowed(c.as_bytes())));
-    args
-}
-
-/// RedisJSON: a full row replaces the document (`JSON.SET key $ row`); a row
-/// with unchanged TOAST columns sets only the columns present
-/// (`JSON.SET key $.col value` each) in the stored document, which must hold
-/// the unchanged ones (`JP` arguments: their count, their paths, then
-/// path/value pairs).
-fn json_op(row: &Row, change: &Change) -> (&'static str, Vec<Arg<'static>>) {
-    if change.unchanged_toast.is_empty() {
-        let mut doc = Vec::with_capacity(128);
-        row.write_json(&mut doc);
-        return ("J", vec![Cow::Owned(doc)]);
-    }
-    let mut args = vec![Cow::Owned(change.unchanged_toast.len().to_string().into_bytes())];
-    args.extend(change.unchanged_toast.iter().map(|c| Cow::Owned(json_path(c).into_bytes())));
-    for (col, v) in row.iter() {
-        args.push(Cow::Owned(json_path(col).into_bytes()));
-        args.push(Cow::Owned(json(v)));
-    }
-    ("JP", args)
-}
-
-/// The JSONPath of a top-level member: `$.name`, or `$["odd name"]`.
-pub(crate) fn json_path(col: &str) -> String {
-    let simple = col.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && col.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if simple {
-        format!("$.{col}")
-    } else {
-        let mut quoted = Vec::new();
-        pgfanout_sdk::json::write_str(&mut quoted, col);
-        format!("$[{}]", String::from_utf8_lossy(&quoted))
-    }
-}
-
-/// The record seen from before the update: `before`, then `key`, then
-/// `after` for columns neither has (an update under the default replica
-/// identity only sends the old key columns).
-fn old_view(change: &Change) -> Change {
-    let mut row = Row::with_capacity(change.after.as_ref().map_or(0, Row::len));
-    for source in [&change.before, &change.key, &change.after].into_iter().flatten() {
-        for (col, v) in source.0.iter() {
-            if !row.contains(col) {
-                row.push(Arc::clone(col), v.clone());
-            }
-        }
-    }
-    Change {
-        op: change.op,
-        schema: Arc::clone(&change.schema),
-        table: Arc::clone(&change.table),
-        key: None,
-        before: None,
-        after: Some(row),
-        unchanged_toast: Vec::new(),
-        lsn: change.lsn,
-        commit_lsn: change.commit_lsn,
-        ordinal: change.ordinal,
-        xid: change.xid,
-        commit_ts: change.commit_ts,
-    }
-}
-
-/// The target before the update when it differs from the new one
-/// (`(key, sub)`), or `None` when the row did not move or its old target
-/// cannot be told.
-fn old_target(
-    key_t: &Template,
-    sub_t: Option<&Template>,
-    old: Option<&Change>,
-    key: &str,
-    sub: Option<&str>,
-) -> Result<Option<(String, Option<String>)>, String> {
-    let Some(old) = old else { return Ok(None) };
-    let Ok(old_key) = key_t.render(old) else { return Ok(None) };
-    let old_sub = match sub_t {
-        Some(t) => match t.render(old) {
-            Ok(s) => Some(s),
-            Err(_) => return Ok(None),
-        },
-        None => None,
-    };
-    if old_key == key && old_sub.as_deref() == sub {
-        return Ok(None);
-    }
-    Ok(Some((old_key, old_sub)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use pgfanout_sdk::Lsn;
+    use std::sync::Arc;
 
     fn mapping(json: &str) -> CompiledMapping {
         CompiledMapping::compile(&serde_json::from_str(json).unwrap()).unwrap()

@@ -1,4 +1,4 @@
-//! Which Redis failures are worth retrying.
+//! Redis failures, typed where they are born, and which are worth retrying.
 //!
 //! The runtime retries a batch that fails with [`SinkError::Retriable`]
 //! forever, and isolates records one by one after a
@@ -8,6 +8,11 @@
 //! password fixed by an operator) is retriable: dead-lettering every record
 //! because Redis was briefly away would lose data. Only an error tied to one
 //! record (WRONGTYPE, a value Redis refuses) rejects that record.
+//!
+//! Each [`RedisSinkError`] keeps what Redis said (the client's
+//! [`redis::ErrorKind`], or the error code of a reply: the first word, such
+//! as `BUSY` or `NOSCRIPT`) and decides [`RedisSinkError::is_retriable`]
+//! from it, once; it becomes a [`SinkError`] only at the sink's boundary.
 
 use pgfanout_sdk::SinkError;
 use redis::RedisError;
@@ -33,17 +38,65 @@ const TRANSIENT_CODES: &[&str] = &[
     "WRONGPASS",
 ];
 
+/// The error code of a reply's text: its first word (`-` of RESP dropped).
+pub(crate) fn reply_code(text: &str) -> &str {
+    text.split_whitespace().next().unwrap_or_default().trim_start_matches('-')
+}
+
 /// True when a server error text (e.g. one returned by the script for one
 /// operation) is a transient condition of the server.
 pub(crate) fn is_transient_reply(text: &str) -> bool {
-    let code = text.split_whitespace().next().unwrap_or_default().trim_start_matches('-');
-    TRANSIENT_CODES.contains(&code)
+    TRANSIENT_CODES.contains(&reply_code(text))
 }
 
-/// A failure of a whole request (connection, timeout, server state): always
-/// retriable, with the reason for the log.
-pub(crate) fn request_failed(e: &RedisError) -> SinkError {
-    let what = if e.is_timeout() {
+/// A failure of the Redis sink or of its verifier.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisSinkError {
+    /// The sink's settings or a mapping are invalid (the message names the
+    /// option and the rule). Permanent.
+    #[error("{0}")]
+    Invalid(String),
+    /// The server URL or its TLS files cannot be used. Permanent.
+    #[error("redis sink url {url:?}: {source}")]
+    Url { url: String, source: RedisError },
+    /// A TLS file cannot be read. Permanent.
+    #[error("redis sink tls: {0}")]
+    TlsFile(String),
+    /// The server cannot be reached. Retriable.
+    #[error("redis {url}: cannot connect: {source}")]
+    Connect { url: String, source: RedisError },
+    /// A whole request failed (connection, timeout, server state). Retriable.
+    #[error("redis {}: {source}", request_failure(source))]
+    Request { source: RedisError },
+    /// A script call was answered with an error reply: retriable when its
+    /// code is a transient server condition, permanent otherwise (the
+    /// script itself is broken).
+    #[error("{}", script_failure(code, detail))]
+    ScriptFailed { code: String, detail: Option<String> },
+    /// An operation's result is an error text of a transient server
+    /// condition (one tied to the record rejects the record instead).
+    /// Retriable.
+    #[error("redis: {text}")]
+    Operation { text: String },
+    /// The server lost the apply script again right after it was loaded.
+    /// Retriable.
+    #[error("redis: the apply script keeps disappearing (NOSCRIPT)")]
+    ScriptLost,
+    /// A reply of an unexpected shape (count or type). Retriable: the
+    /// connection is suspect, not the records.
+    #[error("redis: {0}")]
+    Unexpected(String),
+    /// A mapping uses `type: json` on a server without RedisJSON. Permanent.
+    #[error(
+        "redis: a pipeline maps rows with `type: json`, but this server has no RedisJSON module (JSON.SET is an unknown \
+         command). Load it (loadmodule /path/to/librejson.so, or use Redis Stack / Redis 8), or use `type: string` to store \
+         rows as JSON text"
+    )]
+    NoJsonModule,
+}
+
+fn request_failure(e: &RedisError) -> &'static str {
+    if e.is_timeout() {
         "timed out"
     } else if e.is_connection_refusal() {
         "connection refused"
@@ -51,8 +104,59 @@ pub(crate) fn request_failed(e: &RedisError) -> SinkError {
         "connection lost"
     } else {
         "request failed"
-    };
-    SinkError::Retriable(format!("redis {what}: {e}"))
+    }
+}
+
+fn script_failure(code: &str, detail: &Option<String>) -> String {
+    if is_transient_reply(code) {
+        format!("redis: {}", detail.as_deref().unwrap_or(code))
+    } else {
+        format!("redis apply script failed: {code} {}", detail.as_deref().unwrap_or(""))
+    }
+}
+
+impl RedisSinkError {
+    /// A whole request failed (see [`RedisSinkError::Request`]).
+    pub(crate) fn request(source: RedisError) -> Self {
+        RedisSinkError::Request { source }
+    }
+
+    /// Whether retrying the batch can help.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            RedisSinkError::Invalid(_) | RedisSinkError::Url { .. } | RedisSinkError::TlsFile(_) | RedisSinkError::NoJsonModule => false,
+            RedisSinkError::ScriptFailed { code, .. } => is_transient_reply(code),
+            RedisSinkError::Operation { text } => is_transient_reply(text),
+            RedisSinkError::Connect { .. }
+            | RedisSinkError::Request { .. }
+            | RedisSinkError::ScriptLost
+            | RedisSinkError::Unexpected(_) => true,
+        }
+    }
+
+    /// The error code Redis answered with (`BUSY`, `NOSCRIPT`...), when it
+    /// answered with one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            RedisSinkError::ScriptFailed { code, .. } => Some(code),
+            RedisSinkError::Operation { text } => Some(reply_code(text)),
+            RedisSinkError::ScriptLost => Some("NOSCRIPT"),
+            RedisSinkError::Url { source, .. } | RedisSinkError::Connect { source, .. } | RedisSinkError::Request { source } => {
+                source.code()
+            }
+            _ => None,
+        }
+    }
+}
+
+impl From<RedisSinkError> for SinkError {
+    fn from(e: RedisSinkError) -> SinkError {
+        if e.is_retriable() {
+            SinkError::Retriable(e.to_string())
+        } else {
+            SinkError::Permanent(e.to_string())
+        }
+    }
 }
 
 #[cfg(test)]
@@ -71,5 +175,18 @@ mod tests {
         assert!(!is_transient_reply("WRONGTYPE Operation against a key holding the wrong kind of value"));
         assert!(!is_transient_reply("ERR value is not a valid float"));
         assert!(!is_transient_reply(""));
+    }
+
+    #[test]
+    fn a_script_failure_keeps_its_code_and_its_message() {
+        let busy = RedisSinkError::ScriptFailed { code: "BUSY".into(), detail: Some("Redis is busy running a script".into()) };
+        assert!(busy.is_retriable());
+        assert_eq!(busy.code(), Some("BUSY"));
+        assert_eq!(SinkError::from(busy), SinkError::Retriable("redis: Redis is busy running a script".into()));
+        let broken = RedisSinkError::ScriptFailed { code: "ERR".into(), detail: Some("user_script:1: oops".into()) };
+        assert!(!broken.is_retriable());
+        assert_eq!(SinkError::from(broken), SinkError::Permanent("redis apply script failed: ERR user_script:1: oops".into()));
+        let op = RedisSinkError::Operation { text: "OOM command not allowed".into() };
+        assert_eq!((op.is_retriable(), op.code()), (true, Some("OOM")));
     }
 }

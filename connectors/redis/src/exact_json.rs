@@ -4,28 +4,37 @@
 //! by exact decimal value, so `2.50` equals `2.5` there (serde_json keeps
 //! the digits: the workspace builds it with `arbitrary_precision`). Redis
 //! keeps what PostgreSQL wrote as text, so its verify must tell `2.50` from
-//! `2.5` too (the store holds what PostgreSQL wrote, digit for digit): this
-//! parser keeps every number's text: a plain integer of at most 15 digits (exact as an f64, so
-//! any comparison of two of them is exact) stays a JSON number, and any
-//! other number becomes `{"$number": "<its text>"}`, compared as text.
-//! Strings are decoded (escapes do not count as differences), objects keep
-//! the last of duplicate names (as jsonb does), whitespace does not count.
+//! `2.5` too (the store holds what PostgreSQL wrote, digit for digit). So
+//! the text is parsed by serde_json, which keeps every number's text, and
+//! each number is then tagged: a plain integer of at most 15 digits (exact
+//! as an f64, so any comparison of two of them is exact) stays a JSON
+//! number, and any other number becomes `{"$number": "<its text>"}`,
+//! compared as text (serde_json keeps every digit and spells only the
+//! exponent one way: `1E5` and `1e5` read as `1e+5`, the same digits).
+//! Strings are decoded (escapes do not count as
+//! differences), objects keep the last of duplicate names (as jsonb does),
+//! whitespace does not count.
 
 use serde_json::{Map, Value as Json};
 
 /// The member name that marks a number kept as its text.
 pub(crate) const NUMBER: &str = "$number";
 
-/// Deepest nesting parsed; deeper documents compare as their text.
-const MAX_DEPTH: usize = 256;
-
 /// `text` parsed with every number kept exactly, or `None` when it is not
-/// one JSON value (or nests deeper than [`MAX_DEPTH`]).
+/// one JSON value (or nests deeper than serde_json's limit of 128).
 pub(crate) fn parse(text: &str) -> Option<Json> {
-    let mut p = Parser { s: text.as_bytes(), text, i: 0 };
-    let v = p.value(0)?;
-    p.ws();
-    (p.i == p.s.len()).then_some(v)
+    serde_json::from_str(text).ok().map(exact_numbers)
+}
+
+/// Every number of `v` as it compares ([`number`]): serde_json kept its
+/// text as written (`arbitrary_precision`).
+fn exact_numbers(v: Json) -> Json {
+    match v {
+        Json::Number(n) => number(&n.to_string()),
+        Json::Object(m) => Json::Object(m.into_iter().map(|(k, v)| (k, exact_numbers(v))).collect()),
+        Json::Array(a) => Json::Array(a.into_iter().map(exact_numbers).collect()),
+        other => other,
+    }
 }
 
 /// A number's text as it compares: a JSON number when that is exact,
@@ -71,126 +80,6 @@ pub(crate) fn as_f64_store(v: Json) -> Json {
     }
 }
 
-struct Parser<'a> {
-    s: &'a [u8],
-    text: &'a str,
-    i: usize,
-}
-
-impl Parser<'_> {
-    fn ws(&mut self) {
-        while self.s.get(self.i).is_some_and(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r')) {
-            self.i += 1;
-        }
-    }
-
-    fn eat(&mut self, b: u8) -> bool {
-        self.ws();
-        let ok = self.s.get(self.i) == Some(&b);
-        if ok {
-            self.i += 1;
-        }
-        ok
-    }
-
-    fn value(&mut self, depth: usize) -> Option<Json> {
-        if depth > MAX_DEPTH {
-            return None;
-        }
-        self.ws();
-        match *self.s.get(self.i)? {
-            b'{' => {
-                self.i += 1;
-                let mut m = Map::new();
-                if self.eat(b'}') {
-                    return Some(Json::Object(m));
-                }
-                loop {
-                    self.ws();
-                    let k = self.string()?;
-                    if !self.eat(b':') {
-                        return None;
-                    }
-                    let v = self.value(depth + 1)?;
-                    m.insert(k, v);
-                    if self.eat(b'}') {
-                        return Some(Json::Object(m));
-                    }
-                    if !self.eat(b',') {
-                        return None;
-                    }
-                }
-            }
-            b'[' => {
-                self.i += 1;
-                let mut a = Vec::new();
-                if self.eat(b']') {
-                    return Some(Json::Array(a));
-                }
-                loop {
-                    a.push(self.value(depth + 1)?);
-                    if self.eat(b']') {
-                        return Some(Json::Array(a));
-                    }
-                    if !self.eat(b',') {
-                        return None;
-                    }
-                }
-            }
-            b'"' => self.string().map(Json::String),
-            b't' => self.literal("true", Json::Bool(true)),
-            b'f' => self.literal("false", Json::Bool(false)),
-            b'n' => self.literal("null", Json::Null),
-            _ => {
-                let start = self.i;
-                while self.s.get(self.i).is_some_and(|b| matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')) {
-                    self.i += 1;
-                }
-                let text = &self.text[start..self.i];
-                // Checks the grammar; the value itself is not used.
-                let valid = !text.is_empty() && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok();
-                valid.then(|| number(text))
-            }
-        }
-    }
-
-    fn literal(&mut self, word: &str, v: Json) -> Option<Json> {
-        if self.s[self.i..].starts_with(word.as_bytes()) {
-            self.i += word.len();
-            Some(v)
-        } else {
-            None
-        }
-    }
-
-    /// A string starting at the cursor, decoded.
-    fn string(&mut self) -> Option<String> {
-        if self.s.get(self.i) != Some(&b'"') {
-            return None;
-        }
-        let start = self.i;
-        self.i += 1;
-        let mut escaped = false;
-        loop {
-            match *self.s.get(self.i)? {
-                b'"' => break,
-                b'\\' => {
-                    escaped = true;
-                    self.i += 2;
-                }
-                _ => self.i += 1,
-            }
-        }
-        self.i += 1;
-        let raw = self.text.get(start..self.i)?;
-        if escaped {
-            serde_json::from_str(raw).ok()
-        } else {
-            Some(raw[1..raw.len() - 1].to_string())
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,11 +92,13 @@ mod tests {
         let v = parse(&doc).unwrap();
         assert_eq!(
             v,
-            json!({"a": {"$number": "2.500"}, "b": 7, "c": [{"$number": big}, {"$number": "-0"}, {"$number": "1e400"},
+            json!({"a": {"$number": "2.500"}, "b": 7, "c": [{"$number": big}, {"$number": "-0"}, {"$number": "1e+400"},
                    {"$number": "12345678901234567890"}], "d": "x\"é"})
         );
         assert_ne!(parse(r#"{"a":2.5}"#), parse(r#"{"a":2.50}"#));
         assert_ne!(parse("[1]"), parse("[1.0]"));
+        assert_ne!(parse("[1e5]"), parse("[1.0e5]"));
+        assert_eq!(parse("[1E5]"), parse("[1e+5]"));
         assert_eq!(parse(r#"{"a": [1, {"b": null}], "t": true}"#), parse(r#"{"t":true,"a":[1,{"b":null}]}"#));
     }
 
@@ -226,6 +117,6 @@ mod tests {
         // (serde_json spells the f64 `1.2345678901234568e22` or `…e+22`
         // depending on its features; stored and expected go through it alike.)
         let b = serde_json::Number::from_f64(1.2345678901234568e22).unwrap().to_string();
-        assert_eq!(v, json!({"a": {"$number": "2.5"}, "b": {"$number": b}, "c": [10], "d": {"$number": "1e400"}}));
+        assert_eq!(v, json!({"a": {"$number": "2.5"}, "b": {"$number": b}, "c": [10], "d": {"$number": "1e+400"}}));
     }
 }

@@ -17,16 +17,24 @@
 //! exactly what the mapping says and works for every data type; it costs one
 //! extra key per data key.
 
+mod args;
+mod calls;
+mod client;
 mod config;
 mod encode;
 mod error;
 mod exact_json;
+mod lanes;
+mod moves;
+mod reply;
 mod sink;
+mod toast;
 mod verify;
 
 use pgfanout_sdk::connector::{boxed_sink, TypedConnector};
 
 pub use config::{MappingKind, RedisMapping, RedisSinkConfig};
+pub use error::RedisSinkError;
 pub use sink::RedisSink;
 
 /// The connector: `type: redis`, settings [`RedisSinkConfig`], a `redis:` mapping

@@ -33,11 +33,11 @@ use pgfanout_sdk::{SinkError, SinkRecord};
 use redis::aio::ConnectionManager;
 use serde_json::Value as Json;
 
+use crate::client::build_client;
 use crate::config::{MappingKind, RedisMapping, RedisSinkConfig};
 use crate::encode::{encode, CompiledMapping, WHOLE_KEY};
-use crate::error::request_failed;
+use crate::error::RedisSinkError;
 use crate::exact_json;
-use crate::sink::build_client;
 
 /// Where one entry lives.
 #[derive(Debug, Clone)]
@@ -66,7 +66,7 @@ pub(crate) async fn connect(cfg: &RedisSinkConfig, m: &RedisMapping) -> Result<B
     verifiable(m).map_err(SinkError::Permanent)?;
     let mapping = CompiledMapping::compile(m).map_err(SinkError::Permanent)?;
     let client = build_client(cfg)?;
-    let conn = ConnectionManager::new(client).await.map_err(|e| request_failed(&e))?;
+    let conn = ConnectionManager::new(client).await.map_err(RedisSinkError::request)?;
     Ok(Box::new(RedisVerifier { conn, mapping, version_prefix: cfg.version_prefix.clone(), targets: HashMap::new() }))
 }
 
@@ -169,7 +169,7 @@ impl Verifier for RedisVerifier {
                     _ => return Err(SinkError::Permanent(format!("entry {id} cannot be read for a {} mapping", kind.as_str()))),
                 };
             }
-            let replies: Vec<redis::Value> = pipe.query_async(&mut self.conn).await.map_err(|e| request_failed(&e))?;
+            let replies: Vec<redis::Value> = pipe.query_async(&mut self.conn).await.map_err(RedisSinkError::request)?;
             let text = |v: &redis::Value| -> Option<String> {
                 match v {
                     redis::Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
@@ -225,7 +225,7 @@ impl Verifier for RedisVerifier {
                     .arg(self.redis_type())
                     .query_async(&mut self.conn)
                     .await
-                    .map_err(|e| request_failed(&e))?;
+                    .map_err(RedisSinkError::request)?;
                 keys.extend(batch.into_iter().filter(|k| !k.starts_with(&self.version_prefix)));
                 cursor = next;
                 if cursor == 0 {
@@ -247,7 +247,7 @@ impl Verifier for RedisVerifier {
                     MappingKind::Set => redis::cmd("SMEMBERS").arg(&key).query_async(&mut self.conn).await,
                     _ => redis::cmd("ZRANGE").arg(&key).arg(0).arg(-1).query_async(&mut self.conn).await,
                 }
-                .map_err(|e| request_failed(&e))?;
+                .map_err(RedisSinkError::request)?;
                 for sub in subs {
                     ids.push(self.remember(&key, Some(&sub)));
                 }
@@ -269,7 +269,7 @@ impl Verifier for RedisVerifier {
                     (Some(m), _) => pipe.cmd("ZREM").arg(&t.key).arg(m),
                 };
             }
-            let _: Vec<redis::Value> = pipe.query_async(&mut self.conn).await.map_err(|e| request_failed(&e))?;
+            let _: Vec<redis::Value> = pipe.query_async(&mut self.conn).await.map_err(RedisSinkError::request)?;
             Ok(())
         })
     }

@@ -17,6 +17,7 @@
 use std::cmp::Ordering;
 
 use crate::json::write_str;
+use crate::value::{write_array, write_members};
 
 /// Why JSON text could not be normalised (the caller keeps the text as is:
 /// `to_jsonb` itself would fail on it).
@@ -73,28 +74,8 @@ impl Node {
             Node::False => out.extend_from_slice(b"false"),
             Node::Number(n) => out.extend_from_slice(n.as_bytes()),
             Node::String(s) => write_str(out, s),
-            Node::Array(items) => {
-                out.push(b'[');
-                for (i, v) in items.iter().enumerate() {
-                    if i > 0 {
-                        out.extend_from_slice(b", ");
-                    }
-                    v.write(out);
-                }
-                out.push(b']');
-            }
-            Node::Object(fields) => {
-                out.push(b'{');
-                for (i, (k, v)) in fields.iter().enumerate() {
-                    if i > 0 {
-                        out.extend_from_slice(b", ");
-                    }
-                    write_str(out, k);
-                    out.extend_from_slice(b": ");
-                    v.write(out);
-                }
-                out.push(b'}');
-            }
+            Node::Array(items) => write_array(out, items, b", ", |out, v| v.write(out)),
+            Node::Object(fields) => write_members(out, fields.iter().map(|(k, v)| (k.as_str(), v)), (b", ", b": "), |out, v| v.write(out)),
         }
     }
 }
@@ -130,6 +111,33 @@ impl Parser<'_> {
         }
     }
 
+    /// The members of an object or array, after its opening bracket and up
+    /// to its `close`: `member` parses one (whitespace around it skipped);
+    /// commas separate them.
+    fn members(
+        &mut self,
+        close: &[u8],
+        expected: &str,
+        mut member: impl FnMut(&mut Self) -> Result<(), JsonbError>,
+    ) -> Result<(), JsonbError> {
+        self.ws();
+        if self.eat(close) {
+            return Ok(());
+        }
+        loop {
+            self.ws();
+            member(self)?;
+            self.ws();
+            if self.eat(b",") {
+                continue;
+            }
+            if self.eat(close) {
+                return Ok(());
+            }
+            return Err(self.err(expected));
+        }
+    }
+
     fn value(&mut self, depth: usize) -> Result<Node, JsonbError> {
         if depth > MAX_DEPTH {
             return Err(self.err("nesting too deep"));
@@ -138,32 +146,19 @@ impl Parser<'_> {
             Some(b'{') => {
                 self.i += 1;
                 let mut fields: Vec<(String, Node)> = Vec::new();
-                self.ws();
-                if self.eat(b"}") {
-                    return Ok(Node::Object(fields));
-                }
-                loop {
-                    self.ws();
-                    if self.s.get(self.i) != Some(&b'"') {
-                        return Err(self.err("expected a key"));
+                self.members(b"}", "expected ',' or '}'", |p| {
+                    if p.s.get(p.i) != Some(&b'"') {
+                        return Err(p.err("expected a key"));
                     }
-                    let k = self.string()?;
-                    self.ws();
-                    if !self.eat(b":") {
-                        return Err(self.err("expected ':'"));
+                    let k = p.string()?;
+                    p.ws();
+                    if !p.eat(b":") {
+                        return Err(p.err("expected ':'"));
                     }
-                    self.ws();
-                    let v = self.value(depth + 1)?;
-                    fields.push((k, v));
-                    self.ws();
-                    if self.eat(b",") {
-                        continue;
-                    }
-                    if self.eat(b"}") {
-                        break;
-                    }
-                    return Err(self.err("expected ',' or '}'"));
-                }
+                    p.ws();
+                    fields.push((k, p.value(depth + 1)?));
+                    Ok(())
+                })?;
                 // Stable sort keeps duplicates in input order; the last wins.
                 fields.sort_by(|a, b| jsonb_key_order(&a.0, &b.0));
                 let mut out: Vec<(String, Node)> = Vec::with_capacity(fields.len());
@@ -178,22 +173,10 @@ impl Parser<'_> {
             Some(b'[') => {
                 self.i += 1;
                 let mut items = Vec::new();
-                self.ws();
-                if self.eat(b"]") {
-                    return Ok(Node::Array(items));
-                }
-                loop {
-                    self.ws();
-                    items.push(self.value(depth + 1)?);
-                    self.ws();
-                    if self.eat(b",") {
-                        continue;
-                    }
-                    if self.eat(b"]") {
-                        break;
-                    }
-                    return Err(self.err("expected ',' or ']'"));
-                }
+                self.members(b"]", "expected ',' or ']'", |p| {
+                    items.push(p.value(depth + 1)?);
+                    Ok(())
+                })?;
                 Ok(Node::Array(items))
             }
             Some(b'"') => Ok(Node::String(self.string()?)),

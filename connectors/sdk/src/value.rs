@@ -38,16 +38,7 @@ impl Value {
             Value::Number(n) => out.extend_from_slice(n.as_bytes()),
             Value::String(s) => json::write_str(out, s),
             Value::Json(j) => out.extend_from_slice(j.as_bytes()),
-            Value::Array(items) => {
-                out.push(b'[');
-                for (i, v) in items.iter().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    v.write_json(out);
-                }
-                out.push(b']');
-            }
+            Value::Array(items) => write_array(out, items, b",", |out, v| v.write_json(out)),
             Value::Object(fields) => write_object(out, fields.iter().map(|(k, v)| (&**k, v))),
         }
     }
@@ -105,14 +96,38 @@ impl Value {
 }
 
 pub(crate) fn write_object<'a>(out: &mut Vec<u8>, fields: impl Iterator<Item = (&'a str, &'a Value)>) {
-    out.push(b'{');
-    for (i, (k, v)) in fields.enumerate() {
+    write_members(out, fields, (b",", b":"), |out, v| v.write_json(out));
+}
+
+/// `[item,item]` with `comma` between items, each written by `write`
+/// (`comma` is `,` in pgfanout's compact JSON, `, ` as jsonb prints).
+pub(crate) fn write_array<T>(out: &mut Vec<u8>, items: impl IntoIterator<Item = T>, comma: &[u8], mut write: impl FnMut(&mut Vec<u8>, T)) {
+    out.push(b'[');
+    for (i, item) in items.into_iter().enumerate() {
         if i > 0 {
-            out.push(b',');
+            out.extend_from_slice(comma);
         }
-        json::write_str(out, k);
-        out.push(b':');
-        v.write_json(out);
+        write(out, item);
+    }
+    out.push(b']');
+}
+
+/// `{"name":value}` with the given `(comma, colon)` punctuation, each value
+/// written by `write`.
+pub(crate) fn write_members<'a, T>(
+    out: &mut Vec<u8>,
+    members: impl IntoIterator<Item = (&'a str, T)>,
+    (comma, colon): (&[u8], &[u8]),
+    mut write: impl FnMut(&mut Vec<u8>, T),
+) {
+    out.push(b'{');
+    for (i, (name, value)) in members.into_iter().enumerate() {
+        if i > 0 {
+            out.extend_from_slice(comma);
+        }
+        json::write_str(out, name);
+        out.extend_from_slice(colon);
+        write(out, value);
     }
     out.push(b'}');
 }
