@@ -493,7 +493,7 @@ async fn native_stream(db: &str, prefix: &str) -> (PgCluster, tokio_postgres::Cl
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_workload_then_dedup_gives_the_history() {
-    let (pg, c, broker, dir, mut d) = native_stream("kkill", "kill").await;
+    let (pg, c, broker, _dir, mut d) = native_stream("kkill", "kill").await;
     let t0 = now_ms();
     let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let writer = {

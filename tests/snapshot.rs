@@ -91,7 +91,7 @@ async fn snapshot_under_way(db: &str, lines: usize) -> (PgCluster, tokio_postgre
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_then_stream_ends_equal_to_the_tables() {
     // Writes during the snapshot.
-    let (_pg, c, dir, out, d) = snapshot_under_way("snap", 1000).await;
+    let (_pg, c, _dir, out, d) = snapshot_under_way("snap", 1000).await;
     churn(&c, 300).await;
     let n: i64 =
         c.query_one("SELECT (SELECT count(*) FROM t1) + (SELECT count(*) FROM t2) + (SELECT count(*) FROM t3)", &[]).await.unwrap().get(0);

@@ -10,6 +10,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pgfanout_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
+use pgfanout_kafka::rdkafka::ClientConfig;
 use pgfanout_kafka::{KafkaMapping, KafkaSink, KafkaSinkConfig};
 use pgfanout_sdk::testing::{number as int, records, row_of, At, Table};
 use pgfanout_sdk::{Change, Lsn, Op, Row, Sink, SinkError, SinkRecord, Value};

@@ -82,10 +82,10 @@ use pgfanout_sdk::connector::{boxed_sink, TypedConnector};
 /// reads back `mode: upsert` tables.
 pub static CONNECTOR: TypedConnector<ScyllaSettings, ScyllaMapping> =
     TypedConnector::new("scylla", ScyllaSettings::validate, ScyllaMapping::validate, |settings, mappings| {
-        boxed_sink(ScyllaSink::connect(settings, mappings))
+        boxed_sink(async move { Ok(ScyllaSink::connect(settings, mappings).await?) })
     })
     .with_aliases(&["cassandra"])
-    .with_doctor(|settings, mappings| Box::pin(sink::doctor(settings, mappings)))
+    .with_doctor(|settings, mappings| Box::pin(route::doctor(settings, mappings)))
     .with_verifier(verify::verifiable, |settings, mappings, route| Box::pin(verify::connect(settings, &mappings[route])));
 
 /// The CQL driver this sink uses (for tests and tools reading the tables).

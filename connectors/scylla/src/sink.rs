@@ -22,7 +22,6 @@ use crate::route::compile_routes;
 use crate::session::{create_schema, open_session};
 
 /// `doctor` (the connector's glue calls it through this module).
-pub(crate) use crate::route::doctor;
 
 /// A connected ScyllaDB / Cassandra sink.
 ///

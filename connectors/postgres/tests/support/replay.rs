@@ -9,7 +9,7 @@ use pgfanout_postgres::relation::{build_change, build_truncates, RelationCache, 
 use pgfanout_sdk::{Change, Lsn};
 
 /// Replays decoded messages like the source does and returns the changes.
-async fn build_all(client: &tokio_postgres::Client, msgs: Vec<(Lsn, LogicalMessage)>) -> Vec<Change> {
+pub async fn build_all(client: &tokio_postgres::Client, msgs: Vec<(Lsn, LogicalMessage)>) -> Vec<Change> {
     let mut types = TypeRegistry::new();
     let mut relations = RelationCache::new();
     let mut tx: Option<TxMeta> = None;
