@@ -60,7 +60,7 @@ pub enum EsError {
     Unreadable { id: String, index: String, error: Json },
     /// The delete-tombstone check of a missing document failed.
     #[error("tombstone check answered {status}: {0}", status = .0.status_text())]
-    TombstoneCheck(ItemError),
+    TombstoneCheck(Box<ItemError>),
     /// `_bulk` items still refused with 429 / 5xx after every item retry.
     #[error("bulk items still failing after {attempts} attempts")]
     ItemsStillFailing { attempts: usize },
@@ -72,7 +72,7 @@ pub enum EsError {
     /// The index refused a document (mapping conflict, a value the field
     /// cannot hold, a document too large).
     #[error("search engine refused the document: {0}")]
-    Refused(ItemError),
+    Refused(Box<ItemError>),
     /// A partial change (unchanged TOAST columns) whose stored document is
     /// missing: completing it is impossible, writing it half is wrong.
     #[error(
@@ -296,7 +296,7 @@ mod tests {
             "caused_by": {"reason": "not a number"}}}));
         assert_eq!(e.to_string(), "400 mapper_parsing_exception: failed to parse (not a number)");
         assert!(!e.is_retriable());
-        let refused = EsError::Refused(e);
+        let refused = EsError::Refused(Box::new(e));
         assert!(!refused.is_retriable());
         assert_eq!(refused.error_type(), Some("mapper_parsing_exception"));
         assert_eq!(refused.status(), Some(StatusCode::BAD_REQUEST));

@@ -190,7 +190,7 @@ async fn removed_by_newer(client: &Client, docs: &[(usize, DocRef, i64)]) -> Res
         .map(|r| match r.status {
             409 => Ok(true),
             200..=299 | 404 => Ok(false),
-            _ => Err(EsError::TombstoneCheck(r.error())),
+            _ => Err(EsError::TombstoneCheck(Box::new(r.error()))),
         })
         .collect()
 }

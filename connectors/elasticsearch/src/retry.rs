@@ -130,7 +130,7 @@ impl BulkWriter {
                             blocked.insert(&item.doc);
                             retry.push(i);
                         }
-                        _ => rejected.push(Rejected { index: item.record, error: EsError::Refused(result.error()).to_string() }),
+                        _ => rejected.push(Rejected { index: item.record, error: EsError::Refused(Box::new(result.error())).to_string() }),
                     }
                 }
             }

@@ -21,8 +21,6 @@ use crate::plan::{partition_runs, Plan, Planner, Stmt};
 use crate::route::compile_routes;
 use crate::session::{create_schema, open_session};
 
-/// `doctor` (the connector's glue calls it through this module).
-
 /// A connected ScyllaDB / Cassandra sink.
 ///
 /// Batches are pipelined ([`Sink::submit`]): a batch is planned (its
