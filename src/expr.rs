@@ -10,7 +10,7 @@
 //! (maps, or null when the record has none), `unchanged_toast` (list of
 //! column names), `lsn`, `commit_lsn` (strings like `0/16B3748`), `xid`
 //! (int or null), `commit_ts` (ISO-8601 UTC string or null). Column values
-//! follow DESIGN.md section 3: numbers become int, uint or double (a numeric
+//! follow docs/design.md section 3: numbers become int, uint or double (a numeric
 //! beyond double precision is approximated, for comparisons only), json and
 //! jsonb become nested maps and lists.
 

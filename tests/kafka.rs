@@ -418,7 +418,7 @@ const BOTH_FORMATS: &str = r#"  - name: native
 /// A mixed workload on two tables, written by two pipelines of one sink in
 /// both formats: each of the four topics holds exactly the history of its
 /// table, per key in commit order, with the right key, headers and value
-/// (native: DESIGN.md section 3; debezium: op c/u/d, before/after against
+/// (native: docs/design.md section 3; debezium: op c/u/d, before/after against
 /// the row's history under each table's replica identity, source fields).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_workload_in_native_and_debezium_formats() {

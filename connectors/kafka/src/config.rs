@@ -174,7 +174,7 @@ impl Default for DebeziumConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Format {
-    /// The change record of DESIGN.md section 3.
+    /// The change record of docs/design.md section 3.
     #[default]
     Native,
     /// The Debezium PostgreSQL connector's JSON envelope (schemas disabled).

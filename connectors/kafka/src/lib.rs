@@ -3,7 +3,7 @@
 //!
 //! Each pipeline's [`KafkaMapping`] names a topic and a key (`{column}`,
 //! `{schema}`, `{table}` templates) and a value format: `native` (pgfanout's
-//! change record, DESIGN.md section 3) or `debezium` (the Debezium
+//! change record, docs/design.md section 3) or `debezium` (the Debezium
 //! PostgreSQL connector's JSON envelope, so existing Debezium consumers
 //! switch without changes). Every record carries its position in headers
 //! (`pgfanout.commit_lsn`, `pgfanout.ordinal`, ...), which is how consumers

@@ -6,7 +6,7 @@
 //! keeps the latest shape of each table with one resolved [`TypeDecoder`] per
 //! column, so decoding a row is a loop over its values with no lookups.
 //!
-//! [`build_change`] applies DESIGN.md section 3: unchanged TOAST columns are
+//! [`build_change`] applies docs/design.md section 3: unchanged TOAST columns are
 //! absent from `after` and listed, `before` is only what the server sent, and
 //! `key` is the replica identity.
 

@@ -12,7 +12,7 @@
 //!
 //! The timestamp is the transaction's commit LSN ([`Position::commit_version`],
 //! an i64 that cannot overflow for 8 EiB of WAL), never a packed
-//! `commit_lsn << k | ordinal` (which overflows or collides, DESIGN.md
+//! `commit_lsn << k | ordinal` (which overflows or collides, docs/design.md
 //! section 5). Two changes of one row inside one transaction share that
 //! commit LSN, and equal timestamps are resolved by Cassandra by value
 //! (a tombstone wins a tie), not by order. So:

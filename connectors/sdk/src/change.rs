@@ -92,7 +92,7 @@ impl fmt::Display for Position {
     }
 }
 
-/// One change record (DESIGN.md section 3).
+/// One change record (docs/design.md section 3).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Change {
     pub op: Op,
