@@ -20,7 +20,7 @@
 
 use std::path::PathBuf;
 
-use pgfanout_sdk::{SinkError, TemplateError};
+use pgfanout_sdk::TemplateError;
 use reqwest::StatusCode;
 use serde_json::Value as Json;
 
@@ -190,15 +190,11 @@ impl EsError {
     }
 }
 
-/// The one place a search error becomes the runtime's: retriable or
-/// permanent as [`EsError::is_retriable`] says, with the same message.
-impl From<EsError> for SinkError {
-    fn from(e: EsError) -> Self {
-        if e.is_retriable() {
-            SinkError::Retriable(e.to_string())
-        } else {
-            SinkError::Permanent(e.to_string())
-        }
+/// The sink boundary: the only place a [`EsError`] becomes the runtime's
+/// `SinkError` (retriable as [`EsError::is_retriable`] says, same message).
+impl pgfanout_sdk::StoreError for EsError {
+    fn is_retriable(&self) -> bool {
+        EsError::is_retriable(self)
     }
 }
 
@@ -289,6 +285,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use pgfanout_sdk::SinkError;
 
     #[test]
     fn item_errors_keep_the_engines_words_and_say_whether_to_retry() {

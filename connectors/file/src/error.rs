@@ -10,8 +10,6 @@
 
 use std::io;
 
-use pgfanout_sdk::SinkError;
-
 /// A failure of the file sink.
 #[derive(Debug, thiserror::Error)]
 pub enum FileSinkError {
@@ -42,12 +40,10 @@ impl FileSinkError {
     }
 }
 
-impl From<FileSinkError> for SinkError {
-    fn from(e: FileSinkError) -> SinkError {
-        if e.is_retriable() {
-            SinkError::Retriable(e.to_string())
-        } else {
-            SinkError::Permanent(e.to_string())
-        }
+/// The sink boundary: the only place a [`FileSinkError`] becomes the runtime's
+/// `SinkError` (retriable as [`FileSinkError::is_retriable`] says, same message).
+impl pgfanout_sdk::StoreError for FileSinkError {
+    fn is_retriable(&self) -> bool {
+        FileSinkError::is_retriable(self)
     }
 }

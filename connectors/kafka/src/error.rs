@@ -13,7 +13,6 @@
 //! [`RDKafkaErrorCode`], [`KafkaSinkError::code`]); it becomes a
 //! [`SinkError`] only at the sink's boundary.
 
-use pgfanout_sdk::SinkError;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use tokio::task::JoinError;
 
@@ -90,13 +89,11 @@ impl KafkaSinkError {
     }
 }
 
-impl From<KafkaSinkError> for SinkError {
-    fn from(e: KafkaSinkError) -> SinkError {
-        if e.is_retriable() {
-            SinkError::Retriable(e.to_string())
-        } else {
-            SinkError::Permanent(e.to_string())
-        }
+/// The sink boundary: the only place a [`KafkaSinkError`] becomes the runtime's
+/// `SinkError` (retriable as [`KafkaSinkError::is_retriable`] says, same message).
+impl pgfanout_sdk::StoreError for KafkaSinkError {
+    fn is_retriable(&self) -> bool {
+        KafkaSinkError::is_retriable(self)
     }
 }
 

@@ -15,7 +15,6 @@
 //! boundary.
 
 use neo4rs::{Error, Neo4jClientErrorKind, Neo4jErrorKind};
-use pgfanout_sdk::SinkError;
 
 /// A failure of the Neo4j sink or of its verifier.
 #[derive(Debug, thiserror::Error)]
@@ -68,13 +67,11 @@ impl Neo4jSinkError {
     }
 }
 
-impl From<Neo4jSinkError> for SinkError {
-    fn from(e: Neo4jSinkError) -> SinkError {
-        if e.is_retriable() {
-            SinkError::Retriable(e.to_string())
-        } else {
-            SinkError::Permanent(e.to_string())
-        }
+/// The sink boundary: the only place a [`Neo4jSinkError`] becomes the runtime's
+/// `SinkError` (retriable as [`Neo4jSinkError::is_retriable`] says, same message).
+impl pgfanout_sdk::StoreError for Neo4jSinkError {
+    fn is_retriable(&self) -> bool {
+        Neo4jSinkError::is_retriable(self)
     }
 }
 

@@ -14,7 +14,6 @@
 //! as `BUSY` or `NOSCRIPT`) and decides [`RedisSinkError::is_retriable`]
 //! from it, once; it becomes a [`SinkError`] only at the sink's boundary.
 
-use pgfanout_sdk::SinkError;
 use redis::RedisError;
 
 /// Error codes (first word of a Redis error reply) that mean "the server
@@ -149,19 +148,18 @@ impl RedisSinkError {
     }
 }
 
-impl From<RedisSinkError> for SinkError {
-    fn from(e: RedisSinkError) -> SinkError {
-        if e.is_retriable() {
-            SinkError::Retriable(e.to_string())
-        } else {
-            SinkError::Permanent(e.to_string())
-        }
+/// The sink boundary: the only place a [`RedisSinkError`] becomes the runtime's
+/// `SinkError` (retriable as [`RedisSinkError::is_retriable`] says, same message).
+impl pgfanout_sdk::StoreError for RedisSinkError {
+    fn is_retriable(&self) -> bool {
+        RedisSinkError::is_retriable(self)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pgfanout_sdk::SinkError;
 
     #[test]
     fn classifies_reply_codes() {

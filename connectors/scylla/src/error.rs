@@ -20,7 +20,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use pgfanout_sdk::{SinkError, TemplateError};
+use pgfanout_sdk::TemplateError;
 use scylla::errors::{
     ConnectionError, ConnectionPoolError, ConnectionSetupRequestErrorKind, DbError, ExecutionError, MetadataError, NewSessionError,
     PrepareError, RequestAttemptError,
@@ -184,15 +184,11 @@ impl From<MetadataError> for ScyllaError {
     }
 }
 
-/// The sink boundary: the only place a [`ScyllaError`] becomes the
-/// runtime's [`SinkError`].
-impl From<ScyllaError> for SinkError {
-    fn from(e: ScyllaError) -> Self {
-        if e.is_retriable() {
-            SinkError::Retriable(e.to_string())
-        } else {
-            SinkError::Permanent(e.to_string())
-        }
+/// The sink boundary: the only place a [`ScyllaError`] becomes the runtime's
+/// `SinkError` (retriable as [`ScyllaError::is_retriable`] says, same message).
+impl pgfanout_sdk::StoreError for ScyllaError {
+    fn is_retriable(&self) -> bool {
+        ScyllaError::is_retriable(self)
     }
 }
 
@@ -264,6 +260,7 @@ pub struct ValueError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pgfanout_sdk::SinkError;
 
     fn server(code: DbError) -> ScyllaError {
         ScyllaError::from(RequestAttemptError::DbError(code, "from the server".into()))

@@ -22,7 +22,7 @@ pub mod verify;
 pub use change::{Change, Op, Position};
 pub use connector::{Check, ConfigError, ConfiguredSink, Connector, DynSink, FieldError, SinkInput, TypedSink};
 pub use lsn::Lsn;
-pub use sink::{BatchOutcome, InFlight, PipelineStop, Rejected, Sink, SinkError, SinkRecord};
+pub use sink::{BatchOutcome, InFlight, PipelineStop, Rejected, Sink, SinkError, SinkRecord, StoreError};
 pub use template::{Template, TemplateError};
 pub use value::{Row, Text, Value};
 pub use verify::{Expected, Verifier};

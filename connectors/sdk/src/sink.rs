@@ -71,6 +71,24 @@ impl SinkError {
     }
 }
 
+/// A connector's own error type (`src/error.rs` of each sink crate): it keeps
+/// the store's code and decides where it is born whether trying again can
+/// help. At the sink boundary it becomes a [`SinkError`] with the same
+/// message (`?` converts it).
+pub trait StoreError: std::fmt::Display {
+    fn is_retriable(&self) -> bool;
+}
+
+impl<E: StoreError> From<E> for SinkError {
+    fn from(e: E) -> SinkError {
+        if e.is_retriable() {
+            SinkError::Retriable(e.to_string())
+        } else {
+            SinkError::Permanent(e.to_string())
+        }
+    }
+}
+
 /// A batch a pipelining sink has started (see [`Sink::submit`]): resolves
 /// like [`Sink::write`] once the batch is durable.
 pub type InFlight = Pin<Box<dyn Future<Output = BatchOutcome> + Send + 'static>>;
