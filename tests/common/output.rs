@@ -102,6 +102,7 @@ pub async fn assert_replay_equals_tables(c: &tokio_postgres::Client, recs: &[Jso
 
 /// `{id as text -> to_jsonb(row)}` for every row of `table`.
 pub async fn rows_by_id(c: &tokio_postgres::Client, table: &str) -> BTreeMap<String, Json> {
-    let rows = c.query(&format!("SELECT id::text, to_jsonb(t)::text FROM {table} t"), &[]).await.unwrap();
+    // An alias no column is named: `to_jsonb(t)` would take a column `t`.
+    let rows = c.query(&format!("SELECT id::text, to_jsonb(whole_row__)::text FROM {table} whole_row__"), &[]).await.unwrap();
     rows.iter().map(|r| (r.get::<_, String>(0), serde_json::from_str(&r.get::<_, String>(1)).unwrap())).collect()
 }
