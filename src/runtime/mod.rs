@@ -7,6 +7,7 @@ mod heartbeat;
 mod outbox;
 pub mod pins;
 mod samplers;
+mod settings;
 pub mod setup;
 pub mod sinks;
 pub mod snapshot;

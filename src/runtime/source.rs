@@ -27,10 +27,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pgfanout_postgres::catalog::TypeRegistry;
-use pgfanout_postgres::conn::{connect_sql, PgConnectOptions};
+use pgfanout_postgres::conn::connect_sql;
 use pgfanout_postgres::pgoutput::{self, LogicalMessage};
 use pgfanout_postgres::relation::{build_change_with, build_truncates, RelationCache, TxMeta};
-use pgfanout_postgres::replication::{ReceiveBuffer, ReplicationClient, ReplicationMessage, ReplicationStream};
+use pgfanout_postgres::replication::{ReplicationClient, ReplicationMessage, ReplicationStream};
 use pgfanout_postgres::slot;
 use pgfanout_postgres::SourceError;
 use pgfanout_sdk::settings::Backoff;
@@ -39,7 +39,6 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::backfill::{ToSource, WATERMARK_PREFIX};
-use crate::config::{OnDecodeError, OnTypeChange};
 use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::http::{Health, Progress, SinkProgress};
 use crate::metrics as m;
@@ -48,34 +47,12 @@ use crate::runtime::ack::AckTracker;
 use crate::runtime::bridge::BackfillBridge;
 use crate::runtime::heartbeat;
 use crate::runtime::outbox::Outbox;
+pub use crate::runtime::settings::SourceSettings;
 use crate::runtime::sinks::Sinks;
 use crate::runtime::stats::ReadStats;
 use crate::runtime::txn::TxCursor;
 use crate::runtime::type_changes::TypeChangeWatch;
 use crate::runtime::undecodable;
-
-/// Settings of the reader.
-pub struct SourceSettings {
-    pub opts: PgConnectOptions,
-    pub slot: String,
-    pub publication: String,
-    pub status_interval: Duration,
-    pub batch_size: usize,
-    pub shutdown_timeout: Duration,
-    /// How long read changes may wait locally for more before they are
-    /// handed to the sinks when the socket has nothing more buffered.
-    pub linger: Duration,
-    /// When set, a non-transactional logical message is emitted this often
-    /// so the stream has something to confirm even without keepalives.
-    pub heartbeat_interval: Option<Duration>,
-    /// See `ReplicationStream::set_read_coalesce`.
-    pub read_coalesce: Duration,
-    /// The streaming connection's receive buffer (see `ReceiveBuffer`).
-    pub receive_buffer: ReceiveBuffer,
-    /// What a row that cannot be decoded does.
-    pub on_decode_error: OnDecodeError,
-    pub on_type_change: OnTypeChange,
-}
 
 /// Why a streaming session ended without an error.
 enum Ended {

@@ -1,0 +1,32 @@
+//! The reader's settings, taken from `source.postgres` and `runtime` by
+//! `runtime::run`.
+
+use std::time::Duration;
+
+use pgfanout_postgres::conn::PgConnectOptions;
+use pgfanout_postgres::replication::ReceiveBuffer;
+
+use crate::config::{OnDecodeError, OnTypeChange};
+
+/// Settings of the reader.
+pub struct SourceSettings {
+    pub opts: PgConnectOptions,
+    pub slot: String,
+    pub publication: String,
+    pub status_interval: Duration,
+    pub batch_size: usize,
+    pub shutdown_timeout: Duration,
+    /// How long read changes may wait locally for more before they are
+    /// handed to the sinks when the socket has nothing more buffered.
+    pub linger: Duration,
+    /// When set, a non-transactional logical message is emitted this often
+    /// so the stream has something to confirm even without keepalives.
+    pub heartbeat_interval: Option<Duration>,
+    /// See `ReplicationStream::set_read_coalesce`.
+    pub read_coalesce: Duration,
+    /// The streaming connection's receive buffer (see `ReceiveBuffer`).
+    pub receive_buffer: ReceiveBuffer,
+    /// What a row that cannot be decoded does.
+    pub on_decode_error: OnDecodeError,
+    pub on_type_change: OnTypeChange,
+}
