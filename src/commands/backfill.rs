@@ -2,8 +2,6 @@
 //! daemon applies it within a second), lists backfills, or waits for one to
 //! finish.
 
-use pgfanout_postgres::conn::connect_sql;
-
 use super::{Exit, Report};
 use crate::config::Config;
 use crate::pipeline::Router;
@@ -28,18 +26,9 @@ pub async fn backfill(cfg: &Config, req: BackfillRequest) -> Report {
     let mut r = Report::default();
     use crate::backfill::state::{self, BackfillStatus, SignalKind};
     let pg = &cfg.source.postgres;
-    let client = match pg.connect_options() {
-        Ok(opts) => match connect_sql(&opts).await {
-            Ok(c) => c,
-            Err(e) => {
-                r.complain(format_args!("cannot connect to {}: {e}", opts.redacted()));
-                return r.ends(Exit::Failed);
-            }
-        },
-        Err(e) => {
-            r.complain(format_args!("source.postgres.url: {e}"));
-            return r.ends(Exit::Usage);
-        }
+    let client = match super::connect_source(cfg).await {
+        Ok(c) => c,
+        Err(failed) => return failed,
     };
     if req.list {
         return match state::list(&client, &pg.slot).await {

@@ -17,6 +17,8 @@ pub mod wait;
 
 use std::fmt::{self, Write as _};
 
+use crate::config::Config;
+
 /// How a command ends: the process exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Exit {
@@ -59,4 +61,13 @@ impl Report {
         r.complain(line);
         r.ends(exit)
     }
+}
+
+/// A SQL connection to the source, or the report that ends the command: a
+/// bad URL is usage (2), an unreachable server a failure (1).
+pub(crate) async fn connect_source(cfg: &Config) -> Result<tokio_postgres::Client, Report> {
+    let opts = cfg.source.postgres.connect_options().map_err(|e| Report::error(Exit::Usage, format_args!("source.postgres.url: {e}")))?;
+    pgfanout_postgres::conn::connect_sql(&opts)
+        .await
+        .map_err(|e| Report::error(Exit::Failed, format_args!("cannot connect to {}: {e}", opts.redacted())))
 }

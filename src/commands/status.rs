@@ -1,7 +1,6 @@
 //! `pgfanout status`: the slot's position and lag and, when the daemon's
 //! HTTP listener answers, each sink's durable position.
 
-use pgfanout_postgres::conn::connect_sql;
 use pgfanout_sdk::Lsn;
 
 use super::{Exit, Report};
@@ -11,18 +10,9 @@ use crate::config::Config;
 pub async fn status(cfg: &Config) -> Report {
     let mut r = Report::default();
     let pg = &cfg.source.postgres;
-    let client = match pg.connect_options() {
-        Ok(opts) => match connect_sql(&opts).await {
-            Ok(c) => c,
-            Err(e) => {
-                r.complain(format_args!("cannot connect to {}: {e}", opts.redacted()));
-                return r.ends(Exit::Failed);
-            }
-        },
-        Err(e) => {
-            r.complain(format_args!("source.postgres.url: {e}"));
-            return r.ends(Exit::Usage);
-        }
+    let client = match super::connect_source(cfg).await {
+        Ok(c) => c,
+        Err(failed) => return failed,
     };
     let row = client
         .query_opt(
