@@ -24,31 +24,28 @@ pub enum Entry {
     Missing(&'static str),
 }
 
+/// The connector of crate `$krate`, behind cargo feature `$feature`; or,
+/// in a build without the feature, what says so.
+macro_rules! feature_entry {
+    ($feature:literal, $krate:ident) => {{
+        #[cfg(feature = $feature)]
+        let entry = Entry::Built(&$krate::CONNECTOR);
+        #[cfg(not(feature = $feature))]
+        let entry = Entry::Missing($feature);
+        entry
+    }};
+}
+
 /// Every connector, in the order `check` lists them. Adding a store adds
-/// one line here (and its `cfg(not)` twin naming the feature).
+/// one line here.
 pub fn connectors() -> Vec<Entry> {
     vec![
         Entry::Built(&pgfanout_file::CONNECTOR),
-        #[cfg(feature = "redis")]
-        Entry::Built(&pgfanout_redis::CONNECTOR),
-        #[cfg(not(feature = "redis"))]
-        Entry::Missing("redis"),
-        #[cfg(feature = "kafka")]
-        Entry::Built(&pgfanout_kafka::CONNECTOR),
-        #[cfg(not(feature = "kafka"))]
-        Entry::Missing("kafka"),
-        #[cfg(feature = "neo4j")]
-        Entry::Built(&pgfanout_neo4j::CONNECTOR),
-        #[cfg(not(feature = "neo4j"))]
-        Entry::Missing("neo4j"),
-        #[cfg(feature = "elasticsearch")]
-        Entry::Built(&pgfanout_elasticsearch::CONNECTOR),
-        #[cfg(not(feature = "elasticsearch"))]
-        Entry::Missing("elasticsearch"),
-        #[cfg(feature = "scylla")]
-        Entry::Built(&pgfanout_scylla::CONNECTOR),
-        #[cfg(not(feature = "scylla"))]
-        Entry::Missing("scylla"),
+        feature_entry!("redis", pgfanout_redis),
+        feature_entry!("kafka", pgfanout_kafka),
+        feature_entry!("neo4j", pgfanout_neo4j),
+        feature_entry!("elasticsearch", pgfanout_elasticsearch),
+        feature_entry!("scylla", pgfanout_scylla),
     ]
 }
 

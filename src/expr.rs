@@ -298,6 +298,7 @@ pub fn to_column_value(v: &cel::Value) -> Result<Value, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pgfanout_sdk::testing::{At, Table};
     use pgfanout_sdk::Op;
 
     fn change(op: Op) -> Change {
@@ -308,20 +309,11 @@ mod tests {
             ("email".into(), Value::String("a@b.c".into())),
             ("prefs".into(), Value::Json(r#"{"theme":"dark","n":[1,2]}"#.into())),
         ]);
-        Change {
-            op,
-            schema: "public".into(),
-            table: "cart_items".into(),
-            key: Some(Row(vec![("id".into(), Value::Number("7".into()))])),
-            before: None,
-            after: (op != Op::Delete).then_some(row),
-            unchanged_toast: vec!["bio".into()],
-            lsn: "0/16B3748".parse().unwrap(),
-            commit_lsn: "0/16B37A0".parse().unwrap(),
-            ordinal: 0,
-            xid: Some(751),
-            commit_ts: Some(1_795_514_400_123_456),
-        }
+        let key = Row(row.0[..1].to_vec());
+        let after = (op != Op::Delete).then_some(row);
+        let built = Table("cart_items").change(op, At(0x16B_37A0, 0), key, None, after, &["bio"]);
+        // its own LSN before the commit's, a real xid and commit time
+        Change { lsn: "0/16B3748".parse().unwrap(), xid: Some(751), commit_ts: Some(1_795_514_400_123_456), ..built }
     }
 
     fn eval(src: &str, c: &Change) -> Result<cel::Value, String> {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use common::kafka::read_topics as read_records;
 use common::*;
 use serde_json::{json, Value as Json};
-use testkit::KafkaBroker;
+use testkit::{KafkaBroker, Server};
 
 const SCHEMA: &str = r#"
 CREATE TABLE users (id int PRIMARY KEY, email text NOT NULL, score numeric(10,2), prefs jsonb, active bool, seen_at timestamptz);

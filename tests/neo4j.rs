@@ -20,7 +20,7 @@ use common::neo4j::graph;
 use common::*;
 use pgfanout_neo4j::neo4rs::{query, BoltType, Graph};
 use serde_json::{json, Value as Json};
-use testkit::Neo4jServer;
+use testkit::{Neo4jServer, Server};
 
 const SCHEMA: &str = "
 CREATE TABLE users (id int PRIMARY KEY, email text NOT NULL, name text);

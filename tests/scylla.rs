@@ -19,7 +19,7 @@ use common::*;
 use pgfanout_scylla::driver::client::session::Session;
 use pgfanout_scylla::driver::client::session_builder::SessionBuilder;
 use pgfanout_scylla::driver::value::{CqlDate, CqlTimestamp, CqlValue, Row as CqlRow};
-use testkit::CassandraNode;
+use testkit::{CassandraNode, Server};
 
 const SCHEMA: &str = "
     CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL, qty int, big text);

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value as Json;
-use testkit::OpenSearchNode;
+use testkit::{OpenSearchNode, Server};
 
 async fn products_cluster(db: &str) -> (PgCluster, tokio_postgres::Client) {
     let (pg, c) = cluster(db).await;

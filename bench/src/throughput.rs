@@ -7,6 +7,7 @@
 //! preceded by `CHECKPOINT` and advancing any other slot.
 
 use std::path::{Path, PathBuf};
+use testkit::Server;
 
 use std::time::{Duration, Instant};
 

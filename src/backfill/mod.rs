@@ -476,17 +476,18 @@ mod tests {
         }
     }
 
-    #[test]
-    fn rows_changed_between_the_watermarks_are_dropped_and_the_rest_take_the_high_position() {
+    /// Windows with one open: run `token` of a backfill of `public.t` keyed by `id`.
+    fn opened(token: &str) -> Windows {
         let mut w = Windows::default();
         let (ready, _r) = oneshot::channel();
-        w.on_message(ToSource::Open {
-            token: "a".into(),
-            schema: Arc::from("public"),
-            table: Arc::from("t"),
-            key: vec![Arc::from("id")],
-            ready,
-        });
+        let key = vec![Arc::from("id")];
+        w.on_message(ToSource::Open { token: token.into(), schema: Arc::from("public"), table: Arc::from("t"), key, ready });
+        w
+    }
+
+    #[test]
+    fn rows_changed_between_the_watermarks_are_dropped_and_the_rest_take_the_high_position() {
+        let mut w = opened("a");
         // Before the low watermark: not the window's business.
         w.on_change(&change(Op::Update, 1));
         assert!(w.on_watermark(b"L a", Lsn(100)).is_none());
@@ -509,15 +510,7 @@ mod tests {
 
     #[test]
     fn a_truncate_in_the_window_drops_the_chunk() {
-        let mut w = Windows::default();
-        let (ready, _r) = oneshot::channel();
-        w.on_message(ToSource::Open {
-            token: "b".into(),
-            schema: Arc::from("public"),
-            table: Arc::from("t"),
-            key: vec![Arc::from("id")],
-            ready,
-        });
+        let mut w = opened("b");
         w.on_watermark(b"L b", Lsn(1));
         let mut t = change(Op::Truncate, 0);
         t.key = None;

@@ -180,17 +180,22 @@ fn section<T: DeserializeOwned>(v: Value, path: &str, errors: &mut Vec<String>) 
     }
 }
 
+/// The map at `path`; otherwise an error saying it should be `expected`.
+fn table(v: Value, path: &str, expected: &str, errors: &mut Vec<String>) -> Option<config::Map<String, Value>> {
+    match v.kind {
+        ValueKind::Table(map) => Some(map),
+        other => {
+            errors.push(format!("{path}: expected {expected}, got {}", kind_name(&other)));
+            None
+        }
+    }
+}
+
 /// Reads one sink: its `type` (which must name a connector of this build)
 /// and the rest of its settings, which only that connector parses (see
 /// `super::sinks::configure_sinks`).
 fn sink_section(v: Value, path: &str, errors: &mut Vec<String>) -> Option<SinkConfig> {
-    let mut map = match v.kind {
-        ValueKind::Table(map) => map,
-        other => {
-            errors.push(format!("{path}: expected sink settings (a map with a type), got {}", kind_name(&other)));
-            return None;
-        }
-    };
+    let mut map = table(v, path, "sink settings (a map with a type)", errors)?;
     let kinds = crate::connectors::known_kinds().join(", ");
     let kind = match map.shift_remove("type").map(|t| t.kind) {
         Some(ValueKind::String(t)) => t,
@@ -215,13 +220,7 @@ fn sink_section(v: Value, path: &str, errors: &mut Vec<String>) -> Option<SinkCo
 /// pipeline field) is set aside for the sink's connector, the rest is
 /// deserialized strictly.
 fn pipeline_section(v: Value, path: &str, errors: &mut Vec<String>) -> Option<PipelineConfig> {
-    let mut map = match v.kind {
-        ValueKind::Table(map) => map,
-        other => {
-            errors.push(format!("{path}: expected a pipeline (a map with name, from and to), got {}", kind_name(&other)));
-            return None;
-        }
-    };
+    let mut map = table(v, path, "a pipeline (a map with name, from and to)", errors)?;
     let extra: Vec<String> = map.keys().filter(|k| !PIPELINE_FIELDS.contains(&k.as_str())).cloned().collect();
     let mut mappings = Vec::new();
     let mut ok = true;

@@ -26,10 +26,8 @@ pub struct PipelineConfig {
     /// The name of a sink under `sinks:`.
     pub to: String,
     /// Which operations pass; all when absent.
-    #[serde(default)]
     pub ops: Option<Vec<Op>>,
     /// A CEL expression over the change record; the change passes when true.
-    #[serde(default)]
     pub filter: Option<String>,
     /// Applied in order after the filter.
     #[serde(default)]

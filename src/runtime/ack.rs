@@ -258,11 +258,16 @@ impl AckTracker {
 mod tests {
     use super::*;
 
+    /// A tracker of two sinks, `a` and `b`, confirmed up to LSN 10.
+    fn two_sinks() -> (DurableSeq, DurableSeq, AckTracker) {
+        let (a, b) = (DurableSeq::default(), DurableSeq::default());
+        let t = AckTracker::new(vec![a.clone(), b.clone()], Lsn(10));
+        (a, b, t)
+    }
+
     #[test]
     fn confirms_only_what_every_sink_has() {
-        let a = DurableSeq::default();
-        let b = DurableSeq::default();
-        let mut t = AckTracker::new(vec![a.clone(), b.clone()], Lsn(10));
+        let (a, b, mut t) = two_sinks();
         let s1 = t.commit(Lsn(99), Lsn(100));
         let s2 = t.commit(Lsn(199), Lsn(200));
         assert_eq!(t.poll(), Lsn(10));
@@ -278,9 +283,7 @@ mod tests {
 
     #[test]
     fn oldest_pending_commit_per_sink() {
-        let a = DurableSeq::default();
-        let b = DurableSeq::default();
-        let mut t = AckTracker::new(vec![a.clone(), b.clone()], Lsn(10));
+        let (a, b, mut t) = two_sinks();
         let s1 = t.commit(Lsn(90), Lsn(100));
         // The next commit record starts exactly where the first one ends: a
         // wait for LSN 100 must still wait for it.

@@ -127,12 +127,7 @@ impl Worker {
                     flight.push_back(Pending { batch, done, commit: None, started });
                     return;
                 }
-                Err(SinkError::Retriable(e)) => {
-                    metrics::counter!(m::SINK_FAILED_TOTAL, m::LABEL_SINK => self.name.to_string()).increment(batch.len() as u64);
-                    let delay = backoff.next_delay();
-                    warn!(sink = %self.name, error = %e, records = batch.len(), retry_in = ?delay, "sink refused a batch; retrying");
-                    tokio::time::sleep(delay).await;
-                }
+                Err(SinkError::Retriable(e)) => self.back_off(&mut backoff, batch.len(), &e, "sink refused a batch; retrying").await,
                 Err(SinkError::Permanent(e)) => {
                     warn!(sink = %self.name, error = %e, records = batch.len(), "batch refused; writing it alone");
                     while let Some(mut earlier) = flight.pop_front() {
@@ -144,6 +139,15 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// A retriable failure of `records` records: counted, logged with
+    /// `what`, then the backoff's next delay slept.
+    async fn back_off(&self, backoff: &mut Backoff, records: usize, error: &str, what: &str) {
+        metrics::counter!(m::SINK_FAILED_TOTAL, m::LABEL_SINK => self.name.to_string()).increment(records as u64);
+        let delay = backoff.next_delay();
+        warn!(sink = %self.name, error = %error, records, retry_in = ?delay, "{what}");
+        tokio::time::sleep(delay).await;
     }
 
     /// A batch in flight is done: metrics, dead letters, then its commit.
@@ -171,12 +175,7 @@ impl Worker {
                     self.settle(batch, rejected, started.elapsed()).await;
                     return;
                 }
-                Err(SinkError::Retriable(e)) => {
-                    metrics::counter!(m::SINK_FAILED_TOTAL, m::LABEL_SINK => self.name.to_string()).increment(batch.len() as u64);
-                    let delay = backoff.next_delay();
-                    warn!(sink = %self.name, error = %e, records = batch.len(), retry_in = ?delay, "sink write failed; retrying");
-                    tokio::time::sleep(delay).await;
-                }
+                Err(SinkError::Retriable(e)) => self.back_off(&mut backoff, batch.len(), &e, "sink write failed; retrying").await,
                 Err(SinkError::Permanent(e)) if batch.len() > 1 => {
                     warn!(sink = %self.name, error = %e, records = batch.len(), "batch rejected; retrying records one by one");
                     for one in batch.chunks(1) {

@@ -9,14 +9,14 @@
 //!
 //! Start: ~8-9 s, RSS ~500 MB (`-Xmx512m`).
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::free_ports;
 use crate::jvm::JvmInstall;
-use crate::process::{ServerProcess, ServerSlot};
+use crate::process::{Server, ServerProcess, ServerSlot};
 
 /// A running Cassandra node; killed on drop and its directory removed.
+/// [`Server`]: stop (SIGTERM drains and flushes, ~6 s), kill, pid, log.
 pub struct CassandraNode {
     slot: ServerSlot,
     install: JvmInstall,
@@ -31,18 +31,15 @@ impl CassandraNode {
     pub fn start() -> CassandraNode {
         crate::retry_on_port_clash(|| {
             let [port, storage_port] = free_ports();
-            let node = CassandraNode { slot: ServerSlot::new("cassandra"), install: JvmInstall::find("cassandra"), port, storage_port };
-            node.write_config();
-            node.start_server();
-            node
+            let install = JvmInstall::find("cassandra");
+            CassandraNode { slot: ServerSlot::new("cassandra", port), install, port, storage_port }.started()
         })
     }
 
     /// One node for the whole test binary, started on first use and gone
     /// with the process. Tests share it: use distinct keyspaces.
     pub fn shared() -> &'static CassandraNode {
-        static SHARED: OnceLock<CassandraNode> = OnceLock::new();
-        SHARED.get_or_init(CassandraNode::start)
+        crate::process::shared(CassandraNode::start)
     }
 
     /// `127.0.0.1:<port>`, the contact point for CQL drivers.
@@ -96,38 +93,17 @@ native_transport_max_threads: 16
         std::fs::write(self.slot.dir().join("cassandra.yaml"), yaml).expect("write cassandra.yaml");
     }
 
-    /// Starts (or restarts after [`stop`](Self::stop)) the node on the same
-    /// ports and data.
-    pub fn start_server(&self) {
-        self.slot.start(|| self.launch());
-    }
-
     /// Spawns the JVM and waits until it answers CQL.
     fn launch(&self) -> ServerProcess {
+        self.write_config();
         let d = self.slot.dir();
-        let opens = std::fs::read_to_string(self.install.conf("jvm17.options")).unwrap_or_else(|e| panic!("read jvm17.options: {e}"));
-        let mut jvm_args: Vec<String> = [
-            "-Xms128m",
-            "-Xmx512m",
-            "-XX:+UseSerialGC",
-            "-Xss512k",
-            "-XX:MaxDirectMemorySize=256m",
-            "-XX:ReservedCodeCacheSize=96m",
-            "-Dcassandra-foreground=yes",
-            "-Dcassandra.skip_wait_for_gossip_to_settle=0",
-            "-Dcassandra.ring_delay_ms=100",
-            "-Dcassandra.superuser_setup_delay_ms=0",
-            "-Djava.net.preferIPv4Stack=true",
-            "-Djava.awt.headless=true",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        jvm_args.extend(opens.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from));
-        jvm_args.push(format!("-Dcassandra.config=file://{}", d.join("cassandra.yaml").display()));
-        jvm_args.push(format!("-Dcassandra.storagedir={}", d.display()));
-        jvm_args.push(format!("-Dcassandra.logdir={}", d.join("logs").display()));
-        jvm_args.push(format!("-Dlogback.configurationFile={}", self.install.conf("logback.xml").display()));
+        let conf = |key: &str, path: &std::path::Path| format!("-D{key}={}", path.display());
+        let jvm_args = [
+            format!("-Dcassandra.config=file://{}", d.join("cassandra.yaml").display()),
+            conf("cassandra.storagedir", d),
+            conf("cassandra.logdir", &d.join("logs")),
+            conf("logback.configurationFile", &self.install.conf("logback.xml")),
+        ];
         let mut p =
             self.install.spawn(&self.slot, &self.install.classpath(), &jvm_args, "org.apache.cassandra.service.CassandraDaemon", &[]);
         // The log line comes before the bind, and an open port is not yet a
@@ -140,21 +116,15 @@ native_transport_max_threads: 16
         });
         p
     }
+}
 
-    /// Stops the node gracefully (SIGTERM: drains and flushes, ~6 s; SIGKILL
-    /// after 60 s) and waits until the port is closed.
-    pub fn stop(&self) {
-        self.slot.stop(self.port);
+impl Server for CassandraNode {
+    fn slot(&self) -> &ServerSlot {
+        &self.slot
     }
 
-    /// The JVM's process id while it runs.
-    pub fn pid(&self) -> Option<u32> {
-        self.slot.pid()
-    }
-
-    /// The node's log so far (for failure messages).
-    pub fn log(&self) -> String {
-        self.slot.log()
+    fn start_server(&self) {
+        self.slot.start(|| self.launch());
     }
 }
 

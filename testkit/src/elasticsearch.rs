@@ -17,8 +17,6 @@
 //!
 //! Start: ~3-5 s, RSS ~300 MB (`-Xmx512m`).
 
-use std::sync::OnceLock;
-
 use crate::search::{Engine, Launcher, SearchNode};
 
 /// A running Elasticsearch node ([`SearchNode`]: `start()`, `shared()`, `url()`,
@@ -29,15 +27,5 @@ pub type ElasticsearchNode = SearchNode<Elasticsearch>;
 pub struct Elasticsearch;
 
 impl Engine for Elasticsearch {
-    const LAUNCHER: Launcher = Launcher {
-        name: "elasticsearch",
-        main: "pgfanout.testkit.ElasticsearchMain",
-        jvm_options: &["-Dlog4j2.formatMsgNoLookups=true", "-Djava.locale.providers=CLDR"],
-        module_path: true,
-    };
-
-    fn shared_cell() -> &'static OnceLock<SearchNode<Elasticsearch>> {
-        static SHARED: OnceLock<SearchNode<Elasticsearch>> = OnceLock::new();
-        &SHARED
-    }
+    const LAUNCHER: Launcher = Launcher { name: "elasticsearch", main: "pgfanout.testkit.ElasticsearchMain", module_path: true };
 }

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::process::{Ending, ServerSlot};
+use crate::process::{Ending, Server, ServerSlot};
 use crate::{free_port, PgCluster};
 
 /// `$PGFANOUT_BIN/ferretdb` or `~/.cache/pgfanout/bin/ferretdb`.
@@ -33,6 +33,8 @@ pub fn ferretdb_bin() -> PathBuf {
 }
 
 /// A running FerretDB on a free loopback port; stopped on drop.
+/// [`Server`]: stop (SIGTERM, by closing its wrapper's pipe), kill, pid (the
+/// wrapper's), log.
 pub struct FerretDb {
     slot: ServerSlot,
     pub port: u16,
@@ -41,6 +43,11 @@ pub struct FerretDb {
 }
 
 impl FerretDb {
+    /// `mongodb://127.0.0.1:<port>/`.
+    pub fn uri(&self) -> String {
+        format!("mongodb://127.0.0.1:{}/", self.port)
+    }
+
     /// Creates the database `ferretdb` in `pg` (if absent) and starts
     /// FerretDB on it; waits (up to 30 s) until the port accepts connections.
     pub fn start(pg: &PgCluster) -> FerretDb {
@@ -53,22 +60,18 @@ impl FerretDb {
         if exists.trim().is_empty() {
             pg.psql("postgres", &format!("CREATE DATABASE \"{db}\""));
         }
-        let server = FerretDb { slot: ServerSlot::new("ferretdb"), port: free_port(), postgresql_url: pg.url(db) };
-        server.start_server();
-        server
+        let port = free_port();
+        FerretDb { slot: ServerSlot::new("ferretdb", port), port, postgresql_url: pg.url(db) }.started()
+    }
+}
+
+impl Server for FerretDb {
+    fn slot(&self) -> &ServerSlot {
+        &self.slot
     }
 
-    /// `mongodb://127.0.0.1:<port>/`.
-    pub fn uri(&self) -> String {
-        format!("mongodb://127.0.0.1:{}/", self.port)
-    }
-
-    /// Starts (or restarts after [`stop`](Self::stop)) FerretDB on the same
-    /// port and PostgreSQL database.
-    pub fn start_server(&self) {
+    fn start_server(&self) {
         self.slot.start(|| {
-            let state = self.slot.dir().join("state");
-            let _ = std::fs::create_dir_all(&state);
             // FerretDB in the background (its stdin is /dev/null); `cat` returns
             // when the test process closes the pipe (or dies), then FerretDB
             // gets SIGTERM.
@@ -82,7 +85,7 @@ impl FerretDb {
                 .arg(format!("--listen-addr=127.0.0.1:{}", self.port))
                 .arg("--debug-addr=-")
                 .arg("--telemetry=disable")
-                .arg(format!("--state-dir={}", state.display()))
+                .arg(format!("--state-dir={}", self.slot.dir().display()))
                 .arg("--log-level=warn");
             let mut p = self.slot.spawn(cmd, Ending::StdinClosed);
             let port = self.port;
@@ -91,21 +94,5 @@ impl FerretDb {
             });
             p
         });
-    }
-
-    /// Stops FerretDB (SIGTERM, by closing its wrapper's pipe) and waits for
-    /// it to exit.
-    pub fn stop(&self) {
-        self.slot.stop(self.port);
-    }
-
-    /// The wrapper's process id while FerretDB runs.
-    pub fn pid(&self) -> Option<u32> {
-        self.slot.pid()
-    }
-
-    /// FerretDB's log so far (for failure messages).
-    pub fn log(&self) -> String {
-        self.slot.log()
     }
 }

@@ -57,13 +57,22 @@ impl JvmInstall {
         self.dir.join("conf").join(file)
     }
 
-    /// Starts `java <jvm_args> $PGFANOUT_JVM_OPTS -cp <classpath>
-    /// pgfanout.testkit.Launch <main> <args>` as `slot`'s server, its output
-    /// in the slot's log. When the test process goes away without stopping
-    /// it, the JVM deletes the slot's directory and halts.
+    /// The JVM options in `<dir>/conf/jvm.options` (from
+    /// `testkit/jvm/<server>/conf/jvm.options`): every line that is not
+    /// blank or a `#` comment, as the servers' own `jvm.options` files are.
+    pub fn jvm_options(&self) -> Vec<String> {
+        let path = self.conf("jvm.options");
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from).collect()
+    }
+
+    /// Starts `java <jvm.options> <jvm_args> $PGFANOUT_JVM_OPTS -cp
+    /// <classpath> pgfanout.testkit.Launch <main> <args>` as `slot`'s server,
+    /// its output in the slot's log. When the test process goes away without
+    /// stopping it, the JVM deletes the slot's directory and halts.
     pub fn spawn(&self, slot: &ServerSlot, classpath: &str, jvm_args: &[String], main: &str, args: &[String]) -> ServerProcess {
         let mut cmd = Command::new(&self.java);
-        cmd.args(jvm_args);
+        cmd.args(self.jvm_options()).args(jvm_args);
         // extra options for every JVM server (they come last, so they win)
         if let Ok(extra) = std::env::var("PGFANOUT_JVM_OPTS") {
             cmd.args(extra.split_whitespace());

@@ -11,15 +11,17 @@
 //!
 //! Start: ~4 s, RSS ~330 MB (`-Xmx384m`).
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::free_ports;
 use crate::jvm::JvmInstall;
-use crate::process::ServerSlot;
+use crate::process::{Server, ServerSlot};
 
 /// A running Kafka broker on a free loopback port; killed on drop, its
-/// directory removed.
+/// directory removed. [`Server`]: stop (a controlled shutdown that flushes
+/// and closes the logs, ~3 s), kill (acknowledged messages are in the OS
+/// page cache and survive; the logs are recovered on the next start), pid,
+/// log.
 pub struct KafkaBroker {
     slot: ServerSlot,
     pub port: u16,
@@ -32,10 +34,7 @@ impl KafkaBroker {
     pub fn start() -> KafkaBroker {
         crate::retry_on_port_clash(|| {
             let [port, controller_port] = free_ports();
-            let broker = KafkaBroker { slot: ServerSlot::new("kafka"), port, controller_port, install: JvmInstall::find("kafka") };
-            broker.write_config();
-            broker.start_server();
-            broker
+            KafkaBroker { slot: ServerSlot::new("kafka", port), port, controller_port, install: JvmInstall::find("kafka") }.started()
         })
     }
 
@@ -43,8 +42,7 @@ impl KafkaBroker {
     /// with the process (the launcher's stdin watchdog). Topics and groups of
     /// other tests are visible: use unique names.
     pub fn shared() -> &'static KafkaBroker {
-        static SHARED: OnceLock<KafkaBroker> = OnceLock::new();
-        SHARED.get_or_init(KafkaBroker::start)
+        crate::process::shared(KafkaBroker::start)
     }
 
     /// `127.0.0.1:<port>`, for `bootstrap.servers`.
@@ -85,45 +83,21 @@ log.retention.check.interval.ms=3600000
         );
         std::fs::write(self.slot.dir().join("server.properties"), props).expect("write server.properties");
     }
+}
 
-    /// Starts (or restarts after [`stop`](Self::stop)) the broker on the same
-    /// ports and log directory, and waits until it serves clients.
-    pub fn start_server(&self) {
+impl Server for KafkaBroker {
+    fn slot(&self) -> &ServerSlot {
+        &self.slot
+    }
+
+    fn start_server(&self) {
         self.slot.start(|| {
-            let jvm_args: Vec<String> =
-                ["-Xms64m", "-Xmx384m", "-XX:+UseSerialGC", "-Djava.awt.headless=true", "-Djava.net.preferIPv4Stack=true"]
-                    .iter()
-                    .map(|s| s.to_string())
-                    .chain([format!("-Dlog4j2.configurationFile={}", self.install.conf("log4j2.properties").display())])
-                    .collect();
+            self.write_config();
+            let log4j2 = format!("-Dlog4j2.configurationFile={}", self.install.conf("log4j2.properties").display());
             let props = self.slot.dir().join("server.properties").display().to_string();
-            let mut p = self.install.spawn(&self.slot, &self.install.classpath(), &jvm_args, "pgfanout.testkit.KafkaMain", &[props]);
+            let mut p = self.install.spawn(&self.slot, &self.install.classpath(), &[log4j2], "pgfanout.testkit.KafkaMain", &[props]);
             p.wait_ready(Duration::from_secs(120), self.port, "Kafka Server started");
             p
         });
-    }
-
-    /// Stops the broker gracefully (SIGTERM: a controlled shutdown that
-    /// flushes and closes the logs, ~3 s; SIGKILL after 60 s) and waits until
-    /// the port is closed. The data stays for [`start_server`](Self::start_server).
-    pub fn stop(&self) {
-        self.slot.stop(self.port);
-    }
-
-    /// Kills the broker at once (SIGKILL, no shutdown). Acknowledged
-    /// messages are in the OS page cache, so they survive a restart; the
-    /// broker recovers its logs on the next start.
-    pub fn kill(&self) {
-        self.slot.kill(self.port);
-    }
-
-    /// The JVM's process id while it runs.
-    pub fn pid(&self) -> Option<u32> {
-        self.slot.pid()
-    }
-
-    /// The broker's log so far, all runs (for failure messages).
-    pub fn log(&self) -> String {
-        self.slot.log()
     }
 }

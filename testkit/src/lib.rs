@@ -30,6 +30,7 @@ pub use kafka::KafkaBroker;
 pub use neo4j::Neo4jServer;
 pub use opensearch::OpenSearchNode;
 pub use pg::PgCluster;
+pub use process::Server;
 pub use redis::{RedisServer, Resp};
 
 /// Runs `start` (which picks free ports and starts a server) again, up to

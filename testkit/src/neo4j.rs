@@ -12,14 +12,16 @@
 //! system database. Start: ~6 s on a busy 2-core machine (~11 s without the
 //! template), RSS ~310 MB (`-Xmx512m`, 64 MB page cache).
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::free_port;
 use crate::jvm::{copy_dir, JvmInstall};
-use crate::process::{tail, ServerSlot};
+use crate::process::{tail, Server, ServerSlot};
 
 /// A running Neo4j server; killed on drop and its directory removed.
+/// [`Server`]: stop (checkpoint and close, ~3 s), kill (committed
+/// transactions are in the transaction log and recovered on the next
+/// start), pid, log (the launcher's output and Neo4j's `debug.log`).
 pub struct Neo4jServer {
     slot: ServerSlot,
     install: JvmInstall,
@@ -34,17 +36,17 @@ impl Neo4jServer {
     /// Starts a server and waits (up to 180 s) until Bolt accepts logins.
     pub fn start() -> Neo4jServer {
         crate::retry_on_port_clash(|| {
+            let bolt_port = free_port();
             let server = Neo4jServer {
-                slot: ServerSlot::new("neo4j"),
+                slot: ServerSlot::new("neo4j", bolt_port),
                 install: JvmInstall::find("neo4j"),
-                bolt_port: free_port(),
+                bolt_port,
                 user: "neo4j".into(),
                 // the install script's template store has this password too
                 password: "pgfanout-test".into(),
                 database: "neo4j".into(),
             };
-            server.start_server();
-            server
+            server.started()
         })
     }
 
@@ -52,38 +54,22 @@ impl Neo4jServer {
     /// with the process. Tests share its `neo4j` database: use distinct
     /// labels or clean up.
     pub fn shared() -> &'static Neo4jServer {
-        static SHARED: OnceLock<Neo4jServer> = OnceLock::new();
-        SHARED.get_or_init(Neo4jServer::start)
+        crate::process::shared(Neo4jServer::start)
     }
 
     /// `bolt://127.0.0.1:<port>`.
     pub fn uri(&self) -> String {
         format!("bolt://127.0.0.1:{}", self.bolt_port)
     }
+}
 
-    /// Starts (or restarts after [`stop`](Self::stop)) the server on the same
-    /// port and store.
-    pub fn start_server(&self) {
+impl Server for Neo4jServer {
+    fn slot(&self) -> &ServerSlot {
+        &self.slot
+    }
+
+    fn start_server(&self) {
         self.slot.start(|| {
-            let jvm_args: Vec<String> = [
-                "-Xms64m",
-                "-Xmx512m",
-                "-XX:+UseSerialGC",
-                "-XX:-OmitStackTraceInFastThrow",
-                "-XX:+UnlockExperimentalVMOptions",
-                "-XX:+TrustFinalNonStaticFields",
-                "-XX:+DisableExplicitGC",
-                "-Djdk.nio.maxCachedBufferSize=1024",
-                "-Dio.netty.tryReflectionSetAccessible=true",
-                "--add-opens=java.base/java.nio=ALL-UNNAMED",
-                "--add-opens=java.base/java.io=ALL-UNNAMED",
-                "--add-opens=java.base/sun.nio.ch=ALL-UNNAMED",
-                "--add-opens=java.base/java.lang=ALL-UNNAMED",
-                "-Djava.awt.headless=true",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
             let home = self.slot.dir().join("home");
             let _ = std::fs::create_dir_all(&home);
             // a new store made at install time (system database and password set): half the start time
@@ -92,31 +78,13 @@ impl Neo4jServer {
                 copy_dir(&template, &home.join("data")).unwrap_or_else(|e| panic!("copy the Neo4j template store: {e}"));
             }
             let args = [home.display().to_string(), self.bolt_port.to_string(), self.password.clone()];
-            let mut p = self.install.spawn(&self.slot, &self.install.classpath(), &jvm_args, "pgfanout.testkit.Neo4jMain", &args);
+            let mut p = self.install.spawn(&self.slot, &self.install.classpath(), &[], "pgfanout.testkit.Neo4jMain", &args);
             p.wait_ready(Duration::from_secs(180), self.bolt_port, "READY");
             p
         });
     }
 
-    /// Stops the server gracefully (SIGTERM: checkpoint and close, ~3 s;
-    /// SIGKILL after 60 s) and waits until the port is closed.
-    pub fn stop(&self) {
-        self.slot.stop(self.bolt_port);
-    }
-
-    /// Kills the server at once (SIGKILL); committed transactions are in its
-    /// transaction log and are recovered on the next start.
-    pub fn kill(&self) {
-        self.slot.kill(self.bolt_port);
-    }
-
-    /// The JVM's process id while it runs.
-    pub fn pid(&self) -> Option<u32> {
-        self.slot.pid()
-    }
-
-    /// The launcher's output and Neo4j's `debug.log` (for failure messages).
-    pub fn log(&self) -> String {
+    fn log(&self) -> String {
         let debug = tail(&self.slot.dir().join("home/logs/debug.log"), 200);
         format!("{}\n--- debug.log (tail) ---\n{debug}", self.slot.log())
     }

@@ -11,8 +11,6 @@
 //!
 //! Start: ~7 s, RSS ~300 MB (`-Xmx512m`).
 
-use std::sync::OnceLock;
-
 use crate::search::{Engine, Launcher, SearchNode};
 
 /// A running OpenSearch node ([`SearchNode`]: `start()`, `shared()`, `url()`,
@@ -23,15 +21,5 @@ pub type OpenSearchNode = SearchNode<OpenSearch>;
 pub struct OpenSearch;
 
 impl Engine for OpenSearch {
-    const LAUNCHER: Launcher = Launcher {
-        name: "opensearch",
-        main: "pgfanout.testkit.OpenSearchMain",
-        jvm_options: &["-Djava.locale.providers=SPI,COMPAT"],
-        module_path: false,
-    };
-
-    fn shared_cell() -> &'static OnceLock<SearchNode<OpenSearch>> {
-        static SHARED: OnceLock<SearchNode<OpenSearch>> = OnceLock::new();
-        &SHARED
-    }
+    const LAUNCHER: Launcher = Launcher { name: "opensearch", main: "pgfanout.testkit.OpenSearchMain", module_path: false };
 }

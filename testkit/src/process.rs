@@ -14,11 +14,13 @@
 //! launcher's watchdog, FerretDB's shell wrapper), so no server outlives the
 //! test process, however that process ends.
 
+use std::any::{Any, TypeId};
+use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::scratch_dir;
@@ -148,20 +150,72 @@ impl Drop for ServerProcess {
 }
 
 /// Where one server lives: its scratch directory (removed with the slot),
-/// its log file in there (appended to by every run), and its process while
-/// it runs. Start, stop, kill, pid and log are the slot's; the process is
-/// ended when the slot is dropped, before the directory goes.
+/// its log file in there (appended to by every run), the port it serves
+/// clients on, and its process while it runs. Start, stop, kill, pid and
+/// log are the slot's; the process is ended when the slot is dropped, before
+/// the directory goes.
 pub struct ServerSlot {
     name: &'static str,
+    port: u16,
     child: Mutex<Option<ServerProcess>>,
     dir: tempfile::TempDir,
 }
 
+/// A server a test runs in a [`ServerSlot`] (the JVM servers, FerretDB):
+/// starting it again, stopping, killing, its pid and its log come with the
+/// slot. `use testkit::Server` to call them.
+pub trait Server {
+    /// Where the server lives.
+    fn slot(&self) -> &ServerSlot;
+
+    /// Starts (or restarts after [`stop`](Self::stop)) the server on the
+    /// same ports and data, and waits until it serves clients.
+    fn start_server(&self);
+
+    /// The server, started (see [`start_server`](Self::start_server)).
+    fn started(self) -> Self
+    where
+        Self: Sized,
+    {
+        self.start_server();
+        self
+    }
+
+    /// Stops the server gracefully (SIGTERM: its shutdown hooks flush and
+    /// close; SIGKILL after 60 s) and waits until its port is closed. The
+    /// data stays for [`start_server`](Self::start_server).
+    fn stop(&self) {
+        self.slot().stop();
+    }
+
+    /// Kills the server at once (SIGKILL, no shutdown): what it acknowledged
+    /// is in its log on disk (or the OS page cache) and recovered on the
+    /// next start.
+    fn kill(&self) {
+        self.slot().kill();
+    }
+
+    /// The server's process id while it runs.
+    fn pid(&self) -> Option<u32> {
+        self.slot().pid()
+    }
+
+    /// The server's log so far, all runs (for failure messages).
+    fn log(&self) -> String {
+        self.slot().log()
+    }
+}
+
 impl ServerSlot {
-    /// An empty slot for the server `name`: a new scratch directory
-    /// `pgfanout-<name>-*`, the log `<name>.log` in it.
-    pub fn new(name: &'static str) -> ServerSlot {
-        ServerSlot { name, child: Mutex::new(None), dir: scratch_dir(&format!("pgfanout-{name}-")) }
+    /// An empty slot for the server `name` serving on `port`: a new scratch
+    /// directory `pgfanout-<name>-*`, the log `<name>.log` in it.
+    pub fn new(name: &'static str, port: u16) -> ServerSlot {
+        ServerSlot { name, port, child: Mutex::new(None), dir: scratch_dir(&format!("pgfanout-{name}-")) }
+    }
+
+    /// The port the server serves clients on.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// The scratch directory.
@@ -189,24 +243,24 @@ impl ServerSlot {
     }
 
     /// Stops the server gracefully (see [`ServerProcess::terminate`]; SIGKILL
-    /// after 60 s) and waits until nothing listens on `port`. The directory
+    /// after 60 s) and waits until nothing listens on its port. The directory
     /// stays, for a restart with [`start`](Self::start).
-    pub fn stop(&self, port: u16) {
+    pub fn stop(&self) {
         let running = self.process().take();
         if let Some(mut p) = running {
             p.terminate(Duration::from_secs(60));
         }
-        wait_port_closed(port, Duration::from_secs(10));
+        wait_port_closed(self.port, Duration::from_secs(10));
     }
 
     /// Kills the server at once (no shutdown) and waits until nothing
-    /// listens on `port`.
-    pub fn kill(&self, port: u16) {
+    /// listens on its port.
+    pub fn kill(&self) {
         let running = self.process().take();
         if let Some(mut p) = running {
             p.kill();
         }
-        wait_port_closed(port, Duration::from_secs(10));
+        wait_port_closed(self.port, Duration::from_secs(10));
     }
 
     /// The process id while the server runs.
@@ -229,6 +283,22 @@ impl Drop for ServerSlot {
         let running = self.process().take();
         drop(running);
     }
+}
+
+/// The one `T` of the whole test binary, made by `make` on first use (the
+/// `shared()` servers: tests of one binary share them, with names of their
+/// own). Never dropped, as a `static` is not: a shared server ends with the
+/// test process, by the watchdog on its standard input.
+pub fn shared<T: Any + Send + Sync>(make: impl FnOnce() -> T) -> &'static T {
+    type Cells = BTreeMap<TypeId, &'static (dyn Any + Send + Sync)>;
+    static CELLS: Mutex<Cells> = Mutex::new(BTreeMap::new());
+    let cell = {
+        let mut cells = CELLS.lock().unwrap_or_else(|e| e.into_inner());
+        let any = *cells.entry(TypeId::of::<T>()).or_insert_with(|| Box::leak(Box::new(OnceLock::<T>::new())));
+        any.downcast_ref::<OnceLock<T>>().expect("a cell of its own type")
+    };
+    // made outside the lock: servers of other types start meanwhile
+    cell.get_or_init(make)
 }
 
 /// Waits (up to `timeout`) until nothing accepts connections on the port.

@@ -10,21 +10,15 @@
 //! on the module path (Elasticsearch) or the class path (OpenSearch).
 
 use std::marker::PhantomData;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::free_ports;
 use crate::jvm::{http_status, JvmInstall};
-use crate::process::ServerSlot;
+use crate::process::{Server, ServerSlot};
 
-/// A search engine: its [`Launcher`] and the node the tests of one binary
-/// share.
+/// A search engine: how its node is launched.
 pub trait Engine: Sized + Send + Sync + 'static {
-    /// How its node is launched.
     const LAUNCHER: Launcher;
-
-    /// The cell of [`SearchNode::shared`] (a `static` of the engine's own).
-    fn shared_cell() -> &'static OnceLock<SearchNode<Self>>;
 }
 
 /// What one search engine's node needs that the other's does not.
@@ -34,31 +28,15 @@ pub struct Launcher {
     pub name: &'static str,
     /// The launcher class: `<main> <home> <http port> <transport port> [...]`.
     pub main: &'static str,
-    /// JVM options after those both engines take.
-    pub jvm_options: &'static [&'static str],
     /// The server on the module path (`--module-path lib`), and the modules
     /// directory as the launcher's fourth argument (Elasticsearch); else
     /// everything on the class path.
     pub module_path: bool,
 }
 
-/// JVM options for either engine (heap, serial GC, Netty and log4j tuned
-/// down for a test node).
-const JVM_OPTIONS: [&str; 10] = [
-    "-Xms256m",
-    "-Xmx512m",
-    "-XX:+UseSerialGC",
-    "-Dio.netty.noUnsafe=true",
-    "-Dio.netty.noKeySetOptimization=true",
-    "-Dio.netty.recycler.maxCapacityPerThread=0",
-    "-Dlog4j.shutdownHookEnabled=false",
-    "-Dlog4j2.disable.jmx=true",
-    "-Djava.awt.headless=true",
-    "-Dfile.encoding=UTF-8",
-];
-
 /// A running search node of engine `E`; killed on drop and its directory
-/// removed.
+/// removed. [`Server`]: stop (SIGTERM, ~0.5-2 s), kill, pid, log. Its JVM
+/// options are `testkit/jvm/<engine>/conf/jvm.options`.
 pub struct SearchNode<E> {
     engine: PhantomData<E>,
     slot: ServerSlot,
@@ -77,7 +55,7 @@ impl<E: Engine> SearchNode<E> {
     }
 
     /// Starts a node with extra node settings (given to the launcher as
-    /// `key=value` after the ports; OpenSearch's launcher applies them), e.g.
+    /// `key=value` after its other arguments; they win over the defaults), e.g.
     /// `[("thread_pool.write.queue_size", "1")]` for real back-pressure.
     pub fn start_with(settings: &[(&str, &str)]) -> SearchNode<E> {
         let name = E::LAUNCHER.name;
@@ -85,34 +63,37 @@ impl<E: Engine> SearchNode<E> {
             let [port, transport_port] = free_ports();
             let node = SearchNode {
                 engine: PhantomData,
-                slot: ServerSlot::new(name),
+                slot: ServerSlot::new(name, port),
                 install: JvmInstall::find(name),
                 settings: settings.iter().map(|(k, v)| format!("{k}={v}")).collect(),
                 port,
                 transport_port,
             };
-            node.start_server();
-            node
+            node.started()
         })
     }
 
     /// One node for the whole test binary, started on first use and gone
     /// with the process. Tests share it: use distinct index names.
     pub fn shared() -> &'static SearchNode<E> {
-        E::shared_cell().get_or_init(SearchNode::start)
+        crate::process::shared(SearchNode::start)
     }
 
     /// `http://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
+}
 
-    /// Starts (or restarts after [`stop`](Self::stop)) the node on the same
-    /// ports and data.
-    pub fn start_server(&self) {
+impl<E: Engine> Server for SearchNode<E> {
+    fn slot(&self) -> &ServerSlot {
+        &self.slot
+    }
+
+    fn start_server(&self) {
         self.slot.start(|| {
             let (install, engine) = (&self.install, &E::LAUNCHER);
-            let mut jvm_args: Vec<String> = JVM_OPTIONS.iter().chain(engine.jvm_options).map(|s| s.to_string()).collect();
+            let mut jvm_args = Vec::new();
             let home = self.slot.dir().join("home");
             let mut args = vec![home.display().to_string(), self.port.to_string(), self.transport_port.to_string()];
             let classpath = if engine.module_path {
@@ -132,21 +113,5 @@ impl<E: Engine> SearchNode<E> {
             });
             p
         });
-    }
-
-    /// Stops the node gracefully (SIGTERM, ~0.5-2 s; SIGKILL after 60 s) and
-    /// waits until the port is closed.
-    pub fn stop(&self) {
-        self.slot.stop(self.port);
-    }
-
-    /// The JVM's process id while it runs.
-    pub fn pid(&self) -> Option<u32> {
-        self.slot.pid()
-    }
-
-    /// The node's log so far (for failure messages).
-    pub fn log(&self) -> String {
-        self.slot.log()
     }
 }

@@ -17,7 +17,7 @@
 
 use std::time::{Duration, Instant};
 
-use testkit::{CassandraNode, ElasticsearchNode, FerretDb, KafkaBroker, Neo4jServer, OpenSearchNode, PgCluster};
+use testkit::{CassandraNode, ElasticsearchNode, FerretDb, KafkaBroker, Neo4jServer, OpenSearchNode, PgCluster, Server};
 
 fn timed<T>(what: &str, f: impl FnOnce() -> T) -> T {
     let start = Instant::now();
@@ -66,17 +66,11 @@ async fn kafka_produce_and_consume() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn neo4j_create_and_match() {
-    use neo4rs::{query, ConfigBuilder, Graph};
+    use neo4rs::{query, Graph};
 
     let server = tokio::task::spawn_blocking(|| timed("neo4j", Neo4jServer::start)).await.unwrap();
-    let cfg = ConfigBuilder::new()
-        .uri(server.uri())
-        .user(server.user.as_str())
-        .password(server.password.as_str())
-        .db(server.database.as_str())
-        .build()
-        .expect("config");
-    let g = Graph::connect(cfg).await.expect("connect");
+    // the default database (neo4j), as the server's user
+    let g = Graph::new(server.uri(), server.user.as_str(), server.password.as_str()).await.expect("connect");
     g.run(query("CREATE (:Probe {id: 1, name: 'one'})-[:NEXT]->(:Probe {id: 2, name: 'two'})")).await.expect("create");
     let mut rows = g.execute(query("MATCH (a:Probe)-[:NEXT]->(b:Probe) RETURN a.name AS a, b.id AS b")).await.expect("match");
     let mut got = Vec::new();

@@ -17,12 +17,9 @@ pub struct SearchSinkConfig {
     /// first that answers, the others are tried when it fails.
     pub urls: Vec<String>,
     /// Basic auth user (with `password`).
-    #[serde(default)]
     pub username: Option<String>,
-    #[serde(default)]
     pub password: Option<Secret>,
     /// API key (the base64 `id:key` form), instead of basic auth.
-    #[serde(default)]
     pub api_key: Option<Secret>,
     /// TLS for `https://` URLs: `ca_file`, `insecure`.
     #[serde(default)]
@@ -90,23 +87,17 @@ pub struct SearchMapping {
     /// Index name template, e.g. `products` or `{schema}.{table}`.
     pub index: String,
     /// Document id template (default: the key columns, joined with `:`).
-    #[serde(default)]
     pub id: Option<String>,
     /// Routing template (optional).
-    #[serde(default)]
     pub routing: Option<String>,
     /// Index settings applied when the sink creates the index (inline).
-    #[serde(default)]
     pub settings: Option<serde_json::Value>,
     /// Index mappings applied when the sink creates the index (inline).
-    #[serde(default)]
     pub mappings: Option<serde_json::Value>,
     /// A JSON file with `{"settings": ..., "mappings": ...}` instead of the
     /// inline forms.
-    #[serde(default)]
     pub index_file: Option<PathBuf>,
     /// Ingest pipeline for every indexed document.
-    #[serde(default)]
     pub pipeline: Option<String>,
     #[serde(default)]
     pub delete: DeleteMode,

@@ -21,14 +21,11 @@ pub struct KafkaSinkConfig {
     /// Bootstrap servers, `host:port[,host:port...]`.
     pub brokers: String,
     /// librdkafka `client.id` (default `pgfanout`).
-    #[serde(default)]
     pub client_id: Option<String>,
     /// SASL authentication; without it the connection is unauthenticated.
-    #[serde(default)]
     pub sasl: Option<SaslConfig>,
     /// TLS; present (even empty, `tls: {}`) means the connection uses TLS.
     /// Without `ca_file` the system trust store is used.
-    #[serde(default)]
     pub tls: Option<TlsFiles>,
     /// Whether topics are created when first needed or must already exist.
     #[serde(default)]
@@ -189,7 +186,6 @@ pub struct KafkaMapping {
     pub topic: String,
     /// Key template, e.g. `{id}`. Default: the record's key columns as a
     /// JSON object (`{"id":42}`, what Debezium writes as its key).
-    #[serde(default)]
     pub key: Option<String>,
     #[serde(default)]
     pub format: Format,

@@ -15,7 +15,7 @@ use pgfanout_kafka::rdkafka::ClientConfig;
 use pgfanout_kafka::{KafkaMapping, KafkaSink, KafkaSinkConfig};
 use pgfanout_sdk::testing::{number as int, records, row_of, At, Table};
 use pgfanout_sdk::{Change, Lsn, Op, Row, Sink, SinkError, SinkRecord, Value};
-use testkit::KafkaBroker;
+use testkit::{KafkaBroker, Server};
 
 #[path = "../../../tests/common/kafka.rs"]
 mod topic;

@@ -31,10 +31,8 @@ pub struct Neo4jSinkConfig {
     pub uri: String,
     pub user: String,
     /// Password (use `${VAR}` interpolation). Empty when absent.
-    #[serde(default)]
     pub password: Option<Secret>,
     /// Database name (default `neo4j`).
-    #[serde(default)]
     pub database: Option<String>,
     /// TLS files for `+s` URIs (neo4rs takes a CA file only).
     #[serde(default)]
@@ -94,7 +92,6 @@ pub struct NodeMapping {
     pub key: IndexMap<String, String>,
     /// Node property -> column. Absent: every column of the row under its
     /// own name.
-    #[serde(default)]
     pub properties: Option<IndexMap<String, String>>,
 }
 
@@ -117,12 +114,10 @@ pub struct RelMapping {
     pub to: EndpointMapping,
     /// Relationship property -> column. Absent: every column except those
     /// used in `from.key` and `to.key`.
-    #[serde(default)]
     pub properties: Option<IndexMap<String, String>>,
     /// Columns identifying the relationship (default: the table's replica
     /// identity, i.e. its primary key). Deletes need them in the change's key
     /// or `before` (REPLICA IDENTITY FULL).
-    #[serde(default)]
     pub key: Option<Vec<String>>,
 }
 

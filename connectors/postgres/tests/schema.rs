@@ -8,58 +8,36 @@ use pgfanout_postgres::slot::TableName;
 use pgfanout_postgres::snapshot::{mark_tables, snapshot_state, SnapshotStatus};
 use testkit::PgCluster;
 
-/// The layout as releases up to December 2026 created it, statement for
-/// statement from the four places that did (`backfill/state.rs`,
-/// `backfill/shapes.rs`, `snapshot/state.rs`, `verify.rs`).
-const UNVERSIONED_LAYOUT: &str = "CREATE SCHEMA IF NOT EXISTS pgfanout;
-    CREATE TABLE IF NOT EXISTS pgfanout.signals (
-      id bigserial PRIMARY KEY,
-      type text NOT NULL,
-      data jsonb NOT NULL DEFAULT '{}',
-      created_at timestamptz NOT NULL DEFAULT now(),
-      processed_at timestamptz,
-      result text);
-    CREATE TABLE IF NOT EXISTS pgfanout.backfills (
-      id bigserial PRIMARY KEY,
-      slot text NOT NULL,
-      table_name text NOT NULL,
-      filter text,
-      status text NOT NULL DEFAULT 'pending',
-      part int NOT NULL DEFAULT 0,
-      last_key text[],
-      rows_done bigint NOT NULL DEFAULT 0,
-      chunks_done bigint NOT NULL DEFAULT 0,
-      chunk_size int NOT NULL DEFAULT 1000,
-      max_rows_per_second int,
-      reason text,
-      error text,
-      created_at timestamptz NOT NULL DEFAULT now(),
-      updated_at timestamptz NOT NULL DEFAULT now());
-    CREATE SCHEMA IF NOT EXISTS pgfanout;
-    CREATE TABLE IF NOT EXISTS pgfanout.relation_shapes (
-      slot text NOT NULL, schema_name text NOT NULL, table_name text NOT NULL, columns jsonb NOT NULL,
-      updated_at timestamptz NOT NULL DEFAULT now(),
-      PRIMARY KEY (slot, schema_name, table_name));
-    CREATE TABLE IF NOT EXISTS pgfanout.snapshot_state (
-        slot text NOT NULL, schema_name text NOT NULL, table_name text NOT NULL,
-        status text NOT NULL, version pg_lsn NOT NULL, updated_at timestamptz NOT NULL DEFAULT now(),
-        PRIMARY KEY (slot, schema_name, table_name));
-    CREATE TABLE IF NOT EXISTS pgfanout.verify_results (
-      pipeline text PRIMARY KEY, divergent bigint NOT NULL, rows_checked bigint NOT NULL,
-      repaired bigint NOT NULL, finished_at timestamptz NOT NULL)";
+/// The layout as releases up to December 2026 created it: migration 1 is
+/// those statements, frozen ([`migration_1_is_frozen`]).
+fn unversioned_layout() -> String {
+    format!("CREATE SCHEMA IF NOT EXISTS pgfanout; {}", MIGRATIONS[0].sql)
+}
+
+/// 64-bit FNV-1a: a checksum that stays the same across Rust releases.
+fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// Installations made before versioned migrations have migration 1's tables
+/// and record it as applied on upgrade: editing it would make their layout
+/// differ from a fresh one. Append a migration instead (as Flyway checks an
+/// applied migration's checksum).
+#[test]
+fn migration_1_is_frozen() {
+    assert_eq!(fnv1a(MIGRATIONS[0].sql), 0x0df5_9f3b_f681_0a02, "migration 1 was edited: append a migration instead");
+}
+
+/// The first column of every row `sql` returns, as text.
+async fn strings(c: &tokio_postgres::Client, sql: &str) -> Vec<String> {
+    c.query(sql, &[]).await.unwrap().iter().map(|r| r.get(0)).collect()
+}
 
 /// Every column of every `pgfanout` table, as `table.column type`, sorted.
 async fn columns(c: &tokio_postgres::Client) -> Vec<String> {
-    c.query(
-        "SELECT table_name || '.' || column_name || ' ' || data_type FROM information_schema.columns \
-         WHERE table_schema = 'pgfanout' AND table_name <> 'schema_migrations' ORDER BY 1",
-        &[],
-    )
-    .await
-    .unwrap()
-    .iter()
-    .map(|r| r.get(0))
-    .collect()
+    let sql = "SELECT table_name || '.' || column_name || ' ' || data_type FROM information_schema.columns \
+               WHERE table_schema = 'pgfanout' AND table_name <> 'schema_migrations' ORDER BY 1";
+    strings(c, sql).await
 }
 
 async fn recorded(c: &tokio_postgres::Client) -> Vec<i32> {
@@ -72,7 +50,7 @@ async fn an_unversioned_installation_is_upgraded_keeping_its_rows() {
     pg.create_database("old").await;
     pg.create_database("fresh").await;
     let old = pg.client("old").await;
-    old.batch_execute(UNVERSIONED_LAYOUT).await.unwrap();
+    old.batch_execute(&unversioned_layout()).await.unwrap();
     old.batch_execute(
         "INSERT INTO pgfanout.signals (type, data, processed_at, result) VALUES ('backfill', '{\"table\": \"public.a\"}', now(), 'backfill 1 created');
          INSERT INTO pgfanout.backfills (slot, table_name, status, last_key, rows_done, chunks_done, reason)
@@ -125,16 +103,9 @@ async fn dump(c: &tokio_postgres::Client) -> Vec<String> {
 }
 
 async fn constraints(c: &tokio_postgres::Client) -> Vec<String> {
-    c.query(
-        "SELECT conrelid::regclass::text || ' ' || conname || ' ' || pg_get_constraintdef(oid) FROM pg_constraint \
-         WHERE connamespace = 'pgfanout'::regnamespace ORDER BY 1",
-        &[],
-    )
-    .await
-    .unwrap()
-    .iter()
-    .map(|r| r.get(0))
-    .collect()
+    let sql = "SELECT conrelid::regclass::text || ' ' || conname || ' ' || pg_get_constraintdef(oid) FROM pg_constraint \
+               WHERE connamespace = 'pgfanout'::regnamespace ORDER BY 1";
+    strings(c, sql).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

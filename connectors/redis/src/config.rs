@@ -19,10 +19,8 @@ pub struct RedisSinkConfig {
     /// `redis://[user:password@]host[:port][/db]` or `rediss://…` for TLS.
     pub url: String,
     /// ACL user; overrides a user in the URL.
-    #[serde(default)]
     pub username: Option<String>,
     /// Password (use `${VAR}` interpolation); overrides one in the URL.
-    #[serde(default)]
     pub password: Option<Secret>,
     /// TLS settings for `rediss://` URLs.
     #[serde(default)]
@@ -116,22 +114,16 @@ pub struct RedisMapping {
     /// Key template, e.g. `cart:{user_id}`.
     pub key: String,
     /// hash: field template; with it each row is one field of the key.
-    #[serde(default)]
     pub field: Option<String>,
     /// hash with `field`: value template (default: the row as JSON).
-    #[serde(default)]
     pub value: Option<String>,
     /// string: write only this column's JSON instead of the row.
-    #[serde(default)]
     pub column: Option<String>,
     /// set / sorted_set: member template.
-    #[serde(default)]
     pub member: Option<String>,
     /// sorted_set: the column holding the score (a number).
-    #[serde(default)]
     pub score: Option<String>,
     /// stream: approximate MAXLEN trimming (`XADD key MAXLEN ~ n`).
-    #[serde(default)]
     pub maxlen: Option<u64>,
     /// Expiry refreshed on every write, e.g. `7d`.
     #[serde(default, with = "option_duration")]

@@ -20,14 +20,11 @@ pub struct ScyllaSettings {
     /// Keyspace of tables named without one.
     pub keyspace: String,
     /// Datacenter whose nodes are preferred (token-aware within it).
-    #[serde(default)]
     pub local_datacenter: Option<String>,
     /// Write consistency (default `local_quorum`).
     #[serde(default = "default_consistency")]
     pub consistency: ConsistencyName,
-    #[serde(default)]
     pub username: Option<String>,
-    #[serde(default)]
     pub password: Option<Secret>,
     /// TLS to the nodes (needs the crate's `tls` feature).
     #[serde(default)]

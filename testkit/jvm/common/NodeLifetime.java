@@ -3,13 +3,16 @@ package pgfanout.testkit;
 import java.io.IOException;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.LinkedHashMap;
+import java.util.Map;
 import java.util.concurrent.CountDownLatch;
 
 /**
  * What the search-node launchers (ElasticsearchMain, OpenSearchMain) do
  * alike around their node, with the JDK only (so it compiles beside every
- * server): put the logging config where the node looks for it, keep the JVM
- * alive while the node runs, and close the node on shutdown.
+ * server): the node's settings, the logging config where the node looks for
+ * it, keeping the JVM alive while the node runs, and closing the node on
+ * shutdown.
  */
 public final class NodeLifetime {
     private NodeLifetime() {}
@@ -17,6 +20,37 @@ public final class NodeLifetime {
     /** Closes a node (and waits for it). */
     public interface Closer {
         void close() throws Exception;
+    }
+
+    /**
+     * The settings of a single test node (for {@code Settings.Builder.loadFromMap}):
+     * home, data and logs under {@code home}, HTTP and transport on 127.0.0.1,
+     * single-node discovery, no disk watermarks, at most two processors; then
+     * {@code key=value} arguments from {@code args[from]} on, which win.
+     * Creates the home's config, data and logs directories.
+     */
+    public static Map<String, Object> nodeSettings(Path home, int http, int transport, String[] args, int from) throws IOException {
+        for (String dir : new String[] {"config", "data", "logs"}) {
+            Files.createDirectories(home.resolve(dir));
+        }
+        Map<String, Object> settings = new LinkedHashMap<>();
+        settings.put("path.home", home.toString());
+        settings.put("path.data", home.resolve("data").toString());
+        settings.put("path.logs", home.resolve("logs").toString());
+        settings.put("cluster.name", "pgfanout-test");
+        settings.put("node.name", "node-1");
+        settings.put("network.host", "127.0.0.1");
+        settings.put("http.port", Integer.toString(http));
+        settings.put("transport.port", Integer.toString(transport));
+        settings.put("discovery.type", "single-node");
+        settings.put("cluster.routing.allocation.disk.threshold_enabled", "false");
+        settings.put("action.auto_create_index", "true");
+        settings.put("node.processors", Integer.toString(Math.min(2, Runtime.getRuntime().availableProcessors())));
+        for (int i = from; i < args.length; i++) {
+            int eq = args[i].indexOf('=');
+            if (eq > 0) settings.put(args[i].substring(0, eq), args[i].substring(eq + 1));
+        }
+        return settings;
     }
 
     /**

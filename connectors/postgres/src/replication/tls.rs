@@ -28,8 +28,10 @@ use crate::error::SourceError;
 pub(crate) fn client_config(mode: SslMode, files: &TlsFiles) -> Result<Arc<ClientConfig>, SourceError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier: Arc<dyn ServerCertVerifier> = match (mode, &files.ca_file) {
-        (SslMode::Disable | SslMode::Prefer, _) | (SslMode::Require, None) => Arc::new(AcceptAnyCert { provider: provider.clone() }),
-        (SslMode::Require | SslMode::VerifyCa, _) => Arc::new(ChainOnly { inner: webpki_verifier(files, &provider)? }),
+        (SslMode::Disable | SslMode::Prefer, _) | (SslMode::Require, None) => Arc::new(Lenient { chain: None, provider: provider.clone() }),
+        (SslMode::Require | SslMode::VerifyCa, _) => {
+            Arc::new(Lenient { chain: Some(webpki_verifier(files, &provider)?), provider: provider.clone() })
+        }
         (SslMode::VerifyFull, _) => webpki_verifier(files, &provider)?,
     };
     let builder = ClientConfig::builder_with_provider(provider)
@@ -95,22 +97,35 @@ fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, SourceError> {
         .ok_or_else(|| SourceError::permanent(format!("no private key found in {}", path.display())))
 }
 
-/// `prefer` / `require` without a CA: encryption only, like libpq.
+/// The checks libpq makes below `verify-full`: none at all (`prefer`, and
+/// `require` without a CA: encryption only), or the chain without the name
+/// (`verify-ca`, and `require` with a CA). A name mismatch, which webpki
+/// reports only after the chain verified, is what `chain` lets through.
+/// Handshake signatures are always checked.
 #[derive(Debug)]
-struct AcceptAnyCert {
+struct Lenient {
+    chain: Option<Arc<WebPkiServerVerifier>>,
     provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for AcceptAnyCert {
+impl ServerCertVerifier for Lenient {
     fn verify_server_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+            Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. })) => {
+                Ok(ServerCertVerified::assertion())
+            }
+            other => other,
+        }
     }
 
     fn verify_tls12_signature(
@@ -133,52 +148,5 @@ impl ServerCertVerifier for AcceptAnyCert {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.provider.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// `verify-ca`: the full webpki check, except that a name mismatch (which
-/// webpki reports only after the chain verified) is accepted.
-#[derive(Debug)]
-struct ChainOnly {
-    inner: Arc<WebPkiServerVerifier>,
-}
-
-impl ServerCertVerifier for ChainOnly {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
-            Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. })) => {
-                Ok(ServerCertVerified::assertion())
-            }
-            other => other,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
     }
 }

@@ -20,7 +20,7 @@ import org.elasticsearch.plugins.PluginsLoader;
  * template), so they are green. Prints {@code READY}; closes on SIGTERM.
  * Must run with the server on the module path
  * ({@code --module-path lib --add-modules=ALL-MODULE-PATH}).
- * Usage: {@code ElasticsearchMain <home dir> <http port> <transport port> <modules dir>}.
+ * Usage: {@code ElasticsearchMain <home dir> <http port> <transport port> <modules dir> [key=value ...]}.
  */
 public final class ElasticsearchMain {
     private ElasticsearchMain() {}
@@ -30,25 +30,11 @@ public final class ElasticsearchMain {
         int http = Integer.parseInt(args[1]);
         int transport = Integer.parseInt(args[2]);
         Path modules = Path.of(args[3]).toAbsolutePath();
-        Files.createDirectories(home.resolve("config"));
+        Settings settings = Settings.builder().loadFromMap(NodeLifetime.nodeSettings(home, http, transport, args, 4)).build();
         if (!Files.exists(home.resolve("modules"))) {
             Files.createSymbolicLink(home.resolve("modules"), modules);
         }
         Path logConfig = NodeLifetime.logConfig(home);
-        Settings settings = Settings.builder()
-            .put("path.home", home.toString())
-            .put("path.data", home.resolve("data").toString())
-            .put("path.logs", home.resolve("logs").toString())
-            .put("cluster.name", "pgfanout-test")
-            .put("node.name", "node-1")
-            .put("network.host", "127.0.0.1")
-            .put("http.port", http)
-            .put("transport.port", transport)
-            .put("discovery.type", "single-node")
-            .put("cluster.routing.allocation.disk.threshold_enabled", false)
-            .put("action.auto_create_index", true)
-            .put("node.processors", Math.min(2, Runtime.getRuntime().availableProcessors()))
-            .build();
         LogConfigurator.configureESLogging();
         LogConfigurator.registerErrorListener();
         LogConfigurator.setNodeName("node-1");

@@ -22,7 +22,7 @@ import org.opensearch.transport.Netty4Plugin;
  * transport, analysis-common, painless) loaded from the classpath, HTTP and
  * transport on 127.0.0.1, no security. Prints {@code READY} once the node has
  * started; closes the node on SIGTERM.
- * Usage: {@code OpenSearchMain <home dir> <http port> <transport port>}.
+ * Usage: {@code OpenSearchMain <home dir> <http port> <transport port> [key=value ...]}.
  */
 public final class OpenSearchMain {
     private OpenSearchMain() {}
@@ -38,30 +38,8 @@ public final class OpenSearchMain {
         Path home = Path.of(args[0]).toAbsolutePath();
         int http = Integer.parseInt(args[1]);
         int transport = Integer.parseInt(args[2]);
-        Files.createDirectories(home.resolve("config"));
-        Files.createDirectories(home.resolve("data"));
-        Files.createDirectories(home.resolve("logs"));
-        // Extra node settings from the command line: key=value after the ports.
-        Settings.Builder extra = Settings.builder();
-        for (int i = 3; i < args.length; i++) {
-            int eq = args[i].indexOf('=');
-            if (eq > 0) extra.put(args[i].substring(0, eq), args[i].substring(eq + 1));
-        }
-        Settings settings = Settings.builder()
-            .put(extra.build())
-            .put("path.home", home.toString())
-            .put("path.data", home.resolve("data").toString())
-            .put("path.logs", home.resolve("logs").toString())
-            .put("cluster.name", "pgfanout-test")
-            .put("node.name", "node-1")
-            .put("network.host", "127.0.0.1")
-            .put("http.port", http)
-            .put("transport.port", transport)
-            .put("discovery.type", "single-node")
-            .put("cluster.routing.allocation.disk.threshold_enabled", false)
-            .put("action.auto_create_index", true)
-            .put("node.processors", Math.min(2, Runtime.getRuntime().availableProcessors()))
-            .build();
+        // extra node settings from the command line: key=value after the ports
+        Settings settings = Settings.builder().loadFromMap(NodeLifetime.nodeSettings(home, http, transport, args, 3)).build();
         // logging: the log4j2.properties named by -Dpgfanout.log4j2 (console), as the distribution's bootstrap does
         Path logConfig = NodeLifetime.logConfig(home);
         Environment env = InternalSettingsPreparer.prepareEnvironment(settings, Map.of(), home.resolve("config"), () -> "node-1");
