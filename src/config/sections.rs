@@ -3,7 +3,6 @@
 //! rejects unknown fields; defaults are the functions beside them.
 
 use std::fmt;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use indexmap::IndexMap;
@@ -50,7 +49,7 @@ pub struct PostgresSourceConfig {
     pub snapshot: SnapshotMode,
     /// TLS files (sslmode itself is in the URL).
     #[serde(default)]
-    pub tls: TlsConfig,
+    pub tls: TlsFiles,
     /// How often a standby status update is sent at least.
     #[serde(default = "default_status_interval", with = "units::duration")]
     pub status_interval: Duration,
@@ -160,9 +159,7 @@ fn default_snapshot_parallelism() -> usize {
 impl PostgresSourceConfig {
     /// The connection options of `url` with the `tls` files.
     pub fn connect_options(&self) -> Result<PgConnectOptions, SourceError> {
-        let tls =
-            TlsFiles { ca_file: self.tls.ca_file.clone(), cert_file: self.tls.cert_file.clone(), key_file: self.tls.key_file.clone() };
-        PgConnectOptions::from_url(&self.url, tls)
+        PgConnectOptions::from_url(&self.url, self.tls.clone())
     }
 }
 
@@ -204,16 +201,6 @@ pub enum SnapshotMode {
     #[default]
     Initial,
     Never,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsConfig {
-    /// PEM file with the CA certificate(s) to trust (verify-ca / verify-full).
-    pub ca_file: Option<PathBuf>,
-    /// Client certificate and key (PEM) for certificate authentication.
-    pub cert_file: Option<PathBuf>,
-    pub key_file: Option<PathBuf>,
 }
 
 /// A named sink: its `type` and its settings, which only the connector of

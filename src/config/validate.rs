@@ -132,8 +132,12 @@ fn check_source(s: &PostgresSourceConfig, errors: &mut Vec<String>) {
     if s.heartbeat_interval.is_some_and(|d| d.is_zero()) {
         errors.push("source.postgres.heartbeat_interval: must be more than zero, like 1m (or leave it out)".into());
     }
-    if s.tls.cert_file.is_some() != s.tls.key_file.is_some() {
-        errors.push("source.postgres.tls: cert_file and key_file go together; set both or neither".into());
+    errors.extend(s.tls.validate().into_iter().map(|(field, msg)| format!("source.postgres.tls.{field}: {msg}")));
+    if s.tls.key_password.is_some() {
+        errors.push("source.postgres.tls.key_password: not supported for PostgreSQL; give an unencrypted key_file".into());
+    }
+    if s.tls.insecure {
+        errors.push("source.postgres.tls.insecure: not used for PostgreSQL; put sslmode=require in the url to encrypt without verifying".into());
     }
 }
 

@@ -71,15 +71,23 @@ struct Feedback {
 
 /// The reader and everything it owns.
 pub struct SourceLoop {
+    /// What the reader was configured with (slot, intervals, policies).
     settings: SourceSettings,
+    /// Set when the daemon is asked to stop.
+    shutdown: watch::Receiver<bool>,
+    /// What `/health` and `/wait` read.
+    health: Arc<Health>,
+    /// Which pipelines, and so which sinks, each change goes to.
     router: Router,
     /// The sinks' queues, names and worker tasks.
     sinks: Sinks,
+    /// Which commits every sink has made durable: what may be confirmed.
     tracker: AckTracker,
+    /// Where undecodable rows and failed pipeline records go.
     dead_letters: DeadLetters,
-    health: Arc<Health>,
-    shutdown: watch::Receiver<bool>,
+    /// The tables' columns, as the stream last described them.
     relations: RelationCache,
+    /// The types' names and decoders, by OID.
     types: TypeRegistry,
     tx: TxCursor,
     outbox: Outbox,

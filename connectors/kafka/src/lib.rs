@@ -41,5 +41,5 @@ pub use rdkafka;
 /// ([`KafkaMapping`]) per pipeline.
 pub static CONNECTOR: TypedConnector<KafkaSinkConfig, KafkaMapping> =
     TypedConnector::new("kafka", KafkaSinkConfig::validate, KafkaMapping::validate, |settings, mappings| {
-        boxed_sink(KafkaSink::connect(settings, mappings.to_vec()))
+        boxed_sink(async move { Ok(KafkaSink::connect(settings, mappings.to_vec()).await?) })
     });

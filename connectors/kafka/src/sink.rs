@@ -33,6 +33,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use pgfanout_sdk::connector::compile_routes;
 use pgfanout_sdk::{BatchOutcome, InFlight, Rejected, Sink, SinkError, SinkRecord};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -150,21 +151,10 @@ impl KafkaSink {
     /// template has no placeholder. `routes[i]` is the mapping of route `i`
     /// ([`SinkRecord::route`]). An invalid config or mapping, or a constant
     /// topic that is missing while `topics.create` is false, is
-    /// [`SinkError::Permanent`]; unreachable brokers are
-    /// [`SinkError::Retriable`].
-    pub async fn connect(cfg: &KafkaSinkConfig, routes: Vec<KafkaMapping>) -> Result<KafkaSink, SinkError> {
-        Ok(KafkaSink::open(cfg, routes).await?)
-    }
-
-    async fn open(cfg: &KafkaSinkConfig, routes: Vec<KafkaMapping>) -> Result<KafkaSink, KafkaSinkError> {
-        if let Some((path, msg)) = cfg.validate().into_iter().next() {
-            return Err(KafkaSinkError::Invalid(format!("kafka sink: {path}: {msg}")));
-        }
-        let routes = routes
-            .iter()
-            .enumerate()
-            .map(|(i, m)| CompiledMapping::compile(m).map_err(|e| KafkaSinkError::Invalid(format!("kafka mapping of route {i}: {e}"))))
-            .collect::<Result<Vec<_>, _>>()?;
+    /// permanent ([`KafkaSinkError::is_retriable`] false); unreachable brokers are
+    /// retriable.
+    pub async fn connect(cfg: &KafkaSinkConfig, routes: Vec<KafkaMapping>) -> Result<KafkaSink, KafkaSinkError> {
+        let routes = compile_routes("kafka", cfg.validate(), &routes, CompiledMapping::compile).map_err(KafkaSinkError::Invalid)?;
         let delivery_timeout = cfg.delivery_timeout;
         let client_config = client_config(cfg);
         let producer: FutureProducer = client_config.create().map_err(KafkaSinkError::ClientConfig)?;

@@ -305,7 +305,11 @@ async fn topics_are_created_with_the_configured_partitions() {
 async fn missing_topics_are_an_error_when_creation_is_off() {
     let broker = KafkaBroker::start();
     let cfg = sink_config(&broker, serde_json::json!({"topics": {"create": false}}));
-    let err = KafkaSink::connect(&cfg, vec![mapping(serde_json::json!({"topic": "not-there"}))]).await.err().expect("connect must fail");
+    let err = KafkaSink::connect(&cfg, vec![mapping(serde_json::json!({"topic": "not-there"}))])
+        .await
+        .err()
+        .map(SinkError::from)
+        .expect("connect must fail");
     assert!(matches!(&err, SinkError::Permanent(m) if m.contains("\"not-there\"") && m.contains("topics.create")), "{err:?}");
 
     // An existing topic is used; a rendered one that is missing rejects its records only.

@@ -49,6 +49,6 @@ use pgfanout_sdk::connector::{boxed_sink, TypedConnector};
 /// may own the same nodes).
 pub static CONNECTOR: TypedConnector<Neo4jSinkConfig, Neo4jMapping> =
     TypedConnector::new("neo4j", Neo4jSinkConfig::validate, Neo4jMapping::validate, |settings, mappings| {
-        boxed_sink(Neo4jSink::connect(settings, mappings.to_vec()))
+        boxed_sink(async move { Ok(Neo4jSink::connect(settings, mappings.to_vec()).await?) })
     })
     .with_verifier(verify::verifiable, |settings, mappings, route| Box::pin(verify::connect(settings, mappings, route)));

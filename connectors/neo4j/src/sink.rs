@@ -129,11 +129,7 @@ impl Neo4jSink {
     /// `routes[i]` is the mapping of route `i` of the records passed to
     /// `write`. Fails with `Retriable` when the server cannot be reached and
     /// `Permanent` for an invalid configuration or mapping.
-    pub async fn connect(cfg: &Neo4jSinkConfig, routes: Vec<Neo4jMapping>) -> Result<Neo4jSink, SinkError> {
-        Ok(Neo4jSink::open(cfg, routes).await?)
-    }
-
-    async fn open(cfg: &Neo4jSinkConfig, routes: Vec<Neo4jMapping>) -> Result<Neo4jSink, Neo4jSinkError> {
+    pub async fn connect(cfg: &Neo4jSinkConfig, routes: Vec<Neo4jMapping>) -> Result<Neo4jSink, Neo4jSinkError> {
         if let Some((path, msg)) = cfg.validate().into_iter().next() {
             return Err(Neo4jSinkError::Invalid(format!("neo4j sink: {path}: {msg}")));
         }

@@ -11,7 +11,6 @@
 //! The password is a secret: it never appears in `Debug` output, in
 //! [`PgConnectOptions::redacted`] or in any error built here.
 
-use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -76,21 +75,19 @@ pub enum Host {
 }
 
 /// PEM files for TLS: the CA bundle that verifies the server, and an
-/// optional client certificate and key.
-#[derive(Clone, Debug, Default)]
-pub struct TlsFiles {
-    pub ca_file: Option<PathBuf>,
-    pub cert_file: Option<PathBuf>,
-    pub key_file: Option<PathBuf>,
-}
+/// optional client certificate and key (the settings every store's `tls:`
+/// takes; `key_password` and `insecure` are not used here: `sslmode` says
+/// what is verified).
+pub use pgfanout_sdk::settings::{Secret, TlsFiles};
 
-/// Everything needed to open a connection to the source database.
-#[derive(Clone)]
+/// Everything needed to open a connection to the source database. `Debug`
+/// prints no password.
+#[derive(Clone, Debug)]
 pub struct PgConnectOptions {
     pub host: Host,
     pub port: u16,
     pub user: String,
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     pub dbname: String,
     pub sslmode: SslMode,
     pub tls: TlsFiles,
@@ -165,7 +162,7 @@ impl PgConnectOptions {
             opts.user = decode(parsed.username(), "user name")?;
         }
         if let Some(p) = parsed.password() {
-            opts.password = Some(decode(p, "password")?);
+            opts.password = Some(Secret::new(decode(p, "password")?));
         }
         let path = parsed.path().trim_start_matches('/');
         if !path.is_empty() {
@@ -180,7 +177,7 @@ impl PgConnectOptions {
                 "host" => opts.host = Host::Tcp(value),
                 "port" => opts.port = value.parse().map_err(|_| bad(&format!("port {value:?} is not a number")))?,
                 "user" => opts.user = value,
-                "password" => opts.password = Some(value),
+                "password" => opts.password = Some(Secret::new(value)),
                 "dbname" => opts.dbname = value,
                 "application_name" => opts.application_name = value,
                 "connect_timeout" => {
@@ -272,22 +269,6 @@ pub fn unix_socket_path(dir: &std::path::Path, port: u16) -> PathBuf {
     }
 }
 
-impl fmt::Debug for PgConnectOptions {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PgConnectOptions")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("user", &self.user)
-            .field("password", &self.password.as_ref().map(|_| "***"))
-            .field("dbname", &self.dbname)
-            .field("sslmode", &self.sslmode)
-            .field("tls", &self.tls)
-            .field("application_name", &self.application_name)
-            .field("connect_timeout", &self.connect_timeout)
-            .finish()
-    }
-}
-
 /// Opens a normal SQL connection (tokio-postgres) with the same host, TLS
 /// settings and [`SESSION_SETTINGS`] as the replication connection, and
 /// spawns its connection task. Errors are classified like
@@ -304,7 +285,7 @@ pub async fn connect_sql(opts: &PgConnectOptions) -> Result<tokio_postgres::Clie
         .options(PgConnectOptions::startup_options())
         .connect_timeout(opts.connect_timeout);
     if let Some(p) = &opts.password {
-        cfg.password(p);
+        cfg.password(p.expose());
     }
     match &opts.host {
         Host::Tcp(h) => {
@@ -392,7 +373,7 @@ mod tests {
         assert_eq!(o.host, Host::Tcp("db.example.com".into()));
         assert_eq!(o.port, 6543);
         assert_eq!(o.user, "rep");
-        assert_eq!(o.password.as_deref(), Some("secret"));
+        assert_eq!(o.password.as_ref().map(Secret::expose), Some("secret"));
         assert_eq!(o.dbname, "shop");
         assert_eq!(o.sslmode, SslMode::VerifyFull);
         assert_eq!(o.application_name, "cdc");
@@ -405,7 +386,7 @@ mod tests {
         assert_eq!(o.port, 5432);
         assert_eq!(o.user, "postgres");
         assert_eq!(o.dbname, "postgres");
-        assert_eq!(o.password, None);
+        assert!(o.password.is_none());
         assert_eq!(o.sslmode, SslMode::Prefer);
         assert_eq!(o.application_name, DEFAULT_APPLICATION_NAME);
         let o = parse("postgres://alice@h/");
@@ -444,10 +425,10 @@ mod tests {
     fn percent_encoded_credentials() {
         let o = parse("postgres://us%40er:p%40ss%3Aw%2Fo%23rd@h:1/my%20db");
         assert_eq!(o.user, "us@er");
-        assert_eq!(o.password.as_deref(), Some("p@ss:w/o#rd"));
+        assert_eq!(o.password.as_ref().map(Secret::expose), Some("p@ss:w/o#rd"));
         assert_eq!(o.dbname, "my db");
         let o = parse("postgres://u@h/d?password=a%26b");
-        assert_eq!(o.password.as_deref(), Some("a&b"));
+        assert_eq!(o.password.as_ref().map(Secret::expose), Some("a&b"));
     }
 
     #[test]

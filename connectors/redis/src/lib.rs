@@ -42,6 +42,6 @@ pub use sink::RedisSink;
 /// but `stream`.
 pub static CONNECTOR: TypedConnector<RedisSinkConfig, RedisMapping> =
     TypedConnector::new("redis", RedisSinkConfig::validate, RedisMapping::validate, |settings, mappings| {
-        boxed_sink(RedisSink::connect(settings, mappings.to_vec()))
+        boxed_sink(async move { Ok(RedisSink::connect(settings, mappings.to_vec()).await?) })
     })
     .with_verifier(verify::verifiable, |settings, mappings, route| Box::pin(verify::connect(settings, &mappings[route])));

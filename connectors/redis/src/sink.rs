@@ -29,6 +29,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::future::join_all;
+use pgfanout_sdk::connector::compile_routes;
 use pgfanout_sdk::{BatchOutcome, InFlight, PipelineStop, Rejected, Sink, SinkError, SinkRecord};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Client, Pipeline, RedisResult, Script, Value};
@@ -68,21 +69,10 @@ impl RedisSink {
     /// loads the apply script, and checks that RedisJSON is present when a
     /// route uses `type: json`. `routes[i]` is the mapping of route `i`
     /// ([`SinkRecord::route`]). An invalid config or mapping, or a missing
-    /// module, is [`SinkError::Permanent`]; an unreachable server is
-    /// [`SinkError::Retriable`].
-    pub async fn connect(cfg: &RedisSinkConfig, routes: Vec<RedisMapping>) -> Result<RedisSink, SinkError> {
-        Ok(RedisSink::open(cfg, routes).await?)
-    }
-
-    async fn open(cfg: &RedisSinkConfig, routes: Vec<RedisMapping>) -> Result<RedisSink, RedisSinkError> {
-        if let Some((path, msg)) = cfg.validate().into_iter().next() {
-            return Err(RedisSinkError::Invalid(format!("redis sink: {path}: {msg}")));
-        }
-        let routes = routes
-            .iter()
-            .enumerate()
-            .map(|(i, m)| CompiledMapping::compile(m).map_err(|e| RedisSinkError::Invalid(format!("redis mapping of route {i}: {e}"))))
-            .collect::<Result<Vec<_>, _>>()?;
+    /// module, is permanent ([`RedisSinkError::is_retriable`] false); an unreachable server is
+    /// retriable.
+    pub async fn connect(cfg: &RedisSinkConfig, routes: Vec<RedisMapping>) -> Result<RedisSink, RedisSinkError> {
+        let routes = compile_routes("redis", cfg.validate(), &routes, CompiledMapping::compile).map_err(RedisSinkError::Invalid)?;
         let client = build_client(cfg)?;
         let manager_cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(cfg.connect_timeout))

@@ -519,6 +519,7 @@ async fn json_mapping_needs_redisjson() {
     let err = RedisSink::connect(&sink_config(&server.url(), ""), vec![mapping(r#"{"type":"json","key":"p:{id}"}"#)])
         .await
         .err()
+        .map(SinkError::from)
         .expect("connect must fail without RedisJSON");
     assert!(matches!(&err, SinkError::Permanent(m) if m.contains("RedisJSON")), "{err}");
 }
@@ -526,8 +527,11 @@ async fn json_mapping_needs_redisjson() {
 #[tokio::test]
 async fn invalid_mapping_is_a_permanent_connect_error() {
     let server = RedisServer::start();
-    let err =
-        RedisSink::connect(&sink_config(&server.url(), ""), vec![mapping(r#"{"type":"set","key":"k"}"#)]).await.err().expect("invalid");
+    let err = RedisSink::connect(&sink_config(&server.url(), ""), vec![mapping(r#"{"type":"set","key":"k"}"#)])
+        .await
+        .err()
+        .map(SinkError::from)
+        .expect("invalid");
     assert!(matches!(&err, SinkError::Permanent(m) if m.contains("member")), "{err}");
 }
 

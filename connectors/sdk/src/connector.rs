@@ -41,6 +41,23 @@ pub use typed::{boxed_sink, parse, parse_sink, ConnectFn, DoctorFn, TypedConnect
 /// A boxed future, for the object-safe parts of the contract.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// What a sink checks before it connects, when it is built without the
+/// connector (tests, the bench): its settings' first problem (from their
+/// `validate()`), as `<store> sink: <path>: <message>`, else every route's
+/// mapping compiled, or the first that does not compile as `<store> mapping
+/// of route <i>: <error>`. Either is a permanent error.
+pub fn compile_routes<M, C, E: std::fmt::Display>(
+    store: &str,
+    problems: Vec<(String, String)>,
+    routes: &[M],
+    compile: impl Fn(&M) -> Result<C, E>,
+) -> Result<Vec<C>, String> {
+    if let Some((path, msg)) = problems.into_iter().next() {
+        return Err(format!("{store} sink: {path}: {msg}"));
+    }
+    routes.iter().enumerate().map(|(i, m)| compile(m).map_err(|e| format!("{store} mapping of route {i}: {e}"))).collect()
+}
+
 /// One configuration problem: the dotted path below the part that was given
 /// (empty for the part itself) and what is wrong and expected.
 #[derive(Debug, Clone, PartialEq, Eq)]

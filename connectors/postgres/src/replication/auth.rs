@@ -12,7 +12,7 @@ use postgres_protocol::message::frontend;
 
 use super::frame::{self, Body, DbError};
 use super::socket::Wire;
-use crate::conn::PgConnectOptions;
+use crate::conn::{PgConnectOptions, Secret};
 use crate::error::SourceError;
 
 const AUTH_OK: i32 = 0;
@@ -128,7 +128,7 @@ pub(crate) async fn startup(wire: &mut Wire, opts: &PgConnectOptions, replicatio
 }
 
 fn password(opts: &PgConnectOptions) -> Result<&str, SourceError> {
-    opts.password.as_deref().ok_or_else(|| {
+    opts.password.as_ref().map(Secret::expose).ok_or_else(|| {
         SourceError::permanent(format!(
             "PostgreSQL requires a password for user {:?}: put it in the source URL (postgres://user:password@...)",
             opts.user
