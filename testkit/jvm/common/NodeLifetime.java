@@ -23,17 +23,17 @@ public final class NodeLifetime {
     }
 
     /**
-     * The settings of a single test node (for {@code Settings.Builder.loadFromMap}):
+     * The settings of a single test node (for {@code Settings.Builder.put}):
      * home, data and logs under {@code home}, HTTP and transport on 127.0.0.1,
      * single-node discovery, no disk watermarks, at most two processors; then
      * {@code key=value} arguments from {@code args[from]} on, which win.
      * Creates the home's config, data and logs directories.
      */
-    public static Map<String, Object> nodeSettings(Path home, int http, int transport, String[] args, int from) throws IOException {
+    public static Map<String, String> nodeSettings(Path home, int http, int transport, String[] args, int from) throws IOException {
         for (String dir : new String[] {"config", "data", "logs"}) {
             Files.createDirectories(home.resolve(dir));
         }
-        Map<String, Object> settings = new LinkedHashMap<>();
+        Map<String, String> settings = new LinkedHashMap<>();
         settings.put("path.home", home.toString());
         settings.put("path.data", home.resolve("data").toString());
         settings.put("path.logs", home.resolve("logs").toString());

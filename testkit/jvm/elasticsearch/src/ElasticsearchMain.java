@@ -30,7 +30,10 @@ public final class ElasticsearchMain {
         int http = Integer.parseInt(args[1]);
         int transport = Integer.parseInt(args[2]);
         Path modules = Path.of(args[3]).toAbsolutePath();
-        Settings settings = Settings.builder().loadFromMap(NodeLifetime.nodeSettings(home, http, transport, args, 4)).build();
+        Settings.Builder builder = Settings.builder();
+        // put one by one: loadFromMap parses through XContent, which needs logging set up first
+        NodeLifetime.nodeSettings(home, http, transport, args, 4).forEach(builder::put);
+        Settings settings = builder.build();
         if (!Files.exists(home.resolve("modules"))) {
             Files.createSymbolicLink(home.resolve("modules"), modules);
         }

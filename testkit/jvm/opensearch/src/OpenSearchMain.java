@@ -39,7 +39,10 @@ public final class OpenSearchMain {
         int http = Integer.parseInt(args[1]);
         int transport = Integer.parseInt(args[2]);
         // extra node settings from the command line: key=value after the ports
-        Settings settings = Settings.builder().loadFromMap(NodeLifetime.nodeSettings(home, http, transport, args, 3)).build();
+        Settings.Builder builder = Settings.builder();
+        // put one by one: loadFromMap parses through XContent, which needs logging set up first
+        NodeLifetime.nodeSettings(home, http, transport, args, 3).forEach(builder::put);
+        Settings settings = builder.build();
         // logging: the log4j2.properties named by -Dpgfanout.log4j2 (console), as the distribution's bootstrap does
         Path logConfig = NodeLifetime.logConfig(home);
         Environment env = InternalSettingsPreparer.prepareEnvironment(settings, Map.of(), home.resolve("config"), () -> "node-1");
