@@ -23,6 +23,14 @@ pub const CONFIRMED_FLUSH_LSN: &str = "pgfanout_confirmed_flush_lsn";
 pub const SOURCE_RECONNECTS_TOTAL: &str = "pgfanout_source_reconnects_total";
 /// 1 while streaming, 0 otherwise.
 pub const SOURCE_STREAMING: &str = "pgfanout_source_streaming";
+/// In-progress transactions the server streamed that have not ended.
+pub const STREAMED_TRANSACTIONS_OPEN: &str = "pgfanout_streamed_transactions_open";
+/// Bytes of streamed, uncommitted changes held in memory.
+pub const STREAMED_MEMORY_BYTES: &str = "pgfanout_streamed_memory_bytes";
+/// Bytes of streamed, uncommitted changes written to spill files.
+pub const STREAMED_SPILLED_BYTES_TOTAL: &str = "pgfanout_streamed_spilled_bytes_total";
+/// Streamed transactions (or subtransactions) that aborted, their changes dropped.
+pub const STREAMED_ABORTS_TOTAL: &str = "pgfanout_streamed_aborts_total";
 
 /// Records written durably, by `sink`.
 pub const SINK_WRITTEN_TOTAL: &str = "pgfanout_sink_written_total";
@@ -116,6 +124,10 @@ pub fn describe() {
     describe_gauge!(CONFIRMED_FLUSH_LSN, "Flush LSN last confirmed to PostgreSQL");
     describe_counter!(SOURCE_RECONNECTS_TOTAL, "Reconnections of the replication stream");
     describe_gauge!(SOURCE_STREAMING, "1 while the replication stream is up");
+    describe_gauge!(STREAMED_TRANSACTIONS_OPEN, "Streamed in-progress transactions not yet committed or aborted");
+    describe_gauge!(STREAMED_MEMORY_BYTES, Unit::Bytes, "Streamed uncommitted changes held in memory");
+    describe_counter!(STREAMED_SPILLED_BYTES_TOTAL, Unit::Bytes, "Streamed uncommitted changes written to spill files");
+    describe_counter!(STREAMED_ABORTS_TOTAL, "Streamed transactions or subtransactions that aborted (their changes dropped)");
     describe_counter!(SINK_WRITTEN_TOTAL, "Records written durably");
     describe_counter!(SINK_FAILED_TOTAL, "Records in failed write attempts (retried)");
     describe_counter!(SINK_DEAD_LETTERED_TOTAL, "Records a sink rejected, sent to the dead-letter file");

@@ -14,6 +14,7 @@
 mod db;
 mod feed;
 mod graph;
+mod large;
 mod latency;
 mod load;
 mod procstat;
@@ -35,14 +36,16 @@ use crate::load::Shape;
 use crate::report::{Better, Figure};
 use crate::throughput::{Ctx, SinkKind, Spec};
 
-const ALL_WORKLOADS: &[&str] = &["stream-big", "stream-small", "mixed", "redis", "kafka", "search", "feed", "graph", "latency", "snapshot"];
+const ALL_WORKLOADS: &[&str] =
+    &["stream-big", "stream-small", "mixed", "redis", "kafka", "search", "feed", "graph", "latency", "snapshot", "large-txn"];
 
 /// Benchmark pgfanout against pg_recvlogical on this machine.
 #[derive(Parser, Debug)]
 #[command(name = "pgfanout-bench", version)]
 struct Args {
     /// Comma-separated workloads: stream-big, stream-small, mixed, redis,
-    /// kafka, search, feed, graph, latency, snapshot (default: all).
+    /// kafka, search, feed, graph, latency, snapshot, large-txn (default:
+    /// all).
     #[arg(long, value_delimiter = ',')]
     workloads: Vec<String>,
     /// Row changes per throughput workload.
@@ -178,6 +181,7 @@ async fn run(args: Args, workloads: Vec<String>, bin: PathBuf) -> Result<()> {
             "graph" => Ok(vec![not_available("graph (neo4j)", "n/a: Neo4j not installed (scripts/install-jvm-servers.sh neo4j)")]),
             "latency" => latency::run(&ctx).await,
             "snapshot" => snapshot::run(&ctx).await,
+            "large-txn" => large::run(&ctx).await,
             _ => unreachable!("checked above"),
         };
         match result {

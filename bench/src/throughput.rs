@@ -354,10 +354,9 @@ fn redis_ceiling_calls(port: u16, records: u64) -> Result<Vec<Vec<Vec<u8>>>> {
                 other => bail!("no version for bench:{i}: {other:?}"),
             };
             // code, key, sub, version, ttl, nargs, then the arguments: the
-            // number of field/value items, the items (no NULL columns to drop).
+            // field/value pairs, as the sink sends a whole row (`H`).
             let n = fields.len();
-            let mut op =
-                vec!["H".to_string(), format!("ceiling:{i}"), "_key".into(), version, "0".into(), (n + 1).to_string(), n.to_string()];
+            let mut op = vec!["H".to_string(), format!("ceiling:{i}"), "_key".into(), version, "0".into(), n.to_string()];
             for f in fields {
                 match f {
                     resp::Reply::Bulk(Some(b)) => op.push(String::from_utf8(b)?),

@@ -3,6 +3,7 @@
 //! rejects unknown fields; defaults are the functions beside them.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use indexmap::IndexMap;
@@ -93,6 +94,36 @@ pub struct PostgresSourceConfig {
     /// (default: the table is backfilled) or `ignore`.
     #[serde(default)]
     pub on_type_change: OnTypeChange,
+    /// Transactions that outgrow the server's `logical_decoding_work_mem`:
+    /// `auto` (default: on PostgreSQL 14 and later the server streams them
+    /// while they run, pgoutput protocol 2 to 4; pgfanout keeps each until it
+    /// commits and drops it if it aborts, so sinks still get whole committed
+    /// transactions in commit order) or `off` (protocol 1: the server spills
+    /// them to its own disk and sends them after their commit).
+    #[serde(default)]
+    pub streaming: Streaming,
+    /// Memory for streamed transactions that have not committed yet, all
+    /// together (default 16MiB); the rest spills to files in
+    /// `streaming_spill_dir`.
+    #[serde(default = "default_streaming_memory")]
+    pub streaming_memory: ByteSize,
+    /// Where streamed transactions spill (default: the system's temporary
+    /// directory, `$TMPDIR` or `/tmp`). Files are deleted when their
+    /// transaction ends; nothing there needs to survive a restart.
+    pub streaming_spill_dir: Option<PathBuf>,
+}
+
+/// `source.postgres.streaming`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Streaming {
+    #[default]
+    Auto,
+    Off,
+}
+
+fn default_streaming_memory() -> ByteSize {
+    ByteSize(16 << 20)
 }
 
 /// `source.postgres.on_slot_lost`.
@@ -179,6 +210,9 @@ impl fmt::Debug for PostgresSourceConfig {
             .field("on_decode_error", &self.on_decode_error)
             .field("on_slot_lost", &self.on_slot_lost)
             .field("on_type_change", &self.on_type_change)
+            .field("streaming", &self.streaming)
+            .field("streaming_memory", &self.streaming_memory)
+            .field("streaming_spill_dir", &self.streaming_spill_dir)
             .finish()
     }
 }

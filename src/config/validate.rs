@@ -137,7 +137,9 @@ fn check_source(s: &PostgresSourceConfig, errors: &mut Vec<String>) {
         errors.push("source.postgres.tls.key_password: not supported for PostgreSQL; give an unencrypted key_file".into());
     }
     if s.tls.insecure {
-        errors.push("source.postgres.tls.insecure: not used for PostgreSQL; put sslmode=require in the url to encrypt without verifying".into());
+        errors.push(
+            "source.postgres.tls.insecure: not used for PostgreSQL; put sslmode=require in the url to encrypt without verifying".into(),
+        );
     }
 }
 

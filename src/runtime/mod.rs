@@ -112,6 +112,9 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         linger: cfg.runtime.linger,
         on_decode_error: pg.on_decode_error,
         on_type_change: pg.on_type_change,
+        streaming: pg.streaming == crate::config::Streaming::Auto,
+        streaming_memory: usize::try_from(pg.streaming_memory.0).unwrap_or(usize::MAX),
+        streaming_spill_dir: pg.streaming_spill_dir.clone(),
     };
     let patterns: Vec<crate::config::TablePattern> =
         router.table_patterns().iter().filter_map(|p| crate::config::TablePattern::parse(p).ok()).collect();

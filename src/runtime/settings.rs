@@ -1,6 +1,7 @@
 //! The reader's settings, taken from `source.postgres` and `runtime` by
 //! `runtime::run`.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use pgfanout_postgres::conn::PgConnectOptions;
@@ -29,4 +30,10 @@ pub struct SourceSettings {
     /// What a row that cannot be decoded does.
     pub on_decode_error: OnDecodeError,
     pub on_type_change: OnTypeChange,
+    /// Ask servers that can (14+) to stream in-progress transactions.
+    pub streaming: bool,
+    /// Memory for streamed transactions not committed yet; the rest spills.
+    pub streaming_memory: usize,
+    /// Where they spill (the system's temporary directory if None).
+    pub streaming_spill_dir: Option<PathBuf>,
 }

@@ -5,16 +5,22 @@
 //! Why this is safe to acknowledge: positions confirmed to the server come
 //! only from [`AckTracker`], which confirms a transaction's end LSN once every
 //! sink has made everything up to its commit marker durable, or a keepalive's
-//! `wal_end` when nothing at all is in flight. Changes stream through without
-//! being collected per transaction; when a queue is full the reader waits
-//! (backpressure) but keeps sending status updates so the walsender does not
-//! time out.
+//! `wal_end` when nothing at all is in flight. Changes of a committed
+//! transaction stream through without being collected per transaction; when
+//! a queue is full the reader waits (backpressure) but keeps sending status
+//! updates so the walsender does not time out. A transaction the server
+//! streams while it runs (pgoutput 2+, `streaming`) is kept aside
+//! ([`Streamed`]) until its Stream Commit, then read like one that came
+//! whole; confirming positions past its start meanwhile is safe, because a
+//! transaction that commits after the confirmed position is sent again in
+//! full to the next connection.
 //!
 //! The reader's state, by role:
 //! - [`TxCursor`] (`txn.rs`): where it stands in the open transaction, and
 //!   what a reconnect must not deliver twice;
 //! - [`Outbox`] (`outbox.rs`): records routed and not yet handed to a
 //!   sink's queue, and the stream they keep alive;
+//! - [`Streamed`]: in-progress transactions the server streamed;
 //! - [`BackfillBridge`] (`bridge.rs`): backfill chunks and their windows;
 //! - [`Feedback`]: what was received and confirmed, for status updates;
 //! - [`ReadStats`] (`stats.rs`) and [`TypeChangeWatch`] (`type_changes.rs`).
@@ -30,8 +36,9 @@ use pgfanout_postgres::catalog::TypeRegistry;
 use pgfanout_postgres::conn::connect_sql;
 use pgfanout_postgres::pgoutput::{self, LogicalMessage};
 use pgfanout_postgres::relation::{build_change_with, build_truncates, RelationCache, TxMeta};
-use pgfanout_postgres::replication::{ReplicationClient, ReplicationMessage, ReplicationStream};
+use pgfanout_postgres::replication::{Pgoutput, ReplicationClient, ReplicationMessage, ReplicationStream};
 use pgfanout_postgres::slot;
+use pgfanout_postgres::streaming::{Aborted, Streamed};
 use pgfanout_postgres::SourceError;
 use pgfanout_sdk::settings::Backoff;
 use pgfanout_sdk::{Change, Lsn};
@@ -53,6 +60,14 @@ use crate::runtime::stats::ReadStats;
 use crate::runtime::txn::TxCursor;
 use crate::runtime::type_changes::TypeChangeWatch;
 use crate::runtime::undecodable;
+
+/// A streamed transaction's Stream Commit: its kept changes are read now.
+struct StreamCommit {
+    xid: u32,
+    commit_lsn: Lsn,
+    end_lsn: Lsn,
+    commit_ts: i64,
+}
 
 /// Why a streaming session ended without an error.
 enum Ended {
@@ -90,6 +105,8 @@ pub struct SourceLoop {
     /// The types' names and decoders, by OID.
     types: TypeRegistry,
     tx: TxCursor,
+    /// In-progress transactions the server streamed, until they end.
+    streamed: Streamed,
     outbox: Outbox,
     backfills: BackfillBridge,
     feedback: Feedback,
@@ -115,6 +132,7 @@ impl SourceLoop {
         let start = tracker.confirmed();
         let durable_changed = tracker.wake();
         let type_changes = TypeChangeWatch::new(settings.slot.clone(), settings.on_type_change);
+        let streamed = Streamed::new(settings.streaming_memory, settings.streaming_spill_dir.clone());
         SourceLoop {
             durable_changed,
             settings,
@@ -127,6 +145,7 @@ impl SourceLoop {
             relations: RelationCache::new(),
             types: TypeRegistry::new(),
             tx: TxCursor::new(n),
+            streamed,
             outbox: Outbox::new(n),
             backfills: BackfillBridge::default(),
             feedback: Feedback { received: start, sent_flush: start, last_status: Instant::now() },
@@ -232,10 +251,22 @@ impl SourceLoop {
         // moved or deleted cannot be completed the second time. PostgreSQL
         // skips transactions that commit before the start position.
         let resume = self.tracker.resume_position();
-        let mut stream = client.start_logical_replication(&self.settings.slot, resume, &self.settings.publication).await?;
+        // A transaction streamed to the last connection is streamed again,
+        // from its start, to this one.
+        self.streamed.clear();
+        let protocol = Pgoutput::for_server(client.server_major().unwrap_or(0), self.settings.streaming);
+        let mut stream = client.start_logical_replication_with(&self.settings.slot, resume, &self.settings.publication, protocol).await?;
         stream.set_read_coalesce(self.settings.read_coalesce);
         let receive_buffer = stream.receive_buffer();
-        info!(slot = %self.settings.slot, confirmed = %info.confirmed_flush_lsn.unwrap_or_default(), resume = %resume, ?receive_buffer, "streaming started");
+        info!(
+            slot = %self.settings.slot,
+            confirmed = %info.confirmed_flush_lsn.unwrap_or_default(),
+            resume = %resume,
+            ?receive_buffer,
+            proto_version = protocol.proto_version,
+            in_progress_transactions = protocol.streaming,
+            "streaming started"
+        );
         self.health.streaming.store(true, Ordering::Release);
         metrics::gauge!(m::SOURCE_STREAMING).set(1.0);
         let heartbeat = self.settings.heartbeat_interval.map(|every| heartbeat::spawn(self.settings.opts.clone(), every));
@@ -287,7 +318,9 @@ impl SourceLoop {
                     self.stats.bytes(data.len());
                     self.outbox.received(data.len());
                     self.feedback.received = self.feedback.received.max(wal_end).max(wal_start);
-                    self.handle(data, wal_start, &sql).await?;
+                    if let Some(commit) = self.handle(data, wal_start, &sql).await? {
+                        self.replay(commit, &sql, &mut stream).await?;
+                    }
                     if self.outbox.any_full(self.settings.batch_size) {
                         self.flush_local(Some(&mut stream)).await?;
                     }
@@ -307,22 +340,90 @@ impl SourceLoop {
         }
     }
 
-    /// Decodes one pgoutput message and routes what it carries.
-    async fn handle(&mut self, data: bytes::Bytes, lsn: Lsn, sql: &tokio_postgres::Client) -> Result<(), SourceError> {
+    /// Decodes one pgoutput message and routes what it carries; keeps a
+    /// streamed change aside. A Stream Commit is returned, for
+    /// [`replay`](Self::replay).
+    async fn handle(&mut self, data: bytes::Bytes, lsn: Lsn, sql: &tokio_postgres::Client) -> Result<Option<StreamCommit>, SourceError> {
+        if self.streamed.in_block() && pgoutput::streamed_xid(&data).is_some() {
+            self.streamed.push(lsn, &data)?;
+            return Ok(None);
+        }
         let msg = pgoutput::decode(data).map_err(|e| SourceError::permanent(format!("cannot decode pgoutput message at {lsn}: {e}")))?;
         match msg {
-            LogicalMessage::Begin { final_lsn, commit_ts, xid } => {
-                let skip = self.tx.begin(TxMeta { commit_lsn: final_lsn, xid, commit_ts }, self.outbox.chunks());
-                if skip > 0 {
-                    info!(commit_lsn = %final_lsn, changes = skip, "skipping the changes of a resent transaction the sinks already have");
-                }
+            LogicalMessage::StreamStart { xid, first_segment } => self.streamed.start(xid, first_segment),
+            LogicalMessage::StreamStop => {
+                self.streamed.stop();
+                self.streamed_gauges();
             }
-            LogicalMessage::Commit { commit_lsn, end_lsn, .. } => {
-                self.tx.commit();
-                self.stats.transaction();
-                let seq = self.tracker.commit(commit_lsn, end_lsn);
-                self.outbox.commit(seq);
-                self.emit_backfill_rows().await;
+            LogicalMessage::StreamAbort { xid, subxid } => {
+                let aborted = self.streamed.abort(xid, subxid)?;
+                if aborted != Aborted::Unknown {
+                    metrics::counter!(m::STREAMED_ABORTS_TOTAL).increment(1);
+                }
+                debug!(xid, subxid, ?aborted, "streamed transaction aborted");
+                self.streamed_gauges();
+            }
+            LogicalMessage::StreamCommit { xid, commit_lsn, end_lsn, commit_ts, .. } => {
+                return Ok(Some(StreamCommit { xid, commit_lsn, end_lsn, commit_ts }));
+            }
+            msg => self.dispatch(msg, lsn, sql).await?,
+        }
+        Ok(None)
+    }
+
+    /// A streamed transaction committed: its kept changes are read in the
+    /// order they were streamed, as one transaction, handed to the sinks as
+    /// the queues fill (keeping the walsender alive meanwhile).
+    async fn replay(&mut self, c: StreamCommit, sql: &tokio_postgres::Client, stream: &mut ReplicationStream) -> Result<(), SourceError> {
+        let mut messages = self.streamed.take(c.xid)?;
+        self.streamed_gauges();
+        self.begin(TxMeta { commit_lsn: c.commit_lsn, xid: c.xid, commit_ts: c.commit_ts });
+        while let Some((lsn, data)) = messages.next_message()? {
+            let msg = pgoutput::decode_streamed(data)
+                .map_err(|e| SourceError::permanent(format!("cannot decode a streamed pgoutput message at {lsn}: {e}")))?;
+            self.dispatch(msg, lsn, sql).await?;
+            if self.outbox.any_full(self.settings.batch_size) {
+                self.flush_local(Some(&mut *stream)).await?;
+            }
+        }
+        self.commit(c.commit_lsn, c.end_lsn).await;
+        Ok(())
+    }
+
+    fn streamed_gauges(&self) {
+        metrics::gauge!(m::STREAMED_TRANSACTIONS_OPEN).set(self.streamed.open() as f64);
+        metrics::gauge!(m::STREAMED_MEMORY_BYTES).set(self.streamed.memory_bytes() as f64);
+        metrics::counter!(m::STREAMED_SPILLED_BYTES_TOTAL).absolute(self.streamed.spilled_bytes());
+    }
+
+    /// A transaction begins.
+    fn begin(&mut self, meta: TxMeta) {
+        let skip = self.tx.begin(meta, self.outbox.chunks());
+        if skip > 0 {
+            info!(commit_lsn = %meta.commit_lsn, changes = skip, "skipping the changes of a resent transaction the sinks already have");
+        }
+    }
+
+    /// The open transaction committed: its marker follows its records.
+    async fn commit(&mut self, commit_lsn: Lsn, end_lsn: Lsn) {
+        self.tx.commit();
+        self.stats.transaction();
+        let seq = self.tracker.commit(commit_lsn, end_lsn);
+        self.outbox.commit(seq);
+        self.emit_backfill_rows().await;
+    }
+
+    /// Routes what one decoded message (of a transaction received whole or
+    /// of a committed streamed one) carries.
+    async fn dispatch(&mut self, msg: LogicalMessage, lsn: Lsn, sql: &tokio_postgres::Client) -> Result<(), SourceError> {
+        match msg {
+            LogicalMessage::Begin { final_lsn, commit_ts, xid } => self.begin(TxMeta { commit_lsn: final_lsn, xid, commit_ts }),
+            LogicalMessage::Commit { commit_lsn, end_lsn, .. } => self.commit(commit_lsn, end_lsn).await,
+            LogicalMessage::StreamStart { .. }
+            | LogicalMessage::StreamStop
+            | LogicalMessage::StreamCommit { .. }
+            | LogicalMessage::StreamAbort { .. } => {
+                return Err(SourceError::permanent(format!("a {} message inside a transaction at {lsn}", msg.kind())))
             }
             LogicalMessage::Relation(rel) => {
                 let info = self.relations.on_relation(rel, &mut self.types, sql).await?;

@@ -5,7 +5,9 @@
 //! - [`replication`]: our own replication-protocol client on
 //!   `postgres-protocol` (tokio-postgres cannot open `replication=database`
 //!   connections): startup, auth, TLS, CopyBoth, keepalives, status updates.
-//! - [`pgoutput`]: the pgoutput (protocol v1) message decoder.
+//! - [`pgoutput`]: the pgoutput message decoder (protocol versions 1 to 4).
+//! - [`streaming`]: in-progress transactions streamed by the server, kept
+//!   (in memory, then spilled to a file) until they commit.
 //! - [`types`] and [`catalog`]: column text to `to_jsonb()`-equal values.
 //! - [`relation`]: the relation cache and tuple -> [`Change`](pgfanout_sdk::Change).
 //! - [`slot`]: slot and publication management and start-up checks.
@@ -20,6 +22,7 @@ pub mod replication;
 pub mod schema;
 pub mod slot;
 pub mod snapshot;
+pub mod streaming;
 pub mod table_name;
 pub mod types;
 

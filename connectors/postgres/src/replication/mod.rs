@@ -69,6 +69,46 @@ pub struct CreatedSlot {
     pub snapshot_name: Option<String>,
 }
 
+/// What a logical stream is asked for: the pgoutput protocol version, and
+/// whether in-progress transactions are streamed (`streaming 'on'`, see
+/// [`crate::streaming`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pgoutput {
+    pub proto_version: u8,
+    pub streaming: bool,
+}
+
+impl Pgoutput {
+    /// Protocol 1: every transaction is sent once it has committed (the
+    /// server spills large ones to its disk meanwhile). Every server.
+    pub const V1: Pgoutput = Pgoutput { proto_version: 1, streaming: false };
+
+    /// With `streaming`, the newest protocol a server of major version
+    /// `major` speaks (4 from PostgreSQL 16, 3 on 15, 2 on 14) with
+    /// in-progress transactions streamed; [`V1`](Self::V1) otherwise, and on
+    /// servers before 14. The messages of versions 3 and 4 (two-phase,
+    /// parallel apply) only come when asked for, and pgfanout does not ask.
+    pub fn for_server(major: u32, streaming: bool) -> Pgoutput {
+        if !streaming {
+            return Pgoutput::V1;
+        }
+        let proto_version = match major {
+            16.. => 4,
+            15 => 3,
+            14 => 2,
+            _ => 1,
+        };
+        Pgoutput { proto_version, streaming: proto_version >= 2 }
+    }
+}
+
+/// The major version in a `server_version` string (`15.8 (Debian ...)`,
+/// `17beta1`, `9.6.24`: 15, 17, 9).
+pub fn major_version(server_version: &str) -> Option<u32> {
+    let digits: String = server_version.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
 /// One row of a simple-query result, all values in text form.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SimpleQueryRow {
@@ -120,6 +160,11 @@ impl ReplicationClient {
     /// The `server_version` the server reported at startup.
     pub fn server_version(&self) -> Option<&str> {
         self.server_version.as_deref()
+    }
+
+    /// The server's major version (from [`server_version`](Self::server_version)).
+    pub fn server_major(&self) -> Option<u32> {
+        self.server_version.as_deref().and_then(major_version)
     }
 
     /// `SO_RCVBUF` as the kernel reports it when [`connect_with`](Self::connect_with)
@@ -181,15 +226,31 @@ impl ReplicationClient {
     }
 
     /// `START_REPLICATION SLOT "slot" LOGICAL start (proto_version '1',
-    /// publication_names '"publication"', messages 'true')` and waits for
-    /// CopyBothResponse. A missing slot (42704) or a slot in use by another
-    /// connection (55006) is returned as the server reports it: 42704 is
-    /// Permanent, 55006 Transient (the other walsender may be going away).
-    pub async fn start_logical_replication(mut self, slot: &str, start: Lsn, publication: &str) -> Result<ReplicationStream, SourceError> {
+    /// publication_names '"publication"', messages 'true')`: see
+    /// [`start_logical_replication_with`](Self::start_logical_replication_with).
+    pub async fn start_logical_replication(self, slot: &str, start: Lsn, publication: &str) -> Result<ReplicationStream, SourceError> {
+        self.start_logical_replication_with(slot, start, publication, Pgoutput::V1).await
+    }
+
+    /// `START_REPLICATION SLOT "slot" LOGICAL start (proto_version 'N'[,
+    /// streaming 'on'], publication_names '"publication"', messages 'true')`
+    /// and waits for CopyBothResponse. A missing slot (42704) or a slot in
+    /// use by another connection (55006) is returned as the server reports
+    /// it: 42704 is Permanent, 55006 Transient (the other walsender may be
+    /// going away).
+    pub async fn start_logical_replication_with(
+        mut self,
+        slot: &str,
+        start: Lsn,
+        publication: &str,
+        protocol: Pgoutput,
+    ) -> Result<ReplicationStream, SourceError> {
         validate_slot_name(slot)?;
         let pub_ident = format!("\"{}\"", publication.replace('"', "\"\""));
+        let streaming = if protocol.streaming { ", streaming 'on'" } else { "" };
         let sql = format!(
-            "START_REPLICATION SLOT \"{slot}\" LOGICAL {start} (proto_version '1', publication_names '{}', messages 'true')",
+            "START_REPLICATION SLOT \"{slot}\" LOGICAL {start} (proto_version '{}'{streaming}, publication_names '{}', messages 'true')",
+            protocol.proto_version,
             pub_ident.replace('\'', "''")
         );
         frontend::query(&sql, &mut self.wire.wbuf).map_err(|e| SourceError::permanent(format!("invalid command: {e}")))?;
@@ -353,5 +414,18 @@ mod tests {
         assert_eq!(r.get("a"), Some("1"));
         assert_eq!(r.get("b"), None);
         assert_eq!(r.get("c"), None);
+    }
+
+    #[test]
+    fn protocol_by_server_version() {
+        let major = |v: &str| major_version(v).unwrap();
+        assert_eq!([major("15.8 (Debian 15.8-0+deb12u1)"), major("17beta1"), major("9.6.24"), major("18.0")], [15, 17, 9, 18]);
+        assert_eq!(major_version("devel"), None);
+        let p = |major, streaming| Pgoutput::for_server(major, streaming);
+        assert_eq!(p(13, true), Pgoutput::V1, "no streaming before 14");
+        assert_eq!(p(14, true), Pgoutput { proto_version: 2, streaming: true });
+        assert_eq!(p(15, true), Pgoutput { proto_version: 3, streaming: true });
+        assert_eq!(p(18, true), Pgoutput { proto_version: 4, streaming: true });
+        assert_eq!(p(16, false), Pgoutput::V1);
     }
 }

@@ -1,0 +1,178 @@
+//! Large transactions streamed while they run (pgoutput protocol 2+,
+//! `source.postgres.streaming: auto`), against a real PostgreSQL 15 whose
+//! `logical_decoding_work_mem` is its minimum (64kB), so that every
+//! transaction of more than a few hundred rows is streamed in blocks before
+//! it commits, interleaved with the others.
+//!
+//! What a user is promised: the sinks get exactly the committed changes
+//! (nothing of a rolled-back transaction, of a rolled-back subtransaction,
+//! or of a prepared transaction rolled back), whole transactions in commit
+//! order, the same final state as the tables; the server never spills
+//! (`spill_bytes = 0`); and a crash while a transaction is streamed or while
+//! its changes are handed to the sinks loses nothing.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value as Json;
+
+/// Every transaction over ~64kB of changes is streamed; prepared
+/// transactions are allowed.
+const STREAMING_SERVER: &[(&str, &str)] =
+    &[("logical_decoding_work_mem", "64kB"), ("max_prepared_transactions", "4"), ("wal_sender_timeout", "10s")];
+
+const TABLE: &str = "CREATE TABLE big (id int PRIMARY KEY, v text, n numeric);";
+
+/// `INSERT`s ids `from..=to` with a 100-byte text and a 25-digit numeric.
+fn insert(from: i32, to: i32) -> String {
+    format!("INSERT INTO big SELECT i, repeat(md5(i::text), 3) || '-' || i, 1234567890123456789012345.0 + i FROM generate_series({from}, {to}) i;")
+}
+
+/// The slot's streaming and spilling statistics: (stream_txns, stream_bytes,
+/// spill_bytes).
+async fn slot_stats(c: &tokio_postgres::Client, slot: &str) -> (i64, i64, i64) {
+    let row = c
+        .query_opt("SELECT stream_txns, stream_bytes, spill_bytes FROM pg_stat_replication_slots WHERE slot_name = $1", &[&slot])
+        .await
+        .unwrap();
+    row.map(|r| (r.get(0), r.get(1), r.get(2))).unwrap_or_default()
+}
+
+/// The ids the records of `table` carry, in file order.
+fn ids(recs: &[Json]) -> Vec<i64> {
+    recs.iter().filter_map(|r| r["key"]["id"].as_i64()).collect()
+}
+
+/// Asserts the records are whole transactions in commit order: commit LSNs
+/// never go down, and no transaction's records are split by another's.
+fn assert_whole_transactions_in_commit_order(recs: &[Json]) {
+    let commits: Vec<u64> = recs.iter().map(|r| lsn(r["commit_lsn"].as_str().unwrap())).collect();
+    for w in commits.windows(2) {
+        assert!(w[0] <= w[1], "commit order broken: {:X} then {:X}", w[0], w[1]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_transactions_deliver_exactly_what_committed() {
+    let (pg, c) = cluster_with("lt", STREAMING_SERVER).await;
+    c.batch_execute(TABLE).await.unwrap();
+    let dir = scratch();
+    let out = out_path(dir.path(), "lt");
+    let d = Daemon::start(bin(), dir.path(), "lt", &file_config(&pg, "lt", "lt", &["public.big"], &out));
+    wait_slot(&c, "lt", &d).await;
+    let other = pg.client("lt").await;
+
+    // A large transaction with a rolled-back and a released savepoint,
+    // small transactions committing while it runs.
+    c.batch_execute(&format!("BEGIN; {}", insert(1, 3000))).await.unwrap();
+    other.batch_execute(&insert(100_001, 100_002)).await.unwrap();
+    c.batch_execute(&format!("SAVEPOINT a; {} UPDATE big SET v = 'void' WHERE id <= 10;", insert(3001, 5000))).await.unwrap();
+    // a subtransaction of the aborted one
+    c.batch_execute(&format!("SAVEPOINT a_child; {} RELEASE a_child;", insert(5001, 6000))).await.unwrap();
+    c.batch_execute("ROLLBACK TO SAVEPOINT a;").await.unwrap();
+    other.batch_execute(&insert(100_003, 100_004)).await.unwrap();
+    c.batch_execute(&format!("SAVEPOINT b; {} UPDATE big SET n = -n WHERE id % 7 = 0; RELEASE b;", insert(6001, 8000))).await.unwrap();
+    c.batch_execute("DELETE FROM big WHERE id % 11 = 0; COMMIT;").await.unwrap();
+
+    // A large transaction rolled back after it streamed.
+    c.batch_execute(&format!("BEGIN; {} ROLLBACK;", insert(20_001, 26_000))).await.unwrap();
+
+    // Two-phase: delivered at COMMIT PREPARED, never after ROLLBACK PREPARED.
+    c.batch_execute(&format!("BEGIN; {} PREPARE TRANSACTION 'keep';", insert(30_001, 33_000))).await.unwrap();
+    c.batch_execute(&format!("BEGIN; {} PREPARE TRANSACTION 'drop';", insert(40_001, 43_000))).await.unwrap();
+    other.batch_execute(&insert(100_005, 100_005)).await.unwrap();
+    c.batch_execute("COMMIT PREPARED 'keep'").await.unwrap();
+    c.batch_execute("ROLLBACK PREPARED 'drop'").await.unwrap();
+    other.batch_execute(&insert(100_006, 100_006)).await.unwrap();
+
+    wait_confirmed(&c, "lt", &d, Duration::from_secs(120)).await;
+    let recs = records(&out);
+    assert_replay_equals_tables(&c, &recs, &["big"]).await;
+    let ids = ids(&recs);
+    let void = |id: &i64| (3001..=6000).contains(id) || (20_001..=26_000).contains(id) || (40_001..=43_000).contains(id);
+    assert!(!ids.iter().any(void), "a change of a rolled-back (sub)transaction reached the sink");
+    assert!(!recs.iter().any(|r| r["after"]["v"] == "void"), "an update of a rolled-back savepoint reached the sink");
+    assert_whole_transactions_in_commit_order(&recs);
+    // the 25-digit numerics arrive exact through the spill file
+    let n_of_7: Vec<&Json> = recs.iter().filter(|r| r["key"]["id"] == 7 && r["op"] == "update").map(|r| &r["after"]["n"]).collect();
+    assert_eq!(n_of_7.last().map(|n| n.to_string()), Some("-1234567890123456789012352.0".into()), "{n_of_7:?}");
+
+    let (stream_txns, stream_bytes, spill_bytes) = slot_stats(&c, "lt").await;
+    assert!(stream_txns >= 3 && stream_bytes > 1_000_000, "the server streamed: stream_txns {stream_txns}, stream_bytes {stream_bytes}");
+    assert_eq!(spill_bytes, 0, "the server spilled a transaction to its disk");
+}
+
+/// A crash while a transaction is being streamed (part of it kept, not
+/// committed) and another while a committed streamed transaction is being
+/// handed to the sink: after each restart the sink ends equal to the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_mid_stream_or_mid_replay_loses_nothing() {
+    let (pg, c) = cluster_with("ltc", STREAMING_SERVER).await;
+    c.batch_execute(TABLE).await.unwrap();
+    let dir = scratch();
+    let out = out_path(dir.path(), "ltc");
+    let config = file_config(&pg, "ltc", "ltc", &["public.big"], &out);
+    let mut d = Daemon::start(bin(), dir.path(), "ltc", &config);
+    wait_slot(&c, "ltc", &d).await;
+    let other = pg.client("ltc").await;
+
+    // Streamed, not committed: the daemon holds part of it when it dies.
+    c.batch_execute(&format!("BEGIN; {}", insert(1, 20_000))).await.unwrap();
+    // The walsender has decoded past the open transaction's changes: all
+    // but its last 64kB were streamed (the slot's statistics only count
+    // them when it ends).
+    let written = insert_lsn(&other).await;
+    testkit::wait_for(Duration::from_secs(30), "the walsender to decode the open transaction", || async {
+        let sent: Option<String> = other.query_one("SELECT max(sent_lsn)::text FROM pg_stat_replication", &[]).await.unwrap().get(0);
+        sent.is_some_and(|s| lsn(&s) >= written)
+    })
+    .await;
+    d.kill9();
+    c.batch_execute("UPDATE big SET v = 'late' WHERE id % 3 = 0; COMMIT;").await.unwrap();
+    let mut d = Daemon::start(bin(), dir.path(), "ltc-2", &config);
+    wait_confirmed(&c, "ltc", &d, Duration::from_secs(120)).await;
+    assert_replay_equals_tables(&c, &records(&out), &["big"]).await;
+
+    // Committed and being handed to the sink when the daemon dies.
+    let before = line_count(&out);
+    c.batch_execute(&format!("BEGIN; {} DELETE FROM big WHERE id % 5 = 0; COMMIT;", insert(50_001, 120_000))).await.unwrap();
+    testkit::wait_for(Duration::from_secs(60), "part of the transaction in the sink", || async { line_count(&out) > before + 1000 }).await;
+    d.kill9();
+    let d = Daemon::start(bin(), dir.path(), "ltc-3", &config);
+    wait_confirmed(&c, "ltc", &d, Duration::from_secs(120)).await;
+    let recs = records(&out);
+    assert_replay_equals_tables(&c, &recs, &["big"]).await;
+    // at-least-once: whatever came twice came as a whole run of the
+    // transaction again, never out of order within one copy
+    let per_id: BTreeMap<i64, usize> = ids(&recs).into_iter().fold(BTreeMap::new(), |mut m, id| {
+        *m.entry(id).or_default() += 1;
+        m
+    });
+    assert!(per_id.values().all(|&n| n <= 4), "no row is delivered more often than the replays explain");
+}
+
+/// `streaming: off` asks for protocol 1: the same transactions arrive
+/// after their commit, and the server spills the large ones instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_off_uses_protocol_1_and_the_server_spills() {
+    let (pg, c) = cluster_with("lto", STREAMING_SERVER).await;
+    c.batch_execute(TABLE).await.unwrap();
+    let dir = scratch();
+    let out = out_path(dir.path(), "lto");
+    let config = file_config(&pg, "lto", "lto", &["public.big"], &out)
+        .replace("source:\n  postgres:\n", "source:\n  postgres:\n    streaming: off\n");
+    assert!(config.contains("streaming: off"), "{config}");
+    let d = Daemon::start(bin(), dir.path(), "lto", &config);
+    wait_slot(&c, "lto", &d).await;
+    c.batch_execute(&format!("BEGIN; {} SAVEPOINT s; {} ROLLBACK TO s; COMMIT;", insert(1, 4000), insert(4001, 6000))).await.unwrap();
+    wait_confirmed(&c, "lto", &d, Duration::from_secs(60)).await;
+    let recs = records(&out);
+    assert_replay_equals_tables(&c, &recs, &["big"]).await;
+    assert_eq!(recs.len(), 4000);
+    let (stream_txns, _, spill_bytes) = slot_stats(&c, "lto").await;
+    assert_eq!(stream_txns, 0, "protocol 1 streams nothing");
+    assert!(spill_bytes > 0, "the server spilled the large transaction");
+}
