@@ -41,6 +41,26 @@ async fn slot_stats(c: &tokio_postgres::Client, slot: &str) -> (i64, i64, i64) {
     row.map(|r| (r.get(0), r.get(1), r.get(2))).unwrap_or_default()
 }
 
+/// A streaming server with the table `big` in database `db`, and a daemon
+/// streaming it into a file sink (slot `db`), `source` lines added under
+/// `source.postgres`: the server, a client, the scratch directory, the
+/// output file, the config and the daemon.
+async fn setup(
+    db: &str,
+    source: &str,
+) -> (testkit::PgCluster, tokio_postgres::Client, tempfile::TempDir, std::path::PathBuf, String, Daemon) {
+    let (pg, c) = cluster_with(db, STREAMING_SERVER).await;
+    c.batch_execute(TABLE).await.unwrap();
+    let dir = scratch();
+    let out = out_path(dir.path(), db);
+    let config =
+        file_config(&pg, db, db, &["public.big"], &out).replace("source:\n  postgres:\n", &format!("source:\n  postgres:\n{source}"));
+    assert!(config.contains(source), "{config}");
+    let d = Daemon::start(bin(), dir.path(), db, &config);
+    wait_slot(&c, db, &d).await;
+    (pg, c, dir, out, config, d)
+}
+
 /// The ids the records of `table` carry, in file order.
 fn ids(recs: &[Json]) -> Vec<i64> {
     recs.iter().filter_map(|r| r["key"]["id"].as_i64()).collect()
@@ -57,12 +77,7 @@ fn assert_whole_transactions_in_commit_order(recs: &[Json]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streamed_transactions_deliver_exactly_what_committed() {
-    let (pg, c) = cluster_with("lt", STREAMING_SERVER).await;
-    c.batch_execute(TABLE).await.unwrap();
-    let dir = scratch();
-    let out = out_path(dir.path(), "lt");
-    let d = Daemon::start(bin(), dir.path(), "lt", &file_config(&pg, "lt", "lt", &["public.big"], &out));
-    wait_slot(&c, "lt", &d).await;
+    let (pg, c, _dir, out, _config, d) = setup("lt", "").await;
     let other = pg.client("lt").await;
 
     // A large transaction with a rolled-back and a released savepoint,
@@ -110,13 +125,7 @@ async fn streamed_transactions_deliver_exactly_what_committed() {
 /// handed to the sink: after each restart the sink ends equal to the table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_mid_stream_or_mid_replay_loses_nothing() {
-    let (pg, c) = cluster_with("ltc", STREAMING_SERVER).await;
-    c.batch_execute(TABLE).await.unwrap();
-    let dir = scratch();
-    let out = out_path(dir.path(), "ltc");
-    let config = file_config(&pg, "ltc", "ltc", &["public.big"], &out);
-    let mut d = Daemon::start(bin(), dir.path(), "ltc", &config);
-    wait_slot(&c, "ltc", &d).await;
+    let (pg, c, dir, out, config, mut d) = setup("ltc", "").await;
     let other = pg.client("ltc").await;
 
     // Streamed, not committed: the daemon holds part of it when it dies.
@@ -158,15 +167,7 @@ async fn a_crash_mid_stream_or_mid_replay_loses_nothing() {
 /// after their commit, and the server spills the large ones instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streaming_off_uses_protocol_1_and_the_server_spills() {
-    let (pg, c) = cluster_with("lto", STREAMING_SERVER).await;
-    c.batch_execute(TABLE).await.unwrap();
-    let dir = scratch();
-    let out = out_path(dir.path(), "lto");
-    let config = file_config(&pg, "lto", "lto", &["public.big"], &out)
-        .replace("source:\n  postgres:\n", "source:\n  postgres:\n    streaming: off\n");
-    assert!(config.contains("streaming: off"), "{config}");
-    let d = Daemon::start(bin(), dir.path(), "lto", &config);
-    wait_slot(&c, "lto", &d).await;
+    let (_pg, c, _dir, out, _config, d) = setup("lto", "    streaming: off\n").await;
     c.batch_execute(&format!("BEGIN; {} SAVEPOINT s; {} ROLLBACK TO s; COMMIT;", insert(1, 4000), insert(4001, 6000))).await.unwrap();
     wait_confirmed(&c, "lto", &d, Duration::from_secs(60)).await;
     let recs = records(&out);
@@ -175,4 +176,49 @@ async fn streaming_off_uses_protocol_1_and_the_server_spills() {
     let (stream_txns, _, spill_bytes) = slot_stats(&c, "lto").await;
     assert_eq!(stream_txns, 0, "protocol 1 streams nothing");
     assert!(spill_bytes > 0, "the server spilled the large transaction");
+}
+
+/// The same promises into Redis: one JSON string per row, equal to the
+/// table's `to_jsonb` row for row, after a streamed transaction with a
+/// rolled-back savepoint and a streamed transaction rolled back whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_transaction_reaches_redis_exactly() {
+    let (pg, c) = cluster_with("ltr", STREAMING_SERVER).await;
+    c.batch_execute(TABLE).await.unwrap();
+    let redis = testkit::RedisServer::start();
+    let dir = scratch();
+    let pipelines = "  - name: rows\n    from: public.big\n    to: cache\n    redis: { type: string, key: \"big:{id}\" }";
+    let d = Daemon::start(bin(), dir.path(), "ltr", &redis_config(&pg, "ltr", "ltr", &redis.url(), pipelines, dir.path()));
+    wait_slot(&c, "ltr", &d).await;
+    c.batch_execute(&format!(
+        "BEGIN; {} SAVEPOINT s; UPDATE big SET v = 'void' WHERE id < 100; {} ROLLBACK TO s;
+         UPDATE big SET n = -n WHERE id % 3 = 0; DELETE FROM big WHERE id % 10 = 0; COMMIT;",
+        insert(1, 8000),
+        insert(8001, 9000)
+    ))
+    .await
+    .unwrap();
+    c.batch_execute(&format!("BEGIN; {} ROLLBACK;", insert(20_001, 26_000))).await.unwrap();
+    wait_confirmed(&c, "ltr", &d, Duration::from_secs(120)).await;
+
+    let table = rows_by_id(&c, "big").await;
+    let ids: Vec<i64> = (1..=9000).chain(20_001..=26_000).collect();
+    let mut stored = BTreeMap::new();
+    for chunk in ids.chunks(1000) {
+        let keys: Vec<String> = chunk.iter().map(|id| format!("big:{id}")).collect();
+        let args: Vec<&str> = std::iter::once("MGET").chain(keys.iter().map(String::as_str)).collect();
+        let testkit::Resp::Array(values) = redis.cmd(&args) else { panic!("MGET did not answer an array") };
+        for (id, v) in chunk.iter().zip(values) {
+            if let Some(text) = v.opt_text() {
+                stored.insert(id.to_string(), serde_json::from_str::<Json>(&text).unwrap());
+            }
+        }
+    }
+    assert_eq!(stored.len(), table.len(), "one key per row, none for rolled-back rows");
+    for (id, row) in &table {
+        assert_eq!(stored.get(id), Some(row), "row {id}");
+    }
+    let (stream_txns, _, spill_bytes) = slot_stats(&c, "ltr").await;
+    assert!(stream_txns >= 2, "the server streamed both transactions: {stream_txns}");
+    assert_eq!(spill_bytes, 0);
 }

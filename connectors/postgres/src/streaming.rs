@@ -337,6 +337,15 @@ mod tests {
         b
     }
 
+    /// One block of `xid`'s changes: (subxid, value) inserts.
+    fn block(s: &mut Streamed, xid: u32, first: bool, changes: &[(u32, &str)]) {
+        s.start(xid, first);
+        for (i, (sub, v)) in changes.iter().enumerate() {
+            s.push(Lsn(i as u64), &insert(*sub, v)).unwrap();
+        }
+        s.stop();
+    }
+
     fn values(mut r: Replay) -> Vec<String> {
         let mut out = Vec::new();
         while let Some((_, data)) = r.next_message().unwrap() {
@@ -356,22 +365,12 @@ mod tests {
     fn committed_changes_come_back_in_order_minus_aborted_subtransactions() {
         for memory in [usize::MAX, 0, 64, 200] {
             let mut s = Streamed::new(memory, None);
-            s.start(100, true);
-            s.push(Lsn(1), &insert(100, "a")).unwrap();
-            s.push(Lsn(2), &insert(101, "sub-kept")).unwrap();
-            s.stop();
+            block(&mut s, 100, true, &[(100, "a"), (101, "sub-kept")]);
             // another transaction's block in between
-            s.start(200, true);
-            s.push(Lsn(3), &insert(200, "other")).unwrap();
-            s.stop();
-            s.start(100, false);
-            s.push(Lsn(4), &insert(102, "sub-aborted")).unwrap();
-            s.push(Lsn(5), &insert(103, "child-of-aborted")).unwrap();
-            s.stop();
+            block(&mut s, 200, true, &[(200, "other")]);
+            block(&mut s, 100, false, &[(102, "sub-aborted"), (103, "child-of-aborted")]);
             assert_eq!(s.abort(100, 102).unwrap(), Aborted::Subtransaction(2), "memory {memory}");
-            s.start(100, false);
-            s.push(Lsn(6), &insert(100, "b")).unwrap();
-            s.stop();
+            block(&mut s, 100, false, &[(100, "b")]);
             assert_eq!(s.abort(200, 200).unwrap(), Aborted::Transaction(1));
             assert_eq!(values(s.take(100).unwrap()), ["a", "sub-kept", "b"], "memory {memory}");
             assert_eq!(s.open(), 0);
@@ -397,16 +396,10 @@ mod tests {
     #[test]
     fn a_first_segment_starts_the_transaction_again() {
         let mut s = Streamed::new(0, None);
-        s.start(9, true);
-        s.push(Lsn(1), &insert(9, "first try")).unwrap();
-        s.stop();
+        block(&mut s, 9, true, &[(9, "first try")]);
         s.clear();
-        s.start(9, true);
-        s.push(Lsn(1), &insert(9, "again")).unwrap();
-        s.stop();
-        s.start(9, true);
-        s.push(Lsn(1), &insert(9, "and again")).unwrap();
-        s.stop();
+        block(&mut s, 9, true, &[(9, "again")]);
+        block(&mut s, 9, true, &[(9, "and again")]);
         assert_eq!(values(s.take(9).unwrap()), ["and again"]);
     }
 }
