@@ -3,7 +3,9 @@
 
 pub mod ack;
 mod bridge;
+mod feedback;
 mod heartbeat;
+mod in_progress;
 mod outbox;
 pub mod pins;
 mod samplers;

@@ -10,7 +10,7 @@
 //! a queue is full the reader waits (backpressure) but keeps sending status
 //! updates so the walsender does not time out. A transaction the server
 //! streams while it runs (pgoutput 2+, `streaming`) is kept aside
-//! ([`Streamed`]) until its Stream Commit, then read like one that came
+//! ([`InProgress`], `in_progress.rs`) until its Stream Commit, then read like one that came
 //! whole; confirming positions past its start meanwhile is safe, because a
 //! transaction that commits after the confirmed position is sent again in
 //! full to the next connection.
@@ -20,9 +20,10 @@
 //!   what a reconnect must not deliver twice;
 //! - [`Outbox`] (`outbox.rs`): records routed and not yet handed to a
 //!   sink's queue, and the stream they keep alive;
-//! - [`Streamed`]: in-progress transactions the server streamed;
+//! - [`InProgress`] (`in_progress.rs`): transactions the server streamed;
 //! - [`BackfillBridge`] (`bridge.rs`): backfill chunks and their windows;
-//! - [`Feedback`]: what was received and confirmed, for status updates;
+//! - [`Feedback`] (`feedback.rs`): what was received and confirmed, for
+//!   status updates, and the progress `/status` and `/wait` read;
 //! - [`ReadStats`] (`stats.rs`) and [`TypeChangeWatch`] (`type_changes.rs`).
 //!
 //! The gauges sampled from the database (retained WAL, verify results) run
@@ -38,7 +39,6 @@ use pgfanout_postgres::pgoutput::{self, LogicalMessage};
 use pgfanout_postgres::relation::{build_change_with, build_truncates, RelationCache, TxMeta};
 use pgfanout_postgres::replication::{Pgoutput, ReplicationClient, ReplicationMessage, ReplicationStream};
 use pgfanout_postgres::slot;
-use pgfanout_postgres::streaming::{Aborted, Streamed};
 use pgfanout_postgres::SourceError;
 use pgfanout_sdk::settings::Backoff;
 use pgfanout_sdk::{Change, Lsn};
@@ -47,12 +47,14 @@ use tracing::{debug, info, warn};
 
 use crate::backfill::{ToSource, WATERMARK_PREFIX};
 use crate::dead_letter::{DeadLetter, DeadLetters};
-use crate::http::{Health, Progress, SinkProgress};
+use crate::http::Health;
 use crate::metrics as m;
 use crate::pipeline::{Routed, Router};
 use crate::runtime::ack::AckTracker;
 use crate::runtime::bridge::BackfillBridge;
+use crate::runtime::feedback::{self, Feedback};
 use crate::runtime::heartbeat;
+use crate::runtime::in_progress::{Control, InProgress, StreamCommit};
 use crate::runtime::outbox::Outbox;
 pub use crate::runtime::settings::SourceSettings;
 use crate::runtime::sinks::Sinks;
@@ -61,27 +63,10 @@ use crate::runtime::txn::TxCursor;
 use crate::runtime::type_changes::TypeChangeWatch;
 use crate::runtime::undecodable;
 
-/// A streamed transaction's Stream Commit: its kept changes are read now.
-struct StreamCommit {
-    xid: u32,
-    commit_lsn: Lsn,
-    end_lsn: Lsn,
-    commit_ts: i64,
-}
-
 /// Why a streaming session ended without an error.
 enum Ended {
     Shutdown,
     ServerClosed,
-}
-
-/// What was received and confirmed, for the status updates to the server.
-struct Feedback {
-    /// Highest WAL position received (status update `write`).
-    received: Lsn,
-    /// Last flush position sent.
-    sent_flush: Lsn,
-    last_status: Instant,
 }
 
 /// The reader and everything it owns.
@@ -106,7 +91,7 @@ pub struct SourceLoop {
     types: TypeRegistry,
     tx: TxCursor,
     /// In-progress transactions the server streamed, until they end.
-    streamed: Streamed,
+    streamed: InProgress,
     outbox: Outbox,
     backfills: BackfillBridge,
     feedback: Feedback,
@@ -132,7 +117,7 @@ impl SourceLoop {
         let start = tracker.confirmed();
         let durable_changed = tracker.wake();
         let type_changes = TypeChangeWatch::new(settings.slot.clone(), settings.on_type_change);
-        let streamed = Streamed::new(settings.streaming_memory, settings.streaming_spill_dir.clone());
+        let streamed = InProgress::new(settings.streaming_memory, settings.streaming_spill_dir.clone());
         SourceLoop {
             durable_changed,
             settings,
@@ -148,7 +133,7 @@ impl SourceLoop {
             streamed,
             outbox: Outbox::new(n),
             backfills: BackfillBridge::default(),
-            feedback: Feedback { received: start, sent_flush: start, last_status: Instant::now() },
+            feedback: Feedback::new(start),
             stats: ReadStats::default(),
             type_changes,
             routed: Vec::new(),
@@ -317,7 +302,7 @@ impl SourceLoop {
                 ReplicationMessage::XLogData { wal_start, wal_end, data, .. } => {
                     self.stats.bytes(data.len());
                     self.outbox.received(data.len());
-                    self.feedback.received = self.feedback.received.max(wal_end).max(wal_start);
+                    self.feedback.received(wal_end.max(wal_start));
                     if let Some(commit) = self.handle(data, wal_start, &sql).await? {
                         self.replay(commit, &sql, &mut stream).await?;
                     }
@@ -326,7 +311,7 @@ impl SourceLoop {
                     }
                 }
                 ReplicationMessage::Keepalive { wal_end, reply_requested, .. } => {
-                    self.feedback.received = self.feedback.received.max(wal_end);
+                    self.feedback.received(wal_end);
                     // Everything before this keepalive is queued; push it out
                     // before judging whether anything is in flight.
                     self.flush_local(Some(&mut stream)).await?;
@@ -344,31 +329,15 @@ impl SourceLoop {
     /// streamed change aside. A Stream Commit is returned, for
     /// [`replay`](Self::replay).
     async fn handle(&mut self, data: bytes::Bytes, lsn: Lsn, sql: &tokio_postgres::Client) -> Result<Option<StreamCommit>, SourceError> {
-        if self.streamed.in_block() && pgoutput::streamed_xid(&data).is_some() {
-            self.streamed.push(lsn, &data)?;
+        if self.streamed.keep(lsn, &data)? {
             return Ok(None);
         }
         let msg = pgoutput::decode(data).map_err(|e| SourceError::permanent(format!("cannot decode pgoutput message at {lsn}: {e}")))?;
-        match msg {
-            LogicalMessage::StreamStart { xid, first_segment } => self.streamed.start(xid, first_segment),
-            LogicalMessage::StreamStop => {
-                self.streamed.stop();
-                self.streamed_gauges();
-            }
-            LogicalMessage::StreamAbort { xid, subxid } => {
-                let aborted = self.streamed.abort(xid, subxid)?;
-                if aborted != Aborted::Unknown {
-                    metrics::counter!(m::STREAMED_ABORTS_TOTAL).increment(1);
-                }
-                debug!(xid, subxid, ?aborted, "streamed transaction aborted");
-                self.streamed_gauges();
-            }
-            LogicalMessage::StreamCommit { xid, commit_lsn, end_lsn, commit_ts, .. } => {
-                return Ok(Some(StreamCommit { xid, commit_lsn, end_lsn, commit_ts }));
-            }
-            msg => self.dispatch(msg, lsn, sql).await?,
+        match self.streamed.control(msg)? {
+            Control::Done => Ok(None),
+            Control::Commit(commit) => Ok(Some(commit)),
+            Control::Other(msg) => self.dispatch(msg, lsn, sql).await.map(|()| None),
         }
-        Ok(None)
     }
 
     /// A streamed transaction committed: its kept changes are read in the
@@ -376,7 +345,6 @@ impl SourceLoop {
     /// the queues fill (keeping the walsender alive meanwhile).
     async fn replay(&mut self, c: StreamCommit, sql: &tokio_postgres::Client, stream: &mut ReplicationStream) -> Result<(), SourceError> {
         let mut messages = self.streamed.take(c.xid)?;
-        self.streamed_gauges();
         self.begin(TxMeta { commit_lsn: c.commit_lsn, xid: c.xid, commit_ts: c.commit_ts });
         while let Some((lsn, data)) = messages.next_message()? {
             let msg = pgoutput::decode_streamed(data)
@@ -388,12 +356,6 @@ impl SourceLoop {
         }
         self.commit(c.commit_lsn, c.end_lsn).await;
         Ok(())
-    }
-
-    fn streamed_gauges(&self) {
-        metrics::gauge!(m::STREAMED_TRANSACTIONS_OPEN).set(self.streamed.open() as f64);
-        metrics::gauge!(m::STREAMED_MEMORY_BYTES).set(self.streamed.memory_bytes() as f64);
-        metrics::counter!(m::STREAMED_SPILLED_BYTES_TOTAL).absolute(self.streamed.spilled_bytes());
     }
 
     /// A transaction begins.
@@ -558,10 +520,8 @@ impl SourceLoop {
     async fn maybe_send_status(&mut self, stream: &mut ReplicationStream, reply: bool) -> Result<(), SourceError> {
         let confirmed = self.tracker.poll();
         self.backfills.answer(&self.tracker);
-        self.publish_progress(self.feedback.sent_flush);
-        let due = self.feedback.last_status.elapsed() >= self.settings.status_interval;
-        let advanced = confirmed > self.feedback.sent_flush && self.feedback.last_status.elapsed() >= Duration::from_millis(200);
-        if reply || due || advanced {
+        self.publish_progress(self.feedback.sent_flush());
+        if self.feedback.due(confirmed, self.settings.status_interval, reply) {
             self.send_status(stream, reply).await?;
         }
         Ok(())
@@ -569,39 +529,13 @@ impl SourceLoop {
 
     async fn send_status(&mut self, stream: &mut ReplicationStream, _reply: bool) -> Result<(), SourceError> {
         let flush = self.tracker.poll();
-        let write = self.feedback.received.max(flush);
-        stream.send_status_update(write, flush, flush, false).await?;
-        self.feedback.sent_flush = self.feedback.sent_flush.max(flush);
-        self.feedback.last_status = Instant::now();
-        metrics::gauge!(m::CONFIRMED_FLUSH_LSN).set(flush.0 as f64);
-        for (name, lsn) in self.sinks.names.iter().zip(self.tracker.sink_positions()) {
-            metrics::gauge!(m::SINK_DURABLE_LSN, m::LABEL_SINK => name.clone()).set(lsn.0 as f64);
-        }
+        self.feedback.send(stream, flush, &self.sinks.names, &self.tracker).await?;
         self.publish_progress(flush);
         Ok(())
     }
 
-    /// Publishes the positions of the last `poll` (for `/status` and
-    /// `/wait`) when they changed: every time a sink makes something
-    /// durable, not only with status updates.
-    fn publish_progress(&mut self, flush: Lsn) {
-        let sinks: Vec<SinkProgress> = self
-            .sinks
-            .names
-            .iter()
-            .zip(self.tracker.sink_positions())
-            .zip(self.tracker.sink_oldest_pending())
-            .map(|((name, lsn), pending)| SinkProgress { name: name.clone(), durable_lsn: lsn, pending_commit_lsn: pending })
-            .collect();
-        let next = Progress { confirmed_flush_lsn: flush, sinks };
-        self.health.progress.send_if_modified(|p| {
-            if *p == next {
-                false
-            } else {
-                *p = next;
-                true
-            }
-        });
+    fn publish_progress(&self, flush: Lsn) {
+        feedback::publish_progress(&self.health, &self.sinks.names, &self.tracker, flush);
     }
 
     /// Routes `change` and hands the chunks over when one is full (the
