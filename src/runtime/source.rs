@@ -10,10 +10,10 @@
 //! a queue is full the reader waits (backpressure) but keeps sending status
 //! updates so the walsender does not time out. A transaction the server
 //! streams while it runs (pgoutput 2+, `streaming`) is kept aside
-//! ([`InProgress`], `in_progress.rs`) until its Stream Commit, then read like one that came
-//! whole; confirming positions past its start meanwhile is safe, because a
-//! transaction that commits after the confirmed position is sent again in
-//! full to the next connection.
+//! ([`InProgress`], `in_progress.rs`) until its Stream Commit, then read
+//! like one that came whole; confirming positions past its start meanwhile
+//! is safe, because a transaction that commits after the confirmed
+//! position is sent again in full to the next connection.
 //!
 //! The reader's state, by role:
 //! - [`TxCursor`] (`txn.rs`): where it stands in the open transaction, and

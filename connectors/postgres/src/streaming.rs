@@ -125,7 +125,11 @@ impl Streamed {
             .map_err(|_| SourceError::permanent(format!("a streamed message of {} bytes at {lsn}", data.len())))?;
         let txn = self.txns.entry(xid).or_default();
         if let Some(sub) = streamed_xid(data).filter(|&sub| sub != xid) {
-            if !txn.subxacts.iter().any(|&(s, _, _)| s == sub) {
+            // Most changes belong to the latest subtransaction: checked first,
+            // so a transaction of many savepoints does not scan them all per
+            // change.
+            let latest = txn.subxacts.last().map(|&(s, _, _)| s);
+            if latest != Some(sub) && !txn.subxacts.iter().any(|&(s, _, _)| s == sub) {
                 txn.subxacts.push((sub, txn.frames(), None));
             }
         }
