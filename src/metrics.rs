@@ -27,6 +27,7 @@ pub const SOURCE_STREAMING: &str = "pgfanout_source_streaming";
 pub const STREAMED_TRANSACTIONS_OPEN: &str = "pgfanout_streamed_transactions_open";
 /// Bytes of streamed, uncommitted changes held in memory.
 pub const STREAMED_MEMORY_BYTES: &str = "pgfanout_streamed_memory_bytes";
+pub const QUEUE_MEMORY_BYTES: &str = "pgfanout_queue_memory_bytes";
 /// Bytes of streamed, uncommitted changes written to spill files.
 pub const STREAMED_SPILLED_BYTES_TOTAL: &str = "pgfanout_streamed_spilled_bytes_total";
 /// Streamed transactions (or subtransactions) that aborted, their changes dropped.
@@ -126,6 +127,11 @@ pub fn describe() {
     describe_gauge!(SOURCE_STREAMING, "1 while the replication stream is up");
     describe_gauge!(STREAMED_TRANSACTIONS_OPEN, "Streamed in-progress transactions not yet committed or aborted");
     describe_gauge!(STREAMED_MEMORY_BYTES, Unit::Bytes, "Streamed uncommitted changes held in memory");
+    describe_gauge!(
+        QUEUE_MEMORY_BYTES,
+        Unit::Bytes,
+        "Records queued for the sinks or being written, counted per sink (runtime.queue_memory)"
+    );
     describe_counter!(STREAMED_SPILLED_BYTES_TOTAL, Unit::Bytes, "Streamed uncommitted changes written to spill files");
     describe_counter!(STREAMED_ABORTS_TOTAL, "Streamed transactions or subtransactions that aborted (their changes dropped)");
     describe_counter!(SINK_WRITTEN_TOTAL, "Records written durably");

@@ -331,6 +331,11 @@ pub struct RuntimeConfig {
     /// (README, Performance, fourth pass).
     #[serde(default = "default_queue_batches")]
     pub queue_batches: usize,
+    /// Bytes of records queued for the sinks or being written, all sinks
+    /// together (a record two sinks hold counts twice). The reader waits
+    /// when it is used up; a single record larger than this goes alone.
+    #[serde(default = "default_queue_memory")]
+    pub queue_memory: ByteSize,
     /// How long shutdown waits for in-flight writes.
     #[serde(default = "default_shutdown_timeout", with = "units::duration")]
     pub shutdown_timeout: Duration,
@@ -345,6 +350,7 @@ impl Default for RuntimeConfig {
         RuntimeConfig {
             batch_size: default_batch_size(),
             queue_batches: default_queue_batches(),
+            queue_memory: default_queue_memory(),
             shutdown_timeout: default_shutdown_timeout(),
             linger: default_linger(),
         }
@@ -361,6 +367,10 @@ fn default_batch_size() -> usize {
 
 fn default_queue_batches() -> usize {
     4
+}
+
+fn default_queue_memory() -> ByteSize {
+    ByteSize(128 << 20)
 }
 
 fn default_shutdown_timeout() -> Duration {

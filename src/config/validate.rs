@@ -92,6 +92,9 @@ pub(crate) fn validate_parts(p: &Parts<'_>) -> Vec<String> {
         if r.queue_batches == 0 || r.queue_batches > 10_000 {
             errors.push(format!("runtime.queue_batches: {} is out of range; expected 1 to 10000", r.queue_batches));
         }
+        if r.queue_memory.0 < (1 << 20) {
+            errors.push(format!("runtime.queue_memory: {} is too small; expected at least 1MiB (default 128MiB)", r.queue_memory.0));
+        }
         if r.linger > std::time::Duration::from_secs(1) {
             errors.push(format!(
                 "runtime.linger: {:?} is too long; expected at most 1s (it adds to every change's latency), like 5ms",

@@ -6,6 +6,7 @@ mod bridge;
 mod feedback;
 mod heartbeat;
 mod in_progress;
+mod memory;
 mod outbox;
 pub mod pins;
 mod samplers;
@@ -103,6 +104,10 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         publication: pg.publication.clone(),
         status_interval: pg.status_interval,
         batch_size: cfg.runtime.batch_size,
+        // Each sink can hold `queue_batches` chunks of this size.
+        chunk_bytes: (usize::try_from(cfg.runtime.queue_memory.0).unwrap_or(usize::MAX)
+            / (cfg.runtime.queue_batches * cfg.sinks.len()).max(1))
+        .max(64 << 10),
         shutdown_timeout: cfg.runtime.shutdown_timeout,
         heartbeat_interval: pg.heartbeat_interval,
         read_coalesce: pg.read_coalesce,

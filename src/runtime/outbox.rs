@@ -19,6 +19,9 @@ use crate::runtime::worker::{Chunk, Item};
 pub struct Outbox {
     /// Per sink, in config order.
     local: Vec<Chunk>,
+    /// Per sink: the approximate size of the records in `local`.
+    bytes: Vec<usize>,
+    chunk_bytes: usize,
     pins: Pins,
     /// Stream bytes received since start (the offset of the next message).
     offset: u64,
@@ -27,8 +30,18 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    pub fn new(sinks: usize) -> Self {
-        Outbox { local: (0..sinks).map(|_| Vec::new()).collect(), pins: Pins::new(sinks), offset: 0, unflushed_since: None }
+    /// `chunk_bytes`: a sink's chunk is full at this size even below the
+    /// batch size (a part of the queue memory, so big rows flow in
+    /// several chunks instead of waiting for the whole budget at once).
+    pub fn new(sinks: usize, chunk_bytes: usize) -> Self {
+        Outbox {
+            chunk_bytes,
+            local: (0..sinks).map(|_| Vec::new()).collect(),
+            bytes: vec![0; sinks],
+            pins: Pins::new(sinks),
+            offset: 0,
+            unflushed_since: None,
+        }
     }
 
     /// A message of `bytes` bytes was received.
@@ -43,10 +56,11 @@ impl Outbox {
         self.pins.mode()
     }
 
-    /// Queues a record for `sink`.
+    /// Queues a record of about `size` bytes for `sink`.
     #[inline]
-    pub fn push(&mut self, sink: usize, record: SinkRecord) {
+    pub fn push(&mut self, sink: usize, record: SinkRecord, size: usize) {
         self.unflushed_since.get_or_insert_with(Instant::now);
+        self.bytes[sink] += size;
         self.pins.on_record(sink, self.offset);
         self.local[sink].push(Item::Record(record));
     }
@@ -59,10 +73,10 @@ impl Outbox {
         }
     }
 
-    /// Whether some sink's chunk reached `batch` items.
+    /// Whether some sink's chunk reached `batch` items or its byte size.
     #[inline]
     pub fn any_full(&self, batch: usize) -> bool {
-        self.local.iter().any(|c| c.len() >= batch)
+        self.local.iter().zip(&self.bytes).any(|(c, &b)| c.len() >= batch || b >= self.chunk_bytes)
     }
 
     /// When what is queued has waited `linger` (none: nothing queued).
@@ -75,8 +89,19 @@ impl Outbox {
         &self.local
     }
 
-    pub fn chunks_mut(&mut self) -> &mut [Chunk] {
-        &mut self.local
+    /// The queued chunks, to cut records out of them; their sizes are
+    /// counted again.
+    pub fn cut_with<R>(&mut self, cut: impl FnOnce(&mut [Chunk]) -> R) -> R {
+        let out = cut(&mut self.local);
+        for (bytes, chunk) in self.bytes.iter_mut().zip(&self.local) {
+            *bytes = chunk.iter().map(|i| if let Item::Record(r) = i { r.change.approx_size() } else { 0 }).sum();
+        }
+        out
+    }
+
+    /// The approximate size of the records queued for `sink`.
+    pub fn bytes(&self, sink: usize) -> usize {
+        self.bytes[sink]
     }
 
     /// A flush starts: whatever stays queued after it is re-dated by the
@@ -88,6 +113,7 @@ impl Outbox {
     /// Takes `sink`'s chunk to hand it to the sink's queue.
     pub fn take(&mut self, sink: usize) -> Chunk {
         self.pins.on_flush(sink, &self.local[sink]);
+        self.bytes[sink] = 0;
         std::mem::take(&mut self.local[sink])
     }
 

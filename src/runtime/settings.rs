@@ -16,6 +16,9 @@ pub struct SourceSettings {
     pub publication: String,
     pub status_interval: Duration,
     pub batch_size: usize,
+    /// A sink's chunk is handed over at this many bytes of records even
+    /// below `batch_size` (a part of `runtime.queue_memory`).
+    pub chunk_bytes: usize,
     pub shutdown_timeout: Duration,
     /// How long read changes may wait locally for more before they are
     /// handed to the sinks when the socket has nothing more buffered.

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use super::ack::DurableSeq;
-use super::worker::{Chunk, Worker};
+use super::memory::QueueMemory;
+use super::worker::{Queued, Worker};
 use crate::config::Config;
 use crate::dead_letter::DeadLetters;
 use crate::pipeline::Router;
@@ -14,7 +15,9 @@ use crate::pipeline::Router;
 /// The running sinks, in config order.
 pub struct Sinks {
     pub names: Vec<String>,
-    pub senders: Vec<mpsc::Sender<Chunk>>,
+    pub senders: Vec<mpsc::Sender<Queued>>,
+    /// The byte budget every sink's queued chunks are charged to.
+    pub memory: QueueMemory,
     pub durable: Vec<DurableSeq>,
     pub workers: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -29,7 +32,8 @@ pub async fn spawn_all(
     dead_letters: &DeadLetters,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Option<Sinks>, String> {
-    let mut sinks = Sinks { names: Vec::new(), senders: Vec::new(), durable: Vec::new(), workers: Vec::new() };
+    let memory = QueueMemory::new(cfg.runtime.queue_memory.bytes());
+    let mut sinks = Sinks { names: Vec::new(), senders: Vec::new(), memory, durable: Vec::new(), workers: Vec::new() };
     let wake = Arc::new(tokio::sync::Notify::new());
     for (index, (name, sink_cfg)) in cfg.sinks.iter().enumerate() {
         let routes = router.routes_for_sink(index);
@@ -55,7 +59,7 @@ pub async fn spawn_all(
         // `queue_batches` bounds the batches a sink holds, queued or in
         // flight: a pipelining sink's in-flight batches come out of it.
         let queue = cfg.runtime.queue_batches.saturating_sub(sink.pipeline_depth().saturating_sub(1)).max(1);
-        let (tx, rx) = mpsc::channel::<Chunk>(queue);
+        let (tx, rx) = mpsc::channel::<Queued>(queue);
         let durable = DurableSeq::waking(wake.clone());
         let worker = Worker {
             name: Arc::from(name.as_str()),

@@ -62,6 +62,7 @@ use crate::runtime::stats::ReadStats;
 use crate::runtime::txn::TxCursor;
 use crate::runtime::type_changes::TypeChangeWatch;
 use crate::runtime::undecodable;
+use crate::runtime::worker::Queued;
 
 /// Why a streaming session ended without an error.
 enum Ended {
@@ -118,6 +119,7 @@ impl SourceLoop {
         let durable_changed = tracker.wake();
         let type_changes = TypeChangeWatch::new(settings.slot.clone(), settings.on_type_change);
         let streamed = InProgress::new(settings.streaming_memory, settings.streaming_spill_dir.clone());
+        let outbox = Outbox::new(n, settings.chunk_bytes);
         SourceLoop {
             durable_changed,
             settings,
@@ -131,7 +133,7 @@ impl SourceLoop {
             types: TypeRegistry::new(),
             tx: TxCursor::new(n),
             streamed,
-            outbox: Outbox::new(n),
+            outbox,
             backfills: BackfillBridge::default(),
             feedback: Feedback::new(start),
             stats: ReadStats::default(),
@@ -199,7 +201,7 @@ impl SourceLoop {
             // resumes after the last committed one): drop what of it is still
             // queued here, and remember how many of its changes the sinks
             // already have, so they are skipped when it comes again.
-            let dropped = self.tx.cut(self.outbox.chunks_mut());
+            let dropped = self.outbox.cut_with(|local| self.tx.cut(local));
             if dropped > 0 {
                 debug!(records = dropped, "dropped the queued records of a transaction cut off by the reconnect");
             }
@@ -459,10 +461,13 @@ impl SourceLoop {
         self.routed.clear();
         self.router.route(&change, &mut self.routed);
         let mut letters = Vec::new();
+        // Most records carry the change itself: its size is measured once.
+        let size = change.approx_size();
         for r in self.routed.drain(..) {
             match r {
                 Routed::Deliver { sink, record } => {
-                    self.outbox.push(sink, record);
+                    let size = if Arc::ptr_eq(&record.change, &change) { size } else { record.change.approx_size() };
+                    self.outbox.push(sink, record, size);
                 }
                 Routed::DeadLetter { pipeline, sink, error, change } => {
                     metrics::counter!(m::PIPELINE_DEAD_LETTERED_TOTAL, m::LABEL_PIPELINE => pipeline.to_string()).increment(1);
@@ -477,8 +482,9 @@ impl SourceLoop {
         }
     }
 
-    /// Sends every non-empty local chunk to its sink, waiting for queue
-    /// space (backpressure) while keeping the walsender alive.
+    /// Sends every non-empty local chunk to its sink, waiting for room in
+    /// the queue memory and the queue (backpressure) while keeping the
+    /// walsender alive.
     async fn flush_local(&mut self, mut stream: Option<&mut ReplicationStream>) -> Result<(), SourceError> {
         self.outbox.flushing();
         for i in 0..self.outbox.chunks().len() {
@@ -489,25 +495,20 @@ impl SourceLoop {
             // wait ends in an error (a status update failing: reconnect), the
             // records stay here to be flushed after it (the stream resumes
             // after them, so nothing else would bring them back).
+            let memory = self.sinks.memory.clone();
+            let Some(charge) = self.keep_alive_until(memory.charge(self.outbox.bytes(i)), &mut stream).await? else {
+                warn!(sink = %self.sinks.names[i], "shutdown while the queue memory is used up; unqueued changes are not confirmed and will be sent again on the next start");
+                return Ok(());
+            };
             let sender = self.sinks.senders[i].clone();
-            let permit = loop {
-                tokio::select! {
-                    permit = sender.reserve() => break permit,
-                    _ = tokio::time::sleep(self.settings.status_interval.min(Duration::from_secs(5))) => {
-                        if let Some(stream) = stream.as_deref_mut() {
-                            self.send_status(stream, false).await?;
-                        }
-                        if *self.shutdown.borrow() {
-                            warn!(sink = %self.sinks.names[i], "shutdown while the sink's queue is full; its unqueued changes are not confirmed and will be sent again on the next start");
-                            return Ok(());
-                        }
-                    }
-                }
+            let Some(permit) = self.keep_alive_until(sender.reserve(), &mut stream).await? else {
+                warn!(sink = %self.sinks.names[i], "shutdown while the sink's queue is full; its unqueued changes are not confirmed and will be sent again on the next start");
+                return Ok(());
             };
             match permit {
                 Ok(p) => {
                     self.tx.handed_over(i);
-                    p.send(self.outbox.take(i));
+                    p.send(Queued { items: self.outbox.take(i), charge });
                 }
                 Err(_) => return Err(SourceError::permanent(format!("sink {} stopped unexpectedly", self.sinks.names[i]))),
             }
@@ -515,6 +516,29 @@ impl SourceLoop {
         self.tx.all_handed_over();
         self.outbox.flushed();
         Ok(())
+    }
+
+    /// Waits for `wait`, sending status updates meanwhile so the walsender
+    /// does not time out; `None` when shutdown was requested during it.
+    async fn keep_alive_until<T>(
+        &mut self,
+        wait: impl std::future::Future<Output = T>,
+        stream: &mut Option<&mut ReplicationStream>,
+    ) -> Result<Option<T>, SourceError> {
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                done = &mut wait => return Ok(Some(done)),
+                _ = tokio::time::sleep(self.settings.status_interval.min(Duration::from_secs(5))) => {
+                    if let Some(stream) = stream.as_deref_mut() {
+                        self.send_status(stream, false).await?;
+                    }
+                    if *self.shutdown.borrow() {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
     }
 
     async fn maybe_send_status(&mut self, stream: &mut ReplicationStream, reply: bool) -> Result<(), SourceError> {

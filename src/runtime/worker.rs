@@ -12,6 +12,7 @@ use tracing::{debug, warn};
 use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::metrics as m;
 use crate::runtime::ack::DurableSeq;
+use crate::runtime::memory::Charge;
 use pgfanout_sdk::settings::Backoff;
 
 /// What flows through a sink's queue, in commit order.
@@ -27,10 +28,18 @@ pub enum Item {
 /// A chunk of items; queues carry chunks to keep per-item overhead low.
 pub type Chunk = Vec<Item>;
 
+/// A chunk in a sink's queue, with the queue memory it holds until the sink
+/// has written its records.
+#[derive(Debug)]
+pub struct Queued {
+    pub items: Chunk,
+    pub charge: Charge,
+}
+
 /// Everything a worker needs besides its sink.
 pub struct Worker {
     pub name: Arc<str>,
-    pub rx: mpsc::Receiver<Chunk>,
+    pub rx: mpsc::Receiver<Queued>,
     pub durable: DurableSeq,
     pub dead_letters: DeadLetters,
     /// Pipeline names of the sink's routes (for dead letters).
@@ -55,13 +64,15 @@ impl Worker {
     async fn run_serial(&mut self, sink: &mut dyn DynSink) {
         let mut records: Vec<SinkRecord> = Vec::with_capacity(self.batch_size);
         let mut commit: Option<u64> = None;
+        let mut charges = Vec::new();
         while let Some(chunk) = self.rx.recv().await {
-            absorb(chunk, &mut records, &mut commit);
-            self.top_up(&mut records, &mut commit);
+            absorb(chunk, &mut records, &mut commit, &mut charges);
+            self.top_up(&mut records, &mut commit, &mut charges);
             for batch in records.chunks(self.batch_size.max(1)) {
                 self.write(sink, batch).await;
             }
             records.clear();
+            charges.clear();
             if let Some(seq) = commit.take() {
                 self.durable.advance(seq);
             }
@@ -69,10 +80,10 @@ impl Worker {
     }
 
     /// Adds what is already queued (without waiting) until a batch is full.
-    fn top_up(&mut self, records: &mut Vec<SinkRecord>, commit: &mut Option<u64>) {
+    fn top_up(&mut self, records: &mut Vec<SinkRecord>, commit: &mut Option<u64>, charges: &mut Vec<Charge>) {
         while records.len() < self.batch_size {
             match self.rx.try_recv() {
-                Ok(chunk) => absorb(chunk, records, commit),
+                Ok(chunk) => absorb(chunk, records, commit, charges),
                 Err(_) => break,
             }
         }
@@ -97,12 +108,21 @@ impl Worker {
                         continue;
                     };
                     let mut commit = None;
-                    absorb(chunk, &mut records, &mut commit);
-                    self.top_up(&mut records, &mut commit);
+                    let mut charges = Vec::new();
+                    absorb(chunk, &mut records, &mut commit, &mut charges);
+                    self.top_up(&mut records, &mut commit, &mut charges);
+                    let submitted = !records.is_empty();
                     while !records.is_empty() {
                         let n = records.len().min(self.batch_size.max(1));
                         let batch: Arc<[SinkRecord]> = records.drain(..n).collect();
                         self.submit(sink, batch, &mut flight).await;
+                    }
+                    // The memory is returned when the last batch of these
+                    // chunks is done (batches complete in order).
+                    if submitted {
+                        if let Some(last) = flight.back_mut() {
+                            last.charges.append(&mut charges);
+                        }
                     }
                     if let Some(seq) = commit {
                         match flight.back_mut() {
@@ -124,7 +144,7 @@ impl Worker {
             let started = Instant::now();
             match sink.submit_boxed(batch.clone()).await {
                 Ok(done) => {
-                    flight.push_back(Pending { batch, done, commit: None, started });
+                    flight.push_back(Pending { batch, done, commit: None, started, charges: Vec::new() });
                     return;
                 }
                 Err(SinkError::Retriable(e)) => self.back_off(&mut backoff, batch.len(), &e, "sink refused a batch; retrying").await,
@@ -237,10 +257,13 @@ struct Pending {
     done: InFlight,
     commit: Option<u64>,
     started: Instant,
+    /// Queue memory returned when this batch is done.
+    charges: Vec<Charge>,
 }
 
-fn absorb(chunk: Chunk, records: &mut Vec<SinkRecord>, commit: &mut Option<u64>) {
-    for item in chunk {
+fn absorb(chunk: Queued, records: &mut Vec<SinkRecord>, commit: &mut Option<u64>, charges: &mut Vec<Charge>) {
+    charges.push(chunk.charge);
+    for item in chunk.items {
         match item {
             Item::Record(r) => records.push(r),
             Item::Commit(seq) => *commit = Some(seq),

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use pgfanout_sdk::connector::{boxed_sink, TypedConnector};
+use pgfanout_sdk::json::{JsonOut, Rope};
 use pgfanout_sdk::{BatchOutcome, Check, Sink, SinkError, SinkRecord};
 use serde::Deserialize;
 
@@ -122,13 +123,18 @@ impl LinesFile {
     /// Appends `data` (whole lines) and syncs it; on failure the file is cut
     /// back to its previous length (best effort) and the error returned.
     pub fn append(&self, data: &[u8]) -> std::io::Result<()> {
+        self.append_slices([data])
+    }
+
+    /// [`LinesFile::append`] of the concatenation of `slices`.
+    pub fn append_slices<'a>(&self, slices: impl IntoIterator<Item = &'a [u8]>) -> std::io::Result<()> {
+        let mut f = &self.file;
+        let write_all = || slices.into_iter().try_for_each(|s| f.write_all(s));
         if !self.regular {
-            let mut f = &self.file;
-            return f.write_all(data).and_then(|_| f.flush());
+            return write_all().and_then(|_| (&self.file).flush());
         }
         let before = self.file.metadata()?.len();
-        let mut f = &self.file;
-        let result = f.write_all(data).and_then(|_| self.file.sync_data());
+        let result = write_all().and_then(|_| self.file.sync_data());
         if result.is_err() {
             let _ = self.file.set_len(before).and_then(|_| self.file.sync_data());
         }
@@ -155,8 +161,14 @@ impl Target {
 /// JSON-lines sink.
 pub struct FileSink {
     target: Target,
-    buf: Vec<u8>,
+    /// The batch's lines; long values stay shared with the records (see
+    /// [`Rope`]), so a value of hundreds of MB is not copied to be written.
+    buf: Rope,
 }
+
+/// The encode buffer is given back to the allocator past this size (after a
+/// batch of large rows) instead of being kept for the next batch.
+const KEEP_BUFFER: usize = 4 << 20;
 
 impl FileSink {
     /// Opens `path` for appending (created if missing); `-` means stdout.
@@ -168,7 +180,7 @@ impl FileSink {
             let file = LinesFile::open(&path).map_err(|source| FileSinkError::Open { path: path.display().to_string(), source })?;
             Target::File(Arc::new(file))
         };
-        Ok(FileSink { target, buf: Vec::with_capacity(1 << 20) })
+        Ok(FileSink { target, buf: Rope { buf: Vec::with_capacity(1 << 20), parts: Vec::new() } })
     }
 
     /// Writes already-encoded lines durably. The target stays usable whatever
@@ -180,15 +192,18 @@ impl FileSink {
             let result = match &target {
                 Target::Stdout => {
                     let mut out = std::io::stdout().lock();
-                    out.write_all(&buf).and_then(|_| out.flush())
+                    buf.slices().try_for_each(|s| out.write_all(s)).and_then(|_| out.flush())
                 }
-                Target::File(f) => f.append(&buf),
+                Target::File(f) => f.append_slices(buf.slices()),
             };
             (buf, result)
         })
         .await;
         let (mut buf, result) = task.map_err(FileSinkError::Task)?;
         buf.clear();
+        if buf.buf.capacity() > KEEP_BUFFER {
+            buf.buf = Vec::with_capacity(1 << 20);
+        }
         self.buf = buf;
         Ok(result.map_err(|source| FileSinkError::Write { target: self.target.name(), source })?)
     }

@@ -133,6 +133,21 @@ impl Streamed {
                 txn.subxacts.push((sub, txn.frames(), None));
             }
         }
+        if HEADER + data.len() > self.memory / 4 {
+            // A large message (one big value) goes straight to the file,
+            // after what is in memory: no second copy of it in memory.
+            self.spill(xid)?;
+            let txn = self.txns.get_mut(&xid).expect("kept above");
+            let file = txn.file.as_mut().expect("made by spill");
+            file.write_all(&lsn.0.to_be_bytes())
+                .and_then(|_| file.write_all(&len.to_be_bytes()))
+                .and_then(|_| file.write_all(data))
+                .map_err(|e| spill_error(&self.spill_dir, e))?;
+            txn.file_len += (HEADER + data.len()) as u64;
+            txn.file_frames += 1;
+            self.spilled_total += (HEADER + data.len()) as u64;
+            return Ok(());
+        }
         txn.memory.extend_from_slice(&lsn.0.to_be_bytes());
         txn.memory.extend_from_slice(&len.to_be_bytes());
         txn.memory.extend_from_slice(data);
@@ -152,8 +167,15 @@ impl Streamed {
         let Some((&xid, _)) = self.txns.iter().filter(|(_, t)| !t.memory.is_empty()).max_by_key(|(_, t)| t.memory.len()) else {
             return Ok(false);
         };
+        self.spill(xid)?;
+        Ok(true)
+    }
+
+    /// Moves transaction `xid`'s in-memory frames (if any) to its file,
+    /// which is created if need be.
+    fn spill(&mut self, xid: u32) -> Result<(), SourceError> {
         let dir = self.spill_dir.clone();
-        let txn = self.txns.get_mut(&xid).expect("chosen above");
+        let Some(txn) = self.txns.get_mut(&xid) else { return Ok(()) };
         if txn.file.is_none() {
             let file = match &dir {
                 Some(d) => tempfile::tempfile_in(d),
@@ -183,7 +205,7 @@ impl Streamed {
         txn.memory = Vec::new();
         self.in_memory -= moved;
         self.spilled_total += moved as u64;
-        Ok(true)
+        Ok(())
     }
 
     /// Stream Abort: drops transaction `xid` (`subxid == xid`) or the
@@ -367,7 +389,7 @@ mod tests {
     /// at every message, in between): the same changes come back.
     #[test]
     fn committed_changes_come_back_in_order_minus_aborted_subtransactions() {
-        for memory in [usize::MAX, 0, 64, 200] {
+        for memory in [usize::MAX, 0, 64, 120, 200] {
             let mut s = Streamed::new(memory, None);
             block(&mut s, 100, true, &[(100, "a"), (101, "sub-kept")]);
             // another transaction's block in between

@@ -121,6 +121,13 @@ pub struct Change {
 }
 
 impl Change {
+    /// Roughly the memory the change holds: its rows' values plus a fixed
+    /// part. Queues are bounded with it (`runtime.queue_memory`).
+    pub fn approx_size(&self) -> usize {
+        let rows = [&self.key, &self.before, &self.after].into_iter().flatten().map(Row::approx_size).sum::<usize>();
+        std::mem::size_of::<Change>() + rows + self.unchanged_toast.len() * 16
+    }
+
     pub fn position(&self) -> Position {
         Position { commit_lsn: self.commit_lsn, ordinal: self.ordinal }
     }
@@ -142,7 +149,7 @@ impl Change {
     }
 
     /// Appends the record's JSON (one line, no newline).
-    pub fn write_json(&self, out: &mut Vec<u8>) {
+    pub fn write_json<O: json::JsonOut + ?Sized>(&self, out: &mut O) {
         out.extend_from_slice(b"{\"op\":\"");
         out.extend_from_slice(self.op.as_str().as_bytes());
         out.extend_from_slice(b"\",\"schema\":");

@@ -59,6 +59,15 @@ impl Text {
         }
     }
 
+    /// `self[range]` as bytes sharing its buffer (`None` for short inline
+    /// text, which has no buffer to share).
+    pub fn shared(&self, range: std::ops::Range<usize>) -> Option<Bytes> {
+        match &self.0 {
+            Repr::Shared(b) => Some(b.slice(range)),
+            Repr::Inline { .. } => None,
+        }
+    }
+
     /// Text of `s`, which must lie within `self` (e.g. a trimmed part):
     /// shares `self`'s buffer instead of copying, unless short.
     ///

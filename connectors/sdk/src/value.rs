@@ -29,15 +29,27 @@ pub enum Value {
 }
 
 impl Value {
+    /// Roughly the memory this value holds: its text plus a fixed slot.
+    /// Used to bound queues in bytes, not for exact accounting.
+    pub fn approx_size(&self) -> usize {
+        const SLOT: usize = std::mem::size_of::<Value>();
+        match self {
+            Value::Null | Value::Bool(_) => SLOT,
+            Value::Number(t) | Value::String(t) | Value::Json(t) => SLOT + t.as_str().len(),
+            Value::Array(items) => SLOT + items.iter().map(Value::approx_size).sum::<usize>(),
+            Value::Object(fields) => SLOT + fields.iter().map(|(_, v)| 16 + v.approx_size()).sum::<usize>(),
+        }
+    }
+
     /// Appends this value's JSON to `out`.
-    pub fn write_json(&self, out: &mut Vec<u8>) {
+    pub fn write_json<O: json::JsonOut + ?Sized>(&self, out: &mut O) {
         match self {
             Value::Null => out.extend_from_slice(b"null"),
             Value::Bool(true) => out.extend_from_slice(b"true"),
             Value::Bool(false) => out.extend_from_slice(b"false"),
             Value::Number(n) => out.extend_from_slice(n.as_bytes()),
-            Value::String(s) => json::write_str(out, s),
-            Value::Json(j) => out.extend_from_slice(j.as_bytes()),
+            Value::String(s) => json::write_text(out, s),
+            Value::Json(j) => out.verbatim(j, 0..j.len()),
             Value::Array(items) => write_array(out, items, b",", |out, v| v.write_json(out)),
             Value::Object(fields) => write_object(out, fields.iter().map(|(k, v)| (&**k, v))),
         }
@@ -95,13 +107,18 @@ impl Value {
     }
 }
 
-pub(crate) fn write_object<'a>(out: &mut Vec<u8>, fields: impl Iterator<Item = (&'a str, &'a Value)>) {
+pub(crate) fn write_object<'a, O: json::JsonOut + ?Sized>(out: &mut O, fields: impl Iterator<Item = (&'a str, &'a Value)>) {
     write_members(out, fields, (b",", b":"), |out, v| v.write_json(out));
 }
 
 /// `[item,item]` with `comma` between items, each written by `write`
 /// (`comma` is `,` in pgfanout's compact JSON, `, ` as jsonb prints).
-pub(crate) fn write_array<T>(out: &mut Vec<u8>, items: impl IntoIterator<Item = T>, comma: &[u8], mut write: impl FnMut(&mut Vec<u8>, T)) {
+pub(crate) fn write_array<O: json::JsonOut + ?Sized, T>(
+    out: &mut O,
+    items: impl IntoIterator<Item = T>,
+    comma: &[u8],
+    mut write: impl FnMut(&mut O, T),
+) {
     out.push(b'[');
     for (i, item) in items.into_iter().enumerate() {
         if i > 0 {
@@ -114,11 +131,11 @@ pub(crate) fn write_array<T>(out: &mut Vec<u8>, items: impl IntoIterator<Item = 
 
 /// `{"name":value}` with the given `(comma, colon)` punctuation, each value
 /// written by `write`.
-pub(crate) fn write_members<'a, T>(
-    out: &mut Vec<u8>,
+pub(crate) fn write_members<'a, O: json::JsonOut + ?Sized, T>(
+    out: &mut O,
     members: impl IntoIterator<Item = (&'a str, T)>,
     (comma, colon): (&[u8], &[u8]),
-    mut write: impl FnMut(&mut Vec<u8>, T),
+    mut write: impl FnMut(&mut O, T),
 ) {
     out.push(b'{');
     for (i, (name, value)) in members.into_iter().enumerate() {
@@ -183,11 +200,16 @@ impl Row {
         self.0.len()
     }
 
+    /// Roughly the memory the row holds (see [`Value::approx_size`]).
+    pub fn approx_size(&self) -> usize {
+        24 + self.0.iter().map(|(_, v)| 16 + v.approx_size()).sum::<usize>()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
-    pub fn write_json(&self, out: &mut Vec<u8>) {
+    pub fn write_json<O: json::JsonOut + ?Sized>(&self, out: &mut O) {
         write_object(out, self.iter());
     }
 

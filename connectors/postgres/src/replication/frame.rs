@@ -95,14 +95,22 @@ pub(crate) fn complete_len(buf: &BytesMut) -> Result<Option<usize>, SourceError>
     Ok((buf.len() >= total).then_some(total))
 }
 
-/// How many bytes the frame at the start of `buf` still needs (0 when it is
-/// complete or unknown), so a reader can reserve room for a large frame.
+/// How many bytes the first incomplete frame in `buf` still needs (0 when
+/// every frame is complete or the next one's length is not known yet), so a
+/// reader can reserve room for a large frame at once. Complete frames
+/// before it are skipped: a reader that reads ahead of parsing (coalescing)
+/// must not grow its buffer by doubling for a frame of hundreds of MB.
 pub(crate) fn missing_bytes(buf: &BytesMut) -> usize {
-    if buf.len() < HEADER {
-        return 0;
+    let mut at = 0usize;
+    while buf.len() - at >= HEADER {
+        let len = u32::from_be_bytes([buf[at + 1], buf[at + 2], buf[at + 3], buf[at + 4]]) as usize;
+        let end = at + (len + 1).min(MAX_FRAME);
+        if end > buf.len() {
+            return end - buf.len();
+        }
+        at = end.max(at + HEADER);
     }
-    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-    (len + 1).saturating_sub(buf.len()).min(MAX_FRAME)
+    0
 }
 
 /// Splits one complete frame off `buf`.
@@ -393,5 +401,13 @@ mod tests {
         let bytes = xlog(1, 2, 3, &[0u8; 500]);
         let buf = BytesMut::from(&bytes[..100]);
         assert_eq!(missing_bytes(&buf), bytes.len() - 100);
+        // behind complete frames still to be parsed
+        let mut ahead = keepalive(1, 2, false);
+        ahead.extend_from_slice(&keepalive(3, 4, true));
+        let complete = ahead.len();
+        ahead.extend_from_slice(&bytes[..100]);
+        assert_eq!(missing_bytes(&BytesMut::from(&ahead[..])), bytes.len() - 100);
+        assert_eq!(missing_bytes(&BytesMut::from(&ahead[..complete])), 0, "all complete");
+        assert_eq!(missing_bytes(&BytesMut::from(&ahead[..complete + 3])), 0, "the next length is not known yet");
     }
 }

@@ -195,9 +195,25 @@ impl Wire {
         }
     }
 
+    /// Moves what is buffered to a fresh buffer, so that the allocation of
+    /// the large frames split off before is freed with them.
+    pub fn detach(&mut self) {
+        let mut fresh = BytesMut::with_capacity(READ_CHUNK.max(self.rbuf.len()));
+        fresh.extend_from_slice(&self.rbuf);
+        self.rbuf = fresh;
+    }
+
     fn make_room(&mut self) {
-        let want = frame::missing_bytes(&self.rbuf).max(MIN_FREE);
-        if self.rbuf.capacity() - self.rbuf.len() < want {
+        let missing = frame::missing_bytes(&self.rbuf);
+        let free = self.rbuf.capacity() - self.rbuf.len();
+        if missing > 0 && missing <= free {
+            // The rest of the frame being read fits. Growing now would
+            // double a large frame's buffer (a copy of hundreds of MB for
+            // one big value) to read its last few kB.
+            return;
+        }
+        let want = missing.max(MIN_FREE);
+        if free < want {
             self.rbuf.reserve(want.max(READ_CHUNK));
         }
     }

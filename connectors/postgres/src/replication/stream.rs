@@ -27,6 +27,9 @@ use crate::error::SourceError;
 const PG_EPOCH_OFFSET_SECS: u64 = 946_684_800;
 /// How long [`ReplicationStream::finish`] waits for the server to end the COPY.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(5);
+/// A frame this large was read into a buffer of its own (see
+/// [`Wire::detach`](super::socket::Wire::detach)).
+const LARGE_FRAME: usize = 4 << 20;
 /// A read at least this large says the data arrives faster than it is read:
 /// read again at once instead of coalescing (a quarter of the receive
 /// buffer when that is set smaller, see [`ReceiveBuffer`]).
@@ -246,8 +249,17 @@ impl ReplicationStream {
             return Ok(None);
         }
         loop {
+            let buffered = self.wire.rbuf.len();
             match frame::parse_copy_both(&mut self.wire.rbuf) {
-                Ok(Step::Message(m)) => return Ok(Some(m)),
+                Ok(Step::Message(m)) => {
+                    if buffered - self.wire.rbuf.len() > LARGE_FRAME {
+                        // The frame had a buffer of its own size; what
+                        // follows it must not keep that alive after the
+                        // frame is dropped.
+                        self.wire.detach();
+                    }
+                    return Ok(Some(m));
+                }
                 Ok(Step::Skipped) => continue,
                 Ok(Step::Ended) => {
                     self.ended = true;
