@@ -206,10 +206,10 @@ impl Wire {
     fn make_room(&mut self) {
         let missing = frame::missing_bytes(&self.rbuf);
         let free = self.rbuf.capacity() - self.rbuf.len();
-        if missing > 0 && missing <= free {
-            // The rest of the frame being read fits. Growing now would
-            // double a large frame's buffer (a copy of hundreds of MB for
-            // one big value) to read its last few kB.
+        if missing > 0 && missing <= free && self.rbuf.len() >= READ_CHUNK {
+            // The rest of a large frame being read fits. Growing now would
+            // double its buffer (a copy of hundreds of MB for one big
+            // value) to read its last few kB.
             return;
         }
         let want = missing.max(MIN_FREE);
