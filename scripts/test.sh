@@ -6,6 +6,10 @@
 #   Maven Central, scripts/install-jvm-servers.sh) and FerretDB
 #   (scripts/install-ferretdb.sh), all cached under ~/.cache/pgfanout and
 #   installed once.
+# Then the version matrix: the source suites (replication, values against
+# to_jsonb, snapshot, backfill, streaming, DDL) once more on each of
+# PostgreSQL 14, 16, 17 and 18 (scripts/install-postgres-versions.sh;
+# the full suite runs on Debian's 15). PGFANOUT_MATRIX=0 skips it.
 # Usage: scripts/test.sh [extra cargo-nextest arguments]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,4 +50,16 @@ fi
 scripts/install-jvm-servers.sh
 scripts/install-ferretdb.sh >/dev/null
 
-cargo nextest run --workspace --no-fail-fast "$@"
+status=0
+cargo nextest run --workspace --no-fail-fast "$@" || status=$?
+
+if [ "${PGFANOUT_MATRIX:-1}" != 0 ]; then
+  # The suites that exercise the source, by test binary.
+  matrix='(package(pgfanout-postgres) & kind(test)) | (package(pgfanout) & (binary(stream) | binary(snapshot) | binary(backfill) | binary(ddl) | binary(large_transactions) | binary(type_zoo)))'
+  servers=$(scripts/install-postgres-versions.sh) || { echo "could not install the matrix's PostgreSQL servers" >&2; exit 1; }
+  while read -r major bin; do
+    echo "=== the source suites on PostgreSQL $major ($bin)" >&2
+    PGFANOUT_PG_BIN=$bin cargo nextest run --workspace --no-fail-fast -E "$matrix" "$@" </dev/null || status=$?
+  done <<<"$servers"
+fi
+exit $status

@@ -455,6 +455,8 @@ async fn partitions_stream_under_the_root_and_type_changes_are_backfilled() {
         Command::new(bin()).args(["backfill", "-c"]).arg(&path).args(["--table", "public.events", "--wait"]).output().unwrap()
     });
     assert_eq!(cli.status.code(), Some(0), "{}{}", String::from_utf8_lossy(&cli.stdout), String::from_utf8_lossy(&cli.stderr));
+    // Written to the attached partition in a transaction of its own.
+    c.batch_execute("INSERT INTO events VALUES (61, 'ap', 61)").await.unwrap();
     // A type change that rewrites every row, then any change of the table.
     c.batch_execute(
         "ALTER TABLE prices ALTER COLUMN price TYPE numeric(10,2) USING price / 100.0; UPDATE prices SET price = 0.5 WHERE id = 1",
@@ -475,7 +477,16 @@ async fn partitions_stream_under_the_root_and_type_changes_are_backfilled() {
     assert!(recs.iter().all(|r| r["table"] == "events"), "records under a partition's name");
     // Rows written through the attached partition stream (not only backfilled).
     let streamed_ap = recs.iter().filter(|r| r["after"]["region"] == "ap" && (r["op"] == "insert" || r["op"] == "update")).count();
-    assert_eq!(streamed_ap, 11, "inserts and the update of the attached partition streamed under the root");
+    if server_major(&c).await >= 15 {
+        assert_eq!(streamed_ap, 12, "inserts and the update of the attached partition streamed under the root");
+    } else {
+        // PostgreSQL 14's pgoutput does not publish what is written to a
+        // partition in the transaction that ATTACHes it (its publication
+        // cache entry for the table is not invalidated until the commit).
+        // The backfill the docs require after an ATTACH brings those rows
+        // too: the final state below is the table's all the same.
+        assert_eq!(streamed_ap, 1, "on 14 only the insert of a later transaction streams");
+    }
     let want: HashMap<String, serde_json::Value> = c
         .query("SELECT jsonb_build_object('id', id, 'region', region)::text, to_jsonb(e)::text FROM events e", &[])
         .await
@@ -486,7 +497,7 @@ async fn partitions_stream_under_the_root_and_type_changes_are_backfilled() {
             (k.to_string(), serde_json::from_str(&r.get::<_, String>(1)).unwrap())
         })
         .collect();
-    assert_eq!(want.len(), 260);
+    assert_eq!(want.len(), 261);
     assert_eq!(live(final_state(&recs, "events")), want);
     let (ok, out) = tokio::task::block_in_place(|| verify_ok(&path, &[]));
     assert!(ok, "{out}");

@@ -47,7 +47,7 @@ enum LatSink {
     Redis,
 }
 
-fn now_us() -> i64 {
+pub(crate) fn now_us() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
 }
 
@@ -223,7 +223,7 @@ async fn one_run(ctx: &Ctx, db: &Db, sink: LatSink, rate: u64, run: usize) -> Re
 /// Row id -> µs since the epoch when Redis applied it.
 type Arrivals = std::thread::JoinHandle<Result<HashMap<i64, i64>>>;
 /// (commit_ts, durable-seen time) in µs per line of the file.
-type FileSeen = std::thread::JoinHandle<Result<Vec<(i64, i64)>>>;
+pub(crate) type FileSeen = std::thread::JoinHandle<Result<Vec<(i64, i64)>>>;
 
 enum Collector {
     File(FileSeen),
@@ -232,7 +232,7 @@ enum Collector {
 
 /// Tails `path` until `stop` is set and no more data comes; returns
 /// (commit_ts, durable-seen time) in µs for every complete line.
-fn spawn_tailer(path: PathBuf, stop: Arc<AtomicBool>) -> FileSeen {
+pub(crate) fn spawn_tailer(path: PathBuf, stop: Arc<AtomicBool>) -> FileSeen {
     std::thread::spawn(move || {
         let mut f = std::fs::File::open(&path).with_context(|| format!("open {}", path.display()))?;
         let mut pending: Vec<u8> = Vec::new();

@@ -103,7 +103,7 @@ pub struct PostgresSourceConfig {
     #[serde(default)]
     pub streaming: Streaming,
     /// Memory for streamed transactions that have not committed yet, all
-    /// together (default 16MiB); the rest spills to files in
+    /// together (default 4MiB); the rest spills to files in
     /// `streaming_spill_dir`.
     #[serde(default = "default_streaming_memory")]
     pub streaming_memory: ByteSize,
@@ -123,7 +123,7 @@ pub enum Streaming {
 }
 
 fn default_streaming_memory() -> ByteSize {
-    ByteSize(16 << 20)
+    ByteSize(4 << 20)
 }
 
 /// `source.postgres.on_slot_lost`.

@@ -51,6 +51,13 @@ pub async fn confirmed_flush(c: &tokio_postgres::Client, slot: &str) -> u64 {
     row.and_then(|r| r.get::<_, Option<String>>(0)).map(|s| lsn(&s)).unwrap_or(0)
 }
 
+/// The server's major version (14, 15, ...): the tests run on every
+/// supported one (`PGFANOUT_PG_BIN`, scripts/test.sh's matrix).
+pub async fn server_major(c: &tokio_postgres::Client) -> u32 {
+    let v: String = c.query_one("SHOW server_version_num", &[]).await.expect("server_version_num").get(0);
+    v.parse::<u32>().expect("a number") / 10_000
+}
+
 pub fn lsn(s: &str) -> u64 {
     let (hi, lo) = s.split_once('/').expect("lsn");
     (u64::from_str_radix(hi, 16).expect("hi") << 32) | u64::from_str_radix(lo, 16).expect("lo")

@@ -28,10 +28,10 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use pgfanout_sdk::Lsn;
 
 use crate::error::SourceError;
@@ -251,18 +251,18 @@ impl Streamed {
     /// streamed (none if nothing of it was streamed).
     pub fn take(&mut self, xid: u32) -> Result<Replay, SourceError> {
         let Some(mut txn) = self.txns.remove(&xid) else {
-            return Ok(Replay { file: None, file_left: 0, memory: Bytes::new(), pos: 0 });
+            return Ok(Replay { file: None, file_left: 0, read: BytesMut::new(), memory: Bytes::new(), pos: 0 });
         };
         self.in_memory -= txn.memory.len();
         let file = match txn.file.take() {
             Some(w) => {
                 let mut f = w.into_inner().map_err(|e| spill_error(&self.spill_dir, e.into_error()))?;
                 f.seek(SeekFrom::Start(0)).map_err(|e| spill_error(&self.spill_dir, e))?;
-                Some(BufReader::with_capacity(1 << 20, f))
+                Some(f)
             }
             None => None,
         };
-        Ok(Replay { file, file_left: txn.file_frames, memory: Bytes::from(txn.memory), pos: 0 })
+        Ok(Replay { file, file_left: txn.file_frames, read: BytesMut::new(), memory: Bytes::from(txn.memory), pos: 0 })
     }
 
     /// Drops every transaction (the connection ended: a new one streams
@@ -301,25 +301,31 @@ impl Streamed {
 
 /// A committed streamed transaction's messages, oldest first.
 pub struct Replay {
-    file: Option<BufReader<File>>,
+    file: Option<File>,
+    /// Frames in the file not returned yet.
     file_left: u64,
+    /// Read from the file and not returned yet: frames are split off it
+    /// (no allocation per message; the messages share the read chunks).
+    read: BytesMut,
     memory: Bytes,
     pos: usize,
 }
+
+/// Bytes read from a spill file at once.
+const READ_CHUNK: usize = 1 << 20;
 
 impl Replay {
     /// The next message and the LSN it was received at; `None` after the
     /// last.
     pub fn next_message(&mut self) -> Result<Option<(Lsn, Bytes)>, SourceError> {
         if self.file_left > 0 {
-            let f = self.file.as_mut().expect("frames in the file");
-            let mut header = [0u8; HEADER];
-            f.read_exact(&mut header).map_err(|e| SourceError::permanent(format!("reading a streamed transaction's spill file: {e}")))?;
-            let (lsn, len) = parse_header(&header);
-            let mut data = vec![0u8; len];
-            f.read_exact(&mut data).map_err(|e| SourceError::permanent(format!("reading a streamed transaction's spill file: {e}")))?;
+            self.fill(HEADER)?;
+            let (lsn, len) = parse_header(&self.read[..HEADER]);
+            self.fill(HEADER + len)?;
+            let mut frame = self.read.split_to(HEADER + len);
+            frame.advance(HEADER);
             self.file_left -= 1;
-            return Ok(Some((lsn, Bytes::from(data))));
+            return Ok(Some((lsn, frame.freeze())));
         }
         if self.pos >= self.memory.len() {
             return Ok(None);
@@ -328,6 +334,34 @@ impl Replay {
         let start = self.pos + HEADER;
         self.pos = start + len;
         Ok(Some((lsn, self.memory.slice(start..start + len))))
+    }
+
+    /// Reads until at least `want` bytes are buffered: in chunks, or all at
+    /// once for a frame larger than a chunk (one big value: read straight
+    /// into a buffer of its size).
+    fn fill(&mut self, want: usize) -> Result<(), SourceError> {
+        let f = self.file.as_mut().expect("frames in the file");
+        while self.read.len() < want {
+            let missing = want - self.read.len();
+            if self.read.capacity() - self.read.len() < missing {
+                // A fresh buffer for what is left and what comes: the
+                // messages handed out keep the old one alive as they need.
+                let mut fresh = BytesMut::with_capacity(missing.max(READ_CHUNK) + self.read.len());
+                fresh.extend_from_slice(&self.read);
+                self.read = fresh;
+            }
+            let start = self.read.len();
+            let room = self.read.capacity() - start;
+            self.read.resize(start + room, 0);
+            let n = f
+                .read(&mut self.read[start..])
+                .map_err(|e| SourceError::permanent(format!("reading a streamed transaction's spill file: {e}")))?;
+            self.read.truncate(start + n);
+            if n == 0 {
+                return Err(SourceError::permanent("a streamed transaction's spill file ended early"));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -403,6 +437,21 @@ mod tests {
             assert_eq!(s.memory_bytes(), 0);
             assert!(values(s.take(300).unwrap()).is_empty(), "a transaction never streamed replays nothing");
         }
+    }
+
+    /// Frames read back from the file cross the read chunks' boundaries,
+    /// and one larger than a chunk comes back whole.
+    #[test]
+    fn spilled_frames_of_every_size_come_back_whole() {
+        let mut s = Streamed::new(0, None);
+        s.start(9, true);
+        let sizes: Vec<usize> = (0..3000).map(|i| (i * 7919) % 1500).chain([3 << 20, 5, READ_CHUNK - 40]).collect();
+        let texts: Vec<String> = sizes.iter().enumerate().map(|(i, &n)| format!("{i}:{}", "y".repeat(n))).collect();
+        for t in &texts {
+            s.push(Lsn(1), &insert(9, t)).unwrap();
+        }
+        s.stop();
+        assert_eq!(values(s.take(9).unwrap()), texts);
     }
 
     #[test]
