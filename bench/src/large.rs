@@ -197,7 +197,9 @@ async fn interleaved(ctx: &Ctx, db: &Db, big_rows: u64, streaming: bool, run: us
     let load = {
         let load_stop = load_stop.clone();
         tokio::spawn(async move {
-            let insert = small.prepare("INSERT INTO bench_small SELECT g, (g % 1000)::int, 'note ' || g FROM generate_series($1::bigint, $2::bigint) g").await?;
+            let insert = small
+                .prepare("INSERT INTO bench_small SELECT g, (g % 1000)::int, 'note ' || g FROM generate_series($1::bigint, $2::bigint) g")
+                .await?;
             let mut tick = tokio::time::interval(Duration::from_millis(10));
             let mut next = 1i64;
             while !load_stop.load(Ordering::Acquire) {

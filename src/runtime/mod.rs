@@ -8,6 +8,7 @@ mod heartbeat;
 mod in_progress;
 mod memory;
 mod outbox;
+mod partitions;
 pub mod pins;
 mod samplers;
 mod settings;
@@ -180,6 +181,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     // Backfills start once the initial snapshot (if any) is done.
     tokio::spawn(driver.run());
     samplers::spawn(opts.clone(), pg.slot.clone(), shutdown_rx.clone());
+    partitions::spawn(opts.clone(), pg.slot.clone(), pg.publication.clone(), source.reconnect_handle(), shutdown_rx.clone());
     if prepared_recreated {
         tokio::spawn(reconcile_after_recreate(cfg.clone(), shutdown_rx.clone()));
     }

@@ -68,6 +68,8 @@ use crate::runtime::worker::Queued;
 enum Ended {
     Shutdown,
     ServerClosed,
+    /// Asked to connect again (see `runtime::partitions`).
+    Reconnect,
 }
 
 /// The reader and everything it owns.
@@ -102,6 +104,8 @@ pub struct SourceLoop {
     routed: Vec<Routed>,
     /// Signalled when a sink made something durable.
     durable_changed: Arc<tokio::sync::Notify>,
+    /// Signalled when the replication connection must be made again.
+    reconnect: Arc<tokio::sync::Notify>,
 }
 
 impl SourceLoop {
@@ -139,12 +143,18 @@ impl SourceLoop {
             stats: ReadStats::default(),
             type_changes,
             routed: Vec::new(),
+            reconnect: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
     /// Takes backfill chunks from `rx` (see `crate::backfill`).
     pub fn with_backfills(&mut self, rx: mpsc::Receiver<ToSource>) {
         self.backfills.connect(rx);
+    }
+
+    /// Signalling it makes the reader connect again.
+    pub fn reconnect_handle(&self) -> Arc<tokio::sync::Notify> {
+        self.reconnect.clone()
     }
 
     pub fn settings(&self) -> &SourceSettings {
@@ -194,6 +204,7 @@ impl SourceLoop {
                     return Err(e);
                 }
                 Ok(Ended::ServerClosed) => warn!("replication stream ended by the server; reconnecting"),
+                Ok(Ended::Reconnect) => info!("reconnecting as asked"),
                 Err(e) if e.is_retriable() => warn!(error = %e, "replication stream failed; reconnecting"),
                 Err(e) => return Err(e),
             }
@@ -284,6 +295,12 @@ impl SourceLoop {
                         }
                         // A sink made something durable: publish it.
                         _ = self.durable_changed.notified() => continue,
+                        _ = self.reconnect.notified() => {
+                            // What was read is handed over first: the stream
+                            // resumes after it.
+                            self.flush_local(Some(&mut stream)).await?;
+                            return Ok(Ended::Reconnect);
+                        }
                         msg = self.backfills.next() => {
                             self.backfills.on_message(msg);
                             self.emit_backfill_rows().await;
