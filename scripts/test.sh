@@ -54,12 +54,15 @@ status=0
 cargo nextest run --workspace --no-fail-fast "$@" || status=$?
 
 if [ "${PGFANOUT_MATRIX:-1}" != 0 ]; then
-  # The suites that exercise the source, by test binary.
-  matrix='(package(pgfanout-postgres) & kind(test)) | (package(pgfanout) & (binary(stream) | binary(snapshot) | binary(backfill) | binary(ddl) | binary(large_transactions) | binary(type_zoo)))'
+  # The suites that exercise the source, by test binary, less the three
+  # long crash tests of the snapshot and the backfill (5 of the 8 minutes
+  # per version; they test pgfanout's recovery more than the server).
+  matrix='((package(pgfanout-postgres) & kind(test)) | (package(pgfanout) & (binary(stream) | binary(snapshot) | binary(backfill) | binary(ddl) | binary(large_transactions) | binary(type_zoo) | binary(failover))))'
+  matrix="$matrix & !test(=a_snapshot_connection_lost_mid_copy_is_retried) & !test(=a_million_row_backfill_under_writes_survives_sigkill_and_ends_equal) & !test(=crash_during_snapshot_restarts_it_cleanly)"
   servers=$(scripts/install-postgres-versions.sh) || { echo "could not install the matrix's PostgreSQL servers" >&2; exit 1; }
   while read -r major bin; do
     echo "=== the source suites on PostgreSQL $major ($bin)" >&2
-    PGFANOUT_PG_BIN=$bin cargo nextest run --workspace --no-fail-fast -E "$matrix" "$@" </dev/null || status=$?
+    PGFANOUT_PG_BIN=$bin PGFANOUT_HUGE_MB=20 cargo nextest run --workspace --no-fail-fast -E "$matrix" "$@" </dev/null || status=$?
   done <<<"$servers"
 fi
 exit $status

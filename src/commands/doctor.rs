@@ -3,6 +3,7 @@
 //! per check (`ok` / `FAIL` / `warn`) and, for each failure, the fix.
 
 use pgfanout_postgres::conn::connect_sql;
+use pgfanout_postgres::replication as pgoutput;
 use pgfanout_postgres::slot::{self, TableName};
 
 use super::{Exit, Report};
@@ -28,6 +29,34 @@ impl Checks {
         self.failures += 1;
         self.report.say(format_args!("FAIL  {what}\n      fix: {fix}"));
     }
+}
+
+/// What pgfanout does differently on server major version `major`, one
+/// line each.
+fn server_features(major: u32, streaming: bool) -> Vec<String> {
+    let protocol = pgoutput::Pgoutput::for_server(major, streaming);
+    let mut out = vec![match (protocol.streaming, streaming) {
+        (true, _) => format!(
+            "pgoutput protocol {}: large transactions are streamed while they run (source.postgres.streaming: auto){}",
+            protocol.proto_version,
+            if major >= 15 { "; prepared transactions reach the sinks at COMMIT PREPARED" } else { "" }
+        ),
+        (false, false) => "pgoutput protocol 1: source.postgres.streaming is off (large transactions are spilled by the server and sent after their commit)".to_string(),
+        (false, true) => "pgoutput protocol 1".to_string(),
+    }];
+    if major >= 17 {
+        out.push(
+            "failover slots: the slot is made a failover slot (source.postgres.failover_slot); on the standby set sync_replication_slots = on, hot_standby_feedback = on, primary_slot_name and a primary_conninfo with dbname; on the primary synchronized_standby_slots"
+                .to_string(),
+        );
+    }
+    if major == 14 {
+        out.push(
+            "PostgreSQL 14: a partition attached to a published table is streamed only to a new replication connection; pgfanout reconnects when one appears, and backfills its root when it holds rows"
+                .to_string(),
+        );
+    }
+    out
 }
 
 /// `pgfanout doctor`: exit 0 when every check passes, 1 otherwise.
@@ -58,6 +87,10 @@ pub async fn doctor(cfg: &Config) -> Report {
         Ok(info) => {
             if info.version_num >= 140000 {
                 r.ok(&format!("server version {}", info.version_num));
+                let streaming = pg.streaming == crate::config::Streaming::Auto;
+                for feature in server_features((info.version_num / 10_000) as u32, streaming) {
+                    r.ok(&feature);
+                }
             } else {
                 r.fail(&format!("server version {} is older than 14", info.version_num), "upgrade PostgreSQL to 14 or newer");
             }

@@ -102,6 +102,13 @@ pub struct PostgresSourceConfig {
     /// them to its own disk and sends them after their commit).
     #[serde(default)]
     pub streaming: Streaming,
+    /// On PostgreSQL 17 and later, create the slot as a failover slot
+    /// (`FAILOVER`), and make an existing one so: a standby with
+    /// `sync_replication_slots = on` keeps a copy of it, and pgfanout
+    /// resumes from that copy after the standby is promoted (default true;
+    /// ignored before 17).
+    #[serde(default = "default_true")]
+    pub failover_slot: bool,
     /// Memory for streamed transactions that have not committed yet, all
     /// together (default 4MiB); the rest spills to files in
     /// `streaming_spill_dir`.
@@ -211,6 +218,7 @@ impl fmt::Debug for PostgresSourceConfig {
             .field("on_slot_lost", &self.on_slot_lost)
             .field("on_type_change", &self.on_type_change)
             .field("streaming", &self.streaming)
+            .field("failover_slot", &self.failover_slot)
             .field("streaming_memory", &self.streaming_memory)
             .field("streaming_spill_dir", &self.streaming_spill_dir)
             .finish()

@@ -106,13 +106,10 @@ pub(crate) fn validate_parts(p: &Parts<'_>) -> Vec<String> {
 }
 
 fn check_source(s: &PostgresSourceConfig, errors: &mut Vec<String>) {
-    match url::Url::parse(&s.url) {
-        Ok(u) if u.scheme() == "postgres" || u.scheme() == "postgresql" => {}
-        Ok(u) => errors.push(format!(
-            "source.postgres.url: scheme {:?} is not supported; expected postgres://user:password@host:port/database",
-            u.scheme()
-        )),
-        Err(e) => errors.push(format!("source.postgres.url: not a URL ({e}); expected postgres://user:password@host:port/database")),
+    // The same parser the connections use (host lists included); its
+    // errors never contain the password.
+    if let Err(e) = pgfanout_postgres::conn::PgConnectOptions::from_url(&s.url, Default::default()) {
+        errors.push(format!("source.postgres.url: {e}; expected postgres://user:password@host:port/database"));
     }
     let ident =
         |v: &str| !v.is_empty() && v.len() <= MAX_IDENT && v.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');

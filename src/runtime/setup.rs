@@ -118,6 +118,9 @@ async fn prepare_once(opts: &PgConnectOptions, pg: &PostgresSourceConfig, router
     match info {
         Some(info) => {
             slot::check_slot(&pg.slot, &info, &opts.dbname)?;
+            if pg.failover_slot {
+                ensure_failover_slot(opts, &sql, &pg.slot).await;
+            }
             let start = info.confirmed_flush_lsn.unwrap_or_default();
             info!(slot = %pg.slot, confirmed_flush_lsn = %start, "resuming from existing slot");
             if !snapshots {
@@ -168,8 +171,9 @@ async fn prepare_once(opts: &PgConnectOptions, pg: &PostgresSourceConfig, router
                 // seen as an interrupted initial snapshot.
                 snapshot::mark_tables(&sql, &pg.slot, &tables, SnapshotStatus::InitialRunning, Lsn::ZERO).await?;
             }
-            let created = repl.create_logical_slot(&pg.slot, action).await?;
-            info!(slot = %pg.slot, consistent_point = %created.consistent_point, "replication slot created");
+            let created = repl.create_logical_slot_with(&pg.slot, action, pg.failover_slot).await?;
+            let failover = pg.failover_slot && repl.server_major().is_some_and(|m| m >= 17);
+            info!(slot = %pg.slot, consistent_point = %created.consistent_point, failover, "replication slot created");
             if !snapshots {
                 return Ok(Prepared { start: created.consistent_point, snapshot: None, recreated: false });
             }
@@ -185,6 +189,30 @@ async fn prepare_once(opts: &PgConnectOptions, pg: &PostgresSourceConfig, router
                 }),
                 recreated: false,
             })
+        }
+    }
+}
+
+/// On PostgreSQL 17+, makes an existing slot a failover slot if it is not
+/// one (a slot created before pgfanout asked for it, or by hand). Best
+/// effort: a failure is logged, and streaming goes on without it.
+async fn ensure_failover_slot(opts: &PgConnectOptions, sql: &tokio_postgres::Client, slot: &str) {
+    let Ok(row) = sql.query_one("SELECT current_setting('server_version_num')::int", &[]).await else { return };
+    if row.try_get::<_, i32>(0).unwrap_or(0) < 170_000 {
+        return;
+    }
+    let failover = sql.query_opt("SELECT failover FROM pg_replication_slots WHERE slot_name = $1", &[&slot]).await;
+    if !matches!(failover, Ok(Some(ref r)) if !r.try_get::<_, bool>(0).unwrap_or(true)) {
+        return;
+    }
+    let altered = async {
+        let mut repl = ReplicationClient::connect(opts).await?;
+        repl.make_failover_slot(slot).await
+    };
+    match altered.await {
+        Ok(()) => info!(slot = %slot, "the slot is now a failover slot (a standby with sync_replication_slots = on keeps a copy)"),
+        Err(e) => {
+            warn!(slot = %slot, error = %e, "cannot make the slot a failover slot; set source.postgres.failover_slot: false to stop trying")
         }
     }
 }
@@ -236,7 +264,7 @@ async fn recover_lost_slot(
         sql.execute("SELECT pg_drop_replication_slot($1)", &[slot_name]).await?;
     }
     let mut repl = ReplicationClient::connect(opts).await?;
-    let created = repl.create_logical_slot(slot_name, SnapshotAction::NoExport).await?;
+    let created = repl.create_logical_slot_with(slot_name, SnapshotAction::NoExport, pg.failover_slot).await?;
     drop(repl);
     crate::backfill::state::ensure(sql).await?;
     // Backfills of the lost slot's run are moot: the new ones cover every table.

@@ -59,6 +59,45 @@ impl PgCluster {
         cluster
     }
 
+    /// A physical standby of `primary`, streaming from its physical slot
+    /// `slot` (which must exist), with `settings` added (e.g.
+    /// `sync_replication_slots=on` to keep copies of failover slots). Made
+    /// from a copy of the primary's data directory taken while it is
+    /// stopped (`pg_basebackup` is not in every server package the matrix
+    /// uses): the primary is stopped and started again meanwhile.
+    pub fn standby_of(primary: &PgCluster, slot: &str, settings: &[(&str, &str)]) -> PgCluster {
+        let dir = scratch_dir("pgfanout-pg-");
+        let port = free_port();
+        let standby = PgCluster { dir, port, extra: settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() };
+        if is_root() {
+            run(Command::new("chown").arg("postgres").arg(standby.dir.path()));
+        }
+        primary.stop("fast");
+        standby.as_pg_user(Command::new("cp").arg("-a").arg(primary.data_dir()).arg(standby.data_dir()));
+        primary.start_server();
+        let data = standby.data_dir();
+        std::fs::write(data.join("standby.signal"), "").expect("write standby.signal");
+        let conf = format!(
+            "\nprimary_conninfo = 'host=127.0.0.1 port={} user=postgres dbname=postgres application_name=standby'\nprimary_slot_name = '{slot}'\nhot_standby = on\nhot_standby_feedback = on\n",
+            primary.port
+        );
+        let auto = data.join("postgresql.auto.conf");
+        let mut text = std::fs::read_to_string(&auto).unwrap_or_default();
+        text.push_str(&conf);
+        std::fs::write(&auto, text).expect("write postgresql.auto.conf");
+        if is_root() {
+            run(Command::new("chown").arg("-R").arg("postgres").arg(&data));
+        }
+        standby.start_server();
+        standby
+    }
+
+    /// Promotes a standby to primary and waits until it takes writes.
+    pub fn promote(&self) {
+        let data = self.data_dir();
+        self.as_pg_user(Command::new(format!("{}/pg_ctl", server_bin())).args(["-D", data.to_str().unwrap(), "-w", "-t", "60", "promote"]));
+    }
+
     fn as_pg_user(&self, cmd: &mut Command) -> String {
         if is_root() {
             let prog = cmd.get_program().to_owned();

@@ -80,12 +80,28 @@ pub enum Host {
 /// what is verified).
 pub use pgfanout_sdk::settings::{Secret, TlsFiles};
 
+/// Which of several listed hosts a connection may use (libpq's
+/// `target_session_attrs`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TargetSessionAttrs {
+    /// The first that accepts the connection.
+    #[default]
+    Any,
+    /// The first that accepts writes (`transaction_read_only` off): after a
+    /// failover, the promoted standby. `primary` is taken as this too.
+    ReadWrite,
+}
+
 /// Everything needed to open a connection to the source database. `Debug`
 /// prints no password.
 #[derive(Clone, Debug)]
 pub struct PgConnectOptions {
     pub host: Host,
     pub port: u16,
+    /// More hosts (libpq's `host1:port1,host2:port2` list), tried in order
+    /// after `host` (see [`PgConnectOptions::per_host`]).
+    pub other_hosts: Vec<(Host, u16)>,
+    pub target_session_attrs: TargetSessionAttrs,
     pub user: String,
     pub password: Option<Secret>,
     pub dbname: String,
@@ -124,7 +140,8 @@ impl PgConnectOptions {
     /// Errors are definite ([`SourceError::is_permanent`]) and never contain the password.
     pub fn from_url(url: &str, tls: TlsFiles) -> Result<Self, SourceError> {
         let bad = |what: &str| SourceError::permanent(format!("invalid PostgreSQL URL: {what}"));
-        let parsed = url::Url::parse(&with_placeholder_host(url)).map_err(|e| bad(&e.to_string()))?;
+        let (url, more_hosts) = split_host_list(url);
+        let parsed = url::Url::parse(&with_placeholder_host(&url)).map_err(|e| bad(&e.to_string()))?;
         if !matches!(parsed.scheme(), "postgres" | "postgresql") {
             return Err(bad(&format!("scheme must be postgres:// or postgresql://, not {}://", parsed.scheme())));
         }
@@ -138,6 +155,8 @@ impl PgConnectOptions {
         let mut opts = PgConnectOptions {
             host: Host::Tcp("localhost".into()),
             port: 5432,
+            other_hosts: Vec::new(),
+            target_session_attrs: TargetSessionAttrs::Any,
             user: "postgres".into(),
             password: None,
             dbname: String::new(),
@@ -185,11 +204,26 @@ impl PgConnectOptions {
                     // libpq: 0 means wait forever; keep a bound anyway.
                     opts.connect_timeout = if secs == 0 { Duration::from_secs(3600) } else { Duration::from_secs(secs.max(2)) };
                 }
+                "target_session_attrs" => {
+                    opts.target_session_attrs = match value.as_str() {
+                        "any" => TargetSessionAttrs::Any,
+                        "read-write" | "primary" => TargetSessionAttrs::ReadWrite,
+                        other => return Err(bad(&format!("target_session_attrs {other:?} is not supported: use any or read-write"))),
+                    }
+                }
                 "sslrootcert" => opts.tls.ca_file = Some(PathBuf::from(value)),
                 "sslcert" => opts.tls.cert_file = Some(PathBuf::from(value)),
                 "sslkey" => opts.tls.key_file = Some(PathBuf::from(value)),
                 other => return Err(bad(&format!("unknown parameter {other:?}"))),
             }
+        }
+        for entry in more_hosts {
+            let (h, p) = split_host_port(&entry).map_err(|e| bad(&e))?;
+            let h = decode(&h, "host")?;
+            if h.is_empty() {
+                return Err(bad("an empty host in the host list"));
+            }
+            opts.other_hosts.push((if h.starts_with('/') { Host::Unix(PathBuf::from(h)) } else { Host::Tcp(h) }, p));
         }
         if opts.dbname.is_empty() {
             opts.dbname = opts.user.clone();
@@ -198,6 +232,14 @@ impl PgConnectOptions {
             return Err(bad("the user name is empty"));
         }
         Ok(opts)
+    }
+
+    /// One set of options per listed host, in the order they are tried.
+    pub fn per_host(&self) -> Vec<PgConnectOptions> {
+        std::iter::once((self.host.clone(), self.port))
+            .chain(self.other_hosts.iter().cloned())
+            .map(|(host, port)| PgConnectOptions { host, port, other_hosts: Vec::new(), ..self.clone() })
+            .collect()
     }
 
     /// The options as a URL with the password replaced by `***`, for logs.
@@ -216,6 +258,16 @@ impl PgConnectOptions {
                 out.push_str(&format!(":{}", self.port));
                 params.push(format!("host={}", enc(&dir.display().to_string())));
             }
+        }
+        for (host, port) in &self.other_hosts {
+            match host {
+                Host::Tcp(h) if h.contains(':') => out.push_str(&format!(",[{h}]:{port}")),
+                Host::Tcp(h) => out.push_str(&format!(",{}:{port}", enc(h))),
+                Host::Unix(dir) => out.push_str(&format!(",{}:{port}", enc(&dir.display().to_string()))),
+            }
+        }
+        if self.target_session_attrs == TargetSessionAttrs::ReadWrite {
+            params.push("target_session_attrs=read-write".into());
         }
         out.push('/');
         out.push_str(&enc(&self.dbname));
@@ -237,6 +289,42 @@ impl PgConnectOptions {
             Host::Tcp(h) => format!("{h}:{}", self.port),
             Host::Unix(dir) => unix_socket_path(dir, self.port).display().to_string(),
         }
+    }
+}
+
+/// libpq's host list (`postgres://u@h1:5432,h2:5433/db`): the URL with
+/// only the first host, and the others as written (`host[:port]`).
+fn split_host_list(url: &str) -> (String, Vec<String>) {
+    let Some(scheme_end) = url.find("://") else { return (url.to_string(), Vec::new()) };
+    let rest = &url[scheme_end + 3..];
+    let authority_len = rest.find(['/', '?']).unwrap_or(rest.len());
+    let authority = &rest[..authority_len];
+    let host_start = authority.rfind('@').map(|i| i + 1).unwrap_or(0);
+    let hosts = &authority[host_start..];
+    if !hosts.contains(',') {
+        return (url.to_string(), Vec::new());
+    }
+    let mut entries = hosts.split(',');
+    let first = entries.next().unwrap_or_default();
+    let others = entries.map(str::to_string).collect();
+    let at = scheme_end + 3 + host_start;
+    (format!("{}{}{}", &url[..at], first, &rest[authority_len..]), others)
+}
+
+/// `host`, `host:port`, `[v6]` or `[v6]:port` (port 5432 when absent).
+fn split_host_port(entry: &str) -> Result<(String, u16), String> {
+    let port = |p: &str| p.parse::<u16>().map_err(|_| format!("port {p:?} of host {entry:?} is not a number"));
+    if let Some(v6) = entry.strip_prefix('[') {
+        let (h, after) = v6.split_once(']').ok_or_else(|| format!("unclosed [ in host {entry:?}"))?;
+        return match after.strip_prefix(':') {
+            Some(p) => Ok((h.to_string(), port(p)?)),
+            None if after.is_empty() => Ok((h.to_string(), 5432)),
+            None => Err(format!("unexpected {after:?} after host {entry:?}")),
+        };
+    }
+    match entry.split_once(':') {
+        Some((h, p)) => Ok((h.to_string(), port(p)?)),
+        None => Ok((entry.to_string(), 5432)),
     }
 }
 
@@ -274,7 +362,33 @@ pub fn unix_socket_path(dir: &std::path::Path, port: u16) -> PathBuf {
 /// spawns its connection task. Errors are classified like
 /// [`crate::replication::ReplicationClient::connect`]'s: bad credentials or
 /// database -> Permanent, unreachable server -> Transient.
+///
+/// With several hosts, each is tried in order; with
+/// `target_session_attrs=read-write` a host that takes no writes (a
+/// standby) is passed over.
 pub async fn connect_sql(opts: &PgConnectOptions) -> Result<tokio_postgres::Client, SourceError> {
+    let mut last = None;
+    for one in opts.per_host() {
+        let client = match connect_sql_one(&one).await {
+            Ok(c) => c,
+            Err(e) => {
+                last = Some(e);
+                continue;
+            }
+        };
+        if opts.target_session_attrs == TargetSessionAttrs::ReadWrite {
+            let read_only: String = client.query_one("SHOW transaction_read_only", &[]).await?.try_get(0)?;
+            if read_only == "on" {
+                last = Some(SourceError::transient(format!("{} takes no writes (target_session_attrs=read-write)", one.endpoint())));
+                continue;
+            }
+        }
+        return Ok(client);
+    }
+    Err(last.unwrap_or_else(|| SourceError::transient("no host to connect to")))
+}
+
+async fn connect_sql_one(opts: &PgConnectOptions) -> Result<tokio_postgres::Client, SourceError> {
     use tokio_postgres::config::SslMode as TpSslMode;
 
     let mut cfg = tokio_postgres::Config::new();
@@ -365,6 +479,27 @@ mod tests {
 
     fn parse(url: &str) -> PgConnectOptions {
         PgConnectOptions::from_url(url, TlsFiles::default()).expect("valid url")
+    }
+
+    #[test]
+    fn host_lists_and_target_session_attrs() {
+        let o = parse("postgres://u:p%40ss@db1:5432,db2:5433,[::1]:6543,db4/shop?target_session_attrs=read-write&sslmode=disable");
+        assert_eq!((o.host.clone(), o.port), (Host::Tcp("db1".into()), 5432));
+        assert_eq!(o.other_hosts, vec![(Host::Tcp("db2".into()), 5433), (Host::Tcp("::1".into()), 6543), (Host::Tcp("db4".into()), 5432)]);
+        assert_eq!(o.target_session_attrs, TargetSessionAttrs::ReadWrite);
+        assert_eq!(o.password.as_ref().map(|p| p.expose().to_string()), Some("p@ss".to_string()));
+        assert_eq!((o.dbname.as_str(), o.sslmode), ("shop", SslMode::Disable));
+        let each: Vec<String> = o.per_host().iter().map(|h| h.endpoint()).collect();
+        assert_eq!(each, ["db1:5432", "db2:5433", "[::1]:6543", "db4:5432"]);
+        assert!(o.per_host().iter().all(|h| h.other_hosts.is_empty() && h.dbname == "shop"));
+        assert_eq!(
+            o.redacted(),
+            "postgres://u:***@db1:5432,db2:5433,[::1]:6543,db4:5432/shop?sslmode=disable&target_session_attrs=read-write"
+        );
+        assert_eq!(parse("postgres://u@h1,h2:7/db").other_hosts, vec![(Host::Tcp("h2".into()), 7)]);
+        assert!(PgConnectOptions::from_url("postgres://u@h1,h2:x/db", TlsFiles::default()).is_err());
+        assert!(PgConnectOptions::from_url("postgres://u@h1/db?target_session_attrs=standby", TlsFiles::default()).is_err());
+        assert!(parse("postgres://u@h1/db").other_hosts.is_empty());
     }
 
     #[test]

@@ -148,8 +148,26 @@ impl ReplicationClient {
     /// socket's receive buffer is set as `receive_buffer` says (see
     /// [`ReceiveBuffer`]; it has to be set before the socket connects).
     pub async fn connect_with(opts: &PgConnectOptions, receive_buffer: ReceiveBuffer) -> Result<Self, SourceError> {
-        let (wire, params) = connect_wire(opts, true, receive_buffer).await?;
-        Ok(ReplicationClient { wire, backend_pid: params.backend_pid, server_version: params.server_version })
+        let mut last = None;
+        // Each listed host in order (see `conn::connect_sql`).
+        for one in opts.per_host() {
+            let mut client = match connect_wire(&one, true, receive_buffer).await {
+                Ok((wire, params)) => ReplicationClient { wire, backend_pid: params.backend_pid, server_version: params.server_version },
+                Err(e) => {
+                    last = Some(e);
+                    continue;
+                }
+            };
+            if opts.target_session_attrs == crate::conn::TargetSessionAttrs::ReadWrite {
+                let rows = client.simple_query("SHOW transaction_read_only").await?;
+                if rows.first().and_then(|r| r.get("transaction_read_only")) == Some("on") {
+                    last = Some(SourceError::transient(format!("{} takes no writes (target_session_attrs=read-write)", one.endpoint())));
+                    continue;
+                }
+            }
+            return Ok(client);
+        }
+        Err(last.unwrap_or_else(|| SourceError::transient("no host to connect to")))
     }
 
     /// The walsender's process id (for `pg_terminate_backend`, diagnostics).
@@ -205,13 +223,35 @@ impl ReplicationClient {
     /// [`SnapshotAction::Export`] the snapshot lives until the next command on
     /// this connection.
     pub async fn create_logical_slot(&mut self, slot: &str, snapshot: SnapshotAction) -> Result<CreatedSlot, SourceError> {
+        self.create_logical_slot_with(slot, snapshot, false).await
+    }
+
+    /// [`create_logical_slot`](Self::create_logical_slot); with `failover`
+    /// on a server of 17 or later the slot is a failover slot (a standby
+    /// with `sync_replication_slots = on` keeps a copy; ignored before 17).
+    pub async fn create_logical_slot_with(
+        &mut self,
+        slot: &str,
+        snapshot: SnapshotAction,
+        failover: bool,
+    ) -> Result<CreatedSlot, SourceError> {
         validate_slot_name(slot)?;
-        let action = match snapshot {
-            SnapshotAction::Export => "EXPORT_SNAPSHOT",
-            SnapshotAction::NoExport => "NOEXPORT_SNAPSHOT",
-            SnapshotAction::Use => "USE_SNAPSHOT",
+        let command = if failover && self.server_major().is_some_and(|m| m >= 17) {
+            let action = match snapshot {
+                SnapshotAction::Export => "export",
+                SnapshotAction::NoExport => "nothing",
+                SnapshotAction::Use => "use",
+            };
+            format!("CREATE_REPLICATION_SLOT \"{slot}\" LOGICAL pgoutput (SNAPSHOT '{action}', FAILOVER)")
+        } else {
+            let action = match snapshot {
+                SnapshotAction::Export => "EXPORT_SNAPSHOT",
+                SnapshotAction::NoExport => "NOEXPORT_SNAPSHOT",
+                SnapshotAction::Use => "USE_SNAPSHOT",
+            };
+            format!("CREATE_REPLICATION_SLOT \"{slot}\" LOGICAL pgoutput {action}")
         };
-        let rows = match self.simple_query(&format!("CREATE_REPLICATION_SLOT \"{slot}\" LOGICAL pgoutput {action}")).await {
+        let rows = match self.simple_query(&command).await {
             Err(e) if e.sqlstate() == Some("42710") => return Err(e.definite_with_fix("the slot already exists; reuse it or drop it")),
             other => other?,
         };
@@ -223,6 +263,14 @@ impl ReplicationClient {
             )?,
             snapshot_name: row.get("snapshot_name").map(str::to_string),
         })
+    }
+
+    /// `ALTER_REPLICATION_SLOT "slot" (FAILOVER true)` (PostgreSQL 17+):
+    /// makes an existing slot a failover slot. The slot must not be in use.
+    pub async fn make_failover_slot(&mut self, slot: &str) -> Result<(), SourceError> {
+        validate_slot_name(slot)?;
+        self.simple_query(&format!("ALTER_REPLICATION_SLOT \"{slot}\" (FAILOVER true)")).await?;
+        Ok(())
     }
 
     /// `START_REPLICATION SLOT "slot" LOGICAL start (proto_version '1',

@@ -1,0 +1,97 @@
+//! Failover without a resync (PostgreSQL 17+: failover slots).
+//!
+//! A primary and a physical standby that keeps a copy of pgfanout's slot
+//! (`sync_replication_slots = on`; the primary holds logical changes back
+//! until the standby has them: `synchronized_standby_slots`). pgfanout is
+//! given both hosts with `target_session_attrs=read-write`. Under a write
+//! load the primary dies (immediate stop) and the standby is promoted:
+//! pgfanout finds the new primary, resumes from the synchronized slot, and
+//! the sink ends equal to the new primary's table, with no snapshot or
+//! backfill. Servers before 17 have no failover slots: the test says so and
+//! checks nothing there (scripts/test.sh runs it on 17 and 18).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promoted_standby_takes_over_from_the_synchronized_slot() {
+    let (primary, c) = cluster_with("fo", &[("synchronous_commit", "on"), ("wal_sender_timeout", "10s")]).await;
+    let major = server_major(&c).await;
+    if major < 17 {
+        println!("PostgreSQL {major} has no failover slots: nothing to test here (the matrix runs this on 17 and 18)");
+        return;
+    }
+    c.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL); SELECT pg_create_physical_replication_slot('standby1', true);")
+        .await
+        .unwrap();
+    drop(c);
+    let standby = testkit::PgCluster::standby_of(&primary, "standby1", &[("sync_replication_slots", "on"), ("synchronous_commit", "on")]);
+    let c = primary.client("fo").await;
+    c.batch_execute("ALTER SYSTEM SET synchronized_standby_slots = 'standby1'").await.unwrap();
+    c.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+
+    let dir = scratch();
+    let out = out_path(dir.path(), "fo");
+    let url = format!("postgres://postgres@127.0.0.1:{},127.0.0.1:{}/fo?target_session_attrs=read-write", primary.port, standby.port);
+    let config = file_config(&primary, "fo", "fo", &["public.t"], &out).replace(&primary.url("fo"), &url);
+    assert!(config.contains("target_session_attrs"), "{config}");
+    let d = Daemon::start(bin(), dir.path(), "fo", &config);
+    wait_slot(&c, "fo", &d).await;
+    let failover: bool = c.query_one("SELECT failover FROM pg_replication_slots WHERE slot_name = 'fo'", &[]).await.unwrap().get(0);
+    assert!(failover, "the slot is a failover slot");
+
+    // Some changes before, and the slot synchronized to the standby.
+    c.batch_execute("INSERT INTO t SELECT g, g FROM generate_series(1, 1000) g").await.unwrap();
+    wait_confirmed(&c, "fo", &d, Duration::from_secs(60)).await;
+    let s = standby.client("postgres").await;
+    testkit::wait_for(Duration::from_secs(90), "the slot to be synchronized to the standby", || async {
+        s.query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = 'fo' AND synced AND NOT temporary", &[]).await.unwrap().is_some()
+    })
+    .await;
+
+    // A write load, then the primary dies under it.
+    let writer = primary.client("fo").await;
+    let load = tokio::spawn(async move {
+        let mut id = 1000;
+        loop {
+            id += 1;
+            let sql = format!("INSERT INTO t VALUES ({id}, {id}); UPDATE t SET v = v + 1 WHERE id = {};", id - 500);
+            if writer.batch_execute(&sql).await.is_err() {
+                return id;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let killed = Instant::now();
+    primary.stop("immediate");
+    let last_tried = load.await.unwrap();
+    standby.promote();
+    let n = standby.client("fo").await;
+    n.batch_execute("INSERT INTO t VALUES (-1, -1)").await.unwrap();
+    // The first change made on the new primary reaches the sink.
+    loop {
+        let recs = tail_records(&out, 50);
+        if recs.iter().any(|r| r["after"]["id"] == -1) {
+            break;
+        }
+        assert!(killed.elapsed() < Duration::from_secs(120), "nothing from the new primary after 120 s\n{}", d.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("from the primary's death to the first change from the promoted standby in the sink: {:.2} s", killed.elapsed().as_secs_f64());
+
+    // More writes on the new primary; then the sink equals its table.
+    n.batch_execute("UPDATE t SET v = -v WHERE id % 7 = 0; DELETE FROM t WHERE id % 11 = 0;").await.unwrap();
+    wait_confirmed(&n, "fo", &d, Duration::from_secs(120)).await;
+    let recs = records(&out);
+    assert_replay_equals_tables(&n, &recs, &["t"]).await;
+    let rows: i64 = n.query_one("SELECT count(*) FROM t", &[]).await.unwrap().get(0);
+    assert!(rows > 1000, "the load wrote before the failover ({rows} rows, {last_tried} tried)");
+    let log = d.log();
+    assert_eq!(log.matches("replication slot created").count(), 1, "the slot was not created again\n{log}");
+    for recopy in ["snapshot started", "backfill requested", "backfill started", "table backfilled"] {
+        assert!(!log.contains(recopy), "no re-copy ({recopy:?})\n{log}");
+    }
+}
