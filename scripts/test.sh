@@ -62,7 +62,7 @@ if [ "${PGFANOUT_MATRIX:-1}" != 0 ]; then
   servers=$(scripts/install-postgres-versions.sh) || { echo "could not install the matrix's PostgreSQL servers" >&2; exit 1; }
   while read -r major bin; do
     echo "=== the source suites on PostgreSQL $major ($bin)" >&2
-    PGFANOUT_PG_BIN=$bin PGFANOUT_HUGE_MB=20 cargo nextest run --workspace --no-fail-fast -E "$matrix" "$@" </dev/null || status=$?
+    PGFANOUT_PG_BIN=$bin PGFANOUT_HUGE_MB=50 cargo nextest run --workspace --no-fail-fast -E "$matrix" "$@" </dev/null || status=$?
   done <<<"$servers"
 fi
 exit $status
