@@ -116,7 +116,13 @@ async fn streamed_transactions_deliver_exactly_what_committed() {
     assert_eq!(n_of_7.last().map(|n| n.to_string()), Some("-1234567890123456789012352.0".into()), "{n_of_7:?}");
 
     let (stream_txns, stream_bytes, spill_bytes) = slot_stats(&c, "lt").await;
-    assert!(stream_txns >= 3 && stream_bytes > 1_000_000, "the server streamed: stream_txns {stream_txns}, stream_bytes {stream_bytes}");
+    // PostgreSQL 18 may drop a transaction it already sees rolled back
+    // instead of streaming it (timing decides); earlier servers stream all.
+    let streamed = if server_major(&c).await >= 18 { 2 } else { 3 };
+    assert!(
+        stream_txns >= streamed && stream_bytes > 1_000_000,
+        "the server streamed: stream_txns {stream_txns}, stream_bytes {stream_bytes}"
+    );
     assert_eq!(spill_bytes, 0, "the server spilled a transaction to its disk");
 }
 
@@ -219,7 +225,10 @@ async fn a_streamed_transaction_reaches_redis_exactly() {
         assert_eq!(stored.get(id), Some(row), "row {id}");
     }
     let (stream_txns, _, spill_bytes) = slot_stats(&c, "ltr").await;
-    assert!(stream_txns >= 2, "the server streamed both transactions: {stream_txns}");
+    // PostgreSQL 18 may drop a transaction it already sees rolled back
+    // instead of streaming it; earlier servers stream both.
+    let streamed = if server_major(&c).await >= 18 { 1 } else { 2 };
+    assert!(stream_txns >= streamed, "the server streamed {streamed} transactions: {stream_txns}");
     assert_eq!(spill_bytes, 0);
 }
 
