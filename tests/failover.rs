@@ -6,7 +6,7 @@
 //! given both hosts with `target_session_attrs=read-write`. Under a write
 //! load the primary dies (immediate stop) and the standby is promoted:
 //! pgfanout finds the new primary, resumes from the synchronized slot, and
-//! the sink ends equal to the new primary's table, with no snapshot or
+//! the file sink and Redis end equal to the new primary's table, with no snapshot or
 //! backfill. Servers before 17 have no failover slots: the test says so and
 //! checks nothing there (scripts/test.sh runs it on 17 and 18).
 
@@ -35,8 +35,16 @@ async fn a_promoted_standby_takes_over_from_the_synchronized_slot() {
 
     let dir = scratch();
     let out = out_path(dir.path(), "fo");
+    let redis = tokio::task::spawn_blocking(testkit::RedisServer::start).await.unwrap();
     let url = format!("postgres://postgres@127.0.0.1:{},127.0.0.1:{}/fo?target_session_attrs=read-write", primary.port, standby.port);
-    let config = file_config(&primary, "fo", "fo", &["public.t"], &out).replace(&primary.url("fo"), &url);
+    let sinks = format!(
+        "  out: {{ type: file, path: \"{}\" }}\n  cache: {{ type: redis, url: \"{}\", reconnect_max_delay: 1s }}",
+        out.display(),
+        redis.url()
+    );
+    let pipelines = "  - { name: all, from: public.t, to: out }\n  - name: rows\n    from: public.t\n    to: cache\n    redis: { type: string, key: \"t:{id}\" }";
+    let config =
+        daemon_config(&primary, "fo", "fo", &sinks, pipelines, &dir.path().join("fo.dead.jsonl")).replace(&primary.url("fo"), &url);
     assert!(config.contains("target_session_attrs"), "{config}");
     let d = Daemon::start(bin(), dir.path(), "fo", &config);
     wait_slot(&c, "fo", &d).await;
@@ -87,6 +95,14 @@ async fn a_promoted_standby_takes_over_from_the_synchronized_slot() {
     wait_confirmed(&n, "fo", &d, Duration::from_secs(120)).await;
     let recs = records(&out);
     assert_replay_equals_tables(&n, &recs, &["t"]).await;
+    // Redis holds exactly the new primary's rows, as to_jsonb has them.
+    let table = rows_by_id(&n, "t").await;
+    let testkit::Resp::Array(keys) = redis.cmd(&["KEYS", "t:*"]) else { panic!("KEYS did not answer an array") };
+    assert_eq!(keys.len(), table.len(), "one key per row, none for deleted rows");
+    for (id, row) in &table {
+        let stored = redis.cmd(&["GET", &format!("t:{id}")]).opt_text().unwrap_or_else(|| panic!("no key t:{id}"));
+        assert_eq!(&serde_json::from_str::<serde_json::Value>(&stored).unwrap(), row, "row {id}");
+    }
     let rows: i64 = n.query_one("SELECT count(*) FROM t", &[]).await.unwrap().get(0);
     assert!(rows > 1000, "the load wrote before the failover ({rows} rows, {last_tried} tried)");
     let log = d.log();
