@@ -113,7 +113,7 @@ pub fn write_text<O: JsonOut + ?Sized>(out: &mut O, t: &Text) {
     out.push(b'"');
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
-        if b >= 0x20 && b != b'"' && b != b'\\' {
+        if !needs_escaping(b) {
             continue;
         }
         out.verbatim(t, start..i);
@@ -124,6 +124,13 @@ pub fn write_text<O: JsonOut + ?Sized>(out: &mut O, t: &Text) {
     out.push(b'"');
 }
 
+/// Whether byte `b` of a string is written escaped in JSON.
+#[inline]
+fn needs_escaping(b: u8) -> bool {
+    b < 0x20 || b == b'"' || b == b'\\'
+}
+
+/// Appends the JSON escape of `b` (one that [`needs_escaping`]).
 fn write_escape<O: JsonOut + ?Sized>(out: &mut O, b: u8) {
     let esc: &[u8] = match b {
         b'"' => b"\\\"",
@@ -159,27 +166,11 @@ pub fn write_str<O: JsonOut + ?Sized>(out: &mut O, s: &str) {
     out.push(b'"');
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
-        let esc: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0x08 => b"\\b",
-            0x0c => b"\\f",
-            0..=0x1f => {
-                out.extend_from_slice(&bytes[start..i]);
-                const HEX: &[u8; 16] = b"0123456789abcdef";
-                out.extend_from_slice(b"\\u00");
-                out.push(HEX[(b >> 4) as usize]);
-                out.push(HEX[(b & 0xf) as usize]);
-                start = i + 1;
-                continue;
-            }
-            _ => continue,
-        };
+        if !needs_escaping(b) {
+            continue;
+        }
         out.extend_from_slice(&bytes[start..i]);
-        out.extend_from_slice(esc);
+        write_escape(out, b);
         start = i + 1;
     }
     out.extend_from_slice(&bytes[start..]);
