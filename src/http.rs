@@ -29,6 +29,43 @@ pub struct Health {
     pub max_lag_bytes: AtomicU64,
     /// The positions last confirmed, published with every status update.
     pub progress: watch::Sender<Progress>,
+    /// This instance's part under `ha` (role `off` without it).
+    pub ha: std::sync::Mutex<HaState>,
+}
+
+/// An instance's part under `ha`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HaRole {
+    /// `ha` is not enabled.
+    #[default]
+    Off,
+    /// Waiting for the lease, warm.
+    Standby,
+    /// Holding the lease: streaming and writing.
+    Leader,
+    /// Lost the lease: writes nothing more, exiting.
+    Deposed,
+}
+
+/// What `/status` and `/readyz` say of `ha`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct HaState {
+    pub role: HaRole,
+    pub instance: Option<String>,
+    /// The instance holding the lease, as last seen.
+    pub leader: Option<String>,
+    pub epoch: Option<i64>,
+}
+
+impl Health {
+    pub fn set_ha(&self, role: HaRole, instance: &str, leader: Option<String>, epoch: Option<i64>) {
+        *self.ha.lock().unwrap_or_else(|p| p.into_inner()) = HaState { role, instance: Some(instance.to_string()), leader, epoch };
+    }
+
+    pub fn ha(&self) -> HaState {
+        self.ha.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 impl Default for Health {
@@ -38,6 +75,7 @@ impl Default for Health {
             lag_bytes: AtomicU64::new(0),
             max_lag_bytes: AtomicU64::new(0),
             progress: watch::channel(Progress::default()).0,
+            ha: std::sync::Mutex::new(HaState::default()),
         }
     }
 }
@@ -85,6 +123,8 @@ struct StatusBody {
     lag_bytes: u64,
     #[serde(flatten)]
     progress: Progress,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ha: Option<HaState>,
 }
 
 #[derive(Clone)]
@@ -157,6 +197,7 @@ async fn status(State(s): State<AppState>) -> Json<StatusBody> {
         streaming: s.health.streaming.load(Ordering::Acquire),
         lag_bytes: s.health.lag_bytes.load(Ordering::Acquire),
         progress: s.health.progress.borrow().clone(),
+        ha: Some(s.health.ha()).filter(|h| h.role != HaRole::Off),
     })
 }
 
@@ -164,7 +205,13 @@ async fn ready(State(s): State<AppState>) -> (StatusCode, String) {
     let streaming = s.health.streaming.load(Ordering::Acquire);
     let lag = s.health.lag_bytes.load(Ordering::Acquire);
     let max = s.health.max_lag_bytes.load(Ordering::Acquire);
-    if !streaming {
+    let ha = s.health.ha();
+    let leader = ha.leader.as_deref().unwrap_or("nobody yet");
+    if ha.role == HaRole::Standby {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("standby: {leader} leads\n"))
+    } else if ha.role == HaRole::Deposed {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("deposed: {leader} took the lease; stepping down\n"))
+    } else if !streaming {
         (StatusCode::SERVICE_UNAVAILABLE, "not streaming\n".into())
     } else if max > 0 && lag > max {
         (StatusCode::SERVICE_UNAVAILABLE, format!("lag {lag} bytes exceeds {max}\n"))

@@ -23,6 +23,8 @@ pub const CONFIRMED_FLUSH_LSN: &str = "pgfanout_confirmed_flush_lsn";
 pub const SOURCE_RECONNECTS_TOTAL: &str = "pgfanout_source_reconnects_total";
 /// 1 while streaming, 0 otherwise.
 pub const SOURCE_STREAMING: &str = "pgfanout_source_streaming";
+pub const HA_LEADER: &str = "pgfanout_ha_leader";
+pub const HA_EPOCH: &str = "pgfanout_ha_lease_epoch";
 /// In-progress transactions the server streamed that have not ended.
 pub const STREAMED_TRANSACTIONS_OPEN: &str = "pgfanout_streamed_transactions_open";
 /// Bytes of streamed, uncommitted changes held in memory.
@@ -93,6 +95,8 @@ pub const ALL: &[&str] = &[
     CONFIRMED_FLUSH_LSN,
     SOURCE_RECONNECTS_TOTAL,
     SOURCE_STREAMING,
+    HA_LEADER,
+    HA_EPOCH,
     SINK_WRITTEN_TOTAL,
     SINK_FAILED_TOTAL,
     SINK_DEAD_LETTERED_TOTAL,
@@ -125,6 +129,8 @@ pub fn describe() {
     describe_gauge!(CONFIRMED_FLUSH_LSN, "Flush LSN last confirmed to PostgreSQL");
     describe_counter!(SOURCE_RECONNECTS_TOTAL, "Reconnections of the replication stream");
     describe_gauge!(SOURCE_STREAMING, "1 while the replication stream is up");
+    describe_gauge!(HA_LEADER, "With ha: 1 while this instance holds the lease (leads), 0 while it is a standby");
+    describe_gauge!(HA_EPOCH, "With ha: the epoch of the lease this instance holds (one more at every change of leader)");
     describe_gauge!(STREAMED_TRANSACTIONS_OPEN, "Streamed in-progress transactions not yet committed or aborted");
     describe_gauge!(STREAMED_MEMORY_BYTES, Unit::Bytes, "Streamed uncommitted changes held in memory");
     describe_gauge!(

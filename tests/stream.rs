@@ -151,23 +151,6 @@ async fn values_match_to_jsonb_end_to_end() {
     drop(d);
 }
 
-fn http_get(port: u16, path: &str) -> (u16, String) {
-    http_request(port, "GET", path)
-}
-
-fn http_request(port: u16, method: &str, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = match std::net::TcpStream::connect(("127.0.0.1", port)) {
-        Ok(s) => s,
-        Err(_) => return (0, String::new()),
-    };
-    let _ = s.write_all(format!("{method} {path} HTTP/1.0\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n").as_bytes());
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body);
-    let code = body.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (code, body)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_health_endpoints() {
     let (pg, c) = cluster_with("metrics", SHORT_WAL_SENDER_TIMEOUT).await;

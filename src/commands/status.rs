@@ -1,5 +1,6 @@
-//! `pgfanout status`: the slot's position and lag and, when the daemon's
-//! HTTP listener answers, each sink's durable position.
+//! `pgfanout status`: the slot's position and lag, the instance leading it
+//! (with `ha`) and, when the daemon's HTTP listener answers, each sink's
+//! durable position.
 
 use pgfanout_sdk::Lsn;
 
@@ -42,6 +43,15 @@ pub async fn status(cfg: &Config) -> Report {
             r.complain(format_args!("cannot read pg_replication_slots: {e}"));
             return r.ends(Exit::Failed);
         }
+    }
+    match crate::runtime::lease::holder(&client, &pg.slot).await {
+        Ok(Some(h)) => {
+            let state = if h.expires_in_ms >= 0 { format!("expires in {} ms", h.expires_in_ms) } else { "expired".into() };
+            r.say(format_args!("leader            {} (lease epoch {}, {state})", h.instance, h.epoch));
+        }
+        Ok(None) if cfg.ha.enabled => r.say(format_args!("leader            none yet (ha enabled; no instance has taken the lease)")),
+        Ok(None) => {}
+        Err(e) => r.complain(format_args!("cannot read pgfanout.leases: {e}")),
     }
     match sink_positions(&cfg.http.listen).await {
         Some(positions) if !positions.is_empty() => {

@@ -15,12 +15,12 @@ use serde::de::DeserializeOwned;
 
 use super::pipeline::PipelineConfig;
 use super::pipeline::PIPELINE_FIELDS;
-use super::sections::{Config, ConfigErrors, DeadLetterConfig, HttpConfig, RuntimeConfig, SinkConfig, SourceConfig};
+use super::sections::{Config, ConfigErrors, DeadLetterConfig, HaConfig, HttpConfig, RuntimeConfig, SinkConfig, SourceConfig};
 use super::validate::{validate_parts, Parts};
 use super::{interpolate, redact};
 
 /// The top-level sections, in the order the file is expected to have them.
-const SECTIONS: [&str; 6] = ["source", "sinks", "pipelines", "dead_letter", "http", "runtime"];
+const SECTIONS: [&str; 7] = ["source", "sinks", "pipelines", "dead_letter", "http", "runtime", "ha"];
 
 /// The prefix of environment overrides: `PGFANOUT__SOURCE__POSTGRES__SLOT=x`
 /// sets `source.postgres.slot`.
@@ -70,6 +70,7 @@ pub fn load_with_env(path: &Path, env: &HashMap<String, String>) -> Result<Confi
     let dead_letter_v = take("dead_letter");
     let http_v = take("http");
     let runtime_v = take("runtime");
+    let ha_v = take("ha");
     for key in root.keys() {
         errors.push(format!("{key}: unknown section; expected one of {}", SECTIONS.join(", ")));
     }
@@ -119,6 +120,7 @@ pub fn load_with_env(path: &Path, env: &HashMap<String, String>) -> Result<Confi
     let dead_letter: Option<DeadLetterConfig> = optional_section(dead_letter_v, "dead_letter", &mut errors);
     let http: Option<HttpConfig> = optional_section(http_v, "http", &mut errors);
     let runtime: Option<RuntimeConfig> = optional_section(runtime_v, "runtime", &mut errors);
+    let ha: Option<HaConfig> = optional_section(ha_v, "ha", &mut errors);
 
     let pipeline_refs: Vec<(usize, &PipelineConfig)> = pipelines.iter().map(|(i, p)| (*i, p)).collect();
     errors.extend(validate_parts(&Parts {
@@ -130,6 +132,7 @@ pub fn load_with_env(path: &Path, env: &HashMap<String, String>) -> Result<Confi
         dead_letter: dead_letter.as_ref(),
         http: http.as_ref(),
         runtime: runtime.as_ref(),
+        ha: ha.as_ref(),
     }));
     // Each sink's connector parses its settings and mappings, once.
     let (configured, sink_errors) = super::sinks::configure_sinks(&sinks, &pipeline_refs);
@@ -140,9 +143,9 @@ pub fn load_with_env(path: &Path, env: &HashMap<String, String>) -> Result<Confi
         }
     }
 
-    match (errors.is_empty(), source, dead_letter, http, runtime) {
-        (true, Some(source), Some(dead_letter), Some(http), Some(runtime)) => {
-            Ok(Config { source, sinks, pipelines: pipelines.into_iter().map(|(_, p)| p).collect(), dead_letter, http, runtime })
+    match (errors.is_empty(), source, dead_letter, http, runtime, ha) {
+        (true, Some(source), Some(dead_letter), Some(http), Some(runtime), Some(ha)) => {
+            Ok(Config { source, sinks, pipelines: pipelines.into_iter().map(|(_, p)| p).collect(), dead_letter, http, runtime, ha })
         }
         _ if errors.is_empty() => Err(prefix(vec!["internal error: configuration incomplete without an error".into()], &secrets)),
         _ => Err(prefix(errors, &secrets)),

@@ -1,5 +1,5 @@
 //! The configuration file's sections as typed structs: `source`, `sinks`,
-//! `dead_letter`, `http`, `runtime` (pipelines are in `pipeline`). Each
+//! `dead_letter`, `http`, `runtime`, `ha` (pipelines are in `pipeline`). Each
 //! rejects unknown fields; defaults are the functions beside them.
 
 use std::fmt;
@@ -28,6 +28,7 @@ pub struct Config {
     pub dead_letter: DeadLetterConfig,
     pub http: HttpConfig,
     pub runtime: RuntimeConfig,
+    pub ha: HaConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -383,6 +384,38 @@ fn default_queue_memory() -> ByteSize {
 
 fn default_shutdown_timeout() -> Duration {
     Duration::from_secs(30)
+}
+
+/// High availability: several instances run with the same configuration;
+/// the one holding the slot's lease (a row in `pgfanout.leases`) streams
+/// and writes, the others wait warm and take over when it expires.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HaConfig {
+    /// Off by default: one instance, which takes the slot when it is free.
+    #[serde(default)]
+    pub enabled: bool,
+    /// How long a lease lasts unless renewed (renewed every third of it). A
+    /// leader that cannot renew stops writing at four fifths of it; a
+    /// standby takes over once it has passed, or at once when the leader's
+    /// lease connection is gone. Keep it under the server's
+    /// `wal_sender_timeout` (60s by default).
+    #[serde(default = "default_lease", with = "units::duration")]
+    pub lease: Duration,
+    /// This instance's name in the lease and the logs. Default: the host
+    /// name and the process id.
+    #[serde(default)]
+    pub instance: Option<String>,
+}
+
+impl Default for HaConfig {
+    fn default() -> Self {
+        HaConfig { enabled: false, lease: default_lease(), instance: None }
+    }
+}
+
+fn default_lease() -> Duration {
+    Duration::from_secs(10)
 }
 
 /// Errors from loading a configuration: one line each, already prefixed with

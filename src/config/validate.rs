@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::pipeline::{OneOrMany, PipelineConfig, TablePattern, TransformConfig};
-use super::sections::{Config, DeadLetterConfig, HttpConfig, PostgresSourceConfig, RuntimeConfig, SinkConfig};
+use super::sections::{Config, DeadLetterConfig, HaConfig, HttpConfig, PostgresSourceConfig, RuntimeConfig, SinkConfig};
 use crate::expr::{self, Expr};
 use indexmap::IndexMap;
 
@@ -30,6 +30,7 @@ pub fn validate(cfg: &Config) -> Vec<String> {
         dead_letter: Some(&cfg.dead_letter),
         http: Some(&cfg.http),
         runtime: Some(&cfg.runtime),
+        ha: Some(&cfg.ha),
     });
     errors.extend(super::sinks::configure_sinks(&cfg.sinks, &pipelines).1);
     errors
@@ -48,6 +49,7 @@ pub(crate) struct Parts<'a> {
     pub dead_letter: Option<&'a DeadLetterConfig>,
     pub http: Option<&'a HttpConfig>,
     pub runtime: Option<&'a RuntimeConfig>,
+    pub ha: Option<&'a HaConfig>,
 }
 
 pub(crate) fn validate_parts(p: &Parts<'_>) -> Vec<String> {
@@ -100,6 +102,19 @@ pub(crate) fn validate_parts(p: &Parts<'_>) -> Vec<String> {
                 "runtime.linger: {:?} is too long; expected at most 1s (it adds to every change's latency), like 5ms",
                 r.linger
             ));
+        }
+    }
+    if let Some(ha) = p.ha {
+        if ha.lease < std::time::Duration::from_secs(1) || ha.lease > std::time::Duration::from_secs(300) {
+            errors.push(format!(
+                "ha.lease: {:?} is out of range; expected 1s to 5m (default 10s), under the server's wal_sender_timeout",
+                ha.lease
+            ));
+        }
+        if let Some(name) = &ha.instance {
+            if name.trim().is_empty() || name.len() > 200 {
+                errors.push("ha.instance: expected a non-empty name of at most 200 characters (default: host name and process id)".into());
+            }
         }
     }
     errors

@@ -6,6 +6,7 @@ mod bridge;
 mod feedback;
 mod heartbeat;
 mod in_progress;
+pub mod lease;
 mod memory;
 mod outbox;
 mod partitions;
@@ -86,18 +87,76 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     let router = Router::new(&cfg).map_err(|e| RunError::Config(e.to_string()))?;
     let pg = &cfg.source.postgres;
     let opts = pg.connect_options().map_err(|e| RunError::Config(e.to_string()))?;
-    let prepared = match setup::prepare_source(&opts, pg, &router, shutdown_rx.clone()).await {
-        Ok(Some(p)) => p,
+    let dead_letters = DeadLetters::new(&cfg.dead_letter.path);
+
+    if !cfg.ha.enabled {
+        let prepared = match setup::prepare_source(&opts, pg, &router, shutdown_rx.clone()).await {
+            Ok(Some(p)) => p,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(RunError::Fatal(e.to_string())),
+        };
+        let fence = lease::Fence::open();
+        let Some(sinks) = sinks::spawn_all(&cfg, &router, &dead_letters, &fence, shutdown_rx.clone()).await.map_err(RunError::Fatal)?
+        else {
+            return Ok(());
+        };
+        return lead(&cfg, router, prepared, sinks, dead_letters, health, fence, shutdown_rx).await;
+    }
+
+    // `ha`: connect the sinks (warm, fenced), wait for the lease, then lead
+    // until shutdown or until the lease is lost.
+    let fence = lease::Fence::closed();
+    let Some(sinks) = sinks::spawn_all(&cfg, &router, &dead_letters, &fence, shutdown_rx.clone()).await.map_err(RunError::Fatal)? else {
+        return Ok(());
+    };
+    let lease_settings = lease::LeaseSettings {
+        opts: opts.clone(),
+        slot: pg.slot.clone(),
+        instance: cfg.ha.instance.clone().unwrap_or_else(lease::default_instance),
+        lease: cfg.ha.lease,
+    };
+    info!(instance = %lease_settings.instance, lease = ?cfg.ha.lease, "ha: standby until this instance holds the lease");
+    let mut held = match lease::acquire(lease_settings, fence.clone(), health.clone(), shutdown_rx.clone()).await {
+        Ok(Some(l)) => l,
         Ok(None) => return Ok(()),
         Err(e) => return Err(RunError::Fatal(e.to_string())),
     };
-    let start = prepared.start;
-
-    let dead_letters = DeadLetters::new(&cfg.dead_letter.path);
-    let mut sinks = match sinks::spawn_all(&cfg, &router, &dead_letters, shutdown_rx.clone()).await.map_err(RunError::Fatal)? {
-        Some(sinks) => sinks,
-        None => return Ok(()),
+    let leading = async {
+        let prepared = match setup::prepare_source(&opts, pg, &router, shutdown_rx.clone()).await {
+            Ok(Some(p)) => p,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(RunError::Fatal(e.to_string())),
+        };
+        lead(&cfg, router, prepared, sinks, dead_letters, health, fence, shutdown_rx).await
     };
+    tokio::select! {
+        done = leading => {
+            held.release().await;
+            done
+        }
+        now = held.lost() => {
+            error!(leader = %now, "lost the lease: stepping down; nothing more is written (restart this instance to make it a standby)");
+            Err(RunError::Fatal(format!("lost the lease of slot {:?} to {now}; stepped down", cfg.source.postgres.slot)))
+        }
+    }
+}
+
+/// Streams (after the snapshot, if one is due) until shutdown or a
+/// permanent error: the leader's part.
+#[allow(clippy::too_many_arguments)]
+async fn lead(
+    cfg: &Config,
+    router: Router,
+    prepared: setup::Prepared,
+    mut sinks: sinks::Sinks,
+    dead_letters: DeadLetters,
+    health: Arc<Health>,
+    fence: Arc<lease::Fence>,
+    shutdown_rx: watch::Receiver<bool>,
+) -> Result<(), RunError> {
+    let pg = &cfg.source.postgres;
+    let opts = pg.connect_options().map_err(|e| RunError::Config(e.to_string()))?;
+    let start = prepared.start;
     let tracker = AckTracker::new(std::mem::take(&mut sinks.durable), start);
     let settings = SourceSettings {
         opts: opts.clone(),
@@ -123,6 +182,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         streaming: pg.streaming == crate::config::Streaming::Auto,
         streaming_memory: usize::try_from(pg.streaming_memory.0).unwrap_or(usize::MAX),
         streaming_spill_dir: pg.streaming_spill_dir.clone(),
+        fence,
     };
     let patterns: Vec<crate::config::TablePattern> =
         router.table_patterns().iter().filter_map(|p| crate::config::TablePattern::parse(p).ok()).collect();

@@ -2,12 +2,14 @@
 //! `runtime::run`.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use pgfanout_postgres::conn::PgConnectOptions;
 use pgfanout_postgres::replication::ReceiveBuffer;
 
 use crate::config::{OnDecodeError, OnTypeChange};
+use crate::runtime::lease::Fence;
 
 /// Settings of the reader.
 pub struct SourceSettings {
@@ -39,4 +41,6 @@ pub struct SourceSettings {
     pub streaming_memory: usize,
     /// Where they spill (the system's temporary directory if None).
     pub streaming_spill_dir: Option<PathBuf>,
+    /// The reader connects only while it allows (`ha`: the lease is held).
+    pub fence: Arc<Fence>,
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use super::ack::DurableSeq;
+use super::lease::Fence;
 use super::memory::QueueMemory;
 use super::worker::{Queued, Worker};
 use crate::config::Config;
@@ -25,11 +26,13 @@ pub struct Sinks {
 /// Builds every sink (connecting) and spawns its worker. A store that is
 /// unreachable at start (a retriable error) is retried with capped backoff
 /// until it answers or shutdown is requested (then `Ok(None)`); settings the
-/// store refuses for good stop with the error.
+/// store refuses for good stop with the error. Workers write only while
+/// `fence` allows.
 pub async fn spawn_all(
     cfg: &Config,
     router: &Router,
     dead_letters: &DeadLetters,
+    fence: &Arc<Fence>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Option<Sinks>, String> {
     let memory = QueueMemory::new(cfg.runtime.queue_memory.bytes());
@@ -68,6 +71,7 @@ pub async fn spawn_all(
             dead_letters: dead_letters.clone(),
             routes: routes.iter().map(|(n, _)| n.clone()).collect(),
             batch_size: cfg.runtime.batch_size,
+            fence: fence.clone(),
         };
         sinks.names.push(name.clone());
         sinks.senders.push(tx);

@@ -234,6 +234,16 @@ impl SourceLoop {
     }
 
     async fn stream_once(&mut self) -> Result<Ended, SourceError> {
+        // Under `ha`, a leader whose lease ran out does not take the slot
+        // back from the one that took over.
+        if !self.settings.fence.allows() {
+            info!("waiting for the lease before connecting");
+            let fence = self.settings.fence.clone();
+            tokio::select! {
+                _ = fence.wait() => {}
+                _ = self.shutdown.wait_for(|v| *v) => return Ok(Ended::Shutdown),
+            }
+        }
         let sql = connect_sql(&self.settings.opts).await?;
         let info = slot::slot_info(&sql, &self.settings.slot)
             .await?

@@ -12,6 +12,7 @@ use tracing::{debug, warn};
 use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::metrics as m;
 use crate::runtime::ack::DurableSeq;
+use crate::runtime::lease::Fence;
 use crate::runtime::memory::Charge;
 use pgfanout_sdk::settings::Backoff;
 
@@ -45,6 +46,8 @@ pub struct Worker {
     /// Pipeline names of the sink's routes (for dead letters).
     pub routes: Vec<Arc<str>>,
     pub batch_size: usize,
+    /// Writes wait while it is closed (`ha`: the lease is not held).
+    pub fence: Arc<Fence>,
 }
 
 impl Worker {
@@ -141,6 +144,7 @@ impl Worker {
     async fn submit(&self, sink: &mut dyn DynSink, batch: Arc<[SinkRecord]>, flight: &mut VecDeque<Pending>) {
         let mut backoff = Backoff::default();
         loop {
+            self.fence.wait().await;
             let started = Instant::now();
             match sink.submit_boxed(batch.clone()).await {
                 Ok(done) => {
@@ -189,6 +193,7 @@ impl Worker {
     async fn write(&self, sink: &mut dyn DynSink, batch: &[SinkRecord]) {
         let mut backoff = Backoff::default();
         loop {
+            self.fence.wait().await;
             let started = Instant::now();
             match sink.write_boxed(batch).await {
                 Ok(rejected) => {

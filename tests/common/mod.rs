@@ -2,7 +2,7 @@
 //! binary (each `tests/*.rs` says `mod common;` and `use common::*;`).
 //!
 //! One file per idea: a PostgreSQL cluster and its slot positions
-//! (`cluster`), the daemon's configs (`config`), the file sink's output
+//! (`cluster`), the daemon's configs (`config`) and HTTP listener (`http`), the file sink's output
 //! read back as a replaying consumer would (`output`), random workloads
 //! (`workload`), `pgfanout verify` runs (`verify`), and readers of what the
 //! stores hold (`search`, `kafka`, `neo4j`, `scylla`).
@@ -10,6 +10,7 @@
 
 pub mod cluster;
 pub mod config;
+pub mod http;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 #[cfg(feature = "neo4j")]
@@ -23,6 +24,7 @@ pub mod workload;
 
 pub use cluster::*;
 pub use config::*;
+pub use http::*;
 pub use output::*;
 pub use search::*;
 pub use testkit::{Daemon, PgCluster};

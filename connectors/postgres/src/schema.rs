@@ -10,6 +10,7 @@
 //! | `snapshot_state` | per slot and table: copied (`done`) or being copied, at which version | the initial snapshot |
 //! | `relation_shapes` | the column types last seen per table, to notice `ALTER ... TYPE` | the reader |
 //! | `verify_results` | the last `verify` outcome per pipeline, for the metrics | `pgfanout verify` |
+//! | `leases` | per slot: the instance that leads (`ha`), its epoch and deadline | the daemon |
 //! | `schema_migrations` | which of the migrations below were applied, and when | [`migrate`] |
 //!
 //! Every change to these tables is a new entry at the end of [`MIGRATIONS`],
@@ -88,6 +89,19 @@ pub const MIGRATIONS: &[Migration] = &[
             ALTER TABLE pgfanout.snapshot_state ADD CONSTRAINT snapshot_state_status_known
                 CHECK (status IN ('initial-running', 'added-running', 'done')) NOT VALID;
             CREATE INDEX IF NOT EXISTS backfills_slot_status ON pgfanout.backfills (slot, status)",
+    },
+    Migration {
+        version: 3,
+        name: "leases: which instance leads a slot, until when",
+        sql: "CREATE TABLE IF NOT EXISTS pgfanout.leases (
+              slot text PRIMARY KEY,
+              holder text NOT NULL,
+              epoch bigint NOT NULL,
+              holder_pid int,
+              holder_started timestamptz,
+              acquired_at timestamptz NOT NULL,
+              renewed_at timestamptz NOT NULL,
+              expires_at timestamptz NOT NULL)",
     },
 ];
 
