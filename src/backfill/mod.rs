@@ -194,6 +194,8 @@ pub type TableFilter = Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
 pub struct Driver {
     pub opts: PgConnectOptions,
     pub slot: String,
+    /// The stream's publication: backfilled rows have the columns it publishes.
+    pub publication: String,
     pub to_source: mpsc::Sender<ToSource>,
     pub shutdown: watch::Receiver<bool>,
     /// `schema.table` names some pipeline reads (a backfill of another
@@ -294,7 +296,7 @@ impl Driver {
     async fn backfill(&mut self, c: &tokio_postgres::Client, bf: Backfill, chunk_no: &mut u64) -> Result<(), SourceError> {
         let table = parse_table(&bf.table).map_err(SourceError::permanent)?;
         let mut types = TypeRegistry::new();
-        let parts = match KeyedTable::plan(c, &mut types, &table).await {
+        let parts = match KeyedTable::plan(c, &mut types, &table, Some(&self.publication)).await {
             Ok(p) => p,
             Err(e) if !e.is_retriable() => {
                 state::set_status(c, bf.id, BackfillStatus::Failed, Some(&e.to_string())).await?;

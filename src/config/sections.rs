@@ -110,6 +110,13 @@ pub struct PostgresSourceConfig {
     /// ignored before 17).
     #[serde(default = "default_true")]
     pub failover_slot: bool,
+    /// On PostgreSQL 18, publish stored generated columns
+    /// (`publish_generated_columns = stored` on the publication, set when
+    /// pgfanout creates it or altered when it exists); snapshots, backfills
+    /// and `verify` then carry them too. Default false: generated columns
+    /// are left out, as every server before 18 does. An error before 18.
+    #[serde(default)]
+    pub publish_generated_columns: bool,
     /// Memory for streamed transactions that have not committed yet, all
     /// together (default 4MiB); the rest spills to files in
     /// `streaming_spill_dir`.

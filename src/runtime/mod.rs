@@ -190,6 +190,7 @@ async fn lead(
     let driver = crate::backfill::Driver {
         opts: opts.clone(),
         slot: pg.slot.clone(),
+        publication: pg.publication.clone(),
         to_source: backfill_tx,
         shutdown: shutdown_rx.clone(),
         routed: Arc::new(move |schema: &str, table: &str| patterns.iter().any(|p| p.matches(schema, table))),

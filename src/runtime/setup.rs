@@ -95,6 +95,9 @@ async fn prepare_once(opts: &PgConnectOptions, pg: &PostgresSourceConfig, router
         return Err(SourceError::permanent(problems.join("; ")));
     }
     let published = slot::ensure_publication(&sql, &pg.publication, &tables).await?;
+    if pg.publish_generated_columns {
+        slot::ensure_generated_columns(&sql, &pg.publication).await?;
+    }
     if pg.on_type_change == crate::config::OnTypeChange::Backfill {
         if let Err(e) = crate::backfill::shapes::record_current(&sql, &pg.slot, &tables).await {
             warn!(error = %e, "cannot record the tables' column types in pgfanout.relation_shapes: type changes (on_type_change) are not detected; grant the pgfanout role CREATE on the database");

@@ -41,7 +41,8 @@ pub async fn run(source: &mut SourceLoop, mut plan: SnapshotPlan, slot: &str, pa
     // the consumer routes one while the readers fill the next.
     let batch_rows = (source.settings().batch_size / 4).clamp(1, 256);
     let (tx, mut rx) = mpsc::channel::<Vec<Change>>(4);
-    let options = SnapshotOptions { parallelism, batch_rows, ..SnapshotOptions::default() };
+    let options =
+        SnapshotOptions { parallelism, batch_rows, publication: Some(source.settings().publication.clone()), ..SnapshotOptions::default() };
     let opts = source.settings().opts.clone();
     let tables = plan.tables.clone();
     let name = plan.snapshot_name.clone();

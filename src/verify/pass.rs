@@ -131,7 +131,8 @@ impl Ctx<'_> {
             let (schema, table): (String, String) = (r.get(0), r.get(1));
             if patterns.iter().any(|pat| pat.matches(&schema, &table)) {
                 let t = TableName::new(schema, table);
-                tables.extend(KeyedTable::plan(self.client, &mut types, &t).await.map_err(|e| e.to_string())?);
+                let publication = Some(self.cfg.source.postgres.publication.as_str());
+                tables.extend(KeyedTable::plan(self.client, &mut types, &t, publication).await.map_err(|e| e.to_string())?);
             }
         }
         Ok(Tables { tables })

@@ -297,3 +297,28 @@ mod tests {
         }
     }
 }
+
+/// Makes publication `name` send stored generated columns
+/// (`publish_generated_columns = stored`, PostgreSQL 18+). Permanent error
+/// before 18, which never sends them, and when the publication cannot be
+/// altered.
+pub async fn ensure_generated_columns(c: &Client, name: &str) -> Result<(), SourceError> {
+    let server: i32 = c.query_one("SELECT current_setting('server_version_num')::int4", &[]).await?.try_get(0)?;
+    if server < 180_000 {
+        return Err(SourceError::permanent(format!(
+            "source.postgres.publish_generated_columns needs PostgreSQL 18 or later (this server is {}): earlier servers never \
+             stream generated columns; set it to false",
+            server / 10_000
+        )));
+    }
+    let current: String = c.query_one("SELECT pubgencols::text FROM pg_publication WHERE pubname = $1", &[&name]).await?.try_get(0)?;
+    if current == "s" {
+        return Ok(());
+    }
+    let alter = format!("ALTER PUBLICATION {} SET (publish_generated_columns = stored)", quote_ident(name));
+    c.batch_execute(&alter).await.map_err(|e| {
+        SourceError::from(e).definite_with_fix(format!("run {alter} as the publication's owner, or set publish_generated_columns: false"))
+    })?;
+    tracing::info!(publication = %name, "publication now publishes stored generated columns");
+    Ok(())
+}

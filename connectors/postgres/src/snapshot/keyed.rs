@@ -38,9 +38,15 @@ pub struct KeyedTable {
 impl KeyedTable {
     /// Plans `table` (one entry per leaf when it is partitioned). A table
     /// without a primary key or replica identity index cannot be paged by
-    /// key: Permanent error.
-    pub async fn plan(c: &Client, types: &mut TypeRegistry, table: &TableName) -> Result<Vec<KeyedTable>, SourceError> {
-        let planned = plan::plan_tables(c, types, std::slice::from_ref(table), u64::MAX).await?;
+    /// key: Permanent error. Rows have the columns `publication` publishes
+    /// (as the stream has them; every column that is not generated when None).
+    pub async fn plan(
+        c: &Client,
+        types: &mut TypeRegistry,
+        table: &TableName,
+        publication: Option<&str>,
+    ) -> Result<Vec<KeyedTable>, SourceError> {
+        let planned = plan::plan_tables(c, types, std::slice::from_ref(table), u64::MAX, publication).await?;
         let mut out = Vec::with_capacity(planned.len());
         for (rel, _) in planned {
             if !rel.has_key() {

@@ -68,11 +68,21 @@ pub struct SnapshotOptions {
     /// The budget of buffers that sent rows' values may keep alive; shared
     /// by every copy given the same one. Default: a fresh 8 MiB budget.
     pub pinned: Arc<Pinned>,
+    /// The publication the stream reads: rows are copied with the columns
+    /// it publishes (its column lists; on 18, stored generated columns when
+    /// it publishes them). None: every column that is not generated.
+    pub publication: Option<String>,
 }
 
 impl Default for SnapshotOptions {
     fn default() -> Self {
-        SnapshotOptions { parallelism: 4, chunk_rows: 250_000, batch_rows: 256, pinned: Pinned::new(DEFAULT_PINNED_BUDGET) }
+        SnapshotOptions {
+            parallelism: 4,
+            chunk_rows: 250_000,
+            batch_rows: 256,
+            pinned: Pinned::new(DEFAULT_PINNED_BUDGET),
+            publication: None,
+        }
     }
 }
 
@@ -189,7 +199,7 @@ pub async fn copy_tables(
         }
     };
     let mut types = TypeRegistry::new();
-    let planned = plan::plan_tables(&first, &mut types, tables, options.chunk_rows.max(1)).await?;
+    let planned = plan::plan_tables(&first, &mut types, tables, options.chunk_rows.max(1), options.publication.as_deref()).await?;
 
     let mut table_states: Vec<TableState> = tables
         .iter()

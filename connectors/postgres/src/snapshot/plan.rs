@@ -92,11 +92,15 @@ pub async fn plan_tables(
     types: &mut TypeRegistry,
     tables: &[TableName],
     chunk_rows: u64,
+    publication: Option<&str>,
 ) -> Result<Vec<(RelationPlan, Vec<BlockRange>)>, SourceError> {
-    let block_size: i64 = c.query_one("SELECT current_setting('block_size')::int8", &[]).await?.try_get(0)?;
+    let row = c.query_one("SELECT current_setting('block_size')::int8, current_setting('server_version_num')::int4", &[]).await?;
+    let block_size: i64 = row.try_get(0)?;
     let block_size = block_size.max(1) as u64;
+    let server: i32 = row.try_get(1)?;
     let mut out = Vec::new();
     for (given, table) in tables.iter().enumerate() {
+        let columns = Columns { published: published_columns(c, server, publication, table).await?, generated: server >= 180_000 };
         let row = c
             .query_opt(
                 "SELECT c.oid, c.relkind::text FROM pg_catalog.pg_class c \
@@ -126,7 +130,7 @@ pub async fn plan_tables(
             }
         };
         for oid in oids {
-            let mut plan = plan_relation(c, types, given, oid, block_size).await?;
+            let mut plan = plan_relation(c, types, given, oid, block_size, &columns).await?;
             // Leaves of a partitioned table carry the root's name, as the
             // stream does (publish_via_partition_root).
             plan.schema = Arc::from(table.schema.as_str());
@@ -140,7 +144,56 @@ pub async fn plan_tables(
     Ok(out)
 }
 
-async fn plan_relation(c: &Client, types: &mut TypeRegistry, given: usize, oid: u32, block_size: u64) -> Result<RelationPlan, SourceError> {
+/// Which columns of a table the stream carries, so that copied rows have
+/// the same: pgoutput sends a publication's column list (15+) and, on 18,
+/// stored generated columns when the publication says
+/// `publish_generated_columns = stored`; before 18 never a generated one.
+struct Columns {
+    /// `pg_publication_tables.attnames` (None: no publication given, 14,
+    /// or the table not in it: every column that is not generated).
+    published: Option<Vec<String>>,
+    /// The server publishes generated columns that `published` names (18+;
+    /// 15-17 list them in `attnames` but do not send them).
+    generated: bool,
+}
+
+impl Columns {
+    fn keeps(&self, name: &str, generated: &str) -> bool {
+        let listed = self.published.as_ref().is_none_or(|names| names.iter().any(|n| n == name));
+        listed && (generated.is_empty() || (self.generated && generated == "s" && self.published.is_some()))
+    }
+}
+
+/// `attnames` of `table` in `publication` (15+), if it is published there.
+async fn published_columns(
+    c: &Client,
+    server: i32,
+    publication: Option<&str>,
+    table: &TableName,
+) -> Result<Option<Vec<String>>, SourceError> {
+    let Some(publication) = publication.filter(|_| server >= 150_000) else {
+        return Ok(None);
+    };
+    let row = c
+        .query_opt(
+            "SELECT attnames::text[] FROM pg_catalog.pg_publication_tables WHERE pubname = $1 AND schemaname = $2 AND tablename = $3",
+            &[&publication, &table.schema, &table.name],
+        )
+        .await?;
+    Ok(match row {
+        Some(r) => r.try_get(0)?,
+        None => None,
+    })
+}
+
+async fn plan_relation(
+    c: &Client,
+    types: &mut TypeRegistry,
+    given: usize,
+    oid: u32,
+    block_size: u64,
+    wanted: &Columns,
+) -> Result<RelationPlan, SourceError> {
     let row = c
         .query_one(
             "SELECT n.nspname::text, c.relname::text, c.relreplident::text, c.reltuples::float8, \
@@ -183,8 +236,8 @@ async fn plan_relation(c: &Client, types: &mut TypeRegistry, given: usize, oid: 
 
     let col_rows = c
         .query(
-            "SELECT a.attname::text, a.atttypid, a.attnum FROM pg_catalog.pg_attribute a \
-             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' ORDER BY a.attnum",
+            "SELECT a.attname::text, a.atttypid, a.attnum, a.attgenerated::text FROM pg_catalog.pg_attribute a \
+             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
             &[&oid],
         )
         .await?;
@@ -193,6 +246,10 @@ async fn plan_relation(c: &Client, types: &mut TypeRegistry, given: usize, oid: 
         let name: String = r.try_get(0)?;
         let type_oid: u32 = r.try_get(1)?;
         let attnum: i16 = r.try_get(2)?;
+        let generated: String = r.try_get(3)?;
+        if !wanted.keeps(&name, &generated) {
+            continue;
+        }
         let decoder = match types.resolve_cached(type_oid) {
             Some(d) => d,
             None => types.resolve(c, type_oid).await?,
