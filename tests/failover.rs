@@ -60,6 +60,22 @@ async fn a_promoted_standby_takes_over_from_the_synchronized_slot() {
     })
     .await;
 
+    // `doctor` sees a slot that survives a failover.
+    let doctor = std::process::Command::new(bin()).args(["doctor", "-c"]).arg(&d.config_path).output().unwrap();
+    let said = String::from_utf8_lossy(&doctor.stdout).to_string() + &String::from_utf8_lossy(&doctor.stderr);
+    for line in [
+        "ok    slot fo is a failover slot".to_string(),
+        "ok    synchronized_standby_slots = standby1 on the primary".to_string(),
+        format!("ok    standby 127.0.0.1:{}: sync_replication_slots = on", standby.port),
+        format!("ok    standby 127.0.0.1:{}: hot_standby_feedback = on", standby.port),
+        format!("ok    standby 127.0.0.1:{}: slot fo synchronized", standby.port),
+    ] {
+        assert!(said.contains(&line), "doctor says {line:?}:\n{said}");
+    }
+    for line in said.lines().filter(|l| l.contains("standby") || l.contains("failover")) {
+        println!("doctor: {line}");
+    }
+
     // A write load, then the primary dies under it.
     let writer = primary.client("fo").await;
     let load = tokio::spawn(async move {

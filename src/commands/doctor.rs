@@ -202,6 +202,9 @@ pub async fn doctor(cfg: &Config) -> Report {
         Ok(None) => r.warn(&format!("slot {} does not exist yet", pg.slot), "nothing to do: `pgfanout run` creates it"),
         Err(e) => r.fail(&format!("cannot read slot {}: {e}", pg.slot), "check privileges"),
     }
+    if let Ok(info) = slot::server_info(&client).await {
+        failover_checks(&mut r, cfg, &opts, &client, info.version_num / 10_000).await;
+    }
     for (name, checks) in check_all(cfg).await {
         for check in checks {
             match check.problem {
@@ -219,6 +222,142 @@ pub async fn doctor(cfg: &Config) -> Report {
         let failures = r.failures;
         r.report.say(format_args!("{failures} check(s) failed"));
         r.report.ends(Exit::Failed)
+    }
+}
+
+/// Whether the slot can survive a failover (PostgreSQL 17+): the slot is a
+/// failover slot, the primary holds changes back for the standby
+/// (`synchronized_standby_slots`), and every other host of the URL that is
+/// a standby keeps a synchronized copy (`sync_replication_slots`,
+/// `hot_standby_feedback`, `primary_slot_name`, a `primary_conninfo` with
+/// `dbname`). Failures name the setting to change.
+async fn failover_checks(
+    r: &mut Checks,
+    cfg: &Config,
+    opts: &pgfanout_postgres::conn::PgConnectOptions,
+    primary: &tokio_postgres::Client,
+    major: i32,
+) {
+    let pg = &cfg.source.postgres;
+    let hosts = opts.per_host();
+    if major < 17 {
+        if hosts.len() > 1 {
+            r.warn(
+                &format!("source.postgres.url lists {} hosts, but PostgreSQL {major} has no failover slots", hosts.len()),
+                "after a failover the promoted standby has no slot (on_slot_lost decides what happens); upgrade to 17 for failover slots",
+            );
+        }
+        return;
+    }
+    if !pg.failover_slot {
+        r.warn("source.postgres.failover_slot is false: the slot does not survive a failover", "set it to true (the default)");
+        return;
+    }
+    let failover: Option<bool> = primary
+        .query_opt("SELECT failover FROM pg_replication_slots WHERE slot_name = $1", &[&pg.slot])
+        .await
+        .ok()
+        .flatten()
+        .map(|row| row.get(0));
+    match failover {
+        Some(true) => r.ok(&format!("slot {} is a failover slot", pg.slot)),
+        Some(false) => {
+            r.warn(&format!("slot {} is not a failover slot yet", pg.slot), "nothing to do: `pgfanout run` makes it one at start")
+        }
+        None => {}
+    }
+    let setting = |name: &'static str| async move {
+        primary
+            .query_one("SELECT current_setting($1, true)", &[&name])
+            .await
+            .ok()
+            .and_then(|row| row.get::<_, Option<String>>(0))
+            .unwrap_or_default()
+    };
+    let synchronized = setting("synchronized_standby_slots").await;
+    if synchronized.is_empty() {
+        r.warn(
+            "synchronized_standby_slots is empty on the primary: changes can reach pgfanout before the standby has them, and a promoted standby may lack changes the sinks hold",
+            "ALTER SYSTEM SET synchronized_standby_slots = '<the standby's physical slot>'; SELECT pg_reload_conf();",
+        );
+    } else {
+        r.ok(&format!("synchronized_standby_slots = {synchronized} on the primary"));
+    }
+    if hosts.len() < 2 {
+        r.warn(
+            "source.postgres.url names one host: after a failover pgfanout cannot find the promoted standby",
+            "list every host, primary first, with target_session_attrs=read-write: postgres://u@primary,standby/db?target_session_attrs=read-write",
+        );
+        return;
+    }
+    for mut host in hosts {
+        // Each host on its own, standbys included.
+        host.target_session_attrs = pgfanout_postgres::conn::TargetSessionAttrs::Any;
+        let name = match &host.host {
+            pgfanout_postgres::conn::Host::Tcp(h) => format!("{h}:{}", host.port),
+            pgfanout_postgres::conn::Host::Unix(dir) => format!("{}:{}", dir.display(), host.port),
+        };
+        let c = match connect_sql(&host).await {
+            Ok(c) => c,
+            Err(e) => {
+                r.warn(&format!("host {name}: cannot connect: {e}"), "check that the standby runs and accepts connections from pgfanout");
+                continue;
+            }
+        };
+        let standby: bool = c.query_one("SELECT pg_is_in_recovery()", &[]).await.map(|row| row.get(0)).unwrap_or(false);
+        if !standby {
+            continue;
+        }
+        let get = |name: &'static str| {
+            let c = &c;
+            async move {
+                c.query_one("SELECT current_setting($1, true)", &[&name])
+                    .await
+                    .ok()
+                    .and_then(|row| row.get::<_, Option<String>>(0))
+                    .unwrap_or_default()
+            }
+        };
+        for (setting, want, fix) in [
+            ("sync_replication_slots", "on", "ALTER SYSTEM SET sync_replication_slots = on; SELECT pg_reload_conf();"),
+            ("hot_standby_feedback", "on", "ALTER SYSTEM SET hot_standby_feedback = on; SELECT pg_reload_conf();"),
+        ] {
+            let have = get(setting).await;
+            if have == want {
+                r.ok(&format!("standby {name}: {setting} = {want}"));
+            } else {
+                r.fail(&format!("standby {name}: {setting} = {have} (the slot is not kept there)"), fix);
+            }
+        }
+        if get("primary_slot_name").await.is_empty() {
+            r.fail(
+                &format!("standby {name}: primary_slot_name is not set"),
+                "stream from a physical slot: SELECT pg_create_physical_replication_slot('standby1') on the primary, primary_slot_name = 'standby1' on the standby",
+            );
+        } else {
+            r.ok(&format!("standby {name}: primary_slot_name is set"));
+        }
+        if get("primary_conninfo").await.contains("dbname=") {
+            r.ok(&format!("standby {name}: primary_conninfo names a database"));
+        } else {
+            r.fail(
+                &format!("standby {name}: primary_conninfo names no database (slot synchronization needs one)"),
+                "add dbname=<the source database> to primary_conninfo on the standby",
+            );
+        }
+        let copy = c
+            .query_opt("SELECT synced, confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", &[&pg.slot])
+            .await
+            .ok()
+            .flatten()
+            .map(|row| (row.get::<_, bool>(0), row.get::<_, Option<String>>(1).unwrap_or_default()));
+        match copy {
+            Some((true, at)) => r.ok(&format!("standby {name}: slot {} synchronized, confirmed at {at}", pg.slot)),
+            _ => r.warn(
+                &format!("standby {name}: no synchronized copy of slot {} yet", pg.slot),
+                "it appears once the settings above are right and the slot exists on the primary (the standby syncs every few seconds)",
+            ),
+        }
     }
 }
 
