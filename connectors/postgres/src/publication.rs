@@ -282,22 +282,6 @@ pub async fn replica_identity_problems(c: &Client, tables: &[TableName]) -> Resu
     Ok(problems)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn patterns() {
-        assert_eq!(parse_pattern("Users").unwrap(), vec![Part::Name("users".into())]);
-        assert_eq!(parse_pattern("s.*").unwrap(), vec![Part::Name("s".into()), Part::Any]);
-        assert_eq!(parse_pattern("\"My.Schema\".\"T\"\"x\"").unwrap(), vec![Part::Name("My.Schema".into()), Part::Name("T\"x".into())]);
-        assert_eq!(parse_pattern("\"*\"").unwrap(), vec![Part::Name("*".into())]);
-        for bad in ["", "a.b.c", "\"open", "a.", "ab\"c\""] {
-            assert!(parse_pattern(bad).is_err(), "{bad}");
-        }
-    }
-}
-
 /// Makes publication `name` send stored generated columns
 /// (`publish_generated_columns = stored`, PostgreSQL 18+). Permanent error
 /// before 18, which never sends them, and when the publication cannot be
@@ -321,4 +305,20 @@ pub async fn ensure_generated_columns(c: &Client, name: &str) -> Result<(), Sour
     })?;
     tracing::info!(publication = %name, "publication now publishes stored generated columns");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns() {
+        assert_eq!(parse_pattern("Users").unwrap(), vec![Part::Name("users".into())]);
+        assert_eq!(parse_pattern("s.*").unwrap(), vec![Part::Name("s".into()), Part::Any]);
+        assert_eq!(parse_pattern("\"My.Schema\".\"T\"\"x\"").unwrap(), vec![Part::Name("My.Schema".into()), Part::Name("T\"x".into())]);
+        assert_eq!(parse_pattern("\"*\"").unwrap(), vec![Part::Name("*".into())]);
+        for bad in ["", "a.b.c", "\"open", "a.", "ab\"c\""] {
+            assert!(parse_pattern(bad).is_err(), "{bad}");
+        }
+    }
 }
