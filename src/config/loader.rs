@@ -134,6 +134,9 @@ pub fn load_with_env(path: &Path, env: &HashMap<String, String>) -> Result<Confi
         runtime: runtime.as_ref(),
         ha: ha.as_ref(),
     }));
+    if let Some(slot) = source.as_ref().map(|s| s.postgres.slot.as_str()) {
+        super::sinks::fill_defaults(&mut sinks, slot);
+    }
     // Each sink's connector parses its settings and mappings, once.
     let (configured, sink_errors) = super::sinks::configure_sinks(&sinks, &pipeline_refs);
     errors.extend(sink_errors);

@@ -18,6 +18,19 @@ pub type Configured = (String, Arc<dyn ConfiguredSink>);
 /// name and every error with its dotted path. Pipelines are (index in the
 /// file, pipeline); mapping sections under the wrong key are left to the
 /// pipeline checks.
+/// Settings whose defaults depend on the rest of the configuration: a
+/// Kafka sink with `delivery: exactly_once` gets `transactional_id:
+/// pgfanout-<slot>-<sink name>` (stable across restarts, unique to the slot
+/// and the sink).
+pub fn fill_defaults(sinks: &mut indexmap::IndexMap<String, SinkConfig>, slot: &str) {
+    for (name, sink) in sinks.iter_mut() {
+        let serde_json::Value::Object(settings) = &mut sink.settings else { continue };
+        if sink.kind == "kafka" && settings.get("delivery").and_then(|d| d.as_str()) == Some("exactly_once") {
+            settings.entry("transactional_id").or_insert_with(|| serde_json::Value::String(format!("pgfanout-{slot}-{name}")));
+        }
+    }
+}
+
 pub fn configure_sinks(
     sinks: &indexmap::IndexMap<String, SinkConfig>,
     pipelines: &[(usize, &PipelineConfig)],

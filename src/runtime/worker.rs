@@ -63,22 +63,76 @@ impl Worker {
         debug!(sink = %self.name, "sink worker stopped");
     }
 
-    /// One batch at a time: `write`, await, next.
+    /// One batch at a time: `write`, await, next. For a sink that applies
+    /// each batch atomically ([`DynSink::whole_transactions`]) batches end
+    /// only where a transaction ends (a transaction larger than a batch is
+    /// split), and records of a transaction whose end has not arrived yet
+    /// wait for it.
     async fn run_serial(&mut self, sink: &mut dyn DynSink) {
+        let whole = sink.whole_transactions();
+        let size = self.batch_size.max(1);
         let mut records: Vec<SinkRecord> = Vec::with_capacity(self.batch_size);
-        let mut commit: Option<u64> = None;
-        let mut charges = Vec::new();
+        // (records before it, sequence number) of each commit marker.
+        let mut ends: Vec<(usize, u64)> = Vec::new();
+        // (records up to the end of its chunk, the chunk's queue memory).
+        let mut charges: Vec<(usize, Charge)> = Vec::new();
         while let Some(chunk) = self.rx.recv().await {
-            absorb(chunk, &mut records, &mut commit, &mut charges);
-            self.top_up(&mut records, &mut commit, &mut charges);
-            for batch in records.chunks(self.batch_size.max(1)) {
-                self.write(sink, batch).await;
+            absorb_marked(chunk, &mut records, &mut ends, &mut charges);
+            while records.len() < self.batch_size {
+                match self.rx.try_recv() {
+                    Ok(chunk) => absorb_marked(chunk, &mut records, &mut ends, &mut charges),
+                    Err(_) => break,
+                }
             }
-            records.clear();
-            charges.clear();
-            if let Some(seq) = commit.take() {
+            if !whole {
+                for batch in records.chunks(size) {
+                    self.write(sink, batch).await;
+                }
+                records.clear();
+                charges.clear();
+                if let Some(&(_, seq)) = ends.last() {
+                    self.durable.advance(seq);
+                }
+                ends.clear();
+                continue;
+            }
+            let written = self.write_whole_transactions(sink, &records, &ends).await;
+            records.drain(..written);
+            let done = ends.iter().take_while(|(at, _)| *at <= written).count();
+            if let Some(&(_, seq)) = ends[..done].last() {
                 self.durable.advance(seq);
             }
+            ends.drain(..done);
+            for end in &mut ends {
+                end.0 -= written;
+            }
+            // The memory of chunks written in full goes back.
+            charges.retain_mut(|(end, _)| {
+                let kept = *end > written;
+                *end = end.saturating_sub(written);
+                kept
+            });
+        }
+        // A transaction whose end never came is not written: the stream
+        // sends it again, whole, to the next run.
+    }
+
+    /// Writes `records` in batches that end where a transaction ends
+    /// (`ends`), each at most a batch; a transaction larger than a batch is
+    /// split. Returns how many records were written: the rest belong to a
+    /// transaction whose end has not arrived.
+    async fn write_whole_transactions(&self, sink: &mut dyn DynSink, records: &[SinkRecord], ends: &[(usize, u64)]) -> usize {
+        let size = self.batch_size.max(1);
+        let mut start = 0;
+        loop {
+            let limit = start + size;
+            let end = match ends.iter().map(|(at, _)| *at).filter(|at| *at > start && *at <= limit).last() {
+                Some(at) => at,
+                None if records.len() - start >= size => limit,
+                None => return start,
+            };
+            self.write(sink, &records[start..end]).await;
+            start = end;
         }
     }
 
@@ -274,4 +328,16 @@ fn absorb(chunk: Queued, records: &mut Vec<SinkRecord>, commit: &mut Option<u64>
             Item::Commit(seq) => *commit = Some(seq),
         }
     }
+}
+
+/// [`absorb`], keeping where each commit marker falls among the records,
+/// and where the chunk ends.
+fn absorb_marked(chunk: Queued, records: &mut Vec<SinkRecord>, ends: &mut Vec<(usize, u64)>, charges: &mut Vec<(usize, Charge)>) {
+    for item in chunk.items {
+        match item {
+            Item::Record(r) => records.push(r),
+            Item::Commit(seq) => ends.push((records.len(), seq)),
+        }
+    }
+    charges.push((records.len(), chunk.charge));
 }

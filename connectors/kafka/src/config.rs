@@ -58,6 +58,39 @@ pub struct KafkaSinkConfig {
     /// Which `pgfanout.*` headers every record carries (default `all`).
     #[serde(default)]
     pub headers: HeaderSet,
+    /// `at_least_once` (default: the idempotent producer; a crash may
+    /// append copies of changes a topic already has) or `exactly_once`
+    /// (a transactional producer: each batch is one Kafka transaction that
+    /// also records the PostgreSQL position it covers in `progress_topic`;
+    /// after a crash the sink reads that position back and skips what Kafka
+    /// already holds, so `isolation.level=read_committed` consumers see every
+    /// change once, and each PostgreSQL transaction whole unless it is larger
+    /// than `runtime.batch_size` records).
+    #[serde(default)]
+    pub delivery: Delivery,
+    /// `transactional.id` of the exactly-once producer: stable across
+    /// restarts and unique to one slot and sink (a second producer with it
+    /// fences the first). Default, filled by the daemon:
+    /// `pgfanout-<slot>-<sink name>`.
+    pub transactional_id: Option<String>,
+    /// The compacted topic (one partition) where exactly-once delivery
+    /// keeps, per `transactional_id`, the last position committed (default
+    /// `pgfanout_progress`; created when missing).
+    #[serde(default = "default_progress_topic")]
+    pub progress_topic: String,
+}
+
+/// The delivery guarantee into Kafka.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivery {
+    #[default]
+    AtLeastOnce,
+    ExactlyOnce,
+}
+
+fn default_progress_topic() -> String {
+    "pgfanout_progress".into()
 }
 
 /// The `pgfanout.*` headers a record carries.
@@ -230,6 +263,15 @@ impl KafkaSinkConfig {
         if let Some(id) = &self.client_id {
             if id.trim().is_empty() {
                 problems.add("client_id", "must not be empty when given");
+            }
+        }
+        if self.delivery == Delivery::ExactlyOnce {
+            match &self.transactional_id {
+                Some(id) if !id.trim().is_empty() => {}
+                _ => problems.add("transactional_id", "must be set for delivery: exactly_once, unique to one slot and sink"),
+            }
+            if let Err(e) = check_topic_name(&self.progress_topic) {
+                problems.add("progress_topic", e);
             }
         }
         if let Some(sasl) = &self.sasl {

@@ -53,6 +53,17 @@ pub enum KafkaSinkError {
     /// Flushing the producer at shutdown failed. Retriable.
     #[error("kafka: flush at shutdown: {0}")]
     Flush(KafkaError),
+    /// A step of exactly-once delivery (`what`: init, begin, commit,
+    /// abort, the progress topic) failed. Retriable: the transaction is
+    /// aborted and the batch sent again in a new one.
+    #[error("kafka transaction: {what}: {source}")]
+    Transaction { what: String, source: KafkaError },
+    /// Some records of a transaction were refused for their own fault
+    /// (too large, invalid): the transaction is aborted, and its records are
+    /// written one by one so that only the faulty ones are dead-lettered.
+    /// Permanent.
+    #[error("kafka transaction aborted: {0}")]
+    RecordsRefused(String),
     /// A blocking task (`what`: metadata, flush) died. Retriable.
     #[error("{context} task failed: {source}")]
     Task { context: String, source: JoinError },
@@ -71,7 +82,7 @@ fn create_refused(topic: &str, replication_factor: i32, code: RDKafkaErrorCode) 
 impl KafkaSinkError {
     /// Whether retrying the batch can help.
     pub fn is_retriable(&self) -> bool {
-        !matches!(self, KafkaSinkError::Invalid(_) | KafkaSinkError::ClientConfig(_))
+        !matches!(self, KafkaSinkError::Invalid(_) | KafkaSinkError::ClientConfig(_) | KafkaSinkError::RecordsRefused(_))
     }
 
     /// librdkafka's error code, when the failure has one.
@@ -82,7 +93,8 @@ impl KafkaSinkError {
             | KafkaSinkError::Metadata { source: e, .. }
             | KafkaSinkError::TopicMetadata { source: e, .. }
             | KafkaSinkError::CreateTopic { source: e, .. }
-            | KafkaSinkError::Flush(e) => e.rdkafka_error_code(),
+            | KafkaSinkError::Flush(e)
+            | KafkaSinkError::Transaction { source: e, .. } => e.rdkafka_error_code(),
             KafkaSinkError::TopicError { code, .. } | KafkaSinkError::CreateRefused { code, .. } => Some(*code),
             _ => None,
         }

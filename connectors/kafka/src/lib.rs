@@ -18,12 +18,13 @@
 mod config;
 mod debezium;
 mod encode;
+mod eos;
 mod error;
 mod sink;
 mod topics;
 
 pub use config::{
-    check_topic_name, DebeziumConfig, Format, HeaderSet, KafkaMapping, KafkaSinkConfig, SaslConfig, SaslMechanism, TopicCreation,
+    check_topic_name, DebeziumConfig, Delivery, Format, HeaderSet, KafkaMapping, KafkaSinkConfig, SaslConfig, SaslMechanism, TopicCreation,
 };
 pub use debezium::{op_code, write_envelope};
 pub use encode::header;

@@ -39,11 +39,13 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::future_producer::OwnedDeliveryResult;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
+use crate::config::Delivery;
 use crate::config::{DebeziumConfig, HeaderSet, KafkaMapping, KafkaSinkConfig};
 use crate::debezium::now_micros;
 use crate::encode::{headers, CompiledMapping, EncodeBuf};
+use crate::eos::{Position, Transactions};
 use crate::error::{delivery_is_permanent, KafkaSinkError};
 use crate::topics::{TopicStatus, Topics};
 
@@ -65,6 +67,8 @@ pub struct KafkaSink {
     /// Reused by every record's encoding and headers.
     encode_buf: EncodeBuf,
     header_buf: Vec<u8>,
+    /// `delivery: exactly_once`.
+    eos: Option<Transactions>,
 }
 
 /// Failed batches, shared by the sink and its batches in flight.
@@ -112,6 +116,14 @@ pub fn client_config(cfg: &KafkaSinkConfig) -> ClientConfig {
     props.insert("enable.idempotence", "true".into());
     props.insert("acks", "all".into());
     props.insert("message.timeout.ms", cfg.delivery_timeout.as_millis().to_string());
+    if cfg.delivery == Delivery::ExactlyOnce {
+        if let Some(id) = &cfg.transactional_id {
+            props.insert("transactional.id", id.clone());
+        }
+        // librdkafka wants message.timeout.ms <= transaction.timeout.ms.
+        let ms = (cfg.delivery_timeout + Duration::from_secs(10)).max(Duration::from_secs(60)).as_millis();
+        props.entry("transaction.timeout.ms").or_insert_with(|| ms.to_string());
+    }
     let protocol = match (cfg.sasl.is_some(), cfg.tls.is_some()) {
         (false, false) => "plaintext",
         (false, true) => "ssl",
@@ -171,7 +183,16 @@ impl KafkaSink {
             header_set: cfg.headers,
             encode_buf: EncodeBuf::default(),
             header_buf: Vec::new(),
+            eos: None,
         };
+        if cfg.delivery == Delivery::ExactlyOnce {
+            let id = cfg.transactional_id.clone().ok_or_else(|| KafkaSinkError::Invalid("transactional_id: missing".into()))?;
+            let eos = Transactions::new(id, cfg.progress_topic.clone(), cfg.topics.replication_factor);
+            eos.ensure_progress_topic(&sink.client_config, delivery_timeout.min(Duration::from_secs(30))).await?;
+            sink.in_flight = 1;
+            sink.eos = Some(eos);
+            sink.ready_transactions().await?;
+        }
         let constant: Vec<String> = sink.routes.iter().filter_map(|r| r.constant_topic().map(str::to_string)).collect();
         for topic in constant {
             if let TopicStatus::Unusable(why) = sink.topics.ensure(&sink.producer, &topic).await? {
@@ -212,7 +233,123 @@ impl KafkaSink {
         }
     }
 
+    /// `init_transactions` (fencing an older producer with the same id and
+    /// aborting what it left open), then the position Kafka already holds.
+    async fn ready_transactions(&mut self) -> Result<(), KafkaSinkError> {
+        let Some(eos) = &self.eos else { return Ok(()) };
+        if eos.ready {
+            return Ok(());
+        }
+        let timeout = self.delivery_timeout;
+        let producer = self.producer.clone();
+        let what = |w: &'static str| move |source| KafkaSinkError::Transaction { what: w.to_string(), source };
+        tokio::task::spawn_blocking(move || producer.init_transactions(timeout))
+            .await
+            .map_err(|source| KafkaSinkError::Task { context: "kafka: init_transactions".into(), source })?
+            .map_err(what("init_transactions"))?;
+        let config = self.client_config.clone();
+        let reader = Transactions::new(eos.id.clone(), eos.progress_topic.clone(), 1);
+        let committed = tokio::task::spawn_blocking(move || reader.read_committed(&config, timeout))
+            .await
+            .map_err(|source| KafkaSinkError::Task { context: "kafka: progress topic".into(), source })??;
+        let eos = self.eos.as_mut().expect("checked");
+        info!(
+            transactional_id = %eos.id,
+            committed = ?committed.map(|p| format!("{}/{}", p.commit_lsn, p.ordinal)),
+            "kafka exactly-once producer ready; changes at or before the committed position are skipped"
+        );
+        eos.committed = committed;
+        eos.ready = true;
+        Ok(())
+    }
+
+    /// One batch as one Kafka transaction: the records Kafka does not hold
+    /// yet, the progress record, the commit. Any failure aborts it.
+    async fn write_transaction(&mut self, batch: &[SinkRecord]) -> BatchOutcome {
+        if self.failures.rebuild.swap(false, Ordering::AcqRel) {
+            self.topics.forget();
+            self.rebuild_producer();
+            if let Some(eos) = &mut self.eos {
+                eos.ready = false;
+            }
+        }
+        self.ready_transactions().await.inspect_err(|_| self.failures.note())?;
+        let eos = self.eos.as_ref().expect("exactly-once");
+        let kept: Vec<usize> = (0..batch.len()).filter(|&i| !eos.has(&batch[i])).collect();
+        if kept.is_empty() {
+            debug!(records = batch.len(), "kafka already holds the whole batch");
+            return Ok(Vec::new());
+        }
+        let skipped = batch.len() - kept.len();
+        if skipped > 0 {
+            info!(skipped, "kafka already holds the start of this batch (committed before a restart)");
+        }
+        let records: Vec<SinkRecord> = kept.iter().map(|&i| batch[i].clone()).collect();
+        let last = records.iter().filter_map(Position::of).max();
+        match self.transaction(&records, last).await {
+            Ok(rejected) => {
+                if let (Some(eos), Some(p)) = (self.eos.as_mut(), last) {
+                    eos.committed = Some(p);
+                }
+                Ok(rejected.into_iter().map(|r| Rejected { index: kept[r.index], error: r.error }).collect())
+            }
+            Err(e) => {
+                self.abort().await;
+                if e.is_retriable() {
+                    self.failures.note();
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn transaction(&mut self, records: &[SinkRecord], last: Option<Position>) -> Result<Vec<Rejected>, KafkaSinkError> {
+        let what = |w: &'static str| move |source| KafkaSinkError::Transaction { what: w.to_string(), source };
+        self.producer.begin_transaction().map_err(what("begin"))?;
+        let sent = self.dispatch(records).await?;
+        let refused_before = sent.rejected.len();
+        let progress = match last {
+            Some(p) => {
+                let eos = self.eos.as_ref().expect("exactly-once");
+                let value = p.to_json();
+                let record: FutureRecord<'_, str, [u8]> =
+                    FutureRecord::to(&eos.progress_topic).key(eos.id.as_str()).payload(value.as_slice());
+                Some(self.producer.send_result(record).map_err(|(e, _)| what("progress record")(e))?)
+            }
+            None => None,
+        };
+        let rejected = sent.settle().await?;
+        if let Some(fut) = progress {
+            delivery_result(fut.await).map_err(what("progress record"))?;
+        }
+        if rejected.len() > refused_before {
+            return Err(KafkaSinkError::RecordsRefused(format!("{} record(s) refused by the broker", rejected.len() - refused_before)));
+        }
+        let producer = self.producer.clone();
+        let timeout = self.delivery_timeout;
+        tokio::task::spawn_blocking(move || producer.commit_transaction(timeout))
+            .await
+            .map_err(|source| KafkaSinkError::Task { context: "kafka: commit_transaction".into(), source })?
+            .map_err(what("commit"))?;
+        debug!(records = records.len(), "kafka transaction committed");
+        Ok(rejected)
+    }
+
+    /// Aborts the open transaction, if any; when that fails too the
+    /// producer is rebuilt (and the position read again) before the next.
+    async fn abort(&mut self) {
+        let producer = self.producer.clone();
+        let timeout = self.delivery_timeout;
+        let aborted = tokio::task::spawn_blocking(move || producer.abort_transaction(timeout)).await;
+        if !matches!(aborted, Ok(Ok(()))) {
+            self.failures.rebuild.store(true, Ordering::Release);
+        }
+    }
+
     async fn write_batch(&mut self, batch: &[SinkRecord]) -> BatchOutcome {
+        if self.eos.is_some() {
+            return self.write_transaction(batch).await;
+        }
         self.recover_if_failed();
         let sent = self.dispatch(batch).await?;
         let outcome = sent.settle().await.map_err(SinkError::from);
@@ -386,6 +523,10 @@ impl Sink for KafkaSink {
 
     fn max_in_flight(&self) -> usize {
         self.in_flight
+    }
+
+    fn whole_transactions(&self) -> bool {
+        self.eos.is_some()
     }
 
     /// Enqueues the batch behind the ones in flight (one producer keeps

@@ -188,6 +188,8 @@ pub trait DynSink: Send {
     fn write_boxed<'a>(&'a mut self, batch: &'a [SinkRecord]) -> BoxFuture<'a, BatchOutcome>;
     /// [`Sink::max_in_flight`].
     fn pipeline_depth(&self) -> usize;
+    /// [`Sink::whole_transactions`].
+    fn whole_transactions(&self) -> bool;
     fn submit_boxed(&mut self, batch: Arc<[SinkRecord]>) -> BoxFuture<'_, Result<InFlight, SinkError>>;
     fn check_boxed(&mut self) -> BoxFuture<'_, Result<(), SinkError>>;
     fn close_boxed(&mut self) -> BoxFuture<'_, Result<(), SinkError>>;
@@ -200,6 +202,10 @@ impl<S: Sink> DynSink for S {
 
     fn pipeline_depth(&self) -> usize {
         self.max_in_flight().max(1)
+    }
+
+    fn whole_transactions(&self) -> bool {
+        Sink::whole_transactions(self)
     }
 
     fn submit_boxed(&mut self, batch: Arc<[SinkRecord]>) -> BoxFuture<'_, Result<InFlight, SinkError>> {

@@ -133,6 +133,15 @@ pub trait Sink: Send + 'static {
         1
     }
 
+    /// True when each batch is applied atomically (a transaction in the
+    /// store): the runtime then cuts batches only between source
+    /// transactions, so that none is split over two of the store's
+    /// transactions, unless one alone has more records than the batch size.
+    /// Only for sinks that do not pipeline. Default false.
+    fn whole_transactions(&self) -> bool {
+        false
+    }
+
     /// Pipelined writing, for sinks whose [`max_in_flight`](Self::max_in_flight)
     /// is above 1. The returned future finishes dispatching the batch (after
     /// everything submitted before it, in order); the [`InFlight`] it gives
