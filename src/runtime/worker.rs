@@ -126,7 +126,7 @@ impl Worker {
         let mut start = 0;
         loop {
             let limit = start + size;
-            let end = match ends.iter().map(|(at, _)| *at).filter(|at| *at > start && *at <= limit).last() {
+            let end = match ends.iter().map(|(at, _)| *at).rfind(|at| *at > start && *at <= limit) {
                 Some(at) => at,
                 None if records.len() - start >= size => limit,
                 None => return start,
