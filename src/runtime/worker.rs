@@ -341,3 +341,82 @@ fn absorb_marked(chunk: Queued, records: &mut Vec<SinkRecord>, ends: &mut Vec<(u
     }
     charges.push((records.len(), chunk.charge));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::memory::QueueMemory;
+    use pgfanout_sdk::testing::{At, Table};
+    use pgfanout_sdk::{BatchOutcome, Sink};
+
+    /// Keeps every batch it is given.
+    struct Atomic(Arc<std::sync::Mutex<Vec<Vec<(u64, u32)>>>>);
+
+    impl Sink for Atomic {
+        async fn write(&mut self, batch: &[SinkRecord]) -> BatchOutcome {
+            self.0.lock().unwrap().push(batch.iter().map(|r| (r.change.commit_lsn.0, r.change.ordinal)).collect());
+            Ok(Vec::new())
+        }
+
+        fn whole_transactions(&self) -> bool {
+            true
+        }
+    }
+
+    /// Transactions of 3, 5, 1 and 11 records, handed over in chunks that
+    /// end in the middle of them, to a sink that applies batches atomically
+    /// with batches of 4: every batch ends where a transaction ends unless
+    /// it is a full part of the 11-record one, nothing is lost or repeated,
+    /// and the last transaction is durable at the end.
+    #[tokio::test]
+    async fn batches_of_an_atomic_sink_end_where_transactions_end() {
+        let sizes = [3u32, 5, 1, 11];
+        let mut items = Vec::new();
+        for (t, &n) in sizes.iter().enumerate() {
+            for i in 0..n {
+                let change = Table("t").insert(At(100 + t as u64, i), &[("id", "1")]);
+                items.push(Item::Record(SinkRecord { change: Arc::new(change), route: 0 }));
+            }
+            items.push(Item::Commit(t as u64 + 1));
+        }
+        let memory = QueueMemory::new(1 << 20);
+        let (tx, rx) = mpsc::channel(64);
+        for chunk in items.chunks(4) {
+            let charge = memory.charge(1).await;
+            tx.send(Queued { items: chunk.iter().map(clone_item).collect(), charge }).await.unwrap();
+        }
+        drop(tx);
+        let written = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let durable = DurableSeq::waking(Arc::new(tokio::sync::Notify::new()));
+        let dir = tempfile::tempdir().unwrap();
+        let worker = Worker {
+            name: Arc::from("atomic"),
+            rx,
+            durable: durable.clone(),
+            dead_letters: DeadLetters::new(dir.path().join("dead.jsonl")),
+            routes: vec![Arc::from("p")],
+            batch_size: 4,
+            fence: crate::runtime::lease::Fence::open(),
+        };
+        worker.run(Box::new(Atomic(written.clone()))).await;
+        let batches = written.lock().unwrap().clone();
+        let all: Vec<(u64, u32)> = batches.iter().flatten().copied().collect();
+        let want: Vec<(u64, u32)> = sizes.iter().enumerate().flat_map(|(t, &n)| (0..n).map(move |i| (100 + t as u64, i))).collect();
+        assert_eq!(all, want, "every record once, in order");
+        for b in &batches {
+            let (lsn, last) = *b.last().unwrap();
+            let ends_a_transaction = last + 1 == sizes[(lsn - 100) as usize];
+            assert!(ends_a_transaction || b.len() == 4, "batch {b:?} ends inside a transaction without being full");
+            assert!(b.len() <= 4);
+        }
+        assert_eq!(durable.get(), 4);
+        assert_eq!(memory.free(), 1 << 20, "every chunk's memory went back");
+    }
+
+    fn clone_item(item: &Item) -> Item {
+        match item {
+            Item::Record(r) => Item::Record(r.clone()),
+            Item::Commit(seq) => Item::Commit(*seq),
+        }
+    }
+}
