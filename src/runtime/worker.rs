@@ -349,8 +349,11 @@ mod tests {
     use pgfanout_sdk::testing::{At, Table};
     use pgfanout_sdk::{BatchOutcome, Sink};
 
+    /// The positions of each batch written.
+    type Batches = Arc<std::sync::Mutex<Vec<Vec<(u64, u32)>>>>;
+
     /// Keeps every batch it is given.
-    struct Atomic(Arc<std::sync::Mutex<Vec<Vec<(u64, u32)>>>>);
+    struct Atomic(Batches);
 
     impl Sink for Atomic {
         async fn write(&mut self, batch: &[SinkRecord]) -> BatchOutcome {
