@@ -37,14 +37,14 @@ use crate::report::{Better, Figure};
 use crate::throughput::{Ctx, SinkKind, Spec};
 
 const ALL_WORKLOADS: &[&str] =
-    &["stream-big", "stream-small", "mixed", "redis", "kafka", "search", "feed", "graph", "latency", "snapshot", "large-txn"];
+    &["stream-big", "stream-small", "mixed", "redis", "kafka", "kafka-eos", "search", "feed", "graph", "latency", "snapshot", "large-txn"];
 
 /// Benchmark pgfanout against pg_recvlogical on this machine.
 #[derive(Parser, Debug)]
 #[command(name = "pgfanout-bench", version)]
 struct Args {
     /// Comma-separated workloads: stream-big, stream-small, mixed, redis,
-    /// kafka, search, feed, graph, latency, snapshot, large-txn (default:
+    /// kafka, kafka-eos, search, feed, graph, latency, snapshot, large-txn (default:
     /// all).
     #[arg(long, value_delimiter = ',')]
     workloads: Vec<String>,
@@ -136,7 +136,7 @@ async fn run(args: Args, workloads: Vec<String>, bin: PathBuf) -> Result<()> {
     } else {
         None
     };
-    let kafka = if wants("kafka") && kafka_installed() { Some(testkit::KafkaBroker::start()) } else { None };
+    let kafka = if (wants("kafka") || wants("kafka-eos")) && kafka_installed() { Some(testkit::KafkaBroker::start()) } else { None };
     let ctx = Ctx {
         bin: tools::Program {
             bin: bin.clone(),
@@ -173,8 +173,16 @@ async fn run(args: Args, workloads: Vec<String>, bin: PathBuf) -> Result<()> {
             "mixed" => throughput::run(&ctx, &spec("mixed", Shape::Mixed, SinkKind::File)).await,
             "redis" if ctx.redis.is_some() => throughput::run(&ctx, &spec("redis (hash)", Shape::Big, SinkKind::Redis)).await,
             "redis" => Ok(vec![not_available("redis (hash)", "n/a: redis-server not installed")]),
-            "kafka" if ctx.kafka.is_some() => throughput::run(&ctx, &spec("kafka (native)", Shape::Big, SinkKind::Kafka)).await,
+            "kafka" if ctx.kafka.is_some() => {
+                throughput::run(&ctx, &spec("kafka (native)", Shape::Big, SinkKind::Kafka { exactly_once: false })).await
+            }
             "kafka" => Ok(vec![not_available("kafka (native)", "n/a: Kafka not installed (scripts/install-jvm-servers.sh kafka)")]),
+            "kafka-eos" if ctx.kafka.is_some() => {
+                throughput::run(&ctx, &spec("kafka (exactly once)", Shape::Big, SinkKind::Kafka { exactly_once: true })).await
+            }
+            "kafka-eos" => {
+                Ok(vec![not_available("kafka (exactly once)", "n/a: Kafka not installed (scripts/install-jvm-servers.sh kafka)")])
+            }
             "search" => search::run(&ctx).await,
             "feed" => feed::run(&ctx).await,
             "graph" if jvm_installed("neo4j") => graph::run(&ctx).await,

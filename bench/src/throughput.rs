@@ -46,7 +46,10 @@ impl Ctx {
 pub enum SinkKind {
     File,
     Redis,
-    Kafka,
+    /// `exactly_once`: `delivery: exactly_once` (transactions).
+    Kafka {
+        exactly_once: bool,
+    },
 }
 
 /// A throughput workload.
@@ -86,7 +89,7 @@ pub async fn run(ctx: &Ctx, spec: &Spec) -> Result<Vec<Figure>> {
     }
     // Kafka and Redis: the store's own ceiling for the same records (issue 16)
     let mut ceiling = match spec.sink {
-        SinkKind::Kafka => Some(
+        SinkKind::Kafka { .. } => Some(
             Figure::new(&format!("{} vs the broker's ceiling", spec.name), "throughput", "rows/s", Better::Higher)
                 .with_baseline("kafka-producer-perf-test")
                 .with_goal(Goal::RatioAtLeast(0.8)),
@@ -102,7 +105,7 @@ pub async fn run(ctx: &Ctx, spec: &Spec) -> Result<Vec<Figure>> {
     // share, and the whole machine's (walsender + pgfanout + broker against
     // perf-test's producer + broker). On a saturated machine the rate is
     // cores ÷ machine CPU per row, so these bound what any producer could do.
-    let measure_kafka_cpu = spec.sink == SinkKind::Kafka;
+    let measure_kafka_cpu = matches!(spec.sink, SinkKind::Kafka { .. });
     let mut broker_cpu =
         Figure::new(&format!("{} broker", spec.name), "CPU per row", "µs", Better::Lower).with_baseline("kafka-producer-perf-test");
     let mut machine_cpu =
@@ -155,7 +158,7 @@ pub async fn run(ctx: &Ctx, spec: &Spec) -> Result<Vec<Figure>> {
         }
         let (Some(f), Some(r)) = (fanout, recv) else { bail!("a drain did not run") };
         if let Some(fig) = ceiling.as_mut() {
-            let rate = if spec.sink == SinkKind::Kafka {
+            let rate = if matches!(spec.sink, SinkKind::Kafka { .. }) {
                 tools::quiet_before("kafka-producer-perf-test").await;
                 let (rate, spent) = kafka_ceiling(ctx, &format!("bench-run{run}"), &format!("ceiling-run{run}"), changes)?;
                 eprintln!("    kafka-producer-perf-test: {rate:.0} rows/s with the same values (acks=all, idempotence on)");
@@ -425,10 +428,11 @@ fn fanout_config<'a>(ctx: &Ctx, spec: &Spec, slot: &'a str, run: usize) -> Resul
             let r = ctx.redis.as_ref().context("redis-server is not running")?;
             (format!("{{ type: redis, url: \"{}\" }}", r.url()), "    redis: { type: hash, key: \"bench:{id}\" }\n".to_string())
         }
-        SinkKind::Kafka => {
+        SinkKind::Kafka { exactly_once } => {
             let k = ctx.kafka.as_ref().context("the Kafka broker is not running")?;
+            let delivery = if exactly_once { ", delivery: exactly_once" } else { "" };
             (
-                format!("{{ type: kafka, brokers: \"{}\" }}", k.bootstrap()),
+                format!("{{ type: kafka, brokers: \"{}\"{delivery} }}", k.bootstrap()),
                 format!("    kafka: {{ topic: \"bench-run{run}\", format: native }}\n"),
             )
         }
@@ -446,7 +450,7 @@ fn reset_sink(ctx: &Ctx, sink: SinkKind) -> Result<()> {
             let r = ctx.redis.as_ref().context("redis-server is not running")?;
             resp::Conn::connect(r.port)?.cmd(&["FLUSHALL"])?;
         }
-        SinkKind::Kafka => {
+        SinkKind::Kafka { .. } => {
             let k = ctx.kafka.as_ref().context("the Kafka broker is not running")?;
             k.stop();
             k.start_server();
