@@ -13,7 +13,10 @@
 //! log is append-only and read in order, so a replay after a crash appends
 //! copies of changes the topic already has, never an older state over a
 //! newer one; the idempotent producer keeps one session free of
-//! duplicates, and the headers identify the ones across sessions.
+//! duplicates, and the headers identify the ones across sessions. With
+//! `delivery: exactly_once` (module `eos`) there are none across sessions
+//! either: batches are Kafka transactions that record the position they
+//! cover, read back at start.
 
 mod config;
 mod debezium;
