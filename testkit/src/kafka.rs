@@ -27,15 +27,53 @@ pub struct KafkaBroker {
     pub port: u16,
     controller_port: u16,
     install: JvmInstall,
+    /// A second listener with TLS and SASL ([`KafkaBroker::start_secured`]).
+    pub secured: Option<Secured>,
 }
+
+/// The `SASL_SSL` listener of a [`KafkaBroker::start_secured`] broker:
+/// TLS with a certificate for `localhost` and 127.0.0.1 signed by a CA made
+/// for it, SASL with SCRAM-SHA-256, SCRAM-SHA-512 and PLAIN for
+/// [`SASL_USER`] / [`SASL_PASSWORD`].
+#[derive(Debug, Clone)]
+pub struct Secured {
+    pub port: u16,
+    /// The CA that signed the broker's certificate (PEM).
+    pub ca_file: std::path::PathBuf,
+    /// Another CA, which signed nothing the broker has (PEM).
+    pub other_ca_file: std::path::PathBuf,
+}
+
+/// The SASL user of a secured broker.
+pub const SASL_USER: &str = "alice";
+/// Its password.
+pub const SASL_PASSWORD: &str = "alice-secret";
 
 impl KafkaBroker {
     /// Starts a broker and waits (up to 120 s) until it serves clients.
     pub fn start() -> KafkaBroker {
         crate::retry_on_port_clash(|| {
             let [port, controller_port] = free_ports();
-            KafkaBroker { slot: ServerSlot::new("kafka", port), port, controller_port, install: JvmInstall::find("kafka") }.started()
+            KafkaBroker { slot: ServerSlot::new("kafka", port), port, controller_port, install: JvmInstall::find("kafka"), secured: None }
+                .started()
         })
+    }
+
+    /// A broker with, beside its plaintext listener, a `SASL_SSL` one
+    /// ([`Secured`]; certificates made with `openssl` in its directory).
+    pub fn start_secured() -> KafkaBroker {
+        crate::retry_on_port_clash(|| {
+            let [port, controller_port, secured_port] = free_ports();
+            let slot = ServerSlot::new("kafka", port);
+            let secured = make_certificates(slot.dir(), secured_port);
+            KafkaBroker { slot, port, controller_port, install: JvmInstall::find("kafka"), secured: Some(secured) }.started()
+        })
+    }
+
+    /// `localhost:<port>` of the secured listener (the name its
+    /// certificate is for).
+    pub fn secured_bootstrap(&self) -> String {
+        format!("localhost:{}", self.secured.as_ref().expect("a secured broker").port)
     }
 
     /// One broker for the whole test binary, started on first use and gone
@@ -81,6 +119,33 @@ log.retention.check.interval.ms=3600000
 ",
             data = data.display()
         );
+        let mut props = props;
+        if let Some(sec) = &self.secured {
+            let dir = self.slot.dir();
+            props = props
+                .replace(
+                    &format!("CONTROLLER://127.0.0.1:{c}\n"),
+                    &format!("CONTROLLER://127.0.0.1:{c},SASL_SSL://127.0.0.1:{}\n", sec.port),
+                )
+                .replace(
+                    &format!("advertised.listeners=PLAINTEXT://127.0.0.1:{p}\n"),
+                    &format!("advertised.listeners=PLAINTEXT://127.0.0.1:{p},SASL_SSL://localhost:{}\n", sec.port),
+                )
+                .replace("PLAINTEXT:PLAINTEXT\n", "PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL\n");
+            props.push_str(&format!(
+                "sasl.enabled.mechanisms=SCRAM-SHA-512,SCRAM-SHA-256,PLAIN
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_{SASL_USER}=\"{SASL_PASSWORD}\";
+ssl.keystore.type=PKCS12
+ssl.keystore.location={keystore}
+ssl.keystore.password=changeit
+ssl.key.password=changeit
+pgfanout.testkit.add.scram=SCRAM-SHA-512=[name={SASL_USER},password={SASL_PASSWORD}];SCRAM-SHA-256=[name={SASL_USER},password={SASL_PASSWORD}]
+",
+                keystore = dir.join("broker.p12").display()
+            ));
+        }
         std::fs::write(self.slot.dir().join("server.properties"), props).expect("write server.properties");
     }
 }
@@ -100,4 +165,52 @@ impl Server for KafkaBroker {
             p
         });
     }
+}
+
+/// Makes, in `dir`, a CA and a broker certificate for `localhost` and
+/// 127.0.0.1 signed by it (`broker.p12`, password `changeit`), and a second
+/// CA that signed nothing; with `openssl`.
+fn make_certificates(dir: &std::path::Path, port: u16) -> Secured {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("run openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    for ca in ["ca", "other-ca"] {
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN=pgfanout test {ca}"),
+            "-keyout",
+            &format!("{ca}.key"),
+            "-out",
+            &format!("{ca}.pem"),
+        ]);
+    }
+    std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").expect("write san.ext");
+    run(&["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "broker.key", "-out", "broker.csr"]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "broker.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "broker.pem",
+    ]);
+    run(&["pkcs12", "-export", "-in", "broker.pem", "-inkey", "broker.key", "-out", "broker.p12", "-passout", "pass:changeit"]);
+    Secured { port, ca_file: dir.join("ca.pem"), other_ca_file: dir.join("other-ca.pem") }
 }

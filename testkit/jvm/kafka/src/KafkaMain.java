@@ -10,8 +10,9 @@ import org.apache.kafka.common.utils.internals.Exit;
 
 /**
  * Formats the log directory when it is new ({@code kafka-storage format}
- * with a random cluster id) and runs the broker, in one JVM (one JVM start
- * less). Usage: {@code KafkaMain <server.properties>}.
+ * with a random cluster id, and the SCRAM users listed in the property
+ * {@code pgfanout.testkit.add.scram}) and runs the broker, in one JVM (one
+ * JVM start less). Usage: {@code KafkaMain <server.properties>}.
  */
 public final class KafkaMain {
     private KafkaMain() {}
@@ -38,7 +39,16 @@ public final class KafkaMain {
                 throw new Exited(code, message);
             });
             try {
-                kafka.tools.StorageTool.main(new String[] {"format", "-t", Uuid.randomUuid().toString(), "-c", props});
+                java.util.List<String> format = new java.util.ArrayList<>(java.util.List.of("format", "-t", Uuid.randomUuid().toString(), "-c", props));
+                // SCRAM users of a secured test broker: "MECH=[name=..,password=..];..."
+                String scram = p.getProperty("pgfanout.testkit.add.scram", "");
+                for (String one : scram.split(";")) {
+                    if (!one.isBlank()) {
+                        format.add("--add-scram");
+                        format.add(one.trim());
+                    }
+                }
+                kafka.tools.StorageTool.main(format.toArray(new String[0]));
             } catch (Exited e) {
                 if (e.code != 0) {
                     System.err.println("kafka-storage format failed (" + e.code + "): " + e.getMessage());
