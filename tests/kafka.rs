@@ -829,3 +829,85 @@ async fn tls_and_sasl_against_a_secured_broker() {
     let msgs = tokio::task::block_in_place(|| read_topics(&broker.bootstrap(), &["sec.users".to_string()], Duration::from_secs(60), 200));
     assert_eq!(msgs.len(), 200, "every change through the TLS + SCRAM listener\n{}", d.log());
 }
+
+/// The outbox event router, exactly once: 300 transactions each insert an
+/// order and its outbox event, pgfanout is SIGKILLed once in the middle, one
+/// more transaction is rolled back, and the outbox rows are deleted at the
+/// end (as a cleanup job would). Each committed event is in
+/// `outbox.event.<aggregatetype>` once, keyed by its aggregate id, its value
+/// the payload as PostgreSQL prints it, its id and type as headers; the
+/// rolled-back event and the deletes publish nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_events_are_published_once_with_their_headers() {
+    let (pg, c) = cluster_with("kobx", &[("wal_sender_timeout", "4s")]).await;
+    c.batch_execute(
+        "CREATE TABLE orders (id int PRIMARY KEY, total numeric(12,2) NOT NULL);
+         CREATE TABLE outbox (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), aggregatetype text NOT NULL,
+           aggregateid text NOT NULL, type text NOT NULL, payload jsonb NOT NULL);",
+    )
+    .await
+    .unwrap();
+    let broker = tokio::task::spawn_blocking(KafkaBroker::start).await.unwrap();
+    let dir = scratch();
+    let pipelines = "  - name: events\n    from: public.outbox\n    to: events\n    kafka: { topic: \"outbox.event.{aggregatetype}\", key: \"{aggregateid}\", format: outbox }";
+    let cfg = kafka_config(&pg, "kobx", "kobx", &broker.bootstrap(), "delivery: exactly_once", pipelines, dir.path());
+    let mut d = Daemon::start(bin(), dir.path(), "kobx", &cfg);
+    testkit::wait_for(Duration::from_secs(60), "slot", || async { confirmed_flush(&c, "kobx").await > 0 }).await;
+    let writer = pg.client("kobx").await;
+    let mut mark = 0;
+    for i in 1..=300 {
+        if i == 100 {
+            mark = insert_lsn(&c).await;
+        }
+        if i == 150 {
+            // Killed once the first 100 events are in Kafka and confirmed.
+            testkit::wait_for(Duration::from_secs(60), "the first events confirmed", || async {
+                confirmed_flush(&c, "kobx").await >= mark
+            })
+            .await;
+            d.kill9();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            d.spawn(bin());
+        }
+        let kind = if i % 3 == 0 { "customer" } else { "order" };
+        writer
+            .batch_execute(&format!(
+                "BEGIN; INSERT INTO orders VALUES ({i}, {i}.25);
+                 INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES ('{kind}', '{kind}-{i}', '{kind}_placed',
+                   jsonb_build_object('n', {i}, 'total', 123456789012345678901234.25::numeric, 'note', E'tab\\there'));
+                 COMMIT;"
+            ))
+            .await
+            .unwrap();
+    }
+    writer
+        .batch_execute(
+            "BEGIN; INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES ('order', 'rolled-back', 'x', '{}'); ROLLBACK;",
+        )
+        .await
+        .unwrap();
+    let events: HashMap<String, (String, String, String, String)> = c
+        .query("SELECT id::text, aggregatetype, aggregateid, type, payload::text FROM outbox", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3), r.get(4))))
+        .collect();
+    assert_eq!(events.len(), 300);
+    c.batch_execute("DELETE FROM outbox").await.unwrap();
+    wait_confirmed(&c, "kobx", &d, Duration::from_secs(60)).await;
+    let topics = vec!["outbox.event.order".to_string(), "outbox.event.customer".to_string()];
+    let msgs = tokio::task::block_in_place(|| read_topics(&broker.bootstrap(), &topics, Duration::from_secs(60), 300));
+    assert_eq!(msgs.len(), 300, "each committed event once, nothing for the rollback or the deletes");
+    let mut seen = HashSet::new();
+    for m in &msgs {
+        let id = m.header("id").to_string();
+        let (kind, aggregate, event_type, payload) = events.get(&id).unwrap_or_else(|| panic!("event {id} was not committed: {m:?}"));
+        assert!(seen.insert(id.clone()), "event {id} twice");
+        assert_eq!(&m.topic, &format!("outbox.event.{kind}"));
+        assert_eq!(m.key.as_deref(), Some(aggregate.as_str()));
+        assert_eq!(m.header("eventType"), event_type);
+        assert_eq!(String::from_utf8_lossy(m.value.as_deref().unwrap()), payload.as_str(), "the payload as PostgreSQL prints it");
+    }
+    assert_eq!(d.log().matches("kafka exactly-once producer ready").count(), 2, "two starts");
+}

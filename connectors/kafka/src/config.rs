@@ -209,6 +209,35 @@ pub enum Format {
     Native,
     /// The Debezium PostgreSQL connector's JSON envelope (schemas disabled).
     Debezium,
+    /// The outbox event router: inserts into an outbox table become events
+    /// whose value is the `payload` column as it is (Debezium's router with
+    /// `table.expand.json.payload`), with the event id and type as headers
+    /// (`id`, `eventType`); updates, deletes and snapshot rows publish
+    /// nothing. Route with the topic and key templates, as Debezium's
+    /// defaults do: `topic: "outbox.event.{aggregatetype}"`,
+    /// `key: "{aggregateid}"`.
+    Outbox,
+}
+
+/// The outbox table's columns (`format: outbox`), Debezium's defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboxColumns {
+    /// The event id, sent as header `id` (default `id`).
+    pub id: String,
+    /// The event type, sent as header `eventType` (default `type`; a
+    /// missing column sends no header).
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// The event's value (default `payload`): JSON as it is, text as a
+    /// JSON string.
+    pub payload: String,
+}
+
+impl Default for OutboxColumns {
+    fn default() -> Self {
+        OutboxColumns { id: "id".into(), event_type: "type".into(), payload: "payload".into() }
+    }
 }
 
 /// One pipeline's mapping from a change to a Kafka record.
@@ -226,6 +255,9 @@ pub struct KafkaMapping {
     /// compacted topic forgets the row.
     #[serde(default)]
     pub tombstones: bool,
+    /// `format: outbox`: the outbox table's columns.
+    #[serde(default)]
+    pub outbox: OutboxColumns,
 }
 
 /// librdkafka properties that would weaken delivery or conflict with a
@@ -330,6 +362,12 @@ impl KafkaMapping {
             if let Err(e) = Template::parse(key) {
                 errors.push(("key".into(), e.to_string()));
             }
+        }
+        if self.format != Format::Outbox && self.outbox != OutboxColumns::default() {
+            errors.push(("outbox".into(), "only applies with format: outbox".into()));
+        }
+        if self.format == Format::Outbox && self.tombstones {
+            errors.push(("tombstones".into(), "an outbox publishes inserts only; there is nothing to tombstone".into()));
         }
         errors
     }

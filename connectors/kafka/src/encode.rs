@@ -12,7 +12,7 @@ use std::sync::Arc;
 use pgfanout_sdk::{Change, Op, Row, Template};
 use rdkafka::message::{Header, OwnedHeaders};
 
-use crate::config::{check_topic_name, DebeziumConfig, Format, HeaderSet, KafkaMapping};
+use crate::config::{check_topic_name, DebeziumConfig, Format, HeaderSet, KafkaMapping, OutboxColumns};
 use crate::debezium;
 
 /// Header names carried by every record (those `headers` asks for, all by
@@ -37,6 +37,8 @@ pub struct CompiledMapping {
     key: Option<Template>,
     format: Format,
     tombstones: bool,
+    /// `format: outbox`: the columns of the event id, type and payload.
+    outbox: Option<OutboxColumns>,
 }
 
 /// One change, ready to produce, owned (the tests' form of [`EncodedRef`]).
@@ -85,7 +87,25 @@ impl CompiledMapping {
         let topic = Template::parse(&m.topic).map_err(|e| format!("topic: {e}"))?;
         let constant_topic = topic.is_constant().then(|| m.topic.replace("{{", "{").replace("}}", "}"));
         let key = m.key.as_deref().map(Template::parse).transpose().map_err(|e| format!("key: {e}"))?;
-        Ok(CompiledMapping { topic, constant_topic, key, format: m.format, tombstones: m.tombstones })
+        let outbox = (m.format == Format::Outbox).then(|| m.outbox.clone());
+        Ok(CompiledMapping { topic, constant_topic, key, format: m.format, tombstones: m.tombstones, outbox })
+    }
+
+    /// Whether `change` publishes nothing: with `format: outbox`, anything
+    /// but an insert (the outbox row's later delete, an update, a snapshot
+    /// row).
+    pub fn skips(&self, change: &Change) -> bool {
+        self.outbox.is_some() && change.op != Op::Insert
+    }
+
+    /// `format: outbox`: the event's `id` and `eventType` headers, as the
+    /// columns' text (a column that is missing or NULL sends no header).
+    pub fn outbox_headers(&self, change: &Change) -> Vec<(&'static str, String)> {
+        let (Some(cols), Some(after)) = (&self.outbox, &change.after) else { return Vec::new() };
+        [("id", &cols.id), ("eventType", &cols.event_type)]
+            .into_iter()
+            .filter_map(|(name, col)| after.get(col).filter(|v| !v.is_null()).map(|v| (name, v.to_template_text().into_owned())))
+            .collect()
     }
 
     /// The topic when it does not depend on the record.
@@ -171,6 +191,13 @@ impl CompiledMapping {
         match self.format {
             Format::Native => change.write_json(value),
             Format::Debezium => debezium::write_envelope(value, change, dbz, now_us),
+            Format::Outbox => {
+                let column = self.outbox.as_ref().map_or("payload", |c| c.payload.as_str());
+                match change.after.as_ref().and_then(|a| a.get(column)) {
+                    Some(v) => v.write_json(value),
+                    None => return Err(format!("outbox: the row has no column {column:?} (outbox.payload)")),
+                }
+            }
         }
         let key: Option<&[u8]> = has_key.then_some(key_buf.as_slice());
         let tombstone = self.tombstones && change.op == Op::Delete && has_key;
@@ -278,6 +305,35 @@ mod tests {
 
     fn mapping(v: serde_json::Value) -> CompiledMapping {
         CompiledMapping::compile(&serde_json::from_value(v).unwrap()).unwrap()
+    }
+
+    /// An outbox row's insert is an event: routed by aggregate type, keyed
+    /// by aggregate id, the payload as it is, id and type as headers; the
+    /// row's later delete and snapshot rows publish nothing.
+    #[test]
+    fn an_outbox_insert_is_an_event_and_its_delete_is_nothing() {
+        let m = mapping(serde_json::json!({"topic": "outbox.event.{aggregatetype}", "key": "{aggregateid}", "format": "outbox"}));
+        let payload = Value::Json(r#"{"total": 12.50, "items": [1, 2]}"#.into());
+        let row = Row(vec![
+            ("id".into(), Value::String("e-1".into())),
+            ("aggregatetype".into(), Value::String("order".into())),
+            ("aggregateid".into(), Value::String("o-9".into())),
+            ("type".into(), Value::String("order_placed".into())),
+            ("payload".into(), payload),
+        ]);
+        let insert = Change { op: Op::Insert, table: "outbox".into(), before: None, after: Some(row.clone()), ..delete() };
+        let e = m.encode(&insert, &DebeziumConfig::default(), 0).unwrap();
+        assert_eq!(e.topic, "outbox.event.order");
+        assert_eq!(e.key.as_deref(), Some(&b"o-9"[..]));
+        assert_eq!(String::from_utf8(e.value).unwrap(), r#"{"total": 12.50, "items": [1, 2]}"#, "the payload, digits kept");
+        assert_eq!(m.outbox_headers(&insert), vec![("id", "e-1".to_string()), ("eventType", "order_placed".to_string())]);
+        assert!(!m.skips(&insert));
+        assert!(m.skips(&Change { op: Op::Delete, table: "outbox".into(), before: Some(row.clone()), after: None, ..delete() }));
+        assert!(m.skips(&Change { op: Op::Read, after: Some(row), ..delete() }));
+        let plain = mapping(serde_json::json!({"topic": "t"}));
+        assert!(!plain.skips(&delete()) && plain.outbox_headers(&insert).is_empty());
+        let bad: KafkaMapping = serde_json::from_value(serde_json::json!({"topic": "t", "outbox": {"payload": "body"}})).unwrap();
+        assert!(bad.validate().iter().any(|(path, _)| path == "outbox"), "outbox columns without format: outbox");
     }
 
     #[test]

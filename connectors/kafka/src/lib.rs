@@ -27,7 +27,8 @@ mod sink;
 mod topics;
 
 pub use config::{
-    check_topic_name, DebeziumConfig, Delivery, Format, HeaderSet, KafkaMapping, KafkaSinkConfig, SaslConfig, SaslMechanism, TopicCreation,
+    check_topic_name, DebeziumConfig, Delivery, Format, HeaderSet, KafkaMapping, KafkaSinkConfig, OutboxColumns, SaslConfig, SaslMechanism,
+    TopicCreation,
 };
 pub use debezium::{op_code, write_envelope};
 pub use encode::header;

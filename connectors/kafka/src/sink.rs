@@ -395,6 +395,10 @@ impl KafkaSink {
                 rejected.push(Rejected { index, error: format!("kafka sink has no mapping for route {route}") });
                 continue;
             };
+            if route.skips(change) {
+                continue;
+            }
+            let event_headers = route.outbox_headers(change);
             let e = match route.encode_into(change, &self.debezium, now_us, &mut buf) {
                 Ok(e) => e,
                 Err(error) => {
@@ -412,7 +416,11 @@ impl KafkaSink {
             let parts = [Some((e.key, Some(e.value))), e.moved_from.map(|k| (Some(k), None)), e.tombstone.then_some((e.key, None))];
             'payloads: for (key, payload) in parts.into_iter().flatten() {
                 let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(e.topic);
-                if let Some(h) = headers(change, self.header_set, &mut scratch) {
+                let mut h = headers(change, self.header_set, &mut scratch);
+                for (name, v) in &event_headers {
+                    h = Some(h.unwrap_or_default().insert(rdkafka::message::Header { key: name, value: Some(v.as_bytes()) }));
+                }
+                if let Some(h) = h {
                     record = record.headers(h);
                 }
                 if let Some(k) = key {
