@@ -41,6 +41,7 @@ macro_rules! feature_entry {
 pub fn connectors() -> Vec<Entry> {
     vec![
         Entry::Built(&pgfanout_file::CONNECTOR),
+        Entry::Built(&pgfanout_http::CONNECTOR),
         feature_entry!("redis", pgfanout_redis),
         feature_entry!("kafka", pgfanout_kafka),
         feature_entry!("neo4j", pgfanout_neo4j),
