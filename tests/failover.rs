@@ -127,3 +127,57 @@ async fn a_promoted_standby_takes_over_from_the_synchronized_slot() {
         assert!(!log.contains(recopy), "no re-copy ({recopy:?})\n{log}");
     }
 }
+
+/// A failover that loses changes pgfanout already delivered: the primary
+/// does not wait for the standby (no `synchronized_standby_slots`), the
+/// standby is stopped while the primary takes more writes, which pgfanout
+/// delivers; then the primary dies and the lagging standby is promoted. Its
+/// history forks before what pgfanout received, so pgfanout stops and says
+/// so (streaming on would skip the new primary's next transactions, which
+/// come at positions it has passed) instead of going on silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_to_a_standby_that_lags_behind_what_was_delivered_is_reported() {
+    let (primary, c) = cluster_with("lag", &[("wal_sender_timeout", "10s")]).await;
+    let major = server_major(&c).await;
+    if major < 17 {
+        println!("PostgreSQL {major} has no failover slots: nothing to test here (the matrix runs this on 17 and 18)");
+        return;
+    }
+    c.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL); SELECT pg_create_physical_replication_slot('standby1', true);")
+        .await
+        .unwrap();
+    drop(c);
+    // A cold copy of the primary's data directory: the primary restarts.
+    let standby = testkit::PgCluster::standby_of(&primary, "standby1", &[("sync_replication_slots", "on")]);
+    let c = primary.client("lag").await;
+    let dir = scratch();
+    let out = out_path(dir.path(), "lag");
+    let url = format!("postgres://postgres@127.0.0.1:{},127.0.0.1:{}/lag?target_session_attrs=read-write", primary.port, standby.port);
+    let config = file_config(&primary, "lag", "lag", &["public.t"], &out).replace(&primary.url("lag"), &url);
+    let mut d = Daemon::start(bin(), dir.path(), "lag", &config);
+    wait_slot(&c, "lag", &d).await;
+    c.batch_execute("INSERT INTO t SELECT g, g FROM generate_series(1, 100) g").await.unwrap();
+    wait_confirmed(&c, "lag", &d, Duration::from_secs(60)).await;
+    let s = standby.client("postgres").await;
+    testkit::wait_for(Duration::from_secs(90), "the slot to be synchronized to the standby", || async {
+        s.query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = 'lag' AND synced AND NOT temporary", &[]).await.unwrap().is_some()
+    })
+    .await;
+    drop(s);
+    // The standby falls behind: pgfanout gets changes it will never have.
+    standby.stop("fast");
+    c.batch_execute("INSERT INTO t SELECT g, g FROM generate_series(101, 200) g").await.unwrap();
+    wait_confirmed(&c, "lag", &d, Duration::from_secs(60)).await;
+    assert_eq!(line_count(&out), 200, "pgfanout delivered the changes the standby lacks");
+    primary.stop("immediate");
+    standby.start_server();
+    standby.promote();
+    let n = standby.client("lag").await;
+    let rows: i64 = n.query_one("SELECT count(*) FROM t", &[]).await.unwrap().get(0);
+    assert_eq!(rows, 100, "the promoted standby lacks the last 100 rows");
+    n.batch_execute("INSERT INTO t VALUES (-1, -1)").await.unwrap();
+    let status = d.wait(Duration::from_secs(120));
+    let log = d.log();
+    assert!(status.is_some_and(|s| !s.success()), "pgfanout stops\n{log}");
+    assert!(log.contains("failover lost changes") && log.contains("synchronized_standby_slots"), "and says why\n{log}");
+}

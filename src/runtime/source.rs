@@ -106,6 +106,9 @@ pub struct SourceLoop {
     durable_changed: Arc<tokio::sync::Notify>,
     /// Signalled when the replication connection must be made again.
     reconnect: Arc<tokio::sync::Notify>,
+    /// The server's timeline at the last connection (a change is a
+    /// failover: see [`SourceLoop::check_timeline`]).
+    timeline: Option<u32>,
 }
 
 impl SourceLoop {
@@ -144,6 +147,7 @@ impl SourceLoop {
             type_changes,
             routed: Vec::new(),
             reconnect: Arc::new(tokio::sync::Notify::new()),
+            timeline: None,
         }
     }
 
@@ -233,6 +237,45 @@ impl SourceLoop {
         }
     }
 
+    /// A new timeline means the server was promoted (a failover). What
+    /// pgfanout already received must be on it, before the point where it
+    /// forked from the old one. When it is not (the standby lagged: the old
+    /// primary did not wait for it, no `synchronized_standby_slots`), the new
+    /// primary lacks transactions the sinks may hold, and its own next
+    /// transactions may come at positions pgfanout has passed: streaming on
+    /// would skip them without a word. That stops pgfanout, saying how to
+    /// recover. (Only a failover seen by this process: the timeline is not
+    /// remembered across restarts.)
+    async fn check_timeline(&mut self, client: &mut ReplicationClient, timeline: u32) -> Result<(), SourceError> {
+        let Some(old) = self.timeline.replace(timeline) else { return Ok(()) };
+        if old == timeline {
+            return Ok(());
+        }
+        let resume = self.tracker.resume_position();
+        let fork = timeline_fork(client, timeline, old).await?;
+        match fork {
+            Some(at) if at < resume => {
+                self.timeline = Some(old);
+                Err(SourceError::permanent(format!(
+                    "failover lost changes: the new primary (timeline {timeline}) forked from timeline {old} at {at}, but pgfanout had \
+                     already received and delivered transactions up to {resume} from the old primary. Those are not on the new primary \
+                     (the standby lagged), and its own transactions after {at} would be skipped. Nothing more is streamed. To recover: \
+                     restart pgfanout (it streams from the slot), then once the new primary's WAL is past {resume} run \
+                     `pgfanout backfill --table` for every table and `pgfanout verify --repair`. To prevent it: set \
+                     synchronized_standby_slots on the primary (docs/operating.md#failover)"
+                )))
+            }
+            Some(at) => {
+                info!(old, new = timeline, fork = %at, resume = %resume, "failover: the server was promoted; everything pgfanout received is on its timeline");
+                Ok(())
+            }
+            None => {
+                warn!(old, new = timeline, "failover: the server was promoted, but its timeline history does not name the old timeline");
+                Ok(())
+            }
+        }
+    }
+
     async fn stream_once(&mut self) -> Result<Ended, SourceError> {
         // Under `ha`, a leader whose lease ran out does not take the slot
         // back from the one that took over.
@@ -249,7 +292,19 @@ impl SourceLoop {
             .await?
             .ok_or_else(|| SourceError::permanent(format!("replication slot {:?} does not exist any more; it was dropped while pgfanout was running. Restart pgfanout to create it again (changes made since are lost to it)", self.settings.slot)))?;
         slot::check_slot(&self.settings.slot, &info, &self.settings.opts.dbname)?;
-        let client = ReplicationClient::connect_with(&self.settings.opts, self.settings.receive_buffer).await?;
+        let mut client = ReplicationClient::connect_with(&self.settings.opts, self.settings.receive_buffer).await?;
+        let system = client.identify_system().await?;
+        self.check_timeline(&mut client, system.timeline).await?;
+        let confirmed = info.confirmed_flush_lsn.unwrap_or_default();
+        if confirmed < self.feedback.sent_flush() {
+            warn!(
+                slot = %self.settings.slot,
+                slot_confirmed = %confirmed,
+                pgfanout_confirmed = %self.feedback.sent_flush(),
+                resume = %self.tracker.resume_position(),
+                "the slot is behind what pgfanout confirmed (after a failover, its synchronized copy lagged): streaming resumes after the last transaction received; the server skips what comes before"
+            );
+        }
         // After a reconnect, resume after the last transaction already
         // received: it and everything before it are queued for the sinks or
         // written. Starting at the slot's confirmed position instead would
@@ -674,5 +729,42 @@ impl SourceLoop {
         if tokio::time::timeout(self.settings.shutdown_timeout, all).await.is_err() {
             warn!(timeout = ?self.settings.shutdown_timeout, "sinks did not drain in time; unconfirmed changes will be sent again on the next start");
         }
+    }
+}
+
+/// Where timeline `old` ended in the history of timeline `new`
+/// (`TIMELINE_HISTORY`: lines of `parent-timeline switchpoint reason`).
+async fn timeline_fork(client: &mut ReplicationClient, new: u32, old: u32) -> Result<Option<Lsn>, SourceError> {
+    let rows = client.simple_query(&format!("TIMELINE_HISTORY {new}")).await?;
+    let Some(content) = rows.first().and_then(|r| r.get("content")) else { return Ok(None) };
+    // bytea in its text form on some servers, text on others.
+    let text = match content.strip_prefix("\\x") {
+        Some(h) => {
+            String::from_utf8_lossy(&hex::decode(h).map_err(|e| SourceError::transient(format!("TIMELINE_HISTORY: {e}")))?).into_owned()
+        }
+        None => content.to_string(),
+    };
+    Ok(parse_fork(&text, old))
+}
+
+/// The switch point of timeline `old` in a timeline history file.
+fn parse_fork(history: &str, old: u32) -> Option<Lsn> {
+    history.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let tli: u32 = fields.next()?.parse().ok()?;
+        (tli == old).then(|| fields.next()?.parse().ok()).flatten()
+    })
+}
+
+#[cfg(test)]
+mod timeline_tests {
+    use super::*;
+
+    #[test]
+    fn the_fork_of_a_timeline_is_read_from_the_history() {
+        let history = "1\t0/3000158\tno recovery target specified\n\n2\t0/5000000\tbefore 2000-01-01\n";
+        assert_eq!(parse_fork(history, 1), Some(Lsn(0x300_0158)));
+        assert_eq!(parse_fork(history, 2), Some(Lsn(0x500_0000)));
+        assert_eq!(parse_fork(history, 3), None);
     }
 }
