@@ -911,3 +911,64 @@ async fn outbox_events_are_published_once_with_their_headers() {
     }
     assert_eq!(d.log().matches("kafka exactly-once producer ready").count(), 2, "two starts");
 }
+
+/// `ha` with an exactly-once Kafka sink: a warm standby does not disturb
+/// the leader's transactional producer (its own starts only when it leads),
+/// and after a SIGKILL of the leader under load the standby takes over and
+/// a `read_committed` consumer still sees every change exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_takes_over_exactly_once_kafka_without_a_duplicate() {
+    let (pg, c) = cluster("kha").await;
+    c.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL)").await.unwrap();
+    let broker = tokio::task::spawn_blocking(KafkaBroker::start).await.unwrap();
+    let dir = scratch();
+    let config = |name: &str| {
+        kafka_config(
+            &pg,
+            "kha",
+            "kha",
+            &broker.bootstrap(),
+            "delivery: exactly_once",
+            "  - name: rows\n    from: public.t\n    to: events\n    kafka: { topic: \"ha.t\", format: native }",
+            dir.path(),
+        ) + &format!("ha:\n  enabled: true\n  lease: 3s\n  instance: {name}\n")
+    };
+    let mut a = Daemon::start(bin(), dir.path(), "a", &config("a"));
+    wait_slot(&c, "kha", &a).await;
+    let b = Daemon::start(bin(), dir.path(), "b", &config("b"));
+    testkit::wait_until(Duration::from_secs(60), "b waits as a standby", || b.log().contains("standby: waiting for the lease"));
+    let writer = pg.client("kha").await;
+    let mut id = 0;
+    for _ in 0..200 {
+        id += 1;
+        writer.batch_execute(&format!("INSERT INTO t VALUES ({id}, {id})")).await.unwrap();
+    }
+    wait_confirmed(&c, "kha", &a, Duration::from_secs(60)).await;
+    assert!(!a.log().contains("sink write failed"), "the standby's start did not fence the leader's producer\n{}", a.log());
+    let load = tokio::spawn(async move {
+        for _ in 0..800 {
+            id += 1;
+            writer
+                .batch_execute(&format!("INSERT INTO t VALUES ({id}, {id}); UPDATE t SET v = v + 1 WHERE id = {}", id / 2))
+                .await
+                .unwrap();
+        }
+        id
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    a.kill9();
+    let last = load.await.unwrap();
+    testkit::wait_for(Duration::from_secs(60), "b leads", || async { b.log().contains("took the lease: leading") }).await;
+    wait_confirmed(&c, "kha", &b, Duration::from_secs(90)).await;
+    let changes = 200 + 2 * (last as usize - 200);
+    let recs = tokio::task::block_in_place(|| {
+        read_records(&broker.bootstrap(), &["ha.t"], Duration::from_secs(60), Duration::from_millis(500), |_| true)
+    });
+    let positions: HashSet<(String, String)> = recs
+        .iter()
+        .map(|r| (r.header("pgfanout.commit_lsn").unwrap().to_string(), r.header("pgfanout.ordinal").unwrap().to_string()))
+        .collect();
+    println!("{} changes, {} records, {} distinct positions", changes, recs.len(), positions.len());
+    assert_eq!(positions.len(), changes, "every change");
+    assert_eq!(recs.len(), changes, "once");
+}

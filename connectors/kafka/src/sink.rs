@@ -190,8 +190,10 @@ impl KafkaSink {
             let eos = Transactions::new(id, cfg.progress_topic.clone(), cfg.topics.replication_factor);
             eos.ensure_progress_topic(&sink.client_config, delivery_timeout.min(Duration::from_secs(30))).await?;
             sink.in_flight = 1;
+            // `init_transactions` waits for the first write: a warm standby
+            // (`ha`) connects its sinks long before it leads, and would
+            // fence the leader's producer (same transactional id).
             sink.eos = Some(eos);
-            sink.ready_transactions().await?;
         }
         let constant: Vec<String> = sink.routes.iter().filter_map(|r| r.constant_topic().map(str::to_string)).collect();
         for topic in constant {
