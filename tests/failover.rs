@@ -16,27 +16,52 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_promoted_standby_takes_over_from_the_synchronized_slot() {
-    let (primary, c) = cluster_with("fo", &[("synchronous_commit", "on"), ("wal_sender_timeout", "10s")]).await;
+/// A primary (database `db`, table `t`, `settings`) and a physical standby
+/// of it streaming from slot `standby1` with `standby_settings` (slot
+/// synchronization on), and a client of the primary; None before 17 (no
+/// failover slots: the caller has nothing to test).
+async fn primary_and_standby(
+    db: &str,
+    settings: &[(&str, &str)],
+    standby_settings: &[(&str, &str)],
+) -> Option<(testkit::PgCluster, testkit::PgCluster, tokio_postgres::Client)> {
+    let (primary, c) = cluster_with(db, settings).await;
     let major = server_major(&c).await;
     if major < 17 {
         println!("PostgreSQL {major} has no failover slots: nothing to test here (the matrix runs this on 17 and 18)");
-        return;
+        return None;
     }
     c.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL); SELECT pg_create_physical_replication_slot('standby1', true);")
         .await
         .unwrap();
     drop(c);
-    let standby = testkit::PgCluster::standby_of(&primary, "standby1", &[("sync_replication_slots", "on"), ("synchronous_commit", "on")]);
-    let c = primary.client("fo").await;
+    // A cold copy of the primary's data directory: the primary restarts.
+    let mut all = vec![("sync_replication_slots", "on")];
+    all.extend_from_slice(standby_settings);
+    let standby = testkit::PgCluster::standby_of(&primary, "standby1", &all);
+    let c = primary.client(db).await;
+    Some((primary, standby, c))
+}
+
+/// `url` listing both hosts, primary first, for `db`.
+fn both_hosts(primary: &testkit::PgCluster, standby: &testkit::PgCluster, db: &str) -> String {
+    format!("postgres://postgres@127.0.0.1:{},127.0.0.1:{}/{db}?target_session_attrs=read-write", primary.port, standby.port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promoted_standby_takes_over_from_the_synchronized_slot() {
+    let Some((primary, standby, c)) =
+        primary_and_standby("fo", &[("synchronous_commit", "on"), ("wal_sender_timeout", "10s")], &[("synchronous_commit", "on")]).await
+    else {
+        return;
+    };
     c.batch_execute("ALTER SYSTEM SET synchronized_standby_slots = 'standby1'").await.unwrap();
     c.batch_execute("SELECT pg_reload_conf()").await.unwrap();
 
     let dir = scratch();
     let out = out_path(dir.path(), "fo");
     let redis = tokio::task::spawn_blocking(testkit::RedisServer::start).await.unwrap();
-    let url = format!("postgres://postgres@127.0.0.1:{},127.0.0.1:{}/fo?target_session_attrs=read-write", primary.port, standby.port);
+    let url = both_hosts(&primary, &standby, "fo");
     let sinks = format!(
         "  out: {{ type: file, path: \"{}\" }}\n  cache: {{ type: redis, url: \"{}\", reconnect_max_delay: 1s }}",
         out.display(),
@@ -137,22 +162,12 @@ async fn a_promoted_standby_takes_over_from_the_synchronized_slot() {
 /// come at positions it has passed) instead of going on silently.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failover_to_a_standby_that_lags_behind_what_was_delivered_is_reported() {
-    let (primary, c) = cluster_with("lag", &[("wal_sender_timeout", "10s")]).await;
-    let major = server_major(&c).await;
-    if major < 17 {
-        println!("PostgreSQL {major} has no failover slots: nothing to test here (the matrix runs this on 17 and 18)");
+    let Some((primary, standby, c)) = primary_and_standby("lag", &[("wal_sender_timeout", "10s")], &[]).await else {
         return;
-    }
-    c.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL); SELECT pg_create_physical_replication_slot('standby1', true);")
-        .await
-        .unwrap();
-    drop(c);
-    // A cold copy of the primary's data directory: the primary restarts.
-    let standby = testkit::PgCluster::standby_of(&primary, "standby1", &[("sync_replication_slots", "on")]);
-    let c = primary.client("lag").await;
+    };
     let dir = scratch();
     let out = out_path(dir.path(), "lag");
-    let url = format!("postgres://postgres@127.0.0.1:{},127.0.0.1:{}/lag?target_session_attrs=read-write", primary.port, standby.port);
+    let url = both_hosts(&primary, &standby, "lag");
     let config = file_config(&primary, "lag", "lag", &["public.t"], &out).replace(&primary.url("lag"), &url);
     let mut d = Daemon::start(bin(), dir.path(), "lag", &config);
     wait_slot(&c, "lag", &d).await;
