@@ -241,15 +241,28 @@ async fn coalesced_reads_take_many_changes_and_never_hold_a_quiet_stream() {
     }
 
     // 20,000 changes (about 3 MB of pgoutput) in one transaction: a
-    // sustained stream.
-    let reads_before = stream.reads();
-    sql.batch_execute("INSERT INTO c SELECT g, repeat('x', 100) FROM generate_series(1, 20000) g").await.expect("bulk");
-    count_inserts(&mut stream, 20_000).await;
-    let reads = stream.reads() - reads_before;
+    // sustained stream, read first without coalescing, then with it.
+    let mut reads_of = async |stream: &mut ReplicationStream, coalesce: Duration, from: i32| {
+        stream.set_read_coalesce(coalesce);
+        let before = stream.reads();
+        sql.batch_execute(&format!("INSERT INTO c SELECT g, repeat('x', 100) FROM generate_series({from}, {from} + 19999) g"))
+            .await
+            .expect("bulk");
+        count_inserts(stream, 20_000).await;
+        stream.reads() - before
+    };
+    let plain = reads_of(&mut stream, Duration::ZERO, 1).await;
+    let reads = reads_of(&mut stream, Duration::from_millis(5), 100_001).await;
     // One read per change or per few changes without coalescing (about
-    // 7,000 here); with it, one per 5 ms of sending or per 64 kB once the
-    // stream has lasted 20 ms.
-    assert!(reads < 1_000, "{reads} socket reads for 20,000 changes: reads are not coalesced");
+    // 7,000 on an idle machine); with it, one per 5 ms of sending or per
+    // 64 kB once the stream has lasted 20 ms. On a loaded machine the
+    // sender is slower and each 5 ms holds fewer changes (2,540 reads seen
+    // beside four JVM servers' tests), so the bound is relative then.
+    println!("20,000 changes: {plain} reads plain, {reads} coalesced");
+    assert!(
+        reads < 1_000 || reads * 3 < plain,
+        "{reads} socket reads for 20,000 changes ({plain} without coalescing): reads are not coalesced"
+    );
 
     // Quiet now: the wake threshold is back to one byte once a read finds
     // nothing, so a lone small change (far below 64 kB) still arrives.
