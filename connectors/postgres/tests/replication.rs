@@ -242,7 +242,7 @@ async fn coalesced_reads_take_many_changes_and_never_hold_a_quiet_stream() {
 
     // 20,000 changes (about 3 MB of pgoutput) in one transaction: a
     // sustained stream, read first without coalescing, then with it.
-    let mut reads_of = async |stream: &mut ReplicationStream, coalesce: Duration, from: i32| {
+    let reads_of = async |stream: &mut ReplicationStream, coalesce: Duration, from: i32| {
         stream.set_read_coalesce(coalesce);
         let before = stream.reads();
         sql.batch_execute(&format!("INSERT INTO c SELECT g, repeat('x', 100) FROM generate_series({from}, {from} + 19999) g"))
