@@ -47,6 +47,7 @@ pub fn connectors() -> Vec<Entry> {
         feature_entry!("neo4j", pgfanout_neo4j),
         feature_entry!("elasticsearch", pgfanout_elasticsearch),
         feature_entry!("scylla", pgfanout_scylla),
+        feature_entry!("mongodb", pgfanout_mongodb),
     ]
 }
 

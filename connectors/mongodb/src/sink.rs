@@ -1,0 +1,536 @@
+//! The document sink: the path of a batch.
+//!
+//! [`Route::plan`] each record into document operations → read what the
+//! server holds of those documents (their versions, the tombstones of
+//! deleted ones, the whole document a key change with unchanged TOAST
+//! columns moves) → resolve the batch in order into one final write per
+//! document ([`resolve`]) → send them as `update` and `delete` commands
+//! whose filters carry the version guard → the batch is durable once every
+//! command was acknowledged under the write concern.
+//!
+//! Errors are [`MongoError`]s inside the crate; they become the runtime's
+//! [`SinkError`] at the boundary.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use futures_util::TryStreamExt;
+use indexmap::IndexMap;
+use mongodb::bson::{doc, Bson, DateTime, Document};
+use mongodb::options::ClientOptions;
+use mongodb::{Client, Database};
+use pgfanout_sdk::{BatchOutcome, Rejected, Sink, SinkError, SinkRecord, StoreError};
+use tracing::{info, warn};
+
+use crate::config::{Decimals, MongoMapping, MongoSinkConfig};
+use crate::convert::{Convert, Inexact};
+use crate::error::MongoError;
+use crate::route::{compile, set_path, Body, DocKey, DocOp, Planned, Route};
+
+/// Ids per `find` when reading what is stored.
+const READ_CHUNK: usize = 1000;
+
+/// The document sink. See the crate docs.
+pub struct MongoSink {
+    client: Client,
+    db: Database,
+    routes: Vec<Route>,
+    version_field: String,
+    tombstones: String,
+    tombstone_ttl: Duration,
+    max_batch: usize,
+    write_concern: Bson,
+    last_sweep: Option<Instant>,
+    server: String,
+}
+
+/// A connected client and what the server is.
+pub(crate) struct Server {
+    pub(crate) client: Client,
+    pub(crate) db: Database,
+    pub(crate) description: String,
+    pub(crate) inexact: Inexact,
+}
+
+/// Connects, and asks the server what it is (`buildInfo`).
+pub(crate) async fn connect_server(cfg: &MongoSinkConfig) -> Result<Server, MongoError> {
+    let mut options = ClientOptions::parse(cfg.uri.expose()).await?;
+    options.server_selection_timeout = Some(cfg.timeout);
+    options.connect_timeout = Some(cfg.timeout);
+    options.app_name.get_or_insert_with(|| "pgfanout".into());
+    let client = Client::with_options(options)?;
+    let db = client.database(&cfg.database);
+    let info = db.run_command(doc! {"buildInfo": 1}).await?;
+    let version = info.get_str("version").unwrap_or("?").to_string();
+    let (description, ferret) = match info.get_str("ferretdbVersion") {
+        Ok(f) => (format!("FerretDB {f} (MongoDB {version} wire protocol)"), true),
+        Err(_) => (format!("MongoDB {version}"), false),
+    };
+    let inexact = match cfg.decimals {
+        Decimals::Decimal128 => Inexact::Decimal128,
+        Decimals::String => Inexact::String,
+        Decimals::Auto if ferret => Inexact::String,
+        Decimals::Auto => Inexact::Decimal128,
+    };
+    Ok(Server { client, db, description, inexact })
+}
+
+/// Compiles every route with the server's number rule.
+pub(crate) fn compile_routes(mappings: &[MongoMapping], inexact: Inexact) -> Result<Vec<Route>, MongoError> {
+    mappings
+        .iter()
+        .enumerate()
+        .map(|(route, m)| compile(m, Convert { inexact, json: m.json }).map_err(|e| MongoError::Mapping { route, message: e.to_string() }))
+        .collect()
+}
+
+/// What the server holds of one document before the batch.
+#[derive(Debug, Default)]
+struct Stored {
+    /// Its version field (`None`: a document pgfanout did not write).
+    version: Option<String>,
+    /// The whole document, read only for documents a key change moves.
+    doc: Option<Document>,
+}
+
+/// The one write a batch makes to a document.
+#[derive(Debug, Clone, PartialEq)]
+enum Final {
+    Write(Document),
+    Set(Vec<(String, Bson)>),
+    Delete,
+}
+
+/// What the batch does to the documents it touches, in the order first
+/// touched: (final write, its version, the record it comes from).
+type Finals = IndexMap<DocKey, (Final, String, usize)>;
+
+/// One batch segment's records: (record index, its version, its operations).
+type Segment = Vec<(usize, String, Vec<DocOp>)>;
+
+/// Resolves a segment, in order, into one final write per document.
+///
+/// A document's newest known version is its final write's in this batch,
+/// else the newer of its stored version and its tombstone. An operation
+/// older than that is superseded (skipped). A partial change (unchanged
+/// TOAST columns) is completed from the batch's own earlier write of the
+/// document, or from the stored document a key change moves; otherwise it
+/// becomes a `$set` of the columns sent, on a stored document. A partial
+/// change of a document that is neither in the batch nor stored is
+/// refused (the runtime dead-letters it).
+fn resolve(
+    segment: Segment,
+    stored: &HashMap<DocKey, Stored>,
+    tombs: &HashMap<DocKey, String>,
+    version_field: &str,
+    rejected: &mut Vec<Rejected>,
+) -> Finals {
+    let mut finals: Finals = IndexMap::new();
+    for (record, version, ops) in segment {
+        for op in ops {
+            let newest = |finals: &Finals, k: &DocKey| -> Option<String> {
+                if let Some((_, v, _)) = finals.get(k) {
+                    return Some(v.clone());
+                }
+                let s = stored.get(k).and_then(|s| s.version.clone());
+                let t = tombs.get(k).cloned();
+                s.max(t)
+            };
+            if newest(&finals, &op.key).is_some_and(|n| n > version) {
+                continue; // superseded by a newer write or delete
+            }
+            let body = match op.body {
+                Body::Delete => Final::Delete,
+                Body::Full(doc) => Final::Write(doc),
+                Body::Partial(fields, missing) => {
+                    let source = op.moved_from.as_ref().unwrap_or(&op.key);
+                    let base = match finals.get(source).map(|(f, _, _)| f) {
+                        Some(Final::Write(doc)) => Some(Final::Write(doc.clone())),
+                        Some(Final::Set(prev)) if op.moved_from.is_none() => Some(Final::Set(prev.clone())),
+                        Some(Final::Set(prev)) => stored.get(source).and_then(|s| s.doc.clone()).map(|mut d| {
+                            apply_fields(&mut d, prev);
+                            Final::Write(d)
+                        }),
+                        Some(Final::Delete) => None,
+                        None if op.moved_from.is_some() => stored.get(source).and_then(|s| s.doc.clone()).map(|mut d| {
+                            d.remove("_id");
+                            d.remove(version_field);
+                            Final::Write(d)
+                        }),
+                        None if stored.contains_key(source) => Some(Final::Set(Vec::new())),
+                        None => None,
+                    };
+                    match base {
+                        Some(Final::Write(mut d)) => {
+                            apply_fields(&mut d, &fields);
+                            Final::Write(d)
+                        }
+                        Some(Final::Set(mut prev)) => {
+                            for (path, value) in fields {
+                                match prev.iter_mut().find(|(p, _)| *p == path) {
+                                    Some(slot) => slot.1 = value,
+                                    None => prev.push((path, value)),
+                                }
+                            }
+                            Final::Set(prev)
+                        }
+                        _ => {
+                            // The document it moves from was deleted later
+                            // (a replay): superseded.
+                            if newest(&finals, source).is_some_and(|n| n > version) {
+                                continue;
+                            }
+                            let error = MongoError::PartialOfMissing { document: source.name(), missing: missing.join(", ") };
+                            rejected.push(Rejected { index: record, error: error.to_string() });
+                            continue;
+                        }
+                    }
+                }
+            };
+            finals.insert(op.key, (body, version.clone(), record));
+        }
+    }
+    finals
+}
+
+/// Sets each (field path, value) in `doc`.
+fn apply_fields(doc: &mut Document, fields: &[(String, Bson)]) {
+    for (path, value) in fields {
+        let parts: Vec<String> = path.split('.').map(str::to_string).collect();
+        set_path(doc, &parts, value.clone());
+    }
+}
+
+impl MongoSink {
+    /// Connects, learns what the server is and compiles the mappings.
+    pub async fn connect(cfg: &MongoSinkConfig, mappings: Vec<MongoMapping>) -> Result<MongoSink, SinkError> {
+        let server = connect_server(cfg).await?;
+        let routes = compile_routes(&mappings, server.inexact)?;
+        let write_concern = match cfg.write_concern.parse::<i32>() {
+            Ok(n) => Bson::Int32(n),
+            Err(_) => Bson::String(cfg.write_concern.clone()),
+        };
+        info!(server = %server.description, database = %cfg.database, routes = routes.len(), decimals = ?server.inexact, "mongodb sink connected");
+        Ok(MongoSink {
+            client: server.client,
+            db: server.db,
+            routes,
+            version_field: cfg.version_field.clone(),
+            tombstones: cfg.tombstone_collection.clone(),
+            tombstone_ttl: cfg.tombstone_ttl,
+            max_batch: cfg.max_batch,
+            write_concern,
+            last_sweep: None,
+            server: server.description,
+        })
+    }
+
+    /// `MongoDB 7.0.5` or `FerretDB 1.24.2 (MongoDB 7.0.77 wire protocol)`.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    async fn write_batch(&mut self, batch: &[SinkRecord]) -> Result<Vec<Rejected>, MongoError> {
+        let mut rejected = Vec::new();
+        let mut segment: Segment = Vec::new();
+        for (i, record) in batch.iter().enumerate() {
+            let Some(route) = self.routes.get(record.route) else {
+                rejected.push(Rejected { index: i, error: format!("mongodb: no route {}", record.route) });
+                continue;
+            };
+            match route.plan(&record.change) {
+                Err(e) => rejected.push(Rejected { index: i, error: e.to_string() }),
+                Ok(Planned::Nothing) => {}
+                Ok(Planned::Ops(ops)) => segment.push((i, record.change.position().sortable_text(), ops)),
+                Ok(Planned::Truncate(collection)) => {
+                    self.apply(std::mem::take(&mut segment), &mut rejected).await?;
+                    let statements = vec![doc! {"q": {}, "limit": 0}];
+                    if let Err(e) = self.send("delete", &collection, statements, &[i], &mut rejected).await {
+                        if e.is_retriable() {
+                            return Err(e);
+                        }
+                        rejected.push(Rejected { index: i, error: e.to_string() });
+                    }
+                }
+            }
+        }
+        self.apply(segment, &mut rejected).await?;
+        self.sweep().await;
+        rejected.sort_by_key(|r| r.index);
+        rejected.dedup_by_key(|r| r.index);
+        Ok(rejected)
+    }
+
+    /// Reads what is stored, resolves the segment and writes it.
+    async fn apply(&self, segment: Segment, rejected: &mut Vec<Rejected>) -> Result<(), MongoError> {
+        if segment.is_empty() {
+            return Ok(());
+        }
+        let mut keys: Vec<DocKey> = Vec::new();
+        let mut moved: Vec<DocKey> = Vec::new();
+        for (_, _, ops) in &segment {
+            for op in ops {
+                keys.push(op.key.clone());
+                if let (Some(m), Body::Partial(..)) = (&op.moved_from, &op.body) {
+                    moved.push(m.clone());
+                }
+            }
+        }
+        let stored = self.read_stored(&keys, &moved).await?;
+        let tombs = self.read_tombstones(&keys).await?;
+        let finals = resolve(segment, &stored, &tombs, &self.version_field, rejected);
+        self.write_finals(finals, &stored, rejected).await
+    }
+
+    /// The version guard: the stored version is not newer (or the
+    /// document has none).
+    fn guard(&self, id: &Bson, version: &str) -> Document {
+        let v = self.version_field.as_str();
+        doc! {"_id": id.clone(), "$or": [{v: {"$lte": version}}, {v: {"$exists": false}}]}
+    }
+
+    async fn write_finals(&self, finals: Finals, stored: &HashMap<DocKey, Stored>, rejected: &mut Vec<Rejected>) -> Result<(), MongoError> {
+        let now = DateTime::now();
+        let mut tombs: Vec<(Document, usize)> = Vec::new();
+        let mut deletes: IndexMap<String, Vec<(Document, usize)>> = IndexMap::new();
+        let mut updates: IndexMap<String, Vec<(Document, usize)>> = IndexMap::new();
+        for (key, (body, version, record)) in finals {
+            let v = self.version_field.as_str();
+            match body {
+                Final::Delete => {
+                    tombs.push((doc! {"q": {"_id": key.name()}, "u": {"$set": {"v": &version, "at": now}}, "upsert": true}, record));
+                    deletes
+                        .entry(key.collection.to_string())
+                        .or_default()
+                        .push((doc! {"q": self.guard(&key.id, &version), "limit": 1}, record));
+                }
+                Final::Write(mut d) => {
+                    d.remove("_id");
+                    d.insert(v, version.as_str());
+                    let statement = if stored.contains_key(&key) {
+                        doc! {"q": self.guard(&key.id, &version), "u": d, "upsert": false}
+                    } else {
+                        doc! {"q": {"_id": key.id.clone()}, "u": d, "upsert": true}
+                    };
+                    updates.entry(key.collection.to_string()).or_default().push((statement, record));
+                }
+                Final::Set(fields) => {
+                    let mut set: Document = fields.into_iter().collect();
+                    set.insert(v, version.as_str());
+                    let statement = doc! {"q": self.guard(&key.id, &version), "u": {"$set": set}, "upsert": false};
+                    updates.entry(key.collection.to_string()).or_default().push((statement, record));
+                }
+            }
+        }
+        // Tombstones before the deletes: a crash between them leaves a
+        // tombstone of a document still there, which the replay deletes.
+        if !tombs.is_empty() {
+            let (statements, records): (Vec<_>, Vec<_>) = tombs.into_iter().unzip();
+            self.send("update", &self.tombstones, statements, &records, rejected).await?;
+        }
+        for (command, groups) in [("delete", deletes), ("update", updates)] {
+            for (collection, items) in groups {
+                let (statements, records): (Vec<_>, Vec<_>) = items.into_iter().unzip();
+                self.send(command, &collection, statements, &records, rejected).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends `statements` (of command `update` or `delete`) to `collection`
+    /// in ordered commands of at most `max_batch`. A statement the server
+    /// refuses for good rejects its record, and the statements after it
+    /// are sent again; a transient refusal fails the batch (retried).
+    async fn send(
+        &self,
+        command: &str,
+        collection: &str,
+        statements: Vec<Document>,
+        records: &[usize],
+        rejected: &mut Vec<Rejected>,
+    ) -> Result<(), MongoError> {
+        let field = if command == "update" { "updates" } else { "deletes" };
+        let mut start = 0;
+        while start < statements.len() {
+            let end = (start + self.max_batch).min(statements.len());
+            let chunk: Vec<Bson> = statements[start..end].iter().cloned().map(Bson::Document).collect();
+            let reply = self
+                .db
+                .run_command(doc! {command: collection, field: chunk, "ordered": true, "writeConcern": {"w": self.write_concern.clone()}})
+                .await?;
+            if let Ok(wce) = reply.get_document("writeConcernError") {
+                return Err(MongoError::WriteConcern(wce.get_str("errmsg").unwrap_or("?").to_string()));
+            }
+            let first_error = reply.get_array("writeErrors").ok().and_then(|errors| errors.first().cloned());
+            match first_error {
+                Some(Bson::Document(e)) => {
+                    let index = e.get_i32("index").unwrap_or(0).max(0) as usize;
+                    let code = e.get_i32("code").unwrap_or(0);
+                    let error = MongoError::refused(code, e.get_str("errmsg").unwrap_or("?").to_string());
+                    if error.is_retriable() {
+                        return Err(error);
+                    }
+                    let failed = start + index.min(end - start - 1);
+                    rejected.push(Rejected { index: records[failed], error: error.to_string() });
+                    start = failed + 1;
+                }
+                _ => start = end,
+            }
+        }
+        Ok(())
+    }
+
+    /// What is stored of `keys`: versions, and the whole documents of
+    /// `whole`.
+    async fn read_stored(&self, keys: &[DocKey], whole: &[DocKey]) -> Result<HashMap<DocKey, Stored>, MongoError> {
+        let mut out: HashMap<DocKey, Stored> = HashMap::new();
+        let v = self.version_field.as_str();
+        for (list, full) in [(keys, false), (whole, true)] {
+            let mut by_collection: IndexMap<&str, Vec<&DocKey>> = IndexMap::new();
+            for k in list {
+                by_collection.entry(&*k.collection).or_default().push(k);
+            }
+            for (collection, ks) in by_collection {
+                let coll = self.db.collection::<Document>(collection);
+                let mut ids: Vec<Bson> = ks.iter().map(|k| k.id.clone()).collect();
+                ids.dedup();
+                for chunk in ids.chunks(READ_CHUNK) {
+                    let find = coll.find(doc! {"_id": {"$in": chunk.to_vec()}});
+                    let find = if full { find } else { find.projection(doc! {v: 1}) };
+                    let docs: Vec<Document> = find.await?.try_collect().await?;
+                    for d in docs {
+                        let Some(id) = d.get("_id").cloned() else { continue };
+                        let key = DocKey::new(collection.into(), id);
+                        let entry = out.entry(key).or_default();
+                        entry.version = d.get_str(v).ok().map(str::to_string);
+                        if full {
+                            entry.doc = Some(d);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The tombstones (delete versions) of `keys`.
+    async fn read_tombstones(&self, keys: &[DocKey]) -> Result<HashMap<DocKey, String>, MongoError> {
+        let names: HashMap<String, &DocKey> = keys.iter().map(|k| (k.name(), k)).collect();
+        let coll = self.db.collection::<Document>(&self.tombstones);
+        let mut out = HashMap::new();
+        let all: Vec<&String> = names.keys().collect();
+        for chunk in all.chunks(READ_CHUNK) {
+            let ids: Vec<Bson> = chunk.iter().map(|n| Bson::String((*n).clone())).collect();
+            let docs: Vec<Document> = coll.find(doc! {"_id": {"$in": ids}}).await?.try_collect().await?;
+            for d in docs {
+                if let (Ok(name), Ok(v)) = (d.get_str("_id"), d.get_str("v")) {
+                    if let Some(k) = names.get(name) {
+                        out.insert((*k).clone(), v.to_string());
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes tombstones older than `tombstone_ttl`, at most every tenth
+    /// of it (and at least every minute). Best effort: a failure is logged.
+    async fn sweep(&mut self) {
+        let every = (self.tombstone_ttl / 10).min(Duration::from_secs(60));
+        if self.last_sweep.is_some_and(|t| t.elapsed() < every) {
+            return;
+        }
+        self.last_sweep = Some(Instant::now());
+        let cutoff = DateTime::from_millis(DateTime::now().timestamp_millis() - self.tombstone_ttl.as_millis() as i64);
+        let command = doc! {"delete": &self.tombstones, "deletes": [{"q": {"at": {"$lt": cutoff}}, "limit": 0}]};
+        if let Err(e) = self.db.run_command(command).await {
+            warn!(error = %e, collection = %self.tombstones, "mongodb: removing expired tombstones failed; tried again later");
+        }
+    }
+}
+
+/// The sink boundary: [`MongoError`]s become [`SinkError`]s here (`?`).
+impl Sink for MongoSink {
+    async fn write(&mut self, batch: &[SinkRecord]) -> BatchOutcome {
+        Ok(self.write_batch(batch).await?)
+    }
+
+    async fn check(&mut self) -> Result<(), SinkError> {
+        self.db.run_command(doc! {"ping": 1}).await.map_err(MongoError::from)?;
+        Ok(())
+    }
+
+    async fn close(&mut self) -> Result<(), SinkError> {
+        self.client.clone().shutdown().await;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn key(id: i32) -> DocKey {
+        DocKey::new(Arc::from("c"), Bson::Int32(id))
+    }
+
+    fn op(id: i32, body: Body) -> DocOp {
+        DocOp { key: key(id), body, moved_from: None }
+    }
+
+    fn v(n: u64) -> String {
+        format!("{n:030}")
+    }
+
+    #[test]
+    fn a_batch_becomes_one_write_per_document_in_order() {
+        let segment: Segment = vec![
+            (0, v(1), vec![op(1, Body::Full(doc! {"a": 1, "b": "x"}))]),
+            (1, v(2), vec![op(1, Body::Partial(vec![("a".into(), Bson::Int32(2))], vec!["b".into()]))]),
+            (2, v(3), vec![op(2, Body::Full(doc! {"a": 9}))]),
+            (3, v(4), vec![op(2, Body::Delete)]),
+        ];
+        let mut rejected = Vec::new();
+        let finals = resolve(segment, &HashMap::new(), &HashMap::new(), "_v", &mut rejected);
+        assert!(rejected.is_empty());
+        assert_eq!(finals[&key(1)], (Final::Write(doc! {"a": 2, "b": "x"}), v(2), 1));
+        assert_eq!(finals[&key(2)], (Final::Delete, v(4), 3));
+    }
+
+    #[test]
+    fn older_writes_are_superseded_and_partials_of_missing_documents_refused() {
+        let stored = HashMap::from([(key(1), Stored { version: Some(v(10)), doc: None })]);
+        let tombs = HashMap::from([(key(2), v(10))]);
+        let partial = |id| op(id, Body::Partial(vec![("a".into(), Bson::Int32(1))], vec!["b".into()]));
+        let segment: Segment = vec![
+            (0, v(5), vec![op(1, Body::Full(doc! {"a": 0}))]),
+            (1, v(5), vec![op(2, Body::Full(doc! {"a": 0}))]),
+            (2, v(6), vec![partial(2)]),
+            (3, v(11), vec![partial(1)]),
+            (4, v(11), vec![partial(3)]),
+        ];
+        let mut rejected = Vec::new();
+        let finals = resolve(segment, &stored, &tombs, "_v", &mut rejected);
+        assert_eq!(finals.len(), 1, "{finals:?}");
+        assert_eq!(finals[&key(1)].0, Final::Set(vec![("a".into(), Bson::Int32(1))]));
+        assert_eq!(rejected.iter().map(|r| r.index).collect::<Vec<_>>(), vec![4]);
+    }
+
+    #[test]
+    fn a_moved_document_completes_a_partial_change() {
+        let stored =
+            HashMap::from([(key(1), Stored { version: Some(v(1)), doc: Some(doc! {"_id": 1, "_v": v(1), "a": 1, "bio": "long"}) })]);
+        let moved = DocOp {
+            key: key(2),
+            body: Body::Partial(vec![("id".into(), Bson::Int32(2)), ("a".into(), Bson::Int32(5))], vec!["bio".into()]),
+            moved_from: Some(key(1)),
+        };
+        let segment: Segment = vec![(0, v(2), vec![moved, op(1, Body::Delete)])];
+        let mut rejected = Vec::new();
+        let finals = resolve(segment, &stored, &HashMap::new(), "_v", &mut rejected);
+        assert!(rejected.is_empty());
+        assert_eq!(finals[&key(2)].0, Final::Write(doc! {"a": 5, "bio": "long", "id": 2}));
+        assert_eq!(finals[&key(1)].0, Final::Delete);
+    }
+}
