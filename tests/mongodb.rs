@@ -128,8 +128,14 @@ async fn documents(uri: &str) -> BTreeMap<String, Document> {
 /// Waits until the slot confirmed everything written so far (then the
 /// collection has it, by the ack rule) and compares every document with
 /// its row, field by field and digit by digit.
-async fn assert_collection_equals_table(c: &tokio_postgres::Client, slot: &str, uri: &str, d: &Daemon) {
-    wait_confirmed(c, slot, d, Duration::from_secs(300)).await;
+async fn assert_collection_equals_table(c: &tokio_postgres::Client, slot: &str, ferret: &FerretDb, d: &Daemon, pg: &PgCluster) {
+    let uri = &ferret.uri();
+    let target = insert_lsn(c).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while confirmed_flush(c, slot).await < target {
+        assert!(std::time::Instant::now() < deadline, "confirmed_flush_lsn did not reach {target:X}\n{}\n--- ferretdb ---\n{}\n{}", d.log(), ferret.log(), pg.psql("postgres", "SELECT pid, datname, state, wait_event_type, wait_event, left(query, 200) FROM pg_stat_activity"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let docs = documents(uri).await;
     let want = rows_by_id(c, "products").await;
     let missing: Vec<&String> = want.keys().filter(|k| !docs.contains_key(*k)).collect();
@@ -191,7 +197,7 @@ async fn mixed_workload_sigkills_and_a_server_restart_end_equal_and_verify_repai
     let up_at = std::time::Instant::now();
     tokio::task::block_in_place(|| ferret.start_server());
     w.run(&c, 50).await;
-    assert_collection_equals_table(&c, db, &uri, &d).await;
+    assert_collection_equals_table(&c, db, &ferret, &d, &pg).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let samples = sampler.await.unwrap();
     let down: Vec<u64> = samples

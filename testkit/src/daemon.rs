@@ -29,7 +29,7 @@ impl Daemon {
         let child = Command::new(bin)
             .args(["run", "-c"])
             .arg(&self.config_path)
-            .env("PGFANOUT_LOG", "info,pgfanout=debug")
+            .env("PGFANOUT_LOG", std::env::var("PGFANOUT_TEST_LOG").unwrap_or_else(|_| "info,pgfanout=debug".into()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

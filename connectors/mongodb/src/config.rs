@@ -53,6 +53,11 @@ pub struct MongoSinkConfig {
     /// does not answer in time fails the batch, which is retried.
     #[serde(default = "default_timeout", with = "duration")]
     pub timeout: Duration,
+    /// Time allowed for one command or query (default `60s`); one that
+    /// takes longer (a server that stopped answering, a half-open
+    /// connection) fails the batch, which is retried.
+    #[serde(default = "default_request_timeout", with = "duration")]
+    pub request_timeout: Duration,
     /// Write concern `w` (default `majority`; a number such as `1` is taken
     /// too).
     #[serde(default = "default_write_concern")]
@@ -73,6 +78,9 @@ fn default_max_batch() -> usize {
 }
 fn default_timeout() -> Duration {
     Duration::from_secs(10)
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 fn default_write_concern() -> String {
     "majority".into()
@@ -157,7 +165,7 @@ impl MongoSinkConfig {
         } else if self.version_field.contains('.') {
             problems.add("version_field", "must be a top-level field (no dots)");
         }
-        problems.nonzero(&[("tombstone_ttl", self.tombstone_ttl), ("timeout", self.timeout)]);
+        problems.nonzero(&[("tombstone_ttl", self.tombstone_ttl), ("timeout", self.timeout), ("request_timeout", self.request_timeout)]);
         problems.between("max_batch", self.max_batch, 1, 100_000);
         if self.write_concern != "majority" && self.write_concern.parse::<u32>().is_err() {
             problems.add("write_concern", "must be majority or a number of nodes such as 1");

@@ -31,6 +31,8 @@ pub enum MongoError {
     /// A statement of a write command the server refused.
     #[error("mongodb refused the write (code {code}): {message}")]
     Refused { code: i32, message: String },
+    #[error("mongodb: {0} got no answer in {1:?} (request_timeout)")]
+    Timeout(String, std::time::Duration),
     #[error("mongodb write concern not satisfied: {0}")]
     WriteConcern(String),
     #[error("mongodb mapping: {field}: {source}")]
@@ -62,7 +64,7 @@ impl StoreError for MongoError {
         match self {
             MongoError::Driver(e) => driver_retriable(e),
             MongoError::Refused { code, .. } => TRANSIENT_CODES.contains(code),
-            MongoError::WriteConcern(_) => true,
+            MongoError::WriteConcern(_) | MongoError::Timeout(..) => true,
             _ => false,
         }
     }

@@ -20,7 +20,7 @@ use mongodb::bson::{doc, Bson, DateTime, Document};
 use mongodb::options::ClientOptions;
 use mongodb::{Client, Database};
 use pgfanout_sdk::{BatchOutcome, Rejected, Sink, SinkError, SinkRecord, StoreError};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::{Decimals, MongoMapping, MongoSinkConfig};
 use crate::convert::{Convert, Inexact};
@@ -29,6 +29,11 @@ use crate::route::{compile, set_path, Body, DocKey, DocOp, Planned, Route};
 
 /// Ids per `find` when reading what is stored.
 const READ_CHUNK: usize = 1000;
+
+/// Statements per command on FerretDB 1.x: its `update` and `delete` hold
+/// a PostgreSQL connection per statement until the command ends, and a
+/// command with more statements than its pool (50) waits forever.
+const FERRETDB_MAX_BATCH: usize = 16;
 
 /// The document sink. See the crate docs.
 pub struct MongoSink {
@@ -40,6 +45,7 @@ pub struct MongoSink {
     tombstone_ttl: Duration,
     max_batch: usize,
     write_concern: Bson,
+    request_timeout: Duration,
     last_sweep: Option<Instant>,
     server: String,
 }
@@ -50,6 +56,7 @@ pub(crate) struct Server {
     pub(crate) db: Database,
     pub(crate) description: String,
     pub(crate) inexact: Inexact,
+    pub(crate) ferretdb: bool,
 }
 
 /// Connects, and asks the server what it is (`buildInfo`).
@@ -72,7 +79,7 @@ pub(crate) async fn connect_server(cfg: &MongoSinkConfig) -> Result<Server, Mong
         Decimals::Auto if ferret => Inexact::String,
         Decimals::Auto => Inexact::Decimal128,
     };
-    Ok(Server { client, db, description, inexact })
+    Ok(Server { client, db, description, inexact, ferretdb: ferret })
 }
 
 /// Compiles every route with the server's number rule.
@@ -175,11 +182,31 @@ fn resolve(
                             Final::Set(prev)
                         }
                         _ => {
-                            // The document it moves from was deleted later
-                            // (a replay): superseded.
-                            if newest(&finals, source).is_some_and(|n| n > version) {
+                            // A replay of a change already applied: its
+                            // document holds this version or a newer one,
+                            // or the document it moves from has a tombstone
+                            // of this change or a newer one. A batch writes
+                            // its documents before its tombstones, so such a
+                            // tombstone means every write of the batch that
+                            // held this change is stored, and what came
+                            // after it in that batch (a later delete of the
+                            // document, whose tombstone a crash may have
+                            // cut off) is replayed after it. Superseded.
+                            if newest(&finals, &op.key).is_some_and(|n| n >= version)
+                                || newest(&finals, source).is_some_and(|n| n >= version)
+                            {
                                 continue;
                             }
+                            debug!(
+                                document = %op.key.name(),
+                                source = %source.name(),
+                                version = %version,
+                                stored = ?stored.get(source).map(|s| &s.version),
+                                stored_key = ?stored.get(&op.key).map(|s| &s.version),
+                                tomb = ?tombs.get(source),
+                                in_batch = ?finals.get(source).map(|f| (&f.1, f.2)),
+                                "mongodb: partial change of a missing document"
+                            );
                             let error = MongoError::PartialOfMissing { document: source.name(), missing: missing.join(", ") };
                             rejected.push(Rejected { index: record, error: error.to_string() });
                             continue;
@@ -210,7 +237,8 @@ impl MongoSink {
             Ok(n) => Bson::Int32(n),
             Err(_) => Bson::String(cfg.write_concern.clone()),
         };
-        info!(server = %server.description, database = %cfg.database, routes = routes.len(), decimals = ?server.inexact, "mongodb sink connected");
+        let max_batch = if server.ferretdb { cfg.max_batch.min(FERRETDB_MAX_BATCH) } else { cfg.max_batch };
+        info!(server = %server.description, database = %cfg.database, routes = routes.len(), decimals = ?server.inexact, max_batch, "mongodb sink connected");
         Ok(MongoSink {
             client: server.client,
             db: server.db,
@@ -218,8 +246,9 @@ impl MongoSink {
             version_field: cfg.version_field.clone(),
             tombstones: cfg.tombstone_collection.clone(),
             tombstone_ttl: cfg.tombstone_ttl,
-            max_batch: cfg.max_batch,
+            max_batch,
             write_concern,
+            request_timeout: cfg.request_timeout,
             last_sweep: None,
             server: server.description,
         })
@@ -276,8 +305,10 @@ impl MongoSink {
                 }
             }
         }
+        let started = Instant::now();
         let stored = self.read_stored(&keys, &moved).await?;
         let tombs = self.read_tombstones(&keys).await?;
+        debug!(documents = keys.len(), stored = stored.len(), tombstones = tombs.len(), took = ?started.elapsed(), "mongodb: read what is stored");
         let finals = resolve(segment, &stored, &tombs, &self.version_field, rejected);
         self.write_finals(finals, &stored, rejected).await
     }
@@ -322,17 +353,22 @@ impl MongoSink {
                 }
             }
         }
-        // Tombstones before the deletes: a crash between them leaves a
-        // tombstone of a document still there, which the replay deletes.
+        // Writes first, then tombstones, then deletes. A key change's new
+        // document is written before its old one goes, so a crash in
+        // between leaves the old one (and its fields) for the replay; a
+        // tombstone precedes its delete, so a crash between them leaves a
+        // document the replay deletes.
+        for (collection, items) in updates {
+            let (statements, records): (Vec<_>, Vec<_>) = items.into_iter().unzip();
+            self.send("update", &collection, statements, &records, rejected).await?;
+        }
         if !tombs.is_empty() {
             let (statements, records): (Vec<_>, Vec<_>) = tombs.into_iter().unzip();
             self.send("update", &self.tombstones, statements, &records, rejected).await?;
         }
-        for (command, groups) in [("delete", deletes), ("update", updates)] {
-            for (collection, items) in groups {
-                let (statements, records): (Vec<_>, Vec<_>) = items.into_iter().unzip();
-                self.send(command, &collection, statements, &records, rejected).await?;
-            }
+        for (collection, items) in deletes {
+            let (statements, records): (Vec<_>, Vec<_>) = items.into_iter().unzip();
+            self.send("delete", &collection, statements, &records, rejected).await?;
         }
         Ok(())
     }
@@ -354,10 +390,9 @@ impl MongoSink {
         while start < statements.len() {
             let end = (start + self.max_batch).min(statements.len());
             let chunk: Vec<Bson> = statements[start..end].iter().cloned().map(Bson::Document).collect();
-            let reply = self
-                .db
-                .run_command(doc! {command: collection, field: chunk, "ordered": true, "writeConcern": {"w": self.write_concern.clone()}})
-                .await?;
+            let run = self.db.run_command(doc! {command: collection, field: chunk, "ordered": true, "writeConcern": {"w": self.write_concern.clone()}});
+            let reply = self.timed(format!("{command} of {collection}"), run).await?;
+            debug!(command, collection, statements = end - start, "mongodb: sent");
             if let Ok(wce) = reply.get_document("writeConcernError") {
                 return Err(MongoError::WriteConcern(wce.get_str("errmsg").unwrap_or("?").to_string()));
             }
@@ -397,7 +432,7 @@ impl MongoSink {
                 for chunk in ids.chunks(READ_CHUNK) {
                     let find = coll.find(doc! {"_id": {"$in": chunk.to_vec()}});
                     let find = if full { find } else { find.projection(doc! {v: 1}) };
-                    let docs: Vec<Document> = find.await?.try_collect().await?;
+                    let docs: Vec<Document> = self.timed(format!("find in {collection}"), async { find.await?.try_collect().await }).await?;
                     for d in docs {
                         let Some(id) = d.get("_id").cloned() else { continue };
                         let key = DocKey::new(collection.into(), id);
@@ -421,7 +456,8 @@ impl MongoSink {
         let all: Vec<&String> = names.keys().collect();
         for chunk in all.chunks(READ_CHUNK) {
             let ids: Vec<Bson> = chunk.iter().map(|n| Bson::String((*n).clone())).collect();
-            let docs: Vec<Document> = coll.find(doc! {"_id": {"$in": ids}}).await?.try_collect().await?;
+            let find = async { coll.find(doc! {"_id": {"$in": ids}}).await?.try_collect().await };
+            let docs: Vec<Document> = self.timed(format!("find in {}", self.tombstones), find).await?;
             for d in docs {
                 if let (Ok(name), Ok(v)) = (d.get_str("_id"), d.get_str("v")) {
                     if let Some(k) = names.get(name) {
@@ -431,6 +467,18 @@ impl MongoSink {
             }
         }
         Ok(out)
+    }
+
+    /// Runs a driver call with `request_timeout`.
+    async fn timed<T>(
+        &self,
+        what: String,
+        call: impl std::future::IntoFuture<Output = Result<T, mongodb::error::Error>>,
+    ) -> Result<T, MongoError> {
+        match tokio::time::timeout(self.request_timeout, call.into_future()).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(MongoError::Timeout(what, self.request_timeout)),
+        }
     }
 
     /// Removes tombstones older than `tombstone_ttl`, at most every tenth
@@ -443,7 +491,7 @@ impl MongoSink {
         self.last_sweep = Some(Instant::now());
         let cutoff = DateTime::from_millis(DateTime::now().timestamp_millis() - self.tombstone_ttl.as_millis() as i64);
         let command = doc! {"delete": &self.tombstones, "deletes": [{"q": {"at": {"$lt": cutoff}}, "limit": 0}]};
-        if let Err(e) = self.db.run_command(command).await {
+        if let Err(e) = self.timed("removing expired tombstones".into(), self.db.run_command(command)).await {
             warn!(error = %e, collection = %self.tombstones, "mongodb: removing expired tombstones failed; tried again later");
         }
     }
@@ -456,7 +504,7 @@ impl Sink for MongoSink {
     }
 
     async fn check(&mut self) -> Result<(), SinkError> {
-        self.db.run_command(doc! {"ping": 1}).await.map_err(MongoError::from)?;
+        self.timed("ping".into(), self.db.run_command(doc! {"ping": 1})).await?;
         Ok(())
     }
 
@@ -515,6 +563,24 @@ mod tests {
         assert_eq!(finals.len(), 1, "{finals:?}");
         assert_eq!(finals[&key(1)].0, Final::Set(vec![("a".into(), Bson::Int32(1))]));
         assert_eq!(rejected.iter().map(|r| r.index).collect::<Vec<_>>(), vec![4]);
+    }
+
+    #[test]
+    fn a_replayed_key_change_already_applied_is_superseded() {
+        // 1 -> 2 at v(2) was applied before a crash: 2 holds v(2), 1 is gone
+        // with its tombstone at v(2).
+        let stored = HashMap::from([(key(2), Stored { version: Some(v(2)), doc: None })]);
+        let tombs = HashMap::from([(key(1), v(2))]);
+        let moved = DocOp {
+            key: key(2),
+            body: Body::Partial(vec![("a".into(), Bson::Int32(5))], vec!["bio".into()]),
+            moved_from: Some(key(1)),
+        };
+        let segment: Segment = vec![(0, v(1), vec![op(1, Body::Full(doc! {"a": 1}))]), (1, v(2), vec![moved, op(1, Body::Delete)])];
+        let mut rejected = Vec::new();
+        let finals = resolve(segment, &stored, &tombs, "_v", &mut rejected);
+        assert!(rejected.is_empty(), "{rejected:?}");
+        assert_eq!(finals.get(&key(2)), None);
     }
 
     #[test]

@@ -99,3 +99,27 @@ async fn versions_toast_key_changes_and_tombstones() {
     assert_eq!(rejected.len(), 1, "{rejected:?}");
     assert!(rejected[0].error.contains("profiles/9"), "{}", rejected[0].error);
 }
+
+/// Documents written before a restart of the server (and by another sink
+/// instance, as after a crash of pgfanout) are found again: a partial
+/// change of one is a `$set`, not a dead letter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_are_found_again_after_a_server_restart() {
+    use testkit::Server;
+    let (_pg, f) = start().await;
+    let mapping = r#"{"collection":"products"}"#;
+    let mut sink = connect(&f, mapping).await;
+    let inserts = (1..=40).map(|i| T.insert(At(100, i), &[("id", &i.to_string()), ("name", r#""a""#), ("bio", r#""long""#)])).collect();
+    write_ok(&mut sink, inserts).await;
+    drop(sink);
+    tokio::task::block_in_place(|| {
+        f.stop();
+        f.start_server();
+    });
+    let mut sink = connect(&f, mapping).await;
+    let updates = (1..=40).map(|i| T.update(At(200, i), &[("id", &i.to_string()), ("name", r#""b""#)], &["bio"])).collect();
+    write_ok(&mut sink, updates).await;
+    let all = docs(&f, "products").await;
+    assert_eq!(all.len(), 40);
+    assert!(all.iter().all(|d| d.get_str("name") == Ok("b") && d.get_str("bio") == Ok("long")), "{all:?}");
+}
