@@ -133,7 +133,13 @@ async fn assert_collection_equals_table(c: &tokio_postgres::Client, slot: &str, 
     let target = insert_lsn(c).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while confirmed_flush(c, slot).await < target {
-        assert!(std::time::Instant::now() < deadline, "confirmed_flush_lsn did not reach {target:X}\n{}\n--- ferretdb ---\n{}\n{}", d.log(), ferret.log(), pg.psql("postgres", "SELECT pid, datname, state, wait_event_type, wait_event, left(query, 200) FROM pg_stat_activity"));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "confirmed_flush_lsn did not reach {target:X}\n{}\n--- ferretdb ---\n{}\n{}",
+            d.log(),
+            ferret.log(),
+            pg.psql("postgres", "SELECT pid, datname, state, wait_event_type, wait_event, left(query, 200) FROM pg_stat_activity")
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let docs = documents(uri).await;
@@ -200,11 +206,7 @@ async fn mixed_workload_sigkills_and_a_server_restart_end_equal_and_verify_repai
     assert_collection_equals_table(&c, db, &ferret, &d, &pg).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let samples = sampler.await.unwrap();
-    let down: Vec<u64> = samples
-        .iter()
-        .filter(|(t, _)| *t > down_at + Duration::from_millis(200) && *t < up_at)
-        .map(|s| s.1)
-        .collect();
+    let down: Vec<u64> = samples.iter().filter(|(t, _)| *t > down_at + Duration::from_millis(200) && *t < up_at).map(|s| s.1).collect();
     assert!(down.len() > 20, "sampled during the outage: {}", down.len());
     let max_down = down.iter().copied().max().unwrap_or_default();
     assert!(max_down < first_lost, "confirmed {max_down:X} reached {first_lost:X} while the server was down\n{}", d.log());

@@ -390,7 +390,9 @@ impl MongoSink {
         while start < statements.len() {
             let end = (start + self.max_batch).min(statements.len());
             let chunk: Vec<Bson> = statements[start..end].iter().cloned().map(Bson::Document).collect();
-            let run = self.db.run_command(doc! {command: collection, field: chunk, "ordered": true, "writeConcern": {"w": self.write_concern.clone()}});
+            let run = self
+                .db
+                .run_command(doc! {command: collection, field: chunk, "ordered": true, "writeConcern": {"w": self.write_concern.clone()}});
             let reply = self.timed(format!("{command} of {collection}"), run).await?;
             debug!(command, collection, statements = end - start, "mongodb: sent");
             if let Ok(wce) = reply.get_document("writeConcernError") {
@@ -432,7 +434,8 @@ impl MongoSink {
                 for chunk in ids.chunks(READ_CHUNK) {
                     let find = coll.find(doc! {"_id": {"$in": chunk.to_vec()}});
                     let find = if full { find } else { find.projection(doc! {v: 1}) };
-                    let docs: Vec<Document> = self.timed(format!("find in {collection}"), async { find.await?.try_collect().await }).await?;
+                    let docs: Vec<Document> =
+                        self.timed(format!("find in {collection}"), async { find.await?.try_collect().await }).await?;
                     for d in docs {
                         let Some(id) = d.get("_id").cloned() else { continue };
                         let key = DocKey::new(collection.into(), id);
@@ -571,11 +574,8 @@ mod tests {
         // with its tombstone at v(2).
         let stored = HashMap::from([(key(2), Stored { version: Some(v(2)), doc: None })]);
         let tombs = HashMap::from([(key(1), v(2))]);
-        let moved = DocOp {
-            key: key(2),
-            body: Body::Partial(vec![("a".into(), Bson::Int32(5))], vec!["bio".into()]),
-            moved_from: Some(key(1)),
-        };
+        let moved =
+            DocOp { key: key(2), body: Body::Partial(vec![("a".into(), Bson::Int32(5))], vec!["bio".into()]), moved_from: Some(key(1)) };
         let segment: Segment = vec![(0, v(1), vec![op(1, Body::Full(doc! {"a": 1}))]), (1, v(2), vec![moved, op(1, Body::Delete)])];
         let mut rejected = Vec::new();
         let finals = resolve(segment, &stored, &tombs, "_v", &mut rejected);

@@ -34,13 +34,15 @@ async fn connect(f: &FerretDb, mapping: &str) -> MongoSink {
 }
 
 async fn write_ok(sink: &mut MongoSink, changes: Vec<Change>) {
-    let rejected = tokio::time::timeout(Duration::from_secs(30), sink.write(&records(changes, 0))).await.expect("write in time").expect("write");
+    let rejected =
+        tokio::time::timeout(Duration::from_secs(30), sink.write(&records(changes, 0))).await.expect("write in time").expect("write");
     assert!(rejected.is_empty(), "unexpected rejections: {rejected:?}");
 }
 
 async fn docs(f: &FerretDb, collection: &str) -> Vec<Document> {
     let client = mongodb::Client::with_uri_str(f.uri()).await.unwrap();
-    let mut out: Vec<Document> = client.database("shop").collection::<Document>(collection).find(doc! {}).await.unwrap().try_collect().await.unwrap();
+    let mut out: Vec<Document> =
+        client.database("shop").collection::<Document>(collection).find(doc! {}).await.unwrap().try_collect().await.unwrap();
     out.sort_by_key(|d| d.get("_id").map(|b| b.to_string()));
     for d in &mut out {
         d.remove("_pgfanout_version");
@@ -70,9 +72,14 @@ async fn versions_toast_key_changes_and_tombstones() {
         ]
     );
     // Unchanged TOAST: a $set of the columns sent; the stored bio stays.
-    write_ok(&mut sink, vec![T.update(At(200, 0), &[("id", "1"), ("name", r#""a2""#), ("city", r#""Bergen""#), ("n", "2")], &["bio"])]).await;
+    write_ok(&mut sink, vec![T.update(At(200, 0), &[("id", "1"), ("name", r#""a2""#), ("city", r#""Bergen""#), ("n", "2")], &["bio"])])
+        .await;
     // A replay of the older insert is skipped.
-    write_ok(&mut sink, vec![T.insert(At(100, 0), &[("id", "1"), ("name", r#""old""#), ("bio", r#""old""#), ("city", "null"), ("n", "0")])]).await;
+    write_ok(
+        &mut sink,
+        vec![T.insert(At(100, 0), &[("id", "1"), ("name", r#""old""#), ("bio", r#""old""#), ("city", "null"), ("n", "0")])],
+    )
+    .await;
     assert_eq!(docs(&f, "profiles").await[0], doc! {"_id": 1, "id": 1, "name": "a2", "bio": "long", "address": {"city": "Bergen"}, "n": 2});
     // A key change with unchanged TOAST moves the document, bio and all.
     let moved = T.change(
@@ -89,9 +96,11 @@ async fn versions_toast_key_changes_and_tombstones() {
     assert_eq!(all[1], doc! {"_id": 3, "name": "a3", "bio": "long", "address": {"city": "Bergen"}, "n": 3, "id": 3});
     // Delete, then a replay of an older write of it: the tombstone keeps it gone.
     write_ok(&mut sink, vec![T.delete(At(400, 0), &[("id", "2")])]).await;
-    write_ok(&mut sink, vec![T.insert(At(100, 1), &[("id", "2"), ("name", r#""b""#), ("bio", r#""x""#), ("city", "null"), ("n", "1")])]).await;
+    write_ok(&mut sink, vec![T.insert(At(100, 1), &[("id", "2"), ("name", r#""b""#), ("bio", r#""x""#), ("city", "null"), ("n", "1")])])
+        .await;
     // A replayed partial change of the moved-away document is superseded.
-    write_ok(&mut sink, vec![T.update(At(200, 0), &[("id", "1"), ("name", r#""a2""#), ("city", r#""Bergen""#), ("n", "2")], &["bio"])]).await;
+    write_ok(&mut sink, vec![T.update(At(200, 0), &[("id", "1"), ("name", r#""a2""#), ("city", r#""Bergen""#), ("n", "2")], &["bio"])])
+        .await;
     let all = docs(&f, "profiles").await;
     assert_eq!(all.iter().map(|d| d.get("_id").cloned().unwrap()).collect::<Vec<_>>(), vec![Bson::Int32(3)]);
     // A partial change of a document never stored is refused (dead letter).
