@@ -188,6 +188,25 @@ fn cases() -> Vec<Case> {
             "pipelines[0].transforms[0]",
             "",
         ),
+        // the document sink
+        case(
+            "mongodb+srv uri",
+            format!(
+                "{SOURCE}sinks:\n  docs: {{ type: mongodb, uri: \"mongodb+srv://h/\", database: shop }}\n{}",
+                "pipelines:\n  - { name: p, from: users, to: docs, mongodb: { collection: profiles } }\n"
+            ),
+            "sinks.docs.uri",
+            "list the hosts",
+        ),
+        case(
+            "overlapping mongodb field paths",
+            format!(
+                "{SOURCE}sinks:\n  docs: {{ type: mongodb, uri: \"mongodb://h/\", database: shop }}\n{}",
+                "pipelines:\n  - { name: p, from: users, to: docs, mongodb: { collection: profiles, fields: { a: addr, b: addr.city } } }\n"
+            ),
+            "pipelines[0].mongodb.fields",
+            "overlap",
+        ),
         // durations and sizes
         case("duration without unit", with_source("    status_interval: 10\n"), "source.postgres.status_interval", "like 10s"),
         case("bad heartbeat duration", with_source("    heartbeat_interval: soon\n"), "source.postgres.heartbeat_interval", "like 10s"),

@@ -221,6 +221,11 @@ async fn mixed_workload_sigkills_and_a_server_restart_end_equal_and_verify_repai
     let (code, report, out) = tokio::task::block_in_place(|| run_verify(&path, "30s", &[]));
     assert_eq!(code, 0, "{out}");
     assert_eq!(pipeline_report(&report, "catalog")["status"], "equal", "{out}");
+    // doctor names the server and how long numbers are stored there.
+    let doctor = tokio::task::block_in_place(|| std::process::Command::new(bin()).args(["doctor", "-c"]).arg(&path).output().unwrap());
+    let said = String::from_utf8_lossy(&doctor.stdout).to_string() + &String::from_utf8_lossy(&doctor.stderr);
+    assert!(said.contains("FerretDB v1.24.2") && said.contains("their exact text"), "{said}");
+    assert!(said.contains("collection shop.products exists"), "{said}");
     let ids: Vec<i32> = c.query("SELECT id FROM products ORDER BY id LIMIT 2", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
     let client = mongodb::Client::with_uri_str(&uri).await.unwrap();
     let coll = client.database("shop").collection::<Document>("products");

@@ -11,7 +11,7 @@
 //! Errors are [`MongoError`]s inside the crate; they become the runtime's
 //! [`SinkError`] at the boundary.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use futures_util::TryStreamExt;
@@ -30,6 +30,10 @@ use crate::route::{compile, set_path, Body, DocKey, DocOp, Planned, Route};
 /// Ids per `find` when reading what is stored.
 const READ_CHUNK: usize = 1000;
 
+/// Documents remembered as replayed (see [`resolve`]); the memory only
+/// matters right after a restart, when the replay runs.
+const REPLAYED_LIMIT: usize = 100_000;
+
 /// Statements per command on FerretDB 1.x: its `update` and `delete` hold
 /// a PostgreSQL connection per statement until the command ends, and a
 /// command with more statements than its pool (50) waits forever.
@@ -47,6 +51,8 @@ pub struct MongoSink {
     write_concern: Bson,
     request_timeout: Duration,
     last_sweep: Option<Instant>,
+    /// Documents whose replayed changes were found applied already.
+    replayed: HashSet<DocKey>,
     server: String,
 }
 
@@ -130,6 +136,7 @@ fn resolve(
     stored: &HashMap<DocKey, Stored>,
     tombs: &HashMap<DocKey, String>,
     version_field: &str,
+    replayed: &mut HashSet<DocKey>,
     rejected: &mut Vec<Rejected>,
 ) -> Finals {
     let mut finals: Finals = IndexMap::new();
@@ -192,9 +199,20 @@ fn resolve(
                             // after it in that batch (a later delete of the
                             // document, whose tombstone a crash may have
                             // cut off) is replayed after it. Superseded.
+                            // A document such a batch made and deleted again
+                            // was never stored, and the crash may have cut off
+                            // its tombstone: its later partial changes in the
+                            // replay, and key changes away from it, are
+                            // superseded too (the batch wrote their targets).
                             if newest(&finals, &op.key).is_some_and(|n| n >= version)
                                 || newest(&finals, source).is_some_and(|n| n >= version)
+                                || replayed.contains(&op.key)
+                                || replayed.contains(source)
                             {
+                                if replayed.len() >= REPLAYED_LIMIT {
+                                    replayed.clear();
+                                }
+                                replayed.insert(op.key.clone());
                                 continue;
                             }
                             debug!(
@@ -250,6 +268,7 @@ impl MongoSink {
             write_concern,
             request_timeout: cfg.request_timeout,
             last_sweep: None,
+            replayed: HashSet::new(),
             server: server.description,
         })
     }
@@ -291,7 +310,7 @@ impl MongoSink {
     }
 
     /// Reads what is stored, resolves the segment and writes it.
-    async fn apply(&self, segment: Segment, rejected: &mut Vec<Rejected>) -> Result<(), MongoError> {
+    async fn apply(&mut self, segment: Segment, rejected: &mut Vec<Rejected>) -> Result<(), MongoError> {
         if segment.is_empty() {
             return Ok(());
         }
@@ -309,7 +328,7 @@ impl MongoSink {
         let stored = self.read_stored(&keys, &moved).await?;
         let tombs = self.read_tombstones(&keys).await?;
         debug!(documents = keys.len(), stored = stored.len(), tombstones = tombs.len(), took = ?started.elapsed(), "mongodb: read what is stored");
-        let finals = resolve(segment, &stored, &tombs, &self.version_field, rejected);
+        let finals = resolve(segment, &stored, &tombs, &self.version_field, &mut self.replayed, rejected);
         self.write_finals(finals, &stored, rejected).await
     }
 
@@ -543,7 +562,7 @@ mod tests {
             (3, v(4), vec![op(2, Body::Delete)]),
         ];
         let mut rejected = Vec::new();
-        let finals = resolve(segment, &HashMap::new(), &HashMap::new(), "_v", &mut rejected);
+        let finals = resolve(segment, &HashMap::new(), &HashMap::new(), "_v", &mut HashSet::new(), &mut rejected);
         assert!(rejected.is_empty());
         assert_eq!(finals[&key(1)], (Final::Write(doc! {"a": 2, "b": "x"}), v(2), 1));
         assert_eq!(finals[&key(2)], (Final::Delete, v(4), 3));
@@ -562,7 +581,7 @@ mod tests {
             (4, v(11), vec![partial(3)]),
         ];
         let mut rejected = Vec::new();
-        let finals = resolve(segment, &stored, &tombs, "_v", &mut rejected);
+        let finals = resolve(segment, &stored, &tombs, "_v", &mut HashSet::new(), &mut rejected);
         assert_eq!(finals.len(), 1, "{finals:?}");
         assert_eq!(finals[&key(1)].0, Final::Set(vec![("a".into(), Bson::Int32(1))]));
         assert_eq!(rejected.iter().map(|r| r.index).collect::<Vec<_>>(), vec![4]);
@@ -578,9 +597,15 @@ mod tests {
             DocOp { key: key(2), body: Body::Partial(vec![("a".into(), Bson::Int32(5))], vec!["bio".into()]), moved_from: Some(key(1)) };
         let segment: Segment = vec![(0, v(1), vec![op(1, Body::Full(doc! {"a": 1}))]), (1, v(2), vec![moved, op(1, Body::Delete)])];
         let mut rejected = Vec::new();
-        let finals = resolve(segment, &stored, &tombs, "_v", &mut rejected);
+        let mut replayed = HashSet::new();
+        let finals = resolve(segment, &stored, &tombs, "_v", &mut replayed, &mut rejected);
         assert!(rejected.is_empty(), "{rejected:?}");
         assert_eq!(finals.get(&key(2)), None);
+        // The batch before the crash deleted 2 again (its tombstone cut off):
+        // a later partial change of 2, in the next batch, is superseded too.
+        let later: Segment = vec![(0, v(3), vec![op(2, Body::Partial(vec![("a".into(), Bson::Int32(6))], vec!["bio".into()]))])];
+        let finals = resolve(later, &HashMap::new(), &HashMap::new(), "_v", &mut replayed, &mut rejected);
+        assert!(rejected.is_empty() && finals.is_empty(), "{rejected:?} {finals:?}");
     }
 
     #[test]
@@ -594,7 +619,7 @@ mod tests {
         };
         let segment: Segment = vec![(0, v(2), vec![moved, op(1, Body::Delete)])];
         let mut rejected = Vec::new();
-        let finals = resolve(segment, &stored, &HashMap::new(), "_v", &mut rejected);
+        let finals = resolve(segment, &stored, &HashMap::new(), "_v", &mut HashSet::new(), &mut rejected);
         assert!(rejected.is_empty());
         assert_eq!(finals[&key(2)].0, Final::Write(doc! {"a": 5, "bio": "long", "id": 2}));
         assert_eq!(finals[&key(1)].0, Final::Delete);
