@@ -12,6 +12,7 @@
 //! Run: `cargo run --release -p pgfanout-bench -- [--quick] [--workloads ...]`.
 
 mod db;
+mod documents;
 mod feed;
 mod graph;
 mod large;
@@ -36,15 +37,28 @@ use crate::load::Shape;
 use crate::report::{Better, Figure};
 use crate::throughput::{Ctx, SinkKind, Spec};
 
-const ALL_WORKLOADS: &[&str] =
-    &["stream-big", "stream-small", "mixed", "redis", "kafka", "kafka-eos", "search", "feed", "graph", "latency", "snapshot", "large-txn"];
+const ALL_WORKLOADS: &[&str] = &[
+    "stream-big",
+    "stream-small",
+    "mixed",
+    "redis",
+    "kafka",
+    "kafka-eos",
+    "search",
+    "feed",
+    "graph",
+    "documents",
+    "latency",
+    "snapshot",
+    "large-txn",
+];
 
 /// Benchmark pgfanout against pg_recvlogical on this machine.
 #[derive(Parser, Debug)]
 #[command(name = "pgfanout-bench", version)]
 struct Args {
     /// Comma-separated workloads: stream-big, stream-small, mixed, redis,
-    /// kafka, kafka-eos, search, feed, graph, latency, snapshot, large-txn (default:
+    /// kafka, kafka-eos, search, feed, graph, documents, latency, snapshot, large-txn (default:
     /// all).
     #[arg(long, value_delimiter = ',')]
     workloads: Vec<String>,
@@ -185,6 +199,7 @@ async fn run(args: Args, workloads: Vec<String>, bin: PathBuf) -> Result<()> {
             }
             "search" => search::run(&ctx).await,
             "feed" => feed::run(&ctx).await,
+            "documents" => documents::run(&ctx).await,
             "graph" if jvm_installed("neo4j") => graph::run(&ctx).await,
             "graph" => Ok(vec![not_available("graph (neo4j)", "n/a: Neo4j not installed (scripts/install-jvm-servers.sh neo4j)")]),
             "latency" => latency::run(&ctx).await,

@@ -132,39 +132,45 @@ impl HttpSettings {
 pub struct HttpSink {
     settings: HttpSettings,
     client: reqwest::Client,
-    body: Vec<u8>,
+    /// The size of the last body, to size the next one.
+    last_body: usize,
 }
 
 impl HttpSink {
     pub fn new(settings: &HttpSettings) -> Result<HttpSink, HttpSinkError> {
         let client = reqwest::Client::builder().timeout(settings.timeout).build().map_err(|e| HttpSinkError::Invalid(e.to_string()))?;
-        Ok(HttpSink { settings: settings.clone(), client, body: Vec::new() })
+        Ok(HttpSink { settings: settings.clone(), client, last_body: 0 })
     }
 
     /// Sends `records` as one body until the receiver answers for good.
     async fn send(&mut self, records: &[SinkRecord]) -> Result<(), HttpSinkError> {
         let (Some(first), Some(last)) = (records.first(), records.last()) else { return Ok(()) };
-        self.body.clear();
+        let mut body = Vec::with_capacity(self.last_body);
         if self.settings.batch {
-            self.body.push(b'[');
+            body.push(b'[');
             for (i, r) in records.iter().enumerate() {
                 if i > 0 {
-                    self.body.push(b',');
+                    body.push(b',');
                 }
-                r.change.write_json(&mut self.body);
+                r.change.write_json(&mut body);
             }
-            self.body.push(b']');
+            body.push(b']');
         } else {
-            first.change.write_json(&mut self.body);
+            first.change.write_json(&mut body);
         }
+        self.last_body = body.len();
         let key = format!("{}-{}", first.change.position(), last.change.position());
+        // Built and signed once: a retry sends the same bytes (a reference
+        // count, not a copy).
+        let signature = self.settings.hmac_secret.as_ref().map(|secret| signature(secret.expose(), &body));
+        let payload = bytes::Bytes::from(body);
         loop {
             let mut req = self
                 .client
                 .post(&self.settings.url)
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .header("Idempotency-Key", &key)
-                .body(self.body.clone());
+                .body(payload.clone());
             for (k, v) in &self.settings.headers {
                 req = req.header(k, v);
             }
@@ -174,8 +180,8 @@ impl HttpSink {
             if let Some(b) = &self.settings.basic {
                 req = req.basic_auth(&b.username, Some(b.password.expose()));
             }
-            if let Some(secret) = &self.settings.hmac_secret {
-                req = req.header(SIGNATURE_HEADER, signature(secret.expose(), &self.body));
+            if let Some(signature) = &signature {
+                req = req.header(SIGNATURE_HEADER, signature);
             }
             let response = req.send().await.map_err(|e| HttpSinkError::Network(e.without_url().to_string()))?;
             let status = response.status();

@@ -63,7 +63,9 @@ impl StoreError for MongoError {
     fn is_retriable(&self) -> bool {
         match self {
             MongoError::Driver(e) => driver_retriable(e),
-            MongoError::Refused { code, .. } => TRANSIENT_CODES.contains(code),
+            // 11000, duplicate key: a document pgfanout saw absent was
+            // written beside it; the retry reads it and updates it.
+            MongoError::Refused { code, .. } => TRANSIENT_CODES.contains(code) || *code == 11000,
             MongoError::WriteConcern(_) | MongoError::Timeout(..) => true,
             _ => false,
         }

@@ -48,6 +48,8 @@ pub struct MongoSink {
     tombstones: String,
     tombstone_ttl: Duration,
     max_batch: usize,
+    /// Documents per `insert` command (`max_batch`, also on FerretDB).
+    max_insert: usize,
     write_concern: Bson,
     request_timeout: Duration,
     last_sweep: Option<Instant>,
@@ -265,6 +267,7 @@ impl MongoSink {
             tombstones: cfg.tombstone_collection.clone(),
             tombstone_ttl: cfg.tombstone_ttl,
             max_batch,
+            max_insert: cfg.max_batch,
             write_concern,
             request_timeout: cfg.request_timeout,
             last_sweep: None,
@@ -344,6 +347,7 @@ impl MongoSink {
         let mut tombs: Vec<(Document, usize)> = Vec::new();
         let mut deletes: IndexMap<String, Vec<(Document, usize)>> = IndexMap::new();
         let mut updates: IndexMap<String, Vec<(Document, usize)>> = IndexMap::new();
+        let mut inserts: IndexMap<String, Vec<(Document, usize)>> = IndexMap::new();
         for (key, (body, version, record)) in finals {
             let v = self.version_field.as_str();
             match body {
@@ -357,12 +361,18 @@ impl MongoSink {
                 Final::Write(mut d) => {
                     d.remove("_id");
                     d.insert(v, version.as_str());
-                    let statement = if stored.contains_key(&key) {
-                        doc! {"q": self.guard(&key.id, &version), "u": d, "upsert": false}
+                    if stored.contains_key(&key) {
+                        let statement = doc! {"q": self.guard(&key.id, &version), "u": d, "upsert": false};
+                        updates.entry(key.collection.to_string()).or_default().push((statement, record));
                     } else {
-                        doc! {"q": {"_id": key.id.clone()}, "u": d, "upsert": true}
-                    };
-                    updates.entry(key.collection.to_string()).or_default().push((statement, record));
+                        // Not stored: an insert (many documents per
+                        // command). A duplicate key (a writer beside
+                        // pgfanout) fails the batch, and the retry reads
+                        // the document and updates it.
+                        let mut whole = doc! {"_id": key.id.clone()};
+                        whole.extend(d);
+                        inserts.entry(key.collection.to_string()).or_default().push((whole, record));
+                    }
                 }
                 Final::Set(fields) => {
                     let mut set: Document = fields.into_iter().collect();
@@ -377,6 +387,10 @@ impl MongoSink {
         // between leaves the old one (and its fields) for the replay; a
         // tombstone precedes its delete, so a crash between them leaves a
         // document the replay deletes.
+        for (collection, items) in inserts {
+            let (documents, records): (Vec<_>, Vec<_>) = items.into_iter().unzip();
+            self.send("insert", &collection, documents, &records, rejected).await?;
+        }
         for (collection, items) in updates {
             let (statements, records): (Vec<_>, Vec<_>) = items.into_iter().unzip();
             self.send("update", &collection, statements, &records, rejected).await?;
@@ -392,7 +406,8 @@ impl MongoSink {
         Ok(())
     }
 
-    /// Sends `statements` (of command `update` or `delete`) to `collection`
+    /// Sends `statements` (documents of command `insert`, statements of
+    /// `update` or `delete`) to `collection`
     /// in ordered commands of at most `max_batch`. A statement the server
     /// refuses for good rejects its record, and the statements after it
     /// are sent again; a transient refusal fails the batch (retried).
@@ -404,10 +419,14 @@ impl MongoSink {
         records: &[usize],
         rejected: &mut Vec<Rejected>,
     ) -> Result<(), MongoError> {
-        let field = if command == "update" { "updates" } else { "deletes" };
+        let (field, limit) = match command {
+            "insert" => ("documents", self.max_insert),
+            "update" => ("updates", self.max_batch),
+            _ => ("deletes", self.max_batch),
+        };
         let mut start = 0;
         while start < statements.len() {
-            let end = (start + self.max_batch).min(statements.len());
+            let end = (start + limit).min(statements.len());
             let chunk: Vec<Bson> = statements[start..end].iter().cloned().map(Bson::Document).collect();
             let run = self
                 .db
