@@ -9,9 +9,9 @@
 //!
 //! A partial change whose document is missing is never written half. It is
 //! first checked against the index's delete tombstones: when a newer change
-//! already deleted or moved the document (a replay after a crash), the
-//! change is superseded and skipped; otherwise it is rejected with the
-//! reason (a dead letter).
+//! (or a later statement of its own transaction) already deleted or moved
+//! the document (a replay after a crash), the change is superseded and
+//! skipped; otherwise it is rejected with the reason (a dead letter).
 
 use std::collections::{HashMap, HashSet};
 
@@ -166,19 +166,23 @@ pub(crate) async fn mget(client: &Client, docs: &[DocRef]) -> Result<Json, EsErr
 }
 
 /// For each (record, document, version): whether the index remembers a
-/// newer version of the document than `version`, although it is gone (a
-/// delete or move by a later change). Asked with a versioned delete of the
-/// missing document (`version_type=external_gte`): a conflict means a
-/// newer delete tombstone; "not found" means none (the delete then leaves
-/// a tombstone at `version`, which changes nothing: the document is not
-/// there and newer writes pass it). Tombstones live for the index's
+/// removal of the document at `version` or later, although it is gone (a
+/// delete or move by a later change, or by a later statement of the same
+/// transaction: versions are commit LSNs, so an update and the delete
+/// after it in one transaction share one). Asked with a versioned delete
+/// of the missing document at `version - 1` (`version_type=external_gte`,
+/// so a conflict means a tombstone at `version` or above); "not found"
+/// means none (the delete then leaves a tombstone at `version - 1`, which
+/// changes nothing: the document is not there, every write of this change
+/// or a newer one passes it, and asking again gives the same answer, so a
+/// redelivered batch dead-letters the same records). Tombstones live for the index's
 /// `index.gc_deletes` (60 s by default); an older delete is not seen and
 /// the change is dead-lettered. The lanes are drained, so nothing of this
 /// sink is in flight meanwhile.
 async fn removed_by_newer(client: &Client, docs: &[(usize, DocRef, i64)]) -> Result<Vec<bool>, EsError> {
     let mut body = Vec::new();
     for (_, doc, version) in docs {
-        encode_action(&mut body, &Action::Delete { doc: doc.clone(), version: *version });
+        encode_action(&mut body, &Action::Delete { doc: doc.clone(), version: version.saturating_sub(1) });
     }
     let resp: Response = Client::cluster_status(client.send(Method::POST, BULK_PATH, Some((body, "application/x-ndjson"))).await?)?;
     let results = match reply::read(&resp.success("_bulk (tombstone check)")?, docs.len(), "_bulk", "tombstone checks")? {
