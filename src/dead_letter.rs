@@ -67,6 +67,7 @@ impl DeadLetters {
         if letters.is_empty() {
             return;
         }
+        crate::console::activity::dead_lettered(&letters);
         let mut buf = Vec::new();
         for l in &letters {
             l.write_json(&mut buf);

@@ -1,18 +1,22 @@
 //! The operator HTTP listener: `/metrics` (Prometheus), `/healthz`,
 //! `/readyz`, `/status` (the daemon's own positions as JSON, read by
 //! `pgfanout status`), `/wait` (read-your-writes: answers once a
-//! position is durable in a sink, read by `pgfanout wait`) and
-//! `/backfills` (start, list, pause, resume, cancel backfills).
+//! position is durable in a sink, read by `pgfanout wait`),
+//! `/backfills` (start, list, pause, resume, cancel backfills; with
+//! `http.admin_token` set, the ones that change something require it as
+//! `Authorization: Bearer`) and the browser console at `/`
+//! ([`crate::console`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::extract::Path;
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
+use pgfanout_sdk::settings::Secret;
 use pgfanout_sdk::Lsn;
 use tokio::sync::watch;
 
@@ -133,6 +137,16 @@ struct AppState {
     health: Arc<Health>,
     sink_names: Arc<Vec<String>>,
     admin: Option<Arc<Admin>>,
+    token: Option<Arc<Secret>>,
+}
+
+/// What the listener serves besides the fixed endpoints.
+#[derive(Default)]
+pub struct Options {
+    /// The console's pipelines, or `None` to serve no console.
+    pub console: Option<Vec<crate::console::PipelineInfo>>,
+    /// `http.admin_token`.
+    pub admin_token: Option<Secret>,
 }
 
 /// What the backfill endpoints need: the source database and the slot.
@@ -160,10 +174,25 @@ pub async fn serve(
     health: Arc<Health>,
     sink_names: Vec<String>,
     admin: Option<Admin>,
+    options: Options,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let listener =
         tokio::net::TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {listen} (http.listen): {e}"))?;
+    let admin = admin.map(Arc::new);
+    let sink_names = Arc::new(sink_names);
+    let console = options.console.map(|pipelines| {
+        crate::console::router(crate::console::Console {
+            prometheus: prometheus.clone(),
+            health: health.clone(),
+            admin: admin.clone(),
+            pipelines: Arc::new(pipelines),
+            sink_names: sink_names.clone(),
+            controls: options.admin_token.is_some(),
+            sql: Default::default(),
+        })
+    });
+    let token = options.admin_token.map(Arc::new);
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -172,7 +201,11 @@ pub async fn serve(
         .route("/wait", get(wait))
         .route("/backfills", get(list_backfills).post(start_backfill))
         .route("/backfills/{id}/{action}", post(control_backfill))
-        .with_state(AppState { prometheus: prometheus.clone(), health, sink_names: Arc::new(sink_names), admin: admin.map(Arc::new) });
+        .with_state(AppState { prometheus: prometheus.clone(), health, sink_names, admin, token });
+    let app = match console {
+        Some(console) => app.merge(console),
+        None => app,
+    };
     let upkeep = prometheus.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
@@ -307,6 +340,26 @@ fn reply(status: StatusCode, body: serde_json::Value) -> JsonReply {
     (status, Json(body))
 }
 
+/// With `http.admin_token` set, a request that changes something must carry
+/// it (`Authorization: Bearer <token>`); 401 otherwise.
+fn authorize(s: &AppState, headers: &HeaderMap) -> Result<(), JsonReply> {
+    let Some(token) = &s.token else { return Ok(()) };
+    let given = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    // Compared in time independent of where they differ.
+    let same = given.is_some_and(|g| {
+        let (a, b) = (g.as_bytes(), token.expose().as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    });
+    if same {
+        Ok(())
+    } else {
+        Err(reply(
+            StatusCode::UNAUTHORIZED,
+            serde_json::json!({"error": "this endpoint needs the admin token (http.admin_token) as Authorization: Bearer <token>"}),
+        ))
+    }
+}
+
 async fn admin_client(s: &AppState) -> Result<(Arc<Admin>, tokio_postgres::Client), JsonReply> {
     let admin = s.admin.clone().ok_or_else(|| reply(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"error": "not ready"})))?;
     match pgfanout_postgres::conn::connect_sql(&admin.opts).await {
@@ -326,7 +379,10 @@ struct BackfillQuery {
 
 /// `POST /backfills?table=public.orders[&where=...][&chunk_size=N][&max_rows_per_second=N]`:
 /// 202 with the signal's id; the daemon starts the backfill within a second.
-async fn start_backfill(State(s): State<AppState>, Query(q): Query<BackfillQuery>) -> JsonReply {
+async fn start_backfill(State(s): State<AppState>, headers: HeaderMap, Query(q): Query<BackfillQuery>) -> JsonReply {
+    if let Err(r) = authorize(&s, &headers) {
+        return r;
+    }
     let Some(table) = q.table else {
         return reply(StatusCode::BAD_REQUEST, serde_json::json!({"error": "table is required, e.g. POST /backfills?table=public.orders"}));
     };
@@ -369,7 +425,10 @@ async fn list_backfills(State(s): State<AppState>) -> JsonReply {
 }
 
 /// `POST /backfills/{id}/pause|resume|cancel`.
-async fn control_backfill(State(s): State<AppState>, Path((id, action)): Path<(i64, String)>) -> JsonReply {
+async fn control_backfill(State(s): State<AppState>, headers: HeaderMap, Path((id, action)): Path<(i64, String)>) -> JsonReply {
+    if let Err(r) = authorize(&s, &headers) {
+        return r;
+    }
     let kind = match action.as_str() {
         "pause" => SignalKind::Pause,
         "resume" => SignalKind::Resume,

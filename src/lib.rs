@@ -9,6 +9,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod connectors;
+pub mod console;
 pub mod dead_letter;
 pub mod expr;
 pub mod http;

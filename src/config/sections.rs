@@ -312,11 +312,19 @@ pub struct HttpConfig {
     /// `/readyz` fails while the source lag is above this.
     #[serde(default = "default_ready_max_lag")]
     pub ready_max_lag: ByteSize,
+    /// The browser console at `/` (on by default).
+    #[serde(default = "default_true")]
+    pub console: bool,
+    /// When set, the endpoints that change something (`POST /backfills`,
+    /// pause, resume, cancel) and the console's buttons ask for it as
+    /// `Authorization: Bearer <token>`; the console is read-only without it.
+    #[serde(default)]
+    pub admin_token: Option<pgfanout_sdk::settings::Secret>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: default_listen(), enabled: true, ready_max_lag: default_ready_max_lag() }
+        HttpConfig { listen: default_listen(), enabled: true, ready_max_lag: default_ready_max_lag(), console: true, admin_token: None }
     }
 }
 

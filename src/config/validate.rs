@@ -86,6 +86,16 @@ pub(crate) fn validate_parts(p: &Parts<'_>) -> Vec<String> {
         if h.listen.parse::<SocketAddr>().is_err() {
             errors.push(format!("http.listen: {:?} is not a socket address; expected host:port like 127.0.0.1:9187", h.listen));
         }
+        if let Some(token) = &h.admin_token {
+            let t = token.expose();
+            if t.len() < 16 || t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                errors.push(
+                    "http.admin_token: expected at least 16 characters without spaces (e.g. from `openssl rand -hex 24`, \
+                     given as ${PGFANOUT_ADMIN_TOKEN})"
+                        .into(),
+                );
+            }
+        }
     }
     if let Some(r) = p.runtime {
         if r.batch_size == 0 || r.batch_size > 1_000_000 {

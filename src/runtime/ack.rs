@@ -157,6 +157,12 @@ impl AckTracker {
         self.sinks.iter().all(|s| s.get() >= seq)
     }
 
+    /// Whether the work registered as `seq` is durable in sinks `sinks`
+    /// (indexes; none: at once).
+    pub fn durable_in(&self, seq: u64, sinks: &[usize]) -> bool {
+        sinks.iter().all(|&i| self.sinks.get(i).is_none_or(|s| s.get() >= seq))
+    }
+
     /// Number of committed transactions not yet durable everywhere.
     pub fn in_flight(&self) -> usize {
         self.pending.len()

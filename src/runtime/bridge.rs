@@ -26,7 +26,7 @@ pub struct BackfillBridge {
     ready: Vec<Ready>,
     /// Chunks routed but not yet durable everywhere: (barrier seq, reply,
     /// rows routed).
-    awaiting: Vec<(u64, oneshot::Sender<usize>, usize)>,
+    awaiting: Vec<(u64, oneshot::Sender<usize>, usize, Vec<usize>)>,
 }
 
 impl BackfillBridge {
@@ -82,20 +82,21 @@ impl BackfillBridge {
         std::mem::take(&mut self.ready)
     }
 
-    /// A chunk of `rows` rows was routed, ending at barrier `seq`.
-    pub fn routed(&mut self, seq: u64, reply: oneshot::Sender<usize>, rows: usize) {
-        self.awaiting.push((seq, reply, rows));
+    /// A chunk of `rows` rows was routed to `sinks`, ending at barrier `seq`.
+    pub fn routed(&mut self, seq: u64, reply: oneshot::Sender<usize>, rows: usize, sinks: Vec<usize>) {
+        self.awaiting.push((seq, reply, rows, sinks));
     }
 
-    /// Tells the driver which routed chunks are durable in every sink.
+    /// Tells the driver which routed chunks are durable in the sinks their
+    /// rows went to.
     pub fn answer(&mut self, tracker: &AckTracker) {
         if self.awaiting.is_empty() {
             return;
         }
         let (done, waiting): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.awaiting).into_iter().partition(|(seq, _, _)| tracker.durable_everywhere(*seq));
+            std::mem::take(&mut self.awaiting).into_iter().partition(|(seq, _, _, sinks)| tracker.durable_in(*seq, sinks));
         self.awaiting = waiting;
-        for (_, reply, n) in done {
+        for (_, reply, n, _) in done {
             let _ = reply.send(n);
         }
     }

@@ -76,7 +76,20 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
             slot: cfg.source.postgres.slot.clone(),
             routed,
         });
-        crate::http::serve(&cfg.http.listen, handle, health.clone(), cfg.sinks.keys().cloned().collect(), admin, async move {
+        let options = crate::http::Options {
+            console: cfg.http.console.then(|| {
+                cfg.pipelines
+                    .iter()
+                    .map(|p| crate::console::PipelineInfo {
+                        name: p.name.clone(),
+                        from: p.from.items().into_iter().map(String::from).collect(),
+                        to: p.to.clone(),
+                    })
+                    .collect()
+            }),
+            admin_token: cfg.http.admin_token.clone(),
+        };
+        crate::http::serve(&cfg.http.listen, handle, health.clone(), cfg.sinks.keys().cloned().collect(), admin, options, async move {
             let _ = rx.wait_for(|v| *v).await;
         })
         .await

@@ -27,6 +27,9 @@ pub struct Outbox {
     offset: u64,
     /// When the oldest item not yet handed to a sink was queued here.
     unflushed_since: Option<Instant>,
+    /// Per sink: records queued since start (which sinks a run of changes
+    /// went to).
+    pushed: Vec<u64>,
 }
 
 impl Outbox {
@@ -41,6 +44,7 @@ impl Outbox {
             pins: Pins::new(sinks),
             offset: 0,
             unflushed_since: None,
+            pushed: vec![0; sinks],
         }
     }
 
@@ -60,6 +64,7 @@ impl Outbox {
     #[inline]
     pub fn push(&mut self, sink: usize, record: SinkRecord, size: usize) {
         self.unflushed_since.get_or_insert_with(Instant::now);
+        self.pushed[sink] += 1;
         self.bytes[sink] += size;
         self.pins.on_record(sink, self.offset);
         self.local[sink].push(Item::Record(record));
@@ -102,6 +107,29 @@ impl Outbox {
     /// The approximate size of the records queued for `sink`.
     pub fn bytes(&self, sink: usize) -> usize {
         self.bytes[sink]
+    }
+
+    /// Per sink, how many records were queued since start.
+    pub fn pushed(&self) -> &[u64] {
+        &self.pushed
+    }
+
+    /// Whether `sink`'s chunk holds commit markers only.
+    pub fn commits_only(&self, sink: usize) -> bool {
+        self.local[sink].iter().all(|i| matches!(i, Item::Commit(_)))
+    }
+
+    /// Keeps only the last of `sink`'s commit markers (its chunk holds
+    /// nothing else): the sink is durable up to the last one once it is up
+    /// to the first, so a sink that receives nothing while its queue is
+    /// full keeps one marker here instead of a growing list. Returns the
+    /// chunk's new length.
+    pub fn compact_commits(&mut self, sink: usize) -> usize {
+        let chunk = &mut self.local[sink];
+        if chunk.len() > 1 {
+            chunk.drain(..chunk.len() - 1);
+        }
+        chunk.len()
     }
 
     /// A flush starts: whatever stays queued after it is re-dated by the

@@ -179,6 +179,7 @@ impl SourceLoop {
         }
         for ready in self.backfills.take_ready() {
             let n = ready.rows.len();
+            let before = self.outbox.pushed().to_vec();
             if ready.dropped > 0 {
                 metrics::counter!(m::BACKFILL_SUPERSEDED_ROWS_TOTAL).increment(ready.dropped as u64);
             }
@@ -187,7 +188,12 @@ impl SourceLoop {
             }
             let seq = self.tracker.barrier();
             self.outbox.commit(seq);
-            self.backfills.routed(seq, ready.durable, n);
+            // The chunk is done once durable in the sinks its rows went to:
+            // a sink that is down and receives none of them does not hold
+            // the backfill back (it holds the confirmed position back).
+            let sinks: Vec<usize> =
+                self.outbox.pushed().iter().zip(&before).enumerate().filter(|(_, (a, b))| a > b).map(|(i, _)| i).collect();
+            self.backfills.routed(seq, ready.durable, n, sinks);
         }
     }
 
@@ -373,6 +379,11 @@ impl SourceLoop {
                         }
                         _ = tick.tick() => {
                             self.publish_stats();
+                            // Commit markers held for a full queue leave
+                            // once it has room, even when nothing else comes.
+                            if self.outbox.chunks().iter().any(|c| !c.is_empty()) {
+                                self.flush_local(Some(&mut stream)).await?;
+                            }
                             continue;
                         }
                         _ = self.shutdown.changed() => {
@@ -571,6 +582,16 @@ impl SourceLoop {
         self.outbox.flushing();
         for i in 0..self.outbox.chunks().len() {
             if self.outbox.chunks()[i].is_empty() {
+                continue;
+            }
+            // Commit markers alone for a sink whose queue is full (a sink
+            // that is down, or slow, and receives none of these changes):
+            // kept here, compacted to the last, so that the other sinks go
+            // on instead of every one waiting for its queue. It stays
+            // behind in the ack rule all the same.
+            if self.sinks.senders[i].capacity() == 0 && self.outbox.commits_only(i) {
+                let len = self.outbox.compact_commits(i);
+                self.tx.compacted(i, len);
                 continue;
             }
             // The chunk leaves `local` only once its queue has room: if the

@@ -111,6 +111,13 @@ impl TxCursor {
         self.marks[i] = 0;
     }
 
+    /// Sink `i`'s local chunk was compacted to `len` items, all commit
+    /// markers of finished transactions: the open transaction starts after
+    /// them.
+    pub fn compacted(&mut self, i: usize, len: usize) {
+        self.marks[i] = self.marks[i].min(len);
+    }
+
     /// Every sink has what was routed of the open transaction so far.
     pub fn all_handed_over(&mut self) {
         if self.meta.is_some() {
@@ -157,6 +164,23 @@ mod tests {
         assert_eq!((c.next(), c.next(), c.next()), (None, None, Some(2)));
         c.commit();
         assert_eq!(c.begin(meta(200), &local), 0);
+    }
+
+    #[test]
+    fn a_cut_after_commit_markers_were_compacted_cuts_the_open_transaction_only() {
+        let mut c = TxCursor::new(1);
+        // Three finished transactions' markers wait for a full queue.
+        let mut local: Vec<Chunk> = vec![vec![Item::Commit(1), Item::Commit(2), Item::Commit(3)]];
+        c.begin(meta(9), &local);
+        c.next();
+        // A flush compacts them to the last one.
+        local[0].drain(..2);
+        c.compacted(0, local[0].len());
+        // The open transaction's change comes after it, then the stream breaks.
+        local[0].push(Item::Commit(99)); // stands for a record of change 0
+        assert_eq!(c.cut(&mut local), 1, "the open transaction's record is cut");
+        assert_eq!(local[0].len(), 1);
+        assert!(matches!(local[0][0], Item::Commit(3)), "the finished transactions' marker stays");
     }
 
     #[test]

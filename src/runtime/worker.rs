@@ -205,7 +205,7 @@ impl Worker {
                     flight.push_back(Pending { batch, done, commit: None, started, charges: Vec::new() });
                     return;
                 }
-                Err(SinkError::Retriable(e)) => self.back_off(&mut backoff, batch.len(), &e, "sink refused a batch; retrying").await,
+                Err(SinkError::Retriable(e)) => self.back_off(&mut backoff, &batch, &e, "sink refused a batch; retrying").await,
                 Err(SinkError::Permanent(e)) => {
                     warn!(sink = %self.name, error = %e, records = batch.len(), "batch refused; writing it alone");
                     while let Some(mut earlier) = flight.pop_front() {
@@ -221,8 +221,10 @@ impl Worker {
 
     /// A retriable failure of `records` records: counted, logged with
     /// `what`, then the backoff's next delay slept.
-    async fn back_off(&self, backoff: &mut Backoff, records: usize, error: &str, what: &str) {
+    async fn back_off(&self, backoff: &mut Backoff, batch: &[SinkRecord], error: &str, what: &str) {
+        let records = batch.len();
         metrics::counter!(m::SINK_FAILED_TOTAL, m::LABEL_SINK => self.name.to_string()).increment(records as u64);
+        crate::console::activity::sink_failed(&self.name, error, batch.iter().filter_map(|r| r.change.commit_ts).min());
         let delay = backoff.next_delay();
         warn!(sink = %self.name, error = %error, records, retry_in = ?delay, "{what}");
         tokio::time::sleep(delay).await;
@@ -254,7 +256,7 @@ impl Worker {
                     self.settle(batch, rejected, started.elapsed()).await;
                     return;
                 }
-                Err(SinkError::Retriable(e)) => self.back_off(&mut backoff, batch.len(), &e, "sink write failed; retrying").await,
+                Err(SinkError::Retriable(e)) => self.back_off(&mut backoff, batch, &e, "sink write failed; retrying").await,
                 Err(SinkError::Permanent(e)) if batch.len() > 1 => {
                     warn!(sink = %self.name, error = %e, records = batch.len(), "batch rejected; retrying records one by one");
                     for one in batch.chunks(1) {
@@ -302,11 +304,14 @@ impl Worker {
         let sink = self.name.to_string();
         metrics::counter!(m::SINK_WRITTEN_TOTAL, m::LABEL_SINK => sink.clone()).increment((batch.len() - rejected) as u64);
         metrics::histogram!(m::SINK_BATCH_DURATION_SECONDS, m::LABEL_SINK => sink.clone()).record(elapsed.as_secs_f64());
+        let mut latency = None;
         if let Some(ts) = batch.last().and_then(|r| r.change.commit_ts) {
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0);
-            let latency = (now - ts).max(0) as f64 / 1e6;
-            metrics::histogram!(m::END_TO_END_LATENCY_SECONDS, m::LABEL_SINK => sink).record(latency);
+            let seconds = (now - ts).max(0) as f64 / 1e6;
+            metrics::histogram!(m::END_TO_END_LATENCY_SECONDS, m::LABEL_SINK => sink).record(seconds);
+            latency = Some(seconds);
         }
+        crate::console::activity::sink_wrote(&self.name, latency);
     }
 }
 

@@ -1,0 +1,223 @@
+//! The browser console (`/`) in a real headless browser: Debian's
+//! `chromium` driven through its `chromedriver` with fantoccini (WebDriver).
+//! `scripts/test.sh` installs both; without them this test fails and says so.
+//!
+//! A backfill runs (rate-limited so it lasts) while the Redis sink is down:
+//! the page must show the backfill's progress moving and the sink's error,
+//! pause the backfill with the admin token, fit a phone's width, and log no
+//! errors in the browser's console. Screenshots are left in
+//! `$CARGO_TARGET_TMPDIR` (`console-desktop.png`, `console-phone.png`).
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use fantoccini::wd::WebDriverCompatibleCommand;
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{json, Value as Json};
+use testkit::RedisServer;
+
+const TOKEN: &str = "console-test-token-0123456789";
+const ROWS: i64 = 60_000;
+
+/// chromedriver on a free port, killed on drop.
+struct Driver {
+    child: Child,
+    port: u16,
+}
+
+impl Driver {
+    fn start() -> Driver {
+        let exe = ["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("chromedriver is missing: apt-get install chromium chromium-driver (scripts/test.sh does)");
+        let port = testkit::free_port();
+        let child = Command::new(exe)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Driver { child, port }
+    }
+
+    async fn browser(&self) -> Client {
+        let caps = json!({
+            "goog:chromeOptions": {
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1800"],
+            },
+            "goog:loggingPrefs": { "browser": "ALL" },
+        });
+        let caps = caps.as_object().unwrap().clone();
+        ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps)
+            .connect(&format!("http://127.0.0.1:{}", self.port))
+            .await
+            .expect("a chromium session")
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// chromedriver's browser log (`POST /session/{id}/se/log`), which the
+/// W3C protocol lacks: every console message and failed load of the page.
+#[derive(Debug)]
+struct BrowserLog;
+
+impl WebDriverCompatibleCommand for BrowserLog {
+    fn endpoint(&self, base: &url::Url, session: Option<&str>) -> Result<url::Url, url::ParseError> {
+        base.join(&format!("session/{}/se/log", session.unwrap_or_default()))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (::http::Method, Option<String>) {
+        (::http::Method::POST, Some(json!({ "type": "browser" }).to_string()))
+    }
+}
+
+async fn eval(b: &Client, js: &str) -> Json {
+    b.execute(js, vec![]).await.unwrap_or_else(|e| panic!("{js}: {e}"))
+}
+
+/// Polls `js` in the page until it returns something truthy; that value.
+async fn wait_js(b: &Client, js: &str, what: &str, d: &Daemon) -> Json {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = eval(b, js).await;
+        if !(v.is_null() || v == json!(false) || v == json!("") || v == json!(0)) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: never shown; page:\n{}\n{}", b.source().await.unwrap_or_default(), d.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn save(png: &[u8], name: &str) {
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    std::fs::write(&path, png).unwrap();
+    eprintln!("screenshot: {}", path.display());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_shows_a_backfill_moving_and_a_failing_sink() {
+    let db = "console";
+    let (pg, c) = cluster(db).await;
+    c.batch_execute(&format!(
+        "CREATE TABLE orders (id int PRIMARY KEY, note text);
+         INSERT INTO orders SELECT g, 'order ' || g FROM generate_series(1, {ROWS}) g;
+         ANALYZE orders;
+         CREATE TABLE carts (id int PRIMARY KEY, n int);"
+    ))
+    .await
+    .unwrap();
+    let redis = tokio::task::spawn_blocking(RedisServer::start).await.unwrap();
+    let dir = scratch();
+    let port = testkit::free_port();
+    let sinks = format!(
+        "  cache: {{ type: redis, url: \"{}\", reconnect_max_delay: 1s, connect_timeout: 1s, response_timeout: 2s }}\n  out: {{ type: file, path: \"{}\" }}",
+        redis.url(),
+        dir.path().join("out.jsonl").display()
+    );
+    let pipelines = "  - name: carts\n    from: public.carts\n    to: cache\n    redis: { type: hash, key: \"cart:{id}\" }\n  - name: orders\n    from: public.orders\n    to: out";
+    let yaml = daemon_config(&pg, db, db, &sinks, pipelines, &dir.path().join("dead.jsonl"))
+        .replace("http:\n  enabled: false\n", &format!("http:\n  listen: \"127.0.0.1:{port}\"\n  admin_token: \"{TOKEN}\"\n"));
+    let d = Daemon::start(bin(), dir.path(), db, &yaml);
+    wait_slot(&c, db, &d).await;
+
+    // The Redis sink goes down and has a change to write.
+    tokio::task::block_in_place(|| redis.stop());
+    c.batch_execute("INSERT INTO carts VALUES (1, 1)").await.unwrap();
+
+    // A backfill that lasts about a minute; without the token it is refused.
+    let http = reqwest::Client::new();
+    let start = format!("http://127.0.0.1:{port}/backfills?table=public.orders&max_rows_per_second=1000&chunk_size=200");
+    let refused = http.post(&start).send().await.unwrap();
+    assert_eq!(refused.status(), 401, "{}", refused.text().await.unwrap());
+    let started = http.post(&start).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(started.status(), 202, "{}", started.text().await.unwrap());
+
+    let driver = tokio::task::block_in_place(Driver::start);
+    let b = driver.browser().await;
+    b.goto(&format!("http://127.0.0.1:{port}/")).await.unwrap();
+
+    // The sink's error, as the store's client reported it.
+    let error = wait_js(
+        &b,
+        "const e = document.querySelector('.sink[data-name=\"cache\"] .error'); return e && e.textContent",
+        "the Redis sink's error",
+        &d,
+    )
+    .await;
+    let error = error.as_str().unwrap().to_string();
+    assert!(error.starts_with("failing for"), "{error}");
+    assert_eq!(eval(&b, "return document.querySelector('#state').textContent").await, json!("1 sink failing"));
+    let out_ok = eval(&b, "return document.querySelector('.sink[data-name=\"out\"] .pill').textContent").await;
+    assert_eq!(out_ok, json!("ok"));
+
+    // The backfill's progress moves, with a rate and an ETA.
+    let rows_js = "const b = document.querySelector('.backfill[data-status=\"running\"]'); return b && Number(b.dataset.rows)";
+    let first = wait_js(&b, rows_js, "a running backfill with rows", &d).await.as_i64().unwrap();
+    let moved_js = format!(
+        "const b = document.querySelector('.backfill[data-status=\"running\"]'); return b && Number(b.dataset.rows) > {first} && Number(b.dataset.rows)"
+    );
+    let moved = wait_js(&b, &moved_js, "backfill progress moving", &d).await.as_i64().unwrap();
+    assert!(moved > first && moved < ROWS, "{first} then {moved}");
+    let line = wait_js(
+        &b,
+        "const b = document.querySelector('.backfill .muted'); return b && /rows\\/s.*ETA/.test(b.textContent) && b.textContent",
+        "rows/s and ETA",
+        &d,
+    )
+    .await;
+    assert!(line.as_str().unwrap().contains(&format!("of ~{}", "60,000")), "{line}");
+    let pct: f64 = wait_js(
+        &b,
+        "const p = document.querySelector('.backfill .bar'); return p && Number(p.getAttribute('aria-valuenow'))",
+        "a progress percentage",
+        &d,
+    )
+    .await
+    .as_f64()
+    .unwrap();
+    assert!(pct > 0.0 && pct < 100.0, "{pct}");
+    save(&b.screenshot().await.unwrap(), "console-desktop.png");
+
+    // The admin token enables the buttons: pause from the page.
+    b.find(Locator::Css("#token")).await.unwrap().send_keys(TOKEN).await.unwrap();
+    let pause = b.wait().for_element(Locator::XPath("//div[@class='actions']/button[text()='pause']")).await.unwrap();
+    pause.click().await.unwrap();
+    wait_js(&b, "return document.querySelector('.backfill[data-status=\"paused\"]') !== null", "the backfill paused", &d).await;
+    let status: String = c.query_one("SELECT status FROM pgfanout.backfills ORDER BY id DESC LIMIT 1", &[]).await.unwrap().get(0);
+    assert_eq!(status, "paused");
+
+    // A phone's width: nothing sticks out sideways.
+    b.set_window_size(390, 844).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let overflow = eval(&b, "return document.documentElement.scrollWidth - window.innerWidth").await;
+    assert!(overflow.as_i64().unwrap() <= 0, "the page is wider than a phone by {overflow} px");
+    save(&b.screenshot().await.unwrap(), "console-phone.png");
+
+    // No errors in the browser's console (a failed load, a script error).
+    let log = b.issue_cmd(BrowserLog).await.unwrap();
+    let severe: Vec<&Json> = log.as_array().unwrap().iter().filter(|e| e["level"] == "SEVERE" || e["level"] == "WARNING").collect();
+    assert!(severe.is_empty(), "browser console: {severe:?}");
+
+    b.close().await.unwrap();
+    assert_nothing_dead_lettered(&dir.path().join("dead.jsonl"), &d);
+}
+
+fn assert_nothing_dead_lettered(path: &std::path::Path, d: &Daemon) {
+    assert_eq!(line_count(path), 0, "{}\n{}", std::fs::read_to_string(path).unwrap_or_default(), d.log());
+}
