@@ -29,6 +29,9 @@ missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v runuser >/dev/null || missing+=(util-linux)
 command -v openssl >/dev/null || missing+=(openssl)  # the secured Kafka broker's certificates
+# tests/console.rs drives the console in headless chromium over WebDriver
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
 has_jdk17 || missing+=(openjdk-17-jdk-headless)
 command -v mvn >/dev/null || missing+=(maven)
 if [ ${#missing[@]} -gt 0 ]; then

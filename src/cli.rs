@@ -99,6 +99,10 @@ pub enum Command {
         /// Wait until the backfill is done (exit 1 if it fails or is cancelled).
         #[arg(long)]
         wait: bool,
+        /// Wait, showing progress: a bar (rows, rows/s, ETA) on a terminal,
+        /// a line every 5 s otherwise.
+        #[arg(long)]
+        follow: bool,
         /// List the backfills of this config's slot.
         #[arg(long, conflicts_with_all = ["table", "pause", "resume", "cancel"])]
         list: bool,
@@ -183,13 +187,14 @@ pub fn main() -> i32 {
                 };
                 commands::verify::verify(&cfg, &opts).await
             }
-            Command::Backfill { table, filter, chunk_size, max_rows_per_second, wait, list, pause, resume, cancel, .. } => {
+            Command::Backfill { table, filter, chunk_size, max_rows_per_second, wait, follow, list, pause, resume, cancel, .. } => {
                 let request = commands::backfill::BackfillRequest {
                     table,
                     filter,
                     chunk_size,
                     max_rows_per_second,
-                    wait,
+                    wait: wait || follow,
+                    follow,
                     list,
                     pause,
                     resume,

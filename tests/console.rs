@@ -221,3 +221,55 @@ async fn the_console_shows_a_backfill_moving_and_a_failing_sink() {
 fn assert_nothing_dead_lettered(path: &std::path::Path, d: &Daemon) {
     assert_eq!(line_count(path), 0, "{}\n{}", std::fs::read_to_string(path).unwrap_or_default(), d.log());
 }
+
+/// `pgfanout backfill --follow`: under a pseudo-terminal (util-linux
+/// `script`) a redrawn bar with rows, rate and ETA; in a pipe plain lines,
+/// no terminal escapes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_follow_draws_a_bar_on_a_terminal_and_lines_in_a_pipe() {
+    let db = "follow";
+    let (pg, c) = cluster(db).await;
+    c.batch_execute(
+        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 20000) g; ANALYZE t;",
+    )
+    .await
+    .unwrap();
+    let dir = scratch();
+    let yaml = file_config(&pg, db, db, &["public.t"], &dir.path().join("out.jsonl"));
+    let cfg = dir.path().join("follow.yaml");
+    std::fs::write(&cfg, &yaml).unwrap();
+    let d = Daemon::start(bin(), dir.path(), db, &yaml);
+    wait_slot(&c, db, &d).await;
+    let args = |_: ()| {
+        vec![
+            "backfill".to_string(),
+            "-c".into(),
+            cfg.display().to_string(),
+            "--table".into(),
+            "public.t".into(),
+            "--max-rows-per-second".into(),
+            "5000".into(),
+            "--follow".into(),
+        ]
+    };
+
+    // In a pipe: lines.
+    let piped = tokio::task::block_in_place(|| Command::new(bin()).args(args(())).output().unwrap());
+    let (out, err) = (String::from_utf8_lossy(&piped.stdout), String::from_utf8_lossy(&piped.stderr));
+    assert!(piped.status.success(), "{out}\n{err}\n{}", d.log());
+    assert!(out.contains("backfill 1 done"), "{out}");
+    assert!(err.contains("backfill 1 public.t: ") && err.contains("of ~20000 rows"), "{err}");
+    assert!(err.contains("backfill 1 public.t: done, 20000 rows in"), "{err}");
+    assert!(!err.contains('\x1b') && !err.contains('\r'), "no terminal escapes in a pipe: {err:?}");
+
+    // On a terminal: a bar, redrawn.
+    let line = args(()).iter().map(|a| format!("'{a}'")).collect::<Vec<_>>().join(" ");
+    let tty = tokio::task::block_in_place(|| {
+        Command::new("script").args(["-qec", &format!("'{}' {line}", bin().display()), "/dev/null"]).output().expect("util-linux script")
+    });
+    let screen = String::from_utf8_lossy(&tty.stdout);
+    assert!(tty.status.success(), "{screen}\n{}", d.log());
+    assert!(screen.contains("backfill 2 done"), "{screen}");
+    assert!(screen.contains("\x1b[") && screen.contains('\r'), "a redrawn line: {screen:?}");
+    assert!(screen.contains("[=") && screen.contains("rows (") && screen.contains("ETA"), "a bar with rows and ETA: {screen:?}");
+}

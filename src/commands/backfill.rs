@@ -14,6 +14,8 @@ pub struct BackfillRequest {
     pub chunk_size: Option<i64>,
     pub max_rows_per_second: Option<i64>,
     pub wait: bool,
+    /// Show progress while waiting.
+    pub follow: bool,
     pub list: bool,
     pub pause: Option<i64>,
     pub resume: Option<i64>,
@@ -106,6 +108,7 @@ pub async fn backfill(cfg: &Config, req: BackfillRequest) -> Report {
     }
     // Wait for the daemon to take the signal, then for the backfill to end.
     let mut backfill_id: Option<i64> = None;
+    let mut progress: Option<super::progress::Progress> = None;
     loop {
         if backfill_id.is_none() {
             let result: Option<String> = client
@@ -125,12 +128,21 @@ pub async fn backfill(cfg: &Config, req: BackfillRequest) -> Report {
             }
         }
         if let Some(id) = backfill_id {
+            if req.follow {
+                follow(&client, id, &mut progress).await;
+            }
             match state::status(&client, id).await {
                 Ok(Some(BackfillStatus::Done)) => {
+                    if let Some(p) = &mut progress {
+                        p.finish("done");
+                    }
                     r.say(format_args!("backfill {id} done"));
                     return r;
                 }
                 Ok(Some(s @ (BackfillStatus::Failed | BackfillStatus::Cancelled))) => {
+                    if let Some(p) = &mut progress {
+                        p.finish(s.as_str());
+                    }
                     r.say(format_args!("backfill {id} {s}"));
                     return r.ends(Exit::Failed);
                 }
@@ -143,4 +155,21 @@ pub async fn backfill(cfg: &Config, req: BackfillRequest) -> Report {
         }
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
+}
+
+/// One progress update of backfill `id`: rows done against the table's
+/// estimated row count (`pg_class.reltuples`; none before an `ANALYZE`).
+async fn follow(client: &tokio_postgres::Client, id: i64, progress: &mut Option<super::progress::Progress>) {
+    let row = client
+        .query_opt(
+            "SELECT b.table_name::text, b.rows_done::int8, \
+                    (SELECT greatest(c.reltuples, 0)::int8 FROM pg_class c WHERE c.oid = to_regclass(b.table_name)) \
+             FROM pgfanout.backfills b WHERE b.id = $1",
+            &[&id],
+        )
+        .await;
+    let Ok(Some(row)) = row else { return };
+    let (table, done, total): (String, i64, Option<i64>) = (row.get(0), row.get(1), row.get(2));
+    let p = progress.get_or_insert_with(|| super::progress::Progress::new(format!("backfill {id} {table}"), "rows"));
+    p.set(done.max(0) as u64, total.map(|t| t.max(0) as u64));
 }

@@ -10,6 +10,7 @@
 
 pub mod backfill;
 pub mod doctor;
+pub mod progress;
 pub mod run;
 pub mod status;
 pub mod verify;
