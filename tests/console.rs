@@ -130,9 +130,13 @@ async fn the_console_shows_a_backfill_moving_and_a_failing_sink() {
         redis.url(),
         dir.path().join("out.jsonl").display()
     );
-    let pipelines = "  - name: carts\n    from: public.carts\n    to: cache\n    redis: { type: hash, key: \"cart:{id}\" }\n  - name: orders\n    from: public.orders\n    to: out";
+    // `audit`'s filter fails on every cart (division by zero): its
+    // records are dead-lettered, and the page lists them.
+    let pipelines = "  - name: carts\n    from: public.carts\n    to: cache\n    redis: { type: hash, key: \"cart:{id}\" }\n  - name: orders\n    from: public.orders\n    to: out\n  - name: audit\n    from: public.carts\n    to: out\n    filter: \"after.n / 0 > 1\"";
     let yaml = daemon_config(&pg, db, db, &sinks, pipelines, &dir.path().join("dead.jsonl"))
         .replace("http:\n  enabled: false\n", &format!("http:\n  listen: \"127.0.0.1:{port}\"\n  admin_token: \"{TOKEN}\"\n"));
+    // Rates sampled every 500 ms, so the charts fill within the test.
+    std::env::set_var("PGFANOUT_CONSOLE_SAMPLE_MS", "500");
     let d = Daemon::start(bin(), dir.path(), db, &yaml);
     wait_slot(&c, db, &d).await;
 
@@ -192,7 +196,34 @@ async fn the_console_shows_a_backfill_moving_and_a_failing_sink() {
     .as_f64()
     .unwrap();
     assert!(pct > 0.0 && pct < 100.0, "{pct}");
+    // The file sink's write rate, charted: a line with a non-zero point.
+    let points = wait_js(
+        &b,
+        "const l = document.querySelector('.sink[data-name=\"out\"] polyline'); return l && l.getAttribute('points')",
+        "the out sink's rate chart",
+        &d,
+    )
+    .await;
+    let ys: Vec<f64> = points.as_str().unwrap().split(' ').filter_map(|p| p.split_once(',')?.1.parse().ok()).collect();
+    assert!(ys.len() >= 2 && ys.iter().any(|&y| y < 29.0), "a rate above zero is drawn: {points}");
     save(&b.screenshot().await.unwrap(), "console-desktop.png");
+
+    // The last verify of a pipeline, as `pgfanout verify` records it.
+    c.batch_execute("INSERT INTO pgfanout.verify_results VALUES ('orders', 2, 60000, 1, now() - interval '5 minutes')").await.unwrap();
+    let verified = wait_js(
+        &b,
+        "const r = [...document.querySelectorAll('#pipelines tbody tr')].find(r => r.cells[0].textContent === 'orders'); \
+         return r && r.cells[4].textContent.includes('divergent') && r.cells[4].textContent",
+        "the last verify",
+        &d,
+    )
+    .await;
+    assert!(verified.as_str().unwrap().starts_with("2 divergent of 60,000 (1 repaired), 5.0 min ago"), "{verified}");
+
+    // The dead letter, with its error.
+    let letter = wait_js(&b, "const l = document.querySelector('#letters li'); return l && l.textContent", "the dead letter", &d).await;
+    let letter = letter.as_str().unwrap();
+    assert!(letter.contains("public.carts {\"id\":1} → out (audit)") && letter.contains("Division by zero"), "{letter}");
 
     // The admin token enables the buttons: pause from the page.
     b.find(Locator::Css("#token")).await.unwrap().send_keys(TOKEN).await.unwrap();
@@ -215,11 +246,9 @@ async fn the_console_shows_a_backfill_moving_and_a_failing_sink() {
     assert!(severe.is_empty(), "browser console: {severe:?}");
 
     b.close().await.unwrap();
-    assert_nothing_dead_lettered(&dir.path().join("dead.jsonl"), &d);
-}
-
-fn assert_nothing_dead_lettered(path: &std::path::Path, d: &Daemon) {
-    assert_eq!(line_count(path), 0, "{}\n{}", std::fs::read_to_string(path).unwrap_or_default(), d.log());
+    // The file has the letter the page showed, and nothing else.
+    let dead = dir.path().join("dead.jsonl");
+    assert_eq!(line_count(&dead), 1, "{}\n{}", std::fs::read_to_string(&dead).unwrap_or_default(), d.log());
 }
 
 /// `pgfanout backfill --follow`: under a pseudo-terminal (util-linux

@@ -62,7 +62,7 @@ pub struct Console {
 
 /// The console's routes: `/`, its two assets, `/console/api`.
 pub fn router(console: Console) -> Router {
-    spawn_sampler(console.prometheus.clone());
+    spawn_sampler(console.prometheus.clone(), console.sink_names.clone());
     Router::new()
         .route("/", get(|| async { ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], INDEX_HTML) }))
         .route("/console.js", get(|| async { ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], CONSOLE_JS) }))
@@ -72,17 +72,29 @@ pub fn router(console: Console) -> Router {
         .with_state(console)
 }
 
+/// How often rates are sampled: [`activity::SAMPLE_EVERY`], or
+/// `PGFANOUT_CONSOLE_SAMPLE_MS` (tests draw charts in seconds).
+fn sample_every() -> std::time::Duration {
+    std::env::var("PGFANOUT_CONSOLE_SAMPLE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(|ms: u64| std::time::Duration::from_millis(ms.max(100)))
+        .unwrap_or(activity::SAMPLE_EVERY)
+}
+
 /// Samples the written and read totals into [`activity`]'s rate series.
-fn spawn_sampler(prometheus: PrometheusHandle) {
+fn spawn_sampler(prometheus: PrometheusHandle, sinks: Arc<Vec<String>>) {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(activity::SAMPLE_EVERY);
+        let mut tick = tokio::time::interval(sample_every());
         let mut last = tokio::time::Instant::now();
         loop {
             tick.tick().await;
             let text = prometheus.render();
             let metrics = Metrics::parse(&text);
+            // A sink that never wrote has no series yet: it writes 0/s.
+            let by_sink = metrics.by_label(m::SINK_WRITTEN_TOTAL, m::LABEL_SINK);
             let written: HashMap<String, f64> =
-                metrics.by_label(m::SINK_WRITTEN_TOTAL, m::LABEL_SINK).into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+                sinks.iter().map(|s| (s.clone(), by_sink.get(s.as_str()).copied().unwrap_or(0.0))).collect();
             let secs = last.elapsed().as_secs_f64().max(0.001);
             last = tokio::time::Instant::now();
             activity::sample(&written, metrics.total(m::CHANGES_READ_TOTAL), secs);
@@ -221,7 +233,7 @@ async fn api(State(c): State<Console>) -> impl IntoResponse {
         "backfills": backfills,
         "verify": verify,
         "database_error": database_error,
-        "sample_seconds": activity::SAMPLE_EVERY.as_secs(),
+        "sample_seconds": sample_every().as_secs_f64(),
     });
     ([(header::CACHE_CONTROL, "no-store")], Json(body))
 }

@@ -65,7 +65,7 @@ function sparkline(series, label) {
   const line = document.createElementNS(svgNS, "polyline");
   line.setAttribute("points", pts);
   svg.append(line);
-  box.append(svg, h("span", { class: "muted" }, `now ${count(series[series.length - 1])}/s · peak ${count(max)}/s · last ${Math.round(series.length * sampleSeconds / 60)} min`));
+  box.append(svg, h("span", { class: "muted" }, `now ${count(series[series.length - 1])}/s · peak ${count(max)}/s · last ${secs(series.length * sampleSeconds)}`));
   return box;
 }
 
