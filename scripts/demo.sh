@@ -2,9 +2,29 @@
 # Quick start: a throwaway PostgreSQL (wal_level=logical) on a free port, the
 # e-commerce schema, pgfanout running on config/demo.yaml (change records to
 # stdout), a few changes applied, then everything stopped and removed.
+#
+# scripts/demo.sh --all: the e-commerce example into every store at once.
+# Installs what is missing (scripts/install-servers.sh: the first time the
+# JVM servers and FerretDB take a few minutes), starts PostgreSQL, Redis,
+# Kafka, OpenSearch, Neo4j, Cassandra and FerretDB on free ports, runs
+# pgfanout on config/ecommerce.yaml + config/profiles.yaml, applies
+# examples/ecommerce-changes.sql and prints what landed in each store with
+# the store's own query; then stops every server and removes its files
+# (bench/src/demo.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/pgfanout-target}"
+if [ "${1:-}" = "--all" ]; then
+  scripts/install-servers.sh
+  # PGFANOUT_DEMO_PROFILE=dev uses the debug build (scripts/test.sh runs
+  # this after the tests, which built it already).
+  profile="${PGFANOUT_DEMO_PROFILE:-release}"
+  dir=release; [ "$profile" = dev ] && dir=debug
+  echo "building pgfanout ($profile) and pgfanout-demo..." >&2
+  cargo build --profile "$profile" --quiet --bin pgfanout
+  cargo build --quiet -p pgfanout-bench --bin pgfanout-demo
+  exec "$CARGO_TARGET_DIR/debug/pgfanout-demo" --pgfanout "$CARGO_TARGET_DIR/$dir/pgfanout" --repo .
+fi
 PGBIN=/usr/lib/postgresql/15/bin
 if [ ! -x $PGBIN/initdb ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo

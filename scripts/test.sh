@@ -5,7 +5,7 @@
 #   (Apache Kafka, Neo4j, OpenSearch, Elasticsearch, Cassandra: jars from
 #   Maven Central, scripts/install-jvm-servers.sh) and FerretDB
 #   (scripts/install-ferretdb.sh), all cached under ~/.cache/pgfanout and
-#   installed once.
+#   installed once (scripts/install-servers.sh); chromium and its WebDriver.
 # Then the version matrix: the source suites (replication, values against
 # to_jsonb, snapshot, backfill, streaming, DDL) once more on each of
 # PostgreSQL 14, 16, 17 and 18 (scripts/install-postgres-versions.sh;
@@ -15,30 +15,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/pgfanout-target}"
 
-SUDO=""
-if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
-has_jdk17() {
-  local h
-  for h in "${PGFANOUT_JAVA17_HOME:-}" /usr/lib/jvm/java-17-openjdk-amd64 /usr/lib/jvm/java-17-openjdk-arm64; do
-    if [ -n "$h" ] && [ -x "$h/bin/javac" ]; then return 0; fi
-  done
-  return 1
-}
-missing=()
-[ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql-15)
-command -v redis-server >/dev/null || missing+=(redis-server)
-command -v runuser >/dev/null || missing+=(util-linux)
-command -v openssl >/dev/null || missing+=(openssl)  # the secured Kafka broker's certificates
-# tests/console.rs drives the console in headless chromium over WebDriver
-command -v chromium >/dev/null || missing+=(chromium)
-command -v chromedriver >/dev/null || missing+=(chromium-driver)
-has_jdk17 || missing+=(openjdk-17-jdk-headless)
-command -v mvn >/dev/null || missing+=(maven)
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "installing ${missing[*]}" >&2
-  $SUDO apt-get update -qq
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
-fi
+# The servers, and chromium with its WebDriver: tests/console.rs drives the
+# console in headless chromium.
+scripts/install-servers.sh chromium:chromium chromium-driver:chromedriver
 command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
 
 # The shared target directory only grows (incremental caches, old test
@@ -51,11 +30,22 @@ if [ "${free_kb:-0}" -lt $((20 * 1024 * 1024)) ]; then
   rm -rf "$CARGO_TARGET_DIR"/debug/incremental "$CARGO_TARGET_DIR"/release/incremental
   find "$CARGO_TARGET_DIR"/debug/deps -maxdepth 1 -type f ! -name '*.*' -mtime +0 -delete 2>/dev/null || true
 fi
-scripts/install-jvm-servers.sh
-scripts/install-ferretdb.sh >/dev/null
-
 status=0
 cargo nextest run --workspace --no-fail-fast "$@" || status=$?
+
+# The README's demo of every store, as written (on the debug build the
+# tests made): each store's section must come out.
+echo "=== scripts/demo.sh --all" >&2
+if PGFANOUT_DEMO_PROFILE=dev scripts/demo.sh --all >"$CARGO_TARGET_DIR/demo-all.out" </dev/null; then
+  for store in Redis OpenSearch Neo4j Cassandra Kafka FerretDB File; do
+    grep -q "^--- $store" "$CARGO_TARGET_DIR/demo-all.out" || { echo "demo --all printed nothing for $store" >&2; status=1; }
+  done
+  grep -q '"display_name":"Ada"' "$CARGO_TARGET_DIR/demo-all.out" || { echo "demo --all: no profile document" >&2; status=1; }
+  grep -q 'id=11 title=Mouse buyers=1' "$CARGO_TARGET_DIR/demo-all.out" || { echo "demo --all: no recommendation" >&2; status=1; }
+else
+  echo "scripts/demo.sh --all failed" >&2
+  status=1
+fi
 
 if [ "${PGFANOUT_MATRIX:-1}" != 0 ]; then
   # The suites that exercise the source, by test binary, less the three
