@@ -16,14 +16,21 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/pgfanout-target}"
 if [ "${1:-}" = "--all" ]; then
   scripts/install-servers.sh
-  # PGFANOUT_DEMO_PROFILE=dev uses the debug build (scripts/test.sh runs
-  # this after the tests, which built it already).
-  profile="${PGFANOUT_DEMO_PROFILE:-release}"
-  dir=release; [ "$profile" = dev ] && dir=debug
-  echo "building pgfanout ($profile) and pgfanout-demo..." >&2
-  cargo build --profile "$profile" --quiet --bin pgfanout
-  cargo build --quiet -p pgfanout-bench --bin pgfanout-demo
-  exec "$CARGO_TARGET_DIR/debug/pgfanout-demo" --pgfanout "$CARGO_TARGET_DIR/$dir/pgfanout" --repo .
+  # PGFANOUT_DEMO_BIN / PGFANOUT_DEMO_EXE: binaries built already (the
+  # test build: bench/tests/demo_all.rs), instead of building them here.
+  bin="${PGFANOUT_DEMO_BIN:-}"
+  if [ -z "$bin" ]; then
+    echo "building pgfanout..." >&2
+    cargo build --release --quiet --bin pgfanout
+    bin="$CARGO_TARGET_DIR/release/pgfanout"
+  fi
+  exe="${PGFANOUT_DEMO_EXE:-}"
+  if [ -z "$exe" ]; then
+    echo "building pgfanout-demo..." >&2
+    cargo build --quiet -p pgfanout-bench --bin pgfanout-demo
+    exe="$CARGO_TARGET_DIR/debug/pgfanout-demo"
+  fi
+  exec "$exe" --pgfanout "$bin" --repo .
 fi
 PGBIN=/usr/lib/postgresql/15/bin
 if [ ! -x $PGBIN/initdb ]; then

@@ -33,20 +33,6 @@ fi
 status=0
 cargo nextest run --workspace --no-fail-fast "$@" || status=$?
 
-# The README's demo of every store, as written (on the debug build the
-# tests made): each store's section must come out.
-echo "=== scripts/demo.sh --all" >&2
-if PGFANOUT_DEMO_PROFILE=dev scripts/demo.sh --all >"$CARGO_TARGET_DIR/demo-all.out" </dev/null; then
-  for store in Redis OpenSearch Neo4j Cassandra Kafka FerretDB File; do
-    grep -q "^--- $store" "$CARGO_TARGET_DIR/demo-all.out" || { echo "demo --all printed nothing for $store" >&2; status=1; }
-  done
-  grep -q '"display_name":"Ada"' "$CARGO_TARGET_DIR/demo-all.out" || { echo "demo --all: no profile document" >&2; status=1; }
-  grep -q 'id=11 title=Mouse buyers=1' "$CARGO_TARGET_DIR/demo-all.out" || { echo "demo --all: no recommendation" >&2; status=1; }
-else
-  echo "scripts/demo.sh --all failed" >&2
-  status=1
-fi
-
 if [ "${PGFANOUT_MATRIX:-1}" != 0 ]; then
   # The suites that exercise the source, by test binary, less the three
   # long crash tests of the snapshot and the backfill (5 of the 8 minutes

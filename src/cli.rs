@@ -20,7 +20,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Human,
     Json,
@@ -215,6 +215,23 @@ fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PGFANOUT_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Colours only on a terminal: ANSI codes in a log file or a pipe are noise.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // Human logs on a terminal: progress bars (the initial snapshot) drawn
+    // below them, the log lines printed above (tracing-indicatif).
+    if format == LogFormat::Human && crate::progress::bars_wanted() {
+        use tracing_subscriber::layer::{Layer, SubscriberExt};
+        use tracing_subscriber::util::SubscriberInitExt;
+        let bars = tracing_indicatif::IndicatifLayer::new().with_span_field_formatter(
+            tracing_indicatif::filter::hide_indicatif_span_fields(tracing_subscriber::fmt::format::DefaultFields::new()),
+        );
+        let lines = tracing_subscriber::fmt::layer().with_writer(bars.get_stderr_writer()).with_ansi(ansi);
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(lines)
+            .with(bars.with_filter(tracing_indicatif::filter::IndicatifFilter::new(false)))
+            .init();
+        crate::progress::BARS_IN_LOGS.store(true, std::sync::atomic::Ordering::Release);
+        return;
+    }
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match format {
         LogFormat::Human => builder.init(),

@@ -67,7 +67,7 @@ impl DeadLetters {
         if letters.is_empty() {
             return;
         }
-        crate::console::activity::dead_lettered(&letters);
+        remember(&letters);
         let mut buf = Vec::new();
         for l in &letters {
             l.write_json(&mut buf);
@@ -100,4 +100,47 @@ impl DeadLetters {
             tokio::time::sleep(backoff.next_delay()).await;
         }
     }
+}
+
+/// How many dead letters [`recent`] keeps.
+const RECENT: usize = 20;
+
+static RECENT_LETTERS: std::sync::LazyLock<Mutex<std::collections::VecDeque<RecentLetter>>> =
+    std::sync::LazyLock::new(|| Mutex::new(std::collections::VecDeque::new()));
+
+/// A dead letter as the console lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RecentLetter {
+    /// Unix time in seconds.
+    pub at: f64,
+    pub pipeline: String,
+    pub sink: String,
+    pub table: String,
+    pub key: serde_json::Value,
+    pub position: String,
+    pub error: String,
+}
+
+fn remember(letters: &[DeadLetter]) {
+    let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+    let mut recent = RECENT_LETTERS.lock().unwrap_or_else(|p| p.into_inner());
+    for l in letters {
+        if recent.len() == RECENT {
+            recent.pop_front();
+        }
+        recent.push_back(RecentLetter {
+            at,
+            pipeline: l.pipeline.to_string(),
+            sink: l.sink.to_string(),
+            table: l.change.qualified_table(),
+            key: l.change.to_serde().get("key").cloned().unwrap_or_default(),
+            position: l.change.position().to_string(),
+            error: l.error.chars().take(2000).collect(),
+        });
+    }
+}
+
+/// The latest dead letters of this process (at most 20), newest first.
+pub fn recent() -> Vec<RecentLetter> {
+    RECENT_LETTERS.lock().unwrap_or_else(|p| p.into_inner()).iter().rev().cloned().collect()
 }

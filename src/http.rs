@@ -4,8 +4,8 @@
 //! position is durable in a sink, read by `pgfanout wait`),
 //! `/backfills` (start, list, pause, resume, cancel backfills; with
 //! `http.admin_token` set, the ones that change something require it as
-//! `Authorization: Bearer`) and the browser console at `/`
-//! ([`crate::console`]).
+//! `Authorization: Bearer`), and whatever routes are handed to it (the
+//! browser console at `/`, `crate::console`).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -143,8 +143,8 @@ struct AppState {
 /// What the listener serves besides the fixed endpoints.
 #[derive(Default)]
 pub struct Options {
-    /// The console's pipelines, or `None` to serve no console.
-    pub console: Option<Vec<crate::console::PipelineInfo>>,
+    /// More routes (the console, `crate::console::router`), merged in.
+    pub extra: Option<Router>,
     /// `http.admin_token`.
     pub admin_token: Option<Secret>,
 }
@@ -173,25 +173,13 @@ pub async fn serve(
     prometheus: PrometheusHandle,
     health: Arc<Health>,
     sink_names: Vec<String>,
-    admin: Option<Admin>,
+    admin: Option<Arc<Admin>>,
     options: Options,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let listener =
         tokio::net::TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {listen} (http.listen): {e}"))?;
-    let admin = admin.map(Arc::new);
     let sink_names = Arc::new(sink_names);
-    let console = options.console.map(|pipelines| {
-        crate::console::router(crate::console::Console {
-            prometheus: prometheus.clone(),
-            health: health.clone(),
-            admin: admin.clone(),
-            pipelines: Arc::new(pipelines),
-            sink_names: sink_names.clone(),
-            controls: options.admin_token.is_some(),
-            sql: Default::default(),
-        })
-    });
     let token = options.admin_token.map(Arc::new);
     let app = Router::new()
         .route("/metrics", get(metrics))
@@ -202,8 +190,8 @@ pub async fn serve(
         .route("/backfills", get(list_backfills).post(start_backfill))
         .route("/backfills/{id}/{action}", post(control_backfill))
         .with_state(AppState { prometheus: prometheus.clone(), health, sink_names, admin, token });
-    let app = match console {
-        Some(console) => app.merge(console),
+    let app = match options.extra {
+        Some(extra) => app.merge(extra),
         None => app,
     };
     let upkeep = prometheus.clone();

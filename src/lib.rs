@@ -15,5 +15,6 @@ pub mod expr;
 pub mod http;
 pub mod metrics;
 pub mod pipeline;
+pub mod progress;
 pub mod runtime;
 pub mod verify;

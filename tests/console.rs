@@ -66,7 +66,10 @@ impl Driver {
 }
 
 impl Drop for Driver {
+    /// Stops the chromium chromedriver started (a failed test leaves its
+    /// session open; its helper processes end with it), then chromedriver.
     fn drop(&mut self) {
+        let _ = Command::new("pkill").args(["-KILL", "-P", &self.child.id().to_string()]).status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -251,11 +254,11 @@ async fn the_console_shows_a_backfill_moving_and_a_failing_sink() {
     assert_eq!(line_count(&dead), 1, "{}\n{}", std::fs::read_to_string(&dead).unwrap_or_default(), d.log());
 }
 
-/// `pgfanout backfill --follow`: under a pseudo-terminal (util-linux
-/// `script`) a redrawn bar with rows, rate and ETA; in a pipe plain lines,
-/// no terminal escapes.
+/// `pgfanout backfill --follow` and `pgfanout verify`: under a
+/// pseudo-terminal (util-linux `script`) a redrawn bar with rows, rate and
+/// ETA; in a pipe plain lines, no terminal escapes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn backfill_follow_draws_a_bar_on_a_terminal_and_lines_in_a_pipe() {
+async fn backfill_follow_and_verify_draw_a_bar_on_a_terminal_and_lines_in_a_pipe() {
     let db = "follow";
     let (pg, c) = cluster(db).await;
     c.batch_execute(
@@ -264,7 +267,15 @@ async fn backfill_follow_draws_a_bar_on_a_terminal_and_lines_in_a_pipe() {
     .await
     .unwrap();
     let dir = scratch();
-    let yaml = file_config(&pg, db, db, &["public.t"], &dir.path().join("out.jsonl"));
+    let redis = tokio::task::spawn_blocking(RedisServer::start).await.unwrap();
+    let yaml = redis_config(
+        &pg,
+        db,
+        db,
+        &redis.url(),
+        "  - name: rows\n    from: public.t\n    to: cache\n    redis: { type: hash, key: \"t:{id}\" }",
+        dir.path(),
+    );
     let cfg = dir.path().join("follow.yaml");
     std::fs::write(&cfg, &yaml).unwrap();
     let d = Daemon::start(bin(), dir.path(), db, &yaml);
@@ -301,4 +312,50 @@ async fn backfill_follow_draws_a_bar_on_a_terminal_and_lines_in_a_pipe() {
     assert!(screen.contains("backfill 2 done"), "{screen}");
     assert!(screen.contains("\x1b[") && screen.contains('\r'), "a redrawn line: {screen:?}");
     assert!(screen.contains("[=") && screen.contains("rows (") && screen.contains("ETA"), "a bar with rows and ETA: {screen:?}");
+
+    // verify: the source pass's progress, then the report on stdout.
+    let verify = vec!["verify".to_string(), "-c".into(), cfg.display().to_string(), "--settle".into(), "30s".into()];
+    let piped = tokio::task::block_in_place(|| Command::new(bin()).args(&verify).output().unwrap());
+    let (out, err) = (String::from_utf8_lossy(&piped.stdout), String::from_utf8_lossy(&piped.stderr));
+    assert!(piped.status.success(), "{out}\n{err}\n{}", d.log());
+    assert!(out.contains("pipeline rows -> cache (redis): equal"), "{out}");
+    assert!(err.contains("verify rows: 0 of ~20000 rows (0%)"), "{err}");
+    assert!(err.contains("verify rows: source read, 20000 rows in"), "{err}");
+    assert!(!err.contains('\x1b') && !err.contains('\r'), "no terminal escapes in a pipe: {err:?}");
+    let line = verify.iter().map(|a| format!("'{a}'")).collect::<Vec<_>>().join(" ");
+    let tty = tokio::task::block_in_place(|| {
+        Command::new("script").args(["-qec", &format!("'{}' {line}", bin().display()), "/dev/null"]).output().expect("util-linux script")
+    });
+    let screen = String::from_utf8_lossy(&tty.stdout);
+    assert!(tty.status.success(), "{screen}\n{}", d.log());
+    assert!(
+        screen.contains("(redis): equal") && screen.contains("\x1b[") && screen.contains("verify rows ["),
+        "a bar, then the report: {screen:?}"
+    );
+}
+
+/// The daemon's initial snapshot on a terminal: a bar for all tables below
+/// the log lines (tracing-indicatif); in a pipe, log lines only, with the
+/// rate and ETA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_initial_snapshot_draws_a_bar_on_a_terminal() {
+    let db = "snapbar";
+    let (pg, c) = cluster(db).await;
+    c.batch_execute("CREATE TABLE big (id int PRIMARY KEY, v text); INSERT INTO big SELECT g, repeat('v', 200) FROM generate_series(1, 300000) g; ANALYZE big;")
+        .await
+        .unwrap();
+    let dir = scratch();
+    let yaml = file_config(&pg, db, db, &["public.big"], &dir.path().join("out.jsonl"))
+        .replace("    snapshot: never\n", "    snapshot: initial\n");
+    assert!(yaml.contains("snapshot: initial"), "{yaml}");
+    let cfg = dir.path().join("snapbar.yaml");
+    std::fs::write(&cfg, &yaml).unwrap();
+    // `timeout` stops the daemon (SIGTERM, a clean stop) once the copy is long done.
+    let run = format!("timeout -s TERM 15 '{}' run -c '{}'", bin().display(), cfg.display());
+    let tty = tokio::task::block_in_place(|| Command::new("script").args(["-qec", &run, "/dev/null"]).output().expect("util-linux script"));
+    let screen = String::from_utf8_lossy(&tty.stdout);
+    assert!(screen.contains("snapshot started") && screen.contains("snapshot: tables copied"), "{screen}");
+    assert!(screen.contains("snapshot [") && screen.contains("rows ("), "a bar below the log lines: {screen:?}");
+    let out = dir.path().join("out.jsonl");
+    assert_eq!(line_count(&out), 300_000, "every row copied");
 }

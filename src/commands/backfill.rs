@@ -108,7 +108,7 @@ pub async fn backfill(cfg: &Config, req: BackfillRequest) -> Report {
     }
     // Wait for the daemon to take the signal, then for the backfill to end.
     let mut backfill_id: Option<i64> = None;
-    let mut progress: Option<super::progress::Progress> = None;
+    let mut progress: Option<crate::progress::Progress> = None;
     loop {
         if backfill_id.is_none() {
             let result: Option<String> = client
@@ -159,7 +159,7 @@ pub async fn backfill(cfg: &Config, req: BackfillRequest) -> Report {
 
 /// One progress update of backfill `id`: rows done against the table's
 /// estimated row count (`pg_class.reltuples`; none before an `ANALYZE`).
-async fn follow(client: &tokio_postgres::Client, id: i64, progress: &mut Option<super::progress::Progress>) {
+async fn follow(client: &tokio_postgres::Client, id: i64, progress: &mut Option<crate::progress::Progress>) {
     let row = client
         .query_opt(
             "SELECT b.table_name::text, b.rows_done::int8, \
@@ -170,6 +170,6 @@ async fn follow(client: &tokio_postgres::Client, id: i64, progress: &mut Option<
         .await;
     let Ok(Some(row)) = row else { return };
     let (table, done, total): (String, i64, Option<i64>) = (row.get(0), row.get(1), row.get(2));
-    let p = progress.get_or_insert_with(|| super::progress::Progress::new(format!("backfill {id} {table}"), "rows"));
+    let p = progress.get_or_insert_with(|| crate::progress::Progress::new(format!("backfill {id} {table}"), "rows"));
     p.set(done.max(0) as u64, total.map(|t| t.max(0) as u64));
 }

@@ -10,7 +10,6 @@
 
 pub mod backfill;
 pub mod doctor;
-pub mod progress;
 pub mod run;
 pub mod status;
 pub mod verify;

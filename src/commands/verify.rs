@@ -8,13 +8,28 @@ use tracing::info;
 
 use super::{Exit, Report};
 use crate::config::Config;
+use crate::progress::Progress;
 use crate::verify::{self, VerifyError, VerifyOptions};
 
 pub async fn verify(cfg: &Config, opts: &VerifyOptions) -> Report {
     let mut r = Report::default();
-    // Progress on stderr as each pipeline is done (a large table takes
-    // minutes); the report on stdout at the end.
-    let done = verify::run(cfg, opts, |p| {
+    // Progress on stderr while each pipeline's source is read (a bar on a
+    // terminal, a line every 5 s otherwise) and as each is done (a large
+    // table takes minutes); the report on stdout at the end.
+    let bars: std::sync::Mutex<Option<(String, Progress)>> = std::sync::Mutex::new(None);
+    let progress = |pipeline: &str, rows: u64, estimate: Option<u64>| {
+        let mut guard = bars.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.as_ref().is_none_or(|(name, _)| name != pipeline) {
+            *guard = Some((pipeline.to_string(), Progress::new(format!("verify {pipeline}"), "rows")));
+        }
+        if let Some((_, bar)) = guard.as_mut() {
+            bar.set(rows, estimate);
+        }
+    };
+    let done = verify::run(cfg, opts, &progress, |p| {
+        if let Some((_, mut bar)) = bars.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            bar.finish("source read");
+        }
         let status = if p.outcome.error.is_some() {
             "failed"
         } else if p.outcome.skipped.is_some() {

@@ -1,6 +1,7 @@
 //! What the console shows that the metrics do not keep: each sink's last
-//! error and since when it is failing, the latency of its last write, the
-//! latest dead letters with their errors, and 15 minutes of per-sink rates.
+//! error and since when it is failing, the latency of its last write, and
+//! 15 minutes of per-sink rates (the latest dead letters are kept by
+//! [`crate::dead_letter::recent`]).
 //!
 //! The runtime's workers report here as they go (a process-wide record,
 //! like the metrics registry); the console reads a copy.
@@ -9,11 +10,6 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{LazyLock, Mutex};
 
 use serde::Serialize;
-
-use crate::dead_letter::DeadLetter;
-
-/// How many dead letters the console keeps.
-const RECENT_LETTERS: usize = 20;
 
 /// Samples kept per series: 15 minutes at one per [`SAMPLE_EVERY`].
 pub const SAMPLES: usize = 90;
@@ -45,22 +41,9 @@ pub struct SinkActivity {
     written: Option<f64>,
 }
 
-/// A dead letter as the console lists it.
-#[derive(Debug, Clone, Serialize)]
-pub struct RecentLetter {
-    pub at: f64,
-    pub pipeline: String,
-    pub sink: String,
-    pub table: String,
-    pub key: serde_json::Value,
-    pub position: String,
-    pub error: String,
-}
-
 #[derive(Debug, Default)]
 struct Activity {
     sinks: HashMap<String, SinkActivity>,
-    letters: VecDeque<RecentLetter>,
     /// Changes read from the slot per second, one per sample.
     read_rate: VecDeque<f64>,
     read: Option<f64>,
@@ -104,27 +87,6 @@ pub fn sink_wrote(sink: &str, latency: Option<f64>) {
     })
 }
 
-/// Records sent to the dead letters.
-pub fn dead_lettered(letters: &[DeadLetter]) {
-    let at = now();
-    with(|a| {
-        for l in letters {
-            if a.letters.len() == RECENT_LETTERS {
-                a.letters.pop_front();
-            }
-            a.letters.push_back(RecentLetter {
-                at,
-                pipeline: l.pipeline.to_string(),
-                sink: l.sink.to_string(),
-                table: l.change.qualified_table(),
-                key: l.change.to_serde().get("key").cloned().unwrap_or_default(),
-                position: l.change.position().to_string(),
-                error: l.error.chars().take(2000).collect(),
-            });
-        }
-    })
-}
-
 /// Takes one rate sample from the counters' totals: `written` per sink and
 /// `read` (changes read from the slot), over `secs` seconds.
 pub fn sample(written: &HashMap<String, f64>, read: f64, secs: f64) {
@@ -149,10 +111,9 @@ pub fn sample(written: &HashMap<String, f64>, read: f64, secs: f64) {
     })
 }
 
-/// A copy of what the console shows: per sink, the latest dead letters
-/// (newest first), and the read rate.
-pub fn snapshot() -> (HashMap<String, SinkActivity>, Vec<RecentLetter>, Vec<f64>) {
-    with(|a| (a.sinks.clone(), a.letters.iter().rev().cloned().collect(), a.read_rate.iter().copied().collect()))
+/// A copy of what the console shows: per sink, and the read rate.
+pub fn snapshot() -> (HashMap<String, SinkActivity>, Vec<f64>) {
+    with(|a| (a.sinks.clone(), a.read_rate.iter().copied().collect()))
 }
 
 #[cfg(test)]
@@ -163,7 +124,7 @@ mod tests {
     fn failures_are_kept_until_a_write_succeeds_and_rates_are_per_second() {
         sink_failed("t-sink", "connection refused", Some(1_000_000));
         sink_failed("t-sink", "connection refused again", Some(2_000_000));
-        let (sinks, _, _) = snapshot();
+        let (sinks, _) = snapshot();
         let s = &sinks["t-sink"];
         assert_eq!(s.error.as_deref(), Some("connection refused again"));
         assert_eq!(s.waiting_since, Some(1.0), "the oldest waiting change is kept");
@@ -177,7 +138,7 @@ mod tests {
         sample(&w, 0.0, 10.0);
         w.insert("t-sink".to_string(), 300.0);
         sample(&w, 50.0, 10.0);
-        let (sinks, _, _) = snapshot();
+        let (sinks, _) = snapshot();
         assert_eq!(sinks["t-sink"].rate.back(), Some(&20.0));
     }
 }

@@ -160,7 +160,8 @@ fn label_value<'a>(labels: &'a str, label: &str) -> Option<&'a str> {
 async fn api(State(c): State<Console>) -> impl IntoResponse {
     let rendered = c.prometheus.render();
     let metrics = Metrics::parse(&rendered);
-    let (activity, letters, read_rate) = activity::snapshot();
+    let (activity, read_rate) = activity::snapshot();
+    let letters = crate::dead_letter::recent();
     let now = activity::now();
     let progress = c.health.progress.borrow().clone();
     let failed = metrics.by_label(m::SINK_FAILED_TOTAL, m::LABEL_SINK);

@@ -71,25 +71,35 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
             cfg.pipelines.iter().flat_map(|p| p.from.items()).filter_map(|t| crate::config::TablePattern::parse(t).ok()).collect();
         let routed: crate::backfill::TableFilter =
             Arc::new(move |schema: &str, table: &str| patterns.iter().any(|p| p.matches(schema, table)));
-        let admin = cfg.source.postgres.connect_options().ok().map(|opts| crate::http::Admin {
-            opts,
-            slot: cfg.source.postgres.slot.clone(),
-            routed,
+        let admin = cfg
+            .source
+            .postgres
+            .connect_options()
+            .ok()
+            .map(|opts| Arc::new(crate::http::Admin { opts, slot: cfg.source.postgres.slot.clone(), routed }));
+        let sink_names: Vec<String> = cfg.sinks.keys().cloned().collect();
+        let console = cfg.http.console.then(|| {
+            crate::console::router(crate::console::Console {
+                prometheus: handle.clone(),
+                health: health.clone(),
+                admin: admin.clone(),
+                pipelines: Arc::new(
+                    cfg.pipelines
+                        .iter()
+                        .map(|p| crate::console::PipelineInfo {
+                            name: p.name.clone(),
+                            from: p.from.items().into_iter().map(String::from).collect(),
+                            to: p.to.clone(),
+                        })
+                        .collect(),
+                ),
+                sink_names: Arc::new(sink_names.clone()),
+                controls: cfg.http.admin_token.is_some(),
+                sql: Default::default(),
+            })
         });
-        let options = crate::http::Options {
-            console: cfg.http.console.then(|| {
-                cfg.pipelines
-                    .iter()
-                    .map(|p| crate::console::PipelineInfo {
-                        name: p.name.clone(),
-                        from: p.from.items().into_iter().map(String::from).collect(),
-                        to: p.to.clone(),
-                    })
-                    .collect()
-            }),
-            admin_token: cfg.http.admin_token.clone(),
-        };
-        crate::http::serve(&cfg.http.listen, handle, health.clone(), cfg.sinks.keys().cloned().collect(), admin, options, async move {
+        let options = crate::http::Options { extra: console, admin_token: cfg.http.admin_token.clone() };
+        crate::http::serve(&cfg.http.listen, handle, health.clone(), sink_names, admin, options, async move {
             let _ = rx.wait_for(|v| *v).await;
         })
         .await
@@ -315,7 +325,7 @@ async fn reconcile_after_recreate(cfg: Config, mut shutdown: watch::Receiver<boo
         settle: std::time::Duration::from_secs(60),
         show: 5,
     };
-    match crate::verify::run(&cfg, &opts, |_| {}).await {
+    match crate::verify::run(&cfg, &opts, &|_, _, _| {}, |_| {}).await {
         Ok(done) => {
             let divergent = done.iter().filter(|p| p.outcome.error.is_some() || !p.outcome.divergent.is_empty()).count();
             info!(divergent, "reconciliation after the recreated slot finished");

@@ -48,6 +48,18 @@ pub async fn run(source: &mut SourceLoop, mut plan: SnapshotPlan, slot: &str, pa
     let name = plan.snapshot_name.clone();
     let version = plan.version;
     let last_log: Arc<Mutex<ProgressLog>> = Arc::new(Mutex::new((Instant::now(), HashMap::new())));
+    // On a terminal, a bar for all tables below the log lines.
+    let bar = crate::progress::BARS_IN_LOGS.load(std::sync::atomic::Ordering::Acquire).then(|| {
+        use tracing_indicatif::span_ext::IndicatifSpanExt;
+        let span = tracing::info_span!("snapshot", indicatif.pb_show = tracing::field::Empty);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "snapshot [{bar:30}] {human_pos}/~{human_len} rows ({percent}%) · {per_sec} · ETA {eta}",
+        ) {
+            span.pb_set_style(&style.progress_chars("=> "));
+        }
+        span.pb_start();
+        span
+    });
     let progress = move |p: TableProgress| {
         let table = p.table.to_string();
         metrics::gauge!(m::SNAPSHOT_PROGRESS_RATIO, m::LABEL_TABLE => table.clone()).set(if p.done {
@@ -61,6 +73,11 @@ pub async fn run(source: &mut SourceLoop, mut plan: SnapshotPlan, slot: &str, pa
         let prev = guard.1.get(&table).map(|(rows, _)| *rows).unwrap_or(0);
         metrics::counter!(m::SNAPSHOT_ROWS_TOTAL, m::LABEL_TABLE => table.clone()).increment(p.rows.saturating_sub(prev));
         guard.1.insert(table.clone(), (p.rows, p.estimate));
+        if let Some(span) = &bar {
+            use tracing_indicatif::span_ext::IndicatifSpanExt;
+            span.pb_set_length(guard.1.values().map(|(r, e)| (*e).max(*r)).sum());
+            span.pb_set_position(guard.1.values().map(|(r, _)| *r).sum());
+        }
         if p.done {
             info!(table = %table, rows = p.rows, "snapshot of table done");
         } else if guard.0.elapsed() >= PROGRESS_LOG_EVERY {
@@ -68,6 +85,14 @@ pub async fn run(source: &mut SourceLoop, mut plan: SnapshotPlan, slot: &str, pa
             for (t, (rows, estimate)) in &guard.1 {
                 info!(table = %t, rows = *rows, estimate = *estimate, "snapshot progress");
             }
+            // All tables: rows, the estimate (pg_class.reltuples), the rate
+            // since the start and what it leaves to go.
+            let rows: u64 = guard.1.values().map(|(r, _)| *r).sum();
+            let estimate: u64 = guard.1.values().map(|(r, e)| (*e).max(*r)).sum();
+            let secs = started.elapsed().as_secs_f64().max(0.001);
+            let rate = rows as f64 / secs;
+            let eta = (rate > 0.0 && estimate > rows).then(|| ((estimate - rows) as f64 / rate).round() as u64);
+            info!(rows, estimate, rows_per_second = rate as u64, eta_seconds = ?eta, "snapshot progress: all tables");
         }
     };
     let copy = tokio::spawn(async move {

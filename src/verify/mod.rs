@@ -51,7 +51,7 @@ use pgfanout_postgres::conn::connect_sql;
 
 use crate::config::Config;
 use crate::pipeline::Router;
-pub use options::VerifyOptions;
+pub use options::{ProgressFn, VerifyOptions};
 pub use outcome::{render, to_json, Divergence, Kind, Outcome};
 
 /// One pipeline's verification.
@@ -75,9 +75,15 @@ pub enum VerifyError {
     Source(String),
 }
 
-/// Verifies the chosen pipelines in file order, calling `each` as each one
-/// is done; records each verified outcome in `pgfanout.verify_results`.
-pub async fn run(cfg: &Config, opts: &VerifyOptions, mut each: impl FnMut(&PipelineOutcome)) -> Result<Vec<PipelineOutcome>, VerifyError> {
+/// Verifies the chosen pipelines in file order, calling `progress` as the
+/// source is read and `each` as each pipeline is done; records each
+/// verified outcome in `pgfanout.verify_results`.
+pub async fn run(
+    cfg: &Config,
+    opts: &VerifyOptions,
+    progress: &ProgressFn<'_>,
+    mut each: impl FnMut(&PipelineOutcome),
+) -> Result<Vec<PipelineOutcome>, VerifyError> {
     if let Some(f) = opts.sample {
         if !(f > 0.0 && f <= 1.0) {
             return Err(VerifyError::Usage(format!("--sample {f}: must be a fraction above 0 and at most 1 (e.g. 0.05)")));
@@ -93,7 +99,7 @@ pub async fn run(cfg: &Config, opts: &VerifyOptions, mut each: impl FnMut(&Pipel
     let pg = &cfg.source.postgres;
     let conn = pg.connect_options().map_err(|e| VerifyError::Usage(format!("source.postgres.url: {e}")))?;
     let client = connect_sql(&conn).await.map_err(|e| VerifyError::Source(format!("cannot connect to {}: {e}", conn.redacted())))?;
-    let ctx = pass::Ctx { cfg, opts, router: &router, client: &client };
+    let ctx = pass::Ctx { cfg, opts, router: &router, client: &client, progress };
     let mut done = Vec::new();
     for (index, p) in cfg.pipelines.iter().enumerate() {
         if !opts.pipelines.is_empty() && !opts.pipelines.contains(&p.name) {

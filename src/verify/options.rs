@@ -23,3 +23,6 @@ pub struct VerifyOptions {
     /// Divergent entries printed per pipeline.
     pub show: usize,
 }
+
+/// Progress of a source pass: (pipeline, rows read so far, estimated rows).
+pub type ProgressFn<'a> = dyn Fn(&str, u64, Option<u64>) + Send + Sync + 'a;

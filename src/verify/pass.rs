@@ -15,7 +15,7 @@ use pgfanout_sdk::{Change, Expected, Lsn, Op, SinkRecord, Verifier};
 use serde_json::Value as Json;
 use tokio_postgres::Client;
 
-use super::options::VerifyOptions;
+use super::options::{ProgressFn, VerifyOptions};
 use super::outcome::{Divergence, Kind, Outcome};
 use crate::config::{Config, TablePattern};
 use crate::pipeline::{Routed, Router};
@@ -25,6 +25,7 @@ pub(super) struct Ctx<'a> {
     pub opts: &'a VerifyOptions,
     pub router: &'a Router,
     pub client: &'a Client,
+    pub progress: &'a ProgressFn<'a>,
 }
 
 /// The source tables of one pipeline, planned.
@@ -108,6 +109,24 @@ impl Ctx<'_> {
         Ok(())
     }
 
+    /// The rows the source pass will read, from `pg_class.reltuples` (with
+    /// `--sample`, that share of it); `None` when never analyzed.
+    async fn estimate(&self, tables: &Tables) -> Option<u64> {
+        let names: Vec<String> = tables.tables.iter().map(|t| t.name().quoted()).collect();
+        let row = self
+            .client
+            .query_one(
+                "SELECT sum(greatest(c.reltuples, 0))::float8, bool_or(c.reltuples >= 0) FROM unnest($1::text[]) AS t(name) \
+                 JOIN pg_catalog.pg_class c ON c.oid = to_regclass(t.name)",
+                &[&names],
+            )
+            .await
+            .ok()?;
+        let (sum, analyzed): (Option<f64>, Option<bool>) = (row.get(0), row.get(1));
+        let share = self.opts.sample.unwrap_or(1.0).clamp(0.0, 1.0);
+        analyzed.unwrap_or(false).then(|| (sum.unwrap_or(0.0) * share) as u64)
+    }
+
     /// The tables of pipeline `index` (ordinary and partitioned tables that
     /// its `from` patterns match; partitions are read under their root's
     /// name, as the stream names them), planned for keyset reads.
@@ -149,6 +168,9 @@ impl Ctx<'_> {
         out: &mut Outcome,
     ) -> Result<HashSet<String>, String> {
         let snapshot = self.position().await?;
+        let estimate = self.estimate(tables).await;
+        let pipeline = &self.cfg.pipelines[index].name;
+        (self.progress)(pipeline, 0, estimate);
         let mut seen = HashSet::new();
         let started = Instant::now();
         let mut pending: Vec<(Expected, (usize, KeyText))> = Vec::new();
@@ -173,6 +195,7 @@ impl Ctx<'_> {
                     self.compare(verifier, std::mem::take(&mut pending), out).await?;
                 }
                 self.throttle(started, out.rows).await;
+                (self.progress)(pipeline, out.rows, estimate);
                 if n < self.opts.chunk_rows {
                     break;
                 }

@@ -4,6 +4,7 @@
 //! `PGFANOUT_PROGRESS=lines` asks for the lines on a terminal too.
 
 use std::io::IsTerminal;
+use std::ops::Not;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -26,11 +27,20 @@ pub struct Progress {
     total: Option<u64>,
 }
 
+/// Whether progress is drawn as bars: stderr is a terminal and
+/// `PGFANOUT_PROGRESS` is not `lines`.
+pub fn bars_wanted() -> bool {
+    std::io::stderr().is_terminal() && std::env::var("PGFANOUT_PROGRESS").is_ok_and(|v| v == "lines").not()
+}
+
+/// Set when the log subscriber draws progress bars of spans (a terminal):
+/// the daemon's snapshot then shows one (`tracing-indicatif`).
+pub static BARS_IN_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 impl Progress {
     pub fn new(what: impl Into<String>, unit: &'static str) -> Progress {
         let what = what.into();
-        let lines = std::env::var("PGFANOUT_PROGRESS").is_ok_and(|v| v == "lines");
-        let bar = (std::io::stderr().is_terminal() && !lines).then(|| {
+        let bar = bars_wanted().then(|| {
             let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
             bar.set_message(what.clone());
             bar.enable_steady_tick(Duration::from_millis(200));
