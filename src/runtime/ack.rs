@@ -152,11 +152,6 @@ impl AckTracker {
         seq
     }
 
-    /// Whether the work registered as `seq` is durable in every sink.
-    pub fn durable_everywhere(&self, seq: u64) -> bool {
-        self.sinks.iter().all(|s| s.get() >= seq)
-    }
-
     /// Whether the work registered as `seq` is durable in sinks `sinks`
     /// (indexes; none: at once).
     pub fn durable_in(&self, seq: u64, sinks: &[usize]) -> bool {
