@@ -38,3 +38,23 @@ CREATE TABLE cart_items (
   added_at timestamptz NOT NULL DEFAULT now(),
   PRIMARY KEY (user_id, product_id)
 );
+-- Users' addresses: embedded in their profile documents (config/profiles.yaml).
+CREATE TABLE addresses (
+  id bigint PRIMARY KEY,
+  user_id bigint NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+  kind text NOT NULL,
+  street text NOT NULL,
+  city text NOT NULL,
+  postcode text
+);
+-- The transactional outbox: the application inserts an event row in the
+-- transaction of the change it describes; pgfanout publishes it
+-- (pipeline order-events in config/ecommerce.yaml).
+CREATE TABLE outbox (
+  id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+  aggregatetype text NOT NULL,
+  aggregateid text NOT NULL,
+  type text NOT NULL,
+  payload jsonb NOT NULL,
+  created_at timestamptz NOT NULL DEFAULT now()
+);

@@ -836,7 +836,11 @@ async fn tls_and_sasl_against_a_secured_broker() {
 /// end (as a cleanup job would). Each committed event is in
 /// `outbox.event.<aggregatetype>` once, keyed by its aggregate id, its value
 /// the payload as PostgreSQL prints it, its id and type as headers; the
-/// rolled-back event and the deletes publish nothing.
+/// rolled-back event and the deletes publish nothing. Each transaction also
+/// emits a logical message (`message:payments`, the same router) whose
+/// JSON fields route it to `outbox.event.payment`, its payload verbatim; a
+/// non-transactional message, one with a prefix no pipeline reads and the
+/// rolled-back transaction's message publish nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbox_events_are_published_once_with_their_headers() {
     let (pg, c) = cluster_with("kobx", &[("wal_sender_timeout", "4s")]).await;
@@ -849,7 +853,7 @@ async fn outbox_events_are_published_once_with_their_headers() {
     .unwrap();
     let broker = tokio::task::spawn_blocking(KafkaBroker::start).await.unwrap();
     let dir = scratch();
-    let pipelines = "  - name: events\n    from: public.outbox\n    to: events\n    kafka: { topic: \"outbox.event.{aggregatetype}\", key: \"{aggregateid}\", format: outbox }";
+    let pipelines = "  - name: events\n    from: public.outbox\n    to: events\n    kafka: { topic: \"outbox.event.{aggregatetype}\", key: \"{aggregateid}\", format: outbox }\n  - name: payments\n    from: \"message:payments\"\n    to: events\n    kafka: { topic: \"outbox.event.{aggregatetype}\", key: \"{aggregateid}\", format: outbox }";
     let cfg = kafka_config(&pg, "kobx", "kobx", &broker.bootstrap(), "delivery: exactly_once", pipelines, dir.path());
     let mut d = Daemon::start(bin(), dir.path(), "kobx", &cfg);
     testkit::wait_for(Duration::from_secs(60), "slot", || async { confirmed_flush(&c, "kobx").await > 0 }).await;
@@ -875,14 +879,20 @@ async fn outbox_events_are_published_once_with_their_headers() {
                 "BEGIN; INSERT INTO orders VALUES ({i}, {i}.25);
                  INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES ('{kind}', '{kind}-{i}', '{kind}_placed',
                    jsonb_build_object('n', {i}, 'total', 123456789012345678901234.25::numeric, 'note', E'tab\\there'));
-                 COMMIT;"
+                 SELECT pg_logical_emit_message(true, 'payments', '{message}');
+                 SELECT pg_logical_emit_message(true, 'unread', 'x');
+                 COMMIT;",
+                message = payment_message(i)
             ))
             .await
             .unwrap();
     }
     writer
         .batch_execute(
-            "BEGIN; INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES ('order', 'rolled-back', 'x', '{}'); ROLLBACK;",
+            "BEGIN; INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES ('order', 'rolled-back', 'x', '{}');
+             SELECT pg_logical_emit_message(true, 'payments', '{\"id\": \"rolled-back\", \"aggregatetype\": \"payment\", \"payload\": 1}');
+             ROLLBACK;
+             SELECT pg_logical_emit_message(false, 'payments', '{\"id\": \"not-transactional\", \"aggregatetype\": \"payment\", \"payload\": 1}');",
         )
         .await
         .unwrap();
@@ -896,9 +906,22 @@ async fn outbox_events_are_published_once_with_their_headers() {
     assert_eq!(events.len(), 300);
     c.batch_execute("DELETE FROM outbox").await.unwrap();
     wait_confirmed(&c, "kobx", &d, Duration::from_secs(60)).await;
-    let topics = vec!["outbox.event.order".to_string(), "outbox.event.customer".to_string()];
-    let msgs = tokio::task::block_in_place(|| read_topics(&broker.bootstrap(), &topics, Duration::from_secs(60), 300));
-    assert_eq!(msgs.len(), 300, "each committed event once, nothing for the rollback or the deletes");
+    let topics = vec!["outbox.event.order".to_string(), "outbox.event.customer".to_string(), "outbox.event.payment".to_string()];
+    let msgs = tokio::task::block_in_place(|| read_topics(&broker.bootstrap(), &topics, Duration::from_secs(60), 600));
+    assert_eq!(msgs.len(), 600, "each committed event and message once, nothing for the rollback or the deletes");
+    let (payments, msgs): (Vec<&Msg>, Vec<&Msg>) = msgs.iter().partition(|m| m.topic == "outbox.event.payment");
+    let mut seen = HashSet::new();
+    for m in &payments {
+        let id = m.header("id").to_string();
+        let i: usize = id.strip_prefix("pay-").and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("unexpected message {m:?}"));
+        assert!((1..=300).contains(&i) && seen.insert(id.clone()), "message {id} twice or unknown");
+        assert_eq!(m.key.as_deref(), Some(format!("p-{i}").as_str()));
+        assert_eq!(m.header("eventType"), "payment_taken");
+        let expected = payment_message(i);
+        let payload = &expected[expected.find("\"payload\": ").unwrap() + 11..expected.len() - 1];
+        assert_eq!(String::from_utf8_lossy(m.value.as_deref().unwrap()), payload, "the message's payload verbatim");
+    }
+    assert_eq!(seen.len(), 300);
     let mut seen = HashSet::new();
     for m in &msgs {
         let id = m.header("id").to_string();
@@ -910,6 +933,13 @@ async fn outbox_events_are_published_once_with_their_headers() {
         assert_eq!(String::from_utf8_lossy(m.value.as_deref().unwrap()), payload.as_str(), "the payload as PostgreSQL prints it");
     }
     assert_eq!(d.log().matches("kafka exactly-once producer ready").count(), 2, "two starts");
+}
+
+/// The content of the logical message transaction `i` emits.
+fn payment_message(i: usize) -> String {
+    format!(
+        r#"{{"id": "pay-{i}", "aggregatetype": "payment", "aggregateid": "p-{i}", "type": "payment_taken", "payload": {{"n": {i}, "amount": 123456789012345678901234.25, "ok": true}}}}"#
+    )
 }
 
 /// `ha` with an exactly-once Kafka sink: a warm standby does not disturb

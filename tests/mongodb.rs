@@ -245,3 +245,163 @@ async fn mixed_workload_sigkills_and_a_server_restart_end_equal_and_verify_repai
     assert_eq!(code, 0, "repaired: {out}");
     client.shutdown().await;
 }
+
+/// Profiles with embedded addresses (`embed:`): users are documents, each
+/// user's addresses an array inside them. Some rows exist before pgfanout
+/// starts (the snapshot may copy addresses before their users); then
+/// addresses are added, edited (a 25-digit numeric, a TOASTed note left
+/// unchanged: partial changes), moved to another user, re-keyed and
+/// deleted, users are edited (their whole writes keep the arrays) and
+/// deleted with their addresses (ON DELETE CASCADE), through a SIGKILL.
+/// Every profile ends equal to its user row plus exactly its address rows;
+/// `verify` checks both pipelines, finds a removed, an altered and a stray
+/// element, and `--repair` mends them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_addresses_follow_their_rows_through_moves_deletes_and_a_sigkill() {
+    let db = "membed";
+    let (pg, c) = cluster(db).await;
+    c.batch_execute(
+        "CREATE TABLE users (id int PRIMARY KEY, name text NOT NULL, credit numeric(30,4));
+         CREATE TABLE addresses (id int PRIMARY KEY, user_id int NOT NULL REFERENCES users ON DELETE CASCADE,
+                                 city text NOT NULL, geo numeric(30,25), note text);
+         ALTER TABLE addresses ALTER COLUMN note SET STORAGE EXTERNAL;
+         INSERT INTO users SELECT g, 'user ' || g, 12345678901234567890123456.0001 FROM generate_series(1, 20) g;
+         INSERT INTO addresses SELECT g, 1 + g % 20, 'city ' || g, 1.0000000000000000000000001 * g, repeat('note ', 800)
+           FROM generate_series(1, 30) g;",
+    )
+    .await
+    .unwrap();
+    let ferret = tokio::task::block_in_place(|| FerretDb::start(&pg));
+    let uri = ferret.uri();
+    let dir = scratch();
+    let sink = format!("  docs: {{ type: mongodb, uri: \"{uri}\", database: shop, timeout: 2s }}");
+    let pipelines = "  - { name: profiles, from: public.users, to: docs, mongodb: { collection: profiles } }
+  - name: addresses
+    from: public.addresses
+    to: docs
+    mongodb: { collection: profiles, exclude: [user_id], embed: { field: addresses, parent_id: \"{user_id}\" } }";
+    let yaml = daemon_config(&pg, db, db, &sink, pipelines, &dir.path().join(format!("{db}.dead.jsonl")))
+        .replace("runtime:\n", "runtime:\n  batch_size: 16\n");
+    let mut d = Daemon::start(bin(), dir.path(), db, &yaml);
+    wait_slot(&c, db, &d).await;
+    let mut rng = Rng(0x5eed_e3b);
+    let (mut next_user, mut next_address) = (21, 31);
+    for i in 0..400 {
+        if i == 200 {
+            d.kill9();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            d.spawn(bin());
+        }
+        let user = "(SELECT id FROM users ORDER BY random() LIMIT 1)";
+        let address = "(SELECT id FROM addresses ORDER BY random() LIMIT 1)";
+        let sql = match rng.below(12) {
+            0 => {
+                next_user += 1;
+                format!("INSERT INTO users VALUES ({next_user}, 'user {next_user}', {next_user}.5)")
+            }
+            1..=3 => {
+                next_address += 1;
+                format!(
+                    "INSERT INTO addresses SELECT {next_address}, id, 'city {next_address}', 0.0000000000000000000000007, repeat('n', 3000)
+                       FROM users ORDER BY random() LIMIT 1"
+                )
+            }
+            4 | 5 => format!("UPDATE addresses SET city = city || '+', geo = geo + 0.0000000000000000000000001 WHERE id = {address}"),
+            6 => format!("UPDATE addresses SET user_id = {user} WHERE id = {address}"),
+            7 => {
+                next_address += 1;
+                format!("UPDATE addresses SET id = {next_address} WHERE id = {address}")
+            }
+            8 => format!("DELETE FROM addresses WHERE id = {address}"),
+            9 | 10 => format!("UPDATE users SET name = name || '!', credit = credit + 1 WHERE id = {user}"),
+            _ => format!("DELETE FROM users WHERE id = {user}"),
+        };
+        c.batch_execute(&sql).await.unwrap();
+    }
+    let target = insert_lsn(&c).await;
+    testkit::wait_for(Duration::from_secs(60), "everything confirmed", || async { confirmed_flush(&c, db).await >= target }).await;
+
+    let client = mongodb::Client::with_uri_str(&uri).await.unwrap();
+    let coll = client.database("shop").collection::<Document>("profiles");
+    let docs: BTreeMap<String, Document> = coll
+        .find(doc! {})
+        .await
+        .unwrap()
+        .try_collect::<Vec<Document>>()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.get("_id").unwrap().clone().into_relaxed_extjson().to_string(), d))
+        .collect();
+    let users = rows_by_id(&c, "users").await;
+    let addresses = rows_by_id(&c, "addresses").await;
+    assert_eq!(docs.keys().collect::<Vec<_>>(), users.keys().collect::<Vec<_>>(), "one profile per user\n{}", d.log());
+    for (id, user) in &users {
+        let mut doc = docs[id].clone();
+        doc.remove("_id");
+        doc.remove("_pgfanout_version").expect("the user's own write");
+        let mut array: Vec<Bson> = match doc.remove("addresses") {
+            Some(Bson::Array(a)) => a,
+            None => Vec::new(),
+            other => panic!("addresses of {id}: {other:?}"),
+        };
+        assert!(same(user, &Bson::Document(doc.clone())), "profile {id} differs from its row:\n  want {user}\n  got  {doc}");
+        let mut want: Vec<(String, Json)> = addresses
+            .iter()
+            .filter(|(_, a)| a["user_id"].to_string() == *id)
+            .map(|(k, a)| {
+                let mut a = a.as_object().cloned().unwrap();
+                a.remove("user_id");
+                (k.clone(), Json::Object(a))
+            })
+            .collect();
+        want.sort_by(|a, b| a.0.cmp(&b.0));
+        array.sort_by_key(|e| e.as_document().and_then(|e| e.get_str("_pgfanout_key").ok()).unwrap_or_default().to_string());
+        let keys: Vec<String> = array.iter().map(|e| e.as_document().unwrap().get_str("_pgfanout_key").unwrap().to_string()).collect();
+        assert_eq!(keys, want.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(), "the addresses of user {id}\n{}", d.log());
+        for (e, (k, a)) in array.iter().zip(&want) {
+            let mut e = e.as_document().unwrap().clone();
+            e.remove("_pgfanout_key");
+            e.remove("_pgfanout_version").expect("each element carries its version");
+            assert!(same(a, &Bson::Document(e.clone())), "address {k} of user {id}:\n  want {a}\n  got  {e}");
+        }
+    }
+    assert!(addresses.len() > 20 && users.len() > 10, "{} addresses, {} users", addresses.len(), users.len());
+    assert_nothing_dead_lettered(dir.path(), db, &d);
+
+    // verify: both pipelines equal; then an element removed, one altered
+    // and a stray one added behind pgfanout's back.
+    let path = dir.path().join("verify.yaml");
+    std::fs::write(&path, &yaml).unwrap();
+    let (code, report, out) = tokio::task::block_in_place(|| run_verify(&path, "30s", &[]));
+    assert_eq!(code, 0, "{out}");
+    for p in ["profiles", "addresses"] {
+        assert_eq!(pipeline_report(&report, p)["status"], "equal", "{out}");
+    }
+    let (holder, mut array) = docs
+        .values()
+        .find_map(|d| match d.get("addresses") {
+            Some(Bson::Array(a)) if a.len() >= 2 && users.contains_key(&d.get("_id").unwrap().to_string()) => {
+                Some((d.get("_id").unwrap().clone(), a.clone()))
+            }
+            _ => None,
+        })
+        .expect("a user with two addresses");
+    let gone = array.remove(0).as_document().unwrap().get_str("_pgfanout_key").unwrap().to_string();
+    let altered = array[0].as_document().unwrap().get_str("_pgfanout_key").unwrap().to_string();
+    array[0].as_document_mut().unwrap().insert("city", "Atlantis");
+    array.push(Bson::Document(doc! {"id": 999_999, "city": "stray", "_pgfanout_key": "999999", "_pgfanout_version": "0"}));
+    coll.update_one(doc! {"_id": holder}, doc! {"$set": {"addresses": array}}).await.unwrap();
+    let (code, report, out) = tokio::task::block_in_place(|| run_verify(&path, "30s", &[]));
+    assert_ne!(code, 0, "{out}");
+    let p = pipeline_report(&report, "addresses");
+    let text = p.to_string();
+    assert!(text.contains(&format!("profiles#addresses/{gone}")) && text.contains("profiles#addresses/999999"), "{out}");
+    assert_eq!(p["different"], serde_json::json!([{"id": format!("profiles#addresses/{altered}"), "fields": ["city"]}]), "{out}");
+    assert_eq!(pipeline_report(&report, "profiles")["status"], "equal", "the profiles' own fields are untouched: {out}");
+    let (_, report, out) = tokio::task::block_in_place(|| run_verify(&path, "30s", &["--repair"]));
+    assert_eq!(pipeline_report(&report, "addresses")["repaired"], 3, "{out}");
+    let (code, _, out) = tokio::task::block_in_place(|| run_verify(&path, "30s", &[]));
+    assert_eq!(code, 0, "repaired: {out}");
+    client.shutdown().await;
+}

@@ -157,3 +157,171 @@ async fn a_misbehaving_receiver_gets_every_change_through_retries_and_a_sigkill(
     assert_eq!(inserts.len(), inserted as usize, "every insert arrived");
     assert_eq!(line_count(&dir.path().join("hook.dead.jsonl")), 0, "nothing dead-lettered\n{}", d.log());
 }
+
+/// One outbox event as the receiver got it.
+#[derive(Debug, Clone, PartialEq)]
+struct Event {
+    path: String,
+    id: Option<String>,
+    event_type: Option<String>,
+    idempotency_key: String,
+    body: String,
+}
+
+#[derive(Clone, Default)]
+struct EventReceiver {
+    requests: Arc<AtomicUsize>,
+    kept: Arc<Mutex<Vec<Event>>>,
+}
+
+/// Answers 500 to one request in five (half after keeping it: a duplicate
+/// follows) and 429 with `Retry-After: 1` to one in ten.
+async fn receive_event(State(r): State<EventReceiver>, uri: axum::http::Uri, headers: HeaderMap, body: Bytes) -> axum::response::Response {
+    let n = r.requests.fetch_add(1, Ordering::Relaxed);
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let event = Event {
+        path: uri.path().to_string(),
+        id: header("x-event-id"),
+        event_type: header("x-event-type"),
+        idempotency_key: header("idempotency-key").unwrap_or_default(),
+        body: String::from_utf8_lossy(&body).into_owned(),
+    };
+    match n % 10 {
+        3 => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        8 => {
+            r.kept.lock().unwrap().push(event);
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+        6 => (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")], "slow down").into_response(),
+        _ => {
+            r.kept.lock().unwrap().push(event);
+            StatusCode::OK.into_response()
+        }
+    }
+}
+
+/// The outbox event router into a webhook (`format: outbox`, a `path`
+/// template per aggregate type), fed by an outbox table and by logical
+/// messages, with a receiver that fails and throttles, and a SIGKILL. Every
+/// committed event arrives at `/events/<aggregatetype>` with its id (also
+/// its `Idempotency-Key`), its type and its payload as written (every copy
+/// the same); rolled-back events, the outbox deletes, a non-transactional
+/// message and messages with other prefixes send nothing; a plain-text
+/// message reaches a native pipeline as a `message` record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_events_and_logical_messages_reach_the_webhook() {
+    let (pg, c) = cluster("hookbox").await;
+    c.batch_execute(
+        "CREATE TABLE orders (id int PRIMARY KEY, total numeric(30,2) NOT NULL);
+         CREATE TABLE outbox (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), aggregatetype text NOT NULL,
+           aggregateid text NOT NULL, type text NOT NULL, payload jsonb NOT NULL);",
+    )
+    .await
+    .unwrap();
+    let receiver = EventReceiver::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let app = axum::Router::new().fallback(receive_event).with_state(receiver.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let dir = scratch();
+    let sink = format!("  hook: {{ type: webhook, url: \"http://127.0.0.1:{port}\", timeout: 2s }}");
+    let pipelines = "  - { name: outbox, from: public.outbox, to: hook, http: { format: outbox, path: \"/events/{aggregatetype}\" } }
+  - { name: payments, from: \"message:payments\", to: hook, http: { format: outbox, path: \"/events/{aggregatetype}\" } }
+  - { name: audit, from: \"message:audit\", to: hook, http: { path: /audit } }
+  - { name: orders, from: public.orders, to: hook, http: { path: \"/orders/{id}\" } }";
+    let config = daemon_config(&pg, "hookbox", "hookbox", &sink, pipelines, &dir.path().join("dead.jsonl"))
+        .replace("runtime:\n", "runtime:\n  batch_size: 7\n");
+    let mut d = Daemon::start(bin(), dir.path(), "hookbox", &config);
+    wait_slot(&c, "hookbox", &d).await;
+
+    let writer = pg.client("hookbox").await;
+    for i in 1..=150 {
+        if i == 75 {
+            testkit::wait_until(Duration::from_secs(60), "events at the receiver", || receiver.kept.lock().unwrap().len() > 40);
+            d.kill9();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            d.spawn(bin());
+        }
+        let kind = if i % 3 == 0 { "customer" } else { "order" };
+        let audit = if i % 10 == 0 { format!("SELECT pg_logical_emit_message(true, 'audit', 'order {i} placed');") } else { String::new() };
+        writer
+            .batch_execute(&format!(
+                "BEGIN; INSERT INTO orders VALUES ({i}, 1234567890123456789012345678.25);
+                 INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES ('{kind}', '{kind}-{i}', '{kind}_placed',
+                   jsonb_build_object('n', {i}, 'total', 1234567890123456789012345678.25::numeric));
+                 SELECT pg_logical_emit_message(true, 'payments', '{{\"id\": \"pay-{i}\", \"aggregatetype\": \"payment\", \"type\": \"payment_taken\", \"payload\": {{\"n\": {i},  \"amount\": 0.1000000000000000000001}}}}');
+                 SELECT pg_logical_emit_message(true, 'other', 'x');
+                 {audit}
+                 COMMIT;"
+            ))
+            .await
+            .unwrap();
+    }
+    writer
+        .batch_execute(
+            "BEGIN; INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES ('order', 'rolled-back', 'x', '{}');
+             SELECT pg_logical_emit_message(true, 'payments', '{\"id\": \"rolled-back\", \"aggregatetype\": \"payment\", \"payload\": 1}');
+             ROLLBACK;
+             SELECT pg_logical_emit_message(false, 'payments', '{\"id\": \"not-transactional\", \"aggregatetype\": \"payment\", \"payload\": 1}');",
+        )
+        .await
+        .unwrap();
+    let outbox: HashMap<String, (String, String, String)> = c
+        .query("SELECT id::text, aggregatetype, type, payload::text FROM outbox", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3))))
+        .collect();
+    c.batch_execute("DELETE FROM outbox; UPDATE orders SET total = total + 1 WHERE id = 1").await.unwrap();
+    wait_confirmed(&c, "hookbox", &d, Duration::from_secs(120)).await;
+
+    let kept = receiver.kept.lock().unwrap().clone();
+    let mut events: HashMap<String, Event> = HashMap::new();
+    let (mut audits, mut orders) = (Vec::new(), Vec::new());
+    for e in kept {
+        if e.path == "/audit" {
+            audits.extend(serde_json::from_str::<Vec<Json>>(&e.body).expect("an array of records"));
+            continue;
+        }
+        if e.path.starts_with("/orders/") {
+            orders.push(e);
+            continue;
+        }
+        let id = e.id.clone().unwrap_or_else(|| panic!("an event without X-Event-Id: {e:?}"));
+        assert_eq!(e.idempotency_key, id, "the event id is the idempotency key");
+        match events.get(&id) {
+            Some(first) => assert_eq!(first, &e, "every copy of an event is the same"),
+            None => {
+                events.insert(id, e);
+            }
+        }
+    }
+    assert_eq!(events.len(), 300, "every committed event, nothing for rollbacks, deletes or other prefixes");
+    for (id, (kind, event_type, payload)) in &outbox {
+        let e = events.get(id).unwrap_or_else(|| panic!("outbox event {id} missing"));
+        assert_eq!(e.path, format!("/events/{kind}"));
+        assert_eq!(e.event_type.as_deref(), Some(event_type.as_str()));
+        assert_eq!(&e.body, payload, "the payload as PostgreSQL prints it");
+    }
+    for i in 1..=150 {
+        let e = events.get(&format!("pay-{i}")).unwrap_or_else(|| panic!("message pay-{i} missing"));
+        assert_eq!(e.path, "/events/payment");
+        assert_eq!(e.event_type.as_deref(), Some("payment_taken"));
+        assert_eq!(e.body, format!("{{\"n\": {i},  \"amount\": 0.1000000000000000000001}}"), "the message's payload verbatim");
+    }
+    let audit_texts: HashSet<String> = audits
+        .iter()
+        .map(|r| {
+            assert_eq!((r["op"].as_str(), r["schema"].as_str(), r["table"].as_str()), (Some("message"), Some("pg_message"), Some("audit")));
+            r["after"]["content"].as_str().expect("text content").to_string()
+        })
+        .collect();
+    assert_eq!(audit_texts, (1..=15).map(|i| format!("order {} placed", i * 10)).collect());
+    // The orders' records went one URL per row; row 1's update last.
+    let last_of_1 = orders.iter().rev().find(|e| e.path == "/orders/1").expect("order 1");
+    assert!(last_of_1.body.contains("1234567890123456789012345679.25"), "{}", last_of_1.body);
+    assert_eq!(orders.iter().map(|e| e.path.clone()).collect::<HashSet<_>>().len(), 150);
+    assert_eq!(line_count(&dir.path().join("dead.jsonl")), 0, "nothing dead-lettered\n{}", d.log());
+}

@@ -85,7 +85,15 @@ async fn main() -> anyhow::Result<()> {
     cql.await_schema_agreement().await?;
 
     let dir = tempfile::tempdir()?;
-    let config = config(&args.repo, &pg, &redis, &kafka, &search, &neo4j, &cassandra, &ferret, dir.path())?;
+    let (hooks, hook_url) = receiver().await?;
+    let mut config = config(&args.repo, &pg, &redis, &kafka, &search, &neo4j, &cassandra, &ferret, dir.path())?;
+    // The outbox's events also go to a webhook (a receiver in this process).
+    config["sinks"]["hooks"] = json!({ "type": "webhook", "url": hook_url });
+    if let Some(p) = config["pipelines"].as_array_mut() {
+        p.push(json!({ "name": "order-hooks", "from": "public.outbox", "to": "hooks",
+                       "http": { "format": "outbox", "path": "/events/{aggregatetype}" } }));
+    }
+    let config = serde_json::to_string_pretty(&config)?;
     let config_path = dir.path().join("ecommerce-all.yaml");
     std::fs::write(&config_path, &config)?;
     say(&format!(
@@ -142,7 +150,17 @@ async fn main() -> anyhow::Result<()> {
         println!("key={key}\n{value}");
     }
 
-    heading("FerretDB (MongoDB wire protocol): Ada's profile", "db.profiles.findOne({_id: 1})");
+    heading("Kafka: the order_placed event from the outbox", "kafka-console-consumer --topic outbox.event.order --from-beginning");
+    for (key, value) in read_topic(&kafka.bootstrap(), "outbox.event.order")? {
+        println!("key={key}\n{value}");
+    }
+
+    heading("Webhook: the same event POSTed to a receiver", "POST /events/order (X-Event-Id, X-Event-Type)");
+    for request in hooks.lock().map_err(|_| anyhow::anyhow!("receiver poisoned"))?.iter() {
+        println!("{request}");
+    }
+
+    heading("FerretDB (MongoDB wire protocol): Ada's profile, her addresses embedded", "db.profiles.findOne({_id: 1})");
     let mongo = mongodb::Client::with_uri_str(ferret.uri()).await?;
     let profile =
         mongo.database("shop").collection::<mongodb::bson::Document>("profiles").find_one(mongodb::bson::doc! { "_id": 1 }).await?;
@@ -174,7 +192,7 @@ fn read(repo: &Path, file: &str) -> anyhow::Result<String> {
 }
 
 /// `config/ecommerce.yaml` with the servers' addresses, and the profile
-/// sink and pipeline of `config/profiles.yaml` added; as JSON (YAML reads it).
+/// sink and pipelines of `config/profiles.yaml` added (JSON, which YAML reads).
 #[allow(clippy::too_many_arguments)]
 fn config(
     repo: &Path,
@@ -186,7 +204,7 @@ fn config(
     cassandra: &CassandraNode,
     ferret: &FerretDb,
     dir: &Path,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<Json> {
     let parse = |file: &str| -> anyhow::Result<Json> {
         let text = read(repo, file)?;
         config::Config::builder()
@@ -218,7 +236,31 @@ fn config(
     }
     cfg["dead_letter"]["path"] = Json::from(dir.join("ecommerce.dead.jsonl").display().to_string());
     cfg["http"] = json!({ "enabled": false });
-    Ok(serde_json::to_string_pretty(&cfg)?)
+    Ok(cfg)
+}
+
+/// What the demo's webhook receiver got: one line per request.
+type Received = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// A webhook receiver on a free loopback port: keeps each request's path,
+/// event headers and body. Returns them and its URL.
+async fn receiver() -> anyhow::Result<(Received, String)> {
+    let received = Received::default();
+    let kept = received.clone();
+    let app = axum::Router::new().fallback(move |uri: axum::http::Uri, headers: axum::http::HeaderMap, body: String| {
+        let kept = kept.clone();
+        async move {
+            let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("-").to_string();
+            let line =
+                format!("POST {}  X-Event-Id: {}  X-Event-Type: {}\n{body}", uri.path(), header("x-event-id"), header("x-event-type"));
+            kept.lock().map(|mut k| k.push(line)).ok();
+            axum::http::StatusCode::OK
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok((received, url))
 }
 
 /// The slot's confirmed position, as a number.

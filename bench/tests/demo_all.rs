@@ -27,18 +27,22 @@ fn demo_all_prints_what_landed_in_every_store() {
         .expect("run scripts/demo.sh --all");
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "scripts/demo.sh --all failed:\n{stdout}\n{stderr}");
-    for store in ["Redis", "OpenSearch", "Neo4j", "Cassandra", "Kafka", "FerretDB", "File"] {
+    for store in ["Redis", "OpenSearch", "Neo4j", "Cassandra", "Kafka", "Webhook", "FerretDB", "File"] {
         assert!(stdout.contains(&format!("\n--- {store}")), "nothing printed for {store}:\n{stdout}\n{stderr}");
     }
     // What the example's changes leave in each store.
     for expected in [
-        "10\n1\n11\n3\n",                      // the cart hash before checkout: product 10 x1, 11 x3
-        "\"title\": \"Keyboard\"",             // the catalog document
-        "\"price\": 84.90",                    // its price after the update, digits as in PostgreSQL
-        "id=11 title=Mouse buyers=1",          // the recommendation
-        "orders.insert",                       // the activity feed
-        "\"table\":\"orders\"",                // the Kafka order event
-        "\"display_name\":\"Ada\"",            // the profile document
+        "10\n1\n11\n3\n",             // the cart hash before checkout: product 10 x1, 11 x3
+        "\"title\": \"Keyboard\"",    // the catalog document
+        "\"price\": 84.90",           // its price after the update, digits as in PostgreSQL
+        "id=11 title=Mouse buyers=1", // the recommendation
+        "orders.insert",              // the activity feed
+        "\"table\":\"orders\"",       // the Kafka order event
+        "\"display_name\":\"Ada\"",   // the profile document
+        "\"city\":\"Cambridge\"",     // her work address, embedded and updated
+        "key=100\n{\"items\": [",     // the outbox event in Kafka, its payload as jsonb prints it
+        "POST /events/order",         // the outbox event at the webhook
+        "X-Event-Type: order_placed",
         "\"audited_table\":\"public.orders\"", // the audit record
     ] {
         assert!(stdout.contains(expected), "missing {expected:?} in:\n{stdout}");

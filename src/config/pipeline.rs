@@ -21,7 +21,8 @@ pub const PIPELINE_FIELDS: [&str; 6] = ["name", "from", "to", "ops", "filter", "
 pub struct PipelineConfig {
     /// Unique among pipelines; appears in dead letters and metrics.
     pub name: String,
-    /// `schema.table`, `table` (schema `public`) or `schema.*`; one or a list.
+    /// `schema.table`, `table` (schema `public`), `schema.*`, or
+    /// `message:prefix` / `message:*` (logical messages); one or a list.
     pub from: OneOrMany,
     /// The name of a sink under `sinks:`.
     pub to: String,
@@ -77,6 +78,10 @@ pub enum TablePattern {
     Table { schema: String, table: String },
     /// `schema.*`: every table of the schema.
     Schema { schema: String },
+    /// `message:prefix` or `message:*`: transactional logical messages
+    /// (`pg_logical_emit_message(true, prefix, content)`) with that prefix,
+    /// or with any prefix but pgfanout's own (`pgfanout_*`).
+    Message { prefix: Option<String> },
 }
 
 impl TablePattern {
@@ -84,6 +89,16 @@ impl TablePattern {
     /// written (case-sensitive, as PostgreSQL sends them); they may not
     /// contain whitespace, quotes or more than one dot.
     pub fn parse(s: &str) -> Result<TablePattern, String> {
+        if let Some(prefix) = s.strip_prefix("message:") {
+            return match prefix {
+                "" => Err(format!("{s:?} names no prefix; expected message:<prefix> or message:*")),
+                "*" => Ok(TablePattern::Message { prefix: None }),
+                p if p.starts_with("pgfanout_") => {
+                    Err(format!("{s:?}: the prefix pgfanout_ is pgfanout's own (backfill watermarks, heartbeats)"))
+                }
+                p => Ok(TablePattern::Message { prefix: Some(p.into()) }),
+            };
+        }
         let bad = |why: &str| format!("{s:?} is not a table pattern ({why}); expected schema.table, table or schema.*");
         let ident_ok =
             |p: &str| !p.is_empty() && !p.chars().any(|c| c.is_whitespace() || c == '"' || c == '*' || c == '.' || c.is_control());
@@ -96,6 +111,9 @@ impl TablePattern {
         }
         if !ident_ok(schema) {
             return Err(bad("bad schema name"));
+        }
+        if schema == pgfanout_sdk::MESSAGE_SCHEMA {
+            return Err(bad("pg_message is the schema of logical messages: write message:<prefix>"));
         }
         if table == "*" {
             if !s.contains('.') {
@@ -116,7 +134,16 @@ impl TablePattern {
         match self {
             TablePattern::Table { schema: s, table: t } => s == schema && t == table,
             TablePattern::Schema { schema: s } => s == schema,
+            TablePattern::Message { prefix } => {
+                schema == pgfanout_sdk::MESSAGE_SCHEMA && prefix.as_deref().is_none_or(|p| p == table) && !table.starts_with("pgfanout_")
+            }
         }
+    }
+
+    /// Whether the pattern names tables (of the publication, the snapshot,
+    /// backfills and `verify`), not logical messages.
+    pub fn is_table(&self) -> bool {
+        !matches!(self, TablePattern::Message { .. })
     }
 }
 
@@ -125,6 +152,7 @@ impl fmt::Display for TablePattern {
         match self {
             TablePattern::Table { schema, table } => write!(f, "{schema}.{table}"),
             TablePattern::Schema { schema } => write!(f, "{schema}.*"),
+            TablePattern::Message { prefix } => write!(f, "message:{}", prefix.as_deref().unwrap_or("*")),
         }
     }
 }

@@ -205,6 +205,7 @@ fn check_pipeline(
     let (schema, table) = match &first_pattern {
         Some(TablePattern::Table { schema, table }) => (schema.as_str(), table.as_str()),
         Some(TablePattern::Schema { schema }) => (schema.as_str(), "t"),
+        Some(TablePattern::Message { prefix }) => (pgfanout_sdk::MESSAGE_SCHEMA, prefix.as_deref().unwrap_or("events")),
         None => ("public", "t"),
     };
 
@@ -241,7 +242,9 @@ fn check_pipeline(
 
     // ops
     if p.ops.as_ref().is_some_and(Vec::is_empty) {
-        errors.push(format!("{path}.ops: expected at least one of insert, update, delete, truncate, read (or leave ops out for all)"));
+        errors.push(format!(
+            "{path}.ops: expected at least one of insert, update, delete, truncate, read, message (or leave ops out for all)"
+        ));
     }
 
     // filter

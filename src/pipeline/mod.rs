@@ -58,6 +58,7 @@ fn op_bit(op: Op) -> u8 {
         Op::Delete => 4,
         Op::Truncate => 8,
         Op::Read => 16,
+        Op::Message => 32,
     }
 }
 
@@ -146,12 +147,17 @@ impl Router {
         Ok(Router { routes, sinks, by_table: FxHashMap::default(), last: None, env: expr::new_env() })
     }
 
+    /// Whether some pipeline reads logical messages (`message:`).
+    pub fn reads_messages(&self) -> bool {
+        self.routes.iter().flat_map(|r| &r.patterns).any(|p| !p.is_table())
+    }
+
     /// Table patterns of all pipelines (for the publication), deduplicated,
     /// in first-seen order, always schema-qualified: `["public.users",
     /// "public.*"]` (a bare `users` in the file is `public.users`).
     pub fn table_patterns(&self) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
-        for p in self.routes.iter().flat_map(|r| &r.patterns) {
+        for p in self.routes.iter().flat_map(|r| &r.patterns).filter(|p| p.is_table()) {
             let s = p.to_string();
             if !out.contains(&s) {
                 out.push(s);

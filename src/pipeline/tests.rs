@@ -118,6 +118,29 @@ fn routes_by_table_pattern_and_op() {
     assert_eq!(b.iter().map(|(n, _)| n.to_string()).collect::<Vec<_>>(), vec!["p2", "p3"]);
 }
 
+/// Logical messages route by prefix (`message:p`, `message:*`), never by a
+/// table pattern, and pgfanout's own prefixes are not read; they are not
+/// tables of the publication. A filter reads the content's fields.
+#[test]
+fn logical_messages_route_by_prefix() {
+    let mut r = router(
+        "  - { name: m1, from: \"message:payments\", to: a }\n\
+         \x20 - { name: m2, from: [\"message:*\", public.users], to: b, filter: \"op != 'message' || after.amount > 10\" }\n\
+         \x20 - { name: t, from: public.*, to: cache, redis: { type: string, key: \"k:{id}\" } }\n",
+    );
+    assert!(r.reads_messages());
+    assert_eq!(r.table_patterns(), vec!["public.users", "public.*"]);
+    let message = |prefix: &str, content: &str| Arc::new(Change::message(prefix, content.as_bytes(), 5.into(), 9.into(), 0, 7, 0));
+    assert_eq!(outcome(&mut r, &message("payments", r#"{"amount": 12}"#)), vec!["0/0", "1/0"]);
+    assert_eq!(outcome(&mut r, &message("payments", r#"{"amount": 3}"#)), vec!["0/0"]);
+    assert_eq!(outcome(&mut r, &message("audit", r#"{"amount": 11}"#)), vec!["1/0"]);
+    assert_eq!(outcome(&mut r, &message("pgfanout_heartbeat", r#"{"amount": 11}"#)), Vec::<String>::new());
+    assert_eq!(outcome(&mut r, &user(Op::Insert)), vec!["1/0", "2/0"]);
+    for bad in ["message:", "message:pgfanout_backfill", "pg_message.payments"] {
+        assert!(crate::config::TablePattern::parse(bad).is_err(), "{bad}");
+    }
+}
+
 #[test]
 fn pipelines_without_transforms_share_the_change() {
     let mut r = router("  - { name: p1, from: users, to: a }\n  - { name: p2, from: users, to: b, filter: \"op == 'insert'\" }\n");

@@ -94,6 +94,11 @@ async fn prepare_once(opts: &PgConnectOptions, pg: &PostgresSourceConfig, router
     if !problems.is_empty() {
         return Err(SourceError::permanent(problems.join("; ")));
     }
+    if tables.is_empty() && router.reads_messages() {
+        // Only logical messages: they need no table, but pgoutput needs a
+        // publication.
+        slot::ensure_empty_publication(&sql, &pg.publication).await?;
+    }
     let published = slot::ensure_publication(&sql, &pg.publication, &tables).await?;
     if pg.publish_generated_columns {
         slot::ensure_generated_columns(&sql, &pg.publication).await?;

@@ -507,6 +507,17 @@ impl SourceLoop {
                 // still in flight its position may be confirmed.
                 self.tracker.idle_position(lsn, false);
             }
+            LogicalMessage::Message { transactional: true, prefix, content, .. }
+                if self.tx.is_open() && !prefix.starts_with("pgfanout_") =>
+            {
+                // An event (`message:` pipelines). It takes an ordinal
+                // whether or not a pipeline reads it, so positions do not
+                // depend on the configuration.
+                let tx = self.tx.current(lsn)?;
+                let Some(ordinal) = self.tx.next() else { return Ok(()) };
+                let change = Change::message(&prefix, &content, lsn, tx.commit_lsn, ordinal, tx.xid, tx.commit_ts);
+                self.route(change).await;
+            }
             LogicalMessage::Origin { .. } | LogicalMessage::Message { .. } => {}
             LogicalMessage::Truncate { relation_ids, .. } => {
                 let tx = self.tx.current(lsn)?;

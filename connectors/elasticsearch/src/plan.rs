@@ -114,7 +114,7 @@ pub(crate) fn plan_change(route: &Route, change: &Change) -> Result<Option<Plann
             };
             Ok(Some(Planned::Actions(0, vec![action])))
         }
-        Op::Insert | Op::Update | Op::Read => {
+        Op::Insert | Op::Update | Op::Read | Op::Message => {
             let Some(after) = &change.after else { return Ok(None) };
             let doc = route.doc_ref(change, false)?;
             let mut actions = Vec::with_capacity(2);

@@ -17,6 +17,14 @@
 //!   key's changes in order, and after a retry or a restart (at-least-once)
 //!   a copy of changes it already has, with the same positions to drop
 //!   them by (`commit_lsn`, then `lsn`, in each record).
+//! - **Mapping** (optional, per pipeline: `http: { path, format }`).
+//!   `path` is a template appended to `url` (`/events/{table}`); records of
+//!   one batch bound for different paths go in separate requests, in order.
+//!   `format: outbox` is the outbox event router: each outbox insert (or
+//!   transactional logical message) is one request whose body is the
+//!   event's payload, with headers `X-Event-Id` and `X-Event-Type` and
+//!   `Idempotency-Key` the event id (else its position); other changes are
+//!   not sent.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -24,16 +32,67 @@ use std::time::Duration;
 use hmac::{Hmac, Mac};
 use pgfanout_sdk::connector::{boxed_sink, TypedConnector};
 use pgfanout_sdk::settings::{duration, Problems, Secret};
-use pgfanout_sdk::{BatchOutcome, Check, Sink, SinkError, SinkRecord};
+use pgfanout_sdk::{BatchOutcome, Check, OutboxColumns, Rejected, Sink, SinkError, SinkRecord, Template};
 use serde::Deserialize;
 use sha2::Sha256;
 use tracing::{debug, warn};
 
-/// The connector: `type: http`, settings [`HttpSettings`], no mapping.
-pub static CONNECTOR: TypedConnector<HttpSettings, ()> =
-    TypedConnector::without_mapping("http", HttpSettings::validate, |settings, _| boxed_sink(async move { Ok(HttpSink::new(settings)?) }))
-        .with_aliases(&["webhook"])
-        .with_doctor(|settings, _| Box::pin(async move { settings.doctor().await }));
+/// The connector: `type: http`, settings [`HttpSettings`], an optional
+/// mapping [`HttpMapping`].
+pub static CONNECTOR: TypedConnector<HttpSettings, HttpMapping> =
+    TypedConnector::new("http", HttpSettings::validate, HttpMapping::validate, |settings, mappings| {
+        boxed_sink(async move { Ok(HttpSink::new(settings, mappings)?) })
+    })
+    .with_optional_mapping()
+    .with_aliases(&["webhook"])
+    .with_doctor(|settings, _| Box::pin(async move { settings.doctor().await }));
+
+/// A pipeline's `http:` section (optional).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpMapping {
+    /// A template appended to the sink's `url`, e.g. `/events/{table}` or,
+    /// for outbox events, `/{aggregatetype}`.
+    pub path: Option<String>,
+    #[serde(default)]
+    pub format: HttpFormat,
+    /// `format: outbox`: the outbox table's columns (Debezium's defaults).
+    #[serde(default)]
+    pub outbox: OutboxColumns,
+}
+
+/// What a request carries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HttpFormat {
+    /// Change records (one, or a batch as an array).
+    #[default]
+    Native,
+    /// Outbox events, one per request, the payload as the body.
+    Outbox,
+}
+
+impl HttpMapping {
+    fn validate(&self) -> Vec<(String, String)> {
+        let mut p = Problems::default();
+        if let Some(path) = &self.path {
+            if let Err(e) = Template::parse(path) {
+                p.add("path", e.to_string());
+            }
+        }
+        if self.format != HttpFormat::Outbox && self.outbox != OutboxColumns::default() {
+            p.add("outbox", "only applies with format: outbox");
+        }
+        p.into()
+    }
+}
+
+/// A route's mapping, compiled.
+#[derive(Debug, Clone)]
+struct Route {
+    path: Option<Template>,
+    outbox: Option<OutboxColumns>,
+}
 
 /// `sinks.<name>` with `type: http`.
 #[derive(Debug, Clone, Deserialize)]
@@ -131,19 +190,56 @@ impl HttpSettings {
 /// The sink: one client, one request at a time.
 pub struct HttpSink {
     settings: HttpSettings,
+    routes: Vec<Route>,
     client: reqwest::Client,
     /// The size of the last body, to size the next one.
     last_body: usize,
 }
 
+/// One request: where, what, and its extra headers.
+struct Request {
+    url: String,
+    body: Vec<u8>,
+    idempotency_key: String,
+    headers: Vec<(&'static str, String)>,
+}
+
 impl HttpSink {
-    pub fn new(settings: &HttpSettings) -> Result<HttpSink, HttpSinkError> {
+    pub fn new(settings: &HttpSettings, mappings: &[HttpMapping]) -> Result<HttpSink, HttpSinkError> {
         let client = reqwest::Client::builder().timeout(settings.timeout).build().map_err(|e| HttpSinkError::Invalid(e.to_string()))?;
-        Ok(HttpSink { settings: settings.clone(), client, last_body: 0 })
+        let routes = mappings
+            .iter()
+            .map(|m| {
+                let path = m.path.as_deref().map(Template::parse).transpose().map_err(|e| HttpSinkError::Invalid(format!("path: {e}")))?;
+                Ok(Route { path, outbox: (m.format == HttpFormat::Outbox).then(|| m.outbox.clone()) })
+            })
+            .collect::<Result<_, HttpSinkError>>()?;
+        Ok(HttpSink { settings: settings.clone(), routes, client, last_body: 0 })
     }
 
-    /// Sends `records` as one body until the receiver answers for good.
-    async fn send(&mut self, records: &[SinkRecord]) -> Result<(), HttpSinkError> {
+    fn route(&self, record: &SinkRecord) -> Option<&Route> {
+        self.routes.get(record.route)
+    }
+
+    /// The URL of `record`: the sink's `url` plus its route's `path`.
+    fn url(&self, record: &SinkRecord) -> Result<String, String> {
+        match self.route(record).and_then(|r| r.path.as_ref()) {
+            None => Ok(self.settings.url.clone()),
+            Some(t) => {
+                let mut url = self.settings.url.trim_end_matches('/').to_string();
+                let path = t.render(&record.change).map_err(|e| format!("path: {e}"))?;
+                if !path.starts_with('/') {
+                    url.push('/');
+                }
+                url.push_str(&path);
+                reqwest::Url::parse(&url).map_err(|e| format!("path: {url:?} is not a valid URL: {e}"))?;
+                Ok(url)
+            }
+        }
+    }
+
+    /// Sends `records` (one route format, one URL) as one body.
+    async fn send_records(&mut self, url: String, records: &[SinkRecord]) -> Result<(), HttpSinkError> {
         let (Some(first), Some(last)) = (records.first(), records.last()) else { return Ok(()) };
         let mut body = Vec::with_capacity(self.last_body);
         if self.settings.batch {
@@ -159,7 +255,13 @@ impl HttpSink {
             first.change.write_json(&mut body);
         }
         self.last_body = body.len();
-        let key = format!("{}-{}", first.change.position(), last.change.position());
+        let idempotency_key = format!("{}-{}", first.change.position(), last.change.position());
+        self.send(Request { url, body, idempotency_key, headers: Vec::new() }, records.len()).await
+    }
+
+    /// Sends one request until the receiver answers for good.
+    async fn send(&mut self, request: Request, records: usize) -> Result<(), HttpSinkError> {
+        let Request { url, body, idempotency_key: key, headers } = request;
         // Built and signed once: a retry sends the same bytes (a reference
         // count, not a copy).
         let signature = self.settings.hmac_secret.as_ref().map(|secret| signature(secret.expose(), &body));
@@ -167,10 +269,13 @@ impl HttpSink {
         loop {
             let mut req = self
                 .client
-                .post(&self.settings.url)
+                .post(&url)
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .header("Idempotency-Key", &key)
                 .body(payload.clone());
+            for (k, v) in &headers {
+                req = req.header(*k, v);
+            }
             for (k, v) in &self.settings.headers {
                 req = req.header(k, v);
             }
@@ -186,7 +291,7 @@ impl HttpSink {
             let response = req.send().await.map_err(|e| HttpSinkError::Network(e.without_url().to_string()))?;
             let status = response.status();
             if status.is_success() {
-                debug!(records = records.len(), status = status.as_u16(), "webhook accepted");
+                debug!(records, status = status.as_u16(), "webhook accepted");
                 return Ok(());
             }
             let retry_after =
@@ -260,14 +365,58 @@ impl pgfanout_sdk::StoreError for HttpSinkError {
 
 impl Sink for HttpSink {
     async fn write(&mut self, batch: &[SinkRecord]) -> BatchOutcome {
-        if self.settings.batch {
-            self.send(batch).await.map_err(SinkError::from)?;
-        } else {
-            for one in batch.chunks(1) {
-                self.send(one).await.map_err(SinkError::from)?;
+        let mut rejected = Vec::new();
+        let mut i = 0;
+        while i < batch.len() {
+            let record = &batch[i];
+            let url = match self.url(record) {
+                Ok(url) => url,
+                Err(error) => {
+                    rejected.push(Rejected { index: i, error });
+                    i += 1;
+                    continue;
+                }
+            };
+            if let Some(cols) = self.route(record).and_then(|r| r.outbox.clone()) {
+                i += 1;
+                if !OutboxColumns::publishes(&record.change) {
+                    continue;
+                }
+                let mut body = Vec::new();
+                match cols.payload(&record.change) {
+                    Ok(v) => v.write_json(&mut body),
+                    Err(error) => {
+                        rejected.push(Rejected { index: i - 1, error });
+                        continue;
+                    }
+                }
+                let headers: Vec<(&'static str, String)> = cols
+                    .headers(&record.change)
+                    .into_iter()
+                    .map(|(name, v)| (if name == "id" { "X-Event-Id" } else { "X-Event-Type" }, v))
+                    .collect();
+                let idempotency_key = headers
+                    .iter()
+                    .find(|(name, _)| *name == "X-Event-Id")
+                    .map_or_else(|| record.change.position().to_string(), |(_, id)| id.clone());
+                self.send(Request { url, body, idempotency_key, headers }, 1).await.map_err(SinkError::from)?;
+                continue;
             }
+            // Native: the run of records for the same URL (one when not
+            // batching) in one request.
+            let mut end = i + 1;
+            if self.settings.batch {
+                while end < batch.len()
+                    && self.route(&batch[end]).is_none_or(|r| r.outbox.is_none())
+                    && self.url(&batch[end]).as_deref() == Ok(url.as_str())
+                {
+                    end += 1;
+                }
+            }
+            self.send_records(url, &batch[i..end]).await.map_err(SinkError::from)?;
+            i = end;
         }
-        Ok(Vec::new())
+        Ok(rejected)
     }
 }
 

@@ -219,26 +219,7 @@ pub enum Format {
     Outbox,
 }
 
-/// The outbox table's columns (`format: outbox`), Debezium's defaults.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct OutboxColumns {
-    /// The event id, sent as header `id` (default `id`).
-    pub id: String,
-    /// The event type, sent as header `eventType` (default `type`; a
-    /// missing column sends no header).
-    #[serde(rename = "type")]
-    pub event_type: String,
-    /// The event's value (default `payload`): JSON as it is, text as a
-    /// JSON string.
-    pub payload: String,
-}
-
-impl Default for OutboxColumns {
-    fn default() -> Self {
-        OutboxColumns { id: "id".into(), event_type: "type".into(), payload: "payload".into() }
-    }
-}
+pub use pgfanout_sdk::OutboxColumns;
 
 /// One pipeline's mapping from a change to a Kafka record.
 #[derive(Debug, Clone, Deserialize)]

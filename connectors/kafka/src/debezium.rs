@@ -50,6 +50,7 @@ pub fn op_code(op: Op) -> &'static str {
         Op::Delete => "d",
         Op::Read => "r",
         Op::Truncate => "t",
+        Op::Message => "m",
     }
 }
 
@@ -64,7 +65,17 @@ pub fn now_micros() -> i64 {
 pub fn write_envelope(out: &mut Vec<u8>, change: &Change, cfg: &DebeziumConfig, now_us: i64) {
     let truncate = change.op == Op::Truncate;
     out.push(b'{');
-    if !truncate {
+    if change.op == Op::Message {
+        // Debezium's logical decoding message: no before/after, the
+        // prefix and the content (bytes, base64) under `message`.
+        use base64::Engine as _;
+        out.extend_from_slice(b"\"message\":{\"prefix\":");
+        write_str(out, &change.table);
+        out.extend_from_slice(b",\"content\":");
+        let content = change.after.as_ref().and_then(|a| a.get("content")).map(pgfanout_sdk::message_content).unwrap_or_default();
+        write_str(out, &base64::engine::general_purpose::STANDARD.encode(content));
+        out.extend_from_slice(b"},");
+    } else if !truncate {
         out.extend_from_slice(b"\"before\":");
         let before = match change.op {
             Op::Update | Op::Delete => change.before.as_ref().or(change.key.as_ref()),

@@ -93,19 +93,15 @@ impl CompiledMapping {
 
     /// Whether `change` publishes nothing: with `format: outbox`, anything
     /// but an insert (the outbox row's later delete, an update, a snapshot
-    /// row).
+    /// row). A logical message is an event too.
     pub fn skips(&self, change: &Change) -> bool {
-        self.outbox.is_some() && change.op != Op::Insert
+        self.outbox.is_some() && !OutboxColumns::publishes(change)
     }
 
     /// `format: outbox`: the event's `id` and `eventType` headers, as the
     /// columns' text (a column that is missing or NULL sends no header).
     pub fn outbox_headers(&self, change: &Change) -> Vec<(&'static str, String)> {
-        let (Some(cols), Some(after)) = (&self.outbox, &change.after) else { return Vec::new() };
-        [("id", &cols.id), ("eventType", &cols.event_type)]
-            .into_iter()
-            .filter_map(|(name, col)| after.get(col).filter(|v| !v.is_null()).map(|v| (name, v.to_template_text().into_owned())))
-            .collect()
+        self.outbox.as_ref().map(|cols| cols.headers(change)).unwrap_or_default()
     }
 
     /// The topic when it does not depend on the record.
@@ -191,13 +187,10 @@ impl CompiledMapping {
         match self.format {
             Format::Native => change.write_json(value),
             Format::Debezium => debezium::write_envelope(value, change, dbz, now_us),
-            Format::Outbox => {
-                let column = self.outbox.as_ref().map_or("payload", |c| c.payload.as_str());
-                match change.after.as_ref().and_then(|a| a.get(column)) {
-                    Some(v) => v.write_json(value),
-                    None => return Err(format!("outbox: the row has no column {column:?} (outbox.payload)")),
-                }
-            }
+            Format::Outbox => match &self.outbox {
+                Some(cols) => cols.payload(change)?.write_json(value),
+                None => return Err("outbox: no outbox columns".into()),
+            },
         }
         let key: Option<&[u8]> = has_key.then_some(key_buf.as_slice());
         let tombstone = self.tombstones && change.op == Op::Delete && has_key;

@@ -142,7 +142,29 @@ pub struct MongoMapping {
     pub json: JsonMode,
     #[serde(default)]
     pub truncate: TruncateMode,
+    /// Rows kept as elements of an array inside a parent's document
+    /// instead of documents of their own (a user's addresses inside the
+    /// profile): see [`EmbedMapping`].
+    pub embed: Option<EmbedMapping>,
 }
+
+/// `embed:` the table's rows are elements of the array `field` in the
+/// document `parent_id` of `collection` (the parent's own pipeline writes
+/// the rest of that document).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbedMapping {
+    /// The array field, a top-level name (`addresses`).
+    pub field: String,
+    /// The parent document's `_id`: a template. `{user_id}` alone keeps
+    /// the column's own value (a number stays a number, as the parent's
+    /// default `_id` does); anything else is a string (`user-{user_id}`).
+    pub parent_id: String,
+}
+
+/// The field of an embedded element holding its row's key (`_id` of a
+/// document of its own): how the sink finds the element again.
+pub const ELEMENT_KEY_FIELD: &str = "_pgfanout_key";
 
 impl MongoSinkConfig {
     /// Every problem found, as (dotted sub-path, message).
@@ -196,6 +218,25 @@ impl MongoMapping {
         if let Some(id) = &self.id {
             if let Err(e) = Template::parse(id) {
                 problems.add("id", e.to_string());
+            }
+        }
+        if let Some(embed) = &self.embed {
+            if let Err(e) = check_field(&embed.field) {
+                problems.add("embed.field", e);
+            } else if embed.field.contains('.') || embed.field == "_id" {
+                problems.add("embed.field", "must be a top-level field other than _id (no dots)");
+            }
+            if let Err(e) = Template::parse(&embed.parent_id) {
+                problems.add("embed.parent_id", e.to_string());
+            }
+            if self.collection.contains('{') {
+                problems.add("collection", "with embed, the parents' collection must be a constant name");
+            }
+            if self.id.is_some() {
+                problems.add("id", "with embed, elements are found by the row's key; remove id (parent_id names the parent)");
+            }
+            if self.truncate == TruncateMode::DeleteAll {
+                problems.add("truncate", "delete_all would remove the parents' documents; with embed only ignore is allowed");
             }
         }
         let mut paths: Vec<&str> = Vec::new();

@@ -41,6 +41,8 @@ pub enum MongoError {
     Mapping { route: usize, message: String },
     #[error("mongodb: the change has no key (the table needs a primary key or REPLICA IDENTITY)")]
     NoKey,
+    #[error("mongodb: embed.parent_id: the row's {0} is missing or NULL, so its parent document is unknown")]
+    NoParent(String),
     #[error("mongodb: {0:?} is not a valid collection name (1 to 120 bytes, no $ or NUL, not system.*)")]
     BadCollection(String),
     #[error(

@@ -61,6 +61,7 @@
 
 mod config;
 mod convert;
+mod elements;
 mod error;
 mod route;
 mod sink;
@@ -69,7 +70,7 @@ mod verify;
 use pgfanout_sdk::connector::{boxed_sink, TypedConnector};
 use pgfanout_sdk::Check;
 
-pub use config::{Decimals, JsonMode, MongoMapping, MongoSinkConfig, TruncateMode};
+pub use config::{Decimals, EmbedMapping, JsonMode, MongoMapping, MongoSinkConfig, TruncateMode, ELEMENT_KEY_FIELD};
 pub use error::MongoError;
 pub use sink::MongoSink;
 

@@ -23,6 +23,47 @@ pub(crate) struct Route {
     exclude: HashSet<String>,
     pub(crate) convert: Convert,
     pub(crate) truncate: TruncateMode,
+    /// `embed:`: rows are elements of an array in a parent's document.
+    pub(crate) embed: Option<Embed>,
+}
+
+/// A compiled `embed:` mapping.
+pub(crate) struct Embed {
+    pub(crate) field: Arc<str>,
+    parent: ParentId,
+}
+
+/// How the parent's `_id` is made.
+enum ParentId {
+    /// `{column}` alone: the column's own value, converted.
+    Column(String),
+    Template(Template),
+}
+
+/// What a change does to one embedded element.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum ElemBody {
+    /// The whole element (the row's fields).
+    Full(Document),
+    /// Some fields: unchanged TOAST columns were not sent, and are named.
+    Partial(Vec<(String, Bson)>, Vec<String>),
+    Remove,
+}
+
+/// One operation on an embedded element.
+#[derive(Debug, Clone)]
+pub(crate) struct ElemOp {
+    pub(crate) collection: Arc<str>,
+    pub(crate) field: Arc<str>,
+    /// The parent document the element belongs in; `None` for a removal
+    /// (the element is found wherever it is).
+    pub(crate) parent: Option<Bson>,
+    /// The row's key as text (the element's [`crate::ELEMENT_KEY_FIELD`]).
+    pub(crate) element: String,
+    pub(crate) body: ElemBody,
+    /// A key change: the element the row was before (its stored fields
+    /// complete a partial change).
+    pub(crate) moved_from: Option<String>,
 }
 
 /// Where a document lives. Equal and hashed by collection and the `_id`'s
@@ -88,6 +129,8 @@ pub(crate) enum Planned {
     Ops(Vec<DocOp>),
     /// Remove every document of the collection.
     Truncate(Arc<str>),
+    /// Embedded elements, applied in order.
+    Elements(Vec<ElemOp>),
     Nothing,
 }
 
@@ -102,6 +145,20 @@ pub(crate) fn compile(m: &MongoMapping, convert: Convert) -> Result<Route, Mongo
         exclude: m.exclude.iter().cloned().collect(),
         convert,
         truncate: m.truncate,
+        embed: m
+            .embed
+            .as_ref()
+            .map(|e| {
+                let template = t("embed.parent_id", &e.parent_id)?;
+                Ok::<_, MongoError>(Embed {
+                    field: e.field.as_str().into(),
+                    parent: match template.single_column() {
+                        Some(c) => ParentId::Column(c.to_string()),
+                        None => ParentId::Template(template),
+                    },
+                })
+            })
+            .transpose()?,
     })
 }
 
@@ -112,6 +169,9 @@ impl Route {
     }
 
     pub(crate) fn plan(&self, change: &Change) -> Result<Planned, MongoError> {
+        if let Some(embed) = &self.embed {
+            return self.plan_elements(embed, change);
+        }
         match change.op {
             Op::Truncate => Ok(match (self.truncate, &self.constant) {
                 (TruncateMode::DeleteAll, Some(c)) => Planned::Truncate(c.clone()),
@@ -119,7 +179,7 @@ impl Route {
                 (TruncateMode::Ignore, _) => Planned::Nothing,
             }),
             Op::Delete => Ok(Planned::Ops(vec![DocOp { key: self.key(change, false)?, body: Body::Delete, moved_from: None }])),
-            Op::Insert | Op::Update | Op::Read => {
+            Op::Insert | Op::Update | Op::Read | Op::Message => {
                 let Some(after) = &change.after else { return Ok(Planned::Nothing) };
                 let key = self.key(change, false)?;
                 let mut moved_from = None;
@@ -149,6 +209,62 @@ impl Route {
                     ops.push(DocOp { key: old, body: Body::Delete, moved_from: None });
                 }
                 Ok(Planned::Ops(ops))
+            }
+        }
+    }
+
+    /// An `embed:` route's plan: the row is an element of its parent's
+    /// array. A truncate does nothing (the parents stay).
+    fn plan_elements(&self, embed: &Embed, change: &Change) -> Result<Planned, MongoError> {
+        let collection = self.collection_of(change)?;
+        let op = |parent, element, body, moved_from| ElemOp {
+            collection: collection.clone(),
+            field: embed.field.clone(),
+            parent,
+            element,
+            body,
+            moved_from,
+        };
+        match change.op {
+            Op::Truncate => Ok(Planned::Nothing),
+            Op::Delete => Ok(Planned::Elements(vec![op(None, self.key(change, false)?.text, ElemBody::Remove, None)])),
+            Op::Insert | Op::Update | Op::Read | Op::Message => {
+                let Some(after) = &change.after else { return Ok(Planned::Nothing) };
+                let element = self.key(change, false)?.text;
+                let parent = match &embed.parent {
+                    ParentId::Column(c) => match change.column(c) {
+                        Some(v) if !v.is_null() => self.convert.value(v),
+                        _ => return Err(MongoError::NoParent(c.clone())),
+                    },
+                    ParentId::Template(t) => {
+                        Bson::String(t.render(change).map_err(|source| MongoError::Template { field: "embed.parent_id", source })?)
+                    }
+                };
+                let mut moved_from = None;
+                if change.op == Op::Update && change.before.is_some() {
+                    let old = self.key(change, true)?.text;
+                    if old != element {
+                        moved_from = Some(old);
+                    }
+                }
+                let mut row = after.clone();
+                let mut missing = Vec::new();
+                for col in &change.unchanged_toast {
+                    match change.before.as_ref().and_then(|b| b.get(col)) {
+                        Some(v) => row.set(col.clone(), v.clone()),
+                        None => missing.push(col.to_string()),
+                    }
+                }
+                let body = if missing.is_empty() {
+                    ElemBody::Full(self.document(&row))
+                } else {
+                    ElemBody::Partial(self.fields(&row).collect(), missing.iter().filter(|c| !self.exclude.contains(*c)).cloned().collect())
+                };
+                let mut ops = vec![op(Some(parent), element, body, moved_from.clone())];
+                if let Some(old) = moved_from {
+                    ops.push(op(None, old, ElemBody::Remove, None));
+                }
+                Ok(Planned::Elements(ops))
             }
         }
     }

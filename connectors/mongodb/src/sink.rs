@@ -22,8 +22,9 @@ use mongodb::{Client, Database};
 use pgfanout_sdk::{BatchOutcome, Rejected, Sink, SinkError, SinkRecord, StoreError};
 use tracing::{debug, info, warn};
 
-use crate::config::{Decimals, MongoMapping, MongoSinkConfig};
+use crate::config::{Decimals, MongoMapping, MongoSinkConfig, ELEMENT_KEY_FIELD};
 use crate::convert::{Convert, Inexact};
+use crate::elements::{self, Arrays, ElemSegment};
 use crate::error::MongoError;
 use crate::route::{compile, set_path, Body, DocKey, DocOp, Planned, Route};
 
@@ -56,6 +57,9 @@ pub struct MongoSink {
     /// Documents whose replayed changes were found applied already.
     replayed: HashSet<DocKey>,
     server: String,
+    /// Collection -> the array fields `embed:` routes keep in its
+    /// documents (a parent's whole write keeps them).
+    embedded: HashMap<String, Vec<String>>,
 }
 
 /// A connected client and what the server is.
@@ -106,6 +110,8 @@ struct Stored {
     version: Option<String>,
     /// The whole document, read only for documents a key change moves.
     doc: Option<Document>,
+    /// Its embedded arrays (`embed:` routes'), kept by a whole write.
+    embedded: Vec<(String, Bson)>,
 }
 
 /// The one write a batch makes to a document.
@@ -258,6 +264,15 @@ impl MongoSink {
             Err(_) => Bson::String(cfg.write_concern.clone()),
         };
         let max_batch = if server.ferretdb { cfg.max_batch.min(FERRETDB_MAX_BATCH) } else { cfg.max_batch };
+        let mut embedded: HashMap<String, Vec<String>> = HashMap::new();
+        for (m, r) in mappings.iter().zip(&routes) {
+            if let Some(e) = &r.embed {
+                let fields = embedded.entry(m.collection.clone()).or_default();
+                if !fields.iter().any(|f| **f == *e.field) {
+                    fields.push(e.field.to_string());
+                }
+            }
+        }
         info!(server = %server.description, database = %cfg.database, routes = routes.len(), decimals = ?server.inexact, max_batch, "mongodb sink connected");
         Ok(MongoSink {
             client: server.client,
@@ -273,6 +288,7 @@ impl MongoSink {
             last_sweep: None,
             replayed: HashSet::new(),
             server: server.description,
+            embedded,
         })
     }
 
@@ -284,6 +300,7 @@ impl MongoSink {
     async fn write_batch(&mut self, batch: &[SinkRecord]) -> Result<Vec<Rejected>, MongoError> {
         let mut rejected = Vec::new();
         let mut segment: Segment = Vec::new();
+        let mut elements: ElemSegment = Vec::new();
         for (i, record) in batch.iter().enumerate() {
             let Some(route) = self.routes.get(record.route) else {
                 rejected.push(Rejected { index: i, error: format!("mongodb: no route {}", record.route) });
@@ -293,8 +310,10 @@ impl MongoSink {
                 Err(e) => rejected.push(Rejected { index: i, error: e.to_string() }),
                 Ok(Planned::Nothing) => {}
                 Ok(Planned::Ops(ops)) => segment.push((i, record.change.position().sortable_text(), ops)),
+                Ok(Planned::Elements(ops)) => elements.push((i, record.change.position().sortable_text(), ops)),
                 Ok(Planned::Truncate(collection)) => {
                     self.apply(std::mem::take(&mut segment), &mut rejected).await?;
+                    self.apply_elements(std::mem::take(&mut elements), &mut rejected).await?;
                     let statements = vec![doc! {"q": {}, "limit": 0}];
                     if let Err(e) = self.send("delete", &collection, statements, &[i], &mut rejected).await {
                         if e.is_retriable() {
@@ -305,7 +324,10 @@ impl MongoSink {
                 }
             }
         }
+        // Documents first, then the arrays in them: a parent's whole write
+        // keeps the arrays it read, and the arrays are read after it.
         self.apply(segment, &mut rejected).await?;
+        self.apply_elements(elements, &mut rejected).await?;
         self.sweep().await;
         rejected.sort_by_key(|r| r.index);
         rejected.dedup_by_key(|r| r.index);
@@ -361,6 +383,11 @@ impl MongoSink {
                 Final::Write(mut d) => {
                     d.remove("_id");
                     d.insert(v, version.as_str());
+                    if let Some(s) = stored.get(&key) {
+                        for (field, array) in &s.embedded {
+                            d.insert(field.clone(), array.clone());
+                        }
+                    }
                     if stored.contains_key(&key) {
                         let statement = doc! {"q": self.guard(&key.id, &version), "u": d, "upsert": false};
                         updates.entry(key.collection.to_string()).or_default().push((statement, record));
@@ -455,6 +482,89 @@ impl MongoSink {
         Ok(())
     }
 
+    /// Reads the arrays an element segment touches (its parents', and
+    /// those holding its elements), resolves it ([`elements::resolve`]) and
+    /// writes each changed array once, then the tombstones of removed
+    /// elements.
+    async fn apply_elements(&mut self, segment: ElemSegment, rejected: &mut Vec<Rejected>) -> Result<(), MongoError> {
+        if segment.is_empty() {
+            return Ok(());
+        }
+        // (collection, field) -> (parent ids, element keys)
+        let mut wanted: IndexMap<(std::sync::Arc<str>, std::sync::Arc<str>), (Vec<Bson>, Vec<String>)> = IndexMap::new();
+        let mut names = Vec::new();
+        let mut parents = Vec::new();
+        for (_, _, ops) in &segment {
+            for op in ops {
+                if let Some(p) = &op.parent {
+                    parents.push(DocKey::new(op.collection.clone(), p.clone()));
+                }
+                let w = wanted.entry((op.collection.clone(), op.field.clone())).or_default();
+                w.0.extend(op.parent.clone());
+                w.1.push(op.element.clone());
+                w.1.extend(op.moved_from.clone());
+                names.push(elements::tombstone_name(&op.collection, &op.field, &op.element));
+            }
+        }
+        let mut arrays = Arrays::default();
+        for ((collection, field), (parents, keys)) in &wanted {
+            let coll = self.db.collection::<Document>(collection);
+            let by_element = format!("{field}.{ELEMENT_KEY_FIELD}");
+            for filter in [doc! {"_id": {"$in": parents.clone()}}, doc! {by_element: {"$in": keys.clone()}}] {
+                let find = async { coll.find(filter).projection(doc! {field.as_ref(): 1}).await?.try_collect::<Vec<Document>>().await };
+                for d in self.timed(format!("find in {collection}"), find).await? {
+                    let Some(id) = d.get("_id").cloned() else { continue };
+                    let array = match d.get(field.as_ref()) {
+                        Some(Bson::Array(a)) => a.clone(),
+                        _ => Vec::new(),
+                    };
+                    arrays.add_parent(collection, field, id, array);
+                }
+            }
+        }
+        let mut tombs = self.read_tombstone_names(&names).await?;
+        tombs.extend(self.read_tombstones(&parents).await?.into_iter().map(|(k, v)| (k.name(), v)));
+        let new_tombs = elements::resolve(segment, &mut arrays, &tombs, &self.version_field, rejected);
+        let mut updates: IndexMap<String, Vec<(Document, usize)>> = IndexMap::new();
+        for ((collection, field, _), parent) in arrays.parents {
+            let Some(record) = parent.changed else { continue };
+            if !parent.exists && parent.elements.is_empty() {
+                continue;
+            }
+            let statement = doc! {"q": {"_id": parent.id}, "u": {"$set": {field.as_ref(): parent.elements}}, "upsert": true};
+            updates.entry(collection.to_string()).or_default().push((statement, record));
+        }
+        for (collection, items) in updates {
+            let (statements, records): (Vec<_>, Vec<_>) = items.into_iter().unzip();
+            self.send("update", &collection, statements, &records, rejected).await?;
+        }
+        if !new_tombs.is_empty() {
+            let now = DateTime::now();
+            let (statements, records): (Vec<_>, Vec<_>) = new_tombs
+                .into_iter()
+                .map(|(name, v, record)| (doc! {"q": {"_id": name}, "u": {"$set": {"v": v, "at": now}}, "upsert": true}, record))
+                .unzip();
+            self.send("update", &self.tombstones, statements, &records, rejected).await?;
+        }
+        Ok(())
+    }
+
+    /// The tombstones of `names` (elements'): name -> version.
+    async fn read_tombstone_names(&self, names: &[String]) -> Result<HashMap<String, String>, MongoError> {
+        let coll = self.db.collection::<Document>(&self.tombstones);
+        let mut out = HashMap::new();
+        for chunk in names.chunks(READ_CHUNK) {
+            let ids: Vec<Bson> = chunk.iter().map(|n| Bson::String(n.clone())).collect();
+            let find = async { coll.find(doc! {"_id": {"$in": ids}}).await?.try_collect::<Vec<Document>>().await };
+            for d in self.timed(format!("find in {}", self.tombstones), find).await? {
+                if let (Ok(name), Ok(v)) = (d.get_str("_id"), d.get_str("v")) {
+                    out.insert(name.to_string(), v.to_string());
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// What is stored of `keys`: versions, and the whole documents of
     /// `whole`.
     async fn read_stored(&self, keys: &[DocKey], whole: &[DocKey]) -> Result<HashMap<DocKey, Stored>, MongoError> {
@@ -471,7 +581,16 @@ impl MongoSink {
                 ids.dedup();
                 for chunk in ids.chunks(READ_CHUNK) {
                     let find = coll.find(doc! {"_id": {"$in": chunk.to_vec()}});
-                    let find = if full { find } else { find.projection(doc! {v: 1}) };
+                    let embedded = self.embedded.get(collection).map(Vec::as_slice).unwrap_or_default();
+                    let find = if full {
+                        find
+                    } else {
+                        let mut projection = doc! {v: 1};
+                        for f in embedded {
+                            projection.insert(f.clone(), 1);
+                        }
+                        find.projection(projection)
+                    };
                     let docs: Vec<Document> =
                         self.timed(format!("find in {collection}"), async { find.await?.try_collect().await }).await?;
                     for d in docs {
@@ -479,6 +598,7 @@ impl MongoSink {
                         let key = DocKey::new(collection.into(), id);
                         let entry = out.entry(key).or_default();
                         entry.version = d.get_str(v).ok().map(str::to_string);
+                        entry.embedded = embedded.iter().filter_map(|f| d.get(f).map(|a| (f.clone(), a.clone()))).collect();
                         if full {
                             entry.doc = Some(d);
                         }
@@ -589,7 +709,7 @@ mod tests {
 
     #[test]
     fn older_writes_are_superseded_and_partials_of_missing_documents_refused() {
-        let stored = HashMap::from([(key(1), Stored { version: Some(v(10)), doc: None })]);
+        let stored = HashMap::from([(key(1), Stored { version: Some(v(10)), doc: None, embedded: Vec::new() })]);
         let tombs = HashMap::from([(key(2), v(10))]);
         let partial = |id| op(id, Body::Partial(vec![("a".into(), Bson::Int32(1))], vec!["b".into()]));
         let segment: Segment = vec![
@@ -610,7 +730,7 @@ mod tests {
     fn a_replayed_key_change_already_applied_is_superseded() {
         // 1 -> 2 at v(2) was applied before a crash: 2 holds v(2), 1 is gone
         // with its tombstone at v(2).
-        let stored = HashMap::from([(key(2), Stored { version: Some(v(2)), doc: None })]);
+        let stored = HashMap::from([(key(2), Stored { version: Some(v(2)), doc: None, embedded: Vec::new() })]);
         let tombs = HashMap::from([(key(1), v(2))]);
         let moved =
             DocOp { key: key(2), body: Body::Partial(vec![("a".into(), Bson::Int32(5))], vec!["bio".into()]), moved_from: Some(key(1)) };
@@ -629,8 +749,10 @@ mod tests {
 
     #[test]
     fn a_moved_document_completes_a_partial_change() {
-        let stored =
-            HashMap::from([(key(1), Stored { version: Some(v(1)), doc: Some(doc! {"_id": 1, "_v": v(1), "a": 1, "bio": "long"}) })]);
+        let stored = HashMap::from([(
+            key(1),
+            Stored { version: Some(v(1)), doc: Some(doc! {"_id": 1, "_v": v(1), "a": 1, "bio": "long"}), embedded: Vec::new() },
+        )]);
         let moved = DocOp {
             key: key(2),
             body: Body::Partial(vec![("id".into(), Bson::Int32(2)), ("a".into(), Bson::Int32(5))], vec!["bio".into()]),

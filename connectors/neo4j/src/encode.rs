@@ -136,7 +136,7 @@ pub fn version(change: &Change) -> BoltType {
 /// write replaces the entry's properties (stray ones go), where an update
 /// only sets the columns it carries.
 pub fn is_full(change: &Change) -> bool {
-    matches!(change.op, Op::Insert | Op::Read) && change.unchanged_toast.is_empty()
+    matches!(change.op, Op::Insert | Op::Read | Op::Message) && change.unchanged_toast.is_empty()
 }
 
 /// `{prop: value}` for a key map, reading columns from `after`, `before`

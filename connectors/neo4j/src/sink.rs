@@ -72,7 +72,7 @@ enum Kind {
 
 fn kind(op: Op) -> Kind {
     match op {
-        Op::Insert | Op::Update | Op::Read => Kind::Upsert,
+        Op::Insert | Op::Update | Op::Read | Op::Message => Kind::Upsert,
         Op::Delete => Kind::Delete,
         Op::Truncate => Kind::Truncate,
     }

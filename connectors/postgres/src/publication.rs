@@ -168,6 +168,20 @@ pub async fn resolve_tables(c: &Client, patterns: &[String]) -> Result<Vec<Table
     Ok(out)
 }
 
+/// Creates publication `name` without tables when it does not exist (a
+/// configuration that reads only logical messages, which every publication
+/// carries).
+pub async fn ensure_empty_publication(c: &Client, name: &str) -> Result<(), SourceError> {
+    if c.query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&name]).await?.is_none() {
+        match c.batch_execute(&format!("CREATE PUBLICATION {}", quote_ident(name))).await {
+            Ok(()) => tracing::info!(publication = %name, "publication created without tables (logical messages only)"),
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 /// Creates publication `name` `FOR TABLE tables` if it does not exist; an
 /// existing publication is used as it is (and the tables it lacks are
 /// logged). Returns the tables it publishes (`pg_publication_tables`, which

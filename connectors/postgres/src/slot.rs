@@ -16,7 +16,9 @@ use pgfanout_sdk::Lsn;
 use tokio_postgres::Client;
 
 use crate::error::SourceError;
-pub use crate::publication::{ensure_generated_columns, ensure_publication, replica_identity_problems, resolve_tables};
+pub use crate::publication::{
+    ensure_empty_publication, ensure_generated_columns, ensure_publication, replica_identity_problems, resolve_tables,
+};
 pub use crate::table_name::{quote_ident, TableName, INTERNAL_SCHEMA};
 
 /// Server settings the source depends on.

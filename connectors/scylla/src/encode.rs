@@ -159,7 +159,7 @@ pub(crate) fn upsert_actions(route: &Route, change: &Change) -> Result<Vec<Actio
             let pk = key_from(route, change, row)?.ok_or(RecordError::DeleteWithoutKey)?;
             Ok(vec![Action::Delete { pk }])
         }
-        Op::Insert | Op::Update | Op::Read => {
+        Op::Insert | Op::Update | Op::Read | Op::Message => {
             let after = change.after.as_ref();
             let pk = key_from(route, change, after)?.ok_or(RecordError::RowWithoutKey)?;
             let mut actions = Vec::new();

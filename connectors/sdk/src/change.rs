@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::json;
 use crate::lsn::Lsn;
-use crate::value::Row;
+use crate::value::{Row, Value};
 
 /// What happened to the row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -17,10 +17,19 @@ pub enum Op {
     Truncate,
     /// A row copied by the initial snapshot.
     Read,
+    /// A transactional logical message (`pg_logical_emit_message(true,
+    /// prefix, content)`): an event with no table. Its change has schema
+    /// [`MESSAGE_SCHEMA`], the prefix as its table, and the columns of
+    /// [`message_row`](crate::message_row).
+    Message,
 }
 
+/// The schema name of logical messages' changes. PostgreSQL refuses schema
+/// names starting with `pg_`, so no table can have it.
+pub const MESSAGE_SCHEMA: &str = "pg_message";
+
 impl Op {
-    pub const ALL: [Op; 5] = [Op::Insert, Op::Update, Op::Delete, Op::Truncate, Op::Read];
+    pub const ALL: [Op; 6] = [Op::Insert, Op::Update, Op::Delete, Op::Truncate, Op::Read, Op::Message];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -29,6 +38,7 @@ impl Op {
             Op::Delete => "delete",
             Op::Truncate => "truncate",
             Op::Read => "read",
+            Op::Message => "message",
         }
     }
 
@@ -202,9 +212,129 @@ impl Change {
     }
 }
 
+/// The row of a logical message's change ([`Op::Message`]), as pipelines,
+/// templates and sinks see it:
+///
+/// - `prefix`: the message's prefix (also the change's table);
+/// - `content`: the content as JSON when it is valid JSON (kept verbatim),
+///   else as text when it is UTF-8, else as bytea's hex text (`\x0a0b`, as
+///   `to_jsonb` prints bytea);
+/// - when the content is a JSON object, each of its top-level fields as a
+///   column of its own (except `prefix` and `content`), so an event
+///   written as `{"aggregatetype": .., "aggregateid": .., "type": ..,
+///   "payload": ..}` routes exactly like an outbox table's row.
+pub fn message_row(prefix: &str, content: &[u8]) -> Row {
+    let mut row = Row::with_capacity(2);
+    row.push("prefix".into(), Value::String(prefix.into()));
+    let Ok(text) = std::str::from_utf8(content) else {
+        let mut hex = String::with_capacity(2 + content.len() * 2);
+        hex.push_str("\\x");
+        for b in content {
+            let _ = std::fmt::Write::write_fmt(&mut hex, format_args!("{b:02x}"));
+        }
+        row.push("content".into(), Value::String(hex.into()));
+        return row;
+    };
+    let fields = match serde_json::from_str::<&serde_json::value::RawValue>(text) {
+        Ok(_) => {
+            row.push("content".into(), Value::Json(text.into()));
+            // Each field kept as written (numbers keep their digits,
+            // objects their text).
+            serde_json::from_str::<std::collections::BTreeMap<String, &serde_json::value::RawValue>>(text).unwrap_or_default()
+        }
+        Err(_) => {
+            row.push("content".into(), Value::String(text.into()));
+            return row;
+        }
+    };
+    for (name, raw) in fields {
+        if name == "prefix" || name == "content" {
+            continue;
+        }
+        let raw = raw.get();
+        let value = match raw.as_bytes().first() {
+            Some(b'"') => serde_json::from_str::<String>(raw).map(|s| Value::String(s.into())).unwrap_or(Value::Null),
+            Some(b'{' | b'[') => Value::Json(raw.into()),
+            Some(b't') => Value::Bool(true),
+            Some(b'f') => Value::Bool(false),
+            Some(b'n') | None => Value::Null,
+            Some(_) => Value::Number(raw.into()),
+        };
+        row.push(name.into(), value);
+    }
+    row
+}
+
+/// The bytes a logical message carried, from its `content` column (the
+/// inverse of [`message_row`]).
+pub fn message_content(content: &Value) -> Vec<u8> {
+    match content {
+        Value::String(s) => match s.strip_prefix("\\x").filter(|h| h.len() % 2 == 0 && h.bytes().all(|b| b.is_ascii_hexdigit())) {
+            Some(hex) => (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap_or(0)).collect(),
+            None => s.as_bytes().to_vec(),
+        },
+        Value::Json(s) | Value::Number(s) => s.as_bytes().to_vec(),
+        other => {
+            let mut out = Vec::new();
+            other.write_json(&mut out);
+            out
+        }
+    }
+}
+
+impl Change {
+    /// A transactional logical message as a change ([`Op::Message`]): schema
+    /// [`MESSAGE_SCHEMA`], table and key the prefix, `after` the
+    /// [`message_row`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn message(prefix: &str, content: &[u8], lsn: Lsn, commit_lsn: Lsn, ordinal: u32, xid: u32, commit_ts: i64) -> Change {
+        let mut key = Row::with_capacity(1);
+        key.push("prefix".into(), Value::String(prefix.into()));
+        Change {
+            op: Op::Message,
+            schema: MESSAGE_SCHEMA.into(),
+            table: prefix.into(),
+            key: Some(key),
+            before: None,
+            after: Some(message_row(prefix, content)),
+            unchanged_toast: Vec::new(),
+            lsn,
+            commit_lsn,
+            ordinal,
+            xid: Some(xid),
+            commit_ts: Some(commit_ts),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A message's content: JSON kept verbatim (numbers keep every digit,
+    /// objects their spacing), its top-level fields as columns; text as
+    /// text; bytes as bytea hex. [`message_content`] gives the bytes back.
+    #[test]
+    fn a_logical_message_is_a_row_of_its_content() {
+        let json = r#"{"id": "p-1", "amount": 0.10000000000000000000001, "ok": true, "payload": {"a":  [1, 2]}, "prefix": "x"}"#;
+        let c = Change::message("payments", json.as_bytes(), Lsn(5), Lsn(9), 2, 7, 11);
+        assert_eq!(
+            (c.op, &*c.schema, &*c.table, c.position()),
+            (Op::Message, MESSAGE_SCHEMA, "payments", Position { commit_lsn: Lsn(9), ordinal: 2 })
+        );
+        let row = c.after.as_ref().unwrap();
+        assert_eq!(row.get("prefix"), Some(&Value::String("payments".into())), "the message's prefix, not the content's field");
+        assert_eq!(row.get("content"), Some(&Value::Json(json.into())));
+        assert_eq!(row.get("amount"), Some(&Value::Number("0.10000000000000000000001".into())));
+        assert_eq!(row.get("payload"), Some(&Value::Json(r#"{"a":  [1, 2]}"#.into())));
+        assert_eq!((row.get("id"), row.get("ok")), (Some(&Value::String("p-1".into())), Some(&Value::Bool(true))));
+        assert_eq!(message_content(row.get("content").unwrap()), json.as_bytes());
+        let text = message_row("audit", b"order 7 placed");
+        assert_eq!(text.get("content"), Some(&Value::String("order 7 placed".into())));
+        let bytes = message_row("bin", &[0, 0xff, 0x10]);
+        assert_eq!(bytes.get("content"), Some(&Value::String("\\x00ff10".into())));
+        assert_eq!(message_content(bytes.get("content").unwrap()), vec![0, 0xff, 0x10]);
+    }
     use crate::Value;
 
     #[test]

@@ -83,6 +83,9 @@ pub struct TypedConnector<C, M> {
     kind: &'static str,
     aliases: &'static [&'static str],
     takes_mapping: bool,
+    /// A route without a mapping section reads as `{}` (every field's
+    /// default) instead of an error.
+    mapping_optional: bool,
     validate_settings: ValidateFn<C>,
     validate_mapping: ValidateFn<M>,
     hooks: Hooks<C, M>,
@@ -103,6 +106,7 @@ impl<C, M> TypedConnector<C, M> {
             kind,
             aliases: &[],
             takes_mapping: true,
+            mapping_optional: false,
             validate_settings,
             validate_mapping,
             hooks: Hooks { connect, doctor: None, verify: None },
@@ -112,6 +116,13 @@ impl<C, M> TypedConnector<C, M> {
     /// Other `type:` names (and mapping keys) for the same store.
     pub const fn with_aliases(mut self, aliases: &'static [&'static str]) -> Self {
         self.aliases = aliases;
+        self
+    }
+
+    /// Routes may leave the mapping section out: it then reads as `{}`, so
+    /// every field of `M` needs a default.
+    pub const fn with_optional_mapping(mut self) -> Self {
+        self.mapping_optional = true;
         self
     }
 
@@ -161,7 +172,12 @@ where
     }
 
     fn configure(&self, input: &SinkInput<'_>) -> Result<Box<dyn ConfiguredSink>, Vec<ConfigError>> {
-        let (settings, mappings) = if self.takes_mapping {
+        let (settings, mappings) = if self.takes_mapping && self.mapping_optional {
+            let empty = Value::Object(Default::default());
+            let filled: Vec<Option<&Value>> = input.mappings.iter().map(|m| Some(m.unwrap_or(&empty))).collect();
+            let input = SinkInput { mappings: &filled, ..*input };
+            parse_sink(self.kind, &input, self.validate_settings, self.validate_mapping)?
+        } else if self.takes_mapping {
             parse_sink(self.kind, input, self.validate_settings, self.validate_mapping)?
         } else {
             let settings =
