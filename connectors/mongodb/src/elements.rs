@@ -177,8 +177,25 @@ pub(crate) fn resolve(
                                     base
                                 }
                                 None => {
-                                    if tomb.is_some_and(|t| t >= version) {
-                                        continue; // a replay: removed since
+                                    // A replay: the element holds this
+                                    // change already (a key change applied
+                                    // before a crash), or it or the element
+                                    // it moves from was removed since (a
+                                    // crash may have cut its tombstone off
+                                    // after its parent's delete).
+                                    let moved_tomb = op.moved_from.as_ref().and_then(|old| {
+                                        let name = tombstone_name(&op.collection, &op.field, old);
+                                        new_tombs.get(&name).map(|(v, _)| v.clone()).or_else(|| tombs.get(&name).cloned())
+                                    });
+                                    // Or its parent was deleted since, the
+                                    // element with it.
+                                    let parent_tomb = tombs.get(&format!("{}/{}", op.collection, id_text(parent)));
+                                    if current.as_ref().is_some_and(|c| *c >= version)
+                                        || tomb.is_some_and(|t| t >= version)
+                                        || moved_tomb.is_some_and(|t| t >= version)
+                                        || parent_tomb.is_some_and(|t| *t >= version)
+                                    {
+                                        continue;
                                     }
                                     let error = MongoError::PartialOfMissing {
                                         document: format!("{}.{}[{}]", op.collection, op.field, op.element),

@@ -525,19 +525,8 @@ impl MongoSink {
         let mut tombs = self.read_tombstone_names(&names).await?;
         tombs.extend(self.read_tombstones(&parents).await?.into_iter().map(|(k, v)| (k.name(), v)));
         let new_tombs = elements::resolve(segment, &mut arrays, &tombs, &self.version_field, rejected);
-        let mut updates: IndexMap<String, Vec<(Document, usize)>> = IndexMap::new();
-        for ((collection, field, _), parent) in arrays.parents {
-            let Some(record) = parent.changed else { continue };
-            if !parent.exists && parent.elements.is_empty() {
-                continue;
-            }
-            let statement = doc! {"q": {"_id": parent.id}, "u": {"$set": {field.as_ref(): parent.elements}}, "upsert": true};
-            updates.entry(collection.to_string()).or_default().push((statement, record));
-        }
-        for (collection, items) in updates {
-            let (statements, records): (Vec<_>, Vec<_>) = items.into_iter().unzip();
-            self.send("update", &collection, statements, &records, rejected).await?;
-        }
+        // Tombstones first: a crash before the arrays are written leaves
+        // the elements, and the replay removes them again.
         if !new_tombs.is_empty() {
             let now = DateTime::now();
             let (statements, records): (Vec<_>, Vec<_>) = new_tombs
@@ -545,6 +534,25 @@ impl MongoSink {
                 .map(|(name, v, record)| (doc! {"q": {"_id": name}, "u": {"$set": {"v": v, "at": now}}, "upsert": true}, record))
                 .unzip();
             self.send("update", &self.tombstones, statements, &records, rejected).await?;
+        }
+        let mut updates: IndexMap<String, Vec<(Document, usize)>> = IndexMap::new();
+        for ((collection, field, _), parent) in arrays.parents {
+            let Some(record) = parent.changed else { continue };
+            if !parent.exists && parent.elements.is_empty() {
+                continue;
+            }
+            // An emptied array goes away (a parent without children has
+            // none, as one that never had any).
+            let statement = if parent.elements.is_empty() {
+                doc! {"q": {"_id": parent.id}, "u": {"$unset": {field.as_ref(): ""}}, "upsert": false}
+            } else {
+                doc! {"q": {"_id": parent.id}, "u": {"$set": {field.as_ref(): parent.elements}}, "upsert": true}
+            };
+            updates.entry(collection.to_string()).or_default().push((statement, record));
+        }
+        for (collection, items) in updates {
+            let (statements, records): (Vec<_>, Vec<_>) = items.into_iter().unzip();
+            self.send("update", &collection, statements, &records, rejected).await?;
         }
         Ok(())
     }
