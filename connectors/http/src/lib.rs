@@ -10,7 +10,9 @@
 //! - **Outcomes.** 2xx: durable. 429 and 503 with `Retry-After` (seconds or
 //!   an HTTP date): waited for (at most `max_retry_after`), then sent again
 //!   here. Other 5xx, 408, 429 without `Retry-After`, timeouts and network
-//!   errors: retriable, the runtime sends the batch again with backoff.
+//!   errors: the request is sent again here (up to 5 times, 100 ms
+//!   doubling), then the batch fails and the runtime sends it again with
+//!   backoff.
 //!   Other 4xx: the receiver refuses the records for good; the runtime then
 //!   sends them one by one and dead-letters those refused.
 //! - **Order.** One request at a time, in commit order: a receiver sees each
@@ -142,6 +144,9 @@ fn default_max_retry_after() -> Duration {
     Duration::from_secs(60)
 }
 
+/// How often one request is sent again before its batch fails.
+const IN_PLACE_RETRIES: u32 = 5;
+
 /// The signature header.
 pub const SIGNATURE_HEADER: &str = "X-Pgfanout-Signature";
 
@@ -259,6 +264,23 @@ impl HttpSink {
         self.send(Request { url, body, idempotency_key, headers: Vec::new() }, records.len()).await
     }
 
+    /// After a retriable failure of one request: waits (100 ms, doubling,
+    /// at most 2 s) and says to send it again, up to [`IN_PLACE_RETRIES`]
+    /// times; then the batch fails and the runtime retries it with its own
+    /// backoff. Retrying the request in place keeps a batch of many
+    /// requests (outbox events, one per path) from starting over, and
+    /// re-sending what was accepted, at every failure.
+    async fn retry_in_place(&self, attempts: &mut u32, error: &HttpSinkError) -> bool {
+        if *attempts >= IN_PLACE_RETRIES {
+            return false;
+        }
+        let wait = Duration::from_millis(100 << (*attempts).min(5)).min(Duration::from_secs(2));
+        *attempts += 1;
+        debug!(%error, ?wait, attempt = *attempts, "webhook request failed; sending it again");
+        tokio::time::sleep(wait).await;
+        true
+    }
+
     /// Sends one request until the receiver answers for good.
     async fn send(&mut self, request: Request, records: usize) -> Result<(), HttpSinkError> {
         let Request { url, body, idempotency_key: key, headers } = request;
@@ -266,6 +288,7 @@ impl HttpSink {
         // count, not a copy).
         let signature = self.settings.hmac_secret.as_ref().map(|secret| signature(secret.expose(), &body));
         let payload = bytes::Bytes::from(body);
+        let mut attempts = 0u32;
         loop {
             let mut req = self
                 .client
@@ -288,7 +311,16 @@ impl HttpSink {
             if let Some(signature) = &signature {
                 req = req.header(SIGNATURE_HEADER, signature);
             }
-            let response = req.send().await.map_err(|e| HttpSinkError::Network(e.without_url().to_string()))?;
+            let response = match req.send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    let error = HttpSinkError::Network(e.without_url().to_string());
+                    if self.retry_in_place(&mut attempts, &error).await {
+                        continue;
+                    }
+                    return Err(error);
+                }
+            };
             let status = response.status();
             if status.is_success() {
                 debug!(records, status = status.as_u16(), "webhook accepted");
@@ -304,7 +336,12 @@ impl HttpSink {
                     warn!(status = status.as_u16(), ?wait, "webhook asked to retry later");
                     tokio::time::sleep(wait).await;
                 }
-                (408 | 429, None) | (500..=599, _) => return Err(HttpSinkError::Status { status: status.as_u16(), body: text }),
+                (408 | 429, None) | (500..=599, _) => {
+                    let error = HttpSinkError::Status { status: status.as_u16(), body: text };
+                    if !self.retry_in_place(&mut attempts, &error).await {
+                        return Err(error);
+                    }
+                }
                 _ => return Err(HttpSinkError::Refused { status: status.as_u16(), body: text }),
             }
         }
@@ -369,6 +406,11 @@ impl Sink for HttpSink {
         let mut i = 0;
         while i < batch.len() {
             let record = &batch[i];
+            let outbox = self.route(record).is_some_and(|r| r.outbox.is_some());
+            if outbox && !OutboxColumns::publishes(&record.change) {
+                i += 1; // the outbox row's delete, an update, a snapshot row
+                continue;
+            }
             let url = match self.url(record) {
                 Ok(url) => url,
                 Err(error) => {
@@ -379,9 +421,6 @@ impl Sink for HttpSink {
             };
             if let Some(cols) = self.route(record).and_then(|r| r.outbox.clone()) {
                 i += 1;
-                if !OutboxColumns::publishes(&record.change) {
-                    continue;
-                }
                 let mut body = Vec::new();
                 match cols.payload(&record.change) {
                     Ok(v) => v.write_json(&mut body),
