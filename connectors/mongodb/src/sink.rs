@@ -103,6 +103,10 @@ pub(crate) fn compile_routes(mappings: &[MongoMapping], inexact: Inexact) -> Res
         .collect()
 }
 
+/// (collection, array field) of an `embed:` route; per one, a segment
+/// reads (parent ids, element keys).
+type ArrayField = (std::sync::Arc<str>, std::sync::Arc<str>);
+
 /// What the server holds of one document before the batch.
 #[derive(Debug, Default)]
 struct Stored {
@@ -490,8 +494,7 @@ impl MongoSink {
         if segment.is_empty() {
             return Ok(());
         }
-        // (collection, field) -> (parent ids, element keys)
-        let mut wanted: IndexMap<(std::sync::Arc<str>, std::sync::Arc<str>), (Vec<Bson>, Vec<String>)> = IndexMap::new();
+        let mut wanted: IndexMap<ArrayField, (Vec<Bson>, Vec<String>)> = IndexMap::new();
         let mut names = Vec::new();
         let mut parents = Vec::new();
         for (_, _, ops) in &segment {
