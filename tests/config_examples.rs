@@ -38,10 +38,10 @@ fn ecommerce_example_routes_as_documented() {
     let router = Router::new(&cfg).unwrap();
     assert_eq!(router.sink_names(), vec!["cache", "search", "graph", "feed", "events", "audit"]);
     let patterns = router.table_patterns();
-    for t in ["public.cart_items", "public.products", "public.order_items", "public.orders", "public.users"] {
+    for t in ["public.cart_items", "public.products", "public.order_items", "public.orders", "public.users", "public.outbox"] {
         assert!(patterns.iter().any(|p| p == t), "{t} not in {patterns:?}");
     }
     let events = router.routes_for_sink(4);
-    assert_eq!(events.iter().map(|(n, _)| n.to_string()).collect::<Vec<_>>(), vec!["events", "user-events"]);
+    assert_eq!(events.iter().map(|(n, _)| n.to_string()).collect::<Vec<_>>(), vec!["events", "user-events", "order-events"]);
     assert!(events.iter().all(|(_, m)| m.as_ref().and_then(|m| m.get("topic")).is_some()));
 }
