@@ -12,7 +12,7 @@
 //! itself (numbers compared by their text: serde_json's arbitrary_precision
 //! keeps it). Neo4j and Cassandra have typed mappings and their own edge
 //! value suites (`tests/neo4j.rs`, `tests/scylla.rs`).
-#![cfg(all(feature = "kafka", feature = "elasticsearch", feature = "redis"))]
+#![cfg(all(feature = "kafka", feature = "elasticsearch", feature = "redis", feature = "mongodb"))]
 
 mod common;
 
@@ -23,7 +23,7 @@ use std::time::Duration;
 use common::kafka::read_topics as read_records;
 use common::*;
 use serde_json::Value as Json;
-use testkit::{KafkaBroker, OpenSearchNode, RedisServer};
+use testkit::{FerretDb, KafkaBroker, OpenSearchNode, RedisServer};
 
 const SCHEMA: &str = r#"
 CREATE TABLE zoo (
@@ -63,12 +63,23 @@ FROM generate_series(lo, hi) g
 $$;
 "#;
 
-fn config(pg: &PgCluster, db: &str, redis: &str, search: &str, kafka: &str, out: &std::path::Path, dir: &std::path::Path) -> String {
+#[allow(clippy::too_many_arguments)]
+fn config(
+    pg: &PgCluster,
+    db: &str,
+    redis: &str,
+    search: &str,
+    kafka: &str,
+    mongo: &str,
+    out: &std::path::Path,
+    dir: &std::path::Path,
+) -> String {
     let sinks = format!(
         "  audit: {{ type: file, path: \"{out}\" }}\n\
          \x20 cache: {{ type: redis, url: \"{redis}\", reconnect_max_delay: 1s }}\n\
          \x20 search: {{ type: opensearch, urls: [\"{search}\"], retry: {{ max_backoff: 1s }} }}\n\
-         \x20 events: {{ type: kafka, brokers: \"{kafka}\", delivery_timeout: 5s }}",
+         \x20 events: {{ type: kafka, brokers: \"{kafka}\", delivery_timeout: 5s }}\n\
+         \x20 docs: {{ type: mongodb, uri: \"{mongo}\", database: zoo, timeout: 2s }}",
         out = out.display()
     );
     let pipelines = "  - { name: audit, from: public.zoo, to: audit }\n\
@@ -76,7 +87,8 @@ fn config(pg: &PgCluster, db: &str, redis: &str, search: &str, kafka: &str, out:
         \x20 - { name: hashes, from: public.zoo, to: cache, redis: { type: hash, key: \"zooh:{id}\" } }\n\
         \x20 - { name: search, from: public.zoo, to: search, opensearch: { index: zoo, id: \"{id}\", mappings: { dynamic: false } } }\n\
         \x20 - { name: native, from: public.zoo, to: events, kafka: { topic: zoo-native, format: native } }\n\
-        \x20 - { name: debezium, from: public.zoo, to: events, kafka: { topic: zoo-debezium, key: \"{id}\", format: debezium } }";
+        \x20 - { name: debezium, from: public.zoo, to: events, kafka: { topic: zoo-debezium, key: \"{id}\", format: debezium } }\n\
+        \x20 - { name: docs, from: public.zoo, to: docs, mongodb: { collection: zoo } }";
     daemon_config(pg, db, db, &sinks, pipelines, &dir.join(format!("{db}.dead.jsonl"))).replace("snapshot: never", "snapshot: initial")
 }
 
@@ -193,9 +205,10 @@ async fn the_type_zoo_reaches_every_store_exactly_on_every_path() {
     let redis = tokio::task::spawn_blocking(RedisServer::start).await.unwrap();
     let search = tokio::task::spawn_blocking(|| OpenSearchNode::shared().url()).await.unwrap();
     let kafka = tokio::task::spawn_blocking(|| KafkaBroker::shared().bootstrap()).await.unwrap();
+    let ferret = tokio::task::block_in_place(|| FerretDb::start(&pg));
     let dir = scratch();
     let out = out_path(dir.path(), db);
-    let yaml = config(&pg, db, &redis.url(), &search, &kafka, &out, dir.path());
+    let yaml = config(&pg, db, &redis.url(), &search, &kafka, &ferret.uri(), &out, dir.path());
     let path = dir.path().join("zoo.yaml");
     std::fs::write(&path, &yaml).unwrap();
     let mut d = Daemon::start(bin(), dir.path(), db, &yaml);
@@ -271,6 +284,17 @@ async fn the_type_zoo_reaches_every_store_exactly_on_every_path() {
         }
     }
     assert!(hash_diffs.is_empty(), "redis hash: {} differ, e.g.\n{}", hash_diffs.len(), hash_diffs[..hash_diffs.len().min(8)].join("\n"));
+
+    // MongoDB (FerretDB): one document per row, every value exact (numbers
+    // no double holds as their text: FerretDB has no decimal128).
+    let stored = collection_documents(&ferret.uri(), "zoo", "zoo").await;
+    assert_eq!(stored.keys().collect::<std::collections::BTreeSet<_>>(), want.keys().collect(), "mongodb: the documents' ids");
+    let differ: Vec<String> = want
+        .iter()
+        .filter(|(id, row)| !same(row, &mongodb::bson::Bson::Document(stored[*id].clone())))
+        .map(|(id, row)| format!("{id}:\n  want {row}\n  got  {}", stored[id]))
+        .collect();
+    assert!(differ.is_empty(), "mongodb: {} documents differ, e.g.\n{}", differ.len(), differ[..differ.len().min(3)].join("\n"));
 
     // The file: replayed as a consumer would.
     let mut file = Replay::default();

@@ -5,7 +5,7 @@
 //! (`cluster`), the daemon's configs (`config`) and HTTP listener (`http`), the file sink's output
 //! read back as a replaying consumer would (`output`), random workloads
 //! (`workload`), `pgfanout verify` runs (`verify`), and readers of what the
-//! stores hold (`search`, `kafka`, `neo4j`, `scylla`).
+//! stores hold (`search`, `kafka`, `neo4j`, `scylla`, `mongo`).
 #![allow(dead_code, unused_imports)]
 
 pub mod cluster;
@@ -13,6 +13,8 @@ pub mod config;
 pub mod http;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+#[cfg(feature = "mongodb")]
+pub mod mongo;
 #[cfg(feature = "neo4j")]
 pub mod neo4j;
 pub mod output;
@@ -25,6 +27,8 @@ pub mod workload;
 pub use cluster::*;
 pub use config::*;
 pub use http::*;
+#[cfg(feature = "mongodb")]
+pub use mongo::*;
 pub use output::*;
 pub use search::*;
 pub use testkit::{Daemon, PgCluster};
