@@ -347,7 +347,13 @@ async fn embedded_addresses_follow_their_rows_through_moves_deletes_and_a_sigkil
         assert_eq!(
             keys,
             want.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
-            "the addresses of user {id}; dead letters:\n{}\n{}",
+            "the addresses of user {id}; where each element is: {:?}; dead letters:\n{}\n{}",
+            docs.values()
+                .flat_map(|d| d.get_array("addresses").into_iter().flatten().map(move |e| (
+                    d.get("_id").unwrap().to_string(),
+                    e.as_document().unwrap().get_str("_pgfanout_key").unwrap().to_string()
+                )))
+                .collect::<Vec<_>>(),
             std::fs::read_to_string(dir.path().join(format!("{db}.dead.jsonl"))).unwrap_or_default(),
             d.log()
         );

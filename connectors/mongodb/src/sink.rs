@@ -103,6 +103,10 @@ pub(crate) fn compile_routes(mappings: &[MongoMapping], inexact: Inexact) -> Res
         .collect()
 }
 
+/// A segment's document removals, written after its arrays: (tombstone
+/// statements, delete statements per collection), each with its record.
+type Removals = (Vec<(Document, usize)>, IndexMap<String, Vec<(Document, usize)>>);
+
 /// (collection, array field) of an `embed:` route; per one, a segment
 /// reads (parent ids, element keys).
 type ArrayField = (std::sync::Arc<str>, std::sync::Arc<str>);
@@ -316,8 +320,9 @@ impl MongoSink {
                 Ok(Planned::Ops(ops)) => segment.push((i, record.change.position().sortable_text(), ops)),
                 Ok(Planned::Elements(ops)) => elements.push((i, record.change.position().sortable_text(), ops)),
                 Ok(Planned::Truncate(collection)) => {
-                    self.apply(std::mem::take(&mut segment), &mut rejected).await?;
+                    let removals = self.apply(std::mem::take(&mut segment), &mut rejected).await?;
                     self.apply_elements(std::mem::take(&mut elements), &mut rejected).await?;
+                    self.remove(removals, &mut rejected).await?;
                     let statements = vec![doc! {"q": {}, "limit": 0}];
                     if let Err(e) = self.send("delete", &collection, statements, &[i], &mut rejected).await {
                         if e.is_retriable() {
@@ -328,20 +333,24 @@ impl MongoSink {
                 }
             }
         }
-        // Documents first, then the arrays in them: a parent's whole write
-        // keeps the arrays it read, and the arrays are read after it.
-        self.apply(segment, &mut rejected).await?;
+        // Documents first, then the arrays in them, then the documents'
+        // removals: a parent's whole write keeps the arrays it read, the
+        // arrays are read after it, and an element a change of the batch
+        // moves out of a parent a later change deletes is still there.
+        let removals = self.apply(segment, &mut rejected).await?;
         self.apply_elements(elements, &mut rejected).await?;
+        self.remove(removals, &mut rejected).await?;
         self.sweep().await;
         rejected.sort_by_key(|r| r.index);
         rejected.dedup_by_key(|r| r.index);
         Ok(rejected)
     }
 
-    /// Reads what is stored, resolves the segment and writes it.
-    async fn apply(&mut self, segment: Segment, rejected: &mut Vec<Rejected>) -> Result<(), MongoError> {
+    /// Reads what is stored, resolves the segment and writes its
+    /// documents; returns its removals, for [`Self::remove`].
+    async fn apply(&mut self, segment: Segment, rejected: &mut Vec<Rejected>) -> Result<Removals, MongoError> {
         if segment.is_empty() {
-            return Ok(());
+            return Ok(Removals::default());
         }
         let mut keys: Vec<DocKey> = Vec::new();
         let mut moved: Vec<DocKey> = Vec::new();
@@ -361,6 +370,21 @@ impl MongoSink {
         self.write_finals(finals, &stored, rejected).await
     }
 
+    /// Writes a segment's removals: tombstones, then deletes. A tombstone
+    /// precedes its delete, so a crash between them leaves a document the
+    /// replay deletes.
+    async fn remove(&self, (tombs, deletes): Removals, rejected: &mut Vec<Rejected>) -> Result<(), MongoError> {
+        if !tombs.is_empty() {
+            let (statements, records): (Vec<_>, Vec<_>) = tombs.into_iter().unzip();
+            self.send("update", &self.tombstones, statements, &records, rejected).await?;
+        }
+        for (collection, items) in deletes {
+            let (statements, records): (Vec<_>, Vec<_>) = items.into_iter().unzip();
+            self.send("delete", &collection, statements, &records, rejected).await?;
+        }
+        Ok(())
+    }
+
     /// The version guard: the stored version is not newer (or the
     /// document has none).
     fn guard(&self, id: &Bson, version: &str) -> Document {
@@ -368,7 +392,12 @@ impl MongoSink {
         doc! {"_id": id.clone(), "$or": [{v: {"$lte": version}}, {v: {"$exists": false}}]}
     }
 
-    async fn write_finals(&self, finals: Finals, stored: &HashMap<DocKey, Stored>, rejected: &mut Vec<Rejected>) -> Result<(), MongoError> {
+    async fn write_finals(
+        &self,
+        finals: Finals,
+        stored: &HashMap<DocKey, Stored>,
+        rejected: &mut Vec<Rejected>,
+    ) -> Result<Removals, MongoError> {
         let now = DateTime::now();
         let mut tombs: Vec<(Document, usize)> = Vec::new();
         let mut deletes: IndexMap<String, Vec<(Document, usize)>> = IndexMap::new();
@@ -413,11 +442,10 @@ impl MongoSink {
                 }
             }
         }
-        // Writes first, then tombstones, then deletes. A key change's new
-        // document is written before its old one goes, so a crash in
-        // between leaves the old one (and its fields) for the replay; a
-        // tombstone precedes its delete, so a crash between them leaves a
-        // document the replay deletes.
+        // Writes now, tombstones and deletes later (the caller's `remove`).
+        // A key change's new document is written before its old one goes,
+        // so a crash in between leaves the old one (and its fields) for the
+        // replay.
         for (collection, items) in inserts {
             let (documents, records): (Vec<_>, Vec<_>) = items.into_iter().unzip();
             self.send("insert", &collection, documents, &records, rejected).await?;
@@ -426,15 +454,7 @@ impl MongoSink {
             let (statements, records): (Vec<_>, Vec<_>) = items.into_iter().unzip();
             self.send("update", &collection, statements, &records, rejected).await?;
         }
-        if !tombs.is_empty() {
-            let (statements, records): (Vec<_>, Vec<_>) = tombs.into_iter().unzip();
-            self.send("update", &self.tombstones, statements, &records, rejected).await?;
-        }
-        for (collection, items) in deletes {
-            let (statements, records): (Vec<_>, Vec<_>) = items.into_iter().unzip();
-            self.send("delete", &collection, statements, &records, rejected).await?;
-        }
-        Ok(())
+        Ok((tombs, deletes))
     }
 
     /// Sends `statements` (documents of command `insert`, statements of
@@ -514,8 +534,11 @@ impl MongoSink {
             let coll = self.db.collection::<Document>(collection);
             let by_element = format!("{field}.{ELEMENT_KEY_FIELD}");
             for filter in [doc! {"_id": {"$in": parents.clone()}}, doc! {by_element: {"$in": keys.clone()}}] {
-                let find = async { coll.find(filter).projection(doc! {field.as_ref(): 1}).await?.try_collect::<Vec<Document>>().await };
-                for d in self.timed(format!("find in {collection}"), find).await? {
+                let find =
+                    async { coll.find(filter.clone()).projection(doc! {field.as_ref(): 1}).await?.try_collect::<Vec<Document>>().await };
+                let found = self.timed(format!("find in {collection}"), find).await?;
+                debug!(?filter, found = ?found.iter().map(|d| d.get("_id").cloned()).collect::<Vec<_>>(), "mongodb: arrays read");
+                for d in found {
                     let Some(id) = d.get("_id").cloned() else { continue };
                     let array = match d.get(field.as_ref()) {
                         Some(Bson::Array(a)) => a.clone(),
