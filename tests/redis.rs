@@ -629,11 +629,13 @@ async fn ecommerce_example_writes_carts() {
         carts,
         vec![
             m(&[]),                         // users
+            m(&[]),                         // addresses
             m(&[]),                         // products
             m(&[("10", "1"), ("11", "2")]), // two cart lines
             m(&[("10", "1"), ("11", "3")]), // quantity changed
             m(&[]),                         // ordered: the cart is emptied
             m(&[]),                         // price change: not a cart
+            m(&[]),                         // address change: not a cart
         ],
         "{}",
         d.log()
