@@ -232,7 +232,8 @@ async fn mixed_workload_sigkills_and_a_server_restart_end_equal_and_verify_repai
 /// addresses are added, edited (a 25-digit numeric, a TOASTed note left
 /// unchanged: partial changes), moved to another user, re-keyed and
 /// deleted, users are edited (their whole writes keep the arrays) and
-/// deleted with their addresses (ON DELETE CASCADE), through a SIGKILL.
+/// deleted with their addresses (ON DELETE CASCADE), through a SIGKILL and
+/// a restart of the server.
 /// Every profile ends equal to its user row plus exactly its address rows;
 /// `verify` checks both pipelines, finds a removed, an altered and a stray
 /// element, and `--repair` mends them.
@@ -277,6 +278,14 @@ async fn embedded_addresses_follow_their_rows_through_moves_deletes_and_a_sigkil
             d.kill9();
             tokio::time::sleep(Duration::from_millis(200)).await;
             d.spawn(bin());
+        }
+        // The server goes away for a while; writes go on in PostgreSQL.
+        if i == 300 {
+            tokio::task::block_in_place(|| ferret.stop());
+        }
+        if i == 340 {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            tokio::task::block_in_place(|| ferret.start_server());
         }
         let user = "(SELECT id FROM users ORDER BY random() LIMIT 1)";
         let address = "(SELECT id FROM addresses ORDER BY random() LIMIT 1)";
