@@ -101,6 +101,10 @@ impl Hash for DocKey {
     }
 }
 
+/// A partial change: (field path, value) of the columns sent, and the
+/// unchanged TOAST columns it lacks.
+type PartialFields = (Vec<(String, Bson)>, Vec<String>);
+
 /// What a change does to one document.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Body {
@@ -189,20 +193,9 @@ impl Route {
                         moved_from = Some(old);
                     }
                 }
-                // Unchanged TOAST columns: completed from the old row under
-                // REPLICA IDENTITY FULL; otherwise the change is partial.
-                let mut row = after.clone();
-                let mut missing = Vec::new();
-                for col in &change.unchanged_toast {
-                    match change.before.as_ref().and_then(|b| b.get(col)) {
-                        Some(v) => row.set(col.clone(), v.clone()),
-                        None => missing.push(col.to_string()),
-                    }
-                }
-                let body = if missing.is_empty() {
-                    Body::Full(self.document(&row))
-                } else {
-                    Body::Partial(self.fields(&row).collect(), missing.iter().filter(|c| !self.exclude.contains(*c)).cloned().collect())
+                let body = match self.contents(change, after) {
+                    Ok(doc) => Body::Full(doc),
+                    Err((fields, missing)) => Body::Partial(fields, missing),
                 };
                 let mut ops = vec![DocOp { key, body, moved_from: moved_from.clone() }];
                 if let Some(old) = moved_from {
@@ -247,18 +240,9 @@ impl Route {
                         moved_from = Some(old);
                     }
                 }
-                let mut row = after.clone();
-                let mut missing = Vec::new();
-                for col in &change.unchanged_toast {
-                    match change.before.as_ref().and_then(|b| b.get(col)) {
-                        Some(v) => row.set(col.clone(), v.clone()),
-                        None => missing.push(col.to_string()),
-                    }
-                }
-                let body = if missing.is_empty() {
-                    ElemBody::Full(self.document(&row))
-                } else {
-                    ElemBody::Partial(self.fields(&row).collect(), missing.iter().filter(|c| !self.exclude.contains(*c)).cloned().collect())
+                let body = match self.contents(change, after) {
+                    Ok(doc) => ElemBody::Full(doc),
+                    Err((fields, missing)) => ElemBody::Partial(fields, missing),
                 };
                 let mut ops = vec![op(Some(parent), element, body, moved_from.clone())];
                 if let Some(old) = moved_from {
@@ -266,6 +250,26 @@ impl Route {
                 }
                 Ok(Planned::Elements(ops))
             }
+        }
+    }
+
+    /// What an insert, update or read writes: the whole document, or
+    /// (`Err`) the fields sent and the unchanged TOAST columns missing.
+    /// Unchanged TOAST columns are completed from the old row under
+    /// REPLICA IDENTITY FULL; otherwise the change is partial.
+    fn contents(&self, change: &Change, after: &Row) -> Result<Document, PartialFields> {
+        let mut row = after.clone();
+        let mut missing = Vec::new();
+        for col in &change.unchanged_toast {
+            match change.before.as_ref().and_then(|b| b.get(col)) {
+                Some(v) => row.set(col.clone(), v.clone()),
+                None => missing.push(col.to_string()),
+            }
+        }
+        if missing.is_empty() {
+            Ok(self.document(&row))
+        } else {
+            Err((self.fields(&row).collect(), missing.into_iter().filter(|c| !self.exclude.contains(c)).collect()))
         }
     }
 
