@@ -413,6 +413,19 @@ async fn shop_in_background(
     (done, stop, writer)
 }
 
+/// Lets the shop run until the tables hold more than 100 order items (the
+/// size `assert_converged` asks for; a slow machine gets there later), then
+/// stops it.
+async fn stop_shop_once_sized(c: &tokio_postgres::Client, stop: &std::sync::atomic::AtomicBool, writer: tokio::task::JoinHandle<()>) {
+    testkit::wait_for(Duration::from_secs(120), "more than 100 order items", || async move {
+        let n: i64 = c.query_one("SELECT count(*) FROM order_items", &[]).await.unwrap().get(0);
+        n > 100
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+}
+
 /// Once the slot `db` confirmed everything written: the graph equals the
 /// tables (more than 100 order items), recommendations answer what SQL
 /// does, nothing was dead-lettered, the daemon still runs. Returns the
@@ -462,8 +475,7 @@ async fn sigkill_mid_workload_converges_without_duplicates() {
         d.spawn(bin());
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, Ordering::Relaxed);
-    writer.await.unwrap();
+    stop_shop_once_sized(&c, &stop, writer).await;
     let items = assert_converged(&c, &server, dir.path(), &mut d, "gkill", Duration::from_secs(90)).await;
     eprintln!("{} transactions, {items} order items; confirmed at start and at the kills: {confirmed:X?}", done.load(Ordering::Relaxed));
 }
@@ -496,8 +508,7 @@ async fn a_neo4j_outage_mid_workload_is_retried_in_order() {
         async move { n >= at_kill + 60 }
     })
     .await;
-    stop.store(true, Ordering::Relaxed);
-    writer.await.unwrap();
+    stop_shop_once_sized(&c, &stop, writer).await;
     let items = assert_converged(&c, &server, dir.path(), &mut d, "gdown", Duration::from_secs(240)).await;
     let log = d.log();
     assert!(log.contains("retrying") || log.contains("writing it again"), "the outage was seen and retried:\n{log}");
