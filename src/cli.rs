@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{commands, config};
 
@@ -129,6 +129,54 @@ pub enum Command {
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
     },
+    /// List dead letters, or send them again through the current config.
+    #[command(name = "dead-letters", subcommand)]
+    DeadLetters(DeadLettersCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeadLettersCommand {
+    /// Print the dead letters (oldest position first).
+    List {
+        #[command(flatten)]
+        which: LetterArgs,
+        /// One JSON object per line instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send them again through the pipelines and sinks as configured now;
+    /// remove the ones delivered (or filtered out), keep the ones refused
+    /// again with their new error. Exit 1 when some remain.
+    Replay {
+        #[command(flatten)]
+        which: LetterArgs,
+        /// Route them and say what would be sent; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct LetterArgs {
+    #[arg(short, long)]
+    pub config: PathBuf,
+    /// Only the letters of this sink.
+    #[arg(long)]
+    pub sink: Option<String>,
+    /// Only the letters of this pipeline.
+    #[arg(long)]
+    pub pipeline: Option<String>,
+    /// Only letters written since this time: RFC 3339 (2026-12-07T10:00:00Z) or an age (2h, 30m).
+    #[arg(long)]
+    pub since: Option<String>,
+}
+
+impl DeadLettersCommand {
+    fn which(&self) -> &LetterArgs {
+        match self {
+            DeadLettersCommand::List { which, .. } | DeadLettersCommand::Replay { which, .. } => which,
+        }
+    }
 }
 
 /// Parses arguments, runs the command, returns the exit code.
@@ -150,6 +198,7 @@ pub fn main() -> i32 {
         | Command::Verify { config, .. }
         | Command::Wait { config, .. }
         | Command::Backfill { config, .. } => config.clone(),
+        Command::DeadLetters(c) => c.which().config.clone(),
     };
     let cfg = match config::load(&path) {
         Ok(cfg) => cfg,
@@ -203,6 +252,21 @@ pub fn main() -> i32 {
                 commands::backfill::backfill(&cfg, request).await
             }
             Command::Wait { lsn, sink, timeout, .. } => commands::wait::wait(&cfg, &lsn, sink.as_deref(), timeout).await,
+            Command::DeadLetters(c) => {
+                let dry_run = matches!(c, DeadLettersCommand::Replay { dry_run: true, .. });
+                let json = matches!(c, DeadLettersCommand::List { json: true, .. });
+                let replay = matches!(c, DeadLettersCommand::Replay { .. });
+                let w = c.which();
+                let request = commands::dead_letters::Request {
+                    sink: w.sink.clone(),
+                    pipeline: w.pipeline.clone(),
+                    since: w.since.clone(),
+                    replay,
+                    dry_run,
+                    json,
+                };
+                commands::dead_letters::dead_letters(&cfg, request).await
+            }
             Command::Check { .. } => commands::Report::default(),
         }
     });

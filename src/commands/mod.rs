@@ -1,5 +1,5 @@
 //! The commands of the command line, one module each: `run`, `doctor`,
-//! `status`, `verify`, `wait`, `backfill` (`check` is loading the config,
+//! `status`, `verify`, `wait`, `backfill`, `dead-letters` (`check` is loading the config,
 //! in `crate::cli`). Each returns a [`Report`]: what to print and how the
 //! process ends. Only `crate::cli` prints it and exits; the commands, like
 //! the rest of the library, print nothing, so they can be called and
@@ -9,6 +9,7 @@
 //! failed check), 2 bad configuration or usage.
 
 pub mod backfill;
+pub mod dead_letters;
 pub mod doctor;
 pub mod run;
 pub mod status;

@@ -285,14 +285,27 @@ impl fmt::Debug for SinkConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeadLetterConfig {
-    /// A JSON-lines file (`-` for stdout).
+    /// `file` (the default) or `postgres` (table `pgfanout.dead_letters` in
+    /// the source database).
+    #[serde(default)]
+    pub to: DeadLetterTo,
+    /// With `to: file`: a JSON-lines file (`-` for stdout).
     #[serde(default = "default_dead_letter_path")]
     pub path: String,
 }
 
+/// `dead_letter.to`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeadLetterTo {
+    #[default]
+    File,
+    Postgres,
+}
+
 impl Default for DeadLetterConfig {
     fn default() -> Self {
-        DeadLetterConfig { path: default_dead_letter_path() }
+        DeadLetterConfig { to: DeadLetterTo::File, path: default_dead_letter_path() }
     }
 }
 

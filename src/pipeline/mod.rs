@@ -235,11 +235,11 @@ impl Router {
             }
         }
         if r.transforms.is_empty() {
-            return Some(Routed::Deliver { sink: r.sink, record: SinkRecord { change: Arc::clone(change), route: r.route } });
+            return Some(Routed::Deliver { sink: r.sink, record: SinkRecord { change: Arc::clone(change), route: r.route, source: None } });
         }
         let mut changed = Change::clone(change);
         Some(match r.transforms.iter().try_for_each(|t| t.apply(&mut changed, &self.env)) {
-            Ok(()) => Routed::Deliver { sink: r.sink, record: SinkRecord { change: Arc::new(changed), route: r.route } },
+            Ok(()) => Routed::Deliver { sink: r.sink, record: SinkRecord { change: Arc::new(changed), route: r.route, source: Some(Arc::clone(change)) } },
             Err(error) => Routed::DeadLetter { pipeline: Arc::clone(&r.name), sink: r.sink, error, change: Arc::clone(change) },
         })
     }

@@ -10,7 +10,7 @@ use pgfanout_sdk::Lsn;
 use tracing::warn;
 
 use crate::config::OnDecodeError;
-use crate::dead_letter::{DeadLetter, DeadLetters};
+use crate::dead_letter::{DeadLetter, DeadLetters, Stage};
 use crate::metrics as m;
 
 /// A row that cannot be decoded: with `on_decode_error: dead_letter` it
@@ -40,6 +40,6 @@ pub async fn dead_letter(
     metrics::counter!(m::DECODE_ERRORS_TOTAL, m::LABEL_TABLE => table.clone()).increment(1);
     warn!(table = %table, position = %format!("{}#{ordinal}", tx.commit_lsn), error = %error, "row cannot be decoded; dead-lettered");
     let change = Arc::new(raw_change(rel, msg, lsn, tx, ordinal));
-    dead_letters.write(vec![DeadLetter { pipeline: Arc::from("(source)"), sink: Arc::from("(decode)"), error: message, change }]).await;
+    dead_letters.write(vec![DeadLetter { stage: Stage::Decode, pipeline: Arc::from("(source)"), sink: Arc::from("(decode)"), error: message, change, source: None }]).await;
     Ok(())
 }

@@ -9,7 +9,7 @@ use pgfanout_sdk::{BatchOutcome, DynSink, InFlight, Rejected, SinkError, SinkRec
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use crate::dead_letter::{DeadLetter, DeadLetters};
+use crate::dead_letter::{DeadLetter, DeadLetters, Stage};
 use crate::metrics as m;
 use crate::runtime::ack::DurableSeq;
 use crate::runtime::lease::Fence;
@@ -285,8 +285,10 @@ impl Worker {
 
     fn letter(&self, record: &SinkRecord, error: String) -> DeadLetter {
         DeadLetter {
+            stage: Stage::Sink,
             pipeline: self.routes.get(record.route).cloned().unwrap_or_else(|| Arc::from("?")),
             sink: self.name.clone(),
+            source: record.source.clone(),
             error,
             change: record.change.clone(),
         }
@@ -383,7 +385,7 @@ mod tests {
         for (t, &n) in sizes.iter().enumerate() {
             for i in 0..n {
                 let change = Table("t").insert(At(100 + t as u64, i), &[("id", "1")]);
-                items.push(Item::Record(SinkRecord { change: Arc::new(change), route: 0 }));
+                items.push(Item::Record(SinkRecord { change: Arc::new(change), route: 0, source: None }));
             }
             items.push(Item::Commit(t as u64 + 1));
         }
@@ -401,7 +403,7 @@ mod tests {
             name: Arc::from("atomic"),
             rx,
             durable: durable.clone(),
-            dead_letters: DeadLetters::new(dir.path().join("dead.jsonl")),
+            dead_letters: DeadLetters::file(dir.path().join("dead.jsonl"), "slot"),
             routes: vec![Arc::from("p")],
             batch_size: 4,
             fence: crate::runtime::lease::Fence::open(),

@@ -449,7 +449,7 @@ impl Ctx<'_> {
         let mut records: Vec<SinkRecord> = Vec::new();
         for (_, change, _) in rows {
             if let Some(Routed::Deliver { record, .. }) = self.router.route_pipeline(index, &Arc::new(change)) {
-                records.push(SinkRecord { change: record.change, route });
+                records.push(SinkRecord { change: record.change, route, source: None });
             }
         }
         let mut repaired = 0u64;

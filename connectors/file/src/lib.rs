@@ -247,6 +247,7 @@ mod tests {
                 commit_ts: Some(0),
             }),
             route: 0,
+            source: None,
         }
     }
 

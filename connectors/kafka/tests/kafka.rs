@@ -260,13 +260,13 @@ async fn bad_records_are_rejected_alone() {
     let mut null_name = change(Op::Insert, "orders", 4, 4, "x");
     null_name.after = Some(row_of(&[("id", int(4)), ("name", Value::Null)]));
     let batch = vec![
-        SinkRecord { change: Arc::new(change(Op::Insert, "orders", 1, 1, "a")), route: 0 },
-        SinkRecord { change: Arc::new(change(Op::Insert, "orders", 2, 2, "has space")), route: 1 },
-        SinkRecord { change: Arc::new(big), route: 0 },
-        SinkRecord { change: Arc::new(null_name), route: 1 },
-        SinkRecord { change: Arc::new(change(Op::Insert, "orders", 5, 5, "e")), route: 2 },
-        SinkRecord { change: Arc::new(change(Op::Update, "orders", 1, 6, "b")), route: 0 },
-        SinkRecord { change: Arc::new(change(Op::Insert, "orders", 7, 7, "g")), route: 9 },
+        SinkRecord { change: Arc::new(change(Op::Insert, "orders", 1, 1, "a")), route: 0, source: None },
+        SinkRecord { change: Arc::new(change(Op::Insert, "orders", 2, 2, "has space")), route: 1, source: None },
+        SinkRecord { change: Arc::new(big), route: 0, source: None },
+        SinkRecord { change: Arc::new(null_name), route: 1, source: None },
+        SinkRecord { change: Arc::new(change(Op::Insert, "orders", 5, 5, "e")), route: 2, source: None },
+        SinkRecord { change: Arc::new(change(Op::Update, "orders", 1, 6, "b")), route: 0, source: None },
+        SinkRecord { change: Arc::new(change(Op::Insert, "orders", 7, 7, "g")), route: 9, source: None },
     ];
     let rejected = sink.write(&batch).await.expect("write");
     let indexes: Vec<usize> = rejected.iter().map(|r| r.index).collect();
@@ -390,7 +390,7 @@ async fn throughput_100k() {
     let cfg = sink_config(&broker, serde_json::json!({"topics": {"partitions": 8}, "delivery_timeout": "60s"}));
     let mut sink = KafkaSink::connect(&cfg, vec![mapping(serde_json::json!({"topic": "bench"}))]).await.expect("connect");
     let all: Vec<SinkRecord> = (0..100_000u64)
-        .map(|i| SinkRecord { change: Arc::new(change(Op::Insert, "orders", i as i64, i, "name-of-a-row")), route: 0 })
+        .map(|i| SinkRecord { change: Arc::new(change(Op::Insert, "orders", i as i64, i, "name-of-a-row")), route: 0, source: None })
         .collect();
     let start = Instant::now();
     for chunk in all.chunks(10_000) {

@@ -83,7 +83,7 @@ impl Stream {
 }
 
 fn rec(change: Arc<Change>, route: usize) -> SinkRecord {
-    SinkRecord { change, route }
+    SinkRecord { change, route, source: None }
 }
 
 /// What the tables hold: users, products (name), order_items (user, product, qty).

@@ -11,6 +11,7 @@
 //! | `relation_shapes` | the column types last seen per table, to notice `ALTER ... TYPE` | the reader |
 //! | `verify_results` | the last `verify` outcome per pipeline, for the metrics | `pgfanout verify` |
 //! | `leases` | per slot: the instance that leads (`ha`), its epoch and deadline | the daemon |
+//! | `dead_letters` | records that could not be delivered (`dead_letter.to: postgres`) | the daemon, `pgfanout dead-letters` |
 //! | `schema_migrations` | which of the migrations below were applied, and when | [`migrate`] |
 //!
 //! Every change to these tables is a new entry at the end of [`MIGRATIONS`],
@@ -102,6 +103,26 @@ pub const MIGRATIONS: &[Migration] = &[
               acquired_at timestamptz NOT NULL,
               renewed_at timestamptz NOT NULL,
               expires_at timestamptz NOT NULL)",
+    },
+    Migration {
+        version: 4,
+        name: "dead_letters: records that could not be delivered (dead_letter.to: postgres)",
+        sql: "CREATE TABLE IF NOT EXISTS pgfanout.dead_letters (
+              id text PRIMARY KEY,
+              slot text NOT NULL,
+              at timestamptz NOT NULL DEFAULT now(),
+              first_at timestamptz NOT NULL DEFAULT now(),
+              attempts int NOT NULL DEFAULT 1,
+              stage text NOT NULL CHECK (stage IN ('pipeline', 'sink', 'decode')),
+              pipeline text NOT NULL,
+              sink text NOT NULL,
+              error text NOT NULL,
+              commit_lsn pg_lsn NOT NULL,
+              ordinal bigint NOT NULL,
+              table_name text NOT NULL,
+              change json NOT NULL,
+              source json);
+            CREATE INDEX IF NOT EXISTS dead_letters_slot_position ON pgfanout.dead_letters (slot, commit_lsn, ordinal)",
     },
 ];
 

@@ -307,7 +307,7 @@ mod tests {
             xid: Some(1),
             commit_ts: None,
         };
-        SinkRecord { change: Arc::new(change), route: 0 }
+        SinkRecord { change: Arc::new(change), route: 0, source: None }
     }
 
     fn ts(s: &Stmt, at: usize) -> &Cql {

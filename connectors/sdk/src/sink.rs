@@ -41,6 +41,11 @@ pub struct SinkRecord {
     /// Which of the sink's routes (pipelines) produced it, as the index into
     /// the list of mappings the sink was built with.
     pub route: usize,
+    /// The change as read from the source, when the pipeline's transforms
+    /// made `change` a new one (`None` when `change` is it). Kept until the
+    /// record is written so that a dead letter can be replayed through the
+    /// pipeline as it is configured then. Sinks ignore it.
+    pub source: Option<Arc<Change>>,
 }
 
 /// One record of a batch that the store rejected for good.

@@ -106,7 +106,7 @@ fn first_column(row: &Row) -> Row {
 
 /// The changes as one batch for the sink's route `route`.
 pub fn records(changes: impl IntoIterator<Item = Change>, route: usize) -> Vec<SinkRecord> {
-    changes.into_iter().map(|c| SinkRecord { change: Arc::new(c), route }).collect()
+    changes.into_iter().map(|c| SinkRecord { change: Arc::new(c), route, source: None }).collect()
 }
 
 #[cfg(test)]
