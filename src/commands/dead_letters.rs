@@ -128,8 +128,8 @@ fn parse_since(s: &str) -> Result<SystemTime, String> {
     if let Ok(t) = humantime::parse_rfc3339_weak(s) {
         return Ok(t);
     }
-    let age: Duration = humantime::parse_duration(s)
-        .map_err(|_| format!("--since {s:?}: expected a time (2026-12-07T10:00:00Z) or an age (2h, 30m)"))?;
+    let age: Duration =
+        humantime::parse_duration(s).map_err(|_| format!("--since {s:?}: expected a time (2026-12-07T10:00:00Z) or an age (2h, 30m)"))?;
     Ok(SystemTime::now() - age)
 }
 

@@ -96,7 +96,13 @@ impl DeadLetters {
         }
     }
 
-    async fn append(&self, path: &Arc<PathBuf>, file: &Arc<Mutex<Option<LinesFile>>>, letters: &[DeadLetter], at: &str) -> Result<(), String> {
+    async fn append(
+        &self,
+        path: &Arc<PathBuf>,
+        file: &Arc<Mutex<Option<LinesFile>>>,
+        letters: &[DeadLetter],
+        at: &str,
+    ) -> Result<(), String> {
         let mut buf = Vec::new();
         for l in letters {
             l.write_json(&self.slot, at, 1, &mut buf);

@@ -211,7 +211,9 @@ pub fn untyped(t: &J) -> Result<Change, String> {
     let row = |k: &str| -> Result<Option<Row>, String> {
         match t.get(k) {
             None | Some(J::Null) => Ok(None),
-            Some(J::Array(cols)) => cols.iter().map(|c| column(c).map_err(|e| format!("source.{k}: {e}"))).collect::<Result<Vec<_>, _>>().map(|c| Some(Row(c))),
+            Some(J::Array(cols)) => {
+                cols.iter().map(|c| column(c).map_err(|e| format!("source.{k}: {e}"))).collect::<Result<Vec<_>, _>>().map(|c| Some(Row(c)))
+            }
             Some(_) => Err(format!("source.{k}: expected a list of columns")),
         }
     };
@@ -275,7 +277,10 @@ mod tests {
         let row = Row(vec![
             ("id".into(), Value::Number("12345678901234567890.123456789012345".into())),
             ("doc".into(), Value::Json("{\"a\": [1, 2.50]}".into())),
-            ("addr".into(), Value::Object(vec![("street".into(), Value::String("Main\n\"1\"".into())), ("no".into(), Value::Number("1e+100".into()))])),
+            (
+                "addr".into(),
+                Value::Object(vec![("street".into(), Value::String("Main\n\"1\"".into())), ("no".into(), Value::Number("1e+100".into()))]),
+            ),
             ("tags".into(), Value::Array(vec![Value::String("x".into()), Value::Null, Value::Bool(false)])),
             ("scalar_json".into(), Value::Json("5".into())),
         ]);

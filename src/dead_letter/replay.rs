@@ -98,7 +98,8 @@ pub async fn replay(cfg: &Config, store: &Store, filter: &Filter, dry_run: bool)
         let by_id: BTreeMap<&str, &Stored> = loaded.letters.iter().map(|l| (l.id.as_str(), l)).collect();
         let done: Vec<&str> = out.delivered.iter().map(|(id, _)| id.as_str()).chain(out.filtered.iter().map(String::as_str)).collect();
         store.resolve(&done).await?;
-        let refused: Vec<(&Stored, String)> = out.refused.iter().filter_map(|(id, e)| by_id.get(id.as_str()).map(|l| (*l, e.clone()))).collect();
+        let refused: Vec<(&Stored, String)> =
+            out.refused.iter().filter_map(|(id, e)| by_id.get(id.as_str()).map(|l| (*l, e.clone()))).collect();
         store.refused(&refused).await?;
     }
     Ok(out)

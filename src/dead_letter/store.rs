@@ -276,7 +276,14 @@ mod tests {
             xid: Some(1),
             commit_ts: Some(0),
         };
-        DeadLetter { stage: Stage::Sink, pipeline: "p".into(), sink: "s".into(), error: error.into(), change: Arc::new(change), source: None }
+        DeadLetter {
+            stage: Stage::Sink,
+            pipeline: "p".into(),
+            sink: "s".into(),
+            error: error.into(),
+            change: Arc::new(change),
+            source: None,
+        }
     }
 
     #[tokio::test]

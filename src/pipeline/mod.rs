@@ -239,7 +239,10 @@ impl Router {
         }
         let mut changed = Change::clone(change);
         Some(match r.transforms.iter().try_for_each(|t| t.apply(&mut changed, &self.env)) {
-            Ok(()) => Routed::Deliver { sink: r.sink, record: SinkRecord { change: Arc::new(changed), route: r.route, source: Some(Arc::clone(change)) } },
+            Ok(()) => Routed::Deliver {
+                sink: r.sink,
+                record: SinkRecord { change: Arc::new(changed), route: r.route, source: Some(Arc::clone(change)) },
+            },
             Err(error) => Routed::DeadLetter { pipeline: Arc::clone(&r.name), sink: r.sink, error, change: Arc::clone(change) },
         })
     }

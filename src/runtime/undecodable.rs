@@ -40,6 +40,15 @@ pub async fn dead_letter(
     metrics::counter!(m::DECODE_ERRORS_TOTAL, m::LABEL_TABLE => table.clone()).increment(1);
     warn!(table = %table, position = %format!("{}#{ordinal}", tx.commit_lsn), error = %error, "row cannot be decoded; dead-lettered");
     let change = Arc::new(raw_change(rel, msg, lsn, tx, ordinal));
-    dead_letters.write(vec![DeadLetter { stage: Stage::Decode, pipeline: Arc::from("(source)"), sink: Arc::from("(decode)"), error: message, change, source: None }]).await;
+    dead_letters
+        .write(vec![DeadLetter {
+            stage: Stage::Decode,
+            pipeline: Arc::from("(source)"),
+            sink: Arc::from("(decode)"),
+            error: message,
+            change,
+            source: None,
+        }])
+        .await;
     Ok(())
 }
