@@ -4,7 +4,8 @@
 # util-linux and openssl (Debian packages), a JDK 17 and Maven (Debian
 # packages), the JVM servers (Apache Kafka, Neo4j, OpenSearch,
 # Elasticsearch, Cassandra: jars from Maven Central,
-# scripts/install-jvm-servers.sh) and FerretDB (scripts/install-ferretdb.sh).
+# scripts/install-jvm-servers.sh), FerretDB (scripts/install-ferretdb.sh) and
+# Toxiproxy (scripts/install-toxiproxy.sh).
 # Extra Debian packages to install when missing may follow as arguments
 # (`package:command`, e.g. chromium-driver:chromedriver).
 # Used by scripts/test.sh and scripts/demo.sh --all.
@@ -36,3 +37,4 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 scripts/install-jvm-servers.sh
 scripts/install-ferretdb.sh >/dev/null
+scripts/install-toxiproxy.sh >/dev/null

@@ -222,6 +222,10 @@ async fn status(State(s): State<AppState>) -> Json<StatusBody> {
     })
 }
 
+/// `/readyz` fails once a sink has failed every write for this long
+/// (seconds): a short outage is retried without a flap.
+const SINK_FAILING_UNREADY: f64 = 10.0;
+
 async fn ready(State(s): State<AppState>) -> (StatusCode, String) {
     let streaming = s.health.streaming.load(Ordering::Acquire);
     let lag = s.health.lag_bytes.load(Ordering::Acquire);
@@ -236,6 +240,9 @@ async fn ready(State(s): State<AppState>) -> (StatusCode, String) {
         (StatusCode::SERVICE_UNAVAILABLE, "not streaming\n".into())
     } else if max > 0 && lag > max {
         (StatusCode::SERVICE_UNAVAILABLE, format!("lag {lag} bytes exceeds {max}\n"))
+    } else if let Some((sink, secs, error)) = crate::activity::failing().into_iter().find(|f| f.1 >= SINK_FAILING_UNREADY) {
+        let error: String = error.chars().take(500).collect();
+        (StatusCode::SERVICE_UNAVAILABLE, format!("sink {sink} failing for {secs:.0}s: {error}\n"))
     } else {
         (StatusCode::OK, format!("ready, lag {lag} bytes\n"))
     }

@@ -4,6 +4,7 @@
 //! through the pipelines declared in YAML and writes it to the configured
 //! sinks, confirming to PostgreSQL only what every sink has made durable.
 
+pub mod activity;
 pub mod backfill;
 pub mod cli;
 pub mod commands;

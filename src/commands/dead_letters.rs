@@ -43,7 +43,12 @@ pub async fn dead_letters(cfg: &Config, req: Request) -> Report {
         Err(e) => return Report::error(Exit::Usage, e),
     };
     if req.replay {
-        return replay_report(cfg, &store, &filter, req.dry_run).await;
+        // A second connection: the first may belong to the table store.
+        let source = match connect_source(cfg).await {
+            Ok(c) => c,
+            Err(r) => return r,
+        };
+        return replay_report(cfg, &source, &store, &filter, req.dry_run).await;
     }
     let loaded = match store.load(&filter).await {
         Ok(l) => l,
@@ -82,8 +87,8 @@ pub async fn dead_letters(cfg: &Config, req: Request) -> Report {
     r
 }
 
-async fn replay_report(cfg: &Config, store: &Store, filter: &Filter, dry_run: bool) -> Report {
-    let out = match replay::replay(cfg, store, filter, dry_run).await {
+async fn replay_report(cfg: &Config, source: &tokio_postgres::Client, store: &Store, filter: &Filter, dry_run: bool) -> Report {
+    let out = match replay::replay(cfg, source, store, filter, dry_run).await {
         Ok(o) => o,
         Err(e) => return Report::error(Exit::Failed, e),
     };
@@ -99,6 +104,13 @@ async fn replay_report(cfg: &Config, store: &Store, filter: &Filter, dry_run: bo
     if !out.filtered.is_empty() {
         r.say(format_args!("{} filtered out by their pipeline now{}", out.filtered.len(), if dry_run { "" } else { " (removed)" }));
     }
+    if !out.superseded.is_empty() {
+        r.say(format_args!(
+            "{} whose row is gone from PostgreSQL since (deleted or re-keyed){}",
+            out.superseded.len(),
+            if dry_run { "" } else { " (removed, not written)" }
+        ));
+    }
     for (id, e) in &out.refused {
         r.say(format_args!("refused again {id}: {}", one_line(e, 300)));
     }
@@ -109,9 +121,10 @@ async fn replay_report(cfg: &Config, store: &Store, filter: &Filter, dry_run: bo
         r.complain(format_args!("not a readable dead letter: {u}"));
     }
     r.say(format_args!(
-        "{} {verb}, {} filtered out, {} refused again, {} not tried ({})",
+        "{} {verb}, {} filtered out, {} superseded, {} refused again, {} not tried ({})",
         out.delivered.len(),
         out.filtered.len(),
+        out.superseded.len(),
         out.refused.len(),
         out.skipped.len(),
         store.describe()

@@ -55,6 +55,13 @@ pub struct PostgresSourceConfig {
     /// How often a standby status update is sent at least.
     #[serde(default = "default_status_interval", with = "units::duration")]
     pub status_interval: Duration,
+    /// A replication connection that brings nothing (no change, no
+    /// keepalive) for half of this is pinged (a status update asking for a
+    /// reply); when nothing arrives for all of it, the link is taken as
+    /// dead (a silent network: a half-open TCP connection behind a load
+    /// balancer) and pgfanout reconnects. `0s` turns it off.
+    #[serde(default = "default_receive_timeout", with = "units::duration")]
+    pub receive_timeout: Duration,
     /// When set, a `pg_logical_emit_message` heartbeat is written this often
     /// so that a server sending no keepalives still lets the slot advance.
     #[serde(default, with = "units::option_duration")]
@@ -218,6 +225,7 @@ impl fmt::Debug for PostgresSourceConfig {
             .field("snapshot", &self.snapshot)
             .field("tls", &self.tls)
             .field("status_interval", &self.status_interval)
+            .field("receive_timeout", &self.receive_timeout)
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("read_coalesce", &self.read_coalesce)
             .field("receive_buffer", &self.receive_buffer)
@@ -243,6 +251,10 @@ fn default_read_coalesce() -> Duration {
 
 fn default_status_interval() -> Duration {
     Duration::from_secs(10)
+}
+
+fn default_receive_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

@@ -16,8 +16,6 @@
 //! Prometheus text the listener renders anyway; what it does not (last
 //! errors, dead letters, rate history) is kept by [`activity`].
 
-pub mod activity;
-
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -31,6 +29,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{json, Value as JsonValue};
 use tokio::sync::Mutex;
 
+use crate::activity;
 use crate::http::{Admin, Health};
 use crate::metrics as m;
 

@@ -8,6 +8,7 @@
 //! reason. `pgfanout dead-letters list | replay` reads them back
 //! ([`store`], [`replay`]); [`record`] is their stored form.
 
+pub mod gone;
 pub mod record;
 pub mod replay;
 pub mod store;

@@ -8,6 +8,9 @@
 //!
 //! - written: the letter is removed;
 //! - filtered out by the pipeline now: removed too (nothing is owed);
+//! - its row is gone from PostgreSQL (deleted or re-keyed since): removed
+//!   without writing ([`super::gone`]): a store that no longer remembers
+//!   the delete would take the old row back;
 //! - refused again (by the pipeline or the store): kept, with the new error
 //!   and `attempts + 1`;
 //! - not tried (pipeline gone, a sink that cannot be reached, a sink that
@@ -37,6 +40,8 @@ pub struct Outcome {
     pub delivered: Vec<(String, String)>,
     /// The current pipeline filters them out (removed).
     pub filtered: Vec<String>,
+    /// Their row is no longer in PostgreSQL (removed, not written).
+    pub superseded: Vec<String>,
     /// Refused again: id and the new error (kept, attempts + 1).
     pub refused: Vec<(String, String)>,
     /// Not tried: id and why (kept as they are).
@@ -47,8 +52,15 @@ pub struct Outcome {
 
 /// Replays the letters `filter` selects from `store` through `cfg`. With
 /// `dry_run`, routes them and says what would be sent, writing nothing.
-pub async fn replay(cfg: &Config, store: &Store, filter: &Filter, dry_run: bool) -> Result<Outcome, String> {
+pub async fn replay(
+    cfg: &Config,
+    source: &tokio_postgres::Client,
+    store: &Store,
+    filter: &Filter,
+    dry_run: bool,
+) -> Result<Outcome, String> {
     let loaded = store.load(filter).await?;
+    let gone = super::gone::gone(source, &loaded.letters.iter().collect::<Vec<_>>()).await?;
     let router = Router::new(cfg).map_err(|e| e.to_string())?;
     let sink_names = router.sink_names();
     let mut out = Outcome { unreadable: loaded.unreadable, ..Outcome::default() };
@@ -63,6 +75,10 @@ pub async fn replay(cfg: &Config, store: &Store, filter: &Filter, dry_run: bool)
         };
         if let Some(why) = why_not {
             out.skipped.push((l.id.clone(), why));
+            continue;
+        }
+        if gone.contains(&l.id) {
+            out.superseded.push(l.id.clone());
             continue;
         }
         let (Some(source), Some(index)) = (&l.source, cfg.pipelines.iter().position(|p| p.name == l.pipeline)) else { continue };
@@ -96,7 +112,8 @@ pub async fn replay(cfg: &Config, store: &Store, filter: &Filter, dry_run: bool)
     }
     if !dry_run {
         let by_id: BTreeMap<&str, &Stored> = loaded.letters.iter().map(|l| (l.id.as_str(), l)).collect();
-        let done: Vec<&str> = out.delivered.iter().map(|(id, _)| id.as_str()).chain(out.filtered.iter().map(String::as_str)).collect();
+        let done: Vec<&str> =
+            out.delivered.iter().map(|(id, _)| id.as_str()).chain(out.filtered.iter().chain(&out.superseded).map(String::as_str)).collect();
         store.resolve(&done).await?;
         let refused: Vec<(&Stored, String)> =
             out.refused.iter().filter_map(|(id, e)| by_id.get(id.as_str()).map(|l| (*l, e.clone()))).collect();

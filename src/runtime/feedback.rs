@@ -20,12 +20,48 @@ pub struct Feedback {
     /// Last flush position sent.
     sent_flush: Lsn,
     last_status: Instant,
+    /// When the server was last heard from (or the reader last started
+    /// listening after doing something else).
+    heard: Instant,
+    /// Whether a ping (a status update asking for a reply) went out since.
+    pinged: bool,
+}
+
+/// What the silence on the replication connection calls for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Silence {
+    Fine,
+    /// Half the receive timeout passed: ask the server for a reply.
+    Ping,
+    /// The whole receive timeout passed, ping unanswered: the link is dead.
+    Dead,
 }
 
 impl Feedback {
     /// Nothing received or sent beyond `start` yet.
     pub fn new(start: Lsn) -> Self {
-        Feedback { received: start, sent_flush: start, last_status: Instant::now() }
+        Feedback { received: start, sent_flush: start, last_status: Instant::now(), heard: Instant::now(), pinged: false }
+    }
+
+    /// Something arrived from the server; also called when the reader
+    /// comes back to listening after waiting for the sinks (its own pause
+    /// is not the server's silence).
+    pub fn heard(&mut self) {
+        self.heard = Instant::now();
+        self.pinged = false;
+    }
+
+    /// How the silence since [`heard`](Self::heard) compares with `timeout`.
+    pub fn silence(&self, timeout: Option<Duration>) -> Silence {
+        let Some(timeout) = timeout else { return Silence::Fine };
+        let quiet = self.heard.elapsed();
+        if quiet >= timeout && self.pinged {
+            Silence::Dead
+        } else if quiet >= timeout / 2 && !self.pinged {
+            Silence::Ping
+        } else {
+            Silence::Fine
+        }
     }
 
     /// The stream has been received up to `lsn`.
@@ -54,9 +90,11 @@ impl Feedback {
         flush: Lsn,
         names: &[String],
         tracker: &AckTracker,
+        ping: bool,
     ) -> Result<(), SourceError> {
         let write = self.received.max(flush);
-        stream.send_status_update(write, flush, flush, false).await?;
+        stream.send_status_update(write, flush, flush, ping).await?;
+        self.pinged |= ping;
         self.sent_flush = self.sent_flush.max(flush);
         self.last_status = Instant::now();
         metrics::gauge!(m::CONFIRMED_FLUSH_LSN).set(flush.0 as f64);

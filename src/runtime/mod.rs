@@ -186,6 +186,7 @@ async fn lead(
         slot: pg.slot.clone(),
         publication: pg.publication.clone(),
         status_interval: pg.status_interval,
+        receive_timeout: Some(pg.receive_timeout).filter(|t| !t.is_zero()),
         batch_size: cfg.runtime.batch_size,
         // Each sink can hold `queue_batches` chunks of this size.
         chunk_bytes: (usize::try_from(cfg.runtime.queue_memory.0).unwrap_or(usize::MAX)

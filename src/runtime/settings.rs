@@ -17,6 +17,8 @@ pub struct SourceSettings {
     pub slot: String,
     pub publication: String,
     pub status_interval: Duration,
+    /// Nothing received for this long: the link is dead (`None`: never).
+    pub receive_timeout: Option<Duration>,
     pub batch_size: usize,
     /// A sink's chunk is handed over at this many bytes of records even
     /// below `batch_size` (a part of `runtime.queue_memory`).

@@ -52,7 +52,7 @@ use crate::metrics as m;
 use crate::pipeline::{Routed, Router};
 use crate::runtime::ack::AckTracker;
 use crate::runtime::bridge::BackfillBridge;
-use crate::runtime::feedback::{self, Feedback};
+use crate::runtime::feedback::{self, Feedback, Silence};
 use crate::runtime::heartbeat;
 use crate::runtime::in_progress::{Control, InProgress, StreamCommit};
 use crate::runtime::outbox::Outbox;
@@ -379,6 +379,7 @@ impl SourceLoop {
                         }
                         _ = tick.tick() => {
                             self.publish_stats();
+                            self.check_silence(&mut stream).await?;
                             // Commit markers held for a full queue leave
                             // once it has room, even when nothing else comes.
                             if self.outbox.chunks().iter().any(|c| !c.is_empty()) {
@@ -393,6 +394,7 @@ impl SourceLoop {
                     }
                 }
             };
+            self.feedback.heard();
             match msg {
                 ReplicationMessage::XLogData { wal_start, wal_end, data, .. } => {
                     self.stats.bytes(data.len());
@@ -642,7 +644,11 @@ impl SourceLoop {
         tokio::pin!(wait);
         loop {
             tokio::select! {
-                done = &mut wait => return Ok(Some(done)),
+                done = &mut wait => {
+                    // The reader's own pause is not the server's silence.
+                    self.feedback.heard();
+                    return Ok(Some(done));
+                }
                 _ = tokio::time::sleep(self.settings.status_interval.min(Duration::from_secs(5))) => {
                     if let Some(stream) = stream.as_deref_mut() {
                         self.send_status(stream, false).await?;
@@ -665,11 +671,32 @@ impl SourceLoop {
         Ok(())
     }
 
-    async fn send_status(&mut self, stream: &mut ReplicationStream, _reply: bool) -> Result<(), SourceError> {
+    /// Sends a status update; `ping` asks the server to answer it at once.
+    async fn send_status(&mut self, stream: &mut ReplicationStream, ping: bool) -> Result<(), SourceError> {
         let flush = self.tracker.poll();
-        self.feedback.send(stream, flush, &self.sinks.names, &self.tracker).await?;
+        self.feedback.send(stream, flush, &self.sinks.names, &self.tracker, ping).await?;
         self.publish_progress(flush);
         Ok(())
+    }
+
+    /// A silent link (`source.postgres.receive_timeout`): after half of it
+    /// without a message the server is pinged; after all of it the
+    /// connection is given up (a transient error: the reader reconnects,
+    /// and the stream resumes after what was received).
+    async fn check_silence(&mut self, stream: &mut ReplicationStream) -> Result<(), SourceError> {
+        match self.feedback.silence(self.settings.receive_timeout) {
+            Silence::Fine => Ok(()),
+            Silence::Ping => {
+                debug!("replication connection quiet; pinging the server");
+                self.send_status(stream, true).await
+            }
+            Silence::Dead => {
+                Err(SourceError::transient(format!(
+                    "nothing from the server for {} (source.postgres.receive_timeout), not even an answer to a ping: the connection is taken as dead",
+                    humantime::format_duration(self.settings.receive_timeout.unwrap_or_default())
+                )))
+            }
+        }
     }
 
     fn publish_progress(&self, flush: Lsn) {

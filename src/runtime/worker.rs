@@ -224,7 +224,7 @@ impl Worker {
     async fn back_off(&self, backoff: &mut Backoff, batch: &[SinkRecord], error: &str, what: &str) {
         let records = batch.len();
         metrics::counter!(m::SINK_FAILED_TOTAL, m::LABEL_SINK => self.name.to_string()).increment(records as u64);
-        crate::console::activity::sink_failed(&self.name, error, batch.iter().filter_map(|r| r.change.commit_ts).min());
+        crate::activity::sink_failed(&self.name, error, batch.iter().filter_map(|r| r.change.commit_ts).min());
         let delay = backoff.next_delay();
         warn!(sink = %self.name, error = %error, records, retry_in = ?delay, "{what}");
         tokio::time::sleep(delay).await;
@@ -235,6 +235,7 @@ impl Worker {
         match outcome {
             Ok(rejected) => self.settle(&done.batch, rejected, done.started.elapsed()).await,
             Err(e) => {
+                crate::activity::sink_failed(&self.name, &e.to_string(), done.batch.iter().filter_map(|r| r.change.commit_ts).min());
                 warn!(sink = %self.name, error = %e, records = done.batch.len(), "batch in flight failed; writing it again alone");
                 self.write(sink, &done.batch).await;
             }
@@ -313,7 +314,7 @@ impl Worker {
             metrics::histogram!(m::END_TO_END_LATENCY_SECONDS, m::LABEL_SINK => sink).record(seconds);
             latency = Some(seconds);
         }
-        crate::console::activity::sink_wrote(&self.name, latency);
+        crate::activity::sink_wrote(&self.name, latency);
     }
 }
 

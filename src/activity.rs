@@ -1,10 +1,10 @@
-//! What the console shows that the metrics do not keep: each sink's last
-//! error and since when it is failing, the latency of its last write, and
+//! What the console and `/readyz` show that the metrics do not keep: each
+//! sink's last error and since when it is failing, the latency of its last write, and
 //! 15 minutes of per-sink rates (the latest dead letters are kept by
 //! [`crate::dead_letter::recent`]).
 //!
 //! The runtime's workers report here as they go (a process-wide record,
-//! like the metrics registry); the console reads a copy.
+//! like the metrics registry); the console and `/readyz` read a copy.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{LazyLock, Mutex};
@@ -109,6 +109,17 @@ pub fn sample(written: &HashMap<String, f64>, read: f64, secs: f64) {
         }
         a.read = Some(read);
     })
+}
+
+/// The sinks failing now: name, seconds since the failures began, the last
+/// error; the longest-failing first.
+pub fn failing() -> Vec<(String, f64, String)> {
+    let now = now();
+    let mut out: Vec<(String, f64, String)> = with(|a| {
+        a.sinks.iter().filter_map(|(name, s)| Some((name.clone(), now - s.failing_since?, s.error.clone().unwrap_or_default()))).collect()
+    });
+    out.sort_by(|a, b| b.1.total_cmp(&a.1));
+    out
 }
 
 /// A copy of what the console shows: per sink, and the read rate.
