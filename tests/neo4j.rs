@@ -480,6 +480,56 @@ async fn sigkill_mid_workload_converges_without_duplicates() {
     eprintln!("{} transactions, {items} order items; confirmed at start and at the kills: {confirmed:X?}", done.load(Ordering::Relaxed));
 }
 
+/// The Bolt link goes silent while the shop runs (Toxiproxy drops
+/// everything both ways and keeps the connections open: a half-open
+/// connection behind a load balancer). Each stuck transaction times out
+/// (`request_timeout` 3 s), the sink opens a new pool and retries; once the
+/// link is back, the graph equals the tables with nothing dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_bolt_link_times_out_and_the_graph_converges() {
+    let db = "gsilent";
+    let (pg, c) = cluster_with(db, SHORT_WAL_SENDER_TIMEOUT).await;
+    c.batch_execute(SCHEMA).await.unwrap();
+    let server = tokio::task::spawn_blocking(Neo4jServer::start).await.unwrap();
+    let proxy = tokio::task::block_in_place(testkit::Toxiproxy::start);
+    let link = proxy.link("bolt", server.bolt_port);
+    let dir = scratch();
+    let uri = format!("bolt://127.0.0.1:{}", link.port);
+    let cfg = neo4j_config(&pg, db, db, &uri, &server.user, &server.password, &server.database, PIPELINES, dir.path());
+    let sink_end = format!("database: \"{}\" }}", server.database);
+    assert!(cfg.contains(&sink_end));
+    let cfg = cfg.replace(&sink_end, &format!("database: \"{}\", request_timeout: 3s }}", server.database));
+    let mut d = Daemon::start(bin(), dir.path(), db, &cfg);
+    testkit::wait_for(Duration::from_secs(60), "slot", || async { confirmed_flush(&c, db).await > 0 }).await;
+    let mut shop = Shop::new(0x9a9a_0007);
+    c.batch_execute(&shop.seed(30, 20)).await.unwrap();
+    let (done, stop, writer) = shop_in_background(&pg, db, shop, Duration::from_millis(20)).await;
+    let before = confirmed_flush(&c, db).await;
+    testkit::wait_for(Duration::from_secs(60), "workload progress and deliveries", || {
+        let n = done.load(Ordering::Relaxed);
+        let c = &c;
+        async move { n >= 40 && confirmed_flush(c, db).await > before }
+    })
+    .await;
+    tokio::task::block_in_place(|| {
+        link.add("up", "timeout", testkit::ToxicStream::Up, r#"{"timeout": 0}"#);
+        link.add("down", "timeout", testkit::ToxicStream::Down, r#"{"timeout": 0}"#);
+    });
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let silent_at = confirmed_flush(&c, db).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(confirmed_flush(&c, db).await, silent_at, "nothing is confirmed while the graph cannot be written");
+    tokio::task::block_in_place(|| {
+        link.remove("up");
+        link.remove("down");
+    });
+    stop_shop_once_sized(&c, &stop, writer).await;
+    assert_converged(&c, &server, dir.path(), &mut d, db, Duration::from_secs(120)).await;
+    let log = d.log();
+    assert!(log.contains("request_timeout"), "the stuck transactions timed out:\n{log}");
+    assert!(log.contains("new connection pool"), "a new pool after the timeout:\n{log}");
+}
+
 /// Neo4j killed (SIGKILL) while the shop runs and batches are in flight,
 /// down for a few seconds, then restarted: the daemon retries until the
 /// server is back, the batches written again keep their order (a delete is

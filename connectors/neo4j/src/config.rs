@@ -6,7 +6,9 @@
 //! path before anything connects. Property and column maps keep their order
 //! (`IndexMap`) so generated Cypher is stable across runs.
 
-use pgfanout_sdk::settings::{Problems, Secret, TlsFiles};
+use std::time::Duration;
+
+use pgfanout_sdk::settings::{duration, Problems, Secret, TlsFiles};
 
 use indexmap::IndexMap;
 use serde::Deserialize;
@@ -56,6 +58,12 @@ pub struct Neo4jSinkConfig {
     /// transactions still run one after the other, in order.
     #[serde(default = "default_in_flight_batches")]
     pub in_flight_batches: usize,
+    /// Time allowed for one batch's transaction (default `60s`). One that
+    /// takes longer (a server that stopped answering, a silent network)
+    /// fails the batch, which is retried on a new connection pool (the
+    /// stuck connections are dropped with the old one).
+    #[serde(default = "default_request_timeout", with = "duration")]
+    pub request_timeout: Duration,
 }
 
 fn default_max_batch() -> usize {
@@ -69,6 +77,9 @@ fn default_max_connections() -> usize {
 }
 fn default_in_flight_batches() -> usize {
     2
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 fn default_true() -> bool {
     true

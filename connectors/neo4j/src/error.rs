@@ -35,6 +35,10 @@ pub enum Neo4jSinkError {
     /// Retriable.
     #[error("neo4j: a batch before this one failed; writing this one again after it")]
     EarlierBatchFailed,
+    /// A batch's transaction took longer than `request_timeout`: the
+    /// server or the network went silent. Retriable (on a new pool).
+    #[error("neo4j: no answer within {0:?} (request_timeout); reconnecting")]
+    TimedOut(std::time::Duration),
     /// The task running a batch's transaction died. Retriable.
     #[error("neo4j: write task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
@@ -54,7 +58,7 @@ impl Neo4jSinkError {
         match self {
             Neo4jSinkError::Invalid(_) | Neo4jSinkError::Config(_) | Neo4jSinkError::Column { .. } => false,
             Neo4jSinkError::Bolt { source, .. } => is_retriable(source),
-            Neo4jSinkError::EarlierBatchFailed | Neo4jSinkError::Task(_) => true,
+            Neo4jSinkError::EarlierBatchFailed | Neo4jSinkError::TimedOut(_) | Neo4jSinkError::Task(_) => true,
         }
     }
 

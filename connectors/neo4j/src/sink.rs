@@ -24,7 +24,9 @@
 //! replayed older upsert bring a deleted node back).
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use neo4rs::{query, BoltList, BoltType, ConfigBuilder, Graph, Query};
 use pgfanout_sdk::{BatchOutcome, Change, InFlight, Op, PipelineStop, Rejected, Sink, SinkError, SinkRecord};
@@ -121,6 +123,10 @@ pub struct Neo4jSink {
     last: Option<oneshot::Receiver<bool>>,
     /// Set by a batch in flight that failed (see the module docs).
     stopped: PipelineStop,
+    /// Set when a transaction timed out: its connection may be stuck, so
+    /// the next write opens a new pool.
+    stuck: Arc<AtomicBool>,
+    cfg: Neo4jSinkConfig,
 }
 
 impl Neo4jSink {
@@ -148,6 +154,8 @@ impl Neo4jSink {
             in_flight: cfg.in_flight_batches.max(1),
             last: None,
             stopped: PipelineStop::default(),
+            stuck: Arc::new(AtomicBool::new(false)),
+            cfg: cfg.clone(),
         };
         sink.ping().await?;
         if cfg.create_indexes {
@@ -155,6 +163,24 @@ impl Neo4jSink {
         }
         info!(uri = %cfg.uri, routes = sink.routes.len(), "neo4j sink connected");
         Ok(sink)
+    }
+
+    /// After a timed-out transaction: a new connection pool (the old one,
+    /// with the connection that went silent, is dropped).
+    async fn reopen_if_stuck(&mut self) -> Result<(), Neo4jSinkError> {
+        if self.stuck.swap(false, Ordering::SeqCst) {
+            match open_graph(&self.cfg).await {
+                Ok(g) => {
+                    info!(uri = %self.cfg.uri, "neo4j sink: new connection pool after a timeout");
+                    self.graph = g;
+                }
+                Err(e) => {
+                    self.stuck.store(true, Ordering::SeqCst);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn ping(&self) -> Result<(), Neo4jSinkError> {
@@ -275,6 +301,18 @@ impl Neo4jSink {
     }
 }
 
+/// [`run_in_txn`] within `timeout`; past it, `stuck` is set (the next
+/// write opens a new pool) and the batch fails as retriable.
+async fn run_bounded(graph: &Graph, statements: Vec<Statement>, timeout: Duration, stuck: &AtomicBool) -> Result<(), Neo4jSinkError> {
+    match tokio::time::timeout(timeout, run_in_txn(graph, statements)).await {
+        Ok(outcome) => outcome,
+        Err(_) => {
+            stuck.store(true, Ordering::SeqCst);
+            Err(Neo4jSinkError::TimedOut(timeout))
+        }
+    }
+}
+
 /// Runs statements in one transaction and commits it.
 async fn run_in_txn(graph: &Graph, statements: Vec<Statement>) -> Result<(), Neo4jSinkError> {
     if statements.is_empty() {
@@ -330,12 +368,13 @@ fn prepare(routes: &[Neo4jMapping], i: usize) -> Route {
 
 impl Sink for Neo4jSink {
     async fn write(&mut self, batch: &[SinkRecord]) -> BatchOutcome {
+        self.reopen_if_stuck().await?;
         let mut rejected = Vec::new();
         let statements = self.plan(batch, &mut rejected);
         // A permanent failure of the transaction fails the batch: the
         // runtime then writes its records one by one and dead-letters the
         // ones the server refuses alone (record isolation lives there).
-        run_in_txn(&self.graph, statements).await?;
+        run_bounded(&self.graph, statements, self.cfg.request_timeout, &self.stuck).await?;
         rejected.sort_by_key(|r| r.index);
         Ok(rejected)
     }
@@ -352,18 +391,20 @@ impl Sink for Neo4jSink {
             self.last = None;
             return Err(refused);
         }
+        self.reopen_if_stuck().await?;
         let mut rejected = Vec::new();
         let statements = self.plan(&batch, &mut rejected);
         let before = self.last.take();
         let (done, next) = oneshot::channel();
         self.last = Some(next);
-        let (graph, stopped) = (self.graph.clone(), self.stopped.clone());
+        let (graph, stopped, stuck, timeout) = (self.graph.clone(), self.stopped.clone(), self.stuck.clone(), self.cfg.request_timeout);
         let task = tokio::spawn(async move {
             let ready = match before {
                 Some(before) => before.await.unwrap_or(false),
                 None => true,
             };
-            let outcome = if ready { run_in_txn(&graph, statements).await } else { Err(Neo4jSinkError::EarlierBatchFailed) };
+            let outcome =
+                if ready { run_bounded(&graph, statements, timeout, &stuck).await } else { Err(Neo4jSinkError::EarlierBatchFailed) };
             if outcome.is_err() {
                 stopped.set();
             }
