@@ -203,7 +203,16 @@ impl BulkWriter {
                 }
                 // Unreachable: a request on a node that is down died with it;
                 // one on a node cut off will be looked for again.
-                _ => {}
+                other => {
+                    if !warned && started.elapsed() > Duration::from_secs(2) {
+                        let why = match other {
+                            Ok(r) => format!("answered {}", r.status),
+                            Err(e) => e.to_string(),
+                        };
+                        warn!(request = id, error = %why, "a _bulk request got no answer and the cluster cannot be reached to see whether it still runs; asking again");
+                        warned = true;
+                    }
+                }
             }
             if started.elapsed() > Duration::from_secs(600) {
                 warn!(request = id, "gave up waiting for a _bulk request without an answer after 10 minutes; sending it again");
