@@ -666,7 +666,8 @@ impl SourceLoop {
         self.backfills.answer(&self.tracker);
         self.publish_progress(self.feedback.sent_flush());
         if self.feedback.due(confirmed, self.settings.status_interval, reply) {
-            self.send_status(stream, reply).await?;
+            // An answer to the server never asks for one back.
+            self.send_status(stream, false).await?;
         }
         Ok(())
     }
