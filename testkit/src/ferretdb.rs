@@ -21,15 +21,7 @@ use crate::{free_port, PgCluster};
 
 /// `$PGFANOUT_BIN/ferretdb` or `~/.cache/pgfanout/bin/ferretdb`.
 pub fn ferretdb_bin() -> PathBuf {
-    let dir = std::env::var_os("PGFANOUT_BIN").map(PathBuf::from).unwrap_or_else(|| {
-        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
-        home.join(".cache/pgfanout/bin")
-    });
-    let bin = dir.join("ferretdb");
-    if !bin.exists() {
-        panic!("FerretDB is not installed at {}: run scripts/install-ferretdb.sh", bin.display());
-    }
-    bin
+    crate::cached_bin("ferretdb", "FerretDB", "scripts/install-ferretdb.sh")
 }
 
 /// A running FerretDB on a free loopback port; stopped on drop.

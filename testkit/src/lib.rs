@@ -122,6 +122,20 @@ pub fn scratch_dir(prefix: &str) -> tempfile::TempDir {
     dir
 }
 
+/// An executable an install script builds into `$PGFANOUT_BIN` (default
+/// `~/.cache/pgfanout/bin`); panics naming the script when it is missing.
+pub fn cached_bin(name: &str, what: &str, script: &str) -> PathBuf {
+    let dir = std::env::var_os("PGFANOUT_BIN").map(PathBuf::from).unwrap_or_else(|| {
+        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
+        home.join(".cache/pgfanout/bin")
+    });
+    let bin = dir.join(name);
+    if !bin.exists() {
+        panic!("{what} is not installed at {}: run {script}", bin.display());
+    }
+    bin
+}
+
 /// Finds an executable in the usual places.
 pub fn find_bin(name: &str, dirs: &[&str]) -> Option<PathBuf> {
     dirs.iter().map(|d| Path::new(d).join(name)).find(|p| p.exists())

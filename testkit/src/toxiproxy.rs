@@ -21,15 +21,7 @@ use crate::process::{Ending, Server, ServerSlot};
 
 /// `$PGFANOUT_BIN/toxiproxy-server` or `~/.cache/pgfanout/bin/toxiproxy-server`.
 pub fn toxiproxy_bin() -> PathBuf {
-    let dir = std::env::var_os("PGFANOUT_BIN").map(PathBuf::from).unwrap_or_else(|| {
-        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
-        home.join(".cache/pgfanout/bin")
-    });
-    let bin = dir.join("toxiproxy-server");
-    if !bin.exists() {
-        panic!("Toxiproxy is not installed at {}: run scripts/install-toxiproxy.sh", bin.display());
-    }
-    bin
+    crate::cached_bin("toxiproxy-server", "Toxiproxy", "scripts/install-toxiproxy.sh")
 }
 
 /// A running toxiproxy-server (its API on `port`); stopped on drop.
