@@ -8,6 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use pgfanout_postgres::table_name::quote_ident as ident;
 use pgfanout_sdk::{Op, Value, MESSAGE_SCHEMA};
 use tokio_postgres::Client;
 
@@ -74,8 +75,4 @@ async fn column_types(c: &Client, schema: &str, table: &str) -> Result<Option<Ha
         return Ok(None);
     }
     Ok(Some(rows.iter().map(|r| (r.get(0), r.get(1))).collect()))
-}
-
-fn ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
 }
