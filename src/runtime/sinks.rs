@@ -35,6 +35,9 @@ pub async fn spawn_all(
     fence: &Arc<Fence>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Option<Sinks>, String> {
+    // Retries a sink makes inside itself count as failures, as the
+    // runtime's own do.
+    pgfanout_sdk::health::report_to(|sink, error| crate::activity::sink_failed(sink, error, None));
     let memory = QueueMemory::new(cfg.runtime.queue_memory.bytes());
     let mut sinks = Sinks { names: Vec::new(), senders: Vec::new(), memory, durable: Vec::new(), workers: Vec::new() };
     let wake = Arc::new(tokio::sync::Notify::new());
@@ -43,7 +46,7 @@ pub async fn spawn_all(
         let configured = sink_cfg.configured.as_ref().ok_or_else(|| format!("sinks.{name}: not configured (internal error)"))?;
         let mut backoff = pgfanout_sdk::settings::Backoff::new(std::time::Duration::from_millis(500), std::time::Duration::from_secs(30));
         let sink = loop {
-            match configured.build().await {
+            match pgfanout_sdk::health::scope(Arc::from(name.as_str()), configured.build()).await {
                 Ok(sink) => break sink,
                 Err(e) if e.is_retriable() => {
                     let delay = backoff.next_delay();
@@ -76,7 +79,7 @@ pub async fn spawn_all(
         sinks.names.push(name.clone());
         sinks.senders.push(tx);
         sinks.durable.push(durable);
-        sinks.workers.push(tokio::spawn(worker.run(sink)));
+        sinks.workers.push(tokio::spawn(pgfanout_sdk::health::scope(worker.name.clone(), worker.run(sink))));
     }
     Ok(Some(sinks))
 }

@@ -29,6 +29,21 @@ pub struct KafkaBroker {
     install: JvmInstall,
     /// A second listener with TLS and SASL ([`KafkaBroker::start_secured`]).
     pub secured: Option<Secured>,
+    /// A second plaintext listener for clients behind a proxy
+    /// ([`KafkaBroker::start_behind`]).
+    pub behind: Option<Behind>,
+}
+
+/// The `PROXIED` listener of a [`KafkaBroker::start_behind`] broker: it
+/// listens on `port` and tells its clients that the broker is at
+/// `127.0.0.1:<proxy_port>` (the proxy, forwarding to `port`), so that
+/// everything a client bootstrapped through the proxy sends goes through
+/// it. Clients of the plain listener ([`KafkaBroker::bootstrap`]) reach the
+/// broker directly.
+#[derive(Debug, Clone, Copy)]
+pub struct Behind {
+    pub port: u16,
+    pub proxy_port: u16,
 }
 
 /// The `SASL_SSL` listener of a [`KafkaBroker::start_secured`] broker:
@@ -54,8 +69,15 @@ impl KafkaBroker {
     pub fn start() -> KafkaBroker {
         crate::retry_on_port_clash(|| {
             let [port, controller_port] = free_ports();
-            KafkaBroker { slot: ServerSlot::new("kafka", port), port, controller_port, install: JvmInstall::find("kafka"), secured: None }
-                .started()
+            KafkaBroker {
+                slot: ServerSlot::new("kafka", port),
+                port,
+                controller_port,
+                install: JvmInstall::find("kafka"),
+                secured: None,
+                behind: None,
+            }
+            .started()
         })
     }
 
@@ -66,7 +88,26 @@ impl KafkaBroker {
             let [port, controller_port, secured_port] = free_ports();
             let slot = ServerSlot::new("kafka", port);
             let secured = make_certificates(slot.dir(), secured_port);
-            KafkaBroker { slot, port, controller_port, install: JvmInstall::find("kafka"), secured: Some(secured) }.started()
+            KafkaBroker { slot, port, controller_port, install: JvmInstall::find("kafka"), secured: Some(secured), behind: None }.started()
+        })
+    }
+
+    /// A broker with, beside its plaintext listener, a [`Behind`] one
+    /// advertising `127.0.0.1:<proxy_port>`: put a proxy from `proxy_port`
+    /// to `behind.port` (e.g. `Toxiproxy::link_on`) and bootstrap clients
+    /// at the proxy.
+    pub fn start_behind(proxy_port: u16) -> KafkaBroker {
+        crate::retry_on_port_clash(|| {
+            let [port, controller_port, behind_port] = free_ports();
+            KafkaBroker {
+                slot: ServerSlot::new("kafka", port),
+                port,
+                controller_port,
+                install: JvmInstall::find("kafka"),
+                secured: None,
+                behind: Some(Behind { port: behind_port, proxy_port }),
+            }
+            .started()
         })
     }
 
@@ -145,6 +186,15 @@ pgfanout.testkit.add.scram=SCRAM-SHA-512=[name={SASL_USER},password={SASL_PASSWO
 ",
                 keystore = dir.join("broker.p12").display()
             ));
+        }
+        if let Some(b) = self.behind {
+            props = props
+                .replace(&format!("CONTROLLER://127.0.0.1:{c}\n"), &format!("CONTROLLER://127.0.0.1:{c},PROXIED://127.0.0.1:{}\n", b.port))
+                .replace(
+                    &format!("advertised.listeners=PLAINTEXT://127.0.0.1:{p}\n"),
+                    &format!("advertised.listeners=PLAINTEXT://127.0.0.1:{p},PROXIED://127.0.0.1:{}\n", b.proxy_port),
+                )
+                .replace("PLAINTEXT:PLAINTEXT\n", "PLAINTEXT:PLAINTEXT,PROXIED:PLAINTEXT\n");
         }
         std::fs::write(self.slot.dir().join("server.properties"), props).expect("write server.properties");
     }

@@ -55,7 +55,12 @@ impl Toxiproxy {
 
     /// A proxy named `name` from a free port to `127.0.0.1:upstream`.
     pub fn link(&self, name: &str, upstream: u16) -> Link {
-        let port = free_port();
+        self.link_on(name, free_port(), upstream)
+    }
+
+    /// A proxy named `name` from `port` (chosen beforehand, e.g. for a
+    /// server that must advertise it) to `127.0.0.1:upstream`.
+    pub fn link_on(&self, name: &str, port: u16, upstream: u16) -> Link {
         let body = format!(r#"{{"name":"{name}","listen":"127.0.0.1:{port}","upstream":"127.0.0.1:{upstream}","enabled":true}}"#);
         api(self.port, "POST", "/proxies", &body);
         Link { name: name.into(), port, api: self.port }

@@ -41,7 +41,7 @@ impl Lanes {
         let queues = (0..n.max(1))
             .map(|_| {
                 let (tx, rx) = mpsc::unbounded_channel();
-                tokio::spawn(run(writer.clone(), rx));
+                tokio::spawn(pgfanout_sdk::health::inherit(run(writer.clone(), rx)));
                 tx
             })
             .collect();

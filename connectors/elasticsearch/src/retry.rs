@@ -68,6 +68,7 @@ impl BulkWriter {
                 Err(e) => {
                     let delay = backoff.next_delay();
                     warn!(error = %e, actions = job.items.len(), retry_in = ?delay, "bulk request failed; sending it again");
+                    pgfanout_sdk::health::retrying(&e);
                     tokio::time::sleep(delay).await;
                 }
             }
@@ -141,6 +142,7 @@ impl BulkWriter {
             retry.dedup();
             let delay = backoff.next_delay();
             warn!(items = retry.len(), attempt, error = %last_error, retry_in = ?delay, "bulk items failed; retrying them");
+            pgfanout_sdk::health::retrying(&last_error);
             tokio::time::sleep(delay).await;
             pending = retry;
         }
@@ -204,11 +206,12 @@ impl BulkWriter {
                 // Unreachable: a request on a node that is down died with it;
                 // one on a node cut off will be looked for again.
                 other => {
+                    let why = match other {
+                        Ok(r) => format!("answered {}", r.status),
+                        Err(e) => e.to_string(),
+                    };
+                    pgfanout_sdk::health::retrying(&format_args!("a _bulk request got no answer; the cluster cannot be reached: {why}"));
                     if !warned && started.elapsed() > Duration::from_secs(2) {
-                        let why = match other {
-                            Ok(r) => format!("answered {}", r.status),
-                            Err(e) => e.to_string(),
-                        };
                         warn!(request = id, error = %why, "a _bulk request got no answer and the cluster cannot be reached to see whether it still runs; asking again");
                         warned = true;
                     }

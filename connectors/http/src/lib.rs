@@ -277,6 +277,7 @@ impl HttpSink {
         let wait = Duration::from_millis(100 << (*attempts).min(5)).min(Duration::from_secs(2));
         *attempts += 1;
         debug!(%error, ?wait, attempt = *attempts, "webhook request failed; sending it again");
+        pgfanout_sdk::health::retrying(error);
         tokio::time::sleep(wait).await;
         true
     }

@@ -8,6 +8,7 @@
 pub mod change;
 pub mod connector;
 pub mod exact;
+pub mod health;
 pub mod json;
 pub mod lsn;
 pub mod outbox;
