@@ -391,6 +391,9 @@ async fn faults_on(on: On) {
     let cfg = cfg.replace("http:\n  enabled: false\n", &format!("http:\n  listen: 127.0.0.1:{http}\n"));
     let d = Daemon::start(bin(), dir.path(), "links", &cfg);
     wait_slot(&c, "links", &d).await;
+    // Streaming, and every sink connected, before the first fault.
+    testkit::wait_for(Duration::from_secs(60), "/readyz", || async { tokio::task::block_in_place(|| http_get(http, "/readyz")).0 == 200 })
+        .await;
     let ctl = Arc::new(Controls::default());
     let w = writer(pg.client("links").await, ctl.clone());
     let signs: &[&str] = if on == On::Source {

@@ -104,6 +104,7 @@ impl Exec {
                 Err(e) => {
                     let delay = backoff.next_delay();
                     warn!(error = %e, code = ?e.db_error(), statements = run.len(), retry_in = ?delay, "scylla write failed; retrying it");
+                    pgfanout_sdk::health::retrying(&e);
                     tokio::time::sleep(delay).await;
                 }
             }
