@@ -434,3 +434,94 @@ async fn a_replayed_history_dead_letters_nothing() {
     assert_index_equals_table(&c, "again", &url, "replay-products", &d).await;
     assert_nothing_dead_lettered(dir.path(), db, &d);
 }
+
+/// The Elasticsearch tombstone window, on the path where it matters: a dead
+/// letter replayed after `index.gc_deletes` (1 s here, 60 s by default).
+///
+/// The index maps `code` as an integer, so the changes of rows whose code is
+/// not a number are refused and dead-lettered. Half of those rows are then
+/// deleted: the deletes reach the index (tombstones with their versions).
+/// Past `gc_deletes` the index has forgotten them (checked: it takes an old
+/// version of a deleted probe document), so replaying a deleted row's insert
+/// would bring it back for good. The fix goes into the config (a transform
+/// that nulls a code that is not a number); `replay` delivers the living
+/// rows' letters and removes the deleted rows' as superseded. The index
+/// then equals the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_replayed_past_gc_deletes_does_not_bring_a_deleted_row_back() {
+    let db = "gcdel";
+    let (pg, c) = products_cluster(db).await;
+    let url = node().url();
+    let dir = scratch();
+    let index = "gcdel-products";
+    let extra = ", settings: { index: { gc_deletes: 1s } }, mappings: { properties: { code: { type: integer } } }";
+    let broken = config(&pg, db, &url, index, extra, dir.path());
+    let mut d = Daemon::start(bin(), dir.path(), db, &broken);
+    wait_slot(&c, db, &d).await;
+    // Ids 1..=40; the even ones have a code that is not a number.
+    for id in 1..=40 {
+        let code = if id % 2 == 0 { format!("'x{id}'") } else { format!("'{id}'") };
+        c.batch_execute(&format!("INSERT INTO products (id, name, price, code) VALUES ({id}, 'p{id}', 1.{id:02}, {code})")).await.unwrap();
+    }
+    // Refused rows change again (refused again), and some are deleted.
+    c.batch_execute("UPDATE products SET name = name || '+' WHERE id % 4 = 0").await.unwrap();
+    c.batch_execute("DELETE FROM products WHERE id % 4 = 2 OR id IN (1, 3)").await.unwrap();
+    wait_confirmed(&c, db, &d, Duration::from_secs(120)).await;
+    d.signal("TERM");
+    d.wait(Duration::from_secs(20));
+    let run = |args: &[&str], config: &std::path::Path| {
+        let out = tokio::task::block_in_place(|| std::process::Command::new(bin()).args(args).arg("-c").arg(config).output().unwrap());
+        (out.status.code().unwrap_or(-1), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    };
+    let (code, listed) = run(&["dead-letters", "list", "--json"], &d.config_path);
+    assert_eq!(code, 0, "{listed}");
+    // 20 inserts and 10 updates refused.
+    assert_eq!(listed.lines().count(), 30, "{listed}");
+
+    // Past gc_deletes: the index takes an old version of a deleted document.
+    let http = reqwest::Client::new();
+    let probe = |version: u32, delete: bool| {
+        let u = format!("{url}/{index}/_doc/probe?version={version}&version_type=external");
+        let r = if delete { http.delete(u) } else { http.put(u).json(&serde_json::json!({ "name": "probe" })) };
+        async move { r.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(probe(5, false).await, 201);
+    assert_eq!(probe(6, true).await, 200);
+    assert_eq!(probe(1, false).await, 409, "right after the delete, its version is known");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for _ in 0..2 {
+        http.post(format!("{url}/{index}/_refresh")).send().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    assert_eq!(probe(1, false).await, 201, "past gc_deletes the index forgot the delete");
+    assert_eq!(probe(2, true).await, 200);
+
+    // The fix, then the replay.
+    let fixed = dir.path().join("fixed.yaml");
+    let transform = "\n    transforms:\n      - set: { code: 'after.code.matches(\"^[0-9]+$\") ? after.code : null' }";
+    let fixed_yaml = broken.replacen("code: { type: integer } } } }", &format!("code: {{ type: integer }} }} }} }}{transform}"), 1);
+    assert_ne!(fixed_yaml, broken);
+    std::fs::write(&fixed, &fixed_yaml).unwrap();
+    let (code, out) = run(&["dead-letters", "replay"], &fixed);
+    assert_eq!(code, 0, "{out}");
+    // The index equals the table: no deleted row came back.
+    http.post(format!("{url}/{index}/_refresh")).send().await.unwrap();
+    let docs = documents(&url, index).await;
+    let rows = c.query("SELECT id::text, name, code FROM products ORDER BY id", &[]).await.unwrap();
+    let want: std::collections::BTreeMap<String, (Json, Json)> = rows
+        .iter()
+        .map(|r| {
+            let code: &str = r.get(2);
+            let code = if code.chars().all(|ch| ch.is_ascii_digit()) { Json::from(code) } else { Json::Null };
+            (r.get::<_, String>(0), (Json::from(r.get::<_, &str>(1)), code))
+        })
+        .collect();
+    let got: std::collections::BTreeMap<String, (Json, Json)> =
+        docs.iter().map(|(id, doc)| (id.clone(), (doc["name"].clone(), doc["code"].clone()))).collect();
+    assert_eq!(got, want, "the index equals the table through the fixed pipeline");
+    // Rows 4, 8, ..., 40 (10 rows, an insert and an update each) are
+    // delivered; rows 2, 6, ..., 38 (10 inserts) were deleted.
+    assert!(out.contains("20 delivered, 0 filtered out, 10 superseded, 0 refused again"), "{out}");
+    let (_, left) = run(&["dead-letters", "list", "--json"], &fixed);
+    assert_eq!(left.trim(), "", "every letter is gone");
+}
