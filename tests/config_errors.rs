@@ -271,7 +271,25 @@ fn cases() -> Vec<Case> {
         case("bad listen address", with_section("http: { listen: nowhere }\n"), "http.listen", "host:port"),
         case("zero batch size", with_section("runtime: { batch_size: 0 }\n"), "runtime.batch_size", "out of range"),
         case("empty dead letter path", with_section("dead_letter: { path: \"\" }\n"), "dead_letter.path", "file path"),
-        case("unknown dead letter destination", with_section("dead_letter: { to: s3 }\n"), "dead_letter.to", "expected file or postgres"),
+        case(
+            "unknown dead letter destination",
+            with_section("dead_letter: { to: s3 }\n"),
+            "dead_letter.to",
+            "expected file, postgres or kafka",
+        ),
+        case("kafka dead letters without a sink", with_section("dead_letter: { to: kafka }\n"), "dead_letter.sink", "name the Kafka sink"),
+        case(
+            "kafka dead letters on a file sink",
+            with_section("dead_letter: { to: kafka, sink: cache }\n"),
+            "dead_letter.sink",
+            "needs a Kafka sink",
+        ),
+        case(
+            "a topic for file dead letters",
+            with_section("dead_letter: { topic: t }\n"),
+            "dead_letter.topic",
+            "only used with `to: kafka`",
+        ),
         case("lease too short", with_section("ha: { enabled: true, lease: 200ms }\n"), "ha.lease", "wal_sender_timeout"),
         case("unknown ha field", with_section("ha: { enabled: true, leader: me }\n"), "ha", "leader"),
     ]

@@ -22,17 +22,29 @@ use testkit::RedisServer;
 const SCHEMA: &str = "CREATE TABLE products (id int PRIMARY KEY, sku text, name text NOT NULL, price numeric(30,10) NOT NULL);
     ALTER TABLE products REPLICA IDENTITY FULL;";
 
+/// Where the letters go.
+#[derive(Clone, Copy)]
+enum To {
+    File,
+    Table,
+    /// A topic on this broker (`dead_letter.sink` names a Kafka sink with
+    /// no pipelines).
+    #[cfg(feature = "kafka")]
+    Kafka(&'static testkit::KafkaBroker),
+}
+
 /// `dead_letter:` as YAML for the destination under test.
-fn destination(to_table: bool, dir: &std::path::Path) -> String {
-    if to_table {
-        "dead_letter:\n  to: postgres\n".into()
-    } else {
-        format!("dead_letter:\n  path: \"{}\"\n", dir.join("dead.jsonl").display())
+fn destination(to: To, dir: &std::path::Path) -> String {
+    match to {
+        To::Table => "dead_letter:\n  to: postgres\n".into(),
+        To::File => format!("dead_letter:\n  path: \"{}\"\n", dir.join("dead.jsonl").display()),
+        #[cfg(feature = "kafka")]
+        To::Kafka(_) => "dead_letter:\n  to: kafka\n  sink: letters\n  topic: dl.letters\n".into(),
     }
 }
 
 /// The config; `fixed` adds the transform that gives legacy rows an sku.
-fn config(pg: &PgCluster, redis: &RedisServer, dir: &std::path::Path, to_table: bool, fixed: bool) -> String {
+fn config(pg: &PgCluster, redis: &RedisServer, dir: &std::path::Path, to: To, fixed: bool) -> String {
     let transform =
         if fixed { "\n    transforms:\n      - set: { sku: 'after.sku == null ? \"L-\" + string(after.id) : after.sku' }" } else { "" };
     let pipelines = format!(
@@ -42,7 +54,14 @@ fn config(pg: &PgCluster, redis: &RedisServer, dir: &std::path::Path, to_table: 
     // Swap the file destination for the one under test.
     let start = base.find("dead_letter:").unwrap();
     let end = base[start..].find("http:").unwrap() + start;
-    format!("{}{}{}", &base[..start], destination(to_table, dir), &base[end..])
+    let cfg = format!("{}{}{}", &base[..start], destination(to, dir), &base[end..]);
+    match to {
+        #[cfg(feature = "kafka")]
+        To::Kafka(broker) => {
+            cfg.replacen("sinks:\n", &format!("sinks:\n  letters: {{ type: kafka, brokers: \"{}\" }}\n", broker.bootstrap()), 1)
+        }
+        _ => cfg,
+    }
 }
 
 fn price(i: u32) -> String {
@@ -104,13 +123,13 @@ fn listed(config: &std::path::Path) -> Vec<serde_json::Value> {
     out.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
-async fn refused_then_replayed(to_table: bool, kill: bool) {
+async fn refused_then_replayed(to: To, kill: bool) {
     let db = "dl";
     let (pg, c) = cluster(db).await;
     c.batch_execute(SCHEMA).await.unwrap();
     let redis = RedisServer::start();
     let dir = scratch();
-    let broken = config(&pg, &redis, dir.path(), to_table, false);
+    let broken = config(&pg, &redis, dir.path(), to, false);
     let mut d = Daemon::start(bin(), dir.path(), "dl", &broken);
     wait_slot(&c, "dl", &d).await;
     let mut letters = workload(&c, 0).await;
@@ -161,7 +180,7 @@ async fn refused_then_replayed(to_table: bool, kill: bool) {
 
     // The fix, in the config; a dry run writes nothing.
     let fixed_path = dir.path().join("fixed.yaml");
-    std::fs::write(&fixed_path, config(&pg, &redis, dir.path(), to_table, true)).unwrap();
+    std::fs::write(&fixed_path, config(&pg, &redis, dir.path(), to, true)).unwrap();
     let (code, out, err) = cli(&["dead-letters", "replay", "--dry-run"], &fixed_path);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains(&format!("would send {letters} to cache")), "{out}");
@@ -185,10 +204,20 @@ async fn refused_then_replayed(to_table: bool, kill: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn letters_in_the_table_survive_sigkills_and_replay_after_the_fix() {
-    refused_then_replayed(true, true).await;
+    refused_then_replayed(To::Table, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn letters_in_the_file_replay_after_the_fix() {
-    refused_then_replayed(false, false).await;
+    refused_then_replayed(To::File, false).await;
+}
+
+/// The letters in a compacted Kafka topic, written with `acks=all` before
+/// their records count as done: two SIGKILLs lose none and duplicate none
+/// (the same letter is the same key).
+#[cfg(feature = "kafka")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn letters_in_a_kafka_topic_survive_sigkills_and_replay_after_the_fix() {
+    let broker = tokio::task::spawn_blocking(testkit::KafkaBroker::shared).await.unwrap();
+    refused_then_replayed(To::Kafka(broker), true).await;
 }

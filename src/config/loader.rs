@@ -278,7 +278,7 @@ fn tidy_message(msg: &str) -> String {
                 "Op" => "an op: insert, update, delete, truncate or read",
                 "SnapshotMode" => "initial or never",
                 "OnDecodeError" => "dead_letter or stop",
-                "DeadLetterTo" => "file or postgres",
+                "DeadLetterTo" => "file, postgres or kafka",
                 _ => "one of the documented values",
             };
             format!("unknown value {variant:?}; expected {valid}")

@@ -297,13 +297,20 @@ impl fmt::Debug for SinkConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeadLetterConfig {
-    /// `file` (the default) or `postgres` (table `pgfanout.dead_letters` in
-    /// the source database).
+    /// `file` (the default), `postgres` (table `pgfanout.dead_letters` in
+    /// the source database) or `kafka` (a compacted topic).
     #[serde(default)]
     pub to: DeadLetterTo,
     /// With `to: file`: a JSON-lines file (`-` for stdout).
     #[serde(default = "default_dead_letter_path")]
     pub path: String,
+    /// With `to: kafka`: the Kafka sink under `sinks:` whose cluster and
+    /// credentials are used (it may have no pipelines).
+    #[serde(default)]
+    pub sink: Option<String>,
+    /// With `to: kafka`: the topic (default `pgfanout.dead_letters.<slot>`).
+    #[serde(default)]
+    pub topic: Option<String>,
 }
 
 /// `dead_letter.to`.
@@ -313,11 +320,19 @@ pub enum DeadLetterTo {
     #[default]
     File,
     Postgres,
+    Kafka,
+}
+
+impl DeadLetterConfig {
+    /// The topic of `to: kafka` for `slot`.
+    pub fn kafka_topic(&self, slot: &str) -> String {
+        self.topic.clone().unwrap_or_else(|| format!("pgfanout.dead_letters.{slot}"))
+    }
 }
 
 impl Default for DeadLetterConfig {
     fn default() -> Self {
-        DeadLetterConfig { to: DeadLetterTo::File, path: default_dead_letter_path() }
+        DeadLetterConfig { to: DeadLetterTo::File, path: default_dead_letter_path(), sink: None, topic: None }
     }
 }
 

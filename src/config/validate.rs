@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::pipeline::{OneOrMany, PipelineConfig, TablePattern, TransformConfig};
-use super::sections::{Config, DeadLetterConfig, HaConfig, HttpConfig, PostgresSourceConfig, RuntimeConfig, SinkConfig};
+use super::sections::{Config, DeadLetterConfig, DeadLetterTo, HaConfig, HttpConfig, PostgresSourceConfig, RuntimeConfig, SinkConfig};
 use crate::expr::{self, Expr};
 use indexmap::IndexMap;
 
@@ -81,6 +81,7 @@ pub(crate) fn validate_parts(p: &Parts<'_>) -> Vec<String> {
         if d.path.trim().is_empty() {
             errors.push("dead_letter.path: expected a file path (or - for stdout)".into());
         }
+        check_dead_letter_kafka(d, p.sinks, p.broken_sinks, &mut errors);
     }
     if let Some(h) = p.http {
         if h.listen.parse::<SocketAddr>().is_err() {
@@ -318,5 +319,45 @@ fn check_column(at: &str, c: &str, errors: &mut Vec<String>) {
         errors.push(format!("{at}: {c:?} is longer than 63 bytes, so it cannot be a PostgreSQL column"));
     } else if c != c.trim() || c.chars().any(char::is_control) {
         errors.push(format!("{at}: {c:?} has leading/trailing spaces or control characters; expected a column name"));
+    }
+}
+
+/// `dead_letter: { to: kafka, sink, topic }`: `sink` names a Kafka sink.
+fn check_dead_letter_kafka(d: &DeadLetterConfig, sinks: &IndexMap<String, SinkConfig>, broken: &[String], errors: &mut Vec<String>) {
+    if d.to != DeadLetterTo::Kafka {
+        for (field, set) in [("sink", d.sink.is_some()), ("topic", d.topic.is_some())] {
+            if set {
+                errors.push(format!("dead_letter.{field}: only used with `to: kafka`; remove it or set `to: kafka`"));
+            }
+        }
+        return;
+    }
+    if !cfg!(feature = "kafka") {
+        errors.push("dead_letter.to: kafka, but this pgfanout was built without the kafka feature; use file or postgres".into());
+        return;
+    }
+    let kafka_sinks: Vec<&str> = sinks.iter().filter(|(_, s)| s.kind() == "kafka").map(|(n, _)| n.as_str()).collect();
+    let choices = if kafka_sinks.is_empty() {
+        "add one under `sinks:` (type: kafka; it may have no pipelines)".to_string()
+    } else {
+        format!("one of {kafka_sinks:?}")
+    };
+    match d.sink.as_deref() {
+        None => errors
+            .push(format!("dead_letter.sink: missing; with `to: kafka` name the Kafka sink whose cluster takes the letters: {choices}")),
+        Some(name) if broken.iter().any(|b| b == name) => {}
+        Some(name) => match sinks.get(name) {
+            None => errors.push(format!("dead_letter.sink: no sink named {name:?}; expected a Kafka sink: {choices}")),
+            Some(s) if s.kind() != "kafka" => {
+                errors.push(format!("dead_letter.sink: {name:?} is a {} sink; `to: kafka` needs a Kafka sink: {choices}", s.kind()))
+            }
+            Some(_) => {}
+        },
+    }
+    #[cfg(feature = "kafka")]
+    if let Some(topic) = &d.topic {
+        if let Err(e) = pgfanout_kafka::check_topic_name(topic) {
+            errors.push(format!("dead_letter.topic: {e}"));
+        }
     }
 }

@@ -9,6 +9,8 @@
 //! ([`store`], [`replay`]); [`record`] is their stored form.
 
 pub mod gone;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod record;
 pub mod replay;
 pub mod store;
@@ -46,6 +48,10 @@ enum Dest {
     /// write; a letter already there (the same change refused again after
     /// a restart) is kept as it is.
     Table { opts: Box<PgConnectOptions>, client: tokio::sync::Mutex<Option<tokio_postgres::Client>> },
+    /// A compacted topic ([`kafka`]), each write acknowledged by all in-sync
+    /// replicas; a letter written again is the same key.
+    #[cfg(feature = "kafka")]
+    Kafka(Box<pgfanout_kafka::letters::LetterTopic>),
 }
 
 impl DeadLetters {
@@ -55,15 +61,17 @@ impl DeadLetters {
     }
 
     /// The destination `cfg.dead_letter` names.
-    pub fn from_config(cfg: &Config, opts: &PgConnectOptions) -> Self {
+    pub fn from_config(cfg: &Config, opts: &PgConnectOptions) -> Result<Self, String> {
         let slot = &cfg.source.postgres.slot;
-        match cfg.dead_letter.to {
-            DeadLetterTo::File => DeadLetters::file(&cfg.dead_letter.path, slot),
-            DeadLetterTo::Postgres => DeadLetters {
-                dest: Arc::new(Dest::Table { opts: Box::new(opts.clone()), client: tokio::sync::Mutex::new(None) }),
-                slot: Arc::from(slot.as_str()),
-            },
-        }
+        let dest = match cfg.dead_letter.to {
+            DeadLetterTo::File => return Ok(DeadLetters::file(&cfg.dead_letter.path, slot)),
+            DeadLetterTo::Postgres => Dest::Table { opts: Box::new(opts.clone()), client: tokio::sync::Mutex::new(None) },
+            #[cfg(feature = "kafka")]
+            DeadLetterTo::Kafka => Dest::Kafka(Box::new(kafka::topic(cfg)?)),
+            #[cfg(not(feature = "kafka"))]
+            DeadLetterTo::Kafka => return Err("dead_letter.to: kafka, but this pgfanout was built without the kafka feature".into()),
+        };
+        Ok(DeadLetters { dest: Arc::new(dest), slot: Arc::from(slot.as_str()) })
     }
 
     /// Where the letters go, for logs and the console.
@@ -71,6 +79,8 @@ impl DeadLetters {
         match &*self.dest {
             Dest::File { path, .. } => path.display().to_string(),
             Dest::Table { .. } => "table pgfanout.dead_letters".into(),
+            #[cfg(feature = "kafka")]
+            Dest::Kafka(topic) => format!("kafka topic {}", topic.topic()),
         }
     }
 
@@ -88,6 +98,8 @@ impl DeadLetters {
             let result = match &*self.dest {
                 Dest::File { path, file } => self.append(path, file, &letters, &at).await,
                 Dest::Table { opts, client } => self.insert(opts, client, &letters).await,
+                #[cfg(feature = "kafka")]
+                Dest::Kafka(topic) => topic.put(&self.entries(&letters, &at)).await,
             };
             match result {
                 Ok(()) => return,
@@ -124,6 +136,19 @@ impl DeadLetters {
         })
         .await
         .map_err(|e| format!("dead-letter writer failed: {e}"))?
+    }
+
+    /// The letters as topic entries: id, JSON line.
+    #[cfg(feature = "kafka")]
+    fn entries(&self, letters: &[DeadLetter], at: &str) -> Vec<pgfanout_kafka::letters::Entry> {
+        letters
+            .iter()
+            .map(|l| {
+                let mut buf = Vec::new();
+                l.write_json(&self.slot, at, 1, &mut buf);
+                (l.id(&self.slot), Some(buf))
+            })
+            .collect()
     }
 
     async fn insert(

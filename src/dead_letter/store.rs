@@ -48,7 +48,12 @@ pub struct Loaded {
 /// Where `pgfanout dead-letters` reads.
 pub enum Store {
     File(std::path::PathBuf),
-    Table { client: Client, slot: String },
+    Table {
+        client: Client,
+        slot: String,
+    },
+    #[cfg(feature = "kafka")]
+    Kafka(Box<pgfanout_kafka::letters::LetterTopic>),
 }
 
 impl Store {
@@ -61,6 +66,10 @@ impl Store {
             }
             DeadLetterTo::File => Ok(Store::File(cfg.dead_letter.path.clone().into())),
             DeadLetterTo::Postgres => Ok(Store::Table { client, slot: cfg.source.postgres.slot.clone() }),
+            #[cfg(feature = "kafka")]
+            DeadLetterTo::Kafka => Ok(Store::Kafka(Box::new(super::kafka::topic(cfg)?))),
+            #[cfg(not(feature = "kafka"))]
+            DeadLetterTo::Kafka => Err("dead_letter.to: kafka, but this pgfanout was built without the kafka feature".into()),
         }
     }
 
@@ -68,6 +77,8 @@ impl Store {
         match self {
             Store::File(p) => p.display().to_string(),
             Store::Table { .. } => "pgfanout.dead_letters".into(),
+            #[cfg(feature = "kafka")]
+            Store::Kafka(topic) => format!("kafka topic {}", topic.topic()),
         }
     }
 
@@ -75,6 +86,8 @@ impl Store {
         let mut loaded = match self {
             Store::File(path) => load_file(path)?,
             Store::Table { client, slot } => load_table(client, slot).await?,
+            #[cfg(feature = "kafka")]
+            Store::Kafka(topic) => load_topic(topic)?,
         };
         loaded.letters.retain(|l| filter.keeps(l));
         loaded.letters.sort_by(|a, b| (a.position, &a.id).cmp(&(b.position, &b.id)));
@@ -96,6 +109,8 @@ impl Store {
                 .await
                 .map(drop)
                 .map_err(|e| format!("pgfanout.dead_letters: {e}")),
+            #[cfg(feature = "kafka")]
+            Store::Kafka(topic) => topic.put(&ids.iter().map(|id| (id.to_string(), None)).collect::<Vec<_>>()).await,
         }
     }
 
@@ -122,6 +137,13 @@ impl Store {
                     .await
                     .map(drop)
                     .map_err(|e| format!("pgfanout.dead_letters: {e}"))
+            }
+            #[cfg(feature = "kafka")]
+            Store::Kafka(topic) => {
+                let at = now_rfc3339();
+                let entries: Vec<_> =
+                    refused.iter().map(|(l, e)| (l.id.clone(), Some(l.retried(e, &at).to_string().into_bytes()))).collect();
+                topic.put(&entries).await
             }
         }
     }
@@ -206,6 +228,22 @@ fn load_file(path: &std::path::Path) -> Result<Loaded, String> {
     }
     let letters = order.into_iter().filter_map(|id| latest.remove(&id).flatten()).collect();
     Ok(Loaded { letters, unreadable })
+}
+
+/// The topic's latest entry per letter id; tombstones are resolved
+/// letters.
+#[cfg(feature = "kafka")]
+fn load_topic(topic: &pgfanout_kafka::letters::LetterTopic) -> Result<Loaded, String> {
+    let entries = tokio::task::block_in_place(|| topic.read())?;
+    let mut loaded = Loaded::default();
+    for (id, value) in entries {
+        let Some(value) = value else { continue };
+        match serde_json::from_slice::<J>(&value).map_err(|e| e.to_string()).and_then(|v| Stored::from_json(&v)) {
+            Ok(l) => loaded.letters.push(l),
+            Err(e) => loaded.unreadable.push(format!("{} key {id}: {e}", topic.topic())),
+        }
+    }
+    Ok(loaded)
 }
 
 async fn load_table(c: &Client, slot: &str) -> Result<Loaded, String> {

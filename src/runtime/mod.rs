@@ -110,7 +110,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     let router = Router::new(&cfg).map_err(|e| RunError::Config(e.to_string()))?;
     let pg = &cfg.source.postgres;
     let opts = pg.connect_options().map_err(|e| RunError::Config(e.to_string()))?;
-    let dead_letters = DeadLetters::from_config(&cfg, &opts);
+    let dead_letters = DeadLetters::from_config(&cfg, &opts).map_err(RunError::Config)?;
 
     if !cfg.ha.enabled {
         let prepared = match setup::prepare_source(&opts, pg, &router, shutdown_rx.clone()).await {

@@ -23,6 +23,7 @@ mod debezium;
 mod encode;
 mod eos;
 mod error;
+pub mod letters;
 mod sink;
 mod topics;
 
