@@ -68,8 +68,10 @@ impl RedisServer {
             "--dir",
             dir.to_str().unwrap(),
         ]));
-        wait_until(Duration::from_secs(10), "redis to accept connections", || {
-            std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+        // Connections are taken at once; commands only once the append-only
+        // file is loaded (until then: `LOADING`).
+        wait_until(Duration::from_secs(30), "redis to load its data and answer", || {
+            std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() && self.cmd(&["PING"]) == Resp::Text("PONG".into())
         });
     }
 
