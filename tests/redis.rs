@@ -944,3 +944,54 @@ async fn key_changes_with_unchanged_toast_keep_whole_rows_and_replay_cleanly() {
     assert_eq!(std::fs::read_to_string(&dead).unwrap_or_default(), "", "a replay dead-letters nothing\n{}", d.log());
     drop(d);
 }
+
+/// TLS to Redis (`rediss://`) against a redis-server with a TLS listener
+/// and a certificate from a test CA, verification on. `doctor` passes with
+/// that CA; with another CA, or with the right CA but a host name the
+/// certificate does not list, it fails and says what to fix. The daemon
+/// then streams through TLS and Redis (read over its plain port) equals
+/// the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_test_ca_streams_and_a_wrong_ca_or_host_is_refused_with_the_fix() {
+    let db = "rtls";
+    let (pg, c) = cluster(db).await;
+    c.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text NOT NULL)").await.unwrap();
+    let redis = RedisServer::start_tls();
+    let tls = redis.tls.clone().unwrap();
+    let dir = scratch();
+    let pipelines = "  - name: t\n    from: public.t\n    to: cache\n    redis: { type: hash, key: \"t:{id}\" }";
+    let config = |host: &str, ca: &std::path::Path| {
+        let url = format!("rediss://{host}:{}/0", tls.port);
+        let plain = format!("url: \"{url}\",");
+        let cfg = redis_config(&pg, db, db, &url, pipelines, dir.path());
+        assert!(cfg.contains(&plain));
+        cfg.replace(&plain, &format!("{plain} tls: {{ ca_file: \"{}\" }},", ca.display()))
+    };
+    let doctor = |name: &str, yaml: String| {
+        let path = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&path, yaml).unwrap();
+        let out = tokio::task::block_in_place(|| std::process::Command::new(bin()).args(["doctor", "-c"]).arg(&path).output().unwrap());
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        text.lines().filter(|l| l.contains("sink cache")).map(str::to_string).collect::<Vec<_>>().join("\n")
+    };
+    let said = doctor("good", config("localhost", &tls.certs.ca_file));
+    assert!(said.contains("ok") && !said.contains("FAIL"), "the right CA:\n{said}");
+    let said = doctor("other-ca", config("localhost", &tls.certs.other_ca_file));
+    assert!(said.contains("FAIL") && said.contains("set tls.ca_file"), "a certificate from another CA is refused, with the fix:\n{said}");
+    // 127.0.0.2 reaches the loopback too, but the certificate is for
+    // localhost and 127.0.0.1 only.
+    let said = doctor("other-host", config("127.0.0.2", &tls.certs.ca_file));
+    assert!(said.contains("FAIL") && said.contains("subjectAltName"), "a host the certificate does not list is refused:\n{said}");
+
+    let d = Daemon::start(bin(), dir.path(), db, &config("localhost", &tls.certs.ca_file));
+    wait_slot(&c, db, &d).await;
+    c.batch_execute("INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 300) g; UPDATE t SET v = v || '+' WHERE id % 3 = 0; DELETE FROM t WHERE id % 7 = 0")
+        .await
+        .unwrap();
+    wait_confirmed(&c, db, &d, Duration::from_secs(60)).await;
+    let rows = c.query("SELECT id, v FROM t", &[]).await.unwrap();
+    let want: BTreeMap<String, String> = rows.iter().map(|r| (format!("t:{}", r.get::<_, i32>(0)), r.get(1))).collect();
+    let got: BTreeMap<String, String> =
+        redis.keys().into_iter().filter(|k| k.starts_with("t:")).map(|k| (k.clone(), redis.cmd(&["HGET", &k, "v"]).text())).collect();
+    assert_eq!(got, want, "every change through TLS\n{}", d.log());
+}

@@ -50,7 +50,8 @@ pub async fn spawn_all(
                 Ok(sink) => break sink,
                 Err(e) if e.is_retriable() => {
                     let delay = backoff.next_delay();
-                    tracing::warn!(sink = %name, error = %e, retry_in = ?delay, "sink not reachable at start; retrying");
+                    let error = pgfanout_sdk::connector::with_fix(e.to_string());
+                    tracing::warn!(sink = %name, %error, retry_in = ?delay, "sink not reachable at start; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = shutdown.changed() => {}

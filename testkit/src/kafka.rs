@@ -219,48 +219,14 @@ impl Server for KafkaBroker {
 
 /// Makes, in `dir`, a CA and a broker certificate for `localhost` and
 /// 127.0.0.1 signed by it (`broker.p12`, password `changeit`), and a second
-/// CA that signed nothing; with `openssl`.
+/// CA that signed nothing ([`crate::tls::make_certificates`]).
 fn make_certificates(dir: &std::path::Path, port: u16) -> Secured {
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("run openssl");
-        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    };
-    for ca in ["ca", "other-ca"] {
-        run(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN=pgfanout test {ca}"),
-            "-keyout",
-            &format!("{ca}.key"),
-            "-out",
-            &format!("{ca}.pem"),
-        ]);
-    }
-    std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").expect("write san.ext");
-    run(&["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "broker.key", "-out", "broker.csr"]);
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "broker.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "san.ext",
-        "-out",
-        "broker.pem",
-    ]);
-    run(&["pkcs12", "-export", "-in", "broker.pem", "-inkey", "broker.key", "-out", "broker.p12", "-passout", "pass:changeit"]);
-    Secured { port, ca_file: dir.join("ca.pem"), other_ca_file: dir.join("other-ca.pem") }
+    let certs = crate::tls::make_certificates(dir);
+    let out = std::process::Command::new("openssl")
+        .args(["pkcs12", "-export", "-in", "server.pem", "-inkey", "server.key", "-out", "broker.p12", "-passout", "pass:changeit"])
+        .current_dir(dir)
+        .output()
+        .expect("run openssl");
+    assert!(out.status.success(), "openssl pkcs12: {}", String::from_utf8_lossy(&out.stderr));
+    Secured { port, ca_file: certs.ca_file, other_ca_file: certs.other_ca_file }
 }

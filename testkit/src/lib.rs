@@ -21,6 +21,7 @@ pub mod pg;
 pub mod process;
 pub mod redis;
 pub mod search;
+pub mod tls;
 pub mod toxiproxy;
 
 pub use cassandra::CassandraNode;
@@ -33,6 +34,7 @@ pub use opensearch::OpenSearchNode;
 pub use pg::PgCluster;
 pub use process::Server;
 pub use redis::{RedisServer, Resp};
+pub use tls::{make_certificates, TestCerts};
 pub use toxiproxy::{Link, Stream as ToxicStream, Toxiproxy};
 
 /// Runs `start` (which picks free ports and starts a server) again, up to

@@ -18,13 +18,36 @@ pub struct RedisServer {
     /// Append-only file with `appendfsync always`: every acknowledged write
     /// survives [`stop`](Self::stop) and [`start_server`](Self::start_server).
     persistent: bool,
+    /// A TLS listener beside the plain one ([`start_tls`](Self::start_tls)).
+    pub tls: Option<Tls>,
+}
+
+/// The TLS listener of a [`RedisServer::start_tls`] server: `port`, with a
+/// certificate for `localhost` and 127.0.0.1 signed by `certs.ca_file`.
+/// Clients are not asked for certificates.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    pub port: u16,
+    pub certs: crate::TestCerts,
 }
 
 impl RedisServer {
     /// A server without persistence (a stop loses everything).
     pub fn start() -> RedisServer {
         let dir = scratch_dir("pgfanout-redis-");
-        let server = RedisServer { dir, port: free_port(), persistent: false };
+        let server = RedisServer { dir, port: free_port(), persistent: false, tls: None };
+        server.start_server();
+        server
+    }
+
+    /// A server with a TLS listener (`tls.port`) beside the plain one
+    /// (`port`, for the test's own reads); certificates made with `openssl`
+    /// ([`crate::make_certificates`]).
+    pub fn start_tls() -> RedisServer {
+        let dir = scratch_dir("pgfanout-redis-");
+        let certs = crate::make_certificates(dir.path());
+        let [port, tls_port] = crate::free_ports();
+        let server = RedisServer { dir, port, persistent: false, tls: Some(Tls { port: tls_port, certs }) };
         server.start_server();
         server
     }
@@ -33,7 +56,7 @@ impl RedisServer {
     /// acknowledged is on disk, so a stop/start on the same port keeps it.
     pub fn start_persistent() -> RedisServer {
         let dir = scratch_dir("pgfanout-redis-");
-        let server = RedisServer { dir, port: free_port(), persistent: true };
+        let server = RedisServer { dir, port: free_port(), persistent: true, tls: None };
         server.start_server();
         server
     }
@@ -48,9 +71,27 @@ impl RedisServer {
     /// Starts (or restarts after [`stop`](Self::stop)) the server on the same port.
     pub fn start_server(&self) {
         let dir = self.dir.path();
-        run(Command::new(Self::bin("redis-server")).args([
+        let mut command = Command::new(Self::bin("redis-server"));
+        if let Some(tls) = &self.tls {
+            let path = |p: &std::path::Path| p.display().to_string();
+            command.args([
+                "--tls-port",
+                &tls.port.to_string(),
+                "--tls-cert-file",
+                &path(&tls.certs.cert_file),
+                "--tls-key-file",
+                &path(&tls.certs.key_file),
+                "--tls-ca-cert-file",
+                &path(&tls.certs.ca_file),
+                "--tls-auth-clients",
+                "no",
+            ]);
+        }
+        run(command.args([
             "--bind",
-            "127.0.0.1",
+            // A TLS server also listens on 127.0.0.2: an address its
+            // certificate does not list, for the hostname-check test.
+            if self.tls.is_some() { "127.0.0.1 127.0.0.2" } else { "127.0.0.1" },
             "--port",
             &self.port.to_string(),
             "--save",

@@ -176,11 +176,19 @@ fn connect_and_check(build: BoxFuture<'_, Result<Box<dyn DynSink>, SinkError>>) 
         match build.await {
             Ok(mut sink) => match sink.check_boxed().await {
                 Ok(()) => vec![Check::ok("reachable and usable")],
-                Err(e) => vec![Check::failed("reachable and usable", e.to_string())],
+                Err(e) => vec![Check::failed("reachable and usable", with_fix(e.to_string()))],
             },
-            Err(e) => vec![Check::failed("connect", e.to_string())],
+            Err(e) => vec![Check::failed("connect", with_fix(e.to_string()))],
         }
     })
+}
+
+/// `error`, and what to do about it when it is a certificate problem.
+pub fn with_fix(error: String) -> String {
+    match crate::settings::certificate_fix(&error) {
+        Some(fix) => format!("{error}; {fix}"),
+        None => error,
+    }
 }
 
 /// The object-safe face of a [`Sink`], driven by the runtime.

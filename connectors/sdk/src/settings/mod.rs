@@ -27,7 +27,7 @@ use serde::Deserialize;
 pub use backoff::Backoff;
 pub use problems::Problems;
 pub use secret::Secret;
-pub use tls::TlsFiles;
+pub use tls::{certificate_fix, TlsFiles};
 pub use units::{duration, option_duration, parse_duration, parse_size, ByteSize};
 
 /// The usual time allowed to open a connection to a store: 5s.

@@ -49,3 +49,43 @@ impl TlsFiles {
         std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
     }
 }
+
+/// What to do about a TLS failure in a store's error message, if it is one
+/// (the wording of rustls, OpenSSL and librdkafka): `None` for any other
+/// error.
+pub fn certificate_fix(error: &str) -> Option<&'static str> {
+    let e = error.to_ascii_lowercase();
+    let unknown_ca = ["unknownissuer", "unknown ca", "self-signed certificate", "self signed certificate", "unable to get local issuer"];
+    if unknown_ca.iter().any(|s| e.contains(s)) || (e.contains("certificate verify failed") && !e.contains("hostname")) {
+        return Some(
+            "the server's certificate is not signed by a CA pgfanout trusts: set tls.ca_file to the PEM file of the CA that signed it",
+        );
+    }
+    if ["notvalidforname", "hostname mismatch", "not valid for name", "ip address mismatch"].iter().any(|s| e.contains(s)) {
+        return Some(
+            "the server's certificate is not for the host pgfanout connects to: use a host name the certificate lists (its \
+             subjectAltName) in the URL",
+        );
+    }
+    if e.contains("expired") && e.contains("certificate") {
+        return Some("the server's certificate has expired (or the clock is wrong): renew the certificate");
+    }
+    if ["handshake", "wrong version number", "invalidcontenttype", "corrupt message"].iter().any(|s| e.contains(s)) {
+        return Some("the TLS handshake failed: check that the port speaks TLS and that the URL's scheme asks for it (or not)");
+    }
+    None
+}
+
+#[cfg(test)]
+mod fix_tests {
+    use super::certificate_fix;
+
+    #[test]
+    fn certificate_errors_get_their_fix_and_others_none() {
+        let ca = certificate_fix("invalid peer certificate: UnknownIssuer").unwrap();
+        assert!(ca.contains("tls.ca_file"));
+        assert_eq!(certificate_fix("SSL routines::certificate verify failed: unable to get local issuer certificate"), Some(ca));
+        assert!(certificate_fix("invalid peer certificate: NotValidForName").unwrap().contains("subjectAltName"));
+        assert_eq!(certificate_fix("Connection refused (os error 111)"), None);
+    }
+}
