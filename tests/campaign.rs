@@ -288,6 +288,8 @@ async fn run(pg: &PgCluster, admin: &tokio_postgres::Client, redis: &RedisServer
     totals.txns += log.lock().unwrap().len() - 1;
     d.signal("TERM");
     assert!(d.wait(Duration::from_secs(30)).is_some_and(|s| s.success()), "clean stop:\n{}", d.log());
+    // The cluster has a few slots: each run frees its own.
+    c.batch_execute(&format!("SELECT pg_drop_replication_slot('{db}')")).await.unwrap();
     eprintln!("run {n}: {rows} rows equal; {}", said.join("; "));
 }
 

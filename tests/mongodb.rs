@@ -412,3 +412,49 @@ async fn embedded_addresses_follow_their_rows_through_moves_deletes_and_a_sigkil
     assert_eq!(code, 0, "repaired: {out}");
     client.shutdown().await;
 }
+
+/// TLS to MongoDB (FerretDB with a TLS listener and a certificate from a
+/// test CA; `tls=true&tlsCAFile=` in the URI, verification on). `doctor`
+/// passes with that CA; with another CA it fails and says what to fix. The
+/// daemon then streams through TLS and the collection (read over the plain
+/// listener) equals the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_test_ca_streams_and_a_wrong_ca_is_refused_with_the_fix() {
+    let db = "mtls";
+    let (pg, c) = cluster(db).await;
+    c.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text NOT NULL)").await.unwrap();
+    let ferret = tokio::task::block_in_place(|| FerretDb::start_tls(&pg));
+    let tls = ferret.tls.clone().unwrap();
+    let dir = scratch();
+    let config = |ca: &std::path::Path| {
+        let uri = format!("mongodb://localhost:{}/?tls=true&tlsCAFile={}", tls.port, ca.display());
+        let sink = format!("  docs: {{ type: mongodb, uri: \"{uri}\", database: shop, timeout: 5s }}");
+        let pipelines = "  - name: t\n    from: public.t\n    to: docs\n    mongodb: { collection: t }";
+        daemon_config(&pg, db, db, &sink, pipelines, &dir.path().join("dead.jsonl"))
+    };
+    let doctor = |name: &str, yaml: String| {
+        let path = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&path, yaml).unwrap();
+        let out = tokio::task::block_in_place(|| std::process::Command::new(bin()).args(["doctor", "-c"]).arg(&path).output().unwrap());
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let said = doctor("good", config(&tls.certs.ca_file));
+    assert!(said.contains("ok    sink docs") && !said.contains("FAIL  sink docs"), "the right CA:\n{said}");
+    let said = doctor("other-ca", config(&tls.certs.other_ca_file));
+    assert!(said.contains("FAIL  sink docs") && said.contains("set tls.ca_file"), "another CA is refused, with the fix:\n{said}");
+
+    let d = Daemon::start(bin(), dir.path(), db, &config(&tls.certs.ca_file));
+    wait_slot(&c, db, &d).await;
+    c.batch_execute("INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 200) g; UPDATE t SET v = v || '+' WHERE id % 3 = 0; DELETE FROM t WHERE id % 7 = 0")
+        .await
+        .unwrap();
+    wait_confirmed(&c, db, &d, Duration::from_secs(60)).await;
+    let rows = c.query("SELECT id, v FROM t", &[]).await.unwrap();
+    let want: BTreeMap<String, String> = rows.iter().map(|r| (r.get::<_, i32>(0).to_string(), r.get(1))).collect();
+    let got: BTreeMap<String, String> = collection_documents(&ferret.uri(), "shop", "t")
+        .await
+        .into_iter()
+        .map(|(id, doc)| (id, doc.get_str("v").unwrap().to_string()))
+        .collect();
+    assert_eq!(got, want, "every change through TLS\n{}", d.log());
+}

@@ -210,7 +210,9 @@ pub async fn doctor(cfg: &Config) -> Report {
             match check.problem {
                 None => r.ok(&format!("sink {name}: {}", check.what)),
                 Some(e) => {
-                    r.fail(&format!("sink {name}: {}: {e}", check.what), "check the sink's address, credentials and that it is running")
+                    let fix = pgfanout_sdk::settings::certificate_fix(&e)
+                        .unwrap_or("check the sink's address, credentials and that it is running");
+                    r.fail(&format!("sink {name}: {}: {e}", check.what), fix)
                 }
             }
         }

@@ -32,6 +32,8 @@ pub struct FerretDb {
     pub port: u16,
     /// The PostgreSQL URL FerretDB stores its documents under.
     pub postgresql_url: String,
+    /// A TLS listener beside the plain one ([`FerretDb::start_tls`]).
+    pub tls: Option<crate::redis::Tls>,
 }
 
 impl FerretDb {
@@ -53,7 +55,23 @@ impl FerretDb {
             pg.psql("postgres", &format!("CREATE DATABASE \"{db}\""));
         }
         let port = free_port();
-        FerretDb { slot: ServerSlot::new("ferretdb", port), port, postgresql_url: pg.url(db) }.started()
+        FerretDb { slot: ServerSlot::new("ferretdb", port), port, postgresql_url: pg.url(db), tls: None }.started()
+    }
+
+    /// Like [`start`](Self::start), with a TLS listener (`tls.port`, a
+    /// certificate for `localhost` and 127.0.0.1 from
+    /// [`crate::make_certificates`]) beside the plain one (`port`, for the
+    /// test's own reads).
+    pub fn start_tls(pg: &PgCluster) -> FerretDb {
+        let db = "ferretdb";
+        if pg.psql("postgres", &format!("SELECT 1 FROM pg_database WHERE datname = '{db}'")).trim().is_empty() {
+            pg.psql("postgres", &format!("CREATE DATABASE \"{db}\""));
+        }
+        let [port, tls_port] = crate::free_ports();
+        let slot = ServerSlot::new("ferretdb", port);
+        let certs = crate::make_certificates(slot.dir());
+        let tls = Some(crate::redis::Tls { port: tls_port, certs });
+        FerretDb { slot, port, postgresql_url: pg.url(db), tls }.started()
     }
 }
 
@@ -79,6 +97,11 @@ impl Server for FerretDb {
                 .arg("--telemetry=disable")
                 .arg(format!("--state-dir={}", self.slot.dir().display()))
                 .arg("--log-level=warn");
+            if let Some(tls) = &self.tls {
+                cmd.arg(format!("--listen-tls=127.0.0.1:{}", tls.port))
+                    .arg(format!("--listen-tls-cert-file={}", tls.certs.cert_file.display()))
+                    .arg(format!("--listen-tls-key-file={}", tls.certs.key_file.display()));
+            }
             let mut p = self.slot.spawn(cmd, Ending::StdinClosed);
             let port = self.port;
             p.wait_until(Duration::from_secs(30), "FerretDB to accept connections", |_| {

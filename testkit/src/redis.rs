@@ -22,9 +22,10 @@ pub struct RedisServer {
     pub tls: Option<Tls>,
 }
 
-/// The TLS listener of a [`RedisServer::start_tls`] server: `port`, with a
-/// certificate for `localhost` and 127.0.0.1 signed by `certs.ca_file`.
-/// Clients are not asked for certificates.
+/// The TLS listener of a [`RedisServer::start_tls`] (or
+/// [`crate::FerretDb::start_tls`]) server: `port`, with a certificate for
+/// `localhost` and 127.0.0.1 signed by `certs.ca_file`. Clients are not
+/// asked for certificates.
 #[derive(Debug, Clone)]
 pub struct Tls {
     pub port: u16,

@@ -176,9 +176,9 @@ fn connect_and_check(build: BoxFuture<'_, Result<Box<dyn DynSink>, SinkError>>) 
         match build.await {
             Ok(mut sink) => match sink.check_boxed().await {
                 Ok(()) => vec![Check::ok("reachable and usable")],
-                Err(e) => vec![Check::failed("reachable and usable", with_fix(e.to_string()))],
+                Err(e) => vec![Check::failed("reachable and usable", e.to_string())],
             },
-            Err(e) => vec![Check::failed("connect", with_fix(e.to_string()))],
+            Err(e) => vec![Check::failed("connect", e.to_string())],
         }
     })
 }
