@@ -109,6 +109,12 @@ pub struct PgConnectOptions {
     pub tls: TlsFiles,
     pub application_name: String,
     pub connect_timeout: Duration,
+    /// How long sent data may stay unacknowledged before an SQL connection
+    /// is given up (`TCP_USER_TIMEOUT`; libpq's `tcp_user_timeout`, in
+    /// milliseconds in the URL). With TCP keepalives after 30 s idle (then
+    /// every 10 s, 3 probes), a silent link under a catalog query, the
+    /// heartbeat or a sampler fails within about a minute instead of hanging.
+    pub tcp_user_timeout: Duration,
 }
 
 /// Session settings applied to every connection through the startup
@@ -123,6 +129,9 @@ pub const DEFAULT_APPLICATION_NAME: &str = "pgfanout";
 /// Default connect timeout (TCP connect, TLS and authentication together).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Default [`PgConnectOptions::tcp_user_timeout`].
+pub const DEFAULT_TCP_USER_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Characters percent-encoded in [`PgConnectOptions::redacted`].
 const URL_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
 
@@ -134,7 +143,8 @@ impl PgConnectOptions {
     ///
     /// Query parameters: `sslmode`, `host` (a path starting with `/` selects
     /// a Unix socket directory), `port`, `user`, `password`, `dbname`,
-    /// `application_name`, `connect_timeout` (seconds), and `sslrootcert`,
+    /// `application_name`, `connect_timeout` (seconds), `tcp_user_timeout`
+    /// (milliseconds, default 60000; 0: the system's), and `sslrootcert`,
     /// `sslcert`, `sslkey` (override the matching [`TlsFiles`] entry).
     ///
     /// Errors are definite ([`SourceError::is_permanent`]) and never contain the password.
@@ -164,6 +174,7 @@ impl PgConnectOptions {
             tls,
             application_name: DEFAULT_APPLICATION_NAME.into(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            tcp_user_timeout: DEFAULT_TCP_USER_TIMEOUT,
         };
         match parsed.host_str() {
             Some(h) if !h.is_empty() => {
@@ -203,6 +214,11 @@ impl PgConnectOptions {
                     let secs: u64 = value.parse().map_err(|_| bad(&format!("connect_timeout {value:?} is not a number of seconds")))?;
                     // libpq: 0 means wait forever; keep a bound anyway.
                     opts.connect_timeout = if secs == 0 { Duration::from_secs(3600) } else { Duration::from_secs(secs.max(2)) };
+                }
+                "tcp_user_timeout" => {
+                    let ms: u64 = value.parse().map_err(|_| bad(&format!("tcp_user_timeout {value:?} is not a number of milliseconds")))?;
+                    // libpq: 0 is the system default (no bound).
+                    opts.tcp_user_timeout = Duration::from_millis(ms);
                 }
                 "target_session_attrs" => {
                     opts.target_session_attrs = match value.as_str() {
@@ -397,7 +413,14 @@ async fn connect_sql_one(opts: &PgConnectOptions) -> Result<tokio_postgres::Clie
         .port(opts.port)
         .application_name(&opts.application_name)
         .options(PgConnectOptions::startup_options())
-        .connect_timeout(opts.connect_timeout);
+        .connect_timeout(opts.connect_timeout)
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(30))
+        .keepalives_interval(Duration::from_secs(10))
+        .keepalives_retries(3);
+    if !opts.tcp_user_timeout.is_zero() {
+        cfg.tcp_user_timeout(opts.tcp_user_timeout);
+    }
     if let Some(p) = &opts.password {
         cfg.password(p.expose());
     }
@@ -513,6 +536,8 @@ mod tests {
         assert_eq!(o.sslmode, SslMode::VerifyFull);
         assert_eq!(o.application_name, "cdc");
         assert_eq!(o.connect_timeout, Duration::from_secs(7));
+        assert_eq!(o.tcp_user_timeout, DEFAULT_TCP_USER_TIMEOUT);
+        assert_eq!(parse("postgres://h/db?tcp_user_timeout=15000").tcp_user_timeout, Duration::from_secs(15));
     }
 
     #[test]
