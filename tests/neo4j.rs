@@ -1028,7 +1028,8 @@ async fn tls_with_a_test_ca_streams_and_a_wrong_ca_is_refused_with_the_fix() {
     let tls = server.tls.clone().unwrap();
     let dir = scratch();
     let uri = format!("bolt+s://localhost:{}", tls.port);
-    let pipelines = "  - name: t\n    from: public.t\n    to: graph\n    neo4j: { node: { label: TlsItem, key: { id: id }, properties: { v: v } } }";
+    let pipelines =
+        "  - name: t\n    from: public.t\n    to: graph\n    neo4j: { node: { label: TlsItem, key: { id: id }, properties: { v: v } } }";
     let config = |ca: &std::path::Path| {
         let cfg = neo4j_config(&pg, db, db, &uri, &server.user, &server.password, &server.database, pipelines, dir.path());
         let end = format!("database: \"{}\" }}", server.database);
