@@ -1016,3 +1016,60 @@ async fn a_key_change_moves_the_node_with_its_toasted_property() {
     let (code, _, text) = tokio::task::block_in_place(|| verify_config(dir.path(), &cfg, &[]));
     assert_eq!(code, 0, "{text}");
 }
+
+/// TLS to Neo4j (`bolt+s://`; the server's Bolt connector requires TLS with
+/// a certificate from a test CA). `doctor` passes with that CA; with another
+/// CA it fails and says what to fix. The daemon then streams through TLS
+/// and the graph (read over TLS too) equals the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_test_ca_streams_and_a_wrong_ca_is_refused_with_the_fix() {
+    let db = "gtls";
+    let (pg, c) = cluster(db).await;
+    c.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text NOT NULL)").await.unwrap();
+    let server = tokio::task::spawn_blocking(Neo4jServer::start_tls).await.unwrap();
+    let tls = server.tls.clone().unwrap();
+    let dir = scratch();
+    let uri = format!("bolt+s://localhost:{}", tls.port);
+    let pipelines =
+        "  - name: t\n    from: public.t\n    to: graph\n    neo4j: { node: { label: TlsItem, key: { id: id }, properties: { v: v } } }";
+    let config = |ca: &std::path::Path| {
+        let cfg = neo4j_config(&pg, db, db, &uri, &server.user, &server.password, &server.database, pipelines, dir.path());
+        let end = format!("database: \"{}\" }}", server.database);
+        assert!(cfg.contains(&end));
+        cfg.replace(&end, &format!("database: \"{}\", tls: {{ ca_file: \"{}\" }} }}", server.database, ca.display()))
+    };
+    let doctor = |name: &str, yaml: String| {
+        let path = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&path, yaml).unwrap();
+        let out = tokio::task::block_in_place(|| std::process::Command::new(bin()).args(["doctor", "-c"]).arg(&path).output().unwrap());
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let said = doctor("other-ca", config(&tls.certs.other_ca_file));
+    assert!(said.contains("FAIL  sink graph") && said.contains("set tls.ca_file"), "another CA is refused, with the fix:\n{said}");
+    let said = doctor("good", config(&tls.certs.ca_file));
+    assert!(said.contains("ok    sink graph") && !said.contains("FAIL  sink graph"), "the right CA:\n{said}");
+
+    let d = Daemon::start(bin(), dir.path(), db, &config(&tls.certs.ca_file));
+    wait_slot(&c, db, &d).await;
+    c.batch_execute("INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 200) g; UPDATE t SET v = v || '+' WHERE id % 3 = 0; DELETE FROM t WHERE id % 7 = 0")
+        .await
+        .unwrap();
+    wait_confirmed(&c, db, &d, Duration::from_secs(90)).await;
+    let rows = c.query("SELECT id, v FROM t", &[]).await.unwrap();
+    let want: BTreeMap<i64, String> = rows.iter().map(|r| (i64::from(r.get::<_, i32>(0)), r.get(1))).collect();
+    let client = pgfanout_neo4j::neo4rs::ConfigBuilder::new()
+        .uri(&uri)
+        .user(server.user.as_str())
+        .password(server.password.as_str())
+        .db(server.database.as_str())
+        .with_client_certificate(&tls.certs.ca_file)
+        .build()
+        .unwrap();
+    let g = pgfanout_neo4j::neo4rs::Graph::connect(client).await.unwrap();
+    let mut found = g.execute(pgfanout_neo4j::neo4rs::query("MATCH (n:TlsItem) RETURN n.id AS id, n.v AS v")).await.unwrap();
+    let mut got = BTreeMap::new();
+    while let Some(row) = found.next().await.unwrap() {
+        got.insert(row.get::<i64>("id").unwrap(), row.get::<String>("v").unwrap());
+    }
+    assert_eq!(got, want, "every change through TLS\n{}", d.log());
+}

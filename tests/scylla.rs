@@ -576,3 +576,51 @@ async fn edge_values_are_exact_or_dead_lettered_alone() {
     assert_eq!(json["pipelines"][0]["unmappable"], 8, "{text}");
     assert!(d.is_running());
 }
+
+/// TLS to Cassandra (a node with `client_encryption_options` and a
+/// certificate from a test CA; the driver's OpenSSL backend checks the
+/// chain and the node's IP address). `doctor` passes with that CA; with
+/// another CA it fails and says what to fix. The daemon then streams
+/// through TLS and the table (read over plaintext, which the node also
+/// takes) equals PostgreSQL's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_test_ca_streams_and_a_wrong_ca_is_refused_with_the_fix() {
+    let db = "ctls";
+    let (pg, c) = cluster(db).await;
+    c.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text NOT NULL)").await.unwrap();
+    let node = tokio::task::spawn_blocking(CassandraNode::start_tls).await.unwrap();
+    let tls = node.tls.clone().unwrap();
+    let dir = scratch();
+    let config = |ca: &std::path::Path| {
+        let sink = format!(
+            "  feed: {{ type: cassandra, nodes: [\"127.0.0.1:{}\"], keyspace: ctls, create: true, consistency: one, tls: {{ ca_file: \"{}\" }} }}",
+            tls.port,
+            ca.display()
+        );
+        let pipelines = "  - name: t\n    from: public.t\n    to: feed\n    scylla: { table: t, columns: { id: id, v: v }, partition_key: [id], types: { id: int } }";
+        daemon_config(&pg, db, db, &sink, pipelines, &dir.path().join("dead.jsonl"))
+    };
+    let doctor = |name: &str, yaml: String| {
+        let path = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&path, yaml).unwrap();
+        let out = tokio::task::block_in_place(|| std::process::Command::new(bin()).args(["doctor", "-c"]).arg(&path).output().unwrap());
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let said = doctor("other-ca", config(&tls.certs.other_ca_file));
+    assert!(said.contains("FAIL  sink feed") && said.contains("set tls.ca_file"), "another CA is refused, with the fix:\n{said}");
+
+    let d = Daemon::start(bin(), dir.path(), db, &config(&tls.certs.ca_file));
+    wait_slot(&c, db, &d).await;
+    c.batch_execute("INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 200) g; UPDATE t SET v = v || '+' WHERE id % 3 = 0; DELETE FROM t WHERE id % 7 = 0")
+        .await
+        .unwrap();
+    wait_confirmed(&c, db, &d, Duration::from_secs(90)).await;
+    let rows = c.query("SELECT id, v FROM t", &[]).await.unwrap();
+    let want: BTreeMap<i32, String> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let session: Session = SessionBuilder::new().known_node(node.contact_point()).build().await.unwrap();
+    let got: BTreeMap<i32, String> = select::<(i32, String)>(&session, "SELECT id, v FROM ctls.t".into()).await.into_iter().collect();
+    assert_eq!(got, want, "every change through TLS\n{}", d.log());
+    // With the keyspace made (`create: true`), doctor passes with the right CA.
+    let said = doctor("good", config(&tls.certs.ca_file));
+    assert!(said.contains("ok    sink feed") && !said.contains("FAIL  sink feed"), "the right CA:\n{said}");
+}

@@ -24,6 +24,8 @@ pub struct CassandraNode {
     pub port: u16,
     /// The internode (storage) port.
     pub storage_port: u16,
+    /// TLS on the CQL port ([`CassandraNode::start_tls`]).
+    pub tls: Option<crate::redis::Tls>,
 }
 
 impl CassandraNode {
@@ -32,7 +34,29 @@ impl CassandraNode {
         crate::retry_on_port_clash(|| {
             let [port, storage_port] = free_ports();
             let install = JvmInstall::find("cassandra");
-            CassandraNode { slot: ServerSlot::new("cassandra", port), install, port, storage_port }.started()
+            CassandraNode { slot: ServerSlot::new("cassandra", port), install, port, storage_port, tls: None }.started()
+        })
+    }
+
+    /// A node whose CQL port also takes TLS (`client_encryption_options`
+    /// with `optional: true`: plaintext clients, such as the readiness
+    /// check and the test's own reads, still connect). The certificate is
+    /// for `localhost` and 127.0.0.1 ([`crate::make_certificates`]);
+    /// `tls.port` is the CQL port.
+    pub fn start_tls() -> CassandraNode {
+        crate::retry_on_port_clash(|| {
+            let [port, storage_port] = free_ports();
+            let install = JvmInstall::find("cassandra");
+            let slot = ServerSlot::new("cassandra", port);
+            let certs = crate::make_certificates(slot.dir());
+            let out = std::process::Command::new("openssl")
+                .args(["pkcs12", "-export", "-in", "server.pem", "-inkey", "server.key", "-out", "server.p12", "-passout", "pass:changeit"])
+                .current_dir(slot.dir())
+                .output()
+                .expect("run openssl");
+            assert!(out.status.success(), "openssl pkcs12: {}", String::from_utf8_lossy(&out.stderr));
+            let tls = Some(crate::redis::Tls { port, certs });
+            CassandraNode { slot, install, port, storage_port, tls }.started()
         })
     }
 
@@ -90,6 +114,19 @@ concurrent_counter_writes: 4
 native_transport_max_threads: 16
 "
         );
+        let mut yaml = yaml;
+        if self.tls.is_some() {
+            yaml.push_str(&format!(
+                "client_encryption_options:
+  enabled: true
+  optional: true
+  keystore: {d}/server.p12
+  keystore_password: changeit
+  store_type: PKCS12
+  require_client_auth: false
+"
+            ));
+        }
         std::fs::write(self.slot.dir().join("cassandra.yaml"), yaml).expect("write cassandra.yaml");
     }
 

@@ -30,6 +30,9 @@ pub struct Neo4jServer {
     pub password: String,
     /// The default database (`neo4j`).
     pub database: String,
+    /// Bolt requires TLS ([`Neo4jServer::start_tls`]); `tls.port` is the
+    /// Bolt port.
+    pub tls: Option<crate::redis::Tls>,
 }
 
 impl Neo4jServer {
@@ -45,6 +48,32 @@ impl Neo4jServer {
                 // the install script's template store has this password too
                 password: "pgfanout-test".into(),
                 database: "neo4j".into(),
+                tls: None,
+            };
+            server.started()
+        })
+    }
+
+    /// A server whose Bolt connector requires TLS, with a certificate for
+    /// `localhost` and 127.0.0.1 ([`crate::make_certificates`]): connect
+    /// with `bolt+s://localhost:<bolt_port>` and the CA `tls.certs.ca_file`.
+    pub fn start_tls() -> Neo4jServer {
+        crate::retry_on_port_clash(|| {
+            let bolt_port = free_port();
+            let slot = ServerSlot::new("neo4j", bolt_port);
+            let dir = slot.dir().join("tls");
+            for sub in ["trusted", "revoked"] {
+                std::fs::create_dir_all(dir.join(sub)).expect("create the TLS directories");
+            }
+            let certs = crate::make_certificates(&dir);
+            let server = Neo4jServer {
+                slot,
+                install: JvmInstall::find("neo4j"),
+                bolt_port,
+                user: "neo4j".into(),
+                password: "pgfanout-test".into(),
+                database: "neo4j".into(),
+                tls: Some(crate::redis::Tls { port: bolt_port, certs }),
             };
             server.started()
         })
@@ -77,7 +106,10 @@ impl Server for Neo4jServer {
             if template.is_dir() && !home.join("data").exists() {
                 copy_dir(&template, &home.join("data")).unwrap_or_else(|e| panic!("copy the Neo4j template store: {e}"));
             }
-            let args = [home.display().to_string(), self.bolt_port.to_string(), self.password.clone()];
+            let mut args = vec![home.display().to_string(), self.bolt_port.to_string(), self.password.clone()];
+            if self.tls.is_some() {
+                args.push(self.slot.dir().join("tls").display().to_string());
+            }
             let mut p = self.install.spawn(&self.slot, &self.install.classpath(), &[], "pgfanout.testkit.Neo4jMain", &args);
             p.wait_ready(Duration::from_secs(180), self.bolt_port, "READY");
             p

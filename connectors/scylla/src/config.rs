@@ -26,7 +26,7 @@ pub struct ScyllaSettings {
     pub consistency: ConsistencyName,
     pub username: Option<String>,
     pub password: Option<Secret>,
-    /// TLS to the nodes (needs the crate's `tls` feature).
+    /// TLS to the nodes (OpenSSL; see the connector README).
     #[serde(default)]
     pub tls: TlsFiles,
     /// Time allowed to open a connection (default `5s`).

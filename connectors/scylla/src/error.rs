@@ -44,12 +44,10 @@ pub enum ScyllaError {
     /// the driver could not read.
     #[error("{0}")]
     NoAnswer(String),
-    /// `tls` is set; this build cannot speak TLS to the cluster.
-    #[error(
-        "scylla sink: `tls` is set, but TLS to ScyllaDB/Cassandra is not built into this version of pgfanout; \
-         remove `tls` (use a private network or a TLS tunnel)"
-    )]
-    TlsUnsupported,
+    /// The `tls` files cannot be used (unreadable, not PEM, a key that does
+    /// not match its certificate).
+    #[error("scylla sink: tls: {0}")]
+    Tls(String),
     /// A setting fails validation (`path` is the dotted setting).
     #[error("scylla sink: {path}: {rule}")]
     Settings { path: String, rule: String },
@@ -83,7 +81,7 @@ impl ScyllaError {
             ScyllaError::Server { code, .. } => server_error_is_retriable(code),
             ScyllaError::NoAnswer(_) | ScyllaError::Connect { .. } => true,
             ScyllaError::Unsendable(_)
-            | ScyllaError::TlsUnsupported
+            | ScyllaError::Tls(_)
             | ScyllaError::Settings { .. }
             | ScyllaError::Authentication { .. }
             | ScyllaError::Schema(_)

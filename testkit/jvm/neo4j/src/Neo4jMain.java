@@ -9,6 +9,9 @@ import org.neo4j.configuration.connectors.BoltConnectorInternalSettings;
 import org.neo4j.configuration.connectors.HttpConnector;
 import org.neo4j.configuration.connectors.HttpsConnector;
 import org.neo4j.configuration.helpers.SocketAddress;
+import org.neo4j.configuration.ssl.ClientAuth;
+import org.neo4j.configuration.ssl.SslPolicyConfig;
+import org.neo4j.configuration.ssl.SslPolicyScope;
 import org.neo4j.dbms.api.DatabaseManagementService;
 import org.neo4j.dbms.api.DatabaseManagementServiceBuilder;
 import org.neo4j.io.ByteUnit;
@@ -17,7 +20,9 @@ import org.neo4j.io.ByteUnit;
  * Embedded Neo4j Community with Bolt on 127.0.0.1 (no HTTP), auth enabled:
  * the user {@code neo4j} gets the given password (no change required).
  * Prints {@code READY} once Bolt accepts logins; stops cleanly on SIGTERM.
- * Usage: {@code Neo4jMain <home dir> <bolt port> <password>}.
+ * Usage: {@code Neo4jMain <home dir> <bolt port> <password> [<tls dir>]}:
+ * with a TLS directory (holding {@code server.key}, PKCS#8 PEM, and
+ * {@code server.pem}), Bolt requires TLS with that certificate.
  */
 public final class Neo4jMain {
     private Neo4jMain() {}
@@ -26,11 +31,25 @@ public final class Neo4jMain {
         Path home = Path.of(args[0]);
         int port = Integer.parseInt(args[1]);
         String password = args[2];
-        DatabaseManagementService dbms = new DatabaseManagementServiceBuilder(home)
+        DatabaseManagementServiceBuilder builder = new DatabaseManagementServiceBuilder(home);
+        if (args.length > 3) {
+            Path tls = Path.of(args[3]);
+            SslPolicyConfig bolt = SslPolicyConfig.forScope(SslPolicyScope.BOLT);
+            builder.setConfig(bolt.enabled, true)
+                .setConfig(bolt.base_directory, tls)
+                .setConfig(bolt.private_key, tls.resolve("server.key"))
+                .setConfig(bolt.public_certificate, tls.resolve("server.pem"))
+                .setConfig(bolt.trusted_dir, tls.resolve("trusted"))
+                .setConfig(bolt.revoked_dir, tls.resolve("revoked"))
+                .setConfig(bolt.client_auth, ClientAuth.NONE);
+        }
+        DatabaseManagementService dbms = builder
             .setConfig(BoltConnector.enabled, true)
             .setConfig(BoltConnector.listen_address, new SocketAddress("127.0.0.1", port))
             .setConfig(BoltConnector.advertised_address, new SocketAddress("127.0.0.1", port))
-            .setConfig(BoltConnector.encryption_level, BoltConnector.EncryptionLevel.DISABLED)
+            .setConfig(
+                BoltConnector.encryption_level,
+                args.length > 3 ? BoltConnector.EncryptionLevel.REQUIRED : BoltConnector.EncryptionLevel.DISABLED)
             .setConfig(HttpConnector.enabled, false)
             .setConfig(HttpsConnector.enabled, false)
             .setConfig(GraphDatabaseSettings.auth_enabled, true)
