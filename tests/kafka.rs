@@ -806,13 +806,7 @@ async fn tls_and_sasl_against_a_secured_broker() {
         let pipelines = "  - name: native\n    from: [public.users]\n    to: events\n    kafka: { topic: \"sec.users\", format: native }";
         daemon_config(&pg, "ksec", "ksec", &sink, pipelines, &dir.path().join("ksec.dead.jsonl"))
     };
-    let doctor = |name: &str, yaml: String| {
-        let path = dir.path().join(format!("{name}.yaml"));
-        std::fs::write(&path, yaml).unwrap();
-        let out = std::process::Command::new(bin()).args(["doctor", "-c"]).arg(&path).output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-        text.lines().filter(|l| l.contains("sink events")).map(str::to_string).collect::<Vec<_>>().join("\n")
-    };
+    let doctor = |name: &str, yaml: String| doctor_says(dir.path(), name, &yaml, "events");
     for mechanism in ["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] {
         let said = doctor(mechanism, config(mechanism, SASL_PASSWORD, &secured.ca_file));
         assert!(said.contains("ok    sink events") && !said.contains("FAIL"), "{mechanism}:\n{said}");

@@ -1038,12 +1038,7 @@ async fn tls_with_a_test_ca_streams_and_a_wrong_ca_is_refused_with_the_fix() {
         assert!(cfg.contains(&end));
         cfg.replace(&end, &format!("database: \"{}\", tls: {{ ca_file: \"{}\" }} }}", server.database, ca.display()))
     };
-    let doctor = |name: &str, yaml: String| {
-        let path = dir.path().join(format!("{name}.yaml"));
-        std::fs::write(&path, yaml).unwrap();
-        let out = tokio::task::block_in_place(|| std::process::Command::new(bin()).args(["doctor", "-c"]).arg(&path).output().unwrap());
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
-    };
+    let doctor = |name: &str, yaml: String| tokio::task::block_in_place(|| doctor_says(dir.path(), name, &yaml, "graph"));
     let said = doctor("other-ca", config(&tls.certs.other_ca_file));
     assert!(said.contains("FAIL  sink graph") && said.contains("set tls.ca_file"), "another CA is refused, with the fix:\n{said}");
     let said = doctor("good", config(&tls.certs.ca_file));

@@ -967,22 +967,7 @@ async fn tls_with_a_test_ca_streams_and_a_wrong_ca_or_host_is_refused_with_the_f
         assert!(cfg.contains(&plain));
         cfg.replace(&plain, &format!("{plain} tls: {{ ca_file: \"{}\" }},", ca.display()))
     };
-    let doctor = |name: &str, yaml: String| {
-        let path = dir.path().join(format!("{name}.yaml"));
-        std::fs::write(&path, yaml).unwrap();
-        let out = tokio::task::block_in_place(|| std::process::Command::new(bin()).args(["doctor", "-c"]).arg(&path).output().unwrap());
-        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-        // The sink's lines and the fix under each.
-        let lines: Vec<&str> = text.lines().collect();
-        let mut said = Vec::new();
-        for (i, l) in lines.iter().enumerate() {
-            if l.contains("sink cache") {
-                said.push(l.to_string());
-                said.extend(lines.get(i + 1).filter(|n| n.trim_start().starts_with("fix:")).map(|n| n.to_string()));
-            }
-        }
-        said.join("\n")
-    };
+    let doctor = |name: &str, yaml: String| tokio::task::block_in_place(|| doctor_says(dir.path(), name, &yaml, "cache"));
     let said = doctor("good", config("localhost", &tls.certs.ca_file));
     assert!(said.contains("ok") && !said.contains("FAIL"), "the right CA:\n{said}");
     let said = doctor("other-ca", config("localhost", &tls.certs.other_ca_file));

@@ -600,12 +600,7 @@ async fn tls_with_a_test_ca_streams_and_a_wrong_ca_is_refused_with_the_fix() {
         let pipelines = "  - name: t\n    from: public.t\n    to: feed\n    scylla: { table: t, columns: { id: id, v: v }, partition_key: [id], types: { id: int } }";
         daemon_config(&pg, db, db, &sink, pipelines, &dir.path().join("dead.jsonl"))
     };
-    let doctor = |name: &str, yaml: String| {
-        let path = dir.path().join(format!("{name}.yaml"));
-        std::fs::write(&path, yaml).unwrap();
-        let out = tokio::task::block_in_place(|| std::process::Command::new(bin()).args(["doctor", "-c"]).arg(&path).output().unwrap());
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
-    };
+    let doctor = |name: &str, yaml: String| tokio::task::block_in_place(|| doctor_says(dir.path(), name, &yaml, "feed"));
     let said = doctor("other-ca", config(&tls.certs.other_ca_file));
     assert!(said.contains("FAIL  sink feed") && said.contains("set tls.ca_file"), "another CA is refused, with the fix:\n{said}");
 

@@ -49,12 +49,7 @@ impl CassandraNode {
             let install = JvmInstall::find("cassandra");
             let slot = ServerSlot::new("cassandra", port);
             let certs = crate::make_certificates(slot.dir());
-            let out = std::process::Command::new("openssl")
-                .args(["pkcs12", "-export", "-in", "server.pem", "-inkey", "server.key", "-out", "server.p12", "-passout", "pass:changeit"])
-                .current_dir(slot.dir())
-                .output()
-                .expect("run openssl");
-            assert!(out.status.success(), "openssl pkcs12: {}", String::from_utf8_lossy(&out.stderr));
+            certs.pkcs12();
             let tls = Some(crate::redis::Tls { port, certs });
             CassandraNode { slot, install, port, storage_port, tls }.started()
         })

@@ -64,32 +64,25 @@ pub const SASL_USER: &str = "alice";
 /// Its password.
 pub const SASL_PASSWORD: &str = "alice-secret";
 
+/// The listener a broker has beside its plaintext one.
+#[derive(Clone, Copy)]
+enum Extra {
+    None,
+    Secured,
+    /// Behind a proxy on this port.
+    Behind(u16),
+}
+
 impl KafkaBroker {
     /// Starts a broker and waits (up to 120 s) until it serves clients.
     pub fn start() -> KafkaBroker {
-        crate::retry_on_port_clash(|| {
-            let [port, controller_port] = free_ports();
-            KafkaBroker {
-                slot: ServerSlot::new("kafka", port),
-                port,
-                controller_port,
-                install: JvmInstall::find("kafka"),
-                secured: None,
-                behind: None,
-            }
-            .started()
-        })
+        KafkaBroker::launch(Extra::None)
     }
 
     /// A broker with, beside its plaintext listener, a `SASL_SSL` one
     /// ([`Secured`]; certificates made with `openssl` in its directory).
     pub fn start_secured() -> KafkaBroker {
-        crate::retry_on_port_clash(|| {
-            let [port, controller_port, secured_port] = free_ports();
-            let slot = ServerSlot::new("kafka", port);
-            let secured = make_certificates(slot.dir(), secured_port);
-            KafkaBroker { slot, port, controller_port, install: JvmInstall::find("kafka"), secured: Some(secured), behind: None }.started()
-        })
+        KafkaBroker::launch(Extra::Secured)
     }
 
     /// A broker with, beside its plaintext listener, a [`Behind`] one
@@ -97,17 +90,21 @@ impl KafkaBroker {
     /// to `behind.port` (e.g. `Toxiproxy::link_on`) and bootstrap clients
     /// at the proxy.
     pub fn start_behind(proxy_port: u16) -> KafkaBroker {
+        KafkaBroker::launch(Extra::Behind(proxy_port))
+    }
+
+    /// Free ports for the broker, its controller and the extra listener,
+    /// then start (again on a port clash).
+    fn launch(extra: Extra) -> KafkaBroker {
         crate::retry_on_port_clash(|| {
-            let [port, controller_port, behind_port] = free_ports();
-            KafkaBroker {
-                slot: ServerSlot::new("kafka", port),
-                port,
-                controller_port,
-                install: JvmInstall::find("kafka"),
-                secured: None,
-                behind: Some(Behind { port: behind_port, proxy_port }),
-            }
-            .started()
+            let [port, controller_port, extra_port] = free_ports();
+            let slot = ServerSlot::new("kafka", port);
+            let (secured, behind) = match extra {
+                Extra::None => (None, None),
+                Extra::Secured => (Some(make_certificates(slot.dir(), extra_port)), None),
+                Extra::Behind(proxy_port) => (None, Some(Behind { port: extra_port, proxy_port })),
+            };
+            KafkaBroker { slot, port, controller_port, install: JvmInstall::find("kafka"), secured, behind }.started()
         })
     }
 

@@ -3,9 +3,10 @@
 //!
 //! The two are started the same way: one node under a small launcher class
 //! of ours (`testkit/jvm/<engine>/src`), HTTP and transport on two free
-//! loopback ports, `discovery.type=single-node`, no security (plain HTTP, no
+//! loopback ports, `discovery.type=single-node`, no security plugin (no
 //! auth), new indexes without replicas (green); ready when the launcher has
-//! printed `READY` and `GET /` answers 200. What differs is an [`Engine`]:
+//! printed `READY` and `GET /` answers 200. OpenSearch can also serve HTTPS
+//! ([`SearchNode::start_tls`]). What differs is an [`Engine`]:
 //! the launcher class, a few JVM options, and whether the server's jars go
 //! on the module path (Elasticsearch) or the class path (OpenSearch).
 
@@ -43,6 +44,12 @@ pub struct SearchNode<E> {
     install: JvmInstall,
     /// Extra node settings (`key=value`), passed after the ports.
     settings: Vec<String>,
+    /// HTTPS instead of HTTP ([`SearchNode::start_tls`]); `tls.port` is the
+    /// HTTP port.
+    pub tls: Option<crate::redis::Tls>,
+    /// With `tls`: a client certificate signed by `tls.certs.ca_file` is
+    /// required.
+    client_auth: bool,
     /// The HTTP port.
     pub port: u16,
     pub transport_port: u16,
@@ -58,14 +65,39 @@ impl<E: Engine> SearchNode<E> {
     /// `key=value` after its other arguments; they win over the defaults), e.g.
     /// `[("thread_pool.write.queue_size", "1")]` for real back-pressure.
     pub fn start_with(settings: &[(&str, &str)]) -> SearchNode<E> {
+        SearchNode::launch(settings, None)
+    }
+
+    /// A node whose HTTP layer speaks only HTTPS (OpenSearch's own
+    /// `SecureNetty4HttpServerTransport`, given an SSL engine by the
+    /// launcher, where the security plugin would give one), with a
+    /// certificate for `localhost` and 127.0.0.1 signed by
+    /// `tls.certs.ca_file` ([`crate::make_certificates`]). It listens on
+    /// 127.0.0.2 too (not in the certificate, for the hostname check). With
+    /// `client_auth`, a client certificate signed by that CA is required
+    /// (the server's own `cert_file`/`key_file` will do). OpenSearch only:
+    /// Elasticsearch's TLS is in x-pack, which Maven Central does not have.
+    pub fn start_tls(client_auth: bool) -> SearchNode<E> {
+        SearchNode::launch(&[("http.bind_host", "127.0.0.1,127.0.0.2"), ("http.publish_host", "127.0.0.1")], Some(client_auth))
+    }
+
+    fn launch(settings: &[(&str, &str)], tls: Option<bool>) -> SearchNode<E> {
         let name = E::LAUNCHER.name;
         crate::retry_on_port_clash(|| {
             let [port, transport_port] = free_ports();
+            let slot = ServerSlot::new(name, port);
+            let certs = tls.map(|_| {
+                let certs = crate::make_certificates(slot.dir());
+                certs.pkcs12();
+                crate::redis::Tls { port, certs }
+            });
             let node = SearchNode {
                 engine: PhantomData,
-                slot: ServerSlot::new(name, port),
+                slot,
                 install: JvmInstall::find(name),
                 settings: settings.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+                tls: certs,
+                client_auth: tls == Some(true),
                 port,
                 transport_port,
             };
@@ -79,9 +111,12 @@ impl<E: Engine> SearchNode<E> {
         crate::process::shared(SearchNode::start)
     }
 
-    /// `http://127.0.0.1:<port>`.
+    /// `http://127.0.0.1:<port>`, or `https://localhost:<port>` with TLS.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        match self.tls {
+            Some(_) => format!("https://localhost:{}", self.port),
+            None => format!("http://127.0.0.1:{}", self.port),
+        }
     }
 }
 
@@ -105,11 +140,19 @@ impl<E: Engine> Server for SearchNode<E> {
                 install.classpath()
             };
             jvm_args.push(format!("-Dpgfanout.log4j2={}", install.conf("log4j2.properties").display()));
+            if let Some(tls) = &self.tls {
+                let dir = self.slot.dir();
+                jvm_args.push(format!("-Dpgfanout.tls.keystore={}", dir.join("server.p12").display()));
+                if self.client_auth {
+                    jvm_args.push(format!("-Dpgfanout.tls.client_ca={}", tls.certs.ca_file.display()));
+                }
+            }
             args.extend(self.settings.iter().cloned());
             let mut p = install.spawn(&self.slot, &classpath, &jvm_args, engine.main, &args);
-            let port = self.port;
+            let (port, plain) = (self.port, self.tls.is_none());
+            // READY comes after the cluster is yellow; over HTTPS that is the check
             p.wait_until(Duration::from_secs(180), "READY and GET / = 200", |out| {
-                out.contains("READY") && http_status(port, "/") == Some(200)
+                out.contains("READY") && (!plain || http_status(port, "/") == Some(200))
             });
             p
         });

@@ -56,3 +56,19 @@ pub fn make_certificates(dir: &Path) -> TestCerts {
         key_file: dir.join("server.key"),
     }
 }
+
+impl TestCerts {
+    /// Writes `server.p12` beside the server's certificate: its certificate
+    /// and key in a PKCS12 keystore with the password `changeit`, for JVM
+    /// servers. Returns its path.
+    pub fn pkcs12(&self) -> PathBuf {
+        let dir = self.cert_file.parent().expect("the certificates' directory");
+        let out = std::process::Command::new("openssl")
+            .args(["pkcs12", "-export", "-in", "server.pem", "-inkey", "server.key", "-out", "server.p12", "-passout", "pass:changeit"])
+            .current_dir(dir)
+            .output()
+            .expect("run openssl");
+        assert!(out.status.success(), "openssl pkcs12: {}", String::from_utf8_lossy(&out.stderr));
+        dir.join("server.p12")
+    }
+}

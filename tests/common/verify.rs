@@ -1,5 +1,6 @@
 //! `pgfanout verify` as the tests run it: the command line, a fresh JSON
-//! report per run, and what it said.
+//! report per run, and what it said; and `pgfanout doctor`'s lines about a
+//! sink.
 
 use std::path::Path;
 use std::process::Command;
@@ -34,4 +35,25 @@ pub fn run_verify(config: &Path, settle: &str, args: &[&str]) -> (i32, Json, Str
 /// The report entry of pipeline `name` (`Null` when absent).
 pub fn pipeline_report(report: &Json, name: &str) -> Json {
     report["pipelines"].as_array().and_then(|a| a.iter().find(|p| p["pipeline"] == name).cloned()).unwrap_or(Json::Null)
+}
+
+/// Writes `yaml` to `<dir>/<name>.yaml`, runs `pgfanout doctor -c` on it and
+/// returns what it said of sink `sink`: each line naming `sink <sink>` and
+/// the `fix:` line under it, if any. (Blocking: call it inside
+/// `block_in_place` from a multi-threaded runtime, or from a test with no
+/// runtime.)
+pub fn doctor_says(dir: &Path, name: &str, yaml: &str, sink: &str) -> String {
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, yaml).unwrap();
+    let out = std::process::Command::new(bin()).args(["doctor", "-c"]).arg(&path).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let (lines, needle) = (text.lines().collect::<Vec<_>>(), format!("sink {sink}"));
+    let mut said = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        if l.contains(&needle) {
+            said.push(l.to_string());
+            said.extend(lines.get(i + 1).filter(|n| n.trim_start().starts_with("fix:")).map(|n| n.to_string()));
+        }
+    }
+    said.join("\n")
 }

@@ -74,6 +74,15 @@ impl Client {
             let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| EsError::Tls(format!("{}: {e}", ca.display())))?;
             builder = builder.add_root_certificate(cert);
         }
+        if let (Some(cert), Some(key)) = (&cfg.tls.cert_file, &cfg.tls.key_file) {
+            // reqwest's rustls identity: the key and the certificate chain in one PEM buffer
+            let mut pem = pgfanout_sdk::settings::TlsFiles::read(key).map_err(EsError::Tls)?;
+            pem.push(b'\n');
+            pem.extend(pgfanout_sdk::settings::TlsFiles::read(cert).map_err(EsError::Tls)?);
+            let identity =
+                reqwest::Identity::from_pem(&pem).map_err(|e| EsError::Tls(format!("{} / {}: {e}", cert.display(), key.display())))?;
+            builder = builder.identity(identity);
+        }
         if cfg.tls.insecure {
             builder = builder.danger_accept_invalid_certs(true);
         }

@@ -21,7 +21,8 @@ pub struct SearchSinkConfig {
     pub password: Option<Secret>,
     /// API key (the base64 `id:key` form), instead of basic auth.
     pub api_key: Option<Secret>,
-    /// TLS for `https://` URLs: `ca_file`, `insecure`.
+    /// TLS for `https://` URLs: `ca_file`, a client certificate
+    /// (`cert_file` + `key_file`, unencrypted PEM), `insecure`.
     #[serde(default)]
     pub tls: TlsFiles,
     /// Time allowed for one request (default 30s).
@@ -136,8 +137,11 @@ impl SearchSinkConfig {
             problems.add("api_key", "use either api_key or username/password, not both");
         }
         problems.nested("tls", self.tls.validate());
-        if self.tls.cert_file.is_some() || self.tls.key_password.is_some() {
-            problems.add("tls.cert_file", "client certificates are not supported by the search sink; use ca_file");
+        if self.tls.key_password.is_some() {
+            problems.add(
+                "tls.key_password",
+                "the search sink reads unencrypted keys only; decrypt it (`openssl pkey -in key.pem -out plain.pem`) and drop key_password",
+            );
         }
         if self.request_timeout < Duration::from_millis(100) {
             problems.add("request_timeout", "must be at least 100ms");

@@ -67,6 +67,15 @@ pub fn certificate_fix(error: &str) -> Option<&'static str> {
              subjectAltName) in the URL",
         );
     }
+    if ["certificaterequired", "certificate required", "badcertificate", "bad certificate", "certificate_required"]
+        .iter()
+        .any(|s| e.contains(s))
+    {
+        return Some(
+            "the server wants a client certificate it trusts: set tls.cert_file and tls.key_file to a certificate (PEM) signed by a \
+             CA the server trusts, and its key",
+        );
+    }
     if e.contains("expired") && e.contains("certificate") {
         return Some("the server's certificate has expired (or the clock is wrong): renew the certificate");
     }
@@ -86,6 +95,7 @@ mod fix_tests {
         assert!(ca.contains("tls.ca_file"));
         assert_eq!(certificate_fix("SSL routines::certificate verify failed: unable to get local issuer certificate"), Some(ca));
         assert!(certificate_fix("invalid peer certificate: NotValidForName").unwrap().contains("subjectAltName"));
+        assert!(certificate_fix("received fatal alert: CertificateRequired").unwrap().contains("tls.cert_file"));
         assert_eq!(certificate_fix("Connection refused (os error 111)"), None);
     }
 }
