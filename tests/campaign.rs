@@ -1,6 +1,7 @@
 //! The crash campaign: pgfanout SIGKILLed at random moments across the
 //! initial snapshot, streaming with DDL, backfills and sink outages, against
-//! a real PostgreSQL and a real (persistent) Redis.
+//! a real PostgreSQL and two stores: a real (persistent) Redis and the file
+//! sink (a JSON-lines log, read back as a replaying consumer would).
 //!
 //! Each run makes a database with a pre-filled table, starts pgfanout with
 //! `snapshot: initial`, then takes random steps while a writer commits
@@ -8,10 +9,10 @@
 //! after a random delay, an `ALTER TABLE` (a column added or dropped), a
 //! backfill of the table, a Redis outage (with a SIGKILL inside it, or
 //! not), or nothing. After every kill, with pgfanout dead, the ack rule is
-//! checked: every transaction whose commit is at or before the slot's
-//! `confirmed_flush_lsn` must be in Redis (a row it wrote holds that
-//! version or a newer one; a row it deleted is absent: ids are never
-//! reused). After each run, Redis equals the table.
+//! checked in each store: every transaction whose commit is at or before
+//! the slot's `confirmed_flush_lsn` must be there (a row it wrote holds
+//! that version or a newer one; a row it deleted is absent: ids are never
+//! reused). After each run, each store equals the table.
 //!
 //! The seed is printed; `PGFANOUT_CAMPAIGN_SEED` replays one and
 //! `PGFANOUT_CAMPAIGN_RUNS` sets the runs (2 here; `scripts/campaign.sh
@@ -52,8 +53,11 @@ fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
-/// The row states in Redis: id -> (v, note).
-fn stored(redis: &RedisServer) -> BTreeMap<i32, (i64, String)> {
+/// A store's row states: id -> (v, note).
+type Rows = BTreeMap<i32, (i64, String)>;
+
+/// The row states in Redis.
+fn stored(redis: &RedisServer) -> Rows {
     const SCRIPT: &str = "local out = {} for _, k in ipairs(redis.call('KEYS', 'item:*')) do \
         table.insert(out, k) table.insert(out, redis.call('HGET', k, 'v') or '') \
         table.insert(out, redis.call('HGET', k, 'note') or '') end return out";
@@ -64,6 +68,24 @@ fn stored(redis: &RedisServer) -> BTreeMap<i32, (i64, String)> {
             (id, (c[1].parse().unwrap_or_else(|_| panic!("{}: v is {:?}", c[0], c[1])), c[2].clone()))
         })
         .collect()
+}
+
+/// The row states the file sink's output replays to (the last record per
+/// key). Only `v` and `note` are compared: a column added by the campaign's
+/// DDL is in the table's rows but not in records of rows untouched since.
+fn replayed(out: &std::path::Path) -> Rows {
+    live(final_state(&records(out), "items"))
+        .into_values()
+        .map(|after| {
+            let id = after["id"].as_i64().unwrap_or_else(|| panic!("a record with an id: {after}")) as i32;
+            (id, (after["v"].as_i64().unwrap(), after["note"].as_str().unwrap().to_string()))
+        })
+        .collect()
+}
+
+/// Both stores' row states, by name.
+fn stores(redis: &RedisServer, out: &std::path::Path) -> [(&'static str, Rows); 2] {
+    [("Redis", stored(redis)), ("the file sink's output", replayed(out))]
 }
 
 /// Commits random transactions until `stop`, logging each.
@@ -115,10 +137,11 @@ fn writer(
 }
 
 /// The ack rule after a kill: every transaction committed at or before the
-/// slot's confirmed position is in Redis (or overtaken there by a later
-/// one: Redis may be ahead of the slot). `from` skips the pre-fill (the
-/// snapshot's rows: an unfinished snapshot starts over).
-fn check_durable(redis: &RedisServer, confirmed: u64, log: &Log, from: usize, when: &str) -> usize {
+/// slot's confirmed position is in the store `name` holding `held` (or
+/// overtaken there by a later one: a store may be ahead of the slot).
+/// `from` skips the pre-fill (the snapshot's rows: an unfinished snapshot
+/// starts over).
+fn check_durable(name: &str, held: &Rows, confirmed: u64, log: &Log, from: usize, when: &str) -> usize {
     let log = log.lock().unwrap();
     let mut required: BTreeMap<i32, Effect> = BTreeMap::new();
     for (bound, effects) in &log[from..] {
@@ -132,26 +155,25 @@ fn check_durable(redis: &RedisServer, confirmed: u64, log: &Log, from: usize, wh
             required.insert(id, *e);
         }
     }
-    // Redis may be ahead of the confirmed position: a row deleted by any
+    // A store may be ahead of the confirmed position: a row deleted by any
     // later transaction may be gone already (ids are never reused).
     let deleted: std::collections::HashSet<i32> = log
         .iter()
         .flat_map(|(_, effects)| effects.iter().filter_map(|e| if let Effect::Deleted(id) = e { Some(*id) } else { None }))
         .collect();
-    let held = stored(redis);
     for (id, e) in &required {
         match (e, held.get(id)) {
             (Effect::Put(_, v), Some((have, _))) => {
-                assert!(have >= v, "{when}: row {id} holds version {have} but {v} was confirmed (confirmed_flush {confirmed:X})")
+                assert!(have >= v, "{when}: {name}: row {id} holds version {have} but {v} was confirmed (confirmed_flush {confirmed:X})")
             }
             (Effect::Put(..), None) if deleted.contains(id) => {}
             (Effect::Put(_, v), None) => panic!(
-                "{when}: row {id} at version {v} was confirmed (confirmed_flush {confirmed:X}) but is missing; Redis holds {} rows, e.g. {:?}",
+                "{when}: {name}: row {id} at version {v} was confirmed (confirmed_flush {confirmed:X}) but is missing; it holds {} rows, e.g. {:?}",
                 held.len(),
                 held.iter().take(3).collect::<Vec<_>>()
             ),
             (Effect::Deleted(_), Some((have, _))) => {
-                panic!("{when}: row {id} was deleted before confirmed_flush {confirmed:X} but Redis holds version {have}")
+                panic!("{when}: {name}: row {id} was deleted before confirmed_flush {confirmed:X} but it holds version {have}")
             }
             (Effect::Deleted(_), None) => {}
         }
@@ -159,16 +181,18 @@ fn check_durable(redis: &RedisServer, confirmed: u64, log: &Log, from: usize, wh
     required.len()
 }
 
-/// Redis equals the table: every row with its version and note, no other.
-async fn assert_equal(c: &tokio_postgres::Client, redis: &RedisServer, when: &str) -> usize {
+/// Each store equals the table: every row with its version and note, no
+/// other.
+async fn assert_equal(c: &tokio_postgres::Client, redis: &RedisServer, out: &std::path::Path, when: &str) -> usize {
     let rows = c.query("SELECT id, v, note FROM items", &[]).await.unwrap();
-    let want: BTreeMap<i32, (i64, String)> = rows.iter().map(|r| (r.get(0), (r.get(1), r.get(2)))).collect();
-    let held = stored(redis);
-    if held != want {
-        let missing: Vec<_> = want.keys().filter(|k| !held.contains_key(k)).take(5).collect();
-        let extra: Vec<_> = held.keys().filter(|k| !want.contains_key(k)).take(5).collect();
-        let stale: Vec<_> = want.iter().filter(|(k, v)| held.get(k).is_some_and(|h| h != *v)).map(|(k, _)| k).take(5).collect();
-        panic!("{when}: Redis differs from the table: missing {missing:?}, extra {extra:?}, stale {stale:?}");
+    let want: Rows = rows.iter().map(|r| (r.get(0), (r.get(1), r.get(2)))).collect();
+    for (name, held) in stores(redis, out) {
+        if held != want {
+            let missing: Vec<_> = want.keys().filter(|k| !held.contains_key(k)).take(5).collect();
+            let extra: Vec<_> = held.keys().filter(|k| !want.contains_key(k)).take(5).collect();
+            let stale: Vec<_> = want.iter().filter(|(k, v)| held.get(k).is_some_and(|h| h != *v)).map(|(k, _)| k).take(5).collect();
+            panic!("{when}: {name} differs from the table: missing {missing:?}, extra {extra:?}, stale {stale:?}");
+        }
     }
     want.len()
 }
@@ -189,9 +213,12 @@ async fn run(pg: &PgCluster, admin: &tokio_postgres::Client, redis: &RedisServer
     let prefilled = insert_lsn(&c).await;
     let log: Log = Arc::new(Mutex::new(vec![(prefilled, Vec::new())]));
     let dir = scratch();
-    let pipelines = "  - name: items\n    from: public.items\n    to: cache\n    redis: { type: hash, key: \"item:{id}\" }";
+    let out = out_path(dir.path(), "items");
+    let pipelines = "  - name: items\n    from: public.items\n    to: cache\n    redis: { type: hash, key: \"item:{id}\" }\n  \
+                     - name: items-log\n    from: public.items\n    to: out";
     let cfg = redis_config(pg, &db, &db, &redis.url(), pipelines, dir.path())
-        .replace("    snapshot: never\n", "    snapshot: initial\n    receive_timeout: 10s\n");
+        .replace("    snapshot: never\n", "    snapshot: initial\n    receive_timeout: 10s\n")
+        .replacen("sinks:\n", &format!("sinks:\n  out: {{ type: file, path: \"{}\" }}\n", out.display()), 1);
     let mut d = Daemon::start(bin(), dir.path(), &db, &cfg);
     let mut said = Vec::new();
     if rng.below(2) == 0 {
@@ -275,16 +302,18 @@ async fn run(pg: &PgCluster, admin: &tokio_postgres::Client, redis: &RedisServer
             tokio::task::block_in_place(|| redis.start_server());
         }
         if !d.is_running() {
-            // pgfanout is dead: what the slot confirmed must be in Redis.
+            // pgfanout is dead: what the slot confirmed must be in each store.
             let confirmed = confirmed_flush(&c, &db).await;
             let when = format!("{}\n--- daemon log ---\n{}", said.last().unwrap(), d.log());
-            totals.checked += check_durable(redis, confirmed, &log, 1, &when);
+            for (name, held) in stores(redis, &out) {
+                totals.checked += check_durable(name, &held, confirmed, &log, 1, &when);
+            }
             d.spawn(bin());
         }
     }
     wait_confirmed(&c, &db, &d, Duration::from_secs(180)).await;
     // A backfill may still run: it only writes rows as they are.
-    let rows = assert_equal(&c, redis, &format!("run {n} ({})", said.join("; "))).await;
+    let rows = assert_equal(&c, redis, &out, &format!("run {n} ({})", said.join("; "))).await;
     totals.txns += log.lock().unwrap().len() - 1;
     d.signal("TERM");
     assert!(d.wait(Duration::from_secs(30)).is_some_and(|s| s.success()), "clean stop:\n{}", d.log());
