@@ -8,7 +8,9 @@
 //! room as it waits for queue space, keeping the walsender alive meanwhile.
 //!
 //! A record shared by several sinks is charged once per sink, so the budget
-//! over-counts rather than under-counts. A chunk larger than the whole
+//! over-counts rather than under-counts. A record that a transform made
+//! also holds the change as read (`SinkRecord::source`, kept for its dead
+//! letter): both are charged ([`record_size`]). A chunk larger than the whole
 //! budget (one value of hundreds of MB) waits until everything else was
 //! written and then takes the whole budget: it goes alone.
 //!
@@ -19,6 +21,18 @@ use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::metrics as m;
+
+/// What a queued record holds: its change, and the change as read when a
+/// transform made a new one (`measured` is the size of the change as read,
+/// when the caller has it).
+pub fn record_size(record: &pgfanout_sdk::SinkRecord, measured: Option<(&Arc<pgfanout_sdk::Change>, usize)>) -> usize {
+    let size_of = |c: &Arc<pgfanout_sdk::Change>| match measured {
+        Some((read, size)) if Arc::ptr_eq(c, read) => size,
+        _ => c.approx_size(),
+    };
+    let source = record.source.as_ref().filter(|s| !Arc::ptr_eq(s, &record.change)).map_or(0, size_of);
+    size_of(&record.change) + source
+}
 
 /// Permits are KiB, so a `u32` count covers any budget.
 const UNIT: usize = 1024;
@@ -83,5 +97,20 @@ mod tests {
         assert_eq!(mem.free(), 64 * 1024);
         let _tiny = mem.charge(0).await;
         assert_eq!(mem.free(), 63 * 1024, "even an empty chunk holds one unit");
+    }
+
+    #[test]
+    fn a_transformed_record_is_charged_with_the_change_it_was_made_from() {
+        use pgfanout_sdk::testing::{At, Table};
+        let read = Arc::new(Table("t").insert(At(1, 0), &[("id", "1"), ("v", &format!("\"{}\"", "x".repeat(10_000)))]));
+        let made = Arc::new(Table("t").insert(At(1, 0), &[("id", "1")]));
+        let (read_size, made_size) = (read.approx_size(), made.approx_size());
+        assert!(read_size > 10_000 && made_size < 1_000);
+        let plain = pgfanout_sdk::SinkRecord { change: read.clone(), route: 0, source: None };
+        assert_eq!(record_size(&plain, None), read_size);
+        assert_eq!(record_size(&plain, Some((&read, 7))), 7, "a measured size is used");
+        let transformed = pgfanout_sdk::SinkRecord { change: made, route: 0, source: Some(read.clone()) };
+        assert_eq!(record_size(&transformed, None), made_size + read_size);
+        assert_eq!(record_size(&transformed, Some((&read, read_size))), made_size + read_size);
     }
 }

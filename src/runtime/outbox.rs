@@ -99,7 +99,7 @@ impl Outbox {
     pub fn cut_with<R>(&mut self, cut: impl FnOnce(&mut [Chunk]) -> R) -> R {
         let out = cut(&mut self.local);
         for (bytes, chunk) in self.bytes.iter_mut().zip(&self.local) {
-            *bytes = chunk.iter().map(|i| if let Item::Record(r) = i { r.change.approx_size() } else { 0 }).sum();
+            *bytes = chunk.iter().map(|i| if let Item::Record(r) = i { super::memory::record_size(r, None) } else { 0 }).sum();
         }
         out
     }

@@ -572,7 +572,7 @@ impl SourceLoop {
         for r in self.routed.drain(..) {
             match r {
                 Routed::Deliver { sink, record } => {
-                    let size = if Arc::ptr_eq(&record.change, &change) { size } else { record.change.approx_size() };
+                    let size = super::memory::record_size(&record, Some((&change, size)));
                     self.outbox.push(sink, record, size);
                 }
                 Routed::DeadLetter { pipeline, sink, error, change } => {

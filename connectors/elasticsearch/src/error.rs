@@ -31,10 +31,10 @@ pub enum EsError {
     // --- The cluster: retriable. ---
     /// No node answered (connection refused or lost, timeout, TLS): the
     /// last node tried and its transport error.
-    #[error("search node {node}: {}", Causes(source))]
+    #[error("search node {node}: {}", pgfanout_sdk::causes(source))]
     Unreachable { node: String, source: reqwest::Error },
     /// The node answered, but the body was cut off.
-    #[error("search node {node}: reading the response: {}", Causes(source))]
+    #[error("search node {node}: reading the response: {}", pgfanout_sdk::causes(source))]
     BodyLost { node: String, source: reqwest::Error },
     /// No node is configured to send to.
     #[error("search sink: no node url to send to")]
@@ -277,28 +277,6 @@ impl std::fmt::Display for ItemError {
             }
             _ => write!(f, "{status} {}", self.error),
         }
-    }
-}
-
-/// An error and the errors under it, `a: b: c`: reqwest's own text leaves
-/// out why a request failed (refused, a certificate, a timeout), which is
-/// what an operator needs (and what `certificate_fix` reads).
-struct Causes<'a>(&'a reqwest::Error);
-
-impl std::fmt::Display for Causes<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut said = self.0.to_string();
-        f.write_str(&said)?;
-        let mut next = std::error::Error::source(self.0);
-        while let Some(e) = next {
-            let text = e.to_string();
-            if !said.contains(&text) {
-                write!(f, ": {text}")?;
-                said = text;
-            }
-            next = e.source();
-        }
-        Ok(())
     }
 }
 

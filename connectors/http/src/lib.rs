@@ -187,7 +187,7 @@ impl HttpSettings {
         };
         match client.head(&self.url).send().await {
             Ok(r) => vec![Check::ok(format!("{what} (HEAD answered {})", r.status().as_u16()))],
-            Err(e) => vec![Check::failed(what, e.to_string())],
+            Err(e) => vec![Check::failed(what, pgfanout_sdk::causes(&e))],
         }
     }
 }
@@ -315,7 +315,7 @@ impl HttpSink {
             let response = match req.send().await {
                 Ok(r) => r,
                 Err(e) => {
-                    let error = HttpSinkError::Network(e.without_url().to_string());
+                    let error = HttpSinkError::Network(pgfanout_sdk::causes(&e.without_url()));
                     if self.retry_in_place(&mut attempts, &error).await {
                         continue;
                     }

@@ -25,7 +25,7 @@ pub use change::{message_content, message_row, Change, Op, Position, MESSAGE_SCH
 pub use connector::{Check, ConfigError, ConfiguredSink, Connector, DynSink, FieldError, SinkInput, TypedSink};
 pub use lsn::Lsn;
 pub use outbox::OutboxColumns;
-pub use sink::{BatchOutcome, InFlight, PipelineStop, Rejected, Sink, SinkError, SinkRecord, StoreError};
+pub use sink::{causes, BatchOutcome, InFlight, PipelineStop, Rejected, Sink, SinkError, SinkRecord, StoreError};
 pub use template::{Template, TemplateError};
 pub use value::{Row, Text, Value};
 pub use verify::{Expected, Verifier};

@@ -33,6 +33,26 @@ use std::sync::Arc;
 
 use crate::change::Change;
 
+/// An error and the errors under it, `a: b: c`, each said once. HTTP and
+/// driver errors often say only "error sending request" at the top and why
+/// (refused, a certificate, a timeout) in their sources; an operator needs
+/// the why, and `settings::certificate_fix` reads it.
+pub fn causes(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut said = out.clone();
+    let mut next = error.source();
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !said.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+            said = text;
+        }
+        next = e.source();
+    }
+    out
+}
+
 /// A record routed to a sink by one pipeline.
 #[derive(Debug, Clone)]
 pub struct SinkRecord {
@@ -179,5 +199,34 @@ pub trait Sink: Send + 'static {
     /// Flushes and releases resources at shutdown.
     fn close(&mut self) -> impl Future<Output = Result<(), SinkError>> + Send {
         async { Ok(()) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::causes;
+
+    #[derive(Debug)]
+    struct Layer(&'static str, Option<Box<Layer>>);
+
+    impl std::fmt::Display for Layer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|e| e as _)
+        }
+    }
+
+    #[test]
+    fn causes_says_each_layer_once() {
+        let inner = Layer("invalid peer certificate: UnknownIssuer", None);
+        let io = Layer("invalid peer certificate: UnknownIssuer", Some(Box::new(inner)));
+        let top = Layer("error sending request", Some(Box::new(Layer("client error (Connect)", Some(Box::new(io))))));
+        assert_eq!(causes(&top), "error sending request: client error (Connect): invalid peer certificate: UnknownIssuer");
+        assert_eq!(causes(&Layer("alone", None)), "alone");
     }
 }
