@@ -21,14 +21,20 @@ scripts/install-servers.sh chromium:chromium chromium-driver:chromedriver
 command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
 
 # The shared target directory only grows (incremental caches, old test
-# binaries); a full disk breaks linking. Below 20 GB free, drop what is
-# cheap to rebuild: incremental caches and test executables unused for a day.
+# binaries, ~0.3 GB per build of each test binary); a full disk breaks
+# linking. Below 20 GB free, drop what is cheap to rebuild: incremental
+# caches, test executables unused for a day, and every build of a test
+# executable but its newest.
 mkdir -p "$CARGO_TARGET_DIR"
 free_kb=$(df -Pk "$CARGO_TARGET_DIR" | awk 'NR==2 {print $4}')
 if [ "${free_kb:-0}" -lt $((20 * 1024 * 1024)) ]; then
   echo "pruning $CARGO_TARGET_DIR ($((free_kb / 1024 / 1024)) GB free)" >&2
   rm -rf "$CARGO_TARGET_DIR"/debug/incremental "$CARGO_TARGET_DIR"/release/incremental
   find "$CARGO_TARGET_DIR"/debug/deps -maxdepth 1 -type f ! -name '*.*' -mtime +0 -delete 2>/dev/null || true
+  if [ -d "$CARGO_TARGET_DIR"/debug/deps ]; then
+    (cd "$CARGO_TARGET_DIR"/debug/deps && ls -t | grep -E '^[A-Za-z0-9_]+-[0-9a-f]{16}$' \
+      | awk '{stem=$0; sub(/-[0-9a-f]{16}$/, "", stem); if (seen[stem]++) print}' | xargs -r rm -f) || true
+  fi
 fi
 status=0
 cargo nextest run --workspace --no-fail-fast "$@" || status=$?
