@@ -397,7 +397,7 @@ async fn a_lost_slot_fails_clearly_or_is_recreated_and_backfilled() {
     wait_status(&c, "public.t", "done", &d).await;
     c.batch_execute("UPDATE t SET v = 3 WHERE id = 1").await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
-    while !d.log().contains("reconciliation after the recreated slot finished") {
+    while !d.log().contains("reconciliation after the recovery backfills finished") {
         assert!(Instant::now() < deadline, "{}", d.log());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

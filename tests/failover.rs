@@ -196,3 +196,72 @@ async fn a_failover_to_a_standby_that_lags_behind_what_was_delivered_is_reported
     assert!(status.is_some_and(|s| !s.success()), "pgfanout stops\n{log}");
     assert!(log.contains("failover lost changes") && log.contains("synchronized_standby_slots"), "and says why\n{log}");
 }
+
+/// The same lost failover with `on_slot_lost: recreate`: pgfanout says so,
+/// then recovers by itself. It pads the new primary's WAL past what it had
+/// received, streams on, backfills the table and removes from Redis what
+/// only the old primary had (`verify --repair`). Redis then equals the new
+/// primary's table: the rows and updates the standby never had are gone,
+/// and the new primary's own writes are there, including those committed
+/// right after the promotion, at positions pgfanout had already passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_that_lost_delivered_changes_is_recovered_with_on_slot_lost_recreate() {
+    let Some((primary, standby, c)) = primary_and_standby("lagr", &[("wal_sender_timeout", "10s")], &[]).await else {
+        return;
+    };
+    let dir = scratch();
+    let redis = tokio::task::spawn_blocking(testkit::RedisServer::start).await.unwrap();
+    let url = both_hosts(&primary, &standby, "lagr");
+    let pipelines = "  - name: rows\n    from: public.t\n    to: cache\n    redis: { type: string, key: \"t:{id}\", column: v }";
+    let config = redis_config(&primary, "lagr", "lagr", &redis.url(), pipelines, dir.path())
+        .replace(&primary.url("lagr"), &url)
+        .replace("    snapshot: never\n", "    snapshot: never\n    on_slot_lost: recreate\n");
+    assert!(config.contains("on_slot_lost: recreate") && config.contains("target_session_attrs"), "{config}");
+    let mut d = Daemon::start(bin(), dir.path(), "lagr", &config);
+    wait_slot(&c, "lagr", &d).await;
+    c.batch_execute("INSERT INTO t SELECT g, g FROM generate_series(1, 100) g").await.unwrap();
+    wait_confirmed(&c, "lagr", &d, Duration::from_secs(60)).await;
+    let s = standby.client("postgres").await;
+    testkit::wait_for(Duration::from_secs(90), "the slot to be synchronized to the standby", || async {
+        s.query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = 'lagr' AND synced AND NOT temporary", &[])
+            .await
+            .unwrap()
+            .is_some()
+    })
+    .await;
+    drop(s);
+    // The standby falls behind: pgfanout delivers rows and updates it will
+    // never have (ghosts).
+    standby.stop("fast");
+    c.batch_execute("INSERT INTO t SELECT g, g FROM generate_series(101, 200) g; UPDATE t SET v = 1000 + id WHERE id <= 10").await.unwrap();
+    wait_confirmed(&c, "lagr", &d, Duration::from_secs(60)).await;
+    assert_eq!(redis.keys().iter().filter(|k| k.starts_with("t:")).count(), 200, "pgfanout delivered what the standby lacks");
+    assert_eq!(redis.cmd(&["GET", "t:5"]).text(), "1005");
+    primary.stop("immediate");
+    standby.start_server();
+    standby.promote();
+    let n = standby.client("lagr").await;
+    // Right after the promotion, at positions pgfanout had passed on the
+    // old timeline.
+    n.batch_execute("INSERT INTO t VALUES (-1, -1); UPDATE t SET v = -5 WHERE id = 5; DELETE FROM t WHERE id = 50").await.unwrap();
+    testkit::wait_for(Duration::from_secs(120), "the failover's recovery", || async { d.log().contains("failover recovery") }).await;
+    n.batch_execute("INSERT INTO t SELECT g, g FROM generate_series(300, 350) g; UPDATE t SET v = -7 WHERE id = 7").await.unwrap();
+    testkit::wait_for(Duration::from_secs(180), "the reconciliation after the backfill", || async {
+        d.log().contains("reconciliation after the recovery backfills finished")
+    })
+    .await;
+    wait_confirmed(&n, "lagr", &d, Duration::from_secs(60)).await;
+    let log = d.log();
+    assert!(log.contains("failover lost changes") && log.contains("synchronized_standby_slots"), "it says what happened\n{log}");
+    assert!(d.is_running(), "pgfanout keeps running\n{log}");
+    let rows = n.query("SELECT id, v FROM t", &[]).await.unwrap();
+    let want: std::collections::BTreeMap<String, String> =
+        rows.iter().map(|r| (format!("t:{}", r.get::<_, i32>(0)), r.get::<_, i32>(1).to_string())).collect();
+    let got: std::collections::BTreeMap<String, String> =
+        redis.keys().into_iter().filter(|k| k.starts_with("t:")).map(|k| (k.clone(), redis.cmd(&["GET", &k]).text())).collect();
+    assert_eq!(got.get("t:5").map(String::as_str), Some("-5"), "the new primary's update wins over the ghost's\n{log}");
+    assert!(!got.contains_key("t:150") && !got.contains_key("t:50"), "rows the new primary lacks are gone\n{log}");
+    assert_eq!(got, want, "Redis equals the new primary's table\n{log}");
+    d.signal("TERM");
+    assert!(d.wait(Duration::from_secs(30)).is_some_and(|s| s.success()), "clean stop\n{}", d.log());
+}

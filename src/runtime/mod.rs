@@ -3,6 +3,7 @@
 
 pub mod ack;
 mod bridge;
+mod failover;
 mod feedback;
 mod heartbeat;
 mod in_progress;
@@ -207,6 +208,7 @@ async fn lead(
         streaming_memory: usize::try_from(pg.streaming_memory.0).unwrap_or(usize::MAX),
         streaming_spill_dir: pg.streaming_spill_dir.clone(),
         fence,
+        recover_lost_changes: pg.on_slot_lost == crate::config::OnSlotLost::Recreate,
     };
     let patterns: Vec<crate::config::TablePattern> =
         router.table_patterns().iter().filter_map(|p| crate::config::TablePattern::parse(p).ok()).collect();
@@ -222,6 +224,8 @@ async fn lead(
     };
     let mut source = SourceLoop::new(settings, router, sinks, tracker, dead_letters, health, shutdown_rx.clone());
     source.with_backfills(backfill_rx);
+    let reconcile = Arc::new(tokio::sync::Notify::new());
+    source.with_reconciler(reconcile.clone());
     let prepared_recreated = prepared.recreated;
     let mut plan = prepared.snapshot;
     let mut backoff = pgfanout_sdk::settings::Backoff::new(std::time::Duration::from_millis(500), std::time::Duration::from_secs(30));
@@ -267,8 +271,9 @@ async fn lead(
     tokio::spawn(driver.run());
     samplers::spawn(opts.clone(), pg.slot.clone(), shutdown_rx.clone());
     partitions::spawn(opts.clone(), pg.slot.clone(), pg.publication.clone(), source.reconnect_handle(), shutdown_rx.clone());
+    tokio::spawn(reconciler(cfg.clone(), reconcile.clone(), shutdown_rx.clone()));
     if prepared_recreated {
-        tokio::spawn(reconcile_after_recreate(cfg.clone(), shutdown_rx.clone()));
+        reconcile.notify_one();
     }
     match source.run().await {
         Ok(()) => {
@@ -282,12 +287,25 @@ async fn lead(
     }
 }
 
-/// After a lost slot was created again: once every table's backfill is done
-/// the stores hold every row, but rows deleted while the slot was lost are
-/// still in them. `verify --repair` over every pipeline removes those
-/// entries (for the stores that can be read back; log sinks such as files
-/// and Kafka keep what they received).
-async fn reconcile_after_recreate(cfg: Config, mut shutdown: watch::Receiver<bool>) {
+/// Runs [`reconcile_after_backfills`] each time `wake` is signalled: after a
+/// lost slot was created again, and after a failover that lost delivered
+/// changes (`failover`).
+async fn reconciler(cfg: Config, wake: Arc<tokio::sync::Notify>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = wake.notified() => reconcile_after_backfills(cfg.clone(), shutdown.clone()).await,
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// After a lost slot was created again, or a failover lost delivered
+/// changes: once every table's backfill is done the stores hold every row,
+/// but rows deleted while the slot was lost (or rows only the old primary
+/// had) are still in them. `verify --repair` over every pipeline removes
+/// those entries (for the stores that can be read back; log sinks such as
+/// files and Kafka keep what they received).
+async fn reconcile_after_backfills(cfg: Config, mut shutdown: watch::Receiver<bool>) {
     let pg = &cfg.source.postgres;
     let Ok(opts) = pg.connect_options() else { return };
     loop {
@@ -300,8 +318,8 @@ async fn reconcile_after_recreate(cfg: Config, mut shutdown: watch::Receiver<boo
             let c = pgfanout_postgres::conn::connect_sql(&opts).await?;
             let row = c
                 .query_one(
-                    "SELECT count(*) FROM pgfanout.backfills WHERE slot = $1 AND reason = $2 AND status IN ($3, $4, $5)",
-                    &[&pg.slot, &setup::RECREATED, &ACTIVE[0], &ACTIVE[1], &ACTIVE[2]],
+                    "SELECT count(*) FROM pgfanout.backfills WHERE slot = $1 AND reason = ANY($2) AND status IN ($3, $4, $5)",
+                    &[&pg.slot, &[setup::RECREATED, failover::LOST_IN_FAILOVER].as_slice(), &ACTIVE[0], &ACTIVE[1], &ACTIVE[2]],
                 )
                 .await?;
             Ok::<i64, pgfanout_postgres::SourceError>(row.get(0))
@@ -315,7 +333,7 @@ async fn reconcile_after_recreate(cfg: Config, mut shutdown: watch::Receiver<boo
             _ = shutdown.changed() => {}
         }
     }
-    info!("backfills after the slot was recreated are done; removing entries of rows deleted meanwhile (verify --repair)");
+    info!("recovery backfills are done; removing entries of rows the source does not have (verify --repair)");
     let opts = crate::verify::VerifyOptions {
         pipelines: Vec::new(),
         sample: None,
@@ -329,9 +347,9 @@ async fn reconcile_after_recreate(cfg: Config, mut shutdown: watch::Receiver<boo
     match crate::verify::run(&cfg, &opts, &|_, _, _| {}, |_| {}).await {
         Ok(done) => {
             let divergent = done.iter().filter(|p| p.outcome.error.is_some() || !p.outcome.divergent.is_empty()).count();
-            info!(divergent, "reconciliation after the recreated slot finished");
+            info!(divergent, "reconciliation after the recovery backfills finished");
         }
-        Err(e) => warn!(error = ?e, "reconciliation after the recreated slot could not run"),
+        Err(e) => warn!(error = ?e, "reconciliation after the recovery backfills could not run"),
     }
 }
 

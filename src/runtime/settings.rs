@@ -45,4 +45,7 @@ pub struct SourceSettings {
     pub streaming_spill_dir: Option<PathBuf>,
     /// The reader connects only while it allows (`ha`: the lease is held).
     pub fence: Arc<Fence>,
+    /// A failover that lost delivered changes is recovered (`on_slot_lost:
+    /// recreate`, see `super::failover`) instead of stopping the reader.
+    pub recover_lost_changes: bool,
 }

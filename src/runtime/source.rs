@@ -43,7 +43,7 @@ use pgfanout_postgres::SourceError;
 use pgfanout_sdk::settings::Backoff;
 use pgfanout_sdk::{Change, Lsn};
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::backfill::{ToSource, WATERMARK_PREFIX};
 use crate::dead_letter::{DeadLetter, DeadLetters, Stage};
@@ -109,6 +109,9 @@ pub struct SourceLoop {
     /// The server's timeline at the last connection (a change is a
     /// failover: see [`SourceLoop::check_timeline`]).
     timeline: Option<u32>,
+    /// Signalled once a failover's recovery backfills are requested: the
+    /// reconciler waits for them, then repairs the stores.
+    reconcile: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl SourceLoop {
@@ -148,7 +151,14 @@ impl SourceLoop {
             routed: Vec::new(),
             reconnect: Arc::new(tokio::sync::Notify::new()),
             timeline: None,
+            reconcile: None,
         }
+    }
+
+    /// Where a failover that lost delivered changes asks for the stores to
+    /// be repaired once its backfills are done (see `super::failover`).
+    pub fn with_reconciler(&mut self, reconcile: Arc<tokio::sync::Notify>) {
+        self.reconcile = Some(reconcile);
     }
 
     /// Takes backfill chunks from `rx` (see `crate::backfill`).
@@ -260,6 +270,24 @@ impl SourceLoop {
         let resume = self.tracker.resume_position();
         let fork = timeline_fork(client, timeline, old).await?;
         match fork {
+            Some(at) if at < resume && self.settings.recover_lost_changes => {
+                error!(
+                    old, new = timeline, fork = %at, resume = %resume,
+                    "failover lost changes: the new primary forked before what pgfanout had already received and delivered from the old \
+                     one (the standby lagged; set synchronized_standby_slots on the primary to prevent it). on_slot_lost: recreate: \
+                     padding the new primary's WAL past that position, backfilling every table, then removing what the new primary \
+                     does not have (verify --repair)"
+                );
+                let sql = connect_sql(&self.settings.opts).await?;
+                super::failover::pad_wal_past(&sql, resume).await?;
+                let tables = super::failover::backfill_every_table(&sql, &self.settings.slot, &self.router.table_patterns()).await?;
+                metrics::counter!(m::SLOT_RECREATED_TOTAL).increment(1);
+                info!(tables = tables.len(), "failover recovery: every table is backfilled while streaming");
+                if let Some(reconcile) = &self.reconcile {
+                    reconcile.notify_one();
+                }
+                Ok(())
+            }
             Some(at) if at < resume => {
                 self.timeline = Some(old);
                 Err(SourceError::permanent(format!(
@@ -267,7 +295,8 @@ impl SourceLoop {
                      already received and delivered transactions up to {resume} from the old primary. Those are not on the new primary \
                      (the standby lagged), and its own transactions after {at} would be skipped. Nothing more is streamed. To recover: \
                      restart pgfanout (it streams from the slot), then once the new primary's WAL is past {resume} run \
-                     `pgfanout backfill --table` for every table and `pgfanout verify --repair`. To prevent it: set \
+                     `pgfanout backfill --table` for every table and `pgfanout verify --repair`; or set \
+                     source.postgres.on_slot_lost: recreate and pgfanout does that itself. To prevent it: set \
                      synchronized_standby_slots on the primary (docs/operating.md#failover)"
                 )))
             }
