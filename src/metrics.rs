@@ -81,7 +81,8 @@ pub const BACKFILL_SUPERSEDED_ROWS_TOTAL: &str = "pgfanout_backfill_superseded_r
 /// 1 while a backfill of `table` runs.
 pub const BACKFILL_RUNNING: &str = "pgfanout_backfill_running";
 
-/// Replication slots created again after they were lost
+/// Replication slots created again after they were lost, and failovers
+/// that lost delivered changes recovered
 /// (`source.postgres.on_slot_lost: recreate`).
 pub const SLOT_RECREATED_TOTAL: &str = "pgfanout_slot_recreated_total";
 

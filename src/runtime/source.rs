@@ -278,9 +278,14 @@ impl SourceLoop {
                      padding the new primary's WAL past that position, backfilling every table, then removing what the new primary \
                      does not have (verify --repair)"
                 );
-                let sql = connect_sql(&self.settings.opts).await?;
-                super::failover::pad_wal_past(&sql, resume).await?;
-                let tables = super::failover::backfill_every_table(&sql, &self.settings.slot, &self.router.table_patterns()).await?;
+                let recovered = async {
+                    let sql = connect_sql(&self.settings.opts).await?;
+                    super::failover::pad_wal_past(&sql, resume).await?;
+                    super::failover::backfill_every_table(&sql, &self.settings.slot, &self.router.table_patterns()).await
+                }
+                .await;
+                // Until it is done, every connection checks again.
+                let tables = recovered.inspect_err(|_| self.timeline = Some(old))?;
                 metrics::counter!(m::SLOT_RECREATED_TOTAL).increment(1);
                 info!(tables = tables.len(), "failover recovery: every table is backfilled while streaming");
                 if let Some(reconcile) = &self.reconcile {
