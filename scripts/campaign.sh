@@ -4,14 +4,15 @@
 #   scripts/campaign.sh [--runs N] [--seed S]
 #
 # Each run: a fresh database with a pre-filled table, pgfanout started with
-# an initial snapshot into a persistent Redis, then 3-6 random steps while a
-# writer commits transactions: SIGKILLs at random moments (during the slot
-# creation and snapshot, mid-stream, after an ALTER TABLE, during a
-# backfill, during a Redis outage) and Redis outages. After each kill the
-# ack rule is checked (everything at or before confirmed_flush_lsn is in
-# Redis); after each run Redis equals the table. The last lines printed
-# are the seed and the totals (runs, kills, transactions, row states
-# checked, losses). Needs what scripts/test.sh installs (PostgreSQL, Redis,
+# an initial snapshot into a persistent Redis and the file sink, then 3-6
+# random steps while a writer commits transactions: SIGKILLs at random
+# moments (during the slot creation and snapshot, mid-stream, after an
+# ALTER TABLE, during a backfill, during a Redis outage) and Redis outages.
+# After each kill the ack rule is checked in both stores (everything at or
+# before confirmed_flush_lsn is there); after each run both equal the
+# table. Each run's line carries the running totals; the last lines
+# printed are the seed and the totals (runs, kills, transactions, row
+# states checked, losses). Needs what scripts/test.sh installs (PostgreSQL, Redis,
 # cargo-nextest). About 10 s per run on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
