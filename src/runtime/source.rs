@@ -259,9 +259,11 @@ impl SourceLoop {
     /// primary did not wait for it, no `synchronized_standby_slots`), the new
     /// primary lacks transactions the sinks may hold, and its own next
     /// transactions may come at positions pgfanout has passed: streaming on
-    /// would skip them without a word. That stops pgfanout, saying how to
-    /// recover. (Only a failover seen by this process: the timeline is not
-    /// remembered across restarts.)
+    /// would skip them without a word. With `on_slot_lost: recreate` that is
+    /// recovered (`super::failover`: WAL padded, every table backfilled,
+    /// then the reconciler repairs the stores); otherwise it stops
+    /// pgfanout, saying how to recover. (Only a failover seen by this
+    /// process: the timeline is not remembered across restarts.)
     async fn check_timeline(&mut self, client: &mut ReplicationClient, timeline: u32) -> Result<(), SourceError> {
         let Some(old) = self.timeline.replace(timeline) else { return Ok(()) };
         if old == timeline {
