@@ -4,7 +4,8 @@
 //! `transport-netty4-client`, `analysis-common`, `lang-painless`, installed
 //! by `scripts/install-jvm-servers.sh`) runs as one node under the launcher
 //! `pgfanout.testkit.OpenSearchMain`: `discovery.type=single-node`, HTTP and
-//! transport on 127.0.0.1, no security plugin (plain HTTP, no auth), new
+//! transport on 127.0.0.1, no security plugin (plain HTTP, or HTTPS with
+//! `start_tls`; no auth), new
 //! indexes without replicas (green). Started and stopped by
 //! [`crate::search`], as Elasticsearch is. It stands in for Elasticsearch
 //! too: the document, `_bulk` and search APIs the sink uses are the same.
