@@ -181,7 +181,7 @@ ssl.keystore.password=changeit
 ssl.key.password=changeit
 pgfanout.testkit.add.scram=SCRAM-SHA-512=[name={SASL_USER},password={SASL_PASSWORD}];SCRAM-SHA-256=[name={SASL_USER},password={SASL_PASSWORD}]
 ",
-                keystore = dir.join("broker.p12").display()
+                keystore = dir.join("server.p12").display()
             ));
         }
         if let Some(b) = self.behind {
@@ -215,15 +215,10 @@ impl Server for KafkaBroker {
 }
 
 /// Makes, in `dir`, a CA and a broker certificate for `localhost` and
-/// 127.0.0.1 signed by it (`broker.p12`, password `changeit`), and a second
+/// 127.0.0.1 signed by it (`server.p12`, password `changeit`), and a second
 /// CA that signed nothing ([`crate::tls::make_certificates`]).
 fn make_certificates(dir: &std::path::Path, port: u16) -> Secured {
     let certs = crate::tls::make_certificates(dir);
-    let out = std::process::Command::new("openssl")
-        .args(["pkcs12", "-export", "-in", "server.pem", "-inkey", "server.key", "-out", "broker.p12", "-passout", "pass:changeit"])
-        .current_dir(dir)
-        .output()
-        .expect("run openssl");
-    assert!(out.status.success(), "openssl pkcs12: {}", String::from_utf8_lossy(&out.stderr));
+    certs.pkcs12();
     Secured { port, ca_file: certs.ca_file, other_ca_file: certs.other_ca_file }
 }
