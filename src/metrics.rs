@@ -6,6 +6,8 @@ pub const LABEL_TABLE: &str = "table";
 pub const LABEL_OP: &str = "op";
 pub const LABEL_PIPELINE: &str = "pipeline";
 pub const LABEL_OUTCOME: &str = "outcome";
+pub const LABEL_TOPIC: &str = "topic";
+pub const LABEL_PARTITION: &str = "partition";
 
 /// Changes decoded from the stream, by `table` and `op`.
 pub const CHANGES_READ_TOTAL: &str = "pgfanout_changes_read_total";
@@ -86,6 +88,13 @@ pub const BACKFILL_RUNNING: &str = "pgfanout_backfill_running";
 /// (`source.postgres.on_slot_lost: recreate`).
 pub const SLOT_RECREATED_TOTAL: &str = "pgfanout_slot_recreated_total";
 
+/// `source.kafka`: records read from Kafka, by `topic`.
+pub const KAFKA_SOURCE_RECORDS_TOTAL: &str = "pgfanout_kafka_source_records_total";
+/// `source.kafka`: records of a partition this applier holds and has not
+/// read yet (the consumer lag), by `topic` and `partition`. Lag that grows
+/// on every applier is the sign to add one (up to one per partition).
+pub const KAFKA_SOURCE_LAG_RECORDS: &str = "pgfanout_kafka_source_lag_records";
+
 /// Every metric name, for tests and dashboard checks.
 pub const ALL: &[&str] = &[
     CHANGES_READ_TOTAL,
@@ -117,6 +126,8 @@ pub const ALL: &[&str] = &[
     BACKFILL_SUPERSEDED_ROWS_TOTAL,
     BACKFILL_RUNNING,
     SLOT_RECREATED_TOTAL,
+    KAFKA_SOURCE_RECORDS_TOTAL,
+    KAFKA_SOURCE_LAG_RECORDS,
 ];
 
 /// Declares help texts with the recorder.
@@ -159,5 +170,7 @@ pub fn describe() {
     describe_counter!(BACKFILL_SUPERSEDED_ROWS_TOTAL, "Backfill rows dropped because the stream changed them meanwhile");
     describe_gauge!(BACKFILL_RUNNING, "1 while a backfill of the table runs");
     describe_counter!(SLOT_RECREATED_TOTAL, "Replication slots created again after they were lost");
+    describe_counter!(KAFKA_SOURCE_RECORDS_TOTAL, "source.kafka: records read from Kafka");
+    describe_gauge!(KAFKA_SOURCE_LAG_RECORDS, "source.kafka: records of a held partition not read yet (consumer lag)");
     describe_gauge!(VERIFY_LAST_RUN_TIMESTAMP_SECONDS, Unit::Seconds, "When the last pgfanout verify of the pipeline finished");
 }

@@ -24,7 +24,20 @@ const HISTOGRAMS: &[&str] = &[m::SINK_BATCH_DURATION_SECONDS, m::END_TO_END_LATE
 /// Labels a query may group or match on: the metrics' own labels, the
 /// histogram bucket label and the two labels Prometheus adds to each target.
 fn known_labels() -> BTreeSet<&'static str> {
-    [m::LABEL_SINK, m::LABEL_TABLE, m::LABEL_OP, m::LABEL_PIPELINE, m::LABEL_OUTCOME, "le", "instance", "job"].into_iter().collect()
+    [
+        m::LABEL_SINK,
+        m::LABEL_TABLE,
+        m::LABEL_OP,
+        m::LABEL_PIPELINE,
+        m::LABEL_OUTCOME,
+        m::LABEL_TOPIC,
+        m::LABEL_PARTITION,
+        "le",
+        "instance",
+        "job",
+    ]
+    .into_iter()
+    .collect()
 }
 
 fn root() -> PathBuf {

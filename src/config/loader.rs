@@ -124,7 +124,7 @@ pub fn load_with_env(path: &Path, env: &HashMap<String, String>) -> Result<Confi
 
     let pipeline_refs: Vec<(usize, &PipelineConfig)> = pipelines.iter().map(|(i, p)| (*i, p)).collect();
     errors.extend(validate_parts(&Parts {
-        source: source.as_ref().map(|s| &s.postgres),
+        source: source.as_ref(),
         sinks: &sinks,
         broken_sinks: &broken_sinks,
         pipelines: pipeline_refs.clone(),

@@ -35,7 +35,20 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     pub postgres: PostgresSourceConfig,
+    /// `source.kafka`: this pgfanout is an applier. It reads change records
+    /// from Kafka topics as a member of a consumer group, instead of the
+    /// slot (which it never creates or reads); `source.postgres` is still
+    /// where `verify`, `wait` and the `postgres` dead-letter table look.
+    #[serde(default)]
+    pub kafka: Option<KafkaSource>,
 }
+
+/// `source.kafka`'s settings.
+#[cfg(feature = "kafka")]
+pub type KafkaSource = pgfanout_kafka::source::KafkaSourceConfig;
+/// `source.kafka`'s settings (this build has no Kafka: refused at validation).
+#[cfg(not(feature = "kafka"))]
+pub type KafkaSource = serde_json::Value;
 
 /// `source.postgres`. Its `Debug` output hides the URL's password.
 #[derive(Clone, Deserialize)]

@@ -10,7 +10,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::pipeline::{OneOrMany, PipelineConfig, TablePattern, TransformConfig};
-use super::sections::{Config, DeadLetterConfig, DeadLetterTo, HaConfig, HttpConfig, PostgresSourceConfig, RuntimeConfig, SinkConfig};
+use super::sections::{
+    Config, DeadLetterConfig, DeadLetterTo, HaConfig, HttpConfig, PostgresSourceConfig, RuntimeConfig, SinkConfig, SourceConfig,
+};
 use crate::expr::{self, Expr};
 use indexmap::IndexMap;
 
@@ -22,7 +24,7 @@ const MAX_IDENT: usize = 63;
 pub fn validate(cfg: &Config) -> Vec<String> {
     let pipelines: Vec<(usize, &PipelineConfig)> = cfg.pipelines.iter().enumerate().collect();
     let mut errors = validate_parts(&Parts {
-        source: Some(&cfg.source.postgres),
+        source: Some(&cfg.source),
         sinks: &cfg.sinks,
         broken_sinks: &[],
         pipelines: pipelines.clone(),
@@ -38,7 +40,7 @@ pub fn validate(cfg: &Config) -> Vec<String> {
 
 /// The parts of a configuration that deserialized (see the module docs).
 pub(crate) struct Parts<'a> {
-    pub source: Option<&'a PostgresSourceConfig>,
+    pub source: Option<&'a SourceConfig>,
     pub sinks: &'a IndexMap<String, SinkConfig>,
     /// Sinks that exist but did not deserialize: pipelines may name them.
     pub broken_sinks: &'a [String],
@@ -55,7 +57,10 @@ pub(crate) struct Parts<'a> {
 pub(crate) fn validate_parts(p: &Parts<'_>) -> Vec<String> {
     let mut errors = Vec::new();
     if let Some(source) = p.source {
-        check_source(source, &mut errors);
+        check_source(&source.postgres, &mut errors);
+        if let Some(kafka) = &source.kafka {
+            check_kafka_source(kafka, p.ha, &mut errors);
+        }
     }
     if p.sinks.is_empty() && p.broken_sinks.is_empty() {
         errors.push("sinks: expected at least one sink".into());
@@ -129,6 +134,23 @@ pub(crate) fn validate_parts(p: &Parts<'_>) -> Vec<String> {
         }
     }
     errors
+}
+
+/// `source.kafka` (an applier).
+fn check_kafka_source(kafka: &super::sections::KafkaSource, ha: Option<&HaConfig>, errors: &mut Vec<String>) {
+    #[cfg(feature = "kafka")]
+    errors.extend(kafka.validate().into_iter().map(|(field, msg)| format!("source.kafka.{field}: {msg}")));
+    #[cfg(not(feature = "kafka"))]
+    {
+        let _ = kafka;
+        errors.push("source.kafka: this pgfanout was built without the kafka feature; remove source.kafka to read the slot".into());
+    }
+    if ha.is_some_and(|h| h.enabled) {
+        errors.push(
+            "ha.enabled: not used with source.kafka; the consumer group already shares the partitions between appliers (run several, remove ha)"
+                .into(),
+        );
+    }
 }
 
 fn check_source(s: &PostgresSourceConfig, errors: &mut Vec<String>) {

@@ -2,7 +2,10 @@
 //! together, and handles start-up checks and shutdown.
 
 pub mod ack;
+#[cfg(feature = "kafka")]
+mod applier;
 mod bridge;
+mod error;
 mod failover;
 mod feedback;
 mod heartbeat;
@@ -36,23 +39,7 @@ use crate::http::Health;
 use crate::pipeline::Router;
 use crate::runtime::ack::AckTracker;
 use crate::runtime::source::{SourceLoop, SourceSettings};
-
-/// How `run` ended, mapped to the process exit code by the CLI.
-#[derive(Debug)]
-pub enum RunError {
-    /// Bad configuration (exit 2).
-    Config(String),
-    /// Runtime failure the operator must fix (exit 1).
-    Fatal(String),
-}
-
-impl std::fmt::Display for RunError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            RunError::Config(m) | RunError::Fatal(m) => f.write_str(m),
-        }
-    }
-}
+pub use error::RunError;
 
 /// Runs the daemon until SIGTERM/SIGINT (Ok) or a permanent error.
 pub async fn run(cfg: Config) -> Result<(), RunError> {
@@ -112,6 +99,16 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     let pg = &cfg.source.postgres;
     let opts = pg.connect_options().map_err(|e| RunError::Config(e.to_string()))?;
     let dead_letters = DeadLetters::from_config(&cfg, &opts).map_err(RunError::Config)?;
+
+    #[cfg(feature = "kafka")]
+    if let Some(kafka) = &cfg.source.kafka {
+        let fence = lease::Fence::open();
+        let Some(sinks) = sinks::spawn_all(&cfg, &router, &dead_letters, &fence, shutdown_rx.clone()).await.map_err(RunError::Fatal)?
+        else {
+            return Ok(());
+        };
+        return applier::run(&cfg, kafka, router, sinks, dead_letters, health, shutdown_rx).await;
+    }
 
     if !cfg.ha.enabled {
         let prepared = match setup::prepare_source(&opts, pg, &router, shutdown_rx.clone()).await {

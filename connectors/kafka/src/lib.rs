@@ -25,6 +25,7 @@ mod eos;
 mod error;
 pub mod letters;
 mod sink;
+pub mod source;
 mod topics;
 
 pub use config::{

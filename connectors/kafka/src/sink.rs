@@ -42,12 +42,13 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use tracing::{debug, info, warn};
 
 use crate::config::Delivery;
-use crate::config::{DebeziumConfig, HeaderSet, KafkaMapping, KafkaSinkConfig};
+use crate::config::{DebeziumConfig, HeaderSet, KafkaMapping, KafkaSinkConfig, SaslConfig};
 use crate::debezium::now_micros;
 use crate::encode::{headers, CompiledMapping, EncodeBuf};
 use crate::eos::{Position, Transactions};
 use crate::error::{delivery_is_permanent, KafkaSinkError};
 use crate::topics::{TopicStatus, Topics};
+use pgfanout_sdk::settings::TlsFiles;
 
 /// A connected Kafka sink; see the crate docs for the mapping rules.
 pub struct KafkaSink {
@@ -124,19 +125,30 @@ pub fn client_config(cfg: &KafkaSinkConfig) -> ClientConfig {
         let ms = (cfg.delivery_timeout + Duration::from_secs(10)).max(Duration::from_secs(60)).as_millis();
         props.entry("transaction.timeout.ms").or_insert_with(|| ms.to_string());
     }
-    let protocol = match (cfg.sasl.is_some(), cfg.tls.is_some()) {
+    security(&mut props, cfg.sasl.as_ref(), cfg.tls.as_ref());
+    let mut cc = ClientConfig::new();
+    for (k, v) in props {
+        cc.set(k, v);
+    }
+    cc
+}
+
+/// The `security.protocol`, SASL and TLS properties of a client (the sink's
+/// producer, the source's consumer).
+pub(crate) fn security(props: &mut BTreeMap<&str, String>, sasl: Option<&SaslConfig>, tls: Option<&TlsFiles>) {
+    let protocol = match (sasl.is_some(), tls.is_some()) {
         (false, false) => "plaintext",
         (false, true) => "ssl",
         (true, false) => "sasl_plaintext",
         (true, true) => "sasl_ssl",
     };
     props.insert("security.protocol", protocol.into());
-    if let Some(sasl) = &cfg.sasl {
+    if let Some(sasl) = sasl {
         props.insert("sasl.mechanisms", sasl.mechanism.as_str().into());
         props.insert("sasl.username", sasl.username.clone());
         props.insert("sasl.password", sasl.password.expose().to_string());
     }
-    if let Some(tls) = &cfg.tls {
+    if let Some(tls) = tls {
         for (key, path) in
             [("ssl.ca.location", &tls.ca_file), ("ssl.certificate.location", &tls.cert_file), ("ssl.key.location", &tls.key_file)]
         {
@@ -151,11 +163,6 @@ pub fn client_config(cfg: &KafkaSinkConfig) -> ClientConfig {
             props.insert("enable.ssl.certificate.verification", "false".into());
         }
     }
-    let mut cc = ClientConfig::new();
-    for (k, v) in props {
-        cc.set(k, v);
-    }
-    cc
 }
 
 impl KafkaSink {

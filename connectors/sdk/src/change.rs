@@ -183,6 +183,7 @@ impl Change {
             }
             out.push(b']');
         }
+        self.write_json_columns(out);
         out.extend_from_slice(b",\"lsn\":\"");
         json::write_lsn(out, self.lsn.0);
         out.extend_from_slice(b"\",\"commit_lsn\":\"");
@@ -198,6 +199,32 @@ impl Change {
             None => out.extend_from_slice(b"null"),
         }
         out.push(b'}');
+    }
+
+    /// `,"json_columns":[...]`: the columns whose value is json or jsonb
+    /// text ([`Value::Json`]), when there are any. Their JSON is the
+    /// column's text as PostgreSQL printed it, which a reader could not
+    /// otherwise tell from a composite, an array or a number: the list lets
+    /// a reader of the record (the Kafka source) rebuild exactly the values
+    /// it was written from.
+    fn write_json_columns<O: json::JsonOut + ?Sized>(&self, out: &mut O) {
+        let rows = [&self.after, &self.before, &self.key];
+        let mut first = true;
+        let mut seen: Vec<&str> = Vec::new();
+        for row in rows.into_iter().flatten() {
+            for (name, value) in &row.0 {
+                if !matches!(value, Value::Json(_)) || seen.contains(&&**name) {
+                    continue;
+                }
+                seen.push(name);
+                out.extend_from_slice(if first { b",\"json_columns\":[" } else { b"," });
+                first = false;
+                json::write_str(out, name);
+            }
+        }
+        if !first {
+            out.push(b']');
+        }
     }
 
     pub fn to_json_string(&self) -> String {
@@ -364,6 +391,7 @@ mod tests {
              "before":null,
              "after":{"id":42,"email":"a@b.c","prefs":{"theme":"dark"}},
              "unchanged_toast":["bio"],
+             "json_columns":["prefs"],
              "lsn":"0/16B3748","commit_lsn":"0/16B37A0","xid":751,
              "commit_ts":"2026-11-24T10:00:00.123456Z"}"#,
         )

@@ -1,0 +1,324 @@
+//! Kafka as a source (`source.kafka`): an applier reads change records from
+//! topics as one member of a consumer group and hands them to the daemon's
+//! pipelines and sinks.
+//!
+//! This module is the Kafka side: the settings, the consumer (cooperative
+//! sticky assignment, no automatic commits, `read_committed`), and turning a
+//! record back into the [`Change`] it was written from ([`native`]). Which
+//! offsets may be committed is the daemon's business (its offset tracker
+//! applies the ack rule per partition); the consumer asks it through
+//! [`Rebalances`] when partitions are about to be taken away, so what is
+//! already durable is committed before another member takes over.
+
+pub mod native;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pgfanout_sdk::settings::{duration, Problems, TlsFiles};
+use pgfanout_sdk::Change;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use serde::Deserialize;
+use tracing::{info, warn};
+
+use crate::config::{check_topic_name, SaslConfig};
+use crate::error::KafkaSinkError;
+
+/// `source.kafka`: where the change records are, and the group this applier
+/// joins.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSourceConfig {
+    /// Bootstrap servers, `host:port[,host:port...]`.
+    pub brokers: String,
+    /// librdkafka `client.id` (default `pgfanout-applier`).
+    pub client_id: Option<String>,
+    pub sasl: Option<SaslConfig>,
+    /// TLS; present (even empty, `tls: {}`) means the connection uses TLS.
+    pub tls: Option<TlsFiles>,
+    /// The topics to read: names, or regular expressions starting with `^`
+    /// (every matching topic, including ones created later).
+    pub topics: Vec<String>,
+    /// The consumer group; every applier of one deployment uses the same
+    /// one (default, filled by the daemon: `pgfanout-<slot>`).
+    pub group: Option<String>,
+    /// How the records are written (default `native`).
+    #[serde(default)]
+    pub format: SourceFormat,
+    /// Where a group without committed offsets starts (default `earliest`).
+    #[serde(default)]
+    pub start_from: StartFrom,
+    /// How often offsets durable in every sink are committed (default 1s).
+    #[serde(default = "default_commit_interval", with = "duration")]
+    pub commit_interval: Duration,
+    /// Extra librdkafka consumer properties, passed through as is.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+fn default_commit_interval() -> Duration {
+    Duration::from_secs(1)
+}
+
+/// The record format of the topics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceFormat {
+    /// pgfanout's change record (a Kafka sink with `format: native` and its
+    /// `pgfanout.*` headers).
+    #[default]
+    Native,
+    /// Debezium's envelope (not read yet: refused at validation).
+    Debezium,
+}
+
+/// Where a consumer group without committed offsets starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StartFrom {
+    #[default]
+    Earliest,
+    Latest,
+}
+
+/// Properties the source sets itself.
+const RESERVED: [(&str, &str); 7] = [
+    ("bootstrap.servers", "use `brokers`"),
+    ("group.id", "use `group`"),
+    ("enable.auto.commit", "offsets are committed only once every sink has the records durable"),
+    ("enable.auto.offset.store", "offsets are committed only once every sink has the records durable"),
+    ("auto.offset.reset", "use `start_from`"),
+    ("partition.assignment.strategy", "the applier relies on cooperative-sticky assignment"),
+    ("isolation.level", "the applier reads committed records only (exactly-once topics)"),
+];
+
+impl KafkaSourceConfig {
+    /// Every problem found, as (dotted sub-path, message). Empty when valid.
+    pub fn validate(&self) -> Vec<(String, String)> {
+        let mut problems = Problems::default();
+        if self.brokers.trim().is_empty() {
+            problems.add("brokers", "must not be empty; expected host:port[,host:port...]");
+        }
+        if self.topics.is_empty() {
+            problems.add("topics", "must name at least one topic (or a ^regex)");
+        }
+        for (i, t) in self.topics.iter().enumerate() {
+            if !t.starts_with('^') {
+                if let Err(e) = check_topic_name(t) {
+                    problems.add(format!("topics[{i}]"), e);
+                }
+            }
+        }
+        if let Some(g) = &self.group {
+            if g.trim().is_empty() {
+                problems.add("group", "must not be empty (or leave it out for pgfanout-<slot>)");
+            }
+        }
+        if self.format == SourceFormat::Debezium {
+            problems.add(
+                "format",
+                "debezium is not read yet; write the topics with a pgfanout Kafka sink in format: native (with its headers), and use format: native",
+            );
+        }
+        if self.commit_interval < Duration::from_millis(10) {
+            problems.add("commit_interval", "must be at least 10ms, like 1s");
+        }
+        if let Some(sasl) = &self.sasl {
+            if sasl.username.is_empty() {
+                problems.add("sasl.username", "must not be empty");
+            }
+            if sasl.password.is_empty() {
+                problems.add("sasl.password", "must not be empty");
+            }
+        }
+        if let Some(tls) = &self.tls {
+            problems.nested("tls", tls.validate());
+        }
+        for key in self.properties.keys() {
+            if let Some((_, why)) = RESERVED.iter().find(|(k, _)| k == key) {
+                problems.add(format!("properties.{key}"), format!("cannot be set here: {why}"));
+            }
+        }
+        problems.into()
+    }
+
+    /// The consumer's librdkafka settings for group `group`.
+    pub fn client_config(&self, group: &str) -> ClientConfig {
+        let mut props: BTreeMap<&str, String> = BTreeMap::new();
+        props.insert("statistics.interval.ms", "5000".into());
+        for (k, v) in &self.properties {
+            props.insert(k, v.clone());
+        }
+        props.insert("bootstrap.servers", self.brokers.clone());
+        props.insert("client.id", self.client_id.clone().unwrap_or_else(|| "pgfanout-applier".into()));
+        props.insert("group.id", group.into());
+        props.insert("enable.auto.commit", "false".into());
+        props.insert("enable.auto.offset.store", "false".into());
+        props.insert("auto.offset.reset", if self.start_from == StartFrom::Earliest { "earliest" } else { "latest" }.into());
+        props.insert("partition.assignment.strategy", "cooperative-sticky".into());
+        props.insert("isolation.level", "read_committed".into());
+        crate::sink::security(&mut props, self.sasl.as_ref(), self.tls.as_ref());
+        let mut cc = ClientConfig::new();
+        for (k, v) in props {
+            cc.set(k, v);
+        }
+        cc
+    }
+}
+
+/// A partition of a topic.
+pub type Partition = (Arc<str>, i32);
+
+/// What the consumer asks of the daemon around rebalances.
+pub trait Rebalances: Send + Sync + 'static {
+    /// `partitions` are about to be taken from this member: the offsets
+    /// (the next one to read, per partition) that may be committed for them
+    /// now, because everything before is durable in every sink. Records of
+    /// theirs still on their way to the sinks are written all the same (the
+    /// writes are versioned, so the next owner's copies do no harm).
+    fn revoking(&self, partitions: &[Partition]) -> Vec<(Partition, i64)>;
+    /// `partitions` were given to this member.
+    fn assigned(&self, partitions: &[Partition]);
+    /// The consumer lag of a partition, from the client's statistics.
+    fn lag(&self, partition: &Partition, lag: i64);
+}
+
+/// The consumer's context: calls [`Rebalances`].
+pub struct Hooked {
+    hooks: Arc<dyn Rebalances>,
+}
+
+impl ClientContext for Hooked {
+    fn stats(&self, statistics: Statistics) {
+        for (topic, t) in &statistics.topics {
+            let topic: Arc<str> = Arc::from(topic.as_str());
+            for (id, p) in &t.partitions {
+                // Partition -1 is librdkafka's internal "unassigned" one; a lag
+                // of -1 means unknown.
+                if *id >= 0 && p.consumer_lag >= 0 {
+                    self.hooks.lag(&(topic.clone(), *id), p.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+fn partitions(tpl: &TopicPartitionList) -> Vec<Partition> {
+    tpl.elements().iter().map(|e| (Arc::from(e.topic()), e.partition())).collect()
+}
+
+impl ConsumerContext for Hooked {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let parts = partitions(tpl);
+            info!(partitions = ?parts, "kafka source: partitions revoked; committing what is durable");
+            let offsets = self.hooks.revoking(&parts);
+            if offsets.is_empty() {
+                return;
+            }
+            match offset_list(&offsets) {
+                Ok(list) => {
+                    if let Err(e) = consumer.commit(&list, CommitMode::Sync) {
+                        warn!(error = %e, "kafka source: committing the revoked partitions' offsets failed; their next owner reads some records again");
+                    }
+                }
+                Err(e) => warn!(error = %e, "kafka source: bad offsets"),
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            let parts = partitions(tpl);
+            info!(partitions = ?parts, "kafka source: partitions assigned");
+            self.hooks.assigned(&parts);
+        }
+    }
+}
+
+fn offset_list(offsets: &[(Partition, i64)]) -> Result<TopicPartitionList, KafkaError> {
+    let mut list = TopicPartitionList::new();
+    for ((topic, partition), offset) in offsets {
+        list.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
+    }
+    Ok(list)
+}
+
+/// One record read.
+#[derive(Debug)]
+pub struct Received {
+    pub partition: Partition,
+    pub offset: i64,
+    /// `None` for a record without a value (a compacted topic's tombstone),
+    /// which carries no change.
+    pub change: Option<Result<Change, String>>,
+    /// The record's value, kept for its dead letter when it cannot be read.
+    pub raw: Option<String>,
+}
+
+/// The group member.
+pub struct SourceConsumer {
+    consumer: StreamConsumer<Hooked>,
+    format: SourceFormat,
+    /// Topic names seen, shared so each record does not allocate its own.
+    names: std::sync::Mutex<Vec<Arc<str>>>,
+}
+
+impl SourceConsumer {
+    /// Creates the consumer and subscribes to the topics.
+    pub fn subscribe(cfg: &KafkaSourceConfig, group: &str, hooks: Arc<dyn Rebalances>) -> Result<SourceConsumer, KafkaSinkError> {
+        let consumer: StreamConsumer<Hooked> =
+            cfg.client_config(group).create_with_context(Hooked { hooks }).map_err(KafkaSinkError::ClientConfig)?;
+        let topics: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics).map_err(KafkaSinkError::ClientConfig)?;
+        Ok(SourceConsumer { consumer, format: cfg.format, names: Default::default() })
+    }
+
+    fn name(&self, topic: &str) -> Arc<str> {
+        let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = names.iter().find(|n| &***n == topic) {
+            return n.clone();
+        }
+        let n: Arc<str> = Arc::from(topic);
+        names.push(n.clone());
+        n
+    }
+
+    /// The next record (errors are the client's: a broker down is retried
+    /// inside librdkafka and reported here only as information).
+    pub async fn recv(&self) -> Result<Received, KafkaError> {
+        let msg = self.consumer.recv().await?;
+        let partition = (self.name(msg.topic()), msg.partition());
+        let offset = msg.offset();
+        let Some(payload) = msg.payload() else {
+            return Ok(Received { partition, offset, change: None, raw: None });
+        };
+        let change = match self.format {
+            SourceFormat::Native => native::decode(payload, msg.headers()),
+            SourceFormat::Debezium => Err("format debezium is not read yet".into()),
+        };
+        let raw = change.is_err().then(|| String::from_utf8_lossy(payload).into_owned());
+        Ok(Received { partition, offset, change: Some(change), raw })
+    }
+
+    /// Commits `offsets` (the next offset to read, per partition).
+    pub fn commit(&self, offsets: &[(Partition, i64)], sync: bool) -> Result<(), KafkaError> {
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let list = offset_list(offsets)?;
+        self.consumer.commit(&list, if sync { CommitMode::Sync } else { CommitMode::Async })
+    }
+
+    /// Leaves the group (revoking every partition first: the last durable
+    /// offsets are committed by [`Rebalances::revoking`]).
+    pub fn unsubscribe(&self) {
+        self.consumer.unsubscribe();
+    }
+}

@@ -1,0 +1,436 @@
+//! The applier (`source.kafka`): reads change records from Kafka topics as
+//! one member of a consumer group and writes them to its sinks, through the
+//! same pipelines and sink workers as the replication reader.
+//!
+//! # The ack rule, per partition
+//!
+//! Records are read in bursts (up to `runtime.batch_size` records, or what
+//! arrived within `runtime.linger`). Each burst gets a sequence number and
+//! ends with a commit marker in every sink's queue, exactly like a
+//! transaction of the replication stream; [`Offsets`] remembers the highest
+//! offset of each partition the burst held. Once every sink's worker has
+//! published that sequence number as durable, those offsets (plus one) may
+//! be committed to the group, and only then. So an offset committed is
+//! always one every sink has made durable everything before, whatever
+//! happens to this process afterwards.
+//!
+//! # Rebalances
+//!
+//! Partitions are shared with cooperative-sticky assignment: a member that
+//! joins or leaves moves only the partitions that must move. When a
+//! partition is about to be taken away, the offsets durable by then are
+//! committed (synchronously, inside the rebalance); records of it still on
+//! their way to the stores are written all the same. Its next owner starts
+//! from the committed offset and so writes some of them again: the stores'
+//! writes are versioned by the change's position, so a copy never takes a
+//! key back to an older state, and per-key order holds because a key always
+//! lands on one partition. Log-like sinks (file, Kafka) receive those copies
+//! (at-least-once).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pgfanout_kafka::source::{KafkaSourceConfig, Partition, Rebalances, Received, SourceConsumer};
+use pgfanout_sdk::{Change, Lsn, Op, Row, Value};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::ack::DurableSeq;
+use super::error::RunError;
+use super::sinks::Sinks;
+use super::worker::{Item, Queued};
+use crate::config::Config;
+use crate::dead_letter::{DeadLetter, DeadLetters, Stage};
+use crate::http::Health;
+use crate::metrics as m;
+use crate::pipeline::{Routed, Router};
+
+/// Which offsets every sink has made durable, per partition.
+struct Offsets {
+    sinks: Vec<DurableSeq>,
+    next_seq: u64,
+    /// Bursts not yet durable everywhere: (sequence, highest offset per
+    /// partition in it).
+    pending: VecDeque<(u64, Vec<(Partition, i64)>)>,
+    /// Per partition: the next offset to read once everything before is
+    /// durable (what may be committed).
+    durable: HashMap<Partition, i64>,
+    /// Per partition: the offset last committed by this member.
+    committed: HashMap<Partition, i64>,
+    /// The partitions this member holds.
+    assigned: HashSet<Partition>,
+}
+
+impl Offsets {
+    fn new(sinks: Vec<DurableSeq>) -> Self {
+        Offsets {
+            sinks,
+            next_seq: 1,
+            pending: VecDeque::new(),
+            durable: HashMap::new(),
+            committed: HashMap::new(),
+            assigned: HashSet::new(),
+        }
+    }
+
+    /// A burst with these highest offsets goes to the sinks: its sequence.
+    fn register(&mut self, burst: Vec<(Partition, i64)>) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.pending.push_back((seq, burst));
+        seq
+    }
+
+    /// Moves bursts durable in every sink to `durable`.
+    fn advance(&mut self) {
+        let everywhere = self.sinks.iter().map(DurableSeq::get).min().unwrap_or(u64::MAX);
+        while self.pending.front().is_some_and(|(seq, _)| *seq <= everywhere) {
+            let Some((_, burst)) = self.pending.pop_front() else { break };
+            for (p, offset) in burst {
+                if self.assigned.contains(&p) {
+                    let next = self.durable.entry(p).or_insert(0);
+                    *next = (*next).max(offset + 1);
+                }
+            }
+        }
+    }
+
+    /// The durable offsets not committed yet, of `only` (or every held
+    /// partition), marked committed.
+    fn due(&mut self, only: Option<&[Partition]>) -> Vec<(Partition, i64)> {
+        self.advance();
+        let mut out = Vec::new();
+        for (p, &next) in &self.durable {
+            if only.is_some_and(|o| !o.contains(p)) || self.committed.get(p).is_some_and(|&c| c >= next) {
+                continue;
+            }
+            out.push((p.clone(), next));
+        }
+        for (p, next) in &out {
+            self.committed.insert(p.clone(), *next);
+        }
+        out
+    }
+}
+
+/// [`Offsets`] shared with the consumer's rebalance callbacks.
+struct Shared(Mutex<Offsets>);
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Offsets> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Rebalances for Shared {
+    fn revoking(&self, partitions: &[Partition]) -> Vec<(Partition, i64)> {
+        let mut o = self.lock();
+        let due = o.due(Some(partitions));
+        for p in partitions {
+            o.assigned.remove(p);
+            o.durable.remove(p);
+            o.committed.remove(p);
+            metrics::gauge!(m::KAFKA_SOURCE_LAG_RECORDS, m::LABEL_TOPIC => p.0.to_string(), m::LABEL_PARTITION => p.1.to_string()).set(0.0);
+        }
+        // Bursts in flight forget the revoked partitions: their records
+        // are still written, but their offsets are the next owner's.
+        for (_, burst) in o.pending.iter_mut() {
+            burst.retain(|(p, _)| !partitions.contains(p));
+        }
+        due
+    }
+
+    fn assigned(&self, partitions: &[Partition]) {
+        self.lock().assigned.extend(partitions.iter().cloned());
+    }
+
+    fn lag(&self, partition: &Partition, lag: i64) {
+        if self.lock().assigned.contains(partition) {
+            metrics::gauge!(m::KAFKA_SOURCE_LAG_RECORDS, m::LABEL_TOPIC => partition.0.to_string(), m::LABEL_PARTITION => partition.1.to_string())
+                .set(lag as f64);
+        }
+    }
+}
+
+/// One shared (schema, table) name pair per table read.
+type Names = HashMap<(String, String), (Arc<str>, Arc<str>)>;
+
+/// The records read and not yet handed to the sinks' queues.
+struct Burst {
+    chunks: Vec<Vec<Item>>,
+    bytes: Vec<usize>,
+    /// Highest offset per partition.
+    offsets: HashMap<Partition, i64>,
+    records: usize,
+    since: Option<Instant>,
+}
+
+impl Burst {
+    fn new(sinks: usize) -> Self {
+        Burst { chunks: (0..sinks).map(|_| Vec::new()).collect(), bytes: vec![0; sinks], offsets: HashMap::new(), records: 0, since: None }
+    }
+
+    fn read(&mut self, partition: Partition, offset: i64) {
+        self.since.get_or_insert_with(Instant::now);
+        self.records += 1;
+        let at = self.offsets.entry(partition).or_insert(offset);
+        *at = (*at).max(offset);
+    }
+}
+
+/// Runs the applier until shutdown (Ok) or a permanent error.
+pub async fn run(
+    cfg: &Config,
+    kafka: &KafkaSourceConfig,
+    mut router: Router,
+    mut sinks: Sinks,
+    dead_letters: DeadLetters,
+    health: Arc<Health>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), RunError> {
+    let group = kafka.group.clone().unwrap_or_else(|| format!("pgfanout-{}", cfg.source.postgres.slot));
+    let shared = Arc::new(Shared(Mutex::new(Offsets::new(std::mem::take(&mut sinks.durable)))));
+    let consumer = SourceConsumer::subscribe(kafka, &group, shared.clone()).map_err(|e| RunError::Config(format!("source.kafka: {e}")))?;
+    info!(group = %group, topics = ?kafka.topics, "kafka source: joined the consumer group");
+    health.streaming.store(true, std::sync::atomic::Ordering::Release);
+    metrics::gauge!(m::SOURCE_STREAMING).set(1.0);
+
+    let batch = cfg.runtime.batch_size.max(1);
+    let chunk_bytes = (usize::try_from(cfg.runtime.queue_memory.0).unwrap_or(usize::MAX)
+        / (cfg.runtime.queue_batches * cfg.sinks.len()).max(1))
+    .max(64 << 10);
+    let linger = cfg.runtime.linger.max(Duration::from_millis(1));
+    let mut burst = Burst::new(sinks.senders.len());
+    let mut routed = Vec::new();
+    let mut commits = tokio::time::interval(kafka.commit_interval);
+    commits.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut names = Names::new();
+    let mut errors_in_a_row = 0u32;
+    loop {
+        let flush_at = burst.since.map(|t| tokio::time::Instant::from_std(t + linger));
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => break,
+            _ = commits.tick() => commit(&consumer, &shared, false),
+            _ = async { tokio::time::sleep_until(flush_at.unwrap_or_else(tokio::time::Instant::now)).await }, if flush_at.is_some() => {
+                if !flush(&mut burst, &mut sinks, &shared, &mut shutdown).await? {
+                    break;
+                }
+            }
+            got = consumer.recv() => match got {
+                Ok(r) => {
+                    errors_in_a_row = 0;
+                    read(r, &mut burst, &mut router, &mut routed, &mut names, &dead_letters, &sinks).await;
+                    let full = burst.records >= batch || burst.chunks.iter().any(|c| c.len() >= batch) || burst.bytes.iter().any(|&b| b >= chunk_bytes);
+                    if full && !flush(&mut burst, &mut sinks, &shared, &mut shutdown).await? {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    // librdkafka retries brokers itself; this is news, not a
+                    // reason to stop.
+                    errors_in_a_row += 1;
+                    warn!(error = %e, "kafka source: consumer error");
+                    if errors_in_a_row > 3 {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            }
+        }
+    }
+
+    info!("shutting down: draining sinks");
+    let _ = flush(&mut burst, &mut sinks, &shared, &mut shutdown).await;
+    sinks.senders.clear();
+    let workers = std::mem::take(&mut sinks.workers);
+    if tokio::time::timeout(cfg.runtime.shutdown_timeout, futures_util::future::join_all(workers)).await.is_err() {
+        warn!(timeout = ?cfg.runtime.shutdown_timeout, "sinks did not drain in time; records not committed are read again by the group");
+    }
+    commit(&consumer, &shared, true);
+    health.streaming.store(false, std::sync::atomic::Ordering::Release);
+    drop(consumer);
+    info!("stopped");
+    Ok(())
+}
+
+/// Commits the offsets durable in every sink.
+fn commit(consumer: &SourceConsumer, shared: &Shared, sync: bool) {
+    let due = shared.lock().due(None);
+    if let Err(e) = consumer.commit(&due, sync) {
+        warn!(error = %e, "kafka source: committing offsets failed; the records after the last committed offsets are read again after a restart or rebalance");
+    }
+}
+
+/// Routes one record read into the burst.
+#[allow(clippy::too_many_arguments)]
+async fn read(
+    r: Received,
+    burst: &mut Burst,
+    router: &mut Router,
+    routed: &mut Vec<Routed>,
+    names: &mut Names,
+    dead_letters: &DeadLetters,
+    sinks: &Sinks,
+) {
+    burst.read(r.partition.clone(), r.offset);
+    metrics::counter!(m::KAFKA_SOURCE_RECORDS_TOTAL, m::LABEL_TOPIC => r.partition.0.to_string()).increment(1);
+    let mut change = match r.change {
+        None => return,
+        Some(Ok(c)) => c,
+        Some(Err(error)) => {
+            let topic = &r.partition.0;
+            warn!(topic = %topic, partition = r.partition.1, offset = r.offset, error = %error, "kafka source: record cannot be read; dead-lettered");
+            metrics::counter!(m::DECODE_ERRORS_TOTAL, m::LABEL_TABLE => topic.to_string()).increment(1);
+            let change = unreadable(&r.partition, r.offset, r.raw.unwrap_or_default());
+            dead_letters
+                .write(vec![DeadLetter {
+                    stage: Stage::Decode,
+                    pipeline: Arc::from("(source)"),
+                    sink: Arc::from("(decode)"),
+                    error: format!("record {topic}/{}@{}: {error}", r.partition.1, r.offset),
+                    change: Arc::new(change),
+                    source: None,
+                }])
+                .await;
+            return;
+        }
+    };
+    // One Arc per table, so the router's per-table cache holds.
+    let (schema, table) = names
+        .entry((change.schema.to_string(), change.table.to_string()))
+        .or_insert_with(|| (change.schema.clone(), change.table.clone()))
+        .clone();
+    change.schema = schema;
+    change.table = table;
+    let change = Arc::new(change);
+    let size = change.approx_size();
+    router.route(&change, routed);
+    let mut letters = Vec::new();
+    for r in routed.drain(..) {
+        match r {
+            Routed::Deliver { sink, record } => {
+                burst.bytes[sink] += super::memory::record_size(&record, Some((&change, size)));
+                burst.chunks[sink].push(Item::Record(record));
+            }
+            Routed::DeadLetter { pipeline, sink, error, change } => {
+                metrics::counter!(m::PIPELINE_DEAD_LETTERED_TOTAL, m::LABEL_PIPELINE => pipeline.to_string()).increment(1);
+                warn!(pipeline = %pipeline, position = %change.position(), error = %error, "record dead-lettered by its pipeline");
+                let sink = sinks.names.get(sink).map(|s| Arc::from(s.as_str())).unwrap_or_else(|| Arc::from("?"));
+                letters.push(DeadLetter { stage: Stage::Pipeline, pipeline, sink, error, change, source: None });
+            }
+        }
+    }
+    if !letters.is_empty() {
+        dead_letters.write(letters).await;
+    }
+}
+
+/// A record that could not be read, as the change its dead letter holds:
+/// its topic as the table, partition and offset as the key (so each has
+/// its own letter), and the value's text.
+fn unreadable(partition: &Partition, offset: i64, raw: String) -> Change {
+    let key = Row(vec![
+        ("partition".into(), Value::Number(partition.1.to_string().as_str().into())),
+        ("offset".into(), Value::Number(offset.to_string().as_str().into())),
+    ]);
+    let mut after = key.clone();
+    after.0.push(("value".into(), Value::String(raw.as_str().into())));
+    Change {
+        op: Op::Insert,
+        schema: Arc::from("kafka"),
+        table: partition.0.clone(),
+        key: Some(key),
+        before: None,
+        after: Some(after),
+        unchanged_toast: Vec::new(),
+        lsn: Lsn::ZERO,
+        commit_lsn: Lsn::ZERO,
+        ordinal: 0,
+        xid: None,
+        commit_ts: None,
+    }
+}
+
+/// Hands the burst to the sinks' queues (waiting for room: backpressure),
+/// with a commit marker whose sequence [`Offsets`] maps to the burst's
+/// offsets. `Ok(false)`: shutdown came while waiting.
+async fn flush(burst: &mut Burst, sinks: &mut Sinks, shared: &Shared, shutdown: &mut watch::Receiver<bool>) -> Result<bool, RunError> {
+    burst.since = None;
+    if burst.records == 0 {
+        return Ok(true);
+    }
+    let seq = shared.lock().register(burst.offsets.drain().collect());
+    burst.records = 0;
+    for i in 0..burst.chunks.len() {
+        burst.chunks[i].push(Item::Commit(seq));
+        // Commit markers alone for a sink whose queue is full wait here,
+        // compacted to the last, so the other sinks go on; that sink stays
+        // behind in the ack rule all the same.
+        if sinks.senders[i].capacity() == 0 && burst.chunks[i].iter().all(|c| matches!(c, Item::Commit(_))) {
+            let last = burst.chunks[i].len() - 1;
+            burst.chunks[i].drain(..last);
+            continue;
+        }
+        let memory = sinks.memory.clone();
+        let charge = tokio::select! {
+            c = memory.charge(burst.bytes[i]) => c,
+            _ = shutdown.changed() => return Ok(false),
+        };
+        let permit = tokio::select! {
+            p = sinks.senders[i].reserve() => p,
+            _ = shutdown.changed() => return Ok(false),
+        };
+        match permit {
+            Ok(p) => {
+                burst.bytes[i] = 0;
+                p.send(Queued { items: std::mem::take(&mut burst.chunks[i]), charge });
+            }
+            Err(_) => return Err(RunError::Fatal(format!("sink {} stopped unexpectedly", sinks.names[i]))),
+        }
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(n: i32) -> Partition {
+        (Arc::from("t"), n)
+    }
+
+    #[test]
+    fn an_offset_is_committed_only_once_every_sink_has_its_burst_durable() {
+        let (a, b) = (DurableSeq::default(), DurableSeq::default());
+        let mut o = Offsets::new(vec![a.clone(), b.clone()]);
+        o.assigned.extend([p(0), p(1)]);
+        let s1 = o.register(vec![(p(0), 10), (p(1), 3)]);
+        let s2 = o.register(vec![(p(0), 12)]);
+        assert!(o.due(None).is_empty());
+        a.advance(s2);
+        assert!(o.due(None).is_empty(), "sink b has nothing durable");
+        b.advance(s1);
+        let mut due = o.due(None);
+        due.sort();
+        assert_eq!(due, vec![(p(0), 11), (p(1), 4)]);
+        assert!(o.due(None).is_empty(), "committed once");
+        b.advance(s2);
+        assert_eq!(o.due(None), vec![(p(0), 13)]);
+    }
+
+    #[test]
+    fn a_revoked_partition_commits_what_is_durable_and_forgets_the_rest() {
+        let a = DurableSeq::default();
+        let shared = Shared(Mutex::new(Offsets::new(vec![a.clone()])));
+        shared.assigned(&[p(0), p(1)]);
+        let s1 = shared.lock().register(vec![(p(0), 5), (p(1), 7)]);
+        let s2 = shared.lock().register(vec![(p(0), 9), (p(1), 8)]);
+        a.advance(s1);
+        let mut due = shared.revoking(&[p(0)]);
+        due.sort();
+        assert_eq!(due, vec![(p(0), 6)]);
+        a.advance(s2);
+        assert_eq!(shared.lock().due(None), vec![(p(1), 9)], "partition 0 is another member's now");
+    }
+}

@@ -1,0 +1,277 @@
+//! Past one machine: one pgfanout reads the slot and writes the change
+//! records to a 6-partition Kafka topic (`format: native`); several
+//! pgfanout appliers (`source.kafka`) share the topic as one consumer group
+//! and write it to Redis and OpenSearch.
+//!
+//! Against real servers: PostgreSQL, an Apache Kafka broker, Redis and an
+//! OpenSearch node (testkit). While a random workload runs (inserts with
+//! large TOASTed values, updates that leave them unchanged, key changes,
+//! deletes, 25-digit numerics, jsonb and arrays), one applier is SIGKILLed
+//! and another joins (two rebalances). A sampler reads the Redis versions of
+//! the first rows all along: a version never goes back. At the end Redis
+//! and the index equal the table, value for value, and nothing was
+//! dead-lettered.
+#![cfg(feature = "kafka")]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value as Json;
+use testkit::{KafkaBroker, OpenSearchNode, PgCluster, RedisServer};
+
+const TOPIC: &str = "cdc.items";
+
+/// One statement of the mix. Key changes set the large column too: a key
+/// change that leaves a large value unchanged needs the old entry, which
+/// lives on another partition (docs/operating.md#appliers).
+fn statement(w: &mut Workload) -> String {
+    let n = |w: &mut Workload| {
+        format!("{}{:03}.{:04}", 1_000_000_000_000_000u64 + w.rng.below(1 << 40), w.rng.below(1000), w.rng.below(10_000))
+    };
+    match (w.rng.below(100), w.pick()) {
+        (0..35, _) | (_, None) => {
+            let id = w.insert();
+            let bio = if w.rng.below(2) == 0 { w.big("bio", "x", 3000) } else { "NULL".into() };
+            let (num, k) = (n(w), w.rng.below(9));
+            format!("INSERT INTO items VALUES ({id}, {num}, '{{\"k\": {k}, \"f\": 1.50}}', ARRAY[{k}, NULL], {bio})")
+        }
+        (35..65, Some(id)) => format!("UPDATE items SET n = n + 1.01 WHERE id = {id}"),
+        (65..75, Some(id)) => {
+            format!("UPDATE items SET doc = jsonb_set(coalesce(doc, '{{}}'), '{{k}}', to_jsonb({})) WHERE id = {id}", w.rng.below(99))
+        }
+        (75..85, Some(id)) => {
+            let to = w.rekey(id);
+            let bio = w.big("moved", "y", 3000);
+            format!("UPDATE items SET id = {to}, bio = {bio} WHERE id = {id}")
+        }
+        (_, Some(id)) => {
+            w.delete(id);
+            format!("DELETE FROM items WHERE id = {id}")
+        }
+    }
+}
+
+fn reader_config(pg: &PgCluster, broker: &KafkaBroker, dir: &Path) -> String {
+    let pipeline =
+        format!("  - name: cdc\n    from: public.items\n    to: events\n    kafka: {{ topic: {TOPIC}, key: \"{{id}}\", format: native }}");
+    kafka_config(pg, "appliers", "appliers", &broker.bootstrap(), "topics: { partitions: 6 }", &pipeline, dir)
+}
+
+fn applier_config(pg: &PgCluster, broker: &KafkaBroker, redis: &RedisServer, search: &OpenSearchNode, dir: &Path, name: &str) -> String {
+    let sinks = format!(
+        "  cache: {{ type: redis, url: \"{}\", reconnect_max_delay: 1s }}\n  search: {{ type: opensearch, urls: [\"{}\"] }}",
+        redis.url(),
+        search.url()
+    );
+    let pipelines = "  - name: rows\n    from: public.items\n    to: cache\n    redis: { type: string, key: \"item:{id}\" }\n  - name: docs\n    from: public.items\n    to: search\n    elasticsearch: { index: items }";
+    let kafka = format!(
+        "  kafka:\n    brokers: \"{}\"\n    topics: [{TOPIC}]\n    group: appliers\n    commit_interval: 200ms\n    properties: {{ session.timeout.ms: \"6000\", heartbeat.interval.ms: \"1000\" }}\n",
+        broker.bootstrap()
+    );
+    daemon_config(pg, "appliers", "appliers", &sinks, pipelines, &dir.join(format!("{name}.dead.jsonl"))).replacen(
+        "sinks:\n",
+        &format!("{kafka}sinks:\n"),
+        1,
+    ) + "  batch_size: 200\n"
+}
+
+/// Every row as `to_jsonb`.
+async fn table(c: &tokio_postgres::Client) -> BTreeMap<String, Json> {
+    c.query("SELECT id::text, to_jsonb(i)::text FROM items i", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), serde_json::from_str(r.get::<_, &str>(1)).unwrap()))
+        .collect()
+}
+
+fn redis_rows(redis: &RedisServer) -> BTreeMap<String, Json> {
+    redis
+        .keys()
+        .into_iter()
+        .filter(|k| k.starts_with("item:"))
+        .filter_map(|k| {
+            // Gone since KEYS: a delete applied meanwhile.
+            let text = redis.cmd(&["GET", &k]).opt_text()?;
+            Some((k["item:".len()..].to_string(), serde_json::from_str(&text).unwrap_or_else(|e| panic!("{k}: {e}: {text}"))))
+        })
+        .collect()
+}
+
+/// Every document of the index (none while it does not exist).
+async fn index_rows(url: &str) -> BTreeMap<String, Json> {
+    let http = reqwest::Client::new();
+    let _ = http.post(format!("{url}/items/_refresh")).send().await;
+    let body: Json = http
+        .post(format!("{url}/items/_search"))
+        .json(&serde_json::json!({"size": 10000, "query": {"match_all": {}}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let Some(hits) = body["hits"]["hits"].as_array() else {
+        assert_eq!(body["status"], 404, "{body}");
+        return BTreeMap::new();
+    };
+    hits.iter().map(|h| (h["_id"].as_str().unwrap().to_string(), h["_source"].clone())).collect()
+}
+
+async fn wait_log(d: &testkit::Daemon, what: &str) {
+    let start = Instant::now();
+    while !d.log().contains(what) {
+        assert!(start.elapsed() < Duration::from_secs(90), "no {what:?} in the log after 90 s\n{}", d.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The ids whose stored value differs (missing, extra or different).
+fn differences(want: &BTreeMap<String, Json>, got: &BTreeMap<String, Json>) -> Vec<String> {
+    let mut out: Vec<String> = want.iter().filter(|(id, row)| got.get(*id) != Some(*row)).map(|(id, _)| id.clone()).collect();
+    out.extend(got.keys().filter(|id| !want.contains_key(*id)).cloned());
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_appliers_with_a_kill_and_a_join_feed_redis_and_opensearch_equal_to_the_table() {
+    let (pg, c) = cluster_with("appliers", &[("timezone", "UTC")]).await;
+    c.batch_execute(
+        "CREATE TABLE items (id int PRIMARY KEY, n numeric NOT NULL, doc jsonb, tags int[], bio text);
+         ALTER TABLE items ALTER COLUMN bio SET STORAGE EXTERNAL;",
+    )
+    .await
+    .unwrap();
+    let broker = tokio::task::spawn_blocking(KafkaBroker::start).await.unwrap();
+    let search = tokio::task::spawn_blocking(OpenSearchNode::start).await.unwrap();
+    let redis = Arc::new(tokio::task::spawn_blocking(RedisServer::start).await.unwrap());
+    let dir = scratch();
+    let d = dir.path();
+
+    let reader = testkit::Daemon::start(bin(), d, "reader", &reader_config(&pg, &broker, d));
+    wait_slot(&c, "appliers", &reader).await;
+    let config = |name: &str| applier_config(&pg, &broker, &redis, &search, d, name);
+    let mut appliers: Vec<testkit::Daemon> = ["a1", "a2", "a3"].iter().map(|n| testkit::Daemon::start(bin(), d, n, &config(n))).collect();
+
+    // The sampler: the Redis versions of ids 1..=60 never go back.
+    let stop = Arc::new(AtomicBool::new(false));
+    // Stops the sampler when the test ends, by panic too (the runtime waits
+    // for its thread).
+    struct StopOnDrop(Arc<AtomicBool>);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let _stop_sampler = StopOnDrop(stop.clone());
+    let backwards = Arc::new(Mutex::new(Vec::<String>::new()));
+    let sampler = tokio::task::spawn_blocking({
+        let (stop, backwards, redis) = (stop.clone(), backwards.clone(), redis.clone());
+        move || {
+            const READ: &str =
+                "local r = {} for i = 1, 60 do r[i] = redis.call('HGET', 'pgfanout:v:item:' .. i, '_key') or '' end return r";
+            let mut last: BTreeMap<usize, String> = BTreeMap::new();
+            let mut samples = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                for (i, v) in redis.cmd(&["EVAL", READ, "0"]).array().iter().map(|v| v.text()).enumerate() {
+                    if v.is_empty() {
+                        continue;
+                    }
+                    samples += 1;
+                    if let Some(before) = last.get(&i) {
+                        if v < *before {
+                            backwards.lock().unwrap().push(format!("item:{}: {before} -> {v}", i + 1));
+                        }
+                    }
+                    last.insert(i, v);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            samples
+        }
+    });
+
+    // The appliers hold the partitions before the workload starts.
+    for a in &appliers {
+        wait_log(a, "partitions assigned").await;
+    }
+    let mut w = Workload::new(Mix { statement, max_statements: 4 }, 0x5eed_0035);
+    let writer = pg.client("appliers").await;
+    let started = Instant::now();
+    for round in 0..12 {
+        w.run(&writer, 100).await;
+        match round {
+            2 => {
+                appliers[1].kill9();
+                println!("SIGKILLed applier a2 after {:?}", started.elapsed());
+            }
+            6 => {
+                // Once the survivors hold a2's partitions (after the
+                // session timeout), a4 joins and takes some from them.
+                let held = |a: &testkit::Daemon| a.log().matches("partitions assigned partitions=[(").count();
+                let wait = Instant::now();
+                while held(&appliers[0]) + held(&appliers[2]) < 3 {
+                    assert!(wait.elapsed() < Duration::from_secs(90), "a2's partitions were not taken over");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                println!("a2's partitions taken over after {:?}", started.elapsed());
+                appliers.push(testkit::Daemon::start(bin(), d, "a4", &config("a4")));
+                println!("started applier a4 after {:?}", started.elapsed());
+            }
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    println!("workload of 1,200 transactions done after {:?}; {} rows", started.elapsed(), w.live());
+    wait_log(&appliers[3], "partitions assigned partitions=[(").await;
+
+    let want = table(&c).await;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let (mut in_redis, mut in_search);
+    loop {
+        in_redis = redis_rows(&redis);
+        in_search = index_rows(&search.url()).await;
+        if differences(&want, &in_redis).is_empty() && differences(&want, &in_search).is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let logs: String = appliers.iter().map(|a| a.log()).collect::<Vec<_>>().join("\n----\n");
+            panic!(
+                "after 180 s, Redis differs at {:?} and OpenSearch at {:?}\n{logs}",
+                differences(&want, &in_redis),
+                differences(&want, &in_search)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    println!("Redis and OpenSearch equal the table ({} rows) {:?} after the workload", want.len(), started.elapsed());
+    stop.store(true, Ordering::Relaxed);
+    let samples = sampler.await.unwrap();
+    let backwards = backwards.lock().unwrap().clone();
+    assert!(backwards.is_empty(), "versions went back: {backwards:?}");
+    assert!(samples > 1000, "the sampler read {samples} versions");
+
+    for a in &appliers {
+        let log = a.log();
+        assert!(log.contains("partitions assigned"), "{log}");
+        let dead = std::fs::read_to_string(a.config_path.with_extension("dead.jsonl")).unwrap_or_default();
+        assert!(dead.is_empty(), "nothing is dead-lettered:\n{dead}");
+    }
+    // a4's join moved partitions away from a survivor.
+    let moves =
+        |a: &testkit::Daemon| a.log().lines().filter(|l| l.contains("partitions")).map(|l| l.to_string()).collect::<Vec<_>>().join("\n");
+    println!("rebalances:\n{}", appliers.iter().map(moves).collect::<Vec<_>>().join("\n--\n"));
+    assert!([0, 2].iter().any(|&a| appliers[a].log().contains("partitions revoked")), "no partition moved to a4");
+    for a in appliers.iter_mut().filter(|a| a.pid() != 0) {
+        a.signal("TERM");
+        let status = a.wait(Duration::from_secs(30)).expect("an applier stops on SIGTERM");
+        assert!(status.success(), "{}", a.log());
+    }
+    println!("sampled {samples} versions; none went back");
+}
