@@ -48,6 +48,24 @@ fn cases() -> Vec<Case> {
         case("unknown section", with_section("extras: 1\n"), "extras", "unknown section"),
         case("unknown source field", with_source("    slott: x\n"), "source.postgres.slott", "unknown field"),
         case("unknown tls field", with_source("    tls: { ca: x }\n"), "source.postgres.tls.ca", "unknown field"),
+        case(
+            "kafka source without topics",
+            format!("{SOURCE}  kafka: {{ brokers: \"k:9092\", topics: [] }}\n{SINKS}{PIPELINE}"),
+            "source.kafka.topics",
+            "at least one topic",
+        ),
+        case(
+            "kafka source with ha",
+            format!("{SOURCE}  kafka: {{ brokers: \"k:9092\", topics: [cdc] }}\n{SINKS}{PIPELINE}ha: {{ enabled: true }}\n"),
+            "ha.enabled",
+            "consumer group",
+        ),
+        case(
+            "kafka source unknown field",
+            format!("{SOURCE}  kafka: {{ brokers: \"k:9092\", topics: [cdc], groupid: x }}\n{SINKS}{PIPELINE}"),
+            "source.kafka.groupid",
+            "unknown field",
+        ),
         case("receive buffer too small", with_source("    receive_buffer: 1KiB\n"), "source.postgres.receive_buffer", "at least 4KiB"),
         case("receive buffer not a size", with_source("    receive_buffer: small\n"), "source.postgres.receive_buffer", "auto, kernel"),
         case(

@@ -3,7 +3,8 @@
 //! NaN and infinities, json with duplicate keys, jsonb with long numbers,
 //! dates and timestamps BC, at year 294276 and infinite, control characters,
 //! NULL array elements, a TOASTed column) is streamed by one daemon into a
-//! file, Redis (string and hash mappings), OpenSearch and Kafka (native and debezium)
+//! file, Redis (string and hash mappings), OpenSearch and Kafka (native and debezium),
+//! and from the native topic by an applier (`source.kafka`) into Redis and MongoDB,
 //! on every path a value takes: the initial snapshot, inserts, partial
 //! updates (unchanged TOAST), key changes, delete + re-insert, a SIGKILL and
 //! its replay, a backfill, and `verify --repair` after stray fields were
@@ -322,6 +323,53 @@ async fn the_type_zoo_reaches_every_store_exactly_on_every_path() {
 
     let dead = dir.path().join(format!("{db}.dead.jsonl"));
     assert_eq!(line_count(&dead), 0, "no dead letters: {}", std::fs::read_to_string(&dead).unwrap_or_default());
+
+    // The applier path: the native topic (snapshot, partial updates, key
+    // changes, the replay after the SIGKILL, the backfill) read back by a
+    // pgfanout with `source.kafka` into Redis and MongoDB, whose typed
+    // documents tell json text from a composite or an array.
+    let sinks = format!(
+        "  cache: {{ type: redis, url: \"{}\", reconnect_max_delay: 1s }}\n  docs: {{ type: mongodb, uri: \"{}\", database: zoo, timeout: 2s }}",
+        redis.url(),
+        ferret.uri()
+    );
+    let pipelines = "  - { name: cache, from: public.zoo, to: cache, redis: { type: string, key: \"applied:{id}\" } }\n\
+        \x20 - { name: docs, from: public.zoo, to: docs, mongodb: { collection: applied } }";
+    let applier_dead = dir.path().join("applier.dead.jsonl");
+    let applier_yaml = daemon_config(&pg, db, db, &sinks, pipelines, &applier_dead).replacen(
+        "sinks:\n",
+        &format!("  kafka: {{ brokers: \"{kafka}\", topics: [zoo-native], group: zoo-applier }}\nsinks:\n"),
+        1,
+    );
+    let applier = Daemon::start(bin(), dir.path(), "applier", &applier_yaml);
+    let applied = |redis: &RedisServer| -> HashMap<String, Json> {
+        redis
+            .keys()
+            .into_iter()
+            .filter(|k| k.starts_with("applied:"))
+            .filter_map(|k| Some((k["applied:".len()..].to_string(), serde_json::from_str(&redis.cmd(&["GET", &k]).opt_text()?).unwrap())))
+            .collect()
+    };
+    let mut rows = HashMap::new();
+    for _ in 0..240 {
+        rows = applied(&redis);
+        if rows.len() == want.len() && rows.iter().all(|(id, row)| want.get(id) == Some(row)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(rows.len() == want.len(), "the applier wrote {} of {} rows\n{}", rows.len(), want.len(), applier.log());
+    assert_same_rows("redis through an applier", &rows, &want);
+    let stored = collection_documents(&ferret.uri(), "zoo", "applied").await;
+    let differ: Vec<String> = want
+        .iter()
+        .filter(|(id, row)| !stored.get(*id).is_some_and(|d| same(row, &mongodb::bson::Bson::Document(d.clone()))))
+        .map(|(id, row)| format!("{id}:\n  want {row}\n  got  {:?}", stored.get(id)))
+        .collect();
+    assert!(differ.is_empty(), "mongodb through an applier: {} differ, e.g.\n{}", differ.len(), differ[..differ.len().min(3)].join("\n"));
+    assert_eq!(stored.len(), want.len(), "mongodb through an applier: the documents' ids");
+    assert_eq!(line_count(&applier_dead), 0, "no dead letters: {}", std::fs::read_to_string(&applier_dead).unwrap_or_default());
+    drop(applier);
 
     // verify agrees; stray fields behind pgfanout's back are found and
     // removed by --repair.

@@ -322,3 +322,35 @@ impl SourceConsumer {
         self.consumer.unsubscribe();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: serde_json::Value) -> KafkaSourceConfig {
+        serde_json::from_value(yaml).expect("parses")
+    }
+
+    #[test]
+    fn the_settings_the_ack_rule_depends_on_cannot_be_overridden() {
+        let cfg = parse(serde_json::json!({
+            "brokers": "k:9092", "topics": ["cdc.items", "^cdc\\..*", "bad topic"],
+            "format": "debezium",
+            "properties": { "enable.auto.commit": "true", "fetch.min.bytes": "1" }
+        }));
+        let problems: Vec<String> = cfg.validate().into_iter().map(|(f, m)| format!("{f}: {m}")).collect();
+        assert!(problems.iter().any(|p| p.starts_with("topics[2]:")), "{problems:?}");
+        assert!(!problems.iter().any(|p| p.starts_with("topics[1]")), "a ^regex is not a topic name: {problems:?}");
+        assert!(problems.iter().any(|p| p.starts_with("format:") && p.contains("native")), "{problems:?}");
+        assert!(problems.iter().any(|p| p.starts_with("properties.enable.auto.commit:")), "{problems:?}");
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        let good =
+            parse(serde_json::json!({ "brokers": "k:9092", "topics": ["cdc.items"], "properties": { "enable.auto.commit": "true" } }));
+        let cc = good.client_config("g");
+        assert_eq!(cc.get("enable.auto.commit"), Some("false"), "the applier's own settings win");
+        assert_eq!(cc.get("partition.assignment.strategy"), Some("cooperative-sticky"));
+        assert_eq!(cc.get("isolation.level"), Some("read_committed"));
+        assert_eq!(cc.get("auto.offset.reset"), Some("earliest"));
+        assert_eq!(cc.get("group.id"), Some("g"));
+    }
+}
