@@ -41,14 +41,22 @@ fn statement(w: &mut Workload) -> String {
             let (num, k) = (n(w), w.rng.below(9));
             format!("INSERT INTO items VALUES ({id}, {num}, '{{\"k\": {k}, \"f\": 1.50}}', ARRAY[{k}, NULL], {bio})")
         }
-        (35..65, Some(id)) => format!("UPDATE items SET n = n + 1.01 WHERE id = {id}"),
-        (65..75, Some(id)) => {
+        (35..62, Some(id)) => format!("UPDATE items SET n = n + 1.01 WHERE id = {id}"),
+        (62..72, Some(id)) => {
             format!("UPDATE items SET doc = jsonb_set(coalesce(doc, '{{}}'), '{{k}}', to_jsonb({})) WHERE id = {id}", w.rng.below(99))
         }
-        (75..85, Some(id)) => {
+        (72..80, Some(id)) => {
             let to = w.rekey(id);
             let bio = w.big("moved", "y", 3000);
             format!("UPDATE items SET id = {to}, bio = {bio} WHERE id = {id}")
+        }
+        // A row changed, then moved, in one transaction: one version (the
+        // commit LSN) on two partitions for a store that versions by it
+        // alone (OpenSearch); the old key's tombstone keeps them in order.
+        (80..86, Some(id)) => {
+            let to = w.rekey(id);
+            let bio = w.big("moved", "z", 3000);
+            format!("UPDATE items SET n = n * 2 WHERE id = {id}; UPDATE items SET id = {to}, bio = {bio} WHERE id = {id}")
         }
         (_, Some(id)) => {
             w.delete(id);
@@ -59,11 +67,20 @@ fn statement(w: &mut Workload) -> String {
 
 fn reader_config(pg: &PgCluster, broker: &KafkaBroker, dir: &Path) -> String {
     let pipeline =
-        format!("  - name: cdc\n    from: public.items\n    to: events\n    kafka: {{ topic: {TOPIC}, key: \"{{id}}\", format: native }}");
+        format!("  - name: cdc\n    from: public.items\n    to: events\n    kafka: {{ topic: {TOPIC}, key: \"{{id}}\", format: native, tombstones: true }}");
     kafka_config(pg, "appliers", "appliers", &broker.bootstrap(), "topics: { partitions: 6 }", &pipeline, dir)
 }
 
-fn applier_config(pg: &PgCluster, broker: &KafkaBroker, redis: &RedisServer, search: &OpenSearchNode, dir: &Path, name: &str) -> String {
+/// An applier's config; `http`: the port of its listener (`/wait`), if any.
+fn applier_config(
+    pg: &PgCluster,
+    broker: &KafkaBroker,
+    redis: &RedisServer,
+    search: &OpenSearchNode,
+    dir: &Path,
+    name: &str,
+    http: Option<u16>,
+) -> String {
     let sinks = format!(
         "  cache: {{ type: redis, url: \"{}\", reconnect_max_delay: 1s }}\n  search: {{ type: opensearch, urls: [\"{}\"] }}",
         redis.url(),
@@ -74,11 +91,14 @@ fn applier_config(pg: &PgCluster, broker: &KafkaBroker, redis: &RedisServer, sea
         "  kafka:\n    brokers: \"{}\"\n    topics: [{TOPIC}]\n    group: appliers\n    commit_interval: 200ms\n    properties: {{ session.timeout.ms: \"6000\", heartbeat.interval.ms: \"1000\" }}\n",
         broker.bootstrap()
     );
-    daemon_config(pg, "appliers", "appliers", &sinks, pipelines, &dir.join(format!("{name}.dead.jsonl"))).replacen(
-        "sinks:\n",
-        &format!("{kafka}sinks:\n"),
-        1,
-    ) + "  batch_size: 200\n"
+    let listener = match http {
+        Some(port) => format!("http:\n  listen: 127.0.0.1:{port}\n"),
+        None => "http:\n  enabled: false\n".into(),
+    };
+    daemon_config(pg, "appliers", "appliers", &sinks, pipelines, &dir.join(format!("{name}.dead.jsonl")))
+        .replacen("sinks:\n", &format!("{kafka}sinks:\n"), 1)
+        .replacen("http:\n  enabled: false\n", &listener, 1)
+        + "  batch_size: 200\n"
 }
 
 /// Every row as `to_jsonb`.
@@ -156,8 +176,13 @@ async fn three_appliers_with_a_kill_and_a_join_feed_redis_and_opensearch_equal_t
 
     let reader = testkit::Daemon::start(bin(), d, "reader", &reader_config(&pg, &broker, d));
     wait_slot(&c, "appliers", &reader).await;
-    let config = |name: &str| applier_config(&pg, &broker, &redis, &search, d, name);
-    let mut appliers: Vec<testkit::Daemon> = ["a1", "a2", "a3"].iter().map(|n| testkit::Daemon::start(bin(), d, n, &config(n))).collect();
+    let config = |name: &str, http: Option<u16>| applier_config(&pg, &broker, &redis, &search, d, name, http);
+    let a1_http = testkit::free_port();
+    let mut appliers: Vec<testkit::Daemon> = vec![
+        testkit::Daemon::start(bin(), d, "a1", &config("a1", Some(a1_http))),
+        testkit::Daemon::start(bin(), d, "a2", &config("a2", None)),
+        testkit::Daemon::start(bin(), d, "a3", &config("a3", None)),
+    ];
 
     // The sampler: the Redis versions of ids 1..=60 never go back.
     let stop = Arc::new(AtomicBool::new(false));
@@ -230,7 +255,7 @@ async fn three_appliers_with_a_kill_and_a_join_feed_redis_and_opensearch_equal_t
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 println!("a2's partitions taken over after {:?}", started.elapsed());
-                appliers.push(testkit::Daemon::start(bin(), d, "a4", &config("a4")));
+                appliers.push(testkit::Daemon::start(bin(), d, "a4", &config("a4", None)));
                 println!("started applier a4 after {:?}", started.elapsed());
             }
             _ => {}
@@ -251,10 +276,48 @@ async fn three_appliers_with_a_kill_and_a_join_feed_redis_and_opensearch_equal_t
         }
         if Instant::now() > deadline {
             let logs: String = appliers.iter().map(|a| a.log()).collect::<Vec<_>>().join("\n----\n");
+            let show = |got: &BTreeMap<String, Json>| {
+                differences(&want, got)
+                    .iter()
+                    .take(3)
+                    .map(|id| format!("{id}: table {:?}\n  store {:?}", want.get(id), got.get(id)))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            // The records of the first differing rows, as the topic holds them.
+            let ids: Vec<String> = differences(&want, &in_search).into_iter().chain(differences(&want, &in_redis)).take(3).collect();
+            let bootstrap = broker.bootstrap();
+            let records = tokio::task::block_in_place(|| {
+                common::kafka::read_topics(&bootstrap, &[TOPIC], Duration::from_secs(30), Duration::from_secs(2), |_| false)
+            });
+            let history: Vec<String> = records
+                .iter()
+                .filter(|r| r.value.as_deref().is_some_and(|v| v.starts_with(b"{")))
+                .filter_map(|r| {
+                    let v = r.json();
+                    let of = |side: &str| v[side]["id"].to_string();
+                    ids.iter().any(|id| [of("key"), of("before"), of("after")].contains(id)).then(|| {
+                        format!(
+                            "partition {} {} {}#{} key {} before {} after {} toast {}",
+                            r.partition,
+                            v["op"],
+                            v["commit_lsn"],
+                            r.header("pgfanout.ordinal").unwrap_or("?"),
+                            v["key"],
+                            v["before"],
+                            v["after"],
+                            v["unchanged_toast"]
+                        )
+                    })
+                })
+                .collect();
             panic!(
-                "after 180 s, Redis differs at {:?} and OpenSearch at {:?}\n{logs}",
+                "after 180 s, Redis differs at {:?} and OpenSearch at {:?}\nredis:\n{}\nopensearch:\n{}\n{}\n{logs}",
                 differences(&want, &in_redis),
-                differences(&want, &in_search)
+                differences(&want, &in_search),
+                show(&in_redis),
+                show(&in_search),
+                history.join("\n")
             );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -285,6 +348,22 @@ async fn three_appliers_with_a_kill_and_a_join_feed_redis_and_opensearch_equal_t
         |a: &testkit::Daemon| a.log().lines().filter(|l| l.contains("partitions")).map(|l| l.to_string()).collect::<Vec<_>>().join("\n");
     println!("rebalances:\n{}", appliers.iter().map(moves).collect::<Vec<_>>().join("\n--\n"));
     assert!([0, 2].iter().any(|&a| appliers[a].log().contains("partitions revoked")), "no partition moved to a4");
+    // Read-your-writes across the group: a1's /wait answers once the
+    // reader and every partition's owner have a write, whichever applier
+    // holds the row's partition.
+    for id in [100_001, 100_002, 100_003] {
+        c.batch_execute(&format!("INSERT INTO items VALUES ({id}, 1.5, NULL, NULL, 'waited')")).await.unwrap();
+        let lsn: String = c.query_one("SELECT pg_current_wal_insert_lsn()::text", &[]).await.unwrap().get(0);
+        let asked = Instant::now();
+        let (status, body) = tokio::task::block_in_place(|| http_get(a1_http, &format!("/wait?lsn={lsn}&timeout=30s")));
+        assert_eq!(status, 200, "{body}\n{}", appliers[0].log());
+        let waited = asked.elapsed();
+        let cached = redis.cmd(&["GET", &format!("item:{id}")]).opt_text();
+        assert!(cached.is_some_and(|t| t.contains("waited")), "item:{id} is in Redis once /wait answered");
+        assert!(index_rows(&search.url()).await.contains_key(&id.to_string()), "{id} is in the index once /wait answered");
+        println!("/wait on a1 for row {id} answered after {waited:?}");
+    }
+
     for a in appliers.iter_mut().filter(|a| a.pid() != 0) {
         a.signal("TERM");
         let status = a.wait(Duration::from_secs(30)).expect("an applier stops on SIGTERM");

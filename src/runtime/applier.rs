@@ -31,10 +31,10 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pgfanout_kafka::source::{KafkaSourceConfig, Partition, Rebalances, Received, SourceConsumer};
+use pgfanout_kafka::source::{GroupWatch, KafkaSourceConfig, Partition, Rebalances, Received, SourceConsumer};
 use pgfanout_sdk::{Change, Lsn, Op, Row, Value};
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::ack::DurableSeq;
 use super::error::RunError;
@@ -94,6 +94,26 @@ impl Offsets {
                 }
             }
         }
+    }
+
+    /// The consumer's positions of held partitions with nothing read and not
+    /// yet durable (none in a pending burst, none in `reading`): everything
+    /// before such a position is durable, or a transaction marker of an
+    /// exactly-once topic (which no record carries, so without this the
+    /// committed offset would stop short of the end). Marked committed.
+    fn idle(&mut self, positions: Vec<(Partition, i64)>, reading: &HashMap<Partition, i64>) -> Vec<(Partition, i64)> {
+        let mut out = Vec::new();
+        for (p, position) in positions {
+            let busy = reading.contains_key(&p) || self.pending.iter().any(|(_, burst)| burst.iter().any(|(q, _)| *q == p));
+            if busy || !self.assigned.contains(&p) || self.committed.get(&p).is_some_and(|&c| c >= position) {
+                continue;
+            }
+            let next = self.durable.entry(p.clone()).or_insert(position);
+            *next = (*next).max(position);
+            self.committed.insert(p.clone(), position);
+            out.push((p, position));
+        }
+        out
     }
 
     /// The durable offsets not committed yet, of `only` (or every held
@@ -193,6 +213,14 @@ pub async fn run(
     let shared = Arc::new(Shared(Mutex::new(Offsets::new(std::mem::take(&mut sinks.durable)))));
     let consumer = SourceConsumer::subscribe(kafka, &group, shared.clone()).map_err(|e| RunError::Config(format!("source.kafka: {e}")))?;
     info!(group = %group, topics = ?kafka.topics, "kafka source: joined the consumer group");
+    match (GroupWatch::new(kafka, &group), cfg.source.postgres.connect_options()) {
+        (Ok(watch), Ok(opts)) => {
+            let names = sinks.names.clone();
+            tokio::spawn(publish_group_progress(watch, opts, cfg.source.postgres.slot.clone(), names, health.clone(), shutdown.clone()));
+        }
+        (Err(e), _) => warn!(error = %e, "kafka source: /wait will not answer (cannot read the group's offsets)"),
+        (_, Err(e)) => warn!(error = %e, "kafka source: /wait will not answer (source.postgres.url)"),
+    }
     health.streaming.store(true, std::sync::atomic::Ordering::Release);
     metrics::gauge!(m::SOURCE_STREAMING).set(1.0);
 
@@ -212,7 +240,7 @@ pub async fn run(
         tokio::select! {
             biased;
             _ = shutdown.changed() => break,
-            _ = commits.tick() => commit(&consumer, &shared, false),
+            _ = commits.tick() => commit(&consumer, &shared, &burst.offsets, false),
             _ = async { tokio::time::sleep_until(flush_at.unwrap_or_else(tokio::time::Instant::now)).await }, if flush_at.is_some() => {
                 if !flush(&mut burst, &mut sinks, &shared, &mut shutdown).await? {
                     break;
@@ -247,16 +275,25 @@ pub async fn run(
     if tokio::time::timeout(cfg.runtime.shutdown_timeout, futures_util::future::join_all(workers)).await.is_err() {
         warn!(timeout = ?cfg.runtime.shutdown_timeout, "sinks did not drain in time; records not committed are read again by the group");
     }
-    commit(&consumer, &shared, true);
+    commit(&consumer, &shared, &burst.offsets, true);
     health.streaming.store(false, std::sync::atomic::Ordering::Release);
     drop(consumer);
     info!("stopped");
     Ok(())
 }
 
-/// Commits the offsets durable in every sink.
-fn commit(consumer: &SourceConsumer, shared: &Shared, sync: bool) {
-    let due = shared.lock().due(None);
+/// Commits the offsets durable in every sink (`reading`: the partitions of
+/// the burst not yet handed to the sinks).
+fn commit(consumer: &SourceConsumer, shared: &Shared, reading: &HashMap<Partition, i64>, sync: bool) {
+    let positions = consumer.positions();
+    let mut due = {
+        let mut o = shared.lock();
+        let mut due = o.due(None);
+        due.extend(o.idle(positions, reading));
+        due
+    };
+    due.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+    due.dedup_by(|a, b| a.0 == b.0);
     if let Err(e) = consumer.commit(&due, sync) {
         warn!(error = %e, "kafka source: committing offsets failed; the records after the last committed offsets are read again after a restart or rebalance");
     }
@@ -392,6 +429,75 @@ async fn flush(burst: &mut Burst, sinks: &mut Sinks, shared: &Shared, shutdown: 
     Ok(true)
 }
 
+/// What `/wait` answers on an applier: the group's progress, not this
+/// member's. A position `L` the reader's slot has confirmed is in Kafka
+/// (the reader's Kafka sink made it durable first), below the topics' end
+/// offsets read after it; once the group has committed every partition up
+/// to those ends, every change at or before `L` is durable in the stores
+/// (offsets are committed only after that, by whichever member held the
+/// partition). Appliers of one group must share one config (the same
+/// sinks). Repeats every 300 ms, each round with the slot's newest position.
+async fn publish_group_progress(
+    watch: GroupWatch,
+    opts: pgfanout_postgres::conn::PgConnectOptions,
+    slot: String,
+    sinks: Vec<String>,
+    health: Arc<Health>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    const CALL: Duration = Duration::from_secs(5);
+    let watch = Arc::new(watch);
+    let mut sql: Option<tokio_postgres::Client> = None;
+    let mut published = Lsn::ZERO;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+            _ = shutdown.changed() => return,
+        }
+        if sql.as_ref().is_none_or(|c| c.is_closed()) {
+            match pgfanout_postgres::conn::connect_sql(&opts).await {
+                Ok(c) => sql = Some(c),
+                Err(e) => {
+                    debug!(error = %e, "kafka source: cannot read the slot's position for /wait");
+                    continue;
+                }
+            }
+        }
+        let Some(c) = sql.as_ref() else { continue };
+        let confirmed = match c.query_opt("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", &[&slot]).await
+        {
+            Ok(Some(row)) => row.get::<_, Option<String>>(0).and_then(|t| t.parse::<Lsn>().ok()),
+            Ok(None) => None,
+            Err(e) => {
+                debug!(error = %e, "kafka source: cannot read the slot's position for /wait");
+                sql = None;
+                None
+            }
+        };
+        let Some(lsn) = confirmed.filter(|&l| l > published) else { continue };
+        let w = watch.clone();
+        let Ok(Ok(ends)) = tokio::task::spawn_blocking(move || w.ends(CALL)).await else { continue };
+        loop {
+            let (w, e) = (watch.clone(), ends.clone());
+            if let Ok(Ok(true)) = tokio::task::spawn_blocking(move || w.reached(&e, CALL)).await {
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+        published = lsn;
+        health.progress.send_replace(crate::http::Progress {
+            confirmed_flush_lsn: lsn,
+            sinks: sinks
+                .iter()
+                .map(|name| crate::http::SinkProgress { name: name.clone(), durable_lsn: lsn, pending_commit_lsn: None })
+                .collect(),
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -417,6 +523,23 @@ mod tests {
         assert!(o.due(None).is_empty(), "committed once");
         b.advance(s2);
         assert_eq!(o.due(None), vec![(p(0), 13)]);
+    }
+
+    #[test]
+    fn an_idle_partition_commits_its_position_past_transaction_markers_and_a_busy_one_does_not() {
+        let a = DurableSeq::default();
+        let mut o = Offsets::new(vec![a.clone()]);
+        o.assigned.extend([p(0), p(1), p(2)]);
+        let s1 = o.register(vec![(p(0), 4)]);
+        a.advance(s1);
+        o.register(vec![(p(1), 7)]);
+        let reading = HashMap::from([(p(2), 3)]);
+        // Partition 0's last record (4) is durable and a commit marker
+        // follows it at 5: the consumer stands at 6.
+        let mut due = o.due(None);
+        due.extend(o.idle(vec![(p(0), 6), (p(1), 8), (p(2), 4)], &reading));
+        assert_eq!(due, vec![(p(0), 5), (p(0), 6)], "partition 1 has a burst in flight, partition 2 one being read");
+        assert!(o.idle(vec![(p(0), 6)], &HashMap::new()).is_empty(), "committed once");
     }
 
     #[test]

@@ -65,9 +65,15 @@ pub(crate) async fn resolve(client: &Client, planned: &mut [(Planned, usize)], r
     let mut state: HashMap<DocRef, Option<Map<String, Json>>> = stored.into_iter().map(|(k, v)| (k, Some(v))).collect();
     // Partials whose document is gone: (record, document, version).
     let mut unresolved: Vec<(usize, DocRef, i64)> = Vec::new();
+    // Per document: the newest version this batch deletes it at. A batch
+    // from Kafka appliers (`source.kafka`) holds several partitions' records,
+    // so a removal (a move, on the new key's partition) may come before an
+    // older partial change of the document (on its own partition).
+    let mut removed: HashMap<DocRef, i64> = HashMap::new();
     for (p, _) in planned.iter_mut() {
         let Planned::Actions(record, actions) = p else { continue };
         let mut failed = None;
+        let mut superseded = false;
         for a in actions.iter_mut() {
             match a {
                 Action::Index { doc, source, .. } => {
@@ -77,8 +83,10 @@ pub(crate) async fn resolve(client: &Client, planned: &mut [(Planned, usize)], r
                         state.insert(doc.clone(), Some(m));
                     }
                 }
-                Action::Delete { doc, .. } => {
+                Action::Delete { doc, version } => {
                     state.insert(doc.clone(), None);
+                    let at = removed.entry(doc.clone()).or_insert(*version);
+                    *at = (*at).max(*version);
                 }
                 Action::Partial { doc, version, fields, pipeline, missing_ok, moved_from } => {
                     let base =
@@ -91,6 +99,10 @@ pub(crate) async fn resolve(client: &Client, planned: &mut [(Planned, usize)], r
                             m
                         }
                         None if *missing_ok => std::mem::take(fields),
+                        None if removed.get(doc).is_some_and(|&at| at >= *version) => {
+                            superseded = true;
+                            break;
+                        }
                         None => {
                             failed = Some((doc.clone(), *version));
                             break;
@@ -107,7 +119,12 @@ pub(crate) async fn resolve(client: &Client, planned: &mut [(Planned, usize)], r
                 }
             }
         }
-        if let Some((doc, version)) = failed {
+        if superseded {
+            // The batch itself removes the document at this version or a
+            // newer one: the change is older than that removal.
+            debug!(record = *record, "partial change skipped: a newer change in the batch removes its document");
+            actions.clear();
+        } else if let Some((doc, version)) = failed {
             // Nothing of the record is written until the store says whether
             // a newer change removed the document.
             actions.clear();

@@ -26,6 +26,20 @@ pub mod header {
     pub const OP: &str = "pgfanout.op";
     pub const SCHEMA: &str = "pgfanout.schema";
     pub const TABLE: &str = "pgfanout.table";
+    /// On the old key's tombstone after a key change: the old key columns
+    /// as a JSON object, so a reader of the old key's partition (an
+    /// applier) sees the row leave that key in that partition's order.
+    pub const MOVED_KEY: &str = "pgfanout.moved_key";
+}
+
+/// The old key columns of a key change (from `before`), as a JSON object:
+/// the [`header::MOVED_KEY`] header. `None` when `before` lacks them.
+pub fn moved_key(change: &Change) -> Option<Vec<u8>> {
+    let (Op::Update, Some(before), Some(key)) = (change.op, &change.before, &change.key) else { return None };
+    let old = Row(key.iter().map(|(col, _)| Some((Arc::from(col), before.get(col)?.clone()))).collect::<Option<Vec<_>>>()?);
+    let mut out = Vec::with_capacity(32);
+    old.write_json(&mut out);
+    Some(out)
 }
 
 /// A mapping with its templates parsed once.

@@ -44,7 +44,7 @@ use tracing::{debug, info, warn};
 use crate::config::Delivery;
 use crate::config::{DebeziumConfig, HeaderSet, KafkaMapping, KafkaSinkConfig, SaslConfig};
 use crate::debezium::now_micros;
-use crate::encode::{headers, CompiledMapping, EncodeBuf};
+use crate::encode::{headers, moved_key, CompiledMapping, EncodeBuf};
 use crate::eos::{Position, Transactions};
 use crate::error::{delivery_is_permanent, KafkaSinkError};
 use crate::topics::{TopicStatus, Topics};
@@ -422,10 +422,18 @@ impl KafkaSink {
             // The record, then its tombstones (the old key's after a key
             // change, its own after a delete), only once the record itself
             // was enqueued. Different keys have no order between them.
-            let parts = [Some((e.key, Some(e.value))), e.moved_from.map(|k| (Some(k), None)), e.tombstone.then_some((e.key, None))];
-            'payloads: for (key, payload) in parts.into_iter().flatten() {
+            let parts = [
+                Some((e.key, Some(e.value), false)),
+                e.moved_from.map(|k| (Some(k), None, true)),
+                e.tombstone.then_some((e.key, None, false)),
+            ];
+            'payloads: for (key, payload, moved) in parts.into_iter().flatten() {
                 let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(e.topic);
                 let mut h = headers(change, self.header_set, &mut scratch);
+                // The old key's tombstone names the key columns it removes.
+                if let (true, Some(old)) = (moved && h.is_some(), moved_key(change).as_deref()) {
+                    h = h.map(|h| h.insert(rdkafka::message::Header { key: crate::encode::header::MOVED_KEY, value: Some(old) }));
+                }
                 for (name, v) in &event_headers {
                     h = Some(h.unwrap_or_default().insert(rdkafka::message::Header { key: name, value: Some(v.as_bytes()) }));
                 }

@@ -256,7 +256,8 @@ pub struct Received {
     pub partition: Partition,
     pub offset: i64,
     /// `None` for a record without a value (a compacted topic's tombstone),
-    /// which carries no change.
+    /// which carries no change, except the old key's tombstone after a key
+    /// change (the delete of that key, see [`native::moved`]).
     pub change: Option<Result<Change, String>>,
     /// The record's value, kept for its dead letter when it cannot be read.
     pub raw: Option<String>,
@@ -297,7 +298,9 @@ impl SourceConsumer {
         let partition = (self.name(msg.topic()), msg.partition());
         let offset = msg.offset();
         let Some(payload) = msg.payload() else {
-            return Ok(Received { partition, offset, change: None, raw: None });
+            let change = native::moved(msg.headers());
+            let raw = matches!(change, Some(Err(_))).then(|| "(a tombstone)".to_string());
+            return Ok(Received { partition, offset, change, raw });
         };
         let change = match self.format {
             SourceFormat::Native => native::decode(payload, msg.headers()),
@@ -316,10 +319,77 @@ impl SourceConsumer {
         self.consumer.commit(&list, if sync { CommitMode::Sync } else { CommitMode::Async })
     }
 
+    /// The next offset to read of every partition held: past every record
+    /// handed out, and past transaction markers (which are never handed out).
+    pub fn positions(&self) -> Vec<(Partition, i64)> {
+        let Ok(list) = self.consumer.position() else { return Vec::new() };
+        list.elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) => Some(((self.name(e.topic()), e.partition()), o)),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Leaves the group (revoking every partition first: the last durable
     /// offsets are committed by [`Rebalances::revoking`]).
     pub fn unsubscribe(&self) {
         self.consumer.unsubscribe();
+    }
+}
+
+/// What `/wait` reads across a group: the topics' end offsets and the
+/// group's committed offsets. A client of its own that never joins the
+/// group. Its calls block (network round trips bounded by `timeout`).
+pub struct GroupWatch {
+    client: BaseConsumer,
+    topics: Vec<String>,
+}
+
+impl GroupWatch {
+    pub fn new(cfg: &KafkaSourceConfig, group: &str) -> Result<GroupWatch, KafkaSinkError> {
+        let client: BaseConsumer = cfg.client_config(group).create().map_err(KafkaSinkError::ClientConfig)?;
+        Ok(GroupWatch { client, topics: cfg.topics.clone() })
+    }
+
+    fn wanted(&self, topic: &str) -> bool {
+        self.topics.iter().any(|t| match t.strip_prefix('^') {
+            // librdkafka's subscription regexes are anchored at the start.
+            Some(_) => regex::Regex::new(t).is_ok_and(|r| r.is_match(topic)),
+            None => t == topic,
+        })
+    }
+
+    /// The end offset (the next offset to be written) of every non-empty
+    /// partition of the topics.
+    pub fn ends(&self, timeout: Duration) -> Result<Vec<(Partition, i64)>, KafkaError> {
+        let metadata = self.client.fetch_metadata(None, timeout)?;
+        let mut out = Vec::new();
+        for t in metadata.topics().iter().filter(|t| self.wanted(t.name())) {
+            for p in t.partitions() {
+                let (low, high) = self.client.fetch_watermarks(t.name(), p.id(), timeout)?;
+                if high > low {
+                    out.push(((Arc::from(t.name()), p.id()), high));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether the group has committed every partition up to `ends`.
+    pub fn reached(&self, ends: &[(Partition, i64)], timeout: Duration) -> Result<bool, KafkaError> {
+        if ends.is_empty() {
+            return Ok(true);
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((t, p), _) in ends {
+            tpl.add_partition(t, *p);
+        }
+        let committed = self.client.committed_offsets(tpl, timeout)?;
+        Ok(ends
+            .iter()
+            .all(|((t, p), end)| matches!(committed.find_partition(t, *p).map(|e| e.offset()), Some(Offset::Offset(c)) if c >= *end)))
     }
 }
 

@@ -112,6 +112,37 @@ pub fn decode(payload: &[u8], headers: Option<&BorrowedHeaders>) -> Result<Chang
     })
 }
 
+/// The old key's tombstone after a key change, when it names the key it
+/// removes (its `pgfanout.moved_key` header): the delete of that key, at the
+/// key change's position. Read in the old key's partition, after that key's
+/// earlier changes, it keeps them from outliving the move, which travels in
+/// the new key's partition. `None` for any other tombstone.
+pub fn moved(headers: Option<&BorrowedHeaders>) -> Option<Result<Change, String>> {
+    let h = headers?;
+    let get = |name: &str| (0..h.count()).map(|i| h.get(i)).find(|h| h.key == name).and_then(|h| h.value);
+    let old = get(header::MOVED_KEY)?;
+    Some((|| {
+        let text = |name: &str| {
+            get(name).and_then(|v| std::str::from_utf8(v).ok()).ok_or_else(|| format!("a moved key's tombstone without its {name} header"))
+        };
+        let key = members(serde_json::from_slice::<Members>(old).map_err(|e| format!("{}: {e}", header::MOVED_KEY))?, &[])?;
+        Ok(Change {
+            op: Op::Delete,
+            schema: Arc::from(text(header::SCHEMA)?),
+            table: Arc::from(text(header::TABLE)?),
+            key: Some(key.clone()),
+            before: Some(key),
+            after: None,
+            unchanged_toast: Vec::new(),
+            lsn: text(header::LSN)?.parse().map_err(|e| format!("{}: {e}", header::LSN))?,
+            commit_lsn: text(header::COMMIT_LSN)?.parse().map_err(|e| format!("{}: {e}", header::COMMIT_LSN))?,
+            ordinal: text(header::ORDINAL)?.parse().map_err(|e| format!("{}: {e}", header::ORDINAL))?,
+            xid: get(header::XID).and_then(|v| std::str::from_utf8(v).ok()?.parse().ok()),
+            commit_ts: None,
+        })
+    })())
+}
+
 fn members(m: Members, json: &[&str]) -> Result<Row, String> {
     m.0.into_iter()
         .map(|(name, raw)| {
@@ -212,6 +243,23 @@ mod tests {
         assert_eq!(roundtrip(&del), del);
         let trunc = Change { op: Op::Truncate, key: None, before: None, after: None, unchanged_toast: vec![], ..c };
         assert_eq!(roundtrip(&trunc), trunc);
+    }
+
+    #[test]
+    fn the_old_keys_tombstone_after_a_key_change_is_the_delete_of_that_key() {
+        let h = OwnedHeaders::new()
+            .insert(Header { key: header::LSN, value: Some("0/20") })
+            .insert(Header { key: header::COMMIT_LSN, value: Some("0/30") })
+            .insert(Header { key: header::ORDINAL, value: Some("2") })
+            .insert(Header { key: header::SCHEMA, value: Some("public") })
+            .insert(Header { key: header::TABLE, value: Some("items") })
+            .insert(Header { key: header::MOVED_KEY, value: Some(r#"{"id":142,"region":"eu"}"#) });
+        let c = moved(Some(h.as_borrowed())).unwrap().unwrap();
+        assert_eq!((c.op, &*c.table, c.commit_lsn, c.ordinal), (Op::Delete, "items", Lsn(0x30), 2));
+        let key = Row(vec![("id".into(), Value::Number("142".into())), ("region".into(), Value::String("eu".into()))]);
+        assert_eq!((c.key.as_ref(), c.before.as_ref(), c.after.as_ref()), (Some(&key), Some(&key), None));
+        assert!(moved(Some(headers("0", "0/9").as_borrowed())).is_none(), "a delete's own tombstone carries nothing");
+        assert!(moved(None).is_none());
     }
 
     #[test]
