@@ -269,7 +269,10 @@ pub async fn run(
     }
 
     info!("shutting down: draining sinks");
-    let _ = flush(&mut burst, &mut sinks, &shared, &mut shutdown).await;
+    // A sink that is down keeps its queue full: the burst is not waited for
+    // past the shutdown timeout (its offsets are not committed, so the group
+    // reads it again).
+    let _ = tokio::time::timeout(cfg.runtime.shutdown_timeout, flush(&mut burst, &mut sinks, &shared, &mut shutdown)).await;
     sinks.senders.clear();
     let workers = std::mem::take(&mut sinks.workers);
     if tokio::time::timeout(cfg.runtime.shutdown_timeout, futures_util::future::join_all(workers)).await.is_err() {
