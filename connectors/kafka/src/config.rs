@@ -287,17 +287,7 @@ impl KafkaSinkConfig {
                 problems.add("progress_topic", e);
             }
         }
-        if let Some(sasl) = &self.sasl {
-            if sasl.username.is_empty() {
-                problems.add("sasl.username", "must not be empty");
-            }
-            if sasl.password.is_empty() {
-                problems.add("sasl.password", "must not be empty");
-            }
-        }
-        if let Some(tls) = &self.tls {
-            problems.nested("tls", tls.validate());
-        }
+        check_connection(&mut problems, self.sasl.as_ref(), self.tls.as_ref(), &self.properties, &RESERVED_PROPERTIES);
         if self.topics.create {
             if self.topics.partitions < 1 {
                 problems.add("topics.partitions", "must be at least 1");
@@ -317,12 +307,35 @@ impl KafkaSinkConfig {
         if self.debezium.database.trim().is_empty() {
             problems.add("debezium.database", "must not be empty");
         }
-        for key in self.properties.keys() {
-            if let Some((_, why)) = RESERVED_PROPERTIES.iter().find(|(k, _)| k == key) {
-                problems.add(format!("properties.{key}"), format!("cannot be set here: {why}"));
-            }
-        }
         problems.into()
+    }
+}
+
+/// The checks every Kafka client's settings share (the sink's producer, the
+/// source's consumer): SASL credentials, TLS files, and `properties` that
+/// would override what the client sets itself (`reserved`: name, why).
+pub(crate) fn check_connection(
+    problems: &mut Problems,
+    sasl: Option<&SaslConfig>,
+    tls: Option<&TlsFiles>,
+    properties: &BTreeMap<String, String>,
+    reserved: &[(&str, &str)],
+) {
+    if let Some(sasl) = sasl {
+        if sasl.username.is_empty() {
+            problems.add("sasl.username", "must not be empty");
+        }
+        if sasl.password.is_empty() {
+            problems.add("sasl.password", "must not be empty");
+        }
+    }
+    if let Some(tls) = tls {
+        problems.nested("tls", tls.validate());
+    }
+    for key in properties.keys() {
+        if let Some((_, why)) = reserved.iter().find(|(k, _)| k == key) {
+            problems.add(format!("properties.{key}"), format!("cannot be set here: {why}"));
+        }
     }
 }
 

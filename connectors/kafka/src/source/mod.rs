@@ -27,7 +27,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde::Deserialize;
 use tracing::{info, warn};
 
-use crate::config::{check_topic_name, SaslConfig};
+use crate::config::{check_connection, check_topic_name, SaslConfig};
 use crate::error::KafkaSinkError;
 
 /// `source.kafka`: where the change records are, and the group this applier
@@ -129,22 +129,7 @@ impl KafkaSourceConfig {
         if self.commit_interval < Duration::from_millis(10) {
             problems.add("commit_interval", "must be at least 10ms, like 1s");
         }
-        if let Some(sasl) = &self.sasl {
-            if sasl.username.is_empty() {
-                problems.add("sasl.username", "must not be empty");
-            }
-            if sasl.password.is_empty() {
-                problems.add("sasl.password", "must not be empty");
-            }
-        }
-        if let Some(tls) = &self.tls {
-            problems.nested("tls", tls.validate());
-        }
-        for key in self.properties.keys() {
-            if let Some((_, why)) = RESERVED.iter().find(|(k, _)| k == key) {
-                problems.add(format!("properties.{key}"), format!("cannot be set here: {why}"));
-            }
-        }
+        check_connection(&mut problems, self.sasl.as_ref(), self.tls.as_ref(), &self.properties, &RESERVED);
         problems.into()
     }
 
