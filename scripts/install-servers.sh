@@ -4,8 +4,9 @@
 # util-linux and openssl (Debian packages), a JDK 17 and Maven (Debian
 # packages), the JVM servers (Apache Kafka, Neo4j, OpenSearch,
 # Elasticsearch, Cassandra: jars from Maven Central,
-# scripts/install-jvm-servers.sh), FerretDB (scripts/install-ferretdb.sh) and
-# Toxiproxy (scripts/install-toxiproxy.sh).
+# scripts/install-jvm-servers.sh), FerretDB (scripts/install-ferretdb.sh),
+# Toxiproxy (scripts/install-toxiproxy.sh) and Helm, for the chart's test
+# (scripts/install-helm.sh).
 # Extra Debian packages to install when missing may follow as arguments
 # (`package:command`, e.g. chromium-driver:chromedriver).
 # Used by scripts/test.sh and scripts/demo.sh --all.
@@ -38,3 +39,4 @@ fi
 scripts/install-jvm-servers.sh
 scripts/install-ferretdb.sh >/dev/null
 scripts/install-toxiproxy.sh >/dev/null
+scripts/install-helm.sh >/dev/null

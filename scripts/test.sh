@@ -3,8 +3,8 @@
 #   PostgreSQL 15 and redis-server (Debian packages), a JDK 17 and Maven
 #   (Debian packages, for the JVM servers), cargo-nextest, the JVM servers
 #   (Apache Kafka, Neo4j, OpenSearch, Elasticsearch, Cassandra: jars from
-#   Maven Central, scripts/install-jvm-servers.sh), FerretDB and Toxiproxy
-#   (scripts/install-ferretdb.sh, install-toxiproxy.sh), all cached under ~/.cache/pgfanout and
+#   Maven Central, scripts/install-jvm-servers.sh), FerretDB, Toxiproxy and Helm
+#   (scripts/install-ferretdb.sh, install-toxiproxy.sh, install-helm.sh), all cached under ~/.cache/pgfanout and
 #   installed once (scripts/install-servers.sh); chromium and its WebDriver.
 # Then the version matrix: the source suites (replication, values against
 # to_jsonb, snapshot, backfill, streaming, DDL) once more on each of
