@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the JVM servers the integration tests run (Apache Kafka, Neo4j,
-# OpenSearch, Cassandra, Elasticsearch) from Maven Central into a cache, one classpath per
+# OpenSearch, Cassandra, Elasticsearch, Debezium's PostgreSQL connector in its
+# embedded engine; Apicurio Registry on request) from Maven Central into a cache, one classpath per
 # server so their dependencies never mix:
 #   ${PGFANOUT_JVM_CACHE:-$HOME/.cache/pgfanout/jvm}/<server>/{lib,classes,conf,java,.installed}
 # lib: the jars (testkit/jvm/<server>/pom.xml pins every version), classes:
@@ -10,14 +11,15 @@
 # testkit/jvm/<server>/post-install.sh runs last (Neo4j's template store).
 # Idempotent: a server whose .installed marker matches the hash of its pom,
 # launchers and config is skipped, so a warm run takes well under a second.
-# Usage: scripts/install-jvm-servers.sh [kafka|neo4j|opensearch|cassandra|elasticsearch ...]  (default: all)
+# Usage: scripts/install-jvm-servers.sh [kafka|neo4j|opensearch|cassandra|elasticsearch|debezium|apicurio ...]
+# (default: all but apicurio)
 set -euo pipefail
 self="$(readlink -f "$0")"
 cd "$(dirname "$self")/.."
 src="$PWD/testkit/jvm"
 root="${PGFANOUT_JVM_CACHE:-$HOME/.cache/pgfanout/jvm}"
 servers=("$@")
-[ ${#servers[@]} -gt 0 ] || servers=(kafka neo4j opensearch cassandra elasticsearch)
+[ ${#servers[@]} -gt 0 ] || servers=(kafka neo4j opensearch cassandra elasticsearch debezium)
 
 # Java 17: every server pinned here runs on it (Cassandra 5.0 supports 11 and 17 only).
 java_home=""

@@ -2,7 +2,7 @@
 # Runs every test, installing what is missing first:
 #   PostgreSQL 15 and redis-server (Debian packages), a JDK 17 and Maven
 #   (Debian packages, for the JVM servers), cargo-nextest, the JVM servers
-#   (Apache Kafka, Neo4j, OpenSearch, Elasticsearch, Cassandra: jars from
+#   (Apache Kafka, Neo4j, OpenSearch, Elasticsearch, Cassandra, Debezium: jars from
 #   Maven Central, scripts/install-jvm-servers.sh), FerretDB, Toxiproxy and Helm
 #   (scripts/install-ferretdb.sh, install-toxiproxy.sh, install-helm.sh), all cached under ~/.cache/pgfanout and
 #   installed once (scripts/install-servers.sh); chromium and its WebDriver.

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 pub mod cassandra;
 pub mod daemon;
+pub mod debezium;
 pub mod elasticsearch;
 pub mod ferretdb;
 pub mod jvm;
@@ -26,6 +27,7 @@ pub mod toxiproxy;
 
 pub use cassandra::CassandraNode;
 pub use daemon::Daemon;
+pub use debezium::Debezium;
 pub use elasticsearch::ElasticsearchNode;
 pub use ferretdb::FerretDb;
 pub use kafka::KafkaBroker;

@@ -10,6 +10,7 @@
 //! [`Rebalances`] when partitions are about to be taken away, so what is
 //! already durable is committed before another member takes over.
 
+pub mod debezium;
 pub mod native;
 
 use std::collections::BTreeMap;
@@ -74,7 +75,8 @@ pub enum SourceFormat {
     /// `pgfanout.*` headers).
     #[default]
     Native,
-    /// Debezium's envelope (not read yet: refused at validation).
+    /// Debezium's PostgreSQL change events, JSON with or without schemas
+    /// ([`debezium`]).
     Debezium,
 }
 
@@ -119,12 +121,6 @@ impl KafkaSourceConfig {
             if g.trim().is_empty() {
                 problems.add("group", "must not be empty (or leave it out for pgfanout-<slot>)");
             }
-        }
-        if self.format == SourceFormat::Debezium {
-            problems.add(
-                "format",
-                "debezium is not read yet; write the topics with a pgfanout Kafka sink in format: native (with its headers), and use format: native",
-            );
         }
         if self.commit_interval < Duration::from_millis(10) {
             problems.add("commit_interval", "must be at least 10ms, like 1s");
@@ -283,16 +279,17 @@ impl SourceConsumer {
         let partition = (self.name(msg.topic()), msg.partition());
         let offset = msg.offset();
         let Some(payload) = msg.payload() else {
-            let change = native::moved(msg.headers());
+            // Debezium's tombstone follows its delete event: nothing more.
+            let change = if self.format == SourceFormat::Native { native::moved(msg.headers()) } else { None };
             let raw = matches!(change, Some(Err(_))).then(|| "(a tombstone)".to_string());
             return Ok(Received { partition, offset, change, raw });
         };
         let change = match self.format {
-            SourceFormat::Native => native::decode(payload, msg.headers()),
-            SourceFormat::Debezium => Err("format debezium is not read yet".into()),
+            SourceFormat::Native => Some(native::decode(payload, msg.headers())),
+            SourceFormat::Debezium => debezium::decode(msg.key(), payload, msg.headers()),
         };
-        let raw = change.is_err().then(|| String::from_utf8_lossy(payload).into_owned());
-        Ok(Received { partition, offset, change: Some(change), raw })
+        let raw = matches!(change, Some(Err(_))).then(|| String::from_utf8_lossy(payload).into_owned());
+        Ok(Received { partition, offset, change, raw })
     }
 
     /// Commits `offsets` (the next offset to read, per partition).
@@ -396,9 +393,8 @@ mod tests {
         let problems: Vec<String> = cfg.validate().into_iter().map(|(f, m)| format!("{f}: {m}")).collect();
         assert!(problems.iter().any(|p| p.starts_with("topics[2]:")), "{problems:?}");
         assert!(!problems.iter().any(|p| p.starts_with("topics[1]")), "a ^regex is not a topic name: {problems:?}");
-        assert!(problems.iter().any(|p| p.starts_with("format:") && p.contains("native")), "{problems:?}");
         assert!(problems.iter().any(|p| p.starts_with("properties.enable.auto.commit:")), "{problems:?}");
-        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert_eq!(problems.len(), 2, "{problems:?}");
         let good =
             parse(serde_json::json!({ "brokers": "k:9092", "topics": ["cdc.items"], "properties": { "enable.auto.commit": "true" } }));
         let cc = good.client_config("g");
