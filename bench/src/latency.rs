@@ -42,7 +42,7 @@ const TICK_MS: u64 = 10;
 
 /// The sinks latency is measured for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum LatSink {
+pub(crate) enum LatSink {
     File,
     Redis,
 }
@@ -58,9 +58,7 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
     // commit waits for the WAL writer (wal_writer_delay, 200 ms) before any
     // walsender may send it, which would dominate every latency figure.
     // fsync stays off, so commits remain cheap.
-    let db = Db::start(&ctx.pg(&[("track_commit_timestamp", "on"), ("synchronous_commit", "on")])).await?;
-    db.exec("CREATE TABLE bench_lat (id bigint PRIMARY KEY, v int NOT NULL, note text NOT NULL)").await?;
-    db.exec(&format!("CREATE PUBLICATION {PUBLICATION} FOR TABLE bench_lat")).await?;
+    let db = latency_db(ctx).await?;
     let mut sinks = vec![LatSink::File];
     if ctx.redis.is_some() {
         sinks.push(LatSink::Redis);
@@ -83,7 +81,7 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
         let mut cpu = Figure::new(name, "CPU per row", "µs", Better::Lower);
         let mut rss = Figure::new(name, "peak RSS", "MB", Better::Lower).with_goal(Goal::AtMost(32.0));
         for run in 0..ctx.runs {
-            let r = one_run(ctx, &db, sink, rate_offered, run).await?;
+            let r = one_run(ctx, &db, sink, rate_offered, run, None).await?;
             eprintln!(
                 "  {name} run {}/{}: {} samples at {:.0} rows/s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, {:.2} µs CPU/row, {} MB",
                 run + 1,
@@ -108,20 +106,41 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
     Ok(figures)
 }
 
-struct RunResult {
-    samples: usize,
-    rate: f64,
-    p50: f64,
-    p99: f64,
-    max: f64,
-    cpu_us_per_row: f64,
-    rss_mb: f64,
+pub(crate) struct RunResult {
+    pub samples: usize,
+    pub rate: f64,
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+    pub cpu_us_per_row: f64,
+    pub rss_mb: f64,
 }
 
-async fn one_run(ctx: &Ctx, db: &Db, sink: LatSink, rate: u64, run: usize) -> Result<RunResult> {
+/// The latency table and its publication, in a cluster with the settings
+/// latency needs (commit timestamps, synchronous commit).
+pub(crate) async fn latency_db(ctx: &Ctx) -> Result<Db> {
+    let db = Db::start(&ctx.pg(&[("track_commit_timestamp", "on"), ("synchronous_commit", "on")])).await?;
+    db.exec("CREATE TABLE bench_lat (id bigint PRIMARY KEY, v int NOT NULL, note text NOT NULL)").await?;
+    db.exec(&format!("CREATE PUBLICATION {PUBLICATION} FOR TABLE bench_lat")).await?;
+    Ok(db)
+}
+
+/// One run at `rate` changes/s. `via`: the changes go the long way, a
+/// pgfanout reader writing them to a Kafka topic (`format: native`) and one
+/// applier (`source.kafka`) writing them to the sink; the figures are then
+/// commit to durable in the sink across both, CPU and RSS both processes'.
+pub(crate) async fn one_run(
+    ctx: &Ctx,
+    db: &Db,
+    sink: LatSink,
+    rate: u64,
+    run: usize,
+    via: Option<&testkit::KafkaBroker>,
+) -> Result<RunResult> {
     db.exec("TRUNCATE bench_lat").await?;
     let rows_per_tick = rate * TICK_MS / 1000;
-    let slot = format!("lat_{}_{rate}_{run}", if sink == LatSink::File { "file" } else { "redis" });
+    let slot =
+        format!("lat_{}_{rate}_{run}{}", if sink == LatSink::File { "file" } else { "redis" }, if via.is_some() { "_kafka" } else { "" });
     db.prepare_drain(&[]).await?;
     db.create_slot(&slot).await?;
     let out = ctx.dir.join(format!("{slot}.jsonl"));
@@ -148,13 +167,41 @@ async fn one_run(ctx: &Ctx, db: &Db, sink: LatSink, rate: u64, run: usize) -> Re
         }
     };
     let cfg = FanoutConfig { slot: &slot, table: "bench_lat", sink: sink_yaml, mapping, http_listen: None, batch_size: None };
-    let mut fanout = Fanout::spawn(&ctx.bin, &ctx.dir, db, &cfg)?;
+    let (mut fanout, mut applier) = match via {
+        None => (Fanout::spawn(&ctx.bin, &ctx.dir, db, &cfg)?, None),
+        Some(broker) => {
+            let topic = format!("lat.{slot}");
+            let reader = FanoutConfig {
+                slot: &slot,
+                table: "bench_lat",
+                sink: format!("{{ type: kafka, brokers: \"{}\", topics: {{ partitions: 1 }} }}", broker.bootstrap()),
+                mapping: format!("    kafka: {{ topic: {topic}, key: \"{{id}}\", format: native, tombstones: true }}\n"),
+                http_listen: None,
+                batch_size: None,
+            };
+            let yaml = cfg.yaml(db, &ctx.dir).replacen(
+                "sinks:\n",
+                &format!(
+                    "  kafka:\n    brokers: \"{}\"\n    topics: [{topic}]\n    group: {slot}\n    commit_interval: 200ms\n    properties: {{ fetch.wait.max.ms: \"5\" }}\nsinks:\n",
+                    broker.bootstrap()
+                ),
+                1,
+            );
+            let applier = Fanout::spawn_yaml(&ctx.bin, &ctx.dir, &format!("{slot}_applier"), &yaml, "warn")?;
+            (Fanout::spawn(&ctx.bin, &ctx.dir, db, &reader)?, Some(applier))
+        }
+    };
 
-    // Warm up: one row, wait until pgfanout has confirmed it (it is streaming).
+    // Warm up: one row, wait until pgfanout has confirmed it (it is
+    // streaming), and until the applier has written it.
     db.exec("INSERT INTO bench_lat VALUES (0, 0, 'warm-up')").await?;
     let end = db.end_lsn().await?;
     fanout.wait_confirmed(db, &slot, end, Duration::from_secs(60)).await?;
+    if let Some(a) = applier.as_mut() {
+        wait_sink_rows(ctx, sink, &out, 1, a).await?;
+    }
     let before = fanout.usage()?;
+    let applier_before = applier.as_ref().map(Fanout::usage).transpose()?;
 
     // Steady load: rows_per_tick rows in one transaction every TICK_MS.
     let insert = db
@@ -176,8 +223,17 @@ async fn one_run(ctx: &Ctx, db: &Db, sink: LatSink, rate: u64, run: usize) -> Re
     let rows = ticks * rows_per_tick;
     let end = db.end_lsn().await?;
     fanout.wait_confirmed(db, &slot, end, Duration::from_secs(120)).await?;
-    let after = fanout.usage()?;
+    if let Some(a) = applier.as_mut() {
+        wait_sink_rows(ctx, sink, &out, rows + 1, a).await?;
+    }
+    let mut after = fanout.usage()?;
     fanout.stop();
+    if let (Some(mut a), Some(b)) = (applier.take(), applier_before) {
+        let u = a.usage()?;
+        after.cpu_seconds += u.cpu_seconds - b.cpu_seconds;
+        after.peak_rss_kib = after.peak_rss_kib.max(u.peak_rss_kib);
+        a.stop();
+    }
     stop.store(true, Ordering::Release);
 
     let mut lat_us: Vec<i64> = match collector {
@@ -218,6 +274,34 @@ async fn one_run(ctx: &Ctx, db: &Db, sink: LatSink, rate: u64, run: usize) -> Re
         cpu_us_per_row: (after.cpu_seconds - before.cpu_seconds) * 1e6 / rows as f64,
         rss_mb: after.peak_rss_kib as f64 / 1024.0,
     })
+}
+
+/// Waits (up to 120 s) until the applier's sink holds `rows` rows: the
+/// file's lines, or the Redis key of row id `rows - 1` (the last one
+/// written; the topic has one partition, so it comes last).
+async fn wait_sink_rows(ctx: &Ctx, sink: LatSink, out: &std::path::Path, rows: u64, applier: &mut Fanout) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        let n = match sink {
+            LatSink::Redis => {
+                let r = ctx.redis.as_ref().context("redis-server is not running")?;
+                match resp::Conn::connect(r.port)?.cmd(&["EXISTS", &format!("lat:{}", rows - 1)])? {
+                    resp::Reply::Int(1) => rows,
+                    resp::Reply::Int(_) => 0,
+                    other => bail!("EXISTS: {other:?}"),
+                }
+            }
+            LatSink::File => std::fs::read(out).map(|b| b.iter().filter(|&&c| c == b'\n').count() as u64).unwrap_or(0),
+        };
+        if n >= rows {
+            return Ok(());
+        }
+        applier.check_running()?;
+        if start.elapsed() > Duration::from_secs(120) {
+            bail!("the applier wrote {n} of {rows} rows in 120 s; log:\n{}", crate::tools::tail(&applier.log_path));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// Row id -> µs since the epoch when Redis applied it.

@@ -11,6 +11,7 @@
 //!
 //! Run: `cargo run --release -p pgfanout-bench -- [--quick] [--workloads ...]`.
 
+mod appliers;
 mod db;
 mod documents;
 mod feed;
@@ -51,6 +52,7 @@ const ALL_WORKLOADS: &[&str] = &[
     "latency",
     "snapshot",
     "large-txn",
+    "appliers",
 ];
 
 /// Benchmark pgfanout against pg_recvlogical on this machine.
@@ -58,8 +60,8 @@ const ALL_WORKLOADS: &[&str] = &[
 #[command(name = "pgfanout-bench", version)]
 struct Args {
     /// Comma-separated workloads: stream-big, stream-small, mixed, redis,
-    /// kafka, kafka-eos, search, feed, graph, documents, latency, snapshot, large-txn (default:
-    /// all).
+    /// kafka, kafka-eos, search, feed, graph, documents, latency, snapshot, large-txn,
+    /// appliers (default: all).
     #[arg(long, value_delimiter = ',')]
     workloads: Vec<String>,
     /// Row changes per throughput workload.
@@ -145,12 +147,16 @@ fn main() -> Result<()> {
 async fn run(args: Args, workloads: Vec<String>, bin: PathBuf) -> Result<()> {
     let scratch = testkit::scratch_dir("pgfanout-bench-");
     let wants = |w: &str| workloads.iter().any(|x| x == w);
-    let redis = if (wants("redis") || wants("latency")) && Path::new("/usr/bin/redis-server").exists() {
+    let redis = if (wants("redis") || wants("latency") || wants("appliers")) && Path::new("/usr/bin/redis-server").exists() {
         Some(testkit::RedisServer::start())
     } else {
         None
     };
-    let kafka = if (wants("kafka") || wants("kafka-eos")) && kafka_installed() { Some(testkit::KafkaBroker::start()) } else { None };
+    let kafka = if (wants("kafka") || wants("kafka-eos") || wants("appliers")) && kafka_installed() {
+        Some(testkit::KafkaBroker::start())
+    } else {
+        None
+    };
     let ctx = Ctx {
         bin: tools::Program {
             bin: bin.clone(),
@@ -205,6 +211,8 @@ async fn run(args: Args, workloads: Vec<String>, bin: PathBuf) -> Result<()> {
             "latency" => latency::run(&ctx).await,
             "snapshot" => snapshot::run(&ctx).await,
             "large-txn" => large::run(&ctx).await,
+            "appliers" if ctx.kafka.is_some() => appliers::run(&ctx).await,
+            "appliers" => Ok(vec![not_available("appliers", "n/a: Kafka not installed (scripts/install-jvm-servers.sh kafka)")]),
             _ => unreachable!("checked above"),
         };
         match result {

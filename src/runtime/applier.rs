@@ -134,6 +134,10 @@ impl Offsets {
     }
 }
 
+/// How often the durable offsets of held partitions are committed again,
+/// changed or not (see the main loop).
+const RECOMMIT: Duration = Duration::from_secs(1);
+
 /// [`Offsets`] shared with the consumer's rebalance callbacks.
 struct Shared(Mutex<Offsets>);
 
@@ -163,6 +167,15 @@ impl Rebalances for Shared {
 
     fn assigned(&self, partitions: &[Partition]) {
         self.lock().assigned.extend(partitions.iter().cloned());
+    }
+
+    fn commit_failed(&self, offsets: &[(Partition, i64)]) {
+        let mut o = self.lock();
+        for (p, offset) in offsets {
+            if o.committed.get(p) == Some(offset) {
+                o.committed.remove(p);
+            }
+        }
     }
 
     fn lag(&self, partition: &Partition, lag: i64) {
@@ -235,12 +248,23 @@ pub async fn run(
     commits.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut names = Names::new();
     let mut errors_in_a_row = 0u32;
+    let mut recommitted = Instant::now();
     loop {
         let flush_at = burst.since.map(|t| tokio::time::Instant::from_std(t + linger));
         tokio::select! {
             biased;
             _ = shutdown.changed() => break,
-            _ = commits.tick() => commit(&consumer, &shared, &burst.offsets, false),
+            _ = commits.tick() => {
+                // Every RECOMMIT, what is durable is committed again: an
+                // asynchronous commit refused by a rebalance under way is
+                // not always reported, and a partition that receives
+                // nothing more would keep its committed offset short.
+                if recommitted.elapsed() >= RECOMMIT {
+                    shared.lock().committed.clear();
+                    recommitted = Instant::now();
+                }
+                commit(&consumer, &shared, &burst.offsets, false)
+            }
             _ = async { tokio::time::sleep_until(flush_at.unwrap_or_else(tokio::time::Instant::now)).await }, if flush_at.is_some() => {
                 if !flush(&mut burst, &mut sinks, &shared, &mut shutdown).await? {
                     break;
@@ -558,5 +582,23 @@ mod tests {
         assert_eq!(due, vec![(p(0), 6)]);
         a.advance(s2);
         assert_eq!(shared.lock().due(None), vec![(p(1), 9)], "partition 0 is another member's now");
+    }
+
+    #[test]
+    fn a_failed_commit_is_made_again_even_when_nothing_more_arrives() {
+        let a = DurableSeq::default();
+        let shared = Shared(Mutex::new(Offsets::new(vec![a.clone()])));
+        shared.assigned(&[p(0), p(1)]);
+        a.advance(shared.lock().register(vec![(p(0), 5), (p(1), 7)]));
+        let mut due = shared.lock().due(None);
+        due.sort();
+        assert_eq!(due, vec![(p(0), 6), (p(1), 8)]);
+        // The asynchronous commit of partition 0 is refused (a rebalance
+        // began): the next tick commits it again.
+        shared.commit_failed(&[(p(0), 6)]);
+        assert_eq!(shared.lock().due(None), vec![(p(0), 6)]);
+        // A failure of an older commit does not undo a newer one.
+        shared.commit_failed(&[(p(1), 3)]);
+        assert!(shared.lock().due(None).is_empty());
     }
 }

@@ -142,7 +142,8 @@ fn change(
 ) -> Result<Change, String> {
     let source = env.source.ok_or("a Debezium event without its source block")?;
     let op = match op {
-        "c" | "r" => Op::Insert,
+        "c" => Op::Insert,
+        "r" => Op::Read,
         "u" => Op::Update,
         "d" => Op::Delete,
         "t" => Op::Truncate,
@@ -153,7 +154,19 @@ fn change(
     let mut unchanged = Vec::new();
     let after = match env.after {
         Some(Json::Null) | None => None,
-        Some(v) => Some(row(v, side("after"), Some(&mut unchanged))?),
+        Some(v) => {
+            let r = row(v, side("after"), Some(&mut unchanged))?;
+            // A column the schema lists but the row lacks was left out, as
+            // an unchanged TOASTed value is.
+            for f in side("after").map(|s| s.fields.as_slice()).unwrap_or_default() {
+                if let Some(name) = f.field.as_deref() {
+                    if !r.0.iter().any(|(n, _)| &**n == name) && !unchanged.iter().any(|u| &**u == name) {
+                        unchanged.push(Arc::from(name));
+                    }
+                }
+            }
+            Some(r)
+        }
     };
     let before = match env.before {
         Some(Json::Null) | None => None,
@@ -164,9 +177,12 @@ fn change(
         _ => None,
     };
     // Default replica identity: Debezium's `before` of a delete is the key
-    // with every other column null; pgoutput sends the key alone.
+    // with every other column null; pgoutput sends the key alone (its own
+    // values: after a key change, the old key).
     let before = match (before, &key_row) {
-        (Some(b), Some(k)) if b.0.iter().all(|(n, v)| *v == Value::Null || k.0.iter().any(|(kn, _)| kn == n)) => Some(k.clone()),
+        (Some(b), Some(k)) if b.0.iter().all(|(n, v)| *v == Value::Null || k.0.iter().any(|(kn, _)| kn == n)) => {
+            Some(Row(b.0.into_iter().filter(|(n, _)| k.0.iter().any(|(kn, _)| kn == n)).collect()))
+        }
         (b, _) => b,
     };
     // A key change: the create of the new key names the old one.
@@ -503,7 +519,7 @@ mod tests {
         assert_eq!((c.commit_lsn, c.ordinal), (Lsn(26381056), 1u32 << 31));
         let read = event("r", ROW, "null", r#"[null,\"26381056\"]"#, "null");
         let c = decode(Some(KEY.as_bytes()), read.as_bytes(), None).unwrap().unwrap();
-        assert_eq!((c.op, c.commit_lsn, c.ordinal, c.xid, c.commit_ts), (Op::Insert, Lsn(0), 0, None, None));
+        assert_eq!((c.op, c.commit_lsn, c.ordinal, c.xid, c.commit_ts), (Op::Read, Lsn(0), 0, None, None));
     }
 
     #[test]
@@ -531,6 +547,46 @@ mod tests {
         let after = c.after.unwrap();
         assert_eq!(after.0[1].1, Value::Number("1.50".into()));
         assert_eq!(after.0[2].1, Value::String("x".into()));
+    }
+
+    #[test]
+    fn pgfanouts_own_debezium_envelope_reads_back() {
+        let key = |id: &str| Row(vec![("id".into(), Value::Number(id.into()))]);
+        let moved = Change {
+            op: Op::Update,
+            schema: "public".into(),
+            table: "items".into(),
+            key: Some(key("1")),
+            before: Some(key("1")),
+            after: Some(Row(vec![("id".into(), Value::Number("2".into())), ("n".into(), Value::Number("1.50".into()))])),
+            unchanged_toast: vec![],
+            lsn: Lsn(0x100),
+            commit_lsn: Lsn(0x180),
+            ordinal: 0,
+            xid: Some(9),
+            commit_ts: Some(1),
+        };
+        let mut out = Vec::new();
+        crate::debezium::write_envelope(&mut out, &moved, &Default::default(), 5);
+        let c = decode(Some(br#"{"id":2}"#), &out, None).unwrap().unwrap();
+        assert_eq!(
+            (c.op, c.before.as_ref(), c.after.as_ref(), c.commit_lsn),
+            (Op::Update, Some(&key("1")), moved.after.as_ref(), Lsn(0x180))
+        );
+        assert!(c.ordinal < 1 << 31, "a change comes before its commit");
+        let del = Change { op: Op::Delete, after: None, key: Some(key("2")), before: Some(key("2")), ..moved };
+        out.clear();
+        crate::debezium::write_envelope(&mut out, &del, &Default::default(), 5);
+        let c = decode(Some(br#"{"id":2}"#), &out, None).unwrap().unwrap();
+        assert_eq!((c.op, c.before.as_ref()), (Op::Delete, Some(&key("2"))));
+    }
+
+    #[test]
+    fn a_column_the_schema_lists_and_the_row_lacks_is_unchanged() {
+        let row = ROW.replace(r#""t":"__debezium_unavailable_value","#, "");
+        let e = event("u", &row, "null", r#"[\"1\",\"2\"]"#, "null");
+        let c = decode(Some(KEY.as_bytes()), e.as_bytes(), None).unwrap().unwrap();
+        assert_eq!(c.unchanged_toast, vec![Arc::<str>::from("t")]);
     }
 
     #[test]

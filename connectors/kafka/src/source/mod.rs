@@ -168,6 +168,11 @@ pub trait Rebalances: Send + Sync + 'static {
     fn assigned(&self, partitions: &[Partition]);
     /// The consumer lag of a partition, from the client's statistics.
     fn lag(&self, partition: &Partition, lag: i64);
+    /// Committing these offsets failed (an asynchronous commit refused, e.g.
+    /// by a rebalance that began meanwhile): they must be committed again,
+    /// or a partition that receives nothing more keeps its committed offset
+    /// short of what is durable.
+    fn commit_failed(&self, offsets: &[(Partition, i64)]);
 }
 
 /// The consumer's context: calls [`Rebalances`].
@@ -195,6 +200,21 @@ fn partitions(tpl: &TopicPartitionList) -> Vec<Partition> {
 }
 
 impl ConsumerContext for Hooked {
+    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            let failed: Vec<(Partition, i64)> = offsets
+                .elements()
+                .iter()
+                .filter_map(|e| match e.offset() {
+                    Offset::Offset(o) => Some(((Arc::from(e.topic()), e.partition()), o)),
+                    _ => None,
+                })
+                .collect();
+            warn!(error = %e, offsets = ?failed, "kafka source: a commit failed; it is made again");
+            self.hooks.commit_failed(&failed);
+        }
+    }
+
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             let parts = partitions(tpl);
