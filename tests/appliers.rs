@@ -348,6 +348,30 @@ async fn three_appliers_with_a_kill_and_a_join_feed_redis_and_opensearch_equal_t
         |a: &testkit::Daemon| a.log().lines().filter(|l| l.contains("partitions")).map(|l| l.to_string()).collect::<Vec<_>>().join("\n");
     println!("rebalances:\n{}", appliers.iter().map(moves).collect::<Vec<_>>().join("\n--\n"));
     assert!([0, 2].iter().any(|&a| appliers[a].log().contains("partitions revoked")), "no partition moved to a4");
+    // verify with an applier's config: the stores equal the table. Then,
+    // with every applier paused, a new row is in Kafka (the reader's slot
+    // has passed it) but in no store: verify's recheck waits for the group,
+    // not the slot, and says it could not settle. Resumed, it is equal.
+    let a1_config = appliers[0].config_path.clone();
+    let (code, report, text) = tokio::task::block_in_place(|| run_verify(&a1_config, "30s", &[]));
+    assert_eq!(code, 0, "verify through an applier's config: {text}");
+    assert_eq!(pipeline_report(&report, "docs")["rechecked"], true, "{report}");
+    let live: Vec<usize> = appliers.iter_mut().enumerate().filter_map(|(i, a)| a.is_running().then_some(i)).collect();
+    for &i in &live {
+        appliers[i].signal("STOP");
+    }
+    c.batch_execute("INSERT INTO items VALUES (100000, 1.5, NULL, NULL, 'paused')").await.unwrap();
+    wait_confirmed(&c, "appliers", &reader, Duration::from_secs(30)).await;
+    let (code, report, text) = tokio::task::block_in_place(|| run_verify(&a1_config, "3s", &[]));
+    for &i in &live {
+        appliers[i].signal("CONT");
+    }
+    assert_eq!(code, 1, "the paused appliers' stores lack the row: {text}");
+    let rows = pipeline_report(&report, "rows");
+    assert_eq!(rows["rechecked"], false, "the group had not passed the row, so verify could not settle: {report}");
+    let (code, _, text) = tokio::task::block_in_place(|| run_verify(&a1_config, "60s", &[]));
+    assert_eq!(code, 0, "resumed, the stores have the row: {text}");
+
     // Read-your-writes across the group: a1's /wait answers once the
     // reader and every partition's owner have a write, whichever applier
     // holds the row's partition.

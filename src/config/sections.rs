@@ -43,6 +43,16 @@ pub struct SourceConfig {
     pub kafka: Option<KafkaSource>,
 }
 
+#[cfg(feature = "kafka")]
+impl SourceConfig {
+    /// The appliers' consumer group: `source.kafka.group`, default
+    /// `pgfanout-<slot>`; `None` without `source.kafka`.
+    pub fn kafka_group(&self) -> Option<String> {
+        let k = self.kafka.as_ref()?;
+        Some(k.group.clone().unwrap_or_else(|| format!("pgfanout-{}", self.postgres.slot)))
+    }
+}
+
 /// `source.kafka`'s settings.
 #[cfg(feature = "kafka")]
 pub type KafkaSource = pgfanout_kafka::source::KafkaSourceConfig;

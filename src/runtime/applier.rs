@@ -222,7 +222,7 @@ pub async fn run(
     health: Arc<Health>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), RunError> {
-    let group = kafka.group.clone().unwrap_or_else(|| format!("pgfanout-{}", cfg.source.postgres.slot));
+    let group = cfg.source.kafka_group().unwrap_or_default();
     let shared = Arc::new(Shared(Mutex::new(Offsets::new(std::mem::take(&mut sinks.durable)))));
     let consumer = SourceConsumer::subscribe(kafka, &group, shared.clone()).map_err(|e| RunError::Config(format!("source.kafka: {e}")))?;
     info!(group = %group, topics = ?kafka.topics, "kafka source: joined the consumer group");

@@ -275,13 +275,46 @@ impl Ctx<'_> {
                 .map_err(|e| e.to_string())?;
             let confirmed: Option<Lsn> = row.and_then(|r| r.get::<_, Option<String>>(0)).and_then(|s| s.parse().ok());
             if confirmed.is_some_and(|c| c >= position) {
-                return Ok(true);
+                return self.group_settled(deadline).await;
             }
             if Instant::now() >= deadline {
                 return Ok(false);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// With `source.kafka` (an applier's config) the slot's position only
+    /// says the changes are in Kafka: then wait until the appliers' group
+    /// has committed every partition up to the end offsets read now, which
+    /// it does once the stores have the records (the way `/wait` answers
+    /// for a group). False when `deadline` passes first.
+    #[cfg(feature = "kafka")]
+    async fn group_settled(&self, deadline: Instant) -> Result<bool, String> {
+        let (Some(kafka), Some(group)) = (self.cfg.source.kafka.clone(), self.cfg.source.kafka_group()) else {
+            return Ok(true);
+        };
+        tokio::task::spawn_blocking(move || {
+            let watch = pgfanout_kafka::source::GroupWatch::new(&kafka, &group).map_err(|e| format!("source.kafka: {e}"))?;
+            let timeout = Duration::from_secs(10);
+            let ends = watch.ends(timeout).map_err(|e| format!("source.kafka: the topics' end offsets: {e}"))?;
+            loop {
+                if watch.reached(&ends, timeout).map_err(|e| format!("source.kafka: the group's offsets: {e}"))? {
+                    return Ok(true);
+                }
+                if Instant::now() >= deadline {
+                    return Ok(false);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    #[cfg(not(feature = "kafka"))]
+    async fn group_settled(&self, _deadline: Instant) -> Result<bool, String> {
+        Ok(true)
     }
 
     /// Checks the divergent entries again: their rows are read again under
