@@ -363,6 +363,8 @@ async fn three_appliers_with_a_kill_and_a_join_feed_redis_and_opensearch_equal_t
     c.batch_execute("INSERT INTO items VALUES (100000, 1.5, NULL, NULL, 'paused')").await.unwrap();
     wait_confirmed(&c, "appliers", &reader, Duration::from_secs(30)).await;
     let (code, report, text) = tokio::task::block_in_place(|| run_verify(&a1_config, "3s", &[]));
+    // `status` with an applier's config shows the group's lag: the row.
+    let (status_code, shown) = tokio::task::block_in_place(|| status_of(&a1_config));
     for &i in &live {
         appliers[i].signal("CONT");
     }
@@ -371,6 +373,31 @@ async fn three_appliers_with_a_kill_and_a_join_feed_redis_and_opensearch_equal_t
     assert_eq!(rows["rechecked"], false, "the group had not passed the row, so verify could not settle: {report}");
     let (code, _, text) = tokio::task::block_in_place(|| run_verify(&a1_config, "60s", &[]));
     assert_eq!(code, 0, "resumed, the stores have the row: {text}");
+    assert_eq!(status_code, 0, "{shown}");
+    assert!(shown.contains("kafka group       appliers ("), "{shown}");
+    assert!(kafka_lag(&shown) >= 1, "the paused group has not applied the row: {shown}");
+    // Resumed, the group is stable again with every live applier, which
+    // `status` and `doctor` both say.
+    let members = format!("(Stable, {} member(s))", live.len());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let shown = loop {
+        let (_, shown) = tokio::task::block_in_place(|| status_of(&a1_config));
+        if shown.contains(&members) && kafka_lag(&shown) == 0 || Instant::now() > deadline {
+            break shown;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    println!("status:\n{shown}");
+    assert!(shown.contains(&members), "{shown}");
+    assert_eq!(kafka_lag(&shown), 0, "{shown}");
+    let owned =
+        shown.lines().filter(|l| l.starts_with("member ")).flat_map(|l| l.matches(&format!("{TOPIC}/")).collect::<Vec<_>>()).count();
+    assert_eq!(owned, 6, "every partition is assigned to one member: {shown}");
+    let doctor = tokio::task::block_in_place(|| std::process::Command::new(bin()).args(["doctor", "-c"]).arg(&a1_config).output().unwrap());
+    let said = String::from_utf8_lossy(&doctor.stdout);
+    assert!(doctor.status.success(), "{said}{}", String::from_utf8_lossy(&doctor.stderr));
+    assert!(said.contains(&format!("ok    source.kafka: topics {TOPIC} (6 partition(s))")), "{said}");
+    assert!(said.contains(&format!("ok    group appliers: {} applier(s), state Stable", live.len())), "{said}");
 
     // Read-your-writes across the group: a1's /wait answers once the
     // reader and every partition's owner have a write, whichever applier
@@ -394,4 +421,15 @@ async fn three_appliers_with_a_kill_and_a_join_feed_redis_and_opensearch_equal_t
         assert!(status.success(), "{}", a.log());
     }
     println!("sampled {samples} versions; none went back");
+}
+
+/// `pgfanout status -c config`: its exit code and stdout.
+fn status_of(config: &Path) -> (i32, String) {
+    let out = std::process::Command::new(bin()).args(["status", "-c"]).arg(config).output().unwrap();
+    (out.status.code().unwrap_or(-1), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// The `kafka_lag` line of `status`; -1 when missing.
+fn kafka_lag(shown: &str) -> i64 {
+    shown.lines().find_map(|l| l.strip_prefix("kafka_lag")).and_then(|v| v.trim().parse().ok()).unwrap_or(-1)
 }

@@ -125,6 +125,9 @@ pub async fn doctor(cfg: &Config) -> Report {
         .map(|row| (row.get::<_, String>(0), row.get::<_, bool>(1)));
     match role {
         Ok((name, true)) => r.ok(&format!("role {name} has REPLICATION")),
+        Ok((name, false)) if cfg.source.kafka.is_some() => {
+            r.ok(&format!("role {name} lacks REPLICATION, which an applier does not need (the reader's role does)"))
+        }
         Ok((name, false)) => r.fail(&format!("role {name} lacks the REPLICATION attribute"), &format!("ALTER ROLE {name} REPLICATION;")),
         Err(e) => r.fail(&format!("cannot read the role: {e}"), "check the connection user"),
     }
@@ -205,6 +208,7 @@ pub async fn doctor(cfg: &Config) -> Report {
     if let Ok(info) = slot::server_info(&client).await {
         failover_checks(&mut r, cfg, &opts, &client, info.version_num / 10_000).await;
     }
+    group_checks(&mut r, cfg).await;
     for (name, checks) in check_all(cfg).await {
         for check in checks {
             match check.problem {
@@ -362,6 +366,63 @@ async fn failover_checks(
         }
     }
 }
+
+/// With `source.kafka` (an applier's config): the brokers answer, the
+/// topics exist, and the consumer group's state and lag.
+#[cfg(feature = "kafka")]
+async fn group_checks(r: &mut Checks, cfg: &Config) {
+    let (Some(kafka), Some(group)) = (cfg.source.kafka.clone(), cfg.source.kafka_group()) else {
+        return;
+    };
+    let brokers = kafka.brokers.clone();
+    let topics = kafka.topics.join(", ");
+    let described = tokio::task::spawn_blocking(move || {
+        let watch = pgfanout_kafka::source::GroupWatch::new(&kafka, &group).map_err(|e| e.to_string())?;
+        watch.describe(std::time::Duration::from_secs(10)).map_err(|e| e.to_string()).map(|v| (group, v))
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|x| x);
+    let (group, view) = match described {
+        Ok(x) => x,
+        Err(e) => {
+            r.fail(
+                &format!("source.kafka: cannot reach the brokers {brokers}: {e}"),
+                "check source.kafka.brokers, its tls and sasl settings, and that the brokers are running",
+            );
+            return;
+        }
+    };
+    r.ok(&format!("source.kafka: brokers {brokers} answer"));
+    if view.partitions.is_empty() {
+        r.warn(
+            &format!("source.kafka: no topic matches {topics} yet"),
+            "nothing to do if the reader has not written yet (its kafka sink creates the topic); otherwise fix source.kafka.topics to name the reader's topics",
+        );
+        return;
+    }
+    let shown: Vec<String> = view.topics().iter().map(|(t, n)| format!("{t} ({n} partition(s))")).collect();
+    r.ok(&format!("source.kafka: topics {}", shown.join(", ")));
+    if view.members.is_empty() {
+        r.warn(
+            &format!("group {group}: no applier is a member (state {}), {} record(s) not yet applied", view.state, view.lag()),
+            "start `pgfanout run` with this configuration (one or more appliers)",
+        );
+    } else {
+        r.ok(&format!("group {group}: {} applier(s), state {}, {} record(s) not yet applied", view.members.len(), view.state, view.lag()));
+    }
+    let gone: Vec<String> =
+        view.partitions.iter().filter(|p| p.committed.is_some_and(|c| c < p.low)).map(|p| format!("{}/{}", p.topic, p.partition)).collect();
+    if !gone.is_empty() {
+        r.fail(
+            &format!("group {group}: partitions {} lost records to retention before the group applied them", gone.join(", ")),
+            "the stores miss those changes: run `pgfanout verify --repair`, and raise the topics' retention.ms above the appliers' longest outage",
+        );
+    }
+}
+
+#[cfg(not(feature = "kafka"))]
+async fn group_checks(_r: &mut Checks, _cfg: &Config) {}
 
 /// For `doctor`: per sink, its checks as (what, problem or None).
 async fn check_all(cfg: &Config) -> Vec<(String, Vec<pgfanout_sdk::Check>)> {

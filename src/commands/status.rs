@@ -53,6 +53,7 @@ pub async fn status(cfg: &Config) -> Report {
         Ok(None) => {}
         Err(e) => r.complain(format_args!("cannot read pgfanout.leases: {e}")),
     }
+    group_status(cfg, &mut r).await;
     match sink_positions(&cfg.http.listen).await {
         Some(positions) if !positions.is_empty() => {
             for (sink, lsn) in positions {
@@ -63,6 +64,46 @@ pub async fn status(cfg: &Config) -> Report {
     }
     r
 }
+
+/// With `source.kafka` (an applier's config): the consumer group's state,
+/// its members and their partitions, and the lag of every partition.
+#[cfg(feature = "kafka")]
+async fn group_status(cfg: &Config, r: &mut Report) {
+    let (Some(kafka), Some(group)) = (cfg.source.kafka.clone(), cfg.source.kafka_group()) else {
+        return;
+    };
+    let described = tokio::task::spawn_blocking(move || {
+        let watch = pgfanout_kafka::source::GroupWatch::new(&kafka, &group).map_err(|e| e.to_string())?;
+        watch.describe(std::time::Duration::from_secs(10)).map_err(|e| e.to_string()).map(|v| (group, v))
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|x| x);
+    let (group, view) = match described {
+        Ok(x) => x,
+        Err(e) => {
+            r.complain(format_args!("source.kafka: cannot describe the consumer group: {e}"));
+            r.exit = Exit::Failed;
+            return;
+        }
+    };
+    let state = if view.state.is_empty() { "unknown to the coordinator" } else { &view.state };
+    r.say(format_args!("kafka group       {group} ({state}, {} member(s))", view.members.len()));
+    for m in &view.members {
+        r.say(format_args!("member            {} {} [{}]", m.client_id, m.host, m.assigned.join(", ")));
+    }
+    for p in &view.partitions {
+        let committed = p.committed.map_or("none".to_string(), |c| c.to_string());
+        r.say(format_args!("partition         {}/{} committed {committed} end {} lag {}", p.topic, p.partition, p.end, p.lag()));
+    }
+    if view.partitions.is_empty() {
+        r.say("partition         (no topic matches source.kafka.topics yet: the reader creates it on its first write)");
+    }
+    r.say(format_args!("kafka_lag         {}", view.lag()));
+}
+
+#[cfg(not(feature = "kafka"))]
+async fn group_status(_cfg: &Config, _r: &mut Report) {}
 
 /// Reads the per-sink durable positions from the daemon's `/status`.
 async fn sink_positions(listen: &str) -> Option<Vec<(String, Lsn)>> {

@@ -347,12 +347,132 @@ impl SourceConsumer {
 pub struct GroupWatch {
     client: BaseConsumer,
     topics: Vec<String>,
+    group: String,
+}
+
+/// A group as `status` and `doctor` show it: its state, its members with
+/// the partitions each was assigned, and every partition's lag.
+#[derive(Debug, Clone, Default)]
+pub struct GroupView {
+    /// The coordinator's state (`Stable`, `PreparingRebalance`,
+    /// `CompletingRebalance`, `Empty`, `Dead`).
+    pub state: String,
+    pub members: Vec<GroupMember>,
+    /// Every partition of the matched topics, in topic and partition order.
+    pub partitions: Vec<PartitionLag>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMember {
+    pub client_id: String,
+    pub host: String,
+    /// `topic/partition`, as the group's leader assigned them.
+    pub assigned: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionLag {
+    pub topic: String,
+    pub partition: i32,
+    /// The group's committed offset; `None` when it never committed one.
+    pub committed: Option<i64>,
+    /// The first offset still in the log.
+    pub low: i64,
+    /// The next offset to be written.
+    pub end: i64,
+}
+
+impl PartitionLag {
+    /// Records in the log the group has not committed yet.
+    pub fn lag(&self) -> i64 {
+        (self.end - self.committed.unwrap_or(self.low).max(self.low)).max(0)
+    }
+}
+
+impl GroupView {
+    pub fn lag(&self) -> i64 {
+        self.partitions.iter().map(PartitionLag::lag).sum()
+    }
+
+    /// The matched topics with their partition counts, in name order.
+    pub fn topics(&self) -> Vec<(String, usize)> {
+        let mut out: Vec<(String, usize)> = Vec::new();
+        for p in &self.partitions {
+            match out.last_mut() {
+                Some((t, n)) if *t == p.topic => *n += 1,
+                _ => out.push((p.topic.clone(), 1)),
+            }
+        }
+        out
+    }
+}
+
+/// A member's assignment, as the consumer protocol encodes it: version
+/// (i16), an array (i32 count) of topics (i16-length name, i32 count of
+/// i32 partitions), then user data. `None` when it does not parse.
+fn member_assignment(bytes: &[u8]) -> Option<Vec<String>> {
+    fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        if b.len() < n {
+            return None;
+        }
+        let (head, rest) = b.split_at(n);
+        *b = rest;
+        Some(head)
+    }
+    fn int(b: &mut &[u8]) -> Option<i32> {
+        Some(i32::from_be_bytes(take(b, 4)?.try_into().ok()?))
+    }
+    let mut b = bytes;
+    take(&mut b, 2)?;
+    let mut out = Vec::new();
+    for _ in 0..int(&mut b)?.max(0) {
+        let len = i16::from_be_bytes(take(&mut b, 2)?.try_into().ok()?);
+        let topic = std::str::from_utf8(take(&mut b, usize::try_from(len).ok()?)?).ok()?;
+        for _ in 0..int(&mut b)?.max(0) {
+            out.push(format!("{topic}/{}", int(&mut b)?));
+        }
+    }
+    Some(out)
 }
 
 impl GroupWatch {
     pub fn new(cfg: &KafkaSourceConfig, group: &str) -> Result<GroupWatch, KafkaSinkError> {
         let client: BaseConsumer = cfg.client_config(group).create().map_err(KafkaSinkError::ClientConfig)?;
-        Ok(GroupWatch { client, topics: cfg.topics.clone() })
+        Ok(GroupWatch { client, topics: cfg.topics.clone(), group: group.to_string() })
+    }
+
+    /// The group's state, members and assignments, and the lag of every
+    /// partition of the matched topics.
+    pub fn describe(&self, timeout: Duration) -> Result<GroupView, KafkaError> {
+        let mut view = GroupView::default();
+        let groups = self.client.fetch_group_list(Some(&self.group), timeout)?;
+        if let Some(g) = groups.groups().iter().find(|g| g.name() == self.group) {
+            view.state = g.state().to_string();
+            for m in g.members() {
+                let assigned = m.assignment().and_then(member_assignment).unwrap_or_default();
+                view.members.push(GroupMember { client_id: m.client_id().to_string(), host: m.client_host().to_string(), assigned });
+            }
+        }
+        let metadata = self.client.fetch_metadata(None, timeout)?;
+        let mut tpl = TopicPartitionList::new();
+        for t in metadata.topics().iter().filter(|t| self.wanted(t.name())) {
+            for p in t.partitions() {
+                let (low, end) = self.client.fetch_watermarks(t.name(), p.id(), timeout)?;
+                tpl.add_partition(t.name(), p.id());
+                view.partitions.push(PartitionLag { topic: t.name().to_string(), partition: p.id(), committed: None, low, end });
+            }
+        }
+        if view.partitions.is_empty() {
+            return Ok(view);
+        }
+        let committed = self.client.committed_offsets(tpl, timeout)?;
+        for p in &mut view.partitions {
+            if let Some(Offset::Offset(c)) = committed.find_partition(&p.topic, p.partition).map(|e| e.offset()) {
+                p.committed = Some(c);
+            }
+        }
+        view.partitions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        Ok(view)
     }
 
     fn wanted(&self, topic: &str) -> bool {
@@ -398,6 +518,29 @@ impl GroupWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_members_assignment_reads_as_topic_partitions() {
+        // version 3, two topics: items [0, 2], b [1], then 4 bytes of user data.
+        let mut b = vec![0, 3, 0, 0, 0, 2];
+        b.extend([0, 5]);
+        b.extend(b"items");
+        b.extend([0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 2]);
+        b.extend([0, 1, b'b', 0, 0, 0, 1, 0, 0, 0, 1]);
+        b.extend([0, 0, 0, 0]);
+        assert_eq!(member_assignment(&b).unwrap(), ["items/0", "items/2", "b/1"]);
+        assert_eq!(member_assignment(&b[..b.len() - 9]), None, "truncated");
+        assert_eq!(member_assignment(&[0, 3, 0, 0, 0, 0]).unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn lag_counts_from_the_committed_offset_or_the_log_start() {
+        let p = |committed, low, end| PartitionLag { topic: "t".into(), partition: 0, committed, low, end };
+        assert_eq!(p(Some(7), 0, 10).lag(), 3);
+        assert_eq!(p(None, 4, 10).lag(), 6);
+        assert_eq!(p(Some(2), 4, 10).lag(), 6, "records before the log start are gone");
+        assert_eq!(p(Some(10), 0, 10).lag(), 0);
+    }
 
     fn parse(yaml: serde_json::Value) -> KafkaSourceConfig {
         serde_json::from_value(yaml).expect("parses")
