@@ -13,6 +13,7 @@
 
 mod appliers;
 mod db;
+mod debezium;
 mod documents;
 mod feed;
 mod graph;

@@ -111,6 +111,19 @@ pub async fn run(ctx: &Ctx, spec: &Spec) -> Result<Vec<Figure>> {
     let mut machine_cpu =
         Figure::new(&format!("{} whole machine", spec.name), "CPU per row", "µs", Better::Lower).with_baseline("kafka-producer-perf-test");
 
+    // Debezium (stream-big, stream-small, kafka): the same changes through
+    // the tool most users would otherwise run, into the same place.
+    let debezium_target = match spec.sink {
+        _ if !crate::debezium::installed() => None,
+        SinkKind::File if matches!(spec.shape, Shape::Big | Shape::Small) => Some(None),
+        SinkKind::Kafka { exactly_once: false } => Some(Some(ctx.kafka.as_ref().context("the Kafka broker is not running")?.bootstrap())),
+        _ => None,
+    };
+    let vs_debezium = format!("{} vs Debezium", spec.name);
+    let mut dbz_rate = Figure::new(&vs_debezium, "throughput", "rows/s", Better::Higher).with_baseline("Debezium 3.6.1");
+    let mut dbz_cpu = Figure::new(&vs_debezium, "CPU per row", "µs", Better::Lower).with_baseline("Debezium 3.6.1");
+    let mut dbz_rss = Figure::new(&vs_debezium, "peak RSS", "MB", Better::Lower).with_baseline("Debezium 3.6.1");
+
     let db = Db::start(&ctx.pg(&[])).await?;
     let table = spec.shape.table();
     db.exec(&spec.shape.ddl()).await?;
@@ -123,9 +136,12 @@ pub async fn run(ctx: &Ctx, spec: &Spec) -> Result<Vec<Figure>> {
         db.exec(&format!("VACUUM ANALYZE {table}")).await?;
         reset_sink(ctx, spec.sink)?;
         db.prepare_drain(&[]).await?;
-        let (pgf_slot, rl_slot) = (format!("pgf_{run}"), format!("rl_{run}"));
+        let (pgf_slot, rl_slot, dbz_slot) = (format!("pgf_{run}"), format!("rl_{run}"), format!("dbz_{run}"));
         db.create_slot(&pgf_slot).await?;
         db.create_slot(&rl_slot).await?;
+        if debezium_target.is_some() {
+            db.create_slot(&dbz_slot).await?;
+        }
         let started = Instant::now();
         db.exec(&spec.shape.load_sql(ctx.rows)).await?;
         let end = db.end_lsn().await?;
@@ -138,12 +154,30 @@ pub async fn run(ctx: &Ctx, spec: &Spec) -> Result<Vec<Figure>> {
             crate::db::fmt_lsn(end)
         );
 
-        let keep = [pgf_slot.as_str(), rl_slot.as_str()];
+        let keep: Vec<&str> = [pgf_slot.as_str(), rl_slot.as_str(), dbz_slot.as_str()]
+            .into_iter()
+            .take(if debezium_target.is_some() { 3 } else { 2 })
+            .collect();
         let mut fanout: Option<Drain> = None;
         let mut recv: Option<Drain> = None;
-        for turn in 0..2 {
+        let mut dbz: Option<Drain> = None;
+        for turn in 0..keep.len() {
             db.prepare_drain(&keep).await?;
-            if (turn + run) % 2 == 0 {
+            if (turn + run) % keep.len() == 2 {
+                let target = match &debezium_target {
+                    Some(Some(bootstrap)) => crate::debezium::Target::Kafka(bootstrap),
+                    _ => crate::debezium::Target::File,
+                };
+                let d = crate::debezium::drain(&db, &ctx.dir, &dbz_slot, &format!("dbz-run{run}"), target, changes, timeout).await?;
+                eprintln!(
+                    "    Debezium {:.2} s ({:.0} rows/s, {:.2} µs CPU/row, {} MB)",
+                    d.seconds,
+                    changes as f64 / d.seconds,
+                    d.usage.cpu_seconds * 1e6 / changes as f64,
+                    d.usage.peak_rss_kib / 1024
+                );
+                dbz = Some(d);
+            } else if (turn + run) % keep.len() == 0 {
                 let cfg = fanout_config(ctx, spec, &pgf_slot, run)?;
                 let before = measure_kafka_cpu.then(|| cpu_now(ctx));
                 let d = tools::drain_pgfanout(&ctx.bin, &ctx.dir, &db, &cfg, end, timeout).await?;
@@ -205,12 +239,22 @@ pub async fn run(ctx: &Ctx, spec: &Spec) -> Result<Vec<Figure>> {
             walsender.pgfanout.push(fw * 1e6 / changes as f64);
             walsender.baseline.push(rw * 1e6 / changes as f64);
         }
+        if let Some(d) = dbz {
+            dbz_rate.pgfanout.push(changes as f64 / f.seconds);
+            dbz_rate.baseline.push(changes as f64 / d.seconds);
+            dbz_cpu.pgfanout.push(f.usage.cpu_seconds * 1e6 / changes as f64);
+            dbz_cpu.baseline.push(d.usage.cpu_seconds * 1e6 / changes as f64);
+            dbz_rss.pgfanout.push(f.usage.peak_rss_kib as f64 / 1024.0);
+            dbz_rss.baseline.push(d.usage.peak_rss_kib as f64 / 1024.0);
+            db.drop_slot(&dbz_slot).await?;
+        }
         db.drop_slot(&pgf_slot).await?;
         db.drop_slot(&rl_slot).await?;
     }
+    let vs_debezium = [dbz_rate, dbz_cpu, dbz_rss].into_iter().filter(|f| !f.baseline.is_empty());
     let walsender = (!walsender.pgfanout.is_empty()).then_some(walsender);
     let kafka_cpu = [broker_cpu, machine_cpu].into_iter().filter(|f| !f.pgfanout.is_empty() && f.pgfanout.len() == f.baseline.len());
-    Ok([rate, cpu, rss].into_iter().chain(walsender).chain(ceiling).chain(kafka_cpu).collect())
+    Ok([rate, cpu, rss].into_iter().chain(walsender).chain(ceiling).chain(kafka_cpu).chain(vs_debezium).collect())
 }
 
 /// CPU seconds used so far by the Kafka broker and by the whole machine.

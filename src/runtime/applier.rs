@@ -377,12 +377,7 @@ async fn read(
                 burst.bytes[sink] += super::memory::record_size(&record, Some((&change, size)));
                 burst.chunks[sink].push(Item::Record(record));
             }
-            Routed::DeadLetter { pipeline, sink, error, change } => {
-                metrics::counter!(m::PIPELINE_DEAD_LETTERED_TOTAL, m::LABEL_PIPELINE => pipeline.to_string()).increment(1);
-                warn!(pipeline = %pipeline, position = %change.position(), error = %error, "record dead-lettered by its pipeline");
-                let sink = sinks.names.get(sink).map(|s| Arc::from(s.as_str())).unwrap_or_else(|| Arc::from("?"));
-                letters.push(DeadLetter { stage: Stage::Pipeline, pipeline, sink, error, change, source: None });
-            }
+            Routed::DeadLetter { pipeline, sink, error, change } => letters.push(sinks.pipeline_letter(pipeline, sink, error, change)),
         }
     }
     if !letters.is_empty() {

@@ -10,7 +10,7 @@ use super::lease::Fence;
 use super::memory::QueueMemory;
 use super::worker::{Queued, Worker};
 use crate::config::Config;
-use crate::dead_letter::DeadLetters;
+use crate::dead_letter::{DeadLetter, DeadLetters, Stage};
 use crate::pipeline::Router;
 
 /// The running sinks, in config order.
@@ -21,6 +21,19 @@ pub struct Sinks {
     pub memory: QueueMemory,
     pub durable: Vec<DurableSeq>,
     pub workers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Sinks {
+    /// The dead letter of a change its pipeline could not map
+    /// ([`Routed::DeadLetter`](crate::pipeline::Routed)), counted and
+    /// logged: the reader's and the applier's one arm for it.
+    pub fn pipeline_letter(&self, pipeline: Arc<str>, sink: usize, error: String, change: Arc<pgfanout_sdk::Change>) -> DeadLetter {
+        metrics::counter!(crate::metrics::PIPELINE_DEAD_LETTERED_TOTAL, crate::metrics::LABEL_PIPELINE => pipeline.to_string())
+            .increment(1);
+        tracing::warn!(pipeline = %pipeline, position = %change.position(), error = %error, "record dead-lettered by its pipeline");
+        let sink = self.names.get(sink).map(|s| Arc::from(s.as_str())).unwrap_or_else(|| Arc::from("?"));
+        DeadLetter { stage: Stage::Pipeline, pipeline, sink, error, change, source: None }
+    }
 }
 
 /// Builds every sink (connecting) and spawns its worker. A store that is

@@ -46,7 +46,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
 use crate::backfill::{ToSource, WATERMARK_PREFIX};
-use crate::dead_letter::{DeadLetter, DeadLetters, Stage};
+use crate::dead_letter::DeadLetters;
 use crate::http::Health;
 use crate::metrics as m;
 use crate::pipeline::{Routed, Router};
@@ -612,10 +612,7 @@ impl SourceLoop {
                     self.outbox.push(sink, record, size);
                 }
                 Routed::DeadLetter { pipeline, sink, error, change } => {
-                    metrics::counter!(m::PIPELINE_DEAD_LETTERED_TOTAL, m::LABEL_PIPELINE => pipeline.to_string()).increment(1);
-                    warn!(pipeline = %pipeline, position = %change.position(), error = %error, "record dead-lettered by its pipeline");
-                    let sink = self.sinks.names.get(sink).map(|s| Arc::from(s.as_str())).unwrap_or_else(|| Arc::from("?"));
-                    letters.push(DeadLetter { stage: Stage::Pipeline, pipeline, sink, error, change, source: None });
+                    letters.push(self.sinks.pipeline_letter(pipeline, sink, error, change))
                 }
             }
         }
