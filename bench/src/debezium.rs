@@ -6,6 +6,10 @@
 //! JsonConverter without schemas, flushed per batch), or a Kafka topic with
 //! acks=all and idempotence for the Kafka workload.
 //!
+//! The JVM runs as Kafka's scripts run a Connect worker (2 GB heap, G1:
+//! [`testkit::debezium::CONNECT_WORKER_JVM`]), not with the tests' options
+//! (C1 only and a serial GC, for fast starts).
+//!
 //! The drain is timed from the JVM's spawn (as pgfanout's is from its own)
 //! until the launcher has handed over as many events as the load made
 //! changes (it writes the running count after each flushed batch); the
@@ -59,7 +63,9 @@ pub async fn drain(db: &Db, dir: &Path, slot: &str, prefix: &str, target: Target
         Target::Kafka(b) => b.to_string(),
     };
     let started = Instant::now();
-    let engine = tokio::task::block_in_place(|| testkit::Debezium::start(&db.pg, &db.name, &bootstrap, &props));
+    let engine = tokio::task::block_in_place(|| {
+        testkit::Debezium::start_with_jvm(&db.pg, &db.name, &bootstrap, &props, Some(testkit::debezium::CONNECT_WORKER_JVM))
+    });
     let streaming = started.elapsed();
     let pid = engine.slot().pid().context("Debezium is not running")?;
     let handed = || std::fs::read_to_string(&count_file).ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0);

@@ -18,7 +18,24 @@ pub struct Debezium {
     slot: ServerSlot,
     install: JvmInstall,
     properties: String,
+    /// JVM options in place of `conf/jvm.options` (the tests' small heap,
+    /// serial GC and C1 only, chosen for fast starts).
+    jvm_options: Option<Vec<String>>,
 }
+
+/// The JVM options of a Kafka Connect worker as Kafka's scripts start one
+/// (`connect-distributed.sh`: `-Xms256M -Xmx2G`; `kafka-run-class.sh`: G1
+/// with 20 ms pauses): what the benchmark runs Debezium with.
+pub const CONNECT_WORKER_JVM: &[&str] = &[
+    "-Xms256M",
+    "-Xmx2G",
+    "-XX:+UseG1GC",
+    "-XX:MaxGCPauseMillis=20",
+    "-XX:InitiatingHeapOccupancyPercent=35",
+    "-XX:+ExplicitGCInvokesConcurrent",
+    "-Djava.awt.headless=true",
+    "-Djava.net.preferIPv4Stack=true",
+];
 
 impl Debezium {
     /// Starts Debezium on `db` of `pg` (user `postgres`, no password),
@@ -30,6 +47,18 @@ impl Debezium {
     /// after this returns is captured (the initial snapshot, `snapshot.mode`
     /// `initial` by default, captures what was there before).
     pub fn start(pg: &PgCluster, db: &str, bootstrap: &str, properties: &[(&str, &str)]) -> Debezium {
+        Debezium::start_with_jvm(pg, db, bootstrap, properties, None)
+    }
+
+    /// [`start`](Self::start) with `jvm_options` in place of the tests'
+    /// (e.g. [`CONNECT_WORKER_JVM`]).
+    pub fn start_with_jvm(
+        pg: &PgCluster,
+        db: &str,
+        bootstrap: &str,
+        properties: &[(&str, &str)],
+        jvm_options: Option<&[&str]>,
+    ) -> Debezium {
         let slot = ServerSlot::new("debezium", free_port());
         let offsets = slot.dir().join("offsets.dat");
         let mut props = vec![
@@ -57,7 +86,8 @@ impl Debezium {
             // java.util.Properties: backslashes escaped
             text.push_str(&format!("{k}={}\n", v.replace('\\', "\\\\")));
         }
-        let d = Debezium { slot, install: JvmInstall::find("debezium"), properties: text };
+        let jvm_options = jvm_options.map(|o| o.iter().map(|s| s.to_string()).collect());
+        let d = Debezium { slot, install: JvmInstall::find("debezium"), properties: text, jvm_options };
         d.start_server();
         d
     }
@@ -73,7 +103,9 @@ impl Server for Debezium {
             let file = self.slot.dir().join("engine.properties");
             std::fs::write(&file, &self.properties).expect("write engine.properties");
             let log4j2 = format!("-Dlog4j2.configurationFile={}", self.install.conf("log4j2.properties").display());
-            let mut p = self.install.spawn(
+            let options = self.jvm_options.clone().unwrap_or_else(|| self.install.jvm_options());
+            let mut p = self.install.spawn_with_options(
+                options,
                 &self.slot,
                 &self.install.classpath(),
                 &[log4j2],

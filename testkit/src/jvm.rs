@@ -71,8 +71,22 @@ impl JvmInstall {
     /// its output in the slot's log. When the test process goes away without
     /// stopping it, the JVM deletes the slot's directory and halts.
     pub fn spawn(&self, slot: &ServerSlot, classpath: &str, jvm_args: &[String], main: &str, args: &[String]) -> ServerProcess {
+        self.spawn_with_options(self.jvm_options(), slot, classpath, jvm_args, main, args)
+    }
+
+    /// [`spawn`](Self::spawn) with `options` in place of `conf/jvm.options`
+    /// (the benchmark runs Debezium as a Kafka Connect worker would be run).
+    pub fn spawn_with_options(
+        &self,
+        options: Vec<String>,
+        slot: &ServerSlot,
+        classpath: &str,
+        jvm_args: &[String],
+        main: &str,
+        args: &[String],
+    ) -> ServerProcess {
         let mut cmd = Command::new(&self.java);
-        cmd.args(self.jvm_options()).args(jvm_args);
+        cmd.args(options).args(jvm_args);
         // extra options for every JVM server (they come last, so they win)
         if let Ok(extra) = std::env::var("PGFANOUT_JVM_OPTS") {
             cmd.args(extra.split_whitespace());
