@@ -371,21 +371,12 @@ async fn failover_checks(
 /// topics exist, and the consumer group's state and lag.
 #[cfg(feature = "kafka")]
 async fn group_checks(r: &mut Checks, cfg: &Config) {
-    let (Some(kafka), Some(group)) = (cfg.source.kafka.clone(), cfg.source.kafka_group()) else {
-        return;
-    };
-    let brokers = kafka.brokers.clone();
-    let topics = kafka.topics.join(", ");
-    let described = tokio::task::spawn_blocking(move || {
-        let watch = pgfanout_kafka::source::GroupWatch::new(&kafka, &group).map_err(|e| e.to_string())?;
-        watch.describe(std::time::Duration::from_secs(10)).map_err(|e| e.to_string()).map(|v| (group, v))
-    })
-    .await
-    .map_err(|e| e.to_string())
-    .and_then(|x| x);
-    let (group, view) = match described {
-        Ok(x) => x,
-        Err(e) => {
+    let Some(kafka) = &cfg.source.kafka else { return };
+    let (brokers, topics) = (&kafka.brokers, kafka.topics.join(", "));
+    let (group, view) = match super::describe_group(cfg).await {
+        None => return,
+        Some(Ok(x)) => x,
+        Some(Err(e)) => {
             r.fail(
                 &format!("source.kafka: cannot reach the brokers {brokers}: {e}"),
                 "check source.kafka.brokers, its tls and sasl settings, and that the brokers are running",

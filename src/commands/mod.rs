@@ -64,6 +64,21 @@ impl Report {
     }
 }
 
+/// With `source.kafka` (an applier's config): the consumer group's name
+/// with its state, members and every partition's lag
+/// ([`GroupWatch::describe`](pgfanout_kafka::source::GroupWatch::describe)),
+/// for `status` and `doctor`. `None` without `source.kafka`.
+#[cfg(feature = "kafka")]
+pub(crate) async fn describe_group(cfg: &Config) -> Option<Result<(String, pgfanout_kafka::source::GroupView), String>> {
+    let (kafka, group) = (cfg.source.kafka.clone()?, cfg.source.kafka_group()?);
+    let described = tokio::task::spawn_blocking(move || {
+        let watch = pgfanout_kafka::source::GroupWatch::new(&kafka, &group).map_err(|e| e.to_string())?;
+        watch.describe(std::time::Duration::from_secs(10)).map_err(|e| e.to_string()).map(|v| (group, v))
+    })
+    .await;
+    Some(described.map_err(|e| e.to_string()).and_then(|x| x))
+}
+
 /// A SQL connection to the source, or the report that ends the command: a
 /// bad URL is usage (2), an unreachable server a failure (1).
 pub(crate) async fn connect_source(cfg: &Config) -> Result<tokio_postgres::Client, Report> {

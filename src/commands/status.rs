@@ -69,19 +69,10 @@ pub async fn status(cfg: &Config) -> Report {
 /// its members and their partitions, and the lag of every partition.
 #[cfg(feature = "kafka")]
 async fn group_status(cfg: &Config, r: &mut Report) {
-    let (Some(kafka), Some(group)) = (cfg.source.kafka.clone(), cfg.source.kafka_group()) else {
-        return;
-    };
-    let described = tokio::task::spawn_blocking(move || {
-        let watch = pgfanout_kafka::source::GroupWatch::new(&kafka, &group).map_err(|e| e.to_string())?;
-        watch.describe(std::time::Duration::from_secs(10)).map_err(|e| e.to_string()).map(|v| (group, v))
-    })
-    .await
-    .map_err(|e| e.to_string())
-    .and_then(|x| x);
-    let (group, view) = match described {
-        Ok(x) => x,
-        Err(e) => {
+    let (group, view) = match super::describe_group(cfg).await {
+        None => return,
+        Some(Ok(x)) => x,
+        Some(Err(e)) => {
             r.complain(format_args!("source.kafka: cannot describe the consumer group: {e}"));
             r.exit = Exit::Failed;
             return;
