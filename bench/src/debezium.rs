@@ -74,31 +74,23 @@ pub async fn drain(db: &Db, dir: &Path, slot: &str, prefix: &str, target: Target
             break started.elapsed();
         }
         if started.elapsed() > timeout {
-            bail!("Debezium handed over {} of {changes} events within {timeout:?}; log:\n{}", handed(), tail(&engine.slot().log()));
+            bail!(
+                "Debezium handed over {} of {changes} events within {timeout:?}; log:\n{}",
+                handed(),
+                crate::tools::last_lines(&engine.slot().log(), 30)
+            );
         }
         if engine.slot().pid().is_none() {
-            bail!("Debezium exited; log:\n{}", tail(&engine.slot().log()));
+            bail!("Debezium exited; log:\n{}", crate::tools::last_lines(&engine.slot().log(), 30));
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
     let usage = crate::procstat::usage(pid).context("read Debezium's /proc entry")?;
-    let walsender = db
-        .client
-        .query_opt("SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
-        .await
-        .ok()
-        .flatten()
-        .and_then(|row| row.get::<_, Option<i32>>(0))
-        .and_then(|pid| crate::procstat::cpu_seconds(pid as u32));
+    let walsender = crate::tools::active_pid(db, slot).await.and_then(crate::procstat::cpu_seconds);
     eprintln!(
         "    Debezium streamed {:.1} s after its spawn (JVM start and connector setup, included in its time)",
         streaming.as_secs_f64()
     );
     tokio::task::block_in_place(|| engine.slot().stop());
     Ok(Drain { seconds: took.as_secs_f64(), usage, walsender_cpu_seconds: walsender })
-}
-
-fn tail(log: &str) -> String {
-    let lines: Vec<&str> = log.lines().collect();
-    lines[lines.len().saturating_sub(30)..].join("\n")
 }

@@ -191,9 +191,13 @@ impl Drop for Fanout {
 
 /// Last lines of a log file, for error messages.
 pub fn tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+    last_lines(&std::fs::read_to_string(path).unwrap_or_default(), 20)
+}
+
+/// The last `n` lines of `text`.
+pub fn last_lines(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(20)..].join("\n")
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// Cores kept busy on purpose (`--cpu-hog`): a quiet machine may have
@@ -211,7 +215,7 @@ pub async fn drain_pgfanout(prog: &Program, dir: &Path, db: &Db, cfg: &FanoutCon
 }
 
 /// The pid of the walsender reading `slot`, if one does.
-async fn active_pid(db: &Db, slot: &str) -> Option<u32> {
+pub async fn active_pid(db: &Db, slot: &str) -> Option<u32> {
     let row = db.client.query_opt("SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1", &[&slot]).await.ok()??;
     row.get::<_, Option<i32>>(0).map(|pid| pid as u32)
 }
