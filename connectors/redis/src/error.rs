@@ -120,6 +120,17 @@ impl RedisSinkError {
         RedisSinkError::Request { source }
     }
 
+    /// Whether the connection that gave this error may be out of step with
+    /// its replies for good (timed out, I/O error, a reply of the wrong
+    /// shape): it is then replaced rather than reused.
+    pub(crate) fn leaves_connection_suspect(&self) -> bool {
+        match self {
+            RedisSinkError::Request { source } => source.is_timeout() || source.is_io_error() || source.is_connection_dropped(),
+            RedisSinkError::Unexpected(_) => true,
+            _ => false,
+        }
+    }
+
     /// Whether retrying the batch can help.
     pub fn is_retriable(&self) -> bool {
         match self {

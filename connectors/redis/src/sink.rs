@@ -21,6 +21,14 @@
 //! connections are opened anew. Each pipeline starts with `SCRIPT LOAD` of
 //! the apply script (a cache hit in Redis), so a restarted or flushed server
 //! cannot answer `NOSCRIPT` to calls queued behind a failed batch.
+//!
+//! The reconnecting lanes reconnect by themselves only when their
+//! connection is dropped. A request that timed out leaves it open, and its
+//! reply may never come or come cut: a link that dropped bytes (a silent
+//! half-open TCP path) leaves the connection's replies out of step with its
+//! requests for good. So a lane whose request timed out, failed on I/O or
+//! got a reply of the wrong shape is replaced by a fresh connection before
+//! its next use ([`RedisSink::renew_lanes`]).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -47,6 +55,9 @@ use crate::reply::{read_outcome, script_calls};
 pub struct RedisSink {
     /// One reconnecting connection per lane, for [`Sink::write`].
     lanes: Vec<ConnectionManager>,
+    /// Lanes to replace before their next use (see the module docs).
+    suspect: Vec<bool>,
+    manager_cfg: ConnectionManagerConfig,
     client: Client,
     url: String,
     pipelining_config: AsyncConnectionConfig,
@@ -90,7 +101,9 @@ impl RedisSink {
         }
         let tombstone = cfg.tombstone_ttl.as_secs().max(1);
         let sink = RedisSink {
+            suspect: vec![false; lanes.len()],
             lanes,
+            manager_cfg,
             client,
             url: redact(&cfg.url),
             pipelining_config,
@@ -112,6 +125,23 @@ impl RedisSink {
         }
         info!(url = %redact(&cfg.url), connections = sink.lanes.len(), routes = sink.routes.len(), "redis sink connected");
         Ok(sink)
+    }
+
+    /// Replaces every suspect lane by a fresh connection; an unreachable
+    /// server is a retriable error and the lane stays suspect.
+    async fn renew_lanes(&mut self) -> Result<(), RedisSinkError> {
+        for lane in 0..self.lanes.len() {
+            if !self.suspect[lane] {
+                continue;
+            }
+            let conn = ConnectionManager::new_with_config(self.client.clone(), self.manager_cfg.clone())
+                .await
+                .map_err(|source| RedisSinkError::Connect { url: self.url.clone(), source })?;
+            info!(lane, "redis lane replaced by a fresh connection after a timed-out or broken request");
+            self.lanes[lane] = conn;
+            self.suspect[lane] = false;
+        }
+        Ok(())
     }
 
     async fn load_script(&self, lane: usize) -> Result<(), RedisSinkError> {
@@ -208,9 +238,15 @@ impl Sink for RedisSink {
     /// by Redis (applied, or skipped because Redis holds a newer version).
     /// `Err(Retriable)`: some records may be applied; retrying converges.
     async fn write(&mut self, batch: &[SinkRecord]) -> BatchOutcome {
+        self.renew_lanes().await?;
         let (encoded, rejected) = self.encode_batch(batch);
         let (work, _guard) = self.calls.plan(&mut self.lanes_plan, &encoded, false);
         let replies = join_all(work.iter().map(|w| self.run_lane(w))).await;
+        for (w, reply) in work.iter().zip(&replies) {
+            if reply.as_ref().is_err_and(RedisSinkError::leaves_connection_suspect) {
+                self.suspect[w.lane] = true;
+            }
+        }
         let lanes = work.into_iter().zip(replies).map(|(w, reply)| (w.op_records, reply)).collect();
         Ok(read_outcome(lanes, rejected, batch.len())?)
     }
@@ -249,8 +285,13 @@ impl Sink for RedisSink {
     }
 
     async fn check(&mut self) -> Result<(), SinkError> {
+        self.renew_lanes().await?;
         let mut conn = self.lanes[0].clone();
-        let _: String = redis::cmd("PING").query_async(&mut conn).await.map_err(RedisSinkError::request)?;
+        let pong = redis::cmd("PING").query_async::<String>(&mut conn).await.map_err(RedisSinkError::request);
+        if pong.as_ref().is_err_and(RedisSinkError::leaves_connection_suspect) {
+            self.suspect[0] = true;
+        }
+        pong?;
         Ok(())
     }
 }
