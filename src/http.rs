@@ -357,7 +357,7 @@ fn authorize(s: &AppState, headers: &HeaderMap) -> Result<(), JsonReply> {
 
 async fn admin_client(s: &AppState) -> Result<(Arc<Admin>, tokio_postgres::Client), JsonReply> {
     let admin = s.admin.clone().ok_or_else(|| reply(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"error": "not ready"})))?;
-    match pgfanout_postgres::conn::connect_sql(&admin.opts).await {
+    match pgfanout_postgres::conn::connect_sql(admin.opts.writer()).await {
         Ok(c) => Ok((admin, c)),
         Err(e) => Err(reply(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"error": format!("source database: {e}")}))),
     }

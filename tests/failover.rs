@@ -265,3 +265,132 @@ async fn a_failover_that_lost_delivered_changes_is_recovered_with_on_slot_lost_r
     d.signal("TERM");
     assert!(d.wait(Duration::from_secs(30)).is_some_and(|s| s.success()), "clean stop\n{}", d.log());
 }
+
+/// Logical decoding on a physical standby (PostgreSQL 16+): `url` names the
+/// standby and `primary_url` the primary. The slot, the stream and the
+/// initial snapshot are the standby's; the primary holds no logical slot
+/// and decodes nothing. Rows with 25-digit numerics and TOASTed text go
+/// through the snapshot, the stream (partial updates that leave the
+/// TOASTed column out), a SIGKILL and restart, and a backfill whose
+/// watermarks are written on the primary and read back through the
+/// standby. The file sink and Redis end equal to the primary's table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decoding_on_a_standby_spares_the_primary() {
+    let (primary, c) = cluster_with("sb", &[("wal_sender_timeout", "10s")]).await;
+    let major = server_major(&c).await;
+    if major < 16 {
+        println!("PostgreSQL {major} cannot decode on a standby: nothing to test here (the matrix runs this on 16, 17 and 18)");
+        return;
+    }
+    c.batch_execute(
+        "CREATE TABLE t (id int PRIMARY KEY, n numeric NOT NULL, note text NOT NULL);
+         INSERT INTO t SELECT g, 1234567890123456789012345 + g, 'snap-' || g FROM generate_series(1, 300) g;
+         INSERT INTO t VALUES (0, -0.0000000000000000000000001, repeat('toast ', 20000));
+         SELECT pg_create_physical_replication_slot('standby1', true);",
+    )
+    .await
+    .unwrap();
+    drop(c);
+    let standby = testkit::PgCluster::standby_of(&primary, "standby1", &[]);
+    let c = primary.client("sb").await;
+    let s = standby.client("sb").await;
+
+    let dir = scratch();
+    let out = out_path(dir.path(), "sb");
+    let redis = tokio::task::spawn_blocking(testkit::RedisServer::start).await.unwrap();
+    let sinks = format!(
+        "  out: {{ type: file, path: \"{}\" }}\n  cache: {{ type: redis, url: \"{}\", reconnect_max_delay: 1s }}",
+        out.display(),
+        redis.url()
+    );
+    let pipelines = "  - { name: all, from: public.t, to: out }\n  - name: rows\n    from: public.t\n    to: cache\n    redis: { type: string, key: \"t:{id}\" }";
+    let on_standby = daemon_config(&primary, "sb", "sb", &sinks, pipelines, &dir.path().join("sb.dead.jsonl"))
+        .replace(&primary.url("sb"), &standby.url("sb"))
+        .replace("snapshot: never", "snapshot: initial");
+
+    // Without primary_url, the standby is refused with the fix.
+    let mut refused = Daemon::start(bin(), dir.path(), "refused", &on_standby);
+    let status = tokio::task::block_in_place(|| refused.wait(Duration::from_secs(60))).expect("pgfanout stops");
+    assert!(!status.success());
+    assert!(refused.log().contains("set source.postgres.primary_url to the primary"), "{}", refused.log());
+
+    let config = on_standby.replace("snapshot: initial", &format!("snapshot: initial\n    primary_url: {}", primary.url("sb")));
+    let mut d = Daemon::start(bin(), dir.path(), "sb", &config);
+    wait_slot(&s, "sb", &d).await;
+    let logical: i64 = c.query_one("SELECT count(*) FROM pg_replication_slots WHERE slot_type = 'logical'", &[]).await.unwrap().get(0);
+    assert_eq!(logical, 0, "the primary holds no logical slot");
+
+    // `doctor` sees the standby and the primary.
+    let doctor = std::process::Command::new(bin()).args(["doctor", "-c"]).arg(&d.config_path).output().unwrap();
+    let said = String::from_utf8_lossy(&doctor.stdout).to_string() + &String::from_utf8_lossy(&doctor.stderr);
+    for line in [
+        "logical decoding on a standby (PostgreSQL 16+)".to_string(),
+        "ok    standby: hot_standby_feedback = on".to_string(),
+        "ok    standby: streams from a physical slot (primary_slot_name)".to_string(),
+        format!("ok    primary 127.0.0.1:{}: takes writes, wal_level = logical", primary.port),
+    ] {
+        assert!(said.contains(&line), "doctor says {line:?}:\n{said}");
+    }
+
+    // Streamed changes, partial updates that leave the TOASTed note out.
+    c.batch_execute(
+        "INSERT INTO t SELECT g, -1234567890123456789012345 - g, 'new-' || g FROM generate_series(301, 600) g;
+         UPDATE t SET n = n + 0.000000000000000000000001 WHERE id % 3 = 0;
+         DELETE FROM t WHERE id % 10 = 5;",
+    )
+    .await
+    .unwrap();
+    wait_confirmed_on(&c, &s, "sb", &d).await;
+
+    // A SIGKILL; more changes while pgfanout is down; the restart resumes
+    // from the standby's slot.
+    d.kill9();
+    c.batch_execute(
+        "UPDATE t SET n = 9999999999999999999999999.9 WHERE id IN (0, 7, 400);
+         INSERT INTO t SELECT g, g, 'down-' || g FROM generate_series(601, 700) g;
+         DELETE FROM t WHERE id % 10 = 6;",
+    )
+    .await
+    .unwrap();
+    d.spawn(bin());
+    wait_confirmed_on(&c, &s, "sb", &d).await;
+
+    // A backfill: watermarks on the primary, read back through the standby.
+    let cli = tokio::task::block_in_place(|| {
+        std::process::Command::new(bin()).args(["backfill", "-c"]).arg(&d.config_path).args(["--table", "public.t"]).output().unwrap()
+    });
+    assert_eq!(cli.status.code(), Some(0), "{}", String::from_utf8_lossy(&cli.stderr));
+    testkit::wait_for(Duration::from_secs(120), "the backfill to finish", || async {
+        c.query_opt("SELECT 1 FROM pgfanout.backfills WHERE slot = 'sb' AND status = 'done'", &[]).await.unwrap().is_some()
+    })
+    .await;
+    c.batch_execute("UPDATE t SET note = note || '!' WHERE id % 50 = 1").await.unwrap();
+    wait_confirmed_on(&c, &s, "sb", &d).await;
+
+    let recs = records(&out);
+    assert_replay_equals_tables(&c, &recs, &["t"]).await;
+    let table = rows_by_id(&c, "t").await;
+    let testkit::Resp::Array(keys) = redis.cmd(&["KEYS", "t:*"]) else { panic!("KEYS did not answer an array") };
+    assert_eq!(keys.len(), table.len(), "one key per row, none for deleted rows");
+    for (id, row) in &table {
+        let stored = redis.cmd(&["GET", &format!("t:{id}")]).opt_text().unwrap_or_else(|| panic!("no key t:{id}"));
+        assert_eq!(&serde_json::from_str::<serde_json::Value>(&stored).unwrap(), row, "row {id}");
+    }
+    // The snapshot read 301 rows; the backfill read every row there was.
+    let reads = recs.iter().filter(|r| r["op"] == "read").count();
+    assert!(reads >= 301 + table.len(), "{reads} reads: the snapshot's and the backfill's");
+    println!("standby decoding: {} rows, {} records, {reads} of them snapshot and backfill reads", table.len(), recs.len());
+    let logical: i64 = c.query_one("SELECT count(*) FROM pg_replication_slots WHERE slot_type = 'logical'", &[]).await.unwrap().get(0);
+    assert_eq!(logical, 0, "the primary never held a logical slot");
+}
+
+/// Waits until the slot on the standby (`s`) confirmed everything written
+/// on the primary (`c`) so far.
+async fn wait_confirmed_on(c: &tokio_postgres::Client, s: &tokio_postgres::Client, slot: &str, d: &Daemon) {
+    let end = insert_lsn(c).await;
+    let start = Instant::now();
+    while confirmed_flush(s, slot).await < end {
+        assert!(start.elapsed() < Duration::from_secs(120), "the standby's slot did not confirm {end:X}\n--- daemon log ---\n{}", d.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -225,7 +225,7 @@ impl Driver {
     }
 
     async fn run_once(&mut self) -> Result<(), SourceError> {
-        let c = connect_sql(&self.opts).await?;
+        let c = connect_sql(self.opts.writer()).await?;
         state::ensure(&c).await?;
         let mut chunk_no: u64 = 0;
         loop {

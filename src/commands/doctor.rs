@@ -2,7 +2,7 @@
 //! publication, replica identity, slot, every sink's own checks), one line
 //! per check (`ok` / `FAIL` / `warn`) and, for each failure, the fix.
 
-use pgfanout_postgres::conn::connect_sql;
+use pgfanout_postgres::conn::{connect_sql, PgConnectOptions};
 use pgfanout_postgres::replication as pgoutput;
 use pgfanout_postgres::slot::{self, TableName};
 
@@ -205,8 +205,13 @@ pub async fn doctor(cfg: &Config) -> Report {
         Ok(None) => r.warn(&format!("slot {} does not exist yet", pg.slot), "nothing to do: `pgfanout run` creates it"),
         Err(e) => r.fail(&format!("cannot read slot {}: {e}", pg.slot), "check privileges"),
     }
+    let in_recovery = client.query_one("SELECT pg_is_in_recovery()", &[]).await.map(|row| row.get::<_, bool>(0)).unwrap_or(false);
     if let Ok(info) = slot::server_info(&client).await {
-        failover_checks(&mut r, cfg, &opts, &client, info.version_num / 10_000).await;
+        if in_recovery || opts.primary.is_some() {
+            standby_checks(&mut r, &opts, &client, in_recovery, info.version_num).await;
+        } else {
+            failover_checks(&mut r, cfg, &opts, &client, info.version_num / 10_000).await;
+        }
     }
     group_checks(&mut r, cfg).await;
     for (name, checks) in check_all(cfg).await {
@@ -228,6 +233,73 @@ pub async fn doctor(cfg: &Config) -> Report {
         let failures = r.failures;
         r.report.say(format_args!("{failures} check(s) failed"));
         r.report.ends(Exit::Failed)
+    }
+}
+
+/// Decoding on a physical standby (`source.postgres.url` in recovery): what
+/// the standby and the primary (`primary_url`) need. Failures name the fix.
+async fn standby_checks(r: &mut Checks, opts: &PgConnectOptions, standby: &tokio_postgres::Client, in_recovery: bool, version: i32) {
+    if !in_recovery {
+        r.warn(
+            &format!("source.postgres.primary_url is set, but {} is not a standby (promoted?)", opts.endpoint()),
+            "point url at a standby to decode there, or remove primary_url",
+        );
+        return;
+    }
+    if version >= 160000 {
+        r.ok(&format!("{} is a standby: logical decoding on a standby (PostgreSQL 16+)", opts.endpoint()));
+    } else {
+        r.fail(
+            &format!("{} is a standby running {version}: logical decoding on a standby needs PostgreSQL 16", opts.endpoint()),
+            "point source.postgres.url at the primary, or upgrade to 16+",
+        );
+    }
+    let setting = |name: &'static str| async move {
+        standby.query_one("SELECT current_setting($1)", &[&name]).await.map(|row| row.get::<_, String>(0)).unwrap_or_default()
+    };
+    if setting("hot_standby_feedback").await == "on" {
+        r.ok("standby: hot_standby_feedback = on");
+    } else {
+        r.fail(
+            "standby: hot_standby_feedback = off (the primary may remove catalog rows the slot needs, and the slot is invalidated)",
+            "ALTER SYSTEM SET hot_standby_feedback = on; SELECT pg_reload_conf(); on the standby",
+        );
+    }
+    if setting("primary_slot_name").await.is_empty() {
+        r.warn(
+            "standby: primary_slot_name is not set (hot_standby_feedback then holds only while the standby is connected)",
+            "SELECT pg_create_physical_replication_slot('standby1') on the primary; primary_slot_name = 'standby1' on the standby",
+        );
+    } else {
+        r.ok("standby: streams from a physical slot (primary_slot_name)");
+    }
+    let Some(primary_opts) = &opts.primary else {
+        r.fail(
+            "source.postgres.url names a standby and source.postgres.primary_url is not set",
+            "set source.postgres.primary_url to the primary: pgfanout writes its publication, state and heartbeats there",
+        );
+        return;
+    };
+    match connect_sql(primary_opts).await {
+        Ok(primary) => {
+            let read_only: String =
+                primary.query_one("SHOW transaction_read_only", &[]).await.map(|row| row.get(0)).unwrap_or_else(|_| "on".into());
+            let wal_level: String = primary.query_one("SHOW wal_level", &[]).await.map(|row| row.get(0)).unwrap_or_default();
+            if read_only == "off" && wal_level == "logical" {
+                r.ok(&format!("primary {}: takes writes, wal_level = logical", primary_opts.endpoint()));
+            } else if read_only != "off" {
+                r.fail(
+                    &format!("primary {}: takes no writes", primary_opts.endpoint()),
+                    "point source.postgres.primary_url at the primary",
+                );
+            } else {
+                r.fail(
+                    &format!("primary {}: wal_level = {wal_level}", primary_opts.endpoint()),
+                    "set wal_level = logical on the primary and restart it (a standby decodes only what the primary logs)",
+                );
+            }
+        }
+        Err(e) => r.fail(&format!("cannot connect to the primary {}: {e}", primary_opts.endpoint()), "check source.postgres.primary_url"),
     }
 }
 

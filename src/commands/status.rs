@@ -11,16 +11,18 @@ use crate::config::Config;
 pub async fn status(cfg: &Config) -> Report {
     let mut r = Report::default();
     let pg = &cfg.source.postgres;
-    let client = match super::connect_source(cfg).await {
+    // The slot's server: the standby when decoding on one.
+    let client = match super::connect_slot_server(cfg).await {
         Ok(c) => c,
         Err(failed) => return failed,
     };
     let row = client
         .query_opt(
             "SELECT active, confirmed_flush_lsn::text, restart_lsn::text,
-                    pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint,
-                    pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, wal_status
-             FROM pg_replication_slots WHERE slot_name = $1",
+                    pg_wal_lsn_diff(w.end, confirmed_flush_lsn)::bigint, pg_wal_lsn_diff(w.end, restart_lsn)::bigint, wal_status
+             FROM pg_replication_slots,
+                  LATERAL (SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn() ELSE pg_current_wal_lsn() END AS end) w
+             WHERE slot_name = $1",
             &[&pg.slot],
         )
         .await;

@@ -66,6 +66,13 @@ pub type KafkaSource = serde_json::Value;
 pub struct PostgresSourceConfig {
     /// `postgres://user:password@host:port/db?sslmode=...`
     pub url: String,
+    /// Set when `url` names a physical standby to decode from (PostgreSQL
+    /// 16+; spares the primary the decoding): the primary's URL. The slot,
+    /// the stream and the initial snapshot stay on the standby; what
+    /// pgfanout writes (the publication, the `pgfanout` schema, heartbeats,
+    /// backfill watermarks, the `ha` lease) goes here.
+    #[serde(default)]
+    pub primary_url: Option<String>,
     #[serde(default = "default_slot")]
     pub slot: String,
     #[serde(default = "default_slot")]
@@ -235,7 +242,11 @@ fn default_snapshot_parallelism() -> usize {
 impl PostgresSourceConfig {
     /// The connection options of `url` with the `tls` files.
     pub fn connect_options(&self) -> Result<PgConnectOptions, SourceError> {
-        PgConnectOptions::from_url(&self.url, self.tls.clone())
+        let mut opts = PgConnectOptions::from_url(&self.url, self.tls.clone())?;
+        if let Some(primary) = &self.primary_url {
+            opts.primary = Some(Box::new(PgConnectOptions::from_url(primary, self.tls.clone())?));
+        }
+        Ok(opts)
     }
 }
 
@@ -243,6 +254,7 @@ impl fmt::Debug for PostgresSourceConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PostgresSourceConfig")
             .field("url", &redact::redact_url(&self.url))
+            .field("primary_url", &self.primary_url.as_deref().map(redact::redact_url))
             .field("slot", &self.slot)
             .field("publication", &self.publication)
             .field("snapshot", &self.snapshot)

@@ -159,6 +159,20 @@ fn check_source(s: &PostgresSourceConfig, errors: &mut Vec<String>) {
     if let Err(e) = pgfanout_postgres::conn::PgConnectOptions::from_url(&s.url, Default::default()) {
         errors.push(format!("source.postgres.url: {e}; expected postgres://user:password@host:port/database"));
     }
+    if let Some(primary) = &s.primary_url {
+        match pgfanout_postgres::conn::PgConnectOptions::from_url(primary, Default::default()) {
+            Err(e) => errors.push(format!("source.postgres.primary_url: {e}; expected postgres://user:password@host:port/database")),
+            Ok(p) => {
+                let url = pgfanout_postgres::conn::PgConnectOptions::from_url(&s.url, Default::default());
+                if url.is_ok_and(|u| u.dbname != p.dbname) {
+                    errors.push(format!(
+                        "source.postgres.primary_url: names database {:?}, but url names another; the standby decodes the primary's database, so name the same one",
+                        p.dbname
+                    ));
+                }
+            }
+        }
+    }
     let ident =
         |v: &str| !v.is_empty() && v.len() <= MAX_IDENT && v.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
     if !ident(&s.slot) {

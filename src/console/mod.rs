@@ -244,7 +244,7 @@ async fn from_database(c: &Console) -> Result<(Vec<JsonValue>, Vec<JsonValue>), 
     let Some(admin) = &c.admin else { return Ok((Vec::new(), Vec::new())) };
     let mut guard = c.sql.lock().await;
     if guard.as_ref().is_none_or(|s| s.is_closed()) {
-        let fresh = tokio::time::timeout(std::time::Duration::from_secs(3), pgfanout_postgres::conn::connect_sql(&admin.opts))
+        let fresh = tokio::time::timeout(std::time::Duration::from_secs(3), pgfanout_postgres::conn::connect_sql(admin.opts.writer()))
             .await
             .map_err(|_| "source database: connect timed out".to_string())?
             .map_err(|e| format!("source database: {e}"))?;

@@ -65,7 +65,7 @@ impl DeadLetters {
         let slot = &cfg.source.postgres.slot;
         let dest = match cfg.dead_letter.to {
             DeadLetterTo::File => return Ok(DeadLetters::file(&cfg.dead_letter.path, slot)),
-            DeadLetterTo::Postgres => Dest::Table { opts: Box::new(opts.clone()), client: tokio::sync::Mutex::new(None) },
+            DeadLetterTo::Postgres => Dest::Table { opts: Box::new(opts.writer().clone()), client: tokio::sync::Mutex::new(None) },
             #[cfg(feature = "kafka")]
             DeadLetterTo::Kafka => Dest::Kafka(Box::new(kafka::topic(cfg)?)),
             #[cfg(not(feature = "kafka"))]

@@ -28,7 +28,7 @@ pub fn spawn(opts: PgConnectOptions, every: Duration) -> tokio::task::JoinHandle
         loop {
             tokio::time::sleep(every).await;
             if client.is_none() {
-                client = connect_sql(&opts).await.ok();
+                client = connect_sql(opts.writer()).await.ok();
             }
             if let Some(c) = &client {
                 if let Err(e) = c.batch_execute("SELECT pg_logical_emit_message(false, 'pgfanout_heartbeat', '')").await {

@@ -225,7 +225,7 @@ impl Lease {
     pub async fn release(self) {
         self.keeper.abort();
         let done = async {
-            let c = connect_sql(&self.settings.opts).await?;
+            let c = connect_sql(self.settings.opts.writer()).await?;
             c.execute(
                 "UPDATE pgfanout.leases SET expires_at = clock_timestamp() - interval '1 second' \
                  WHERE slot = $1 AND holder = $2 AND epoch = $3",
@@ -272,7 +272,15 @@ pub async fn acquire(
                     "took the lease: leading"
                 );
                 fence.allow_until(Instant::now() + settings.fenced_after());
-                take_slot(&c, &settings.slot).await;
+                match settings.opts.primary {
+                    // Decoding on a standby: the slot (and the walsender
+                    // holding it) is there.
+                    Some(_) => match connect_sql(&settings.opts).await {
+                        Ok(standby) => take_slot(&standby, &settings.slot).await,
+                        Err(e) => warn!(error = %e, "cannot reach the standby to end the old leader's replication connection"),
+                    },
+                    None => take_slot(&c, &settings.slot).await,
+                }
                 health.set_ha(HaRole::Leader, &settings.instance, Some(settings.instance.clone()), Some(epoch));
                 metrics::gauge!(m::HA_LEADER).set(1.0);
                 metrics::gauge!(m::HA_EPOCH).set(epoch as f64);
@@ -307,7 +315,7 @@ pub async fn acquire(
 /// instance holds it.
 async fn try_acquire(settings: &LeaseSettings, conn: &mut Option<Client>) -> Result<Result<i64, Option<Holder>>, SourceError> {
     if conn.as_ref().is_none_or(|c| c.is_closed()) {
-        let c = connect_sql(&settings.opts).await?;
+        let c = connect_sql(settings.opts.writer()).await?;
         pgfanout_postgres::schema::migrate(&c).await?;
         *conn = Some(c);
     }
@@ -403,7 +411,7 @@ async fn keep(
 /// not this instance's any more.
 async fn renew(settings: &LeaseSettings, epoch: i64, conn: &mut Option<Client>) -> Result<bool, SourceError> {
     if conn.is_none() {
-        *conn = Some(connect_sql(&settings.opts).await?);
+        *conn = Some(connect_sql(settings.opts.writer()).await?);
     }
     let c = conn.as_ref().expect("connected");
     let row = c.query_opt(RENEW, &[&settings.slot, &settings.instance, &epoch, &settings.lease.as_secs_f64()]).await?;

@@ -312,7 +312,7 @@ async fn reconcile_after_backfills(cfg: Config, mut shutdown: watch::Receiver<bo
         let pending = async {
             use crate::backfill::state::BackfillStatus;
             const ACTIVE: [BackfillStatus; 3] = BackfillStatus::ACTIVE;
-            let c = pgfanout_postgres::conn::connect_sql(&opts).await?;
+            let c = pgfanout_postgres::conn::connect_sql(opts.writer()).await?;
             let row = c
                 .query_one(
                     "SELECT count(*) FROM pgfanout.backfills WHERE slot = $1 AND reason = ANY($2) AND status IN ($3, $4, $5)",

@@ -87,8 +87,22 @@ pub async fn prepare_source(
 }
 
 async fn prepare_once(opts: &PgConnectOptions, pg: &PostgresSourceConfig, router: &Router) -> Result<Prepared, SourceError> {
-    let sql = connect_sql(opts).await?;
-    slot::check_server(&sql).await?;
+    // With `primary_url`, `opts` names a standby: the slot lives there
+    // (`here`), and what pgfanout writes goes to the primary (`sql`).
+    let sql = connect_sql(opts.writer()).await?;
+    let standby_sql = match &opts.primary {
+        Some(_) => Some(connect_sql(opts).await?),
+        None => None,
+    };
+    let here = standby_sql.as_ref().unwrap_or(&sql);
+    let server = slot::check_server(here).await?;
+    let standby = slot::check_standby(here, &server, opts.primary.is_some()).await?;
+    if standby {
+        slot::check_server(&sql).await?;
+        info!(standby = %opts.redacted(), primary = %opts.writer().redacted(), "decoding on a standby; pgfanout's own writes go to the primary");
+    } else if opts.primary.is_some() {
+        warn!(server = %opts.redacted(), "source.postgres.url is not a standby (promoted?); source.postgres.primary_url is still used for pgfanout's own writes");
+    }
     let tables = slot::resolve_tables(&sql, &router.table_patterns()).await?;
     let problems = slot::replica_identity_problems(&sql, &tables).await?;
     if !problems.is_empty() {
@@ -113,7 +127,7 @@ async fn prepare_once(opts: &PgConnectOptions, pg: &PostgresSourceConfig, router
     if snapshots {
         snapshot::ensure_state_table(&sql).await?;
     }
-    let info = slot::slot_info(&sql, &pg.slot).await?;
+    let info = slot::slot_info(here, &pg.slot).await?;
     // A slot that streamed before and is gone or invalidated: the changes
     // since are lost to it.
     let lost = match &info {
@@ -121,12 +135,12 @@ async fn prepare_once(opts: &PgConnectOptions, pg: &PostgresSourceConfig, router
         None => streamed_before(&sql, &pg.slot).await?,
     };
     if lost {
-        return recover_lost_slot(opts, &sql, pg, &tables, info.is_some()).await;
+        return recover_lost_slot(opts, here, &sql, pg, &tables, info.is_some(), standby).await;
     }
     match info {
         Some(info) => {
             slot::check_slot(&pg.slot, &info, &opts.dbname)?;
-            if pg.failover_slot {
+            if pg.failover_slot && !standby {
                 ensure_failover_slot(opts, &sql, &pg.slot).await;
             }
             let start = info.confirmed_flush_lsn.unwrap_or_default();
@@ -179,8 +193,9 @@ async fn prepare_once(opts: &PgConnectOptions, pg: &PostgresSourceConfig, router
                 // seen as an interrupted initial snapshot.
                 snapshot::mark_tables(&sql, &pg.slot, &tables, SnapshotStatus::InitialRunning, Lsn::ZERO).await?;
             }
-            let created = repl.create_logical_slot_with(&pg.slot, action, pg.failover_slot).await?;
-            let failover = pg.failover_slot && repl.server_major().is_some_and(|m| m >= 17);
+            let failover = pg.failover_slot && !standby;
+            let created = create_slot(&mut repl, &sql, &pg.slot, action, failover, standby).await?;
+            let failover = failover && repl.server_major().is_some_and(|m| m >= 17);
             info!(slot = %pg.slot, consistent_point = %created.consistent_point, failover, "replication slot created");
             if !snapshots {
                 return Ok(Prepared { start: created.consistent_point, snapshot: None, recreated: false });
@@ -198,6 +213,37 @@ async fn prepare_once(opts: &PgConnectOptions, pg: &PostgresSourceConfig, router
                 recreated: false,
             })
         }
+    }
+}
+
+/// Creates the slot. On a standby, creation waits for the primary to log
+/// its running transactions (the bgwriter does every 15 s, and only while
+/// the primary writes WAL), so the primary is asked for that record
+/// (`pg_log_standby_snapshot()`) every second until the slot exists.
+async fn create_slot(
+    repl: &mut ReplicationClient,
+    primary: &tokio_postgres::Client,
+    slot: &str,
+    action: SnapshotAction,
+    failover: bool,
+    standby: bool,
+) -> Result<pgfanout_postgres::replication::CreatedSlot, SourceError> {
+    let created = repl.create_logical_slot_with(slot, action, failover);
+    if !standby {
+        return created.await;
+    }
+    let nudge = async {
+        loop {
+            if let Err(e) = primary.execute("SELECT pg_log_standby_snapshot()", &[]).await {
+                warn!(error = %e, "cannot ask the primary to log its running transactions (pg_log_standby_snapshot); the standby's slot waits for the primary's next one");
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    };
+    tokio::select! {
+        created = created => created,
+        _ = nudge => unreachable!("the nudge never ends"),
     }
 }
 
@@ -246,10 +292,12 @@ async fn streamed_before(sql: &tokio_postgres::Client, slot: &str) -> Result<boo
 /// `recreate` makes a new slot and backfills every table.
 async fn recover_lost_slot(
     opts: &PgConnectOptions,
+    here: &tokio_postgres::Client,
     sql: &tokio_postgres::Client,
     pg: &PostgresSourceConfig,
     tables: &[TableName],
     exists: bool,
+    standby: bool,
 ) -> Result<Prepared, SourceError> {
     let slot_name = &pg.slot;
     let what = if exists {
@@ -269,10 +317,10 @@ async fn recover_lost_slot(
     }
     warn!("{what}; on_slot_lost: recreate: creating a new slot and backfilling every table");
     if exists {
-        sql.execute("SELECT pg_drop_replication_slot($1)", &[slot_name]).await?;
+        here.execute("SELECT pg_drop_replication_slot($1)", &[slot_name]).await?;
     }
     let mut repl = ReplicationClient::connect(opts).await?;
-    let created = repl.create_logical_slot_with(slot_name, SnapshotAction::NoExport, pg.failover_slot).await?;
+    let created = create_slot(&mut repl, sql, slot_name, SnapshotAction::NoExport, pg.failover_slot && !standby, standby).await?;
     drop(repl);
     crate::backfill::state::ensure(sql).await?;
     // Backfills of the lost slot's run are moot: the new ones cover every table.

@@ -140,7 +140,7 @@ pub async fn run(source: &mut SourceLoop, mut plan: SnapshotPlan, slot: &str, pa
     if !source.all_durable(&mut shutdown).await {
         return Ok(false);
     }
-    let sql = connect_sql(&source.settings().opts).await?;
+    let sql = connect_sql(source.settings().opts.writer()).await?;
     snapshot::mark_tables(&sql, slot, &plan.tables, SnapshotStatus::Done, plan.version).await?;
     let secs = started.elapsed().as_secs_f64();
     info!(

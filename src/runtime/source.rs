@@ -281,7 +281,7 @@ impl SourceLoop {
                      does not have (verify --repair)"
                 );
                 let recovered = async {
-                    let sql = connect_sql(&self.settings.opts).await?;
+                    let sql = connect_sql(self.settings.opts.writer()).await?;
                     super::failover::pad_wal_past(&sql, resume).await?;
                     super::failover::backfill_every_table(&sql, &self.settings.slot, &self.router.table_patterns()).await
                 }

@@ -98,8 +98,16 @@ pub async fn run(
     let router = Router::new(cfg).map_err(|e| VerifyError::Usage(e.to_string()))?;
     let pg = &cfg.source.postgres;
     let conn = pg.connect_options().map_err(|e| VerifyError::Usage(format!("source.postgres.url: {e}")))?;
-    let client = connect_sql(&conn).await.map_err(|e| VerifyError::Source(format!("cannot connect to {}: {e}", conn.redacted())))?;
-    let ctx = pass::Ctx { cfg, opts, router: &router, client: &client, progress };
+    // The tables are read on the primary; the slot is on the standby when
+    // decoding on one.
+    let connect =
+        |o| async move { connect_sql(o).await.map_err(|e| VerifyError::Source(format!("cannot connect to {}: {e}", o.redacted()))) };
+    let client = connect(conn.writer()).await?;
+    let standby = match &conn.primary {
+        Some(_) => Some(connect(&conn).await?),
+        None => None,
+    };
+    let ctx = pass::Ctx { cfg, opts, router: &router, client: &client, slot_client: standby.as_ref().unwrap_or(&client), progress };
     let mut done = Vec::new();
     for (index, p) in cfg.pipelines.iter().enumerate() {
         if !opts.pipelines.is_empty() && !opts.pipelines.contains(&p.name) {

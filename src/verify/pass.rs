@@ -25,6 +25,8 @@ pub(super) struct Ctx<'a> {
     pub opts: &'a VerifyOptions,
     pub router: &'a Router,
     pub client: &'a Client,
+    /// On the server holding the slot (the standby when decoding on one).
+    pub slot_client: &'a Client,
     pub progress: &'a ProgressFn<'a>,
 }
 
@@ -269,7 +271,7 @@ impl Ctx<'_> {
         let deadline = Instant::now() + self.opts.settle;
         loop {
             let row = self
-                .client
+                .slot_client
                 .query_opt("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", &[slot])
                 .await
                 .map_err(|e| e.to_string())?;

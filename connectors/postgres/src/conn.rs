@@ -115,6 +115,11 @@ pub struct PgConnectOptions {
     /// every 10 s, 3 probes), a silent link under a catalog query, the
     /// heartbeat or a sampler fails within about a minute instead of hanging.
     pub tcp_user_timeout: Duration,
+    /// The primary, when these options name a physical standby pgfanout
+    /// decodes from (PostgreSQL 16+, `source.postgres.primary_url`): the
+    /// slot, the stream and the initial snapshot stay on the standby, and
+    /// everything pgfanout writes goes to the primary ([`Self::writer`]).
+    pub primary: Option<Box<PgConnectOptions>>,
 }
 
 /// Session settings applied to every connection through the startup
@@ -148,6 +153,13 @@ impl PgConnectOptions {
     /// `sslcert`, `sslkey` (override the matching [`TlsFiles`] entry).
     ///
     /// Errors are definite ([`SourceError::is_permanent`]) and never contain the password.
+    /// Where pgfanout's own writes go (publication, the `pgfanout` schema,
+    /// heartbeats, backfill watermarks): the primary when these options
+    /// name a standby, else the same server.
+    pub fn writer(&self) -> &PgConnectOptions {
+        self.primary.as_deref().unwrap_or(self)
+    }
+
     pub fn from_url(url: &str, tls: TlsFiles) -> Result<Self, SourceError> {
         let bad = |what: &str| SourceError::permanent(format!("invalid PostgreSQL URL: {what}"));
         let (url, more_hosts) = split_host_list(url);
@@ -175,6 +187,7 @@ impl PgConnectOptions {
             application_name: DEFAULT_APPLICATION_NAME.into(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             tcp_user_timeout: DEFAULT_TCP_USER_TIMEOUT,
+            primary: None,
         };
         match parsed.host_str() {
             Some(h) if !h.is_empty() => {

@@ -56,6 +56,27 @@ pub async fn check_server(c: &Client) -> Result<ServerInfo, SourceError> {
     Ok(info)
 }
 
+/// Whether the server decodes as a physical standby (`pg_is_in_recovery()`),
+/// after checking that it can: PostgreSQL 16+, and a primary to write to
+/// (`has_primary`: `source.postgres.primary_url`).
+pub async fn check_standby(c: &Client, info: &ServerInfo, has_primary: bool) -> Result<bool, SourceError> {
+    let standby: bool = c.query_one("SELECT pg_is_in_recovery()", &[]).await?.try_get(0)?;
+    if standby && info.version_num < 160000 {
+        return Err(SourceError::permanent(format!(
+            "source.postgres.url names a standby (in recovery) running PostgreSQL {}: logical decoding on a standby needs 16 or later; \
+             point url at the primary, or upgrade",
+            info.version_num
+        )));
+    }
+    if standby && !has_primary {
+        return Err(SourceError::permanent(
+            "source.postgres.url names a standby (in recovery): set source.postgres.primary_url to the primary, where pgfanout writes \
+             its publication, state and heartbeats (the slot and the stream stay on the standby), or point url at the primary",
+        ));
+    }
+    Ok(standby)
+}
+
 fn check_server_info(info: &ServerInfo) -> Result<(), SourceError> {
     if info.version_num < 140000 {
         return Err(SourceError::permanent(format!(
