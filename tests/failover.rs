@@ -266,6 +266,82 @@ async fn a_failover_that_lost_delivered_changes_is_recovered_with_on_slot_lost_r
     assert!(d.wait(Duration::from_secs(30)).is_some_and(|s| s.success()), "clean stop\n{}", d.log());
 }
 
+/// The lost failover again, but while pgfanout is down (SIGKILLed, the
+/// worst moment: its state file holds a bound, not the exact position).
+/// The next start reads the timeline it last streamed on from the state
+/// file (`runtime.state_dir`): with `on_slot_lost: fail` it stops and says
+/// so instead of resuming from the lagging copy of the slot; started again
+/// with `recreate`, it recovers, and Redis equals the new primary's table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_while_pgfanout_was_stopped_is_checked_at_the_next_start() {
+    let Some((primary, standby, c)) = primary_and_standby("lags", &[("wal_sender_timeout", "10s")], &[]).await else {
+        return;
+    };
+    let dir = scratch();
+    let redis = tokio::task::spawn_blocking(testkit::RedisServer::start).await.unwrap();
+    let url = both_hosts(&primary, &standby, "lags");
+    let pipelines = "  - name: rows\n    from: public.t\n    to: cache\n    redis: { type: string, key: \"t:{id}\", column: v }";
+    let config = redis_config(&primary, "lags", "lags", &redis.url(), pipelines, dir.path()).replace(&primary.url("lags"), &url);
+    let mut d = Daemon::start(bin(), dir.path(), "lags", &config);
+    wait_slot(&c, "lags", &d).await;
+    c.batch_execute("INSERT INTO t SELECT g, g FROM generate_series(1, 100) g").await.unwrap();
+    wait_confirmed(&c, "lags", &d, Duration::from_secs(60)).await;
+    let s = standby.client("postgres").await;
+    testkit::wait_for(Duration::from_secs(90), "the slot to be synchronized to the standby", || async {
+        s.query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = 'lags' AND synced AND NOT temporary", &[])
+            .await
+            .unwrap()
+            .is_some()
+    })
+    .await;
+    drop(s);
+    standby.stop("fast");
+    c.batch_execute("INSERT INTO t SELECT g, g FROM generate_series(101, 200) g; UPDATE t SET v = 1000 + id WHERE id <= 10").await.unwrap();
+    wait_confirmed(&c, "lags", &d, Duration::from_secs(60)).await;
+    assert_eq!(redis.keys().iter().filter(|k| k.starts_with("t:")).count(), 200, "pgfanout delivered what the standby lacks");
+    // pgfanout dies, then the primary; the lagging standby is promoted.
+    d.kill9();
+    primary.stop("immediate");
+    standby.start_server();
+    standby.promote();
+    let n = standby.client("lags").await;
+    n.batch_execute("INSERT INTO t VALUES (-1, -1); UPDATE t SET v = -5 WHERE id = 5; DELETE FROM t WHERE id = 50").await.unwrap();
+
+    // Started again (on_slot_lost: fail): it stops and says why.
+    d.spawn(bin());
+    let status = tokio::task::block_in_place(|| d.wait(Duration::from_secs(120)));
+    let log = d.log();
+    assert!(status.is_some_and(|s| !s.success()), "pgfanout stops\n{log}");
+    assert!(log.contains("timeline changed while pgfanout was stopped") && log.contains("failover lost changes"), "and says why\n{log}");
+    assert_eq!(redis.cmd(&["GET", "t:5"]).text(), "1005", "nothing was streamed from the new primary");
+    // It keeps saying so at every start until told what to do.
+    d.spawn(bin());
+    let status = tokio::task::block_in_place(|| d.wait(Duration::from_secs(120)));
+    assert!(status.is_some_and(|s| !s.success()), "pgfanout stops again\n{}", d.log());
+    assert_eq!(d.log().matches("timeline changed while pgfanout was stopped").count(), 2, "{}", d.log());
+
+    // With on_slot_lost: recreate it recovers.
+    let recreate = config.replace("    snapshot: never\n", "    snapshot: never\n    on_slot_lost: recreate\n");
+    assert!(recreate.contains("on_slot_lost: recreate"));
+    std::fs::write(&d.config_path, recreate).unwrap();
+    d.spawn(bin());
+    testkit::wait_for(Duration::from_secs(180), "the reconciliation after the backfill", || async {
+        d.log().contains("reconciliation after the recovery backfills finished")
+    })
+    .await;
+    n.batch_execute("INSERT INTO t SELECT g, g FROM generate_series(300, 350) g; UPDATE t SET v = -7 WHERE id = 7").await.unwrap();
+    wait_confirmed(&n, "lags", &d, Duration::from_secs(60)).await;
+    let log = d.log();
+    let rows = n.query("SELECT id, v FROM t", &[]).await.unwrap();
+    let want: std::collections::BTreeMap<String, String> =
+        rows.iter().map(|r| (format!("t:{}", r.get::<_, i32>(0)), r.get::<_, i32>(1).to_string())).collect();
+    let got: std::collections::BTreeMap<String, String> =
+        redis.keys().into_iter().filter(|k| k.starts_with("t:")).map(|k| (k.clone(), redis.cmd(&["GET", &k]).text())).collect();
+    assert_eq!(got.get("t:5").map(String::as_str), Some("-5"), "the new primary's update wins over the ghost's\n{log}");
+    assert!(!got.contains_key("t:150") && !got.contains_key("t:50"), "rows the new primary lacks are gone\n{log}");
+    assert_eq!(got, want, "Redis equals the new primary's table\n{log}");
+}
+
 /// Logical decoding on a physical standby (PostgreSQL 16+): `url` names the
 /// standby and `primary_url` the primary. The slot, the stream and the
 /// initial snapshot are the standby's; the primary holds no logical slot

@@ -442,6 +442,12 @@ pub struct RuntimeConfig {
     /// the sinks (batches small transactions; adds at most this latency).
     #[serde(default = "default_linger", with = "units::duration")]
     pub linger: Duration,
+    /// Where pgfanout remembers, per slot, the server's timeline and how far
+    /// it handed changes to the sinks, so that a failover while it was
+    /// stopped is checked at the next start (docs/operating.md#failover).
+    /// Default: `$STATE_DIRECTORY`, else `$HOME/.local/state/pgfanout`.
+    #[serde(default)]
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for RuntimeConfig {
@@ -452,6 +458,7 @@ impl Default for RuntimeConfig {
             queue_memory: default_queue_memory(),
             shutdown_timeout: default_shutdown_timeout(),
             linger: default_linger(),
+            state_dir: None,
         }
     }
 }

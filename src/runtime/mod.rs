@@ -8,6 +8,7 @@ mod bridge;
 mod error;
 mod failover;
 mod feedback;
+mod handed;
 mod heartbeat;
 mod in_progress;
 pub mod lease;
@@ -206,6 +207,7 @@ async fn lead(
         streaming_spill_dir: pg.streaming_spill_dir.clone(),
         fence,
         recover_lost_changes: pg.on_slot_lost == crate::config::OnSlotLost::Recreate,
+        state_dir: cfg.runtime.state_dir.clone(),
     };
     let patterns: Vec<crate::config::TablePattern> =
         router.table_patterns().iter().filter_map(|p| crate::config::TablePattern::parse(p).ok()).collect();

@@ -48,4 +48,7 @@ pub struct SourceSettings {
     /// A failover that lost delivered changes is recovered (`on_slot_lost:
     /// recreate`, see `super::failover`) instead of stopping the reader.
     pub recover_lost_changes: bool,
+    /// Where the positions handed to the sinks are remembered across
+    /// restarts (`super::handed`; `None`: the default place).
+    pub state_dir: Option<PathBuf>,
 }

@@ -109,6 +109,14 @@ pub struct SourceLoop {
     /// The server's timeline at the last connection (a change is a
     /// failover: see [`SourceLoop::check_timeline`]).
     timeline: Option<u32>,
+    /// The timeline and the bound on what was handed to the sinks, kept
+    /// across restarts (a failover while pgfanout was stopped).
+    handed: super::handed::Handed,
+    /// The bound read back at start, when the timeline changed meanwhile.
+    recorded_bound: Lsn,
+    /// The highest commit position of a transaction whose records may be
+    /// handed to the sinks (the open one's included).
+    receiving: Lsn,
     /// Signalled once a failover's recovery backfills are requested: the
     /// reconciler waits for them, then repairs the stores.
     reconcile: Option<Arc<tokio::sync::Notify>>,
@@ -130,7 +138,11 @@ impl SourceLoop {
         let type_changes = TypeChangeWatch::new(settings.slot.clone(), settings.on_type_change);
         let streamed = InProgress::new(settings.streaming_memory, settings.streaming_spill_dir.clone());
         let outbox = Outbox::new(n, settings.chunk_bytes);
+        let handed = super::handed::Handed::new(settings.state_dir.as_deref(), &settings.slot);
         SourceLoop {
+            handed,
+            recorded_bound: Lsn::ZERO,
+            receiving: Lsn::ZERO,
             durable_changed,
             settings,
             router,
@@ -263,13 +275,16 @@ impl SourceLoop {
     /// recovered (`super::failover`: WAL padded, every table backfilled,
     /// then the reconciler repairs the stores); otherwise it stops
     /// pgfanout, saying how to recover. (Only a failover seen by this
-    /// process: the timeline is not remembered across restarts.)
+    /// process, or recorded by the last one in the state file: see
+    /// `super::handed`.)
     async fn check_timeline(&mut self, client: &mut ReplicationClient, timeline: u32) -> Result<(), SourceError> {
         let Some(old) = self.timeline.replace(timeline) else { return Ok(()) };
         if old == timeline {
             return Ok(());
         }
-        let resume = self.tracker.resume_position();
+        // What the sinks may hold: what this process received, or after a
+        // restart what the state file recorded.
+        let resume = self.tracker.resume_position().max(self.recorded_bound);
         let fork = timeline_fork(client, timeline, old).await?;
         match fork {
             Some(at) if at < resume && self.settings.recover_lost_changes => {
@@ -336,7 +351,18 @@ impl SourceLoop {
         slot::check_slot(&self.settings.slot, &info, &self.settings.opts.dbname)?;
         let mut client = ReplicationClient::connect_with(&self.settings.opts, self.settings.receive_buffer).await?;
         let system = client.identify_system().await?;
+        let recorded = self.handed.read(&system.system_id);
+        if self.timeline.is_none() {
+            if let Some((timeline, bound)) = recorded.filter(|(t, _)| *t != system.timeline) {
+                // A failover while pgfanout was stopped: checked as if seen.
+                info!(recorded = timeline, now = system.timeline, handed_below = %bound, "the server's timeline changed while pgfanout was stopped");
+                self.timeline = Some(timeline);
+                self.recorded_bound = bound;
+            }
+        }
         self.check_timeline(&mut client, system.timeline).await?;
+        let handed = self.tracker.resume_position().max(recorded.map(|(_, b)| b).unwrap_or_default()).max(self.receiving);
+        self.handed.connected(&system.system_id, system.timeline, handed);
         let confirmed = info.confirmed_flush_lsn.unwrap_or_default();
         if confirmed < self.feedback.sent_flush() {
             warn!(
@@ -493,6 +519,7 @@ impl SourceLoop {
 
     /// A transaction begins.
     fn begin(&mut self, meta: TxMeta) {
+        self.receiving = self.receiving.max(Lsn(meta.commit_lsn.0.saturating_add(1)));
         let skip = self.tx.begin(meta, self.outbox.chunks());
         if skip > 0 {
             info!(commit_lsn = %meta.commit_lsn, changes = skip, "skipping the changes of a resent transaction the sinks already have");
@@ -625,6 +652,7 @@ impl SourceLoop {
     /// the queue memory and the queue (backpressure) while keeping the
     /// walsender alive.
     async fn flush_local(&mut self, mut stream: Option<&mut ReplicationStream>) -> Result<(), SourceError> {
+        self.handed.before_handing(self.tracker.resume_position().max(self.receiving));
         self.outbox.flushing();
         for i in 0..self.outbox.chunks().len() {
             if self.outbox.chunks()[i].is_empty() {
@@ -808,6 +836,7 @@ impl SourceLoop {
             Err(e) => warn!(error = %e, "final status update failed"),
         }
         let _ = stream.finish().await;
+        self.handed.stopped(self.tracker.resume_position().max(self.receiving));
     }
 
     /// Closes the sink queues and waits (up to the shutdown timeout) for the

@@ -29,6 +29,8 @@ impl Daemon {
         let child = Command::new(bin)
             .args(["run", "-c"])
             .arg(&self.config_path)
+            // The state file (runtime.state_dir's default) beside the config.
+            .env("STATE_DIRECTORY", self.config_path.parent().expect("the config's directory"))
             .env("PGFANOUT_LOG", std::env::var("PGFANOUT_TEST_LOG").unwrap_or_else(|_| "info,pgfanout=debug".into()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
