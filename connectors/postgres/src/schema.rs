@@ -12,6 +12,7 @@
 //! | `verify_results` | the last `verify` outcome per pipeline, for the metrics | `pgfanout verify` |
 //! | `leases` | per slot: the instance that leads (`ha`), its epoch and deadline | the daemon |
 //! | `dead_letters` | records that could not be delivered (`dead_letter.to: postgres`) | the daemon, `pgfanout dead-letters` |
+//! | `partition_leaves` | per slot: the leaf partitions of each published partitioned table last seen | the daemon |
 //! | `schema_migrations` | which of the migrations below were applied, and when | [`migrate`] |
 //!
 //! Every change to these tables is a new entry at the end of [`MIGRATIONS`],
@@ -123,6 +124,15 @@ pub const MIGRATIONS: &[Migration] = &[
               change json NOT NULL,
               source json);
             CREATE INDEX IF NOT EXISTS dead_letters_slot_position ON pgfanout.dead_letters (slot, commit_lsn, ordinal)",
+    },
+    Migration {
+        version: 5,
+        name: "partition_leaves: the partitions of published tables last seen, to notice those attached while stopped",
+        sql: "CREATE TABLE IF NOT EXISTS pgfanout.partition_leaves (
+              slot text NOT NULL,
+              root text NOT NULL,
+              leaf oid NOT NULL,
+              PRIMARY KEY (slot, root, leaf))",
     },
 ];
 
