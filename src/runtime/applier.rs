@@ -426,9 +426,8 @@ async fn flush(burst: &mut Burst, sinks: &mut Sinks, shared: &Shared, shutdown: 
         // Commit markers alone for a sink whose queue is full wait here,
         // compacted to the last, so the other sinks go on; that sink stays
         // behind in the ack rule all the same.
-        if sinks.senders[i].capacity() == 0 && burst.chunks[i].iter().all(|c| matches!(c, Item::Commit(_))) {
-            let last = burst.chunks[i].len() - 1;
-            burst.chunks[i].drain(..last);
+        if sinks.senders[i].capacity() == 0 && super::outbox::commits_only(&burst.chunks[i]) {
+            super::outbox::keep_last(&mut burst.chunks[i]);
             continue;
         }
         let memory = sinks.memory.clone();

@@ -116,7 +116,7 @@ impl Outbox {
 
     /// Whether `sink`'s chunk holds commit markers only.
     pub fn commits_only(&self, sink: usize) -> bool {
-        self.local[sink].iter().all(|i| matches!(i, Item::Commit(_)))
+        commits_only(&self.local[sink])
     }
 
     /// Keeps only the last of `sink`'s commit markers (its chunk holds
@@ -125,11 +125,7 @@ impl Outbox {
     /// full keeps one marker here instead of a growing list. Returns the
     /// chunk's new length.
     pub fn compact_commits(&mut self, sink: usize) -> usize {
-        let chunk = &mut self.local[sink];
-        if chunk.len() > 1 {
-            chunk.drain(..chunk.len() - 1);
-        }
-        chunk.len()
+        keep_last(&mut self.local[sink])
     }
 
     /// A flush starts: whatever stays queued after it is re-dated by the
@@ -149,4 +145,19 @@ impl Outbox {
     pub fn flushed(&mut self) {
         self.pins.update(self.offset);
     }
+}
+
+/// Whether `chunk` holds commit markers only.
+pub fn commits_only(chunk: &Chunk) -> bool {
+    chunk.iter().all(|i| matches!(i, Item::Commit(_)))
+}
+
+/// Keeps the last item of a chunk of commit markers (see
+/// [`Outbox::compact_commits`]; the applier's bursts do the same); returns
+/// its new length.
+pub fn keep_last(chunk: &mut Chunk) -> usize {
+    if chunk.len() > 1 {
+        chunk.drain(..chunk.len() - 1);
+    }
+    chunk.len()
 }
