@@ -19,6 +19,7 @@
 //! cover, read back at start.
 
 mod config;
+pub mod connect;
 mod debezium;
 mod encode;
 mod eos;

@@ -310,6 +310,13 @@ fn value(v: Json, field: Option<&Field>) -> Result<Value, String> {
     })
 }
 
+/// One value in Connect's JSON form, read with its field's schema
+/// (JsonConverter's form, as `crate::connect` writes it).
+pub fn read_value(v: Json, schema: &Json) -> Result<Value, String> {
+    let field: Field = serde_json::from_value(schema.clone()).map_err(|e| format!("schema {schema}: {e}"))?;
+    value(v, Some(&field))
+}
+
 /// A value without a schema: as its JSON is, but a `VariableScaleDecimal`
 /// (`{"scale":.., "value":"<base64>"}`) is its number.
 fn untyped(v: Json) -> Value {
