@@ -39,10 +39,12 @@ pub use redis::{RedisServer, Resp};
 pub use tls::{make_certificates, TestCerts};
 pub use toxiproxy::{Link, Stream as ToxicStream, Toxiproxy};
 
-/// Runs `start` (which picks free ports and starts a server) again, up to
-/// three times, when it fails because another process took a port between
-/// [`free_port`] releasing it and the server binding it (many servers start
-/// at once under nextest).
+/// Runs `start` (which picks free ports and starts a server, or starts one
+/// again on its ports) again, up to three times, when it fails because
+/// another process held a port when the server bound it: between
+/// [`free_port`] releasing it and the server binding it, or for the moment
+/// another test's [`free_port`] holds it (many servers start at once under
+/// nextest).
 pub fn retry_on_port_clash<T>(mut start: impl FnMut() -> T) -> T {
     for attempt in 1.. {
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(&mut start)) {
@@ -54,7 +56,8 @@ pub fn retry_on_port_clash<T>(mut start: impl FnMut() -> T) -> T {
                 if !clash || attempt >= 3 {
                     std::panic::resume_unwind(e);
                 }
-                eprintln!("testkit: a port was taken before the server bound it; starting again on new ports");
+                eprintln!("testkit: a port was taken when the server bound it; starting it again");
+                std::thread::sleep(std::time::Duration::from_millis(500));
             }
         }
     }

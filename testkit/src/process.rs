@@ -235,10 +235,12 @@ impl ServerSlot {
 
     /// Starts the server unless it runs: `launch` spawns it and waits until
     /// it is ready (panicking otherwise); the slot then keeps the process.
-    pub fn start(&self, launch: impl FnOnce() -> ServerProcess) {
+    /// A restart binds the same ports again: a moment's clash with another
+    /// test picking a free port is retried ([`crate::retry_on_port_clash`]).
+    pub fn start(&self, mut launch: impl FnMut() -> ServerProcess) {
         let mut child = self.process();
         if child.is_none() {
-            *child = Some(launch());
+            *child = Some(crate::retry_on_port_clash(&mut launch));
         }
     }
 
