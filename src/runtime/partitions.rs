@@ -152,10 +152,14 @@ pub fn spawn(
                             }
                         }
                         if !saved || known.as_ref() != Some(&now) {
-                            match record(sql, &slot, &now).await {
-                                Ok(()) => saved = true,
-                                Err(e) => warn!(error = %e, "cannot record the published partitions in pgfanout.partition_leaves"),
+                            // Tried once per change of the set (a role
+                            // without CREATE on the database: said once).
+                            if let Err(e) = record(sql, &slot, &now).await {
+                                if !saved {
+                                    warn!(error = %e, "cannot record the published partitions in pgfanout.partition_leaves: partitions attached while pgfanout is stopped are not noticed");
+                                }
                             }
+                            saved = true;
                         }
                         known = Some(now);
                     }
