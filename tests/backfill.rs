@@ -412,6 +412,31 @@ async fn a_lost_slot_fails_clearly_or_is_recreated_and_backfilled() {
     }
 }
 
+/// PostgreSQL 14: waits until the reader connected again for a new
+/// partition (its walsender publishes it only then); nothing on 15+.
+async fn wait_reconnect_on_14(c: &tokio_postgres::Client, d: &Daemon) {
+    if server_major(c).await < 15 {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !d.log().contains("reconnecting as asked") {
+            assert!(Instant::now() < deadline, "PostgreSQL 14: the new partition is not noticed\n{}", d.log());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// `events` as `{key json text -> to_jsonb(row)}`, keyed by (id, region).
+async fn events_by_key(c: &tokio_postgres::Client) -> HashMap<String, serde_json::Value> {
+    c.query("SELECT jsonb_build_object('id', id, 'region', region)::text, to_jsonb(e)::text FROM events e", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let k: serde_json::Value = serde_json::from_str(&r.get::<_, String>(0)).unwrap();
+            (k.to_string(), serde_json::from_str(&r.get::<_, String>(1)).unwrap())
+        })
+        .collect()
+}
+
 /// Partitioned tables stream under the root's name (partitions created
 /// later included), an attached partition's existing rows come with a
 /// backfill of the root, and `ALTER COLUMN ... TYPE ... USING` (which
@@ -455,13 +480,7 @@ async fn partitions_stream_under_the_root_and_type_changes_are_backfilled() {
     wait_status(&c, "public.events", "done", &d).await;
     // Written to the attached partition in a transaction of its own (on 14,
     // once pgfanout has noticed the partition and connected again).
-    if server_major(&c).await < 15 {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !d.log().contains("reconnecting as asked") {
-            assert!(Instant::now() < deadline, "PostgreSQL 14: the new partition is not noticed\n{}", d.log());
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    wait_reconnect_on_14(&c, &d).await;
     c.batch_execute("INSERT INTO events VALUES (61, 'ap', 61)").await.unwrap();
     // A type change that rewrites every row, then any change of the table.
     c.batch_execute(
@@ -494,16 +513,7 @@ async fn partitions_stream_under_the_root_and_type_changes_are_backfilled() {
         // below is the table's all the same (src/runtime/partitions.rs).
         assert_eq!(streamed_ap, 1, "on 14 only the insert of a later transaction streams");
     }
-    let want: HashMap<String, serde_json::Value> = c
-        .query("SELECT jsonb_build_object('id', id, 'region', region)::text, to_jsonb(e)::text FROM events e", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| {
-            let k: serde_json::Value = serde_json::from_str(&r.get::<_, String>(0)).unwrap();
-            (k.to_string(), serde_json::from_str(&r.get::<_, String>(1)).unwrap())
-        })
-        .collect();
+    let want = events_by_key(&c).await;
     assert_eq!(want.len(), 261);
     assert_eq!(live(final_state(&recs, "events")), want);
     let (ok, out) = tokio::task::block_in_place(|| verify_ok(&path, &[]));
@@ -560,27 +570,12 @@ async fn a_partition_attached_while_pgfanout_was_stopped_is_backfilled_at_the_ne
     wait_status(&c, "public.events", "done", &d).await;
     // On 14 the reader connects again once past the attach (see the test
     // above); writes through the partition stream from then on.
-    if server_major(&c).await < 15 {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !d.log().contains("reconnecting as asked") {
-            assert!(Instant::now() < deadline, "PostgreSQL 14: the new partition is not noticed\n{}", d.log());
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    wait_reconnect_on_14(&c, &d).await;
     c.batch_execute("INSERT INTO events VALUES (41, 'ap', 41), (1, 'us', 1); DELETE FROM events WHERE id = 2").await.unwrap();
     let lsn: String = c.query_one("SELECT pg_current_wal_insert_lsn()::text", &[]).await.unwrap().get(0);
     let r = reqwest::get(format!("http://{listen}/wait?lsn={lsn}&timeout=60s")).await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    let want: HashMap<String, serde_json::Value> = c
-        .query("SELECT jsonb_build_object('id', id, 'region', region)::text, to_jsonb(e)::text FROM events e", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| {
-            let k: serde_json::Value = serde_json::from_str(&r.get::<_, String>(0)).unwrap();
-            (k.to_string(), serde_json::from_str(&r.get::<_, String>(1)).unwrap())
-        })
-        .collect();
+    let want = events_by_key(&c).await;
     assert_eq!(want.len(), 50 - 1 + 40 - 1 + 2);
     let recs = records(&dir.path().join("out.jsonl"));
     assert_eq!(live(final_state(&recs, "events")), want, "the file's final state is the table\n{}", d.log());

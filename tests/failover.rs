@@ -43,6 +43,33 @@ async fn primary_and_standby(
     Some((primary, standby, c))
 }
 
+/// Waits until the standby holds a synchronized copy of `slot`.
+async fn wait_synced(standby: &testkit::PgCluster, slot: &str) {
+    let s = standby.client("postgres").await;
+    testkit::wait_for(Duration::from_secs(90), "the slot to be synchronized to the standby", || async {
+        s.query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND synced AND NOT temporary", &[&slot])
+            .await
+            .unwrap()
+            .is_some()
+    })
+    .await;
+}
+
+/// After a failover that lost delivered changes (the ghosts: rows 101 to
+/// 200 and updates of rows 1 to 10 only the old primary had), then the new
+/// primary's writes (`v = -5` for row 5, row 50 deleted): Redis holds
+/// exactly the new primary's table.
+async fn assert_redis_is_the_new_primarys_table(n: &tokio_postgres::Client, redis: &testkit::RedisServer, log: &str) {
+    let rows = n.query("SELECT id, v FROM t", &[]).await.unwrap();
+    let want: std::collections::BTreeMap<String, String> =
+        rows.iter().map(|r| (format!("t:{}", r.get::<_, i32>(0)), r.get::<_, i32>(1).to_string())).collect();
+    let got: std::collections::BTreeMap<String, String> =
+        redis.keys().into_iter().filter(|k| k.starts_with("t:")).map(|k| (k.clone(), redis.cmd(&["GET", &k]).text())).collect();
+    assert_eq!(got.get("t:5").map(String::as_str), Some("-5"), "the new primary's update wins over the ghost's\n{log}");
+    assert!(!got.contains_key("t:150") && !got.contains_key("t:50"), "rows the new primary lacks are gone\n{log}");
+    assert_eq!(got, want, "Redis equals the new primary's table\n{log}");
+}
+
 /// `url` listing both hosts, primary first, for `db`.
 fn both_hosts(primary: &testkit::PgCluster, standby: &testkit::PgCluster, db: &str) -> String {
     format!("postgres://postgres@127.0.0.1:{},127.0.0.1:{}/{db}?target_session_attrs=read-write", primary.port, standby.port)
@@ -79,11 +106,7 @@ async fn a_promoted_standby_takes_over_from_the_synchronized_slot() {
     // Some changes before, and the slot synchronized to the standby.
     c.batch_execute("INSERT INTO t SELECT g, g FROM generate_series(1, 1000) g").await.unwrap();
     wait_confirmed(&c, "fo", &d, Duration::from_secs(60)).await;
-    let s = standby.client("postgres").await;
-    testkit::wait_for(Duration::from_secs(90), "the slot to be synchronized to the standby", || async {
-        s.query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = 'fo' AND synced AND NOT temporary", &[]).await.unwrap().is_some()
-    })
-    .await;
+    wait_synced(&standby, "fo").await;
 
     // `doctor` sees a slot that survives a failover.
     let doctor = std::process::Command::new(bin()).args(["doctor", "-c"]).arg(&d.config_path).output().unwrap();
@@ -173,12 +196,7 @@ async fn a_failover_to_a_standby_that_lags_behind_what_was_delivered_is_reported
     wait_slot(&c, "lag", &d).await;
     c.batch_execute("INSERT INTO t SELECT g, g FROM generate_series(1, 100) g").await.unwrap();
     wait_confirmed(&c, "lag", &d, Duration::from_secs(60)).await;
-    let s = standby.client("postgres").await;
-    testkit::wait_for(Duration::from_secs(90), "the slot to be synchronized to the standby", || async {
-        s.query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = 'lag' AND synced AND NOT temporary", &[]).await.unwrap().is_some()
-    })
-    .await;
-    drop(s);
+    wait_synced(&standby, "lag").await;
     // The standby falls behind: pgfanout gets changes it will never have.
     standby.stop("fast");
     c.batch_execute("INSERT INTO t SELECT g, g FROM generate_series(101, 200) g").await.unwrap();
@@ -221,15 +239,7 @@ async fn a_failover_that_lost_delivered_changes_is_recovered_with_on_slot_lost_r
     wait_slot(&c, "lagr", &d).await;
     c.batch_execute("INSERT INTO t SELECT g, g FROM generate_series(1, 100) g").await.unwrap();
     wait_confirmed(&c, "lagr", &d, Duration::from_secs(60)).await;
-    let s = standby.client("postgres").await;
-    testkit::wait_for(Duration::from_secs(90), "the slot to be synchronized to the standby", || async {
-        s.query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = 'lagr' AND synced AND NOT temporary", &[])
-            .await
-            .unwrap()
-            .is_some()
-    })
-    .await;
-    drop(s);
+    wait_synced(&standby, "lagr").await;
     // The standby falls behind: pgfanout delivers rows and updates it will
     // never have (ghosts).
     standby.stop("fast");
@@ -254,14 +264,7 @@ async fn a_failover_that_lost_delivered_changes_is_recovered_with_on_slot_lost_r
     let log = d.log();
     assert!(log.contains("failover lost changes") && log.contains("synchronized_standby_slots"), "it says what happened\n{log}");
     assert!(d.is_running(), "pgfanout keeps running\n{log}");
-    let rows = n.query("SELECT id, v FROM t", &[]).await.unwrap();
-    let want: std::collections::BTreeMap<String, String> =
-        rows.iter().map(|r| (format!("t:{}", r.get::<_, i32>(0)), r.get::<_, i32>(1).to_string())).collect();
-    let got: std::collections::BTreeMap<String, String> =
-        redis.keys().into_iter().filter(|k| k.starts_with("t:")).map(|k| (k.clone(), redis.cmd(&["GET", &k]).text())).collect();
-    assert_eq!(got.get("t:5").map(String::as_str), Some("-5"), "the new primary's update wins over the ghost's\n{log}");
-    assert!(!got.contains_key("t:150") && !got.contains_key("t:50"), "rows the new primary lacks are gone\n{log}");
-    assert_eq!(got, want, "Redis equals the new primary's table\n{log}");
+    assert_redis_is_the_new_primarys_table(&n, &redis, &log).await;
     d.signal("TERM");
     assert!(d.wait(Duration::from_secs(30)).is_some_and(|s| s.success()), "clean stop\n{}", d.log());
 }
@@ -286,15 +289,7 @@ async fn a_failover_while_pgfanout_was_stopped_is_checked_at_the_next_start() {
     wait_slot(&c, "lags", &d).await;
     c.batch_execute("INSERT INTO t SELECT g, g FROM generate_series(1, 100) g").await.unwrap();
     wait_confirmed(&c, "lags", &d, Duration::from_secs(60)).await;
-    let s = standby.client("postgres").await;
-    testkit::wait_for(Duration::from_secs(90), "the slot to be synchronized to the standby", || async {
-        s.query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = 'lags' AND synced AND NOT temporary", &[])
-            .await
-            .unwrap()
-            .is_some()
-    })
-    .await;
-    drop(s);
+    wait_synced(&standby, "lags").await;
     standby.stop("fast");
     c.batch_execute("INSERT INTO t SELECT g, g FROM generate_series(101, 200) g; UPDATE t SET v = 1000 + id WHERE id <= 10").await.unwrap();
     wait_confirmed(&c, "lags", &d, Duration::from_secs(60)).await;
@@ -332,14 +327,7 @@ async fn a_failover_while_pgfanout_was_stopped_is_checked_at_the_next_start() {
     n.batch_execute("INSERT INTO t SELECT g, g FROM generate_series(300, 350) g; UPDATE t SET v = -7 WHERE id = 7").await.unwrap();
     wait_confirmed(&n, "lags", &d, Duration::from_secs(60)).await;
     let log = d.log();
-    let rows = n.query("SELECT id, v FROM t", &[]).await.unwrap();
-    let want: std::collections::BTreeMap<String, String> =
-        rows.iter().map(|r| (format!("t:{}", r.get::<_, i32>(0)), r.get::<_, i32>(1).to_string())).collect();
-    let got: std::collections::BTreeMap<String, String> =
-        redis.keys().into_iter().filter(|k| k.starts_with("t:")).map(|k| (k.clone(), redis.cmd(&["GET", &k]).text())).collect();
-    assert_eq!(got.get("t:5").map(String::as_str), Some("-5"), "the new primary's update wins over the ghost's\n{log}");
-    assert!(!got.contains_key("t:150") && !got.contains_key("t:50"), "rows the new primary lacks are gone\n{log}");
-    assert_eq!(got, want, "Redis equals the new primary's table\n{log}");
+    assert_redis_is_the_new_primarys_table(&n, &redis, &log).await;
 }
 
 /// Logical decoding on a physical standby (PostgreSQL 16+): `url` names the
