@@ -396,6 +396,12 @@ async fn decoding_on_a_standby_spares_the_primary() {
         assert!(said.contains(&line), "doctor says {line:?}:\n{said}");
     }
 
+    // `status` reads the slot on the standby (where pg_current_wal_lsn()
+    // is an error).
+    let status = std::process::Command::new(bin()).args(["status", "-c"]).arg(&d.config_path).output().unwrap();
+    let shown = String::from_utf8_lossy(&status.stdout).to_string() + &String::from_utf8_lossy(&status.stderr);
+    assert!(status.status.success() && shown.contains("slot              sb") && shown.contains("lag_bytes"), "status:\n{shown}");
+
     // Streamed changes, partial updates that leave the TOASTed note out.
     c.batch_execute(
         "INSERT INTO t SELECT g, -1234567890123456789012345 - g, 'new-' || g FROM generate_series(301, 600) g;

@@ -82,17 +82,20 @@ pub(crate) async fn describe_group(cfg: &Config) -> Option<Result<(String, pgfan
 /// A SQL connection to the server holding the slot: the standby when
 /// decoding on one (`source.postgres.primary_url`), else the source.
 pub(crate) async fn connect_slot_server(cfg: &Config) -> Result<tokio_postgres::Client, Report> {
-    let opts = cfg.source.postgres.connect_options().map_err(|e| Report::error(Exit::Usage, format_args!("source.postgres.url: {e}")))?;
-    pgfanout_postgres::conn::connect_sql(&opts)
-        .await
-        .map_err(|e| Report::error(Exit::Failed, format_args!("cannot connect to {}: {e}", opts.redacted())))
+    connect(cfg, false).await
 }
 
-/// A SQL connection to the source (the primary, where pgfanout writes), or the report that ends the command: a
-/// bad URL is usage (2), an unreachable server a failure (1).
+/// A SQL connection to the source (the primary, where pgfanout writes), or
+/// the report that ends the command: a bad URL is usage (2), an unreachable
+/// server a failure (1).
 pub(crate) async fn connect_source(cfg: &Config) -> Result<tokio_postgres::Client, Report> {
+    connect(cfg, true).await
+}
+
+async fn connect(cfg: &Config, writer: bool) -> Result<tokio_postgres::Client, Report> {
     let opts = cfg.source.postgres.connect_options().map_err(|e| Report::error(Exit::Usage, format_args!("source.postgres.url: {e}")))?;
-    pgfanout_postgres::conn::connect_sql(opts.writer())
+    let server = if writer { opts.writer() } else { &opts };
+    pgfanout_postgres::conn::connect_sql(server)
         .await
-        .map_err(|e| Report::error(Exit::Failed, format_args!("cannot connect to {}: {e}", opts.redacted())))
+        .map_err(|e| Report::error(Exit::Failed, format_args!("cannot connect to {}: {e}", server.redacted())))
 }

@@ -16,16 +16,13 @@ pub async fn status(cfg: &Config) -> Report {
         Ok(c) => c,
         Err(failed) => return failed,
     };
-    let row = client
-        .query_opt(
-            "SELECT active, confirmed_flush_lsn::text, restart_lsn::text,
-                    pg_wal_lsn_diff(w.end, confirmed_flush_lsn)::bigint, pg_wal_lsn_diff(w.end, restart_lsn)::bigint, wal_status
-             FROM pg_replication_slots,
-                  LATERAL (SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn() ELSE pg_current_wal_lsn() END AS end) w
-             WHERE slot_name = $1",
-            &[&pg.slot],
-        )
-        .await;
+    let end = pgfanout_postgres::slot::WAL_END;
+    let query = format!(
+        "SELECT active, confirmed_flush_lsn::text, restart_lsn::text,
+                pg_wal_lsn_diff({end}, confirmed_flush_lsn)::bigint, pg_wal_lsn_diff({end}, restart_lsn)::bigint, wal_status
+         FROM pg_replication_slots WHERE slot_name = $1"
+    );
+    let row = client.query_opt(&query, &[&pg.slot]).await;
     match row {
         Ok(Some(row)) => {
             let active: bool = row.get(0);

@@ -16,15 +16,10 @@ const SAMPLE_EVERY: Duration = Duration::from_secs(10);
 
 /// Sets the retained-WAL gauge from `pg_replication_slots` (best effort).
 async fn sample_retained_wal(sql: &tokio_postgres::Client, slot: &str) {
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&slot];
-    let query = sql.query_opt(
-        "SELECT pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn() ELSE pg_current_wal_lsn() END, restart_lsn)::float8 \
-         FROM pg_replication_slots WHERE slot_name = $1",
-        &params,
-    );
-    if let Ok(Ok(Some(row))) = tokio::time::timeout(Duration::from_secs(2), query).await {
-        if let Ok(Some(bytes)) = row.try_get::<_, Option<f64>>(0) {
-            metrics::gauge!(m::SLOT_RETAINED_WAL_BYTES).set(bytes);
+    let query = pgfanout_postgres::slot::slot_info(sql, slot);
+    if let Ok(Ok(Some(info))) = tokio::time::timeout(Duration::from_secs(2), query).await {
+        if let Some(bytes) = info.retained_bytes {
+            metrics::gauge!(m::SLOT_RETAINED_WAL_BYTES).set(bytes as f64);
         }
     }
 }

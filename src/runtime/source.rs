@@ -361,7 +361,7 @@ impl SourceLoop {
             }
         }
         self.check_timeline(&mut client, system.timeline).await?;
-        let handed = self.tracker.resume_position().max(recorded.map(|(_, b)| b).unwrap_or_default()).max(self.receiving);
+        let handed = self.handed_upto().max(recorded.map(|(_, b)| b).unwrap_or_default());
         self.handed.connected(&system.system_id, system.timeline, handed);
         let confirmed = info.confirmed_flush_lsn.unwrap_or_default();
         if confirmed < self.feedback.sent_flush() {
@@ -517,6 +517,12 @@ impl SourceLoop {
         Ok(())
     }
 
+    /// No stream position past this has been received (so none handed to a
+    /// sink): the last transaction registered, or the open one's commit.
+    fn handed_upto(&self) -> Lsn {
+        self.tracker.resume_position().max(self.receiving)
+    }
+
     /// A transaction begins.
     fn begin(&mut self, meta: TxMeta) {
         self.receiving = self.receiving.max(Lsn(meta.commit_lsn.0.saturating_add(1)));
@@ -652,7 +658,7 @@ impl SourceLoop {
     /// the queue memory and the queue (backpressure) while keeping the
     /// walsender alive.
     async fn flush_local(&mut self, mut stream: Option<&mut ReplicationStream>) -> Result<(), SourceError> {
-        self.handed.before_handing(self.tracker.resume_position().max(self.receiving));
+        self.handed.before_handing(self.handed_upto());
         self.outbox.flushing();
         for i in 0..self.outbox.chunks().len() {
             if self.outbox.chunks()[i].is_empty() {
@@ -836,7 +842,7 @@ impl SourceLoop {
             Err(e) => warn!(error = %e, "final status update failed"),
         }
         let _ = stream.finish().await;
-        self.handed.stopped(self.tracker.resume_position().max(self.receiving));
+        self.handed.stopped(self.handed_upto());
     }
 
     /// Closes the sink queues and waits (up to the shutdown timeout) for the

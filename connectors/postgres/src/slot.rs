@@ -98,6 +98,11 @@ fn check_server_info(info: &ServerInfo) -> Result<(), SourceError> {
     Ok(())
 }
 
+/// SQL for the end of the server's WAL: the current write position on a
+/// primary, the last position received on a standby (where
+/// `pg_current_wal_lsn()` is an error).
+pub const WAL_END: &str = "(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn() ELSE pg_current_wal_lsn() END)";
+
 /// A row of `pg_replication_slots`, with the WAL it retains.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SlotInfo {
@@ -115,15 +120,12 @@ pub struct SlotInfo {
 
 /// The slot's row, or None if there is no such slot.
 pub async fn slot_info(c: &Client, slot: &str) -> Result<Option<SlotInfo>, SourceError> {
-    let row = c
-        .query_opt(
-            "SELECT plugin::text, database::text, active, active_pid, restart_lsn::text, confirmed_flush_lsn::text, wal_status, \
-               pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn() ELSE pg_current_wal_lsn() END, \
-                               restart_lsn)::bigint \
-             FROM pg_replication_slots WHERE slot_name = $1",
-            &[&slot],
-        )
-        .await?;
+    let query = format!(
+        "SELECT plugin::text, database::text, active, active_pid, restart_lsn::text, confirmed_flush_lsn::text, wal_status, \
+           pg_wal_lsn_diff({WAL_END}, restart_lsn)::bigint \
+         FROM pg_replication_slots WHERE slot_name = $1"
+    );
+    let row = c.query_opt(&query, &[&slot]).await?;
     let Some(row) = row else { return Ok(None) };
     let lsn = |i: usize| -> Result<Option<Lsn>, SourceError> {
         let s: Option<String> = row.try_get(i)?;
