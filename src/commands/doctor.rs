@@ -254,10 +254,7 @@ async fn standby_checks(r: &mut Checks, opts: &PgConnectOptions, standby: &tokio
             "point source.postgres.url at the primary, or upgrade to 16+",
         );
     }
-    let setting = |name: &'static str| async move {
-        standby.query_one("SELECT current_setting($1)", &[&name]).await.map(|row| row.get::<_, String>(0)).unwrap_or_default()
-    };
-    if setting("hot_standby_feedback").await == "on" {
+    if setting(standby, "hot_standby_feedback").await == "on" {
         r.ok("standby: hot_standby_feedback = on");
     } else {
         r.fail(
@@ -265,7 +262,7 @@ async fn standby_checks(r: &mut Checks, opts: &PgConnectOptions, standby: &tokio
             "ALTER SYSTEM SET hot_standby_feedback = on; SELECT pg_reload_conf(); on the standby",
         );
     }
-    if setting("primary_slot_name").await.is_empty() {
+    if setting(standby, "primary_slot_name").await.is_empty() {
         r.warn(
             "standby: primary_slot_name is not set (hot_standby_feedback then holds only while the standby is connected)",
             "SELECT pg_create_physical_replication_slot('standby1') on the primary; primary_slot_name = 'standby1' on the standby",
@@ -282,9 +279,8 @@ async fn standby_checks(r: &mut Checks, opts: &PgConnectOptions, standby: &tokio
     };
     match connect_sql(primary_opts).await {
         Ok(primary) => {
-            let read_only: String =
-                primary.query_one("SHOW transaction_read_only", &[]).await.map(|row| row.get(0)).unwrap_or_else(|_| "on".into());
-            let wal_level: String = primary.query_one("SHOW wal_level", &[]).await.map(|row| row.get(0)).unwrap_or_default();
+            let read_only = setting(&primary, "transaction_read_only").await;
+            let wal_level = setting(&primary, "wal_level").await;
             if read_only == "off" && wal_level == "logical" {
                 r.ok(&format!("primary {}: takes writes, wal_level = logical", primary_opts.endpoint()));
             } else if read_only != "off" {
@@ -301,6 +297,11 @@ async fn standby_checks(r: &mut Checks, opts: &PgConnectOptions, standby: &tokio
         }
         Err(e) => r.fail(&format!("cannot connect to the primary {}: {e}", primary_opts.endpoint()), "check source.postgres.primary_url"),
     }
+}
+
+/// A server setting's value; empty when it is unknown or cannot be read.
+async fn setting(c: &tokio_postgres::Client, name: &str) -> String {
+    c.query_one("SELECT current_setting($1, true)", &[&name]).await.ok().and_then(|row| row.get::<_, Option<String>>(0)).unwrap_or_default()
 }
 
 /// Whether the slot can survive a failover (PostgreSQL 17+): the slot is a
@@ -344,15 +345,7 @@ async fn failover_checks(
         }
         None => {}
     }
-    let setting = |name: &'static str| async move {
-        primary
-            .query_one("SELECT current_setting($1, true)", &[&name])
-            .await
-            .ok()
-            .and_then(|row| row.get::<_, Option<String>>(0))
-            .unwrap_or_default()
-    };
-    let synchronized = setting("synchronized_standby_slots").await;
+    let synchronized = setting(primary, "synchronized_standby_slots").await;
     if synchronized.is_empty() {
         r.warn(
             "synchronized_standby_slots is empty on the primary: changes can reach pgfanout before the standby has them, and a promoted standby may lack changes the sinks hold",
@@ -386,28 +379,18 @@ async fn failover_checks(
         if !standby {
             continue;
         }
-        let get = |name: &'static str| {
-            let c = &c;
-            async move {
-                c.query_one("SELECT current_setting($1, true)", &[&name])
-                    .await
-                    .ok()
-                    .and_then(|row| row.get::<_, Option<String>>(0))
-                    .unwrap_or_default()
-            }
-        };
-        for (setting, want, fix) in [
+        for (key, want, fix) in [
             ("sync_replication_slots", "on", "ALTER SYSTEM SET sync_replication_slots = on; SELECT pg_reload_conf();"),
             ("hot_standby_feedback", "on", "ALTER SYSTEM SET hot_standby_feedback = on; SELECT pg_reload_conf();"),
         ] {
-            let have = get(setting).await;
+            let have = setting(&c, key).await;
             if have == want {
-                r.ok(&format!("standby {name}: {setting} = {want}"));
+                r.ok(&format!("standby {name}: {key} = {want}"));
             } else {
-                r.fail(&format!("standby {name}: {setting} = {have} (the slot is not kept there)"), fix);
+                r.fail(&format!("standby {name}: {key} = {have} (the slot is not kept there)"), fix);
             }
         }
-        if get("primary_slot_name").await.is_empty() {
+        if setting(&c, "primary_slot_name").await.is_empty() {
             r.fail(
                 &format!("standby {name}: primary_slot_name is not set"),
                 "stream from a physical slot: SELECT pg_create_physical_replication_slot('standby1') on the primary, primary_slot_name = 'standby1' on the standby",
@@ -415,7 +398,7 @@ async fn failover_checks(
         } else {
             r.ok(&format!("standby {name}: primary_slot_name is set"));
         }
-        if get("primary_conninfo").await.contains("dbname=") {
+        if setting(&c, "primary_conninfo").await.contains("dbname=") {
             r.ok(&format!("standby {name}: primary_conninfo names a database"));
         } else {
             r.fail(
